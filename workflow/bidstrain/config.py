@@ -1,0 +1,70 @@
+"""Validate a workflow configuration against ``config/schema.yaml`` and fill its defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from bidstrain.errors import BidstrainError
+
+
+def _with_defaults(validator_class):
+    """Extend a jsonschema validator so that it fills ``default`` values while validating."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = _copy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _copy(value):
+    return yaml.safe_load(yaml.safe_dump(value))
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    path = ".".join(str(part) for part in error.absolute_path)
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return ".".join(filter(None, [path, ",".join(extra)]))
+    return path or "<top level>"
+
+
+def validate_config(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
+    """Validate ``config`` in place against the JSON Schema, filling defaults.
+
+    Parameters
+    ----------
+    config : dict
+        The configuration as Snakemake loaded it; defaults are written into it.
+    schema_path : str or Path
+        Path of ``config/schema.yaml``.
+
+    Returns
+    -------
+    dict
+        The same ``config``, with every default filled.
+
+    Raises
+    ------
+    BidstrainError
+        Naming the offending key (for example ``normalize.ddof``) and what is wrong, for the
+        first problem found, listing every other one after it.
+    """
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"config key '{_key_path(e)}': {e.message}" for e in errors]
+        raise BidstrainError(
+            "invalid configuration (see config/schema.yaml):\n  " + "\n  ".join(lines),
+            path=schema_path,
+        )
+    return config

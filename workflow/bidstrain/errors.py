@@ -1,0 +1,74 @@
+"""The one error type that bidstrain raises for bad input, and the command-line wrapper.
+
+A :class:`BidstrainError` names the subject and the file it is about, so that the message a
+user sees on the command line (or in a Snakemake job log) says what to fix without a
+traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+class BidstrainError(Exception):
+    """Bad input or a failed check, with the subject and file it concerns.
+
+    Parameters
+    ----------
+    message : str
+        What is wrong, and where possible what to change.
+    path : str or Path, optional
+        The file the problem was found in.
+    subject : str, optional
+        The subject label (without ``sub-``).
+    """
+
+    def __init__(self, message: str, *, path: str | Path | None = None, subject: str | None = None):
+        self.message = message
+        self.path = None if path is None else str(path)
+        self.subject = subject
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = [part for part in (self.subject and f"sub-{self.subject}", self.path) if part]
+        return ": ".join([*where, self.message])
+
+
+def run_cli(
+    main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None
+) -> None:
+    """Run a command-line entry point; turn a :class:`BidstrainError` into a clean exit.
+
+    The error is printed as ``bidstrain: error: <message>`` on stderr and the process exits
+    with status 1; any other exception keeps its traceback (it is a bug, not bad input).
+    The first log line names the host and, inside a SLURM job, its job id and GPUs, so
+    that every rule's log shows where it ran.
+
+    Parameters
+    ----------
+    main : callable
+        Entry point taking the argument list.
+    argv : sequence of str, optional
+        Arguments; ``sys.argv[1:]`` when None.
+    """
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    job = {
+        key: os.environ[key]
+        for key in ("SLURM_JOB_ID", "CUDA_VISIBLE_DEVICES")
+        if key in os.environ
+    }
+    logging.getLogger("bidstrain").info(
+        "host=%s %s", socket.gethostname(), " ".join(f"{k}={v}" for k, v in job.items())
+    )
+    try:
+        main(argv)
+    except BidstrainError as error:
+        print(f"bidstrain: error: {error}", file=sys.stderr)
+        sys.exit(1)

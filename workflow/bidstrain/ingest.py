@@ -1,0 +1,306 @@
+"""Ingestion: validate every image header of a subject (no voxel data read) and list it.
+
+``python -m bidstrain.ingest subject ...`` writes ``results/ingest/sub-<label>.json``;
+``python -m bidstrain.ingest manifest ...`` joins those into ``manifest.tsv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from bidstrain.atomic import write_text_atomic
+from bidstrain.bids import BidsFile, BidsIndex
+from bidstrain.errors import BidstrainError, run_cli
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = (
+    "subject session task run modality path n_volumes repetition_time shape dtype".split()
+)
+_TIME_UNIT_SECONDS = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
+
+
+def _check_complete(image: BidsFile, img: nib.Nifti1Image) -> None:
+    """Detect a truncated file without decompressing it.
+
+    A ``.nii`` must be at least ``vox_offset + data bytes`` long. A ``.nii.gz`` ends with the
+    gzip trailer, whose last four bytes hold the uncompressed size modulo 2**32: a truncated
+    file ends in compressed data instead, which matches the expected size by chance once in
+    four billion.
+    """
+    header = img.header
+    data_bytes = int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+    expected = int(img.dataobj.offset) + data_bytes
+    size = image.path.stat().st_size
+    if image.extension == ".nii":
+        if size < expected:
+            raise BidstrainError(
+                f"truncated NIfTI: {size} bytes, the header needs {expected}", path=image.path
+            )
+        return
+    with image.path.open("rb") as handle:
+        handle.seek(-4, io.SEEK_END)
+        (stored,) = struct.unpack("<I", handle.read(4))
+    if stored != expected % 2**32:
+        raise BidstrainError(
+            "truncated or corrupt .nii.gz: the gzip trailer does not match the "
+            f"{expected} bytes the header describes (re-copy or re-export the file)",
+            path=image.path,
+        )
+
+
+def _header_tr(header: nib.Nifti1Header) -> float | None:
+    zooms = header.get_zooms()
+    if len(zooms) < 4 or not zooms[3] > 0:
+        return None
+    unit = header.get_xyzt_units()[1]
+    return float(zooms[3]) * _TIME_UNIT_SECONDS.get(unit, 1.0)
+
+
+def _repetition_time(
+    image: BidsFile,
+    header: nib.Nifti1Header,
+    sidecar: dict[str, Any],
+    mismatch: str,
+    tolerance: float,
+) -> float:
+    from_sidecar = sidecar.get("RepetitionTime")
+    from_header = _header_tr(header)
+    if from_sidecar is None and from_header is None:
+        raise BidstrainError(
+            "RepetitionTime is missing from the JSON sidecar (and its inherited ones) and "
+            "from the NIfTI header; add it to the sidecar",
+            path=image.path,
+        )
+    if from_sidecar is None:
+        log.warning(
+            "%s: no RepetitionTime in the sidecar; using the header's %.4g s",
+            image.path,
+            from_header,
+        )
+        return from_header
+    if not isinstance(from_sidecar, int | float) or from_sidecar <= 0:
+        raise BidstrainError(
+            f"sidecar RepetitionTime {from_sidecar!r} is not a positive number", path=image.path
+        )
+    if from_header is not None and abs(from_header - from_sidecar) > tolerance:
+        message = (
+            f"RepetitionTime {from_sidecar} s in the sidecar disagrees with {from_header:.4g} s in "
+            "the header (config ingest.repetition_time_mismatch: warn to accept the sidecar)"
+        )
+        if mismatch == "error":
+            raise BidstrainError(message, path=image.path)
+        log.warning("%s: %s", image.path, message)
+    return float(from_sidecar)
+
+
+def _read_gradients(image: BidsFile, index: BidsIndex, n_volumes: int) -> dict[str, Any]:
+    paths = {ext: index.companion(image, ext) for ext in (".bval", ".bvec")}
+    missing = [ext for ext, path in paths.items() if path is None]
+    if missing:
+        raise BidstrainError(f"DWI has no {' or '.join(missing)} file", path=image.path)
+    try:
+        bvals = np.loadtxt(paths[".bval"], ndmin=1)
+        bvecs = np.loadtxt(paths[".bvec"], ndmin=2)
+    except ValueError as error:
+        raise BidstrainError(f"cannot parse gradient table: {error}", path=paths[".bval"]) from None
+    if bvecs.shape[0] != 3 and bvecs.shape[1] == 3:
+        bvecs = bvecs.T
+    lengths = {".bval": bvals.size, ".bvec": bvecs.shape[1]}
+    for ext, length in lengths.items():
+        if length != n_volumes:
+            raise BidstrainError(
+                f"{paths[ext].name} has {length} entries but the DWI has {n_volumes} volumes",
+                path=paths[ext],
+            )
+    return {
+        "bval": bvals.tolist(),
+        "bvec": bvecs.tolist(),
+        "bval_path": str(paths[".bval"]),
+        "bvec_path": str(paths[".bvec"]),
+    }
+
+
+def inspect_image(
+    image: BidsFile, index: BidsIndex, *, tr_mismatch: str = "error", tr_tolerance: float = 0.01
+) -> dict[str, Any]:
+    """Validate one image from its header and sidecars, without reading voxel data.
+
+    Parameters
+    ----------
+    image : BidsFile
+        The image (``T1w``, ``bold`` or ``dwi``).
+    index : BidsIndex
+        Index of its dataset, for sidecar and gradient-table inheritance.
+    tr_mismatch : {"error", "warn"}
+        What a sidecar/header repetition-time disagreement does.
+    tr_tolerance : float
+        Allowed disagreement in seconds.
+
+    Returns
+    -------
+    dict
+        The manifest record: subject, session, task, run, modality, path, n_volumes,
+        repetition_time, shape, dtype, affine, zooms, size, entities (and bval/bvec for DWI).
+
+    Raises
+    ------
+    BidstrainError
+        Naming the file and the problem.
+    """
+    path = image.path
+    size = path.stat().st_size
+    if size == 0:
+        raise BidstrainError("empty image file (0 bytes)", path=path)
+    try:
+        img = nib.load(path)
+    except Exception as error:  # nibabel raises many types for unreadable files
+        raise BidstrainError(f"not a readable NIfTI image: {error}", path=path) from None
+    header = img.header
+    _check_complete(image, img)
+    shape = tuple(int(n) for n in img.shape)
+    n_volumes = shape[3] if len(shape) == 4 else 1
+    if image.suffix == "bold" and (len(shape) != 4 or n_volumes < 3):
+        raise BidstrainError(
+            f"BOLD must be 4D with at least 3 volumes, got shape {shape}", path=path
+        )
+    if image.suffix == "T1w" and not (len(shape) == 3 or (len(shape) == 4 and n_volumes == 1)):
+        raise BidstrainError(
+            f"T1w must be 3D (or 4D with one volume), got shape {shape}", path=path
+        )
+    if image.suffix == "dwi" and len(shape) != 4:
+        raise BidstrainError(f"DWI must be 4D, got shape {shape}", path=path)
+    if not np.isfinite(img.affine).all():
+        raise BidstrainError("the affine has non-finite values", path=path)
+    record: dict[str, Any] = {
+        "subject": image.subject,
+        "session": image.session or "",
+        "task": image.entities.get("task", ""),
+        "run": image.entities.get("run", ""),
+        "modality": image.suffix,
+        "path": str(path),
+        "n_volumes": n_volumes,
+        "repetition_time": None,
+        "shape": list(shape),
+        "dtype": str(header.get_data_dtype()),
+        "affine": img.affine.tolist(),
+        "zooms": [float(z) for z in header.get_zooms()],
+        "size": size,
+        "entities": dict(image.entities),
+    }
+    if image.suffix == "bold":
+        record["repetition_time"] = _repetition_time(
+            image, header, index.metadata(image), tr_mismatch, tr_tolerance
+        )
+    if image.suffix == "dwi":
+        record.update(_read_gradients(image, index, n_volumes))
+    return record
+
+
+def ingest_subject(
+    bids_dir: str | Path,
+    subject: str,
+    modalities: Sequence[str],
+    tasks: Sequence[str] = (),
+    *,
+    tr_mismatch: str = "error",
+    tr_tolerance: float = 0.01,
+) -> dict[str, Any]:
+    """Validate every image of one subject.
+
+    Returns
+    -------
+    dict
+        ``{"subject": label, "images": [record, ...]}`` (see :func:`inspect_image`).
+
+    Raises
+    ------
+    BidstrainError
+        Listing every invalid image of the subject, or when the subject has no image of
+        the requested modalities.
+    """
+    index = BidsIndex.build(bids_dir, participant_label=[subject])
+    images = [
+        image
+        for modality in modalities
+        for image in index.select(
+            modality, subject=subject, task=tasks if modality == "bold" else ()
+        )
+    ]
+    if not images:
+        raise BidstrainError(
+            f"no {'/'.join(modalities)} image in {index.root / f'sub-{subject}'} (add images or "
+            "list the subject in exclude_participant_label)",
+            subject=subject,
+        )
+    records, problems = [], []
+    for image in images:
+        try:
+            records.append(
+                inspect_image(image, index, tr_mismatch=tr_mismatch, tr_tolerance=tr_tolerance)
+            )
+        except BidstrainError as error:
+            problems.append(str(error))
+    if problems:
+        raise BidstrainError(
+            f"{len(problems)} invalid image(s):\n  " + "\n  ".join(problems), subject=subject
+        )
+    return {"subject": subject, "images": records}
+
+
+def write_manifest(subject_jsons: Sequence[str | Path], out: str | Path) -> None:
+    """Join per-subject ingest JSON files into one TSV, a row per image."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
+    writer.writerow(MANIFEST_COLUMNS)
+    for path in subject_jsons:
+        for record in json.loads(Path(path).read_text())["images"]:
+            row = {**record, "shape": "x".join(map(str, record["shape"]))}
+            writer.writerow(["" if row[c] is None else row[c] for c in MANIFEST_COLUMNS])
+    write_text_atomic(out, buffer.getvalue())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: ``subject`` (one subject's JSON) or ``manifest`` (the TSV)."""
+    parser = argparse.ArgumentParser(prog="python -m bidstrain.ingest")
+    commands = parser.add_subparsers(dest="command", required=True)
+    one = commands.add_parser("subject", help="validate one subject's images")
+    one.add_argument("--bids-dir", required=True)
+    one.add_argument("--subject", required=True)
+    one.add_argument("--modalities", nargs="+", required=True)
+    one.add_argument("--tasks", nargs="*", default=[])
+    one.add_argument("--tr-mismatch", choices=["error", "warn"], default="error")
+    one.add_argument("--tr-tolerance", type=float, default=0.01)
+    one.add_argument("--out", required=True)
+    manifest = commands.add_parser("manifest", help="join subject JSON files into a TSV")
+    manifest.add_argument("subject_jsons", nargs="+")
+    manifest.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    if args.command == "manifest":
+        write_manifest(args.subject_jsons, args.out)
+        return
+    result = ingest_subject(
+        args.bids_dir,
+        args.subject,
+        args.modalities,
+        args.tasks,
+        tr_mismatch=args.tr_mismatch,
+        tr_tolerance=args.tr_tolerance,
+    )
+    write_text_atomic(args.out, json.dumps(result, indent=1))
+    log.info("sub-%s: %d images valid", args.subject, len(result["images"]))
+
+
+if __name__ == "__main__":
+    run_cli(main)

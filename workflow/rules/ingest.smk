@@ -1,0 +1,40 @@
+# Ingestion: validate every image header of a subject, then list all images in a manifest.
+
+
+rule ingest_subject:
+    output:
+        f"{RESULTS}/ingest/sub-{{subject}}.json",
+    params:
+        bids_dir=config["bids_dir"],
+        modalities=config["modalities"],
+        tasks=config["tasks"],
+        tr=config["ingest"],
+    log:
+        "logs/ingest/sub-{subject}.log",
+    group:
+        "subject"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        ENV
+    shell:
+        "{BIDSTRAIN}.ingest subject --bids-dir {params.bids_dir:q} --subject {wildcards.subject}"
+        " --modalities {params.modalities} --tasks {params.tasks}"
+        " --tr-mismatch {params.tr[repetition_time_mismatch]}"
+        " --tr-tolerance {params.tr[repetition_time_tolerance]}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
+rule ingest:
+    input:
+        expand(ingest_json("{subject}"), subject=SUBJECTS),
+    output:
+        f"{RESULTS}/ingest/manifest.tsv",
+    log:
+        "logs/ingest/manifest.log",
+    localrule: True
+    conda:
+        ENV
+    shell:
+        "{BIDSTRAIN}.ingest manifest {input:q} --out {output:q} > {log:q} 2>&1"
