@@ -43,10 +43,10 @@ def run_snakemake(
         "--cores",
         "2",
         "--nolock",
+        *args,
     ]
-    if config:
+    if config:  # last: --config takes every following word as KEY=VALUE
         command += ["--config", *(f"{key}={value}" for key, value in config.items())]
-    command += list(args)
     env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if check and result.returncode != 0:

@@ -158,7 +158,7 @@ class BidsIndex:
 
     root: Path
     images: list[BidsFile]
-    metadata_files: dict[tuple[Path, str], list[tuple[dict[str, str], Path]]]
+    metadata_files: dict[tuple[Path, str, str], list[tuple[dict[str, str], Path]]]
     participants_tsv: list[str]
     subjects: list[str]
     problems: list[str] = field(default_factory=list)
@@ -250,7 +250,7 @@ class BidsIndex:
         if extension in IMAGE_EXTENSIONS and not top_level:
             self.images.append(BidsFile(path, entities, datatype, suffix, extension))
         elif extension in (".json", ".bval", ".bvec"):
-            self.metadata_files[(path.parent, extension)].append((entities, path))
+            self.metadata_files[(path.parent, suffix, extension)].append((entities, path))
 
     def select(
         self,
@@ -296,9 +296,8 @@ class BidsIndex:
         while True:
             level = [
                 (len(entities), path)
-                for entities, path in self.metadata_files.get((folder, extension), [])
-                if path.name.endswith(f"_{image.suffix}{extension}")
-                and all(image.entities.get(key) == value for key, value in entities.items())
+                for entities, path in self.metadata_files.get((folder, image.suffix, extension), [])
+                if all(image.entities.get(key) == value for key, value in entities.items())
             ]
             found = [path for _, path in sorted(level, key=lambda item: item[0])] + found
             if folder == self.root or self.root not in folder.parents:

@@ -64,7 +64,7 @@ def validate_config(config: dict[str, Any], schema_path: str | Path) -> dict[str
     if errors:
         lines = [f"config key '{_key_path(e)}': {e.message}" for e in errors]
         raise BidstrainError(
-            "invalid configuration (see config/schema.yaml):\n  " + "\n  ".join(lines),
-            path=schema_path,
+            f"invalid configuration (every key is documented in {schema_path}):\n  "
+            + "\n  ".join(lines)
         )
     return config

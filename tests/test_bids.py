@@ -1,0 +1,179 @@
+"""The BIDS index: entities, sidecar inheritance, filters, skipped folders, path builder."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from bidstrain.bids import BidsIndex, bids_path, parse_name
+from bidstrain.errors import BidstrainError
+
+
+def touch(root: Path, relative: str, text: str = "") -> Path:
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def dataset(tmp_path) -> Path:
+    """A small hand-made dataset exercising entities, inheritance and skipped folders."""
+    root = tmp_path / "ds"
+    touch(root, "dataset_description.json", '{"Name": "t", "BIDSVersion": "1.9.0"}')
+    touch(root, "participants.tsv", "participant_id\nsub-01\nsub-02\nsub-09\n")
+    touch(root, "task-rest_bold.json", json.dumps({"RepetitionTime": 2.0, "TaskName": "rest"}))
+    touch(root, "sub-01/sub-01_task-rest_bold.json", json.dumps({"EchoTime": 0.03}))
+    touch(root, "sub-01/func/sub-01_task-rest_acq-mb_dir-AP_run-1_echo-2_bold.nii.gz")
+    touch(
+        root,
+        "sub-01/func/sub-01_task-rest_acq-mb_dir-AP_run-1_echo-2_bold.json",
+        json.dumps({"RepetitionTime": 1.5}),
+    )
+    touch(root, "sub-01/func/sub-01_task-motor_run-1_bold.nii")
+    touch(root, "sub-01/anat/sub-01_ce-gad_rec-norm_T1w.nii.gz")
+    touch(root, "dwi.bval", "0 1000\n")
+    touch(root, "sub-02/ses-1/dwi/sub-02_ses-1_dwi.nii.gz")
+    touch(root, "sub-02/ses-1/dwi/sub-02_ses-1_dwi.bval", "0 0 1000\n")
+    touch(root, "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii.gz")
+    touch(root, "sub-02/ses-1/anat/not a bids name.nii.gz")
+    touch(root, "derivatives/fmriprep/sub-01/func/sub-01_task-rest_desc-preproc_bold.nii.gz")
+    touch(root, "sourcedata/sub-01/raw_bold.nii.gz")
+    touch(root, "code/sub-01_script_bold.nii.gz")
+    touch(root, ".heudiconv/sub-01/sub-01_T1w.nii.gz")
+    touch(root, "sub-01/func/.sub-01_task-rest_run-9_bold.nii.gz")
+    return root
+
+
+def test_parse_name_splits_entities_suffix_and_extension():
+    entities, suffix, extension = parse_name(
+        "sub-01_ses-pre_task-rest_acq-mb_ce-x_dir-PA_rec-a_run-3_echo-1_bold.nii.gz"
+    )
+    assert entities == {
+        "sub": "01",
+        "ses": "pre",
+        "task": "rest",
+        "acq": "mb",
+        "ce": "x",
+        "dir": "PA",
+        "rec": "a",
+        "run": "3",
+        "echo": "1",
+    }
+    assert (suffix, extension) == ("bold", ".nii.gz")
+    assert parse_name("task-rest_bold.json") == ({"task": "rest"}, "bold", ".json")
+    assert parse_name("not a bids name.nii.gz") is None
+
+
+def test_index_finds_images_with_datatype_and_extensions(dataset):
+    index = BidsIndex.build(dataset)
+    found = {
+        (f.path.relative_to(dataset).as_posix(), f.datatype, f.suffix, f.extension)
+        for f in index.images
+    }
+    assert found == {
+        (
+            "sub-01/func/sub-01_task-rest_acq-mb_dir-AP_run-1_echo-2_bold.nii.gz",
+            "func",
+            "bold",
+            ".nii.gz",
+        ),
+        ("sub-01/func/sub-01_task-motor_run-1_bold.nii", "func", "bold", ".nii"),
+        ("sub-01/anat/sub-01_ce-gad_rec-norm_T1w.nii.gz", "anat", "T1w", ".nii.gz"),
+        ("sub-02/ses-1/dwi/sub-02_ses-1_dwi.nii.gz", "dwi", "dwi", ".nii.gz"),
+        ("sub-02/ses-1/anat/sub-02_ses-1_T1w.nii.gz", "anat", "T1w", ".nii.gz"),
+    }
+    t1w = index.select("T1w", subject="01")[0]
+    assert dict(t1w.entities) == {"sub": "01", "ce": "gad", "rec": "norm"}
+    assert index.select("T1w", subject="02")[0].session == "1"
+
+
+def test_sidecars_merge_from_least_to_most_specific(dataset):
+    index = BidsIndex.build(dataset)
+    rest = index.select("bold", task=["rest"])[0]
+    assert index.metadata(rest) == {"RepetitionTime": 1.5, "TaskName": "rest", "EchoTime": 0.03}
+    motor = index.select("bold", task=["motor"])[0]
+    assert index.metadata(motor) == {}
+
+
+def test_bval_is_inherited_and_the_most_specific_wins(dataset):
+    index = BidsIndex.build(dataset)
+    dwi = index.select("dwi")[0]
+    assert index.companion(dwi, ".bval") == dataset / "sub-02/ses-1/dwi/sub-02_ses-1_dwi.bval"
+    (dataset / "sub-02/ses-1/dwi/sub-02_ses-1_dwi.bval").unlink()
+    index = BidsIndex.build(dataset)
+    assert index.companion(index.select("dwi")[0], ".bval") == dataset / "dwi.bval"
+    assert index.companion(index.select("dwi")[0], ".bvec") is None
+
+
+def test_participant_filters(dataset):
+    assert BidsIndex.build(dataset).subjects == ["01", "02"]
+    only = BidsIndex.build(dataset, participant_label=["02"])
+    assert only.subjects == ["02"] and {f.subject for f in only.images} == {"02"}
+    without = BidsIndex.build(dataset, exclude_participant_label=["01"])
+    assert {f.subject for f in without.images} == {"02"}
+    with pytest.raises(BidstrainError, match="participant_label names subjects with no folder: 07"):
+        BidsIndex.build(dataset, participant_label=["07"])
+
+
+def test_skips_derivatives_sourcedata_code_and_dot_files(dataset):
+    paths = [f.path.relative_to(dataset).as_posix() for f in BidsIndex.build(dataset).images]
+    assert not any(
+        p.startswith(("derivatives", "sourcedata", "code", ".")) or "/." in p for p in paths
+    )
+
+
+def test_warns_about_unparsable_files_and_subjects_without_data(dataset, caplog):
+    with caplog.at_level(logging.WARNING):
+        BidsIndex.build(dataset)
+    assert "not a bids name.nii.gz: not a BIDS file name" in caplog.text
+    assert "participants.tsv lists sub-09 but the dataset has no folder" in caplog.text
+
+
+def test_task_and_entity_filters(dataset):
+    index = BidsIndex.build(dataset)
+    assert [f.entities["task"] for f in index.select("bold", task=["motor"])] == ["motor"]
+    assert len(index.select("bold", run=["1"], echo=["2"])) == 1
+
+
+def test_prefix_round_trips_through_bids_path(dataset):
+    index = BidsIndex.build(dataset)
+    for image in index.images:
+        rebuilt = bids_path(
+            dataset,
+            datatype=image.datatype,
+            suffix=image.suffix,
+            extension=image.extension,
+            **image.entities,
+        )
+        assert rebuilt == str(image.path)
+        assert index.by_prefix(image.prefix, image.suffix) == image
+
+
+def test_bids_path_orders_entities_and_skips_empty_ones():
+    path = bids_path(
+        "out",
+        datatype="func",
+        desc="zscore",
+        run="2",
+        task="rest",
+        sub="01",
+        ses=None,
+        suffix="bold",
+        extension=".zarr",
+    )
+    assert path == "out/sub-01/func/sub-01_task-rest_run-2_desc-zscore_bold.zarr"
+    assert (
+        bids_path(sub="01", ses="a", suffix="T1w", datatype="anat")
+        == "sub-01/ses-a/anat/sub-01_ses-a_T1w"
+    )
+
+
+def test_not_a_dataset_and_missing_root(tmp_path):
+    with pytest.raises(BidstrainError, match="does not exist"):
+        BidsIndex.build(tmp_path / "absent")
+    with pytest.raises(BidstrainError, match="dataset_description.json is missing"):
+        BidsIndex.build(tmp_path)

@@ -1,0 +1,173 @@
+"""Ingestion through the real snakemake: the demo dataset passes, every kind of bad input
+stops the run with a message naming the file or subject and leaves no misleading output."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import run_snakemake
+
+from bidstrain.demo import DemoSpec, make_demo
+
+SMALL = DemoSpec(n_subjects=2, bold_shape=(8, 8, 8), n_volumes=5, t1w_shape=(8, 8, 8))
+
+
+@pytest.fixture(scope="module")
+def small_template(tmp_path_factory) -> Path:
+    return make_demo(tmp_path_factory.mktemp("small") / "bids", SMALL)
+
+
+@pytest.fixture
+def small(tmp_path, small_template) -> Path:
+    """A fresh copy of a tiny demo dataset that a test may break."""
+    return Path(shutil.copytree(small_template, tmp_path / "bids"))
+
+
+def ingest_fails(workdir: Path, bids: Path, *expected: str, **config) -> str:
+    result = run_snakemake(workdir, "ingest", config={"bids_dir": bids, **config}, check=False)
+    output = (
+        result.stdout
+        + result.stderr
+        + "".join(p.read_text() for p in (workdir / "logs").rglob("*.log"))
+    )
+    assert result.returncode != 0, output
+    for text in expected:
+        assert text in output, f"{text!r} not in:\n{output}"
+    assert not (workdir / "results/ingest/manifest.tsv").exists()
+    return output
+
+
+def test_demo_dataset_ingests_into_a_manifest(tmp_path, demo_bids):
+    run_snakemake(tmp_path, "ingest", config={"bids_dir": demo_bids})
+    with (tmp_path / "results/ingest/manifest.tsv").open() as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    assert {
+        "subject",
+        "session",
+        "task",
+        "run",
+        "modality",
+        "path",
+        "n_volumes",
+        "repetition_time",
+        "shape",
+    } <= set(rows[0])
+    assert len(rows) == 16  # 4 subject-sessions x (T1w + 2 BOLD + DWI)
+    bold = [r for r in rows if r["modality"] == "bold"]
+    assert {r["repetition_time"] for r in bold} == {"2.0"}  # inherited from task-rest_bold.json
+    assert {r["n_volumes"] for r in bold} == {"40"} and {r["shape"] for r in bold} == {
+        "20x24x20x40"
+    }
+    assert {r["session"] for r in rows if r["subject"] == "03"} == {"1", "2"}
+    record = json.loads((tmp_path / "results/ingest/sub-01.json").read_text())
+    dwi = next(r for r in record["images"] if r["modality"] == "dwi")
+    assert dwi["bval"] == [0, 0, 1000, 1000, 1000, 1000, 1000, 1000] and len(dwi["bvec"][0]) == 8
+
+
+def test_dry_run_of_all_lists_every_stage(tmp_path, demo_bids):
+    result = run_snakemake(tmp_path, "-n", "all", config={"bids_dir": demo_bids})
+    assert "ingest_subject" in result.stdout and "all" in result.stdout
+
+
+def test_nonexistent_bids_dir(tmp_path):
+    ingest_fails(tmp_path, tmp_path / "nowhere", "nowhere: bids_dir does not exist")
+
+
+def test_directory_that_is_not_bids(tmp_path):
+    (tmp_path / "data" / "sub-01").mkdir(parents=True)
+    ingest_fails(
+        tmp_path, tmp_path / "data", "not a BIDS dataset: dataset_description.json is missing"
+    )
+
+
+def test_empty_image(tmp_path, small):
+    (small / "sub-01/anat/sub-01_T1w.nii.gz").write_bytes(b"")
+    ingest_fails(tmp_path, small, "sub-01", "sub-01_T1w.nii.gz: empty image file (0 bytes)")
+    assert not (tmp_path / "results/ingest/sub-01.json").exists()
+
+
+def test_truncated_nii_gz(tmp_path, small):
+    path = small / "sub-02/ses-1/func/sub-02_ses-1_task-rest_run-1_bold.nii.gz"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    ingest_fails(
+        tmp_path,
+        small,
+        "sub-02",
+        "sub-02_ses-1_task-rest_run-1_bold.nii.gz: truncated or corrupt .nii.gz",
+    )
+    assert not (tmp_path / "results/ingest/sub-02.json").exists()
+
+
+def test_3d_bold(tmp_path, small):
+    path = small / "sub-01/func/sub-01_task-rest_run-2_bold.nii.gz"
+    img = nib.load(path)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., 0], img.affine, img.header), path)
+    ingest_fails(
+        tmp_path,
+        small,
+        "sub-01_task-rest_run-2_bold.nii.gz: BOLD must be 4D with at least 3 volumes",
+    )
+
+
+def test_missing_repetition_time(tmp_path, small):
+    (small / "task-rest_bold.json").unlink()
+    path = small / "sub-01/func/sub-01_task-rest_run-1_bold.nii.gz"
+    img = nib.load(path)
+    img.header.set_zooms(img.header.get_zooms()[:3] + (0.0,))
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine, img.header), path)
+    ingest_fails(tmp_path, small, "sub-01_task-rest_run-1_bold.nii.gz: RepetitionTime is missing")
+
+
+def test_repetition_time_disagreement_is_an_error_or_a_warning(tmp_path, small):
+    (small / "task-rest_bold.json").write_text(json.dumps({"RepetitionTime": 1.0}))
+    ingest_fails(
+        tmp_path, small, "disagrees with 2 s in the header", "ingest.repetition_time_mismatch"
+    )
+    run_snakemake(
+        tmp_path, "ingest", config={"bids_dir": small, "ingest": "{repetition_time_mismatch: warn}"}
+    )
+    record = json.loads((tmp_path / "results/ingest/sub-01.json").read_text())
+    assert {r["repetition_time"] for r in record["images"] if r["modality"] == "bold"} == {1.0}
+
+
+def test_bval_length_does_not_match_dwi(tmp_path, small):
+    (small / "sub-02/ses-1/dwi/sub-02_ses-1_dwi.bval").write_text("0 1000 1000\n")
+    ingest_fails(tmp_path, small, "sub-02_ses-1_dwi.bval has 3 entries but the DWI has 8 volumes")
+
+
+def test_participant_label_naming_an_absent_subject(tmp_path, small):
+    ingest_fails(
+        tmp_path,
+        small,
+        "participant_label names subjects with no folder: 42",
+        participant_label="[42]",
+    )
+
+
+def test_subject_folder_with_no_images(tmp_path, small):
+    (small / "sub-07" / "anat").mkdir(parents=True)
+    ingest_fails(
+        tmp_path, small, "sub-07", "have no T1w/bold/dwi image", "exclude_participant_label"
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            {"normalize": "{ddof: one}"},
+            "config key 'normalize.ddof': 'one' is not of type 'integer'",
+        ),
+        ({"modalities": "[T1w, pet]"}, "config key 'modalities.1': 'pet' is not one of"),
+        ({"bogus_key": "1"}, "config key 'bogus_key': Additional properties are not allowed"),
+    ],
+)
+def test_invalid_config_stops_before_any_job_naming_the_key(tmp_path, small, override, expected):
+    output = ingest_fails(tmp_path, small, expected, **override)
+    assert "ingest_subject" not in output
