@@ -16,6 +16,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +139,7 @@ class BidsFile:
         """Session label without ``ses-``, or None."""
         return self.entities.get("ses")
 
-    @property
+    @cached_property
     def prefix(self) -> str:
         """Path relative to the dataset root without ``_<suffix><ext>``.
 
@@ -282,12 +283,16 @@ class BidsIndex:
             and all(f.entities.get(key) in values for key, values in filters.items())
         ]
 
+    @cached_property
+    def _by_prefix(self) -> dict[tuple[str, str], BidsFile]:
+        return {(f.prefix, f.suffix): f for f in self.images}
+
     def by_prefix(self, prefix: str, suffix: str) -> BidsFile:
         """The image whose :attr:`BidsFile.prefix` and suffix are given (a rule's wildcard)."""
-        for f in self.images:
-            if f.suffix == suffix and f.prefix == prefix:
-                return f
-        raise BidstrainError(f"no {suffix} image for {prefix!r}", path=self.root)
+        try:
+            return self._by_prefix[(prefix, suffix)]
+        except KeyError:
+            raise BidstrainError(f"no {suffix} image for {prefix!r}", path=self.root) from None
 
     def _inherited(self, image: BidsFile, extension: str) -> list[Path]:
         """Metadata files that apply to ``image``, least specific first (inheritance principle)."""

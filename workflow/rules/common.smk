@@ -70,3 +70,55 @@ def image_of(suffix):
 def ingest_json_of(suffix):
     """Input function: the ingestion record of the subject behind ``{prefix}``."""
     return lambda wildcards: ingest_json(INDEX.by_prefix(wildcards.prefix, suffix).subject)
+
+
+# ---- Store paths shared by normalize, average, checks, train and report ----------------
+
+
+def normalized_store(image):
+    """Zarr store of one normalized image: results/normalized/<BIDS prefix>_desc-zscore_<suffix>.zarr."""
+    return f"{RESULTS}/normalized/{image.prefix}_desc-zscore_{image.suffix}.zarr"
+
+
+def is_heldout(image):
+    """Whether config normalize.heldout selects this BOLD run (validation data)."""
+    heldout = config["normalize"]["heldout"]
+    return (
+        image.suffix == "bold"
+        and bool(heldout)
+        and all(image.entities.get(key) in values for key, values in heldout.items())
+    )
+
+
+def average_key(image):
+    """(task, run) a BOLD run is averaged under across subjects."""
+    return image.entities.get("task", ""), image.entities.get("run", "")
+
+
+def average_store(task, run):
+    """Cross-subject average store of a task (and run)."""
+    run_part = f"_run-{run}" if run else ""
+    return f"{RESULTS}/average/task-{task}{run_part}_desc-average_bold.zarr"
+
+
+def bold_stores(heldout):
+    """BOLD stores training (heldout=False) or validation (heldout=True) reads.
+
+    cross_subject: one averaged store per (task, run); per_subject: the subject stores.
+    """
+    runs = [image for image in images("bold") if is_heldout(image) == heldout]
+    if config["average"]["mode"] == "cross_subject":
+        return sorted({average_store(*average_key(image)) for image in runs})
+    return [normalized_store(image) for image in runs]
+
+
+def training_stores():
+    """Stores the trainer reads, by modality: {"T1w": [...], "bold": [...], "dwi": [...]}."""
+    stores = {m: [normalized_store(image) for image in images(m)] for m in ("T1w", "dwi")}
+    stores["bold"] = bold_stores(heldout=False)
+    return {m: paths for m, paths in stores.items() if m in config["modalities"] and paths}
+
+
+def validation_stores():
+    """Held-out BOLD stores (normalized with the training runs' statistics)."""
+    return {"bold": bold_stores(heldout=True)} if "bold" in config["modalities"] else {}

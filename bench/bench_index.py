@@ -1,0 +1,134 @@
+"""Benchmark: the BIDS index against pybids and snakebids on a 1,000-subject tree, and a
+Snakemake dry run of the whole workflow over it.
+
+Usage: ``.venv/bin/python bench/bench_index.py [--subjects 1000] [--repeats 5]``
+(pybids and snakebids come with ``pip install -e '.[bench]'``).
+
+The tree holds, per subject, a T1w, two BOLD runs and a DWI with sidecars and bval/bvec,
+as empty files: no method opens an image. Methods run interleaved, each repetition in a
+fresh process so that no cache is shared, and the median wall time is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# name -> (imports, the statement timed); ROOT is the dataset root.
+METHODS = {
+    "bidstrain": ("from bidstrain.bids import BidsIndex", "BidsIndex.build(ROOT)"),
+    "pybids": ("import bids", "bids.BIDSLayout(ROOT, validate=False)"),
+    "snakebids": (
+        "from snakebids import generate_inputs",
+        "generate_inputs(bids_dir=ROOT, pybids_inputs={"
+        "'bold': {'filters': {'suffix': 'bold', 'extension': '.nii.gz'},"
+        " 'wildcards': ['subject', 'session', 'task', 'run']},"
+        " 'T1w': {'filters': {'suffix': 'T1w', 'extension': '.nii.gz'},"
+        " 'wildcards': ['subject', 'session']},"
+        " 'dwi': {'filters': {'suffix': 'dwi', 'extension': '.nii.gz'},"
+        " 'wildcards': ['subject', 'session']}})",
+    ),
+}
+
+
+def make_tree(root: Path, n_subjects: int) -> Path:
+    """Write an empty-file BIDS tree of ``n_subjects`` subjects."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": "bench", "BIDSVersion": "1.9.0"})
+    )
+    (root / "task-rest_bold.json").write_text(json.dumps({"RepetitionTime": 2.0}))
+    (root / "participants.tsv").write_text(
+        "participant_id\n" + "".join(f"sub-{n:04d}\n" for n in range(n_subjects))
+    )
+    for n in range(n_subjects):
+        sub = f"sub-{n:04d}"
+        files = [
+            f"anat/{sub}_T1w.nii.gz",
+            f"anat/{sub}_T1w.json",
+            f"dwi/{sub}_dwi.nii.gz",
+            f"dwi/{sub}_dwi.json",
+            f"dwi/{sub}_dwi.bval",
+            f"dwi/{sub}_dwi.bvec",
+        ]
+        for run in (1, 2):
+            files += [
+                f"func/{sub}_task-rest_run-{run}_bold.nii.gz",
+                f"func/{sub}_task-rest_run-{run}_bold.json",
+            ]
+        for name in files:
+            path = root / sub / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("{}" if name.endswith(".json") else "")
+    return root
+
+
+def time_in_subprocess(imports: str, statement: str, root: Path) -> float:
+    """Wall time of ``statement`` (with ROOT bound) in a fresh interpreter, imports excluded."""
+    script = (
+        f"import sys, time\n{imports}\nROOT = sys.argv[1]\nstart = time.perf_counter()\n"
+        f"{statement}\nprint(time.perf_counter() - start)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(root)], capture_output=True, text=True, check=True
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def time_dry_run(root: Path, workdir: Path) -> float:
+    """Wall time of ``snakemake -n all`` over the tree (start-up included)."""
+    start = time.perf_counter()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "all",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--configfile",
+            str(REPO / "config/config.yaml"),
+            "--directory",
+            str(workdir),
+            "--cores",
+            "2",
+            "--quiet",
+            "--config",
+            f"bids_dir={root}",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subjects", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = make_tree(Path(tmp) / "bids", args.subjects)
+        times: dict[str, list[float]] = {name: [] for name in [*METHODS, "snakemake -n all"]}
+        for _ in range(args.repeats):
+            for name, (imports, statement) in METHODS.items():
+                times[name].append(time_in_subprocess(imports, statement, root))
+            times["snakemake -n all"].append(time_dry_run(root, Path(tmp) / "work"))
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    print(f"{args.subjects} subjects, median of {args.repeats} runs")
+    for name, median in medians.items():
+        ratio = medians[name] / medians["bidstrain"]
+        print(f"  {name:18s} {median:8.3f} s   ({ratio:6.1f}x bidstrain)")
+
+
+if __name__ == "__main__":
+    main()
