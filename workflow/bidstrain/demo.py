@@ -91,17 +91,34 @@ def _save(data: np.ndarray, path: Path, zooms: Sequence[float]) -> None:
     nib.save(img, path)
 
 
-def bold_run(spec: DemoSpec, rng: np.random.Generator, shared_signal: np.ndarray) -> np.ndarray:
+def bold_anatomy(spec: DemoSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
+    """A subject's BOLD baseline intensity (5,000 to 10,000), task-response map and
+    temporal noise level (1 to 3 %).
+
+    They belong to the subject's brain and scanner, not to a run: every run of a subject
+    shares them, so that statistics fitted on one run normalize another (held-out runs).
+    """
+    baseline = (5000 + 5000 * _smooth_field(rng, spec.bold_shape)).astype(np.float32)
+    response = (0.5 + 0.5 * _smooth_field(rng, spec.bold_shape)).astype(np.float32)
+    return baseline, response, float(rng.uniform(0.01, 0.03))
+
+
+def bold_run(
+    spec: DemoSpec,
+    rng: np.random.Generator,
+    shared_signal: np.ndarray,
+    anatomy: tuple[np.ndarray, np.ndarray, float] | None = None,
+) -> np.ndarray:
     """One BOLD run as int16, shape ``bold_shape + (n_volumes,)``, at scanner scale.
 
-    The run is built volume block by volume block in float32 so that a 96x96x96x300 run
-    for the benchmarks needs about one run of int16 in memory, not one of float64.
+    ``anatomy`` is the subject's :func:`bold_anatomy` (a new one is drawn when None); the
+    noise and the drift are the run's own. The run is built volume by volume in
+    float32 so that a 96x96x96x300 run for the benchmarks needs about one run of int16 in
+    memory, not one of float64.
     """
     brain = _ellipsoid(spec.bold_shape)
-    baseline = (5000 + 5000 * _smooth_field(rng, spec.bold_shape)).astype(np.float32)
-    noise_level = rng.uniform(0.01, 0.03)
+    baseline, response, noise_level = anatomy if anatomy is not None else bold_anatomy(spec, rng)
     drift = np.linspace(0, rng.uniform(0.01, 0.02), spec.n_volumes, dtype=np.float32)
-    response = (0.5 + 0.5 * _smooth_field(rng, spec.bold_shape)).astype(np.float32)
     out = np.empty((*spec.bold_shape, spec.n_volumes), dtype=np.int16)
     for t in range(spec.n_volumes):
         modulation = 1 + drift[t] + 0.02 * shared_signal[t] * response
@@ -189,6 +206,7 @@ def make_demo(root: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
                 path = root / bids_path(datatype="anat", suffix="T1w", extension=".nii.gz", **ids)
                 _save(t1w_image(spec, rng), path, (1.0, 1.0, 1.0))
             if "bold" in spec.modalities:
+                anatomy = bold_anatomy(spec, rng)
                 for run in ("1", "2"):
                     path = root / bids_path(
                         datatype="func",
@@ -199,7 +217,7 @@ def make_demo(root: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
                         **ids,
                     )
                     _save(
-                        bold_run(spec, rng, shared_signal),
+                        bold_run(spec, rng, shared_signal, anatomy),
                         path,
                         (*bold_zooms, spec.repetition_time),
                     )

@@ -17,7 +17,9 @@ Attributes (``ds.attrs``): ``modality``, ``subject``, ``session``, ``entities`` 
 ``bidstrain_version``. Stages may add their own (``n_subjects``, ``subjects``, ...).
 
 Stores are Zarr v3 without consolidated metadata (consolidation is not part of the v3
-spec and makes xarray warn); every read and write passes ``consolidated=CONSOLIDATED``.
+spec and makes xarray warn); every read passes ``consolidated=CONSOLIDATED``. They are
+written with zarr alone (``dimension_names`` and a CF ``coordinates`` attribute tell xarray
+the layout), so a normalization job never imports xarray, pandas or dask.
 Data is chunked as a block of volumes by all voxels, about :data:`CHUNK_BYTES` each, and
 left uncompressed: z-scored float32 compresses about 1.1x, so decode speed wins.
 """
@@ -27,15 +29,17 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import xarray as xr
 import zarr
 
 from bidstrain import __version__
 from bidstrain.atomic import atomic_path
 from bidstrain.errors import BidstrainError
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 CONSOLIDATED = False
 CHUNK_BYTES = 4 * 2**20
@@ -49,6 +53,9 @@ REQUIRED_ATTRS = (
     "stats_dim",
     "stats_from",
 )
+#: Snakemake marks a finished ``directory()`` output by touching this entry inside it; an
+#: empty Zarr group of that name serves, where a plain file would make zarr warn.
+SNAKEMAKE_TIMESTAMP = ".snakemake_timestamp"
 
 
 def chunk_volumes(n_time: int, n_voxel: int, chunk_bytes: int = CHUNK_BYTES) -> int:
@@ -62,13 +69,30 @@ def mask_coords(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return tuple(idx.astype(np.int32) for idx in np.nonzero(mask))
 
 
+def _write_array(
+    group: zarr.Group, name: str, dims: tuple[str, ...], values: np.ndarray, **kwargs
+) -> None:
+    values = np.asarray(values)
+    array = group.create_array(
+        name,
+        shape=values.shape,
+        dtype=values.dtype,
+        dimension_names=list(dims),
+        compressors=None,
+        **kwargs,
+    )
+    array[...] = values
+
+
 class StoreWriter:
     """Fill the ``data`` array of a store being created by :func:`create_store`."""
 
     def __init__(self, root: Path, n_time: int, n_voxel: int, chunk: int, coord_names: list[str]):
         self.root = root
         self.n_time = n_time
-        self._data = zarr.open_group(root, mode="r+").create_array(
+        self._group = zarr.open_group(root, mode="r+")
+        self._coordinates = " ".join(coord_names)
+        self._data = self._group.create_array(
             "data",
             shape=(n_time, n_voxel),
             chunks=(chunk, n_voxel),
@@ -76,7 +100,7 @@ class StoreWriter:
             dimension_names=["time", "voxel"],
             fill_value=np.nan,
             compressors=None,
-            attributes={"coordinates": " ".join(coord_names)},
+            attributes={"coordinates": self._coordinates},
         )
         self._written = np.zeros(n_time, dtype=bool)
         self._variables: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
@@ -104,9 +128,12 @@ class StoreWriter:
         missing_attrs = [key for key in REQUIRED_ATTRS if key not in self.attrs]
         if missing_attrs:
             raise RuntimeError(f"store {self.root}: attributes {missing_attrs} never set")
-        xr.Dataset(self._variables).to_zarr(self.root, mode="a", consolidated=CONSOLIDATED)
-        group = zarr.open_group(self.root, mode="r+")
-        group.attrs.update({**self.attrs, "bidstrain_version": __version__})
+        for name, (dims, values) in self._variables.items():
+            _write_array(
+                self._group, name, dims, values, attributes={"coordinates": self._coordinates}
+            )
+        self._group.attrs.update({**self.attrs, "bidstrain_version": __version__})
+        zarr.open_group(self.root / SNAKEMAKE_TIMESTAMP, mode="w")
 
 
 @contextmanager
@@ -145,15 +172,24 @@ def create_store(
     mask = np.asarray(mask, dtype=bool)
     i, j, k = mask_coords(mask)
     time = np.asarray(time, dtype=np.float64)
-    coords = {"i": ("voxel", i), "j": ("voxel", j), "k": ("voxel", k), "time": ("time", time)}
+    coords = {
+        "i": (("voxel",), i),
+        "j": (("voxel",), j),
+        "k": (("voxel",), k),
+        "time": (("time",), time),
+    }
     coords.update(time_coords or {})
-    template = xr.Dataset({"mask": (("x", "y", "z"), mask)}, coords=coords)
-    template.attrs["affine"] = np.asarray(affine, dtype=float).tolist()
+    affine = np.asarray(affine, dtype=float).tolist()
     with atomic_path(path) as tmp:
-        template.to_zarr(tmp, mode="w", zarr_format=3, consolidated=CONSOLIDATED)
-        chunk = chunk or chunk_volumes(time.size, i.size)
-        writer = StoreWriter(tmp, time.size, i.size, chunk, list(coords))
-        writer.attrs["affine"] = template.attrs["affine"]
+        group = zarr.open_group(tmp, mode="w", zarr_format=3)
+        group.attrs["affine"] = affine
+        _write_array(group, "mask", ("x", "y", "z"), mask)
+        for name, (dims, values) in coords.items():
+            _write_array(group, name, dims, values)
+        writer = StoreWriter(
+            tmp, time.size, i.size, chunk or chunk_volumes(time.size, i.size), list(coords)
+        )
+        writer.attrs["affine"] = affine
         yield writer
         writer._close()
 
@@ -166,6 +202,8 @@ def open_store(path: str | Path) -> xr.Dataset:
     BidstrainError
         When the store does not exist or lacks the variables and attributes of the layout.
     """
+    import xarray as xr  # imported here: writers need only zarr
+
     path = Path(path)
     if not path.is_dir():
         raise BidstrainError("store not found (run the normalize stage first)", path=path)
