@@ -1,0 +1,457 @@
+"""Unit tests of the normalization stage: streaming reader, moments, masks, stores, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import xarray as xr
+from bidstrain.bids import BidsFile, BidsIndex
+from bidstrain.demo import DemoSpec, bold_run, dwi_series, t1w_image
+from bidstrain.errors import BidstrainError
+from bidstrain.normalize import (
+    ImageInfo,
+    Options,
+    fitting_runs,
+    normalize_bold,
+    normalize_volumes,
+    normalize_with_stats,
+)
+from bidstrain.normalize.masking import epi_mask, head_mask, resolve_pattern
+from bidstrain.normalize.moments import VoxelMoments, pool_moments
+from bidstrain.normalize.nifti_stream import iter_blocks, read_layout
+from bidstrain.store import CONSOLIDATED, open_store
+from nibabel.testing import data_path
+from nilearn.maskers import NiftiMasker
+from nilearn.masking import compute_epi_mask
+from nilearn.signal import clean
+
+FUNCTIONAL = Path(data_path) / "functional.nii"  # real BOLD, int16 with scl_slope/scl_inter
+ANATOMICAL = Path(data_path) / "anatomical.nii"  # real T1, big-endian int16
+REPO = Path(__file__).resolve().parents[1]
+BOLD = ImageInfo("bold", "01", entities={"sub": "01", "task": "rest"}, repetition_time=2.0)
+
+
+def _save(data: np.ndarray, path: Path, affine: np.ndarray | None = None) -> Path:
+    img = nib.Nifti1Image(data, np.eye(4) if affine is None else affine)
+    nib.save(img, path)
+    return path
+
+
+def _demo_run(path: Path, seed: int = 0, n_volumes: int = 30, shape=(12, 14, 12)) -> Path:
+    spec = DemoSpec(bold_shape=shape, n_volumes=n_volumes)
+    rng = np.random.default_rng(seed)
+    signal_ = np.sin(np.arange(n_volumes) / 3.0).astype(np.float32)
+    return _save(bold_run(spec, rng, signal_), path, np.diag([3.0, 3.0, 3.0, 1.0]))
+
+
+def _open(path: Path) -> xr.Dataset:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return xr.open_zarr(path, consolidated=CONSOLIDATED).load()
+
+
+def _mask_file(mask: np.ndarray, like: Path, path: Path) -> Path:
+    return _save(mask.astype(np.uint8), path, nib.load(like).affine)
+
+
+# ---- streaming reader --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block", [1, 3, 7, 100])
+def test_blocks_equal_nibabel_on_nii_and_gz(tmp_path, block):
+    data = np.random.default_rng(0).integers(-500, 500, (5, 6, 4, 9)).astype(np.int16)
+    for name in ("run.nii", "run.nii.gz"):
+        path = _save(data, tmp_path / name)
+        layout = read_layout(path)
+        rows = np.concatenate([b.copy() for _, b in iter_blocks(layout, block)])
+        assert rows.shape == (9, 5 * 6 * 4)
+        volumes = np.stack([layout.to_grid(row) for row in rows], axis=-1)
+        np.testing.assert_array_equal(volumes, data)
+
+
+def test_big_endian_and_scaling_follow_the_header(tmp_path):
+    layout = read_layout(ANATOMICAL)
+    assert layout.dtype.byteorder == ">"
+    (_, block), *_ = list(iter_blocks(layout, 1))
+    assert block.dtype.isnative
+    np.testing.assert_array_equal(
+        layout.to_grid(block[0]), np.asarray(nib.load(ANATOMICAL).dataobj)
+    )
+    func = read_layout(FUNCTIONAL)
+    assert func.slope != 1 and func.inter != 0
+
+
+def test_truncated_stream_is_an_error(tmp_path):
+    path = _save(np.ones((4, 4, 4, 6), dtype=np.int16), tmp_path / "run.nii")
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(BidstrainError, match="truncated voxel data.*6 volumes") as error:
+        list(iter_blocks(read_layout(path), 2))
+    assert str(path) in str(error.value)
+
+
+# ---- moments -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_moments_are_exact_for_scanner_scale_data(dtype):
+    rng = np.random.default_rng(1)
+    data = (10_000 + rng.normal(0, 30, (50, 200))).astype(dtype)
+    moments = VoxelMoments(200, dtype=dtype)
+    for start in range(0, 50, 7):
+        moments.update(data[start : start + 7])
+    exact = data.astype(np.float64)
+    np.testing.assert_allclose(moments.mean(), exact.mean(axis=0), rtol=1e-14)
+    np.testing.assert_allclose(moments.variance(1), exact.var(axis=0, ddof=1), rtol=1e-10)
+    # integers cannot be non-finite: only float input is checked
+    assert moments.nonfinite is None if dtype is np.int16 else not moments.nonfinite.any()
+
+
+def test_pooled_moments_equal_the_moments_of_the_concatenation():
+    rng = np.random.default_rng(2)
+    runs = [rng.normal(100 * i, 1 + i, (n, 30)) for i, n in enumerate((20, 35, 7))]
+    mean, variance = pool_moments(
+        [len(r) for r in runs],
+        [r.mean(axis=0) for r in runs],
+        [r.var(axis=0, ddof=d) for r, d in zip(runs, (1, 0, 1), strict=True)],
+        [1, 0, 1],
+        ddof=1,
+    )
+    everything = np.concatenate(runs)
+    np.testing.assert_allclose(mean, everything.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(variance, everything.var(axis=0, ddof=1), rtol=1e-10)
+
+
+# ---- BOLD: equality with nilearn, store layout -------------------------------------
+
+
+def test_bold_equals_nilearn_zscore_sample_on_real_functional(tmp_path):
+    mean = nib.load(FUNCTIONAL).get_fdata().mean(axis=-1)
+    mask_path = _mask_file(mean > np.percentile(mean, 40), FUNCTIONAL, tmp_path / "mask.nii")
+    attrs = normalize_bold(
+        FUNCTIONAL, tmp_path / "f.zarr", BOLD, Options(mask=str(mask_path), block_volumes=3)
+    )
+    ds = _open(tmp_path / "f.zarr")
+    masker = NiftiMasker(
+        mask_img=str(mask_path),
+        standardize="zscore_sample",
+        detrend=False,
+        memory_level=0,
+        reports=False,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "given mask will be used"
+        expected = masker.fit_transform(str(FUNCTIONAL))
+    varying = ds["std"].values > 0
+    assert varying.sum() > 100
+    np.testing.assert_allclose(ds.data.values[:, varying], expected[:, varying], atol=1e-5)
+    # nilearn.signal on the raw masked series gives the same (its zero-variance voxels
+    # keep a tiny float residue where ours are exactly 0)
+    series = nib.load(FUNCTIONAL).get_fdata()[ds.mask.values].T
+    cleaned = clean(series, detrend=False, standardize="zscore_sample")
+    np.testing.assert_allclose(ds.data.values[:, varying], cleaned[:, varying], atol=1e-5)
+    np.testing.assert_array_equal(ds.data.values[:, ~varying], 0.0)
+    assert attrs["n_zero_variance"] == int((~varying).sum())
+    # raw values come back from data * std + mean
+    np.testing.assert_allclose(
+        ds.data.values * ds["std"].values + ds["mean"].values, series, rtol=1e-6
+    )
+    assert ds.data.dtype == np.float32 and ds.data.dims == ("time", "voxel")
+    np.testing.assert_allclose(ds.time.values, np.arange(20) * 2.0)
+    for key in ("affine", "repetition_time", "source_path", "source_size", "ddof"):
+        assert key in ds.attrs
+    assert ds.attrs["stats_dim"] == "voxel" and ds.attrs["heldout"] is False
+
+
+def test_bold_nii_gz_float_big_endian_equals_int16_nii(tmp_path):
+    img = nib.load(FUNCTIONAL)
+    scaled = img.get_fdata().astype(">f4")
+    converted = nib.Nifti1Image(scaled, img.affine)
+    converted.set_data_dtype(">f4")
+    nib.save(converted, tmp_path / "f.nii.gz")
+    options = Options(mask="none", block_volumes=4)
+    normalize_bold(FUNCTIONAL, tmp_path / "a.zarr", BOLD, options)
+    normalize_bold(tmp_path / "f.nii.gz", tmp_path / "b.zarr", BOLD, options)
+    a, b = _open(tmp_path / "a.zarr"), _open(tmp_path / "b.zarr")
+    # float32 holds values near 3,000 to 2e-4: the inputs themselves differ that much
+    np.testing.assert_allclose(a.data.values, b.data.values, atol=5e-5)
+    series = scaled.astype(np.float64).reshape(-1, scaled.shape[-1]).T
+    expected = (series - series.mean(axis=0)) / series.std(axis=0, ddof=1)
+    np.testing.assert_allclose(b.data.values, expected, atol=1e-5)
+
+
+def test_epi_mask_of_the_streamed_mean_equals_nilearn_on_the_4d_run(tmp_path):
+    path = _demo_run(tmp_path / "run.nii.gz")
+    normalize_bold(path, tmp_path / "r.zarr", BOLD, Options(mask="epi"))
+    expected = compute_epi_mask(str(path)).get_fdata().astype(bool)
+    np.testing.assert_array_equal(_open(tmp_path / "r.zarr").mask.values, expected)
+
+
+def test_zero_variance_voxels_become_zero_and_are_counted(tmp_path):
+    data = np.random.default_rng(3).normal(1000, 10, (4, 4, 4, 12)).astype(np.float32)
+    data[0, 0, 0] = 7.0
+    data[1, 2, 3] = 0.0
+    path = _save(data, tmp_path / "run.nii")
+    attrs = normalize_bold(path, tmp_path / "r.zarr", BOLD, Options(mask="none", ddof=0))
+    ds = _open(tmp_path / "r.zarr")
+    assert attrs["n_zero_variance"] == 2
+    constant = ds["std"].values == 0
+    np.testing.assert_array_equal(ds.data.values[:, constant], 0.0)
+    values = ds.data.values[:, ~constant]
+    np.testing.assert_allclose(values.mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(values.std(axis=0, ddof=0), 1, atol=1e-5)
+
+
+def test_store_is_readable_by_open_store_and_chunked_by_volumes(tmp_path):
+    path = _demo_run(tmp_path / "run.nii.gz", n_volumes=40)
+    normalize_bold(path, tmp_path / "r.zarr", BOLD, Options(mask="none", block_volumes=3))
+    ds = open_store(tmp_path / "r.zarr")
+    assert ds.data.encoding["chunks"][1] == ds.sizes["voxel"]
+
+
+# ---- bad input ---------------------------------------------------------------------
+
+
+def test_one_volume_is_an_error(tmp_path):
+    path = _save(np.ones((4, 4, 4, 1), dtype=np.int16), tmp_path / "sub-01_bold.nii")
+    with pytest.raises(BidstrainError, match=r"1 volume.*ddof=1.*normalize.ddof") as error:
+        normalize_bold(path, tmp_path / "r.zarr", BOLD)
+    assert str(path) in str(error.value) and "sub-01" in str(error.value)
+    assert not (tmp_path / "r.zarr").exists()
+
+
+def test_all_zero_image_is_an_error(tmp_path):
+    path = _save(np.zeros((4, 4, 4, 5), dtype=np.int16), tmp_path / "run.nii.gz")
+    with pytest.raises(BidstrainError, match="every value of every volume is zero") as error:
+        normalize_bold(path, tmp_path / "r.zarr", BOLD, Options(mask="none"))
+    assert str(path) in str(error.value)
+
+
+def test_empty_epi_mask_is_an_error_naming_the_config_key(tmp_path):
+    # nilearn's compute_epi_mask finds nothing in this real 3-slice run
+    with pytest.raises(BidstrainError, match=r"mask is empty.*normalize.mask") as error:
+        normalize_bold(FUNCTIONAL, tmp_path / "r.zarr", BOLD, Options(mask="epi"))
+    assert str(FUNCTIONAL) in str(error.value)
+
+
+def test_empty_mask_file_and_mask_on_another_grid_are_errors(tmp_path):
+    shape = nib.load(FUNCTIONAL).shape[:3]
+    empty = _mask_file(np.zeros(shape, bool), FUNCTIONAL, tmp_path / "empty.nii")
+    with pytest.raises(BidstrainError, match="mask is empty"):
+        normalize_bold(FUNCTIONAL, tmp_path / "r.zarr", BOLD, Options(mask=str(empty)))
+    other = _save(np.ones((5, 5, 5), np.uint8), tmp_path / "other.nii")
+    with pytest.raises(BidstrainError, match=r"shape \(5, 5, 5\).*grid \(17, 21, 3\)") as error:
+        normalize_bold(FUNCTIONAL, tmp_path / "r.zarr", BOLD, Options(mask=str(other)))
+    assert str(other) in str(error.value) and "normalize.mask" in str(error.value)
+    moved = _save(np.ones(shape, np.uint8), tmp_path / "moved.nii", np.diag([2, 2, 2, 1]))
+    with pytest.raises(BidstrainError, match="another affine"):
+        normalize_bold(FUNCTIONAL, tmp_path / "r.zarr", BOLD, Options(mask=str(moved)))
+
+
+def test_nonfinite_values_are_an_error_or_masked_and_counted(tmp_path):
+    data = np.random.default_rng(4).normal(500, 5, (4, 4, 4, 8)).astype(np.float32)
+    data[1, 1, 1, 3] = np.nan
+    data[2, 2, 2, 0] = np.inf
+    path = _save(data, tmp_path / "run.nii.gz")
+    with pytest.raises(BidstrainError, match=r"2 voxels .*NaN or Inf.*normalize.nonfinite") as e:
+        normalize_bold(path, tmp_path / "r.zarr", BOLD, Options(mask="none"))
+    assert str(path) in str(e.value)
+    attrs = normalize_bold(path, tmp_path / "r.zarr", BOLD, Options(mask="none", nonfinite="mask"))
+    ds = _open(tmp_path / "r.zarr")
+    assert attrs["n_nonfinite"] == 2 and ds.sizes["voxel"] == 62
+    assert not ds.mask.values[1, 1, 1] and np.isfinite(ds.data.values).all()
+
+
+def test_mask_pattern_placeholders(tmp_path):
+    entities = {"sub": "01", "ses": "2", "task": "rest", "run": "1"}
+    pattern = (
+        "{bids_dir}/derivatives/sub-{subject}/ses-{session}/sub-{subject}_task-{task}_mask.nii"
+    )
+    assert resolve_pattern(pattern, entities, "/data", "normalize.mask") == (
+        "/data/derivatives/sub-01/ses-2/sub-01_task-rest_mask.nii"
+    )
+    with pytest.raises(BidstrainError, match=r"normalize.mask.*\{acq\}.*'acq'"):
+        resolve_pattern("m_{acq}.nii", entities, "/data", "normalize.mask")
+
+
+# ---- held-out runs -----------------------------------------------------------------
+
+
+def test_heldout_run_is_normalized_with_the_pooled_statistics_of_the_other_runs(tmp_path):
+    runs = [
+        _demo_run(tmp_path / f"sub-01_task-rest_run-{r}_bold.nii.gz", seed=r) for r in (1, 2, 3)
+    ]
+    stores = []
+    for run in runs[:2]:
+        store = tmp_path / f"{run.name}.zarr"
+        normalize_bold(run, store, BOLD, Options(mask="epi"))
+        stores.append(store)
+    attrs = normalize_with_stats(runs[2], stores, tmp_path / "heldout.zarr")
+    held = _open(tmp_path / "heldout.zarr")
+    fitted = [_open(s) for s in stores]
+    mask = fitted[0].mask.values & fitted[1].mask.values
+    np.testing.assert_array_equal(held.mask.values, mask)
+    raw = [nib.load(r).get_fdata()[mask].T for r in runs]
+    pooled = np.concatenate(raw[:2])
+    np.testing.assert_allclose(held["mean"].values, pooled.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(held["std"].values, pooled.std(axis=0, ddof=1), rtol=1e-5)
+    expected = (raw[2] - pooled.mean(axis=0)) / pooled.std(axis=0, ddof=1)
+    np.testing.assert_allclose(held.data.values, expected, atol=1e-4)
+    # its own statistics were not used: its per-voxel mean is far from 0
+    assert np.abs(held.data.values.mean(axis=0)).mean() > 0.5
+    assert attrs["heldout"] is True and held.attrs["stats_from"] == [
+        str(r.resolve()) for r in runs[:2]
+    ]
+    assert held.attrs["subject"] == "01" and held.attrs["repetition_time"] == 2.0
+
+
+def test_heldout_stats_on_another_grid_are_an_error(tmp_path):
+    store = tmp_path / "a.zarr"
+    normalize_bold(_demo_run(tmp_path / "a.nii.gz"), store, BOLD, Options(mask="none"))
+    other = _demo_run(tmp_path / "sub-01_task-rest_run-2_bold.nii.gz", shape=(10, 10, 10))
+    with pytest.raises(BidstrainError, match="statistics only apply on the same grid"):
+        normalize_with_stats(other, [store], tmp_path / "b.zarr")
+
+
+def _bids_file(sub: str, run: str, ses: str | None = None) -> BidsFile:
+    entities = {"sub": sub, **({"ses": ses} if ses else {}), "task": "rest", "run": run}
+    return BidsFile(
+        Path(f"/d/sub-{sub}_{ses}_run-{run}_bold.nii.gz"), entities, "func", "bold", ".nii.gz"
+    )
+
+
+def test_fitting_runs_prefer_the_session_and_fail_when_nothing_is_left():
+    runs = [_bids_file("01", r, s) for s in ("1", "2") for r in ("1", "2")] + [
+        _bids_file("02", "2")
+    ]
+
+    def heldout(run: BidsFile) -> bool:
+        return run.entities["run"] == "2"
+
+    chosen = fitting_runs(runs[1], runs, heldout, {"run": ["2"]})
+    assert chosen == [runs[0]]
+    with pytest.raises(BidstrainError, match=r"sub-02.*normalize.heldout \{'run': \['2'\]\}"):
+        fitting_runs(runs[-1], runs, heldout, {"run": ["2"]})
+
+
+# ---- T1w and DWI -------------------------------------------------------------------
+
+
+def test_t1w_is_zscored_within_a_head_mask(tmp_path):
+    spec = DemoSpec()
+    volume = t1w_image(spec, np.random.default_rng(5))
+    path = _save(volume, tmp_path / "t1.nii.gz")
+    info = ImageInfo("T1w", "01")
+    attrs = normalize_volumes(path, tmp_path / "t.zarr", info, Options(mask="head"))
+    ds = _open(tmp_path / "t.zarr")
+    assert ds.data.shape[0] == 1 and attrs["stats_dim"] == "time"
+    assert ds["mean"].dims == ("time",)
+    np.testing.assert_allclose(ds.data.values.mean(), 0, atol=1e-5)
+    np.testing.assert_allclose(ds.data.values.std(ddof=1), 1, atol=1e-5)
+    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in spec.t1w_shape], indexing="ij")
+    head = sum(g**2 for g in grids) <= 0.9**2
+    assert (ds.mask.values == head).mean() > 0.97
+    np.testing.assert_array_equal(head_mask(volume), ds.mask.values)
+    # a real T1 (big-endian): head mask covers the bright part
+    normalize_volumes(ANATOMICAL, tmp_path / "a.zarr", info, Options(mask="head"))
+    assert 0.2 < _open(tmp_path / "a.zarr").mask.values.mean() < 0.9
+
+
+def test_dwi_volumes_are_zscored_with_gradients_as_coordinates(tmp_path):
+    spec = DemoSpec()
+    data, bvals, bvecs = dwi_series(spec, np.random.default_rng(6))
+    path = _save(data, tmp_path / "dwi.nii.gz")
+    info = ImageInfo("dwi", "01", bval=bvals.tolist(), bvec=bvecs.tolist())
+    normalize_volumes(path, tmp_path / "d.zarr", info, Options(mask="epi", block_volumes=3))
+    ds = _open(tmp_path / "d.zarr")
+    np.testing.assert_array_equal(ds.bval.values, bvals)
+    np.testing.assert_allclose(ds.bvec.values, bvecs.T)
+    assert ds.bvec.dims == ("time", "direction")
+    np.testing.assert_allclose(ds.data.values.mean(axis=1), 0, atol=1e-5)
+    np.testing.assert_allclose(ds.data.values.std(axis=1, ddof=1), 1, atol=1e-5)
+    b0_mean = data[..., bvals == 0].mean(axis=-1)
+    np.testing.assert_array_equal(ds.mask.values, epi_mask(b0_mean, np.eye(4)))
+    raw = data[ds.mask.values].T
+    np.testing.assert_allclose(
+        ds.data.values * ds["std"].values[:, None] + ds["mean"].values[:, None], raw, rtol=1e-5
+    )
+
+
+# ---- atomic outputs ----------------------------------------------------------------
+
+
+def _ingest_json(tmp_path: Path, image: Path) -> Path:
+    record = {"subject": "01", "images": [{
+        "path": str(image), "modality": "bold", "subject": "01", "session": "",
+        "entities": {"sub": "01", "task": "rest"}, "repetition_time": 2.0,
+    }]}  # fmt: skip
+    path = tmp_path / "sub-01.json"
+    path.write_text(json.dumps(record))
+    return path
+
+
+def _cli(image: Path, ingest: Path, out: Path, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "bidstrain.normalize", "bold", "--image", str(image)]
+    command += ["--ingest", str(ingest), "--out", str(out), "--mask", "none", *extra]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
+    return subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def test_killed_job_leaves_no_store_and_keeps_the_previous_one(tmp_path):
+    out = tmp_path / "out" / "r.zarr"
+    small = _demo_run(tmp_path / "small.nii.gz")
+    process = _cli(small, _ingest_json(tmp_path, small), out)
+    assert process.wait() == 0, process.stderr.read()
+    before = _open(out)
+    big_data = np.random.default_rng(7).integers(0, 1000, (64, 64, 64, 120), dtype=np.int16)
+    big = _save(big_data, tmp_path / "big.nii")
+    del big_data
+    process = _cli(big, _ingest_json(tmp_path, big), out, "--block-volumes", "4")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        partial = [p for p in out.parent.glob(".r.zarr.tmp-*/data/c/*")]
+        if len(partial) >= 2:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the job finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    after = _open(out)  # still the complete previous store
+    xr.testing.assert_identical(before, after)
+    leftovers = [p.name for p in out.parent.iterdir() if p.name != "r.zarr"]
+    assert all(name.startswith(".r.zarr.tmp-") for name in leftovers)
+
+
+def test_failed_job_prints_a_clean_error_and_keeps_the_previous_store(tmp_path):
+    out = tmp_path / "r.zarr"
+    good = _demo_run(tmp_path / "good.nii.gz")
+    normalize_bold(good, out, BOLD, Options(mask="none"))
+    bad = _save(np.zeros((4, 4, 4, 5), dtype=np.int16), tmp_path / "bad.nii.gz")
+    process = _cli(bad, _ingest_json(tmp_path, bad), out)
+    assert process.wait() == 1
+    message = process.stderr.read()
+    assert f"bidstrain: error: sub-01: {bad}: every value" in message
+    assert "Traceback" not in message
+    assert open_store(out).sizes["time"] == 30
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_ingest_record_supplies_tr_and_gradients(tmp_path):
+    index_root = tmp_path / "bids"
+    index_root.mkdir()
+    (index_root / "dataset_description.json").write_text("{}")
+    image = _demo_run(tmp_path / "sub-01_task-rest_bold.nii.gz")
+    info = ImageInfo.from_ingest(_ingest_json(tmp_path, image), image)
+    assert info.repetition_time == 2.0 and info.subject == "01"
+    with pytest.raises(BidstrainError, match="no record of"):
+        ImageInfo.from_ingest(_ingest_json(tmp_path, image), tmp_path / "other.nii.gz")
+    assert BidsIndex  # the index type the workflow passes to fitting_runs

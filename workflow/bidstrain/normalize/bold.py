@@ -1,0 +1,108 @@
+"""BOLD runs: z-scored per voxel over time, within a mask, with the run's own statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bidstrain.errors import BidstrainError
+from bidstrain.normalize.image import DEFAULT_OPTIONS, ImageInfo, Options
+from bidstrain.normalize.nifti_stream import NiftiLayout, read_layout
+from bidstrain.normalize.passes import (
+    aligned_block,
+    check_not_all_zero,
+    choose_mask,
+    scan_image,
+    store_attrs,
+    volume_times,
+    write_per_voxel,
+    zscore_parameters,
+)
+from bidstrain.store import create_store
+
+
+def _check_volumes(layout: NiftiLayout, info: ImageInfo, ddof: int) -> None:
+    if layout.n_volumes <= ddof:
+        raise BidstrainError(
+            f"{layout.n_volumes} volume(s): a z-score over time with ddof={ddof} needs at "
+            f"least {ddof + 1} (config normalize.ddof)",
+            path=layout.path,
+            subject=info.subject,
+        )
+
+
+def normalize_bold(
+    nifti_path: str | Path,
+    out_store: str | Path,
+    info: ImageInfo,
+    options: Options = DEFAULT_OPTIONS,
+) -> dict[str, Any]:
+    """Z-score a BOLD run per voxel over time, within a mask, into a store.
+
+    Two streamed passes (:mod:`bidstrain.normalize.passes`), each reading the image once.
+
+    Peak memory, besides the libraries: about 40 bytes per grid voxel (pass 1 sums, the
+    mean volume, the mask), plus for blocks of ``b`` volumes ``2 * b`` stored volumes (the
+    reader's two buffers) and ``b * (itemsize + 12)`` bytes per masked voxel (pass 2),
+    whatever the number of volumes. Measured on a 96x96x96x300 int16 run with a
+    230,000-voxel mask and the default ``b = 4``: peak RSS 110 MB for the whole process,
+    of which 58 MB are the interpreter with numpy, nibabel, zarr and isal; ``mask="epi"``
+    imports nilearn (with scipy, pandas, scikit-learn) for the mask, about 130 MB more.
+
+    Parameters
+    ----------
+    nifti_path : str or Path
+        The run (``.nii`` or ``.nii.gz``, 4D).
+    out_store : str or Path
+        The store to write (``*.zarr``); replaced atomically.
+    info : ImageInfo
+        Subject, entities and repetition time (from the ingest record).
+    options : Options
+        Mask, ddof, non-finite policy, block size.
+
+    Returns
+    -------
+    dict
+        The store's attributes.
+
+    Raises
+    ------
+    BidstrainError
+        For no more than ``ddof`` volumes, an all-zero image, an empty mask or one on
+        another grid, and NaN/Inf inside the mask (unless ``options.nonfinite == "mask"``).
+    """
+    layout = read_layout(nifti_path, info.subject)
+    _check_volumes(layout, info, options.ddof)
+    scan = scan_image(layout, options.block_volumes, options.ddof)
+    check_not_all_zero(scan, layout, info)
+    mask, n_nonfinite = choose_mask(layout, info, options, scan)
+    index = layout.stored_index(mask)
+    mean, std = scan.mean[index], np.sqrt(scan.variance[index])
+    del scan
+    center, scale, zero = zscore_parameters(layout, mean, std)
+    chunk, block = aligned_block(options.block_volumes, layout.n_volumes, index.size)
+    with create_store(
+        out_store,
+        mask=mask,
+        affine=layout.affine,
+        time=volume_times(layout, info),
+        chunk=chunk,
+    ) as writer:
+        write_per_voxel(writer, layout, index, block, center, scale, subject=info.subject)
+        writer.add_variable("mean", ("voxel",), mean.astype(np.float32))
+        writer.add_variable("std", ("voxel",), std.astype(np.float32))
+        writer.attrs.update(
+            store_attrs(
+                layout,
+                info,
+                options,
+                stats_dim="voxel",
+                stats_from=[str(layout.path.resolve())],
+                heldout=False,
+                n_zero_variance=int(zero.sum()),
+                n_nonfinite=n_nonfinite,
+            )
+        )
+    return writer.attrs

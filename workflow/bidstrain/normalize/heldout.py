@@ -1,0 +1,213 @@
+"""Held-out BOLD runs: normalized with statistics pooled from other runs, never their own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bidstrain.bids import BidsFile
+from bidstrain.errors import BidstrainError
+from bidstrain.normalize.image import DEFAULT_OPTIONS, ImageInfo, Options
+from bidstrain.normalize.masking import AFFINE_TOLERANCE
+from bidstrain.normalize.moments import pool_moments
+from bidstrain.normalize.nifti_stream import NiftiLayout, read_layout
+from bidstrain.normalize.passes import (
+    aligned_block,
+    check_not_empty,
+    exclude_nonfinite,
+    scan_image,
+    store_attrs,
+    volume_times,
+    write_per_voxel,
+    zscore_parameters,
+)
+from bidstrain.store import create_store, open_store, to_grid
+
+
+def fitting_runs(
+    image: BidsFile,
+    candidates: Iterable[BidsFile],
+    is_heldout: Callable[[BidsFile], bool],
+    heldout: Mapping[str, Sequence[str]],
+) -> list[BidsFile]:
+    """The runs whose statistics a held-out run is normalized with.
+
+    The same subject's runs of the same task that are not held out: those of the same
+    session when there are any (same scanner set-up), else those of its other sessions.
+
+    Raises
+    ------
+    BidstrainError
+        When no such run is left, naming the subject and the ``normalize.heldout`` config.
+    """
+    task = image.entities.get("task")
+    same_task = [
+        run
+        for run in candidates
+        if run.subject == image.subject
+        and run.entities.get("task") == task
+        and run.path != image.path
+        and not is_heldout(run)
+    ]
+    same_session = [run for run in same_task if run.session == image.session]
+    if not same_task:
+        raise BidstrainError(
+            f"held-out run has no task-{task} run left to fit statistics on: config "
+            f"normalize.heldout {dict(heldout)} selects every such run of sub-{image.subject} "
+            "(hold out fewer runs, or leave the subject out with exclude_participant_label)",
+            path=image.path,
+            subject=image.subject,
+        )
+    return same_session or same_task
+
+
+def pooled_statistics(
+    stats_stores: Sequence[str | Path], layout: NiftiLayout, ddof: int, subject: str | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Per-voxel mean and std pooled over BOLD stores, on the voxels all their masks share.
+
+    Returns
+    -------
+    mask : ndarray of bool, shape (x, y, z)
+        Intersection of the stores' masks.
+    mean, std : ndarray (float64)
+        One value per voxel of ``mask``, in C order.
+    sources : list of str
+        The source files the stores' statistics came from.
+
+    Raises
+    ------
+    BidstrainError
+        When a store is not per-voxel, lies on another grid than the image, or the masks
+        share no voxel.
+    """
+    if not stats_stores:
+        raise BidstrainError("no store to take statistics from", path=layout.path, subject=subject)
+    datasets = [open_store(path) for path in stats_stores]
+    mask = np.ones(layout.shape, dtype=bool)
+    for path, ds in zip(stats_stores, datasets, strict=True):
+        if ds.attrs["stats_dim"] != "voxel":
+            raise BidstrainError(
+                f"store has per-{ds.attrs['stats_dim']} statistics; a run can only be "
+                "normalized with the per-voxel statistics of BOLD stores",
+                path=path,
+                subject=subject,
+            )
+        affine = np.asarray(ds.attrs["affine"], dtype=np.float64)
+        difference = float(np.abs(affine - layout.affine).max())
+        if ds.mask.shape != layout.shape or difference > AFFINE_TOLERANCE:
+            raise BidstrainError(
+                f"store grid {ds.mask.shape} (affine difference {difference:.3g}) differs "
+                f"from {layout.path} {layout.shape}: statistics only apply on the same grid",
+                path=path,
+                subject=subject,
+            )
+        mask &= ds.mask.values
+    if not mask.any():
+        raise BidstrainError(
+            f"the masks of {', '.join(map(str, stats_stores))} share no voxel",
+            path=layout.path,
+            subject=subject,
+        )
+    shared = np.nonzero(mask)
+    counts, means, variances, ddofs, sources = [], [], [], [], []
+    for ds in datasets:
+        grid = to_grid(ds, np.stack([ds["mean"].values, ds["std"].values]), fill=np.nan)
+        counts.append(ds.sizes["time"])
+        means.append(grid[0][shared])
+        variances.append(grid[1][shared].astype(np.float64) ** 2)
+        ddofs.append(int(ds.attrs["ddof"]))
+        sources.extend(ds.attrs["stats_from"])
+    mean, variance = pool_moments(counts, means, variances, ddofs, ddof)
+    return mask, mean, np.sqrt(variance), sources
+
+
+def normalize_with_stats(
+    nifti_path: str | Path,
+    stats_stores: Sequence[str | Path],
+    out_store: str | Path,
+    info: ImageInfo | None = None,
+    options: Options = DEFAULT_OPTIONS,
+) -> dict[str, Any]:
+    """Z-score a BOLD run with statistics pooled from other runs' stores, not its own.
+
+    For held-out runs and for data that arrives later: the per-voxel counts, means and
+    variances of ``stats_stores`` are pooled exactly
+    (:func:`bidstrain.normalize.moments.pool_moments`) and the run is streamed once (twice,
+    the first time for its non-finite voxels, when a float image has
+    ``options.nonfinite == "mask"``). The store's mask is the intersection of the stores'
+    masks (minus voxels with NaN/Inf when ``options.nonfinite == "mask"``), its ``mean``
+    and ``std`` are the pooled statistics, ``stats_from`` lists the runs they came from and
+    ``heldout`` is True. ``options.mask`` is not used: the statistics define the voxels.
+    Peak memory as :func:`bidstrain.normalize.bold.normalize_bold`.
+
+    Parameters
+    ----------
+    nifti_path : str or Path
+        The run to normalize.
+    stats_stores : sequence of str or Path
+        BOLD stores (``stats_dim: "voxel"``) on the run's grid.
+    out_store : str or Path
+        The store to write; replaced atomically.
+    info : ImageInfo, optional
+        Subject, entities, TR; by default from the BIDS file name and the first store's TR.
+    options : Options
+        ``ddof``, ``nonfinite`` and ``block_volumes`` are used.
+
+    Returns
+    -------
+    dict
+        The store's attributes.
+    """
+    if info is None:
+        tr = open_store(stats_stores[0]).attrs["repetition_time"] if stats_stores else None
+        info = ImageInfo.from_name(nifti_path, tr)
+    layout = read_layout(nifti_path, info.subject)
+    mask, mean, std, sources = pooled_statistics(stats_stores, layout, options.ddof, info.subject)
+    n_nonfinite = 0
+    if layout.is_float and options.nonfinite == "mask":
+        nonfinite = scan_image(layout, options.block_volumes, 0).nonfinite
+        stats_mask = mask
+        mask, n_nonfinite = exclude_nonfinite(mask, nonfinite, layout, info, options)
+        check_not_empty(mask, layout, info, f"after removing {n_nonfinite} non-finite voxels")
+        kept = mask[np.nonzero(stats_mask)]
+        mean, std = mean[kept], std[kept]
+    index = layout.stored_index(mask)
+    center, scale, zero = zscore_parameters(layout, mean, std)
+    chunk, block = aligned_block(options.block_volumes, layout.n_volumes, index.size)
+    with create_store(
+        out_store,
+        mask=mask,
+        affine=layout.affine,
+        time=volume_times(layout, info),
+        chunk=chunk,
+    ) as writer:
+        write_per_voxel(
+            writer,
+            layout,
+            index,
+            block,
+            center,
+            scale,
+            check_values=True,
+            subject=info.subject,
+        )
+        writer.add_variable("mean", ("voxel",), mean.astype(np.float32))
+        writer.add_variable("std", ("voxel",), std.astype(np.float32))
+        writer.attrs.update(
+            store_attrs(
+                layout,
+                info,
+                options,
+                mask_source="intersection of the stats_from masks",
+                stats_dim="voxel",
+                stats_from=sources,
+                heldout=True,
+                n_zero_variance=int(zero.sum()),
+                n_nonfinite=n_nonfinite,
+            )
+        )
+    return writer.attrs

@@ -1,0 +1,116 @@
+"""What a normalization job is given: the image's description and the settings."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bidstrain.bids import parse_name
+from bidstrain.errors import BidstrainError
+
+#: The config key of each modality's mask, for error messages.
+MASK_KEYS = {"bold": "normalize.mask", "T1w": "normalize.t1w_mask", "dwi": "normalize.dwi_mask"}
+DEFAULT_MASKS = {"bold": "epi", "T1w": "head", "dwi": "epi"}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What normalization needs to know about an image besides its voxels.
+
+    Attributes
+    ----------
+    modality : str
+        ``bold``, ``T1w`` or ``dwi``.
+    subject : str
+        Subject label.
+    session : str
+        Session label, or ``""``.
+    entities : dict
+        BIDS entities of the file name.
+    repetition_time : float or None
+        Seconds between volumes (BOLD); None otherwise.
+    bval : list of float or None
+        DWI b-values, one per volume.
+    bvec : list of list of float or None
+        DWI b-vectors, 3 rows of one value per volume (as in ``.bvec``).
+    """
+
+    modality: str
+    subject: str
+    session: str = ""
+    entities: dict[str, str] = field(default_factory=dict)
+    repetition_time: float | None = None
+    bval: list[float] | None = None
+    bvec: list[list[float]] | None = None
+
+    @classmethod
+    def from_ingest(cls, ingest_json: str | Path, image: str | Path) -> ImageInfo:
+        """The record of ``image`` in a subject's ingest JSON (``results/ingest/sub-X.json``).
+
+        Raises
+        ------
+        BidstrainError
+            When the JSON has no record of the image.
+        """
+        subject_record = json.loads(Path(ingest_json).read_text())
+        wanted = Path(image).resolve()
+        for record in subject_record["images"]:
+            if Path(record["path"]).resolve() == wanted:
+                return cls(
+                    modality=record["modality"],
+                    subject=record["subject"],
+                    session=record["session"],
+                    entities=dict(record["entities"]),
+                    repetition_time=record["repetition_time"],
+                    bval=record.get("bval"),
+                    bvec=record.get("bvec"),
+                )
+        raise BidstrainError(
+            f"no record of {image} in the ingest record (rerun the ingest stage)",
+            path=ingest_json,
+            subject=subject_record.get("subject"),
+        )
+
+    @classmethod
+    def from_name(cls, image: str | Path, repetition_time: float | None) -> ImageInfo:
+        """Describe an image from its BIDS file name alone (data that arrives later)."""
+        parsed = parse_name(Path(image).name)
+        if parsed is None or "sub" not in parsed[0]:
+            raise BidstrainError("not a BIDS file name (sub-<label>_..._bold.nii[.gz])", path=image)
+        entities, suffix, _ = parsed
+        return cls(
+            modality=suffix,
+            subject=entities["sub"],
+            session=entities.get("ses", ""),
+            entities=entities,
+            repetition_time=repetition_time,
+        )
+
+
+@dataclass(frozen=True)
+class Options:
+    """Normalization settings (the ``normalize`` section of the config).
+
+    Attributes
+    ----------
+    mask : str
+        ``epi``, ``head``, ``none`` or the path of a mask image (see
+        :mod:`bidstrain.normalize.masking`).
+    ddof : int
+        Delta degrees of freedom of the standard deviation.
+    nonfinite : {"error", "mask"}
+        What NaN/Inf inside the mask does: an error, or the voxel leaves the mask (counted).
+        NaN/Inf outside the mask is never read into the store and is ignored.
+    block_volumes : int
+        Volumes per streamed block; rounded up to a whole number of store chunks.
+    """
+
+    mask: str = "epi"
+    ddof: int = 1
+    nonfinite: str = "error"
+    block_volumes: int = 4
+
+
+#: The settings of the default config (``Options`` is frozen, so one instance serves all).
+DEFAULT_OPTIONS = Options()

@@ -1,0 +1,114 @@
+"""Per-voxel count, mean and variance: accumulated block by block, and pooled across runs.
+
+Sums are accumulated in float64. For integer images of up to 16 bits the values and
+their squares are integers below 2**30, so every sum is exact for up to 2**23 volumes and
+no shift is needed. For other types the sums are of the deviations from the first volume
+(the "shifted data" algorithm), which removes the cancellation that makes the textbook
+``E[x**2] - E[x]**2`` inaccurate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+#: Columns processed at once, so that float64 temporaries stay in cache (measured fastest).
+TILE_VOXELS = 2**13
+
+
+class VoxelMoments:
+    """Running per-voxel sums of a stream of volumes.
+
+    Parameters
+    ----------
+    n_voxel : int
+        Values per volume.
+    dtype : numpy.dtype
+        Type of the values; float input also records which voxels hold a NaN or Inf.
+
+    Notes
+    -----
+    Memory: 17 bytes per voxel (two float64 sums, the non-finite flags), plus the shift
+    (8 bytes per voxel) for types other than integers of up to 16 bits.
+    """
+
+    def __init__(self, n_voxel: int, *, dtype: np.dtype):
+        dtype = np.dtype(dtype)
+        self.count = 0
+        self.exact_integers = dtype.kind in "iu" and dtype.itemsize <= 2
+        self.shift: np.ndarray | None = None
+        self.sum = np.zeros(n_voxel, dtype=np.float64)
+        self.sum_squares = np.zeros(n_voxel, dtype=np.float64)
+        self.nonfinite = np.zeros(n_voxel, dtype=bool) if dtype.kind == "f" else None
+
+    def update(self, block: np.ndarray) -> None:
+        """Add a block of volumes, shape ``(n, n_voxel)`` (any real dtype)."""
+        if block.shape[0] == 0:
+            return
+        if self.shift is None and not self.exact_integers:
+            self.shift = block[0].astype(np.float64)
+        for start in range(0, block.shape[1], TILE_VOXELS):
+            tile = slice(start, start + TILE_VOXELS)
+            deviation = block[:, tile].astype(np.float64)
+            with np.errstate(invalid="ignore", over="ignore"):  # non-finite input: flagged
+                if self.shift is not None:
+                    deviation -= self.shift[tile]
+                self.sum[tile] += deviation.sum(axis=0)
+                self.sum_squares[tile] += np.einsum("ij,ij->j", deviation, deviation)
+            if self.nonfinite is not None:
+                self.nonfinite[tile] |= ~np.isfinite(deviation).all(axis=0)
+        self.count += block.shape[0]
+
+    def mean(self) -> np.ndarray:
+        """Per-voxel mean (float64); NaN or Inf where the voxel held non-finite values."""
+        mean = self.sum / self.count
+        return mean if self.shift is None else mean + self.shift
+
+    def variance(self, ddof: int) -> np.ndarray:
+        """Per-voxel variance with ``ddof`` delta degrees of freedom (float64, >= 0)."""
+        if self.count <= ddof:
+            raise ValueError(f"{self.count} volumes leave no degree of freedom with ddof={ddof}")
+        with np.errstate(invalid="ignore"):
+            squared_deviations = self.sum_squares - self.sum**2 / self.count
+            return np.maximum(squared_deviations, 0.0) / (self.count - ddof)
+
+
+def pool_moments(
+    counts: Sequence[int],
+    means: Sequence[np.ndarray],
+    variances: Sequence[np.ndarray],
+    ddofs: Sequence[int],
+    ddof: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of several runs taken together, from each run's own statistics.
+
+    The exact pooled formula (Chan et al.): the squared deviations of each run about its
+    own mean, ``variance * (count - ddof)``, plus ``count * (mean - pooled_mean) ** 2``.
+
+    Parameters
+    ----------
+    counts : sequence of int
+        Volumes of each run.
+    means, variances : sequence of ndarray
+        Per-voxel mean and variance of each run (same shape).
+    ddofs : sequence of int
+        The ddof each run's variance was computed with.
+    ddof : int
+        The ddof of the pooled variance.
+
+    Returns
+    -------
+    mean, variance : ndarray (float64)
+    """
+    total = int(sum(counts))
+    if total <= ddof:
+        raise ValueError(f"{total} volumes leave no degree of freedom with ddof={ddof}")
+    weights = np.asarray(counts, dtype=np.float64)
+    means64 = [np.asarray(m, dtype=np.float64) for m in means]
+    pooled_mean = sum(w * m for w, m in zip(weights, means64, strict=True)) / total
+    squared_deviations = sum(
+        np.asarray(v, dtype=np.float64) * (n - d) + n * (m - pooled_mean) ** 2
+        for n, m, v, d in zip(counts, means64, variances, ddofs, strict=True)
+    )
+    return pooled_mean, squared_deviations / (total - ddof)

@@ -1,0 +1,268 @@
+"""Read the voxel data of a NIfTI image sequentially, a block of volumes at a time.
+
+nibabel parses the header; the data are then read as one forward stream: ``.nii.gz``
+through ``isal.igzip`` (decompression releases the GIL, about twice as fast as zlib),
+``.nii`` as a plain file. Slicing nibabel's proxy volume by volume instead restarts the
+gzip stream at every slice, which is quadratic in the number of volumes on ``.nii.gz``.
+
+A background thread decompresses the next block while the caller works on the current
+one (isal releases the GIL), so on two free cores a pass costs about the decompression
+alone. A normalization reads a ``.nii.gz`` twice (statistics, then z-scores): copying the
+decompressed stream of the first pass to a temporary file and reading it back in the
+second was measured slower here (3.84 s against 3.40 s for a 96x96x96x300 int16 run,
+medians of 5): writing 530 MB through the page cache costs about what isal saves.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from isal import igzip
+
+from bidstrain.errors import BidstrainError
+
+#: Bytes asked of the decompressor per call while filling a block.
+READ_CHUNK_BYTES = 4 * 2**20
+
+
+@dataclass(frozen=True)
+class NiftiLayout:
+    """Where and how a NIfTI image stores its voxels (read from the header only).
+
+    Attributes
+    ----------
+    path : Path
+        The image file (``.nii`` or ``.nii.gz``).
+    shape : tuple of int
+        Spatial grid ``(x, y, z)``.
+    n_volumes : int
+        Volumes along the fourth axis (1 for a 3D image).
+    dtype : numpy.dtype
+        On-disk dtype, with its byte order.
+    offset : int
+        Byte offset of the voxel data in the (uncompressed) stream.
+    slope, inter : float
+        Scaling of stored to real values, ``real = stored * slope + inter`` (1 and 0 when
+        the header has none).
+    affine : ndarray, shape (4, 4)
+        Voxel-to-world affine (as nibabel chooses it: sform, else qform).
+    """
+
+    path: Path
+    shape: tuple[int, int, int]
+    n_volumes: int
+    dtype: np.dtype
+    offset: int
+    slope: float
+    inter: float
+    affine: np.ndarray
+
+    @property
+    def n_grid(self) -> int:
+        """Voxels in one volume."""
+        return int(np.prod(self.shape))
+
+    @property
+    def volume_bytes(self) -> int:
+        """Bytes of one stored volume."""
+        return self.n_grid * self.dtype.itemsize
+
+    @property
+    def is_compressed(self) -> bool:
+        """Whether the file is gzipped (``.nii.gz``)."""
+        return self.path.name.endswith(".gz")
+
+    @property
+    def is_float(self) -> bool:
+        """Whether stored values can be non-finite."""
+        return self.dtype.kind == "f"
+
+    def stored_index(self, mask: np.ndarray) -> np.ndarray:
+        """Positions in a stored volume of the mask's voxels, in the mask's C order.
+
+        NIfTI stores a volume with ``x`` fastest (Fortran order); a block row returned by
+        :func:`iter_blocks` indexed with this array gives the voxels in the store's order.
+        """
+        return np.ravel_multi_index(np.nonzero(mask), self.shape, order="F").astype(np.intp)
+
+    def to_grid(self, values: np.ndarray) -> np.ndarray:
+        """Turn a flat stored volume (length :attr:`n_grid`) into an ``(x, y, z)`` array."""
+        return np.asarray(values).reshape(self.shape, order="F")
+
+
+def read_layout(path: str | Path, subject: str | None = None) -> NiftiLayout:
+    """Parse the header of ``path`` with nibabel (no voxel data are read).
+
+    Raises
+    ------
+    BidstrainError
+        When the file is not a readable 3D or 4D NIfTI-1/2 image.
+    """
+    path = Path(path)
+    try:
+        img = nib.load(path)
+    except Exception as error:  # nibabel raises many types for unreadable files
+        raise BidstrainError(
+            f"not a readable NIfTI image: {error}", path=path, subject=subject
+        ) from None
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise BidstrainError(
+            f"expected a NIfTI image, got {type(img).__name__}", path=path, subject=subject
+        )
+    shape = tuple(int(n) for n in img.shape)
+    if len(shape) == 5 and shape[4] == 1:
+        shape = shape[:4]
+    if len(shape) not in (3, 4):
+        raise BidstrainError(
+            f"expected a 3D or 4D image, got shape {shape}", path=path, subject=subject
+        )
+    dtype = np.dtype(img.get_data_dtype())
+    if dtype.kind not in "iuf":
+        raise BidstrainError(
+            f"voxel type {dtype} is not a real number (complex or RGB images cannot be z-scored)",
+            path=path,
+            subject=subject,
+        )
+    return NiftiLayout(
+        path=path,
+        shape=shape[:3],
+        n_volumes=shape[3] if len(shape) == 4 else 1,
+        dtype=dtype,
+        offset=int(img.dataobj.offset),
+        slope=float(img.dataobj.slope),
+        inter=float(img.dataobj.inter),
+        affine=np.asarray(img.affine, dtype=np.float64),
+    )
+
+
+@contextmanager
+def _open_stream(layout: NiftiLayout):
+    """Open the data stream positioned at the first voxel."""
+    if layout.is_compressed:
+        stream = igzip.open(layout.path, "rb")
+        skipped = len(stream.read(layout.offset))
+    else:
+        stream = layout.path.open("rb")
+        skipped = stream.seek(layout.offset)
+    if skipped != layout.offset:
+        stream.close()
+        raise BidstrainError(
+            f"file ends inside the header ({skipped} of {layout.offset} bytes)", path=layout.path
+        )
+    with stream:
+        yield stream
+
+
+def _fill(stream, buffer: memoryview) -> int:
+    """Read into ``buffer`` until it is full or the stream ends; return the bytes read."""
+    filled = 0
+    while filled < len(buffer):
+        n = stream.readinto(buffer[filled : filled + READ_CHUNK_BYTES])
+        if not n:
+            break
+        filled += n
+    return filled
+
+
+class _Prefetcher:
+    """Fill blocks in a background thread, two buffers in rotation."""
+
+    def __init__(self, layout: NiftiLayout, block_volumes: int):
+        self.layout = layout
+        self.block_volumes = block_volumes
+        self.free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(2):
+            self.free.put(bytearray(block_volumes * layout.volume_bytes))
+        self.ready: queue.Queue = queue.Queue()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="nifti-prefetch", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            with _open_stream(self.layout) as stream:
+                for start in range(0, self.layout.n_volumes, self.block_volumes):
+                    buffer = self._next_free()
+                    if buffer is None:
+                        return
+                    n = min(self.block_volumes, self.layout.n_volumes - start)
+                    want = n * self.layout.volume_bytes
+                    got = _fill(stream, memoryview(buffer)[:want])
+                    if got < want:
+                        raise BidstrainError(
+                            f"truncated voxel data: the header describes "
+                            f"{self.layout.n_volumes} volumes, the stream ends in volume "
+                            f"{start + got // self.layout.volume_bytes + 1}",
+                            path=self.layout.path,
+                        )
+                    self.ready.put((start, n, buffer))
+        except BaseException as error:  # handed to the consuming thread
+            self.ready.put(error)
+        else:
+            self.ready.put(None)
+
+    def _next_free(self) -> bytearray | None:
+        while not self.stop.is_set():
+            try:
+                return self.free.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return None
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def iter_blocks(layout: NiftiLayout, block_volumes: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield the stored voxel values, ``block_volumes`` volumes at a time, in order.
+
+    Parameters
+    ----------
+    layout : NiftiLayout
+        From :func:`read_layout`.
+    block_volumes : int
+        Volumes per block (the last block may be shorter).
+
+    Yields
+    ------
+    start : int
+        Index of the block's first volume.
+    block : ndarray, shape (n, x * y * z)
+        Stored (unscaled) values in native byte order, one row per volume, voxels in
+        stored (Fortran) order: see :meth:`NiftiLayout.stored_index`. The array is a view
+        of a reused buffer: it is valid until the next block is requested.
+
+    Notes
+    -----
+    Memory: two blocks of stored values (``2 * block_volumes * layout.volume_bytes``).
+
+    Raises
+    ------
+    BidstrainError
+        When the stream ends before the volumes the header describes.
+    """
+    native = layout.dtype.newbyteorder("=")
+    prefetcher = _Prefetcher(layout, max(1, int(block_volumes)))
+    try:
+        while True:
+            item = prefetcher.ready.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            start, n, buffer = item
+            block = np.frombuffer(buffer, dtype=layout.dtype, count=n * layout.n_grid)
+            if layout.dtype != native:
+                block = block.byteswap(inplace=True).view(native)
+            yield start, block.reshape(n, layout.n_grid)
+            prefetcher.free.put(buffer)
+    finally:
+        prefetcher.close()

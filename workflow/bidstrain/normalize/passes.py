@@ -1,0 +1,234 @@
+"""The streaming passes every normalization is made of, and the checks between them.
+
+pass 1 (:func:`scan_image`)
+    per-voxel sums over the whole grid (:class:`~bidstrain.normalize.moments.VoxelMoments`):
+    the mean volume a mask is computed from, the voxels holding NaN/Inf, and the per-voxel
+    mean and variance.
+pass 2 (:func:`write_per_voxel`, or :func:`bidstrain.normalize.volumes.write_per_volume`)
+    masked blocks of volumes (gathered with precomputed flat indices) are z-scored and
+    written to the store, a whole number of store chunks at a time.
+
+Each pass streams the image with a thread decompressing ahead
+(:mod:`~bidstrain.normalize.nifti_stream`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bidstrain.errors import BidstrainError
+from bidstrain.normalize.image import MASK_KEYS, ImageInfo, Options
+from bidstrain.normalize.masking import epi_mask, head_mask, load_mask
+from bidstrain.normalize.moments import VoxelMoments
+from bidstrain.normalize.nifti_stream import NiftiLayout, iter_blocks
+from bidstrain.store import StoreWriter, chunk_volumes
+
+#: Standard deviations below this count as zero variance (the threshold nilearn uses).
+ZERO_STD = float(np.finfo(np.float64).eps)
+
+
+@dataclass
+class Scan:
+    """What pass 1 learned about an image (real values, whole grid)."""
+
+    mean: np.ndarray  # per-voxel mean, stored (Fortran) order
+    variance: np.ndarray  # per-voxel variance, stored order
+    mean_volume: np.ndarray  # the (x, y, z) volume a mask is computed from
+    nonfinite: np.ndarray  # (x, y, z) bool, voxels holding NaN or Inf
+
+
+def scan_image(
+    layout: NiftiLayout,
+    block: int,
+    ddof: int,
+    mean_rows: np.ndarray | None = None,
+) -> Scan:
+    """Pass 1: per-voxel moments of the whole grid.
+
+    Parameters
+    ----------
+    layout : NiftiLayout
+        The image.
+    block : int
+        Volumes per streamed block.
+    ddof : int
+        Delta degrees of freedom of the variance.
+    mean_rows : ndarray of bool, optional
+        Volumes whose mean is the mask's volume (DWI b=0); by default all of them.
+    """
+    moments = VoxelMoments(layout.n_grid, dtype=layout.dtype)
+    selected_sum = None if mean_rows is None else np.zeros(layout.n_grid, dtype=np.float64)
+    for start, values in iter_blocks(layout, block):
+        moments.update(values)
+        if selected_sum is not None:
+            rows = mean_rows[start : start + values.shape[0]]
+            selected_sum += values[rows].sum(axis=0, dtype=np.float64)
+    mean = moments.mean() * layout.slope + layout.inter
+    variance = moments.variance(ddof) * layout.slope**2
+    if selected_sum is None:
+        mean_volume = mean
+    else:
+        mean_volume = selected_sum / mean_rows.sum() * layout.slope + layout.inter
+    nonfinite = (
+        np.zeros(layout.n_grid, dtype=bool) if moments.nonfinite is None else moments.nonfinite
+    )
+    return Scan(mean, variance, layout.to_grid(mean_volume), layout.to_grid(nonfinite))
+
+
+def aligned_block(block_volumes: int, n_time: int, n_voxel: int) -> tuple[int, int]:
+    """Store chunk and read block (a whole number of chunks, so no chunk is written twice)."""
+    chunk = chunk_volumes(n_time, n_voxel)
+    return chunk, max(1, math.ceil(block_volumes / chunk)) * chunk
+
+
+def choose_mask(
+    layout: NiftiLayout, info: ImageInfo, options: Options, scan: Scan
+) -> tuple[np.ndarray, int]:
+    """The mask (minus non-finite voxels when configured) and the number of those voxels."""
+    key = MASK_KEYS[info.modality]
+    if options.mask == "none":
+        mask = np.ones(layout.shape, dtype=bool)
+    elif options.mask == "epi":
+        mask = epi_mask(scan.mean_volume, layout.affine)
+    elif options.mask == "head":
+        mask = head_mask(scan.mean_volume)
+    else:
+        mask = load_mask(
+            options.mask,
+            layout.shape,
+            layout.affine,
+            image=layout.path,
+            config_key=key,
+            subject=info.subject,
+        )
+    check_not_empty(mask, layout, info, f"config {key}: {options.mask}")
+    mask, n_nonfinite = exclude_nonfinite(mask, scan.nonfinite, layout, info, options)
+    check_not_empty(mask, layout, info, f"after removing {n_nonfinite} non-finite voxels")
+    return mask, n_nonfinite
+
+
+def check_not_empty(mask: np.ndarray, layout: NiftiLayout, info: ImageInfo, how: str) -> None:
+    """Raise when ``mask`` selects no voxel (``how`` says where it came from)."""
+    if not mask.any():
+        raise BidstrainError(
+            f"the mask is empty ({how}); choose another mask (config "
+            f"{MASK_KEYS[info.modality]}: epi, none, or a mask file)",
+            path=layout.path,
+            subject=info.subject,
+        )
+
+
+def exclude_nonfinite(
+    mask: np.ndarray, nonfinite: np.ndarray, layout: NiftiLayout, info: ImageInfo, options: Options
+) -> tuple[np.ndarray, int]:
+    """Remove the voxels holding NaN/Inf from ``mask`` (or raise, as configured)."""
+    bad = mask & nonfinite
+    n_bad = int(bad.sum())
+    if n_bad and options.nonfinite == "error":
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise BidstrainError(
+            f"{n_bad} voxels inside the mask hold NaN or Inf values (first at voxel {first}); "
+            "fix the image, or set config normalize.nonfinite: mask to leave them out",
+            path=layout.path,
+            subject=info.subject,
+        )
+    return mask & ~bad, n_bad
+
+
+def check_not_all_zero(scan: Scan, layout: NiftiLayout, info: ImageInfo) -> None:
+    """Raise when every value of the image is zero."""
+    if not np.any(np.nan_to_num(scan.mean)) and not np.any(np.nan_to_num(scan.variance)):
+        raise BidstrainError(
+            "every value of every volume is zero (an empty or failed export?)",
+            path=layout.path,
+            subject=info.subject,
+        )
+
+
+def store_attrs(layout: NiftiLayout, info: ImageInfo, options: Options, **values: Any) -> dict:
+    """Store attributes shared by every modality (see :mod:`bidstrain.store`)."""
+    return {
+        "modality": info.modality,
+        "subject": info.subject,
+        "session": info.session,
+        "entities": dict(info.entities),
+        "repetition_time": info.repetition_time,
+        "source_path": str(layout.path.resolve()),
+        "source_size": layout.path.stat().st_size,
+        "source_dtype": str(layout.dtype),
+        "ddof": options.ddof,
+        "mask_source": options.mask,
+        **values,
+    }
+
+
+def volume_times(layout: NiftiLayout, info: ImageInfo) -> np.ndarray:
+    """Onset of each volume in seconds; the volume index when there is no TR (T1w, DWI)."""
+    step = info.repetition_time if info.repetition_time else 1.0
+    return np.arange(layout.n_volumes, dtype=np.float64) * step
+
+
+def zscore_parameters(
+    layout: NiftiLayout, mean: np.ndarray, std: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``center`` and ``scale`` in stored units for real-valued per-voxel statistics.
+
+    ``(stored * slope + inter - mean) / std == (stored - center) * scale``; zero-variance
+    voxels get ``scale = 0`` (they become 0). Also returns the zero-variance flags.
+    """
+    zero = std < ZERO_STD
+    center = (mean - layout.inter) / layout.slope
+    scale = np.divide(layout.slope, std, out=np.zeros_like(std), where=~zero)
+    return center, scale, zero
+
+
+def write_per_voxel(
+    writer: StoreWriter,
+    layout: NiftiLayout,
+    index: np.ndarray,
+    block: int,
+    center: np.ndarray,
+    scale: np.ndarray,
+    *,
+    check_values: bool = False,
+    subject: str | None = None,
+) -> None:
+    """Pass 2 of a per-voxel normalization: write ``(stored - center) * scale``.
+
+    ``index`` holds the flat stored positions of the mask's voxels; ``center`` and
+    ``scale`` are per masked voxel in stored units, so the header's slope and intercept
+    never touch the data. With
+    ``check_values`` (a held-out run, streamed once) NaN/Inf and an all-zero input are
+    detected here.
+
+    Memory: besides the reader's two blocks of stored values, ``block * index.size``
+    masked stored values, float64 deviations and float32 z-scores.
+    """
+    masked = np.empty((block, index.size), dtype=layout.dtype.newbyteorder("="))
+    deviations = np.empty((block, index.size), dtype=np.float64)
+    zscored = np.empty((block, index.size), dtype=np.float32)
+    stored_zero = -layout.inter / layout.slope
+    any_nonzero = False
+    for start, values in iter_blocks(layout, block):
+        n = values.shape[0]
+        np.take(values, index, axis=1, out=masked[:n], mode="clip")  # indices are valid
+        np.subtract(masked[:n], center, out=deviations[:n])
+        np.multiply(deviations[:n], scale, out=zscored[:n])
+        if check_values:
+            any_nonzero = any_nonzero or bool(np.any(masked[:n] != stored_zero))
+            if not np.isfinite(masked[:n]).all():
+                raise BidstrainError(
+                    f"NaN or Inf inside the mask in volumes {start}-{start + n - 1}; fix the "
+                    "image, or set config normalize.nonfinite: mask to leave those voxels out",
+                    path=layout.path,
+                    subject=subject,
+                )
+        writer.write(start, zscored[:n])
+    if check_values and not any_nonzero:
+        raise BidstrainError(
+            "every value inside the mask is zero", path=layout.path, subject=subject
+        )
