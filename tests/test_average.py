@@ -1,0 +1,256 @@
+"""Cross-subject averaging: values through xarray, sessions, grids, lengths, masks, memory."""
+
+from __future__ import annotations
+
+import logging
+import tracemalloc
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from bidstrain.average import average_stores, main
+from bidstrain.errors import BidstrainError, run_cli
+from bidstrain.store import create_store, open_store, to_grid
+
+GRID = (5, 6, 4)
+
+
+def ellipsoid(shape=GRID, shift=0) -> np.ndarray:
+    """A small boolean "brain" mask, optionally shifted along x."""
+    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    return (grids[0] - 0.3 * shift) ** 2 + grids[1] ** 2 + grids[2] ** 2 <= 0.9
+
+
+def write_bold_store(
+    path: Path,
+    raw: np.ndarray,
+    mask: np.ndarray,
+    *,
+    subject: str,
+    session: str = "",
+    run: str = "1",
+    tr: float = 2.0,
+    affine: np.ndarray | None = None,
+    ddof: int = 1,
+    normalize: bool = True,
+    source_path: str = "raw.nii.gz",
+) -> Path:
+    """Write a subject BOLD store from a raw ``(x, y, z, t)`` array, z-scored per voxel.
+
+    With ``normalize=False`` the raw values are stored with mean 0 and std 1 (normalization
+    switched off), as a misconfigured pipeline would.
+    """
+    series = raw[mask].T.astype(np.float64)  # (time, voxel)
+    if normalize:
+        mean, std = series.mean(axis=0), series.std(axis=0, ddof=ddof)
+        safe = np.where(std > 0, std, 1.0)
+        data = np.where(std > 0, (series - mean) / safe, 0.0)
+    else:
+        mean, std, data = np.zeros(series.shape[1]), np.ones(series.shape[1]), series
+    n_time = series.shape[0]
+    with create_store(
+        path,
+        mask=mask,
+        affine=np.eye(4) if affine is None else affine,
+        time=np.arange(n_time) * tr,
+    ) as writer:
+        writer.write(0, data)
+        writer.add_variable("mean", ("voxel",), mean.astype(np.float32))
+        writer.add_variable("std", ("voxel",), std.astype(np.float32))
+        writer.attrs.update(
+            modality="bold",
+            subject=subject,
+            session=session,
+            entities={"sub": subject, "task": "rest", "run": run},
+            source_path=source_path,
+            source_size=1000,
+            repetition_time=tr,
+            ddof=ddof,
+            n_zero_variance=int((std == 0).sum()),
+            n_nonfinite=0,
+            stats_dim="voxel",
+            stats_from=[source_path],
+        )
+    return path
+
+
+def random_raw(rng, n_time=12, shape=GRID) -> np.ndarray:
+    """Scanner-scale BOLD-like values: a voxel baseline plus noise."""
+    baseline = rng.uniform(500, 1500, shape)
+    return baseline[..., None] * (1 + 0.05 * rng.standard_normal((*shape, n_time)))
+
+
+@pytest.fixture
+def three_subjects(tmp_path):
+    rng = np.random.default_rng(0)
+    mask = ellipsoid()
+    return [
+        write_bold_store(tmp_path / f"sub-{s}.zarr", random_raw(rng), mask, subject=s)
+        for s in ("01", "02", "03")
+    ]
+
+
+def test_average_equals_mean_of_subject_stores_through_xarray(tmp_path, three_subjects):
+    out = average_stores(three_subjects, tmp_path / "avg.zarr")
+    average = open_store(out)
+    subjects = xr.concat([open_store(p).data for p in three_subjects], dim="subject")
+    np.testing.assert_allclose(average.data.values, subjects.mean("subject").values, atol=1e-6)
+    np.testing.assert_array_equal(average.n_subjects.values, 3)
+    assert average.attrs["subjects"] == ["01", "02", "03"]
+    assert average.data.dims == ("time", "voxel") and average.data.dtype == np.float32
+    np.testing.assert_allclose(average.time.values, open_store(three_subjects[0]).time.values)
+    # mean/std are the group means of the subjects' raw statistics
+    for name in ("mean", "std"):
+        expected = xr.concat([open_store(p)[name] for p in three_subjects], "s").mean("s")
+        np.testing.assert_allclose(average[name].values, expected.values, rtol=1e-6)
+    # the average of z-scores has mean 0 and std at most 1 at every voxel
+    np.testing.assert_allclose(average.data.mean("time").values, 0, atol=1e-6)
+    assert float(average.data.std("time", ddof=1).max()) <= 1 + 1e-6
+
+
+def test_a_subject_with_two_sessions_counts_once(tmp_path):
+    rng = np.random.default_rng(1)
+    mask = ellipsoid()
+    one = write_bold_store(tmp_path / "a.zarr", random_raw(rng), mask, subject="01")
+    ses1 = write_bold_store(tmp_path / "b1.zarr", random_raw(rng), mask, subject="02", session="1")
+    ses2 = write_bold_store(tmp_path / "b2.zarr", random_raw(rng), mask, subject="02", session="2")
+    average = open_store(average_stores([one, ses1, ses2], tmp_path / "avg.zarr"))
+    second = (open_store(ses1).data + open_store(ses2).data) / 2
+    expected = (open_store(one).data + second) / 2
+    np.testing.assert_allclose(average.data.values, expected.values, atol=1e-6)
+    np.testing.assert_array_equal(average.n_subjects.values, 2)
+    assert average.attrs["subjects"] == ["01", "02"]
+    assert average.attrs["sessions"] == {"01": [""], "02": ["1", "2"]}
+
+
+@pytest.mark.parametrize("mode", ["intersection", "union"])
+def test_masks_combine_and_n_subjects_counts_coverage(tmp_path, mode):
+    rng = np.random.default_rng(2)
+    masks = [ellipsoid(shift=s) for s in (0, 1, 2)]
+    stores = [
+        write_bold_store(tmp_path / f"s{n}.zarr", random_raw(rng), m, subject=f"0{n}")
+        for n, m in enumerate(masks)
+    ]
+    average = open_store(average_stores(stores, tmp_path / "avg.zarr", mask=mode))
+    combined = (
+        np.logical_and.reduce(masks) if mode == "intersection" else np.logical_or.reduce(masks)
+    )
+    np.testing.assert_array_equal(average.mask.values, combined)
+    grids = np.stack([to_grid(open_store(p), open_store(p).data.values, np.nan) for p in stores])
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # voxels no subject covers
+        expected = np.nanmean(grids, axis=0)[:, combined]
+    np.testing.assert_allclose(average.data.values, expected, atol=1e-6)
+    coverage = np.sum(masks, axis=0)[combined]
+    np.testing.assert_array_equal(average.n_subjects.values, coverage)
+    assert (coverage < 3).any() == (mode == "union")
+
+
+def test_a_subject_on_another_grid_is_an_error_naming_it(tmp_path, three_subjects):
+    rng = np.random.default_rng(3)
+    shifted = np.eye(4)
+    shifted[0, 3] = 1.5
+    other = write_bold_store(
+        tmp_path / "sub-04.zarr", random_raw(rng), ellipsoid(), subject="04", affine=shifted
+    )
+    with pytest.raises(
+        BidstrainError, match=r"sub-04.*affine differs .* by up to 1\.5.*average\.affine_tolerance"
+    ):
+        average_stores([*three_subjects, other], tmp_path / "avg.zarr")
+    bigger = write_bold_store(
+        tmp_path / "sub-05.zarr",
+        random_raw(rng, shape=(6, 6, 4)),
+        ellipsoid((6, 6, 4)),
+        subject="05",
+    )
+    with pytest.raises(BidstrainError, match=r"sub-05.*grid \(6, 6, 4\) differs"):
+        average_stores([*three_subjects, bigger], tmp_path / "avg.zarr")
+    assert not (tmp_path / "avg.zarr").exists()
+
+
+def test_a_different_repetition_time_is_an_error(tmp_path, three_subjects):
+    rng = np.random.default_rng(4)
+    other = write_bold_store(
+        tmp_path / "tr.zarr", random_raw(rng), ellipsoid(), subject="04", tr=2.5
+    )
+    with pytest.raises(BidstrainError, match=r"sub-04.*repetition time 2\.5 s differs"):
+        average_stores([*three_subjects, other], tmp_path / "avg.zarr")
+
+
+def test_different_lengths_fail_unless_truncate_then_cut_with_a_warning(
+    tmp_path, three_subjects, caplog
+):
+    rng = np.random.default_rng(5)
+    short = write_bold_store(tmp_path / "short.zarr", random_raw(rng, 9), ellipsoid(), subject="04")
+    stores = [*three_subjects, short]
+    with pytest.raises(
+        BidstrainError, match=r"runs differ in length.*sub-04: 9.*average\.truncate"
+    ):
+        average_stores(stores, tmp_path / "avg.zarr")
+    with caplog.at_level(logging.WARNING):
+        average = open_store(average_stores(stores, tmp_path / "avg.zarr", truncate=True))
+    assert average.sizes["time"] == 9
+    assert "sub-01 (12 -> 9)" in caplog.text and "sub-04" not in caplog.text.split("volumes:")[1]
+    assert average.attrs["truncated"] == {"sub-01": 12, "sub-02": 12, "sub-03": 12}
+    expected = xr.concat([open_store(p).data[:9] for p in stores], "s").mean("s")
+    np.testing.assert_allclose(average.data.values, expected.values, atol=1e-6)
+
+
+def test_empty_mask_intersection_suggests_union(tmp_path):
+    rng = np.random.default_rng(6)
+    left = np.zeros(GRID, dtype=bool)
+    left[:2] = True
+    stores = [
+        write_bold_store(tmp_path / "l.zarr", random_raw(rng), left, subject="01"),
+        write_bold_store(tmp_path / "r.zarr", random_raw(rng), ~left, subject="02"),
+    ]
+    with pytest.raises(BidstrainError, match=r"intersection .* is empty.*average\.mask: union"):
+        average_stores(stores, tmp_path / "avg.zarr")
+
+
+def _peak_bytes(stores, out) -> int:
+    tracemalloc.start()
+    average_stores(stores, out, block_bytes=8 * 4 * 700)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+def test_memory_does_not_grow_with_the_number_of_subjects(tmp_path):
+    rng = np.random.default_rng(7)
+    shape = (12, 12, 10)
+    mask = ellipsoid(shape)
+    stores = [
+        write_bold_store(
+            tmp_path / f"s{n:02d}.zarr", random_raw(rng, 80, shape), mask, subject=f"{n:02d}"
+        )
+        for n in range(30)
+    ]
+    average_stores(stores[:2], tmp_path / "warm-up.zarr")  # imports and library caches
+    few = _peak_bytes(stores[:5], tmp_path / "few.zarr")
+    many = _peak_bytes(stores, tmp_path / "many.zarr")
+    # One subject's series is 80 volumes x ~700 voxels x 8 bytes = 450 kB: holding the 25
+    # extra subjects would add 11 MB. Streaming adds less than a few series (library
+    # caches and the per-store descriptions).
+    one_series = 80 * int(mask.sum()) * 8
+    assert many - few < 5 * one_series, (few, many, one_series)
+    assert open_store(tmp_path / "many.zarr").attrs["subjects"] == [f"{n:02d}" for n in range(30)]
+
+
+def test_command_line_reports_bad_input_without_traceback(tmp_path, three_subjects, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(
+            main,
+            [
+                str(three_subjects[0]),
+                str(tmp_path / "missing.zarr"),
+                "--out",
+                str(tmp_path / "a.zarr"),
+            ],
+        )
+    assert exit_info.value.code == 1
+    assert "missing.zarr: store not found" in capsys.readouterr().err
+    run_cli(main, [*map(str, three_subjects), "--out", str(tmp_path / "a.zarr"), "--mask", "union"])
+    assert open_store(tmp_path / "a.zarr").attrs["mask_mode"] == "union"
