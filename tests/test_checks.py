@@ -1,0 +1,376 @@
+"""Sanity checks: each check passes on good data and trips on the failure it exists for."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import yaml
+import zarr
+from bidstrain.checks import Check
+from bidstrain.checks.__main__ import run_checks
+from bidstrain.checks.plan import check_counts, check_schedule
+from bidstrain.checks.quality import check_quality
+from bidstrain.checks.scan import scan_store
+from bidstrain.checks.summary import raise_on_failure, summary_tsv, write_summary
+from bidstrain.config import validate_config
+from bidstrain.errors import BidstrainError
+from bidstrain.store import create_store
+from test_average import ellipsoid, random_raw, write_bold_store
+
+REPO = Path(__file__).resolve().parents[1]
+GRID = (5, 6, 4)
+
+
+def default_config(**train) -> dict:
+    """The workflow defaults, with a tiny model grid and ``train`` overrides."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    validate_config(config, REPO / "config" / "schema.yaml")
+    config["train"].update(shapes={"T1w": [6, 6, 6], "bold": [6, 6, 6], "dwi": [6, 6, 6]})
+    config["train"].update(train)
+    return config
+
+
+def save_nifti(path: Path, data: np.ndarray) -> Path:
+    nib.save(nib.Nifti1Image(data.astype(np.float32), np.eye(4)), path)
+    return path
+
+
+def write_t1w_store(path: Path, raw: np.ndarray, mask: np.ndarray, source: Path) -> Path:
+    """A T1w store z-scored within the mask (per-volume statistics)."""
+    values = raw[mask].astype(np.float64)
+    mean, std = values.mean(), values.std(ddof=1)
+    with create_store(path, mask=mask, affine=np.eye(4), time=np.zeros(1)) as writer:
+        writer.write(0, ((values - mean) / std)[None])
+        writer.add_variable("mean", ("time",), np.array([mean], dtype=np.float32))
+        writer.add_variable("std", ("time",), np.array([std], dtype=np.float32))
+        writer.attrs.update(
+            modality="T1w",
+            subject="01",
+            session="",
+            entities={"sub": "01"},
+            source_path=str(source),
+            source_size=1,
+            repetition_time=None,
+            ddof=1,
+            n_zero_variance=0,
+            n_nonfinite=0,
+            stats_dim="time",
+            stats_from=[str(source)],
+        )
+    return path
+
+
+def tiny_dataset(root: Path, *, bold_normalized: bool = True, n_bold: int = 3) -> dict:
+    """Raw NIfTI images, their stores and a manifest: the inputs of :func:`run_checks`."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    mask = ellipsoid()
+    manifest, bold = {}, []
+    for n in range(n_bold):
+        raw = random_raw(rng)
+        source = save_nifti(root / f"sub-0{n}_bold.nii", raw)
+        store = root / f"sub-0{n}_bold.zarr"
+        write_bold_store(
+            store,
+            raw.astype(np.float32),
+            mask,
+            subject=f"0{n}",
+            normalize=bold_normalized,
+            source_path=str(source),
+        )
+        bold.append(str(store))
+        manifest[str(source.resolve())] = {"n_volumes": "12", "shape": "5x6x4x12"}
+    t1w_raw = rng.uniform(200, 2000, GRID)
+    source = save_nifti(root / "sub-01_T1w.nii", t1w_raw)
+    t1w = str(write_t1w_store(root / "sub-01_T1w.zarr", t1w_raw, mask, source))
+    manifest[str(source.resolve())] = {"n_volumes": "1", "shape": "5x6x4"}
+    return {"bold": bold, "T1w": [t1w], "manifest": manifest}
+
+
+def by_name(checks: list[Check]) -> dict[str, Check]:
+    return {check.name: check for check in checks}
+
+
+def run_on(data: dict, config: dict) -> dict[str, Check]:
+    stores = data["T1w"] + data["bold"]
+    return by_name(run_checks(stores, [], stores, data["manifest"], config))
+
+
+def test_every_check_passes_on_good_data(tmp_path):
+    checks = run_on(tiny_dataset(tmp_path), default_config(batch_size=2))
+    assert list(checks) == [
+        "scale_table",
+        "normalization",
+        "bold_quality",
+        "sample_counts",
+        "training_plan",
+        "initial_loss",
+    ]
+    assert {name: c.status for name, c in checks.items()} == dict.fromkeys(checks, "pass")
+    table = checks["scale_table"].values
+    assert set(table["raw"]) == set(table["normalized"]) == {"bold", "T1w"}
+    assert set(table["raw"]["bold"]) == {"min", "max", "mean", "std", "p1", "p99", "mse_zero"}
+    assert table["raw"]["bold"]["mse_zero"] > 1e5  # scanner scale
+    assert 0.5 < table["normalized"]["bold"]["mse_zero"] < 1.5
+    assert checks["sample_counts"].values["samples"] == {"T1w": 1, "bold": 36}
+    stores = checks["normalization"].values["stores"]
+    assert all(s["max_raw_error"] < 1e-4 for s in stores)
+
+
+def test_bold_left_at_scanner_scale_next_to_normalized_t1w_fails(tmp_path):
+    data = tiny_dataset(tmp_path, bold_normalized=False)
+    config = default_config(batch_size=2)
+    config["train"]["loss"]["normalize"] = "none"
+    checks = run_on(data, config)
+    scale = checks["scale_table"]
+    assert scale.status == "fail"
+    assert "normalized bold" in scale.message and "checks.max_scale_ratio 100" in scale.message
+    assert scale.values["ratio"] > 1e5
+    normalization = checks["normalization"]
+    assert normalization.status == "fail"
+    assert "sub-00 task-rest run-1 bold" in normalization.message
+    assert (
+        "not z-scored" in normalization.message
+        and "checks.stats_tolerance" in normalization.message
+    )
+    loss = checks["initial_loss"]
+    assert (
+        loss.status == "fail" and "bold" in loss.message and "train.loss.normalize" in loss.message
+    )
+    # the scale-invariant loss is what keeps training balanced despite the data
+    config["train"]["loss"]["normalize"] = "var"
+    assert run_on(data, config)["initial_loss"].status == "pass"
+
+
+def test_statistics_that_do_not_reproduce_the_raw_image_fail(tmp_path):
+    data = tiny_dataset(tmp_path)
+    raw = nib.load(tmp_path / "sub-00_bold.nii").get_fdata() * 1.5  # the image changed
+    save_nifti(tmp_path / "sub-00_bold.nii", raw)
+    check = run_on(data, default_config(batch_size=2))["normalization"]
+    assert check.status == "fail"
+    assert "data * std + mean differs from the raw image" in check.message
+    assert "sub-00_bold.nii" in check.message and "std at voxel" in check.message
+
+
+def test_missing_statistics_and_nonfinite_data_fail(tmp_path):
+    data = tiny_dataset(tmp_path)
+    shutil.rmtree(Path(data["bold"][1]) / "std")
+    store = Path(data["bold"][2])
+    raw = random_raw(np.random.default_rng(9))
+    raw[2, 3, 2, 4] = np.nan
+    write_bold_store(store, raw, ellipsoid(), subject="02", source_path=str(tmp_path / "x.nii"))
+    zarr.open_array(store / "data", mode="r+")[4, 10] = np.inf
+    checks = run_on(data, default_config(batch_size=2))
+    message = checks["normalization"].message
+    assert checks["normalization"].status == "fail"
+    assert "sub-01_bold.zarr: incomplete store: missing ['std']" in message
+    assert "saved statistics are missing" in message
+    assert "sub-02 task-rest run-1 bold" in message
+    assert "the saved mean/std hold NaN or Inf" in message and "data holds 1 NaN/Inf" in message
+    assert "x.nii cannot be read" in message
+    assert checks["sample_counts"].status == "fail" and "not run" in checks["sample_counts"].message
+
+
+def check_heldout_run(folder: Path, train_raw: np.ndarray, heldout_raw: np.ndarray) -> Check:
+    """The normalization check of a held-out store z-scored with ``train_raw``'s statistics."""
+    folder.mkdir()
+    mask = ellipsoid()
+    source = save_nifti(folder / "heldout.nii", heldout_raw)
+    series = train_raw[mask].T
+    mean, std = series.mean(axis=0), series.std(axis=0, ddof=1)
+    with create_store(
+        folder / "heldout.zarr", mask=mask, affine=np.eye(4), time=np.arange(12) * 2.0
+    ) as w:
+        w.write(0, (heldout_raw[mask].T - mean) / std)
+        w.add_variable("mean", ("voxel",), mean.astype(np.float32))
+        w.add_variable("std", ("voxel",), std.astype(np.float32))
+        w.attrs.update(
+            modality="bold",
+            subject="01",
+            session="",
+            entities={"sub": "01", "task": "rest", "run": "2"},
+            source_path=str(source),
+            source_size=1,
+            repetition_time=2.0,
+            ddof=1,
+            n_zero_variance=0,
+            n_nonfinite=0,
+            stats_dim="voxel",
+            stats_from=["run-1"],
+            heldout=True,
+        )
+    scan = scan_store(folder / "heldout.zarr", sample_voxels=50)
+    assert np.abs(scan.moments_mean).max() > 0.01  # not z-scored by its own statistics
+    from bidstrain.checks.normalization import check_normalization
+    from bidstrain.checks.scan import raw_head
+
+    manifest = {str(source.resolve()): {"n_volumes": "12", "shape": "5x6x4x12"}}
+    return check_normalization(
+        [scan],
+        {},
+        {scan.path: raw_head(scan)},
+        training=set(),
+        manifest=manifest,
+        ddof=1,
+        tolerance=1e-3,
+    )
+
+
+def test_heldout_runs_are_exempt_from_mean_and_std_but_must_reproduce_raw(tmp_path):
+    rng = np.random.default_rng(3)
+    baseline = rng.uniform(500, 1500, GRID)[..., None]
+    runs = [baseline * (1 + 0.05 * rng.standard_normal((*GRID, 12))) for _ in range(2)]
+    check = check_heldout_run(tmp_path / "same_brain", *runs)
+    assert check.status == "pass", check.message
+    assert check.values["stores"][0]["max_raw_error"] < 1e-4
+
+
+def test_a_heldout_run_unlike_its_fitting_runs_is_a_warning(tmp_path):
+    rng = np.random.default_rng(3)
+    check = check_heldout_run(tmp_path / "other_brain", random_raw(rng), random_raw(rng))
+    assert check.status == "warn", check.message
+    assert "does not look like the runs its statistics came from" in check.message
+    assert check.values["stores"][0]["heldout_median_abs_mean"] > 1
+
+
+def test_a_bold_run_far_from_the_group_is_a_warning(tmp_path):
+    rng = np.random.default_rng(4)
+    mask = ellipsoid()
+    scans = []
+    for n in range(6):
+        raw = random_raw(rng)
+        if n == 5:  # ten times the temporal noise: a low tSNR run
+            raw = raw.mean(axis=-1, keepdims=True) * (1 + 0.5 * rng.standard_normal(raw.shape))
+        path = write_bold_store(tmp_path / f"s{n}.zarr", raw, mask, subject=f"0{n}")
+        scans.append(scan_store(path, sample_voxels=50))
+    check = check_quality(scans, outlier_threshold=3.5)
+    assert check.status == "warn"
+    assert "sub-05 task-rest run-1 bold: tsnr" in check.message
+    assert "checks.outlier_threshold 3.5" in check.message
+    assert "sub-00" not in check.message
+    runs = check.values["runs"]
+    assert runs[5]["tsnr"] < runs[0]["tsnr"] / 3 and runs[0]["mask_fraction"] == mask.mean()
+    assert runs[0]["dvars"] > 0 and runs[0]["zero_variance"] == 0
+
+
+def test_batch_size_larger_than_the_data_fails(tmp_path):
+    data = tiny_dataset(tmp_path)
+    stores = {"bold": data["bold"], "T1w": data["T1w"]}
+    check, n_batches = check_counts(stores, batch_size=64, batching="mixed", world_size=1)
+    assert check.status == "fail" and n_batches == 1
+    assert "train.batch_size 64 is larger than the 37 samples" in check.message
+    check, _ = check_counts(stores, batch_size=4, batching="single_modality", world_size=1)
+    assert check.status == "warn" and "T1w has 1 samples" in check.message
+    check, n_batches = check_counts(stores, batch_size=4, batching="mixed", world_size=2)
+    assert check.status == "pass" and n_batches == math.ceil(math.ceil(37 / 2) / 4)
+
+
+def test_the_trainer_schedule_passes_a_sane_plan():
+    check = check_schedule(
+        batches_per_epoch=100,
+        epochs=3,
+        grad_accum_steps=2,
+        lr=1e-3,
+        warmup_steps=10,
+        min_lr_ratio=0.1,
+    )
+    assert check.status == "pass", check.message
+    assert check.values["total_steps"] == 150
+    assert check.values["first_lr"] > 0 and check.values["peak_lr"] == pytest.approx(1e-3)
+
+
+def test_a_warmup_longer_than_the_run_fails_and_a_long_one_warns():
+    plan = dict(batches_per_epoch=10, epochs=2, grad_accum_steps=1, lr=1e-3, min_lr_ratio=0.1)
+    check = check_schedule(warmup_steps=50, **plan)
+    assert check.status == "fail"
+    assert "train.warmup_steps 50 is not shorter than the run's 20 optimizer steps" in check.message
+    check = check_schedule(warmup_steps=5, **plan)
+    assert check.status == "warn" and "25% of the 20-step run" in check.message
+
+
+def test_schedules_with_the_classic_bugs_fail():
+    plan = dict(
+        batches_per_epoch=50,
+        epochs=4,
+        grad_accum_steps=1,
+        lr=1e-3,
+        warmup_steps=10,
+        min_lr_ratio=0.0,
+    )
+
+    def zero_start(step, *, total_steps, warmup_steps, min_lr_ratio):
+        return step / warmup_steps if step < warmup_steps else 1.0
+
+    check = check_schedule(multiplier=zero_start, **plan)
+    assert check.status == "fail" and "learning rate is 0 at step 0 of 200" in check.message
+
+    def restarting(step, *, total_steps, warmup_steps, min_lr_ratio):  # cosine with period
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / 50)) + 1e-3
+
+    check = check_schedule(multiplier=restarting, **plan)
+    assert check.status == "fail" and "rises again after the warm-up" in check.message
+
+    def unclamped(step, *, total_steps, warmup_steps, min_lr_ratio):
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return (
+            0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / (total_steps - warmup_steps)))
+            + 1e-3
+        )
+
+    check = check_schedule(multiplier=unclamped, **plan)
+    assert check.status == "fail" and "rises again after the planned end" in check.message
+
+    def late_scheduler(optimizer, **schedule):  # a LambdaLR whose first rate is 0
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: step / 10)
+
+    check = check_schedule(build=late_scheduler, **{**plan, "min_lr_ratio": 0.1})
+    assert (
+        check.status == "fail" and "the trainer's scheduler gives lr 0 at step 0" in check.message
+    )
+
+
+def test_summary_files_and_the_strict_error(tmp_path):
+    checks = [
+        Check("scale_table", "pass", "fine", {"ratio": np.float64(2.0), "bad": float("nan")}),
+        Check(
+            "training_plan",
+            "fail",
+            "lr is 0 at step 0\n(train.warmup_steps)",
+            {"steps": np.arange(2)},
+        ),
+    ]
+    write_summary(
+        checks,
+        tmp_path / "out/summary.json",
+        tmp_path / "out/summary.tsv",
+        copy_dir=tmp_path / "logs",
+    )
+    summary = json.loads((tmp_path / "logs/summary.json").read_text())
+    assert summary["passed"] is False
+    assert summary["checks"][0] == {
+        "name": "scale_table",
+        "status": "pass",
+        "message": "fine",
+        "values": {"ratio": 2.0, "bad": "nan"},
+    }
+    assert summary["checks"][1]["values"] == {"steps": [0, 1]}
+    rows = (tmp_path / "out/summary.tsv").read_text().splitlines()
+    assert rows == summary_tsv(checks).splitlines()
+    assert rows[2] == "training_plan\tfail\tlr is 0 at step 0 (train.warmup_steps)"
+    with pytest.raises(
+        BidstrainError, match=r"(?s)1 check\(s\) failed.*check training_plan failed: lr is 0"
+    ):
+        raise_on_failure(checks, summary_path="logs/summary.json")
+    raise_on_failure(checks[:1], summary_path="x")
+    with pytest.raises(ValueError, match="status must be one of"):
+        Check("x", "ok", "")

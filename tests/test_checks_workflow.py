@@ -1,0 +1,85 @@
+"""The real `snakemake checks` and `snakemake average` on the demo dataset."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import xarray as xr
+from bidstrain.store import open_store
+from conftest import REPO, run_snakemake
+
+BAD_PLANS = {
+    "train: {batch_size: 1000}": "check sample_counts failed: train.batch_size 1000 is larger "
+    "than the 76 samples each of 1 rank(s) gets per epoch",
+    "train: {warmup_steps: 500}": "check training_plan failed: train.warmup_steps 500 is not "
+    "shorter than the run's 57 optimizer steps",
+}
+
+
+def with_overrides(workdir, yaml_text: str) -> list[str]:
+    """Arguments that load the repository config, then ``yaml_text`` over it (nested keys
+    merge; ``--config`` would pass nested numbers as strings)."""
+    extra = workdir / "overrides.yaml"
+    extra.write_text(yaml_text + "\n")
+    return ["--configfile", str(REPO / "config" / "config.yaml"), str(extra)]
+
+
+def test_checks_pass_on_the_demo(demo_run):
+    summary = json.loads((demo_run / "results/checks/summary.json").read_text())
+    assert summary["passed"] is True
+    statuses = {check["name"]: check["status"] for check in summary["checks"]}
+    assert statuses == dict.fromkeys(statuses, "pass") and len(statuses) == 6
+    counts = next(c for c in summary["checks"] if c["name"] == "sample_counts")["values"]
+    # cross_subject: 40 averaged time points, not the 4 x 40 of the subject runs
+    assert counts["samples"]["bold"] == 40 and counts["subject_samples"]["bold"] == 160
+    table = (demo_run / "results/checks/summary.tsv").read_text().splitlines()
+    assert table[0] == "check\tstatus\tmessage" and len(table) == 7
+
+
+def test_demo_average_counts_a_subject_with_two_sessions_once(demo_run):
+    normalized = demo_run / "results/normalized"
+    runs = [
+        open_store(normalized / f"{s}_task-rest_run-1_desc-zscore_bold.zarr").data
+        for s in ("sub-01/func/sub-01", "sub-02/func/sub-02")
+    ]
+    sessions = [
+        open_store(
+            normalized / f"sub-03/ses-{n}/func/sub-03_ses-{n}_task-rest_run-1_desc-zscore_bold.zarr"
+        ).data
+        for n in (1, 2)
+    ]
+    average = open_store(demo_run / "results/average/task-rest_run-1_desc-average_bold.zarr")
+    assert average.attrs["subjects"] == ["01", "02", "03"]
+    expected = xr.concat([*runs, (sessions[0] + sessions[1]) / 2], "subject").mean("subject")
+    np.testing.assert_allclose(average.data.values, expected.values, atol=1e-6)
+
+
+def test_checks_rule_stops_bad_plans(tmp_path, demo_run, demo_bids):
+    workdir = tmp_path / "run"
+    shutil.copytree(demo_run, workdir, symlinks=True)  # only the checks rerun
+    for overrides, expected in BAD_PLANS.items():
+        result = run_snakemake(
+            workdir,
+            "checks",
+            *with_overrides(tmp_path, overrides),
+            config={"bids_dir": demo_bids},
+            check=False,
+        )
+        assert result.returncode != 0
+        log = (workdir / "logs/checks/checks.log").read_text()
+        assert expected in log, result.stderr[-3000:] + log
+        assert "bidstrain: error:" in log and "check(s) failed" in log and "Traceback" not in log
+        kept = json.loads((workdir / "logs/checks/summary.json").read_text())
+        assert kept["passed"] is False
+        assert not (workdir / "results/checks/summary.json").exists()
+
+
+def test_per_subject_mode_has_nothing_to_average(tmp_path, demo_bids):
+    args = with_overrides(tmp_path, "average: {mode: per_subject}")
+    config = {"bids_dir": demo_bids}
+    result = run_snakemake(tmp_path, "average", "--dry-run", *args, config=config)
+    assert "average_bold" not in result.stdout
+    plan = run_snakemake(tmp_path, "checks", "--dry-run", *args, config=config).stdout
+    assert "average_bold" not in plan and "normalize_bold" in plan

@@ -1,0 +1,207 @@
+"""Command line: ``python -m bidstrain.checks --training STORE ... --out-json ... --out-tsv ...``.
+
+Runs every check on the stores training and validation read (and the subject stores behind
+them), writes the summary, and with ``checks.strict`` exits 1 when a check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from bidstrain.checks import Check
+from bidstrain.checks.loss import NAME as LOSS
+from bidstrain.checks.loss import check_loss_scale
+from bidstrain.checks.normalization import check_normalization
+from bidstrain.checks.plan import COUNTS, PLAN, check_counts, check_schedule
+from bidstrain.checks.quality import check_quality
+from bidstrain.checks.scale import check_scale
+from bidstrain.checks.scan import StoreScan, raw_head, scan_store
+from bidstrain.checks.summary import raise_on_failure, write_summary
+from bidstrain.errors import BidstrainError, run_cli
+
+log = logging.getLogger("bidstrain.checks")
+
+
+def read_manifest(path: str | Path) -> dict[str, dict[str, str]]:
+    """Ingest manifest rows by resolved raw image path."""
+    with open(path, newline="") as handle:
+        return {
+            str(Path(row["path"]).resolve()): row for row in csv.DictReader(handle, delimiter="\t")
+        }
+
+
+def _guarded(name: str, run: Callable[[], Check]) -> Check:
+    """Run a check; bad input it trips over becomes that check's failure."""
+    try:
+        return run()
+    except BidstrainError as error:
+        return Check(name, "fail", f"could not run: {error}", {})
+
+
+def _normalized_samples(
+    scans: Mapping[str, StoreScan], training: Mapping[str, Sequence[str]]
+) -> dict[str, np.ndarray]:
+    """Sampled values of the stores training reads, by modality."""
+    return {m: np.concatenate([scans[p].sample for p in paths]) for m, paths in training.items()}
+
+
+def _raw_samples(
+    subjects: Sequence[StoreScan],
+    raw_heads: Mapping[str, np.ndarray],
+    training: Mapping[str, Sequence[str]],
+) -> dict[str, np.ndarray]:
+    """Sampled raw values of the images behind the training stores (held-out runs left
+    out), by modality."""
+    samples: dict[str, list[np.ndarray]] = {}
+    for scan in subjects:
+        if scan.modality in training and not scan.attrs.get("heldout") and scan.path in raw_heads:
+            samples.setdefault(scan.modality, []).append(raw_heads[scan.path].ravel())
+    return {m: np.concatenate(values) for m, values in samples.items()}
+
+
+def run_checks(
+    training: Sequence[str],
+    validation: Sequence[str],
+    subject_stores: Sequence[str],
+    manifest: Mapping[str, Mapping[str, str]],
+    config: Mapping[str, Any],
+) -> list[Check]:
+    """Every check, in order: scale, normalization, quality, counts, plan, initial loss.
+
+    Parameters
+    ----------
+    training, validation : sequence of str
+        Stores training and validation read (``training_stores()``, ``validation_stores()``).
+    subject_stores : sequence of str
+        Every subject store of the selected images (those behind the averages included).
+    manifest : mapping
+        :func:`read_manifest` of the ingest manifest.
+    config : mapping
+        The workflow config (sections ``checks``, ``train``, ``normalize``).
+    """
+    settings, train = config["checks"], config["train"]
+    scans: dict[str, StoreScan] = {}
+    unreadable: dict[str, str] = {}
+    raw_heads: dict[str, np.ndarray] = {}
+    for path in dict.fromkeys([*training, *validation, *subject_stores]):
+        try:
+            scans[path] = scan_store(path, sample_voxels=settings["sample_voxels"])
+        except BidstrainError as error:
+            unreadable[path] = str(error)
+            continue
+        if not scans[path].is_average:
+            try:
+                raw_heads[path] = raw_head(scans[path])
+            except (OSError, nib.filebasedimages.ImageFileError) as error:
+                log.warning("%s: cannot read its raw image: %s", path, error)
+        log.info("scanned %s", path)
+    training_by_modality: dict[str, list[str]] = {}
+    for path in training:
+        if path in scans:
+            training_by_modality.setdefault(scans[path].modality, []).append(path)
+    subjects = [s for s in scans.values() if not s.is_average]
+    checks = [
+        check_scale(
+            _normalized_samples(scans, training_by_modality),
+            _raw_samples(subjects, raw_heads, training_by_modality),
+            max_ratio=settings["max_scale_ratio"],
+        ),
+        check_normalization(
+            list(scans.values()),
+            unreadable,
+            raw_heads,
+            training=set(training),
+            manifest=manifest,
+            ddof=config["normalize"]["ddof"],
+            tolerance=settings["stats_tolerance"],
+        ),
+        check_quality(
+            [s for s in subjects if s.modality == "bold"],
+            outlier_threshold=settings["outlier_threshold"],
+        ),
+    ]
+    if unreadable.keys() & set(training):
+        reason = "training stores are missing or incomplete (see the normalization check)"
+        return checks + [Check(name, "fail", f"not run: {reason}") for name in (COUNTS, PLAN, LOSS)]
+    subject_samples: dict[str, int] = {}
+    for scan in subjects:
+        if not scan.attrs.get("heldout"):
+            subject_samples[scan.modality] = subject_samples.get(scan.modality, 0) + scan.n_time
+    counts, n_batches = check_counts(
+        training_by_modality,
+        batch_size=train["batch_size"],
+        batching=train["batching"],
+        world_size=max(1, train["gpus"]),
+        subject_samples=subject_samples,
+    )
+    checks.append(counts)
+    checks.append(
+        _guarded(
+            PLAN,
+            lambda: check_schedule(
+                batches_per_epoch=n_batches,
+                epochs=train["epochs"],
+                grad_accum_steps=train["grad_accum_steps"],
+                # Rates in units of train.lr: a positive peak rate scales every one of them
+                # without changing a verdict, so train.lr stays out of this rule's params and
+                # changing it reruns training only.
+                lr=1.0,
+                warmup_steps=train["warmup_steps"],
+                min_lr_ratio=train["min_lr_ratio"],
+            ),
+        )
+    )
+    checks.append(
+        _guarded(
+            LOSS,
+            lambda: check_loss_scale(
+                training_by_modality, train, max_ratio=settings["max_scale_ratio"]
+            ),
+        )
+    )
+    return checks
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line (see the module docstring)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bidstrain.checks", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--training", nargs="+", required=True, help="stores training reads")
+    parser.add_argument("--validation", nargs="*", default=[], help="stores validation reads")
+    parser.add_argument("--subject-stores", nargs="*", default=[], help="every subject store")
+    parser.add_argument("--manifest", required=True, help="results/ingest/manifest.tsv")
+    parser.add_argument("--config", required=True, help="the workflow config as JSON")
+    parser.add_argument("--out-json", required=True)
+    parser.add_argument("--out-tsv", required=True)
+    parser.add_argument("--copy-dir", help="also copy the summary here (kept after a failure)")
+    args = parser.parse_args(argv)
+    config = json.loads(args.config)
+    checks = run_checks(
+        args.training, args.validation, args.subject_stores, read_manifest(args.manifest), config
+    )
+    write_summary(checks, args.out_json, args.out_tsv, copy_dir=args.copy_dir)
+    for check in checks:
+        log.log(
+            logging.WARNING if check.status != "pass" else logging.INFO,
+            "%s: %s: %s",
+            check.name,
+            check.status,
+            check.message,
+        )
+    if config["checks"]["strict"]:
+        summary = Path(args.copy_dir or Path(args.out_json).parent) / Path(args.out_json).name
+        raise_on_failure(checks, summary_path=summary)
+
+
+if __name__ == "__main__":
+    run_cli(main)

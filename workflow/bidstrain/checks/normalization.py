@@ -1,0 +1,221 @@
+"""Normalization verified: statistics saved and finite, data z-scored, raw values recoverable.
+
+For every store training or validation reads, and every subject store behind them:
+
+- the store opens with ``mean`` and ``std`` (the statistics exist) and they are finite;
+- ``data`` holds no NaN/Inf and was normalized with the configured ``normalize.ddof``;
+- subject stores fitted on their own data have mean about 0 and std about 1 (with their
+  ddof) wherever the raw variance was non-zero, and 0 where it was zero: per voxel over
+  time for BOLD, per volume over the mask for T1w/DWI. Held-out runs are normalized with
+  other runs' statistics, so this does not apply to them;
+- ``data * std + mean`` equals the raw NIfTI values at ``checks.sample_voxels`` sampled
+  voxels of the first volumes (errors in units of the saved std);
+- the store has as many volumes, and its mask the grid, of the ingest manifest's record;
+- cross-subject averages of training runs have per-voxel mean about 0 (unless runs were
+  truncated) and std at most 1 (a mean of unit-variance series);
+- held-out runs, normalized with the other runs' statistics, stay near that scale: a
+  median per-voxel mean beyond :data:`HELDOUT_MAX_SHIFT` std or a median std outside
+  :data:`HELDOUT_STD_RANGE` is a warning (the held-out run does not look like the runs its
+  statistics came from, so validation losses will not compare with training losses).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bidstrain.checks import Check, verdict
+from bidstrain.checks.scan import StoreScan
+
+NAME = "normalization"
+#: Saved standard deviations at or below this mark zero-variance voxels or volumes.
+ZERO_STD = float(np.finfo(np.float32).eps)
+HELDOUT_MAX_SHIFT = 1.0
+HELDOUT_STD_RANGE = (0.5, 2.0)
+
+
+def _raw_error(scan: StoreScan, raw: np.ndarray) -> tuple[float, str]:
+    """Largest ``|data * std + mean - raw|`` in units of the saved std, and where."""
+    n_volumes = scan.head.shape[0]
+    got = scan.raw(scan.head, slice(0, n_volumes))
+    if scan.attrs["stats_dim"] == "voxel":
+        scale = np.broadcast_to(scan.std[scan.head_voxels], got.shape)
+    else:
+        scale = np.broadcast_to(scan.std[:n_volumes, None], got.shape)
+    error = np.abs(got - raw) / np.where(scale > ZERO_STD, scale, 1.0)
+    if not error.size:
+        return 0.0, ""
+    t, v = np.unravel_index(int(np.argmax(error)), error.shape)
+    ijk = tuple(int(axis[v]) for axis in scan.head_ijk)
+    where = f"voxel {ijk} volume {t}: stored {got[t, v]:.6g}, raw {raw[t, v]:.6g}"
+    return float(error.max()), where
+
+
+def _zscore_problems(scan: StoreScan, tolerance: float) -> tuple[list[str], dict[str, float]]:
+    unit = "voxel" if scan.attrs["stats_dim"] == "voxel" else "volume"
+    varying = scan.std > ZERO_STD
+    mean_error = float(np.abs(scan.moments_mean[varying]).max(initial=0.0))
+    std_error = float(np.abs(scan.moments_std[varying] - 1).max(initial=0.0))
+    constant = float(np.abs(scan.moments_std[~varying]).max(initial=0.0))
+    problems = []
+    if mean_error > tolerance or std_error > tolerance:
+        problems.append(
+            f"{scan.label} ({scan.path}): per-{unit} mean is off 0 by up to {mean_error:.3g} "
+            f"and std off 1 by up to {std_error:.3g} (ddof {scan.attrs['ddof']}), above "
+            f"checks.stats_tolerance {tolerance}: the data is not z-scored (rerun normalize)"
+        )
+    if constant > tolerance:
+        problems.append(
+            f"{scan.label} ({scan.path}): {int((~varying).sum())} zero-variance {unit}s vary "
+            f"in the data (std up to {constant:.3g}); they should be 0 (rerun normalize)"
+        )
+    return problems, {"max_abs_mean": mean_error, "max_std_error": std_error}
+
+
+def _heldout_shift(scan: StoreScan) -> tuple[list[str], dict[str, float]]:
+    varying = scan.std > ZERO_STD
+    shift = float(np.median(np.abs(scan.moments_mean[varying]))) if varying.any() else 0.0
+    spread = float(np.median(scan.moments_std[varying])) if varying.any() else 1.0
+    low, high = HELDOUT_STD_RANGE
+    problems = []
+    if shift > HELDOUT_MAX_SHIFT or not low <= spread <= high:
+        problems.append(
+            f"{scan.label} ({scan.path}): held-out run normalized with the statistics of "
+            f"{', '.join(map(str, scan.attrs['stats_from']))} has median per-voxel mean "
+            f"{shift:.3g} and median std {spread:.3g} (expected near 0 and 1): it does not "
+            "look like the runs its statistics came from (check the acquisition, or choose "
+            "other runs with normalize.heldout)"
+        )
+    return problems, {"heldout_median_abs_mean": shift, "heldout_median_std": spread}
+
+
+def _average_problems(scan: StoreScan, tolerance: float) -> tuple[list[str], dict[str, float]]:
+    mean_error = float(np.abs(scan.moments_mean).max(initial=0.0))
+    max_std = float(scan.moments_std.max(initial=0.0))
+    problems = []
+    if mean_error > tolerance and not scan.attrs.get("truncated"):
+        problems.append(
+            f"{scan.label} ({scan.path}): per-voxel mean of the average is off 0 by up to "
+            f"{mean_error:.3g} (checks.stats_tolerance {tolerance}): its subject stores "
+            "were not z-scored (rerun normalize and average)"
+        )
+    if max_std > 1 + tolerance:
+        problems.append(
+            f"{scan.label} ({scan.path}): per-voxel std of the average reaches {max_std:.3g}, "
+            "above 1: its subject stores were not z-scored (rerun normalize and average)"
+        )
+    return problems, {"max_abs_mean": mean_error, "max_std": max_std}
+
+
+def _manifest_problems(scan: StoreScan, manifest: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    record = manifest.get(str(Path(scan.attrs["source_path"]).resolve()))
+    if record is None:
+        return [
+            f"{scan.label} ({scan.path}): its source {scan.attrs['source_path']} is not in the "
+            "ingest manifest (rerun the workflow from ingest)"
+        ]
+    problems = []
+    if int(record["n_volumes"]) != scan.n_time:
+        problems.append(
+            f"{scan.label} ({scan.path}): {scan.n_time} volumes, but the raw image has "
+            f"{record['n_volumes']} (rerun normalize)"
+        )
+    shape = tuple(int(n) for n in record["shape"].split("x"))[:3]
+    if scan.grid_size != int(np.prod(shape)):
+        problems.append(
+            f"{scan.label} ({scan.path}): mask grid of {scan.grid_size} voxels, but the raw "
+            f"image grid is {shape} (rerun normalize)"
+        )
+    return problems
+
+
+def check_normalization(
+    scans: Sequence[StoreScan],
+    unreadable: Mapping[str, str],
+    raw_heads: Mapping[str, np.ndarray],
+    *,
+    training: set[str],
+    manifest: Mapping[str, Mapping[str, Any]],
+    ddof: int,
+    tolerance: float,
+) -> Check:
+    """Verify the normalization of every scanned store.
+
+    Parameters
+    ----------
+    scans : sequence of StoreScan
+        Subject stores and averages that training or validation reads (or averages).
+    unreadable : mapping
+        ``{store path: error}`` of stores that are missing or lack statistics.
+    raw_heads : mapping
+        ``{store path: raw_head(scan)}`` of the subject stores whose raw image was read.
+    training : set of str
+        Paths of the stores training reads (averages there must have mean 0).
+    manifest : mapping
+        Ingest manifest rows by resolved raw image path.
+    ddof : int
+        ``normalize.ddof``.
+    tolerance : float
+        ``checks.stats_tolerance``: allowed deviation of mean from 0, std from 1 and raw
+        reconstruction (in std units).
+    """
+    fails = [
+        f"{path}: {error} (the saved statistics are missing: rerun normalize)"
+        for path, error in unreadable.items()
+    ]
+    warns: list[str] = []
+    per_store = []
+    for scan in scans:
+        values: dict[str, Any] = {"store": scan.path, "label": scan.label}
+        if not (np.isfinite(scan.mean).all() and np.isfinite(scan.std).all()):
+            fails.append(f"{scan.label} ({scan.path}): the saved mean/std hold NaN or Inf")
+        if scan.n_nonfinite:
+            fails.append(
+                f"{scan.label} ({scan.path}): data holds {scan.n_nonfinite} NaN/Inf values "
+                "(normalize.nonfinite: mask leaves such voxels out)"
+            )
+        if int(scan.attrs["ddof"]) != ddof:
+            fails.append(
+                f"{scan.label} ({scan.path}): normalized with ddof {scan.attrs['ddof']}, but "
+                f"normalize.ddof is {ddof} (rerun normalize)"
+            )
+        if scan.is_average:
+            if scan.path in training:
+                problems, numbers = _average_problems(scan, tolerance)
+                fails += problems
+                values.update(numbers)
+        else:
+            if scan.attrs.get("heldout"):
+                problems, numbers = _heldout_shift(scan)
+                warns += problems
+            else:
+                problems, numbers = _zscore_problems(scan, tolerance)
+                fails += problems
+            values.update(numbers)
+            raw_error, where = (
+                _raw_error(scan, raw_heads[scan.path]) if scan.path in raw_heads else (None, "")
+            )
+            values["max_raw_error"] = raw_error
+            if raw_error is None:
+                fails.append(
+                    f"{scan.label} ({scan.path}): its raw image {scan.attrs['source_path']} "
+                    "cannot be read, so the saved statistics cannot be verified (was the "
+                    "dataset moved? rerun the workflow from ingest)"
+                )
+            elif raw_error > tolerance:
+                fails.append(
+                    f"{scan.label} ({scan.path}): data * std + mean differs from the raw image "
+                    f"{scan.attrs['source_path']} by {raw_error:.3g} std at {where} "
+                    f"(checks.stats_tolerance {tolerance}): the saved statistics are not the "
+                    "ones the data was normalized with (rerun normalize)"
+                )
+            fails += _manifest_problems(scan, manifest)
+        per_store.append(values)
+    ok = (
+        f"{len(scans)} stores: statistics saved and finite, data z-scored, raw values "
+        f"recovered within {tolerance} std"
+    )
+    return verdict(NAME, fails, warns, ok, {"stores": per_store, "tolerance": tolerance})
