@@ -1,0 +1,200 @@
+"""The model, the dummy loss, freezing absent modalities, and one guarded optimizer step."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from bidstrain.train.data import (
+    ModalityBatchSampler,
+    VolumeDataset,
+    batches_per_epoch,
+    collate,
+    dataset_statistics,
+    fit_to_shape,
+)
+from bidstrain.train.distributed import Context
+from bidstrain.train.loop import Trainer, optimizer_step
+from bidstrain.train.model import LossSettings, MultiModalAutoencoder
+from bidstrain.train.schedule import build_scheduler
+from train_support import train_config, write_store
+
+SHAPES = {"T1w": [8, 8, 8], "bold": [8, 8, 4], "dwi": [4, 8, 8]}
+SCALE = 1e-7
+
+
+def make_model(**loss) -> MultiModalAutoencoder:
+    torch.manual_seed(0)
+    return MultiModalAutoencoder(
+        SHAPES, patch=4, dim=16, depth=1, heads=2, loss=LossSettings(dummy_scale=SCALE, **loss)
+    )
+
+
+def bold_batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    return {"bold": torch.randn(2, 1, 8, 8, 4, generator=torch.Generator().manual_seed(seed))}
+
+
+def make_trainer(model, **config) -> Trainer:
+    config = train_config(**config)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"]
+    )
+    scheduler = build_scheduler(
+        optimizer,
+        total_steps=1000,
+        warmup_steps=config["warmup_steps"],
+        min_lr_ratio=config["min_lr_ratio"],
+    )
+    return Trainer(model, model, optimizer, scheduler, Context(0, 1, torch.device("cpu")), config)
+
+
+def test_reconstructions_have_the_input_shapes_and_parameters_group_by_module_name():
+    model = make_model()
+    batch = {m: torch.randn(3, 1, *shape) for m, shape in SHAPES.items()}
+    output = model(batch)
+    for modality, volume in batch.items():
+        assert output.reconstructions[modality].shape == volume.shape
+    assert set(output.loss_per_modality) == set(SHAPES)
+    assert output.dummy_loss.item() == 0.0
+    bold_ids = {id(p) for p in model.modality_parameters("bold")}
+    names = {n for n, p in model.named_parameters() if id(p) in bold_ids}
+    assert names and all(n.startswith(("embed.bold.", "head.bold.")) for n in names)
+
+
+def test_with_single_modality_batches_every_parameter_gets_a_gradient_equal_to_the_scale():
+    model = make_model()
+    model(bold_batch()).loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    for modality in ("T1w", "dwi"):
+        for param in model.modality_parameters(modality):
+            torch.testing.assert_close(param.grad, torch.full_like(param, SCALE))
+    assert model.head["bold"].proj.weight.grad.abs().max() > 100 * SCALE
+
+
+def test_without_the_dummy_loss_absent_modalities_get_no_gradient():
+    model = make_model(dummy_enabled=False)
+    output = model(bold_batch())
+    output.loss.backward()
+    assert output.dummy_loss.item() == 0.0
+    assert all(p.grad is None for p in model.modality_parameters("T1w"))
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_absent_modality_under_adamw_frozen_or_drifting(freeze):
+    """The hazard: a constant dummy gradient of 1e-7 moves every absent parameter by about
+    lr * g / (|g| + eps) = 0.9 x lr per step under Adam, all in the same direction."""
+    model = make_model()
+    lr = 1e-3
+    trainer = make_trainer(
+        model,
+        lr=lr,
+        weight_decay=0.0,
+        warmup_steps=0,
+        min_lr_ratio=1.0,
+        clip_grad_norm=1e9,
+        dummy_loss={"freeze_absent": freeze, "scale": SCALE},
+    )
+    before = torch.cat([p.detach().flatten().clone() for p in model.modality_parameters("T1w")])
+    for step in range(50):
+        optimizer_step(trainer, [bold_batch(step)], log_norms=False)
+    after = torch.cat([p.detach().flatten() for p in model.modality_parameters("T1w")])
+    drift_per_step = (before - after) / 50
+    if freeze:
+        assert torch.equal(before, after)
+    else:
+        assert drift_per_step.min() > 0.85 * lr and drift_per_step.max() < 0.95 * lr
+
+
+def test_logged_grad_norm_is_the_pre_clip_norm_computed_by_hand():
+    model = make_model()
+    reference = copy.deepcopy(model)
+    batch = bold_batch()
+    reference(batch).loss.backward()
+    active = [p for m in ("bold",) for p in reference.modality_parameters(m)]
+    active += list(reference.encoder.parameters())
+    expected = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in active)).item()
+    trainer = make_trainer(model, clip_grad_norm=1e-3)
+    result = optimizer_step(trainer, [batch], log_norms=True)
+    assert result.grad_norm == pytest.approx(expected, rel=1e-5)
+    assert result.grad_norm > 1e-3  # so clipping did act, after the norm was taken
+    assert result.module_norms["[inactive] embed.T1w"] > 0
+    assert result.module_norms["[bold] head.bold"] > 0
+    assert result.modalities == ["bold"] and not result.skipped
+
+
+def test_a_nan_batch_skips_the_step_and_leaves_weights_and_adam_untouched():
+    model = make_model()
+    trainer = make_trainer(model)
+    batch = bold_batch()
+    batch["bold"][1, 0, 2, 2, 2] = float("nan")
+    before = copy.deepcopy(model.state_dict())
+    result = optimizer_step(trainer, [batch], log_norms=False)
+    assert result.skipped and not np.isfinite(result.grad_norm)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert not trainer.optimizer.state
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_gradient_accumulation_averages_micro_batches():
+    """Two micro-batches of 2 make the same step as one batch of 4 (plain MSE, SGD)."""
+    batches = [bold_batch(1), bold_batch(2)]
+    merged_batch = {"bold": torch.cat([b["bold"] for b in batches])}
+    models = []
+    for micro_batches in (batches, [merged_batch]):
+        model = make_model(normalize="none")
+        trainer = make_trainer(model, clip_grad_norm=1e9)
+        trainer.optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        trainer.scheduler = build_scheduler(
+            trainer.optimizer, total_steps=10, warmup_steps=0, min_lr_ratio=1.0
+        )
+        result = optimizer_step(trainer, micro_batches, log_norms=False)
+        assert result.samples == 4
+        models.append(model)
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_dataset_puts_voxels_on_the_grid_and_crops_or_pads(tmp_path):
+    path = write_store(tmp_path / "bold.zarr", modality="bold", n_time=3, grid=(10, 12, 10))
+    dataset = VolumeDataset({"bold": [path]}, {"bold": [8, 16, 10]})
+    modality, volume = dataset[1]
+    assert modality == "bold" and volume.shape == (8, 16, 10) and volume.dtype == np.float32
+    assert np.all(volume[:, :2] == 0) and np.all(volume[:, -2:] == 0)  # padded
+    from bidstrain.store import open_store, to_grid
+
+    with open_store(path) as ds:
+        full = to_grid(ds, ds["data"][1].values)
+    np.testing.assert_array_equal(volume, fit_to_shape(full, (8, 16, 10)))
+    np.testing.assert_array_equal(volume[:, 2:14], full[1:9])
+    batch = collate(dataset.__getitems__([0, 2, 1]))
+    assert batch["bold"].shape == (3, 1, 8, 16, 10)
+    everything = np.stack([dataset[i][1] for i in range(3)]).astype(np.float64)
+    mean, var = dataset_statistics(dataset)["bold"]
+    assert mean == pytest.approx(everything.mean()) and var == pytest.approx(everything.var())
+
+
+@pytest.mark.parametrize("batching", ["mixed", "single_modality"])
+def test_sampler_gives_each_rank_different_batches_and_the_same_count(batching):
+    modalities = ["T1w"] * 3 + ["bold"] * 10 + ["dwi"] * 6
+    counts = {"T1w": 3, "bold": 10, "dwi": 6}
+    seen = []
+    per_rank = []
+    for rank in range(2):
+        sampler = ModalityBatchSampler(
+            modalities, batch_size=4, batching=batching, rank=rank, world_size=2, seed=1
+        )
+        sampler.set_epoch(3)
+        batches = list(sampler)
+        per_rank.append(batches)
+        expected = batches_per_epoch(counts, batch_size=4, batching=batching, world_size=2)
+        assert len(batches) == len(sampler) == expected
+        seen += [i for batch in batches for i in batch]
+        if batching == "single_modality":
+            assert all(len({modalities[i] for i in batch}) == 1 for batch in batches)
+        sampler.set_epoch(3, start=2)
+        assert list(sampler) == batches[2:]
+    assert set(seen) == set(range(len(modalities)))
+    assert per_rank[0] != per_rank[1]

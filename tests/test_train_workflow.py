@@ -1,0 +1,48 @@
+"""`snakemake train` on the demo dataset (through the shared `demo_run` of target `all`)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import torch
+from conftest import REPO, run_snakemake
+
+
+def test_snakemake_train_on_the_demo_writes_metrics_and_a_model(demo_run):
+    out = demo_run / "results" / "train" / "demo"
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    (plan,) = [line for line in lines if line["kind"] == "plan"]
+    steps = [line for line in lines if line["kind"] == "step"]
+    assert len(steps) == plan["total_steps"] > 0
+    assert not any(step["skipped"] for step in steps)
+    validations = [line for line in lines if line["kind"] == "validation"]
+    assert [v["epoch"] for v in validations] == list(range(plan["epochs"]))
+    assert set(validations[-1]["loss_per_modality"]) == {"bold"}  # held-out run-2
+    saved = torch.load(out / "model.pt")
+    assert {"embed.T1w.proj.weight", "embed.bold.proj.weight", "embed.dwi.proj.weight"} <= set(
+        saved["model"]
+    )
+    assert "training on cpu" in (demo_run / "logs" / "train" / "demo.log").read_text()
+
+
+def test_changing_the_learning_rate_reruns_only_training_and_what_follows(
+    demo_run, demo_bids, tmp_path
+):
+    workdir = tmp_path / "run"
+    shutil.copytree(demo_run, workdir, symlinks=True)
+    changed = tmp_path / "lr.yaml"
+    changed.write_text("train:\n  lr: 0.0005\n")
+    result = run_snakemake(
+        workdir,
+        "all",
+        "--dry-run",
+        "--configfile",
+        str(REPO / "config" / "config.yaml"),
+        str(changed),
+        config={"bids_dir": demo_bids},
+    )
+    rules = set(re.findall(r"^rule (\w+):", result.stdout, flags=re.MULTILINE))
+    assert "train" in rules, result.stdout
+    assert not rules & {"ingest_subject", "normalize_bold", "average_bold", "checks"}, rules

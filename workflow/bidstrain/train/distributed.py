@@ -1,0 +1,78 @@
+"""Process group, device and collectives: the only module that talks to
+``torch.distributed``.
+
+A run started by ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` in the environment)
+joins a process group, NCCL on GPUs and gloo on CPUs; a plain ``python -m bidstrain.train``
+is a single process and every collective here is then the identity.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+LOG = logging.getLogger("bidstrain.train")
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this process trains: its rank, the number of ranks, and its device."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes the outputs and the log lines."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init(requested_gpus: int) -> Context:
+    """Join the process group when launched by ``torchrun`` and pick the device.
+
+    CUDA when torch sees a GPU, else the CPU; requesting GPUs (``train.gpus``) on a machine
+    where torch sees none is logged and training continues on the CPU.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+        if requested_gpus > 0:
+            LOG.warning(
+                "train.gpus=%d but torch sees no CUDA device (torch %s, CUDA_VISIBLE_DEVICES=%s):"
+                " training on the CPU",
+                requested_gpus,
+                torch.__version__,
+                os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
+            )
+    if rank != 0:
+        logging.getLogger("bidstrain").setLevel(logging.WARNING)  # rank 0 tells the progress
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Context(rank=rank, world_size=world_size, device=device)
+
+
+def shutdown(context: Context) -> None:
+    """Leave the process group (a no-op for a single process)."""
+    if context.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """Reduce ``tensor`` in place across ranks (``"sum"`` or ``"max"``) and return it."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+    return tensor

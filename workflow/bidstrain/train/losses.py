@@ -1,0 +1,61 @@
+"""Normalized reconstruction losses.
+
+Modalities differ in scale by orders of magnitude before (and sometimes after)
+normalization, so each modality's MSE is divided by a statistic of its target:
+
+- ``var``: MSE / var(target). Scale-invariant: multiplying data and prediction by ``c``
+  multiplies MSE by ``c**2`` and the variance by ``c**2``. The default.
+- ``std``: MSE / std(target). The older recipe, kept for comparison; it is *not*
+  scale-invariant (it grows by ``c``), which is how one modality ends up dominating.
+- ``none``: plain MSE.
+"""
+
+from __future__ import annotations
+
+import torch
+
+NORMALIZATIONS = ("var", "std", "none")
+
+
+def normalized_mse(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    normalize: str,
+    eps: float,
+    target_stats: tuple[float, float] | None = None,
+) -> torch.Tensor:
+    """Mean squared error divided by the variance or the std of the target.
+
+    Parameters
+    ----------
+    pred, target : Tensor
+        Same shape; computed in float32 whatever their dtype (bf16 autocast included).
+    normalize : {"var", "std", "none"}
+        Statistic the MSE is divided by.
+    eps : float
+        Added to the variance before dividing (and before the square root for ``std``).
+    target_stats : tuple of float, optional
+        ``(mean, var)`` of the target over the whole dataset (``train.loss.stats:
+        dataset``); by default the variance of ``target`` over the batch. Only the
+        variance enters the loss.
+
+    Returns
+    -------
+    Tensor
+        A scalar.
+    """
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+    pred = pred.float()
+    target = target.float()
+    mse = torch.mean((pred - target) ** 2)
+    if normalize == "none":
+        return mse
+    if target_stats is None:
+        var = target.detach().var(unbiased=False)
+    else:
+        var = torch.as_tensor(float(target_stats[1]), dtype=torch.float32, device=mse.device)
+    if normalize == "var":
+        return mse / (var + eps)
+    return mse / torch.sqrt(var + eps)

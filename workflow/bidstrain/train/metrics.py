@@ -1,0 +1,65 @@
+"""``metrics.jsonl``: one JSON object per line, each with a ``kind`` (see the contract in
+README ``## Training``), and the progress line of the job log.
+
+While training, lines go to a working file beside the checkpoints (Snakemake deletes a
+job's declared outputs before it reruns, which would lose the history of an interrupted
+run); the trainer copies it to the declared output at the end. On resume, lines past the
+checkpoint's step are dropped first, so every optimizer step appears exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+LOG = logging.getLogger("bidstrain.train")
+
+
+class MetricsLog:
+    """Append metric records to a JSON-lines file.
+
+    Parameters
+    ----------
+    path : str or Path
+        The working metrics file.
+    resume_step : int or None
+        None starts a new file; an int keeps the existing lines whose ``step`` is at most
+        ``resume_step`` (and the lines without a step, such as ``plan``).
+    """
+
+    def __init__(self, path: str | Path, resume_step: int | None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if resume_step is not None and self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill
+                if record.get("step", 0) <= resume_step:
+                    kept.append(line + "\n")
+        self.path.write_text("".join(kept))
+        self._file = self.path.open("a")
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record (NaN and Inf are written as JSON's ``NaN``/``Infinity``)."""
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def progress_line(
+    *, step: int, total: int, loss: float, lr: float, seconds_per_step: float, skipped: int
+) -> str:
+    """``step 40/120 (33%) loss 0.8123 lr 8.1e-04 1.20 s/step ETA 0:01:36 skipped 0``."""
+    eta = int(round(max(total - step, 0) * seconds_per_step))
+    return (
+        f"step {step}/{total} ({100 * step / max(total, 1):.0f}%) loss {loss:.4f} lr {lr:.2e} "
+        f"{seconds_per_step:.2f} s/step ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d} "
+        f"skipped {skipped}"
+    )

@@ -1,0 +1,193 @@
+"""A multi-modal masked autoencoder: one patch embedding and one reconstruction head per
+modality around a shared transformer encoder.
+
+Parameters belong to a modality through module names: ``embed[<modality>]`` (patch
+projection and position embedding) and ``head[<modality>]``; ``encoder`` (and
+``mask_token`` when masking) are shared. :meth:`MultiModalAutoencoder.modality_parameters`
+is the one place that maps a modality to its parameters.
+
+The loss is computed inside :meth:`~MultiModalAutoencoder.forward`, including the dummy
+term for modalities absent from the batch, so that every parameter receives a gradient in
+every step. DDP needs that: with ``find_unused_parameters=False`` a parameter without a
+gradient raises "Expected to have finished reduction in the prior iteration", and a dummy
+term added outside ``forward`` breaks ``find_unused_parameters=True`` ("marked ready
+twice").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bidstrain.train.data import MODALITIES
+from bidstrain.train.losses import normalized_mse
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """How :meth:`MultiModalAutoencoder.forward` turns reconstructions into a loss
+    (``train.loss`` and ``train.dummy_loss``)."""
+
+    normalize: str = "var"
+    eps: float = 1e-6
+    weights: Mapping[str, float] | None = None
+    target_stats: Mapping[str, tuple[float, float]] | None = None
+    dummy_enabled: bool = True
+    dummy_scale: float = 1e-7
+
+
+@dataclass
+class ModelOutput:
+    """What one forward pass returns.
+
+    Attributes
+    ----------
+    loss : Tensor
+        Weighted sum of the per-modality losses plus the dummy term (what backward uses).
+    loss_per_modality : dict
+        ``{modality: scalar tensor}`` for the modalities in the batch (unweighted).
+    dummy_loss : Tensor
+        The dummy term alone (0 when every modality is present or the dummy is disabled).
+    reconstructions : dict
+        ``{modality: tensor}`` shaped like the inputs.
+    """
+
+    loss: torch.Tensor
+    loss_per_modality: dict[str, torch.Tensor]
+    dummy_loss: torch.Tensor
+    reconstructions: dict[str, torch.Tensor]
+
+
+class PatchEmbedding(nn.Module):
+    """Non-overlapping 3D patches (Conv3d, kernel = stride = patch) plus a learned position
+    embedding: ``(n, 1, x, y, z) -> (n, tokens, dim)``."""
+
+    def __init__(self, shape: Sequence[int], patch: int, dim: int):
+        super().__init__()
+        self.grid = tuple(n // patch for n in shape)
+        self.proj = nn.Conv3d(1, dim, kernel_size=patch, stride=patch)
+        self.position = nn.Parameter(torch.zeros(1, math.prod(self.grid), dim))
+        nn.init.trunc_normal_(self.position, std=0.02)
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        return self.proj(volume).flatten(2).transpose(1, 2) + self.position
+
+
+class ReconstructionHead(nn.Module):
+    """Tokens back to voxels: a linear map to ``patch**3`` values per token, then the
+    patches folded back onto the grid: ``(n, tokens, dim) -> (n, 1, x, y, z)``."""
+
+    def __init__(self, shape: Sequence[int], patch: int, dim: int):
+        super().__init__()
+        self.grid = tuple(n // patch for n in shape)
+        self.patch = patch
+        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Linear(dim, patch**3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        n, p, (gx, gy, gz) = tokens.shape[0], self.patch, self.grid
+        patches = self.proj(self.norm(tokens)).reshape(n, gx, gy, gz, p, p, p)
+        return patches.permute(0, 1, 4, 2, 5, 3, 6).reshape(n, 1, gx * p, gy * p, gz * p)
+
+
+class MultiModalAutoencoder(nn.Module):
+    """Per-modality embeddings and heads around a shared transformer encoder.
+
+    Parameters
+    ----------
+    shapes : mapping
+        ``{modality: (x, y, z)}``; each side a multiple of ``patch``.
+    patch, dim, depth, heads : int
+        Patch side, token width, encoder layers and attention heads.
+    mask_ratio : float
+        Fraction of tokens replaced by a learned mask token in training (0 disables
+        masking and creates no mask token).
+    loss : LossSettings
+    """
+
+    def __init__(
+        self,
+        shapes: Mapping[str, Sequence[int]],
+        *,
+        patch: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        mask_ratio: float = 0.0,
+        loss: LossSettings | None = None,
+    ):
+        super().__init__()
+        self.modalities = [m for m in MODALITIES if m in shapes]
+        self.mask_ratio = mask_ratio
+        self.loss_settings = loss or LossSettings()
+        self.embed = nn.ModuleDict(
+            {m: PatchEmbedding(shapes[m], patch, dim) for m in self.modalities}
+        )
+        self.head = nn.ModuleDict(
+            {m: ReconstructionHead(shapes[m], patch, dim) for m in self.modalities}
+        )
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, dim_feedforward=4 * dim, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        if mask_ratio > 0:
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+
+    def modality_parameters(self, modality: str) -> Iterator[nn.Parameter]:
+        """Parameters that only ``modality`` uses: ``embed[modality]`` and ``head[modality]``."""
+        yield from self.embed[modality].parameters()
+        yield from self.head[modality].parameters()
+
+    def modality_modules(self) -> dict[str, tuple[str, nn.Module]]:
+        """``{module name: (owner, module)}`` with owner a modality or ``"shared"``, for
+        per-module gradient norms."""
+        modules = {}
+        for modality in self.modalities:
+            modules[f"embed.{modality}"] = (modality, self.embed[modality])
+            modules[f"head.{modality}"] = (modality, self.head[modality])
+        modules["encoder"] = ("shared", self.encoder)
+        return modules
+
+    def _mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        keep = torch.rand(tokens.shape[:2], device=tokens.device) >= self.mask_ratio
+        return torch.where(keep[..., None], tokens, self.mask_token.to(tokens.dtype))
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> ModelOutput:
+        """Reconstruct every modality of ``batch`` (``{modality: (n, 1, x, y, z)}``), each
+        as its own sub-batch through the shared encoder, and compute the loss."""
+        settings = self.loss_settings
+        weights = settings.weights or {}
+        stats = settings.target_stats or {}
+        reconstructions, losses = {}, {}
+        for modality, volume in batch.items():
+            tokens = self.embed[modality](volume)
+            if self.training and self.mask_ratio > 0:
+                tokens = self._mask(tokens)
+            reconstructions[modality] = self.head[modality](self.encoder(tokens))
+            losses[modality] = normalized_mse(
+                reconstructions[modality],
+                volume,
+                normalize=settings.normalize,
+                eps=settings.eps,
+                target_stats=stats.get(modality),
+            )
+        total = sum(weights.get(m, 1.0) * loss for m, loss in losses.items())
+        dummy = self.dummy_loss(absent=[m for m in self.modalities if m not in batch])
+        return ModelOutput(total + dummy, losses, dummy.detach(), reconstructions)
+
+    def dummy_loss(self, absent: Sequence[str]) -> torch.Tensor:
+        """``scale * sum`` of the parameters of the ``absent`` modalities: a gradient of
+        exactly ``scale`` on each of their elements, so DDP sees every parameter used."""
+        settings = self.loss_settings
+        reference = next(self.parameters())
+        dummy = torch.zeros((), dtype=torch.float32, device=reference.device)
+        if not settings.dummy_enabled:
+            return dummy
+        for modality in absent:
+            for param in self.modality_parameters(modality):
+                dummy = dummy + settings.dummy_scale * param.sum()
+        return dummy

@@ -1,0 +1,52 @@
+# Training: one job (rule and target `train`) reading the normalized/averaged stores after
+# the checks passed. It resumes from results/train/<experiment>/checkpoints/ when a
+# checkpoint of the same training config is there (after a SIGTERM/SIGUSR1 it exits 75).
+import json
+
+TRAIN_DIR = f"{RESULTS}/train/{config['train']['experiment']}"
+# Job resources, not training settings: changing them does not rerun training.
+TRAIN_RESOURCE_KEYS = ("runtime", "mem_mb", "cpus")
+
+
+def train_launcher(wildcards, resources):
+    """`python -m bidstrain.train`, or torchrun with one process per GPU when the job has
+    more than one (``resources.gpu``: the SLURM profile may override train.gpus)."""
+    if resources.gpu > 1:
+        torchrun = (
+            f" -m torch.distributed.run --standalone --nproc_per_node={resources.gpu}"
+        )
+        return BIDSTRAIN.replace(" -m bidstrain", f"{torchrun} -m bidstrain") + ".train"
+    return f"{BIDSTRAIN}.train"
+
+
+rule train:
+    input:
+        stores=flatten_stores(training_stores()),
+        validation=flatten_stores(validation_stores()),
+        checks=f"{RESULTS}/checks/summary.json",
+    output:
+        model=f"{TRAIN_DIR}/model.pt",
+        metrics=f"{TRAIN_DIR}/metrics.jsonl",
+    log:
+        f"logs/train/{config['train']['experiment']}.log",
+    conda:
+        ENV
+    threads: config["train"]["cpus"]
+    resources:
+        gpu=config["train"]["gpus"],
+        runtime=config["train"]["runtime"],
+        mem_mb=config["train"]["mem_mb"],
+    params:
+        launcher=train_launcher,
+        settings=json.dumps(
+            {k: v for k, v in config["train"].items() if k not in TRAIN_RESOURCE_KEYS},
+            sort_keys=True,
+        ),
+        stores=json.dumps(training_stores()),
+        validation=json.dumps(validation_stores()),
+        checkpoints=f"{TRAIN_DIR}/checkpoints",
+    shell:
+        "{params.launcher} --config-json {params.settings:q}"
+        " --train-stores-json {params.stores:q} --validation-stores-json {params.validation:q}"
+        " --requested-gpus {resources.gpu} --model-out {output.model:q}"
+        " --metrics-out {output.metrics:q} --checkpoint-dir {params.checkpoints:q} > {log:q} 2>&1"
