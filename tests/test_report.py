@@ -1,0 +1,321 @@
+"""Report figures: computations, readability (titles, labels, legends) and the CLI,
+against tiny inputs that follow the inter-stage contracts (tests/report_data.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+import report_data as rd
+from bidstrain.demo import DemoSpec, _ellipsoid, bold_run
+from bidstrain.errors import BidstrainError, run_cli
+from bidstrain.report import TRAINING_FIGURES
+from bidstrain.report.__main__ import main
+from bidstrain.report.average import average_figure, subject_correlations, time_course
+from bidstrain.report.checks import allowed_band, scale_figure, scale_values, summary_figure
+from bidstrain.report.ingest import MAX_ROWS, coverage_figure, coverage_table
+from bidstrain.report.normalize import normalization_figure, raw_values, temporal_snr
+from bidstrain.report.train import (
+    gradient_norms_by_tag,
+    planned_lr,
+    read_metrics,
+    steps_frame,
+    training_figures,
+)
+from bidstrain.store import create_store, open_store
+from bidstrain.train.schedule import lr_multiplier
+from matplotlib.figure import Figure
+
+
+def assert_readable(fig: Figure) -> None:
+    """Every panel that draws data has a title and axis labels, and a legend when it draws
+    more than one labelled series; the figure has a title."""
+    assert fig._suptitle is not None and fig._suptitle.get_text()
+    panels = [ax for ax in fig.get_axes() if ax.axison and not hasattr(ax, "_colorbar")]
+    assert panels
+    for ax in panels:
+        drawn = ax.lines or ax.images or ax.patches or ax.collections or ax.tables
+        if not drawn or not (ax.get_xticks().size or ax.get_yticks().size):
+            continue
+        where = f"panel {ax.get_title()!r}"
+        assert ax.get_title(), f"untitled panel with {ax.get_xlabel()!r}"
+        assert ax.get_xlabel() and ax.get_ylabel(), f"{where} lacks an axis label"
+        labelled = [h for h in ax.get_legend_handles_labels()[1] if not h.startswith("_")]
+        if len(labelled) > 1:
+            assert ax.get_legend() is not None, f"{where}: {len(labelled)} series, no legend"
+
+
+def assert_nontrivial_png(path: Path, min_height: int = 300, min_width: int = 400) -> None:
+    """A decodable PNG of a reasonable size with varied pixels (not blank, not constant)."""
+    assert path.is_file(), f"{path} missing"
+    pixels = matplotlib.image.imread(path)
+    assert pixels.shape[0] >= min_height and pixels.shape[1] >= min_width, pixels.shape
+    assert pixels[..., :3].std() > 0.05, f"{path} is nearly blank"
+    rgb = np.rint(pixels[..., :3] * 255).astype(np.uint32)
+    colours = np.unique(rgb[..., 0] << 16 | rgb[..., 1] << 8 | rgb[..., 2])
+    assert len(colours) > 50, f"{path} has only {len(colours)} colours"
+
+
+# ---- ingestion ----------------------------------------------------------------------
+
+
+def _manifest(n_subjects: int, missing_every: int = 7) -> pd.DataFrame:
+    acquisitions = [("T1w", "", ""), ("bold", "rest", "1"), ("bold", "rest", "2"), ("dwi", "", "")]
+    rows = []
+    for number in range(1, n_subjects + 1):
+        for index, (modality, task, run) in enumerate(acquisitions):
+            if (number * 4 + index) % missing_every == 0:
+                continue
+            row = {"subject": f"{number:03d}", "session": "", "task": task, "run": run}
+            rows.append({**row, "modality": modality})
+    return pd.DataFrame(rows)
+
+
+def test_coverage_table_counts_sessions_and_missing_images():
+    manifest = pd.DataFrame(
+        [
+            {"subject": "01", "session": "", "task": "", "run": "", "modality": "T1w"},
+            {"subject": "01", "session": "", "task": "rest", "run": "1", "modality": "bold"},
+            {"subject": "02", "session": "1", "task": "", "run": "", "modality": "T1w"},
+            {"subject": "02", "session": "2", "task": "", "run": "", "modality": "T1w"},
+            {"subject": "02", "session": "1", "task": "", "run": "", "modality": "dwi"},
+        ]
+    )
+    table = coverage_table(manifest)
+    assert list(table.columns) == ["T1w", "bold task-rest run-1", "dwi"]
+    assert table.loc["sub-01"].tolist() == [1, 1, 0]
+    assert table.loc["sub-02"].tolist() == [2, 0, 1]
+
+
+def test_coverage_figure_with_100_subjects_lists_everyone_in_readable_panels():
+    fig = coverage_figure(_manifest(100))
+    assert_readable(fig)
+    heat_maps = [ax for ax in fig.get_axes() if ax.images]
+    assert len(heat_maps) == 2  # 50 rows per panel
+    labels = [t.get_text() for ax in heat_maps for t in ax.get_yticklabels()]
+    assert labels == [f"sub-{n:03d}" for n in range(1, 101)]
+    assert fig.get_figheight() < 16
+
+
+def test_coverage_figure_beyond_max_rows_shows_only_incomplete_subjects():
+    manifest = _manifest(MAX_ROWS + 50)
+    incomplete = (coverage_table(manifest) == 0).any(axis=1).sum()
+    fig = coverage_figure(manifest)
+    heat_maps = [ax for ax in fig.get_axes() if ax.images]
+    shown = sum(len(ax.get_yticklabels()) for ax in heat_maps)
+    assert 0 < shown == incomplete < MAX_ROWS + 50
+    assert "missing" in heat_maps[0].get_title()
+
+
+# ---- normalization ------------------------------------------------------------------
+
+
+def test_raw_values_recover_the_image_and_tsnr_is_mean_over_std(tmp_path):
+    signal = rd.shared_signal()
+    store = open_store(rd.write_bold_store(tmp_path / "bold.zarr", "01", 1, signal))
+    run = bold_run(rd.SPEC, np.random.default_rng(1), signal).astype(np.float32)
+    expected = run[_ellipsoid(rd.SPEC.bold_shape)].T
+    np.testing.assert_allclose(raw_values(store).values, expected, rtol=1e-4)
+    tsnr = temporal_snr(np.array([10.0, 5.0, 1.0]), np.array([2.0, 0.0, np.nan]))
+    np.testing.assert_array_equal(tsnr, [5.0, np.nan, np.nan])
+
+
+def test_normalization_figure_bold_has_maps_tsnr_and_carpets(tmp_path):
+    store = open_store(rd.write_bold_store(tmp_path / "bold.zarr", "01", 1, rd.shared_signal()))
+    fig = normalization_figure(store, n_sample=100)
+    assert_readable(fig)
+    titles = [ax.get_title() for ax in fig.get_axes()]
+    for expected in ("mean used: axial", "std used: coronal", "tSNR of this run: sagittal"):
+        assert any(expected in title for title in titles), expected
+    carpets = [ax for ax in fig.get_axes() if ax.get_title().startswith("Carpet")]
+    assert len(carpets) == 2
+    assert "100 of 424" in carpets[0].get_ylabel()
+
+
+def test_normalization_figure_dwi_and_t1w_use_per_volume_statistics(tmp_path):
+    dwi = open_store(rd.write_dwi_store(tmp_path / "dwi.zarr"))
+    fig = normalization_figure(dwi)
+    assert_readable(fig)
+    assert any("per volume" in ax.get_title() for ax in fig.get_axes())
+    mask = _ellipsoid((10, 12, 10))
+    values = np.linspace(-1, 1, mask.sum(), dtype=np.float32)[None]
+    with create_store(tmp_path / "t1w.zarr", mask=mask, affine=np.eye(4), time=[0.0]) as w:
+        w.write(0, values)
+        w.add_variable("mean", ("time",), np.array([900.0], dtype=np.float32))
+        w.add_variable("std", ("time",), np.array([300.0], dtype=np.float32))
+        w.attrs.update(rd._base_attrs("T1w", "01", "time"))
+    fig = normalization_figure(open_store(tmp_path / "t1w.zarr"))
+    assert_readable(fig)
+    assert not any(ax.get_title().startswith("Carpet") for ax in fig.get_axes())
+
+
+# ---- averaging ----------------------------------------------------------------------
+
+
+def test_subject_correlations():
+    group = np.sin(np.linspace(0, 6, 30))
+    courses = [group * 3 + 1, np.zeros(30), -group, np.concatenate([group, [5.0, 6.0]])]
+    np.testing.assert_allclose(subject_correlations(group, courses), [1.0, np.nan, -1.0, 1.0])
+
+
+def _average_inputs(tmp_path: Path, n_subjects: int, spec: DemoSpec = rd.SPEC):
+    signal = rd.shared_signal(spec.n_volumes)
+    paths = []
+    for number in range(n_subjects):
+        course = signal if number % 10 else np.zeros_like(signal)  # every 10th: no signal
+        path = tmp_path / f"sub-{number + 1:03d}.zarr"
+        paths.append(rd.write_bold_store(path, f"{number + 1:03d}", number, course, spec))
+    average = rd.write_average_store(tmp_path / "average.zarr", paths)
+    return open_store(average), [open_store(p) for p in paths]
+
+
+def test_average_figure_bars_rank_subjects_by_correlation(tmp_path):
+    group, subjects = _average_inputs(tmp_path, 3)
+    fig = average_figure(group, subjects, "task-rest run-1")
+    assert_readable(fig)
+    bars = next(ax for ax in fig.get_axes() if ax.get_title().startswith("Correlation"))
+    labels = [t.get_text() for t in bars.get_yticklabels()]
+    assert sorted(labels) == ["sub-001", "sub-002", "sub-003"]
+    assert labels[-1] == "sub-001"  # the subject without the shared signal ranks last
+    np.testing.assert_allclose(
+        sorted(p.get_width() for p in bars.patches)[-1],
+        max(subject_correlations(time_course(group), [time_course(s) for s in subjects])),
+    )
+
+
+def test_average_figure_with_100_subjects_aggregates(tmp_path):
+    tiny = DemoSpec(bold_shape=(6, 6, 6), n_volumes=20)
+    group, subjects = _average_inputs(tmp_path, 100, tiny)
+    fig = average_figure(group, subjects, "task-rest")
+    assert_readable(fig)
+    histogram = next(ax for ax in fig.get_axes() if ax.get_title().startswith("Correlation"))
+    assert sum(p.get_height() for p in histogram.patches) == 100
+    listed = "".join(t.get_text() for ax in fig.get_axes() for t in ax.texts)
+    assert "sub-001" in listed and "sub-091" in listed  # the flat subjects, lowest r
+    assert fig.get_figheight() < 12
+
+
+# ---- checks -------------------------------------------------------------------------
+
+
+def test_scale_figure_draws_log_bars_and_the_allowed_band(tmp_path):
+    summary = json.loads(rd.write_summary(tmp_path / "summary.json").read_text())
+    values = scale_values(summary)
+    assert allowed_band(values) == pytest.approx((0.98, 98.0))
+    fig = scale_figure(values)
+    assert_readable(fig)
+    mse_ax = fig.get_axes()[0]
+    assert mse_ax.get_yscale() == "log"
+    bars = [p for c in mse_ax.containers for p in c]
+    assert len(bars) == 6  # raw and normalized for three modalities
+    assert any("allowed" in label for label in mse_ax.get_legend_handles_labels()[1])
+
+
+def test_summary_figure_colours_cells_by_status(tmp_path):
+    summary = json.loads(rd.write_summary(tmp_path / "summary.json").read_text())
+    fig = summary_figure(summary)
+    assert "FAILED" in fig._suptitle.get_text()
+    cells = fig.get_axes()[0].tables[0].get_celld()
+    colours = [tuple(cells[row, 1].get_facecolor()[:3]) for row in (1, 2, 3)]
+    assert len(set(colours)) == 3
+    assert cells[3, 1].get_text().get_text() == "fail"
+    with pytest.raises(BidstrainError, match="scale_table"):
+        scale_values({"passed": True, "checks": []})
+
+
+# ---- training -----------------------------------------------------------------------
+
+
+def _schedule_lr(step: int) -> float:
+    plan = rd.PLAN
+    return plan["lr"] * lr_multiplier(
+        step - 1,
+        total_steps=plan["total_steps"],
+        warmup_steps=plan["warmup_steps"],
+        min_lr_ratio=plan["min_lr_ratio"],
+    )
+
+
+def test_planned_lr_follows_the_schedule_and_marks_restarts(tmp_path):
+    records = read_metrics(rd.write_metrics(tmp_path / "m.jsonl", _schedule_lr, restart_at=16))
+    steps, rates, restarts = planned_lr(records)
+    np.testing.assert_array_equal(steps, np.arange(1, 31))
+    np.testing.assert_allclose(rates, [_schedule_lr(s) for s in steps])
+    assert rates[0] > 0
+    assert restarts == [16]
+
+
+def test_steps_frame_and_gradient_norms_by_tag(tmp_path):
+    records = read_metrics(rd.write_metrics(tmp_path / "m.jsonl", _schedule_lr))
+    steps = steps_frame(records)
+    assert len(steps) == 30 and math.isnan(steps.loc[6, "grad_norm"]) and steps.loc[6, "skipped"]
+    assert steps["loss_bold"].notna().sum() == 10  # bold in every third batch
+    by_tag = gradient_norms_by_tag(records)
+    assert set(by_tag) == {"T1w", "bold", "dwi", "inactive"}
+    assert (by_tag["inactive"]["min"] == 0).all() and (by_tag["inactive"]["max"] == 1e-9).all()
+
+
+def test_training_figures_are_readable_and_mark_skipped_steps(tmp_path):
+    records = read_metrics(rd.write_metrics(tmp_path / "m.jsonl", lambda s: 2 * _schedule_lr(s)))
+    figures = training_figures(records, experiment="demo", clip_grad_norm=1.0)
+    assert tuple(figures) == TRAINING_FIGURES
+    for fig in figures.values():
+        assert_readable(fig)
+    grad_ax = figures["grad_norm"].get_axes()[0]
+    assert grad_ax.get_yscale() == "log"
+    assert any("skipped" in label for label in grad_ax.get_legend_handles_labels()[1])
+    planned, used = figures["lr"].get_axes()[0].lines[:2]
+    np.testing.assert_allclose(used.get_ydata(), 2 * planned.get_ydata())
+    assert figures["losses"].get_axes()[0].get_yscale() == "log"
+
+
+def test_read_metrics_rejects_a_file_without_plan_or_with_bad_json(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"kind": "step", "step": 1}\n')
+    with pytest.raises(BidstrainError, match="no 'plan' line"):
+        read_metrics(path)
+    path.write_text('{"kind": "plan"}\n{"kind": "st')
+    with pytest.raises(BidstrainError, match="line 2 is not JSON"):
+        read_metrics(path)
+
+
+# ---- command line -------------------------------------------------------------------
+
+
+def test_cli_writes_every_figure_as_png(tmp_path):
+    summary = rd.write_summary(tmp_path / "summary.json")
+    metrics = rd.write_metrics(tmp_path / "metrics.jsonl", _schedule_lr)
+    store = rd.write_bold_store(tmp_path / "bold.zarr", "01", 1, rd.shared_signal())
+    manifest = tmp_path / "manifest.tsv"
+    _manifest(5).to_csv(manifest, sep="\t", index=False)
+    out = tmp_path / "report"
+    main(["coverage", "--manifest", str(manifest), "--out", str(out / "coverage.png")])
+    main(["normalize", "--store", str(store), "--out", str(out / "bold.png")])
+    main(
+        [
+            "checks",
+            "--summary",
+            str(summary),
+            "--scale-table-out",
+            str(out / "scale.png"),
+            "--summary-out",
+            str(out / "summary.png"),
+        ]
+    )
+    main(["train", "--metrics", str(metrics), "--experiment", "x", "--out-dir", str(out / "t")])
+    for name in ["coverage", "bold", "scale", "summary", *(f"t/{f}" for f in TRAINING_FIGURES)]:
+        assert_nontrivial_png(out / f"{name}.png", min_height=150)
+    assert not list(out.rglob(".*tmp*"))  # atomic writes left no temporary
+
+
+def test_cli_reports_a_missing_store_without_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, ["normalize", "--store", str(tmp_path / "no.zarr"), "--out", "x.png"])
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert "bidstrain: error:" in error and "no.zarr" in error and "Traceback" not in error

@@ -1,0 +1,103 @@
+"""Command line: ``python -m bidstrain.report <figure> ...``, one subcommand per stage.
+
+::
+
+    coverage  --manifest results/ingest/manifest.tsv --out coverage.png
+    normalize --store <store.zarr> --out <png> [--sample-voxels N]
+    average   --store <average.zarr> --subject-stores <store.zarr> ... --title T --out <png>
+    checks    --summary results/checks/summary.json --scale-table-out <png> --summary-out <png>
+    train     --metrics metrics.jsonl --experiment NAME [--clip-grad-norm X] --out-dir DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from bidstrain.errors import run_cli
+from bidstrain.report import TRAINING_FIGURES
+
+log = logging.getLogger("bidstrain.report")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bidstrain.report")
+    figures = parser.add_subparsers(dest="figure", required=True)
+    coverage = figures.add_parser("coverage", help="subjects x acquisitions of the manifest")
+    coverage.add_argument("--manifest", required=True)
+    coverage.add_argument("--out", required=True)
+    normalize = figures.add_parser("normalize", help="normalization of one store")
+    normalize.add_argument("--store", required=True)
+    normalize.add_argument("--sample-voxels", type=int, default=2000)
+    normalize.add_argument("--out", required=True)
+    average = figures.add_parser("average", help="group maps and subject agreement")
+    average.add_argument("--store", required=True)
+    average.add_argument("--subject-stores", nargs="+", required=True)
+    average.add_argument("--title", required=True)
+    average.add_argument("--out", required=True)
+    checks = figures.add_parser("checks", help="scale table and checks summary")
+    checks.add_argument("--summary", required=True)
+    checks.add_argument("--scale-table-out", required=True)
+    checks.add_argument("--summary-out", required=True)
+    train = figures.add_parser("train", help="training curves from metrics.jsonl")
+    train.add_argument("--metrics", required=True)
+    train.add_argument("--experiment", required=True)
+    train.add_argument("--clip-grad-norm", type=float)
+    train.add_argument("--out-dir", required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Draw the figures of one subcommand and write them as PNG files."""
+    args = _parser().parse_args(argv)
+    # Figure modules import matplotlib (and train imports torch): only the one needed.
+    from bidstrain.report.figure import save_figure
+
+    if args.figure == "coverage":
+        from bidstrain.report.ingest import coverage_figure, read_manifest
+
+        outputs = {args.out: coverage_figure(read_manifest(args.manifest))}
+    elif args.figure == "normalize":
+        from bidstrain.report.normalize import normalization_figure
+        from bidstrain.store import open_store
+
+        outputs = {
+            args.out: normalization_figure(open_store(args.store), n_sample=args.sample_voxels)
+        }
+    elif args.figure == "average":
+        from bidstrain.report.average import average_figure
+        from bidstrain.store import open_store
+
+        subjects = [open_store(path) for path in args.subject_stores]
+        outputs = {args.out: average_figure(open_store(args.store), subjects, args.title)}
+    elif args.figure == "checks":
+        from bidstrain.report.checks import (
+            read_summary,
+            scale_figure,
+            scale_values,
+            summary_figure,
+        )
+
+        summary = read_summary(args.summary)
+        outputs = {
+            args.scale_table_out: scale_figure(scale_values(summary, args.summary)),
+            args.summary_out: summary_figure(summary),
+        }
+    else:
+        from bidstrain.report.train import read_metrics, training_figures
+
+        figures = training_figures(
+            read_metrics(args.metrics),
+            experiment=args.experiment,
+            clip_grad_norm=args.clip_grad_norm,
+        )
+        outputs = {Path(args.out_dir) / f"{name}.png": figures[name] for name in TRAINING_FIGURES}
+    for path, fig in outputs.items():
+        save_figure(fig, path)
+        log.info("wrote %s", path)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,164 @@
+"""Averaging figure of one task (and run): the group maps and how well subjects agree."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import xarray as xr
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from bidstrain.report.figure import MAX_LISTED, new_figure, slice_row
+from bidstrain.store import to_grid
+
+#: With more subjects than :data:`MAX_LISTED`, the lowest correlations listed by name.
+N_LOWEST = 10
+
+
+def time_course(ds: xr.Dataset) -> np.ndarray:
+    """Mean over the store's mask of every volume (float64, one value per time point)."""
+    return ds["data"].mean("voxel", dtype=np.float64).values
+
+
+def store_label(ds: xr.Dataset) -> str:
+    """``sub-<label>`` with ``ses-<label>`` when the store has a session."""
+    session = ds.attrs.get("session")
+    return f"sub-{ds.attrs['subject']}" + (f" ses-{session}" if session else "")
+
+
+def subject_correlations(group_course: np.ndarray, courses: Sequence[np.ndarray]) -> np.ndarray:
+    """Pearson correlation of each subject's time course with the group's.
+
+    Courses longer than the group's (a truncated average) are cut to its length; a flat
+    course has correlation NaN.
+    """
+    n = group_course.size
+    correlations = np.full(len(courses), np.nan)
+    for index, course in enumerate(courses):
+        course = np.asarray(course[:n], dtype=np.float64)
+        if course.size == n and course.std() > 0 and group_course.std() > 0:
+            correlations[index] = np.corrcoef(course, group_course)[0, 1]
+    return correlations
+
+
+def average_figure(group: xr.Dataset, subjects: Sequence[xr.Dataset], title: str) -> Figure:
+    """Group mean and ``n_subjects`` maps, time courses and per-subject correlations.
+
+    Parameters
+    ----------
+    group : xarray.Dataset
+        The average store (with ``n_subjects``).
+    subjects : sequence of xarray.Dataset
+        The subject stores that went into it.
+    title : str
+        Figure title (the task and run).
+
+    Returns
+    -------
+    Figure
+        Up to :data:`MAX_LISTED` subjects get a bar each; with more, a histogram of the
+        correlations and the :data:`N_LOWEST` lowest by name.
+    """
+    labels = [store_label(ds) for ds in subjects]
+    group_course = time_course(group)
+    courses = [time_course(ds) for ds in subjects]
+    correlations = subject_correlations(group_course, courses)
+    listed = len(subjects) <= MAX_LISTED
+    bottom_height = max(3.0, 0.22 * len(subjects) + 1.2) if listed else 3.5
+    fig = new_figure(
+        12.0,
+        2.5 * 2 + bottom_height + 0.6,
+        f"{title}: average of {len(subjects)} subject runs, "
+        f"{group.sizes['voxel']} voxels in the group mask",
+    )
+    maps, bottom = fig.subfigures(2, 1, height_ratios=[5.0, bottom_height])
+    map_rows = maps.subfigures(2, 1)
+    mask = group["mask"].values
+    slice_row(
+        map_rows[0],
+        map_rows[0].subplots(1, 3),
+        to_grid(group, group["mean"].values, np.nan),
+        mask,
+        label="group mean",
+        unit="raw units",
+    )
+    counts = group["n_subjects"].values
+    n_min, n_max = int(counts.min()), int(counts.max())
+    slice_row(
+        map_rows[1],
+        map_rows[1].subplots(1, 3),
+        to_grid(group, counts.astype(np.float32), np.nan),
+        mask,
+        label="n_subjects",
+        unit="subjects (count)",
+        cmap=plt.get_cmap("viridis", min(n_max - n_min + 1, 256)),
+        vmin=n_min - 0.5,
+        vmax=n_max + 0.5,
+        ticks=np.unique(np.linspace(n_min, n_max, min(n_max - n_min + 1, 11)).round()),
+    )
+    if listed:
+        course_ax, correlation_ax = bottom.subplots(1, 2, width_ratios=[1.4, 1.0])
+        _correlation_bars(correlation_ax, labels, correlations)
+    else:
+        course_ax, correlation_ax, list_ax = bottom.subplots(1, 3, width_ratios=[1.4, 0.7, 0.3])
+        _correlation_histogram(correlation_ax, list_ax, labels, correlations)
+    _time_courses(course_ax, group, group_course, courses)
+    return fig
+
+
+def _time_courses(
+    ax: Axes, group: xr.Dataset, group_course: np.ndarray, courses: Sequence[np.ndarray]
+) -> None:
+    time = group["time"].values
+    n = time.size
+    stacked = np.stack([_pad(course[:n], n) for course in courses])
+    low, median, high = np.nanpercentile(stacked, [10, 50, 90], axis=0)
+    ax.fill_between(time, low, high, color="#9ecae1", label="subjects, 10th-90th percentile")
+    ax.plot(time, median, color="#3182bd", lw=1, label="subjects, median")
+    ax.plot(time, group_course, color="black", lw=2, label="group average")
+    ax.set_title("Mean over the mask per volume")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("mean z-score (unitless)")
+    ax.legend(loc="best", framealpha=0.7)
+
+
+def _pad(course: np.ndarray, n: int) -> np.ndarray:
+    """``course`` extended with NaN to length ``n`` (a subject shorter than the group)."""
+    return np.concatenate([course, np.full(n - course.size, np.nan)])
+
+
+def _correlation_bars(ax: Axes, labels: Sequence[str], correlations: np.ndarray) -> None:
+    order = np.argsort(np.nan_to_num(correlations, nan=-2.0))[::-1]
+    positions = np.arange(len(order))
+    colours = ["#e8594f" if not r > 0 else "#3182bd" for r in correlations[order]]
+    ax.barh(positions, np.nan_to_num(correlations[order]), color=colours)
+    ax.set_yticks(positions, [labels[i] for i in order], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(min(-0.1, float(np.nanmin(correlations, initial=0.0)) - 0.05), 1.0)
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_title("Correlation with the group time course")
+    ax.set_xlabel("Pearson r (unitless)")
+    ax.set_ylabel("subject run")
+
+
+def _correlation_histogram(
+    ax: Axes, list_ax: Axes, labels: Sequence[str], correlations: np.ndarray
+) -> None:
+    finite = correlations[np.isfinite(correlations)]
+    ax.hist(finite, bins=30, range=(min(-0.1, float(finite.min(initial=0.0))), 1.0))
+    ax.set_title(f"Correlation with the group time course, {len(labels)} runs")
+    ax.set_xlabel("Pearson r (unitless)")
+    ax.set_ylabel("subject runs")
+    order = np.argsort(np.nan_to_num(correlations, nan=-2.0))[:N_LOWEST]
+    lowest = "\n".join(f"{labels[i]}  {correlations[i]:5.2f}" for i in order)
+    list_ax.axis("off")
+    list_ax.text(
+        0.0,
+        1.0,
+        f"lowest {len(order)}, r:\n{lowest}",
+        transform=list_ax.transAxes,
+        va="top",
+        family="monospace",
+    )

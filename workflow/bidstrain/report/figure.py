@@ -1,0 +1,141 @@
+"""What every report figure shares: the Agg backend, saving, slice panels, paging.
+
+Figure functions of the stage modules build and return a :class:`matplotlib.figure.Figure`
+without touching the file system, so that tests can inspect titles, labels and legends;
+:func:`save_figure` writes one atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.colors import Colormap  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from bidstrain.atomic import atomic_path  # noqa: E402
+
+DPI = 100
+#: Subjects (or rows) shown one by one before a figure aggregates or pages them.
+MAX_LISTED = 40
+SLICE_NAMES = ("sagittal", "coronal", "axial")
+STATUS_COLOURS = {"pass": "#8fd18f", "warn": "#f5d36b", "fail": "#f08a80"}
+
+plt.rcParams.update(
+    {
+        "figure.dpi": DPI,
+        "savefig.dpi": DPI,
+        "font.size": 9,
+        "axes.titlesize": 10,
+        "figure.titlesize": 12,
+        "legend.fontsize": 8,
+    }
+)
+
+
+def new_figure(width: float, height: float, title: str) -> Figure:
+    """A figure of ``width`` x ``height`` inches with a constrained layout and a title."""
+    fig = plt.figure(figsize=(width, height), layout="constrained")
+    fig.suptitle(title, fontweight="bold")
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path) -> None:
+    """Write ``fig`` as a PNG at ``path`` atomically and release its memory."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def mid_slices(volume: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
+    """Three orthogonal slices through the centre of the mask, oriented for display.
+
+    Parameters
+    ----------
+    volume : ndarray, shape (x, y, z)
+        Values on the store's grid.
+    mask : ndarray of bool, shape (x, y, z)
+        Where the values are defined; slices cut through its centre of mass.
+
+    Returns
+    -------
+    list of ndarray
+        Sagittal (y, z), coronal (x, z) and axial (x, y) slices, transposed so that the
+        second axis of the slice is vertical (``imshow(..., origin="lower")``).
+    """
+    centre = np.rint(np.argwhere(mask).mean(axis=0)).astype(int) if mask.any() else None
+    if centre is None:
+        centre = np.array(volume.shape) // 2
+    x, y, z = centre
+    return [volume[x, :, :].T, volume[:, y, :].T, volume[:, :, z].T]
+
+
+def slice_row(
+    fig: Figure,
+    axes: Sequence[Axes],
+    volume: np.ndarray,
+    mask: np.ndarray,
+    *,
+    label: str,
+    unit: str,
+    cmap: str | Colormap = "gray",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    ticks: Sequence[float] | None = None,
+) -> None:
+    """Draw the three mid-slices of ``volume`` on ``axes`` with one shared colour bar.
+
+    Panels are titled ``<label>: <plane>``; the colour bar is labelled with ``unit``.
+
+    Voxels outside ``mask`` are transparent. ``vmin``/``vmax`` default to the 1st and
+    99th percentiles inside the mask, so that a few extreme voxels do not wash the map out;
+    ``ticks`` sets the colour bar's ticks (for counts).
+    """
+    inside = volume[mask]
+    finite = inside[np.isfinite(inside)]
+    if finite.size:
+        low, high = np.percentile(finite, [1, 99])
+    else:
+        low, high = 0.0, 1.0
+    vmin = low if vmin is None else vmin
+    vmax = high if vmax is None else vmax
+    if vmax <= vmin:
+        vmax = vmin + 1.0
+    shown = np.ma.masked_where(~mask, volume)
+    image = None
+    for ax, name, plane, plane_mask in zip(
+        axes, SLICE_NAMES, mid_slices(shown, mask), mid_slices(mask, mask), strict=True
+    ):
+        image = ax.imshow(
+            np.ma.masked_where(~plane_mask, plane),
+            cmap=cmap,
+            vmin=vmin,
+            vmax=vmax,
+            origin="lower",
+            interpolation="nearest",
+        )
+        ax.set_title(f"{label}: {name}")
+        ax.set_xlabel("voxel")
+        ax.set_ylabel("voxel")
+        ax.tick_params(labelsize=7)
+    fig.colorbar(image, ax=list(axes), label=unit, shrink=0.9, ticks=ticks)
+
+
+def pages(items: Sequence, per_page: int) -> list[Sequence]:
+    """Split ``items`` into consecutive pages of at most ``per_page`` (at least one page)."""
+    return [items[start : start + per_page] for start in range(0, max(len(items), 1), per_page)]
+
+
+def empty_panel(ax: Axes, title: str, message: str) -> None:
+    """A panel that says why it has nothing to show (instead of blank axes)."""
+    ax.set_title(title)
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])

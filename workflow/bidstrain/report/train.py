@@ -1,0 +1,307 @@
+"""Training figures from ``metrics.jsonl``: losses, gradient norm, learning rate, the
+per-modality gradients with the dummy loss, and throughput.
+
+The planned learning rate is the trainer's own schedule
+(:func:`bidstrain.train.schedule.lr_multiplier`) evaluated with the parameters of each
+``plan`` line, so the figure shows whether the rate the optimizer used is the one planned.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from bidstrain.errors import BidstrainError
+from bidstrain.report.figure import empty_panel, new_figure
+
+#: Steps over which noisy series are smoothed by a rolling median (when there are more
+#: than four times as many).
+SMOOTHING = 25
+_MODALITY_COLOURS = {"T1w": "#4c72b0", "bold": "#dd8452", "dwi": "#55a868"}
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a ``metrics.jsonl`` in file order (JSON ``NaN``/``Infinity`` allowed)."""
+    records = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise BidstrainError(f"line {number} is not JSON: {error}", path=path) from None
+    if not any(r.get("kind") == "plan" for r in records):
+        raise BidstrainError("no 'plan' line (is this a bidstrain metrics file?)", path=path)
+    return records
+
+
+def steps_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per optimizer step: step, lr, loss, grad_norm, skipped, dummy_loss,
+    samples_per_s and a ``loss_<modality>`` column per modality (NaN where absent)."""
+    rows = []
+    for record in records:
+        if record.get("kind") == "step":
+            row = {k: v for k, v in record.items() if not isinstance(v, dict | list)}
+            row.update({f"loss_{m}": v for m, v in record["loss_per_modality"].items()})
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    return frame.sort_values("step").reset_index(drop=True) if len(frame) else frame
+
+
+def planned_lr(records: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Planned learning rate per 1-based step, following every (re)start's plan.
+
+    Each ``plan`` line governs the steps logged after it, up to the next plan (the last
+    one up to its ``total_steps``); step ``s`` uses ``lr * lr_multiplier(s - 1, ...)``.
+
+    Returns
+    -------
+    steps : ndarray of int
+    lr : ndarray of float
+    restarts : list of int
+        First step after each plan line but the first (a resumed or restarted run).
+    """
+    from bidstrain.train.schedule import lr_multiplier  # imports torch: only when drawn
+
+    segments: list[tuple[dict[str, Any], int]] = []
+    last_step = 0
+    for record in records:
+        if record.get("kind") == "plan":
+            segments.append((record, last_step + 1))
+        elif "step" in record:
+            last_step = max(last_step, int(record["step"]))
+    steps, rates = [], []
+    for index, (plan, first) in enumerate(segments):
+        last = segments[index + 1][1] - 1 if index + 1 < len(segments) else plan["total_steps"]
+        for step in range(first, last + 1):
+            steps.append(step)
+            rates.append(
+                plan["lr"]
+                * lr_multiplier(
+                    step - 1,
+                    total_steps=plan["total_steps"],
+                    warmup_steps=plan["warmup_steps"],
+                    min_lr_ratio=plan["min_lr_ratio"],
+                )
+            )
+    restarts = [first for _, first in segments[1:]]
+    return np.array(steps, dtype=np.int64), np.array(rates, dtype=np.float64), restarts
+
+
+def gradient_norms_by_tag(records: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
+    """Per tag (``[bold]``, ``[inactive]``, ``[shared]`` ...) of the ``grad_norms`` lines,
+    the median, minimum and maximum over the tag's modules at each logged step."""
+    values: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for record in records:
+        if record.get("kind") == "grad_norms":
+            for key, norm in record["norms"].items():
+                tag = key.split("]", 1)[0].lstrip("[")
+                values[tag].append((int(record["step"]), float(norm)))
+    return {
+        tag: pd.DataFrame(pairs, columns=["step", "norm"])
+        .groupby("step")["norm"]
+        .agg(["median", "min", "max"])
+        for tag, pairs in sorted(values.items())
+    }
+
+
+def training_figures(
+    records: list[dict[str, Any]], *, experiment: str, clip_grad_norm: float | None = None
+) -> dict[str, Figure]:
+    """The training figures, by name (:data:`bidstrain.report.TRAINING_FIGURES`)."""
+    steps = steps_frame(records)
+    if steps.empty:
+        raise BidstrainError(f"experiment {experiment}: metrics have no 'step' line")
+    validation = [r for r in records if r.get("kind") == "validation"]
+    return {
+        "losses": _losses(steps, validation, experiment),
+        "grad_norm": _grad_norm(steps, experiment, clip_grad_norm),
+        "lr": _learning_rate(steps, records, experiment),
+        "modality_gradients": _modality_gradients(steps, records, experiment),
+        "throughput": _throughput(steps, experiment),
+    }
+
+
+def _smoothed(ax: Axes, x: pd.Series, y: pd.Series, colour: str, label: str) -> None:
+    """Thin raw series and, past :data:`SMOOTHING` points, a thick rolling median."""
+    if len(y) > 4 * SMOOTHING:
+        ax.plot(x, y, color=colour, lw=0.6, alpha=0.35)
+        median = y.rolling(SMOOTHING, center=True, min_periods=1).median()
+        ax.plot(x, median, color=colour, lw=1.8, label=f"{label} (rolling median)")
+    else:
+        ax.plot(x, y, color=colour, lw=1.2, marker=".", label=label)
+
+
+def _positive(values: pd.Series) -> pd.Series:
+    """Values a log axis can draw (others NaN)."""
+    return values.where(np.isfinite(values) & (values > 0))
+
+
+def _losses(steps: pd.DataFrame, validation: list[dict[str, Any]], experiment: str) -> Figure:
+    fig = new_figure(10.0, 5.0, f"Training loss, experiment {experiment}")
+    ax = fig.subplots()
+    _smoothed(ax, steps["step"], _positive(steps["loss"]), "black", "train total")
+    modalities = sorted(c[len("loss_") :] for c in steps.columns if c.startswith("loss_"))
+    for modality in modalities:
+        present = steps[["step", f"loss_{modality}"]].dropna()
+        _smoothed(
+            ax,
+            present["step"],
+            _positive(present[f"loss_{modality}"]),
+            _MODALITY_COLOURS.get(modality, "grey"),
+            f"train {modality}",
+        )
+    if validation:
+        ax.plot(
+            [r["step"] for r in validation],
+            [r["loss"] for r in validation],
+            "k--o",
+            label="validation total",
+        )
+        for modality in sorted({m for r in validation for m in r["loss_per_modality"]}):
+            points = [
+                (r["step"], r["loss_per_modality"][modality])
+                for r in validation
+                if modality in r["loss_per_modality"]
+            ]
+            ax.plot(
+                *zip(*points, strict=True),
+                "--s",
+                color=_MODALITY_COLOURS.get(modality, "grey"),
+                label=f"validation {modality}",
+            )
+    ax.set_yscale("log")
+    ax.set_title("Loss per optimizer step (per-modality lines where the modality was in the batch)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (normalized MSE, unitless)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+def _grad_norm(steps: pd.DataFrame, experiment: str, clip: float | None) -> Figure:
+    fig = new_figure(10.0, 4.5, f"Gradient norm before clipping, experiment {experiment}")
+    ax = fig.subplots()
+    finite = steps[np.isfinite(steps["grad_norm"]) & ~steps["skipped"].astype(bool)]
+    _smoothed(ax, finite["step"], _positive(finite["grad_norm"]), "#4c72b0", "total norm")
+    skipped = steps[steps["skipped"].astype(bool) | ~np.isfinite(steps["grad_norm"])]
+    for number, step in enumerate(skipped["step"]):
+        ax.axvline(
+            step,
+            color="#e8594f",
+            lw=1,
+            alpha=0.7,
+            label=f"skipped step, non-finite ({len(skipped)})" if number == 0 else None,
+        )
+    if clip is not None:
+        ax.axhline(clip, color="grey", ls=":", label=f"clip_grad_norm = {clip:g}")
+    ax.set_yscale("log")
+    ax.set_title(
+        f"Pre-clip total gradient norm per optimizer step ({len(skipped)} skipped, non-finite)"
+    )
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("L2 norm of all gradients (unitless)")
+    ax.legend(loc="upper right")
+    return fig
+
+
+def _learning_rate(steps: pd.DataFrame, records: list[dict[str, Any]], experiment: str) -> Figure:
+    planned_steps, planned, restarts = planned_lr(records)
+    fig = new_figure(10.0, 4.5, f"Learning rate, planned vs used, experiment {experiment}")
+    ax = fig.subplots()
+    ax.plot(
+        planned_steps,
+        planned,
+        color="grey",
+        lw=3,
+        alpha=0.6,
+        label="planned (bidstrain.train.schedule)",
+    )
+    ax.plot(
+        steps["step"], steps["lr"], color="#dd8452", lw=1, marker=".", ms=3, label="used (metrics)"
+    )
+    for number, step in enumerate(restarts):
+        ax.axvline(
+            step - 0.5,
+            color="black",
+            ls=":",
+            label="restart (new plan line)" if number == 0 else None,
+        )
+    ax.set_title("Learning rate per optimizer step")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("learning rate")
+    ax.legend(loc="upper right")
+    return fig
+
+
+def _modality_gradients(
+    steps: pd.DataFrame, records: list[dict[str, Any]], experiment: str
+) -> Figure:
+    fig = new_figure(12.0, 4.5, f"Per-modality gradients and dummy loss, experiment {experiment}")
+    norm_ax, dummy_ax = fig.subplots(1, 2, width_ratios=[1.5, 1.0])
+    by_tag = gradient_norms_by_tag(records)
+    if by_tag:
+        for tag, frame in by_tag.items():
+            colour = _MODALITY_COLOURS.get(tag, "#e8594f" if tag == "inactive" else "grey")
+            style = "--" if tag == "inactive" else "-"
+            zeros = int((frame["max"] <= 0).sum())
+            label = f"[{tag}] median" + (f" ({zeros} logged steps all 0)" if zeros else "")
+            norm_ax.plot(
+                frame.index,
+                _positive(frame["median"]),
+                style,
+                color=colour,
+                marker=".",
+                label=label,
+            )
+            norm_ax.fill_between(
+                frame.index,
+                _positive(frame["min"]),
+                _positive(frame["max"]),
+                color=colour,
+                alpha=0.15,
+            )
+        norm_ax.set_yscale("log")
+        norm_ax.set_title("Module gradient norms by role (band: min-max over modules)")
+        norm_ax.set_xlabel("optimizer step")
+        norm_ax.set_ylabel("L2 norm of the module's gradients")
+        norm_ax.legend(loc="best", fontsize=7)
+    else:
+        empty_panel(norm_ax, "Module gradient norms", "no grad_norms lines in the metrics")
+    dummy = _positive(steps["dummy_loss"].astype(float))
+    if dummy.notna().any():
+        _smoothed(dummy_ax, steps["step"], dummy, "#8172b3", "dummy loss")
+        dummy_ax.set_yscale("log")
+        dummy_ax.set_title("Dummy loss added for absent modalities")
+        dummy_ax.set_xlabel("optimizer step")
+        dummy_ax.set_ylabel("dummy loss (unitless)")
+        dummy_ax.legend(loc="best")
+    else:
+        empty_panel(
+            dummy_ax,
+            "Dummy loss",
+            "0 at every step (train.dummy_loss disabled\nor every modality in every batch)",
+        )
+    return fig
+
+
+def _throughput(steps: pd.DataFrame, experiment: str) -> Figure:
+    fig = new_figure(10.0, 4.0, f"Throughput, experiment {experiment}")
+    ax = fig.subplots()
+    _smoothed(ax, steps["step"], steps["samples_per_s"].astype(float), "#55a868", "samples/s")
+    median = float(np.nanmedian(steps["samples_per_s"]))
+    if math.isfinite(median):
+        ax.axhline(median, color="grey", ls=":", label=f"median {median:.3g} samples/s")
+    ax.set_ylim(bottom=0)
+    ax.set_title("Training samples per second")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("samples / s")
+    ax.legend(loc="lower right")
+    return fig
