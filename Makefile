@@ -23,6 +23,7 @@ $(DEMO_BIDS)/dataset_description.json: | $(STAMP)
 
 demo: $(STAMP) $(DEMO_BIDS)/dataset_description.json
 	$(VENV)/bin/snakemake --profile profiles/default --cores $(CORES) all
+	$(VENV)/bin/snakemake --profile profiles/default --report results/report.html
 
 test: $(STAMP)
 	$(PY) -m pytest -x -q tests

@@ -9,11 +9,24 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/ingest.smk"
+include: "workflow/rules/normalize.smk"
+include: "workflow/rules/average.smk"
+include: "workflow/rules/checks.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.ingest.output,
+        rules.normalize.input,
+        rules.average.input,
+        rules.checks.output,
+        rules.train.output,
+        rules.report.input,

@@ -34,6 +34,7 @@ _PYTHON = (
 )
 BIDSTRAIN = f"PYTHONPATH={Path(workflow.basedir) / 'workflow'}${{PYTHONPATH:+:$PYTHONPATH}} {_PYTHON} -m bidstrain"
 
+
 wildcard_constraints:
     subject=r"[a-zA-Z0-9]+",
     prefix=r"sub-[a-zA-Z0-9]+/(ses-[a-zA-Z0-9]+/)?(anat|func|dwi)/sub-[a-zA-Z0-9_-]+",
@@ -69,7 +70,9 @@ def image_of(suffix):
 
 def ingest_json_of(suffix):
     """Input function: the ingestion record of the subject behind ``{prefix}``."""
-    return lambda wildcards: ingest_json(INDEX.by_prefix(wildcards.prefix, suffix).subject)
+    return lambda wildcards: ingest_json(
+        INDEX.by_prefix(wildcards.prefix, suffix).subject
+    )
 
 
 # ---- Store paths shared by normalize, average, checks, train and report ----------------
@@ -114,11 +117,20 @@ def bold_stores(heldout):
 
 def training_stores():
     """Stores the trainer reads, by modality: {"T1w": [...], "bold": [...], "dwi": [...]}."""
-    stores = {m: [normalized_store(image) for image in images(m)] for m in ("T1w", "dwi")}
+    stores = {
+        m: [normalized_store(image) for image in images(m)] for m in ("T1w", "dwi")
+    }
     stores["bold"] = bold_stores(heldout=False)
-    return {m: paths for m, paths in stores.items() if m in config["modalities"] and paths}
+    return {
+        m: paths for m, paths in stores.items() if m in config["modalities"] and paths
+    }
 
 
 def validation_stores():
     """Held-out BOLD stores (normalized with the training runs' statistics)."""
     return {"bold": bold_stores(heldout=True)} if "bold" in config["modalities"] else {}
+
+
+def flatten_stores(stores):
+    """All paths of a {modality: [store, ...]} mapping, in order."""
+    return [path for paths in stores.values() for path in paths]

@@ -4,20 +4,20 @@
 rule ingest_subject:
     output:
         f"{RESULTS}/ingest/sub-{{subject}}.json",
+    log:
+        "logs/ingest/sub-{subject}.log",
+    group:
+        "subject"
+    conda:
+        ENV
+    resources:
+        mem_mb=1000,
+        runtime=10,
     params:
         bids_dir=config["bids_dir"],
         modalities=config["modalities"],
         tasks=config["tasks"],
         tr=config["ingest"],
-    log:
-        "logs/ingest/sub-{subject}.log",
-    group:
-        "subject"
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    conda:
-        ENV
     shell:
         "{BIDSTRAIN}.ingest subject --bids-dir {params.bids_dir:q} --subject {wildcards.subject}"
         " --modalities {params.modalities} --tasks {params.tasks}"
