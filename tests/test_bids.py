@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 import pytest
-
 from bidstrain.bids import BidsIndex, bids_path, parse_name
 from bidstrain.errors import BidstrainError
 

@@ -11,9 +11,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import run_snakemake
-
 from bidstrain.demo import DemoSpec, make_demo
+from conftest import run_snakemake
 
 SMALL = DemoSpec(n_subjects=2, bold_shape=(8, 8, 8), n_volumes=5, t1w_shape=(8, 8, 8))
 
