@@ -240,6 +240,14 @@ def test_a_heldout_run_unlike_its_fitting_runs_is_a_warning(tmp_path):
     assert check.values["stores"][0]["heldout_median_abs_mean"] > 1
 
 
+def test_ordinary_differences_between_nearly_identical_runs_are_not_outliers():
+    from bidstrain.checks.quality import robust_z
+
+    assert np.abs(robust_z([50.0, 50.0, 50.0, 54.0])).max() < 1  # MAD 0: the 10 % floor
+    assert robust_z([50.0, 50.0, 50.0, 100.0])[-1] > 3.5
+    np.testing.assert_array_equal(robust_z([0.0, 0.0, 0.0]), 0.0)
+
+
 def test_a_bold_run_far_from_the_group_is_a_warning(tmp_path):
     rng = np.random.default_rng(4)
     mask = ellipsoid()

@@ -93,14 +93,15 @@ def _save(data: np.ndarray, path: Path, zooms: Sequence[float]) -> None:
 
 def bold_anatomy(spec: DemoSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
     """A subject's BOLD baseline intensity (5,000 to 10,000), task-response map and
-    temporal noise level (1 to 3 %).
+    temporal noise level (about 2 %; with the drift and the task signal, 1 to 3 % of
+    temporal variation).
 
     They belong to the subject's brain and scanner, not to a run: every run of a subject
     shares them, so that statistics fitted on one run normalize another (held-out runs).
     """
     baseline = (5000 + 5000 * _smooth_field(rng, spec.bold_shape)).astype(np.float32)
     response = (0.5 + 0.5 * _smooth_field(rng, spec.bold_shape)).astype(np.float32)
-    return baseline, response, float(rng.uniform(0.01, 0.03))
+    return baseline, response, float(rng.uniform(0.018, 0.022))
 
 
 def bold_run(

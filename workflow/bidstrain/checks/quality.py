@@ -13,8 +13,10 @@ Metrics come from the normalized store and its saved statistics (raw scale is
 ``mask_fraction``
     share of the grid inside the mask.
 
-A run whose value is a robust outlier of the group (``|0.6745 (x - median) / MAD|`` above
-``checks.outlier_threshold``) is a warning, not a failure: look at it before training.
+A run whose value is a robust outlier of the group (``|x - median| / scale`` above
+``checks.outlier_threshold``, with ``scale = max(MAD / 0.6745, 10 % of |median|)``) is a
+warning, not a failure: look at it before training. The floor keeps a handful of nearly
+identical runs (MAD near 0) from flagging every ordinary difference between subjects.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ NAME = "bold_quality"
 METRICS = ("tsnr", "dvars", "zero_variance", "mask_fraction")
 #: Fewest runs for outliers to mean anything.
 MIN_RUNS = 3
+#: Smallest spread, as a share of the group median, that a deviation is measured against.
+RELATIVE_SCALE_FLOOR = 0.1
 
 
 def run_metrics(scan: StoreScan) -> dict[str, float]:
@@ -48,11 +52,12 @@ def run_metrics(scan: StoreScan) -> dict[str, float]:
 
 
 def robust_z(values: np.ndarray) -> np.ndarray:
-    """``0.6745 (x - median) / MAD``; zeros when the MAD is 0 (no spread to compare with)."""
+    """``(x - median) / max(MAD / 0.6745, RELATIVE_SCALE_FLOOR |median|)``; zeros when both
+    are 0 (no spread to compare with)."""
     values = np.asarray(values, dtype=np.float64)
     median = np.median(values)
-    mad = np.median(np.abs(values - median))
-    return np.zeros_like(values) if mad == 0 else 0.6745 * (values - median) / mad
+    scale = max(np.median(np.abs(values - median)) / 0.6745, RELATIVE_SCALE_FLOOR * abs(median))
+    return np.zeros_like(values) if scale == 0 else (values - median) / scale
 
 
 def check_quality(scans: Sequence[StoreScan], *, outlier_threshold: float) -> Check:
