@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from bidstrain.demo import DemoSpec, make_demo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,3 +69,69 @@ def demo_run(tmp_path_factory, demo_bids) -> Path:
     workdir = tmp_path_factory.mktemp("demo_run")
     run_snakemake(workdir, "all", config={"bids_dir": demo_bids})
     return workdir
+
+
+# --- SLURM test cluster (tests/slurm_cluster.sh) ---------------------------------------
+
+SLURM_CLUSTER_SCRIPT = REPO / "tests" / "slurm_cluster.sh"
+
+
+def _slurm_cluster_script(command: str, timeout: float) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(
+            ["bash", str(SLURM_CLUSTER_SCRIPT), command],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as err:
+        return subprocess.CompletedProcess(
+            err.cmd,
+            124,
+            f"did not finish within {timeout:.0f} s\n{err.stdout or ''}",
+            err.stderr or "",
+        )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def slurm_started() -> list[tuple[str, subprocess.CompletedProcess]]:
+    """Install and start the SLURM test cluster once, before any test runs.
+
+    Every ``snakemake`` start asks ``scontrol`` for the cluster's MinJobAge (the SLURM
+    executor plugin does so on import) and waits up to 10 s when slurm-client is installed
+    but no controller answers, so the cluster is up for the whole session. Failures are
+    reported by :func:`slurm_cluster`, in the tests that need SLURM.
+    """
+    results = []
+    for command, timeout in (("install", 600), ("start", 120)):
+        results.append((command, _slurm_cluster_script(command, timeout)))
+        if results[-1][1].returncode != 0:
+            break
+    return results
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(slurm_started) -> Iterator[dict[str, str]]:
+    """A running one-node SLURM cluster with two fake GPUs (tests/slurm_cluster.sh).
+
+    Installs Debian's munge/slurm packages when missing and starts the daemons (root
+    needed). FAILS, never skips, when the cluster does not come up: SLURM dispatch is part
+    of what the tests must prove. The cluster keeps running after the session (other test
+    sessions or xdist workers may share it): `sudo tests/slurm_cluster.sh stop` ends it.
+
+    Returns ``{"partition": ..., "node": ...}``; ``BIDSTRAIN_SLURM_PARTITION`` is set for
+    ``profiles/slurm`` while the session runs.
+    """
+    for command, result in slurm_started:
+        if result.returncode != 0:
+            pytest.fail(
+                f"SLURM test cluster: `tests/slurm_cluster.sh {command}` failed "
+                f"(exit {result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
+    partition = os.environ.get("BIDSTRAIN_SLURM_PARTITION", "debug")
+    node = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
+    previous = os.environ.get("BIDSTRAIN_SLURM_PARTITION")
+    os.environ["BIDSTRAIN_SLURM_PARTITION"] = partition
+    yield {"partition": partition, "node": node}
+    if previous is None:
+        os.environ.pop("BIDSTRAIN_SLURM_PARTITION", None)
