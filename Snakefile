@@ -21,12 +21,14 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
 
 
+# Plain paths, not rules.<name>.input/output: a rule that references other rules makes
+# Snakemake hash its whole input list for every input file (quadratic in the file count).
 rule all:
     default_target: True
     input:
-        rules.ingest.output,
-        rules.normalize.input,
-        rules.average.input,
-        rules.checks.output,
-        rules.train.output,
-        rules.report.input,
+        MANIFEST,
+        NORMALIZED_STORES,
+        sorted(AVERAGE_GROUPS),
+        CHECKS_SUMMARY,
+        TRAINED_MODEL,
+        REPORT_FIGURES,

@@ -9,6 +9,9 @@ CHECKED_TRAIN_KEYS = (
 ).split()
 
 
+CHECKS_SUMMARY = f"{RESULTS}/checks/summary.json"
+
+
 rule checks:
     input:
         training=flatten_stores(training_stores()),
@@ -18,9 +21,9 @@ rule checks:
             normalized_store(im) for m in config["modalities"] for im in images(m)
         ],
         raw=[str(im.path) for m in config["modalities"] for im in images(m)],
-        manifest=rules.ingest.output[0],
+        manifest=MANIFEST,
     output:
-        json=f"{RESULTS}/checks/summary.json",
+        json=CHECKS_SUMMARY,
         tsv=f"{RESULTS}/checks/summary.tsv",
     log:
         "logs/checks/checks.log",

@@ -26,11 +26,14 @@ rule ingest_subject:
         " --out {output:q} > {log:q} 2>&1"
 
 
+MANIFEST = f"{RESULTS}/ingest/manifest.tsv"
+
+
 rule ingest:
     input:
         expand(ingest_json("{subject}"), subject=SUBJECTS),
     output:
-        f"{RESULTS}/ingest/manifest.tsv",
+        MANIFEST,
     log:
         "logs/ingest/manifest.log",
     localrule: True

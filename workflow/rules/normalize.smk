@@ -102,7 +102,12 @@ for suffix in MASK_CONFIG:
             " --stats-from {input.stats:q} --out {output:q} > {log:q} 2>&1"
 
 
+NORMALIZED_STORES = [
+    normalized_store(image) for suffix in MASK_CONFIG for image in images(suffix)
+]
+
+
 rule normalize:
     input:
-        [normalized_store(image) for suffix in MASK_CONFIG for image in images(suffix)],
+        NORMALIZED_STORES,
     localrule: True

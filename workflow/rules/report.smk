@@ -33,7 +33,7 @@ REPORT_FIGURES = [
 
 rule report_coverage:
     input:
-        f"{RESULTS}/ingest/manifest.tsv",
+        MANIFEST,
     output:
         report(
             f"{REPORT}/ingest/coverage.png",
@@ -112,7 +112,7 @@ rule report_average:
 
 rule report_checks:
     input:
-        f"{RESULTS}/checks/summary.json",
+        CHECKS_SUMMARY,
     output:
         scale_table=report(
             f"{REPORT}/checks/scale_table.png",

@@ -4,6 +4,7 @@
 import json
 
 TRAIN_DIR = f"{RESULTS}/train/{config['train']['experiment']}"
+TRAINED_MODEL = f"{TRAIN_DIR}/model.pt"
 # Job resources, not training settings: changing them does not rerun training.
 TRAIN_RESOURCE_KEYS = ("runtime", "mem_mb", "cpus")
 
@@ -23,9 +24,9 @@ rule train:
     input:
         stores=flatten_stores(training_stores()),
         validation=flatten_stores(validation_stores()),
-        checks=f"{RESULTS}/checks/summary.json",
+        checks=CHECKS_SUMMARY,
     output:
-        model=f"{TRAIN_DIR}/model.pt",
+        model=TRAINED_MODEL,
         metrics=f"{TRAIN_DIR}/metrics.jsonl",
     log:
         f"logs/train/{config['train']['experiment']}.log",
