@@ -152,7 +152,7 @@ def test_participant_label_naming_an_absent_subject(tmp_path, small):
 def test_subject_folder_with_no_images(tmp_path, small):
     (small / "sub-07" / "anat").mkdir(parents=True)
     ingest_fails(
-        tmp_path, small, "sub-07", "have no T1w/bold/dwi image", "exclude_participant_label"
+        tmp_path, small, "sub-07", "have no T1w or bold or dwi image", "exclude_participant_label"
     )
 
 

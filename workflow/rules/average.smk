@@ -34,7 +34,7 @@ rule average_bold:
         affine_tolerance=config["average"]["affine_tolerance"],
         tr_tolerance=config["average"]["repetition_time_tolerance"],
     shell:
-        "{BIDSTRAIN}.average {input:q} --out {output:q} --mask {params.mask}"
+        "python -m bidstrain.average {input:q} --out {output:q} --mask {params.mask}"
         " {params.truncate} --affine-tolerance {params.affine_tolerance}"
         " --tr-tolerance {params.tr_tolerance} > {log:q} 2>&1"
 

@@ -44,7 +44,7 @@ rule checks:
         ),
         copy_dir="logs/checks",
     shell:
-        "{BIDSTRAIN}.checks --training {input.training:q}"
+        "python -m bidstrain.checks --training {input.training:q}"
         " --validation {input.validation:q} --subject-stores {input.subjects:q}"
         " --manifest {input.manifest:q} --config {params.config:q}"
         " --out-json {output.json:q} --out-tsv {output.tsv:q}"

@@ -1,5 +1,5 @@
 # Parse-time set-up shared by every stage: config validation, the BIDS index, and the
-# helpers that turn index records into file paths. No rule is defined here.
+# input functions and path helpers of every rule file. No rule is defined here.
 import sys
 from pathlib import Path
 
@@ -11,6 +11,8 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 from bidstrain.bids import BidsIndex, bids_path
 from bidstrain.config import validate_config
 from bidstrain.errors import BidstrainError
+from bidstrain.normalize.heldout import fitting_runs
+from bidstrain.normalize.masking import is_pattern, resolve_pattern
 
 try:
     validate_config(config, Path(workflow.basedir) / "config" / "schema.yaml")
@@ -24,15 +26,18 @@ except BidstrainError as error:
 
 RESULTS = "results"
 ENV = str(Path(workflow.basedir) / "envs" / "bidstrain.yaml")
-# Rules run `python -m bidstrain.<module>`: the venv's interpreter locally, the conda
-# environment's `python` with --sdm conda. PYTHONPATH makes the package importable even
-# where it was not pip-installed.
-_PYTHON = (
-    "python"
-    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
-    else sys.executable
+# Rules run `python -m bidstrain.<module>`: the conda environment's python with
+# --sdm conda, else the interpreter running Snakemake (its folder first on PATH, so an
+# unactivated venv works). PYTHONPATH makes the package importable even where it was not
+# pip-installed.
+_USES_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+_PATH = "" if _USES_CONDA else f'export PATH="{Path(sys.executable).parent}:$PATH"; '
+_PACKAGE_DIR = Path(workflow.basedir) / "workflow"
+# (Snakemake formats the prefix like a shell command: shell braces are doubled.)
+shell.prefix(
+    f"set -euo pipefail; {_PATH}"
+    f'export PYTHONPATH="{_PACKAGE_DIR}${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; '
 )
-BIDSTRAIN = f"PYTHONPATH={Path(workflow.basedir) / 'workflow'}${{PYTHONPATH:+:$PYTHONPATH}} {_PYTHON} -m bidstrain"
 
 
 wildcard_constraints:
@@ -52,8 +57,8 @@ SUBJECTS = sorted({image.subject for m in config["modalities"] for image in imag
 _EMPTY = sorted(set(INDEX.subjects) - set(SUBJECTS))
 if _EMPTY:
     raise WorkflowError(
-        f"bidstrain: subject(s) {', '.join('sub-' + s for s in _EMPTY)} in {INDEX.root} have no "
-        f"{'/'.join(config['modalities'])} image (add images or list them in "
+        f"bidstrain: subject(s) {', '.join(f'sub-{s}' for s in _EMPTY)} in {INDEX.root} have "
+        f"no {' or '.join(config['modalities'])} image (add images or list them in "
         "exclude_participant_label)"
     )
 
@@ -134,3 +139,85 @@ def validation_stores():
 def flatten_stores(stores):
     """All paths of a {modality: [store, ...]} mapping, in order."""
     return [path for paths in stores.values() for path in paths]
+
+
+# ---- Normalization inputs and params (normalize.smk) ------------------------------------
+
+MASK_CONFIG = {"bold": "mask", "T1w": "t1w_mask", "dwi": "dwi_mask"}
+
+
+def _resolved_masks():
+    """Mask option of every image: the keyword, or its mask file from the pattern."""
+    masks = {}
+    for suffix, key in MASK_CONFIG.items():
+        option = config["normalize"][key]
+        for image in images(suffix):
+            masks[(suffix, image.prefix)] = (
+                resolve_pattern(
+                    option, image.entities, config["bids_dir"], f"normalize.{key}"
+                )
+                if is_pattern(option)
+                else option
+            )
+    return masks
+
+
+def _fitting_stores():
+    """Stores each held-out BOLD run takes its statistics from, by prefix."""
+    runs_of_subject = {}
+    for run in images("bold"):
+        runs_of_subject.setdefault(run.subject, []).append(run)
+    return {
+        image.prefix: [
+            normalized_store(run)
+            for run in fitting_runs(
+                image,
+                runs_of_subject[image.subject],
+                is_heldout,
+                config["normalize"]["heldout"],
+            )
+        ]
+        for image in images("bold")
+        if is_heldout(image)
+    }
+
+
+try:
+    NORMALIZE_MASKS = _resolved_masks()
+    FITTING_STORES = _fitting_stores()
+except BidstrainError as error:
+    raise WorkflowError(f"bidstrain: {error}") from None
+
+
+def mask_option(suffix):
+    """Params function: ``epi``/``head``/``none`` or the image's mask file."""
+    return lambda wildcards: NORMALIZE_MASKS[(suffix, wildcards.prefix)]
+
+
+def mask_file(suffix):
+    """Input function: the image's mask file, when the config gives a path pattern."""
+
+    def inner(wildcards):
+        option = NORMALIZE_MASKS[(suffix, wildcards.prefix)]
+        return [option] if is_pattern(option) else []
+
+    return inner
+
+
+def stats_stores(wildcards):
+    """Input function: the stores a held-out run is normalized with (none otherwise)."""
+    return FITTING_STORES.get(wildcards.prefix, [])
+
+
+# ---- Training launcher (train.smk) -----------------------------------------------------
+
+
+def train_launcher(wildcards, resources):
+    """`python -m bidstrain.train`, or torchrun with one process per GPU when the job has
+    more than one (``resources.gpu``: the SLURM profile may override train.gpus)."""
+    if resources.gpu > 1:
+        return (
+            "python -m torch.distributed.run --standalone "
+            f"--nproc_per_node={resources.gpu} -m bidstrain.train"
+        )
+    return "python -m bidstrain.train"

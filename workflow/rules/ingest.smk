@@ -19,7 +19,7 @@ rule ingest_subject:
         tasks=config["tasks"],
         tr=config["ingest"],
     shell:
-        "{BIDSTRAIN}.ingest subject --bids-dir {params.bids_dir:q} --subject {wildcards.subject}"
+        "python -m bidstrain.ingest subject --bids-dir {params.bids_dir:q} --subject {wildcards.subject}"
         " --modalities {params.modalities} --tasks {params.tasks}"
         " --tr-mismatch {params.tr[repetition_time_mismatch]}"
         " --tr-tolerance {params.tr[repetition_time_tolerance]}"
@@ -40,4 +40,4 @@ rule ingest:
     conda:
         ENV
     shell:
-        "{BIDSTRAIN}.ingest manifest {input:q} --out {output:q} > {log:q} 2>&1"
+        "python -m bidstrain.ingest manifest {input:q} --out {output:q} > {log:q} 2>&1"

@@ -49,7 +49,7 @@ rule report_coverage:
         mem_mb=2000,
         runtime=10,
     shell:
-        "{BIDSTRAIN}.report coverage --manifest {input:q} --out {output:q} > {log:q} 2>&1"
+        "python -m bidstrain.report coverage --manifest {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule report_normalize:
@@ -77,7 +77,7 @@ rule report_normalize:
     params:
         sample_voxels=config["report"]["sample_voxels"],
     shell:
-        "{BIDSTRAIN}.report normalize --store {input:q} --out {output:q}"
+        "python -m bidstrain.report normalize --store {input:q} --out {output:q}"
         " --sample-voxels {params.sample_voxels} > {log:q} 2>&1"
 
 
@@ -106,7 +106,7 @@ rule report_average:
     params:
         title=lambda wildcards: wildcards.average.replace("_", " "),
     shell:
-        "{BIDSTRAIN}.report average --store {input.store:q} --subject-stores {input.subjects:q}"
+        "python -m bidstrain.report average --store {input.store:q} --subject-stores {input.subjects:q}"
         " --title {params.title:q} --out {output:q} > {log:q} 2>&1"
 
 
@@ -134,7 +134,7 @@ rule report_checks:
         mem_mb=2000,
         runtime=10,
     shell:
-        "{BIDSTRAIN}.report checks --summary {input:q} --scale-table-out {output.scale_table:q}"
+        "python -m bidstrain.report checks --summary {input:q} --scale-table-out {output.scale_table:q}"
         " --summary-out {output.summary:q} > {log:q} 2>&1"
 
 
@@ -163,7 +163,7 @@ rule report_train:
         clip_grad_norm=config["train"]["clip_grad_norm"],
         out_dir=lambda wildcards: f"{REPORT}/train/{wildcards.experiment}",
     shell:
-        "{BIDSTRAIN}.report train --metrics {input:q} --experiment {wildcards.experiment}"
+        "python -m bidstrain.report train --metrics {input:q} --experiment {wildcards.experiment}"
         " --clip-grad-norm {params.clip_grad_norm} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 

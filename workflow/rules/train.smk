@@ -9,17 +9,6 @@ TRAINED_MODEL = f"{TRAIN_DIR}/model.pt"
 TRAIN_RESOURCE_KEYS = ("runtime", "mem_mb", "cpus")
 
 
-def train_launcher(wildcards, resources):
-    """`python -m bidstrain.train`, or torchrun with one process per GPU when the job has
-    more than one (``resources.gpu``: the SLURM profile may override train.gpus)."""
-    if resources.gpu > 1:
-        torchrun = (
-            f" -m torch.distributed.run --standalone --nproc_per_node={resources.gpu}"
-        )
-        return BIDSTRAIN.replace(" -m bidstrain", f"{torchrun} -m bidstrain") + ".train"
-    return f"{BIDSTRAIN}.train"
-
-
 rule train:
     input:
         stores=flatten_stores(training_stores()),
