@@ -14,7 +14,7 @@ from bidstrain.train import distributed
 from bidstrain.train.loop import Trainer, optimizer_step
 from bidstrain.train.model import MultiModalAutoencoder
 from bidstrain.train.schedule import build_scheduler
-from train_support import REPO, tiny_stores, train_config
+from train_support import REPO, tiny_stores, train_cli_args, train_config
 
 WORLD_SIZE = 2
 
@@ -75,18 +75,7 @@ def test_without_the_dummy_loss_ddp_fails_with_an_explanation(tmp_path):
         "torch.distributed.run",
         "--standalone",
         f"--nproc_per_node={WORLD_SIZE}",
-        "-m",
-        "bidstrain.train",
-        "--config-json",
-        json.dumps(config),
-        "--train-stores-json",
-        json.dumps(stores),
-        "--model-out",
-        str(tmp_path / "model.pt"),
-        "--metrics-out",
-        str(tmp_path / "metrics.jsonl"),
-        "--checkpoint-dir",
-        str(tmp_path / "checkpoints"),
+        *train_cli_args(tmp_path, config, stores),
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO / "workflow"), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)

@@ -18,7 +18,7 @@ from bidstrain.errors import BidstrainError
 from bidstrain.train.checkpoint import config_hash, load_latest
 from bidstrain.train.loop import EXIT_INTERRUPTED, train
 from bidstrain.train.metrics import MetricsLog
-from train_support import REPO, tiny_stores, train_config, write_store
+from train_support import REPO, tiny_stores, train_cli_args, train_config, write_store
 
 COUNTS = {"T1w": 2, "bold": 6, "dwi": 4}
 
@@ -95,21 +95,7 @@ def test_metrics_log_drops_lines_past_the_resumed_step(tmp_path):
 
 
 def _cli(tmp_path, config, stores):
-    command = [
-        sys.executable,
-        "-m",
-        "bidstrain.train",
-        "--config-json",
-        json.dumps(config),
-        "--train-stores-json",
-        json.dumps(stores),
-        "--model-out",
-        str(tmp_path / "model.pt"),
-        "--metrics-out",
-        str(tmp_path / "metrics.jsonl"),
-        "--checkpoint-dir",
-        str(tmp_path / "checkpoints"),
-    ]
+    command = [sys.executable, *train_cli_args(tmp_path, config, stores)]
     env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 

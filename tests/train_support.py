@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +84,21 @@ def train_config(**overrides) -> dict:
         else:
             config[key] = value
     return config
+
+
+def train_cli_args(tmp_path: Path, config: dict, stores: dict[str, list[str]]) -> list[str]:
+    """Arguments of ``python -m bidstrain.train`` writing its outputs under ``tmp_path``."""
+    return [
+        "-m",
+        "bidstrain.train",
+        "--config-json",
+        json.dumps(config),
+        "--train-stores-json",
+        json.dumps(stores),
+        "--model-out",
+        str(tmp_path / "model.pt"),
+        "--metrics-out",
+        str(tmp_path / "metrics.jsonl"),
+        "--checkpoint-dir",
+        str(tmp_path / "checkpoints"),
+    ]

@@ -11,16 +11,11 @@ from bidstrain.errors import BidstrainError
 from bidstrain.normalize.image import DEFAULT_OPTIONS, ImageInfo, Options
 from bidstrain.normalize.nifti_stream import NiftiLayout, read_layout
 from bidstrain.normalize.passes import (
-    aligned_block,
     check_not_all_zero,
     choose_mask,
     scan_image,
-    store_attrs,
-    volume_times,
-    write_per_voxel,
-    zscore_parameters,
+    write_voxel_zscored_store,
 )
-from bidstrain.store import create_store
 
 
 def _check_volumes(layout: NiftiLayout, info: ImageInfo, ddof: int) -> None:
@@ -81,28 +76,15 @@ def normalize_bold(
     index = layout.stored_index(mask)
     mean, std = scan.mean[index], np.sqrt(scan.variance[index])
     del scan
-    center, scale, zero = zscore_parameters(layout, mean, std)
-    chunk, block = aligned_block(options.block_volumes, layout.n_volumes, index.size)
-    with create_store(
+    return write_voxel_zscored_store(
         out_store,
-        mask=mask,
-        affine=layout.affine,
-        time=volume_times(layout, info),
-        chunk=chunk,
-    ) as writer:
-        write_per_voxel(writer, layout, index, block, center, scale, subject=info.subject)
-        writer.add_variable("mean", ("voxel",), mean.astype(np.float32))
-        writer.add_variable("std", ("voxel",), std.astype(np.float32))
-        writer.attrs.update(
-            store_attrs(
-                layout,
-                info,
-                options,
-                stats_dim="voxel",
-                stats_from=[str(layout.path.resolve())],
-                heldout=False,
-                n_zero_variance=int(zero.sum()),
-                n_nonfinite=n_nonfinite,
-            )
-        )
-    return writer.attrs
+        layout,
+        info,
+        options,
+        mask,
+        mean,
+        std,
+        stats_from=[str(layout.path.resolve())],
+        heldout=False,
+        n_nonfinite=n_nonfinite,
+    )

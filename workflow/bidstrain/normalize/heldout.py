@@ -15,16 +15,12 @@ from bidstrain.normalize.masking import AFFINE_TOLERANCE
 from bidstrain.normalize.moments import pool_moments
 from bidstrain.normalize.nifti_stream import NiftiLayout, read_layout
 from bidstrain.normalize.passes import (
-    aligned_block,
     check_not_empty,
     exclude_nonfinite,
     scan_image,
-    store_attrs,
-    volume_times,
-    write_per_voxel,
-    zscore_parameters,
+    write_voxel_zscored_store,
 )
-from bidstrain.store import create_store, open_store, to_grid
+from bidstrain.store import open_store, to_grid
 
 
 def fitting_runs(
@@ -175,39 +171,17 @@ def normalize_with_stats(
         check_not_empty(mask, layout, info, f"after removing {n_nonfinite} non-finite voxels")
         kept = mask[np.nonzero(stats_mask)]
         mean, std = mean[kept], std[kept]
-    index = layout.stored_index(mask)
-    center, scale, zero = zscore_parameters(layout, mean, std)
-    chunk, block = aligned_block(options.block_volumes, layout.n_volumes, index.size)
-    with create_store(
+    return write_voxel_zscored_store(
         out_store,
-        mask=mask,
-        affine=layout.affine,
-        time=volume_times(layout, info),
-        chunk=chunk,
-    ) as writer:
-        write_per_voxel(
-            writer,
-            layout,
-            index,
-            block,
-            center,
-            scale,
-            check_values=True,
-            subject=info.subject,
-        )
-        writer.add_variable("mean", ("voxel",), mean.astype(np.float32))
-        writer.add_variable("std", ("voxel",), std.astype(np.float32))
-        writer.attrs.update(
-            store_attrs(
-                layout,
-                info,
-                options,
-                mask_source="intersection of the stats_from masks",
-                stats_dim="voxel",
-                stats_from=sources,
-                heldout=True,
-                n_zero_variance=int(zero.sum()),
-                n_nonfinite=n_nonfinite,
-            )
-        )
-    return writer.attrs
+        layout,
+        info,
+        options,
+        mask,
+        mean,
+        std,
+        check_values=True,
+        mask_source="intersection of the stats_from masks",
+        stats_from=sources,
+        heldout=True,
+        n_nonfinite=n_nonfinite,
+    )

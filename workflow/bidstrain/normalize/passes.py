@@ -25,7 +25,7 @@ from bidstrain.normalize.image import MASK_KEYS, ImageInfo, Options
 from bidstrain.normalize.masking import epi_mask, head_mask, load_mask
 from bidstrain.normalize.moments import VoxelMoments
 from bidstrain.normalize.nifti_stream import NiftiLayout, iter_blocks
-from bidstrain.store import StoreWriter, chunk_volumes
+from bidstrain.store import StoreWriter, chunk_volumes, create_store
 
 #: Standard deviations below this count as zero variance (the threshold nilearn uses).
 ZERO_STD = float(np.finfo(np.float64).eps)
@@ -232,3 +232,53 @@ def write_per_voxel(
         raise BidstrainError(
             "every value inside the mask is zero", path=layout.path, subject=subject
         )
+
+
+def write_voxel_zscored_store(
+    out_store,
+    layout: NiftiLayout,
+    info: ImageInfo,
+    options: Options,
+    mask: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    *,
+    check_values: bool = False,
+    **attrs: Any,
+) -> dict:
+    """Stream the image once more and write it z-scored per voxel with ``mean``/``std``.
+
+    ``mean`` and ``std`` (float64, one per voxel of ``mask`` in C order) are the run's
+    own statistics or ones pooled from other runs; ``attrs`` (``stats_from``,
+    ``heldout``, ``n_nonfinite``...) complete :func:`store_attrs`. See
+    :func:`write_per_voxel` for ``check_values`` and memory.
+
+    Returns
+    -------
+    dict
+        The store's attributes.
+    """
+    index = layout.stored_index(mask)
+    center, scale, zero = zscore_parameters(layout, mean, std)
+    chunk, block = aligned_block(options.block_volumes, layout.n_volumes, index.size)
+    with create_store(
+        out_store, mask=mask, affine=layout.affine, time=volume_times(layout, info), chunk=chunk
+    ) as writer:
+        write_per_voxel(
+            writer,
+            layout,
+            index,
+            block,
+            center,
+            scale,
+            check_values=check_values,
+            subject=info.subject,
+        )
+        writer.add_variable("mean", ("voxel",), mean.astype(np.float32))
+        writer.add_variable("std", ("voxel",), std.astype(np.float32))
+        writer.attrs.update(
+            store_attrs(
+                layout, info, options, stats_dim="voxel", n_zero_variance=int(zero.sum()), **attrs
+            )
+        )
+    return writer.attrs
