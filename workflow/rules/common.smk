@@ -68,18 +68,6 @@ def ingest_json(subject):
     return f"{RESULTS}/ingest/sub-{subject}.json"
 
 
-def image_of(suffix):
-    """Input function: the raw image behind a per-image rule's ``{prefix}`` wildcard."""
-    return lambda wildcards: str(INDEX.by_prefix(wildcards.prefix, suffix).path)
-
-
-def ingest_json_of(suffix):
-    """Input function: the ingestion record of the subject behind ``{prefix}``."""
-    return lambda wildcards: ingest_json(
-        INDEX.by_prefix(wildcards.prefix, suffix).subject
-    )
-
-
 # ---- Store paths shared by normalize, average, checks, train and report ----------------
 
 
@@ -194,19 +182,24 @@ def mask_option(suffix):
     return lambda wildcards: NORMALIZE_MASKS[(suffix, wildcards.prefix)]
 
 
-def mask_file(suffix):
-    """Input function: the image's mask file, when the config gives a path pattern."""
+def normalize_inputs(suffix):
+    """Input function of a normalize rule, for ``unpack``: the raw image, its subject's
+    ingestion record, the mask file (when the config gives a path pattern) and, for a
+    held-out run, the stores whose statistics it is normalized with. One function, not
+    four: Snakemake inspects every input function of every job, which adds up over
+    thousands of images."""
 
-    def inner(wildcards):
-        option = NORMALIZE_MASKS[(suffix, wildcards.prefix)]
-        return [option] if is_pattern(option) else []
+    def inputs(wildcards):
+        image = INDEX.by_prefix(wildcards.prefix, suffix)
+        mask = NORMALIZE_MASKS[(suffix, wildcards.prefix)]
+        return {
+            "image": str(image.path),
+            "ingest": ingest_json(image.subject),
+            "mask": [mask] if is_pattern(mask) else [],
+            "stats": FITTING_STORES.get(wildcards.prefix, []),
+        }
 
-    return inner
-
-
-def stats_stores(wildcards):
-    """Input function: the stores a held-out run is normalized with (none otherwise)."""
-    return FITTING_STORES.get(wildcards.prefix, [])
+    return inputs
 
 
 # ---- Training launcher (train.smk) -----------------------------------------------------

@@ -8,10 +8,7 @@ for suffix in MASK_CONFIG:
         name:
             f"normalize_{suffix}"
         input:
-            image=image_of(suffix),
-            ingest=ingest_json_of(suffix),
-            mask=mask_file(suffix),
-            stats=stats_stores,
+            unpack(normalize_inputs(suffix)),
         output:
             directory(f"{RESULTS}/normalized/{{prefix}}_desc-zscore_{suffix}.zarr"),
         log:
