@@ -14,22 +14,10 @@ from bidstrain.demo import DemoSpec, make_demo
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_snakemake(
-    workdir: Path, *args: str, config: dict | None = None, check: bool = True
-) -> subprocess.CompletedProcess:
-    """Run the real ``snakemake`` on the repository's Snakefile inside ``workdir``.
-
-    Parameters
-    ----------
-    workdir : Path
-        Working directory (results/ and logs/ are written there).
-    *args : str
-        Targets and extra command-line options.
-    config : dict, optional
-        ``--config KEY=VALUE`` overrides (values are passed as YAML).
-    check : bool
-        Fail the test with snakemake's output when it exits non-zero.
-    """
+def snakemake_command(
+    workdir: Path, *args: str, config: dict | None = None, profile: str | None = None
+) -> list[str]:
+    """The ``snakemake`` command line that :func:`run_snakemake` runs (see there)."""
     command = [
         sys.executable,
         "-m",
@@ -43,12 +31,46 @@ def run_snakemake(
         "--cores",
         "2",
         "--nolock",
-        *args,
     ]
+    if profile:
+        command += ["--profile", str(REPO / "profiles" / profile)]
+    command += args
     if config:  # last: --config takes every following word as KEY=VALUE
         command += ["--config", *(f"{key}={value}" for key, value in config.items())]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    return command
+
+
+def snakemake_env() -> dict[str, str]:
+    """Environment of a ``snakemake`` run: this one, with the package importable."""
+    return {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
+
+
+def run_snakemake(
+    workdir: Path,
+    *args: str,
+    config: dict | None = None,
+    check: bool = True,
+    profile: str | None = None,
+) -> subprocess.CompletedProcess:
+    """Run the real ``snakemake`` on the repository's Snakefile inside ``workdir``.
+
+    Parameters
+    ----------
+    workdir : Path
+        Working directory (results/ and logs/ are written there).
+    *args : str
+        Targets and extra command-line options.
+    config : dict, optional
+        ``--config KEY=VALUE`` overrides (values are passed as YAML).
+    check : bool
+        Fail the test with snakemake's output when it exits non-zero.
+    profile : str, optional
+        A profile under ``profiles/`` (``"slurm"``: jobs go to SLURM; such a run never
+        returns while a job is pending, see ``tests/slurm_support.py`` for runs that
+        must be stopped). ``--cores 2`` still applies: it caps a group job's CPUs.
+    """
+    command = snakemake_command(workdir, *args, config=config, profile=profile)
+    result = subprocess.run(command, capture_output=True, text=True, env=snakemake_env())
     if check and result.returncode != 0:
         pytest.fail(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
-import shutil
 
 import torch
-from conftest import REPO, run_snakemake
 
 
 def test_snakemake_train_on_the_demo_writes_metrics_and_a_model(demo_run):
@@ -25,24 +22,3 @@ def test_snakemake_train_on_the_demo_writes_metrics_and_a_model(demo_run):
         saved["model"]
     )
     assert "training on cpu" in (demo_run / "logs" / "train" / "demo.log").read_text()
-
-
-def test_changing_the_learning_rate_reruns_only_training_and_what_follows(
-    demo_run, demo_bids, tmp_path
-):
-    workdir = tmp_path / "run"
-    shutil.copytree(demo_run, workdir, symlinks=True)
-    changed = tmp_path / "lr.yaml"
-    changed.write_text("train:\n  lr: 0.0005\n")
-    result = run_snakemake(
-        workdir,
-        "all",
-        "--dry-run",
-        "--configfile",
-        str(REPO / "config" / "config.yaml"),
-        str(changed),
-        config={"bids_dir": demo_bids},
-    )
-    rules = set(re.findall(r"^rule (\w+):", result.stdout, flags=re.MULTILINE))
-    assert "train" in rules, result.stdout
-    assert not rules & {"ingest_subject", "normalize_bold", "average_bold", "checks"}, rules

@@ -1,0 +1,116 @@
+"""Reruns after a config change, as a cluster user sees them: dry runs through
+``--profile profiles/slurm`` on a copy of the shared local run ``demo_run`` (a dry run
+submits nothing, so the SLURM profile plans exactly what it would submit), and a forced
+rerun of one rule (locally, to keep the test short: which jobs run does not depend on
+the executor)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_snakemake
+from slurm_support import FINISHED
+
+RULE = re.compile(r"^\s*(?:local)?rule (\w+):$")
+REASON = re.compile(r"^\s*reason: (.*)$")
+PARAMS_CHANGED = "Params have changed since last execution"
+INPUT_UPDATED = "Input files updated by another job"
+LOCAL_TARGETS = {"all", "normalize", "average", "report"}
+
+
+@pytest.fixture
+def rerun_dir(demo_run, tmp_path) -> Path:
+    """A copy of ``demo_run``'s working dir (results and Snakemake's records) to change."""
+    workdir = tmp_path / "run"
+    shutil.copytree(demo_run, workdir, symlinks=True)
+    return workdir
+
+
+def planned_jobs(workdir: Path, bids_dir: Path, tmp_path: Path, changes: str) -> Counter:
+    """Jobs a SLURM dry run of ``all`` plans after the config ``changes`` (YAML), by rule
+    and reason (Snakemake gives the first that applies): ``{(rule, reason): count}``.
+    The local target rules, which run nothing, are left out."""
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(changes)
+    result = run_snakemake(
+        workdir,
+        "all",
+        "--dry-run",
+        "--configfile",
+        str(REPO / "config" / "config.yaml"),
+        str(changed),
+        config={"bids_dir": bids_dir},
+        profile="slurm",
+    )
+    jobs = Counter()
+    rule = None
+    for line in result.stdout.splitlines():
+        if match := RULE.match(line):
+            rule = match.group(1)
+        elif (match := REASON.match(line)) and rule:
+            if rule not in LOCAL_TARGETS:
+                jobs[(rule, match.group(1).split(":")[0])] += 1
+            rule = None
+    return jobs
+
+
+def test_changing_the_learning_rate_plans_only_training_and_its_report(
+    slurm_cluster, rerun_dir, demo_bids, tmp_path
+):
+    jobs = planned_jobs(rerun_dir, demo_bids, tmp_path, "train:\n  lr: 0.0005\n")
+    assert jobs == {("train", PARAMS_CHANGED): 1, ("report_train", INPUT_UPDATED): 1}, jobs
+
+
+def test_changing_ddof_plans_normalization_and_everything_downstream(
+    slurm_cluster, rerun_dir, demo_bids, tmp_path
+):
+    jobs = planned_jobs(rerun_dir, demo_bids, tmp_path, "normalize:\n  ddof: 0\n")
+    # demo: 3 subjects, the third with two sessions: 4 T1w, 8 BOLD runs (4 of them held
+    # out: normalized with the statistics of run 1, so their first reason is run 1's
+    # store), 4 DWI; 2 averages. Ingestion and the coverage figure stay.
+    assert jobs == {
+        ("normalize_T1w", PARAMS_CHANGED): 4,
+        ("normalize_bold", PARAMS_CHANGED): 4,
+        ("normalize_bold_heldout", INPUT_UPDATED): 4,
+        ("normalize_dwi", PARAMS_CHANGED): 4,
+        ("average_bold", INPUT_UPDATED): 2,
+        ("checks", INPUT_UPDATED): 1,
+        ("train", INPUT_UPDATED): 1,
+        ("report_normalize", INPUT_UPDATED): 16,
+        ("report_average", INPUT_UPDATED): 2,
+        ("report_checks", INPUT_UPDATED): 1,
+        ("report_train", INPUT_UPDATED): 1,
+    }, jobs
+
+
+def test_forcerun_until_one_rule_reruns_exactly_its_jobs(rerun_dir, demo_bids):
+    """`snakemake --forcerun normalize_bold --until normalize_bold` reruns the 4 training
+    BOLD runs and nothing else: not the held-out runs (rule normalize_bold_heldout), which
+    a later `snakemake` then redoes because their input changed."""
+    stores = sorted((rerun_dir / "results").glob("*/**/*.zarr"))
+    before = {store: (store / "zarr.json").stat().st_mtime_ns for store in stores}
+    result = run_snakemake(
+        rerun_dir,
+        "--forcerun",
+        "normalize_bold",
+        "--until",
+        "normalize_bold",
+        config={"bids_dir": demo_bids},
+    )
+    output = result.stdout + result.stderr
+    assert Counter(FINISHED.findall(output)) == {"normalize_bold": 4}, output
+    changed = {
+        store for store in stores if (store / "zarr.json").stat().st_mtime_ns != before[store]
+    }
+    assert {store.name for store in changed} == {
+        "sub-01_task-rest_run-1_desc-zscore_bold.zarr",
+        "sub-02_task-rest_run-1_desc-zscore_bold.zarr",
+        "sub-03_ses-1_task-rest_run-1_desc-zscore_bold.zarr",
+        "sub-03_ses-2_task-rest_run-1_desc-zscore_bold.zarr",
+    }
+    plan = run_snakemake(rerun_dir, "-n", config={"bids_dir": demo_bids}).stdout
+    assert "rule normalize_bold_heldout:" in plan and "rule normalize_bold:" not in plan
