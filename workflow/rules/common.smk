@@ -1,5 +1,6 @@
 # Parse-time set-up shared by every stage: config validation, the BIDS index, and the
 # input functions and path helpers of every rule file. No rule is defined here.
+import re
 import sys
 from pathlib import Path
 
@@ -40,9 +41,12 @@ shell.prefix(
 )
 
 
+PREFIX = r"sub-[a-zA-Z0-9]+/(ses-[a-zA-Z0-9]+/)?(anat|func|dwi)/sub-[a-zA-Z0-9_-]+"
+
+
 wildcard_constraints:
     subject=r"[a-zA-Z0-9]+",
-    prefix=r"sub-[a-zA-Z0-9]+/(ses-[a-zA-Z0-9]+/)?(anat|func|dwi)/sub-[a-zA-Z0-9_-]+",
+    prefix=PREFIX,
 
 
 def images(modality):
@@ -74,6 +78,16 @@ def ingest_json(subject):
 def normalized_store(image):
     """Zarr store of one normalized image: results/normalized/<BIDS prefix>_desc-zscore_<suffix>.zarr."""
     return f"{RESULTS}/normalized/{image.prefix}_desc-zscore_{image.suffix}.zarr"
+
+
+def heldout_lookahead():
+    """Regex lookahead true where a path holds every ``normalize.heldout`` entity value:
+    it tells the held-out BOLD runs' rule from the training runs' rule by their paths.
+    """
+    return "".join(
+        rf"(?=(?:.*[_/])?{key}-(?:{'|'.join(map(re.escape, values))})(?:[_/]|$))"
+        for key, values in config["normalize"]["heldout"].items()
+    )
 
 
 def is_heldout(image):
