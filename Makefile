@@ -33,7 +33,7 @@ slurm-packages:
 test: $(STAMP) slurm-packages
 	$(PY) -m pytest -q tests
 
-lint: $(STAMP)
+lint: $(STAMP) $(DEMO_BIDS)/dataset_description.json
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/snakefmt --check Snakefile workflow/rules

@@ -9,7 +9,7 @@ from snakemake.settings.types import DeploymentMethod
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
-from bidstrain.bids import BidsIndex, bids_path
+from bidstrain.bids import BidsIndex
 from bidstrain.config import validate_config
 from bidstrain.errors import BidstrainError
 from bidstrain.normalize.heldout import fitting_runs
