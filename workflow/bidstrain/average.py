@@ -39,7 +39,7 @@ import numpy as np
 import xarray as xr
 
 from bidstrain.errors import BidstrainError, run_cli
-from bidstrain.store import CONSOLIDATED, chunk_volumes, create_store, open_store
+from bidstrain.store import chunk_volumes, create_store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def common_length(sources: Sequence[SourceStore], *, truncate: bool) -> int:
 def _open_for_reading(path: Path) -> xr.Dataset:
     """A store (validated by :func:`_describe`) opened without dask: reads go straight to
     Zarr, with no task graph per read and no dask caches growing with the number of stores."""
-    return xr.open_zarr(path, consolidated=CONSOLIDATED, chunks=None)
+    return open_store(path, use_dask=False)
 
 
 def _group_index(ds: xr.Dataset, lookup: np.ndarray) -> np.ndarray:

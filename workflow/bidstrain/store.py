@@ -194,8 +194,16 @@ def create_store(
         writer._close()
 
 
-def open_store(path: str | Path) -> xr.Dataset:
+def open_store(path: str | Path, *, use_dask: bool = True) -> xr.Dataset:
     """Open a store lazily with xarray.
+
+    Parameters
+    ----------
+    path : str or Path
+        The store.
+    use_dask : bool
+        Back variables with dask arrays (the default). False reads go straight to Zarr,
+        with no task graph per read: faster for many small reads of one store at a time.
 
     Raises
     ------
@@ -207,7 +215,7 @@ def open_store(path: str | Path) -> xr.Dataset:
     path = Path(path)
     if not path.is_dir():
         raise BidstrainError("store not found (run the normalize stage first)", path=path)
-    ds = xr.open_zarr(path, consolidated=CONSOLIDATED)
+    ds = xr.open_zarr(path, consolidated=CONSOLIDATED, **({} if use_dask else {"chunks": None}))
     missing = [v for v in ("data", "mean", "std", "mask") if v not in ds.variables]
     missing += [a for a in REQUIRED_ATTRS if a not in ds.attrs]
     if missing:

@@ -15,9 +15,8 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-import xarray as xr
 
-from bidstrain.store import CONSOLIDATED, open_store
+from bidstrain.store import open_store
 
 #: Float64 bytes per block of volumes read at a time.
 BLOCK_BYTES = 64 * 2**20
@@ -128,8 +127,8 @@ def scan_store(path: str | Path, *, sample_voxels: int, seed: int = 0) -> StoreS
     BidstrainError
         When the store is missing or lacks variables or attributes of the layout.
     """
-    attrs = dict(open_store(path).attrs)
-    ds = xr.open_zarr(path, consolidated=CONSOLIDATED, chunks=None)
+    ds = open_store(path, use_dask=False)
+    attrs = dict(ds.attrs)
     n_time, n_voxel = (int(n) for n in ds.data.shape)
     ddof = int(attrs["ddof"])
     per_voxel = attrs["stats_dim"] == "voxel"

@@ -31,13 +31,12 @@ def sample_counts(stores: Mapping[str, Sequence[str]]) -> dict[str, int]:
     dict
         ``{modality: n_samples}`` for every modality of ``stores``.
     """
-    counts = {}
-    for modality, paths in stores.items():
-        counts[modality] = 0
-        for path in paths:
-            with open_store(path) as ds:
-                counts[modality] += int(ds.sizes["time"])
-    return counts
+    return {modality: sum(map(_n_volumes, paths)) for modality, paths in stores.items()}
+
+
+def _n_volumes(path: str) -> int:
+    with open_store(path) as ds:
+        return int(ds.sizes["time"])
 
 
 def batches_per_epoch(
@@ -108,11 +107,7 @@ class VolumeDataset(torch.utils.data.Dataset):
 
     def __init__(self, stores: Mapping[str, Sequence[str]], shapes: Mapping[str, Sequence[int]]):
         self.shapes = {m: tuple(int(n) for n in shapes[m]) for m in stores}
-        counts = {}
-        for paths in stores.values():
-            for path in paths:
-                with open_store(path) as ds:
-                    counts[path] = int(ds.sizes["time"])
+        counts = {path: _n_volumes(path) for paths in stores.values() for path in paths}
         self.samples = [
             (modality, path, t)
             for modality in MODALITIES
@@ -130,7 +125,7 @@ class VolumeDataset(torch.utils.data.Dataset):
 
     def _open(self, path: str) -> tuple[xr.Dataset, xr.DataArray]:
         if path not in self._grids:
-            ds = open_store(path)
+            ds = open_store(path, use_dask=False)
             self._grids[path] = (ds.drop_vars(["data", "mean", "std"]).load(), ds["data"])
         return self._grids[path]
 
