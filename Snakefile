@@ -26,9 +26,9 @@ include: "workflow/rules/report.smk"
 rule all:
     default_target: True
     input:
-        MANIFEST,
-        NORMALIZED_STORES,
-        sorted(AVERAGE_GROUPS),
-        CHECKS_SUMMARY,
-        TRAINED_MODEL,
-        REPORT_FIGURES,
+        paths.MANIFEST,
+        PLAN.normalized_stores,
+        PLAN.average_stores,
+        paths.CHECKS_SUMMARY,
+        paths.trained_model(PLAN.experiment),
+        PLAN.report_figures,

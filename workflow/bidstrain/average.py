@@ -357,9 +357,12 @@ def _add_subject_block(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``python -m bidstrain.average --out OUT.zarr STORE [STORE ...]``."""
+    """Command line: ``python -m bidstrain.average --out OUT.zarr STORE [STORE ...]``
+    (``@FILE`` reads arguments from FILE, one a line)."""
     parser = argparse.ArgumentParser(
-        prog="python -m bidstrain.average", description=__doc__.splitlines()[0]
+        prog="python -m bidstrain.average",
+        description=__doc__.splitlines()[0],
+        fromfile_prefix_chars="@",
     )
     parser.add_argument("stores", nargs="+", help="subject stores of one (task, run)")
     parser.add_argument("--out", required=True)

@@ -30,14 +30,19 @@ ENTITY_ORDER = (
     "part proc hemi space split recording chunk seg res den label desc"
 ).split()
 DATATYPES = frozenset("anat func dwi fmap perf eeg meg ieeg beh pet micr nirs motion mrs".split())
-#: Suffix of each modality bidstrain trains on, and the datatype folder it lives in.
-MODALITY_DATATYPE = {"T1w": "anat", "bold": "func", "dwi": "dwi"}
 IMAGE_EXTENSIONS = (".nii.gz", ".nii")
 SKIPPED_TOP_LEVEL = frozenset({"derivatives", "sourcedata", "code", "stimuli", "phenotype"})
+#: Folders inside a subject never walked: field maps (bidstrain does not use them), and the
+#: reports and logs of derivative datasets (fMRIPrep's ``figures/``, ``log/``).
+SKIPPED_SUBJECT_FOLDERS = frozenset({"fmap", "figures", "log", "logs"})
 TOP_LEVEL_FILES = frozenset(
     "dataset_description.json participants.tsv participants.json README README.md README.rst "
-    "README.txt CHANGES LICENSE genetic_info.json samples.tsv samples.json".split()
+    "README.txt CHANGES LICENSE CITATION.cff genetic_info.json samples.tsv samples.json".split()
 )
+#: Top-level files that need no BIDS name (reports of derivative datasets, notes, tables).
+FREE_TOP_LEVEL_EXTENSIONS = (".tsv", ".md", ".txt", ".html", ".cff", ".bib")
+#: Values of the ``part`` entity (complex-valued data).
+PARTS = ("mag", "phase", "real", "imag")
 
 _NAME = re.compile(
     r"^(?P<entities>(?:[a-zA-Z]+-[a-zA-Z0-9]+_)*)(?P<suffix>[a-zA-Z0-9]+)(?P<extension>(?:\.[a-zA-Z0-9]+)+)$"
@@ -108,15 +113,31 @@ def bids_path(
     present = {key: value for key, value in entities.items() if value not in (None, "")}
     if "sub" not in present:
         raise ValueError("bids_path needs the 'sub' entity")
-    known = [key for key in ENTITY_ORDER if key in present]
-    ordered = known + [key for key in present if key not in ENTITY_ORDER]
-    name = "_".join([f"{key}-{present[key]}" for key in ordered] + [suffix]) + extension
+    name = bids_name(suffix=suffix, extension=extension, **present)
     folders = [f"sub-{present['sub']}"]
     if "ses" in present:
         folders.append(f"ses-{present['ses']}")
     if datatype:
         folders.append(datatype)
     return os.path.join(str(root), *folders, name) if str(root) else os.path.join(*folders, name)
+
+
+def bids_name(*, suffix: str, extension: str = "", **entities: str | None) -> str:
+    """A BIDS file name ``key-value_..._suffix.ext``, entities in specification order.
+
+    Entities that are None or empty are left out; unknown ones follow the known ones in
+    the order given. Unlike :func:`bids_path` no ``sub`` is needed (group-level outputs
+    such as ``task-rest_desc-average_bold.zarr``).
+
+    Examples
+    --------
+    >>> bids_name(run="1", task="rest", suffix="bold", extension=".zarr")
+    'task-rest_run-1_bold.zarr'
+    """
+    present = {key: value for key, value in entities.items() if value not in (None, "")}
+    known = [key for key in ENTITY_ORDER if key in present]
+    ordered = known + [key for key in present if key not in ENTITY_ORDER]
+    return "_".join([f"{key}-{present[key]}" for key in ordered] + [suffix]) + extension
 
 
 @dataclass(frozen=True)
@@ -149,12 +170,87 @@ class BidsFile:
         return bids_path(suffix="", datatype=self.datatype, **self.entities)[:-1]
 
 
+def _glob_regex(pattern: str) -> str:
+    """A gitignore glob (``*``, ``?``, ``[...]``, ``**``) as a regular expression."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 2 :]:
+            end = pattern.index("]", i + 2)
+            members = pattern[i + 1 : end]
+            out.append("[" + ("^" + members[1:] if members.startswith("!") else members) + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class BidsIgnore:
+    """The patterns of a dataset's ``.bidsignore``, with gitignore semantics.
+
+    A pattern without a ``/`` (other than a trailing one) matches a file or folder name at
+    any depth; one with a ``/`` is relative to the dataset root. A trailing ``/`` matches
+    folders only, ``**`` any number of folders, ``!`` re-includes; the last matching
+    pattern wins. Everything inside an ignored folder is ignored.
+    """
+
+    rules: tuple[tuple[re.Pattern, bool, bool], ...]  # (regex, negated, folders only)
+
+    @classmethod
+    def read(cls, root: str | Path) -> BidsIgnore:
+        """The patterns of ``root/.bidsignore`` (none when the file does not exist)."""
+        path = Path(root) / ".bidsignore"
+        lines = path.read_text().splitlines() if path.is_file() else []
+        rules = []
+        for line in lines:
+            pattern = line.strip()
+            if not pattern or pattern.startswith("#"):
+                continue
+            negated = pattern.startswith("!")
+            pattern = pattern.removeprefix("!")
+            folders_only = pattern.endswith("/")
+            pattern = pattern.rstrip("/")
+            anchored = "/" in pattern
+            regex = _glob_regex(pattern.lstrip("/"))
+            rules.append(
+                (re.compile(regex if anchored else "(?:.*/)?" + regex), negated, folders_only)
+            )
+        return cls(tuple(rules))
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+    def ignores(self, relative: str, *, is_dir: bool) -> bool:
+        """Whether a path relative to the dataset root (``/``-separated) is ignored."""
+        ignored = False
+        for regex, negated, folders_only in self.rules:
+            if (is_dir or not folders_only) and regex.fullmatch(relative):
+                ignored = not negated
+        return ignored
+
+
 @dataclass
 class BidsIndex:
     """Every image and metadata file of a BIDS dataset, from one directory walk.
 
     Build it with :meth:`BidsIndex.build`. ``subjects`` are the labels kept by the
-    participant filters, sorted; ``problems`` the files that could not be parsed.
+    participant filters, sorted; ``problems`` the files that could not be parsed;
+    ``ignore`` the dataset's ``.bidsignore`` patterns (matching files and folders are not
+    indexed). Field maps and the ``figures/`` and ``log/`` folders of derivative datasets
+    are not indexed either (:data:`SKIPPED_SUBJECT_FOLDERS`).
     """
 
     root: Path
@@ -163,6 +259,7 @@ class BidsIndex:
     participants_tsv: list[str]
     subjects: list[str]
     problems: list[str] = field(default_factory=list)
+    ignore: BidsIgnore = field(default_factory=lambda: BidsIgnore(()))
 
     @classmethod
     def build(
@@ -198,10 +295,13 @@ class BidsIndex:
                 path=root,
             )
         wanted, excluded = set(participant_label), set(exclude_participant_label)
+        ignore = BidsIgnore.read(root)
         all_subjects = sorted(
             entry.name[4:]
             for entry in os.scandir(root)
-            if entry.is_dir() and entry.name.startswith("sub-")
+            if entry.is_dir()
+            and entry.name.startswith("sub-")
+            and not ignore.ignores(entry.name, is_dir=True)
         )
         absent = sorted(wanted - set(all_subjects))
         if absent:
@@ -211,7 +311,7 @@ class BidsIndex:
                 path=root,
             )
         subjects = [s for s in all_subjects if (not wanted or s in wanted) and s not in excluded]
-        index = cls(root, [], defaultdict(list), _participants(root), subjects)
+        index = cls(root, [], defaultdict(list), _participants(root), subjects, ignore=ignore)
         index._scan_top_level()
         for subject in subjects:
             index._walk(root / f"sub-{subject}", datatype=None)
@@ -228,23 +328,33 @@ class BidsIndex:
         for entry in os.scandir(self.root):
             if entry.name.startswith(".") or entry.name in SKIPPED_TOP_LEVEL:
                 continue
-            if entry.is_file() and entry.name not in TOP_LEVEL_FILES:
+            if (
+                entry.is_file()
+                and entry.name not in TOP_LEVEL_FILES
+                and not self.ignore.ignores(entry.name, is_dir=False)
+            ):
                 self._add(Path(entry.path), datatype=None, top_level=True)
 
     def _walk(self, folder: Path, datatype: str | None) -> None:
         for entry in os.scandir(folder):
             if entry.name.startswith("."):
                 continue
-            if entry.is_dir():
+            is_dir = entry.is_dir()
+            if self.ignore and self.ignore.ignores(self._relative(entry.path), is_dir=is_dir):
+                continue
+            if is_dir and entry.name not in SKIPPED_SUBJECT_FOLDERS:
                 inner = entry.name if entry.name in DATATYPES else datatype
                 self._walk(Path(entry.path), inner)
-            else:
+            elif not is_dir:
                 self._add(Path(entry.path), datatype)
+
+    def _relative(self, path: str) -> str:
+        return Path(path).relative_to(self.root).as_posix()
 
     def _add(self, path: Path, datatype: str | None, top_level: bool = False) -> None:
         parsed = parse_name(path.name)
         if parsed is None or (not top_level and "sub" not in parsed[0]):
-            if not path.name.endswith((".tsv", ".md", ".txt")) or not top_level:
+            if not top_level or not path.name.endswith(FREE_TOP_LEVEL_EXTENSIONS):
                 self.problems.append(f"{path}: not a BIDS file name; ignored")
             return
         entities, suffix, extension = parsed
@@ -342,3 +452,94 @@ def _participants(root: Path) -> list[str]:
         return [
             row["participant_id"].removeprefix("sub-") for row in rows if row.get("participant_id")
         ]
+
+
+def select_part(images: Iterable[BidsFile], part: str | None = None) -> list[BidsFile]:
+    """The images of one ``part`` of complex-valued data (config ``part``).
+
+    Parameters
+    ----------
+    images : iterable of BidsFile
+        Images, for example from :meth:`BidsIndex.select`.
+    part : {None, "mag", "phase", "real", "imag"}
+        None or ``"mag"``: images without a ``part`` entity (magnitude, as every image
+        without one is) and ``part-mag`` ones; otherwise only ``part-<part>`` images. So
+        ``part-phase`` images are ignored unless asked for.
+
+    Returns
+    -------
+    list of BidsFile
+        In the order given.
+    """
+    if part not in (None, *PARTS):
+        raise ValueError(f"part must be None or one of {PARTS}, got {part!r}")
+    wanted = part or "mag"
+    return [f for f in images if f.entities.get("part", "mag") == wanted]
+
+
+def select_echo(images: Iterable[BidsFile], echo: int | None = None) -> list[BidsFile]:
+    """One echo of each multi-echo acquisition (config ``echo``); single-echo images pass.
+
+    Images that differ only in their ``echo`` entity are the echoes of one acquisition.
+
+    Parameters
+    ----------
+    images : iterable of BidsFile
+        Images, for example from :meth:`BidsIndex.select`.
+    echo : int, optional
+        The echo to keep (the ``echo-<index>`` value, 1 for the first). None keeps the
+        images of acquisitions that have a single echo, and is an error for those with
+        several.
+
+    Returns
+    -------
+    list of BidsFile
+        In the order given.
+
+    Raises
+    ------
+    BidstrainError
+        When ``echo`` is None and an acquisition has several echoes, or an acquisition
+        lacks echo ``echo``: one line per acquisition, listing the echoes found.
+    """
+    images = list(images)
+    echoes: dict[tuple, dict[int, BidsFile]] = defaultdict(dict)
+    for f in images:
+        if "echo" in f.entities:
+            rest = tuple(sorted((k, v) for k, v in f.entities.items() if k != "echo"))
+            key = (f.path.parent, rest, f.suffix, f.extension)
+            echoes[key][_echo_index(f)] = f
+    problems, dropped, subjects = [], set(), set()
+    for found in echoes.values():
+        keep = echo if echo is not None else (next(iter(found)) if len(found) == 1 else None)
+        if keep not in found:
+            first = found[min(found)]
+            name = bids_path(
+                suffix=first.suffix,
+                extension=first.extension,
+                datatype=first.datatype,
+                **{**first.entities, "echo": "*"},
+            )
+            wanted = "no echo chosen (config echo)" if echo is None else f"no echo-{echo}"
+            echo_list = ", ".join(map(str, sorted(found)))
+            problems.append(f"{name}: {wanted}; echoes found: {echo_list}")
+            subjects.add(first.subject)
+        dropped.update(f.path for index, f in found.items() if index != keep)
+    if problems:
+        raise BidstrainError(
+            "multi-echo images: set config echo to the echo to use (1 for the first)\n  "
+            + "\n  ".join(problems),
+            subject=subjects.pop() if len(subjects) == 1 else None,
+        )
+    return [f for f in images if f.path not in dropped]
+
+
+def _echo_index(image: BidsFile) -> int:
+    value = image.entities["echo"]
+    if not value.isdigit():
+        raise BidstrainError(
+            f"echo-{value}: the echo entity must be an index (1, 2, ...)",
+            path=image.path,
+            subject=image.subject,
+        )
+    return int(value)

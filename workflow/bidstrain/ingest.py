@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import logging
-import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,10 @@ import nibabel as nib
 import numpy as np
 
 from bidstrain.atomic import write_text_atomic
-from bidstrain.bids import BidsFile, BidsIndex
+from bidstrain.bids import PARTS, BidsFile, BidsIndex, select_echo, select_part
 from bidstrain.errors import BidstrainError, run_cli
+from bidstrain.nifti_files import check_complete, check_voxel_type
+from bidstrain.orientation import reorientation
 
 log = logging.getLogger(__name__)
 
@@ -29,35 +30,6 @@ MANIFEST_COLUMNS = (
     "subject session task run modality path n_volumes repetition_time shape dtype".split()
 )
 _TIME_UNIT_SECONDS = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
-
-
-def _check_complete(image: BidsFile, img: nib.Nifti1Image) -> None:
-    """Detect a truncated file without decompressing it.
-
-    A ``.nii`` must be at least ``vox_offset + data bytes`` long. A ``.nii.gz`` ends with the
-    gzip trailer, whose last four bytes hold the uncompressed size modulo 2**32: a truncated
-    file ends in compressed data instead, which matches the expected size by chance once in
-    four billion.
-    """
-    header = img.header
-    data_bytes = int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
-    expected = int(img.dataobj.offset) + data_bytes
-    size = image.path.stat().st_size
-    if image.extension == ".nii":
-        if size < expected:
-            raise BidstrainError(
-                f"truncated NIfTI: {size} bytes, the header needs {expected}", path=image.path
-            )
-        return
-    with image.path.open("rb") as handle:
-        handle.seek(-4, io.SEEK_END)
-        (stored,) = struct.unpack("<I", handle.read(4))
-    if stored != expected % 2**32:
-        raise BidstrainError(
-            "truncated or corrupt .nii.gz: the gzip trailer does not match the "
-            f"{expected} bytes the header describes (re-copy or re-export the file)",
-            path=image.path,
-        )
 
 
 def _header_tr(header: nib.Nifti1Header) -> float | None:
@@ -152,7 +124,8 @@ def inspect_image(
     -------
     dict
         The manifest record: subject, session, task, run, modality, path, n_volumes,
-        repetition_time, shape, dtype, affine, zooms, size, entities (and bval/bvec for DWI).
+        repetition_time, shape, dtype, affine, orientation (the voxel axis codes of the
+        file, such as ``LAS``), zooms, size, entities (and bval/bvec for DWI).
 
     Raises
     ------
@@ -168,7 +141,8 @@ def inspect_image(
     except Exception as error:  # nibabel raises many types for unreadable files
         raise BidstrainError(f"not a readable NIfTI image: {error}", path=path) from None
     header = img.header
-    _check_complete(image, img)
+    check_voxel_type(header.get_data_dtype(), path)
+    check_complete(path, img)
     shape = tuple(int(n) for n in img.shape)
     n_volumes = shape[3] if len(shape) == 4 else 1
     if image.suffix == "bold" and (len(shape) != 4 or n_volumes < 3):
@@ -183,6 +157,7 @@ def inspect_image(
         raise BidstrainError(f"DWI must be 4D, got shape {shape}", path=path)
     if not np.isfinite(img.affine).all():
         raise BidstrainError("the affine has non-finite values", path=path)
+    orientation = reorientation(img.affine, shape[:3], path=path).source_orientation
     record: dict[str, Any] = {
         "subject": image.subject,
         "session": image.session or "",
@@ -195,6 +170,7 @@ def inspect_image(
         "shape": list(shape),
         "dtype": str(header.get_data_dtype()),
         "affine": img.affine.tolist(),
+        "orientation": orientation,
         "zooms": [float(z) for z in header.get_zooms()],
         "size": size,
         "entities": dict(image.entities),
@@ -216,8 +192,13 @@ def ingest_subject(
     *,
     tr_mismatch: str = "error",
     tr_tolerance: float = 0.01,
+    echo: int | None = None,
+    part: str | None = None,
 ) -> dict[str, Any]:
     """Validate every image of one subject.
+
+    Images of another ``part`` (:func:`bidstrain.bids.select_part`) are left out; of
+    multi-echo BOLD, the echo ``echo`` is kept (:func:`bidstrain.bids.select_echo`).
 
     Returns
     -------
@@ -231,13 +212,11 @@ def ingest_subject(
         the requested modalities.
     """
     index = BidsIndex.build(bids_dir, participant_label=[subject])
-    images = [
-        image
-        for modality in modalities
-        for image in index.select(
-            modality, subject=subject, task=tasks if modality == "bold" else ()
-        )
-    ]
+    images = []
+    for modality in modalities:
+        found = index.select(modality, subject=subject, task=tasks if modality == "bold" else ())
+        found = select_part(found, part)
+        images += select_echo(found, echo) if modality == "bold" else found
     if not images:
         raise BidstrainError(
             f"no {'/'.join(modalities)} image in {index.root / f'sub-{subject}'} (add images or "
@@ -272,8 +251,9 @@ def write_manifest(subject_jsons: Sequence[str | Path], out: str | Path) -> None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``subject`` (one subject's JSON) or ``manifest`` (the TSV)."""
-    parser = argparse.ArgumentParser(prog="python -m bidstrain.ingest")
+    """Command line: ``subject`` (one subject's JSON) or ``manifest`` (the TSV); ``@FILE``
+    reads arguments from FILE, one a line."""
+    parser = argparse.ArgumentParser(prog="python -m bidstrain.ingest", fromfile_prefix_chars="@")
     commands = parser.add_subparsers(dest="command", required=True)
     one = commands.add_parser("subject", help="validate one subject's images")
     one.add_argument("--bids-dir", required=True)
@@ -282,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     one.add_argument("--tasks", nargs="*", default=[])
     one.add_argument("--tr-mismatch", choices=["error", "warn"], default="error")
     one.add_argument("--tr-tolerance", type=float, default=0.01)
+    one.add_argument("--echo", type=int, default=None, help="echo of multi-echo BOLD")
+    one.add_argument("--part", choices=PARTS, default=None, help="part of complex data")
     one.add_argument("--out", required=True)
     manifest = commands.add_parser("manifest", help="join subject JSON files into a TSV")
     manifest.add_argument("subject_jsons", nargs="+")
@@ -297,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.tasks,
         tr_mismatch=args.tr_mismatch,
         tr_tolerance=args.tr_tolerance,
+        echo=args.echo,
+        part=args.part,
     )
     write_text_atomic(args.out, json.dumps(result, indent=1))
     log.info("sub-%s: %d images valid", args.subject, len(result["images"]))

@@ -1,45 +1,37 @@
 # Cross-subject averaging (average.mode: cross_subject): one job per (task, run), reading
-# that run's store of every subject (bidstrain.average). In per_subject mode there is
-# nothing to average and the `average` target is an empty no-op.
-
-# Subject stores behind each average store, by average store path.
-AVERAGE_GROUPS = {}
-if config["average"]["mode"] == "cross_subject":
-    for _image in images("bold"):
-        AVERAGE_GROUPS.setdefault(average_store(*average_key(_image)), []).append(
-            normalized_store(_image)
-        )
+# that run's store of every subject (bidstrain.average), listed in an argument file the
+# plan writes. In per_subject mode there is nothing to average and the `average` target
+# is an empty no-op.
 
 
 rule average_bold:
     input:
-        lambda wildcards: AVERAGE_GROUPS[
-            f"{RESULTS}/average/{wildcards.group}_desc-average_bold.zarr"
-        ],
+        members=lambda wildcards: PLAN.average(wildcards.name).members_file,
+        stores=lambda wildcards: PLAN.average(wildcards.name).members,
     output:
-        directory(f"{RESULTS}/average/{{group}}_desc-average_bold.zarr"),
+        directory(paths.average_store_at("{name}")),
     log:
-        "logs/average/{group}.log",
+        paths.log("average", "{name}"),
     wildcard_constraints:
-        group=r"task-[a-zA-Z0-9]+(_run-[a-zA-Z0-9]+)?",
+        name=r"task-[a-zA-Z0-9]+(_run-[a-zA-Z0-9]+)?",
     conda:
         ENV
     # Streams blocks of volumes: memory is a few 64 MB blocks whatever the subject count.
     resources:
         mem_mb=1000,
-        runtime=lambda wildcards, input: 10 + len(input) // 10,
+        runtime=lambda wildcards, input: 10 + len(input.stores) // 10,
     params:
-        mask=config["average"]["mask"],
-        truncate="--truncate" if config["average"]["truncate"] else "",
-        affine_tolerance=config["average"]["affine_tolerance"],
-        tr_tolerance=config["average"]["repetition_time_tolerance"],
+        mask=CONFIG.average.mask,
+        truncate="--truncate" if CONFIG.average.truncate else "",
+        affine_tolerance=CONFIG.average.affine_tolerance,
+        tr_tolerance=CONFIG.average.repetition_time_tolerance,
     shell:
-        "python -m bidstrain.average {input:q} --out {output:q} --mask {params.mask}"
+        "python -m bidstrain.average @{input.members:q} --out {output:q} --mask {params.mask}"
         " {params.truncate} --affine-tolerance {params.affine_tolerance}"
         " --tr-tolerance {params.tr_tolerance} > {log:q} 2>&1"
 
 
 rule average:
     input:
-        sorted(AVERAGE_GROUPS),
+        PLAN.average_stores,
     localrule: True

@@ -3,30 +3,22 @@
 # With checks.strict a failed check fails this rule; training takes its summary as input.
 import json
 
-CHECKED_TRAIN_KEYS = (
-    "batch_size batching gpus epochs grad_accum_steps warmup_steps min_lr_ratio shapes "
-    "seed loss"
-).split()
-
-
-CHECKS_SUMMARY = f"{RESULTS}/checks/summary.json"
+from bidstrain.config import to_plain
 
 
 rule checks:
     input:
-        training=flatten_stores(training_stores()),
-        validation=flatten_stores(validation_stores()),
-        # every subject store of the selected images, those behind the averages too
-        subjects=[
-            normalized_store(im) for m in config["modalities"] for im in images(m)
-        ],
-        raw=[str(im.path) for m in config["modalities"] for im in images(m)],
-        manifest=MANIFEST,
+        # the stores training and validation read, and every subject store behind them;
+        # their paths reach the job through the plan's argument file
+        arguments=paths.PLAN_CHECKS_ARGS,
+        stores=PLAN.checked_stores,
+        raw=PLAN.raw_images,
+        manifest=paths.MANIFEST,
     output:
-        json=CHECKS_SUMMARY,
-        tsv=f"{RESULTS}/checks/summary.tsv",
+        json=paths.CHECKS_SUMMARY,
+        tsv=paths.CHECKS_TABLE,
     log:
-        "logs/checks/checks.log",
+        paths.log("checks", "checks"),
     conda:
         ENV
     resources:
@@ -37,15 +29,15 @@ rule checks:
         # trainer-only keys (train.lr, model size, logging...) rerun training alone.
         config=json.dumps(
             {
-                "checks": config["checks"],
-                "train": {key: config["train"][key] for key in CHECKED_TRAIN_KEYS},
-                "normalize": {"ddof": config["normalize"]["ddof"]},
-            }
+                "checks": to_plain(CONFIG.checks),
+                "train": CONFIG.train.checked(),
+                "normalize": {"ddof": CONFIG.normalize.ddof},
+                "world_size": PLAN.world_size,
+            },
+            sort_keys=True,
         ),
-        copy_dir="logs/checks",
+        copy_dir=paths.CHECKS_COPY_DIR,
     shell:
-        "python -m bidstrain.checks --training {input.training:q}"
-        " --validation {input.validation:q} --subject-stores {input.subjects:q}"
-        " --manifest {input.manifest:q} --config {params.config:q}"
-        " --out-json {output.json:q} --out-tsv {output.tsv:q}"
+        "python -m bidstrain.checks @{input.arguments:q} --manifest {input.manifest:q}"
+        " --config {params.config:q} --out-json {output.json:q} --out-tsv {output.tsv:q}"
         " --copy-dir {params.copy_dir:q} > {log:q} 2>&1"

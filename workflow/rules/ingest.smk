@@ -3,9 +3,9 @@
 
 rule ingest_subject:
     output:
-        f"{RESULTS}/ingest/sub-{{subject}}.json",
+        paths.ingest_record("{subject}"),
     log:
-        "logs/ingest/sub-{subject}.log",
+        paths.log("ingest", "sub-{subject}"),
     group:
         "subject"
     conda:
@@ -14,30 +14,28 @@ rule ingest_subject:
         mem_mb=1000,
         runtime=10,
     params:
-        bids_dir=config["bids_dir"],
-        modalities=config["modalities"],
-        tasks=config["tasks"],
-        tr=config["ingest"],
+        bids_dir=CONFIG.bids_dir,
+        modalities=CONFIG.modalities,
+        tasks=CONFIG.tasks,
+        tr_mismatch=CONFIG.ingest.repetition_time_mismatch,
+        tr_tolerance=CONFIG.ingest.repetition_time_tolerance,
     shell:
         "python -m bidstrain.ingest subject --bids-dir {params.bids_dir:q} --subject {wildcards.subject}"
         " --modalities {params.modalities} --tasks {params.tasks}"
-        " --tr-mismatch {params.tr[repetition_time_mismatch]}"
-        " --tr-tolerance {params.tr[repetition_time_tolerance]}"
+        " --tr-mismatch {params.tr_mismatch} --tr-tolerance {params.tr_tolerance}"
         " --out {output:q} > {log:q} 2>&1"
-
-
-MANIFEST = f"{RESULTS}/ingest/manifest.tsv"
 
 
 rule ingest:
     input:
-        expand(ingest_json("{subject}"), subject=SUBJECTS),
+        arguments=paths.PLAN_INGEST_ARGS,
+        records=[paths.ingest_record(subject) for subject in PLAN.subjects],
     output:
-        MANIFEST,
+        paths.MANIFEST,
     log:
-        "logs/ingest/manifest.log",
+        paths.log("ingest", "manifest"),
     localrule: True
     conda:
         ENV
     shell:
-        "python -m bidstrain.ingest manifest {input:q} --out {output:q} > {log:q} 2>&1"
+        "python -m bidstrain.ingest manifest @{input.arguments:q} --out {output:q} > {log:q} 2>&1"

@@ -1,22 +1,20 @@
 # Normalization: one job per image, each streaming one NIfTI into one z-scored Zarr store
 # (bidstrain.normalize). Rules normalize_T1w, normalize_dwi, normalize_bold (the training
-# runs) and normalize_bold_heldout: held-out runs (normalize.heldout) take the stores of the
-# subject's other runs as input and are normalized with their pooled statistics. They are
-# a rule of their own because Snakemake's --until never starts a job that depends on a job
-# of the same rule: `snakemake --forcerun normalize_bold --until normalize_bold` reruns the
-# training runs and stops.
+# runs) and normalize_bold_heldout: the held-out runs the plan lists take the stores of
+# the subject's other runs as input and are normalized with their pooled statistics. They
+# are a rule of their own because Snakemake's --until never starts a job that depends on
+# a job of the same rule: `snakemake --forcerun normalize_bold --until normalize_bold`
+# reruns the training runs and stops.
 NORMALIZE_RULES = {
-    "normalize_T1w": ("T1w", PREFIX),
-    "normalize_dwi": ("dwi", PREFIX),
-    "normalize_bold": ("bold", f"(?!{heldout_lookahead()}){PREFIX}"),
+    "normalize_T1w": ("T1w", None),
+    "normalize_dwi": ("dwi", None),
+    "normalize_bold": ("bold", None),
 }
-if config["normalize"]["heldout"]:
-    NORMALIZE_RULES["normalize_bold_heldout"] = (
-        "bold",
-        f"{heldout_lookahead()}{PREFIX}",
-    )
-else:
-    NORMALIZE_RULES["normalize_bold"] = ("bold", PREFIX)
+if PLAN.heldout_prefix_pattern:
+    NORMALIZE_RULES["normalize_bold_heldout"] = ("bold", PLAN.heldout_prefix_pattern)
+
+    ruleorder: normalize_bold_heldout > normalize_bold
+
 
 for rule_name, (suffix, prefix_pattern) in NORMALIZE_RULES.items():
 
@@ -24,13 +22,17 @@ for rule_name, (suffix, prefix_pattern) in NORMALIZE_RULES.items():
         name:
             rule_name
         input:
-            unpack(normalize_inputs(suffix)),
+            unpack(
+                lambda wildcards, suffix=suffix: PLAN.job(
+                    wildcards.prefix, suffix
+                ).inputs()
+            ),
         output:
-            directory(f"{RESULTS}/normalized/{{prefix}}_desc-zscore_{suffix}.zarr"),
+            directory(paths.normalized_store_at("{prefix}", suffix)),
         log:
-            f"logs/normalize/{{prefix}}_{suffix}.log",
+            paths.log("normalize", f"{{prefix}}_{suffix}"),
         wildcard_constraints:
-            prefix=prefix_pattern,
+            **({"prefix": prefix_pattern} if prefix_pattern else {}),
         group:
             "subject"
         conda:
@@ -42,10 +44,12 @@ for rule_name, (suffix, prefix_pattern) in NORMALIZE_RULES.items():
             runtime=30,
         params:
             modality=suffix,
-            mask=mask_option(suffix),
-            ddof=config["normalize"]["ddof"],
-            nonfinite=config["normalize"]["nonfinite"],
-            block_volumes=config["normalize"]["block_volumes"],
+            mask=lambda wildcards, suffix=suffix: PLAN.job(
+                wildcards.prefix, suffix
+            ).mask,
+            ddof=CONFIG.normalize.ddof,
+            nonfinite=CONFIG.normalize.nonfinite,
+            block_volumes=CONFIG.normalize.block_volumes,
         shell:
             "python -m bidstrain.normalize {params.modality} --image {input.image:q}"
             " --ingest {input.ingest:q} --mask {params.mask:q} --ddof {params.ddof}"
@@ -53,12 +57,7 @@ for rule_name, (suffix, prefix_pattern) in NORMALIZE_RULES.items():
             " --stats-from {input.stats:q} --out {output:q} > {log:q} 2>&1"
 
 
-NORMALIZED_STORES = [
-    normalized_store(image) for suffix in MASK_CONFIG for image in images(suffix)
-]
-
-
 rule normalize:
     input:
-        NORMALIZED_STORES,
+        PLAN.normalized_stores,
     localrule: True

@@ -1,48 +1,20 @@
 # Report: one PNG per stage output, flagged for `snakemake --report results/report.html`.
 # Every rule reads the stage's own output files, so a figure redraws exactly when they change.
-from bidstrain.report import CHECKS_FIGURES, TRAINING_FIGURES
-
-REPORT = f"{RESULTS}/report"
-# Average stores by name (task-<task>[_run-<run>]), in cross_subject mode only.
-AVERAGES = (
-    {
-        Path(average_store(*average_key(image))).name.removesuffix(
-            "_desc-average_bold.zarr"
-        ): average_key(image)
-        for image in images("bold")
-    }
-    if config["average"]["mode"] == "cross_subject"
-    else {}
-)
-EXPERIMENT = config["train"]["experiment"]
-
-
-# Every figure of the report, in stage order.
-REPORT_FIGURES = [
-    f"{REPORT}/ingest/coverage.png",
-    *(
-        f"{REPORT}/normalize/{image.prefix}_desc-zscore_{image.suffix}.png"
-        for modality in ("T1w", "bold", "dwi")
-        for image in images(modality)
-    ),
-    *(f"{REPORT}/average/{name}.png" for name in sorted(AVERAGES)),
-    *(f"{REPORT}/checks/{name}.png" for name in CHECKS_FIGURES),
-    *(f"{REPORT}/train/{EXPERIMENT}/{name}.png" for name in TRAINING_FIGURES),
-]
+from bidstrain.report import TRAINING_FIGURES
 
 
 rule report_coverage:
     input:
-        MANIFEST,
+        paths.MANIFEST,
     output:
         report(
-            f"{REPORT}/ingest/coverage.png",
+            paths.coverage_figure(),
             caption="../report/coverage.rst",
             category="1. Ingestion",
             labels={"figure": "coverage"},
         ),
     log:
-        "logs/report/coverage.log",
+        paths.log("report", "coverage"),
     conda:
         ENV
     resources:
@@ -54,17 +26,17 @@ rule report_coverage:
 
 rule report_normalize:
     input:
-        f"{RESULTS}/normalized/{{prefix}}_desc-zscore_{{suffix}}.zarr",
+        paths.normalized_store_at("{prefix}", "{suffix}"),
     output:
         report(
-            f"{REPORT}/normalize/{{prefix}}_desc-zscore_{{suffix}}.png",
+            paths.normalize_figure_at("{prefix}", "{suffix}"),
             caption="../report/normalize.rst",
             category="2. Normalization",
             subcategory="{suffix}",
             labels={"image": "{prefix}_{suffix}"},
         ),
     log:
-        "logs/report/normalize/{prefix}_{suffix}.log",
+        paths.log("report", "normalize/{prefix}_{suffix}"),
     wildcard_constraints:
         suffix="T1w|bold|dwi",
     group:
@@ -75,7 +47,7 @@ rule report_normalize:
         mem_mb=4000,
         runtime=15,
     params:
-        sample_voxels=config["report"]["sample_voxels"],
+        sample_voxels=CONFIG.report.sample_voxels,
     shell:
         "python -m bidstrain.report normalize --store {input:q} --out {output:q}"
         " --sample-voxels {params.sample_voxels} > {log:q} 2>&1"
@@ -83,51 +55,51 @@ rule report_normalize:
 
 rule report_average:
     input:
-        store=lambda wildcards: average_store(*AVERAGES[wildcards.average]),
-        subjects=lambda wildcards: [
-            normalized_store(image)
-            for image in images("bold")
-            if average_key(image) == AVERAGES[wildcards.average]
-        ],
+        store=paths.average_store_at("{name}"),
+        members=lambda wildcards: PLAN.average(wildcards.name).members_file,
+        subjects=lambda wildcards: PLAN.average(wildcards.name).members,
     output:
         report(
-            f"{REPORT}/average/{{average}}.png",
+            paths.average_figure("{name}"),
             caption="../report/average.rst",
             category="3. Averaging",
-            labels={"average": "{average}"},
+            labels={"average": "{name}"},
         ),
     log:
-        "logs/report/average/{average}.log",
+        paths.log("report", "average/{name}"),
+    wildcard_constraints:
+        name=r"task-[a-zA-Z0-9]+(_run-[a-zA-Z0-9]+)?",
     conda:
         ENV
     resources:
         mem_mb=4000,
         runtime=30,
     params:
-        title=lambda wildcards: wildcards.average.replace("_", " "),
+        title=lambda wildcards: wildcards.name.replace("_", " "),
     shell:
-        "python -m bidstrain.report average --store {input.store:q} --subject-stores {input.subjects:q}"
-        " --title {params.title:q} --out {output:q} > {log:q} 2>&1"
+        "python -m bidstrain.report average --store {input.store:q}"
+        " --subject-stores @{input.members:q} --title {params.title:q} --out {output:q}"
+        " > {log:q} 2>&1"
 
 
 rule report_checks:
     input:
-        CHECKS_SUMMARY,
+        paths.CHECKS_SUMMARY,
     output:
         scale_table=report(
-            f"{REPORT}/checks/scale_table.png",
+            paths.checks_figure("scale_table"),
             caption="../report/scale_table.rst",
             category="4. Checks",
             labels={"figure": "scale table"},
         ),
         summary=report(
-            f"{REPORT}/checks/summary.png",
+            paths.checks_figure("summary"),
             caption="../report/checks_summary.rst",
             category="4. Checks",
             labels={"figure": "summary"},
         ),
     log:
-        "logs/report/checks.log",
+        paths.log("report", "checks"),
     conda:
         ENV
     resources:
@@ -140,11 +112,11 @@ rule report_checks:
 
 rule report_train:
     input:
-        f"{RESULTS}/train/{{experiment}}/metrics.jsonl",
+        paths.training_metrics("{experiment}"),
     output:
         **{
             name: report(
-                f"{REPORT}/train/{{experiment}}/{name}.png",
+                paths.training_figure("{experiment}", name),
                 caption=f"../report/train_{name}.rst",
                 category="5. Training",
                 subcategory="{experiment}",
@@ -153,15 +125,15 @@ rule report_train:
             for name in TRAINING_FIGURES
         },
     log:
-        "logs/report/train_{experiment}.log",
+        paths.log("report", "train_{experiment}"),
     conda:
         ENV
     resources:
         mem_mb=2000,
         runtime=10,
     params:
-        clip_grad_norm=config["train"]["clip_grad_norm"],
-        out_dir=lambda wildcards: f"{REPORT}/train/{wildcards.experiment}",
+        clip_grad_norm=CONFIG.train.clip_grad_norm,
+        out_dir=lambda wildcards: paths.training_figures_dir(wildcards.experiment),
     shell:
         "python -m bidstrain.report train --metrics {input:q} --experiment {wildcards.experiment}"
         " --clip-grad-norm {params.clip_grad_norm} --out-dir {params.out_dir:q} > {log:q} 2>&1"
@@ -169,5 +141,5 @@ rule report_train:
 
 rule report:
     input:
-        REPORT_FIGURES,
+        PLAN.report_figures,
     localrule: True

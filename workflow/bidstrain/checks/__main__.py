@@ -140,7 +140,7 @@ def run_checks(
         training_by_modality,
         batch_size=train["batch_size"],
         batching=train["batching"],
-        world_size=max(1, train["gpus"]),
+        world_size=config["world_size"],
         subject_samples=subject_samples,
     )
     checks.append(counts)
@@ -174,7 +174,9 @@ def run_checks(
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line (see the module docstring)."""
     parser = argparse.ArgumentParser(
-        prog="python -m bidstrain.checks", description=__doc__.splitlines()[0]
+        prog="python -m bidstrain.checks",
+        description=__doc__.splitlines()[0],
+        fromfile_prefix_chars="@",
     )
     parser.add_argument("--training", nargs="+", required=True, help="stores training reads")
     parser.add_argument("--validation", nargs="*", default=[], help="stores validation reads")

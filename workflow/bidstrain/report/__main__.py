@@ -23,7 +23,7 @@ log = logging.getLogger("bidstrain.report")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bidstrain.report")
+    parser = argparse.ArgumentParser(prog="python -m bidstrain.report", fromfile_prefix_chars="@")
     figures = parser.add_subparsers(dest="figure", required=True)
     coverage = figures.add_parser("coverage", help="subjects x acquisitions of the manifest")
     coverage.add_argument("--manifest", required=True)

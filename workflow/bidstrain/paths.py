@@ -1,0 +1,151 @@
+"""Every output path of the workflow, built in one place on :func:`bidstrain.bids.bids_path`.
+
+Paths are relative to the working directory (Snakemake's ``--directory``). Functions that
+take a ``prefix`` or a name accept Snakemake wildcards too (``"{prefix}"``), so a rule's
+output pattern and the plan's literal paths come from the same function.
+"""
+
+from __future__ import annotations
+
+import os
+
+from bidstrain.bids import BidsFile, bids_name, bids_path
+
+RESULTS = "results"
+LOGS = "logs"
+#: The ingest manifest: one row per image of every subject.
+MANIFEST = f"{RESULTS}/ingest/manifest.tsv"
+#: The results folder's BIDS-Derivatives description.
+DATASET_DESCRIPTION = f"{RESULTS}/dataset_description.json"
+#: The plan's lists that jobs read from a file instead of their command line: the
+#: trainer's stores (JSON), and argument files (argparse ``@file``) of other jobs.
+PLAN_STORES = f"{RESULTS}/plan/stores.json"
+PLAN_CHECKS_ARGS = f"{RESULTS}/plan/checks.args"
+PLAN_INGEST_ARGS = f"{RESULTS}/plan/ingest.args"
+CHECKS_SUMMARY = f"{RESULTS}/checks/summary.json"
+CHECKS_TABLE = f"{RESULTS}/checks/summary.tsv"
+#: Where the checks copy their summary (kept when a strict failure removes the outputs).
+CHECKS_COPY_DIR = f"{LOGS}/checks"
+REPORT = f"{RESULTS}/report"
+NORMALIZED_DESC = "zscore"
+AVERAGE_DESC = "average"
+
+
+def _join(*parts: str) -> str:
+    return os.path.join(*parts)
+
+
+# ---- ingest ------------------------------------------------------------------------------
+
+
+def ingest_record(subject: str) -> str:
+    """Ingestion record of a subject: ``results/ingest/sub-<label>.json``."""
+    return _join(RESULTS, "ingest", f"sub-{subject}.json")
+
+
+# ---- normalize ---------------------------------------------------------------------------
+
+
+def store_prefix(image: BidsFile) -> str:
+    """The ``{prefix}`` of an image's store: its BIDS path without suffix, extension and
+    ``desc`` (a derivative's ``desc-preproc`` gives way to the store's own ``desc``)."""
+    entities = {key: value for key, value in image.entities.items() if key != "desc"}
+    return bids_path(suffix="", datatype=image.datatype, **entities)[:-1]
+
+
+def normalized_store_at(prefix: str, suffix: str) -> str:
+    """``results/normalized/<prefix>_desc-zscore_<suffix>.zarr`` (wildcards allowed)."""
+    return _join(RESULTS, "normalized", f"{prefix}_desc-{NORMALIZED_DESC}_{suffix}.zarr")
+
+
+def normalized_store(image: BidsFile) -> str:
+    """The z-scored Zarr store of one image."""
+    return normalized_store_at(store_prefix(image), image.suffix)
+
+
+# ---- average -----------------------------------------------------------------------------
+
+
+def average_name(task: str, run: str) -> str:
+    """Name of a cross-subject average group: ``task-<task>[_run-<run>]``."""
+    return bids_name(task=task, run=run, suffix="").rstrip("_")
+
+
+def average_store_at(name: str) -> str:
+    """``results/average/<name>_desc-average_bold.zarr`` (``name`` may be a wildcard)."""
+    return _join(RESULTS, "average", f"{name}_desc-{AVERAGE_DESC}_bold.zarr")
+
+
+def average_members(name: str) -> str:
+    """Argument file listing the subject stores an average group reads (written by the
+    plan)."""
+    return _join(RESULTS, "plan", "average", f"{name}.args")
+
+
+# ---- train -------------------------------------------------------------------------------
+
+
+def train_dir(experiment: str) -> str:
+    """``results/train/<experiment>``: model, metrics and checkpoints of one experiment."""
+    return _join(RESULTS, "train", experiment)
+
+
+def trained_model(experiment: str) -> str:
+    """The trained weights: ``results/train/<experiment>/model.pt``."""
+    return _join(train_dir(experiment), "model.pt")
+
+
+def training_metrics(experiment: str) -> str:
+    """Per-step metrics: ``results/train/<experiment>/metrics.jsonl``."""
+    return _join(train_dir(experiment), "metrics.jsonl")
+
+
+def checkpoints(experiment: str) -> str:
+    """Checkpoint folder of one experiment."""
+    return _join(train_dir(experiment), "checkpoints")
+
+
+# ---- report ------------------------------------------------------------------------------
+
+
+def coverage_figure() -> str:
+    """The ingestion coverage figure."""
+    return _join(REPORT, "ingest", "coverage.png")
+
+
+def normalize_figure_at(prefix: str, suffix: str) -> str:
+    """Figure of one normalized image (wildcards allowed)."""
+    return _join(REPORT, "normalize", f"{prefix}_desc-{NORMALIZED_DESC}_{suffix}.png")
+
+
+def normalize_figure(image: BidsFile) -> str:
+    """Figure of one image's store."""
+    return normalize_figure_at(store_prefix(image), image.suffix)
+
+
+def average_figure(name: str) -> str:
+    """Figure of one average group (``name`` may be a wildcard)."""
+    return _join(REPORT, "average", f"{name}.png")
+
+
+def checks_figure(name: str) -> str:
+    """One figure of the checks (``scale_table``, ``summary``)."""
+    return _join(REPORT, "checks", f"{name}.png")
+
+
+def training_figures_dir(experiment: str) -> str:
+    """Folder of one experiment's training figures (wildcards allowed)."""
+    return _join(REPORT, "train", experiment)
+
+
+def training_figure(experiment: str, name: str) -> str:
+    """One training figure of an experiment (wildcards allowed)."""
+    return _join(training_figures_dir(experiment), f"{name}.png")
+
+
+# ---- logs --------------------------------------------------------------------------------
+
+
+def log(stage: str, name: str) -> str:
+    """``logs/<stage>/<name>.log`` (``name`` may hold wildcards and folders)."""
+    return _join(LOGS, stage, f"{name}.log")

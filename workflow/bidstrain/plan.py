@@ -1,0 +1,429 @@
+"""What the workflow builds: a pure function of the validated config and the BIDS index.
+
+:meth:`Plan.build` decides, once, at parse time: the images of every modality, the
+held-out BOLD runs and the stores each is normalized with, the mask of every image, the
+cross-subject average groups, the stores training and validation read, the report's
+figures, and the world size of the training job. The rule files only declare rules over
+its attributes; everything here is unit-tested without Snakemake.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bidstrain import paths
+from bidstrain.bids import BidsFile, BidsIndex
+from bidstrain.config import Config
+from bidstrain.errors import BidstrainError
+from bidstrain.normalize.masking import is_pattern, resolve_pattern
+from bidstrain.report import CHECKS_FIGURES, TRAINING_FIGURES
+
+MODALITIES = ("T1w", "bold", "dwi")
+#: Config key of each modality's mask option, for error messages.
+MASK_KEYS = {"bold": "normalize.mask", "T1w": "normalize.t1w_mask", "dwi": "normalize.dwi_mask"}
+
+
+@dataclass(frozen=True)
+class NormalizeJob:
+    """One image to normalize: the inputs and options of its job."""
+
+    image: BidsFile
+    store: str
+    mask: str  # a keyword (epi, head, none) or the mask file
+    stats_from: tuple[str, ...]  # stores of the runs a held-out run takes statistics from
+
+    @property
+    def heldout(self) -> bool:
+        """Whether the image is normalized with other runs' statistics."""
+        return bool(self.stats_from)
+
+    def inputs(self) -> dict[str, Any]:
+        """Named inputs of the job (``unpack``-able)."""
+        return {
+            "image": str(self.image.path),
+            "ingest": paths.ingest_record(self.image.subject),
+            "mask": [self.mask] if is_pattern(self.mask) else [],
+            "stats": list(self.stats_from),
+        }
+
+
+@dataclass(frozen=True)
+class AverageGroup:
+    """One cross-subject average: the subject stores of a task (and run), and its store."""
+
+    name: str  # task-<task>[_run-<run>]
+    members: tuple[str, ...]
+
+    @property
+    def store(self) -> str:
+        """The average store."""
+        return paths.average_store_at(self.name)
+
+    @property
+    def members_file(self) -> str:
+        """The file listing :attr:`members`, which the average job reads."""
+        return paths.average_members(self.name)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the workflow builds (see the module docstring). Use :meth:`build`."""
+
+    config: Config
+    images: Mapping[str, tuple[BidsFile, ...]]
+    subjects: tuple[str, ...]
+    jobs: Mapping[str, Mapping[str, NormalizeJob]]  # {suffix: {store prefix: job}}
+    heldout_names: tuple[str, ...]
+    averages: tuple[AverageGroup, ...]
+    training: Mapping[str, tuple[str, ...]]
+    validation: Mapping[str, tuple[str, ...]]
+    gpus: int
+    nodes: int
+
+    @classmethod
+    def build(
+        cls, config: Config, index: BidsIndex, *, gpus: int | None = None, nodes: int | None = None
+    ) -> Plan:
+        """Decide what to build.
+
+        Parameters
+        ----------
+        config : Config
+            The validated, typed configuration.
+        index : BidsIndex
+            The dataset's index.
+        gpus, nodes : int, optional
+            GPUs per node and nodes of the training job when something other than the
+            config decides them (the SLURM profile's ``set-resources`` of rule ``train``);
+            default ``train.gpus`` and one node.
+
+        Raises
+        ------
+        BidstrainError
+            A subject without any image of the configured modalities; a held-out
+            selection that leaves a subject no run to fit on; a mask pattern naming an
+            entity an image lacks.
+        """
+        images = {m: tuple(_select(index, config, m)) for m in MODALITIES}
+        subjects = tuple(sorted({image.subject for group in images.values() for image in group}))
+        _require_images(index, config, subjects)
+        heldout = tuple(image for image in images["bold"] if _is_heldout(image, config))
+        jobs = {m: _normalize_jobs(config, images[m], heldout) for m in MODALITIES}
+        averages = _average_groups(images["bold"]) if config.average.mode == "cross_subject" else ()
+        train_stores = {
+            "T1w": tuple(paths.normalized_store(image) for image in images["T1w"]),
+            "dwi": tuple(paths.normalized_store(image) for image in images["dwi"]),
+            "bold": _bold_stores(config, images["bold"], heldout, averages, validation=False),
+        }
+        validation = {"bold": _bold_stores(config, images["bold"], heldout, averages, True)}
+        return cls(
+            config=config,
+            images=images,
+            subjects=subjects,
+            jobs=jobs,
+            heldout_names=_heldout_names(heldout, images["bold"]),
+            averages=averages,
+            training={m: s for m, s in train_stores.items() if s},
+            validation={m: s for m, s in validation.items() if s},
+            gpus=config.train.gpus if gpus is None else gpus,
+            nodes=1 if nodes is None else nodes,
+        )
+
+    # ---- normalize ---------------------------------------------------------------------
+
+    def stores(self, modality: str) -> list[str]:
+        """Every store of a modality's images, held-out runs included."""
+        return [job.store for job in self.jobs[modality].values()]
+
+    @property
+    def raw_images(self) -> list[str]:
+        """The source image of every store."""
+        return [str(job.image.path) for m in MODALITIES for job in self.jobs[m].values()]
+
+    @property
+    def normalized_stores(self) -> list[str]:
+        """Every subject store of every modality."""
+        return [store for m in MODALITIES for store in self.stores(m)]
+
+    def job(self, prefix: str, suffix: str) -> NormalizeJob:
+        """The normalize job of a rule's ``{prefix}`` wildcard."""
+        try:
+            return self.jobs[suffix][prefix]
+        except KeyError:
+            raise BidstrainError(f"the plan has no {suffix} image {prefix!r}") from None
+
+    @property
+    def heldout_prefix_pattern(self) -> str | None:
+        """Regex of the ``{prefix}`` wildcard of held-out BOLD stores: a subject, an
+        optional session, and one of the plan's literal held-out names (the entities
+        after ``sub-<label>_``); None when no run is held out."""
+        if not self.heldout_names:
+            return None
+        names = "|".join(map(re.escape, self.heldout_names))
+        return rf"sub-[a-zA-Z0-9]+/(?:ses-[a-zA-Z0-9]+/)?func/sub-[a-zA-Z0-9]+_(?:{names})"
+
+    # ---- average, train, report --------------------------------------------------------
+
+    @property
+    def average_stores(self) -> list[str]:
+        """Every average store."""
+        return [group.store for group in self.averages]
+
+    def average(self, name: str) -> AverageGroup:
+        """The average group of a rule's ``{name}`` wildcard."""
+        return {group.name: group for group in self.averages}[name]
+
+    @property
+    def training_inputs(self) -> list[str]:
+        """Every store training or validation reads, once each."""
+        stores = (*self.training.values(), *self.validation.values())
+        return sorted({store for group in stores for store in group})
+
+    @property
+    def checked_stores(self) -> list[str]:
+        """Every store the checks read: those of training and the subject stores."""
+        return sorted({*self.normalized_stores, *self.average_stores})
+
+    @property
+    def train_launcher(self) -> str:
+        """The training command: torchrun with one process per GPU when the job has
+        several, else the trainer itself."""
+        if self.gpus > 1:
+            return (
+                "python -m torch.distributed.run --standalone "
+                f"--nproc_per_node={self.gpus} -m bidstrain.train"
+            )
+        return "python -m bidstrain.train"
+
+    @property
+    def world_size(self) -> int:
+        """Ranks of the training job: nodes x GPUs per node (one process without GPUs)."""
+        return self.nodes * max(1, self.gpus)
+
+    @property
+    def experiment(self) -> str:
+        """``train.experiment``."""
+        return self.config.train.experiment
+
+    @property
+    def report_figures(self) -> list[str]:
+        """Every figure of the report, in stage order."""
+        return [
+            paths.coverage_figure(),
+            *(
+                paths.normalize_figure(job.image)
+                for m in MODALITIES
+                for job in self.jobs[m].values()
+            ),
+            *(paths.average_figure(group.name) for group in self.averages),
+            *(paths.checks_figure(name) for name in CHECKS_FIGURES),
+            *(paths.training_figure(self.experiment, name) for name in TRAINING_FIGURES),
+        ]
+
+    def store_lists(self) -> dict[str, Any]:
+        """The lists the trainer reads from :data:`paths.PLAN_STORES`."""
+        return {
+            "training": {m: list(s) for m, s in self.training.items()},
+            "validation": {m: list(s) for m, s in self.validation.items()},
+            "world_size": self.world_size,
+        }
+
+    def checks_arguments(self) -> list[str]:
+        """Arguments of the checks job that grow with the number of subjects."""
+        return [
+            "--training",
+            *(store for stores in self.training.values() for store in stores),
+            "--validation",
+            *(store for stores in self.validation.values() for store in stores),
+            "--subject-stores",
+            *self.normalized_stores,
+        ]
+
+    def files(self) -> dict[str, str]:
+        """Content of every file the plan writes at parse time, by path.
+
+        JSON for the trainer; argument files (one argument a line, read by argparse's
+        ``@file`` syntax) for the other jobs whose lists grow with the subjects.
+        """
+        files = {
+            paths.PLAN_STORES: json.dumps(self.store_lists(), indent=1, sort_keys=True) + "\n",
+            paths.PLAN_CHECKS_ARGS: _lines(self.checks_arguments()),
+            paths.PLAN_INGEST_ARGS: _lines(paths.ingest_record(s) for s in self.subjects),
+        }
+        for group in self.averages:
+            files[group.members_file] = _lines(group.members)
+        return files
+
+
+def write_if_changed(files: Mapping[str, str]) -> list[str]:
+    """Write each file whose content differs from what is on disk (atomically).
+
+    An unchanged file keeps its modification time, so Snakemake reruns a job reading it
+    only when its content changed.
+
+    Returns
+    -------
+    list of str
+        The paths written.
+    """
+    written = []
+    for path, content in files.items():
+        target = Path(path)
+        if target.is_file() and target.read_text() == content:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(content)
+        tmp.replace(target)
+        written.append(path)
+    return written
+
+
+# ---- deciding functions ------------------------------------------------------------------
+
+
+def _lines(arguments: Iterable[str]) -> str:
+    return "".join(f"{argument}\n" for argument in arguments)
+
+
+def _select(index: BidsIndex, config: Config, modality: str) -> list[BidsFile]:
+    if modality not in config.modalities:
+        return []
+    return index.select(modality, task=config.tasks if modality == "bold" else ())
+
+
+def _require_images(index: BidsIndex, config: Config, subjects: Sequence[str]) -> None:
+    empty = sorted(set(index.subjects) - set(subjects))
+    if empty:
+        raise BidstrainError(
+            f"subject(s) {', '.join(f'sub-{s}' for s in empty)} in {index.root} have no "
+            f"{' or '.join(config.modalities)} image (add images or list them in "
+            "exclude_participant_label)"
+        )
+
+
+def _is_heldout(image: BidsFile, config: Config) -> bool:
+    heldout = config.normalize.heldout
+    return bool(heldout) and all(
+        image.entities.get(key) in values for key, values in heldout.items()
+    )
+
+
+def fitting_runs(image: BidsFile, runs: Iterable[BidsFile], heldout: Mapping) -> list[BidsFile]:
+    """The runs whose statistics a held-out run is normalized with.
+
+    The same subject's runs of the same task that are not held out: those of the same
+    session when there are any (same scanner set-up), else those of its other sessions.
+
+    Parameters
+    ----------
+    image : BidsFile
+        The held-out run.
+    runs : iterable of BidsFile
+        The subject's BOLD runs that are not held out.
+    heldout : mapping
+        ``normalize.heldout``, for the error message.
+
+    Raises
+    ------
+    BidstrainError
+        When no such run is left, naming the subject and the ``normalize.heldout`` config.
+    """
+    task = image.entities.get("task")
+    same_task = [run for run in runs if run.entities.get("task") == task]
+    same_session = [run for run in same_task if run.session == image.session]
+    if not same_task:
+        raise BidstrainError(
+            f"held-out run has no task-{task} run left to fit statistics on: config "
+            f"normalize.heldout {dict(heldout)} selects every such run of sub-{image.subject} "
+            "(hold out fewer runs, or leave the subject out with exclude_participant_label)",
+            path=image.path,
+            subject=image.subject,
+        )
+    return same_session or same_task
+
+
+def _mask(config: Config, image: BidsFile) -> str:
+    option = config.normalize.mask_option(image.suffix)
+    if not is_pattern(option):
+        return option
+    return resolve_pattern(option, image.entities, config.bids_dir, MASK_KEYS[image.suffix])
+
+
+def _normalize_jobs(
+    config: Config, images: Sequence[BidsFile], heldout: Sequence[BidsFile]
+) -> dict[str, NormalizeJob]:
+    held = {image.path for image in heldout}
+    training_runs: dict[str, list[BidsFile]] = {}
+    for image in images:
+        if image.path not in held:
+            training_runs.setdefault(image.subject, []).append(image)
+    jobs = {}
+    for image in images:
+        stats_from = ()
+        if image.path in held:
+            runs = fitting_runs(
+                image, training_runs.get(image.subject, []), config.normalize.heldout
+            )
+            stats_from = tuple(paths.normalized_store(run) for run in runs)
+        jobs[paths.store_prefix(image)] = NormalizeJob(
+            image, paths.normalized_store(image), _mask(config, image), stats_from
+        )
+    return jobs
+
+
+def _heldout_names(heldout: Sequence[BidsFile], bold: Sequence[BidsFile]) -> tuple[str, ...]:
+    """The distinct names (after ``sub-<label>_``) of held-out store prefixes.
+
+    A held-out selection is a predicate on entities, so a name held out for one subject
+    is held out for every subject; a selection by subject (``sub``) would break that and
+    is refused.
+    """
+    names = {_name_after_subject(image) for image in heldout}
+    held = {image.path for image in heldout}
+    clash = sorted(
+        paths.store_prefix(image)
+        for image in bold
+        if image.path not in held and _name_after_subject(image) in names
+    )
+    if clash:
+        raise BidstrainError(
+            "normalize.heldout must select runs by entities other than the subject: "
+            f"{clash[0]} has the name of a held-out run but is not held out"
+        )
+    return tuple(sorted(names))
+
+
+def _name_after_subject(image: BidsFile) -> str:
+    return Path(paths.store_prefix(image)).name.split("_", 1)[1]
+
+
+def _average_groups(bold: Sequence[BidsFile]) -> tuple[AverageGroup, ...]:
+    members: dict[str, list[str]] = {}
+    for image in bold:
+        name = paths.average_name(image.entities.get("task", ""), image.entities.get("run", ""))
+        members.setdefault(name, []).append(paths.normalized_store(image))
+    return tuple(AverageGroup(name, tuple(stores)) for name, stores in sorted(members.items()))
+
+
+def _bold_stores(
+    config: Config,
+    bold: Sequence[BidsFile],
+    heldout: Sequence[BidsFile],
+    averages: Sequence[AverageGroup],
+    validation: bool,
+) -> tuple[str, ...]:
+    """BOLD stores training (or validation) reads: the average stores of its runs in
+    cross_subject mode, else the subject stores."""
+    held = {image.path for image in heldout}
+    runs = [image for image in bold if (image.path in held) == validation]
+    stores = [paths.normalized_store(image) for image in runs]
+    if config.average.mode != "cross_subject":
+        return tuple(stores)
+    wanted = set(stores)
+    return tuple(group.store for group in averages if wanted & set(group.members))
