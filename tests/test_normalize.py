@@ -84,9 +84,10 @@ def test_big_endian_and_scaling_follow_the_header(tmp_path):
     assert layout.dtype.byteorder == ">"
     (_, block), *_ = list(iter_blocks(layout, 1))
     assert block.dtype.isnative
-    np.testing.assert_array_equal(
-        layout.to_grid(block[0]), np.asarray(nib.load(ANATOMICAL).dataobj)
-    )
+    canonical = nib.as_closest_canonical(nib.load(ANATOMICAL))  # the file is LAS
+    np.testing.assert_array_equal(layout.to_grid(block[0]), np.asarray(canonical.dataobj))
+    np.testing.assert_array_equal(layout.affine, canonical.affine)
+    assert layout.source_orientation == "LAS" and layout.shape == canonical.shape
     func = read_layout(FUNCTIONAL)
     assert func.slope != 1 and func.inter != 0
 
@@ -141,8 +142,13 @@ def test_bold_equals_nilearn_zscore_sample_on_real_functional(tmp_path):
         FUNCTIONAL, tmp_path / "f.zarr", BOLD, Options(mask=str(mask_path), block_volumes=3)
     )
     ds = _open(tmp_path / "f.zarr")
+    # the file is LAS and stores are RAS: nilearn is given the RAS image and mask
+    canonical = nib.as_closest_canonical(nib.load(FUNCTIONAL))
+    ras_path, ras_mask = tmp_path / "ras.nii", tmp_path / "ras_mask.nii"
+    nib.save(canonical, ras_path)
+    nib.save(nib.as_closest_canonical(nib.load(mask_path)), ras_mask)
     masker = NiftiMasker(
-        mask_img=str(mask_path),
+        mask_img=str(ras_mask),
         standardize="zscore_sample",
         detrend=False,
         memory_level=0,
@@ -150,13 +156,13 @@ def test_bold_equals_nilearn_zscore_sample_on_real_functional(tmp_path):
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "given mask will be used"
-        expected = masker.fit_transform(str(FUNCTIONAL))
+        expected = masker.fit_transform(str(ras_path))
     varying = ds["std"].values > 0
     assert varying.sum() > 100
     np.testing.assert_allclose(ds.data.values[:, varying], expected[:, varying], atol=1e-5)
     # nilearn.signal on the raw masked series gives the same (its zero-variance voxels
     # keep a tiny float residue where ours are exactly 0)
-    series = nib.load(FUNCTIONAL).get_fdata()[ds.mask.values].T
+    series = canonical.get_fdata()[ds.mask.values].T
     cleaned = clean(series, detrend=False, standardize="zscore_sample")
     np.testing.assert_allclose(ds.data.values[:, varying], cleaned[:, varying], atol=1e-5)
     np.testing.assert_array_equal(ds.data.values[:, ~varying], 0.0)
@@ -184,7 +190,8 @@ def test_bold_nii_gz_float_big_endian_equals_int16_nii(tmp_path):
     a, b = _open(tmp_path / "a.zarr"), _open(tmp_path / "b.zarr")
     # float32 holds values near 3,000 to 2e-4: the inputs themselves differ that much
     np.testing.assert_allclose(a.data.values, b.data.values, atol=5e-5)
-    series = scaled.astype(np.float64).reshape(-1, scaled.shape[-1]).T
+    ras = nib.as_closest_canonical(converted).get_fdata()  # stores are in RAS voxel order
+    series = ras.reshape(-1, ras.shape[-1]).T
     expected = (series - series.mean(axis=0)) / series.std(axis=0, ddof=1)
     np.testing.assert_allclose(b.data.values, expected, atol=1e-5)
 

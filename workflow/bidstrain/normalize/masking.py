@@ -30,10 +30,9 @@ import nibabel as nib
 import numpy as np
 
 from bidstrain.errors import BidstrainError
+from bidstrain.grid import grid_mismatch
 
 KEYWORDS = frozenset({"epi", "head", "none"})
-#: Largest absolute difference between two affines that still counts as the same grid.
-AFFINE_TOLERANCE = 1e-3
 _ENTITY_ALIASES = {"subject": "sub", "session": "ses"}
 
 
@@ -87,7 +86,11 @@ def load_mask(
     config_key: str,
     subject: str | None = None,
 ) -> np.ndarray:
-    """Read a mask image and check that it lies on the image's grid.
+    """Read a mask image in RAS+ voxel order and check that it lies on the image's grid.
+
+    The mask is reoriented as the image is (:mod:`bidstrain.orientation`), and ``shape``
+    and ``affine`` are the image's after reorientation, so a mask stored in another voxel
+    order on the same grid is accepted.
 
     Raises
     ------
@@ -96,6 +99,9 @@ def load_mask(
     """
     try:
         img = nib.load(path)
+        if img.ndim == 4 and img.shape[3] == 1:
+            img = img.slicer[..., 0]
+        img = nib.as_closest_canonical(img)
         data = np.asarray(img.dataobj)
     except Exception as error:  # nibabel raises many types for unreadable files
         raise BidstrainError(
@@ -103,20 +109,11 @@ def load_mask(
             path=path,
             subject=subject,
         ) from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.shape != tuple(shape):
+    mismatch = grid_mismatch(data.shape, img.affine, shape, affine)
+    if mismatch:
         raise BidstrainError(
-            f"mask (config {config_key}) has shape {data.shape}, but {image} has grid "
-            f"{tuple(shape)}: give a mask on the image's grid",
-            path=path,
-            subject=subject,
-        )
-    difference = float(np.abs(img.affine - affine).max())
-    if difference > AFFINE_TOLERANCE:
-        raise BidstrainError(
-            f"mask (config {config_key}) has another affine than {image} (largest difference "
-            f"{difference:.3g} > {AFFINE_TOLERANCE}): give a mask on the image's grid",
+            f"mask (config {config_key}) is not on the grid of {image} (both in RAS+ voxel "
+            f"order): {mismatch}; give a mask on the image's grid",
             path=path,
             subject=subject,
         )

@@ -27,6 +27,8 @@ import numpy as np
 from isal import igzip
 
 from bidstrain.errors import BidstrainError
+from bidstrain.nifti_files import check_voxel_type
+from bidstrain.orientation import Reorientation, reorientation
 
 #: Bytes asked of the decompressor per call while filling a block.
 READ_CHUNK_BYTES = 4 * 2**20
@@ -36,12 +38,15 @@ READ_CHUNK_BYTES = 4 * 2**20
 class NiftiLayout:
     """Where and how a NIfTI image stores its voxels (read from the header only).
 
+    The grid is described in RAS+ voxel order (:mod:`bidstrain.orientation`): ``shape``,
+    ``affine``, :meth:`stored_index` and :meth:`to_grid` are those of the store, while
+    blocks are read in the file's order; the reorientation is a gather of voxel indices,
+    so it costs nothing per volume.
+
     Attributes
     ----------
     path : Path
         The image file (``.nii`` or ``.nii.gz``).
-    shape : tuple of int
-        Spatial grid ``(x, y, z)``.
     n_volumes : int
         Volumes along the fourth axis (1 for a 3D image).
     dtype : numpy.dtype
@@ -51,18 +56,33 @@ class NiftiLayout:
     slope, inter : float
         Scaling of stored to real values, ``real = stored * slope + inter`` (1 and 0 when
         the header has none).
-    affine : ndarray, shape (4, 4)
-        Voxel-to-world affine (as nibabel chooses it: sform, else qform).
+    orientation : Reorientation
+        The file's grid (shape, affine as nibabel chooses it: sform, else qform) and the
+        axis permutation and flips that bring it to RAS+ order.
     """
 
     path: Path
-    shape: tuple[int, int, int]
     n_volumes: int
     dtype: np.dtype
     offset: int
     slope: float
     inter: float
-    affine: np.ndarray
+    orientation: Reorientation
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Spatial grid ``(x, y, z)`` in RAS+ voxel order (the store's grid)."""
+        return self.orientation.shape
+
+    @property
+    def affine(self) -> np.ndarray:
+        """Voxel-to-world affine of the RAS+ grid (the store's affine)."""
+        return self.orientation.affine
+
+    @property
+    def source_orientation(self) -> str:
+        """Axis codes of the file's voxel order, for example ``"LAS"``."""
+        return self.orientation.source_orientation
 
     @property
     def n_grid(self) -> int:
@@ -87,14 +107,17 @@ class NiftiLayout:
     def stored_index(self, mask: np.ndarray) -> np.ndarray:
         """Positions in a stored volume of the mask's voxels, in the mask's C order.
 
-        NIfTI stores a volume with ``x`` fastest (Fortran order); a block row returned by
+        ``mask`` lies on the RAS+ grid (:attr:`shape`). NIfTI stores a volume in the file's
+        voxel order with ``x`` fastest (Fortran order); a block row returned by
         :func:`iter_blocks` indexed with this array gives the voxels in the store's order.
         """
-        return np.ravel_multi_index(np.nonzero(mask), self.shape, order="F").astype(np.intp)
+        return self.orientation.source_index(mask)
 
     def to_grid(self, values: np.ndarray) -> np.ndarray:
-        """Turn a flat stored volume (length :attr:`n_grid`) into an ``(x, y, z)`` array."""
-        return np.asarray(values).reshape(self.shape, order="F")
+        """Turn a flat stored volume (length :attr:`n_grid`) into an ``(x, y, z)`` array
+        in RAS+ voxel order."""
+        source = np.asarray(values).reshape(self.orientation.source_shape, order="F")
+        return self.orientation.volume(source)
 
 
 def read_layout(path: str | Path, subject: str | None = None) -> NiftiLayout:
@@ -103,7 +126,8 @@ def read_layout(path: str | Path, subject: str | None = None) -> NiftiLayout:
     Raises
     ------
     BidstrainError
-        When the file is not a readable 3D or 4D NIfTI-1/2 image.
+        When the file is not a readable 3D or 4D NIfTI-1/2 image of real scalars with an
+        orientation.
     """
     path = Path(path)
     try:
@@ -124,21 +148,15 @@ def read_layout(path: str | Path, subject: str | None = None) -> NiftiLayout:
             f"expected a 3D or 4D image, got shape {shape}", path=path, subject=subject
         )
     dtype = np.dtype(img.get_data_dtype())
-    if dtype.kind not in "iuf":
-        raise BidstrainError(
-            f"voxel type {dtype} is not a real number (complex or RGB images cannot be z-scored)",
-            path=path,
-            subject=subject,
-        )
+    check_voxel_type(dtype, path, subject)
     return NiftiLayout(
         path=path,
-        shape=shape[:3],
         n_volumes=shape[3] if len(shape) == 4 else 1,
         dtype=dtype,
         offset=int(img.dataobj.offset),
         slope=float(img.dataobj.slope),
         inter=float(img.dataobj.inter),
-        affine=np.asarray(img.affine, dtype=np.float64),
+        orientation=reorientation(img.affine, shape[:3], path=path, subject=subject),
     )
 
 

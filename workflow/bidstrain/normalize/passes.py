@@ -25,10 +25,7 @@ from bidstrain.normalize.image import MASK_KEYS, ImageInfo, Options
 from bidstrain.normalize.masking import epi_mask, head_mask, load_mask
 from bidstrain.normalize.moments import VoxelMoments
 from bidstrain.normalize.nifti_stream import NiftiLayout, iter_blocks
-from bidstrain.store import StoreWriter, chunk_volumes, create_store
-
-#: Standard deviations below this count as zero variance (the threshold nilearn uses).
-ZERO_STD = float(np.finfo(np.float64).eps)
+from bidstrain.store import ZERO_STD, StoreWriter, chunk_volumes, create_store
 
 
 @dataclass
@@ -160,6 +157,7 @@ def store_attrs(layout: NiftiLayout, info: ImageInfo, options: Options, **values
         "source_path": str(layout.path.resolve()),
         "source_size": layout.path.stat().st_size,
         "source_dtype": str(layout.dtype),
+        "source_orientation": layout.source_orientation,
         "ddof": options.ddof,
         "mask_source": options.mask,
         **values,

@@ -65,7 +65,9 @@ def normalize_volumes(
 
     Streamed in two passes like :func:`bidstrain.normalize.bold.normalize_bold`, with the
     same peak memory. Parameters and errors as there; a mask of no more than ``ddof``
-    voxels is an error.
+    voxels is an error. The store is in RAS+ voxel order, as every store
+    (:mod:`bidstrain.orientation`), and so is ``bvec``: the ``.bvec`` directions are in the
+    file's voxel axes, and follow its axis permutation and flips.
     """
     layout = read_layout(nifti_path, info.subject)
     mean_rows = None
@@ -78,7 +80,7 @@ def normalize_volumes(
                 path=layout.path,
                 subject=info.subject,
             )
-        bvec = np.asarray(info.bvec, dtype=np.float64).T
+        bvec = layout.orientation.vectors(np.asarray(info.bvec, dtype=np.float64)).T
         b0 = bval <= B0_THRESHOLD
         mean_rows = b0 if b0.any() else None
         time_coords = {"bval": (("time",), bval), "bvec": (("time", "direction"), bvec)}
