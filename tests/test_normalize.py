@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import xarray as xr
-from bidstrain.bids import BidsFile, BidsIndex
+from bidstrain.bids import BidsFile
 from bidstrain.demo import DemoSpec, bold_run, dwi_series, t1w_image
 from bidstrain.errors import BidstrainError
 from bidstrain.normalize import (
@@ -453,12 +453,19 @@ def test_failed_job_prints_a_clean_error_and_keeps_the_previous_store(tmp_path):
 
 
 def test_ingest_record_supplies_tr_and_gradients(tmp_path):
-    index_root = tmp_path / "bids"
-    index_root.mkdir()
-    (index_root / "dataset_description.json").write_text("{}")
     image = _demo_run(tmp_path / "sub-01_task-rest_bold.nii.gz")
     info = ImageInfo.from_ingest(_ingest_json(tmp_path, image), image)
-    assert info.repetition_time == 2.0 and info.subject == "01"
+    assert info.repetition_time == 2.0 and info.subject == "01" and info.modality == "bold"
+    assert info.bval is None and info.bvec is None
     with pytest.raises(BidstrainError, match="no record of"):
         ImageInfo.from_ingest(_ingest_json(tmp_path, image), tmp_path / "other.nii.gz")
-    assert BidsIndex  # the index type the workflow passes to fitting_runs
+    dwi = tmp_path / "sub-01_dwi.nii.gz"
+    bval, bvec = [0.0, 1000.0], [[0.0, 1.0], [0.0, 0.0], [0.0, 0.0]]
+    record = {"subject": "01", "images": [{
+        "path": str(dwi), "modality": "dwi", "subject": "01", "session": "",
+        "entities": {"sub": "01"}, "repetition_time": None, "bval": bval, "bvec": bvec,
+    }]}  # fmt: skip
+    (tmp_path / "dwi.json").write_text(json.dumps(record))
+    info = ImageInfo.from_ingest(tmp_path / "dwi.json", dwi)
+    assert info.modality == "dwi" and info.repetition_time is None
+    assert info.bval == bval and info.bvec == bvec

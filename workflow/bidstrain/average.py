@@ -39,7 +39,8 @@ import numpy as np
 import xarray as xr
 
 from bidstrain.errors import BidstrainError, run_cli
-from bidstrain.store import chunk_volumes, create_store, open_store
+from bidstrain.grid import AFFINE_TOLERANCE, grid_mismatch
+from bidstrain.store import StoreMeta, chunk_volumes, create_store, open_store, store_meta
 
 log = logging.getLogger(__name__)
 
@@ -52,45 +53,37 @@ class SourceStore:
     """What averaging needs to know about one subject store (no voxel data)."""
 
     path: Path
-    subject: str
-    session: str
+    meta: StoreMeta
     n_time: int
     shape: tuple[int, int, int]
-    affine: np.ndarray
-    repetition_time: float | None
-    ddof: int
-    entities: dict
-    source_size: int
+
+    @property
+    def subject(self) -> str:
+        return self.meta.subject
+
+    @property
+    def label(self) -> str:
+        """``sub-01`` or ``sub-01 ses-2``: who a message is about."""
+        return self.meta.label(full=False)
 
 
 def _describe(path: Path) -> tuple[SourceStore, np.ndarray]:
     """What averaging needs to know about a store, and its mask."""
     ds = open_store(path)
-    attrs = ds.attrs
-    if attrs["modality"] != "bold" or attrs["stats_dim"] != "voxel":
+    meta = store_meta(ds)
+    if meta.modality != "bold" or not meta.per_voxel:
         raise BidstrainError(
             f"only BOLD stores with per-voxel statistics can be averaged, got modality "
-            f"{attrs['modality']!r} with stats_dim {attrs['stats_dim']!r}",
+            f"{meta.modality!r} with stats_dim {meta.stats_dim!r}",
             path=path,
-            subject=attrs["subject"],
+            subject=meta.subject,
         )
     return SourceStore(
         path=path,
-        subject=attrs["subject"],
-        session=attrs.get("session") or "",
+        meta=meta,
         n_time=int(ds.sizes["time"]),
         shape=tuple(int(n) for n in ds.mask.shape),
-        affine=np.asarray(attrs["affine"], dtype=np.float64),
-        repetition_time=attrs.get("repetition_time"),
-        ddof=int(attrs["ddof"]),
-        entities=dict(attrs.get("entities") or {}),
-        source_size=int(attrs.get("source_size") or 0),
     ), ds.mask.values.astype(bool)
-
-
-def _label(src: SourceStore) -> str:
-    """``sub-01`` or ``sub-01/ses-2``: who a message is about."""
-    return f"sub-{src.subject}" + (f"/ses-{src.session}" if src.session else "")
 
 
 def check_compatible(
@@ -103,45 +96,42 @@ def check_compatible(
     BidstrainError
         Naming the subject and store that differ, the numbers, and the config key to change.
     """
-    ref = sources[0]
+    ref = sources[0].meta
+    ref_path = sources[0].path
     for src in sources[1:]:
         where = {"path": src.path, "subject": src.subject}
-        if src.shape != ref.shape:
+        meta = src.meta
+        mismatch = grid_mismatch(
+            src.shape, meta.affine, sources[0].shape, ref.affine, atol=affine_tolerance
+        )
+        if mismatch:
             raise BidstrainError(
-                f"grid {src.shape} differs from sub-{ref.subject}'s {ref.shape} ({ref.path}); "
-                "subjects must share the voxel grid to be averaged (resample them to one "
-                "template, or set average.mode: per_subject)",
+                f"not on the grid of sub-{ref.subject}'s store {ref_path}: {mismatch} (config "
+                f"average.affine_tolerance: {affine_tolerance}); subjects must share the voxel "
+                "grid to be averaged (resample them to one template, or set average.mode: "
+                "per_subject)",
                 **where,
             )
-        difference = float(np.abs(src.affine - ref.affine).max())
-        if difference > affine_tolerance:
-            raise BidstrainError(
-                f"affine differs from sub-{ref.subject}'s ({ref.path}) by up to "
-                f"{difference:.4g} (config average.affine_tolerance: {affine_tolerance}); "
-                "subjects must share the voxel grid to be averaged (resample them to one "
-                "template, or set average.mode: per_subject)",
-                **where,
-            )
-        if (src.repetition_time is None) != (ref.repetition_time is None) or (
-            src.repetition_time is not None
-            and abs(src.repetition_time - ref.repetition_time) > tr_tolerance
+        if (meta.repetition_time is None) != (ref.repetition_time is None) or (
+            meta.repetition_time is not None
+            and abs(meta.repetition_time - ref.repetition_time) > tr_tolerance
         ):
             raise BidstrainError(
-                f"repetition time {src.repetition_time} s differs from sub-{ref.subject}'s "
+                f"repetition time {meta.repetition_time} s differs from sub-{ref.subject}'s "
                 f"{ref.repetition_time} s (config average.repetition_time_tolerance: "
                 f"{tr_tolerance}); time points cannot be averaged across different TRs",
                 **where,
             )
-        if src.ddof != ref.ddof:
+        if meta.ddof != ref.ddof:
             raise BidstrainError(
-                f"normalized with ddof {src.ddof}, sub-{ref.subject} with {ref.ddof}; "
+                f"normalized with ddof {meta.ddof}, sub-{ref.subject} with {ref.ddof}; "
                 "renormalize all subjects with one normalize.ddof",
                 **where,
             )
         for key in ("task", "run"):
-            if src.entities.get(key) != ref.entities.get(key):
+            if meta.entities.get(key) != ref.entities.get(key):
                 raise BidstrainError(
-                    f"{key} {src.entities.get(key)!r} differs from sub-{ref.subject}'s "
+                    f"{key} {meta.entities.get(key)!r} differs from sub-{ref.subject}'s "
                     f"{ref.entities.get(key)!r}: only one (task, run) is averaged per store",
                     **where,
                 )
@@ -159,7 +149,7 @@ def common_length(sources: Sequence[SourceStore], *, truncate: bool) -> int:
     shortest = min(lengths)
     if len(lengths) == 1:
         return shortest
-    listing = ", ".join(f"{_label(s)}: {s.n_time}" for s in sources)
+    listing = ", ".join(f"{s.label}: {s.n_time}" for s in sources)
     if not truncate:
         raise BidstrainError(
             f"runs differ in length ({listing} volumes); time points cannot be matched "
@@ -167,9 +157,7 @@ def common_length(sources: Sequence[SourceStore], *, truncate: bool) -> int:
             f"{shortest} volumes, or exclude the short runs)",
             path=sources[0].path,
         )
-    cut = ", ".join(
-        f"{_label(s)} ({s.n_time} -> {shortest})" for s in sources if s.n_time > shortest
-    )
+    cut = ", ".join(f"{s.label} ({s.n_time} -> {shortest})" for s in sources if s.n_time > shortest)
     log.warning("average.truncate: cutting runs to %d volumes: %s", shortest, cut)
     return shortest
 
@@ -191,7 +179,7 @@ def average_stores(
     *,
     mask: str = "intersection",
     truncate: bool = False,
-    affine_tolerance: float = 1e-3,
+    affine_tolerance: float = AFFINE_TOLERANCE,
     tr_tolerance: float = 1e-3,
     block_bytes: int = BLOCK_BYTES,
 ) -> Path:
@@ -210,7 +198,8 @@ def average_stores(
         Cut runs of different lengths to the shortest (with a warning naming who was cut)
         instead of failing.
     affine_tolerance : float
-        Largest allowed absolute difference between store affines.
+        Largest allowed absolute difference between store affines
+        (:func:`bidstrain.grid.grid_mismatch`).
     tr_tolerance : float
         Largest allowed difference between repetition times, in seconds.
     block_bytes : int
@@ -282,11 +271,11 @@ def average_stores(
     block = chunk * max(1, block_bytes // (8 * chunk * n_voxel))
     data_sum = np.zeros(n_voxel, dtype=np.float64)
     data_sumsq = np.zeros(n_voxel, dtype=np.float64)
-    truncated = {_label(src): src.n_time for src in sources if src.n_time > n_time}
+    truncated = {src.label: src.n_time for src in sources if src.n_time > n_time}
     with create_store(
         out,
         mask=group,
-        affine=sources[0].affine,
+        affine=sources[0].meta.affine,
         time=first.time.values[:n_time],
         chunk=chunk,
     ) as writer:
@@ -304,19 +293,19 @@ def average_stores(
         writer.add_variable("mean", ("voxel",), (stat_sums["mean"] / n_subjects).astype(np.float32))
         writer.add_variable("std", ("voxel",), (stat_sums["std"] / n_subjects).astype(np.float32))
         writer.add_variable("n_subjects", ("voxel",), n_subjects)
-        entities = {k: v for k, v in sources[0].entities.items() if k in ("task", "run")}
+        entities = {k: v for k, v in sources[0].meta.entities.items() if k in ("task", "run")}
         writer.attrs.update(
             modality="bold",
             subject="average",
             session="",
             entities=entities,
             subjects=subjects,
-            sessions={s: [src.session for src in by_subject[s]] for s in subjects},
+            sessions={s: [src.meta.session for src in by_subject[s]] for s in subjects},
             truncated=truncated,
             source_path=[str(src.path) for src in sources],
-            source_size=sum(src.source_size for src in sources),
-            repetition_time=sources[0].repetition_time,
-            ddof=sources[0].ddof,
+            source_size=sum(src.meta.source_size for src in sources),
+            repetition_time=sources[0].meta.repetition_time,
+            ddof=sources[0].meta.ddof,
             n_zero_variance=int((variance <= 0).sum()),
             n_nonfinite=0,
             stats_dim="voxel",
@@ -368,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--mask", choices=["intersection", "union"], default="intersection")
     parser.add_argument("--truncate", action="store_true")
-    parser.add_argument("--affine-tolerance", type=float, default=1e-3)
+    parser.add_argument("--affine-tolerance", type=float, default=AFFINE_TOLERANCE)
     parser.add_argument("--tr-tolerance", type=float, default=1e-3)
     args = parser.parse_args(argv)
     average_stores(

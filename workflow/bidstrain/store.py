@@ -10,11 +10,14 @@ masked to a brain mask and flattened to ``(time, voxel)``::
     coords i, j, k (voxel) int32; time (time) float64 acquisition time in seconds;
            DWI adds bval (time) and bvec (time, direction)
 
-Attributes (``ds.attrs``): ``modality``, ``subject``, ``session``, ``entities`` (dict),
-``affine`` (4x4 list), ``repetition_time`` (s, or None), ``source_path``, ``source_size``
-(bytes), ``ddof``, ``n_zero_variance``, ``n_nonfinite``, ``stats_dim`` (``"voxel"`` or
-``"time"``), ``stats_from`` (the source files the statistics were fitted on), and
-``bidstrain_version``. Stages may add their own (``n_subjects``, ``subjects``, ...).
+Attributes (``ds.attrs``) are read through :class:`StoreMeta` (:func:`store_meta` of an
+open store, :func:`read_meta` of a path), never by key elsewhere: ``modality``,
+``subject``, ``session``, ``entities`` (dict), ``affine`` (4x4 list), ``repetition_time``
+(s, or None), ``source_path``, ``source_size`` (bytes), ``ddof``, ``n_zero_variance``,
+``n_nonfinite``, ``stats_dim`` (``"voxel"`` or ``"time"``), ``stats_from`` (the source
+files the statistics were fitted on), ``heldout``, ``mask_source``, ``source_dtype``,
+``source_orientation`` and ``bidstrain_version``; averages add ``subjects``,
+``sessions``, ``truncated`` and ``mask_mode``.
 
 Stores are Zarr v3 without consolidated metadata (consolidation is not part of the v3
 spec and makes xarray warn); every read passes ``consolidated=CONSOLIDATED``. They are
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,19 +47,132 @@ if TYPE_CHECKING:
 
 CONSOLIDATED = False
 CHUNK_BYTES = 4 * 2**20
-REQUIRED_ATTRS = (
-    "modality",
-    "subject",
-    "source_path",
-    "affine",
-    "ddof",
-    "n_zero_variance",
-    "stats_dim",
-    "stats_from",
-)
 #: Snakemake marks a finished ``directory()`` output by touching this entry inside it; an
 #: empty Zarr group of that name serves, where a plain file would make zarr warn.
 SNAKEMAKE_TIMESTAMP = ".snakemake_timestamp"
+#: A standard deviation (raw units, as computed in float64 and as saved in ``std``) below
+#: this marks a zero-variance voxel or volume: its z-scores are written as 0. nilearn's
+#: threshold; the normalizers and the normalization check use this one value.
+ZERO_STD = float(np.finfo(np.float64).eps)
+
+
+@dataclass(frozen=True, eq=False)
+class StoreMeta:
+    """The attributes of a store, typed (see the module docstring for their meaning).
+
+    Build it with :func:`store_meta` (an open store), :func:`read_meta` (a path) or
+    :meth:`from_attrs`. Fields without a default are required in every store.
+    """
+
+    modality: str
+    subject: str
+    source_path: str | tuple[str, ...]
+    affine: np.ndarray
+    ddof: int
+    n_zero_variance: int
+    stats_dim: str
+    stats_from: tuple[str, ...]
+    session: str = ""
+    entities: Mapping[str, str] = field(default_factory=dict)
+    repetition_time: float | None = None
+    source_size: int = 0
+    source_dtype: str | None = None
+    source_orientation: str | None = None
+    mask_source: str | None = None
+    n_nonfinite: int = 0
+    heldout: bool = False
+    subjects: tuple[str, ...] = ()
+    sessions: Mapping[str, list[str]] = field(default_factory=dict)
+    truncated: Mapping[str, int] = field(default_factory=dict)
+    mask_mode: str | None = None
+    bidstrain_version: str | None = None
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any], path: str | Path | None = None) -> StoreMeta:
+        """Typed view of a store's attribute mapping.
+
+        Raises
+        ------
+        BidstrainError
+            When a required attribute is missing, naming ``path``.
+        """
+        missing = [key for key in REQUIRED_ATTRS if key not in attrs]
+        if missing:
+            raise BidstrainError(f"incomplete store: missing attributes {missing}", path=path)
+        values = {f.name: attrs[f.name] for f in fields(cls) if f.name in attrs}
+        source = values["source_path"]
+        tr = values.get("repetition_time")
+        return cls(
+            **{
+                **values,
+                "source_path": source if isinstance(source, str) else tuple(source),
+                "affine": np.asarray(values["affine"], dtype=np.float64),
+                "ddof": int(values["ddof"]),
+                "n_zero_variance": int(values["n_zero_variance"]),
+                "stats_from": tuple(values["stats_from"]),
+                "session": values.get("session") or "",
+                "entities": dict(values.get("entities") or {}),
+                "repetition_time": None if tr is None else float(tr),
+                "source_size": int(values.get("source_size") or 0),
+                "n_nonfinite": int(values.get("n_nonfinite") or 0),
+                "heldout": bool(values.get("heldout", False)),
+                "subjects": tuple(values.get("subjects") or ()),
+                "sessions": dict(values.get("sessions") or {}),
+                "truncated": dict(values.get("truncated") or {}),
+            }
+        )
+
+    @property
+    def is_average(self) -> bool:
+        """Whether the store is a cross-subject average (it lists its subjects)."""
+        return bool(self.subjects)
+
+    @property
+    def per_voxel(self) -> bool:
+        """Whether ``mean``/``std`` are per voxel (BOLD) rather than per volume."""
+        return self.stats_dim == "voxel"
+
+    def label(self, *, full: bool = True) -> str:
+        """Who the store is about, for messages and figures.
+
+        ``sub-01 ses-1 task-rest run-1 bold`` (``full``) or ``sub-01 ses-1``; an average is
+        ``average of sub-01,02,03 ...``.
+        """
+        who = (
+            ["average of sub-" + ",".join(self.subjects)]
+            if self.is_average
+            else [f"sub-{self.subject}"]
+        )
+        keys = ("ses", "task", "run") if full else ("ses",)
+        entities = {"ses": self.session, **self.entities}
+        who += [f"{key}-{entities[key]}" for key in keys if entities.get(key)]
+        return " ".join([*who, self.modality] if full else who)
+
+
+#: The attributes every store has: the fields of :class:`StoreMeta` without a default.
+REQUIRED_ATTRS = tuple(
+    f.name for f in fields(StoreMeta) if f.default is MISSING and f.default_factory is MISSING
+)
+
+
+def store_meta(ds: xr.Dataset) -> StoreMeta:
+    """The typed attributes of an open store (:func:`open_store`)."""
+    return StoreMeta.from_attrs(ds.attrs, ds.encoding.get("source"))
+
+
+def read_meta(path: str | Path) -> StoreMeta:
+    """The typed attributes of a store, read without xarray (its root metadata only).
+
+    Raises
+    ------
+    BidstrainError
+        When the store does not exist or lacks required attributes.
+    """
+    try:
+        group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
+    except FileNotFoundError:
+        raise BidstrainError("store not found (run the normalize stage first)", path=path) from None
+    return StoreMeta.from_attrs(group.attrs.asdict(), path)
 
 
 def chunk_volumes(n_time: int, n_voxel: int, chunk_bytes: int = CHUNK_BYTES) -> int:
@@ -128,6 +245,7 @@ class StoreWriter:
         missing_attrs = [key for key in REQUIRED_ATTRS if key not in self.attrs]
         if missing_attrs:
             raise RuntimeError(f"store {self.root}: attributes {missing_attrs} never set")
+        StoreMeta.from_attrs(self.attrs)  # what readers will parse must parse now
         for name, (dims, values) in self._variables.items():
             _write_array(
                 self._group, name, dims, values, attributes={"coordinates": self._coordinates}

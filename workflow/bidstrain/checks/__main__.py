@@ -63,7 +63,7 @@ def _raw_samples(
     out), by modality."""
     samples: dict[str, list[np.ndarray]] = {}
     for scan in subjects:
-        if scan.modality in training and not scan.attrs.get("heldout") and scan.path in raw_heads:
+        if scan.modality in training and not scan.meta.heldout and scan.path in raw_heads:
             samples.setdefault(scan.modality, []).append(raw_heads[scan.path].ravel())
     return {m: np.concatenate(values) for m, values in samples.items()}
 
@@ -134,7 +134,7 @@ def run_checks(
         return checks + [Check(name, "fail", f"not run: {reason}") for name in (COUNTS, PLAN, LOSS)]
     subject_samples: dict[str, int] = {}
     for scan in subjects:
-        if not scan.attrs.get("heldout"):
+        if not scan.meta.heldout:
             subject_samples[scan.modality] = subject_samples.get(scan.modality, 0) + scan.n_time
     counts, n_batches = check_counts(
         training_by_modality,

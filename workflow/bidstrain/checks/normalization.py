@@ -29,10 +29,9 @@ import numpy as np
 
 from bidstrain.checks import Check, verdict
 from bidstrain.checks.scan import StoreScan
+from bidstrain.store import ZERO_STD
 
 NAME = "normalization"
-#: Saved standard deviations at or below this mark zero-variance voxels or volumes.
-ZERO_STD = float(np.finfo(np.float32).eps)
 HELDOUT_MAX_SHIFT = 1.0
 HELDOUT_STD_RANGE = (0.5, 2.0)
 
@@ -41,11 +40,11 @@ def _raw_error(scan: StoreScan, raw: np.ndarray) -> tuple[float, str]:
     """Largest ``|data * std + mean - raw|`` in units of the saved std, and where."""
     n_volumes = scan.head.shape[0]
     got = scan.raw(scan.head, slice(0, n_volumes))
-    if scan.attrs["stats_dim"] == "voxel":
+    if scan.meta.per_voxel:
         scale = np.broadcast_to(scan.std[scan.head_voxels], got.shape)
     else:
         scale = np.broadcast_to(scan.std[:n_volumes, None], got.shape)
-    error = np.abs(got - raw) / np.where(scale > ZERO_STD, scale, 1.0)
+    error = np.abs(got - raw) / np.where(scale >= ZERO_STD, scale, 1.0)
     if not error.size:
         return 0.0, ""
     t, v = np.unravel_index(int(np.argmax(error)), error.shape)
@@ -55,8 +54,8 @@ def _raw_error(scan: StoreScan, raw: np.ndarray) -> tuple[float, str]:
 
 
 def _zscore_problems(scan: StoreScan, tolerance: float) -> tuple[list[str], dict[str, float]]:
-    unit = "voxel" if scan.attrs["stats_dim"] == "voxel" else "volume"
-    varying = scan.std > ZERO_STD
+    unit = "voxel" if scan.meta.per_voxel else "volume"
+    varying = scan.std >= ZERO_STD
     mean_error = float(np.abs(scan.moments_mean[varying]).max(initial=0.0))
     std_error = float(np.abs(scan.moments_std[varying] - 1).max(initial=0.0))
     constant = float(np.abs(scan.moments_std[~varying]).max(initial=0.0))
@@ -64,7 +63,7 @@ def _zscore_problems(scan: StoreScan, tolerance: float) -> tuple[list[str], dict
     if mean_error > tolerance or std_error > tolerance:
         problems.append(
             f"{scan.label} ({scan.path}): per-{unit} mean is off 0 by up to {mean_error:.3g} "
-            f"and std off 1 by up to {std_error:.3g} (ddof {scan.attrs['ddof']}), above "
+            f"and std off 1 by up to {std_error:.3g} (ddof {scan.meta.ddof}), above "
             f"checks.stats_tolerance {tolerance}: the data is not z-scored (rerun normalize)"
         )
     if constant > tolerance:
@@ -76,7 +75,7 @@ def _zscore_problems(scan: StoreScan, tolerance: float) -> tuple[list[str], dict
 
 
 def _heldout_shift(scan: StoreScan) -> tuple[list[str], dict[str, float]]:
-    varying = scan.std > ZERO_STD
+    varying = scan.std >= ZERO_STD
     shift = float(np.median(np.abs(scan.moments_mean[varying]))) if varying.any() else 0.0
     spread = float(np.median(scan.moments_std[varying])) if varying.any() else 1.0
     low, high = HELDOUT_STD_RANGE
@@ -84,7 +83,7 @@ def _heldout_shift(scan: StoreScan) -> tuple[list[str], dict[str, float]]:
     if shift > HELDOUT_MAX_SHIFT or not low <= spread <= high:
         problems.append(
             f"{scan.label} ({scan.path}): held-out run normalized with the statistics of "
-            f"{', '.join(map(str, scan.attrs['stats_from']))} has median per-voxel mean "
+            f"{', '.join(scan.meta.stats_from)} has median per-voxel mean "
             f"{shift:.3g} and median std {spread:.3g} (expected near 0 and 1): it does not "
             "look like the runs its statistics came from (check the acquisition, or choose "
             "other runs with normalize.heldout)"
@@ -96,7 +95,7 @@ def _average_problems(scan: StoreScan, tolerance: float) -> tuple[list[str], dic
     mean_error = float(np.abs(scan.moments_mean).max(initial=0.0))
     max_std = float(scan.moments_std.max(initial=0.0))
     problems = []
-    if mean_error > tolerance and not scan.attrs.get("truncated"):
+    if mean_error > tolerance and not scan.meta.truncated:
         problems.append(
             f"{scan.label} ({scan.path}): per-voxel mean of the average is off 0 by up to "
             f"{mean_error:.3g} (checks.stats_tolerance {tolerance}): its subject stores "
@@ -111,10 +110,10 @@ def _average_problems(scan: StoreScan, tolerance: float) -> tuple[list[str], dic
 
 
 def _manifest_problems(scan: StoreScan, manifest: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    record = manifest.get(str(Path(scan.attrs["source_path"]).resolve()))
+    record = manifest.get(str(Path(scan.meta.source_path).resolve()))
     if record is None:
         return [
-            f"{scan.label} ({scan.path}): its source {scan.attrs['source_path']} is not in the "
+            f"{scan.label} ({scan.path}): its source {scan.meta.source_path} is not in the "
             "ingest manifest (rerun the workflow from ingest)"
         ]
     problems = []
@@ -177,9 +176,9 @@ def check_normalization(
                 f"{scan.label} ({scan.path}): data holds {scan.n_nonfinite} NaN/Inf values "
                 "(normalize.nonfinite: mask leaves such voxels out)"
             )
-        if int(scan.attrs["ddof"]) != ddof:
+        if scan.meta.ddof != ddof:
             fails.append(
-                f"{scan.label} ({scan.path}): normalized with ddof {scan.attrs['ddof']}, but "
+                f"{scan.label} ({scan.path}): normalized with ddof {scan.meta.ddof}, but "
                 f"normalize.ddof is {ddof} (rerun normalize)"
             )
         if scan.is_average:
@@ -188,7 +187,7 @@ def check_normalization(
                 fails += problems
                 values.update(numbers)
         else:
-            if scan.attrs.get("heldout"):
+            if scan.meta.heldout:
                 problems, numbers = _heldout_shift(scan)
                 warns += problems
             else:
@@ -201,14 +200,14 @@ def check_normalization(
             values["max_raw_error"] = raw_error
             if raw_error is None:
                 fails.append(
-                    f"{scan.label} ({scan.path}): its raw image {scan.attrs['source_path']} "
+                    f"{scan.label} ({scan.path}): its raw image {scan.meta.source_path} "
                     "cannot be read, so the saved statistics cannot be verified (was the "
                     "dataset moved? rerun the workflow from ingest)"
                 )
             elif raw_error > tolerance:
                 fails.append(
                     f"{scan.label} ({scan.path}): data * std + mean differs from the raw image "
-                    f"{scan.attrs['source_path']} by {raw_error:.3g} std at {where} "
+                    f"{scan.meta.source_path} by {raw_error:.3g} std at {where} "
                     f"(checks.stats_tolerance {tolerance}): the saved statistics are not the "
                     "ones the data was normalized with (rerun normalize)"
                 )

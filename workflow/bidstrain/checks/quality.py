@@ -34,13 +34,20 @@ METRICS = ("tsnr", "dvars", "zero_variance", "mask_fraction")
 MIN_RUNS = 3
 #: Smallest spread, as a share of the group median, that a deviation is measured against.
 RELATIVE_SCALE_FLOOR = 0.1
+#: A voxel counts as constant when its recovered raw std is at most this share of its raw
+#: level (and at least 1). Deliberately not :data:`bidstrain.store.ZERO_STD`: that absolute
+#: threshold applies to statistics computed from the raw values, whereas this std is
+#: recovered from the stored z-scores (float32 or less, summed in float64), whose rounding
+#: leaves a constant voxel of a held-out run (z-scored with other runs' statistics, so
+#: not written as 0) a std of about 1e-8 of its level rather than 0.
+CONSTANT_RELATIVE_STD = 1e-6
 
 
 def run_metrics(scan: StoreScan) -> dict[str, float]:
     """Quality metrics of one BOLD subject store (see the module docstring)."""
     raw_mean = scan.moments_mean * scan.std + scan.mean
     raw_std = scan.moments_std * scan.std
-    constant = raw_std <= 1e-6 * np.maximum(np.abs(raw_mean), 1.0)
+    constant = raw_std <= CONSTANT_RELATIVE_STD * np.maximum(np.abs(raw_mean), 1.0)
     tsnr = np.abs(raw_mean[~constant]) / raw_std[~constant]
     level = float(np.median(np.abs(raw_mean))) if raw_mean.size else float("nan")
     return {

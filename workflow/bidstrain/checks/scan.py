@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import nibabel as nib
 import numpy as np
 
-from bidstrain.store import open_store
+from bidstrain.store import StoreMeta, open_store, store_meta
 
 #: Float64 bytes per block of volumes read at a time.
 BLOCK_BYTES = 64 * 2**20
@@ -33,15 +32,15 @@ class StoreScan:
     Attributes
     ----------
     path : str
-    attrs : dict
+    meta : StoreMeta
         The store attributes.
     n_time, n_voxel : int
     grid_size : int
         Voxels of the 3D grid (``mask.size``).
     mean, std : ndarray
-        The saved statistics (float64), along ``attrs["stats_dim"]``.
+        The saved statistics (float64), along ``meta.stats_dim``.
     moments_mean, moments_std : ndarray
-        Mean and std (``attrs["ddof"]``) of ``data`` along the dimension the statistics
+        Mean and std (``meta.ddof``) of ``data`` along the dimension the statistics
         normalize over: over time per voxel when ``stats_dim`` is ``voxel``, over voxels
         per volume when it is ``time``; non-finite values left out.
     n_nonfinite : int
@@ -61,7 +60,7 @@ class StoreScan:
     """
 
     path: str
-    attrs: dict[str, Any]
+    meta: StoreMeta
     n_time: int
     n_voxel: int
     grid_size: int
@@ -78,27 +77,20 @@ class StoreScan:
 
     @property
     def modality(self) -> str:
-        return self.attrs["modality"]
+        return self.meta.modality
 
     @property
     def is_average(self) -> bool:
-        return "subjects" in self.attrs
+        return self.meta.is_average
 
     @property
     def label(self) -> str:
         """Who the store is about, for messages: ``sub-01 ses-1 task-rest run-1 bold``."""
-        entities = self.attrs.get("entities") or {}
-        who = (
-            ["average of sub-" + ",".join(self.attrs["subjects"])]
-            if self.is_average
-            else [f"sub-{self.attrs['subject']}"]
-        )
-        who += [f"{k}-{entities[k]}" for k in ("ses", "task", "run") if entities.get(k)]
-        return " ".join([*who, self.modality])
+        return self.meta.label()
 
     def raw(self, values: np.ndarray, volumes: slice | np.ndarray) -> np.ndarray:
         """Raw-scale values ``data * std + mean`` of ``values`` (volumes x sampled voxels)."""
-        if self.attrs["stats_dim"] == "voxel":
+        if self.meta.per_voxel:
             return values * self.std[self.head_voxels] + self.mean[self.head_voxels]
         return values * self.std[volumes, None] + self.mean[volumes, None]
 
@@ -128,10 +120,10 @@ def scan_store(path: str | Path, *, sample_voxels: int, seed: int = 0) -> StoreS
         When the store is missing or lacks variables or attributes of the layout.
     """
     ds = open_store(path, use_dask=False)
-    attrs = dict(ds.attrs)
+    meta = store_meta(ds)
     n_time, n_voxel = (int(n) for n in ds.data.shape)
-    ddof = int(attrs["ddof"])
-    per_voxel = attrs["stats_dim"] == "voxel"
+    ddof = meta.ddof
+    per_voxel = meta.per_voxel
     mean = ds["mean"].values.astype(np.float64)
     std = ds["std"].values.astype(np.float64)
     rng = np.random.default_rng(seed)
@@ -142,7 +134,7 @@ def scan_store(path: str | Path, *, sample_voxels: int, seed: int = 0) -> StoreS
     volume_moments = np.zeros((2, n_time))
     n_nonfinite = 0
     samples, head = [], None
-    bold = attrs["modality"] == "bold" and per_voxel
+    bold = meta.modality == "bold" and per_voxel
     dvars = np.zeros(max(n_time - 1, 0) if bold else 0)
     previous = None
     block = max(1, BLOCK_BYTES // (8 * max(n_voxel, 1)))
@@ -169,7 +161,7 @@ def scan_store(path: str | Path, *, sample_voxels: int, seed: int = 0) -> StoreS
     moments = _moments(voxel_sums[1], voxel_sums[2], voxel_sums[0], ddof)
     return StoreScan(
         path=str(path),
-        attrs=attrs,
+        meta=meta,
         n_time=n_time,
         n_voxel=n_voxel,
         grid_size=int(ds.mask.size),
@@ -200,5 +192,5 @@ def read_raw_volumes(path: str | Path, n_volumes: int) -> np.ndarray:
 
 def raw_head(scan: StoreScan) -> np.ndarray:
     """Raw image values at the scan's sampled voxels and first volumes (like ``scan.head``)."""
-    raw = read_raw_volumes(scan.attrs["source_path"], scan.head.shape[0])
+    raw = read_raw_volumes(scan.meta.source_path, scan.head.shape[0])
     return raw[(*scan.head_ijk, slice(0, scan.head.shape[0]))].T.astype(np.float64)

@@ -12,6 +12,7 @@ from bidstrain.normalize.bold import normalize_bold
 from bidstrain.normalize.heldout import normalize_with_stats
 from bidstrain.normalize.image import DEFAULT_MASKS, MASK_KEYS, ImageInfo, Options
 from bidstrain.normalize.volumes import normalize_volumes
+from bidstrain.store import StoreMeta
 
 log = logging.getLogger("bidstrain.normalize")
 
@@ -45,14 +46,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         attrs = normalize_bold(args.image, args.out, info, options)
     else:
         attrs = normalize_volumes(args.image, args.out, info, options)
+    meta = StoreMeta.from_attrs(attrs, args.out)
     log.info(
         "%s -> %s in %.1f s: %d zero-variance, %d non-finite, statistics from %s",
         args.image,
         args.out,
         time.perf_counter() - started,
-        attrs["n_zero_variance"],
-        attrs["n_nonfinite"],
-        ", ".join(attrs["stats_from"]),
+        meta.n_zero_variance,
+        meta.n_nonfinite,
+        ", ".join(meta.stats_from),
     )
 
 

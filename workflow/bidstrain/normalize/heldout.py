@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bidstrain.bids import BidsFile
 from bidstrain.errors import BidstrainError
+from bidstrain.grid import grid_mismatch
 from bidstrain.normalize.image import DEFAULT_OPTIONS, ImageInfo, Options
-from bidstrain.normalize.masking import AFFINE_TOLERANCE
 from bidstrain.normalize.moments import pool_moments
 from bidstrain.normalize.nifti_stream import NiftiLayout, read_layout
 from bidstrain.normalize.passes import (
@@ -20,44 +19,7 @@ from bidstrain.normalize.passes import (
     scan_image,
     write_voxel_zscored_store,
 )
-from bidstrain.store import open_store, to_grid
-
-
-def fitting_runs(
-    image: BidsFile,
-    candidates: Iterable[BidsFile],
-    is_heldout: Callable[[BidsFile], bool],
-    heldout: Mapping[str, Sequence[str]],
-) -> list[BidsFile]:
-    """The runs whose statistics a held-out run is normalized with.
-
-    The same subject's runs of the same task that are not held out: those of the same
-    session when there are any (same scanner set-up), else those of its other sessions.
-
-    Raises
-    ------
-    BidstrainError
-        When no such run is left, naming the subject and the ``normalize.heldout`` config.
-    """
-    task = image.entities.get("task")
-    same_task = [
-        run
-        for run in candidates
-        if run.subject == image.subject
-        and run.entities.get("task") == task
-        and run.path != image.path
-        and not is_heldout(run)
-    ]
-    same_session = [run for run in same_task if run.session == image.session]
-    if not same_task:
-        raise BidstrainError(
-            f"held-out run has no task-{task} run left to fit statistics on: config "
-            f"normalize.heldout {dict(heldout)} selects every such run of sub-{image.subject} "
-            "(hold out fewer runs, or leave the subject out with exclude_participant_label)",
-            path=image.path,
-            subject=image.subject,
-        )
-    return same_session or same_task
+from bidstrain.store import open_store, read_meta, store_meta, to_grid
 
 
 def pooled_statistics(
@@ -83,21 +45,21 @@ def pooled_statistics(
     if not stats_stores:
         raise BidstrainError("no store to take statistics from", path=layout.path, subject=subject)
     datasets = [open_store(path) for path in stats_stores]
+    metas = [store_meta(ds) for ds in datasets]
     mask = np.ones(layout.shape, dtype=bool)
-    for path, ds in zip(stats_stores, datasets, strict=True):
-        if ds.attrs["stats_dim"] != "voxel":
+    for path, ds, meta in zip(stats_stores, datasets, metas, strict=True):
+        if not meta.per_voxel:
             raise BidstrainError(
-                f"store has per-{ds.attrs['stats_dim']} statistics; a run can only be "
+                f"store has per-{meta.stats_dim} statistics; a run can only be "
                 "normalized with the per-voxel statistics of BOLD stores",
                 path=path,
                 subject=subject,
             )
-        affine = np.asarray(ds.attrs["affine"], dtype=np.float64)
-        difference = float(np.abs(affine - layout.affine).max())
-        if ds.mask.shape != layout.shape or difference > AFFINE_TOLERANCE:
+        mismatch = grid_mismatch(ds.mask.shape, meta.affine, layout.shape, layout.affine)
+        if mismatch:
             raise BidstrainError(
-                f"store grid {ds.mask.shape} (affine difference {difference:.3g}) differs "
-                f"from {layout.path} {layout.shape}: statistics only apply on the same grid",
+                f"store is not on the grid of {layout.path}: {mismatch}; statistics only "
+                "apply on the same grid",
                 path=path,
                 subject=subject,
             )
@@ -110,13 +72,13 @@ def pooled_statistics(
         )
     shared = np.nonzero(mask)
     counts, means, variances, ddofs, sources = [], [], [], [], []
-    for ds in datasets:
+    for ds, meta in zip(datasets, metas, strict=True):
         grid = to_grid(ds, np.stack([ds["mean"].values, ds["std"].values]), fill=np.nan)
         counts.append(ds.sizes["time"])
         means.append(grid[0][shared])
         variances.append(grid[1][shared].astype(np.float64) ** 2)
-        ddofs.append(int(ds.attrs["ddof"]))
-        sources.extend(ds.attrs["stats_from"])
+        ddofs.append(meta.ddof)
+        sources.extend(meta.stats_from)
     mean, variance = pool_moments(counts, means, variances, ddofs, ddof)
     return mask, mean, np.sqrt(variance), sources
 
@@ -159,7 +121,7 @@ def normalize_with_stats(
         The store's attributes.
     """
     if info is None:
-        tr = open_store(stats_stores[0]).attrs["repetition_time"] if stats_stores else None
+        tr = read_meta(stats_stores[0]).repetition_time if stats_stores else None
         info = ImageInfo.from_name(nifti_path, tr)
     layout = read_layout(nifti_path, info.subject)
     mask, mean, std, sources = pooled_statistics(stats_stores, layout, options.ddof, info.subject)

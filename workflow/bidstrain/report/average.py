@@ -11,7 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from bidstrain.report.figure import MAX_LISTED, new_figure, slice_row
-from bidstrain.store import to_grid
+from bidstrain.store import store_meta, to_grid
 
 #: With more subjects than :data:`MAX_LISTED`, the lowest correlations listed by name.
 N_LOWEST = 10
@@ -20,12 +20,6 @@ N_LOWEST = 10
 def time_course(ds: xr.Dataset) -> np.ndarray:
     """Mean over the store's mask of every volume (float64, one value per time point)."""
     return ds["data"].mean("voxel", dtype=np.float64).values
-
-
-def store_label(ds: xr.Dataset) -> str:
-    """``sub-<label>`` with ``ses-<label>`` when the store has a session."""
-    session = ds.attrs.get("session")
-    return f"sub-{ds.attrs['subject']}" + (f" ses-{session}" if session else "")
 
 
 def subject_correlations(group_course: np.ndarray, courses: Sequence[np.ndarray]) -> np.ndarray:
@@ -61,7 +55,7 @@ def average_figure(group: xr.Dataset, subjects: Sequence[xr.Dataset], title: str
         Up to :data:`MAX_LISTED` subjects get a bar each; with more, a histogram of the
         correlations and the :data:`N_LOWEST` lowest by name.
     """
-    labels = [store_label(ds) for ds in subjects]
+    labels = [store_meta(ds).label(full=False) for ds in subjects]
     group_course = time_course(group)
     courses = [time_course(ds) for ds in subjects]
     correlations = subject_correlations(group_course, courses)

@@ -16,7 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from bidstrain.report.figure import new_figure, slice_row
-from bidstrain.store import to_grid
+from bidstrain.store import store_meta, to_grid
 
 #: Voxels drawn in histograms and carpet plots (a random sample, fixed seed).
 SAMPLE_VOXELS = 2000
@@ -67,22 +67,23 @@ def normalization_figure(
         volume (T1w, DWI): raw and normalized temporal-mean maps and the per-volume mean
         and std. Carpet plots whenever the store has more than one volume.
     """
-    per_voxel = ds.attrs["stats_dim"] == "voxel"
+    meta = store_meta(ds)
+    per_voxel = meta.per_voxel
     n_time, n_voxel = ds["data"].shape
     sample = sample_voxels(n_voxel, n_sample)
     normalized = ds["data"].isel(voxel=sample).values.astype(np.float32)
     raw = raw_values(ds.isel(voxel=sample)).transpose("time", "voxel").values.astype(np.float32)
     mask = ds["mask"].values
-    name = Path(ds.attrs["source_path"]).name
+    name = Path(meta.source_path).name
     title = title or f"Normalization of {name}"
     heights = {"hist": 2.6, "maps": 2.3, "volumes": 2.3, "carpet": 3.0}
     details = (
-        f"{ds.attrs['modality']}, sub-{ds.attrs['subject']}: {n_time} "
+        f"{meta.modality}, sub-{meta.subject}: {n_time} "
         f"volume{'s' if n_time > 1 else ''} x {n_voxel} voxels in the mask, "
-        f"{ds.attrs['n_zero_variance']} zero-variance, {ds.attrs.get('n_nonfinite', 0)} "
+        f"{meta.n_zero_variance} zero-variance, {meta.n_nonfinite} "
         f"non-finite; statistics per {'voxel' if per_voxel else 'volume'}"
     )
-    fitted_on = [Path(p).name for p in ds.attrs["stats_from"]]
+    fitted_on = [Path(p).name for p in meta.stats_from]
     if fitted_on and name not in fitted_on:
         details += f"\nheld out: statistics fitted on {', '.join(fitted_on)}"
     if per_voxel:
