@@ -12,7 +12,6 @@ fresh process so that no cache is shared, and the median wall time is reported.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow"))
+
+from bidstrain.demo import make_empty_dataset  # noqa: E402
 
 # name -> (imports, the statement timed); ROOT is the dataset root.
 METHODS = {
@@ -37,38 +39,6 @@ METHODS = {
         " 'wildcards': ['subject', 'session']}})",
     ),
 }
-
-
-def make_tree(root: Path, n_subjects: int) -> Path:
-    """Write an empty-file BIDS tree of ``n_subjects`` subjects."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "dataset_description.json").write_text(
-        json.dumps({"Name": "bench", "BIDSVersion": "1.9.0"})
-    )
-    (root / "task-rest_bold.json").write_text(json.dumps({"RepetitionTime": 2.0}))
-    (root / "participants.tsv").write_text(
-        "participant_id\n" + "".join(f"sub-{n:04d}\n" for n in range(n_subjects))
-    )
-    for n in range(n_subjects):
-        sub = f"sub-{n:04d}"
-        files = [
-            f"anat/{sub}_T1w.nii.gz",
-            f"anat/{sub}_T1w.json",
-            f"dwi/{sub}_dwi.nii.gz",
-            f"dwi/{sub}_dwi.json",
-            f"dwi/{sub}_dwi.bval",
-            f"dwi/{sub}_dwi.bvec",
-        ]
-        for run in (1, 2):
-            files += [
-                f"func/{sub}_task-rest_run-{run}_bold.nii.gz",
-                f"func/{sub}_task-rest_run-{run}_bold.json",
-            ]
-        for name in files:
-            path = root / sub / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("{}" if name.endswith(".json") else "")
-    return root
 
 
 def time_in_subprocess(imports: str, statement: str, root: Path) -> float:
@@ -119,7 +89,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        root = make_tree(Path(tmp) / "bids", args.subjects)
+        root = make_empty_dataset(Path(tmp) / "bids", args.subjects)
         bare = Path(tmp) / "Snakefile.bare"
         bare.write_text(BARE_SNAKEFILE)
         subjects = ",".join(f"{n:04d}" for n in range(args.subjects))

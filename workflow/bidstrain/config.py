@@ -211,6 +211,8 @@ class Config:
     exclude_participant_label: tuple[str, ...]
     modalities: tuple[str, ...]
     tasks: tuple[str, ...]
+    echo: int | None
+    part: str | None
     ingest: IngestConfig
     normalize: NormalizeConfig
     average: AverageConfig

@@ -235,6 +235,47 @@ def make_demo(root: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
     return root
 
 
+def make_empty_dataset(root: str | Path, n_subjects: int) -> Path:
+    """Write a BIDS tree of empty image files, for planning and dry runs at scale.
+
+    Per subject ``sub-NNNN`` (zero-padded to four digits): a T1w, two BOLD runs of task
+    ``rest`` and a DWI, with sidecars and ``.bval``/``.bvec``. No image can be opened:
+    only what reads no voxel (the index, the plan, a Snakemake dry run) works on it.
+
+    Parameters
+    ----------
+    root : str or Path
+        Dataset root (created).
+    n_subjects : int
+        Number of subjects.
+
+    Returns
+    -------
+    Path
+        ``root``.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": "empty", "BIDSVersion": "1.9.0"})
+    )
+    (root / "task-rest_bold.json").write_text(json.dumps({"RepetitionTime": 2.0}))
+    (root / "participants.tsv").write_text(
+        "participant_id\n" + "".join(f"sub-{n:04d}\n" for n in range(n_subjects))
+    )
+    for n in range(n_subjects):
+        sub = f"sub-{n:04d}"
+        files = [f"anat/{sub}_T1w.nii.gz", f"anat/{sub}_T1w.json"]
+        files += [f"dwi/{sub}_dwi{ext}" for ext in (".nii.gz", ".json", ".bval", ".bvec")]
+        for run in (1, 2):
+            files += [f"func/{sub}_task-rest_run-{run}_bold{ext}" for ext in (".nii.gz", ".json")]
+        for name in files:
+            path = root / sub / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("{}" if name.endswith(".json") else "")
+    return root
+
+
 def _shape(text: str) -> tuple[int, int, int]:
     parts = tuple(int(x) for x in text.lower().split("x"))
     if len(parts) != 3:

@@ -49,6 +49,8 @@ def ingest_record(subject: str) -> str:
 def store_prefix(image: BidsFile) -> str:
     """The ``{prefix}`` of an image's store: its BIDS path without suffix, extension and
     ``desc`` (a derivative's ``desc-preproc`` gives way to the store's own ``desc``)."""
+    if "desc" not in image.entities:
+        return image.prefix
     entities = {key: value for key, value in image.entities.items() if key != "desc"}
     return bids_path(suffix="", datatype=image.datatype, **entities)[:-1]
 

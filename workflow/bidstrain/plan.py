@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bidstrain import paths
-from bidstrain.bids import BidsFile, BidsIndex
+from bidstrain.bids import BidsFile, BidsIndex, select_echo, select_part
 from bidstrain.config import Config
 from bidstrain.errors import BidstrainError
 from bidstrain.normalize.masking import is_pattern, resolve_pattern
@@ -112,23 +112,23 @@ class Plan:
         images = {m: tuple(_select(index, config, m)) for m in MODALITIES}
         subjects = tuple(sorted({image.subject for group in images.values() for image in group}))
         _require_images(index, config, subjects)
-        heldout = tuple(image for image in images["bold"] if _is_heldout(image, config))
-        jobs = {m: _normalize_jobs(config, images[m], heldout) for m in MODALITIES}
-        averages = _average_groups(images["bold"]) if config.average.mode == "cross_subject" else ()
-        train_stores = {
-            "T1w": tuple(paths.normalized_store(image) for image in images["T1w"]),
-            "dwi": tuple(paths.normalized_store(image) for image in images["dwi"]),
-            "bold": _bold_stores(config, images["bold"], heldout, averages, validation=False),
+        jobs = {m: _normalize_jobs(config, images[m]) for m in MODALITIES}
+        bold = list(jobs["bold"].values())
+        averages = _average_groups(bold) if config.average.mode == "cross_subject" else ()
+        training = {
+            "T1w": tuple(job.store for job in jobs["T1w"].values()),
+            "dwi": tuple(job.store for job in jobs["dwi"].values()),
+            "bold": _bold_stores(bold, averages, validation=False),
         }
-        validation = {"bold": _bold_stores(config, images["bold"], heldout, averages, True)}
+        validation = {"bold": _bold_stores(bold, averages, validation=True)}
         return cls(
             config=config,
             images=images,
             subjects=subjects,
             jobs=jobs,
-            heldout_names=_heldout_names(heldout, images["bold"]),
+            heldout_names=_heldout_names(bold),
             averages=averages,
-            training={m: s for m, s in train_stores.items() if s},
+            training={m: s for m, s in training.items() if s},
             validation={m: s for m, s in validation.items() if s},
             gpus=config.train.gpus if gpus is None else gpus,
             nodes=1 if nodes is None else nodes,
@@ -294,7 +294,8 @@ def _lines(arguments: Iterable[str]) -> str:
 def _select(index: BidsIndex, config: Config, modality: str) -> list[BidsFile]:
     if modality not in config.modalities:
         return []
-    return index.select(modality, task=config.tasks if modality == "bold" else ())
+    images = index.select(modality, task=config.tasks if modality == "bold" else ())
+    return select_echo(select_part(images, config.part), config.echo)
 
 
 def _require_images(index: BidsIndex, config: Config, subjects: Sequence[str]) -> None:
@@ -307,8 +308,7 @@ def _require_images(index: BidsIndex, config: Config, subjects: Sequence[str]) -
         )
 
 
-def _is_heldout(image: BidsFile, config: Config) -> bool:
-    heldout = config.normalize.heldout
+def _is_heldout(image: BidsFile, heldout: Mapping[str, Sequence[str]]) -> bool:
     return bool(heldout) and all(
         image.entities.get(key) in values for key, values in heldout.items()
     )
@@ -355,41 +355,42 @@ def _mask(config: Config, image: BidsFile) -> str:
     return resolve_pattern(option, image.entities, config.bids_dir, MASK_KEYS[image.suffix])
 
 
-def _normalize_jobs(
-    config: Config, images: Sequence[BidsFile], heldout: Sequence[BidsFile]
-) -> dict[str, NormalizeJob]:
-    held = {image.path for image in heldout}
+def _normalize_jobs(config: Config, images: Sequence[BidsFile]) -> dict[str, NormalizeJob]:
+    """The normalize job of every image, by store prefix; held-out BOLD runs take their
+    statistics from the subject's other runs (:func:`fitting_runs`)."""
+    selection = config.normalize.heldout
+    prefixes = [paths.store_prefix(image) for image in images]
+    stores = {
+        str(image.path): paths.normalized_store_at(prefix, image.suffix)
+        for image, prefix in zip(images, prefixes, strict=True)
+    }
+    heldout = [image.suffix == "bold" and _is_heldout(image, selection) for image in images]
     training_runs: dict[str, list[BidsFile]] = {}
-    for image in images:
-        if image.path not in held:
+    for image, held in zip(images, heldout, strict=True):
+        if not held:
             training_runs.setdefault(image.subject, []).append(image)
     jobs = {}
-    for image in images:
+    for image, prefix, held in zip(images, prefixes, heldout, strict=True):
         stats_from = ()
-        if image.path in held:
-            runs = fitting_runs(
-                image, training_runs.get(image.subject, []), config.normalize.heldout
-            )
-            stats_from = tuple(paths.normalized_store(run) for run in runs)
-        jobs[paths.store_prefix(image)] = NormalizeJob(
-            image, paths.normalized_store(image), _mask(config, image), stats_from
+        if held:
+            runs = fitting_runs(image, training_runs.get(image.subject, []), selection)
+            stats_from = tuple(stores[str(run.path)] for run in runs)
+        jobs[prefix] = NormalizeJob(
+            image, stores[str(image.path)], _mask(config, image), stats_from
         )
     return jobs
 
 
-def _heldout_names(heldout: Sequence[BidsFile], bold: Sequence[BidsFile]) -> tuple[str, ...]:
+def _heldout_names(bold: Sequence[NormalizeJob]) -> tuple[str, ...]:
     """The distinct names (after ``sub-<label>_``) of held-out store prefixes.
 
     A held-out selection is a predicate on entities, so a name held out for one subject
     is held out for every subject; a selection by subject (``sub``) would break that and
     is refused.
     """
-    names = {_name_after_subject(image) for image in heldout}
-    held = {image.path for image in heldout}
+    names = {_name_after_subject(job.store) for job in bold if job.heldout}
     clash = sorted(
-        paths.store_prefix(image)
-        for image in bold
-        if image.path not in held and _name_after_subject(image) in names
+        job.store for job in bold if not job.heldout and _name_after_subject(job.store) in names
     )
     if clash:
         raise BidstrainError(
@@ -399,31 +400,28 @@ def _heldout_names(heldout: Sequence[BidsFile], bold: Sequence[BidsFile]) -> tup
     return tuple(sorted(names))
 
 
-def _name_after_subject(image: BidsFile) -> str:
-    return Path(paths.store_prefix(image)).name.split("_", 1)[1]
+def _name_after_subject(store: str) -> str:
+    """``task-rest_run-2`` of ``.../sub-01_task-rest_run-2_desc-zscore_bold.zarr``."""
+    name = store.rsplit("/", 1)[-1]
+    return name[name.index("_") + 1 : name.rindex(f"_desc-{paths.NORMALIZED_DESC}_")]
 
 
-def _average_groups(bold: Sequence[BidsFile]) -> tuple[AverageGroup, ...]:
+def _average_groups(bold: Sequence[NormalizeJob]) -> tuple[AverageGroup, ...]:
     members: dict[str, list[str]] = {}
-    for image in bold:
-        name = paths.average_name(image.entities.get("task", ""), image.entities.get("run", ""))
-        members.setdefault(name, []).append(paths.normalized_store(image))
+    for job in bold:
+        entities = job.image.entities
+        name = paths.average_name(entities.get("task", ""), entities.get("run", ""))
+        members.setdefault(name, []).append(job.store)
     return tuple(AverageGroup(name, tuple(stores)) for name, stores in sorted(members.items()))
 
 
 def _bold_stores(
-    config: Config,
-    bold: Sequence[BidsFile],
-    heldout: Sequence[BidsFile],
-    averages: Sequence[AverageGroup],
-    validation: bool,
+    bold: Sequence[NormalizeJob], averages: Sequence[AverageGroup], validation: bool
 ) -> tuple[str, ...]:
     """BOLD stores training (or validation) reads: the average stores of its runs in
-    cross_subject mode, else the subject stores."""
-    held = {image.path for image in heldout}
-    runs = [image for image in bold if (image.path in held) == validation]
-    stores = [paths.normalized_store(image) for image in runs]
-    if config.average.mode != "cross_subject":
+    cross_subject mode (when there are averages), else the subject stores."""
+    stores = [job.store for job in bold if job.heldout == validation]
+    if not averages:
         return tuple(stores)
     wanted = set(stores)
-    return tuple(group.store for group in averages if wanted & set(group.members))
+    return tuple(group.store for group in averages if not wanted.isdisjoint(group.members))

@@ -1,0 +1,86 @@
+"""The config: the schema is the one source of keys and defaults; the typed sections
+name the same keys; each train key's role is declared once."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+from bidstrain.config import Config, TrainConfig, train_keys, validate_config
+from bidstrain.errors import BidstrainError
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "config" / "schema.yaml"
+
+
+def _schema_keys(schema: dict) -> dict:
+    """{key: nested keys or None} of an object schema, down to the typed sections."""
+    return {
+        key: _schema_keys(sub) if sub.get("type") == "object" and "properties" in sub else None
+        for key, sub in schema["properties"].items()
+    }
+
+
+def _dataclass_keys(cls: type) -> dict:
+    hints = typing.get_type_hints(cls)
+    return {
+        f.name: _dataclass_keys(hints[f.name]) if dataclasses.is_dataclass(hints[f.name]) else None
+        for f in dataclasses.fields(cls)
+    }
+
+
+def _depth2(keys: dict) -> dict:
+    """Keys of the top level and of each section (nested objects inside a section, such
+    as train.loss, stay mappings in the dataclasses)."""
+    return {key: sorted(value) if value else None for key, value in keys.items()}
+
+
+def test_typed_sections_name_exactly_the_schema_keys():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    assert _depth2(_dataclass_keys(Config)) == _depth2(_schema_keys(schema))
+
+
+def test_defaults_live_in_the_schema_and_fill_a_minimal_config():
+    config = validate_config({"bids_dir": "/data"}, SCHEMA)
+    typed = Config.from_dict(config)
+    assert typed.normalize.ddof == 1 and typed.train.shapes["bold"] == (24, 24, 24)
+    assert typed.normalize.mask_option("T1w") == "head"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        typed.train.lr = 1.0  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        typed.train.shapes["bold"] = (1, 1, 1)  # type: ignore[index]
+
+
+def test_config_yaml_sets_only_schema_keys_and_says_what_each_section_is():
+    validate_config(yaml.safe_load((REPO / "config" / "config.yaml").read_text()), SCHEMA)
+
+
+def test_a_bad_value_names_its_key():
+    with pytest.raises(BidstrainError, match=r"config key 'normalize.ddof': 'one' is not"):
+        validate_config({"bids_dir": "/d", "normalize": {"ddof": "one"}}, SCHEMA)
+    with pytest.raises(BidstrainError, match=r"config key 'train.typo'"):
+        validate_config({"bids_dir": "/d", "train": {"typo": 1}}, SCHEMA)
+
+
+def test_train_key_roles_are_declared_once():
+    assert set(train_keys("resource")) == {"gpus", "runtime", "mem_mb", "cpus"}
+    assert {"batch_size", "epochs", "shapes", "loss"} <= set(train_keys("checked"))
+    assert "lr" not in train_keys("checked")
+    hashed = set(train_keys("hashed"))
+    assert {"lr", "shapes", "embed_dim"} <= hashed
+    assert hashed.isdisjoint({"experiment", "gpus", "runtime", "log_every", "num_workers"})
+    every = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert hashed | set(train_keys("resource")) | set(train_keys("run")) == every
+    with pytest.raises(ValueError):
+        train_keys("typo")
+
+
+def test_train_settings_leave_out_job_resources():
+    train = Config.from_dict(validate_config({"bids_dir": "/d"}, SCHEMA)).train
+    settings = train.settings()
+    assert "mem_mb" not in settings and "gpus" not in settings
+    assert settings["shapes"]["T1w"] == [32, 32, 32]  # plain JSON types
+    assert set(train.checked()) == set(train_keys("checked"))

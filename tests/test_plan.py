@@ -1,0 +1,189 @@
+"""The plan: what the workflow builds, decided without Snakemake."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from bidstrain import paths
+from bidstrain.bids import BidsFile, BidsIndex
+from bidstrain.config import Config, validate_config
+from bidstrain.demo import make_empty_dataset
+from bidstrain.errors import BidstrainError
+from bidstrain.plan import Plan, fitting_runs, write_if_changed
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def typed_config(bids_dir: Path, **overrides) -> Config:
+    """The repository's config.yaml pointed at ``bids_dir``, sections updated by
+    ``overrides`` (``normalize={"heldout": {}}`` replaces that key of the section)."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["bids_dir"] = str(bids_dir)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key].update(value)
+        else:
+            config[key] = value
+    return Config.from_dict(validate_config(config, REPO / "config" / "schema.yaml"))
+
+
+def plan_of(bids_dir: Path, **overrides) -> Plan:
+    config = typed_config(bids_dir, **overrides)
+    return Plan.build(config, BidsIndex.build(bids_dir))
+
+
+def test_demo_plan_selects_every_image_and_holds_out_run_2(demo_bids):
+    plan = plan_of(demo_bids)
+    # 3 subjects, the last with two sessions: 4 T1w, 4 DWI, 8 BOLD runs
+    assert {m: len(images) for m, images in plan.images.items()} == {"T1w": 4, "bold": 8, "dwi": 4}
+    assert plan.subjects == ("01", "02", "03")
+    heldout = sorted(job.store for job in plan.jobs["bold"].values() if job.heldout)
+    assert heldout == [
+        "results/normalized/sub-01/func/sub-01_task-rest_run-2_desc-zscore_bold.zarr",
+        "results/normalized/sub-02/func/sub-02_task-rest_run-2_desc-zscore_bold.zarr",
+        "results/normalized/sub-03/ses-1/func/sub-03_ses-1_task-rest_run-2_desc-zscore_bold.zarr",
+        "results/normalized/sub-03/ses-2/func/sub-03_ses-2_task-rest_run-2_desc-zscore_bold.zarr",
+    ]
+    # each held-out run is normalized with its own session's training run
+    job = plan.job("sub-03/ses-2/func/sub-03_ses-2_task-rest_run-2", "bold")
+    assert job.stats_from == (
+        "results/normalized/sub-03/ses-2/func/sub-03_ses-2_task-rest_run-1_desc-zscore_bold.zarr",
+    )
+    assert job.inputs()["stats"] == list(job.stats_from)
+    assert all(not j.stats_from for j in plan.jobs["T1w"].values())
+
+
+def test_heldout_pattern_matches_exactly_the_heldout_prefixes(demo_bids):
+    plan = plan_of(demo_bids)
+    pattern = re.compile(plan.heldout_prefix_pattern)
+    for prefix, job in plan.jobs["bold"].items():
+        assert bool(pattern.fullmatch(prefix)) == job.heldout, prefix
+    assert plan.heldout_names == (
+        "ses-1_task-rest_run-2",
+        "ses-2_task-rest_run-2",
+        "task-rest_run-2",
+    )
+    assert plan_of(demo_bids, normalize={"heldout": {}}).heldout_prefix_pattern is None
+
+
+def test_average_groups_and_store_lists_follow_the_mode(demo_bids):
+    plan = plan_of(demo_bids)
+    assert [group.name for group in plan.averages] == ["task-rest_run-1", "task-rest_run-2"]
+    run1 = plan.averages[0]
+    assert run1.store == "results/average/task-rest_run-1_desc-average_bold.zarr"
+    assert len(run1.members) == 4 and all("run-1" in m for m in run1.members)
+    assert plan.training["bold"] == (run1.store,)
+    assert plan.validation == {"bold": (plan.averages[1].store,)}
+    assert plan.training["T1w"] == tuple(plan.stores("T1w"))
+    per_subject = plan_of(demo_bids, average={"mode": "per_subject"})
+    assert per_subject.averages == ()
+    assert len(per_subject.training["bold"]) == 4 and len(per_subject.validation["bold"]) == 4
+    assert set(per_subject.training["bold"]).isdisjoint(per_subject.validation["bold"])
+
+
+def test_modalities_off_leave_no_stores(demo_bids):
+    plan = plan_of(demo_bids, modalities=["bold"])
+    assert set(plan.training) == {"bold"} and plan.stores("T1w") == []
+    figures = [figure for figure in plan.report_figures if "/normalize/" in figure]
+    assert len(figures) == 8 and all(figure.endswith("_bold.png") for figure in figures)
+
+
+def test_masks_are_keywords_or_the_files_a_pattern_names(demo_bids):
+    pattern = "{bids_dir}/derivatives/masks/sub-{subject}_task-{task}_run-{run}_mask.nii.gz"
+    plan = plan_of(demo_bids, normalize={"mask": pattern})
+    job = plan.job("sub-01/func/sub-01_task-rest_run-1", "bold")
+    assert job.mask == f"{demo_bids}/derivatives/masks/sub-01_task-rest_run-1_mask.nii.gz"
+    assert job.inputs()["mask"] == [job.mask]
+    assert plan.job("sub-01/anat/sub-01", "T1w").mask == "head"
+    assert plan.job("sub-01/dwi/sub-01", "dwi").inputs()["mask"] == []
+    with pytest.raises(BidstrainError, match=r"normalize.t1w_mask.*\{task\}"):
+        plan_of(demo_bids, normalize={"t1w_mask": "{bids_dir}/{task}.nii.gz"})
+
+
+def test_gpus_from_the_profile_decide_the_world_size(demo_bids):
+    config = typed_config(demo_bids)
+    index = BidsIndex.build(demo_bids)
+    assert Plan.build(config, index).world_size == 1  # train.gpus: 0, CPU
+    plan = Plan.build(config, index, gpus=2)
+    assert (plan.gpus, plan.world_size) == (2, 2)
+    assert "--nproc_per_node=2" in plan.train_launcher
+    assert Plan.build(config, index, gpus=4, nodes=2).world_size == 8
+    assert json.loads(plan.files()[paths.PLAN_STORES])["world_size"] == 2
+
+
+def test_plan_files_hold_the_lists_and_are_rewritten_only_when_they_change(demo_bids, tmp_path):
+    plan = plan_of(demo_bids)
+    files = {str(tmp_path / path): content for path, content in plan.files().items()}
+    assert sorted(write_if_changed(files)) == sorted(files)
+    stores = json.loads(Path(tmp_path / paths.PLAN_STORES).read_text())
+    assert stores["validation"] == {"bold": list(plan.validation["bold"])}
+    checks_args = Path(tmp_path / paths.PLAN_CHECKS_ARGS).read_text().splitlines()
+    assert checks_args[0] == "--training" and "--subject-stores" in checks_args
+    assert set(plan.normalized_stores) <= set(checks_args)
+    members = Path(tmp_path / plan.averages[0].members_file).read_text().splitlines()
+    assert members == list(plan.averages[0].members)
+    before = {path: os.stat(path).st_mtime_ns for path in files}
+    assert write_if_changed(files) == []
+    assert {path: os.stat(path).st_mtime_ns for path in files} == before
+    changed = {next(iter(files)): "other\n"}
+    assert write_if_changed(changed) == list(changed)
+
+
+def test_a_selection_leaving_no_run_to_fit_on_names_the_subject(demo_bids):
+    with pytest.raises(BidstrainError, match=r"sub-01.*normalize.heldout"):
+        plan_of(demo_bids, normalize={"heldout": {"run": ["1", "2"]}})
+
+
+def test_a_heldout_selection_by_subject_is_refused(tmp_path):
+    root = make_empty_dataset(tmp_path / "bids", 3)
+    with pytest.raises(BidstrainError, match="entities other than the subject"):
+        plan_of(root, normalize={"heldout": {"sub": ["0001"], "run": ["2"]}})
+
+
+def _bold(sub: str, run: str, ses: str | None = None) -> BidsFile:
+    entities = {"sub": sub, **({"ses": ses} if ses else {}), "task": "rest", "run": run}
+    return BidsFile(
+        Path(f"/d/sub-{sub}_{ses}_run-{run}_bold.nii.gz"), entities, "func", "bold", ".nii.gz"
+    )
+
+
+def test_fitting_runs_prefer_the_session_and_fail_when_nothing_is_left():
+    training = [_bold("01", "1", s) for s in ("1", "2")]
+    assert fitting_runs(_bold("01", "2", "2"), training, {"run": ["2"]}) == [training[1]]
+    assert fitting_runs(_bold("01", "2", "3"), training, {"run": ["2"]}) == training
+    with pytest.raises(BidstrainError, match=r"sub-02.*normalize.heldout \{'run': \['2'\]\}"):
+        fitting_runs(_bold("02", "2"), [], {"run": ["2"]})
+
+
+def test_a_subject_without_images_is_named(demo_bids, tmp_path):
+    root = make_empty_dataset(tmp_path / "bids", 2)
+    (root / "sub-0002").mkdir()
+    with pytest.raises(BidstrainError, match=r"sub-0002.*exclude_participant_label"):
+        plan_of(root)
+
+
+def _plan_seconds(root: Path) -> float:
+    config = typed_config(root)
+    index = BidsIndex.build(root)
+    best = float("inf")
+    for _ in range(3):
+        start = time.process_time()
+        plan = Plan.build(config, index)
+        plan.files(), plan.report_figures
+        best = min(best, time.process_time() - start)
+    return best
+
+
+@pytest.mark.slow
+def test_plan_time_grows_linearly_with_subjects(tmp_path):
+    """2,000 to 10,000 subjects (5x): the plan's CPU time grows at most 7x (nothing
+    quadratic). CPU time, best of three: another process on the machine does not count."""
+    small = _plan_seconds(make_empty_dataset(tmp_path / "small", 2000))
+    large = _plan_seconds(make_empty_dataset(tmp_path / "large", 10000))
+    assert large < 7 * small, (small, large)
