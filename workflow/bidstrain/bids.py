@@ -29,6 +29,7 @@ ENTITY_ORDER = (
     "sub ses sample task tracksys acq nuc voi ce trc stain rec dir run mod echo flip inv mt "
     "part proc hemi space split recording chunk seg res den label desc"
 ).split()
+_ENTITY_RANK = {key: rank for rank, key in enumerate(ENTITY_ORDER)}
 DATATYPES = frozenset("anat func dwi fmap perf eeg meg ieeg beh pet micr nirs motion mrs".split())
 IMAGE_EXTENSIONS = (".nii.gz", ".nii")
 SKIPPED_TOP_LEVEL = frozenset({"derivatives", "sourcedata", "code", "stimuli", "phenotype"})
@@ -135,8 +136,7 @@ def bids_name(*, suffix: str, extension: str = "", **entities: str | None) -> st
     'task-rest_run-1_bold.zarr'
     """
     present = {key: value for key, value in entities.items() if value not in (None, "")}
-    known = [key for key in ENTITY_ORDER if key in present]
-    ordered = known + [key for key in present if key not in ENTITY_ORDER]
+    ordered = sorted(present, key=lambda key: _ENTITY_RANK.get(key, len(_ENTITY_RANK)))
     return "_".join([f"{key}-{present[key]}" for key in ordered] + [suffix]) + extension
 
 

@@ -13,14 +13,13 @@ nibabel, zarr and isal, and nilearn only to compute an ``epi`` mask.
 """
 
 from bidstrain.normalize.bold import normalize_bold
-from bidstrain.normalize.heldout import fitting_runs, normalize_with_stats, pooled_statistics
+from bidstrain.normalize.heldout import normalize_with_stats, pooled_statistics
 from bidstrain.normalize.image import ImageInfo, Options
 from bidstrain.normalize.volumes import normalize_volumes
 
 __all__ = [
     "ImageInfo",
     "Options",
-    "fitting_runs",
     "normalize_bold",
     "normalize_volumes",
     "normalize_with_stats",
