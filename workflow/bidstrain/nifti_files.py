@@ -14,7 +14,9 @@ Checked from the header and the file's size, without decompressing, whenever pos
     holds the last member's size only. The file is then decompressed once (isal, without
     keeping the output): it is rejected only when the stream ends before the data block
     does (saying how many bytes are missing) or is corrupt (a CRC, length or deflate
-    error, or a member cut short).
+    error, a member cut short, bytes that are not gzip data after the last member).
+    When the trailer agrees, the CRC is not checked here: the normalize stage checks it
+    as it streams the file (:mod:`bidstrain.normalize.nifti_stream`).
 """
 
 from __future__ import annotations
@@ -114,8 +116,8 @@ def check_complete(path: str | Path, img: nib.Nifti1Image, subject: str | None =
 def gzip_stream_size(path: str | Path, needed: int = 0, subject: str | None = None) -> int:
     """Decompress every gzip member of ``path`` (discarding the output); return its size.
 
-    Zero bytes after the last member are padding; other bytes there are ignored with a
-    warning (as ``gzip -d`` does).
+    Zero bytes after the last member are padding; other bytes there are an error, as
+    for the gzip readers of Python and isal (which the normalize stage uses).
 
     Parameters
     ----------
@@ -149,8 +151,12 @@ def gzip_stream_size(path: str | Path, needed: int = 0, subject: str | None = No
                 if not pending:
                     continue
                 if pending[:2] != _GZIP_MAGIC:
-                    log.warning("%s: bytes after the gzip stream's last member are ignored", path)
-                    break
+                    raise BidstrainError(
+                        f"corrupt .nii.gz: bytes that are not gzip data follow the stream's "
+                        f"{total} decompressed bytes (re-copy or re-export the file)",
+                        path=path,
+                        subject=subject,
+                    )
                 decompressor = isal_zlib.decompressobj(wbits=_GZIP_WBITS)
             try:
                 total += _drain(decompressor, pending)

@@ -5,6 +5,9 @@ through ``isal.igzip`` (decompression releases the GIL, about twice as fast as z
 ``.nii`` as a plain file. Slicing nibabel's proxy volume by volume instead restarts the
 gzip stream at every slice, which is quadratic in the number of volumes on ``.nii.gz``.
 
+A ``.nii.gz`` is read to its end, so that the CRC of every gzip member is checked (the
+ingest stage reads only the trailer when its size agrees with the header).
+
 A background thread decompresses the next block while the caller works on the current
 one (isal releases the GIL), so on two free cores a pass costs about the decompression
 alone. A normalization reads a ``.nii.gz`` twice (statistics, then z-scores): copying the
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from isal import igzip
+from isal import igzip, isal_zlib
 
 from bidstrain.errors import BidstrainError
 from bidstrain.nifti_files import check_voxel_type
@@ -221,6 +224,16 @@ class _Prefetcher:
                             path=self.layout.path,
                         )
                     self.ready.put((start, n, buffer))
+                if self.layout.is_compressed:  # to the end: every member's CRC is checked
+                    while stream.read(READ_CHUNK_BYTES):
+                        pass
+        except (EOFError, igzip.BadGzipFile, isal_zlib.error) as error:
+            self.ready.put(
+                BidstrainError(
+                    f"corrupt or truncated .nii.gz: {error} (re-copy or re-export the file)",
+                    path=self.layout.path,
+                )
+            )
         except BaseException as error:  # handed to the consuming thread
             self.ready.put(error)
         else:
