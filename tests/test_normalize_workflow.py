@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 import xarray as xr
 from bidstrain.bids import BidsIndex
 from conftest import run_snakemake
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +100,14 @@ def test_mask_pattern_becomes_an_input_of_each_job(tmp_path, demo_bids):
     output = result.stdout + result.stderr
     assert result.returncode != 0  # the masks do not exist: Snakemake says which
     assert f"{demo_bids}/derivatives/sub-01/sub-01_task-rest_run-1_mask.nii.gz" in output
+
+
+def test_results_get_a_dataset_description_written_only_when_it_changes(normalized, demo_bids):
+    path = normalized / "results" / "dataset_description.json"
+    description = json.loads(path.read_text())
+    assert description["DatasetType"] == "derivative"
+    assert description["GeneratedBy"][0]["Name"] == "bidstrain"
+    assert description["SourceDatasets"] == [{"URL": Path(demo_bids).absolute().as_uri()}]
+    before = path.stat().st_mtime_ns
+    run_snakemake(normalized, "-n", "normalize", config={"bids_dir": demo_bids})
+    assert path.stat().st_mtime_ns == before

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from bidstrain import paths
-from bidstrain.bids import BidsFile, BidsIndex
+from bidstrain.bids import ENTITY_ORDER, BidsFile, BidsIndex, parse_name
 from bidstrain.config import Config, validate_config
 from bidstrain.demo import make_empty_dataset
 from bidstrain.errors import BidstrainError
@@ -187,3 +187,51 @@ def test_plan_time_grows_linearly_with_subjects(tmp_path):
     small = _plan_seconds(make_empty_dataset(tmp_path / "small", 2000))
     large = _plan_seconds(make_empty_dataset(tmp_path / "large", 10000))
     assert large < 7 * small, (small, large)
+
+
+def _follows_bids_grammar(name: str) -> bool:
+    """Whether a file name is ``key-label_..._suffix.ext`` with known entities, each once,
+    in the specification's order, and alphanumeric labels (numbers for run and echo)."""
+    parsed = parse_name(name)
+    if parsed is None:
+        return False
+    entities, _, _ = parsed
+    keys = list(entities)
+    ranks = [ENTITY_ORDER.index(key) for key in keys if key in ENTITY_ORDER]
+    return (
+        len(ranks) == len(keys) == len(set(keys))
+        and ranks == sorted(ranks)
+        and name.count("_desc-") <= 1
+        and all(entities[key].isdigit() for key in ("run", "echo") if key in entities)
+    )
+
+
+def test_store_names_follow_the_bids_entity_grammar(demo_bids, tmp_path):
+    # a derivative-shaped image too: its desc-preproc gives way to the store's desc
+    func = tmp_path / "deriv" / "sub-01" / "func"
+    func.mkdir(parents=True)
+    (tmp_path / "deriv" / "dataset_description.json").write_text("{}")
+    (
+        func / "sub-01_task-rest_run-1_space-MNI152NLin2009cAsym_res-2_desc-preproc_bold.nii.gz"
+    ).touch()
+    derivative = BidsIndex.build(tmp_path / "deriv").images[0]
+    store = paths.normalized_store(derivative)
+    assert store.endswith(
+        "sub-01_task-rest_run-1_space-MNI152NLin2009cAsym_res-2_desc-zscore_bold.zarr"
+    )
+    plan = plan_of(demo_bids)
+    names = [Path(s).name for s in [store, *plan.normalized_stores, *plan.average_stores]]
+    names += [Path(figure).name for figure in plan.report_figures if "/normalize/" in figure]
+    assert all(_follows_bids_grammar(name) for name in names), names
+    assert not _follows_bids_grammar("sub-01_desc-preproc_desc-zscore_bold.zarr")
+    assert not _follows_bids_grammar("sub-01_run-1_task-rest_bold.zarr")
+
+
+def test_results_are_described_as_a_bids_derivatives_dataset(demo_bids):
+    plan = plan_of(demo_bids)
+    description = json.loads(plan.files()[paths.DATASET_DESCRIPTION])
+    assert description["DatasetType"] == "derivative"
+    assert description["GeneratedBy"][0]["Name"] == "bidstrain"
+    assert description["SourceDatasets"] == [{"URL": demo_bids.absolute().as_uri()}]
+    other = plan_of(demo_bids, normalize={"ddof": 0}).dataset_description()
+    assert other["GeneratedBy"][0]["Description"] != description["GeneratedBy"][0]["Description"]

@@ -17,6 +17,8 @@ Every other ``train`` key determines the weights: it enters the checkpoint hash.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import types
 import typing
 from collections.abc import Mapping
@@ -261,6 +263,12 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [to_plain(item) for item in value]
     return value
+
+
+def config_hash(config: Config) -> str:
+    """A short hash of the whole configuration (defaults filled): what produced a result."""
+    text = json.dumps(to_plain(config), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _freeze(value: Any) -> Any:
