@@ -7,7 +7,16 @@ import logging
 from pathlib import Path
 
 import pytest
-from bidstrain.bids import BidsIndex, bids_path, parse_name
+from bidstrain.bids import (
+    ENTITY_ORDER,
+    BidsFile,
+    BidsIgnore,
+    BidsIndex,
+    bids_path,
+    parse_name,
+    select_echo,
+    select_part,
+)
 from bidstrain.errors import BidstrainError
 
 
@@ -176,3 +185,147 @@ def test_not_a_dataset_and_missing_root(tmp_path):
         BidsIndex.build(tmp_path / "absent")
     with pytest.raises(BidstrainError, match="dataset_description.json is missing"):
         BidsIndex.build(tmp_path)
+
+
+# ---- files of real datasets ----------------------------------------------------------
+
+
+def test_entities_of_real_datasets_parse_and_keep_the_specification_order():
+    name = (
+        "sub-01_ses-2_task-rest_acq-mb4_ce-gad_rec-norm_dir-PA_run-1_echo-2_part-mag_"
+        "space-MNI152NLin2009cAsym_res-2_den-91k_desc-preproc_bold.nii.gz"
+    )
+    entities, suffix, extension = parse_name(name)
+    assert list(entities) == [
+        "sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "part", "space",
+        "res", "den", "desc",
+    ]  # fmt: skip
+    assert (entities["space"], entities["den"], suffix, extension) == (
+        "MNI152NLin2009cAsym", "91k", "bold", ".nii.gz",
+    )  # fmt: skip
+    shuffled = dict(reversed(list(entities.items())))
+    assert bids_path(suffix=suffix, extension=extension, **shuffled).endswith("/" + name)
+    assert [key for key in ENTITY_ORDER if key in entities] == list(entities)
+
+
+def _real_dataset(root: Path) -> Path:
+    """Raw and derivative-style files that are not images to normalize."""
+    touch(root, "dataset_description.json", "{}")
+    touch(root, "participants.tsv", "participant_id\nsub-01\n")
+    touch(root, "sub-01.html")  # fMRIPrep's report
+    touch(root, "CITATION.cff")
+    touch(root, "desc-aseg_dseg.tsv")
+    base = "sub-01/ses-1"
+    touch(root, f"{base}/sub-01_ses-1_scans.tsv")
+    touch(root, "sub-01/sub-01_sessions.tsv")
+    for name in [
+        "anat/sub-01_ses-1_T1w.nii.gz",
+        "anat/sub-01_ses-1_desc-brain_mask.nii.gz",
+        "anat/sub-01_ses-1_desc-aseg_dseg.nii.gz",
+        "anat/sub-01_ses-1_label-GM_probseg.nii.gz",
+        "anat/sub-01_ses-1_from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.h5",
+        "anat/sub-01_ses-1_hemi-L_pial.surf.gii",
+        "func/sub-01_ses-1_task-rest_run-1_bold.nii.gz",
+        "func/sub-01_ses-1_task-rest_run-1_sbref.nii.gz",
+        "func/sub-01_ses-1_task-rest_run-1_events.tsv",
+        "func/sub-01_ses-1_task-rest_run-1_physio.tsv.gz",
+        "func/sub-01_ses-1_task-rest_run-1_physio.json",
+        "func/sub-01_ses-1_task-rest_run-1_boldref.nii.gz",
+        "func/sub-01_ses-1_task-rest_run-1_desc-confounds_timeseries.tsv",
+        "func/sub-01_ses-1_task-rest_run-1_space-fsLR_den-91k_bold.dtseries.nii",
+        "fmap/sub-01_ses-1_dir-AP_epi.nii.gz",
+        "fmap/sub-01_ses-1_phasediff.nii.gz",
+        "fmap/sub-01_ses-1_phasediff.json",
+        "dwi/sub-01_ses-1_dwi.nii.gz",
+        "dwi/sub-01_ses-1_space-T1w_desc-brain_mask.nii.gz",
+    ]:
+        touch(root, f"{base}/{name}")
+    touch(root, "sub-01/figures/sub-01_ses-1_desc-summary_T1w.html")
+    touch(root, "sub-01/figures/carpet plot.svg")  # not a BIDS name, in a report folder
+    touch(root, "sub-01/log/20240101-120000_uuid/fmriprep.toml")
+    return root
+
+
+def test_auxiliary_and_derivative_files_are_neither_images_nor_warnings(tmp_path, caplog):
+    root = _real_dataset(tmp_path / "ds")
+    with caplog.at_level(logging.WARNING):
+        index = BidsIndex.build(root)
+    assert index.problems == [] and caplog.text == ""
+    selected = {f.path.name for suffix in ("T1w", "bold", "dwi") for f in index.select(suffix)}
+    assert selected == {
+        "sub-01_ses-1_T1w.nii.gz",
+        "sub-01_ses-1_task-rest_run-1_bold.nii.gz",
+        "sub-01_ses-1_dwi.nii.gz",
+    }
+    assert not any(f.datatype == "fmap" for f in index.images)
+
+
+def test_bidsignore_patterns_leave_files_and_folders_out(tmp_path, caplog):
+    root = _real_dataset(tmp_path / "ds")
+    touch(root, "sub-01/ses-1/anat/sub-01_ses-1_acq-lowres_T1w.nii.gz")
+    touch(root, "sub-01/ses-1/func/sub-01_ses-1_task-rest_run-2_bold.nii.gz")
+    touch(root, "sub-01/ses-1/extra_data/raw dump.dat")
+    touch(root, "notes about the scan.docx")
+    touch(root, "sub-02/anat/sub-02_T1w.nii.gz")
+    touch(
+        root,
+        ".bidsignore",
+        "# comment\n*_acq-lowres_*\nextra_data/\n/sub-02/\n*.docx\n"
+        "sub-01/**/func/*_bold.nii.gz\n!sub-01/ses-1/func/*_run-1_bold.nii.gz\n",
+    )
+    with caplog.at_level(logging.WARNING):
+        index = BidsIndex.build(root)
+    assert caplog.text == "" and index.subjects == ["01"]
+    assert {f.path.name for f in index.select("T1w") + index.select("bold")} == {
+        "sub-01_ses-1_T1w.nii.gz",
+        "sub-01_ses-1_task-rest_run-1_bold.nii.gz",
+    }
+    assert BidsIgnore.read(root).ignores("sub-01/ses-1/extra_data", is_dir=True)
+    assert not BidsIgnore.read(root).ignores("sub-01/ses-1/extra_data", is_dir=False)
+
+
+def test_session_level_sidecars_take_part_in_inheritance(tmp_path):
+    root = tmp_path / "ds"
+    touch(root, "dataset_description.json", "{}")
+    touch(root, "task-rest_bold.json", json.dumps({"RepetitionTime": 3.0, "A": "root"}))
+    touch(root, "sub-01/sub-01_task-rest_bold.json", json.dumps({"B": "subject"}))
+    session = {"RepetitionTime": 2.0, "B": "session", "C": "session"}
+    touch(root, "sub-01/ses-1/sub-01_ses-1_task-rest_bold.json", json.dumps(session))
+    touch(root, "sub-01/ses-1/func/sub-01_ses-1_task-rest_run-1_bold.json", '{"C": "file"}')
+    touch(root, "sub-01/ses-1/func/sub-01_ses-1_task-rest_run-1_bold.nii.gz")
+    touch(root, "sub-01/ses-2/func/sub-01_ses-2_task-rest_run-1_bold.nii.gz")
+    index = BidsIndex.build(root)
+    one, two = index.select("bold")
+    assert index.metadata(one) == {"RepetitionTime": 2.0, "A": "root", "B": "session", "C": "file"}
+    assert index.metadata(two) == {"RepetitionTime": 3.0, "A": "root", "B": "subject"}
+
+
+def _image(name: str) -> BidsFile:
+    entities, suffix, extension = parse_name(name)
+    return BidsFile(Path("/ds/sub-01/func") / name, entities, "func", suffix, extension)
+
+
+def test_select_part_keeps_magnitude_unless_asked():
+    images = [
+        _image(f"sub-01_task-rest_run-{run}{part}_bold.nii.gz")
+        for run, part in [(1, ""), (2, "_part-mag"), (2, "_part-phase"), (3, "_part-real")]
+    ]
+    assert select_part(images) == select_part(images, "mag") == images[:2]
+    assert select_part(images, "phase") == [images[2]]
+    with pytest.raises(ValueError, match="part must be"):
+        select_part(images, "angle")
+
+
+def test_select_echo_chooses_one_echo_or_lists_the_echoes_found():
+    multi = [_image(f"sub-01_task-rest_run-1_echo-{e}_bold.nii.gz") for e in (1, 2, 3)]
+    single = [_image("sub-01_task-rest_run-2_bold.nii.gz")]
+    lone = [_image("sub-01_task-motor_echo-1_bold.nii.gz")]
+    assert select_echo(single + lone) == single + lone
+    assert select_echo(multi + single, 2) == [multi[1], *single]
+    with pytest.raises(BidstrainError, match="config echo") as error:
+        select_echo(multi + single)
+    assert str(error.value).startswith("sub-01: multi-echo images")
+    assert "sub-01/func/sub-01_task-rest_run-1_echo-*_bold.nii.gz" in str(error.value)
+    assert "echoes found: 1, 2, 3" in str(error.value)
+    with pytest.raises(BidstrainError, match="no echo-4; echoes found: 1, 2, 3"):
+        select_echo(multi, 4)

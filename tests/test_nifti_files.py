@@ -283,3 +283,16 @@ def test_rgb_image_is_a_clear_error_naming_file_and_subject(tmp_path):
     assert str(path) in str(error.value)
     with pytest.raises(BidstrainError, match=rf"sub-01: {path}: voxel type RGB"):
         read_layout(path, "01")
+
+
+def test_ingest_keeps_the_chosen_echo_and_the_magnitude_part(tmp_path):
+    root = _dataset(tmp_path)
+    func = root / "sub-01" / "func"
+    for name in ["echo-1", "echo-2", "echo-3", "echo-1_part-phase"]:
+        shutil.copy(FUNCTIONAL, func / f"sub-01_task-rest_{name}_bold.nii")
+    with pytest.raises(BidstrainError, match="(?s)sub-01: multi-echo.*echoes found: 1, 2, 3"):
+        ingest_subject(root, "01", ["bold"])
+    (record,) = ingest_subject(root, "01", ["bold"], echo=2)["images"]
+    assert record["entities"]["echo"] == "2"
+    (record,) = ingest_subject(root, "01", ["bold"], part="phase")["images"]
+    assert record["entities"]["part"] == "phase"
