@@ -40,9 +40,30 @@ def snakemake_command(
     return command
 
 
-def snakemake_env() -> dict[str, str]:
-    """Environment of a ``snakemake`` run: this one, with the package importable."""
-    return {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
+#: The SLURM client configuration of a run that does not use SLURM: an empty file, on
+#: which ``scontrol`` fails at once. Every ``snakemake`` start imports the SLURM executor
+#: plugin, which runs ``scontrol show config`` while it builds the help text of its
+#: ``--slurm-status-command`` option (``_get_status_command_help`` in
+#: ``snakemake_executor_plugin_slurm/__init__.py``, through ``get_min_job_age``); with
+#: /etc/slurm/slurm.conf present and no controller answering, that call waits 10 s (its
+#: timeout) per start. A nonexistent path is worse: scontrol retries it for about 60 s.
+NO_SLURM_CONF = "/dev/null"
+
+
+def snakemake_env(*, uses_slurm: bool) -> dict[str, str]:
+    """Environment of a ``snakemake`` run: this one, with the package importable.
+
+    Parameters
+    ----------
+    uses_slurm : bool
+        False for a run whose jobs run locally: it gets ``SLURM_CONF`` =
+        :data:`NO_SLURM_CONF`, so its start does not wait on the SLURM controller (which
+        the run does not use, and which only tests that need it start).
+    """
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
+    if not uses_slurm:
+        env["SLURM_CONF"] = NO_SLURM_CONF
+    return env
 
 
 def run_snakemake(
@@ -67,10 +88,12 @@ def run_snakemake(
     profile : str, optional
         A profile under ``profiles/`` (``"slurm"``: jobs go to SLURM; such a run never
         returns while a job is pending, see ``tests/slurm_support.py`` for runs that
-        must be stopped). ``--cores 2`` still applies: it caps a group job's CPUs.
+        must be stopped). ``--cores 2`` still applies: it caps a group job's CPUs. Any
+        other run does not see the SLURM cluster (see :func:`snakemake_env`).
     """
     command = snakemake_command(workdir, *args, config=config, profile=profile)
-    result = subprocess.run(command, capture_output=True, text=True, env=snakemake_env())
+    env = snakemake_env(uses_slurm=profile == "slurm")
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     if check and result.returncode != 0:
         pytest.fail(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
@@ -96,6 +119,26 @@ def demo_run(tmp_path_factory, demo_bids) -> Path:
 # --- SLURM test cluster (tests/slurm_cluster.sh) ---------------------------------------
 
 SLURM_CLUSTER_SCRIPT = REPO / "tests" / "slurm_cluster.sh"
+#: Fixtures that start the cluster: a test that uses one must carry the ``slurm`` marker.
+SLURM_FIXTURES = frozenset({"slurm_cluster", "slurm_two_nodes"})
+#: The partition of the cluster's two one-GPU nodes (``MULTI_PARTITION`` in the script).
+MULTI_PARTITION = "multi"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse a test that starts the SLURM cluster without the ``slurm`` marker, so that
+    ``-m "not slurm"`` selects exactly the tests that run without it."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if SLURM_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("slurm") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "tests that use a SLURM fixture must be marked `slurm` "
+            "(e.g. `pytestmark = pytest.mark.slurm`): " + ", ".join(unmarked)
+        )
 
 
 def _slurm_cluster_script(command: str, timeout: float) -> subprocess.CompletedProcess:
@@ -115,41 +158,37 @@ def _slurm_cluster_script(command: str, timeout: float) -> subprocess.CompletedP
         )
 
 
-@pytest.fixture(scope="session", autouse=True)
-def slurm_started() -> list[tuple[str, subprocess.CompletedProcess]]:
-    """Install and start the SLURM test cluster once, before any test runs.
-
-    Every ``snakemake`` start asks ``scontrol`` for the cluster's MinJobAge (the SLURM
-    executor plugin does so on import) and waits up to 10 s when slurm-client is installed
-    but no controller answers, so the cluster is up for the whole session. Failures are
-    reported by :func:`slurm_cluster`, in the tests that need SLURM.
-    """
-    results = []
-    for command, timeout in (("install", 600), ("start", 120)):
-        results.append((command, _slurm_cluster_script(command, timeout)))
-        if results[-1][1].returncode != 0:
-            break
-    return results
-
-
 @pytest.fixture(scope="session")
-def slurm_cluster(slurm_started) -> Iterator[dict[str, str]]:
-    """A running one-node SLURM cluster with two fake GPUs (tests/slurm_cluster.sh).
+def slurm_cluster_up() -> None:
+    """Install and start the SLURM test cluster, once per session and only when a test
+    needs it (no test outside the ``slurm`` marker does).
 
-    Installs Debian's munge/slurm packages when missing and starts the daemons (root
-    needed). FAILS, never skips, when the cluster does not come up: SLURM dispatch is part
-    of what the tests must prove. The cluster keeps running after the session (other test
-    sessions or xdist workers may share it): `sudo tests/slurm_cluster.sh stop` ends it.
-
-    Returns ``{"partition": ..., "node": ...}``; ``BIDSTRAIN_SLURM_PARTITION`` is set for
-    ``profiles/slurm`` while the session runs.
+    FAILS, never skips, when the cluster does not come up, with the script's output: SLURM
+    dispatch is part of what the tests must prove (pytest reports the same failure for
+    every later test that needs the cluster, without running the script again).
     """
-    for command, result in slurm_started:
+    for command, timeout in (("install", 600), ("start", 180)):
+        result = _slurm_cluster_script(command, timeout)
         if result.returncode != 0:
             pytest.fail(
                 f"SLURM test cluster: `tests/slurm_cluster.sh {command}` failed "
                 f"(exit {result.returncode}):\n{result.stdout}\n{result.stderr}"
             )
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(slurm_cluster_up) -> Iterator[dict[str, str]]:
+    """A running SLURM cluster whose default partition has one node with two fake GPUs
+    (tests/slurm_cluster.sh).
+
+    Installs Debian's munge/slurm packages when missing and starts the daemons (root
+    needed); fails when they do not come up (see :func:`slurm_cluster_up`). The cluster
+    keeps running after the session (other test sessions may share it):
+    `sudo tests/slurm_cluster.sh stop` ends it.
+
+    Returns ``{"partition": ..., "node": ...}``; ``BIDSTRAIN_SLURM_PARTITION`` is set for
+    ``profiles/slurm`` while the session runs.
+    """
     partition = os.environ.get("BIDSTRAIN_SLURM_PARTITION", "debug")
     node = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
     previous = os.environ.get("BIDSTRAIN_SLURM_PARTITION")
@@ -157,3 +196,32 @@ def slurm_cluster(slurm_started) -> Iterator[dict[str, str]]:
     yield {"partition": partition, "node": node}
     if previous is None:
         os.environ.pop("BIDSTRAIN_SLURM_PARTITION", None)
+
+
+@pytest.fixture(scope="session")
+def slurm_two_nodes(slurm_cluster_up) -> dict[str, object]:
+    """Two SLURM nodes of the same cluster, one fake GPU each, in their own partition.
+
+    Both are slurmd daemons on this machine (``slurmd -N n1``, ``slurmd -N n2``: distinct
+    ports, spool, pid and log files), so a job with ``--partition=<partition> --nodes=2``
+    gets a real two-node allocation: ``SLURM_JOB_NODELIST`` names both, ``srun`` starts
+    one task on each (``SLURMD_NODENAME`` differs) and ``--gpus-per-node=1`` or
+    ``--gres=gpu:1`` gives each its GPU (``CUDA_VISIBLE_DEVICES=0`` on both). The
+    partition is not the default one: a job must ask for it. Fails when a node is missing
+    or not usable.
+
+    Returns ``{"partition": "multi", "nodes": ["n1", "n2"], "gpus_per_node": 1}``.
+    """
+    listing = subprocess.run(
+        ["sinfo", "--noheader", "--Node", f"--partition={MULTI_PARTITION}", "--format=%N %t"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    states = dict(line.split() for line in listing.stdout.splitlines())
+    if len(states) != 2 or not set(states.values()) <= {"idle", "mix", "alloc", "comp"}:
+        pytest.fail(
+            f"SLURM partition {MULTI_PARTITION}: expected 2 usable nodes, sinfo says "
+            f"{states} (exit {listing.returncode}) {listing.stderr}"
+        )
+    return {"partition": MULTI_PARTITION, "nodes": sorted(states), "gpus_per_node": 1}

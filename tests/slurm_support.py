@@ -85,7 +85,7 @@ class SlurmRun:
                 command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=snakemake_env(),
+                env=snakemake_env(uses_slurm=True),
                 start_new_session=True,
             )
 

@@ -6,9 +6,12 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 import xarray as xr
 from bidstrain.store import open_store
 from conftest import REPO, run_snakemake
+
+pytestmark = pytest.mark.slow
 
 BAD_PLANS = {
     "train: {batch_size: 1000}": "check sample_counts failed: train.batch_size 1000 is larger "

@@ -7,9 +7,12 @@ import base64
 import json
 import re
 
+import pytest
 from bidstrain.report import CHECKS_FIGURES, TRAINING_FIGURES
 from conftest import run_snakemake
 from test_report import assert_nontrivial_png
+
+pytestmark = pytest.mark.slow
 
 
 def expected_figures(workdir):

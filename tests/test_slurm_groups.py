@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
+import pytest
 import xarray as xr
 from bidstrain.demo import DemoSpec, make_demo
 from bidstrain.store import open_store
 from conftest import run_snakemake
 from slurm_support import FINISHED, LOCAL_RULE, slurm_snakemake
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 N_SUBJECTS = 12
 GROUP_SIZE = 4

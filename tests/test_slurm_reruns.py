@@ -15,6 +15,8 @@ import pytest
 from conftest import REPO, run_snakemake
 from slurm_support import FINISHED
 
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
 RULE = re.compile(r"^\s*(?:local)?rule (\w+):$")
 REASON = re.compile(r"^\s*reason: (.*)$")
 PARAMS_CHANGED = "Params have changed since last execution"

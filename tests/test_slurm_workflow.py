@@ -29,6 +29,8 @@ from slurm_support import (
     wait_for,
 )
 
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
 EXPERIMENT = "demo"
 # 19 steps per epoch on the demo data: about 360 steps, 15 to 30 s of training here.
 TRAIN_EPOCHS = 19

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from bidstrain.train import distributed
@@ -15,6 +16,8 @@ from bidstrain.train.loop import Trainer, optimizer_step
 from bidstrain.train.model import MultiModalAutoencoder
 from bidstrain.train.schedule import build_scheduler
 from train_support import REPO, tiny_stores, train_cli_args, train_config
+
+pytestmark = pytest.mark.slow
 
 WORLD_SIZE = 2
 

@@ -20,6 +20,8 @@ from bidstrain.train.loop import EXIT_INTERRUPTED, train
 from bidstrain.train.metrics import MetricsLog
 from train_support import REPO, tiny_stores, train_cli_args, train_config, write_store
 
+pytestmark = pytest.mark.slow
+
 COUNTS = {"T1w": 2, "bold": 6, "dwi": 4}
 
 

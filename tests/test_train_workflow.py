@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
+
+pytestmark = pytest.mark.slow
 
 
 def test_snakemake_train_on_the_demo_writes_metrics_and_a_model(demo_run):
