@@ -1,4 +1,6 @@
-"""DDP with 2 CPU processes (gloo): single-modality batches that differ across ranks."""
+"""DDP with 2 CPU processes (gloo): single-modality batches that differ across ranks, a
+step skipped on every rank, every rank stopping at the same step and resuming exactly,
+and rank 0's experiment lock."""
 
 from __future__ import annotations
 
@@ -12,10 +14,19 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from bidstrain.train import distributed
-from bidstrain.train.loop import Trainer, optimizer_step
+from bidstrain.train.loop import EXIT_INTERRUPTED
 from bidstrain.train.model import MultiModalAutoencoder
 from bidstrain.train.schedule import build_scheduler
-from train_support import REPO, tiny_stores, train_cli_args, train_config
+from bidstrain.train.step import Trainer, optimizer_step
+from bidstrain.train.stop import STOP_AT_STEP
+from train_support import (
+    assert_same_steps,
+    metrics_records,
+    tiny_stores,
+    train_cli_args,
+    train_config,
+    trainer_env,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -54,10 +65,22 @@ def _train_rank(rank, port, config, stores, out_dir):
     torch.save(model.state_dict(), f"{out_dir}/rank{rank}.pt")
 
 
-def test_single_modality_batches_differ_across_ranks_and_weights_stay_identical(tmp_path):
-    stores = tiny_stores(tmp_path, {"T1w": 2, "bold": 6, "dwi": 4})
-    config = train_config(batching="single_modality", epochs=2)
-    mp.spawn(_train_rank, args=(_free_port(), config, stores, str(tmp_path)), nprocs=WORLD_SIZE)
+DDP_CONFIG = {"batching": "single_modality", "epochs": 2}
+COUNTS = {"T1w": 2, "bold": 6, "dwi": 4}
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """A 2-rank run (``mp.spawn``) of :data:`DDP_CONFIG`: its directory and stores."""
+    out = tmp_path_factory.mktemp("ddp")
+    stores = tiny_stores(out, COUNTS)
+    config = train_config(**DDP_CONFIG)
+    mp.spawn(_train_rank, args=(_free_port(), config, stores, str(out)), nprocs=WORLD_SIZE)
+    return out, stores
+
+
+def test_single_modality_batches_differ_across_ranks_and_weights_stay_identical(ddp_run):
+    tmp_path, _ = ddp_run
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["kind"] == "step"]
     assert records[0]["world_size"] == WORLD_SIZE
@@ -69,6 +92,81 @@ def test_single_modality_batches_differ_across_ranks_and_weights_stay_identical(
         assert torch.equal(value, rank1[name]), name
 
 
+def _launch_ranks(out, config, stores, world_size, **env):
+    """``world_size`` trainer processes joined as torchrun would join them; their exit
+    statuses and outputs, rank 0 first."""
+    port = str(_free_port())
+    args = train_cli_args(out, config, stores, world_size=world_size)
+    jobs = []
+    for rank in range(world_size):
+        ranks = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size)}
+        ranks.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        jobs.append(
+            subprocess.Popen(
+                [sys.executable, *args],
+                env=trainer_env(**(ranks if world_size > 1 else {}), **env),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [job.communicate(timeout=180)[0] for job in jobs]
+    return [job.returncode for job in jobs], outputs
+
+
+def test_every_rank_stops_at_the_same_step_and_resumes_only_with_the_same_world_size(
+    tmp_path, ddp_run
+):
+    reference_dir, stores = ddp_run
+    config = train_config(**DDP_CONFIG)
+    codes, outputs = _launch_ranks(tmp_path, config, stores, 2, **{STOP_AT_STEP: "3"})
+    assert codes == [EXIT_INTERRUPTED] * 2, outputs
+    assert all("interrupted at step 3" in output for output in outputs), outputs
+    assert [p.name for p in (tmp_path / "checkpoints").glob("step-*.pt")] == ["step-00000003.pt"]
+
+    codes, outputs = _launch_ranks(tmp_path, config, stores, 1)
+    assert codes == [1], outputs
+    assert "written by a run with world size 2" in outputs[0]
+    assert "this run has world size 1" in outputs[0] and "delete" in outputs[0]
+
+    codes, outputs = _launch_ranks(tmp_path, config, stores, 2)
+    assert codes == [0, 0], outputs
+    assert "resumed from step 3 (epoch 1, batch group 0)" in outputs[0]
+    assert_same_steps(
+        metrics_records(tmp_path / "metrics.jsonl"),
+        metrics_records(reference_dir / "metrics.jsonl"),
+    )
+
+
+def test_when_rank_0_cannot_lock_the_experiment_no_rank_trains(tmp_path):
+    stores = tiny_stores(tmp_path, {"bold": 4})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path / "checkpoints")],
+        env=trainer_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        codes, outputs = _launch_ranks(tmp_path, train_config(), stores, 2)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert codes == [1, 1], outputs
+    assert f"another trainer (pid {holder.pid} on host" in outputs[0]
+    assert "rank 0 could not lock" in outputs[1]
+    assert not (tmp_path / "checkpoints" / "metrics.jsonl").exists()
+
+
+HOLD_LOCK = """
+import signal, sys
+from bidstrain.train.lock import ExperimentLock
+ExperimentLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+signal.pause()
+"""
+
+
 def test_without_the_dummy_loss_ddp_fails_with_an_explanation(tmp_path):
     stores = tiny_stores(tmp_path, {"T1w": 2, "bold": 6, "dwi": 4})
     config = train_config(batching="single_modality", dummy_loss={"enabled": False})
@@ -78,10 +176,9 @@ def test_without_the_dummy_loss_ddp_fails_with_an_explanation(tmp_path):
         "torch.distributed.run",
         "--standalone",
         f"--nproc_per_node={WORLD_SIZE}",
-        *train_cli_args(tmp_path, config, stores),
+        *train_cli_args(tmp_path, config, stores, world_size=WORLD_SIZE),
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow"), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run(command, capture_output=True, text=True, env=trainer_env(), timeout=120)
     assert result.returncode != 0
     assert "got no gradient on rank" in result.stderr, result.stderr[-3000:]
     assert "enable train.dummy_loss.enabled" in result.stderr.lower()
@@ -91,7 +188,7 @@ def test_without_the_dummy_loss_ddp_fails_with_an_explanation(tmp_path):
 def _nan_step_rank(rank, port, out_dir):
     _join(rank, port)
     config = train_config()
-    context = distributed.init(0)
+    context = distributed.init()
     torch.manual_seed(0)
     module = MultiModalAutoencoder(config["shapes"], patch=4, dim=16, depth=1, heads=2)
     model = torch.nn.parallel.DistributedDataParallel(module)

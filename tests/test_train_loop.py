@@ -1,5 +1,6 @@
 """The training loop end to end on tiny stores: metrics, validation, checkpoints, resume
-after SIGTERM, the non-finite guard."""
+after SIGTERM (at a step the test stop hooks fix), one trainer per experiment, the
+non-finite guard."""
 
 from __future__ import annotations
 
@@ -7,18 +8,29 @@ import json
 import logging
 import math
 import os
+import shlex
 import signal
+import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from bidstrain.errors import BidstrainError
+from bidstrain.train.__main__ import read_stores
 from bidstrain.train.checkpoint import config_hash, load_latest
 from bidstrain.train.loop import EXIT_INTERRUPTED, train
 from bidstrain.train.metrics import MetricsLog
-from train_support import REPO, tiny_stores, train_cli_args, train_config, write_store
+from bidstrain.train.stop import PAUSE_AT_STEP, STOP_AT_STEP
+from train_support import (
+    assert_same_steps,
+    read_until,
+    tiny_stores,
+    train_cli_args,
+    train_config,
+    trainer_env,
+    write_store,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +84,15 @@ def test_metrics_follow_the_contract(tmp_path, stores):
     assert set(validations[0]["loss_per_modality"]) == {"bold"}
     saved = torch.load(tmp_path / "out" / "model.pt")
     assert saved["step"] == 6 and "embed.bold.proj.weight" in saved["model"]
-    assert load_latest(tmp_path / "out" / "checkpoints", plan["config_hash"])["step"] == 6
+    saved = load_latest(tmp_path / "out" / "checkpoints", plan["config_hash"])
+    assert saved["train_state"] == {
+        "step": 6,
+        "epoch": 2,
+        "position": 0,
+        "consecutive_skips": 0,
+        "skipped_steps": 0,
+        "world_size": 1,
+    }
 
 
 def test_a_checkpoint_of_another_configuration_is_ignored(tmp_path, stores, caplog):
@@ -96,41 +116,109 @@ def test_metrics_log_drops_lines_past_the_resumed_step(tmp_path):
     assert [r.get("step") for r in records(path)] == [None, 1, 2, None]
 
 
-def _cli(tmp_path, config, stores):
-    command = [sys.executable, *train_cli_args(tmp_path, config, stores)]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+RESUME = {"epochs": 6, "mask_ratio": 0.25, "checkpoint_every": 1000}
 
 
-def test_resume_after_sigterm_reproduces_the_uninterrupted_metrics(tmp_path, stores):
-    overrides = {"epochs": 6, "mask_ratio": 0.25, "checkpoint_every": 1000}
-    reference = of_kind(run(tmp_path / "reference", stores, **overrides), "step")
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, stores):
+    """The metrics of an uninterrupted run with the settings :data:`RESUME`."""
+    return run(tmp_path_factory.mktemp("reference"), stores, **RESUME)
 
-    config = train_config(**overrides)
-    job = _cli(tmp_path, config, stores)
-    working = tmp_path / "checkpoints" / "metrics.jsonl"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and job.poll() is None:
-        if working.exists() and working.read_text().count('"kind": "step"') >= 2:
-            job.send_signal(signal.SIGTERM)
-            break
-        time.sleep(0.02)
-    output = job.communicate(timeout=60)[0].decode()
+
+def _cli(out, config, stores, *, shell=False, **env):
+    """Start the trainer (``shell``: as ``bash -c 'exec python ...'``, the rule's form)."""
+    command = [sys.executable, *train_cli_args(out, config, stores)]
+    if shell:
+        command = ["bash", "-c", "exec " + shlex.join(command)]
+    return subprocess.Popen(
+        command, env=trainer_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+@pytest.mark.parametrize("shell", [False, True], ids=["trainer", "job-shell"])
+def test_resume_after_sigterm_reproduces_the_uninterrupted_metrics(
+    tmp_path, stores, reference, shell
+):
+    """SIGTERM to the trainer, or to the job's shell that exec'd it, after step 3 (the
+    pause hook holds the trainer there): stop at the step boundary, checkpoint, exit 75;
+    the rerun resumes and logs exactly the uninterrupted run's metrics."""
+    config = train_config(**RESUME)
+    job = _cli(tmp_path, config, stores, shell=shell, **{PAUSE_AT_STEP: "3"})
+    output = read_until(job, "paused after step 3")
+    assert (tmp_path / "checkpoints" / "paused-at-3").exists(), output
+    os.kill(job.pid, signal.SIGTERM)  # the bash pid is the trainer's after exec
+    output += job.communicate(timeout=120)[0]
     assert job.returncode == EXIT_INTERRUPTED, output
     assert "SIGTERM" in output and not (tmp_path / "model.pt").exists()
-    stopped = load_latest(tmp_path / "checkpoints", config_hash(config, stores))["step"]
-    assert 2 <= stopped < len(reference)
+    stopped = load_latest(tmp_path / "checkpoints", config_hash(config, stores))["train_state"]
+    assert stopped["step"] == 3 and 2 <= stopped["step"] < len(of_kind(reference, "step"))
 
     job = _cli(tmp_path, config, stores)
-    output = job.communicate(timeout=120)[0].decode()
+    output = job.communicate(timeout=120)[0]
     assert job.returncode == 0, output
-    assert f"resumed from step {stopped}" in output
-    resumed = of_kind(records(tmp_path / "metrics.jsonl"), "step")
-    assert [s["step"] for s in resumed] == [s["step"] for s in reference]
-    for got, want in zip(resumed, reference, strict=True):
-        for key in ("loss", "grad_norm", "lr", "dummy_loss"):
-            assert got[key] == pytest.approx(want[key], rel=1e-6, abs=1e-9), (got["step"], key)
-        assert got["modalities"] == want["modalities"]
+    assert "resumed from step 3" in output
+    assert_same_steps(records(tmp_path / "metrics.jsonl"), reference)
+
+
+def test_stop_hook_stops_after_the_step_like_sigterm(tmp_path, stores):
+    config = train_config(**RESUME)
+    job = _cli(tmp_path, config, stores, **{STOP_AT_STEP: "4"})
+    output = job.communicate(timeout=120)[0]
+    assert job.returncode == EXIT_INTERRUPTED, output
+    assert "interrupted at step 4; checkpoint written" in output
+    assert [p.name for p in (tmp_path / "checkpoints").glob("step-*.pt")] == ["step-00000004.pt"]
+    steps = of_kind(records(tmp_path / "checkpoints" / "metrics.jsonl"), "step")
+    assert [s["step"] for s in steps] == [1, 2, 3, 4]  # flushed although 4 is no log step
+
+
+def test_a_second_trainer_on_the_experiment_stops_at_once_and_kill_9_leaves_no_lock(
+    tmp_path, stores, reference
+):
+    config = train_config(**{**RESUME, "checkpoint_every": 2})
+    first = _cli(tmp_path, config, stores, **{PAUSE_AT_STEP: "3"})
+    output = read_until(first, "paused after step 3")
+    assert "paused after step 3" in output, output
+
+    second = _cli(tmp_path, config, stores)
+    output = second.communicate(timeout=120)[0]
+    assert second.returncode == 1, output
+    assert f"another trainer (pid {first.pid} on host {socket.gethostname()})" in output
+    assert "Wait for it to finish, or stop it" in output
+
+    first.kill()  # SIGKILL: no handler, no cleanup; the kernel drops the lock
+    first.communicate(timeout=60)
+    third = _cli(tmp_path, config, stores)
+    output = third.communicate(timeout=120)[0]
+    assert third.returncode == 0, output
+    assert "resumed from step 2" in output
+    assert_same_steps(records(tmp_path / "metrics.jsonl"), reference)
+
+
+def test_the_planned_world_size_must_be_the_real_one(tmp_path, stores):
+    command = [sys.executable, *train_cli_args(tmp_path, train_config(), stores, world_size=2)]
+    result = subprocess.run(command, env=trainer_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "planned world size 2 (--world-size) but this run has 1 rank(s)" in result.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_the_stores_file_is_checked(tmp_path):
+    path = tmp_path / "stores.json"
+    path.write_text(json.dumps({"training": {"bold": ["a.zarr"]}, "plan": 1}))
+    assert read_stores(path) == ({"bold": ["a.zarr"]}, {})
+    path.write_text(json.dumps({"training": {"bold": "a.zarr"}}))
+    with pytest.raises(BidstrainError, match='"training" must map each modality'):
+        read_stores(path)
+    path.write_text("{")
+    with pytest.raises(BidstrainError, match="cannot read the store lists"):
+        read_stores(path)
+
+
+def test_gpus_and_run_settings_stay_out_of_the_checkpoint_hash(stores):
+    config = train_config()
+    same = {**config, "gpus": 4, "log_every": 7, "num_workers": 2, "runtime": 9}
+    assert config_hash(config, stores) == config_hash(same, stores)
+    assert config_hash(config, stores) != config_hash({**config, "lr": 5e-4}, stores)
 
 
 def test_non_finite_steps_are_skipped_counted_and_stop_the_run_when_too_many(tmp_path):

@@ -16,7 +16,7 @@ from bidstrain.train.data import (
     fit_to_shape,
 )
 from bidstrain.train.distributed import Context
-from bidstrain.train.loop import Trainer, optimizer_step
+from bidstrain.train.step import Trainer, optimizer_step
 from bidstrain.train.model import LossSettings, MultiModalAutoencoder
 from bidstrain.train.schedule import build_scheduler
 from train_support import train_config, write_store

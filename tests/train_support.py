@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 from bidstrain.config import validate_config
 from bidstrain.store import create_store
 
@@ -86,19 +89,64 @@ def train_config(**overrides) -> dict:
     return config
 
 
-def train_cli_args(tmp_path: Path, config: dict, stores: dict[str, list[str]]) -> list[str]:
-    """Arguments of ``python -m bidstrain.train`` writing its outputs under ``tmp_path``."""
+def train_cli_args(
+    out: Path,
+    config: dict,
+    stores: dict[str, list[str]],
+    *,
+    validation: dict[str, list[str]] | None = None,
+    world_size: int = 1,
+) -> list[str]:
+    """Arguments of ``python -m bidstrain.train`` writing its outputs under ``out``, with
+    the store lists in ``out/stores.json``."""
+    stores_file = out / "stores.json"
+    stores_file.write_text(json.dumps({"training": stores, "validation": validation or {}}))
     return [
         "-m",
         "bidstrain.train",
         "--config-json",
         json.dumps(config),
-        "--train-stores-json",
-        json.dumps(stores),
+        "--stores",
+        str(stores_file),
+        "--world-size",
+        str(world_size),
         "--model-out",
-        str(tmp_path / "model.pt"),
+        str(out / "model.pt"),
         "--metrics-out",
-        str(tmp_path / "metrics.jsonl"),
+        str(out / "metrics.jsonl"),
         "--checkpoint-dir",
-        str(tmp_path / "checkpoints"),
+        str(out / "checkpoints"),
     ]
+
+
+def trainer_env(**extra: str) -> dict[str, str]:
+    """The environment of a trainer process: this one, the package importable, one
+    thread per process, and ``extra`` (for example a test stop hook)."""
+    return {**os.environ, "PYTHONPATH": str(REPO / "workflow"), "OMP_NUM_THREADS": "1", **extra}
+
+
+def read_until(process: subprocess.Popen, text: str) -> str:
+    """The lines ``process`` printed (stdout, text mode) up to and including the first
+    holding ``text``; all of its output when it exits without printing it."""
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if text in line:
+            break
+    return "".join(lines)
+
+
+def metrics_records(path: Path) -> list[dict]:
+    """The records of a ``metrics.jsonl``."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def assert_same_steps(got: list[dict], want: list[dict]) -> None:
+    """The ``step`` records of two runs agree: same steps, losses, norms, rates."""
+    got = [r for r in got if r["kind"] == "step"]
+    want = [r for r in want if r["kind"] == "step"]
+    assert [s["step"] for s in got] == [s["step"] for s in want]
+    for a, b in zip(got, want, strict=True):
+        for key in ("loss", "grad_norm", "lr", "dummy_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (a["step"], key)
+        assert a["modalities"] == b["modalities"]

@@ -3,13 +3,20 @@
 ::
 
     python -m bidstrain.train --config-json '{...train section...}' \\
-        --train-stores-json '{"bold": [...], ...}' --validation-stores-json '{"bold": [...]}' \\
+        --stores results/train/demo/stores.json --world-size 1 \\
         --model-out results/train/demo/model.pt --metrics-out results/train/demo/metrics.jsonl \\
         --checkpoint-dir results/train/demo/checkpoints
 
+``--stores`` names a JSON file ``{"training": {modality: [store, ...]}, "validation":
+{modality: [store, ...]}}`` (other keys are ignored; ``validation`` may be missing): the
+lists grow with the cohort, and a command line must not. ``--world-size`` is the number of
+ranks the workflow planned (nodes x GPUs per node, 1 without torchrun); the run stops when
+the real one differs.
+
 Exit status: 0 when training finished, 1 on bad input (``bidstrain: error: ...``), and
 75 (``EX_TEMPFAIL``) after SIGTERM/SIGUSR1 once the checkpoint is written: run the same
-command again to resume.
+command again to resume. Tests stop it at a given step through the environment variables
+documented in :mod:`bidstrain.train.stop`.
 """
 
 from __future__ import annotations
@@ -18,37 +25,67 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
-from bidstrain.errors import run_cli
+from bidstrain.errors import BidstrainError, run_cli
 from bidstrain.train.loop import EXIT_INTERRUPTED, Interrupted, train
+
+
+def read_stores(path: str | Path) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """The training and validation store lists of a ``--stores`` file.
+
+    Raises
+    ------
+    BidstrainError
+        When the file is missing, not JSON, or not ``{"training": {modality: [path, ...]},
+        "validation": {...}}``.
+    """
+    try:
+        content = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise BidstrainError(f"cannot read the store lists: {error}", path=path) from None
+    lists = []
+    for key in ("training", "validation"):
+        value = content.get(key, {}) if isinstance(content, Mapping) else None
+        if not _is_store_lists(value) or (key == "training" and not value):
+            raise BidstrainError(
+                f'"{key}" must map each modality to a list of store paths, got {value!r:.200}',
+                path=path,
+            )
+        lists.append({modality: list(stores) for modality, stores in value.items()})
+    return lists[0], lists[1]
+
+
+def _is_store_lists(value) -> bool:
+    return isinstance(value, Mapping) and all(
+        isinstance(stores, list) and all(isinstance(s, str) for s in stores)
+        for stores in value.values()
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse the arguments and train."""
     parser = argparse.ArgumentParser(prog="python -m bidstrain.train", description=__doc__)
     parser.add_argument("--config-json", required=True, help="the train section, as JSON")
-    parser.add_argument("--train-stores-json", required=True, help="{modality: [store, ...]}")
-    parser.add_argument("--validation-stores-json", default="{}", help="{modality: [store, ...]}")
     parser.add_argument(
-        "--requested-gpus",
-        type=int,
-        help="GPUs the job asked for (default: train.gpus); logged when torch sees none",
+        "--stores", required=True, help='JSON file {"training": {...}, "validation": {...}}'
     )
+    parser.add_argument("--world-size", type=int, required=True, help="ranks the workflow planned")
     parser.add_argument("--model-out", required=True)
     parser.add_argument("--metrics-out", required=True)
     parser.add_argument("--checkpoint-dir", required=True)
     args = parser.parse_args(argv)
-    config = json.loads(args.config_json)
+    training, validation = read_stores(args.stores)
     try:
         train(
-            config,
-            json.loads(args.train_stores_json),
-            json.loads(args.validation_stores_json),
+            json.loads(args.config_json),
+            training,
+            validation,
             model_out=args.model_out,
             metrics_out=args.metrics_out,
             checkpoint_dir=args.checkpoint_dir,
-            requested_gpus=args.requested_gpus,
+            world_size=args.world_size,
         )
     except Interrupted as interrupted:
         logging.getLogger("bidstrain.train").warning("%s", interrupted)

@@ -1,10 +1,15 @@
 """Checkpoints: written atomically, found again only for the same training configuration.
 
-A checkpoint holds the model, optimizer and scheduler states, the position in training
-(optimizer step, epoch, batch groups consumed in that epoch, skipped steps), the RNG
-states (torch; the batch order itself is a function of seed and epoch), and
-the hash of the configuration that produced it. Files are
-``<dir>/step-<step>.pt``; the two newest are kept.
+A checkpoint holds the model, optimizer and scheduler states, the
+:class:`~bidstrain.train.state.TrainState` (optimizer step, epoch, batch groups consumed in
+that epoch, skipped steps, world size), the RNG states (torch; the batch order itself is a
+function of seed and epoch), and the hash of the configuration that produced it. Files
+are ``<dir>/step-<step>.pt``; the two newest are kept.
+
+The hash covers the ``train`` keys that determine the weights
+(:func:`bidstrain.config.train_keys` ``("hashed")``) and the store lists; the world size
+is not hashed but checked on resume (:func:`check_world_size`), since a run on another
+number of GPUs must say so rather than silently start over.
 """
 
 from __future__ import annotations
@@ -19,31 +24,19 @@ from typing import Any
 import torch
 
 from bidstrain.atomic import atomic_path
+from bidstrain.config import train_keys
+from bidstrain.errors import BidstrainError
 
 LOG = logging.getLogger("bidstrain.train")
 KEEP = 2
-# Keys of `train` that change nothing a checkpoint holds: resources, logging, I/O workers.
-UNHASHED_KEYS = frozenset(
-    {"experiment", "runtime", "mem_mb", "cpus", "num_workers", "log_every", "checkpoint_every"}
-)
-REQUIRED_KEYS = (
-    "model",
-    "optimizer",
-    "scheduler",
-    "step",
-    "epoch",
-    "position",
-    "consecutive_skips",
-    "skipped_steps",
-    "rng",
-    "config_hash",
-)
+REQUIRED_KEYS = ("model", "optimizer", "scheduler", "train_state", "rng", "config_hash")
 
 
 def config_hash(train_config: Mapping[str, Any], stores: Mapping[str, Any]) -> str:
-    """Hash of everything that determines the trained weights: the ``train`` settings
-    (except :data:`UNHASHED_KEYS`) and the store lists."""
-    relevant = {k: v for k, v in train_config.items() if k not in UNHASHED_KEYS}
+    """Hash of everything that determines the trained weights: the ``train`` settings that
+    enter it (``train_keys("hashed")``) and the store lists."""
+    hashed = set(train_keys("hashed"))
+    relevant = {k: v for k, v in train_config.items() if k in hashed}
     text = json.dumps({"train": relevant, "stores": stores}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -65,10 +58,10 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def save(directory: str | Path, state: Mapping[str, Any]) -> Path:
-    """Write ``state`` to ``<directory>/step-<state['step']>.pt`` atomically and keep only
-    the :data:`KEEP` newest checkpoints."""
+    """Write ``state`` to ``<directory>/step-<step>.pt`` (the step of its ``train_state``)
+    atomically and keep only the :data:`KEEP` newest checkpoints."""
     directory = Path(directory)
-    path = directory / f"step-{state['step']:08d}.pt"
+    path = directory / f"step-{state['train_state']['step']:08d}.pt"
     with atomic_path(path) as tmp:
         torch.save(dict(state), tmp)
     for old in sorted(directory.glob("step-*.pt"))[:-KEEP]:
@@ -100,5 +93,28 @@ def load_latest(directory: str | Path, expected_hash: str) -> dict[str, Any] | N
                 expected_hash,
             )
         else:
+            state["path"] = path
             return state
     return None
+
+
+def check_world_size(state: Mapping[str, Any], world_size: int, directory: str | Path) -> None:
+    """Refuse to resume ``state`` (from :func:`load_latest`) with another world size.
+
+    The batch order, the position in the epoch and the planned schedule depend on the
+    number of ranks, so continuing on another number would not be the same training.
+
+    Raises
+    ------
+    BidstrainError
+        Naming both world sizes and what to do.
+    """
+    saved = state["train_state"]["world_size"]
+    if saved != world_size:
+        raise BidstrainError(
+            f"{state['path']} was written by a run with world size {saved} (ranks = nodes x "
+            f"GPUs per node), and this run has world size {world_size}: it cannot continue "
+            f"that training exactly. Set the world size back to {saved} (train.gpus, "
+            f"train.nodes, BIDSTRAIN_TRAIN_GPUS) to resume, or delete {directory} to train "
+            "from scratch with the new one"
+        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -36,11 +37,12 @@ class Context:
         return self.world_size > 1
 
 
-def init(requested_gpus: int) -> Context:
+def init() -> Context:
     """Join the process group when launched by ``torchrun`` and pick the device.
 
-    CUDA when torch sees a GPU, else the CPU; requesting GPUs (``train.gpus``) on a machine
-    where torch sees none is logged and training continues on the CPU.
+    CUDA when torch sees a GPU, else the CPU. A run planned for GPUs (more than one rank,
+    or a GPU allocated through ``CUDA_VISIBLE_DEVICES``) on a machine where torch sees none
+    is logged and trains on the CPU.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -50,11 +52,11 @@ def init(requested_gpus: int) -> Context:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
-        if requested_gpus > 0:
+        if world_size > 1 or os.environ.get("CUDA_VISIBLE_DEVICES"):
             LOG.warning(
-                "train.gpus=%d but torch sees no CUDA device (torch %s, CUDA_VISIBLE_DEVICES=%s):"
-                " training on the CPU",
-                requested_gpus,
+                "%d rank(s) planned with GPUs but torch sees no CUDA device (torch %s, "
+                "CUDA_VISIBLE_DEVICES=%s): training on the CPU",
+                world_size,
                 torch.__version__,
                 os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
             )
@@ -76,3 +78,35 @@ def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
     return tensor
+
+
+def all_reduce_named(
+    values: Mapping[str, torch.Tensor | float], device: torch.device, op: str = "sum"
+) -> dict[str, float]:
+    """Reduce named scalars across ranks with one collective and bring them to the host.
+
+    Parameters
+    ----------
+    values : mapping
+        ``{name: scalar}`` (0-d tensors or numbers); every rank passes the same names.
+    device : torch.device
+        Where the packed tensor lives (the process group's device).
+    op : {"sum", "max"}
+
+    Returns
+    -------
+    dict
+        ``{name: reduced value}`` as float64-exact Python floats (one host sync).
+    """
+    names = sorted(values)
+    packed = torch.stack(
+        [torch.as_tensor(values[name], dtype=torch.float64, device=device) for name in names]
+    )
+    all_reduce(packed, op)
+    return dict(zip(names, packed.tolist(), strict=True))
+
+
+def barrier(context: Context) -> None:
+    """Wait for every rank (a no-op for a single process)."""
+    if context.distributed and dist.is_initialized():
+        dist.barrier()

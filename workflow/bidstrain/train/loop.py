@@ -1,14 +1,18 @@
-"""The training loop: read it top to bottom in :func:`train`.
+"""The training loop: read it top to bottom in :func:`train` and :func:`run_epochs`.
 
-One optimizer step (:func:`optimizer_step`) runs the micro-batches of a gradient
-accumulation group, reduces the loss statistics and the modality presence across ranks,
-drops the gradients of modalities absent from the whole global batch (``freeze_absent``),
-clips, and steps only when loss and gradient norm are finite on every rank.
+Set-up (:func:`_train`): the data and the plan, the model, optimizer and schedule, the
+state of the newest checkpoint of the same configuration (:mod:`.checkpoint`), then the
+epochs. One optimizer step is :func:`bidstrain.train.step.optimizer_step`; where training
+stands is a :class:`~bidstrain.train.state.TrainState`; metric records go to a
+:class:`~bidstrain.train.metrics.MetricsSink`, written at logging steps.
 
-Signals: SIGTERM and SIGUSR1 set a flag; at the next step boundary every rank agrees to
-stop, rank 0 writes a checkpoint, and the process exits with :data:`EXIT_INTERRUPTED`
-(75, ``EX_TEMPFAIL``). Rerunning the same command (or requeueing the job) resumes from the
-checkpoint.
+Rank 0 holds the experiment's lock (:mod:`.lock`) for the whole run, so two trainers never
+write the same checkpoint directory; when it cannot take it, every rank stops.
+
+Stopping (:mod:`.stop`): SIGTERM and SIGUSR1 set a flag; at the next step boundary every
+rank agrees to stop, rank 0 writes a checkpoint, and the process exits with
+:data:`EXIT_INTERRUPTED` (75, ``EX_TEMPFAIL``). Rerunning the same command (or requeueing
+the job) resumes from the checkpoint.
 """
 
 from __future__ import annotations
@@ -16,11 +20,8 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import signal
 import time
-import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,17 +40,20 @@ from bidstrain.train.data import (
     dataset_statistics,
     make_loader,
 )
-from bidstrain.train.metrics import MetricsLog, progress_line
+from bidstrain.train.lock import ExperimentLock
+from bidstrain.train.metrics import MetricsSink, progress_line
 from bidstrain.train.model import LossSettings, MultiModalAutoencoder
 from bidstrain.train.schedule import build_scheduler, planned_total_steps
+from bidstrain.train.state import TrainState
+from bidstrain.train.step import StepResult, Trainer, accumulation_groups, optimizer_step
+from bidstrain.train.stop import StopSignals, TestStops
 
 LOG = logging.getLogger("bidstrain.train")
 EXIT_INTERRUPTED = 75
-_DDP_UNUSED = "Expected to have finished reduction in the prior iteration"
 
 
 class Interrupted(Exception):
-    """SIGTERM/SIGUSR1 arrived; a checkpoint was written at ``step``."""
+    """SIGTERM/SIGUSR1 (or a test stop hook) arrived; a checkpoint was written at ``step``."""
 
     def __init__(self, step: int):
         self.step = step
@@ -57,53 +61,14 @@ class Interrupted(Exception):
 
 
 @dataclass
-class Trainer:
-    """What an optimizer step needs."""
+class Data:
+    """The training batches and the plan they make."""
 
-    model: torch.nn.Module  # the DDP wrapper when distributed, else the module itself
-    module: MultiModalAutoencoder
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    context: distributed.Context
-    config: Mapping[str, Any]
-    previous_absent: tuple[str, ...] = ()
-
-
-@dataclass
-class StepResult:
-    """One optimizer step, reduced over micro-batches and ranks."""
-
-    lr: float
-    loss: float
-    loss_per_modality: dict[str, float]
-    dummy_loss: float
-    grad_norm: float
-    skipped: bool
-    modalities: list[str]
-    samples: int
-    stop_requested: bool
-    module_norms: dict[str, float] | None
-
-
-class StopSignals:
-    """Turn SIGTERM and SIGUSR1 into a flag read at step boundaries (restored on exit)."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-        LOG.warning("received %s: stopping at the next step boundary", signal.Signals(signum).name)
-
-    def __enter__(self) -> StopSignals:
-        for signum in (signal.SIGTERM, signal.SIGUSR1):
-            self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+    dataset: VolumeDataset
+    sampler: ModalityBatchSampler
+    loader: torch.utils.data.DataLoader
+    steps_per_epoch: int
+    total_steps: int
 
 
 def train(
@@ -114,24 +79,25 @@ def train(
     model_out: str | Path,
     metrics_out: str | Path,
     checkpoint_dir: str | Path,
-    requested_gpus: int | None = None,
+    world_size: int | None = None,
 ) -> MultiModalAutoencoder:
     """Train the model on ``stores``, validating on ``validation_stores`` every epoch.
 
     Parameters
     ----------
     config : mapping
-        The ``train`` section of the validated workflow configuration.
+        The ``train`` section of the validated workflow configuration (job resources may
+        be left out).
     stores, validation_stores : mapping
-        ``{modality: [store path, ...]}`` (``training_stores()``, ``validation_stores()``).
+        ``{modality: [store path, ...]}`` (the plan's training and validation stores).
     model_out, metrics_out : str or Path
         Final ``model.pt`` and ``metrics.jsonl`` (written by rank 0 at the end).
     checkpoint_dir : str or Path
-        Checkpoints and the working metrics file; a valid checkpoint of the same
-        configuration there is resumed from.
-    requested_gpus : int, optional
-        GPUs the job asked for (``train.gpus`` by default); only logged, when torch sees
-        no GPU.
+        Checkpoints, the working metrics file and the experiment lock; a valid checkpoint
+        of the same configuration there is resumed from.
+    world_size : int, optional
+        The world size the workflow planned; the run stops when the real one (from
+        ``torchrun``'s ``WORLD_SIZE``) differs. Not checked when None.
 
     Returns
     -------
@@ -143,11 +109,20 @@ def train(
     Interrupted
         After SIGTERM/SIGUSR1, once the checkpoint is written.
     BidstrainError
-        Bad configuration, too many non-finite steps, or DDP finding a parameter without
-        gradient.
+        Bad configuration, another world size than planned or than the checkpoint's,
+        another trainer on the experiment, too many non-finite steps, or a parameter
+        without gradient under DDP.
     """
-    context = distributed.init(config["gpus"] if requested_gpus is None else requested_gpus)
+    context = distributed.init()
+    lock = ExperimentLock(checkpoint_dir)
     try:
+        if world_size is not None and world_size != context.world_size:
+            raise BidstrainError(
+                f"the workflow planned world size {world_size} (--world-size) but this run "
+                f"has {context.world_size} rank(s) (WORLD_SIZE from torchrun): launch one "
+                f"process per planned GPU, or make the plan match the launch"
+            )
+        hold_lock(lock, context)
         return _train(
             config,
             stores,
@@ -158,15 +133,152 @@ def train(
             Path(checkpoint_dir),
         )
     finally:
+        lock.release()
         distributed.shutdown(context)
+
+
+def hold_lock(lock: ExperimentLock, context: distributed.Context) -> None:
+    """Rank 0 takes the experiment lock; every rank learns whether it did, so that none
+    starts training when rank 0 could not."""
+    failure = None
+    if context.is_main:
+        try:
+            lock.acquire()
+        except (BidstrainError, OSError) as error:
+            failure = error
+    if distributed.all_reduce_named({"failed": failure is not None}, context.device)["failed"]:
+        raise failure or BidstrainError(
+            f"rank 0 could not lock {lock.path} (see its message): not training"
+        )
 
 
 def _train(config, stores, validation_stores, context, model_out, metrics_out, checkpoint_dir):
     check_shapes(config, stores)
     torch.manual_seed(config["seed"])  # initialization and token masking
     config_hash = checkpoint.config_hash(config, stores)
+    data = training_data(config, stores, context)
+    validation = validation_loader(config, validation_stores, context)
+    module, optimizer, scheduler = build_model(config, stores, data, context)
+    state, resumed = resume(checkpoint_dir, config_hash, context, module, optimizer, scheduler)
+    model = module
+    if context.distributed:
+        model = DistributedDataParallel(
+            module, find_unused_parameters=config["find_unused_parameters"]
+        )
+    trainer = Trainer(model, module, optimizer, scheduler, context, config)
+    sink = MetricsSink(
+        context.is_main, checkpoint_dir / "metrics.jsonl", state.step if resumed else None
+    )
+    sink.emit(plan_record(config, data, context, config_hash))
+    LOG.info(
+        "training on %s, %d rank(s): %d samples %s, %d steps",
+        context.device,
+        context.world_size,
+        len(data.dataset),
+        {m: data.dataset.modalities.count(m) for m in stores},
+        data.total_steps,
+    )
+    try:
+        run_epochs(trainer, state, data, validation, sink, checkpoint_dir, config_hash)
+    finally:
+        sink.close()
+    if context.is_main:
+        write_outputs(module, config, state, checkpoint_dir, model_out, metrics_out)
+    return module
 
-    # Data: the batch order depends on (seed, epoch) only, so resuming is exact.
+
+def run_epochs(trainer, state, data, validation, sink, checkpoint_dir, config_hash) -> None:
+    """Train from ``state`` to the end of the plan, checkpointing on the way.
+
+    Raises
+    ------
+    Interrupted
+        After a stop (signal or test hook), once the checkpoint is written.
+    """
+    config, context = trainer.config, trainer.context
+    accum, hooks, durations = config["grad_accum_steps"], TestStops.from_environ(), []
+    with StopSignals() as signals:
+        while state.epoch < config["epochs"]:
+            data.sampler.set_epoch(state.epoch, start=state.position * accum)
+            started = time.perf_counter()
+            for group in accumulation_groups(data.loader, accum):
+                at_log = (state.step + 1) % config["log_every"] == 0
+                result = optimizer_step(
+                    trainer, group, log_norms=at_log, stop_requested=signals.requested
+                )
+                state.record_step(result.skipped)
+                durations.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                emit_step(sink, result, state, durations[-1])
+                if at_log or state.step == data.total_steps:
+                    LOG.info(progress(result, state, data.total_steps, durations[-20:]))
+                    sink.flush()
+                check_skips(config, result, state)
+                if state.position == data.steps_per_epoch:
+                    validate(trainer, validation, sink, state)
+                    state.end_epoch()
+                stop = result.stop_requested
+                if hooks.stops_after(state.step):
+                    sink.flush()
+                    hooks.stop(state.step, signals, checkpoint_dir, context.is_main)
+                    stop = True
+                if state.step % config["checkpoint_every"] == 0 or stop:
+                    save_checkpoint(trainer, state, checkpoint_dir, config_hash)
+                if stop:
+                    distributed.barrier(context)  # no rank exits before the checkpoint is written
+                    raise Interrupted(state.step)
+        if state.step % config["checkpoint_every"] != 0:
+            save_checkpoint(trainer, state, checkpoint_dir, config_hash)
+
+
+def resume(checkpoint_dir, config_hash, context, module, optimizer, scheduler):
+    """Load the newest checkpoint of this configuration into the model, optimizer and
+    schedule, if there is one; the :class:`TrainState` to start from and whether it was
+    resumed."""
+    state = TrainState(world_size=context.world_size)
+    saved = checkpoint.load_latest(checkpoint_dir, config_hash)
+    if saved is None:
+        return state, False
+    checkpoint.check_world_size(saved, context.world_size, checkpoint_dir)
+    module.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    checkpoint.set_rng_state(saved["rng"])
+    state.load_state_dict(saved["train_state"])
+    LOG.info(
+        "resumed from step %d (epoch %d, batch group %d)", state.step, state.epoch, state.position
+    )
+    return state, True
+
+
+def save_checkpoint(trainer: Trainer, state: TrainState, directory: Path, config_hash: str) -> None:
+    """Rank 0 writes a checkpoint of ``state`` (see :mod:`.checkpoint` for what it holds)."""
+    if trainer.context.is_main:
+        checkpoint.save(
+            directory,
+            {
+                "model": trainer.module.state_dict(),
+                "optimizer": trainer.optimizer.state_dict(),
+                "scheduler": trainer.scheduler.state_dict(),
+                "train_state": state.state_dict(),
+                "rng": checkpoint.rng_state(),
+                "config_hash": config_hash,
+            },
+        )
+
+
+def write_outputs(module, config, state: TrainState, checkpoint_dir, model_out, metrics_out):
+    """The declared outputs: ``model.pt`` and a copy of the working metrics file."""
+    with atomic_path(model_out) as tmp:
+        torch.save({"model": module.state_dict(), "config": dict(config), "step": state.step}, tmp)
+    with atomic_path(metrics_out) as tmp:
+        shutil.copyfile(checkpoint_dir / "metrics.jsonl", tmp)
+    LOG.info("wrote %s and %s", model_out, metrics_out)
+
+
+def training_data(config, stores, context: distributed.Context) -> Data:
+    """The training loader and plan; the batch order depends on (seed, epoch) only, so
+    resuming is exact."""
     dataset = VolumeDataset(stores, config["shapes"])
     if len(dataset) == 0:
         raise BidstrainError("no training samples: the training stores are empty")
@@ -178,20 +290,26 @@ def _train(config, stores, validation_stores, context, model_out, metrics_out, c
         world_size=context.world_size,
         seed=config["seed"],
     )
-    loader = make_loader(dataset, sampler, num_workers=config["num_workers"])
     accum = config["grad_accum_steps"]
-    steps_per_epoch = math.ceil(sampler.n_batches / accum)
-    total_steps = planned_total_steps(
-        batches_per_epoch=sampler.n_batches, epochs=config["epochs"], grad_accum_steps=accum
+    return Data(
+        dataset=dataset,
+        sampler=sampler,
+        loader=make_loader(dataset, sampler, num_workers=config["num_workers"]),
+        steps_per_epoch=math.ceil(sampler.n_batches / accum),
+        total_steps=planned_total_steps(
+            batches_per_epoch=sampler.n_batches, epochs=config["epochs"], grad_accum_steps=accum
+        ),
     )
-    validation = validation_loader(config, validation_stores, context)
 
-    # Model, optimizer, and the schedule: built before any state is loaded into them.
-    loss_settings = LossSettings(
-        normalize=config["loss"]["normalize"],
-        eps=config["loss"]["eps"],
-        weights=config["loss"]["weights"],
-        target_stats=dataset_statistics(dataset) if config["loss"]["stats"] == "dataset" else None,
+
+def build_model(config, stores, data: Data, context: distributed.Context):
+    """The model, AdamW and the schedule, built before any state is loaded into them."""
+    loss = config["loss"]
+    settings = LossSettings(
+        normalize=loss["normalize"],
+        eps=loss["eps"],
+        weights=loss["weights"],
+        target_stats=dataset_statistics(data.dataset) if loss["stats"] == "dataset" else None,
         dummy_enabled=config["dummy_loss"]["enabled"],
         dummy_scale=config["dummy_loss"]["scale"],
     )
@@ -202,265 +320,69 @@ def _train(config, stores, validation_stores, context, model_out, metrics_out, c
         depth=config["depth"],
         heads=config["heads"],
         mask_ratio=config["mask_ratio"],
-        loss=loss_settings,
+        loss=settings,
     ).to(context.device)
     optimizer = torch.optim.AdamW(
         module.parameters(), lr=config["lr"], weight_decay=config["weight_decay"]
     )
     scheduler = build_scheduler(
         optimizer,
-        total_steps=total_steps,
+        total_steps=data.total_steps,
         warmup_steps=config["warmup_steps"],
         min_lr_ratio=config["min_lr_ratio"],
     )
+    return module, optimizer, scheduler
 
-    # Resume from the newest checkpoint of this configuration, if any.
-    step, epoch, position, consecutive_skips, skipped_steps = 0, 0, 0, 0, 0
-    state = checkpoint.load_latest(checkpoint_dir, config_hash)
-    if state is not None:
-        module.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        checkpoint.set_rng_state(state["rng"])
-        step, epoch, position = state["step"], state["epoch"], state["position"]
-        consecutive_skips, skipped_steps = state["consecutive_skips"], state["skipped_steps"]
-        LOG.info("resumed from step %d (epoch %d, batch group %d)", step, epoch, position)
-    model = module
-    if context.distributed:
-        model = DistributedDataParallel(
-            module, find_unused_parameters=config["find_unused_parameters"]
-        )
-    trainer = Trainer(model, module, optimizer, scheduler, context, config)
 
-    metrics = (
-        MetricsLog(checkpoint_dir / "metrics.jsonl", step if state is not None else None)
-        if context.is_main
-        else None
-    )
-    plan = {
+def plan_record(config, data: Data, context: distributed.Context, config_hash: str) -> dict:
+    """The ``plan`` record that opens every run's metrics."""
+    return {
         "kind": "plan",
-        "total_steps": total_steps,
+        "total_steps": data.total_steps,
         "warmup_steps": config["warmup_steps"],
         "lr": config["lr"],
         "min_lr_ratio": config["min_lr_ratio"],
         "epochs": config["epochs"],
-        "batches_per_epoch": sampler.n_batches,
-        "grad_accum_steps": accum,
+        "batches_per_epoch": data.sampler.n_batches,
+        "grad_accum_steps": config["grad_accum_steps"],
         "world_size": context.world_size,
         "config_hash": config_hash,
     }
-    log_main(context, metrics, plan)
-    LOG.info(
-        "training on %s, %d rank(s): %d samples %s, %d steps",
-        context.device,
-        context.world_size,
-        len(dataset),
-        {m: dataset.modalities.count(m) for m in stores},
-        total_steps,
+
+
+def emit_step(sink: MetricsSink, result: StepResult, state: TrainState, seconds: float) -> None:
+    """The ``step`` record (and the ``grad_norms`` record at the logging interval); the
+    epoch is the one the step belongs to."""
+    sink.emit(
+        {
+            "kind": "step",
+            "step": state.step,
+            "epoch": state.epoch,
+            "lr": result.lr,
+            "loss": result.loss,
+            "loss_per_modality": result.loss_per_modality,
+            "dummy_loss": result.dummy_loss,
+            "grad_norm": result.grad_norm,
+            "skipped": result.skipped,
+            "modalities": result.modalities,
+            "samples_per_s": result.samples / seconds,
+            "seconds_per_step": seconds,
+        }
     )
-
-    def save_checkpoint() -> None:
-        at_end = position == steps_per_epoch
-        if context.is_main:
-            checkpoint.save(
-                checkpoint_dir,
-                {
-                    "model": module.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "step": step,
-                    "epoch": epoch + 1 if at_end else epoch,
-                    "position": 0 if at_end else position,
-                    "consecutive_skips": consecutive_skips,
-                    "skipped_steps": skipped_steps,
-                    "rng": checkpoint.rng_state(),
-                    "config_hash": config_hash,
-                },
-            )
-
-    seconds = []
-    with StopSignals() as stop:
-        while epoch < config["epochs"]:
-            sampler.set_epoch(epoch, start=position * accum)
-            started = time.perf_counter()
-            for group in accumulation_groups(loader, accum):
-                result = optimizer_step(
-                    trainer,
-                    group,
-                    log_norms=(step + 1) % config["log_every"] == 0,
-                    stop_requested=stop.requested,
-                )
-                step, position = step + 1, position + 1
-                seconds.append(time.perf_counter() - started)
-                started = time.perf_counter()
-                consecutive_skips = consecutive_skips + 1 if result.skipped else 0
-                skipped_steps += result.skipped
-                log_step(context, metrics, result, step, epoch, seconds[-1])
-                if step % config["log_every"] == 0 or step == total_steps:
-                    LOG.info(
-                        progress_line(
-                            step=step,
-                            total=total_steps,
-                            loss=result.loss,
-                            lr=result.lr,
-                            seconds_per_step=float(np.median(seconds[-20:])),
-                            skipped=skipped_steps,
-                        )
-                    )
-                check_skips(config, result, step, consecutive_skips)
-                if position == steps_per_epoch:
-                    validate(trainer, validation, metrics, step, epoch)
-                if step % config["checkpoint_every"] == 0 or result.stop_requested:
-                    save_checkpoint()
-                if result.stop_requested:
-                    raise Interrupted(step)
-            epoch, position = epoch + 1, 0
-        if step % config["checkpoint_every"] != 0:
-            save_checkpoint()
-
-    if context.is_main:
-        metrics.close()
-        with atomic_path(model_out) as tmp:
-            torch.save({"model": module.state_dict(), "config": dict(config), "step": step}, tmp)
-        with atomic_path(metrics_out) as tmp:
-            shutil.copyfile(checkpoint_dir / "metrics.jsonl", tmp)
-        LOG.info("wrote %s and %s", model_out, metrics_out)
-    return module
+    if result.module_norms is not None:
+        sink.emit({"kind": "grad_norms", "step": state.step, "norms": result.module_norms})
 
 
-def optimizer_step(
-    trainer: Trainer,
-    micro_batches: Sequence[Mapping[str, torch.Tensor]],
-    *,
-    log_norms: bool,
-    stop_requested: bool = False,
-) -> StepResult:
-    """Forward and backward over ``micro_batches``, then one guarded optimizer step.
-
-    The micro-batches' losses are averaged (``loss / len(micro_batches)``). Gradients of
-    modalities that no rank saw are set to None when ``train.dummy_loss.freeze_absent``, so
-    AdamW leaves them alone. The pre-clip total norm is what ``clip_grad_norm_`` returns.
-    The step is skipped on every rank when any rank's loss or the norm is not finite.
-    """
-    model, module, context, config = trainer.model, trainer.module, trainer.context, trainer.config
-    n_mod = len(MODALITIES)
-    # [loss, dummy, samples, loss per modality..., micro-batches per modality...]
-    totals = torch.zeros(3 + 2 * n_mod, dtype=torch.float64, device=context.device)
-    autocast = torch.autocast(
-        context.device.type,
-        dtype=torch.bfloat16,
-        enabled=bool(config["bf16"]) and context.device.type == "cuda",
+def progress(result: StepResult, state: TrainState, total_steps: int, recent: list) -> str:
+    """The progress line of the job log (``recent``: durations of the last steps)."""
+    return progress_line(
+        step=state.step,
+        total=total_steps,
+        loss=result.loss,
+        lr=result.lr,
+        seconds_per_step=float(np.median(recent)),
+        skipped=state.skipped_steps,
     )
-    for index, batch in enumerate(micro_batches):
-        batch = {m: volume.to(context.device, non_blocking=True) for m, volume in batch.items()}
-        last = index == len(micro_batches) - 1
-        with nullcontext() if last or not context.distributed else model.no_sync():
-            with autocast:
-                output = forward(trainer, batch)
-            (output.loss / len(micro_batches)).backward()
-        totals[0] += output.loss.detach().double()
-        totals[1] += output.dummy_loss.double()
-        totals[2] += sum(volume.shape[0] for volume in batch.values())
-        for i, modality in enumerate(MODALITIES):
-            if modality in output.loss_per_modality:
-                totals[3 + i] += output.loss_per_modality[modality].detach().double()
-                totals[3 + n_mod + i] += 1
-    distributed.all_reduce(totals)
-    present = [m for i, m in enumerate(MODALITIES) if totals[3 + n_mod + i] > 0]
-
-    module_norms = gradient_norms(module, present) if log_norms else None
-    if config["dummy_loss"]["freeze_absent"]:
-        for modality in module.modalities:
-            if modality not in present:
-                for param in module.modality_parameters(modality):
-                    param.grad = None
-    grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), config["clip_grad_norm"])
-
-    n_micro = len(micro_batches) * context.world_size
-    flags = torch.tensor(
-        [
-            float(not (torch.isfinite(totals[0]) and torch.isfinite(grad_norm))),
-            float(stop_requested),
-        ],
-        device=context.device,
-    )
-    distributed.all_reduce(flags, op="max")
-    skipped = bool(flags[0] > 0)
-    lr = trainer.optimizer.param_groups[0]["lr"]
-    if not skipped:
-        trainer.optimizer.step()
-    with warnings.catch_warnings():
-        # A skipped step still uses its slot of the planned schedule; torch warns when the
-        # very first step is the skipped one.
-        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
-        trainer.scheduler.step()
-    trainer.optimizer.zero_grad(set_to_none=True)
-    return StepResult(
-        lr=lr,
-        loss=float(totals[0] / n_micro),
-        loss_per_modality={
-            m: float(totals[3 + i] / totals[3 + n_mod + i])
-            for i, m in enumerate(MODALITIES)
-            if m in present
-        },
-        dummy_loss=float(totals[1] / n_micro),
-        grad_norm=float(grad_norm),
-        skipped=skipped,
-        modalities=present,
-        samples=int(totals[2]),
-        stop_requested=bool(flags[1] > 0),
-        module_norms=module_norms,
-    )
-
-
-def forward(trainer: Trainer, batch: Mapping[str, torch.Tensor]):
-    """The model's forward pass; DDP's error about a parameter without gradient becomes an
-    explanation of the dummy loss."""
-    try:
-        output = trainer.model(batch)
-    except RuntimeError as error:
-        if _DDP_UNUSED not in str(error):
-            raise
-        absent = ", ".join(trainer.previous_absent) or "(none in the batch)"
-        raise BidstrainError(
-            f"modality {absent} got no gradient on rank {trainer.context.rank} in the previous "
-            "step (its batch had no such sample), and DDP requires a gradient for every "
-            "parameter in every step. Enable train.dummy_loss.enabled (it adds "
-            "train.dummy_loss.scale x the sum of an absent modality's parameters to the loss) "
-            "or set train.find_unused_parameters: true"
-        ) from None
-    trainer.previous_absent = tuple(m for m in trainer.module.modalities if m not in batch)
-    return output
-
-
-def gradient_norms(module: MultiModalAutoencoder, present: Sequence[str]) -> dict[str, float]:
-    """Gradient norm of every per-modality module and of the shared encoder, labelled
-    ``[<modality>]`` when its modality is in the global batch, ``[inactive]`` when not,
-    ``[shared]`` for the encoder."""
-    norms = {}
-    for name, (owner, submodule) in module.modality_modules().items():
-        grads = [p.grad.detach().float() for p in submodule.parameters() if p.grad is not None]
-        norm = (
-            float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
-            if grads
-            else 0.0
-        )
-        label = owner if owner == "shared" or owner in present else "inactive"
-        norms[f"[{label}] {name}"] = norm
-    return norms
-
-
-def accumulation_groups(loader: Iterable, size: int) -> Iterator[list]:
-    """Consecutive groups of ``size`` micro-batches; the last group of an epoch may be
-    shorter."""
-    group = []
-    for batch in loader:
-        group.append(batch)
-        if len(group) == size:
-            yield group
-            group = []
-    if group:
-        yield group
 
 
 def validation_loader(config, validation_stores, context):
@@ -482,73 +404,53 @@ def validation_loader(config, validation_stores, context):
 
 
 @torch.no_grad()
-def validate(trainer: Trainer, loader, metrics, step: int, epoch: int) -> None:
-    """Per-modality loss on the held-out stores (no gradients, no masking), logged."""
+def validate(trainer: Trainer, loader, sink: MetricsSink, state: TrainState) -> None:
+    """Per-modality loss on the held-out stores (no gradients, no masking), recorded."""
     if loader is None:
         return
     module, context = trainer.module, trainer.context
-    n_mod = len(MODALITIES)
-    totals = torch.zeros(2 * n_mod, dtype=torch.float64, device=context.device)
+    zero = torch.zeros((), dtype=torch.float64, device=context.device)
+    sums: dict[str, torch.Tensor | float] = {}
+    for modality in MODALITIES:
+        sums[f"loss.{modality}"], sums[f"samples.{modality}"] = zero, 0.0
     module.eval()
     for batch in loader:
         batch = {m: volume.to(context.device) for m, volume in batch.items()}
         output = module(batch)
-        for i, modality in enumerate(MODALITIES):
-            if modality in batch:
-                n = batch[modality].shape[0]
-                totals[i] += n * output.loss_per_modality[modality].double()
-                totals[n_mod + i] += n
+        for modality, volume in batch.items():
+            n = volume.shape[0]
+            sums[f"loss.{modality}"] = (
+                sums[f"loss.{modality}"] + n * output.loss_per_modality[modality].double()
+            )
+            sums[f"samples.{modality}"] += n
     module.train()
-    distributed.all_reduce(totals)
+    totals = distributed.all_reduce_named(sums, context.device)
     per_modality = {
-        m: float(totals[i] / totals[n_mod + i])
-        for i, m in enumerate(MODALITIES)
-        if totals[n_mod + i] > 0
+        m: totals[f"loss.{m}"] / totals[f"samples.{m}"]
+        for m in MODALITIES
+        if totals[f"samples.{m}"] > 0
     }
     weights = trainer.config["loss"]["weights"]
     loss = sum(weights.get(m, 1.0) * value for m, value in per_modality.items())
-    record = {
-        "kind": "validation",
-        "step": step,
-        "epoch": epoch,
-        "loss": loss,
-        "loss_per_modality": per_modality,
-    }
-    log_main(context, metrics, record)
-    if context.is_main:
-        LOG.info("validation after epoch %d: loss %.4f %s", epoch, loss, per_modality)
-
-
-def log_step(context, metrics, result: StepResult, step: int, epoch: int, seconds: float) -> None:
-    """The ``step`` record (and the ``grad_norms`` record at the logging interval)."""
-    log_main(
-        context,
-        metrics,
+    sink.emit(
         {
-            "kind": "step",
-            "step": step,
-            "epoch": epoch,
-            "lr": result.lr,
-            "loss": result.loss,
-            "loss_per_modality": result.loss_per_modality,
-            "dummy_loss": result.dummy_loss,
-            "grad_norm": result.grad_norm,
-            "skipped": result.skipped,
-            "modalities": result.modalities,
-            "samples_per_s": result.samples / seconds,
-            "seconds_per_step": seconds,
-        },
+            "kind": "validation",
+            "step": state.step,
+            "epoch": state.epoch,
+            "loss": loss,
+            "loss_per_modality": per_modality,
+        }
     )
-    if result.module_norms is not None:
-        log_main(
-            context, metrics, {"kind": "grad_norms", "step": step, "norms": result.module_norms}
-        )
+    sink.flush()
+    if context.is_main:
+        LOG.info("validation after epoch %d: loss %.4f %s", state.epoch, loss, per_modality)
 
 
-def check_skips(config, result: StepResult, step: int, consecutive_skips: int) -> None:
+def check_skips(config, result: StepResult, state: TrainState) -> None:
     """Stop on a non-finite step (``train.nonfinite: stop``) or after too many in a row."""
     if not result.skipped:
         return
+    step, consecutive_skips = state.step, state.consecutive_skips
     LOG.warning(
         "step %d skipped: non-finite loss %s or gradient norm %s on some rank (%d in a row)",
         step,
@@ -568,12 +470,6 @@ def check_skips(config, result: StepResult, step: int, consecutive_skips: int) -
             "or the learning rate is broken (lower train.lr, check the stores for NaN, or raise "
             "train.max_consecutive_skips)"
         )
-
-
-def log_main(context, metrics, record: dict) -> None:
-    """Write a metrics record on rank 0."""
-    if context.is_main:
-        metrics.write(record)
 
 
 def check_shapes(config, stores) -> None:

@@ -5,6 +5,10 @@ While training, lines go to a working file beside the checkpoints (Snakemake del
 job's declared outputs before it reruns, which would lose the history of an interrupted
 run); the trainer copies it to the declared output at the end. On resume, lines past the
 checkpoint's step are dropped first, so every optimizer step appears exactly once.
+
+:class:`MetricsSink` is what the training loop writes to: it keeps records on rank 0 only
+and writes them at flush time (logging steps, validation, the end and any stop), so a
+step costs no file write; every record is complete and exact when it is kept.
 """
 
 from __future__ import annotations
@@ -51,6 +55,46 @@ class MetricsLog:
 
     def close(self) -> None:
         self._file.close()
+
+
+class MetricsSink:
+    """The rank-aware destination of metric records.
+
+    Rank 0 buffers the records and writes them to :class:`MetricsLog` at :meth:`flush`;
+    the other ranks drop them. Records hold host values only (no tensors), so a record is
+    final when emitted and flushing needs no device synchronization.
+
+    Parameters
+    ----------
+    is_main : bool
+        Whether this is rank 0.
+    path : str or Path
+        The working metrics file (rank 0).
+    resume_step : int or None
+        See :class:`MetricsLog`.
+    """
+
+    def __init__(self, is_main: bool, path: str | Path, resume_step: int | None):
+        self._log = MetricsLog(path, resume_step) if is_main else None
+        self._pending: list[dict[str, Any]] = []
+
+    def emit(self, record: dict[str, Any]) -> None:
+        """Keep ``record`` for the next :meth:`flush` (rank 0; ignored elsewhere)."""
+        if self._log is not None:
+            self._pending.append(record)
+
+    def flush(self) -> None:
+        """Write the kept records."""
+        if self._log is not None:
+            for record in self._pending:
+                self._log.write(record)
+            self._pending.clear()
+
+    def close(self) -> None:
+        """Flush and close the file."""
+        if self._log is not None:
+            self.flush()
+            self._log.close()
 
 
 def progress_line(
