@@ -100,7 +100,7 @@ def test_truncated_nii_gz(tmp_path, small):
         tmp_path,
         small,
         "sub-02",
-        "sub-02_ses-1_task-rest_run-1_bold.nii.gz: truncated or corrupt .nii.gz",
+        "sub-02_ses-1_task-rest_run-1_bold.nii.gz: truncated .nii.gz: the gzip stream is cut short",
     )
     assert not (tmp_path / "results/ingest/sub-02.json").exists()
 
