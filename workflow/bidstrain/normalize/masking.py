@@ -13,9 +13,10 @@ Config values (``normalize.mask`` for BOLD, ``normalize.dwi_mask``, ``normalize.
 ``none``
     Every voxel of the grid.
 otherwise
-    A path pattern to a mask image on the image's grid (non-zero voxels are kept), with
-    placeholders ``{bids_dir}``, ``{subject}``, ``{session}`` and any BIDS entity key of
-    the image (``{task}``, ``{run}``, ``{acq}``...), for example
+    A path pattern to a mask image on the image's grid, in any voxel order (it is brought
+    to RAS+ order as the image is, :mod:`bidstrain.orientation`; non-zero voxels are kept),
+    with placeholders ``{bids_dir}``, ``{subject}``, ``{session}`` and any BIDS entity key
+    of the image (``{task}``, ``{run}``, ``{acq}``...), for example
     ``{bids_dir}/derivatives/masks/sub-{subject}/func/sub-{subject}_task-{task}_desc-brain_mask.nii.gz``.
 """
 
