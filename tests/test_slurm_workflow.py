@@ -4,21 +4,26 @@ One SLURM run of target ``all`` on the demo dataset (``slurm_all_run``) serves t
 the end-to-end test reads its jobs and outputs; the requeue test reads what happened to
 the training job, which the fixture requeued half-way with ``scontrol requeue`` (SLURM
 sends SIGTERM, the trainer checkpoints and exits 75, SLURM starts the job again and it
-resumes). Training runs for more epochs than the demo default so that half-way is a few
-seconds after the job started.
+resumes). Half-way is a step fixed in advance, whatever the machine's speed: the test-only
+hook ``BIDSTRAIN_TEST_PAUSE_AT_STEP`` (``bidstrain.train.stop``; the SLURM executor
+submits with ``sbatch --export=ALL``, so the job sees it) holds the trainer after that
+step until the requeue's SIGTERM arrives.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 from bidstrain.store import open_store
+from bidstrain.train.stop import PAUSE_AT_STEP
 from conftest import REPO, run_snakemake
 from slurm_support import (
     FINISHED,
@@ -32,8 +37,9 @@ from slurm_support import (
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 EXPERIMENT = "demo"
-# 19 steps per epoch on the demo data: about 360 steps, 15 to 30 s of training here.
-TRAIN_EPOCHS = 19
+# 19 steps per epoch on the demo data: 38 steps; the requeue comes after step 25.
+TRAIN_EPOCHS = 2
+REQUEUE_AFTER_STEP = 25
 RUN_TIMEOUT_S = 480
 JOB_ID = re.compile(r"SLURM_JOB_ID=(\d+)")
 
@@ -86,29 +92,29 @@ def running_train_job(run: SlurmRun) -> str | None:
 @pytest.fixture(scope="module")
 def slurm_all_run(slurm_cluster, demo_bids, tmp_path_factory) -> SlurmAllRun:
     """``snakemake --profile profiles/slurm all`` on the demo data; the training job is
-    requeued (``scontrol requeue``) once its metrics reach half of the planned steps."""
+    requeued (``scontrol requeue``) while the pause hook holds it after step
+    :data:`REQUEUE_AFTER_STEP` (more than half of the planned steps)."""
     workdir = tmp_path_factory.mktemp("slurm_all") / "run"
     workdir.mkdir()
-    longer = workdir.parent / "longer_training.yaml"
-    longer.write_text(f"train:\n  epochs: {TRAIN_EPOCHS}\n")
-    config_args = ("--configfile", str(REPO / "config" / "config.yaml"), str(longer))
+    epochs = workdir.parent / "train_epochs.yaml"
+    epochs.write_text(f"train:\n  epochs: {TRAIN_EPOCHS}\n")
+    config_args = ("--configfile", str(REPO / "config" / "config.yaml"), str(epochs))
     config = {"bids_dir": demo_bids}
-    live_metrics = workdir / "results" / "train" / EXPERIMENT / "checkpoints" / "metrics.jsonl"
-    # The SLURM logs of successful jobs are deleted unless kept.
-    with slurm_snakemake(
-        workdir, "all", "--slurm-keep-successful-logs", *config_args, config=config
-    ) as run:
-        plan = wait_for(
-            lambda: next((r for r in read_metrics(live_metrics) if r["kind"] == "plan"), None),
-            timeout=RUN_TIMEOUT_S,
-            what="the training plan in checkpoints/metrics.jsonl",
-            run=run,
-        )
-        half = plan["total_steps"] // 2
+    checkpoints = workdir / "results" / "train" / EXPERIMENT / "checkpoints"
+    live_metrics = checkpoints / "metrics.jsonl"
+    paused = checkpoints / f"paused-at-{REQUEUE_AFTER_STEP}"
+    # The SLURM logs of successful jobs are deleted unless kept. The hook's variable is in
+    # snakemake's environment when it starts, hence in every job's.
+    with (
+        mock.patch.dict(os.environ, {PAUSE_AT_STEP: str(REQUEUE_AFTER_STEP)}),
+        slurm_snakemake(
+            workdir, "all", "--slurm-keep-successful-logs", *config_args, config=config
+        ) as run,
+    ):
         wait_for(
-            lambda: last_step(live_metrics) >= half,
-            timeout=120,
-            what=f"training step {half}",
+            paused.exists,
+            timeout=RUN_TIMEOUT_S,
+            what=f"the trainer paused after step {REQUEUE_AFTER_STEP} ({paused})",
             run=run,
         )
         train_job = wait_for(
@@ -195,6 +201,7 @@ def test_training_requeued_half_way_resumes_and_logs_every_step_once(slurm_all_r
     total = plans[0]["total_steps"]
     assert plans[1]["total_steps"] == total
     assert total // 2 <= run.requeued_after_step < total
+    assert run.requeued_after_step == REQUEUE_AFTER_STEP
     assert steps_of(records) == list(range(1, total + 1))
     assert [r["epoch"] for r in records if r["kind"] == "validation"] == list(range(TRAIN_EPOCHS))
 
