@@ -1,20 +1,28 @@
 #!/usr/bin/env bash
-# A real one-node SLURM cluster on this machine, for the tests and for trying
+# A real SLURM cluster on this machine, for the tests and for trying
 # `snakemake --profile profiles/slurm` on a laptop. Debian/Ubuntu, run as root.
 #
 #   tests/slurm_cluster.sh install   # apt-get install munge slurmctld slurmd slurm-client (if missing)
-#   tests/slurm_cluster.sh start     # write /etc/slurm/*.conf, start munged, slurmctld, slurmd, wait for idle
-#   tests/slurm_cluster.sh status    # print sinfo; exit 0 only when the node is usable
+#   tests/slurm_cluster.sh start     # write /etc/slurm/*.conf, start munged, slurmctld, one slurmd
+#                                    # per node, wait until every node is idle
+#   tests/slurm_cluster.sh status    # print sinfo; exit 0 only when every node is usable
 #   tests/slurm_cluster.sh stop      # cancel jobs, stop the daemons
 #
 # Every subcommand is idempotent: `start` on a healthy cluster with an unchanged
 # configuration does nothing; `stop` on a stopped cluster does nothing.
 #
-# The cluster: partition `debug` (the default) with one node named after
-# `hostname -s`, all CPUs, ~90% of the memory, and two fake GPUs (gres `gpu`
-# backed by symlinks to /dev/null) so that `--gpus`/`--gres=gpu:N` jobs get
-# CUDA_VISIBLE_DEVICES from SLURM. No slurmdbd: `sacct` does not work, so
-# snakemake's executor must use `--slurm-status-command squeue`.
+# The cluster has two partitions, both always up (one controller, one configuration):
+# - `debug` (the default): one node named after `hostname -s`, all CPUs, ~90% of the
+#   memory, two fake GPUs (gres `gpu` backed by symlinks to /dev/null) so that
+#   `--gpus`/`--gres=gpu:N` jobs get CUDA_VISIBLE_DEVICES from SLURM.
+# - `multi`: two nodes `n1` and `n2` with one fake GPU each, for multi-node jobs
+#   (`--partition=multi --nodes=2 --gpus-per-node=1`). Debian's slurmd is built with
+#   multiple-slurmd support: each node is its own `slurmd -N <node>` on this machine
+#   (NodeHostname = this host), with its own port, spool directory, pid and log file.
+#   The nodes share this machine's CPUs and memory, which each advertises as its own
+#   (SlurmdParameters=config_overrides).
+# No slurmdbd: `sacct` does not work, so snakemake's executor must use
+# `--slurm-status-command squeue`.
 #
 # Environment overrides:
 #   BIDSTRAIN_SLURM_PARTITION  partition name              (default: debug)
@@ -26,9 +34,11 @@ set -euo pipefail
 CONF_DIR=/etc/slurm
 LOG_DIR=/var/log/slurm
 CTLD_SPOOL=/var/spool/slurmctld
-SLURMD_SPOOL=/var/spool/slurmd
 CTLD_PID=/run/slurmctld.pid
-SLURMD_PID=/run/slurmd.pid
+# One spool directory, pid file and log file per slurmd: SLURM expands %n to the node name.
+SLURMD_SPOOL_PATTERN=/var/spool/slurmd/%n
+SLURMD_PID_PATTERN=/run/slurmd-%n.pid
+SLURMD_LOG_PATTERN=$LOG_DIR/slurmd-%n.log
 MUNGE_RUN=/run/munge
 MUNGE_PID=$MUNGE_RUN/munged.pid
 MUNGE_KEY=/etc/munge/munge.key
@@ -39,6 +49,12 @@ PARTITION=${BIDSTRAIN_SLURM_PARTITION:-debug}
 NODE=$(hostname -s)
 NCPUS=${BIDSTRAIN_SLURM_CPUS:-$(nproc)}
 NGPUS=${BIDSTRAIN_SLURM_FAKE_GPUS:-2}
+# The multi-node partition: its nodes, and the port of each one's slurmd (the node of
+# the default partition keeps slurmd's default port, 6818).
+MULTI_PARTITION=multi
+MULTI_NODES=(n1 n2)
+MULTI_PORT_BASE=17001
+ALL_NODES=("$NODE" "${MULTI_NODES[@]}")
 TIMEOUT=${BIDSTRAIN_SLURM_TIMEOUT:-60}
 PACKAGES=(munge slurmctld slurmd slurm-client)
 
@@ -87,7 +103,7 @@ real_memory_mb() {
 
 write_slurm_conf() { # $1: target file
     cat >"$1" <<EOF
-# Written by tests/slurm_cluster.sh: a one-node test cluster. Do not edit by hand.
+# Written by tests/slurm_cluster.sh: a test cluster on one machine. Do not edit by hand.
 ClusterName=bidstrain
 # The controller runs on this machine; 127.0.0.1 avoids depending on DNS.
 SlurmctldHost=${NODE}(127.0.0.1)
@@ -102,11 +118,11 @@ AuthInfo=cred_expire=5
 MpiDefault=none
 SwitchType=switch/none
 StateSaveLocation=${CTLD_SPOOL}
-SlurmdSpoolDir=${SLURMD_SPOOL}
+SlurmdSpoolDir=${SLURMD_SPOOL_PATTERN}
 SlurmctldPidFile=${CTLD_PID}
-SlurmdPidFile=${SLURMD_PID}
+SlurmdPidFile=${SLURMD_PID_PATTERN}
 SlurmctldLogFile=${LOG_DIR}/slurmctld.log
-SlurmdLogFile=${LOG_DIR}/slurmd.log
+SlurmdLogFile=${SLURMD_LOG_PATTERN}
 SlurmctldDebug=info
 SlurmdDebug=info
 
@@ -163,7 +179,27 @@ SlurmdParameters=config_overrides
 GresTypes=gpu
 NodeName=${NODE} NodeAddr=127.0.0.1 CPUs=${NCPUS} RealMemory=$(real_memory_mb) Gres=gpu:${NGPUS} State=UNKNOWN
 PartitionName=${PARTITION} Nodes=${NODE} Default=YES MaxTime=INFINITE State=UP
+
+# The multi-node partition: more slurmd daemons on this host (slurmd -N <node>), each
+# on its own port, with one fake GPU.
 EOF
+    local i
+    for i in "${!MULTI_NODES[@]}"; do
+        echo "NodeName=${MULTI_NODES[i]} NodeHostname=${NODE} NodeAddr=127.0.0.1" \
+            "Port=$((MULTI_PORT_BASE + i)) CPUs=${NCPUS} RealMemory=$(real_memory_mb)" \
+            "Gres=gpu:1 State=UNKNOWN"
+    done >>"$1"
+    local IFS=,
+    echo "PartitionName=${MULTI_PARTITION} Nodes=${MULTI_NODES[*]} MaxTime=INFINITE State=UP" >>"$1"
+}
+
+# The number of fake GPUs of node $1.
+node_gpus() {
+    if [[ $1 == "$NODE" ]]; then
+        echo "$NGPUS"
+    else
+        echo 1
+    fi
 }
 
 write_gres_conf() { # $1: target file
@@ -174,9 +210,11 @@ write_gres_conf() { # $1: target file
         echo "# (slurmd: 'gpu duplicate device file name (/dev/null)' is fatal), so each"
         echo "# fake GPU is its own symlink to /dev/null."
         echo "AutoDetect=off"
-        local i
-        for ((i = 0; i < NGPUS; i++)); do
-            echo "Name=gpu File=${FAKE_GPU_DIR}/gpu$i"
+        local node i
+        for node in "${ALL_NODES[@]}"; do
+            for ((i = 0; i < $(node_gpus "$node"); i++)); do
+                echo "NodeName=$node Name=gpu File=${FAKE_GPU_DIR}/$node-gpu$i"
+            done
         done
     } >"$1"
 }
@@ -214,10 +252,12 @@ configs_current() {
 }
 
 make_fake_gpus() {
-    local i
+    local node i
     mkdir -p "$FAKE_GPU_DIR"
-    for ((i = 0; i < NGPUS; i++)); do
-        ln -sfn /dev/null "$FAKE_GPU_DIR/gpu$i"
+    for node in "${ALL_NODES[@]}"; do
+        for ((i = 0; i < $(node_gpus "$node"); i++)); do
+            ln -sfn /dev/null "$FAKE_GPU_DIR/$node-gpu$i"
+        done
     done
 }
 
@@ -284,25 +324,46 @@ start_munge() {
     die "munge does not work: $(tail -n 20 /var/log/munge/munged.log 2>/dev/null)"
 }
 
-# The node's state as sinfo prints it (idle, mix, alloc, down*, drain, ...).
-# Empty when the controller does not answer; never fails (set -e).
-node_state() { sinfo -h -N -n "$NODE" -o '%t' 2>/dev/null | head -n 1 || true; }
+# SLURM's %n pattern $1 for node $2.
+for_node() { echo "${1//%n/$2}"; }
 
-# Usable: the node answers and takes jobs (no '*' = not responding, not down/drained).
-node_usable() {
-    case "$(node_state)" in
-    idle | mix | alloc | comp) return 0 ;;
-    *) return 1 ;;
-    esac
+# Node $1's state as sinfo prints it (idle, mix, alloc, down*, drain, ...).
+# Empty when the controller does not answer; never fails (set -e).
+node_state() { sinfo -h -N -n "$1" -o '%t' 2>/dev/null | head -n 1 || true; }
+
+# "node=state ..." for every node.
+node_states() {
+    local node
+    for node in "${ALL_NODES[@]}"; do
+        printf '%s=%s ' "$node" "$(node_state "$node")"
+    done
 }
 
-daemons_running() { munge_ok && pid_alive "$CTLD_PID" && pid_alive "$SLURMD_PID"; }
+# Usable: every node answers and takes jobs (no '*' = not responding, not down/drained).
+nodes_usable() {
+    local node
+    for node in "${ALL_NODES[@]}"; do
+        case "$(node_state "$node")" in
+        idle | mix | alloc | comp) ;;
+        *) return 1 ;;
+        esac
+    done
+}
+
+slurmds_running() {
+    local node
+    for node in "${ALL_NODES[@]}"; do
+        pid_alive "$(for_node "$SLURMD_PID_PATTERN" "$node")" || return 1
+    done
+}
+
+daemons_running() { munge_ok && pid_alive "$CTLD_PID" && slurmds_running; }
 
 show_failure() {
-    log "node state: '$(node_state)'; sinfo -R:"
+    log "node states: $(node_states); sinfo -R:"
     sinfo -R 2>&1 | sed 's/^/    /' >&2 || true
     local f
-    for f in "$LOG_DIR"/*.stderr "$LOG_DIR/slurmctld.log" "$LOG_DIR/slurmd.log" /var/log/munge/munged.log; do
+    for f in "$LOG_DIR"/*.stderr "$LOG_DIR/slurmctld.log" "$LOG_DIR"/slurmd-*.log /var/log/munge/munged.log; do
         if [[ -s $f ]]; then
             log "--- tail of $f"
             tail -n 25 "$f" >&2
@@ -313,56 +374,69 @@ show_failure() {
 cmd_start() {
     command -v slurmctld >/dev/null || die "slurmctld is not installed: run '$0 install' first"
 
-    if daemons_running && node_usable && configs_current; then
-        log "already running: node $NODE is $(node_state) in partition $PARTITION"
+    if daemons_running && nodes_usable && configs_current; then
+        log "already running: $(node_states)(partitions $PARTITION, $MULTI_PARTITION)"
         return 0
     fi
-    if pid_alive "$CTLD_PID" || pid_alive "$SLURMD_PID"; then
-        log "restarting (configuration changed or node not usable)"
+    if pid_alive "$CTLD_PID" || any_slurmd_running; then
+        log "restarting (configuration changed or a node not usable)"
         cmd_stop
     fi
 
     install_configs
-    mkdir -p "$LOG_DIR" "$CTLD_SPOOL" "$SLURMD_SPOOL"
+    local node pidfiles=("$CTLD_PID")
+    for node in "${ALL_NODES[@]}"; do
+        mkdir -p "$(for_node "$SLURMD_SPOOL_PATTERN" "$node")"
+        pidfiles+=("$(for_node "$SLURMD_PID_PATTERN" "$node")")
+    done
+    mkdir -p "$LOG_DIR" "$CTLD_SPOOL"
     start_munge
 
     # The daemons are not running: pid files left by a killed one are stale.
-    rm -f "$CTLD_PID" "$SLURMD_PID"
+    rm -f "${pidfiles[@]}"
     # -c: start from a clean state (no jobs or node states from an earlier run),
     # so a restarted test cluster is always the same. -i: ignore unreadable state.
     run_daemon slurmctld slurmctld -c -i || {
         show_failure
         die "slurmctld did not start"
     }
-    run_daemon slurmd slurmd || {
-        show_failure
-        die "slurmd did not start"
-    }
+    # -N: the node this slurmd is (every node's NodeHostname is this host).
+    for node in "${ALL_NODES[@]}"; do
+        run_daemon "slurmd-$node" slurmd -N "$node" || {
+            show_failure
+            die "slurmd -N $node did not start"
+        }
+    done
 
-    local deadline=$((SECONDS + TIMEOUT)) state pidfile
+    local deadline=$((SECONDS + TIMEOUT)) state pidfile idle
     while ((SECONDS < deadline)); do
         # A daemon may die after it forked (e.g. on a fatal configuration error). Its
         # pid file appears a moment after the start command returned.
-        for pidfile in "$CTLD_PID" "$SLURMD_PID"; do
+        idle=1
+        for pidfile in "${pidfiles[@]}"; do
             if [[ -s $pidfile ]] && ! pid_alive "$pidfile"; then
                 show_failure
                 die "$(basename "$pidfile" .pid) exited during start"
             fi
+            pid_alive "$pidfile" || idle=0
         done
-        state=$(node_state)
-        if [[ $state == idle ]] && pid_alive "$CTLD_PID" && pid_alive "$SLURMD_PID"; then
-            log "node $NODE is idle in partition $PARTITION (${SECONDS}s)"
+        for node in "${ALL_NODES[@]}"; do
+            state=$(node_state "$node")
+            [[ $state == idle ]] || idle=0
+            # A node that registered as down (e.g. after an unclean stop) is
+            # brought back; one drained for a real reason shows up in show_failure.
+            if [[ $state == down || $state == drain ]]; then
+                scontrol update nodename="$node" state=resume >/dev/null 2>&1 || true
+            fi
+        done
+        if ((idle)); then
+            log "idle: $(node_states)(partitions $PARTITION, $MULTI_PARTITION; ${SECONDS}s)"
             return 0
-        fi
-        # A node that registered as down (e.g. after an unclean stop) is
-        # brought back; one drained for a real reason shows up in show_failure.
-        if [[ $state == down || $state == drain ]]; then
-            scontrol update nodename="$NODE" state=resume >/dev/null 2>&1 || true
         fi
         sleep 0.5
     done
     show_failure
-    die "node $NODE did not become idle within ${TIMEOUT}s"
+    die "nodes not idle within ${TIMEOUT}s: $(node_states)"
 }
 
 wait_pid_gone() { # $1: pid file, $2: deciseconds
@@ -384,6 +458,25 @@ stop_pidfile() { # $1: pid file, $2: name
     fi
 }
 
+# Every slurmd pid file there is: of the current nodes, and of nodes an earlier
+# configuration had (/run/slurmd.pid of the one-node cluster this script once started).
+slurmd_pidfiles() {
+    local f
+    # shellcheck disable=SC2046 # the unquoted pattern is expanded on purpose
+    for f in $(for_node "$SLURMD_PID_PATTERN" "*") /run/slurmd.pid; do
+        [[ -e $f ]] && echo "$f"
+    done
+    return 0
+}
+
+any_slurmd_running() {
+    local pidfile
+    for pidfile in $(slurmd_pidfiles); do
+        pid_alive "$pidfile" && return 0
+    done
+    return 1
+}
+
 cmd_stop() {
     if pid_alive "$CTLD_PID"; then
         # Cancel all jobs first so that no job steps outlive slurmd.
@@ -399,7 +492,10 @@ cmd_stop() {
             done
         fi
     fi
-    stop_pidfile "$SLURMD_PID" slurmd
+    local pidfile
+    for pidfile in $(slurmd_pidfiles); do
+        stop_pidfile "$pidfile" "$(basename "$pidfile" .pid)"
+    done
     stop_pidfile "$CTLD_PID" slurmctld
     stop_pidfile "$MUNGE_PID" munged
     log "stopped"
@@ -411,12 +507,12 @@ cmd_status() {
         return 1
     fi
     sinfo || true
-    if daemons_running && node_usable; then
+    if daemons_running && nodes_usable; then
         return 0
     fi
     log "not usable (munge: $(munge_ok && echo ok || echo down)," \
         "slurmctld: $(pid_alive "$CTLD_PID" && echo up || echo down)," \
-        "slurmd: $(pid_alive "$SLURMD_PID" && echo up || echo down), node: '$(node_state)')"
+        "slurmd: $(slurmds_running && echo up || echo down), nodes: $(node_states))"
     return 1
 }
 
