@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SLURM_FIXTURES
+from conftest import REPO, SLURM_FIXTURES, snakemake_env
 
 
 def _env_file(path: Path) -> dict[str, str]:
@@ -133,3 +133,23 @@ def test_tests_outside_the_slurm_marker_do_not_start_the_cluster():
     set_up = set(re.findall(r"^\s*SETUP\s+[SPMCF] (\w+)", result.stdout, flags=re.MULTILINE))
     assert {"demo_bids", "tmp_path"} <= set_up
     assert not set_up & (SLURM_FIXTURES | {"slurm_cluster_up"})
+
+
+@pytest.mark.slurm
+def test_only_snakemake_runs_on_slurm_ask_the_controller(slurm_cluster):
+    """The SLURM executor plugin runs ``scontrol show config`` on every snakemake start
+    (for MinJobAge). A run on SLURM gets the cluster's answer; a run without SLURM gets a
+    configuration on which scontrol stops before it contacts any controller (with
+    /etc/slurm/slurm.conf and no controller answering it would wait 10 s)."""
+    command = ["scontrol", "show", "config"]
+    slurm = subprocess.run(
+        command, capture_output=True, text=True, timeout=60, env=snakemake_env(uses_slurm=True)
+    )
+    assert slurm.returncode == 0, slurm.stderr
+    assert re.search(r"^MinJobAge\s*=\s*3600 sec", slurm.stdout, flags=re.MULTILINE)
+
+    local = subprocess.run(
+        command, capture_output=True, text=True, timeout=60, env=snakemake_env(uses_slurm=False)
+    )
+    assert local.returncode != 0
+    assert "ClusterName needs to be specified" in local.stderr, local.stderr
