@@ -2,7 +2,7 @@
 
 A demo subject rewritten in LAS and in PSR voxel order (data permuted and flipped, the
 affine to match, ``.bvec`` in the new voxel axes) gives the stores of the RAS original,
-for T1w, BOLD and DWI, through ingestion and the normalize command in-process.
+for T1w, BOLD and DWI, through ingestion and the normalize functions a job calls.
 """
 
 from __future__ import annotations
@@ -17,8 +17,13 @@ import pytest
 import xarray as xr
 from bidstrain.demo import DemoSpec, make_demo
 from bidstrain.ingest import ingest_subject
-from bidstrain.normalize import ImageInfo, normalize_with_stats
-from bidstrain.normalize.__main__ import main as normalize_main
+from bidstrain.normalize import (
+    ImageInfo,
+    Options,
+    normalize_bold,
+    normalize_volumes,
+    normalize_with_stats,
+)
 from bidstrain.normalize.nifti_stream import iter_blocks, read_layout
 from bidstrain.orientation import reorientation
 from bidstrain.store import CONSOLIDATED
@@ -32,6 +37,7 @@ SPEC = DemoSpec(
     sessions_subject=False,
 )
 ORIENTATIONS = ("LAS", "PSR")
+MASKS = {"bold": "epi", "T1w": "head", "dwi": "epi"}  # the config's defaults
 
 
 def _axes(affine: np.ndarray) -> np.ndarray:
@@ -73,12 +79,16 @@ def _normalize(root: Path, out: Path) -> dict[str, xr.Dataset]:
     for image in record["images"]:
         name = Path(image["path"]).name.replace(".nii.gz", "")
         store = out / f"{name}.zarr"
-        normalize_main(
-            [image["modality"], "--image", image["path"], "--ingest", str(ingest)]
-            + ["--out", str(store), "--block-volumes", "3"]
-        )
+        _normalize_image(image["path"], ingest, store, MASKS[image["modality"]])
         stores[name] = xr.open_zarr(store, consolidated=CONSOLIDATED).load()
     return stores
+
+
+def _normalize_image(image, ingest: Path, store: Path, mask: str = "epi") -> None:
+    """What a normalize job does for one image: its ingest record, then its store."""
+    info = ImageInfo.from_ingest(ingest, image)
+    normalize = normalize_bold if info.modality == "bold" else normalize_volumes
+    normalize(image, store, info, Options(mask=mask, block_volumes=3))
 
 
 @pytest.fixture(scope="module")
@@ -145,17 +155,11 @@ def test_mask_file_and_heldout_statistics_apply_on_the_reoriented_grid(demo, sto
         ingest = tmp_path / f"{codes}.json"
         ingest.write_text(json.dumps(record))
         out = tmp_path / f"{codes}_masked.zarr"
-        normalize_main(
-            ["bold", "--image", str(image), "--ingest", str(ingest), "--out", str(out)]
-            + ["--mask", str(mask_path)]
-        )
+        _normalize_image(image, ingest, out, str(mask_path))
         masked = xr.open_zarr(out, consolidated=CONSOLIDATED).load()
         np.testing.assert_array_equal(masked.mask.values, canonical_mask)
         stats = tmp_path / f"{codes}_stats.zarr"
-        normalize_main(
-            ["bold", "--image", str(image.with_name(image.name.replace("run-2", "run-1")))]
-            + ["--ingest", str(ingest), "--out", str(stats)]
-        )
+        _normalize_image(image.with_name(image.name.replace("run-2", "run-1")), ingest, stats)
         info = ImageInfo.from_ingest(ingest, image)
         heldout = tmp_path / f"{codes}_heldout.zarr"
         normalize_with_stats(image, [stats], heldout, info)
