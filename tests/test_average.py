@@ -36,6 +36,7 @@ def write_bold_store(
     ddof: int = 1,
     normalize: bool = True,
     source_path: str = "raw.nii.gz",
+    storage: str = "float32",
 ) -> Path:
     """Write a subject BOLD store from a raw ``(x, y, z, t)`` array, z-scored per voxel.
 
@@ -55,6 +56,7 @@ def write_bold_store(
         mask=mask,
         affine=np.eye(4) if affine is None else affine,
         time=np.arange(n_time) * tr,
+        storage=storage,
     ) as writer:
         writer.write(0, data)
         writer.add_variable("mean", ("voxel",), mean.astype(np.float32))

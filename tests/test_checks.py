@@ -382,3 +382,53 @@ def test_summary_files_and_the_strict_error(tmp_path):
     raise_on_failure(checks[:1], summary_path="x")
     with pytest.raises(ValueError, match="status must be one of"):
         Check("x", "ok", "")
+
+
+@pytest.mark.parametrize("storage", ["float16", "bitround-7", "bitround-3"])
+def test_reduced_precision_widens_the_tolerance_but_scanner_scale_still_fails(tmp_path, storage):
+    from bidstrain.average import average_stores
+    from bidstrain.checks.normalization import check_normalization
+    from bidstrain.checks.scan import raw_head
+    from bidstrain.store import open_store
+
+    rng = np.random.default_rng(5)
+    mask, manifest, stores = ellipsoid(), {}, {}
+    for n in range(3):
+        raw = random_raw(rng, n_time=40)
+        source = save_nifti(tmp_path / f"sub-0{n}_bold.nii", raw)
+        manifest[str(source.resolve())] = {"n_volumes": "40", "shape": "5x6x4x40"}
+        for kind, kwargs in {
+            "exact": {},
+            "rounded": {"storage": storage},
+            "scanner": {"storage": storage, "normalize": False},
+        }.items():
+            path = tmp_path / f"{kind}-{n}.zarr"
+            write_bold_store(
+                path,
+                raw.astype(np.float32),
+                mask,
+                subject=f"0{n}",
+                source_path=str(source),
+                **kwargs,
+            )
+            stores.setdefault(kind, []).append(str(path))
+    rounding = np.abs(
+        open_store(stores["rounded"][0]).data.values - open_store(stores["exact"][0]).data.values
+    ).max()
+    tolerance = 1e-4
+    assert rounding > tolerance  # the rounding alone is above checks.stats_tolerance
+    average = str(average_stores(stores["rounded"], tmp_path / "average.zarr"))
+    assert open_store(average).attrs["storage"] == storage
+
+    def check(paths: list[str]) -> Check:
+        scans = [scan_store(path, sample_voxels=50) for path in paths]
+        heads = {scan.path: raw_head(scan) for scan in scans if not scan.is_average}
+        return check_normalization(
+            scans, {}, heads, training={average}, manifest=manifest, ddof=1, tolerance=tolerance
+        )
+
+    passed = check([*stores["rounded"], average])
+    assert passed.status == "pass", passed.message
+    failed = check(stores["scanner"])
+    assert failed.status == "fail"
+    assert "not z-scored" in failed.message and f"rounding of storage {storage}" in failed.message

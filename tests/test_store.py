@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import shutil
+import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import xarray as xr
+import zarr
+import zarr.codecs
 from bidstrain.errors import BidstrainError
 from bidstrain.grid import AFFINE_TOLERANCE, grid_mismatch
+from bidstrain.shards import ShardStream
 from bidstrain.store import (
+    CONSOLIDATED,
     REQUIRED_ATTRS,
+    Storage,
     StoreMeta,
+    count_files,
     create_store,
     open_store,
     read_meta,
@@ -129,3 +141,146 @@ def test_grid_mismatch_names_the_shape_or_the_affine_difference():
     nan = affine.copy()
     nan[0, 0] = np.nan
     assert grid_mismatch((4, 5, 3), nan, (4, 5, 3), affine) is not None
+
+
+# ---- sharded layout, storage precision, full disks ----------------------------------
+
+
+def bold_store(path: Path, n_time: int, *, shape=(20, 20, 20), **kwargs) -> Path:
+    """A BOLD store over the whole grid, written in blocks of 7 volumes."""
+    mask = np.ones(shape, dtype=bool)
+    n_voxel = mask.size
+    rng = np.random.default_rng(n_time)
+    with create_store(
+        path, mask=mask, affine=np.eye(4), time=np.arange(n_time) * 2.0, **kwargs
+    ) as writer:
+        for start in range(0, n_time, 7):
+            block = rng.standard_normal((min(7, n_time - start), n_voxel), dtype=np.float32)
+            writer.write(start, block)
+        writer.add_variable("mean", ("voxel",), np.full(n_voxel, 100.0, dtype=np.float32))
+        writer.add_variable("std", ("voxel",), np.full(n_voxel, 5.0, dtype=np.float32))
+        writer.attrs.update(ATTRS)
+    return path
+
+
+def test_a_store_is_twelve_files_whatever_its_length(tmp_path):
+    """One shard per array: the count is fixed by the arrays (a 96x96x96x300 run is 12
+    files, not 135), here with 1-volume chunks so that 600 volumes are 600 chunks."""
+    short = bold_store(tmp_path / "short.zarr", 20, chunk=1)
+    long = bold_store(tmp_path / "long.zarr", 600, chunk=1, shape=(6, 6, 6))
+    default = bold_store(tmp_path / "default.zarr", 300)  # 4 MB chunks: 128 of them
+    assert count_files(short) == count_files(long) == count_files(default) == 12
+    assert sorted(p.name for p in (default / "data").rglob("*") if p.is_file()) == [
+        "0",
+        "zarr.json",
+    ]
+
+
+def test_the_streamed_shard_is_the_shard_zarr_writes(tmp_path):
+    values = np.random.default_rng(0).standard_normal((23, 50), dtype=np.float32)
+    for compressors in (None, [zarr.codecs.ZstdCodec(level=1)]):
+        arrays = []
+        for name in ("zarr", "stream"):
+            array = zarr.create_array(
+                tmp_path / f"{name}-{compressors is None}",
+                shape=values.shape,
+                chunks=(4, 50),
+                shards=(12, 50),
+                dtype="float32",
+                fill_value=np.nan,
+                compressors=compressors,
+                zarr_format=3,
+            )
+            arrays.append(array)
+        arrays[0][...] = values
+        stream = ShardStream(tmp_path / f"stream-{compressors is None}", arrays[1])
+        padded = np.concatenate([values, np.full((1, 50), np.nan, dtype=np.float32)])
+        for start in range(0, 24, 4):
+            stream.append(padded[start : start + 4])
+        stream.close()
+        for shard in ("c/0/0", "c/1/0"):
+            written = [(Path(a.store.root) / shard).read_bytes() for a in arrays]
+            assert written[0] == written[1]
+        np.testing.assert_array_equal(zarr.open_array(arrays[1].store, mode="r")[...], values)
+
+
+def test_stores_read_back_through_xarray_and_open_store_in_every_storage(tmp_path):
+    values = None
+    for storage in ("float32", "float16", "bitround-7"):
+        path = bold_store(tmp_path / f"{storage}.zarr", 30, shape=(5, 6, 4), storage=storage)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            plain = xr.open_zarr(path, consolidated=CONSOLIDATED)
+            ds = open_store(path)
+        exact = values if values is not None else plain.data.values
+        values = exact
+        stored = plain.data.values.astype(np.float64)
+        bound = Storage.parse(storage).relative_error * np.abs(exact)
+        assert (np.abs(stored - exact) <= bound).all()
+        if storage != "float32":
+            assert (np.abs(stored - exact) > bound / 4).any()  # the bound is tight
+        meta = read_meta(path)
+        assert meta.storage == storage and meta.precision == Storage.parse(storage).relative_error
+        grid = np.nonzero(ds.mask.values)
+        for axis, index in zip("ijk", grid, strict=True):
+            np.testing.assert_array_equal(ds[axis].values, index)
+        assert ds.data.chunks[0][0] == zarr.open_array(path / "data").chunks[0]
+
+
+def test_storage_names_and_writes_out_of_order_or_beyond_float16(tmp_path):
+    assert Storage.parse("bitround-7").keepbits == 7
+    assert Storage.parse("float16").relative_error == 2.0**-11
+    for bad in ("float64", "bitround-0", "bitround-23", "bitround-x"):
+        with pytest.raises(BidstrainError, match="normalize.storage"):
+            Storage.parse(bad)
+    mask = np.ones((2, 2, 2), dtype=bool)
+    with pytest.raises(RuntimeError, match="blocks must come in time order"):
+        with create_store(
+            tmp_path / "a.zarr", mask=mask, affine=np.eye(4), time=np.arange(4.0)
+        ) as w:
+            w.write(2, np.zeros((2, 8)))
+    with pytest.raises(BidstrainError, match="do not fit float16"):
+        with create_store(
+            tmp_path / "b.zarr", mask=mask, affine=np.eye(4), time=np.arange(4.0), storage="float16"
+        ) as w:
+            w.write(0, np.full((4, 8), 1e5))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_filesystem_leaves_no_store_and_says_how_much_is_free(tmp_path):
+    """A real 2 MiB tmpfs (the tests run as root): a 5 MB store cannot fit; the previous
+    store stays, and nothing else is left."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+    try:
+        previous = bold_store(mount / "r.zarr", 10, shape=(5, 6, 4))
+        before = xr.open_zarr(previous, consolidated=CONSOLIDATED).load()
+        free = shutil.disk_usage(mount).free
+        with pytest.raises(BidstrainError) as error:
+            bold_store(mount / "r.zarr", 160)  # 8000 voxels x 160 volumes x 4 bytes
+        message = str(error.value)
+        assert message.startswith(f"{mount / 'r.zarr'}: no space left on the device")
+        assert f"{free} bytes" in message and "free on the filesystem" in message
+        assert [p.name for p in mount.iterdir()] == ["r.zarr"]
+        xr.testing.assert_identical(xr.open_zarr(previous, consolidated=CONSOLIDATED), before)
+        assert shutil.disk_usage(mount).free == free
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_an_injected_quota_error_is_reported_the_same_way(tmp_path, monkeypatch):
+    """Where no tmpfs can be mounted: the shard write fails with EDQUOT half-way."""
+    calls = []
+    original = ShardStream.append
+
+    def append(self, chunk):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+        original(self, chunk)
+
+    monkeypatch.setattr(ShardStream, "append", append)
+    with pytest.raises(BidstrainError, match=r"no space left on the device \(Disk quota"):
+        bold_store(tmp_path / "r.zarr", 10, chunk=1)
+    assert list(tmp_path.iterdir()) == []

@@ -2,15 +2,23 @@
 
 A job killed half-way leaves only a hidden temporary (``.<name>.tmp-<pid>``), never a file
 or store that looks complete, and a failed rerun leaves the previous good output untouched.
+A write that runs out of space (or of quota) removes its temporary and says how much was
+written and how much is free.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from bidstrain.errors import BidstrainError
+
+#: The errors of a full filesystem: no space left, disk quota exceeded.
+FULL_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _remove(path: Path) -> None:
@@ -18,6 +26,29 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def _size(path: Path) -> int:
+    """Bytes in the files under ``path`` (a file or a directory)."""
+    if not path.is_dir():
+        return path.stat().st_size if path.exists() else 0
+    return sum(
+        (Path(root) / name).stat().st_size for root, _, names in os.walk(path) for name in names
+    )
+
+
+def _full_disk(final: Path, tmp: Path, error: OSError) -> BidstrainError:
+    """The error for a write into ``tmp`` that failed with a full filesystem."""
+    written = _size(tmp)
+    _remove(tmp)
+    free = shutil.disk_usage(final.parent).free
+    return BidstrainError(
+        f"no space left on the device ({error.strerror}) after writing {written} bytes of it; "
+        f"{free} bytes ({free / 2**20:.1f} MiB) are free on the filesystem of "
+        f"{final.parent}: free space (or raise the quota), or move the results to a larger "
+        "filesystem, and rerun",
+        path=final,
+    )
 
 
 @contextmanager
@@ -37,6 +68,12 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     ------
     Path
         The temporary path to write to.
+
+    Raises
+    ------
+    BidstrainError
+        When the filesystem fills up (ENOSPC, EDQUOT) during the block, naming ``final``,
+        the bytes written and the bytes free; the temporary is removed.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -44,6 +81,11 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     _remove(tmp)
     try:
         yield tmp
+    except OSError as error:
+        if error.errno in FULL_DISK_ERRORS:
+            raise _full_disk(final, tmp, error) from error
+        _remove(tmp)
+        raise
     except BaseException:
         _remove(tmp)
         raise

@@ -21,6 +21,10 @@ group-typical raw-scale series, not the average of the raw series. The average i
 per-voxel mean 0 when no run was truncated, and per-voxel std at most 1 (the mean of unit
 variance series has variance at most 1): its std measures how much subjects agree.
 
+Storage: the average is stored as the coarsest of its subject stores (``normalize.storage``,
+the same for all of them in one workflow), so reduced-precision subject stores give a
+reduced-precision average, and the checks know both roundings.
+
 Memory: the job streams blocks of volumes; for each block it reads one subject store at a
 time and adds it to the block's sum, so peak memory is about three blocks of
 :data:`BLOCK_BYTES` whatever the number of subjects and the run length.
@@ -272,12 +276,14 @@ def average_stores(
     data_sum = np.zeros(n_voxel, dtype=np.float64)
     data_sumsq = np.zeros(n_voxel, dtype=np.float64)
     truncated = {src.label: src.n_time for src in sources if src.n_time > n_time}
+    storage = max((src.meta for src in sources), key=lambda meta: meta.precision).storage
     with create_store(
         out,
         mask=group,
         affine=sources[0].meta.affine,
         time=first.time.values[:n_time],
         chunk=chunk,
+        storage=storage,
     ) as writer:
         for start in range(0, n_time, block):
             stop = min(start + block, n_time)

@@ -124,6 +124,7 @@ class NormalizeConfig:
     nonfinite: str
     heldout: Mapping[str, tuple[str, ...]]
     block_volumes: int
+    storage: str
 
     def mask_option(self, modality: str) -> str:
         """The mask option (keyword or path pattern) of a modality's images."""

@@ -3,12 +3,16 @@
 A store holds one image (a BOLD run, a T1w, a DWI series) or one cross-subject average,
 masked to a brain mask and flattened to ``(time, voxel)``::
 
-    data   (time, voxel)  float32   normalized values; T1w has one time point
+    data   (time, voxel)  float32 (or float16, see :class:`Storage`)   normalized values;
+                          T1w has one time point
     mean   (voxel,) for BOLD, (time,) for T1w/DWI   float32   the statistics used
     std    same dims as mean                          float32
-    mask   (x, y, z)      bool      the 3D mask; voxel n sits at (i[n], j[n], k[n])
-    coords i, j, k (voxel) int32; time (time) float64 acquisition time in seconds;
-           DWI adds bval (time) and bvec (time, direction)
+    mask   (x, y, z)      bool      the 3D mask; the voxels are its True entries in C order
+    coords time (time) float64 acquisition time in seconds; DWI adds bval (time) and bvec
+           (time, direction)
+
+The voxel indices ``i, j, k`` (voxel) are not stored (they are ``np.nonzero(mask)``):
+:func:`open_store` adds them as coordinates.
 
 Attributes (``ds.attrs``) are read through :class:`StoreMeta` (:func:`store_meta` of an
 open store, :func:`read_meta` of a path), never by key elsewhere: ``modality``,
@@ -16,37 +20,51 @@ open store, :func:`read_meta` of a path), never by key elsewhere: ``modality``,
 (s, or None), ``source_path``, ``source_size`` (bytes), ``ddof``, ``n_zero_variance``,
 ``n_nonfinite``, ``stats_dim`` (``"voxel"`` or ``"time"``), ``stats_from`` (the source
 files the statistics were fitted on), ``heldout``, ``mask_source``, ``source_dtype``,
-``source_orientation`` and ``bidstrain_version``; averages add ``subjects``,
-``sessions``, ``truncated`` and ``mask_mode``.
+``source_orientation``, ``storage`` (:class:`Storage`) and ``bidstrain_version``;
+averages add ``subjects``, ``sessions``, ``truncated`` and ``mask_mode``.
 
 Stores are Zarr v3 without consolidated metadata (consolidation is not part of the v3
 spec and makes xarray warn); every read passes ``consolidated=CONSOLIDATED``. They are
 written with zarr alone (``dimension_names`` and a CF ``coordinates`` attribute tell xarray
 the layout), so a normalization job never imports xarray, pandas or dask.
-Data is chunked as a block of volumes by all voxels, about :data:`CHUNK_BYTES` each, and
-left uncompressed: z-scored float32 compresses about 1.1x, so decode speed wins.
+Files: ``data`` is one Zarr v3 shard (one file, written as a stream by
+:mod:`bidstrain.shards`) of inner chunks of whole volumes, about :data:`CHUNK_BYTES` each,
+which the training loader reads one at a time; every other array is one chunk. A store is
+therefore ``zarr.json`` plus ``.snakemake_timestamp/zarr.json`` plus two files per array:
+12 for a BOLD or T1w store, 14 for an average (``n_subjects``), 16 for DWI (``bval``,
+``bvec``), whatever the number of volumes (:func:`count_files`). Float32 data is left
+uncompressed (z-scored float32 compresses about 1.1x, so decode speed wins); reduced
+precision (``normalize.storage``) stores float16, or float32 rounded to fewer mantissa
+bits with numcodecs' BitRound and then zstd.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numcodecs
 import numpy as np
 import zarr
+import zarr.codecs
 
 from bidstrain import __version__
 from bidstrain.atomic import atomic_path
 from bidstrain.errors import BidstrainError
+from bidstrain.shards import ShardStream
 
 if TYPE_CHECKING:
     import xarray as xr
 
 CONSOLIDATED = False
 CHUNK_BYTES = 4 * 2**20
+#: Zstandard level of reduced-precision data: level 1 compresses BitRound output about as
+#: well as level 3 (0.48 against 0.46 of float32 at 7 bits kept) at twice the speed.
+ZSTD_LEVEL = 1
 #: Snakemake marks a finished ``directory()`` output by touching this entry inside it; an
 #: empty Zarr group of that name serves, where a plain file would make zarr warn.
 SNAKEMAKE_TIMESTAMP = ".snakemake_timestamp"
@@ -54,6 +72,66 @@ SNAKEMAKE_TIMESTAMP = ".snakemake_timestamp"
 #: this marks a zero-variance voxel or volume: its z-scores are written as 0. nilearn's
 #: threshold; the normalizers and the normalization check use this one value.
 ZERO_STD = float(np.finfo(np.float64).eps)
+
+
+@dataclass(frozen=True)
+class Storage:
+    """How ``data`` values are stored (config ``normalize.storage``).
+
+    ``float32``
+        Exact: the float32 z-scores, uncompressed (the default).
+    ``float16``
+        Half the bytes; 10 mantissa bits kept (relative error at most ``2**-11``), values
+        up to 65504 in magnitude.
+    ``bitround-N``
+        float32 with all but ``N`` mantissa bits (1 to 22) rounded away by numcodecs'
+        BitRound, then zstd: 7 bits store a z-scored run in about half the bytes. The
+        rounding happens before zarr (BitRound's decoding is the identity), so the array's
+        codecs are zstd alone, in the Zarr v3 specification: zarr warns about numcodecs
+        codecs in v3 metadata on every open, and other implementations may not read them.
+    """
+
+    name: str
+    dtype: np.dtype
+    keepbits: int | None = None
+
+    @classmethod
+    def parse(cls, name: str) -> Storage:
+        """The storage a config value names.
+
+        Raises
+        ------
+        BidstrainError
+            For a value that is none of the above.
+        """
+        if name in ("float32", "float16"):
+            return cls(name, np.dtype(name))
+        bits = name.removeprefix("bitround-")
+        if bits != name and bits.isdigit() and 1 <= int(bits) <= 22:
+            return cls(name, np.dtype("float32"), int(bits))
+        raise BidstrainError(
+            f"normalize.storage {name!r} is not float32, float16 or bitround-N with N from 1 to 22"
+        )
+
+    @property
+    def relative_error(self) -> float:
+        """Largest relative difference between a value and what the store holds of it."""
+        if self.keepbits is not None:  # float32 rounding, then BitRound's
+            return 2.0 ** -(self.keepbits + 1) + 2.0**-24
+        return 2.0 ** -(np.finfo(self.dtype).nmant + 1)
+
+    def compressors(self) -> list[zarr.codecs.ZstdCodec] | None:
+        """The compressors of the ``data`` array."""
+        return None if self.keepbits is None else [zarr.codecs.ZstdCodec(level=ZSTD_LEVEL)]
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        """``values`` as stored: cast to :attr:`dtype`, C-contiguous, mantissas rounded."""
+        with np.errstate(over="ignore"):  # float16 overflow: the writer reports it
+            stored = np.ascontiguousarray(values, dtype=self.dtype)
+        if self.keepbits is None:
+            return stored
+        rounded = numcodecs.BitRound(keepbits=self.keepbits).encode(stored)  # an integer view
+        return rounded.view(self.dtype).reshape(stored.shape)
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,6 +163,7 @@ class StoreMeta:
     sessions: Mapping[str, list[str]] = field(default_factory=dict)
     truncated: Mapping[str, int] = field(default_factory=dict)
     mask_mode: str | None = None
+    storage: str = "float32"
     bidstrain_version: str | None = None
 
     @classmethod
@@ -126,6 +205,11 @@ class StoreMeta:
     def is_average(self) -> bool:
         """Whether the store is a cross-subject average (it lists its subjects)."""
         return bool(self.subjects)
+
+    @property
+    def precision(self) -> float:
+        """Largest relative rounding error of a stored ``data`` value (:class:`Storage`)."""
+        return Storage.parse(self.storage).relative_error
 
     @property
     def per_voxel(self) -> bool:
@@ -175,6 +259,13 @@ def read_meta(path: str | Path) -> StoreMeta:
     return StoreMeta.from_attrs(group.attrs.asdict(), path)
 
 
+def read_dims(path: str | Path) -> tuple[int, int, tuple[int, ...]]:
+    """``(volumes, masked voxels, grid shape)`` of a store, from its array metadata only."""
+    group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
+    n_time, n_voxel = group["data"].shape
+    return n_time, n_voxel, tuple(group["mask"].shape)
+
+
 def chunk_volumes(n_time: int, n_voxel: int, chunk_bytes: int = CHUNK_BYTES) -> int:
     """Number of volumes per chunk so that a ``(volumes, n_voxel)`` float32 chunk is about
     ``chunk_bytes``, between 1 and ``n_time``."""
@@ -189,10 +280,12 @@ def mask_coords(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _write_array(
     group: zarr.Group, name: str, dims: tuple[str, ...], values: np.ndarray, **kwargs
 ) -> None:
+    """A small array written as one chunk (one file)."""
     values = np.asarray(values)
     array = group.create_array(
         name,
         shape=values.shape,
+        chunks=tuple(max(n, 1) for n in values.shape),
         dtype=values.dtype,
         dimension_names=list(dims),
         compressors=None,
@@ -202,43 +295,98 @@ def _write_array(
 
 
 class StoreWriter:
-    """Fill the ``data`` array of a store being created by :func:`create_store`."""
+    """Fill the ``data`` array of a store being created by :func:`create_store`.
 
-    def __init__(self, root: Path, n_time: int, n_voxel: int, chunk: int, coord_names: list[str]):
+    Blocks of volumes come in time order; they are cut into inner chunks and streamed
+    into the one shard file (:class:`bidstrain.shards.ShardStream`), with at most one
+    partial chunk held back.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        n_time: int,
+        n_voxel: int,
+        chunk: int,
+        coord_names: list[str],
+        storage: Storage,
+    ):
         self.root = root
         self.n_time = n_time
+        self.storage = storage
         self._group = zarr.open_group(root, mode="r+")
         self._coordinates = " ".join(coord_names)
-        self._data = self._group.create_array(
+        n_chunks = -(-n_time // chunk)
+        data = self._group.create_array(
             "data",
             shape=(n_time, n_voxel),
             chunks=(chunk, n_voxel),
-            dtype="float32",
+            shards=(n_chunks * chunk, n_voxel),
+            dtype=storage.dtype,
             dimension_names=["time", "voxel"],
             fill_value=np.nan,
-            compressors=None,
             attributes={"coordinates": self._coordinates},
+            compressors=storage.compressors(),
         )
-        self._written = np.zeros(n_time, dtype=bool)
+        self._stream = ShardStream(root / "data", data)
+        self._pending = np.full((chunk, n_voxel), np.nan, dtype=storage.dtype)
+        self._n_pending = 0
+        self._next = 0
         self._variables: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
-        self.attrs: dict[str, Any] = {}
+        self.attrs: dict[str, Any] = {"storage": storage.name}
 
     def write(self, start: int, block: np.ndarray) -> None:
-        """Write ``block`` (volumes x voxels) at time index ``start``."""
-        stop = start + block.shape[0]
-        self._data[start:stop] = block.astype(np.float32, copy=False)
-        self._written[start:stop] = True
+        """Write ``block`` (volumes x voxels) at time index ``start``, the volume after the
+        last one written.
+
+        Raises
+        ------
+        BidstrainError
+            When a value does not fit the storage type (float16 beyond 65504).
+        """
+        if start != self._next or start + block.shape[0] > self.n_time:
+            raise RuntimeError(
+                f"store {self.root}: volumes {start}-{start + block.shape[0] - 1} written "
+                f"after {self._next} of {self.n_time}; blocks must come in time order"
+            )
+        stored = self.storage.encode(block)
+        if self.storage.dtype == np.float16 and (np.isinf(stored) & ~np.isinf(block)).any():
+            raise BidstrainError(
+                f"values up to {float(np.nanmax(np.abs(block))):.4g} in volumes "
+                f"{start}-{start + block.shape[0] - 1} do not fit float16 (65504 at most); "
+                "set normalize.storage to float32 or bitround-N",
+                path=self.root,
+            )
+        chunk, rows = self._pending.shape[0], 0
+        while rows < stored.shape[0]:
+            take = min(chunk - self._n_pending, stored.shape[0] - rows)
+            if take == chunk:  # a whole chunk, and nothing pending: no copy
+                self._stream.append(stored[rows : rows + chunk])
+            else:
+                self._pending[self._n_pending : self._n_pending + take] = stored[rows : rows + take]
+                self._n_pending += take
+                if self._n_pending == chunk:
+                    self._flush()
+            rows += take
+        self._next += stored.shape[0]
+
+    def _flush(self) -> None:
+        self._pending[self._n_pending :] = np.nan  # the fill value past the last volume
+        self._stream.append(self._pending)
+        self._n_pending = 0
 
     def add_variable(self, name: str, dims: tuple[str, ...], values: np.ndarray) -> None:
         """Add a variable (``mean``, ``std``, ``n_subjects``, ...) written when the store closes."""
         self._variables[name] = (dims, np.asarray(values))
 
     def _close(self) -> None:
-        if not self._written.all():
-            missing = np.flatnonzero(~self._written)
+        if self._next != self.n_time:
             raise RuntimeError(
-                f"store {self.root}: volumes {missing[:5].tolist()}... never written"
+                f"store {self.root}: volumes {self._next}-{self.n_time - 1} never written"
             )
+        if self._n_pending:
+            self._flush()
+        self._stream.close()
         for name in ("mean", "std"):
             if name not in self._variables:
                 raise RuntimeError(f"store {self.root}: variable {name!r} never written")
@@ -263,8 +411,13 @@ def create_store(
     time: np.ndarray,
     time_coords: Mapping[str, tuple[tuple[str, ...], np.ndarray]] | None = None,
     chunk: int | None = None,
+    storage: str = "float32",
 ) -> Iterator[StoreWriter]:
     """Create a store atomically: it appears at ``path`` only when the block succeeds.
+
+    A write that runs out of disk space leaves no store (nor a temporary) behind and raises
+    a :class:`~bidstrain.errors.BidstrainError` naming the store and the free space
+    (:func:`bidstrain.atomic.atomic_path`).
 
     Parameters
     ----------
@@ -279,25 +432,23 @@ def create_store(
     time_coords : mapping, optional
         Extra coordinates ``name -> (dims, values)`` along ``time`` (DWI ``bval``, ``bvec``).
     chunk : int, optional
-        Volumes per chunk; by default about :data:`CHUNK_BYTES` per chunk.
+        Volumes per inner chunk; by default about :data:`CHUNK_BYTES` per chunk.
+    storage : str
+        How ``data`` is stored (:class:`Storage`); recorded as the ``storage`` attribute.
 
     Yields
     ------
     StoreWriter
-        Call ``write`` for every block of volumes, ``add_variable`` for ``mean`` and ``std``
-        (and any extra variable) and fill ``attrs`` with :data:`REQUIRED_ATTRS`.
+        Call ``write`` for every block of volumes in time order, ``add_variable`` for
+        ``mean`` and ``std`` (and any extra variable) and fill ``attrs`` with
+        :data:`REQUIRED_ATTRS`.
     """
     mask = np.asarray(mask, dtype=bool)
-    i, j, k = mask_coords(mask)
+    n_voxel = int(mask.sum())
     time = np.asarray(time, dtype=np.float64)
-    coords = {
-        "i": (("voxel",), i),
-        "j": (("voxel",), j),
-        "k": (("voxel",), k),
-        "time": (("time",), time),
-    }
-    coords.update(time_coords or {})
+    coords = {"time": (("time",), time), **(time_coords or {})}
     affine = np.asarray(affine, dtype=float).tolist()
+    parsed = Storage.parse(storage)
     with atomic_path(path) as tmp:
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
         group.attrs["affine"] = affine
@@ -305,23 +456,37 @@ def create_store(
         for name, (dims, values) in coords.items():
             _write_array(group, name, dims, values)
         writer = StoreWriter(
-            tmp, time.size, i.size, chunk or chunk_volumes(time.size, i.size), list(coords)
+            tmp,
+            time.size,
+            n_voxel,
+            chunk or chunk_volumes(time.size, n_voxel),
+            list(coords),
+            parsed,
         )
         writer.attrs["affine"] = affine
-        yield writer
-        writer._close()
+        try:
+            yield writer
+            writer._close()
+        finally:
+            writer._stream.abort()
+
+
+def count_files(path: str | Path) -> int:
+    """Number of files in a store (what a filesystem's file quota counts)."""
+    return sum(len(files) for _, _, files in os.walk(path))
 
 
 def open_store(path: str | Path, *, use_dask: bool = True) -> xr.Dataset:
-    """Open a store lazily with xarray.
+    """Open a store lazily with xarray, with the voxel coordinates ``i, j, k`` added.
 
     Parameters
     ----------
     path : str or Path
         The store.
     use_dask : bool
-        Back variables with dask arrays (the default). False reads go straight to Zarr,
-        with no task graph per read: faster for many small reads of one store at a time.
+        Back variables with dask arrays (the default), one dask chunk per inner chunk of
+        ``data``. False reads go straight to Zarr, with no task graph per read: faster for
+        many small reads of one store at a time.
 
     Raises
     ------
@@ -333,12 +498,15 @@ def open_store(path: str | Path, *, use_dask: bool = True) -> xr.Dataset:
     path = Path(path)
     if not path.is_dir():
         raise BidstrainError("store not found (run the normalize stage first)", path=path)
-    ds = xr.open_zarr(path, consolidated=CONSOLIDATED, **({} if use_dask else {"chunks": None}))
+    # Dask chunks follow the inner chunks, not the shard (the whole run in one task).
+    chunks = {"time": zarr.open_array(path / "data", mode="r").chunks[0]} if use_dask else None
+    ds = xr.open_zarr(path, consolidated=CONSOLIDATED, chunks=chunks)
     missing = [v for v in ("data", "mean", "std", "mask") if v not in ds.variables]
     missing += [a for a in REQUIRED_ATTRS if a not in ds.attrs]
     if missing:
         raise BidstrainError(f"incomplete store: missing {missing}", path=path)
-    return ds
+    i, j, k = mask_coords(ds["mask"].values)
+    return ds.assign_coords(i=("voxel", i), j=("voxel", j), k=("voxel", k))
 
 
 def to_grid(ds: xr.Dataset, values: np.ndarray, fill: float = 0.0) -> np.ndarray:

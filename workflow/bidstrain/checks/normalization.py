@@ -17,6 +17,11 @@ For every store training or validation reads, and every subject store behind the
   median per-voxel mean beyond :data:`HELDOUT_MAX_SHIFT` std or a median std outside
   :data:`HELDOUT_STD_RANGE` is a warning (the held-out run does not look like the runs its
   statistics came from, so validation losses will not compare with training losses).
+
+Reduced-precision stores (``normalize.storage``) round every stored z-score ``z`` by at
+most ``p |z|`` (``p``, the storage's relative error, is recorded in the store): the
+tolerances widen by what that rounding can explain (:func:`allowed_error`), and no more,
+so a store left at scanner scale still fails however coarse its storage.
 """
 
 from __future__ import annotations
@@ -36,8 +41,19 @@ HELDOUT_MAX_SHIFT = 1.0
 HELDOUT_STD_RANGE = (0.5, 2.0)
 
 
+def allowed_error(scan: StoreScan, tolerance: float, roundings: int = 1) -> float:
+    """``checks.stats_tolerance`` plus what the store's storage rounding can explain.
+
+    The mean over time (or voxels) of z-scores each rounded by at most ``p |z|`` moves by at
+    most ``p`` times their root mean square, which is at most 1 for z-scores, and so does
+    their std. An average of rounded stores, itself rounded, has ``roundings=2``.
+    """
+    return tolerance + roundings * scan.meta.precision
+
+
 def _raw_error(scan: StoreScan, raw: np.ndarray) -> tuple[float, str]:
-    """Largest ``|data * std + mean - raw|`` in units of the saved std, and where."""
+    """Largest ``|data * std + mean - raw|`` in units of the saved std beyond what the
+    storage rounding of the stored z-score explains, and where."""
     n_volumes = scan.head.shape[0]
     got = scan.raw(scan.head, slice(0, n_volumes))
     if scan.meta.per_voxel:
@@ -45,12 +61,22 @@ def _raw_error(scan: StoreScan, raw: np.ndarray) -> tuple[float, str]:
     else:
         scale = np.broadcast_to(scan.std[:n_volumes, None], got.shape)
     error = np.abs(got - raw) / np.where(scale >= ZERO_STD, scale, 1.0)
+    error -= scan.meta.precision * np.abs(scan.head)
     if not error.size:
         return 0.0, ""
     t, v = np.unravel_index(int(np.argmax(error)), error.shape)
     ijk = tuple(int(axis[v]) for axis in scan.head_ijk)
     where = f"voxel {ijk} volume {t}: stored {got[t, v]:.6g}, raw {raw[t, v]:.6g}"
-    return float(error.max()), where
+    return max(float(error.max()), 0.0), where
+
+
+def _tolerance_text(scan: StoreScan, tolerance: float, allowed: float) -> str:
+    if allowed == tolerance or scan.meta.storage == "float32":
+        return f"checks.stats_tolerance {tolerance}"
+    return (
+        f"{allowed:.3g}: checks.stats_tolerance {tolerance} plus the rounding of storage "
+        f"{scan.meta.storage}"
+    )
 
 
 def _zscore_problems(scan: StoreScan, tolerance: float) -> tuple[list[str], dict[str, float]]:
@@ -59,12 +85,14 @@ def _zscore_problems(scan: StoreScan, tolerance: float) -> tuple[list[str], dict
     mean_error = float(np.abs(scan.moments_mean[varying]).max(initial=0.0))
     std_error = float(np.abs(scan.moments_std[varying] - 1).max(initial=0.0))
     constant = float(np.abs(scan.moments_std[~varying]).max(initial=0.0))
+    allowed = allowed_error(scan, tolerance)
     problems = []
-    if mean_error > tolerance or std_error > tolerance:
+    if mean_error > allowed or std_error > allowed:
         problems.append(
             f"{scan.label} ({scan.path}): per-{unit} mean is off 0 by up to {mean_error:.3g} "
             f"and std off 1 by up to {std_error:.3g} (ddof {scan.meta.ddof}), above "
-            f"checks.stats_tolerance {tolerance}: the data is not z-scored (rerun normalize)"
+            f"{_tolerance_text(scan, tolerance, allowed)}: the data is not z-scored (rerun "
+            "normalize)"
         )
     if constant > tolerance:
         problems.append(
@@ -94,14 +122,15 @@ def _heldout_shift(scan: StoreScan) -> tuple[list[str], dict[str, float]]:
 def _average_problems(scan: StoreScan, tolerance: float) -> tuple[list[str], dict[str, float]]:
     mean_error = float(np.abs(scan.moments_mean).max(initial=0.0))
     max_std = float(scan.moments_std.max(initial=0.0))
+    allowed = allowed_error(scan, tolerance, roundings=2)
     problems = []
-    if mean_error > tolerance and not scan.meta.truncated:
+    if mean_error > allowed and not scan.meta.truncated:
         problems.append(
             f"{scan.label} ({scan.path}): per-voxel mean of the average is off 0 by up to "
-            f"{mean_error:.3g} (checks.stats_tolerance {tolerance}): its subject stores "
-            "were not z-scored (rerun normalize and average)"
+            f"{mean_error:.3g} ({_tolerance_text(scan, tolerance, allowed)}): its subject "
+            "stores were not z-scored (rerun normalize and average)"
         )
-    if max_std > 1 + tolerance:
+    if max_std > 1 + allowed:
         problems.append(
             f"{scan.label} ({scan.path}): per-voxel std of the average reaches {max_std:.3g}, "
             "above 1: its subject stores were not z-scored (rerun normalize and average)"
@@ -205,9 +234,14 @@ def check_normalization(
                     "dataset moved? rerun the workflow from ingest)"
                 )
             elif raw_error > tolerance:
+                rounding = (
+                    ""
+                    if scan.meta.storage == "float32"
+                    else f" beyond the {scan.meta.storage} rounding"
+                )
                 fails.append(
                     f"{scan.label} ({scan.path}): data * std + mean differs from the raw image "
-                    f"{scan.meta.source_path} by {raw_error:.3g} std at {where} "
+                    f"{scan.meta.source_path} by {raw_error:.3g} std{rounding} at {where} "
                     f"(checks.stats_tolerance {tolerance}): the saved statistics are not the "
                     "ones the data was normalized with (rerun normalize)"
                 )

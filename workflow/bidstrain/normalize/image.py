@@ -104,12 +104,16 @@ class Options:
         NaN/Inf outside the mask is never read into the store and is ignored.
     block_volumes : int
         Volumes per streamed block; rounded up to a whole number of store chunks.
+    storage : str
+        How the store keeps the normalized values: ``float32`` (exact), ``float16`` or
+        ``bitround-N`` (:class:`bidstrain.store.Storage`).
     """
 
     mask: str = "epi"
     ddof: int = 1
     nonfinite: str = "error"
     block_volumes: int = 4
+    storage: str = "float32"
 
 
 #: The settings of the default config (``Options`` is frozen, so one instance serves all).

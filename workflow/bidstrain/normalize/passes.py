@@ -260,7 +260,12 @@ def write_voxel_zscored_store(
     center, scale, zero = zscore_parameters(layout, mean, std)
     chunk, block = aligned_block(options.block_volumes, layout.n_volumes, index.size)
     with create_store(
-        out_store, mask=mask, affine=layout.affine, time=volume_times(layout, info), chunk=chunk
+        out_store,
+        mask=mask,
+        affine=layout.affine,
+        time=volume_times(layout, info),
+        chunk=chunk,
+        storage=options.storage,
     ) as writer:
         write_per_voxel(
             writer,

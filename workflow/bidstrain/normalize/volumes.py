@@ -104,6 +104,7 @@ def normalize_volumes(
         time=volume_times(layout, info),
         time_coords=time_coords,
         chunk=chunk,
+        storage=options.storage,
     ) as writer:
         means, stds = write_per_volume(writer, layout, index, block, options.ddof)
         writer.add_variable("mean", ("time",), means.astype(np.float32))
