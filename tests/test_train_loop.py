@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -21,7 +22,8 @@ from bidstrain.train.__main__ import read_stores
 from bidstrain.train.checkpoint import config_hash, load_latest
 from bidstrain.train.loop import EXIT_INTERRUPTED, train
 from bidstrain.train.metrics import MetricsLog
-from bidstrain.train.stop import PAUSE_AT_STEP, STOP_AT_STEP
+from bidstrain.train.state import TrainState
+from bidstrain.train.stop import PAUSE_AT_STEP, STOP_AT_STEP, StopSignals
 from train_support import (
     assert_same_steps,
     read_until,
@@ -212,6 +214,30 @@ def test_the_stores_file_is_checked(tmp_path):
     path.write_text("{")
     with pytest.raises(BidstrainError, match="cannot read the store lists"):
         read_stores(path)
+
+
+@pytest.mark.parametrize("when", ["before", "during"])
+def test_waiting_for_a_stop_signal_cannot_miss_it(when):
+    """Whether SIGTERM comes before the wait starts or while it blocks (from another thread,
+    as the kernel may deliver it there), the wait returns."""
+    with StopSignals() as signals:
+        sender = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGTERM))
+        sender.start()
+        if when == "before":
+            sender.join()
+        signals.wait()
+        sender.join()
+    assert signals.requested
+
+
+def test_train_state_round_trips_and_counts_epochs():
+    state = TrainState(world_size=2)
+    for skipped in (False, True, True):
+        state.record_step(skipped)
+    state.end_epoch()
+    restored = TrainState()
+    restored.load_state_dict(state.state_dict())
+    assert restored == state == TrainState(3, 1, 0, 2, 2, 2)
 
 
 def test_gpus_and_run_settings_stay_out_of_the_checkpoint_hash(stores):

@@ -16,9 +16,9 @@ from bidstrain.train.data import (
     fit_to_shape,
 )
 from bidstrain.train.distributed import Context
-from bidstrain.train.step import Trainer, optimizer_step
 from bidstrain.train.model import LossSettings, MultiModalAutoencoder
 from bidstrain.train.schedule import build_scheduler
+from bidstrain.train.step import GradientArrivals, Trainer, optimizer_step
 from train_support import train_config, write_store
 
 SHAPES = {"T1w": [8, 8, 8], "bold": [8, 8, 4], "dwi": [4, 8, 8]}
@@ -79,6 +79,23 @@ def test_without_the_dummy_loss_absent_modalities_get_no_gradient():
     output.loss.backward()
     assert output.dummy_loss.item() == 0.0
     assert all(p.grad is None for p in model.modality_parameters("T1w"))
+
+
+def test_gradient_arrivals_name_the_parameters_of_the_last_backward_only():
+    """What the DDP check reads: a modality absent from the synchronizing micro-batch is
+    missing even when an earlier micro-batch gave it a gradient."""
+    model = make_model(dummy_enabled=False)
+    arrivals = GradientArrivals(model)
+    model({"T1w": torch.randn(2, 1, 8, 8, 8)}).loss.backward()
+    arrivals.clear()
+    model(bold_batch()).loss.backward()
+    missing = set(arrivals.missing())
+    assert missing == {
+        n
+        for n, _ in model.named_parameters()
+        if n.startswith(("embed.T1w", "head.T1w", "embed.dwi", "head.dwi"))
+    }
+    assert model.embed["T1w"].proj.weight.grad is not None  # from the first backward
 
 
 @pytest.mark.parametrize("freeze", [True, False])

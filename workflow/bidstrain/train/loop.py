@@ -21,6 +21,7 @@ import logging
 import math
 import shutil
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,7 +197,8 @@ def run_epochs(trainer, state, data, validation, sink, checkpoint_dir, config_ha
         After a stop (signal or test hook), once the checkpoint is written.
     """
     config, context = trainer.config, trainer.context
-    accum, hooks, durations = config["grad_accum_steps"], TestStops.from_environ(), []
+    accum, hooks = config["grad_accum_steps"], TestStops.from_environ()
+    durations = deque(maxlen=20)  # of the last steps, for the progress line
     with StopSignals() as signals:
         while state.epoch < config["epochs"]:
             data.sampler.set_epoch(state.epoch, start=state.position * accum)
@@ -211,7 +213,7 @@ def run_epochs(trainer, state, data, validation, sink, checkpoint_dir, config_ha
                 started = time.perf_counter()
                 emit_step(sink, result, state, durations[-1])
                 if at_log or state.step == data.total_steps:
-                    LOG.info(progress(result, state, data.total_steps, durations[-20:]))
+                    LOG.info(progress(result, state, data.total_steps, durations))
                     sink.flush()
                 check_skips(config, result, state)
                 if state.position == data.steps_per_epoch:
@@ -373,7 +375,7 @@ def emit_step(sink: MetricsSink, result: StepResult, state: TrainState, seconds:
         sink.emit({"kind": "grad_norms", "step": state.step, "norms": result.module_norms})
 
 
-def progress(result: StepResult, state: TrainState, total_steps: int, recent: list) -> str:
+def progress(result: StepResult, state: TrainState, total_steps: int, recent: deque) -> str:
     """The progress line of the job log (``recent``: durations of the last steps)."""
     return progress_line(
         step=state.step,
