@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -232,6 +232,385 @@ def make_demo(root: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
                     "\n".join(" ".join(f"{x:.6f}" for x in row) for row in bvecs) + "\n"
                 )
                 Path(stem + ".json").write_text(json.dumps({"PhaseEncodingDirection": "j-"}))
+    return root
+
+
+#: The fMRIPrep demo's size: small grids, so that tests run in a second.
+FMRIPREP_DEMO = DemoSpec(
+    n_subjects=2,
+    bold_shape=(12, 14, 12),
+    n_volumes=60,
+    t1w_shape=(16, 18, 16),
+    modalities=("T1w", "bold"),
+    sessions_subject=False,
+)
+#: The output spaces of the fMRIPrep demo, in fMRIPrep's ``--output-spaces`` syntax.
+FMRIPREP_SPACES = ("MNI152NLin2009cAsym:res-2", "T1w")
+#: The QSIPrep demo's size.
+QSIPREP_DEMO = DemoSpec(
+    n_subjects=2,
+    bold_shape=(12, 14, 12),
+    t1w_shape=(16, 18, 16),
+    modalities=("T1w", "dwi"),
+    sessions_subject=False,
+)
+#: Volumes of an fMRIPrep demo run with a head jump (framewise displacement over 0.5 mm),
+#: as fractions of the run.
+MOTION_SPIKES = (1 / 3, 2 / 3)
+
+
+def _write_description(root: Path, pipeline: str, version: str) -> None:
+    """A derivative dataset's ``dataset_description.json``."""
+    root.mkdir(parents=True, exist_ok=True)
+    description = {
+        "Name": f"bidstrain demo, {pipeline} outputs",
+        "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": pipeline, "Version": version}],
+    }
+    (root / "dataset_description.json").write_text(json.dumps(description, indent=2))
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _space_grid(spec: DemoSpec, space: str) -> tuple[tuple[int, int, int], float]:
+    """Grid and voxel size of a demo output space: ``res-<mm>`` on the BOLD grid, else a
+    grid two voxels larger at 3 mm (the subject's own spaces)."""
+    _, _, res = space.partition(":res-")
+    if res:
+        return spec.bold_shape, float(res)
+    return tuple(n + 2 for n in spec.bold_shape), 3.0
+
+
+def _space_entities(space: str) -> dict[str, str]:
+    name, *modifiers = space.split(":")
+    return {"space": name, **dict(m.split("-", 1) for m in modifiers)}
+
+
+def _derivative(series: np.ndarray) -> np.ndarray:
+    """Backward difference, NaN at the first volume (as fMRIPrep writes ``n/a``)."""
+    return np.concatenate([[np.nan], np.diff(series)])
+
+
+def fmriprep_confounds(
+    rng: np.random.Generator, n_volumes: int, n_cosines: int, n_nonsteady: int
+) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """An fMRIPrep confounds table (columns) and its JSON metadata.
+
+    Motion parameters are slow random walks with a jump at each of
+    :data:`MOTION_SPIKES` (framewise displacement over 0.5 mm there); ``csf``,
+    ``white_matter`` and ``global_signal`` slow signals; with every ``_derivative1``,
+    ``_power2`` and ``_derivative1_power2`` column, ``framewise_displacement``, ``dvars``,
+    ``std_dvars``, ``cosineNN`` regressors, ``non_steady_state_outlierNN`` columns (the
+    first ``n_nonsteady`` volumes) and aCompCor/tCompCor components with the metadata
+    nilearn's ``compcor`` strategy reads. Columns start with NaN (``n/a``) where fMRIPrep's
+    do.
+    """
+    n = n_volumes
+    columns: dict[str, np.ndarray] = {}
+    t = np.arange(n, dtype=np.float64)
+    for name in ("global_signal", "csf", "white_matter"):
+        columns[name] = 500 + np.cumsum(rng.normal(0, 2, n)) + 5 * np.sin(t / rng.uniform(3, 9))
+    motion = {}
+    for axis in "xyz":
+        motion[f"trans_{axis}"] = np.cumsum(rng.normal(0, 0.02, n))
+        motion[f"rot_{axis}"] = np.cumsum(rng.normal(0, 0.0003, n))
+    for fraction in MOTION_SPIKES:
+        motion["trans_x"][int(n * fraction) :] += 0.8
+    columns.update(motion)
+    for name in [*columns]:
+        derivative = _derivative(columns[name])
+        columns[f"{name}_derivative1"] = derivative
+        columns[f"{name}_power2"] = columns[name] ** 2
+        columns[f"{name}_derivative1_power2"] = derivative**2
+    columns["framewise_displacement"] = sum(
+        np.abs(_derivative(motion[f"trans_{a}"])) + 50 * np.abs(_derivative(motion[f"rot_{a}"]))
+        for a in "xyz"
+    )
+    std_dvars = np.abs(rng.normal(1.0, 0.1, n))
+    std_dvars[0] = np.nan
+    columns["std_dvars"] = std_dvars
+    columns["dvars"] = 20 * std_dvars
+    for k in range(n_cosines):
+        columns[f"cosine{k:02d}"] = np.sqrt(2 / n) * np.cos(np.pi * (t + 0.5) * (k + 1) / n)
+    for k in range(n_nonsteady):
+        columns[f"non_steady_state_outlier{k:02d}"] = (t == k).astype(np.float64)
+    metadata: dict[str, dict] = {}
+    masks = ("CSF", "CSF", "WM", "WM", "combined", "combined", "combined")
+    for k, mask in enumerate(masks):
+        name = f"a_comp_cor_{k:02d}"
+        columns[name] = rng.normal(0, 1 / np.sqrt(n), n)
+        metadata[name] = {"Method": "aCompCor", "Mask": mask, "Retained": True}
+    for k in range(3):
+        name = f"t_comp_cor_{k:02d}"
+        columns[name] = rng.normal(0, 1 / np.sqrt(n), n)
+        metadata[name] = {"Method": "tCompCor", "Retained": True}
+    for values in metadata.values():
+        values.update({"SingularValue": 1.0, "VarianceExplained": 0.1})
+    return columns, metadata
+
+
+def _write_confounds(path: Path, columns: dict[str, np.ndarray], metadata: dict) -> None:
+    """Write a confounds table as fMRIPrep does (tab-separated, ``n/a`` for NaN)."""
+    rows = ["\t".join(columns)]
+    table = np.column_stack(list(columns.values()))
+    for row in table:
+        rows.append("\t".join("n/a" if np.isnan(v) else f"{v:.8g}" for v in row))
+    _write_text(path, "\n".join(rows) + "\n")
+    _write_text(path.with_suffix(".json"), json.dumps(metadata, indent=2))
+
+
+def _standard(series: np.ndarray) -> np.ndarray:
+    return ((series - series.mean()) / (series.std() + 1e-12)).astype(np.float32)
+
+
+def _write_fmriprep_anat(
+    root: Path, spec: DemoSpec, rng: np.random.Generator, subject: str, spaces: Sequence[str]
+) -> None:
+    """Anatomical outputs of one subject in every space, with the files to be ignored."""
+    anat = root / f"sub-{subject}" / "anat"
+    for space in spaces:
+        entities = _space_entities(space)
+        if entities["space"] == "T1w":  # fMRIPrep's anatomical reference has no space entity
+            entities, shape, zoom = {}, spec.t1w_shape, 1.0
+        else:
+            shape, zoom = _space_grid(spec, space)
+        ids = {"sub": subject, **entities}
+        zooms = (zoom,) * 3
+        _save(
+            t1w_image(replace(spec, t1w_shape=shape), rng),
+            root
+            / bids_path(datatype="anat", desc="preproc", suffix="T1w", extension=".nii.gz", **ids),
+            zooms,
+        )
+        brain = _ellipsoid(shape, 0.75).astype(np.uint8)
+        _save(
+            brain,
+            root
+            / bids_path(datatype="anat", desc="brain", suffix="mask", extension=".nii.gz", **ids),
+            zooms,
+        )
+        _save(
+            2 * brain,
+            root / bids_path(datatype="anat", suffix="dseg", extension=".nii.gz", **ids),
+            zooms,
+        )
+        _save(
+            0.5 * brain.astype(np.float32),
+            root
+            / bids_path(datatype="anat", label="GM", suffix="probseg", extension=".nii.gz", **ids),
+            zooms,
+        )
+    _write_text(anat / f"sub-{subject}_desc-preproc_T1w.json", json.dumps({"SkullStripped": False}))
+    for template in {_space_entities(s)["space"] for s in spaces} - {"T1w"}:
+        for source, target in ((template, "T1w"), ("T1w", template)):
+            name = f"sub-{subject}_from-{source}_to-{target}_mode-image_xfm.h5"
+            (anat / name).write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
+    _write_text(anat / f"sub-{subject}_hemi-L_pial.surf.gii", "<GIFTI/>\n")
+    _write_text(
+        root / f"sub-{subject}" / "figures" / f"sub-{subject}_desc-summary_T1w.html", "<p/>\n"
+    )
+
+
+def make_fmriprep_demo(
+    root: str | Path,
+    spec: DemoSpec = FMRIPREP_DEMO,
+    spaces: Sequence[str] = FMRIPREP_SPACES,
+    *,
+    n_cosines: int = 2,
+    n_nonsteady: int = 1,
+) -> Path:
+    """Write an fMRIPrep-shaped output dataset under ``root``.
+
+    Per subject, two BOLD runs of ``spec.task``, each in every one of ``spaces`` (a
+    template space ``Name:res-<mm>`` on ``spec.bold_shape`` at that voxel size, the
+    ``T1w`` space on a grid two voxels larger): ``desc-preproc_bold`` (int16, the demo's
+    BOLD generator, with the confounds' motion and CSF signals mixed in and
+    ``n_nonsteady`` brighter first volumes) with its sidecar (``RepetitionTime``),
+    ``desc-brain_mask``, ``boldref``, ``desc-aseg_dseg``; one confounds table per run
+    (:func:`fmriprep_confounds`) and its JSON; a coregistration transform. Anatomical
+    outputs in every space (``desc-preproc_T1w``, ``desc-brain_mask``, ``dseg``,
+    ``label-GM_probseg``), ``.h5`` transforms, a surface, ``figures/``, ``log/`` and the
+    subject's ``.html`` report, which a reader of the dataset must ignore. The
+    description says ``DatasetType: derivative``, ``GeneratedBy`` fMRIPrep.
+
+    Parameters
+    ----------
+    root : str or Path
+        Output directory (created).
+    spec : DemoSpec
+        Subjects, grid, volumes, TR and seed (``modalities`` and ``sessions_subject`` are
+        not used: T1w and BOLD, no sessions).
+    spaces : sequence of str
+        Output spaces, for example ``("MNI152NLin2009cAsym:res-2", "T1w")``.
+    n_cosines : int
+        ``cosineNN`` columns of the confounds tables.
+    n_nonsteady : int
+        Non-steady-state volumes at the start of every run.
+
+    Returns
+    -------
+    Path
+        ``root``.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(spec.seed)
+    _write_description(root, "fMRIPrep", "23.2.1")
+    _write_text(root / "logs" / "CITATION.md", "fMRIPrep demo\n")
+    _write_text(root / "desc-aseg_dseg.tsv", "index\tname\n1\tcsf\n2\tbrain\n")
+    t = np.arange(spec.n_volumes) * spec.repetition_time
+    task_signal = np.sin(2 * np.pi * t / 40.0)
+    for s in (f"{n + 1:02d}" for n in range(spec.n_subjects)):
+        _write_fmriprep_anat(root, spec, rng, s, spaces)
+        _write_text(root / f"sub-{s}.html", "<html/>\n")
+        _write_text(root / f"sub-{s}" / "log" / "20240101-000000_demo" / "fmriprep.toml", "")
+        anatomy = {
+            space: bold_anatomy(replace(spec, bold_shape=_space_grid(spec, space)[0]), rng)
+            for space in spaces
+        }
+        for run in ("1", "2"):
+            ids = {"sub": s, "task": spec.task, "run": run}
+            columns, metadata = fmriprep_confounds(rng, spec.n_volumes, n_cosines, n_nonsteady)
+            confounds = root / bids_path(
+                datatype="func", desc="confounds", suffix="timeseries", extension=".tsv", **ids
+            )
+            _write_confounds(confounds, columns, metadata)
+            nuisance = _standard(columns["trans_x"]) + 0.5 * _standard(columns["csf"])
+            signal = (task_signal + nuisance).astype(np.float32)
+            func = confounds.parent
+            coreg = f"sub-{s}_task-{spec.task}_run-{run}_from-boldref_to-T1w_mode-image"
+            _write_text(func / f"{coreg}_desc-coreg_xfm.txt", "#Insight Transform File V1.0\n")
+            _write_text(
+                root
+                / f"sub-{s}"
+                / "figures"
+                / f"sub-{s}_task-{spec.task}_run-{run}_desc-carpetplot_bold.svg",
+                "<svg/>\n",
+            )
+            for space in spaces:
+                shape, zoom = _space_grid(spec, space)
+                space_spec = replace(spec, bold_shape=shape)
+                data = bold_run(space_spec, rng, signal, anatomy[space])
+                if n_nonsteady:
+                    bright = data[..., :n_nonsteady].astype(np.float32) * 1.3
+                    data[..., :n_nonsteady] = np.rint(bright).astype(np.int16)
+                full = {**ids, **_space_entities(space)}
+                path = root / bids_path(
+                    datatype="func", desc="preproc", suffix="bold", extension=".nii.gz", **full
+                )
+                zooms = (zoom, zoom, zoom)
+                _save(data, path, (*zooms, spec.repetition_time))
+                sidecar = {
+                    "RepetitionTime": spec.repetition_time,
+                    "SkullStripped": False,
+                    "TaskName": spec.task,
+                }
+                _write_text(Path(str(path)[: -len(".nii.gz")] + ".json"), json.dumps(sidecar))
+                brain = _ellipsoid(shape, 0.7).astype(np.uint8)
+                _save(
+                    brain,
+                    root
+                    / bids_path(
+                        datatype="func", desc="brain", suffix="mask", extension=".nii.gz", **full
+                    ),
+                    zooms,
+                )
+                _save(
+                    data[..., n_nonsteady:].mean(axis=-1, dtype=np.float32),
+                    root
+                    / bids_path(datatype="func", suffix="boldref", extension=".nii.gz", **full),
+                    zooms,
+                )
+                _save(
+                    2 * brain,
+                    root
+                    / bids_path(
+                        datatype="func", desc="aseg", suffix="dseg", extension=".nii.gz", **full
+                    ),
+                    zooms,
+                )
+    return root
+
+
+def make_qsiprep_demo(root: str | Path, spec: DemoSpec = QSIPREP_DEMO) -> Path:
+    """Write a QSIPrep-shaped output dataset under ``root``.
+
+    Per subject: ``anat/`` with ``desc-preproc_T1w``, ``desc-brain_mask``, ``dseg`` and a
+    ``.h5`` transform; ``dwi/`` with ``space-T1w_desc-preproc_dwi`` (the demo's DWI
+    generator) and its ``.bval``, ``.bvec``, ``.b`` and sidecar, ``space-T1w_desc-brain_mask``,
+    ``space-T1w_dwiref`` and a confounds table; ``figures/`` and the ``.html`` report. The
+    description says ``DatasetType: derivative``, ``GeneratedBy`` QSIPrep.
+
+    Parameters
+    ----------
+    root : str or Path
+        Output directory (created).
+    spec : DemoSpec
+        Subjects, grids, DWI volumes and seed.
+
+    Returns
+    -------
+    Path
+        ``root``.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(spec.seed)
+    _write_description(root, "QSIPrep", "0.19.1")
+    zooms = (2.0, 2.0, 2.0)
+    for s in (f"{n + 1:02d}" for n in range(spec.n_subjects)):
+        anat = {"sub": s, "datatype": "anat", "extension": ".nii.gz"}
+        _save(
+            t1w_image(spec, rng), root / bids_path(desc="preproc", suffix="T1w", **anat), (1.0,) * 3
+        )
+        brain = _ellipsoid(spec.t1w_shape, 0.75).astype(np.uint8)
+        _save(brain, root / bids_path(desc="brain", suffix="mask", **anat), (1.0,) * 3)
+        _save(2 * brain, root / bids_path(suffix="dseg", **anat), (1.0,) * 3)
+        (
+            root
+            / f"sub-{s}"
+            / "anat"
+            / f"sub-{s}_from-MNI152NLin2009cAsym_to-T1w_mode-image_xfm.h5"
+        ).write_bytes(bytes(64))
+        data, bvals, bvecs = dwi_series(spec, rng)
+        ids = {"sub": s, "space": "T1w", "datatype": "dwi"}
+        path = root / bids_path(desc="preproc", suffix="dwi", extension=".nii.gz", **ids)
+        _save(data, path, (*zooms, 1.0))
+        stem = str(path)[: -len(".nii.gz")]
+        _write_text(Path(stem + ".bval"), " ".join(f"{b:g}" for b in bvals) + "\n")
+        _write_text(
+            Path(stem + ".bvec"),
+            "\n".join(" ".join(f"{x:.6f}" for x in row) for row in bvecs) + "\n",
+        )
+        _write_text(
+            Path(stem + ".b"),
+            "".join(
+                f"{x:.6f}\t{y:.6f}\t{z:.6f}\t{b:g}\n"
+                for (x, y, z), b in zip(bvecs.T, bvals, strict=True)
+            ),
+        )
+        _write_text(Path(stem + ".json"), json.dumps({"PhaseEncodingDirection": "j-"}))
+        _save(
+            _ellipsoid(spec.bold_shape, 0.7).astype(np.uint8),
+            root / bids_path(desc="brain", suffix="mask", extension=".nii.gz", **ids),
+            zooms,
+        )
+        _save(
+            data[..., bvals == 0].mean(axis=-1, dtype=np.float32),
+            root / bids_path(suffix="dwiref", extension=".nii.gz", **ids),
+            zooms,
+        )
+        _write_text(
+            root
+            / bids_path(
+                sub=s, datatype="dwi", desc="confounds", suffix="timeseries", extension=".tsv"
+            ),
+            "framewise_displacement\n" + "n/a\n" + "0.1\n" * (len(bvals) - 1),
+        )
+        _write_text(root / f"sub-{s}" / "figures" / f"sub-{s}_desc-summary_dwi.html", "<p/>\n")
+        _write_text(root / f"sub-{s}.html", "<html/>\n")
     return root
 
 

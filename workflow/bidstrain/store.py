@@ -20,7 +20,8 @@ open store, :func:`read_meta` of a path), never by key elsewhere: ``modality``,
 (s, or None), ``source_path``, ``source_size`` (bytes), ``ddof``, ``n_zero_variance``,
 ``n_nonfinite``, ``stats_dim`` (``"voxel"`` or ``"time"``), ``stats_from`` (the source
 files the statistics were fitted on), ``heldout``, ``mask_source``, ``source_dtype``,
-``source_orientation``, ``storage`` (:class:`Storage`) and ``bidstrain_version``;
+``source_orientation``, ``storage`` (:class:`Storage`), ``confounds_strategy`` (the
+confounds regressed out of a BOLD run: ``none`` when absent) and ``bidstrain_version``;
 averages add ``subjects``, ``sessions``, ``truncated`` and ``mask_mode``.
 
 Stores are Zarr v3 without consolidated metadata (consolidation is not part of the v3
@@ -164,6 +165,7 @@ class StoreMeta:
     truncated: Mapping[str, int] = field(default_factory=dict)
     mask_mode: str | None = None
     storage: str = "float32"
+    confounds_strategy: str = "none"
     bidstrain_version: str | None = None
 
     @classmethod

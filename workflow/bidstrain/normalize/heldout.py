@@ -10,10 +10,12 @@ import numpy as np
 
 from bidstrain.errors import BidstrainError
 from bidstrain.grid import grid_mismatch
+from bidstrain.normalize.confounds import ConfoundRegression, RunConfounds
 from bidstrain.normalize.image import DEFAULT_OPTIONS, ImageInfo, Options
 from bidstrain.normalize.moments import pool_moments
 from bidstrain.normalize.nifti_stream import NiftiLayout, read_layout
 from bidstrain.normalize.passes import (
+    check_not_all_zero,
     check_not_empty,
     exclude_nonfinite,
     scan_image,
@@ -89,6 +91,7 @@ def normalize_with_stats(
     out_store: str | Path,
     info: ImageInfo | None = None,
     options: Options = DEFAULT_OPTIONS,
+    confounds: RunConfounds | None = None,
 ) -> dict[str, Any]:
     """Z-score a BOLD run with statistics pooled from other runs' stores, not its own.
 
@@ -114,6 +117,11 @@ def normalize_with_stats(
         Subject, entities, TR; by default from the BIDS file name and the first store's TR.
     options : Options
         ``ddof``, ``nonfinite`` and ``block_volumes`` are used.
+    confounds : RunConfounds, optional
+        The run's own confounds, regressed out before the z-score with the pooled
+        statistics (:mod:`~bidstrain.normalize.confounds`); the run is then streamed
+        twice (the fit, then the store), and the volumes outside their sample mask are
+        left out.
 
     Returns
     -------
@@ -126,13 +134,21 @@ def normalize_with_stats(
     layout = read_layout(nifti_path, info.subject)
     mask, mean, std, sources = pooled_statistics(stats_stores, layout, options.ddof, info.subject)
     n_nonfinite = 0
-    if layout.is_float and options.nonfinite == "mask":
-        nonfinite = scan_image(layout, options.block_volumes, 0).nonfinite
+    regression = scan = None
+    if confounds is not None:  # pass 1 fits the regression and finds NaN/Inf and zeros
+        regression = ConfoundRegression(confounds, layout, layout.stored_index(mask))
+        scan = scan_image(layout, options.block_volumes, 0, regression=regression)
+        check_not_all_zero(scan, layout, info)
+    elif layout.is_float and options.nonfinite == "mask":
+        scan = scan_image(layout, options.block_volumes, 0)
+    if scan is not None:
         stats_mask = mask
-        mask, n_nonfinite = exclude_nonfinite(mask, nonfinite, layout, info, options)
+        mask, n_nonfinite = exclude_nonfinite(mask, scan.nonfinite, layout, info, options)
         check_not_empty(mask, layout, info, f"after removing {n_nonfinite} non-finite voxels")
         kept = mask[np.nonzero(stats_mask)]
         mean, std = mean[kept], std[kept]
+    if regression is not None:
+        regression.restrict(layout.stored_index(mask))
     return write_voxel_zscored_store(
         out_store,
         layout,
@@ -142,6 +158,7 @@ def normalize_with_stats(
         mean,
         std,
         check_values=True,
+        regression=regression,
         mask_source="intersection of the stats_from masks",
         stats_from=sources,
         heldout=True,

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from bidstrain.errors import BidstrainError
+from bidstrain.normalize.confounds import ConfoundRegression
 from bidstrain.normalize.image import MASK_KEYS, ImageInfo, Options
 from bidstrain.normalize.masking import epi_mask, head_mask, load_mask
 from bidstrain.normalize.moments import VoxelMoments
@@ -43,6 +44,7 @@ def scan_image(
     block: int,
     ddof: int,
     mean_rows: np.ndarray | None = None,
+    regression: ConfoundRegression | None = None,
 ) -> Scan:
     """Pass 1: per-voxel moments of the whole grid.
 
@@ -56,10 +58,16 @@ def scan_image(
         Delta degrees of freedom of the variance.
     mean_rows : ndarray of bool, optional
         Volumes whose mean is the mask's volume (DWI b=0); by default all of them.
+    regression : ConfoundRegression, optional
+        A BOLD run's confounds: the moments are those of the kept volumes, and the
+        regression is fitted on them (:mod:`~bidstrain.normalize.confounds`).
     """
     moments = VoxelMoments(layout.n_grid, dtype=layout.dtype)
     selected_sum = None if mean_rows is None else np.zeros(layout.n_grid, dtype=np.float64)
     for start, values in iter_blocks(layout, block):
+        if regression is not None:
+            values = regression.select(start, values)
+            regression.accumulate(values)
         moments.update(values)
         if selected_sum is not None:
             rows = mean_rows[start : start + values.shape[0]]
@@ -242,6 +250,7 @@ def write_voxel_zscored_store(
     std: np.ndarray,
     *,
     check_values: bool = False,
+    regression: ConfoundRegression | None = None,
     **attrs: Any,
 ) -> dict:
     """Stream the image once more and write it z-scored per voxel with ``mean``/``std``.
@@ -249,7 +258,9 @@ def write_voxel_zscored_store(
     ``mean`` and ``std`` (float64, one per voxel of ``mask`` in C order) are the run's
     own statistics or ones pooled from other runs; ``attrs`` (``stats_from``,
     ``heldout``, ``n_nonfinite``...) complete :func:`store_attrs`. See
-    :func:`write_per_voxel` for ``check_values`` and memory.
+    :func:`write_per_voxel` for ``check_values`` and memory. With ``regression`` (fitted
+    in pass 1 on the voxels of ``mask``), the confounds are removed first and only the
+    kept volumes are written (``check_values`` is then pass 1's business).
 
     Returns
     -------
@@ -258,25 +269,32 @@ def write_voxel_zscored_store(
     """
     index = layout.stored_index(mask)
     center, scale, zero = zscore_parameters(layout, mean, std)
-    chunk, block = aligned_block(options.block_volumes, layout.n_volumes, index.size)
+    times = volume_times(layout, info)
+    if regression is not None:
+        times = times[regression.kept]
+    chunk, block = aligned_block(options.block_volumes, times.size, index.size)
     with create_store(
         out_store,
         mask=mask,
         affine=layout.affine,
-        time=volume_times(layout, info),
+        time=times,
         chunk=chunk,
         storage=options.storage,
     ) as writer:
-        write_per_voxel(
-            writer,
-            layout,
-            index,
-            block,
-            center,
-            scale,
-            check_values=check_values,
-            subject=info.subject,
-        )
+        if regression is None:
+            write_per_voxel(
+                writer,
+                layout,
+                index,
+                block,
+                center,
+                scale,
+                check_values=check_values,
+                subject=info.subject,
+            )
+        else:
+            regression.write(writer, layout, block, center, scale)
+            attrs["confounds_strategy"] = regression.confounds.strategy
         writer.add_variable("mean", ("voxel",), mean.astype(np.float32))
         writer.add_variable("std", ("voxel",), std.astype(np.float32))
         writer.attrs.update(

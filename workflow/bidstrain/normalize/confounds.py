@@ -1,0 +1,395 @@
+"""Confound regression of a BOLD run, as ``nilearn.signal.clean`` does it, in two streamed passes.
+
+The confounds and the sample mask come from
+:func:`nilearn.interfaces.fmriprep.load_confounds_strategy` (config
+``normalize.confounds``). For a masker without filter or detrending
+(``NiftiMasker(standardize="zscore_sample", detrend=False)``), ``signal.clean``
+(nilearn 0.13):
+
+1. keeps the sample mask's volumes, of the signals and of the confounds alike;
+2. standardizes the confounds: minus their mean, divided by their population std (a std
+   below machine epsilon counts as 1);
+3. takes a QR decomposition of them with column pivoting, keeps the columns of ``Q``
+   whose ``|R_ii|`` exceeds ``100 * eps``, and removes ``Q Q' Y`` from the signals ``Y``;
+4. z-scores each voxel: minus its mean, divided by its sample std (ddof 1).
+
+The confounds being centered, ``Q' 1 = 0``: the residual keeps each voxel's mean, and with
+``B = Q' Y`` (one row per confound, one column per voxel) and the kept volumes' centered
+sum of squares ``S``::
+
+    residual variance = (S - sum(B ** 2)) / (n_kept - ddof)
+    z[t] = (y[t] - mean - Q[t] B) / sqrt(residual variance)
+
+So pass 1 accumulates ``B`` beside the per-voxel moments, and pass 2 writes ``z``; the
+image is never held, nor is any float64 copy of it. Volumes outside the sample mask are
+not written: the store's ``time`` coordinate holds the onsets of the volumes kept.
+``B`` and the products are computed on batches of :data:`BATCH_VOLUMES` volumes and
+tiles of :data:`TILE_VOXELS` voxels, on one BLAS thread (the other core decompresses).
+
+A held-out run regresses its own confounds (pass 1 is then ``B`` only) and is z-scored
+with the statistics of the training runs.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bidstrain.errors import BidstrainError
+from bidstrain.normalize.image import MASK_KEYS, ImageInfo, Options
+from bidstrain.normalize.masking import is_pattern, load_mask
+from bidstrain.normalize.nifti_stream import NiftiLayout, iter_blocks
+
+#: Config ``normalize.confounds.strategy`` values: none, or nilearn's denoise strategies.
+STRATEGIES = ("none", "simple", "scrubbing", "compcor", "ica_aroma")
+#: Volumes per matrix product (measured: 16 about 1.2x slower per pass than 32 and half
+#: its memory; 4, the read block, about 2x slower).
+BATCH_VOLUMES = 16
+#: Voxels per tile of the products, so that their float64 operands stay in cache.
+TILE_VOXELS = 2**13
+
+
+@dataclass(frozen=True)
+class ConfoundSettings:
+    """Config ``normalize.confounds``.
+
+    Attributes
+    ----------
+    strategy : str
+        One of :data:`STRATEGIES`.
+    options : mapping
+        Passed to ``load_confounds_strategy`` as keyword arguments (``motion``,
+        ``wm_csf``, ``global_signal``, ``fd_threshold``...).
+    """
+
+    strategy: str = "none"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise BidstrainError(
+                f"normalize.confounds.strategy {self.strategy!r} is not one of "
+                f"{', '.join(STRATEGIES)}"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether confounds are regressed out."""
+        return self.strategy != "none"
+
+    @classmethod
+    def from_json(cls, strategy: str, options: str | None) -> ConfoundSettings:
+        """The settings of the command line (``--confounds-options`` is a JSON object)."""
+        try:
+            parsed = json.loads(options) if options else {}
+        except json.JSONDecodeError as error:
+            raise BidstrainError(f"--confounds-options is not JSON: {error}") from None
+        if not isinstance(parsed, dict):
+            raise BidstrainError("--confounds-options must be a JSON object")
+        return cls(strategy, parsed)
+
+
+@dataclass(frozen=True)
+class RunConfounds:
+    """A run's confounds, ready for the regression.
+
+    Attributes
+    ----------
+    table : Path
+        The confounds table (fMRIPrep's ``desc-confounds_timeseries.tsv``).
+    strategy : str
+        The denoise strategy they were loaded with.
+    columns : tuple of str
+        The confounds regressed out.
+    kept : ndarray of bool, shape (n_volumes,)
+        The volumes of the sample mask (all when nilearn gives none).
+    basis : ndarray, shape (n_kept, k), float64
+        Orthonormal columns spanning the standardized confounds over the kept volumes
+        (:func:`confound_basis`).
+    """
+
+    table: Path
+    strategy: str
+    columns: tuple[str, ...]
+    kept: np.ndarray
+    basis: np.ndarray
+
+    @property
+    def n_kept(self) -> int:
+        """Volumes kept."""
+        return int(self.kept.sum())
+
+
+def confound_basis(confounds: np.ndarray) -> np.ndarray:
+    """Orthonormal basis of the confounds' span, exactly as ``nilearn.signal.clean`` builds it.
+
+    Parameters
+    ----------
+    confounds : ndarray, shape (n_kept, n_confounds)
+        The confounds of the kept volumes.
+
+    Returns
+    -------
+    ndarray, shape (n_kept, k), float64
+        ``Q`` of a pivoted QR decomposition of the standardized confounds, without the
+        columns whose ``|R_ii|`` is at most ``100 * eps`` (collinear confounds).
+    """
+    from scipy import linalg
+
+    confounds = np.asarray(confounds, dtype=np.float64)
+    centered = confounds - confounds.mean(axis=0)
+    std = centered.std(axis=0)
+    std[std < np.finfo(np.float64).eps] = 1.0
+    q, r, _ = linalg.qr(centered / std, mode="economic", pivoting=True)
+    return np.ascontiguousarray(q[:, np.abs(np.diag(r)) > np.finfo(np.float64).eps * 100.0])
+
+
+def load_run_confounds(
+    image: str | Path,
+    table: str | Path,
+    settings: ConfoundSettings,
+    n_volumes: int,
+    ddof: int,
+    subject: str | None = None,
+) -> RunConfounds:
+    """Load a run's confounds and sample mask with nilearn's ``load_confounds_strategy``.
+
+    nilearn finds the table next to ``image`` from its name; ``table`` is that file, named
+    by the workflow so that a change of it reruns the job.
+
+    Parameters
+    ----------
+    image : str or Path
+        The run (fMRIPrep's ``..._desc-preproc_bold.nii.gz``).
+    table : str or Path
+        Its confounds table.
+    settings : ConfoundSettings
+        Strategy (not ``none``) and nilearn options.
+    n_volumes : int
+        Volumes of the run.
+    ddof : int
+        Delta degrees of freedom of the z-score.
+    subject : str, optional
+        For messages.
+
+    Raises
+    ------
+    BidstrainError
+        When the table is missing or not next to the image, nilearn cannot load the
+        strategy (a column it needs is missing: nilearn's message), the table's rows are
+        not the run's volumes, a confound holds n/a beyond the first row, or the sample
+        mask leaves fewer than ``ddof + 2`` volumes.
+    """
+    from nilearn.interfaces.fmriprep import load_confounds_strategy
+
+    image, table = Path(image), Path(table)
+    if not table.is_file() or table.parent.resolve() != image.parent.resolve():
+        raise BidstrainError(
+            f"the confounds table must exist next to the run {image.name} (nilearn reads it "
+            "from there)",
+            path=table,
+            subject=subject,
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # "all volumes": checked below
+            frame, sample_mask = load_confounds_strategy(
+                str(image), denoise_strategy=settings.strategy, **dict(settings.options)
+            )
+    except (ValueError, KeyError, TypeError) as error:
+        raise BidstrainError(
+            f"nilearn cannot load confounds strategy {settings.strategy!r} "
+            f"(options {dict(settings.options)}) from this table: {error}",
+            path=table,
+            subject=subject,
+        ) from None
+    if len(frame) != n_volumes:
+        raise BidstrainError(
+            f"the confounds table has {len(frame)} rows but the run {image.name} has "
+            f"{n_volumes} volumes",
+            path=table,
+            subject=subject,
+        )
+    kept = np.ones(n_volumes, dtype=bool)
+    if sample_mask is not None:
+        kept[:] = False
+        kept[np.asarray(sample_mask, dtype=np.int64)] = True
+    if kept.sum() < ddof + 2:
+        raise BidstrainError(
+            f"strategy {settings.strategy!r} keeps {int(kept.sum())} of {n_volumes} volumes "
+            f"(non-steady-state and scrubbed volumes removed); at least {ddof + 2} are "
+            "needed (ddof + 2); relax the options (fd_threshold, std_dvars_threshold, scrub)",
+            path=table,
+            subject=subject,
+        )
+    values = frame.to_numpy(dtype=np.float64)[kept]
+    finite = np.isfinite(values).all(axis=0)
+    bad = [name for name, ok in zip(frame.columns, finite, strict=True) if not ok]
+    if bad:
+        raise BidstrainError(
+            f"confounds {', '.join(bad)} hold n/a or infinite values in kept volumes",
+            path=table,
+            subject=subject,
+        )
+    return RunConfounds(
+        table, settings.strategy, tuple(frame.columns), kept, confound_basis(values)
+    )
+
+
+def fixed_mask_index(layout: NiftiLayout, info: ImageInfo, options: Options) -> np.ndarray:
+    """Stored positions of the voxels the regression is fitted on in pass 1.
+
+    A mask file is known before the image is read: its voxels. A computed mask (``epi``,
+    ``head``) or ``none``: every voxel of the grid (``8 k`` bytes each for ``k``
+    confounds).
+    """
+    if is_pattern(options.mask):
+        mask = load_mask(
+            options.mask,
+            layout.shape,
+            layout.affine,
+            image=layout.path,
+            config_key=MASK_KEYS[info.modality],
+            subject=info.subject,
+        )
+        return layout.stored_index(mask)
+    return np.arange(layout.n_grid, dtype=np.intp)
+
+
+class ConfoundRegression:
+    """The regression of one run's confounds, fitted in pass 1 and applied in pass 2.
+
+    Parameters
+    ----------
+    confounds : RunConfounds
+        From :func:`load_run_confounds`.
+    layout : NiftiLayout
+        The run.
+    index : ndarray of int
+        Stored positions of the voxels to fit (:func:`fixed_mask_index`, or a known mask).
+
+    Notes
+    -----
+    Memory: ``B`` (``8 k`` bytes per fitted voxel), a batch of :data:`BATCH_VOLUMES`
+    gathered stored volumes and, in pass 2, their float32 z-scores.
+    """
+
+    def __init__(self, confounds: RunConfounds, layout: NiftiLayout, index: np.ndarray):
+        self.confounds = confounds
+        self.index = np.asarray(index, dtype=np.intp)
+        self.coef = np.zeros((confounds.basis.shape[1], self.index.size), dtype=np.float64)
+        self._dtype = layout.dtype.newbyteorder("=")
+        self._batch = np.empty((BATCH_VOLUMES, self.index.size), dtype=self._dtype)
+        self._n_batch = 0
+        self._fitted = 0  # kept volumes added to coef so far
+        self._shift: np.ndarray | None = None
+
+    @property
+    def kept(self) -> np.ndarray:
+        """Volumes kept (bool, one per volume of the run)."""
+        return self.confounds.kept
+
+    def select(self, start: int, values: np.ndarray) -> np.ndarray:
+        """The kept volumes of a block read at volume ``start``."""
+        rows = self.kept[start : start + values.shape[0]]
+        return values if rows.all() else values[rows]
+
+    def _batches(self, values: np.ndarray):
+        """Gather kept volumes into the batch; yield each time it is full."""
+        row = 0
+        while row < values.shape[0]:
+            n = min(values.shape[0] - row, BATCH_VOLUMES - self._n_batch)
+            out = self._batch[self._n_batch : self._n_batch + n]
+            np.take(values[row : row + n], self.index, axis=1, out=out, mode="clip")
+            self._n_batch += n
+            row += n
+            if self._n_batch == BATCH_VOLUMES:
+                yield
+
+    def accumulate(self, values: np.ndarray) -> None:
+        """Pass 1: add kept volumes (stored values, whole grid, in time order) to ``B``."""
+        for _ in self._batches(values):
+            self._flush()
+
+    def _flush(self) -> None:
+        """Add the gathered batch to ``B = Q' (Y - shift)`` (``Q' 1 = 0``: any shift)."""
+        from threadpoolctl import threadpool_limits
+
+        n, batch = self._n_batch, self._batch[: self._n_batch]
+        if not n:
+            return
+        if self._shift is None:  # the first kept volume: smaller sums, same B
+            self._shift = batch[0].astype(np.float64)
+        q = self.confounds.basis[self._fitted : self._fitted + n].T
+        with threadpool_limits(1, user_api="blas"):
+            for tile in range(0, self.index.size, TILE_VOXELS):
+                cols = slice(tile, tile + TILE_VOXELS)
+                deviations = batch[:, cols] - self._shift[cols]
+                self.coef[:, cols] += q @ deviations
+        self._fitted += n
+        self._n_batch = 0
+
+    def restrict(self, index: np.ndarray) -> None:
+        """Keep ``B`` of the voxels at stored positions ``index`` only (the final mask's)."""
+        self._flush()
+        if self._fitted != self.confounds.n_kept:
+            raise RuntimeError(f"{self._fitted} of {self.confounds.n_kept} volumes fitted")
+        lookup = np.full(int(self.index.max(initial=-1)) + 1, -1, dtype=np.intp)
+        lookup[self.index] = np.arange(self.index.size)
+        columns = lookup[np.asarray(index, dtype=np.intp)]
+        if (columns < 0).any():
+            raise RuntimeError("restrict: voxels outside the fitted ones")
+        self.coef, self.index = np.ascontiguousarray(self.coef[:, columns]), np.asarray(index)
+        self._batch = np.empty((BATCH_VOLUMES, self.index.size), dtype=self._dtype)
+
+    def residual_variance(self, variance: np.ndarray, layout: NiftiLayout, ddof: int) -> np.ndarray:
+        """Per-voxel variance after the regression, from the kept volumes' ``variance``.
+
+        ``variance`` is in real units, over the voxels of :meth:`restrict`'s ``index``.
+        """
+        explained = np.einsum("ij,ij->j", self.coef, self.coef) * layout.slope**2
+        residual = variance - explained / (self.confounds.n_kept - ddof)
+        return np.maximum(residual, 0.0)
+
+    def write(
+        self,
+        writer,
+        layout: NiftiLayout,
+        block: int,
+        center: np.ndarray,
+        scale: np.ndarray,
+    ) -> None:
+        """Pass 2: write ``(stored - center - Q[t] B) * scale`` of every kept volume.
+
+        ``center`` and ``scale`` are per voxel of :meth:`restrict`'s ``index``, in stored
+        units (see :func:`bidstrain.normalize.passes.zscore_parameters`).
+        """
+        zscored = np.empty((BATCH_VOLUMES, self.index.size), dtype=np.float32)
+        written = 0
+        for start, values in iter_blocks(layout, block):
+            for _ in self._batches(self.select(start, values)):
+                written = self._write_batch(writer, written, center, scale, zscored)
+        self._write_batch(writer, written, center, scale, zscored)
+
+    def _write_batch(self, writer, written: int, center, scale, zscored) -> int:
+        from threadpoolctl import threadpool_limits
+
+        n, batch = self._n_batch, self._batch[: self._n_batch]
+        if not n:
+            return written
+        q = self.confounds.basis[written : written + n]
+        with threadpool_limits(1, user_api="blas"):
+            for tile in range(0, self.index.size, TILE_VOXELS):
+                cols = slice(tile, tile + TILE_VOXELS)
+                residual = batch[:, cols] - center[cols]
+                residual -= q @ self.coef[:, cols]
+                np.multiply(residual, scale[cols], out=zscored[:n, cols])
+        writer.write(written, zscored[:n])
+        self._n_batch = 0
+        return written + n
