@@ -114,6 +114,15 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class ConfoundsConfig:
+    """``normalize.confounds``: confound regression of fMRIPrep BOLD runs
+    (:mod:`bidstrain.normalize.confounds`)."""
+
+    strategy: str
+    options: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class NormalizeConfig:
     """``normalize``: z-scoring into Zarr stores."""
 
@@ -125,6 +134,7 @@ class NormalizeConfig:
     heldout: Mapping[str, tuple[str, ...]]
     block_volumes: int
     storage: str
+    confounds: ConfoundsConfig
 
     def mask_option(self, modality: str) -> str:
         """The mask option (keyword or path pattern) of a modality's images."""
@@ -216,6 +226,7 @@ class Config:
     tasks: tuple[str, ...]
     echo: int | None
     part: str | None
+    space: str | None
     ingest: IngestConfig
     normalize: NormalizeConfig
     average: AverageConfig

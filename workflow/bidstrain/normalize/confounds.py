@@ -32,10 +32,9 @@ with the statistics of the training runs.
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,46 +52,6 @@ STRATEGIES = ("none", "simple", "scrubbing", "compcor", "ica_aroma")
 BATCH_VOLUMES = 16
 #: Voxels per tile of the products, so that their float64 operands stay in cache.
 TILE_VOXELS = 2**13
-
-
-@dataclass(frozen=True)
-class ConfoundSettings:
-    """Config ``normalize.confounds``.
-
-    Attributes
-    ----------
-    strategy : str
-        One of :data:`STRATEGIES`.
-    options : mapping
-        Passed to ``load_confounds_strategy`` as keyword arguments (``motion``,
-        ``wm_csf``, ``global_signal``, ``fd_threshold``...).
-    """
-
-    strategy: str = "none"
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise BidstrainError(
-                f"normalize.confounds.strategy {self.strategy!r} is not one of "
-                f"{', '.join(STRATEGIES)}"
-            )
-
-    @property
-    def enabled(self) -> bool:
-        """Whether confounds are regressed out."""
-        return self.strategy != "none"
-
-    @classmethod
-    def from_json(cls, strategy: str, options: str | None) -> ConfoundSettings:
-        """The settings of the command line (``--confounds-options`` is a JSON object)."""
-        try:
-            parsed = json.loads(options) if options else {}
-        except json.JSONDecodeError as error:
-            raise BidstrainError(f"--confounds-options is not JSON: {error}") from None
-        if not isinstance(parsed, dict):
-            raise BidstrainError("--confounds-options must be a JSON object")
-        return cls(strategy, parsed)
 
 
 @dataclass(frozen=True)
@@ -153,7 +112,8 @@ def confound_basis(confounds: np.ndarray) -> np.ndarray:
 def load_run_confounds(
     image: str | Path,
     table: str | Path,
-    settings: ConfoundSettings,
+    strategy: str,
+    options: Mapping[str, Any],
     n_volumes: int,
     ddof: int,
     subject: str | None = None,
@@ -169,8 +129,11 @@ def load_run_confounds(
         The run (fMRIPrep's ``..._desc-preproc_bold.nii.gz``).
     table : str or Path
         Its confounds table.
-    settings : ConfoundSettings
-        Strategy (not ``none``) and nilearn options.
+    strategy : str
+        One of :data:`STRATEGIES` but ``none`` (config ``normalize.confounds.strategy``).
+    options : mapping
+        Keyword arguments of ``load_confounds_strategy`` (``motion``, ``wm_csf``,
+        ``global_signal``, ``fd_threshold``...; config ``normalize.confounds.options``).
     n_volumes : int
         Volumes of the run.
     ddof : int
@@ -188,6 +151,10 @@ def load_run_confounds(
     """
     from nilearn.interfaces.fmriprep import load_confounds_strategy
 
+    if strategy not in STRATEGIES[1:]:
+        raise BidstrainError(
+            f"confounds strategy {strategy!r} is not one of {', '.join(STRATEGIES[1:])}"
+        )
     image, table = Path(image), Path(table)
     if not table.is_file() or table.parent.resolve() != image.parent.resolve():
         raise BidstrainError(
@@ -200,12 +167,12 @@ def load_run_confounds(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # "all volumes": checked below
             frame, sample_mask = load_confounds_strategy(
-                str(image), denoise_strategy=settings.strategy, **dict(settings.options)
+                str(image), denoise_strategy=strategy, **dict(options)
             )
     except (ValueError, KeyError, TypeError) as error:
         raise BidstrainError(
-            f"nilearn cannot load confounds strategy {settings.strategy!r} "
-            f"(options {dict(settings.options)}) from this table: {error}",
+            f"nilearn cannot load confounds strategy {strategy!r} "
+            f"(options {dict(options)}) from this table: {error}",
             path=table,
             subject=subject,
         ) from None
@@ -222,7 +189,7 @@ def load_run_confounds(
         kept[np.asarray(sample_mask, dtype=np.int64)] = True
     if kept.sum() < ddof + 2:
         raise BidstrainError(
-            f"strategy {settings.strategy!r} keeps {int(kept.sum())} of {n_volumes} volumes "
+            f"strategy {strategy!r} keeps {int(kept.sum())} of {n_volumes} volumes "
             f"(non-steady-state and scrubbed volumes removed); at least {ddof + 2} are "
             "needed (ddof + 2); relax the options (fd_threshold, std_dvars_threshold, scrub)",
             path=table,
@@ -237,9 +204,7 @@ def load_run_confounds(
             path=table,
             subject=subject,
         )
-    return RunConfounds(
-        table, settings.strategy, tuple(frame.columns), kept, confound_basis(values)
-    )
+    return RunConfounds(table, strategy, tuple(frame.columns), kept, confound_basis(values))
 
 
 def fixed_mask_index(layout: NiftiLayout, info: ImageInfo, options: Options) -> np.ndarray:
