@@ -225,12 +225,12 @@ def run_epochs(trainer, state, data, validation, sink, checkpoint_dir, config_ha
                     hooks.stop(state.step, signals, checkpoint_dir, context.is_main)
                     stop = True
                 if state.step % config["checkpoint_every"] == 0 or stop:
-                    save_checkpoint(trainer, state, checkpoint_dir, config_hash)
+                    save_checkpoint(trainer, state, sink, checkpoint_dir, config_hash)
                 if stop:
                     distributed.barrier(context)  # no rank exits before the checkpoint is written
                     raise Interrupted(state.step)
         if state.step % config["checkpoint_every"] != 0:
-            save_checkpoint(trainer, state, checkpoint_dir, config_hash)
+            save_checkpoint(trainer, state, sink, checkpoint_dir, config_hash)
 
 
 def resume(checkpoint_dir, config_hash, context, module, optimizer, scheduler):
@@ -253,8 +253,12 @@ def resume(checkpoint_dir, config_hash, context, module, optimizer, scheduler):
     return state, True
 
 
-def save_checkpoint(trainer: Trainer, state: TrainState, directory: Path, config_hash: str) -> None:
-    """Rank 0 writes a checkpoint of ``state`` (see :mod:`.checkpoint` for what it holds)."""
+def save_checkpoint(
+    trainer: Trainer, state: TrainState, sink: MetricsSink, directory: Path, config_hash: str
+) -> None:
+    """Rank 0 writes a checkpoint of ``state`` (see :mod:`.checkpoint` for what it holds),
+    after the metrics: a run resumed from it finds every step up to it in the metrics."""
+    sink.flush()
     if trainer.context.is_main:
         checkpoint.save(
             directory,

@@ -7,8 +7,9 @@ run); the trainer copies it to the declared output at the end. On resume, lines 
 checkpoint's step are dropped first, so every optimizer step appears exactly once.
 
 :class:`MetricsSink` is what the training loop writes to: it keeps records on rank 0 only
-and writes them at flush time (logging steps, validation, the end and any stop), so a
-step costs no file write; every record is complete and exact when it is kept.
+and writes them at flush time (logging steps, validation, before every checkpoint, at the end
+and at a stop), so a step costs no file write, and a run resumed from a checkpoint finds
+every step up to it; every record is complete and exact when it is kept.
 """
 
 from __future__ import annotations
