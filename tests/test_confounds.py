@@ -1,0 +1,150 @@
+"""Confound regression of fMRIPrep BOLD runs: equal to nilearn's, sample mask respected, errors."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from bidstrain.demo import make_fmriprep_demo
+from bidstrain.errors import BidstrainError
+from bidstrain.normalize import ImageInfo, Options, normalize_bold, normalize_with_stats
+from bidstrain.normalize.confounds import load_run_confounds
+from bidstrain.store import open_store, store_meta
+from nilearn.interfaces.fmriprep import load_confounds_strategy
+from nilearn.maskers import NiftiMasker
+
+SPACE = "space-MNI152NLin2009cAsym_res-2"
+N_VOLUMES = 60  # the demo's; its runs have a non-steady-state volume 0 and jumps at 20, 40
+
+
+@pytest.fixture(scope="module")
+def fmriprep(tmp_path_factory) -> Path:
+    return make_fmriprep_demo(tmp_path_factory.mktemp("fmriprep"))
+
+
+def _run(root: Path, run: str = "1") -> tuple[Path, Path, Path]:
+    """The run's BOLD image, brain mask and confounds table."""
+    func = root / "sub-01" / "func"
+    stem = f"sub-01_task-rest_run-{run}"
+    return (
+        func / f"{stem}_{SPACE}_desc-preproc_bold.nii.gz",
+        func / f"{stem}_{SPACE}_desc-brain_mask.nii.gz",
+        func / f"{stem}_desc-confounds_timeseries.tsv",
+    )
+
+
+def _info(run: str = "1") -> ImageInfo:
+    entities = {"sub": "01", "task": "rest", "run": run, "space": "MNI152NLin2009cAsym"}
+    return ImageInfo("bold", "01", entities=entities, repetition_time=2.0)
+
+
+def _nilearn(image: Path, mask: str | Path, strategy: str, **options) -> np.ndarray:
+    confounds, sample_mask = load_confounds_strategy(
+        str(image), denoise_strategy=strategy, **options
+    )
+    masker = NiftiMasker(mask_img=str(mask), standardize="zscore_sample", detrend=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nilearn's deprecation notes
+        return masker.fit_transform(str(image), confounds=confounds, sample_mask=sample_mask)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "dropped"), [("simple", [0]), ("scrubbing", [0, 20, 40]), ("compcor", [0])]
+)
+def test_equal_to_nilearn_and_the_sample_mask_respected(fmriprep, tmp_path, strategy, dropped):
+    image, mask, table = _run(fmriprep)
+    confounds = load_run_confounds(image, table, strategy, {}, N_VOLUMES, ddof=1)
+    out = tmp_path / "bold.zarr"
+    normalize_bold(image, out, _info(), Options(mask=str(mask)), confounds)
+    ds = open_store(out, use_dask=False)
+    expected = _nilearn(image, mask, strategy)
+    assert ds.data.shape == expected.shape == (N_VOLUMES - len(dropped), ds.sizes["voxel"])
+    assert np.abs(ds.data.values - expected).max() < 1e-4
+    kept = np.setdiff1d(np.arange(N_VOLUMES), dropped)
+    assert np.array_equal(ds.time.values, kept * 2.0)
+    assert store_meta(ds).confounds_strategy == strategy
+    assert np.array_equal(ds.mask.values, np.asarray(nib.load(mask).dataobj) > 0)
+
+
+def test_nilearn_options_pass_through_and_a_computed_mask_fits_the_whole_grid(fmriprep, tmp_path):
+    image, _, table = _run(fmriprep)
+    options = {"global_signal": "basic", "fd_threshold": 0.3}
+    confounds = load_run_confounds(image, table, "scrubbing", options, N_VOLUMES, ddof=1)
+    assert "global_signal" in confounds.columns
+    out = tmp_path / "bold.zarr"
+    normalize_bold(image, out, _info(), Options(mask="none"), confounds)
+    ds = open_store(out, use_dask=False)
+    everything = nib.Nifti1Image(np.ones(ds.mask.shape, dtype=np.uint8), store_meta(ds).affine)
+    nib.save(everything, tmp_path / "all.nii.gz")
+    expected = _nilearn(image, tmp_path / "all.nii.gz", "scrubbing", **options)
+    assert np.abs(ds.data.values - expected).max() < 1e-4
+
+
+def test_heldout_run_regresses_its_own_confounds_with_the_training_statistics(fmriprep, tmp_path):
+    from nilearn.maskers import NiftiMasker
+
+    train_image, mask, train_table = _run(fmriprep, "1")
+    train = load_run_confounds(train_image, train_table, "simple", {}, N_VOLUMES, ddof=1)
+    normalize_bold(train_image, tmp_path / "r1.zarr", _info("1"), Options(mask=str(mask)), train)
+    image, _, table = _run(fmriprep, "2")
+    confounds = load_run_confounds(image, table, "simple", {}, N_VOLUMES, ddof=1)
+    attrs = normalize_with_stats(
+        image, [tmp_path / "r1.zarr"], tmp_path / "r2.zarr", _info("2"), confounds=confounds
+    )
+    stats = open_store(tmp_path / "r1.zarr", use_dask=False)
+    ds = open_store(tmp_path / "r2.zarr", use_dask=False)
+    frame, sample_mask = load_confounds_strategy(str(image), denoise_strategy="simple")
+    masker = NiftiMasker(mask_img=str(mask), standardize=None, detrend=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        residual = masker.fit_transform(str(image), confounds=frame, sample_mask=sample_mask)
+    expected = (residual - stats["mean"].values) / stats["std"].values
+    assert attrs["heldout"] and attrs["confounds_strategy"] == "simple"
+    assert np.abs(ds.data.values - expected).max() < 1e-4
+    assert ds.sizes["time"] == N_VOLUMES - 1
+
+
+def _copy_run(fmriprep: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """The run's image and table, alone in a folder of their own (to be altered)."""
+    image, _, table = _run(fmriprep)
+    folder = tmp_path / "func"
+    folder.mkdir()
+    for path in (image, table, table.with_suffix(".json")):
+        shutil.copy(path, folder / path.name)
+    return folder / image.name, folder / table.name
+
+
+def test_a_table_whose_rows_are_not_the_volumes(fmriprep, tmp_path):
+    image, table = _copy_run(fmriprep, tmp_path)
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(BidstrainError, match=r"has 59 rows but the run .* has 60 volumes") as error:
+        load_run_confounds(image, table, "simple", {}, N_VOLUMES, ddof=1, subject="01")
+    assert str(table) in str(error.value) and "sub-01" in str(error.value)
+
+
+def test_a_strategy_needing_missing_columns_gives_nilearns_message_and_the_file(fmriprep, tmp_path):
+    image, table = _copy_run(fmriprep, tmp_path)
+    rows = [line.split("\t") for line in table.read_text().splitlines()]
+    keep = [i for i, name in enumerate(rows[0]) if not name.startswith("csf")]
+    table.write_text("".join("\t".join(row[i] for i in keep) + "\n" for row in rows))
+    with pytest.raises(BidstrainError, match=r"nilearn cannot load .*'simple'.*csf") as error:
+        load_run_confounds(image, table, "simple", {}, N_VOLUMES, ddof=1)
+    assert str(table) in str(error.value)
+
+
+def test_a_sample_mask_leaving_too_few_volumes(fmriprep):
+    image, _, table = _run(fmriprep)
+    with pytest.raises(BidstrainError, match=r"keeps 0 of 60 volumes.*at least 3 are needed"):
+        load_run_confounds(image, table, "scrubbing", {"fd_threshold": 0.0}, N_VOLUMES, ddof=1)
+
+
+def test_a_table_elsewhere_than_next_to_the_run(fmriprep, tmp_path):
+    image, _, table = _run(fmriprep)
+    shutil.copy(table, tmp_path / table.name)
+    with pytest.raises(BidstrainError, match="must exist next to the run"):
+        load_run_confounds(image, tmp_path / table.name, "simple", {}, N_VOLUMES, ddof=1)

@@ -1,0 +1,184 @@
+"""fMRIPrep and QSIPrep outputs as input: dataset kind, space, the images, masks and tables."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bidstrain.bids import BidsIndex
+from bidstrain.demo import DemoSpec, make_demo, make_fmriprep_demo, make_qsiprep_demo
+from bidstrain.derivatives import (
+    brain_mask,
+    confounds_file,
+    dataset_kind,
+    gradients,
+    nested_derivatives_warning,
+    parse_space,
+    select_preproc,
+)
+from bidstrain.errors import BidstrainError
+from bidstrain.normalize import ImageInfo, Options, normalize_volumes
+from bidstrain.store import open_store, store_meta
+
+MNI = "MNI152NLin2009cAsym"
+
+
+@pytest.fixture(scope="module")
+def fmriprep(tmp_path_factory) -> Path:
+    return make_fmriprep_demo(tmp_path_factory.mktemp("fmriprep"))
+
+
+@pytest.fixture(scope="module")
+def qsiprep(tmp_path_factory) -> Path:
+    return make_qsiprep_demo(tmp_path_factory.mktemp("qsiprep"))
+
+
+def test_dataset_kind_from_the_description(fmriprep, qsiprep, tmp_path):
+    kind = dataset_kind(fmriprep)
+    assert (kind.kind, kind.pipeline, kind.is_derivative) == ("fmriprep", "fMRIPrep", True)
+    assert dataset_kind(qsiprep).kind == "qsiprep"
+    raw = make_demo(tmp_path / "raw", DemoSpec(n_subjects=1, modalities=("T1w",)))
+    assert dataset_kind(raw).kind == "raw" and not dataset_kind(raw).is_derivative
+    old = tmp_path / "old"  # BIDS < 1.4 derivatives: PipelineDescription
+    old.mkdir()
+    (old / "dataset_description.json").write_text(
+        json.dumps({"Name": "x", "PipelineDescription": {"Name": "fmriprep", "Version": "1.5"}})
+    )
+    assert (dataset_kind(old).kind, dataset_kind(old).version) == ("fmriprep", "1.5")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "dataset_description.json").write_text(
+        json.dumps({"DatasetType": "derivative", "GeneratedBy": [{"Name": "MRIQC"}]})
+    )
+    assert dataset_kind(other).kind == "derivative"
+
+
+def test_warning_when_a_raw_dataset_holds_fmriprep_outputs(fmriprep, tmp_path):
+    raw = make_demo(tmp_path / "raw", DemoSpec(n_subjects=1, modalities=("T1w",)))
+    assert nested_derivatives_warning(raw) is None
+    shutil.copytree(fmriprep, raw / "derivatives" / "fmriprep")
+    warning = nested_derivatives_warning(raw)
+    assert str(raw / "derivatives" / "fmriprep") in warning and "(fmriprep)" in warning
+    assert nested_derivatives_warning(fmriprep) is None
+
+
+def test_space_in_fmriprep_syntax():
+    assert parse_space(f"{MNI}:res-2").entities == {"space": MNI, "res": "2"}
+    assert parse_space("T1w").entities == {"space": "T1w"}
+    assert str(parse_space("MNIPediatricAsym:cohort-1:res-2")) == "MNIPediatricAsym:cohort-1:res-2"
+    assert parse_space(None) is None
+    with pytest.raises(BidstrainError, match="'foo-2' is not a modifier"):
+        parse_space(f"{MNI}:foo-2")
+    with pytest.raises(BidstrainError, match="not a space label"):
+        parse_space("MNI_152")
+
+
+def test_index_of_an_fmriprep_tree_ignores_what_is_not_an_image(fmriprep):
+    index = BidsIndex.build(fmriprep)
+    assert index.problems == []
+    assert {f.extension for f in index.images} == {".nii.gz"}
+    assert not [f for f in index.images if "figures" in f.path.parts]
+    suffixes = {f.suffix for f in index.images}
+    assert suffixes == {"bold", "T1w", "mask", "boldref", "dseg", "probseg"}
+    bold = select_preproc(index.images, parse_space(f"{MNI}:res-2"), "bold")
+    assert index.metadata(bold[0])["RepetitionTime"] == 2.0
+
+
+@pytest.mark.parametrize(
+    ("space", "entities"), [(f"{MNI}:res-2", {"space": MNI, "res": "2"}), ("T1w", {"space": "T1w"})]
+)
+def test_one_bold_per_run_in_the_chosen_space(fmriprep, space, entities):
+    index = BidsIndex.build(fmriprep)
+    chosen = select_preproc(index.images, parse_space(space), "bold")
+    assert len(chosen) == 4  # 2 subjects x 2 runs
+    assert len({(f.subject, f.entities["run"]) for f in chosen}) == 4
+    for image in chosen:
+        assert {
+            k: image.entities.get(k) for k in ("space", "res") if k in image.entities
+        } == entities
+        assert image.entities["desc"] == "preproc"
+        mask = brain_mask(index, image)
+        assert mask.name == image.path.name.replace("desc-preproc_bold", "desc-brain_mask")
+        table = confounds_file(image)
+        assert table.name == (
+            f"sub-{image.subject}_task-rest_run-{image.entities['run']}"
+            "_desc-confounds_timeseries.tsv"
+        )
+
+
+def test_anatomical_reference_is_the_t1w_space(fmriprep):
+    index = BidsIndex.build(fmriprep)
+    native = select_preproc(index.images, parse_space("T1w"), "T1w")
+    assert [f.path.name for f in native] == [
+        "sub-01_desc-preproc_T1w.nii.gz",
+        "sub-02_desc-preproc_T1w.nii.gz",
+    ]
+    assert brain_mask(index, native[0]).name == "sub-01_desc-brain_mask.nii.gz"
+    template = select_preproc(index.images, parse_space(MNI), "T1w")  # any resolution
+    assert [f.entities["space"] for f in template] == [MNI, MNI]
+
+
+def test_several_spaces_and_none_chosen_is_an_error_listing_them(fmriprep):
+    index = BidsIndex.build(fmriprep)
+    with pytest.raises(
+        BidstrainError, match=rf"several spaces: {MNI}:res-2, T1w; set config space"
+    ):
+        select_preproc(index.images, None, "bold")
+
+
+def test_a_run_without_the_chosen_space_is_named(fmriprep, tmp_path):
+    root = tmp_path / "fmriprep"
+    shutil.copytree(fmriprep, root)
+    missing = (
+        root
+        / "sub-02"
+        / "func"
+        / f"sub-02_task-rest_run-2_space-{MNI}_res-2_desc-preproc_bold.nii.gz"
+    )
+    missing.unlink()
+    index = BidsIndex.build(root)
+    with pytest.raises(BidstrainError) as error:
+        select_preproc(index.images, parse_space(f"{MNI}:res-2"), "bold")
+    message = str(error.value)
+    assert f"spaces found: {MNI}:res-2, T1w" in message
+    assert "sub-02/func/sub-02_task-rest_run-2_desc-preproc_bold.nii.gz (has T1w)" in message
+    assert "run-1" not in message
+    image = select_preproc(index.images, parse_space("T1w"), "bold")[0]
+    mask = brain_mask(index, image)
+    mask.unlink()
+    with pytest.raises(BidstrainError, match=f"no {mask.name} next to the image"):
+        brain_mask(BidsIndex.build(root), image)
+
+
+def test_single_space_needs_no_choice(qsiprep):
+    index = BidsIndex.build(qsiprep)
+    assert index.problems == []
+    dwi = select_preproc(index.images, None, "dwi")
+    assert [f.path.name for f in dwi] == [
+        "sub-01_space-T1w_desc-preproc_dwi.nii.gz",
+        "sub-02_space-T1w_desc-preproc_dwi.nii.gz",
+    ]
+    found = gradients(index, dwi[0])
+    assert found[".bval"].name == "sub-01_space-T1w_desc-preproc_dwi.bval"
+    assert found[".bvec"].name == "sub-01_space-T1w_desc-preproc_dwi.bvec"
+    assert brain_mask(index, dwi[0]).name == "sub-01_space-T1w_desc-brain_mask.nii.gz"
+
+
+def test_qsiprep_dwi_normalized_with_its_own_mask_and_gradients(qsiprep, tmp_path):
+    import nibabel as nib
+
+    index = BidsIndex.build(qsiprep)
+    image = select_preproc(index.images, parse_space("T1w"), "dwi")[0]
+    found = gradients(index, image)
+    bval = [float(b) for b in found[".bval"].read_text().split()]
+    bvec = [[float(x) for x in row.split()] for row in found[".bvec"].read_text().splitlines()]
+    info = ImageInfo("dwi", image.subject, entities=dict(image.entities), bval=bval, bvec=bvec)
+    mask = brain_mask(index, image)
+    normalize_volumes(image.path, tmp_path / "dwi.zarr", info, Options(mask=str(mask)))
+    ds = open_store(tmp_path / "dwi.zarr", use_dask=False)
+    assert np.array_equal(ds.mask.values, np.asarray(nib.load(mask).dataobj) > 0)
+    assert np.allclose(ds.bval.values, bval)
+    assert store_meta(ds).mask_source == str(mask)
