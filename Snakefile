@@ -27,7 +27,7 @@ rule all:
     default_target: True
     input:
         paths.MANIFEST,
-        PLAN.normalized_stores,
+        PLAN.normalized_tables,
         PLAN.average_stores,
         paths.CHECKS_SUMMARY,
         paths.trained_model(PLAN.experiment),

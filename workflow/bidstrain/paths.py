@@ -65,6 +65,12 @@ def normalized_store(image: BidsFile) -> str:
     return normalized_store_at(store_prefix(image), image.suffix)
 
 
+def normalized_table(subject: str) -> str:
+    """Output of a subject's normalize job (wildcards allowed): the table of the stores
+    it wrote, ``results/normalized/sub-<label>/sub-<label>_scans.tsv``."""
+    return _join(RESULTS, "normalized", f"sub-{subject}", f"sub-{subject}_scans.tsv")
+
+
 # ---- average -----------------------------------------------------------------------------
 
 
@@ -115,14 +121,17 @@ def coverage_figure() -> str:
     return _join(REPORT, "ingest", "coverage.png")
 
 
-def normalize_figure_at(prefix: str, suffix: str) -> str:
-    """Figure of one normalized image (wildcards allowed)."""
-    return _join(REPORT, "normalize", f"{prefix}_desc-{NORMALIZED_DESC}_{suffix}.png")
+def normalize_figures(subject: str) -> str:
+    """Folder of a subject's normalization figures (wildcards allowed): one PNG per
+    store, at the store's path below ``results/report/normalize`` with ``.png`` for
+    ``.zarr``."""
+    return _join(REPORT, "normalize", f"sub-{subject}")
 
 
-def normalize_figure(image: BidsFile) -> str:
-    """Figure of one image's store."""
-    return normalize_figure_at(store_prefix(image), image.suffix)
+def normalize_figure(store: str) -> str:
+    """Figure of one normalized store (inside its subject's :func:`normalize_figures`)."""
+    relative = os.path.relpath(store, _join(RESULTS, "normalized"))
+    return _join(REPORT, "normalize", relative.removesuffix(".zarr") + ".png")
 
 
 def average_figure(name: str) -> str:

@@ -2,15 +2,19 @@
 
 :meth:`Plan.build` decides, once, at parse time: the images of every modality, the
 held-out BOLD runs and the stores each is normalized with, the mask of every image, the
-cross-subject average groups, the stores training and validation read, the report's
-figures, and the world size of the training job. The rule files only declare rules over
-its attributes; everything here is unit-tested without Snakemake.
+normalize job of every subject, the cross-subject average groups, the stores
+training and validation read, the report's figures, and the world size of the training
+job. The rule files only declare rules over its attributes; everything here is
+unit-tested without Snakemake.
+
+Granularity: one normalize job per subject (it normalizes every image of the subject,
+sessions included, the held-out runs after the runs whose statistics they take) and one
+report job per subject: the DAG grows with subjects, not with images.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +35,8 @@ MASK_KEYS = {"bold": "normalize.mask", "T1w": "normalize.t1w_mask", "dwi": "norm
 
 
 @dataclass(frozen=True)
-class NormalizeJob:
-    """One image to normalize: the inputs and options of its job."""
+class ImageJob:
+    """One image of a normalize job: its store, mask and statistics."""
 
     image: BidsFile
     store: str
@@ -44,14 +48,47 @@ class NormalizeJob:
         """Whether the image is normalized with other runs' statistics."""
         return bool(self.stats_from)
 
+    def spec(self) -> dict[str, Any]:
+        """What the job's command reads for this image (see ``bidstrain.normalize``)."""
+        return {
+            "modality": self.image.suffix,
+            "image": str(self.image.path),
+            "store": self.store,
+            "mask": self.mask,
+            "stats_from": list(self.stats_from),
+        }
+
+
+@dataclass(frozen=True)
+class NormalizeJob:
+    """The normalize job of one subject: its images of every modality, held-out BOLD
+    runs after the runs whose statistics they take."""
+
+    subject: str
+    images: tuple[ImageJob, ...]
+
+    @property
+    def table(self) -> str:
+        """The job's output: the table of the stores it wrote."""
+        return paths.normalized_table(self.subject)
+
+    @property
+    def stores(self) -> list[str]:
+        """The stores the job writes."""
+        return [image.store for image in self.images]
+
     def inputs(self) -> dict[str, Any]:
         """Named inputs of the job (``unpack``-able)."""
         return {
-            "image": str(self.image.path),
-            "ingest": paths.ingest_record(self.image.subject),
-            "mask": [self.mask] if is_pattern(self.mask) else [],
-            "stats": list(self.stats_from),
+            "images": [str(image.image.path) for image in self.images],
+            "ingest": paths.ingest_record(self.subject),
+            "masks": sorted({image.mask for image in self.images if is_pattern(image.mask)}),
         }
+
+    def spec(self) -> str:
+        """The job's images as the JSON its command line carries (bounded by one
+        subject's images, whatever the number of subjects)."""
+        return json.dumps([image.spec() for image in self.images], separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -60,6 +97,7 @@ class AverageGroup:
 
     name: str  # task-<task>[_run-<run>]
     members: tuple[str, ...]
+    tables: tuple[str, ...]  # the normalize outputs that write the members
 
     @property
     def store(self) -> str:
@@ -79,8 +117,7 @@ class Plan:
     config: Config
     images: Mapping[str, tuple[BidsFile, ...]]
     subjects: tuple[str, ...]
-    jobs: Mapping[str, Mapping[str, NormalizeJob]]  # {suffix: {store prefix: job}}
-    heldout_names: tuple[str, ...]
+    jobs: Mapping[str, NormalizeJob]  # by subject
     averages: tuple[AverageGroup, ...]
     training: Mapping[str, tuple[str, ...]]
     validation: Mapping[str, tuple[str, ...]]
@@ -114,12 +151,16 @@ class Plan:
         images = {m: tuple(_select(index, config, m)) for m in MODALITIES}
         subjects = tuple(sorted({image.subject for group in images.values() for image in group}))
         _require_images(index, config, subjects)
-        jobs = {m: _normalize_jobs(config, images[m]) for m in MODALITIES}
-        bold = list(jobs["bold"].values())
+        jobs = _normalize_jobs(config, [image for m in MODALITIES for image in images[m]])
+        by_modality = {
+            m: [i for job in jobs.values() for i in job.images if i.image.suffix == m]
+            for m in MODALITIES
+        }
+        bold = by_modality["bold"]
         averages = _average_groups(bold) if config.average.mode == "cross_subject" else ()
         training = {
-            "T1w": tuple(job.store for job in jobs["T1w"].values()),
-            "dwi": tuple(job.store for job in jobs["dwi"].values()),
+            "T1w": tuple(image.store for image in by_modality["T1w"]),
+            "dwi": tuple(image.store for image in by_modality["dwi"]),
             "bold": _bold_stores(bold, averages, validation=False),
         }
         validation = {"bold": _bold_stores(bold, averages, validation=True)}
@@ -128,7 +169,6 @@ class Plan:
             images=images,
             subjects=subjects,
             jobs=jobs,
-            heldout_names=_heldout_names(bold),
             averages=averages,
             training={m: s for m, s in training.items() if s},
             validation={m: s for m, s in validation.items() if s},
@@ -138,36 +178,36 @@ class Plan:
 
     # ---- normalize ---------------------------------------------------------------------
 
+    def job(self, subject: str) -> NormalizeJob:
+        """The normalize job of a rule's ``{subject}`` wildcard."""
+        try:
+            return self.jobs[subject]
+        except KeyError:
+            raise BidstrainError(f"the plan has no image of sub-{subject}") from None
+
     def stores(self, modality: str) -> list[str]:
         """Every store of a modality's images, held-out runs included."""
-        return [job.store for job in self.jobs[modality].values()]
-
-    @property
-    def raw_images(self) -> list[str]:
-        """The source image of every store."""
-        return [str(job.image.path) for m in MODALITIES for job in self.jobs[m].values()]
+        return [
+            image.store
+            for job in self.jobs.values()
+            for image in job.images
+            if image.image.suffix == modality
+        ]
 
     @property
     def normalized_stores(self) -> list[str]:
         """Every subject store of every modality."""
-        return [store for m in MODALITIES for store in self.stores(m)]
-
-    def job(self, prefix: str, suffix: str) -> NormalizeJob:
-        """The normalize job of a rule's ``{prefix}`` wildcard."""
-        try:
-            return self.jobs[suffix][prefix]
-        except KeyError:
-            raise BidstrainError(f"the plan has no {suffix} image {prefix!r}") from None
+        return [store for job in self.jobs.values() for store in job.stores]
 
     @property
-    def heldout_prefix_pattern(self) -> str | None:
-        """Regex of the ``{prefix}`` wildcard of held-out BOLD stores: a subject, an
-        optional session, and one of the plan's literal held-out names (the entities
-        after ``sub-<label>_``); None when no run is held out."""
-        if not self.heldout_names:
-            return None
-        names = "|".join(map(re.escape, self.heldout_names))
-        return rf"sub-[a-zA-Z0-9]+/(?:ses-[a-zA-Z0-9]+/)?func/sub-[a-zA-Z0-9]+_(?:{names})"
+    def normalized_tables(self) -> list[str]:
+        """The output of every normalize job."""
+        return [job.table for job in self.jobs.values()]
+
+    @property
+    def raw_images(self) -> list[str]:
+        """The source image of every store."""
+        return [path for job in self.jobs.values() for path in job.inputs()["images"]]
 
     # ---- average, train, report --------------------------------------------------------
 
@@ -182,14 +222,17 @@ class Plan:
 
     @property
     def training_inputs(self) -> list[str]:
-        """Every store training or validation reads, once each."""
-        stores = (*self.training.values(), *self.validation.values())
-        return sorted({store for group in stores for store in group})
+        """The outputs that write every store training or validation reads: the average
+        stores, and the normalize tables of subject stores."""
+        read = {s for group in (*self.training.values(), *self.validation.values()) for s in group}
+        tables = [job.table for job in self.jobs.values() if not read.isdisjoint(job.stores)]
+        return [*tables, *(store for store in self.average_stores if store in read)]
 
     @property
-    def checked_stores(self) -> list[str]:
-        """Every store the checks read: those of training and the subject stores."""
-        return sorted({*self.normalized_stores, *self.average_stores})
+    def checked_inputs(self) -> list[str]:
+        """The outputs that write every store the checks read: every normalize table and
+        every average store."""
+        return [*self.normalized_tables, *self.average_stores]
 
     @property
     def train_launcher(self) -> str:
@@ -217,11 +260,7 @@ class Plan:
         """Every figure of the report, in stage order."""
         return [
             paths.coverage_figure(),
-            *(
-                paths.normalize_figure(job.image)
-                for m in MODALITIES
-                for job in self.jobs[m].values()
-            ),
+            *(paths.normalize_figures(subject) for subject in self.subjects),
             *(paths.average_figure(group.name) for group in self.averages),
             *(paths.checks_figure(name) for name in CHECKS_FIGURES),
             *(paths.training_figure(self.experiment, name) for name in TRAINING_FIGURES),
@@ -380,67 +419,47 @@ def _mask(config: Config, image: BidsFile) -> str:
 
 
 def _normalize_jobs(config: Config, images: Sequence[BidsFile]) -> dict[str, NormalizeJob]:
-    """The normalize job of every image, by store prefix; held-out BOLD runs take their
-    statistics from the subject's other runs (:func:`fitting_runs`)."""
+    """The normalize job of every subject; held-out BOLD runs take their statistics from
+    the subject's other runs (:func:`fitting_runs`), normalized before them in the job."""
     selection = config.normalize.heldout
-    prefixes = [paths.store_prefix(image) for image in images]
-    stores = {
-        str(image.path): paths.normalized_store_at(prefix, image.suffix)
-        for image, prefix in zip(images, prefixes, strict=True)
-    }
-    heldout = [image.suffix == "bold" and _is_heldout(image, selection) for image in images]
-    training_runs: dict[str, list[BidsFile]] = {}
-    for image, held in zip(images, heldout, strict=True):
-        if not held:
-            training_runs.setdefault(image.subject, []).append(image)
+    by_subject: dict[str, list[BidsFile]] = {}
+    for image in images:
+        by_subject.setdefault(image.subject, []).append(image)
     jobs = {}
-    for image, prefix, held in zip(images, prefixes, heldout, strict=True):
-        stats_from = ()
-        if held:
-            runs = fitting_runs(image, training_runs.get(image.subject, []), selection)
-            stats_from = tuple(stores[str(run.path)] for run in runs)
-        jobs[prefix] = NormalizeJob(
-            image, stores[str(image.path)], _mask(config, image), stats_from
-        )
+    for subject in sorted(by_subject):
+        own = by_subject[subject]
+        stores = {str(image.path): paths.normalized_store(image) for image in own}
+        held = [image.suffix == "bold" and _is_heldout(image, selection) for image in own]
+        training = [image for image, h in zip(own, held, strict=True) if not h]
+        ordered = [
+            ImageJob(image, stores[str(image.path)], _mask(config, image), ()) for image in training
+        ]
+        for image in (image for image, h in zip(own, held, strict=True) if h):
+            runs = fitting_runs(image, [run for run in training if run.suffix == "bold"], selection)
+            stats = tuple(stores[str(run.path)] for run in runs)
+            ordered.append(ImageJob(image, stores[str(image.path)], _mask(config, image), stats))
+        jobs[subject] = NormalizeJob(subject, tuple(ordered))
     return jobs
 
 
-def _heldout_names(bold: Sequence[NormalizeJob]) -> tuple[str, ...]:
-    """The distinct names (after ``sub-<label>_``) of held-out store prefixes.
-
-    A held-out selection is a predicate on entities, so a name held out for one subject
-    is held out for every subject; a selection by subject (``sub``) would break that and
-    is refused.
-    """
-    names = {_name_after_subject(job.store) for job in bold if job.heldout}
-    clash = sorted(
-        job.store for job in bold if not job.heldout and _name_after_subject(job.store) in names
-    )
-    if clash:
-        raise BidstrainError(
-            "normalize.heldout must select runs by entities other than the subject: "
-            f"{clash[0]} has the name of a held-out run but is not held out"
-        )
-    return tuple(sorted(names))
-
-
-def _name_after_subject(store: str) -> str:
-    """``task-rest_run-2`` of ``.../sub-01_task-rest_run-2_desc-zscore_bold.zarr``."""
-    name = store.rsplit("/", 1)[-1]
-    return name[name.index("_") + 1 : name.rindex(f"_desc-{paths.NORMALIZED_DESC}_")]
-
-
-def _average_groups(bold: Sequence[NormalizeJob]) -> tuple[AverageGroup, ...]:
-    members: dict[str, list[str]] = {}
+def _average_groups(bold: Sequence[ImageJob]) -> tuple[AverageGroup, ...]:
+    members: dict[str, list[ImageJob]] = {}
     for job in bold:
         entities = job.image.entities
         name = paths.average_name(entities.get("task", ""), entities.get("run", ""))
-        members.setdefault(name, []).append(job.store)
-    return tuple(AverageGroup(name, tuple(stores)) for name, stores in sorted(members.items()))
+        members.setdefault(name, []).append(job)
+    return tuple(
+        AverageGroup(
+            name,
+            tuple(job.store for job in jobs),
+            tuple(dict.fromkeys(paths.normalized_table(job.image.subject) for job in jobs)),
+        )
+        for name, jobs in sorted(members.items())
+    )
 
 
 def _bold_stores(
-    bold: Sequence[NormalizeJob], averages: Sequence[AverageGroup], validation: bool
+    bold: Sequence[ImageJob], averages: Sequence[AverageGroup], validation: bool
 ) -> tuple[str, ...]:
     """BOLD stores training (or validation) reads: the average stores of its runs in
     cross_subject mode (when there are averages), else the subject stores."""

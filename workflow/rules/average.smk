@@ -1,13 +1,13 @@
 # Cross-subject averaging (average.mode: cross_subject): one job per (task, run), reading
 # that run's store of every subject (bidstrain.average), listed in an argument file the
-# plan writes. In per_subject mode there is nothing to average and the `average` target
+# plan writes; the inputs are the normalize jobs' tables that list those stores. In per_subject mode there is nothing to average and the `average` target
 # is an empty no-op.
 
 
 rule average_bold:
     input:
         members=lambda wildcards: PLAN.average(wildcards.name).members_file,
-        stores=lambda wildcards: PLAN.average(wildcards.name).members,
+        tables=lambda wildcards: PLAN.average(wildcards.name).tables,
     output:
         directory(paths.average_store_at("{name}")),
     log:
@@ -19,7 +19,7 @@ rule average_bold:
     # Streams blocks of volumes: memory is a few 64 MB blocks whatever the subject count.
     resources:
         mem_mb=1000,
-        runtime=lambda wildcards, input: 10 + len(input.stores) // 10,
+        runtime=lambda wildcards, input: 10 + len(input.tables) // 10,
     params:
         mask=CONFIG.average.mask,
         truncate="--truncate" if CONFIG.average.truncate else "",

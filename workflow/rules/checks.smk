@@ -11,7 +11,7 @@ rule checks:
         # the stores training and validation read, and every subject store behind them;
         # their paths reach the job through the plan's argument file
         arguments=paths.PLAN_CHECKS_ARGS,
-        stores=PLAN.checked_stores,
+        stores=PLAN.checked_inputs,
         raw=PLAN.raw_images,
         manifest=paths.MANIFEST,
     output:

@@ -26,19 +26,18 @@ rule report_coverage:
 
 rule report_normalize:
     input:
-        paths.normalized_store_at("{prefix}", "{suffix}"),
+        paths.normalized_table("{subject}"),
     output:
         report(
-            paths.normalize_figure_at("{prefix}", "{suffix}"),
+            directory(paths.normalize_figures("{subject}")),
+            patterns=["{path}_desc-zscore_{suffix}.png"],
             caption="../report/normalize.rst",
             category="2. Normalization",
             subcategory="{suffix}",
-            labels={"image": "{prefix}_{suffix}"},
+            labels={"image": "{path}_{suffix}"},
         ),
     log:
-        paths.log("report", "normalize/{prefix}_{suffix}"),
-    wildcard_constraints:
-        suffix="T1w|bold|dwi",
+        paths.log("report", "normalize/sub-{subject}"),
     group:
         "subject"
     conda:
@@ -49,7 +48,7 @@ rule report_normalize:
     params:
         sample_voxels=CONFIG.report.sample_voxels,
     shell:
-        "python -m bidstrain.report normalize --store {input:q} --out {output:q}"
+        "python -m bidstrain.report normalize --tables {input:q} --out-dir {output:q}"
         " --sample-voxels {params.sample_voxels} > {log:q} 2>&1"
 
 
@@ -57,7 +56,7 @@ rule report_average:
     input:
         store=paths.average_store_at("{name}"),
         members=lambda wildcards: PLAN.average(wildcards.name).members_file,
-        subjects=lambda wildcards: PLAN.average(wildcards.name).members,
+        tables=lambda wildcards: PLAN.average(wildcards.name).tables,
     output:
         report(
             paths.average_figure("{name}"),

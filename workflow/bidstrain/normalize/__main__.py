@@ -1,61 +1,105 @@
-"""Command line: normalize one image (a job of the ``normalize_*`` rules)."""
+"""Command line: normalize one subject's images (a job of rule ``normalize_subject``).
+
+::
+
+    python -m bidstrain.normalize --spec '[{"modality": "bold", "image": ..., "store": ...,
+        "mask": "epi", "stats_from": []}, ...]' --ingest results/ingest/sub-01.json \\
+        --ddof 1 --out-table results/normalized/sub-01/sub-01_scans.tsv
+
+``--spec`` lists the images in the order they are normalized (the plan puts held-out runs
+after the runs whose stores give their statistics). Each store is written atomically; the
+table, the job's output, is written last, so a failed job leaves no output that looks
+complete. An error names the image.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from bidstrain.errors import run_cli
 from bidstrain.normalize.bold import normalize_bold
 from bidstrain.normalize.heldout import normalize_with_stats
-from bidstrain.normalize.image import DEFAULT_MASKS, MASK_KEYS, ImageInfo, Options
+from bidstrain.normalize.image import ImageInfo, Options
+from bidstrain.normalize.table import StoreRow, write_table
 from bidstrain.normalize.volumes import normalize_volumes
-from bidstrain.store import StoreMeta
+from bidstrain.store import StoreMeta, read_dims
 
 log = logging.getLogger("bidstrain.normalize")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Normalize the image given on the command line into its store."""
-    parser = argparse.ArgumentParser(prog="python -m bidstrain.normalize")
-    parser.add_argument("modality", choices=sorted(MASK_KEYS))
-    parser.add_argument("--image", required=True, help="the NIfTI image")
-    parser.add_argument("--ingest", required=True, help="the subject's ingest JSON")
-    parser.add_argument("--out", required=True, help="the store to write (*.zarr)")
-    parser.add_argument("--mask", default=None, help="epi, head, none, or a mask image")
-    parser.add_argument("--ddof", type=int, default=Options.ddof)
-    parser.add_argument("--nonfinite", choices=["error", "mask"], default=Options.nonfinite)
-    parser.add_argument("--block-volumes", type=int, default=Options.block_volumes)
-    parser.add_argument(
-        "--stats-from", nargs="*", default=[], help="BOLD stores to take the statistics from"
-    )
-    args = parser.parse_args(argv)
-    options = Options(
-        mask=args.mask or DEFAULT_MASKS[args.modality],
-        ddof=args.ddof,
-        nonfinite=args.nonfinite,
-        block_volumes=args.block_volumes,
-    )
-    info = ImageInfo.from_ingest(args.ingest, args.image)
+def normalize_image(spec: Mapping[str, Any], ingest: str, options: Options) -> StoreRow:
+    """Normalize one image of a job's ``--spec`` into its store.
+
+    Parameters
+    ----------
+    spec : mapping
+        ``modality`` (``bold``, ``T1w``, ``dwi``), ``image``, ``store``, ``mask``
+        (keyword or file) and ``stats_from`` (stores whose pooled statistics a held-out
+        run is normalized with; empty for its own).
+    ingest : str
+        The subject's ingest record.
+    options : Options
+        Settings shared by the job's images (the mask is taken from ``spec``).
+
+    Returns
+    -------
+    StoreRow
+        The store's row of the job's table.
+    """
+    modality, image, store = spec["modality"], spec["image"], spec["store"]
+    stats_from = spec["stats_from"]
+    options = dataclasses.replace(options, mask=spec["mask"])
+    info = ImageInfo.from_ingest(ingest, image)
     started = time.perf_counter()
-    if args.stats_from:
-        attrs = normalize_with_stats(args.image, args.stats_from, args.out, info, options)
-    elif args.modality == "bold":
-        attrs = normalize_bold(args.image, args.out, info, options)
+    if stats_from:
+        attrs = normalize_with_stats(image, stats_from, store, info, options)
+    elif modality == "bold":
+        attrs = normalize_bold(image, store, info, options)
     else:
-        attrs = normalize_volumes(args.image, args.out, info, options)
-    meta = StoreMeta.from_attrs(attrs, args.out)
+        attrs = normalize_volumes(image, store, info, options)
+    meta = StoreMeta.from_attrs(attrs, store)
     log.info(
         "%s -> %s in %.1f s: %d zero-variance, %d non-finite, statistics from %s",
-        args.image,
-        args.out,
+        image,
+        store,
         time.perf_counter() - started,
         meta.n_zero_variance,
         meta.n_nonfinite,
         ", ".join(meta.stats_from),
     )
+    volumes, voxels, grid = read_dims(store)
+    return StoreRow(
+        store, modality, image, bool(stats_from), volumes, voxels, grid, tuple(stats_from)
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Normalize the images of ``--spec`` and write the job's table."""
+    parser = argparse.ArgumentParser(prog="python -m bidstrain.normalize")
+    parser.add_argument("--spec", required=True, help="the job's images, as JSON")
+    parser.add_argument("--ingest", required=True, help="the subject's ingest JSON")
+    parser.add_argument("--out-table", required=True, help="the table to write (*.tsv)")
+    parser.add_argument("--ddof", type=int, default=Options.ddof)
+    parser.add_argument("--nonfinite", choices=["error", "mask"], default=Options.nonfinite)
+    parser.add_argument("--block-volumes", type=int, default=Options.block_volumes)
+    parser.add_argument(
+        "--storage", default=Options.storage, help="float32, float16 or bitround-N (N bits kept)"
+    )
+    args = parser.parse_args(argv)
+    options = Options(
+        ddof=args.ddof,
+        nonfinite=args.nonfinite,
+        block_volumes=args.block_volumes,
+        storage=args.storage,
+    )
+    rows = [normalize_image(spec, args.ingest, options) for spec in json.loads(args.spec)]
+    write_table(rows, args.out_table)
 
 
 if __name__ == "__main__":

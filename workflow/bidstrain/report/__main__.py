@@ -3,7 +3,7 @@
 ::
 
     coverage  --manifest results/ingest/manifest.tsv --out coverage.png
-    normalize --store <store.zarr> --out <png> [--sample-voxels N]
+    normalize --tables <scans.tsv> ... --out-dir DIR [--sample-voxels N]
     average   --store <average.zarr> --subject-stores <store.zarr> ... --title T --out <png>
     checks    --summary results/checks/summary.json --scale-table-out <png> --summary-out <png>
     train     --metrics metrics.jsonl --experiment NAME [--clip-grad-norm X] --out-dir DIR
@@ -28,10 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     coverage = figures.add_parser("coverage", help="subjects x acquisitions of the manifest")
     coverage.add_argument("--manifest", required=True)
     coverage.add_argument("--out", required=True)
-    normalize = figures.add_parser("normalize", help="normalization of one store")
-    normalize.add_argument("--store", required=True)
+    normalize = figures.add_parser(
+        "normalize", help="one figure per store of a subject's normalize tables"
+    )
+    normalize.add_argument("--tables", nargs="+", required=True)
     normalize.add_argument("--sample-voxels", type=int, default=2000)
-    normalize.add_argument("--out", required=True)
+    normalize.add_argument("--out-dir", required=True)
     average = figures.add_parser("average", help="group maps and subject agreement")
     average.add_argument("--store", required=True)
     average.add_argument("--subject-stores", nargs="+", required=True)
@@ -60,12 +62,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         outputs = {args.out: coverage_figure(read_manifest(args.manifest))}
     elif args.figure == "normalize":
-        from bidstrain.report.normalize import normalization_figure
-        from bidstrain.store import open_store
+        from bidstrain.report.normalize import normalization_figures
 
-        outputs = {
-            args.out: normalization_figure(open_store(args.store), n_sample=args.sample_voxels)
-        }
+        outputs = normalization_figures(args.tables, args.out_dir, n_sample=args.sample_voxels)
     elif args.figure == "average":
         from bidstrain.report.average import average_figure
         from bidstrain.store import open_store

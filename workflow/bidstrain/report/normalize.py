@@ -7,6 +7,8 @@ voxel) and for T1w/DWI (statistics per volume).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import dask
@@ -15,8 +17,9 @@ import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from bidstrain.normalize.table import read_tables
 from bidstrain.report.figure import new_figure, slice_row
-from bidstrain.store import store_meta, to_grid
+from bidstrain.store import open_store, store_meta, to_grid
 
 #: Voxels drawn in histograms and carpet plots (a random sample, fixed seed).
 SAMPLE_VOXELS = 2000
@@ -212,3 +215,32 @@ def _carpets(
         ax.set_title(f"Carpet plot, {kind} ({rows})")
         ax.set_xlabel(time_label)
         ax.set_ylabel(f"sampled voxel, by raw mean ({order.size} of {n_voxel})")
+
+
+def normalization_figures(
+    tables: Sequence[str | Path], out_dir: str | Path, *, n_sample: int = SAMPLE_VOXELS
+) -> dict[Path, Figure]:
+    """:func:`normalization_figure` of every store of a subject's normalize tables.
+
+    Parameters
+    ----------
+    tables : sequence of path
+        The subject's tables (``sub-<label>_desc-<suffix>_scans.tsv``), all in one folder.
+    out_dir : path
+        Folder of the figures: each at its store's path relative to the tables' folder,
+        ``.png`` for ``.zarr``.
+    n_sample : int
+        Voxels sampled for the histograms and carpet plots.
+
+    Returns
+    -------
+    dict
+        Figure by output path.
+    """
+    figures = {}
+    for table in tables:
+        for row in read_tables([table]):
+            relative = os.path.relpath(row.store, Path(table).parent)
+            path = Path(out_dir) / (relative.removesuffix(".zarr") + ".png")
+            figures[path] = normalization_figure(open_store(row.store), n_sample=n_sample)
+    return figures

@@ -1,0 +1,89 @@
+"""The table a subject's normalize job writes, ``sub-<label>_scans.tsv`` in the subject's
+folder of ``results/normalized``: one row per store, what later stages read without
+opening the stores.
+
+Columns: ``filename`` (the store, relative to the table's folder, as in a BIDS
+``scans.tsv``), ``modality``, ``source`` (the NIfTI), ``heldout`` (true/false),
+``volumes``, ``voxels`` (masked), ``grid`` (``XxYxZ``), ``stats_from`` (stores whose
+statistics a held-out run took, ``;``-separated).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bidstrain.atomic import write_text_atomic
+
+COLUMNS = (
+    "filename",
+    "modality",
+    "source",
+    "heldout",
+    "volumes",
+    "voxels",
+    "grid",
+    "stats_from",
+)
+
+
+@dataclass(frozen=True)
+class StoreRow:
+    """One store of a normalize job (``store`` as the workflow names it)."""
+
+    store: str
+    modality: str
+    source: str
+    heldout: bool
+    volumes: int
+    voxels: int
+    grid: tuple[int, ...]
+    stats_from: tuple[str, ...]
+
+
+def write_table(rows: Iterable[StoreRow], out: str | Path) -> None:
+    """Write the table atomically: the job's output appears once every store is written."""
+    folder = os.path.dirname(str(out))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for row in rows:
+        writer.writerow(
+            [
+                os.path.relpath(row.store, folder),
+                row.modality,
+                row.source,
+                str(row.heldout).lower(),
+                row.volumes,
+                row.voxels,
+                "x".join(map(str, row.grid)),
+                ";".join(row.stats_from),
+            ]
+        )
+    write_text_atomic(out, buffer.getvalue())
+
+
+def read_tables(paths: Sequence[str | Path]) -> list[StoreRow]:
+    """The rows of normalize tables, in order, stores named as the workflow names them."""
+    rows = []
+    for path in paths:
+        folder = os.path.dirname(str(path))
+        with open(path, newline="") as handle:
+            for row in csv.DictReader(handle, delimiter="\t"):
+                rows.append(
+                    StoreRow(
+                        store=os.path.normpath(os.path.join(folder, row["filename"])),
+                        modality=row["modality"],
+                        source=row["source"],
+                        heldout=row["heldout"] == "true",
+                        volumes=int(row["volumes"]),
+                        voxels=int(row["voxels"]),
+                        grid=tuple(int(n) for n in row["grid"].split("x")),
+                        stats_from=tuple(filter(None, row["stats_from"].split(";"))),
+                    )
+                )
+    return rows
