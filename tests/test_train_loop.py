@@ -137,6 +137,16 @@ def _cli(out, config, stores, *, shell=False, **env):
     )
 
 
+def _rerun_resumes_and_matches(out, config, stores, reference, *, from_step):
+    """Run the trainer again: it resumes from ``from_step`` and its metrics are those of
+    the uninterrupted ``reference``, every step exactly once."""
+    job = _cli(out, config, stores)
+    output = job.communicate(timeout=120)[0]
+    assert job.returncode == 0, output
+    assert f"resumed from step {from_step}" in output
+    assert_same_steps(records(out / "metrics.jsonl"), reference)
+
+
 @pytest.mark.parametrize("shell", [False, True], ids=["trainer", "job-shell"])
 def test_resume_after_sigterm_reproduces_the_uninterrupted_metrics(
     tmp_path, stores, reference, shell
@@ -155,22 +165,18 @@ def test_resume_after_sigterm_reproduces_the_uninterrupted_metrics(
     stopped = load_latest(tmp_path / "checkpoints", config_hash(config, stores))["train_state"]
     assert stopped["step"] == 3 and 2 <= stopped["step"] < len(of_kind(reference, "step"))
 
-    job = _cli(tmp_path, config, stores)
-    output = job.communicate(timeout=120)[0]
-    assert job.returncode == 0, output
-    assert "resumed from step 3" in output
-    assert_same_steps(records(tmp_path / "metrics.jsonl"), reference)
+    _rerun_resumes_and_matches(tmp_path, config, stores, reference, from_step=3)
 
 
 def test_stop_hook_stops_after_the_step_like_sigterm(tmp_path, stores):
     config = train_config(**RESUME)
-    job = _cli(tmp_path, config, stores, **{STOP_AT_STEP: "4"})
+    job = _cli(tmp_path, config, stores, **{STOP_AT_STEP: "3"})
     output = job.communicate(timeout=120)[0]
     assert job.returncode == EXIT_INTERRUPTED, output
-    assert "interrupted at step 4; checkpoint written" in output
-    assert [p.name for p in (tmp_path / "checkpoints").glob("step-*.pt")] == ["step-00000004.pt"]
+    assert "interrupted at step 3; checkpoint written" in output
+    assert [p.name for p in (tmp_path / "checkpoints").glob("step-*.pt")] == ["step-00000003.pt"]
     steps = of_kind(records(tmp_path / "checkpoints" / "metrics.jsonl"), "step")
-    assert [s["step"] for s in steps] == [1, 2, 3, 4]  # flushed although 4 is no log step
+    assert [s["step"] for s in steps] == [1, 2, 3]  # written although 3 is no logging step
 
 
 def test_a_second_trainer_on_the_experiment_stops_at_once_and_kill_9_leaves_no_lock(
@@ -189,11 +195,7 @@ def test_a_second_trainer_on_the_experiment_stops_at_once_and_kill_9_leaves_no_l
 
     first.kill()  # SIGKILL: no handler, no cleanup; the kernel drops the lock
     first.communicate(timeout=60)
-    third = _cli(tmp_path, config, stores)
-    output = third.communicate(timeout=120)[0]
-    assert third.returncode == 0, output
-    assert "resumed from step 2" in output
-    assert_same_steps(records(tmp_path / "metrics.jsonl"), reference)
+    _rerun_resumes_and_matches(tmp_path, config, stores, reference, from_step=2)
 
 
 def test_the_planned_world_size_must_be_the_real_one(tmp_path, stores):
