@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from pathlib import Path
 
@@ -38,38 +37,37 @@ def plan_of(bids_dir: Path, **overrides) -> Plan:
     return Plan.build(config, BidsIndex.build(bids_dir))
 
 
+def _image_jobs(plan: Plan, modality: str):
+    return [i for job in plan.jobs.values() for i in job.images if i.image.suffix == modality]
+
+
 def test_demo_plan_selects_every_image_and_holds_out_run_2(demo_bids):
     plan = plan_of(demo_bids)
     # 3 subjects, the last with two sessions: 4 T1w, 4 DWI, 8 BOLD runs
     assert {m: len(images) for m, images in plan.images.items()} == {"T1w": 4, "bold": 8, "dwi": 4}
-    assert plan.subjects == ("01", "02", "03")
-    heldout = sorted(job.store for job in plan.jobs["bold"].values() if job.heldout)
+    assert plan.subjects == ("01", "02", "03") and list(plan.jobs) == ["01", "02", "03"]
+    heldout = sorted(image.store for image in _image_jobs(plan, "bold") if image.heldout)
     assert heldout == [
         "results/normalized/sub-01/func/sub-01_task-rest_run-2_desc-zscore_bold.zarr",
         "results/normalized/sub-02/func/sub-02_task-rest_run-2_desc-zscore_bold.zarr",
         "results/normalized/sub-03/ses-1/func/sub-03_ses-1_task-rest_run-2_desc-zscore_bold.zarr",
         "results/normalized/sub-03/ses-2/func/sub-03_ses-2_task-rest_run-2_desc-zscore_bold.zarr",
     ]
-    # each held-out run is normalized with its own session's training run
-    job = plan.job("sub-03/ses-2/func/sub-03_ses-2_task-rest_run-2", "bold")
-    assert job.stats_from == (
+    # one job per subject: every image of sub-03 (two sessions), held-out runs last, each
+    # normalized with its own session's training run, normalized before it in the job
+    job = plan.job("03")
+    assert len(job.images) == 8 and job.table == "results/normalized/sub-03/sub-03_scans.tsv"
+    assert [image.heldout for image in job.images] == [False] * 6 + [True] * 2
+    assert job.images[-1].stats_from == (
         "results/normalized/sub-03/ses-2/func/sub-03_ses-2_task-rest_run-1_desc-zscore_bold.zarr",
     )
-    assert job.inputs()["stats"] == list(job.stats_from)
-    assert all(not j.stats_from for j in plan.jobs["T1w"].values())
-
-
-def test_heldout_pattern_matches_exactly_the_heldout_prefixes(demo_bids):
-    plan = plan_of(demo_bids)
-    pattern = re.compile(plan.heldout_prefix_pattern)
-    for prefix, job in plan.jobs["bold"].items():
-        assert bool(pattern.fullmatch(prefix)) == job.heldout, prefix
-    assert plan.heldout_names == (
-        "ses-1_task-rest_run-2",
-        "ses-2_task-rest_run-2",
-        "task-rest_run-2",
-    )
-    assert plan_of(demo_bids, normalize={"heldout": {}}).heldout_prefix_pattern is None
+    specs = json.loads(job.spec())
+    assert [spec["modality"] for spec in specs].count("bold") == 4
+    assert specs[-1]["stats_from"] == list(job.images[-1].stats_from)
+    assert job.inputs()["images"] == [spec["image"] for spec in specs]
+    assert job.inputs()["ingest"] == "results/ingest/sub-03.json"
+    with pytest.raises(BidstrainError, match="sub-99"):
+        plan.job("99")
 
 
 def test_average_groups_and_store_lists_follow_the_mode(demo_bids):
@@ -78,6 +76,7 @@ def test_average_groups_and_store_lists_follow_the_mode(demo_bids):
     run1 = plan.averages[0]
     assert run1.store == "results/average/task-rest_run-1_desc-average_bold.zarr"
     assert len(run1.members) == 4 and all("run-1" in m for m in run1.members)
+    assert run1.tables == tuple(plan.job(s).table for s in ("01", "02", "03"))
     assert plan.training["bold"] == (run1.store,)
     assert plan.validation == {"bold": (plan.averages[1].store,)}
     assert plan.training["T1w"] == tuple(plan.stores("T1w"))
@@ -85,23 +84,29 @@ def test_average_groups_and_store_lists_follow_the_mode(demo_bids):
     assert per_subject.averages == ()
     assert len(per_subject.training["bold"]) == 4 and len(per_subject.validation["bold"]) == 4
     assert set(per_subject.training["bold"]).isdisjoint(per_subject.validation["bold"])
+    # training waits for the subjects' normalize jobs, and for the averages it reads
+    assert plan.training_inputs == [*plan.normalized_tables, run1.store, plan.averages[1].store]
+    assert per_subject.training_inputs == per_subject.normalized_tables
 
 
 def test_modalities_off_leave_no_stores(demo_bids):
     plan = plan_of(demo_bids, modalities=["bold"])
     assert set(plan.training) == {"bold"} and plan.stores("T1w") == []
-    figures = [figure for figure in plan.report_figures if "/normalize/" in figure]
-    assert len(figures) == 8 and all(figure.endswith("_bold.png") for figure in figures)
+    assert all(image.image.suffix == "bold" for job in plan.jobs.values() for image in job.images)
 
 
 def test_masks_are_keywords_or_the_files_a_pattern_names(demo_bids):
     pattern = "{bids_dir}/derivatives/masks/sub-{subject}_task-{task}_run-{run}_mask.nii.gz"
     plan = plan_of(demo_bids, normalize={"mask": pattern})
-    job = plan.job("sub-01/func/sub-01_task-rest_run-1", "bold")
-    assert job.mask == f"{demo_bids}/derivatives/masks/sub-01_task-rest_run-1_mask.nii.gz"
-    assert job.inputs()["mask"] == [job.mask]
-    assert plan.job("sub-01/anat/sub-01", "T1w").mask == "head"
-    assert plan.job("sub-01/dwi/sub-01", "dwi").inputs()["mask"] == []
+    masks = {image.image.suffix: image.mask for image in plan.job("01").images}
+    assert masks == {
+        "T1w": "head",
+        "dwi": "epi",
+        "bold": f"{demo_bids}/derivatives/masks/sub-01_task-rest_run-2_mask.nii.gz",
+    }
+    assert plan.job("01").inputs()["masks"] == [
+        f"{demo_bids}/derivatives/masks/sub-01_task-rest_run-{run}_mask.nii.gz" for run in "12"
+    ]
     with pytest.raises(BidstrainError, match=r"normalize.t1w_mask.*\{task\}"):
         plan_of(demo_bids, normalize={"t1w_mask": "{bids_dir}/{task}.nii.gz"})
 
@@ -138,12 +143,6 @@ def test_plan_files_hold_the_lists_and_are_rewritten_only_when_they_change(demo_
 def test_a_selection_leaving_no_run_to_fit_on_names_the_subject(demo_bids):
     with pytest.raises(BidstrainError, match=r"sub-01.*normalize.heldout"):
         plan_of(demo_bids, normalize={"heldout": {"run": ["1", "2"]}})
-
-
-def test_a_heldout_selection_by_subject_is_refused(tmp_path):
-    root = make_empty_dataset(tmp_path / "bids", 3)
-    with pytest.raises(BidstrainError, match="entities other than the subject"):
-        plan_of(root, normalize={"heldout": {"sub": ["0001"], "run": ["2"]}})
 
 
 def _bold(sub: str, run: str, ses: str | None = None) -> BidsFile:
@@ -221,7 +220,7 @@ def test_store_names_follow_the_bids_entity_grammar(demo_bids, tmp_path):
     )
     plan = plan_of(demo_bids)
     names = [Path(s).name for s in [store, *plan.normalized_stores, *plan.average_stores]]
-    names += [Path(figure).name for figure in plan.report_figures if "/normalize/" in figure]
+    names += [Path(paths.normalize_figure(store)).name for store in plan.normalized_stores]
     assert all(_follows_bids_grammar(name) for name in names), names
     assert not _follows_bids_grammar("sub-01_desc-preproc_desc-zscore_bold.zarr")
     assert not _follows_bids_grammar("sub-01_run-1_task-rest_bold.zarr")
