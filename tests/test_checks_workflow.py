@@ -85,4 +85,4 @@ def test_per_subject_mode_has_nothing_to_average(tmp_path, demo_bids):
     result = run_snakemake(tmp_path, "average", "--dry-run", *args, config=config)
     assert "average_bold" not in result.stdout
     plan = run_snakemake(tmp_path, "checks", "--dry-run", *args, config=config).stdout
-    assert "average_bold" not in plan and "normalize_bold" in plan
+    assert "average_bold" not in plan and "normalize_subject" in plan

@@ -15,13 +15,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import xarray as xr
-from bidstrain.bids import BidsFile
 from bidstrain.demo import DemoSpec, bold_run, dwi_series, t1w_image
 from bidstrain.errors import BidstrainError
 from bidstrain.normalize import (
     ImageInfo,
     Options,
-    fitting_runs,
     normalize_bold,
     normalize_volumes,
     normalize_with_stats,
@@ -329,27 +327,6 @@ def test_heldout_stats_on_another_grid_are_an_error(tmp_path):
         normalize_with_stats(other, [store], tmp_path / "b.zarr")
 
 
-def _bids_file(sub: str, run: str, ses: str | None = None) -> BidsFile:
-    entities = {"sub": sub, **({"ses": ses} if ses else {}), "task": "rest", "run": run}
-    return BidsFile(
-        Path(f"/d/sub-{sub}_{ses}_run-{run}_bold.nii.gz"), entities, "func", "bold", ".nii.gz"
-    )
-
-
-def test_fitting_runs_prefer_the_session_and_fail_when_nothing_is_left():
-    runs = [_bids_file("01", r, s) for s in ("1", "2") for r in ("1", "2")] + [
-        _bids_file("02", "2")
-    ]
-
-    def heldout(run: BidsFile) -> bool:
-        return run.entities["run"] == "2"
-
-    chosen = fitting_runs(runs[1], runs, heldout, {"run": ["2"]})
-    assert chosen == [runs[0]]
-    with pytest.raises(BidstrainError, match=r"sub-02.*normalize.heldout \{'run': \['2'\]\}"):
-        fitting_runs(runs[-1], runs, heldout, {"run": ["2"]})
-
-
 # ---- T1w and DWI -------------------------------------------------------------------
 
 
@@ -407,8 +384,11 @@ def _ingest_json(tmp_path: Path, image: Path) -> Path:
 
 
 def _cli(image: Path, ingest: Path, out: Path, *extra: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "bidstrain.normalize", "bold", "--image", str(image)]
-    command += ["--ingest", str(ingest), "--out", str(out), "--mask", "none", *extra]
+    """A normalize job of one BOLD run into ``out``; its table next to ``out``."""
+    spec = [{"modality": "bold", "image": str(image), "store": str(out), "mask": "none",
+             "stats_from": []}]  # fmt: skip
+    command = [sys.executable, "-m", "bidstrain.normalize", "--spec", json.dumps(spec)]
+    command += ["--ingest", str(ingest), "--out-table", str(out.parent / "t.tsv"), *extra]
     env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
     return subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
 
@@ -434,7 +414,7 @@ def test_killed_job_leaves_no_store_and_keeps_the_previous_one(tmp_path):
     process.wait()
     after = _open(out)  # still the complete previous store
     xr.testing.assert_identical(before, after)
-    leftovers = [p.name for p in out.parent.iterdir() if p.name != "r.zarr"]
+    leftovers = [p.name for p in out.parent.iterdir() if p.name not in ("r.zarr", "t.tsv")]
     assert all(name.startswith(".r.zarr.tmp-") for name in leftovers)
 
 
@@ -450,6 +430,7 @@ def test_failed_job_prints_a_clean_error_and_keeps_the_previous_store(tmp_path):
     assert "Traceback" not in message
     assert open_store(out).sizes["time"] == 30
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert not (tmp_path / "t.tsv").exists()  # the job's output: absent after a failure
 
 
 def test_ingest_record_supplies_tr_and_gradients(tmp_path):

@@ -52,19 +52,14 @@ def test_twelve_subjects_in_groups_of_four_run_as_three_slurm_jobs_with_identica
     local_rules = set(LOCAL_RULE.findall(run.output()))
     assert local_rules == {"normalize"}, local_rules  # the target, which runs nothing
     finished = Counter(rule for rule in FINISHED.findall(run.output()) if rule not in local_rules)
-    assert finished == {"ingest_subject": N_SUBJECTS, "normalize_T1w": N_SUBJECTS}, finished
+    assert finished == {"ingest_subject": N_SUBJECTS, "normalize_subject": N_SUBJECTS}, finished
 
     # Each SLURM job ran both stages of its 4 subjects (the rule logs name the job).
     subjects_of_job = defaultdict(set)
     for subject in range(1, N_SUBJECTS + 1):
         logs = [
             grouped / "logs" / "ingest" / f"sub-{subject:02d}.log",
-            grouped
-            / "logs"
-            / "normalize"
-            / f"sub-{subject:02d}"
-            / "anat"
-            / f"sub-{subject:02d}_T1w.log",
+            grouped / "logs" / "normalize" / f"sub-{subject:02d}.log",
         ]
         (job_id,) = {log.read_text().split("SLURM_JOB_ID=")[1].split()[0] for log in logs}
         subjects_of_job[job_id].add(subject)

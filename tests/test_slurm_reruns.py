@@ -71,18 +71,16 @@ def test_changing_ddof_plans_normalization_and_everything_downstream(
     slurm_cluster, rerun_dir, demo_bids, tmp_path
 ):
     jobs = planned_jobs(rerun_dir, demo_bids, tmp_path, "normalize:\n  ddof: 0\n")
-    # demo: 3 subjects, the third with two sessions: 4 T1w, 8 BOLD runs (4 of them held
-    # out: normalized with the statistics of run 1, so their first reason is run 1's
-    # store), 4 DWI; 2 averages. Ingestion and the coverage figure stay.
+    # demo: 3 subjects, the third with two sessions: one normalize job and one figure
+    # job per subject (every image of the subject, the held-out runs normalized with
+    # the statistics of run 1 in the same job); 2 averages. Ingestion and the coverage
+    # figure stay.
     assert jobs == {
-        ("normalize_T1w", PARAMS_CHANGED): 4,
-        ("normalize_bold", PARAMS_CHANGED): 4,
-        ("normalize_bold_heldout", INPUT_UPDATED): 4,
-        ("normalize_dwi", PARAMS_CHANGED): 4,
+        ("normalize_subject", PARAMS_CHANGED): 3,
         ("average_bold", INPUT_UPDATED): 2,
         ("checks", INPUT_UPDATED): 1,
         ("train", INPUT_UPDATED): 1,
-        ("report_normalize", INPUT_UPDATED): 16,
+        ("report_normalize", INPUT_UPDATED): 3,
         ("report_average", INPUT_UPDATED): 2,
         ("report_checks", INPUT_UPDATED): 1,
         ("report_train", INPUT_UPDATED): 1,
@@ -90,29 +88,24 @@ def test_changing_ddof_plans_normalization_and_everything_downstream(
 
 
 def test_forcerun_until_one_rule_reruns_exactly_its_jobs(rerun_dir, demo_bids):
-    """`snakemake --forcerun normalize_bold --until normalize_bold` reruns the 4 training
-    BOLD runs and nothing else: not the held-out runs (rule normalize_bold_heldout), which
-    a later `snakemake` then redoes because their input changed."""
-    stores = sorted((rerun_dir / "results").glob("*/**/*.zarr"))
+    """`snakemake --forcerun normalize_subject --until normalize_subject` reruns the
+    normalization of the 3 subjects (every store) and nothing else; a later `snakemake`
+    then redoes what reads the stores."""
+    stores = sorted((rerun_dir / "results" / "normalized").glob("*/**/*.zarr"))
     before = {store: (store / "zarr.json").stat().st_mtime_ns for store in stores}
     result = run_snakemake(
         rerun_dir,
         "--forcerun",
-        "normalize_bold",
+        "normalize_subject",
         "--until",
-        "normalize_bold",
+        "normalize_subject",
         config={"bids_dir": demo_bids},
     )
     output = result.stdout + result.stderr
-    assert Counter(FINISHED.findall(output)) == {"normalize_bold": 4}, output
+    assert Counter(FINISHED.findall(output)) == {"normalize_subject": 3}, output
     changed = {
         store for store in stores if (store / "zarr.json").stat().st_mtime_ns != before[store]
     }
-    assert {store.name for store in changed} == {
-        "sub-01_task-rest_run-1_desc-zscore_bold.zarr",
-        "sub-02_task-rest_run-1_desc-zscore_bold.zarr",
-        "sub-03_ses-1_task-rest_run-1_desc-zscore_bold.zarr",
-        "sub-03_ses-2_task-rest_run-1_desc-zscore_bold.zarr",
-    }
+    assert len(stores) == 16 and changed == set(stores)
     plan = run_snakemake(rerun_dir, "-n", config={"bids_dir": demo_bids}).stdout
-    assert "rule normalize_bold_heldout:" in plan and "rule normalize_bold:" not in plan
+    assert "rule average_bold:" in plan and "rule normalize_subject:" not in plan
