@@ -99,8 +99,9 @@ def run_variant(variant: str, out_dir: Path) -> dict[str, float]:
     return {"seconds": seconds, "peak_mb": peak_mb}
 
 
-def in_subprocess(variant: str, out_dir: Path) -> dict[str, float]:
-    command = [sys.executable, __file__, "--variant", variant, "--out-dir", str(out_dir)]
+def in_subprocess(variant: str, out_dir: Path, script: Path = Path(__file__)) -> dict[str, float]:
+    """Run ``script --variant variant`` in a fresh interpreter; its record and wall time."""
+    command = [sys.executable, str(script), "--variant", variant, "--out-dir", str(out_dir)]
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     record = json.loads(result.stdout.strip().splitlines()[-1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -148,3 +149,27 @@ def test_a_table_elsewhere_than_next_to_the_run(fmriprep, tmp_path):
     shutil.copy(table, tmp_path / table.name)
     with pytest.raises(BidstrainError, match="must exist next to the run"):
         load_run_confounds(image, tmp_path / table.name, "simple", {}, N_VOLUMES, ddof=1)
+
+
+def test_command_line_flags(fmriprep, tmp_path):
+    from bidstrain.normalize.__main__ import main
+
+    image, mask, table = _run(fmriprep)
+    info = _info()
+    record = {"path": str(image), "modality": "bold", "subject": "01", "session": ""}
+    record |= {"entities": info.entities, "repetition_time": 2.0}
+    ingest = tmp_path / "sub-01.json"
+    ingest.write_text(json.dumps({"subject": "01", "images": [record]}))
+    store = tmp_path / "bold.zarr"
+    entry = {"modality": "bold", "image": str(image), "store": str(store), "mask": str(mask)}
+    entry |= {"stats_from": [], "confounds": str(table)}
+    argv = ["--spec", json.dumps([entry]), "--ingest", str(ingest)]
+    argv += ["--out-table", str(tmp_path / "scans.tsv"), "--confounds-strategy", "scrubbing"]
+    main([*argv, "--confounds-options", '{"fd_threshold": 0.5, "std_dvars_threshold": 9}'])
+    ds = open_store(store, use_dask=False)
+    assert store_meta(ds).confounds_strategy == "scrubbing"
+    assert ds.sizes["time"] == N_VOLUMES - 3
+    del entry["confounds"]
+    argv[1] = json.dumps([entry])
+    with pytest.raises(BidstrainError, match="no confounds table for this run"):
+        main(argv)

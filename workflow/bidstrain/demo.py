@@ -422,10 +422,11 @@ def make_fmriprep_demo(
     *,
     n_cosines: int = 2,
     n_nonsteady: int = 1,
+    runs: Sequence[str] = ("1", "2"),
 ) -> Path:
     """Write an fMRIPrep-shaped output dataset under ``root``.
 
-    Per subject, two BOLD runs of ``spec.task``, each in every one of ``spaces`` (a
+    Per subject, BOLD runs ``runs`` of ``spec.task``, each in every one of ``spaces`` (a
     template space ``Name:res-<mm>`` on ``spec.bold_shape`` at that voxel size, the
     ``T1w`` space on a grid two voxels larger): ``desc-preproc_bold`` (int16, the demo's
     BOLD generator, with the confounds' motion and CSF signals mixed in and
@@ -450,6 +451,8 @@ def make_fmriprep_demo(
         ``cosineNN`` columns of the confounds tables.
     n_nonsteady : int
         Non-steady-state volumes at the start of every run.
+    runs : sequence of str
+        The ``run`` labels of each subject.
 
     Returns
     -------
@@ -471,7 +474,7 @@ def make_fmriprep_demo(
             space: bold_anatomy(replace(spec, bold_shape=_space_grid(spec, space)[0]), rng)
             for space in spaces
         }
-        for run in ("1", "2"):
+        for run in runs:
             ids = {"sub": s, "task": spec.task, "run": run}
             columns, metadata = fmriprep_confounds(rng, spec.n_volumes, n_cosines, n_nonsteady)
             confounds = root / bids_path(

@@ -7,9 +7,13 @@
         --ddof 1 --out-table results/normalized/sub-01/sub-01_scans.tsv
 
 ``--spec`` lists the images in the order they are normalized (the plan puts held-out runs
-after the runs whose stores give their statistics). Each store is written atomically; the
-table, the job's output, is written last, so a failed job leaves no output that looks
-complete. An error names the image.
+after the runs whose stores give their statistics). With ``--confounds-strategy`` other
+than ``none`` (and ``--confounds-options``, a JSON object of nilearn's options), each BOLD
+image's entry names its fMRIPrep confounds table (``"confounds": ...``), whose confounds
+are regressed out first (:mod:`~bidstrain.normalize.confounds`).
+
+Each store is written atomically; the table, the job's output, is written last, so a
+failed job leaves no output that looks complete. An error names the image.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bidstrain.errors import run_cli
+from bidstrain.errors import BidstrainError, run_cli
 from bidstrain.normalize.bold import normalize_bold
+from bidstrain.normalize.confounds import STRATEGIES, RunConfounds, load_run_confounds
 from bidstrain.normalize.heldout import normalize_with_stats
 from bidstrain.normalize.image import ImageInfo, Options
+from bidstrain.normalize.nifti_stream import read_layout
 from bidstrain.normalize.table import StoreRow, write_table
 from bidstrain.normalize.volumes import normalize_volumes
 from bidstrain.store import StoreMeta, read_dims
@@ -33,7 +39,43 @@ from bidstrain.store import StoreMeta, read_dims
 log = logging.getLogger("bidstrain.normalize")
 
 
-def normalize_image(spec: Mapping[str, Any], ingest: str, options: Options) -> StoreRow:
+def run_confounds(
+    spec: Mapping[str, Any],
+    info: ImageInfo,
+    strategy: str,
+    nilearn_options: Mapping[str, Any],
+    ddof: int,
+) -> RunConfounds | None:
+    """The confounds of a BOLD image of ``--spec``, or None (no regression, or not BOLD).
+
+    Raises
+    ------
+    BidstrainError
+        When a strategy is set and the entry names no confounds table.
+    """
+    if strategy == "none" or spec["modality"] != "bold":
+        return None
+    image = spec["image"]
+    if not spec.get("confounds"):
+        raise BidstrainError(
+            f"confounds strategy {strategy!r} but no confounds table for this run "
+            "(config normalize.confounds needs an fMRIPrep output as bids_dir)",
+            path=image,
+            subject=info.subject,
+        )
+    n_volumes = read_layout(image, info.subject).n_volumes
+    return load_run_confounds(
+        image, spec["confounds"], strategy, nilearn_options, n_volumes, ddof, info.subject
+    )
+
+
+def normalize_image(
+    spec: Mapping[str, Any],
+    ingest: str,
+    options: Options,
+    confounds_strategy: str = "none",
+    confounds_options: Mapping[str, Any] | None = None,
+) -> StoreRow:
     """Normalize one image of a job's ``--spec`` into its store.
 
     Parameters
@@ -46,6 +88,11 @@ def normalize_image(spec: Mapping[str, Any], ingest: str, options: Options) -> S
         The subject's ingest record.
     options : Options
         Settings shared by the job's images (the mask is taken from ``spec``).
+    confounds_strategy : str
+        Config ``normalize.confounds.strategy``; BOLD entries then name their
+        ``confounds`` table.
+    confounds_options : mapping, optional
+        Config ``normalize.confounds.options`` (nilearn's keyword arguments).
 
     Returns
     -------
@@ -57,10 +104,11 @@ def normalize_image(spec: Mapping[str, Any], ingest: str, options: Options) -> S
     options = dataclasses.replace(options, mask=spec["mask"])
     info = ImageInfo.from_ingest(ingest, image)
     started = time.perf_counter()
+    confounds = run_confounds(spec, info, confounds_strategy, confounds_options or {}, options.ddof)
     if stats_from:
-        attrs = normalize_with_stats(image, stats_from, store, info, options)
+        attrs = normalize_with_stats(image, stats_from, store, info, options, confounds)
     elif modality == "bold":
-        attrs = normalize_bold(image, store, info, options)
+        attrs = normalize_bold(image, store, info, options, confounds)
     else:
         attrs = normalize_volumes(image, store, info, options)
     meta = StoreMeta.from_attrs(attrs, store)
@@ -79,6 +127,16 @@ def normalize_image(spec: Mapping[str, Any], ingest: str, options: Options) -> S
     )
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Normalize the images of ``--spec`` and write the job's table."""
     parser = argparse.ArgumentParser(prog="python -m bidstrain.normalize")
@@ -91,6 +149,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--storage", default=Options.storage, help="float32, float16 or bitround-N (N bits kept)"
     )
+    parser.add_argument(
+        "--confounds-strategy",
+        choices=STRATEGIES,
+        default="none",
+        help="nilearn denoise strategy regressed out of BOLD runs (none: no regression)",
+    )
+    parser.add_argument(
+        "--confounds-options",
+        type=_json_object,
+        default={},
+        help="nilearn load_confounds_strategy options, as a JSON object",
+    )
     args = parser.parse_args(argv)
     options = Options(
         ddof=args.ddof,
@@ -98,7 +168,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         block_volumes=args.block_volumes,
         storage=args.storage,
     )
-    rows = [normalize_image(spec, args.ingest, options) for spec in json.loads(args.spec)]
+    rows = [
+        normalize_image(spec, args.ingest, options, args.confounds_strategy, args.confounds_options)
+        for spec in json.loads(args.spec)
+    ]
     write_table(rows, args.out_table)
 
 
