@@ -136,10 +136,10 @@ def main() -> None:
     if not MASK.exists():  # our EPI mask, given to nilearn so both use the same voxels
         in_subprocess("ours_epi", args.out_dir)
         import nibabel as nib
-        from bidstrain.store import open_store
+        from bidstrain.store import open_store, store_meta
 
         ds = open_store(args.out_dir / "ours_epi.zarr")
-        nib.save(nib.Nifti1Image(ds.mask.values.astype("uint8"), ds.attrs["affine"]), MASK)
+        nib.save(nib.Nifti1Image(ds.mask.values.astype("uint8"), store_meta(ds).affine), MASK)
     load_before = os.getloadavg()
     results: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
     for repeat in range(args.repeats):
