@@ -54,7 +54,7 @@ def test_defaults_live_in_the_schema_and_fill_a_minimal_config():
         typed.train.shapes["bold"] = (1, 1, 1)  # type: ignore[index]
 
 
-def test_config_yaml_sets_only_schema_keys_and_says_what_each_section_is():
+def test_config_yaml_is_valid():
     validate_config(yaml.safe_load((REPO / "config" / "config.yaml").read_text()), SCHEMA)
 
 
@@ -84,3 +84,22 @@ def test_train_settings_leave_out_job_resources():
     assert "mem_mb" not in settings and "gpus" not in settings
     assert settings["shapes"]["T1w"] == [32, 32, 32]  # plain JSON types
     assert set(train.checked()) == set(train_keys("checked"))
+
+
+def test_config_yaml_restates_no_default():
+    """Defaults live in the schema only: every value config.yaml sets differs from it."""
+    schema = yaml.safe_load(SCHEMA.read_text())
+    defaults = validate_config({"bids_dir": ""}, SCHEMA)
+
+    def restated(values: dict, defaults: dict, prefix: str = "") -> list[str]:
+        found = []
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(defaults.get(key), dict) and value:
+                found += restated(value, defaults[key], f"{prefix}{key}.")
+            elif defaults.get(key) == value:
+                found.append(f"{prefix}{key}")
+        return found
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    assert restated(config, defaults) == []
+    assert set(config) <= set(schema["properties"])

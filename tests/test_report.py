@@ -14,6 +14,7 @@ import pytest
 import report_data as rd
 from bidstrain.demo import DemoSpec, _ellipsoid, bold_run
 from bidstrain.errors import BidstrainError, run_cli
+from bidstrain.normalize.table import StoreRow, write_table
 from bidstrain.report import TRAINING_FIGURES
 from bidstrain.report.__main__ import main
 from bidstrain.report.average import average_figure, subject_correlations, time_course
@@ -287,6 +288,13 @@ def test_read_metrics_rejects_a_file_without_plan_or_with_bad_json(tmp_path):
 # ---- command line -------------------------------------------------------------------
 
 
+def _table(folder: Path, store: Path) -> Path:
+    """A normalize job's table listing ``store`` (next to it)."""
+    row = StoreRow(str(store), "bold", "bold.nii.gz", False, 30, 100, (4, 5, 5), ())
+    write_table([row], folder / "sub-01_scans.tsv")
+    return folder / "sub-01_scans.tsv"
+
+
 def test_cli_writes_every_figure_as_png(tmp_path):
     summary = rd.write_summary(tmp_path / "summary.json")
     metrics = rd.write_metrics(tmp_path / "metrics.jsonl", _schedule_lr)
@@ -295,7 +303,8 @@ def test_cli_writes_every_figure_as_png(tmp_path):
     _manifest(5).to_csv(manifest, sep="\t", index=False)
     out = tmp_path / "report"
     main(["coverage", "--manifest", str(manifest), "--out", str(out / "coverage.png")])
-    main(["normalize", "--store", str(store), "--out", str(out / "bold.png")])
+    table = _table(tmp_path, store)
+    main(["normalize", "--tables", str(table), "--out-dir", str(out), "--sample-voxels", "500"])
     main(
         [
             "checks",
@@ -315,7 +324,10 @@ def test_cli_writes_every_figure_as_png(tmp_path):
 
 def test_cli_reports_a_missing_store_without_traceback(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(main, ["normalize", "--store", str(tmp_path / "no.zarr"), "--out", "x.png"])
+        table = _table(tmp_path, tmp_path / "no.zarr")
+        run_cli(
+            main, ["normalize", "--tables", str(table), "--out-dir", "x", "--sample-voxels", "9"]
+        )
     assert exit_info.value.code == 1
     error = capsys.readouterr().err
     assert "bidstrain: error:" in error and "no.zarr" in error and "Traceback" not in error

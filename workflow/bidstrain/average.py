@@ -361,10 +361,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("stores", nargs="+", help="subject stores of one (task, run)")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--mask", choices=["intersection", "union"], default="intersection")
+    parser.add_argument("--mask", choices=["intersection", "union"], required=True)
     parser.add_argument("--truncate", action="store_true")
-    parser.add_argument("--affine-tolerance", type=float, default=AFFINE_TOLERANCE)
-    parser.add_argument("--tr-tolerance", type=float, default=1e-3)
+    parser.add_argument("--affine-tolerance", type=float, required=True)
+    parser.add_argument("--tr-tolerance", type=float, required=True)
     args = parser.parse_args(argv)
     average_stores(
         args.stores,

@@ -209,6 +209,12 @@ class Plan:
         """The source image of every store."""
         return [path for job in self.jobs.values() for path in job.inputs()["images"]]
 
+    @property
+    def selection_flags(self) -> str:
+        """``--echo``/``--part`` for the ingest job, which selects the same images."""
+        flags = {"--echo": self.config.echo, "--part": self.config.part}
+        return " ".join(f"{flag} {value}" for flag, value in flags.items() if value is not None)
+
     # ---- average, train, report --------------------------------------------------------
 
     @property

@@ -19,10 +19,11 @@ rule ingest_subject:
         tasks=CONFIG.tasks,
         tr_mismatch=CONFIG.ingest.repetition_time_mismatch,
         tr_tolerance=CONFIG.ingest.repetition_time_tolerance,
+        selection=PLAN.selection_flags,
     shell:
         "python -m bidstrain.ingest subject --bids-dir {params.bids_dir:q} --subject {wildcards.subject}"
         " --modalities {params.modalities} --tasks {params.tasks}"
-        " --tr-mismatch {params.tr_mismatch} --tr-tolerance {params.tr_tolerance}"
+        " --tr-mismatch {params.tr_mismatch} --tr-tolerance {params.tr_tolerance} {params.selection}"
         " --out {output:q} > {log:q} 2>&1"
 
 

@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
         "normalize", help="one figure per store of a subject's normalize tables"
     )
     normalize.add_argument("--tables", nargs="+", required=True)
-    normalize.add_argument("--sample-voxels", type=int, default=2000)
+    normalize.add_argument("--sample-voxels", type=int, required=True)
     normalize.add_argument("--out-dir", required=True)
     average = figures.add_parser("average", help="group maps and subject agreement")
     average.add_argument("--store", required=True)
