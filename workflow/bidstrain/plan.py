@@ -273,10 +273,13 @@ class Plan:
         ]
 
     def store_lists(self) -> dict[str, Any]:
-        """The lists the trainer reads from :data:`paths.PLAN_STORES`."""
+        """The lists the trainer reads from :data:`paths.PLAN_STORES`: the stores of
+        training and validation, and the normalize tables that give their volume counts
+        without opening them."""
         return {
             "training": {m: list(s) for m, s in self.training.items()},
             "validation": {m: list(s) for m, s in self.validation.items()},
+            "tables": self.normalized_tables,
             "world_size": self.world_size,
         }
 
