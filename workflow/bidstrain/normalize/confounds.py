@@ -305,12 +305,15 @@ class ConfoundRegression:
         self._flush()
         if self._fitted != self.confounds.n_kept:
             raise RuntimeError(f"{self._fitted} of {self.confounds.n_kept} volumes fitted")
+        index = np.asarray(index, dtype=np.intp)
+        if np.array_equal(index, self.index):  # the usual case: no copy of B
+            return
         lookup = np.full(int(self.index.max(initial=-1)) + 1, -1, dtype=np.intp)
         lookup[self.index] = np.arange(self.index.size)
-        columns = lookup[np.asarray(index, dtype=np.intp)]
+        columns = lookup[index]
         if (columns < 0).any():
             raise RuntimeError("restrict: voxels outside the fitted ones")
-        self.coef, self.index = np.ascontiguousarray(self.coef[:, columns]), np.asarray(index)
+        self.coef, self.index = np.ascontiguousarray(self.coef[:, columns]), index
         self._batch = np.empty((BATCH_VOLUMES, self.index.size), dtype=self._dtype)
 
     def residual_variance(self, variance: np.ndarray, layout: NiftiLayout, ddof: int) -> np.ndarray:
