@@ -34,6 +34,7 @@ def default_config(**train) -> dict:
     validate_config(config, REPO / "config" / "schema.yaml")
     config["train"].update(shapes={"T1w": [6, 6, 6], "bold": [6, 6, 6], "dwi": [6, 6, 6]})
     config["train"].update(train)
+    config["world_size"] = 1  # the plan's, which the rule passes next to the sections
     return config
 
 

@@ -160,7 +160,8 @@ def test_whole_workflow_runs_as_slurm_jobs_with_a_gpu_for_training(slurm_all_run
     outside = [path.relative_to(run.workdir) for path, match in in_slurm.items() if not match]
     assert outside == [Path("logs/ingest/manifest.log")], outside
     job_of_log = {path: match.group(1) for path, match in in_slurm.items() if match}
-    assert len(job_of_log) == len(remote_jobs) > 30, (len(job_of_log), remote_jobs)
+    # one ingest, normalize and figure job per subject, averages, checks, training, figures
+    assert len(job_of_log) == len(remote_jobs) >= 18, (len(job_of_log), remote_jobs)
     assert set(job_of_log.values()) <= run.submitted
     # Per-subject jobs share SLURM jobs (group "subject"): fewer SLURM jobs than jobs.
     assert len(run.submitted) < len(remote_jobs)
@@ -220,7 +221,11 @@ def test_training_requeued_half_way_resumes_and_logs_every_step_once(slurm_all_r
 @pytest.mark.parametrize(
     ("environment", "request_", "launcher"),
     [
-        ({}, {"gpu=1", "gpu_model=", "slurm_partition=debug"}, "-m bidstrain.train"),
+        (
+            {},
+            {"gpu=1", "gpu_model=", "nodes=1", "slurm_partition=debug"},
+            "bidstrain.train.launch --nodes 1 --gpus-per-node 1 --",
+        ),
         (
             {
                 "BIDSTRAIN_TRAIN_GPUS": "2",
@@ -229,10 +234,15 @@ def test_training_requeued_half_way_resumes_and_logs_every_step_once(slurm_all_r
                 "BIDSTRAIN_SLURM_ACCOUNT": "lab42",
             },
             {"gpu=2", "gpu_model=a100", "cpus_per_gpu=4", "slurm_account=lab42"},
-            "--nproc_per_node=2 -m bidstrain.train",
+            "bidstrain.train.launch --nodes 1 --gpus-per-node 2 --",
+        ),
+        (
+            {"BIDSTRAIN_TRAIN_NODES": "2", "BIDSTRAIN_SLURM_GPU_MODEL": "a100"},
+            {"nodes=2", "tasks=2", "mpi=srun", "gres=gpu:a100:1"},
+            "bidstrain.train.launch --nodes 2 --gpus-per-node 1 --",
         ),
     ],
-    ids=["profile-defaults", "from-environment"],
+    ids=["profile-defaults", "from-environment", "two-nodes"],
 )
 def test_dry_run_with_the_slurm_profile_shows_the_training_gpu_request(
     slurm_cluster, demo_bids, tmp_path, monkeypatch, environment, request_, launcher
@@ -246,3 +256,13 @@ def test_dry_run_with_the_slurm_profile_shows_the_training_gpu_request(
     resources = set(re.search(r"^\s*resources: (.*)$", train, flags=re.MULTILINE)[1].split(", "))
     assert request_ <= resources, train
     assert launcher in train, train
+    # One world size: the one the job runs is the one the checks validate and the
+    # trainer is told (and refuses to train under another).
+    gpus = int(environment.get("BIDSTRAIN_TRAIN_GPUS", "1"))
+    gpus *= int(environment.get("BIDSTRAIN_TRAIN_NODES", "1"))
+    assert f"--world-size {gpus} " in train, train
+    checks = result.stdout.split("\nrule checks:\n")[1].split("\n\n")[0]
+    checks_config = json.loads(re.search(r"--config '([^']*)'", checks)[1])
+    assert checks_config["world_size"] == gpus, checks
+    plan = json.loads((tmp_path / "results" / "plan" / "stores.json").read_text())
+    assert plan["world_size"] == gpus

@@ -11,14 +11,20 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from bidstrain import paths
 from bidstrain.bids import BidsIndex
-from bidstrain.config import Config, validate_config
+from bidstrain.config import Config, constant_resource, validate_config
 from bidstrain.errors import BidstrainError
 from bidstrain.plan import Plan, write_if_changed
 
-# The SLURM profile may set the training job's GPUs (set-resources: train: gpu): the plan
-# takes them from there, so the checks, the launcher and the trainer see one world size.
-_TRAIN_RESOURCES = workflow.resource_settings.overwrite_resources.get("train", {})
+# The SLURM profile may set the training job's GPUs per node, nodes and GPU type
+# (set-resources: train: gpus_per_node, nodes, gpu_type): the plan takes them from there,
+# so the checks, the launcher and the trainer see one world size.
 try:
+    _TRAIN_RESOURCES = {
+        name: constant_resource(f"train:{name}", resource.raw)
+        for name, resource in workflow.resource_settings.overwrite_resources.get(
+            "train", {}
+        ).items()
+    }
     validate_config(config, Path(workflow.basedir) / "config" / "schema.yaml")
     CONFIG = Config.from_dict(config)
     INDEX = BidsIndex.build(
@@ -26,7 +32,13 @@ try:
         participant_label=CONFIG.participant_label,
         exclude_participant_label=CONFIG.exclude_participant_label,
     )
-    PLAN = Plan.build(CONFIG, INDEX, gpus=_TRAIN_RESOURCES.get("gpu"))
+    PLAN = Plan.build(
+        CONFIG,
+        INDEX,
+        gpus=_TRAIN_RESOURCES.get("gpus_per_node"),
+        nodes=_TRAIN_RESOURCES.get("nodes"),
+        gpu_model=_TRAIN_RESOURCES.get("gpu_type") or "",
+    )
 except BidstrainError as error:
     raise WorkflowError(f"bidstrain: {error}") from None
 # Lists that grow with the number of subjects reach jobs through files, never their

@@ -19,7 +19,7 @@ rule train:
         ENV
     threads: CONFIG.train.cpus
     resources:
-        gpu=PLAN.gpus,
+        **PLAN.train_resources,
         runtime=CONFIG.train.runtime,
         mem_mb=CONFIG.train.mem_mb,
     params:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -60,6 +61,13 @@ def init() -> Context:
                 torch.__version__,
                 os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
             )
+    LOG.info(
+        "rank %d of %d on node %s (%s)",
+        rank,
+        world_size,
+        os.environ.get("SLURMD_NODENAME", socket.gethostname()),
+        device,
+    )
     if rank != 0:
         logging.getLogger("bidstrain").setLevel(logging.WARNING)  # rank 0 tells the progress
     if world_size > 1 and not dist.is_initialized():
