@@ -237,8 +237,10 @@ def _run_label(image: BidsFile) -> str:
     )
 
 
-def select_preproc(images: Iterable[BidsFile], space: Space | None, suffix: str) -> list[BidsFile]:
-    """One ``[space-<space>_...]desc-preproc_<suffix>`` image per run, in the chosen space.
+def select_preproc(
+    images: Iterable[BidsFile], space: Space | None, suffix: str, desc: str = "preproc"
+) -> list[BidsFile]:
+    """One ``[space-<space>_...]desc-<desc>_<suffix>`` image per run, in the chosen space.
 
     Parameters
     ----------
@@ -248,6 +250,9 @@ def select_preproc(images: Iterable[BidsFile], space: Space | None, suffix: str)
         Config ``space``. None is allowed when every run has a single space, all the same.
     suffix : str
         ``bold``, ``T1w`` or ``dwi``.
+    desc : str
+        The ``desc`` entity: ``preproc``, or ``smoothAROMAnonaggr`` for the ICA-AROMA
+        outputs that nilearn's ``ica_aroma`` confounds strategy requires.
 
     Returns
     -------
@@ -264,7 +269,7 @@ def select_preproc(images: Iterable[BidsFile], space: Space | None, suffix: str)
     images = list(images)
     runs: dict[str, list[BidsFile]] = defaultdict(list)
     for image in images:
-        if image.suffix == suffix and image.entities.get("desc") == "preproc":
+        if image.suffix == suffix and image.entities.get("desc") == desc:
             runs[_run_label(image)].append(image)
     found = sorted({str(image_space(f)) for found in runs.values() for f in found})
     listing = ", ".join(found) or "none"
