@@ -112,6 +112,8 @@ def train_cli_args(
         str(world_size),
         "--model-out",
         str(out / "model.pt"),
+        "--model-json-out",
+        str(out / "model.json"),
         "--metrics-out",
         str(out / "metrics.jsonl"),
         "--checkpoint-dir",

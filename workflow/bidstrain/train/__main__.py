@@ -4,7 +4,8 @@
 
     python -m bidstrain.train --config-json '{...train section...}' \\
         --stores results/train/demo/stores.json --world-size 1 \\
-        --model-out results/train/demo/model.pt --metrics-out results/train/demo/metrics.jsonl \\
+        --model-out results/train/demo/model.pt --model-json-out results/train/demo/model.json \\
+        --metrics-out results/train/demo/metrics.jsonl \\
         --checkpoint-dir results/train/demo/checkpoints
 
 ``--stores`` names a JSON file ``{"training": {modality: [store, ...]}, "validation":
@@ -73,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--world-size", type=int, required=True, help="ranks the workflow planned")
     parser.add_argument("--model-out", required=True)
+    parser.add_argument("--model-json-out", required=True, help="model.json: the model's inputs")
     parser.add_argument("--metrics-out", required=True)
     parser.add_argument("--checkpoint-dir", required=True)
     args = parser.parse_args(argv)
@@ -83,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             training,
             validation,
             model_out=args.model_out,
+            model_json_out=args.model_json_out,
             metrics_out=args.metrics_out,
             checkpoint_dir=args.checkpoint_dir,
             world_size=args.world_size,

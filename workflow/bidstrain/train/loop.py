@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from bidstrain.atomic import atomic_path
 from bidstrain.errors import BidstrainError
-from bidstrain.train import checkpoint, distributed
+from bidstrain.train import checkpoint, description, distributed
 from bidstrain.train.data import (
     MODALITIES,
     ModalityBatchSampler,
@@ -42,12 +42,20 @@ from bidstrain.train.data import (
     make_loader,
 )
 from bidstrain.train.lock import ExperimentLock
-from bidstrain.train.metrics import MetricsSink, progress_line
+from bidstrain.train.losses import baseline_loss
+from bidstrain.train.metrics import (
+    MetricsSink,
+    learning_summary,
+    progress_line,
+    read_records,
+    summary_lines,
+)
 from bidstrain.train.model import LossSettings, MultiModalAutoencoder
 from bidstrain.train.schedule import build_scheduler, planned_total_steps
 from bidstrain.train.state import TrainState
 from bidstrain.train.step import StepResult, Trainer, accumulation_groups, optimizer_step
 from bidstrain.train.stop import StopSignals, TestStops
+from bidstrain.train.tracking import open_trackers
 
 LOG = logging.getLogger("bidstrain.train")
 EXIT_INTERRUPTED = 75
@@ -59,6 +67,16 @@ class Interrupted(Exception):
     def __init__(self, step: int):
         self.step = step
         super().__init__(f"interrupted at step {step}; checkpoint written, rerun to resume")
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where a run writes: the declared outputs and the checkpoint folder."""
+
+    model: Path
+    model_json: Path
+    metrics: Path
+    checkpoints: Path
 
 
 @dataclass
@@ -80,6 +98,7 @@ def train(
     model_out: str | Path,
     metrics_out: str | Path,
     checkpoint_dir: str | Path,
+    model_json_out: str | Path | None = None,
     world_size: int | None = None,
 ) -> MultiModalAutoencoder:
     """Train the model on ``stores``, validating on ``validation_stores`` every epoch.
@@ -96,6 +115,8 @@ def train(
     checkpoint_dir : str or Path
         Checkpoints, the working metrics file and the experiment lock; a valid checkpoint
         of the same configuration there is resumed from.
+    model_json_out : str or Path, optional
+        ``model.json`` (:mod:`.description`); by default beside ``model_out``.
     world_size : int, optional
         The world size the workflow planned; the run stops when the real one (from
         ``torchrun``'s ``WORLD_SIZE``) differs. Not checked when None.
@@ -111,8 +132,9 @@ def train(
         After SIGTERM/SIGUSR1, once the checkpoint is written.
     BidstrainError
         Bad configuration, another world size than planned or than the checkpoint's,
-        another trainer on the experiment, too many non-finite steps, or a parameter
-        without gradient under DDP.
+        another trainer on the experiment, too many non-finite steps, a parameter
+        without gradient under DDP, or (``train.learning.strict``, after writing the
+        outputs) a modality whose validation loss did not beat its baseline.
     """
     context = distributed.init()
     lock = ExperimentLock(checkpoint_dir)
@@ -124,15 +146,13 @@ def train(
                 f"process per planned GPU, or make the plan match the launch"
             )
         hold_lock(lock, context)
-        return _train(
-            config,
-            stores,
-            validation_stores,
-            context,
-            Path(model_out),
-            Path(metrics_out),
-            Path(checkpoint_dir),
+        outputs = Outputs(
+            model=Path(model_out),
+            model_json=Path(model_json_out or Path(model_out).with_name("model.json")),
+            metrics=Path(metrics_out),
+            checkpoints=Path(checkpoint_dir),
         )
+        return _train(config, stores, validation_stores, context, outputs)
     finally:
         lock.release()
         distributed.shutdown(context)
@@ -153,7 +173,8 @@ def hold_lock(lock: ExperimentLock, context: distributed.Context) -> None:
         )
 
 
-def _train(config, stores, validation_stores, context, model_out, metrics_out, checkpoint_dir):
+def _train(config, stores, validation_stores, context, outputs: Outputs):
+    checkpoint_dir = outputs.checkpoints
     check_shapes(config, stores)
     torch.manual_seed(config["seed"])  # initialization and token masking
     config_hash = checkpoint.config_hash(config, stores)
@@ -167,8 +188,17 @@ def _train(config, stores, validation_stores, context, model_out, metrics_out, c
             module, find_unused_parameters=config["find_unused_parameters"]
         )
     trainer = Trainer(model, module, optimizer, scheduler, context, config)
+    trackers = []
+    if context.is_main:
+        trackers = open_trackers(
+            config["loggers"],
+            directory=outputs.model.parent,
+            experiment=config["experiment"],
+            config_hash=config_hash,
+            config=config,
+        )
     sink = MetricsSink(
-        context.is_main, checkpoint_dir / "metrics.jsonl", state.step if resumed else None
+        context.is_main, checkpoint_dir / "metrics.jsonl", state.step if resumed else None, trackers
     )
     sink.emit(plan_record(config, data, context, config_hash))
     LOG.info(
@@ -179,13 +209,59 @@ def _train(config, stores, validation_stores, context, model_out, metrics_out, c
         {m: data.dataset.modalities.count(m) for m in stores},
         data.total_steps,
     )
+    summary = None
     try:
         run_epochs(trainer, state, data, validation, sink, checkpoint_dir, config_hash)
+        if context.is_main:
+            summary = summarize(sink, config, list(stores), state, checkpoint_dir)
     finally:
         sink.close()
     if context.is_main:
-        write_outputs(module, config, state, checkpoint_dir, model_out, metrics_out)
+        write_outputs(module, config, stores, state, config_hash, outputs)
+        check_learning(summary, checkpoint_dir)
     return module
+
+
+def summarize(sink: MetricsSink, config, modalities, state: TrainState, checkpoint_dir: Path):
+    """Rank 0: the ``summary`` record from every validation of the run (resumed parts
+    included: they are in the working metrics file), emitted and logged."""
+    sink.flush()
+    learning = config["learning"]
+    summary = learning_summary(
+        read_records(checkpoint_dir / "metrics.jsonl"),
+        modalities=[m for m in MODALITIES if m in modalities],
+        max_ratio=learning["max_ratio"],
+        strict=learning["strict"],
+        step=state.step,
+    )
+    sink.emit(summary)
+    for line in summary_lines(summary):
+        (LOG.info if line.endswith("learned") else LOG.warning)("%s", line)
+    return summary
+
+
+def check_learning(summary, checkpoint_dir: Path) -> None:
+    """``train.learning.strict``: fail once the outputs are written when a modality did
+    not beat its baseline.
+
+    Raises
+    ------
+    BidstrainError
+        Naming the modalities, their ratios and where the model stays for inspection
+        (Snakemake removes the outputs of a failed job; the checkpoints stay).
+    """
+    failed = {m: v for m, v in summary["modalities"].items() if v["status"] == "fail"}
+    if failed:
+        listing = ", ".join(
+            f"{m} (final {v['final']:.4g} vs baseline {v['baseline']:.4g}, ratio {v['ratio']:.3g})"
+            for m, v in failed.items()
+        )
+        raise BidstrainError(
+            f"the model did not learn: validation loss not below train.learning.max_ratio "
+            f"{summary['max_ratio']} x the baseline (predicting the mean) for {listing}. "
+            f"The model and metrics stay in {checkpoint_dir} (newest step-*.pt, metrics.jsonl) "
+            "for inspection; set train.learning.strict: false to keep such a model"
+        )
 
 
 def run_epochs(trainer, state, data, validation, sink, checkpoint_dir, config_hash) -> None:
@@ -273,13 +349,24 @@ def save_checkpoint(
         )
 
 
-def write_outputs(module, config, state: TrainState, checkpoint_dir, model_out, metrics_out):
-    """The declared outputs: ``model.pt`` and a copy of the working metrics file."""
-    with atomic_path(model_out) as tmp:
-        torch.save({"model": module.state_dict(), "config": dict(config), "step": state.step}, tmp)
-    with atomic_path(metrics_out) as tmp:
-        shutil.copyfile(checkpoint_dir / "metrics.jsonl", tmp)
-    LOG.info("wrote %s and %s", model_out, metrics_out)
+def write_outputs(module, config, stores, state: TrainState, config_hash, paths: Outputs):
+    """The declared outputs: ``model.pt`` (with its description), ``model.json``
+    (:mod:`.description`) and a copy of the working metrics file."""
+    about = description.describe(module, config, stores, config_hash=config_hash, step=state.step)
+    with atomic_path(paths.model) as tmp:
+        torch.save(
+            {
+                "model": module.state_dict(),
+                "config": dict(config),
+                "step": state.step,
+                "description": about,
+            },
+            tmp,
+        )
+    description.write(about, paths.model_json)
+    with atomic_path(paths.metrics) as tmp:
+        shutil.copyfile(paths.checkpoints / "metrics.jsonl", tmp)
+    LOG.info("wrote %s, %s and %s", paths.model, paths.model_json, paths.metrics)
 
 
 def training_data(config, stores, context: distributed.Context) -> Data:
@@ -308,26 +395,34 @@ def training_data(config, stores, context: distributed.Context) -> Data:
     )
 
 
-def build_model(config, stores, data: Data, context: distributed.Context):
-    """The model, AdamW and the schedule, built before any state is loaded into them."""
+def build_module(config, modalities, target_stats=None) -> MultiModalAutoencoder:
+    """The model of the ``train`` settings ``config`` for ``modalities`` (on the CPU);
+    ``target_stats``: the dataset statistics of ``train.loss.stats: dataset``. Training
+    and :func:`bidstrain.train.description.load_model` build it here."""
     loss = config["loss"]
     settings = LossSettings(
         normalize=loss["normalize"],
         eps=loss["eps"],
         weights=loss["weights"],
-        target_stats=dataset_statistics(data.dataset) if loss["stats"] == "dataset" else None,
+        target_stats=target_stats,
         dummy_enabled=config["dummy_loss"]["enabled"],
         dummy_scale=config["dummy_loss"]["scale"],
     )
-    module = MultiModalAutoencoder(
-        {m: config["shapes"][m] for m in stores},
+    return MultiModalAutoencoder(
+        {m: config["shapes"][m] for m in modalities},
         patch=config["patch_size"],
         dim=config["embed_dim"],
         depth=config["depth"],
         heads=config["heads"],
         mask_ratio=config["mask_ratio"],
         loss=settings,
-    ).to(context.device)
+    )
+
+
+def build_model(config, stores, data: Data, context: distributed.Context):
+    """The model, AdamW and the schedule, built before any state is loaded into them."""
+    stats = dataset_statistics(data.dataset) if config["loss"]["stats"] == "dataset" else None
+    module = build_module(config, stores, stats).to(context.device)
     optimizer = torch.optim.AdamW(
         module.parameters(), lr=config["lr"], weight_decay=config["weight_decay"]
     )
@@ -411,31 +506,46 @@ def validation_loader(config, validation_stores, context):
 
 @torch.no_grad()
 def validate(trainer: Trainer, loader, sink: MetricsSink, state: TrainState) -> None:
-    """Per-modality loss on the held-out stores (no gradients, no masking), recorded."""
+    """Per-modality loss on the held-out stores, and the baseline of the same loss
+    (:func:`~bidstrain.train.losses.baseline_loss`: predicting the mean), recorded.
+
+    No gradients. With masking (``train.mask_ratio``), the same tokens are masked in every
+    validation (a generator seeded by ``train.seed`` and the rank), and both losses count
+    the masked tokens' voxels only: the model is scored on what it predicts from context.
+    """
     if loader is None:
         return
     module, context = trainer.module, trainer.context
+    settings = module.loss_settings
+    generator = torch.Generator().manual_seed(trainer.config["seed"] + context.rank)
     zero = torch.zeros((), dtype=torch.float64, device=context.device)
     sums: dict[str, torch.Tensor | float] = {}
     for modality in MODALITIES:
-        sums[f"loss.{modality}"], sums[f"samples.{modality}"] = zero, 0.0
+        sums[f"loss.{modality}"], sums[f"baseline.{modality}"] = zero, zero
+        sums[f"samples.{modality}"] = 0.0
     module.eval()
     for batch in loader:
         batch = {m: volume.to(context.device) for m, volume in batch.items()}
-        output = module(batch)
+        output = module(batch, masks=module.token_masks(batch, generator))
         for modality, volume in batch.items():
             n = volume.shape[0]
-            sums[f"loss.{modality}"] = (
-                sums[f"loss.{modality}"] + n * output.loss_per_modality[modality].double()
+            baseline = baseline_loss(
+                volume,
+                normalize=settings.normalize,
+                eps=settings.eps,
+                target_stats=(settings.target_stats or {}).get(modality),
+                where=output.voxel_masks.get(modality),
             )
+            # (not +=: the sums start as one shared zero tensor)
+            loss = output.loss_per_modality[modality].double()
+            sums[f"loss.{modality}"] = sums[f"loss.{modality}"] + n * loss
+            sums[f"baseline.{modality}"] = sums[f"baseline.{modality}"] + n * baseline.double()
             sums[f"samples.{modality}"] += n
     module.train()
     totals = distributed.all_reduce_named(sums, context.device)
-    per_modality = {
-        m: totals[f"loss.{m}"] / totals[f"samples.{m}"]
-        for m in MODALITIES
-        if totals[f"samples.{m}"] > 0
-    }
+    present = [m for m in MODALITIES if totals[f"samples.{m}"] > 0]
+    per_modality = {m: totals[f"loss.{m}"] / totals[f"samples.{m}"] for m in present}
+    baselines = {m: totals[f"baseline.{m}"] / totals[f"samples.{m}"] for m in present}
     weights = trainer.config["loss"]["weights"]
     loss = sum(weights.get(m, 1.0) * value for m, value in per_modality.items())
     sink.emit(
@@ -445,11 +555,21 @@ def validate(trainer: Trainer, loader, sink: MetricsSink, state: TrainState) -> 
             "epoch": state.epoch,
             "loss": loss,
             "loss_per_modality": per_modality,
+            "baseline_per_modality": baselines,
         }
     )
     sink.flush()
     if context.is_main:
-        LOG.info("validation after epoch %d: loss %.4f %s", state.epoch, loss, per_modality)
+        LOG.info(
+            "validation after epoch %d: loss %.4f; %s",
+            state.epoch,
+            loss,
+            ", ".join(
+                f"{m} {per_modality[m]:.4f} (baseline {baselines[m]:.4f}, "
+                f"ratio {per_modality[m] / baselines[m]:.3f})"
+                for m in present
+            ),
+        )
 
 
 def check_skips(config, result: StepResult, state: TrainState) -> None:

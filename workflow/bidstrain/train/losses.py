@@ -8,6 +8,10 @@ normalization, so each modality's MSE is divided by a statistic of its target:
 - ``std``: MSE / std(target). The older recipe, kept for comparison; it is *not*
   scale-invariant (it grows by ``c``), which is how one modality ends up dominating.
 - ``none``: plain MSE.
+
+:func:`baseline_loss` is what a model that learned nothing scores: the loss of predicting
+the mean (1.0 under ``var`` with the batch's variance). Validation reports it next to the
+model's loss, so that a run that learned nothing says so.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ def normalized_mse(
     normalize: str,
     eps: float,
     target_stats: tuple[float, float] | None = None,
+    where: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean squared error divided by the variance or the std of the target.
 
@@ -39,6 +44,9 @@ def normalized_mse(
         ``(mean, var)`` of the target over the whole dataset (``train.loss.stats:
         dataset``); by default the variance of ``target`` over the batch. Only the
         variance enters the loss.
+    where : Tensor of bool, optional
+        Shaped like ``target``: only these voxels count (the masked tokens' voxels of a
+        masked autoencoder), for the error and the batch variance alike.
 
     Returns
     -------
@@ -49,6 +57,8 @@ def normalized_mse(
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
     pred = pred.float()
     target = target.float()
+    if where is not None:
+        pred, target = pred[where], target[where]
     mse = torch.mean((pred - target) ** 2)
     if normalize == "none":
         return mse
@@ -59,3 +69,33 @@ def normalized_mse(
     if normalize == "var":
         return mse / (var + eps)
     return mse / torch.sqrt(var + eps)
+
+
+def baseline_loss(
+    target: torch.Tensor,
+    *,
+    normalize: str,
+    eps: float,
+    target_stats: tuple[float, float] | None = None,
+    where: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The loss of predicting the mean, under the same settings as :func:`normalized_mse`.
+
+    The mean of ``target`` over ``where`` (per batch), or the dataset mean of
+    ``target_stats`` when given. Under ``var`` with the batch's variance this is 1.0 (up to
+    ``eps``); under ``std`` the target's std; under ``none`` its variance.
+
+    Returns
+    -------
+    Tensor
+        A scalar: what a model that learned nothing scores on this batch.
+    """
+    values = target.float()[where] if where is not None else target.float()
+    mean = values.mean() if target_stats is None else float(target_stats[0])
+    return normalized_mse(
+        torch.full_like(values, float(mean)),
+        values,
+        normalize=normalize,
+        eps=eps,
+        target_stats=target_stats,
+    )

@@ -9,13 +9,19 @@ checkpoint's step are dropped first, so every optimizer step appears exactly onc
 :class:`MetricsSink` is what the training loop writes to: it keeps records on rank 0 only
 and writes them at flush time (logging steps, validation, before every checkpoint, at the end
 and at a stop), so a step costs no file write, and a run resumed from a checkpoint finds
-every step up to it; every record is complete and exact when it is kept.
+every step up to it; every record is complete and exact when it is kept. The same records
+go to the optional trackers (:mod:`.tracking`: TensorBoard, W&B), fed at the same flushes.
+
+The run ends with a ``summary`` record (:func:`learning_summary`): per modality the best
+and final validation loss, the baseline (predicting the mean) and their ratio.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +37,8 @@ class MetricsLog:
         The working metrics file.
     resume_step : int or None
         None starts a new file; an int keeps the existing lines whose ``step`` is at most
-        ``resume_step`` (and the lines without a step, such as ``plan``).
+        ``resume_step`` (and the lines without a step, such as ``plan``), but not the
+        ``summary`` of an earlier end: the resumed run writes its own.
     """
 
     def __init__(self, path: str | Path, resume_step: int | None):
@@ -44,7 +51,7 @@ class MetricsLog:
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut by a kill
-                if record.get("step", 0) <= resume_step:
+                if record.get("step", 0) <= resume_step and record.get("kind") != "summary":
                     kept.append(line + "\n")
         self.path.write_text("".join(kept))
         self._file = self.path.open("a")
@@ -73,10 +80,20 @@ class MetricsSink:
         The working metrics file (rank 0).
     resume_step : int or None
         See :class:`MetricsLog`.
+    trackers : iterable, optional
+        Objects with ``write(record)`` and ``close()`` (:mod:`.tracking`) that receive
+        every record written (rank 0).
     """
 
-    def __init__(self, is_main: bool, path: str | Path, resume_step: int | None):
+    def __init__(
+        self,
+        is_main: bool,
+        path: str | Path,
+        resume_step: int | None,
+        trackers: Iterable[Any] = (),
+    ):
         self._log = MetricsLog(path, resume_step) if is_main else None
+        self._trackers = list(trackers) if is_main else []
         self._pending: list[dict[str, Any]] = []
 
     def emit(self, record: dict[str, Any]) -> None:
@@ -89,13 +106,104 @@ class MetricsSink:
         if self._log is not None:
             for record in self._pending:
                 self._log.write(record)
+                for tracker in self._trackers:
+                    tracker.write(record)
             self._pending.clear()
 
     def close(self) -> None:
-        """Flush and close the file."""
+        """Flush and close the file and the trackers."""
         if self._log is not None:
             self.flush()
             self._log.close()
+            for tracker in self._trackers:
+                tracker.close()
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a metrics file, in order (a last line cut by a kill is skipped)."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def learning_summary(
+    records: Sequence[dict[str, Any]],
+    *,
+    modalities: Sequence[str],
+    max_ratio: float,
+    strict: bool,
+    step: int,
+) -> dict[str, Any]:
+    """The ``summary`` record: did each modality learn?
+
+    For every trained modality with validation data: ``best`` and ``final`` validation
+    loss, the ``baseline`` of the last validation (the loss of predicting the mean),
+    ``ratio = final / baseline`` and ``status``: ``pass`` when the ratio is below
+    ``max_ratio`` (``train.learning.max_ratio``), else ``warn`` (``fail`` when
+    ``strict``). Modalities without validation data are listed under ``unvalidated``.
+
+    Parameters
+    ----------
+    records : sequence of dict
+        The run's metric records (its ``validation`` records are read).
+    modalities : sequence of str
+        The trained modalities.
+    max_ratio : float
+    strict : bool
+    step : int
+        The last optimizer step.
+    """
+    summary: dict[str, dict[str, Any]] = {}
+    validations = [r for r in records if r.get("kind") == "validation"]
+    for modality in modalities:
+        points = [
+            (r["loss_per_modality"][modality], r.get("baseline_per_modality", {}).get(modality))
+            for r in validations
+            if modality in r["loss_per_modality"]
+        ]
+        if not points or points[-1][1] is None:
+            continue
+        final, baseline = points[-1]
+        ratio = final / baseline if baseline > 0 else math.inf
+        learned = ratio < max_ratio  # False for NaN
+        summary[modality] = {
+            "best": min(loss for loss, _ in points),
+            "final": final,
+            "baseline": baseline,
+            "ratio": ratio,
+            "status": "pass" if learned else ("fail" if strict else "warn"),
+        }
+    return {
+        "kind": "summary",
+        "step": step,
+        "max_ratio": max_ratio,
+        "strict": strict,
+        "modalities": summary,
+        "unvalidated": [m for m in modalities if m not in summary],
+    }
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The summary for the job log, one line per modality."""
+    lines = []
+    for modality, values in summary["modalities"].items():
+        verdict = {
+            "pass": "learned",
+            "warn": "WARNING: did not learn",
+            "fail": "ERROR: did not learn",
+        }[values["status"]]
+        lines.append(
+            f"{modality}: final validation loss {values['final']:.4f}, best {values['best']:.4f},"
+            f" baseline {values['baseline']:.4f} (predicting the mean), ratio "
+            f"{values['ratio']:.3f} (train.learning.max_ratio {summary['max_ratio']}): {verdict}"
+        )
+    for modality in summary["unvalidated"]:
+        lines.append(f"{modality}: no validation data, learning not measured")
+    return lines
 
 
 def progress_line(

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from bidstrain.train.data import MODALITIES
+from bidstrain.train.encoder import Encoder
 from bidstrain.train.losses import normalized_mse
 
 
@@ -54,17 +55,23 @@ class ModelOutput:
         The dummy term alone (0 when every modality is present or the dummy is disabled).
     reconstructions : dict
         ``{modality: tensor}`` shaped like the inputs.
+    voxel_masks : dict
+        ``{modality: bool tensor}`` shaped like the inputs, True on the voxels of masked
+        tokens (the only ones the loss counts), for the modalities that were masked.
     """
 
     loss: torch.Tensor
     loss_per_modality: dict[str, torch.Tensor]
     dummy_loss: torch.Tensor
     reconstructions: dict[str, torch.Tensor]
+    voxel_masks: dict[str, torch.Tensor]
 
 
 class PatchEmbedding(nn.Module):
     """Non-overlapping 3D patches (Conv3d, kernel = stride = patch) plus a learned position
-    embedding: ``(n, 1, x, y, z) -> (n, tokens, dim)``."""
+    embedding: ``(n, 1, x, y, z) -> (n, tokens, dim)``. Masked tokens (``masked``: bool
+    ``(n, tokens)``) are replaced by ``mask_token`` before the position is added, so the
+    encoder knows where each masked token is."""
 
     def __init__(self, shape: Sequence[int], patch: int, dim: int):
         super().__init__()
@@ -73,8 +80,16 @@ class PatchEmbedding(nn.Module):
         self.position = nn.Parameter(torch.zeros(1, math.prod(self.grid), dim))
         nn.init.trunc_normal_(self.position, std=0.02)
 
-    def forward(self, volume: torch.Tensor) -> torch.Tensor:
-        return self.proj(volume).flatten(2).transpose(1, 2) + self.position
+    def forward(
+        self,
+        volume: torch.Tensor,
+        masked: torch.Tensor | None = None,
+        mask_token: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        tokens = self.proj(volume).flatten(2).transpose(1, 2)
+        if masked is not None:
+            tokens = torch.where(masked[..., None], mask_token.to(tokens.dtype), tokens)
+        return tokens + self.position
 
 
 class ReconstructionHead(nn.Module):
@@ -93,6 +108,13 @@ class ReconstructionHead(nn.Module):
         patches = self.proj(self.norm(tokens)).reshape(n, gx, gy, gz, p, p, p)
         return patches.permute(0, 1, 4, 2, 5, 3, 6).reshape(n, 1, gx * p, gy * p, gz * p)
 
+    def voxels(self, masked: torch.Tensor) -> torch.Tensor:
+        """Token flags ``(n, tokens)`` as voxel flags ``(n, 1, x, y, z)``."""
+        flags = masked.reshape(masked.shape[0], 1, *self.grid)
+        for axis in (2, 3, 4):
+            flags = flags.repeat_interleave(self.patch, dim=axis)
+        return flags
+
 
 class MultiModalAutoencoder(nn.Module):
     """Per-modality embeddings and heads around a shared transformer encoder.
@@ -105,8 +127,11 @@ class MultiModalAutoencoder(nn.Module):
         Patch side, token width, encoder layers and attention heads.
     mask_ratio : float
         Fraction of tokens replaced by a learned mask token in training (0 disables
-        masking and creates no mask token).
+        masking and creates no mask token). The loss then counts the voxels of the masked
+        tokens only: the identity is no solution, the model must predict from context.
     loss : LossSettings
+    checkpointing : bool
+        Activation checkpointing of the encoder layers (:mod:`.encoder`).
     """
 
     def __init__(
@@ -119,6 +144,7 @@ class MultiModalAutoencoder(nn.Module):
         heads: int,
         mask_ratio: float = 0.0,
         loss: LossSettings | None = None,
+        checkpointing: bool = False,
     ):
         super().__init__()
         self.modalities = [m for m in MODALITIES if m in shapes]
@@ -130,10 +156,7 @@ class MultiModalAutoencoder(nn.Module):
         self.head = nn.ModuleDict(
             {m: ReconstructionHead(shapes[m], patch, dim) for m in self.modalities}
         )
-        layer = nn.TransformerEncoderLayer(
-            dim, heads, dim_feedforward=4 * dim, dropout=0.0, batch_first=True, norm_first=True
-        )
-        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.encoder = Encoder(dim, depth, heads, checkpointing=checkpointing)
         if mask_ratio > 0:
             self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
 
@@ -152,32 +175,69 @@ class MultiModalAutoencoder(nn.Module):
         modules["encoder"] = ("shared", self.encoder)
         return modules
 
-    def _mask(self, tokens: torch.Tensor) -> torch.Tensor:
-        keep = torch.rand(tokens.shape[:2], device=tokens.device) >= self.mask_ratio
-        return torch.where(keep[..., None], tokens, self.mask_token.to(tokens.dtype))
+    def token_masks(
+        self, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Which tokens to mask: per sample exactly ``round(mask_ratio * tokens)`` of them
+        (at least one), bool ``(n, tokens)`` per modality; ``{}`` without masking.
 
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> ModelOutput:
+        ``generator`` (a CPU generator) gives the same masks on every call with the same
+        seed (validation); by default the global torch RNG draws them (training).
+        """
+        if self.mask_ratio <= 0:
+            return {}
+        masks = {}
+        for modality, volume in batch.items():
+            n_tokens = math.prod(self.embed[modality].grid)
+            n_masked = max(1, round(self.mask_ratio * n_tokens))
+            if generator is None:
+                scores = torch.rand(volume.shape[0], n_tokens, device=volume.device)
+            else:
+                scores = torch.rand(volume.shape[0], n_tokens, generator=generator)
+            ranks = scores.argsort(dim=1).argsort(dim=1)
+            masks[modality] = (ranks < n_masked).to(volume.device)
+        return masks
+
+    def forward(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        masks: Mapping[str, torch.Tensor] | None = None,
+    ) -> ModelOutput:
         """Reconstruct every modality of ``batch`` (``{modality: (n, 1, x, y, z)}``), each
-        as its own sub-batch through the shared encoder, and compute the loss."""
+        as its own sub-batch through the shared encoder, and compute the loss.
+
+        ``masks`` (:meth:`token_masks`) masks those tokens; by default random ones are
+        drawn in training mode, none in eval mode. The loss of a masked modality counts
+        the voxels of its masked tokens only.
+        """
         settings = self.loss_settings
         weights = settings.weights or {}
         stats = settings.target_stats or {}
-        reconstructions, losses = {}, {}
+        if masks is None:
+            masks = self.token_masks(batch) if self.training else {}
+        reconstructions, losses, voxel_masks = {}, {}, {}
         for modality, volume in batch.items():
-            tokens = self.embed[modality](volume)
-            if self.training and self.mask_ratio > 0:
-                tokens = self._mask(tokens)
+            masked = masks.get(modality)
+            tokens = self.embed[modality](volume, masked, getattr(self, "mask_token", None))
             reconstructions[modality] = self.head[modality](self.encoder(tokens))
+            if masked is not None:
+                voxel_masks[modality] = self.head[modality].voxels(masked)
             losses[modality] = normalized_mse(
                 reconstructions[modality],
                 volume,
                 normalize=settings.normalize,
                 eps=settings.eps,
                 target_stats=stats.get(modality),
+                where=voxel_masks.get(modality),
             )
         total = sum(weights.get(m, 1.0) * loss for m, loss in losses.items())
         dummy = self.dummy_loss(absent=[m for m in self.modalities if m not in batch])
-        return ModelOutput(total + dummy, losses, dummy.detach(), reconstructions)
+        return ModelOutput(total + dummy, losses, dummy.detach(), reconstructions, voxel_masks)
+
+    def encode(self, modality: str, volume: torch.Tensor) -> torch.Tensor:
+        """The pooled embedding of each volume: the mean of the encoder's output tokens,
+        without masking, ``(n, 1, x, y, z) -> (n, dim)``."""
+        return self.encoder(self.embed[modality](volume)).mean(dim=1)
 
     def dummy_loss(self, absent: Sequence[str]) -> torch.Tensor:
         """``scale * sum`` of the parameters of the ``absent`` modalities: a gradient of

@@ -1,0 +1,229 @@
+"""``model.json``: what a trained model expects of its input, and :func:`load_model`.
+
+A model is only usable on data prepared as its training data was. ``model.json`` (beside
+``model.pt``, and the same dict under ``"description"`` inside it) says how:
+
+- ``modalities`` and, per modality, ``input``: the grid the volumes are cropped or
+  zero-padded to (centrally, zero outside the store's mask), the patch size, the voxel
+  order (RAS+, :mod:`bidstrain.orientation`, never resampled);
+- ``normalization`` per modality, read from the training stores' attributes: what the
+  statistics run over (``stats_dim``), ``ddof``, the mask, the confound strategy, the
+  storage, and the training stores, each holding its own ``mean``/``std`` (held-out data
+  is normalized with them: :func:`bidstrain.normalize.normalize_with_stats`);
+- ``scale``: the zero-prediction MSE of the training values per modality (what the scale
+  guard of :mod:`bidstrain.embed` compares new data with);
+- ``train``: the settings that determine the weights, their hash (``config_hash``, as in
+  the checkpoints), the loss's dataset statistics when ``train.loss.stats: dataset``,
+  the step, and the torch and bidstrain versions.
+
+:func:`load_model` rebuilds the model for inference and refuses a model whose
+description disagrees with the current configuration, naming each difference.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bidstrain import __version__
+from bidstrain.atomic import write_text_atomic
+from bidstrain.checks.scale import value_stats
+from bidstrain.config import Config, to_plain, train_keys
+from bidstrain.errors import BidstrainError
+from bidstrain.normalize.masking import is_pattern
+from bidstrain.store import open_store, read_meta
+from bidstrain.train.data import MODALITIES
+from bidstrain.train.model import MultiModalAutoencoder
+
+FORMAT = "bidstrain-model/1"
+#: Stores (first volumes) sampled per modality for ``scale``.
+SCALE_STORES = 8
+INPUT_FIT = "central crop or zero-pad to shape; zero outside the store's mask"
+ORIENTATION = "RAS+ voxel order (closest canonical axes; permutations and flips only)"
+
+
+def describe(
+    module: MultiModalAutoencoder,
+    config: Mapping[str, Any],
+    stores: Mapping[str, Sequence[str]],
+    *,
+    config_hash: str,
+    step: int,
+) -> dict[str, Any]:
+    """The description of a trained model (the content of ``model.json``).
+
+    Parameters
+    ----------
+    module : MultiModalAutoencoder
+        The trained model.
+    config : mapping
+        The ``train`` settings it was trained with.
+    stores : mapping
+        ``{modality: [training store, ...]}``.
+    config_hash : str
+        :func:`bidstrain.train.checkpoint.config_hash` of the run.
+    step : int
+        Optimizer steps done.
+    """
+    hashed = set(train_keys("hashed"))
+    settings = module.loss_settings
+    return {
+        "format": FORMAT,
+        "modalities": list(module.modalities),
+        "input": {
+            m: {
+                "shape": list(config["shapes"][m]),
+                "patch_size": config["patch_size"],
+                "fit": INPUT_FIT,
+                "orientation": ORIENTATION,
+            }
+            for m in module.modalities
+        },
+        "normalization": {m: normalization(stores[m]) for m in module.modalities},
+        "scale": {m: {"mse_zero": training_scale(stores[m])} for m in module.modalities},
+        "train": {key: value for key, value in config.items() if key in hashed},
+        "loss_target_stats": (
+            {m: list(v) for m, v in settings.target_stats.items()}
+            if settings.target_stats
+            else None
+        ),
+        "config_hash": config_hash,
+        "step": step,
+        "torch_version": torch.__version__,
+        "bidstrain_version": __version__,
+    }
+
+
+def normalization(stores: Sequence[str]) -> dict[str, Any]:
+    """How a modality's training stores were normalized (from their attributes)."""
+    metas = [read_meta(path) for path in stores]
+    first = metas[0]
+    return {
+        "stats_dim": first.stats_dim,
+        "ddof": first.ddof,
+        "mask": sorted({meta.mask_source or meta.mask_mode or "" for meta in metas}),
+        "confounds_strategy": first.confounds_strategy,
+        "storage": first.storage,
+        "average": first.is_average,
+        "stores": [
+            {"store": str(path), "stats": "mean/std of the store", "stats_from": list(m.stats_from)}
+            for path, m in zip(stores, metas, strict=True)
+        ],
+    }
+
+
+def training_scale(stores: Sequence[str]) -> float:
+    """Zero-prediction MSE of the first volume of up to :data:`SCALE_STORES` stores (the
+    statistic of :func:`bidstrain.checks.scale.value_stats`)."""
+    step = max(1, len(stores) // SCALE_STORES)
+    values = [first_volume(path) for path in list(stores)[::step][:SCALE_STORES]]
+    return value_stats(np.concatenate(values))["mse_zero"]
+
+
+def first_volume(path: str | Path) -> np.ndarray:
+    """The masked voxels of a store's first volume."""
+    with open_store(path, use_dask=False) as ds:
+        return np.asarray(ds["data"][0].values, dtype=np.float64)
+
+
+def write(description: Mapping[str, Any], path: str | Path) -> None:
+    """Write ``model.json`` atomically."""
+    write_text_atomic(path, json.dumps(description, indent=1, sort_keys=True) + "\n")
+
+
+def differences(description: Mapping[str, Any], config: Config) -> list[str]:
+    """How a model's description disagrees with ``config``: one line per difference.
+
+    Compared: every ``train`` key that determines the weights, the trained modalities
+    (against ``modalities``), and per modality the normalization's ``ddof``, mask keyword
+    and confound strategy.
+    """
+    lines = []
+    current = to_plain(config.train)
+    for key, value in description["train"].items():
+        if key in current and current[key] != value:
+            lines.append(f"train.{key}: {value!r} in the model, {current[key]!r} in the config")
+    missing = sorted(set(description["modalities"]) - set(config.modalities))
+    if missing:
+        lines.append(f"modalities: the model was trained on {missing}, the config has not")
+    normalize = config.normalize
+    for modality, norm in description["normalization"].items():
+        if norm["ddof"] != normalize.ddof:
+            lines.append(
+                f"normalize.ddof: {norm['ddof']} for the model's {modality}, {normalize.ddof} "
+                "in the config"
+            )
+        option = normalize.mask_option(modality)
+        if not is_pattern(option) and not norm["average"] and norm["mask"] != [option]:
+            lines.append(
+                f"mask of {modality}: {norm['mask']} in the model, {option!r} in the config"
+            )
+        strategy = normalize.confounds.strategy
+        if modality == "bold" and norm["confounds_strategy"] != strategy:
+            lines.append(
+                f"normalize.confounds.strategy: {norm['confounds_strategy']!r} in the model, "
+                f"{strategy!r} in the config"
+            )
+    return lines
+
+
+def load_model(
+    path: str | Path, config: Config | None = None, *, device: str | torch.device = "cpu"
+) -> tuple[MultiModalAutoencoder, dict[str, Any]]:
+    """A trained model ready for inference, and its description (``model.json``).
+
+    Parameters
+    ----------
+    path : str or Path
+        ``model.pt`` (its description is read from inside it).
+    config : Config, optional
+        The current configuration: a model that disagrees with it is refused.
+    device : str or torch.device
+        Where the model goes.
+
+    Returns
+    -------
+    model : MultiModalAutoencoder
+        In eval mode, on ``device``.
+    description : dict
+        See the module docstring.
+
+    Raises
+    ------
+    BidstrainError
+        An unreadable file, a model without description, or one that disagrees with
+        ``config`` (each difference named).
+    """
+    from bidstrain.train.loop import build_module  # the same construction as training
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # any unreadable file is reported as such
+        raise BidstrainError(f"cannot read the model: {error}", path=path) from None
+    description = saved.get("description") if isinstance(saved, Mapping) else None
+    if not description or description.get("format") != FORMAT:
+        raise BidstrainError(
+            f"not a {FORMAT} model (no description inside; retrain it with this bidstrain)",
+            path=path,
+        )
+    if config is not None:
+        diff = differences(description, config)
+        if diff:
+            raise BidstrainError(
+                "the model disagrees with the current configuration (retrain it, or use the "
+                "configuration it was trained with):\n  " + "\n  ".join(diff),
+                path=path,
+            )
+    stats = description.get("loss_target_stats")
+    module = build_module(
+        description["train"],
+        [m for m in MODALITIES if m in description["modalities"]],
+        target_stats={m: tuple(v) for m, v in stats.items()} if stats else None,
+    )
+    module.load_state_dict(saved["model"])
+    return module.to(device).eval(), description
