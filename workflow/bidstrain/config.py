@@ -164,6 +164,19 @@ class ChecksConfig:
 
 
 @dataclass(frozen=True)
+class EmbedConfig:
+    """``embed``: the trained model applied to normalized images (:mod:`bidstrain.embed`)."""
+
+    enabled: bool
+    participant_label: tuple[str, ...]
+    batch_size: int
+    gpus: int
+    runtime: int
+    mem_mb: int
+    cpus: int
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     """``report``: figures."""
 
@@ -193,6 +206,9 @@ class TrainConfig:
     heads: int = _role()
     mask_ratio: float = _role()
     loss: Mapping[str, Any] = _role(CHECKED)
+    heldout: Mapping[str, tuple[str, ...]] = _role()
+    learning: Mapping[str, Any] = _role(RUN)
+    loggers: tuple[str, ...] = _role(RUN)
     dummy_loss: Mapping[str, Any] = _role()
     find_unused_parameters: bool = _role()
     nonfinite: str = _role()
@@ -232,6 +248,7 @@ class Config:
     average: AverageConfig
     checks: ChecksConfig
     train: TrainConfig
+    embed: EmbedConfig
     report: ReportConfig
 
     @classmethod

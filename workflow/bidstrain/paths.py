@@ -103,6 +103,11 @@ def trained_model(experiment: str) -> str:
     return _join(train_dir(experiment), "model.pt")
 
 
+def trained_model_description(experiment: str) -> str:
+    """What the model expects of its input: ``results/train/<experiment>/model.json``."""
+    return _join(train_dir(experiment), "model.json")
+
+
 def training_metrics(experiment: str) -> str:
     """Per-step metrics: ``results/train/<experiment>/metrics.jsonl``."""
     return _join(train_dir(experiment), "metrics.jsonl")

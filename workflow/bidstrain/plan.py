@@ -158,12 +158,17 @@ class Plan:
         }
         bold = by_modality["bold"]
         averages = _average_groups(bold) if config.average.mode == "cross_subject" else ()
+        volumes = {m: _volume_stores(by_modality[m], config) for m in ("T1w", "dwi")}
         training = {
-            "T1w": tuple(image.store for image in by_modality["T1w"]),
-            "dwi": tuple(image.store for image in by_modality["dwi"]),
+            "T1w": volumes["T1w"][0],
+            "dwi": volumes["dwi"][0],
             "bold": _bold_stores(bold, averages, validation=False),
         }
-        validation = {"bold": _bold_stores(bold, averages, validation=True)}
+        validation = {
+            "T1w": volumes["T1w"][1],
+            "dwi": volumes["dwi"][1],
+            "bold": _bold_stores(bold, averages, validation=True),
+        }
         return cls(
             config=config,
             images=images,
@@ -464,6 +469,32 @@ def _average_groups(bold: Sequence[ImageJob]) -> tuple[AverageGroup, ...]:
             tuple(dict.fromkeys(paths.normalized_table(job.image.subject) for job in jobs)),
         )
         for name, jobs in sorted(members.items())
+    )
+
+
+def _volume_stores(
+    images: Sequence[ImageJob], config: Config
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Training and validation stores of T1w or DWI: ``train.heldout`` selects the
+    validation images by BIDS entities (a subject or a session, say); their normalization
+    is their own either way (per volume).
+
+    Raises
+    ------
+    BidstrainError
+        When the selection leaves the modality images but no training image.
+    """
+    selection = config.train.heldout
+    held = [_is_heldout(image.image, selection) for image in images]
+    if images and all(held):
+        raise BidstrainError(
+            f"config train.heldout {dict(selection)} selects every {images[0].image.suffix} "
+            "image for validation, leaving none to train on (hold out fewer subjects or "
+            "sessions)"
+        )
+    return (
+        tuple(image.store for image, h in zip(images, held, strict=True) if not h),
+        tuple(image.store for image, h in zip(images, held, strict=True) if h),
     )
 
 

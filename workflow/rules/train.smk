@@ -12,6 +12,7 @@ rule train:
         checks=paths.CHECKS_SUMMARY,
     output:
         model=paths.trained_model(PLAN.experiment),
+        model_json=paths.trained_model_description(PLAN.experiment),
         metrics=paths.training_metrics(PLAN.experiment),
     log:
         paths.log("train", PLAN.experiment),
@@ -30,4 +31,5 @@ rule train:
     shell:
         "exec > {log:q} 2>&1; exec {params.launcher} --config-json {params.settings:q}"
         " --stores {input.plan:q} --world-size {params.world_size} --model-out {output.model:q}"
+        " --model-json-out {output.model_json:q}"
         " --metrics-out {output.metrics:q} --checkpoint-dir {params.checkpoints:q}"
