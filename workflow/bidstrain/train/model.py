@@ -130,8 +130,6 @@ class MultiModalAutoencoder(nn.Module):
         masking and creates no mask token). The loss then counts the voxels of the masked
         tokens only: the identity is no solution, the model must predict from context.
     loss : LossSettings
-    checkpointing : bool
-        Activation checkpointing of the encoder layers (:mod:`.encoder`).
     """
 
     def __init__(
@@ -144,7 +142,6 @@ class MultiModalAutoencoder(nn.Module):
         heads: int,
         mask_ratio: float = 0.0,
         loss: LossSettings | None = None,
-        checkpointing: bool = False,
     ):
         super().__init__()
         self.modalities = [m for m in MODALITIES if m in shapes]
@@ -156,7 +153,7 @@ class MultiModalAutoencoder(nn.Module):
         self.head = nn.ModuleDict(
             {m: ReconstructionHead(shapes[m], patch, dim) for m in self.modalities}
         )
-        self.encoder = Encoder(dim, depth, heads, checkpointing=checkpointing)
+        self.encoder = Encoder(dim, depth, heads)
         if mask_ratio > 0:
             self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
 
