@@ -7,16 +7,10 @@ import copy
 import numpy as np
 import pytest
 import torch
-from bidstrain.train.data import (
-    ModalityBatchSampler,
-    VolumeDataset,
-    batches_per_epoch,
-    collate,
-    dataset_statistics,
-    fit_to_shape,
-)
+from bidstrain.train.data import VolumeDataset, dataset_statistics
 from bidstrain.train.distributed import Context
 from bidstrain.train.model import LossSettings, MultiModalAutoencoder
+from bidstrain.train.resample import fit_to_shape
 from bidstrain.train.schedule import build_scheduler
 from bidstrain.train.step import GradientArrivals, Trainer, optimizer_step
 from train_support import train_config, write_store
@@ -186,32 +180,8 @@ def test_dataset_puts_voxels_on_the_grid_and_crops_or_pads(tmp_path):
         full = to_grid(ds, ds["data"][1].values)
     np.testing.assert_array_equal(volume, fit_to_shape(full, (8, 16, 10)))
     np.testing.assert_array_equal(volume[:, 2:14], full[1:9])
-    batch = collate(dataset.__getitems__([0, 2, 1]))
+    batch = dataset.batch([0, 2, 1])
     assert batch["bold"].shape == (3, 1, 8, 16, 10)
     everything = np.stack([dataset[i][1] for i in range(3)]).astype(np.float64)
     mean, var = dataset_statistics(dataset)["bold"]
     assert mean == pytest.approx(everything.mean()) and var == pytest.approx(everything.var())
-
-
-@pytest.mark.parametrize("batching", ["mixed", "single_modality"])
-def test_sampler_gives_each_rank_different_batches_and_the_same_count(batching):
-    modalities = ["T1w"] * 3 + ["bold"] * 10 + ["dwi"] * 6
-    counts = {"T1w": 3, "bold": 10, "dwi": 6}
-    seen = []
-    per_rank = []
-    for rank in range(2):
-        sampler = ModalityBatchSampler(
-            modalities, batch_size=4, batching=batching, rank=rank, world_size=2, seed=1
-        )
-        sampler.set_epoch(3)
-        batches = list(sampler)
-        per_rank.append(batches)
-        expected = batches_per_epoch(counts, batch_size=4, batching=batching, world_size=2)
-        assert len(batches) == len(sampler) == expected
-        seen += [i for batch in batches for i in batch]
-        if batching == "single_modality":
-            assert all(len({modalities[i] for i in batch}) == 1 for batch in batches)
-        sampler.set_epoch(3, start=2)
-        assert list(sampler) == batches[2:]
-    assert set(seen) == set(range(len(modalities)))
-    assert per_rank[0] != per_rank[1]

@@ -15,13 +15,9 @@ from typing import Any
 import torch
 
 from bidstrain.checks import Check, verdict
-from bidstrain.train.data import (
-    ModalityBatchSampler,
-    VolumeDataset,
-    collate,
-    dataset_statistics,
-)
+from bidstrain.train.data import dataset_statistics, volume_dataset
 from bidstrain.train.losses import normalized_mse
+from bidstrain.train.sampler import batch_sampler
 
 NAME = "initial_loss"
 #: Batches read (the first of epoch 0, as the trainer draws them).
@@ -47,13 +43,8 @@ def zero_prediction_losses(
     dict
         ``{modality: {"loss", "weighted", "batches"}}``.
     """
-    dataset = VolumeDataset(stores, train["shapes"])
-    sampler = ModalityBatchSampler(
-        dataset.modalities,
-        batch_size=train["batch_size"],
-        batching=train["batching"],
-        seed=train["seed"],
-    )
+    dataset = volume_dataset(stores, train)
+    sampler = batch_sampler(dataset.layout, train)
     sampler.set_epoch(0)
     loss_config = train["loss"]
     stats = dataset_statistics(dataset) if loss_config["stats"] == "dataset" else {}
@@ -61,7 +52,7 @@ def zero_prediction_losses(
     for n, indices in enumerate(sampler):
         if n == n_batches:
             break
-        for modality, target in collate(dataset.__getitems__(indices)).items():
+        for modality, target in dataset.batch(indices).items():
             loss = normalized_mse(
                 torch.zeros_like(target),
                 target,

@@ -58,6 +58,16 @@ def read_stores(path: str | Path) -> tuple[dict[str, list[str]], dict[str, list[
     return lists[0], lists[1]
 
 
+def read_table_list(path: str | Path) -> list[str]:
+    """The normalize tables a ``--stores`` file lists under ``tables`` (none when absent):
+    the volume counts of their stores, read without opening the stores."""
+    content = json.loads(Path(path).read_text())
+    tables = content.get("tables", [])
+    if not (isinstance(tables, list) and all(isinstance(t, str) for t in tables)):
+        raise BidstrainError(f'"tables" must be a list of paths, got {tables!r:.200}', path=path)
+    return tables
+
+
 def _is_store_lists(value) -> bool:
     return isinstance(value, Mapping) and all(
         isinstance(stores, list) and all(isinstance(s, str) for s in stores)
@@ -89,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             metrics_out=args.metrics_out,
             checkpoint_dir=args.checkpoint_dir,
             world_size=args.world_size,
+            tables=read_table_list(args.stores),
         )
     except Interrupted as interrupted:
         logging.getLogger("bidstrain.train").warning("%s", interrupted)

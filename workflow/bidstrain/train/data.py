@@ -1,42 +1,128 @@
-"""From normalized Zarr stores to batches: counting, sampling, reading volumes.
+"""From normalized Zarr stores to batches: counting, reading volumes, the loader.
 
 One sample is one volume (one time point) of one store: a T1w image, a DWI volume, a BOLD
 frame (of a cross-subject average or of a subject's run).
+
+Start-up reads no store: :func:`store_layout` takes every store's volume count from the
+normalize tables (``results/normalized/sub-*/sub-*_scans.tsv``, listed under ``tables`` in
+the trainer's store file) and, for stores in no table (the averages), from the array
+metadata alone. Stores open lazily in the process that reads them (a DataLoader worker
+opens its own), at most ``train.max_open_stores`` at once (:mod:`bidstrain.train.reader`);
+the batch order (:mod:`bidstrain.train.sampler`) reads a few stores at a time.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-import xarray as xr
 
-from bidstrain.store import open_store, to_grid
+from bidstrain.normalize.table import read_tables
+from bidstrain.store import chunk_volumes, read_dims
+from bidstrain.train.reader import OpenStores
 
 BATCHINGS = ("mixed", "single_modality")
+MODALITIES = ("T1w", "bold", "dwi")
 
 
-def sample_counts(stores: Mapping[str, Sequence[str]]) -> dict[str, int]:
+@dataclass(frozen=True)
+class StoreLayout:
+    """Where the samples are: the stores, in :data:`MODALITIES` order and then in the
+    order given, and the sample indices of each.
+
+    Attributes
+    ----------
+    paths : tuple of str
+    modality : ndarray of int8
+        Index in :data:`MODALITIES` of each store's modality.
+    volumes : ndarray of int64
+        Volumes (samples) of each store.
+    chunk : ndarray of int64
+        Volumes per inner chunk of each store (the unit the batch order groups reads by).
+    offsets : ndarray of int64
+        Index of each store's first sample; ``offsets[-1]`` is the number of samples.
+    modalities : tuple of str
+        The modalities the layout was asked for (some may have no store).
+    """
+
+    paths: tuple[str, ...]
+    modality: np.ndarray
+    volumes: np.ndarray
+    chunk: np.ndarray
+    offsets: np.ndarray
+    modalities: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def counts(self) -> dict[str, int]:
+        """``{modality: samples}`` for every modality of the layout."""
+        return {
+            m: int(self.volumes[self.modality == MODALITIES.index(m)].sum())
+            for m in self.modalities
+        }
+
+    def locate(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Store index and volume index of each sample index."""
+        store = np.searchsorted(self.offsets, indices, side="right") - 1
+        return store, indices - self.offsets[store]
+
+
+def store_layout(stores: Mapping[str, Sequence[str]], tables: Sequence[str] = ()) -> StoreLayout:
+    """The layout of ``stores`` without opening any store's data.
+
+    Parameters
+    ----------
+    stores : mapping
+        ``{modality: [store path, ...]}``.
+    tables : sequence of str
+        Normalize tables (:mod:`bidstrain.normalize.table`): the volumes and masked voxels
+        of the stores they list. Stores in none of them are counted from their array
+        metadata (:func:`bidstrain.store.read_dims`).
+    """
+    listed = {row.store: (row.volumes, row.voxels) for row in read_tables(tables)}
+    paths, codes, volumes, chunks = [], [], [], []
+    for code, modality in enumerate(MODALITIES):
+        for path in stores.get(modality, ()):
+            n_time, n_voxel = listed.get(os.path.normpath(path)) or read_dims(path)[:2]
+            paths.append(path)
+            codes.append(code)
+            volumes.append(n_time)
+            chunks.append(chunk_volumes(n_time, n_voxel))
+    volumes = np.asarray(volumes, dtype=np.int64)
+    return StoreLayout(
+        paths=tuple(paths),
+        modality=np.asarray(codes, dtype=np.int8),
+        volumes=volumes,
+        chunk=np.asarray(chunks, dtype=np.int64),
+        offsets=np.concatenate([[0], np.cumsum(volumes)]).astype(np.int64),
+        modalities=tuple(stores),
+    )
+
+
+def sample_counts(
+    stores: Mapping[str, Sequence[str]], tables: Sequence[str] = ()
+) -> dict[str, int]:
     """Number of samples per modality: the volumes of all its stores.
 
     Parameters
     ----------
     stores : mapping
         ``{modality: [store path, ...]}`` as ``training_stores()`` gives them.
+    tables : sequence of str
+        Normalize tables giving volume counts without opening stores (:func:`store_layout`).
 
     Returns
     -------
     dict
         ``{modality: n_samples}`` for every modality of ``stores``.
     """
-    return {modality: sum(map(_n_volumes, paths)) for modality, paths in stores.items()}
-
-
-def _n_volumes(path: str) -> int:
-    with open_store(path) as ds:
-        return int(ds.sizes["time"])
+    return store_layout(stores, tables).counts()
 
 
 def batches_per_epoch(
@@ -74,28 +160,15 @@ def batches_per_epoch(
     return math.ceil(n_batches / world_size)
 
 
-MODALITIES = ("T1w", "bold", "dwi")
-
-
-def fit_to_shape(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Crop or zero-pad the last three axes of ``volume`` centrally to ``shape``."""
-    out = np.zeros(volume.shape[:-3] + tuple(shape), dtype=volume.dtype)
-    src, dst = [Ellipsis], [Ellipsis]
-    for have, want in zip(volume.shape[-3:], shape, strict=True):
-        size = min(have, want)
-        start_src, start_dst = (have - size) // 2, (want - size) // 2
-        src.append(slice(start_src, start_src + size))
-        dst.append(slice(start_dst, start_dst + size))
-    out[tuple(dst)] = volume[tuple(src)]
-    return out
-
-
 class VolumeDataset(torch.utils.data.Dataset):
-    """Volumes of normalized stores on their 3D grid, cropped or padded per modality.
+    """Volumes of normalized stores on the model's grid of their modality.
 
-    Stores are opened lazily in the process that reads them (a DataLoader worker opens its
-    own), never shared across a fork. Item ``n`` is ``(modality, volume)`` with ``volume``
-    a float32 array of ``shapes[modality]``; zero outside the store's mask.
+    Item ``n`` is ``(modality, volume)``, ``volume`` float32 on ``shapes[modality]``: the
+    store's grid downsampled by ``resample[modality]``, then cropped or padded
+    (:mod:`bidstrain.train.resample`), zero outside the store's mask. A batch
+    (:meth:`batch`, what the DataLoader calls) reads each store once and places the volumes
+    straight into the batch tensors (in shared memory in a worker, so they reach the main
+    process without a copy).
 
     Parameters
     ----------
@@ -103,138 +176,105 @@ class VolumeDataset(torch.utils.data.Dataset):
         ``{modality: [store path, ...]}``.
     shapes : mapping
         ``{modality: (x, y, z)}`` (``train.shapes``).
-    """
-
-    def __init__(self, stores: Mapping[str, Sequence[str]], shapes: Mapping[str, Sequence[int]]):
-        self.shapes = {m: tuple(int(n) for n in shapes[m]) for m in stores}
-        counts = {path: _n_volumes(path) for paths in stores.values() for path in paths}
-        self.samples = [
-            (modality, path, t)
-            for modality in MODALITIES
-            for path in stores.get(modality, ())
-            for t in range(counts[path])
-        ]
-        self.modalities = [modality for modality, _, _ in self.samples]
-        self._grids: dict[str, tuple[xr.Dataset, xr.DataArray]] = {}
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_grids": {}}
-
-    def _open(self, path: str) -> tuple[xr.Dataset, xr.DataArray]:
-        if path not in self._grids:
-            ds = open_store(path, use_dask=False)
-            self._grids[path] = (ds.drop_vars(["data", "mean", "std"]).load(), ds["data"])
-        return self._grids[path]
-
-    def __getitem__(self, index: int) -> tuple[str, np.ndarray]:
-        return self.__getitems__([index])[0]
-
-    def __getitems__(self, indices: Sequence[int]) -> list[tuple[str, np.ndarray]]:
-        """Read a batch with one read per store (what the DataLoader calls)."""
-        by_store: dict[str, list[int]] = {}
-        for index in indices:
-            by_store.setdefault(self.samples[index][1], []).append(self.samples[index][2])
-        volumes = {}
-        for path, times in by_store.items():
-            grid, data = self._open(path)
-            unique = sorted(set(times))
-            rows = np.asarray(data[unique].values, dtype=np.float32)
-            for t, row in zip(unique, rows, strict=True):
-                volumes[path, t] = row
-        out = []
-        for index in indices:
-            modality, path, t = self.samples[index]
-            grid = self._grids[path][0]
-            volume = to_grid(grid, volumes[path, t])
-            out.append((modality, fit_to_shape(volume, self.shapes[modality])))
-        return out
-
-
-def collate(items: Sequence[tuple[str, np.ndarray]]) -> dict[str, torch.Tensor]:
-    """Group a batch by modality: ``{modality: tensor (n, 1, x, y, z)}`` in
-    :data:`MODALITIES` order."""
-    batch = {}
-    for modality in MODALITIES:
-        volumes = [volume for m, volume in items if m == modality]
-        if volumes:
-            batch[modality] = torch.from_numpy(np.stack(volumes)[:, None])
-    return batch
-
-
-class ModalityBatchSampler(torch.utils.data.Sampler):
-    """Batches of sample indices, different on every rank, the same count on every rank.
-
-    The order depends only on ``(seed, epoch)``, so all ranks draw the same permutation
-    and take their own share; :meth:`set_epoch` also sets the position to start from
-    (the batches already consumed, on resume).
-
-    Parameters
-    ----------
-    modalities : sequence of str
-        Modality of every sample (``VolumeDataset.modalities``).
-    batch_size : int
-    batching : {"mixed", "single_modality"}
-    rank, world_size : int
-    seed : int
+    resample : mapping, optional
+        ``{modality: factor}`` (``train.resample``); 1 (no resampling) when missing.
+    tables : sequence of str
+        Normalize tables giving the volume counts (:func:`store_layout`).
+    max_open_stores : int
+        Stores a process keeps open at once (``train.max_open_stores``).
+    chunk_cache : int
+        Decoded volumes of compressed stores a process keeps (:mod:`.reader`).
     """
 
     def __init__(
         self,
-        modalities: Sequence[str],
+        stores: Mapping[str, Sequence[str]],
+        shapes: Mapping[str, Sequence[int]],
         *,
-        batch_size: int,
-        batching: str,
-        rank: int = 0,
-        world_size: int = 1,
-        seed: int = 0,
+        resample: Mapping[str, int] | None = None,
+        tables: Sequence[str] = (),
+        max_open_stores: int = 64,
+        chunk_cache: int = 512,
     ):
-        self.modalities = np.asarray(modalities)
-        self.batch_size = batch_size
-        self.batching = batching
-        self.rank = rank
-        self.world_size = world_size
-        self.seed = seed
-        self.epoch = 0
-        self.start = 0
-        counts = {m: int((self.modalities == m).sum()) for m in MODALITIES}
-        self.n_batches = batches_per_epoch(
-            counts, batch_size=batch_size, batching=batching, world_size=world_size
-        )
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Draw the order of ``epoch`` and skip its first ``start`` batches."""
-        self.epoch, self.start = epoch, start
+        self.layout = store_layout(stores, tables)
+        self.shapes = {m: tuple(int(n) for n in shapes[m]) for m in stores}
+        self.resample = {m: int((resample or {}).get(m, 1)) for m in stores}
+        self.max_open_stores = max_open_stores
+        self.chunk_cache = chunk_cache
+        self._open: OpenStores | None = None
 
     def __len__(self) -> int:
-        return self.n_batches - self.start
+        return len(self.layout)
 
-    def _rank_batches(self) -> list[np.ndarray]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        if self.batching == "mixed":
-            order = _pad(rng.permutation(len(self.modalities)), self.world_size)
-            mine = order[self.rank :: self.world_size]
-            return [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
-        batches = []
-        for modality in MODALITIES:
-            members = rng.permutation(np.flatnonzero(self.modalities == modality))
-            batches += [
-                members[i : i + self.batch_size] for i in range(0, len(members), self.batch_size)
-            ]
-        order = _pad(rng.permutation(len(batches)), self.world_size)
-        return [batches[i] for i in order[self.rank :: self.world_size]]
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_open": None}
 
-    def __iter__(self):
-        for batch in self._rank_batches()[self.start :]:
-            yield batch.tolist()
+    @property
+    def open_stores(self) -> OpenStores:
+        """The stores this process has open."""
+        if self._open is None:
+            self._open = OpenStores(self.max_open_stores, self.chunk_cache)
+        return self._open
+
+    def __getitem__(self, index: int) -> tuple[str, np.ndarray]:
+        ((modality, volumes),) = self.batch([index]).items()
+        return modality, volumes[0, 0].numpy()
+
+    def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Samples ``indices`` grouped by modality: ``{modality: tensor (n, 1, x, y, z)}``
+        in :data:`MODALITIES` order, each modality's samples in the order of ``indices``."""
+        indices = np.asarray(indices, dtype=np.int64)
+        layout = self.layout
+        store, time = layout.locate(indices)
+        batch = {}
+        for code, modality in enumerate(MODALITIES):
+            members = np.flatnonzero(layout.modality[store] == code)
+            if members.size == 0:
+                continue
+            shape = self.shapes[modality]
+            tensor = _zeros((members.size, 1, *shape))
+            out = tensor.numpy()
+            for s in np.unique(store[members]):
+                slots = np.flatnonzero(store[members] == s)
+                reader = self.open_stores.get(
+                    layout.paths[s], int(layout.volumes[s]), shape, self.resample[modality]
+                )
+                rows = reader.read(time[members[slots]], self.open_stores.cache)
+                for slot, row in zip(slots, rows, strict=True):
+                    reader.grid_map.place(row, out[slot, 0])
+            batch[modality] = tensor
+        return batch
+
+    __getitems__ = batch
 
 
-def _pad(order: np.ndarray, multiple: int) -> np.ndarray:
-    """Repeat ``order`` from its start until its length is a multiple of ``multiple``."""
-    missing = -len(order) % multiple
-    return np.concatenate([order, np.resize(order, missing)]) if missing else order
+def _zeros(shape: tuple[int, ...]) -> torch.Tensor:
+    """A zeroed float32 tensor; in a DataLoader worker, in shared memory, so that sending
+    it to the main process copies nothing (what ``default_collate`` does)."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.zeros(shape, dtype=torch.float32)
+    empty = torch.empty(0, dtype=torch.float32)
+    storage = empty._typed_storage()._new_shared(math.prod(shape), device=empty.device)
+    return empty.new(storage).view(shape).zero_()
+
+
+def _as_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The DataLoader's ``collate_fn``: :meth:`VolumeDataset.batch` made the batch."""
+    return batch
+
+
+def volume_dataset(
+    stores: Mapping[str, Sequence[str]], train: Mapping[str, Any], tables: Sequence[str] = ()
+) -> VolumeDataset:
+    """The dataset the ``train`` config section describes (shapes, resampling, open stores)."""
+    return VolumeDataset(
+        stores,
+        train["shapes"],
+        resample=train["resample"],
+        tables=tables,
+        max_open_stores=train["max_open_stores"],
+        chunk_cache=2 * (train["shuffle_buffer"] + train["batch_size"]),
+    )
 
 
 def dataset_statistics(dataset: VolumeDataset) -> dict[str, tuple[float, float]]:
@@ -242,8 +282,9 @@ def dataset_statistics(dataset: VolumeDataset) -> dict[str, tuple[float, float]]
     cropped or padded grid), for ``train.loss.stats: dataset``."""
     sums: dict[str, np.ndarray] = {}
     for start in range(0, len(dataset), 16):
-        for modality, volume in dataset.__getitems__(range(start, min(start + 16, len(dataset)))):
-            values = volume.astype(np.float64)
+        batch = dataset.batch(range(start, min(start + 16, len(dataset))))
+        for modality, volumes in batch.items():
+            values = volumes.numpy().astype(np.float64)
             total = sums.setdefault(modality, np.zeros(3))
             total += (values.size, values.sum(), (values**2).sum())
     stats = {}
@@ -254,16 +295,34 @@ def dataset_statistics(dataset: VolumeDataset) -> dict[str, tuple[float, float]]
 
 
 def make_loader(
-    dataset: VolumeDataset, sampler: ModalityBatchSampler, *, num_workers: int
+    dataset: VolumeDataset,
+    sampler: torch.utils.data.Sampler,
+    train: Mapping[str, Any],
+    *,
+    device: torch.device,
+    num_workers: int | None = None,
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader over ``sampler``'s batches; workers are spawned, not forked (a forked
-    worker after Zarr use in the parent can hang)."""
+    """A DataLoader over ``sampler``'s batches with the ``train`` section's settings.
+
+    Workers are spawned, not forked (a forked worker after Zarr use in the parent can
+    hang), persistent, and read ``train.prefetch_factor`` batches ahead each; batches are
+    copied to pinned memory when ``device`` is a GPU and ``train.pin_memory`` is set (the
+    training step then copies them to the GPU without blocking).
+
+    Parameters
+    ----------
+    num_workers : int, optional
+        Overrides ``train.num_workers`` (validation reads in the main process).
+    """
+    workers = train["num_workers"] if num_workers is None else num_workers
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
-        collate_fn=collate,
-        num_workers=num_workers,
-        multiprocessing_context="spawn" if num_workers > 0 else None,
-        persistent_workers=num_workers > 0,
+        collate_fn=_as_batch,
+        num_workers=workers,
+        multiprocessing_context="spawn" if workers > 0 else None,
+        persistent_workers=workers > 0,
+        prefetch_factor=train["prefetch_factor"] if workers > 0 else None,
+        pin_memory=bool(train["pin_memory"]) and device.type == "cuda",
         generator=torch.Generator(),  # its seed draw must not consume the global torch RNG
     )

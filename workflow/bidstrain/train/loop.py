@@ -36,10 +36,10 @@ from bidstrain.errors import BidstrainError
 from bidstrain.train import checkpoint, description, distributed
 from bidstrain.train.data import (
     MODALITIES,
-    ModalityBatchSampler,
     VolumeDataset,
     dataset_statistics,
     make_loader,
+    volume_dataset,
 )
 from bidstrain.train.lock import ExperimentLock
 from bidstrain.train.losses import baseline_loss
@@ -51,6 +51,7 @@ from bidstrain.train.metrics import (
     summary_lines,
 )
 from bidstrain.train.model import LossSettings, MultiModalAutoencoder
+from bidstrain.train.sampler import ModalityBatchSampler, batch_sampler
 from bidstrain.train.schedule import build_scheduler, planned_total_steps
 from bidstrain.train.state import TrainState
 from bidstrain.train.step import StepResult, Trainer, accumulation_groups, optimizer_step
@@ -100,6 +101,7 @@ def train(
     checkpoint_dir: str | Path,
     model_json_out: str | Path | None = None,
     world_size: int | None = None,
+    tables: Sequence[str] = (),
 ) -> MultiModalAutoencoder:
     """Train the model on ``stores``, validating on ``validation_stores`` every epoch.
 
@@ -120,6 +122,9 @@ def train(
     world_size : int, optional
         The world size the workflow planned; the run stops when the real one (from
         ``torchrun``'s ``WORLD_SIZE``) differs. Not checked when None.
+    tables : sequence of str
+        Normalize tables giving the stores' volume counts, so that no store is opened
+        before it is read (stores in none are counted from their metadata).
 
     Returns
     -------
@@ -152,7 +157,7 @@ def train(
             metrics=Path(metrics_out),
             checkpoints=Path(checkpoint_dir),
         )
-        return _train(config, stores, validation_stores, context, outputs)
+        return _train(config, stores, validation_stores, context, outputs, tables)
     finally:
         lock.release()
         distributed.shutdown(context)
@@ -173,13 +178,13 @@ def hold_lock(lock: ExperimentLock, context: distributed.Context) -> None:
         )
 
 
-def _train(config, stores, validation_stores, context, outputs: Outputs):
+def _train(config, stores, validation_stores, context, outputs: Outputs, tables=()):
     checkpoint_dir = outputs.checkpoints
     check_shapes(config, stores)
     torch.manual_seed(config["seed"])  # initialization and token masking
     config_hash = checkpoint.config_hash(config, stores)
-    data = training_data(config, stores, context)
-    validation = validation_loader(config, validation_stores, context)
+    data = training_data(config, stores, context, tables)
+    validation = validation_loader(config, validation_stores, context, tables)
     module, optimizer, scheduler = build_model(config, stores, data, context)
     state, resumed = resume(checkpoint_dir, config_hash, context, module, optimizer, scheduler)
     model = module
@@ -206,7 +211,7 @@ def _train(config, stores, validation_stores, context, outputs: Outputs):
         context.device,
         context.world_size,
         len(data.dataset),
-        {m: data.dataset.modalities.count(m) for m in stores},
+        data.dataset.layout.counts(),
         data.total_steps,
     )
     summary = None
@@ -369,25 +374,20 @@ def write_outputs(module, config, stores, state: TrainState, config_hash, paths:
     LOG.info("wrote %s, %s and %s", paths.model, paths.model_json, paths.metrics)
 
 
-def training_data(config, stores, context: distributed.Context) -> Data:
+def training_data(config, stores, context: distributed.Context, tables=()) -> Data:
     """The training loader and plan; the batch order depends on (seed, epoch) only, so
     resuming is exact."""
-    dataset = VolumeDataset(stores, config["shapes"])
+    dataset = volume_dataset(stores, config, tables)
     if len(dataset) == 0:
         raise BidstrainError("no training samples: the training stores are empty")
-    sampler = ModalityBatchSampler(
-        dataset.modalities,
-        batch_size=config["batch_size"],
-        batching=config["batching"],
-        rank=context.rank,
-        world_size=context.world_size,
-        seed=config["seed"],
+    sampler = batch_sampler(
+        dataset.layout, config, rank=context.rank, world_size=context.world_size
     )
     accum = config["grad_accum_steps"]
     return Data(
         dataset=dataset,
         sampler=sampler,
-        loader=make_loader(dataset, sampler, num_workers=config["num_workers"]),
+        loader=make_loader(dataset, sampler, config, device=context.device),
         steps_per_epoch=math.ceil(sampler.n_batches / accum),
         total_steps=planned_total_steps(
             batches_per_epoch=sampler.n_batches, epochs=config["epochs"], grad_accum_steps=accum
@@ -423,6 +423,9 @@ def build_model(config, stores, data: Data, context: distributed.Context):
     """The model, AdamW and the schedule, built before any state is loaded into them."""
     stats = dataset_statistics(data.dataset) if config["loss"]["stats"] == "dataset" else None
     module = build_module(config, stores, stats).to(context.device)
+    module.encoder.checkpointing = config["activation_checkpointing"]
+    if config["compile"]:
+        module.encoder.compile_layers()
     optimizer = torch.optim.AdamW(
         module.parameters(), lr=config["lr"], weight_decay=config["weight_decay"]
     )
@@ -486,22 +489,17 @@ def progress(result: StepResult, state: TrainState, total_steps: int, recent: de
     )
 
 
-def validation_loader(config, validation_stores, context):
+def validation_loader(config, validation_stores, context, tables=()):
     """Loader over the held-out stores (None when there are none)."""
     stores = {m: paths for m, paths in validation_stores.items() if paths}
     if not stores:
         LOG.info("no validation stores (normalize.heldout selects no run): no validation loss")
         return None
-    dataset = VolumeDataset(stores, config["shapes"])
-    sampler = ModalityBatchSampler(
-        dataset.modalities,
-        batch_size=config["batch_size"],
-        batching="mixed",
-        rank=context.rank,
-        world_size=context.world_size,
-        seed=config["seed"],
+    dataset = volume_dataset(stores, config, tables)
+    sampler = batch_sampler(
+        dataset.layout, config, batching="mixed", rank=context.rank, world_size=context.world_size
     )
-    return make_loader(dataset, sampler, num_workers=0)
+    return make_loader(dataset, sampler, config, device=context.device, num_workers=0)
 
 
 @torch.no_grad()

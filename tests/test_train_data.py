@@ -1,0 +1,265 @@
+"""The training data path: counts from the normalize tables, reads by byte range or through
+zarr, resampling and crop/pad onto the model's grid, the bounded set of open stores, the
+grouped batch order, and worker processes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from bidstrain.errors import BidstrainError
+from bidstrain.normalize.table import StoreRow, write_table
+from bidstrain.store import create_store, open_store, read_dims, to_grid
+from bidstrain.train.data import (
+    MODALITIES,
+    StoreLayout,
+    VolumeDataset,
+    batches_per_epoch,
+    make_loader,
+    store_layout,
+)
+from bidstrain.train.reader import OpenStores, StoreReader
+from bidstrain.train.resample import GridMap, block_mean, downsampled_grid, model_view
+from bidstrain.train.sampler import ModalityBatchSampler, epoch_order
+from train_support import train_config, write_store
+
+
+def write_stored(path, storage: str, n_time: int = 9) -> str:
+    """A BOLD store of random values in ``storage`` (float32, float16, bitround-N)."""
+    mask = np.zeros((6, 7, 5), dtype=bool)
+    mask[1:5, 1:6, 1:4] = True
+    data = np.random.default_rng(0).standard_normal((n_time, int(mask.sum()))).astype(np.float32)
+    with create_store(
+        path,
+        mask=mask,
+        affine=np.eye(4),
+        time=np.arange(n_time, dtype=np.float64),
+        chunk=2,
+        storage=storage,
+    ) as writer:
+        writer.write(0, data)
+        writer.add_variable("mean", ("voxel",), np.zeros(data.shape[1], dtype=np.float32))
+        writer.add_variable("std", ("voxel",), np.ones(data.shape[1], dtype=np.float32))
+        writer.attrs.update(
+            modality="bold",
+            subject="01",
+            source_path="x",
+            ddof=1,
+            n_zero_variance=0,
+            stats_dim="voxel",
+            stats_from=[],
+        )
+    return str(path)
+
+
+def full_volume(path: str, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """Volume ``t`` of a store on its grid (xarray's reading), and the store's mask."""
+    with open_store(path) as ds:
+        return to_grid(ds, ds["data"][t].values), ds["mask"].values
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(8, 16, 10), (4, 4, 6)])
+def test_grid_map_places_voxels_as_model_view_does(tmp_path, factor, shape):
+    path = write_store(tmp_path / "b.zarr", modality="bold", n_time=2, grid=(11, 12, 9))
+    volume, mask = full_volume(path, 1)
+    grid_map = GridMap(mask, shape, factor)
+    out = np.zeros(shape, dtype=np.float32)
+    grid_map.place(volume[mask], out)
+    np.testing.assert_allclose(out, model_view(volume, mask, shape, factor), atol=1e-6)
+
+
+def test_block_mean_averages_in_mask_voxels_only():
+    mask = np.zeros((5, 4, 4), dtype=bool)
+    mask[:3, :2, :2] = True  # block (0,0,0) full, block (1,0,0) one layer of two
+    volume = np.where(mask, 3.0, 0.0).astype(np.float32)
+    volume[2, :2, :2] = 5.0
+    mean = block_mean(volume, mask, 2)
+    assert mean.shape == downsampled_grid(mask.shape, 2) == (3, 2, 2)
+    assert mean[0, 0, 0] == 3.0 and mean[1, 0, 0] == 5.0  # not diluted by outside zeros
+    assert mean[2, 0, 0] == 0.0 and mean[0, 1, 1] == 0.0
+
+
+@pytest.mark.parametrize("storage", ["float32", "float16", "bitround-7"])
+def test_reader_returns_the_stored_volumes(tmp_path, storage):
+    path = write_stored(tmp_path / "b.zarr", storage)
+    open_stores = OpenStores(capacity=4, chunk_cache=8)
+    n_time, n_voxel, grid = read_dims(path)
+    reader = open_stores.get(path, n_time, grid, 1)
+    assert reader._direct == (storage != "bitround-7")
+    times = [8, 0, 3, 3]
+    with open_store(path) as ds:
+        expected = ds["data"].values[times]
+    np.testing.assert_array_equal(reader.read(times, open_stores.cache), expected)
+
+
+def test_a_store_with_another_count_than_its_table_is_an_error(tmp_path):
+    path = write_store(tmp_path / "b.zarr", modality="bold", n_time=3)
+    with pytest.raises(BidstrainError, match="3 volumes but the training plan counted 5"):
+        StoreReader(path, 5, (8, 8, 8), 1)
+
+
+def test_layout_comes_from_the_tables_without_opening_a_store(tmp_path):
+    real = write_store(tmp_path / "avg.zarr", modality="bold", n_time=4)
+    folder = tmp_path / "results" / "normalized" / "sub-01"
+    folder.mkdir(parents=True)
+    listed = [str(folder / "sub-01_T1w.zarr"), str(folder / "sub-01_task-a_bold.zarr")]
+    rows = [
+        StoreRow(listed[0], "T1w", "t1.nii", False, 1, 500, (10, 12, 10), ()),
+        StoreRow(listed[1], "bold", "b.nii", False, 40, 300, (10, 12, 10), ()),
+    ]
+    write_table(rows, folder / "sub-01_scans.tsv")
+    layout = store_layout(
+        {"bold": [listed[1], real], "T1w": [listed[0]]}, [str(folder / "sub-01_scans.tsv")]
+    )
+    assert layout.paths == (listed[0], listed[1], real)  # MODALITIES order
+    assert layout.volumes.tolist() == [1, 40, 4] and layout.offsets.tolist() == [0, 1, 41, 45]
+    assert layout.counts() == {"bold": 44, "T1w": 1}
+    store, time = layout.locate(np.array([0, 1, 40, 41, 44]))
+    assert store.tolist() == [0, 1, 1, 2, 2] and time.tolist() == [0, 0, 39, 0, 3]
+
+
+def test_open_stores_stay_within_the_bound(tmp_path):
+    paths = [
+        write_store(tmp_path / f"b{i}.zarr", modality="bold", n_time=2, seed=i) for i in range(5)
+    ]
+    dataset = VolumeDataset({"bold": paths}, {"bold": (8, 8, 8)}, max_open_stores=2)
+    for index in [0, 2, 4, 6, 8, 1]:  # stores 0..4, then 0 again
+        dataset.batch([index])
+        assert len(dataset.open_stores) <= 2
+    assert dataset.open_stores.opened == 6  # store 0 was closed, then reopened
+
+
+def test_dataset_batch_places_each_sample_in_index_order(tmp_path):
+    stores = {
+        "T1w": [write_store(tmp_path / "t.zarr", modality="T1w", n_time=1, grid=(13, 11, 9))],
+        "bold": [
+            write_store(tmp_path / f"b{i}.zarr", modality="bold", n_time=3, seed=i)
+            for i in range(2)
+        ],
+    }
+    shapes = {"T1w": (6, 6, 4), "bold": (8, 8, 8)}
+    dataset = VolumeDataset(stores, shapes, resample={"T1w": 2})
+    batch = dataset.batch([5, 0, 1, 3])
+    assert list(batch) == ["T1w", "bold"] and batch["bold"].shape == (3, 1, 8, 8, 8)
+    for slot, (path, t) in enumerate([(1, 1), (0, 0), (0, 2)]):  # samples 5, 1, 3
+        volume, mask = full_volume(stores["bold"][path], t)
+        np.testing.assert_array_equal(
+            batch["bold"][slot, 0].numpy(), model_view(volume, mask, (8, 8, 8))
+        )
+    volume, mask = full_volume(stores["T1w"][0], 0)
+    np.testing.assert_allclose(
+        batch["T1w"][0, 0].numpy(), model_view(volume, mask, (6, 6, 4), 2), atol=1e-6
+    )
+
+
+def synthetic_layout(volumes: dict[str, list[int]], chunk: int) -> StoreLayout:
+    """A layout of stores that need not exist (the sampler reads none)."""
+    codes = [MODALITIES.index(m) for m in volumes for _ in volumes[m]]
+    counts = np.asarray([n for m in volumes for n in volumes[m]], dtype=np.int64)
+    return StoreLayout(
+        paths=tuple(f"{m}{i}" for m in volumes for i in range(len(volumes[m]))),
+        modality=np.asarray(codes, dtype=np.int8),
+        volumes=counts,
+        chunk=np.full(counts.size, chunk, dtype=np.int64),
+        offsets=np.concatenate([[0], np.cumsum(counts)]),
+        modalities=tuple(volumes),
+    )
+
+
+LAYOUT = {"T1w": [1, 1, 1], "bold": [10, 7], "dwi": [6]}
+
+
+@pytest.mark.parametrize("batching", ["mixed", "single_modality"])
+def test_sampler_gives_each_rank_different_batches_and_the_same_count(batching):
+    layout = synthetic_layout(LAYOUT, chunk=3)
+    modality = np.repeat(layout.modality, layout.volumes)
+    seen, per_rank = [], []
+    for rank in range(2):
+        sampler = ModalityBatchSampler(
+            layout,
+            batch_size=4,
+            batching=batching,
+            rank=rank,
+            world_size=2,
+            seed=1,
+            store_group=2,
+            shuffle_buffer=5,
+        )
+        sampler.set_epoch(3)
+        batches = list(sampler)
+        per_rank.append(batches)
+        expected = batches_per_epoch(layout.counts(), batch_size=4, batching=batching, world_size=2)
+        assert len(batches) == len(sampler) == expected
+        seen += [i for batch in batches for i in batch]
+        if batching == "single_modality":
+            assert all(len({modality[i] for i in batch}) == 1 for batch in batches)
+        sampler.set_epoch(3, start=2)
+        assert list(sampler) == batches[2:]
+    assert set(seen) == set(range(len(layout)))
+    assert per_rank[0] != per_rank[1]
+
+
+def test_order_reads_a_group_of_stores_at_a_time_and_whole_chunks():
+    layout = synthetic_layout({"bold": [9, 9, 9, 9, 9, 9]}, chunk=3)
+    stores = np.arange(6)
+    order = epoch_order(layout, stores, np.random.default_rng(0), store_group=2, shuffle_buffer=1)
+    assert sorted(order.tolist()) == list(range(54))
+    owner, time = layout.locate(order)
+    for group in range(3):  # 18 samples of two stores, then the next two
+        assert len(set(owner[group * 18 : (group + 1) * 18])) == 2
+    for start in range(0, 54, 3):  # each chunk's volumes read together, in order
+        assert len(set(owner[start : start + 3])) == 1
+        assert time[start] % 3 == 0 and np.all(np.diff(time[start : start + 3]) == 1)
+    buffered = epoch_order(
+        layout, stores, np.random.default_rng(0), store_group=2, shuffle_buffer=6
+    )
+    assert sorted(buffered.tolist()) == list(range(54)) and not np.array_equal(buffered, order)
+    for start in range(0, 54, 6):  # the same windows, shuffled inside
+        assert set(buffered[start : start + 6]) == set(order[start : start + 6])
+
+
+def test_order_with_large_group_and_buffer_is_a_permutation_that_changes_with_the_epoch():
+    layout = synthetic_layout({"bold": [50, 50]}, chunk=10)
+    orders = [
+        epoch_order(
+            layout,
+            np.arange(2),
+            np.random.default_rng([0, epoch]),
+            store_group=2,
+            shuffle_buffer=100,
+        )
+        for epoch in (0, 0, 1)
+    ]
+    np.testing.assert_array_equal(orders[0], orders[1])
+    assert not np.array_equal(orders[0], orders[2])
+    owner, _ = layout.locate(orders[0])
+    assert 0.2 < owner[:50].mean() < 0.8  # the two stores mixed, not one after the other
+
+
+def test_worker_processes_deliver_the_main_process_batches(tmp_path):
+    stores = {
+        "bold": [
+            write_store(tmp_path / f"b{i}.zarr", modality="bold", n_time=5, seed=i)
+            for i in range(3)
+        ]
+    }
+    config = train_config(num_workers=1, store_group=2, shuffle_buffer=4)
+    dataset = VolumeDataset(stores, config["shapes"], max_open_stores=2)
+    batches = {}
+    for workers in (0, 1):
+        sampler = ModalityBatchSampler(
+            dataset.layout,
+            batch_size=4,
+            batching="mixed",
+            seed=0,
+            store_group=2,
+            shuffle_buffer=4,
+        )
+        loader = make_loader(
+            dataset, sampler, config, device=torch.device("cpu"), num_workers=workers
+        )
+        batches[workers] = [batch["bold"] for batch in loader]
+    assert len(batches[0]) == 4
+    for main, worker in zip(batches[0], batches[1], strict=True):
+        torch.testing.assert_close(main, worker, rtol=0, atol=0)
