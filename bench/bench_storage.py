@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 from bidstrain.store import create_store
-from bidstrain.train.data import ModalityBatchSampler, VolumeDataset, make_loader
+from bidstrain.train.data import VolumeDataset
+from bidstrain.train.sampler import ModalityBatchSampler
 
 BLOCK = 4
 DISTINCT = 40  # distinct volumes, cycled (keeps the input's memory small)
@@ -74,10 +75,12 @@ def disk_usage(path: Path) -> tuple[int, int]:
 def loader_rate(path: Path, grid: tuple[int, int, int], batches: int) -> float:
     """Samples per second of the training loader over one store, fresh dataset."""
     dataset = VolumeDataset({"bold": [str(path)]}, {"bold": grid})
-    sampler = ModalityBatchSampler(dataset.modalities, batch_size=4, batching="mixed", seed=0)
+    sampler = ModalityBatchSampler(
+        dataset.layout, batch_size=4, batching="mixed", seed=0, store_group=1, shuffle_buffer=1
+    )
     started, n = time.perf_counter(), 0
-    for index, batch in enumerate(make_loader(dataset, sampler, num_workers=0)):
-        n += batch["bold"].shape[0]
+    for index, indices in enumerate(sampler):
+        n += dataset.batch(indices)["bold"].shape[0]
         if index + 1 == batches:
             break
     return n / (time.perf_counter() - started)
