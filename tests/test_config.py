@@ -47,7 +47,7 @@ def test_defaults_live_in_the_schema_and_fill_a_minimal_config():
     config = validate_config({"bids_dir": "/data"}, SCHEMA)
     typed = Config.from_dict(config)
     assert typed.normalize.ddof == 1 and typed.train.shapes["bold"] == (24, 24, 24)
-    assert typed.normalize.mask_option("T1w") == "head"
+    assert typed.normalize.mask_option("T1w") == "auto"
     with pytest.raises(dataclasses.FrozenInstanceError):
         typed.train.lr = 1.0  # type: ignore[misc]
     with pytest.raises(TypeError):
@@ -66,7 +66,7 @@ def test_a_bad_value_names_its_key():
 
 
 def test_train_key_roles_are_declared_once():
-    assert set(train_keys("resource")) == {"gpus", "runtime", "mem_mb", "cpus"}
+    assert set(train_keys("resource")) == {"gpus", "nodes", "runtime", "mem_mb", "cpus"}
     assert {"batch_size", "epochs", "shapes", "loss"} <= set(train_keys("checked"))
     assert "lr" not in train_keys("checked")
     hashed = set(train_keys("hashed"))

@@ -12,7 +12,7 @@ import yaml
 from bidstrain import paths
 from bidstrain.bids import ENTITY_ORDER, BidsFile, BidsIndex, parse_name
 from bidstrain.config import Config, validate_config
-from bidstrain.demo import make_empty_dataset
+from bidstrain.demo import make_empty_dataset, make_fmriprep_demo
 from bidstrain.errors import BidstrainError
 from bidstrain.plan import Plan, fitting_runs, write_if_changed
 
@@ -78,8 +78,11 @@ def test_average_groups_and_store_lists_follow_the_mode(demo_bids):
     assert len(run1.members) == 4 and all("run-1" in m for m in run1.members)
     assert run1.tables == tuple(plan.job(s).table for s in ("01", "02", "03"))
     assert plan.training["bold"] == (run1.store,)
-    assert plan.validation == {"bold": (plan.averages[1].store,)}
-    assert plan.training["T1w"] == tuple(plan.stores("T1w"))
+    assert plan.validation["bold"] == (plan.averages[1].store,)
+    # T1w and DWI validation: train.heldout (the demo: sub-03's second session)
+    ses2 = "results/normalized/sub-03/ses-2/anat/sub-03_ses-2_desc-zscore_T1w.zarr"
+    assert plan.validation["T1w"] == (ses2,) and ses2 not in plan.training["T1w"]
+    assert set(plan.training["T1w"]) | set(plan.validation["T1w"]) == set(plan.stores("T1w"))
     per_subject = plan_of(demo_bids, average={"mode": "per_subject"})
     assert per_subject.averages == ()
     assert len(per_subject.training["bold"]) == 4 and len(per_subject.validation["bold"]) == 4
@@ -117,7 +120,15 @@ def test_gpus_from_the_profile_decide_the_world_size(demo_bids):
     assert Plan.build(config, index).world_size == 1  # train.gpus: 0, CPU
     plan = Plan.build(config, index, gpus=2)
     assert (plan.gpus, plan.world_size) == (2, 2)
-    assert "--nproc_per_node=2" in plan.train_launcher
+    assert plan.train_launcher.endswith("--nodes 1 --gpus-per-node 2 --")
+    assert plan.train_resources == {"gpu": 2, "gpu_model": "", "nodes": 1}
+    two_nodes = Plan.build(config, index, gpus=4, nodes=2, gpu_model="a100")
+    assert two_nodes.train_resources == {
+        "nodes": 2,
+        "tasks": 2,
+        "mpi": "srun",
+        "gres": "gpu:a100:4",
+    }
     assert Plan.build(config, index, gpus=4, nodes=2).world_size == 8
     assert json.loads(plan.files()[paths.PLAN_STORES])["world_size"] == 2
 
@@ -127,7 +138,8 @@ def test_plan_files_hold_the_lists_and_are_rewritten_only_when_they_change(demo_
     files = {str(tmp_path / path): content for path, content in plan.files().items()}
     assert sorted(write_if_changed(files)) == sorted(files)
     stores = json.loads(Path(tmp_path / paths.PLAN_STORES).read_text())
-    assert stores["validation"] == {"bold": list(plan.validation["bold"])}
+    assert stores["validation"] == {m: list(s) for m, s in plan.validation.items()}
+    assert stores["tables"] == plan.normalized_tables
     checks_args = Path(tmp_path / paths.PLAN_CHECKS_ARGS).read_text().splitlines()
     assert checks_args[0] == "--training" and "--subject-stores" in checks_args
     assert set(plan.normalized_stores) <= set(checks_args)
@@ -234,3 +246,28 @@ def test_results_are_described_as_a_bids_derivatives_dataset(demo_bids):
     assert description["SourceDatasets"] == [{"URL": demo_bids.absolute().as_uri()}]
     other = plan_of(demo_bids, normalize={"ddof": 0}).dataset_description()
     assert other["GeneratedBy"][0]["Description"] != description["GeneratedBy"][0]["Description"]
+
+
+def test_fmriprep_outputs_take_one_run_per_space_its_brain_mask_and_confounds(tmp_path):
+    root = make_fmriprep_demo(tmp_path / "fmriprep")
+    plan = plan_of(
+        root,
+        space="MNI152NLin2009cAsym:res-2",
+        modalities=["T1w", "bold"],
+        normalize={"confounds": {"strategy": "simple", "options": {}}},
+    )
+    bold = _image_jobs(plan, "bold")
+    assert len(bold) == len(plan.subjects) * 2  # two runs, one space each
+    for image in bold:
+        assert image.image.entities["space"] == "MNI152NLin2009cAsym"
+        assert image.mask.endswith("_space-MNI152NLin2009cAsym_res-2_desc-brain_mask.nii.gz")
+        assert image.confounds.endswith("_desc-confounds_timeseries.tsv")
+        assert (
+            "_desc-preproc_" not in image.store
+            and "_space-MNI152NLin2009cAsym_res-2_" in image.store
+        )
+    job = plan.job(plan.subjects[0])
+    assert job.inputs()["confounds"] == [i.confounds for i in job.images if i.confounds]
+    assert all("confounds" in spec for spec in json.loads(job.spec()) if spec["modality"] == "bold")
+    with pytest.raises(BidstrainError, match="MNI152NLin2009cAsym"):
+        plan_of(root, modalities=["bold"])  # two spaces, none chosen: the error lists them

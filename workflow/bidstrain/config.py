@@ -16,6 +16,7 @@ Every other ``train`` key determines the weights: it enters the checkpoint hash.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import json
@@ -189,6 +190,7 @@ class TrainConfig:
 
     experiment: str = _role(RUN)
     gpus: int = _role(RESOURCE)
+    nodes: int = _role(RESOURCE)
     epochs: int = _role(CHECKED)
     batch_size: int = _role(CHECKED)
     lr: float = _role()
@@ -300,6 +302,26 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [to_plain(item) for item in value]
     return value
+
+
+def constant_resource(name: str, raw: int | str | None) -> int | str | None:
+    """The value of a ``--set-resources`` entry as the profile wrote it (Snakemake keeps
+    strings as Python expressions, e.g. ``"'a100'"``).
+
+    Raises
+    ------
+    BidstrainError
+        When the entry is not a constant (the plan needs it at parse time).
+    """
+    if not isinstance(raw, str):
+        return raw
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        raise BidstrainError(
+            f"set-resources {name}={raw!r}: the workflow reads this at parse time, so it "
+            "must be a constant (a number or a quoted string)"
+        ) from None
 
 
 def config_hash(config: Config) -> str:

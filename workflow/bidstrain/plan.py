@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bidstrain import __version__, paths
+from bidstrain import __version__, derivatives, paths
 from bidstrain.bids import BidsFile, BidsIndex, select_echo, select_part
 from bidstrain.config import Config, config_hash
 from bidstrain.errors import BidstrainError
+from bidstrain.normalize.image import DEFAULT_MASKS
 from bidstrain.normalize.masking import is_pattern, resolve_pattern
 from bidstrain.report import CHECKS_FIGURES, TRAINING_FIGURES
 
@@ -42,6 +43,7 @@ class ImageJob:
     store: str
     mask: str  # a keyword (epi, head, none) or the mask file
     stats_from: tuple[str, ...]  # stores of the runs a held-out run takes statistics from
+    confounds: str | None = None  # fMRIPrep's confounds table, when they are regressed
 
     @property
     def heldout(self) -> bool:
@@ -56,6 +58,7 @@ class ImageJob:
             "store": self.store,
             "mask": self.mask,
             "stats_from": list(self.stats_from),
+            **({"confounds": self.confounds} if self.confounds else {}),
         }
 
 
@@ -83,6 +86,7 @@ class NormalizeJob:
             "images": [str(image.image.path) for image in self.images],
             "ingest": paths.ingest_record(self.subject),
             "masks": sorted({image.mask for image in self.images if is_pattern(image.mask)}),
+            "confounds": [image.confounds for image in self.images if image.confounds],
         }
 
     def spec(self) -> str:
@@ -121,12 +125,19 @@ class Plan:
     averages: tuple[AverageGroup, ...]
     training: Mapping[str, tuple[str, ...]]
     validation: Mapping[str, tuple[str, ...]]
-    gpus: int
+    gpus: int  # per node
     nodes: int
+    gpu_model: str
 
     @classmethod
     def build(
-        cls, config: Config, index: BidsIndex, *, gpus: int | None = None, nodes: int | None = None
+        cls,
+        config: Config,
+        index: BidsIndex,
+        *,
+        gpus: int | None = None,
+        nodes: int | None = None,
+        gpu_model: str = "",
     ) -> Plan:
         """Decide what to build.
 
@@ -138,8 +149,10 @@ class Plan:
             The dataset's index.
         gpus, nodes : int, optional
             GPUs per node and nodes of the training job when something other than the
-            config decides them (the SLURM profile's ``set-resources`` of rule ``train``);
-            default ``train.gpus`` and one node.
+            config decides them (the SLURM profile's ``set-resources`` of rule ``train``:
+            ``gpus_per_node``, ``nodes``); default ``train.gpus`` and ``train.nodes``.
+        gpu_model : str
+            GPU type to ask SLURM for (the profile's ``gpu_type``); any when empty.
 
         Raises
         ------
@@ -148,10 +161,11 @@ class Plan:
             selection that leaves a subject no run to fit on; a mask pattern naming an
             entity an image lacks.
         """
-        images = {m: tuple(_select(index, config, m)) for m in MODALITIES}
+        kind = derivatives.dataset_kind(index.root)
+        images = {m: tuple(_select(index, config, m, kind)) for m in MODALITIES}
         subjects = tuple(sorted({image.subject for group in images.values() for image in group}))
         _require_images(index, config, subjects)
-        jobs = _normalize_jobs(config, [image for m in MODALITIES for image in images[m]])
+        jobs = _normalize_jobs(config, index, kind, [i for m in MODALITIES for i in images[m]])
         by_modality = {
             m: [i for job in jobs.values() for i in job.images if i.image.suffix == m]
             for m in MODALITIES
@@ -178,7 +192,8 @@ class Plan:
             training={m: s for m, s in training.items() if s},
             validation={m: s for m, s in validation.items() if s},
             gpus=config.train.gpus if gpus is None else gpus,
-            nodes=1 if nodes is None else nodes,
+            nodes=config.train.nodes if nodes is None else nodes,
+            gpu_model=gpu_model,
         )
 
     # ---- normalize ---------------------------------------------------------------------
@@ -247,14 +262,25 @@ class Plan:
 
     @property
     def train_launcher(self) -> str:
-        """The training command: torchrun with one process per GPU when the job has
-        several, else the trainer itself."""
-        if self.gpus > 1:
-            return (
-                "python -m torch.distributed.run --standalone "
-                f"--nproc_per_node={self.gpus} -m bidstrain.train"
-            )
-        return "python -m bidstrain.train"
+        """The training command (:mod:`bidstrain.train.launch`): the trainer itself, one
+        trainer per GPU under torchrun, or one torchrun per node through srun."""
+        return (
+            f"python -m bidstrain.train.launch --nodes {self.nodes} --gpus-per-node {self.gpus} --"
+        )
+
+    @property
+    def train_resources(self) -> dict[str, Any]:
+        """GPU and node request of the training job. One node: ``gpu`` (sbatch
+        ``--gpus``, a total). Several: ``gres`` per node, one task per node, and the
+        executor plugin's ``mpi`` marker so the job step runs the launcher's own ``srun``
+        rather than wrapping it in ``srun -n1``."""
+        if self.nodes == 1:
+            return {"gpu": self.gpus, "gpu_model": self.gpu_model, "nodes": 1}
+        resources = {"nodes": self.nodes, "tasks": self.nodes, "mpi": "srun"}
+        if self.gpus:
+            model = f"{self.gpu_model}:" if self.gpu_model else ""
+            resources["gres"] = f"gpu:{model}{self.gpus}"
+        return resources
 
     @property
     def world_size(self) -> int:
@@ -368,10 +394,21 @@ def _lines(arguments: Iterable[str]) -> str:
     return "".join(f"{argument}\n" for argument in arguments)
 
 
-def _select(index: BidsIndex, config: Config, modality: str) -> list[BidsFile]:
+def _select(
+    index: BidsIndex, config: Config, modality: str, kind: derivatives.DatasetKind
+) -> list[BidsFile]:
+    """The images of a modality: of a pipeline's outputs, the preprocessed one of each run
+    in the configured ``space`` (the ICA-AROMA denoised run for the ``ica_aroma``
+    confounds strategy, which nilearn reads from it)."""
     if modality not in config.modalities:
         return []
     images = index.select(modality, task=config.tasks if modality == "bold" else ())
+    if kind.is_derivative:
+        aroma = modality == "bold" and config.normalize.confounds.strategy == "ica_aroma"
+        desc = "smoothAROMAnonaggr" if aroma else "preproc"
+        images = derivatives.select_preproc(
+            images, derivatives.parse_space(config.space), modality, desc=desc
+        )
     return select_echo(select_part(images, config.part), config.echo)
 
 
@@ -425,33 +462,50 @@ def fitting_runs(image: BidsFile, runs: Iterable[BidsFile], heldout: Mapping) ->
     return same_session or same_task
 
 
-def _mask(config: Config, image: BidsFile) -> str:
+def _mask(config: Config, index: BidsIndex, kind: derivatives.DatasetKind, image: BidsFile) -> str:
+    """The mask keyword or file of an image; ``auto`` is the pipeline's brain mask for a
+    pipeline's outputs, else the modality's computed mask."""
     option = config.normalize.mask_option(image.suffix)
+    if option == "auto":
+        if kind.is_derivative:
+            return str(derivatives.brain_mask(index, image))
+        return DEFAULT_MASKS[image.suffix]
     if not is_pattern(option):
         return option
     return resolve_pattern(option, image.entities, config.bids_dir, MASK_KEYS[image.suffix])
 
 
-def _normalize_jobs(config: Config, images: Sequence[BidsFile]) -> dict[str, NormalizeJob]:
+def _confounds(config: Config, image: BidsFile) -> str | None:
+    """fMRIPrep's confounds table of a BOLD run, when a strategy regresses them."""
+    if image.suffix != "bold" or config.normalize.confounds.strategy == "none":
+        return None
+    return str(derivatives.confounds_file(image))
+
+
+def _normalize_jobs(
+    config: Config, index: BidsIndex, kind: derivatives.DatasetKind, images: Sequence[BidsFile]
+) -> dict[str, NormalizeJob]:
     """The normalize job of every subject; held-out BOLD runs take their statistics from
     the subject's other runs (:func:`fitting_runs`), normalized before them in the job."""
     selection = config.normalize.heldout
     by_subject: dict[str, list[BidsFile]] = {}
     for image in images:
         by_subject.setdefault(image.subject, []).append(image)
+
+    def job(image: BidsFile, stats_from: tuple[str, ...]) -> ImageJob:
+        store = paths.normalized_store(image)
+        mask = _mask(config, index, kind, image)
+        return ImageJob(image, store, mask, stats_from, _confounds(config, image))
+
     jobs = {}
     for subject in sorted(by_subject):
         own = by_subject[subject]
-        stores = {str(image.path): paths.normalized_store(image) for image in own}
         held = [image.suffix == "bold" and _is_heldout(image, selection) for image in own]
         training = [image for image, h in zip(own, held, strict=True) if not h]
-        ordered = [
-            ImageJob(image, stores[str(image.path)], _mask(config, image), ()) for image in training
-        ]
+        ordered = [job(image, ()) for image in training]
         for image in (image for image, h in zip(own, held, strict=True) if h):
             runs = fitting_runs(image, [run for run in training if run.suffix == "bold"], selection)
-            stats = tuple(stores[str(run.path)] for run in runs)
-            ordered.append(ImageJob(image, stores[str(image.path)], _mask(config, image), stats))
+            ordered.append(job(image, tuple(paths.normalized_store(run) for run in runs)))
         jobs[subject] = NormalizeJob(subject, tuple(ordered))
     return jobs
 

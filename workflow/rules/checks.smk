@@ -1,9 +1,6 @@
 # Sanity checks before any GPU hour: data scale, normalization, BOLD quality, sample and
 # batch counts, the learning-rate plan and the initial loss scale (bidstrain.checks).
 # With checks.strict a failed check fails this rule; training takes its summary as input.
-import json
-
-from bidstrain.config import to_plain
 
 
 rule checks:

@@ -1,17 +1,20 @@
 # Parse-time set-up shared by every stage: the config validated and typed, the BIDS index,
 # and the plan (bidstrain.plan) that decides what to build. No rule is defined here, and
 # the rule files decide nothing: they declare rules over PLAN's attributes.
+import json
 import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 from snakemake.settings.types import DeploymentMethod
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from bidstrain import paths
 from bidstrain.bids import BidsIndex
-from bidstrain.config import Config, constant_resource, validate_config
+from bidstrain.config import Config, constant_resource, to_plain, validate_config
+from bidstrain.derivatives import nested_derivatives_warning
 from bidstrain.errors import BidstrainError
 from bidstrain.plan import Plan, write_if_changed
 
@@ -41,6 +44,8 @@ try:
     )
 except BidstrainError as error:
     raise WorkflowError(f"bidstrain: {error}") from None
+if _NESTED := nested_derivatives_warning(INDEX.root):
+    logger.warning(f"bidstrain: {_NESTED}")
 # Lists that grow with the number of subjects reach jobs through files, never their
 # command line; a file is rewritten only when its content changes.
 write_if_changed(PLAN.files())

@@ -28,10 +28,14 @@ rule normalize_subject:
         nonfinite=CONFIG.normalize.nonfinite,
         block_volumes=CONFIG.normalize.block_volumes,
         storage=CONFIG.normalize.storage,
+        confounds_strategy=CONFIG.normalize.confounds.strategy,
+        confounds_options=json.dumps(to_plain(CONFIG.normalize.confounds.options)),
     shell:
         "python -m bidstrain.normalize --spec {params.spec:q} --ingest {input.ingest:q}"
         " --ddof {params.ddof} --nonfinite {params.nonfinite}"
         " --block-volumes {params.block_volumes} --storage {params.storage}"
+        " --confounds-strategy {params.confounds_strategy}"
+        " --confounds-options {params.confounds_options:q}"
         " --out-table {output:q} > {log:q} 2>&1"
 
 

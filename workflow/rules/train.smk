@@ -2,7 +2,6 @@
 # the checks passed. It resumes from results/train/<experiment>/checkpoints/ when a
 # checkpoint of the same training config is there (after a SIGTERM/SIGUSR1 it exits 75).
 # The job's shell `exec`s the launcher, so a signal to the job reaches the trainer.
-import json
 
 
 rule train:
