@@ -1,5 +1,5 @@
-"""Benchmark: the BIDS index against pybids and snakebids on a 1,000-subject tree, and a
-Snakemake dry run of the whole workflow over it.
+"""Benchmark: the BIDS index against pybids and snakebids on a 1,000-subject tree (the
+dry run of the whole workflow: bench/bench_dry_run.py).
 
 Usage: ``.venv/bin/python bench/bench_index.py [--subjects 1000] [--repeats 5]``
 (pybids and snakebids come with ``pip install -e '.[bench]'``).
@@ -16,7 +16,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,36 +52,6 @@ def time_in_subprocess(imports: str, statement: str, root: Path) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-#: The floor: a bare Snakefile with the per-subject jobs of bidstrain's DAG (ingest, four
-#: normalize jobs, four figures), no index, no input functions, no config schema.
-BARE_SNAKEFILE = """
-IMAGES = ["T1w", "bold1", "bold2", "dwi"]
-rule all:
-    input: expand("report/{s}_{m}.png", s=config["subjects"].split(","), m=IMAGES)
-rule ingest:
-    output: "ingest/{s}.json"
-    shell: "touch {output}"
-rule normalize:
-    input: "ingest/{s}.json"
-    output: directory("normalized/{s}_{m}.zarr")
-    shell: "mkdir {output}"
-rule figure:
-    input: "normalized/{s}_{m}.zarr"
-    output: "report/{s}_{m}.png"
-    shell: "touch {output}"
-"""
-
-
-def time_dry_run(workdir: Path, *options: str) -> float:
-    """Wall time of ``snakemake -n all --quiet OPTIONS`` (start-up included)."""
-    command = [sys.executable, "-m", "snakemake", "-n", "all", "--cores", "2", "--quiet"]
-    start = time.perf_counter()
-    subprocess.run(
-        [*command, "--directory", str(workdir), *options], check=True, capture_output=True
-    )
-    return time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subjects", type=int, default=1000)
@@ -90,32 +59,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = make_empty_dataset(Path(tmp) / "bids", args.subjects)
-        bare = Path(tmp) / "Snakefile.bare"
-        bare.write_text(BARE_SNAKEFILE)
-        subjects = ",".join(f"{n:04d}" for n in range(args.subjects))
-        config = REPO / "config/config.yaml"
-        dry_runs = {
-            "snakemake -n all": [
-                "--snakefile",
-                str(REPO / "Snakefile"),
-                "--configfile",
-                str(config),
-                "--config",
-                f"bids_dir={root}",
-            ],
-            "snakemake -n, bare Snakefile, same jobs": [
-                "--snakefile",
-                str(bare),
-                "--config",
-                f"subjects={subjects}",
-            ],
-        }
-        times: dict[str, list[float]] = {name: [] for name in [*METHODS, *dry_runs]}
+        times: dict[str, list[float]] = {name: [] for name in METHODS}
         for _ in range(args.repeats):
             for name, (imports, statement) in METHODS.items():
                 times[name].append(time_in_subprocess(imports, statement, root))
-            for name, options in dry_runs.items():
-                times[name].append(time_dry_run(Path(tmp) / "work", *options))
     medians = {name: statistics.median(values) for name, values in times.items()}
     print(f"{args.subjects} subjects, median of {args.repeats} runs")
     for name, median in medians.items():

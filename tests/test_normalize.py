@@ -17,6 +17,7 @@ import pytest
 import xarray as xr
 from bidstrain.demo import DemoSpec, bold_run, dwi_series, t1w_image
 from bidstrain.errors import BidstrainError
+from bidstrain.mask_options import resolve_pattern
 from bidstrain.normalize import (
     ImageInfo,
     Options,
@@ -24,7 +25,7 @@ from bidstrain.normalize import (
     normalize_volumes,
     normalize_with_stats,
 )
-from bidstrain.normalize.masking import epi_mask, head_mask, resolve_pattern
+from bidstrain.normalize.masking import epi_mask, head_mask
 from bidstrain.normalize.moments import VoxelMoments, pool_moments
 from bidstrain.normalize.nifti_stream import iter_blocks, read_layout
 from bidstrain.store import CHUNK_BYTES, CONSOLIDATED, open_store

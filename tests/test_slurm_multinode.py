@@ -72,8 +72,9 @@ def test_two_nodes_train_as_one_world_and_resume_a_requeue_exactly(
     }
     with (
         mock.patch.dict(os.environ, environment),
-        slurm_snakemake(workdir, "train", "--slurm-keep-successful-logs", *config_args, config=config)
-        as run,
+        slurm_snakemake(
+            workdir, "train", "--slurm-keep-successful-logs", *config_args, config=config
+        ) as run,
     ):
         wait_for(paused.exists, timeout=RUN_TIMEOUT_S, what=f"a pause after step {half}", run=run)
         (train_job,) = [job.job_id for job in run.jobs() if job.comment == "rule_train"]

@@ -24,15 +24,12 @@ from bidstrain import __version__, derivatives, paths
 from bidstrain.bids import BidsFile, BidsIndex, select_echo, select_part
 from bidstrain.config import Config, config_hash
 from bidstrain.errors import BidstrainError
-from bidstrain.normalize.image import DEFAULT_MASKS
-from bidstrain.normalize.masking import is_pattern, resolve_pattern
+from bidstrain.mask_options import DEFAULT_MASKS, MASK_KEYS, is_pattern, resolve_pattern
 from bidstrain.report import CHECKS_FIGURES, TRAINING_FIGURES
 
 MODALITIES = ("T1w", "bold", "dwi")
 #: BIDS version the outputs follow.
 BIDS_VERSION = "1.10.0"
-#: Config key of each modality's mask option, for error messages.
-MASK_KEYS = {"bold": "normalize.mask", "T1w": "normalize.t1w_mask", "dwi": "normalize.dwi_mask"}
 
 
 @dataclass(frozen=True)

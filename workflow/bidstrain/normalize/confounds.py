@@ -41,8 +41,9 @@ from typing import Any
 import numpy as np
 
 from bidstrain.errors import BidstrainError
-from bidstrain.normalize.image import MASK_KEYS, ImageInfo, Options
-from bidstrain.normalize.masking import is_pattern, load_mask
+from bidstrain.mask_options import MASK_KEYS, is_pattern
+from bidstrain.normalize.image import ImageInfo, Options
+from bidstrain.normalize.masking import load_mask
 from bidstrain.normalize.nifti_stream import NiftiLayout, iter_blocks
 
 #: Config ``normalize.confounds.strategy`` values: none, or nilearn's denoise strategies.

@@ -10,8 +10,6 @@ from bidstrain.bids import parse_name
 from bidstrain.errors import BidstrainError
 
 #: The config key of each modality's mask, for error messages.
-MASK_KEYS = {"bold": "normalize.mask", "T1w": "normalize.t1w_mask", "dwi": "normalize.dwi_mask"}
-DEFAULT_MASKS = {"bold": "epi", "T1w": "head", "dwi": "epi"}
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from bidstrain.errors import BidstrainError
+from bidstrain.mask_options import MASK_KEYS
 from bidstrain.normalize.confounds import ConfoundRegression
-from bidstrain.normalize.image import MASK_KEYS, ImageInfo, Options
+from bidstrain.normalize.image import ImageInfo, Options
 from bidstrain.normalize.masking import epi_mask, head_mask, load_mask
 from bidstrain.normalize.moments import VoxelMoments
 from bidstrain.normalize.nifti_stream import NiftiLayout, iter_blocks

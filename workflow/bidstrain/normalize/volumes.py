@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from bidstrain.errors import BidstrainError
-from bidstrain.normalize.image import MASK_KEYS, ImageInfo, Options
+from bidstrain.mask_options import MASK_KEYS
+from bidstrain.normalize.image import ImageInfo, Options
 from bidstrain.normalize.nifti_stream import NiftiLayout, iter_blocks, read_layout
 from bidstrain.normalize.passes import (
     ZERO_STD,

@@ -3,9 +3,10 @@
 A model is only usable on data prepared as its training data was. ``model.json`` (beside
 ``model.pt``, and the same dict under ``"description"`` inside it) says how:
 
-- ``modalities`` and, per modality, ``input``: the grid the volumes are cropped or
-  zero-padded to (centrally, zero outside the store's mask), the patch size, the voxel
-  order (RAS+, :mod:`bidstrain.orientation`, never resampled);
+- ``modalities`` and, per modality, ``input``: the downsampling factor (``resample``,
+  in-mask block means), then the grid the volumes are cropped or zero-padded to
+  (centrally, zero outside the store's mask), the patch size, the voxel order (RAS+,
+  :mod:`bidstrain.orientation`);
 - ``normalization`` per modality, read from the training stores' attributes: what the
   statistics run over (``stats_dim``), ``ddof``, the mask, the confound strategy, the
   storage, and the training stores, each holding its own ``mean``/``std`` (held-out data
@@ -35,7 +36,7 @@ from bidstrain.atomic import write_text_atomic
 from bidstrain.checks.scale import value_stats
 from bidstrain.config import Config, to_plain, train_keys
 from bidstrain.errors import BidstrainError
-from bidstrain.normalize.masking import is_pattern
+from bidstrain.mask_options import is_pattern
 from bidstrain.store import open_store, read_meta
 from bidstrain.train.data import MODALITIES
 from bidstrain.train.model import MultiModalAutoencoder
@@ -77,6 +78,7 @@ def describe(
         "modalities": list(module.modalities),
         "input": {
             m: {
+                "resample": config["resample"][m],
                 "shape": list(config["shapes"][m]),
                 "patch_size": config["patch_size"],
                 "fit": INPUT_FIT,
@@ -94,7 +96,7 @@ def describe(
         ),
         "config_hash": config_hash,
         "step": step,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "bidstrain_version": __version__,
     }
 

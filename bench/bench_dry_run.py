@@ -1,0 +1,108 @@
+"""Benchmark: ``snakemake -n all`` over cohorts of empty images, as a user types it (the job
+listing printed), against Snakemake's floor for the same DAG measured in the same run.
+
+Usage: ``.venv/bin/python bench/bench_dry_run.py [--subjects 1000 10000] [--repeats 3]``
+
+The floor is a bare Snakefile with the same jobs per subject (ingest, normalize, report)
+and no index, plan, schema or input function. Each run is a fresh ``snakemake`` process
+(start-up included) in a fresh working directory; runs are interleaved and the median
+wall time and peak RSS (GNU ``time``) are reported. ``--profile slurm``
+dry runs go through the SLURM executor plugin (a controller must answer ``scontrol``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow"))
+
+from bidstrain.demo import make_empty_dataset  # noqa: E402
+
+#: Snakemake's floor for bidstrain's DAG: per subject one ingest, one normalize and one
+#: figure job, and the target rule; no index, no input functions, no schema.
+BARE_SNAKEFILE = """
+rule all:
+    input: expand("report/{s}", s=config["subjects"].split(","))
+rule ingest:
+    output: "ingest/{s}.json"
+    shell: "touch {output}"
+rule normalize:
+    input: "ingest/{s}.json"
+    output: "normalized/{s}.tsv"
+    shell: "touch {output}"
+rule figure:
+    input: "normalized/{s}.tsv"
+    output: directory("report/{s}")
+    shell: "mkdir {output}"
+"""
+
+
+def dry_run(workdir: Path, *options: str) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB, GNU time's) of ``snakemake -n all OPTIONS``."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    command = ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "snakemake", "-n", "all"]
+    start = time.perf_counter()
+    result = subprocess.run(
+        [*command, "--cores", "2", "--directory", str(workdir), *options],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seconds = time.perf_counter() - start
+    return seconds, int(result.stderr.strip().splitlines()[-1]) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subjects", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--slurm", action="store_true", help="also through profiles/slurm")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.subjects:
+            root = make_empty_dataset(Path(tmp) / f"bids{n}", n)
+            bare = Path(tmp) / "Snakefile.bare"
+            bare.write_text(BARE_SNAKEFILE)
+            workflow = [
+                "--snakefile",
+                str(REPO / "Snakefile"),
+                "--configfile",
+                str(REPO / "config/config.yaml"),
+                "--config",
+                f"bids_dir={root}",
+            ]
+            runs = {
+                "bidstrain, snakemake -n all": workflow,
+                "bare Snakefile, same jobs": [
+                    "--snakefile",
+                    str(bare),
+                    "--config",
+                    "subjects=" + ",".join(f"{i:04d}" for i in range(n)),
+                ],
+            }
+            if args.slurm:
+                slurm = ["--profile", str(REPO / "profiles/slurm")]
+                runs["bidstrain, --profile slurm -n all"] = [*slurm, *workflow]
+            results: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+            for _ in range(args.repeats):
+                for name, options in runs.items():
+                    results[name].append(dry_run(Path(tmp) / "work", *options))
+            print(f"{n} subjects, median of {args.repeats} runs")
+            for name, values in results.items():
+                seconds = statistics.median(v[0] for v in values)
+                peak = statistics.median(v[1] for v in values)
+                print(f"  {name:36s} {seconds:8.2f} s  peak {peak:7.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
