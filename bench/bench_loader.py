@@ -1,0 +1,207 @@
+"""Benchmark: the training loader at the realistic shape against the page cache and the model.
+
+Stores: ``--stores`` BOLD stores of ``--volumes`` volumes on the MNI 2 mm grid
+(97x115x97, an ellipsoid mask of 224,469 voxels, about a brain), float32 as the normalizer
+writes them; the model's grid is 96x112x96 (4.13 MB of float32 per sample).
+
+Measured in one run, interleaved over ``--repeats`` (medians; the machine may be shared):
+
+- ``page cache``: reading every shard file of the stores whole into a buffer (warm cache):
+  the physical limit of a loader on this machine;
+- ``decode``: seconds per volume of reading through :class:`~bidstrain.train.reader.StoreReader`
+  for each ``normalize.storage`` (float32 and float16 by byte range, bitround-7 through
+  zarr and zstd), one store of each;
+- ``loader``: the training DataLoader (``make_loader`` with the config of
+  ``config/train-mni2mm.yaml``: batch ``--batch-size``, ``mixed``, store groups and
+  shuffle buffer from the schema) with 0, 1 and 2 worker processes: samples/s and MB/s of
+  model input, timed from the first batch (worker start-up excluded, reported apart);
+- ``model``: optimizer steps of the realistic model (ViT-B, bf16 off, CPU) on in-memory
+  bold batches: what training consumes here.
+
+Run: ``.venv/bin/python bench/bench_loader.py [--stores 4] [--volumes 100] [--repeats 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from bidstrain.config import validate_config
+from bidstrain.store import create_store
+from bidstrain.train.data import make_loader, volume_dataset
+from bidstrain.train.distributed import Context
+from bidstrain.train.loop import build_module
+from bidstrain.train.reader import OpenStores
+from bidstrain.train.sampler import batch_sampler
+from bidstrain.train.schedule import build_scheduler
+from bidstrain.train.step import Trainer, optimizer_step
+
+REPO = Path(__file__).resolve().parents[1]
+GRID = (97, 115, 97)
+DISTINCT = 8  # distinct volumes written, cycled
+
+
+def realistic_config(batch_size: int) -> dict:
+    """The ``train`` section of config/train-mni2mm.yaml, CPU settings."""
+    config = yaml.safe_load((REPO / "config" / "train-mni2mm.yaml").read_text())
+    config["bids_dir"] = "unused"
+    train = validate_config(config, REPO / "config" / "schema.yaml")["train"]
+    train.update(bf16=False, batch_size=batch_size)
+    return train
+
+
+def write_store(path: Path, mask: np.ndarray, values: np.ndarray, n_time: int, storage: str):
+    with create_store(
+        path, mask=mask, affine=np.eye(4), time=np.arange(n_time) * 2.0, storage=storage
+    ) as writer:
+        for start in range(0, n_time, 4):
+            rows = np.arange(start, min(start + 4, n_time)) % DISTINCT
+            writer.write(start, values[rows])
+        writer.add_variable("mean", ("voxel",), np.zeros(values.shape[1], dtype=np.float32))
+        writer.add_variable("std", ("voxel",), np.ones(values.shape[1], dtype=np.float32))
+        writer.attrs.update(
+            modality="bold",
+            subject="01",
+            source_path="none",
+            ddof=1,
+            n_zero_variance=0,
+            stats_dim="voxel",
+            stats_from=[],
+        )
+
+
+def page_cache_rate(paths: list[Path]) -> float:
+    """Bytes per second of reading the stores' shard files whole (warm cache)."""
+    files = [p / "data" / "c" / "0" / "0" for p in paths]
+    buffer = bytearray(max(f.stat().st_size for f in files))
+    started, total = time.perf_counter(), 0
+    for file in files:
+        with open(file, "rb", buffering=0) as handle:
+            total += handle.readinto(buffer)
+    return total / (time.perf_counter() - started)
+
+
+def decode_seconds(path: Path, n_time: int) -> float:
+    """Seconds per volume through the loader's reader, every volume of the store in order."""
+    stores = OpenStores(capacity=1, chunk_cache=64)
+    reader = stores.get(str(path), n_time, (96, 112, 96), 1)
+    started = time.perf_counter()
+    for t in range(n_time):
+        reader.read([t], stores.cache)
+    seconds = (time.perf_counter() - started) / n_time
+    stores.close()
+    return seconds
+
+
+def loader_rate(train: dict, stores: list[str], workers: int, batches: int) -> tuple[float, float]:
+    """(samples/s from the first batch on, seconds to the first batch) of the loader."""
+    dataset = volume_dataset({"bold": stores}, train)
+    sampler = batch_sampler(dataset.layout, train)
+    loader = make_loader(dataset, sampler, train, device=torch.device("cpu"), num_workers=workers)
+    started = time.perf_counter()
+    iterator = iter(loader)
+    next(iterator)
+    first = time.perf_counter()
+    n = 0
+    for index, batch in enumerate(iterator):
+        n += batch["bold"].shape[0]
+        if index + 2 == batches:
+            break
+    rate = n / (time.perf_counter() - first)
+    del iterator, loader  # stops the workers
+    return rate, first - started
+
+
+def model_rate(train: dict, steps: int) -> float:
+    """Samples/s of optimizer steps of the realistic model on in-memory bold batches."""
+    torch.manual_seed(0)
+    module = build_module(train, ["bold"])
+    optimizer = torch.optim.AdamW(module.parameters(), lr=train["lr"])
+    scheduler = build_scheduler(optimizer, total_steps=100, warmup_steps=0, min_lr_ratio=0.1)
+    trainer = Trainer(
+        module, module, optimizer, scheduler, Context(0, 1, torch.device("cpu")), train
+    )
+    batch = {"bold": torch.randn(train["batch_size"], 1, *train["shapes"]["bold"])}
+    optimizer_step(trainer, [batch], log_norms=False)  # warm-up
+    started = time.perf_counter()
+    for _ in range(steps):
+        optimizer_step(trainer, [batch], log_norms=False)
+    return steps * train["batch_size"] / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--stores", type=int, default=4)
+    parser.add_argument("--volumes", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batches", type=int, default=30, help="loader batches per repeat")
+    parser.add_argument("--model-steps", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args()
+    train = realistic_config(args.batch_size)
+    axes = np.meshgrid(*[np.linspace(-1, 1, n) for n in GRID], indexing="ij")
+    mask = sum(a**2 for a in axes) <= 0.55
+    values = np.random.default_rng(0).standard_normal((DISTINCT, int(mask.sum())), np.float32)
+    sample_bytes = 4 * np.prod(train["shapes"]["bold"])
+    root = Path(tempfile.mkdtemp(prefix="bench_loader-"))
+    try:
+        paths = [root / f"bold-{i}.zarr" for i in range(args.stores)]
+        for path in paths:
+            write_store(path, mask, values, args.volumes, "float32")
+        codecs = {}
+        for storage in ("float32", "float16", "bitround-7"):
+            codecs[storage] = root / f"codec-{storage}.zarr"
+            write_store(codecs[storage], mask, values, 40, storage)
+        page_cache_rate(paths)  # warm
+        print(
+            f"{args.stores} stores x {args.volumes} volumes, grid {GRID}, {int(mask.sum())} "
+            f"voxels; sample {sample_bytes / 1e6:.2f} MB of model input; torch "
+            f"{torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+            f"load average {os.getloadavg()[0]:.2f}"
+        )
+        rates = {"page cache": [], **{f"loader {w}": [] for w in args.workers}}
+        starts = {w: [] for w in args.workers}
+        decode = {s: [] for s in codecs}
+        for _ in range(args.repeats):
+            rates["page cache"].append(page_cache_rate(paths))
+            for storage, path in codecs.items():
+                decode[storage].append(decode_seconds(path, 40))
+            for workers in args.workers:
+                rate, start = loader_rate(train, [str(p) for p in paths], workers, args.batches)
+                rates[f"loader {workers}"].append(rate * sample_bytes)
+                starts[workers].append(start)
+        model = model_rate(train, args.model_steps)
+        median = {name: statistics.median(values) for name, values in rates.items()}
+        cache = median["page cache"]
+        print(f"page cache read      {cache / 1e9:6.2f} GB/s  runs {_gb(rates['page cache'])}")
+        for storage, seconds in decode.items():
+            print(f"read+decode {storage:10s} {statistics.median(seconds) * 1e3:6.2f} ms/volume")
+        for workers in args.workers:
+            rate, runs = median[f"loader {workers}"], _gb(rates[f"loader {workers}"])
+            print(
+                f"loader {workers} workers     {rate / 1e9:6.2f} GB/s = {rate / sample_bytes:7.1f} "
+                f"samples/s ({rate / cache:.2f} of the page cache, "
+                f"{rate / sample_bytes / model:.0f}x the model), first batch after "
+                f"{statistics.median(starts[workers]):.1f} s  runs {runs}"
+            )
+        print(f"model (ViT-B, CPU)   {model:6.3f} samples/s")
+        print(f"load average after {os.getloadavg()[0]:.2f}")
+    finally:
+        shutil.rmtree(root)
+
+
+def _gb(values: list[float]) -> list[float]:
+    return [round(v / 1e9, 2) for v in values]
+
+
+if __name__ == "__main__":
+    main()
