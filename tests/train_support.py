@@ -24,16 +24,24 @@ def write_store(
     seed: int = 0,
     scale: float = 1.0,
     nan_volume: int | None = None,
+    structure: float = 0.0,
 ) -> str:
     """Write a store of ``n_time`` random volumes in an ellipsoid mask; return its path.
 
     ``nan_volume`` puts a NaN into that volume (to exercise the non-finite guard).
+    ``structure`` > 0 adds something to learn: a fixed spatial pattern (the same in every
+    store of the grid) times a random amplitude per volume, ``structure`` times the noise
+    in standard deviation, so a masked token is predictable from the visible ones.
     """
     rng = np.random.default_rng(seed)
     axes = np.meshgrid(*[np.linspace(-1, 1, n) for n in grid], indexing="ij")
     mask = sum(a**2 for a in axes) < 0.8
     n_voxel = int(mask.sum())
-    data = (scale * rng.standard_normal((n_time, n_voxel))).astype(np.float32)
+    data = rng.standard_normal((n_time, n_voxel))
+    if structure:
+        pattern = np.sign(np.sin(3 * axes[0]) * np.cos(2 * axes[1]) + 0.5 * axes[2])[mask]
+        data += structure * rng.standard_normal((n_time, 1)) * pattern[None]
+    data = (scale * data / np.sqrt(1 + structure**2)).astype(np.float32)
     if nan_volume is not None:
         data[nan_volume, 0] = np.nan
     stats_dim = "voxel" if modality == "bold" else "time"

@@ -1,9 +1,16 @@
 """A deterministic demo BIDS dataset at scanner scale: T1w, BOLD and DWI for a few subjects.
 
 The images are synthetic but shaped like real ones: an ellipsoidal "brain" at scanner
-intensities (BOLD about 5,000 to 10,000, int16), 1 to 3 % temporal noise, a slow drift and
-a task signal shared by all subjects, near-zero background, every subject on the same BOLD
-grid. ``RepetitionTime`` lives in the top-level ``task-<task>_bold.json`` so that it is
+intensities (BOLD about 5,000 to 10,000, int16), 2 % temporal noise, a slow drift and
+a task signal shared by all subjects (:data:`TASK_AMPLITUDE`), near-zero background, every
+subject on the same BOLD grid.
+
+The data has structure a model can learn and must predict from context, so that training
+on it beats the baseline of predicting the mean (``train.learning``): the task signal is
+common to every voxel of a frame, and T1w and DWI share an anatomy (nested tissue
+ellipsoids with their own intensity and diffusivity) that each subject only modulates.
+
+``RepetitionTime`` lives in the top-level ``task-<task>_bold.json`` so that it is
 inherited, as in many real datasets.
 
 Run ``bidstrain-demo OUT_DIR`` (or ``python -m bidstrain.demo``) to write it.
@@ -91,6 +98,11 @@ def _save(data: np.ndarray, path: Path, zooms: Sequence[float]) -> None:
     nib.save(img, path)
 
 
+#: Peak task response as a fraction of the baseline (times the voxel's response, 0.5 to 1):
+#: with 2 % noise, about half of a subject's temporal variance is the shared task signal.
+TASK_AMPLITUDE = 0.04
+
+
 def bold_anatomy(spec: DemoSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
     """A subject's BOLD baseline intensity (5,000 to 10,000), task-response map and
     temporal noise level (about 2 %; with the drift and the task signal, 1 to 3 % of
@@ -122,7 +134,7 @@ def bold_run(
     drift = np.linspace(0, rng.uniform(0.01, 0.02), spec.n_volumes, dtype=np.float32)
     out = np.empty((*spec.bold_shape, spec.n_volumes), dtype=np.int16)
     for t in range(spec.n_volumes):
-        modulation = 1 + drift[t] + 0.02 * shared_signal[t] * response
+        modulation = 1 + drift[t] + TASK_AMPLITUDE * shared_signal[t] * response
         noise = rng.standard_normal(spec.bold_shape, dtype=np.float32) * noise_level
         volume = np.where(brain, baseline * (modulation + noise), 0.0)
         background = np.abs(rng.standard_normal(spec.bold_shape, dtype=np.float32)) * 5
@@ -144,15 +156,24 @@ def t1w_image(spec: DemoSpec, rng: np.random.Generator) -> np.ndarray:
 def dwi_series(
     spec: DemoSpec, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A DWI series (int16), its b-values and unit b-vectors (3 x n, as in ``.bvec``)."""
+    """A DWI series (int16), its b-values and unit b-vectors (3 x n, as in ``.bvec``).
+
+    The anatomy is shared: cerebrospinal fluid (outer shell: bright at b=0, dark at
+    b=1000), grey matter and a white-matter core, each with its own S0 and diffusivity;
+    a subject modulates S0 and ADC by smooth fields of +-10 %.
+    """
     n = spec.n_dwi_b0 + spec.n_dwi_b1000
     bvals = np.array([0] * spec.n_dwi_b0 + [1000] * spec.n_dwi_b1000, dtype=float)
     directions = rng.standard_normal((3, spec.n_dwi_b1000))
     directions /= np.linalg.norm(directions, axis=0)
     bvecs = np.concatenate([np.zeros((3, spec.n_dwi_b0)), directions], axis=1)
     brain = _ellipsoid(spec.bold_shape)
-    s0 = 3000 * (0.8 + 0.4 * _smooth_field(rng, spec.bold_shape))
-    adc = 0.0007 + 0.0005 * _smooth_field(rng, spec.bold_shape)
+    grey = _ellipsoid(spec.bold_shape, 0.65)
+    white = _ellipsoid(spec.bold_shape, 0.4)
+    tissue_s0 = np.where(white, 0.8, np.where(grey, 1.0, 1.3))
+    tissue_adc = np.where(white, 0.0007, np.where(grey, 0.0009, 0.0025))
+    s0 = 3000 * tissue_s0 * (0.9 + 0.2 * _smooth_field(rng, spec.bold_shape))
+    adc = tissue_adc * (0.9 + 0.2 * _smooth_field(rng, spec.bold_shape))
     data = np.empty((*spec.bold_shape, n), dtype=np.int16)
     for v in range(n):
         signal = s0 * np.exp(-bvals[v] * adc) * (1 + 0.02 * rng.standard_normal(spec.bold_shape))
