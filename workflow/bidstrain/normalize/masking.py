@@ -25,7 +25,6 @@ otherwise
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -80,6 +79,7 @@ def load_mask(
 
 def epi_mask(
     mean_volume: np.ndarray,
+    *,
     lower_cutoff: float = 0.2,
     upper_cutoff: float = 0.85,
     opening: int = 2,
@@ -103,8 +103,8 @@ def epi_mask(
     Parameters
     ----------
     mean_volume : ndarray, shape (x, y, z)
-        Any real dtype; integer volumes are smoothed in float32 (int64 in float64), as in
-        nilearn.
+        Any real dtype (the normalizer's is float64); signed integer volumes are smoothed
+        in float32 (int64 in float64), as in nilearn.
     lower_cutoff, upper_cutoff : float
         Fractions of the sorted values between which the threshold is searched.
     opening : int
@@ -120,7 +120,7 @@ def epi_mask(
     from scipy import ndimage  # imported only by jobs that compute a mask
 
     volume = np.asarray(mean_volume)
-    if volume.dtype.kind in "iub":
+    if volume.dtype.kind == "i":
         volume = volume.astype(np.float64 if volume.dtype == np.int64 else np.float32)
     else:
         volume = volume.copy()

@@ -99,7 +99,7 @@ def choose_mask(
     if options.mask == "none":
         mask = np.ones(layout.shape, dtype=bool)
     elif options.mask == "epi":
-        mask = epi_mask(scan.mean_volume, layout.affine)
+        mask = epi_mask(scan.mean_volume)
     elif options.mask == "head":
         mask = head_mask(scan.mean_volume)
     else:
