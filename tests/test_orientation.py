@@ -46,6 +46,15 @@ def _axes(affine: np.ndarray) -> np.ndarray:
     return linear / np.linalg.norm(linear, axis=0)
 
 
+def _fsl(affine: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """Voxel-axis directions written as FSL's ``.bvec`` (x negated for a positive
+    determinant), or back: the convention is its own inverse."""
+    vectors = np.array(vectors, dtype=np.float64)
+    if np.linalg.det(np.asarray(affine)[:3, :3]) > 0:
+        vectors[0] = -vectors[0]
+    return vectors
+
+
 def _rewrite(source: Path, target: Path, codes: str) -> Path:
     """Copy a RAS dataset with every image stored in voxel order ``codes``."""
     shutil.copytree(source, target)
@@ -63,9 +72,9 @@ def _rewrite(source: Path, target: Path, codes: str) -> Path:
         nib.save(out, path)
         assert "".join(nib.aff2axcodes(out.affine)) == codes
         bvec = path.with_name(path.name.replace(".nii.gz", ".bvec"))
-        if bvec.exists():  # directions in voxel axes: project the world directions
-            world = _axes(img.affine) @ np.loadtxt(bvec)
-            np.savetxt(bvec, _axes(affine).T @ world, fmt="%.6f")
+        if bvec.exists():  # FSL's convention: project the world directions, re-flip x
+            world = _axes(img.affine) @ _fsl(img.affine, np.loadtxt(bvec))
+            np.savetxt(bvec, _fsl(affine, _axes(affine).T @ world), fmt="%.6f")
     return target
 
 
@@ -209,9 +218,21 @@ def test_reading_in_file_order_gives_nibabels_closest_canonical(tmp_path, codes)
 def test_vectors_follow_the_axes_in_world_space(codes):
     img = _image(codes)
     orientation = reorientation(img.affine, img.shape)
-    vectors = np.random.default_rng(2).standard_normal((3, 4))
+    vectors = np.random.default_rng(2).standard_normal((3, 4))  # in the file's voxel axes
     world = _axes(img.affine) @ vectors
-    np.testing.assert_allclose(orientation.vectors(vectors), _axes(orientation.affine).T @ world)
+    stored = orientation.bvecs(_fsl(img.affine, vectors))
+    np.testing.assert_allclose(stored, _axes(orientation.affine).T @ world)
+
+
+def test_the_same_scan_stored_las_and_ras_has_one_bvec_file_and_one_stored_direction():
+    """FSL (and dcm2niix, and BIDS) write the same ``.bvec`` for a scan stored LAS or RAS:
+    x is negated for the positive determinant of RAS, and so is the voxel axis."""
+    ras, las = _image("RAS"), _image("LAS")
+    bvec_file = np.random.default_rng(3).standard_normal((3, 4))
+    np.testing.assert_allclose(
+        reorientation(ras.affine, ras.shape).bvecs(bvec_file),
+        reorientation(las.affine, las.shape).bvecs(bvec_file),
+    )
 
 
 def test_oblique_affine_is_kept_not_resampled():

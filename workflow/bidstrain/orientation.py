@@ -91,15 +91,22 @@ class Reorientation:
             source.append(coordinate)
         return np.ravel_multi_index(source, self.source_shape, order="F").astype(np.intp)
 
-    def vectors(self, vectors: np.ndarray) -> np.ndarray:
-        """Directions in source voxel axes (3 rows, as in ``.bvec``) in RAS+ voxel axes.
+    def bvecs(self, bvecs: np.ndarray) -> np.ndarray:
+        """The file's ``.bvec`` directions (3 rows) in the store's RAS+ voxel axes.
 
-        A flipped axis negates its component, a permutation reorders the rows.
+        ``.bvec`` follows FSL's convention (BIDS requires it): voxel axes, with the x
+        component negated when the image's affine has a positive determinant (FSL reads
+        voxels in radiological order). So the same scan stored LAS and RAS has the same
+        ``.bvec`` file, and both give the same stored directions. The stored ones are
+        plain voxel axes of the RAS+ grid (no such negation): a flipped axis negates its
+        component, a permutation reorders the rows.
         """
-        vectors = np.asarray(vectors, dtype=np.float64)
-        out = np.empty_like(vectors)
+        voxel = np.asarray(bvecs, dtype=np.float64).copy()
+        if np.linalg.det(self.source_affine[:3, :3]) > 0:
+            voxel[0] = -voxel[0]
+        out = np.empty_like(voxel)
         for axis, (target, flip) in enumerate(self.ornt):
-            out[int(target)] = flip * vectors[axis]
+            out[int(target)] = flip * voxel[axis]
         return out
 
 

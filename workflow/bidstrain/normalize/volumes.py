@@ -81,7 +81,7 @@ def normalize_volumes(
                 path=layout.path,
                 subject=info.subject,
             )
-        bvec = layout.orientation.vectors(np.asarray(info.bvec, dtype=np.float64)).T
+        bvec = layout.orientation.bvecs(np.asarray(info.bvec, dtype=np.float64)).T
         b0 = bval <= B0_THRESHOLD
         mean_rows = b0 if b0.any() else None
         time_coords = {"bval": (("time",), bval), "bvec": (("time", "direction"), bvec)}
