@@ -11,7 +11,17 @@ measurements made side by side):
 - ``nifti``: the same volumes read the way a hand-written dataset would, one
   ``nibabel`` ``.nii.gz`` per sample (decompress, pick the volume, mask, crop/pad).
 
-Run: ``.venv/bin/python bench/bench_train.py [--repeats 5]``.
+- ``loop`` (every config and device): the training loop as the trainer runs it, batches
+  from the DataLoader (``train.num_workers`` workers, pinned memory on a GPU): samples/s,
+  the loader's share of the step time (time waiting for the next batch over the total),
+  and on a GPU the peak memory (``torch.cuda.max_memory_allocated``).
+
+``--config realistic`` measures the loop with config/train-mni2mm.yaml (ViT-B, 96x112x96,
+bf16 on a GPU) over BOLD stores on the MNI 2 mm grid; ``--device cuda`` runs the model on
+the GPU.
+
+Run: ``.venv/bin/python bench/bench_train.py [--repeats 5] [--config demo|realistic]
+[--device cpu|cuda] [--workers N]``.
 """
 
 from __future__ import annotations
@@ -25,18 +35,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from bench_loader import GRID, realistic_config
+from bench_loader import write_store as write_bold_store
 from bidstrain.config import validate_config
 from bidstrain.store import create_store
-from bidstrain.train.data import (
-    ModalityBatchSampler,
-    VolumeDataset,
-    collate,
-    fit_to_shape,
-    make_loader,
-)
+from bidstrain.train.data import make_loader, volume_dataset
 from bidstrain.train.distributed import Context
-from bidstrain.train.loop import Trainer, optimizer_step
-from bidstrain.train.model import MultiModalAutoencoder
+from bidstrain.train.loop import Trainer, build_module, optimizer_step
+from bidstrain.train.resample import fit_to_shape
+from bidstrain.train.sampler import batch_sampler
 from bidstrain.train.schedule import build_scheduler
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,51 +101,115 @@ def time_nifti(samples, shapes, order, batch_size) -> tuple[float, int]:
             modality, path, t = samples[index]
             volume = np.asarray(nib.load(path).dataobj, dtype=np.float32)[..., t]
             items.append((modality, fit_to_shape(volume, shapes[modality])))
-        collate(items)
+        {m: torch.from_numpy(np.stack([v for n, v in items if n == m])) for m, _ in items}
     return time.perf_counter() - start, len(order)
+
+
+def realistic_stores(root: Path, n_stores: int = 2, n_time: int = 60) -> dict[str, list[str]]:
+    """BOLD stores on the MNI 2 mm grid (bench_loader's)."""
+    axes = np.meshgrid(*[np.linspace(-1, 1, n) for n in GRID], indexing="ij")
+    mask = sum(a**2 for a in axes) <= 0.55
+    values = np.random.default_rng(0).standard_normal((8, int(mask.sum())), np.float32)
+    paths = [root / f"mni-{i}.zarr" for i in range(n_stores)]
+    for path in paths:
+        write_bold_store(path, mask, values, n_time, "float32")
+    return {"bold": [str(p) for p in paths]}
+
+
+def make_trainer(config, modalities, device: torch.device) -> Trainer:
+    torch.manual_seed(0)
+    model = build_module(config, modalities).to(device)
+    model.encoder.checkpointing = config["activation_checkpointing"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"])
+    scheduler = build_scheduler(optimizer, total_steps=10**6, warmup_steps=5, min_lr_ratio=0.1)
+    return Trainer(model, model, optimizer, scheduler, Context(0, 1, device), config)
+
+
+def time_loop(config, stores, device: torch.device, steps: int) -> dict[str, float]:
+    """The training loop fed by the DataLoader: samples/s, loader share, peak memory."""
+    dataset = volume_dataset(stores, config)
+    sampler = batch_sampler(dataset.layout, config)
+    loader = make_loader(dataset, sampler, config, device=device)
+    trainer = make_trainer(config, list(stores), device)
+    batches = iter(loader)
+    optimizer_step(trainer, [next(batches)], log_norms=False)  # warm-up, workers started
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    waited = samples = 0.0
+    started = time.perf_counter()
+    for _ in range(steps):
+        asked = time.perf_counter()
+        batch = next(batches, None)
+        if batch is None:
+            sampler.set_epoch(sampler.epoch + 1)
+            batches = iter(loader)
+            batch = next(batches)
+        waited += time.perf_counter() - asked
+        samples += optimizer_step(trainer, [batch], log_norms=False).samples
+    total = time.perf_counter() - started
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+    return {"samples/s": samples / total, "loader share": waited / total, "peak GiB": peak}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps per repeat")
+    parser.add_argument("--config", choices=["demo", "realistic"], default="demo")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, help="train.num_workers (default: the config's)")
+    parser.add_argument("--batch-size", type=int, help="train.batch_size (default: the config's)")
     args = parser.parse_args()
-    config = validate_config({"bids_dir": "unused"}, REPO / "config" / "schema.yaml")["train"]
-    shapes, batch_size = config["shapes"], config["batch_size"]
+    device = torch.device(args.device)
+    if args.config == "demo":
+        config = validate_config({"bids_dir": "unused"}, REPO / "config" / "schema.yaml")["train"]
+    else:
+        config = realistic_config(16)
+        config["bf16"] = device.type == "cuda"
+    config["num_workers"] = config["num_workers"] if args.workers is None else args.workers
+    config["batch_size"] = args.batch_size or config["batch_size"]
     with tempfile.TemporaryDirectory() as tmp:
+        if args.config == "realistic":
+            stores = realistic_stores(Path(tmp))
+            loops = [time_loop(config, stores, device, args.steps) for _ in range(args.repeats)]
+            report_loops(args, config, loops)
+            return
         stores, nifti = write_data(Path(tmp))
-        dataset = VolumeDataset(stores, shapes)
-        sampler = ModalityBatchSampler(
-            dataset.modalities, batch_size=batch_size, batching="mixed", seed=0
-        )
-        loader = make_loader(dataset, sampler, num_workers=0)
-        order = [i for batch in sampler for i in batch]
-        torch.manual_seed(0)
-        model = MultiModalAutoencoder(
-            shapes,
-            patch=config["patch_size"],
-            dim=config["embed_dim"],
-            depth=config["depth"],
-            heads=config["heads"],
-        )
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"])
-        scheduler = build_scheduler(optimizer, total_steps=10**6, warmup_steps=5, min_lr_ratio=0.1)
-        trainer = Trainer(
-            model, model, optimizer, scheduler, Context(0, 1, torch.device("cpu")), config
-        )
-        batches = list(loader)[: args.steps]
-        optimizer_step(trainer, batches[:1], log_norms=False)  # warm-up
-        rates = {"step": [], "zarr": [], "nifti": []}
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            samples = 0
-            for batch in batches:
-                samples += optimizer_step(trainer, [batch], log_norms=False).samples
-            rates["step"].append(samples / (time.perf_counter() - start))
-            seconds, n = time_zarr(loader)
-            rates["zarr"].append(n / seconds)
-            seconds, n = time_nifti(nifti, shapes, order, batch_size)
-            rates["nifti"].append(n / seconds)
+        compare_demo(args, config, stores, nifti, device)
+
+
+def report_loops(args, config, loops: list[dict[str, float]]) -> None:
+    print(
+        f"{args.config} on {args.device}: batch {config['batch_size']}, "
+        f"{config['num_workers']} workers, bf16 {config['bf16']}, torch {torch.__version__}"
+    )
+    for key in ("samples/s", "loader share", "peak GiB"):
+        values = [loop[key] for loop in loops]
+        print(f"loop {key:12s} median {statistics.median(values):8.3f}  runs "
+              f"{[round(v, 3) for v in values]}")  # fmt: skip
+
+
+def compare_demo(args, config, stores, nifti, device: torch.device) -> None:
+    """Step, Zarr loader and NIfTI peer, interleaved, then the loop."""
+    shapes, batch_size = config["shapes"], config["batch_size"]
+    dataset = volume_dataset(stores, config)
+    sampler = batch_sampler(dataset.layout, config)
+    loader = make_loader(dataset, sampler, config, device=device, num_workers=0)
+    order = [i for batch in sampler for i in batch]
+    trainer = make_trainer(config, list(shapes), device)
+    batches = list(loader)[: args.steps]
+    optimizer_step(trainer, batches[:1], log_norms=False)  # warm-up
+    rates = {"step": [], "zarr": [], "nifti": []}
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        samples = 0
+        for batch in batches:
+            samples += optimizer_step(trainer, [batch], log_norms=False).samples
+        rates["step"].append(samples / (time.perf_counter() - start))
+        seconds, n = time_zarr(loader)
+        rates["zarr"].append(n / seconds)
+        seconds, n = time_nifti(nifti, shapes, order, batch_size)
+        rates["nifti"].append(n / seconds)
     median = {name: statistics.median(values) for name, values in rates.items()}
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads, samples/epoch {len(dataset)}")
@@ -148,6 +219,8 @@ def main() -> None:
         )
     print(f"zarr loader / step consumption: {median['zarr'] / median['step']:.1f}x")
     print(f"zarr loader / nifti per-sample reads: {median['zarr'] / median['nifti']:.1f}x")
+    loops = [time_loop(config, stores, device, args.steps) for _ in range(args.repeats)]
+    report_loops(args, config, loops)
 
 
 if __name__ == "__main__":
