@@ -185,3 +185,14 @@ def test_dataset_puts_voxels_on_the_grid_and_crops_or_pads(tmp_path):
     everything = np.stack([dataset[i][1] for i in range(3)]).astype(np.float64)
     mean, var = dataset_statistics(dataset)["bold"]
     assert mean == pytest.approx(everything.mean()) and var == pytest.approx(everything.var())
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        model = make_model()
+        model.encoder.checkpointing = checkpointing
+        model(bold_batch()).loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    for plain, recomputed in zip(*grads, strict=True):
+        torch.testing.assert_close(plain, recomputed)
