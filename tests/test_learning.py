@@ -204,3 +204,52 @@ def test_strict_learning_exits_non_zero_after_writing_the_model(tmp_path):
     summary = metrics_records(out / "metrics.jsonl")[-1]
     assert summary["kind"] == "summary" and summary["strict"] is True
     assert {v["status"] for v in summary["modalities"].values()} == {"fail"}
+
+
+def test_the_learning_figure_colours_a_modality_that_did_not_learn():
+    from bidstrain.report.figure import STATUS_COLOURS
+    from bidstrain.report.train import training_figures
+    from matplotlib.colors import to_hex
+
+    validations = [
+        {
+            "kind": "validation",
+            "step": step,
+            "epoch": step // 10 - 1,
+            "loss": 1.0,
+            "loss_per_modality": {"bold": 1.02, "T1w": loss},
+            "baseline_per_modality": {"bold": 1.0, "T1w": 1.0},
+        }
+        for step, loss in ((10, 0.8), (20, 0.4))
+    ]
+    step = {
+        "kind": "step",
+        "step": 20,
+        "epoch": 1,
+        "lr": 1e-3,
+        "loss": 1.0,
+        "loss_per_modality": {"bold": 1.0},
+        "dummy_loss": 0.0,
+        "grad_norm": 1.0,
+        "skipped": False,
+        "modalities": ["bold"],
+        "samples_per_s": 1.0,
+        "seconds_per_step": 1.0,
+    }
+    summary = learning_summary(
+        validations, modalities=["T1w", "bold"], max_ratio=0.9, strict=False, step=20
+    )
+    records = [
+        {"kind": "plan", "total_steps": 20, "warmup_steps": 1, "lr": 1e-3, "min_lr_ratio": 0.1},
+        step,
+        *validations,
+        summary,
+    ]
+    figure = training_figures(records, experiment="x")["learning"]
+    assert "WARNING" in figure._suptitle.get_text() and "bold" in figure._suptitle.get_text()
+    bars = figure.axes[0].patches
+    assert [to_hex(bar.get_facecolor()) for bar in bars] == [
+        STATUS_COLOURS["pass"],
+        STATUS_COLOURS["warn"],
+    ]
+    assert [bar.get_height() for bar in bars] == pytest.approx([0.4, 1.02])

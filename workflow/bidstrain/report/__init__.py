@@ -7,6 +7,6 @@ so the Snakefile can read the names below at parse time.
 """
 
 #: Training figures (file stems under ``results/report/train/<experiment>/``).
-TRAINING_FIGURES = ("losses", "grad_norm", "lr", "modality_gradients", "throughput")
+TRAINING_FIGURES = ("losses", "grad_norm", "lr", "modality_gradients", "throughput", "learning")
 #: Checks figures (file stems under ``results/report/checks/``).
 CHECKS_FIGURES = ("scale_table", "summary")

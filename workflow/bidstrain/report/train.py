@@ -1,5 +1,7 @@
-"""Training figures from ``metrics.jsonl``: losses, gradient norm, learning rate, the
-per-modality gradients with the dummy loss, and throughput.
+"""Training figures from ``metrics.jsonl``: losses (with each modality's validation
+baseline), gradient norm, learning rate, the per-modality gradients with the dummy loss,
+throughput, and whether each modality learned (the ``summary`` record against
+``train.learning.max_ratio``).
 
 The planned learning rate is the trainer's own schedule
 (:func:`bidstrain.train.schedule.lr_multiplier`) evaluated with the parameters of each
@@ -20,7 +22,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from bidstrain.errors import BidstrainError
-from bidstrain.report.figure import empty_panel, new_figure
+from bidstrain.report.figure import STATUS_COLOURS, empty_panel, new_figure
 
 #: Steps over which noisy series are smoothed by a rolling median (when there are more
 #: than four times as many).
@@ -127,6 +129,7 @@ def training_figures(
         "lr": _learning_rate(steps, records, experiment),
         "modality_gradients": _modality_gradients(steps, records, experiment),
         "throughput": _throughput(steps, experiment),
+        "learning": _learning(records, experiment),
     }
 
 
@@ -178,12 +181,42 @@ def _losses(steps: pd.DataFrame, validation: list[dict[str, Any]], experiment: s
                 color=_MODALITY_COLOURS.get(modality, "grey"),
                 label=f"validation {modality}",
             )
+        _baselines(ax, validation)
     ax.set_yscale("log")
     ax.set_title("Loss per optimizer step (per-modality lines where the modality was in the batch)")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (normalized MSE, unitless)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
+
+
+def _baselines(ax: Axes, validation: list[dict[str, Any]]) -> None:
+    """Each modality's validation baseline (the loss of predicting the mean) as a dotted
+    line; one black line when they all agree within 1 % (1.0 under ``var``)."""
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for record in validation:
+        for modality, value in record.get("baseline_per_modality", {}).items():
+            series[modality].append((record["step"], value))
+    values = [v for points in series.values() for _, v in points]
+    if not values:
+        return
+    if max(values) <= 1.01 * min(values):
+        ax.axhline(
+            float(np.mean(values)),
+            color="black",
+            ls=":",
+            lw=2,
+            label="baseline (predicting the mean), every modality",
+        )
+        return
+    for modality, points in sorted(series.items()):
+        ax.plot(
+            *zip(*points, strict=True),
+            ":",
+            lw=2,
+            color=_MODALITY_COLOURS.get(modality, "grey"),
+            label=f"baseline {modality} (predicting the mean)",
+        )
 
 
 def _grad_norm(steps: pd.DataFrame, experiment: str, clip: float | None) -> Figure:
@@ -304,4 +337,70 @@ def _throughput(steps: pd.DataFrame, experiment: str) -> Figure:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("samples / s")
     ax.legend(loc="lower right")
+    return fig
+
+
+def _learning(records: list[dict[str, Any]], experiment: str) -> Figure:
+    """Final validation loss / baseline per modality, coloured by the summary's status,
+    and the ratio after every validation, against ``train.learning.max_ratio``."""
+    summary = next((r for r in reversed(records) if r.get("kind") == "summary"), None)
+    failing = [m for m, v in (summary or {}).get("modalities", {}).items() if v["status"] != "pass"]
+    if summary is None:
+        title = f"Learning, experiment {experiment}: no summary (run interrupted?)"
+    elif failing:
+        title = f"WARNING, experiment {experiment}: {', '.join(failing)} did not beat the baseline"
+    else:
+        title = f"Learning, experiment {experiment}: every validated modality beat the baseline"
+    fig = new_figure(12.0, 4.5, title)
+    bar_ax, curve_ax = fig.subplots(1, 2, width_ratios=[1.0, 1.5])
+    if summary is None or not summary["modalities"]:
+        reason = "no summary line" if summary is None else "no validation data"
+        empty_panel(bar_ax, "Final validation loss / baseline", reason)
+        empty_panel(curve_ax, "Validation loss / baseline", reason)
+        return fig
+    max_ratio = summary["max_ratio"]
+    modalities = list(summary["modalities"])
+    values = [summary["modalities"][m] for m in modalities]
+    bars = bar_ax.bar(
+        modalities,
+        [v["ratio"] for v in values],
+        color=[STATUS_COLOURS[v["status"]] for v in values],
+        edgecolor="black",
+    )
+    bar_ax.bar_label(
+        bars,
+        labels=[f"{v['ratio']:.2f}\n{v['status']}" for v in values],
+        fontsize=8,
+        padding=2,
+    )
+    for ax in (bar_ax, curve_ax):
+        ax.axhline(1.0, color="black", lw=1, label="baseline (predicting the mean)")
+        ax.axhline(max_ratio, color="#e8594f", ls="--", label=f"max_ratio {max_ratio:g}")
+        ax.set_ylabel("validation loss / baseline")
+    bar_ax.set_ylim(0, max(1.2, 1.15 * max(v["ratio"] for v in values)))
+    bar_ax.set_title("Final validation loss / baseline")
+    bar_ax.set_xlabel("modality")
+    for modality in modalities:
+        points = [
+            (r["step"], r["loss_per_modality"][modality] / r["baseline_per_modality"][modality])
+            for r in records
+            if r.get("kind") == "validation" and modality in r.get("baseline_per_modality", {})
+        ]
+        curve_ax.plot(
+            *zip(*points, strict=True),
+            "-o",
+            color=_MODALITY_COLOURS.get(modality, "grey"),
+            label=modality,
+        )
+    curve_ax.set_title("Validation loss / baseline after every epoch")
+    curve_ax.set_xlabel("optimizer step")
+    curve_ax.set_ylim(bottom=0)
+    curve_ax.legend(loc="lower left", fontsize=8)
+    if summary["unvalidated"]:
+        fig.text(
+            0.01,
+            0.01,
+            f"not validated (no validation data): {', '.join(summary['unvalidated'])}",
+            fontsize=8,
+        )
     return fig
