@@ -221,7 +221,8 @@ class TrainConfig:
     num_workers: int = _role(RUN)
     store_group: int = _role(CHECKED)
     shuffle_buffer: int = _role(CHECKED)
-    max_open_stores: int = _role(RUN)
+    # a run setting, but the checks build the trainer's dataset with it
+    max_open_stores: int = _role(RUN, CHECKED)
     prefetch_factor: int = _role(RUN)
     pin_memory: bool = _role(RUN)
     bf16: bool = _role()
