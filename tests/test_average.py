@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import logging
-import tracemalloc
+import os
+import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 from bidstrain.average import average_stores, main
+from bidstrain.demo import DemoSpec, bold_run
 from bidstrain.errors import BidstrainError, run_cli
 from bidstrain.store import create_store, open_store, to_grid
 
@@ -212,47 +217,110 @@ def test_empty_mask_intersection_suggests_union(tmp_path):
         average_stores(stores, tmp_path / "avg.zarr")
 
 
-def _peak_bytes(stores, out) -> int:
-    tracemalloc.start()
-    average_stores(stores, out, block_bytes=8 * 4 * 700)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return peak
-
-
-def test_memory_does_not_grow_with_the_number_of_subjects(tmp_path):
-    rng = np.random.default_rng(7)
-    shape = (12, 12, 10)
-    mask = ellipsoid(shape)
+@pytest.mark.parametrize("block_volumes", [1, 5])
+def test_blocks_of_a_few_volumes_give_the_same_average(tmp_path, block_volumes):
+    rng = np.random.default_rng(8)
+    masks = [ellipsoid(shift=s) for s in (0, 1, 1)]
     stores = [
-        write_bold_store(
-            tmp_path / f"s{n:02d}.zarr", random_raw(rng, 80, shape), mask, subject=f"{n:02d}"
-        )
-        for n in range(30)
+        write_bold_store(tmp_path / f"s{n}.zarr", random_raw(rng), m, subject=s, session=ses)
+        for n, (m, s, ses) in enumerate(zip(masks, ("01", "02", "02"), ("", "1", "2"), strict=True))
     ]
-    average_stores(stores[:2], tmp_path / "warm-up.zarr")  # imports and library caches
-    few = _peak_bytes(stores[:5], tmp_path / "few.zarr")
-    many = _peak_bytes(stores, tmp_path / "many.zarr")
-    # One subject's series is 80 volumes x ~700 voxels x 8 bytes = 450 kB: holding the 25
-    # extra subjects would add 11 MB. Streaming adds less than a few series (library
-    # caches and the per-store descriptions).
-    one_series = 80 * int(mask.sum()) * 8
-    assert many - few < 5 * one_series, (few, many, one_series)
-    assert open_store(tmp_path / "many.zarr").attrs["subjects"] == [f"{n:02d}" for n in range(30)]
-
-
-def test_command_line_reports_bad_input_without_traceback(tmp_path, three_subjects, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(
-            main,
-            [
-                str(three_subjects[0]),
-                str(tmp_path / "missing.zarr"),
-                "--out",
-                str(tmp_path / "a.zarr"),
-            ],
+    whole = open_store(average_stores(stores, tmp_path / "whole.zarr", mask="union"))
+    n_voxel = int(whole.sizes["voxel"])
+    blocks = open_store(
+        average_stores(
+            stores, tmp_path / "blocks.zarr", mask="union", block_bytes=8 * n_voxel * block_volumes
         )
+    )
+    for name in ("data", "mean", "std", "n_subjects"):
+        np.testing.assert_array_equal(blocks[name].values, whole[name].values)
+    assert blocks.attrs["n_zero_variance"] == whole.attrs["n_zero_variance"]
+
+
+def test_each_store_is_opened_once_per_pass_and_block(tmp_path, three_subjects, monkeypatch):
+    import bidstrain.average as average
+
+    opened = []
+    open_group = average._open_group
+    monkeypatch.setattr(
+        average, "_open_group", lambda path: opened.append(path) or open_group(path)
+    )
+    average_stores(three_subjects, tmp_path / "one.zarr")
+    assert sorted(opened) == sorted(map(str, three_subjects * 2))  # headers, then data
+    opened.clear()
+    n_voxel = int(ellipsoid().sum())
+    average_stores(three_subjects, tmp_path / "three.zarr", block_bytes=8 * n_voxel * 5)
+    assert sorted(opened) == sorted(map(str, three_subjects * 4))  # headers, 3 blocks of 12
+
+
+def copy_store(source: Path, path: Path, subject: str) -> Path:
+    """``source`` as another subject's store: its arrays hard-linked, its attributes new."""
+    shutil.copytree(source, path, copy_function=os.link)
+    (path / "zarr.json").unlink()
+    shutil.copyfile(source / "zarr.json", path / "zarr.json")
+    zarr.open_group(path, mode="r+").attrs.update(
+        subject=subject, entities={"sub": subject, "task": "rest", "run": "1"}
+    )
+    return path
+
+
+_PEAK_RSS = """
+import resource, sys
+from bidstrain.average import main
+main(sys.argv[1:])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def _peak_rss_kb(stores: list[Path], out: Path) -> int:
+    """Peak RSS (kB) of an average job over ``stores`` in a fresh process."""
+    members = out.with_suffix(".txt")
+    members.write_text("".join(f"{path}\n" for path in stores))
+    command = [sys.executable, "-c", _PEAK_RSS, f"@{members}", "--out", str(out)]
+    command += ["--mask", "intersection", "--affine-tolerance", "0.001", "--tr-tolerance", "0.001"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout.split()[-1])
+
+
+def test_memory_stays_flat_from_100_to_1000_subjects_of_the_demo_grid(tmp_path):
+    spec = DemoSpec()
+    rng = np.random.default_rng(7)
+    shared = np.zeros(spec.n_volumes, dtype=np.float32)
+    distinct = []
+    for n in range(4):
+        raw = bold_run(spec, rng, shared).astype(np.float64)
+        path = tmp_path / f"sub-{n:04d}.zarr"
+        distinct.append(write_bold_store(path, raw, raw.mean(axis=-1) > 1000, subject=f"{n:04d}"))
+    stores = distinct + [
+        copy_store(distinct[n % 4], tmp_path / f"sub-{n:04d}.zarr", f"{n:04d}")
+        for n in range(4, 1000)
+    ]
+    few = _peak_rss_kb(stores[:100], tmp_path / "few.zarr")
+    many = _peak_rss_kb(stores, tmp_path / "many.zarr")
+    # One subject's series is 40 volumes x ~2,200 voxels x 4 bytes = 350 kB: holding the 900
+    # extra subjects would add 300 MB. What grows is the bookkeeping of a store (path,
+    # labels, the output's attributes that list it), about 1 kB each.
+    assert many - few < 6 * 1024, (few, many)
+    average = open_store(tmp_path / "many.zarr")
+    assert average.attrs["subjects"] == [f"{n:04d}" for n in range(1000)]
+    expected = xr.concat([open_store(p).data for p in distinct], "s").mean("s")
+    np.testing.assert_allclose(average.data.values, expected.values, atol=1e-6)
+
+
+def test_command_line_reads_the_stores_from_a_file_and_reports_bad_input(
+    tmp_path, three_subjects, capsys
+):
+    flags = ["--affine-tolerance", "0.001", "--tr-tolerance", "0.001"]
+    members = tmp_path / "members.txt"
+    members.write_text(f"{three_subjects[0]}\n{tmp_path / 'missing.zarr'}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, [f"@{members}", "--out", str(tmp_path / "a.zarr"), "--mask", "union", *flags])
     assert exit_info.value.code == 1
     assert "missing.zarr: store not found" in capsys.readouterr().err
-    run_cli(main, [*map(str, three_subjects), "--out", str(tmp_path / "a.zarr"), "--mask", "union"])
-    assert open_store(tmp_path / "a.zarr").attrs["mask_mode"] == "union"
+    assert not (tmp_path / "a.zarr").exists()
+    members.write_text("".join(f"{path}\n" for path in three_subjects))
+    run_cli(main, [f"@{members}", "--out", str(tmp_path / "a.zarr"), "--mask", "union", *flags])
+    average = open_store(tmp_path / "a.zarr")
+    assert average.attrs["mask_mode"] == "union"
+    assert average.attrs["source_path"] == [str(path) for path in three_subjects]
