@@ -118,6 +118,35 @@ def checkpoints(experiment: str) -> str:
     return _join(train_dir(experiment), "checkpoints")
 
 
+# ---- embed -------------------------------------------------------------------------------
+
+#: The embed job's images, stores and outputs (JSON written by the plan).
+PLAN_EMBED = f"{RESULTS}/plan/embed.json"
+EMBEDDING_DESC = "embedding"
+
+
+def embed_dir(experiment: str) -> str:
+    """``results/embed/<experiment>``: the embeddings of one experiment's model."""
+    return _join(RESULTS, "embed", experiment)
+
+
+def embedding_store(experiment: str, image: BidsFile) -> str:
+    """``results/embed/<experiment>/<prefix>_desc-embedding_<suffix>.zarr`` of one image."""
+    return _join(
+        embed_dir(experiment), f"{store_prefix(image)}_desc-{EMBEDDING_DESC}_{image.suffix}.zarr"
+    )
+
+
+def embed_table(experiment: str) -> str:
+    """Output of the embed job: the table of the embedding stores it wrote."""
+    return _join(embed_dir(experiment), "embeddings.tsv")
+
+
+def embed_figure(experiment: str) -> str:
+    """The embedding figure of one experiment."""
+    return _join(REPORT, "embed", f"{experiment}.png")
+
+
 # ---- report ------------------------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ from bidstrain.config import Config, config_hash
 from bidstrain.errors import BidstrainError
 from bidstrain.mask_options import DEFAULT_MASKS, MASK_KEYS, is_pattern, resolve_pattern
 from bidstrain.report import CHECKS_FIGURES, TRAINING_FIGURES
+from bidstrain.train.expectation import expectation
 
 MODALITIES = ("T1w", "bold", "dwi")
 #: BIDS version the outputs follow.
@@ -354,6 +355,50 @@ class Plan:
         for group in self.averages:
             files[group.members_file] = _lines(group.members)
         return files
+
+    # ---- embed (bidstrain.embed; rules in workflow/rules/embed.smk) --------------------
+
+    @property
+    def embed_images(self) -> list[ImageJob]:
+        """The images the embed job embeds, of the trained modalities: every image of
+        the ``embed.participant_label`` subjects, or by default the validation images
+        (held-out BOLD runs of ``normalize.heldout``, T1w/DWI of ``train.heldout``)."""
+        chosen = self.config.embed.participant_label
+        images = [
+            image
+            for job in self.jobs.values()
+            for image in job.images
+            if image.image.suffix in self.training
+        ]
+        if chosen:
+            return [image for image in images if image.image.subject in chosen]
+        validation = {store for stores in self.validation.values() for store in stores}
+        return [image for image in images if image.heldout or image.store in validation]
+
+    @property
+    def embed_inputs(self) -> list[str]:
+        """The normalize tables of the embedded stores."""
+        subjects = dict.fromkeys(image.image.subject for image in self.embed_images)
+        return [self.jobs[subject].table for subject in subjects]
+
+    @property
+    def embed_targets(self) -> list[str]:
+        """What target ``embed`` builds: the embedding table and the figure."""
+        return [paths.embed_table(self.experiment), paths.embed_figure(self.experiment)]
+
+    def embed_files(self) -> dict[str, str]:
+        """The embed job's JSON (:data:`paths.PLAN_EMBED`): the stores to embed and their
+        outputs, and what the configuration expects of the model (a model that disagrees
+        is refused)."""
+        images = [
+            {
+                "modality": image.image.suffix,
+                "store": image.store,
+                "out": paths.embedding_store(self.experiment, image.image),
+            }
+            for image in self.embed_images
+        ]
+        return {paths.PLAN_EMBED: _json({"expect": expectation(self.config), "images": images})}
 
 
 def write_if_changed(files: Mapping[str, str]) -> list[str]:

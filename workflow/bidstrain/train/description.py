@@ -18,7 +18,8 @@ A model is only usable on data prepared as its training data was. ``model.json``
   the step, and the torch and bidstrain versions.
 
 :func:`load_model` rebuilds the model for inference and refuses a model whose
-description disagrees with the current configuration, naming each difference.
+description disagrees with the current configuration, naming each difference
+(:mod:`.expectation`).
 """
 
 from __future__ import annotations
@@ -34,11 +35,11 @@ import torch
 from bidstrain import __version__
 from bidstrain.atomic import write_text_atomic
 from bidstrain.checks.scale import value_stats
-from bidstrain.config import Config, to_plain, train_keys
+from bidstrain.config import Config, train_keys
 from bidstrain.errors import BidstrainError
-from bidstrain.mask_options import is_pattern
 from bidstrain.store import open_store, read_meta
 from bidstrain.train.data import MODALITIES
+from bidstrain.train.expectation import differences, expectation
 from bidstrain.train.model import MultiModalAutoencoder
 
 FORMAT = "bidstrain-model/1"
@@ -138,44 +139,11 @@ def write(description: Mapping[str, Any], path: str | Path) -> None:
     write_text_atomic(path, json.dumps(description, indent=1, sort_keys=True) + "\n")
 
 
-def differences(description: Mapping[str, Any], config: Config) -> list[str]:
-    """How a model's description disagrees with ``config``: one line per difference.
-
-    Compared: every ``train`` key that determines the weights, the trained modalities
-    (against ``modalities``), and per modality the normalization's ``ddof``, mask keyword
-    and confound strategy.
-    """
-    lines = []
-    current = to_plain(config.train)
-    for key, value in description["train"].items():
-        if key in current and current[key] != value:
-            lines.append(f"train.{key}: {value!r} in the model, {current[key]!r} in the config")
-    missing = sorted(set(description["modalities"]) - set(config.modalities))
-    if missing:
-        lines.append(f"modalities: the model was trained on {missing}, the config has not")
-    normalize = config.normalize
-    for modality, norm in description["normalization"].items():
-        if norm["ddof"] != normalize.ddof:
-            lines.append(
-                f"normalize.ddof: {norm['ddof']} for the model's {modality}, {normalize.ddof} "
-                "in the config"
-            )
-        option = normalize.mask_option(modality)
-        if not is_pattern(option) and not norm["average"] and norm["mask"] != [option]:
-            lines.append(
-                f"mask of {modality}: {norm['mask']} in the model, {option!r} in the config"
-            )
-        strategy = normalize.confounds.strategy
-        if modality == "bold" and norm["confounds_strategy"] != strategy:
-            lines.append(
-                f"normalize.confounds.strategy: {norm['confounds_strategy']!r} in the model, "
-                f"{strategy!r} in the config"
-            )
-    return lines
-
-
 def load_model(
-    path: str | Path, config: Config | None = None, *, device: str | torch.device = "cpu"
+    path: str | Path,
+    config: Config | Mapping[str, Any] | None = None,
+    *,
+    device: str | torch.device = "cpu",
 ) -> tuple[MultiModalAutoencoder, dict[str, Any]]:
     """A trained model ready for inference, and its description (``model.json``).
 
@@ -183,8 +151,9 @@ def load_model(
     ----------
     path : str or Path
         ``model.pt`` (its description is read from inside it).
-    config : Config, optional
-        The current configuration: a model that disagrees with it is refused.
+    config : Config or mapping, optional
+        The current configuration, or its :func:`expectation`: a model that disagrees
+        with it is refused.
     device : str or torch.device
         Where the model goes.
 
@@ -214,7 +183,8 @@ def load_model(
             path=path,
         )
     if config is not None:
-        diff = differences(description, config)
+        expected = expectation(config) if isinstance(config, Config) else config
+        diff = differences(description, expected)
         if diff:
             raise BidstrainError(
                 "the model disagrees with the current configuration (retrain it, or use the "

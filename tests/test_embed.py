@@ -1,0 +1,177 @@
+"""The model carries its preprocessing (``model.json``, :func:`load_model`), and
+``bidstrain.embed`` applies it: identical images embed identically, an image at raw scale
+is refused by the scale guard."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from bidstrain.config import Config, validate_config
+from bidstrain.errors import BidstrainError
+from bidstrain.train import load_model
+from bidstrain.train.description import FORMAT
+from bidstrain.train.expectation import expectation
+from bidstrain.train.loop import train
+from train_support import REPO, tiny_stores, train_config, trainer_env, write_store
+
+pytestmark = pytest.mark.slow
+
+COUNTS = {"T1w": 2, "bold": 8}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained on T1w and BOLD stores, and the settings it was trained with."""
+    root = tmp_path_factory.mktemp("embed")
+    stores = tiny_stores(root / "stores", COUNTS)
+    config = train_config(epochs=1)
+    out = root / "train"
+    train(
+        config,
+        stores,
+        {},
+        model_out=out / "model.pt",
+        metrics_out=out / "metrics.jsonl",
+        checkpoint_dir=out / "checkpoints",
+    )
+    return {"root": root, "model": out / "model.pt", "config": config, "stores": stores}
+
+
+def workflow_config(train_settings: dict) -> Config:
+    """A whole configuration whose train section is ``train_settings``."""
+    config = validate_config({"bids_dir": "unused"}, REPO / "config" / "schema.yaml")
+    config["train"].update(train_settings)
+    return Config.from_dict(config)
+
+
+def run_embed(tmp_path, model, images, *, check=True):
+    spec = tmp_path / "embed.json"
+    spec.write_text(json.dumps({"images": images}))
+    command = [
+        sys.executable,
+        "-m",
+        "bidstrain.embed",
+        "--model",
+        str(model),
+        "--spec",
+        str(spec),
+        "--batch-size",
+        "3",
+        "--max-scale-ratio",
+        "100",
+        "--seed",
+        "0",
+        "--out-table",
+        str(tmp_path / "embeddings.tsv"),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env=trainer_env())
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+# ---- model.json and load_model -----------------------------------------------------------
+
+
+def test_model_json_describes_the_inputs_and_matches_the_checkpoint(trained):
+    description = json.loads(trained["model"].with_name("model.json").read_text())
+    inside = torch.load(trained["model"], map_location="cpu", weights_only=True)["description"]
+    assert description == inside
+    assert description["format"] == FORMAT
+    assert description["modalities"] == ["T1w", "bold"]
+    assert description["input"]["bold"]["shape"] == [8, 8, 8]
+    assert "crop" in description["input"]["bold"]["fit"]
+    assert "RAS+" in description["input"]["T1w"]["orientation"]
+    bold = description["normalization"]["bold"]
+    assert bold["ddof"] == 1 and bold["stats_dim"] == "voxel"
+    assert [s["store"] for s in bold["stores"]] == trained["stores"]["bold"]
+    assert description["normalization"]["T1w"]["stats_dim"] == "time"
+    assert description["scale"]["bold"]["mse_zero"] == pytest.approx(1.0, rel=0.3)
+    assert description["train"]["lr"] == trained["config"]["lr"]
+    assert description["torch_version"] == str(torch.__version__)
+    assert len(description["config_hash"]) == 16
+
+
+def test_load_model_round_trips_the_weights(trained):
+    model, description = load_model(trained["model"], workflow_config(trained["config"]))
+    saved = torch.load(trained["model"], map_location="cpu", weights_only=True)["model"]
+    assert not model.training
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+    volume = torch.randn(2, 1, 8, 8, 8)
+    assert model.encode("bold", volume).shape == (2, description["train"]["embed_dim"])
+
+
+def test_a_model_that_disagrees_with_the_config_is_refused_naming_the_difference(trained):
+    changed = workflow_config({**trained["config"], "lr": 0.5, "embed_dim": 32})
+    with pytest.raises(BidstrainError) as error:
+        load_model(trained["model"], changed)
+    assert "train.lr" in str(error.value) and "0.5" in str(error.value)
+    assert "train.embed_dim: 16 in the model, 32 in the config" in str(error.value)
+    expected = expectation(workflow_config(trained["config"]))
+    expected["normalize"]["ddof"] = 0
+    with pytest.raises(BidstrainError, match="normalize.ddof: 1 for the model's"):
+        load_model(trained["model"], expected)
+
+
+# ---- embed -------------------------------------------------------------------------------
+
+
+def test_identical_images_have_identical_embeddings(trained, tmp_path):
+    original = trained["stores"]["bold"][0]
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(original, copy)
+    images = [
+        {
+            "modality": "bold",
+            "store": original,
+            "out": str(tmp_path / "a_desc-embedding_bold.zarr"),
+        },
+        {
+            "modality": "bold",
+            "store": str(copy),
+            "out": str(tmp_path / "b_desc-embedding_bold.zarr"),
+        },
+        {
+            "modality": "T1w",
+            "store": trained["stores"]["T1w"][0],
+            "out": str(tmp_path / "t_desc-embedding_T1w.zarr"),
+        },
+    ]
+    run_embed(tmp_path, trained["model"], images)
+    a = xr.open_zarr(images[0]["out"], consolidated=False).load()
+    b = xr.open_zarr(images[1]["out"], consolidated=False).load()
+    assert a["embedding"].dims == ("time", "feature")
+    assert a["embedding"].shape == (COUNTS["bold"], trained["config"]["embed_dim"])
+    np.testing.assert_array_equal(a["embedding"].values, b["embedding"].values)
+    np.testing.assert_array_equal(a["loss"].values, b["loss"].values)
+    assert np.isfinite(a["loss"].values).all()
+    np.testing.assert_allclose(a["baseline"].values, 1.0, atol=1e-4)  # loss: var
+    assert a.attrs["source_store"] == original and a.attrs["modality"] == "bold"
+    # Different volumes embed differently.
+    assert not np.allclose(a["embedding"].values[0], a["embedding"].values[1])
+    table = (tmp_path / "embeddings.tsv").read_text().splitlines()
+    assert len(table) == 4 and table[0].startswith("modality\tstore\tembedding\tvolumes")
+
+
+def test_an_image_at_raw_scale_is_refused_by_the_scale_guard(trained, tmp_path):
+    raw = write_store(tmp_path / "raw.zarr", modality="bold", n_time=4, seed=3, scale=5000.0)
+    out = tmp_path / "raw_desc-embedding_bold.zarr"
+    result = run_embed(
+        tmp_path,
+        trained["model"],
+        [{"modality": "bold", "store": raw, "out": str(out)}],
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "another scale than the model's training data" in result.stderr
+    assert "checks.max_scale_ratio 100" in result.stderr
+    assert "raw.zarr" in result.stderr and "sub-01" in result.stderr
+    assert not out.exists()

@@ -1,0 +1,266 @@
+"""Apply a trained model to normalized images: per volume the encoder's pooled embedding
+and the reconstruction loss, in one Zarr store per image.
+
+::
+
+    python -m bidstrain.embed --model results/train/demo/model.pt \\
+        --spec results/plan/embed.json --batch-size 16 --max-scale-ratio 100 --seed 0 \\
+        --out-table results/embed/demo/embeddings.tsv
+
+``--spec`` (written by the plan) lists the images: ``{"expect": ..., "images": [{"modality",
+"store", "out"}, ...]}``; the stores are the normalize stage's, so held-out runs come
+normalized with their training runs' statistics and other images with their own. The
+model (:func:`bidstrain.train.load_model`) is refused when its ``model.json`` disagrees
+with ``expect`` (the configuration). Each store is read ``--batch-size`` volumes at a time
+through the training's own reader (same resampling, crop or pad), never whole.
+
+Before a store is embedded, its values go through the scale guard of the checks
+(:func:`bidstrain.checks.scale.value_stats`): the zero-prediction MSE of its first volume
+against the model's training data (``model.json`` ``scale``); more than
+``--max-scale-ratio`` (``checks.max_scale_ratio``) apart in either direction stops the job
+(an image at raw scale, or normalized with the wrong statistics).
+
+An embedding store (read with ``xarray.open_zarr(path, consolidated=False)``) holds
+``embedding (time, feature)`` float32, ``loss (time)`` (the masked-token reconstruction
+loss of the training loss, the same tokens masked for every image: a generator seeded by
+``--seed`` per batch position) and ``baseline (time)`` (the loss of predicting the mean),
+the source store's ``time`` coordinate, and attributes naming the source store, the model
+and its configuration hash. ``--out-table`` lists the stores written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+
+from bidstrain.atomic import atomic_path, write_text_atomic
+from bidstrain.checks.scale import value_stats
+from bidstrain.errors import BidstrainError, run_cli
+from bidstrain.store import open_store, read_meta
+from bidstrain.train.data import VolumeDataset
+from bidstrain.train.description import first_volume, load_model
+from bidstrain.train.losses import baseline_loss, normalized_mse
+from bidstrain.train.model import MultiModalAutoencoder
+
+LOG = logging.getLogger("bidstrain.embed")
+
+
+def check_scale(
+    store: str | Path, modality: str, description: Mapping[str, Any], max_ratio: float
+) -> float:
+    """The scale guard: the zero-prediction MSE of the store's first volume against the
+    model's training data.
+
+    Returns
+    -------
+    float
+        The store's zero-prediction MSE.
+
+    Raises
+    ------
+    BidstrainError
+        When the two are more than ``max_ratio`` apart (either way), naming the store,
+        its subject and both values.
+    """
+    mse = value_stats(first_volume(store))["mse_zero"]
+    reference = description["scale"][modality]["mse_zero"]
+    ratio = max(mse / reference, reference / mse) if mse > 0 and reference > 0 else np.inf
+    if not ratio <= max_ratio:
+        meta = read_meta(store)
+        raise BidstrainError(
+            f"{modality} values at another scale than the model's training data: "
+            f"zero-prediction MSE {mse:.4g} against {reference:.4g} ({ratio:.3g}x, above "
+            f"checks.max_scale_ratio {max_ratio:g}). Was the image normalized with the wrong "
+            "statistics, or not at all?",
+            path=store,
+            subject=meta.subject,
+        )
+    return mse
+
+
+@torch.no_grad()
+def embed_store(
+    model: MultiModalAutoencoder,
+    description: Mapping[str, Any],
+    store: str | Path,
+    modality: str,
+    *,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+) -> dict[str, np.ndarray]:
+    """Embeddings, reconstruction losses and baselines of every volume of ``store``.
+
+    Volumes are read ``batch_size`` at a time. Batch ``b`` masks the tokens drawn by a
+    generator seeded with ``(seed, b)``, so two identical stores get identical results.
+
+    Returns
+    -------
+    dict
+        ``embedding`` (time, feature), ``loss`` and ``baseline`` (time), float32.
+    """
+    train = description["train"]
+    dataset = VolumeDataset({modality: [str(store)]}, train["shapes"], resample=train["resample"])
+    settings = model.loss_settings
+    stats = (settings.target_stats or {}).get(modality)
+    out: dict[str, list[np.ndarray]] = {"embedding": [], "loss": [], "baseline": []}
+    for number, start in enumerate(range(0, len(dataset), batch_size)):
+        volume = dataset.batch(range(start, min(start + batch_size, len(dataset))))[modality]
+        volume = volume.to(device)
+        out["embedding"].append(model.encode(modality, volume).float().cpu().numpy())
+        batch = {modality: volume}
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + number)
+        output = model(batch, masks=model.token_masks(batch, generator))
+        where = output.voxel_masks.get(modality)
+        losses, baselines = [], []
+        for i in range(volume.shape[0]):
+            mask = where[i] if where is not None else None
+            options = {"normalize": settings.normalize, "eps": settings.eps, "target_stats": stats}
+            losses.append(
+                normalized_mse(
+                    output.reconstructions[modality][i], volume[i], where=mask, **options
+                )
+            )
+            baselines.append(baseline_loss(volume[i], where=mask, **options))
+        out["loss"].append(torch.stack(losses).float().cpu().numpy())
+        out["baseline"].append(torch.stack(baselines).float().cpu().numpy())
+    return {key: np.concatenate(parts).astype(np.float32) for key, parts in out.items()}
+
+
+def write_embedding(
+    out: str | Path,
+    values: Mapping[str, np.ndarray],
+    store: str | Path,
+    modality: str,
+    *,
+    model_path: str | Path,
+    description: Mapping[str, Any],
+) -> None:
+    """Write one embedding store atomically (see the module docstring for its layout)."""
+    meta = read_meta(store)
+    with open_store(store, use_dask=False) as source:
+        time = np.asarray(source["time"].values, dtype=np.float64)
+    dataset = xr.Dataset(
+        {
+            "embedding": (("time", "feature"), values["embedding"]),
+            "loss": (("time",), values["loss"]),
+            "baseline": (("time",), values["baseline"]),
+        },
+        coords={
+            "time": time,
+            "feature": np.arange(values["embedding"].shape[1], dtype=np.int64),
+        },
+        attrs={
+            "modality": modality,
+            "subject": meta.subject,
+            "session": meta.session,
+            "entities": dict(meta.entities),
+            "source_store": str(store),
+            "model": str(model_path),
+            "model_config_hash": description["config_hash"],
+            "model_step": description["step"],
+            "loss_normalize": description["train"]["loss"]["normalize"],
+        },
+    )
+    with atomic_path(out) as tmp:
+        dataset.to_zarr(tmp, mode="w", consolidated=False, zarr_format=3)
+
+
+def embed(
+    model_path: str | Path,
+    images: Sequence[Mapping[str, str]],
+    *,
+    expect: Mapping[str, Any] | None,
+    batch_size: int,
+    max_scale_ratio: float,
+    seed: int,
+    out_table: str | Path,
+) -> pd.DataFrame:
+    """Embed every image of ``images`` (``{"modality", "store", "out"}``) with the model.
+
+    Every store passes the scale guard before any is written. Returns the table written
+    to ``out_table`` (store, output, volumes, mean loss and baseline per image).
+    """
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, description = load_model(model_path, expect, device=device)
+    for image in images:
+        if image["modality"] not in description["modalities"]:
+            raise BidstrainError(
+                f"the model was not trained on {image['modality']} "
+                f"(it knows {description['modalities']})",
+                path=image["store"],
+            )
+        check_scale(image["store"], image["modality"], description, max_scale_ratio)
+    rows = []
+    for image in images:
+        values = embed_store(
+            model,
+            description,
+            image["store"],
+            image["modality"],
+            batch_size=batch_size,
+            seed=seed,
+            device=device,
+        )
+        write_embedding(
+            image["out"],
+            values,
+            image["store"],
+            image["modality"],
+            model_path=model_path,
+            description=description,
+        )
+        rows.append(
+            {
+                "modality": image["modality"],
+                "store": image["store"],
+                "embedding": image["out"],
+                "volumes": len(values["loss"]),
+                "loss": float(values["loss"].mean()),
+                "baseline": float(values["baseline"].mean()),
+            }
+        )
+        LOG.info("wrote %s (%d volumes)", image["out"], len(values["loss"]))
+    table = pd.DataFrame(
+        rows, columns=["modality", "store", "embedding", "volumes", "loss", "baseline"]
+    )
+    write_text_atomic(out_table, table.to_csv(sep="\t", index=False))
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse the arguments and embed."""
+    parser = argparse.ArgumentParser(prog="python -m bidstrain.embed", description=__doc__)
+    parser.add_argument("--model", required=True, help="model.pt")
+    parser.add_argument("--spec", required=True, help="the plan's embed.json")
+    parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--max-scale-ratio", type=float, required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--out-table", required=True)
+    args = parser.parse_args(argv)
+    try:
+        spec = json.loads(Path(args.spec).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise BidstrainError(f"cannot read the embed spec: {error}", path=args.spec) from None
+    embed(
+        args.model,
+        spec["images"],
+        expect=spec.get("expect"),
+        batch_size=args.batch_size,
+        max_scale_ratio=args.max_scale_ratio,
+        seed=args.seed,
+        out_table=args.out_table,
+    )
+
+
+if __name__ == "__main__":
+    run_cli(main)
