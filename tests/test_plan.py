@@ -12,7 +12,7 @@ import yaml
 from bidstrain import paths
 from bidstrain.bids import ENTITY_ORDER, BidsFile, BidsIndex, parse_name
 from bidstrain.config import Config, validate_config
-from bidstrain.demo import make_empty_dataset, make_fmriprep_demo
+from bidstrain.demo import make_empty_dataset, make_fmriprep_demo, make_qsiprep_demo
 from bidstrain.errors import BidstrainError
 from bidstrain.plan import Plan, fitting_runs, write_if_changed
 
@@ -271,3 +271,12 @@ def test_fmriprep_outputs_take_one_run_per_space_its_brain_mask_and_confounds(tm
     assert all("confounds" in spec for spec in json.loads(job.spec()) if spec["modality"] == "bold")
     with pytest.raises(BidstrainError, match="MNI152NLin2009cAsym"):
         plan_of(root, modalities=["bold"])  # two spaces, none chosen: the error lists them
+
+
+def test_qsiprep_dwi_takes_its_own_brain_mask(tmp_path):
+    root = make_qsiprep_demo(tmp_path / "qsiprep")
+    plan = plan_of(root, space="T1w", modalities=["dwi"])
+    dwi = _image_jobs(plan, "dwi")
+    assert dwi and all(i.image.entities["desc"] == "preproc" for i in dwi)
+    assert all(i.mask.endswith("_space-T1w_desc-brain_mask.nii.gz") for i in dwi)
+    assert all(i.store.endswith("_space-T1w_desc-zscore_dwi.zarr") for i in dwi)
