@@ -19,6 +19,7 @@ include: "workflow/rules/average.smk"
 include: "workflow/rules/checks.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/embed.smk"
 
 
 # Plain paths, not rules.<name>.input/output: a rule that references other rules makes
@@ -32,3 +33,4 @@ rule all:
         paths.CHECKS_SUMMARY,
         paths.trained_model(PLAN.experiment),
         PLAN.report_figures,
+        PLAN.embed_targets if CONFIG.embed.enabled else [],

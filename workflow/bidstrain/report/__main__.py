@@ -7,6 +7,7 @@
     average   --store <average.zarr> --subject-stores <store.zarr> ... --title T --out <png>
     checks    --summary results/checks/summary.json --scale-table-out <png> --summary-out <png>
     train     --metrics metrics.jsonl --experiment NAME [--clip-grad-norm X] --out-dir DIR
+    embed     --table embeddings.tsv --metrics metrics.jsonl --experiment NAME --out <png>
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--experiment", required=True)
     train.add_argument("--clip-grad-norm", type=float)
     train.add_argument("--out-dir", required=True)
+    embed = figures.add_parser("embed", help="embeddings and reconstruction losses")
+    embed.add_argument("--table", required=True)
+    embed.add_argument("--metrics", required=True)
+    embed.add_argument("--experiment", required=True)
+    embed.add_argument("--out", required=True)
     return parser
 
 
@@ -84,6 +90,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.scale_table_out: scale_figure(scale_values(summary, args.summary)),
             args.summary_out: summary_figure(summary),
         }
+    elif args.figure == "embed":
+        from bidstrain.report.embed import embedding_figure, read_embeddings
+        from bidstrain.report.train import read_metrics
+
+        _, stores = read_embeddings(args.table)
+        records = read_metrics(args.metrics)
+        summary = next((r for r in reversed(records) if r.get("kind") == "summary"), None)
+        outputs = {args.out: embedding_figure(stores, summary, args.experiment)}
     else:
         from bidstrain.report.train import read_metrics, training_figures
 

@@ -1,0 +1,117 @@
+"""The embedding figure of one experiment: the embeddings of every embedded volume on
+their first two principal components (colour: subject, marker: modality), and each
+image's reconstruction loss against its baseline and the training's validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from bidstrain.errors import BidstrainError
+from bidstrain.report.figure import empty_panel, new_figure
+
+_MARKERS = {"T1w": "s", "bold": "o", "dwi": "^"}
+_MODALITY_COLOURS = {"T1w": "#4c72b0", "bold": "#dd8452", "dwi": "#55a868"}
+
+
+def read_embeddings(table: str | Path) -> tuple[pd.DataFrame, list[xr.Dataset]]:
+    """The embed job's table and its embedding stores (loaded: one row per volume)."""
+    frame = pd.read_csv(table, sep="\t")
+    if "embedding" not in frame.columns:
+        raise BidstrainError("not an embed table (no 'embedding' column)", path=table)
+    stores = [xr.open_zarr(path, consolidated=False).load() for path in frame["embedding"]]
+    return frame, stores
+
+
+def principal_components(embeddings: np.ndarray, n: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Scores on the first ``n`` principal components and the fraction of variance each
+    explains (fewer when there are fewer samples or features)."""
+    centred = embeddings - embeddings.mean(axis=0)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    n = min(n, len(s))
+    explained = s**2 / max(float((s**2).sum()), np.finfo(float).tiny)
+    return u[:, :n] * s[:n], explained[:n]
+
+
+def _label(store: xr.Dataset) -> str:
+    entities = {"ses": store.attrs.get("session"), **store.attrs.get("entities", {})}
+    parts = [f"sub-{store.attrs['subject']}"]
+    parts += [f"{key}-{entities[key]}" for key in ("ses", "task", "run") if entities.get(key)]
+    return " ".join([*parts, store.attrs["modality"]])
+
+
+def embedding_figure(
+    stores: list[xr.Dataset], summary: dict[str, Any] | None, experiment: str
+) -> Figure:
+    """The two panels (see the module docstring); ``summary``: the training's ``summary``
+    record (its final validation ratio per modality is drawn), or None."""
+    fig = new_figure(13.0, 6.0, f"Embeddings of the trained model, experiment {experiment}")
+    pca_ax, loss_ax = fig.subplots(1, 2, width_ratios=[1.0, 1.3])
+    if not stores:
+        empty_panel(pca_ax, "Embeddings", "no image embedded")
+        empty_panel(loss_ax, "Reconstruction loss", "no image embedded")
+        return fig
+    embeddings = np.concatenate([s["embedding"].values for s in stores]).astype(np.float64)
+    scores, explained = principal_components(embeddings)
+    subjects = sorted({s.attrs["subject"] for s in stores})
+    # Subjects from the colour cycle after the three modality colours of the other panel.
+    colours = {sub: f"C{(i + 3) % 10}" for i, sub in enumerate(subjects)}
+    start = 0
+    for store in stores:
+        n = store.sizes["time"]
+        points = scores[start : start + n]
+        start += n
+        pca_ax.scatter(
+            points[:, 0],
+            points[:, 1] if points.shape[1] > 1 else np.zeros(n),
+            s=14,
+            marker=_MARKERS.get(store.attrs["modality"], "x"),
+            color=colours[store.attrs["subject"]],
+            alpha=0.8,
+        )
+    handles = [
+        Line2D([], [], ls="", marker="o", color=colours[s], label=f"sub-{s}") for s in subjects
+    ]
+    handles += [
+        Line2D([], [], ls="", marker=_MARKERS[m], color="grey", label=m)
+        for m in _MARKERS
+        if any(s.attrs["modality"] == m for s in stores)
+    ]
+    pca_ax.legend(handles=handles, loc="best", fontsize=7)
+    pca_ax.set_title("Pooled encoder embedding per volume, first two principal components")
+    labels = [f"PC{i + 1} ({100 * e:.0f} % of variance)" for i, e in enumerate(explained)]
+    pca_ax.set_xlabel(labels[0])
+    pca_ax.set_ylabel(labels[1] if len(labels) > 1 else "PC2 (none)")
+    _losses(loss_ax, stores, summary)
+    return fig
+
+
+def _losses(ax, stores: list[xr.Dataset], summary: dict[str, Any] | None) -> None:
+    ratios = [float(s["loss"].mean() / s["baseline"].mean()) for s in stores]
+    positions = np.arange(len(stores))
+    ax.barh(
+        positions,
+        ratios,
+        color=[_MODALITY_COLOURS.get(s.attrs["modality"], "grey") for s in stores],
+        edgecolor="black",
+    )
+    ax.set_yticks(positions, [_label(s) for s in stores], fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(1.0, color="black", lw=1, label="baseline (predicting the mean)")
+    for modality, values in (summary or {}).get("modalities", {}).items():
+        ax.axvline(
+            values["ratio"],
+            color=_MODALITY_COLOURS.get(modality, "grey"),
+            ls="--",
+            label=f"training validation {modality} ({values['ratio']:.2f})",
+        )
+    ax.set_xlim(left=0)
+    ax.set_xlabel("mean reconstruction loss / baseline (masked tokens)")
+    ax.set_title("Reconstruction loss per image against the baseline")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=2, fontsize=7)

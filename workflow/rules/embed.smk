@@ -1,0 +1,63 @@
+# Embed: apply the trained model to normalized images (bidstrain.embed). Target `embed`;
+# part of `all` only with embed.enabled. The job reads the stores listed in the plan's
+# embed.json and writes one embedding store per image and their table; a new model.pt
+# (retraining after a changed train.lr, say) reruns it.
+write_if_changed(PLAN.embed_files())
+
+
+rule embed_images:
+    input:
+        model=paths.trained_model(PLAN.experiment),
+        model_json=paths.trained_model_description(PLAN.experiment),
+        spec=paths.PLAN_EMBED,
+        tables=PLAN.embed_inputs,
+    output:
+        paths.embed_table(PLAN.experiment),
+    log:
+        paths.log("embed", PLAN.experiment),
+    conda:
+        ENV
+    threads: CONFIG.embed.cpus
+    resources:
+        gpu=CONFIG.embed.gpus,
+        runtime=CONFIG.embed.runtime,
+        mem_mb=CONFIG.embed.mem_mb,
+    params:
+        batch_size=CONFIG.embed.batch_size,
+        max_scale_ratio=CONFIG.checks.max_scale_ratio,
+        seed=CONFIG.train.seed,
+    shell:
+        "python -m bidstrain.embed --model {input.model:q} --spec {input.spec:q}"
+        " --batch-size {params.batch_size} --max-scale-ratio {params.max_scale_ratio}"
+        " --seed {params.seed} --out-table {output:q} > {log:q} 2>&1"
+
+
+rule report_embed:
+    input:
+        table=paths.embed_table(PLAN.experiment),
+        metrics=paths.training_metrics(PLAN.experiment),
+    output:
+        report(
+            paths.embed_figure(PLAN.experiment),
+            caption="../report/embed.rst",
+            category="6. Embedding",
+            labels={"experiment": PLAN.experiment},
+        ),
+    log:
+        paths.log("report", f"embed_{PLAN.experiment}"),
+    conda:
+        ENV
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        experiment=PLAN.experiment,
+    shell:
+        "python -m bidstrain.report embed --table {input.table:q} --metrics {input.metrics:q}"
+        " --experiment {params.experiment} --out {output:q} > {log:q} 2>&1"
+
+
+rule embed:
+    input:
+        PLAN.embed_targets,
+    localrule: True
