@@ -34,7 +34,8 @@ Two passes, one store open at a time, each store opened once per pass (per block
 2. **Data**: blocks of volumes whose float64 sum over the group voxels is at most
    ``block_bytes`` (:data:`BLOCK_BYTES`; a run of 300 volumes and 200,000 voxels takes 8
    blocks, the demo grid one). For each block, subject after subject (its sessions
-   together), each store is opened, its block of volumes read (a partial read of its
+   together), each store is opened, its mask read (unless it has as many voxels as the
+   group mask, which it then is), its block of volumes read (a partial read of its
    ``data`` shard) and added to the running sum; the first block also sums the stores'
    ``mean``, ``std`` and coverage.
 
@@ -341,26 +342,30 @@ class BlockSum:
         covered = count > 0
         if not single:
             total[:, covered] += target[:, covered] / count[covered]
-            for name in stats:
-                self.stat_sums[name][covered] += stat_target[name][covered] / count[covered]
         if with_stats:
             self.n_subjects += covered
+            for name in STATS if not single else ():
+                self.stat_sums[name][covered] += stat_target[name][covered] / count[covered]
 
     def _read(
         self, src: SourceStore, start: int, stop: int, *, with_stats: bool
-    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    ) -> tuple[np.ndarray | slice, np.ndarray, dict[str, np.ndarray]]:
         """One store opened once: the group index of the voxels of the group it covers, its
-        volumes ``start:stop`` there, and (``with_stats``) its ``mean`` and ``std`` there."""
+        volumes ``start:stop`` there, and (``with_stats``) its ``mean`` and ``std`` there.
+
+        A store with as many voxels as the group has the group's mask (the group mask is the
+        intersection or the union of the stores'): its mask is not read, and its voxels are
+        the group's, in order (the index is a slice)."""
         group = _open_group(src.path)
-        index = self.lookup[np.asarray(_array(group, "mask", src.path)[...], dtype=bool)]
-        keep = index >= 0
-        whole = bool(keep.all())
-        data = _array(group, "data", src.path)[start:stop]
-        stats = {}
-        for name in STATS if with_stats else ():
-            values = _array(group, name, src.path)[...]
-            stats[name] = values if whole else values[keep]
-        return (index, data, stats) if whole else (index[keep], data[:, keep], stats)
+        if src.n_voxel == self.n_subjects.size:
+            index, keep = slice(None), slice(None)
+        else:
+            index = self.lookup[np.asarray(_array(group, "mask", src.path)[...], dtype=bool)]
+            keep = index >= 0
+            index = index[keep]
+        data = _array(group, "data", src.path)[start:stop][:, keep]
+        stats = {name: _array(group, name, src.path)[...][keep] for name in STATS if with_stats}
+        return index, data, stats
 
 
 def average_stores(
