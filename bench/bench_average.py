@@ -19,6 +19,8 @@ either way).
 
     PYTHONPATH=workflow .venv/bin/python bench/bench_average.py \
         --subjects 100 300 1000 --repeats 3 --peer-max 1000
+    PYTHONPATH=workflow .venv/bin/python bench/bench_average.py \
+        --subjects 100 300 1000 --repeats 3 --vary-masks
 """
 
 from __future__ import annotations
@@ -37,8 +39,13 @@ from pathlib import Path
 AVERAGE_FLAGS = ["--mask", "intersection", "--affine-tolerance", "0.001", "--tr-tolerance", "0.001"]
 
 
-def make_subject_stores(root: Path, n_subjects: int, n_distinct: int, spec) -> list[Path]:
-    """``n_subjects`` z-scored demo BOLD stores, ``n_distinct`` of them with their own data."""
+def make_subject_stores(
+    root: Path, n_subjects: int, n_distinct: int, spec, *, vary_masks: bool = False
+) -> list[Path]:
+    """``n_subjects`` z-scored demo BOLD stores, ``n_distinct`` of them with their own data.
+
+    The demo's brain masks are all the same; ``vary_masks`` drops a random 1% of each
+    distinct store's mask voxels, so that masks differ as subjects' own masks do."""
     import numpy as np
     import zarr
     from bidstrain.demo import bold_run
@@ -58,6 +65,8 @@ def make_subject_stores(root: Path, n_subjects: int, n_distinct: int, spec) -> l
             continue
         raw = bold_run(spec, rng, shared.astype(np.float32)).astype(np.float64)
         mask = raw.mean(axis=-1) > 1000
+        if vary_masks:
+            mask &= rng.random(mask.shape) > 0.01
         series = raw[mask].T
         mean, std = series.mean(axis=0), series.std(axis=0, ddof=1)
         time_s = np.arange(spec.n_volumes) * spec.repetition_time
@@ -124,6 +133,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--distinct", type=int, default=50, help="stores with their own data")
     parser.add_argument("--peer-max", type=int, default=1000, help="largest N for xarray")
+    parser.add_argument(
+        "--vary-masks",
+        action="store_true",
+        help="subject masks differ (no peer: concat cannot align different voxel sets)",
+    )
     parser.add_argument("--bold-shape", type=int, nargs=3, default=[20, 24, 20])
     parser.add_argument("--volumes", type=int, default=40)
     parser.add_argument("--one", choices=["ours", "xarray"], help=argparse.SUPPRESS)
@@ -138,12 +152,15 @@ def main() -> None:
     spec = DemoSpec(bold_shape=tuple(args.bold_shape), n_volumes=args.volumes)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        stores = make_subject_stores(root, max(args.subjects), args.distinct, spec)
+        stores = make_subject_stores(
+            root, max(args.subjects), args.distinct, spec, vary_masks=args.vary_masks
+        )
         cases = []
         for n in args.subjects:
             members = root / f"members-{n}.txt"
             members.write_text("".join(f"{path}\n" for path in stores[:n]))
-            methods = ["ours", "xarray"] if n <= args.peer_max else ["ours"]
+            peer = n <= args.peer_max and not args.vary_masks
+            methods = ["ours", "xarray"] if peer else ["ours"]
             cases += [(method, n, members) for method in methods]
         print(f"load before: {load()}", flush=True)
         runs: dict[tuple[str, int], list[dict]] = {}
@@ -155,6 +172,7 @@ def main() -> None:
         print(f"load after: {load()}")
     print(
         f"\n{spec.bold_shape} x {spec.n_volumes} volumes, {args.distinct} distinct stores, "
+        f"{'different' if args.vary_masks else 'the same'} masks, "
         f"median of {args.repeats} interleaved runs"
     )
     print("| subjects | method | whole process | work | peak RSS |\n|---|---|---|---|---|")
