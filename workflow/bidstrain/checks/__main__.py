@@ -80,7 +80,7 @@ def run_checks(
     Parameters
     ----------
     training, validation : sequence of str
-        Stores training and validation read (``training_stores()``, ``validation_stores()``).
+        Stores training and validation read (``Plan.training``, ``Plan.validation``).
     subject_stores : sequence of str
         Every subject store of the selected images (those behind the averages included).
     manifest : mapping

@@ -32,7 +32,7 @@ def zero_prediction_losses(
     Parameters
     ----------
     stores : mapping
-        ``training_stores()``.
+        ``Plan.training``.
     train : mapping
         The ``train`` config section.
     n_batches : int

@@ -45,7 +45,7 @@ def check_counts(
     Parameters
     ----------
     stores : mapping
-        ``training_stores()``: ``{modality: [store, ...]}``.
+        ``Plan.training``: ``{modality: [store, ...]}``.
     batch_size, batching, world_size
         ``train.batch_size``, ``train.batching`` and the number of ranks.
     subject_samples : mapping, optional

@@ -113,7 +113,7 @@ def sample_counts(
     Parameters
     ----------
     stores : mapping
-        ``{modality: [store path, ...]}`` as ``training_stores()`` gives them.
+        ``{modality: [store path, ...]}`` as ``Plan.training`` gives them.
     tables : sequence of str
         Normalize tables giving volume counts without opening stores (:func:`store_layout`).
 
