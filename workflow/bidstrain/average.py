@@ -94,6 +94,7 @@ class StoreHeader:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The store's grid shape (its mask's)."""
         return self.mask.shape
 
     def source(self) -> SourceStore:
