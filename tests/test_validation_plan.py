@@ -1,0 +1,63 @@
+"""The plan's validation and embed selections: train.heldout holds T1w and DWI images out
+of training (a session or a subject), embed.participant_label picks what is embedded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from bidstrain import paths
+from bidstrain.bids import BidsIndex
+from bidstrain.errors import BidstrainError
+from bidstrain.plan import Plan
+from test_plan import typed_config
+
+
+def plan_of(bids_dir, **overrides) -> Plan:
+    return Plan.build(typed_config(bids_dir, **overrides), BidsIndex.build(bids_dir))
+
+
+def test_the_demo_validates_every_modality_on_held_out_images(demo_bids):
+    plan = plan_of(demo_bids)  # config.yaml: train.heldout {ses: ["2"]}
+    assert set(plan.validation) == {"T1w", "bold", "dwi"}
+    for modality in ("T1w", "dwi"):
+        (held,) = plan.validation[modality]
+        assert "sub-03/ses-2/" in held
+        assert held not in plan.training[modality] and len(plan.training[modality]) == 3
+    lists = plan.store_lists()
+    assert lists["validation"]["T1w"] == list(plan.validation["T1w"])
+
+
+def test_a_held_out_subject_and_none(demo_bids):
+    plan = plan_of(demo_bids, train={"heldout": {"sub": ["01"]}})
+    assert [s.split("/")[2] for s in plan.validation["dwi"]] == ["sub-01"]
+    assert not any("sub-01/" in s for s in plan.training["T1w"])
+    plan = plan_of(demo_bids, train={"heldout": {}})
+    assert set(plan.validation) == {"bold"} and len(plan.training["T1w"]) == 4
+
+
+def test_holding_out_every_image_stops_the_plan(demo_bids):
+    with pytest.raises(BidstrainError, match=r"train.heldout .* selects every T1w image"):
+        plan_of(demo_bids, train={"heldout": {"sub": ["01", "02", "03"]}})
+
+
+def test_embed_takes_the_validation_images_or_the_chosen_subjects(demo_bids):
+    plan = plan_of(demo_bids)
+    stores = [image.store for image in plan.embed_images]
+    assert sorted(stores) == sorted(
+        [
+            *(s for s in plan.stores("bold") if "run-2" in s),
+            *plan.validation["T1w"],
+            *plan.validation["dwi"],
+        ]
+    )
+    assert all("run-2" in s for s in stores if s.endswith("_bold.zarr"))
+    spec = json.loads(plan.embed_files()[paths.PLAN_EMBED])
+    assert [image["store"] for image in spec["images"]] == stores
+    assert spec["images"][0]["out"].startswith("results/embed/demo/sub-")
+    assert spec["expect"]["train"]["lr"] == plan.config.train.lr
+    assert plan.embed_targets == [paths.embed_table("demo"), paths.embed_figure("demo")]
+    chosen = plan_of(demo_bids, embed={"participant_label": ["02"]})
+    assert {image.image.subject for image in chosen.embed_images} == {"02"}
+    assert len(chosen.embed_images) == 4  # T1w, two BOLD runs, DWI
+    assert chosen.embed_inputs == [paths.normalized_table("02")]
