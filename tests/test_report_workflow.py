@@ -39,7 +39,7 @@ def expected_figures(workdir):
 
 def test_every_figure_is_drawn_on_the_demo_run(demo_run):
     figures = expected_figures(demo_run)
-    assert len(figures) == 1 + 16 + 2 + 2 + 5  # 16 images in the demo, 2 averaged runs
+    assert len(figures) == 1 + 16 + 2 + 2 + 6  # 16 images in the demo, 2 averaged runs
     report_dir = demo_run / "results/report"
     # (a subject's figures are one directory output; Snakemake marks it with a timestamp)
     drawn = sorted(
