@@ -130,10 +130,10 @@ def model_rate(train: dict, steps: int) -> float:
         module, module, optimizer, scheduler, Context(0, 1, torch.device("cpu")), train
     )
     batch = {"bold": torch.randn(train["batch_size"], 1, *train["shapes"]["bold"])}
-    optimizer_step(trainer, [batch], log_norms=False)  # warm-up
+    optimizer_step(trainer, [batch], step=1, log_norms=False)  # warm-up
     started = time.perf_counter()
     for _ in range(steps):
-        optimizer_step(trainer, [batch], log_norms=False)
+        optimizer_step(trainer, [batch], step=1, log_norms=False)
     return steps * train["batch_size"] / (time.perf_counter() - started)
 
 

@@ -132,7 +132,7 @@ def time_loop(config, stores, device: torch.device, steps: int) -> dict[str, flo
     loader = make_loader(dataset, sampler, config, device=device)
     trainer = make_trainer(config, list(stores), device)
     batches = iter(loader)
-    optimizer_step(trainer, [next(batches)], log_norms=False)  # warm-up, workers started
+    optimizer_step(trainer, [next(batches)], step=1, log_norms=False)  # warm-up, workers started
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     waited = samples = 0.0
@@ -145,7 +145,7 @@ def time_loop(config, stores, device: torch.device, steps: int) -> dict[str, flo
             batches = iter(loader)
             batch = next(batches)
         waited += time.perf_counter() - asked
-        samples += optimizer_step(trainer, [batch], log_norms=False).samples
+        samples += optimizer_step(trainer, [batch], step=1, log_norms=False).samples
     total = time.perf_counter() - started
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
     return {"samples/s": samples / total, "loader share": waited / total, "peak GiB": peak}
@@ -198,13 +198,13 @@ def compare_demo(args, config, stores, nifti, device: torch.device) -> None:
     order = [i for batch in sampler for i in batch]
     trainer = make_trainer(config, list(shapes), device)
     batches = list(loader)[: args.steps]
-    optimizer_step(trainer, batches[:1], log_norms=False)  # warm-up
+    optimizer_step(trainer, batches[:1], step=1, log_norms=False)  # warm-up
     rates = {"step": [], "zarr": [], "nifti": []}
     for _ in range(args.repeats):
         start = time.perf_counter()
         samples = 0
         for batch in batches:
-            samples += optimizer_step(trainer, [batch], log_norms=False).samples
+            samples += optimizer_step(trainer, [batch], step=1, log_norms=False).samples
         rates["step"].append(samples / (time.perf_counter() - start))
         seconds, n = time_zarr(loader)
         rates["zarr"].append(n / seconds)

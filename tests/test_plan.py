@@ -126,6 +126,7 @@ def test_gpus_from_the_profile_decide_the_world_size(demo_bids):
     assert two_nodes.train_resources == {
         "nodes": 2,
         "tasks": 2,
+        "tasks_per_gpu": 0,
         "mpi": "srun",
         "gres": "gpu:a100:4",
     }

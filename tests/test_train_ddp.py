@@ -200,9 +200,11 @@ def _nan_step_rank(rank, port, out_dir):
     if rank == 1:
         batch["bold"][0, 0, 3, 3, 3] = float("nan")
     before = {name: p.detach().clone() for name, p in module.named_parameters()}
-    result = optimizer_step(trainer, [batch], log_norms=False)
+    result = optimizer_step(trainer, [batch], step=1, log_norms=False)
     unchanged = all(torch.equal(before[n], p) for n, p in module.named_parameters())
-    healthy = optimizer_step(trainer, [{"bold": torch.randn(2, 1, 8, 8, 8)}], log_norms=False)
+    healthy = optimizer_step(
+        trainer, [{"bold": torch.randn(2, 1, 8, 8, 8)}], step=1, log_norms=False
+    )
     moved = not all(torch.equal(before[n], p) for n, p in module.named_parameters())
     with open(f"{out_dir}/rank{rank}.json", "w") as file:
         json.dump(

@@ -109,7 +109,7 @@ def test_absent_modality_under_adamw_frozen_or_drifting(freeze):
     )
     before = torch.cat([p.detach().flatten().clone() for p in model.modality_parameters("T1w")])
     for step in range(50):
-        optimizer_step(trainer, [bold_batch(step)], log_norms=False)
+        optimizer_step(trainer, [bold_batch(step)], step=step + 1, log_norms=False)
     after = torch.cat([p.detach().flatten() for p in model.modality_parameters("T1w")])
     drift_per_step = (before - after) / 50
     if freeze:
@@ -127,7 +127,7 @@ def test_logged_grad_norm_is_the_pre_clip_norm_computed_by_hand():
     active += list(reference.encoder.parameters())
     expected = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in active)).item()
     trainer = make_trainer(model, clip_grad_norm=1e-3)
-    result = optimizer_step(trainer, [batch], log_norms=True)
+    result = optimizer_step(trainer, [batch], step=1, log_norms=True)
     assert result.grad_norm == pytest.approx(expected, rel=1e-5)
     assert result.grad_norm > 1e-3  # so clipping did act, after the norm was taken
     assert result.module_norms["[inactive] embed.T1w"] > 0
@@ -141,7 +141,7 @@ def test_a_nan_batch_skips_the_step_and_leaves_weights_and_adam_untouched():
     batch = bold_batch()
     batch["bold"][1, 0, 2, 2, 2] = float("nan")
     before = copy.deepcopy(model.state_dict())
-    result = optimizer_step(trainer, [batch], log_norms=False)
+    result = optimizer_step(trainer, [batch], step=1, log_norms=False)
     assert result.skipped and not np.isfinite(result.grad_norm)
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]), name
@@ -161,7 +161,7 @@ def test_gradient_accumulation_averages_micro_batches():
         trainer.scheduler = build_scheduler(
             trainer.optimizer, total_steps=10, warmup_steps=0, min_lr_ratio=1.0
         )
-        result = optimizer_step(trainer, micro_batches, log_norms=False)
+        result = optimizer_step(trainer, micro_batches, step=1, log_norms=False)
         assert result.samples == 4
         models.append(model)
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):

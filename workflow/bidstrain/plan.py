@@ -274,7 +274,8 @@ class Plan:
         rather than wrapping it in ``srun -n1``."""
         if self.nodes == 1:
             return {"gpu": self.gpus, "gpu_model": self.gpu_model, "nodes": 1}
-        resources = {"nodes": self.nodes, "tasks": self.nodes, "mpi": "srun"}
+        # tasks_per_gpu 0: the plugin would otherwise take `tasks` as --ntasks-per-gpu
+        resources = {"nodes": self.nodes, "tasks": self.nodes, "tasks_per_gpu": 0, "mpi": "srun"}
         if self.gpus:
             model = f"{self.gpu_model}:" if self.gpu_model else ""
             resources["gres"] = f"gpu:{model}{self.gpus}"

@@ -2,9 +2,10 @@
 
 A checkpoint holds the model, optimizer and scheduler states, the
 :class:`~bidstrain.train.state.TrainState` (optimizer step, epoch, batch groups consumed in
-that epoch, skipped steps, world size), the RNG states (torch; the batch order itself is a
-function of seed and epoch), and the hash of the configuration that produced it. Files
-are ``<dir>/step-<step>.pt``; the two newest are kept.
+that epoch, skipped steps, world size) and the hash of the configuration that produced
+it; no RNG state: the batch order is a function of seed and epoch, the token masks of
+seed, step, rank and micro-batch (:func:`bidstrain.train.model.mask_generator`). Files are
+``<dir>/step-<step>.pt``; the two newest are kept.
 
 The hash covers the ``train`` keys that determine the weights
 (:func:`bidstrain.config.train_keys` ``("hashed")``) and the store lists; the world size
@@ -29,7 +30,7 @@ from bidstrain.errors import BidstrainError
 
 LOG = logging.getLogger("bidstrain.train")
 KEEP = 2
-REQUIRED_KEYS = ("model", "optimizer", "scheduler", "train_state", "rng", "config_hash")
+REQUIRED_KEYS = ("model", "optimizer", "scheduler", "train_state", "config_hash")
 
 
 def config_hash(train_config: Mapping[str, Any], stores: Mapping[str, Any]) -> str:
@@ -39,22 +40,6 @@ def config_hash(train_config: Mapping[str, Any], stores: Mapping[str, Any]) -> s
     relevant = {k: v for k, v in train_config.items() if k in hashed}
     text = json.dumps({"train": relevant, "stores": stores}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def rng_state() -> dict[str, Any]:
-    """The torch RNG states (CUDA too when available): the only global RNG training draws
-    from (token masking); the batch order is a function of seed and epoch."""
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore what :func:`rng_state` captured."""
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save(directory: str | Path, state: Mapping[str, Any]) -> Path:

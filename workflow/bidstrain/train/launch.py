@@ -48,7 +48,7 @@ def rendezvous_endpoint(nodelist: str, job_id: str) -> str:
     Parameters
     ----------
     nodelist : str
-        ``SLURM_JOB_NODELIST`` (compressed, e.g. ``n[1-2]``).
+        The job's node list (compressed, e.g. ``n[1-2]``).
     job_id : str
         ``SLURM_JOB_ID``.
     """
@@ -62,6 +62,16 @@ def rendezvous_endpoint(nodelist: str, job_id: str) -> str:
     )
     address = fields.get("NodeAddr") or hosts[0]
     return f"{address}:{29500 + int(job_id) % PORT_SPREAD}"
+
+
+def allocation(job_id: str) -> dict[str, str]:
+    """``scontrol show job`` of the running job: ``NodeList``, ``CPUs/Task``...
+
+    Read from SLURM rather than the environment: the executor plugin's job step removes
+    the allocation's ``SLURM_*`` variables but the job id before running the rule.
+    """
+    fields = _scontrol("show", "job", "-o", job_id).split()
+    return dict(item.split("=", 1) for item in fields if "=" in item)
 
 
 def _scontrol(*args: str) -> str:
@@ -116,10 +126,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.execv(sys.executable, [sys.executable, "-m", "bidstrain.train", *trainer])
     job_id = os.environ.get("SLURM_JOB_ID", "0")
     if args.nodes > 1 and _ON_NODE not in os.environ:
-        if "SLURM_JOB_NODELIST" not in os.environ:
+        if "SLURM_JOB_ID" not in os.environ:
             raise BidstrainError(f"train.nodes is {args.nodes}: run inside a SLURM allocation")
-        os.environ[_ON_NODE] = rendezvous_endpoint(os.environ["SLURM_JOB_NODELIST"], job_id)
-        cpus = os.environ.get("SLURM_CPUS_PER_TASK", "1")
+        job = allocation(job_id)
+        os.environ[_ON_NODE] = rendezvous_endpoint(job["NodeList"], job_id)
+        cpus = job.get("CPUs/Task", "1")
         srun = ["srun", f"--nodes={args.nodes}", "--ntasks-per-node=1", f"--cpus-per-task={cpus}"]
         os.execvp(
             "srun", [*srun, "--kill-on-bad-exit=1", sys.executable, "-m", __spec__.name, *argv]

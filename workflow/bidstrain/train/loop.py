@@ -181,7 +181,7 @@ def hold_lock(lock: ExperimentLock, context: distributed.Context) -> None:
 def _train(config, stores, validation_stores, context, outputs: Outputs, tables=()):
     checkpoint_dir = outputs.checkpoints
     check_shapes(config, stores)
-    torch.manual_seed(config["seed"])  # initialization and token masking
+    torch.manual_seed(config["seed"])  # initialization (token masks: mask_generator)
     config_hash = checkpoint.config_hash(config, stores)
     data = training_data(config, stores, context, tables)
     validation = validation_loader(config, validation_stores, context, tables)
@@ -287,7 +287,11 @@ def run_epochs(trainer, state, data, validation, sink, checkpoint_dir, config_ha
             for group in accumulation_groups(data.loader, accum):
                 at_log = (state.step + 1) % config["log_every"] == 0
                 result = optimizer_step(
-                    trainer, group, log_norms=at_log, stop_requested=signals.requested
+                    trainer,
+                    group,
+                    step=state.step + 1,
+                    log_norms=at_log,
+                    stop_requested=signals.requested,
                 )
                 state.record_step(result.skipped)
                 durations.append(time.perf_counter() - started)
@@ -326,7 +330,6 @@ def resume(checkpoint_dir, config_hash, context, module, optimizer, scheduler):
     module.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
-    checkpoint.set_rng_state(saved["rng"])
     state.load_state_dict(saved["train_state"])
     LOG.info(
         "resumed from step %d (epoch %d, batch group %d)", state.step, state.epoch, state.position
@@ -348,7 +351,6 @@ def save_checkpoint(
                 "optimizer": trainer.optimizer.state_dict(),
                 "scheduler": trainer.scheduler.state_dict(),
                 "train_state": state.state_dict(),
-                "rng": checkpoint.rng_state(),
                 "config_hash": config_hash,
             },
         )

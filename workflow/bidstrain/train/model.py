@@ -20,6 +20,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -116,6 +117,15 @@ class ReconstructionHead(nn.Module):
         return flags
 
 
+def mask_generator(seed: int, *keys: int) -> torch.Generator:
+    """A CPU generator seeded by ``train.seed`` and ``keys`` (step, rank, micro-batch):
+    the token masks are a function of where they are drawn, not of what was drawn
+    before, so a run resumed on any number of restarts masks exactly as an uninterrupted
+    one, on every rank."""
+    state = np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
 class MultiModalAutoencoder(nn.Module):
     """Per-modality embeddings and heads around a shared transformer encoder.
 
@@ -178,8 +188,9 @@ class MultiModalAutoencoder(nn.Module):
         """Which tokens to mask: per sample exactly ``round(mask_ratio * tokens)`` of them
         (at least one), bool ``(n, tokens)`` per modality; ``{}`` without masking.
 
-        ``generator`` (a CPU generator) gives the same masks on every call with the same
-        seed (validation); by default the global torch RNG draws them (training).
+        ``generator`` (a CPU generator, :func:`mask_generator`) gives the same masks on
+        every call with the same seed: training and validation draw from one; by default
+        the global torch RNG draws them.
         """
         if self.mask_ratio <= 0:
             return {}

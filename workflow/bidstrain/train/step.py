@@ -25,7 +25,7 @@ import torch
 from bidstrain.errors import BidstrainError
 from bidstrain.train import distributed
 from bidstrain.train.data import MODALITIES
-from bidstrain.train.model import MultiModalAutoencoder
+from bidstrain.train.model import MultiModalAutoencoder, mask_generator
 
 
 class GradientArrivals:
@@ -88,6 +88,7 @@ def optimizer_step(
     trainer: Trainer,
     micro_batches: Sequence[Mapping[str, torch.Tensor]],
     *,
+    step: int,
     log_norms: bool,
     stop_requested: bool = False,
 ) -> StepResult:
@@ -100,10 +101,11 @@ def optimizer_step(
     loss is summed over ranks (a NaN anywhere makes the sum NaN everywhere) and the
     gradients, hence their norm, are identical on every rank after DDP's all-reduce.
     ``stop_requested`` (this rank's) comes back as ``StepResult.stop_requested``: whether
-    any rank asked to stop.
+    any rank asked to stop. ``step`` (1-based) seeds the token masks with the rank and the
+    micro-batch (:func:`~bidstrain.train.model.mask_generator`).
     """
     context = trainer.context
-    sums = accumulate(trainer, micro_batches)
+    sums = accumulate(trainer, micro_batches, step)
     sums["stop"] = float(stop_requested)
     totals = distributed.all_reduce_named(sums, context.device)
     present = [m for m in MODALITIES if totals[f"batches.{m}"] > 0]
@@ -144,7 +146,7 @@ def optimizer_step(
 
 
 def accumulate(
-    trainer: Trainer, micro_batches: Sequence[Mapping[str, torch.Tensor]]
+    trainer: Trainer, micro_batches: Sequence[Mapping[str, torch.Tensor]], step: int
 ) -> dict[str, torch.Tensor | float]:
     """Forward and backward of every micro-batch (gradients synchronized on the last);
     this rank's sums of the loss statistics, by name, on the device."""
@@ -164,8 +166,9 @@ def accumulate(
         if last and trainer.arrivals is not None:
             trainer.arrivals.clear()
         with nullcontext() if last or not context.distributed else model.no_sync():
+            generator = mask_generator(trainer.config["seed"], step, context.rank, index)
             with autocast:
-                output = model(batch)
+                output = model(batch, masks=trainer.module.token_masks(batch, generator))
             (output.loss / len(micro_batches)).backward()
         sums["loss"] = sums["loss"] + output.loss.detach().double()
         sums["dummy_loss"] = sums["dummy_loss"] + output.dummy_loss.double()
