@@ -47,7 +47,7 @@ def _copy_of(demo_run: Path, workdir: Path, train: str) -> tuple[str, ...]:
     shutil.copytree(demo_run, workdir, symlinks=True)
     shutil.rmtree(workdir / "results" / "train")
     settings = workdir.parent / f"{workdir.name}.yaml"
-    settings.write_text(f"train:\n  epochs: {EPOCHS}\n{train}")
+    settings.write_text(f"train:\n  epochs: {EPOCHS}\n  warmup_steps: 3\n{train}")
     return ("--configfile", str(REPO / "config" / "config.yaml"), str(settings))
 
 
