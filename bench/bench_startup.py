@@ -100,7 +100,17 @@ def make_cohort(root: Path, subjects: int) -> Path:
             os.symlink(real[name], store)
             training[modality].append(str(store))
             rows.append(
-                StoreRow(str(store), modality, "x.nii.gz", False, n_time, 64, (6, 6, 6), ())
+                StoreRow(
+                    str(store),
+                    modality,
+                    "x.nii.gz",
+                    False,
+                    n_time,
+                    64,
+                    (6, 6, 6),
+                    (),
+                    "2026-01-01T00:00:00+00:00",
+                )
             )
         table = folder / f"sub-{label}_scans.tsv"
         write_table(rows, table)

@@ -15,9 +15,9 @@ pytestmark = pytest.mark.slow
 
 BAD_PLANS = {
     "train: {batch_size: 1000}": "check sample_counts failed: train.batch_size 1000 is larger "
-    "than the 76 samples each of 1 rank(s) gets per epoch",
-    "train: {warmup_steps: 500}": "check training_plan failed: train.warmup_steps 500 is not "
-    "shorter than the run's 57 optimizer steps",
+    "than the 67 samples each of 1 rank(s) gets per epoch",
+    "train: {warmup_steps: 600}": "check training_plan failed: train.warmup_steps 600 is not "
+    "shorter than the run's 510 optimizer steps",
 }
 
 

@@ -120,11 +120,11 @@ def test_gpus_from_the_profile_decide_the_world_size(demo_bids):
     assert Plan.build(config, index).world_size == 1  # train.gpus: 0, CPU
     plan = Plan.build(config, index, gpus=2)
     assert (plan.gpus, plan.world_size) == (2, 2)
-    assert plan.train_launcher.endswith("--nodes 1 --gpus-per-node 2 --")
-    assert plan.train_resources == {"gpu": 2, "gpu_model": "", "nodes": 1}
+    assert plan.train_resources == {"gpu": 2, "gpu_model": "", "nodes": 1, "gpus_per_node": 2}
     two_nodes = Plan.build(config, index, gpus=4, nodes=2, gpu_model="a100")
     assert two_nodes.train_resources == {
         "nodes": 2,
+        "gpus_per_node": 4,
         "tasks": 2,
         "tasks_per_gpu": 0,
         "mpi": "srun",

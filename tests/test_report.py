@@ -290,7 +290,17 @@ def test_read_metrics_rejects_a_file_without_plan_or_with_bad_json(tmp_path):
 
 def _table(folder: Path, store: Path) -> Path:
     """A normalize job's table listing ``store`` (next to it)."""
-    row = StoreRow(str(store), "bold", "bold.nii.gz", False, 30, 100, (4, 5, 5), ())
+    row = StoreRow(
+        str(store),
+        "bold",
+        "bold.nii.gz",
+        False,
+        30,
+        100,
+        (4, 5, 5),
+        (),
+        "2026-01-01T00:00:00+00:00",
+    )
     write_table([row], folder / "sub-01_scans.tsv")
     return folder / "sub-01_scans.tsv"
 

@@ -267,3 +267,27 @@ def test_dry_run_with_the_slurm_profile_shows_the_training_gpu_request(
     assert checks_config["world_size"] == gpus, checks
     plan = json.loads((tmp_path / "results" / "plan" / "stores.json").read_text())
     assert plan["world_size"] == gpus
+
+
+def test_dry_run_of_the_realistic_config_asks_for_nodes_and_gpus_per_node(
+    slurm_cluster, demo_bids, tmp_path, monkeypatch
+):
+    """config/train-mni2mm.yaml on 2 nodes of 4 GPUs: per-node GPUs (gres), one task per
+    node, the mpi marker, 8 ranks told to the trainer and to the checks."""
+    monkeypatch.setenv("BIDSTRAIN_TRAIN_NODES", "2")
+    monkeypatch.setenv("BIDSTRAIN_TRAIN_GPUS", "4")
+    result = run_snakemake(
+        tmp_path,
+        "train",
+        "--dry-run",
+        "--configfile",
+        str(REPO / "config" / "config.yaml"),
+        str(REPO / "config" / "train-mni2mm.yaml"),
+        config={"bids_dir": demo_bids},
+        profile="slurm",
+    )
+    train = result.stdout.split("\nrule train:\n")[1].split("\n\n")[0]
+    resources = set(re.search(r"^\s*resources: (.*)$", train, flags=re.MULTILINE)[1].split(", "))
+    assert {"nodes=2", "tasks=2", "mpi=srun", "gres=gpu:4"} <= resources, train
+    assert "--nodes 2 --gpus-per-node 4 --" in train and "--world-size 8 " in train, train
+    assert '"embed_dim": 768' in train and '"bf16": true' in train, train

@@ -105,8 +105,20 @@ def test_layout_comes_from_the_tables_without_opening_a_store(tmp_path):
     folder.mkdir(parents=True)
     listed = [str(folder / "sub-01_T1w.zarr"), str(folder / "sub-01_task-a_bold.zarr")]
     rows = [
-        StoreRow(listed[0], "T1w", "t1.nii", False, 1, 500, (10, 12, 10), ()),
-        StoreRow(listed[1], "bold", "b.nii", False, 40, 300, (10, 12, 10), ()),
+        StoreRow(
+            listed[0], "T1w", "t1.nii", False, 1, 500, (10, 12, 10), (), "2026-01-01T00:00:00+00:00"
+        ),
+        StoreRow(
+            listed[1],
+            "bold",
+            "b.nii",
+            False,
+            40,
+            300,
+            (10, 12, 10),
+            (),
+            "2026-01-01T00:00:00+00:00",
+        ),
     ]
     write_table(rows, folder / "sub-01_scans.tsv")
     layout = store_layout(

@@ -259,23 +259,18 @@ class Plan:
         return [*self.normalized_tables, *self.average_stores]
 
     @property
-    def train_launcher(self) -> str:
-        """The training command (:mod:`bidstrain.train.launch`): the trainer itself, one
-        trainer per GPU under torchrun, or one torchrun per node through srun."""
-        return (
-            f"python -m bidstrain.train.launch --nodes {self.nodes} --gpus-per-node {self.gpus} --"
-        )
-
-    @property
     def train_resources(self) -> dict[str, Any]:
-        """GPU and node request of the training job. One node: ``gpu`` (sbatch
-        ``--gpus``, a total). Several: ``gres`` per node, one task per node, and the
-        executor plugin's ``mpi`` marker so the job step runs the launcher's own ``srun``
-        rather than wrapping it in ``srun -n1``."""
+        """GPU and node request of the training job, and the ``nodes`` and
+        ``gpus_per_node`` its launcher (:mod:`bidstrain.train.launch`) reads. One node:
+        ``gpu`` (sbatch ``--gpus``, a total). Several: ``gres`` per node, one task per node,
+        and the executor plugin's ``mpi`` marker so the job step runs the launcher's own
+        ``srun`` rather than wrapping it in ``srun -n1``. Resources, not params: how the
+        job is launched does not rerun it (the world size, a param, does)."""
+        launch = {"nodes": self.nodes, "gpus_per_node": self.gpus}
         if self.nodes == 1:
-            return {"gpu": self.gpus, "gpu_model": self.gpu_model, "nodes": 1}
+            return {**launch, "gpu": self.gpus, "gpu_model": self.gpu_model}
         # tasks_per_gpu 0: the plugin would otherwise take `tasks` as --ntasks-per-gpu
-        resources = {"nodes": self.nodes, "tasks": self.nodes, "tasks_per_gpu": 0, "mpi": "srun"}
+        resources = {**launch, "tasks": self.nodes, "tasks_per_gpu": 0, "mpi": "srun"}
         if self.gpus:
             model = f"{self.gpu_model}:" if self.gpu_model else ""
             resources["gres"] = f"gpu:{model}{self.gpus}"

@@ -241,6 +241,35 @@ REQUIRED_ATTRS = tuple(
 )
 
 
+@dataclass(frozen=True)
+class EmbeddingMeta:
+    """The attributes of an embedding store (:mod:`bidstrain.embed`) that name the image."""
+
+    modality: str
+    subject: str
+    session: str
+    entities: Mapping[str, str]
+
+    @classmethod
+    def of(cls, ds: xr.Dataset) -> EmbeddingMeta:
+        """Typed view of an open embedding store's attributes."""
+        attrs = ds.attrs
+        return cls(
+            modality=attrs["modality"],
+            subject=attrs["subject"],
+            session=attrs.get("session") or "",
+            entities=dict(attrs.get("entities") or {}),
+        )
+
+    @property
+    def label(self) -> str:
+        """``sub-01 ses-1 task-rest run-2 bold``: the image, for figures."""
+        entities = {"ses": self.session, **self.entities}
+        parts = [f"sub-{self.subject}"]
+        parts += [f"{key}-{entities[key]}" for key in ("ses", "task", "run") if entities.get(key)]
+        return " ".join([*parts, self.modality])
+
+
 def store_meta(ds: xr.Dataset) -> StoreMeta:
     """The typed attributes of an open store (:func:`open_store`)."""
     return StoreMeta.from_attrs(ds.attrs, ds.encoding.get("source"))

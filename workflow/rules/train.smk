@@ -23,12 +23,12 @@ rule train:
         runtime=CONFIG.train.runtime,
         mem_mb=CONFIG.train.mem_mb,
     params:
-        launcher=PLAN.train_launcher,
         settings=json.dumps(CONFIG.train.settings(), sort_keys=True),
         world_size=PLAN.world_size,
         checkpoints=paths.checkpoints(PLAN.experiment),
     shell:
-        "exec > {log:q} 2>&1; exec {params.launcher} --config-json {params.settings:q}"
+        "exec > {log:q} 2>&1; exec python -m bidstrain.train.launch --nodes {resources.nodes}"
+        " --gpus-per-node {resources.gpus_per_node} -- --config-json {params.settings:q}"
         " --stores {input.plan:q} --world-size {params.world_size} --model-out {output.model:q}"
         " --model-json-out {output.model_json:q}"
         " --metrics-out {output.metrics:q} --checkpoint-dir {params.checkpoints:q}"

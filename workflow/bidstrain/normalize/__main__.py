@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import logging
 import time
@@ -122,8 +123,9 @@ def normalize_image(
         ", ".join(meta.stats_from),
     )
     volumes, voxels, grid = read_dims(store)
+    written = datetime.datetime.now(datetime.UTC).isoformat()
     return StoreRow(
-        store, modality, image, bool(stats_from), volumes, voxels, grid, tuple(stats_from)
+        store, modality, image, bool(stats_from), volumes, voxels, grid, tuple(stats_from), written
     )
 
 

@@ -15,6 +15,7 @@ from matplotlib.lines import Line2D
 
 from bidstrain.errors import BidstrainError
 from bidstrain.report.figure import empty_panel, new_figure
+from bidstrain.store import EmbeddingMeta
 
 _MARKERS = {"T1w": "s", "bold": "o", "dwi": "^"}
 _MODALITY_COLOURS = {"T1w": "#4c72b0", "bold": "#dd8452", "dwi": "#55a868"}
@@ -39,13 +40,6 @@ def principal_components(embeddings: np.ndarray, n: int = 2) -> tuple[np.ndarray
     return u[:, :n] * s[:n], explained[:n]
 
 
-def _label(store: xr.Dataset) -> str:
-    entities = {"ses": store.attrs.get("session"), **store.attrs.get("entities", {})}
-    parts = [f"sub-{store.attrs['subject']}"]
-    parts += [f"{key}-{entities[key]}" for key in ("ses", "task", "run") if entities.get(key)]
-    return " ".join([*parts, store.attrs["modality"]])
-
-
 def embedding_figure(
     stores: list[xr.Dataset], summary: dict[str, Any] | None, experiment: str
 ) -> Figure:
@@ -59,11 +53,12 @@ def embedding_figure(
         return fig
     embeddings = np.concatenate([s["embedding"].values for s in stores]).astype(np.float64)
     scores, explained = principal_components(embeddings)
-    subjects = sorted({s.attrs["subject"] for s in stores})
+    metas = [EmbeddingMeta.of(s) for s in stores]
+    subjects = sorted({meta.subject for meta in metas})
     # Subjects from the colour cycle after the three modality colours of the other panel.
     colours = {sub: f"C{(i + 3) % 10}" for i, sub in enumerate(subjects)}
     start = 0
-    for store in stores:
+    for store, meta in zip(stores, metas, strict=True):
         n = store.sizes["time"]
         points = scores[start : start + n]
         start += n
@@ -71,8 +66,8 @@ def embedding_figure(
             points[:, 0],
             points[:, 1] if points.shape[1] > 1 else np.zeros(n),
             s=14,
-            marker=_MARKERS.get(store.attrs["modality"], "x"),
-            color=colours[store.attrs["subject"]],
+            marker=_MARKERS.get(meta.modality, "x"),
+            color=colours[meta.subject],
             alpha=0.8,
         )
     handles = [
@@ -81,7 +76,7 @@ def embedding_figure(
     handles += [
         Line2D([], [], ls="", marker=_MARKERS[m], color="grey", label=m)
         for m in _MARKERS
-        if any(s.attrs["modality"] == m for s in stores)
+        if any(meta.modality == m for meta in metas)
     ]
     pca_ax.legend(handles=handles, loc="best", fontsize=7)
     pca_ax.set_title("Pooled encoder embedding per volume, first two principal components")
@@ -98,10 +93,10 @@ def _losses(ax, stores: list[xr.Dataset], summary: dict[str, Any] | None) -> Non
     ax.barh(
         positions,
         ratios,
-        color=[_MODALITY_COLOURS.get(s.attrs["modality"], "grey") for s in stores],
+        color=[_MODALITY_COLOURS.get(EmbeddingMeta.of(s).modality, "grey") for s in stores],
         edgecolor="black",
     )
-    ax.set_yticks(positions, [_label(s) for s in stores], fontsize=7)
+    ax.set_yticks(positions, [EmbeddingMeta.of(s).label for s in stores], fontsize=7)
     ax.invert_yaxis()
     ax.axvline(1.0, color="black", lw=1, label="baseline (predicting the mean)")
     for modality, values in (summary or {}).get("modalities", {}).items():
