@@ -18,7 +18,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-$(DEMO_BIDS)/dataset_description.json: | $(STAMP)
+# Regenerated when its generator changes (a demo left from an older generator would
+# train on data the defaults were not chosen for).
+$(DEMO_BIDS)/dataset_description.json: workflow/bidstrain/demo.py | $(STAMP)
+	rm -rf $(DEMO_BIDS)
 	$(VENV)/bin/bidstrain-demo $(DEMO_BIDS)
 
 demo: $(STAMP) $(DEMO_BIDS)/dataset_description.json
