@@ -332,6 +332,19 @@ def test_cli_writes_every_figure_as_png(tmp_path):
     assert not list(out.rglob(".*tmp*"))  # atomic writes left no temporary
 
 
+def test_model_input_figure_shows_the_store_and_the_model_grid(tmp_path):
+    store = rd.write_bold_store(tmp_path / "bold.zarr", "01", 1, rd.shared_signal())
+    description = {
+        "input": {"bold": {"shape": [8, 8, 8], "resample": 2}},
+        "normalization": {"bold": {"stores": [{"store": str(store)}]}},
+    }
+    out = tmp_path / "model_input.png"
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(description))
+    main(["model_input", "--model-json", str(path), "--experiment", "x", "--out", str(out)])
+    assert_nontrivial_png(out, min_height=300)
+
+
 def test_cli_reports_a_missing_store_without_traceback(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         table = _table(tmp_path, tmp_path / "no.zarr")

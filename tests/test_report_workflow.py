@@ -33,13 +33,15 @@ def expected_figures(workdir):
         *(f"average/{name}" for name in averages),
         *(f"checks/{name}.png" for name in CHECKS_FIGURES),
         *(f"train/{e}/{name}.png" for e in experiments for name in TRAINING_FIGURES),
+        *(f"train/{e}/model_input.png" for e in experiments),
     ]
     return sorted(f"results/report/{f}" for f in figures)
 
 
 def test_every_figure_is_drawn_on_the_demo_run(demo_run):
     figures = expected_figures(demo_run)
-    assert len(figures) == 1 + 16 + 2 + 2 + 6  # 16 images in the demo, 2 averaged runs
+    # 16 images in the demo, 2 averaged runs, 6 training curves and what the model sees
+    assert len(figures) == 1 + 16 + 2 + 2 + 6 + 1
     report_dir = demo_run / "results/report"
     # (a subject's figures are one directory output; Snakemake marks it with a timestamp)
     drawn = sorted(

@@ -295,6 +295,7 @@ class Plan:
             *(paths.average_figure(group.name) for group in self.averages),
             *(paths.checks_figure(name) for name in CHECKS_FIGURES),
             *(paths.training_figure(self.experiment, name) for name in TRAINING_FIGURES),
+            paths.training_figure(self.experiment, "model_input"),
         ]
 
     def store_lists(self) -> dict[str, Any]:

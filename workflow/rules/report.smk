@@ -138,6 +138,29 @@ rule report_train:
         " --clip-grad-norm {params.clip_grad_norm} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
+rule report_model_input:
+    input:
+        paths.trained_model_description("{experiment}"),
+    output:
+        report(
+            paths.training_figure("{experiment}", "model_input"),
+            caption="../report/train_model_input.rst",
+            category="5. Training",
+            subcategory="{experiment}",
+            labels={"figure": "model input"},
+        ),
+    log:
+        paths.log("report", "model_input_{experiment}"),
+    conda:
+        ENV
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    shell:
+        "python -m bidstrain.report model_input --model-json {input:q}"
+        " --experiment {wildcards.experiment} --out {output:q} > {log:q} 2>&1"
+
+
 rule report:
     input:
         PLAN.report_figures,

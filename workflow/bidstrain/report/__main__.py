@@ -6,6 +6,7 @@
     normalize --tables <scans.tsv> ... --out-dir DIR [--sample-voxels N]
     average   --store <average.zarr> --subject-stores <store.zarr> ... --title T --out <png>
     checks    --summary results/checks/summary.json --scale-table-out <png> --summary-out <png>
+    model_input --model-json model.json --experiment NAME --out <png>
     train     --metrics metrics.jsonl --experiment NAME [--clip-grad-norm X] --out-dir DIR
     embed     --table embeddings.tsv --metrics metrics.jsonl --experiment NAME --out <png>
 """
@@ -44,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     checks.add_argument("--summary", required=True)
     checks.add_argument("--scale-table-out", required=True)
     checks.add_argument("--summary-out", required=True)
+    model_input = figures.add_parser("model_input", help="volumes as the trained model sees them")
+    model_input.add_argument("--model-json", required=True)
+    model_input.add_argument("--experiment", required=True)
+    model_input.add_argument("--out", required=True)
     train = figures.add_parser("train", help="training curves from metrics.jsonl")
     train.add_argument("--metrics", required=True)
     train.add_argument("--experiment", required=True)
@@ -77,6 +82,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         subjects = [open_store(path) for path in args.subject_stores]
         outputs = {args.out: average_figure(open_store(args.store), subjects, args.title)}
+    elif args.figure == "model_input":
+        import json
+
+        from bidstrain.report.model_input import model_input_figure
+
+        description = json.loads(Path(args.model_json).read_text())
+        outputs = {args.out: model_input_figure(description, args.experiment)}
     elif args.figure == "checks":
         from bidstrain.report.checks import (
             read_summary,
