@@ -64,7 +64,12 @@ def test_changing_the_learning_rate_plans_only_training_and_its_report(
     slurm_cluster, rerun_dir, demo_bids, tmp_path
 ):
     jobs = planned_jobs(rerun_dir, demo_bids, tmp_path, "train:\n  lr: 0.0005\n")
-    assert jobs == {("train", PARAMS_CHANGED): 1, ("report_train", INPUT_UPDATED): 1}, jobs
+    # training's figures: its curves and what the model sees (from the new model.json)
+    assert jobs == {
+        ("train", PARAMS_CHANGED): 1,
+        ("report_train", INPUT_UPDATED): 1,
+        ("report_model_input", INPUT_UPDATED): 1,
+    }, jobs
 
 
 def test_changing_ddof_plans_normalization_and_everything_downstream(
@@ -84,6 +89,7 @@ def test_changing_ddof_plans_normalization_and_everything_downstream(
         ("report_average", INPUT_UPDATED): 2,
         ("report_checks", INPUT_UPDATED): 1,
         ("report_train", INPUT_UPDATED): 1,
+        ("report_model_input", INPUT_UPDATED): 1,
     }, jobs
 
 
