@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bidstrain import __version__, derivatives, paths
+from bidstrain.atomic import write_text_atomic
 from bidstrain.bids import BidsFile, BidsIndex, select_echo, select_part
 from bidstrain.config import Config, config_hash
 from bidstrain.errors import BidstrainError
@@ -414,10 +415,7 @@ def write_if_changed(files: Mapping[str, str]) -> list[str]:
         target = Path(path)
         if target.is_file() and target.read_text() == content:
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(content)
-        tmp.replace(target)
+        write_text_atomic(target, content)
         written.append(path)
     return written
 
