@@ -24,11 +24,12 @@ include: "workflow/rules/embed.smk"
 
 # Plain paths, not rules.<name>.input/output: a rule that references other rules makes
 # Snakemake hash its whole input list for every input file (quadratic in the file count).
+# The normalize tables are not listed: each is the input of its subject's report figures,
+# and every edge of the DAG costs Snakemake time at cohort scale.
 rule all:
     default_target: True
     input:
         paths.MANIFEST,
-        PLAN.normalized_tables,
         PLAN.average_stores,
         paths.CHECKS_SUMMARY,
         paths.trained_model(PLAN.experiment),

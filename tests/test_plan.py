@@ -87,9 +87,13 @@ def test_average_groups_and_store_lists_follow_the_mode(demo_bids):
     assert per_subject.averages == ()
     assert len(per_subject.training["bold"]) == 4 and len(per_subject.validation["bold"]) == 4
     assert set(per_subject.training["bold"]).isdisjoint(per_subject.validation["bold"])
-    # training waits for the subjects' normalize jobs, and for the averages it reads
-    assert plan.training_inputs == [*plan.normalized_tables, run1.store, plan.averages[1].store]
-    assert per_subject.training_inputs == per_subject.normalized_tables
+    # The train rule's only data input is the checks summary: every store training reads
+    # must be written by an input of the checks.
+    for p in (plan, per_subject):
+        checked = set(p.checked_inputs)
+        written = checked | {s for j in p.jobs.values() if j.table in checked for s in j.stores}
+        read = {s for group in (*p.training.values(), *p.validation.values()) for s in group}
+        assert read and read <= written
 
 
 def test_modalities_off_leave_no_stores(demo_bids):

@@ -224,11 +224,6 @@ class Plan:
         return [job.table for job in self.jobs.values()]
 
     @property
-    def raw_images(self) -> list[str]:
-        """The source image of every store."""
-        return [path for job in self.jobs.values() for path in job.inputs()["images"]]
-
-    @property
     def selection_flags(self) -> str:
         """``--echo``/``--part`` for the ingest job, which selects the same images."""
         flags = {"--echo": self.config.echo, "--part": self.config.part}
@@ -244,14 +239,6 @@ class Plan:
     def average(self, name: str) -> AverageGroup:
         """The average group of a rule's ``{name}`` wildcard."""
         return {group.name: group for group in self.averages}[name]
-
-    @property
-    def training_inputs(self) -> list[str]:
-        """The outputs that write every store training or validation reads: the average
-        stores, and the normalize tables of subject stores."""
-        read = {s for group in (*self.training.values(), *self.validation.values()) for s in group}
-        tables = [job.table for job in self.jobs.values() if not read.isdisjoint(job.stores)]
-        return [*tables, *(store for store in self.average_stores if store in read)]
 
     @property
     def checked_inputs(self) -> list[str]:

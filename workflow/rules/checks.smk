@@ -6,10 +6,10 @@
 rule checks:
     input:
         # the stores training and validation read, and every subject store behind them;
-        # their paths reach the job through the plan's argument file
+        # their paths reach the job through the plan's argument file. The raw images the
+        # scale check samples are not inputs: each is its normalize job's input already.
         arguments=paths.PLAN_CHECKS_ARGS,
         stores=PLAN.checked_inputs,
-        raw=PLAN.raw_images,
         manifest=paths.MANIFEST,
     output:
         json=paths.CHECKS_SUMMARY,

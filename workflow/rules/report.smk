@@ -55,8 +55,9 @@ rule report_normalize:
 rule report_average:
     input:
         store=paths.average_store_at("{name}"),
+        # the subject stores are not inputs: the average store is rewritten whenever one
+        # of them is
         members=lambda wildcards: PLAN.average(wildcards.name).members_file,
-        tables=lambda wildcards: PLAN.average(wildcards.name).tables,
     output:
         report(
             paths.average_figure("{name}"),

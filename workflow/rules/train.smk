@@ -7,7 +7,8 @@
 rule train:
     input:
         plan=paths.PLAN_STORES,
-        stores=PLAN.training_inputs,
+        # the stores it reads are not inputs: they are the checks' inputs, and the checks
+        # summary is rewritten whenever one of them is
         checks=paths.CHECKS_SUMMARY,
     output:
         model=paths.trained_model(PLAN.experiment),
