@@ -59,5 +59,5 @@ rule report_embed:
 
 rule embed:
     input:
-        PLAN.embed_targets,
+        lambda wildcards: PLAN.embed_targets,
     localrule: True

@@ -41,5 +41,7 @@ rule normalize_subject:
 
 rule normalize:
     input:
-        PLAN.normalized_tables,
+        # a function: Snakemake expands this list of every subject's table only when the
+        # target is asked for, not at every parse (so do the `report` and `embed` targets)
+        lambda wildcards: PLAN.normalized_tables,
     localrule: True

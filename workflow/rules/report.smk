@@ -164,5 +164,5 @@ rule report_model_input:
 
 rule report:
     input:
-        PLAN.report_figures,
+        lambda wildcards: PLAN.report_figures,
     localrule: True
