@@ -1,5 +1,5 @@
-"""Many subjects, few SLURM jobs: per-subject rules carry ``group: "subject"`` and
-``--group-components subject=N`` packs N subjects into one SLURM job."""
+"""Many subjects, few SLURM jobs: the SLURM profile puts the per-subject rules in group
+``subject`` and ``--group-components subject=N`` packs N subjects into one SLURM job."""
 
 from __future__ import annotations
 

@@ -6,8 +6,6 @@ rule ingest_subject:
         paths.ingest_record("{subject}"),
     log:
         paths.log("ingest", "sub-{subject}"),
-    group:
-        "subject"
     conda:
         ENV
     resources:

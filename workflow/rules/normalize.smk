@@ -13,8 +13,6 @@ rule normalize_subject:
         paths.normalized_table("{subject}"),
     log:
         paths.log("normalize", "sub-{subject}"),
-    group:
-        "subject"
     conda:
         ENV
     # Two threads: one decompresses the next block while the other z-scores.

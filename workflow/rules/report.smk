@@ -38,8 +38,6 @@ rule report_normalize:
         ),
     log:
         paths.log("report", "normalize/sub-{subject}"),
-    group:
-        "subject"
     conda:
         ENV
     resources:
