@@ -17,6 +17,7 @@ Every other ``train`` key determines the weights: it enters the checkpoint hash.
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import hashlib
 import json
@@ -52,14 +53,10 @@ def _with_defaults(validator_class):
         if isinstance(instance, dict):
             for name, subschema in properties.items():
                 if "default" in subschema and name not in instance:
-                    instance[name] = _copy(subschema["default"])
+                    instance[name] = copy.deepcopy(subschema["default"])
         yield from validate_properties(validator, properties, instance, schema)
 
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
-
-
-def _copy(value):
-    return yaml.safe_load(yaml.safe_dump(value))
 
 
 def _key_path(error: jsonschema.ValidationError) -> str:
@@ -91,7 +88,9 @@ def validate_config(config: dict[str, Any], schema_path: str | Path) -> dict[str
         Naming the offending key (for example ``normalize.ddof``) and what is wrong, for the
         first problem found, listing every other one after it.
     """
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    # libyaml's loader where PyYAML has it: the schema is read at every parse
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    schema = yaml.load(Path(schema_path).read_text(), Loader=loader)
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
