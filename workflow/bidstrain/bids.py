@@ -255,7 +255,9 @@ class BidsIndex:
 
     root: Path
     images: list[BidsFile]
-    metadata_files: dict[tuple[Path, str, str], list[tuple[dict[str, str], Path]]]
+    #: JSON, bval and bvec files by (folder, suffix, extension): their entities and path.
+    #: Strings, not Paths: the index is built at every parse, and pathlib is its main cost.
+    metadata_files: dict[tuple[str, str, str], list[tuple[dict[str, str], str]]]
     participants_tsv: list[str]
     subjects: list[str]
     problems: list[str] = field(default_factory=list)
@@ -314,7 +316,7 @@ class BidsIndex:
         index = cls(root, [], defaultdict(list), _participants(root), subjects, ignore=ignore)
         index._scan_top_level()
         for subject in subjects:
-            index._walk(root / f"sub-{subject}", datatype=None)
+            index._walk(os.path.join(root, f"sub-{subject}"), datatype=None)
         index.images.sort(key=lambda f: str(f.path))
         for problem in index.problems:
             log.warning(problem)
@@ -333,35 +335,36 @@ class BidsIndex:
                 and entry.name not in TOP_LEVEL_FILES
                 and not self.ignore.ignores(entry.name, is_dir=False)
             ):
-                self._add(Path(entry.path), datatype=None, top_level=True)
+                self._add(str(self.root), entry.name, datatype=None, top_level=True)
 
-    def _walk(self, folder: Path, datatype: str | None) -> None:
+    def _walk(self, folder: str, datatype: str | None) -> None:
         for entry in os.scandir(folder):
-            if entry.name.startswith("."):
+            name = entry.name
+            if name.startswith("."):
                 continue
             is_dir = entry.is_dir()
             if self.ignore and self.ignore.ignores(self._relative(entry.path), is_dir=is_dir):
                 continue
-            if is_dir and entry.name not in SKIPPED_SUBJECT_FOLDERS:
-                inner = entry.name if entry.name in DATATYPES else datatype
-                self._walk(Path(entry.path), inner)
+            if is_dir and name not in SKIPPED_SUBJECT_FOLDERS:
+                self._walk(entry.path, name if name in DATATYPES else datatype)
             elif not is_dir:
-                self._add(Path(entry.path), datatype)
+                self._add(folder, name, datatype)
 
     def _relative(self, path: str) -> str:
         return Path(path).relative_to(self.root).as_posix()
 
-    def _add(self, path: Path, datatype: str | None, top_level: bool = False) -> None:
-        parsed = parse_name(path.name)
+    def _add(self, folder: str, name: str, datatype: str | None, top_level: bool = False) -> None:
+        parsed = parse_name(name)
+        path = os.path.join(folder, name)
         if parsed is None or (not top_level and "sub" not in parsed[0]):
-            if not top_level or not path.name.endswith(FREE_TOP_LEVEL_EXTENSIONS):
+            if not top_level or not name.endswith(FREE_TOP_LEVEL_EXTENSIONS):
                 self.problems.append(f"{path}: not a BIDS file name; ignored")
             return
         entities, suffix, extension = parsed
         if extension in IMAGE_EXTENSIONS and not top_level:
-            self.images.append(BidsFile(path, entities, datatype, suffix, extension))
+            self.images.append(BidsFile(Path(path), entities, datatype, suffix, extension))
         elif extension in (".json", ".bval", ".bvec"):
-            self.metadata_files[(path.parent, suffix, extension)].append((entities, path))
+            self.metadata_files[(folder, suffix, extension)].append((entities, path))
 
     def select(
         self,
@@ -406,18 +409,19 @@ class BidsIndex:
 
     def _inherited(self, image: BidsFile, extension: str) -> list[Path]:
         """Metadata files that apply to ``image``, least specific first (inheritance principle)."""
-        found = []
-        folder = image.path.parent
+        found: list[Path] = []
+        root = str(self.root)
+        folder = os.path.dirname(image.path)
         while True:
             level = [
                 (len(entities), path)
                 for entities, path in self.metadata_files.get((folder, image.suffix, extension), [])
                 if all(image.entities.get(key) == value for key, value in entities.items())
             ]
-            found = [path for _, path in sorted(level, key=lambda item: item[0])] + found
-            if folder == self.root or self.root not in folder.parents:
+            found = [Path(path) for _, path in sorted(level, key=lambda item: item[0])] + found
+            if folder == root or not folder.startswith(root + os.sep):
                 return found
-            folder = folder.parent
+            folder = os.path.dirname(folder)
 
     def metadata(self, image: BidsFile) -> dict[str, Any]:
         """JSON sidecar metadata of ``image``, merged by the inheritance principle.
@@ -531,7 +535,7 @@ def select_echo(images: Iterable[BidsFile], echo: int | None = None) -> list[Bid
             + "\n  ".join(problems),
             subject=subjects.pop() if len(subjects) == 1 else None,
         )
-    return [f for f in images if f.path not in dropped]
+    return [f for f in images if f.path not in dropped] if dropped else images
 
 
 def _echo_index(image: BidsFile) -> int:
