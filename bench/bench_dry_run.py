@@ -4,10 +4,14 @@ listing printed), against Snakemake's floor for the same DAG measured in the sam
 Usage: ``.venv/bin/python bench/bench_dry_run.py [--subjects 1000 10000] [--repeats 3]``
 
 The floor is a bare Snakefile with the same jobs per subject (ingest, normalize, report)
-and no index, plan, schema or input function. Each run is a fresh ``snakemake`` process
-(start-up included) in a fresh working directory; runs are interleaved and the median
-wall time and peak RSS (GNU ``time``) are reported. ``--profile slurm``
-dry runs go through the SLURM executor plugin (a controller must answer ``scontrol``).
+and no index, plan, schema or input function, run twice: as it is, and with the garbage
+collector threshold bidstrain's common.smk sets (so that the ratio compares like with
+like). Each run is a fresh ``snakemake`` process (start-up included) in a fresh working
+directory; runs are interleaved and the median wall time and peak RSS (GNU ``time``) are
+reported. ``--profile slurm`` dry runs go through the SLURM executor plugin (a controller
+must answer ``scontrol``). Parse time is what common.smk does before
+Snakemake builds the DAG (schema validation, index, plan and its files), in a fresh
+process, imports excluded.
 """
 
 from __future__ import annotations
@@ -45,6 +49,36 @@ rule figure:
 """
 
 
+#: The plan's parse-time work as common.smk does it (ROOT: the dataset root).
+PARSE = """
+import time, yaml
+from pathlib import Path
+from bidstrain.bids import BidsIndex
+from bidstrain.config import Config, validate_config
+from bidstrain.plan import Plan
+start = time.perf_counter()
+config = yaml.safe_load(Path(REPO, "config/config.yaml").read_text())
+config["bids_dir"] = ROOT
+validate_config(config, Path(REPO, "config/schema.yaml"))
+config = Config.from_dict(config)
+Plan.build(config, BidsIndex.build(config.bids_dir)).files()
+print(time.perf_counter() - start)
+"""
+
+
+def parse_seconds(root: Path) -> float:
+    """Seconds of schema validation, index, plan and its files in a fresh process."""
+    code = f"REPO, ROOT = {str(REPO)!r}, {str(root)!r}\n" + PARSE
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO / "workflow",
+    )
+    return float(result.stdout)
+
+
 def dry_run(workdir: Path, *options: str) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB, GNU time's) of ``snakemake -n all OPTIONS``."""
     shutil.rmtree(workdir, ignore_errors=True)
@@ -73,6 +107,9 @@ def main() -> None:
             root = make_empty_dataset(Path(tmp) / f"bids{n}", n)
             bare = Path(tmp) / "Snakefile.bare"
             bare.write_text(BARE_SNAKEFILE)
+            bare_gc = Path(tmp) / "Snakefile.bare_gc"
+            bare_gc.write_text("import gc\n\ngc.set_threshold(50_000)\n" + BARE_SNAKEFILE)
+            subjects = "subjects=" + ",".join(f"{i:04d}" for i in range(n))
             workflow = [
                 "--snakefile",
                 str(REPO / "Snakefile"),
@@ -83,25 +120,29 @@ def main() -> None:
             ]
             runs = {
                 "bidstrain, snakemake -n all": workflow,
-                "bare Snakefile, same jobs": [
+                "bare Snakefile, same jobs": ["--snakefile", str(bare), "--config", subjects],
+                "bare Snakefile, gc as bidstrain": [
                     "--snakefile",
-                    str(bare),
+                    str(bare_gc),
                     "--config",
-                    "subjects=" + ",".join(f"{i:04d}" for i in range(n)),
+                    subjects,
                 ],
             }
             if args.slurm:
                 slurm = ["--profile", str(REPO / "profiles/slurm")]
                 runs["bidstrain, --profile slurm -n all"] = [*slurm, *workflow]
             results: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+            parse = []
             for _ in range(args.repeats):
                 for name, options in runs.items():
                     results[name].append(dry_run(Path(tmp) / "work", *options))
+                parse.append(parse_seconds(root))
             print(f"{n} subjects, median of {args.repeats} runs")
             for name, values in results.items():
                 seconds = statistics.median(v[0] for v in values)
                 peak = statistics.median(v[1] for v in values)
                 print(f"  {name:36s} {seconds:8.2f} s  peak {peak:7.0f} MB")
+            print(f"  {'parse (validation, index, plan)':36s} {statistics.median(parse):8.2f} s")
 
 
 if __name__ == "__main__":
