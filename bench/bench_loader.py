@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import yaml
 from bidstrain.config import validate_config
-from bidstrain.store import create_store
+from bidstrain.demo import write_bold_store
 from bidstrain.train.data import make_loader, volume_dataset
 from bidstrain.train.distributed import Context
 from bidstrain.train.loop import build_module
@@ -56,26 +56,6 @@ def realistic_config(batch_size: int) -> dict:
     train = validate_config(config, REPO / "config" / "schema.yaml")["train"]
     train.update(bf16=False, batch_size=batch_size)
     return train
-
-
-def write_store(path: Path, mask: np.ndarray, values: np.ndarray, n_time: int, storage: str):
-    with create_store(
-        path, mask=mask, affine=np.eye(4), time=np.arange(n_time) * 2.0, storage=storage
-    ) as writer:
-        for start in range(0, n_time, 4):
-            rows = np.arange(start, min(start + 4, n_time)) % DISTINCT
-            writer.write(start, values[rows])
-        writer.add_variable("mean", ("voxel",), np.zeros(values.shape[1], dtype=np.float32))
-        writer.add_variable("std", ("voxel",), np.ones(values.shape[1], dtype=np.float32))
-        writer.attrs.update(
-            modality="bold",
-            subject="01",
-            source_path="none",
-            ddof=1,
-            n_zero_variance=0,
-            stats_dim="voxel",
-            stats_from=[],
-        )
 
 
 def page_cache_rate(paths: list[Path]) -> float:
@@ -156,11 +136,11 @@ def main() -> None:
     try:
         paths = [root / f"bold-{i}.zarr" for i in range(args.stores)]
         for path in paths:
-            write_store(path, mask, values, args.volumes, "float32")
+            write_bold_store(path, mask, values, args.volumes)
         codecs = {}
         for storage in ("float32", "float16", "bitround-7"):
             codecs[storage] = root / f"codec-{storage}.zarr"
-            write_store(codecs[storage], mask, values, 40, storage)
+            write_bold_store(codecs[storage], mask, values, 40, storage=storage)
         page_cache_rate(paths)  # warm
         print(
             f"{args.stores} stores x {args.volumes} volumes, grid {GRID}, {int(mask.sum())} "

@@ -11,7 +11,7 @@ to it).
 Reported per storage: bytes on disk, files, write time (median of ``--repeats``) and
 loader samples/s (median of ``--repeats``, interleaved across storages so that a busy
 machine slows them alike). Run it against another checkout of the package with
-``PYTHONPATH=<checkout>/workflow`` (storages other than float32 need this one).
+``PYTHONPATH=<checkout>/workflow`` (one with :func:`bidstrain.demo.write_bold_store`).
 
 Run: ``.venv/bin/python bench/bench_storage.py [--grid 96 96 96] [--volumes 300]
 [--storages float32 float16 bitround-7] [--repeats 3]``.
@@ -28,42 +28,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bidstrain.store import create_store
+from bidstrain.demo import write_bold_store
 from bidstrain.train.data import VolumeDataset
 from bidstrain.train.sampler import ModalityBatchSampler
 
-BLOCK = 4
 DISTINCT = 40  # distinct volumes, cycled (keeps the input's memory small)
 
 
 def ellipsoid(grid: tuple[int, int, int]) -> np.ndarray:
     axes = np.meshgrid(*[np.linspace(-1, 1, n) for n in grid], indexing="ij")
     return sum(a**2 for a in axes) <= 0.62
-
-
-def write(path: Path, mask: np.ndarray, volumes: np.ndarray, n_time: int, storage: str) -> float:
-    """Write the store; returns the seconds it took."""
-    n_voxel = int(mask.sum())
-    extra = {} if storage == "float32" else {"storage": storage}
-    started = time.perf_counter()
-    with create_store(
-        path, mask=mask, affine=np.eye(4), time=np.arange(n_time) * 2.0, **extra
-    ) as writer:
-        for start in range(0, n_time, BLOCK):
-            rows = np.arange(start, min(start + BLOCK, n_time)) % DISTINCT
-            writer.write(start, volumes[rows])
-        writer.add_variable("mean", ("voxel",), np.full(n_voxel, 1000.0, dtype=np.float32))
-        writer.add_variable("std", ("voxel",), np.full(n_voxel, 20.0, dtype=np.float32))
-        writer.attrs.update(
-            modality="bold",
-            subject="01",
-            source_path="none",
-            ddof=1,
-            n_zero_variance=0,
-            stats_dim="voxel",
-            stats_from=[],
-        )
-    return time.perf_counter() - started
 
 
 def disk_usage(path: Path) -> tuple[int, int]:
@@ -109,7 +83,11 @@ def main() -> None:
         for _ in range(args.repeats):
             for storage in args.storages:
                 path = root / f"{storage}.zarr"
-                writes[storage].append(write(path, mask, volumes, args.volumes, storage))
+                started = time.perf_counter()
+                write_bold_store(
+                    path, mask, volumes, args.volumes, mean=1000.0, std=20.0, storage=storage
+                )
+                writes[storage].append(time.perf_counter() - started)
                 rates[storage].append(loader_rate(path, grid, args.batches))
         for storage in args.storages:
             size, files = disk_usage(root / f"{storage}.zarr")

@@ -7,9 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from bidstrain.demo import write_bold_store
 from bidstrain.errors import BidstrainError
 from bidstrain.normalize.table import StoreRow, write_table
-from bidstrain.store import create_store, open_store, read_dims, to_grid
+from bidstrain.store import open_store, read_dims, to_grid
 from bidstrain.train.data import (
     MODALITIES,
     StoreLayout,
@@ -29,27 +30,11 @@ def write_stored(path, storage: str, n_time: int = 9) -> str:
     mask = np.zeros((6, 7, 5), dtype=bool)
     mask[1:5, 1:6, 1:4] = True
     data = np.random.default_rng(0).standard_normal((n_time, int(mask.sum()))).astype(np.float32)
-    with create_store(
-        path,
-        mask=mask,
-        affine=np.eye(4),
-        time=np.arange(n_time, dtype=np.float64),
-        chunk=2,
-        storage=storage,
-    ) as writer:
-        writer.write(0, data)
-        writer.add_variable("mean", ("voxel",), np.zeros(data.shape[1], dtype=np.float32))
-        writer.add_variable("std", ("voxel",), np.ones(data.shape[1], dtype=np.float32))
-        writer.attrs.update(
-            modality="bold",
-            subject="01",
-            source_path="x",
-            ddof=1,
-            n_zero_variance=0,
-            stats_dim="voxel",
-            stats_from=[],
+    return str(
+        write_bold_store(
+            path, mask, data, n_time, tr=1.0, source_path="x", chunk=2, storage=storage
         )
-    return str(path)
+    )
 
 
 def full_volume(path: str, t: int) -> tuple[np.ndarray, np.ndarray]:

@@ -23,12 +23,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 
 from bidstrain.bids import bids_path
 from bidstrain.errors import run_cli
+from bidstrain.store import create_store
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,73 @@ def bold_run(
         background = np.abs(rng.standard_normal(spec.bold_shape, dtype=np.float32)) * 5
         out[..., t] = np.rint(volume + background).astype(np.int16)
     return out
+
+
+def write_bold_store(
+    path: str | Path,
+    mask: np.ndarray,
+    volumes: np.ndarray,
+    n_time: int,
+    *,
+    mean: float = 0.0,
+    std: float = 1.0,
+    block: int = 4,
+    tr: float = 2.0,
+    source_path: str = "none",
+    **store_options: Any,
+) -> Path:
+    """Write a synthetic z-scored BOLD store, as the normalizer writes one.
+
+    Volume ``t`` is row ``t % len(volumes)`` of ``volumes`` (a few distinct volumes
+    cycled keep the input's memory small), written in blocks of ``block`` volumes; the
+    store also holds constant ``mean`` and ``std`` variables and the attributes of a
+    normalized BOLD run of subject ``01``.
+
+    Parameters
+    ----------
+    path : str or Path
+        Store path (``*.zarr``); an existing store is replaced.
+    mask : ndarray of bool, shape (x, y, z)
+        The store's mask.
+    volumes : ndarray of float32, shape (n_distinct, n_voxel)
+        Distinct volumes, as rows of the masked voxels.
+    n_time : int
+        Volumes in the store.
+    mean, std : float
+        Value of every voxel of the ``mean`` and ``std`` variables.
+    block : int
+        Volumes per write.
+    tr : float
+        Seconds between volumes (the ``time`` coordinate).
+    source_path : str
+        The ``source_path`` attribute.
+    **store_options
+        Passed to :func:`bidstrain.store.create_store` (``storage``, ``chunk``).
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    path = Path(path)
+    n_voxel = volumes.shape[1]
+    time = np.arange(n_time, dtype=np.float64) * tr
+    with create_store(path, mask=mask, affine=np.eye(4), time=time, **store_options) as writer:
+        for start in range(0, n_time, block):
+            rows = np.arange(start, min(start + block, n_time)) % len(volumes)
+            writer.write(start, volumes[rows])
+        writer.add_variable("mean", ("voxel",), np.full(n_voxel, mean, dtype=np.float32))
+        writer.add_variable("std", ("voxel",), np.full(n_voxel, std, dtype=np.float32))
+        writer.attrs.update(
+            modality="bold",
+            subject="01",
+            source_path=source_path,
+            ddof=1,
+            n_zero_variance=0,
+            stats_dim="voxel",
+            stats_from=[],
+        )
+    return path
 
 
 def t1w_image(spec: DemoSpec, rng: np.random.Generator) -> np.ndarray:
