@@ -11,12 +11,14 @@ directory; runs are interleaved and the median wall time and peak RSS (GNU ``tim
 reported. ``--profile slurm`` dry runs go through the SLURM executor plugin (a controller
 must answer ``scontrol``). Parse time is what common.smk does before
 Snakemake builds the DAG (schema validation, index, plan and its files), in a fresh
-process, imports excluded.
+process, imports excluded. Last, one more dry run with the shell commands printed gives
+the longest argument and command of the whole DAG.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -77,6 +79,31 @@ def parse_seconds(root: Path) -> float:
         cwd=REPO / "workflow",
     )
     return float(result.stdout)
+
+
+def longest_command(workdir: Path, *options: str) -> tuple[int, int, int]:
+    """Jobs, longest argument and longest command (bytes) of the shell commands that
+    ``snakemake -n -p all OPTIONS`` lists: every job can start when they are under the
+    kernel's limits (131,072 bytes an argument, about 2 MB in all)."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    listing = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "-p", "all", "--directory", str(workdir)]
+        + list(options),
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    commands = [
+        shlex.split(line.removeprefix("Shell command: "))
+        for line in listing.splitlines()
+        if line.startswith("Shell command: ")
+    ]
+    return (
+        len(commands),
+        max(len(arg.encode()) for args in commands for arg in args),
+        max(sum(len(arg.encode()) + 1 for arg in args) for args in commands),
+    )
 
 
 def dry_run(workdir: Path, *options: str) -> tuple[float, float]:
@@ -143,6 +170,8 @@ def main() -> None:
                 peak = statistics.median(v[1] for v in values)
                 print(f"  {name:36s} {seconds:8.2f} s  peak {peak:7.0f} MB")
             print(f"  {'parse (validation, index, plan)':36s} {statistics.median(parse):8.2f} s")
+            jobs, argument, command = longest_command(Path(tmp) / "work", *workflow)
+            print(f"  {jobs} job commands: longest argument {argument} B, command {command} B")
 
 
 if __name__ == "__main__":
