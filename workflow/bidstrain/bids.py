@@ -411,6 +411,7 @@ class BidsIndex:
         """Metadata files that apply to ``image``, least specific first (inheritance principle)."""
         found: list[Path] = []
         root = str(self.root)
+        under_root = os.path.join(root, "")  # with its trailing separator, "/" included
         folder = os.path.dirname(image.path)
         while True:
             level = [
@@ -419,7 +420,7 @@ class BidsIndex:
                 if all(image.entities.get(key) == value for key, value in entities.items())
             ]
             found = [Path(path) for _, path in sorted(level, key=lambda item: item[0])] + found
-            if folder == root or not folder.startswith(root + os.sep):
+            if folder == root or not folder.startswith(under_root):
                 return found
             folder = os.path.dirname(folder)
 
