@@ -83,20 +83,22 @@ def embedding_figure(
     labels = [f"PC{i + 1} ({100 * e:.0f} % of variance)" for i, e in enumerate(explained)]
     pca_ax.set_xlabel(labels[0])
     pca_ax.set_ylabel(labels[1] if len(labels) > 1 else "PC2 (none)")
-    _losses(loss_ax, stores, summary)
+    _losses(loss_ax, stores, metas, summary)
     return fig
 
 
-def _losses(ax, stores: list[xr.Dataset], summary: dict[str, Any] | None) -> None:
+def _losses(
+    ax, stores: list[xr.Dataset], metas: list[EmbeddingMeta], summary: dict[str, Any] | None
+) -> None:
     ratios = [float(s["loss"].mean() / s["baseline"].mean()) for s in stores]
     positions = np.arange(len(stores))
     ax.barh(
         positions,
         ratios,
-        color=[_MODALITY_COLOURS.get(EmbeddingMeta.of(s).modality, "grey") for s in stores],
+        color=[_MODALITY_COLOURS.get(meta.modality, "grey") for meta in metas],
         edgecolor="black",
     )
-    ax.set_yticks(positions, [EmbeddingMeta.of(s).label for s in stores], fontsize=7)
+    ax.set_yticks(positions, [meta.label for meta in metas], fontsize=7)
     ax.invert_yaxis()
     ax.axvline(1.0, color="black", lw=1, label="baseline (predicting the mean)")
     for modality, values in (summary or {}).get("modalities", {}).items():
