@@ -7,14 +7,8 @@ import json
 
 import pytest
 from bidstrain import paths
-from bidstrain.bids import BidsIndex
 from bidstrain.errors import BidstrainError
-from bidstrain.plan import Plan
-from test_plan import typed_config
-
-
-def plan_of(bids_dir, **overrides) -> Plan:
-    return Plan.build(typed_config(bids_dir, **overrides), BidsIndex.build(bids_dir))
+from test_plan import plan_of
 
 
 def test_the_demo_validates_every_modality_on_held_out_images(demo_bids):
