@@ -1,4 +1,11 @@
-"""Confound regression of fMRIPrep BOLD runs: equal to nilearn's, sample mask respected, errors."""
+"""Confound regression of fMRIPrep BOLD runs: equal to nilearn's, sample mask respected, errors.
+
+The reference is nilearn in float64 (``NiftiMasker(dtype=np.float64)``). With its default
+``dtype=None`` nilearn keeps an int16 or float32 image in float32 and sums each voxel's
+mean over time in float32, which moves its z-scores by several 1e-5 from its own float64
+result at scanner scale (BENCHMARKS.md); ours are computed in float64 and only stored as
+float32.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from bidstrain.demo import make_fmriprep_demo
+from bidstrain.demo import DemoSpec, make_fmriprep_demo
 from bidstrain.errors import BidstrainError
 from bidstrain.normalize import ImageInfo, Options, normalize_bold, normalize_with_stats
 from bidstrain.normalize.confounds import load_run_confounds
@@ -20,11 +27,38 @@ from nilearn.maskers import NiftiMasker
 
 SPACE = "space-MNI152NLin2009cAsym_res-2"
 N_VOLUMES = 60  # the demo's; its runs have a non-steady-state volume 0 and jumps at 20, 40
+#: Largest |ours - nilearn| allowed (issue 19); the float32 store alone rounds by 2.4e-7.
+TOLERANCE = 1e-5
+#: Several longer runs at scanner scale (baseline 5,000 to 10,000, 1 to 3 % temporal
+#: variation), two non-steady-state volumes, n/a in the first row of derivative columns.
+REALISTIC = DemoSpec(n_subjects=1, bold_shape=(14, 16, 14), n_volumes=200, seed=19)
+RUNS = ("1", "2", "3", "4")
 
 
 @pytest.fixture(scope="module")
 def fmriprep(tmp_path_factory) -> Path:
     return make_fmriprep_demo(tmp_path_factory.mktemp("fmriprep"))
+
+
+@pytest.fixture(scope="module")
+def realistic(request, tmp_path_factory) -> Path:
+    """:data:`REALISTIC`'s runs, stored as ``request.param``: int16 (the demo's) or float32
+    (the same values plus a fraction)."""
+    root = tmp_path_factory.mktemp(f"realistic-{request.param}")
+    make_fmriprep_demo(
+        root, REALISTIC, ("MNI152NLin2009cAsym:res-2",), n_cosines=4, n_nonsteady=2, runs=RUNS
+    )
+    if request.param == "float32":
+        rng = np.random.default_rng(0)
+        for run in RUNS:
+            image = _run(root, run)[0]
+            img = nib.load(image)
+            data = np.asarray(img.dataobj, dtype=np.float32)
+            data += rng.uniform(-0.5, 0.5, data.shape).astype(np.float32)
+            img = nib.Nifti1Image(data, img.affine, img.header)
+            img.set_data_dtype(np.float32)
+            nib.save(img, image)
+    return root
 
 
 def _run(root: Path, run: str = "1") -> tuple[Path, Path, Path]:
@@ -43,11 +77,20 @@ def _info(run: str = "1") -> ImageInfo:
     return ImageInfo("bold", "01", entities=entities, repetition_time=2.0)
 
 
-def _nilearn(image: Path, mask: str | Path, strategy: str, **options) -> np.ndarray:
+def _nilearn(
+    image: Path,
+    mask: str | Path,
+    strategy: str,
+    standardize: str | None = "zscore_sample",
+    **options,
+) -> np.ndarray:
+    """nilearn's confound regression and z-score of the run, in float64."""
     confounds, sample_mask = load_confounds_strategy(
         str(image), denoise_strategy=strategy, **options
     )
-    masker = NiftiMasker(mask_img=str(mask), standardize="zscore_sample", detrend=False)
+    masker = NiftiMasker(
+        mask_img=str(mask), standardize=standardize, detrend=False, dtype=np.float64
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nilearn's deprecation notes
         return masker.fit_transform(str(image), confounds=confounds, sample_mask=sample_mask)
@@ -64,11 +107,37 @@ def test_equal_to_nilearn_and_the_sample_mask_respected(fmriprep, tmp_path, stra
     ds = open_store(out, use_dask=False)
     expected = _nilearn(image, mask, strategy)
     assert ds.data.shape == expected.shape == (N_VOLUMES - len(dropped), ds.sizes["voxel"])
-    assert np.abs(ds.data.values - expected).max() < 1e-4
+    assert np.abs(ds.data.values - expected).max() <= TOLERANCE
     kept = np.setdiff1d(np.arange(N_VOLUMES), dropped)
     assert np.array_equal(ds.time.values, kept * 2.0)
     assert store_meta(ds).confounds_strategy == strategy
     assert np.array_equal(ds.mask.values, np.asarray(nib.load(mask).dataobj) > 0)
+
+
+@pytest.mark.parametrize(
+    ("realistic", "strategy"),
+    [("int16", "simple"), ("int16", "scrubbing"), ("int16", "compcor"), ("float32", "simple")],
+    indirect=["realistic"],
+)
+def test_equal_to_nilearn_in_float64_within_1e_5_on_runs_at_scanner_scale(
+    realistic, tmp_path, strategy
+):
+    differences = []
+    for run in RUNS:
+        image, mask, table = _run(realistic, run)
+        confounds = load_run_confounds(image, table, strategy, {}, REALISTIC.n_volumes, ddof=1)
+        assert not confounds.kept[:2].any()  # the non-steady-state volumes
+        out = tmp_path / f"run-{run}.zarr"
+        normalize_bold(image, out, _info(run), Options(mask=str(mask)), confounds)
+        ours = open_store(out, use_dask=False).data.values
+        expected = _nilearn(image, mask, strategy)
+        assert (
+            ours.shape
+            == expected.shape
+            == (confounds.n_kept, int(nib.load(mask).get_fdata().sum()))
+        )
+        differences.append(float(np.abs(ours - expected).max()))
+    assert max(differences) <= TOLERANCE, differences
 
 
 def test_nilearn_options_pass_through_and_a_computed_mask_fits_the_whole_grid(fmriprep, tmp_path):
@@ -82,12 +151,10 @@ def test_nilearn_options_pass_through_and_a_computed_mask_fits_the_whole_grid(fm
     everything = nib.Nifti1Image(np.ones(ds.mask.shape, dtype=np.uint8), store_meta(ds).affine)
     nib.save(everything, tmp_path / "all.nii.gz")
     expected = _nilearn(image, tmp_path / "all.nii.gz", "scrubbing", **options)
-    assert np.abs(ds.data.values - expected).max() < 1e-4
+    assert np.abs(ds.data.values - expected).max() <= TOLERANCE
 
 
 def test_heldout_run_regresses_its_own_confounds_with_the_training_statistics(fmriprep, tmp_path):
-    from nilearn.maskers import NiftiMasker
-
     train_image, mask, train_table = _run(fmriprep, "1")
     train = load_run_confounds(train_image, train_table, "simple", {}, N_VOLUMES, ddof=1)
     normalize_bold(train_image, tmp_path / "r1.zarr", _info("1"), Options(mask=str(mask)), train)
@@ -98,14 +165,10 @@ def test_heldout_run_regresses_its_own_confounds_with_the_training_statistics(fm
     )
     stats = open_store(tmp_path / "r1.zarr", use_dask=False)
     ds = open_store(tmp_path / "r2.zarr", use_dask=False)
-    frame, sample_mask = load_confounds_strategy(str(image), denoise_strategy="simple")
-    masker = NiftiMasker(mask_img=str(mask), standardize=None, detrend=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        residual = masker.fit_transform(str(image), confounds=frame, sample_mask=sample_mask)
+    residual = _nilearn(image, mask, "simple", standardize=None)
     expected = (residual - stats["mean"].values) / stats["std"].values
     assert attrs["heldout"] and attrs["confounds_strategy"] == "simple"
-    assert np.abs(ds.data.values - expected).max() < 1e-4
+    assert np.abs(ds.data.values - expected).max() <= TOLERANCE
     assert ds.sizes["time"] == N_VOLUMES - 1
 
 
