@@ -41,6 +41,9 @@ NATIVE = "native"
 CONFOUNDS_SUFFIXES = ("timeseries", "regressors")
 #: The preprocessed images bidstrain reads, by suffix (the order of messages).
 PREPROC_SUFFIXES = ("T1w", "bold", "dwi")
+#: The ``desc`` of fMRIPrep's ICA-AROMA denoised BOLD, which nilearn's ``ica_aroma``
+#: confounds strategy reads instead of ``desc-preproc``.
+AROMA_DESC = "smoothAROMAnonaggr"
 
 
 @dataclass(frozen=True)
@@ -276,7 +279,7 @@ def select_preproc(
     suffix : str
         ``bold``, ``T1w`` or ``dwi``.
     desc : str
-        The ``desc`` entity: ``preproc``, or ``smoothAROMAnonaggr`` for the ICA-AROMA
+        The ``desc`` entity: ``preproc``, or :data:`AROMA_DESC` for the ICA-AROMA
         outputs that nilearn's ``ica_aroma`` confounds strategy requires.
     dataset : iterable of BidsFile
         Every image of the dataset, read only for an error message: it lists the spaces
@@ -305,7 +308,7 @@ def select_preproc(
         if len({str(image_space(f)) for found in runs.values() for f in found}) > 1:
             raise BidstrainError(
                 f"the {suffix} images are in several spaces and config space is not set; "
-                f"{spaces_found([*images, *dataset], desc)}; set config space to one of them "
+                f"{spaces_found([*images, *dataset])}; set config space to one of them "
                 "(fMRIPrep's --output-spaces syntax, for example MNI152NLin2009cAsym:res-2)"
             )
         chosen = {f.path for candidates in runs.values() for f in candidates}
@@ -331,26 +334,30 @@ def select_preproc(
         others = f" and {len(runs_at_fault) - 1} more run(s)" if len(runs_at_fault) > 1 else ""
         raise BidstrainError(
             f"config space {space}: {problem} for {runs_at_fault[0]}{others}; "
-            f"{spaces_found([*images, *dataset], desc)}; {fix}"
+            f"{spaces_found([*images, *dataset])}; {fix}"
         )
     return [f for f in images if f.path in chosen]
 
 
-def spaces_found(images: Iterable[BidsFile], desc: str = "preproc") -> str:
-    """The spaces of the ``desc-<desc>`` T1w, BOLD and DWI images, by modality, for messages.
+def spaces_found(images: Iterable[BidsFile]) -> str:
+    """The spaces of the preprocessed T1w, BOLD and DWI images (``desc-preproc``, and
+    ``desc-smoothAROMAnonaggr`` BOLD), by modality, for messages.
 
     Examples
     --------
-    ``spaces found: T1w: MNI152NLin2009cAsym:res-2, T1w; bold: T1w``
+    ``spaces found: T1w: MNI152NLin2009cAsym:res-2, T1w; bold: T1w;
+    bold desc-smoothAROMAnonaggr: MNI152NLin6Asym``
     """
-    spaces: dict[str, set[str]] = defaultdict(set)
+    spaces: dict[tuple[str, str], set[str]] = defaultdict(set)
     for image in images:
-        if image.suffix in PREPROC_SUFFIXES and image.entities.get("desc") == desc:
-            spaces[image.suffix].add(str(image_space(image)))
-    listing = "; ".join(
-        f"{suffix}: {', '.join(sorted(spaces[suffix]))}"
+        spaces[(image.suffix, image.entities.get("desc"))].add(str(image_space(image)))
+    labels = {
+        (suffix, desc): suffix if desc == "preproc" else f"{suffix} desc-{desc}"
         for suffix in PREPROC_SUFFIXES
-        if spaces[suffix]
+        for desc in ("preproc", AROMA_DESC)
+    }
+    listing = "; ".join(
+        f"{label}: {', '.join(sorted(spaces[key]))}" for key, label in labels.items() if spaces[key]
     )
     return f"spaces found: {listing or 'none'}"
 

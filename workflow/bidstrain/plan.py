@@ -435,7 +435,7 @@ def _select(
     images = index.select(modality, task=config.tasks if modality == "bold" else ())
     if kind.is_derivative:
         aroma = modality == "bold" and config.normalize.confounds.strategy == "ica_aroma"
-        desc = "smoothAROMAnonaggr" if aroma else "preproc"
+        desc = derivatives.AROMA_DESC if aroma else "preproc"
         space = derivatives.parse_space(config.space)
         images = derivatives.select_preproc(
             images, space, modality, desc=desc, dataset=index.images
