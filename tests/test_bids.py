@@ -324,8 +324,17 @@ def test_select_echo_chooses_one_echo_or_lists_the_echoes_found():
     assert select_echo(multi + single, 2) == [multi[1], *single]
     with pytest.raises(BidstrainError, match="config echo") as error:
         select_echo(multi + single)
-    assert str(error.value).startswith("sub-01: multi-echo images")
-    assert "sub-01/func/sub-01_task-rest_run-1_echo-*_bold.nii.gz" in str(error.value)
-    assert "echoes found: 1, 2, 3" in str(error.value)
-    with pytest.raises(BidstrainError, match="no echo-4; echoes found: 1, 2, 3"):
+    assert str(error.value) == (
+        "sub-01: multi-echo images: several echoes and config echo is not set for "
+        "sub-01/func/sub-01_task-rest_run-1_echo-*_bold.nii.gz; echoes found: 1, 2, 3; set "
+        "config echo to the echo to use (1 for the first)"
+    )
+    with pytest.raises(BidstrainError, match=r"no echo-4 for .*; echoes found: 1, 2, 3;"):
         select_echo(multi, 4)
+    # several acquisitions at fault: one line naming the first and counting the others
+    other = [_image(f"sub-01_task-motor_run-1_echo-{e}_bold.nii.gz") for e in (1, 2, 3, 4)]
+    with pytest.raises(BidstrainError) as error:
+        select_echo(multi + other)
+    message = str(error.value)
+    assert "\n" not in message and "and 1 more acquisition(s)" in message
+    assert "echoes found: 1, 2, 3, 4;" in message

@@ -54,6 +54,17 @@ def test_dataset_kind_from_the_description(fmriprep, qsiprep, tmp_path):
         json.dumps({"DatasetType": "derivative", "GeneratedBy": [{"Name": "MRIQC"}]})
     )
     assert dataset_kind(other).kind == "derivative"
+    assert not dataset_kind(other).ships_brain_masks and dataset_kind(fmriprep).ships_brain_masks
+    # DatasetType decides when given: a raw dataset may name the tools that made it
+    (other / "dataset_description.json").write_text(
+        json.dumps({"DatasetType": "raw", "GeneratedBy": [{"Name": "qMRLab"}]})
+    )
+    assert dataset_kind(other).kind == "raw"
+    (other / "dataset_description.json").write_text("")
+    with pytest.raises(
+        BidstrainError, match="dataset_description.json: the dataset description is empty"
+    ):
+        dataset_kind(other)
 
 
 def test_warning_when_a_raw_dataset_holds_fmriprep_outputs(fmriprep, tmp_path):
@@ -62,6 +73,10 @@ def test_warning_when_a_raw_dataset_holds_fmriprep_outputs(fmriprep, tmp_path):
     shutil.copytree(fmriprep, raw / "derivatives" / "fmriprep")
     warning = nested_derivatives_warning(raw)
     assert str(raw / "derivatives" / "fmriprep") in warning and "(fmriprep)" in warning
+    # a nested dataset whose description cannot be read is no reason to stop
+    (raw / "derivatives" / "brainvisa").mkdir()
+    (raw / "derivatives" / "brainvisa" / "dataset_description.json").write_text("")
+    assert nested_derivatives_warning(raw) == warning
     assert nested_derivatives_warning(fmriprep) is None
 
 
@@ -123,10 +138,35 @@ def test_anatomical_reference_is_the_t1w_space(fmriprep):
 
 def test_several_spaces_and_none_chosen_is_an_error_listing_them(fmriprep):
     index = BidsIndex.build(fmriprep)
-    with pytest.raises(
-        BidstrainError, match=rf"several spaces: {MNI}:res-2, T1w; set config space"
-    ):
-        select_preproc(index.images, None, "bold")
+    with pytest.raises(BidstrainError) as error:
+        select_preproc(index.select("bold"), None, "bold", dataset=index.images)
+    assert str(error.value) == (
+        "the bold images are in several spaces and config space is not set; spaces found: "
+        f"T1w: {MNI}:res-2, T1w; bold: {MNI}:res-2, T1w; set config space to one of them "
+        f"(fMRIPrep's --output-spaces syntax, for example {MNI}:res-2)"
+    )
+
+
+def test_a_space_missing_for_one_modality_lists_the_spaces_of_every_modality(fmriprep, tmp_path):
+    """BOLD written in one more space than the T1w: choosing it fails for the T1w, and
+    the message lists BOLD's spaces too, in one line."""
+    root = tmp_path / "fmriprep"
+    shutil.copytree(fmriprep, root)
+    for image in BidsIndex.build(root).select("bold", space=["T1w"]):
+        extra = image.path.name.replace("space-T1w", "space-MNI152NLin6Asym_res-2")
+        (image.path.parent / extra).touch()
+    index = BidsIndex.build(root)
+    assert len(select_preproc(index.select("bold"), parse_space("MNI152NLin6Asym"), "bold")) == 4
+    with pytest.raises(BidstrainError) as error:
+        select_preproc(
+            index.select("T1w"), parse_space("MNI152NLin6Asym"), "T1w", dataset=index.images
+        )
+    assert str(error.value) == (
+        "config space MNI152NLin6Asym: no T1w image in that space for "
+        f"sub-01/anat/sub-01_desc-preproc_T1w.nii.gz (has {MNI}:res-2, T1w) and 1 more run(s); "
+        f"spaces found: T1w: {MNI}:res-2, T1w; bold: {MNI}:res-2, MNI152NLin6Asym:res-2, T1w; "
+        "set it to a space every run has"
+    )
 
 
 def test_a_run_without_the_chosen_space_is_named(fmriprep, tmp_path):
@@ -143,14 +183,18 @@ def test_a_run_without_the_chosen_space_is_named(fmriprep, tmp_path):
     with pytest.raises(BidstrainError) as error:
         select_preproc(index.images, parse_space(f"{MNI}:res-2"), "bold")
     message = str(error.value)
-    assert f"spaces found: {MNI}:res-2, T1w" in message
-    assert "sub-02/func/sub-02_task-rest_run-2_desc-preproc_bold.nii.gz (has T1w)" in message
-    assert "run-1" not in message
+    assert f"spaces found: T1w: {MNI}:res-2, T1w; bold: {MNI}:res-2, T1w;" in message
+    assert "for sub-02/func/sub-02_task-rest_run-2_desc-preproc_bold.nii.gz (has T1w);" in message
+    assert "run-1" not in message and "more run" not in message
     image = select_preproc(index.images, parse_space("T1w"), "bold")[0]
     mask = brain_mask(index, image)
     mask.unlink()
-    with pytest.raises(BidstrainError, match=f"no {mask.name} next to the image"):
+    with pytest.raises(BidstrainError, match=f"no {mask.name} next to the image.*normalize.mask"):
         brain_mask(BidsIndex.build(root), image)
+    # BIDS's other name for it, label-brain (older fMRIPrep outputs, bids-examples' synthetic)
+    label = mask.with_name(mask.name.replace("desc-brain", "label-brain"))
+    label.touch()
+    assert brain_mask(BidsIndex.build(root), image) == label
 
 
 def test_single_space_needs_no_choice(qsiprep):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from bidstrain.bids import ENTITY_ORDER, BidsFile, BidsIndex, parse_name
 from bidstrain.config import Config, validate_config
 from bidstrain.demo import make_empty_dataset, make_fmriprep_demo, make_qsiprep_demo
 from bidstrain.errors import BidstrainError
-from bidstrain.plan import Plan, fitting_runs, write_if_changed
+from bidstrain.plan import ImageJob, Plan, _average_groups, fitting_runs, write_if_changed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -163,10 +164,16 @@ def test_a_selection_leaving_no_run_to_fit_on_names_the_subject(demo_bids):
         plan_of(demo_bids, normalize={"heldout": {"run": ["1", "2"]}})
 
 
-def _bold(sub: str, run: str, ses: str | None = None) -> BidsFile:
-    entities = {"sub": sub, **({"ses": ses} if ses else {}), "task": "rest", "run": run}
+def _bold(sub: str, run: str, ses: str | None = None, acq: str | None = None) -> BidsFile:
+    entities = {
+        "sub": sub,
+        **({"ses": ses} if ses else {}),
+        "task": "rest",
+        **({"acq": acq} if acq else {}),
+        "run": run,
+    }
     return BidsFile(
-        Path(f"/d/sub-{sub}_{ses}_run-{run}_bold.nii.gz"), entities, "func", "bold", ".nii.gz"
+        Path(f"/d/sub-{sub}_{ses}_{acq}_run-{run}_bold.nii.gz"), entities, "func", "bold", ".nii.gz"
     )
 
 
@@ -178,10 +185,50 @@ def test_fitting_runs_prefer_the_session_and_fail_when_nothing_is_left():
         fitting_runs(_bold("02", "2"), [], {"run": ["2"]})
 
 
+def test_fitting_runs_and_averages_keep_acquisitions_apart():
+    """Runs of one task in two acquisitions (bids-examples' 7t_trt: a whole-brain and a
+    prefrontal field of view) have different grids: a held-out run takes statistics only
+    from its own acquisition, and each acquisition is averaged on its own."""
+    full, part = _bold("01", "1", acq="full"), _bold("01", "1", acq="part")
+    assert fitting_runs(_bold("01", "2", acq="full"), [full, part], {"run": ["2"]}) == [full]
+    with pytest.raises(BidstrainError, match="no task-rest_acq-other run left"):
+        fitting_runs(_bold("01", "2", acq="other"), [full, part], {"run": ["2"]})
+    jobs = [ImageJob(image, str(image.path), "epi", ()) for image in (full, part)]
+    assert [group.name for group in _average_groups(jobs)] == [
+        "task-rest_acq-full_run-1",
+        "task-rest_acq-part_run-1",
+    ]
+
+
 def test_a_subject_without_images_is_named(demo_bids, tmp_path):
     root = make_empty_dataset(tmp_path / "bids", 2)
     (root / "sub-0002").mkdir()
     with pytest.raises(BidstrainError, match=r"sub-0002.*exclude_participant_label"):
+        plan_of(root)
+
+
+def test_a_subject_without_mri_folders_is_left_out_with_a_warning(tmp_path, caplog):
+    """An EEG-only participant of a multimodal dataset, and MEG's sub-emptyroom."""
+    root = make_empty_dataset(tmp_path / "bids", 2)
+    (root / "sub-emptyroom" / "ses-1" / "meg").mkdir(parents=True)
+    (root / "sub-eeg" / "eeg").mkdir(parents=True)
+    (root / "sub-eeg" / "eeg" / "sub-eeg_task-rest_eeg.edf").touch()
+    assert plan_of(root).subjects == ("0000", "0001")
+    assert "sub-eeg (eeg), sub-emptyroom (meg): no anat, func or dwi folder" in caplog.text
+    (root / "sub-eeg" / "anat").mkdir()  # an MRI folder without images: an error again
+    with pytest.raises(BidstrainError, match=r"sub-eeg in .* have no T1w or bold or dwi image"):
+        plan_of(root)
+
+
+def test_a_dataset_without_subjects_is_refused(tmp_path):
+    root = make_empty_dataset(tmp_path / "bids", 1)
+    with pytest.raises(BidstrainError, match="exclude_participant_label leave no subject"):
+        Plan.build(typed_config(root), BidsIndex.build(root, exclude_participant_label=["0000"]))
+    shutil.rmtree(root / "sub-0000")
+    with pytest.raises(BidstrainError, match=r"no subject folder \(sub-<label>\); set bids_dir"):
+        plan_of(root)
+    (root / "tpl-MNI152NLin2009cAsym" / "anat").mkdir(parents=True)
+    with pytest.raises(BidstrainError, match="a template or atlas dataset"):
         plan_of(root)
 
 

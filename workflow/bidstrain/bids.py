@@ -442,6 +442,18 @@ class BidsIndex:
                 ) from None
         return merged
 
+    def datatypes(self, subject: str) -> set[str]:
+        """The datatype folders (``anat``, ``func``, ``eeg``...) of a subject, sessions
+        included; read from the disk at each call (the index keeps images only)."""
+        found, folders = set(), [os.path.join(self.root, f"sub-{subject}")]
+        while folders:
+            for entry in os.scandir(folders.pop()):
+                if entry.is_dir() and entry.name in DATATYPES:
+                    found.add(entry.name)
+                elif entry.is_dir() and entry.name.startswith("ses-"):
+                    folders.append(entry.path)
+        return found
+
     def companion(self, image: BidsFile, extension: str) -> Path | None:
         """The most specific ``.bval`` or ``.bvec`` that applies to ``image``, or None."""
         candidates = self._inherited(image, extension)
@@ -505,7 +517,8 @@ def select_echo(images: Iterable[BidsFile], echo: int | None = None) -> list[Bid
     ------
     BidstrainError
         When ``echo`` is None and an acquisition has several echoes, or an acquisition
-        lacks echo ``echo``: one line per acquisition, listing the echoes found.
+        lacks echo ``echo``: one line naming one such acquisition, how many there are,
+        and the echoes found.
     """
     images = list(images)
     echoes: dict[tuple, dict[int, BidsFile]] = defaultdict(dict)
@@ -514,27 +527,28 @@ def select_echo(images: Iterable[BidsFile], echo: int | None = None) -> list[Bid
             rest = tuple(sorted((k, v) for k, v in f.entities.items() if k != "echo"))
             key = (f.path.parent, rest, f.suffix, f.extension)
             echoes[key][_echo_index(f)] = f
-    problems, dropped, subjects = [], set(), set()
+    faulty, found_echoes, dropped = [], set(), set()
     for found in echoes.values():
         keep = echo if echo is not None else (next(iter(found)) if len(found) == 1 else None)
         if keep not in found:
-            first = found[min(found)]
-            name = bids_path(
-                suffix=first.suffix,
-                extension=first.extension,
-                datatype=first.datatype,
-                **{**first.entities, "echo": "*"},
-            )
-            wanted = "no echo chosen (config echo)" if echo is None else f"no echo-{echo}"
-            echo_list = ", ".join(map(str, sorted(found)))
-            problems.append(f"{name}: {wanted}; echoes found: {echo_list}")
-            subjects.add(first.subject)
+            faulty.append(found[min(found)])
+            found_echoes.update(found)
         dropped.update(f.path for index, f in found.items() if index != keep)
-    if problems:
+    if faulty:
+        first = faulty[0]
+        name = bids_path(
+            suffix=first.suffix,
+            extension=first.extension,
+            datatype=first.datatype,
+            **{**first.entities, "echo": "*"},
+        )
+        others = f" and {len(faulty) - 1} more acquisition(s)" if len(faulty) > 1 else ""
+        problem = "several echoes and config echo is not set" if echo is None else f"no echo-{echo}"
         raise BidstrainError(
-            "multi-echo images: set config echo to the echo to use (1 for the first)\n  "
-            + "\n  ".join(problems),
-            subject=subjects.pop() if len(subjects) == 1 else None,
+            f"multi-echo images: {problem} for {name}{others}; echoes found: "
+            f"{', '.join(map(str, sorted(found_echoes)))}; set config echo to the echo to use "
+            "(1 for the first)",
+            subject=first.subject if len({f.subject for f in faulty}) == 1 else None,
         )
     return [f for f in images if f.path not in dropped] if dropped else images
 

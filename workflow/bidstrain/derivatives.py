@@ -25,6 +25,7 @@ from pathlib import Path
 
 from bidstrain.bids import BidsFile, BidsIndex, bids_name, bids_path
 from bidstrain.errors import BidstrainError
+from bidstrain.mask_options import DEFAULT_MASKS, MASK_KEYS
 
 #: Pipelines recognized in ``GeneratedBy[0].Name`` (lower case) and their kind.
 PIPELINES = {"fmriprep": "fmriprep", "qsiprep": "qsiprep"}
@@ -38,6 +39,11 @@ ANATOMICAL_REFERENCE = "T1w"
 NATIVE = "native"
 #: fMRIPrep's confounds table, by version: ``timeseries`` from 20.0, ``regressors`` before.
 CONFOUNDS_SUFFIXES = ("timeseries", "regressors")
+#: The preprocessed images bidstrain reads, by suffix (the order of messages).
+PREPROC_SUFFIXES = ("T1w", "bold", "dwi")
+#: The ``desc`` of fMRIPrep's ICA-AROMA denoised BOLD, which nilearn's ``ica_aroma``
+#: confounds strategy reads instead of ``desc-preproc``.
+AROMA_DESC = "smoothAROMAnonaggr"
 
 
 @dataclass(frozen=True)
@@ -63,14 +69,25 @@ class DatasetKind:
         """Whether the dataset is the output of a pipeline."""
         return self.kind != "raw"
 
+    @property
+    def ships_brain_masks(self) -> bool:
+        """Whether the pipeline writes a ``desc-brain_mask`` next to every preprocessed
+        image (fMRIPrep, QSIPrep): the default mask of its images."""
+        return self.kind in PIPELINES.values()
+
 
 def _description(path: Path) -> dict:
+    fix = "(a BIDS dataset_description.json is a JSON object with Name and BIDSVersion)"
     try:
-        description = json.loads(path.read_text())
+        text = path.read_text()
+        description = json.loads(text) if text.strip() else None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BidstrainError(f"cannot read the dataset description: {error}", path=path) from None
+        raise BidstrainError(
+            f"cannot read the dataset description: {error} {fix}", path=path
+        ) from None
     if not isinstance(description, dict):
-        raise BidstrainError("the dataset description is not a JSON object", path=path)
+        what = "empty" if description is None else "not a JSON object"
+        raise BidstrainError(f"the dataset description is {what} {fix}", path=path)
     return description
 
 
@@ -106,7 +123,10 @@ def dataset_kind(root: str | Path) -> DatasetKind:
         pipeline = description.get("PipelineDescription") or {}
     name = pipeline.get("Name") if isinstance(pipeline, dict) else None
     version = pipeline.get("Version") if isinstance(pipeline, dict) else None
-    if description.get("DatasetType") != "derivative" and name is None:
+    dataset_type = description.get("DatasetType")
+    # DatasetType decides when given (a raw dataset may name the tools that made it in
+    # GeneratedBy); without it, a pipeline's name marks a derivative (BIDS < 1.4).
+    if dataset_type == "raw" or (dataset_type != "derivative" and name is None):
         return DatasetKind("raw")
     kind = PIPELINES.get(str(name).lower(), "derivative")
     return DatasetKind(kind, name, None if version is None else str(version))
@@ -129,7 +149,10 @@ def nested_derivatives_warning(root: str | Path) -> str | None:
     for folder in sorted((root / "derivatives").iterdir()):
         description = folder / "dataset_description.json"
         if folder.is_dir() and description.is_file():
-            kind = dataset_kind(folder).kind
+            try:
+                kind = dataset_kind(folder).kind
+            except BidstrainError:  # not a dataset bidstrain reads: nothing to warn about
+                continue
             if kind in PIPELINES.values():
                 found.append(f"{folder} ({kind})")
     if not found:
@@ -238,21 +261,30 @@ def _run_label(image: BidsFile) -> str:
 
 
 def select_preproc(
-    images: Iterable[BidsFile], space: Space | None, suffix: str, desc: str = "preproc"
+    images: Iterable[BidsFile],
+    space: Space | None,
+    suffix: str,
+    desc: str = "preproc",
+    *,
+    dataset: Iterable[BidsFile] = (),
 ) -> list[BidsFile]:
     """One ``[space-<space>_...]desc-<desc>_<suffix>`` image per run, in the chosen space.
 
     Parameters
     ----------
     images : iterable of BidsFile
-        The dataset's images (:attr:`BidsIndex.images` or a selection of them).
+        The images to choose from (:attr:`BidsIndex.images` or a selection of them).
     space : Space or None
         Config ``space``. None is allowed when every run has a single space, all the same.
     suffix : str
         ``bold``, ``T1w`` or ``dwi``.
     desc : str
-        The ``desc`` entity: ``preproc``, or ``smoothAROMAnonaggr`` for the ICA-AROMA
+        The ``desc`` entity: ``preproc``, or :data:`AROMA_DESC` for the ICA-AROMA
         outputs that nilearn's ``ica_aroma`` confounds strategy requires.
+    dataset : iterable of BidsFile
+        Every image of the dataset, read only for an error message: it lists the spaces
+        of every modality (:func:`spaces_found`), so that a user choosing ``space`` for
+        one modality sees what the others have.
 
     Returns
     -------
@@ -262,72 +294,102 @@ def select_preproc(
     Raises
     ------
     BidstrainError
-        When no space is chosen and several are present, when some run lacks the chosen
-        space, or when several images of a run match it (several resolutions): the
-        message lists the spaces found and names the runs concerned.
+        In one line, when no space is chosen and several are present, when some run
+        lacks the chosen space, or when several images of a run match it (several
+        resolutions): the message names a run concerned, how many there are, and lists
+        the spaces found.
     """
     images = list(images)
     runs: dict[str, list[BidsFile]] = defaultdict(list)
     for image in images:
         if image.suffix == suffix and image.entities.get("desc") == desc:
             runs[_run_label(image)].append(image)
-    found = sorted({str(image_space(f)) for found in runs.values() for f in found})
-    listing = ", ".join(found) or "none"
     if space is None:
-        if len(found) > 1:
+        if len({str(image_space(f)) for found in runs.values() for f in found}) > 1:
             raise BidstrainError(
-                f"the {suffix} images are in several spaces: {listing}; set config space to "
-                "one of them (fMRIPrep's --output-spaces syntax, for example "
-                "MNI152NLin2009cAsym:res-2)"
+                f"the {suffix} images are in several spaces and config space is not set; "
+                f"{spaces_found([*images, *dataset])}; set config space to one of them "
+                "(fMRIPrep's --output-spaces syntax, for example MNI152NLin2009cAsym:res-2)"
             )
         chosen = {f.path for candidates in runs.values() for f in candidates}
         return [f for f in images if f.path in chosen]
     chosen, missing, ambiguous = set(), [], []
     for run, candidates in sorted(runs.items()):
         matches = [f for f in candidates if _matches(image_space(f), space)]
-        if not matches:
-            spaces = ", ".join(sorted(str(image_space(f)) for f in candidates))
-            missing.append(f"{run} (has {spaces})")
-        elif len(matches) > 1:
-            spaces = ", ".join(sorted(str(image_space(f)) for f in matches))
-            ambiguous.append(f"{run} ({spaces})")
-        else:
+        if len(matches) == 1:
             chosen.add(matches[0].path)
+        else:
+            spaces = ", ".join(sorted(str(image_space(f)) for f in matches or candidates))
+            (ambiguous if matches else missing).append(f"{run} (has {spaces})")
     if missing or ambiguous:
-        lines = [f"no {suffix} image in space {space}: {run}" for run in missing]
-        lines += [f"several {suffix} images match space {space}: {run}" for run in ambiguous]
+        problem, runs_at_fault, fix = (
+            (f"no {suffix} image in that space", missing, "set it to a space every run has")
+            if missing
+            else (
+                f"several {suffix} images match it",
+                ambiguous,
+                f"add the modifier that tells them apart, for example {space}:res-2",
+            )
+        )
+        others = f" and {len(runs_at_fault) - 1} more run(s)" if len(runs_at_fault) > 1 else ""
         raise BidstrainError(
-            f"config space {space}: spaces found: {listing}\n  " + "\n  ".join(lines)
+            f"config space {space}: {problem} for {runs_at_fault[0]}{others}; "
+            f"{spaces_found([*images, *dataset])}; {fix}"
         )
     return [f for f in images if f.path in chosen]
 
 
-def _sibling(index: BidsIndex, image: BidsFile, suffix: str, **changes: str | None) -> Path:
-    """The indexed image next to ``image`` with other entities and suffix, or raise."""
-    entities = {**image.entities, **changes}
-    prefix = bids_path(suffix="", datatype=image.datatype, **entities)[:-1]
-    try:
-        return index.by_prefix(prefix, suffix).path
-    except BidstrainError:
-        name = bids_name(suffix=suffix, extension=image.extension, **entities)
-        raise BidstrainError(
-            f"no {name} next to the image (derivative datasets ship one per image)",
-            path=image.path,
-            subject=image.subject,
-        ) from None
+def spaces_found(images: Iterable[BidsFile]) -> str:
+    """The spaces of the preprocessed T1w, BOLD and DWI images (``desc-preproc``, and
+    ``desc-smoothAROMAnonaggr`` BOLD), by modality, for messages.
+
+    Examples
+    --------
+    ``spaces found: T1w: MNI152NLin2009cAsym:res-2, T1w; bold: T1w;
+    bold desc-smoothAROMAnonaggr: MNI152NLin6Asym``
+    """
+    spaces: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for image in images:
+        spaces[(image.suffix, image.entities.get("desc"))].add(str(image_space(image)))
+    labels = {
+        (suffix, desc): suffix if desc == "preproc" else f"{suffix} desc-{desc}"
+        for suffix in PREPROC_SUFFIXES
+        for desc in ("preproc", AROMA_DESC)
+    }
+    listing = "; ".join(
+        f"{label}: {', '.join(sorted(spaces[key]))}" for key, label in labels.items() if spaces[key]
+    )
+    return f"spaces found: {listing or 'none'}"
 
 
 def brain_mask(index: BidsIndex, image: BidsFile) -> Path:
-    """The ``desc-brain_mask`` of a derivative image (same entities, same folder).
+    """The brain mask of a derivative image: its ``desc-brain_mask`` (fMRIPrep, QSIPrep),
+    or else its ``label-brain_mask`` (the other name BIDS gives it), in the same folder
+    with the image's other entities.
 
-    The default mask for derivatives: fMRIPrep's and QSIPrep's own brain mask.
+    The default mask for fMRIPrep's and QSIPrep's outputs: the pipeline's own brain mask.
 
     Raises
     ------
     BidstrainError
-        When the dataset has no such mask.
+        When the dataset has no such mask, naming the config key that chooses another.
     """
-    return _sibling(index, image, "mask", desc="brain")
+    entities = {k: v for k, v in image.entities.items() if k != "desc"}
+    names = [{**entities, "desc": "brain"}, {**entities, "label": "brain"}]
+    for wanted in names:
+        prefix = bids_path(suffix="", datatype=image.datatype, **wanted)[:-1]
+        try:
+            return index.by_prefix(prefix, "mask").path
+        except BidstrainError:
+            continue
+    name = bids_name(suffix="mask", extension=image.extension, **names[0])
+    raise BidstrainError(
+        f"no {name} next to the image (fMRIPrep and QSIPrep write one per image); set "
+        f"config {MASK_KEYS[image.suffix]} to compute a mask ({DEFAULT_MASKS[image.suffix]}), "
+        "to none, or to a path pattern of your masks",
+        path=image.path,
+        subject=image.subject,
+    )
 
 
 def confounds_file(image: BidsFile) -> Path:

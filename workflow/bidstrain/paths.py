@@ -8,6 +8,7 @@ output pattern and the plan's literal paths come from the same function.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from bidstrain.bids import BidsFile, bids_name, bids_path
 
@@ -74,9 +75,10 @@ def normalized_table(subject: str) -> str:
 # ---- average -----------------------------------------------------------------------------
 
 
-def average_name(task: str, run: str) -> str:
-    """Name of a cross-subject average group: ``task-<task>[_run-<run>]``."""
-    return bids_name(task=task, run=run, suffix="").rstrip("_")
+def average_name(entities: Mapping[str, str]) -> str:
+    """Name of a cross-subject average group: its entities, ``task-<task>[_acq-<acq>]...
+    [_run-<run>]`` in BIDS order."""
+    return bids_name(suffix="", **entities).rstrip("_")
 
 
 def average_store_at(name: str) -> str:

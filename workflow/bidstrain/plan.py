@@ -15,6 +15,7 @@ report job per subject: the DAG grows with subjects, not with images.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,11 @@ from bidstrain.mask_options import DEFAULT_MASKS, MASK_KEYS, is_pattern, resolve
 from bidstrain.report import CHECKS_FIGURES, TRAINING_FIGURES
 from bidstrain.train.expectation import expectation
 
+log = logging.getLogger(__name__)
+
 MODALITIES = ("T1w", "bold", "dwi")
+#: The datatype folders of the modalities: a subject without any is not an MRI participant.
+MRI_DATATYPES = frozenset({"anat", "func", "dwi"})
 #: BIDS version the outputs follow.
 BIDS_VERSION = "1.10.0"
 
@@ -156,7 +161,8 @@ class Plan:
         Raises
         ------
         BidstrainError
-            A subject without any image of the configured modalities; a held-out
+            A dataset without subjects; a subject without any image of the configured
+            modalities (one without any MRI folder is left out, with a warning); a held-out
             selection that leaves a subject no run to fit on; a mask pattern naming an
             entity an image lacks.
         """
@@ -429,20 +435,48 @@ def _select(
     images = index.select(modality, task=config.tasks if modality == "bold" else ())
     if kind.is_derivative:
         aroma = modality == "bold" and config.normalize.confounds.strategy == "ica_aroma"
-        desc = "smoothAROMAnonaggr" if aroma else "preproc"
+        desc = derivatives.AROMA_DESC if aroma else "preproc"
+        space = derivatives.parse_space(config.space)
         images = derivatives.select_preproc(
-            images, derivatives.parse_space(config.space), modality, desc=desc
+            images, space, modality, desc=desc, dataset=index.images
         )
     return select_echo(select_part(images, config.part), config.echo)
 
 
 def _require_images(index: BidsIndex, config: Config, subjects: Sequence[str]) -> None:
-    empty = sorted(set(index.subjects) - set(subjects))
+    """Stop when a subject has no image of the configured modalities, unless it has no
+    MRI folder at all (:data:`MRI_DATATYPES`): the EEG- or MEG-only participants of a
+    multimodal dataset and MEG's ``sub-emptyroom`` are left out with a warning."""
+    if not index.subjects:
+        if next(index.root.glob("sub-*"), None) is not None:
+            problem = "config participant_label and exclude_participant_label leave no subject"
+        elif next(index.root.glob("tpl-*"), None) is not None:
+            problem = (
+                "no subject folder (sub-<label>): a template or atlas dataset (tpl-<label> "
+                "folders) has no participants to train on; set bids_dir to a dataset of them"
+            )
+        else:
+            problem = "no subject folder (sub-<label>); set bids_dir to a dataset's root"
+        raise BidstrainError(problem, path=index.root)
+    without = sorted(set(index.subjects) - set(subjects))
+    datatypes = {subject: index.datatypes(subject) for subject in without}
+    other = [s for s in without if datatypes[s] and datatypes[s].isdisjoint(MRI_DATATYPES)]
+    if other:
+        log.warning(
+            "bidstrain: %s: no anat, func or dwi folder; left out",
+            ", ".join(f"sub-{s} ({'/'.join(sorted(datatypes[s]))})" for s in other),
+        )
+    empty = [s for s in without if s not in other]
     if empty:
         raise BidstrainError(
             f"subject(s) {', '.join(f'sub-{s}' for s in empty)} in {index.root} have no "
             f"{' or '.join(config.modalities)} image (add images or list them in "
             "exclude_participant_label)"
+        )
+    if not subjects:
+        raise BidstrainError(
+            "no subject has an anat, func or dwi folder: not an MRI dataset (set bids_dir to one)",
+            path=index.root,
         )
 
 
@@ -455,8 +489,9 @@ def _is_heldout(image: BidsFile, heldout: Mapping[str, Sequence[str]]) -> bool:
 def fitting_runs(image: BidsFile, runs: Iterable[BidsFile], heldout: Mapping) -> list[BidsFile]:
     """The runs whose statistics a held-out run is normalized with.
 
-    The same subject's runs of the same task that are not held out: those of the same
-    session when there are any (same scanner set-up), else those of its other sessions.
+    The same subject's runs of the same task and acquisition (:func:`acquisition`) that
+    are not held out: those of the same session when there are any (same scanner set-up),
+    else those of its other sessions.
 
     Parameters
     ----------
@@ -472,12 +507,13 @@ def fitting_runs(image: BidsFile, runs: Iterable[BidsFile], heldout: Mapping) ->
     BidstrainError
         When no such run is left, naming the subject and the ``normalize.heldout`` config.
     """
-    task = image.entities.get("task")
-    same_task = [run for run in runs if run.entities.get("task") == task]
+    wanted = acquisition(image)
+    same_task = [run for run in runs if acquisition(run) == wanted]
     same_session = [run for run in same_task if run.session == image.session]
     if not same_task:
+        name = paths.average_name(wanted)
         raise BidstrainError(
-            f"held-out run has no task-{task} run left to fit statistics on: config "
+            f"held-out run has no {name} run left to fit statistics on: config "
             f"normalize.heldout {dict(heldout)} selects every such run of sub-{image.subject} "
             "(hold out fewer runs, or leave the subject out with exclude_participant_label)",
             path=image.path,
@@ -486,12 +522,22 @@ def fitting_runs(image: BidsFile, runs: Iterable[BidsFile], heldout: Mapping) ->
     return same_session or same_task
 
 
+def acquisition(image: BidsFile) -> dict[str, str]:
+    """The entities that tell a BOLD acquisition apart (``task``, ``acq``, ``ce``, ``rec``,
+    ``dir``...): its runs share a protocol and a grid, across subjects and sessions. Not
+    the subject, session or run, nor a derivative's space and ``desc`` (one per dataset)."""
+    return {k: v for k, v in image.entities.items() if k not in _NOT_ACQUISITION}
+
+
+_NOT_ACQUISITION = frozenset({"sub", "ses", "run", "desc", *derivatives.SPACE_ENTITIES})
+
+
 def _mask(config: Config, index: BidsIndex, kind: derivatives.DatasetKind, image: BidsFile) -> str:
-    """The mask keyword or file of an image; ``auto`` is the pipeline's brain mask for a
-    pipeline's outputs, else the modality's computed mask."""
+    """The mask keyword or file of an image; ``auto`` is the pipeline's brain mask for
+    fMRIPrep's and QSIPrep's outputs, else the modality's computed mask."""
     option = config.normalize.mask_option(image.suffix)
     if option == "auto":
-        if kind.is_derivative:
+        if kind.ships_brain_masks:
             return str(derivatives.brain_mask(index, image))
         return DEFAULT_MASKS[image.suffix]
     if not is_pattern(option):
@@ -537,8 +583,8 @@ def _normalize_jobs(
 def _average_groups(bold: Sequence[ImageJob]) -> tuple[AverageGroup, ...]:
     members: dict[str, list[ImageJob]] = {}
     for job in bold:
-        entities = job.image.entities
-        name = paths.average_name(entities.get("task", ""), entities.get("run", ""))
+        run = job.image.entities.get("run")
+        name = paths.average_name({**acquisition(job.image), **({"run": run} if run else {})})
         members.setdefault(name, []).append(job)
     return tuple(
         AverageGroup(

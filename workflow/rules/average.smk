@@ -1,7 +1,8 @@
-# Cross-subject averaging (average.mode: cross_subject): one job per (task, run), reading
-# that run's store of every subject (bidstrain.average), listed in an argument file the
-# plan writes; the inputs are the normalize jobs' tables that list those stores. In per_subject mode there is nothing to average and the `average` target
-# is an empty no-op.
+# Cross-subject averaging (average.mode: cross_subject): one job per task, acquisition and
+# run (bidstrain.plan.acquisition), reading that run's store of every subject
+# (bidstrain.average), listed in an argument file the plan writes; the inputs are the
+# normalize jobs' tables that list those stores. In per_subject mode there is nothing to
+# average and the `average` target is an empty no-op.
 
 
 rule average_bold:
@@ -13,7 +14,7 @@ rule average_bold:
     log:
         paths.log("average", "{name}"),
     wildcard_constraints:
-        name=r"task-[a-zA-Z0-9]+(_run-[a-zA-Z0-9]+)?",
+        name=r"task-[a-zA-Z0-9]+(_[a-zA-Z]+-[a-zA-Z0-9]+)*",
     conda:
         ENV
     # Streams blocks of volumes: memory is a few 64 MB blocks whatever the subject count.

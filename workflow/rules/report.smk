@@ -66,7 +66,7 @@ rule report_average:
     log:
         paths.log("report", "average/{name}"),
     wildcard_constraints:
-        name=r"task-[a-zA-Z0-9]+(_run-[a-zA-Z0-9]+)?",
+        name=r"task-[a-zA-Z0-9]+(_[a-zA-Z]+-[a-zA-Z0-9]+)*",
     conda:
         ENV
     resources:
