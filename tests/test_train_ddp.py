@@ -1,6 +1,7 @@
 """DDP with 2 CPU processes (gloo): single-modality batches that differ across ranks, a
-step skipped on every rank, every rank stopping at the same step and resuming exactly,
-and rank 0's experiment lock."""
+step skipped on every rank, every rank stopping at the same step and resuming exactly, a
+run on another world size that sets those checkpoints aside and trains afresh, and rank
+0's experiment lock."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from bidstrain.train import distributed
+from bidstrain.train.checkpoint import load_latest
 from bidstrain.train.loop import EXIT_INTERRUPTED
 from bidstrain.train.model import MultiModalAutoencoder
 from bidstrain.train.schedule import build_scheduler
@@ -114,28 +116,40 @@ def _launch_ranks(out, config, stores, world_size, **env):
     return [job.returncode for job in jobs], outputs
 
 
-def test_every_rank_stops_at_the_same_step_and_resumes_only_with_the_same_world_size(
+def test_every_rank_stops_at_the_same_step_resumes_exactly_and_one_rank_starts_afresh(
     tmp_path, ddp_run
 ):
+    """Stopped after step 3 on 2 ranks, the same run (a requeue) resumes and logs the
+    uninterrupted run's metrics; then the experiment on 1 rank moves the 2-rank
+    checkpoints aside, names the change, and trains from step 0 to the end."""
     reference_dir, stores = ddp_run
     config = train_config(**DDP_CONFIG)
+    folder = tmp_path / "checkpoints"
     codes, outputs = _launch_ranks(tmp_path, config, stores, 2, **{STOP_AT_STEP: "3"})
     assert codes == [EXIT_INTERRUPTED] * 2, outputs
     assert all("interrupted at step 3" in output for output in outputs), outputs
-    assert [p.name for p in (tmp_path / "checkpoints").glob("step-*.pt")] == ["step-00000003.pt"]
-
-    codes, outputs = _launch_ranks(tmp_path, config, stores, 1)
-    assert codes == [1], outputs
-    assert "written by a run with world size 2" in outputs[0]
-    assert "this run has world size 1" in outputs[0] and "delete" in outputs[0]
+    assert [p.name for p in folder.glob("step-*.pt")] == ["step-00000003.pt"]
 
     codes, outputs = _launch_ranks(tmp_path, config, stores, 2)
     assert codes == [0, 0], outputs
     assert "resumed from step 3 (epoch 1, batch group 0)" in outputs[0]
-    assert_same_steps(
-        metrics_records(tmp_path / "metrics.jsonl"),
-        metrics_records(reference_dir / "metrics.jsonl"),
-    )
+    two_ranks = metrics_records(tmp_path / "metrics.jsonl")
+    assert_same_steps(two_ranks, metrics_records(reference_dir / "metrics.jsonl"))
+
+    codes, outputs = _launch_ranks(tmp_path, config, stores, 1)
+    assert codes == [0], outputs
+    aside = folder.with_name(f"checkpoints-{two_ranks[0]['config_hash']}")
+    log = outputs[0]
+    assert f"{folder} held the checkpoints of another run (world size 2 -> 1): moved " in log
+    assert f"to {aside}, where they stay; training starts from step 0" in log
+    one_rank = metrics_records(tmp_path / "metrics.jsonl")
+    assert [r["world_size"] for r in one_rank if r["kind"] == "plan"] == [1]
+    steps = [r["step"] for r in one_rank if r["kind"] == "step"]
+    assert steps == list(range(1, one_rank[0]["total_steps"] + 1))
+    kept = load_latest(aside)
+    assert kept["train_state"]["step"] == 6 and kept["train_state"]["world_size"] == 2
+    assert metrics_records(aside / "metrics.jsonl")[0]["world_size"] == 2
+    assert load_latest(folder)["train_state"]["world_size"] == 1
 
 
 def test_when_rank_0_cannot_lock_the_experiment_no_rank_trains(tmp_path):

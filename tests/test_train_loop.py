@@ -1,6 +1,6 @@
 """The training loop end to end on tiny stores: metrics, validation, checkpoints, resume
-after SIGTERM (at a step the test stop hooks fix), one trainer per experiment, the
-non-finite guard."""
+after SIGTERM (at a step the test stop hooks fix), a changed run that sets the checkpoints
+aside and starts afresh, one trainer per experiment, the non-finite guard."""
 
 from __future__ import annotations
 
@@ -19,8 +19,15 @@ import pytest
 import torch
 from bidstrain.errors import BidstrainError
 from bidstrain.train.__main__ import read_stores
-from bidstrain.train.checkpoint import config_hash, load_latest
-from bidstrain.train.loop import EXIT_INTERRUPTED, train
+from bidstrain.train.checkpoint import (
+    changes,
+    load_latest,
+    run_hash,
+    run_identity,
+    save,
+    set_aside,
+)
+from bidstrain.train.loop import EXIT_INTERRUPTED, Interrupted, train
 from bidstrain.train.metrics import MetricsLog
 from bidstrain.train.state import TrainState
 from bidstrain.train.stop import PAUSE_AT_STEP, STOP_AT_STEP, StopSignals
@@ -86,7 +93,8 @@ def test_metrics_follow_the_contract(tmp_path, stores):
     assert set(validations[0]["loss_per_modality"]) == {"bold"}
     saved = torch.load(tmp_path / "out" / "model.pt")
     assert saved["step"] == 6 and "embed.bold.proj.weight" in saved["model"]
-    saved = load_latest(tmp_path / "out" / "checkpoints", plan["config_hash"])
+    saved = load_latest(tmp_path / "out" / "checkpoints")
+    assert saved["config_hash"] == plan["config_hash"] == run_hash(saved["run"])
     assert saved["train_state"] == {
         "step": 6,
         "epoch": 2,
@@ -97,13 +105,31 @@ def test_metrics_follow_the_contract(tmp_path, stores):
     }
 
 
-def test_a_checkpoint_of_another_configuration_is_ignored(tmp_path, stores, caplog):
-    run(tmp_path, stores, epochs=1)
+def test_a_changed_setting_sets_the_checkpoints_aside_and_trains_afresh(
+    tmp_path, stores, caplog, monkeypatch
+):
+    """An interrupted run, then the same experiment with another ``train.lr``: the new run
+    starts at step 0 and ends; the old checkpoint and metrics move to a sibling folder,
+    named in the log with the change, where they still load."""
+    monkeypatch.setenv(STOP_AT_STEP, "3")
+    with pytest.raises(Interrupted):
+        run(tmp_path, stores, epochs=1)
+    monkeypatch.delenv(STOP_AT_STEP)
+    folder = tmp_path / "out" / "checkpoints"
+    old_hash = load_latest(folder)["config_hash"]
     with caplog.at_level(logging.WARNING, logger="bidstrain.train"):
         lines = run(tmp_path, stores, epochs=1, lr=5e-4)
-    assert "written with another training configuration" in caplog.text
-    assert len(of_kind(lines, "plan")) == 1
+    assert len(of_kind(lines, "plan")) == 1 and lines[0]["config_hash"] != old_hash
     assert [s["step"] for s in of_kind(lines, "step")] == list(range(1, 7))
+    aside = folder.with_name(f"checkpoints-{old_hash}")
+    moved = f"(train.lr 0.001 -> 0.0005): moved metrics.jsonl, step-00000003.pt to {aside}"
+    assert moved in caplog.text
+    assert "training starts from step 0" in caplog.text
+    kept = load_latest(aside)
+    assert kept["train_state"]["step"] == 3 and kept["run"]["train"]["lr"] == 1e-3
+    assert [s["step"] for s in of_kind(records(aside / "metrics.jsonl"), "step")] == [1, 2, 3]
+    assert load_latest(folder)["train_state"]["step"] == 6
+    assert (folder / "trainer.lock").exists()
 
 
 def test_metrics_log_drops_lines_past_the_resumed_step(tmp_path):
@@ -162,7 +188,7 @@ def test_resume_after_sigterm_reproduces_the_uninterrupted_metrics(
     output += job.communicate(timeout=120)[0]
     assert job.returncode == EXIT_INTERRUPTED, output
     assert "SIGTERM" in output and not (tmp_path / "model.pt").exists()
-    stopped = load_latest(tmp_path / "checkpoints", config_hash(config, stores))["train_state"]
+    stopped = load_latest(tmp_path / "checkpoints")["train_state"]
     assert stopped["step"] == 3 and 2 <= stopped["step"] < len(of_kind(reference, "step"))
 
     _rerun_resumes_and_matches(tmp_path, config, stores, reference, from_step=3)
@@ -242,11 +268,76 @@ def test_train_state_round_trips_and_counts_epochs():
     assert restored == state == TrainState(3, 1, 0, 2, 2, 2)
 
 
-def test_gpus_and_run_settings_stay_out_of_the_checkpoint_hash(stores):
+def test_the_run_hash_covers_settings_world_size_stores_and_their_rewrites(tmp_path):
+    """Job resources and run settings stay out (a requeue or a longer runtime resumes);
+    every other part of the run is named when it changes."""
+    training = tiny_stores(tmp_path, {"T1w": 1, "bold": 2})
+    # written long ago, so that the rewrite below gets another time whatever the clock's step
+    os.utime(os.path.join(training["T1w"][0], "zarr.json"), ns=(10**9, 10**9))
+    validation = {"bold": [write_store(tmp_path / "val.zarr", modality="bold", n_time=2)]}
     config = train_config()
+    identity = run_identity(config, 1, training, validation)
     same = {**config, "gpus": 4, "log_every": 7, "num_workers": 2, "runtime": 9}
-    assert config_hash(config, stores) == config_hash(same, stores)
-    assert config_hash(config, stores) != config_hash({**config, "lr": 5e-4}, stores)
+    assert run_hash(run_identity(same, 1, training, {**validation, "dwi": []})) == run_hash(
+        identity
+    )
+    assert changes(identity, identity) == []
+
+    loss = {**config["loss"], "normalize": "std"}
+    changed = run_identity({**config, "lr": 5e-4, "loss": loss}, 2, training, validation)
+    assert changes(identity, changed) == [
+        "train.loss.normalize var -> std",
+        "train.lr 0.001 -> 0.0005",
+        "world size 1 -> 2",
+    ]
+    assert run_hash(changed) != run_hash(identity)
+
+    extra = write_store(tmp_path / "bold2.zarr", modality="bold", n_time=2)
+    more = {**training, "bold": [*training["bold"], extra]}
+    assert changes(identity, run_identity(config, 1, more, {})) == [
+        f"training bold stores: 1 added ({extra})",
+        f"validation bold stores: 1 removed ({validation['bold'][0]})",
+    ]
+    write_store(tmp_path / "T1w.zarr", modality="T1w", n_time=1, seed=5)  # normalize reran
+    rewritten = run_identity(config, 1, training, validation)
+    assert changes(identity, rewritten) == [f"1 store(s) rewritten since ({training['T1w'][0]})"]
+    assert run_hash(rewritten) != run_hash(identity)
+    assert changes(None, identity) == [
+        "the checkpoint records no run configuration (written by an older bidstrain)"
+    ]
+    with pytest.raises(BidstrainError, match=r"missing.zarr: cannot read the store's zarr.json"):
+        run_identity(config, 1, {"bold": [str(tmp_path / "missing.zarr")]}, {})
+
+
+def _checkpoint(step, **extra):
+    return {"model": {}, "optimizer": {}, "scheduler": {}, "train_state": {"step": step}, **extra}
+
+
+def test_set_aside_moves_all_but_the_lock_and_never_overwrites(tmp_path, caplog):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    identity = run_identity(train_config(), 1, {}, {})
+    assert set_aside(folder, None, identity) is None  # nothing to move on a first run
+
+    (folder / "trainer.lock").write_text("host 1")
+    save(folder, _checkpoint(4, config_hash="0123456789abcdef"))  # by an older bidstrain
+    (folder / "metrics.jsonl").write_text("{}\n")
+    with caplog.at_level(logging.WARNING, logger="bidstrain.train"):
+        first = set_aside(folder, load_latest(folder), identity)
+    assert first == tmp_path / "checkpoints-0123456789abcdef"
+    assert sorted(p.name for p in first.iterdir()) == ["metrics.jsonl", "step-00000004.pt"]
+    assert [p.name for p in folder.iterdir()] == ["trainer.lock"]
+    assert "(the checkpoint records no run configuration" in caplog.text
+
+    save(folder, _checkpoint(2, config_hash="0123456789abcdef"))
+    second = set_aside(folder, load_latest(folder), identity)
+    assert second == tmp_path / "checkpoints-0123456789abcdef-2"
+    assert load_latest(first)["train_state"]["step"] == 4  # the first folder is untouched
+    assert load_latest(second)["train_state"]["step"] == 2
+
+    (folder / "step-00000009.pt").write_bytes(b"cut short")
+    assert set_aside(folder, load_latest(folder), identity) == tmp_path / "checkpoints-unreadable"
+    assert "(no checkpoint there is readable)" in caplog.text
 
 
 def test_non_finite_steps_are_skipped_counted_and_stop_the_run_when_too_many(tmp_path):

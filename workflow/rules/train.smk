@@ -1,6 +1,7 @@
 # Training: one job (rule and target `train`) reading the normalized/averaged stores after
 # the checks passed. It resumes from results/train/<experiment>/checkpoints/ when a
-# checkpoint of the same training config is there (after a SIGTERM/SIGUSR1 it exits 75).
+# checkpoint of the same run is there (after a SIGTERM/SIGUSR1 it exits 75); checkpoints
+# of another run (settings, world size, stores) move to checkpoints-<hash>/ first.
 # The job's shell `exec`s the launcher, so a signal to the job reaches the trainer.
 
 

@@ -1,24 +1,32 @@
-"""Checkpoints: written atomically, found again only for the same training configuration.
+"""Checkpoints: written atomically, resumed only by the same run, set aside otherwise.
 
 A checkpoint holds the model, optimizer and scheduler states, the
 :class:`~bidstrain.train.state.TrainState` (optimizer step, epoch, batch groups consumed in
-that epoch, skipped steps, world size) and the hash of the configuration that produced
-it; no RNG state: the batch order is a function of seed and epoch, the token masks of
-seed, step, rank and micro-batch (:func:`bidstrain.train.model.mask_generator`). Files are
-``<dir>/step-<step>.pt``; the two newest are kept.
+that epoch, skipped steps, world size), the run it belongs to (:func:`run_identity`) and
+that run's hash (``config_hash``, :func:`run_hash`); no RNG state: the batch order is a
+function of seed and epoch, the token masks of seed, step, rank and micro-batch
+(:func:`bidstrain.train.model.mask_generator`). Files are ``<dir>/step-<step>.pt``; the two
+newest are kept.
 
-The hash covers the ``train`` keys that determine the weights
-(:func:`bidstrain.config.train_keys` ``("hashed")``) and the store lists; the world size
-is not hashed but checked on resume (:func:`check_world_size`), since a run on another
-number of GPUs must say so rather than silently start over.
+A run is defined by the ``train`` keys that determine the weights
+(:func:`bidstrain.config.train_keys` ``("hashed")``), the world size (the batch order and
+the schedule depend on it), the training and validation store lists, and when each of
+those stores was written (a rerun normalize or average job rewrites its stores with new
+content under the same path). It resumes from a checkpoint only when the hashes agree: a
+SLURM requeue, a restart after preemption or a rerun of the same job. Anything else starts
+from step 0 after :func:`set_aside` moved the folder's contents to a sibling folder
+``<dir>-<old hash>`` (kept, loadable with :func:`load_latest`) and logged which part of
+the run changed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +35,128 @@ import torch
 from bidstrain.atomic import atomic_path
 from bidstrain.config import train_keys
 from bidstrain.errors import BidstrainError
+from bidstrain.train.lock import LOCK_FILE
 
 LOG = logging.getLogger("bidstrain.train")
 KEEP = 2
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "train_state", "config_hash")
+#: A store's root metadata file (Zarr v3). A store is written whole and renamed into place
+#: (:func:`bidstrain.store.create_store`), so this file's modification time says when.
+STORE_METADATA = "zarr.json"
+#: Stores named per kind of change in the log line of :func:`set_aside`.
+NAMED = 3
 
 
-def config_hash(train_config: Mapping[str, Any], stores: Mapping[str, Any]) -> str:
-    """Hash of everything that determines the trained weights: the ``train`` settings that
-    enter it (``train_keys("hashed")``) and the store lists."""
-    hashed = set(train_keys("hashed"))
-    relevant = {k: v for k, v in train_config.items() if k in hashed}
-    text = json.dumps({"train": relevant, "stores": stores}, sort_keys=True)
+def run_identity(
+    config: Mapping[str, Any],
+    world_size: int,
+    training: Mapping[str, Sequence[str]],
+    validation: Mapping[str, Sequence[str]],
+) -> dict[str, Any]:
+    """What defines a run: what a checkpoint must share with a run to be resumed by it.
+
+    Parameters
+    ----------
+    config : mapping
+        The ``train`` settings; only the keys that determine the weights are kept.
+    world_size : int
+        Ranks of the run.
+    training, validation : mapping
+        ``{modality: [store path, ...]}`` (modalities without stores are dropped).
+
+    Returns
+    -------
+    dict
+        ``train`` (settings), ``world_size``, ``training`` and ``validation`` (the lists),
+        ``written`` (``{store: modification time in ns of its zarr.json}``).
+
+    Raises
+    ------
+    BidstrainError
+        Naming a store that is missing or has no root metadata.
+    """
+    hashed = train_keys("hashed")
+    lists = {
+        part: {m: list(paths) for m, paths in stores.items() if paths}
+        for part, stores in (("training", training), ("validation", validation))
+    }
+    stores = [path for part in lists.values() for paths in part.values() for path in paths]
+    return {
+        "train": {key: config[key] for key in hashed if key in config},
+        "world_size": int(world_size),
+        **lists,
+        "written": {path: _written(path) for path in stores},
+    }
+
+
+def _written(store: str) -> int:
+    try:
+        return os.stat(os.path.join(store, STORE_METADATA)).st_mtime_ns
+    except OSError as error:
+        raise BidstrainError(
+            f"cannot read the store's {STORE_METADATA} ({error.strerror}): the store is "
+            "missing or incomplete; rerun the job that writes it (normalize or average)",
+            path=store,
+        ) from None
+
+
+def run_hash(identity: Mapping[str, Any]) -> str:
+    """The 16-hex-digit hash of a :func:`run_identity`."""
+    text = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
+    """What differs between the run identity ``old`` (None for a checkpoint that records
+    none) and ``new``, one phrase per difference (``world size 2 -> 1``)."""
+    if old is None:
+        return ["the checkpoint records no run configuration (written by an older bidstrain)"]
+    found = [
+        f"train.{key} {_shown(old_value)} -> {_shown(new_value)}"
+        for key, old_value, new_value in _differing(old["train"], new["train"])
+    ]
+    if old["world_size"] != new["world_size"]:
+        found.append(f"world size {old['world_size']} -> {new['world_size']}")
+    for part in ("training", "validation"):
+        for modality in sorted(set(old[part]) | set(new[part])):
+            before, after = old[part].get(modality, []), new[part].get(modality, [])
+            earlier, now = set(before), set(after)
+            added = [path for path in after if path not in earlier]
+            removed = [path for path in before if path not in now]
+            what = f"{part} {modality} stores"
+            if added:
+                found.append(f"{what}: {len(added)} added ({_named(added)})")
+            if removed:
+                found.append(f"{what}: {len(removed)} removed ({_named(removed)})")
+            if not added and not removed and before != after:
+                found.append(f"{what}: another order")
+    rewritten = [
+        path
+        for path, written in new["written"].items()
+        if path in old["written"] and old["written"][path] != written
+    ]
+    if rewritten:
+        found.append(f"{len(rewritten)} store(s) rewritten since ({_named(rewritten)})")
+    return found
+
+
+def _differing(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ""):
+    """``(key, old value, new value)`` of every differing leaf; nested keys dotted."""
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "(absent)"), new.get(key, "(absent)")
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            yield from _differing(a, b, f"{prefix}{key}.")
+        elif a != b:
+            yield f"{prefix}{key}", a, b
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, list | tuple | Mapping) else str(value)
+
+
+def _named(paths: Sequence[str]) -> str:
+    more = f" and {len(paths) - NAMED} more" if len(paths) > NAMED else ""
+    return ", ".join(paths[:NAMED]) + more
 
 
 def save(directory: str | Path, state: Mapping[str, Any]) -> Path:
@@ -54,11 +171,11 @@ def save(directory: str | Path, state: Mapping[str, Any]) -> Path:
     return path
 
 
-def load_latest(directory: str | Path, expected_hash: str) -> dict[str, Any] | None:
-    """The newest readable checkpoint of the configuration ``expected_hash``, or None.
+def load_latest(directory: str | Path) -> dict[str, Any] | None:
+    """The newest readable checkpoint of ``directory`` (its path under ``"path"``), or None.
 
-    Unreadable or incomplete files, and checkpoints of another configuration, are skipped
-    with a warning (never loaded: resuming someone else's weights would be silent).
+    Unreadable or incomplete files are skipped with a warning. Whether the checkpoint
+    belongs to the current run is the caller's question (its ``config_hash``).
     """
     for path in sorted(Path(directory).glob("step-*.pt"), reverse=True):
         try:
@@ -69,37 +186,57 @@ def load_latest(directory: str | Path, expected_hash: str) -> dict[str, Any] | N
         missing = [key for key in REQUIRED_KEYS if key not in state]
         if missing:
             LOG.warning("ignoring incomplete checkpoint %s (missing %s)", path, missing)
-        elif state["config_hash"] != expected_hash:
-            LOG.warning(
-                "ignoring checkpoint %s: it was written with another training configuration "
-                "(hash %s, now %s); training starts from scratch",
-                path,
-                state["config_hash"],
-                expected_hash,
-            )
         else:
             state["path"] = path
             return state
     return None
 
 
-def check_world_size(state: Mapping[str, Any], world_size: int, directory: str | Path) -> None:
-    """Refuse to resume ``state`` (from :func:`load_latest`) with another world size.
+def set_aside(
+    directory: str | Path, saved: Mapping[str, Any] | None, identity: Mapping[str, Any]
+) -> Path | None:
+    """Move the checkpoints of another run out of ``directory`` before a fresh start.
 
-    The batch order, the position in the epoch and the planned schedule depend on the
-    number of ranks, so continuing on another number would not be the same training.
+    When ``directory`` holds ``step-*.pt`` files, everything in it but the experiment lock
+    (checkpoints, the working ``metrics.jsonl``, markers) moves to a new sibling folder
+    ``<directory>-<hash of saved>`` (``-2``, ``-3``... when taken; ``-unreadable`` when no
+    checkpoint could be read): nothing is overwritten or deleted. A warning names the
+    folder and what changed between ``saved`` (from :func:`load_latest`) and the run
+    ``identity``.
 
-    Raises
-    ------
-    BidstrainError
-        Naming both world sizes and what to do.
+    Returns
+    -------
+    Path or None
+        The new folder; None when there was no checkpoint to move.
     """
-    saved = state["train_state"]["world_size"]
-    if saved != world_size:
-        raise BidstrainError(
-            f"{state['path']} was written by a run with world size {saved} (ranks = nodes x "
-            f"GPUs per node), and this run has world size {world_size}: it cannot continue "
-            f"that training exactly. Set the world size back to {saved} (train.gpus, "
-            f"train.nodes, BIDSTRAIN_TRAIN_GPUS) to resume, or delete {directory} to train "
-            "from scratch with the new one"
-        )
+    directory = Path(directory)
+    if not any(directory.glob("step-*.pt")):
+        return None
+    if saved is None:
+        label, reasons = "unreadable", ["no checkpoint there is readable"]
+    else:
+        label, reasons = saved["config_hash"], changes(saved.get("run"), identity)
+    target = _new_sibling(directory, label)
+    names = sorted(entry.name for entry in directory.iterdir() if entry.name != LOCK_FILE)
+    for name in names:
+        os.replace(directory / name, target / name)
+    LOG.warning(
+        "%s held the checkpoints of another run (%s): moved %s to %s, where they stay; "
+        "training starts from step 0",
+        directory,
+        "; ".join(reasons) or f"run hash {label} -> {run_hash(identity)}",
+        ", ".join(names),
+        target,
+    )
+    return target
+
+
+def _new_sibling(directory: Path, label: str) -> Path:
+    """Create and return the first free folder ``<directory>-<label>[-<n>]``."""
+    for n in itertools.count(1):
+        candidate = directory.with_name(f"{directory.name}-{label}" + (f"-{n}" if n > 1 else ""))
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate

@@ -13,9 +13,9 @@ A model is only usable on data prepared as its training data was. ``model.json``
   is normalized with them: :func:`bidstrain.normalize.normalize_with_stats`);
 - ``scale``: the zero-prediction MSE of the training values per modality (what the scale
   guard of :mod:`bidstrain.embed` compares new data with);
-- ``train``: the settings that determine the weights, their hash (``config_hash``, as in
-  the checkpoints), the loss's dataset statistics when ``train.loss.stats: dataset``,
-  the step, and the torch and bidstrain versions.
+- ``train``: the settings that determine the weights, the hash of the run (``config_hash``,
+  as in the checkpoints: settings, world size, stores), the loss's dataset statistics when
+  ``train.loss.stats: dataset``, the step, and the torch and bidstrain versions.
 
 :func:`load_model` rebuilds the model for inference and refuses a model whose
 description disagrees with the current configuration, naming each difference
@@ -68,7 +68,7 @@ def describe(
     stores : mapping
         ``{modality: [training store, ...]}``.
     config_hash : str
-        :func:`bidstrain.train.checkpoint.config_hash` of the run.
+        :func:`bidstrain.train.checkpoint.run_hash` of the run.
     step : int
         Optimizer steps done.
     """

@@ -1,9 +1,10 @@
 """The training loop: read it top to bottom in :func:`train` and :func:`run_epochs`.
 
-Set-up (:func:`_train`): the data and the plan, the model, optimizer and schedule, the
-state of the newest checkpoint of the same configuration (:mod:`.checkpoint`), then the
-epochs. One optimizer step is :func:`bidstrain.train.step.optimizer_step`; where training
-stands is a :class:`~bidstrain.train.state.TrainState`; metric records go to a
+Set-up (:func:`_train`): the run's identity, the data and the plan, the model, optimizer
+and schedule, the state of the newest checkpoint when it belongs to the same run (else the
+folder's checkpoints are set aside: :mod:`.checkpoint`), then the epochs. One optimizer
+step is :func:`bidstrain.train.step.optimizer_step`; where training stands is a
+:class:`~bidstrain.train.state.TrainState`; metric records go to a
 :class:`~bidstrain.train.metrics.MetricsSink`, written at logging steps.
 
 Rank 0 holds the experiment's lock (:mod:`.lock`) for the whole run, so two trainers never
@@ -115,8 +116,10 @@ def train(
     model_out, metrics_out : str or Path
         Final ``model.pt`` and ``metrics.jsonl`` (written by rank 0 at the end).
     checkpoint_dir : str or Path
-        Checkpoints, the working metrics file and the experiment lock; a valid checkpoint
-        of the same configuration there is resumed from.
+        Checkpoints, the working metrics file and the experiment lock; the newest
+        checkpoint there is resumed from when it belongs to the same run (same settings,
+        world size, stores and store versions), else moved aside with the folder's
+        contents (:func:`.checkpoint.set_aside`).
     model_json_out : str or Path, optional
         ``model.json`` (:mod:`.description`); by default beside ``model_out``.
     world_size : int, optional
@@ -136,8 +139,8 @@ def train(
     Interrupted
         After SIGTERM/SIGUSR1, once the checkpoint is written.
     BidstrainError
-        Bad configuration, another world size than planned or than the checkpoint's,
-        another trainer on the experiment, too many non-finite steps, a parameter
+        Bad configuration, another world size than planned, a missing store, another
+        trainer on the experiment, too many non-finite steps, a parameter
         without gradient under DDP, or (``train.learning.strict``, after writing the
         outputs) a modality whose validation loss did not beat its baseline.
     """
@@ -182,11 +185,12 @@ def _train(config, stores, validation_stores, context, outputs: Outputs, tables=
     checkpoint_dir = outputs.checkpoints
     check_shapes(config, stores)
     torch.manual_seed(config["seed"])  # initialization (token masks: mask_generator)
-    config_hash = checkpoint.config_hash(config, stores)
+    run = checkpoint.run_identity(config, context.world_size, stores, validation_stores)
+    config_hash = checkpoint.run_hash(run)
     data = training_data(config, stores, context, tables)
     validation = validation_loader(config, validation_stores, context, tables)
     module, optimizer, scheduler = build_model(config, stores, data, context)
-    state, resumed = resume(checkpoint_dir, config_hash, context, module, optimizer, scheduler)
+    state, resumed = resume(checkpoint_dir, run, context, module, optimizer, scheduler)
     model = module
     if context.distributed:
         model = DistributedDataParallel(
@@ -216,7 +220,7 @@ def _train(config, stores, validation_stores, context, outputs: Outputs, tables=
     )
     summary = None
     try:
-        run_epochs(trainer, state, data, validation, sink, checkpoint_dir, config_hash)
+        run_epochs(trainer, state, data, validation, sink, checkpoint_dir, run)
         if context.is_main:
             summary = summarize(sink, config, list(stores), state, checkpoint_dir)
     finally:
@@ -269,8 +273,9 @@ def check_learning(summary, checkpoint_dir: Path) -> None:
         )
 
 
-def run_epochs(trainer, state, data, validation, sink, checkpoint_dir, config_hash) -> None:
-    """Train from ``state`` to the end of the plan, checkpointing on the way.
+def run_epochs(trainer, state, data, validation, sink, checkpoint_dir, run) -> None:
+    """Train from ``state`` to the end of the plan, checkpointing on the way (``run``: the
+    run's :func:`~.checkpoint.run_identity`, saved with every checkpoint).
 
     Raises
     ------
@@ -310,23 +315,26 @@ def run_epochs(trainer, state, data, validation, sink, checkpoint_dir, config_ha
                     hooks.stop(state.step, signals, checkpoint_dir, context.is_main)
                     stop = True
                 if state.step % config["checkpoint_every"] == 0 or stop:
-                    save_checkpoint(trainer, state, sink, checkpoint_dir, config_hash)
+                    save_checkpoint(trainer, state, sink, checkpoint_dir, run)
                 if stop:
                     distributed.barrier(context)  # no rank exits before the checkpoint is written
                     raise Interrupted(state.step)
         if state.step % config["checkpoint_every"] != 0:
-            save_checkpoint(trainer, state, sink, checkpoint_dir, config_hash)
+            save_checkpoint(trainer, state, sink, checkpoint_dir, run)
 
 
-def resume(checkpoint_dir, config_hash, context, module, optimizer, scheduler):
-    """Load the newest checkpoint of this configuration into the model, optimizer and
-    schedule, if there is one; the :class:`TrainState` to start from and whether it was
-    resumed."""
+def resume(checkpoint_dir, run, context, module, optimizer, scheduler):
+    """Load the newest checkpoint into the model, optimizer and schedule when it belongs to
+    ``run`` (a :func:`~.checkpoint.run_identity`), else set the folder's checkpoints aside
+    (rank 0, once every rank has read them); the :class:`TrainState` to start from and
+    whether it was resumed."""
     state = TrainState(world_size=context.world_size)
-    saved = checkpoint.load_latest(checkpoint_dir, config_hash)
-    if saved is None:
+    saved = checkpoint.load_latest(checkpoint_dir)
+    if saved is None or saved["config_hash"] != checkpoint.run_hash(run):
+        distributed.barrier(context)
+        if context.is_main:
+            checkpoint.set_aside(checkpoint_dir, saved, run)
         return state, False
-    checkpoint.check_world_size(saved, context.world_size, checkpoint_dir)
     module.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
@@ -338,7 +346,7 @@ def resume(checkpoint_dir, config_hash, context, module, optimizer, scheduler):
 
 
 def save_checkpoint(
-    trainer: Trainer, state: TrainState, sink: MetricsSink, directory: Path, config_hash: str
+    trainer: Trainer, state: TrainState, sink: MetricsSink, directory: Path, run: dict
 ) -> None:
     """Rank 0 writes a checkpoint of ``state`` (see :mod:`.checkpoint` for what it holds),
     after the metrics: a run resumed from it finds every step up to it in the metrics."""
@@ -351,7 +359,8 @@ def save_checkpoint(
                 "optimizer": trainer.optimizer.state_dict(),
                 "scheduler": trainer.scheduler.state_dict(),
                 "train_state": state.state_dict(),
-                "config_hash": config_hash,
+                "run": run,
+                "config_hash": checkpoint.run_hash(run),
             },
         )
 
