@@ -4,6 +4,8 @@ of training (a session or a subject), embed.participant_label picks what is embe
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 
 import pytest
 from bidstrain import paths
@@ -55,3 +57,26 @@ def test_embed_takes_the_validation_images_or_the_chosen_subjects(demo_bids):
     assert {image.image.subject for image in chosen.embed_images} == {"02"}
     assert len(chosen.embed_images) == 4  # T1w, two BOLD runs, DWI
     assert chosen.embed_inputs == [paths.normalized_table("02")]
+
+
+def test_run_indices_match_as_numbers_and_an_empty_selection_warns(demo_bids, tmp_path, caplog):
+    """``run: ["2"]`` selects run-02 (BIDS runs are indices: run-2 and run-02 are one run);
+    a selection that selects nothing is named in a warning, not silently empty."""
+    padded = tmp_path / "bids"
+    shutil.copytree(demo_bids, padded)
+    for path in sorted(padded.rglob("*_run-[12]_*")):
+        path.rename(path.with_name(path.name.replace("_run-", "_run-0")))
+    plan = plan_of(padded)  # config.yaml: normalize.heldout {run: ["2"]}
+    bold = [i for subject in plan.jobs.values() for i in subject.images if i.image.suffix == "bold"]
+    held = [image.store for image in bold if image.heldout]
+    assert len(held) == len(bold) // 2 and all("_run-02_" in store for store in held), held
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING):
+        plan = plan_of(padded, normalize={"heldout": {"run": ["3"]}})
+    assert not any(image.heldout for subject in plan.jobs.values() for image in subject.images)
+    (record,) = caplog.records
+    assert (
+        f"normalize.heldout {{run: [3]}} selects none of the {len(bold)} bold image(s)"
+        in record.getMessage()
+    )
+    assert "run: 01, 02" in record.getMessage()

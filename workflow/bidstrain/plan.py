@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 MODALITIES = ("T1w", "bold", "dwi")
 #: The datatype folders of the modalities: a subject without any is not an MRI participant.
 MRI_DATATYPES = frozenset({"anat", "func", "dwi"})
+#: BIDS entities whose value is an index (a non-negative integer, leading zeros allowed).
+INDEX_ENTITIES = frozenset({"run", "echo", "flip", "inv", "split", "chunk"})
 #: BIDS version the outputs follow.
 BIDS_VERSION = "1.10.0"
 
@@ -480,9 +482,45 @@ def _require_images(index: BidsIndex, config: Config, subjects: Sequence[str]) -
         )
 
 
+def _entity_matches(key: str, value: str | None, wanted: Sequence[str]) -> bool:
+    """Whether an image's entity value is one of ``wanted``; index entities
+    (:data:`INDEX_ENTITIES`) compare as numbers, so ``run: ["2"]`` selects ``run-02``."""
+    if value is None:
+        return False
+    if value in wanted:
+        return True
+    return (
+        key in INDEX_ENTITIES
+        and value.isdigit()
+        and int(value) in {int(w) for w in wanted if w.isdigit()}
+    )
+
+
 def _is_heldout(image: BidsFile, heldout: Mapping[str, Sequence[str]]) -> bool:
     return bool(heldout) and all(
-        image.entities.get(key) in values for key, values in heldout.items()
+        _entity_matches(key, image.entities.get(key), values) for key, values in heldout.items()
+    )
+
+
+def _warn_unmatched(key: str, selection: Mapping, images: Sequence[BidsFile]) -> None:
+    """Warn when a held-out selection ``key`` selects none of ``images`` (there is then
+    no validation data of that kind), naming the values the images have."""
+    if not selection or not images or any(_is_heldout(image, selection) for image in images):
+        return
+    found = {
+        name: sorted({image.entities[name] for image in images if name in image.entities})
+        for name in selection
+    }
+    log.warning(
+        "bidstrain: config %s %s selects none of the %d %s image(s) (their values: %s): "
+        "no validation data of them",
+        key,
+        "{"
+        + ", ".join(f"{name}: [{', '.join(values)}]" for name, values in selection.items())
+        + "}",
+        len(images),
+        "/".join(sorted({image.suffix for image in images})),
+        "; ".join(f"{name}: {', '.join(values) or 'none'}" for name, values in found.items()),
     )
 
 
@@ -567,6 +605,9 @@ def _normalize_jobs(
         mask = _mask(config, index, kind, image)
         return ImageJob(image, store, mask, stats_from, _confounds(config, image))
 
+    _warn_unmatched(
+        "normalize.heldout", selection, [image for image in images if image.suffix == "bold"]
+    )
     jobs = {}
     for subject in sorted(by_subject):
         own = by_subject[subject]
@@ -609,6 +650,7 @@ def _volume_stores(
         When the selection leaves the modality images but no training image.
     """
     selection = config.train.heldout
+    _warn_unmatched("train.heldout", selection, [image.image for image in images])
     held = [_is_heldout(image.image, selection) for image in images]
     if images and all(held):
         raise BidstrainError(
