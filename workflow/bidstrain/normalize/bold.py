@@ -10,10 +10,11 @@ import numpy as np
 from bidstrain.errors import BidstrainError
 from bidstrain.normalize.confounds import ConfoundRegression, RunConfounds, fixed_mask_index
 from bidstrain.normalize.image import DEFAULT_OPTIONS, ImageInfo, Options
-from bidstrain.normalize.nifti_stream import NiftiLayout, read_layout
+from bidstrain.normalize.nifti_stream import NiftiLayout
 from bidstrain.normalize.passes import (
     check_not_all_zero,
     choose_mask,
+    open_image,
     scan_image,
     write_voxel_zscored_store,
 )
@@ -74,7 +75,7 @@ def normalize_bold(
         For no more than ``ddof`` volumes, an all-zero image, an empty mask or one on
         another grid, and NaN/Inf inside the mask (unless ``options.nonfinite == "mask"``).
     """
-    layout = read_layout(nifti_path, info.subject)
+    layout = open_image(nifti_path, info)
     _check_volumes(layout, info, options.ddof)
     regression = None
     if confounds is not None:

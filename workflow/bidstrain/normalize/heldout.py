@@ -13,11 +13,12 @@ from bidstrain.grid import grid_mismatch
 from bidstrain.normalize.confounds import ConfoundRegression, RunConfounds
 from bidstrain.normalize.image import DEFAULT_OPTIONS, ImageInfo, Options
 from bidstrain.normalize.moments import pool_moments
-from bidstrain.normalize.nifti_stream import NiftiLayout, read_layout
+from bidstrain.normalize.nifti_stream import NiftiLayout
 from bidstrain.normalize.passes import (
     check_not_all_zero,
     check_not_empty,
     exclude_nonfinite,
+    open_image,
     scan_image,
     write_voxel_zscored_store,
 )
@@ -131,7 +132,7 @@ def normalize_with_stats(
     if info is None:
         tr = read_meta(stats_stores[0]).repetition_time if stats_stores else None
         info = ImageInfo.from_name(nifti_path, tr)
-    layout = read_layout(nifti_path, info.subject)
+    layout = open_image(nifti_path, info)
     mask, mean, std, sources = pooled_statistics(stats_stores, layout, options.ddof, info.subject)
     n_nonfinite = 0
     regression = scan = None

@@ -21,6 +21,13 @@ otherwise
     with placeholders ``{bids_dir}``, ``{subject}``, ``{session}`` and any BIDS entity key
     of the image (``{task}``, ``{run}``, ``{acq}``...), for example
     ``{bids_dir}/derivatives/masks/sub-{subject}/func/sub-{subject}_task-{task}_desc-brain_mask.nii.gz``.
+
+Computed masks depend on the order of the voxels they are given: between connected
+components of equal size, :func:`epi_mask` (as nilearn) and :func:`head_mask` keep the
+lowest label, the first in C order, and the smoothing runs along the axes in order, in
+place, so its last digits follow the axis order. They are therefore always computed on
+the RAS+ grid (the mean volume is reoriented first), never in the file's voxel order, and
+the 48 orders of one image give one mask (``tests/test_orientation.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import numpy as np
 
 from bidstrain.errors import BidstrainError
 from bidstrain.grid import grid_mismatch
+from bidstrain.orientation import reorientation
 
 
 def load_mask(
@@ -58,7 +66,6 @@ def load_mask(
         img = nib.load(path)
         if img.ndim == 4 and img.shape[3] == 1:
             img = img.slicer[..., 0]
-        img = nib.as_closest_canonical(img)
         data = np.asarray(img.dataobj)
     except Exception as error:  # nibabel raises many types for unreadable files
         raise BidstrainError(
@@ -66,7 +73,12 @@ def load_mask(
             path=path,
             subject=subject,
         ) from None
-    mismatch = grid_mismatch(data.shape, img.affine, shape, affine)
+    if data.ndim == 3:
+        orientation = reorientation(img.affine, data.shape, path=path, subject=subject)
+        data, mask_affine = orientation.volume(data), orientation.affine
+    else:  # a shape mismatch, reported below
+        mask_affine = img.affine
+    mismatch = grid_mismatch(data.shape, mask_affine, shape, affine)
     if mismatch:
         raise BidstrainError(
             f"mask (config {config_key}) is not on the grid of {image} (both in RAS+ voxel "

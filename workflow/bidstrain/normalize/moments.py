@@ -17,6 +17,20 @@ import numpy as np
 TILE_VOXELS = 2**13
 
 
+def voxel_tiles(n_voxel: int) -> list[slice]:
+    """Column tiles of :data:`TILE_VOXELS` voxels, none of them a single voxel.
+
+    numpy sums a one-column tile in another order than a wider one (``einsum`` makes the
+    time axis its inner loop), so the last digit of a voxel's variance would depend on
+    whether it falls alone in the last tile, that is on the file's voxel order
+    (:mod:`bidstrain.orientation`): a last tile of one voxel joins the tile before it.
+    """
+    starts = list(range(0, n_voxel, TILE_VOXELS))
+    if len(starts) > 1 and n_voxel - starts[-1] == 1:
+        starts.pop()
+    return [slice(start, end) for start, end in zip(starts, [*starts[1:], n_voxel], strict=False)]
+
+
 class VoxelMoments:
     """Running per-voxel sums of a stream of volumes.
 
@@ -41,6 +55,7 @@ class VoxelMoments:
         self.sum = np.zeros(n_voxel, dtype=np.float64)
         self.sum_squares = np.zeros(n_voxel, dtype=np.float64)
         self.nonfinite = np.zeros(n_voxel, dtype=bool) if dtype.kind == "f" else None
+        self.tiles = voxel_tiles(n_voxel)
 
     def update(self, block: np.ndarray) -> None:
         """Add a block of volumes, shape ``(n, n_voxel)`` (any real dtype)."""
@@ -48,8 +63,7 @@ class VoxelMoments:
             return
         if self.shift is None and not self.exact_integers:
             self.shift = block[0].astype(np.float64)
-        for start in range(0, block.shape[1], TILE_VOXELS):
-            tile = slice(start, start + TILE_VOXELS)
+        for tile in self.tiles:
             deviation = block[:, tile].astype(np.float64)
             with np.errstate(invalid="ignore", over="ignore"):  # non-finite input: flagged
                 if self.shift is not None:

@@ -14,6 +14,7 @@ Each pass streams the image with a thread decompressing ahead
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +27,32 @@ from bidstrain.normalize.confounds import ConfoundRegression
 from bidstrain.normalize.image import ImageInfo, Options
 from bidstrain.normalize.masking import epi_mask, head_mask, load_mask
 from bidstrain.normalize.moments import VoxelMoments
-from bidstrain.normalize.nifti_stream import NiftiLayout, iter_blocks
+from bidstrain.normalize.nifti_stream import NiftiLayout, iter_blocks, read_layout
+from bidstrain.orientation import OBLIQUE_DEGREES
 from bidstrain.store import ZERO_STD, StoreWriter, chunk_volumes, create_store
+
+log = logging.getLogger(__name__)
+
+
+def open_image(path, info: ImageInfo) -> NiftiLayout:
+    """The layout of an image to normalize (:func:`read_layout`); warns when it is oblique.
+
+    An oblique image is stored on its own voxels in the RAS+ order of its closest axes
+    (:mod:`bidstrain.orientation`), its affine kept: nothing is resampled.
+    """
+    layout = read_layout(path, info.subject)
+    obliquity = layout.orientation.obliquity
+    if obliquity > OBLIQUE_DEGREES:
+        log.warning(
+            "sub-%s: %s: oblique by %.2f degrees: stored unresampled in the RAS+ order of "
+            "its closest axes (as %s), with its oblique affine; resample it to an "
+            "axis-aligned grid first if the voxel axes must follow the world axes",
+            info.subject,
+            layout.path,
+            obliquity,
+            layout.source_orientation,
+        )
+    return layout
 
 
 @dataclass

@@ -10,12 +10,13 @@ import numpy as np
 from bidstrain.errors import BidstrainError
 from bidstrain.mask_options import MASK_KEYS
 from bidstrain.normalize.image import ImageInfo, Options
-from bidstrain.normalize.nifti_stream import NiftiLayout, iter_blocks, read_layout
+from bidstrain.normalize.nifti_stream import NiftiLayout, iter_blocks
 from bidstrain.normalize.passes import (
     ZERO_STD,
     aligned_block,
     check_not_all_zero,
     choose_mask,
+    open_image,
     scan_image,
     store_attrs,
     volume_times,
@@ -70,7 +71,7 @@ def normalize_volumes(
     (:mod:`bidstrain.orientation`), and so is ``bvec``: the ``.bvec`` directions are in the
     file's voxel axes, and follow its axis permutation and flips.
     """
-    layout = read_layout(nifti_path, info.subject)
+    layout = open_image(nifti_path, info)
     mean_rows = None
     time_coords = None
     if info.modality == "dwi":
