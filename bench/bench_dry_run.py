@@ -1,23 +1,27 @@
 """Benchmark: ``snakemake -n all`` over cohorts of empty images, as a user types it (the job
 listing printed), against Snakemake's floor for the same DAG measured in the same run.
 
-Usage: ``.venv/bin/python bench/bench_dry_run.py [--subjects 1000 10000] [--repeats 3]``
+Usage: ``.venv/bin/python bench/bench_dry_run.py [--subjects 1000 10000] [--repeats 3]
+[--slurm]``
 
-The floor is a bare Snakefile with the same jobs per subject (ingest, normalize, report)
-and no index, plan, schema or input function, run twice: as it is, and with the garbage
-collector threshold bidstrain's common.smk sets (so that the ratio compares like with
-like). Each run is a fresh ``snakemake`` process (start-up included) in a fresh working
-directory; runs are interleaved and the median wall time and peak RSS (GNU ``time``) are
-reported. ``--profile slurm`` dry runs go through the SLURM executor plugin (a controller
-must answer ``scontrol``). Parse time is what common.smk does before
-Snakemake builds the DAG (schema validation, index, plan and its files), in a fresh
-process, imports excluded. Last, one more dry run with the shell commands printed gives
-the longest argument and command of the whole DAG.
+The floor is a bare Snakefile with the same jobs per subject (normalize, which also
+writes the ingest record, and the figures) and no index, plan, schema or input function,
+run twice: as it is, and with the garbage collector threshold bidstrain's common.smk sets
+(so that the ratio compares like with like). Each run is a fresh ``snakemake`` process
+(start-up included) in a fresh working directory; runs are interleaved and the medians of
+the wall time, the CPU time (user + system) and the peak RSS (GNU ``time``) are reported.
+``--slurm`` adds dry runs through ``profiles/slurm`` (the SLURM executor plugin asks
+``scontrol`` at start-up: with ``SLURM_CONF=/dev/null`` it fails at once, with a
+controller it answers). Parse time is what common.smk does before Snakemake builds the
+DAG (schema validation, index, plan and its files), in a fresh process, imports excluded.
+Last, one more dry run with the shell commands printed gives the longest argument and
+command of the whole DAG.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import statistics
@@ -32,17 +36,14 @@ sys.path.insert(0, str(REPO / "workflow"))
 
 from bidstrain.demo import make_empty_dataset  # noqa: E402
 
-#: Snakemake's floor for bidstrain's DAG: per subject one ingest, one normalize and one
-#: figure job, and the target rule; no index, no input functions, no schema.
+#: Snakemake's floor for bidstrain's DAG: per subject one normalize job (two outputs: the
+#: ingest record and the table) and one figure job, and the target rule; no index, no
+#: input functions, no schema.
 BARE_SNAKEFILE = """
 rule all:
     input: expand("report/{s}", s=config["subjects"].split(","))
-rule ingest:
-    output: "ingest/{s}.json"
-    shell: "touch {output}"
 rule normalize:
-    input: "ingest/{s}.json"
-    output: "normalized/{s}.tsv"
+    output: "ingest/{s}.json", "normalized/{s}.tsv"
     shell: "touch {output}"
 rule figure:
     input: "normalized/{s}.tsv"
@@ -106,11 +107,13 @@ def longest_command(workdir: Path, *options: str) -> tuple[int, int, int]:
     )
 
 
-def dry_run(workdir: Path, *options: str) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB, GNU time's) of ``snakemake -n all OPTIONS``."""
+def dry_run(workdir: Path, *options: str) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds (user + system) and peak RSS (MB) of ``snakemake -n all
+    OPTIONS``, the last two GNU time's. On a machine that other work shares, CPU time
+    varies less than wall time."""
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    command = ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "snakemake", "-n", "all"]
+    command = ["/usr/bin/time", "-f", "%U %S %M", sys.executable, "-m", "snakemake", "-n", "all"]
     start = time.perf_counter()
     result = subprocess.run(
         [*command, "--cores", "2", "--directory", str(workdir), *options],
@@ -120,7 +123,8 @@ def dry_run(workdir: Path, *options: str) -> tuple[float, float]:
         text=True,
     )
     seconds = time.perf_counter() - start
-    return seconds, int(result.stderr.strip().splitlines()[-1]) / 1024
+    user, system, peak = result.stderr.strip().splitlines()[-1].split()
+    return seconds, float(user) + float(system), int(peak) / 1024
 
 
 def main() -> None:
@@ -158,17 +162,17 @@ def main() -> None:
             if args.slurm:
                 slurm = ["--profile", str(REPO / "profiles/slurm")]
                 runs["bidstrain, --profile slurm -n all"] = [*slurm, *workflow]
-            results: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+            results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in runs}
             parse = []
             for _ in range(args.repeats):
                 for name, options in runs.items():
                     results[name].append(dry_run(Path(tmp) / "work", *options))
                 parse.append(parse_seconds(root))
-            print(f"{n} subjects, median of {args.repeats} runs")
+            load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+            print(f"{n} subjects, median of {args.repeats} runs (load average now {load})")
             for name, values in results.items():
-                seconds = statistics.median(v[0] for v in values)
-                peak = statistics.median(v[1] for v in values)
-                print(f"  {name:36s} {seconds:8.2f} s  peak {peak:7.0f} MB")
+                seconds, cpu, peak = (statistics.median(v[i] for v in values) for i in range(3))
+                print(f"  {name:36s} {seconds:8.2f} s  CPU {cpu:8.2f} s  peak {peak:7.0f} MB")
             print(f"  {'parse (validation, index, plan)':36s} {statistics.median(parse):8.2f} s")
             jobs, argument, command = longest_command(Path(tmp) / "work", *workflow)
             print(f"  {jobs} job commands: longest argument {argument} B, command {command} B")

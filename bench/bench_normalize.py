@@ -21,8 +21,9 @@ Variants, each in a fresh subprocess (so that its peak memory is its own), inter
     nilearn import).
 ``job_epi``
     The normalization job as Snakemake runs it, ``python -m bidstrain.normalize --spec
-    ... --out-table ...`` with ``mask: epi``: the whole process, interpreter start and
-    imports included; its peak memory comes from ``os.wait4``.
+    ... --out-table ...`` with ``mask: epi``: the whole process, interpreter start,
+    imports and the validation of the subject's BOLD headers (its ingest record) included;
+    its peak memory comes from ``os.wait4``.
 
 Each in-process variant reports the time of its work (after its imports, nilearn's
 included for every variant that uses it) and its peak resident memory (``ru_maxrss``,
@@ -111,12 +112,10 @@ def run_variant(variant: str, out_dir: Path) -> dict[str, float]:
 
 def job_command(out_dir: Path) -> list[str]:
     """The normalize job's command line (rule ``normalize_subject``) for the run, ``mask:
-    epi``, the other settings at their defaults; writes the subject's ingest record."""
-    from bidstrain.ingest import ingest_subject
+    epi``, the other settings at their defaults; the job first validates the subject's BOLD
+    headers and writes its ingest record, as in the workflow."""
     from bidstrain.normalize import Options
 
-    INGEST.parent.mkdir(parents=True, exist_ok=True)
-    INGEST.write_text(json.dumps(ingest_subject(BIDS, "01", ["bold"])))
     spec = [
         {
             "modality": "bold",
@@ -131,7 +130,8 @@ def job_command(out_dir: Path) -> list[str]:
         sys.executable,
         "-m",
         "bidstrain.normalize",
-        *("--spec", json.dumps(spec), "--ingest", str(INGEST)),
+        *("--bids-dir", str(BIDS), "--subject", "01", "--modalities", "bold"),
+        *("--ingest", str(INGEST), "--spec", json.dumps(spec)),
         *("--ddof", str(options.ddof), "--nonfinite", options.nonfinite),
         *("--block-volumes", str(options.block_volumes), "--storage", options.storage),
         *("--confounds-strategy", "none", "--confounds-options", "{}"),

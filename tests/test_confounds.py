@@ -218,15 +218,11 @@ def test_command_line_flags(fmriprep, tmp_path):
     from bidstrain.normalize.__main__ import main
 
     image, mask, table = _run(fmriprep)
-    info = _info()
-    record = {"path": str(image), "modality": "bold", "subject": "01", "session": ""}
-    record |= {"entities": info.entities, "repetition_time": 2.0}
-    ingest = tmp_path / "sub-01.json"
-    ingest.write_text(json.dumps({"subject": "01", "images": [record]}))
     store = tmp_path / "bold.zarr"
     entry = {"modality": "bold", "image": str(image), "store": str(store), "mask": str(mask)}
     entry |= {"stats_from": [], "confounds": str(table)}
-    argv = ["--spec", json.dumps([entry]), "--ingest", str(ingest)]
+    argv = ["--spec", json.dumps([entry]), "--bids-dir", str(fmriprep), "--subject", "01"]
+    argv += ["--modalities", "bold", "--ingest", str(tmp_path / "sub-01.json")]
     argv += ["--out-table", str(tmp_path / "scans.tsv"), "--confounds-strategy", "scrubbing"]
     main([*argv, "--confounds-options", '{"fd_threshold": 0.5, "std_dvars_threshold": 9}'])
     ds = open_store(store, use_dask=False)

@@ -230,14 +230,12 @@ print(json.dumps(sorted(name for name in sys.modules
 
 
 def test_a_mask_epi_job_imports_neither_nilearn_nor_sklearn(demo, tmp_path):
-    record = ingest_subject(demo, "01", ["bold"])
-    ingest = tmp_path / "sub-01.json"
-    ingest.write_text(json.dumps(record))
-    image = record["images"][0]["path"]
+    image = ingest_subject(demo, "01", ["bold"])["images"][0]["path"]
     store = tmp_path / "bold.zarr"
     spec = [{"modality": "bold", "image": image, "store": str(store), "mask": "epi"}]
     spec[0]["stats_from"] = []
-    command = [sys.executable, "-c", _JOB, "--spec", json.dumps(spec), "--ingest", str(ingest)]
+    command = [sys.executable, "-c", _JOB, "--spec", json.dumps(spec), "--bids-dir", str(demo)]
+    command += ["--subject", "01", "--modalities", "bold", "--ingest", str(tmp_path / "i.json")]
     command += ["--out-table", str(tmp_path / "sub-01_scans.tsv")]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []

@@ -1,10 +1,15 @@
 """Ingestion through the real snakemake: the demo dataset passes, every kind of bad input
-stops the run with a message naming the file or subject and leaves no misleading output."""
+stops the run with a message naming the file or subject and leaves no misleading output.
+
+Each subject's normalize job validates the subject's headers first and writes its ingest
+record, so target ``ingest`` (the manifest of every record) normalizes every subject too,
+and a bad image stops its subject's job before any store is written."""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -31,6 +36,8 @@ def small(tmp_path, small_template) -> Path:
 
 
 def ingest_fails(workdir: Path, bids: Path, *expected: str, **config) -> str:
+    """Run target ``ingest``; it must fail with every ``expected`` text in its output or
+    logs, and leave no manifest. Returns that output."""
     result = run_snakemake(workdir, "ingest", config={"bids_dir": bids, **config}, check=False)
     output = (
         result.stdout
@@ -42,6 +49,11 @@ def ingest_fails(workdir: Path, bids: Path, *expected: str, **config) -> str:
         assert text in output, f"{text!r} not in:\n{output}"
     assert not (workdir / "results/ingest/manifest.tsv").exists()
     return output
+
+
+def no_store_of(workdir: Path, subject: str) -> bool:
+    """Whether the subject's normalize job left no store (it stopped before the first)."""
+    return not list((workdir / "results/normalized" / f"sub-{subject}").rglob("*.zarr*"))
 
 
 def test_demo_dataset_ingests_into_a_manifest(tmp_path, demo_bids):
@@ -69,11 +81,18 @@ def test_demo_dataset_ingests_into_a_manifest(tmp_path, demo_bids):
     record = json.loads((tmp_path / "results/ingest/sub-01.json").read_text())
     dwi = next(r for r in record["images"] if r["modality"] == "dwi")
     assert dwi["bval"] == [0, 0, 1000, 1000, 1000, 1000, 1000, 1000] and len(dwi["bvec"][0]) == 8
+    # one job and one log per subject: ingestion, then normalization
+    log = (tmp_path / "logs/normalize/sub-01.log").read_text()
+    assert log.index("sub-01: 4 images valid") < log.index("desc-zscore_T1w.zarr")
+    assert (tmp_path / "results/normalized/sub-01/sub-01_scans.tsv").exists()
+    assert sorted(p.name for p in (tmp_path / "logs/ingest").iterdir()) == ["manifest.log"]
 
 
-def test_dry_run_of_all_lists_every_stage(tmp_path, demo_bids):
+def test_dry_run_of_all_lists_every_stage_in_two_jobs_per_subject(tmp_path, demo_bids):
     result = run_snakemake(tmp_path, "-n", "all", config={"bids_dir": demo_bids})
-    assert "ingest_subject" in result.stdout and "all" in result.stdout
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.MULTILINE))
+    assert counts["normalize_subject"] == counts["report_normalize"] == "3"  # 3 subjects
+    assert counts["ingest"] == counts["all"] == "1" and "ingest_subject" not in counts
 
 
 def test_nonexistent_bids_dir(tmp_path):
@@ -91,6 +110,7 @@ def test_empty_image(tmp_path, small):
     (small / "sub-01/anat/sub-01_T1w.nii.gz").write_bytes(b"")
     ingest_fails(tmp_path, small, "sub-01", "sub-01_T1w.nii.gz: empty image file (0 bytes)")
     assert not (tmp_path / "results/ingest/sub-01.json").exists()
+    assert no_store_of(tmp_path, "01")
 
 
 def test_truncated_nii_gz(tmp_path, small):
@@ -103,6 +123,7 @@ def test_truncated_nii_gz(tmp_path, small):
         "sub-02_ses-1_task-rest_run-1_bold.nii.gz: truncated .nii.gz: the gzip stream is cut short",
     )
     assert not (tmp_path / "results/ingest/sub-02.json").exists()
+    assert no_store_of(tmp_path, "02")
 
 
 def test_3d_bold(tmp_path, small):
@@ -171,4 +192,4 @@ def test_subject_folder_with_no_images(tmp_path, small):
 )
 def test_invalid_config_stops_before_any_job_naming_the_key(tmp_path, small, override, expected):
     output = ingest_fails(tmp_path, small, expected, **override)
-    assert "ingest_subject" not in output
+    assert "normalize_subject" not in output

@@ -386,26 +386,38 @@ def _ingest_json(tmp_path: Path, image: Path) -> Path:
     return path
 
 
-def _cli(image: Path, ingest: Path, out: Path, *extra: str) -> subprocess.Popen:
-    """A normalize job of one BOLD run into ``out``; its table next to ``out``."""
+def _bids_run(root: Path, name: str = "sub-01_task-rest_bold.nii.gz") -> Path:
+    """Where sub-01's BOLD run goes in a new BIDS dataset at ``root`` (the sidecar's
+    repetition time agrees with the 1 s of a header that nibabel writes by default)."""
+    func = root / "sub-01" / "func"
+    func.mkdir(parents=True)
+    (root / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.10.0"}')
+    (root / "task-rest_bold.json").write_text('{"RepetitionTime": 1.0}')
+    return func / name
+
+
+def _cli(image: Path, out: Path, *extra: str) -> subprocess.Popen:
+    """The normalize job of sub-01 (one BOLD run, in a dataset of :func:`_bids_run`) into
+    ``out``; its ingest record ``t.json`` and table ``t.tsv`` next to ``out``."""
     spec = [{"modality": "bold", "image": str(image), "store": str(out), "mask": "none",
              "stats_from": []}]  # fmt: skip
     command = [sys.executable, "-m", "bidstrain.normalize", "--spec", json.dumps(spec)]
-    command += ["--ingest", str(ingest), "--out-table", str(out.parent / "t.tsv"), *extra]
+    command += ["--bids-dir", str(image.parents[2]), "--subject", "01", "--modalities", "bold"]
+    command += ["--ingest", str(out.parent / "t.json"), "--out-table", str(out.parent / "t.tsv")]
     env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
-    return subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([*command, *extra], env=env, stderr=subprocess.PIPE, text=True)
 
 
 def test_killed_job_leaves_no_store_and_keeps_the_previous_one(tmp_path):
     out = tmp_path / "out" / "r.zarr"
-    small = _demo_run(tmp_path / "small.nii.gz")
-    process = _cli(small, _ingest_json(tmp_path, small), out)
+    small = _demo_run(_bids_run(tmp_path / "small"))
+    process = _cli(small, out)
     assert process.wait() == 0, process.stderr.read()
     before = _open(out)
     big_data = np.random.default_rng(7).integers(0, 1000, (64, 64, 64, 120), dtype=np.int16)
-    big = _save(big_data, tmp_path / "big.nii")
+    big = _save(big_data, _bids_run(tmp_path / "big", "sub-01_task-rest_bold.nii"))
     del big_data
-    process = _cli(big, _ingest_json(tmp_path, big), out, "--block-volumes", "4")
+    process = _cli(big, out, "--block-volumes", "4")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
         shard = list(out.parent.glob(".r.zarr.tmp-*/data/c/0/0"))  # streamed, chunk by chunk
@@ -417,7 +429,9 @@ def test_killed_job_leaves_no_store_and_keeps_the_previous_one(tmp_path):
     process.wait()
     after = _open(out)  # still the complete previous store
     xr.testing.assert_identical(before, after)
-    leftovers = [p.name for p in out.parent.iterdir() if p.name not in ("r.zarr", "t.tsv")]
+    leftovers = [
+        p.name for p in out.parent.iterdir() if p.name not in ("r.zarr", "t.json", "t.tsv")
+    ]
     assert all(name.startswith(".r.zarr.tmp-") for name in leftovers)
 
 
@@ -425,8 +439,8 @@ def test_failed_job_prints_a_clean_error_and_keeps_the_previous_store(tmp_path):
     out = tmp_path / "r.zarr"
     good = _demo_run(tmp_path / "good.nii.gz")
     normalize_bold(good, out, BOLD, Options(mask="none"))
-    bad = _save(np.zeros((4, 4, 4, 5), dtype=np.int16), tmp_path / "bad.nii.gz")
-    process = _cli(bad, _ingest_json(tmp_path, bad), out)
+    bad = _save(np.zeros((4, 4, 4, 5), dtype=np.int16), _bids_run(tmp_path / "bids"))
+    process = _cli(bad, out)
     assert process.wait() == 1
     message = process.stderr.read()
     assert f"bidstrain: error: sub-01: {bad}: every value" in message
@@ -434,6 +448,18 @@ def test_failed_job_prints_a_clean_error_and_keeps_the_previous_store(tmp_path):
     assert open_store(out).sizes["time"] == 30
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     assert not (tmp_path / "t.tsv").exists()  # the job's output: absent after a failure
+
+
+def test_an_invalid_header_stops_the_job_before_any_store_or_record(tmp_path):
+    out = tmp_path / "r.zarr"
+    bad = _save(np.zeros((4, 4, 4, 2), dtype=np.int16), _bids_run(tmp_path / "bids"))
+    process = _cli(bad, out)
+    assert process.wait() == 1
+    message = process.stderr.read()
+    assert "bidstrain: error: sub-01: 1 invalid image(s):" in message
+    assert f"{bad}: BOLD must be 4D with at least 3 volumes, got shape (4, 4, 4, 2)" in message
+    assert "Traceback" not in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bids"]  # no store, record, table
 
 
 def test_ingest_record_supplies_tr_and_gradients(tmp_path):

@@ -67,7 +67,12 @@ def test_demo_plan_selects_every_image_and_holds_out_run_2(demo_bids):
     assert [spec["modality"] for spec in specs].count("bold") == 4
     assert specs[-1]["stats_from"] == list(job.images[-1].stats_from)
     assert job.inputs()["images"] == [spec["image"] for spec in specs]
-    assert job.inputs()["ingest"] == "results/ingest/sub-03.json"
+    # the job writes the subject's ingest record (rule normalize_subject), which the
+    # manifest job reads from the plan's argument file
+    assert "results/ingest/sub-03.json" not in str(job.inputs())
+    assert plan.files()[paths.PLAN_INGEST_ARGS].splitlines() == [
+        f"results/ingest/sub-{subject}.json" for subject in ("01", "02", "03")
+    ]
     with pytest.raises(BidstrainError, match="sub-99"):
         plan.job("99")
 

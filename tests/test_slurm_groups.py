@@ -22,8 +22,8 @@ def test_twelve_subjects_in_groups_of_four_run_as_three_slurm_jobs_with_identica
     slurm_cluster, tmp_path
 ):
     """`snakemake --profile profiles/slurm normalize` with 12 subjects and a group size of 4:
-    ingestion and normalization of all 12 subjects run as 3 SLURM jobs (not 12 per stage),
-    each job holding every job of its 4 subjects, and the stores equal, values and
+    the normalize jobs of all 12 subjects (each ingests its subject first) run as 3 SLURM
+    jobs (not 12), each holding every job of its 4 subjects, and the stores equal, values and
     attributes, those of an ungrouped run. The ungrouped run is local (one process per
     job, as the SLURM executor runs each job of a group) to keep the test short. T1w only
     and tiny images: what is tested is the packing, not the data."""
@@ -52,17 +52,15 @@ def test_twelve_subjects_in_groups_of_four_run_as_three_slurm_jobs_with_identica
     local_rules = set(LOCAL_RULE.findall(run.output()))
     assert local_rules == {"normalize"}, local_rules  # the target, which runs nothing
     finished = Counter(rule for rule in FINISHED.findall(run.output()) if rule not in local_rules)
-    assert finished == {"ingest_subject": N_SUBJECTS, "normalize_subject": N_SUBJECTS}, finished
+    assert finished == {"normalize_subject": N_SUBJECTS}, finished
 
-    # Each SLURM job ran both stages of its 4 subjects (the rule logs name the job).
+    # Each SLURM job ran the jobs of its 4 subjects, ingestion and normalization in one
+    # log each (the logs name the SLURM job).
     subjects_of_job = defaultdict(set)
     for subject in range(1, N_SUBJECTS + 1):
-        logs = [
-            grouped / "logs" / "ingest" / f"sub-{subject:02d}.log",
-            grouped / "logs" / "normalize" / f"sub-{subject:02d}.log",
-        ]
-        (job_id,) = {log.read_text().split("SLURM_JOB_ID=")[1].split()[0] for log in logs}
-        subjects_of_job[job_id].add(subject)
+        log = (grouped / "logs" / "normalize" / f"sub-{subject:02d}.log").read_text()
+        assert f"sub-{subject:02d}: 1 images valid" in log
+        subjects_of_job[log.split("SLURM_JOB_ID=")[1].split()[0]].add(subject)
     assert set(subjects_of_job) == {job.job_id for job in jobs}
     assert sorted(len(subjects) for subjects in subjects_of_job.values()) == [GROUP_SIZE] * 3
 

@@ -1,7 +1,9 @@
 """Ingestion: validate every image header of a subject (no voxel data read) and list it.
 
-``python -m bidstrain.ingest subject ...`` writes ``results/ingest/sub-<label>.json``;
-``python -m bidstrain.ingest manifest ...`` joins those into ``manifest.tsv``.
+Each subject's normalize job (``python -m bidstrain.normalize``, options of
+:func:`add_subject_arguments`) first validates the subject (:func:`ingest_subject`) and
+writes its record ``results/ingest/sub-<label>.json`` (:func:`write_subject_record`);
+``python -m bidstrain.ingest manifest ...`` joins the records into ``manifest.tsv``.
 """
 
 from __future__ import annotations
@@ -250,28 +252,40 @@ def write_manifest(subject_jsons: Sequence[str | Path], out: str | Path) -> None
     write_text_atomic(out, buffer.getvalue())
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``subject`` (one subject's JSON) or ``manifest`` (the TSV); ``@FILE``
-    reads arguments from FILE, one a line."""
-    parser = argparse.ArgumentParser(prog="python -m bidstrain.ingest", fromfile_prefix_chars="@")
-    commands = parser.add_subparsers(dest="command", required=True)
-    one = commands.add_parser("subject", help="validate one subject's images")
-    one.add_argument("--bids-dir", required=True)
-    one.add_argument("--subject", required=True)
-    one.add_argument("--modalities", nargs="+", required=True)
-    one.add_argument("--tasks", nargs="*", default=[])
-    one.add_argument("--tr-mismatch", choices=["error", "warn"], required=True)
-    one.add_argument("--tr-tolerance", type=float, required=True)
-    one.add_argument("--echo", type=int, default=None, help="echo of multi-echo BOLD")
-    one.add_argument("--part", choices=PARTS, default=None, help="part of complex data")
-    one.add_argument("--out", required=True)
-    manifest = commands.add_parser("manifest", help="join subject JSON files into a TSV")
-    manifest.add_argument("subject_jsons", nargs="+")
-    manifest.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-    if args.command == "manifest":
-        write_manifest(args.subject_jsons, args.out)
-        return
+def add_subject_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of :func:`write_subject_record` to a job's command line: the
+    subject, the images to validate (as :func:`ingest_subject` selects them) and the record
+    to write (``--ingest``)."""
+    group = parser.add_argument_group("ingestion (validate the subject's image headers first)")
+    group.add_argument("--bids-dir", required=True)
+    group.add_argument("--subject", required=True)
+    group.add_argument("--modalities", nargs="+", required=True)
+    group.add_argument("--tasks", nargs="*", default=[])
+    group.add_argument("--tr-mismatch", choices=["error", "warn"], default="error")
+    group.add_argument("--tr-tolerance", type=float, default=0.01)
+    group.add_argument("--echo", type=int, default=None, help="echo of multi-echo BOLD")
+    group.add_argument("--part", choices=PARTS, default=None, help="part of complex data")
+    group.add_argument("--ingest", required=True, help="the subject's ingest record to write")
+
+
+def write_subject_record(args: argparse.Namespace) -> str:
+    """Validate one subject's images (:func:`ingest_subject`) and write its record.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed options of :func:`add_subject_arguments`.
+
+    Returns
+    -------
+    str
+        The record's path (``args.ingest``), written only when every image is valid.
+
+    Raises
+    ------
+    BidstrainError
+        Listing every invalid image of the subject (see :func:`ingest_subject`).
+    """
     result = ingest_subject(
         args.bids_dir,
         args.subject,
@@ -282,8 +296,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         echo=args.echo,
         part=args.part,
     )
-    write_text_atomic(args.out, json.dumps(result, indent=1))
+    write_text_atomic(args.ingest, json.dumps(result, indent=1))
     log.info("sub-%s: %d images valid", args.subject, len(result["images"]))
+    return args.ingest
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: ``manifest`` joins the subjects' records into the TSV; ``@FILE`` reads
+    arguments from FILE, one a line."""
+    parser = argparse.ArgumentParser(prog="python -m bidstrain.ingest", fromfile_prefix_chars="@")
+    commands = parser.add_subparsers(dest="command", required=True)
+    manifest = commands.add_parser("manifest", help="join subject JSON files into a TSV")
+    manifest.add_argument("subject_jsons", nargs="+")
+    manifest.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    write_manifest(args.subject_jsons, args.out)
 
 
 if __name__ == "__main__":

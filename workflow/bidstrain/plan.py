@@ -7,7 +7,8 @@ training and validation read, the report's figures, and the world size of the tr
 job. The rule files only declare rules over its attributes; everything here is
 unit-tested without Snakemake.
 
-Granularity: one normalize job per subject (it normalizes every image of the subject,
+Granularity: one normalize job per subject (it validates every image header of the
+subject and writes its ingest record, then normalizes every image of the subject,
 sessions included, the held-out runs after the runs whose statistics they take) and one
 report job per subject: the DAG grows with subjects, not with images.
 """
@@ -90,7 +91,6 @@ class NormalizeJob:
         """Named inputs of the job (``unpack``-able)."""
         return {
             "images": [str(image.image.path) for image in self.images],
-            "ingest": paths.ingest_record(self.subject),
             "masks": sorted({image.mask for image in self.images if is_pattern(image.mask)}),
             "confounds": [image.confounds for image in self.images if image.confounds],
         }
@@ -233,7 +233,8 @@ class Plan:
 
     @property
     def selection_flags(self) -> str:
-        """``--echo``/``--part`` for the ingest job, which selects the same images."""
+        """``--echo``/``--part`` for the normalize job's ingestion, which validates the
+        same images."""
         flags = {"--echo": self.config.echo, "--part": self.config.part}
         return " ".join(f"{flag} {value}" for flag, value in flags.items() if value is not None)
 

@@ -1,28 +1,7 @@
-# Ingestion: validate every image header of a subject, then list all images in a manifest.
-
-
-rule ingest_subject:
-    output:
-        paths.ingest_record("{subject}"),
-    log:
-        paths.log("ingest", "sub-{subject}"),
-    conda:
-        ENV
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    params:
-        bids_dir=CONFIG.bids_dir,
-        modalities=CONFIG.modalities,
-        tasks=CONFIG.tasks,
-        tr_mismatch=CONFIG.ingest.repetition_time_mismatch,
-        tr_tolerance=CONFIG.ingest.repetition_time_tolerance,
-        selection=PLAN.selection_flags,
-    shell:
-        "python -m bidstrain.ingest subject --bids-dir {params.bids_dir:q} --subject {wildcards.subject}"
-        " --modalities {params.modalities} --tasks {params.tasks}"
-        " --tr-mismatch {params.tr_mismatch} --tr-tolerance {params.tr_tolerance} {params.selection}"
-        " --out {output:q} > {log:q} 2>&1"
+# Ingestion: each subject's normalize job (rule normalize_subject, normalize.smk) first
+# validates every image header of the subject and writes its ingest record; rule ingest
+# lists every image of every record in the manifest. Two jobs per subject, not three:
+# Snakemake's cost grows with its jobs. So `snakemake ingest` normalizes every subject too.
 
 
 rule ingest:

@@ -1,16 +1,19 @@
-# Normalization: one job per subject (rule normalize_subject), streaming each of the
-# subject's images into its z-scored Zarr store (bidstrain.normalize); held-out BOLD runs
-# come after the runs whose pooled statistics they are normalized with. A job's output is
-# the table of the stores it wrote (results/normalized/sub-<label>/sub-<label>_scans.tsv),
-# written last: later stages take the tables as input and read the store paths from the
-# plan. One job per subject, not per image: Snakemake's cost grows with its jobs.
+# Normalization: one job per subject (rule normalize_subject). It first validates every
+# image header of the subject and writes its ingest record (bidstrain.ingest: an invalid
+# image stops the job before any store is written), then streams each image into its
+# z-scored Zarr store (bidstrain.normalize); held-out BOLD runs come after the runs whose
+# pooled statistics they are normalized with. The job's last output is the table of the
+# stores it wrote (results/normalized/sub-<label>/sub-<label>_scans.tsv): later stages
+# take the tables as input and read the store paths from the plan. One job per subject,
+# not per image or per stage: Snakemake's cost grows with its jobs.
 
 
 rule normalize_subject:
     input:
         unpack(lambda wildcards: PLAN.job(wildcards.subject).inputs()),
     output:
-        paths.normalized_table("{subject}"),
+        ingest=paths.ingest_record("{subject}"),
+        table=paths.normalized_table("{subject}"),
     log:
         paths.log("normalize", "sub-{subject}"),
     conda:
@@ -21,6 +24,12 @@ rule normalize_subject:
         mem_mb=2000,
         runtime=60,
     params:
+        bids_dir=CONFIG.bids_dir,
+        modalities=CONFIG.modalities,
+        tasks=CONFIG.tasks,
+        tr_mismatch=CONFIG.ingest.repetition_time_mismatch,
+        tr_tolerance=CONFIG.ingest.repetition_time_tolerance,
+        selection=PLAN.selection_flags,
         spec=lambda wildcards: PLAN.job(wildcards.subject).spec(),
         ddof=CONFIG.normalize.ddof,
         nonfinite=CONFIG.normalize.nonfinite,
@@ -29,12 +38,15 @@ rule normalize_subject:
         confounds_strategy=CONFIG.normalize.confounds.strategy,
         confounds_options=json.dumps(to_plain(CONFIG.normalize.confounds.options)),
     shell:
-        "python -m bidstrain.normalize --spec {params.spec:q} --ingest {input.ingest:q}"
+        "python -m bidstrain.normalize --bids-dir {params.bids_dir:q} --subject {wildcards.subject}"
+        " --modalities {params.modalities} --tasks {params.tasks}"
+        " --tr-mismatch {params.tr_mismatch} --tr-tolerance {params.tr_tolerance} {params.selection}"
+        " --ingest {output.ingest:q} --spec {params.spec:q}"
         " --ddof {params.ddof} --nonfinite {params.nonfinite}"
         " --block-volumes {params.block_volumes} --storage {params.storage}"
         " --confounds-strategy {params.confounds_strategy}"
         " --confounds-options {params.confounds_options:q}"
-        " --out-table {output:q} > {log:q} 2>&1"
+        " --out-table {output.table:q} > {log:q} 2>&1"
 
 
 rule normalize:

@@ -1,18 +1,25 @@
-"""Command line: normalize one subject's images (a job of rule ``normalize_subject``).
+"""Command line: validate and normalize one subject's images (a job of rule
+``normalize_subject``).
 
 ::
 
-    python -m bidstrain.normalize --spec '[{"modality": "bold", "image": ..., "store": ...,
-        "mask": "epi", "stats_from": []}, ...]' --ingest results/ingest/sub-01.json \\
-        --ddof 1 --out-table results/normalized/sub-01/sub-01_scans.tsv
+    python -m bidstrain.normalize --bids-dir bids --subject 01 --modalities T1w bold dwi \\
+        --ingest results/ingest/sub-01.json --spec '[{"modality": "bold", "image": ...,
+        "store": ..., "mask": "epi", "stats_from": []}, ...]' --ddof 1 \\
+        --out-table results/normalized/sub-01/sub-01_scans.tsv
 
-``--spec`` lists the images in the order they are normalized (the plan puts held-out runs
-after the runs whose stores give their statistics). With ``--confounds-strategy`` other
-than ``none`` (and ``--confounds-options``, a JSON object of nilearn's options), each BOLD
-image's entry names its fMRIPrep confounds table (``"confounds": ...``), whose confounds
-are regressed out first (:mod:`~bidstrain.normalize.confounds`).
+First the job validates every image header of the subject
+(:func:`bidstrain.ingest.ingest_subject`: every image of the modalities, tasks, echo and
+part given) and writes the subject's ingest record (``--ingest``); an invalid image stops
+it there, with an error naming the subject, the file and the problem, before any store is
+written. Then it normalizes the images of ``--spec``, in that order (the plan puts
+held-out runs after the runs whose stores give their statistics). With
+``--confounds-strategy`` other than ``none`` (and ``--confounds-options``, a JSON object
+of nilearn's options), each BOLD image's entry names its fMRIPrep confounds table
+(``"confounds": ...``), whose confounds are regressed out first
+(:mod:`~bidstrain.normalize.confounds`).
 
-Each store is written atomically; the table, the job's output, is written last, so a
+Each store is written atomically; the table, the job's last output, is written last, so a
 failed job leaves no output that looks complete. An error names the image.
 """
 
@@ -28,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bidstrain.errors import BidstrainError, run_cli
+from bidstrain.ingest import add_subject_arguments, write_subject_record
 from bidstrain.normalize.bold import normalize_bold
 from bidstrain.normalize.confounds import STRATEGIES, RunConfounds, load_run_confounds
 from bidstrain.normalize.heldout import normalize_with_stats
@@ -140,10 +148,11 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Normalize the images of ``--spec`` and write the job's table."""
+    """Validate the subject's images, write its ingest record, normalize the images of
+    ``--spec`` and write the job's table."""
     parser = argparse.ArgumentParser(prog="python -m bidstrain.normalize")
+    add_subject_arguments(parser)
     parser.add_argument("--spec", required=True, help="the job's images, as JSON")
-    parser.add_argument("--ingest", required=True, help="the subject's ingest JSON")
     parser.add_argument("--out-table", required=True, help="the table to write (*.tsv)")
     parser.add_argument("--ddof", type=int, default=Options.ddof)
     parser.add_argument("--nonfinite", choices=["error", "mask"], default=Options.nonfinite)
@@ -170,8 +179,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         block_volumes=args.block_volumes,
         storage=args.storage,
     )
+    ingest = write_subject_record(args)
     rows = [
-        normalize_image(spec, args.ingest, options, args.confounds_strategy, args.confounds_options)
+        normalize_image(spec, ingest, options, args.confounds_strategy, args.confounds_options)
         for spec in json.loads(args.spec)
     ]
     write_table(rows, args.out_table)
