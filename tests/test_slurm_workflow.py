@@ -1,7 +1,10 @@
 """The whole workflow through ``snakemake --profile profiles/slurm`` on the real test cluster.
 
-One SLURM run of target ``all`` on the demo dataset (``slurm_all_run``) serves two tests:
-the end-to-end test reads its jobs and outputs; the requeue test reads what happened to
+One SLURM run of target ``all`` on the demo dataset (``slurm_all_run``) serves three tests:
+the end-to-end test reads its jobs and outputs; the group test reads how the per-subject
+jobs were packed into SLURM jobs (``--group-components subject=2``: the demo's three
+subjects in two SLURM jobs) and compares their stores with a local run's; the requeue
+test reads what happened to
 the training job, which the fixture requeued half-way with ``scontrol requeue`` (SLURM
 sends SIGTERM, the trainer checkpoints and exits 75, SLURM starts the job again and it
 resumes). Half-way is a step fixed in advance, whatever the machine's speed: the test-only
@@ -16,12 +19,14 @@ import json
 import os
 import re
 import subprocess
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
 import numpy as np
 import pytest
+import xarray as xr
 from bidstrain.store import open_store
 from bidstrain.train.stop import PAUSE_AT_STEP
 from conftest import REPO, run_snakemake
@@ -41,6 +46,8 @@ EXPERIMENT = "demo"
 # out): 2 epochs are over 30 steps; the requeue comes after step 25, past half of them.
 TRAIN_EPOCHS = 2
 REQUEUE_AFTER_STEP = 25
+#: Subjects per SLURM job of group ``subject`` (the profile's default is 4).
+GROUP_SIZE = 2
 RUN_TIMEOUT_S = 480
 JOB_ID = re.compile(r"SLURM_JOB_ID=(\d+)")
 
@@ -109,7 +116,13 @@ def slurm_all_run(slurm_cluster, demo_bids, tmp_path_factory) -> SlurmAllRun:
     with (
         mock.patch.dict(os.environ, {PAUSE_AT_STEP: str(REQUEUE_AFTER_STEP)}),
         slurm_snakemake(
-            workdir, "all", "--slurm-keep-successful-logs", *config_args, config=config
+            workdir,
+            "all",
+            "--slurm-keep-successful-logs",
+            "--group-components",
+            f"subject={GROUP_SIZE}",
+            *config_args,
+            config=config,
         ) as run,
     ):
         wait_for(
@@ -189,6 +202,39 @@ def test_whole_workflow_runs_as_slurm_jobs_with_a_gpu_for_training(slurm_all_run
     assert all(path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for path in figures)
     assert (run.workdir / "results" / "train" / EXPERIMENT / "model.pt").stat().st_size > 0
     # (metrics.jsonl, every step exactly once: the requeue test below)
+
+
+def test_per_subject_jobs_run_in_groups_of_two_with_the_stores_of_a_local_run(
+    slurm_all_run, demo_run
+):
+    """The demo's 3 subjects in groups of 2: their normalize and figure jobs ran as 2 SLURM
+    jobs of group ``subject`` (not 6), each holding every job of its subjects, and the
+    stores equal, values and attributes, those of the local run ``demo_run``."""
+    run = slurm_all_run
+    assert run.returncode == 0, run.output
+    subject_jobs = {
+        job_id for job_id, (_, comment) in run.jobs.items() if comment.startswith("rule_subject_")
+    }
+    subjects_of_job = defaultdict(set)
+    for table in sorted((run.workdir / "results" / "normalized").glob("sub-*/sub-*_scans.tsv")):
+        subject = table.parent.name
+        logs = [
+            run.workdir / "logs" / "normalize" / f"{subject}.log",
+            run.workdir / "logs" / "report" / "normalize" / f"{subject}.log",
+        ]
+        (job_id,) = {JOB_ID.search(log.read_text()).group(1) for log in logs}
+        subjects_of_job[job_id].add(subject)
+    assert set(subjects_of_job) == subject_jobs, (subjects_of_job, run.jobs)
+    assert sorted(len(subjects) for subjects in subjects_of_job.values()) == [1, GROUP_SIZE]
+
+    stores = sorted(
+        path.relative_to(run.workdir) for path in run.workdir.glob("results/normalized/**/*.zarr")
+    )
+    assert len(stores) == 16, stores
+    for store in stores:
+        xr.testing.assert_identical(
+            open_store(run.workdir / store).load(), open_store(demo_run / store).load()
+        )
 
 
 def test_training_requeued_half_way_resumes_and_logs_every_step_once(slurm_all_run):
