@@ -36,6 +36,7 @@ import torch
 import yaml
 from bidstrain.config import validate_config
 from bidstrain.demo import write_bold_store
+from bidstrain.store import read_dims
 from bidstrain.train.data import make_loader, volume_dataset
 from bidstrain.train.distributed import Context
 from bidstrain.train.loop import build_module
@@ -58,14 +59,16 @@ def realistic_config(batch_size: int) -> dict:
     return train
 
 
-def page_cache_rate(paths: list[Path]) -> float:
-    """Bytes per second of reading the stores' shard files whole (warm cache)."""
+def page_cache_rate(paths: list[Path], piece: int | None = None) -> float:
+    """Bytes per second of reading the stores' shard files (warm cache) into one buffer:
+    each file whole, or ``piece`` bytes at a time (one volume: what the loader reads)."""
     files = [p / "data" / "c" / "0" / "0" for p in paths]
-    buffer = bytearray(max(f.stat().st_size for f in files))
+    buffer = memoryview(bytearray(piece or max(f.stat().st_size for f in files)))
     started, total = time.perf_counter(), 0
     for file in files:
         with open(file, "rb", buffering=0) as handle:
-            total += handle.readinto(buffer)
+            while n := handle.readinto(buffer):
+                total += n
     return total / (time.perf_counter() - started)
 
 
@@ -82,22 +85,23 @@ def decode_seconds(path: Path, n_time: int) -> float:
 
 
 def loader_rate(train: dict, stores: list[str], workers: int, batches: int) -> tuple[float, float]:
-    """(samples/s from the first batch on, seconds to the first batch) of the loader."""
+    """Samples/s of the loader over ``batches`` batches: from its creation (worker start-up
+    and first batch included: the whole process's view) and from the first batch on (the
+    work only)."""
+    started = time.perf_counter()
     dataset = volume_dataset({"bold": stores}, train)
     sampler = batch_sampler(dataset.layout, train)
     loader = make_loader(dataset, sampler, train, device=torch.device("cpu"), num_workers=workers)
-    started = time.perf_counter()
     iterator = iter(loader)
-    next(iterator)
+    n = next(iterator)["bold"].shape[0]
     first = time.perf_counter()
-    n = 0
     for index, batch in enumerate(iterator):
         n += batch["bold"].shape[0]
         if index + 2 == batches:
             break
-    rate = n / (time.perf_counter() - first)
+    ended = time.perf_counter()
     del iterator, loader  # stops the workers
-    return rate, first - started
+    return n / (ended - started), (n - train["batch_size"]) / (ended - first)
 
 
 def model_rate(train: dict, steps: int) -> float:
@@ -117,63 +121,83 @@ def model_rate(train: dict, steps: int) -> float:
     return steps * train["batch_size"] / (time.perf_counter() - started)
 
 
+def ellipsoid(radius: float) -> np.ndarray:
+    """A brain-sized ellipsoid mask on :data:`GRID` (``radius`` 0.55: 224,469 voxels)."""
+    axes = np.meshgrid(*[np.linspace(-1, 1, n) for n in GRID], indexing="ij")
+    return sum(a**2 for a in axes) <= radius
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--stores", type=int, default=4)
     parser.add_argument("--volumes", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--batches", type=int, default=30, help="loader batches per repeat")
-    parser.add_argument("--model-steps", type=int, default=2)
+    parser.add_argument("--model-steps", type=int, default=2, help="0: no model measurement")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     train = realistic_config(args.batch_size)
-    axes = np.meshgrid(*[np.linspace(-1, 1, n) for n in GRID], indexing="ij")
-    mask = sum(a**2 for a in axes) <= 0.55
-    values = np.random.default_rng(0).standard_normal((DISTINCT, int(mask.sum())), np.float32)
+    mask = ellipsoid(0.55)
+    rng = np.random.default_rng(0)
     sample_bytes = 4 * np.prod(train["shapes"]["bold"])
     root = Path(tempfile.mkdtemp(prefix="bench_loader-"))
     try:
-        paths = [root / f"bold-{i}.zarr" for i in range(args.stores)]
-        for path in paths:
-            write_bold_store(path, mask, values, args.volumes)
+        sets = {"one mask": [], "own masks": []}
+        for i in range(args.stores):
+            own = ellipsoid(0.55 - 0.01 * i)  # every store its own mask, as subjects have
+            for name, store_mask in (("one mask", mask), ("own masks", own)):
+                values = rng.standard_normal((DISTINCT, int(store_mask.sum())), np.float32)
+                path = root / f"{name.replace(' ', '-')}-{i}.zarr"
+                sets[name].append(write_bold_store(path, store_mask, values, args.volumes))
+        stored = {
+            name: np.mean([4 * read_dims(p)[1] for p in paths]) for name, paths in sets.items()
+        }
+        values = rng.standard_normal((DISTINCT, int(mask.sum())), np.float32)
         codecs = {}
         for storage in ("float32", "float16", "bitround-7"):
             codecs[storage] = root / f"codec-{storage}.zarr"
             write_bold_store(codecs[storage], mask, values, 40, storage=storage)
-        page_cache_rate(paths)  # warm
+        every = [p for paths in sets.values() for p in paths]
+        page_cache_rate(every)  # warm
         print(
             f"{args.stores} stores x {args.volumes} volumes, grid {GRID}, {int(mask.sum())} "
             f"voxels; sample {sample_bytes / 1e6:.2f} MB of model input; torch "
             f"{torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
             f"load average {os.getloadavg()[0]:.2f}"
         )
-        rates = {"page cache": [], **{f"loader {w}": [] for w in args.workers}}
-        starts = {w: [] for w in args.workers}
+        piece = 4 * int(mask.sum())
+        cache = {"whole files": [], "volume by volume": []}
         decode = {s: [] for s in codecs}
+        runs = {(name, w): ([], []) for name in sets for w in args.workers}
         for _ in range(args.repeats):
-            rates["page cache"].append(page_cache_rate(paths))
+            cache["whole files"].append(page_cache_rate(every))
+            cache["volume by volume"].append(page_cache_rate(every, piece))
             for storage, path in codecs.items():
                 decode[storage].append(decode_seconds(path, 40))
-            for workers in args.workers:
-                rate, start = loader_rate(train, [str(p) for p in paths], workers, args.batches)
-                rates[f"loader {workers}"].append(rate * sample_bytes)
-                starts[workers].append(start)
-        model = model_rate(train, args.model_steps)
-        median = {name: statistics.median(values) for name, values in rates.items()}
-        cache = median["page cache"]
-        print(f"page cache read      {cache / 1e9:6.2f} GB/s  runs {_gb(rates['page cache'])}")
+            for (name, workers), (whole, work) in runs.items():
+                rates = loader_rate(train, [str(p) for p in sets[name]], workers, args.batches)
+                whole.append(rates[0])
+                work.append(rates[1])
+        for name, rates in cache.items():
+            rate = statistics.median(rates)
+            print(f"page cache, {name:16s} {rate / 1e9:6.2f} GB/s  runs {_gb(rates)}")
+        page = max(statistics.median(rates) for rates in cache.values())
         for storage, seconds in decode.items():
             print(f"read+decode {storage:10s} {statistics.median(seconds) * 1e3:6.2f} ms/volume")
-        for workers in args.workers:
-            rate, runs = median[f"loader {workers}"], _gb(rates[f"loader {workers}"])
+        for (name, workers), (whole, work) in runs.items():
+            rate = statistics.median(work)
             print(
-                f"loader {workers} workers     {rate / 1e9:6.2f} GB/s = {rate / sample_bytes:7.1f} "
-                f"samples/s ({rate / cache:.2f} of the page cache, "
-                f"{rate / sample_bytes / model:.0f}x the model), first batch after "
-                f"{statistics.median(starts[workers]):.1f} s  runs {runs}"
+                f"loader {name:9s} {workers} workers: work {rate:6.1f} samples/s = "
+                f"{rate * sample_bytes / 1e9:5.2f} GB/s of model input "
+                f"({rate * sample_bytes / page:.2f} of the page cache; its stored bytes "
+                f"{rate * stored[name] / page:.2f}); whole {statistics.median(whole):6.1f} "
+                f"samples/s; runs work {[round(r) for r in work]} whole "
+                f"{[round(r) for r in whole]}"
             )
-        print(f"model (ViT-B, CPU)   {model:6.3f} samples/s")
+        if args.model_steps:
+            model = model_rate(train, args.model_steps)
+            print(f"model (ViT-B, CPU)   {model:6.3f} samples/s")
         print(f"load average after {os.getloadavg()[0]:.2f}")
     finally:
         shutil.rmtree(root)

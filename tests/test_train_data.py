@@ -256,7 +256,7 @@ def test_worker_processes_deliver_the_main_process_batches(tmp_path):
         loader = make_loader(
             dataset, sampler, config, device=torch.device("cpu"), num_workers=workers
         )
-        batches[workers] = [batch["bold"] for batch in loader]
+        batches[workers] = [batch["bold"].clone() for batch in loader]  # buffers are reused
     assert len(batches[0]) == 4
     for main, worker in zip(batches[0], batches[1], strict=True):
         torch.testing.assert_close(main, worker, rtol=0, atol=0)

@@ -1,0 +1,114 @@
+"""Batch buffers: where the loader writes model input, once per sample.
+
+A :class:`BatchBuffer` is one flat float32 block that a batch's tensors are views of (each
+modality's samples one after the other, in the order the batch lists them). A loader
+process writes its batches into a :class:`BatchRing` of such buffers, allocated once and
+reused: in a DataLoader worker in shared memory (a batch reaches the main process without a
+copy), in the main process page-locked when the batches go to a GPU (the copy to the GPU
+then does not block), else plain memory.
+
+A reused buffer keeps what the previous batch wrote. A sample's region is zeroed only when
+the previous batch did not write the same region with the same :class:`GridMap` (the same
+grid voxels); otherwise it is 0 wherever the new sample writes nothing, and only the masked
+voxels are rewritten.
+
+Lifetime: a batch stays valid until its process has written ``slots`` more batches (the
+ring's buffers are used in turn). :func:`ring_slots` gives the number of slots that keeps
+every batch the training step can still read intact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+import torch
+
+
+def ring_slots(*, grad_accum_steps: int, prefetch_factor: int, workers: int) -> int:
+    """Buffers a loader process needs so that no batch still in use is overwritten.
+
+    The training step reads the ``grad_accum_steps`` batches of its group; the main
+    process writes the next batch only when the step asks for it, so one more buffer is
+    enough. A worker writes while the step runs: up to ``prefetch_factor`` batches beyond
+    the newest one the step holds.
+    """
+    return grad_accum_steps + 1 + (prefetch_factor if workers > 0 else 0)
+
+
+def allocate(size: int, *, pin: bool = False, zero: bool = False) -> torch.Tensor:
+    """A flat float32 tensor of ``size`` elements for batches of this process.
+
+    In a DataLoader worker it lives in shared memory; otherwise it is page-locked when
+    ``pin`` (which needs CUDA), else plain memory. Zeroed when ``zero``.
+    """
+    if torch.utils.data.get_worker_info() is not None:
+        empty = torch.empty(0, dtype=torch.float32)
+        storage = empty._typed_storage()._new_shared(size, device=empty.device)
+        flat = empty.new(storage)
+    else:
+        flat = torch.empty(size, dtype=torch.float32, pin_memory=pin)
+    return flat.zero_() if zero else flat
+
+
+class BatchBuffer:
+    """One batch's memory: tensors carved from a flat block, samples written in place.
+
+    Parameters
+    ----------
+    flat : torch.Tensor
+        float32, one dimension: the block.
+    zeroed : bool
+        Whether ``flat`` is all zeros (no sample region needs zeroing).
+    """
+
+    def __init__(self, flat: torch.Tensor, *, zeroed: bool = False):
+        self.flat = flat
+        self._values = flat.numpy()
+        self._zeroed = zeroed
+        self._written: dict[int, tuple[int, Hashable]] = {}  # by the previous batch
+        self._writing: dict[int, tuple[int, Hashable]] = {}  # by this batch
+        self._used = 0
+
+    def start(self) -> None:
+        """Begin a new batch: its tensors start at the beginning of the block."""
+        if self._writing:
+            self._written, self._writing = self._writing, {}
+        self._used = 0
+
+    def tensor(self, count: int, shape: Sequence[int]) -> tuple[torch.Tensor, int]:
+        """The next ``(count, 1, *shape)`` tensor of the batch and its offset in the block."""
+        size = count * math.prod(shape)
+        offset = self._used
+        if offset + size > self._values.size:
+            raise ValueError(
+                f"a batch of {offset + size} values does not fit a buffer of {self._values.size}"
+            )
+        self._used += size
+        return self.flat[offset : offset + size].view(count, 1, *shape), offset
+
+    def sample(self, offset: int, size: int, key: Hashable) -> np.ndarray:
+        """The region ``[offset, offset + size)`` for a sample that writes the voxels of the
+        map ``key`` (:attr:`bidstrain.train.resample.GridMap.key`), 0 everywhere else."""
+        region = self._values[offset : offset + size]
+        if not self._zeroed and self._written.get(offset) != (size, key):
+            region.fill(0)
+        self._writing[offset] = (size, key)
+        return region
+
+
+class BatchRing:
+    """``slots`` :class:`BatchBuffer` of ``size`` float32 values each, used in turn
+    (see the module docstring for how long a batch stays valid)."""
+
+    def __init__(self, slots: int, size: int, *, pin: bool = False):
+        self.buffers = [BatchBuffer(allocate(size, pin=pin)) for _ in range(slots)]
+        self._next = 0
+
+    def next(self) -> BatchBuffer:
+        """The buffer for the next batch (the oldest batch's)."""
+        buffer = self.buffers[self._next]
+        self._next = (self._next + 1) % len(self.buffers)
+        buffer.start()
+        return buffer
