@@ -1,22 +1,25 @@
 """Benchmark: the training loader at the realistic shape against the page cache and the model.
 
-Stores: ``--stores`` BOLD stores of ``--volumes`` volumes on the MNI 2 mm grid
-(97x115x97, an ellipsoid mask of 224,469 voxels, about a brain), float32 as the normalizer
-writes them; the model's grid is 96x112x96 (4.13 MB of float32 per sample).
+Stores: ``--stores`` float32 BOLD stores of ``--volumes`` volumes on the MNI 2 mm grid
+(97x115x97) twice over: all with one ellipsoid mask of 224,469 voxels (about a brain), and
+each with its own (slightly smaller ellipsoids, as subjects' masks differ, so a reused
+batch buffer must be zeroed); the model's grid is 96x112x96 (4.13 MB of float32 per sample).
 
 Measured in one run, interleaved over ``--repeats`` (medians; the machine may be shared):
 
-- ``page cache``: reading every shard file of the stores whole into a buffer (warm cache):
-  the physical limit of a loader on this machine;
+- ``page cache``: a plain read of the same bytes, every shard file of the stores read
+  (warm cache) into one buffer, each file whole and volume by volume (the size the loader
+  reads); the faster of the two is the reference;
 - ``decode``: seconds per volume of reading through :class:`~bidstrain.train.reader.StoreReader`
   for each ``normalize.storage`` (float32 and float16 by byte range, bitround-7 through
   zarr and zstd), one store of each;
 - ``loader``: the training DataLoader (``make_loader`` with the config of
   ``config/train-mni2mm.yaml``: batch ``--batch-size``, ``mixed``, store groups and
-  shuffle buffer from the schema) with 0, 1 and 2 worker processes: samples/s and MB/s of
-  model input, timed from the first batch (worker start-up excluded, reported apart);
+  shuffle buffer from the schema) with ``--workers`` worker processes (0: the main
+  process): samples/s and GB/s of model input, from the first batch on (the work) and from
+  the loader's creation (the whole process: worker start-up and first batch included);
 - ``model``: optimizer steps of the realistic model (ViT-B, bf16 off, CPU) on in-memory
-  bold batches: what training consumes here.
+  bold batches: what training consumes here (``--model-steps 0`` skips it).
 
 Run: ``.venv/bin/python bench/bench_loader.py [--stores 4] [--volumes 100] [--repeats 3]``.
 """
@@ -59,17 +62,18 @@ def realistic_config(batch_size: int) -> dict:
     return train
 
 
-def page_cache_rate(paths: list[Path], piece: int | None = None) -> float:
-    """Bytes per second of reading the stores' shard files (warm cache) into one buffer:
-    each file whole, or ``piece`` bytes at a time (one volume: what the loader reads)."""
+def page_cache_rate(paths: list[Path], piece: int | None = None) -> tuple[float, float]:
+    """Bytes per second of wall-clock and of this process's CPU time reading the stores'
+    shard files (warm cache) into one buffer: each file whole, or ``piece`` bytes at a
+    time (one volume: what the loader reads)."""
     files = [p / "data" / "c" / "0" / "0" for p in paths]
     buffer = memoryview(bytearray(piece or max(f.stat().st_size for f in files)))
-    started, total = time.perf_counter(), 0
+    started, cpu, total = time.perf_counter(), time.process_time(), 0
     for file in files:
         with open(file, "rb", buffering=0) as handle:
             while n := handle.readinto(buffer):
                 total += n
-    return total / (time.perf_counter() - started)
+    return total / (time.perf_counter() - started), total / (time.process_time() - cpu)
 
 
 def decode_seconds(path: Path, n_time: int) -> float:
@@ -84,24 +88,29 @@ def decode_seconds(path: Path, n_time: int) -> float:
     return seconds
 
 
-def loader_rate(train: dict, stores: list[str], workers: int, batches: int) -> tuple[float, float]:
+def loader_rate(
+    train: dict, stores: list[str], workers: int, batches: int
+) -> tuple[float, float, float]:
     """Samples/s of the loader over ``batches`` batches: from its creation (worker start-up
-    and first batch included: the whole process's view) and from the first batch on (the
-    work only)."""
+    and first batch included: the whole process's view), from the first batch on (the
+    work), and per second of this process's CPU time from the first batch on (the work
+    without the other processes' share of the cores; with workers, the main process's
+    only)."""
     started = time.perf_counter()
     dataset = volume_dataset({"bold": stores}, train)
     sampler = batch_sampler(dataset.layout, train)
     loader = make_loader(dataset, sampler, train, device=torch.device("cpu"), num_workers=workers)
     iterator = iter(loader)
     n = next(iterator)["bold"].shape[0]
-    first = time.perf_counter()
+    first, cpu = time.perf_counter(), time.process_time()
     for index, batch in enumerate(iterator):
         n += batch["bold"].shape[0]
         if index + 2 == batches:
             break
-    ended = time.perf_counter()
+    ended, cpu = time.perf_counter(), time.process_time() - cpu
     del iterator, loader  # stops the workers
-    return n / (ended - started), (n - train["batch_size"]) / (ended - first)
+    work = n - train["batch_size"]
+    return n / (ended - started), work / (ended - first), work / cpu
 
 
 def model_rate(train: dict, steps: int) -> float:
@@ -168,24 +177,31 @@ def main() -> None:
         )
         piece = 4 * int(mask.sum())
         cache = {"whole files": [], "volume by volume": []}
+        cache_cpu = {name: [] for name in cache}
         decode = {s: [] for s in codecs}
-        runs = {(name, w): ([], []) for name in sets for w in args.workers}
+        runs = {(name, w): ([], [], []) for name in sets for w in args.workers}
         for _ in range(args.repeats):
-            cache["whole files"].append(page_cache_rate(every))
-            cache["volume by volume"].append(page_cache_rate(every, piece))
+            for name, size in (("whole files", None), ("volume by volume", piece)):
+                wall, cpu = page_cache_rate(every, size)
+                cache[name].append(wall)
+                cache_cpu[name].append(cpu)
             for storage, path in codecs.items():
                 decode[storage].append(decode_seconds(path, 40))
-            for (name, workers), (whole, work) in runs.items():
+            for (name, workers), measured in runs.items():
                 rates = loader_rate(train, [str(p) for p in sets[name]], workers, args.batches)
-                whole.append(rates[0])
-                work.append(rates[1])
+                for values, rate in zip(measured, rates, strict=True):
+                    values.append(rate)
         for name, rates in cache.items():
-            rate = statistics.median(rates)
-            print(f"page cache, {name:16s} {rate / 1e9:6.2f} GB/s  runs {_gb(rates)}")
+            rate, cpu = statistics.median(rates), statistics.median(cache_cpu[name])
+            print(
+                f"page cache, {name:16s} {rate / 1e9:6.2f} GB/s, {cpu / 1e9:6.2f} GB per CPU "
+                f"second  runs {_gb(rates)}, CPU {_gb(cache_cpu[name])}"
+            )
         page = max(statistics.median(rates) for rates in cache.values())
+        page_cpu = max(statistics.median(rates) for rates in cache_cpu.values())
         for storage, seconds in decode.items():
             print(f"read+decode {storage:10s} {statistics.median(seconds) * 1e3:6.2f} ms/volume")
-        for (name, workers), (whole, work) in runs.items():
+        for (name, workers), (whole, work, cpu) in runs.items():
             rate = statistics.median(work)
             print(
                 f"loader {name:9s} {workers} workers: work {rate:6.1f} samples/s = "
@@ -195,6 +211,13 @@ def main() -> None:
                 f"samples/s; runs work {[round(r) for r in work]} whole "
                 f"{[round(r) for r in whole]}"
             )
+            if workers == 0:
+                rate = statistics.median(cpu)
+                print(
+                    f"    per CPU second: {rate:6.1f} samples = {rate * sample_bytes / 1e9:5.2f} "
+                    f"GB of model input ({rate * sample_bytes / page_cpu:.2f} of the page "
+                    f"cache's per CPU second)  runs {[round(r) for r in cpu]}"
+                )
         if args.model_steps:
             model = model_rate(train, args.model_steps)
             print(f"model (ViT-B, CPU)   {model:6.3f} samples/s")
