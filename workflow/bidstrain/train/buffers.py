@@ -32,7 +32,10 @@ def ring_slots(*, grad_accum_steps: int, prefetch_factor: int, workers: int) -> 
     The training step reads the ``grad_accum_steps`` batches of its group; the main
     process writes the next batch only when the step asks for it, so one more buffer is
     enough. A worker writes while the step runs: up to ``prefetch_factor`` batches beyond
-    the newest one the step holds.
+    the newest one the step holds. On a GPU the copy from a page-locked buffer does not
+    block, but every optimizer step ends by reading its losses back to the host
+    (:func:`bidstrain.train.distributed.all_reduce_named`), so a buffer's copy is done
+    before the main process writes it again.
     """
     return grad_accum_steps + 1 + (prefetch_factor if workers > 0 else 0)
 
