@@ -7,10 +7,11 @@ reused: in a DataLoader worker in shared memory (a batch reaches the main proces
 copy), in the main process page-locked when the batches go to a GPU (the copy to the GPU
 then does not block), else plain memory.
 
-A reused buffer keeps what the previous batch wrote. A sample's region is zeroed only when
-the previous batch did not write the same region with the same :class:`GridMap` (the same
-grid voxels); otherwise it is 0 wherever the new sample writes nothing, and only the masked
-voxels are rewritten.
+A reused buffer keeps what the previous batch wrote, and a sample rewrites only its masked
+voxels: where the previous batch put a volume of the same grid, it was 0 outside the union
+of the masks written so far (a :class:`Footprint`), so only the voxels of that union that
+the new volume's :class:`~bidstrain.train.resample.GridMap` does not write are zeroed
+(none for the same mask); any other region is zeroed whole.
 
 Lifetime: a batch stays valid until its process has written ``slots`` more batches (the
 ring's buffers are used in turn). :func:`ring_slots` gives the number of slots that keeps
@@ -24,6 +25,8 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 import torch
+
+from bidstrain.train.resample import GridMap
 
 
 def ring_slots(*, grad_accum_steps: int, prefetch_factor: int, workers: int) -> int:
@@ -55,6 +58,34 @@ def allocate(size: int, *, pin: bool = False, zero: bool = False) -> torch.Tenso
     return flat.zero_() if zero else flat
 
 
+class Footprint:
+    """The grid voxels that the maps of one grid, written into a ring so far, write (their
+    union): a sample region of that grid in the ring's buffers is 0 outside it.
+
+    Parameters
+    ----------
+    size : int
+        Voxels of the grid.
+    """
+
+    def __init__(self, size: int):
+        self.voxels = np.zeros(size, dtype=bool)
+        self._rest: dict[Hashable, np.ndarray] = {}
+
+    def rest(self, grid_map: GridMap) -> np.ndarray:
+        """The flat indices of the footprint that ``grid_map`` does not write, after adding
+        the voxels it writes to the footprint."""
+        rest = self._rest.get(grid_map.key)
+        if rest is None:
+            if not self.voxels[grid_map.target].all():
+                self.voxels[grid_map.target] = True
+                self._rest.clear()  # the footprint grew: every map's rest with it
+            outside = self.voxels.copy()
+            outside[grid_map.target] = False
+            rest = self._rest[grid_map.key] = np.flatnonzero(outside)
+        return rest
+
+
 class BatchBuffer:
     """One batch's memory: tensors carved from a flat block, samples written in place.
 
@@ -64,14 +95,23 @@ class BatchBuffer:
         float32, one dimension: the block.
     zeroed : bool
         Whether ``flat`` is all zeros (no sample region needs zeroing).
+    footprints : dict, optional
+        ``{grid shape: Footprint}`` of the ring the buffer belongs to.
     """
 
-    def __init__(self, flat: torch.Tensor, *, zeroed: bool = False):
+    def __init__(
+        self,
+        flat: torch.Tensor,
+        *,
+        zeroed: bool = False,
+        footprints: dict[tuple[int, ...], Footprint] | None = None,
+    ):
         self.flat = flat
         self._values = flat.numpy()
         self._zeroed = zeroed
-        self._written: dict[int, tuple[int, Hashable]] = {}  # by the previous batch
-        self._writing: dict[int, tuple[int, Hashable]] = {}  # by this batch
+        self._footprints = {} if footprints is None else footprints
+        self._written: dict[int, Hashable] = {}  # map key by region start, previous batch
+        self._writing: dict[int, Hashable] = {}  # the same for this batch
         self._used = 0
 
     def start(self) -> None:
@@ -91,13 +131,26 @@ class BatchBuffer:
         self._used += size
         return self.flat[offset : offset + size].view(count, 1, *shape), offset
 
-    def sample(self, offset: int, size: int, key: Hashable) -> np.ndarray:
-        """The region ``[offset, offset + size)`` for a sample that writes the voxels of the
-        map ``key`` (:attr:`bidstrain.train.resample.GridMap.key`), 0 everywhere else."""
-        region = self._values[offset : offset + size]
-        if not self._zeroed and self._written.get(offset) != (size, key):
-            region.fill(0)
-        self._writing[offset] = (size, key)
+    def sample(self, offset: int, grid_map: GridMap) -> np.ndarray:
+        """The region at ``offset`` for a volume that ``grid_map`` places, 0 wherever the
+        map writes nothing.
+
+        A region that the previous batch wrote on the same grid is 0 outside the grid's
+        :class:`Footprint`: only the footprint's voxels that ``grid_map`` does not write
+        are zeroed (none when the previous volume had the same map). Any other region is
+        zeroed whole."""
+        region = self._values[offset : offset + grid_map.size]
+        if not self._zeroed:
+            footprint = self._footprints.get(grid_map.shape)
+            if footprint is None:
+                footprint = self._footprints[grid_map.shape] = Footprint(grid_map.size)
+            rest = footprint.rest(grid_map)
+            previous = self._written.get(offset)
+            if previous is None or previous[0] != grid_map.shape:
+                region.fill(0)
+            elif previous != grid_map.key:
+                region[rest] = 0
+        self._writing[offset] = grid_map.key
         return region
 
 
@@ -106,7 +159,10 @@ class BatchRing:
     (see the module docstring for how long a batch stays valid)."""
 
     def __init__(self, slots: int, size: int, *, pin: bool = False):
-        self.buffers = [BatchBuffer(allocate(size, pin=pin)) for _ in range(slots)]
+        footprints: dict[tuple[int, ...], Footprint] = {}
+        self.buffers = [
+            BatchBuffer(allocate(size, pin=pin), footprints=footprints) for _ in range(slots)
+        ]
         self._next = 0
 
     def next(self) -> BatchBuffer:

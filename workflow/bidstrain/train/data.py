@@ -258,8 +258,7 @@ class VolumeDataset(torch.utils.data.Dataset):
                 grid_map = reader.grid_map
                 rows = reader.read(time[members[slots]], self.open_stores.cache)
                 for slot, row in zip(slots, rows, strict=True):
-                    region = out.sample(offset + int(slot) * size, size, grid_map.key)
-                    grid_map.place(row, region)
+                    grid_map.place(row, out.sample(offset + int(slot) * size, grid_map))
         return batch
 
     __getitems__ = batch
