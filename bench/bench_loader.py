@@ -1,22 +1,25 @@
 """Benchmark: the training loader at the realistic shape against the page cache and the model.
 
-Stores: ``--stores`` BOLD stores of ``--volumes`` volumes on the MNI 2 mm grid
-(97x115x97, an ellipsoid mask of 224,469 voxels, about a brain), float32 as the normalizer
-writes them; the model's grid is 96x112x96 (4.13 MB of float32 per sample).
+Stores: ``--stores`` float32 BOLD stores of ``--volumes`` volumes on the MNI 2 mm grid
+(97x115x97) twice over: all with one ellipsoid mask of 224,469 voxels (about a brain), and
+each with its own (slightly smaller ellipsoids, as subjects' masks differ, so a reused
+batch buffer must be zeroed); the model's grid is 96x112x96 (4.13 MB of float32 per sample).
 
 Measured in one run, interleaved over ``--repeats`` (medians; the machine may be shared):
 
-- ``page cache``: reading every shard file of the stores whole into a buffer (warm cache):
-  the physical limit of a loader on this machine;
+- ``page cache``: a plain read of the same bytes, every shard file of the stores read
+  (warm cache) into one buffer, each file whole and volume by volume (the size the loader
+  reads); the faster of the two is the reference;
 - ``decode``: seconds per volume of reading through :class:`~bidstrain.train.reader.StoreReader`
   for each ``normalize.storage`` (float32 and float16 by byte range, bitround-7 through
   zarr and zstd), one store of each;
 - ``loader``: the training DataLoader (``make_loader`` with the config of
   ``config/train-mni2mm.yaml``: batch ``--batch-size``, ``mixed``, store groups and
-  shuffle buffer from the schema) with 0, 1 and 2 worker processes: samples/s and MB/s of
-  model input, timed from the first batch (worker start-up excluded, reported apart);
+  shuffle buffer from the schema) with ``--workers`` worker processes (0: the main
+  process): samples/s and GB/s of model input, from the first batch on (the work) and from
+  the loader's creation (the whole process: worker start-up and first batch included);
 - ``model``: optimizer steps of the realistic model (ViT-B, bf16 off, CPU) on in-memory
-  bold batches: what training consumes here.
+  bold batches: what training consumes here (``--model-steps 0`` skips it).
 
 Run: ``.venv/bin/python bench/bench_loader.py [--stores 4] [--volumes 100] [--repeats 3]``.
 """
@@ -36,6 +39,7 @@ import torch
 import yaml
 from bidstrain.config import validate_config
 from bidstrain.demo import write_bold_store
+from bidstrain.store import read_dims
 from bidstrain.train.data import make_loader, volume_dataset
 from bidstrain.train.distributed import Context
 from bidstrain.train.loop import build_module
@@ -58,15 +62,18 @@ def realistic_config(batch_size: int) -> dict:
     return train
 
 
-def page_cache_rate(paths: list[Path]) -> float:
-    """Bytes per second of reading the stores' shard files whole (warm cache)."""
+def page_cache_rate(paths: list[Path], piece: int | None = None) -> tuple[float, float]:
+    """Bytes per second of wall-clock and of this process's CPU time reading the stores'
+    shard files (warm cache) into one buffer: each file whole, or ``piece`` bytes at a
+    time (one volume: what the loader reads)."""
     files = [p / "data" / "c" / "0" / "0" for p in paths]
-    buffer = bytearray(max(f.stat().st_size for f in files))
-    started, total = time.perf_counter(), 0
+    buffer = memoryview(bytearray(piece or max(f.stat().st_size for f in files)))
+    started, cpu, total = time.perf_counter(), time.process_time(), 0
     for file in files:
         with open(file, "rb", buffering=0) as handle:
-            total += handle.readinto(buffer)
-    return total / (time.perf_counter() - started)
+            while n := handle.readinto(buffer):
+                total += n
+    return total / (time.perf_counter() - started), total / (time.process_time() - cpu)
 
 
 def decode_seconds(path: Path, n_time: int) -> float:
@@ -81,23 +88,29 @@ def decode_seconds(path: Path, n_time: int) -> float:
     return seconds
 
 
-def loader_rate(train: dict, stores: list[str], workers: int, batches: int) -> tuple[float, float]:
-    """(samples/s from the first batch on, seconds to the first batch) of the loader."""
+def loader_rate(
+    train: dict, stores: list[str], workers: int, batches: int
+) -> tuple[float, float, float]:
+    """Samples/s of the loader over ``batches`` batches: from its creation (worker start-up
+    and first batch included: the whole process's view), from the first batch on (the
+    work), and per second of this process's CPU time from the first batch on (the work
+    without the other processes' share of the cores; with workers, the main process's
+    only)."""
+    started = time.perf_counter()
     dataset = volume_dataset({"bold": stores}, train)
     sampler = batch_sampler(dataset.layout, train)
     loader = make_loader(dataset, sampler, train, device=torch.device("cpu"), num_workers=workers)
-    started = time.perf_counter()
     iterator = iter(loader)
-    next(iterator)
-    first = time.perf_counter()
-    n = 0
+    n = next(iterator)["bold"].shape[0]
+    first, cpu = time.perf_counter(), time.process_time()
     for index, batch in enumerate(iterator):
         n += batch["bold"].shape[0]
         if index + 2 == batches:
             break
-    rate = n / (time.perf_counter() - first)
+    ended, cpu = time.perf_counter(), time.process_time() - cpu
     del iterator, loader  # stops the workers
-    return rate, first - started
+    work = n - train["batch_size"]
+    return n / (ended - started), work / (ended - first), work / cpu
 
 
 def model_rate(train: dict, steps: int) -> float:
@@ -117,63 +130,97 @@ def model_rate(train: dict, steps: int) -> float:
     return steps * train["batch_size"] / (time.perf_counter() - started)
 
 
+def ellipsoid(radius: float) -> np.ndarray:
+    """A brain-sized ellipsoid mask on :data:`GRID` (``radius`` 0.55: 224,469 voxels)."""
+    axes = np.meshgrid(*[np.linspace(-1, 1, n) for n in GRID], indexing="ij")
+    return sum(a**2 for a in axes) <= radius
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--stores", type=int, default=4)
     parser.add_argument("--volumes", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--batches", type=int, default=30, help="loader batches per repeat")
-    parser.add_argument("--model-steps", type=int, default=2)
+    parser.add_argument("--model-steps", type=int, default=2, help="0: no model measurement")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     train = realistic_config(args.batch_size)
-    axes = np.meshgrid(*[np.linspace(-1, 1, n) for n in GRID], indexing="ij")
-    mask = sum(a**2 for a in axes) <= 0.55
-    values = np.random.default_rng(0).standard_normal((DISTINCT, int(mask.sum())), np.float32)
+    mask = ellipsoid(0.55)
+    rng = np.random.default_rng(0)
     sample_bytes = 4 * np.prod(train["shapes"]["bold"])
     root = Path(tempfile.mkdtemp(prefix="bench_loader-"))
     try:
-        paths = [root / f"bold-{i}.zarr" for i in range(args.stores)]
-        for path in paths:
-            write_bold_store(path, mask, values, args.volumes)
+        sets = {"one mask": [], "own masks": []}
+        for i in range(args.stores):
+            own = ellipsoid(0.55 - 0.01 * i)  # every store its own mask, as subjects have
+            for name, store_mask in (("one mask", mask), ("own masks", own)):
+                values = rng.standard_normal((DISTINCT, int(store_mask.sum())), np.float32)
+                path = root / f"{name.replace(' ', '-')}-{i}.zarr"
+                sets[name].append(write_bold_store(path, store_mask, values, args.volumes))
+        stored = {
+            name: np.mean([4 * read_dims(p)[1] for p in paths]) for name, paths in sets.items()
+        }
+        values = rng.standard_normal((DISTINCT, int(mask.sum())), np.float32)
         codecs = {}
         for storage in ("float32", "float16", "bitround-7"):
             codecs[storage] = root / f"codec-{storage}.zarr"
             write_bold_store(codecs[storage], mask, values, 40, storage=storage)
-        page_cache_rate(paths)  # warm
+        every = [p for paths in sets.values() for p in paths]
+        page_cache_rate(every)  # warm
         print(
             f"{args.stores} stores x {args.volumes} volumes, grid {GRID}, {int(mask.sum())} "
             f"voxels; sample {sample_bytes / 1e6:.2f} MB of model input; torch "
             f"{torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
             f"load average {os.getloadavg()[0]:.2f}"
         )
-        rates = {"page cache": [], **{f"loader {w}": [] for w in args.workers}}
-        starts = {w: [] for w in args.workers}
+        piece = 4 * int(mask.sum())
+        cache = {"whole files": [], "volume by volume": []}
+        cache_cpu = {name: [] for name in cache}
         decode = {s: [] for s in codecs}
+        runs = {(name, w): ([], [], []) for name in sets for w in args.workers}
         for _ in range(args.repeats):
-            rates["page cache"].append(page_cache_rate(paths))
+            for name, size in (("whole files", None), ("volume by volume", piece)):
+                wall, cpu = page_cache_rate(every, size)
+                cache[name].append(wall)
+                cache_cpu[name].append(cpu)
             for storage, path in codecs.items():
                 decode[storage].append(decode_seconds(path, 40))
-            for workers in args.workers:
-                rate, start = loader_rate(train, [str(p) for p in paths], workers, args.batches)
-                rates[f"loader {workers}"].append(rate * sample_bytes)
-                starts[workers].append(start)
-        model = model_rate(train, args.model_steps)
-        median = {name: statistics.median(values) for name, values in rates.items()}
-        cache = median["page cache"]
-        print(f"page cache read      {cache / 1e9:6.2f} GB/s  runs {_gb(rates['page cache'])}")
+            for (name, workers), measured in runs.items():
+                rates = loader_rate(train, [str(p) for p in sets[name]], workers, args.batches)
+                for values, rate in zip(measured, rates, strict=True):
+                    values.append(rate)
+        for name, rates in cache.items():
+            rate, cpu = statistics.median(rates), statistics.median(cache_cpu[name])
+            print(
+                f"page cache, {name:16s} {rate / 1e9:6.2f} GB/s, {cpu / 1e9:6.2f} GB per CPU "
+                f"second  runs {_gb(rates)}, CPU {_gb(cache_cpu[name])}"
+            )
+        page = max(statistics.median(rates) for rates in cache.values())
+        page_cpu = max(statistics.median(rates) for rates in cache_cpu.values())
         for storage, seconds in decode.items():
             print(f"read+decode {storage:10s} {statistics.median(seconds) * 1e3:6.2f} ms/volume")
-        for workers in args.workers:
-            rate, runs = median[f"loader {workers}"], _gb(rates[f"loader {workers}"])
+        for (name, workers), (whole, work, cpu) in runs.items():
+            rate = statistics.median(work)
             print(
-                f"loader {workers} workers     {rate / 1e9:6.2f} GB/s = {rate / sample_bytes:7.1f} "
-                f"samples/s ({rate / cache:.2f} of the page cache, "
-                f"{rate / sample_bytes / model:.0f}x the model), first batch after "
-                f"{statistics.median(starts[workers]):.1f} s  runs {runs}"
+                f"loader {name:9s} {workers} workers: work {rate:6.1f} samples/s = "
+                f"{rate * sample_bytes / 1e9:5.2f} GB/s of model input "
+                f"({rate * sample_bytes / page:.2f} of the page cache; its stored bytes "
+                f"{rate * stored[name] / page:.2f}); whole {statistics.median(whole):6.1f} "
+                f"samples/s; runs work {[round(r) for r in work]} whole "
+                f"{[round(r) for r in whole]}"
             )
-        print(f"model (ViT-B, CPU)   {model:6.3f} samples/s")
+            if workers == 0:
+                rate = statistics.median(cpu)
+                print(
+                    f"    per CPU second: {rate:6.1f} samples = {rate * sample_bytes / 1e9:5.2f} "
+                    f"GB of model input ({rate * sample_bytes / page_cpu:.2f} of the page "
+                    f"cache's per CPU second)  runs {[round(r) for r in cpu]}"
+                )
+        if args.model_steps:
+            model = model_rate(train, args.model_steps)
+            print(f"model (ViT-B, CPU)   {model:6.3f} samples/s")
         print(f"load average after {os.getloadavg()[0]:.2f}")
     finally:
         shutil.rmtree(root)

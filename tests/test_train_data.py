@@ -4,6 +4,8 @@ grouped batch order, and worker processes."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -11,17 +13,21 @@ from bidstrain.demo import write_bold_store
 from bidstrain.errors import BidstrainError
 from bidstrain.normalize.table import StoreRow, write_table
 from bidstrain.store import open_store, read_dims, to_grid
+from bidstrain.train.buffers import ring_slots
 from bidstrain.train.data import (
     MODALITIES,
+    LoaderBatches,
     StoreLayout,
     VolumeDataset,
     batches_per_epoch,
     make_loader,
     store_layout,
+    volume_dataset,
 )
 from bidstrain.train.reader import OpenStores, StoreReader
 from bidstrain.train.resample import GridMap, block_mean, downsampled_grid, model_view
-from bidstrain.train.sampler import ModalityBatchSampler, epoch_order
+from bidstrain.train.sampler import ModalityBatchSampler, batch_sampler, epoch_order
+from bidstrain.train.step import accumulation_groups
 from train_support import train_config, write_store
 
 
@@ -256,7 +262,147 @@ def test_worker_processes_deliver_the_main_process_batches(tmp_path):
         loader = make_loader(
             dataset, sampler, config, device=torch.device("cpu"), num_workers=workers
         )
-        batches[workers] = [batch["bold"] for batch in loader]
+        batches[workers] = [batch["bold"].clone() for batch in loader]  # buffers are reused
     assert len(batches[0]) == 4
     for main, worker in zip(batches[0], batches[1], strict=True):
         torch.testing.assert_close(main, worker, rtol=0, atol=0)
+
+
+def random_mask(grid: tuple[int, int, int], seed: int) -> np.ndarray:
+    """A mask of scattered voxels (many short runs), different for every seed."""
+    return np.random.default_rng(seed).random(grid) < 0.6
+
+
+def write_masked_stores(tmp_path, storage: str) -> dict[str, list[str]]:
+    """Stores of three modalities, each with its own mask, odd grids and ``storage``."""
+    grids = {
+        "T1w": [(13, 11, 9)],
+        "bold": [(11, 12, 9), (11, 12, 9), (7, 9, 12)],
+        "dwi": [(9, 9, 9)],
+    }
+    stores, seed = {}, 0
+    for modality, modality_grids in grids.items():
+        for grid in modality_grids:
+            seed += 1
+            mask = random_mask(grid, seed)
+            data = np.random.default_rng(seed).standard_normal((5, int(mask.sum())), np.float32)
+            path = tmp_path / f"{modality}-{seed}.zarr"
+            write_bold_store(path, mask, data, 5, tr=1.0, chunk=2, storage=storage)
+            stores.setdefault(modality, []).append(str(path))
+    return stores
+
+
+# bold: crop x (11 -> 8), pad y and z; T1w: downsampled by 2, then padded; dwi: cropped
+MASKED_SHAPES = {"T1w": (8, 8, 6), "bold": (8, 16, 10), "dwi": (6, 10, 7)}
+
+
+def reference_volume(dataset: VolumeDataset, index: int) -> np.ndarray:
+    """Sample ``index`` read with xarray and placed by :func:`model_view` (float32)."""
+    (store,), (t,) = dataset.layout.locate(np.array([index]))
+    modality = MODALITIES[dataset.layout.modality[store]]
+    volume, mask = full_volume(dataset.layout.paths[store], int(t))
+    shape, factor = dataset.shapes[modality], dataset.resample[modality]
+    return model_view(volume.astype(np.float32), mask, shape, factor)
+
+
+@pytest.mark.parametrize("storage", ["float32", "float16", "bitround-7"])
+def test_reused_buffers_give_the_batches_of_new_ones_bit_for_bit(tmp_path, storage):
+    stores = write_masked_stores(tmp_path, storage)
+    dataset = VolumeDataset(stores, MASKED_SHAPES, resample={"T1w": 2})
+    loader_batches = LoaderBatches(dataset, slots=2, batch_size=4, pin=False)
+    sampler = ModalityBatchSampler(
+        dataset.layout, batch_size=4, batching="mixed", seed=3, store_group=2, shuffle_buffer=4
+    )
+    compositions = set()
+    for epoch in range(3):  # every ring buffer rewritten with other masks and modalities
+        sampler.set_epoch(epoch)
+        for indices in sampler:
+            reused = loader_batches.__getitems__(indices)
+            fresh = dataset.batch(indices)
+            assert list(reused) == list(fresh)
+            compositions.add(tuple(len(v) for v in reused.values()))
+            for modality, volumes in reused.items():
+                assert volumes.shape == (len(volumes), 1, *MASKED_SHAPES[modality])
+                torch.testing.assert_close(volumes, fresh[modality], rtol=0, atol=0)
+    assert len(compositions) > 2  # the batches' layout in the buffers changed
+    for index in range(len(dataset)):  # and new buffers are what model_view gives
+        ((modality, volumes),) = dataset.batch([index]).items()
+        expected = reference_volume(dataset, index)
+        if dataset.resample[modality] == 1:
+            np.testing.assert_array_equal(volumes[0, 0].numpy(), expected)
+        else:
+            np.testing.assert_allclose(volumes[0, 0].numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_block_means_are_the_sums_of_each_block_times_its_inverse_count():
+    mask = random_mask((13, 11, 9), 0)  # 7x6x5 blocks, cropped in x and z, padded in y
+    grid_map = GridMap(mask, (6, 8, 4), 2)
+    assert grid_map.source is not None
+    row = np.random.default_rng(1).standard_normal(int(mask.sum())).astype(np.float32)
+    out = np.zeros((6, 8, 4), dtype=np.float32)
+    grid_map.place(row, out)
+    every = grid_map.target[grid_map.inverse]  # grid voxel of each store voxel kept
+    sums = np.bincount(every, weights=row[grid_map.source], minlength=out.size)
+    counts = np.bincount(every, minlength=out.size)
+    scale = np.divide(1.0, counts, out=np.zeros(out.size), where=counts > 0).astype(np.float32)
+    np.testing.assert_array_equal(out.ravel(), sums.astype(np.float32) * scale)
+    np.testing.assert_allclose(out, model_view(to_3d(row, mask), mask, (6, 8, 4), 2), atol=1e-6)
+
+
+def to_3d(row: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    volume = np.zeros(mask.shape, dtype=row.dtype)
+    volume[mask] = row
+    return volume
+
+
+def test_a_batch_stays_intact_until_its_process_has_written_slots_more(tmp_path):
+    dataset = VolumeDataset(
+        write_masked_stores(tmp_path, "float32"), MASKED_SHAPES, resample={"T1w": 2}
+    )
+    slots = 3
+    loader_batches = LoaderBatches(dataset, slots=slots, batch_size=4, pin=False)
+    batches = [[0, 1, 2, 3], [4, 5, 6, 7], [20, 21, 8, 9], [12, 13, 14, 15]]  # T1w: 0-4
+    held = loader_batches.__getitems__(batches[0])
+    expected = {m: v.clone() for m, v in held.items()}
+    for indices in batches[1:slots]:
+        loader_batches.__getitems__(indices)
+    torch.testing.assert_close(held, expected, rtol=0, atol=0)
+    newer = loader_batches.__getitems__(batches[slots])  # in the held batch's buffer
+    assert newer["bold"].untyped_storage().data_ptr() == held["T1w"].untyped_storage().data_ptr()
+    assert not torch.equal(held["T1w"], expected["T1w"])
+
+
+def test_batches_the_step_holds_survive_the_workers_reading_ahead(tmp_path):
+    config = train_config(
+        shapes=MASKED_SHAPES,
+        resample={"T1w": 2},
+        batch_size=3,
+        grad_accum_steps=2,
+        prefetch_factor=2,
+        num_workers=1,
+    )
+    assert ring_slots(grad_accum_steps=2, prefetch_factor=2, workers=1) == 5
+    assert ring_slots(grad_accum_steps=2, prefetch_factor=2, workers=0) == 3
+    dataset = volume_dataset(write_masked_stores(tmp_path, "float16"), config)
+    sampler = batch_sampler(dataset.layout, config)
+    expected = [dataset.batch(indices) for indices in sampler]
+    loader = make_loader(dataset, sampler, config, device=torch.device("cpu"))
+    received = 0
+    for group in accumulation_groups(loader, config["grad_accum_steps"]):
+        time.sleep(0.2)  # the worker reads ahead while the step runs
+        for batch in group:
+            torch.testing.assert_close(batch, expected[received], rtol=0, atol=0)
+            received += 1
+    assert received == len(expected) == 9  # 25 samples in batches of 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="page-locked memory needs CUDA")
+def test_main_process_batches_for_a_gpu_are_page_locked(tmp_path):
+    config = train_config(shapes=MASKED_SHAPES, resample={"T1w": 2}, batch_size=4, pin_memory=True)
+    dataset = volume_dataset(write_masked_stores(tmp_path, "float32"), config)
+    sampler = batch_sampler(dataset.layout, config)
+    expected = [dataset.batch(indices) for indices in sampler]
+    loader = make_loader(dataset, sampler, config, device=torch.device("cuda"), num_workers=0)
+    for batch, reference in zip(loader, expected, strict=True):
+        assert all(volumes.is_pinned() for volumes in batch.values())
+        torch.testing.assert_close(batch, reference, rtol=0, atol=0)

@@ -24,6 +24,7 @@ import torch
 
 from bidstrain.normalize.table import read_tables
 from bidstrain.store import chunk_volumes, read_dims
+from bidstrain.train.buffers import BatchBuffer, BatchRing, allocate, ring_slots
 from bidstrain.train.reader import OpenStores
 
 BATCHINGS = ("mixed", "single_modality")
@@ -166,9 +167,9 @@ class VolumeDataset(torch.utils.data.Dataset):
     Item ``n`` is ``(modality, volume)``, ``volume`` float32 on ``shapes[modality]``: the
     store's grid downsampled by ``resample[modality]``, then cropped or padded
     (:mod:`bidstrain.train.resample`), zero outside the store's mask. A batch
-    (:meth:`batch`, what the DataLoader calls) reads each store once and places the volumes
-    straight into the batch tensors (in shared memory in a worker, so they reach the main
-    process without a copy).
+    (:meth:`batch`) reads each store once and writes each volume's masked voxels once,
+    straight into the batch tensors: views of one block, a new one per call or the
+    loader's reused buffer (:class:`LoaderBatches`).
 
     Parameters
     ----------
@@ -220,42 +221,86 @@ class VolumeDataset(torch.utils.data.Dataset):
         ((modality, volumes),) = self.batch([index]).items()
         return modality, volumes[0, 0].numpy()
 
-    def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+    def batch(
+        self, indices: Sequence[int], out: BatchBuffer | None = None
+    ) -> dict[str, torch.Tensor]:
         """Samples ``indices`` grouped by modality: ``{modality: tensor (n, 1, x, y, z)}``
-        in :data:`MODALITIES` order, each modality's samples in the order of ``indices``."""
+        in :data:`MODALITIES` order, each modality's samples in the order of ``indices``.
+
+        Parameters
+        ----------
+        indices : sequence of int
+        out : BatchBuffer, optional
+            Where to write the batch (the loader's ring, :mod:`.buffers`); the tensors are
+            views of it. By default a new zeroed block (in shared memory in a worker).
+        """
         indices = np.asarray(indices, dtype=np.int64)
         layout = self.layout
         store, time = layout.locate(indices)
+        codes = layout.modality[store]
+        if out is None:
+            size = sum(math.prod(self.shapes[MODALITIES[c]]) for c in codes)
+            out = BatchBuffer(allocate(size, zero=True), zeroed=True)
+        out.start()
         batch = {}
         for code, modality in enumerate(MODALITIES):
-            members = np.flatnonzero(layout.modality[store] == code)
+            members = np.flatnonzero(codes == code)
             if members.size == 0:
                 continue
             shape = self.shapes[modality]
-            tensor = _zeros((members.size, 1, *shape))
-            out = tensor.numpy()
+            size = math.prod(shape)
+            batch[modality], offset = out.tensor(members.size, shape)
             for s in np.unique(store[members]):
                 slots = np.flatnonzero(store[members] == s)
                 reader = self.open_stores.get(
                     layout.paths[s], int(layout.volumes[s]), shape, self.resample[modality]
                 )
+                grid_map = reader.grid_map
                 rows = reader.read(time[members[slots]], self.open_stores.cache)
                 for slot, row in zip(slots, rows, strict=True):
-                    reader.grid_map.place(row, out[slot, 0])
-            batch[modality] = tensor
+                    grid_map.place(row, out.sample(offset + int(slot) * size, grid_map))
         return batch
 
     __getitems__ = batch
 
 
-def _zeros(shape: tuple[int, ...]) -> torch.Tensor:
-    """A zeroed float32 tensor; in a DataLoader worker, in shared memory, so that sending
-    it to the main process copies nothing (what ``default_collate`` does)."""
-    if torch.utils.data.get_worker_info() is None:
-        return torch.zeros(shape, dtype=torch.float32)
-    empty = torch.empty(0, dtype=torch.float32)
-    storage = empty._typed_storage()._new_shared(math.prod(shape), device=empty.device)
-    return empty.new(storage).view(shape).zero_()
+class LoaderBatches(torch.utils.data.Dataset):
+    """What the DataLoader reads: :meth:`VolumeDataset.batch` written into this process's
+    :class:`~bidstrain.train.buffers.BatchRing` (made on first use, so a worker makes its
+    own in shared memory).
+
+    A batch is valid until the process has written ``slots`` more
+    (:func:`~bidstrain.train.buffers.ring_slots`).
+
+    Parameters
+    ----------
+    dataset : VolumeDataset
+    slots : int
+        Buffers in the ring.
+    batch_size : int
+        The most samples a batch holds.
+    pin : bool
+        Page-locked buffers in the main process (for a GPU).
+    """
+
+    def __init__(self, dataset: VolumeDataset, *, slots: int, batch_size: int, pin: bool):
+        self.dataset = dataset
+        self.slots = slots
+        self.size = batch_size * max(math.prod(shape) for shape in dataset.shapes.values())
+        self.pin = pin
+        self._ring: BatchRing | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_ring": None}
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        if self._ring is None:
+            pin = self.pin and torch.utils.data.get_worker_info() is None
+            self._ring = BatchRing(self.slots, self.size, pin=pin)
+        return self.dataset.batch(indices, out=self._ring.next())
 
 
 def _as_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -305,24 +350,35 @@ def make_loader(
     """A DataLoader over ``sampler``'s batches with the ``train`` section's settings.
 
     Workers are spawned, not forked (a forked worker after Zarr use in the parent can
-    hang), persistent, and read ``train.prefetch_factor`` batches ahead each; batches are
-    copied to pinned memory when ``device`` is a GPU and ``train.pin_memory`` is set (the
-    training step then copies them to the GPU without blocking).
+    hang), persistent, and read ``train.prefetch_factor`` batches ahead each. Each process
+    writes its batches into a ring of reused buffers (:class:`LoaderBatches`), sized so
+    that a batch stays intact while the step's group of ``train.grad_accum_steps`` batches
+    is in use. When ``device`` is a GPU and ``train.pin_memory`` is set, the main process's
+    buffers are page-locked, and batches from workers are copied to page-locked memory by
+    the DataLoader; the training step then copies them to the GPU without blocking.
 
     Parameters
     ----------
+    sampler : ModalityBatchSampler
+        The batches (its ``batch_size`` sizes the buffers).
     num_workers : int, optional
         Overrides ``train.num_workers`` (validation reads in the main process).
     """
     workers = train["num_workers"] if num_workers is None else num_workers
+    pin = bool(train["pin_memory"]) and device.type == "cuda"
+    slots = ring_slots(
+        grad_accum_steps=train["grad_accum_steps"],
+        prefetch_factor=train["prefetch_factor"],
+        workers=workers,
+    )
     return torch.utils.data.DataLoader(
-        dataset,
+        LoaderBatches(dataset, slots=slots, batch_size=sampler.batch_size, pin=pin),
         batch_sampler=sampler,
         collate_fn=_as_batch,
         num_workers=workers,
         multiprocessing_context="spawn" if workers > 0 else None,
         persistent_workers=workers > 0,
         prefetch_factor=train["prefetch_factor"] if workers > 0 else None,
-        pin_memory=bool(train["pin_memory"]) and device.type == "cuda",
+        pin_memory=pin,
         generator=torch.Generator(),  # its seed draw must not consume the global torch RNG
     )

@@ -14,6 +14,7 @@ the index arithmetic computed once per store (what the training loader does).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -86,25 +87,31 @@ class GridMap:
             target.append(block - start_src + start_dst)
         #: Store voxels that reach the grid (None: all of them).
         self.source = None if keep.all() else np.flatnonzero(keep)
-        #: Flat index on the model's grid of each of those voxels.
-        self.target = np.ravel_multi_index(tuple(t[keep] for t in target), self.shape).astype(
-            np.intp
-        )
+        flat = np.ravel_multi_index(tuple(t[keep] for t in target), self.shape).astype(np.intp)
         self.size = int(np.prod(self.shape))
-        self.scale = None
+        #: Flat indices on the model's grid that a volume writes (ascending); every other
+        #: voxel of the grid is 0.
+        self.target = flat
+        self.inverse = self.scale = None
         if self.factor > 1:
-            counts = np.bincount(self.target, minlength=self.size)
-            self.scale = np.divide(1.0, counts, out=np.zeros(self.size), where=counts > 0).astype(
-                np.float32
-            )
+            #: Position in ``target`` of each kept store voxel (its block).
+            self.target, self.inverse = np.unique(flat, return_inverse=True)
+            counts = np.bincount(self.inverse, minlength=self.target.size)
+            self.scale = (1.0 / counts).astype(np.float32)
+        #: Equal for two maps that write the same grid voxels (a buffer that one of them
+        #: wrote is 0 wherever the other does not write).
+        self.key = (self.shape, hashlib.blake2b(self.target.tobytes(), digest_size=16).digest())
 
     def place(self, row: np.ndarray, out: np.ndarray) -> None:
-        """Write one volume's store voxels ``row`` onto ``out`` (the model's grid, zeroed,
-        C-contiguous)."""
+        """Write one volume's store voxels ``row`` onto ``out`` (the model's grid,
+        C-contiguous, already 0 outside :attr:`target`): only the voxels of
+        :attr:`target` are written."""
         flat = out.reshape(self.size)
         values = row if self.source is None else row[self.source]
         if self.scale is None:
             flat[self.target] = values
         else:
-            flat[...] = np.bincount(self.target, weights=values, minlength=self.size)
-            flat *= self.scale
+            sums = np.bincount(self.inverse, weights=values, minlength=self.target.size)
+            means = sums.astype(np.float32)
+            means *= self.scale
+            flat[self.target] = means

@@ -1,0 +1,173 @@
+"""Batch buffers: where the loader writes model input, once per sample.
+
+A :class:`BatchBuffer` is one flat float32 block that a batch's tensors are views of (each
+modality's samples one after the other, in the order the batch lists them). A loader
+process writes its batches into a :class:`BatchRing` of such buffers, allocated once and
+reused: in a DataLoader worker in shared memory (a batch reaches the main process without a
+copy), in the main process page-locked when the batches go to a GPU (the copy to the GPU
+then does not block), else plain memory.
+
+A reused buffer keeps what the previous batch wrote, and a sample rewrites only its masked
+voxels: where the previous batch put a volume of the same grid, it was 0 outside the union
+of the masks written so far (a :class:`Footprint`), so only the voxels of that union that
+the new volume's :class:`~bidstrain.train.resample.GridMap` does not write are zeroed
+(none for the same mask); any other region is zeroed whole.
+
+Lifetime: a batch stays valid until its process has written ``slots`` more batches (the
+ring's buffers are used in turn). :func:`ring_slots` gives the number of slots that keeps
+every batch the training step can still read intact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+import torch
+
+from bidstrain.train.resample import GridMap
+
+
+def ring_slots(*, grad_accum_steps: int, prefetch_factor: int, workers: int) -> int:
+    """Buffers a loader process needs so that no batch still in use is overwritten.
+
+    The training step reads the ``grad_accum_steps`` batches of its group; the main
+    process writes the next batch only when the step asks for it, so one more buffer is
+    enough. A worker writes while the step runs: up to ``prefetch_factor`` batches beyond
+    the newest one the step holds. On a GPU the copy from a page-locked buffer does not
+    block, but every optimizer step ends by reading its losses back to the host
+    (:func:`bidstrain.train.distributed.all_reduce_named`), so a buffer's copy is done
+    before the main process writes it again.
+    """
+    return grad_accum_steps + 1 + (prefetch_factor if workers > 0 else 0)
+
+
+def allocate(size: int, *, pin: bool = False, zero: bool = False) -> torch.Tensor:
+    """A flat float32 tensor of ``size`` elements for batches of this process.
+
+    In a DataLoader worker it lives in shared memory; otherwise it is page-locked when
+    ``pin`` (which needs CUDA), else plain memory. Zeroed when ``zero``.
+    """
+    if torch.utils.data.get_worker_info() is not None:
+        empty = torch.empty(0, dtype=torch.float32)
+        storage = empty._typed_storage()._new_shared(size, device=empty.device)
+        flat = empty.new(storage)
+    else:
+        flat = torch.empty(size, dtype=torch.float32, pin_memory=pin)
+    return flat.zero_() if zero else flat
+
+
+class Footprint:
+    """The grid voxels that the maps of one grid, written into a ring so far, write (their
+    union): a sample region of that grid in the ring's buffers is 0 outside it.
+
+    Parameters
+    ----------
+    size : int
+        Voxels of the grid.
+    """
+
+    def __init__(self, size: int):
+        self.voxels = np.zeros(size, dtype=bool)
+        self._rest: dict[Hashable, np.ndarray] = {}
+
+    def rest(self, grid_map: GridMap) -> np.ndarray:
+        """The flat indices of the footprint that ``grid_map`` does not write, after adding
+        the voxels it writes to the footprint."""
+        rest = self._rest.get(grid_map.key)
+        if rest is None:
+            if not self.voxels[grid_map.target].all():
+                self.voxels[grid_map.target] = True
+                self._rest.clear()  # the footprint grew: every map's rest with it
+            outside = self.voxels.copy()
+            outside[grid_map.target] = False
+            rest = self._rest[grid_map.key] = np.flatnonzero(outside)
+        return rest
+
+
+class BatchBuffer:
+    """One batch's memory: tensors carved from a flat block, samples written in place.
+
+    Parameters
+    ----------
+    flat : torch.Tensor
+        float32, one dimension: the block.
+    zeroed : bool
+        Whether ``flat`` is all zeros (no sample region needs zeroing).
+    footprints : dict, optional
+        ``{grid shape: Footprint}`` of the ring the buffer belongs to.
+    """
+
+    def __init__(
+        self,
+        flat: torch.Tensor,
+        *,
+        zeroed: bool = False,
+        footprints: dict[tuple[int, ...], Footprint] | None = None,
+    ):
+        self.flat = flat
+        self._values = flat.numpy()
+        self._zeroed = zeroed
+        self._footprints = {} if footprints is None else footprints
+        self._written: dict[int, Hashable] = {}  # map key by region start, previous batch
+        self._writing: dict[int, Hashable] = {}  # the same for this batch
+        self._used = 0
+
+    def start(self) -> None:
+        """Begin a new batch: its tensors start at the beginning of the block."""
+        if self._writing:
+            self._written, self._writing = self._writing, {}
+        self._used = 0
+
+    def tensor(self, count: int, shape: Sequence[int]) -> tuple[torch.Tensor, int]:
+        """The next ``(count, 1, *shape)`` tensor of the batch and its offset in the block."""
+        size = count * math.prod(shape)
+        offset = self._used
+        if offset + size > self._values.size:
+            raise ValueError(
+                f"a batch of {offset + size} values does not fit a buffer of {self._values.size}"
+            )
+        self._used += size
+        return self.flat[offset : offset + size].view(count, 1, *shape), offset
+
+    def sample(self, offset: int, grid_map: GridMap) -> np.ndarray:
+        """The region at ``offset`` for a volume that ``grid_map`` places, 0 wherever the
+        map writes nothing.
+
+        A region that the previous batch wrote on the same grid is 0 outside the grid's
+        :class:`Footprint`: only the footprint's voxels that ``grid_map`` does not write
+        are zeroed (none when the previous volume had the same map). Any other region is
+        zeroed whole."""
+        region = self._values[offset : offset + grid_map.size]
+        if not self._zeroed:
+            footprint = self._footprints.get(grid_map.shape)
+            if footprint is None:
+                footprint = self._footprints[grid_map.shape] = Footprint(grid_map.size)
+            rest = footprint.rest(grid_map)
+            previous = self._written.get(offset)
+            if previous is None or previous[0] != grid_map.shape:
+                region.fill(0)
+            elif previous != grid_map.key:
+                region[rest] = 0
+        self._writing[offset] = grid_map.key
+        return region
+
+
+class BatchRing:
+    """``slots`` :class:`BatchBuffer` of ``size`` float32 values each, used in turn
+    (see the module docstring for how long a batch stays valid)."""
+
+    def __init__(self, slots: int, size: int, *, pin: bool = False):
+        footprints: dict[tuple[int, ...], Footprint] = {}
+        self.buffers = [
+            BatchBuffer(allocate(size, pin=pin), footprints=footprints) for _ in range(slots)
+        ]
+        self._next = 0
+
+    def next(self) -> BatchBuffer:
+        """The buffer for the next batch (the oldest batch's)."""
+        buffer = self.buffers[self._next]
+        self._next = (self._next + 1) % len(self.buffers)
+        buffer.start()
+        return buffer
