@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -75,6 +76,28 @@ def test_demo_plan_selects_every_image_and_holds_out_run_2(demo_bids):
     ]
     with pytest.raises(BidstrainError, match="sub-99"):
         plan.job("99")
+
+
+def test_normalize_options_carry_every_config_value_the_job_depends_on(demo_bids):
+    def option(plan: Plan, flag: str) -> list[str]:
+        options = shlex.split(plan.normalize_options)
+        start = options.index(flag) + 1
+        end = next((i for i, o in enumerate(options[start:], start) if o.startswith("--")), None)
+        return options[start:end]
+
+    plan = plan_of(demo_bids)
+    assert option(plan, "--bids-dir") == [str(demo_bids)]
+    assert option(plan, "--modalities") == ["T1w", "bold", "dwi"] and option(plan, "--tasks") == []
+    assert option(plan, "--tr-mismatch") == ["error"] and "--part" not in plan.normalize_options
+    changed = plan_of(
+        demo_bids,
+        part="mag",
+        ingest={"repetition_time_mismatch": "warn"},
+        normalize={"ddof": 0, "confounds": {"strategy": "none", "options": {"a b": 1}}},
+    )
+    assert option(changed, "--part") == ["mag"] and option(changed, "--ddof") == ["0"]
+    assert option(changed, "--tr-mismatch") == ["warn"]
+    assert json.loads(option(changed, "--confounds-options")[0]) == {"a b": 1}
 
 
 def test_average_groups_and_store_lists_follow_the_mode(demo_bids):

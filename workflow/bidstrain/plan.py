@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 from bidstrain import __version__, derivatives, paths
 from bidstrain.atomic import write_text_atomic
 from bidstrain.bids import BidsFile, BidsIndex, select_echo, select_part
-from bidstrain.config import Config, config_hash
+from bidstrain.config import Config, config_hash, to_plain
 from bidstrain.errors import BidstrainError
 from bidstrain.mask_options import DEFAULT_MASKS, MASK_KEYS, is_pattern, resolve_pattern
 from bidstrain.report import CHECKS_FIGURES, TRAINING_FIGURES
@@ -232,11 +233,27 @@ class Plan:
         return [job.table for job in self.jobs.values()]
 
     @property
-    def selection_flags(self) -> str:
-        """``--echo``/``--part`` for the normalize job's ingestion, which validates the
-        same images."""
-        flags = {"--echo": self.config.echo, "--part": self.config.part}
-        return " ".join(f"{flag} {value}" for flag, value in flags.items() if value is not None)
+    def normalize_options(self) -> str:
+        """The options every normalize job's command shares (``python -m
+        bidstrain.normalize --help``), shell-quoted: what its ingestion selects and checks
+        (``ingest.*``, ``echo``, ``part``) and how it normalizes (``normalize.*``). One
+        string, so that Snakemake formats one field per job instead of a dozen (a dry run
+        formats each command three times), and a changed value still reruns every job."""
+        config, normalize = self.config, self.config.normalize
+        options = [
+            *("--bids-dir", config.bids_dir, "--modalities", *config.modalities),
+            *("--tasks", *config.tasks),
+            *("--tr-mismatch", config.ingest.repetition_time_mismatch),
+            *("--tr-tolerance", config.ingest.repetition_time_tolerance),
+            *("--ddof", normalize.ddof, "--nonfinite", normalize.nonfinite),
+            *("--block-volumes", normalize.block_volumes, "--storage", normalize.storage),
+            *("--confounds-strategy", normalize.confounds.strategy),
+            *("--confounds-options", json.dumps(to_plain(normalize.confounds.options))),
+        ]
+        for flag, value in (("--echo", config.echo), ("--part", config.part)):
+            if value is not None:
+                options += [flag, value]
+        return shlex.join(str(option) for option in options)
 
     # ---- average, train, report --------------------------------------------------------
 

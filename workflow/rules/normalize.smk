@@ -24,29 +24,13 @@ rule normalize_subject:
         mem_mb=2000,
         runtime=60,
     params:
-        bids_dir=CONFIG.bids_dir,
-        modalities=CONFIG.modalities,
-        tasks=CONFIG.tasks,
-        tr_mismatch=CONFIG.ingest.repetition_time_mismatch,
-        tr_tolerance=CONFIG.ingest.repetition_time_tolerance,
-        selection=PLAN.selection_flags,
+        # config ingest.*, echo, part and normalize.*: a changed value reruns every job
+        options=PLAN.normalize_options,
         spec=lambda wildcards: PLAN.job(wildcards.subject).spec(),
-        ddof=CONFIG.normalize.ddof,
-        nonfinite=CONFIG.normalize.nonfinite,
-        block_volumes=CONFIG.normalize.block_volumes,
-        storage=CONFIG.normalize.storage,
-        confounds_strategy=CONFIG.normalize.confounds.strategy,
-        confounds_options=json.dumps(to_plain(CONFIG.normalize.confounds.options)),
     shell:
-        "python -m bidstrain.normalize --bids-dir {params.bids_dir:q} --subject {wildcards.subject}"
-        " --modalities {params.modalities} --tasks {params.tasks}"
-        " --tr-mismatch {params.tr_mismatch} --tr-tolerance {params.tr_tolerance} {params.selection}"
-        " --ingest {output.ingest:q} --spec {params.spec:q}"
-        " --ddof {params.ddof} --nonfinite {params.nonfinite}"
-        " --block-volumes {params.block_volumes} --storage {params.storage}"
-        " --confounds-strategy {params.confounds_strategy}"
-        " --confounds-options {params.confounds_options:q}"
-        " --out-table {output.table:q} > {log:q} 2>&1"
+        "python -m bidstrain.normalize {params.options} --subject {wildcards.subject}"
+        " --ingest {output.ingest:q} --spec {params.spec:q} --out-table {output.table:q}"
+        " > {log:q} 2>&1"
 
 
 rule normalize:
