@@ -130,7 +130,7 @@ def job_command(out_dir: Path) -> list[str]:
         sys.executable,
         "-m",
         "bidstrain.normalize",
-        *("--bids-dir", str(BIDS), "--subject", "01", "--modalities", "bold"),
+        *("--bids-dir", str(BIDS), "--subject", "01"),
         *("--ingest", str(INGEST), "--spec", json.dumps(spec)),
         *("--ddof", str(options.ddof), "--nonfinite", options.nonfinite),
         *("--block-volumes", str(options.block_volumes), "--storage", options.storage),

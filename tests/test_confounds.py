@@ -222,7 +222,7 @@ def test_command_line_flags(fmriprep, tmp_path):
     entry = {"modality": "bold", "image": str(image), "store": str(store), "mask": str(mask)}
     entry |= {"stats_from": [], "confounds": str(table)}
     argv = ["--spec", json.dumps([entry]), "--bids-dir", str(fmriprep), "--subject", "01"]
-    argv += ["--modalities", "bold", "--ingest", str(tmp_path / "sub-01.json")]
+    argv += ["--ingest", str(tmp_path / "sub-01.json")]
     argv += ["--out-table", str(tmp_path / "scans.tsv"), "--confounds-strategy", "scrubbing"]
     main([*argv, "--confounds-options", '{"fd_threshold": 0.5, "std_dvars_threshold": 9}'])
     ds = open_store(store, use_dask=False)

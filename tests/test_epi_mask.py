@@ -20,7 +20,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 from bidstrain.demo import DemoSpec, make_demo
-from bidstrain.ingest import ingest_subject
 from bidstrain.normalize.masking import epi_mask
 from bidstrain.orientation import reorientation
 from bidstrain.store import open_store
@@ -230,12 +229,12 @@ print(json.dumps(sorted(name for name in sys.modules
 
 
 def test_a_mask_epi_job_imports_neither_nilearn_nor_sklearn(demo, tmp_path):
-    image = ingest_subject(demo, "01", ["bold"])["images"][0]["path"]
+    image = str(next((demo / "sub-01" / "func").glob("*_run-1_bold.nii.gz")))
     store = tmp_path / "bold.zarr"
     spec = [{"modality": "bold", "image": image, "store": str(store), "mask": "epi"}]
     spec[0]["stats_from"] = []
     command = [sys.executable, "-c", _JOB, "--spec", json.dumps(spec), "--bids-dir", str(demo)]
-    command += ["--subject", "01", "--modalities", "bold", "--ingest", str(tmp_path / "i.json")]
+    command += ["--subject", "01", "--ingest", str(tmp_path / "i.json")]
     command += ["--out-table", str(tmp_path / "sub-01_scans.tsv")]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []

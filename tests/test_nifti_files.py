@@ -22,13 +22,14 @@ import xarray as xr
 from bidstrain import nifti_files
 from bidstrain.bids import BidsFile, BidsIndex, parse_name
 from bidstrain.errors import BidstrainError
-from bidstrain.ingest import ingest_subject, inspect_image
+from bidstrain.ingest import ingest_images, inspect_image
 from bidstrain.nifti_files import check_complete, data_end, gzip_stream_size
 from bidstrain.normalize import ImageInfo, Options, normalize_bold
 from bidstrain.normalize.nifti_stream import iter_blocks, read_layout
 from bidstrain.store import CONSOLIDATED
 from isal import igzip
 from nibabel.testing import data_path
+from test_plan import plan_of
 
 DATA = Path(data_path)
 FUNCTIONAL = DATA / "functional.nii"  # real BOLD: LAS, int16 with scl_slope/scl_inter, TR 2 s
@@ -105,7 +106,7 @@ def test_real_images_shipped_with_nibabel_and_nilearn_are_complete():
 def test_real_functional_run_ingests_with_its_orientation(tmp_path):
     root = _dataset(tmp_path)
     shutil.copy(FUNCTIONAL, _bold_path(root, ".nii"))
-    (record,) = ingest_subject(root, "01", ["bold"])["images"]
+    (record,) = ingest_images(root, "01", [str(_bold_path(root, ".nii"))])["images"]
     assert record["shape"] == [17, 21, 3, 20] and record["repetition_time"] == 2.0
     assert record["orientation"] == "LAS"
 
@@ -213,7 +214,7 @@ def test_cut_and_corrupt_gzip_streams_are_rejected_saying_which(tmp_path):
     corrupt[-8] ^= 0xFF  # the CRC; with a second member the last trailer disagrees
     path.write_bytes(bytes(corrupt) + gzip.compress(b"\0" * 10))
     with pytest.raises(BidstrainError, match="(?s)sub-01: 1 invalid image.*fails its check"):
-        ingest_subject(root, "01", ["bold"])
+        ingest_images(root, "01", [str(path)])
     # when the trailer agrees, ingestion reads the header only; normalizing checks the CRC
     path.write_bytes(bytes(corrupt))
     assert _inspect(path)["n_volumes"] == 20
@@ -279,20 +280,25 @@ def test_rgb_image_is_a_clear_error_naming_file_and_subject(tmp_path):
     with pytest.raises(
         BidstrainError, match=r"(?s)sub-01: 1 invalid image.*voxel type RGB"
     ) as error:
-        ingest_subject(root, "01", ["bold"])
+        ingest_images(root, "01", [str(path)])
     assert str(path) in str(error.value)
     with pytest.raises(BidstrainError, match=rf"sub-01: {path}: voxel type RGB"):
         read_layout(path, "01")
 
 
-def test_ingest_keeps_the_chosen_echo_and_the_magnitude_part(tmp_path):
+def test_the_planned_echo_and_part_are_the_images_ingested(tmp_path):
+    """Multi-echo BOLD needs config ``echo``; the job validates the one image the plan
+    keeps (the chosen echo, or the chosen part), not its other echoes or parts."""
     root = _dataset(tmp_path)
     func = root / "sub-01" / "func"
     for name in ["echo-1", "echo-2", "echo-3", "echo-1_part-phase"]:
         shutil.copy(FUNCTIONAL, func / f"sub-01_task-rest_{name}_bold.nii")
-    with pytest.raises(BidstrainError, match="(?s)sub-01: multi-echo.*echoes found: 1, 2, 3"):
-        ingest_subject(root, "01", ["bold"])
-    (record,) = ingest_subject(root, "01", ["bold"], echo=2)["images"]
-    assert record["entities"]["echo"] == "2"
-    (record,) = ingest_subject(root, "01", ["bold"], part="phase")["images"]
-    assert record["entities"]["part"] == "phase"
+    with pytest.raises(BidstrainError, match="multi-echo.*echoes found: 1, 2, 3"):
+        plan_of(root)
+    for overrides, entity, value in (
+        ({"echo": 2}, "echo", "2"),
+        ({"part": "phase"}, "part", "phase"),
+    ):
+        (image,) = plan_of(root, **overrides).images["bold"]
+        (record,) = ingest_images(root, "01", [str(image.path)])["images"]
+        assert record["entities"][entity] == value

@@ -402,7 +402,7 @@ def _cli(image: Path, out: Path, *extra: str) -> subprocess.Popen:
     spec = [{"modality": "bold", "image": str(image), "store": str(out), "mask": "none",
              "stats_from": []}]  # fmt: skip
     command = [sys.executable, "-m", "bidstrain.normalize", "--spec", json.dumps(spec)]
-    command += ["--bids-dir", str(image.parents[2]), "--subject", "01", "--modalities", "bold"]
+    command += ["--bids-dir", str(image.parents[2]), "--subject", "01"]
     command += ["--ingest", str(out.parent / "t.json"), "--out-table", str(out.parent / "t.tsv")]
     env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
     return subprocess.Popen([*command, *extra], env=env, stderr=subprocess.PIPE, text=True)

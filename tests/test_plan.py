@@ -87,15 +87,13 @@ def test_normalize_options_carry_every_config_value_the_job_depends_on(demo_bids
 
     plan = plan_of(demo_bids)
     assert option(plan, "--bids-dir") == [str(demo_bids)]
-    assert option(plan, "--modalities") == ["T1w", "bold", "dwi"] and option(plan, "--tasks") == []
-    assert option(plan, "--tr-mismatch") == ["error"] and "--part" not in plan.normalize_options
+    assert option(plan, "--tr-mismatch") == ["error"]
     changed = plan_of(
         demo_bids,
-        part="mag",
         ingest={"repetition_time_mismatch": "warn"},
         normalize={"ddof": 0, "confounds": {"strategy": "none", "options": {"a b": 1}}},
     )
-    assert option(changed, "--part") == ["mag"] and option(changed, "--ddof") == ["0"]
+    assert option(changed, "--ddof") == ["0"]
     assert option(changed, "--tr-mismatch") == ["warn"]
     assert json.loads(option(changed, "--confounds-options")[0]) == {"a b": 1}
 

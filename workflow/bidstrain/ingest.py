@@ -1,7 +1,8 @@
 """Ingestion: validate every image header of a subject (no voxel data read) and list it.
 
 Each subject's normalize job (``python -m bidstrain.normalize``, options of
-:func:`add_subject_arguments`) first validates the subject (:func:`ingest_subject`) and
+:func:`add_subject_arguments`) first validates the images it normalizes
+(:func:`ingest_images`) and
 writes its record ``results/ingest/sub-<label>.json`` (:func:`write_subject_record`);
 ``python -m bidstrain.ingest manifest ...`` joins the records into ``manifest.tsv``.
 """
@@ -21,7 +22,7 @@ import nibabel as nib
 import numpy as np
 
 from bidstrain.atomic import write_text_atomic
-from bidstrain.bids import PARTS, BidsFile, BidsIndex, select_echo, select_part
+from bidstrain.bids import BidsFile, BidsIndex
 from bidstrain.errors import BidstrainError, run_cli
 from bidstrain.nifti_files import check_complete, check_voxel_type
 from bidstrain.orientation import reorientation
@@ -186,21 +187,28 @@ def inspect_image(
     return record
 
 
-def ingest_subject(
+def ingest_images(
     bids_dir: str | Path,
     subject: str,
-    modalities: Sequence[str],
-    tasks: Sequence[str] = (),
+    paths: Sequence[str],
     *,
     tr_mismatch: str = "error",
     tr_tolerance: float = 0.01,
-    echo: int | None = None,
-    part: str | None = None,
 ) -> dict[str, Any]:
-    """Validate every image of one subject.
+    """Validate the given images of one subject: those its normalize job normalizes.
 
-    Images of another ``part`` (:func:`bidstrain.bids.select_part`) are left out; of
-    multi-echo BOLD, the echo ``echo`` is kept (:func:`bidstrain.bids.select_echo`).
+    The plan chose them (the derivative's space and ``desc-preproc`` image, one echo, one
+    part), so an image the job does not use (another space's T1w, say) is neither read nor
+    a reason to stop. Sidecars are inherited as the index finds them.
+
+    Parameters
+    ----------
+    bids_dir : str or Path
+        The dataset root the plan indexed.
+    subject : str
+        Subject label, without ``sub-``.
+    paths : sequence of str
+        The images, as the plan's index wrote their paths.
 
     Returns
     -------
@@ -210,21 +218,30 @@ def ingest_subject(
     Raises
     ------
     BidstrainError
-        Listing every invalid image of the subject, or when the subject has no image of
-        the requested modalities.
+        Listing every invalid image, or naming an image that is no longer in the dataset.
     """
     index = BidsIndex.build(bids_dir, participant_label=[subject])
-    images = []
-    for modality in modalities:
-        found = index.select(modality, subject=subject, task=tasks if modality == "bold" else ())
-        found = select_part(found, part)
-        images += select_echo(found, echo) if modality == "bold" else found
-    if not images:
+    indexed = {str(image.path): image for image in index.images}
+    gone = [path for path in paths if path not in indexed]
+    if gone:
         raise BidstrainError(
-            f"no {'/'.join(modalities)} image in {index.root / f'sub-{subject}'} (add images or "
-            "list the subject in exclude_participant_label)",
+            f"{len(gone)} planned image(s) no longer in the dataset (rerun snakemake to plan "
+            "again): " + ", ".join(gone),
             subject=subject,
         )
+    images = [indexed[path] for path in paths]
+    return _validate(index, subject, images, tr_mismatch=tr_mismatch, tr_tolerance=tr_tolerance)
+
+
+def _validate(
+    index: BidsIndex,
+    subject: str,
+    images: Sequence[BidsFile],
+    *,
+    tr_mismatch: str,
+    tr_tolerance: float,
+) -> dict[str, Any]:
+    """The subject's record: every image inspected, every problem listed at once."""
     records, problems = [], []
     for image in images:
         try:
@@ -254,27 +271,25 @@ def write_manifest(subject_jsons: Sequence[str | Path], out: str | Path) -> None
 
 def add_subject_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of :func:`write_subject_record` to a job's command line: the
-    subject, the images to validate (as :func:`ingest_subject` selects them) and the record
-    to write (``--ingest``)."""
+    dataset, the subject, how to check repetition times, and the record to write
+    (``--ingest``); the images are the job's own."""
     group = parser.add_argument_group("ingestion (validate the subject's image headers first)")
     group.add_argument("--bids-dir", required=True)
     group.add_argument("--subject", required=True)
-    group.add_argument("--modalities", nargs="+", required=True)
-    group.add_argument("--tasks", nargs="*", default=[])
     group.add_argument("--tr-mismatch", choices=["error", "warn"], default="error")
     group.add_argument("--tr-tolerance", type=float, default=0.01)
-    group.add_argument("--echo", type=int, default=None, help="echo of multi-echo BOLD")
-    group.add_argument("--part", choices=PARTS, default=None, help="part of complex data")
     group.add_argument("--ingest", required=True, help="the subject's ingest record to write")
 
 
-def write_subject_record(args: argparse.Namespace) -> str:
-    """Validate one subject's images (:func:`ingest_subject`) and write its record.
+def write_subject_record(args: argparse.Namespace, images: Sequence[str]) -> str:
+    """Validate one subject's images (:func:`ingest_images`) and write its record.
 
     Parameters
     ----------
     args : argparse.Namespace
         Parsed options of :func:`add_subject_arguments`.
+    images : sequence of str
+        The images the job normalizes.
 
     Returns
     -------
@@ -284,17 +299,14 @@ def write_subject_record(args: argparse.Namespace) -> str:
     Raises
     ------
     BidstrainError
-        Listing every invalid image of the subject (see :func:`ingest_subject`).
+        Listing every invalid image of the subject (see :func:`ingest_images`).
     """
-    result = ingest_subject(
+    result = ingest_images(
         args.bids_dir,
         args.subject,
-        args.modalities,
-        args.tasks,
+        images,
         tr_mismatch=args.tr_mismatch,
         tr_tolerance=args.tr_tolerance,
-        echo=args.echo,
-        part=args.part,
     )
     write_text_atomic(args.ingest, json.dumps(result, indent=1))
     log.info("sub-%s: %d images valid", args.subject, len(result["images"]))

@@ -235,14 +235,13 @@ class Plan:
     @property
     def normalize_options(self) -> str:
         """The options every normalize job's command shares (``python -m
-        bidstrain.normalize --help``), shell-quoted: what its ingestion selects and checks
-        (``ingest.*``, ``echo``, ``part``) and how it normalizes (``normalize.*``). One
+        bidstrain.normalize --help``), shell-quoted: how its ingestion checks the images of
+        its spec (``ingest.*``) and how it normalizes them (``normalize.*``). One
         string, so that Snakemake formats one field per job instead of a dozen (a dry run
         formats each command three times), and a changed value still reruns every job."""
         config, normalize = self.config, self.config.normalize
         options = [
-            *("--bids-dir", config.bids_dir, "--modalities", *config.modalities),
-            *("--tasks", *config.tasks),
+            *("--bids-dir", config.bids_dir),
             *("--tr-mismatch", config.ingest.repetition_time_mismatch),
             *("--tr-tolerance", config.ingest.repetition_time_tolerance),
             *("--ddof", normalize.ddof, "--nonfinite", normalize.nonfinite),
@@ -250,9 +249,6 @@ class Plan:
             *("--confounds-strategy", normalize.confounds.strategy),
             *("--confounds-options", json.dumps(to_plain(normalize.confounds.options))),
         ]
-        for flag, value in (("--echo", config.echo), ("--part", config.part)):
-            if value is not None:
-                options += [flag, value]
         return shlex.join(str(option) for option in options)
 
     # ---- average, train, report --------------------------------------------------------

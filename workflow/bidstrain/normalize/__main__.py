@@ -3,17 +3,18 @@
 
 ::
 
-    python -m bidstrain.normalize --bids-dir bids --subject 01 --modalities T1w bold dwi \\
+    python -m bidstrain.normalize --bids-dir bids --subject 01 \\
         --ingest results/ingest/sub-01.json --spec '[{"modality": "bold", "image": ...,
         "store": ..., "mask": "epi", "stats_from": []}, ...]' --ddof 1 \\
         --out-table results/normalized/sub-01/sub-01_scans.tsv
 
-First the job validates every image header of the subject
-(:func:`bidstrain.ingest.ingest_subject`: every image of the modalities, tasks, echo and
-part given) and writes the subject's ingest record (``--ingest``); an invalid image stops
-it there, with an error naming the subject, the file and the problem, before any store is
-written. Then it normalizes the images of ``--spec``, in that order (the plan puts
-held-out runs after the runs whose stores give their statistics). With
+First the job validates the header of every image of ``--spec``
+(:func:`bidstrain.ingest.ingest_images`: the images the plan chose, in the derivative's
+space, of one echo and part) and writes the subject's ingest record (``--ingest``); an
+invalid image stops it there, with an error naming the subject, the file and the
+problem, before any store is written. Then it normalizes the images of ``--spec``, in
+that order (the plan puts held-out runs after the runs whose stores give their
+statistics). With
 ``--confounds-strategy`` other than ``none`` (and ``--confounds-options``, a JSON object
 of nilearn's options), each BOLD image's entry names its fMRIPrep confounds table
 (``"confounds": ...``), whose confounds are regressed out first
@@ -179,10 +180,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         block_volumes=args.block_volumes,
         storage=args.storage,
     )
-    ingest = write_subject_record(args)
+    specs = json.loads(args.spec)
+    ingest = write_subject_record(args, [spec["image"] for spec in specs])
     rows = [
         normalize_image(spec, ingest, options, args.confounds_strategy, args.confounds_options)
-        for spec in json.loads(args.spec)
+        for spec in specs
     ]
     write_table(rows, args.out_table)
 
