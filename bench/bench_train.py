@@ -27,6 +27,8 @@ Run: ``.venv/bin/python bench/bench_train.py [--repeats 5] [--config demo|realis
 from __future__ import annotations
 
 import argparse
+import copy
+import itertools
 import statistics
 import tempfile
 import time
@@ -36,8 +38,8 @@ import nibabel as nib
 import numpy as np
 import torch
 from bench_loader import GRID, realistic_config
-from bench_loader import write_store as write_bold_store
 from bidstrain.config import validate_config
+from bidstrain.demo import write_bold_store
 from bidstrain.store import create_store
 from bidstrain.train.data import make_loader, volume_dataset
 from bidstrain.train.distributed import Context
@@ -112,7 +114,7 @@ def realistic_stores(root: Path, n_stores: int = 2, n_time: int = 60) -> dict[st
     values = np.random.default_rng(0).standard_normal((8, int(mask.sum())), np.float32)
     paths = [root / f"mni-{i}.zarr" for i in range(n_stores)]
     for path in paths:
-        write_bold_store(path, mask, values, n_time, "float32")
+        write_bold_store(path, mask, values, n_time, storage="float32")
     return {"bold": [str(p) for p in paths]}
 
 
@@ -197,7 +199,8 @@ def compare_demo(args, config, stores, nifti, device: torch.device) -> None:
     loader = make_loader(dataset, sampler, config, device=device, num_workers=0)
     order = [i for batch in sampler for i in batch]
     trainer = make_trainer(config, list(shapes), device)
-    batches = list(loader)[: args.steps]
+    # copies: the loader writes into a ring of reused buffers (bidstrain.train.buffers)
+    batches = [copy.deepcopy(batch) for batch in itertools.islice(loader, args.steps)]
     optimizer_step(trainer, batches[:1], step=1, log_norms=False)  # warm-up
     rates = {"step": [], "zarr": [], "nifti": []}
     for _ in range(args.repeats):
