@@ -33,8 +33,11 @@ demo: $(STAMP) $(DEMO_BIDS)/dataset_description.json
 slurm-packages:
 	bash tests/slurm_cluster.sh install
 
+# Two pytest workers (pytest-xdist): while the SLURM tests wait on the cluster's jobs, the
+# other worker runs the unit tests. The SLURM and demo_run tests share one worker (see
+# WORKFLOW_GROUP in tests/conftest.py).
 test: $(STAMP) slurm-packages
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 lint: $(STAMP) $(DEMO_BIDS)/dataset_description.json
 	$(VENV)/bin/ruff check .

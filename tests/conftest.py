@@ -125,9 +125,16 @@ SLURM_FIXTURES = frozenset({"slurm_cluster", "slurm_two_nodes"})
 MULTI_PARTITION = "multi"
 
 
+#: Under ``pytest -n N --dist loadgroup`` (``make test``) these tests run in one worker
+#: process: the SLURM cluster is started once, and the whole-workflow run ``demo_run``
+#: (a session fixture, so once per worker) is built once.
+WORKFLOW_GROUP = "workflow"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Refuse a test that starts the SLURM cluster without the ``slurm`` marker, so that
-    ``-m "not slurm"`` selects exactly the tests that run without it."""
+    ``-m "not slurm"`` selects exactly the tests that run without it; put the tests of
+    the SLURM cluster and of ``demo_run`` in the xdist group :data:`WORKFLOW_GROUP`."""
     unmarked = [
         item.nodeid
         for item in items
@@ -139,6 +146,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             "tests that use a SLURM fixture must be marked `slurm` "
             "(e.g. `pytestmark = pytest.mark.slurm`): " + ", ".join(unmarked)
         )
+    for item in items:
+        if item.get_closest_marker("slurm") or "demo_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group(WORKFLOW_GROUP))
 
 
 def _slurm_cluster_script(command: str, timeout: float) -> subprocess.CompletedProcess:

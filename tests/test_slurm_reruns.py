@@ -78,10 +78,13 @@ def test_changing_ddof_plans_normalization_and_everything_downstream(
     jobs = planned_jobs(rerun_dir, demo_bids, tmp_path, "normalize:\n  ddof: 0\n")
     # demo: 3 subjects, the third with two sessions: one normalize job and one figure
     # job per subject (every image of the subject, the held-out runs normalized with
-    # the statistics of run 1 in the same job); 2 averages. Ingestion and the coverage
-    # figure stay.
+    # the statistics of run 1 in the same job); 2 averages. Each normalize job validates
+    # its subject first and rewrites its ingest record, so the manifest and the coverage
+    # figure follow (the price of two jobs per subject instead of three).
     assert jobs == {
         ("normalize_subject", PARAMS_CHANGED): 3,
+        ("ingest", INPUT_UPDATED): 1,
+        ("report_coverage", INPUT_UPDATED): 1,
         ("average_bold", INPUT_UPDATED): 2,
         ("checks", INPUT_UPDATED): 1,
         ("train", INPUT_UPDATED): 1,
