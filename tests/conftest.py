@@ -131,10 +131,19 @@ MULTI_PARTITION = "multi"
 WORKFLOW_GROUP = "workflow"
 
 
+def _uses_the_workflow_group(item: pytest.Item) -> bool:
+    return bool(item.get_closest_marker("slurm")) or "demo_run" in getattr(item, "fixturenames", ())
+
+
+# tryfirst: pytest-xdist reads the xdist_group markers in its own collection hook.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Refuse a test that starts the SLURM cluster without the ``slurm`` marker, so that
-    ``-m "not slurm"`` selects exactly the tests that run without it; put the tests of
-    the SLURM cluster and of ``demo_run`` in the xdist group :data:`WORKFLOW_GROUP`."""
+    ``-m "not slurm"`` selects exactly the tests that run without it.
+
+    For ``--dist loadgroup``: the tests of the SLURM cluster and of ``demo_run`` form the
+    xdist group :data:`WORKFLOW_GROUP` and come first (the longest unit starts at once);
+    every other test is grouped by its file, so that a module fixture is built once."""
     unmarked = [
         item.nodeid
         for item in items
@@ -146,9 +155,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             "tests that use a SLURM fixture must be marked `slurm` "
             "(e.g. `pytestmark = pytest.mark.slurm`): " + ", ".join(unmarked)
         )
-    for item in items:
-        if item.get_closest_marker("slurm") or "demo_run" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group(WORKFLOW_GROUP))
+    workflow = [item for item in items if _uses_the_workflow_group(item)]
+    others = [item for item in items if not _uses_the_workflow_group(item)]
+    for item in workflow:
+        item.add_marker(pytest.mark.xdist_group(WORKFLOW_GROUP))
+    for item in others:
+        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    items[:] = workflow + others
 
 
 def _slurm_cluster_script(command: str, timeout: float) -> subprocess.CompletedProcess:
