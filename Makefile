@@ -35,9 +35,9 @@ slurm-packages:
 
 # Two pytest workers (pytest-xdist): while the SLURM tests wait on the cluster's jobs, the
 # other worker runs the unit tests. The SLURM and demo_run tests share one worker (see
-# WORKFLOW_GROUP in tests/conftest.py), which runs first; every other file is one unit.
+# WORKFLOW_FILES in tests/conftest.py); every other file is a unit of its own.
 test: $(STAMP) slurm-packages
-	$(PY) -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder tests
+	$(PY) -m pytest -q -n 2 tests
 
 lint: $(STAMP) $(DEMO_BIDS)/dataset_description.json
 	$(VENV)/bin/ruff check .

@@ -125,25 +125,28 @@ SLURM_FIXTURES = frozenset({"slurm_cluster", "slurm_two_nodes"})
 MULTI_PARTITION = "multi"
 
 
-#: Under ``pytest -n N --dist loadgroup`` (``make test``) these tests run in one worker
-#: process: the SLURM cluster is started once, and the whole-workflow run ``demo_run``
-#: (a session fixture, so once per worker) is built once.
-WORKFLOW_GROUP = "workflow"
+#: The test files that use the SLURM cluster or ``demo_run``. Under ``make test``
+#: (``pytest -n 2``) they run as one unit in one worker (:func:`pytest_xdist_make_scheduler`):
+#: the cluster is started once, and ``demo_run``, a session fixture and so built once per
+#: worker, is built once. A test elsewhere that uses either is refused at collection.
+WORKFLOW_FILES = frozenset(
+    {
+        "test_checks_workflow.py",
+        "test_embed_workflow.py",
+        "test_report_workflow.py",
+        "test_train_workflow.py",
+        "test_slurm_cluster.py",
+        "test_slurm_multinode.py",
+        "test_slurm_reruns.py",
+        "test_slurm_workflow.py",
+    }
+)
 
 
-def _uses_the_workflow_group(item: pytest.Item) -> bool:
-    return bool(item.get_closest_marker("slurm")) or "demo_run" in getattr(item, "fixturenames", ())
-
-
-# tryfirst: pytest-xdist reads the xdist_group markers in its own collection hook.
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Refuse a test that starts the SLURM cluster without the ``slurm`` marker, so that
-    ``-m "not slurm"`` selects exactly the tests that run without it.
-
-    For ``--dist loadgroup``: the tests of the SLURM cluster and of ``demo_run`` form the
-    xdist group :data:`WORKFLOW_GROUP` and come first (the longest unit starts at once);
-    every other test is grouped by its file, so that a module fixture is built once."""
+    ``-m "not slurm"`` selects exactly the tests that run without it, and a test of the
+    cluster or of ``demo_run`` outside :data:`WORKFLOW_FILES`."""
     unmarked = [
         item.nodeid
         for item in items
@@ -155,13 +158,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             "tests that use a SLURM fixture must be marked `slurm` "
             "(e.g. `pytestmark = pytest.mark.slurm`): " + ", ".join(unmarked)
         )
-    workflow = [item for item in items if _uses_the_workflow_group(item)]
-    others = [item for item in items if not _uses_the_workflow_group(item)]
-    for item in workflow:
-        item.add_marker(pytest.mark.xdist_group(WORKFLOW_GROUP))
-    for item in others:
-        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
-    items[:] = workflow + others
+    elsewhere = [
+        item.nodeid
+        for item in items
+        if (item.get_closest_marker("slurm") or "demo_run" in getattr(item, "fixturenames", ()))
+        and item.path.name not in WORKFLOW_FILES
+    ]
+    if elsewhere:
+        raise pytest.UsageError(
+            "tests of the SLURM cluster or of demo_run must be in a file of WORKFLOW_FILES "
+            "(tests/conftest.py): " + ", ".join(elsewhere)
+        )
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """pytest-xdist's scheduling by file (``--dist loadfile``), except that the files of
+    :data:`WORKFLOW_FILES` are one unit. (Its ``--dist loadgroup`` with ``xdist_group``
+    marks set here does not group under pytest 9.2: pytest-xdist issue 1386.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WorkflowInOneWorker(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "workflow" if Path(path).name in WORKFLOW_FILES else path
+
+    return WorkflowInOneWorker(config, log)
 
 
 def _slurm_cluster_script(command: str, timeout: float) -> subprocess.CompletedProcess:
