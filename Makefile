@@ -37,7 +37,7 @@ slurm-packages:
 # other worker runs the unit tests. The SLURM and demo_run tests share one worker (see
 # WORKFLOW_FILES in tests/conftest.py); every other file is a unit of its own.
 test: $(STAMP) slurm-packages
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --no-loadscope-reorder tests
 
 lint: $(STAMP) $(DEMO_BIDS)/dataset_description.json
 	$(VENV)/bin/ruff check .

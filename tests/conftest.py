@@ -146,7 +146,8 @@ WORKFLOW_FILES = frozenset(
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Refuse a test that starts the SLURM cluster without the ``slurm`` marker, so that
     ``-m "not slurm"`` selects exactly the tests that run without it, and a test of the
-    cluster or of ``demo_run`` outside :data:`WORKFLOW_FILES`."""
+    cluster or of ``demo_run`` outside :data:`WORKFLOW_FILES`; the files of
+    :data:`WORKFLOW_FILES` are collected first."""
     unmarked = [
         item.nodeid
         for item in items
@@ -169,6 +170,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             "tests of the SLURM cluster or of demo_run must be in a file of WORKFLOW_FILES "
             "(tests/conftest.py): " + ", ".join(elsewhere)
         )
+    # the longest unit first: with --no-loadscope-reorder a worker starts it at once
+    items.sort(key=lambda item: item.path.name not in WORKFLOW_FILES)
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
