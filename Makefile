@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CORES ?= 2
 DEMO_BIDS := demo_data/bids
 
-.PHONY: install slurm-packages demo test lint format clean
+.PHONY: install slurm-packages demo test test-slow lint format clean
 
 install: $(STAMP)
 
@@ -36,8 +36,15 @@ slurm-packages:
 # Two pytest workers (pytest-xdist): while the SLURM tests wait on the cluster's jobs, the
 # other worker runs the unit tests. The SLURM and demo_run tests share one worker (see
 # WORKFLOW_FILES in tests/conftest.py); every other file is a unit of its own.
+# `make test`: every test but the slowest (marked `slow`, minutes each), which
+# `make test-slow` runs; CI runs both.
+PYTEST := $(PY) -m pytest -q -n 2 --no-loadscope-reorder
+
 test: $(STAMP) slurm-packages
-	$(PY) -m pytest -q -n 2 --no-loadscope-reorder tests
+	$(PYTEST) -m "not slow" tests
+
+test-slow: $(STAMP) slurm-packages
+	$(PYTEST) -m slow tests
 
 lint: $(STAMP) $(DEMO_BIDS)/dataset_description.json
 	$(VENV)/bin/ruff check .

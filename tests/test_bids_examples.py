@@ -196,7 +196,7 @@ def test_a_nested_dataset_with_an_empty_description(tmp_path):
 # ---- the real command: a few dry runs, as a user types them ------------------------------
 
 
-@pytest.mark.slow  # three Snakemake starts, about 15 s
+@pytest.mark.integration  # three Snakemake starts, about 15 s
 def test_snakemake_dry_runs(tmp_path):
     """``snakemake -n`` as a user types it: a dataset that plans (and says whom it left
     out), the nested dataset that ended in a traceback, and a refusal in one

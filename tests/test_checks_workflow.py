@@ -11,7 +11,7 @@ import xarray as xr
 from bidstrain.store import open_store
 from conftest import REPO, run_snakemake
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 BAD_PLANS = {
     "train: {batch_size: 1000}": "check sample_counts failed: train.batch_size 1000 is larger "

@@ -15,7 +15,7 @@ import pytest
 from bidstrain.demo import make_empty_dataset
 from conftest import run_snakemake
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 MAX_ARGUMENT = 100_000
 MAX_COMMAND = 1_000_000

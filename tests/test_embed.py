@@ -21,7 +21,7 @@ from bidstrain.train.expectation import expectation
 from bidstrain.train.loop import train
 from train_support import REPO, tiny_stores, train_config, trainer_env, write_store
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 COUNTS = {"T1w": 2, "bold": 8}
 

@@ -10,7 +10,7 @@ import xarray as xr
 import yaml
 from conftest import REPO, run_snakemake
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

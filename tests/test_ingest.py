@@ -19,7 +19,7 @@ import pytest
 from bidstrain.demo import DemoSpec, make_demo
 from conftest import run_snakemake
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 SMALL = DemoSpec(n_subjects=2, bold_shape=(8, 8, 8), n_volumes=5, t1w_shape=(8, 8, 8))
 

@@ -163,7 +163,8 @@ def test_a_resumed_run_drops_the_earlier_summary(tmp_path):
 # ---- learning, end to end ----------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.slow  # about 90 s of training
 def test_a_model_on_learnable_structure_beats_the_baseline(tmp_path):
     summary = summary_of(tmp_path, structure=2.0)
     for modality, values in summary["modalities"].items():
@@ -172,7 +173,7 @@ def test_a_model_on_learnable_structure_beats_the_baseline(tmp_path):
         assert values["baseline"] == pytest.approx(1.0, abs=1e-3)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_model_on_pure_noise_does_not_beat_the_baseline_and_warns(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="bidstrain.train"):
         summary = summary_of(tmp_path, structure=0.0)
@@ -183,7 +184,7 @@ def test_a_model_on_pure_noise_does_not_beat_the_baseline_and_warns(tmp_path, ca
     assert "WARNING: did not learn" in caplog.text
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_strict_learning_exits_non_zero_after_writing_the_model(tmp_path):
     out = tmp_path / "out"
     out.mkdir()

@@ -13,7 +13,7 @@ import xarray as xr
 from bidstrain.bids import BidsIndex
 from conftest import run_snakemake
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

@@ -48,8 +48,8 @@ CODES = [
     for order in itertools.permutations(range(3))
     for flips in itertools.product((1, -1), repeat=3)
 ]
-#: One voxel order per axis order, each with other flips: the fast tests' share of a sweep
-#: over the 48 that writes a store per order (the other 42 are marked slow).
+#: One voxel order per axis order, each with other flips: the orders of the tests that read
+#: real images (the synthetic images are swept over all 48).
 SOME_CODES = ["LPI", "RSP", "PLS", "ASL", "IRP", "SAL"]
 
 
@@ -242,10 +242,7 @@ def _assert_same_store(actual: xr.Dataset, expected: xr.Dataset, codes: str) -> 
         np.testing.assert_allclose(actual.bvec.values, expected.bvec.values, atol=1e-12)
 
 
-@pytest.mark.parametrize(
-    "codes",
-    [code if code in SOME_CODES else pytest.param(code, marks=pytest.mark.slow) for code in CODES],
-)
+@pytest.mark.parametrize("codes", CODES)
 @pytest.mark.parametrize("name", ["T1w", "bold", "dwi"])
 def test_every_voxel_order_gives_the_stores_of_the_original(
     subject, originals, tmp_path, name, codes

@@ -279,7 +279,7 @@ def _plan_seconds(root: Path) -> float:
     return best
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_plan_time_grows_linearly_with_subjects(tmp_path):
     """2,000 to 10,000 subjects (5x): the plan's CPU time grows at most 7x (nothing
     quadratic). CPU time, best of five: another process on the machine does not count."""

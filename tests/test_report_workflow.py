@@ -12,7 +12,7 @@ from bidstrain.report import CHECKS_FIGURES, TRAINING_FIGURES
 from conftest import run_snakemake
 from test_report import assert_nontrivial_png
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 def expected_figures(workdir):

@@ -115,7 +115,7 @@ def test_two_node_job_runs_a_task_on_each_node_with_its_own_gpu(slurm_two_nodes,
     assert _squeue_state(job_id) == "COMPLETED"
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_tests_outside_the_slurm_marker_do_not_start_the_cluster():
     """Only tests marked ``slurm`` set up the fixtures that start the cluster: the plan of
     all the others names none of them (and a test that uses one without the marker stops

@@ -25,7 +25,7 @@ from bidstrain.train.stop import PAUSE_AT_STEP
 from conftest import REPO, run_snakemake
 from slurm_support import scontrol_job, slurm_snakemake, wait_for
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [pytest.mark.slurm, pytest.mark.integration, pytest.mark.slow]
 
 EXPERIMENT = "demo"
 EPOCHS = 2

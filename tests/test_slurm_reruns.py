@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO, run_snakemake
 from slurm_support import FINISHED
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
 RULE = re.compile(r"^\s*(?:local)?rule (\w+):$")
 REASON = re.compile(r"^\s*reason: (.*)$")

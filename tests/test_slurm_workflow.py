@@ -39,7 +39,7 @@ from slurm_support import (
     wait_for,
 )
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
 EXPERIMENT = "demo"
 # About 17 steps per epoch on the demo data (its T1w and DWI validation session left
@@ -157,6 +157,7 @@ def _rule_logs(workdir: Path) -> dict[Path, str]:
     return {path: path.read_text() for path in sorted((workdir / "logs").rglob("*.log"))}
 
 
+@pytest.mark.slow  # the whole workflow on SLURM: minutes
 def test_whole_workflow_runs_as_slurm_jobs_with_a_gpu_for_training(slurm_all_run):
     run = slurm_all_run
     assert run.returncode == 0, run.output
@@ -204,6 +205,7 @@ def test_whole_workflow_runs_as_slurm_jobs_with_a_gpu_for_training(slurm_all_run
     # (metrics.jsonl, every step exactly once: the requeue test below)
 
 
+@pytest.mark.slow  # the whole workflow on SLURM: minutes
 def test_per_subject_jobs_run_in_groups_of_two_with_the_stores_of_a_local_run(
     slurm_all_run, demo_run
 ):
@@ -237,6 +239,7 @@ def test_per_subject_jobs_run_in_groups_of_two_with_the_stores_of_a_local_run(
         )
 
 
+@pytest.mark.slow  # the whole workflow on SLURM: minutes
 def test_training_requeued_half_way_resumes_and_logs_every_step_once(slurm_all_run):
     run = slurm_all_run
     assert run.returncode == 0, run.output

@@ -11,7 +11,7 @@ from bidstrain.train.loop import train
 from bidstrain.train.tracking import open_trackers, scalars
 from train_support import metrics_records, tiny_stores, train_config
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 COUNTS = {"T1w": 2, "bold": 6}
 

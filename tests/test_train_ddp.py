@@ -30,7 +30,7 @@ from train_support import (
     trainer_env,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 WORLD_SIZE = 2
 

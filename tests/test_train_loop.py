@@ -41,7 +41,7 @@ from train_support import (
     write_store,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 COUNTS = {"T1w": 2, "bold": 6, "dwi": 4}
 

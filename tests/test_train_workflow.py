@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 def test_snakemake_train_on_the_demo_writes_metrics_and_a_model(demo_run):
