@@ -187,10 +187,11 @@ def _train(config, stores, validation_stores, context, outputs: Outputs, tables=
     torch.manual_seed(config["seed"])  # initialization (token masks: mask_generator)
     run = checkpoint.run_identity(config, context.world_size, stores, validation_stores)
     config_hash = checkpoint.run_hash(run)
+    run_record = {"run": run, "config_hash": config_hash}  # saved with every checkpoint
     data = training_data(config, stores, context, tables)
     validation = validation_loader(config, validation_stores, context, tables)
     module, optimizer, scheduler = build_model(config, stores, data, context)
-    state, resumed = resume(checkpoint_dir, run, context, module, optimizer, scheduler)
+    state, resumed = resume(checkpoint_dir, run_record, context, module, optimizer, scheduler)
     model = module
     if context.distributed:
         model = DistributedDataParallel(
@@ -220,7 +221,7 @@ def _train(config, stores, validation_stores, context, outputs: Outputs, tables=
     )
     summary = None
     try:
-        run_epochs(trainer, state, data, validation, sink, checkpoint_dir, run)
+        run_epochs(trainer, state, data, validation, sink, checkpoint_dir, run_record)
         if context.is_main:
             summary = summarize(sink, config, list(stores), state, checkpoint_dir)
     finally:
@@ -273,9 +274,9 @@ def check_learning(summary, checkpoint_dir: Path) -> None:
         )
 
 
-def run_epochs(trainer, state, data, validation, sink, checkpoint_dir, run) -> None:
-    """Train from ``state`` to the end of the plan, checkpointing on the way (``run``: the
-    run's :func:`~.checkpoint.run_identity`, saved with every checkpoint).
+def run_epochs(trainer, state, data, validation, sink, checkpoint_dir, run_record) -> None:
+    """Train from ``state`` to the end of the plan, checkpointing on the way (``run_record``:
+    the run's :func:`~.checkpoint.run_identity` and its hash, saved with every checkpoint).
 
     Raises
     ------
@@ -315,25 +316,25 @@ def run_epochs(trainer, state, data, validation, sink, checkpoint_dir, run) -> N
                     hooks.stop(state.step, signals, checkpoint_dir, context.is_main)
                     stop = True
                 if state.step % config["checkpoint_every"] == 0 or stop:
-                    save_checkpoint(trainer, state, sink, checkpoint_dir, run)
+                    save_checkpoint(trainer, state, sink, checkpoint_dir, run_record)
                 if stop:
                     distributed.barrier(context)  # no rank exits before the checkpoint is written
                     raise Interrupted(state.step)
         if state.step % config["checkpoint_every"] != 0:
-            save_checkpoint(trainer, state, sink, checkpoint_dir, run)
+            save_checkpoint(trainer, state, sink, checkpoint_dir, run_record)
 
 
-def resume(checkpoint_dir, run, context, module, optimizer, scheduler):
+def resume(checkpoint_dir, run_record, context, module, optimizer, scheduler):
     """Load the newest checkpoint into the model, optimizer and schedule when it belongs to
-    ``run`` (a :func:`~.checkpoint.run_identity`), else set the folder's checkpoints aside
+    the run of ``run_record`` (its ``config_hash``), else set the folder's checkpoints aside
     (rank 0, once every rank has read them); the :class:`TrainState` to start from and
     whether it was resumed."""
     state = TrainState(world_size=context.world_size)
     saved = checkpoint.load_latest(checkpoint_dir)
-    if saved is None or saved["config_hash"] != checkpoint.run_hash(run):
+    if saved is None or saved["config_hash"] != run_record["config_hash"]:
         distributed.barrier(context)
         if context.is_main:
-            checkpoint.set_aside(checkpoint_dir, saved, run)
+            checkpoint.set_aside(checkpoint_dir, saved, run_record["run"])
         return state, False
     module.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
@@ -346,7 +347,7 @@ def resume(checkpoint_dir, run, context, module, optimizer, scheduler):
 
 
 def save_checkpoint(
-    trainer: Trainer, state: TrainState, sink: MetricsSink, directory: Path, run: dict
+    trainer: Trainer, state: TrainState, sink: MetricsSink, directory: Path, run_record: dict
 ) -> None:
     """Rank 0 writes a checkpoint of ``state`` (see :mod:`.checkpoint` for what it holds),
     after the metrics: a run resumed from it finds every step up to it in the metrics."""
@@ -359,8 +360,7 @@ def save_checkpoint(
                 "optimizer": trainer.optimizer.state_dict(),
                 "scheduler": trainer.scheduler.state_dict(),
                 "train_state": state.state_dict(),
-                "run": run,
-                "config_hash": checkpoint.run_hash(run),
+                **run_record,
             },
         )
 
