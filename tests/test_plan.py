@@ -258,34 +258,42 @@ def test_a_dataset_without_subjects_is_refused(tmp_path):
         plan_of(root)
 
 
-def _plan_seconds(root: Path) -> float:
-    """CPU seconds of the plan, best of five after a first build that pays for the
-    allocator's first pages, with the cyclic garbage collector off while timed (at parse
-    time the workflow makes it collect rarely: bidstrain's common.smk)."""
-    config = typed_config(root)
-    index = BidsIndex.build(root)
-    Plan.build(config, index)
-    best = float("inf")
-    for _ in range(5):
-        gc.collect()
-        gc.disable()
-        try:
-            start = time.process_time()
-            plan = Plan.build(config, index)
-            plan.files(), plan.report_figures
-            best = min(best, time.process_time() - start)
-        finally:
-            gc.enable()
+def _plan_seconds(roots: list[Path], repeats: int = 5) -> list[float]:
+    """CPU seconds of the plan of each dataset, best of ``repeats`` taken in turns (so that
+    a busier spell of the machine falls on every dataset), after a first build that pays
+    for the allocator's first pages, with the cyclic garbage collector off while timed (at
+    parse time the workflow makes it collect rarely: bidstrain's common.smk)."""
+    inputs = [(typed_config(root), BidsIndex.build(root)) for root in roots]
+    for config, index in inputs:
+        Plan.build(config, index)
+    best = [float("inf")] * len(roots)
+    for _ in range(repeats):
+        for i, (config, index) in enumerate(inputs):
+            gc.collect()
+            gc.disable()
+            try:
+                start = time.process_time()
+                plan = Plan.build(config, index)
+                plan.files(), plan.report_figures
+                best[i] = min(best[i], time.process_time() - start)
+            finally:
+                gc.enable()
     return best
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # two cohorts written to disk and twelve plans built: a minute or more
 def test_plan_time_grows_linearly_with_subjects(tmp_path):
-    """2,000 to 10,000 subjects (5x): the plan's CPU time grows at most 7x (nothing
-    quadratic). CPU time, best of five: another process on the machine does not count."""
-    small = _plan_seconds(make_empty_dataset(tmp_path / "small", 2000))
-    large = _plan_seconds(make_empty_dataset(tmp_path / "large", 10000))
-    assert large < 7 * small, (small, large)
+    """2,000 to 10,000 subjects (5x): the plan's CPU time grows at most 8x. Linear is 5x,
+    measured 5.7x on an idle machine (the larger plan outgrows the CPU caches) and up to
+    7.3x while other processes share the caches; a part quadratic in subjects grows 25x."""
+    small, large = _plan_seconds(
+        [
+            make_empty_dataset(tmp_path / "small", 2000),
+            make_empty_dataset(tmp_path / "large", 10000),
+        ]
+    )
+    assert large < 8 * small, (small, large)
 
 
 def _follows_bids_grammar(name: str) -> bool:
