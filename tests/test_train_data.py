@@ -99,6 +99,10 @@ def test_float32_volumes_read_straight_onto_the_grid_are_the_placed_rows(tmp_pat
         reader.place(t, out, cache)
         reader.grid_map.place(reader.read([t], cache)[0], expected)
         np.testing.assert_array_equal(out, expected)
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        reader.place(0, out, cache)
+    out.flags.writeable = True
     shard = tmp_path / "b.zarr" / "data" / "c" / "0" / "0"
     os.truncate(shard, reader._locate(3)[2] + 100)
     with pytest.raises(BidstrainError, match="shard 0 of data is truncated"):

@@ -56,27 +56,29 @@ class ScatteredRead:
         self._scratch = np.empty(int(length[dropped].max(initial=1)), dtype=np.float32)
         self._iov = np.zeros(first.size, dtype=_IOVEC)
         self._iov["len"] = 4 * length
-        self._calls = [
-            (start, int(self._iov["len"][start : start + _IOV_MAX].sum()))
-            for start in range(0, first.size, _IOV_MAX)
-        ]
+        #: One ``preadv`` call per ``_IOV_MAX`` runs: its first iovec, count and bytes.
+        self._calls = []
+        for start in range(0, first.size, _IOV_MAX):
+            part = self._iov[start : start + _IOV_MAX]
+            self._calls.append((part.ctypes.data, part.size, int(part["len"].sum())))
         self._size = grid_map.size
         #: Bytes of one volume in the file.
         self.nbytes = 4 * n_voxel
 
     def __call__(self, fd: int, position: int, out: np.ndarray) -> int:
-        """Read the volume at byte ``position`` of ``fd`` onto ``out`` (the model's grid,
-        float32, C-contiguous); only the voxels the map writes are written. Returns the
-        bytes read (fewer than :attr:`nbytes` where the file ends early)."""
+        """Read the volume at byte ``position`` of ``fd`` onto ``out`` (the model's grid:
+        float32, C-contiguous, writeable); only the voxels the map writes are written.
+        Returns the bytes read (fewer than :attr:`nbytes` where the file ends early)."""
         if out.dtype != np.float32 or out.size != self._size or not out.flags.c_contiguous:
             raise ValueError(f"out must be {self._size} contiguous float32 values")
-        iov = self._iov
-        np.add(self._offsets, out.ctypes.data, out=iov["base"])
-        iov["base"][self._dropped] = self._scratch.ctypes.data
+        if not out.flags.writeable:
+            raise ValueError("out is read-only")
+        bases = self._iov["base"]
+        np.add(self._offsets, out.ctypes.data, out=bases)
+        bases[self._dropped] = self._scratch.ctypes.data
         done = 0
-        for start, nbytes in self._calls:
-            count = min(_IOV_MAX, iov.size - start)
-            read = _preadv(fd, iov.ctypes.data + start * _IOVEC.itemsize, count, position + done)
+        for iov, count, nbytes in self._calls:
+            read = _preadv(fd, iov, count, position + done)
             if read < 0:
                 error = ctypes.get_errno()
                 raise OSError(error, os.strerror(error))
