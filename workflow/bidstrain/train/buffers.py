@@ -7,13 +7,11 @@ reused: in a DataLoader worker in shared memory (a batch reaches the main proces
 copy), in the main process page-locked when the batches go to a GPU (the copy to the GPU
 then does not block), else plain memory.
 
-A ring's buffers are zeroed when the ring is made, so a buffer's first batch writes only
-its samples' masked voxels. A reused buffer keeps what the previous batch wrote, and a
-sample rewrites only its masked voxels: where the previous batch put a volume of the same
-grid, it was 0 outside the union of the masks written so far (a :class:`Footprint`), so
-only the voxels of that union that the new volume's
-:class:`~bidstrain.train.resample.GridMap` does not write are zeroed (none for the same
-mask); any other region is zeroed whole.
+A reused buffer keeps what the previous batch wrote, and a sample rewrites only its masked
+voxels: where the previous batch put a volume of the same grid, it was 0 outside the union
+of the masks written so far (a :class:`Footprint`), so only the voxels of that union that
+the new volume's :class:`~bidstrain.train.resample.GridMap` does not write are zeroed
+(none for the same mask); any other region is zeroed whole.
 
 Lifetime: a batch stays valid until its process has written ``slots`` more batches (the
 ring's buffers are used in turn). :func:`ring_slots` gives the number of slots that keeps
@@ -96,10 +94,9 @@ class BatchBuffer:
     flat : torch.Tensor
         float32, one dimension: the block.
     zeroed : bool
-        Whether ``flat`` is all zeros: its first batch zeroes no sample region.
+        Whether ``flat`` is all zeros (no sample region needs zeroing).
     footprints : dict, optional
-        ``{grid shape: Footprint}`` of the ring the buffer belongs to; None for a buffer
-        written once (a reused one then zeroes every sample region whole).
+        ``{grid shape: Footprint}`` of the ring the buffer belongs to.
     """
 
     def __init__(
@@ -112,7 +109,7 @@ class BatchBuffer:
         self.flat = flat
         self._values = flat.numpy()
         self._zeroed = zeroed
-        self._footprints = footprints
+        self._footprints = {} if footprints is None else footprints
         self._written: dict[int, Hashable] = {}  # map key by region start, previous batch
         self._writing: dict[int, Hashable] = {}  # the same for this batch
         self._used = 0
@@ -121,7 +118,6 @@ class BatchBuffer:
         """Begin a new batch: its tensors start at the beginning of the block."""
         if self._writing:
             self._written, self._writing = self._writing, {}
-            self._zeroed = False
         self._used = 0
 
     def tensor(self, count: int, shape: Sequence[int]) -> tuple[torch.Tensor, int]:
@@ -142,17 +138,15 @@ class BatchBuffer:
         A region that the previous batch wrote on the same grid is 0 outside the grid's
         :class:`Footprint`: only the footprint's voxels that ``grid_map`` does not write
         are zeroed (none when the previous volume had the same map). Any other region is
-        zeroed whole, unless the buffer is all zeros."""
+        zeroed whole."""
         region = self._values[offset : offset + grid_map.size]
-        rest = None
-        if self._footprints is not None:  # every map the ring writes joins its footprint
+        if not self._zeroed:
             footprint = self._footprints.get(grid_map.shape)
             if footprint is None:
                 footprint = self._footprints[grid_map.shape] = Footprint(grid_map.size)
             rest = footprint.rest(grid_map)
-        if not self._zeroed:
             previous = self._written.get(offset)
-            if rest is None or previous is None or previous[0] != grid_map.shape:
+            if previous is None or previous[0] != grid_map.shape:
                 region.fill(0)
             elif previous != grid_map.key:
                 region[rest] = 0
@@ -167,8 +161,7 @@ class BatchRing:
     def __init__(self, slots: int, size: int, *, pin: bool = False):
         footprints: dict[tuple[int, ...], Footprint] = {}
         self.buffers = [
-            BatchBuffer(allocate(size, pin=pin, zero=True), zeroed=True, footprints=footprints)
-            for _ in range(slots)
+            BatchBuffer(allocate(size, pin=pin), footprints=footprints) for _ in range(slots)
         ]
         self._next = 0
 
