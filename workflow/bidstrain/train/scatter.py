@@ -13,6 +13,7 @@ several times the read itself). Voxels the crop drops are read into a scratch bu
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 
 import numpy as np
@@ -79,6 +80,8 @@ class ScatteredRead:
         done = 0
         for iov, count, nbytes in self._calls:
             read = _preadv(fd, iov, count, position + done)
+            while read < 0 and ctypes.get_errno() == errno.EINTR:  # as os.preadv retries
+                read = _preadv(fd, iov, count, position + done)
             if read < 0:
                 error = ctypes.get_errno()
                 raise OSError(error, os.strerror(error))
