@@ -33,6 +33,9 @@ _preadv.restype = ctypes.c_ssize_t
 class ScatteredRead:
     """One volume's float32 store voxels read from a file onto the grid of ``grid_map``.
 
+    One thread at a time: each call rewrites its iovec array (a loader process reads its
+    stores in one thread).
+
     Parameters
     ----------
     grid_map : GridMap
