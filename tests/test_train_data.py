@@ -4,6 +4,7 @@ grouped batch order, and worker processes."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -24,7 +25,7 @@ from bidstrain.train.data import (
     store_layout,
     volume_dataset,
 )
-from bidstrain.train.reader import OpenStores, StoreReader
+from bidstrain.train.reader import ChunkCache, OpenStores, StoreReader
 from bidstrain.train.resample import GridMap, block_mean, downsampled_grid, model_view
 from bidstrain.train.sampler import ModalityBatchSampler, batch_sampler, epoch_order
 from bidstrain.train.step import accumulation_groups
@@ -82,6 +83,31 @@ def test_reader_returns_the_stored_volumes(tmp_path, storage):
     with open_store(path) as ds:
         expected = ds["data"].values[times]
     np.testing.assert_array_equal(reader.read(times, open_stores.cache), expected)
+
+
+def test_float32_volumes_read_straight_onto_the_grid_are_the_placed_rows(tmp_path):
+    mask = random_mask((24, 20, 30), 7)  # runs for several vectored reads; crop x and z
+    data = np.random.default_rng(7).standard_normal((4, int(mask.sum())), np.float32)
+    path = str(write_bold_store(tmp_path / "b.zarr", mask, data, 4, tr=1.0, chunk=2))
+    shape = (20, 24, 26)
+    reader = StoreReader(path, 4, shape, 1)
+    scattered = reader._scattered
+    assert scattered._iov.size > 2 * os.sysconf("SC_IOV_MAX") and scattered._dropped.size > 0
+    cache = ChunkCache(4)
+    for t in (3, 0, 2):
+        out, expected = np.full((2, *shape), np.nan, np.float32)  # NaN: voxels not written
+        reader.place(t, out, cache)
+        reader.grid_map.place(reader.read([t], cache)[0], expected)
+        np.testing.assert_array_equal(out, expected)
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        reader.place(0, out, cache)
+    out.flags.writeable = True
+    shard = tmp_path / "b.zarr" / "data" / "c" / "0" / "0"
+    os.truncate(shard, reader._locate(3)[2] + 100)
+    with pytest.raises(BidstrainError, match="shard 0 of data is truncated"):
+        reader.place(3, out, cache)
+    reader.close()
 
 
 def test_a_store_with_another_count_than_its_table_is_an_error(tmp_path):

@@ -255,10 +255,9 @@ class VolumeDataset(torch.utils.data.Dataset):
                 reader = self.open_stores.get(
                     layout.paths[s], int(layout.volumes[s]), shape, self.resample[modality]
                 )
-                grid_map = reader.grid_map
-                rows = reader.read(time[members[slots]], self.open_stores.cache)
-                for slot, row in zip(slots, rows, strict=True):
-                    grid_map.place(row, out.sample(offset + int(slot) * size, grid_map))
+                for slot in slots:
+                    region = out.sample(offset + int(slot) * size, reader.grid_map)
+                    reader.place(int(time[members[slot]]), region, self.open_stores.cache)
         return batch
 
     __getitems__ = batch

@@ -4,7 +4,9 @@ A :class:`StoreReader` is one open store: its ``data`` array and the :class:`Gri
 its mask. Uncompressed stores (``float32``, ``float16``: the shard holds each inner chunk
 as plain little-endian values) are read by the byte range of each volume straight from the
 shard file (``os.preadv`` into the output buffer), at the page cache's speed: zarr costs
-about 0.7 ms of fixed overhead per read here, more than reading a 0.9 MB volume. Compressed
+about 0.7 ms of fixed overhead per read here, more than reading a 0.9 MB volume. A float32
+store without resampling is read straight onto the model's grid
+(:mod:`bidstrain.train.scatter`), the other stores' volumes are read, then placed. Compressed
 stores (``bitround-N``) are read through zarr one inner chunk at a time, and the decoded
 chunks are kept in a small cache, since the loader's order reads the volumes of a chunk
 close together (:mod:`bidstrain.train.sampler`).
@@ -28,6 +30,7 @@ from bidstrain.errors import BidstrainError
 from bidstrain.shards import ABSENT, check_layout
 from bidstrain.store import CONSOLIDATED
 from bidstrain.train.resample import GridMap
+from bidstrain.train.scatter import ScatteredRead
 
 #: Bytes of the CRC32C that ends a shard index.
 _CRC_BYTES = 4
@@ -68,6 +71,13 @@ class StoreReader:
         self.chunk = self.data.chunks[0]
         self._shards: dict[int, tuple[int, np.ndarray]] = {}
         self._direct = _plain_layout(self.data)
+        self._per_shard = self.data.shards[0] if self._direct else 0
+        self._volume_bytes = self.data.shape[1] * self.data.dtype.itemsize
+        self._scattered = (
+            ScatteredRead(self.grid_map)
+            if self._direct and self.data.dtype == np.float32 and factor == 1
+            else None
+        )
 
     def close(self) -> None:
         """Close the shard files this reader opened."""
@@ -77,10 +87,11 @@ class StoreReader:
 
     def read(self, times: Sequence[int], cache: ChunkCache) -> np.ndarray:
         """Volumes ``times`` (store voxels), float32 or the store's float16."""
-        if self._direct:
-            return self._read_direct(times)
         rows = np.empty((len(times), self.data.shape[1]), dtype=self.data.dtype)
         for n, t in enumerate(times):
+            if self._direct:
+                self._read_direct(int(t), rows[n])
+                continue
             index, offset = divmod(int(t), self.chunk)
             key = (self.path, index)
             chunk = cache.get(key)
@@ -90,22 +101,33 @@ class StoreReader:
             rows[n] = chunk[offset]
         return rows
 
-    def _read_direct(self, times: Sequence[int]) -> np.ndarray:
-        n_voxel = self.data.shape[1]
-        rows = np.empty((len(times), n_voxel), dtype=self.data.dtype)
-        per_shard = self.data.shards[0]
-        for n, t in enumerate(times):
-            shard, within = divmod(int(t), per_shard)
-            index, offset = divmod(within, self.chunk)
-            fd, chunk_offsets = self._shard(shard)
-            start = chunk_offsets[index]
-            if start == ABSENT:
-                rows[n] = self.data.fill_value
-                continue
-            position = int(start) + offset * rows[n].nbytes
-            if os.preadv(fd, [rows[n]], position) != rows[n].nbytes:
-                raise BidstrainError(f"shard {shard} of data is truncated", path=self.path)
-        return rows
+    def place(self, t: int, out: np.ndarray, cache: ChunkCache) -> None:
+        """Write volume ``t`` onto ``out`` (the model's grid, C-contiguous float32, 0 where
+        :attr:`grid_map` writes nothing), as :meth:`GridMap.place` of :meth:`read` does;
+        float32 stores without resampling by one vectored read straight into ``out``."""
+        located = None if self._scattered is None else self._locate(t)
+        if located is None:
+            self.grid_map.place(self.read([t], cache)[0], out)
+        elif self._scattered(located[1], located[2], out) != self._scattered.nbytes:
+            raise BidstrainError(f"shard {located[0]} of data is truncated", path=self.path)
+
+    def _read_direct(self, t: int, row: np.ndarray) -> None:
+        located = self._locate(t)
+        if located is None:
+            row[...] = self.data.fill_value
+        elif os.preadv(located[1], [row], located[2]) != row.nbytes:
+            raise BidstrainError(f"shard {located[0]} of data is truncated", path=self.path)
+
+    def _locate(self, t: int) -> tuple[int, int, int] | None:
+        """Shard, open shard file and byte position of volume ``t`` of an uncompressed
+        store; None where its inner chunk is absent (the fill value)."""
+        shard, within = divmod(t, self._per_shard)
+        index, offset = divmod(within, self.chunk)
+        fd, chunk_offsets = self._shard(shard)
+        start = chunk_offsets[index]
+        if start == ABSENT:
+            return None
+        return shard, fd, int(start) + offset * self._volume_bytes
 
     def _shard(self, shard: int) -> tuple[int, np.ndarray]:
         """The open shard file and the byte offset of each of its inner chunks."""

@@ -76,6 +76,8 @@ class GridMap:
         self.shape = tuple(int(n) for n in shape)
         self.factor = int(factor)
         coords = np.nonzero(mask)
+        #: Store voxels (the mask's True voxels).
+        self.n_voxel = coords[0].size
         blocks = downsampled_grid(mask.shape, self.factor)
         keep = np.ones(coords[0].size, dtype=bool)
         target = []
