@@ -4,6 +4,7 @@ grouped batch order, and worker processes."""
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 
@@ -99,6 +100,10 @@ def test_float32_volumes_read_straight_onto_the_grid_are_the_placed_rows(tmp_pat
         reader.place(t, out, cache)
         reader.grid_map.place(reader.read([t], cache)[0], expected)
         np.testing.assert_array_equal(out, expected)
+    copied = copy.deepcopy(scattered)  # finds its iovecs where they are, not where made
+    again = np.full_like(out, np.nan)
+    assert copied(*reader._locate(2)[1:], again) == scattered.nbytes
+    np.testing.assert_array_equal(again, out)
     out.flags.writeable = False
     with pytest.raises(ValueError, match="read-only"):
         reader.place(0, out, cache)

@@ -60,11 +60,13 @@ class ScatteredRead:
         self._scratch = np.empty(int(length[dropped].max(initial=1)), dtype=np.float32)
         self._iov = np.zeros(first.size, dtype=_IOVEC)
         self._iov["len"] = 4 * length
-        #: One ``preadv`` call per ``_IOV_MAX`` runs: its first iovec, count and bytes.
-        self._calls = []
-        for start in range(0, first.size, _IOV_MAX):
-            part = self._iov[start : start + _IOV_MAX]
-            self._calls.append((part.ctypes.data, part.size, int(part["len"].sum())))
+        #: One ``preadv`` call per ``_IOV_MAX`` runs: its first iovec's byte offset in
+        #: the iovec array (the array's address is taken at each call), count and bytes.
+        self._calls = [
+            (start * _IOVEC.itemsize, part.size, int(part["len"].sum()))
+            for start in range(0, first.size, _IOV_MAX)
+            for part in [self._iov[start : start + _IOV_MAX]]
+        ]
         self._size = grid_map.size
         #: Bytes of one volume in the file.
         self.nbytes = 4 * n_voxel
@@ -80,11 +82,11 @@ class ScatteredRead:
         bases = self._iov["base"]
         np.add(self._offsets, out.ctypes.data, out=bases)
         bases[self._dropped] = self._scratch.ctypes.data
-        done = 0
-        for iov, count, nbytes in self._calls:
-            read = _preadv(fd, iov, count, position + done)
+        iovecs, done = self._iov.ctypes.data, 0
+        for start, count, nbytes in self._calls:
+            read = _preadv(fd, iovecs + start, count, position + done)
             while read < 0 and ctypes.get_errno() == errno.EINTR:  # as os.preadv retries
-                read = _preadv(fd, iov, count, position + done)
+                read = _preadv(fd, iovecs + start, count, position + done)
             if read < 0:
                 error = ctypes.get_errno()
                 raise OSError(error, os.strerror(error))
