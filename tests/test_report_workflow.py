@@ -8,6 +8,7 @@ import json
 import re
 
 import pytest
+from bidstrain.plan import figure_group_of
 from bidstrain.report import CHECKS_FIGURES, TRAINING_FIGURES
 from conftest import run_snakemake
 from test_report import assert_nontrivial_png
@@ -18,9 +19,12 @@ pytestmark = pytest.mark.slow
 def expected_figures(workdir):
     """Figures the report must hold, derived from the stores and files upstream wrote."""
     results = workdir / "results"
+    # in the folder of the subject's figure group (64 by default), at the store's path
+    stores = [p.relative_to(results / "normalized") for p in results.glob("normalized/**/*.zarr")]
     normalized = [
-        p.relative_to(results / "normalized").with_suffix(".png")
-        for p in (results / "normalized").rglob("*.zarr")
+        f"group-{figure_group_of(store.parts[0].removeprefix('sub-'), 64):02d}/"
+        f"{store.with_suffix('.png')}"
+        for store in stores
     ]
     averages = [
         p.name.removesuffix("_desc-average_bold.zarr") + ".png"
@@ -43,7 +47,8 @@ def test_every_figure_is_drawn_on_the_demo_run(demo_run):
     # 16 images in the demo, 2 averaged runs, 6 training curves and what the model sees
     assert len(figures) == 1 + 16 + 2 + 2 + 6 + 1
     report_dir = demo_run / "results/report"
-    # (a subject's figures are one directory output; Snakemake marks it with a timestamp)
+    # (a figure group's figures are one directory output; Snakemake marks it with a
+    # timestamp)
     drawn = sorted(
         str(p.relative_to(demo_run))
         for p in report_dir.rglob("*")
@@ -68,5 +73,8 @@ def test_html_report_embeds_every_figure_with_its_caption(demo_run, demo_bids, t
         assert entry["data_uri"].startswith("data:image/png"), path
         embedded = base64.b64decode(entry["data_uri"].split("base64,", 1)[1])
         assert embedded == (demo_run / path).read_bytes(), f"{path} embedded differs"
+        if "/normalize/" in path:  # labelled by the image, as one job per subject did
+            image = path.split("/", 5)[5].removesuffix(".png").replace("_desc-zscore_", "_")
+            assert entry["labels"] == {"image": image}, (path, entry["labels"])
     for category in ("Ingestion", "Normalization", "Averaging", "Checks", "Training"):
         assert category in html
