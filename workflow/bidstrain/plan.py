@@ -296,12 +296,6 @@ class Plan:
         return {group.name: group for group in self.averages}[name]
 
     @property
-    def checked_inputs(self) -> list[str]:
-        """The outputs that write every store the checks read: every normalize table and
-        every average store."""
-        return [*self.normalized_tables, *self.average_stores]
-
-    @property
     def train_resources(self) -> dict[str, Any]:
         """GPU and node request of the training job, and the ``nodes`` and
         ``gpus_per_node`` its launcher (:mod:`bidstrain.train.launch`) reads. One node:
