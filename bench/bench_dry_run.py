@@ -7,13 +7,15 @@ Usage: ``.venv/bin/python bench/bench_dry_run.py [--subjects 1000 10000] [--repe
 The floor is a bare Snakefile with the same jobs (per subject a normalize job, which
 also writes the ingest record; per group of subjects a figure job) and no index, plan or
 schema, run twice: as it is, and with the garbage collector threshold bidstrain's
-common.smk sets (so that the ratio compares like with like). Each run is a fresh ``snakemake`` process
-(start-up included) in a fresh working directory; runs are interleaved and the medians of
-the wall time, the CPU time (user + system) and the peak RSS (GNU ``time``) are reported.
+common.smk sets (so that the ratio compares like with like). Each run is a fresh
+``snakemake`` process (start-up included) in a fresh working directory; runs are
+interleaved and the medians of the wall time, the CPU time (user + system) and the peak
+RSS (GNU ``time``) are reported.
 ``--slurm`` adds dry runs through ``profiles/slurm`` (the SLURM executor plugin asks
 ``scontrol`` at start-up: with ``SLURM_CONF=/dev/null`` it fails at once, with a
 controller it answers). Parse time is what common.smk does before Snakemake builds the
-DAG (schema validation, index, plan and its files), in a fresh process, imports excluded.
+DAG (schema validation, index, plan and its files, with its garbage collector setting),
+in a fresh process, imports excluded.
 Last, one more dry run with the shell commands printed gives the longest argument and
 command of the whole DAG.
 """
@@ -56,9 +58,11 @@ rule figure:
 """
 
 
-#: The plan's parse-time work as common.smk does it (ROOT: the dataset root).
+#: The plan's parse-time work as common.smk does it, its collector setting included (ROOT:
+#: the dataset root).
 PARSE = """
-import time, yaml
+import gc, time, yaml
+gc.set_threshold(50_000)
 from pathlib import Path
 from bidstrain.bids import BidsIndex
 from bidstrain.config import Config, validate_config
