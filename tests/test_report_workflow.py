@@ -6,11 +6,13 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 
 import pytest
 from bidstrain.plan import figure_group_of
 from bidstrain.report import CHECKS_FIGURES, TRAINING_FIGURES
 from conftest import run_snakemake
+from test_checks_workflow import with_overrides
 from test_report import assert_nontrivial_png
 
 pytestmark = pytest.mark.slow
@@ -78,3 +80,16 @@ def test_html_report_embeds_every_figure_with_its_caption(demo_run, demo_bids, t
             assert entry["labels"] == {"image": image}, (path, entry["labels"])
     for category in ("Ingestion", "Normalization", "Averaging", "Checks", "Training"):
         assert category in html
+
+
+def test_removing_a_subject_redraws_no_other_groups_figures(demo_run, demo_bids, tmp_path):
+    """Figure groups hang on the labels alone: without sub-02 (alone in its group), the
+    other subjects' figure jobs are not planned again; what lists every subject is."""
+    workdir = tmp_path / "run"
+    shutil.copytree(demo_run, workdir, symlinks=True)
+    args = with_overrides(tmp_path, 'exclude_participant_label: ["02"]')
+    plan = run_snakemake(workdir, "-n", "all", *args, config={"bids_dir": demo_bids}).stdout
+    planned = set(re.findall(r"^\s*(?:local)?rule (\w+):$", plan, re.MULTILINE))
+    assert figure_group_of("02", 64) not in {figure_group_of(s, 64) for s in ("01", "03")}
+    assert "report_normalize" not in planned and "normalize_subject" not in planned
+    assert {"ingest", "average_bold", "checks"} <= planned, plan
