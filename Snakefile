@@ -24,8 +24,8 @@ include: "workflow/rules/embed.smk"
 
 # Plain paths, not rules.<name>.input/output: a rule that references other rules makes
 # Snakemake hash its whole input list for every input file (quadratic in the file count).
-# The normalize tables are not listed: each is the input of its subject's report figures,
-# and every edge of the DAG costs Snakemake time at cohort scale.
+# The normalize tables are not listed: each is an input of its figure group's job, and
+# every edge of the DAG costs Snakemake time at cohort scale.
 rule all:
     default_target: True
     input:

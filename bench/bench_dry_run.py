@@ -4,16 +4,18 @@ listing printed), against Snakemake's floor for the same DAG measured in the sam
 Usage: ``.venv/bin/python bench/bench_dry_run.py [--subjects 1000 10000] [--repeats 3]
 [--slurm]``
 
-The floor is a bare Snakefile with the same jobs per subject (normalize, which also
-writes the ingest record, and the figures) and no index, plan, schema or input function,
-run twice: as it is, and with the garbage collector threshold bidstrain's common.smk sets
-(so that the ratio compares like with like). Each run is a fresh ``snakemake`` process
-(start-up included) in a fresh working directory; runs are interleaved and the medians of
-the wall time, the CPU time (user + system) and the peak RSS (GNU ``time``) are reported.
+The floor is a bare Snakefile with the same jobs (per subject a normalize job, which
+also writes the ingest record; per group of subjects a figure job) and no index, plan or
+schema, run twice: as it is, and with the garbage collector threshold bidstrain's
+common.smk sets (so that the ratio compares like with like). Each run is a fresh
+``snakemake`` process (start-up included) in a fresh working directory; runs are
+interleaved and the medians of the wall time, the CPU time (user + system) and the peak
+RSS (GNU ``time``) are reported.
 ``--slurm`` adds dry runs through ``profiles/slurm`` (the SLURM executor plugin asks
 ``scontrol`` at start-up: with ``SLURM_CONF=/dev/null`` it fails at once, with a
 controller it answers). Parse time is what common.smk does before Snakemake builds the
-DAG (schema validation, index, plan and its files), in a fresh process, imports excluded.
+DAG (schema validation, index, plan and its files, with its garbage collector setting),
+in a fresh process, imports excluded.
 Last, one more dry run with the shell commands printed gives the longest argument and
 command of the whole DAG.
 """
@@ -37,24 +39,30 @@ sys.path.insert(0, str(REPO / "workflow"))
 from bidstrain.demo import make_empty_dataset  # noqa: E402
 
 #: Snakemake's floor for bidstrain's DAG: per subject one normalize job (two outputs: the
-#: ingest record and the table) and one figure job, and the target rule; no index, no
-#: input functions, no schema.
+#: ingest record and the table), one figure job per group of subjects (64 at most, each
+#: taking its subjects' tables), and the target rule; no index, no schema, no plan.
 BARE_SNAKEFILE = """
+SUBJECTS = config["subjects"].split(",")
+GROUPS = {}
+for i, s in enumerate(SUBJECTS):
+    GROUPS.setdefault(str(i % 64), []).append(s)
 rule all:
-    input: expand("report/{s}", s=config["subjects"].split(","))
+    input: expand("report/{g}", g=GROUPS)
 rule normalize:
     output: "ingest/{s}.json", "normalized/{s}.tsv"
     shell: "touch {output}"
 rule figure:
-    input: "normalized/{s}.tsv"
-    output: directory("report/{s}")
+    input: lambda w: expand("normalized/{s}.tsv", s=GROUPS[w.g])
+    output: directory("report/{g}")
     shell: "mkdir {output}"
 """
 
 
-#: The plan's parse-time work as common.smk does it (ROOT: the dataset root).
+#: The plan's parse-time work as common.smk does it, its collector setting included (ROOT:
+#: the dataset root).
 PARSE = """
-import time, yaml
+import gc, time, yaml
+gc.set_threshold(50_000)
 from pathlib import Path
 from bidstrain.bids import BidsIndex
 from bidstrain.config import Config, validate_config

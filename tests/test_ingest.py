@@ -88,10 +88,13 @@ def test_demo_dataset_ingests_into_a_manifest(tmp_path, demo_bids):
     assert sorted(p.name for p in (tmp_path / "logs/ingest").iterdir()) == ["manifest.log"]
 
 
-def test_dry_run_of_all_lists_every_stage_in_two_jobs_per_subject(tmp_path, demo_bids):
+def test_dry_run_of_all_lists_ingestion_and_normalization_in_one_job_per_subject(
+    tmp_path, demo_bids
+):
     result = run_snakemake(tmp_path, "-n", "all", config={"bids_dir": demo_bids})
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.MULTILINE))
-    assert counts["normalize_subject"] == counts["report_normalize"] == "3"  # 3 subjects
+    # 3 subjects; their labels hash to 3 of the 64 figure groups
+    assert counts["normalize_subject"] == counts["report_normalize"] == "3"
     assert counts["ingest"] == counts["all"] == "1" and "ingest_subject" not in counts
 
 

@@ -17,7 +17,17 @@ from bidstrain.bids import ENTITY_ORDER, BidsFile, BidsIndex, parse_name
 from bidstrain.config import Config, validate_config
 from bidstrain.demo import make_empty_dataset, make_fmriprep_demo, make_qsiprep_demo
 from bidstrain.errors import BidstrainError
-from bidstrain.plan import ImageJob, Plan, _average_groups, fitting_runs, write_if_changed
+from bidstrain.plan import (
+    FIGURE_JOB_MINUTES,
+    FIGURE_MINUTES_PER_SUBJECT,
+    ImageJob,
+    Plan,
+    _average_groups,
+    _figure_groups,
+    figure_group_of,
+    fitting_runs,
+    write_if_changed,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,7 +114,6 @@ def test_average_groups_and_store_lists_follow_the_mode(demo_bids):
     run1 = plan.averages[0]
     assert run1.store == "results/average/task-rest_run-1_desc-average_bold.zarr"
     assert len(run1.members) == 4 and all("run-1" in m for m in run1.members)
-    assert run1.tables == tuple(plan.job(s).table for s in ("01", "02", "03"))
     assert plan.training["bold"] == (run1.store,)
     assert plan.validation["bold"] == (plan.averages[1].store,)
     # T1w and DWI validation: train.heldout (the demo: sub-03's second session)
@@ -116,10 +125,13 @@ def test_average_groups_and_store_lists_follow_the_mode(demo_bids):
     assert len(per_subject.training["bold"]) == 4 and len(per_subject.validation["bold"]) == 4
     assert set(per_subject.training["bold"]).isdisjoint(per_subject.validation["bold"])
     # The train rule's only data input is the checks summary: every store training reads
-    # must be written by an input of the checks.
+    # must be written by an input of the checks (rule checks: the average stores, and the
+    # manifest, whose job takes the ingest record every normalize job writes with its
+    # stores).
     for p in (plan, per_subject):
-        checked = set(p.checked_inputs)
-        written = checked | {s for j in p.jobs.values() if j.table in checked for s in j.stores}
+        records = p.files()[paths.PLAN_INGEST_ARGS].split()
+        behind = [job for job in p.jobs.values() if paths.ingest_record(job.subject) in records]
+        written = {*p.average_stores, *(s for job in behind for s in job.stores)}
         read = {s for group in (*p.training.values(), *p.validation.values()) for s in group}
         assert read and read <= written
 
@@ -201,6 +213,47 @@ def _bold(sub: str, run: str, ses: str | None = None, acq: str | None = None) ->
     return BidsFile(
         Path(f"/d/sub-{sub}_{ses}_{acq}_run-{run}_bold.nii.gz"), entities, "func", "bold", ".nii.gz"
     )
+
+
+def test_figure_groups_hold_every_subject_once_and_keep_them_when_subjects_change():
+    subjects = [f"{i:04d}" for i in range(1000)]
+    groups = _figure_groups(subjects, 64)
+    # every subject in exactly one group; 64 groups of about 16 subjects
+    members = [subject for group in groups.values() for subject in group.subjects]
+    assert sorted(members) == subjects
+    assert list(groups) == [f"{i:02d}" for i in range(64)]
+    assert max(len(group.subjects) for group in groups.values()) < 40
+    group_of = {s: name for name, group in groups.items() for s in group.subjects}
+    # a new subject joins one group; every other group keeps exactly its subjects
+    more = _figure_groups([*subjects, "new"], 64)
+    changed = [name for name in more if more[name].subjects != groups[name].subjects]
+    assert changed == [f"{figure_group_of('new', 64):02d}"]
+    assert more[changed[0]].subjects == (*groups[changed[0]].subjects, "new")
+    # removing one changes only its group
+    fewer = _figure_groups(subjects[1:], 64)
+    assert [n for n in groups if fewer[n] != groups[n]] == [group_of[subjects[0]]]
+    # the group is a function of the label alone (the same in any process: not hash())
+    assert figure_group_of("0001", 64) == figure_group_of("0001", 64) == int(group_of["0001"])
+    assert {figure_group_of(s, 1) for s in subjects} == {0}
+
+
+def test_few_subjects_use_fewer_figure_groups_with_runtime_by_subject_count(demo_bids):
+    plan = plan_of(demo_bids)
+    # 3 subjects: 3 groups of one (not 64 jobs); names padded to the width of 63
+    assert sorted(s for g in plan.figure_groups.values() for s in g.subjects) == ["01", "02", "03"]
+    assert len(plan.figure_groups) == 3
+    assert all(len(name) == 2 for name in plan.figure_groups)
+    name = f"{figure_group_of('03', 64):02d}"
+    group = plan.figure_group(name)
+    assert group.tables == ["results/normalized/sub-03/sub-03_scans.tsv"]
+    assert plan.files()[group.tables_file] == "results/normalized/sub-03/sub-03_scans.tsv\n"
+    assert paths.normalize_figures(name) in plan.report_figures
+    # one group: every subject; its run time grows with them
+    (one,) = plan_of(demo_bids, report={"normalize_groups": 1}).figure_groups.values()
+    assert one.name == "0" and one.subjects == ("01", "02", "03")
+    assert one.runtime == FIGURE_JOB_MINUTES + 3 * FIGURE_MINUTES_PER_SUBJECT > group.runtime
+    with pytest.raises(BidstrainError, match="figure group 99"):
+        plan.figure_group("99")
 
 
 def test_fitting_runs_prefer_the_session_and_fail_when_nothing_is_left():
@@ -328,7 +381,7 @@ def test_store_names_follow_the_bids_entity_grammar(demo_bids, tmp_path):
     )
     plan = plan_of(demo_bids)
     names = [Path(s).name for s in [store, *plan.normalized_stores, *plan.average_stores]]
-    names += [Path(paths.normalize_figure(store)).name for store in plan.normalized_stores]
+    names += [Path(paths.normalize_figure("07", store)).name for store in plan.normalized_stores]
     assert all(_follows_bids_grammar(name) for name in names), names
     assert not _follows_bids_grammar("sub-01_desc-preproc_desc-zscore_bold.zarr")
     assert not _follows_bids_grammar("sub-01_run-1_task-rest_bold.zarr")

@@ -19,6 +19,7 @@ from bidstrain.report import TRAINING_FIGURES
 from bidstrain.report.__main__ import main
 from bidstrain.report.average import average_figure, subject_correlations, time_course
 from bidstrain.report.checks import allowed_band, scale_figure, scale_values, summary_figure
+from bidstrain.report.figure import save_figure
 from bidstrain.report.ingest import MAX_ROWS, coverage_figure, coverage_table
 from bidstrain.report.normalize import normalization_figure, raw_values, temporal_snr
 from bidstrain.report.train import (
@@ -288,8 +289,8 @@ def test_read_metrics_rejects_a_file_without_plan_or_with_bad_json(tmp_path):
 # ---- command line -------------------------------------------------------------------
 
 
-def _table(folder: Path, store: Path) -> Path:
-    """A normalize job's table listing ``store`` (next to it)."""
+def _table(folder: Path, store: Path, subject: str = "01") -> Path:
+    """A normalize job's table listing ``store``, in ``folder`` (the subject's folder)."""
     row = StoreRow(
         str(store),
         "bold",
@@ -301,19 +302,19 @@ def _table(folder: Path, store: Path) -> Path:
         (),
         "2026-01-01T00:00:00+00:00",
     )
-    write_table([row], folder / "sub-01_scans.tsv")
-    return folder / "sub-01_scans.tsv"
+    write_table([row], folder / f"sub-{subject}_scans.tsv")
+    return folder / f"sub-{subject}_scans.tsv"
 
 
 def test_cli_writes_every_figure_as_png(tmp_path):
     summary = rd.write_summary(tmp_path / "summary.json")
     metrics = rd.write_metrics(tmp_path / "metrics.jsonl", _schedule_lr)
-    store = rd.write_bold_store(tmp_path / "bold.zarr", "01", 1, rd.shared_signal())
+    store = rd.write_bold_store(tmp_path / "sub-01" / "bold.zarr", "01", 1, rd.shared_signal())
     manifest = tmp_path / "manifest.tsv"
     _manifest(5).to_csv(manifest, sep="\t", index=False)
     out = tmp_path / "report"
     main(["coverage", "--manifest", str(manifest), "--out", str(out / "coverage.png")])
-    table = _table(tmp_path, store)
+    table = _table(tmp_path / "sub-01", store)
     main(["normalize", "--tables", str(table), "--out-dir", str(out), "--sample-voxels", "500"])
     main(
         [
@@ -327,9 +328,42 @@ def test_cli_writes_every_figure_as_png(tmp_path):
         ]
     )
     main(["train", "--metrics", str(metrics), "--experiment", "x", "--out-dir", str(out / "t")])
-    for name in ["coverage", "bold", "scale", "summary", *(f"t/{f}" for f in TRAINING_FIGURES)]:
+    for name in [
+        "coverage",
+        "sub-01/bold",
+        "scale",
+        "summary",
+        *(f"t/{f}" for f in TRAINING_FIGURES),
+    ]:
         assert_nontrivial_png(out / f"{name}.png", min_height=150)
     assert not list(out.rglob(".*tmp*"))  # atomic writes left no temporary
+
+
+def test_a_figure_group_draws_each_subjects_figures_as_drawn_alone(tmp_path):
+    """The figure job of a group of subjects (tables from an argument file, as the
+    workflow passes them) writes, per subject, the bytes that drawing the subject's store
+    alone writes (what the per-subject figure job wrote), in the subject's folder."""
+    tables = []
+    for seed, subject in enumerate(["01", "02", "03"], start=1):
+        folder = tmp_path / "normalized" / f"sub-{subject}"
+        path = folder / "func" / f"sub-{subject}_task-rest_desc-zscore_bold.zarr"
+        store = rd.write_bold_store(path, subject, seed, rd.shared_signal())
+        tables.append(str(_table(folder, store, subject)))
+    arguments = tmp_path / "group.args"
+    arguments.write_text("".join(f"{table}\n" for table in tables))
+    out = tmp_path / "group-07"
+    main(
+        ["normalize", "--tables", f"@{arguments}", "--out-dir", str(out), "--sample-voxels", "300"]
+    )
+    drawn = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
+    expected = [f"sub-{s}/func/sub-{s}_task-rest_desc-zscore_bold.png" for s in ["01", "02", "03"]]
+    assert drawn == expected
+    for name in drawn:
+        alone = tmp_path / "alone.png"
+        store = tmp_path / "normalized" / name.replace(".png", ".zarr")
+        save_figure(normalization_figure(open_store(store), n_sample=300), alone)
+        assert (out / name).read_bytes() == alone.read_bytes(), name
+    assert_nontrivial_png(out / drawn[0])
 
 
 def test_model_input_figure_shows_the_store_and_the_model_grid(tmp_path):

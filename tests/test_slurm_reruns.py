@@ -76,9 +76,10 @@ def test_changing_ddof_plans_normalization_and_everything_downstream(
     slurm_cluster, rerun_dir, demo_bids, tmp_path
 ):
     jobs = planned_jobs(rerun_dir, demo_bids, tmp_path, "normalize:\n  ddof: 0\n")
-    # demo: 3 subjects, the third with two sessions: one normalize job and one figure
-    # job per subject (every image of the subject, the held-out runs normalized with
-    # the statistics of run 1 in the same job); 2 averages. Each normalize job validates
+    # demo: 3 subjects, the third with two sessions: one normalize job per subject (every
+    # image of the subject, the held-out runs normalized with the statistics of run 1 in
+    # the same job) and one figure job per figure group (the 3 labels hash to 3 groups);
+    # 2 averages. Each normalize job validates
     # its subject first and rewrites its ingest record, so the manifest and the coverage
     # figure follow (the price of two jobs per subject instead of three).
     assert jobs == {

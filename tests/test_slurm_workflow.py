@@ -175,8 +175,8 @@ def test_whole_workflow_runs_as_slurm_jobs_with_a_gpu_for_training(slurm_all_run
     outside = [path.relative_to(run.workdir) for path, match in in_slurm.items() if not match]
     assert outside == [Path("logs/ingest/manifest.log")], outside
     job_of_log = {path: match.group(1) for path, match in in_slurm.items() if match}
-    # per subject one normalize job (ingestion first) and one figure job, averages, checks,
-    # training, figures
+    # per subject one normalize job (ingestion first), one figure job per figure group,
+    # averages, checks, training, figures
     assert len(job_of_log) == len(remote_jobs) >= 16, (len(job_of_log), remote_jobs)
     assert set(job_of_log.values()) <= run.submitted
     # Per-subject jobs share SLURM jobs (group "subject"): fewer SLURM jobs than jobs.
@@ -209,9 +209,10 @@ def test_whole_workflow_runs_as_slurm_jobs_with_a_gpu_for_training(slurm_all_run
 def test_per_subject_jobs_run_in_groups_of_two_with_the_stores_of_a_local_run(
     slurm_all_run, demo_run
 ):
-    """The demo's 3 subjects in groups of 2: their normalize and figure jobs ran as 2 SLURM
-    jobs of group ``subject`` (not 6), each holding every job of its subjects, and the
-    stores equal, values and attributes, those of the local run ``demo_run``."""
+    """The demo's 3 subjects in groups of 2: their normalize jobs ran as 2 SLURM jobs of
+    group ``subject`` (not 3), and the stores equal, values and attributes, those of the
+    local run ``demo_run``. The figure jobs (one per figure group) are not in the group:
+    one that waits on many subjects would join their normalize jobs into one."""
     run = slurm_all_run
     assert run.returncode == 0, run.output
     subject_jobs = {
@@ -220,14 +221,13 @@ def test_per_subject_jobs_run_in_groups_of_two_with_the_stores_of_a_local_run(
     subjects_of_job = defaultdict(set)
     for table in sorted((run.workdir / "results" / "normalized").glob("sub-*/sub-*_scans.tsv")):
         subject = table.parent.name
-        logs = [
-            run.workdir / "logs" / "normalize" / f"{subject}.log",
-            run.workdir / "logs" / "report" / "normalize" / f"{subject}.log",
-        ]
-        (job_id,) = {JOB_ID.search(log.read_text()).group(1) for log in logs}
-        subjects_of_job[job_id].add(subject)
+        log = run.workdir / "logs" / "normalize" / f"{subject}.log"
+        subjects_of_job[JOB_ID.search(log.read_text()).group(1)].add(subject)
     assert set(subjects_of_job) == subject_jobs, (subjects_of_job, run.jobs)
     assert sorted(len(subjects) for subjects in subjects_of_job.values()) == [1, GROUP_SIZE]
+    figure_logs = sorted((run.workdir / "logs" / "report" / "normalize").glob("group-*.log"))
+    figure_jobs = {JOB_ID.search(log.read_text()).group(1) for log in figure_logs}
+    assert len(figure_jobs) == len(figure_logs) == 3 and not figure_jobs & subject_jobs
 
     stores = sorted(
         path.relative_to(run.workdir) for path in run.workdir.glob("results/normalized/**/*.zarr")

@@ -181,6 +181,7 @@ class ReportConfig:
     """``report``: figures."""
 
     sample_voxels: int
+    normalize_groups: int
 
 
 @dataclass(frozen=True)

@@ -157,17 +157,25 @@ def coverage_figure() -> str:
     return _join(REPORT, "ingest", "coverage.png")
 
 
-def normalize_figures(subject: str) -> str:
-    """Folder of a subject's normalization figures (wildcards allowed): one PNG per
-    store, at the store's path below ``results/report/normalize`` with ``.png`` for
-    ``.zarr``."""
-    return _join(REPORT, "normalize", f"sub-{subject}")
+def normalize_figures(group: str) -> str:
+    """Folder of a figure group's normalization figures (wildcards allowed),
+    ``results/report/normalize/group-<group>``: one PNG per store of its subjects,
+    :func:`normalize_figure`."""
+    return _join(REPORT, "normalize", f"group-{group}")
 
 
-def normalize_figure(store: str) -> str:
-    """Figure of one normalized store (inside its subject's :func:`normalize_figures`)."""
+def normalize_figure(group: str, store: str) -> str:
+    """Figure of one normalized store in its subject's figure group: the store's path
+    below ``results/normalized``, with ``.png`` for ``.zarr``, in
+    :func:`normalize_figures`."""
     relative = os.path.relpath(store, _join(RESULTS, "normalized"))
-    return _join(REPORT, "normalize", relative.removesuffix(".zarr") + ".png")
+    return _join(normalize_figures(group), relative.removesuffix(".zarr") + ".png")
+
+
+def normalize_figures_tables(group: str) -> str:
+    """Argument file listing the normalize tables a figure group's job reads (written by
+    the plan)."""
+    return _join(RESULTS, "plan", "report", f"normalize-{group}.args")
 
 
 def average_figure(name: str) -> str:

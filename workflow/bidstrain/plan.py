@@ -9,12 +9,15 @@ unit-tested without Snakemake.
 
 Granularity: one normalize job per subject (it validates every image header of the
 subject and writes its ingest record, then normalizes every image of the subject,
-sessions included, the held-out runs after the runs whose statistics they take) and one
-report job per subject: the DAG grows with subjects, not with images.
+sessions included, the held-out runs after the runs whose statistics they take); the
+normalization figures are drawn by one job per group of subjects (``report.normalize_groups``
+groups at most, a subject's group fixed by its label: :func:`figure_group_of`): the DAG
+grows by one job per subject, not per image.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shlex
@@ -41,6 +44,10 @@ MRI_DATATYPES = frozenset({"anat", "func", "dwi"})
 INDEX_ENTITIES = frozenset({"run", "echo", "flip", "inv", "split", "chunk"})
 #: BIDS version the outputs follow.
 BIDS_VERSION = "1.10.0"
+#: Run time (minutes) of a normalization figure group's job: so much, and so much more
+#: per subject (one subject's figures take seconds to a minute).
+FIGURE_JOB_MINUTES = 10
+FIGURE_MINUTES_PER_SUBJECT = 3
 
 
 @dataclass(frozen=True)
@@ -108,7 +115,6 @@ class AverageGroup:
 
     name: str  # task-<task>[_run-<run>]
     members: tuple[str, ...]
-    tables: tuple[str, ...]  # the normalize outputs that write the members
 
     @property
     def store(self) -> str:
@@ -122,6 +128,30 @@ class AverageGroup:
 
 
 @dataclass(frozen=True)
+class FigureGroup:
+    """The subjects whose normalization figures one job draws (:func:`figure_group_of`)."""
+
+    name: str  # the group's number, zero-padded to the width of the largest
+    subjects: tuple[str, ...]
+
+    @property
+    def tables(self) -> list[str]:
+        """The normalize tables of the subjects: the job's inputs."""
+        return [paths.normalized_table(subject) for subject in self.subjects]
+
+    @property
+    def tables_file(self) -> str:
+        """The file listing :attr:`tables`, which the job reads."""
+        return paths.normalize_figures_tables(self.name)
+
+    @property
+    def runtime(self) -> int:
+        """Minutes the job may take (its SLURM time limit): it draws its subjects'
+        figures one after the other."""
+        return FIGURE_JOB_MINUTES + FIGURE_MINUTES_PER_SUBJECT * len(self.subjects)
+
+
+@dataclass(frozen=True)
 class Plan:
     """Everything the workflow builds (see the module docstring). Use :meth:`build`."""
 
@@ -130,6 +160,7 @@ class Plan:
     subjects: tuple[str, ...]
     jobs: Mapping[str, NormalizeJob]  # by subject
     averages: tuple[AverageGroup, ...]
+    figure_groups: Mapping[str, FigureGroup]  # by name
     training: Mapping[str, tuple[str, ...]]
     validation: Mapping[str, tuple[str, ...]]
     gpus: int  # per node
@@ -197,6 +228,7 @@ class Plan:
             subjects=subjects,
             jobs=jobs,
             averages=averages,
+            figure_groups=_figure_groups(subjects, config.report.normalize_groups),
             training={m: s for m, s in training.items() if s},
             validation={m: s for m, s in validation.items() if s},
             gpus=config.train.gpus if gpus is None else gpus,
@@ -263,12 +295,6 @@ class Plan:
         return {group.name: group for group in self.averages}[name]
 
     @property
-    def checked_inputs(self) -> list[str]:
-        """The outputs that write every store the checks read: every normalize table and
-        every average store."""
-        return [*self.normalized_tables, *self.average_stores]
-
-    @property
     def train_resources(self) -> dict[str, Any]:
         """GPU and node request of the training job, and the ``nodes`` and
         ``gpus_per_node`` its launcher (:mod:`bidstrain.train.launch`) reads. One node:
@@ -296,12 +322,20 @@ class Plan:
         """``train.experiment``."""
         return self.config.train.experiment
 
+    def figure_group(self, name: str) -> FigureGroup:
+        """The figure group of a rule's ``{group}`` wildcard."""
+        try:
+            return self.figure_groups[name]
+        except KeyError:
+            raise BidstrainError(f"the plan has no normalization figure group {name}") from None
+
     @property
     def report_figures(self) -> list[str]:
-        """Every figure of the report, in stage order."""
+        """Every figure of the report, in stage order (the normalization figures as the
+        folder of each figure group)."""
         return [
             paths.coverage_figure(),
-            *(paths.normalize_figures(subject) for subject in self.subjects),
+            *(paths.normalize_figures(name) for name in self.figure_groups),
             *(paths.average_figure(group.name) for group in self.averages),
             *(paths.checks_figure(name) for name in CHECKS_FIGURES),
             *(paths.training_figure(self.experiment, name) for name in TRAINING_FIGURES),
@@ -361,6 +395,8 @@ class Plan:
         }
         for group in self.averages:
             files[group.members_file] = _lines(group.members)
+        for group in self.figure_groups.values():
+            files[group.tables_file] = _lines(group.tables)
         return files
 
     # ---- embed (bidstrain.embed; rules in workflow/rules/embed.smk) --------------------
@@ -430,6 +466,37 @@ def write_if_changed(files: Mapping[str, str]) -> list[str]:
 
 
 # ---- deciding functions ------------------------------------------------------------------
+
+
+def figure_group_of(subject: str, groups: int) -> int:
+    """The figure group of a subject, from a hash of its label alone: adding or removing
+    a subject changes no other subject's group (and redraws no other group's figures).
+
+    Parameters
+    ----------
+    subject : str
+        The subject's label (without ``sub-``).
+    groups : int
+        The number of groups (``report.normalize_groups``).
+
+    Returns
+    -------
+    int
+        ``0 <= group < groups``: the label's SHA-256, modulo ``groups``.
+    """
+    digest = hashlib.sha256(subject.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % groups
+
+
+def _figure_groups(subjects: Sequence[str], groups: int) -> dict[str, FigureGroup]:
+    """The figure groups that have subjects (fewer than ``groups`` with few subjects), by
+    name, in order."""
+    members: dict[int, list[str]] = {}
+    for subject in subjects:
+        members.setdefault(figure_group_of(subject, groups), []).append(subject)
+    width = len(str(groups - 1))
+    named = (FigureGroup(f"{index:0{width}d}", tuple(members[index])) for index in sorted(members))
+    return {group.name: group for group in named}
 
 
 def _json(value: Any) -> str:
@@ -642,11 +709,7 @@ def _average_groups(bold: Sequence[ImageJob]) -> tuple[AverageGroup, ...]:
         name = paths.average_name({**acquisition(job.image), **({"run": run} if run else {})})
         members.setdefault(name, []).append(job)
     return tuple(
-        AverageGroup(
-            name,
-            tuple(job.store for job in jobs),
-            tuple(dict.fromkeys(paths.normalized_table(job.image.subject) for job in jobs)),
-        )
+        AverageGroup(name, tuple(job.store for job in jobs))
         for name, jobs in sorted(members.items())
     )
 

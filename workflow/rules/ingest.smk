@@ -1,6 +1,6 @@
 # Ingestion: each subject's normalize job (rule normalize_subject, normalize.smk) first
 # validates every image header of the subject and writes its ingest record; rule ingest
-# lists every image of every record in the manifest. Two jobs per subject, not three:
+# lists every image of every record in the manifest. One job per subject, not two:
 # Snakemake's cost grows with its jobs. So `snakemake ingest` normalizes every subject too.
 
 

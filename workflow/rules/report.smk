@@ -24,30 +24,40 @@ rule report_coverage:
         "python -m bidstrain.report coverage --manifest {input:q} --out {output:q} > {log:q} 2>&1"
 
 
+# One job per group of subjects, not per subject (every job costs Snakemake time at cohort
+# scale): a subject's group is fixed by its label (bidstrain.plan.figure_group_of), so a
+# new subject redraws only its group's figures. The job reads its subjects' tables from
+# a file (a command line must not grow with the subjects); they are its inputs too, so a
+# changed table redraws its group.
 rule report_normalize:
     input:
-        paths.normalized_table("{subject}"),
+        tables=lambda wildcards: PLAN.figure_group(wildcards.group).tables,
+        arguments=lambda wildcards: PLAN.figure_group(wildcards.group).tables_file,
     output:
         report(
-            directory(paths.normalize_figures("{subject}")),
-            patterns=["{path}_desc-zscore_{suffix}.png"],
+            directory(paths.normalize_figures("{group}")),
+            # each subject's figures in its folder, labelled as one figure job per
+            # subject labelled them (the subject is in the file name)
+            patterns=["sub-{subject,[a-zA-Z0-9]+}/{path}_desc-zscore_{suffix}.png"],
             caption="../report/normalize.rst",
             category="2. Normalization",
             subcategory="{suffix}",
             labels={"image": "{path}_{suffix}"},
         ),
     log:
-        paths.log("report", "normalize/sub-{subject}"),
+        paths.log("report", "normalize/group-{group}"),
+    wildcard_constraints:
+        group=r"[0-9]+",
     conda:
         ENV
     resources:
         mem_mb=4000,
-        runtime=15,
+        runtime=lambda wildcards: PLAN.figure_group(wildcards.group).runtime,
     params:
         sample_voxels=CONFIG.report.sample_voxels,
     shell:
-        "python -m bidstrain.report normalize --tables {input:q} --out-dir {output:q}"
-        " --sample-voxels {params.sample_voxels} > {log:q} 2>&1"
+        "python -m bidstrain.report normalize --tables @{input.arguments:q}"
+        " --out-dir {output:q} --sample-voxels {params.sample_voxels} > {log:q} 2>&1"
 
 
 rule report_average:

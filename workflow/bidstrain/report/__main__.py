@@ -3,7 +3,7 @@
 ::
 
     coverage  --manifest results/ingest/manifest.tsv --out coverage.png
-    normalize --tables <scans.tsv> ... --out-dir DIR [--sample-voxels N]
+    normalize --tables <scans.tsv> ... --out-dir DIR --sample-voxels N
     average   --store <average.zarr> --subject-stores <store.zarr> ... --title T --out <png>
     checks    --summary results/checks/summary.json --scale-table-out <png> --summary-out <png>
     model_input --model-json model.json --experiment NAME --out <png>
@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     coverage.add_argument("--manifest", required=True)
     coverage.add_argument("--out", required=True)
     normalize = figures.add_parser(
-        "normalize", help="one figure per store of a subject's normalize tables"
+        "normalize", help="one figure per store of some subjects' normalize tables"
     )
     normalize.add_argument("--tables", nargs="+", required=True)
     normalize.add_argument("--sample-voxels", type=int, required=True)
@@ -75,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.figure == "normalize":
         from bidstrain.report.normalize import normalization_figures
 
+        # drawn one at a time, as they are saved
         outputs = normalization_figures(args.tables, args.out_dir, n_sample=args.sample_voxels)
     elif args.figure == "average":
         from bidstrain.report.average import average_figure
@@ -119,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             clip_grad_norm=args.clip_grad_norm,
         )
         outputs = {Path(args.out_dir) / f"{name}.png": figures[name] for name in TRAINING_FIGURES}
-    for path, fig in outputs.items():
+    for path, fig in outputs.items() if isinstance(outputs, dict) else outputs:
         save_figure(fig, path)
         log.info("wrote %s", path)
 

@@ -8,7 +8,7 @@ voxel) and for T1w/DWI (statistics per volume).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import dask
@@ -219,28 +219,29 @@ def _carpets(
 
 def normalization_figures(
     tables: Sequence[str | Path], out_dir: str | Path, *, n_sample: int = SAMPLE_VOXELS
-) -> dict[Path, Figure]:
-    """:func:`normalization_figure` of every store of a subject's normalize tables.
+) -> Iterator[tuple[Path, Figure]]:
+    """:func:`normalization_figure` of every store of some subjects' normalize tables,
+    drawn one at a time (save and close each before the next: a figure group holds
+    hundreds of subjects).
 
     Parameters
     ----------
     tables : sequence of path
-        The subject's tables (``sub-<label>_desc-<suffix>_scans.tsv``), all in one folder.
+        The subjects' tables (``sub-<label>/sub-<label>_scans.tsv``, the subject folders
+        side by side).
     out_dir : path
-        Folder of the figures: each at its store's path relative to the tables' folder,
-        ``.png`` for ``.zarr``.
+        Folder of the figures: each at its store's path relative to the folder of the
+        subject folders (``sub-<label>/...``), ``.png`` for ``.zarr``.
     n_sample : int
         Voxels sampled for the histograms and carpet plots.
 
-    Returns
-    -------
-    dict
-        Figure by output path.
+    Yields
+    ------
+    tuple of (Path, Figure)
+        Output path and figure.
     """
-    figures = {}
     for table in tables:
         for row in read_tables([table]):
-            relative = os.path.relpath(row.store, Path(table).parent)
+            relative = os.path.relpath(row.store, Path(table).parent.parent)
             path = Path(out_dir) / (relative.removesuffix(".zarr") + ".png")
-            figures[path] = normalization_figure(open_store(row.store), n_sample=n_sample)
-    return figures
+            yield path, normalization_figure(open_store(row.store), n_sample=n_sample)
