@@ -114,6 +114,7 @@ def test_average_groups_and_store_lists_follow_the_mode(demo_bids):
     run1 = plan.averages[0]
     assert run1.store == "results/average/task-rest_run-1_desc-average_bold.zarr"
     assert len(run1.members) == 4 and all("run-1" in m for m in run1.members)
+    assert run1.tables == tuple(plan.job(s).table for s in ("01", "02", "03"))
     assert plan.training["bold"] == (run1.store,)
     assert plan.validation["bold"] == (plan.averages[1].store,)
     # T1w and DWI validation: train.heldout (the demo: sub-03's second session)
@@ -125,13 +126,10 @@ def test_average_groups_and_store_lists_follow_the_mode(demo_bids):
     assert len(per_subject.training["bold"]) == 4 and len(per_subject.validation["bold"]) == 4
     assert set(per_subject.training["bold"]).isdisjoint(per_subject.validation["bold"])
     # The train rule's only data input is the checks summary: every store training reads
-    # must be written by an input of the checks (rule checks: the average stores, and the
-    # manifest, whose job takes the ingest record every normalize job writes with its
-    # stores).
+    # must be written by an input of the checks.
     for p in (plan, per_subject):
-        records = p.files()[paths.PLAN_INGEST_ARGS].split()
-        behind = [job for job in p.jobs.values() if paths.ingest_record(job.subject) in records]
-        written = {*p.average_stores, *(s for job in behind for s in job.stores)}
+        checked = set(p.checked_inputs)
+        written = checked | {s for j in p.jobs.values() if j.table in checked for s in j.stores}
         read = {s for group in (*p.training.values(), *p.validation.values()) for s in group}
         assert read and read <= written
 

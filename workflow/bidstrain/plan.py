@@ -115,6 +115,7 @@ class AverageGroup:
 
     name: str  # task-<task>[_run-<run>]
     members: tuple[str, ...]
+    tables: tuple[str, ...]  # the normalize outputs that write the members
 
     @property
     def store(self) -> str:
@@ -293,6 +294,12 @@ class Plan:
     def average(self, name: str) -> AverageGroup:
         """The average group of a rule's ``{name}`` wildcard."""
         return {group.name: group for group in self.averages}[name]
+
+    @property
+    def checked_inputs(self) -> list[str]:
+        """The outputs that write every store the checks read: every normalize table and
+        every average store."""
+        return [*self.normalized_tables, *self.average_stores]
 
     @property
     def train_resources(self) -> dict[str, Any]:
@@ -709,7 +716,11 @@ def _average_groups(bold: Sequence[ImageJob]) -> tuple[AverageGroup, ...]:
         name = paths.average_name({**acquisition(job.image), **({"run": run} if run else {})})
         members.setdefault(name, []).append(job)
     return tuple(
-        AverageGroup(name, tuple(job.store for job in jobs))
+        AverageGroup(
+            name,
+            tuple(job.store for job in jobs),
+            tuple(dict.fromkeys(paths.normalized_table(job.image.subject) for job in jobs)),
+        )
         for name, jobs in sorted(members.items())
     )
 

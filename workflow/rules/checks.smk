@@ -5,15 +5,11 @@
 
 rule checks:
     input:
-        # The stores training and validation read, and every subject store behind them,
-        # reach the job through the plan's argument file. Inputs: the average stores, and
-        # the manifest, whose job takes every subject's ingest record: a normalize job
-        # writes its record with its stores, so a renormalized subject reruns the manifest
-        # and then the checks (one edge, not one per subject: every edge costs Snakemake
-        # time at cohort scale). The raw images the scale check samples are not inputs
-        # either: each is its normalize job's input already.
+        # the stores training and validation read, and every subject store behind them;
+        # their paths reach the job through the plan's argument file. The raw images the
+        # scale check samples are not inputs: each is its normalize job's input already.
         arguments=paths.PLAN_CHECKS_ARGS,
-        averages=PLAN.average_stores,
+        stores=PLAN.checked_inputs,
         manifest=paths.MANIFEST,
     output:
         json=paths.CHECKS_SUMMARY,
