@@ -36,7 +36,7 @@ slurm-packages:
 # Two pytest workers (pytest-xdist): while the SLURM tests wait on the cluster's jobs, the
 # other worker runs the unit tests. The SLURM and demo_run tests share one worker (see
 # WORKFLOW_FILES in tests/conftest.py); every other file is a unit of its own.
-# `make test`: every test but the slowest (marked `slow`, minutes each), which
+# `make test`: every test but the slowest (marked `slow`, a minute or more each), which
 # `make test-slow` runs; CI runs both.
 PYTEST := $(PY) -m pytest -q -n 2 --no-loadscope-reorder
 

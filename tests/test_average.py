@@ -283,6 +283,7 @@ def _peak_rss_kb(stores: list[Path], out: Path) -> int:
     return int(result.stdout.split()[-1])
 
 
+@pytest.mark.slow  # 1,100 subject stores written and averaged twice
 def test_memory_stays_flat_from_100_to_1000_subjects_of_the_demo_grid(tmp_path):
     spec = DemoSpec()
     rng = np.random.default_rng(7)

@@ -114,6 +114,7 @@ def test_equal_to_nilearn_and_the_sample_mask_respected(fmriprep, tmp_path, stra
     assert np.array_equal(ds.mask.values, np.asarray(nib.load(mask).dataobj) > 0)
 
 
+@pytest.mark.slow  # four 200-volume runs through nilearn and bidstrain: a minute
 @pytest.mark.parametrize(
     ("realistic", "strategy"),
     [("int16", "simple"), ("int16", "scrubbing"), ("int16", "compcor"), ("float32", "simple")],

@@ -12,7 +12,7 @@ from bidstrain.demo import make_fmriprep_demo
 from bidstrain.store import open_store, store_meta
 from conftest import REPO, run_snakemake
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a whole workflow: a minute
 
 SPACE = "MNI152NLin2009cAsym"
 
