@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import matplotlib.image
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -32,6 +33,13 @@ from bidstrain.report.train import (
 from bidstrain.store import create_store, open_store
 from bidstrain.train.schedule import lr_multiplier
 from matplotlib.figure import Figure
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    """Close what a test drew and did not save (pyplot keeps every open figure)."""
+    yield
+    plt.close("all")
 
 
 def assert_readable(fig: Figure) -> None:
