@@ -81,7 +81,7 @@ def test_changing_ddof_plans_normalization_and_everything_downstream(
     # the same job) and one figure job per figure group (the 3 labels hash to 3 groups);
     # 2 averages. Each normalize job validates
     # its subject first and rewrites its ingest record, so the manifest and the coverage
-    # figure follow (the price of two jobs per subject instead of three).
+    # figure follow (the price of ingesting inside the normalize job).
     assert jobs == {
         ("normalize_subject", PARAMS_CHANGED): 3,
         ("ingest", INPUT_UPDATED): 1,
