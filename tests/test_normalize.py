@@ -376,14 +376,11 @@ def test_dwi_volumes_are_zscored_with_gradients_as_coordinates(tmp_path):
 # ---- atomic outputs ----------------------------------------------------------------
 
 
-def _ingest_json(tmp_path: Path, image: Path) -> Path:
-    record = {"subject": "01", "images": [{
+def _ingest_record(image: Path) -> dict:
+    return {"subject": "01", "images": [{
         "path": str(image), "modality": "bold", "subject": "01", "session": "",
         "entities": {"sub": "01", "task": "rest"}, "repetition_time": 2.0,
     }]}  # fmt: skip
-    path = tmp_path / "sub-01.json"
-    path.write_text(json.dumps(record))
-    return path
 
 
 def _bids_run(root: Path, name: str = "sub-01_task-rest_bold.nii.gz") -> Path:
@@ -464,18 +461,17 @@ def test_an_invalid_header_stops_the_job_before_any_store_or_record(tmp_path):
 
 def test_ingest_record_supplies_tr_and_gradients(tmp_path):
     image = _demo_run(tmp_path / "sub-01_task-rest_bold.nii.gz")
-    info = ImageInfo.from_ingest(_ingest_json(tmp_path, image), image)
+    info = ImageInfo.from_ingest(_ingest_record(image), image)
     assert info.repetition_time == 2.0 and info.subject == "01" and info.modality == "bold"
     assert info.bval is None and info.bvec is None
-    with pytest.raises(BidstrainError, match="no record of"):
-        ImageInfo.from_ingest(_ingest_json(tmp_path, image), tmp_path / "other.nii.gz")
+    with pytest.raises(BidstrainError, match="no entry of this image"):
+        ImageInfo.from_ingest(_ingest_record(image), tmp_path / "other.nii.gz")
     dwi = tmp_path / "sub-01_dwi.nii.gz"
     bval, bvec = [0.0, 1000.0], [[0.0, 1.0], [0.0, 0.0], [0.0, 0.0]]
     record = {"subject": "01", "images": [{
         "path": str(dwi), "modality": "dwi", "subject": "01", "session": "",
         "entities": {"sub": "01"}, "repetition_time": None, "bval": bval, "bvec": bvec,
     }]}  # fmt: skip
-    (tmp_path / "dwi.json").write_text(json.dumps(record))
-    info = ImageInfo.from_ingest(tmp_path / "dwi.json", dwi)
+    info = ImageInfo.from_ingest(record, dwi)
     assert info.modality == "dwi" and info.repetition_time is None
     assert info.bval == bval and info.bvec == bvec

@@ -281,7 +281,7 @@ def add_subject_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ingest", required=True, help="the subject's ingest record to write")
 
 
-def write_subject_record(args: argparse.Namespace, images: Sequence[str]) -> str:
+def write_subject_record(args: argparse.Namespace, images: Sequence[str]) -> dict[str, Any]:
     """Validate one subject's images (:func:`ingest_images`) and write its record.
 
     Parameters
@@ -293,8 +293,8 @@ def write_subject_record(args: argparse.Namespace, images: Sequence[str]) -> str
 
     Returns
     -------
-    str
-        The record's path (``args.ingest``), written only when every image is valid.
+    dict
+        The record, written to ``args.ingest`` only when every image is valid.
 
     Raises
     ------
@@ -310,7 +310,7 @@ def write_subject_record(args: argparse.Namespace, images: Sequence[str]) -> str
     )
     write_text_atomic(args.ingest, json.dumps(result, indent=1))
     log.info("sub-%s: %d images valid", args.subject, len(result["images"]))
-    return args.ingest
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> None:

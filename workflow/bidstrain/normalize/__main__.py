@@ -81,7 +81,7 @@ def run_confounds(
 
 def normalize_image(
     spec: Mapping[str, Any],
-    ingest: str,
+    ingest: Mapping[str, Any],
     options: Options,
     confounds_strategy: str = "none",
     confounds_options: Mapping[str, Any] | None = None,
@@ -94,8 +94,8 @@ def normalize_image(
         ``modality`` (``bold``, ``T1w``, ``dwi``), ``image``, ``store``, ``mask``
         (keyword or file) and ``stats_from`` (stores whose pooled statistics a held-out
         run is normalized with; empty for its own).
-    ingest : str
-        The subject's ingest record.
+    ingest : mapping
+        The subject's ingest record (:func:`bidstrain.ingest.write_subject_record`).
     options : Options
         Settings shared by the job's images (the mask is taken from ``spec``).
     confounds_strategy : str

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bidstrain.bids import parse_name
 from bidstrain.errors import BidstrainError
@@ -43,15 +44,15 @@ class ImageInfo:
     bvec: list[list[float]] | None = None
 
     @classmethod
-    def from_ingest(cls, ingest_json: str | Path, image: str | Path) -> ImageInfo:
-        """The record of ``image`` in a subject's ingest JSON (``results/ingest/sub-X.json``).
+    def from_ingest(cls, subject_record: Mapping[str, Any], image: str | Path) -> ImageInfo:
+        """The entry of ``image`` in a subject's ingest record (what
+        ``results/ingest/sub-X.json`` holds: :func:`bidstrain.ingest.ingest_images`).
 
         Raises
         ------
         BidstrainError
-            When the JSON has no record of the image.
+            When the record has no entry of the image.
         """
-        subject_record = json.loads(Path(ingest_json).read_text())
         wanted = Path(image).resolve()
         for record in subject_record["images"]:
             if Path(record["path"]).resolve() == wanted:
@@ -65,8 +66,8 @@ class ImageInfo:
                     bvec=record.get("bvec"),
                 )
         raise BidstrainError(
-            f"no record of {image} in the ingest record (rerun the ingest stage)",
-            path=ingest_json,
+            "no entry of this image in the subject's ingest record (rerun its normalize job)",
+            path=image,
             subject=subject_record.get("subject"),
         )
 
