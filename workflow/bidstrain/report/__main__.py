@@ -71,25 +71,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.figure == "coverage":
         from bidstrain.report.ingest import coverage_figure, read_manifest
 
-        outputs = {args.out: coverage_figure(read_manifest(args.manifest))}
+        outputs = [(args.out, coverage_figure(read_manifest(args.manifest)))]
     elif args.figure == "normalize":
         from bidstrain.report.normalize import normalization_figures
 
-        # drawn one at a time, as they are saved
         outputs = normalization_figures(args.tables, args.out_dir, n_sample=args.sample_voxels)
     elif args.figure == "average":
         from bidstrain.report.average import average_figure
         from bidstrain.store import open_store
 
         subjects = [open_store(path) for path in args.subject_stores]
-        outputs = {args.out: average_figure(open_store(args.store), subjects, args.title)}
+        outputs = [(args.out, average_figure(open_store(args.store), subjects, args.title))]
     elif args.figure == "model_input":
         import json
 
         from bidstrain.report.model_input import model_input_figure
 
         description = json.loads(Path(args.model_json).read_text())
-        outputs = {args.out: model_input_figure(description, args.experiment)}
+        outputs = [(args.out, model_input_figure(description, args.experiment))]
     elif args.figure == "checks":
         from bidstrain.report.checks import (
             read_summary,
@@ -99,10 +98,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
 
         summary = read_summary(args.summary)
-        outputs = {
-            args.scale_table_out: scale_figure(scale_values(summary, args.summary)),
-            args.summary_out: summary_figure(summary),
-        }
+        outputs = [
+            (args.scale_table_out, scale_figure(scale_values(summary, args.summary))),
+            (args.summary_out, summary_figure(summary)),
+        ]
     elif args.figure == "embed":
         from bidstrain.report.embed import embedding_figure, read_embeddings
         from bidstrain.report.train import read_metrics
@@ -110,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         _, stores = read_embeddings(args.table)
         records = read_metrics(args.metrics)
         summary = next((r for r in reversed(records) if r.get("kind") == "summary"), None)
-        outputs = {args.out: embedding_figure(stores, summary, args.experiment)}
+        outputs = [(args.out, embedding_figure(stores, summary, args.experiment))]
     else:
         from bidstrain.report.train import read_metrics, training_figures
 
@@ -119,8 +118,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             experiment=args.experiment,
             clip_grad_norm=args.clip_grad_norm,
         )
-        outputs = {Path(args.out_dir) / f"{name}.png": figures[name] for name in TRAINING_FIGURES}
-    for path, fig in outputs.items() if isinstance(outputs, dict) else outputs:
+        outputs = [(Path(args.out_dir) / f"{name}.png", figures[name]) for name in TRAINING_FIGURES]
+    # (path, figure) pairs; the normalization figures are drawn one at a time, as saved
+    for path, fig in outputs:
         save_figure(fig, path)
         log.info("wrote %s", path)
 
