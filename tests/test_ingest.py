@@ -17,6 +17,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 from bidstrain.demo import DemoSpec, make_demo
+from bidstrain.errors import BidstrainError
+from bidstrain.ingest import write_manifest
+from bidstrain.normalize.table import COLUMNS, read_tables
 from conftest import run_snakemake
 
 pytestmark = pytest.mark.integration
@@ -70,8 +73,16 @@ def test_demo_dataset_ingests_into_a_manifest(tmp_path, demo_bids):
         "n_volumes",
         "repetition_time",
         "shape",
+        "store",
+        "written",
     } <= set(rows[0])
     assert len(rows) == 16  # 4 subject-sessions x (T1w + 2 BOLD + DWI)
+    # each image's store, as its subject's table lists it, and when it was written
+    for row in rows:
+        table = tmp_path / f"results/normalized/sub-{row['subject']}/sub-{row['subject']}_scans.tsv"
+        listed = {r.source: r for r in read_tables([table])}[row["path"]]
+        assert listed.store == str(tmp_path / row["store"]) and listed.written == row["written"]
+        assert (tmp_path / row["store"]).is_dir()
     bold = [r for r in rows if r["modality"] == "bold"]
     assert {r["repetition_time"] for r in bold} == {"2.0"}  # inherited from task-rest_bold.json
     assert {r["n_volumes"] for r in bold} == {"40"} and {r["shape"] for r in bold} == {
@@ -86,6 +97,18 @@ def test_demo_dataset_ingests_into_a_manifest(tmp_path, demo_bids):
     assert log.index("sub-01: 4 images valid") < log.index("desc-zscore_T1w.zarr")
     assert (tmp_path / "results/normalized/sub-01/sub-01_scans.tsv").exists()
     assert sorted(p.name for p in (tmp_path / "logs/ingest").iterdir()) == ["manifest.log"]
+
+
+def test_manifest_of_a_record_whose_image_its_table_lacks_is_refused(tmp_path):
+    record = tmp_path / "sub-01.json"
+    image = {"subject": "01", "path": "/data/sub-01/anat/sub-01_T1w.nii.gz", "shape": [2, 2, 2]}
+    record.write_text(json.dumps({"subject": "01", "images": [image]}))
+    table = tmp_path / "sub-01_scans.tsv"
+    table.write_text("\t".join(COLUMNS) + "\n")  # no store
+    out = tmp_path / "manifest.tsv"
+    with pytest.raises(BidstrainError, match=r"sub-01: .*sub-01_scans.tsv: lists no store of"):
+        write_manifest([record], [table], out)
+    assert not out.exists()
 
 
 def test_dry_run_of_all_lists_ingestion_and_normalization_in_one_job_per_subject(

@@ -81,8 +81,13 @@ def test_demo_plan_selects_every_image_and_holds_out_run_2(demo_bids):
     # the job writes the subject's ingest record (rule normalize_subject), which the
     # manifest job reads from the plan's argument file
     assert "results/ingest/sub-03.json" not in str(job.inputs())
+    # (with the subjects' tables, in the same order)
+    subjects = ("01", "02", "03")
     assert plan.files()[paths.PLAN_INGEST_ARGS].splitlines() == [
-        f"results/ingest/sub-{subject}.json" for subject in ("01", "02", "03")
+        "--records",
+        *(f"results/ingest/sub-{subject}.json" for subject in subjects),
+        "--tables",
+        *(f"results/normalized/sub-{subject}/sub-{subject}_scans.tsv" for subject in subjects),
     ]
     with pytest.raises(BidstrainError, match="sub-99"):
         plan.job("99")
@@ -126,10 +131,14 @@ def test_average_groups_and_store_lists_follow_the_mode(demo_bids):
     assert len(per_subject.training["bold"]) == 4 and len(per_subject.validation["bold"]) == 4
     assert set(per_subject.training["bold"]).isdisjoint(per_subject.validation["bold"])
     # The train rule's only data input is the checks summary: every store training reads
-    # must be written by an input of the checks.
+    # must be an input of the checks (an average store) or be written by a normalize job
+    # whose table the checks' other input, the manifest, takes.
     for p in (plan, per_subject):
-        checked = set(p.checked_inputs)
-        written = checked | {s for j in p.jobs.values() if j.table in checked for s in j.stores}
+        arguments = p.manifest_arguments()
+        tables = set(arguments[arguments.index("--tables") + 1 :])
+        written = set(p.average_stores) | {
+            s for j in p.jobs.values() if j.table in tables for s in j.stores
+        }
         read = {s for group in (*p.training.values(), *p.validation.values()) for s in group}
         assert read and read <= written
 

@@ -4,7 +4,8 @@ Each subject's normalize job (``python -m bidstrain.normalize``, options of
 :func:`add_subject_arguments`) first validates the images it normalizes
 (:func:`ingest_images`) and
 writes its record ``results/ingest/sub-<label>.json`` (:func:`write_subject_record`);
-``python -m bidstrain.ingest manifest ...`` joins the records into ``manifest.tsv``.
+``python -m bidstrain.ingest manifest ...`` joins the records, and the stores the jobs
+wrote, into ``manifest.tsv``.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from bidstrain.atomic import write_text_atomic
 from bidstrain.bids import BidsFile, BidsIndex
 from bidstrain.errors import BidstrainError, run_cli
 from bidstrain.nifti_files import check_complete, check_voxel_type
+from bidstrain.normalize.table import read_tables
 from bidstrain.orientation import reorientation
 
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = (
-    "subject session task run modality path n_volumes repetition_time shape dtype".split()
-)
+    "subject session task run modality path n_volumes repetition_time shape dtype store written"
+).split()
 _TIME_UNIT_SECONDS = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
 
 
@@ -257,14 +259,49 @@ def _validate(
     return {"subject": subject, "images": records}
 
 
-def write_manifest(subject_jsons: Sequence[str | Path], out: str | Path) -> None:
-    """Join per-subject ingest JSON files into one TSV, a row per image."""
+def write_manifest(
+    records: Sequence[str | Path], tables: Sequence[str | Path], out: str | Path
+) -> None:
+    """Join the subjects' ingest records and normalize tables into one TSV, a row per
+    image: its header's description, its store and when the store was written.
+
+    Parameters
+    ----------
+    records : sequence of path
+        The subjects' ingest records (``results/ingest/sub-<label>.json``).
+    tables : sequence of path
+        The same subjects' normalize tables, in the same order. Their ``written`` column
+        makes the manifest change whenever a store is rewritten, so that what takes the
+        manifest as input (the checks) reruns.
+    out : path
+        The manifest, written atomically.
+
+    Raises
+    ------
+    BidstrainError
+        When a table lists no store of an image of its subject's record.
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
     writer.writerow(MANIFEST_COLUMNS)
-    for path in subject_jsons:
-        for record in json.loads(Path(path).read_text())["images"]:
-            row = {**record, "shape": "x".join(map(str, record["shape"]))}
+    for record_path, table in zip(records, tables, strict=True):
+        record = json.loads(Path(record_path).read_text())
+        stores = {row.source: row for row in read_tables([table])}
+        for image in record["images"]:
+            if image["path"] not in stores:
+                raise BidstrainError(
+                    f"lists no store of {image['path']} (its ingest record {record_path} "
+                    "does): rerun the subject's normalize job",
+                    path=table,
+                    subject=record["subject"],
+                )
+            store = stores[image["path"]]
+            row = {
+                **image,
+                "shape": "x".join(map(str, image["shape"])),
+                "store": store.store,
+                "written": store.written,
+            }
             writer.writerow(["" if row[c] is None else row[c] for c in MANIFEST_COLUMNS])
     write_text_atomic(out, buffer.getvalue())
 
@@ -314,15 +351,18 @@ def write_subject_record(args: argparse.Namespace, images: Sequence[str]) -> dic
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``manifest`` joins the subjects' records into the TSV; ``@FILE`` reads
-    arguments from FILE, one a line."""
+    """Command line: ``manifest`` joins the subjects' records and tables into the TSV;
+    ``@FILE`` reads arguments from FILE, one a line."""
     parser = argparse.ArgumentParser(prog="python -m bidstrain.ingest", fromfile_prefix_chars="@")
     commands = parser.add_subparsers(dest="command", required=True)
-    manifest = commands.add_parser("manifest", help="join subject JSON files into a TSV")
-    manifest.add_argument("subject_jsons", nargs="+")
+    manifest = commands.add_parser(
+        "manifest", help="join the subjects' ingest records and normalize tables into a TSV"
+    )
+    manifest.add_argument("--records", nargs="+", required=True)
+    manifest.add_argument("--tables", nargs="+", required=True)
     manifest.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    write_manifest(args.subject_jsons, args.out)
+    write_manifest(args.records, args.tables, args.out)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ from bidstrain.bids import BidsFile, bids_name, bids_path
 
 RESULTS = "results"
 LOGS = "logs"
-#: The ingest manifest: one row per image of every subject.
+#: The ingest manifest: one row per image of every subject, with its store and when the
+#: store was written.
 MANIFEST = f"{RESULTS}/ingest/manifest.tsv"
 #: The results folder's BIDS-Derivatives description.
 DATASET_DESCRIPTION = f"{RESULTS}/dataset_description.json"

@@ -265,6 +265,16 @@ class Plan:
         """The output of every normalize job."""
         return [job.table for job in self.jobs.values()]
 
+    def manifest_arguments(self) -> list[str]:
+        """The manifest job's arguments (``python -m bidstrain.ingest manifest``): every
+        subject's ingest record, and the tables of the same subjects in the same order."""
+        return [
+            "--records",
+            *(paths.ingest_record(subject) for subject in self.jobs),
+            "--tables",
+            *self.normalized_tables,
+        ]
+
     @property
     def normalize_options(self) -> str:
         """The options every normalize job's command shares (``python -m
@@ -294,12 +304,6 @@ class Plan:
     def average(self, name: str) -> AverageGroup:
         """The average group of a rule's ``{name}`` wildcard."""
         return {group.name: group for group in self.averages}[name]
-
-    @property
-    def checked_inputs(self) -> list[str]:
-        """The outputs that write every store the checks read: every normalize table and
-        every average store."""
-        return [*self.normalized_tables, *self.average_stores]
 
     @property
     def train_resources(self) -> dict[str, Any]:
@@ -398,7 +402,7 @@ class Plan:
             paths.DATASET_DESCRIPTION: _json(self.dataset_description()),
             paths.PLAN_STORES: _json(self.store_lists()),
             paths.PLAN_CHECKS_ARGS: _lines(self.checks_arguments()),
-            paths.PLAN_INGEST_ARGS: _lines(paths.ingest_record(s) for s in self.subjects),
+            paths.PLAN_INGEST_ARGS: _lines(self.manifest_arguments()),
         }
         for group in self.averages:
             files[group.members_file] = _lines(group.members)
