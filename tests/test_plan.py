@@ -119,7 +119,6 @@ def test_average_groups_and_store_lists_follow_the_mode(demo_bids):
     run1 = plan.averages[0]
     assert run1.store == "results/average/task-rest_run-1_desc-average_bold.zarr"
     assert len(run1.members) == 4 and all("run-1" in m for m in run1.members)
-    assert run1.tables == tuple(plan.job(s).table for s in ("01", "02", "03"))
     assert plan.training["bold"] == (run1.store,)
     assert plan.validation["bold"] == (plan.averages[1].store,)
     # T1w and DWI validation: train.heldout (the demo: sub-03's second session)

@@ -118,8 +118,8 @@ def test_forcerun_until_one_rule_reruns_exactly_its_jobs(rerun_dir, demo_bids):
     }
     assert len(stores) == 16 and changed == set(stores)
     plan = run_snakemake(rerun_dir, "-n", config={"bids_dir": demo_bids}).stdout
-    # the averages take the tables; the checks the manifest, which lists when each
-    # store was written and so follows the tables
+    # the averages and the checks take the manifest, which lists when each store was
+    # written and so follows the tables
     planned = {match.group(1) for line in plan.splitlines() if (match := RULE.match(line))}
     assert "normalize_subject" not in planned
     assert {"average_bold", "ingest", "checks"} <= planned, plan

@@ -115,7 +115,6 @@ class AverageGroup:
 
     name: str  # task-<task>[_run-<run>]
     members: tuple[str, ...]
-    tables: tuple[str, ...]  # the normalize outputs that write the members
 
     @property
     def store(self) -> str:
@@ -720,11 +719,7 @@ def _average_groups(bold: Sequence[ImageJob]) -> tuple[AverageGroup, ...]:
         name = paths.average_name({**acquisition(job.image), **({"run": run} if run else {})})
         members.setdefault(name, []).append(job)
     return tuple(
-        AverageGroup(
-            name,
-            tuple(job.store for job in jobs),
-            tuple(dict.fromkeys(paths.normalized_table(job.image.subject) for job in jobs)),
-        )
+        AverageGroup(name, tuple(job.store for job in jobs))
         for name, jobs in sorted(members.items())
     )
 

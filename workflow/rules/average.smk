@@ -1,14 +1,18 @@
 # Cross-subject averaging (average.mode: cross_subject): one job per task, acquisition and
 # run (bidstrain.plan.acquisition), reading that run's store of every subject
-# (bidstrain.average), listed in an argument file the plan writes; the inputs are the
-# normalize jobs' tables that list those stores. In per_subject mode there is nothing to
-# average and the `average` target is an empty no-op.
+# (bidstrain.average), listed in an argument file the plan writes. The input that stands
+# for those stores is the manifest, one edge instead of one per member (every edge costs
+# Snakemake time at cohort scale, and members grow as subjects x runs): its job takes
+# every normalize table and lists when each store was written, so an average waits for
+# every normalize job and reruns after any of them reruns, also one of a subject without
+# this run. In per_subject mode there is nothing to average and the `average` target is
+# an empty no-op.
 
 
 rule average_bold:
     input:
         members=lambda wildcards: PLAN.average(wildcards.name).members_file,
-        tables=lambda wildcards: PLAN.average(wildcards.name).tables,
+        manifest=paths.MANIFEST,
     output:
         directory(paths.average_store_at("{name}")),
     log:
@@ -20,7 +24,7 @@ rule average_bold:
     # Streams blocks of volumes: memory is a few 64 MB blocks whatever the subject count.
     resources:
         mem_mb=1000,
-        runtime=lambda wildcards, input: 10 + len(input.tables) // 10,
+        runtime=lambda wildcards: 10 + len(PLAN.average(wildcards.name).members) // 10,
     params:
         mask=CONFIG.average.mask,
         truncate="--truncate" if CONFIG.average.truncate else "",
