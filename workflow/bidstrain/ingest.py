@@ -272,7 +272,7 @@ def write_manifest(
     tables : sequence of path
         The same subjects' normalize tables, in the same order. Their ``written`` column
         makes the manifest change whenever a store is rewritten, so that what takes the
-        manifest as input (the checks) reruns.
+        manifest as input (the checks, the averages) reruns.
     out : path
         The manifest, written atomically.
 
