@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 
 # Regenerated when its generator changes (a demo left from an older generator would
 # train on data the defaults were not chosen for).
-$(DEMO_BIDS)/dataset_description.json: workflow/bidstrain/demo.py | $(STAMP)
+$(DEMO_BIDS)/dataset_description.json: $(wildcard workflow/bidstrain/demo/*.py) | $(STAMP)
 	rm -rf $(DEMO_BIDS)
 	$(VENV)/bin/bidstrain-demo $(DEMO_BIDS)
 
@@ -49,7 +49,7 @@ test-slow: $(STAMP) slurm-packages
 lint: $(STAMP) $(DEMO_BIDS)/dataset_description.json
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
+	$(VENV)/bin/snakefmt --check workflow/Snakefile workflow/rules
 	# SLURM_CONF=/dev/null: the SLURM plugin's help text asks scontrol, which waits 10 s for
 	# a controller when none answers; the lint does not use SLURM.
 	SLURM_CONF=/dev/null $(VENV)/bin/snakemake --lint --configfile config/config.yaml
@@ -57,7 +57,7 @@ lint: $(STAMP) $(DEMO_BIDS)/dataset_description.json
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
-	$(VENV)/bin/snakefmt Snakefile workflow/rules
+	$(VENV)/bin/snakefmt workflow/Snakefile workflow/rules
 
 clean:
 	rm -rf results/* .snakemake

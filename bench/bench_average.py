@@ -1,7 +1,8 @@
 """Benchmark cross-subject averaging at cohort scale: time and peak RSS for N subjects.
 
 Ours is the job itself, ``python -m bidstrain.average @STORES --out ... --mask
-intersection --affine-tolerance 0.001 --tr-tolerance 0.001`` (:func:`bidstrain.average.main`),
+intersection --affine-tolerance 0.001 --tr-tolerance 0.001``
+(:func:`bidstrain.average.cohort.main`),
 against what a user would write with xarray: concatenate every subject store along a new
 dimension, take the mean and save it to Zarr (dask-backed, so it streams chunks too)::
 
@@ -11,8 +12,8 @@ Each measurement is a fresh process: ``whole`` is its wall time seen from outsid
 start, imports, work, exit), ``work`` the time after the imports, ``peak`` its peak RSS
 (``getrusage``). Methods and sizes are interleaved within each repeat; medians are printed.
 
-Subject stores (demo grid by default) are written by :func:`bidstrain.store.create_store`
-from demo BOLD runs (:func:`bidstrain.demo.bold_run`), ``--distinct`` different runs; the
+Subject stores (demo grid by default) are written by :func:`bidstrain.io.store.create_store`
+from demo BOLD runs (:func:`bidstrain.demo.generate.bold_run`), ``--distinct`` different runs; the
 other subjects are file copies of those stores with their ``subject`` attribute rewritten
 (writing 1,000 stores from scratch takes about 80 s here; the averaging reads the same bytes
 either way).
@@ -48,8 +49,8 @@ def make_subject_stores(
     distinct store's mask voxels, so that masks differ as subjects' own masks do."""
     import numpy as np
     import zarr
-    from bidstrain.demo import bold_run
-    from bidstrain.store import create_store
+    from bidstrain.demo.generate import bold_run
+    from bidstrain.io.store import create_store
 
     rng = np.random.default_rng(spec.seed)
     shared = np.sin(2 * np.pi * np.arange(spec.n_volumes) * spec.repetition_time / 40.0)
@@ -94,13 +95,13 @@ def make_subject_stores(
 def run_one(method: str, members: str, out: str) -> dict:
     """Average the stores listed in ``members`` with ``method`` in this process."""
     if method == "ours":
-        from bidstrain.average import main
+        from bidstrain.average.cohort import main
 
         start = time.perf_counter()
         main([f"@{members}", "--out", out, *AVERAGE_FLAGS])
     else:
         import xarray as xr
-        from bidstrain.store import open_store
+        from bidstrain.io.store import open_store
 
         start = time.perf_counter()
         stores = Path(members).read_text().split()
@@ -147,7 +148,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_one(args.one, args.members, args.out)))
         return
-    from bidstrain.demo import DemoSpec
+    from bidstrain.demo.generate import DemoSpec
 
     spec = DemoSpec(bold_shape=tuple(args.bold_shape), n_volumes=args.volumes)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
 """Benchmark: confound regression of one 96x96x96x300 fMRIPrep BOLD run, ours against nilearn.
 
-Input: :func:`bidstrain.demo.make_fmriprep_demo` with one subject, one run in
+Input: :func:`bidstrain.demo.generate.make_fmriprep_demo` with one subject, one run in
 ``MNI152NLin2009cAsym:res-2`` on a 96x96x96 grid, 300 volumes (int16), its brain mask and
 a confounds table from which the ``simple`` strategy takes 30 columns (4 cosines, 24
 motion parameters, white matter and CSF) and drops the non-steady-state volume 0.
@@ -56,7 +56,7 @@ REFERENCE_VOXELS = 20_000
 def ensure_input() -> None:
     """Write the fMRIPrep-shaped run if it is not there yet."""
     if not RUN.exists():
-        from bidstrain.demo import DemoSpec, make_fmriprep_demo
+        from bidstrain.demo.generate import DemoSpec, make_fmriprep_demo
 
         spec = DemoSpec(n_subjects=1, bold_shape=(96, 96, 96), n_volumes=300)
         make_fmriprep_demo(ROOT, spec, ("MNI152NLin2009cAsym:res-2",), n_cosines=4, runs=("1",))
@@ -123,7 +123,7 @@ def differences(out_dir: Path) -> dict[str, float]:
     """
     import nibabel as nib
     import numpy as np
-    from bidstrain.store import open_store
+    from bidstrain.io.store import open_store
     from nilearn import signal
     from nilearn.interfaces.fmriprep import load_confounds_strategy
 

@@ -36,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
 
-from bidstrain.demo import make_empty_dataset  # noqa: E402
+from bidstrain.demo.generate import make_empty_dataset  # noqa: E402
 
 #: Snakemake's floor for bidstrain's DAG: per subject one normalize job (two outputs: the
 #: ingest record and the table), one figure job per group of subjects (64 at most, each
@@ -64,13 +64,13 @@ PARSE = """
 import gc, time, yaml
 gc.set_threshold(50_000)
 from pathlib import Path
-from bidstrain.bids import BidsIndex
+from bidstrain.dataset.bids import BidsIndex
 from bidstrain.config import Config, validate_config
 from bidstrain.plan import Plan
 start = time.perf_counter()
 config = yaml.safe_load(Path(REPO, "config/config.yaml").read_text())
 config["bids_dir"] = ROOT
-validate_config(config, Path(REPO, "config/schema.yaml"))
+validate_config(config)
 config = Config.from_dict(config)
 Plan.build(config, BidsIndex.build(config.bids_dir)).files()
 print(time.perf_counter() - start)
@@ -151,7 +151,7 @@ def main() -> None:
             subjects = "subjects=" + ",".join(f"{i:04d}" for i in range(n))
             workflow = [
                 "--snakefile",
-                str(REPO / "Snakefile"),
+                str(REPO / "workflow" / "Snakefile"),
                 "--configfile",
                 str(REPO / "config/config.yaml"),
                 "--config",

@@ -21,11 +21,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
 
-from bidstrain.demo import make_empty_dataset  # noqa: E402
+from bidstrain.demo.generate import make_empty_dataset  # noqa: E402
 
 # name -> (imports, the statement timed); ROOT is the dataset root.
 METHODS = {
-    "bidstrain": ("from bidstrain.bids import BidsIndex", "BidsIndex.build(ROOT)"),
+    "bidstrain": ("from bidstrain.dataset.bids import BidsIndex", "BidsIndex.build(ROOT)"),
     "pybids": ("import bids", "bids.BIDSLayout(ROOT, validate=False)"),
     "snakebids": (
         "from snakebids import generate_inputs",

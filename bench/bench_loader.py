@@ -38,11 +38,11 @@ import numpy as np
 import torch
 import yaml
 from bidstrain.config import validate_config
-from bidstrain.demo import write_bold_store
-from bidstrain.store import read_dims
+from bidstrain.demo.generate import write_bold_store
+from bidstrain.io.store import read_dims
 from bidstrain.train.data import make_loader, volume_dataset
 from bidstrain.train.distributed import Context
-from bidstrain.train.loop import build_module
+from bidstrain.train.model import build_module
 from bidstrain.train.reader import OpenStores
 from bidstrain.train.sampler import batch_sampler
 from bidstrain.train.schedule import build_scheduler
@@ -57,7 +57,7 @@ def realistic_config(batch_size: int) -> dict:
     """The ``train`` section of config/train-mni2mm.yaml, CPU settings."""
     config = yaml.safe_load((REPO / "config" / "train-mni2mm.yaml").read_text())
     config["bids_dir"] = "unused"
-    train = validate_config(config, REPO / "config" / "schema.yaml")["train"]
+    train = validate_config(config)["train"]
     train.update(bf16=False, batch_size=batch_size)
     return train
 

@@ -64,7 +64,7 @@ NILEARN_EPI_MASK = "nilearn_epi_mask.nii.gz"
 def ensure_input() -> Path:
     """Write the demo run (96x96x96 voxels, 300 volumes, int16) if it is not there yet."""
     if not RUN.exists():
-        from bidstrain.demo import DemoSpec, make_demo
+        from bidstrain.demo.generate import DemoSpec, make_demo
 
         spec = DemoSpec(
             n_subjects=1,
@@ -150,7 +150,7 @@ def setup(out_dir: Path) -> None:
     ensure_input()
     if not MASK.exists():
         import nibabel as nib
-        from bidstrain.store import open_store, store_meta
+        from bidstrain.io.store import open_store, store_meta
 
         run_variant("ours_epi", out_dir)
         ds = open_store(out_dir / "ours_epi.zarr")
@@ -186,7 +186,7 @@ def in_subprocess(variant: str, out_dir: Path, script: Path = Path(__file__)) ->
 def max_difference(store: Path, reference: str) -> tuple[float, float]:
     """Largest |ours - nilearn| where the variance is non-zero, and elsewhere."""
     import numpy as np
-    from bidstrain.store import open_store
+    from bidstrain.io.store import open_store
 
     ours = open_store(store)
     theirs = np.load(store.parent / f"{reference}.npy")
@@ -202,7 +202,7 @@ def same_mask(store: Path) -> str:
     """Whether a store's mask is nilearn's EPI mask of the run (``nilearn_epi``)."""
     import nibabel as nib
     import numpy as np
-    from bidstrain.store import open_store
+    from bidstrain.io.store import open_store
 
     ours = open_store(store).mask.values
     theirs = nib.as_closest_canonical(nib.load(store.parent / NILEARN_EPI_MASK))

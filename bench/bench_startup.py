@@ -3,7 +3,7 @@
 A cohort of ``--subjects`` subjects, each with a T1w (1 volume), two BOLD runs (300
 volumes each) and a DWI (64 volumes), listed in one normalize table per subject
 (``results/normalized/sub-*/sub-*_scans.tsv``, written by
-:func:`bidstrain.normalize.table.write_table`) and in a ``stores.json`` with ``tables``, as
+:func:`bidstrain.io.scans_table.write_table`) and in a ``stores.json`` with ``tables``, as
 the plan writes it. What start-up reads is real: the 10,000 tables and ``stores.json``;
 the store paths are symbolic links to three real stores of each shape (tiny grids), so
 the first batch opens and reads real stores while the cohort takes seconds to make.
@@ -13,7 +13,7 @@ not enter the measurement.
 Measured in a fresh interpreter (``--repeats``, medians): imports, then
 :func:`bidstrain.train.loop.training_data` (the trainer's own set-up: tables read, store
 layout, sampler, loader) with the settings of ``config/train-mni2mm.yaml``, then the first
-batch. Also: reading the array metadata of one store (:func:`bidstrain.store.read_dims`),
+batch. Also: reading the array metadata of one store (:func:`bidstrain.io.store.read_dims`),
 what start-up would cost per store without the tables.
 
 Run: ``.venv/bin/python bench/bench_startup.py [--subjects 10000] [--repeats 3]``.
@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bidstrain.normalize.table import StoreRow, write_table
-from bidstrain.store import create_store, read_dims
+from bidstrain.io.scans_table import StoreRow, write_table
+from bidstrain.io.store import create_store, read_dims
 
 REPO = Path(__file__).resolve().parents[1]
 #: modality, store name, volumes
@@ -54,7 +54,7 @@ imported = time.perf_counter()
 repo, stores_file = sys.argv[1], sys.argv[2]
 config = yaml.safe_load(open(f"{repo}/config/train-mni2mm.yaml"))
 config["bids_dir"] = "unused"
-train = validate_config(config, f"{repo}/config/schema.yaml")["train"]
+train = validate_config(config)["train"]
 train.update(num_workers=0)
 training, _ = read_stores(stores_file)
 context = Context(0, 1, torch.device("cpu"))

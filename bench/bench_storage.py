@@ -11,7 +11,7 @@ to it).
 Reported per storage: bytes on disk, files, write time (median of ``--repeats``) and
 loader samples/s (median of ``--repeats``, interleaved across storages so that a busy
 machine slows them alike). Run it against another checkout of the package with
-``PYTHONPATH=<checkout>/workflow`` (one with :func:`bidstrain.demo.write_bold_store`).
+``PYTHONPATH=<checkout>/workflow`` (one with :func:`bidstrain.demo.generate.write_bold_store`).
 
 Run: ``.venv/bin/python bench/bench_storage.py [--grid 96 96 96] [--volumes 300]
 [--storages float32 float16 bitround-7] [--repeats 3]``.
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bidstrain.demo import write_bold_store
+from bidstrain.demo.generate import write_bold_store
 from bidstrain.train.data import VolumeDataset
 from bidstrain.train.sampler import ModalityBatchSampler
 

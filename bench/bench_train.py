@@ -39,17 +39,18 @@ import numpy as np
 import torch
 from bench_loader import GRID, realistic_config
 from bidstrain.config import validate_config
-from bidstrain.demo import write_bold_store
-from bidstrain.store import create_store
+from bidstrain.demo.generate import write_bold_store
+from bidstrain.io.store import create_store
 from bidstrain.train.data import make_loader, volume_dataset
 from bidstrain.train.distributed import Context
-from bidstrain.train.loop import Trainer, build_module, optimizer_step
+from bidstrain.train.loop import Trainer, optimizer_step
+from bidstrain.train.model import build_module
 from bidstrain.train.resample import fit_to_shape
 from bidstrain.train.sampler import batch_sampler
 from bidstrain.train.schedule import build_scheduler
 
 REPO = Path(__file__).resolve().parents[1]
-# The demo dataset's grids and volume counts (bidstrain.demo.DemoSpec): 3 subjects.
+# The demo dataset's grids and volume counts (bidstrain.demo.generate.DemoSpec): 3 subjects.
 DEMO = {"T1w": ((40, 48, 40), 1, 3), "bold": ((20, 24, 20), 40, 2), "dwi": ((20, 24, 20), 8, 3)}
 
 
@@ -164,7 +165,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.config == "demo":
-        config = validate_config({"bids_dir": "unused"}, REPO / "config" / "schema.yaml")["train"]
+        config = validate_config({"bids_dir": "unused"})["train"]
     else:
         config = realistic_config(16)
         config["bf16"] = device.type == "cuda"

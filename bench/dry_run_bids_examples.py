@@ -91,7 +91,7 @@ def dry_run(dataset: Path, keys: dict[str, str]) -> Outcome:
     with tempfile.TemporaryDirectory() as workdir:
         command = [
             sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--nolock", "--quiet",
-            "rules", "--snakefile", str(REPO / "Snakefile"), "--configfile",
+            "rules", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--configfile",
             str(REPO / "config" / "config.yaml"), "--directory", workdir, "--config", *config,
         ]  # fmt: skip
         result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
@@ -119,15 +119,15 @@ def _refusal(output: str) -> Outcome:
 def plan_via_api(dataset: Path, keys: dict[str, str]) -> Outcome:
     """The index and the plan through the Python API, with the repository's config."""
     import yaml
-    from bidstrain.bids import BidsIndex
     from bidstrain.config import Config, validate_config
+    from bidstrain.dataset.bids import BidsIndex
     from bidstrain.errors import BidstrainError
     from bidstrain.plan import Plan
 
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config.update(bids_dir=str(dataset), **{k: yaml.safe_load(v) for k, v in keys.items()})
     try:
-        typed = Config.from_dict(validate_config(config, REPO / "config" / "schema.yaml"))
+        typed = Config.from_dict(validate_config(config))
         index = BidsIndex.build(
             typed.bids_dir, typed.participant_label, typed.exclude_participant_label
         )

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bidstrain.demo import DemoSpec, make_demo
+from bidstrain.demo.generate import DemoSpec, make_demo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ def snakemake_command(
         "-m",
         "snakemake",
         "--snakefile",
-        str(REPO / "Snakefile"),
+        str(REPO / "workflow" / "Snakefile"),
         "--configfile",
         str(REPO / "config" / "config.yaml"),
         "--directory",

@@ -1,6 +1,6 @@
 """Tiny inputs that follow the inter-stage contracts, for the report tests.
 
-Stores are written with :func:`bidstrain.store.create_store` from the demo generator's
+Stores are written with :func:`bidstrain.io.store.create_store` from the demo generator's
 images; the checks summary and the training metrics are written by hand.
 """
 
@@ -11,8 +11,8 @@ import math
 from pathlib import Path
 
 import numpy as np
-from bidstrain.demo import DemoSpec, _ellipsoid, bold_run, dwi_series
-from bidstrain.store import create_store, open_store
+from bidstrain.demo.generate import DemoSpec, _ellipsoid, bold_run, dwi_series
+from bidstrain.io.store import create_store, open_store
 
 SPEC = DemoSpec(bold_shape=(12, 14, 12), n_volumes=30)
 TR = 2.0

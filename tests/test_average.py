@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from bidstrain.average import average_stores, main
-from bidstrain.demo import DemoSpec, bold_run
+from bidstrain.average.cohort import average_stores, main
+from bidstrain.demo.generate import DemoSpec, bold_run
 from bidstrain.errors import BidstrainError, run_cli
-from bidstrain.store import create_store, open_store, to_grid
+from bidstrain.io.store import create_store, open_store, to_grid
 
 GRID = (5, 6, 4)
 
@@ -238,7 +238,7 @@ def test_blocks_of_a_few_volumes_give_the_same_average(tmp_path, block_volumes):
 
 
 def test_each_store_is_opened_once_per_pass_and_block(tmp_path, three_subjects, monkeypatch):
-    import bidstrain.average as average
+    import bidstrain.average.cohort as average
 
     opened = []
     open_group = average._open_group
@@ -266,7 +266,7 @@ def copy_store(source: Path, path: Path, subject: str) -> Path:
 
 _PEAK_RSS = """
 import resource, sys
-from bidstrain.average import main
+from bidstrain.average.cohort import main
 main(sys.argv[1:])
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """

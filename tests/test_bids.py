@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from bidstrain.bids import (
+from bidstrain.dataset.bids import (
     ENTITY_ORDER,
     BidsFile,
     BidsIgnore,

@@ -19,8 +19,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from bidstrain.bids import BidsIndex
-from bidstrain.derivatives import dataset_kind, nested_derivatives_warning
+from bidstrain.dataset.bids import BidsIndex
+from bidstrain.dataset.derivatives import dataset_kind, nested_derivatives_warning
 from bidstrain.errors import BidstrainError
 from bidstrain.plan import Plan
 from conftest import run_snakemake

@@ -21,7 +21,7 @@ from bidstrain.checks.scan import scan_store
 from bidstrain.checks.summary import raise_on_failure, summary_tsv, write_summary
 from bidstrain.config import validate_config
 from bidstrain.errors import BidstrainError
-from bidstrain.store import create_store
+from bidstrain.io.store import create_store
 from test_average import ellipsoid, random_raw, write_bold_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ GRID = (5, 6, 4)
 def default_config(**train) -> dict:
     """The workflow defaults, with a tiny model grid and ``train`` overrides."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    validate_config(config, REPO / "config" / "schema.yaml")
+    validate_config(config)
     config["train"].update(shapes={"T1w": [6, 6, 6], "bold": [6, 6, 6], "dwi": [6, 6, 6]})
     config["train"].update(train)
     config["world_size"] = 1  # the plan's, which the rule passes next to the sections
@@ -387,10 +387,10 @@ def test_summary_files_and_the_strict_error(tmp_path):
 
 @pytest.mark.parametrize("storage", ["float16", "bitround-7", "bitround-3"])
 def test_reduced_precision_widens_the_tolerance_but_scanner_scale_still_fails(tmp_path, storage):
-    from bidstrain.average import average_stores
+    from bidstrain.average.cohort import average_stores
     from bidstrain.checks.normalization import check_normalization
     from bidstrain.checks.scan import raw_head
-    from bidstrain.store import open_store
+    from bidstrain.io.store import open_store
 
     rng = np.random.default_rng(5)
     mask, manifest, stores = ellipsoid(), {}, {}

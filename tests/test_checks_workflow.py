@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import xarray as xr
-from bidstrain.store import open_store
+from bidstrain.io.store import open_store
 from conftest import REPO, run_snakemake
 
 pytestmark = pytest.mark.integration

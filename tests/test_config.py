@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from bidstrain.config import Config, TrainConfig, train_keys, validate_config
+from bidstrain.config import SCHEMA_PATH, Config, TrainConfig, train_keys, validate_config
 from bidstrain.errors import BidstrainError
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = REPO / "config" / "schema.yaml"
+SCHEMA = SCHEMA_PATH
 
 
 def _schema_keys(schema: dict) -> dict:

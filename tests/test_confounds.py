@@ -17,11 +17,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from bidstrain.demo import DemoSpec, make_fmriprep_demo
+from bidstrain.demo.generate import DemoSpec, make_fmriprep_demo
 from bidstrain.errors import BidstrainError
+from bidstrain.io.store import open_store, store_meta
 from bidstrain.normalize import ImageInfo, Options, normalize_bold, normalize_with_stats
 from bidstrain.normalize.confounds import load_run_confounds
-from bidstrain.store import open_store, store_meta
 from nilearn.interfaces.fmriprep import load_confounds_strategy
 from nilearn.maskers import NiftiMasker
 

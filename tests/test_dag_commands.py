@@ -11,7 +11,7 @@ import re
 import shlex
 
 import pytest
-from bidstrain.demo import make_empty_dataset
+from bidstrain.demo.generate import make_empty_dataset
 from bidstrain.plan import figure_group_of
 from conftest import REPO, run_snakemake
 

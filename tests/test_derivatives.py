@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bidstrain.bids import BidsIndex
-from bidstrain.demo import DemoSpec, make_demo, make_fmriprep_demo, make_qsiprep_demo
-from bidstrain.derivatives import (
+from bidstrain.dataset.bids import BidsIndex
+from bidstrain.dataset.derivatives import (
     brain_mask,
     confounds_file,
     dataset_kind,
@@ -19,9 +18,10 @@ from bidstrain.derivatives import (
     parse_space,
     select_preproc,
 )
+from bidstrain.demo.generate import DemoSpec, make_demo, make_fmriprep_demo, make_qsiprep_demo
 from bidstrain.errors import BidstrainError
+from bidstrain.io.store import open_store, store_meta
 from bidstrain.normalize import ImageInfo, Options, normalize_volumes
-from bidstrain.store import open_store, store_meta
 
 MNI = "MNI152NLin2009cAsym"
 

@@ -19,7 +19,7 @@ from bidstrain.train import load_model
 from bidstrain.train.description import FORMAT
 from bidstrain.train.expectation import expectation
 from bidstrain.train.loop import train
-from train_support import REPO, tiny_stores, train_config, trainer_env, write_store
+from train_support import tiny_stores, train_config, trainer_env, write_store
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ def trained(tmp_path_factory):
 
 def workflow_config(train_settings: dict) -> Config:
     """A whole configuration whose train section is ``train_settings``."""
-    config = validate_config({"bids_dir": "unused"}, REPO / "config" / "schema.yaml")
+    config = validate_config({"bids_dir": "unused"})
     config["train"].update(train_settings)
     return Config.from_dict(config)
 

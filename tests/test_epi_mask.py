@@ -5,7 +5,7 @@ Volumes: the real ``functional.nii`` (its mean) and ``anatomical.nii`` (big-endi
 the demo's BOLD and DWI means, smooth random volumes, volumes with NaN and Inf, several
 blobs (the largest component is kept), constant volumes and grids too small for a mask;
 each in its stored voxel order and after the RAS+ reorientation every store gets
-(:mod:`bidstrain.orientation`), with the defaults and with other cutoffs and openings.
+(:mod:`bidstrain.io.orientation`), with the defaults and with other cutoffs and openings.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from bidstrain.demo import DemoSpec, make_demo
+from bidstrain.demo.generate import DemoSpec, make_demo
+from bidstrain.io.orientation import reorientation
+from bidstrain.io.store import open_store
 from bidstrain.normalize.masking import epi_mask
-from bidstrain.orientation import reorientation
-from bidstrain.store import open_store
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, ornt_transform
 from nibabel.testing import data_path
 from nilearn.exceptions import MaskWarning

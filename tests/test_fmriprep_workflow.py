@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
-from bidstrain.bids import parse_name
-from bidstrain.demo import make_fmriprep_demo
-from bidstrain.store import open_store, store_meta
+from bidstrain.dataset.bids import parse_name
+from bidstrain.demo.generate import make_fmriprep_demo
+from bidstrain.io.store import open_store, store_meta
 from conftest import REPO, run_snakemake
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a whole workflow: a minute

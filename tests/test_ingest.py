@@ -16,10 +16,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from bidstrain.demo import DemoSpec, make_demo
+from bidstrain.demo.generate import DemoSpec, make_demo
 from bidstrain.errors import BidstrainError
-from bidstrain.ingest import write_manifest
-from bidstrain.normalize.table import COLUMNS, read_tables
+from bidstrain.ingest.records import write_manifest
+from bidstrain.io.scans_table import COLUMNS, read_tables
 from conftest import run_snakemake
 
 pytestmark = pytest.mark.integration

@@ -19,14 +19,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import xarray as xr
-from bidstrain import nifti_files
-from bidstrain.bids import BidsFile, BidsIndex, parse_name
+from bidstrain.dataset.bids import BidsFile, BidsIndex, parse_name
 from bidstrain.errors import BidstrainError
-from bidstrain.ingest import ingest_images, inspect_image
-from bidstrain.nifti_files import check_complete, data_end, gzip_stream_size
+from bidstrain.ingest.records import ingest_images, inspect_image
+from bidstrain.io import nifti_files
+from bidstrain.io.nifti_files import check_complete, data_end, gzip_stream_size
+from bidstrain.io.store import CONSOLIDATED
 from bidstrain.normalize import ImageInfo, Options, normalize_bold
 from bidstrain.normalize.nifti_stream import iter_blocks, read_layout
-from bidstrain.store import CONSOLIDATED
 from isal import igzip
 from nibabel.testing import data_path
 from test_plan import plan_of

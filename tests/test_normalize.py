@@ -15,9 +15,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import xarray as xr
-from bidstrain.demo import DemoSpec, bold_run, dwi_series, t1w_image
+from bidstrain.dataset.masks import resolve_pattern
+from bidstrain.demo.generate import DemoSpec, bold_run, dwi_series, t1w_image
 from bidstrain.errors import BidstrainError
-from bidstrain.mask_options import resolve_pattern
+from bidstrain.io.store import CHUNK_BYTES, CONSOLIDATED, open_store
 from bidstrain.normalize import (
     ImageInfo,
     Options,
@@ -28,7 +29,6 @@ from bidstrain.normalize import (
 from bidstrain.normalize.masking import epi_mask, head_mask
 from bidstrain.normalize.moments import VoxelMoments, pool_moments
 from bidstrain.normalize.nifti_stream import iter_blocks, read_layout
-from bidstrain.store import CHUNK_BYTES, CONSOLIDATED, open_store
 from nibabel.testing import data_path
 from nilearn.maskers import NiftiMasker
 from nilearn.masking import compute_epi_mask

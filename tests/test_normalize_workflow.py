@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import xarray as xr
-from bidstrain.bids import BidsIndex
+from bidstrain.dataset.bids import BidsIndex
 from conftest import run_snakemake
 
 pytestmark = pytest.mark.integration

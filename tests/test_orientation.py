@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 import xarray as xr
 from bidstrain.errors import BidstrainError
+from bidstrain.io.orientation import OBLIQUE_DEGREES, closest_axes, reorientation
+from bidstrain.io.store import open_store
 from bidstrain.normalize import (
     ImageInfo,
     Options,
@@ -31,8 +33,6 @@ from bidstrain.normalize import (
 from bidstrain.normalize.masking import epi_mask, head_mask
 from bidstrain.normalize.moments import VoxelMoments
 from bidstrain.normalize.nifti_stream import iter_blocks, read_layout
-from bidstrain.orientation import OBLIQUE_DEGREES, closest_axes, reorientation
-from bidstrain.store import open_store
 from nibabel.orientations import (
     apply_orientation,
     axcodes2ornt,

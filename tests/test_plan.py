@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 from bidstrain import paths
-from bidstrain.bids import ENTITY_ORDER, BidsFile, BidsIndex, parse_name
 from bidstrain.config import Config, validate_config
-from bidstrain.demo import make_empty_dataset, make_fmriprep_demo, make_qsiprep_demo
+from bidstrain.dataset.bids import ENTITY_ORDER, BidsFile, BidsIndex, parse_name
+from bidstrain.demo.generate import make_empty_dataset, make_fmriprep_demo, make_qsiprep_demo
 from bidstrain.errors import BidstrainError
 from bidstrain.plan import (
     FIGURE_JOB_MINUTES,
@@ -42,7 +42,7 @@ def typed_config(bids_dir: Path, **overrides) -> Config:
             config[key].update(value)
         else:
             config[key] = value
-    return Config.from_dict(validate_config(config, REPO / "config" / "schema.yaml"))
+    return Config.from_dict(validate_config(config))
 
 
 def plan_of(bids_dir: Path, **overrides) -> Plan:

@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import report_data as rd
-from bidstrain.demo import DemoSpec, _ellipsoid, bold_run
+from bidstrain.demo.generate import DemoSpec, _ellipsoid, bold_run
 from bidstrain.errors import BidstrainError, run_cli
-from bidstrain.normalize.table import StoreRow, write_table
+from bidstrain.io.scans_table import StoreRow, write_table
+from bidstrain.io.store import create_store, open_store
 from bidstrain.report import TRAINING_FIGURES
 from bidstrain.report.__main__ import main
 from bidstrain.report.average import average_figure, subject_correlations, time_course
@@ -30,7 +31,6 @@ from bidstrain.report.train import (
     steps_frame,
     training_figures,
 )
-from bidstrain.store import create_store, open_store
 from bidstrain.train.schedule import lr_multiplier
 from matplotlib.figure import Figure
 

@@ -27,7 +27,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import xarray as xr
-from bidstrain.store import open_store
+from bidstrain.io.store import open_store
 from bidstrain.train.stop import PAUSE_AT_STEP
 from conftest import REPO, run_snakemake
 from slurm_support import (

@@ -16,9 +16,9 @@ import xarray as xr
 import zarr
 import zarr.codecs
 from bidstrain.errors import BidstrainError
-from bidstrain.grid import AFFINE_TOLERANCE, grid_mismatch
-from bidstrain.shards import ShardStream
-from bidstrain.store import (
+from bidstrain.io.grid import AFFINE_TOLERANCE, grid_mismatch
+from bidstrain.io.shards import ShardStream
+from bidstrain.io.store import (
     CONSOLIDATED,
     REQUIRED_ATTRS,
     Storage,

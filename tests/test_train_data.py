@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 import torch
-from bidstrain.demo import write_bold_store
+from bidstrain.demo.generate import write_bold_store
 from bidstrain.errors import BidstrainError
-from bidstrain.normalize.table import StoreRow, write_table
-from bidstrain.store import open_store, read_dims, to_grid
+from bidstrain.io.scans_table import StoreRow, write_table
+from bidstrain.io.store import open_store, read_dims, to_grid
 from bidstrain.train.buffers import ring_slots
 from bidstrain.train.data import (
     MODALITIES,

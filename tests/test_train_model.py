@@ -174,7 +174,7 @@ def test_dataset_puts_voxels_on_the_grid_and_crops_or_pads(tmp_path):
     modality, volume = dataset[1]
     assert modality == "bold" and volume.shape == (8, 16, 10) and volume.dtype == np.float32
     assert np.all(volume[:, :2] == 0) and np.all(volume[:, -2:] == 0)  # padded
-    from bidstrain.store import open_store, to_grid
+    from bidstrain.io.store import open_store, to_grid
 
     with open_store(path) as ds:
         full = to_grid(ds, ds["data"][1].values)

@@ -12,7 +12,7 @@ import yaml
 from bidstrain.checks.loss import check_loss_scale
 from bidstrain.checks.plan import check_counts
 from bidstrain.config import validate_config
-from bidstrain.store import create_store
+from bidstrain.io.store import create_store
 from bidstrain.train.loop import train
 from train_support import REPO
 
@@ -46,7 +46,7 @@ def write_realistic_store(path, grid, modality: str, seed: int) -> str:
 def test_realistic_config_trains_two_steps_on_cpu_and_its_checks_run(tmp_path):
     config = yaml.safe_load((REPO / "config" / "train-mni2mm.yaml").read_text())
     config["bids_dir"] = "unused"
-    settings = validate_config(config, REPO / "config" / "schema.yaml")["train"]
+    settings = validate_config(config)["train"]
     assert (settings["embed_dim"], settings["depth"], settings["heads"]) == (768, 12, 12)
     assert settings["resample"]["T1w"] == 2 and settings["bf16"]
     settings.update(bf16=False, batch_size=1, epochs=1, warmup_steps=0, log_every=1, num_workers=0)

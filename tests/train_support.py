@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bidstrain.config import validate_config
-from bidstrain.store import create_store
+from bidstrain.io.store import create_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,7 +77,7 @@ def tiny_stores(root: Path, counts: dict[str, int], **kwargs) -> dict[str, list[
 def train_config(**overrides) -> dict:
     """The ``train`` section with the schema's defaults, small shapes, and ``overrides``
     (nested dicts are merged one level deep)."""
-    config = validate_config({"bids_dir": "unused"}, REPO / "config" / "schema.yaml")["train"]
+    config = validate_config({"bids_dir": "unused"})["train"]
     config.update(
         shapes={"T1w": [8, 8, 8], "bold": [8, 8, 8], "dwi": [8, 8, 8]},
         patch_size=4,

@@ -1,4 +1,5 @@
-"""The workflow configuration: validated against ``config/schema.yaml``, then typed.
+"""The workflow configuration: validated against ``workflow/schemas/config.schema.yaml``,
+then typed.
 
 The schema is the one source of every key, its description and its default
 (:func:`validate_config` fills the defaults). :meth:`Config.from_dict` turns the validated
@@ -67,15 +68,21 @@ def _key_path(error: jsonschema.ValidationError) -> str:
     return path or "<top level>"
 
 
-def validate_config(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
+#: The JSON Schema of the configuration: every key, its description and its default.
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+
+
+def validate_config(
+    config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH
+) -> dict[str, Any]:
     """Validate ``config`` in place against the JSON Schema, filling defaults.
 
     Parameters
     ----------
     config : dict
         The configuration as Snakemake loaded it; defaults are written into it.
-    schema_path : str or Path
-        Path of ``config/schema.yaml``.
+    schema_path : str or Path, optional
+        The schema; :data:`SCHEMA_PATH` by default.
 
     Returns
     -------
@@ -244,7 +251,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Config:
-    """The whole validated configuration (``config/schema.yaml`` documents every key)."""
+    """The whole validated configuration (:data:`SCHEMA_PATH` documents every key)."""
 
     bids_dir: str
     participant_label: tuple[str, ...]

@@ -1,4 +1,5 @@
-"""Every output path of the workflow, built in one place on :func:`bidstrain.bids.bids_path`.
+"""Every output path of the workflow, built in one place on
+:func:`bidstrain.dataset.bids.bids_path`.
 
 Paths are relative to the working directory (Snakemake's ``--directory``). Functions that
 take a ``prefix`` or a name accept Snakemake wildcards too (``"{prefix}"``), so a rule's
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from bidstrain.bids import BidsFile, bids_name, bids_path
+from bidstrain.dataset.bids import BidsFile, bids_name, bids_path
 
 RESULTS = "results"
 LOGS = "logs"

@@ -26,18 +26,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bidstrain import __version__, derivatives, paths
-from bidstrain.atomic import write_text_atomic
-from bidstrain.bids import BidsFile, BidsIndex, select_echo, select_part
+from bidstrain import __version__, paths
 from bidstrain.config import Config, config_hash, to_plain
+from bidstrain.dataset import derivatives
+from bidstrain.dataset.bids import BidsFile, BidsIndex, select_echo, select_part
+from bidstrain.dataset.masks import DEFAULT_MASKS, MASK_KEYS, is_pattern, resolve_pattern
 from bidstrain.errors import BidstrainError
-from bidstrain.mask_options import DEFAULT_MASKS, MASK_KEYS, is_pattern, resolve_pattern
+from bidstrain.io.atomic import write_text_atomic
+from bidstrain.modalities import MODALITIES
 from bidstrain.report import CHECKS_FIGURES, TRAINING_FIGURES
 from bidstrain.train.expectation import expectation
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("T1w", "bold", "dwi")
 #: The datatype folders of the modalities: a subject without any is not an MRI participant.
 MRI_DATATYPES = frozenset({"anat", "func", "dwi"})
 #: BIDS entities whose value is an index (a non-negative integer, leading zeros allowed).

@@ -10,7 +10,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.settings.types import DeploymentMethod
 
-sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
+sys.path.insert(0, workflow.basedir)
 
 # Snakemake allocates hundreds of objects per job while it builds and prints the DAG. With
 # Python's default threshold (a collection every 700 allocations) the cyclic garbage
@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 gc.set_threshold(50_000)
 
 from bidstrain import paths
-from bidstrain.bids import BidsIndex
+from bidstrain.dataset.bids import BidsIndex
 from bidstrain.config import Config, constant_resource, to_plain, validate_config
-from bidstrain.derivatives import nested_derivatives_warning
+from bidstrain.dataset.derivatives import nested_derivatives_warning
 from bidstrain.errors import BidstrainError
 from bidstrain.plan import Plan, write_if_changed
 
@@ -36,7 +36,7 @@ try:
             "train", {}
         ).items()
     }
-    validate_config(config, Path(workflow.basedir) / "config" / "schema.yaml")
+    validate_config(config)
     CONFIG = Config.from_dict(config)
     INDEX = BidsIndex.build(
         CONFIG.bids_dir,
@@ -66,7 +66,7 @@ ENV = str(Path(workflow.basedir) / "envs" / "bidstrain.yaml")
 # pip-installed.
 _USES_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
 _PATH = "" if _USES_CONDA else f'export PATH="{Path(sys.executable).parent}:$PATH"; '
-_PACKAGE_DIR = Path(workflow.basedir) / "workflow"
+_PACKAGE_DIR = Path(workflow.basedir)
 # (Snakemake formats the prefix like a shell command: shell braces are doubled.)
 shell.prefix(
     f"set -euo pipefail; {_PATH}"

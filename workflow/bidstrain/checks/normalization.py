@@ -34,7 +34,7 @@ import numpy as np
 
 from bidstrain.checks import Check, verdict
 from bidstrain.checks.scan import StoreScan
-from bidstrain.store import ZERO_STD
+from bidstrain.io.store import ZERO_STD
 
 NAME = "normalization"
 HELDOUT_MAX_SHIFT = 1.0

@@ -35,7 +35,7 @@ MIN_RUNS = 3
 #: Smallest spread, as a share of the group median, that a deviation is measured against.
 RELATIVE_SCALE_FLOOR = 0.1
 #: A voxel counts as constant when its recovered raw std is at most this share of its raw
-#: level (and at least 1). Deliberately not :data:`bidstrain.store.ZERO_STD`: that absolute
+#: level (and at least 1). Deliberately not :data:`bidstrain.io.store.ZERO_STD`: that absolute
 #: threshold applies to statistics computed from the raw values, whereas this std is
 #: recovered from the stored z-scores (float32 or less, summed in float64), whose rounding
 #: leaves a constant voxel of a held-out run (z-scored with other runs' statistics, so

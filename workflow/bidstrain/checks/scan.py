@@ -15,7 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bidstrain.store import StoreMeta, open_store, store_meta
+from bidstrain.io.store import StoreMeta, open_store, store_meta
 
 #: Float64 bytes per block of volumes read at a time.
 BLOCK_BYTES = 64 * 2**20
@@ -108,7 +108,7 @@ def scan_store(path: str | Path, *, sample_voxels: int, seed: int = 0) -> StoreS
     Parameters
     ----------
     path : str or Path
-        A store of the :mod:`bidstrain.store` layout.
+        A store of the :mod:`bidstrain.io.store` layout.
     sample_voxels : int
         Voxels sampled (``checks.sample_voxels``) for the scale table and the raw comparison.
     seed : int

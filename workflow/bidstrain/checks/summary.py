@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bidstrain.atomic import write_text_atomic
 from bidstrain.checks import Check
 from bidstrain.errors import BidstrainError
+from bidstrain.io.atomic import write_text_atomic
 
 
 def _plain(value):

@@ -9,7 +9,7 @@
         --out-table results/normalized/sub-01/sub-01_scans.tsv
 
 First the job validates the header of every image of ``--spec``
-(:func:`bidstrain.ingest.ingest_images`: the images the plan chose, in the derivative's
+(:func:`bidstrain.ingest.records.ingest_images`: the images the plan chose, in the derivative's
 space, of one echo and part) and writes the subject's ingest record (``--ingest``); an
 invalid image stops it there, with an error naming the subject, the file and the
 problem, before any store is written. Then it normalizes the images of ``--spec``, in
@@ -36,15 +36,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bidstrain.errors import BidstrainError, run_cli
-from bidstrain.ingest import add_subject_arguments, write_subject_record
+from bidstrain.ingest.records import add_subject_arguments, write_subject_record
+from bidstrain.io.scans_table import StoreRow, write_table
+from bidstrain.io.store import StoreMeta, read_dims
 from bidstrain.normalize.bold import normalize_bold
 from bidstrain.normalize.confounds import STRATEGIES, RunConfounds, load_run_confounds
 from bidstrain.normalize.heldout import normalize_with_stats
 from bidstrain.normalize.image import ImageInfo, Options
 from bidstrain.normalize.nifti_stream import read_layout
-from bidstrain.normalize.table import StoreRow, write_table
 from bidstrain.normalize.volumes import normalize_volumes
-from bidstrain.store import StoreMeta, read_dims
 
 log = logging.getLogger("bidstrain.normalize")
 

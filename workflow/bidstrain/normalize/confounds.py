@@ -46,8 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from bidstrain.dataset.masks import MASK_KEYS, is_pattern
 from bidstrain.errors import BidstrainError
-from bidstrain.mask_options import MASK_KEYS, is_pattern
 from bidstrain.normalize.image import ImageInfo, Options
 from bidstrain.normalize.masking import load_mask
 from bidstrain.normalize.nifti_stream import NiftiLayout, iter_blocks

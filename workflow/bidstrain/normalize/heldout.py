@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from bidstrain.errors import BidstrainError
-from bidstrain.grid import grid_mismatch
+from bidstrain.io.grid import grid_mismatch
+from bidstrain.io.store import open_store, read_meta, store_meta, to_grid
 from bidstrain.normalize.confounds import ConfoundRegression, RunConfounds
 from bidstrain.normalize.image import DEFAULT_OPTIONS, ImageInfo, Options
 from bidstrain.normalize.moments import pool_moments
@@ -22,7 +23,6 @@ from bidstrain.normalize.passes import (
     scan_image,
     write_voxel_zscored_store,
 )
-from bidstrain.store import open_store, read_meta, store_meta, to_grid
 
 
 def pooled_statistics(

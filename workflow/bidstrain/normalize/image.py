@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bidstrain.bids import parse_name
+from bidstrain.dataset.bids import parse_name
 from bidstrain.errors import BidstrainError
 
 #: The config key of each modality's mask, for error messages.
@@ -46,7 +46,7 @@ class ImageInfo:
     @classmethod
     def from_ingest(cls, subject_record: Mapping[str, Any], image: str | Path) -> ImageInfo:
         """The entry of ``image`` in a subject's ingest record (what
-        ``results/ingest/sub-X.json`` holds: :func:`bidstrain.ingest.ingest_images`).
+        ``results/ingest/sub-X.json`` holds: :func:`bidstrain.ingest.records.ingest_images`).
 
         Raises
         ------
@@ -105,7 +105,7 @@ class Options:
         Volumes per streamed block; rounded up to a whole number of store chunks.
     storage : str
         How the store keeps the normalized values: ``float32`` (exact), ``float16`` or
-        ``bitround-N`` (:class:`bidstrain.store.Storage`).
+        ``bitround-N`` (:class:`bidstrain.io.store.Storage`).
     """
 
     mask: str = "epi"

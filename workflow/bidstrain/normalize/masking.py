@@ -17,7 +17,7 @@ Config values (``normalize.mask`` for BOLD, ``normalize.dwi_mask``, ``normalize.
     Every voxel of the grid.
 otherwise
     A path pattern to a mask image on the image's grid, in any voxel order (it is brought
-    to RAS+ order as the image is, :mod:`bidstrain.orientation`; non-zero voxels are kept),
+    to RAS+ order as the image is, :mod:`bidstrain.io.orientation`; non-zero voxels are kept),
     with placeholders ``{bids_dir}``, ``{subject}``, ``{session}`` and any BIDS entity key
     of the image (``{task}``, ``{run}``, ``{acq}``...), for example
     ``{bids_dir}/derivatives/masks/sub-{subject}/func/sub-{subject}_task-{task}_desc-brain_mask.nii.gz``.
@@ -38,8 +38,8 @@ import nibabel as nib
 import numpy as np
 
 from bidstrain.errors import BidstrainError
-from bidstrain.grid import grid_mismatch
-from bidstrain.orientation import reorientation
+from bidstrain.io.grid import grid_mismatch
+from bidstrain.io.orientation import reorientation
 
 
 def load_mask(
@@ -53,7 +53,7 @@ def load_mask(
 ) -> np.ndarray:
     """Read a mask image in RAS+ voxel order and check that it lies on the image's grid.
 
-    The mask is reoriented as the image is (:mod:`bidstrain.orientation`), and ``shape``
+    The mask is reoriented as the image is (:mod:`bidstrain.io.orientation`), and ``shape``
     and ``affine`` are the image's after reorientation, so a mask stored in another voxel
     order on the same grid is accepted.
 

@@ -23,7 +23,7 @@ def voxel_tiles(n_voxel: int) -> list[slice]:
     numpy sums a one-column tile in another order than a wider one (``einsum`` makes the
     time axis its inner loop), so the last digit of a voxel's variance would depend on
     whether it falls alone in the last tile, that is on the file's voxel order
-    (:mod:`bidstrain.orientation`): a last tile of one voxel joins the tile before it.
+    (:mod:`bidstrain.io.orientation`): a last tile of one voxel joins the tile before it.
     """
     starts = list(range(0, n_voxel, TILE_VOXELS))
     if len(starts) > 1 and n_voxel - starts[-1] == 1:

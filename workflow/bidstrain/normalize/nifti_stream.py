@@ -30,8 +30,8 @@ import numpy as np
 from isal import igzip, isal_zlib
 
 from bidstrain.errors import BidstrainError
-from bidstrain.nifti_files import check_voxel_type
-from bidstrain.orientation import Reorientation, reorientation
+from bidstrain.io.nifti_files import check_voxel_type
+from bidstrain.io.orientation import Reorientation, reorientation
 
 #: Bytes asked of the decompressor per call while filling a block.
 READ_CHUNK_BYTES = 4 * 2**20
@@ -41,7 +41,7 @@ READ_CHUNK_BYTES = 4 * 2**20
 class NiftiLayout:
     """Where and how a NIfTI image stores its voxels (read from the header only).
 
-    The grid is described in RAS+ voxel order (:mod:`bidstrain.orientation`): ``shape``,
+    The grid is described in RAS+ voxel order (:mod:`bidstrain.io.orientation`): ``shape``,
     ``affine``, :meth:`stored_index` and :meth:`to_grid` are those of the store, while
     blocks are read in the file's order; the reorientation is a gather of voxel indices,
     so it costs nothing per volume.

@@ -21,15 +21,15 @@ from typing import Any
 
 import numpy as np
 
+from bidstrain.dataset.masks import MASK_KEYS
 from bidstrain.errors import BidstrainError
-from bidstrain.mask_options import MASK_KEYS
+from bidstrain.io.orientation import OBLIQUE_DEGREES
+from bidstrain.io.store import ZERO_STD, StoreWriter, chunk_volumes, create_store
 from bidstrain.normalize.confounds import ConfoundRegression
 from bidstrain.normalize.image import ImageInfo, Options
 from bidstrain.normalize.masking import epi_mask, head_mask, load_mask
 from bidstrain.normalize.moments import VoxelMoments
 from bidstrain.normalize.nifti_stream import NiftiLayout, iter_blocks, read_layout
-from bidstrain.orientation import OBLIQUE_DEGREES
-from bidstrain.store import ZERO_STD, StoreWriter, chunk_volumes, create_store
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def open_image(path, info: ImageInfo) -> NiftiLayout:
     """The layout of an image to normalize (:func:`read_layout`); warns when it is oblique.
 
     An oblique image is stored on its own voxels in the RAS+ order of its closest axes
-    (:mod:`bidstrain.orientation`), its affine kept: nothing is resampled.
+    (:mod:`bidstrain.io.orientation`), its affine kept: nothing is resampled.
     """
     layout = read_layout(path, info.subject)
     obliquity = layout.orientation.obliquity
@@ -181,7 +181,7 @@ def check_not_all_zero(scan: Scan, layout: NiftiLayout, info: ImageInfo) -> None
 
 
 def store_attrs(layout: NiftiLayout, info: ImageInfo, options: Options, **values: Any) -> dict:
-    """Store attributes shared by every modality (see :mod:`bidstrain.store`)."""
+    """Store attributes shared by every modality (see :mod:`bidstrain.io.store`)."""
     return {
         "modality": info.modality,
         "subject": info.subject,

@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from bidstrain.dataset.masks import MASK_KEYS
 from bidstrain.errors import BidstrainError
-from bidstrain.mask_options import MASK_KEYS
+from bidstrain.io.store import StoreWriter, create_store
 from bidstrain.normalize.image import ImageInfo, Options
 from bidstrain.normalize.nifti_stream import NiftiLayout, iter_blocks
 from bidstrain.normalize.passes import (
@@ -21,7 +22,6 @@ from bidstrain.normalize.passes import (
     store_attrs,
     volume_times,
 )
-from bidstrain.store import StoreWriter, create_store
 
 #: b-values up to this count as b=0 for the DWI mask.
 B0_THRESHOLD = 50.0
@@ -68,7 +68,7 @@ def normalize_volumes(
     Streamed in two passes like :func:`bidstrain.normalize.bold.normalize_bold`, with the
     same peak memory. Parameters and errors as there; a mask of no more than ``ddof``
     voxels is an error. The store is in RAS+ voxel order, as every store
-    (:mod:`bidstrain.orientation`), and so is ``bvec``: the ``.bvec`` directions are in the
+    (:mod:`bidstrain.io.orientation`), and so is ``bvec``: the ``.bvec`` directions are in the
     file's voxel axes, and follow its axis permutation and flips.
     """
     layout = open_image(nifti_path, info)

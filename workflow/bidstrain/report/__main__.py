@@ -77,8 +77,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         outputs = normalization_figures(args.tables, args.out_dir, n_sample=args.sample_voxels)
     elif args.figure == "average":
+        from bidstrain.io.store import open_store
         from bidstrain.report.average import average_figure
-        from bidstrain.store import open_store
 
         subjects = [open_store(path) for path in args.subject_stores]
         outputs = [(args.out, average_figure(open_store(args.store), subjects, args.title))]

@@ -10,8 +10,8 @@ import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from bidstrain.io.store import store_meta, to_grid
 from bidstrain.report.figure import MAX_LISTED, new_figure, slice_row
-from bidstrain.store import store_meta, to_grid
 
 #: With more subjects than :data:`MAX_LISTED`, the lowest correlations listed by name.
 N_LOWEST = 10

@@ -14,8 +14,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from bidstrain.errors import BidstrainError
+from bidstrain.io.store import EmbeddingMeta
 from bidstrain.report.figure import empty_panel, new_figure
-from bidstrain.store import EmbeddingMeta
 
 _MARKERS = {"T1w": "s", "bold": "o", "dwi": "^"}
 _MODALITY_COLOURS = {"T1w": "#4c72b0", "bold": "#dd8452", "dwi": "#55a868"}

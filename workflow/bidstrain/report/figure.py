@@ -20,7 +20,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.colors import Colormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from bidstrain.atomic import atomic_path  # noqa: E402
+from bidstrain.io.atomic import atomic_path  # noqa: E402
 
 DPI = 100
 #: Subjects (or rows) shown one by one before a figure aggregates or pages them.

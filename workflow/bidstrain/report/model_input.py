@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from bidstrain.io.store import open_store, to_grid
 from bidstrain.report.figure import new_figure, slice_row
-from bidstrain.store import open_store, to_grid
 from bidstrain.train.resample import model_view
 
 

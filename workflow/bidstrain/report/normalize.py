@@ -17,9 +17,9 @@ import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from bidstrain.normalize.table import read_tables
+from bidstrain.io.scans_table import read_tables
+from bidstrain.io.store import open_store, store_meta, to_grid
 from bidstrain.report.figure import new_figure, slice_row
-from bidstrain.store import open_store, store_meta, to_grid
 
 #: Voxels drawn in histograms and carpet plots (a random sample, fixed seed).
 SAMPLE_VOXELS = 2000
@@ -56,7 +56,7 @@ def normalization_figure(
     Parameters
     ----------
     ds : xarray.Dataset
-        An open store (:func:`bidstrain.store.open_store`).
+        An open store (:func:`bidstrain.io.store.open_store`).
     n_sample : int
         Voxels sampled for the histograms and carpet plots.
     title : str, optional

@@ -32,16 +32,16 @@ from typing import Any
 
 import torch
 
-from bidstrain.atomic import atomic_path
 from bidstrain.config import train_keys
 from bidstrain.errors import BidstrainError
+from bidstrain.io.atomic import atomic_path
 from bidstrain.train.lock import LOCK_FILE
 
 LOG = logging.getLogger("bidstrain.train")
 KEEP = 2
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "train_state", "config_hash")
 #: A store's root metadata file (Zarr v3). A store is written whole and renamed into place
-#: (:func:`bidstrain.store.create_store`), so this file's modification time says when.
+#: (:func:`bidstrain.io.store.create_store`), so this file's modification time says when.
 STORE_METADATA = "zarr.json"
 #: Stores named per kind of change in the log line of :func:`set_aside`.
 NAMED = 3

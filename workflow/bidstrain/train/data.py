@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from bidstrain.normalize.table import read_tables
-from bidstrain.store import chunk_volumes, read_dims
+from bidstrain.io.scans_table import read_tables
+from bidstrain.io.store import chunk_volumes, read_dims
+from bidstrain.modalities import MODALITIES
 from bidstrain.train.buffers import BatchBuffer, BatchRing, allocate, ring_slots
 from bidstrain.train.reader import OpenStores
 
 BATCHINGS = ("mixed", "single_modality")
-MODALITIES = ("T1w", "bold", "dwi")
 
 
 @dataclass(frozen=True)
@@ -82,9 +82,9 @@ def store_layout(stores: Mapping[str, Sequence[str]], tables: Sequence[str] = ()
     stores : mapping
         ``{modality: [store path, ...]}``.
     tables : sequence of str
-        Normalize tables (:mod:`bidstrain.normalize.table`): the volumes and masked voxels
+        Normalize tables (:mod:`bidstrain.io.scans_table`): the volumes and masked voxels
         of the stores they list. Stores in none of them are counted from their array
-        metadata (:func:`bidstrain.store.read_dims`).
+        metadata (:func:`bidstrain.io.store.read_dims`).
     """
     listed = {row.store: (row.volumes, row.voxels) for row in read_tables(tables)}
     paths, codes, volumes, chunks = [], [], [], []

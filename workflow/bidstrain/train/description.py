@@ -6,7 +6,7 @@ A model is only usable on data prepared as its training data was. ``model.json``
 - ``modalities`` and, per modality, ``input``: the downsampling factor (``resample``,
   in-mask block means), then the grid the volumes are cropped or zero-padded to
   (centrally, zero outside the store's mask), the patch size, the voxel order (RAS+,
-  :mod:`bidstrain.orientation`);
+  :mod:`bidstrain.io.orientation`);
 - ``normalization`` per modality, read from the training stores' attributes: what the
   statistics run over (``stats_dim``), ``ddof``, the mask, the confound strategy, the
   storage, and the training stores, each holding its own ``mean``/``std`` (held-out data
@@ -33,14 +33,14 @@ import numpy as np
 import torch
 
 from bidstrain import __version__
-from bidstrain.atomic import write_text_atomic
-from bidstrain.checks.scale import value_stats
 from bidstrain.config import Config, train_keys
 from bidstrain.errors import BidstrainError
-from bidstrain.store import open_store, read_meta
-from bidstrain.train.data import MODALITIES
+from bidstrain.io.atomic import write_text_atomic
+from bidstrain.io.store import open_store, read_meta
+from bidstrain.modalities import MODALITIES
+from bidstrain.stats import value_stats
 from bidstrain.train.expectation import differences, expectation
-from bidstrain.train.model import MultiModalAutoencoder
+from bidstrain.train.model import MultiModalAutoencoder, build_module
 
 FORMAT = "bidstrain-model/1"
 #: Stores (first volumes) sampled per modality for ``scale``.
@@ -170,7 +170,6 @@ def load_model(
         An unreadable file, a model without description, or one that disagrees with
         ``config`` (each difference named).
     """
-    from bidstrain.train.loop import build_module  # the same construction as training
 
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)

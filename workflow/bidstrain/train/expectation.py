@@ -10,9 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from bidstrain.config import Config, to_plain, train_keys
-from bidstrain.mask_options import is_pattern
-
-MODALITIES = ("T1w", "bold", "dwi")
+from bidstrain.dataset.masks import is_pattern
+from bidstrain.modalities import MODALITIES
 
 
 def expectation(config: Config) -> dict[str, Any]:

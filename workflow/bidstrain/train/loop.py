@@ -32,11 +32,11 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from bidstrain.atomic import atomic_path
 from bidstrain.errors import BidstrainError
+from bidstrain.io.atomic import atomic_path
+from bidstrain.modalities import MODALITIES
 from bidstrain.train import checkpoint, description, distributed
 from bidstrain.train.data import (
-    MODALITIES,
     VolumeDataset,
     dataset_statistics,
     make_loader,
@@ -51,7 +51,7 @@ from bidstrain.train.metrics import (
     read_records,
     summary_lines,
 )
-from bidstrain.train.model import LossSettings, MultiModalAutoencoder
+from bidstrain.train.model import MultiModalAutoencoder, build_module
 from bidstrain.train.sampler import ModalityBatchSampler, batch_sampler
 from bidstrain.train.schedule import build_scheduler, planned_total_steps
 from bidstrain.train.state import TrainState
@@ -403,30 +403,6 @@ def training_data(config, stores, context: distributed.Context, tables=()) -> Da
         total_steps=planned_total_steps(
             batches_per_epoch=sampler.n_batches, epochs=config["epochs"], grad_accum_steps=accum
         ),
-    )
-
-
-def build_module(config, modalities, target_stats=None) -> MultiModalAutoencoder:
-    """The model of the ``train`` settings ``config`` for ``modalities`` (on the CPU);
-    ``target_stats``: the dataset statistics of ``train.loss.stats: dataset``. Training
-    and :func:`bidstrain.train.description.load_model` build it here."""
-    loss = config["loss"]
-    settings = LossSettings(
-        normalize=loss["normalize"],
-        eps=loss["eps"],
-        weights=loss["weights"],
-        target_stats=target_stats,
-        dummy_enabled=config["dummy_loss"]["enabled"],
-        dummy_scale=config["dummy_loss"]["scale"],
-    )
-    return MultiModalAutoencoder(
-        {m: config["shapes"][m] for m in modalities},
-        patch=config["patch_size"],
-        dim=config["embed_dim"],
-        depth=config["depth"],
-        heads=config["heads"],
-        mask_ratio=config["mask_ratio"],
-        loss=settings,
     )
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bidstrain.train.data import MODALITIES
+from bidstrain.modalities import MODALITIES
 from bidstrain.train.encoder import Encoder
 from bidstrain.train.losses import normalized_mse
 
@@ -259,3 +259,27 @@ class MultiModalAutoencoder(nn.Module):
             for param in self.modality_parameters(modality):
                 dummy = dummy + settings.dummy_scale * param.sum()
         return dummy
+
+
+def build_module(config, modalities, target_stats=None) -> MultiModalAutoencoder:
+    """The model of the ``train`` settings ``config`` for ``modalities`` (on the CPU);
+    ``target_stats``: the dataset statistics of ``train.loss.stats: dataset``. Training
+    and :func:`bidstrain.train.description.load_model` build it here."""
+    loss = config["loss"]
+    settings = LossSettings(
+        normalize=loss["normalize"],
+        eps=loss["eps"],
+        weights=loss["weights"],
+        target_stats=target_stats,
+        dummy_enabled=config["dummy_loss"]["enabled"],
+        dummy_scale=config["dummy_loss"]["scale"],
+    )
+    return MultiModalAutoencoder(
+        {m: config["shapes"][m] for m in modalities},
+        patch=config["patch_size"],
+        dim=config["embed_dim"],
+        depth=config["depth"],
+        heads=config["heads"],
+        mask_ratio=config["mask_ratio"],
+        loss=settings,
+    )

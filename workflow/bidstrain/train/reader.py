@@ -27,8 +27,8 @@ import numpy as np
 import zarr
 
 from bidstrain.errors import BidstrainError
-from bidstrain.shards import ABSENT, check_layout
-from bidstrain.store import CONSOLIDATED
+from bidstrain.io.shards import ABSENT, check_layout
+from bidstrain.io.store import CONSOLIDATED
 from bidstrain.train.resample import GridMap
 from bidstrain.train.scatter import ScatteredRead
 
@@ -155,7 +155,7 @@ class StoreReader:
 
 def _plain_layout(array: zarr.Array) -> bool:
     """Whether the shard holds each inner chunk as plain little-endian values (no
-    compression, no filter), the layout :class:`~bidstrain.shards.ShardStream` writes."""
+    compression, no filter), the layout :class:`~bidstrain.io.shards.ShardStream` writes."""
     (sharding,) = array.metadata.codecs
     codecs = sharding.to_dict()["configuration"]["codecs"]
     plain = [dict(c) for c in codecs] == [{"name": "bytes", "configuration": {"endian": "little"}}]

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bidstrain.train.data import BATCHINGS, MODALITIES, StoreLayout, batches_per_epoch
+from bidstrain.modalities import MODALITIES
+from bidstrain.train.data import BATCHINGS, StoreLayout, batches_per_epoch
 
 
 def epoch_order(

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 
 from bidstrain.errors import BidstrainError
+from bidstrain.modalities import MODALITIES
 from bidstrain.train import distributed
-from bidstrain.train.data import MODALITIES
 from bidstrain.train.model import MultiModalAutoencoder, mask_generator
 
 

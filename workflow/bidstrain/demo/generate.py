@@ -28,9 +28,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from bidstrain.bids import bids_path
-from bidstrain.errors import run_cli
-from bidstrain.store import create_store
+from bidstrain.dataset.bids import bids_path
+from bidstrain.io.store import create_store
 
 
 @dataclass(frozen=True)
@@ -183,7 +182,7 @@ def write_bold_store(
     source_path : str
         The ``source_path`` attribute.
     **store_options
-        Passed to :func:`bidstrain.store.create_store` (``storage``, ``chunk``).
+        Passed to :func:`bidstrain.io.store.create_store` (``storage``, ``chunk``).
 
     Returns
     -------
@@ -777,7 +776,3 @@ def main(argv: Sequence[str] | None = None) -> None:
         seed=args.seed,
     )
     print(make_demo(args.out_dir, spec))
-
-
-if __name__ == "__main__":
-    run_cli(main)

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bidstrain.atomic import write_text_atomic
+from bidstrain.io.atomic import write_text_atomic
 
 COLUMNS = (
     "filename",

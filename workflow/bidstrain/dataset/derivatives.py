@@ -1,6 +1,6 @@
 """fMRIPrep and QSIPrep outputs as input: what a derivative dataset is, and which files to use.
 
-Pure functions over a :class:`~bidstrain.bids.BidsIndex` that the plan calls:
+Pure functions over a :class:`~bidstrain.dataset.bids.BidsIndex` that the plan calls:
 
 - :func:`dataset_kind` reads ``dataset_description.json`` (``DatasetType: derivative``,
   ``GeneratedBy[0].Name``), and :func:`nested_derivatives_warning` notices a raw dataset
@@ -23,9 +23,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from bidstrain.bids import BidsFile, BidsIndex, bids_name, bids_path
+from bidstrain.dataset.bids import BidsFile, BidsIndex, bids_name, bids_path
+from bidstrain.dataset.masks import DEFAULT_MASKS, MASK_KEYS
 from bidstrain.errors import BidstrainError
-from bidstrain.mask_options import DEFAULT_MASKS, MASK_KEYS
 
 #: Pipelines recognized in ``GeneratedBy[0].Name`` (lower case) and their kind.
 PIPELINES = {"fmriprep": "fmriprep", "qsiprep": "qsiprep"}

@@ -1,7 +1,7 @@
 """Cross-subject averaging of within-subject z-scored BOLD, one (task, run) at a time.
 
 ``python -m bidstrain.average --out AVERAGE.zarr SUBJECT_STORE ...`` writes one store of
-the same layout as the subject stores (:mod:`bidstrain.store`) holding, at every time point
+the same layout as the subject stores (:mod:`bidstrain.io.store`) holding, at every time point
 and voxel, the mean over subjects of their z-scored data, plus:
 
 ``n_subjects (voxel)``
@@ -57,9 +57,9 @@ import numpy as np
 import zarr
 import zarr.errors
 
-from bidstrain.errors import BidstrainError, run_cli
-from bidstrain.grid import AFFINE_TOLERANCE, grid_mismatch
-from bidstrain.store import CONSOLIDATED, StoreMeta, chunk_volumes, create_store
+from bidstrain.errors import BidstrainError
+from bidstrain.io.grid import AFFINE_TOLERANCE, grid_mismatch
+from bidstrain.io.store import CONSOLIDATED, StoreMeta, chunk_volumes, create_store
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ class Cohort:
     time: np.ndarray
     #: Intersection or union of the stores' masks.
     group_mask: np.ndarray
-    #: The coarsest ``storage`` of the stores (:class:`bidstrain.store.Storage`).
+    #: The coarsest ``storage`` of the stores (:class:`bidstrain.io.store.Storage`).
     storage: str
     source_size: int
 
@@ -395,7 +395,7 @@ def average_stores(
         instead of failing.
     affine_tolerance : float
         Largest allowed absolute difference between store affines
-        (:func:`bidstrain.grid.grid_mismatch`).
+        (:func:`bidstrain.io.grid.grid_mismatch`).
     tr_tolerance : float
         Largest allowed difference between repetition times, in seconds.
     block_bytes : int
@@ -508,7 +508,3 @@ def main(argv: Sequence[str] | None = None) -> None:
         affine_tolerance=args.affine_tolerance,
         tr_tolerance=args.tr_tolerance,
     )
-
-
-if __name__ == "__main__":
-    run_cli(main)

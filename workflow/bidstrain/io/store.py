@@ -29,7 +29,7 @@ spec and makes xarray warn); every read passes ``consolidated=CONSOLIDATED``. Th
 written with zarr alone (``dimension_names`` and a CF ``coordinates`` attribute tell xarray
 the layout), so a normalization job never imports xarray, pandas or dask.
 Files: ``data`` is one Zarr v3 shard (one file, written as a stream by
-:mod:`bidstrain.shards`) of inner chunks of whole volumes, about :data:`CHUNK_BYTES` each,
+:mod:`bidstrain.io.shards`) of inner chunks of whole volumes, about :data:`CHUNK_BYTES` each,
 which the training loader reads one at a time; every other array is one chunk. A store is
 therefore ``zarr.json`` plus ``.snakemake_timestamp/zarr.json`` plus two files per array:
 12 for a BOLD or T1w store, 14 for an average (``n_subjects``), 16 for DWI (``bval``,
@@ -54,9 +54,9 @@ import zarr
 import zarr.codecs
 
 from bidstrain import __version__
-from bidstrain.atomic import atomic_path
 from bidstrain.errors import BidstrainError
-from bidstrain.shards import ShardStream
+from bidstrain.io.atomic import atomic_path
+from bidstrain.io.shards import ShardStream
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -329,7 +329,7 @@ class StoreWriter:
     """Fill the ``data`` array of a store being created by :func:`create_store`.
 
     Blocks of volumes come in time order; they are cut into inner chunks and streamed
-    into the one shard file (:class:`bidstrain.shards.ShardStream`), with at most one
+    into the one shard file (:class:`bidstrain.io.shards.ShardStream`), with at most one
     partial chunk held back.
     """
 
@@ -448,7 +448,7 @@ def create_store(
 
     A write that runs out of disk space leaves no store (nor a temporary) behind and raises
     a :class:`~bidstrain.errors.BidstrainError` naming the store and the free space
-    (:func:`bidstrain.atomic.atomic_path`).
+    (:func:`bidstrain.io.atomic.atomic_path`).
 
     Parameters
     ----------

@@ -22,12 +22,12 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from bidstrain.atomic import write_text_atomic
-from bidstrain.bids import BidsFile, BidsIndex
-from bidstrain.errors import BidstrainError, run_cli
-from bidstrain.nifti_files import check_complete, check_voxel_type
-from bidstrain.normalize.table import read_tables
-from bidstrain.orientation import reorientation
+from bidstrain.dataset.bids import BidsFile, BidsIndex
+from bidstrain.errors import BidstrainError
+from bidstrain.io.atomic import write_text_atomic
+from bidstrain.io.nifti_files import check_complete, check_voxel_type
+from bidstrain.io.orientation import reorientation
+from bidstrain.io.scans_table import read_tables
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +363,3 @@ def main(argv: Sequence[str] | None = None) -> None:
     manifest.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     write_manifest(args.records, args.tables, args.out)
-
-
-if __name__ == "__main__":
-    run_cli(main)

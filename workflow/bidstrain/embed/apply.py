@@ -42,10 +42,10 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from bidstrain.atomic import atomic_path, write_text_atomic
-from bidstrain.checks.scale import value_stats
-from bidstrain.errors import BidstrainError, run_cli
-from bidstrain.store import open_store, read_meta
+from bidstrain.errors import BidstrainError
+from bidstrain.io.atomic import atomic_path, write_text_atomic
+from bidstrain.io.store import open_store, read_meta
+from bidstrain.stats import value_stats
 from bidstrain.train.data import VolumeDataset
 from bidstrain.train.description import first_volume, load_model
 from bidstrain.train.losses import baseline_loss, normalized_mse
@@ -260,7 +260,3 @@ def main(argv: Sequence[str] | None = None) -> None:
         seed=args.seed,
         out_table=args.out_table,
     )
-
-
-if __name__ == "__main__":
-    run_cli(main)

@@ -1,0 +1,1 @@
+"""Cross-subject averaging of BOLD stores (``python -m bidstrain.average``)."""

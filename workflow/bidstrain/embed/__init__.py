@@ -1,0 +1,1 @@
+"""The trained model applied to normalized images (``python -m bidstrain.embed``)."""
