@@ -414,7 +414,7 @@ def test_every_voxel_order_of_an_oblique_grid_gives_one_ras_grid(rotation):
 
 
 def test_an_oblique_image_is_stored_unresampled_with_a_warning(tmp_path, caplog):
-    """Documented behaviour (README, Normalization): RAS+ order of the closest axes, the
+    """Documented behaviour (docs/normalization.md): RAS+ order of the closest axes, the
     affine kept oblique, the voxel values the file's, and a warning naming the file."""
     path = _synthetic_bold(tmp_path / "oblique.nii", _rotation("z", 35.0))
     info = ImageInfo(modality="bold", subject="07", repetition_time=2.0)

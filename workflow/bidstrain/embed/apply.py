@@ -15,7 +15,7 @@ with ``expect`` (the configuration). Each store is read ``--batch-size`` volumes
 through the training's own reader (same resampling, crop or pad), never whole.
 
 Before a store is embedded, its values go through the scale guard of the checks
-(:func:`bidstrain.checks.scale.value_stats`): the zero-prediction MSE of its first volume
+(:func:`bidstrain.stats.value_stats`): the zero-prediction MSE of its first volume
 against the model's training data (``model.json`` ``scale``); more than
 ``--max-scale-ratio`` (``checks.max_scale_ratio``) apart in either direction stops the job
 (an image at raw scale, or normalized with the wrong statistics).

@@ -7,9 +7,16 @@ runs with the statistics pooled from the same subject's other runs
 (:mod:`~bidstrain.normalize.nifti_stream`), never held whole, in the passes of
 :mod:`~bidstrain.normalize.passes`; masks come from :mod:`~bidstrain.normalize.masking`.
 
-``python -m bidstrain.normalize {bold,T1w,dwi} --image ... --ingest ... --out ...`` runs
-one job of the workflow (:mod:`~bidstrain.normalize.__main__`). A job imports numpy,
-nibabel, zarr and isal, and nilearn only to compute an ``epi`` mask.
+Confounds of fMRIPrep runs are regressed out in the same passes
+(:mod:`~bidstrain.normalize.confounds`); the per-voxel sums live in
+:mod:`~bidstrain.normalize.moments`, and what a job is given (the image's description and
+the settings) in :mod:`~bidstrain.normalize.image`.
+
+``python -m bidstrain.normalize --subject ... --ingest ... --spec ... --out-table ...``
+(:mod:`~bidstrain.normalize.__main__`) is the job of rule ``normalize_subject``: it
+validates every image of one subject, writes the subject's ingest record, then normalizes
+the images its ``--spec`` lists, one store each. A job imports numpy, nibabel, zarr and
+isal; ``scipy.ndimage`` only to compute a mask, and nilearn only for confound regression.
 """
 
 from bidstrain.normalize.bold import normalize_bold

@@ -95,7 +95,7 @@ def normalize_image(
         (keyword or file) and ``stats_from`` (stores whose pooled statistics a held-out
         run is normalized with; empty for its own).
     ingest : mapping
-        The subject's ingest record (:func:`bidstrain.ingest.write_subject_record`).
+        The subject's ingest record (:func:`bidstrain.ingest.records.write_subject_record`).
     options : Options
         Settings shared by the job's images (the mask is taken from ``spec``).
     confounds_strategy : str

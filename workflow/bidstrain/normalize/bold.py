@@ -47,7 +47,8 @@ def normalize_bold(
     whatever the number of volumes. Measured on a 96x96x96x300 int16 run with a
     230,000-voxel mask and the default ``b = 4``: peak RSS 110 MB for the whole process,
     of which 58 MB are the interpreter with numpy, nibabel, zarr and isal; ``mask="epi"``
-    imports nilearn (with scipy, pandas, scikit-learn) for the mask, about 130 MB more.
+    imports ``scipy.ndimage`` for the mask, not nilearn
+    (:func:`bidstrain.normalize.masking.epi_mask`).
 
     Parameters
     ----------

@@ -3,7 +3,7 @@
 ``python -m bidstrain.report <figure> ...`` draws one kind of figure (see
 :mod:`bidstrain.report.__main__`); ``workflow/rules/report.smk`` runs it for every stage's
 outputs and flags the PNGs for ``snakemake --report``. This module imports nothing heavy,
-so the Snakefile can read the names below at parse time.
+so the plan and the rule files can read the names below at parse time.
 """
 
 #: Training figures (file stems under ``results/report/train/<experiment>/``).

@@ -1,14 +1,31 @@
 """Multi-modal training: schedule, losses, data, model and the training loop.
 
-Modules: :mod:`.schedule` (learning-rate plan, shared with the checks stage),
-:mod:`.losses` (normalized reconstruction losses), :mod:`.data` (stores to batches),
-:mod:`.model` (per-modality embeddings and heads around a shared encoder),
-:mod:`.step` (one optimizer step), :mod:`.loop` (the training loop), :mod:`.state`
-(where training stands), :mod:`.checkpoint`, :mod:`.metrics` (``metrics.jsonl`` and the
-progress line), :mod:`.distributed` (process group and collectives), :mod:`.lock` (one
-trainer per experiment), :mod:`.stop` (signals and the test stop hooks),
-:mod:`.tracking` (TensorBoard and W&B, fed the metric records), :mod:`.description`
-(``model.json`` and :func:`load_model`), and the CLI in :mod:`.__main__`.
+Modules:
+
+- :mod:`.__main__`: the command line of the trainer (``python -m bidstrain.train``).
+- :mod:`.launch`: starts the trainer as the job needs it (one process, torchrun, or one
+  torchrun per node through srun).
+- :mod:`.loop`: the training loop, read top to bottom.
+- :mod:`.step`: one optimizer step over an accumulation group, reduced over ranks.
+- :mod:`.state`: where training stands (the counters a checkpoint saves).
+- :mod:`.checkpoint`: checkpoints written atomically, resumed only by the same run.
+- :mod:`.stop`: SIGTERM/SIGUSR1 at a step boundary, and the test stop hooks.
+- :mod:`.lock`: one trainer per experiment (a kernel lock on the checkpoint directory).
+- :mod:`.distributed`: process group, device and collectives.
+- :mod:`.schedule`: the learning-rate plan, shared with the checks stage.
+- :mod:`.losses`: normalized reconstruction losses.
+- :mod:`.model`: per-modality patch embeddings and heads around a shared encoder.
+- :mod:`.encoder`: the shared transformer encoder (activation checkpointing, compilation).
+- :mod:`.data`: from stores to batches (sample counts, the dataset, the loader).
+- :mod:`.sampler`: the order of an epoch's samples, a few stores and chunks at a time.
+- :mod:`.reader`: a bounded set of open stores in a loader process.
+- :mod:`.scatter`: a float32 volume read from the shard straight onto the model's grid.
+- :mod:`.resample`: from a store's masked voxels to the model's grid (block mean, crop, pad).
+- :mod:`.buffers`: the ring of reused batch buffers the loader writes into.
+- :mod:`.metrics`: ``metrics.jsonl`` and the progress line of the job log.
+- :mod:`.tracking`: TensorBoard and W&B, fed the records of ``metrics.jsonl``.
+- :mod:`.description`: ``model.json`` and :func:`load_model`.
+- :mod:`.expectation`: what a configuration expects of a trained model (no torch).
 """
 
 

@@ -122,7 +122,7 @@ def normalization(stores: Sequence[str]) -> dict[str, Any]:
 
 def training_scale(stores: Sequence[str]) -> float:
     """Zero-prediction MSE of the first volume of up to :data:`SCALE_STORES` stores (the
-    statistic of :func:`bidstrain.checks.scale.value_stats`)."""
+    statistic of :func:`bidstrain.stats.value_stats`)."""
     step = max(1, len(stores) // SCALE_STORES)
     values = [first_volume(path) for path in list(stores)[::step][:SCALE_STORES]]
     return value_stats(np.concatenate(values))["mse_zero"]

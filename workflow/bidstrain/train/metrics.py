@@ -1,5 +1,5 @@
 """``metrics.jsonl``: one JSON object per line, each with a ``kind`` (see the contract in
-README ``## Training``), and the progress line of the job log.
+``docs/training.md``), and the progress line of the job log.
 
 While training, lines go to a working file beside the checkpoints (Snakemake deletes a
 job's declared outputs before it reruns, which would lose the history of an interrupted
