@@ -4,7 +4,7 @@ Config values (``normalize.mask`` for BOLD, ``normalize.dwi_mask``, ``normalize.
 
 ``epi``
     nilearn's :func:`~nilearn.masking.compute_epi_mask` with its defaults, computed on the
-    mean volume (BOLD: mean over time; DWI: mean of the b=0 volumes, or of all volumes when
+    mean volume (BOLD: mean over time; DWI: mean of the b<=50 volumes, or of all volumes when
     there is none) by :func:`epi_mask`, which does nilearn's steps with the same numpy and
     scipy.ndimage calls without importing nilearn (``nilearn.masking`` imports scikit-learn:
     about 1.9 s and 130 MB per job). The mean is computed while streaming, and nilearn's mask
