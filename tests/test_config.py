@@ -9,49 +9,59 @@ from pathlib import Path
 
 import pytest
 import yaml
-from bidstrain.config import SCHEMA_PATH, Config, TrainConfig, train_keys, validate_config
+from bidstrain.config import (
+    SCHEMA_PATH,
+    Config,
+    to_plain,
+    train_keys,
+    validate_config,
+)
 from bidstrain.errors import BidstrainError
+from bidstrain.modalities import MODALITIES
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = SCHEMA_PATH
 
 
 def _schema_keys(schema: dict) -> dict:
-    """{key: nested keys or None} of an object schema, down to the typed sections."""
+    """{key: nested keys or None} of an object schema; an object keyed by modality
+    (train.shapes, train.loss.weights) is a mapping in the dataclasses: None."""
     return {
-        key: _schema_keys(sub) if sub.get("type") == "object" and "properties" in sub else None
+        key: _schema_keys(sub)
+        if sub.get("type") == "object" and set(sub.get("properties", MODALITIES)) - {*MODALITIES}
+        else None
         for key, sub in schema["properties"].items()
     }
 
 
 def _dataclass_keys(cls: type) -> dict:
+    """{key: nested keys or None} of a dataclass; the fields of a section that stays flat
+    in the YAML (train's model, optimizer, ...) are keys of the level above."""
     hints = typing.get_type_hints(cls)
-    return {
-        f.name: _dataclass_keys(hints[f.name]) if dataclasses.is_dataclass(hints[f.name]) else None
-        for f in dataclasses.fields(cls)
-    }
-
-
-def _depth2(keys: dict) -> dict:
-    """Keys of the top level and of each section (nested objects inside a section, such
-    as train.loss, stay mappings in the dataclasses)."""
-    return {key: sorted(value) if value else None for key, value in keys.items()}
+    keys = {}
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        nested = _dataclass_keys(kind) if dataclasses.is_dataclass(kind) else None
+        keys.update(nested if f.metadata.get("flat") else {f.name: nested})
+    return keys
 
 
 def test_typed_sections_name_exactly_the_schema_keys():
+    """At every level: the sections, their keys, and their nested objects (train.loss,
+    train.loss.weights stays a mapping of modalities)."""
     schema = yaml.safe_load(SCHEMA.read_text())
-    assert _depth2(_dataclass_keys(Config)) == _depth2(_schema_keys(schema))
+    assert _dataclass_keys(Config) == _schema_keys(schema)
 
 
 def test_defaults_live_in_the_schema_and_fill_a_minimal_config():
     config = validate_config({"bids_dir": "/data"}, SCHEMA)
     typed = Config.from_dict(config)
-    assert typed.normalize.ddof == 1 and typed.train.shapes["bold"] == (24, 24, 24)
+    assert typed.normalize.ddof == 1 and typed.train.model.shapes["bold"] == (24, 24, 24)
     assert typed.normalize.mask_option("T1w") == "auto"
     with pytest.raises(dataclasses.FrozenInstanceError):
-        typed.train.lr = 1.0  # type: ignore[misc]
+        typed.train.optimizer.lr = 1.0  # type: ignore[misc]
     with pytest.raises(TypeError):
-        typed.train.shapes["bold"] = (1, 1, 1)  # type: ignore[index]
+        typed.train.model.shapes["bold"] = (1, 1, 1)  # type: ignore[index]
 
 
 def test_config_yaml_is_valid():
@@ -72,7 +82,7 @@ def test_train_key_roles_are_declared_once():
     hashed = set(train_keys("hashed"))
     assert {"lr", "shapes", "embed_dim"} <= hashed
     assert hashed.isdisjoint({"experiment", "gpus", "runtime", "log_every", "num_workers"})
-    every = {f.name for f in dataclasses.fields(TrainConfig)}
+    every = set(to_plain(Config.from_dict(validate_config({"bids_dir": "/d"}, SCHEMA)).train))
     assert hashed | set(train_keys("resource")) | set(train_keys("run")) == every
     with pytest.raises(ValueError):
         train_keys("typo")
@@ -103,3 +113,4 @@ def test_config_yaml_restates_no_default():
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     assert restated(config, defaults) == []
     assert set(config) <= set(schema["properties"])
+

@@ -277,14 +277,15 @@ def test_the_run_hash_covers_settings_world_size_stores_and_their_rewrites(tmp_p
     validation = {"bold": [write_store(tmp_path / "val.zarr", modality="bold", n_time=2)]}
     config = train_config()
     identity = run_identity(config, 1, training, validation)
-    same = {**config, "gpus": 4, "log_every": 7, "num_workers": 2, "runtime": 9}
+    same = train_config(gpus=4, log_every=7, num_workers=2, runtime=9)
     assert run_hash(run_identity(same, 1, training, {**validation, "dwi": []})) == run_hash(
         identity
     )
     assert changes(identity, identity) == []
 
-    loss = {**config["loss"], "normalize": "std"}
-    changed = run_identity({**config, "lr": 5e-4, "loss": loss}, 2, training, validation)
+    changed = run_identity(
+        train_config(lr=5e-4, loss={"normalize": "std"}), 2, training, validation
+    )
     assert changes(identity, changed) == [
         "train.loss.normalize var -> std",
         "train.lr 0.001 -> 0.0005",

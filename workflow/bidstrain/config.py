@@ -22,7 +22,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -72,6 +71,12 @@ def _key_path(error: jsonschema.ValidationError) -> str:
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
 
+def _load_schema(schema_path: str | Path) -> dict[str, Any]:
+    # libyaml's loader where PyYAML has it: the schema is read at every parse
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(Path(schema_path).read_text(), Loader=loader)
+
+
 def validate_config(
     config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH
 ) -> dict[str, Any]:
@@ -95,9 +100,7 @@ def validate_config(
         Naming the offending key (for example ``normalize.ddof``) and what is wrong, for the
         first problem found, listing every other one after it.
     """
-    # libyaml's loader where PyYAML has it: the schema is read at every parse
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    schema = yaml.load(Path(schema_path).read_text(), Loader=loader)
+    schema = _load_schema(schema_path)
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
@@ -191,53 +194,190 @@ class ReportConfig:
     normalize_groups: int
 
 
+def _section() -> Any:
+    """A field of :class:`TrainConfig` grouping ``train`` keys that stay flat in the YAML
+    (``train.depth``, not ``train.model.depth``): its dataclass is built from the section
+    itself, and :func:`to_plain` writes its keys back at the section's level."""
+    return field(metadata={"flat": True})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The encoder and the grid it reads (``train.shapes``, ``train.patch_size``, ...)."""
+
+    #: grid each modality is cropped or padded to, after ``resample``
+    shapes: Mapping[str, tuple[int, ...]] = _role(CHECKED)
+    #: integer downsampling factor per modality (block mean) before the crop or pad
+    resample: Mapping[str, int] = _role(CHECKED)
+    #: edge of a cubic patch (token), in voxels of the resampled grid
+    patch_size: int = _role()
+    #: width of the transformer encoder
+    embed_dim: int = _role()
+    #: number of encoder layers
+    depth: int = _role()
+    #: attention heads per layer
+    heads: int = _role()
+    #: fraction of tokens replaced by the mask token (0: a plain autoencoder)
+    mask_ratio: float = _role()
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW, the warm-up and cosine schedule, and how long training runs."""
+
+    #: passes over the training samples
+    epochs: int = _role(CHECKED)
+    #: peak learning rate of AdamW
+    lr: float = _role()
+    #: AdamW weight decay
+    weight_decay: float = _role()
+    #: linear warm-up length in optimizer steps
+    warmup_steps: int = _role(CHECKED)
+    #: final rate of the cosine as a fraction of ``lr``
+    min_lr_ratio: float = _role(CHECKED)
+    #: micro-batches per optimizer step
+    grad_accum_steps: int = _role(CHECKED)
+    #: largest gradient norm (clipped above)
+    clip_grad_norm: float = _role()
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """``train.loss``: the reconstruction loss."""
+
+    #: divide the MSE by the target's variance (var), std, or nothing (none)
+    normalize: str
+    #: the target's variance from each batch or from the whole training set
+    stats: str
+    #: added to the divisor
+    eps: float
+    #: weight of each modality's loss in the total
+    weights: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class DummyLossConfig:
+    """``train.dummy_loss``: gradients for the parameters of absent modalities (DDP)."""
+
+    #: add ``scale`` x the sum of an absent modality's parameters to the loss
+    enabled: bool
+    #: that factor
+    scale: float
+    #: drop the gradients of modalities absent from the whole global batch
+    freeze_absent: bool
+
+
+@dataclass(frozen=True)
+class LearningConfig:
+    """``train.learning``: whether each modality learned (final validation loss against
+    its baseline)."""
+
+    #: a modality whose final loss is not below ``max_ratio`` x its baseline did not learn
+    max_ratio: float
+    #: make that an error (non-zero exit after writing the model)
+    strict: bool
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """Batches: their size and mix, the held-out images, and the loader processes."""
+
+    #: samples per rank per micro-batch
+    batch_size: int = _role(CHECKED)
+    #: batches mixing modalities, or one modality per batch
+    batching: str = _role(CHECKED)
+    #: BIDS entities selecting the T1w and DWI validation images
+    heldout: Mapping[str, tuple[str, ...]] = _role()
+    #: DataLoader worker processes (spawned)
+    num_workers: int = _role(RUN)
+    #: stores read together (shard shuffling)
+    store_group: int = _role(CHECKED)
+    #: samples shuffled together within a store group
+    shuffle_buffer: int = _role(CHECKED)
+    #: stores a loader process keeps open; a run setting, but the checks build the
+    #: trainer's dataset with it
+    max_open_stores: int = _role(RUN, CHECKED)
+    #: batches each worker reads ahead
+    prefetch_factor: int = _role(RUN)
+    #: pinned memory for GPU runs
+    pin_memory: bool = _role(RUN)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The run: its name, seed, logging, checkpoints and numerics."""
+
+    #: name of the run under results/train/
+    experiment: str = _role(RUN)
+    #: seed of the initialization, the batch order and the token masks
+    seed: int = _role(CHECKED)
+    #: where metrics go besides metrics.jsonl
+    loggers: tuple[str, ...] = _role(RUN)
+    #: DDP option
+    find_unused_parameters: bool = _role()
+    #: a step with a non-finite loss is skipped, or stops the run
+    nonfinite: str = _role()
+    #: more skipped steps in a row than this stop the run
+    max_consecutive_skips: int = _role()
+    #: optimizer steps between checkpoints
+    checkpoint_every: int = _role(RUN)
+    #: optimizer steps between progress lines
+    log_every: int = _role(RUN)
+    #: bf16 autocast on GPUs
+    bf16: bool = _role()
+    #: recompute each encoder layer's activations in the backward pass
+    activation_checkpointing: bool = _role(RUN)
+    #: torch.compile each encoder layer
+    compile: bool = _role(RUN)
+
+
+@dataclass(frozen=True)
+class TrainJobResources:
+    """The training job's SLURM resources (changing one reruns nothing)."""
+
+    #: GPUs per node (0: CPU)
+    gpus: int = _role(RESOURCE)
+    #: nodes
+    nodes: int = _role(RESOURCE)
+    #: time limit in minutes
+    runtime: int = _role(RESOURCE)
+    #: memory per node in MB
+    mem_mb: int = _role(RESOURCE)
+    #: threads (SLURM CPUs per task)
+    cpus: int = _role(RESOURCE)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """``train``: the model, the optimization and the training job (roles: module doc)."""
+    """``train``: the model, the optimization and the training job, in sections (roles:
+    module doc). The YAML keys stay flat (``train.lr``): :meth:`from_dict` takes the
+    section as the YAML writes it, :func:`to_plain` gives it back."""
 
-    experiment: str = _role(RUN)
-    gpus: int = _role(RESOURCE)
-    nodes: int = _role(RESOURCE)
-    epochs: int = _role(CHECKED)
-    batch_size: int = _role(CHECKED)
-    lr: float = _role()
-    weight_decay: float = _role()
-    warmup_steps: int = _role(CHECKED)
-    min_lr_ratio: float = _role(CHECKED)
-    grad_accum_steps: int = _role(CHECKED)
-    clip_grad_norm: float = _role()
-    batching: str = _role(CHECKED)
-    seed: int = _role(CHECKED)
-    shapes: Mapping[str, tuple[int, ...]] = _role(CHECKED)
-    resample: Mapping[str, int] = _role(CHECKED)
-    patch_size: int = _role()
-    embed_dim: int = _role()
-    depth: int = _role()
-    heads: int = _role()
-    mask_ratio: float = _role()
-    loss: Mapping[str, Any] = _role(CHECKED)
-    heldout: Mapping[str, tuple[str, ...]] = _role()
-    learning: Mapping[str, Any] = _role(RUN)
-    loggers: tuple[str, ...] = _role(RUN)
-    dummy_loss: Mapping[str, Any] = _role()
-    find_unused_parameters: bool = _role()
-    nonfinite: str = _role()
-    max_consecutive_skips: int = _role()
-    checkpoint_every: int = _role(RUN)
-    log_every: int = _role(RUN)
-    num_workers: int = _role(RUN)
-    store_group: int = _role(CHECKED)
-    shuffle_buffer: int = _role(CHECKED)
-    # a run setting, but the checks build the trainer's dataset with it
-    max_open_stores: int = _role(RUN, CHECKED)
-    prefetch_factor: int = _role(RUN)
-    pin_memory: bool = _role(RUN)
-    bf16: bool = _role()
-    activation_checkpointing: bool = _role(RUN)
-    compile: bool = _role(RUN)
-    runtime: int = _role(RESOURCE)
-    mem_mb: int = _role(RESOURCE)
-    cpus: int = _role(RESOURCE)
+    model: ModelConfig = _section()
+    optimizer: OptimizerConfig = _section()
+    loss: LossConfig = _role(CHECKED)
+    dummy_loss: DummyLossConfig = _role()
+    loader: LoaderConfig = _section()
+    run: RunConfig = _section()
+    learning: LearningConfig = _role(RUN)
+    resources: TrainJobResources = _section()
+
+    @classmethod
+    def from_dict(cls, train: Mapping[str, Any]) -> TrainConfig:
+        """Type a ``train`` section (every key present: schema defaults filled)."""
+        return _build(cls, train)
+
+    @classmethod
+    def with_defaults(cls, train: Mapping[str, Any]) -> TrainConfig:
+        """Type some ``train`` keys (a job's settings file, a model's description), the
+        others at their schema defaults.
+
+        Raises
+        ------
+        BidstrainError
+            Naming a key that is unknown or has a wrong value.
+        """
+        return cls.from_dict(validate_config({"bids_dir": "", "train": dict(train)})["train"])
 
     def settings(self) -> dict[str, Any]:
         """What the trainer reads: every key but the job resources, as plain JSON types."""
@@ -245,8 +385,55 @@ class TrainConfig:
 
     def checked(self) -> dict[str, Any]:
         """The keys the checks read, as plain JSON types."""
+        return self._keys(CHECKED)
+
+    def hashed(self) -> dict[str, Any]:
+        """The keys that determine the trained weights, as plain JSON types."""
+        return self._keys("hashed")
+
+    def _keys(self, role: str) -> dict[str, Any]:
         plain = to_plain(self)
-        return {key: plain[key] for key in train_keys(CHECKED)}
+        return {key: plain[key] for key in train_keys(role)}
+
+
+@dataclass(frozen=True)
+class ChecksJobConfig:
+    """What the checks job reads (the file ``Plan.checks_settings`` writes): only what
+    the checks depend on, so that no other change reruns them."""
+
+    #: the ``checks`` section
+    checks: ChecksConfig
+    #: the ``train`` keys of role ``checked``, the others at their schema defaults
+    train: TrainConfig
+    #: ``normalize.ddof``
+    ddof: int
+    #: ranks of the training job (nodes x GPUs per node)
+    world_size: int
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ChecksJobConfig:
+        """Type the content of the checks job's settings file.
+
+        Raises
+        ------
+        BidstrainError
+            When a section or key is missing, unknown or of a wrong value.
+        """
+        if not isinstance(values, Mapping) or set(values) != _CHECKS_JOB_KEYS:
+            found = sorted(values) if isinstance(values, Mapping) else type(values).__name__
+            raise BidstrainError(
+                f"the checks settings must hold exactly {sorted(_CHECKS_JOB_KEYS)}, got {found}"
+            )
+        plain = validate_config({"bids_dir": "", "checks": dict(values["checks"])})
+        return cls(
+            checks=_build(ChecksConfig, plain["checks"]),
+            train=TrainConfig.with_defaults(values["train"]),
+            ddof=int(values["ddof"]),
+            world_size=int(values["world_size"]),
+        )
+
+
+_CHECKS_JOB_KEYS = {f.name for f in dataclasses.fields(ChecksJobConfig)}
 
 
 @dataclass(frozen=True)
@@ -292,10 +479,19 @@ def train_keys(role: str) -> tuple[str, ...]:
     """
     if role not in (*TRAIN_ROLES, "hashed"):
         raise ValueError(f"unknown train key role {role!r}")
-    fields = dataclasses.fields(TrainConfig)
+    fields = _train_fields(TrainConfig)
     if role == "hashed":
         return tuple(f.name for f in fields if not f.metadata["roles"] & {RESOURCE, RUN})
     return tuple(f.name for f in fields if role in f.metadata["roles"])
+
+
+def _train_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of the ``train`` keys, the flat sections' fields in their place."""
+    hints = typing.get_type_hints(cls)
+    fields = []
+    for f in dataclasses.fields(cls):
+        fields += _train_fields(hints[f.name]) if f.metadata.get("flat") else [f]
+    return fields
 
 
 _RESOURCES = frozenset(train_keys(RESOURCE))
@@ -304,12 +500,39 @@ _RESOURCES = frozenset(train_keys(RESOURCE))
 def to_plain(value: Any) -> Any:
     """A config dataclass (or part of one) as plain JSON types: dicts, lists, scalars."""
     if dataclasses.is_dataclass(value):
-        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        plain = {}
+        for f in dataclasses.fields(value):
+            item = to_plain(getattr(value, f.name))
+            plain.update(item if f.metadata.get("flat") else {f.name: item})
+        return plain
     if isinstance(value, Mapping):
         return {key: to_plain(item) for key, item in value.items()}
     if isinstance(value, tuple | list):
         return [to_plain(item) for item in value]
     return value
+
+
+def setting_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What differs between two plain settings mappings, one phrase per differing leaf
+    (nested keys dotted): ``lr 0.001 -> 0.002``, ``loss.normalize var -> std``."""
+    return [
+        f"{key} {_shown(old_value)} -> {_shown(new_value)}"
+        for key, old_value, new_value in _differing(old, new)
+    ]
+
+
+def _differing(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ""):
+    """``(key, old value, new value)`` of every differing leaf; nested keys dotted."""
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "(absent)"), new.get(key, "(absent)")
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            yield from _differing(a, b, f"{prefix}{key}.")
+        elif a != b:
+            yield f"{prefix}{key}", a, b
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, list | tuple | Mapping) else str(value)
 
 
 def constant_resource(name: str, raw: int | str | None) -> int | str | None:
@@ -338,9 +561,32 @@ def config_hash(config: Config) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+class FrozenMapping(Mapping):
+    """A read-only mapping of a config section (``train.shapes``, ``normalize.heldout``):
+    unlike ``types.MappingProxyType`` it pickles, so a spawned process receives the
+    configuration."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, Any]):
+        self._items = dict(items)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"FrozenMapping({self._items!r})"
+
+
 def _freeze(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return types.MappingProxyType({key: _freeze(item) for key, item in value.items()})
+        return FrozenMapping({key: _freeze(item) for key, item in value.items()})
     if isinstance(value, list | tuple):
         return tuple(_freeze(item) for item in value)
     return value
@@ -350,7 +596,7 @@ def _build(cls: type, values: Mapping[str, Any]) -> Any:
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
-        value = values[f.name]
+        value = values if f.metadata.get("flat") else values[f.name]
         kind = hints[f.name]
         kwargs[f.name] = _build(kind, value) if dataclasses.is_dataclass(kind) else _freeze(value)
     return cls(**kwargs)

@@ -25,6 +25,10 @@ DATASET_DESCRIPTION = f"{RESULTS}/dataset_description.json"
 PLAN_STORES = f"{RESULTS}/plan/stores.json"
 PLAN_CHECKS_ARGS = f"{RESULTS}/plan/checks.args"
 PLAN_INGEST_ARGS = f"{RESULTS}/plan/ingest.args"
+#: The settings jobs read from a file (an input: a changed setting reruns the job):
+#: the trainer's ``train`` section, and what the checks read.
+PLAN_TRAIN_SETTINGS = f"{RESULTS}/plan/train.json"
+PLAN_CHECKS_SETTINGS = f"{RESULTS}/plan/checks.json"
 CHECKS_SUMMARY = f"{RESULTS}/checks/summary.json"
 CHECKS_TABLE = f"{RESULTS}/checks/summary.tsv"
 #: Where the checks copy their summary (kept when a strict failure removes the outputs).

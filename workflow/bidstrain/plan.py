@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bidstrain import __version__, paths
-from bidstrain.config import Config, config_hash, to_plain
+from bidstrain.config import Config, config_hash, setting_changes, to_plain
 from bidstrain.dataset import derivatives
 from bidstrain.dataset.bids import BidsFile, BidsIndex, select_echo, select_part
 from bidstrain.dataset.masks import DEFAULT_MASKS, MASK_KEYS, is_pattern, resolve_pattern
@@ -232,8 +232,8 @@ class Plan:
             figure_groups=_figure_groups(subjects, config.report.normalize_groups),
             training={m: s for m, s in training.items() if s},
             validation={m: s for m, s in validation.items() if s},
-            gpus=config.train.gpus if gpus is None else gpus,
-            nodes=config.train.nodes if nodes is None else nodes,
+            gpus=config.train.resources.gpus if gpus is None else gpus,
+            nodes=config.train.resources.nodes if nodes is None else nodes,
             gpu_model=gpu_model,
         )
 
@@ -331,7 +331,7 @@ class Plan:
     @property
     def experiment(self) -> str:
         """``train.experiment``."""
-        return self.config.train.experiment
+        return self.config.train.run.experiment
 
     def figure_group(self, name: str) -> FigureGroup:
         """The figure group of a rule's ``{group}`` wildcard."""
@@ -381,6 +381,33 @@ class Plan:
             "SourceDatasets": [{"URL": Path(self.config.bids_dir).absolute().as_uri()}],
         }
 
+    def job_settings(self) -> dict[str, dict[str, Any]]:
+        """What the train and checks jobs read of the configuration, by the path of the
+        file it reaches them through (:data:`paths.PLAN_TRAIN_SETTINGS`,
+        :data:`paths.PLAN_CHECKS_SETTINGS`)."""
+        return {
+            paths.PLAN_TRAIN_SETTINGS: self.config.train.settings(),
+            paths.PLAN_CHECKS_SETTINGS: self.checks_settings(),
+        }
+
+    def settings_digest(self, path: str) -> str:
+        """A short hash of a job's settings file: the job's param, so that Snakemake
+        reruns it when a setting changes and back (its rerun reason stays one line;
+        :func:`settings_changes` says which keys changed)."""
+        content = _json(self.job_settings()[path])
+        return hashlib.sha256(content.encode()).hexdigest()[:16]
+
+    def checks_settings(self) -> dict[str, Any]:
+        """What the checks job reads of the configuration (:class:`~bidstrain.config.
+        ChecksJobConfig`), and nothing else: changing it reruns the checks (and training);
+        trainer-only keys (train.lr, model size, logging...) rerun training alone."""
+        return {
+            "checks": to_plain(self.config.checks),
+            "train": self.config.train.checked(),
+            "ddof": self.config.normalize.ddof,
+            "world_size": self.world_size,
+        }
+
     def checks_arguments(self) -> list[str]:
         """Arguments of the checks job that grow with the number of subjects."""
         return [
@@ -403,6 +430,7 @@ class Plan:
             paths.PLAN_STORES: _json(self.store_lists()),
             paths.PLAN_CHECKS_ARGS: _lines(self.checks_arguments()),
             paths.PLAN_INGEST_ARGS: _lines(self.manifest_arguments()),
+            **{path: _json(content) for path, content in self.job_settings().items()},
         }
         for group in self.averages:
             files[group.members_file] = _lines(group.members)
@@ -453,6 +481,25 @@ class Plan:
             for image in self.embed_images
         ]
         return {paths.PLAN_EMBED: _json({"expect": expectation(self.config), "images": images})}
+
+
+def settings_changes(settings: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Which keys of each job's settings (:meth:`Plan.job_settings`) differ from its file
+    as the previous parse wrote it, one line per file (none on a first parse):
+    ``train settings changed: lr 0.001 -> 0.002``. Call it before the files are
+    rewritten."""
+    lines = []
+    for path, new in settings.items():
+        try:
+            old = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            continue
+        except (OSError, json.JSONDecodeError):
+            old = {}
+        changes = setting_changes(old, to_plain(new))
+        if changes:
+            lines.append(f"{Path(path).stem} settings changed: " + "; ".join(changes))
+    return lines
 
 
 def write_if_changed(files: Mapping[str, str]) -> list[str]:
@@ -737,7 +784,7 @@ def _volume_stores(
     BidstrainError
         When the selection leaves the modality images but no training image.
     """
-    selection = config.train.heldout
+    selection = config.train.loader.heldout
     _warn_unmatched("train.heldout", selection, [image.image for image in images])
     held = [_is_heldout(image.image, selection) for image in images]
     if images and all(held):

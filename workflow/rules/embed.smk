@@ -25,7 +25,7 @@ rule embed_images:
     params:
         batch_size=CONFIG.embed.batch_size,
         max_scale_ratio=CONFIG.checks.max_scale_ratio,
-        seed=CONFIG.train.seed,
+        seed=CONFIG.train.run.seed,
     shell:
         "python -m bidstrain.embed --model {input.model:q} --spec {input.spec:q}"
         " --batch-size {params.batch_size} --max-scale-ratio {params.max_scale_ratio}"

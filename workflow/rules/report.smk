@@ -140,7 +140,7 @@ rule report_train:
         mem_mb=2000,
         runtime=10,
     params:
-        clip_grad_norm=CONFIG.train.clip_grad_norm,
+        clip_grad_norm=CONFIG.train.optimizer.clip_grad_norm,
         out_dir=lambda wildcards: paths.training_figures_dir(wildcards.experiment),
     shell:
         "python -m bidstrain.report train --metrics {input:q} --experiment {wildcards.experiment}"
