@@ -12,6 +12,7 @@ import yaml
 from bidstrain.config import (
     SCHEMA_PATH,
     Config,
+    retype_overrides,
     to_plain,
     train_keys,
     validate_config,
@@ -114,3 +115,20 @@ def test_config_yaml_restates_no_default():
     assert restated(config, defaults) == []
     assert set(config) <= set(schema["properties"])
 
+
+def test_override_strings_get_the_schema_types_and_config_file_strings_do_not():
+    """``--config train='{lr: 0.002}'`` reaches the workflow as the string '0.002'."""
+    overrides = {"train": {"lr": "0.002", "epochs": "7", "bf16": "true", "experiment": "2024"}}
+    overrides["train"]["shapes"] = {"bold": ["16", "16", "8"]}
+    config = {"bids_dir": "/d", "train": {**overrides["train"], "weight_decay": "0.1"}}
+    retype_overrides(config, overrides, SCHEMA)
+    train = config["train"]
+    assert (train["lr"], train["epochs"], train["bf16"]) == (0.002, 7, True)
+    assert train["shapes"] == {"bold": [16, 16, 8]}
+    assert train["experiment"] == "2024"  # a string key keeps the string
+    assert train["weight_decay"] == "0.1"  # not from the command line: left to validation
+    with pytest.raises(BidstrainError, match=r"'train.weight_decay': '0.1' is not of type"):
+        validate_config(config, SCHEMA)
+    with_null = {"bids_dir": "/d", "train": {"epochs": "seven"}, "echo": "null"}
+    retype_overrides(with_null, {"train": {"epochs": "seven"}, "echo": "null"}, SCHEMA)
+    assert with_null["train"]["epochs"] == "seven" and with_null["echo"] is None

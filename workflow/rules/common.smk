@@ -24,6 +24,7 @@ from bidstrain.dataset.bids import BidsIndex
 from bidstrain.config import (
     Config,
     constant_resource,
+    retype_overrides,
     validate_config,
 )
 from bidstrain.dataset.derivatives import nested_derivatives_warning
@@ -40,6 +41,8 @@ try:
             "train", {}
         ).items()
     }
+    # `--config train='{lr: 0.002}'`: Snakemake gives the nested scalars as strings
+    retype_overrides(config, workflow.config_settings.config)
     validate_config(config)
     CONFIG = Config.from_dict(config)
     INDEX = BidsIndex.build(
