@@ -77,22 +77,27 @@ def test_a_bad_value_names_its_key():
 
 
 def test_train_key_roles_are_declared_once():
-    assert set(train_keys("resource")) == {"gpus", "nodes", "runtime", "mem_mb", "cpus"}
     assert {"batch_size", "epochs", "shapes", "loss"} <= set(train_keys("checked"))
     assert "lr" not in train_keys("checked")
     hashed = set(train_keys("hashed"))
     assert {"lr", "shapes", "embed_dim"} <= hashed
-    assert hashed.isdisjoint({"experiment", "gpus", "runtime", "log_every", "num_workers"})
+    assert hashed.isdisjoint({"experiment", "log_every", "num_workers"})
     every = set(to_plain(Config.from_dict(validate_config({"bids_dir": "/d"}, SCHEMA)).train))
-    assert hashed | set(train_keys("resource")) | set(train_keys("run")) == every
+    assert hashed | set(train_keys("run")) == every
     with pytest.raises(ValueError):
         train_keys("typo")
 
 
-def test_train_settings_leave_out_job_resources():
-    train = Config.from_dict(validate_config({"bids_dir": "/d"}, SCHEMA)).train
+def test_job_resources_live_in_their_own_section_not_in_the_train_settings():
+    config = Config.from_dict(validate_config({"bids_dir": "/d"}, SCHEMA))
+    train = config.train
     settings = train.settings()
     assert "mem_mb" not in settings and "gpus" not in settings
+    assert (config.resources.train.gpus, config.resources.train.mem_mb) == (0, 8000)
+    assert config.resources.normalize_subject.cpus == 2
+    assert config.resources.average_bold.runtime_for(30) == 10 + 3
+    with pytest.raises(BidstrainError, match=r"config key 'train.gpus'"):
+        validate_config({"bids_dir": "/d", "train": {"gpus": 1}}, SCHEMA)
     assert settings["shapes"]["T1w"] == [32, 32, 32]  # plain JSON types
     assert set(train.checked()) == set(train_keys("checked"))
 

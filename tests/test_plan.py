@@ -18,8 +18,6 @@ from bidstrain.dataset.bids import ENTITY_ORDER, BidsFile, BidsIndex, parse_name
 from bidstrain.demo.generate import make_empty_dataset, make_fmriprep_demo, make_qsiprep_demo
 from bidstrain.errors import BidstrainError
 from bidstrain.plan import (
-    FIGURE_JOB_MINUTES,
-    FIGURE_MINUTES_PER_SUBJECT,
     ImageJob,
     Plan,
     _average_groups,
@@ -167,7 +165,7 @@ def test_masks_are_keywords_or_the_files_a_pattern_names(demo_bids):
 def test_gpus_from_the_profile_decide_the_world_size(demo_bids):
     config = typed_config(demo_bids)
     index = BidsIndex.build(demo_bids)
-    assert Plan.build(config, index).world_size == 1  # train.gpus: 0, CPU
+    assert Plan.build(config, index).world_size == 1  # resources.train.gpus: 0, CPU
     plan = Plan.build(config, index, gpus=2)
     assert (plan.gpus, plan.world_size) == (2, 2)
     assert plan.train_resources == {"gpu": 2, "gpu_model": "", "nodes": 1, "gpus_per_node": 2}
@@ -255,9 +253,13 @@ def test_few_subjects_use_fewer_figure_groups_with_runtime_by_subject_count(demo
     assert plan.files()[group.tables_file] == "results/normalized/sub-03/sub-03_scans.tsv\n"
     assert paths.normalize_figures(name) in plan.report_figures
     # one group: every subject; its run time grows with them
-    (one,) = plan_of(demo_bids, report={"normalize_groups": 1}).figure_groups.values()
+    together = plan_of(demo_bids, report={"normalize_groups": 1})
+    (one,) = together.figure_groups.values()
     assert one.name == "0" and one.subjects == ("01", "02", "03")
-    assert one.runtime == FIGURE_JOB_MINUTES + 3 * FIGURE_MINUTES_PER_SUBJECT > group.runtime
+    assert plan.figure_runtime(name) == 10 + 3  # the defaults of resources.report_normalize
+    assert together.figure_runtime("0") == 10 + 3 * 3
+    slower = plan_of(demo_bids, resources={"report_normalize": {"runtime_per_subject": 0.5}})
+    assert slower.figure_runtime(name) == 10  # 0.5 minutes, rounded down
     with pytest.raises(BidstrainError, match="figure group 99"):
         plan.figure_group("99")
 

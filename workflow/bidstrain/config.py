@@ -7,12 +7,13 @@ mapping into frozen dataclasses, one per section; a test checks that the datacla
 the schema name the same keys. What a ``train`` key means to the workflow is declared
 once, next to its field (:func:`train_keys`):
 
-- ``resource``: a SLURM job resource of the training job (changing it reruns nothing);
 - ``checked``: read by the checks (changing it reruns the checks, then training);
 - ``run``: changes how a run is carried out or logged, never the trained weights, so it
   stays out of the checkpoint's configuration hash.
 
-Every other ``train`` key determines the weights: it enters the checkpoint hash.
+Every other ``train`` key determines the weights: it enters the checkpoint hash. What a
+job asks SLURM for (memory, time, CPUs, GPUs, nodes) lives in the ``resources`` section,
+one entry per rule (:class:`ResourcesConfig`): changing it reruns nothing.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ import yaml
 
 from bidstrain.errors import BidstrainError
 
-RESOURCE, CHECKED, RUN = "resource", "checked", "run"
-TRAIN_ROLES = (RESOURCE, CHECKED, RUN)
+CHECKED, RUN = "checked", "run"
+TRAIN_ROLES = (CHECKED, RUN)
 
 
 def _role(*roles: str) -> Any:
@@ -266,10 +267,6 @@ class EmbedConfig:
     enabled: bool
     participant_label: tuple[str, ...]
     batch_size: int
-    gpus: int
-    runtime: int
-    mem_mb: int
-    cpus: int
 
 
 @dataclass(frozen=True)
@@ -418,22 +415,6 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
-class TrainJobResources:
-    """The training job's SLURM resources (changing one reruns nothing)."""
-
-    #: GPUs per node (0: CPU)
-    gpus: int = _role(RESOURCE)
-    #: nodes
-    nodes: int = _role(RESOURCE)
-    #: time limit in minutes
-    runtime: int = _role(RESOURCE)
-    #: memory per node in MB
-    mem_mb: int = _role(RESOURCE)
-    #: threads (SLURM CPUs per task)
-    cpus: int = _role(RESOURCE)
-
-
-@dataclass(frozen=True)
 class TrainConfig:
     """``train``: the model, the optimization and the training job, in sections (roles:
     module doc). The YAML keys stay flat (``train.lr``): :meth:`from_dict` takes the
@@ -446,7 +427,6 @@ class TrainConfig:
     loader: LoaderConfig = _section()
     run: RunConfig = _section()
     learning: LearningConfig = _role(RUN)
-    resources: TrainJobResources = _section()
 
     @classmethod
     def from_dict(cls, train: Mapping[str, Any]) -> TrainConfig:
@@ -466,8 +446,8 @@ class TrainConfig:
         return cls.from_dict(validate_config({"bids_dir": "", "train": dict(train)})["train"])
 
     def settings(self) -> dict[str, Any]:
-        """What the trainer reads: every key but the job resources, as plain JSON types."""
-        return {key: value for key, value in to_plain(self).items() if key not in _RESOURCES}
+        """What the trainer reads: every key, as plain JSON types."""
+        return to_plain(self)
 
     def checked(self) -> dict[str, Any]:
         """The keys the checks read, as plain JSON types."""
@@ -480,6 +460,89 @@ class TrainConfig:
     def _keys(self, role: str) -> dict[str, Any]:
         plain = to_plain(self)
         return {key: plain[key] for key in train_keys(role)}
+
+
+@dataclass(frozen=True)
+class JobResources:
+    """What a rule's jobs ask SLURM for (``resources.<rule>``)."""
+
+    #: memory in MB
+    mem_mb: int
+    #: time limit in minutes
+    runtime: int
+
+
+@dataclass(frozen=True)
+class ThreadedJobResources(JobResources):
+    """A job's resources, with its threads."""
+
+    #: threads of the job (SLURM CPUs per task)
+    cpus: int
+
+
+@dataclass(frozen=True)
+class GpuJobResources(ThreadedJobResources):
+    """A job's resources, with its GPUs."""
+
+    #: GPUs (0: the CPU)
+    gpus: int
+
+
+@dataclass(frozen=True)
+class TrainJobResources(GpuJobResources):
+    """The training job's resources: per node, on ``nodes`` nodes."""
+
+    #: nodes (one torchrun each)
+    nodes: int
+
+
+@dataclass(frozen=True)
+class AverageJobResources(JobResources):
+    """An average job's resources; its time grows with its members."""
+
+    #: minutes added per averaged store
+    runtime_per_member: float
+
+    def runtime_for(self, members: int) -> int:
+        """The time limit of an average of ``members`` stores."""
+        return self.runtime + int(self.runtime_per_member * members)
+
+
+@dataclass(frozen=True)
+class FigureJobResources(JobResources):
+    """A normalization figure group's resources; its time grows with its subjects."""
+
+    #: minutes added per subject of the group
+    runtime_per_subject: float
+
+    def runtime_for(self, subjects: int) -> int:
+        """The time limit of a group of ``subjects`` subjects."""
+        return self.runtime + int(self.runtime_per_subject * subjects)
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """``resources``: what each rule's jobs ask for (changing it reruns nothing)."""
+
+    #: a subject's normalize job
+    normalize_subject: ThreadedJobResources
+    #: an average job
+    average_bold: AverageJobResources
+    #: the checks job
+    checks: JobResources
+    #: the training job (``gpus`` and ``nodes``: per node, and the SLURM profile's
+    #: ``set-resources`` of rule ``train`` wins)
+    train: TrainJobResources
+    #: the embed job
+    embed_images: GpuJobResources
+    #: the coverage, checks, training and embedding figures
+    report: JobResources
+    #: a normalization figure group's job
+    report_normalize: FigureJobResources
+    #: an average's figure
+    report_average: JobResources
+    #: the model input figure
+    report_model_input: JobResources
 
 
 @dataclass(frozen=True)
@@ -541,6 +604,7 @@ class Config:
     train: TrainConfig
     embed: EmbedConfig
     report: ReportConfig
+    resources: ResourcesConfig
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> Config:
@@ -554,9 +618,9 @@ def train_keys(role: str) -> tuple[str, ...]:
     Parameters
     ----------
     role : str
-        ``"resource"``, ``"checked"`` or ``"run"`` (see the module docstring), or
-        ``"hashed"``: the keys that determine the trained weights (no ``resource`` or
-        ``run`` role), the only ones in a checkpoint's configuration hash.
+        ``"checked"`` or ``"run"`` (see the module docstring), or ``"hashed"``: the keys
+        that determine the trained weights (no ``run`` role), the only ones in a
+        checkpoint's configuration hash.
 
     Returns
     -------
@@ -567,7 +631,7 @@ def train_keys(role: str) -> tuple[str, ...]:
         raise ValueError(f"unknown train key role {role!r}")
     fields = _train_fields(TrainConfig)
     if role == "hashed":
-        return tuple(f.name for f in fields if not f.metadata["roles"] & {RESOURCE, RUN})
+        return tuple(f.name for f in fields if RUN not in f.metadata["roles"])
     return tuple(f.name for f in fields if role in f.metadata["roles"])
 
 
@@ -578,9 +642,6 @@ def _train_fields(cls: type) -> list[dataclasses.Field]:
     for f in dataclasses.fields(cls):
         fields += _train_fields(hints[f.name]) if f.metadata.get("flat") else [f]
     return fields
-
-
-_RESOURCES = frozenset(train_keys(RESOURCE))
 
 
 def to_plain(value: Any) -> Any:

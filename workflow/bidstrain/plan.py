@@ -45,10 +45,6 @@ MRI_DATATYPES = frozenset({"anat", "func", "dwi"})
 INDEX_ENTITIES = frozenset({"run", "echo", "flip", "inv", "split", "chunk"})
 #: BIDS version the outputs follow.
 BIDS_VERSION = "1.10.0"
-#: Run time (minutes) of a normalization figure group's job: so much, and so much more
-#: per subject (one subject's figures take seconds to a minute).
-FIGURE_JOB_MINUTES = 10
-FIGURE_MINUTES_PER_SUBJECT = 3
 
 
 @dataclass(frozen=True)
@@ -145,12 +141,6 @@ class FigureGroup:
         """The file listing :attr:`tables`, which the job reads."""
         return paths.normalize_figures_tables(self.name)
 
-    @property
-    def runtime(self) -> int:
-        """Minutes the job may take (its SLURM time limit): it draws its subjects'
-        figures one after the other."""
-        return FIGURE_JOB_MINUTES + FIGURE_MINUTES_PER_SUBJECT * len(self.subjects)
-
 
 @dataclass(frozen=True)
 class Plan:
@@ -189,7 +179,8 @@ class Plan:
         gpus, nodes : int, optional
             GPUs per node and nodes of the training job when something other than the
             config decides them (the SLURM profile's ``set-resources`` of rule ``train``:
-            ``gpus_per_node``, ``nodes``); default ``train.gpus`` and ``train.nodes``.
+            ``gpus_per_node``, ``nodes``); default ``resources.train.gpus`` and
+            ``resources.train.nodes``.
         gpu_model : str
             GPU type to ask SLURM for (the profile's ``gpu_type``); any when empty.
 
@@ -232,8 +223,8 @@ class Plan:
             figure_groups=_figure_groups(subjects, config.report.normalize_groups),
             training={m: s for m, s in training.items() if s},
             validation={m: s for m, s in validation.items() if s},
-            gpus=config.train.resources.gpus if gpus is None else gpus,
-            nodes=config.train.resources.nodes if nodes is None else nodes,
+            gpus=config.resources.train.gpus if gpus is None else gpus,
+            nodes=config.resources.train.nodes if nodes is None else nodes,
             gpu_model=gpu_model,
         )
 
@@ -332,6 +323,17 @@ class Plan:
     def experiment(self) -> str:
         """``train.experiment``."""
         return self.config.train.run.experiment
+
+    def figure_runtime(self, name: str) -> int:
+        """Minutes a figure group's job may take (its SLURM time limit): it draws its
+        subjects' figures one after the other (``resources.report_normalize``)."""
+        subjects = len(self.figure_group(name).subjects)
+        return self.config.resources.report_normalize.runtime_for(subjects)
+
+    def average_runtime(self, name: str) -> int:
+        """Minutes an average job may take: it grows with its members
+        (``resources.average_bold``)."""
+        return self.config.resources.average_bold.runtime_for(len(self.average(name).members))
 
     def figure_group(self, name: str) -> FigureGroup:
         """The figure group of a rule's ``{group}`` wildcard."""

@@ -21,10 +21,11 @@ rule average_bold:
         name=r"task-[a-zA-Z0-9]+(_[a-zA-Z]+-[a-zA-Z0-9]+)*",
     conda:
         ENV
-    # Streams blocks of volumes: memory is a few 64 MB blocks whatever the subject count.
+    # config resources.average_bold: streams blocks of volumes, so memory is a few 64 MB
+    # blocks whatever the subject count; the time grows with the members
     resources:
-        mem_mb=1000,
-        runtime=lambda wildcards: 10 + len(PLAN.average(wildcards.name).members) // 10,
+        mem_mb=CONFIG.resources.average_bold.mem_mb,
+        runtime=lambda wildcards: PLAN.average_runtime(wildcards.name),
     params:
         mask=CONFIG.average.mask,
         truncate="--truncate" if CONFIG.average.truncate else "",

@@ -23,8 +23,8 @@ rule checks:
     conda:
         ENV
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=CONFIG.resources.checks.mem_mb,
+        runtime=CONFIG.resources.checks.runtime,
     params:
         # Only the config the checks read (Plan.checks_settings, in a file the plan
         # writes), through its hash: changing it reruns the checks (and training);

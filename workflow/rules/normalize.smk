@@ -18,11 +18,12 @@ rule normalize_subject:
         paths.log("normalize", "sub-{subject}"),
     conda:
         ENV
-    # Two threads: one decompresses the next block while the other z-scores.
-    threads: 2
+    # config resources.normalize_subject (two threads: one decompresses the next block
+    # while the other z-scores)
+    threads: CONFIG.resources.normalize_subject.cpus
     resources:
-        mem_mb=2000,
-        runtime=60,
+        mem_mb=CONFIG.resources.normalize_subject.mem_mb,
+        runtime=CONFIG.resources.normalize_subject.runtime,
     params:
         # config ingest.*, echo, part and normalize.*: a changed value reruns every job
         options=PLAN.normalize_options,

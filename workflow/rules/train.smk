@@ -19,11 +19,11 @@ rule train:
         paths.log("train", PLAN.experiment),
     conda:
         ENV
-    threads: CONFIG.train.resources.cpus
+    threads: CONFIG.resources.train.cpus
     resources:
         **PLAN.train_resources,
-        runtime=CONFIG.train.resources.runtime,
-        mem_mb=CONFIG.train.resources.mem_mb,
+        runtime=CONFIG.resources.train.runtime,
+        mem_mb=CONFIG.resources.train.mem_mb,
     params:
         # the train section but the job resources, in a file the plan writes, through its
         # hash: a changed setting reruns training, a changed resource nothing
