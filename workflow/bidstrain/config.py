@@ -546,6 +546,47 @@ class ResourcesConfig:
 
 
 @dataclass(frozen=True)
+class NormalizeJobConfig:
+    """What every normalize job reads (the file ``Plan.normalize_settings`` writes): how
+    to check the subject's images, and how to normalize them. Each image's mask and
+    statistics come from the job's own spec, so a changed mask, held-out selection or
+    heldout rule reruns only the subjects it concerns."""
+
+    #: the dataset
+    bids_dir: str
+    #: the ``ingest`` section
+    ingest: IngestConfig
+    #: the ``normalize`` section (its masks and held-out selection: see the spec)
+    normalize: NormalizeConfig
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> NormalizeJobConfig:
+        """Type the content of the normalize jobs' settings file (keys it leaves out of
+        ``ingest`` and ``normalize`` take their schema defaults).
+
+        Raises
+        ------
+        BidstrainError
+            When a key is missing, unknown or of a wrong value.
+        """
+        if not isinstance(values, Mapping) or set(values) != _NORMALIZE_JOB_KEYS:
+            found = sorted(values) if isinstance(values, Mapping) else type(values).__name__
+            raise BidstrainError(
+                f"the normalize settings must hold exactly {sorted(_NORMALIZE_JOB_KEYS)}, "
+                f"got {found}"
+            )
+        plain = validate_config(copy.deepcopy(dict(values)))
+        return cls(
+            bids_dir=plain["bids_dir"],
+            ingest=_build(IngestConfig, plain["ingest"]),
+            normalize=_build(NormalizeConfig, plain["normalize"]),
+        )
+
+
+_NORMALIZE_JOB_KEYS = {f.name for f in dataclasses.fields(NormalizeJobConfig)}
+
+
+@dataclass(frozen=True)
 class ChecksJobConfig:
     """What the checks job reads (the file ``Plan.checks_settings`` writes): only what
     the checks depend on, so that no other change reruns them."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,9 +100,18 @@ class NormalizeJob:
         }
 
     def spec(self) -> str:
-        """The job's images as the JSON its command line carries (bounded by one
-        subject's images, whatever the number of subjects)."""
-        return json.dumps([image.spec() for image in self.images], separators=(",", ":"))
+        """The job's images as JSON (the content of :attr:`spec_file`)."""
+        return json.dumps([image.spec() for image in self.images], indent=1) + "\n"
+
+    @property
+    def spec_file(self) -> str:
+        """The file the plan writes :meth:`spec` into, which the job reads."""
+        return paths.normalize_spec(self.subject)
+
+    def spec_digest(self) -> str:
+        """A short hash of :meth:`spec`: the job's param, so that a change of its images
+        (their masks, held-out runs, selection) reruns it."""
+        return _digest(self.spec())
 
 
 @dataclass(frozen=True)
@@ -266,24 +274,24 @@ class Plan:
             *self.normalized_tables,
         ]
 
-    @property
-    def normalize_options(self) -> str:
-        """The options every normalize job's command shares (``python -m
-        bidstrain.normalize --help``), shell-quoted: how its ingestion checks the images of
-        its spec (``ingest.*``) and how it normalizes them (``normalize.*``). One
-        string, so that Snakemake formats one field per job instead of a dozen (a dry run
-        formats each command three times), and a changed value still reruns every job."""
-        config, normalize = self.config, self.config.normalize
-        options = [
-            *("--bids-dir", config.bids_dir),
-            *("--tr-mismatch", config.ingest.repetition_time_mismatch),
-            *("--tr-tolerance", config.ingest.repetition_time_tolerance),
-            *("--ddof", normalize.ddof, "--nonfinite", normalize.nonfinite),
-            *("--block-volumes", normalize.block_volumes, "--storage", normalize.storage),
-            *("--confounds-strategy", normalize.confounds.strategy),
-            *("--confounds-options", json.dumps(to_plain(normalize.confounds.options))),
-        ]
-        return shlex.join(str(option) for option in options)
+    def normalize_settings(self) -> dict[str, Any]:
+        """What every normalize job reads of the configuration
+        (:class:`~bidstrain.config.NormalizeJobConfig`): the dataset, how its ingestion
+        checks the images of its spec (``ingest``) and how it normalizes them
+        (``normalize``, but the masks and held-out runs, which reach each job through its
+        spec, so that changing them reruns only the subjects they concern)."""
+        normalize = self.config.normalize
+        return {
+            "bids_dir": self.config.bids_dir,
+            "ingest": to_plain(self.config.ingest),
+            "normalize": {
+                "ddof": normalize.ddof,
+                "nonfinite": normalize.nonfinite,
+                "block_volumes": normalize.block_volumes,
+                "storage": normalize.storage,
+                "confounds": to_plain(normalize.confounds),
+            },
+        }
 
     # ---- average, train, report --------------------------------------------------------
 
@@ -388,6 +396,7 @@ class Plan:
         file it reaches them through (:data:`paths.PLAN_TRAIN_SETTINGS`,
         :data:`paths.PLAN_CHECKS_SETTINGS`)."""
         return {
+            paths.PLAN_NORMALIZE_SETTINGS: self.normalize_settings(),
             paths.PLAN_TRAIN_SETTINGS: self.config.train.settings(),
             paths.PLAN_CHECKS_SETTINGS: self.checks_settings(),
         }
@@ -396,8 +405,7 @@ class Plan:
         """A short hash of a job's settings file: the job's param, so that Snakemake
         reruns it when a setting changes and back (its rerun reason stays one line;
         :func:`settings_changes` says which keys changed)."""
-        content = _json(self.job_settings()[path])
-        return hashlib.sha256(content.encode()).hexdigest()[:16]
+        return _digest(_json(self.job_settings()[path]))
 
     def checks_settings(self) -> dict[str, Any]:
         """What the checks job reads of the configuration (:class:`~bidstrain.config.
@@ -424,8 +432,9 @@ class Plan:
     def files(self) -> dict[str, str]:
         """Content of every file the plan writes at parse time, by path.
 
-        JSON for the trainer; argument files (one argument a line, read by argparse's
-        ``@file`` syntax) for the other jobs whose lists grow with the subjects.
+        JSON for the trainer, the jobs' settings and each normalize job's images; argument
+        files (one argument a line, read by argparse's ``@file`` syntax) for the other
+        jobs whose lists grow with the subjects.
         """
         files = {
             paths.DATASET_DESCRIPTION: _json(self.dataset_description()),
@@ -434,6 +443,8 @@ class Plan:
             paths.PLAN_INGEST_ARGS: _lines(self.manifest_arguments()),
             **{path: _json(content) for path, content in self.job_settings().items()},
         }
+        for job in self.jobs.values():
+            files[job.spec_file] = job.spec()
         for group in self.averages:
             files[group.members_file] = _lines(group.members)
         for group in self.figure_groups.values():
@@ -557,6 +568,10 @@ def _figure_groups(subjects: Sequence[str], groups: int) -> dict[str, FigureGrou
     width = len(str(groups - 1))
     named = (FigureGroup(f"{index:0{width}d}", tuple(members[index])) for index in sorted(members))
     return {group.name: group for group in named}
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _json(value: Any) -> str:
