@@ -12,6 +12,7 @@ import yaml
 from bidstrain.config import (
     SCHEMA_PATH,
     Config,
+    load_section,
     retype_overrides,
     to_plain,
     train_keys,
@@ -137,3 +138,12 @@ def test_override_strings_get_the_schema_types_and_config_file_strings_do_not():
     with_null = {"bids_dir": "/d", "train": {"epochs": "seven"}, "echo": "null"}
     retype_overrides(with_null, {"train": {"epochs": "seven"}, "echo": "null"}, SCHEMA)
     assert with_null["train"]["epochs"] == "seven" and with_null["echo"] is None
+
+
+def test_a_job_types_its_section_from_a_small_json_param():
+    average = load_section("average", {"mask": "union"})
+    assert (average.mask, average.affine_tolerance) == ("union", 0.001)  # a schema default
+    with pytest.raises(BidstrainError, match=r"config key 'average.mask': 'both' is not one"):
+        load_section("average", {"mask": "both"})
+    with pytest.raises(BidstrainError, match="not a configuration section: bids_dir"):
+        load_section("bids_dir", {})

@@ -653,6 +653,29 @@ class Config:
         return _build(cls, config)
 
 
+#: The dataclass of each section of :class:`Config`, by key.
+_SECTIONS = {
+    name: kind
+    for name, kind in typing.get_type_hints(Config).items()
+    if dataclasses.is_dataclass(kind)
+}
+
+
+def load_section(name: str, values: Mapping[str, Any]) -> Any:
+    """Type one section of the configuration as a job receives it (a small JSON param):
+    keys it leaves out take their schema defaults.
+
+    Raises
+    ------
+    BidstrainError
+        Naming a key that is unknown or has a wrong value (``average.mask``, say).
+    """
+    if name not in _SECTIONS or not isinstance(values, Mapping):
+        raise BidstrainError(f"not a configuration section: {name} = {values!r:.200}")
+    plain = validate_config({"bids_dir": "", name: copy.deepcopy(dict(values))})
+    return _build(_SECTIONS[name], plain[name])
+
+
 def train_keys(role: str) -> tuple[str, ...]:
     """Keys of the ``train`` section by role.
 

@@ -24,6 +24,7 @@ from bidstrain.dataset.bids import BidsIndex
 from bidstrain.config import (
     Config,
     constant_resource,
+    to_plain,
     retype_overrides,
     validate_config,
 )
