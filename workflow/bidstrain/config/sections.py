@@ -1,24 +1,10 @@
-"""The workflow configuration: validated against ``workflow/schemas/config.schema.yaml``,
-then typed.
-
-The schema is the one source of every key, its description and its default
-(:func:`validate_config` fills the defaults). :meth:`Config.from_dict` turns the validated
-mapping into frozen dataclasses, one per section; a test checks that the dataclasses and
-the schema name the same keys. What a ``train`` key means to the workflow is declared
-once, next to its field (:func:`train_keys`):
-
-- ``checked``: read by the checks (changing it reruns the checks, then training);
-- ``run``: changes how a run is carried out or logged, never the trained weights, so it
-  stays out of the checkpoint's configuration hash.
-
-Every other ``train`` key determines the weights: it enters the checkpoint hash. What a
-job asks SLURM for (memory, time, CPUs, GPUs, nodes) lives in the ``resources`` section,
-one entry per rule (:class:`ResourcesConfig`): changing it reruns nothing.
-"""
+"""The typed sections of the configuration: frozen dataclasses that name exactly the
+schema's keys (a test checks it), each field documented where it is declared. What a
+``train`` key means to the workflow is declared next to its field (:func:`train_keys`);
+see the package docstring."""
 
 from __future__ import annotations
 
-import ast
 import copy
 import dataclasses
 import hashlib
@@ -26,12 +12,9 @@ import json
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import jsonschema
-import yaml
-
+from bidstrain.config.schema import validate_config
 from bidstrain.errors import BidstrainError
 
 CHECKED, RUN = "checked", "run"
@@ -41,165 +24,6 @@ TRAIN_ROLES = (CHECKED, RUN)
 def _role(*roles: str) -> Any:
     """A dataclass field of the ``train`` section carrying its roles (see module doc)."""
     return field(metadata={"roles": frozenset(roles)})
-
-
-# ---- Validation --------------------------------------------------------------------------
-
-
-def _with_defaults(validator_class):
-    """Extend a jsonschema validator so that it fills ``default`` values while validating."""
-    validate_properties = validator_class.VALIDATORS["properties"]
-
-    def set_defaults(validator, properties, instance, schema):
-        if isinstance(instance, dict):
-            for name, subschema in properties.items():
-                if "default" in subschema and name not in instance:
-                    instance[name] = copy.deepcopy(subschema["default"])
-        yield from validate_properties(validator, properties, instance, schema)
-
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
-
-
-def _key_path(error: jsonschema.ValidationError) -> str:
-    path = ".".join(str(part) for part in error.absolute_path)
-    if error.validator == "additionalProperties":
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-        return ".".join(filter(None, [path, ",".join(extra)]))
-    return path or "<top level>"
-
-
-#: The JSON Schema of the configuration: every key, its description and its default.
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
-
-
-def _load_schema(schema_path: str | Path) -> dict[str, Any]:
-    # libyaml's loader where PyYAML has it: the schema is read at every parse
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return yaml.load(Path(schema_path).read_text(), Loader=loader)
-
-
-def validate_config(
-    config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH
-) -> dict[str, Any]:
-    """Validate ``config`` in place against the JSON Schema, filling defaults.
-
-    Parameters
-    ----------
-    config : dict
-        The configuration as Snakemake loaded it; defaults are written into it.
-    schema_path : str or Path, optional
-        The schema; :data:`SCHEMA_PATH` by default.
-
-    Returns
-    -------
-    dict
-        The same ``config``, with every default filled.
-
-    Raises
-    ------
-    BidstrainError
-        Naming the offending key (for example ``normalize.ddof``) and what is wrong, for the
-        first problem found, listing every other one after it.
-    """
-    schema = _load_schema(schema_path)
-    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = [f"config key '{_key_path(e)}': {e.message}" for e in errors]
-        raise BidstrainError(
-            f"invalid configuration (every key is documented in {schema_path}):\n  "
-            + "\n  ".join(lines)
-        )
-    return config
-
-
-# ---- Command-line overrides ------------------------------------------------------------
-
-#: The Python types of the JSON Schema scalar types an override's string may become.
-_SCALAR_TYPES = {
-    "number": (int, float),
-    "integer": (int,),
-    "boolean": (bool,),
-    "null": (type(None),),
-}
-
-
-def retype_overrides(
-    config: dict[str, Any], overrides: Mapping[str, Any], schema_path: str | Path = SCHEMA_PATH
-) -> dict[str, Any]:
-    """Give the scalars of ``--config`` overrides the types the schema wants, in place.
-
-    Snakemake parses a nested ``--config`` value such as ``train='{lr: 0.002}'`` with
-    YAML's BaseLoader, so every scalar inside it is a string (``'0.002'``), which the schema
-    then refuses. Only a string of ``overrides`` (Snakemake's parsed ``--config``) that is
-    still in ``config`` at the same place, where the schema wants a number, an integer, a
-    boolean or null, is parsed again with YAML; it is replaced when that gives one of the
-    wanted types. A string from a config file is never touched, and a value that still
-    does not fit is left for :func:`validate_config` to name.
-
-    Parameters
-    ----------
-    config : dict
-        The merged configuration (config files and overrides), changed in place.
-    overrides : mapping
-        The ``--config`` entries as Snakemake parsed them.
-    schema_path : str or Path, optional
-        The schema; :data:`SCHEMA_PATH` by default.
-
-    Returns
-    -------
-    dict
-        The same ``config``.
-    """
-    _retype(config, overrides, _load_schema(schema_path))
-    return config
-
-
-def _retype(value: Any, override: Any, schema: Mapping[str, Any]) -> Any:
-    if isinstance(override, Mapping) and isinstance(value, dict):
-        for key, item in override.items():
-            if key in value:
-                value[key] = _retype(value[key], item, _property(schema, key))
-        return value
-    if isinstance(override, list) and isinstance(value, list) and value == override:
-        return [
-            _retype(v, o, schema.get("items", {})) for v, o in zip(value, override, strict=True)
-        ]
-    if isinstance(override, str) and value == override:
-        return _scalar(value, schema)
-    return value
-
-
-def _property(schema: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    extra = schema.get("additionalProperties")
-    return schema.get("properties", {}).get(key, extra if isinstance(extra, Mapping) else {})
-
-
-def _scalar(text: str, schema: Mapping[str, Any]) -> Any:
-    wanted = schema.get("type", [])
-    wanted = [wanted] if isinstance(wanted, str) else list(wanted)
-    if None in schema.get("enum", ()):
-        wanted.append("null")
-    kinds = [_SCALAR_TYPES[kind] for kind in wanted if kind in _SCALAR_TYPES]
-    if not kinds:
-        return text
-    try:
-        parsed = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if "number" in wanted and isinstance(parsed, str):
-        try:  # YAML 1.1 reads 1e-4 (no dot) as a string
-            parsed = float(text)
-        except ValueError:
-            return text
-    fits = any(isinstance(parsed, types) for types in kinds)
-    # a YAML boolean is an int to Python, never a number to the schema
-    if not fits or (isinstance(parsed, bool) and "boolean" not in wanted):
-        return text
-    return parsed
-
-
-# ---- Typed sections ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -546,87 +370,6 @@ class ResourcesConfig:
 
 
 @dataclass(frozen=True)
-class NormalizeJobConfig:
-    """What every normalize job reads (the file ``Plan.normalize_settings`` writes): how
-    to check the subject's images, and how to normalize them. Each image's mask and
-    statistics come from the job's own spec, so a changed mask, held-out selection or
-    heldout rule reruns only the subjects it concerns."""
-
-    #: the dataset
-    bids_dir: str
-    #: the ``ingest`` section
-    ingest: IngestConfig
-    #: the ``normalize`` section (its masks and held-out selection: see the spec)
-    normalize: NormalizeConfig
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> NormalizeJobConfig:
-        """Type the content of the normalize jobs' settings file (keys it leaves out of
-        ``ingest`` and ``normalize`` take their schema defaults).
-
-        Raises
-        ------
-        BidstrainError
-            When a key is missing, unknown or of a wrong value.
-        """
-        if not isinstance(values, Mapping) or set(values) != _NORMALIZE_JOB_KEYS:
-            found = sorted(values) if isinstance(values, Mapping) else type(values).__name__
-            raise BidstrainError(
-                f"the normalize settings must hold exactly {sorted(_NORMALIZE_JOB_KEYS)}, "
-                f"got {found}"
-            )
-        plain = validate_config(copy.deepcopy(dict(values)))
-        return cls(
-            bids_dir=plain["bids_dir"],
-            ingest=_build(IngestConfig, plain["ingest"]),
-            normalize=_build(NormalizeConfig, plain["normalize"]),
-        )
-
-
-_NORMALIZE_JOB_KEYS = {f.name for f in dataclasses.fields(NormalizeJobConfig)}
-
-
-@dataclass(frozen=True)
-class ChecksJobConfig:
-    """What the checks job reads (the file ``Plan.checks_settings`` writes): only what
-    the checks depend on, so that no other change reruns them."""
-
-    #: the ``checks`` section
-    checks: ChecksConfig
-    #: the ``train`` keys of role ``checked``, the others at their schema defaults
-    train: TrainConfig
-    #: ``normalize.ddof``
-    ddof: int
-    #: ranks of the training job (nodes x GPUs per node)
-    world_size: int
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> ChecksJobConfig:
-        """Type the content of the checks job's settings file.
-
-        Raises
-        ------
-        BidstrainError
-            When a section or key is missing, unknown or of a wrong value.
-        """
-        if not isinstance(values, Mapping) or set(values) != _CHECKS_JOB_KEYS:
-            found = sorted(values) if isinstance(values, Mapping) else type(values).__name__
-            raise BidstrainError(
-                f"the checks settings must hold exactly {sorted(_CHECKS_JOB_KEYS)}, got {found}"
-            )
-        plain = validate_config({"bids_dir": "", "checks": dict(values["checks"])})
-        return cls(
-            checks=_build(ChecksConfig, plain["checks"]),
-            train=TrainConfig.with_defaults(values["train"]),
-            ddof=int(values["ddof"]),
-            world_size=int(values["world_size"]),
-        )
-
-
-_CHECKS_JOB_KEYS = {f.name for f in dataclasses.fields(ChecksJobConfig)}
-
-
-@dataclass(frozen=True)
 class Config:
     """The whole validated configuration (:data:`SCHEMA_PATH` documents every key)."""
 
@@ -721,49 +464,6 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [to_plain(item) for item in value]
     return value
-
-
-def setting_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """What differs between two plain settings mappings, one phrase per differing leaf
-    (nested keys dotted): ``lr 0.001 -> 0.002``, ``loss.normalize var -> std``."""
-    return [
-        f"{key} {_shown(old_value)} -> {_shown(new_value)}"
-        for key, old_value, new_value in _differing(old, new)
-    ]
-
-
-def _differing(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ""):
-    """``(key, old value, new value)`` of every differing leaf; nested keys dotted."""
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, "(absent)"), new.get(key, "(absent)")
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            yield from _differing(a, b, f"{prefix}{key}.")
-        elif a != b:
-            yield f"{prefix}{key}", a, b
-
-
-def _shown(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, list | tuple | Mapping) else str(value)
-
-
-def constant_resource(name: str, raw: int | str | None) -> int | str | None:
-    """The value of a ``--set-resources`` entry as the profile wrote it (Snakemake keeps
-    strings as Python expressions, e.g. ``"'a100'"``).
-
-    Raises
-    ------
-    BidstrainError
-        When the entry is not a constant (the plan needs it at parse time).
-    """
-    if not isinstance(raw, str):
-        return raw
-    try:
-        return ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        raise BidstrainError(
-            f"set-resources {name}={raw!r}: the workflow reads this at parse time, so it "
-            "must be a constant (a number or a quoted string)"
-        ) from None
 
 
 def config_hash(config: Config) -> str:
