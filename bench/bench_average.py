@@ -1,7 +1,7 @@
 """Benchmark cross-subject averaging at cohort scale: time and peak RSS for N subjects.
 
-Ours is the job itself, ``python -m bidstrain.average @STORES --out ... --mask
-intersection --affine-tolerance 0.001 --tr-tolerance 0.001``
+Ours is the job itself, ``python -m bidstrain.average @STORES --out ... --settings
+'{"mask": "intersection"}'``
 (:func:`bidstrain.average.cohort.main`),
 against what a user would write with xarray: concatenate every subject store along a new
 dimension, take the mean and save it to Zarr (dask-backed, so it streams chunks too)::
@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-AVERAGE_FLAGS = ["--mask", "intersection", "--affine-tolerance", "0.001", "--tr-tolerance", "0.001"]
+AVERAGE_FLAGS = ["--settings", '{"mask": "intersection"}']
 
 
 def make_subject_stores(

@@ -78,6 +78,7 @@ def run_variant(variant: str, out_dir: Path) -> dict[str, float]:
     if variant == "nilearn":
         from nilearn.maskers import NiftiMasker
     else:
+        from bidstrain.config import Config, validate_config
         from bidstrain.normalize import ImageInfo, Options, normalize_bold
         from bidstrain.normalize.confounds import load_run_confounds
     Path("/proc/self/clear_refs").write_text("5")  # resets the high-water mark VmHWM
@@ -100,9 +101,9 @@ def run_variant(variant: str, out_dir: Path) -> dict[str, float]:
     else:
         confounds = load_run_confounds(RUN, TABLE, STRATEGY, {}, 300, ddof=1, subject="01")
         info = ImageInfo("bold", "01", repetition_time=2.0)
-        normalize_bold(
-            RUN, out_dir / "ours_confounds.zarr", info, Options(mask=str(MASK)), confounds
-        )
+        normalize = Config.from_dict(validate_config({"bids_dir": ""})).normalize
+        options = Options.from_config(normalize, str(MASK))
+        normalize_bold(RUN, out_dir / "ours_confounds.zarr", info, options, confounds)
         n_confounds = len(confounds.columns)
     seconds = time.perf_counter() - started
     return {

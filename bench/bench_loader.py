@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from bidstrain.config import validate_config
+from bidstrain.config import TrainConfig, validate_config
 from bidstrain.demo.generate import write_bold_store
 from bidstrain.io.store import read_dims
 from bidstrain.train.data import make_loader, volume_dataset
@@ -53,13 +53,18 @@ GRID = (97, 115, 97)
 DISTINCT = 8  # distinct volumes written, cycled
 
 
-def realistic_config(batch_size: int) -> dict:
-    """The ``train`` section of config/train-mni2mm.yaml, CPU settings."""
+def realistic_settings(batch_size: int, **changes) -> dict:
+    """The ``train`` section of config/train-mni2mm.yaml, CPU settings, and ``changes``."""
     config = yaml.safe_load((REPO / "config" / "train-mni2mm.yaml").read_text())
     config["bids_dir"] = "unused"
     train = validate_config(config)["train"]
-    train.update(bf16=False, batch_size=batch_size)
+    train.update(bf16=False, batch_size=batch_size, **changes)
     return train
+
+
+def realistic_config(batch_size: int) -> TrainConfig:
+    """The typed :func:`realistic_settings`."""
+    return TrainConfig.from_dict(realistic_settings(batch_size))
 
 
 def page_cache_rate(paths: list[Path], piece: int | None = None) -> tuple[float, float]:
@@ -109,25 +114,25 @@ def loader_rate(
             break
     ended, cpu = time.perf_counter(), time.process_time() - cpu
     del iterator, loader  # stops the workers
-    work = n - train["batch_size"]
+    work = n - train.loader.batch_size
     return n / (ended - started), work / (ended - first), work / cpu
 
 
-def model_rate(train: dict, steps: int) -> float:
+def model_rate(train: TrainConfig, steps: int) -> float:
     """Samples/s of optimizer steps of the realistic model on in-memory bold batches."""
     torch.manual_seed(0)
     module = build_module(train, ["bold"])
-    optimizer = torch.optim.AdamW(module.parameters(), lr=train["lr"])
+    optimizer = torch.optim.AdamW(module.parameters(), lr=train.optimizer.lr)
     scheduler = build_scheduler(optimizer, total_steps=100, warmup_steps=0, min_lr_ratio=0.1)
     trainer = Trainer(
         module, module, optimizer, scheduler, Context(0, 1, torch.device("cpu")), train
     )
-    batch = {"bold": torch.randn(train["batch_size"], 1, *train["shapes"]["bold"])}
+    batch = {"bold": torch.randn(train.loader.batch_size, 1, *train.model.shapes["bold"])}
     optimizer_step(trainer, [batch], step=1, log_norms=False)  # warm-up
     started = time.perf_counter()
     for _ in range(steps):
         optimizer_step(trainer, [batch], step=1, log_norms=False)
-    return steps * train["batch_size"] / (time.perf_counter() - started)
+    return steps * train.loader.batch_size / (time.perf_counter() - started)
 
 
 def ellipsoid(radius: float) -> np.ndarray:
@@ -149,7 +154,7 @@ def main() -> None:
     train = realistic_config(args.batch_size)
     mask = ellipsoid(0.55)
     rng = np.random.default_rng(0)
-    sample_bytes = 4 * np.prod(train["shapes"]["bold"])
+    sample_bytes = 4 * np.prod(train.model.shapes["bold"])
     root = Path(tempfile.mkdtemp(prefix="bench_loader-"))
     try:
         sets = {"one mask": [], "own masks": []}

@@ -97,12 +97,14 @@ def run_variant(variant: str, out_dir: Path) -> dict[str, float]:
         )
         np.save(out_dir / f"{variant}.npy", masker.fit_transform(str(RUN)))
     else:
+        from bidstrain.config import Config, validate_config
         from bidstrain.normalize import ImageInfo, Options, normalize_bold
 
         info = ImageInfo("bold", "01", repetition_time=2.0)
         mask = "epi" if variant == "ours_epi" else str(MASK)
+        normalize = Config.from_dict(validate_config({"bids_dir": ""})).normalize
         started = time.perf_counter()
-        normalize_bold(RUN, out_dir / f"{variant}.zarr", info, Options(mask=mask))
+        normalize_bold(RUN, out_dir / f"{variant}.zarr", info, Options.from_config(normalize, mask))
     seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if variant == "nilearn_epi":
@@ -112,10 +114,9 @@ def run_variant(variant: str, out_dir: Path) -> dict[str, float]:
 
 def job_command(out_dir: Path) -> list[str]:
     """The normalize job's command line (rule ``normalize_subject``) for the run, ``mask:
-    epi``, the other settings at their defaults; the job first validates the subject's BOLD
-    headers and writes its ingest record, as in the workflow."""
-    from bidstrain.normalize import Options
-
+    epi``, the other settings at their defaults (its settings and spec files written under
+    ``out_dir``); the job first validates the subject's BOLD headers and writes its ingest
+    record, as in the workflow."""
     spec = [
         {
             "modality": "bold",
@@ -125,17 +126,15 @@ def job_command(out_dir: Path) -> list[str]:
             "stats_from": [],
         }
     ]
-    options = Options()
+    settings, spec_file = out_dir / "normalize.json", out_dir / "sub-01.json"
+    settings.write_text(json.dumps({"bids_dir": str(BIDS), "ingest": {}, "normalize": {}}))
+    spec_file.write_text(json.dumps(spec))
     return [
         sys.executable,
         "-m",
         "bidstrain.normalize",
-        *("--bids-dir", str(BIDS), "--subject", "01"),
-        *("--ingest", str(INGEST), "--spec", json.dumps(spec)),
-        *("--ddof", str(options.ddof), "--nonfinite", options.nonfinite),
-        *("--block-volumes", str(options.block_volumes), "--storage", options.storage),
-        *("--confounds-strategy", "none", "--confounds-options", "{}"),
-        *("--out-table", str(out_dir / "job_epi_scans.tsv")),
+        *("--settings", str(settings), "--subject", "01", "--spec", str(spec_file)),
+        *("--ingest", str(INGEST), "--out-table", str(out_dir / "job_epi_scans.tsv")),
     ]
 
 

@@ -46,7 +46,7 @@ import json, sys, time
 started = time.perf_counter()
 import torch
 import yaml
-from bidstrain.config import validate_config
+from bidstrain.config import TrainConfig, validate_config
 from bidstrain.train.__main__ import read_stores, read_table_list
 from bidstrain.train.distributed import Context
 from bidstrain.train.loop import training_data
@@ -54,8 +54,9 @@ imported = time.perf_counter()
 repo, stores_file = sys.argv[1], sys.argv[2]
 config = yaml.safe_load(open(f"{repo}/config/train-mni2mm.yaml"))
 config["bids_dir"] = "unused"
-train = validate_config(config)["train"]
-train.update(num_workers=0)
+settings = validate_config(config)["train"]
+settings.update(num_workers=0)
+train = TrainConfig.from_dict(settings)
 training, _ = read_stores(stores_file)
 context = Context(0, 1, torch.device("cpu"))
 data = training_data(train, training, context, read_table_list(stores_file))

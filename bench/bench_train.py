@@ -37,8 +37,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from bench_loader import GRID, realistic_config
-from bidstrain.config import validate_config
+from bench_loader import GRID, realistic_settings
+from bidstrain.config import TrainConfig, validate_config
 from bidstrain.demo.generate import write_bold_store
 from bidstrain.io.store import create_store
 from bidstrain.train.data import make_loader, volume_dataset
@@ -122,8 +122,8 @@ def realistic_stores(root: Path, n_stores: int = 2, n_time: int = 60) -> dict[st
 def make_trainer(config, modalities, device: torch.device) -> Trainer:
     torch.manual_seed(0)
     model = build_module(config, modalities).to(device)
-    model.encoder.checkpointing = config["activation_checkpointing"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"])
+    model.encoder.checkpointing = config.run.activation_checkpointing
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optimizer.lr)
     scheduler = build_scheduler(optimizer, total_steps=10**6, warmup_steps=5, min_lr_ratio=0.1)
     return Trainer(model, model, optimizer, scheduler, Context(0, 1, device), config)
 
@@ -165,12 +165,13 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.config == "demo":
-        config = validate_config({"bids_dir": "unused"})["train"]
+        settings = validate_config({"bids_dir": "unused"})["train"]
     else:
-        config = realistic_config(16)
-        config["bf16"] = device.type == "cuda"
-    config["num_workers"] = config["num_workers"] if args.workers is None else args.workers
-    config["batch_size"] = args.batch_size or config["batch_size"]
+        settings = realistic_settings(16, bf16=device.type == "cuda")
+    if args.workers is not None:
+        settings["num_workers"] = args.workers
+    settings["batch_size"] = args.batch_size or settings["batch_size"]
+    config = TrainConfig.from_dict(settings)
     with tempfile.TemporaryDirectory() as tmp:
         if args.config == "realistic":
             stores = realistic_stores(Path(tmp))
@@ -183,8 +184,8 @@ def main() -> None:
 
 def report_loops(args, config, loops: list[dict[str, float]]) -> None:
     print(
-        f"{args.config} on {args.device}: batch {config['batch_size']}, "
-        f"{config['num_workers']} workers, bf16 {config['bf16']}, torch {torch.__version__}"
+        f"{args.config} on {args.device}: batch {config.loader.batch_size}, "
+        f"{config.loader.num_workers} workers, bf16 {config.run.bf16}, torch {torch.__version__}"
     )
     for key in ("samples/s", "loader share", "peak GiB"):
         values = [loop[key] for loop in loops]
@@ -194,7 +195,7 @@ def report_loops(args, config, loops: list[dict[str, float]]) -> None:
 
 def compare_demo(args, config, stores, nifti, device: torch.device) -> None:
     """Step, Zarr loader and NIfTI peer, interleaved, then the loop."""
-    shapes, batch_size = config["shapes"], config["batch_size"]
+    shapes, batch_size = config.model.shapes, config.loader.batch_size
     dataset = volume_dataset(stores, config)
     sampler = batch_sampler(dataset.layout, config)
     loader = make_loader(dataset, sampler, config, device=device, num_workers=0)

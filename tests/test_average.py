@@ -277,7 +277,7 @@ def _peak_rss_kb(stores: list[Path], out: Path) -> int:
     members = out.with_suffix(".txt")
     members.write_text("".join(f"{path}\n" for path in stores))
     command = [sys.executable, "-c", _PEAK_RSS, f"@{members}", "--out", str(out)]
-    command += ["--mask", "intersection", "--affine-tolerance", "0.001", "--tr-tolerance", "0.001"]
+    command += ["--settings", '{"mask": "intersection"}']
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     return int(result.stdout.split()[-1])
@@ -312,16 +312,16 @@ def test_memory_stays_flat_from_100_to_1000_subjects_of_the_demo_grid(tmp_path):
 def test_command_line_reads_the_stores_from_a_file_and_reports_bad_input(
     tmp_path, three_subjects, capsys
 ):
-    flags = ["--affine-tolerance", "0.001", "--tr-tolerance", "0.001"]
+    flags = ["--settings", '{"mask": "union"}']
     members = tmp_path / "members.txt"
     members.write_text(f"{three_subjects[0]}\n{tmp_path / 'missing.zarr'}\n")
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(main, [f"@{members}", "--out", str(tmp_path / "a.zarr"), "--mask", "union", *flags])
+        run_cli(main, [f"@{members}", "--out", str(tmp_path / "a.zarr"), *flags])
     assert exit_info.value.code == 1
     assert "missing.zarr: store not found" in capsys.readouterr().err
     assert not (tmp_path / "a.zarr").exists()
     members.write_text("".join(f"{path}\n" for path in three_subjects))
-    run_cli(main, [f"@{members}", "--out", str(tmp_path / "a.zarr"), "--mask", "union", *flags])
+    run_cli(main, [f"@{members}", "--out", str(tmp_path / "a.zarr"), *flags])
     average = open_store(tmp_path / "a.zarr")
     assert average.attrs["mask_mode"] == "union"
     assert average.attrs["source_path"] == [str(path) for path in three_subjects]

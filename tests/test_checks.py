@@ -19,7 +19,7 @@ from bidstrain.checks.plan import check_counts, check_schedule
 from bidstrain.checks.quality import check_quality
 from bidstrain.checks.scan import scan_store
 from bidstrain.checks.summary import raise_on_failure, summary_tsv, write_summary
-from bidstrain.config import validate_config
+from bidstrain.config import ChecksJobConfig, TrainConfig, validate_config
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import create_store
 from test_average import ellipsoid, random_raw, write_bold_store
@@ -29,13 +29,15 @@ GRID = (5, 6, 4)
 
 
 def default_config(**train) -> dict:
-    """The workflow defaults, with a tiny model grid and ``train`` overrides."""
+    """What the checks job reads (the content of its settings file) of the workflow
+    defaults, with a tiny model grid and ``train`` overrides."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     validate_config(config)
     config["train"].update(shapes={"T1w": [6, 6, 6], "bold": [6, 6, 6], "dwi": [6, 6, 6]})
     config["train"].update(train)
-    config["world_size"] = 1  # the plan's, which the rule passes next to the sections
-    return config
+    checked = TrainConfig.from_dict(config["train"]).checked()
+    # world_size: the plan's, which the rule passes next to the sections
+    return {"checks": config["checks"], "train": checked, "ddof": 1, "world_size": 1}
 
 
 def save_nifti(path: Path, data: np.ndarray) -> Path:
@@ -101,7 +103,8 @@ def by_name(checks: list[Check]) -> dict[str, Check]:
 
 def run_on(data: dict, config: dict) -> dict[str, Check]:
     stores = data["T1w"] + data["bold"]
-    return by_name(run_checks(stores, [], stores, data["manifest"], config))
+    typed = ChecksJobConfig.from_dict(config)
+    return by_name(run_checks(stores, [], stores, data["manifest"], typed))
 
 
 def test_every_check_passes_on_good_data(tmp_path):

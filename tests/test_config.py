@@ -9,49 +9,61 @@ from pathlib import Path
 
 import pytest
 import yaml
-from bidstrain.config import SCHEMA_PATH, Config, TrainConfig, train_keys, validate_config
+from bidstrain.config import (
+    SCHEMA_PATH,
+    Config,
+    load_section,
+    retype_overrides,
+    to_plain,
+    train_keys,
+    validate_config,
+)
 from bidstrain.errors import BidstrainError
+from bidstrain.modalities import MODALITIES
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = SCHEMA_PATH
 
 
 def _schema_keys(schema: dict) -> dict:
-    """{key: nested keys or None} of an object schema, down to the typed sections."""
+    """{key: nested keys or None} of an object schema; an object keyed by modality
+    (train.shapes, train.loss.weights) is a mapping in the dataclasses: None."""
     return {
-        key: _schema_keys(sub) if sub.get("type") == "object" and "properties" in sub else None
+        key: _schema_keys(sub)
+        if sub.get("type") == "object" and set(sub.get("properties", MODALITIES)) - {*MODALITIES}
+        else None
         for key, sub in schema["properties"].items()
     }
 
 
 def _dataclass_keys(cls: type) -> dict:
+    """{key: nested keys or None} of a dataclass; the fields of a section that stays flat
+    in the YAML (train's model, optimizer, ...) are keys of the level above."""
     hints = typing.get_type_hints(cls)
-    return {
-        f.name: _dataclass_keys(hints[f.name]) if dataclasses.is_dataclass(hints[f.name]) else None
-        for f in dataclasses.fields(cls)
-    }
-
-
-def _depth2(keys: dict) -> dict:
-    """Keys of the top level and of each section (nested objects inside a section, such
-    as train.loss, stay mappings in the dataclasses)."""
-    return {key: sorted(value) if value else None for key, value in keys.items()}
+    keys = {}
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        nested = _dataclass_keys(kind) if dataclasses.is_dataclass(kind) else None
+        keys.update(nested if f.metadata.get("flat") else {f.name: nested})
+    return keys
 
 
 def test_typed_sections_name_exactly_the_schema_keys():
+    """At every level: the sections, their keys, and their nested objects (train.loss,
+    train.loss.weights stays a mapping of modalities)."""
     schema = yaml.safe_load(SCHEMA.read_text())
-    assert _depth2(_dataclass_keys(Config)) == _depth2(_schema_keys(schema))
+    assert _dataclass_keys(Config) == _schema_keys(schema)
 
 
 def test_defaults_live_in_the_schema_and_fill_a_minimal_config():
     config = validate_config({"bids_dir": "/data"}, SCHEMA)
     typed = Config.from_dict(config)
-    assert typed.normalize.ddof == 1 and typed.train.shapes["bold"] == (24, 24, 24)
+    assert typed.normalize.ddof == 1 and typed.train.model.shapes["bold"] == (24, 24, 24)
     assert typed.normalize.mask_option("T1w") == "auto"
     with pytest.raises(dataclasses.FrozenInstanceError):
-        typed.train.lr = 1.0  # type: ignore[misc]
+        typed.train.optimizer.lr = 1.0  # type: ignore[misc]
     with pytest.raises(TypeError):
-        typed.train.shapes["bold"] = (1, 1, 1)  # type: ignore[index]
+        typed.train.model.shapes["bold"] = (1, 1, 1)  # type: ignore[index]
 
 
 def test_config_yaml_is_valid():
@@ -66,22 +78,27 @@ def test_a_bad_value_names_its_key():
 
 
 def test_train_key_roles_are_declared_once():
-    assert set(train_keys("resource")) == {"gpus", "nodes", "runtime", "mem_mb", "cpus"}
     assert {"batch_size", "epochs", "shapes", "loss"} <= set(train_keys("checked"))
     assert "lr" not in train_keys("checked")
     hashed = set(train_keys("hashed"))
     assert {"lr", "shapes", "embed_dim"} <= hashed
-    assert hashed.isdisjoint({"experiment", "gpus", "runtime", "log_every", "num_workers"})
-    every = {f.name for f in dataclasses.fields(TrainConfig)}
-    assert hashed | set(train_keys("resource")) | set(train_keys("run")) == every
+    assert hashed.isdisjoint({"experiment", "log_every", "num_workers"})
+    every = set(to_plain(Config.from_dict(validate_config({"bids_dir": "/d"}, SCHEMA)).train))
+    assert hashed | set(train_keys("run")) == every
     with pytest.raises(ValueError):
         train_keys("typo")
 
 
-def test_train_settings_leave_out_job_resources():
-    train = Config.from_dict(validate_config({"bids_dir": "/d"}, SCHEMA)).train
+def test_job_resources_live_in_their_own_section_not_in_the_train_settings():
+    config = Config.from_dict(validate_config({"bids_dir": "/d"}, SCHEMA))
+    train = config.train
     settings = train.settings()
     assert "mem_mb" not in settings and "gpus" not in settings
+    assert (config.resources.train.gpus, config.resources.train.mem_mb) == (0, 8000)
+    assert config.resources.normalize_subject.cpus == 2
+    assert config.resources.average_bold.runtime_for(30) == 10 + 3
+    with pytest.raises(BidstrainError, match=r"config key 'train.gpus'"):
+        validate_config({"bids_dir": "/d", "train": {"gpus": 1}}, SCHEMA)
     assert settings["shapes"]["T1w"] == [32, 32, 32]  # plain JSON types
     assert set(train.checked()) == set(train_keys("checked"))
 
@@ -103,3 +120,30 @@ def test_config_yaml_restates_no_default():
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     assert restated(config, defaults) == []
     assert set(config) <= set(schema["properties"])
+
+
+def test_override_strings_get_the_schema_types_and_config_file_strings_do_not():
+    """``--config train='{lr: 0.002}'`` reaches the workflow as the string '0.002'."""
+    overrides = {"train": {"lr": "0.002", "epochs": "7", "bf16": "true", "experiment": "2024"}}
+    overrides["train"]["shapes"] = {"bold": ["16", "16", "8"]}
+    config = {"bids_dir": "/d", "train": {**overrides["train"], "weight_decay": "0.1"}}
+    retype_overrides(config, overrides, SCHEMA)
+    train = config["train"]
+    assert (train["lr"], train["epochs"], train["bf16"]) == (0.002, 7, True)
+    assert train["shapes"] == {"bold": [16, 16, 8]}
+    assert train["experiment"] == "2024"  # a string key keeps the string
+    assert train["weight_decay"] == "0.1"  # not from the command line: left to validation
+    with pytest.raises(BidstrainError, match=r"'train.weight_decay': '0.1' is not of type"):
+        validate_config(config, SCHEMA)
+    with_null = {"bids_dir": "/d", "train": {"epochs": "seven"}, "echo": "null"}
+    retype_overrides(with_null, {"train": {"epochs": "seven"}, "echo": "null"}, SCHEMA)
+    assert with_null["train"]["epochs"] == "seven" and with_null["echo"] is None
+
+
+def test_a_job_types_its_section_from_a_small_json_param():
+    average = load_section("average", {"mask": "union"})
+    assert (average.mask, average.affine_tolerance) == ("union", 0.001)  # a schema default
+    with pytest.raises(BidstrainError, match=r"config key 'average.mask': 'both' is not one"):
+        load_section("average", {"mask": "both"})
+    with pytest.raises(BidstrainError, match="not a configuration section: bids_dir"):
+        load_section("bids_dir", {})

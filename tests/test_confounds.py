@@ -20,10 +20,11 @@ import pytest
 from bidstrain.demo.generate import DemoSpec, make_fmriprep_demo
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import open_store, store_meta
-from bidstrain.normalize import ImageInfo, Options, normalize_bold, normalize_with_stats
+from bidstrain.normalize import ImageInfo, normalize_bold, normalize_with_stats
 from bidstrain.normalize.confounds import load_run_confounds
 from nilearn.interfaces.fmriprep import load_confounds_strategy
 from nilearn.maskers import NiftiMasker
+from normalize_support import image_options
 
 SPACE = "space-MNI152NLin2009cAsym_res-2"
 N_VOLUMES = 60  # the demo's; its runs have a non-steady-state volume 0 and jumps at 20, 40
@@ -103,7 +104,7 @@ def test_equal_to_nilearn_and_the_sample_mask_respected(fmriprep, tmp_path, stra
     image, mask, table = _run(fmriprep)
     confounds = load_run_confounds(image, table, strategy, {}, N_VOLUMES, ddof=1)
     out = tmp_path / "bold.zarr"
-    normalize_bold(image, out, _info(), Options(mask=str(mask)), confounds)
+    normalize_bold(image, out, _info(), image_options(mask=str(mask)), confounds)
     ds = open_store(out, use_dask=False)
     expected = _nilearn(image, mask, strategy)
     assert ds.data.shape == expected.shape == (N_VOLUMES - len(dropped), ds.sizes["voxel"])
@@ -129,7 +130,7 @@ def test_equal_to_nilearn_in_float64_within_1e_5_on_runs_at_scanner_scale(
         confounds = load_run_confounds(image, table, strategy, {}, REALISTIC.n_volumes, ddof=1)
         assert not confounds.kept[:2].any()  # the non-steady-state volumes
         out = tmp_path / f"run-{run}.zarr"
-        normalize_bold(image, out, _info(run), Options(mask=str(mask)), confounds)
+        normalize_bold(image, out, _info(run), image_options(mask=str(mask)), confounds)
         ours = open_store(out, use_dask=False).data.values
         expected = _nilearn(image, mask, strategy)
         assert (
@@ -147,7 +148,7 @@ def test_nilearn_options_pass_through_and_a_computed_mask_fits_the_whole_grid(fm
     confounds = load_run_confounds(image, table, "scrubbing", options, N_VOLUMES, ddof=1)
     assert "global_signal" in confounds.columns
     out = tmp_path / "bold.zarr"
-    normalize_bold(image, out, _info(), Options(mask="none"), confounds)
+    normalize_bold(image, out, _info(), image_options(mask="none"), confounds)
     ds = open_store(out, use_dask=False)
     everything = nib.Nifti1Image(np.ones(ds.mask.shape, dtype=np.uint8), store_meta(ds).affine)
     nib.save(everything, tmp_path / "all.nii.gz")
@@ -158,11 +159,18 @@ def test_nilearn_options_pass_through_and_a_computed_mask_fits_the_whole_grid(fm
 def test_heldout_run_regresses_its_own_confounds_with_the_training_statistics(fmriprep, tmp_path):
     train_image, mask, train_table = _run(fmriprep, "1")
     train = load_run_confounds(train_image, train_table, "simple", {}, N_VOLUMES, ddof=1)
-    normalize_bold(train_image, tmp_path / "r1.zarr", _info("1"), Options(mask=str(mask)), train)
+    normalize_bold(
+        train_image, tmp_path / "r1.zarr", _info("1"), image_options(mask=str(mask)), train
+    )
     image, _, table = _run(fmriprep, "2")
     confounds = load_run_confounds(image, table, "simple", {}, N_VOLUMES, ddof=1)
     attrs = normalize_with_stats(
-        image, [tmp_path / "r1.zarr"], tmp_path / "r2.zarr", _info("2"), confounds=confounds
+        image,
+        [tmp_path / "r1.zarr"],
+        tmp_path / "r2.zarr",
+        _info("2"),
+        image_options(mask="none"),
+        confounds=confounds,
     )
     stats = open_store(tmp_path / "r1.zarr", use_dask=False)
     ds = open_store(tmp_path / "r2.zarr", use_dask=False)
@@ -215,21 +223,30 @@ def test_a_table_elsewhere_than_next_to_the_run(fmriprep, tmp_path):
         load_run_confounds(image, tmp_path / table.name, "simple", {}, N_VOLUMES, ddof=1)
 
 
-def test_command_line_flags(fmriprep, tmp_path):
+def test_the_job_regresses_the_confounds_of_its_settings(fmriprep, tmp_path):
     from bidstrain.normalize.__main__ import main
 
     image, mask, table = _run(fmriprep)
     store = tmp_path / "bold.zarr"
     entry = {"modality": "bold", "image": str(image), "store": str(store), "mask": str(mask)}
     entry |= {"stats_from": [], "confounds": str(table)}
-    argv = ["--spec", json.dumps([entry]), "--bids-dir", str(fmriprep), "--subject", "01"]
-    argv += ["--ingest", str(tmp_path / "sub-01.json")]
-    argv += ["--out-table", str(tmp_path / "scans.tsv"), "--confounds-strategy", "scrubbing"]
-    main([*argv, "--confounds-options", '{"fd_threshold": 0.5, "std_dvars_threshold": 9}'])
+    options = {"fd_threshold": 0.5, "std_dvars_threshold": 9}
+    confounds = {"strategy": "scrubbing", "options": options}
+    settings = {"bids_dir": str(fmriprep), "ingest": {}, "normalize": {"confounds": confounds}}
+    (tmp_path / "settings.json").write_text(json.dumps(settings))
+    (tmp_path / "spec.json").write_text(json.dumps([entry]))
+    argv = ["--settings", str(tmp_path / "settings.json"), "--spec", str(tmp_path / "spec.json")]
+    argv += ["--subject", "01", "--ingest", str(tmp_path / "sub-01.json")]
+    argv += ["--out-table", str(tmp_path / "scans.tsv")]
+    main(argv)
     ds = open_store(store, use_dask=False)
     assert store_meta(ds).confounds_strategy == "scrubbing"
     assert ds.sizes["time"] == N_VOLUMES - 3
     del entry["confounds"]
-    argv[1] = json.dumps([entry])
+    (tmp_path / "spec.json").write_text(json.dumps([entry]))
     with pytest.raises(BidstrainError, match="no confounds table for this run"):
+        main(argv)
+    settings["normalize"]["ddof"] = "one"
+    (tmp_path / "settings.json").write_text(json.dumps(settings))
+    with pytest.raises(BidstrainError, match=r"(?s)settings.json: .*'normalize.ddof': 'one'"):
         main(argv)

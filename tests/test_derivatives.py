@@ -21,7 +21,8 @@ from bidstrain.dataset.derivatives import (
 from bidstrain.demo.generate import DemoSpec, make_demo, make_fmriprep_demo, make_qsiprep_demo
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import open_store, store_meta
-from bidstrain.normalize import ImageInfo, Options, normalize_volumes
+from bidstrain.normalize import ImageInfo, normalize_volumes
+from normalize_support import image_options
 
 MNI = "MNI152NLin2009cAsym"
 
@@ -221,7 +222,7 @@ def test_qsiprep_dwi_normalized_with_its_own_mask_and_gradients(qsiprep, tmp_pat
     bvec = [[float(x) for x in row.split()] for row in found[".bvec"].read_text().splitlines()]
     info = ImageInfo("dwi", image.subject, entities=dict(image.entities), bval=bval, bvec=bvec)
     mask = brain_mask(index, image)
-    normalize_volumes(image.path, tmp_path / "dwi.zarr", info, Options(mask=str(mask)))
+    normalize_volumes(image.path, tmp_path / "dwi.zarr", info, image_options(mask=str(mask)))
     ds = open_store(tmp_path / "dwi.zarr", use_dask=False)
     assert np.array_equal(ds.mask.values, np.asarray(nib.load(mask).dataobj) > 0)
     assert np.allclose(ds.bval.values, bval)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from bidstrain.config import Config, validate_config
+from bidstrain.config import Config, TrainConfig, to_plain, validate_config
 from bidstrain.errors import BidstrainError
 from bidstrain.train import load_model
 from bidstrain.train.description import FORMAT
@@ -44,10 +44,10 @@ def trained(tmp_path_factory):
     return {"root": root, "model": out / "model.pt", "config": config, "stores": stores}
 
 
-def workflow_config(train_settings: dict) -> Config:
-    """A whole configuration whose train section is ``train_settings``."""
+def workflow_config(train: TrainConfig, **changes) -> Config:
+    """A whole configuration whose train section is ``train`` with ``changes``."""
     config = validate_config({"bids_dir": "unused"})
-    config["train"].update(train_settings)
+    config["train"].update(to_plain(train), **changes)
     return Config.from_dict(config)
 
 
@@ -94,7 +94,7 @@ def test_model_json_describes_the_inputs_and_matches_the_checkpoint(trained):
     assert [s["store"] for s in bold["stores"]] == trained["stores"]["bold"]
     assert description["normalization"]["T1w"]["stats_dim"] == "time"
     assert description["scale"]["bold"]["mse_zero"] == pytest.approx(1.0, rel=0.3)
-    assert description["train"]["lr"] == trained["config"]["lr"]
+    assert description["train"]["lr"] == trained["config"].optimizer.lr
     assert description["torch_version"] == str(torch.__version__)
     assert len(description["config_hash"]) == 16
 
@@ -110,7 +110,7 @@ def test_load_model_round_trips_the_weights(trained):
 
 
 def test_a_model_that_disagrees_with_the_config_is_refused_naming_the_difference(trained):
-    changed = workflow_config({**trained["config"], "lr": 0.5, "embed_dim": 32})
+    changed = workflow_config(trained["config"], lr=0.5, embed_dim=32)
     with pytest.raises(BidstrainError) as error:
         load_model(trained["model"], changed)
     assert "train.lr" in str(error.value) and "0.5" in str(error.value)
@@ -149,7 +149,7 @@ def test_identical_images_have_identical_embeddings(trained, tmp_path):
     a = xr.open_zarr(images[0]["out"], consolidated=False).load()
     b = xr.open_zarr(images[1]["out"], consolidated=False).load()
     assert a["embedding"].dims == ("time", "feature")
-    assert a["embedding"].shape == (COUNTS["bold"], trained["config"]["embed_dim"])
+    assert a["embedding"].shape == (COUNTS["bold"], trained["config"].model.embed_dim)
     np.testing.assert_array_equal(a["embedding"].values, b["embedding"].values)
     np.testing.assert_array_equal(a["loss"].values, b["loss"].values)
     assert np.isfinite(a["loss"].values).all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pandas as pd
@@ -49,13 +50,30 @@ def test_a_changed_lr_reruns_training_then_embed(embedded, demo_bids, tmp_path):
     config["train"]["lr"] = 0.002
     changed_config = tmp_path / "config.yaml"
     changed_config.write_text(yaml.safe_dump(config))
-    changed = run_snakemake(
+    result = run_snakemake(
         embedded,
         "-n",
         "embed",
         "--configfile",
         str(changed_config),
         config={"bids_dir": demo_bids},
-    ).stdout
+    )
+    changed = result.stdout + result.stderr
     assert "rule train:" in changed and "rule embed_images:" in changed
     assert "rule normalize" not in changed
+    # the parse names the changed key; a rerun reason shows only the settings' hash
+    assert "bidstrain: train settings changed: lr 0.001 -> 0.002" in changed
+    reasons = [line for line in changed.splitlines() if line.strip().startswith("reason:")]
+    assert reasons and max(len(line) for line in reasons) < 300, reasons
+
+
+def test_changed_resources_rerun_nothing(embedded, demo_bids):
+    resources = (
+        "{train: {mem_mb: 9000, cpus: 1, runtime: 5}, embed_images: {mem_mb: 3000},"
+        " normalize_subject: {mem_mb: 3000, cpus: 1}, checks: {runtime: 99}}"
+    )
+    dry = run_snakemake(
+        embedded, "-n", "embed", config={"bids_dir": demo_bids, "resources": resources}
+    )
+    planned = set(re.findall(r"^\s*(?:local)?rule (\w+):$", dry.stdout, re.M))
+    assert planned <= {"embed"}, dry.stdout

@@ -233,7 +233,11 @@ def test_a_mask_epi_job_imports_neither_nilearn_nor_sklearn(demo, tmp_path):
     store = tmp_path / "bold.zarr"
     spec = [{"modality": "bold", "image": image, "store": str(store), "mask": "epi"}]
     spec[0]["stats_from"] = []
-    command = [sys.executable, "-c", _JOB, "--spec", json.dumps(spec), "--bids-dir", str(demo)]
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    settings = {"bids_dir": str(demo), "ingest": {}, "normalize": {}}
+    (tmp_path / "settings.json").write_text(json.dumps(settings))
+    command = [sys.executable, "-c", _JOB, "--spec", str(tmp_path / "spec.json")]
+    command += ["--settings", str(tmp_path / "settings.json")]
     command += ["--subject", "01", "--ingest", str(tmp_path / "i.json")]
     command += ["--out-table", str(tmp_path / "sub-01_scans.tsv")]
     result = subprocess.run(command, capture_output=True, text=True, check=True)

@@ -97,9 +97,7 @@ def test_the_baseline_with_dataset_statistics_predicts_the_dataset_mean_on_maske
 
 def test_masked_tokens_know_their_position_and_only_they_count_in_the_loss():
     torch.manual_seed(0)
-    model = MultiModalAutoencoder(
-        {"bold": (8, 8, 8)}, patch=4, dim=16, depth=1, heads=2, mask_ratio=0.5
-    )
+    model = MultiModalAutoencoder(train_config(mask_ratio=0.5).model, ["bold"])
     model.eval()
     volume = torch.randn(2, 1, 8, 8, 8)
     masks = model.token_masks({"bold": volume}, torch.Generator().manual_seed(1))

@@ -25,10 +25,11 @@ from bidstrain.ingest.records import ingest_images, inspect_image
 from bidstrain.io import nifti_files
 from bidstrain.io.nifti_files import check_complete, data_end, gzip_stream_size
 from bidstrain.io.store import CONSOLIDATED
-from bidstrain.normalize import ImageInfo, Options, normalize_bold
+from bidstrain.normalize import ImageInfo, normalize_bold
 from bidstrain.normalize.nifti_stream import iter_blocks, read_layout
 from isal import igzip
 from nibabel.testing import data_path
+from normalize_support import image_options
 from test_plan import plan_of
 
 DATA = Path(data_path)
@@ -121,7 +122,7 @@ def test_stream_longer_than_the_header_describes_is_accepted(tmp_path):
     record = _inspect(path)
     assert record["n_volumes"] == 20 and record["orientation"] == "LAS"
     np.testing.assert_array_equal(nib.load(path).get_fdata(), img.get_fdata())
-    normalize_bold(path, tmp_path / "r.zarr", BOLD, Options(mask="none"))
+    normalize_bold(path, tmp_path / "r.zarr", BOLD, image_options(mask="none"))
     np.testing.assert_allclose(_store_data(tmp_path / "r.zarr"), _zscored(img), atol=1e-5)
 
 
@@ -219,7 +220,7 @@ def test_cut_and_corrupt_gzip_streams_are_rejected_saying_which(tmp_path):
     path.write_bytes(bytes(corrupt))
     assert _inspect(path)["n_volumes"] == 20
     with pytest.raises(BidstrainError, match="corrupt or truncated .nii.gz: .*CRC check failed"):
-        normalize_bold(path, tmp_path / "r.zarr", BOLD, Options(mask="none"))
+        normalize_bold(path, tmp_path / "r.zarr", BOLD, image_options(mask="none"))
     assert not (tmp_path / "r.zarr").exists()
 
 
@@ -268,7 +269,7 @@ def test_voxel_types_ingest_and_normalize_like_nibabel_reads_them(tmp_path, kind
         assert isinstance(loaded, nib.Nifti2Image)
     record = _inspect(path)
     assert record["dtype"] == str(loaded.get_data_dtype()) and record["n_volumes"] == 20
-    normalize_bold(path, tmp_path / "r.zarr", BOLD, Options(mask="none", block_volumes=3))
+    normalize_bold(path, tmp_path / "r.zarr", BOLD, image_options(mask="none", block_volumes=3))
     np.testing.assert_allclose(_store_data(tmp_path / "r.zarr"), _zscored(loaded), atol=2e-5)
 
 

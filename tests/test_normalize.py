@@ -21,7 +21,6 @@ from bidstrain.errors import BidstrainError
 from bidstrain.io.store import CHUNK_BYTES, CONSOLIDATED, open_store
 from bidstrain.normalize import (
     ImageInfo,
-    Options,
     normalize_bold,
     normalize_volumes,
     normalize_with_stats,
@@ -33,6 +32,10 @@ from nibabel.testing import data_path
 from nilearn.maskers import NiftiMasker
 from nilearn.masking import compute_epi_mask
 from nilearn.signal import clean
+from normalize_support import image_options
+
+#: The options of the default config for a BOLD run (its mask: nilearn's EPI mask).
+EPI = image_options(mask="epi")
 
 FUNCTIONAL = Path(data_path) / "functional.nii"  # real BOLD, int16 with scl_slope/scl_inter
 ANATOMICAL = Path(data_path) / "anatomical.nii"  # real T1, big-endian int16
@@ -138,7 +141,7 @@ def test_bold_equals_nilearn_zscore_sample_on_real_functional(tmp_path):
     mean = nib.load(FUNCTIONAL).get_fdata().mean(axis=-1)
     mask_path = _mask_file(mean > np.percentile(mean, 40), FUNCTIONAL, tmp_path / "mask.nii")
     attrs = normalize_bold(
-        FUNCTIONAL, tmp_path / "f.zarr", BOLD, Options(mask=str(mask_path), block_volumes=3)
+        FUNCTIONAL, tmp_path / "f.zarr", BOLD, image_options(mask=str(mask_path), block_volumes=3)
     )
     ds = _open(tmp_path / "f.zarr")
     # the file is LAS and stores are RAS: nilearn is given the RAS image and mask
@@ -183,7 +186,7 @@ def test_bold_nii_gz_float_big_endian_equals_int16_nii(tmp_path):
     converted = nib.Nifti1Image(scaled, img.affine)
     converted.set_data_dtype(">f4")
     nib.save(converted, tmp_path / "f.nii.gz")
-    options = Options(mask="none", block_volumes=4)
+    options = image_options(mask="none", block_volumes=4)
     normalize_bold(FUNCTIONAL, tmp_path / "a.zarr", BOLD, options)
     normalize_bold(tmp_path / "f.nii.gz", tmp_path / "b.zarr", BOLD, options)
     a, b = _open(tmp_path / "a.zarr"), _open(tmp_path / "b.zarr")
@@ -197,7 +200,7 @@ def test_bold_nii_gz_float_big_endian_equals_int16_nii(tmp_path):
 
 def test_epi_mask_of_the_streamed_mean_equals_nilearn_on_the_4d_run(tmp_path):
     path = _demo_run(tmp_path / "run.nii.gz")
-    normalize_bold(path, tmp_path / "r.zarr", BOLD, Options(mask="epi"))
+    normalize_bold(path, tmp_path / "r.zarr", BOLD, image_options(mask="epi"))
     expected = compute_epi_mask(str(path)).get_fdata().astype(bool)
     np.testing.assert_array_equal(_open(tmp_path / "r.zarr").mask.values, expected)
 
@@ -207,7 +210,7 @@ def test_zero_variance_voxels_become_zero_and_are_counted(tmp_path):
     data[0, 0, 0] = 7.0
     data[1, 2, 3] = 0.0
     path = _save(data, tmp_path / "run.nii")
-    attrs = normalize_bold(path, tmp_path / "r.zarr", BOLD, Options(mask="none", ddof=0))
+    attrs = normalize_bold(path, tmp_path / "r.zarr", BOLD, image_options(mask="none", ddof=0))
     ds = _open(tmp_path / "r.zarr")
     assert attrs["n_zero_variance"] == 2
     constant = ds["std"].values == 0
@@ -219,7 +222,7 @@ def test_zero_variance_voxels_become_zero_and_are_counted(tmp_path):
 
 def test_store_is_readable_by_open_store_and_chunked_by_volumes(tmp_path):
     path = _demo_run(tmp_path / "run.nii.gz", n_volumes=40)
-    normalize_bold(path, tmp_path / "r.zarr", BOLD, Options(mask="none", block_volumes=3))
+    normalize_bold(path, tmp_path / "r.zarr", BOLD, image_options(mask="none", block_volumes=3))
     ds = open_store(tmp_path / "r.zarr")
     assert ds.data.encoding["chunks"][1] == ds.sizes["voxel"]
 
@@ -230,7 +233,7 @@ def test_store_is_readable_by_open_store_and_chunked_by_volumes(tmp_path):
 def test_one_volume_is_an_error(tmp_path):
     path = _save(np.ones((4, 4, 4, 1), dtype=np.int16), tmp_path / "sub-01_bold.nii")
     with pytest.raises(BidstrainError, match=r"1 volume.*ddof=1.*normalize.ddof") as error:
-        normalize_bold(path, tmp_path / "r.zarr", BOLD)
+        normalize_bold(path, tmp_path / "r.zarr", BOLD, image_options(mask="epi"))
     assert str(path) in str(error.value) and "sub-01" in str(error.value)
     assert not (tmp_path / "r.zarr").exists()
 
@@ -238,14 +241,14 @@ def test_one_volume_is_an_error(tmp_path):
 def test_all_zero_image_is_an_error(tmp_path):
     path = _save(np.zeros((4, 4, 4, 5), dtype=np.int16), tmp_path / "run.nii.gz")
     with pytest.raises(BidstrainError, match="every value of every volume is zero") as error:
-        normalize_bold(path, tmp_path / "r.zarr", BOLD, Options(mask="none"))
+        normalize_bold(path, tmp_path / "r.zarr", BOLD, image_options(mask="none"))
     assert str(path) in str(error.value)
 
 
 def test_empty_epi_mask_is_an_error_naming_the_config_key(tmp_path):
     # nilearn's compute_epi_mask finds nothing in this real 3-slice run
     with pytest.raises(BidstrainError, match=r"mask is empty.*normalize.mask") as error:
-        normalize_bold(FUNCTIONAL, tmp_path / "r.zarr", BOLD, Options(mask="epi"))
+        normalize_bold(FUNCTIONAL, tmp_path / "r.zarr", BOLD, image_options(mask="epi"))
     assert str(FUNCTIONAL) in str(error.value)
 
 
@@ -253,14 +256,14 @@ def test_empty_mask_file_and_mask_on_another_grid_are_errors(tmp_path):
     shape = nib.load(FUNCTIONAL).shape[:3]
     empty = _mask_file(np.zeros(shape, bool), FUNCTIONAL, tmp_path / "empty.nii")
     with pytest.raises(BidstrainError, match="mask is empty"):
-        normalize_bold(FUNCTIONAL, tmp_path / "r.zarr", BOLD, Options(mask=str(empty)))
+        normalize_bold(FUNCTIONAL, tmp_path / "r.zarr", BOLD, image_options(mask=str(empty)))
     other = _save(np.ones((5, 5, 5), np.uint8), tmp_path / "other.nii")
     with pytest.raises(BidstrainError, match=r"shape \(5, 5, 5\).*grid \(17, 21, 3\)") as error:
-        normalize_bold(FUNCTIONAL, tmp_path / "r.zarr", BOLD, Options(mask=str(other)))
+        normalize_bold(FUNCTIONAL, tmp_path / "r.zarr", BOLD, image_options(mask=str(other)))
     assert str(other) in str(error.value) and "normalize.mask" in str(error.value)
     moved = _save(np.ones(shape, np.uint8), tmp_path / "moved.nii", np.diag([2, 2, 2, 1]))
     with pytest.raises(BidstrainError, match="another affine"):
-        normalize_bold(FUNCTIONAL, tmp_path / "r.zarr", BOLD, Options(mask=str(moved)))
+        normalize_bold(FUNCTIONAL, tmp_path / "r.zarr", BOLD, image_options(mask=str(moved)))
 
 
 def test_nonfinite_values_are_an_error_or_masked_and_counted(tmp_path):
@@ -269,9 +272,11 @@ def test_nonfinite_values_are_an_error_or_masked_and_counted(tmp_path):
     data[2, 2, 2, 0] = np.inf
     path = _save(data, tmp_path / "run.nii.gz")
     with pytest.raises(BidstrainError, match=r"2 voxels .*NaN or Inf.*normalize.nonfinite") as e:
-        normalize_bold(path, tmp_path / "r.zarr", BOLD, Options(mask="none"))
+        normalize_bold(path, tmp_path / "r.zarr", BOLD, image_options(mask="none"))
     assert str(path) in str(e.value)
-    attrs = normalize_bold(path, tmp_path / "r.zarr", BOLD, Options(mask="none", nonfinite="mask"))
+    attrs = normalize_bold(
+        path, tmp_path / "r.zarr", BOLD, image_options(mask="none", nonfinite="mask")
+    )
     ds = _open(tmp_path / "r.zarr")
     assert attrs["n_nonfinite"] == 2 and ds.sizes["voxel"] == 62
     assert not ds.mask.values[1, 1, 1] and np.isfinite(ds.data.values).all()
@@ -299,9 +304,9 @@ def test_heldout_run_is_normalized_with_the_pooled_statistics_of_the_other_runs(
     stores = []
     for run in runs[:2]:
         store = tmp_path / f"{run.name}.zarr"
-        normalize_bold(run, store, BOLD, Options(mask="epi"))
+        normalize_bold(run, store, BOLD, image_options(mask="epi"))
         stores.append(store)
-    attrs = normalize_with_stats(runs[2], stores, tmp_path / "heldout.zarr")
+    attrs = normalize_with_stats(runs[2], stores, tmp_path / "heldout.zarr", None, EPI)
     held = _open(tmp_path / "heldout.zarr")
     fitted = [_open(s) for s in stores]
     mask = fitted[0].mask.values & fitted[1].mask.values
@@ -322,10 +327,10 @@ def test_heldout_run_is_normalized_with_the_pooled_statistics_of_the_other_runs(
 
 def test_heldout_stats_on_another_grid_are_an_error(tmp_path):
     store = tmp_path / "a.zarr"
-    normalize_bold(_demo_run(tmp_path / "a.nii.gz"), store, BOLD, Options(mask="none"))
+    normalize_bold(_demo_run(tmp_path / "a.nii.gz"), store, BOLD, image_options(mask="none"))
     other = _demo_run(tmp_path / "sub-01_task-rest_run-2_bold.nii.gz", shape=(10, 10, 10))
     with pytest.raises(BidstrainError, match="statistics only apply on the same grid"):
-        normalize_with_stats(other, [store], tmp_path / "b.zarr")
+        normalize_with_stats(other, [store], tmp_path / "b.zarr", None, EPI)
 
 
 # ---- T1w and DWI -------------------------------------------------------------------
@@ -336,7 +341,7 @@ def test_t1w_is_zscored_within_a_head_mask(tmp_path):
     volume = t1w_image(spec, np.random.default_rng(5))
     path = _save(volume, tmp_path / "t1.nii.gz")
     info = ImageInfo("T1w", "01")
-    attrs = normalize_volumes(path, tmp_path / "t.zarr", info, Options(mask="head"))
+    attrs = normalize_volumes(path, tmp_path / "t.zarr", info, image_options(mask="head"))
     ds = _open(tmp_path / "t.zarr")
     assert ds.data.shape[0] == 1 and attrs["stats_dim"] == "time"
     assert ds["mean"].dims == ("time",)
@@ -347,7 +352,7 @@ def test_t1w_is_zscored_within_a_head_mask(tmp_path):
     assert (ds.mask.values == head).mean() > 0.97
     np.testing.assert_array_equal(head_mask(volume), ds.mask.values)
     # a real T1 (big-endian): head mask covers the bright part
-    normalize_volumes(ANATOMICAL, tmp_path / "a.zarr", info, Options(mask="head"))
+    normalize_volumes(ANATOMICAL, tmp_path / "a.zarr", info, image_options(mask="head"))
     assert 0.2 < _open(tmp_path / "a.zarr").mask.values.mean() < 0.9
 
 
@@ -356,7 +361,7 @@ def test_dwi_volumes_are_zscored_with_gradients_as_coordinates(tmp_path):
     data, bvals, bvecs = dwi_series(spec, np.random.default_rng(6))
     path = _save(data, tmp_path / "dwi.nii.gz")
     info = ImageInfo("dwi", "01", bval=bvals.tolist(), bvec=bvecs.tolist())
-    normalize_volumes(path, tmp_path / "d.zarr", info, Options(mask="epi", block_volumes=3))
+    normalize_volumes(path, tmp_path / "d.zarr", info, image_options(mask="epi", block_volumes=3))
     ds = _open(tmp_path / "d.zarr")
     np.testing.assert_array_equal(ds.bval.values, bvals)
     # .bvec is FSL's convention: x negated for this RAS image (positive determinant); the
@@ -393,16 +398,23 @@ def _bids_run(root: Path, name: str = "sub-01_task-rest_bold.nii.gz") -> Path:
     return func / name
 
 
-def _cli(image: Path, out: Path, *extra: str) -> subprocess.Popen:
+def _cli(image: Path, out: Path, **normalize) -> subprocess.Popen:
     """The normalize job of sub-01 (one BOLD run, in a dataset of :func:`_bids_run`) into
-    ``out``; its ingest record ``t.json`` and table ``t.tsv`` next to ``out``."""
+    ``out``, with config ``normalize`` settings; its ingest record ``t.json`` and table
+    ``t.tsv`` next to ``out``, its settings and spec files in ``plan/`` beside that
+    folder."""
+    plan = out.parent.parent / "plan"
+    plan.mkdir(parents=True, exist_ok=True)
     spec = [{"modality": "bold", "image": str(image), "store": str(out), "mask": "none",
              "stats_from": []}]  # fmt: skip
-    command = [sys.executable, "-m", "bidstrain.normalize", "--spec", json.dumps(spec)]
-    command += ["--bids-dir", str(image.parents[2]), "--subject", "01"]
+    settings = {"bids_dir": str(image.parents[2]), "ingest": {}, "normalize": normalize}
+    (plan / "settings.json").write_text(json.dumps(settings))
+    (plan / "spec.json").write_text(json.dumps(spec))
+    command = [sys.executable, "-m", "bidstrain.normalize", "--subject", "01"]
+    command += ["--settings", str(plan / "settings.json"), "--spec", str(plan / "spec.json")]
     command += ["--ingest", str(out.parent / "t.json"), "--out-table", str(out.parent / "t.tsv")]
     env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
-    return subprocess.Popen([*command, *extra], env=env, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
 
 
 def test_killed_job_leaves_no_store_and_keeps_the_previous_one(tmp_path):
@@ -414,7 +426,7 @@ def test_killed_job_leaves_no_store_and_keeps_the_previous_one(tmp_path):
     big_data = np.random.default_rng(7).integers(0, 1000, (64, 64, 64, 120), dtype=np.int16)
     big = _save(big_data, _bids_run(tmp_path / "big", "sub-01_task-rest_bold.nii"))
     del big_data
-    process = _cli(big, out, "--block-volumes", "4")
+    process = _cli(big, out, block_volumes=4)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
         shard = list(out.parent.glob(".r.zarr.tmp-*/data/c/0/0"))  # streamed, chunk by chunk
@@ -435,7 +447,7 @@ def test_killed_job_leaves_no_store_and_keeps_the_previous_one(tmp_path):
 def test_failed_job_prints_a_clean_error_and_keeps_the_previous_store(tmp_path):
     out = tmp_path / "r.zarr"
     good = _demo_run(tmp_path / "good.nii.gz")
-    normalize_bold(good, out, BOLD, Options(mask="none"))
+    normalize_bold(good, out, BOLD, image_options(mask="none"))
     bad = _save(np.zeros((4, 4, 4, 5), dtype=np.int16), _bids_run(tmp_path / "bids"))
     process = _cli(bad, out)
     assert process.wait() == 1

@@ -41,6 +41,7 @@ from nibabel.orientations import (
     ornt_transform,
 )
 from nibabel.testing import data_path
+from normalize_support import image_options
 
 #: The 48 voxel orders, as axis codes ("RAS", "LAS", ..., "IPL").
 CODES = [
@@ -200,7 +201,7 @@ def subject(tmp_path_factory) -> dict[str, tuple[Path, ImageInfo, Options]]:
             repetition_time=2.0 if modality == "bold" else None,
             **(gradients if modality == "dwi" else {}),
         )
-        images[name] = (paths[name], info, Options(mask=mask))
+        images[name] = (paths[name], info, image_options(mask=mask))
     return images
 
 
@@ -314,7 +315,7 @@ def test_mask_file_and_heldout_statistics_apply_on_the_reoriented_grid(
     mask_file = tmp_path / "mask.nii"
     _store_as(mask_source, "SLP", mask_file)
     copy, copy_info = _copy(subject, "bold", codes, tmp_path)
-    with_file = Options(mask=str(mask_file))
+    with_file = image_options(mask=str(mask_file))
     masked = _normalize(copy, copy_info, with_file, tmp_path / "masked.zarr")
     _assert_same_store(masked, originals["bold"], codes)
     stats = tmp_path / "stats.zarr"
@@ -359,7 +360,7 @@ def test_stores_of_a_run_with_two_equal_components_are_equal(tmp_path, codes):
     data = (volume[..., None] * (1 + 0.01 * noise)).astype(np.float32)
     run = _save(data, np.eye(4), tmp_path / "run.nii")
     info = ImageInfo(modality="bold", subject="01", repetition_time=2.0)
-    options = Options(mask="epi")
+    options = image_options(mask="epi")
     original = _normalize(run, info, options, tmp_path / "original.zarr")
     assert 0 < original.mask.values.sum() < (volume > 500).sum()
     copy = tmp_path / "copy.nii"
@@ -419,7 +420,7 @@ def test_an_oblique_image_is_stored_unresampled_with_a_warning(tmp_path, caplog)
     path = _synthetic_bold(tmp_path / "oblique.nii", _rotation("z", 35.0))
     info = ImageInfo(modality="bold", subject="07", repetition_time=2.0)
     with caplog.at_level(logging.WARNING, logger="bidstrain.normalize"):
-        store = _normalize(path, info, Options(mask="none"), tmp_path / "oblique.zarr")
+        store = _normalize(path, info, image_options(mask="none"), tmp_path / "oblique.zarr")
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert "sub-07" in warning and str(path) in warning and "oblique by 35.00 degrees" in warning
     img = nib.load(path)
@@ -444,7 +445,7 @@ def test_an_aligned_image_gives_no_oblique_warning(subject, tmp_path, caplog):
 def test_an_oblique_dwi_gives_the_same_store_in_other_voxel_orders(tmp_path, codes):
     path, gradients = _synthetic_dwi(tmp_path / "dwi.nii", _rotation("zx", 30.0))
     info = ImageInfo(modality="dwi", subject="01", **gradients)
-    options = Options(mask="epi")
+    options = image_options(mask="epi")
     original = _normalize(path, info, options, tmp_path / "original.zarr")
     copy = tmp_path / "copy.nii"
     affine = _store_as(path, codes, copy)

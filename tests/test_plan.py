@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import shlex
 import shutil
 import time
 from pathlib import Path
@@ -13,13 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 from bidstrain import paths
-from bidstrain.config import Config, validate_config
+from bidstrain.config import Config, NormalizeJobConfig, validate_config
 from bidstrain.dataset.bids import ENTITY_ORDER, BidsFile, BidsIndex, parse_name
 from bidstrain.demo.generate import make_empty_dataset, make_fmriprep_demo, make_qsiprep_demo
 from bidstrain.errors import BidstrainError
 from bidstrain.plan import (
-    FIGURE_JOB_MINUTES,
-    FIGURE_MINUTES_PER_SUBJECT,
     ImageJob,
     Plan,
     _average_groups,
@@ -93,24 +90,32 @@ def test_demo_plan_selects_every_image_and_holds_out_run_2(demo_bids):
         plan.job("99")
 
 
-def test_normalize_options_carry_every_config_value_the_job_depends_on(demo_bids):
-    def option(plan: Plan, flag: str) -> list[str]:
-        options = shlex.split(plan.normalize_options)
-        start = options.index(flag) + 1
-        end = next((i for i, o in enumerate(options[start:], start) if o.startswith("--")), None)
-        return options[start:end]
-
+def test_normalize_settings_carry_every_shared_value_the_job_depends_on(demo_bids):
+    """The jobs read them typed (NormalizeJobConfig); a change reruns every job, while a
+    mask or a held-out selection changes only the specs of the subjects it concerns."""
     plan = plan_of(demo_bids)
-    assert option(plan, "--bids-dir") == [str(demo_bids)]
-    assert option(plan, "--tr-mismatch") == ["error"]
+    settings = NormalizeJobConfig.from_dict(plan.normalize_settings())
+    assert settings.bids_dir == str(demo_bids)
+    assert settings.ingest.repetition_time_mismatch == "error"
     changed = plan_of(
         demo_bids,
         ingest={"repetition_time_mismatch": "warn"},
         normalize={"ddof": 0, "confounds": {"strategy": "none", "options": {"a b": 1}}},
     )
-    assert option(changed, "--ddof") == ["0"]
-    assert option(changed, "--tr-mismatch") == ["warn"]
-    assert json.loads(option(changed, "--confounds-options")[0]) == {"a b": 1}
+    typed = NormalizeJobConfig.from_dict(json.loads(changed.files()[paths.PLAN_NORMALIZE_SETTINGS]))
+    assert typed.normalize.ddof == 0 and typed.ingest.repetition_time_mismatch == "warn"
+    assert dict(typed.normalize.confounds.options) == {"a b": 1}
+    digest = plan.settings_digest(paths.PLAN_NORMALIZE_SETTINGS)
+    assert changed.settings_digest(paths.PLAN_NORMALIZE_SETTINGS) != digest
+    with pytest.raises(BidstrainError, match="normalize settings must hold exactly"):
+        NormalizeJobConfig.from_dict({"normalize": {}})
+    # each subject's images: a file of its own, named by the job's short command
+    job = plan.job("01")
+    assert job.spec_file == "results/plan/normalize/sub-01.json"
+    assert json.loads(plan.files()[job.spec_file]) == [image.spec() for image in job.images]
+    masked = plan_of(demo_bids, normalize={"mask": "none"})
+    assert masked.job("01").spec_digest() != job.spec_digest()
+    assert masked.settings_digest(paths.PLAN_NORMALIZE_SETTINGS) == digest
 
 
 def test_average_groups_and_store_lists_follow_the_mode(demo_bids):
@@ -167,7 +172,7 @@ def test_masks_are_keywords_or_the_files_a_pattern_names(demo_bids):
 def test_gpus_from_the_profile_decide_the_world_size(demo_bids):
     config = typed_config(demo_bids)
     index = BidsIndex.build(demo_bids)
-    assert Plan.build(config, index).world_size == 1  # train.gpus: 0, CPU
+    assert Plan.build(config, index).world_size == 1  # resources.train.gpus: 0, CPU
     plan = Plan.build(config, index, gpus=2)
     assert (plan.gpus, plan.world_size) == (2, 2)
     assert plan.train_resources == {"gpu": 2, "gpu_model": "", "nodes": 1, "gpus_per_node": 2}
@@ -255,9 +260,13 @@ def test_few_subjects_use_fewer_figure_groups_with_runtime_by_subject_count(demo
     assert plan.files()[group.tables_file] == "results/normalized/sub-03/sub-03_scans.tsv\n"
     assert paths.normalize_figures(name) in plan.report_figures
     # one group: every subject; its run time grows with them
-    (one,) = plan_of(demo_bids, report={"normalize_groups": 1}).figure_groups.values()
+    together = plan_of(demo_bids, report={"normalize_groups": 1})
+    (one,) = together.figure_groups.values()
     assert one.name == "0" and one.subjects == ("01", "02", "03")
-    assert one.runtime == FIGURE_JOB_MINUTES + 3 * FIGURE_MINUTES_PER_SUBJECT > group.runtime
+    assert plan.figure_runtime(name) == 10 + 3  # the defaults of resources.report_normalize
+    assert together.figure_runtime("0") == 10 + 3 * 3
+    slower = plan_of(demo_bids, resources={"report_normalize": {"runtime_per_subject": 0.5}})
+    assert slower.figure_runtime(name) == 10  # 0.5 minutes, rounded down
     with pytest.raises(BidstrainError, match="figure group 99"):
         plan.figure_group("99")
 

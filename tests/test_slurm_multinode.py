@@ -4,10 +4,10 @@
 The job gets two nodes with one (fake) GPU each; the launcher starts one torchrun per node
 through srun with a c10d rendezvous on the first node; the two trainers (gloo, on the CPU)
 train as one world of 2 ranks. The reference is a 2-rank run on one node (local
-snakemake, ``train.gpus: 2``): same world size, same batches, so the same metrics. Half-way
-the two-node job is requeued (``scontrol requeue`` while the test-only pause hook holds it
-after a fixed step): every rank stops at that step, one checkpoint, and the requeued job
-resumes with every step counted once.
+snakemake, ``resources.train.gpus: 2``): same world size, same batches, so the same
+metrics. Half-way the two-node job is requeued (``scontrol requeue`` while the test-only
+pause hook holds it after a fixed step): every rank stops at that step, one checkpoint,
+and the requeued job resumes with every step counted once.
 """
 
 from __future__ import annotations
@@ -41,13 +41,13 @@ def _steps(records: list[dict]) -> list[dict]:
     return [record for record in records if record["kind"] == "step"]
 
 
-def _copy_of(demo_run: Path, workdir: Path, train: str) -> tuple[str, ...]:
+def _copy_of(demo_run: Path, workdir: Path, extra: str) -> tuple[str, ...]:
     """A copy of the demo run with its training removed; the config file arguments that
-    set the ``train`` section's ``train`` YAML lines."""
+    set the ``train`` section's epochs and warm-up, and the ``extra`` YAML lines."""
     shutil.copytree(demo_run, workdir, symlinks=True)
     shutil.rmtree(workdir / "results" / "train")
     settings = workdir.parent / f"{workdir.name}.yaml"
-    settings.write_text(f"train:\n  epochs: {EPOCHS}\n  warmup_steps: 3\n{train}")
+    settings.write_text(f"train:\n  epochs: {EPOCHS}\n  warmup_steps: 3\n{extra}")
     return ("--configfile", str(REPO / "config" / "config.yaml"), str(settings))
 
 
@@ -56,7 +56,12 @@ def test_two_nodes_train_as_one_world_and_resume_a_requeue_exactly(
 ):
     config = {"bids_dir": demo_bids}
     reference = tmp_path / "one_node"
-    run_snakemake(reference, "train", *_copy_of(demo_run, reference, "  gpus: 2\n"), config=config)
+    run_snakemake(
+        reference,
+        "train",
+        *_copy_of(demo_run, reference, "resources:\n  train:\n    gpus: 2\n"),
+        config=config,
+    )
     expected = _steps(_metrics(reference))
     total = len(expected)
     half = total // 2

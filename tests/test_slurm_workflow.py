@@ -312,9 +312,8 @@ def test_dry_run_with_the_slurm_profile_shows_the_training_gpu_request(
     gpus = int(environment.get("BIDSTRAIN_TRAIN_GPUS", "1"))
     gpus *= int(environment.get("BIDSTRAIN_TRAIN_NODES", "1"))
     assert f"--world-size {gpus} " in train, train
-    checks = result.stdout.split("\nrule checks:\n")[1].split("\n\n")[0]
-    checks_config = json.loads(re.search(r"--config '([^']*)'", checks)[1])
-    assert checks_config["world_size"] == gpus, checks
+    checks_config = json.loads((tmp_path / "results" / "plan" / "checks.json").read_text())
+    assert checks_config["world_size"] == gpus, checks_config
     plan = json.loads((tmp_path / "results" / "plan" / "stores.json").read_text())
     assert plan["world_size"] == gpus
 
@@ -340,4 +339,5 @@ def test_dry_run_of_the_realistic_config_asks_for_nodes_and_gpus_per_node(
     resources = set(re.search(r"^\s*resources: (.*)$", train, flags=re.MULTILINE)[1].split(", "))
     assert {"nodes=2", "tasks=2", "mpi=srun", "gres=gpu:4"} <= resources, train
     assert "--nodes 2 --gpus-per-node 4 --" in train and "--world-size 8 " in train, train
-    assert '"embed_dim": 768' in train and '"bf16": true' in train, train
+    settings = json.loads((tmp_path / "results" / "plan" / "train.json").read_text())
+    assert settings["embed_dim"] == 768 and settings["bf16"] is True, settings

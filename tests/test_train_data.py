@@ -279,7 +279,7 @@ def test_worker_processes_deliver_the_main_process_batches(tmp_path):
         ]
     }
     config = train_config(num_workers=1, store_group=2, shuffle_buffer=4)
-    dataset = VolumeDataset(stores, config["shapes"], max_open_stores=2)
+    dataset = VolumeDataset(stores, config.model.shapes, max_open_stores=2)
     batches = {}
     for workers in (0, 1):
         sampler = ModalityBatchSampler(
@@ -419,7 +419,7 @@ def test_batches_the_step_holds_survive_the_workers_reading_ahead(tmp_path):
     expected = [dataset.batch(indices) for indices in sampler]
     loader = make_loader(dataset, sampler, config, device=torch.device("cpu"))
     received = 0
-    for group in accumulation_groups(loader, config["grad_accum_steps"]):
+    for group in accumulation_groups(loader, config.optimizer.grad_accum_steps):
         time.sleep(0.2)  # the worker reads ahead while the step runs
         for batch in group:
             torch.testing.assert_close(batch, expected[received], rtol=0, atol=0)

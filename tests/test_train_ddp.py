@@ -201,10 +201,10 @@ def test_without_the_dummy_loss_ddp_fails_with_an_explanation(tmp_path):
 
 def _nan_step_rank(rank, port, out_dir):
     _join(rank, port)
-    config = train_config()
+    config = train_config(mask_ratio=0.0)
     context = distributed.init()
     torch.manual_seed(0)
-    module = MultiModalAutoencoder(config["shapes"], patch=4, dim=16, depth=1, heads=2)
+    module = MultiModalAutoencoder(config.model, ["bold"])
     model = torch.nn.parallel.DistributedDataParallel(module)
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
     scheduler = build_scheduler(optimizer, total_steps=10, warmup_steps=0, min_lr_ratio=0.1)

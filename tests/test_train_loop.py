@@ -269,7 +269,7 @@ def test_train_state_round_trips_and_counts_epochs():
 
 
 def test_the_run_hash_covers_settings_world_size_stores_and_their_rewrites(tmp_path):
-    """Job resources and run settings stay out (a requeue or a longer runtime resumes);
+    """Run settings stay out (a run renamed or logging more often resumes);
     every other part of the run is named when it changes."""
     training = tiny_stores(tmp_path, {"T1w": 1, "bold": 2})
     # written long ago, so that the rewrite below gets another time whatever the clock's step
@@ -277,14 +277,15 @@ def test_the_run_hash_covers_settings_world_size_stores_and_their_rewrites(tmp_p
     validation = {"bold": [write_store(tmp_path / "val.zarr", modality="bold", n_time=2)]}
     config = train_config()
     identity = run_identity(config, 1, training, validation)
-    same = {**config, "gpus": 4, "log_every": 7, "num_workers": 2, "runtime": 9}
+    same = train_config(log_every=7, num_workers=2, experiment="other")
     assert run_hash(run_identity(same, 1, training, {**validation, "dwi": []})) == run_hash(
         identity
     )
     assert changes(identity, identity) == []
 
-    loss = {**config["loss"], "normalize": "std"}
-    changed = run_identity({**config, "lr": 5e-4, "loss": loss}, 2, training, validation)
+    changed = run_identity(
+        train_config(lr=5e-4, loss={"normalize": "std"}), 2, training, validation
+    )
     assert changes(identity, changed) == [
         "train.loss.normalize var -> std",
         "train.lr 0.001 -> 0.0005",

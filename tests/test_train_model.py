@@ -21,9 +21,8 @@ SCALE = 1e-7
 
 def make_model(**loss) -> MultiModalAutoencoder:
     torch.manual_seed(0)
-    return MultiModalAutoencoder(
-        SHAPES, patch=4, dim=16, depth=1, heads=2, loss=LossSettings(dummy_scale=SCALE, **loss)
-    )
+    model = train_config(shapes=SHAPES, mask_ratio=0.0).model
+    return MultiModalAutoencoder(model, SHAPES, loss=LossSettings(dummy_scale=SCALE, **loss))
 
 
 def bold_batch(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -33,13 +32,13 @@ def bold_batch(seed: int = 0) -> dict[str, torch.Tensor]:
 def make_trainer(model, **config) -> Trainer:
     config = train_config(**config)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"]
+        model.parameters(), lr=config.optimizer.lr, weight_decay=config.optimizer.weight_decay
     )
     scheduler = build_scheduler(
         optimizer,
         total_steps=1000,
-        warmup_steps=config["warmup_steps"],
-        min_lr_ratio=config["min_lr_ratio"],
+        warmup_steps=config.optimizer.warmup_steps,
+        min_lr_ratio=config.optimizer.min_lr_ratio,
     )
     return Trainer(model, model, optimizer, scheduler, Context(0, 1, torch.device("cpu")), config)
 

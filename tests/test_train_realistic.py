@@ -11,7 +11,7 @@ import numpy as np
 import yaml
 from bidstrain.checks.loss import check_loss_scale
 from bidstrain.checks.plan import check_counts
-from bidstrain.config import validate_config
+from bidstrain.config import TrainConfig, validate_config
 from bidstrain.io.store import create_store
 from bidstrain.train.loop import train
 from train_support import REPO
@@ -50,20 +50,21 @@ def test_realistic_config_trains_two_steps_on_cpu_and_its_checks_run(tmp_path):
     assert (settings["embed_dim"], settings["depth"], settings["heads"]) == (768, 12, 12)
     assert settings["resample"]["T1w"] == 2 and settings["bf16"]
     settings.update(bf16=False, batch_size=1, epochs=1, warmup_steps=0, log_every=1, num_workers=0)
+    typed = TrainConfig.from_dict(settings)
     stores = {
         "T1w": [write_realistic_store(tmp_path / "t1w.zarr", T1W_1MM, "T1w", 0)],
         "bold": [write_realistic_store(tmp_path / "bold.zarr", MNI_2MM, "bold", 1)],
     }
     counts, n_batches = check_counts(stores, batch_size=1, batching="mixed", world_size=1)
     assert counts.status == "pass" and n_batches == 2
-    scale = check_loss_scale(stores, settings, max_ratio=100)
+    scale = check_loss_scale(stores, typed, max_ratio=100)
     assert scale.status == "pass", scale.message
     assert set(scale.values["losses"]) == {"T1w", "bold"}
     for losses in scale.values["losses"].values():  # var-normalized zero prediction: ~1
         assert 0.5 < losses["loss"] < 2.0
     out = tmp_path / "out"
     model = train(
-        settings,
+        typed,
         stores,
         {},
         model_out=out / "model.pt",

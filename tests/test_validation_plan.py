@@ -51,7 +51,7 @@ def test_embed_takes_the_validation_images_or_the_chosen_subjects(demo_bids):
     spec = json.loads(plan.embed_files()[paths.PLAN_EMBED])
     assert [image["store"] for image in spec["images"]] == stores
     assert spec["images"][0]["out"].startswith("results/embed/demo/sub-")
-    assert spec["expect"]["train"]["lr"] == plan.config.train.lr
+    assert spec["expect"]["train"]["lr"] == plan.config.train.optimizer.lr
     assert plan.embed_targets == [paths.embed_table("demo"), paths.embed_figure("demo")]
     chosen = plan_of(demo_bids, embed={"participant_label": ["02"]})
     assert {image.image.subject for image in chosen.embed_images} == {"02"}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bidstrain.config import validate_config
+from bidstrain.config import TrainConfig, validate_config
 from bidstrain.io.store import create_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,9 +74,14 @@ def tiny_stores(root: Path, counts: dict[str, int], **kwargs) -> dict[str, list[
     }
 
 
-def train_config(**overrides) -> dict:
+def train_config(**overrides) -> TrainConfig:
+    """The typed ``train`` section of :func:`train_settings`."""
+    return TrainConfig.from_dict(train_settings(**overrides))
+
+
+def train_settings(**overrides) -> dict:
     """The ``train`` section with the schema's defaults, small shapes, and ``overrides``
-    (nested dicts are merged one level deep)."""
+    (nested dicts are merged one level deep), as plain JSON types."""
     config = validate_config({"bids_dir": "unused"})["train"]
     config.update(
         shapes={"T1w": [8, 8, 8], "bold": [8, 8, 8], "dwi": [8, 8, 8]},
@@ -99,21 +104,23 @@ def train_config(**overrides) -> dict:
 
 def train_cli_args(
     out: Path,
-    config: dict,
+    config: TrainConfig,
     stores: dict[str, list[str]],
     *,
     validation: dict[str, list[str]] | None = None,
     world_size: int = 1,
 ) -> list[str]:
     """Arguments of ``python -m bidstrain.train`` writing its outputs under ``out``, with
-    the store lists in ``out/stores.json``."""
+    the settings in ``out/settings.json`` and the store lists in ``out/stores.json``."""
+    settings_file = out / "settings.json"
+    settings_file.write_text(json.dumps(config.settings()))
     stores_file = out / "stores.json"
     stores_file.write_text(json.dumps({"training": stores, "validation": validation or {}}))
     return [
         "-m",
         "bidstrain.train",
-        "--config-json",
-        json.dumps(config),
+        "--settings",
+        str(settings_file),
         "--stores",
         str(stores_file),
         "--world-size",

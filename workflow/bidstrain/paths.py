@@ -25,6 +25,11 @@ DATASET_DESCRIPTION = f"{RESULTS}/dataset_description.json"
 PLAN_STORES = f"{RESULTS}/plan/stores.json"
 PLAN_CHECKS_ARGS = f"{RESULTS}/plan/checks.args"
 PLAN_INGEST_ARGS = f"{RESULTS}/plan/ingest.args"
+#: The settings jobs read from a file (their rule's param is its hash): the trainer's
+#: ``train`` section, what the checks read, and what every normalize job reads.
+PLAN_TRAIN_SETTINGS = f"{RESULTS}/plan/train.json"
+PLAN_CHECKS_SETTINGS = f"{RESULTS}/plan/checks.json"
+PLAN_NORMALIZE_SETTINGS = f"{RESULTS}/plan/normalize.json"
 CHECKS_SUMMARY = f"{RESULTS}/checks/summary.json"
 CHECKS_TABLE = f"{RESULTS}/checks/summary.tsv"
 #: Where the checks copy their summary (kept when a strict failure removes the outputs).
@@ -66,6 +71,11 @@ def normalized_store_at(prefix: str, suffix: str) -> str:
 def normalized_store(image: BidsFile) -> str:
     """The z-scored Zarr store of one image."""
     return normalized_store_at(store_prefix(image), image.suffix)
+
+
+def normalize_spec(subject: str) -> str:
+    """The images a subject's normalize job normalizes (JSON the plan writes)."""
+    return f"{RESULTS}/plan/normalize/sub-{subject}.json"
 
 
 def normalized_table(subject: str) -> str:

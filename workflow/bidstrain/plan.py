@@ -20,14 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bidstrain import __version__, paths
-from bidstrain.config import Config, config_hash, to_plain
+from bidstrain.config import Config, config_hash, setting_changes, to_plain
 from bidstrain.dataset import derivatives
 from bidstrain.dataset.bids import BidsFile, BidsIndex, select_echo, select_part
 from bidstrain.dataset.masks import DEFAULT_MASKS, MASK_KEYS, is_pattern, resolve_pattern
@@ -45,10 +44,6 @@ MRI_DATATYPES = frozenset({"anat", "func", "dwi"})
 INDEX_ENTITIES = frozenset({"run", "echo", "flip", "inv", "split", "chunk"})
 #: BIDS version the outputs follow.
 BIDS_VERSION = "1.10.0"
-#: Run time (minutes) of a normalization figure group's job: so much, and so much more
-#: per subject (one subject's figures take seconds to a minute).
-FIGURE_JOB_MINUTES = 10
-FIGURE_MINUTES_PER_SUBJECT = 3
 
 
 @dataclass(frozen=True)
@@ -105,9 +100,18 @@ class NormalizeJob:
         }
 
     def spec(self) -> str:
-        """The job's images as the JSON its command line carries (bounded by one
-        subject's images, whatever the number of subjects)."""
-        return json.dumps([image.spec() for image in self.images], separators=(",", ":"))
+        """The job's images as JSON (the content of :attr:`spec_file`)."""
+        return json.dumps([image.spec() for image in self.images], indent=1) + "\n"
+
+    @property
+    def spec_file(self) -> str:
+        """The file the plan writes :meth:`spec` into, which the job reads."""
+        return paths.normalize_spec(self.subject)
+
+    def spec_digest(self) -> str:
+        """A short hash of :meth:`spec`: the job's param, so that a change of its images
+        (their masks, held-out runs, selection) reruns it."""
+        return _digest(self.spec())
 
 
 @dataclass(frozen=True)
@@ -144,12 +148,6 @@ class FigureGroup:
     def tables_file(self) -> str:
         """The file listing :attr:`tables`, which the job reads."""
         return paths.normalize_figures_tables(self.name)
-
-    @property
-    def runtime(self) -> int:
-        """Minutes the job may take (its SLURM time limit): it draws its subjects'
-        figures one after the other."""
-        return FIGURE_JOB_MINUTES + FIGURE_MINUTES_PER_SUBJECT * len(self.subjects)
 
 
 @dataclass(frozen=True)
@@ -189,7 +187,8 @@ class Plan:
         gpus, nodes : int, optional
             GPUs per node and nodes of the training job when something other than the
             config decides them (the SLURM profile's ``set-resources`` of rule ``train``:
-            ``gpus_per_node``, ``nodes``); default ``train.gpus`` and ``train.nodes``.
+            ``gpus_per_node``, ``nodes``); default ``resources.train.gpus`` and
+            ``resources.train.nodes``.
         gpu_model : str
             GPU type to ask SLURM for (the profile's ``gpu_type``); any when empty.
 
@@ -232,8 +231,8 @@ class Plan:
             figure_groups=_figure_groups(subjects, config.report.normalize_groups),
             training={m: s for m, s in training.items() if s},
             validation={m: s for m, s in validation.items() if s},
-            gpus=config.train.gpus if gpus is None else gpus,
-            nodes=config.train.nodes if nodes is None else nodes,
+            gpus=config.resources.train.gpus if gpus is None else gpus,
+            nodes=config.resources.train.nodes if nodes is None else nodes,
             gpu_model=gpu_model,
         )
 
@@ -275,24 +274,24 @@ class Plan:
             *self.normalized_tables,
         ]
 
-    @property
-    def normalize_options(self) -> str:
-        """The options every normalize job's command shares (``python -m
-        bidstrain.normalize --help``), shell-quoted: how its ingestion checks the images of
-        its spec (``ingest.*``) and how it normalizes them (``normalize.*``). One
-        string, so that Snakemake formats one field per job instead of a dozen (a dry run
-        formats each command three times), and a changed value still reruns every job."""
-        config, normalize = self.config, self.config.normalize
-        options = [
-            *("--bids-dir", config.bids_dir),
-            *("--tr-mismatch", config.ingest.repetition_time_mismatch),
-            *("--tr-tolerance", config.ingest.repetition_time_tolerance),
-            *("--ddof", normalize.ddof, "--nonfinite", normalize.nonfinite),
-            *("--block-volumes", normalize.block_volumes, "--storage", normalize.storage),
-            *("--confounds-strategy", normalize.confounds.strategy),
-            *("--confounds-options", json.dumps(to_plain(normalize.confounds.options))),
-        ]
-        return shlex.join(str(option) for option in options)
+    def normalize_settings(self) -> dict[str, Any]:
+        """What every normalize job reads of the configuration
+        (:class:`~bidstrain.config.NormalizeJobConfig`): the dataset, how its ingestion
+        checks the images of its spec (``ingest``) and how it normalizes them
+        (``normalize``, but the masks and held-out runs, which reach each job through its
+        spec, so that changing them reruns only the subjects they concern)."""
+        normalize = self.config.normalize
+        return {
+            "bids_dir": self.config.bids_dir,
+            "ingest": to_plain(self.config.ingest),
+            "normalize": {
+                "ddof": normalize.ddof,
+                "nonfinite": normalize.nonfinite,
+                "block_volumes": normalize.block_volumes,
+                "storage": normalize.storage,
+                "confounds": to_plain(normalize.confounds),
+            },
+        }
 
     # ---- average, train, report --------------------------------------------------------
 
@@ -331,7 +330,18 @@ class Plan:
     @property
     def experiment(self) -> str:
         """``train.experiment``."""
-        return self.config.train.experiment
+        return self.config.train.run.experiment
+
+    def figure_runtime(self, name: str) -> int:
+        """Minutes a figure group's job may take (its SLURM time limit): it draws its
+        subjects' figures one after the other (``resources.report_normalize``)."""
+        subjects = len(self.figure_group(name).subjects)
+        return self.config.resources.report_normalize.runtime_for(subjects)
+
+    def average_runtime(self, name: str) -> int:
+        """Minutes an average job may take: it grows with its members
+        (``resources.average_bold``)."""
+        return self.config.resources.average_bold.runtime_for(len(self.average(name).members))
 
     def figure_group(self, name: str) -> FigureGroup:
         """The figure group of a rule's ``{group}`` wildcard."""
@@ -381,6 +391,33 @@ class Plan:
             "SourceDatasets": [{"URL": Path(self.config.bids_dir).absolute().as_uri()}],
         }
 
+    def job_settings(self) -> dict[str, dict[str, Any]]:
+        """What the train and checks jobs read of the configuration, by the path of the
+        file it reaches them through (:data:`paths.PLAN_TRAIN_SETTINGS`,
+        :data:`paths.PLAN_CHECKS_SETTINGS`)."""
+        return {
+            paths.PLAN_NORMALIZE_SETTINGS: self.normalize_settings(),
+            paths.PLAN_TRAIN_SETTINGS: self.config.train.settings(),
+            paths.PLAN_CHECKS_SETTINGS: self.checks_settings(),
+        }
+
+    def settings_digest(self, path: str) -> str:
+        """A short hash of a job's settings file: the job's param, so that Snakemake
+        reruns it when a setting changes and back (its rerun reason stays one line;
+        :func:`settings_changes` says which keys changed)."""
+        return _digest(_json(self.job_settings()[path]))
+
+    def checks_settings(self) -> dict[str, Any]:
+        """What the checks job reads of the configuration (:class:`~bidstrain.config.
+        ChecksJobConfig`), and nothing else: changing it reruns the checks (and training);
+        trainer-only keys (train.lr, model size, logging...) rerun training alone."""
+        return {
+            "checks": to_plain(self.config.checks),
+            "train": self.config.train.checked(),
+            "ddof": self.config.normalize.ddof,
+            "world_size": self.world_size,
+        }
+
     def checks_arguments(self) -> list[str]:
         """Arguments of the checks job that grow with the number of subjects."""
         return [
@@ -395,15 +432,19 @@ class Plan:
     def files(self) -> dict[str, str]:
         """Content of every file the plan writes at parse time, by path.
 
-        JSON for the trainer; argument files (one argument a line, read by argparse's
-        ``@file`` syntax) for the other jobs whose lists grow with the subjects.
+        JSON for the trainer, the jobs' settings and each normalize job's images; argument
+        files (one argument a line, read by argparse's ``@file`` syntax) for the other
+        jobs whose lists grow with the subjects.
         """
         files = {
             paths.DATASET_DESCRIPTION: _json(self.dataset_description()),
             paths.PLAN_STORES: _json(self.store_lists()),
             paths.PLAN_CHECKS_ARGS: _lines(self.checks_arguments()),
             paths.PLAN_INGEST_ARGS: _lines(self.manifest_arguments()),
+            **{path: _json(content) for path, content in self.job_settings().items()},
         }
+        for job in self.jobs.values():
+            files[job.spec_file] = job.spec()
         for group in self.averages:
             files[group.members_file] = _lines(group.members)
         for group in self.figure_groups.values():
@@ -453,6 +494,25 @@ class Plan:
             for image in self.embed_images
         ]
         return {paths.PLAN_EMBED: _json({"expect": expectation(self.config), "images": images})}
+
+
+def settings_changes(settings: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Which keys of each job's settings (:meth:`Plan.job_settings`) differ from its file
+    as the previous parse wrote it, one line per file (none on a first parse):
+    ``train settings changed: lr 0.001 -> 0.002``. Call it before the files are
+    rewritten."""
+    lines = []
+    for path, new in settings.items():
+        try:
+            old = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            continue
+        except (OSError, json.JSONDecodeError):
+            old = {}
+        changes = setting_changes(old, to_plain(new))
+        if changes:
+            lines.append(f"{Path(path).stem} settings changed: " + "; ".join(changes))
+    return lines
 
 
 def write_if_changed(files: Mapping[str, str]) -> list[str]:
@@ -508,6 +568,10 @@ def _figure_groups(subjects: Sequence[str], groups: int) -> dict[str, FigureGrou
     width = len(str(groups - 1))
     named = (FigureGroup(f"{index:0{width}d}", tuple(members[index])) for index in sorted(members))
     return {group.name: group for group in named}
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _json(value: Any) -> str:
@@ -737,7 +801,7 @@ def _volume_stores(
     BidstrainError
         When the selection leaves the modality images but no training image.
     """
-    selection = config.train.heldout
+    selection = config.train.loader.heldout
     _warn_unmatched("train.heldout", selection, [image.image for image in images])
     held = [_is_heldout(image.image, selection) for image in images]
     if images and all(held):

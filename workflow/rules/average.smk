@@ -21,19 +21,17 @@ rule average_bold:
         name=r"task-[a-zA-Z0-9]+(_[a-zA-Z]+-[a-zA-Z0-9]+)*",
     conda:
         ENV
-    # Streams blocks of volumes: memory is a few 64 MB blocks whatever the subject count.
+    # config resources.average_bold: streams blocks of volumes, so memory is a few 64 MB
+    # blocks whatever the subject count; the time grows with the members
     resources:
-        mem_mb=1000,
-        runtime=lambda wildcards: 10 + len(PLAN.average(wildcards.name).members) // 10,
+        mem_mb=CONFIG.resources.average_bold.mem_mb,
+        runtime=lambda wildcards: PLAN.average_runtime(wildcards.name),
     params:
-        mask=CONFIG.average.mask,
-        truncate="--truncate" if CONFIG.average.truncate else "",
-        affine_tolerance=CONFIG.average.affine_tolerance,
-        tr_tolerance=CONFIG.average.repetition_time_tolerance,
+        # config average, as the job types it (bidstrain.config.load_section)
+        settings=json.dumps(to_plain(CONFIG.average), sort_keys=True),
     shell:
-        "python -m bidstrain.average @{input.members:q} --out {output:q} --mask {params.mask}"
-        " {params.truncate} --affine-tolerance {params.affine_tolerance}"
-        " --tr-tolerance {params.tr_tolerance} > {log:q} 2>&1"
+        "python -m bidstrain.average @{input.members:q} --out {output:q}"
+        " --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule average:

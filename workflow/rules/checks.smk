@@ -23,22 +23,16 @@ rule checks:
     conda:
         ENV
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=CONFIG.resources.checks.mem_mb,
+        runtime=CONFIG.resources.checks.runtime,
     params:
-        # Only the config the checks read: changing it reruns the checks (and training);
+        # Only the config the checks read (Plan.checks_settings, in a file the plan
+        # writes), through its hash: changing it reruns the checks (and training);
         # trainer-only keys (train.lr, model size, logging...) rerun training alone.
-        config=json.dumps(
-            {
-                "checks": to_plain(CONFIG.checks),
-                "train": CONFIG.train.checked(),
-                "normalize": {"ddof": CONFIG.normalize.ddof},
-                "world_size": PLAN.world_size,
-            },
-            sort_keys=True,
-        ),
+        settings=paths.PLAN_CHECKS_SETTINGS,
+        settings_digest=PLAN.settings_digest(paths.PLAN_CHECKS_SETTINGS),
         copy_dir=paths.CHECKS_COPY_DIR,
     shell:
         "python -m bidstrain.checks @{input.arguments:q} --manifest {input.manifest:q}"
-        " --config {params.config:q} --out-json {output.json:q} --out-tsv {output.tsv:q}"
+        " --settings {params.settings:q} --out-json {output.json:q} --out-tsv {output.tsv:q}"
         " --copy-dir {params.copy_dir:q} > {log:q} 2>&1"

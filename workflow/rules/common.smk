@@ -21,10 +21,16 @@ gc.set_threshold(50_000)
 
 from bidstrain import paths
 from bidstrain.dataset.bids import BidsIndex
-from bidstrain.config import Config, constant_resource, to_plain, validate_config
+from bidstrain.config import (
+    Config,
+    constant_resource,
+    to_plain,
+    retype_overrides,
+    validate_config,
+)
 from bidstrain.dataset.derivatives import nested_derivatives_warning
 from bidstrain.errors import BidstrainError
-from bidstrain.plan import Plan, write_if_changed
+from bidstrain.plan import Plan, settings_changes, write_if_changed
 
 # The SLURM profile may set the training job's GPUs per node, nodes and GPU type
 # (set-resources: train: gpus_per_node, nodes, gpu_type): the plan takes them from there,
@@ -36,6 +42,8 @@ try:
             "train", {}
         ).items()
     }
+    # `--config train='{lr: 0.002}'`: Snakemake gives the nested scalars as strings
+    retype_overrides(config, workflow.config_settings.config)
     validate_config(config)
     CONFIG = Config.from_dict(config)
     INDEX = BidsIndex.build(
@@ -54,8 +62,12 @@ except BidstrainError as error:
     raise WorkflowError(f"bidstrain: {error}") from None
 if _NESTED := nested_derivatives_warning(INDEX.root):
     logger.warning(f"bidstrain: {_NESTED}")
-# Lists that grow with the number of subjects reach jobs through files, never their
-# command line; a file is rewritten only when its content changes.
+# Lists that grow with the number of subjects, and the settings of the train and checks
+# jobs, reach jobs through files, never their command line; a file is rewritten only when
+# its content changes. Which settings changed since the previous parse is said here (a
+# rerun reason shows only their hash).
+for _CHANGE in settings_changes(PLAN.job_settings()):
+    logger.info(f"bidstrain: {_CHANGE}")
 write_if_changed(PLAN.files())
 gc.freeze()
 

@@ -17,15 +17,15 @@ rule embed_images:
         paths.log("embed", PLAN.experiment),
     conda:
         ENV
-    threads: CONFIG.embed.cpus
+    threads: CONFIG.resources.embed_images.cpus
     resources:
-        gpu=CONFIG.embed.gpus,
-        runtime=CONFIG.embed.runtime,
-        mem_mb=CONFIG.embed.mem_mb,
+        gpu=CONFIG.resources.embed_images.gpus,
+        runtime=CONFIG.resources.embed_images.runtime,
+        mem_mb=CONFIG.resources.embed_images.mem_mb,
     params:
         batch_size=CONFIG.embed.batch_size,
         max_scale_ratio=CONFIG.checks.max_scale_ratio,
-        seed=CONFIG.train.seed,
+        seed=CONFIG.train.run.seed,
     shell:
         "python -m bidstrain.embed --model {input.model:q} --spec {input.spec:q}"
         " --batch-size {params.batch_size} --max-scale-ratio {params.max_scale_ratio}"
@@ -48,8 +48,8 @@ rule report_embed:
     conda:
         ENV
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=CONFIG.resources.report.mem_mb,
+        runtime=CONFIG.resources.report.runtime,
     params:
         experiment=PLAN.experiment,
     shell:

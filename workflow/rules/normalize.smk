@@ -18,19 +18,25 @@ rule normalize_subject:
         paths.log("normalize", "sub-{subject}"),
     conda:
         ENV
-    # Two threads: one decompresses the next block while the other z-scores.
-    threads: 2
+    # config resources.normalize_subject (two threads: one decompresses the next block
+    # while the other z-scores)
+    threads: CONFIG.resources.normalize_subject.cpus
     resources:
-        mem_mb=2000,
-        runtime=60,
+        mem_mb=CONFIG.resources.normalize_subject.mem_mb,
+        runtime=CONFIG.resources.normalize_subject.runtime,
     params:
-        # config ingest.*, echo, part and normalize.*: a changed value reruns every job
-        options=PLAN.normalize_options,
-        spec=lambda wildcards: PLAN.job(wildcards.subject).spec(),
+        # the settings every job reads (config ingest and normalize, in a file the plan
+        # writes) and the subject's images (its own file), through their hashes: a changed
+        # setting reruns every job, a changed image list, mask or held-out run that
+        # subject's job
+        settings=paths.PLAN_NORMALIZE_SETTINGS,
+        settings_digest=PLAN.settings_digest(paths.PLAN_NORMALIZE_SETTINGS),
+        spec=lambda wildcards: PLAN.job(wildcards.subject).spec_file,
+        spec_digest=lambda wildcards: PLAN.job(wildcards.subject).spec_digest(),
     shell:
-        "python -m bidstrain.normalize {params.options} --subject {wildcards.subject}"
-        " --ingest {output.ingest:q} --spec {params.spec:q} --out-table {output.table:q}"
-        " > {log:q} 2>&1"
+        "python -m bidstrain.normalize --settings {params.settings:q}"
+        " --subject {wildcards.subject} --spec {params.spec:q} --ingest {output.ingest:q}"
+        " --out-table {output.table:q} > {log:q} 2>&1"
 
 
 rule normalize:

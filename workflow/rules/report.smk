@@ -18,8 +18,8 @@ rule report_coverage:
     conda:
         ENV
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=CONFIG.resources.report.mem_mb,
+        runtime=CONFIG.resources.report.runtime,
     shell:
         "python -m bidstrain.report coverage --manifest {input:q} --out {output:q} > {log:q} 2>&1"
 
@@ -51,8 +51,8 @@ rule report_normalize:
     conda:
         ENV
     resources:
-        mem_mb=4000,
-        runtime=lambda wildcards: PLAN.figure_group(wildcards.group).runtime,
+        mem_mb=CONFIG.resources.report_normalize.mem_mb,
+        runtime=lambda wildcards: PLAN.figure_runtime(wildcards.group),
     params:
         sample_voxels=CONFIG.report.sample_voxels,
     shell:
@@ -80,8 +80,8 @@ rule report_average:
     conda:
         ENV
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=CONFIG.resources.report_average.mem_mb,
+        runtime=CONFIG.resources.report_average.runtime,
     params:
         title=lambda wildcards: wildcards.name.replace("_", " "),
     shell:
@@ -111,8 +111,8 @@ rule report_checks:
     conda:
         ENV
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=CONFIG.resources.report.mem_mb,
+        runtime=CONFIG.resources.report.runtime,
     shell:
         "python -m bidstrain.report checks --summary {input:q} --scale-table-out {output.scale_table:q}"
         " --summary-out {output.summary:q} > {log:q} 2>&1"
@@ -137,10 +137,10 @@ rule report_train:
     conda:
         ENV
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=CONFIG.resources.report.mem_mb,
+        runtime=CONFIG.resources.report.runtime,
     params:
-        clip_grad_norm=CONFIG.train.clip_grad_norm,
+        clip_grad_norm=CONFIG.train.optimizer.clip_grad_norm,
         out_dir=lambda wildcards: paths.training_figures_dir(wildcards.experiment),
     shell:
         "python -m bidstrain.report train --metrics {input:q} --experiment {wildcards.experiment}"
@@ -163,8 +163,8 @@ rule report_model_input:
     conda:
         ENV
     resources:
-        mem_mb=4000,
-        runtime=10,
+        mem_mb=CONFIG.resources.report_model_input.mem_mb,
+        runtime=CONFIG.resources.report_model_input.runtime,
     shell:
         "python -m bidstrain.report model_input --model-json {input:q}"
         " --experiment {wildcards.experiment} --out {output:q} > {log:q} 2>&1"

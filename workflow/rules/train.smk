@@ -19,18 +19,21 @@ rule train:
         paths.log("train", PLAN.experiment),
     conda:
         ENV
-    threads: CONFIG.train.cpus
+    threads: CONFIG.resources.train.cpus
     resources:
         **PLAN.train_resources,
-        runtime=CONFIG.train.runtime,
-        mem_mb=CONFIG.train.mem_mb,
+        runtime=CONFIG.resources.train.runtime,
+        mem_mb=CONFIG.resources.train.mem_mb,
     params:
-        settings=json.dumps(CONFIG.train.settings(), sort_keys=True),
+        # the train section but the job resources, in a file the plan writes, through its
+        # hash: a changed setting reruns training, a changed resource nothing
+        settings=paths.PLAN_TRAIN_SETTINGS,
+        settings_digest=PLAN.settings_digest(paths.PLAN_TRAIN_SETTINGS),
         world_size=PLAN.world_size,
         checkpoints=paths.checkpoints(PLAN.experiment),
     shell:
         "exec > {log:q} 2>&1; exec python -m bidstrain.train.launch --nodes {resources.nodes}"
-        " --gpus-per-node {resources.gpus_per_node} -- --config-json {params.settings:q}"
+        " --gpus-per-node {resources.gpus_per_node} -- --settings {params.settings:q}"
         " --stores {input.plan:q} --world-size {params.world_size} --model-out {output.model:q}"
         " --model-json-out {output.model_json:q}"
         " --metrics-out {output.metrics:q} --checkpoint-dir {params.checkpoints:q}"

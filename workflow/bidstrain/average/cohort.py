@@ -47,6 +47,7 @@ time grows linearly with them.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -57,6 +58,7 @@ import numpy as np
 import zarr
 import zarr.errors
 
+from bidstrain.config import AverageConfig, load_section
 from bidstrain.errors import BidstrainError
 from bidstrain.io.grid import AFFINE_TOLERANCE, grid_mismatch
 from bidstrain.io.store import CONSOLIDATED, StoreMeta, chunk_volumes, create_store
@@ -486,8 +488,10 @@ def average_stores(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``python -m bidstrain.average --out OUT.zarr STORE [STORE ...]``
-    (``@FILE`` reads arguments from FILE, one a line)."""
+    """Command line: ``python -m bidstrain.average --settings '{"mask": ...}' --out
+    OUT.zarr STORE [STORE ...]`` (``@FILE`` reads arguments from FILE, one a line);
+    ``--settings`` is the config's ``average`` section as JSON (keys left out take their
+    schema defaults)."""
     parser = argparse.ArgumentParser(
         prog="python -m bidstrain.average",
         description=__doc__.splitlines()[0],
@@ -495,16 +499,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("stores", nargs="+", help="subject stores of one (task, run)")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--mask", choices=["intersection", "union"], required=True)
-    parser.add_argument("--truncate", action="store_true")
-    parser.add_argument("--affine-tolerance", type=float, required=True)
-    parser.add_argument("--tr-tolerance", type=float, required=True)
+    parser.add_argument(
+        "--settings", type=json.loads, required=True, help="the average section, as JSON"
+    )
     args = parser.parse_args(argv)
+    settings: AverageConfig = load_section("average", args.settings)
     average_stores(
         args.stores,
         args.out,
-        mask=args.mask,
-        truncate=args.truncate,
-        affine_tolerance=args.affine_tolerance,
-        tr_tolerance=args.tr_tolerance,
+        mask=settings.mask,
+        truncate=settings.truncate,
+        affine_tolerance=settings.affine_tolerance,
+        tr_tolerance=settings.repetition_time_tolerance,
     )

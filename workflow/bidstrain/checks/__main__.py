@@ -12,7 +12,6 @@ import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -26,6 +25,7 @@ from bidstrain.checks.quality import check_quality
 from bidstrain.checks.scale import check_scale
 from bidstrain.checks.scan import StoreScan, raw_head, scan_store
 from bidstrain.checks.summary import raise_on_failure, write_summary
+from bidstrain.config import ChecksJobConfig
 from bidstrain.errors import BidstrainError, run_cli
 
 log = logging.getLogger("bidstrain.checks")
@@ -37,6 +37,22 @@ def read_manifest(path: str | Path) -> dict[str, dict[str, str]]:
         return {
             str(Path(row["path"]).resolve()): row for row in csv.DictReader(handle, delimiter="\t")
         }
+
+
+def read_settings(path: str | Path) -> ChecksJobConfig:
+    """The typed content of the checks job's ``--settings`` file.
+
+    Raises
+    ------
+    BidstrainError
+        Naming the file, when it is unreadable or a setting is missing or wrong.
+    """
+    try:
+        return ChecksJobConfig.from_dict(json.loads(Path(path).read_text()))
+    except (OSError, json.JSONDecodeError) as error:
+        raise BidstrainError(f"cannot read the checks settings: {error}", path=path) from None
+    except BidstrainError as error:
+        raise BidstrainError(error.message, path=path) from None
 
 
 def _guarded(name: str, run: Callable[[], Check]) -> Check:
@@ -73,7 +89,7 @@ def run_checks(
     validation: Sequence[str],
     subject_stores: Sequence[str],
     manifest: Mapping[str, Mapping[str, str]],
-    config: Mapping[str, Any],
+    config: ChecksJobConfig,
 ) -> list[Check]:
     """Every check, in order: scale, normalization, quality, counts, plan, initial loss.
 
@@ -85,16 +101,16 @@ def run_checks(
         Every subject store of the selected images (those behind the averages included).
     manifest : mapping
         :func:`read_manifest` of the ingest manifest.
-    config : mapping
-        The workflow config (sections ``checks``, ``train``, ``normalize``).
+    config : ChecksJobConfig
+        What the checks read of the workflow configuration.
     """
-    settings, train = config["checks"], config["train"]
+    settings, train = config.checks, config.train
     scans: dict[str, StoreScan] = {}
     unreadable: dict[str, str] = {}
     raw_heads: dict[str, np.ndarray] = {}
     for path in dict.fromkeys([*training, *validation, *subject_stores]):
         try:
-            scans[path] = scan_store(path, sample_voxels=settings["sample_voxels"])
+            scans[path] = scan_store(path, sample_voxels=settings.sample_voxels)
         except BidstrainError as error:
             unreadable[path] = str(error)
             continue
@@ -113,7 +129,7 @@ def run_checks(
         check_scale(
             _normalized_samples(scans, training_by_modality),
             _raw_samples(subjects, raw_heads, training_by_modality),
-            max_ratio=settings["max_scale_ratio"],
+            max_ratio=settings.max_scale_ratio,
         ),
         check_normalization(
             list(scans.values()),
@@ -121,12 +137,12 @@ def run_checks(
             raw_heads,
             training=set(training),
             manifest=manifest,
-            ddof=config["normalize"]["ddof"],
-            tolerance=settings["stats_tolerance"],
+            ddof=config.ddof,
+            tolerance=settings.stats_tolerance,
         ),
         check_quality(
             [s for s in subjects if s.modality == "bold"],
-            outlier_threshold=settings["outlier_threshold"],
+            outlier_threshold=settings.outlier_threshold,
         ),
     ]
     if unreadable.keys() & set(training):
@@ -138,9 +154,9 @@ def run_checks(
             subject_samples[scan.modality] = subject_samples.get(scan.modality, 0) + scan.n_time
     counts, n_batches = check_counts(
         training_by_modality,
-        batch_size=train["batch_size"],
-        batching=train["batching"],
-        world_size=config["world_size"],
+        batch_size=train.loader.batch_size,
+        batching=train.loader.batching,
+        world_size=config.world_size,
         subject_samples=subject_samples,
     )
     checks.append(counts)
@@ -149,14 +165,14 @@ def run_checks(
             PLAN,
             lambda: check_schedule(
                 batches_per_epoch=n_batches,
-                epochs=train["epochs"],
-                grad_accum_steps=train["grad_accum_steps"],
+                epochs=train.optimizer.epochs,
+                grad_accum_steps=train.optimizer.grad_accum_steps,
                 # Rates in units of train.lr: a positive peak rate scales every one of them
                 # without changing a verdict, so train.lr stays out of this rule's params and
                 # changing it reruns training only.
                 lr=1.0,
-                warmup_steps=train["warmup_steps"],
-                min_lr_ratio=train["min_lr_ratio"],
+                warmup_steps=train.optimizer.warmup_steps,
+                min_lr_ratio=train.optimizer.min_lr_ratio,
             ),
         )
     )
@@ -164,7 +180,7 @@ def run_checks(
         _guarded(
             LOSS,
             lambda: check_loss_scale(
-                training_by_modality, train, max_ratio=settings["max_scale_ratio"]
+                training_by_modality, train, max_ratio=settings.max_scale_ratio
             ),
         )
     )
@@ -182,12 +198,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--validation", nargs="*", default=[], help="stores validation reads")
     parser.add_argument("--subject-stores", nargs="*", default=[], help="every subject store")
     parser.add_argument("--manifest", required=True, help="results/ingest/manifest.tsv")
-    parser.add_argument("--config", required=True, help="the workflow config as JSON")
+    parser.add_argument(
+        "--settings", required=True, help="JSON file: what the checks read of the config"
+    )
     parser.add_argument("--out-json", required=True)
     parser.add_argument("--out-tsv", required=True)
     parser.add_argument("--copy-dir", help="also copy the summary here (kept after a failure)")
     args = parser.parse_args(argv)
-    config = json.loads(args.config)
+    config = read_settings(args.settings)
     checks = run_checks(
         args.training, args.validation, args.subject_stores, read_manifest(args.manifest), config
     )
@@ -200,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             check.status,
             check.message,
         )
-    if config["checks"]["strict"]:
+    if config.checks.strict:
         summary = Path(args.copy_dir or Path(args.out_json).parent) / Path(args.out_json).name
         raise_on_failure(checks, summary_path=summary)
 

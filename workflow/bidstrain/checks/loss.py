@@ -10,11 +10,11 @@ orders of magnitude above another's, it dominates training from the first step.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 
 from bidstrain.checks import Check, verdict
+from bidstrain.config import TrainConfig
 from bidstrain.train.data import dataset_statistics, volume_dataset
 from bidstrain.train.losses import normalized_mse
 from bidstrain.train.sampler import batch_sampler
@@ -25,7 +25,7 @@ N_BATCHES = 8
 
 
 def zero_prediction_losses(
-    stores: Mapping[str, Sequence[str]], train: Mapping[str, Any], *, n_batches: int = N_BATCHES
+    stores: Mapping[str, Sequence[str]], train: TrainConfig, *, n_batches: int = N_BATCHES
 ) -> dict[str, dict[str, float]]:
     """Mean zero-prediction loss per modality over the first batches of epoch 0.
 
@@ -33,7 +33,7 @@ def zero_prediction_losses(
     ----------
     stores : mapping
         ``Plan.training``.
-    train : mapping
+    train : TrainConfig
         The ``train`` config section.
     n_batches : int
         Batches to read.
@@ -46,8 +46,8 @@ def zero_prediction_losses(
     dataset = volume_dataset(stores, train)
     sampler = batch_sampler(dataset.layout, train)
     sampler.set_epoch(0)
-    loss_config = train["loss"]
-    stats = dataset_statistics(dataset) if loss_config["stats"] == "dataset" else {}
+    loss_config = train.loss
+    stats = dataset_statistics(dataset) if loss_config.stats == "dataset" else {}
     sums: dict[str, list[float]] = {}
     for n, indices in enumerate(sampler):
         if n == n_batches:
@@ -56,12 +56,12 @@ def zero_prediction_losses(
             loss = normalized_mse(
                 torch.zeros_like(target),
                 target,
-                normalize=loss_config["normalize"],
-                eps=loss_config["eps"],
+                normalize=loss_config.normalize,
+                eps=loss_config.eps,
                 target_stats=stats.get(modality),
             )
             sums.setdefault(modality, []).append(float(loss))
-    weights = loss_config["weights"]
+    weights = loss_config.weights
     return {
         m: {
             "loss": sum(losses) / len(losses),
@@ -73,14 +73,14 @@ def zero_prediction_losses(
 
 
 def check_loss_scale(
-    stores: Mapping[str, Sequence[str]], train: Mapping[str, Any], *, max_ratio: float
+    stores: Mapping[str, Sequence[str]], train: TrainConfig, *, max_ratio: float
 ) -> Check:
     """Fail when the weighted zero-prediction losses of the modalities differ by more than
     ``max_ratio`` (``checks.max_scale_ratio``); modalities weighted 0 are left out."""
     losses = zero_prediction_losses(stores, train)
     values = {
         "losses": losses,
-        "normalize": train["loss"]["normalize"],
+        "normalize": train.loss.normalize,
         "max_scale_ratio": max_ratio,
     }
     weighted = {m: v["weighted"] for m, v in losses.items() if v["weighted"] > 0}
@@ -91,7 +91,7 @@ def check_loss_scale(
         values["ratio"] = ratio
         if ratio > max_ratio:
             fails.append(
-                f"the initial (zero-prediction) {train['loss']['normalize']}-normalized loss of "
+                f"the initial (zero-prediction) {train.loss.normalize}-normalized loss of "
                 f"{high} ({weighted[high]:.4g}) is {ratio:.3g}x that of {low} "
                 f"({weighted[low]:.4g}), above checks.max_scale_ratio {max_ratio}: {high} "
                 "would dominate training (normalize its data, set train.loss.normalize: var, "

@@ -42,6 +42,7 @@ import pandas as pd
 import torch
 import xarray as xr
 
+from bidstrain.config import TrainConfig
 from bidstrain.errors import BidstrainError
 from bidstrain.io.atomic import atomic_path, write_text_atomic
 from bidstrain.io.store import open_store, read_meta
@@ -108,8 +109,10 @@ def embed_store(
     dict
         ``embedding`` (time, feature), ``loss`` and ``baseline`` (time), float32.
     """
-    train = description["train"]
-    dataset = VolumeDataset({modality: [str(store)]}, train["shapes"], resample=train["resample"])
+    model_config = TrainConfig.with_defaults(description["train"]).model
+    dataset = VolumeDataset(
+        {modality: [str(store)]}, model_config.shapes, resample=model_config.resample
+    )
     settings = model.loss_settings
     stats = (settings.target_stats or {}).get(modality)
     out: dict[str, list[np.ndarray]] = {"embedding": [], "loss": [], "baseline": []}

@@ -1,9 +1,8 @@
 """Ingestion: validate every image header of a subject (no voxel data read) and list it.
 
-Each subject's normalize job (``python -m bidstrain.normalize``, options of
-:func:`add_subject_arguments`) first validates the images it normalizes
-(:func:`ingest_images`) and
-writes its record ``results/ingest/sub-<label>.json`` (:func:`write_subject_record`);
+Each subject's normalize job (``python -m bidstrain.normalize``) first validates the
+images it normalizes (:func:`ingest_images`, with config ``ingest``) and writes its
+record ``results/ingest/sub-<label>.json`` (:func:`write_subject_record`);
 ``python -m bidstrain.ingest manifest ...`` joins the records, and the stores the jobs
 wrote, into ``manifest.tsv``.
 """
@@ -22,6 +21,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from bidstrain.config import IngestConfig
 from bidstrain.dataset.bids import BidsFile, BidsIndex
 from bidstrain.errors import BidstrainError
 from bidstrain.io.atomic import write_text_atomic
@@ -306,32 +306,32 @@ def write_manifest(
     write_text_atomic(out, buffer.getvalue())
 
 
-def add_subject_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options of :func:`write_subject_record` to a job's command line: the
-    dataset, the subject, how to check repetition times, and the record to write
-    (``--ingest``); the images are the job's own."""
-    group = parser.add_argument_group("ingestion (validate the subject's image headers first)")
-    group.add_argument("--bids-dir", required=True)
-    group.add_argument("--subject", required=True)
-    group.add_argument("--tr-mismatch", choices=["error", "warn"], default="error")
-    group.add_argument("--tr-tolerance", type=float, default=0.01)
-    group.add_argument("--ingest", required=True, help="the subject's ingest record to write")
-
-
-def write_subject_record(args: argparse.Namespace, images: Sequence[str]) -> dict[str, Any]:
+def write_subject_record(
+    bids_dir: str | Path,
+    subject: str,
+    images: Sequence[str],
+    settings: IngestConfig,
+    out: str | Path,
+) -> dict[str, Any]:
     """Validate one subject's images (:func:`ingest_images`) and write its record.
 
     Parameters
     ----------
-    args : argparse.Namespace
-        Parsed options of :func:`add_subject_arguments`.
+    bids_dir : str or Path
+        The dataset.
+    subject : str
+        The subject's label.
     images : sequence of str
         The images the job normalizes.
+    settings : IngestConfig
+        How repetition times are checked (config ``ingest``).
+    out : str or Path
+        The record to write (``results/ingest/sub-<label>.json``).
 
     Returns
     -------
     dict
-        The record, written to ``args.ingest`` only when every image is valid.
+        The record, written to ``out`` only when every image is valid.
 
     Raises
     ------
@@ -339,14 +339,14 @@ def write_subject_record(args: argparse.Namespace, images: Sequence[str]) -> dic
         Listing every invalid image of the subject (see :func:`ingest_images`).
     """
     result = ingest_images(
-        args.bids_dir,
-        args.subject,
+        bids_dir,
+        subject,
         images,
-        tr_mismatch=args.tr_mismatch,
-        tr_tolerance=args.tr_tolerance,
+        tr_mismatch=settings.repetition_time_mismatch,
+        tr_tolerance=settings.repetition_time_tolerance,
     )
-    write_text_atomic(args.ingest, json.dumps(result, indent=1))
-    log.info("sub-%s: %d images valid", args.subject, len(result["images"]))
+    write_text_atomic(out, json.dumps(result, indent=1))
+    log.info("sub-%s: %d images valid", subject, len(result["images"]))
     return result
 
 

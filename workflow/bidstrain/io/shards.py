@@ -31,20 +31,20 @@ def check_layout(array: zarr.Array) -> None:
     index codecs (bytes little-endian, then CRC32C), the default chunk key encoding.
     """
     (sharding,) = array.metadata.codecs
-    config = sharding.to_dict()
+    codec = sharding.to_dict()
     expected_index = [
         {"name": "bytes", "configuration": {"endian": "little"}},
         {"name": "crc32c"},
     ]
     if (
-        config["name"] != "sharding_indexed"
-        or config["configuration"]["index_location"] != "end"
-        or [dict(c) for c in config["configuration"]["index_codecs"]] != expected_index
+        codec["name"] != "sharding_indexed"
+        or codec["configuration"]["index_location"] != "end"
+        or [dict(c) for c in codec["configuration"]["index_codecs"]] != expected_index
         or array.metadata.chunk_key_encoding.to_dict()["configuration"]["separator"] != "/"
         or array.shards[1:] != array.shape[1:]
         or array.chunks[1:] != array.shape[1:]
     ):
-        raise RuntimeError(f"unexpected shard layout of {array.name}: {config}")
+        raise RuntimeError(f"unexpected shard layout of {array.name}: {codec}")
 
 
 class ShardStream:

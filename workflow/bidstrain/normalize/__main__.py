@@ -3,10 +3,15 @@
 
 ::
 
-    python -m bidstrain.normalize --bids-dir bids --subject 01 \\
-        --ingest results/ingest/sub-01.json --spec '[{"modality": "bold", "image": ...,
-        "store": ..., "mask": "epi", "stats_from": []}, ...]' --ddof 1 \\
+    python -m bidstrain.normalize --settings results/plan/normalize.json --subject 01 \\
+        --spec results/plan/normalize/sub-01.json --ingest results/ingest/sub-01.json \\
         --out-table results/normalized/sub-01/sub-01_scans.tsv
+
+``--settings`` is a JSON file the plan writes, shared by every normalize job:
+``{"bids_dir": ..., "ingest": {...}, "normalize": {...}}``, the config sections in the
+schema's shape (:class:`bidstrain.config.NormalizeJobConfig`; keys left out take their
+schema defaults). ``--spec`` is the subject's JSON file, also the plan's: a list of
+``{"modality": "bold", "image": ..., "store": ..., "mask": "epi", "stats_from": []}``.
 
 First the job validates the header of every image of ``--spec``
 (:func:`bidstrain.ingest.records.ingest_images`: the images the plan chose, in the derivative's
@@ -14,9 +19,9 @@ space, of one echo and part) and writes the subject's ingest record (``--ingest`
 invalid image stops it there, with an error naming the subject, the file and the
 problem, before any store is written. Then it normalizes the images of ``--spec``, in
 that order (the plan puts held-out runs after the runs whose stores give their
-statistics). With
-``--confounds-strategy`` other than ``none`` (and ``--confounds-options``, a JSON object
-of nilearn's options), each BOLD image's entry names its fMRIPrep confounds table
+statistics). With ``normalize.confounds.strategy`` other than ``none`` (and its
+``options``, nilearn's keyword arguments), each BOLD image's entry names its fMRIPrep
+confounds table
 (``"confounds": ...``), whose confounds are regressed out first
 (:mod:`~bidstrain.normalize.confounds`).
 
@@ -27,20 +32,21 @@ failed job leaves no output that looks complete. An error names the image.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from bidstrain.config import NormalizeConfig, NormalizeJobConfig
 from bidstrain.errors import BidstrainError, run_cli
-from bidstrain.ingest.records import add_subject_arguments, write_subject_record
+from bidstrain.ingest.records import write_subject_record
 from bidstrain.io.scans_table import StoreRow, write_table
 from bidstrain.io.store import StoreMeta, read_dims
 from bidstrain.normalize.bold import normalize_bold
-from bidstrain.normalize.confounds import STRATEGIES, RunConfounds, load_run_confounds
+from bidstrain.normalize.confounds import RunConfounds, load_run_confounds
 from bidstrain.normalize.heldout import normalize_with_stats
 from bidstrain.normalize.image import ImageInfo, Options
 from bidstrain.normalize.nifti_stream import read_layout
@@ -80,11 +86,7 @@ def run_confounds(
 
 
 def normalize_image(
-    spec: Mapping[str, Any],
-    ingest: Mapping[str, Any],
-    options: Options,
-    confounds_strategy: str = "none",
-    confounds_options: Mapping[str, Any] | None = None,
+    spec: Mapping[str, Any], ingest: Mapping[str, Any], settings: NormalizeConfig
 ) -> StoreRow:
     """Normalize one image of a job's ``--spec`` into its store.
 
@@ -96,13 +98,9 @@ def normalize_image(
         run is normalized with; empty for its own).
     ingest : mapping
         The subject's ingest record (:func:`bidstrain.ingest.records.write_subject_record`).
-    options : Options
-        Settings shared by the job's images (the mask is taken from ``spec``).
-    confounds_strategy : str
-        Config ``normalize.confounds.strategy``; BOLD entries then name their
-        ``confounds`` table.
-    confounds_options : mapping, optional
-        Config ``normalize.confounds.options`` (nilearn's keyword arguments).
+    settings : NormalizeConfig
+        Config ``normalize``, shared by the job's images (each image's mask is taken from
+        ``spec``); with a confounds strategy, BOLD entries name their ``confounds`` table.
 
     Returns
     -------
@@ -111,10 +109,12 @@ def normalize_image(
     """
     modality, image, store = spec["modality"], spec["image"], spec["store"]
     stats_from = spec["stats_from"]
-    options = dataclasses.replace(options, mask=spec["mask"])
+    options = Options.from_config(settings, mask=spec["mask"])
     info = ImageInfo.from_ingest(ingest, image)
     started = time.perf_counter()
-    confounds = run_confounds(spec, info, confounds_strategy, confounds_options or {}, options.ddof)
+    confounds = run_confounds(
+        spec, info, settings.confounds.strategy, settings.confounds.options, options.ddof
+    )
     if stats_from:
         attrs = normalize_with_stats(image, stats_from, store, info, options, confounds)
     elif modality == "bold":
@@ -138,54 +138,45 @@ def normalize_image(
     )
 
 
-def _json_object(text: str) -> dict[str, Any]:
+def read_json(path: str | Path, what: str) -> Any:
+    """The content of one of the job's JSON files (``what`` names it in an error)."""
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object")
-    return value
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise BidstrainError(f"cannot read the {what}: {error}", path=path) from None
+
+
+def read_settings(path: str | Path) -> NormalizeJobConfig:
+    """The typed content of the job's ``--settings`` file.
+
+    Raises
+    ------
+    BidstrainError
+        Naming the file, when it is unreadable or a setting is missing or wrong.
+    """
+    try:
+        return NormalizeJobConfig.from_dict(read_json(path, "normalize settings"))
+    except BidstrainError as error:
+        raise BidstrainError(error.message, path=path) from None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Validate the subject's images, write its ingest record, normalize the images of
     ``--spec`` and write the job's table."""
     parser = argparse.ArgumentParser(prog="python -m bidstrain.normalize")
-    add_subject_arguments(parser)
-    parser.add_argument("--spec", required=True, help="the job's images, as JSON")
+    parser.add_argument("--settings", required=True, help="JSON file: the jobs' settings")
+    parser.add_argument("--subject", required=True)
+    parser.add_argument("--spec", required=True, help="JSON file: the subject's images")
+    parser.add_argument("--ingest", required=True, help="the subject's ingest record to write")
     parser.add_argument("--out-table", required=True, help="the table to write (*.tsv)")
-    parser.add_argument("--ddof", type=int, default=Options.ddof)
-    parser.add_argument("--nonfinite", choices=["error", "mask"], default=Options.nonfinite)
-    parser.add_argument("--block-volumes", type=int, default=Options.block_volumes)
-    parser.add_argument(
-        "--storage", default=Options.storage, help="float32, float16 or bitround-N (N bits kept)"
-    )
-    parser.add_argument(
-        "--confounds-strategy",
-        choices=STRATEGIES,
-        default="none",
-        help="nilearn denoise strategy regressed out of BOLD runs (none: no regression)",
-    )
-    parser.add_argument(
-        "--confounds-options",
-        type=_json_object,
-        default={},
-        help="nilearn load_confounds_strategy options, as a JSON object",
-    )
     args = parser.parse_args(argv)
-    options = Options(
-        ddof=args.ddof,
-        nonfinite=args.nonfinite,
-        block_volumes=args.block_volumes,
-        storage=args.storage,
+    settings = read_settings(args.settings)
+    specs = read_json(args.spec, "job's images")
+    images = [spec["image"] for spec in specs]
+    ingest = write_subject_record(
+        settings.bids_dir, args.subject, images, settings.ingest, args.ingest
     )
-    specs = json.loads(args.spec)
-    ingest = write_subject_record(args, [spec["image"] for spec in specs])
-    rows = [
-        normalize_image(spec, ingest, options, args.confounds_strategy, args.confounds_options)
-        for spec in specs
-    ]
+    rows = [normalize_image(spec, ingest, settings.normalize) for spec in specs]
     write_table(rows, args.out_table)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from bidstrain.errors import BidstrainError
 from bidstrain.normalize.confounds import ConfoundRegression, RunConfounds, fixed_mask_index
-from bidstrain.normalize.image import DEFAULT_OPTIONS, ImageInfo, Options
+from bidstrain.normalize.image import ImageInfo, Options
 from bidstrain.normalize.nifti_stream import NiftiLayout
 from bidstrain.normalize.passes import (
     check_not_all_zero,
@@ -34,7 +34,7 @@ def normalize_bold(
     nifti_path: str | Path,
     out_store: str | Path,
     info: ImageInfo,
-    options: Options = DEFAULT_OPTIONS,
+    options: Options,
     confounds: RunConfounds | None = None,
 ) -> dict[str, Any]:
     """Z-score a BOLD run per voxel over time, within a mask, into a store.

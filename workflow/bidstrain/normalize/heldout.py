@@ -12,7 +12,7 @@ from bidstrain.errors import BidstrainError
 from bidstrain.io.grid import grid_mismatch
 from bidstrain.io.store import open_store, read_meta, store_meta, to_grid
 from bidstrain.normalize.confounds import ConfoundRegression, RunConfounds
-from bidstrain.normalize.image import DEFAULT_OPTIONS, ImageInfo, Options
+from bidstrain.normalize.image import ImageInfo, Options
 from bidstrain.normalize.moments import pool_moments
 from bidstrain.normalize.nifti_stream import NiftiLayout
 from bidstrain.normalize.passes import (
@@ -90,8 +90,8 @@ def normalize_with_stats(
     nifti_path: str | Path,
     stats_stores: Sequence[str | Path],
     out_store: str | Path,
-    info: ImageInfo | None = None,
-    options: Options = DEFAULT_OPTIONS,
+    info: ImageInfo | None,
+    options: Options,
     confounds: RunConfounds | None = None,
 ) -> dict[str, Any]:
     """Z-score a BOLD run with statistics pooled from other runs' stores, not its own.
@@ -114,8 +114,8 @@ def normalize_with_stats(
         BOLD stores (``stats_dim: "voxel"``) on the run's grid.
     out_store : str or Path
         The store to write; replaced atomically.
-    info : ImageInfo, optional
-        Subject, entities, TR; by default from the BIDS file name and the first store's TR.
+    info : ImageInfo or None
+        Subject, entities, TR; None: from the BIDS file name and the first store's TR.
     options : Options
         ``ddof``, ``nonfinite`` and ``block_volumes`` are used.
     confounds : RunConfounds, optional

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bidstrain.config import NormalizeConfig
 from bidstrain.dataset.bids import parse_name
 from bidstrain.errors import BidstrainError
 
@@ -89,7 +90,8 @@ class ImageInfo:
 
 @dataclass(frozen=True)
 class Options:
-    """Normalization settings (the ``normalize`` section of the config).
+    """How one image is normalized: its mask, and the job's ``normalize`` settings
+    (:meth:`from_config`; the schema holds their defaults).
 
     Attributes
     ----------
@@ -108,12 +110,19 @@ class Options:
         ``bitround-N`` (:class:`bidstrain.io.store.Storage`).
     """
 
-    mask: str = "epi"
-    ddof: int = 1
-    nonfinite: str = "error"
-    block_volumes: int = 4
-    storage: str = "float32"
+    mask: str
+    ddof: int
+    nonfinite: str
+    block_volumes: int
+    storage: str
 
-
-#: The settings of the default config (``Options`` is frozen, so one instance serves all).
-DEFAULT_OPTIONS = Options()
+    @classmethod
+    def from_config(cls, normalize: NormalizeConfig, mask: str) -> Options:
+        """The options of an image with ``mask`` under the ``normalize`` section."""
+        return cls(
+            mask=mask,
+            ddof=normalize.ddof,
+            nonfinite=normalize.nonfinite,
+            block_volumes=normalize.block_volumes,
+            storage=normalize.storage,
+        )

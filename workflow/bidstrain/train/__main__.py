@@ -2,15 +2,17 @@
 
 ::
 
-    python -m bidstrain.train --config-json '{...train section...}' \\
+    python -m bidstrain.train --settings results/plan/train.json \\
         --stores results/train/demo/stores.json --world-size 1 \\
         --model-out results/train/demo/model.pt --model-json-out results/train/demo/model.json \\
         --metrics-out results/train/demo/metrics.jsonl \\
         --checkpoint-dir results/train/demo/checkpoints
 
-``--stores`` names a JSON file ``{"training": {modality: [store, ...]}, "validation":
-{modality: [store, ...]}}`` (other keys are ignored; ``validation`` may be missing): the
-lists grow with the cohort, and a command line must not. ``--world-size`` is the number of
+``--settings`` names a JSON file of the ``train`` section (the plan writes it at parse
+time; keys it leaves out take their schema defaults). ``--stores`` names a JSON file
+``{"training": {modality: [store, ...]}, "validation": {modality: [store, ...]}}`` (other
+keys are ignored; ``validation`` may be missing): the lists grow with the cohort, and a
+command line must not. ``--world-size`` is the number of
 ranks the workflow planned (nodes x GPUs per node, 1 without torchrun); the run stops when
 the real one differs.
 
@@ -29,6 +31,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from bidstrain.config import TrainConfig
 from bidstrain.errors import BidstrainError, run_cli
 from bidstrain.train.loop import EXIT_INTERRUPTED, Interrupted, train
 
@@ -58,6 +61,24 @@ def read_stores(path: str | Path) -> tuple[dict[str, list[str]], dict[str, list[
     return lists[0], lists[1]
 
 
+def read_settings(path: str | Path) -> TrainConfig:
+    """The typed ``train`` section of a ``--settings`` file.
+
+    Raises
+    ------
+    BidstrainError
+        When the file is missing or not JSON, or a key is unknown or has a wrong value.
+    """
+    try:
+        content = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise BidstrainError(f"cannot read the train settings: {error}", path=path) from None
+    try:
+        return TrainConfig.with_defaults(content)
+    except BidstrainError as error:
+        raise BidstrainError(str(error), path=path) from None
+
+
 def read_table_list(path: str | Path) -> list[str]:
     """The normalize tables a ``--stores`` file lists under ``tables`` (none when absent):
     the volume counts of their stores, read without opening the stores."""
@@ -78,7 +99,7 @@ def _is_store_lists(value) -> bool:
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse the arguments and train."""
     parser = argparse.ArgumentParser(prog="python -m bidstrain.train", description=__doc__)
-    parser.add_argument("--config-json", required=True, help="the train section, as JSON")
+    parser.add_argument("--settings", required=True, help="JSON file: the train section")
     parser.add_argument(
         "--stores", required=True, help='JSON file {"training": {...}, "validation": {...}}'
     )
@@ -91,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     training, validation = read_stores(args.stores)
     try:
         train(
-            json.loads(args.config_json),
+            read_settings(args.settings),
             training,
             validation,
             model_out=args.model_out,

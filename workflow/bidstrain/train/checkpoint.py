@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from bidstrain.config import train_keys
+from bidstrain.config import TrainConfig, setting_changes
 from bidstrain.errors import BidstrainError
 from bidstrain.io.atomic import atomic_path
 from bidstrain.train.lock import LOCK_FILE
@@ -48,7 +48,7 @@ NAMED = 3
 
 
 def run_identity(
-    config: Mapping[str, Any],
+    config: TrainConfig,
     world_size: int,
     training: Mapping[str, Sequence[str]],
     validation: Mapping[str, Sequence[str]],
@@ -57,7 +57,7 @@ def run_identity(
 
     Parameters
     ----------
-    config : mapping
+    config : TrainConfig
         The ``train`` settings; only the keys that determine the weights are kept.
     world_size : int
         Ranks of the run.
@@ -75,14 +75,13 @@ def run_identity(
     BidstrainError
         Naming a store that is missing or has no root metadata.
     """
-    hashed = train_keys("hashed")
     lists = {
         part: {m: list(paths) for m, paths in stores.items() if paths}
         for part, stores in (("training", training), ("validation", validation))
     }
     stores = [path for part in lists.values() for paths in part.values() for path in paths]
     return {
-        "train": {key: config[key] for key in hashed if key in config},
+        "train": config.hashed(),
         "world_size": int(world_size),
         **lists,
         "written": {path: _written(path) for path in stores},
@@ -111,10 +110,7 @@ def changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
     none) and ``new``, one phrase per difference (``world size 2 -> 1``)."""
     if old is None:
         return ["the checkpoint records no run configuration (written by an older bidstrain)"]
-    found = [
-        f"train.{key} {_shown(old_value)} -> {_shown(new_value)}"
-        for key, old_value, new_value in _differing(old["train"], new["train"])
-    ]
+    found = [f"train.{change}" for change in setting_changes(old["train"], new["train"])]
     if old["world_size"] != new["world_size"]:
         found.append(f"world size {old['world_size']} -> {new['world_size']}")
     for part in ("training", "validation"):
@@ -138,20 +134,6 @@ def changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
     if rewritten:
         found.append(f"{len(rewritten)} store(s) rewritten since ({_named(rewritten)})")
     return found
-
-
-def _differing(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ""):
-    """``(key, old value, new value)`` of every differing leaf; nested keys dotted."""
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, "(absent)"), new.get(key, "(absent)")
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            yield from _differing(a, b, f"{prefix}{key}.")
-        elif a != b:
-            yield f"{prefix}{key}", a, b
-
-
-def _shown(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, list | tuple | Mapping) else str(value)
 
 
 def _named(paths: Sequence[str]) -> str:

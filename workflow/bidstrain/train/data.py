@@ -17,11 +17,11 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
+from bidstrain.config import TrainConfig
 from bidstrain.io.scans_table import read_tables
 from bidstrain.io.store import chunk_volumes, read_dims
 from bidstrain.modalities import MODALITIES
@@ -308,16 +308,16 @@ def _as_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def volume_dataset(
-    stores: Mapping[str, Sequence[str]], train: Mapping[str, Any], tables: Sequence[str] = ()
+    stores: Mapping[str, Sequence[str]], train: TrainConfig, tables: Sequence[str] = ()
 ) -> VolumeDataset:
     """The dataset the ``train`` config section describes (shapes, resampling, open stores)."""
     return VolumeDataset(
         stores,
-        train["shapes"],
-        resample=train["resample"],
+        train.model.shapes,
+        resample=train.model.resample,
         tables=tables,
-        max_open_stores=train["max_open_stores"],
-        chunk_cache=2 * (train["shuffle_buffer"] + train["batch_size"]),
+        max_open_stores=train.loader.max_open_stores,
+        chunk_cache=2 * (train.loader.shuffle_buffer + train.loader.batch_size),
     )
 
 
@@ -341,7 +341,7 @@ def dataset_statistics(dataset: VolumeDataset) -> dict[str, tuple[float, float]]
 def make_loader(
     dataset: VolumeDataset,
     sampler: torch.utils.data.Sampler,
-    train: Mapping[str, Any],
+    train: TrainConfig,
     *,
     device: torch.device,
     num_workers: int | None = None,
@@ -363,11 +363,11 @@ def make_loader(
     num_workers : int, optional
         Overrides ``train.num_workers`` (validation reads in the main process).
     """
-    workers = train["num_workers"] if num_workers is None else num_workers
-    pin = bool(train["pin_memory"]) and device.type == "cuda"
+    workers = train.loader.num_workers if num_workers is None else num_workers
+    pin = bool(train.loader.pin_memory) and device.type == "cuda"
     slots = ring_slots(
-        grad_accum_steps=train["grad_accum_steps"],
-        prefetch_factor=train["prefetch_factor"],
+        grad_accum_steps=train.optimizer.grad_accum_steps,
+        prefetch_factor=train.loader.prefetch_factor,
         workers=workers,
     )
     return torch.utils.data.DataLoader(
@@ -377,7 +377,7 @@ def make_loader(
         num_workers=workers,
         multiprocessing_context="spawn" if workers > 0 else None,
         persistent_workers=workers > 0,
-        prefetch_factor=train["prefetch_factor"] if workers > 0 else None,
+        prefetch_factor=train.loader.prefetch_factor if workers > 0 else None,
         pin_memory=pin,
         generator=torch.Generator(),  # its seed draw must not consume the global torch RNG
     )

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from bidstrain import __version__
-from bidstrain.config import Config, train_keys
+from bidstrain.config import Config, TrainConfig
 from bidstrain.errors import BidstrainError
 from bidstrain.io.atomic import write_text_atomic
 from bidstrain.io.store import open_store, read_meta
@@ -51,7 +51,7 @@ ORIENTATION = "RAS+ voxel order (closest canonical axes; permutations and flips 
 
 def describe(
     module: MultiModalAutoencoder,
-    config: Mapping[str, Any],
+    config: TrainConfig,
     stores: Mapping[str, Sequence[str]],
     *,
     config_hash: str,
@@ -63,7 +63,7 @@ def describe(
     ----------
     module : MultiModalAutoencoder
         The trained model.
-    config : mapping
+    config : TrainConfig
         The ``train`` settings it was trained with.
     stores : mapping
         ``{modality: [training store, ...]}``.
@@ -72,16 +72,15 @@ def describe(
     step : int
         Optimizer steps done.
     """
-    hashed = set(train_keys("hashed"))
     settings = module.loss_settings
     return {
         "format": FORMAT,
         "modalities": list(module.modalities),
         "input": {
             m: {
-                "resample": config["resample"][m],
-                "shape": list(config["shapes"][m]),
-                "patch_size": config["patch_size"],
+                "resample": config.model.resample[m],
+                "shape": list(config.model.shapes[m]),
+                "patch_size": config.model.patch_size,
                 "fit": INPUT_FIT,
                 "orientation": ORIENTATION,
             }
@@ -89,7 +88,7 @@ def describe(
         },
         "normalization": {m: normalization(stores[m]) for m in module.modalities},
         "scale": {m: {"mse_zero": training_scale(stores[m])} for m in module.modalities},
-        "train": {key: value for key, value in config.items() if key in hashed},
+        "train": config.hashed(),
         "loss_target_stats": (
             {m: list(v) for m, v in settings.target_stats.items()}
             if settings.target_stats
@@ -192,7 +191,7 @@ def load_model(
             )
     stats = description.get("loss_target_stats")
     module = build_module(
-        description["train"],
+        TrainConfig.with_defaults(description["train"]),
         [m for m in MODALITIES if m in description["modalities"]],
         target_stats={m: tuple(v) for m, v in stats.items()} if stats else None,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from bidstrain.config import Config, to_plain, train_keys
+from bidstrain.config import Config
 from bidstrain.dataset.masks import is_pattern
 from bidstrain.modalities import MODALITIES
 
@@ -17,10 +17,9 @@ from bidstrain.modalities import MODALITIES
 def expectation(config: Config) -> dict[str, Any]:
     """What ``config`` expects of a model, as plain JSON (see :func:`differences`): the
     ``train`` keys that determine the weights, the modalities, and the normalization."""
-    plain = to_plain(config.train)
     normalize = config.normalize
     return {
-        "train": {key: plain[key] for key in train_keys("hashed")},
+        "train": config.train.hashed(),
         "modalities": list(config.modalities),
         "normalize": {
             "ddof": normalize.ddof,

@@ -127,7 +127,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     job_id = os.environ.get("SLURM_JOB_ID", "0")
     if args.nodes > 1 and _ON_NODE not in os.environ:
         if "SLURM_JOB_ID" not in os.environ:
-            raise BidstrainError(f"train.nodes is {args.nodes}: run inside a SLURM allocation")
+            raise BidstrainError(
+                f"resources.train.nodes is {args.nodes}: run inside a SLURM allocation"
+            )
         job = allocation(job_id)
         os.environ[_ON_NODE] = rendezvous_endpoint(job["NodeList"], job_id)
         cpus = job.get("CPUs/Task", "1")

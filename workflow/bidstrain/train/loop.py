@@ -26,12 +26,12 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from bidstrain.config import TrainConfig, to_plain
 from bidstrain.errors import BidstrainError
 from bidstrain.io.atomic import atomic_path
 from bidstrain.modalities import MODALITIES
@@ -93,7 +93,7 @@ class Data:
 
 
 def train(
-    config: Mapping[str, Any],
+    config: TrainConfig,
     stores: Mapping[str, Sequence[str]],
     validation_stores: Mapping[str, Sequence[str]],
     *,
@@ -108,9 +108,8 @@ def train(
 
     Parameters
     ----------
-    config : mapping
-        The ``train`` section of the validated workflow configuration (job resources may
-        be left out).
+    config : TrainConfig
+        The ``train`` section of the validated workflow configuration.
     stores, validation_stores : mapping
         ``{modality: [store path, ...]}`` (the plan's training and validation stores).
     model_out, metrics_out : str or Path
@@ -184,7 +183,7 @@ def hold_lock(lock: ExperimentLock, context: distributed.Context) -> None:
 def _train(config, stores, validation_stores, context, outputs: Outputs, tables=()):
     checkpoint_dir = outputs.checkpoints
     check_shapes(config, stores)
-    torch.manual_seed(config["seed"])  # initialization (token masks: mask_generator)
+    torch.manual_seed(config.run.seed)  # initialization (token masks: mask_generator)
     run = checkpoint.run_identity(config, context.world_size, stores, validation_stores)
     config_hash = checkpoint.run_hash(run)
     run_record = {"run": run, "config_hash": config_hash}  # saved with every checkpoint
@@ -195,17 +194,17 @@ def _train(config, stores, validation_stores, context, outputs: Outputs, tables=
     model = module
     if context.distributed:
         model = DistributedDataParallel(
-            module, find_unused_parameters=config["find_unused_parameters"]
+            module, find_unused_parameters=config.run.find_unused_parameters
         )
     trainer = Trainer(model, module, optimizer, scheduler, context, config)
     trackers = []
     if context.is_main:
         trackers = open_trackers(
-            config["loggers"],
+            config.run.loggers,
             directory=outputs.model.parent,
-            experiment=config["experiment"],
+            experiment=config.run.experiment,
             config_hash=config_hash,
-            config=config,
+            config=to_plain(config),
         )
     sink = MetricsSink(
         context.is_main, checkpoint_dir / "metrics.jsonl", state.step if resumed else None, trackers
@@ -236,12 +235,12 @@ def summarize(sink: MetricsSink, config, modalities, state: TrainState, checkpoi
     """Rank 0: the ``summary`` record from every validation of the run (resumed parts
     included: they are in the working metrics file), emitted and logged."""
     sink.flush()
-    learning = config["learning"]
+    learning = config.learning
     summary = learning_summary(
         read_records(checkpoint_dir / "metrics.jsonl"),
         modalities=[m for m in MODALITIES if m in modalities],
-        max_ratio=learning["max_ratio"],
-        strict=learning["strict"],
+        max_ratio=learning.max_ratio,
+        strict=learning.strict,
         step=state.step,
     )
     sink.emit(summary)
@@ -284,14 +283,14 @@ def run_epochs(trainer, state, data, validation, sink, checkpoint_dir, run_recor
         After a stop (signal or test hook), once the checkpoint is written.
     """
     config, context = trainer.config, trainer.context
-    accum, hooks = config["grad_accum_steps"], TestStops.from_environ()
+    accum, hooks = config.optimizer.grad_accum_steps, TestStops.from_environ()
     durations = deque(maxlen=20)  # of the last steps, for the progress line
     with StopSignals() as signals:
-        while state.epoch < config["epochs"]:
+        while state.epoch < config.optimizer.epochs:
             data.sampler.set_epoch(state.epoch, start=state.position * accum)
             started = time.perf_counter()
             for group in accumulation_groups(data.loader, accum):
-                at_log = (state.step + 1) % config["log_every"] == 0
+                at_log = (state.step + 1) % config.run.log_every == 0
                 result = optimizer_step(
                     trainer,
                     group,
@@ -315,12 +314,12 @@ def run_epochs(trainer, state, data, validation, sink, checkpoint_dir, run_recor
                     sink.flush()
                     hooks.stop(state.step, signals, checkpoint_dir, context.is_main)
                     stop = True
-                if state.step % config["checkpoint_every"] == 0 or stop:
+                if state.step % config.run.checkpoint_every == 0 or stop:
                     save_checkpoint(trainer, state, sink, checkpoint_dir, run_record)
                 if stop:
                     distributed.barrier(context)  # no rank exits before the checkpoint is written
                     raise Interrupted(state.step)
-        if state.step % config["checkpoint_every"] != 0:
+        if state.step % config.run.checkpoint_every != 0:
             save_checkpoint(trainer, state, sink, checkpoint_dir, run_record)
 
 
@@ -373,7 +372,7 @@ def write_outputs(module, config, stores, state: TrainState, config_hash, paths:
         torch.save(
             {
                 "model": module.state_dict(),
-                "config": dict(config),
+                "config": config.settings(),
                 "step": state.step,
                 "description": about,
             },
@@ -394,33 +393,35 @@ def training_data(config, stores, context: distributed.Context, tables=()) -> Da
     sampler = batch_sampler(
         dataset.layout, config, rank=context.rank, world_size=context.world_size
     )
-    accum = config["grad_accum_steps"]
+    accum = config.optimizer.grad_accum_steps
     return Data(
         dataset=dataset,
         sampler=sampler,
         loader=make_loader(dataset, sampler, config, device=context.device),
         steps_per_epoch=math.ceil(sampler.n_batches / accum),
         total_steps=planned_total_steps(
-            batches_per_epoch=sampler.n_batches, epochs=config["epochs"], grad_accum_steps=accum
+            batches_per_epoch=sampler.n_batches,
+            epochs=config.optimizer.epochs,
+            grad_accum_steps=accum,
         ),
     )
 
 
 def build_model(config, stores, data: Data, context: distributed.Context):
     """The model, AdamW and the schedule, built before any state is loaded into them."""
-    stats = dataset_statistics(data.dataset) if config["loss"]["stats"] == "dataset" else None
+    stats = dataset_statistics(data.dataset) if config.loss.stats == "dataset" else None
     module = build_module(config, stores, stats).to(context.device)
-    module.encoder.checkpointing = config["activation_checkpointing"]
-    if config["compile"]:
+    module.encoder.checkpointing = config.run.activation_checkpointing
+    if config.run.compile:
         module.encoder.compile_layers()
     optimizer = torch.optim.AdamW(
-        module.parameters(), lr=config["lr"], weight_decay=config["weight_decay"]
+        module.parameters(), lr=config.optimizer.lr, weight_decay=config.optimizer.weight_decay
     )
     scheduler = build_scheduler(
         optimizer,
         total_steps=data.total_steps,
-        warmup_steps=config["warmup_steps"],
-        min_lr_ratio=config["min_lr_ratio"],
+        warmup_steps=config.optimizer.warmup_steps,
+        min_lr_ratio=config.optimizer.min_lr_ratio,
     )
     return module, optimizer, scheduler
 
@@ -430,12 +431,12 @@ def plan_record(config, data: Data, context: distributed.Context, config_hash: s
     return {
         "kind": "plan",
         "total_steps": data.total_steps,
-        "warmup_steps": config["warmup_steps"],
-        "lr": config["lr"],
-        "min_lr_ratio": config["min_lr_ratio"],
-        "epochs": config["epochs"],
+        "warmup_steps": config.optimizer.warmup_steps,
+        "lr": config.optimizer.lr,
+        "min_lr_ratio": config.optimizer.min_lr_ratio,
+        "epochs": config.optimizer.epochs,
         "batches_per_epoch": data.sampler.n_batches,
-        "grad_accum_steps": config["grad_accum_steps"],
+        "grad_accum_steps": config.optimizer.grad_accum_steps,
         "world_size": context.world_size,
         "config_hash": config_hash,
     }
@@ -502,7 +503,7 @@ def validate(trainer: Trainer, loader, sink: MetricsSink, state: TrainState) -> 
         return
     module, context = trainer.module, trainer.context
     settings = module.loss_settings
-    generator = torch.Generator().manual_seed(trainer.config["seed"] + context.rank)
+    generator = torch.Generator().manual_seed(trainer.config.run.seed + context.rank)
     zero = torch.zeros((), dtype=torch.float64, device=context.device)
     sums: dict[str, torch.Tensor | float] = {}
     for modality in MODALITIES:
@@ -531,7 +532,7 @@ def validate(trainer: Trainer, loader, sink: MetricsSink, state: TrainState) -> 
     present = [m for m in MODALITIES if totals[f"samples.{m}"] > 0]
     per_modality = {m: totals[f"loss.{m}"] / totals[f"samples.{m}"] for m in present}
     baselines = {m: totals[f"baseline.{m}"] / totals[f"samples.{m}"] for m in present}
-    weights = trainer.config["loss"]["weights"]
+    weights = trainer.config.loss.weights
     loss = sum(weights.get(m, 1.0) * value for m, value in per_modality.items())
     sink.emit(
         {
@@ -569,12 +570,12 @@ def check_skips(config, result: StepResult, state: TrainState) -> None:
         result.grad_norm,
         consecutive_skips,
     )
-    if config["nonfinite"] == "stop":
+    if config.run.nonfinite == "stop":
         raise BidstrainError(
             f"non-finite loss ({result.loss}) or gradient norm ({result.grad_norm}) at step "
             f"{step} (train.nonfinite: stop; set it to skip to skip such steps)"
         )
-    if consecutive_skips > config["max_consecutive_skips"]:
+    if consecutive_skips > config.run.max_consecutive_skips:
         raise BidstrainError(
             f"{consecutive_skips} consecutive steps up to step {step} had a non-finite loss or "
             f"gradient norm (last loss {result.loss}, grad norm {result.grad_norm}): the data "
@@ -585,9 +586,9 @@ def check_skips(config, result: StepResult, state: TrainState) -> None:
 
 def check_shapes(config, stores) -> None:
     """Every trained modality's shape must be a multiple of the patch size."""
-    patch = config["patch_size"]
+    patch = config.model.patch_size
     for modality in stores:
-        shape = config["shapes"][modality]
+        shape = list(config.model.shapes[modality])
         if any(n % patch for n in shape):
             raise BidstrainError(
                 f"train.shapes.{modality} = {shape} is not a multiple of train.patch_size = "

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bidstrain.config import ModelConfig, TrainConfig
 from bidstrain.modalities import MODALITIES
 from bidstrain.train.encoder import Encoder
 from bidstrain.train.losses import normalized_mse
@@ -131,40 +132,36 @@ class MultiModalAutoencoder(nn.Module):
 
     Parameters
     ----------
-    shapes : mapping
-        ``{modality: (x, y, z)}``; each side a multiple of ``patch``.
-    patch, dim, depth, heads : int
-        Patch side, token width, encoder layers and attention heads.
-    mask_ratio : float
-        Fraction of tokens replaced by a learned mask token in training (0 disables
-        masking and creates no mask token). The loss then counts the voxels of the masked
-        tokens only: the identity is no solution, the model must predict from context.
+    model : ModelConfig
+        ``train.shapes`` (each side a multiple of ``patch_size``), ``patch_size``,
+        ``embed_dim``, ``depth``, ``heads`` and ``mask_ratio``: the fraction of tokens
+        replaced by a learned mask token in training (0 disables masking and creates no
+        mask token). The loss then counts the voxels of the masked tokens only: the
+        identity is no solution, the model must predict from context.
+    modalities : sequence of str
+        The modalities with an embedding and a head.
     loss : LossSettings
     """
 
     def __init__(
         self,
-        shapes: Mapping[str, Sequence[int]],
-        *,
-        patch: int,
-        dim: int,
-        depth: int,
-        heads: int,
-        mask_ratio: float = 0.0,
+        model: ModelConfig,
+        modalities: Sequence[str],
         loss: LossSettings | None = None,
     ):
         super().__init__()
-        self.modalities = [m for m in MODALITIES if m in shapes]
-        self.mask_ratio = mask_ratio
+        self.modalities = [m for m in MODALITIES if m in modalities]
+        self.mask_ratio = model.mask_ratio
         self.loss_settings = loss or LossSettings()
+        shapes, patch, dim = model.shapes, model.patch_size, model.embed_dim
         self.embed = nn.ModuleDict(
             {m: PatchEmbedding(shapes[m], patch, dim) for m in self.modalities}
         )
         self.head = nn.ModuleDict(
             {m: ReconstructionHead(shapes[m], patch, dim) for m in self.modalities}
         )
-        self.encoder = Encoder(dim, depth, heads)
-        if mask_ratio > 0:
+        self.encoder = Encoder(dim, model.depth, model.heads)
+        if model.mask_ratio > 0:
             self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
 
     def modality_parameters(self, modality: str) -> Iterator[nn.Parameter]:
@@ -261,25 +258,18 @@ class MultiModalAutoencoder(nn.Module):
         return dummy
 
 
-def build_module(config, modalities, target_stats=None) -> MultiModalAutoencoder:
+def build_module(
+    config: TrainConfig, modalities: Sequence[str], target_stats=None
+) -> MultiModalAutoencoder:
     """The model of the ``train`` settings ``config`` for ``modalities`` (on the CPU);
     ``target_stats``: the dataset statistics of ``train.loss.stats: dataset``. Training
     and :func:`bidstrain.train.description.load_model` build it here."""
-    loss = config["loss"]
     settings = LossSettings(
-        normalize=loss["normalize"],
-        eps=loss["eps"],
-        weights=loss["weights"],
+        normalize=config.loss.normalize,
+        eps=config.loss.eps,
+        weights=config.loss.weights,
         target_stats=target_stats,
-        dummy_enabled=config["dummy_loss"]["enabled"],
-        dummy_scale=config["dummy_loss"]["scale"],
+        dummy_enabled=config.dummy_loss.enabled,
+        dummy_scale=config.dummy_loss.scale,
     )
-    return MultiModalAutoencoder(
-        {m: config["shapes"][m] for m in modalities},
-        patch=config["patch_size"],
-        dim=config["embed_dim"],
-        depth=config["depth"],
-        heads=config["heads"],
-        mask_ratio=config["mask_ratio"],
-        loss=settings,
-    )
+    return MultiModalAutoencoder(config.model, modalities, loss=settings)

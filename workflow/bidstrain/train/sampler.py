@@ -22,12 +22,10 @@ Resuming is exact: the order depends only on ``(seed, epoch)`` and the settings,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import numpy as np
 import torch
 
+from bidstrain.config import TrainConfig
 from bidstrain.modalities import MODALITIES
 from bidstrain.train.data import BATCHINGS, StoreLayout, batches_per_epoch
 
@@ -180,7 +178,7 @@ class ModalityBatchSampler(torch.utils.data.Sampler):
 
 def batch_sampler(
     layout: StoreLayout,
-    train: Mapping[str, Any],
+    train: TrainConfig,
     *,
     batching: str | None = None,
     rank: int = 0,
@@ -190,11 +188,11 @@ def batch_sampler(
     ``train.batching``: validation reads ``mixed``)."""
     return ModalityBatchSampler(
         layout,
-        batch_size=train["batch_size"],
-        batching=batching or train["batching"],
+        batch_size=train.loader.batch_size,
+        batching=batching or train.loader.batching,
         rank=rank,
         world_size=world_size,
-        seed=train["seed"],
-        store_group=train["store_group"],
-        shuffle_buffer=train["shuffle_buffer"],
+        seed=train.run.seed,
+        store_group=train.loader.store_group,
+        shuffle_buffer=train.loader.shuffle_buffer,
     )

@@ -18,10 +18,10 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
+from bidstrain.config import TrainConfig
 from bidstrain.errors import BidstrainError
 from bidstrain.modalities import MODALITIES
 from bidstrain.train import distributed
@@ -60,11 +60,11 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     context: distributed.Context
-    config: Mapping[str, Any]
+    config: TrainConfig
     arrivals: GradientArrivals | None = field(default=None, init=False)
 
     def __post_init__(self):
-        if self.context.distributed and not self.config["find_unused_parameters"]:
+        if self.context.distributed and not self.config.run.find_unused_parameters:
             self.arrivals = GradientArrivals(self.module)
 
 
@@ -112,13 +112,13 @@ def optimizer_step(
 
     module = trainer.module
     module_norms = gradient_norms(module, present) if log_norms else None
-    if trainer.config["dummy_loss"]["freeze_absent"]:
+    if trainer.config.dummy_loss.freeze_absent:
         for modality in module.modalities:
             if modality not in present:
                 for param in module.modality_parameters(modality):
                     param.grad = None
     grad_norm = float(
-        torch.nn.utils.clip_grad_norm_(module.parameters(), trainer.config["clip_grad_norm"])
+        torch.nn.utils.clip_grad_norm_(module.parameters(), trainer.config.optimizer.clip_grad_norm)
     )
     skipped = not (math.isfinite(totals["loss"]) and math.isfinite(grad_norm))
     lr = trainer.optimizer.param_groups[0]["lr"]
@@ -158,7 +158,7 @@ def accumulate(
     autocast = torch.autocast(
         context.device.type,
         dtype=torch.bfloat16,
-        enabled=bool(trainer.config["bf16"]) and context.device.type == "cuda",
+        enabled=bool(trainer.config.run.bf16) and context.device.type == "cuda",
     )
     for index, batch in enumerate(micro_batches):
         batch = {m: volume.to(context.device, non_blocking=True) for m, volume in batch.items()}
@@ -166,7 +166,7 @@ def accumulate(
         if last and trainer.arrivals is not None:
             trainer.arrivals.clear()
         with nullcontext() if last or not context.distributed else model.no_sync():
-            generator = mask_generator(trainer.config["seed"], step, context.rank, index)
+            generator = mask_generator(trainer.config.run.seed, step, context.rank, index)
             with autocast:
                 output = model(batch, masks=trainer.module.token_masks(batch, generator))
             (output.loss / len(micro_batches)).backward()

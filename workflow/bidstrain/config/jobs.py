@@ -1,0 +1,124 @@
+"""What a job reads of the configuration, from the file or param its rule passes: typed
+again by the job (keys left out take their schema defaults), and what changed since the
+previous parse."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bidstrain.config.sections import (
+    ChecksConfig,
+    IngestConfig,
+    NormalizeConfig,
+    TrainConfig,
+    load_section,
+)
+from bidstrain.errors import BidstrainError
+
+
+@dataclass(frozen=True)
+class NormalizeJobConfig:
+    """What every normalize job reads (the file ``Plan.normalize_settings`` writes): how
+    to check the subject's images, and how to normalize them. Each image's mask and
+    statistics come from the job's own spec, so a changed mask, held-out selection or
+    heldout rule reruns only the subjects it concerns."""
+
+    #: the dataset
+    bids_dir: str
+    #: the ``ingest`` section
+    ingest: IngestConfig
+    #: the ``normalize`` section (its masks and held-out selection: see the spec)
+    normalize: NormalizeConfig
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> NormalizeJobConfig:
+        """Type the content of the normalize jobs' settings file (keys it leaves out of
+        ``ingest`` and ``normalize`` take their schema defaults).
+
+        Raises
+        ------
+        BidstrainError
+            When a key is missing, unknown or of a wrong value.
+        """
+        if not isinstance(values, Mapping) or set(values) != _NORMALIZE_JOB_KEYS:
+            found = sorted(values) if isinstance(values, Mapping) else type(values).__name__
+            raise BidstrainError(
+                f"the normalize settings must hold exactly {sorted(_NORMALIZE_JOB_KEYS)}, "
+                f"got {found}"
+            )
+        if not isinstance(values["bids_dir"], str):
+            raise BidstrainError(f"bids_dir must be a path, got {values['bids_dir']!r:.200}")
+        return cls(
+            bids_dir=values["bids_dir"],
+            ingest=load_section("ingest", values["ingest"]),
+            normalize=load_section("normalize", values["normalize"]),
+        )
+
+
+_NORMALIZE_JOB_KEYS = {f.name for f in dataclasses.fields(NormalizeJobConfig)}
+
+
+@dataclass(frozen=True)
+class ChecksJobConfig:
+    """What the checks job reads (the file ``Plan.checks_settings`` writes): only what
+    the checks depend on, so that no other change reruns them."""
+
+    #: the ``checks`` section
+    checks: ChecksConfig
+    #: the ``train`` keys of role ``checked``, the others at their schema defaults
+    train: TrainConfig
+    #: ``normalize.ddof``
+    ddof: int
+    #: ranks of the training job (nodes x GPUs per node)
+    world_size: int
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ChecksJobConfig:
+        """Type the content of the checks job's settings file.
+
+        Raises
+        ------
+        BidstrainError
+            When a section or key is missing, unknown or of a wrong value.
+        """
+        if not isinstance(values, Mapping) or set(values) != _CHECKS_JOB_KEYS:
+            found = sorted(values) if isinstance(values, Mapping) else type(values).__name__
+            raise BidstrainError(
+                f"the checks settings must hold exactly {sorted(_CHECKS_JOB_KEYS)}, got {found}"
+            )
+        return cls(
+            checks=load_section("checks", values["checks"]),
+            train=TrainConfig.with_defaults(values["train"]),
+            ddof=int(values["ddof"]),
+            world_size=int(values["world_size"]),
+        )
+
+
+_CHECKS_JOB_KEYS = {f.name for f in dataclasses.fields(ChecksJobConfig)}
+
+
+def setting_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What differs between two plain settings mappings, one phrase per differing leaf
+    (nested keys dotted): ``lr 0.001 -> 0.002``, ``loss.normalize var -> std``."""
+    return [
+        f"{key} {_shown(old_value)} -> {_shown(new_value)}"
+        for key, old_value, new_value in _differing(old, new)
+    ]
+
+
+def _differing(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ""):
+    """``(key, old value, new value)`` of every differing leaf; nested keys dotted."""
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "(absent)"), new.get(key, "(absent)")
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            yield from _differing(a, b, f"{prefix}{key}.")
+        elif a != b:
+            yield f"{prefix}{key}", a, b
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, list | tuple | Mapping) else str(value)
