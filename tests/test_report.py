@@ -308,7 +308,7 @@ def _table(folder: Path, store: Path, subject: str = "01") -> Path:
         100,
         (4, 5, 5),
         (),
-        "2026-01-01T00:00:00+00:00",
+        "sha256:0123",
     )
     write_table([row], folder / f"sub-{subject}_scans.tsv")
     return folder / f"sub-{subject}_scans.tsv"

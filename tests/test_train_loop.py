@@ -268,12 +268,11 @@ def test_train_state_round_trips_and_counts_epochs():
     assert restored == state == TrainState(3, 1, 0, 2, 2, 2)
 
 
-def test_the_run_hash_covers_settings_world_size_stores_and_their_rewrites(tmp_path):
+def test_the_run_hash_covers_settings_world_size_stores_and_their_content(tmp_path):
     """Job resources and run settings stay out (a requeue or a longer runtime resumes);
-    every other part of the run is named when it changes."""
+    every other part of the run is named when it changes. A store rewritten with the same
+    content is the same run; with other content, another."""
     training = tiny_stores(tmp_path, {"T1w": 1, "bold": 2})
-    # written long ago, so that the rewrite below gets another time whatever the clock's step
-    os.utime(os.path.join(training["T1w"][0], "zarr.json"), ns=(10**9, 10**9))
     validation = {"bold": [write_store(tmp_path / "val.zarr", modality="bold", n_time=2)]}
     config = train_config()
     identity = run_identity(config, 1, training, validation)
@@ -298,9 +297,15 @@ def test_the_run_hash_covers_settings_world_size_stores_and_their_rewrites(tmp_p
         f"training bold stores: 1 added ({extra})",
         f"validation bold stores: 1 removed ({validation['bold'][0]})",
     ]
-    write_store(tmp_path / "T1w.zarr", modality="T1w", n_time=1, seed=5)  # normalize reran
+    # normalize reran on unchanged data: a new zarr.json, the same content
+    write_store(tmp_path / "T1w.zarr", modality="T1w", n_time=1, seed=0)
+    os.utime(os.path.join(training["T1w"][0], "zarr.json"), ns=(10**9, 10**9))
+    assert run_hash(run_identity(config, 1, training, validation)) == run_hash(identity)
+    write_store(tmp_path / "T1w.zarr", modality="T1w", n_time=1, seed=5)  # on changed data
     rewritten = run_identity(config, 1, training, validation)
-    assert changes(identity, rewritten) == [f"1 store(s) rewritten since ({training['T1w'][0]})"]
+    assert changes(identity, rewritten) == [
+        f"1 store(s) rewritten with other content since ({training['T1w'][0]})"
+    ]
     assert run_hash(rewritten) != run_hash(identity)
     assert changes(None, identity) == [
         "the checkpoint records no run configuration (written by an older bidstrain)"
