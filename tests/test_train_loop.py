@@ -132,6 +132,38 @@ def test_a_changed_setting_sets_the_checkpoints_aside_and_trains_afresh(
     assert (folder / "trainer.lock").exists()
 
 
+def test_stores_rewritten_with_the_same_content_resume_and_other_content_does_not(
+    tmp_path, caplog, monkeypatch
+):
+    """An interrupted run; its stores written again from the same values (a forced rerun
+    of normalization on unchanged data): the run resumes at step 4. Written again with
+    other values: it starts from step 0, the log naming the store."""
+    stores = tiny_stores(tmp_path / "stores", COUNTS)
+    monkeypatch.setenv(STOP_AT_STEP, "3")
+    with pytest.raises(Interrupted):
+        run(tmp_path, stores, epochs=1)
+    monkeypatch.delenv(STOP_AT_STEP)
+    folder = tmp_path / "out" / "checkpoints"
+    metadata = os.path.join(stores["bold"][0], "zarr.json")
+    before = os.stat(metadata).st_mtime_ns
+    assert tiny_stores(tmp_path / "stores", COUNTS) == stores  # the same values, again
+    os.utime(metadata, ns=(before + 10**9, before + 10**9))  # whatever the clock's step
+    with caplog.at_level(logging.INFO, logger="bidstrain.train"):
+        lines = run(tmp_path, stores, epochs=1)
+    assert "resumed from step 3" in caplog.text
+    assert [s["step"] for s in of_kind(lines, "step")] == [1, 2, 3, 4, 5, 6]  # 1-3 kept
+    assert not list(tmp_path.glob("out/checkpoints-*"))
+    caplog.clear()
+
+    write_store(tmp_path / "stores" / "bold.zarr", modality="bold", n_time=COUNTS["bold"], seed=9)
+    with caplog.at_level(logging.WARNING, logger="bidstrain.train"):
+        lines = run(tmp_path, stores, epochs=1)
+    assert [s["step"] for s in of_kind(lines, "step")] == list(range(1, 7))
+    assert f"1 store(s) rewritten with other content since ({stores['bold'][0]})" in caplog.text
+    assert "training starts from step 0" in caplog.text
+    assert load_latest(folder)["train_state"]["step"] == 6
+
+
 def test_metrics_log_drops_lines_past_the_resumed_step(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text(
