@@ -102,3 +102,28 @@ def test_a_failed_rerun_keeps_the_record_table_and_stores_and_changed_data_rerun
         "results/normalized/sub-01/sub-01_scans.tsv",
     ]
     assert (workdir / "results/ingest/manifest.tsv").read_text() != manifest
+
+
+def test_a_failed_average_job_loses_its_previous_store_as_documented(rerun):
+    """docs/reruns.md: an average store is a directory() output, which Snakemake removes
+    before the job runs; a failing average job leaves none (the other run's stays)."""
+    workdir, bids = rerun
+    chunk = next((workdir / "results/normalized/sub-02").glob("func/*run-1*.zarr/data/c/0/0"))
+    good = chunk.read_bytes()
+    chunk.write_bytes(good[:1000])  # a subject store cut short
+    averages = workdir / "results/average"
+    assert len(list(averages.glob("*.zarr"))) == 2
+    try:
+        failed = run_snakemake(
+            workdir,
+            "--forcerun",
+            "average_bold",
+            "--until",
+            "average_bold",
+            config={"bids_dir": bids},
+            check=False,
+        )
+    finally:
+        chunk.write_bytes(good)
+    assert failed.returncode != 0
+    assert [p.name for p in averages.glob("*.zarr")] == ["task-rest_run-2_desc-average_bold.zarr"]
