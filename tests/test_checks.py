@@ -459,4 +459,4 @@ def test_the_initial_loss_looks_at_every_modality_however_rare(tmp_path):
         assert 0.5 < values["loss"] < 1.5
     check = check_loss_scale(stores, train, max_ratio=100)
     assert check.status == "pass" and "T1w 1" in check.message
-    assert "(1 batches)" in check.message and f"({N_BATCHES} batches)" in check.message
+    assert "(1 batch)" in check.message and f"({N_BATCHES} batches)" in check.message

@@ -122,6 +122,10 @@ def check_loss_scale(
                 "or adjust train.loss.weights)"
             )
     listing = ", ".join(
-        f"{m} {v:.3g} ({losses[m]['batches']} batches)" for m, v in weighted.items()
+        f"{m} {v:.3g} ({_batches(losses[m]['batches'])})" for m, v in weighted.items()
     )
     return verdict(NAME, fails, [], f"initial loss per modality: {listing}", values)
+
+
+def _batches(n: int) -> str:
+    return f"{n} batch" + ("" if n == 1 else "es")
