@@ -110,7 +110,7 @@ def make_cohort(root: Path, subjects: int) -> Path:
                     64,
                     (6, 6, 6),
                     (),
-                    "2026-01-01T00:00:00+00:00",
+                    "sha256:0123",
                 )
             )
         table = folder / f"sub-{label}_scans.tsv"

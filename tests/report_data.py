@@ -88,11 +88,12 @@ def write_average_store(path: Path, subject_stores: list[Path]) -> Path:
         w.write(0, data)
         w.add_variable("mean", ("voxel",), np.mean([g[1] for g in grids], axis=0))
         w.add_variable("std", ("voxel",), np.mean([g[2] for g in grids], axis=0))
-        n_subjects = np.full(mask.sum(), len(stores), dtype=np.int32)
+        subjects = list(dict.fromkeys(ds.attrs["subject"] for ds in stores))  # sessions: once
+        n_subjects = np.full(mask.sum(), len(subjects), dtype=np.int32)
         n_subjects[: mask.sum() // 4] -= 1
         w.add_variable("n_subjects", ("voxel",), n_subjects)
         w.attrs.update(_base_attrs("bold", "group", "voxel"))
-        w.attrs["subjects"] = [ds.attrs["subject"] for ds in stores]
+        w.attrs["subjects"] = subjects
     return path
 
 

@@ -102,6 +102,11 @@ def three_subjects(tmp_path):
 def test_average_equals_mean_of_subject_stores_through_xarray(tmp_path, three_subjects):
     out = average_stores(three_subjects, tmp_path / "avg.zarr")
     average = open_store(out)
+    with warnings.catch_warnings():  # as users open it: consolidated, no warning
+        warnings.simplefilter("error")
+        xr.testing.assert_identical(
+            xr.open_zarr(out).load(), xr.open_zarr(out, consolidated=False).load()
+        )
     subjects = xr.concat([open_store(p).data for p in three_subjects], dim="subject")
     np.testing.assert_allclose(average.data.values, subjects.mean("subject").values, atol=1e-6)
     np.testing.assert_array_equal(average.n_subjects.values, 3)

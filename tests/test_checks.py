@@ -15,6 +15,7 @@ import yaml
 import zarr
 from bidstrain.checks import Check
 from bidstrain.checks.__main__ import run_checks
+from bidstrain.checks.loss import N_BATCHES, check_loss_scale, zero_prediction_losses
 from bidstrain.checks.plan import check_counts, check_schedule
 from bidstrain.checks.quality import check_quality
 from bidstrain.checks.scan import scan_store
@@ -22,7 +23,11 @@ from bidstrain.checks.summary import raise_on_failure, summary_tsv, write_summar
 from bidstrain.config import ChecksJobConfig, TrainConfig, validate_config
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import create_store
+from bidstrain.modalities import MODALITIES
+from bidstrain.train.data import volume_dataset
+from bidstrain.train.sampler import batch_sampler
 from test_average import ellipsoid, random_raw, write_bold_store
+from train_support import tiny_stores, train_config
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = (5, 6, 4)
@@ -436,3 +441,25 @@ def test_reduced_precision_widens_the_tolerance_but_scanner_scale_still_fails(tm
     failed = check(stores["scanner"])
     assert failed.status == "fail"
     assert "not z-scored" in failed.message and f"rounding of storage {storage}" in failed.message
+
+
+def test_the_initial_loss_looks_at_every_modality_however_rare(tmp_path):
+    """One T1w volume among 80 BOLD volumes falls late in epoch 0 (seed 1): the check
+    still reads a batch holding it, and reads at most N_BATCHES batches per modality."""
+    stores = tiny_stores(tmp_path, {"T1w": 1, "bold": 80, "dwi": 3})
+    train = train_config(batch_size=2, seed=1)
+    layout = volume_dataset(stores, train).layout
+    held = []  # the modalities of each batch of epoch 0, in the trainer's order
+    for batch in batch_sampler(layout, train):
+        store, _ = layout.locate(np.asarray(batch))
+        held.append({MODALITIES[code] for code in layout.modality[store]})
+    assert all("T1w" not in modalities for modalities in held[:N_BATCHES])  # read before
+    losses = zero_prediction_losses(stores, train)
+    expected = {m: min(N_BATCHES, sum(m in h for h in held)) for m in ("T1w", "bold", "dwi")}
+    assert {m: v["batches"] for m, v in losses.items()} == expected
+    assert expected["T1w"] == 1 and expected["bold"] == N_BATCHES
+    for values in losses.values():  # loss: var, so a zero prediction scores about 1
+        assert 0.5 < values["loss"] < 1.5
+    check = check_loss_scale(stores, train, max_ratio=100)
+    assert check.status == "pass" and "T1w 1" in check.message
+    assert "(1 batch)" in check.message and f"({N_BATCHES} batches)" in check.message

@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -146,8 +147,9 @@ def test_identical_images_have_identical_embeddings(trained, tmp_path):
         },
     ]
     run_embed(tmp_path, trained["model"], images)
-    a = xr.open_zarr(images[0]["out"], consolidated=False).load()
-    b = xr.open_zarr(images[1]["out"], consolidated=False).load()
+    with warnings.catch_warnings():  # opened as users open them, with no warning
+        warnings.simplefilter("error")
+        a, b = (xr.open_zarr(image["out"]).load() for image in images[:2])
     assert a["embedding"].dims == ("time", "feature")
     assert a["embedding"].shape == (COUNTS["bold"], trained["config"].model.embed_dim)
     np.testing.assert_array_equal(a["embedding"].values, b["embedding"].values)

@@ -20,6 +20,7 @@ from bidstrain.demo.generate import DemoSpec, make_demo
 from bidstrain.errors import BidstrainError
 from bidstrain.ingest.records import write_manifest
 from bidstrain.io.scans_table import COLUMNS, read_tables
+from bidstrain.io.store import read_meta
 from conftest import run_snakemake
 
 pytestmark = pytest.mark.integration
@@ -74,14 +75,15 @@ def test_demo_dataset_ingests_into_a_manifest(tmp_path, demo_bids):
         "repetition_time",
         "shape",
         "store",
-        "written",
+        "checksum",
     } <= set(rows[0])
     assert len(rows) == 16  # 4 subject-sessions x (T1w + 2 BOLD + DWI)
-    # each image's store, as its subject's table lists it, and when it was written
+    # each image's store, as its subject's table lists it, and the store's own checksum
     for row in rows:
         table = tmp_path / f"results/normalized/sub-{row['subject']}/sub-{row['subject']}_scans.tsv"
         listed = {r.source: r for r in read_tables([table])}[row["path"]]
-        assert listed.store == str(tmp_path / row["store"]) and listed.written == row["written"]
+        assert listed.store == str(tmp_path / row["store"]) and listed.checksum == row["checksum"]
+        assert row["checksum"] == read_meta(tmp_path / row["store"]).checksum
         assert (tmp_path / row["store"]).is_dir()
     bold = [r for r in rows if r["modality"] == "bold"]
     assert {r["repetition_time"] for r in bold} == {"2.0"}  # inherited from task-rest_bold.json

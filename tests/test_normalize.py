@@ -18,7 +18,7 @@ import xarray as xr
 from bidstrain.dataset.masks import resolve_pattern
 from bidstrain.demo.generate import DemoSpec, bold_run, dwi_series, t1w_image
 from bidstrain.errors import BidstrainError
-from bidstrain.io.store import CHUNK_BYTES, CONSOLIDATED, open_store
+from bidstrain.io.store import CHUNK_BYTES, CONSOLIDATED, open_store, read_meta
 from bidstrain.normalize import (
     ImageInfo,
     normalize_bold,
@@ -487,3 +487,57 @@ def test_ingest_record_supplies_tr_and_gradients(tmp_path):
     info = ImageInfo.from_ingest(record, dwi)
     assert info.modality == "dwi" and info.repetition_time is None
     assert info.bval == bval and info.bvec == bvec
+
+
+# ---- stores as users open them -----------------------------------------------------
+
+
+def _open_as_users_do(path: Path) -> xr.Dataset:
+    """``xarray.open_zarr(path)`` with its defaults, any warning an error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return xr.open_zarr(path).load()
+
+
+def test_every_kind_of_store_opens_with_xarray_defaults_without_a_warning(tmp_path):
+    """BOLD, held-out BOLD, T1w and DWI stores carry consolidated metadata: plain
+    ``xr.open_zarr(path)`` reads them silently, the same values as a per-array read."""
+    runs = [_demo_run(tmp_path / f"sub-01_task-rest_run-{r}_bold.nii.gz", seed=r) for r in (1, 2)]
+    normalize_bold(runs[0], tmp_path / "bold.zarr", BOLD, image_options(mask="epi"))
+    normalize_with_stats(runs[1], [tmp_path / "bold.zarr"], tmp_path / "heldout.zarr")
+    spec, rng = DemoSpec(), np.random.default_rng(5)
+    t1w = _save(t1w_image(spec, rng), tmp_path / "t1.nii.gz")
+    normalize_volumes(
+        t1w, tmp_path / "t1w.zarr", ImageInfo("T1w", "01"), image_options(mask="head")
+    )
+    data, bvals, bvecs = dwi_series(spec, rng)
+    dwi = _save(data, tmp_path / "dwi.nii.gz")
+    info = ImageInfo("dwi", "01", bval=bvals.tolist(), bvec=bvecs.tolist())
+    normalize_volumes(dwi, tmp_path / "dwi.zarr", info, image_options(mask="epi"))
+    for name in ("bold", "heldout", "t1w", "dwi"):
+        store = tmp_path / f"{name}.zarr"
+        xr.testing.assert_identical(_open_as_users_do(store), _open(store))
+
+
+def test_the_checksum_follows_the_content_not_the_time_of_writing(tmp_path):
+    """Rewriting a store from the same image gives the same ``checksum`` attribute (and
+    the same bytes); a changed image or another setting gives another."""
+    run = _demo_run(tmp_path / "run.nii.gz", seed=1)
+
+    def checksum(name: str, image: Path = run, **options) -> str:
+        normalize_bold(image, tmp_path / name, BOLD, image_options(mask="epi", **options))
+        return read_meta(tmp_path / name).checksum
+
+    first = checksum("a.zarr")
+    time.sleep(0.01)
+    assert first.startswith("sha256:") and checksum("b.zarr") == first
+    assert (tmp_path / "a.zarr/data/c/0/0").read_bytes() == (
+        tmp_path / "b.zarr/data/c/0/0"
+    ).read_bytes()
+    assert checksum("a.zarr") == first  # rewritten in place
+    changed = nib.load(run)
+    values = np.asarray(changed.dataobj).copy()
+    values[6, 7, 6, 3] += 50
+    other = _save(values, tmp_path / "changed.nii.gz", changed.affine)
+    assert checksum("c.zarr", other) != first
+    assert checksum("d.zarr", storage="float16") != first

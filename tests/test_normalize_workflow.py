@@ -26,7 +26,7 @@ def normalized(tmp_path_factory, demo_bids) -> Path:
 def _open(path: Path) -> xr.Dataset:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        return xr.open_zarr(path, consolidated=False).load()
+        return xr.open_zarr(path).load()  # as users open it: consolidated metadata
 
 
 def _store(workdir: Path, image) -> Path:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import matplotlib.image
 import matplotlib.pyplot as plt
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,13 +17,14 @@ import report_data as rd
 from bidstrain.demo.generate import DemoSpec, _ellipsoid, bold_run
 from bidstrain.errors import BidstrainError, run_cli
 from bidstrain.io.scans_table import StoreRow, write_table
-from bidstrain.io.store import create_store, open_store
+from bidstrain.io.store import create_store, open_store, to_grid
+from bidstrain.normalize import ImageInfo, Options, normalize_volumes
 from bidstrain.report import TRAINING_FIGURES
 from bidstrain.report.__main__ import main
 from bidstrain.report.average import average_figure, subject_correlations, time_course
 from bidstrain.report.checks import allowed_band, scale_figure, scale_values, summary_figure
-from bidstrain.report.figure import save_figure
-from bidstrain.report.ingest import MAX_ROWS, coverage_figure, coverage_table
+from bidstrain.report.figure import save_figure, slice_row
+from bidstrain.report.ingest import MAX_ROWS, NUMBERS_SHOWN, coverage_figure, coverage_table
 from bidstrain.report.normalize import normalization_figure, raw_values, temporal_snr
 from bidstrain.report.train import (
     gradient_norms_by_tag,
@@ -308,7 +310,7 @@ def _table(folder: Path, store: Path, subject: str = "01") -> Path:
         100,
         (4, 5, 5),
         (),
-        "2026-01-01T00:00:00+00:00",
+        "sha256:0123",
     )
     write_table([row], folder / f"sub-{subject}_scans.tsv")
     return folder / f"sub-{subject}_scans.tsv"
@@ -396,3 +398,99 @@ def test_cli_reports_a_missing_store_without_traceback(tmp_path, capsys):
     assert exit_info.value.code == 1
     error = capsys.readouterr().err
     assert "bidstrain: error:" in error and "no.zarr" in error and "Traceback" not in error
+
+
+# ---- orientation, legends and numbers that agree -------------------------------------
+
+
+def _marked_t1w(tmp_path: Path) -> Path:
+    """A T1w stored LAS (voxel axis 0 runs to the subject's left) whose only bright voxels
+    are three rods on the subject's right, front and top: each crosses one mid-plane of
+    the RAS+ store, at the right-anterior-superior side of that plane."""
+    shape = (20, 24, 22)
+    data = np.random.default_rng(0).normal(100, 1, shape).astype(np.float32)
+    right, front, top = 2, 20, 18  # file indices: i = 2 is near the right edge in LAS
+    data[right, front, :] = 1000  # along S/I: crosses the axial mid-plane
+    data[right, :, top] = 1000  # along A/P: crosses the coronal mid-plane
+    data[:, front, top] = 1000  # along L/R: crosses the sagittal mid-plane
+    affine = np.diag([-2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [19.0, -23.0, -21.0]
+    path = tmp_path / "sub-01_T1w.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), path)
+    store = tmp_path / "t1w.zarr"
+    normalize_volumes(path, store, ImageInfo("T1w", "01"), Options(mask="none"))
+    return store
+
+
+def test_slice_panels_label_each_edge_with_the_direction_of_a_known_marker(tmp_path):
+    ds = open_store(_marked_t1w(tmp_path))
+    assert ds.attrs["source_orientation"] == "LAS"
+    volume, mask = to_grid(ds, ds["data"].values[0], np.nan), ds["mask"].values
+    fig = plt.figure()
+    axes = fig.subplots(1, 3)
+    slice_row(fig, axes, volume, mask, label="T1w", unit="z-score")
+    # the marker's side of each panel (horizontal, vertical), as the subject has it
+    expected = {"sagittal": ("A", "S"), "coronal": ("R", "S"), "axial": ("R", "A")}
+    opposite = {"A": "P", "S": "I", "R": "L"}
+    for ax, plane in zip(axes, ("sagittal", "coronal", "axial"), strict=True):
+        image = np.ma.filled(ax.images[0].get_array().astype(float), np.nan)
+        row, column = np.unravel_index(np.nanargmax(image), image.shape)  # origin lower
+        marker_right = column > image.shape[1] / 2
+        marker_top = row > image.shape[0] / 2
+        letters = {(t.get_position(), t.get_text()) for t in ax.texts}
+        right = next(text for (x, y), text in letters if x > 0.9)
+        left = next(text for (x, y), text in letters if x < 0.1)
+        upper = next(text for (x, y), text in letters if y > 0.9)
+        lower = next(text for (x, y), text in letters if y < 0.1)
+        horizontal, vertical = expected[plane]
+        assert (right if marker_right else left) == horizontal, plane
+        assert (left if marker_right else right) == opposite[horizontal], plane
+        assert (upper if marker_top else lower) == vertical, plane
+        assert (lower if marker_top else upper) == opposite[vertical], plane
+        assert ax.get_xlabel().startswith("voxel ") and ax.get_ylabel().startswith("voxel ")
+
+
+def test_coverage_numbers_are_written_exactly_where_the_legend_says():
+    rows = [
+        {"subject": "01", "session": "", "task": "rest", "run": "1", "modality": "bold"},
+        {"subject": "01", "session": "", "task": "", "run": "", "modality": "T1w"},
+        {"subject": "02", "session": "", "task": "", "run": "", "modality": "T1w"},
+    ]
+    rows += [  # sub-03: two sessions; sub-04: three
+        {"subject": s, "session": str(n), "task": t, "run": r, "modality": m}
+        for s, sessions in (("03", 2), ("04", 3))
+        for n in range(1, sessions + 1)
+        for t, r, m in (("rest", "1", "bold"), ("", "", "T1w"))
+    ]
+    manifest = pd.DataFrame(rows)
+    table = coverage_table(manifest)
+    fig = coverage_figure(manifest)
+    (heat_map,) = [ax for ax in fig.get_axes() if ax.images]
+    written = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text()
+               for t in heat_map.texts}  # fmt: skip
+    cells = table.to_numpy()
+    assert written == {(r, c): str(n) for (r, c), n in np.ndenumerate(cells) if n > 1}
+    assert set(written.values()) == {"2", "3"}
+    (legend,) = [legend for sub in fig.subfigs for legend in sub.legends]
+    assert legend.get_title().get_text() == NUMBERS_SHOWN
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels[0] == "missing" and labels[-1] == "3 or more"
+
+
+def test_average_title_counts_subjects_and_runs_and_bars_carry_their_values(tmp_path):
+    signal = rd.shared_signal(rd.SPEC.n_volumes)
+    paths = [  # sub-003 has two sessions: 3 subjects, 4 runs
+        rd.write_bold_store(tmp_path / f"{n}.zarr", subject, n, signal)
+        for n, subject in enumerate(["001", "002", "003", "003"])
+    ]
+    group = open_store(rd.write_average_store(tmp_path / "average.zarr", paths))
+    subjects = [open_store(p) for p in paths]
+    fig = average_figure(group, subjects, "task-rest run-1")
+    title = fig._suptitle.get_text()
+    assert "average of 3 subjects (4 runs: each subject's sessions averaged first)" in title
+    bars = next(ax for ax in fig.get_axes() if ax.get_title().startswith("Correlation"))
+    values = subject_correlations(time_course(group), [time_course(s) for s in subjects])
+    shown = [float(t.get_text()) for t in bars.texts]
+    np.testing.assert_allclose(sorted(shown), sorted(values), atol=0.005)
+    three = average_figure(group, subjects[:3], "task-rest run-1")._suptitle.get_text()
+    assert "average of 3 subjects (one run each)" in three

@@ -127,9 +127,7 @@ def test_layout_comes_from_the_tables_without_opening_a_store(tmp_path):
     folder.mkdir(parents=True)
     listed = [str(folder / "sub-01_T1w.zarr"), str(folder / "sub-01_task-a_bold.zarr")]
     rows = [
-        StoreRow(
-            listed[0], "T1w", "t1.nii", False, 1, 500, (10, 12, 10), (), "2026-01-01T00:00:00+00:00"
-        ),
+        StoreRow(listed[0], "T1w", "t1.nii", False, 1, 500, (10, 12, 10), (), "sha256:0123"),
         StoreRow(
             listed[1],
             "bold",
@@ -139,7 +137,7 @@ def test_layout_comes_from_the_tables_without_opening_a_store(tmp_path):
             300,
             (10, 12, 10),
             (),
-            "2026-01-01T00:00:00+00:00",
+            "sha256:0123",
         ),
     ]
     write_table(rows, folder / "sub-01_scans.tsv")

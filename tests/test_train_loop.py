@@ -132,6 +132,38 @@ def test_a_changed_setting_sets_the_checkpoints_aside_and_trains_afresh(
     assert (folder / "trainer.lock").exists()
 
 
+def test_stores_rewritten_with_the_same_content_resume_and_other_content_does_not(
+    tmp_path, caplog, monkeypatch
+):
+    """An interrupted run; its stores written again from the same values (a forced rerun
+    of normalization on unchanged data): the run resumes at step 4. Written again with
+    other values: it starts from step 0, the log naming the store."""
+    stores = tiny_stores(tmp_path / "stores", COUNTS)
+    monkeypatch.setenv(STOP_AT_STEP, "3")
+    with pytest.raises(Interrupted):
+        run(tmp_path, stores, epochs=1)
+    monkeypatch.delenv(STOP_AT_STEP)
+    folder = tmp_path / "out" / "checkpoints"
+    metadata = os.path.join(stores["bold"][0], "zarr.json")
+    before = os.stat(metadata).st_mtime_ns
+    assert tiny_stores(tmp_path / "stores", COUNTS) == stores  # the same values, again
+    os.utime(metadata, ns=(before + 10**9, before + 10**9))  # whatever the clock's step
+    with caplog.at_level(logging.INFO, logger="bidstrain.train"):
+        lines = run(tmp_path, stores, epochs=1)
+    assert "resumed from step 3" in caplog.text
+    assert [s["step"] for s in of_kind(lines, "step")] == [1, 2, 3, 4, 5, 6]  # 1-3 kept
+    assert not list(tmp_path.glob("out/checkpoints-*"))
+    caplog.clear()
+
+    write_store(tmp_path / "stores" / "bold.zarr", modality="bold", n_time=COUNTS["bold"], seed=9)
+    with caplog.at_level(logging.WARNING, logger="bidstrain.train"):
+        lines = run(tmp_path, stores, epochs=1)
+    assert [s["step"] for s in of_kind(lines, "step")] == list(range(1, 7))
+    assert f"1 store(s) rewritten with other content since ({stores['bold'][0]})" in caplog.text
+    assert "training starts from step 0" in caplog.text
+    assert load_latest(folder)["train_state"]["step"] == 6
+
+
 def test_metrics_log_drops_lines_past_the_resumed_step(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text(
@@ -268,12 +300,11 @@ def test_train_state_round_trips_and_counts_epochs():
     assert restored == state == TrainState(3, 1, 0, 2, 2, 2)
 
 
-def test_the_run_hash_covers_settings_world_size_stores_and_their_rewrites(tmp_path):
-    """Run settings stay out (a run renamed or logging more often resumes);
-    every other part of the run is named when it changes."""
+def test_the_run_hash_covers_settings_world_size_stores_and_their_content(tmp_path):
+    """Run settings stay out (a run renamed or logging more often resumes); every other
+    part of the run is named when it changes. A store rewritten with the same content is
+    the same run; with other content, another."""
     training = tiny_stores(tmp_path, {"T1w": 1, "bold": 2})
-    # written long ago, so that the rewrite below gets another time whatever the clock's step
-    os.utime(os.path.join(training["T1w"][0], "zarr.json"), ns=(10**9, 10**9))
     validation = {"bold": [write_store(tmp_path / "val.zarr", modality="bold", n_time=2)]}
     config = train_config()
     identity = run_identity(config, 1, training, validation)
@@ -299,9 +330,15 @@ def test_the_run_hash_covers_settings_world_size_stores_and_their_rewrites(tmp_p
         f"training bold stores: 1 added ({extra})",
         f"validation bold stores: 1 removed ({validation['bold'][0]})",
     ]
-    write_store(tmp_path / "T1w.zarr", modality="T1w", n_time=1, seed=5)  # normalize reran
+    # normalize reran on unchanged data: a new zarr.json, the same content
+    write_store(tmp_path / "T1w.zarr", modality="T1w", n_time=1, seed=0)
+    os.utime(os.path.join(training["T1w"][0], "zarr.json"), ns=(10**9, 10**9))
+    assert run_hash(run_identity(config, 1, training, validation)) == run_hash(identity)
+    write_store(tmp_path / "T1w.zarr", modality="T1w", n_time=1, seed=5)  # on changed data
     rewritten = run_identity(config, 1, training, validation)
-    assert changes(identity, rewritten) == [f"1 store(s) rewritten since ({training['T1w'][0]})"]
+    assert changes(identity, rewritten) == [
+        f"1 store(s) rewritten with other content since ({training['T1w'][0]})"
+    ]
     assert run_hash(rewritten) != run_hash(identity)
     assert changes(None, identity) == [
         "the checkpoint records no run configuration (written by an older bidstrain)"

@@ -3,10 +3,10 @@
 # (bidstrain.average), listed in an argument file the plan writes. The input that stands
 # for those stores is the manifest, one edge instead of one per member (every edge costs
 # Snakemake time at cohort scale, and members grow as subjects x runs): its job takes
-# every normalize table and lists when each store was written, so an average waits for
-# every normalize job and reruns after any of them reruns, also one of a subject without
-# this run. In per_subject mode there is nothing to average and the `average` target is
-# an empty no-op.
+# every normalize table and lists each store's content checksum, so an average waits for
+# every normalize job and reruns after any of them changes a store's content, also one
+# of a subject without this run. In per_subject mode there is nothing to average and the
+# `average` target is an empty no-op.
 
 
 rule average_bold:

@@ -7,11 +7,11 @@ rule checks:
     input:
         # The stores training and validation read, and every subject store behind them,
         # reach the job through the plan's argument file. Inputs: the average stores, and
-        # the manifest, whose job takes every normalize table and lists when each store
-        # was written: a renormalized subject changes the manifest and so reruns the
-        # checks (one edge, not one per subject: every edge costs Snakemake time at cohort
-        # scale). The raw images the scale check samples are not inputs either: each is
-        # its normalize job's input already.
+        # the manifest, whose job takes every normalize table and lists each store's
+        # content checksum: a store with new content changes the manifest and so reruns
+        # the checks (one edge, not one per subject: every edge costs Snakemake time at
+        # cohort scale). The raw images the scale check samples are not inputs either:
+        # each is its normalize job's input already.
         arguments=paths.PLAN_CHECKS_ARGS,
         averages=PLAN.average_stores,
         manifest=paths.MANIFEST,

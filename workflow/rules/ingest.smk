@@ -1,16 +1,16 @@
 # Ingestion: each subject's normalize job (rule normalize_subject, normalize.smk) first
 # validates every image header of the subject and writes its ingest record; rule ingest
 # lists every image of every record in the manifest, with the store the job wrote and
-# when. One job per subject, not two: Snakemake's cost grows with its jobs. So `snakemake
-# ingest` normalizes every subject too.
+# its content checksum. One job per subject, not two: Snakemake's cost grows with its
+# jobs. So `snakemake ingest` normalizes every subject too.
 
 
 rule ingest:
     input:
         # the records and the tables reach the job through the plan's argument file; the
-        # tables, each its normalize job's last output, stand for both (a record is
-        # byte for byte the same after a renormalization, a table is not: it records
-        # when each store was written)
+        # tables, each its normalize job's last output, stand for both (a table records
+        # each store's content checksum: it changes when a store's content does, and
+        # only then)
         arguments=paths.PLAN_INGEST_ARGS,
         tables=PLAN.normalized_tables,
     output:

@@ -12,8 +12,10 @@ rule normalize_subject:
     input:
         unpack(lambda wildcards: PLAN.job(wildcards.subject).inputs()),
     output:
-        ingest=paths.ingest_record("{subject}"),
-        table=paths.normalized_table("{subject}"),
+        # update(): Snakemake keeps these while the job runs and puts the previous ones
+        # back when it fails (docs/reruns.md); the stores are written atomically
+        ingest=update(paths.ingest_record("{subject}")),
+        table=update(paths.normalized_table("{subject}")),
     log:
         paths.log("normalize", "sub-{subject}"),
     conda:

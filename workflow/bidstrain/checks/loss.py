@@ -5,62 +5,79 @@ and batching), the loss from :func:`bidstrain.train.losses.normalized_mse` under
 configured ``train.loss`` (normalization, statistics, epsilon, weights). A zero
 prediction is what an untrained network's head roughly gives: when one modality's loss is
 orders of magnitude above another's, it dominates training from the first step.
+
+Every modality that trains is looked at: the batches of epoch 0 are taken in the trainer's
+order, and a batch is read only while it holds a modality seen in fewer than
+:data:`N_BATCHES` batches so far. The order itself costs no read, so a rare modality (one
+T1w per hundreds of BOLD volumes) is found wherever it falls in the epoch, and at most
+:data:`N_BATCHES` batches per modality are read. A modality that trains and was seen in no
+batch fails the check, named.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 
 from bidstrain.checks import Check, verdict
 from bidstrain.config import TrainConfig
+from bidstrain.modalities import MODALITIES
 from bidstrain.train.data import dataset_statistics, volume_dataset
 from bidstrain.train.losses import normalized_mse
 from bidstrain.train.sampler import batch_sampler
 
 NAME = "initial_loss"
-#: Batches read (the first of epoch 0, as the trainer draws them).
+#: Batches read per modality (at most; fewer when the epoch holds fewer).
 N_BATCHES = 8
 
 
 def zero_prediction_losses(
     stores: Mapping[str, Sequence[str]], train: TrainConfig, *, n_batches: int = N_BATCHES
 ) -> dict[str, dict[str, float]]:
-    """Mean zero-prediction loss per modality over the first batches of epoch 0.
+    """Mean zero-prediction loss per modality over up to ``n_batches`` batches of epoch 0
+    that hold it (module docstring).
 
     Parameters
     ----------
     stores : mapping
         ``Plan.training``.
-    train : TrainConfig
+    train : mapping
         The ``train`` config section.
     n_batches : int
-        Batches to read.
+        Batches to read per modality.
 
     Returns
     -------
     dict
-        ``{modality: {"loss", "weighted", "batches"}}``.
+        ``{modality: {"loss", "weighted", "batches"}}`` for every modality seen.
     """
     dataset = volume_dataset(stores, train)
-    sampler = batch_sampler(dataset.layout, train)
+    layout = dataset.layout
+    sampler = batch_sampler(layout, train)
     sampler.set_epoch(0)
     loss_config = train.loss
     stats = dataset_statistics(dataset) if loss_config.stats == "dataset" else {}
+    wanted = {m for m, count in layout.counts().items() if count}
     sums: dict[str, list[float]] = {}
-    for n, indices in enumerate(sampler):
-        if n == n_batches:
+    for indices in sampler:
+        store, _ = layout.locate(np.asarray(indices, dtype=np.int64))
+        held = {MODALITIES[code] for code in np.unique(layout.modality[store])}
+        needed = {m for m in held & wanted if len(sums.get(m, ())) < n_batches}
+        if needed:
+            for modality, target in dataset.batch(indices).items():
+                if modality in needed:
+                    loss = normalized_mse(
+                        torch.zeros_like(target),
+                        target,
+                        normalize=loss_config.normalize,
+                        eps=loss_config.eps,
+                        target_stats=stats.get(modality),
+                    )
+                    sums.setdefault(modality, []).append(float(loss))
+        if all(len(sums.get(m, ())) >= n_batches for m in wanted):
             break
-        for modality, target in dataset.batch(indices).items():
-            loss = normalized_mse(
-                torch.zeros_like(target),
-                target,
-                normalize=loss_config.normalize,
-                eps=loss_config.eps,
-                target_stats=stats.get(modality),
-            )
-            sums.setdefault(modality, []).append(float(loss))
     weights = loss_config.weights
     return {
         m: {
@@ -84,18 +101,31 @@ def check_loss_scale(
         "max_scale_ratio": max_ratio,
     }
     weighted = {m: v["weighted"] for m, v in losses.items() if v["weighted"] > 0}
+    trained = [m for m, paths in stores.items() if paths and train.loss.weights[m] > 0]
+    unseen = [m for m in trained if m not in losses]
     fails = []
+    if unseen:
+        fails.append(
+            f"no batch of epoch 0 held {', '.join(unseen)}: the initial loss of "
+            f"{', '.join(unseen)} is unknown (do the training stores hold volumes?)"
+        )
     if len(weighted) > 1:
         high, low = max(weighted, key=weighted.get), min(weighted, key=weighted.get)
         ratio = weighted[high] / weighted[low]
         values["ratio"] = ratio
         if ratio > max_ratio:
             fails.append(
-                f"the initial (zero-prediction) {train.loss.normalize}-normalized loss of "
+                f"the initial (zero-prediction) {train['loss']['normalize']}-normalized loss of "
                 f"{high} ({weighted[high]:.4g}) is {ratio:.3g}x that of {low} "
                 f"({weighted[low]:.4g}), above checks.max_scale_ratio {max_ratio}: {high} "
                 "would dominate training (normalize its data, set train.loss.normalize: var, "
                 "or adjust train.loss.weights)"
             )
-    listing = ", ".join(f"{m} {v:.3g}" for m, v in weighted.items())
+    listing = ", ".join(
+        f"{m} {v:.3g} ({_batches(losses[m]['batches'])})" for m, v in weighted.items()
+    )
     return verdict(NAME, fails, [], f"initial loss per modality: {listing}", values)
+
+
+def _batches(n: int) -> str:
+    return f"{n} batch" + ("" if n == 1 else "es")

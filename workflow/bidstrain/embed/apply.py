@@ -20,7 +20,8 @@ against the model's training data (``model.json`` ``scale``); more than
 ``--max-scale-ratio`` (``checks.max_scale_ratio``) apart in either direction stops the job
 (an image at raw scale, or normalized with the wrong statistics).
 
-An embedding store (read with ``xarray.open_zarr(path, consolidated=False)``) holds
+An embedding store (Zarr v3 with consolidated metadata, read with
+``xarray.open_zarr(path)``) holds
 ``embedding (time, feature)`` float32, ``loss (time)`` (the masked-token reconstruction
 loss of the training loss, the same tokens masked for every image: a generator seeded by
 ``--seed`` per batch position) and ``baseline (time)`` (the loss of predicting the mean),
@@ -45,7 +46,7 @@ import xarray as xr
 from bidstrain.config import TrainConfig
 from bidstrain.errors import BidstrainError
 from bidstrain.io.atomic import atomic_path, write_text_atomic
-from bidstrain.io.store import open_store, read_meta
+from bidstrain.io.store import consolidate, open_store, read_meta
 from bidstrain.stats import value_stats
 from bidstrain.train.data import VolumeDataset
 from bidstrain.train.description import first_volume, load_model
@@ -176,6 +177,7 @@ def write_embedding(
     )
     with atomic_path(out) as tmp:
         dataset.to_zarr(tmp, mode="w", consolidated=False, zarr_format=3)
+        consolidate(tmp)
 
 
 def embed(

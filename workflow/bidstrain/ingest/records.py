@@ -32,7 +32,7 @@ from bidstrain.io.scans_table import read_tables
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = (
-    "subject session task run modality path n_volumes repetition_time shape dtype store written"
+    "subject session task run modality path n_volumes repetition_time shape dtype store checksum"
 ).split()
 _TIME_UNIT_SECONDS = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
 
@@ -263,16 +263,16 @@ def write_manifest(
     records: Sequence[str | Path], tables: Sequence[str | Path], out: str | Path
 ) -> None:
     """Join the subjects' ingest records and normalize tables into one TSV, a row per
-    image: its header's description, its store and when the store was written.
+    image: its header's description, its store and the store's content checksum.
 
     Parameters
     ----------
     records : sequence of path
         The subjects' ingest records (``results/ingest/sub-<label>.json``).
     tables : sequence of path
-        The same subjects' normalize tables, in the same order. Their ``written`` column
-        makes the manifest change whenever a store is rewritten, so that what takes the
-        manifest as input (the checks, the averages) reruns.
+        The same subjects' normalize tables, in the same order. Their ``checksum`` column
+        makes the manifest change whenever a store's content changes, so that what takes
+        the manifest as input (the checks, the averages) reruns then, and only then.
     out : path
         The manifest, written atomically.
 
@@ -300,7 +300,7 @@ def write_manifest(
                 **image,
                 "shape": "x".join(map(str, image["shape"])),
                 "store": store.store,
-                "written": store.written,
+                "checksum": store.checksum,
             }
             writer.writerow(["" if row[c] is None else row[c] for c in MANIFEST_COLUMNS])
     write_text_atomic(out, buffer.getvalue())

@@ -1,7 +1,9 @@
 """Atomic outputs: write beside the final path, then rename into place.
 
 A job killed half-way leaves only a hidden temporary (``.<name>.tmp-<pid>``), never a file
-or store that looks complete, and a failed rerun leaves the previous good output untouched.
+or store that looks complete, and a write that fails leaves the previous file or store at
+that path untouched (Snakemake itself removes a failed job's declared outputs: what each
+rule keeps is in docs/reruns.md).
 A write that runs out of space (or of quota) removes its temporary and says how much was
 written and how much is free.
 """

@@ -32,6 +32,10 @@ from nibabel.orientations import apply_orientation, inv_ornt_aff, ornt2axcodes
 
 from bidstrain.errors import BidstrainError
 
+#: The anatomical direction at the low and at the high index end of each voxel axis of a
+#: RAS+ grid (every store's): x runs from Left to Right, y from Posterior to Anterior, z
+#: from Inferior to Superior.
+RAS_ENDS = (("L", "R"), ("P", "A"), ("I", "S"))
 #: Obliquity (degrees) up to which an image counts as axis-aligned; above it the
 #: normalize job warns that the stored grid is oblique (a header's float32 affine
 #: rounds to about 1e-5 degrees).

@@ -5,10 +5,12 @@ opening the stores.
 Columns: ``filename`` (the store, relative to the table's folder, as in a BIDS
 ``scans.tsv``), ``modality``, ``source`` (the NIfTI), ``heldout`` (true/false),
 ``volumes``, ``voxels`` (masked), ``grid`` (``XxYxZ``), ``stats_from`` (stores whose
-statistics a held-out run took, ``;``-separated), ``written`` (when the store was
-completed, UTC). The table is the job's output and Snakemake skips a rerun of a job
-whose small input file kept its checksum: ``written`` makes every rewrite of the stores
-a new table, so what reads them reruns.
+statistics a held-out run took, ``;``-separated), ``checksum`` (the store's content
+checksum, :func:`bidstrain.io.store.store_checksum`). The table is the job's output, and
+Snakemake skips a rerun of a job whose small input file kept its checksum: a rewrite of
+the stores with other content makes a new table, so what reads them reruns, while a
+rewrite of the same content (a forced rerun on unchanged data) leaves the table as it was
+and reruns nothing downstream.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ COLUMNS = (
     "voxels",
     "grid",
     "stats_from",
-    "written",
+    "checksum",
 )
 
 
@@ -47,7 +49,7 @@ class StoreRow:
     voxels: int
     grid: tuple[int, ...]
     stats_from: tuple[str, ...]
-    written: str
+    checksum: str
 
 
 def write_table(rows: Iterable[StoreRow], out: str | Path) -> None:
@@ -67,7 +69,7 @@ def write_table(rows: Iterable[StoreRow], out: str | Path) -> None:
                 row.voxels,
                 "x".join(map(str, row.grid)),
                 ";".join(row.stats_from),
-                row.written,
+                row.checksum,
             ]
         )
     write_text_atomic(out, buffer.getvalue())
@@ -90,7 +92,7 @@ def read_tables(paths: Sequence[str | Path]) -> list[StoreRow]:
                         voxels=int(row["voxels"]),
                         grid=tuple(int(n) for n in row["grid"].split("x")),
                         stats_from=tuple(filter(None, row["stats_from"].split(";"))),
-                        written=row["written"],
+                        checksum=row["checksum"],
                     )
                 )
     return rows

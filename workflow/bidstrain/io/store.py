@@ -21,11 +21,22 @@ open store, :func:`read_meta` of a path), never by key elsewhere: ``modality``,
 ``n_nonfinite``, ``stats_dim`` (``"voxel"`` or ``"time"``), ``stats_from`` (the source
 files the statistics were fitted on), ``heldout``, ``mask_source``, ``source_dtype``,
 ``source_orientation``, ``storage`` (:class:`Storage`), ``confounds_strategy`` (the
-confounds regressed out of a BOLD run: ``none`` when absent) and ``bidstrain_version``;
-averages add ``subjects``, ``sessions``, ``truncated`` and ``mask_mode``.
+confounds regressed out of a BOLD run: ``none`` when absent), ``bidstrain_version`` and
+``checksum`` (:func:`store_checksum`); averages add ``subjects``, ``sessions``,
+``truncated`` and ``mask_mode``.
 
-Stores are Zarr v3 without consolidated metadata (consolidation is not part of the v3
-spec and makes xarray warn); every read passes ``consolidated=CONSOLIDATED``. They are
+The checksum (``sha256:<hex>``) is of the store's content: every array's name, dtype,
+shape and stored bytes, and the attributes but ``bidstrain_version``. It is computed while
+the store is written (the ``data`` chunks as they stream), so two writes of the same
+values give the same checksum whenever and by whichever version they ran, and a change of
+any value, statistic or attribute gives another. The normalize table lists it, and a
+training run is identified by it (:mod:`bidstrain.train.checkpoint`).
+
+Stores are Zarr v3 with consolidated metadata (the root ``zarr.json`` repeats every
+array's metadata; :func:`consolidate`, the last step of every write), so that
+``xarray.open_zarr(path)`` opens them as they are, without a warning. The workflow's own
+reads pass ``consolidated=CONSOLIDATED`` (False: each array's own metadata, so a store
+written before consolidation, or edited by hand, reads as it is). They are
 written with zarr alone (``dimension_names`` and a CF ``coordinates`` attribute tell xarray
 the layout), so a normalization job never imports xarray, pandas or dask.
 Files: ``data`` is one Zarr v3 shard (one file, written as a stream by
@@ -41,7 +52,10 @@ bits with numcodecs' BitRound and then zstd.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, field, fields
@@ -167,6 +181,7 @@ class StoreMeta:
     storage: str = "float32"
     confounds_strategy: str = "none"
     bidstrain_version: str | None = None
+    checksum: str | None = None
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any], path: str | Path | None = None) -> StoreMeta:
@@ -239,6 +254,10 @@ class StoreMeta:
 REQUIRED_ATTRS = tuple(
     f.name for f in fields(StoreMeta) if f.default is MISSING and f.default_factory is MISSING
 )
+#: Attributes outside the checksum: they say who wrote the store, not what it holds.
+UNCHECKED_ATTRS = ("bidstrain_version", "checksum")
+#: zarr's warning when it writes consolidated metadata to a v3 store (on every write).
+CONSOLIDATION_WARNING = "Consolidated metadata is currently not part"
 
 
 @dataclass(frozen=True)
@@ -295,6 +314,31 @@ def read_dims(path: str | Path) -> tuple[int, int, tuple[int, ...]]:
     group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
     n_time, n_voxel = group["data"].shape
     return n_time, n_voxel, tuple(group["mask"].shape)
+
+
+def consolidate(path: str | Path) -> None:
+    """Write the consolidated metadata of the store at ``path`` into its root ``zarr.json``.
+
+    The last step of every write of a store (and of any later change of its metadata):
+    ``xarray.open_zarr(path)`` reads it, and warns when a store has none. zarr's warning
+    that consolidation is not part of the v3 specification is silenced here: the store
+    keeps every array's own metadata too, which other readers use.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=CONSOLIDATION_WARNING)
+        zarr.consolidate_metadata(str(path), zarr_format=3)
+
+
+def store_checksum(path: str | Path) -> str | None:
+    """The content checksum of a store (its ``checksum`` attribute), read from its root
+    metadata only; None for a store written before stores had one.
+
+    Raises
+    ------
+    BidstrainError
+        When the store does not exist.
+    """
+    return read_meta(path).checksum
 
 
 def chunk_volumes(n_time: int, n_voxel: int, chunk_bytes: int = CHUNK_BYTES) -> int:
@@ -365,6 +409,18 @@ class StoreWriter:
         self._next = 0
         self._variables: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
         self.attrs: dict[str, Any] = {"storage": storage.name}
+        self._digest = hashlib.sha256()
+
+    def _hash_array(self, name: str, values: np.ndarray) -> None:
+        """Add an array's name, dtype, shape and bytes to the checksum."""
+        values = np.ascontiguousarray(values)
+        self._digest.update(f"{name} {values.dtype.str} {values.shape}\n".encode())
+        self._digest.update(values.data)
+
+    def _append(self, chunk: np.ndarray) -> None:
+        """Append one inner chunk of ``data`` (as stored) to the shard and the checksum."""
+        self._digest.update(np.ascontiguousarray(chunk).data)
+        self._stream.append(chunk)
 
     def write(self, start: int, block: np.ndarray) -> None:
         """Write ``block`` (volumes x voxels) at time index ``start``, the volume after the
@@ -392,7 +448,7 @@ class StoreWriter:
         while rows < stored.shape[0]:
             take = min(chunk - self._n_pending, stored.shape[0] - rows)
             if take == chunk:  # a whole chunk, and nothing pending: no copy
-                self._stream.append(stored[rows : rows + chunk])
+                self._append(stored[rows : rows + chunk])
             else:
                 self._pending[self._n_pending : self._n_pending + take] = stored[rows : rows + take]
                 self._n_pending += take
@@ -403,7 +459,7 @@ class StoreWriter:
 
     def _flush(self) -> None:
         self._pending[self._n_pending :] = np.nan  # the fill value past the last volume
-        self._stream.append(self._pending)
+        self._append(self._pending)
         self._n_pending = 0
 
     def add_variable(self, name: str, dims: tuple[str, ...], values: np.ndarray) -> None:
@@ -429,8 +485,15 @@ class StoreWriter:
             _write_array(
                 self._group, name, dims, values, attributes={"coordinates": self._coordinates}
             )
-        self._group.attrs.update({**self.attrs, "bidstrain_version": __version__})
+            self._hash_array(name, values)
+        checked = {k: v for k, v in self.attrs.items() if k not in UNCHECKED_ATTRS}
+        self._digest.update(json.dumps(checked, sort_keys=True, default=str).encode())
+        checksum = "sha256:" + self._digest.hexdigest()
+        self._group.attrs.update(
+            {**self.attrs, "bidstrain_version": __version__, "checksum": checksum}
+        )
         zarr.open_group(self.root / SNAKEMAKE_TIMESTAMP, mode="w")
+        consolidate(self.root)
 
 
 @contextmanager
@@ -495,6 +558,9 @@ def create_store(
             parsed,
         )
         writer.attrs["affine"] = affine
+        writer._hash_array("mask", mask)
+        for name, (_, values) in coords.items():
+            writer._hash_array(name, values)
         try:
             yield writer
             writer._close()

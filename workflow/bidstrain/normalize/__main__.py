@@ -32,7 +32,6 @@ failed job leaves no output that looks complete. An error names the image.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
 import time
@@ -44,7 +43,7 @@ from bidstrain.config import NormalizeConfig, NormalizeJobConfig
 from bidstrain.errors import BidstrainError, run_cli
 from bidstrain.ingest.records import write_subject_record
 from bidstrain.io.scans_table import StoreRow, write_table
-from bidstrain.io.store import StoreMeta, read_dims
+from bidstrain.io.store import StoreMeta, read_dims, store_checksum
 from bidstrain.normalize.bold import normalize_bold
 from bidstrain.normalize.confounds import RunConfounds, load_run_confounds
 from bidstrain.normalize.heldout import normalize_with_stats
@@ -132,9 +131,9 @@ def normalize_image(
         ", ".join(meta.stats_from),
     )
     volumes, voxels, grid = read_dims(store)
-    written = datetime.datetime.now(datetime.UTC).isoformat()
+    checksum = store_checksum(store)
     return StoreRow(
-        store, modality, image, bool(stats_from), volumes, voxels, grid, tuple(stats_from), written
+        store, modality, image, bool(stats_from), volumes, voxels, grid, tuple(stats_from), checksum
     )
 
 

@@ -61,10 +61,11 @@ def average_figure(group: xr.Dataset, subjects: Sequence[xr.Dataset], title: str
     correlations = subject_correlations(group_course, courses)
     listed = len(subjects) <= MAX_LISTED
     bottom_height = max(3.0, 0.22 * len(subjects) + 1.2) if listed else 3.5
+    meta = store_meta(group)
     fig = new_figure(
         12.0,
         2.5 * 2 + bottom_height + 0.6,
-        f"{title}: average of {len(subjects)} subject runs, "
+        f"{title}: average of {_members(len(meta.subjects), len(subjects))}, "
         f"{group.sizes['voxel']} voxels in the group mask",
     )
     maps, bottom = fig.subfigures(2, 1, height_ratios=[5.0, bottom_height])
@@ -102,6 +103,15 @@ def average_figure(group: xr.Dataset, subjects: Sequence[xr.Dataset], title: str
     return fig
 
 
+def _members(n_subjects: int, n_runs: int) -> str:
+    """``3 subjects (4 runs: each subject's sessions averaged first)``, or ``3 subjects
+    (one run each)``: the map's ``n_subjects`` counts subjects, the bars count runs."""
+    subjects = f"{n_subjects} subject" + ("" if n_subjects == 1 else "s")
+    if n_runs == n_subjects:
+        return f"{subjects} (one run each)"
+    return f"{subjects} ({n_runs} runs: each subject's sessions averaged first)"
+
+
 def _time_courses(
     ax: Axes, group: xr.Dataset, group_course: np.ndarray, courses: Sequence[np.ndarray]
 ) -> None:
@@ -127,10 +137,17 @@ def _correlation_bars(ax: Axes, labels: Sequence[str], correlations: np.ndarray)
     order = np.argsort(np.nan_to_num(correlations, nan=-2.0))[::-1]
     positions = np.arange(len(order))
     colours = ["#e8594f" if not r > 0 else "#3182bd" for r in correlations[order]]
-    ax.barh(positions, np.nan_to_num(correlations[order]), color=colours)
+    bars = ax.barh(positions, np.nan_to_num(correlations[order]), color=colours)
+    ax.bar_label(
+        bars,
+        labels=[f"{r:.2f}" if np.isfinite(r) else "n/a (flat)" for r in correlations[order]],
+        padding=2,
+        fontsize=7,
+    )
     ax.set_yticks(positions, [labels[i] for i in order], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlim(min(-0.1, float(np.nanmin(correlations, initial=0.0)) - 0.05), 1.0)
+    # room right of the longest bar for its number
+    ax.set_xlim(min(-0.1, float(np.nanmin(correlations, initial=0.0)) - 0.05), 1.15)
     ax.axvline(0, color="grey", lw=0.8)
     ax.set_title("Correlation with the group time course")
     ax.set_xlabel("Pearson r (unitless)")

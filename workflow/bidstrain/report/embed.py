@@ -26,7 +26,7 @@ def read_embeddings(table: str | Path) -> tuple[pd.DataFrame, list[xr.Dataset]]:
     frame = pd.read_csv(table, sep="\t")
     if "embedding" not in frame.columns:
         raise BidstrainError("not an embed table (no 'embedding' column)", path=table)
-    stores = [xr.open_zarr(path, consolidated=False).load() for path in frame["embedding"]]
+    stores = [xr.open_zarr(path).load() for path in frame["embedding"]]
     return frame, stores
 
 

@@ -21,11 +21,15 @@ from matplotlib.colors import Colormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from bidstrain.io.atomic import atomic_path  # noqa: E402
+from bidstrain.io.orientation import RAS_ENDS  # noqa: E402
 
 DPI = 100
 #: Subjects (or rows) shown one by one before a figure aggregates or pages them.
 MAX_LISTED = 40
 SLICE_NAMES = ("sagittal", "coronal", "axial")
+#: The grid axes of each slice of :func:`mid_slices`: (horizontal, vertical).
+SLICE_AXES = {"sagittal": (1, 2), "coronal": (0, 2), "axial": (0, 1)}
+VOXEL_AXES = "ijk"
 STATUS_COLOURS = {"pass": "#8fd18f", "warn": "#f5d36b", "fail": "#f08a80"}
 
 plt.rcParams.update(
@@ -77,6 +81,33 @@ def mid_slices(volume: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
     return [volume[x, :, :].T, volume[:, y, :].T, volume[:, :, z].T]
 
 
+def orientation_labels(ax: Axes, plane: str) -> None:
+    """Label the four edges of a slice panel of a store with the anatomical directions
+    they face (``L``/``R``, ``P``/``A``, ``I``/``S``), and its axes with the voxel index.
+
+    Stores are in RAS+ voxel order (:data:`bidstrain.io.orientation.RAS_ENDS`) and
+    :func:`mid_slices` keeps the index order, with ``origin="lower"``: the low index is
+    left and bottom. So the coronal and axial panels show the subject's right on the
+    right (neurological convention) and the sagittal panel shows anterior on the right.
+    """
+    horizontal, vertical = SLICE_AXES[plane]
+    style = {
+        "transform": ax.transAxes,
+        "fontsize": 9,
+        "fontweight": "bold",
+        "color": "black",
+        "bbox": {"boxstyle": "round,pad=0.15", "facecolor": "white", "alpha": 0.7, "lw": 0},
+    }
+    low, high = RAS_ENDS[horizontal]
+    ax.text(0.02, 0.5, low, ha="left", va="center", **style)
+    ax.text(0.98, 0.5, high, ha="right", va="center", **style)
+    low, high = RAS_ENDS[vertical]
+    ax.text(0.5, 0.02, low, ha="center", va="bottom", **style)
+    ax.text(0.5, 0.98, high, ha="center", va="top", **style)
+    ax.set_xlabel(f"voxel {VOXEL_AXES[horizontal]}")
+    ax.set_ylabel(f"voxel {VOXEL_AXES[vertical]}")
+
+
 def slice_row(
     fig: Figure,
     axes: Sequence[Axes],
@@ -92,7 +123,9 @@ def slice_row(
 ) -> None:
     """Draw the three mid-slices of ``volume`` on ``axes`` with one shared colour bar.
 
-    Panels are titled ``<label>: <plane>``; the colour bar is labelled with ``unit``.
+    Panels are titled ``<label>: <plane>`` and their edges labelled with the anatomical
+    directions (:func:`orientation_labels`; ``volume`` is on a store's RAS+ grid); the
+    colour bar is labelled with ``unit``.
 
     Voxels outside ``mask`` are transparent. ``vmin``/``vmax`` default to the 1st and
     99th percentiles inside the mask, so that a few extreme voxels do not wash the map out;
@@ -122,8 +155,7 @@ def slice_row(
             interpolation="nearest",
         )
         ax.set_title(f"{label}: {name}")
-        ax.set_xlabel("voxel")
-        ax.set_ylabel("voxel")
+        orientation_labels(ax, name)
         ax.tick_params(labelsize=7)
     fig.colorbar(image, ax=list(axes), label=unit, shrink=0.9, ticks=ticks)
 

@@ -16,6 +16,8 @@ from bidstrain.report.figure import new_figure, pages
 ROWS_PER_PANEL = 50
 #: Above this many subjects only the incomplete ones are drawn row by row.
 MAX_ROWS = 200
+#: What the numbers in the heat map's cells are, as its legend says.
+NUMBERS_SHOWN = "the number of images is written in every cell with more than one"
 _COLOURS = ListedColormap(["#e8594f", "#b7e0a5", "#5aae61", "#1b7837"])
 _NORM = BoundaryNorm([-0.5, 0.5, 1.5, 2.5, 1e9], _COLOURS.N)
 
@@ -60,6 +62,9 @@ def _acquisition(modality: str, task: str, run: str) -> str:
 
 def coverage_figure(manifest: pd.DataFrame) -> Figure:
     """Subjects x acquisitions heat map (missing in red) over a bar chart of completeness.
+
+    A cell's colour says how many images it has (0, 1, 2, 3 or more); a cell with more
+    than one also shows the number (:data:`NUMBERS_SHOWN`, the legend's title).
 
     Up to :data:`MAX_ROWS` subjects are drawn one row each, in panels of
     :data:`ROWS_PER_PANEL`; with more subjects only those missing something get a row
@@ -108,15 +113,18 @@ def coverage_figure(manifest: pd.DataFrame) -> Figure:
             title = f"Subjects missing images ({len(incomplete)} of {n_subjects})"
         panel_ax.set_title(title)
         for (row, column), count in np.ndenumerate(values):
-            if count > 1:
-                panel_ax.text(column, row, str(count), ha="center", va="center", fontsize=7)
+            if count > 1:  # white on the darkest green (3 or more)
+                colour = "white" if count > 2 else "black"
+                panel_ax.text(
+                    column, row, str(count), ha="center", va="center", fontsize=7, color=colour
+                )
     if not len(shown):
         axes[0].text(0.5, 0.5, "every subject has every image", ha="center", va="center")
     legend = [
         Patch(color=_COLOURS(0), label="missing"),
         Patch(color=_COLOURS(1), label="1 image"),
-        Patch(color=_COLOURS(2), label="2 images (sessions)"),
-        Patch(color=_COLOURS(3), label="3 or more (number shown)"),
+        Patch(color=_COLOURS(2), label="2 images (e.g. 2 sessions)"),
+        Patch(color=_COLOURS(3), label="3 or more"),
     ]
-    bottom.legend(handles=legend, loc="outside lower center", ncols=4)
+    bottom.legend(handles=legend, loc="outside lower center", ncols=4, title=NUMBERS_SHOWN)
     return fig

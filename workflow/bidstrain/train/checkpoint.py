@@ -10,11 +10,14 @@ newest are kept.
 
 A run is defined by the ``train`` keys that determine the weights
 (:func:`bidstrain.config.train_keys` ``("hashed")``), the world size (the batch order and
-the schedule depend on it), the training and validation store lists, and when each of
-those stores was written (a rerun normalize or average job rewrites its stores with new
-content under the same path). It resumes from a checkpoint only when the hashes agree: a
-SLURM requeue, a restart after preemption or a rerun of the same job. Anything else starts
-from step 0 after :func:`set_aside` moved the folder's contents to a sibling folder
+the schedule depend on it), the training and validation store lists, and the content of
+each of those stores: its checksum (:func:`bidstrain.io.store.store_checksum`, computed as
+the store was written), not when it was written. A normalize or average job rerun on
+unchanged data rewrites its stores with the same checksums, and the run resumes; a rerun
+on changed data rewrites them with others, and it does not. It resumes from a checkpoint
+only when the hashes agree: a SLURM requeue, a restart after preemption, a rerun of the
+same job, or any of these after the stores were rewritten with the same content. Anything
+else starts from step 0 after :func:`set_aside` moved the folder's contents to a sibling folder
 ``<dir>-<old hash>`` (kept, loadable with :func:`load_latest`) and logged which part of
 the run changed.
 """
@@ -35,13 +38,15 @@ import torch
 from bidstrain.config import TrainConfig, setting_changes
 from bidstrain.errors import BidstrainError
 from bidstrain.io.atomic import atomic_path
+from bidstrain.io.store import store_checksum
 from bidstrain.train.lock import LOCK_FILE
 
 LOG = logging.getLogger("bidstrain.train")
 KEEP = 2
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "train_state", "config_hash")
 #: A store's root metadata file (Zarr v3). A store is written whole and renamed into place
-#: (:func:`bidstrain.io.store.create_store`), so this file's modification time says when.
+#: (:func:`bidstrain.io.store.create_store`), so this file's modification time says when:
+#: what stands for the content of a store written before stores had a checksum.
 STORE_METADATA = "zarr.json"
 #: Stores named per kind of change in the log line of :func:`set_aside`.
 NAMED = 3
@@ -68,7 +73,8 @@ def run_identity(
     -------
     dict
         ``train`` (settings), ``world_size``, ``training`` and ``validation`` (the lists),
-        ``written`` (``{store: modification time in ns of its zarr.json}``).
+        ``content`` (``{store: its checksum}``; ``written <ns>``, the modification time of
+        its ``zarr.json``, for a store written before stores had a checksum).
 
     Raises
     ------
@@ -84,17 +90,19 @@ def run_identity(
         "train": config.hashed(),
         "world_size": int(world_size),
         **lists,
-        "written": {path: _written(path) for path in stores},
+        "content": {path: _content(path) for path in stores},
     }
 
 
-def _written(store: str) -> int:
+def _content(store: str) -> str:
+    """What stands for the content of ``store`` in a run identity."""
     try:
-        return os.stat(os.path.join(store, STORE_METADATA)).st_mtime_ns
-    except OSError as error:
+        checksum = store_checksum(store)
+        return checksum or f"written {os.stat(os.path.join(store, STORE_METADATA)).st_mtime_ns}"
+    except (OSError, BidstrainError):
         raise BidstrainError(
-            f"cannot read the store's {STORE_METADATA} ({error.strerror}): the store is "
-            "missing or incomplete; rerun the job that writes it (normalize or average)",
+            f"cannot read the store's {STORE_METADATA}: the store is missing or incomplete; "
+            "rerun the job that writes it (normalize or average)",
             path=store,
         ) from None
 
@@ -126,13 +134,16 @@ def changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
                 found.append(f"{what}: {len(removed)} removed ({_named(removed)})")
             if not added and not removed and before != after:
                 found.append(f"{what}: another order")
+    old_content = old.get("content", {})
     rewritten = [
         path
-        for path, written in new["written"].items()
-        if path in old["written"] and old["written"][path] != written
+        for path, content in new["content"].items()
+        if path in old_content and old_content[path] != content
     ]
     if rewritten:
-        found.append(f"{len(rewritten)} store(s) rewritten since ({_named(rewritten)})")
+        found.append(
+            f"{len(rewritten)} store(s) rewritten with other content since ({_named(rewritten)})"
+        )
     return found
 
 
