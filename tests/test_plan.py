@@ -181,17 +181,19 @@ def test_gpus_from_the_profile_decide_the_world_size(demo_bids):
         "gres": "gpu:a100:4",
     }
     assert Plan.build(config, index, gpus=4, nodes=2).world_size == 8
-    assert json.loads(plan.files()[paths.PLAN_STORES])["world_size"] == 2
+    assert json.loads(plan.files()[paths.plan_stores(plan.experiment)])["world_size"] == 2
 
 
 def test_plan_files_hold_the_lists_and_are_rewritten_only_when_they_change(demo_bids, tmp_path):
     plan = plan_of(demo_bids)
     files = {str(tmp_path / path): content for path, content in plan.files().items()}
     assert sorted(write_if_changed(files)) == sorted(files)
-    stores = json.loads(Path(tmp_path / paths.PLAN_STORES).read_text())
+    stores = json.loads(Path(tmp_path / paths.plan_stores(plan.experiment)).read_text())
     assert stores["validation"] == {m: list(s) for m, s in plan.validation.items()}
     assert stores["tables"] == plan.normalized_tables
-    checks_args = Path(tmp_path / paths.PLAN_CHECKS_ARGS).read_text().splitlines()
+    checks_args = (
+        Path(tmp_path / paths.plan_checks_arguments(plan.experiment)).read_text().splitlines()
+    )
     assert checks_args[0] == "--training" and "--subject-stores" in checks_args
     assert set(plan.normalized_stores) <= set(checks_args)
     members = Path(tmp_path / plan.averages[0].members_file).read_text().splitlines()

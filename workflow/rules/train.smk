@@ -7,10 +7,10 @@
 
 rule train:
     input:
-        plan=paths.PLAN_STORES,
+        plan=paths.plan_stores(PLAN.experiment),
         # the stores it reads are not inputs: they are the checks' inputs, and the checks
         # summary is rewritten whenever one of them is
-        checks=paths.CHECKS_SUMMARY,
+        checks=paths.checks_summary(PLAN.experiment),
     output:
         model=paths.trained_model(PLAN.experiment),
         model_json=paths.trained_model_description(PLAN.experiment),
