@@ -184,6 +184,40 @@ def test_gpus_from_the_profile_decide_the_world_size(demo_bids):
     assert json.loads(plan.files()[paths.plan_stores(plan.experiment)])["world_size"] == 2
 
 
+def test_experiment_files_and_figures_are_the_experiments_own(demo_bids):
+    """What depends on train.experiment is under its name: two experiments' plans write
+    the shared lists identically and their own lists to different paths."""
+    first, second = plan_of(demo_bids), plan_of(demo_bids, train={"experiment": "second"})
+    own = {path for path in second.files() if "/second/" in path}
+    assert own == {
+        paths.plan_stores("second"),
+        paths.plan_checks_arguments("second"),
+    }
+    shared = {path: text for path, text in second.files().items() if path not in own}
+    first_own = {paths.plan_stores("demo"), paths.plan_checks_arguments("demo")}
+    assert set(shared) == set(first.files()) - first_own
+    # the same content, but for the description's configuration hash (no job reads it)
+    del shared[paths.DATASET_DESCRIPTION]
+    assert shared.items() <= first.files().items()
+    assert paths.checks_figure("second", "summary") in second.report_figures
+    assert not set(first.report_figures) & {paths.checks_figure("second", "summary")}
+    # the embedding figure is part of the report target when embed is enabled
+    assert paths.embed_figure("demo") not in first.report_figures
+    enabled = plan_of(demo_bids, embed={"enabled": True})
+    assert enabled.report_figures[-1] == paths.embed_figure("demo")
+
+
+def test_validate_lists_every_image_the_normalize_jobs_read(demo_bids):
+    plan = plan_of(demo_bids)
+    (content,) = plan.validate_files().values()
+    images = content.splitlines()
+    assert images[0] == "--images"
+    assert sorted(images[1:]) == sorted(
+        path for job in plan.jobs.values() for path in job.inputs()["images"]
+    )
+    assert len(images[1:]) == 16
+
+
 def test_plan_files_hold_the_lists_and_are_rewritten_only_when_they_change(demo_bids, tmp_path):
     plan = plan_of(demo_bids)
     files = {str(tmp_path / path): content for path, content in plan.files().items()}

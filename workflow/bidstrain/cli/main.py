@@ -6,7 +6,7 @@
     bidstrain [-C STUDY] run [--slurm] [TARGET ...] [SNAKEMAKE OPTION ...]
     bidstrain [-C STUDY] dry-run [TARGET ...] [SNAKEMAKE OPTION ...]
     bidstrain [-C STUDY] validate [SNAKEMAKE OPTION ...]
-    bidstrain [-C STUDY] report [SNAKEMAKE OPTION ...]
+    bidstrain [-C STUDY] report [--out HTML] [SNAKEMAKE OPTION ...]
     bidstrain [-C STUDY] status [--follow]
 
 The study folder (``-C``, by default the current directory) is Snakemake's working
@@ -141,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--slurm", action="store_true", help="submit the jobs to SLURM")
     command("dry-run", help="show what `run` would do")
     command("validate", help="check every image header and sidecar of the plan")
-    command("report", help="run the workflow, then write results/report.html")
+    report = command("report", help="run the workflow, then write its HTML report")
+    report.add_argument("--out", default=REPORT, help=f"the report (default {REPORT})")
     show = command("status", help="each running job and its log's last line")
     show.add_argument("--follow", "-f", action="store_true", help="repeat until the run ends")
     show.add_argument("--interval", type=float, default=5.0, help="seconds between looks")
@@ -172,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(report.read_text(), end="")
         return code
     # report: the run first (every stage's figures), so the HTML is never older than them
-    return _snakemake(study, rest) or _snakemake(study, ["--report", REPORT, *rest])
+    return _snakemake(study, rest) or _snakemake(study, ["--report", args.out, *rest])
 
 
 def entry_point() -> None:
