@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+import yaml
 from bidstrain.cli import main as cli
 from bidstrain.cli import status
 from bidstrain.cli.slurm import NO_SLURM_CONF, controller_answers, run_environment
@@ -89,9 +90,11 @@ def test_a_missing_configfile_is_named_with_the_study(tmp_path):
 
 
 def test_init_writes_a_config_and_refuses_a_second(tmp_path):
-    config = cli.init_study(tmp_path / "study", "../bids", "first")
-    text = config.read_text()
-    assert "bids_dir: ../bids" in text and "experiment: first" in text
+    config = cli.init_study(tmp_path / "study", "../my bids: #2", "first")
+    assert yaml.safe_load(config.read_text()) == {
+        "bids_dir": "../my bids: #2",
+        "train": {"experiment": "first"},
+    }
     with pytest.raises(BidstrainError, match="has a configuration already"):
         cli.init_study(tmp_path / "study", "../bids", "first")
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -85,7 +86,10 @@ def init_study(study: Path, bids_dir: str, experiment: str) -> Path:
     config.parent.mkdir(parents=True, exist_ok=True)
     schema = CLONE / "workflow" / "schemas" / "config.schema.yaml"
     config.write_text(
-        CONFIG_TEMPLATE.format(schema=schema, bids_dir=bids_dir, experiment=experiment)
+        # (JSON strings are YAML strings: a path with ": " or "#" stays one value)
+        CONFIG_TEMPLATE.format(
+            schema=schema, bids_dir=json.dumps(bids_dir), experiment=json.dumps(experiment)
+        )
     )
     return config
 
