@@ -146,7 +146,7 @@ def test_status_shows_the_running_job_and_its_last_log_line(tmp_path):
     assert "running:" not in ended
 
 
-def test_status_lists_a_failed_job_with_its_log(tmp_path):
+def test_status_lists_a_failed_job_with_its_log(tmp_path, capsys):
     (tmp_path / "Snakefile").write_text(
         'rule fails:\n    output: "x"\n    log: "logs/fails.log"\n'
         '    shell: "echo bidstrain: error: bad input > {log}; exit 1"\n'
@@ -161,3 +161,6 @@ def test_status_lists_a_failed_job_with_its_log(tmp_path):
     shown = status.describe(tmp_path)
     failed = shown.split("failed:\n", 1)[1]
     assert failed.startswith("  fails (job ") and "bidstrain: error: bad input" in failed
+    # --follow prints it once and returns: the run has ended
+    status.follow(tmp_path, interval=0.01)
+    assert capsys.readouterr().out == shown + "\n"
