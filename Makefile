@@ -1,4 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Both install what they need.
+# `make validate`, `make report` and `make status` are those of `bidstrain` (docs/
+# study-folder.md) for the study of this folder (config/config.yaml: the demo).
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -6,7 +8,15 @@ STAMP := $(VENV)/.installed
 CORES ?= 2
 DEMO_BIDS := demo_data/bids
 
-.PHONY: install slurm-packages demo test test-slow lint format clean
+.PHONY: install slurm-packages demo validate report status test test-slow lint format clean
+
+# Every `snakemake` start waits about 10 s where a SLURM client is installed and no
+# controller answers: the SLURM executor plugin runs `scontrol show config` while it builds
+# its help. Where `scontrol ping` says no controller is up within a second, snakemake runs
+# with SLURM_CONF=/dev/null (an empty configuration: scontrol fails at once). Decided once,
+# at the first use (bidstrain.cli.slurm decides the same for `bidstrain`).
+NO_SLURM = $(eval NO_SLURM := $(if $(shell timeout 1 scontrol ping 2>/dev/null | grep ' is UP'),,SLURM_CONF=/dev/null))$(NO_SLURM)
+SNAKEMAKE = $(NO_SLURM) $(VENV)/bin/snakemake --profile profiles/default
 
 install: $(STAMP)
 
@@ -25,8 +35,19 @@ $(DEMO_BIDS)/dataset_description.json: $(wildcard workflow/bidstrain/demo/*.py) 
 	$(VENV)/bin/bidstrain-demo $(DEMO_BIDS)
 
 demo: $(STAMP) $(DEMO_BIDS)/dataset_description.json
-	$(VENV)/bin/snakemake --profile profiles/default --cores $(CORES) all
-	$(VENV)/bin/snakemake --profile profiles/default --report results/report.html
+	$(SNAKEMAKE) --cores $(CORES) all
+	$(SNAKEMAKE) --report results/report.html
+
+# Every problem of the dataset's headers and sidecars at once (results/validate/).
+validate: $(STAMP) $(DEMO_BIDS)/dataset_description.json
+	$(SNAKEMAKE) --cores $(CORES) validate
+
+# The run, then the report of every stage: results/report.html, never older than them.
+report: demo
+
+# Each running job of the newest run and the last line of its log.
+status: $(STAMP)
+	$(PY) -m bidstrain.cli status
 
 # Debian's munge, slurmctld, slurmd and slurm-client for the real SLURM tests (apt-get, as
 # root; nothing is installed when they are there). The tests start the cluster themselves.

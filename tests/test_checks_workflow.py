@@ -13,10 +13,11 @@ from conftest import REPO, run_snakemake
 
 pytestmark = pytest.mark.integration
 
+#: train.* overrides that fail the checks, and what the log says.
 BAD_PLANS = {
-    "train: {batch_size: 1000}": "check sample_counts failed: train.batch_size 1000 is larger "
+    "batch_size: 1000": "check sample_counts failed: train.batch_size 1000 is larger "
     "than the 67 samples each of 1 rank(s) gets per epoch",
-    "train: {warmup_steps: 600}": "check training_plan failed: train.warmup_steps 600 is not "
+    "warmup_steps: 600": "check training_plan failed: train.warmup_steps 600 is not "
     "shorter than the run's 510 optimizer steps",
 }
 
@@ -30,14 +31,14 @@ def with_overrides(workdir, yaml_text: str) -> list[str]:
 
 
 def test_checks_pass_on_the_demo(demo_run):
-    summary = json.loads((demo_run / "results/checks/summary.json").read_text())
+    summary = json.loads((demo_run / "results/checks/demo/summary.json").read_text())
     assert summary["passed"] is True
     statuses = {check["name"]: check["status"] for check in summary["checks"]}
     assert statuses == dict.fromkeys(statuses, "pass") and len(statuses) == 6
     counts = next(c for c in summary["checks"] if c["name"] == "sample_counts")["values"]
     # cross_subject: 40 averaged time points, not the 4 x 40 of the subject runs
     assert counts["samples"]["bold"] == 40 and counts["subject_samples"]["bold"] == 160
-    table = (demo_run / "results/checks/summary.tsv").read_text().splitlines()
+    table = (demo_run / "results/checks/demo/summary.tsv").read_text().splitlines()
     assert table[0] == "check\tstatus\tmessage" and len(table) == 7
 
 
@@ -59,24 +60,36 @@ def test_demo_average_counts_a_subject_with_two_sessions_once(demo_run):
     np.testing.assert_allclose(average.data.values, expected.values, atol=1e-6)
 
 
-def test_checks_rule_stops_bad_plans(tmp_path, demo_run, demo_bids):
+def test_checks_rule_stops_bad_plans_of_one_experiment_only(tmp_path, demo_run, demo_bids):
+    """Experiment ``b``'s failed checks stop it and leave experiment ``demo`` alone: its
+    summary and model are not touched, and its run has nothing left to do."""
     workdir = tmp_path / "run"
     shutil.copytree(demo_run, workdir, symlinks=True)  # only the checks rerun
+    kept_files = ["results/checks/demo/summary.json", "results/train/demo/model.pt"]
+    before = {name: _signature(workdir / name) for name in kept_files}
     for overrides, expected in BAD_PLANS.items():
         result = run_snakemake(
             workdir,
             "checks",
-            *with_overrides(tmp_path, overrides),
+            *with_overrides(tmp_path, f"train: {{experiment: b, {overrides}}}"),
             config={"bids_dir": demo_bids},
             check=False,
         )
         assert result.returncode != 0
-        log = (workdir / "logs/checks/checks.log").read_text()
+        log = (workdir / "logs/checks/b.log").read_text()
         assert expected in log, result.stderr[-3000:] + log
         assert "bidstrain: error:" in log and "check(s) failed" in log and "Traceback" not in log
-        kept = json.loads((workdir / "logs/checks/summary.json").read_text())
+        kept = json.loads((workdir / "logs/checks/b/summary.json").read_text())
         assert kept["passed"] is False
-        assert not (workdir / "results/checks/summary.json").exists()
+        assert not (workdir / "results/checks/b/summary.json").exists()
+    assert {name: _signature(workdir / name) for name in kept_files} == before
+    again = run_snakemake(workdir, "all", "--dry-run", config={"bids_dir": demo_bids})
+    assert "Nothing to be done" in again.stdout + again.stderr, again.stdout
+
+
+def _signature(path) -> tuple[bytes, int]:
+    """A file's content and modification time."""
+    return path.read_bytes(), path.stat().st_mtime_ns
 
 
 def test_per_subject_mode_has_nothing_to_average(tmp_path, demo_bids):

@@ -43,6 +43,18 @@ def test_embed_writes_one_store_per_validation_image_and_the_figure(embedded, de
     assert "embed_images" not in dry  # not part of all unless embed.enabled
 
 
+def test_the_report_has_the_embedding_section_when_embed_is_enabled(embedded, demo_bids, tmp_path):
+    report = tmp_path / "report.html"  # outside the run
+    enabled = tmp_path / "embed.yaml"  # (--config would pass `true` as a string)
+    enabled.write_text("embed: {enabled: true}\n")
+    configs = ["--configfile", str(REPO / "config" / "config.yaml"), str(enabled)]
+    run_snakemake(embedded, "--report", str(report), *configs, config={"bids_dir": demo_bids})
+    html = report.read_text()
+    assert "6. Embedding" in html and "results/report/embed/demo.png" in html
+    # (the description is a JSON string in the page: its line breaks are "\n")
+    assert "embedding on." in " ".join(html.replace("\\n", " ").split())
+
+
 def test_a_changed_lr_reruns_training_then_embed(embedded, demo_bids, tmp_path):
     dry = run_snakemake(embedded, "-n", "embed", config={"bids_dir": demo_bids}).stdout
     assert "embed_images" not in dry  # up to date

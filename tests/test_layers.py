@@ -27,6 +27,7 @@ LAYERS = (
     ("paths",),
     ("plan",),
     ("demo",),
+    ("cli",),
 )
 LAYER_OF = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 

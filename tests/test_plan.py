@@ -186,17 +186,53 @@ def test_gpus_from_the_profile_decide_the_world_size(demo_bids):
         "gres": "gpu:a100:4",
     }
     assert Plan.build(config, index, gpus=4, nodes=2).world_size == 8
-    assert json.loads(plan.files()[paths.PLAN_STORES])["world_size"] == 2
+    assert json.loads(plan.files()[paths.plan_stores(plan.experiment)])["world_size"] == 2
+
+
+def test_experiment_files_and_figures_are_the_experiments_own(demo_bids):
+    """What depends on train.experiment is under its name: two experiments' plans write
+    the shared lists identically and their own lists to different paths."""
+    first, second = plan_of(demo_bids), plan_of(demo_bids, train={"experiment": "second"})
+    own = {path for path in second.files() if "/second/" in path}
+    assert own == {
+        paths.plan_stores("second"),
+        paths.plan_checks_arguments("second"),
+    }
+    shared = {path: text for path, text in second.files().items() if path not in own}
+    first_own = {paths.plan_stores("demo"), paths.plan_checks_arguments("demo")}
+    assert set(shared) == set(first.files()) - first_own
+    # the same content, but for the description's configuration hash (no job reads it)
+    del shared[paths.DATASET_DESCRIPTION]
+    assert shared.items() <= first.files().items()
+    assert paths.checks_figure("second", "summary") in second.report_figures
+    assert not set(first.report_figures) & {paths.checks_figure("second", "summary")}
+    # the embedding figure is part of the report target when embed is enabled
+    assert paths.embed_figure("demo") not in first.report_figures
+    enabled = plan_of(demo_bids, embed={"enabled": True})
+    assert enabled.report_figures[-1] == paths.embed_figure("demo")
+
+
+def test_validate_lists_every_image_the_normalize_jobs_read(demo_bids):
+    plan = plan_of(demo_bids)
+    (content,) = plan.validate_files().values()
+    images = content.splitlines()
+    assert images[0] == "--images"
+    assert sorted(images[1:]) == sorted(
+        path for job in plan.jobs.values() for path in job.inputs()["images"]
+    )
+    assert len(images[1:]) == 16
 
 
 def test_plan_files_hold_the_lists_and_are_rewritten_only_when_they_change(demo_bids, tmp_path):
     plan = plan_of(demo_bids)
     files = {str(tmp_path / path): content for path, content in plan.files().items()}
     assert sorted(write_if_changed(files)) == sorted(files)
-    stores = json.loads(Path(tmp_path / paths.PLAN_STORES).read_text())
+    stores = json.loads(Path(tmp_path / paths.plan_stores(plan.experiment)).read_text())
     assert stores["validation"] == {m: list(s) for m, s in plan.validation.items()}
     assert stores["tables"] == plan.normalized_tables
-    checks_args = Path(tmp_path / paths.PLAN_CHECKS_ARGS).read_text().splitlines()
+    checks_args = (
+        Path(tmp_path / paths.plan_checks_arguments(plan.experiment)).read_text().splitlines()
+    )
     assert checks_args[0] == "--training" and "--subject-stores" in checks_args
     assert set(plan.normalized_stores) <= set(checks_args)
     members = Path(tmp_path / plan.averages[0].members_file).read_text().splitlines()

@@ -37,7 +37,7 @@ def expected_figures(workdir):
         "ingest/coverage.png",
         *(f"normalize/{p}" for p in normalized),
         *(f"average/{name}" for name in averages),
-        *(f"checks/{name}.png" for name in CHECKS_FIGURES),
+        *(f"checks/{e}/{name}.png" for e in experiments for name in CHECKS_FIGURES),
         *(f"train/{e}/{name}.png" for e in experiments for name in TRAINING_FIGURES),
         *(f"train/{e}/model_input.png" for e in experiments),
     ]

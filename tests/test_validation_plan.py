@@ -48,7 +48,7 @@ def test_embed_takes_the_validation_images_or_the_chosen_subjects(demo_bids):
         ]
     )
     assert all("run-2" in s for s in stores if s.endswith("_bold.zarr"))
-    spec = json.loads(plan.embed_files()[paths.PLAN_EMBED])
+    spec = json.loads(plan.embed_files()[paths.plan_embed(plan.experiment)])
     assert [image["store"] for image in spec["images"]] == stores
     assert spec["images"][0]["out"].startswith("results/embed/demo/sub-")
     assert spec["expect"]["train"]["lr"] == plan.config.train.optimizer.lr

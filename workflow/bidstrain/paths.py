@@ -20,20 +20,18 @@ LOGS = "logs"
 MANIFEST = f"{RESULTS}/ingest/manifest.tsv"
 #: The results folder's BIDS-Derivatives description.
 DATASET_DESCRIPTION = f"{RESULTS}/dataset_description.json"
-#: The plan's lists that jobs read from a file instead of their command line: the
-#: trainer's stores (JSON), and argument files (argparse ``@file``) of other jobs.
-PLAN_STORES = f"{RESULTS}/plan/stores.json"
-PLAN_CHECKS_ARGS = f"{RESULTS}/plan/checks.args"
+#: The plan's lists that jobs read from a file instead of their command line: argument
+#: files (argparse ``@file``) of jobs shared by every experiment; an experiment's own
+#: lists are under :func:`plan_dir`.
 PLAN_INGEST_ARGS = f"{RESULTS}/plan/ingest.args"
-#: The settings jobs read from a file (their rule's param is its hash): the trainer's
-#: ``train`` section, what the checks read, and what every normalize job reads.
-PLAN_TRAIN_SETTINGS = f"{RESULTS}/plan/train.json"
-PLAN_CHECKS_SETTINGS = f"{RESULTS}/plan/checks.json"
+#: The settings every normalize job reads from a file (its rule's param is the file's
+#: hash); an experiment's train and checks settings are under :func:`plan_dir`.
 PLAN_NORMALIZE_SETTINGS = f"{RESULTS}/plan/normalize.json"
-CHECKS_SUMMARY = f"{RESULTS}/checks/summary.json"
-CHECKS_TABLE = f"{RESULTS}/checks/summary.tsv"
-#: Where the checks copy their summary (kept when a strict failure removes the outputs).
-CHECKS_COPY_DIR = f"{LOGS}/checks"
+#: The images ``snakemake validate`` checks (argument file written by the plan), and its
+#: reports of every problem found.
+PLAN_VALIDATE_ARGS = f"{RESULTS}/plan/validate.args"
+VALIDATE_TABLE = f"{RESULTS}/validate/problems.tsv"
+VALIDATE_TEXT = f"{RESULTS}/validate/problems.txt"
 REPORT = f"{RESULTS}/report"
 NORMALIZED_DESC = "zscore"
 AVERAGE_DESC = "average"
@@ -41,6 +39,58 @@ AVERAGE_DESC = "average"
 
 def _join(*parts: str) -> str:
     return os.path.join(*parts)
+
+
+# ---- experiments -------------------------------------------------------------------------
+# What depends on ``train.experiment`` (the checks of the training plan, training, the
+# embeddings and their figures) lives under the experiment's name, so that one experiment
+# never rewrites, or makes rerun, another's outputs.
+
+
+def plan_dir(experiment: str) -> str:
+    """``results/plan/<experiment>``: the plan's lists of one experiment."""
+    return _join(RESULTS, "plan", experiment)
+
+
+def plan_stores(experiment: str) -> str:
+    """The trainer's stores (JSON written by the plan)."""
+    return _join(plan_dir(experiment), "stores.json")
+
+
+def plan_checks_arguments(experiment: str) -> str:
+    """Argument file of the checks job (written by the plan)."""
+    return _join(plan_dir(experiment), "checks.args")
+
+
+def plan_train_settings(experiment: str) -> str:
+    """The trainer's ``train`` settings (JSON written by the plan)."""
+    return _join(plan_dir(experiment), "train.json")
+
+
+def plan_checks_settings(experiment: str) -> str:
+    """What the checks job reads of the configuration (JSON written by the plan)."""
+    return _join(plan_dir(experiment), "checks.json")
+
+
+def checks_dir(experiment: str) -> str:
+    """``results/checks/<experiment>``: the checks of one experiment's training plan."""
+    return _join(RESULTS, "checks", experiment)
+
+
+def checks_summary(experiment: str) -> str:
+    """The checks' summary, ``results/checks/<experiment>/summary.json``."""
+    return _join(checks_dir(experiment), "summary.json")
+
+
+def checks_table(experiment: str) -> str:
+    """The checks' table, ``results/checks/<experiment>/summary.tsv``."""
+    return _join(checks_dir(experiment), "summary.tsv")
+
+
+def checks_copy_dir(experiment: str) -> str:
+    """Where the checks copy their summary, ``logs/checks/<experiment>`` (kept when a
+    strict failure removes the outputs)."""
+    return _join(LOGS, "checks", experiment)
 
 
 # ---- ingest ------------------------------------------------------------------------------
@@ -134,9 +184,12 @@ def checkpoints(experiment: str) -> str:
 
 # ---- embed -------------------------------------------------------------------------------
 
-#: The embed job's images, stores and outputs (JSON written by the plan).
-PLAN_EMBED = f"{RESULTS}/plan/embed.json"
 EMBEDDING_DESC = "embedding"
+
+
+def plan_embed(experiment: str) -> str:
+    """The embed job's images, stores and outputs (JSON written by the plan)."""
+    return _join(plan_dir(experiment), "embed.json")
 
 
 def embed_dir(experiment: str) -> str:
@@ -195,9 +248,9 @@ def average_figure(name: str) -> str:
     return _join(REPORT, "average", f"{name}.png")
 
 
-def checks_figure(name: str) -> str:
-    """One figure of the checks (``scale_table``, ``summary``)."""
-    return _join(REPORT, "checks", f"{name}.png")
+def checks_figure(experiment: str, name: str) -> str:
+    """One figure of an experiment's checks (``scale_table``, ``summary``)."""
+    return _join(REPORT, "checks", experiment, f"{name}.png")
 
 
 def training_figures_dir(experiment: str) -> str:

@@ -358,13 +358,14 @@ class Plan:
             paths.coverage_figure(),
             *(paths.normalize_figures(name) for name in self.figure_groups),
             *(paths.average_figure(group.name) for group in self.averages),
-            *(paths.checks_figure(name) for name in CHECKS_FIGURES),
+            *(paths.checks_figure(self.experiment, name) for name in CHECKS_FIGURES),
             *(paths.training_figure(self.experiment, name) for name in TRAINING_FIGURES),
             paths.training_figure(self.experiment, "model_input"),
+            *([paths.embed_figure(self.experiment)] if self.config.embed.enabled else []),
         ]
 
     def store_lists(self) -> dict[str, Any]:
-        """The lists the trainer reads from :data:`paths.PLAN_STORES`: the stores of
+        """The lists the trainer reads from :func:`paths.plan_stores`: the stores of
         training and validation, and the normalize tables that give their volume counts
         without opening them."""
         return {
@@ -393,12 +394,12 @@ class Plan:
 
     def job_settings(self) -> dict[str, dict[str, Any]]:
         """What the train and checks jobs read of the configuration, by the path of the
-        file it reaches them through (:data:`paths.PLAN_TRAIN_SETTINGS`,
-        :data:`paths.PLAN_CHECKS_SETTINGS`)."""
+        file it reaches them through (:data:`paths.PLAN_NORMALIZE_SETTINGS`, and the
+        experiment's :func:`paths.plan_train_settings`, :func:`paths.plan_checks_settings`)."""
         return {
             paths.PLAN_NORMALIZE_SETTINGS: self.normalize_settings(),
-            paths.PLAN_TRAIN_SETTINGS: self.config.train.settings(),
-            paths.PLAN_CHECKS_SETTINGS: self.checks_settings(),
+            paths.plan_train_settings(self.experiment): self.config.train.settings(),
+            paths.plan_checks_settings(self.experiment): self.checks_settings(),
         }
 
     def settings_digest(self, path: str) -> str:
@@ -438,8 +439,8 @@ class Plan:
         """
         files = {
             paths.DATASET_DESCRIPTION: _json(self.dataset_description()),
-            paths.PLAN_STORES: _json(self.store_lists()),
-            paths.PLAN_CHECKS_ARGS: _lines(self.checks_arguments()),
+            paths.plan_stores(self.experiment): _json(self.store_lists()),
+            paths.plan_checks_arguments(self.experiment): _lines(self.checks_arguments()),
             paths.PLAN_INGEST_ARGS: _lines(self.manifest_arguments()),
             **{path: _json(content) for path, content in self.job_settings().items()},
         }
@@ -450,6 +451,12 @@ class Plan:
         for group in self.figure_groups.values():
             files[group.tables_file] = _lines(group.tables)
         return files
+
+    def validate_files(self) -> dict[str, str]:
+        """The argument file of the validate job (:data:`paths.PLAN_VALIDATE_ARGS`):
+        every image the normalize jobs read."""
+        images = (str(image.image.path) for job in self.jobs.values() for image in job.images)
+        return {paths.PLAN_VALIDATE_ARGS: _lines(["--images", *images])}
 
     # ---- embed (bidstrain.embed; rules in workflow/rules/embed.smk) --------------------
 
@@ -482,7 +489,7 @@ class Plan:
         return [paths.embed_table(self.experiment), paths.embed_figure(self.experiment)]
 
     def embed_files(self) -> dict[str, str]:
-        """The embed job's JSON (:data:`paths.PLAN_EMBED`): the stores to embed and their
+        """The embed job's JSON (:func:`paths.plan_embed`): the stores to embed and their
         outputs, and what the configuration expects of the model (a model that disagrees
         is refused)."""
         images = [
@@ -493,7 +500,11 @@ class Plan:
             }
             for image in self.embed_images
         ]
-        return {paths.PLAN_EMBED: _json({"expect": expectation(self.config), "images": images})}
+        return {
+            paths.plan_embed(self.experiment): _json(
+                {"expect": expectation(self.config), "images": images}
+            )
+        }
 
 
 def settings_changes(settings: Mapping[str, Mapping[str, Any]]) -> list[str]:

@@ -1,6 +1,8 @@
 # Sanity checks before any GPU hour: data scale, normalization, BOLD quality, sample and
 # batch counts, the learning-rate plan and the initial loss scale (bidstrain.checks).
 # With checks.strict a failed check fails this rule; training takes its summary as input.
+# Its outputs are the experiment's (results/checks/<experiment>/): a failed check of one
+# experiment leaves another's summary, and so its model, alone.
 
 
 rule checks:
@@ -12,14 +14,14 @@ rule checks:
         # the checks (one edge, not one per subject: every edge costs Snakemake time at
         # cohort scale). The raw images the scale check samples are not inputs either:
         # each is its normalize job's input already.
-        arguments=paths.PLAN_CHECKS_ARGS,
+        arguments=paths.plan_checks_arguments(PLAN.experiment),
         averages=PLAN.average_stores,
         manifest=paths.MANIFEST,
     output:
-        json=paths.CHECKS_SUMMARY,
-        tsv=paths.CHECKS_TABLE,
+        json=paths.checks_summary(PLAN.experiment),
+        tsv=paths.checks_table(PLAN.experiment),
     log:
-        paths.log("checks", "checks"),
+        paths.log("checks", PLAN.experiment),
     conda:
         ENV
     resources:
@@ -29,9 +31,11 @@ rule checks:
         # Only the config the checks read (Plan.checks_settings, in a file the plan
         # writes), through its hash: changing it reruns the checks (and training);
         # trainer-only keys (train.lr, model size, logging...) rerun training alone.
-        settings=paths.PLAN_CHECKS_SETTINGS,
-        settings_digest=PLAN.settings_digest(paths.PLAN_CHECKS_SETTINGS),
-        copy_dir=paths.CHECKS_COPY_DIR,
+        settings=paths.plan_checks_settings(PLAN.experiment),
+        settings_digest=PLAN.settings_digest(
+            paths.plan_checks_settings(PLAN.experiment)
+        ),
+        copy_dir=paths.checks_copy_dir(PLAN.experiment),
     shell:
         "python -m bidstrain.checks @{input.arguments:q} --manifest {input.manifest:q}"
         " --settings {params.settings:q} --out-json {output.json:q} --out-tsv {output.tsv:q}"

@@ -9,7 +9,7 @@ rule embed_images:
     input:
         model=paths.trained_model(PLAN.experiment),
         model_json=paths.trained_model_description(PLAN.experiment),
-        spec=paths.PLAN_EMBED,
+        spec=paths.plan_embed(PLAN.experiment),
         tables=PLAN.embed_inputs,
     output:
         paths.embed_table(PLAN.experiment),

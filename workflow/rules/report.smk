@@ -92,22 +92,22 @@ rule report_average:
 
 rule report_checks:
     input:
-        paths.CHECKS_SUMMARY,
+        paths.checks_summary(PLAN.experiment),
     output:
         scale_table=report(
-            paths.checks_figure("scale_table"),
+            paths.checks_figure(PLAN.experiment, "scale_table"),
             caption="../report/scale_table.rst",
             category="4. Checks",
-            labels={"figure": "scale table"},
+            labels={"experiment": PLAN.experiment, "figure": "scale table"},
         ),
         summary=report(
-            paths.checks_figure("summary"),
+            paths.checks_figure(PLAN.experiment, "summary"),
             caption="../report/checks_summary.rst",
             category="4. Checks",
-            labels={"figure": "summary"},
+            labels={"experiment": PLAN.experiment, "figure": "summary"},
         ),
     log:
-        paths.log("report", "checks"),
+        paths.log("report", f"checks_{PLAN.experiment}"),
     conda:
         ENV
     resources:

@@ -7,10 +7,10 @@
 
 rule train:
     input:
-        plan=paths.PLAN_STORES,
+        plan=paths.plan_stores(PLAN.experiment),
         # the stores it reads are not inputs: they are the checks' inputs, and the checks
         # summary is rewritten whenever one of them is
-        checks=paths.CHECKS_SUMMARY,
+        checks=paths.checks_summary(PLAN.experiment),
     output:
         model=paths.trained_model(PLAN.experiment),
         model_json=paths.trained_model_description(PLAN.experiment),
@@ -27,8 +27,8 @@ rule train:
     params:
         # the train section but the job resources, in a file the plan writes, through its
         # hash: a changed setting reruns training, a changed resource nothing
-        settings=paths.PLAN_TRAIN_SETTINGS,
-        settings_digest=PLAN.settings_digest(paths.PLAN_TRAIN_SETTINGS),
+        settings=paths.plan_train_settings(PLAN.experiment),
+        settings_digest=PLAN.settings_digest(paths.plan_train_settings(PLAN.experiment)),
         world_size=PLAN.world_size,
         checkpoints=paths.checkpoints(PLAN.experiment),
     shell:

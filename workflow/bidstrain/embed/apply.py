@@ -4,7 +4,7 @@ and the reconstruction loss, in one Zarr store per image.
 ::
 
     python -m bidstrain.embed --model results/train/demo/model.pt \\
-        --spec results/plan/embed.json --batch-size 16 --max-scale-ratio 100 --seed 0 \\
+        --spec results/plan/demo/embed.json --batch-size 16 --max-scale-ratio 100 --seed 0 \\
         --out-table results/embed/demo/embeddings.tsv
 
 ``--spec`` (written by the plan) lists the images: ``{"expect": ..., "images": [{"modality",

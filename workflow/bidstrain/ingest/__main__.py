@@ -1,4 +1,51 @@
-from bidstrain.errors import run_cli
-from bidstrain.ingest.records import main
+"""Command line: ``python -m bidstrain.ingest manifest ...`` joins the subjects' records
+and tables into the manifest (:func:`bidstrain.ingest.records.write_manifest`);
+``python -m bidstrain.ingest validate ...`` checks every image of the plan and reports
+every problem (:func:`bidstrain.ingest.validate.validate`). ``@FILE`` reads arguments from
+FILE, one a line."""
 
-run_cli(main)
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from bidstrain.errors import run_cli
+from bidstrain.ingest.records import write_manifest
+from bidstrain.ingest.validate import validate
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse the command line and run its command."""
+    parser = argparse.ArgumentParser(prog="python -m bidstrain.ingest", fromfile_prefix_chars="@")
+    commands = parser.add_subparsers(dest="command", required=True)
+    manifest = commands.add_parser(
+        "manifest", help="join the subjects' ingest records and normalize tables into a TSV"
+    )
+    manifest.add_argument("--records", nargs="+", required=True)
+    manifest.add_argument("--tables", nargs="+", required=True)
+    manifest.add_argument("--out", required=True)
+    checks = commands.add_parser(
+        "validate", help="check every image's header and sidecars; report every problem"
+    )
+    checks.add_argument("--images", nargs="+", required=True)
+    checks.add_argument("--bids-dir", required=True)
+    checks.add_argument("--tr-mismatch", choices=["error", "warn"], default="error")
+    checks.add_argument("--tr-tolerance", type=float, default=0.01)
+    checks.add_argument("--out-tsv", required=True)
+    checks.add_argument("--out-text", required=True)
+    args = parser.parse_args(argv)
+    if args.command == "manifest":
+        write_manifest(args.records, args.tables, args.out)
+    else:
+        validate(
+            args.bids_dir,
+            args.images,
+            tsv=args.out_tsv,
+            text=args.out_text,
+            tr_mismatch=args.tr_mismatch,
+            tr_tolerance=args.tr_tolerance,
+        )
+
+
+if __name__ == "__main__":
+    run_cli(main)

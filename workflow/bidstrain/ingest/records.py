@@ -9,7 +9,6 @@ wrote, into ``manifest.tsv``.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -348,18 +347,3 @@ def write_subject_record(
     write_text_atomic(out, json.dumps(result, indent=1))
     log.info("sub-%s: %d images valid", subject, len(result["images"]))
     return result
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``manifest`` joins the subjects' records and tables into the TSV;
-    ``@FILE`` reads arguments from FILE, one a line."""
-    parser = argparse.ArgumentParser(prog="python -m bidstrain.ingest", fromfile_prefix_chars="@")
-    commands = parser.add_subparsers(dest="command", required=True)
-    manifest = commands.add_parser(
-        "manifest", help="join the subjects' ingest records and normalize tables into a TSV"
-    )
-    manifest.add_argument("--records", nargs="+", required=True)
-    manifest.add_argument("--tables", nargs="+", required=True)
-    manifest.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-    write_manifest(args.records, args.tables, args.out)

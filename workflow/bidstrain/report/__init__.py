@@ -8,5 +8,5 @@ so the plan and the rule files can read the names below at parse time.
 
 #: Training figures (file stems under ``results/report/train/<experiment>/``).
 TRAINING_FIGURES = ("losses", "grad_norm", "lr", "modality_gradients", "throughput", "learning")
-#: Checks figures (file stems under ``results/report/checks/``).
+#: Checks figures (file stems under ``results/report/checks/<experiment>/``).
 CHECKS_FIGURES = ("scale_table", "summary")

@@ -5,7 +5,8 @@
     coverage  --manifest results/ingest/manifest.tsv --out coverage.png
     normalize --tables <scans.tsv> ... --out-dir DIR --sample-voxels N
     average   --store <average.zarr> --subject-stores <store.zarr> ... --title T --out <png>
-    checks    --summary results/checks/summary.json --scale-table-out <png> --summary-out <png>
+    checks    --summary results/checks/<experiment>/summary.json --scale-table-out <png>
+              --summary-out <png>
     model_input --model-json model.json --experiment NAME --out <png>
     train     --metrics metrics.jsonl --experiment NAME [--clip-grad-norm X] --out-dir DIR
     embed     --table embeddings.tsv --metrics metrics.jsonl --experiment NAME --out <png>

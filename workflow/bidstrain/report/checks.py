@@ -22,7 +22,7 @@ _COLUMN_WIDTHS = (0.18, 0.07, 0.75)
 
 
 def read_summary(path: str | Path) -> dict[str, Any]:
-    """Read ``results/checks/summary.json`` and check it has the agreed layout."""
+    """Read ``results/checks/<experiment>/summary.json`` and check it has the agreed layout."""
     summary = json.loads(Path(path).read_text())
     if not isinstance(summary.get("checks"), list):
         raise BidstrainError("checks summary has no 'checks' list", path=path)

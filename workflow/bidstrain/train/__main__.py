@@ -2,7 +2,7 @@
 
 ::
 
-    python -m bidstrain.train --settings results/plan/train.json \\
+    python -m bidstrain.train --settings results/plan/<experiment>/train.json \\
         --stores results/train/demo/stores.json --world-size 1 \\
         --model-out results/train/demo/model.pt --model-json-out results/train/demo/model.json \\
         --metrics-out results/train/demo/metrics.jsonl \\

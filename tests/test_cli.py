@@ -1,0 +1,166 @@
+"""The `bidstrain` command: when it (and the Makefile) turns the SLURM client off, what
+`bidstrain status` shows of a real run, and `bidstrain init`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from bidstrain.cli import main as cli
+from bidstrain.cli import status
+from bidstrain.cli.slurm import NO_SLURM_CONF, controller_answers, run_environment
+from bidstrain.errors import BidstrainError
+from conftest import REPO, snakemake_env
+
+#: Fake ``scontrol`` programs: a controller up, one down, one that does not answer.
+SCONTROLS = {
+    "up": 'echo "Slurmctld(primary) at ctl is UP"',
+    "down": 'echo "Slurmctld(primary) at ctl is DOWN"; exit 1',
+    "hangs": "sleep 30",
+}
+
+
+def fake_path(tmp_path, behaviour: str | None) -> dict[str, str]:
+    """An environment whose PATH has only a fake ``scontrol`` (none for None) and the
+    system's tools."""
+    folder = tmp_path / f"bin-{behaviour}"
+    folder.mkdir()
+    if behaviour:
+        scontrol = folder / "scontrol"
+        scontrol.write_text(f"#!/bin/sh\n{SCONTROLS[behaviour]}\n")
+        scontrol.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}
+    return {**env, "PATH": f"{folder}:/usr/bin:/bin"}
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "answers", "slurm_conf"),
+    [("up", True, None), ("down", False, NO_SLURM_CONF), ("hangs", False, NO_SLURM_CONF)],
+)
+def test_slurm_conf_is_set_only_where_no_controller_answers(
+    tmp_path, behaviour, answers, slurm_conf
+):
+    env = fake_path(tmp_path, behaviour)
+    start = time.monotonic()
+    assert controller_answers(env=env) is answers
+    assert time.monotonic() - start < 10  # a hanging scontrol is given up on
+    assert run_environment(env, uses_slurm=False).get("SLURM_CONF") == slurm_conf
+    # a SLURM run keeps the real configuration, and a given SLURM_CONF is kept
+    assert "SLURM_CONF" not in run_environment(env, uses_slurm=True)
+    given = {**env, "SLURM_CONF": "/etc/mine.conf"}
+    assert run_environment(given, uses_slurm=False)["SLURM_CONF"] == "/etc/mine.conf"
+
+
+def test_without_scontrol_nothing_is_set(tmp_path):
+    env = fake_path(tmp_path, None)
+    assert not controller_answers(env=env)
+    assert "SLURM_CONF" not in run_environment(env, uses_slurm=False)
+
+
+@pytest.mark.parametrize(("behaviour", "prefixed"), [("up", False), ("hangs", True)])
+def test_make_runs_snakemake_with_slurm_conf_only_where_no_controller_answers(
+    tmp_path, behaviour, prefixed
+):
+    """`make -n demo` prints the commands make would run: the snakemake ones carry
+    SLURM_CONF=/dev/null exactly when the fake scontrol does not answer."""
+    env = fake_path(tmp_path, behaviour)
+    result = subprocess.run(
+        ["make", "-n", "-C", str(REPO), "demo", "VENV=/nonexistent", "STAMP=/dev/null"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    commands = [line for line in result.stdout.splitlines() if "bin/snakemake" in line]
+    assert commands, result.stdout + result.stderr
+    assert all(line.startswith("SLURM_CONF=/dev/null ") is prefixed for line in commands)
+
+
+def test_configfiles_are_found_in_the_arguments():
+    words = ["all", "--configfile", "a.yaml", "b.yaml", "-n", "--configfiles", "c.yaml"]
+    assert cli.configfiles(words) == ["a.yaml", "b.yaml", "c.yaml"]
+
+
+def test_a_missing_configfile_is_named_with_the_study(tmp_path):
+    with pytest.raises(BidstrainError, match="a relative --configfile is read from the study"):
+        cli.main(["-C", str(tmp_path), "dry-run", "--configfile", "missing.yaml"])
+
+
+def test_init_writes_a_config_and_refuses_a_second(tmp_path):
+    config = cli.init_study(tmp_path / "study", "../my bids: #2", "first")
+    assert yaml.safe_load(config.read_text()) == {
+        "bids_dir": "../my bids: #2",
+        "train": {"experiment": "first"},
+    }
+    with pytest.raises(BidstrainError, match="has a configuration already"):
+        cli.init_study(tmp_path / "study", "../bids", "first")
+
+
+SLOW_WORKFLOW = """\
+rule all:
+    input: "done-a", "done-b"
+
+rule quick:
+    output: "done-a"
+    log: "logs/quick.log"
+    shell: "echo quick finished > {log}; touch {output}"
+
+rule long:
+    output: "done-b"
+    log: "logs/long.log"
+    shell: "echo epoch 1 of 3 > {log}; echo epoch 2 of 3 >> {log}; \\
+        while [ ! -e go ]; do sleep 0.1; done; touch {output}"
+"""
+
+
+@pytest.mark.integration
+def test_status_shows_the_running_job_and_its_last_log_line(tmp_path):
+    """A real Snakemake run with a job that waits: status names it and its log's last
+    line while it runs, and says the run ended after."""
+    (tmp_path / "Snakefile").write_text(SLOW_WORKFLOW)
+    assert "no run of the workflow" in status.describe(tmp_path)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "--nolock"],
+        cwd=tmp_path,
+        env=snakemake_env(uses_slurm=False),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while "epoch 2 of 3" not in (shown := status.describe(tmp_path)):
+            assert run.poll() is None and time.monotonic() < deadline, shown
+            time.sleep(0.2)
+        assert ": in progress" in shown
+        running = shown.split("running:\n", 1)[1]
+        assert running.startswith("  long (job ") and "logs/long.log" in running
+        assert "quick" not in running
+    finally:
+        (tmp_path / "go").touch()
+        assert run.wait(timeout=120) == 0
+    ended = status.describe(tmp_path)
+    assert ": ended" in ended and "3 of 3 steps (100%) done" in ended
+    assert "running:" not in ended
+
+
+def test_status_lists_a_failed_job_with_its_log(tmp_path, capsys):
+    (tmp_path / "Snakefile").write_text(
+        'rule fails:\n    output: "x"\n    log: "logs/fails.log"\n'
+        '    shell: "echo bidstrain: error: bad input > {log}; exit 1"\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "--nolock"],
+        cwd=tmp_path,
+        env=snakemake_env(uses_slurm=False),
+        capture_output=True,
+    )
+    assert result.returncode != 0
+    shown = status.describe(tmp_path)
+    failed = shown.split("failed:\n", 1)[1]
+    assert failed.startswith("  fails (job ") and "bidstrain: error: bad input" in failed
+    # --follow prints it once and returns: the run has ended
+    status.follow(tmp_path, interval=0.01)
+    assert capsys.readouterr().out == shown + "\n"

@@ -1,0 +1,76 @@
+"""`snakemake validate`: every problem of a dataset in one run, before any compute."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+
+import pytest
+from bidstrain.demo.generate import DemoSpec, make_demo
+from bidstrain.errors import BidstrainError
+from bidstrain.ingest.validate import COLUMNS, validate
+from conftest import run_snakemake
+
+#: The broken file of each subject, relative to the dataset, and what the report says.
+BROKEN = {
+    "01": ("sub-01/func/sub-01_task-rest_run-1_bold.nii.gz", "truncated"),
+    "02": ("sub-02/func/sub-02_task-rest_run-2_bold.json", "sidecar is not valid JSON"),
+    "03": ("sub-03/ses-1/dwi/sub-03_ses-1_dwi.bval", "entries but the DWI has"),
+}
+
+
+@pytest.fixture(scope="module")
+def broken_bids(tmp_path_factory):
+    """The demo dataset with one problem in each of its three subjects: a truncated BOLD
+    image, a sidecar that is not JSON, a gradient table one entry short."""
+    root = make_demo(tmp_path_factory.mktemp("broken") / "bids", DemoSpec())
+    bold = root / BROKEN["01"][0]
+    data = gzip.decompress(bold.read_bytes())
+    bold.write_bytes(gzip.compress(data[: len(data) // 2]))
+    (root / BROKEN["02"][0]).write_text('{"RepetitionTime": 2.0,')
+    bval = root / BROKEN["03"][0]
+    bval.write_text(" ".join(bval.read_text().split()[:-1]) + "\n")
+    return root
+
+
+def _images(root):
+    return sorted(str(p) for p in root.rglob("*.nii.gz"))
+
+
+def test_every_problem_is_reported_at_once(broken_bids, tmp_path):
+    tsv, text = tmp_path / "problems.tsv", tmp_path / "problems.txt"
+    with pytest.raises(BidstrainError, match="3 error.s. in 3 subject"):
+        validate(broken_bids, _images(broken_bids), tsv=tsv, text=text)
+    with open(tsv, newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    assert tuple(rows[0]) == COLUMNS
+    by_subject = {row["subject"]: row for row in rows}
+    assert sorted(by_subject) == sorted(BROKEN) and len(rows) == 3
+    for subject, (name, problem) in BROKEN.items():
+        row = by_subject[subject]
+        assert row["severity"] == "error" and row["file"] == str(broken_bids / name), row
+        assert problem in row["problem"], row
+        assert f'exclude_participant_label: ["{subject}"]' in row["fix"]
+    readable = text.read_text()
+    assert readable.startswith("16 image(s) checked: 3 error(s), 0 warning(s) in 3 subject(s)")
+    assert all(f"sub-{subject}:" in readable for subject in BROKEN)
+
+
+def test_a_valid_dataset_passes_and_says_so(demo_bids, tmp_path):
+    tsv, text = tmp_path / "problems.tsv", tmp_path / "problems.txt"
+    assert validate(demo_bids, _images(demo_bids), tsv=tsv, text=text) == []
+    assert tsv.read_text().splitlines() == ["\t".join(COLUMNS)]
+    assert text.read_text().startswith("16 image(s) checked: 0 error(s)")
+
+
+@pytest.mark.integration
+def test_snakemake_validate_lists_the_three_subjects_in_one_run(broken_bids, tmp_path):
+    result = run_snakemake(tmp_path, "validate", config={"bids_dir": broken_bids}, check=False)
+    assert result.returncode != 0
+    readable = (tmp_path / "results/validate/problems.txt").read_text()
+    for subject, (name, problem) in BROKEN.items():
+        assert f"sub-{subject}:" in readable and name in readable and problem in readable
+    log = (tmp_path / "logs/validate/validate.log").read_text()
+    assert "bidstrain: error: 3 error(s) in 3 subject(s)" in log and "Traceback" not in log
+    # no compute: nothing was normalized
+    assert not (tmp_path / "results/normalized").exists()

@@ -1,0 +1,3 @@
+from bidstrain.cli.main import entry_point
+
+entry_point()

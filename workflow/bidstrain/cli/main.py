@@ -1,0 +1,191 @@
+"""``bidstrain``: the workflow of this clone run in a study folder.
+
+::
+
+    bidstrain init STUDY --bids-dir DATASET [--experiment NAME]
+    bidstrain [-C STUDY] run [--slurm] [TARGET ...] [SNAKEMAKE OPTION ...]
+    bidstrain [-C STUDY] dry-run [TARGET ...] [SNAKEMAKE OPTION ...]
+    bidstrain [-C STUDY] validate [SNAKEMAKE OPTION ...]
+    bidstrain [-C STUDY] report [--out HTML] [SNAKEMAKE OPTION ...]
+    bidstrain [-C STUDY] status [--follow]
+
+The study folder (``-C``, by default the current directory) is Snakemake's working
+directory: its ``config/config.yaml`` (then any ``--configfile``, relative to the study
+folder) is the configuration; ``results/``, ``logs/`` and ``.snakemake/`` are written
+there. Snakemake runs with this clone's Snakefile and its ``profiles/default`` (and
+``profiles/slurm`` with ``--slurm``); where no SLURM controller answers, a run that does
+not use SLURM gets ``SLURM_CONF=/dev/null`` (:mod:`bidstrain.cli.slurm`). See
+docs/study-folder.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bidstrain.cli import status
+from bidstrain.cli.slurm import run_environment
+from bidstrain.errors import BidstrainError
+
+#: The clone: ``<clone>/workflow/bidstrain/cli/main.py``.
+CLONE = Path(__file__).resolve().parents[3]
+SNAKEFILE = CLONE / "workflow" / "Snakefile"
+PROFILES = CLONE / "profiles"
+REPORT = "results/report.html"
+
+CONFIG_TEMPLATE = """\
+# Configuration of this study: every key, its meaning and its default are in
+# {schema}. Set here only what differs; relative paths are relative to this study folder.
+bids_dir: {bids_dir}
+
+train:
+  # results/train/<experiment>, results/checks/<experiment>: one folder per experiment;
+  # another experiment (another --configfile setting train.experiment) keeps its own.
+  experiment: {experiment}
+"""
+
+
+def snakemake_command(
+    arguments: Sequence[str], *, slurm: bool = False, python: str = sys.executable
+) -> list[str]:
+    """The ``snakemake`` command of a run in the study folder (its working directory).
+
+    Parameters
+    ----------
+    arguments : sequence of str
+        Targets and Snakemake options, appended as given.
+    slurm : bool
+        Submit the jobs to SLURM (``profiles/slurm``).
+    python : str
+        The interpreter that runs Snakemake (its jobs use it too).
+    """
+    command = [python, "-m", "snakemake", "--snakefile", str(SNAKEFILE)]
+    command += ["--workflow-profile", str(PROFILES / "default")]
+    if slurm:
+        command += ["--profile", str(PROFILES / "slurm")]
+    return command + list(arguments)
+
+
+def init_study(study: Path, bids_dir: str, experiment: str) -> Path:
+    """Write ``study/config/config.yaml`` for a dataset; refuse to overwrite one.
+
+    Returns
+    -------
+    Path
+        The configuration file.
+    """
+    config = study / "config" / "config.yaml"
+    if config.exists():
+        raise BidstrainError("the study folder has a configuration already", path=config)
+    config.parent.mkdir(parents=True, exist_ok=True)
+    schema = CLONE / "workflow" / "schemas" / "config.schema.yaml"
+    config.write_text(
+        # (JSON strings are YAML strings: a path with ": " or "#" stays one value)
+        CONFIG_TEMPLATE.format(
+            schema=schema, bids_dir=json.dumps(bids_dir), experiment=json.dumps(experiment)
+        )
+    )
+    return config
+
+
+def configfiles(arguments: Sequence[str]) -> list[str]:
+    """The files of ``--configfile``/``--configfiles`` in Snakemake's arguments (each takes
+    every following word up to the next option)."""
+    files, taking = [], False
+    for word in arguments:
+        if word.startswith("-"):
+            taking = word in ("--configfile", "--configfiles")
+        elif taking:
+            files.append(word)
+    return files
+
+
+def _snakemake(study: Path, arguments: Sequence[str], *, slurm: bool = False) -> int:
+    if not study.is_dir():
+        raise BidstrainError("the study folder does not exist", path=study)
+    for name in configfiles(arguments):
+        if not (study / name).is_file():
+            raise BidstrainError(
+                "no such configuration file (a relative --configfile is read from the "
+                "study folder)",
+                path=study / name,
+            )
+    env = run_environment(os.environ, uses_slurm=slurm)
+    return subprocess.run(snakemake_command(arguments, slurm=slurm), cwd=study, env=env).returncode
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line and run its command; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="bidstrain",
+        description="The bidstrain workflow run in a study folder (docs/study-folder.md).",
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "-C",
+        "--study",
+        type=Path,
+        default=Path.cwd(),
+        help="the study folder (default: the current directory)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    # (no abbreviations: any option a command does not know is Snakemake's)
+    command = functools.partial(commands.add_parser, allow_abbrev=False)
+    init = command("init", help="make a study folder with its config/config.yaml")
+    init.add_argument("folder", type=Path)
+    init.add_argument("--bids-dir", required=True, help="the dataset (relative: to the folder)")
+    init.add_argument("--experiment", default="main")
+    run = command("run", help="build targets (default: all)")
+    run.add_argument("--slurm", action="store_true", help="submit the jobs to SLURM")
+    command("dry-run", help="show what `run` would do")
+    command("validate", help="check every image header and sidecar of the plan")
+    report = command("report", help="run the workflow, then write its HTML report")
+    report.add_argument("--out", default=REPORT, help=f"the report (default {REPORT})")
+    show = command("status", help="each running job and its log's last line")
+    show.add_argument("--follow", "-f", action="store_true", help="repeat until the run ends")
+    show.add_argument("--interval", type=float, default=5.0, help="seconds between looks")
+    args, rest = parser.parse_known_args(argv)
+    study = args.study.resolve()
+    if args.command == "init":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        config = init_study(args.folder, args.bids_dir, args.experiment)
+        print(f"wrote {config}; next: bidstrain -C {args.folder} validate")
+        return 0
+    if args.command == "status":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        if args.follow:
+            status.follow(study, args.interval)
+        else:
+            print(status.describe(study), end="")
+        return 0
+    if args.command == "run":
+        return _snakemake(study, rest, slurm=args.slurm)
+    if args.command == "dry-run":
+        return _snakemake(study, ["--dry-run", *rest])
+    if args.command == "validate":
+        code = _snakemake(study, ["validate", *rest])
+        report = study / "results" / "validate" / "problems.txt"
+        if report.exists():
+            print(report.read_text(), end="")
+        return code
+    # report: the run first (every stage's figures), so the HTML is never older than them
+    return _snakemake(study, rest) or _snakemake(study, ["--report", args.out, *rest])
+
+
+def entry_point() -> None:
+    """The ``bidstrain`` console script: :func:`main`, with bad input as one line on
+    stderr (``bidstrain: error: ...``, exit status 1) instead of a traceback."""
+    try:
+        code = main()
+    except BidstrainError as error:
+        print(f"bidstrain: error: {error}", file=sys.stderr)
+        code = 1
+    sys.exit(code)

@@ -1,0 +1,235 @@
+"""Validation of a whole dataset before any compute: every problem at once.
+
+``snakemake validate`` (rule in ``workflow/rules/validate.smk``) runs one job that reads
+the header and sidecars of every image the plan normalizes, with the checks each
+normalize job runs first (:func:`bidstrain.ingest.records.inspect_image`), but never
+their voxel data, and writes one report of every problem: a TSV (:data:`COLUMNS`) and a
+readable text. The job fails when any problem is an error, after writing the report.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import astuple, dataclass
+from pathlib import Path
+
+from bidstrain.dataset.bids import BidsIndex
+from bidstrain.errors import BidstrainError
+from bidstrain.ingest import records
+from bidstrain.io.atomic import write_text_atomic
+
+#: The columns of the TSV report, one row per problem.
+COLUMNS = ("severity", "subject", "file", "problem", "fix")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem of one image.
+
+    Attributes
+    ----------
+    severity : {"error", "warning"}
+        An error stops the subject's normalize job; a warning does not.
+    subject : str
+        Subject label, without ``sub-``.
+    file : str
+        The file the problem is in (the image, or its sidecar or gradient table).
+    problem : str
+        What is wrong.
+    fix : str
+        What to change or set so that the run goes through.
+    """
+
+    severity: str
+    subject: str
+    file: str
+    problem: str
+    fix: str
+
+
+def _leave_out(subject: str) -> str:
+    return (
+        f'fix the file, or leave the subject out: exclude_participant_label: ["{subject}"] '
+        "in the study's config"
+    )
+
+
+class _Warnings(logging.Handler):
+    """Collects the warnings :func:`records.inspect_image` logs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def _collect_warnings() -> Iterator[_Warnings]:
+    handler = _Warnings()
+    records.log.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        records.log.removeHandler(handler)
+
+
+def validate_images(
+    bids_dir: str | Path,
+    images: Sequence[str],
+    *,
+    tr_mismatch: str = "error",
+    tr_tolerance: float = 0.01,
+) -> list[Problem]:
+    """Check every image's header and sidecars, and list every problem.
+
+    Parameters
+    ----------
+    bids_dir : str or Path
+        The dataset root the plan indexed.
+    images : sequence of str
+        The images, as the plan's index wrote their paths.
+    tr_mismatch : {"error", "warn"}
+        What a sidecar/header repetition-time disagreement is (``ingest.*``).
+    tr_tolerance : float
+        Allowed disagreement in seconds.
+
+    Returns
+    -------
+    list of Problem
+        In the order of ``images``; empty when every image is valid.
+    """
+    index = BidsIndex.build(bids_dir)
+    indexed = {str(image.path): image for image in index.images}
+    problems = []
+    for path in images:
+        image = indexed.get(path)
+        if image is None:
+            problems.append(
+                Problem(
+                    "error",
+                    _subject_of(path),
+                    path,
+                    "planned image no longer in the dataset",
+                    "rerun snakemake to plan again",
+                )
+            )
+            continue
+        with _collect_warnings() as warnings:
+            try:
+                records.inspect_image(
+                    image, index, tr_mismatch=tr_mismatch, tr_tolerance=tr_tolerance
+                )
+            except BidstrainError as error:
+                problems.append(
+                    Problem(
+                        "error",
+                        image.subject,
+                        error.path or path,
+                        error.message,
+                        _leave_out(image.subject),
+                    )
+                )
+        problems += [
+            Problem("warning", image.subject, path, message.removeprefix(f"{path}: "), "")
+            for message in warnings.messages
+        ]
+    return problems
+
+
+def _subject_of(path: str) -> str:
+    """The subject label of a BIDS path (``sub-<label>`` folder), or ``""``."""
+    for part in Path(path).parts:
+        if part.startswith("sub-"):
+            return part.removeprefix("sub-")
+    return ""
+
+
+def report_text(problems: Sequence[Problem], n_images: int) -> str:
+    """The readable report: a count, then each subject's problems.
+
+    Parameters
+    ----------
+    problems : sequence of Problem
+        What :func:`validate_images` found.
+    n_images : int
+        How many images were checked.
+    """
+    errors = [p for p in problems if p.severity == "error"]
+    subjects = dict.fromkeys(p.subject for p in problems)
+    lines = [
+        f"{n_images} image(s) checked: {len(errors)} error(s), "
+        f"{len(problems) - len(errors)} warning(s) in {len(subjects)} subject(s)"
+    ]
+    for subject in subjects:
+        lines.append(f"\nsub-{subject}:")
+        for problem in (p for p in problems if p.subject == subject):
+            lines.append(f"  {problem.severity}: {problem.file}: {problem.problem}")
+            if problem.fix:
+                lines.append(f"    fix: {problem.fix}")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    problems: Sequence[Problem], n_images: int, tsv: str | Path, text: str | Path
+) -> str:
+    """Write the TSV (:data:`COLUMNS`) and the text report, each atomically.
+
+    Returns
+    -------
+    str
+        The text report.
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
+    writer.writerow(COLUMNS)
+    writer.writerows(astuple(problem) for problem in problems)
+    write_text_atomic(tsv, buffer.getvalue())
+    readable = report_text(problems, n_images)
+    write_text_atomic(text, readable)
+    return readable
+
+
+def validate(
+    bids_dir: str | Path,
+    images: Sequence[str],
+    *,
+    tsv: str | Path,
+    text: str | Path,
+    tr_mismatch: str = "error",
+    tr_tolerance: float = 0.01,
+) -> list[Problem]:
+    """Validate the images, write the report and fail when any problem is an error.
+
+    Parameters
+    ----------
+    bids_dir, images, tr_mismatch, tr_tolerance
+        As :func:`validate_images`.
+    tsv, text : path
+        The two reports (:func:`write_report`).
+
+    Returns
+    -------
+    list of Problem
+        The problems (warnings only: else it raises).
+
+    Raises
+    ------
+    BidstrainError
+        When any problem is an error, naming the count and the text report.
+    """
+    problems = validate_images(bids_dir, images, tr_mismatch=tr_mismatch, tr_tolerance=tr_tolerance)
+    print(write_report(problems, len(images), tsv, text), end="")
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        subjects = len({p.subject for p in errors})
+        raise BidstrainError(
+            f"{len(errors)} error(s) in {subjects} subject(s) of the dataset; every one is "
+            f"listed in {text} (and {tsv})"
+        )
+    return problems
