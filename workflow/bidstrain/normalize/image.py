@@ -106,6 +106,11 @@ class Options:
     storage : str
         How the store keeps the normalized values: ``float32`` (exact), ``float16`` or
         ``bitround-N`` (:class:`bidstrain.io.store.Storage`).
+    target_tr : float or None
+        The repetition time BOLD runs are resampled to (config ``time.tr``); None keeps
+        each run's.
+    time_method : str
+        How (config ``time.method``: :mod:`bidstrain.normalize.resample_time`).
     """
 
     mask: str = "epi"
@@ -113,6 +118,8 @@ class Options:
     nonfinite: str = "error"
     block_volumes: int = 4
     storage: str = "float32"
+    target_tr: float | None = None
+    time_method: str = "pchip"
 
 
 #: The settings of the default config (``Options`` is frozen, so one instance serves all).
