@@ -18,7 +18,10 @@ statistics). With
 ``--confounds-strategy`` other than ``none`` (and ``--confounds-options``, a JSON object
 of nilearn's options), each BOLD image's entry names its fMRIPrep confounds table
 (``"confounds": ...``), whose confounds are regressed out first
-(:mod:`~bidstrain.normalize.confounds`).
+(:mod:`~bidstrain.normalize.confounds`). ``--time-tr`` and ``--time-method`` resample BOLD
+runs in time (:mod:`~bidstrain.normalize.resample_time`); with ``--parcellation`` each
+BOLD entry names its parcel outputs (``"parcels": {"store", "timeseries", "coverage",
+"stats_from"}``, :mod:`~bidstrain.normalize.parcels`).
 
 Each store is written atomically; the table, the job's last output, is written last, so a
 failed job leaves no output that looks complete. An error names the image.
@@ -35,6 +38,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from bidstrain.dataset.atlas import AtlasFiles, check_space, load_atlas
 from bidstrain.errors import BidstrainError, run_cli
 from bidstrain.ingest.records import add_subject_arguments, write_subject_record
 from bidstrain.io.scans_table import StoreRow, write_table
@@ -44,6 +48,9 @@ from bidstrain.normalize.confounds import STRATEGIES, RunConfounds, load_run_con
 from bidstrain.normalize.heldout import normalize_with_stats
 from bidstrain.normalize.image import ImageInfo, Options
 from bidstrain.normalize.nifti_stream import read_layout
+from bidstrain.normalize.parcels import ParcelOutputs
+from bidstrain.normalize.passes import ParcelJob
+from bidstrain.normalize.resample_time import METHODS
 from bidstrain.normalize.volumes import normalize_volumes
 
 log = logging.getLogger("bidstrain.normalize")
@@ -79,12 +86,33 @@ def run_confounds(
     )
 
 
+def parcel_job(
+    spec: Mapping[str, Any], info: ImageInfo, atlas: AtlasFiles | None
+) -> ParcelJob | None:
+    """The parcel outputs of a BOLD image of ``--spec`` with the atlas on its grid, or None
+    (no ``--parcellation``, or not BOLD).
+
+    Raises
+    ------
+    BidstrainError
+        When the run is not in the atlas's space, or the atlas cannot be read.
+    """
+    if atlas is None or "parcels" not in spec:
+        return None
+    image = spec["image"]
+    check_space(atlas, info.entities.get("space"), image=image, subject=info.subject)
+    layout = read_layout(image, info.subject)
+    on_grid = load_atlas(atlas, layout.shape, layout.affine, image=image, subject=info.subject)
+    return ParcelJob(on_grid, ParcelOutputs.from_json(spec["parcels"]))
+
+
 def normalize_image(
     spec: Mapping[str, Any],
     ingest: Mapping[str, Any],
     options: Options,
     confounds_strategy: str = "none",
     confounds_options: Mapping[str, Any] | None = None,
+    atlas: AtlasFiles | None = None,
 ) -> StoreRow:
     """Normalize one image of a job's ``--spec`` into its store.
 
@@ -103,6 +131,8 @@ def normalize_image(
         ``confounds`` table.
     confounds_options : mapping, optional
         Config ``normalize.confounds.options`` (nilearn's keyword arguments).
+    atlas : AtlasFiles, optional
+        Config ``parcellation``: BOLD entries then name their ``parcels`` outputs.
 
     Returns
     -------
@@ -115,10 +145,11 @@ def normalize_image(
     info = ImageInfo.from_ingest(ingest, image)
     started = time.perf_counter()
     confounds = run_confounds(spec, info, confounds_strategy, confounds_options or {}, options.ddof)
+    parcels = parcel_job(spec, info, atlas)
     if stats_from:
-        attrs = normalize_with_stats(image, stats_from, store, info, options, confounds)
+        attrs = normalize_with_stats(image, stats_from, store, info, options, confounds, parcels)
     elif modality == "bold":
-        attrs = normalize_bold(image, store, info, options, confounds)
+        attrs = normalize_bold(image, store, info, options, confounds, parcels)
     else:
         attrs = normalize_volumes(image, store, info, options)
     meta = StoreMeta.from_attrs(attrs, store)
@@ -136,6 +167,18 @@ def normalize_image(
     return StoreRow(
         store, modality, image, bool(stats_from), volumes, voxels, grid, tuple(stats_from), written
     )
+
+
+def _repetition_time(text: str) -> float | None:
+    if text == "native":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected native or seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("a repetition time must be positive")
+    return value
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -173,17 +216,35 @@ def main(argv: Sequence[str] | None = None) -> None:
         default={},
         help="nilearn load_confounds_strategy options, as a JSON object",
     )
+    parser.add_argument(
+        "--time-tr",
+        type=_repetition_time,
+        default=None,
+        help="repetition time in seconds to resample BOLD runs to, or native (the default)",
+    )
+    parser.add_argument("--time-method", choices=METHODS, default=Options.time_method)
+    parser.add_argument(
+        "--parcellation",
+        type=_json_object,
+        default=None,
+        help="the atlas (name, image, labels, space) as a JSON object; none by default",
+    )
     args = parser.parse_args(argv)
     options = Options(
         ddof=args.ddof,
         nonfinite=args.nonfinite,
         block_volumes=args.block_volumes,
         storage=args.storage,
+        target_tr=args.time_tr,
+        time_method=args.time_method,
     )
+    atlas = None if args.parcellation is None else AtlasFiles.from_json(args.parcellation)
     specs = json.loads(args.spec)
     ingest = write_subject_record(args, [spec["image"] for spec in specs])
     rows = [
-        normalize_image(spec, ingest, options, args.confounds_strategy, args.confounds_options)
+        normalize_image(
+            spec, ingest, options, args.confounds_strategy, args.confounds_options, atlas
+        )
         for spec in specs
     ]
     write_table(rows, args.out_table)
