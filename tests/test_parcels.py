@@ -26,6 +26,7 @@ from bidstrain.errors import BidstrainError
 from bidstrain.io.store import open_store, read_meta, read_parcel_stats
 from bidstrain.normalize import ImageInfo, Options, normalize_bold, normalize_with_stats
 from bidstrain.normalize.confounds import load_run_confounds
+from bidstrain.normalize.nifti_stream import read_layout
 from bidstrain.normalize.parcels import ParcelOutputs
 from bidstrain.normalize.passes import ParcelJob
 from bidstrain.normalize.resample_time import resample, time_grid
@@ -68,8 +69,8 @@ def _info(run: str = "1") -> ImageInfo:
 
 
 def _job(atlas: AtlasFiles, image: Path, out: Path, stats_from=()) -> ParcelJob:
-    img = nib.load(image)
-    on_grid = load_atlas(atlas, img.shape[:3], img.affine, image=image)
+    layout = read_layout(image)  # the store's grid: RAS+ voxel order
+    on_grid = load_atlas(atlas, layout.shape, layout.affine, image=image)
     outputs = ParcelOutputs(
         out / "parcels.zarr", out / "mean_timeseries.tsv", out / "coverage_bold.tsv", stats_from
     )
@@ -279,3 +280,54 @@ def test_a_missing_atlas_or_a_label_image_without_space_is_an_error(tmp_path):
         find_atlas(ParcellationConfig("x", str(image), None, None, None))
     with pytest.raises(BidstrainError, match="label image is missing"):
         find_atlas(ParcellationConfig("x", str(image), None, SPACE, None))
+
+
+#: A real atlas shipped by Debian's mricron-data (make install puts it there): AICHA, 192
+#: parcels, 2 mm, 91x109x91, stored LAS. Its table lists "index name value" per line.
+AICHA = Path("/usr/share/mricron/templates/AICHAmc.nii.gz")
+
+
+def test_a_real_atlas_equals_nilearn_on_a_run_on_its_grid(tmp_path):
+    assert AICHA.is_file(), f"{AICHA} is missing: apt-get install mricron-data (make install)"
+    labels_table = tmp_path / "aicha_dseg.tsv"
+    rows = [line.split()[:2] for line in AICHA.with_suffix("").with_suffix(".nii.txt").open()]
+    labels_table.write_text("index\tname\n" + "".join(f"{i}\t{n}\n" for i, n in rows))
+    atlas = AtlasFiles("AICHA", AICHA, labels_table, SPACE)
+    img = nib.load(AICHA)
+    labels = np.asarray(img.dataobj)
+    rng = np.random.default_rng(0)
+    n_volumes = 12
+    # a run on the atlas's grid (its LAS affine): one sinusoid per parcel, noise, int16
+    phase = rng.uniform(0, 2 * np.pi, int(labels.max()) + 1)[labels]
+    t = np.arange(n_volumes) * 2.0
+    data = 1000 + 50 * np.sin(2 * np.pi * 0.05 * t + phase[..., None])
+    data = np.rint(data + rng.normal(0, 5, data.shape)).astype(np.int16)
+    image = tmp_path / "sub-01_task-rest_space-MNI_bold.nii.gz"
+    nib.save(nib.Nifti1Image(data, img.affine), image)
+    brain = np.zeros(labels.shape, dtype=np.uint8)
+    brain[10:80, 15:95, 10:70] = 1  # cuts some parcels, leaves others out
+    mask = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(brain, img.affine), mask)
+
+    job = _job(atlas, image, tmp_path)
+    normalize_bold(image, tmp_path / "bold.zarr", _info(), Options(mask=str(mask)), None, job)
+    ours = zarr.open_group(tmp_path / "parcels.zarr", mode="r")["data"][...]
+
+    names = [name for _, name in rows]
+    series = np.zeros((n_volumes, len(names)))
+    values = data.astype(np.float64)
+    for p, (index, _) in enumerate(rows):
+        voxels = (brain > 0) & (labels == int(index))
+        if voxels.any():
+            series[:, p] = values[voxels].mean(axis=0)
+    expected = _zscore(series)
+    ours_error = float(np.abs(ours - expected).max())
+    assert ours_error <= TOLERANCE
+    theirs, present = _nilearn(image, mask, atlas, None)
+    columns = [int(i) - 1 for i in present]
+    nilearn_error = float(np.abs(theirs - expected[:, columns]).max())
+    log.warning(
+        "AICHA: ours %.2g, nilearn %.2g from the float64 reference", ours_error, nilearn_error
+    )
+    assert np.abs(theirs - ours[:, columns]).max() <= TOLERANCE
+    assert 0 < len(present) < len(names)  # parcels the mask leaves out are reported
