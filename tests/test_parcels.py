@@ -11,7 +11,11 @@ with the scrubbing strategy (its region means are float64 here, unlike its voxel
 from __future__ import annotations
 
 import csv
+import json
 import logging
+import shlex
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -19,11 +23,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import zarr
+from bidstrain import paths
 from bidstrain.config import ParcellationConfig
 from bidstrain.dataset.atlas import AtlasFiles, check_space, find_atlas, load_atlas
 from bidstrain.demo.generate import ATLAS_NAME, make_atlas_demo, make_fmriprep_demo
 from bidstrain.errors import BidstrainError
-from bidstrain.io.store import open_store, read_meta, read_parcel_stats
+from bidstrain.io.store import open_store, read_dims, read_meta, read_parcel_stats
 from bidstrain.normalize import ImageInfo, Options, normalize_bold, normalize_with_stats
 from bidstrain.normalize.confounds import load_run_confounds
 from bidstrain.normalize.nifti_stream import read_layout
@@ -32,6 +37,7 @@ from bidstrain.normalize.passes import ParcelJob
 from bidstrain.normalize.resample_time import resample, time_grid
 from nilearn.interfaces.fmriprep import load_confounds_strategy
 from nilearn.maskers import NiftiLabelsMasker
+from test_plan import plan_of
 
 SPACE = "MNI152NLin2009cAsym"
 SPACE_ENTITIES = f"space-{SPACE}_res-2"
@@ -331,3 +337,41 @@ def test_a_real_atlas_equals_nilearn_on_a_run_on_its_grid(tmp_path):
     )
     assert np.abs(theirs - ours[:, columns]).max() <= TOLERANCE
     assert 0 < len(present) < len(names)  # parcels the mask leaves out are reported
+
+
+def test_the_plan_and_the_job_write_parcels_at_one_tr_for_runs_in_the_atlas_space(demo, tmp_path):
+    """Parse time: the plan checks the space and names the outputs; then one normalize
+    job, run as the workflow runs it, writes them (held-out run 2 included)."""
+    root, atlas = demo
+    overrides = {
+        "space": "MNI152NLin2009cAsym:res-2",
+        "modalities": ["bold"],
+        "participant_label": ["01"],
+        "normalize": {"heldout": {"run": ["2"]}, "mask": "auto"},
+        "time": {"tr": 1.0, "method": "linear"},
+        "parcellation": {"name": ATLAS_NAME, "path": str(atlas.image.parents[2])},
+    }
+    plan = plan_of(root, **overrides)
+    assert plan.atlas == atlas
+    job = plan.job("01")
+    specs = json.loads(job.spec())
+    heldout = next(spec for spec in specs if spec["stats_from"])
+    assert heldout["parcels"]["stats_from"] == [
+        s["parcels"]["store"] for s in specs if not s["stats_from"]
+    ]
+    assert all("_seg-demo_" in s["parcels"]["timeseries"] for s in specs)
+    command = [
+        sys.executable, "-m", "bidstrain.normalize", *shlex.split(plan.normalize_options),
+        "--subject", "01", "--ingest", paths.ingest_record("01"), "--spec", job.spec(),
+        "--out-table", job.table,
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    for spec in specs:
+        count, _, _, meta = read_parcel_stats(tmp_path / spec["parcels"]["store"])
+        assert meta.repetition_time == 1.0 and meta.source_repetition_time == 2.0
+        assert meta.heldout == bool(spec["stats_from"])
+        assert count == read_dims(tmp_path / spec["store"])[0] == 119  # 0 to 118 s
+        assert (tmp_path / spec["parcels"]["coverage"]).is_file()
+    with pytest.raises(BidstrainError, match="space T1w but the atlas demo"):
+        plan_of(root, **{**overrides, "space": "T1w"})
