@@ -20,8 +20,9 @@ sum of squares ``S``::
     residual variance = (S - sum(B ** 2)) / (n_kept - ddof)
     z[t] = (y[t] - mean - Q[t] B) / sqrt(residual variance)
 
-So pass 1 accumulates ``B`` beside the per-voxel moments, and pass 2 writes ``z``; the
-image is never held, nor is any float64 copy of it. Volumes outside the sample mask are
+So pass 1 accumulates ``B`` beside the per-voxel moments, and pass 2 streams the
+residuals (:meth:`ConfoundRegression.residuals`) that become ``z``; the image is never
+held, nor is any float64 copy of it. Volumes outside the sample mask are
 not written: the store's ``time`` coordinate holds the onsets of the volumes kept.
 ``B`` and the products are computed on batches of :data:`BATCH_VOLUMES` volumes and
 tiles of :data:`TILE_VOXELS` voxels, on one BLAS thread (the other core decompresses).
@@ -249,7 +250,7 @@ class ConfoundRegression:
     Notes
     -----
     Memory: ``B`` (``8 k`` bytes per fitted voxel), a batch of :data:`BATCH_VOLUMES`
-    gathered stored volumes and, in pass 2, their float32 z-scores.
+    gathered stored volumes and, in pass 2, their float64 residuals.
     """
 
     def __init__(self, confounds: RunConfounds, layout: NiftiLayout, index: np.ndarray):
