@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from bidstrain.average.cohort import check_compatible, read_header
 from bidstrain.errors import BidstrainError
-from bidstrain.io.store import StoreMeta, open_store, store_meta
+from bidstrain.io.store import StoreMeta, count_files, open_store, store_meta
 from bidstrain.normalize import ImageInfo, Options, normalize_bold, normalize_with_stats
 from bidstrain.normalize.resample_time import resample, time_grid
 from scipy.interpolate import PchipInterpolator
@@ -67,6 +67,7 @@ def test_a_resampled_store_equals_a_float64_reference(tmp_path, method, target):
     assert (meta.repetition_time, meta.source_repetition_time) == (target, 2.0)
     assert meta.time_method == method and meta.resampled and meta.n_invalid_frames == 0
     assert ds.frame_valid.values.all() and np.allclose(ds.frame_time.values, times)
+    assert count_files(out) == 16  # 12, and frame_time and frame_valid
     # data * std + mean gives the resampled signal back
     data = np.asarray(nib.load(image).dataobj, dtype=np.float64).reshape(-1, 50)
     t = np.arange(50) * 2.0

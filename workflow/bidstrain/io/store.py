@@ -47,8 +47,9 @@ Files: ``data`` is one Zarr v3 shard (one file, written as a stream by
 :mod:`bidstrain.io.shards`) of inner chunks of whole volumes, about :data:`CHUNK_BYTES` each,
 which the training loader reads one at a time; every other array is one chunk. A store is
 therefore ``zarr.json`` plus ``.snakemake_timestamp/zarr.json`` plus two files per array:
-12 for a BOLD or T1w store, 14 for an average (``n_subjects``), 16 for DWI (``bval``,
-``bvec``), whatever the number of volumes (:func:`count_files`). Float32 data is left
+12 for a T1w store, 16 for a BOLD run's (``frame_time``, ``frame_valid``), 14 for an
+average (``n_subjects``), 16 for DWI (``bval``, ``bvec``), whatever the number of
+volumes (:func:`count_files`). Float32 data is left
 uncompressed (z-scored float32 compresses about 1.1x, so decode speed wins); reduced
 precision (``normalize.storage``) stores float16, or float32 rounded to fewer mantissa
 bits with numcodecs' BitRound and then zstd.
