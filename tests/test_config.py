@@ -103,3 +103,16 @@ def test_config_yaml_restates_no_default():
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     assert restated(config, defaults) == []
     assert set(config) <= set(schema["properties"])
+
+
+def test_time_and_parcellation_sections():
+    typed = Config.from_dict(validate_config({"bids_dir": "/d"}, SCHEMA))
+    assert typed.time.target_tr is None and typed.time.method == "pchip"
+    assert not typed.parcellation.enabled
+    config = {"bids_dir": "/d", "time": {"tr": 0.8, "method": "fourier"}}
+    typed = Config.from_dict(validate_config(config, SCHEMA))
+    assert typed.time.target_tr == 0.8 and typed.time.method == "fourier"
+    with pytest.raises(BidstrainError, match=r"config key 'time.tr'"):
+        validate_config({"bids_dir": "/d", "time": {"tr": -1}}, SCHEMA)
+    with pytest.raises(BidstrainError, match=r"config key 'parcellation.name'"):
+        validate_config({"bids_dir": "/d", "parcellation": {"name": "a-b"}}, SCHEMA)
