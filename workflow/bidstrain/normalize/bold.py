@@ -57,6 +57,11 @@ def normalize_bold(
     230,000-voxel mask and the default ``b = 4``: peak RSS 110 MB for the whole process,
     of which 58 MB are the interpreter with numpy, nibabel, zarr and isal; ``mask="epi"``
     imports nilearn (with scipy, pandas, scikit-learn) for the mask, about 130 MB more.
+    Resampling in time adds ``8 * (s + b)`` bytes per masked voxel for a support of ``s``
+    volumes (2 linear, 4 pchip, ``20 * max(tr, target) / tr`` fourier:
+    :mod:`~bidstrain.normalize.resample_time`), and
+    :data:`~bidstrain.normalize.resample_time.BATCH_FRAMES` frames of output; parcels
+    ``8`` bytes per frame and parcel.
 
     Parameters
     ----------
