@@ -209,7 +209,8 @@ class TimeResampler:
     Notes
     -----
     Memory: ``8 * n_voxel`` bytes per buffered source volume, at most the widest support
-    plus one pushed block, and :data:`BATCH_FRAMES` frames of output.
+    plus one pushed block (a store of twice that, so that volumes are rarely moved), and
+    :data:`BATCH_FRAMES` frames of output.
     """
 
     def __init__(self, grid: TimeGrid, n_voxel: int):
@@ -217,9 +218,16 @@ class TimeResampler:
         self.n_voxel = n_voxel
         self._frames = np.flatnonzero(grid.valid)
         self._next = 0  # index into _frames of the next frame to emit
-        self._buffer = np.zeros((0, n_voxel), dtype=np.float64)
-        self._lo = 0  # source volume of the buffer's first row
+        # the buffered volumes are rows _start to _start + _count of _store, from volume _lo
+        self._store = np.zeros((0, n_voxel), dtype=np.float64)
+        self._start = self._count = 0
+        self._lo = 0
         self._received = 0  # source volumes pushed (dropped ones included)
+
+    @property
+    def _buffer(self) -> np.ndarray:
+        """The buffered source volumes, from volume ``_lo`` to the last one received."""
+        return self._store[self._start : self._start + self._count]
 
     def push(self, positions: np.ndarray, values: np.ndarray):
         """Add source volumes; yield blocks of the target frames they complete.
@@ -239,23 +247,36 @@ class TimeResampler:
         """
         positions = np.asarray(positions, dtype=np.intp)
         stop = int(positions[-1]) + 1 if positions.size else self._received
-        keep_from = self._needed_from()
-        rows = np.zeros((stop - keep_from, self.n_voxel), dtype=np.float64)
-        old = self._buffer[keep_from - self._lo :]
-        rows[: old.shape[0]] = old
-        rows[positions - keep_from] = values
-        self._buffer, self._lo, self._received = rows, keep_from, stop
+        rows = self._append(stop - self._received)
+        rows[positions - (stop - rows.shape[0])] = values
         yield from self._emit()
 
     def finish(self):
         """Yield the frames left once every source volume was pushed (volumes never
         pushed, at the run's end, count as 0)."""
-        missing = self.grid.n_source - self._received
-        if missing > 0:
-            pad = np.zeros((missing, self.n_voxel), dtype=np.float64)
-            self._buffer = np.concatenate([self._buffer, pad])
-            self._received = self.grid.n_source
+        self._append(self.grid.n_source - self._received)
         yield from self._emit()
+
+    def _append(self, n: int) -> np.ndarray:
+        """Forget the volumes no frame to come needs, and make room for the next ``n``
+        (zeros): the rows returned. Rows move to the front of the store only when its end
+        is reached (the store holds twice the rows needed), so each volume is copied
+        about once."""
+        keep_from = self._needed_from()
+        self._start += keep_from - self._lo
+        self._count -= keep_from - self._lo
+        self._lo = keep_from
+        if self._start + self._count + n > self._store.shape[0]:
+            kept = self._buffer.copy()
+            if self._count + n > self._store.shape[0] // 2:
+                self._store = np.empty((2 * (self._count + n), self.n_voxel), np.float64)
+            self._store[: self._count] = kept
+            self._start = 0
+        rows = self._store[self._start + self._count : self._start + self._count + n]
+        rows[:] = 0.0
+        self._count += n
+        self._received += n
+        return rows
 
     def _needed_from(self) -> int:
         if self._next >= self._frames.size:
