@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 CORES ?= 2
 DEMO_BIDS := demo_data/bids
 
-.PHONY: install slurm-packages demo validate report status test test-slow lint format clean
+.PHONY: install slurm-packages atlas-packages demo validate report status test test-slow lint format clean
 
 # Every `snakemake` start waits about 10 s where a SLURM client is installed and no
 # controller answers: the SLURM executor plugin runs `scontrol show config` while it builds
@@ -18,7 +18,7 @@ DEMO_BIDS := demo_data/bids
 NO_SLURM = $(eval NO_SLURM := $(if $(shell timeout 1 scontrol ping 2>/dev/null | grep ' is UP'),,SLURM_CONF=/dev/null))$(NO_SLURM)
 SNAKEMAKE = $(NO_SLURM) $(VENV)/bin/snakemake --profile profiles/default
 
-install: $(STAMP)
+install: $(STAMP) atlas-packages
 
 # torch==2.13.0 first: a CPU wheel here; an unpinned torch would pull the CUDA build.
 $(STAMP): pyproject.toml
@@ -54,6 +54,16 @@ status: $(STAMP)
 slurm-packages:
 	bash tests/slurm_cluster.sh install
 
+# Debian's mricron-data: real atlases offline (AICHA and AAL in MNI space), which the parcel
+# tests read from /usr/share/mricron/templates (apt-get, as root; nothing is installed when
+# it is there).
+ATLAS_PACKAGES := mricron-data
+atlas-packages:
+	@dpkg-query -W -f='$${Status}' $(ATLAS_PACKAGES) 2>/dev/null | grep -q "install ok installed" \
+		|| (export DEBIAN_FRONTEND=noninteractive \
+		&& apt-get -qq -o DPkg::Lock::Timeout=300 update >/dev/null \
+		&& apt-get -qq -o DPkg::Lock::Timeout=300 install -y $(ATLAS_PACKAGES) >/dev/null)
+
 # Two pytest workers (pytest-xdist): while the SLURM tests wait on the cluster's jobs, the
 # other worker runs the unit tests. The SLURM and demo_run tests share one worker (see
 # WORKFLOW_FILES in tests/conftest.py); every other file is a unit of its own.
@@ -61,10 +71,10 @@ slurm-packages:
 # `make test-slow` runs; CI runs both.
 PYTEST := $(PY) -m pytest -q -n 2 --no-loadscope-reorder
 
-test: $(STAMP) slurm-packages
+test: $(STAMP) slurm-packages atlas-packages
 	$(PYTEST) -m "not slow" tests
 
-test-slow: $(STAMP) slurm-packages
+test-slow: $(STAMP) slurm-packages atlas-packages
 	$(PYTEST) -m slow tests
 
 lint: $(STAMP) $(DEMO_BIDS)/dataset_description.json

@@ -101,8 +101,8 @@ def run_variant(variant: str, out_dir: Path) -> dict[str, float]:
     else:
         confounds = load_run_confounds(RUN, TABLE, STRATEGY, {}, 300, ddof=1, subject="01")
         info = ImageInfo("bold", "01", repetition_time=2.0)
-        normalize = Config.from_dict(validate_config({"bids_dir": ""})).normalize
-        options = Options.from_config(normalize, str(MASK))
+        defaults = Config.from_dict(validate_config({"bids_dir": ""}))
+        options = Options.from_config(defaults.normalize, defaults.time, str(MASK))
         normalize_bold(RUN, out_dir / "ours_confounds.zarr", info, options, confounds)
         n_confounds = len(confounds.columns)
     seconds = time.perf_counter() - started

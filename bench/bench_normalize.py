@@ -102,9 +102,10 @@ def run_variant(variant: str, out_dir: Path) -> dict[str, float]:
 
         info = ImageInfo("bold", "01", repetition_time=2.0)
         mask = "epi" if variant == "ours_epi" else str(MASK)
-        normalize = Config.from_dict(validate_config({"bids_dir": ""})).normalize
+        defaults = Config.from_dict(validate_config({"bids_dir": ""}))
+        options = Options.from_config(defaults.normalize, defaults.time, mask)
         started = time.perf_counter()
-        normalize_bold(RUN, out_dir / f"{variant}.zarr", info, Options.from_config(normalize, mask))
+        normalize_bold(RUN, out_dir / f"{variant}.zarr", info, options)
     seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if variant == "nilearn_epi":

@@ -147,3 +147,16 @@ def test_a_job_types_its_section_from_a_small_json_param():
         load_section("average", {"mask": "both"})
     with pytest.raises(BidstrainError, match="not a configuration section: bids_dir"):
         load_section("bids_dir", {})
+
+
+def test_time_and_parcellation_sections():
+    typed = Config.from_dict(validate_config({"bids_dir": "/d"}, SCHEMA))
+    assert typed.time.target_tr is None and typed.time.method == "pchip"
+    assert not typed.parcellation.enabled
+    config = {"bids_dir": "/d", "time": {"tr": 0.8, "method": "fourier"}}
+    typed = Config.from_dict(validate_config(config, SCHEMA))
+    assert typed.time.target_tr == 0.8 and typed.time.method == "fourier"
+    with pytest.raises(BidstrainError, match=r"config key 'time.tr'"):
+        validate_config({"bids_dir": "/d", "time": {"tr": -1}}, SCHEMA)
+    with pytest.raises(BidstrainError, match=r"config key 'parcellation.name'"):
+        validate_config({"bids_dir": "/d", "parcellation": {"name": "a-b"}}, SCHEMA)

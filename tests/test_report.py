@@ -18,7 +18,7 @@ from bidstrain.demo.generate import DemoSpec, _ellipsoid, bold_run
 from bidstrain.errors import BidstrainError, run_cli
 from bidstrain.io.scans_table import StoreRow, write_table
 from bidstrain.io.store import create_store, open_store, to_grid
-from bidstrain.normalize import ImageInfo, Options, normalize_volumes
+from bidstrain.normalize import ImageInfo, normalize_volumes
 from bidstrain.report import TRAINING_FIGURES
 from bidstrain.report.__main__ import main
 from bidstrain.report.average import average_figure, subject_correlations, time_course
@@ -35,6 +35,7 @@ from bidstrain.report.train import (
 )
 from bidstrain.train.schedule import lr_multiplier
 from matplotlib.figure import Figure
+from normalize_support import image_options
 
 
 @pytest.fixture(autouse=True)
@@ -418,7 +419,7 @@ def _marked_t1w(tmp_path: Path) -> Path:
     path = tmp_path / "sub-01_T1w.nii.gz"
     nib.save(nib.Nifti1Image(data, affine), path)
     store = tmp_path / "t1w.zarr"
-    normalize_volumes(path, store, ImageInfo("T1w", "01"), Options(mask="none"))
+    normalize_volumes(path, store, ImageInfo("T1w", "01"), image_options(mask="none"))
     return store
 
 

@@ -128,6 +128,32 @@ def normalize_spec(subject: str) -> str:
     return f"{RESULTS}/plan/normalize/sub-{subject}.json"
 
 
+def _parcel_output(image: BidsFile, atlas: str, suffix: str, extension: str, **extra: str) -> str:
+    entities = {key: value for key, value in image.entities.items() if key != "desc"}
+    name = bids_path(
+        suffix=suffix, extension=extension, datatype=image.datatype, **entities, seg=atlas, **extra
+    )
+    return _join(RESULTS, "normalized", name)
+
+
+def parcel_store(image: BidsFile, atlas: str) -> str:
+    """The z-scored parcel time series of a BOLD run:
+    ``results/normalized/<prefix>_seg-<atlas>_desc-zscore_timeseries.zarr``."""
+    return _parcel_output(image, atlas, "timeseries", ".zarr", desc=NORMALIZED_DESC)
+
+
+def parcel_timeseries(image: BidsFile, atlas: str) -> str:
+    """The parcel means of a BOLD run, XCP-D style:
+    ``results/normalized/<prefix>_seg-<atlas>_stat-mean_timeseries.tsv``."""
+    return _parcel_output(image, atlas, "timeseries", ".tsv", stat="mean")
+
+
+def parcel_coverage(image: BidsFile, atlas: str) -> str:
+    """Each parcel's fraction inside a BOLD run's mask, XCP-D style:
+    ``results/normalized/<prefix>_seg-<atlas>_stat-coverage_bold.tsv``."""
+    return _parcel_output(image, atlas, "bold", ".tsv", stat="coverage")
+
+
 def normalized_table(subject: str) -> str:
     """Output of a subject's normalize job (wildcards allowed): the table of the stores
     it wrote, ``results/normalized/sub-<label>/sub-<label>_scans.tsv``."""

@@ -21,13 +21,14 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bidstrain import __version__, paths
 from bidstrain.config import Config, config_hash, setting_changes, to_plain
 from bidstrain.dataset import derivatives
+from bidstrain.dataset.atlas import AtlasFiles, check_space, find_atlas
 from bidstrain.dataset.bids import BidsFile, BidsIndex, select_echo, select_part
 from bidstrain.dataset.masks import DEFAULT_MASKS, MASK_KEYS, is_pattern, resolve_pattern
 from bidstrain.errors import BidstrainError
@@ -55,6 +56,8 @@ class ImageJob:
     mask: str  # a keyword (epi, head, none) or the mask file
     stats_from: tuple[str, ...]  # stores of the runs a held-out run takes statistics from
     confounds: str | None = None  # fMRIPrep's confounds table, when they are regressed
+    # parcel outputs (config parcellation); a mapping, so left out of the hash
+    parcels: Mapping[str, Any] | None = field(default=None, compare=False)
 
     @property
     def heldout(self) -> bool:
@@ -70,6 +73,7 @@ class ImageJob:
             "mask": self.mask,
             "stats_from": list(self.stats_from),
             **({"confounds": self.confounds} if self.confounds else {}),
+            **({"parcels": dict(self.parcels)} if self.parcels else {}),
         }
 
 
@@ -165,6 +169,7 @@ class Plan:
     gpus: int  # per node
     nodes: int
     gpu_model: str
+    atlas: AtlasFiles | None = None  # config parcellation
 
     @classmethod
     def build(
@@ -204,7 +209,10 @@ class Plan:
         images = {m: tuple(_select(index, config, m, kind)) for m in MODALITIES}
         subjects = tuple(sorted({image.subject for group in images.values() for image in group}))
         _require_images(index, config, subjects)
-        jobs = _normalize_jobs(config, index, kind, [i for m in MODALITIES for i in images[m]])
+        atlas = find_atlas(config.parcellation) if config.parcellation.enabled else None
+        jobs = _normalize_jobs(
+            config, index, kind, [i for m in MODALITIES for i in images[m]], atlas
+        )
         by_modality = {
             m: [i for job in jobs.values() for i in job.images if i.image.suffix == m]
             for m in MODALITIES
@@ -234,6 +242,7 @@ class Plan:
             gpus=config.resources.train.gpus if gpus is None else gpus,
             nodes=config.resources.train.nodes if nodes is None else nodes,
             gpu_model=gpu_model,
+            atlas=atlas,
         )
 
     # ---- normalize ---------------------------------------------------------------------
@@ -279,7 +288,8 @@ class Plan:
         (:class:`~bidstrain.config.NormalizeJobConfig`): the dataset, how its ingestion
         checks the images of its spec (``ingest``) and how it normalizes them
         (``normalize``, but the masks and held-out runs, which reach each job through its
-        spec, so that changing them reruns only the subjects they concern)."""
+        spec, so that changing them reruns only the subjects they concern), the repetition
+        time BOLD runs are resampled to (``time``) and the atlas of ``parcellation``."""
         normalize = self.config.normalize
         return {
             "bids_dir": self.config.bids_dir,
@@ -291,6 +301,8 @@ class Plan:
                 "storage": normalize.storage,
                 "confounds": to_plain(normalize.confounds),
             },
+            "time": to_plain(self.config.time),
+            "atlas": self.atlas.to_json() if self.atlas else None,
         }
 
     # ---- average, train, report --------------------------------------------------------
@@ -757,8 +769,34 @@ def _confounds(config: Config, image: BidsFile) -> str | None:
     return str(derivatives.confounds_file(image))
 
 
+def _parcels(
+    atlas: AtlasFiles | None, image: BidsFile, runs: Sequence[BidsFile]
+) -> dict[str, Any] | None:
+    """The parcel outputs of a BOLD run (None without an atlas, or for another modality);
+    a held-out run's name the parcel stores of the ``runs`` its statistics come from.
+
+    Raises
+    ------
+    BidstrainError
+        When the run is not in the atlas's space.
+    """
+    if atlas is None or image.suffix != "bold":
+        return None
+    check_space(atlas, image.entities.get("space"), image=image.path, subject=image.subject)
+    return {
+        "store": paths.parcel_store(image, atlas.name),
+        "timeseries": paths.parcel_timeseries(image, atlas.name),
+        "coverage": paths.parcel_coverage(image, atlas.name),
+        "stats_from": [paths.parcel_store(run, atlas.name) for run in runs],
+    }
+
+
 def _normalize_jobs(
-    config: Config, index: BidsIndex, kind: derivatives.DatasetKind, images: Sequence[BidsFile]
+    config: Config,
+    index: BidsIndex,
+    kind: derivatives.DatasetKind,
+    images: Sequence[BidsFile],
+    atlas: AtlasFiles | None = None,
 ) -> dict[str, NormalizeJob]:
     """The normalize job of every subject; held-out BOLD runs take their statistics from
     the subject's other runs (:func:`fitting_runs`), normalized before them in the job."""
@@ -767,10 +805,12 @@ def _normalize_jobs(
     for image in images:
         by_subject.setdefault(image.subject, []).append(image)
 
-    def job(image: BidsFile, stats_from: tuple[str, ...]) -> ImageJob:
+    def job(image: BidsFile, runs: Sequence[BidsFile] = ()) -> ImageJob:
         store = paths.normalized_store(image)
         mask = _mask(config, index, kind, image)
-        return ImageJob(image, store, mask, stats_from, _confounds(config, image))
+        stats_from = tuple(paths.normalized_store(run) for run in runs)
+        parcels = _parcels(atlas, image, runs)
+        return ImageJob(image, store, mask, stats_from, _confounds(config, image), parcels)
 
     _warn_unmatched(
         "normalize.heldout", selection, [image for image in images if image.suffix == "bold"]
@@ -780,10 +820,10 @@ def _normalize_jobs(
         own = by_subject[subject]
         held = [image.suffix == "bold" and _is_heldout(image, selection) for image in own]
         training = [image for image, h in zip(own, held, strict=True) if not h]
-        ordered = [job(image, ()) for image in training]
+        ordered = [job(image) for image in training]
         for image in (image for image, h in zip(own, held, strict=True) if h):
             runs = fitting_runs(image, [run for run in training if run.suffix == "bold"], selection)
-            ordered.append(job(image, tuple(paths.normalized_store(run) for run in runs)))
+            ordered.append(job(image, runs))
         jobs[subject] = NormalizeJob(subject, tuple(ordered))
     return jobs
 

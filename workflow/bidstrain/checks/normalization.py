@@ -169,9 +169,12 @@ def _manifest_problems(scan: StoreScan, manifest: Mapping[str, Mapping[str, Any]
         ]
     problems = []
     raw_volumes = int(record["n_volumes"])
-    # confound regression drops the volumes of nilearn's sample mask: fewer, never more
+    # confound regression drops the volumes of nilearn's sample mask: fewer, never more;
+    # a run resampled in time has the frames of its time grid (frame_valid counts them)
     regressed = scan.meta.confounds_strategy != "none"
-    if scan.n_time > raw_volumes or (scan.n_time != raw_volumes and not regressed):
+    if not scan.meta.resampled and (
+        scan.n_time > raw_volumes or (scan.n_time != raw_volumes and not regressed)
+    ):
         problems.append(
             f"{scan.label} ({scan.path}): {scan.n_time} volumes, but the raw image has "
             f"{raw_volumes} (rerun normalize)"
@@ -249,8 +252,9 @@ def check_normalization(
                 fails += problems
             values.update(numbers)
             fails += _manifest_problems(scan, manifest)
-            # a store of confound-regression residuals cannot give the raw image back
-            if scan.meta.confounds_strategy == "none":
+            # a store of confound-regression residuals, or of frames resampled in time,
+            # cannot give the raw image back
+            if scan.meta.confounds_strategy == "none" and not scan.meta.resampled:
                 problems, values["max_raw_error"] = _raw_problems(scan, raw_heads, tolerance)
                 fails += problems
         per_store.append(values)

@@ -14,6 +14,7 @@ from bidstrain.config.sections import (
     ChecksConfig,
     IngestConfig,
     NormalizeConfig,
+    TimeConfig,
     TrainConfig,
     load_section,
 )
@@ -33,6 +34,11 @@ class NormalizeJobConfig:
     ingest: IngestConfig
     #: the ``normalize`` section (its masks and held-out selection: see the spec)
     normalize: NormalizeConfig
+    #: the ``time`` section: the repetition time BOLD runs are resampled to, and how
+    time: TimeConfig
+    #: the atlas files the plan found for the ``parcellation`` section (the fields of
+    #: :class:`bidstrain.dataset.atlas.AtlasFiles`), or None without a parcellation
+    atlas: Mapping[str, str] | None
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> NormalizeJobConfig:
@@ -56,6 +62,8 @@ class NormalizeJobConfig:
             bids_dir=values["bids_dir"],
             ingest=load_section("ingest", values["ingest"]),
             normalize=load_section("normalize", values["normalize"]),
+            time=load_section("time", values["time"]),
+            atlas=values["atlas"],
         )
 
 

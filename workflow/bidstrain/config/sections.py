@@ -370,6 +370,36 @@ class ResourcesConfig:
 
 
 @dataclass(frozen=True)
+class TimeConfig:
+    """``time``: BOLD runs at one repetition time (:mod:`bidstrain.normalize.resample_time`)."""
+
+    tr: float | str
+    method: str
+
+    @property
+    def target_tr(self) -> float | None:
+        """The repetition time to resample to in seconds; None keeps each run's own."""
+        return None if self.tr == "native" else float(self.tr)
+
+
+@dataclass(frozen=True)
+class ParcellationConfig:
+    """``parcellation``: the atlas whose parcels' mean time series the normalize job writes
+    (:mod:`bidstrain.dataset.atlas`, :mod:`bidstrain.normalize.parcels`)."""
+
+    name: str | None
+    path: str | None
+    labels: str | None
+    space: str | None
+    resolution: str | None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether parcel time series are written."""
+        return self.name is not None
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration (:data:`SCHEMA_PATH` documents every key)."""
 
@@ -389,6 +419,8 @@ class Config:
     embed: EmbedConfig
     report: ReportConfig
     resources: ResourcesConfig
+    time: TimeConfig
+    parcellation: ParcellationConfig
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> Config:

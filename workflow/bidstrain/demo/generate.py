@@ -627,6 +627,56 @@ def make_fmriprep_demo(
     return root
 
 
+#: The demo atlas's name and space (the fMRIPrep demo's template space).
+ATLAS_NAME = "demo"
+ATLAS_SPACE = "MNI152NLin2009cAsym:res-2"
+
+
+def make_atlas_demo(
+    root: str | Path, spec: DemoSpec = FMRIPREP_DEMO, space: str = ATLAS_SPACE
+) -> Path:
+    """Write a BIDS atlas dataset (TemplateFlow's layout) on the fMRIPrep demo's grid.
+
+    ``tpl-<space>/anat/tpl-<space>_atlas-demo_res-<mm>_dseg.nii.gz`` and its ``_dseg.tsv``:
+    the eight octants of the demo's brain ellipsoid (labels 1 to 8, named ``octant1`` to
+    ``octant8``), a small box in a corner of the grid outside every brain mask (label 9,
+    ``outside``: a parcel no run covers), and label 10 (``unused``) listed in the table
+    but drawn nowhere.
+
+    Parameters
+    ----------
+    root : str or Path
+        Output directory of the atlas dataset (created), for example beside the demo
+        dataset.
+    spec : DemoSpec
+        The fMRIPrep demo's spec (its ``bold_shape``).
+    space : str
+        A template space of the demo, ``Name:res-<mm>``.
+
+    Returns
+    -------
+    Path
+        ``root``.
+    """
+    root = Path(root)
+    shape, zoom = _space_grid(spec, space)
+    entities = _space_entities(space)
+    grids = np.meshgrid(*[np.arange(n) >= n // 2 for n in shape], indexing="ij")
+    octant = 1 + grids[0] * 1 + grids[1] * 2 + grids[2] * 4
+    labels = np.where(_ellipsoid(shape, 0.85), octant, 0).astype(np.int16)
+    labels[:2, :2, :2] = 9
+    name = f"tpl-{entities['space']}"
+    stem = root / name / "anat" / f"{name}_atlas-{ATLAS_NAME}_res-{entities['res']}_dseg"
+    _save(labels, Path(f"{stem}.nii.gz"), (zoom, zoom, zoom))
+    rows = [f"{i}\toctant{i}" for i in range(1, 9)] + ["9\toutside", "10\tunused"]
+    _write_text(Path(f"{stem}.tsv"), "index\tname\n" + "\n".join(rows) + "\n")
+    _write_text(
+        root / "dataset_description.json",
+        json.dumps({"Name": "bidstrain demo atlas", "BIDSVersion": "1.10.0"}),
+    )
+    return root
+
+
 def make_qsiprep_demo(root: str | Path, spec: DemoSpec = QSIPREP_DEMO) -> Path:
     """Write a QSIPrep-shaped output dataset under ``root``.
 

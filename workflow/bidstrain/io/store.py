@@ -21,9 +21,24 @@ open store, :func:`read_meta` of a path), never by key elsewhere: ``modality``,
 ``n_nonfinite``, ``stats_dim`` (``"voxel"`` or ``"time"``), ``stats_from`` (the source
 files the statistics were fitted on), ``heldout``, ``mask_source``, ``source_dtype``,
 ``source_orientation``, ``storage`` (:class:`Storage`), ``confounds_strategy`` (the
-confounds regressed out of a BOLD run: ``none`` when absent), ``bidstrain_version`` and
-``checksum`` (:func:`store_checksum`); averages add ``subjects``, ``sessions``,
-``truncated`` and ``mask_mode``.
+confounds regressed out of a BOLD run: ``none`` when absent), ``source_repetition_time``
+(the run's own TR; ``repetition_time`` is the store's, after resampling in time),
+``time_method`` (``none``, or how the run was resampled:
+:mod:`bidstrain.normalize.resample_time`), ``n_invalid_frames`` (frames left out because
+their interpolation needed a dropped volume), ``bidstrain_version`` and ``checksum``
+(:func:`store_checksum`); averages add
+``subjects``, ``sessions``, ``truncated`` and ``mask_mode``. Stores written before these
+attributes existed read as not resampled.
+
+BOLD stores also hold ``frame_time`` and ``frame_valid`` (dim ``frame``): the onset of
+every frame of the run's time grid, and whether it is in ``data`` (its ``time``
+coordinate holds the valid frames' onsets).
+
+Parcel stores (:func:`write_parcel_store`, one per BOLD run and atlas) hold ``data``
+(time, parcel) float32, z-scored per parcel, ``mean`` and ``std`` (parcel), the label
+values as the ``parcel`` coordinate, ``n_voxels`` and ``coverage`` (parcel), with the
+attributes above (``stats_dim: "parcel"``) plus ``atlas``, ``parcel_names`` and
+``n_empty_parcels``; every array is one chunk.
 
 The checksum (``sha256:<hex>``) is of the store's content: every array's name, dtype,
 shape and stored bytes, and the attributes but ``bidstrain_version``. It is computed while
@@ -43,8 +58,9 @@ Files: ``data`` is one Zarr v3 shard (one file, written as a stream by
 :mod:`bidstrain.io.shards`) of inner chunks of whole volumes, about :data:`CHUNK_BYTES` each,
 which the training loader reads one at a time; every other array is one chunk. A store is
 therefore ``zarr.json`` plus ``.snakemake_timestamp/zarr.json`` plus two files per array:
-12 for a BOLD or T1w store, 14 for an average (``n_subjects``), 16 for DWI (``bval``,
-``bvec``), whatever the number of volumes (:func:`count_files`). Float32 data is left
+12 for a T1w store, 16 for a BOLD run's (``frame_time``, ``frame_valid``), 14 for an
+average (``n_subjects``), 16 for DWI (``bval``, ``bvec``), whatever the number of
+volumes (:func:`count_files`). Float32 data is left
 uncompressed (z-scored float32 compresses about 1.1x, so decode speed wins); reduced
 precision (``normalize.storage``) stores float16, or float32 rounded to fewer mantissa
 bits with numcodecs' BitRound and then zstd.
@@ -180,6 +196,9 @@ class StoreMeta:
     mask_mode: str | None = None
     storage: str = "float32"
     confounds_strategy: str = "none"
+    source_repetition_time: float | None = None
+    time_method: str = "none"
+    n_invalid_frames: int = 0
     bidstrain_version: str | None = None
     checksum: str | None = None
 
@@ -198,6 +217,7 @@ class StoreMeta:
         values = {f.name: attrs[f.name] for f in fields(cls) if f.name in attrs}
         source = values["source_path"]
         tr = values.get("repetition_time")
+        source_tr = values.get("source_repetition_time", tr)
         return cls(
             **{
                 **values,
@@ -209,6 +229,8 @@ class StoreMeta:
                 "session": values.get("session") or "",
                 "entities": dict(values.get("entities") or {}),
                 "repetition_time": None if tr is None else float(tr),
+                "source_repetition_time": None if source_tr is None else float(source_tr),
+                "n_invalid_frames": int(values.get("n_invalid_frames") or 0),
                 "source_size": int(values.get("source_size") or 0),
                 "n_nonfinite": int(values.get("n_nonfinite") or 0),
                 "heldout": bool(values.get("heldout", False)),
@@ -227,6 +249,11 @@ class StoreMeta:
     def precision(self) -> float:
         """Largest relative rounding error of a stored ``data`` value (:class:`Storage`)."""
         return Storage.parse(self.storage).relative_error
+
+    @property
+    def resampled(self) -> bool:
+        """Whether the run was resampled in time (its frames are not its volumes)."""
+        return self.time_method != "none"
 
     @property
     def per_voxel(self) -> bool:
@@ -626,3 +653,73 @@ def to_grid(ds: xr.Dataset, values: np.ndarray, fill: float = 0.0) -> np.ndarray
     grid = np.full(values.shape[:-1] + ds.mask.shape, fill, dtype=values.dtype)
     grid[..., ds.i.values, ds.j.values, ds.k.values] = values
     return grid
+
+
+def write_parcel_store(
+    path: str | Path,
+    *,
+    data: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    parcels: np.ndarray,
+    n_voxels: np.ndarray,
+    coverage: np.ndarray,
+    time: np.ndarray,
+    attrs: Mapping[str, Any],
+) -> None:
+    """Write a parcel store atomically (layout: module docstring).
+
+    Parameters
+    ----------
+    path : str or Path
+        The store (``*.zarr``); replaced only on success.
+    data : ndarray, shape (n_time, n_parcels)
+        Z-scored parcel time series (stored as float32).
+    mean, std : ndarray, shape (n_parcels,)
+        The statistics they were z-scored with.
+    parcels : ndarray of int, shape (n_parcels,)
+        The label value of each parcel.
+    n_voxels, coverage : ndarray, shape (n_parcels,)
+        Voxels of each parcel in the run's mask, and their fraction of the parcel.
+    time : ndarray, shape (n_time,)
+        Onset of each frame in seconds.
+    attrs : mapping
+        :data:`REQUIRED_ATTRS` and the parcel attributes.
+    """
+    missing = [key for key in REQUIRED_ATTRS if key not in attrs]
+    if missing:
+        raise RuntimeError(f"parcel store {path}: attributes {missing} never set")
+    StoreMeta.from_attrs(attrs)
+    with atomic_path(path) as tmp:
+        group = zarr.open_group(tmp, mode="w", zarr_format=3)
+        coords = {"coordinates": "time parcel"}
+        _write_array(group, "time", ("time",), np.asarray(time, dtype=np.float64))
+        _write_array(group, "parcel", ("parcel",), np.asarray(parcels, dtype=np.int32))
+        _write_array(
+            group, "data", ("time", "parcel"), np.asarray(data, np.float32), attributes=coords
+        )
+        for name, values, dtype in (
+            ("mean", mean, np.float32),
+            ("std", std, np.float32),
+            ("n_voxels", n_voxels, np.int64),
+            ("coverage", coverage, np.float64),
+        ):
+            _write_array(group, name, ("parcel",), np.asarray(values, dtype), attributes=coords)
+        group.attrs.update({**attrs, "bidstrain_version": __version__})
+        zarr.open_group(tmp / SNAKEMAKE_TIMESTAMP, mode="w")
+
+
+def read_parcel_stats(path: str | Path) -> tuple[int, np.ndarray, np.ndarray, StoreMeta]:
+    """``(frames, mean, std, meta)`` of a parcel store, read with zarr alone.
+
+    Raises
+    ------
+    BidstrainError
+        When the store does not exist or is not a parcel store.
+    """
+    meta = read_meta(path)
+    if meta.stats_dim != "parcel":
+        raise BidstrainError(f"not a parcel store (stats_dim {meta.stats_dim!r})", path=path)
+    group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
+    mean = np.asarray(group["mean"][...], dtype=np.float64)
+    return int(group["data"].shape[0]), mean, np.asarray(group["std"][...], np.float64), meta

@@ -3,7 +3,9 @@
 BOLD runs are z-scored per voxel over time (:mod:`~bidstrain.normalize.bold`); T1w and DWI
 per volume over the voxels of a mask (:mod:`~bidstrain.normalize.volumes`); held-out BOLD
 runs with the statistics pooled from the same subject's other runs
-(:mod:`~bidstrain.normalize.heldout`). Every image is streamed
+(:mod:`~bidstrain.normalize.heldout`). BOLD runs can be resampled to one repetition time
+(:mod:`~bidstrain.normalize.resample_time`) and their parcels' mean time series written
+beside them (:mod:`~bidstrain.normalize.parcels`). Every image is streamed
 (:mod:`~bidstrain.normalize.nifti_stream`), never held whole, in the passes of
 :mod:`~bidstrain.normalize.passes`; masks come from :mod:`~bidstrain.normalize.masking`.
 

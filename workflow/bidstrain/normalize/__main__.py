@@ -23,7 +23,10 @@ statistics). With ``normalize.confounds.strategy`` other than ``none`` (and its
 ``options``, nilearn's keyword arguments), each BOLD image's entry names its fMRIPrep
 confounds table
 (``"confounds": ...``), whose confounds are regressed out first
-(:mod:`~bidstrain.normalize.confounds`).
+(:mod:`~bidstrain.normalize.confounds`). The settings' ``time`` section resamples BOLD
+runs in time (:mod:`~bidstrain.normalize.resample_time`); with an ``atlas`` each
+BOLD entry names its parcel outputs (``"parcels": {"store", "timeseries", "coverage",
+"stats_from"}``, :mod:`~bidstrain.normalize.parcels`).
 
 Each store is written atomically; the table, the job's last output, is written last, so a
 failed job leaves no output that looks complete. An error names the image.
@@ -39,7 +42,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bidstrain.config import NormalizeConfig, NormalizeJobConfig
+from bidstrain.config import NormalizeJobConfig
+from bidstrain.dataset.atlas import AtlasFiles, check_space, load_atlas
 from bidstrain.errors import BidstrainError, run_cli
 from bidstrain.ingest.records import write_subject_record
 from bidstrain.io.scans_table import StoreRow, write_table
@@ -49,6 +53,8 @@ from bidstrain.normalize.confounds import RunConfounds, load_run_confounds
 from bidstrain.normalize.heldout import normalize_with_stats
 from bidstrain.normalize.image import ImageInfo, Options
 from bidstrain.normalize.nifti_stream import read_layout
+from bidstrain.normalize.parcels import ParcelOutputs
+from bidstrain.normalize.passes import ParcelJob
 from bidstrain.normalize.volumes import normalize_volumes
 
 log = logging.getLogger("bidstrain.normalize")
@@ -84,8 +90,31 @@ def run_confounds(
     )
 
 
+def parcel_job(
+    spec: Mapping[str, Any], info: ImageInfo, atlas: AtlasFiles | None
+) -> ParcelJob | None:
+    """The parcel outputs of a BOLD image of ``--spec`` with the atlas on its grid, or None
+    (no atlas in the settings, or not BOLD).
+
+    Raises
+    ------
+    BidstrainError
+        When the run is not in the atlas's space, or the atlas cannot be read.
+    """
+    if atlas is None or "parcels" not in spec:
+        return None
+    image = spec["image"]
+    check_space(atlas, info.entities.get("space"), image=image, subject=info.subject)
+    layout = read_layout(image, info.subject)
+    on_grid = load_atlas(atlas, layout.shape, layout.affine, image=image, subject=info.subject)
+    return ParcelJob(on_grid, ParcelOutputs.from_json(spec["parcels"]))
+
+
 def normalize_image(
-    spec: Mapping[str, Any], ingest: Mapping[str, Any], settings: NormalizeConfig
+    spec: Mapping[str, Any],
+    ingest: Mapping[str, Any],
+    settings: NormalizeJobConfig,
+    atlas: AtlasFiles | None = None,
 ) -> StoreRow:
     """Normalize one image of a job's ``--spec`` into its store.
 
@@ -97,9 +126,13 @@ def normalize_image(
         run is normalized with; empty for its own).
     ingest : mapping
         The subject's ingest record (:func:`bidstrain.ingest.records.write_subject_record`).
-    settings : NormalizeConfig
-        Config ``normalize``, shared by the job's images (each image's mask is taken from
-        ``spec``); with a confounds strategy, BOLD entries name their ``confounds`` table.
+    settings : NormalizeJobConfig
+        The job's settings: config ``normalize`` and ``time``, shared by the job's images
+        (each image's mask is taken from ``spec``); with a confounds strategy, BOLD
+        entries name their ``confounds`` table.
+    atlas : AtlasFiles, optional
+        The atlas of config ``parcellation``: BOLD entries then name their ``parcels``
+        outputs.
 
     Returns
     -------
@@ -108,16 +141,18 @@ def normalize_image(
     """
     modality, image, store = spec["modality"], spec["image"], spec["store"]
     stats_from = spec["stats_from"]
-    options = Options.from_config(settings, mask=spec["mask"])
+    normalize = settings.normalize
+    options = Options.from_config(normalize, settings.time, mask=spec["mask"])
     info = ImageInfo.from_ingest(ingest, image)
     started = time.perf_counter()
     confounds = run_confounds(
-        spec, info, settings.confounds.strategy, settings.confounds.options, options.ddof
+        spec, info, normalize.confounds.strategy, normalize.confounds.options, options.ddof
     )
+    parcels = parcel_job(spec, info, atlas)
     if stats_from:
-        attrs = normalize_with_stats(image, stats_from, store, info, options, confounds)
+        attrs = normalize_with_stats(image, stats_from, store, info, options, confounds, parcels)
     elif modality == "bold":
-        attrs = normalize_bold(image, store, info, options, confounds)
+        attrs = normalize_bold(image, store, info, options, confounds, parcels)
     else:
         attrs = normalize_volumes(image, store, info, options)
     meta = StoreMeta.from_attrs(attrs, store)
@@ -175,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ingest = write_subject_record(
         settings.bids_dir, args.subject, images, settings.ingest, args.ingest
     )
-    rows = [normalize_image(spec, ingest, settings.normalize) for spec in specs]
+    atlas = None if settings.atlas is None else AtlasFiles.from_json(settings.atlas)
+    rows = [normalize_image(spec, ingest, settings, atlas) for spec in specs]
     write_table(rows, args.out_table)
 
 

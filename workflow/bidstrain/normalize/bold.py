@@ -12,12 +12,18 @@ from bidstrain.normalize.confounds import ConfoundRegression, RunConfounds, fixe
 from bidstrain.normalize.image import ImageInfo, Options
 from bidstrain.normalize.nifti_stream import NiftiLayout
 from bidstrain.normalize.passes import (
+    ParcelJob,
     check_not_all_zero,
     choose_mask,
+    frame_moments,
     open_image,
+    run_time_grid,
     scan_image,
+    voxel_deviations,
     write_voxel_zscored_store,
+    zscore_parameters,
 )
+from bidstrain.normalize.resample_time import TimeGrid
 
 
 def _check_volumes(layout: NiftiLayout, info: ImageInfo, ddof: int) -> None:
@@ -36,10 +42,13 @@ def normalize_bold(
     info: ImageInfo,
     options: Options,
     confounds: RunConfounds | None = None,
+    parcels: ParcelJob | None = None,
 ) -> dict[str, Any]:
     """Z-score a BOLD run per voxel over time, within a mask, into a store.
 
-    Two streamed passes (:mod:`bidstrain.normalize.passes`), each reading the image once.
+    Two streamed passes (:mod:`bidstrain.normalize.passes`), each reading the image once;
+    three when the run is resampled in time (``options.target_tr``), the second for the
+    statistics of its frames.
 
     Peak memory, besides the libraries: about 40 bytes per grid voxel (pass 1 sums, the
     mean volume, the mask), plus for blocks of ``b`` volumes ``2 * b`` stored volumes (the
@@ -49,6 +58,11 @@ def normalize_bold(
     of which 58 MB are the interpreter with numpy, nibabel, zarr and isal; ``mask="epi"``
     imports ``scipy.ndimage`` for the mask, not nilearn
     (:func:`bidstrain.normalize.masking.epi_mask`).
+    Resampling in time adds ``8 * (s + b)`` bytes per masked voxel for a support of ``s``
+    volumes (2 linear, 4 pchip, ``20 * max(tr, target) / tr`` fourier:
+    :mod:`~bidstrain.normalize.resample_time`), and
+    :data:`~bidstrain.normalize.resample_time.BATCH_FRAMES` frames of output; parcels
+    ``8`` bytes per frame and parcel.
 
     Parameters
     ----------
@@ -64,6 +78,8 @@ def normalize_bold(
         Confounds to regress out first, as ``nilearn.signal.clean`` does
         (:mod:`~bidstrain.normalize.confounds`); the volumes outside their sample mask are
         left out of the store. Adds ``8 k`` bytes per fitted voxel for ``k`` confounds.
+    parcels : ParcelJob, optional
+        Write the run's parcel time series too (:mod:`~bidstrain.normalize.parcels`).
 
     Returns
     -------
@@ -81,6 +97,7 @@ def normalize_bold(
     regression = None
     if confounds is not None:
         regression = ConfoundRegression(confounds, layout, fixed_mask_index(layout, info, options))
+    grid = run_time_grid(layout, info, options, None if confounds is None else confounds.kept)
     scan = scan_image(layout, options.block_volumes, options.ddof, regression=regression)
     check_not_all_zero(scan, layout, info)
     mask, n_nonfinite = choose_mask(layout, info, options, scan)
@@ -90,6 +107,10 @@ def normalize_bold(
     if regression is not None:
         regression.restrict(index)
         variance = regression.residual_variance(variance, layout, options.ddof)
+    center = None
+    if not grid.identity:  # the frames' own statistics: one more pass
+        center = mean
+        mean, variance = _frame_statistics(layout, index, options, grid, mean, regression)
     return write_voxel_zscored_store(
         out_store,
         layout,
@@ -98,8 +119,38 @@ def normalize_bold(
         mask,
         mean,
         np.sqrt(variance),
+        grid=grid,
+        center=center,
         regression=regression,
+        parcels=parcels,
         stats_from=[str(layout.path.resolve())],
         heldout=False,
         n_nonfinite=n_nonfinite,
     )
+
+
+def _frame_statistics(
+    layout: NiftiLayout,
+    index: np.ndarray,
+    options: Options,
+    grid: TimeGrid,
+    mean: np.ndarray,
+    regression: ConfoundRegression | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-voxel mean and variance (image units) of a resampled run's valid frames."""
+    if grid.valid.sum() <= options.ddof:
+        raise BidstrainError(
+            f"{int(grid.valid.sum())} valid frames at TR {grid.target_tr} s: a z-score with "
+            f"ddof={options.ddof} needs at least {options.ddof + 1} (config time.tr, "
+            "normalize.confounds)",
+            path=layout.path,
+        )
+    center, _, _ = zscore_parameters(layout, mean, np.ones_like(mean))
+    block = options.block_volumes
+    if regression is None:
+        source = voxel_deviations(layout, index, block, center)
+    else:
+        source = regression.residuals(layout, block, center)
+    moments = frame_moments(source, grid, index.size)
+    frame_mean = mean + moments.mean() * layout.slope
+    return frame_mean, moments.variance(options.ddof) * layout.slope**2

@@ -20,8 +20,9 @@ sum of squares ``S``::
     residual variance = (S - sum(B ** 2)) / (n_kept - ddof)
     z[t] = (y[t] - mean - Q[t] B) / sqrt(residual variance)
 
-So pass 1 accumulates ``B`` beside the per-voxel moments, and pass 2 writes ``z``; the
-image is never held, nor is any float64 copy of it. Volumes outside the sample mask are
+So pass 1 accumulates ``B`` beside the per-voxel moments, and pass 2 streams the
+residuals (:meth:`ConfoundRegression.residuals`) that become ``z``; the image is never
+held, nor is any float64 copy of it. Volumes outside the sample mask are
 not written: the store's ``time`` coordinate holds the onsets of the volumes kept.
 ``B`` and the products are computed on batches of :data:`BATCH_VOLUMES` volumes and
 tiles of :data:`TILE_VOXELS` voxels, on one BLAS thread (the other core decompresses).
@@ -249,7 +250,7 @@ class ConfoundRegression:
     Notes
     -----
     Memory: ``B`` (``8 k`` bytes per fitted voxel), a batch of :data:`BATCH_VOLUMES`
-    gathered stored volumes and, in pass 2, their float32 z-scores.
+    gathered stored volumes and, in pass 2, their float64 residuals.
     """
 
     def __init__(self, confounds: RunConfounds, layout: NiftiLayout, index: np.ndarray):
@@ -332,39 +333,40 @@ class ConfoundRegression:
         residual = variance - explained / (self.confounds.n_kept - ddof)
         return np.maximum(residual, 0.0)
 
-    def write(
-        self,
-        writer,
-        layout: NiftiLayout,
-        block: int,
-        center: np.ndarray,
-        scale: np.ndarray,
-    ) -> None:
-        """Pass 2: write ``(stored - center - Q[t] B) * scale`` of every kept volume.
+    def residuals(self, layout: NiftiLayout, block: int, center: np.ndarray):
+        """Pass 2: the residuals ``stored - center - Q[t] B`` of the kept volumes.
 
-        ``center`` and ``scale`` are per voxel of :meth:`restrict`'s ``index``, in stored
-        units (see :func:`bidstrain.normalize.passes.zscore_parameters`).
+        ``center`` is per voxel of :meth:`restrict`'s ``index``, in stored units (see
+        :func:`bidstrain.normalize.passes.zscore_parameters`).
+
+        Yields
+        ------
+        positions : ndarray of int
+            The source volumes of the rows (kept volumes only).
+        residuals : ndarray, shape (len(positions), n_voxel), float64
+            A reused buffer: valid until the next item is requested.
         """
-        zscored = np.empty((BATCH_VOLUMES, self.index.size), dtype=np.float32)
-        written = 0
-        for start, values in iter_blocks(layout, block):
-            for _ in self._batches(self.select(start, values)):
-                written = self._write_batch(writer, written, center, scale, zscored)
-        self._write_batch(writer, written, center, scale, zscored)
-
-    def _write_batch(self, writer, written: int, center, scale, zscored) -> int:
         from threadpoolctl import threadpool_limits
 
-        n, batch = self._n_batch, self._batch[: self._n_batch]
-        if not n:
-            return written
-        q = self.confounds.basis[written : written + n]
-        with threadpool_limits(1, user_api="blas"):
-            for tile in range(0, self.index.size, TILE_VOXELS):
-                cols = slice(tile, tile + TILE_VOXELS)
-                residual = batch[:, cols] - center[cols]
-                residual -= q @ self.coef[:, cols]
-                np.multiply(residual, scale[cols], out=zscored[:n, cols])
-        writer.write(written, zscored[:n])
-        self._n_batch = 0
-        return written + n
+        kept = np.flatnonzero(self.kept)
+        residual = np.empty((BATCH_VOLUMES, self.index.size), dtype=np.float64)
+        written = 0
+
+        def batch_residuals():
+            n, batch = self._n_batch, self._batch[: self._n_batch]
+            q = self.confounds.basis[written : written + n]
+            with threadpool_limits(1, user_api="blas"):
+                for tile in range(0, self.index.size, TILE_VOXELS):
+                    cols = slice(tile, tile + TILE_VOXELS)
+                    np.subtract(batch[:, cols], center[cols], out=residual[:n, cols])
+                    residual[:n, cols] -= q @ self.coef[:, cols]
+            self._n_batch = 0
+            return kept[written : written + n], residual[:n]
+
+        for start, values in iter_blocks(layout, block):
+            for _ in self._batches(self.select(start, values)):
+                positions, rows = batch_residuals()
+                yield positions, rows
+                written += positions.size
+        if self._n_batch:
+            yield batch_residuals()

@@ -16,10 +16,12 @@ from bidstrain.normalize.image import ImageInfo, Options
 from bidstrain.normalize.moments import pool_moments
 from bidstrain.normalize.nifti_stream import NiftiLayout
 from bidstrain.normalize.passes import (
+    ParcelJob,
     check_not_all_zero,
     check_not_empty,
     exclude_nonfinite,
     open_image,
+    run_time_grid,
     scan_image,
     write_voxel_zscored_store,
 )
@@ -93,6 +95,7 @@ def normalize_with_stats(
     info: ImageInfo | None,
     options: Options,
     confounds: RunConfounds | None = None,
+    parcels: ParcelJob | None = None,
 ) -> dict[str, Any]:
     """Z-score a BOLD run with statistics pooled from other runs' stores, not its own.
 
@@ -123,6 +126,9 @@ def normalize_with_stats(
         statistics (:mod:`~bidstrain.normalize.confounds`); the run is then streamed
         twice (the fit, then the store), and the volumes outside their sample mask are
         left out.
+    parcels : ParcelJob, optional
+        Write the run's parcel time series too, z-scored with the statistics pooled from
+        the parcel stores of ``parcels.outputs.stats_from``.
 
     Returns
     -------
@@ -150,6 +156,7 @@ def normalize_with_stats(
         mean, std = mean[kept], std[kept]
     if regression is not None:
         regression.restrict(layout.stored_index(mask))
+    grid = run_time_grid(layout, info, options, None if confounds is None else confounds.kept)
     return write_voxel_zscored_store(
         out_store,
         layout,
@@ -158,8 +165,10 @@ def normalize_with_stats(
         mask,
         mean,
         std,
+        grid=grid,
         check_values=True,
         regression=regression,
+        parcels=parcels,
         mask_source="intersection of the stats_from masks",
         stats_from=sources,
         heldout=True,

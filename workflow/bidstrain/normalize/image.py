@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bidstrain.config import NormalizeConfig
+from bidstrain.config import NormalizeConfig, TimeConfig
 from bidstrain.dataset.bids import parse_name
 from bidstrain.errors import BidstrainError
 
@@ -108,6 +108,11 @@ class Options:
     storage : str
         How the store keeps the normalized values: ``float32`` (exact), ``float16`` or
         ``bitround-N`` (:class:`bidstrain.io.store.Storage`).
+    target_tr : float or None
+        The repetition time BOLD runs are resampled to (config ``time.tr``); None keeps
+        each run's.
+    time_method : str
+        How (config ``time.method``: :mod:`bidstrain.normalize.resample_time`).
     """
 
     mask: str
@@ -115,14 +120,19 @@ class Options:
     nonfinite: str
     block_volumes: int
     storage: str
+    target_tr: float | None
+    time_method: str
 
     @classmethod
-    def from_config(cls, normalize: NormalizeConfig, mask: str) -> Options:
-        """The options of an image with ``mask`` under the ``normalize`` section."""
+    def from_config(cls, normalize: NormalizeConfig, time: TimeConfig, mask: str) -> Options:
+        """The options of an image with ``mask`` under the ``normalize`` and ``time``
+        sections."""
         return cls(
             mask=mask,
             ddof=normalize.ddof,
             nonfinite=normalize.nonfinite,
             block_volumes=normalize.block_volumes,
             storage=normalize.storage,
+            target_tr=time.target_tr,
+            time_method=time.method,
         )

@@ -4,9 +4,17 @@ pass 1 (:func:`scan_image`)
     per-voxel sums over the whole grid (:class:`~bidstrain.normalize.moments.VoxelMoments`):
     the mean volume a mask is computed from, the voxels holding NaN/Inf, and the per-voxel
     mean and variance.
-pass 2 (:func:`write_per_voxel`, or :func:`bidstrain.normalize.volumes.write_per_volume`)
-    masked blocks of volumes (gathered with precomputed flat indices) are z-scored and
-    written to the store, a whole number of store chunks at a time.
+pass 2 (:func:`write_voxel_zscored_store`, or :func:`bidstrain.normalize.volumes.write_per_volume`)
+    masked blocks of volumes (gathered with precomputed flat indices), minus the
+    confounds when they are regressed, become the store's frames (:func:`frames`: the
+    volumes, or resampled in time by :mod:`~bidstrain.normalize.resample_time`), are
+    z-scored and written to the store, and their parcel means are summed
+    (:mod:`~bidstrain.normalize.parcels`).
+
+A BOLD run resampled in time with its own statistics is streamed once more between the
+two (:func:`frame_moments`): the statistics of its frames are not those of its volumes.
+Resampling holds the volumes of one interpolation support, never the whole run: memory
+stays bounded by the block, the support and the mask, whatever the run's length.
 
 Each pass streams the image with a thread decompressing ahead
 (:mod:`~bidstrain.normalize.nifti_stream`).
@@ -21,15 +29,18 @@ from typing import Any
 
 import numpy as np
 
+from bidstrain.dataset.atlas import Atlas
 from bidstrain.dataset.masks import MASK_KEYS
 from bidstrain.errors import BidstrainError
 from bidstrain.io.orientation import OBLIQUE_DEGREES
-from bidstrain.io.store import ZERO_STD, StoreWriter, chunk_volumes, create_store
+from bidstrain.io.store import ZERO_STD, chunk_volumes, create_store
 from bidstrain.normalize.confounds import ConfoundRegression
 from bidstrain.normalize.image import ImageInfo, Options
 from bidstrain.normalize.masking import epi_mask, head_mask, load_mask
 from bidstrain.normalize.moments import VoxelMoments
 from bidstrain.normalize.nifti_stream import NiftiLayout, iter_blocks, read_layout
+from bidstrain.normalize.parcels import ParcelMeans, ParcelOutputs, write_parcel_outputs
+from bidstrain.normalize.resample_time import TimeGrid, TimeResampler, time_grid
 
 log = logging.getLogger(__name__)
 
@@ -194,8 +205,7 @@ def store_attrs(layout: NiftiLayout, info: ImageInfo, options: Options, **values
         "source_orientation": layout.source_orientation,
         "ddof": options.ddof,
         "mask_source": options.mask,
-        **values,
-    }
+    } | values
 
 
 def volume_times(layout: NiftiLayout, info: ImageInfo) -> np.ndarray:
@@ -218,38 +228,42 @@ def zscore_parameters(
     return center, scale, zero
 
 
-def write_per_voxel(
-    writer: StoreWriter,
+def voxel_deviations(
     layout: NiftiLayout,
     index: np.ndarray,
     block: int,
     center: np.ndarray,
-    scale: np.ndarray,
     *,
     check_values: bool = False,
     subject: str | None = None,
-) -> None:
-    """Pass 2 of a per-voxel normalization: write ``(stored - center) * scale``.
+):
+    """Pass 2's input without confounds: ``stored - center`` of every volume.
 
-    ``index`` holds the flat stored positions of the mask's voxels; ``center`` and
-    ``scale`` are per masked voxel in stored units, so the header's slope and intercept
-    never touch the data. With
-    ``check_values`` (a held-out run, streamed once) NaN/Inf and an all-zero input are
-    detected here.
+    ``index`` holds the flat stored positions of the mask's voxels; ``center`` is per
+    masked voxel in stored units, so the header's slope and intercept never touch the
+    data. With ``check_values`` (a held-out run, streamed once) NaN/Inf and an all-zero
+    input are detected here.
 
+    Yields
+    ------
+    positions : ndarray of int
+        The volumes of the rows.
+    deviations : ndarray, shape (len(positions), index.size), float64
+        A reused buffer: valid until the next item is requested.
+
+    Notes
+    -----
     Memory: besides the reader's two blocks of stored values, ``block * index.size``
-    masked stored values, float64 deviations and float32 z-scores.
+    masked stored values and float64 deviations.
     """
     masked = np.empty((block, index.size), dtype=layout.dtype.newbyteorder("="))
     deviations = np.empty((block, index.size), dtype=np.float64)
-    zscored = np.empty((block, index.size), dtype=np.float32)
     stored_zero = -layout.inter / layout.slope
     any_nonzero = False
     for start, values in iter_blocks(layout, block):
         n = values.shape[0]
         np.take(values, index, axis=1, out=masked[:n], mode="clip")  # indices are valid
         np.subtract(masked[:n], center, out=deviations[:n])
-        np.multiply(deviations[:n], scale, out=zscored[:n])
         if check_values:
             any_nonzero = any_nonzero or bool(np.any(masked[:n] != stored_zero))
             if not np.isfinite(masked[:n]).all():
@@ -259,11 +273,62 @@ def write_per_voxel(
                     path=layout.path,
                     subject=subject,
                 )
-        writer.write(start, zscored[:n])
+        yield np.arange(start, start + n), deviations[:n]
     if check_values and not any_nonzero:
         raise BidstrainError(
             "every value inside the mask is zero", path=layout.path, subject=subject
         )
+
+
+def run_time_grid(
+    layout: NiftiLayout, info: ImageInfo, options: Options, kept: np.ndarray | None
+) -> TimeGrid:
+    """The frames a BOLD run is stored on: its volumes (kept by the sample mask), or
+    config ``time.tr`` (:mod:`~bidstrain.normalize.resample_time`).
+
+    Raises
+    ------
+    BidstrainError
+        When a repetition time is asked for and the run has none.
+    """
+    if options.target_tr is not None and not info.repetition_time:
+        raise BidstrainError(
+            f"config time.tr is {options.target_tr} s but the run has no repetition time "
+            "(RepetitionTime in its sidecar or header)",
+            path=layout.path,
+            subject=info.subject,
+        )
+    source_tr = info.repetition_time or 1.0
+    return time_grid(layout.n_volumes, source_tr, options.target_tr, options.time_method, kept)
+
+
+def frames(source, grid: TimeGrid, n_voxel: int):
+    """The store's frames, in time order, from pass 2's ``(positions, deviations)``:
+    the kept volumes themselves, or resampled (:class:`TimeResampler`)."""
+    if grid.identity:
+        for _, deviations in source:
+            yield deviations
+        return
+    resampler = TimeResampler(grid, n_voxel)
+    for positions, deviations in source:
+        yield from resampler.push(positions, deviations)
+    yield from resampler.finish()
+
+
+def frame_moments(source, grid: TimeGrid, n_voxel: int) -> VoxelMoments:
+    """Per-voxel moments of the store's frames (a resampled run's own statistics)."""
+    moments = VoxelMoments(n_voxel, dtype=np.float64)
+    for block in frames(source, grid, n_voxel):
+        moments.update(block)
+    return moments
+
+
+@dataclass(frozen=True)
+class ParcelJob:
+    """A BOLD run's parcel outputs, and the atlas on its grid."""
+
+    atlas: Atlas
+    outputs: ParcelOutputs
 
 
 def write_voxel_zscored_store(
@@ -275,18 +340,25 @@ def write_voxel_zscored_store(
     mean: np.ndarray,
     std: np.ndarray,
     *,
+    grid: TimeGrid,
+    center: np.ndarray | None = None,
     check_values: bool = False,
     regression: ConfoundRegression | None = None,
+    parcels: ParcelJob | None = None,
     **attrs: Any,
 ) -> dict:
-    """Stream the image once more and write it z-scored per voxel with ``mean``/``std``.
+    """Stream the image once more and write its frames z-scored per voxel with
+    ``mean``/``std``; also its parcel time series when ``parcels`` is given.
 
-    ``mean`` and ``std`` (float64, one per voxel of ``mask`` in C order) are the run's
-    own statistics or ones pooled from other runs; ``attrs`` (``stats_from``,
+    ``mean`` and ``std`` (float64, one per voxel of ``mask`` in C order) are the
+    statistics of the store's frames (the run's own, or pooled from other runs); the
+    volumes are streamed as deviations from ``center`` (by default ``mean``: a resampled
+    run's frames have another mean than its volumes). ``attrs`` (``stats_from``,
     ``heldout``, ``n_nonfinite``...) complete :func:`store_attrs`. See
-    :func:`write_per_voxel` for ``check_values`` and memory. With ``regression`` (fitted
-    in pass 1 on the voxels of ``mask``), the confounds are removed first and only the
-    kept volumes are written (``check_values`` is then pass 1's business).
+    :func:`voxel_deviations` for ``check_values`` and memory. With ``regression``
+    (fitted in pass 1 on the voxels of ``mask``), the confounds are removed first and only
+    the kept volumes are read into the frames (``check_values`` is then pass 1's
+    business).
 
     Returns
     -------
@@ -294,11 +366,19 @@ def write_voxel_zscored_store(
         The store's attributes.
     """
     index = layout.stored_index(mask)
-    center, scale, zero = zscore_parameters(layout, mean, std)
-    times = volume_times(layout, info)
-    if regression is not None:
-        times = times[regression.kept]
+    offset = None if center is None else (mean - center) / layout.slope  # stored units
+    center = mean if center is None else center
+    stored_center, scale, zero = zscore_parameters(layout, center, std)
+    times = grid.times[grid.valid]
     chunk, block = aligned_block(options.block_volumes, times.size, index.size)
+    if regression is None:
+        source = voxel_deviations(
+            layout, index, block, stored_center, check_values=check_values, subject=info.subject
+        )
+    else:
+        source = regression.residuals(layout, block, stored_center)
+        attrs["confounds_strategy"] = regression.confounds.strategy
+    means = None if parcels is None else ParcelMeans(parcels.atlas, mask, center, layout.slope)
     with create_store(
         out_store,
         mask=mask,
@@ -307,25 +387,39 @@ def write_voxel_zscored_store(
         chunk=chunk,
         storage=options.storage,
     ) as writer:
-        if regression is None:
-            write_per_voxel(
-                writer,
-                layout,
-                index,
-                block,
-                center,
-                scale,
-                check_values=check_values,
-                subject=info.subject,
-            )
-        else:
-            regression.write(writer, layout, block, center, scale)
-            attrs["confounds_strategy"] = regression.confounds.strategy
+        zscored = np.empty((0, index.size), dtype=np.float32)
+        written = 0
+        for deviations in frames(source, grid, index.size):
+            n = deviations.shape[0]
+            if means is not None:
+                means.add(deviations)
+            if zscored.shape[0] < n:
+                zscored = np.empty((n, index.size), dtype=np.float32)
+            if offset is not None:
+                deviations = deviations - offset
+            np.multiply(deviations, scale, out=zscored[:n])
+            writer.write(written, zscored[:n])
+            written += n
         writer.add_variable("mean", ("voxel",), mean.astype(np.float32))
         writer.add_variable("std", ("voxel",), std.astype(np.float32))
+        writer.add_variable("frame_time", ("frame",), grid.times)
+        writer.add_variable("frame_valid", ("frame",), grid.valid)
         writer.attrs.update(
             store_attrs(
-                layout, info, options, stats_dim="voxel", n_zero_variance=int(zero.sum()), **attrs
+                layout,
+                info,
+                options,
+                stats_dim="voxel",
+                n_zero_variance=int(zero.sum()),
+                repetition_time=grid.target_tr if info.repetition_time else None,
+                source_repetition_time=info.repetition_time,
+                time_method=grid.method,
+                n_invalid_frames=grid.n_invalid,
+                **attrs,
             )
+        )
+    if means is not None:
+        write_parcel_outputs(
+            parcels.outputs, means, times, options.ddof, writer.attrs, info.subject
         )
     return writer.attrs

@@ -1,0 +1,385 @@
+"""Parcel time series: the mean of a run's voxels in each parcel and its mask, after the
+confound regression (and the resampling in time), z-scored per parcel.
+
+Judged against a float64 reference written out here in numpy (within 1e-5); nilearn's
+``NiftiLabelsMasker`` with the same confounds and sample mask is compared too, and its
+own distance to the reference is logged beside ours. Measured on the demo's int16 runs:
+ours 1.9e-7 (the float32 store's rounding), nilearn's 3e-15 without confounds and 4e-11
+with the scrubbing strategy (its region means are float64 here, unlike its voxel maskers).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import zarr
+from bidstrain import paths
+from bidstrain.config import ParcellationConfig
+from bidstrain.dataset.atlas import AtlasFiles, check_space, find_atlas, load_atlas
+from bidstrain.demo.generate import ATLAS_NAME, make_atlas_demo, make_fmriprep_demo
+from bidstrain.errors import BidstrainError
+from bidstrain.io.store import open_store, read_dims, read_meta, read_parcel_stats
+from bidstrain.normalize import ImageInfo, normalize_bold, normalize_with_stats
+from bidstrain.normalize.confounds import load_run_confounds
+from bidstrain.normalize.nifti_stream import read_layout
+from bidstrain.normalize.parcels import ParcelOutputs
+from bidstrain.normalize.passes import ParcelJob
+from bidstrain.normalize.resample_time import resample, time_grid
+from bidstrain.plan import write_if_changed
+from nilearn.interfaces.fmriprep import load_confounds_strategy
+from nilearn.maskers import NiftiLabelsMasker
+from normalize_support import image_options
+from test_plan import plan_of
+
+SPACE = "MNI152NLin2009cAsym"
+SPACE_ENTITIES = f"space-{SPACE}_res-2"
+N_VOLUMES = 60
+#: Largest |ours - float64 reference| allowed; the float32 store alone rounds by 2.4e-7.
+TOLERANCE = 1e-5
+#: The demo atlas: octants 1-8 in the brain, 9 outside every mask, 10 drawn nowhere.
+EMPTY = ("outside", "unused")
+
+log = logging.getLogger(__name__)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> tuple[Path, AtlasFiles]:
+    root = tmp_path_factory.mktemp("parcels")
+    make_fmriprep_demo(root / "fmriprep", runs=("1", "2", "3"))
+    make_atlas_demo(root / "atlas")
+    config = ParcellationConfig(ATLAS_NAME, str(root / "atlas"), None, None, None)
+    return root / "fmriprep", find_atlas(config)
+
+
+def _run(root: Path, run: str = "1") -> tuple[Path, Path, Path]:
+    func = root / "sub-01" / "func"
+    stem = f"sub-01_task-rest_run-{run}"
+    return (
+        func / f"{stem}_{SPACE_ENTITIES}_desc-preproc_bold.nii.gz",
+        func / f"{stem}_{SPACE_ENTITIES}_desc-brain_mask.nii.gz",
+        func / f"{stem}_desc-confounds_timeseries.tsv",
+    )
+
+
+def _info(run: str = "1") -> ImageInfo:
+    entities = {"sub": "01", "task": "rest", "run": run, "space": SPACE, "res": "2"}
+    return ImageInfo("bold", "01", entities=entities, repetition_time=2.0)
+
+
+def _job(atlas: AtlasFiles, image: Path, out: Path, stats_from=()) -> ParcelJob:
+    layout = read_layout(image)  # the store's grid: RAS+ voxel order
+    on_grid = load_atlas(atlas, layout.shape, layout.affine, image=image)
+    outputs = ParcelOutputs(
+        out / "parcels.zarr", out / "mean_timeseries.tsv", out / "coverage_bold.tsv", stats_from
+    )
+    return ParcelJob(on_grid, outputs)
+
+
+def _reference_series(image: Path, mask: Path, atlas: AtlasFiles, strategy: str | None):
+    """Float64 parcel means of the run, after the confound regression (numpy, written out),
+    and the kept volumes."""
+    data = np.asarray(nib.load(image).dataobj, dtype=np.float64)
+    inside = np.asarray(nib.load(mask).dataobj) > 0
+    labels = np.asarray(nib.load(atlas.image).dataobj).astype(int)
+    names = [row["name"] for row in csv.DictReader(atlas.labels.open(), delimiter="\t")]
+    series = np.zeros((data.shape[3], len(names)))
+    for p in range(len(names)):
+        voxels = inside & (labels == p + 1)
+        if voxels.any():
+            series[:, p] = data[voxels].mean(axis=0)
+    kept = np.ones(data.shape[3], dtype=bool)
+    if strategy is not None:
+        frame, sample_mask = load_confounds_strategy(str(image), denoise_strategy=strategy)
+        if sample_mask is not None:
+            kept[:] = False
+            kept[sample_mask] = True
+        confounds = frame.to_numpy(dtype=np.float64)[kept]
+        confounds = (confounds - confounds.mean(axis=0)) / confounds.std(axis=0)
+        kept_series = series[kept]
+        beta, *_ = np.linalg.lstsq(confounds, kept_series - kept_series.mean(axis=0), rcond=None)
+        series[kept] = kept_series - confounds @ beta
+        series[~kept] = kept_series.mean(axis=0)  # dropped: the mean (never used as data)
+    return series, kept, names
+
+
+def _zscore(series: np.ndarray) -> np.ndarray:
+    std = series.std(axis=0, ddof=1)
+    return np.divide(series - series.mean(axis=0), std, out=np.zeros_like(series), where=std > 0)
+
+
+def _nilearn(image: Path, mask: Path, atlas: AtlasFiles, strategy: str | None):
+    """nilearn's parcel time series (float32 inside, as nilearn computes int16 runs) and
+    the label of each column."""
+    confounds = sample_mask = None
+    if strategy is not None:
+        confounds, sample_mask = load_confounds_strategy(str(image), denoise_strategy=strategy)
+    masker = NiftiLabelsMasker(
+        str(atlas.image), mask_img=str(mask), strategy="mean", standardize="zscore_sample"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        values = masker.fit_transform(str(image), confounds=confounds, sample_mask=sample_mask)
+    labels = np.asarray(nib.load(atlas.image).dataobj)[np.asarray(nib.load(mask).dataobj) > 0]
+    present = [int(i) for i in np.unique(labels) if i != 0]  # nilearn drops masked-out labels
+    assert values.shape[1] == len(present)
+    return values, present
+
+
+@pytest.mark.parametrize("strategy", [None, "scrubbing"])
+def test_parcels_equal_a_float64_reference_and_nilearn(demo, tmp_path, strategy):
+    root, atlas = demo
+    image, mask, table = _run(root)
+    confounds = None
+    if strategy is not None:
+        confounds = load_run_confounds(image, table, strategy, {}, N_VOLUMES, ddof=1)
+    job = _job(atlas, image, tmp_path)
+    normalize_bold(
+        image, tmp_path / "bold.zarr", _info(), image_options(mask=str(mask)), confounds, job
+    )
+
+    series, kept, names = _reference_series(image, mask, atlas, strategy)
+    expected = _zscore(series[kept])
+    group = zarr.open_group(tmp_path / "parcels.zarr", mode="r")
+    ours = group["data"][...]
+    assert ours.shape == expected.shape == (kept.sum(), len(names))
+    ours_error = float(np.abs(ours - expected).max())
+    assert ours_error <= TOLERANCE
+
+    values, ids = _nilearn(image, mask, atlas, strategy)
+    columns = [i - 1 for i in ids]
+    nilearn_error = float(np.abs(values - expected[:, columns]).max())
+    log.warning(
+        "parcels (%s): ours %.2g, nilearn %.2g from the float64 reference",
+        strategy,
+        ours_error,
+        nilearn_error,
+    )
+    assert np.abs(values - ours[:, columns]).max() <= TOLERANCE
+    # the saved statistics give the parcel means back; the TSV holds them
+    mean, std = group["mean"][...], group["std"][...]
+    np.testing.assert_allclose(ours * std + mean, series[kept], rtol=1e-5, atol=1e-3)
+    rows = list(csv.reader((tmp_path / "mean_timeseries.tsv").open(), delimiter="\t"))
+    assert rows[0] == names and len(rows) == kept.sum() + 1
+    tsv = np.array([[np.nan if c == "n/a" else float(c) for c in row] for row in rows[1:]])
+    empty = [names.index(name) for name in EMPTY]
+    assert np.isnan(tsv[:, empty]).all()
+    full = [p for p in range(len(names)) if p not in empty]
+    np.testing.assert_allclose(tsv[:, full], series[kept][:, full], rtol=1e-12)
+
+
+def test_coverage_and_empty_parcels_are_reported_never_nan(demo, tmp_path, caplog):
+    root, atlas = demo
+    image, mask, _ = _run(root)
+    job = _job(atlas, image, tmp_path)
+    with caplog.at_level(logging.WARNING):
+        normalize_bold(
+            image, tmp_path / "bold.zarr", _info(), image_options(mask=str(mask)), None, job
+        )
+    assert "2 parcels of atlas demo have no voxel in the mask" in caplog.text
+    assert "outside, unused" in caplog.text
+    group = zarr.open_group(tmp_path / "parcels.zarr", mode="r")
+    for name in ("data", "mean", "std", "coverage"):
+        assert np.isfinite(group[name][...]).all()
+    labels = np.asarray(nib.load(atlas.image).dataobj)
+    inside = np.asarray(nib.load(mask).dataobj) > 0
+    expected = [(inside & (labels == i)).sum() / max((labels == i).sum(), 1) for i in range(1, 11)]
+    rows = list(csv.reader((tmp_path / "coverage_bold.tsv").open(), delimiter="\t"))
+    assert len(rows) == 2 and rows[0][-2:] == list(EMPTY)
+    np.testing.assert_allclose([float(c) for c in rows[1]], expected, rtol=1e-12)
+    np.testing.assert_allclose(group["coverage"][...], expected, rtol=1e-12)
+    assert float(rows[1][-1]) == float(rows[1][-2]) == 0.0
+    assert read_meta(tmp_path / "parcels.zarr").stats_dim == "parcel"
+    assert group.attrs["n_empty_parcels"] == 2
+
+
+def test_heldout_parcels_use_the_pooled_training_statistics(demo, tmp_path):
+    root, atlas = demo
+    stores, parcels, series = [], [], []
+    for run in ("1", "2"):
+        image, mask, _ = _run(root, run)
+        out = tmp_path / f"run-{run}"
+        normalize_bold(
+            image,
+            out / "bold.zarr",
+            _info(run),
+            image_options(mask=str(mask)),
+            None,
+            _job(atlas, image, out),
+        )
+        stores.append(out / "bold.zarr")
+        parcels.append(out / "parcels.zarr")
+        series.append(_reference_series(image, mask, atlas, None)[0])
+    image, mask, _ = _run(root, "3")
+    out = tmp_path / "run-3"
+    job = _job(atlas, image, out, tuple(parcels))
+    normalize_with_stats(
+        image, stores, out / "bold.zarr", _info("3"), image_options("epi"), None, job
+    )
+    pooled = np.concatenate(series)
+    mean, std = pooled.mean(axis=0), pooled.std(axis=0, ddof=1)
+    # run 3's parcels use the voxels of the intersection of runs 1 and 2's masks (as the
+    # voxel store does); the demo's runs share one mask
+    own = _reference_series(image, mask, atlas, None)[0]
+    full = std > 0
+    expected = (own[:, full] - mean[full]) / std[full]
+    count, saved_mean, saved_std, meta = read_parcel_stats(out / "parcels.zarr")
+    assert meta.heldout and count == N_VOLUMES
+    np.testing.assert_allclose(saved_mean[full], mean[full], rtol=1e-6)
+    data = zarr.open_group(out / "parcels.zarr", mode="r")["data"][...]
+    assert np.abs(data[:, full] - expected).max() <= TOLERANCE
+    assert np.abs(data.mean(axis=0)[full]).max() > 1e-3  # not its own statistics
+
+
+def test_resampled_parcels_are_the_means_of_the_resampled_voxels(demo, tmp_path):
+    root, atlas = demo
+    image, mask, table = _run(root)
+    confounds = load_run_confounds(image, table, "scrubbing", {}, N_VOLUMES, ddof=1)
+    options = image_options(mask=str(mask), target_tr=0.8, time_method="linear")
+    job = _job(atlas, image, tmp_path)
+    normalize_bold(image, tmp_path / "bold.zarr", _info(), options, confounds, job)
+    series, kept, names = _reference_series(image, mask, atlas, "scrubbing")
+    grid = time_grid(N_VOLUMES, 2.0, 0.8, "linear", kept)
+    deviations = series - series[kept].mean(axis=0)
+    deviations[~kept] = 0.0
+    expected = _zscore(resample(deviations, grid))
+    ours = zarr.open_group(tmp_path / "parcels.zarr", mode="r")["data"][...]
+    assert ours.shape == expected.shape == (grid.valid.sum(), len(names))
+    assert np.abs(ours - expected).max() <= TOLERANCE
+    ds = open_store(tmp_path / "bold.zarr", use_dask=False)
+    assert np.array_equal(ds.time.values, grid.times[grid.valid])
+
+
+def test_an_atlas_in_another_space_is_an_error_naming_both(demo):
+    _, atlas = demo
+    with pytest.raises(BidstrainError, match="space T1w but the atlas demo .* space MNI152"):
+        check_space(atlas, "T1w", image="run.nii.gz", subject="01")
+    with pytest.raises(BidstrainError, match="its native space"):
+        check_space(atlas, None, image="run.nii.gz", subject="01")
+
+
+def test_an_atlas_on_another_grid_is_resampled_by_nearest_neighbour(demo, tmp_path, caplog):
+    _, atlas = demo
+    img = nib.load(atlas.image)
+    labels = np.asarray(img.dataobj)
+    # the same space at twice the resolution, one voxel shifted: each voxel's centre
+    fine = np.repeat(np.repeat(np.repeat(labels, 2, 0), 2, 1), 2, 2)
+    affine = img.affine.copy()
+    affine[:3, :3] /= 2
+    affine[:3, 3] -= 0.5  # the centres of the fine voxels around each coarse centre
+    path = tmp_path / "fine_dseg.nii.gz"
+    nib.save(nib.Nifti1Image(fine, affine), path)
+    fine_atlas = AtlasFiles("fine", path, atlas.labels, atlas.space)
+    with caplog.at_level(logging.WARNING):
+        on_grid = load_atlas(fine_atlas, labels.shape, img.affine, image="run.nii.gz")
+    assert "resampled by nearest neighbour" in caplog.text
+    expected = np.where(labels > 0, labels - 1, -1)
+    np.testing.assert_array_equal(on_grid.parcel, expected)
+
+
+def test_a_missing_atlas_or_a_label_image_without_space_is_an_error(tmp_path):
+    with pytest.raises(BidstrainError, match="0 atlas images match"):
+        find_atlas(ParcellationConfig("x", str(tmp_path), None, None, None))
+    image = tmp_path / "atlas_dseg.nii.gz"
+    with pytest.raises(BidstrainError, match="parcellation.space is needed"):
+        find_atlas(ParcellationConfig("x", str(image), None, None, None))
+    with pytest.raises(BidstrainError, match="label image is missing"):
+        find_atlas(ParcellationConfig("x", str(image), None, SPACE, None))
+
+
+#: A real atlas shipped by Debian's mricron-data (make install puts it there): AICHA, 192
+#: parcels, 2 mm, 91x109x91, stored LAS. Its table lists "index name value" per line.
+AICHA = Path("/usr/share/mricron/templates/AICHAmc.nii.gz")
+
+
+def test_a_real_atlas_equals_nilearn_on_a_run_on_its_grid(tmp_path):
+    assert AICHA.is_file(), f"{AICHA} is missing: apt-get install mricron-data (make install)"
+    labels_table = tmp_path / "aicha_dseg.tsv"
+    rows = [line.split()[:2] for line in AICHA.with_suffix("").with_suffix(".nii.txt").open()]
+    labels_table.write_text("index\tname\n" + "".join(f"{i}\t{n}\n" for i, n in rows))
+    atlas = AtlasFiles("AICHA", AICHA, labels_table, SPACE)
+    img = nib.load(AICHA)
+    labels = np.asarray(img.dataobj)
+    rng = np.random.default_rng(0)
+    n_volumes = 12
+    # a run on the atlas's grid (its LAS affine): one sinusoid per parcel, noise, int16
+    phase = rng.uniform(0, 2 * np.pi, int(labels.max()) + 1)[labels]
+    t = np.arange(n_volumes) * 2.0
+    data = 1000 + 50 * np.sin(2 * np.pi * 0.05 * t + phase[..., None])
+    data = np.rint(data + rng.normal(0, 5, data.shape)).astype(np.int16)
+    image = tmp_path / "sub-01_task-rest_space-MNI_bold.nii.gz"
+    nib.save(nib.Nifti1Image(data, img.affine), image)
+    brain = np.zeros(labels.shape, dtype=np.uint8)
+    brain[10:80, 15:95, 10:70] = 1  # cuts some parcels, leaves others out
+    mask = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(brain, img.affine), mask)
+
+    job = _job(atlas, image, tmp_path)
+    normalize_bold(image, tmp_path / "bold.zarr", _info(), image_options(mask=str(mask)), None, job)
+    ours = zarr.open_group(tmp_path / "parcels.zarr", mode="r")["data"][...]
+
+    names = [name for _, name in rows]
+    series = np.zeros((n_volumes, len(names)))
+    values = data.astype(np.float64)
+    for p, (index, _) in enumerate(rows):
+        voxels = (brain > 0) & (labels == int(index))
+        if voxels.any():
+            series[:, p] = values[voxels].mean(axis=0)
+    expected = _zscore(series)
+    ours_error = float(np.abs(ours - expected).max())
+    assert ours_error <= TOLERANCE
+    theirs, present = _nilearn(image, mask, atlas, None)
+    columns = [int(i) - 1 for i in present]
+    nilearn_error = float(np.abs(theirs - expected[:, columns]).max())
+    log.warning(
+        "AICHA: ours %.2g, nilearn %.2g from the float64 reference", ours_error, nilearn_error
+    )
+    assert np.abs(theirs - ours[:, columns]).max() <= TOLERANCE
+    assert 0 < len(present) < len(names)  # parcels the mask leaves out are reported
+
+
+def test_the_plan_and_the_job_write_parcels_at_one_tr_for_runs_in_the_atlas_space(demo, tmp_path):
+    """Parse time: the plan checks the space and names the outputs; then one normalize
+    job, run as the workflow runs it, writes them (held-out run 2 included)."""
+    root, atlas = demo
+    overrides = {
+        "space": "MNI152NLin2009cAsym:res-2",
+        "modalities": ["bold"],
+        "participant_label": ["01"],
+        "normalize": {"heldout": {"run": ["2"]}, "mask": "auto"},
+        "time": {"tr": 1.0, "method": "linear"},
+        "parcellation": {"name": ATLAS_NAME, "path": str(atlas.image.parents[2])},
+    }
+    plan = plan_of(root, **overrides)
+    assert plan.atlas == atlas
+    job = plan.job("01")
+    specs = json.loads(job.spec())
+    heldout = next(spec for spec in specs if spec["stats_from"])
+    assert heldout["parcels"]["stats_from"] == [
+        s["parcels"]["store"] for s in specs if not s["stats_from"]
+    ]
+    assert all("_seg-demo_" in s["parcels"]["timeseries"] for s in specs)
+    write_if_changed({str(tmp_path / path): text for path, text in plan.files().items()})
+    command = [
+        sys.executable, "-m", "bidstrain.normalize", "--settings", paths.PLAN_NORMALIZE_SETTINGS,
+        "--subject", "01", "--ingest", paths.ingest_record("01"), "--spec", job.spec_file,
+        "--out-table", job.table,
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    for spec in specs:
+        count, _, _, meta = read_parcel_stats(tmp_path / spec["parcels"]["store"])
+        assert meta.repetition_time == 1.0 and meta.source_repetition_time == 2.0
+        assert meta.heldout == bool(spec["stats_from"])
+        assert count == read_dims(tmp_path / spec["store"])[0] == 119  # 0 to 118 s
+        assert (tmp_path / spec["parcels"]["coverage"]).is_file()
+    with pytest.raises(BidstrainError, match="space T1w but the atlas demo"):
+        plan_of(root, **{**overrides, "space": "T1w"})

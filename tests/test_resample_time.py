@@ -1,0 +1,145 @@
+"""Resampling BOLD in time: each method against the analytic signal and against scipy,
+streamed in blocks exactly as computed whole, dropped volumes never interpolated through."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from bidstrain.normalize.resample_time import (
+    FOURIER_HALF_WIDTH,
+    METHODS,
+    TimeResampler,
+    resample,
+    time_grid,
+)
+from scipy.interpolate import PchipInterpolator
+from scipy.signal import resample_poly
+
+SOURCE_TR, TARGET_TR, N_SOURCE = 2.0, 0.8, 150
+#: A sum of sinusoids below 0.8 of the source Nyquist (0.25 Hz), so below the target's too.
+AMPLITUDES = (1.0, 0.5, 0.3)
+FREQUENCIES = (0.01, 0.037, 0.09)  # Hz
+
+
+def signal(t: np.ndarray) -> np.ndarray:
+    return sum(
+        a * np.sin(2 * np.pi * f * t + 0.3 * i)
+        for i, (a, f) in enumerate(zip(AMPLITUDES, FREQUENCIES, strict=True))
+    )
+
+
+def linear_bound(tr: float) -> float:
+    """``tr**2 / 8 * max|f''|`` of :func:`signal` (the module's stated error)."""
+    return (
+        tr**2
+        / 8
+        * sum(a * (2 * np.pi * f) ** 2 for a, f in zip(AMPLITUDES, FREQUENCIES, strict=True))
+    )
+
+
+def _resampled(method: str) -> tuple[np.ndarray, np.ndarray]:
+    grid = time_grid(N_SOURCE, SOURCE_TR, TARGET_TR, method)
+    source = signal(np.arange(N_SOURCE) * SOURCE_TR)[:, None]
+    return grid.times, resample(source, grid)[:, 0]
+
+
+def test_frames_cover_the_run_at_the_target_tr_without_extrapolating():
+    grid = time_grid(N_SOURCE, SOURCE_TR, TARGET_TR, "linear")
+    assert grid.times[0] == 0 and np.allclose(np.diff(grid.times), TARGET_TR)
+    assert grid.times[-1] <= (N_SOURCE - 1) * SOURCE_TR < grid.times[-1] + TARGET_TR
+    assert grid.valid.all() and grid.n_invalid == 0
+
+
+@pytest.mark.parametrize("method", ["linear", "pchip"])
+def test_interpolation_is_within_the_linear_error_bound(method):
+    times, values = _resampled(method)
+    error = np.abs(values - signal(times)).max()
+    assert error <= linear_bound(SOURCE_TR)
+    assert error > 0.1 * linear_bound(SOURCE_TR)  # the bound is not vacuous here
+
+
+def test_linear_and_pchip_equal_numpy_and_scipy():
+    source_t = np.arange(N_SOURCE) * SOURCE_TR
+    times, linear = _resampled("linear")
+    np.testing.assert_allclose(linear, np.interp(times, source_t, signal(source_t)), atol=1e-12)
+    _, pchip = _resampled("pchip")
+    reference = PchipInterpolator(source_t, signal(source_t))(times)
+    np.testing.assert_allclose(pchip, reference, atol=1e-12)
+
+
+def test_fourier_is_within_its_stated_error_away_from_the_ends():
+    times, values = _resampled("fourier")
+    half_width = FOURIER_HALF_WIDTH * SOURCE_TR
+    inner = (times >= half_width) & (times <= times[-1] - half_width)
+    error = np.abs(values - signal(times))
+    assert error[inner].max() <= 2e-3 * sum(AMPLITUDES)
+    assert error.max() <= 0.05 * sum(AMPLITUDES)  # the ends, where the filter is cut short
+    # scipy's polyphase resampling with the same filter, in the interior (it zero-pads)
+    reference = resample_poly(signal(np.arange(N_SOURCE) * SOURCE_TR), 5, 2)[: times.size]
+    assert np.abs(reference - values)[inner].max() <= 2e-3 * sum(AMPLITUDES)
+
+
+def test_fourier_downsampling_removes_what_would_alias():
+    """0.8 s to 2.0 s: a 0.4 Hz component (above the 0.25 Hz target Nyquist) is filtered
+    out by the band-limited method and aliased by linear interpolation."""
+    n = 400
+    t = np.arange(n) * 0.8
+    slow = np.sin(2 * np.pi * 0.02 * t)
+    fast = 0.5 * np.sin(2 * np.pi * 0.4 * t)
+    grid = {m: time_grid(n, 0.8, 2.0, m) for m in ("fourier", "linear")}
+    targets = np.sin(2 * np.pi * 0.02 * grid["linear"].times)
+    inner = slice(10, -10)
+    fourier = resample((slow + fast)[:, None], grid["fourier"])[:, 0]
+    linear = resample((slow + fast)[:, None], grid["linear"])[:, 0]
+    assert np.abs(fourier - targets)[inner].max() < 0.01
+    assert np.abs(linear - targets)[inner].max() > 0.3
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_same_tr_is_the_identity(method):
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((40, 5))
+    grid = time_grid(40, 2.0, 2.0, method)
+    assert grid.identity
+    np.testing.assert_array_equal(resample(values, grid), values)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("block", [1, 3, 16])
+def test_streaming_in_blocks_equals_the_whole_run(method, block):
+    rng = np.random.default_rng(1)
+    values = rng.standard_normal((90, 7))
+    grid = time_grid(90, 1.5, 0.7, method)
+    resampler = TimeResampler(grid, 7)
+    out = []
+    for start in range(0, 90, block):
+        rows = np.arange(start, min(start + block, 90))
+        out += list(resampler.push(rows, values[rows]))
+    out += list(resampler.finish())
+    np.testing.assert_allclose(np.concatenate(out), resample(values, grid), atol=1e-12)
+    assert resampler._buffer.shape[0] <= grid.max_support + block
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_frames_whose_support_holds_a_dropped_volume_are_invalid(method):
+    n, dropped = 60, [0, 1, 30]
+    kept = np.ones(n, dtype=bool)
+    kept[dropped] = False
+    grid = time_grid(n, 2.0, 0.8, method, kept)
+    for frame in range(grid.times.size):
+        support = range(grid.first[frame], grid.last[frame] + 1)
+        assert grid.valid[frame] == (not set(support) & set(dropped))
+    assert 0 < grid.n_invalid < grid.times.size
+    # the valid frames do not depend on what the dropped volumes hold
+    rng = np.random.default_rng(2)
+    values = rng.standard_normal((n, 3))
+    zeroed = values.copy()
+    zeroed[dropped] = 0.0
+    noisy = values.copy()
+    noisy[dropped] = 1e6
+    np.testing.assert_allclose(resample(zeroed, grid), resample(noisy, grid), atol=1e-9)
+    # streaming only the kept volumes (the regression's output) gives the same frames
+    resampler = TimeResampler(grid, 3)
+    positions = np.flatnonzero(kept)
+    out = list(resampler.push(positions, values[positions])) + list(resampler.finish())
+    np.testing.assert_allclose(np.concatenate(out), resample(zeroed, grid), atol=1e-12)

@@ -1,0 +1,252 @@
+"""Atlases: a label image and its label table, in a template space, found offline.
+
+Config ``parcellation`` names the atlas either as a BIDS atlas dataset (a folder holding
+``tpl-<space>/anat/tpl-<space>_atlas-<name>[_res-<r>]_dseg.nii.gz`` and the
+``_dseg.tsv`` beside it, as TemplateFlow lays them out) or as a label image and a table.
+The table is a TSV with the columns ``index`` (the label value in the image) and
+``name``, as a BIDS ``_dseg.tsv``; label 0 is the background. Nothing is downloaded.
+
+:func:`find_atlas` resolves the files at parse time (paths only);
+:func:`check_space` compares the atlas's space with a BOLD run's (its ``space-`` entity):
+parcels only mean something in the space they were drawn in. :func:`load_atlas` reads the
+atlas onto a run's grid, resampling by nearest neighbour (with a warning) when the grid
+differs within the same space.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from bidstrain.config import ParcellationConfig
+from bidstrain.errors import BidstrainError
+from bidstrain.io.grid import grid_mismatch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AtlasFiles:
+    """Where an atlas is: its name, label image, label table and template space."""
+
+    name: str
+    image: Path
+    labels: Path
+    space: str
+
+    def to_json(self) -> dict[str, str]:
+        """The plain form a normalize job's command line carries."""
+        return {
+            "name": self.name,
+            "image": str(self.image),
+            "labels": str(self.labels),
+            "space": self.space,
+        }
+
+    @classmethod
+    def from_json(cls, value: dict[str, str]) -> AtlasFiles:
+        """Inverse of :meth:`to_json`."""
+        return cls(value["name"], Path(value["image"]), Path(value["labels"]), value["space"])
+
+
+def _table_of(image: Path) -> Path:
+    """``x_dseg.nii.gz`` -> ``x_dseg.tsv``."""
+    name = image.name
+    for extension in (".nii.gz", ".nii"):
+        if name.endswith(extension):
+            return image.with_name(name[: -len(extension)] + ".tsv")
+    return image.with_suffix(".tsv")
+
+
+def find_atlas(config: ParcellationConfig) -> AtlasFiles:
+    """The atlas files config ``parcellation`` names.
+
+    Raises
+    ------
+    BidstrainError
+        When a file is missing, the dataset holds no (or several) matching atlas images,
+        or a label image comes without its space.
+    """
+    if config.name is None or config.path is None:
+        raise BidstrainError("config parcellation: name and path are both needed")
+    path = Path(config.path)
+    if path.is_dir():
+        image = _dataset_image(path, config)
+        labels = _table_of(image)
+        space = image.name.split("_")[0].removeprefix("tpl-")
+    else:
+        if config.space is None:
+            raise BidstrainError(
+                "config parcellation.space is needed with a label image (the template space "
+                "it was drawn in, for example MNI152NLin2009cAsym)",
+                path=path,
+            )
+        image = path
+        labels = Path(config.labels) if config.labels else _table_of(path)
+        space = config.space
+    for file, what in ((image, "label image"), (labels, "label table")):
+        if not file.is_file():
+            raise BidstrainError(f"config parcellation: the atlas {what} is missing", path=file)
+    return AtlasFiles(config.name, image, labels, space)
+
+
+def _dataset_image(root: Path, config: ParcellationConfig) -> Path:
+    """The one ``tpl-*_atlas-<name>[_res-<r>]_dseg.nii[.gz]`` of a BIDS atlas dataset."""
+    space = config.space or "*"
+    found = sorted(root.glob(f"tpl-{space}/anat/tpl-{space}_*atlas-{config.name}_*dseg.nii*"))
+    if config.resolution is not None:
+        found = [f for f in found if f"_res-{config.resolution}_" in f.name]
+    if len(found) != 1:
+        listing = ", ".join(f.name for f in found) or "none"
+        raise BidstrainError(
+            f"config parcellation: {len(found)} atlas images match name {config.name!r}, "
+            f"space {config.space!r}, resolution {config.resolution!r} in this dataset "
+            f"(found: {listing}); set parcellation.space and parcellation.resolution to "
+            "choose one",
+            path=root,
+        )
+    return found[0]
+
+
+def check_space(
+    atlas: AtlasFiles, bold_space: str | None, *, image: str | Path, subject: str | None
+) -> None:
+    """Raise unless a BOLD run in ``bold_space`` (its ``space-`` entity; None for a run
+    without one, in its native space) lies in the atlas's space."""
+    if bold_space != atlas.space:
+        have = f"space {bold_space}" if bold_space else "its native space (no space- entity)"
+        raise BidstrainError(
+            f"the BOLD run is in {have} but the atlas {atlas.name} ({atlas.image}) is in "
+            f"space {atlas.space}: parcels apply only in the space they were drawn in "
+            "(set config space to the atlas's, or choose an atlas in the run's space)",
+            path=image,
+            subject=subject,
+        )
+
+
+@dataclass(frozen=True)
+class Atlas:
+    """An atlas on a run's grid.
+
+    Attributes
+    ----------
+    name : str
+        The atlas name (the outputs' ``seg-`` entity).
+    indices : ndarray of int, shape (n_parcels,)
+        The label value of each parcel, in the table's order.
+    names : tuple of str
+        The parcels' names.
+    parcel : ndarray of int, shape (x, y, z)
+        The parcel (position in :attr:`indices`) of each voxel of the grid; -1 outside
+        every parcel (the background, and labels the table does not list).
+    """
+
+    name: str
+    indices: np.ndarray
+    names: tuple[str, ...]
+    parcel: np.ndarray
+
+    @property
+    def n_parcels(self) -> int:
+        """Parcels of the table."""
+        return int(self.indices.size)
+
+
+def read_label_table(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The ``index`` and ``name`` columns of a label table (background 0 left out).
+
+    Raises
+    ------
+    BidstrainError
+        When a column is missing, an index is not an integer or repeats.
+    """
+    with path.open(newline="") as file:
+        rows = list(csv.DictReader(file, delimiter="\t"))
+    if not rows or not {"index", "name"} <= set(rows[0]):
+        raise BidstrainError("an atlas label table needs the columns index and name", path=path)
+    try:
+        indices = np.array([int(row["index"]) for row in rows], dtype=np.int64)
+    except ValueError as error:
+        raise BidstrainError(f"a label index is not an integer: {error}", path=path) from None
+    if np.unique(indices).size != indices.size:
+        raise BidstrainError("the label table lists an index twice", path=path)
+    keep = indices != 0
+    return indices[keep], tuple(row["name"] for row, k in zip(rows, keep, strict=True) if k)
+
+
+def load_atlas(
+    atlas: AtlasFiles,
+    shape: tuple[int, int, int],
+    affine: np.ndarray,
+    *,
+    image: str | Path,
+    subject: str | None = None,
+) -> Atlas:
+    """Read an atlas onto a run's grid.
+
+    Parameters
+    ----------
+    atlas : AtlasFiles
+        From :func:`find_atlas`, its space checked (:func:`check_space`).
+    shape, affine
+        The run's grid (its store's: RAS+ voxel order).
+    image, subject
+        The run, for messages.
+
+    Returns
+    -------
+    Atlas
+        On the grid: the label image itself when it is on that grid (in any voxel order),
+        else resampled by nearest neighbour, with a warning naming both grids.
+
+    Raises
+    ------
+    BidstrainError
+        When the label image is not a 3D image of integer labels.
+    """
+    indices, names = read_label_table(atlas.labels)
+    try:
+        img = nib.as_closest_canonical(nib.load(atlas.image))
+    except Exception as error:  # nibabel raises many types for unreadable files
+        raise BidstrainError(f"not a readable label image: {error}", path=atlas.image) from None
+    labels = np.asarray(img.dataobj)
+    if labels.ndim == 4 and labels.shape[3] == 1:
+        labels = labels[..., 0]
+    if labels.ndim != 3 or not np.allclose(labels, np.round(labels)):
+        raise BidstrainError("a label image must be 3D with integer labels", path=atlas.image)
+    labels = np.round(labels).astype(np.int64)
+    mismatch = grid_mismatch(labels.shape, img.affine, shape, affine)
+    if mismatch:
+        log.warning(
+            "sub-%s: atlas %s (%s) is not on the grid of %s (%s): resampled by nearest neighbour",
+            subject,
+            atlas.name,
+            atlas.image,
+            image,
+            mismatch,
+        )
+        labels = nearest_labels(labels, img.affine, shape, affine)
+    lookup = np.full(int(max(labels.max(), indices.max())) + 1, -1, dtype=np.int64)
+    lookup[indices] = np.arange(indices.size)
+    parcel = np.where(labels > 0, lookup[np.clip(labels, 0, None)], -1)
+    return Atlas(atlas.name, indices, names, parcel)
+
+
+def nearest_labels(
+    labels: np.ndarray, labels_affine: np.ndarray, shape: tuple[int, int, int], affine: np.ndarray
+) -> np.ndarray:
+    """The label of the nearest voxel of ``labels`` at each voxel centre of a grid (0 outside
+    the label image)."""
+    ijk = np.indices(shape, dtype=np.float64).reshape(3, -1)
+    world = affine[:3, :3] @ ijk + affine[:3, 3:4]
+    inverse = np.linalg.inv(labels_affine)
+    source = np.rint(inverse[:3, :3] @ world + inverse[:3, 3:4]).astype(np.int64)
+    inside = np.all((source >= 0) & (source < np.array(labels.shape)[:, None]), axis=0)
+    out = np.zeros(ijk.shape[1], dtype=labels.dtype)
+    out[inside] = labels[tuple(source[:, inside])]
+    return out.reshape(shape)

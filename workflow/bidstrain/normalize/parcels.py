@@ -1,0 +1,223 @@
+"""Parcel time series of a BOLD run, accumulated in the pass that writes its voxels.
+
+A parcel's value at a frame is the mean of the run's voxels in the parcel and in the
+run's mask, after the confound regression and the resampling in time (the frames the
+voxel store holds). :class:`ParcelMeans` adds each block of frames to per-parcel sums
+(``np.bincount`` over the voxels' parcel numbers), so no second read of the image is
+needed; it keeps ``8 * n_frames * n_parcels`` bytes. When the pass ends,
+:func:`write_parcel_outputs` z-scores each parcel over time, with the run's own
+statistics or, for a held-out run, with those pooled from its subject's training runs'
+parcel stores (as the voxels are), and writes:
+
+- the parcel store (:func:`bidstrain.io.store.write_parcel_store`);
+- ``..._seg-<atlas>_stat-mean_timeseries.tsv`` (XCP-D's layout): one column per parcel,
+  named as in the label table, one row per frame of the store, the parcel means in the
+  image's units before the z-score; ``n/a`` for a parcel with no voxel in the mask;
+- ``..._seg-<atlas>_stat-coverage_bold.tsv``: one column per parcel, one row, the fraction
+  of the parcel's voxels (on the run's grid) inside the run's mask.
+
+A parcel with no voxel in the mask is reported (a warning naming it, coverage 0) and holds
+0 in the store, never NaN.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bidstrain.dataset.atlas import Atlas
+from bidstrain.errors import BidstrainError
+from bidstrain.io.atomic import write_text_atomic
+from bidstrain.io.store import ZERO_STD, read_parcel_stats, write_parcel_store
+from bidstrain.normalize.moments import pool_moments
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ParcelOutputs:
+    """The parcel outputs of one BOLD run (from the job's spec).
+
+    Attributes
+    ----------
+    store, timeseries, coverage : Path
+        The parcel store and the two TSVs (:mod:`bidstrain.paths`).
+    stats_from : tuple of Path
+        Parcel stores whose pooled statistics a held-out run is z-scored with; empty for
+        its own.
+    """
+
+    store: Path
+    timeseries: Path
+    coverage: Path
+    stats_from: tuple[Path, ...] = ()
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> ParcelOutputs:
+        """The ``parcels`` entry of a job's spec."""
+        return cls(
+            Path(value["store"]),
+            Path(value["timeseries"]),
+            Path(value["coverage"]),
+            tuple(Path(p) for p in value.get("stats_from", ())),
+        )
+
+
+class ParcelMeans:
+    """Per-frame parcel means, added block by block.
+
+    Parameters
+    ----------
+    atlas : Atlas
+        On the run's grid.
+    mask : ndarray of bool, shape (x, y, z)
+        The run's mask; its voxels (C order) are the columns of the blocks.
+    center : ndarray, shape (n_voxel,)
+        The values (image units) the blocks' deviations are taken from.
+    slope : float
+        Image units per unit of the deviations (the header's scaling).
+    """
+
+    def __init__(self, atlas: Atlas, mask: np.ndarray, center: np.ndarray, slope: float):
+        self.atlas = atlas
+        n = atlas.n_parcels
+        of_voxel = atlas.parcel[mask]
+        self._index = np.where(of_voxel >= 0, of_voxel, n)  # n: no parcel
+        self.n_voxels = np.bincount(self._index, minlength=n + 1)[:n]
+        on_grid = np.bincount(atlas.parcel[atlas.parcel >= 0], minlength=n)
+        self.coverage = np.divide(
+            self.n_voxels, on_grid, out=np.zeros(n, dtype=np.float64), where=on_grid > 0
+        )
+        self._divisor = np.maximum(self.n_voxels, 1).astype(np.float64)
+        base = np.bincount(self._index, weights=center, minlength=n + 1)[:n]
+        self._base = base / self._divisor
+        self._slope = slope
+        self._rows: list[np.ndarray] = []
+
+    @property
+    def empty(self) -> np.ndarray:
+        """Parcels without a voxel in the mask."""
+        return self.n_voxels == 0
+
+    def add(self, deviations: np.ndarray) -> None:
+        """Add frames: ``(n, n_voxel)`` deviations from ``center``, in time order."""
+        n = self.atlas.n_parcels
+        for row in deviations:
+            sums = np.bincount(self._index, weights=row, minlength=n + 1)[:n]
+            self._rows.append(sums)
+
+    def series(self) -> np.ndarray:
+        """The parcel means so far, ``(n_frames, n_parcels)`` float64 in image units (0 for
+        empty parcels)."""
+        if not self._rows:
+            return np.zeros((0, self.atlas.n_parcels))
+        means = np.stack(self._rows) * self._slope / self._divisor + self._base
+        means[:, self.empty] = 0.0
+        return means
+
+
+def parcel_statistics(
+    series: np.ndarray, ddof: int, stats_from: Sequence[Path], subject: str | None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Per-parcel mean and std: of ``series``, or pooled from training parcel stores.
+
+    Returns
+    -------
+    mean, std : ndarray (float64)
+    sources : list of str
+        The source files the statistics came from (empty for the run's own).
+
+    Raises
+    ------
+    BidstrainError
+        When a store of ``stats_from`` has other parcels than the run.
+    """
+    if not stats_from:
+        mean = series.mean(axis=0)
+        variance = ((series - mean) ** 2).sum(axis=0) / max(series.shape[0] - ddof, 1)
+        return mean, np.sqrt(variance), []
+    counts, means, variances, ddofs, sources = [], [], [], [], []
+    for path in stats_from:
+        count, mean, std, meta = read_parcel_stats(path)
+        if mean.size != series.shape[1]:
+            raise BidstrainError(
+                f"parcel store has {mean.size} parcels, the run {series.shape[1]}: rerun "
+                "normalize for the subject",
+                path=path,
+                subject=subject,
+            )
+        counts.append(count)
+        means.append(mean)
+        variances.append(std**2)
+        ddofs.append(meta.ddof)
+        sources.extend(meta.stats_from)
+    mean, variance = pool_moments(counts, means, variances, ddofs, ddof)
+    return mean, np.sqrt(variance), sources
+
+
+def _tsv(path: Path, names: Sequence[str], rows: np.ndarray, missing: np.ndarray) -> None:
+    lines = ["\t".join(names)]
+    for row in rows:
+        cells = ("n/a" if gone else repr(float(v)) for v, gone in zip(row, missing, strict=True))
+        lines.append("\t".join(cells))
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def write_parcel_outputs(
+    outputs: ParcelOutputs,
+    means: ParcelMeans,
+    times: np.ndarray,
+    ddof: int,
+    attrs: Mapping[str, Any],
+    subject: str | None,
+) -> None:
+    """Z-score the parcel means and write the parcel store and both TSVs.
+
+    ``attrs`` are the voxel store's (subject, entities, repetition times...); the parcel
+    store's statistics attributes replace theirs.
+    """
+    atlas, series = means.atlas, means.series()
+    empty = means.empty
+    if empty.any():
+        log.warning(
+            "sub-%s: %d parcels of atlas %s have no voxel in the mask of %s (coverage 0, "
+            "0 in the parcel store): %s",
+            subject,
+            int(empty.sum()),
+            atlas.name,
+            attrs.get("source_path"),
+            ", ".join(np.asarray(atlas.names)[empty]),
+        )
+    mean, std, sources = parcel_statistics(series, ddof, outputs.stats_from, subject)
+    zero = (std < ZERO_STD) | empty
+    scale = np.divide(1.0, std, out=np.zeros_like(std), where=~zero)
+    zscored = (series - mean) * scale
+    mean, std = np.where(empty, 0.0, mean), np.where(empty, 0.0, std)
+    store_attrs = {
+        **attrs,
+        "stats_dim": "parcel",
+        "stats_from": sources or list(attrs["stats_from"]),
+        "heldout": bool(outputs.stats_from),
+        "n_zero_variance": int((zero & ~empty).sum()),
+        "atlas": atlas.name,
+        "parcel_names": list(atlas.names),
+        "n_empty_parcels": int(empty.sum()),
+    }
+    write_parcel_store(
+        outputs.store,
+        data=zscored,
+        mean=mean,
+        std=std,
+        parcels=atlas.indices,
+        n_voxels=means.n_voxels,
+        coverage=means.coverage,
+        time=times,
+        attrs=store_attrs,
+    )
+    _tsv(outputs.timeseries, atlas.names, series, empty)
+    _tsv(outputs.coverage, atlas.names, means.coverage[None, :], np.zeros_like(empty))
