@@ -232,7 +232,13 @@ def test_the_job_regresses_the_confounds_of_its_settings(fmriprep, tmp_path):
     entry |= {"stats_from": [], "confounds": str(table)}
     options = {"fd_threshold": 0.5, "std_dvars_threshold": 9}
     confounds = {"strategy": "scrubbing", "options": options}
-    settings = {"bids_dir": str(fmriprep), "ingest": {}, "normalize": {"confounds": confounds}}
+    settings = {
+        "bids_dir": str(fmriprep),
+        "ingest": {},
+        "normalize": {"confounds": confounds},
+        "time": {},
+        "atlas": None,
+    }
     (tmp_path / "settings.json").write_text(json.dumps(settings))
     (tmp_path / "spec.json").write_text(json.dumps([entry]))
     argv = ["--settings", str(tmp_path / "settings.json"), "--spec", str(tmp_path / "spec.json")]

@@ -234,7 +234,7 @@ def test_a_mask_epi_job_imports_neither_nilearn_nor_sklearn(demo, tmp_path):
     spec = [{"modality": "bold", "image": image, "store": str(store), "mask": "epi"}]
     spec[0]["stats_from"] = []
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    settings = {"bids_dir": str(demo), "ingest": {}, "normalize": {}}
+    settings = {"bids_dir": str(demo), "ingest": {}, "normalize": {}, "time": {}, "atlas": None}
     (tmp_path / "settings.json").write_text(json.dumps(settings))
     command = [sys.executable, "-c", _JOB, "--spec", str(tmp_path / "spec.json")]
     command += ["--settings", str(tmp_path / "settings.json")]

@@ -407,7 +407,13 @@ def _cli(image: Path, out: Path, **normalize) -> subprocess.Popen:
     plan.mkdir(parents=True, exist_ok=True)
     spec = [{"modality": "bold", "image": str(image), "store": str(out), "mask": "none",
              "stats_from": []}]  # fmt: skip
-    settings = {"bids_dir": str(image.parents[2]), "ingest": {}, "normalize": normalize}
+    settings = {
+        "bids_dir": str(image.parents[2]),
+        "ingest": {},
+        "normalize": normalize,
+        "time": {},
+        "atlas": None,
+    }
     (plan / "settings.json").write_text(json.dumps(settings))
     (plan / "spec.json").write_text(json.dumps(spec))
     command = [sys.executable, "-m", "bidstrain.normalize", "--subject", "01"]
@@ -504,7 +510,8 @@ def test_every_kind_of_store_opens_with_xarray_defaults_without_a_warning(tmp_pa
     ``xr.open_zarr(path)`` reads them silently, the same values as a per-array read."""
     runs = [_demo_run(tmp_path / f"sub-01_task-rest_run-{r}_bold.nii.gz", seed=r) for r in (1, 2)]
     normalize_bold(runs[0], tmp_path / "bold.zarr", BOLD, image_options(mask="epi"))
-    normalize_with_stats(runs[1], [tmp_path / "bold.zarr"], tmp_path / "heldout.zarr")
+    heldout = tmp_path / "heldout.zarr"
+    normalize_with_stats(runs[1], [tmp_path / "bold.zarr"], heldout, BOLD, image_options("epi"))
     spec, rng = DemoSpec(), np.random.default_rng(5)
     t1w = _save(t1w_image(spec, rng), tmp_path / "t1.nii.gz")
     normalize_volumes(

@@ -197,9 +197,12 @@ def test_experiment_files_and_figures_are_the_experiments_own(demo_bids):
     assert own == {
         paths.plan_stores("second"),
         paths.plan_checks_arguments("second"),
+        paths.plan_train_settings("second"),
+        paths.plan_checks_settings("second"),
     }
     shared = {path: text for path, text in second.files().items() if path not in own}
-    first_own = {paths.plan_stores("demo"), paths.plan_checks_arguments("demo")}
+    first_own = {path for path in first.files() if "/demo/" in path}
+    assert len(first_own) == len(own)
     assert set(shared) == set(first.files()) - first_own
     # the same content, but for the description's configuration hash (no job reads it)
     del shared[paths.DATASET_DESCRIPTION]
