@@ -250,6 +250,25 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class StimuliConfig:
+    """``stimuli``: per-TR features of the films, sounds and transcripts a run presented
+    (:mod:`bidstrain.stimuli`)."""
+
+    enabled: bool
+    video_size: tuple[int, int]
+    video_colour: str
+    audio_n_mels: int
+    audio_window: float
+    audio_hop: float
+    text_method: str
+    text_embeddings: str
+    text_n_features: int
+    delay_method: str
+    delays: tuple[int, ...]
+    length_tolerance: float
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration (:data:`SCHEMA_PATH` documents every key)."""
 
@@ -268,6 +287,7 @@ class Config:
     train: TrainConfig
     embed: EmbedConfig
     report: ReportConfig
+    stimuli: StimuliConfig
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> Config:
