@@ -5,14 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from bidstrain.errors import BidstrainError
-from bidstrain.io.store import ZERO_STD
+from bidstrain.io.store import ZERO_STD, FeatureStore
+from bidstrain.stimuli.index import RunStimuli
 
 #: Seconds of the canonical haemodynamic response kept (nilearn's default).
 HRF_LENGTH = 32.0
+#: Samples per TR of the fine grid the response is computed on (nilearn's default).
+OVERSAMPLING = 50
 
 
 @dataclass(frozen=True)
@@ -63,20 +67,44 @@ def stack_delays(features: np.ndarray, delays: Sequence[int]) -> np.ndarray:
     return np.concatenate(copies, axis=1)
 
 
-def glover_kernel(tr: float) -> np.ndarray:
-    """nilearn's canonical (Glover) haemodynamic response sampled once per TR."""
+def tr_kernel(tr: float, oversampling: int = OVERSAMPLING) -> np.ndarray:
+    """nilearn's canonical (Glover) haemodynamic response, as weights of whole TRs.
+
+    A feature holds its value for a whole TR, so the response at volume ``j`` is
+    ``sum_m K[m] x[j - m]`` with ``K[m]`` the sum of the fine-grid response
+    (``glover_hrf`` at ``oversampling`` samples per TR, summing to 1) over the samples
+    that fall ``m`` TRs back: exactly what convolving the upsampled features on the fine
+    grid and reading it at the volumes gives, with no fine grid in memory.
+
+    Returns
+    -------
+    ndarray, shape (n_lags,)
+        Sums to 1: a sustained feature of 1 drives a response of 1.
+    """
     from nilearn.glm.first_level.hemodynamic_models import glover_hrf
 
-    return glover_hrf(tr, oversampling=1, time_length=HRF_LENGTH)
+    fine = glover_hrf(tr, oversampling=oversampling, time_length=HRF_LENGTH)
+    n_lags = -(-(fine.size - 1) // oversampling) + 1
+    padded = np.zeros(1 + (n_lags - 1) * oversampling)
+    padded[: fine.size] = fine
+    return np.concatenate([padded[:1], padded[1:].reshape(-1, oversampling).sum(axis=1)])
 
 
 def convolve_hrf(features: np.ndarray, tr: float) -> np.ndarray:
-    """Each feature convolved (causally) with :func:`glover_kernel`, cut to the run's length."""
-    kernel = glover_kernel(tr)
+    """Each feature convolved (causally) with the response of :func:`tr_kernel`: one
+    weighted, shifted copy of the whole array per lag (a film's thousands of pixels at
+    once).
+
+    Returns
+    -------
+    ndarray, shape (n_volumes, n_features), float64
+    """
+    features = np.asarray(features, dtype=np.float64)
     n = features.shape[0]
-    return np.stack([np.convolve(column, kernel)[:n] for column in features.T], axis=1).reshape(
-        n, -1
-    )
+    convolved = np.zeros_like(features)
+    for lag, weight in enumerate(tr_kernel(tr)[:n]):
+        convolved[lag:] += weight * features[: n - lag]
+    return convolved
 
 
 def delay(features: np.ndarray, tr: float, method: str, delays: Sequence[int]) -> np.ndarray:
@@ -127,3 +155,56 @@ def fit_stats(runs: Mapping[str, np.ndarray], training: Iterable[str]) -> Featur
     stacked = np.concatenate([runs[name] for name in training], axis=0)
     mean, std = stacked.mean(axis=0), stacked.std(axis=0)
     return FeatureStats(mean, np.where(std < ZERO_STD, 1.0, std), training)
+
+
+def align_run(
+    run: RunStimuli,
+    stores: Mapping[Path, FeatureStore],
+    kind: str,
+    method: str,
+    delays: Sequence[int] = (),
+) -> np.ndarray:
+    """The ``kind`` features (``video``, ``audio``, ``text``) of a run's stimuli on its
+    volumes: placed from each event's onset (:func:`place`), then delayed (:func:`delay`).
+
+    Parameters
+    ----------
+    run : RunStimuli
+        The run, from :class:`~bidstrain.stimuli.index.StimulusIndex`.
+    stores : mapping of Path to FeatureStore
+        Feature stores by stimulus file (:func:`~bidstrain.io.store.read_feature_store`).
+    kind : str
+        Which features.
+    method : {"delays", "hrf"}
+        ``stimuli.delay_method``.
+    delays : sequence of int
+        ``stimuli.delays`` (method ``delays``).
+
+    Returns
+    -------
+    ndarray, shape (n_volumes, n_features)
+        Raw scale; z-score with :func:`fit_stats` of the training runs.
+
+    Raises
+    ------
+    BidstrainError
+        When no stimulus of the run has ``kind`` features, or a store's TR is not the
+        run's (naming the events file and subject).
+    """
+    where = {"path": run.events_file, "subject": run.image.subject}
+    shown = []
+    for event in run.events:
+        store = stores.get(event.stimulus)
+        if store is None or kind not in store.features:
+            continue
+        if abs(store.meta.repetition_time - run.repetition_time) > 1e-6:
+            raise BidstrainError(
+                f"the features of {event.stimulus.name} are per {store.meta.repetition_time:g} "
+                f"s but the run's TR is {run.repetition_time:g} s: recompute them",
+                **where,
+            )
+        shown.append(Presentation(event.onset, event.duration, store.features[kind]))
+    if not shown:
+        raise BidstrainError(f"no stimulus of this run has {kind} features", **where)
+    placed = place(shown, run.n_volumes, run.repetition_time)
+    return delay(placed, run.repetition_time, method, delays)
