@@ -24,7 +24,7 @@ import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bidstrain import __version__, paths
 from bidstrain.config import Config, config_hash, to_plain
@@ -36,6 +36,9 @@ from bidstrain.io.atomic import write_text_atomic
 from bidstrain.modalities import MODALITIES
 from bidstrain.report import CHECKS_FIGURES, TRAINING_FIGURES
 from bidstrain.train.expectation import expectation
+
+if TYPE_CHECKING:  # imported when stimuli.enabled: PyAV and nibabel cost 0.3 s at parse
+    from bidstrain.stimuli.index import StimulusIndex
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +170,7 @@ class Plan:
     gpus: int  # per node
     nodes: int
     gpu_model: str
+    stimuli: StimulusIndex | None = None  # with stimuli.enabled
 
     @classmethod
     def build(
@@ -235,6 +239,7 @@ class Plan:
             gpus=config.train.gpus if gpus is None else gpus,
             nodes=config.train.nodes if nodes is None else nodes,
             gpu_model=gpu_model,
+            stimuli=_stimuli(config, index, images["bold"]),
         )
 
     # ---- normalize ---------------------------------------------------------------------
@@ -410,6 +415,31 @@ class Plan:
             files[group.tables_file] = _lines(group.tables)
         return files
 
+    # ---- stimuli (bidstrain.stimuli; rules in workflow/rules/stimuli.smk) --------------
+
+    @property
+    def stimulus_names(self) -> list[str]:
+        """Every stimulus file of the runs, by its path in the dataset (the rule's
+        ``{stimulus}`` wildcard), once each; none unless ``stimuli.enabled``."""
+        if self.stimuli is None:
+            return []
+        root = self.stimuli_root
+        return [path.relative_to(root).as_posix() for path in self.stimuli.stimuli]
+
+    @property
+    def stimuli_root(self) -> Path:
+        """The dataset the stimulus names are relative to."""
+        return Path(self.config.bids_dir).absolute()
+
+    @property
+    def stimulus_stores(self) -> list[str]:
+        """The feature stores of target ``stimuli``: one per stimulus file."""
+        return [paths.stimulus_features(name) for name in self.stimulus_names]
+
+    def stimulus_tr(self, name: str) -> float:
+        """The TR of the runs that presented stimulus ``name`` (its features' bin width)."""
+        return self.stimuli.stimuli[self.stimuli_root / name].repetition_time
+
     # ---- embed (bidstrain.embed; rules in workflow/rules/embed.smk) --------------------
 
     @property
@@ -453,6 +483,15 @@ class Plan:
             for image in self.embed_images
         ]
         return {paths.PLAN_EMBED: _json({"expect": expectation(self.config), "images": images})}
+
+
+def _stimuli(config: Config, index: BidsIndex, bold: Sequence[BidsFile]) -> StimulusIndex | None:
+    """The stimuli of the BOLD runs, with ``stimuli.enabled``."""
+    if not config.stimuli.enabled:
+        return None
+    from bidstrain.stimuli.index import StimulusIndex
+
+    return StimulusIndex.build(index, bold, config.stimuli.length_tolerance)
 
 
 def write_if_changed(files: Mapping[str, str]) -> list[str]:

@@ -40,14 +40,14 @@ def bin_means(timed: Iterable[tuple[np.ndarray, np.ndarray]], tr: float) -> Iter
         values = np.asarray(values, dtype=np.float64)
         if total is None and len(values):
             total = np.zeros(values.shape[1:])
-        for k in np.unique(bins):
+        for k in np.unique(bins) if bins.size > 1 else bins:
             while k > current:
                 previous = total / count if count else _held(previous, total)
                 yield previous
                 total, count, current = np.zeros_like(total), 0, current + 1
-            rows = bins == k
-            total += values[rows].sum(axis=0)
-            count += int(rows.sum())
+            rows = values if bins.size == 1 else values[bins == k]
+            total += rows.sum(axis=0)
+            count += rows.shape[0]
     if count:
         yield total / count
 
