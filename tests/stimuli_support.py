@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import av
 from bidstrain.demo.naturalistic import NaturalisticSpec, make_naturalistic_demo
 
 SPEC = NaturalisticSpec(duration=20.0)
@@ -25,3 +26,22 @@ def truth(root: Path) -> dict:
 def copy_dataset(root: Path, to: Path) -> Path:
     """A copy of the dataset to break."""
     return Path(shutil.copytree(root, to / "bids"))
+
+
+def cut_faststart(film: Path, out: Path, keep: float = 0.6) -> Path:
+    """``film`` remuxed with its index first (MP4 "faststart", as streamed films are),
+    then cut to ``keep`` of its bytes: the header still declares the whole duration."""
+    whole = out.with_name("whole_" + out.name)
+    with (
+        av.open(str(film)) as source,
+        av.open(str(whole), "w", options={"movflags": "faststart"}) as sink,
+    ):
+        streams = {s.index: sink.add_stream_from_template(s) for s in source.streams}
+        for packet in source.demux():
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream.index]
+                sink.mux(packet)
+    data = whole.read_bytes()
+    out.write_bytes(data[: int(len(data) * keep)])
+    whole.unlink()
+    return out

@@ -23,7 +23,7 @@ from bidstrain.stimuli.text import (
     words_per_bin,
 )
 from bidstrain.stimuli.video import video_features
-from stimuli_support import SPEC, make_film_bids, truth
+from stimuli_support import SPEC, cut_faststart, make_film_bids, truth
 
 TR = SPEC.repetition_time
 
@@ -176,3 +176,10 @@ def test_a_film_cut_short_is_an_error_naming_it(film_bids, tmp_path):
     cut.write_bytes(film[: len(film) // 2])
     with pytest.raises(BidstrainError, match=r"cut\.mp4: unreadable media file"):
         next(video_features(cut, TR))
+
+
+def test_a_streamable_film_cut_short_says_how_much_decodes(film_bids, tmp_path):
+    cut = cut_faststart(film_bids / "stimuli" / "film.mp4", tmp_path / "cut.mp4")
+    with pytest.raises(BidstrainError, match=r"cut\.mp4: truncated media file: it decodes "
+                       r"\d+\.\d\d s of the 20\.00 s its header declares"):  # fmt: skip
+        list(video_features(cut, TR))

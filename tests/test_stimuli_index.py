@@ -13,7 +13,7 @@ from bidstrain.dataset.bids import BidsIndex
 from bidstrain.demo.naturalistic import NaturalisticSpec, encode_film, film_truth
 from bidstrain.errors import BidstrainError
 from bidstrain.stimuli.index import StimulusIndex
-from stimuli_support import SPEC, copy_dataset, make_film_bids
+from stimuli_support import SPEC, copy_dataset, cut_faststart, make_film_bids
 
 RUN_EVENTS = "sub-02/func/sub-02_task-movie_run-1_events.tsv"
 
@@ -88,6 +88,14 @@ def test_a_truncated_sound_names_the_file_subject_and_missing_bytes(film_bids, t
     _events(root, "0\t20\tsound.wav")
     with pytest.raises(BidstrainError, match=r"sub-02: .*sound.wav: truncated media file: "
                        r"\d+ bytes of its declared size are missing"):  # fmt: skip
+        _index(root)
+
+
+def test_a_truncated_streamable_film_names_the_file_and_subject(film_bids, tmp_path):
+    root = copy_dataset(film_bids, tmp_path)
+    cut_faststart(film_bids / "stimuli" / "film.mp4", root / "stimuli" / "film.mp4")
+    with pytest.raises(BidstrainError, match=r"sub-01: .*film.mp4: truncated media file: "
+                       r"nothing decodes in the last 1 s of the 20.00 s"):  # fmt: skip
         _index(root)
 
 

@@ -131,5 +131,10 @@ def probe(path: str | Path, subject: str | None = None) -> MediaInfo:
             )
         container.seek(int(max(duration - END_PROBE, 0.0) * av.time_base))
         if next(container.decode(container.streams[0]), None) is None:
-            raise truncated_error(path, 0.0, duration, subject)
+            raise BidstrainError(
+                f"truncated media file: nothing decodes in the last {END_PROBE:g} s of the "
+                f"{duration:.2f} s its header declares: copy it again",
+                path=path,
+                subject=subject,
+            )
     return info
