@@ -115,7 +115,9 @@ def test_a_runs_film_features_follow_the_films_luminance(film_bids, tmp_path):
     stores = {}
     for path, stimulus in index.stimuli.items():
         out = tmp_path / f"{path.name}.zarr"
-        write_stimulus_store(path, stimulus.repetition_time, FeatureSettings((8, 6)), out)
+        write_stimulus_store(
+            path, stimulus.repetition_time, FeatureSettings.defaults(video_size=(8, 6)), out
+        )
         stores[path] = read_feature_store(out)
     run = index.runs["sub-03/func/sub-03_task-movie_run-1"]
     luminance = np.array(truth(film_bids)["luminance"])[:, None]
@@ -132,7 +134,7 @@ def test_a_runs_film_features_follow_the_films_luminance(film_bids, tmp_path):
 def test_features_of_another_tr_are_an_error_naming_the_run(film_bids, tmp_path):
     index = StimulusIndex.build(BidsIndex.build(film_bids))
     words = film_bids / "stimuli" / "film_words.tsv"
-    write_stimulus_store(words, 1.0, FeatureSettings(), tmp_path / "w.zarr")
+    write_stimulus_store(words, 1.0, FeatureSettings.defaults(), tmp_path / "w.zarr")
     run = index.runs["sub-01/func/sub-01_task-movie_run-1"]
     with pytest.raises(BidstrainError, match=r"sub-01: .*task-movie_events.tsv: the features "
                        r"of film_words.tsv are per 1 s but the run's TR is 2 s"):  # fmt: skip

@@ -23,7 +23,7 @@ log = logging.getLogger("bidstrain.stimuli")
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse the arguments and write the store."""
-    defaults = FeatureSettings()
+    defaults = FeatureSettings.defaults()
     parser = argparse.ArgumentParser(prog="python -m bidstrain.stimuli", description=__doc__)
     parser.add_argument("--stimulus", required=True, help="a film, sound or transcript")
     parser.add_argument("--tr", type=float, required=True, help="bin width in seconds")

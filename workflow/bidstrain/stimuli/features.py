@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from bidstrain.config import StimuliConfig
+from bidstrain.config import Config, StimuliConfig, validate_config
+from bidstrain.errors import BidstrainError
 from bidstrain.io.store import FeatureMeta, write_feature_store
 from bidstrain.stimuli.audio import audio_features
 from bidstrain.stimuli.media import MEDIA_EXTENSIONS, probe
@@ -29,36 +31,36 @@ class FeatureSettings:
     """The ``stimuli`` keys that determine a stimulus file's features (nothing else, so
     that changing the delay reruns no feature job)."""
 
-    video_size: tuple[int, int] = (64, 48)
-    video_colour: str = "grey"
-    audio_n_mels: int = 40
-    audio_window: float = 0.025
-    audio_hop: float = 0.010
-    text_method: str = "hashing"
-    text_embeddings: str = ""
-    text_n_features: int = 256
+    video_size: tuple[int, int]
+    video_colour: str
+    audio_n_mels: int
+    audio_window: float
+    audio_hop: float
+    text_method: str
+    text_embeddings: str
+    text_n_features: int
 
     @classmethod
     def of(cls, config: StimuliConfig) -> FeatureSettings:
         """The feature keys of the ``stimuli`` section."""
-        return cls(
-            tuple(config.video_size),
-            config.video_colour,
-            config.audio_n_mels,
-            config.audio_window,
-            config.audio_hop,
-            config.text_method,
-            config.text_embeddings,
-            config.text_n_features,
-        )
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+    @classmethod
+    def defaults(cls, **changes: Any) -> FeatureSettings:
+        """The schema's defaults (the one source of them), with ``changes``."""
+        config = Config.from_dict(validate_config({"bids_dir": ""}))
+        return replace(cls.of(config.stimuli), **changes)
 
 
-def _fit(rows: Iterator[np.ndarray], n_bins: int) -> np.ndarray:
-    """The first ``n_bins`` rows of a stream; missing last rows repeat the last one."""
+def _fit(rows: Iterator[np.ndarray], n_bins: int, path: Path, kind: str) -> np.ndarray:
+    """The first ``n_bins`` rows of a stream (read to its end, so that the decoder checks
+    the file's length); missing last rows repeat the last one."""
     kept = []
     for row in rows:
         if len(kept) < n_bins:
             kept.append(row)
+    if not kept:
+        raise BidstrainError(f"no {kind} decodes from this file", path=path)
     return np.stack(kept + [kept[-1]] * (n_bins - len(kept)))
 
 
@@ -71,14 +73,14 @@ def media_features(
     features, units, shapes = {}, {}, {}
     if info.has_video:
         size, colour = settings.video_size, settings.video_colour
-        features["video"] = _fit(video_features(path, tr, size, colour), n_bins)
+        features["video"] = _fit(video_features(path, tr, size, colour), n_bins, path, "video")
         units["video"] = f"mean {colour} pixel value per TR, 0 to 255"
         shapes["video"] = frame_shape(size, colour)
     if info.has_audio:
         rows = audio_features(
             path, tr, settings.audio_n_mels, settings.audio_window, settings.audio_hop
         )
-        features["audio"] = _fit(rows, n_bins)
+        features["audio"] = _fit(rows, n_bins, path, "audio")
         units["audio"] = "log10 of the mean mel-band power per TR (samples of full scale 1)"
         shapes["audio"] = (settings.audio_n_mels,)
     meta = FeatureMeta(str(path), tr, tuple(features), units, shapes, path.stat().st_size)
