@@ -28,7 +28,13 @@ def test_one_feature_store_per_stimulus_file_whatever_the_runs(film_bids):
         paths.stimulus_features("stimuli/film.mp4"),
         paths.stimulus_features("stimuli/film_words.tsv"),
     ]
-    assert plan.stimulus_tr("stimuli/film.mp4") == 2.0
+    assert plan.stimulus_arguments("stimuli/film.mp4") == (
+        "--tr 2.0 --video-size 64 48 --video-colour grey --audio-n-mels 40 "
+        "--audio-window 0.025 --audio-hop 0.01"
+    )
+    assert plan.stimulus_arguments("stimuli/film_words.tsv") == (
+        "--tr 2.0 --text-method hashing --text-embeddings '' --text-n-features 256"
+    )
     assert len(plan.stimuli.runs) == 6
 
 

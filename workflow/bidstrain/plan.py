@@ -436,9 +436,28 @@ class Plan:
         """The feature stores of target ``stimuli``: one per stimulus file."""
         return [paths.stimulus_features(name) for name in self.stimulus_names]
 
-    def stimulus_tr(self, name: str) -> float:
-        """The TR of the runs that presented stimulus ``name`` (its features' bin width)."""
-        return self.stimuli.stimuli[self.stimuli_root / name].repetition_time
+    def stimulus_arguments(self, name: str) -> str:
+        """The feature job's options for stimulus ``name``: its TR (the runs' that
+        presented it) and the ``stimuli`` keys of its kind alone, so that changing a
+        video key reruns the films' jobs, not the transcripts'."""
+        stimulus = self.stimuli.stimuli[self.stimuli_root / name]
+        config = self.config.stimuli
+        if stimulus.kind == "media":
+            options = {
+                "video-size": " ".join(map(str, config.video_size)),
+                "video-colour": config.video_colour,
+                "audio-n-mels": config.audio_n_mels,
+                "audio-window": config.audio_window,
+                "audio-hop": config.audio_hop,
+            }
+        else:
+            options = {
+                "text-method": config.text_method,
+                "text-embeddings": shlex.quote(config.text_embeddings),
+                "text-n-features": config.text_n_features,
+            }
+        options = {"tr": stimulus.repetition_time, **options}
+        return " ".join(f"--{key} {value}" for key, value in options.items())
 
     # ---- embed (bidstrain.embed; rules in workflow/rules/embed.smk) --------------------
 
