@@ -9,7 +9,7 @@ import av
 import numpy as np
 
 from bidstrain.stimuli.bins import bin_means
-from bidstrain.stimuli.media import END_PROBE, declared_duration, open_media, truncated_error
+from bidstrain.stimuli.media import Progress, declared_duration, open_media
 
 #: Added to the mean mel power of a bin before its logarithm (silence: -10).
 LOG_FLOOR = 1e-10
@@ -63,12 +63,12 @@ def mel_frames(
     window: float,
     hop: float,
     n_mels: int,
-    decoded_until: list[float],
+    progress: Progress,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Mel power of each spectrogram window, ``(centre times, (windows, n_mels))`` per chunk.
 
     Keeps only the samples of the windows not yet complete between chunks.
-    ``decoded_until[0]`` is kept at the end time of the samples seen.
+    ``progress.until`` follows the end time of the samples seen.
     """
     length, step = max(round(window * sample_rate), 2), max(round(hop * sample_rate), 1)
     taper = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(length) / length)  # periodic Hann
@@ -77,7 +77,7 @@ def mel_frames(
     for time, samples in chunks:
         start = time if start is None else start
         buffer = np.concatenate([buffer, samples])
-        decoded_until[0] = start + buffer.size / sample_rate
+        progress.until = start + buffer.size / sample_rate
         n = (buffer.size - length) // step + 1 if buffer.size >= length else 0
         if n == 0:
             continue
@@ -125,14 +125,12 @@ def audio_features(
     BidstrainError
         When the file cannot be decoded or decodes less than its header declares.
     """
-    until = [0.0]
     with open_media(path, subject) as container:
         stream = container.streams.audio[0]
-        declared = declared_duration(container)
+        progress = Progress(Path(path), declared_duration(container), subject)
         frames = mel_frames(
-            mono_samples(container, stream), stream.rate, window, hop, n_mels, until
+            mono_samples(container, stream), stream.rate, window, hop, n_mels, progress
         )
         for mean in bin_means(frames, tr):
             yield np.log10(mean + LOG_FLOOR)
-    if declared - until[0] > END_PROBE:
-        raise truncated_error(path, until[0], declared, subject)
+    progress.check()

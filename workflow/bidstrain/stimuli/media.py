@@ -78,14 +78,27 @@ def declared_duration(container: av.container.InputContainer) -> float:
     return max((float(s.duration * s.time_base) for s in streams), default=0.0)
 
 
-def truncated_error(path: str | Path, decoded: float, declared: float, subject=None):
-    """The error for a file that decodes ``decoded`` seconds of the ``declared`` ones."""
-    return BidstrainError(
-        f"truncated media file: it decodes {decoded:.2f} s of the {declared:.2f} s its "
-        f"header declares ({declared - decoded:.2f} s missing): copy it again",
-        path=path,
-        subject=subject,
-    )
+@dataclass
+class Progress:
+    """How far a decoder got: the end time (s) of the last frame or sample decoded,
+    compared with the header's duration when the stream ends (:meth:`check`)."""
+
+    path: Path
+    declared: float
+    subject: str | None = None
+    until: float = 0.0
+
+    def check(self) -> None:
+        """Raise when the decoder stopped more than :data:`END_PROBE` seconds before the
+        declared end (a truncated file)."""
+        if self.declared - self.until > END_PROBE:
+            raise BidstrainError(
+                f"truncated media file: it decodes {self.until:.2f} s of the "
+                f"{self.declared:.2f} s its header declares "
+                f"({self.declared - self.until:.2f} s missing): copy it again",
+                path=self.path,
+                subject=self.subject,
+            )
 
 
 def _wav_missing_bytes(path: Path) -> int:

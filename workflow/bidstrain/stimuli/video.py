@@ -9,7 +9,7 @@ import av
 import numpy as np
 
 from bidstrain.stimuli.bins import bin_means
-from bidstrain.stimuli.media import END_PROBE, declared_duration, open_media, truncated_error
+from bidstrain.stimuli.media import Progress, declared_duration, open_media
 
 #: PyAV pixel format of each ``stimuli.video_colour``.
 PIXEL_FORMATS = {"grey": "gray", "rgb": "rgb24"}
@@ -26,18 +26,16 @@ def decoded_frames(
     frames: Iterator[av.VideoFrame],
     size: tuple[int, int],
     colour: str,
-    decoded_until: list[float],
+    progress: Progress,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Each frame as ``(time, pixels)``, resized by FFmpeg's scaler, one at a time.
-
-    ``decoded_until[0]`` is kept at the end time of the last frame decoded.
-    """
+    """Each frame as ``(time, pixels)``, resized by FFmpeg's scaler, one at a time;
+    ``progress.until`` follows the end time of the last frame decoded."""
     width, height = size
     rate = float(stream.average_rate or stream.guessed_rate or 25)
     for index, frame in enumerate(frames):
         time = frame.time if frame.time is not None else index / rate
         pixels = frame.to_ndarray(width=width, height=height, format=PIXEL_FORMATS[colour])
-        decoded_until[0] = time + 1.0 / rate
+        progress.until = time + 1.0 / rate
         yield np.array([time]), pixels[None]
 
 
@@ -78,11 +76,9 @@ def video_features(
         When the file cannot be decoded, or decodes more than :data:`END_PROBE` seconds
         less than its header declares (truncated).
     """
-    until = [0.0]
     with open_media(path, subject) as container:
         stream = container.streams.video[0]
-        declared = declared_duration(container)
-        frames = decoded_frames(stream, container.decode(stream), size, colour, until)
+        progress = Progress(Path(path), declared_duration(container), subject)
+        frames = decoded_frames(stream, container.decode(stream), size, colour, progress)
         yield from bin_means(frames, tr)
-    if declared - until[0] > END_PROBE:
-        raise truncated_error(path, until[0], declared, subject)
+    progress.check()
