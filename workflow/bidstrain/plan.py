@@ -3,8 +3,8 @@
 :meth:`Plan.build` decides, once, at parse time: the images of every modality, the
 held-out BOLD runs and the stores each is normalized with, the mask of every image, the
 normalize job of every subject, the cross-subject average groups, the stores
-training and validation read, the report's figures, and the world size of the training
-job. The rule files only declare rules over its attributes; everything here is
+training and validation read, the report's figures, the world size of the training
+job, and (with ``stimuli.enabled``) the stimulus files whose features to compute. The rule files only declare rules over its attributes; everything here is
 unit-tested without Snakemake.
 
 Granularity: one normalize job per subject (it validates every image header of the
