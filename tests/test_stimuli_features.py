@@ -183,3 +183,32 @@ def test_a_streamable_film_cut_short_says_how_much_decodes(film_bids, tmp_path):
     with pytest.raises(BidstrainError, match=r"cut\.mp4: truncated media file: it decodes "
                        r"\d+\.\d\d s of the 20\.00 s its header declares"):  # fmt: skip
         list(video_features(cut, TR))
+
+
+def test_a_tr_without_frames_holds_the_previous_mean():
+    blocks = [
+        (np.array([0.5, 1.5]), np.array([[1.0], [3.0]])),
+        (np.array([6.5]), np.array([[9.0]])),
+    ]
+    np.testing.assert_array_equal(np.concatenate(list(bin_means(blocks, 2.0))), [2, 2, 2, 9])
+    late = [(np.array([4.5]), np.array([[5.0]]))]  # nothing before: black
+    np.testing.assert_array_equal(np.concatenate(list(bin_means(late, 2.0))), [0, 0, 5])
+
+
+def test_cli_word_vectors_note_the_unknown_words(film_bids, tmp_path):
+    vectors = tmp_path / "vectors.tsv"
+    vectors.write_text("dog\t1\t0\t0\ncat\t0\t1\t0\nthe\t0\t0\t1\n")
+    out = tmp_path / "words.zarr"
+    transcript = str(film_bids / "stimuli" / "film_words.tsv")
+    main(["--stimulus", transcript, "--tr", str(TR), "--out", str(out),
+          "--text-method", "embeddings", f"--text-embeddings={vectors}"])  # fmt: skip
+    store = read_feature_store(out)
+    words = truth(film_bids)["words"]
+    known = ("dog", "cat", "the")
+    n_unknown = sum(w not in known for tr_words in words for w in tr_words)
+    assert store.features["text"].shape[1] == 3
+    assert store.meta.notes["text"].startswith(f"{n_unknown} of {sum(map(len, words))} words")
+    for k, tr_words in enumerate(words[: store.features["text"].shape[0]]):
+        rows = [np.eye(3)[known.index(w)] for w in tr_words if w in known]
+        expected = np.mean(rows, axis=0) if rows else np.zeros(3)
+        np.testing.assert_allclose(store.features["text"][k], expected, atol=1e-7)
