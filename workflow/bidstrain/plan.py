@@ -4,8 +4,9 @@
 held-out BOLD runs and the stores each is normalized with, the mask of every image, the
 normalize job of every subject, the cross-subject average groups, the stores
 training and validation read, the report's figures, the world size of the training
-job, and (with ``stimuli.enabled``) the stimulus files whose features to compute. The rule files only declare rules over its attributes; everything here is
-unit-tested without Snakemake.
+job, and (with ``stimuli.enabled``) the stimulus files whose features to compute. The
+rule files only declare rules over its attributes; everything here is unit-tested
+without Snakemake.
 
 Granularity: one normalize job per subject (it validates every image header of the
 subject and writes its ingest record, then normalizes every image of the subject,
