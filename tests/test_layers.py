@@ -19,6 +19,7 @@ LAYERS = (
     ("dataset",),
     ("ingest",),
     ("normalize",),
+    ("stimuli",),
     ("average",),
     ("train",),
     ("checks",),

@@ -240,6 +240,18 @@ def embed_figure(experiment: str) -> str:
     return _join(REPORT, "embed", f"{experiment}.png")
 
 
+# ---- stimuli -----------------------------------------------------------------------------
+
+#: Feature stores of the stimulus files (bidstrain.stimuli), mirroring the dataset's paths.
+STIMULI = f"{RESULTS}/stimuli"
+
+
+def stimulus_features(stimulus: str) -> str:
+    """``results/stimuli/<path in the dataset>.zarr``: the feature store of one stimulus
+    file (``stimuli/film.mp4``, or a run's ``events.tsv`` holding its words)."""
+    return _join(STIMULI, f"{stimulus}.zarr")
+
+
 # ---- report ------------------------------------------------------------------------------
 
 

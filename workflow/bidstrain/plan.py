@@ -3,9 +3,10 @@
 :meth:`Plan.build` decides, once, at parse time: the images of every modality, the
 held-out BOLD runs and the stores each is normalized with, the mask of every image, the
 normalize job of every subject, the cross-subject average groups, the stores
-training and validation read, the report's figures, and the world size of the training
-job. The rule files only declare rules over its attributes; everything here is
-unit-tested without Snakemake.
+training and validation read, the report's figures, the world size of the training
+job, and (with ``stimuli.enabled``) the stimulus files whose features to compute. The
+rule files only declare rules over its attributes; everything here is unit-tested
+without Snakemake.
 
 Granularity: one normalize job per subject (it validates every image header of the
 subject and writes its ingest record, then normalizes every image of the subject,
@@ -23,7 +24,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bidstrain import __version__, paths
 from bidstrain.config import Config, config_hash, setting_changes, to_plain
@@ -36,6 +37,9 @@ from bidstrain.io.atomic import write_text_atomic
 from bidstrain.modalities import MODALITIES
 from bidstrain.report import CHECKS_FIGURES, TRAINING_FIGURES
 from bidstrain.train.expectation import expectation
+
+if TYPE_CHECKING:  # imported when stimuli.enabled: PyAV and nibabel cost 0.3 s at parse
+    from bidstrain.stimuli.index import StimulusIndex
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +174,7 @@ class Plan:
     nodes: int
     gpu_model: str
     atlas: AtlasFiles | None = None  # config parcellation
+    stimuli: StimulusIndex | None = None  # with stimuli.enabled
 
     @classmethod
     def build(
@@ -243,6 +248,7 @@ class Plan:
             nodes=config.resources.train.nodes if nodes is None else nodes,
             gpu_model=gpu_model,
             atlas=atlas,
+            stimuli=_stimuli(config, index, images["bold"]),
         )
 
     # ---- normalize ---------------------------------------------------------------------
@@ -470,6 +476,50 @@ class Plan:
         images = (str(image.image.path) for job in self.jobs.values() for image in job.images)
         return {paths.PLAN_VALIDATE_ARGS: _lines(["--images", *images])}
 
+    # ---- stimuli (bidstrain.stimuli; rules in workflow/rules/stimuli.smk) --------------
+
+    @property
+    def stimulus_names(self) -> list[str]:
+        """Every stimulus file of the runs, by its path in the dataset (the rule's
+        ``{stimulus}`` wildcard), once each; none unless ``stimuli.enabled``."""
+        if self.stimuli is None:
+            return []
+        root = self.stimuli_root
+        return [path.relative_to(root).as_posix() for path in self.stimuli.stimuli]
+
+    @property
+    def stimuli_root(self) -> Path:
+        """The dataset the stimulus names are relative to."""
+        return Path(self.config.bids_dir).absolute()
+
+    @property
+    def stimulus_stores(self) -> list[str]:
+        """The feature stores of target ``stimuli``: one per stimulus file."""
+        return [paths.stimulus_features(name) for name in self.stimulus_names]
+
+    def stimulus_arguments(self, name: str) -> str:
+        """The feature job's options for stimulus ``name``: its TR (the runs' that
+        presented it) and the ``stimuli`` keys of its kind alone, so that changing a
+        video key reruns the films' jobs, not the transcripts'."""
+        stimulus = self.stimuli.stimuli[self.stimuli_root / name]
+        config = self.config.stimuli
+        if stimulus.kind == "media":
+            options = {
+                "video-size": " ".join(map(str, config.video_size)),
+                "video-colour": config.video_colour,
+                "audio-n-mels": config.audio_n_mels,
+                "audio-window": config.audio_window,
+                "audio-hop": config.audio_hop,
+            }
+        else:
+            options = {
+                "text-method": config.text_method,
+                "text-embeddings": shlex.quote(config.text_embeddings),
+                "text-n-features": config.text_n_features,
+            }
+        options = {"tr": stimulus.repetition_time, **options}
+        return " ".join(f"--{key} {value}" for key, value in options.items())
+
     # ---- embed (bidstrain.embed; rules in workflow/rules/embed.smk) --------------------
 
     @property
@@ -536,6 +586,15 @@ def settings_changes(settings: Mapping[str, Mapping[str, Any]]) -> list[str]:
         if changes:
             lines.append(f"{Path(path).stem} settings changed: " + "; ".join(changes))
     return lines
+
+
+def _stimuli(config: Config, index: BidsIndex, bold: Sequence[BidsFile]) -> StimulusIndex | None:
+    """The stimuli of the BOLD runs, with ``stimuli.enabled``."""
+    if not config.stimuli.enabled:
+        return None
+    from bidstrain.stimuli.index import StimulusIndex
+
+    return StimulusIndex.build(index, bold, config.stimuli.length_tolerance)
 
 
 def write_if_changed(files: Mapping[str, str]) -> list[str]:

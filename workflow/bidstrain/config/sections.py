@@ -367,6 +367,8 @@ class ResourcesConfig:
     report_average: JobResources
     #: the model input figure
     report_model_input: JobResources
+    #: a stimulus file's feature job
+    stimulus_features: JobResources
 
 
 @dataclass(frozen=True)
@@ -400,6 +402,25 @@ class ParcellationConfig:
 
 
 @dataclass(frozen=True)
+class StimuliConfig:
+    """``stimuli``: per-TR features of the films, sounds and transcripts a run presented
+    (:mod:`bidstrain.stimuli`)."""
+
+    enabled: bool
+    video_size: tuple[int, int]
+    video_colour: str
+    audio_n_mels: int
+    audio_window: float
+    audio_hop: float
+    text_method: str
+    text_embeddings: str
+    text_n_features: int
+    delay_method: str
+    delays: tuple[int, ...]
+    length_tolerance: float
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration (:data:`SCHEMA_PATH` documents every key)."""
 
@@ -421,6 +442,7 @@ class Config:
     resources: ResourcesConfig
     time: TimeConfig
     parcellation: ParcellationConfig
+    stimuli: StimuliConfig
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> Config:

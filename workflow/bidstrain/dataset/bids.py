@@ -42,6 +42,9 @@ TOP_LEVEL_FILES = frozenset(
 )
 #: Top-level files that need no BIDS name (reports of derivative datasets, notes, tables).
 FREE_TOP_LEVEL_EXTENSIONS = (".tsv", ".md", ".txt", ".html", ".cff", ".bib")
+#: Suffix and extension of the events files (onsets of a run's stimuli), indexed with the
+#: metadata files for their inheritance.
+EVENTS = ("events", ".tsv")
 #: Values of the ``part`` entity (complex-valued data).
 PARTS = ("mag", "phase", "real", "imag")
 
@@ -255,7 +258,8 @@ class BidsIndex:
 
     root: Path
     images: list[BidsFile]
-    #: JSON, bval and bvec files by (folder, suffix, extension): their entities and path.
+    #: JSON, bval, bvec and events files by (folder, suffix, extension): their entities and
+    #: path.
     #: Strings, not Paths: the index is built at every parse, and pathlib is its main cost.
     metadata_files: dict[tuple[str, str, str], list[tuple[dict[str, str], str]]]
     participants_tsv: list[str]
@@ -363,7 +367,7 @@ class BidsIndex:
         entities, suffix, extension = parsed
         if extension in IMAGE_EXTENSIONS and not top_level:
             self.images.append(BidsFile(Path(path), entities, datatype, suffix, extension))
-        elif extension in (".json", ".bval", ".bvec"):
+        elif extension in (".json", ".bval", ".bvec") or (suffix, extension) == EVENTS:
             self.metadata_files[(folder, suffix, extension)].append((entities, path))
 
     def select(
@@ -407,8 +411,9 @@ class BidsIndex:
         except KeyError:
             raise BidstrainError(f"no {suffix} image for {prefix!r}", path=self.root) from None
 
-    def _inherited(self, image: BidsFile, extension: str) -> list[Path]:
-        """Metadata files that apply to ``image``, least specific first (inheritance principle)."""
+    def _inherited(self, image: BidsFile, extension: str, suffix: str | None = None) -> list[Path]:
+        """Metadata files that apply to ``image``, least specific first (inheritance principle);
+        of ``image``'s suffix unless ``suffix`` is given."""
         found: list[Path] = []
         root = str(self.root)
         under_root = os.path.join(root, "")  # with its trailing separator, "/" included
@@ -416,7 +421,9 @@ class BidsIndex:
         while True:
             level = [
                 (len(entities), path)
-                for entities, path in self.metadata_files.get((folder, image.suffix, extension), [])
+                for entities, path in self.metadata_files.get(
+                    (folder, suffix or image.suffix, extension), []
+                )
                 if all(image.entities.get(key) == value for key, value in entities.items())
             ]
             found = [Path(path) for _, path in sorted(level, key=lambda item: item[0])] + found
@@ -453,6 +460,15 @@ class BidsIndex:
                 elif entry.is_dir() and entry.name.startswith("ses-"):
                     folders.append(entry.path)
         return found
+
+    def events(self, image: BidsFile) -> Path | None:
+        """The ``*_events.tsv`` that applies to ``image`` (a BOLD run), or None.
+
+        By the inheritance principle the most specific file wins, from the run's folder up
+        to a top-level ``task-<task>_events.tsv`` shared by every subject.
+        """
+        candidates = self._inherited(image, EVENTS[1], EVENTS[0])
+        return candidates[-1] if candidates else None
 
     def companion(self, image: BidsFile, extension: str) -> Path | None:
         """The most specific ``.bval`` or ``.bvec`` that applies to ``image``, or None."""

@@ -707,6 +707,7 @@ def write_parcel_store(
             _write_array(group, name, ("parcel",), np.asarray(values, dtype), attributes=coords)
         group.attrs.update({**attrs, "bidstrain_version": __version__})
         zarr.open_group(tmp / SNAKEMAKE_TIMESTAMP, mode="w")
+        consolidate(tmp)
 
 
 def read_parcel_stats(path: str | Path) -> tuple[int, np.ndarray, np.ndarray, StoreMeta]:
@@ -723,3 +724,131 @@ def read_parcel_stats(path: str | Path) -> tuple[int, np.ndarray, np.ndarray, St
     group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
     mean = np.asarray(group["mean"][...], dtype=np.float64)
     return int(group["data"].shape[0]), mean, np.asarray(group["std"][...], np.float64), meta
+
+
+# ---- Feature stores: per-TR features of one stimulus file (bidstrain.stimuli) -----------
+#
+# A feature store holds the features of one stimulus file (a film, a sound, a transcript)
+# in bins of one repetition time on the stimulus's own clock (bin k covers
+# [k * TR, (k + 1) * TR) seconds from the stimulus's start)::
+#
+#     <kind>            (time, <kind>_feature)  float32  raw features of a kind: video,
+#                                                        audio, text
+#     <kind>_raw_mean   (<kind>_feature,)       float64  their mean over the bins (raw scale)
+#     <kind>_raw_std    (<kind>_feature,)       float64  their standard deviation (ddof 0)
+#     time              (time,)                 float64  start of each bin in seconds
+#
+# Attributes (read through FeatureMeta): ``stimulus`` (the file), ``source_size`` (bytes),
+# ``repetition_time``, ``kinds``, ``units`` (kind -> what one raw value means),
+# ``shapes`` (kind -> the shape of one bin's features before flattening, e.g. a frame's
+# height, width, channels), ``notes`` (kind -> free text, e.g. unknown words) and
+# ``bidstrain_version``. The features are stored raw: z-scoring uses statistics of the
+# training runs (bidstrain.stimuli.align), never of the held-out ones.
+
+
+@dataclass(frozen=True)
+class FeatureMeta:
+    """The attributes of a feature store (see the comment above :class:`FeatureMeta`)."""
+
+    stimulus: str
+    repetition_time: float
+    kinds: tuple[str, ...]
+    units: Mapping[str, str]
+    shapes: Mapping[str, tuple[int, ...]]
+    source_size: int = 0
+    notes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FeatureStore:
+    """A feature store read into memory (:func:`read_feature_store`)."""
+
+    meta: FeatureMeta
+    time: np.ndarray
+    features: Mapping[str, np.ndarray]
+    raw_mean: Mapping[str, np.ndarray]
+    raw_std: Mapping[str, np.ndarray]
+
+
+def write_feature_store(
+    path: str | Path, meta: FeatureMeta, features: Mapping[str, np.ndarray]
+) -> None:
+    """Write the per-TR features of one stimulus file atomically.
+
+    Parameters
+    ----------
+    path : str or Path
+        The store (``*.zarr``); an existing one is replaced only on success.
+    meta : FeatureMeta
+        Its attributes; ``meta.kinds`` must be the keys of ``features``.
+    features : mapping of str to ndarray, shape (time, ...)
+        Raw features of each kind, one row per bin; every kind has the same number of
+        bins. Rows are flattened to one feature axis (``meta.shapes`` keeps their shape).
+    """
+    if tuple(features) != tuple(meta.kinds):
+        raise ValueError(f"features {list(features)} differ from meta.kinds {meta.kinds}")
+    n_bins = {values.shape[0] for values in features.values()}
+    if len(n_bins) > 1:
+        raise ValueError(f"feature kinds have different numbers of bins: {n_bins}")
+    (n_time,) = n_bins or {0}
+    with atomic_path(path) as tmp:
+        group = zarr.open_group(tmp, mode="w", zarr_format=3)
+        time = np.arange(n_time, dtype=np.float64) * meta.repetition_time
+        _write_array(group, "time", ("time",), time)
+        for kind, values in features.items():
+            flat = np.asarray(values, dtype=np.float64).reshape(n_time, -1)
+            dims = (f"{kind}_feature",)
+            _write_array(group, kind, ("time", *dims), flat.astype(np.float32))
+            _write_array(group, f"{kind}_raw_mean", dims, flat.mean(axis=0))
+            _write_array(group, f"{kind}_raw_std", dims, flat.std(axis=0))
+        group.attrs.update(
+            {
+                "stimulus": meta.stimulus,
+                "source_size": int(meta.source_size),
+                "repetition_time": float(meta.repetition_time),
+                "kinds": list(meta.kinds),
+                "units": dict(meta.units),
+                "shapes": {kind: list(shape) for kind, shape in meta.shapes.items()},
+                "notes": dict(meta.notes),
+                "bidstrain_version": __version__,
+            }
+        )
+        zarr.open_group(tmp / SNAKEMAKE_TIMESTAMP, mode="w")
+        consolidate(tmp)
+
+
+def read_feature_store(path: str | Path) -> FeatureStore:
+    """Read a feature store written by :func:`write_feature_store`.
+
+    Raises
+    ------
+    BidstrainError
+        When the store does not exist or lacks an attribute or array of the layout.
+    """
+    try:
+        group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
+    except FileNotFoundError:
+        raise BidstrainError(
+            "feature store not found (run the stimuli stage first)", path=path
+        ) from None
+    attrs = group.attrs.asdict()
+    try:
+        meta = FeatureMeta(
+            stimulus=attrs["stimulus"],
+            repetition_time=float(attrs["repetition_time"]),
+            kinds=tuple(attrs["kinds"]),
+            units=dict(attrs["units"]),
+            shapes={kind: tuple(shape) for kind, shape in attrs["shapes"].items()},
+            source_size=int(attrs.get("source_size", 0)),
+            notes=dict(attrs.get("notes") or {}),
+        )
+        arrays = {name: group[name][...] for name in group.array_keys()}
+        return FeatureStore(
+            meta=meta,
+            time=arrays["time"],
+            features={kind: arrays[kind] for kind in meta.kinds},
+            raw_mean={kind: arrays[f"{kind}_raw_mean"] for kind in meta.kinds},
+            raw_std={kind: arrays[f"{kind}_raw_std"] for kind in meta.kinds},
+        )
+    except KeyError as error:
+        raise BidstrainError(f"incomplete feature store: missing {error}", path=path) from None

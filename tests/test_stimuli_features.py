@@ -1,0 +1,214 @@
+"""Per-TR stimulus features: what the decoders find is what the demo film holds, decoded
+as a stream."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+import numpy as np
+import pytest
+from bidstrain.errors import BidstrainError
+from bidstrain.io.store import read_feature_store
+from bidstrain.stimuli import audio, video
+from bidstrain.stimuli.__main__ import main
+from bidstrain.stimuli.audio import audio_features, band_centres, mel_filterbank
+from bidstrain.stimuli.bins import bin_means
+from bidstrain.stimuli.text import (
+    Word,
+    hashed_bag,
+    mean_vectors,
+    read_embeddings,
+    read_words,
+    words_per_bin,
+)
+from bidstrain.stimuli.video import video_features
+from stimuli_support import SPEC, cut_faststart, make_film_bids, truth
+
+TR = SPEC.repetition_time
+
+
+@pytest.fixture(scope="module")
+def film_bids(tmp_path_factory):
+    return make_film_bids(tmp_path_factory)
+
+
+def test_video_luminance_per_tr_is_the_films(film_bids):
+    bins = list(video_features(film_bids / "stimuli" / "film.mp4", TR, (32, 24), "grey"))
+    expected = np.array(truth(film_bids)["luminance"])
+    assert len(bins) == SPEC.n_bins and bins[0].shape == (24, 32)
+    # H.264 in limited-range YUV: within one grey level of the frames encoded
+    assert np.abs(np.array([b.mean() for b in bins]) - expected).max() < 1.5
+
+
+def test_rgb_frames_keep_three_equal_channels(film_bids):
+    bins = list(video_features(film_bids / "stimuli" / "film.mp4", TR, (16, 12), "rgb"))
+    assert bins[0].shape == (12, 16, 3)
+    channels = np.array([b.mean(axis=(0, 1)) for b in bins])
+    assert np.abs(channels - channels.mean(axis=1, keepdims=True)).max() < 1.0
+    assert np.abs(channels[:, 0] - truth(film_bids)["luminance"]).max() < 3.0
+
+
+def test_audio_peak_mel_band_is_the_tone_of_each_tr(film_bids):
+    bins = np.array(list(audio_features(film_bids / "stimuli" / "film.mp4", TR, n_mels=40)))
+    expected = truth(film_bids)["tone_band"]
+    assert bins.shape[1] == 40
+    np.testing.assert_array_equal(bins[: SPEC.n_bins].argmax(axis=1), expected)
+
+
+def test_mel_filters_peak_at_their_centres():
+    rate, n_fft = 16000, 4096
+    filters = mel_filterbank(rate, n_fft, 20)
+    peaks = np.fft.rfftfreq(n_fft, 1 / rate)[filters.argmax(axis=1)]
+    assert np.abs(peaks - band_centres(rate, 20)).max() <= rate / n_fft
+    assert filters.max() <= 1.0 and (filters >= 0).all()
+
+
+def test_hashed_words_count_the_transcript(film_bids):
+    words = read_words(film_bids / "stimuli" / "film_words.tsv")
+    bins = words_per_bin(words, TR, SPEC.n_bins)
+    assert bins == truth(film_bids)["words"]
+    bag = hashed_bag(bins, 64)
+    np.testing.assert_array_equal(bag.sum(axis=1), [len(b) for b in bins])
+    # one word, one column, whatever the bin
+    column = {w: hashed_bag([[w]], 64).argmax() for w in {w for b in bins for w in b}}
+    for k, b in enumerate(bins):
+        expected = np.zeros(64)
+        for w, n in Counter(b).items():
+            expected[column[w]] += n
+        np.testing.assert_array_equal(bag[k], expected)
+
+
+def test_word_vectors_average_the_known_words_and_count_the_rest(tmp_path):
+    path = tmp_path / "vectors.tsv"
+    path.write_text("dog\t1\t0\ncat\t0\t2\nthe\t-1\t-1\n")
+    vectors = read_embeddings(path)
+    features, unknown = mean_vectors([["dog", "cat", "runs"], [], ["the", "runs", "a"]], vectors)
+    np.testing.assert_allclose(features, [[0.5, 1.0], [0.0, 0.0], [-1.0, -1.0]])
+    assert unknown == Counter({"runs": 2, "a": 1})
+    path.write_text("dog\t1\t0\ncat\t0\n")
+    with pytest.raises(BidstrainError, match="vectors.tsv.*different lengths"):
+        read_embeddings(path)
+
+
+def test_subtitles_spread_their_words_over_the_cue(tmp_path):
+    path = tmp_path / "film.srt"
+    path.write_text(
+        "1\n00:00:01,000 --> 00:00:03,000\nHello there,\nfriend!\n\n"
+        "2\n00:00:04,500 --> 00:00:05,000\nBye\n"
+    )
+    words = read_words(path)
+    assert words == [
+        Word(1.0, "hello"),
+        Word(1 + 2 / 3, "there"),
+        Word(1 + 4 / 3, "friend"),
+        Word(4.5, "bye"),
+    ]
+    assert words_per_bin(words, 2.0) == [["hello", "there"], ["friend"], ["bye"]]
+
+
+def test_bins_are_yielded_from_an_endless_stream():
+    def endless():  # one value per 0.5 s, forever: nothing may wait for its end
+        for index in itertools.count():
+            yield np.array([index * 0.5]), np.array([[float(index)]])
+
+    first = list(itertools.islice(bin_means(endless(), 2.0), 3))
+    np.testing.assert_array_equal(np.concatenate(first), [1.5, 5.5, 9.5])
+
+
+def test_video_decoder_yields_a_tr_after_decoding_only_its_frames(film_bids, monkeypatch):
+    decoded = []
+    original = video.decoded_frames
+
+    def counting(*args, **kwargs):
+        for item in original(*args, **kwargs):
+            decoded.append(item[0][0])
+            yield item
+
+    monkeypatch.setattr(video, "decoded_frames", counting)
+    stream = video_features(film_bids / "stimuli" / "film.mp4", TR, (8, 6), "grey")
+    next(stream)
+    # the first TR's frames, and the one frame that opened the second TR
+    assert len(decoded) == SPEC.fps * TR + 1
+    stream.close()
+
+
+def test_audio_decoder_yields_a_tr_after_decoding_about_a_tr(film_bids, monkeypatch):
+    seen = []
+    original = audio.mono_samples
+
+    def counting(*args, **kwargs):
+        for time, samples in original(*args, **kwargs):
+            seen.append(time + samples.size / SPEC.sample_rate)
+            yield time, samples
+
+    monkeypatch.setattr(audio, "mono_samples", counting)
+    stream = audio_features(film_bids / "stimuli" / "film.mp4", TR)
+    next(stream)
+    assert TR < seen[-1] < TR + 0.2  # one AAC frame (64 ms) past the first TR, not the film
+    stream.close()
+
+
+def test_cli_writes_one_store_per_stimulus_with_the_raw_scale(film_bids, tmp_path):
+    out = tmp_path / "film.zarr"
+    main(["--stimulus", str(film_bids / "stimuli" / "film.mp4"), "--tr", str(TR),
+          "--out", str(out), "--video-size", "16", "12", "--audio-n-mels", "40"])  # fmt: skip
+    store = read_feature_store(out)
+    assert store.meta.kinds == ("video", "audio")
+    assert store.meta.shapes["video"] == (12, 16) and "0 to 255" in store.meta.units["video"]
+    assert store.features["video"].shape == (SPEC.n_bins, 16 * 12)
+    np.testing.assert_allclose(store.time, np.arange(SPEC.n_bins) * TR)
+    for kind in store.meta.kinds:
+        values = store.features[kind].astype(np.float64)
+        np.testing.assert_allclose(store.raw_mean[kind], values.mean(axis=0), rtol=1e-6)
+        np.testing.assert_allclose(store.raw_std[kind], values.std(axis=0), rtol=1e-5, atol=1e-5)
+    text = tmp_path / "words.zarr"
+    main(["--stimulus", str(film_bids / "stimuli" / "film_words.tsv"), "--tr", str(TR),
+          "--out", str(text), "--text-n-features", "32"])  # fmt: skip
+    counts = read_feature_store(text).features["text"].sum(axis=1)
+    expected = [len(w) for w in truth(film_bids)["words"]]
+    np.testing.assert_array_equal(counts, expected[: counts.size])
+
+
+def test_a_film_cut_short_is_an_error_naming_it(film_bids, tmp_path):
+    film = (film_bids / "stimuli" / "film.mp4").read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(film[: len(film) // 2])
+    with pytest.raises(BidstrainError, match=r"cut\.mp4: unreadable media file"):
+        next(video_features(cut, TR))
+
+
+def test_a_streamable_film_cut_short_says_how_much_decodes(film_bids, tmp_path):
+    cut = cut_faststart(film_bids / "stimuli" / "film.mp4", tmp_path / "cut.mp4")
+    with pytest.raises(BidstrainError, match=r"cut\.mp4: truncated media file: it decodes "
+                       r"\d+\.\d\d s of the 20\.00 s its header declares"):  # fmt: skip
+        list(video_features(cut, TR))
+
+
+def test_a_tr_without_frames_holds_the_previous_mean():
+    blocks = [
+        (np.array([0.5, 1.5]), np.array([[1.0], [3.0]])),
+        (np.array([6.5]), np.array([[9.0]])),
+    ]
+    np.testing.assert_array_equal(np.concatenate(list(bin_means(blocks, 2.0))), [2, 2, 2, 9])
+    late = [(np.array([4.5]), np.array([[5.0]]))]  # nothing before: black
+    np.testing.assert_array_equal(np.concatenate(list(bin_means(late, 2.0))), [0, 0, 5])
+
+
+def test_cli_word_vectors_note_the_unknown_words(film_bids, tmp_path):
+    vectors = tmp_path / "vectors.tsv"
+    vectors.write_text("dog\t1\t0\t0\ncat\t0\t1\t0\nthe\t0\t0\t1\n")
+    out = tmp_path / "words.zarr"
+    transcript = str(film_bids / "stimuli" / "film_words.tsv")
+    main(["--stimulus", transcript, "--tr", str(TR), "--out", str(out),
+          "--text-method", "embeddings", f"--text-embeddings={vectors}"])  # fmt: skip
+    store = read_feature_store(out)
+    words = truth(film_bids)["words"]
+    known = ("dog", "cat", "the")
+    n_unknown = sum(w not in known for tr_words in words for w in tr_words)
+    assert store.features["text"].shape[1] == 3
+    assert store.meta.notes["text"].startswith(f"{n_unknown} of {sum(map(len, words))} words")
+    for k, tr_words in enumerate(words[: store.features["text"].shape[0]]):
+        rows = [np.eye(3)[known.index(w)] for w in tr_words if w in known]
+        expected = np.mean(rows, axis=0) if rows else np.zeros(3)
+        np.testing.assert_allclose(store.features["text"][k], expected, atol=1e-7)

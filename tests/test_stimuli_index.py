@@ -1,0 +1,172 @@
+"""The stimulus index: each run's stimuli from its events.tsv (BIDS inheritance), each
+file listed once with its users, and every bad input an error naming file and subject."""
+
+from __future__ import annotations
+
+import json
+
+import av
+import nibabel as nib
+import numpy as np
+import pytest
+from bidstrain.dataset.bids import BidsIndex
+from bidstrain.demo.naturalistic import NaturalisticSpec, encode_film, film_truth
+from bidstrain.errors import BidstrainError
+from bidstrain.stimuli.index import StimulusIndex
+from stimuli_support import SPEC, copy_dataset, cut_faststart, make_film_bids
+
+RUN_EVENTS = "sub-02/func/sub-02_task-movie_run-1_events.tsv"
+
+
+@pytest.fixture(scope="module")
+def film_bids(tmp_path_factory):
+    return make_film_bids(tmp_path_factory)
+
+
+def _index(root, tolerance=2.0):
+    return StimulusIndex.build(BidsIndex.build(root), tolerance=tolerance)
+
+
+def _events(root, *rows, columns="onset\tduration\tstim_file"):
+    (root / RUN_EVENTS).write_text("\n".join([columns, *rows]) + "\n")
+
+
+def test_each_stimulus_file_is_listed_once_with_its_users(film_bids):
+    index = _index(film_bids)
+    assert len(index.runs) == 6
+    film, words = film_bids / "stimuli" / "film.mp4", film_bids / "stimuli" / "film_words.tsv"
+    assert list(index.stimuli) == [film, words]
+    assert index.stimuli[film].kind == "media" and index.stimuli[words].kind == "text"
+    assert index.stimuli[film].duration == pytest.approx(SPEC.duration, abs=0.1)
+    users = index.stimuli[film].users
+    assert len(users) == 6 and {s for s, _ in users} == {"01", "02", "03"}
+    run = index.runs["sub-01/func/sub-01_task-movie_run-2"]
+    assert (run.repetition_time, run.n_volumes) == (SPEC.repetition_time, SPEC.n_bins)
+    assert [e.stimulus for e in run.events] == [film, words]
+
+
+def test_a_runs_own_events_file_overrides_the_dataset_one(film_bids, tmp_path):
+    root = copy_dataset(film_bids, tmp_path)
+    _events(root, "0\t20\tfilm.mp4")
+    index = _index(root)
+    assert [e.stimulus.name for e in index.runs[RUN_EVENTS[:-11]].events] == ["film.mp4"]
+    assert len(index.stimuli[root / "stimuli" / "film_words.tsv"].users) == 5
+
+
+def test_a_missing_stim_file_names_the_events_file_and_subject(film_bids, tmp_path):
+    root = copy_dataset(film_bids, tmp_path)
+    _events(root, "0\t20\tfilm.mp4", "0\t20\tclip.mp4")
+    with pytest.raises(BidstrainError, match=r"sub-02: .*run-1_events.tsv: line 3: stim_file "
+                       r"'clip.mp4' is not in the dataset's stimuli/"):  # fmt: skip
+        _index(root)
+
+
+def test_an_unreadable_film_names_the_file_and_subject(film_bids, tmp_path):
+    root = copy_dataset(film_bids, tmp_path)
+    (root / "stimuli" / "film.mp4").write_bytes(b"\x00not a film" * 100)
+    with pytest.raises(BidstrainError, match=r"sub-01: .*stimuli/film.mp4: unreadable media"):
+        _index(root)
+
+
+def _wav(path, seconds, rate=8000):
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=rate)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, int(seconds * rate)), np.float32), format="flt", layout="mono"
+        )
+        frame.sample_rate = rate
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+def test_a_truncated_sound_names_the_file_subject_and_missing_bytes(film_bids, tmp_path):
+    root = copy_dataset(film_bids, tmp_path)
+    _wav(root / "stimuli" / "sound.wav", 20.0)
+    data = (root / "stimuli" / "sound.wav").read_bytes()
+    (root / "stimuli" / "sound.wav").write_bytes(data[: len(data) // 2])
+    _events(root, "0\t20\tsound.wav")
+    with pytest.raises(BidstrainError, match=r"sub-02: .*sound.wav: truncated media file: "
+                       r"\d+ bytes of its declared size are missing"):  # fmt: skip
+        _index(root)
+
+
+def test_a_truncated_streamable_film_names_the_file_and_subject(film_bids, tmp_path):
+    root = copy_dataset(film_bids, tmp_path)
+    cut_faststart(film_bids / "stimuli" / "film.mp4", root / "stimuli" / "film.mp4")
+    with pytest.raises(BidstrainError, match=r"sub-01: .*film.mp4: truncated media file: "
+                       r"nothing decodes in the last 1 s of the 20.00 s"):  # fmt: skip
+        _index(root)
+
+
+def test_an_event_longer_than_its_film_says_by_how_much(film_bids, tmp_path):
+    root = copy_dataset(film_bids, tmp_path)
+    _events(root, "0\t26.5\tfilm.mp4")
+    expected = (
+        r"sub-02: .*line 2: the event of 'film.mp4' lasts 26.50 s but the file lasts 20.00 s "
+        r"\(the event is 6.50 s longer\)"
+    )
+    with pytest.raises(BidstrainError, match=expected):
+        _index(root)
+
+
+def test_a_stimulus_running_past_the_run_says_by_how_much(film_bids, tmp_path):
+    root = copy_dataset(film_bids, tmp_path)
+    _events(root, "5\t20\tfilm.mp4")
+    expected = (
+        r"sub-02: .*the stimuli end at 25.00 s .* lasts 20.00 s \(10 volumes x TR 2 s\): "
+        r"the stimulus is 5.00 s longer"
+    )
+    with pytest.raises(BidstrainError, match=expected):
+        _index(root)
+    assert _index(root, tolerance=5.5).runs  # within a tolerance of 5.5 s it passes
+
+
+def test_a_stimulus_ending_before_the_run_says_by_how_much(film_bids, tmp_path):
+    root = copy_dataset(film_bids, tmp_path)
+    short = NaturalisticSpec(duration=12.0)
+    encode_film(root / "stimuli" / "short.mp4", short, film_truth(short, np.random.default_rng(1)))
+    _events(root, "2\t12\tshort.mp4")
+    with pytest.raises(BidstrainError, match=r"sub-02: .*the stimulus is 6.00 s shorter"):
+        _index(root)
+
+
+def test_a_word_column_makes_the_events_file_the_runs_transcript(film_bids, tmp_path):
+    root = copy_dataset(film_bids, tmp_path)
+    _events(root, "0\t20\tfilm.mp4\tn/a", "3.1\t0.3\tn/a\thello", columns="onset\tduration\t"
+            "stim_file\tword")  # fmt: skip
+    index = _index(root)
+    events_file = root / RUN_EVENTS
+    assert index.stimuli[events_file].kind == "text"
+    assert index.stimuli[events_file].users == (("02", RUN_EVENTS[:-11]),)
+
+
+def test_runs_of_other_trs_cannot_share_a_stimulus(film_bids, tmp_path):
+    root = copy_dataset(film_bids, tmp_path)
+    path = root / "sub-03/func/sub-03_task-movie_run-1_bold.nii.gz"
+    img = nib.load(path)
+    data = np.asarray(img.dataobj)[..., :20:2]
+    slow = nib.Nifti1Image(data, img.affine, img.header)
+    slow.header.set_zooms((3.0, 3.0, 3.0, 4.0))
+    nib.save(slow, path)
+    with pytest.raises(BidstrainError, match=r"film.mp4: runs of different TRs \(2 s, 4 s\)"):
+        _index(root)
+
+
+def test_the_demo_noise_ceiling_is_the_repeat_reliability(film_bids):
+    """Two runs of the same film: their correlation per voxel estimates the ceiling."""
+    truth = json.loads((film_bids / "code" / "naturalistic_truth.json").read_text())
+    for subject, known in truth["subjects"].items():
+        runs = [
+            nib.load(film_bids / f"sub-{subject}/func/sub-{subject}_task-movie_run-{r}_bold.nii.gz")
+            .get_fdata()
+            .reshape(-1, SPEC.n_bins)
+            for r in (1, 2)
+        ]
+        ceiling = np.array(known["noise_ceiling"]).reshape(-1)
+        responsive = ceiling > 0
+        a, b = (r[responsive] - r[responsive].mean(1, keepdims=True) for r in runs)
+        reliability = (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))
+        # 10 volumes per run: a noisy estimate per voxel, close on the mean
+        assert reliability.mean() == pytest.approx(ceiling[responsive].mean(), abs=0.15)
+        assert (ceiling[~responsive] == 0).all()

@@ -1,0 +1,136 @@
+"""Audio features: a log-mel spectrogram averaged over each TR, decoded as a stream."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import numpy as np
+
+from bidstrain.stimuli.bins import bin_means
+from bidstrain.stimuli.media import Progress, declared_duration, open_media
+
+#: Added to the mean mel power of a bin before its logarithm (silence: -10).
+LOG_FLOOR = 1e-10
+
+
+def hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
+    """The HTK mel scale: ``2595 log10(1 + f / 700)``."""
+    return 2595.0 * np.log10(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)
+
+
+def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
+    """Inverse of :func:`hz_to_mel`."""
+    return 700.0 * (10.0 ** (np.asarray(mel, dtype=np.float64) / 2595.0) - 1.0)
+
+
+def mel_filterbank(sample_rate: float, n_fft: int, n_mels: int) -> np.ndarray:
+    """Triangular mel filters from 0 Hz to the Nyquist frequency, peak 1 each.
+
+    Returns
+    -------
+    ndarray, shape (n_mels, n_fft // 2 + 1)
+        Filter ``m`` rises from centre ``m - 1`` to centre ``m`` and falls to ``m + 1``
+        (centres equally spaced in mel).
+    """
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    edges = mel_to_hz(np.linspace(0.0, hz_to_mel(sample_rate / 2.0), n_mels + 2))
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (freqs - lower) / (centre - lower)
+    falling = (upper - freqs) / (upper - centre)
+    return np.maximum(0.0, np.minimum(rising, falling))
+
+
+def band_centres(sample_rate: float, n_mels: int) -> np.ndarray:
+    """Centre frequency (Hz) of each band of :func:`mel_filterbank`."""
+    return mel_to_hz(np.linspace(0.0, hz_to_mel(sample_rate / 2.0), n_mels + 2))[1:-1]
+
+
+def mono_samples(
+    container: av.container.InputContainer, stream: av.audio.stream.AudioStream
+) -> Iterator[tuple[float, np.ndarray]]:
+    """``(start time, float32 mono samples)`` of each decoded frame, downmixed by FFmpeg."""
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=stream.rate)
+    for frame in [*container.decode(stream), None]:
+        for out in resampler.resample(frame):
+            yield (out.time or 0.0), out.to_ndarray().reshape(-1)
+
+
+def mel_frames(
+    chunks: Iterator[tuple[float, np.ndarray]],
+    sample_rate: int,
+    window: float,
+    hop: float,
+    n_mels: int,
+    progress: Progress,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Mel power of each spectrogram window, ``(centre times, (windows, n_mels))`` per chunk.
+
+    Keeps only the samples of the windows not yet complete between chunks.
+    ``progress.until`` follows the end time of the samples seen.
+    """
+    length, step = max(round(window * sample_rate), 2), max(round(hop * sample_rate), 1)
+    taper = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(length) / length)  # periodic Hann
+    filters = mel_filterbank(sample_rate, length, n_mels)
+    buffer, start = np.zeros(0, dtype=np.float64), None  # start: time of buffer[0]
+    for time, samples in chunks:
+        start = time if start is None else start
+        buffer = np.concatenate([buffer, samples])
+        progress.until = start + buffer.size / sample_rate
+        n = (buffer.size - length) // step + 1 if buffer.size >= length else 0
+        if n == 0:
+            continue
+        windows = np.lib.stride_tricks.sliding_window_view(buffer, length)[: n * step : step]
+        power = np.abs(np.fft.rfft(windows * taper, axis=1)) ** 2
+        centres = start + (np.arange(n) * step + length / 2.0) / sample_rate
+        yield centres, power @ filters.T
+        buffer, start = buffer[n * step :], start + n * step / sample_rate
+
+
+def audio_features(
+    path: str | Path,
+    tr: float,
+    n_mels: int = 40,
+    window: float = 0.025,
+    hop: float = 0.010,
+    subject: str | None = None,
+) -> Iterator[np.ndarray]:
+    """The log-mel spectrum of each TR of a file's first audio stream, bin after bin.
+
+    Samples are decoded a frame at a time, downmixed to mono at the stream's own rate;
+    each Hann window's power spectrum goes through :func:`mel_filterbank` and into the
+    bin of its centre time. A bin's value is ``log10(mean mel power + LOG_FLOOR)``
+    (samples of full scale 1).
+
+    Parameters
+    ----------
+    path : str or Path
+        The sound or film.
+    tr : float
+        Bin width in seconds.
+    n_mels : int
+        Mel bands.
+    window, hop : float
+        Window length and the step between windows, in seconds.
+    subject : str, optional
+        Named in errors.
+
+    Yields
+    ------
+    ndarray, shape (n_mels,), float64
+
+    Raises
+    ------
+    BidstrainError
+        When the file cannot be decoded or decodes less than its header declares.
+    """
+    with open_media(path, subject) as container:
+        stream = container.streams.audio[0]
+        progress = Progress(Path(path), declared_duration(container), subject)
+        frames = mel_frames(
+            mono_samples(container, stream), stream.rate, window, hop, n_mels, progress
+        )
+        for mean in bin_means(frames, tr):
+            yield np.log10(mean + LOG_FLOOR)
+    progress.check()

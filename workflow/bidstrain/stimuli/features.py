@@ -1,0 +1,124 @@
+"""The features of one stimulus file, per TR: what a job of ``python -m bidstrain.stimuli``
+computes and stores."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bidstrain.config import Config, StimuliConfig, validate_config
+from bidstrain.errors import BidstrainError
+from bidstrain.io.store import FeatureMeta, write_feature_store
+from bidstrain.stimuli.audio import audio_features
+from bidstrain.stimuli.media import MEDIA_EXTENSIONS, probe
+from bidstrain.stimuli.text import (
+    hashed_bag,
+    mean_vectors,
+    read_embeddings,
+    read_words,
+    words_per_bin,
+)
+from bidstrain.stimuli.video import frame_shape, video_features
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """The ``stimuli`` keys that determine a stimulus file's features (nothing else, so
+    that changing the delay reruns no feature job)."""
+
+    video_size: tuple[int, int]
+    video_colour: str
+    audio_n_mels: int
+    audio_window: float
+    audio_hop: float
+    text_method: str
+    text_embeddings: str
+    text_n_features: int
+
+    @classmethod
+    def of(cls, config: StimuliConfig) -> FeatureSettings:
+        """The feature keys of the ``stimuli`` section."""
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+    @classmethod
+    def defaults(cls, **changes: Any) -> FeatureSettings:
+        """The schema's defaults (the one source of them), with ``changes``."""
+        config = Config.from_dict(validate_config({"bids_dir": ""}))
+        return replace(cls.of(config.stimuli), **changes)
+
+
+def _fit(rows: Iterator[np.ndarray], n_bins: int, path: Path, kind: str) -> np.ndarray:
+    """The first ``n_bins`` rows of a stream (read to its end, so that the decoder checks
+    the file's length); missing last rows repeat the last one."""
+    kept = []
+    for row in rows:
+        if len(kept) < n_bins:
+            kept.append(row)
+    if not kept:
+        raise BidstrainError(f"no {kind} decodes from this file", path=path)
+    return np.stack(kept + [kept[-1]] * (n_bins - len(kept)))
+
+
+def media_features(
+    path: Path, tr: float, settings: FeatureSettings
+) -> tuple[dict[str, np.ndarray], FeatureMeta]:
+    """The video and audio features of a film or sound, one row per TR of its duration."""
+    info = probe(path)
+    n_bins = max(math.ceil(info.duration / tr - 1e-6), 1)
+    features, units, shapes = {}, {}, {}
+    if info.has_video:
+        size, colour = settings.video_size, settings.video_colour
+        features["video"] = _fit(video_features(path, tr, size, colour), n_bins, path, "video")
+        units["video"] = f"mean {colour} pixel value per TR, 0 to 255"
+        shapes["video"] = frame_shape(size, colour)
+    if info.has_audio:
+        rows = audio_features(
+            path, tr, settings.audio_n_mels, settings.audio_window, settings.audio_hop
+        )
+        features["audio"] = _fit(rows, n_bins, path, "audio")
+        units["audio"] = "log10 of the mean mel-band power per TR (samples of full scale 1)"
+        shapes["audio"] = (settings.audio_n_mels,)
+    meta = FeatureMeta(str(path), tr, tuple(features), units, shapes, path.stat().st_size)
+    return features, meta
+
+
+def text_features(
+    path: Path, tr: float, settings: FeatureSettings
+) -> tuple[dict[str, np.ndarray], FeatureMeta]:
+    """The text features of a transcript: hashed words or mean word vectors per TR."""
+    bins = words_per_bin(read_words(path), tr)
+    notes = {}
+    if settings.text_method == "hashing":
+        values = hashed_bag(bins, settings.text_n_features)
+        units = "count of the words hashed to each column per TR"
+    else:
+        values, unknown = mean_vectors(bins, read_embeddings(settings.text_embeddings))
+        units = f"mean word vector per TR ({settings.text_embeddings})"
+        notes["text"] = (
+            f"{sum(unknown.values())} of {sum(map(len, bins))} words without a vector; most "
+            "frequent: " + ", ".join(f"{w} ({n})" for w, n in unknown.most_common(10))
+        )
+    meta = FeatureMeta(
+        str(path),
+        tr,
+        ("text",),
+        {"text": units},
+        {"text": (values.shape[1],)},
+        path.stat().st_size,
+        notes,
+    )
+    return {"text": values}, meta
+
+
+def write_stimulus_store(path: str | Path, tr: float, settings: FeatureSettings, out: str | Path):
+    """Compute the features of one stimulus file and write its feature store."""
+    path = Path(path)
+    compute = media_features if path.suffix.lower() in MEDIA_EXTENSIONS else text_features
+    features, meta = compute(path, tr, settings)
+    write_feature_store(out, meta, features)
+    return meta

@@ -1,0 +1,214 @@
+"""The stimuli of each BOLD run: read from the run's ``events.tsv`` (BIDS inheritance),
+checked against the files under ``stimuli/`` and the run's length, listed once per file.
+
+An event presents a stimulus when its ``stim_file`` column names a file under the dataset's
+``stimuli/`` folder: a film or a sound (:data:`~bidstrain.stimuli.media.MEDIA_EXTENSIONS`)
+or a transcript (``.srt``, ``.tsv``). An events file with a ``word`` column is itself a
+transcript of its run.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+
+from bidstrain.dataset.bids import BidsFile, BidsIndex
+from bidstrain.errors import BidstrainError
+from bidstrain.stimuli.media import MEDIA_EXTENSIONS, probe
+from bidstrain.stimuli.text import TEXT_EXTENSIONS
+
+STIMULI_FOLDER = "stimuli"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One presentation of a stimulus file in a run (seconds from the run's start)."""
+
+    stimulus: Path
+    onset: float
+    duration: float
+
+
+@dataclass(frozen=True)
+class RunStimuli:
+    """A BOLD run, its length and the stimuli it presented."""
+
+    image: BidsFile
+    events_file: Path
+    repetition_time: float
+    n_volumes: int
+    events: tuple[Event, ...]
+
+    @property
+    def length(self) -> float:
+        """Seconds of the run: volumes x TR."""
+        return self.n_volumes * self.repetition_time
+
+
+@dataclass(frozen=True)
+class Stimulus:
+    """A stimulus file and every run that presented it."""
+
+    path: Path
+    kind: str  # "media" or "text"
+    duration: float | None  # a media file's, from its header; None for transcripts
+    repetition_time: float
+    users: tuple[tuple[str, str], ...]  # (subject, run prefix)
+
+
+@dataclass(frozen=True)
+class StimulusIndex:
+    """The stimuli of a dataset's BOLD runs: by run, and each file once with its users."""
+
+    runs: dict[str, RunStimuli]
+    stimuli: dict[Path, Stimulus]
+
+    @classmethod
+    def build(
+        cls, bids: BidsIndex, runs: Iterable[BidsFile] | None = None, tolerance: float = 2.0
+    ) -> StimulusIndex:
+        """Index the stimuli of ``runs`` (every BOLD run of ``bids`` by default).
+
+        Parameters
+        ----------
+        bids : BidsIndex
+            The dataset.
+        runs : iterable of BidsFile, optional
+            BOLD runs; runs without an events file, or whose events name no stimulus,
+            are left out.
+        tolerance : float
+            Seconds a stimulus may end before or after its run, or differ from its event's
+            ``duration`` (``stimuli.length_tolerance``).
+
+        Raises
+        ------
+        BidstrainError
+            Naming the events file and subject: a ``stim_file`` missing from ``stimuli/``;
+            an unreadable or truncated media file; an event whose duration differs from
+            its film's; a stimulus that ends before or after its run (by how many
+            seconds); a stimulus shared by runs of different TRs.
+        """
+        media: dict[Path, float] = {}
+        indexed: dict[str, RunStimuli] = {}
+        for image in bids.select("bold") if runs is None else runs:
+            events_file = bids.events(image)
+            if events_file is None:
+                continue
+            run = _run_stimuli(bids.root, image, events_file, media, tolerance)
+            if run.events:
+                indexed[image.prefix] = run
+        return cls(indexed, _by_stimulus(indexed, media))
+
+
+def _read_events(path: Path, subject: str) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    if rows and not {"onset", "duration"} <= set(rows[0]):
+        raise BidstrainError(
+            f"an events file needs 'onset' and 'duration' columns; it has {sorted(rows[0])}",
+            path=path,
+            subject=subject,
+        )
+    return rows
+
+
+def _seconds(row: dict[str, str], key: str, line: int, path: Path, subject: str) -> float:
+    try:
+        return float(row[key])
+    except (TypeError, ValueError):
+        raise BidstrainError(
+            f"line {line}: {key} {row[key]!r} is not a number", path=path, subject=subject
+        ) from None
+
+
+def _run_stimuli(
+    root: Path, image: BidsFile, events_file: Path, media: dict[Path, float], tolerance: float
+) -> RunStimuli:
+    subject = image.subject
+    header = nib.load(image.path).header
+    if len(header.get_data_shape()) != 4:
+        raise BidstrainError("BOLD run is not 4D", path=image.path, subject=subject)
+    tr, n_volumes = float(header.get_zooms()[3]), int(header.get_data_shape()[3])
+    rows = _read_events(events_file, subject)
+    events, ends = [], []
+    for line, row in enumerate(rows, start=2):
+        name = (row.get("stim_file") or "").strip()
+        if name in ("", "n/a"):
+            continue
+        stimulus = root / STIMULI_FOLDER / name
+        onset = _seconds(row, "onset", line, events_file, subject)
+        duration = _seconds(row, "duration", line, events_file, subject)
+        if not stimulus.is_file():
+            raise BidstrainError(
+                f"line {line}: stim_file {name!r} is not in the dataset's {STIMULI_FOLDER}/ "
+                f"folder ({stimulus} is missing)",
+                path=events_file,
+                subject=subject,
+            )
+        if stimulus.suffix.lower() in MEDIA_EXTENSIONS:
+            if stimulus not in media:
+                media[stimulus] = probe(stimulus, subject).duration
+            length = media[stimulus]
+            if abs(duration - length) > tolerance:
+                raise BidstrainError(
+                    f"line {line}: the event of {name!r} lasts {duration:.2f} s but the file "
+                    f"lasts {length:.2f} s (the event is {_by(duration - length)})",
+                    path=events_file,
+                    subject=subject,
+                )
+            ends.append((onset + length, name))
+        elif stimulus.suffix.lower() not in TEXT_EXTENSIONS:
+            raise BidstrainError(
+                f"line {line}: stim_file {name!r} is neither media "
+                f"({' '.join(sorted(MEDIA_EXTENSIONS))}) nor a transcript (.srt, .tsv)",
+                path=events_file,
+                subject=subject,
+            )
+        events.append(Event(stimulus, onset, duration))
+    if rows and "word" in rows[0]:
+        events.append(Event(events_file, 0.0, n_volumes * tr))
+    run = RunStimuli(image, events_file, tr, n_volumes, tuple(events))
+    if ends:
+        end, name = max(ends)
+        if abs(end - run.length) > tolerance:
+            raise BidstrainError(
+                f"the stimuli end at {end:.2f} s ({name!r}) but the run {image.path.name} "
+                f"lasts {run.length:.2f} s ({n_volumes} volumes x TR {tr:g} s): the stimulus "
+                f"is {_by(end - run.length)} than the run",
+                path=events_file,
+                subject=subject,
+            )
+    return run
+
+
+def _by(difference: float) -> str:
+    return f"{abs(difference):.2f} s {'longer' if difference > 0 else 'shorter'}"
+
+
+def _by_stimulus(runs: dict[str, RunStimuli], media: dict[Path, float]) -> dict[Path, Stimulus]:
+    users: dict[Path, list[RunStimuli]] = defaultdict(list)
+    for run in runs.values():
+        for path in dict.fromkeys(event.stimulus for event in run.events):
+            users[path].append(run)
+    stimuli = {}
+    for path, runs_of in sorted(users.items()):
+        trs = sorted({run.repetition_time for run in runs_of})
+        if len(trs) > 1:
+            raise BidstrainError(
+                f"runs of different TRs ({', '.join(f'{tr:g} s' for tr in trs)}) present "
+                "this stimulus; its features are computed per TR of one length",
+                path=path,
+            )
+        stimuli[path] = Stimulus(
+            path,
+            "media" if path in media else "text",
+            media.get(path),
+            trs[0],
+            tuple((run.image.subject, run.image.prefix) for run in runs_of),
+        )
+    return stimuli

@@ -1,0 +1,153 @@
+"""Open and probe media files with PyAV: every FFmpeg failure becomes a BidstrainError that
+names the file (and the subject, where known)."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+
+from bidstrain.errors import BidstrainError
+
+#: Extensions read as video or audio (whatever streams the file holds); anything else in
+#: ``stimuli/`` must be a transcript (:mod:`bidstrain.stimuli.text`).
+MEDIA_EXTENSIONS = frozenset(
+    ".mp4 .m4v .mkv .mov .avi .webm .mpg .mpeg .wav .flac .mp3 .m4a .aac .ogg".split()
+)
+#: Seconds before the declared end that a probe seeks to: a file that decodes nothing
+#: there is truncated.
+END_PROBE = 1.0
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What a media file's header declares (:func:`probe`)."""
+
+    path: Path
+    duration: float
+    has_video: bool
+    has_audio: bool
+
+
+@contextmanager
+def open_media(
+    path: str | Path, subject: str | None = None
+) -> Iterator[av.container.InputContainer]:
+    """Open ``path`` for decoding; FFmpeg errors (at open or while decoding inside the
+    block) raise a :class:`BidstrainError` naming the file.
+
+    Parameters
+    ----------
+    path : str or Path
+        The media file.
+    subject : str, optional
+        Named in the error, when the file is opened for one subject's run.
+    """
+    try:
+        container = av.open(str(path))
+    except FileNotFoundError:
+        raise BidstrainError("stimulus file not found", path=path, subject=subject) from None
+    except av.error.FFmpegError as error:
+        raise BidstrainError(
+            f"unreadable media file (FFmpeg: {error.strerror}): re-encode or replace it",
+            path=path,
+            subject=subject,
+        ) from None
+    try:
+        yield container
+    except av.error.FFmpegError as error:
+        raise BidstrainError(
+            f"media file fails to decode (FFmpeg: {error.strerror}); it may be truncated or "
+            "corrupt: re-encode or replace it",
+            path=path,
+            subject=subject,
+        ) from None
+    finally:
+        container.close()
+
+
+def declared_duration(container: av.container.InputContainer) -> float:
+    """Seconds the container's header declares (0 when it declares none)."""
+    if container.duration is not None:
+        return container.duration / av.time_base
+    streams = [s for s in container.streams if s.duration is not None and s.time_base]
+    return max((float(s.duration * s.time_base) for s in streams), default=0.0)
+
+
+@dataclass
+class Progress:
+    """How far a decoder got: the end time (s) of the last frame or sample decoded,
+    compared with the header's duration when the stream ends (:meth:`check`)."""
+
+    path: Path
+    declared: float
+    subject: str | None = None
+    until: float = 0.0
+
+    def check(self) -> None:
+        """Raise when the decoder stopped more than :data:`END_PROBE` seconds before the
+        declared end (a truncated file)."""
+        if self.declared - self.until > END_PROBE:
+            raise BidstrainError(
+                f"truncated media file: it decodes {self.until:.2f} s of the "
+                f"{self.declared:.2f} s its header declares "
+                f"({self.declared - self.until:.2f} s missing): copy it again",
+                path=self.path,
+                subject=self.subject,
+            )
+
+
+def _wav_missing_bytes(path: Path) -> int:
+    """Bytes a RIFF/WAVE file's header declares beyond the file's end (0 otherwise)."""
+    with path.open("rb") as handle:
+        head = handle.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return 0
+    (riff_size,) = struct.unpack("<I", head[4:8])
+    return max(riff_size + 8 - path.stat().st_size, 0)
+
+
+def probe(path: str | Path, subject: str | None = None) -> MediaInfo:
+    """The header of a media file, checked for truncation.
+
+    Reads the header, then seeks :data:`END_PROBE` seconds before the declared end and
+    decodes one frame; a WAVE file's declared size is compared with its size on disk.
+
+    Raises
+    ------
+    BidstrainError
+        When the file is missing, unreadable, or holds less than its header declares.
+    """
+    path = Path(path)
+    with open_media(path, subject) as container:
+        duration = declared_duration(container)
+        info = MediaInfo(
+            path, duration, bool(container.streams.video), bool(container.streams.audio)
+        )
+        if not (info.has_video or info.has_audio) or duration <= 0:
+            raise BidstrainError(
+                "media file holds no video or audio stream of known duration",
+                path=path,
+                subject=subject,
+            )
+        missing = _wav_missing_bytes(path)
+        if missing:
+            raise BidstrainError(
+                f"truncated media file: {missing} bytes of its declared size are missing: "
+                "copy it again",
+                path=path,
+                subject=subject,
+            )
+        container.seek(int(max(duration - END_PROBE, 0.0) * av.time_base))
+        if next(container.decode(container.streams[0]), None) is None:
+            raise BidstrainError(
+                f"truncated media file: nothing decodes in the last {END_PROBE:g} s of the "
+                f"{duration:.2f} s its header declares: copy it again",
+                path=path,
+                subject=subject,
+            )
+    return info

@@ -1,0 +1,168 @@
+"""Text features: the words spoken in each TR, as a hashed bag of words or mean word vectors.
+
+Words come with onsets on the stimulus's clock, from a transcript in ``stimuli/`` (a
+SubRip ``.srt`` subtitle file, or a TSV with ``onset`` and ``word`` columns) or from the
+``word`` column of a run's ``events.tsv`` (read the same way, on the run's clock).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bidstrain.errors import BidstrainError
+from bidstrain.stimuli.bins import tr_bin
+
+#: Extensions read as transcripts.
+TEXT_EXTENSIONS = frozenset({".srt", ".tsv"})
+#: A word: letters, digits and apostrophes (``don't`` is one word).
+WORD = re.compile(r"[\w']+")
+_CUE_TIME = re.compile(r"(\d+):(\d+):(\d+)[,.](\d+)\s*-->\s*(\d+):(\d+):(\d+)[,.](\d+)")
+
+
+@dataclass(frozen=True)
+class Word:
+    """One spoken word and its onset in seconds."""
+
+    onset: float
+    text: str
+
+
+def _seconds(h: str, m: str, s: str, ms: str) -> float:
+    return int(h) * 3600 + int(m) * 60 + int(s) + int(ms) / 10 ** len(ms)
+
+
+def read_srt(path: Path) -> list[Word]:
+    """The words of a SubRip file, each cue's words spread evenly over the cue."""
+    words = []
+    for block in re.split(r"\n\s*\n", path.read_text(encoding="utf-8-sig").strip()):
+        lines = block.strip().splitlines()
+        times = [_CUE_TIME.search(line) for line in lines]
+        at = next((i for i, match in enumerate(times) if match), None)
+        if at is None:
+            raise BidstrainError(f"subtitle cue without a time line: {lines[:2]}", path=path)
+        start = _seconds(*times[at].groups()[:4])
+        end = _seconds(*times[at].groups()[4:])
+        tokens = WORD.findall(" ".join(lines[at + 1 :]).lower())
+        step = (end - start) / max(len(tokens), 1)
+        words += [Word(start + i * step, token) for i, token in enumerate(tokens)]
+    return words
+
+
+def read_word_table(path: Path) -> list[Word]:
+    """The words of a TSV with ``onset`` and ``word`` columns (a transcript or an
+    ``events.tsv``); rows whose word is empty or ``n/a`` are not words."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    if rows and not {"onset", "word"} <= set(rows[0]):
+        raise BidstrainError(
+            f"a word table needs 'onset' and 'word' columns; it has {sorted(rows[0])}", path=path
+        )
+    words = []
+    for line, row in enumerate(rows, start=2):
+        if row["word"] in ("", "n/a", None):
+            continue
+        try:
+            onset = float(row["onset"])
+        except ValueError:
+            raise BidstrainError(
+                f"line {line}: onset {row['onset']!r} is not a number", path=path
+            ) from None
+        words += [Word(onset, token) for token in WORD.findall(row["word"].lower())]
+    return words
+
+
+def read_words(path: str | Path) -> list[Word]:
+    """The words of a transcript (``.srt`` or ``.tsv``), sorted by onset."""
+    path = Path(path)
+    if path.suffix not in TEXT_EXTENSIONS:
+        raise BidstrainError(f"not a transcript (one of {sorted(TEXT_EXTENSIONS)})", path=path)
+    words = read_srt(path) if path.suffix == ".srt" else read_word_table(path)
+    return sorted(words, key=lambda word: word.onset)
+
+
+def words_per_bin(words: Sequence[Word], tr: float, n_bins: int | None = None) -> list[list[str]]:
+    """The words whose onset falls in each TR bin; ``n_bins`` by default reaches the last
+    word."""
+    n_bins = n_bins if n_bins is not None else (tr_bin(words[-1].onset, tr) + 1 if words else 0)
+    bins: list[list[str]] = [[] for _ in range(n_bins)]
+    for word in words:
+        k = tr_bin(word.onset, tr)
+        if 0 <= k < n_bins:
+            bins[k].append(word.text)
+    return bins
+
+
+def hashed_bag(bins: Sequence[Sequence[str]], n_features: int) -> np.ndarray:
+    """Word counts per TR, hashed into ``n_features`` columns (scikit-learn's
+    HashingVectorizer, no sign flipping, no normalization).
+
+    Returns
+    -------
+    ndarray, shape (n_bins, n_features), float64
+        Each row sums to the number of words of its bin.
+    """
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    vectorizer = HashingVectorizer(
+        n_features=n_features,
+        alternate_sign=False,
+        norm=None,
+        analyzer=lambda words: words,
+    )
+    return vectorizer.transform(bins).toarray().astype(np.float64)
+
+
+def read_embeddings(path: str | Path) -> dict[str, np.ndarray]:
+    """Word vectors from a TSV: a word, then its values, one word a line.
+
+    Raises
+    ------
+    BidstrainError
+        When the file is missing, a value is not a number, or the vectors differ in length.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BidstrainError("word embeddings file not found (stimuli.text_embeddings)", path=path)
+    vectors: dict[str, np.ndarray] = {}
+    for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not text.strip():
+            continue
+        word, *values = text.split("\t")
+        try:
+            vectors[word.lower()] = np.array(values, dtype=np.float64)
+        except ValueError:
+            raise BidstrainError(
+                f"line {line}: a value of {word!r} is not a number", path=path
+            ) from None
+    lengths = {vector.size for vector in vectors.values()}
+    if len(lengths) != 1:
+        raise BidstrainError(f"word vectors of different lengths: {sorted(lengths)}", path=path)
+    return vectors
+
+
+def mean_vectors(
+    bins: Sequence[Sequence[str]], vectors: Mapping[str, np.ndarray]
+) -> tuple[np.ndarray, Counter]:
+    """The mean vector of the known words of each TR (zeros without one).
+
+    Returns
+    -------
+    features : ndarray, shape (n_bins, dim)
+    unknown : Counter
+        How often each word without a vector was spoken.
+    """
+    dim = next(iter(vectors.values())).size
+    features, unknown = np.zeros((len(bins), dim)), Counter()
+    for k, words in enumerate(bins):
+        known = [vectors[word] for word in words if word in vectors]
+        unknown.update(word for word in words if word not in vectors)
+        if known:
+            features[k] = np.mean(known, axis=0)
+    return features, unknown

@@ -1,0 +1,84 @@
+"""Video features: frames resized and averaged over each TR, decoded as a stream."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import numpy as np
+
+from bidstrain.stimuli.bins import bin_means
+from bidstrain.stimuli.media import Progress, declared_duration, open_media
+
+#: PyAV pixel format of each ``stimuli.video_colour``.
+PIXEL_FORMATS = {"grey": "gray", "rgb": "rgb24"}
+
+
+def frame_shape(size: tuple[int, int], colour: str) -> tuple[int, ...]:
+    """Shape of one frame's features: ``(height, width)`` grey, ``(height, width, 3)`` RGB."""
+    width, height = size
+    return (height, width) if colour == "grey" else (height, width, 3)
+
+
+def decoded_frames(
+    stream: av.video.stream.VideoStream,
+    frames: Iterator[av.VideoFrame],
+    size: tuple[int, int],
+    colour: str,
+    progress: Progress,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Each frame as ``(time, pixels)``, resized by FFmpeg's scaler, one at a time;
+    ``progress.until`` follows the end time of the last frame decoded."""
+    width, height = size
+    rate = float(stream.average_rate or stream.guessed_rate or 25)
+    for index, frame in enumerate(frames):
+        time = frame.time if frame.time is not None else index / rate
+        pixels = frame.to_ndarray(width=width, height=height, format=PIXEL_FORMATS[colour])
+        progress.until = time + 1.0 / rate
+        yield np.array([time]), pixels[None]
+
+
+def video_features(
+    path: str | Path,
+    tr: float,
+    size: tuple[int, int] = (64, 48),
+    colour: str = "grey",
+    subject: str | None = None,
+) -> Iterator[np.ndarray]:
+    """The mean frame of each TR of a film's first video stream, bin after bin.
+
+    Frames are decoded one at a time and added to the running sum of their bin
+    (:func:`bidstrain.stimuli.bins.bin_means`): memory holds one frame and one bin,
+    whatever the film's length.
+
+    Parameters
+    ----------
+    path : str or Path
+        The film.
+    tr : float
+        Bin width in seconds (the repetition time of the runs that showed it).
+    size : (int, int)
+        Width and height the frames are resized to.
+    colour : {"grey", "rgb"}
+        Luminance (0 to 255) or RGB channels (0 to 255 each).
+    subject : str, optional
+        Named in errors.
+
+    Yields
+    ------
+    ndarray, shape :func:`frame_shape`, float64
+        The mean frame of bin 0, 1, ...
+
+    Raises
+    ------
+    BidstrainError
+        When the file cannot be decoded, or decodes more than :data:`END_PROBE` seconds
+        less than its header declares (truncated).
+    """
+    with open_media(path, subject) as container:
+        stream = container.streams.video[0]
+        progress = Progress(Path(path), declared_duration(container), subject)
+        frames = decoded_frames(stream, container.decode(stream), size, colour, progress)
+        yield from bin_means(frames, tr)
+    progress.check()

@@ -1,0 +1,30 @@
+# Stimuli: per-TR features of the films, sounds and transcripts the BOLD runs presented
+# (bidstrain.stimuli). One job per stimulus file, whatever the number of runs and subjects
+# that used it. Target `stimuli`; part of `all` only with stimuli.enabled. A job's params
+# are its TR and the stimuli keys of its kind (video and audio, or text): changing the
+# delay (stimuli.delay_method, delays) reruns none of these jobs, the stores holding raw
+# per-TR features.
+
+
+rule stimulus_features:
+    input:
+        f"{PLAN.stimuli_root}/{{stimulus}}",
+    output:
+        directory(paths.stimulus_features("{stimulus}")),
+    log:
+        paths.log("stimuli", "{stimulus}"),
+    conda:
+        ENV
+    resources:
+        mem_mb=CONFIG.resources.stimulus_features.mem_mb,
+        runtime=CONFIG.resources.stimulus_features.runtime,
+    params:
+        options=lambda wildcards: PLAN.stimulus_arguments(wildcards.stimulus),
+    shell:
+        "python -m bidstrain.stimuli --stimulus {input:q} --out {output:q} {params.options}"
+        " > {log:q} 2>&1"
+
+
+rule stimuli:
+    input:
+        PLAN.stimulus_stores,
