@@ -115,7 +115,7 @@ def check_loss_scale(
         values["ratio"] = ratio
         if ratio > max_ratio:
             fails.append(
-                f"the initial (zero-prediction) {train['loss']['normalize']}-normalized loss of "
+                f"the initial (zero-prediction) {train.loss.normalize}-normalized loss of "
                 f"{high} ({weighted[high]:.4g}) is {ratio:.3g}x that of {low} "
                 f"({weighted[low]:.4g}), above checks.max_scale_ratio {max_ratio}: {high} "
                 "would dominate training (normalize its data, set train.loss.normalize: var, "
