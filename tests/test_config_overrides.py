@@ -8,6 +8,7 @@ import json
 import subprocess
 
 import pytest
+from bidstrain import paths
 from bidstrain.demo.generate import make_empty_dataset
 from conftest import REPO, run_snakemake, snakemake_command, snakemake_env
 
@@ -30,14 +31,14 @@ def test_a_nested_override_keeps_its_numbers_and_booleans(tmp_path, bids):
         train="{lr: 0.002, warmup_steps: 7, bf16: true, loss: {eps: 1e-5}, "
         "shapes: {bold: [16, 16, 8]}}",
     )
-    settings = json.loads((tmp_path / "results" / "plan" / "train.json").read_text())
+    settings = json.loads((tmp_path / paths.plan_train_settings("demo")).read_text())
     assert settings["lr"] == 0.002 and isinstance(settings["lr"], float)
     assert settings["warmup_steps"] == 7 and settings["bf16"] is True
     assert settings["loss"]["eps"] == 1e-5
     assert settings["shapes"]["bold"] == [16, 16, 8]
     # a string key keeps the string, even when it reads as a number
     dry_run(tmp_path, bids, train="{experiment: 2024}")
-    settings = json.loads((tmp_path / "results" / "plan" / "train.json").read_text())
+    settings = json.loads((tmp_path / paths.plan_train_settings("2024")).read_text())
     assert settings["experiment"] == "2024"
 
 

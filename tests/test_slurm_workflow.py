@@ -27,6 +27,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import xarray as xr
+from bidstrain import paths
 from bidstrain.io.store import open_store
 from bidstrain.train.stop import PAUSE_AT_STEP
 from conftest import REPO, run_snakemake
@@ -339,5 +340,5 @@ def test_dry_run_of_the_realistic_config_asks_for_nodes_and_gpus_per_node(
     resources = set(re.search(r"^\s*resources: (.*)$", train, flags=re.MULTILINE)[1].split(", "))
     assert {"nodes=2", "tasks=2", "mpi=srun", "gres=gpu:4"} <= resources, train
     assert "--nodes 2 --gpus-per-node 4 --" in train and "--world-size 8 " in train, train
-    settings = json.loads((tmp_path / "results" / "plan" / "train.json").read_text())
+    settings = json.loads((tmp_path / paths.plan_train_settings("mni2mm")).read_text())
     assert settings["embed_dim"] == 768 and settings["bf16"] is True, settings
