@@ -25,8 +25,8 @@ SCONTROLS = {
 
 
 def fake_path(tmp_path, behaviour: str | None) -> dict[str, str]:
-    """An environment whose PATH has only a fake ``scontrol`` (none for None) and the
-    system's tools."""
+    """An environment whose PATH has only a fake ``scontrol`` and the system's tools, or
+    (for None) no ``scontrol`` at all."""
     folder = tmp_path / f"bin-{behaviour}"
     folder.mkdir()
     if behaviour:
@@ -34,7 +34,8 @@ def fake_path(tmp_path, behaviour: str | None) -> dict[str, str]:
         scontrol.write_text(f"#!/bin/sh\n{SCONTROLS[behaviour]}\n")
         scontrol.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}
-    return {**env, "PATH": f"{folder}:/usr/bin:/bin"}
+    # without a fake, the system's folders stay out too: they may hold a real scontrol
+    return {**env, "PATH": f"{folder}:/usr/bin:/bin" if behaviour else str(folder)}
 
 
 @pytest.mark.parametrize(

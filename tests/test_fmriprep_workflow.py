@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from bidstrain import paths
 from bidstrain.dataset.bids import parse_name
 from bidstrain.demo.generate import make_fmriprep_demo
 from bidstrain.io.store import open_store, store_meta
@@ -74,4 +75,4 @@ def test_averages_training_and_report_run_within_the_chosen_space(fmriprep_run):
         "task-rest_run-2_desc-average_bold.zarr",
     ]
     assert (workdir / "results" / "train" / "demo" / "model.pt").stat().st_size > 0
-    assert (workdir / "results" / "report" / "checks" / "summary.png").exists()
+    assert (workdir / paths.checks_figure("demo", "summary")).exists()

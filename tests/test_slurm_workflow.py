@@ -313,9 +313,9 @@ def test_dry_run_with_the_slurm_profile_shows_the_training_gpu_request(
     gpus = int(environment.get("BIDSTRAIN_TRAIN_GPUS", "1"))
     gpus *= int(environment.get("BIDSTRAIN_TRAIN_NODES", "1"))
     assert f"--world-size {gpus} " in train, train
-    checks_config = json.loads((tmp_path / "results" / "plan" / "checks.json").read_text())
+    checks_config = json.loads((tmp_path / paths.plan_checks_settings("demo")).read_text())
     assert checks_config["world_size"] == gpus, checks_config
-    plan = json.loads((tmp_path / "results" / "plan" / "stores.json").read_text())
+    plan = json.loads((tmp_path / paths.plan_stores("demo")).read_text())
     assert plan["world_size"] == gpus
 
 

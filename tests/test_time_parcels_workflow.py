@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from bidstrain import paths
 from bidstrain.demo.generate import ATLAS_NAME, make_atlas_demo, make_fmriprep_demo
 from bidstrain.io.store import read_meta, read_parcel_stats
 from conftest import REPO, run_snakemake
@@ -57,7 +58,7 @@ def test_every_run_is_at_the_target_tr_with_its_parcels_and_the_checks_pass(work
             assert store.with_name(f"{stem}_{tsv}").is_file()
     averages = sorted((results / "average").glob("*.zarr"))
     assert averages and all(read_meta(a).repetition_time == 0.8 for a in averages)
-    summary = json.loads((results / "checks" / "summary.json").read_text())
+    summary = json.loads((workflow_run / paths.checks_summary("demo")).read_text())
     assert summary["passed"], summary
     normalization = next(c for c in summary["checks"] if c["name"] == "normalization")
     assert normalization["status"] != "fail", normalization["message"]
