@@ -118,6 +118,12 @@ class ModelConfig:
     resample: Mapping[str, int] = _role(CHECKED)
     #: edge of a cubic patch (token), in voxels of the resampled grid
     patch_size: int = _role()
+    #: what a BOLD sample holds: ``voxels`` (the model grid) or ``parcels`` (time series)
+    bold_input: str = _role(CHECKED)
+    #: consecutive frames of a BOLD run in one sample (1: one volume)
+    window: int = _role(CHECKED)
+    #: frames in one token of a BOLD window (divides ``window``)
+    patch_frames: int = _role()
     #: width of the transformer encoder
     embed_dim: int = _role()
     #: number of encoder layers
@@ -199,6 +205,8 @@ class LoaderConfig:
     num_workers: int = _role(RUN)
     #: stores read together (shard shuffling)
     store_group: int = _role(CHECKED)
+    #: frames between two windows' starts (None: ``window``, side by side)
+    window_stride: int | None = _role(CHECKED)
     #: samples shuffled together within a store group
     shuffle_buffer: int = _role(CHECKED)
     #: stores a loader process keeps open; a run setting, but the checks build the
