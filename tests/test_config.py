@@ -77,6 +77,22 @@ def test_a_bad_value_names_its_key():
         validate_config({"bids_dir": "/d", "train": {"typo": 1}}, SCHEMA)
 
 
+@pytest.mark.parametrize("name", [".", "..", "a/b", "../main", ""])
+def test_an_experiment_name_is_one_folder_below_results_train(name):
+    """results/train/<experiment>/: ``.`` or ``..`` would name results/train/ itself or
+    results/, a slash a folder elsewhere; the message says what a name may hold."""
+    with pytest.raises(BidstrainError) as raised:
+        validate_config({"bids_dir": "/d", "train": {"experiment": name}}, SCHEMA)
+    assert f"config key 'train.experiment': '{name}' does not match" in str(raised.value)
+    assert "one folder name of letters, digits, _, . and -, neither . nor .." in str(raised.value)
+
+
+@pytest.mark.parametrize("name", ["main", "...", ".x", "lr-1e-3_v2.1"])
+def test_an_experiment_name_may_hold_dots(name):
+    config = validate_config({"bids_dir": "/d", "train": {"experiment": name}}, SCHEMA)
+    assert Config.from_dict(config).train.run.experiment == name
+
+
 def test_train_key_roles_are_declared_once():
     assert {"batch_size", "epochs", "shapes", "loss"} <= set(train_keys("checked"))
     assert "lr" not in train_keys("checked")

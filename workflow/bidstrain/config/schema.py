@@ -36,6 +36,15 @@ def _key_path(error: jsonschema.ValidationError) -> str:
     return path or "<top level>"
 
 
+def _message(error: jsonschema.ValidationError) -> str:
+    """The validator's message; a value that does not match a pattern also gets the key's
+    description, which says in words what the pattern asks for."""
+    description = error.schema.get("description")
+    if error.validator == "pattern" and description:
+        return f"{error.message} ({' '.join(description.split())})"
+    return error.message
+
+
 #: The JSON Schema of the configuration: every key, its description and its default.
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 
@@ -74,7 +83,7 @@ def validate_config(
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
-        lines = [f"config key '{_key_path(e)}': {e.message}" for e in errors]
+        lines = [f"config key '{_key_path(e)}': {_message(e)}" for e in errors]
         raise BidstrainError(
             f"invalid configuration (every key is documented in {schema_path}):\n  "
             + "\n  ".join(lines)

@@ -222,7 +222,7 @@ class LoaderConfig:
 class RunConfig:
     """The run: its name, seed, logging, checkpoints and numerics."""
 
-    #: name of the run under results/train/
+    #: name of the run under results/train/: one folder name, neither ``.`` nor ``..``
     experiment: str = _role(RUN)
     #: seed of the initialization, the batch order and the token masks
     seed: int = _role(CHECKED)
