@@ -348,6 +348,18 @@ QSIPREP_DEMO = DemoSpec(
 MOTION_SPIKES = (1 / 3, 2 / 3)
 
 
+def _start_derivative(
+    root: str | Path, spec: DemoSpec, pipeline: str, version: str
+) -> tuple[Path, np.random.Generator, list[str]]:
+    """What the fMRIPrep and QSIPrep generators start with: ``root`` (created) with the
+    description of ``pipeline`` ``version``, the random generator of ``spec.seed`` and the
+    subject labels ``01``, ``02``, ..."""
+    root = Path(root)
+    _write_description(root, pipeline, version)
+    subjects = [f"{n + 1:02d}" for n in range(spec.n_subjects)]
+    return root, np.random.default_rng(spec.seed), subjects
+
+
 def _write_description(root: Path, pipeline: str, version: str) -> None:
     """A derivative dataset's ``dataset_description.json``."""
     root.mkdir(parents=True, exist_ok=True)
@@ -548,14 +560,12 @@ def make_fmriprep_demo(
     Path
         ``root``.
     """
-    root = Path(root)
-    rng = np.random.default_rng(spec.seed)
-    _write_description(root, "fMRIPrep", "23.2.1")
+    root, rng, subjects = _start_derivative(root, spec, "fMRIPrep", "23.2.1")
     _write_text(root / "logs" / "CITATION.md", "fMRIPrep demo\n")
     _write_text(root / "desc-aseg_dseg.tsv", "index\tname\n1\tcsf\n2\tbrain\n")
     t = np.arange(spec.n_volumes) * spec.repetition_time
     task_signal = np.sin(2 * np.pi * t / 40.0)
-    for s in (f"{n + 1:02d}" for n in range(spec.n_subjects)):
+    for s in subjects:
         _write_fmriprep_anat(root, spec, rng, s, spaces)
         _write_text(root / f"sub-{s}.html", "<html/>\n")
         _write_text(root / f"sub-{s}" / "log" / "20240101-000000_demo" / "fmriprep.toml", "")
@@ -698,11 +708,9 @@ def make_qsiprep_demo(root: str | Path, spec: DemoSpec = QSIPREP_DEMO) -> Path:
     Path
         ``root``.
     """
-    root = Path(root)
-    rng = np.random.default_rng(spec.seed)
-    _write_description(root, "QSIPrep", "0.19.1")
+    root, rng, subjects = _start_derivative(root, spec, "QSIPrep", "0.19.1")
     zooms = (2.0, 2.0, 2.0)
-    for s in (f"{n + 1:02d}" for n in range(spec.n_subjects)):
+    for s in subjects:
         anat = {"sub": s, "datatype": "anat", "extension": ".nii.gz"}
         _save(
             t1w_image(spec, rng), root / bids_path(desc="preproc", suffix="T1w", **anat), (1.0,) * 3
