@@ -326,7 +326,8 @@ def test_cli_writes_every_figure_as_png(tmp_path):
     out = tmp_path / "report"
     main(["coverage", "--manifest", str(manifest), "--out", str(out / "coverage.png")])
     table = _table(tmp_path / "sub-01", store)
-    main(["normalize", "--tables", str(table), "--out-dir", str(out), "--sample-voxels", "500"])
+    settings = json.dumps({"sample_voxels": 500})
+    main(["normalize", "--tables", str(table), "--out-dir", str(out), "--settings", settings])
     main(
         [
             "checks",
@@ -338,7 +339,14 @@ def test_cli_writes_every_figure_as_png(tmp_path):
             str(out / "summary.png"),
         ]
     )
-    main(["train", "--metrics", str(metrics), "--experiment", "x", "--out-dir", str(out / "t")])
+    train_settings = tmp_path / "train.json"
+    train_settings.write_text(json.dumps({"clip_grad_norm": 1.0}))
+    main(
+        [
+            *("train", "--metrics", str(metrics), "--experiment", "x"),
+            *("--settings", str(train_settings), "--out-dir", str(out / "t")),
+        ]
+    )
     for name in [
         "coverage",
         "sub-01/bold",
@@ -364,7 +372,10 @@ def test_a_figure_group_draws_each_subjects_figures_as_drawn_alone(tmp_path):
     arguments.write_text("".join(f"{table}\n" for table in tables))
     out = tmp_path / "group-07"
     main(
-        ["normalize", "--tables", f"@{arguments}", "--out-dir", str(out), "--sample-voxels", "300"]
+        [
+            *("normalize", "--tables", f"@{arguments}", "--out-dir", str(out)),
+            *("--settings", json.dumps({"sample_voxels": 300})),
+        ]
     )
     drawn = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
     expected = [f"sub-{s}/func/sub-{s}_task-rest_desc-zscore_bold.png" for s in ["01", "02", "03"]]
@@ -393,12 +404,42 @@ def test_model_input_figure_shows_the_store_and_the_model_grid(tmp_path):
 def test_cli_reports_a_missing_store_without_traceback(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         table = _table(tmp_path, tmp_path / "no.zarr")
-        run_cli(
-            main, ["normalize", "--tables", str(table), "--out-dir", "x", "--sample-voxels", "9"]
-        )
+        run_cli(main, ["normalize", "--tables", str(table), "--out-dir", "x", "--settings", "{}"])
     assert exit_info.value.code == 1
     error = capsys.readouterr().err
     assert "bidstrain: error:" in error and "no.zarr" in error and "Traceback" not in error
+
+
+def test_cli_types_the_report_section_and_names_a_wrong_key(tmp_path, capsys):
+    """The normalize figures read the config's report section as the job types it: a
+    wrong value is refused naming the key, before any figure is drawn."""
+    table = _table(tmp_path, tmp_path / "no.zarr")
+    settings = json.dumps({"sample_voxels": 0})
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(
+            main, ["normalize", "--tables", str(table), "--out-dir", "x", "--settings", settings]
+        )
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert "report.sample_voxels" in error and "Traceback" not in error
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_names_a_missing_train_settings_file(tmp_path, capsys):
+    metrics = rd.write_metrics(tmp_path / "metrics.jsonl", _schedule_lr)
+    missing = tmp_path / "plan" / "train.json"
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(
+            main,
+            [
+                *("train", "--metrics", str(metrics), "--experiment", "x"),
+                *("--settings", str(missing), "--out-dir", str(tmp_path / "t")),
+            ],
+        )
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert "train settings" in error and str(missing) in error and "Traceback" not in error
+    assert not (tmp_path / "t").exists()
 
 
 # ---- orientation, legends and numbers that agree -------------------------------------

@@ -54,10 +54,11 @@ rule report_normalize:
         mem_mb=CONFIG.resources.report_normalize.mem_mb,
         runtime=lambda wildcards: PLAN.figure_runtime(wildcards.group),
     params:
-        sample_voxels=CONFIG.report.sample_voxels,
+        # config report, as the job types it (bidstrain.config.load_section)
+        settings=json.dumps(to_plain(CONFIG.report), sort_keys=True),
     shell:
         "python -m bidstrain.report normalize --tables @{input.arguments:q}"
-        " --out-dir {output:q} --sample-voxels {params.sample_voxels} > {log:q} 2>&1"
+        " --out-dir {output:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule report_average:
@@ -140,11 +141,13 @@ rule report_train:
         mem_mb=CONFIG.resources.report.mem_mb,
         runtime=CONFIG.resources.report.runtime,
     params:
-        clip_grad_norm=CONFIG.train.optimizer.clip_grad_norm,
+        # the settings file the experiment's training read (train.clip_grad_norm): not an
+        # input, as training reruns, and rewrites the metrics, whenever it changes
+        settings=lambda wildcards: paths.plan_train_settings(wildcards.experiment),
         out_dir=lambda wildcards: paths.training_figures_dir(wildcards.experiment),
     shell:
         "python -m bidstrain.report train --metrics {input:q} --experiment {wildcards.experiment}"
-        " --clip-grad-norm {params.clip_grad_norm} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        " --settings {params.settings:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule report_model_input:

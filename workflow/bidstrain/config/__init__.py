@@ -21,7 +21,12 @@ typed again by the job). Outside this package no module reads a configuration va
 string key.
 """
 
-from bidstrain.config.jobs import ChecksJobConfig, NormalizeJobConfig, setting_changes
+from bidstrain.config.jobs import (
+    ChecksJobConfig,
+    NormalizeJobConfig,
+    read_train_settings,
+    setting_changes,
+)
 from bidstrain.config.overrides import constant_resource, retype_overrides
 from bidstrain.config.schema import SCHEMA_PATH, validate_config
 from bidstrain.config.sections import (
@@ -98,6 +103,7 @@ __all__ = [
     "config_hash",
     "constant_resource",
     "load_section",
+    "read_train_settings",
     "retype_overrides",
     "setting_changes",
     "to_plain",

@@ -8,6 +8,7 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bidstrain.config.sections import (
@@ -107,6 +108,27 @@ class ChecksJobConfig:
 
 
 _CHECKS_JOB_KEYS = {f.name for f in dataclasses.fields(ChecksJobConfig)}
+
+
+def read_train_settings(path: str | Path) -> TrainConfig:
+    """The typed ``train`` section of an experiment's settings file (the one
+    ``Plan.job_settings`` writes, :func:`bidstrain.paths.plan_train_settings`): read by
+    the trainer and by the training figures.
+
+    Raises
+    ------
+    BidstrainError
+        Naming the file, when it is missing or not JSON, or a key is unknown or has a
+        wrong value.
+    """
+    try:
+        content = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise BidstrainError(f"cannot read the train settings: {error}", path=path) from None
+    try:
+        return TrainConfig.with_defaults(content)
+    except BidstrainError as error:
+        raise BidstrainError(str(error), path=path) from None
 
 
 def setting_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

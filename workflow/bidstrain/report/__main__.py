@@ -3,22 +3,30 @@
 ::
 
     coverage  --manifest results/ingest/manifest.tsv --out coverage.png
-    normalize --tables <scans.tsv> ... --out-dir DIR --sample-voxels N
+    normalize --tables <scans.tsv> ... --out-dir DIR --settings '{"sample_voxels": N}'
     average   --store <average.zarr> --subject-stores <store.zarr> ... --title T --out <png>
     checks    --summary results/checks/<experiment>/summary.json --scale-table-out <png>
               --summary-out <png>
     model_input --model-json model.json --experiment NAME --out <png>
-    train     --metrics metrics.jsonl --experiment NAME [--clip-grad-norm X] --out-dir DIR
+    train     --metrics metrics.jsonl --experiment NAME
+              --settings results/plan/<experiment>/train.json --out-dir DIR
     embed     --table embeddings.tsv --metrics metrics.jsonl --experiment NAME --out <png>
+
+No option holds a configuration value: ``normalize --settings`` is the config's ``report``
+section as JSON (typed again with :func:`bidstrain.config.load_section`, keys left out at
+their schema defaults), and ``train --settings`` the experiment's train settings file, the
+one its training job read (for ``train.clip_grad_norm``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from bidstrain.config import ReportConfig, load_section
 from bidstrain.errors import run_cli
 from bidstrain.report import TRAINING_FIGURES
 
@@ -35,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
         "normalize", help="one figure per store of some subjects' normalize tables"
     )
     normalize.add_argument("--tables", nargs="+", required=True)
-    normalize.add_argument("--sample-voxels", type=int, required=True)
+    normalize.add_argument(
+        "--settings", type=json.loads, required=True, help="the report section, as JSON"
+    )
     normalize.add_argument("--out-dir", required=True)
     average = figures.add_parser("average", help="group maps and subject agreement")
     average.add_argument("--store", required=True)
@@ -53,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     train = figures.add_parser("train", help="training curves from metrics.jsonl")
     train.add_argument("--metrics", required=True)
     train.add_argument("--experiment", required=True)
-    train.add_argument("--clip-grad-norm", type=float)
+    train.add_argument(
+        "--settings", required=True, help="JSON file: the experiment's train section"
+    )
     train.add_argument("--out-dir", required=True)
     embed = figures.add_parser("embed", help="embeddings and reconstruction losses")
     embed.add_argument("--table", required=True)
@@ -76,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.figure == "normalize":
         from bidstrain.report.normalize import normalization_figures
 
-        outputs = normalization_figures(args.tables, args.out_dir, n_sample=args.sample_voxels)
+        settings: ReportConfig = load_section("report", args.settings)
+        outputs = normalization_figures(args.tables, args.out_dir, n_sample=settings.sample_voxels)
     elif args.figure == "average":
         from bidstrain.io.store import open_store
         from bidstrain.report.average import average_figure
@@ -84,8 +97,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         subjects = [open_store(path) for path in args.subject_stores]
         outputs = [(args.out, average_figure(open_store(args.store), subjects, args.title))]
     elif args.figure == "model_input":
-        import json
-
         from bidstrain.report.model_input import model_input_figure
 
         description = json.loads(Path(args.model_json).read_text())
@@ -112,12 +123,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         summary = next((r for r in reversed(records) if r.get("kind") == "summary"), None)
         outputs = [(args.out, embedding_figure(stores, summary, args.experiment))]
     else:
+        from bidstrain.config import read_train_settings
         from bidstrain.report.train import read_metrics, training_figures
 
         figures = training_figures(
             read_metrics(args.metrics),
             experiment=args.experiment,
-            clip_grad_norm=args.clip_grad_norm,
+            clip_grad_norm=read_train_settings(args.settings).optimizer.clip_grad_norm,
         )
         outputs = [(Path(args.out_dir) / f"{name}.png", figures[name]) for name in TRAINING_FIGURES]
     # (path, figure) pairs; the normalization figures are drawn one at a time, as saved

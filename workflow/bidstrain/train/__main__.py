@@ -31,7 +31,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from bidstrain.config import TrainConfig
+from bidstrain.config import read_train_settings
 from bidstrain.errors import BidstrainError, run_cli
 from bidstrain.train.loop import EXIT_INTERRUPTED, Interrupted, train
 
@@ -59,24 +59,6 @@ def read_stores(path: str | Path) -> tuple[dict[str, list[str]], dict[str, list[
             )
         lists.append({modality: list(stores) for modality, stores in value.items()})
     return lists[0], lists[1]
-
-
-def read_settings(path: str | Path) -> TrainConfig:
-    """The typed ``train`` section of a ``--settings`` file.
-
-    Raises
-    ------
-    BidstrainError
-        When the file is missing or not JSON, or a key is unknown or has a wrong value.
-    """
-    try:
-        content = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise BidstrainError(f"cannot read the train settings: {error}", path=path) from None
-    try:
-        return TrainConfig.with_defaults(content)
-    except BidstrainError as error:
-        raise BidstrainError(str(error), path=path) from None
 
 
 def read_table_list(path: str | Path) -> list[str]:
@@ -112,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     training, validation = read_stores(args.stores)
     try:
         train(
-            read_settings(args.settings),
+            read_train_settings(args.settings),
             training,
             validation,
             model_out=args.model_out,
