@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
+import shutil
 
 import pytest
 from bidstrain.demo.generate import DemoSpec, make_demo
 from bidstrain.errors import BidstrainError
+from bidstrain.ingest.__main__ import main
 from bidstrain.ingest.validate import COLUMNS, validate
 from conftest import run_snakemake
 
@@ -74,3 +77,32 @@ def test_snakemake_validate_lists_the_three_subjects_in_one_run(broken_bids, tmp
     assert "bidstrain: error: 3 error(s) in 3 subject(s)" in log and "Traceback" not in log
     # no compute: nothing was normalized
     assert not (tmp_path / "results/normalized").exists()
+
+
+def test_the_job_reads_its_ingest_section(demo_bids, tmp_path):
+    """``python -m bidstrain.ingest validate --settings``: the config's ingest section
+    as JSON, keys left out at their schema defaults (a TR off by 0.05 s is an error
+    under the default tolerance of 0.01 s)."""
+    root = shutil.copytree(demo_bids, tmp_path / "bids")
+    # one run's own sidecar, over the dataset's task-rest_bold.json (TR 2 s)
+    sidecar = root / "sub-01/func/sub-01_task-rest_run-1_bold.json"
+    sidecar.write_text(json.dumps({"RepetitionTime": 2.05, "TaskName": "rest"}))
+    tsv, text = tmp_path / "problems.tsv", tmp_path / "problems.txt"
+
+    def run(settings: dict) -> None:
+        main(
+            [
+                *("validate", "--images", *_images(root), "--bids-dir", str(root)),
+                *("--settings", json.dumps(settings), "--out-tsv", str(tsv)),
+                *("--out-text", str(text)),
+            ]
+        )
+
+    with pytest.raises(BidstrainError, match="1 error.s. in 1 subject"):
+        run({})
+    run({"repetition_time_tolerance": 0.1})
+    assert text.read_text().startswith("16 image(s) checked: 0 error(s), 0 warning(s)")
+    run({"repetition_time_mismatch": "warn"})
+    assert text.read_text().startswith("16 image(s) checked: 0 error(s), 1 warning(s)")
+    with pytest.raises(BidstrainError, match="ingest.repetition_time_mismatch"):
+        run({"repetition_time_mismatch": "ignore"})

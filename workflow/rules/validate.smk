@@ -19,9 +19,9 @@ rule validate:
         ENV
     params:
         bids_dir=CONFIG.bids_dir,
-        tr_mismatch=CONFIG.ingest.repetition_time_mismatch,
-        tr_tolerance=CONFIG.ingest.repetition_time_tolerance,
+        # config ingest, as the job types it (bidstrain.config.load_section)
+        settings=json.dumps(to_plain(CONFIG.ingest), sort_keys=True),
     shell:
         "python -m bidstrain.ingest validate @{input:q} --bids-dir {params.bids_dir:q}"
-        " --tr-mismatch {params.tr_mismatch} --tr-tolerance {params.tr_tolerance}"
+        " --settings {params.settings:q}"
         " --out-tsv {log.table:q} --out-text {log.text:q} > {log.job:q} 2>&1"

@@ -1,14 +1,17 @@
 """Command line: ``python -m bidstrain.ingest manifest ...`` joins the subjects' records
 and tables into the manifest (:func:`bidstrain.ingest.records.write_manifest`);
 ``python -m bidstrain.ingest validate ...`` checks every image of the plan and reports
-every problem (:func:`bidstrain.ingest.validate.validate`). ``@FILE`` reads arguments from
-FILE, one a line."""
+every problem (:func:`bidstrain.ingest.validate.validate`), with the config's ``ingest``
+section as JSON (``--settings``, typed again with :func:`bidstrain.config.load_section`,
+keys left out at their schema defaults). ``@FILE`` reads arguments from FILE, one a line."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
 
+from bidstrain.config import IngestConfig, load_section
 from bidstrain.errors import run_cli
 from bidstrain.ingest.records import write_manifest
 from bidstrain.ingest.validate import validate
@@ -29,21 +32,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     checks.add_argument("--images", nargs="+", required=True)
     checks.add_argument("--bids-dir", required=True)
-    checks.add_argument("--tr-mismatch", choices=["error", "warn"], default="error")
-    checks.add_argument("--tr-tolerance", type=float, default=0.01)
+    checks.add_argument(
+        "--settings", type=json.loads, required=True, help="the ingest section, as JSON"
+    )
     checks.add_argument("--out-tsv", required=True)
     checks.add_argument("--out-text", required=True)
     args = parser.parse_args(argv)
     if args.command == "manifest":
         write_manifest(args.records, args.tables, args.out)
     else:
+        settings: IngestConfig = load_section("ingest", args.settings)
         validate(
             args.bids_dir,
             args.images,
             tsv=args.out_tsv,
             text=args.out_text,
-            tr_mismatch=args.tr_mismatch,
-            tr_tolerance=args.tr_tolerance,
+            tr_mismatch=settings.repetition_time_mismatch,
+            tr_tolerance=settings.repetition_time_tolerance,
         )
 
 
