@@ -4,6 +4,7 @@ is refused by the scale guard."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -117,9 +118,15 @@ def test_a_model_that_disagrees_with_the_config_is_refused_naming_the_difference
     assert "train.lr" in str(error.value) and "0.5" in str(error.value)
     assert "train.embed_dim: 16 in the model, 32 in the config" in str(error.value)
     expected = expectation(workflow_config(trained["config"]))
-    expected["normalize"]["ddof"] = 0
     with pytest.raises(BidstrainError, match="normalize.ddof: 1 for the model's"):
-        load_model(trained["model"], expected)
+        load_model(trained["model"], dataclasses.replace(expected, ddof=0))
+    # as the embed job reads it from its file
+    plain = expected.to_dict()
+    plain["train"]["embed_dim"] = 32
+    with pytest.raises(BidstrainError, match="train.embed_dim: 16 in the model, 32 in the"):
+        load_model(trained["model"], plain)
+    with pytest.raises(BidstrainError, match="not a model expectation"):
+        load_model(trained["model"], {"train": {}})
 
 
 # ---- embed -------------------------------------------------------------------------------

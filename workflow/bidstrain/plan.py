@@ -565,7 +565,7 @@ class Plan:
         ]
         return {
             paths.plan_embed(self.experiment): _json(
-                {"expect": expectation(self.config), "images": images}
+                {"expect": expectation(self.config).to_dict(), "images": images}
             )
         }
 

@@ -23,6 +23,7 @@ string key.
 
 from bidstrain.config.jobs import (
     ChecksJobConfig,
+    ModelExpectation,
     NormalizeJobConfig,
     read_train_settings,
     setting_changes,
@@ -87,6 +88,7 @@ __all__ = [
     "LearningConfig",
     "LoaderConfig",
     "LossConfig",
+    "ModelExpectation",
     "ModelConfig",
     "NormalizeConfig",
     "NormalizeJobConfig",

@@ -131,6 +131,61 @@ def read_train_settings(path: str | Path) -> TrainConfig:
         raise BidstrainError(str(error), path=path) from None
 
 
+@dataclass(frozen=True)
+class ModelExpectation:
+    """What a configuration expects of a trained model (the ``expect`` of the embed
+    job's file, which the plan writes; built by
+    :func:`bidstrain.train.expectation.expectation`): a model whose description differs
+    is refused (:func:`bidstrain.train.expectation.differences`)."""
+
+    #: the ``train`` keys that determine the weights (:meth:`TrainConfig.hashed`), plain
+    train: Mapping[str, Any]
+    #: the modalities of the configuration
+    modalities: tuple[str, ...]
+    #: ``normalize.ddof``
+    ddof: int
+    #: each modality's mask option (:meth:`NormalizeConfig.mask_option`)
+    mask: Mapping[str, str]
+    #: ``normalize.confounds.strategy``
+    confounds_strategy: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """As plain JSON: ``{"train": ..., "modalities": ..., "normalize": {"ddof",
+        "mask", "confounds_strategy"}}``."""
+        return {
+            "train": dict(self.train),
+            "modalities": list(self.modalities),
+            "normalize": {
+                "ddof": self.ddof,
+                "mask": dict(self.mask),
+                "confounds_strategy": self.confounds_strategy,
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ModelExpectation:
+        """Type what :meth:`to_dict` wrote.
+
+        Raises
+        ------
+        BidstrainError
+            When a key is missing or of a wrong kind.
+        """
+        try:
+            normalize = values["normalize"]
+            return cls(
+                train=dict(values["train"]),
+                modalities=tuple(values["modalities"]),
+                ddof=int(normalize["ddof"]),
+                mask=dict(normalize["mask"]),
+                confounds_strategy=str(normalize["confounds_strategy"]),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise BidstrainError(
+                f"not a model expectation ({type(error).__name__}: {error}): {values!r:.200}"
+            ) from None
+
+
 def setting_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """What differs between two plain settings mappings, one phrase per differing leaf
     (nested keys dotted): ``lr 0.001 -> 0.002``, ``loss.normalize var -> std``."""

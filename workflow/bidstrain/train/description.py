@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from bidstrain import __version__
-from bidstrain.config import Config, TrainConfig
+from bidstrain.config import Config, ModelExpectation, TrainConfig
 from bidstrain.errors import BidstrainError
 from bidstrain.io.atomic import write_text_atomic
 from bidstrain.io.store import open_store, read_meta
@@ -140,7 +140,7 @@ def write(description: Mapping[str, Any], path: str | Path) -> None:
 
 def load_model(
     path: str | Path,
-    config: Config | Mapping[str, Any] | None = None,
+    config: Config | ModelExpectation | Mapping[str, Any] | None = None,
     *,
     device: str | torch.device = "cpu",
 ) -> tuple[MultiModalAutoencoder, dict[str, Any]]:
@@ -150,9 +150,9 @@ def load_model(
     ----------
     path : str or Path
         ``model.pt`` (its description is read from inside it).
-    config : Config or mapping, optional
-        The current configuration, or its :func:`expectation`: a model that disagrees
-        with it is refused.
+    config : Config, ModelExpectation or mapping, optional
+        The current configuration, or its :func:`expectation` (typed, or as the plan
+        writes it into the embed job's file): a model that disagrees with it is refused.
     device : str or torch.device
         Where the model goes.
 
@@ -181,8 +181,7 @@ def load_model(
             path=path,
         )
     if config is not None:
-        expected = expectation(config) if isinstance(config, Config) else config
-        diff = differences(description, expected)
+        diff = differences(description, _expected(config))
         if diff:
             raise BidstrainError(
                 "the model disagrees with the current configuration (retrain it, or use the "
@@ -197,3 +196,11 @@ def load_model(
     )
     module.load_state_dict(saved["model"])
     return module.to(device).eval(), description
+
+
+def _expected(config: Config | ModelExpectation | Mapping[str, Any]) -> ModelExpectation:
+    if isinstance(config, Config):
+        return expectation(config)
+    if isinstance(config, ModelExpectation):
+        return config
+    return ModelExpectation.from_dict(config)

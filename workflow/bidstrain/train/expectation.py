@@ -9,27 +9,25 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from bidstrain.config import Config
+from bidstrain.config import Config, ModelExpectation
 from bidstrain.dataset.masks import is_pattern
 from bidstrain.modalities import MODALITIES
 
 
-def expectation(config: Config) -> dict[str, Any]:
-    """What ``config`` expects of a model, as plain JSON (see :func:`differences`): the
-    ``train`` keys that determine the weights, the modalities, and the normalization."""
+def expectation(config: Config) -> ModelExpectation:
+    """What ``config`` expects of a model (see :func:`differences`): the ``train`` keys
+    that determine the weights, the modalities, and the normalization."""
     normalize = config.normalize
-    return {
-        "train": config.train.hashed(),
-        "modalities": list(config.modalities),
-        "normalize": {
-            "ddof": normalize.ddof,
-            "mask": {m: normalize.mask_option(m) for m in MODALITIES},
-            "confounds_strategy": normalize.confounds.strategy,
-        },
-    }
+    return ModelExpectation(
+        train=config.train.hashed(),
+        modalities=tuple(config.modalities),
+        ddof=normalize.ddof,
+        mask={m: normalize.mask_option(m) for m in MODALITIES},
+        confounds_strategy=normalize.confounds.strategy,
+    )
 
 
-def differences(description: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+def differences(description: Mapping[str, Any], expected: ModelExpectation) -> list[str]:
     """How a model's description disagrees with a configuration's :func:`expectation`:
     one line per difference.
 
@@ -38,26 +36,25 @@ def differences(description: Mapping[str, Any], expected: Mapping[str, Any]) -> 
     compared) and, for BOLD, the confound strategy.
     """
     lines = []
-    current = expected["train"]
+    current = expected.train
     for key, value in description["train"].items():
         if key in current and current[key] != value:
             lines.append(f"train.{key}: {value!r} in the model, {current[key]!r} in the config")
-    missing = sorted(set(description["modalities"]) - set(expected["modalities"]))
+    missing = sorted(set(description["modalities"]) - set(expected.modalities))
     if missing:
         lines.append(f"modalities: the model was trained on {missing}, the config has not")
-    normalize = expected["normalize"]
     for modality, norm in description["normalization"].items():
-        if norm["ddof"] != normalize["ddof"]:
+        if norm["ddof"] != expected.ddof:
             lines.append(
                 f"normalize.ddof: {norm['ddof']} for the model's {modality}, "
-                f"{normalize['ddof']} in the config"
+                f"{expected.ddof} in the config"
             )
-        option = normalize["mask"][modality]
+        option = expected.mask[modality]
         if not is_pattern(option) and not norm["average"] and norm["mask"] != [option]:
             lines.append(
                 f"mask of {modality}: {norm['mask']} in the model, {option!r} in the config"
             )
-        strategy = normalize["confounds_strategy"]
+        strategy = expected.confounds_strategy
         if modality == "bold" and norm["confounds_strategy"] != strategy:
             lines.append(
                 f"normalize.confounds.strategy: {norm['confounds_strategy']!r} in the model, "
