@@ -6,22 +6,16 @@ the executor)."""
 
 from __future__ import annotations
 
-import re
 import shutil
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_snakemake
+from conftest import run_snakemake
+from rerun_support import INPUT_UPDATED, PARAMS_CHANGED, RULE, planned_jobs
 from slurm_support import FINISHED
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
-
-RULE = re.compile(r"^\s*(?:local)?rule (\w+):$")
-REASON = re.compile(r"^\s*reason: (.*)$")
-PARAMS_CHANGED = "Params have changed since last execution"
-INPUT_UPDATED = "Input files updated by another job"
-LOCAL_TARGETS = {"all", "normalize", "average", "report"}
 
 
 @pytest.fixture
@@ -32,38 +26,10 @@ def rerun_dir(demo_run, tmp_path) -> Path:
     return workdir
 
 
-def planned_jobs(workdir: Path, bids_dir: Path, tmp_path: Path, changes: str) -> Counter:
-    """Jobs a SLURM dry run of ``all`` plans after the config ``changes`` (YAML), by rule
-    and reason (Snakemake gives the first that applies): ``{(rule, reason): count}``.
-    The local target rules, which run nothing, are left out."""
-    changed = tmp_path / "changed.yaml"
-    changed.write_text(changes)
-    result = run_snakemake(
-        workdir,
-        "all",
-        "--dry-run",
-        "--configfile",
-        str(REPO / "config" / "config.yaml"),
-        str(changed),
-        config={"bids_dir": bids_dir},
-        profile="slurm",
-    )
-    jobs = Counter()
-    rule = None
-    for line in result.stdout.splitlines():
-        if match := RULE.match(line):
-            rule = match.group(1)
-        elif (match := REASON.match(line)) and rule:
-            if rule not in LOCAL_TARGETS:
-                jobs[(rule, match.group(1).split(":")[0])] += 1
-            rule = None
-    return jobs
-
-
 def test_changing_the_learning_rate_plans_only_training_and_its_report(
     slurm_cluster, rerun_dir, demo_bids, tmp_path
 ):
-    jobs = planned_jobs(rerun_dir, demo_bids, tmp_path, "train:\n  lr: 0.0005\n")
+    jobs = planned_jobs(rerun_dir, demo_bids, tmp_path, "train:\n  lr: 0.0005\n", "slurm")
     # training's figures: its curves and what the model sees (from the new model.json)
     assert jobs == {
         ("train", PARAMS_CHANGED): 1,
@@ -75,7 +41,7 @@ def test_changing_the_learning_rate_plans_only_training_and_its_report(
 def test_changing_ddof_plans_normalization_and_everything_downstream(
     slurm_cluster, rerun_dir, demo_bids, tmp_path
 ):
-    jobs = planned_jobs(rerun_dir, demo_bids, tmp_path, "normalize:\n  ddof: 0\n")
+    jobs = planned_jobs(rerun_dir, demo_bids, tmp_path, "normalize:\n  ddof: 0\n", "slurm")
     # demo: 3 subjects, the third with two sessions: one normalize job per subject (every
     # image of the subject, the held-out runs normalized with the statistics of run 1 in
     # the same job) and one figure job per figure group (the 3 labels hash to 3 groups);

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
+from rerun_support import INPUT_UPDATED, PARAMS_CHANGED, planned_jobs
 
 pytestmark = pytest.mark.integration
 
@@ -37,3 +39,38 @@ def test_snakemake_train_on_the_demo_writes_metrics_and_a_model(demo_run):
         saved["model"]
     )
     assert "training on cpu" in (demo_run / "logs" / "train" / "demo.log").read_text()
+
+
+#: a new value for every rule's resources (``resources.<rule>``)
+CHANGED_RESOURCES = """resources:
+  normalize_subject: {cpus: 1, mem_mb: 3000, runtime: 61}
+  average_bold: {mem_mb: 1500, runtime: 11, runtime_per_member: 0.2}
+  checks: {mem_mb: 5000, runtime: 31}
+  train: {cpus: 1, mem_mb: 9000, runtime: 61}
+  report: {mem_mb: 2500, runtime: 11}
+  report_normalize: {mem_mb: 4500, runtime: 11, runtime_per_subject: 4}
+  report_average: {mem_mb: 4500, runtime: 31}
+  report_model_input: {mem_mb: 4500, runtime: 11}
+"""
+
+
+@pytest.fixture
+def rerun_dir(demo_run, tmp_path):
+    """A copy of ``demo_run``'s working dir (results and Snakemake's records, times kept)."""
+    return shutil.copytree(demo_run, tmp_path / "run", symlinks=True)
+
+
+def test_a_changed_lr_reruns_exactly_training_and_its_reports(rerun_dir, demo_bids, tmp_path):
+    """Locally (the SLURM profile's twin: tests/test_slurm_reruns.py): train.lr reaches
+    training alone, through its settings file; its figures follow its outputs."""
+    jobs = planned_jobs(rerun_dir, demo_bids, tmp_path, "train:\n  lr: 0.0005\n")
+    assert jobs == {
+        ("train", PARAMS_CHANGED): 1,
+        ("report_train", INPUT_UPDATED): 1,
+        ("report_model_input", INPUT_UPDATED): 1,
+    }, jobs
+
+
+def test_changed_resources_rerun_nothing(rerun_dir, demo_bids, tmp_path):
+    assert planned_jobs(rerun_dir, demo_bids, tmp_path, "{}\n") == {}
+    assert planned_jobs(rerun_dir, demo_bids, tmp_path, CHANGED_RESOURCES) == {}
