@@ -323,6 +323,30 @@ def frame_moments(source, grid: TimeGrid, n_voxel: int) -> VoxelMoments:
     return moments
 
 
+def write_frames(
+    writer, blocks, offset: np.ndarray | None, scale: np.ndarray, means: ParcelMeans | None
+) -> None:
+    """Z-score the blocks of frames (deviations from the center, in stored units) into
+    the store: ``(block - offset) * scale``; add them to the parcel means first.
+
+    The blocks are the passes' reused buffers, and are modified in place; the buffers of
+    this loop are freed when it returns, before the parcel outputs are written.
+    """
+    zscored = np.empty((0, scale.size), dtype=np.float32)
+    written = 0
+    for deviations in blocks:
+        n = deviations.shape[0]
+        if means is not None:
+            means.add(deviations)
+        if zscored.shape[0] < n:
+            zscored = np.empty((n, scale.size), dtype=np.float32)
+        if offset is not None:
+            np.subtract(deviations, offset, out=deviations)
+        np.multiply(deviations, scale, out=zscored[:n])
+        writer.write(written, zscored[:n])
+        written += n
+
+
 @dataclass(frozen=True)
 class ParcelJob:
     """A BOLD run's parcel outputs, and the atlas on its grid."""
@@ -387,19 +411,7 @@ def write_voxel_zscored_store(
         chunk=chunk,
         storage=options.storage,
     ) as writer:
-        zscored = np.empty((0, index.size), dtype=np.float32)
-        written = 0
-        for deviations in frames(source, grid, index.size):
-            n = deviations.shape[0]
-            if means is not None:
-                means.add(deviations)
-            if zscored.shape[0] < n:
-                zscored = np.empty((n, index.size), dtype=np.float32)
-            if offset is not None:
-                deviations = deviations - offset
-            np.multiply(deviations, scale, out=zscored[:n])
-            writer.write(written, zscored[:n])
-            written += n
+        write_frames(writer, frames(source, grid, index.size), offset, scale, means)
         writer.add_variable("mean", ("voxel",), mean.astype(np.float32))
         writer.add_variable("std", ("voxel",), std.astype(np.float32))
         writer.add_variable("frame_time", ("frame",), grid.times)
