@@ -338,7 +338,7 @@ def frames(source, grid: TimeGrid, n_voxel: int):
 
 def frame_moments(source, grid: TimeGrid, n_voxel: int) -> VoxelMoments:
     """Per-voxel moments of the store's frames (a resampled run's own statistics)."""
-    moments = VoxelMoments(n_voxel, dtype=np.float64)
+    moments = VoxelMoments(n_voxel, dtype=np.float64, centered=True)
     for block in frames(source, grid, n_voxel):
         moments.update(block)
     return moments
