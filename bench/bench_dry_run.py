@@ -2,7 +2,7 @@
 listing printed), against Snakemake's floor for the same DAG measured in the same run.
 
 Usage: ``.venv/bin/python bench/bench_dry_run.py [--subjects 1000 10000] [--repeats 3]
-[--slurm]``
+[--slurm] [--parcels]``
 
 The floor is a bare Snakefile with the same jobs (per subject a normalize job, which
 also writes the ingest record; per group of subjects a figure job) and no index, plan or
@@ -18,11 +18,18 @@ DAG (schema validation, index, plan and its files, with its garbage collector se
 in a fresh process, imports excluded.
 Last, one more dry run with the shell commands printed gives the longest argument and
 command of the whole DAG.
+
+``--parcels`` switches parcels on: the cohort is then an fMRIPrep output tree of empty
+files (per subject a T1w and two BOLD runs in ``MNI152NLin2009cAsym:res-2``, with their
+brain masks and sidecars; :func:`make_empty_fmriprep`) with the demo's atlas dataset in
+the same space inside it (``atlas/``), and config ``parcellation`` names that atlas, so
+that every BOLD job also has its parcel outputs. The bare Snakefile is unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -36,7 +43,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
 
-from bidstrain.demo.generate import make_empty_dataset  # noqa: E402
+from bidstrain.demo.generate import (  # noqa: E402
+    ATLAS_NAME,
+    ATLAS_SPACE,
+    make_atlas_demo,
+    make_empty_dataset,
+)
 
 #: Snakemake's floor for bidstrain's DAG: per subject one normalize job (two outputs: the
 #: ingest record and the table), one figure job per group of subjects (64 at most, each
@@ -69,6 +81,8 @@ from bidstrain.config import Config, validate_config
 from bidstrain.plan import Plan
 start = time.perf_counter()
 config = yaml.safe_load(Path(REPO, "config/config.yaml").read_text())
+if OVERRIDES:
+    config.update(yaml.safe_load(Path(OVERRIDES).read_text()))
 config["bids_dir"] = ROOT
 validate_config(config)
 config = Config.from_dict(config)
@@ -77,9 +91,58 @@ print(time.perf_counter() - start)
 """
 
 
-def parse_seconds(root: Path) -> float:
-    """Seconds of schema validation, index, plan and its files in a fresh process."""
-    code = f"REPO, ROOT = {str(REPO)!r}, {str(root)!r}\n" + PARSE
+def make_empty_fmriprep(root: Path, n_subjects: int) -> Path:
+    """An fMRIPrep output tree of empty images in :data:`ATLAS_SPACE`, with the demo's
+    atlas dataset inside it (``root/atlas``): the cohort of a dry run with parcels on.
+
+    Per subject ``sub-NNNN``: the preprocessed T1w and its brain mask and, for two runs of task ``rest``, the
+    preprocessed BOLD, its brain mask and its sidecar (``RepetitionTime`` 2 s), all in the
+    atlas's space. No image can be opened.
+    """
+    space, res = ATLAS_SPACE.split(":res-")
+    root.mkdir(parents=True, exist_ok=True)
+    description = {
+        "Name": "empty fMRIPrep outputs",
+        "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "fMRIPrep", "Version": "23.2.1"}],
+    }
+    (root / "dataset_description.json").write_text(json.dumps(description))
+    sidecar = json.dumps({"RepetitionTime": 2.0, "SkullStripped": False})
+    for n in range(n_subjects):
+        sub = f"sub-{n:04d}"
+        anat = f"anat/{sub}_space-{space}_res-{res}"
+        files = {f"{anat}_desc-preproc_T1w.nii.gz": "", f"{anat}_desc-brain_mask.nii.gz": ""}
+        for run in (1, 2):
+            stem = f"func/{sub}_task-rest_run-{run}_space-{space}_res-{res}"
+            files[f"{stem}_desc-preproc_bold.nii.gz"] = ""
+            files[f"{stem}_desc-preproc_bold.json"] = sidecar
+            files[f"{stem}_desc-brain_mask.nii.gz"] = ""
+        for name, text in files.items():
+            path = root / sub / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    make_atlas_demo(root / "atlas")
+    return root
+
+
+def parcel_config(root: Path, path: Path) -> Path:
+    """A config file (given after config/config.yaml) that switches parcels on with the
+    atlas of :func:`make_empty_fmriprep` and selects its space."""
+    overrides = {
+        "space": ATLAS_SPACE,
+        "parcellation": {"name": ATLAS_NAME, "path": str(root / "atlas")},
+    }
+    path.write_text(json.dumps(overrides))  # JSON is YAML
+    return path
+
+
+def parse_seconds(root: Path, overrides: Path | None = None) -> float:
+    """Seconds of schema validation, index, plan and its files in a fresh process (config
+    ``overrides`` merged over config/config.yaml, as Snakemake merges a second
+    ``--configfile``)."""
+    code = f"REPO, ROOT = {str(REPO)!r}, {str(root)!r}\n"
+    code += f"OVERRIDES = {None if overrides is None else str(overrides)!r}\n" + PARSE
     result = subprocess.run(
         [sys.executable, "-c", code],
         check=True,
@@ -140,10 +203,18 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--slurm", action="store_true", help="also through profiles/slurm")
+    parser.add_argument(
+        "--parcels", action="store_true", help="fMRIPrep cohort in an atlas's space, parcels on"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.subjects:
-            root = make_empty_dataset(Path(tmp) / f"bids{n}", n)
+            overrides = None
+            if args.parcels:
+                root = make_empty_fmriprep(Path(tmp) / f"fmriprep{n}", n)
+                overrides = parcel_config(root, Path(tmp) / f"parcels{n}.yaml")
+            else:
+                root = make_empty_dataset(Path(tmp) / f"bids{n}", n)
             bare = Path(tmp) / "Snakefile.bare"
             bare.write_text(BARE_SNAKEFILE)
             bare_gc = Path(tmp) / "Snakefile.bare_gc"
@@ -154,6 +225,7 @@ def main() -> None:
                 str(REPO / "workflow" / "Snakefile"),
                 "--configfile",
                 str(REPO / "config/config.yaml"),
+                *([] if overrides is None else [str(overrides)]),
                 "--config",
                 f"bids_dir={root}",
             ]
@@ -175,7 +247,7 @@ def main() -> None:
             for _ in range(args.repeats):
                 for name, options in runs.items():
                     results[name].append(dry_run(Path(tmp) / "work", *options))
-                parse.append(parse_seconds(root))
+                parse.append(parse_seconds(root, overrides))
             load = " ".join(f"{x:.2f}" for x in os.getloadavg())
             print(f"{n} subjects, median of {args.repeats} runs (load average now {load})")
             for name, values in results.items():

@@ -79,6 +79,38 @@ def test_a_resampled_store_equals_a_float64_reference(tmp_path, method, target):
     np.testing.assert_allclose(rebuilt, raw, rtol=1e-6)
 
 
+def test_the_last_pass_reads_the_masked_voxels_kept_by_the_frame_pass(tmp_path, monkeypatch):
+    """A resampled run is decompressed twice, not three times: the z-score pass reads the
+    masked voxels the frame-statistics pass kept; the store equals the one written when
+    that temporary file cannot be written (the image then read a third time)."""
+    import bidstrain.normalize.masked_cache as masked_cache
+    import bidstrain.normalize.passes as passes
+
+    image = _run(tmp_path / "run.nii", 2.0, 40)
+    options = image_options(mask="none", target_tr=0.8, time_method="linear", block_volumes=3)
+    reads = []
+    iter_blocks = passes.iter_blocks
+    monkeypatch.setattr(passes, "iter_blocks", lambda *a: reads.append(1) or iter_blocks(*a))
+    normalize_bold(image, tmp_path / "kept.zarr", _info(2.0), options)
+    assert len(reads) == 2
+
+    class FullDisk:
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(masked_cache.tempfile, "TemporaryFile", lambda **kw: FullDisk())
+    reads.clear()
+    normalize_bold(image, tmp_path / "read.zarr", _info(2.0), options)
+    assert len(reads) == 3
+    kept, read = open_store(tmp_path / "kept.zarr"), open_store(tmp_path / "read.zarr")
+    np.testing.assert_array_equal(kept.data.values, read.data.values)
+    reference, _ = _reference(image, 2.0, 0.8, "linear")
+    assert np.abs(kept.data.values - reference).max() < TOLERANCE
+
+
 def test_fourier_in_the_store_equals_the_module_on_the_whole_run(tmp_path):
     image = _run(tmp_path / "run.nii", 0.8, 120)
     out = tmp_path / "bold.zarr"

@@ -201,6 +201,24 @@ def test_coverage_and_empty_parcels_are_reported_never_nan(demo, tmp_path, caplo
     assert group.attrs["n_empty_parcels"] == 2
 
 
+def test_the_parcel_checksum_follows_the_content_not_the_time_of_writing(demo, tmp_path):
+    """A parcel store rewritten from the same run keeps its ``checksum`` (so a forced
+    renormalization does not retrain a model on parcels); another run changes it."""
+    root, atlas = demo
+
+    def checksum(name: str, run: str = "1") -> str:
+        image, mask, _ = _run(root, run)
+        out = tmp_path / name
+        options = image_options(mask=str(mask))
+        normalize_bold(image, out / "bold.zarr", _info(run), options, None, _job(atlas, image, out))
+        return read_meta(out / "parcels.zarr").checksum
+
+    first = checksum("a")
+    assert first.startswith("sha256:") and checksum("b") == first
+    assert checksum("a") == first  # rewritten in place
+    assert checksum("c", run="2") != first
+
+
 def test_heldout_parcels_use_the_pooled_training_statistics(demo, tmp_path):
     root, atlas = demo
     stores, parcels, series = [], [], []

@@ -114,8 +114,8 @@ def test_streaming_in_blocks_equals_the_whole_run(method, block):
     out = []
     for start in range(0, 90, block):
         rows = np.arange(start, min(start + block, 90))
-        out += list(resampler.push(rows, values[rows]))
-    out += list(resampler.finish())
+        out += [frames.copy() for frames in resampler.push(rows, values[rows])]
+    out += [frames.copy() for frames in resampler.finish()]
     np.testing.assert_allclose(np.concatenate(out), resample(values, grid), atol=1e-12)
     assert resampler._buffer.shape[0] <= grid.max_support + block
 
@@ -141,5 +141,6 @@ def test_frames_whose_support_holds_a_dropped_volume_are_invalid(method):
     # streaming only the kept volumes (the regression's output) gives the same frames
     resampler = TimeResampler(grid, 3)
     positions = np.flatnonzero(kept)
-    out = list(resampler.push(positions, values[positions])) + list(resampler.finish())
+    out = [frames.copy() for frames in resampler.push(positions, values[positions])]
+    out += [frames.copy() for frames in resampler.finish()]
     np.testing.assert_allclose(np.concatenate(out), resample(zeroed, grid), atol=1e-12)

@@ -38,7 +38,8 @@ Parcel stores (:func:`write_parcel_store`, one per BOLD run and atlas) hold ``da
 (time, parcel) float32, z-scored per parcel, ``mean`` and ``std`` (parcel), the label
 values as the ``parcel`` coordinate, ``n_voxels`` and ``coverage`` (parcel), with the
 attributes above (``stats_dim: "parcel"``) plus ``atlas``, ``parcel_names`` and
-``n_empty_parcels``; every array is one chunk.
+``n_empty_parcels``; every array is one chunk. Their ``checksum`` is computed as a
+voxel store's (below), so a rerun on unchanged data keeps a training run's identity.
 
 The checksum (``sha256:<hex>``) is of the store's content: every array's name, dtype,
 shape and stored bytes, and the attributes but ``bidstrain_version``. It is computed while
@@ -368,6 +369,22 @@ def store_checksum(path: str | Path) -> str | None:
     return read_meta(path).checksum
 
 
+def hash_array(digest: Any, name: str, values: np.ndarray) -> None:
+    """Add an array's name, dtype, shape and bytes to a store's checksum (a
+    ``hashlib.sha256`` object)."""
+    values = np.ascontiguousarray(values)
+    digest.update(f"{name} {values.dtype.str} {values.shape}\n".encode())
+    digest.update(values.data)
+
+
+def finish_checksum(digest: Any, attrs: Mapping[str, Any]) -> str:
+    """Add the attributes but :data:`UNCHECKED_ATTRS` to ``digest``; the ``checksum``
+    attribute (``sha256:<hex>``)."""
+    checked = {k: v for k, v in attrs.items() if k not in UNCHECKED_ATTRS}
+    digest.update(json.dumps(checked, sort_keys=True, default=str).encode())
+    return "sha256:" + digest.hexdigest()
+
+
 def chunk_volumes(n_time: int, n_voxel: int, chunk_bytes: int = CHUNK_BYTES) -> int:
     """Number of volumes per chunk so that a ``(volumes, n_voxel)`` float32 chunk is about
     ``chunk_bytes``, between 1 and ``n_time``."""
@@ -440,9 +457,7 @@ class StoreWriter:
 
     def _hash_array(self, name: str, values: np.ndarray) -> None:
         """Add an array's name, dtype, shape and bytes to the checksum."""
-        values = np.ascontiguousarray(values)
-        self._digest.update(f"{name} {values.dtype.str} {values.shape}\n".encode())
-        self._digest.update(values.data)
+        hash_array(self._digest, name, values)
 
     def _append(self, chunk: np.ndarray) -> None:
         """Append one inner chunk of ``data`` (as stored) to the shard and the checksum."""
@@ -513,9 +528,7 @@ class StoreWriter:
                 self._group, name, dims, values, attributes={"coordinates": self._coordinates}
             )
             self._hash_array(name, values)
-        checked = {k: v for k, v in self.attrs.items() if k not in UNCHECKED_ATTRS}
-        self._digest.update(json.dumps(checked, sort_keys=True, default=str).encode())
-        checksum = "sha256:" + self._digest.hexdigest()
+        checksum = finish_checksum(self._digest, self.attrs)
         self._group.attrs.update(
             {**self.attrs, "bidstrain_version": __version__, "checksum": checksum}
         )
@@ -690,22 +703,24 @@ def write_parcel_store(
     if missing:
         raise RuntimeError(f"parcel store {path}: attributes {missing} never set")
     StoreMeta.from_attrs(attrs)
+    coords = {"coordinates": "time parcel"}
+    arrays = (
+        ("time", ("time",), np.asarray(time, dtype=np.float64), None),
+        ("parcel", ("parcel",), np.asarray(parcels, dtype=np.int32), None),
+        ("data", ("time", "parcel"), np.asarray(data, np.float32), coords),
+        ("mean", ("parcel",), np.asarray(mean, np.float32), coords),
+        ("std", ("parcel",), np.asarray(std, np.float32), coords),
+        ("n_voxels", ("parcel",), np.asarray(n_voxels, np.int64), coords),
+        ("coverage", ("parcel",), np.asarray(coverage, np.float64), coords),
+    )
+    digest = hashlib.sha256()
     with atomic_path(path) as tmp:
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
-        coords = {"coordinates": "time parcel"}
-        _write_array(group, "time", ("time",), np.asarray(time, dtype=np.float64))
-        _write_array(group, "parcel", ("parcel",), np.asarray(parcels, dtype=np.int32))
-        _write_array(
-            group, "data", ("time", "parcel"), np.asarray(data, np.float32), attributes=coords
-        )
-        for name, values, dtype in (
-            ("mean", mean, np.float32),
-            ("std", std, np.float32),
-            ("n_voxels", n_voxels, np.int64),
-            ("coverage", coverage, np.float64),
-        ):
-            _write_array(group, name, ("parcel",), np.asarray(values, dtype), attributes=coords)
-        group.attrs.update({**attrs, "bidstrain_version": __version__})
+        for name, dims, values, attributes in arrays:
+            _write_array(group, name, dims, values, attributes=attributes)
+            hash_array(digest, name, values)
+        checksum = finish_checksum(digest, attrs)
+        group.attrs.update({**attrs, "bidstrain_version": __version__, "checksum": checksum})
         zarr.open_group(tmp / SNAKEMAKE_TIMESTAMP, mode="w")
         consolidate(tmp)
 

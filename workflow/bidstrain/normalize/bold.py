@@ -10,6 +10,7 @@ import numpy as np
 from bidstrain.errors import BidstrainError
 from bidstrain.normalize.confounds import ConfoundRegression, RunConfounds, fixed_mask_index
 from bidstrain.normalize.image import ImageInfo, Options
+from bidstrain.normalize.masked_cache import MaskedCache
 from bidstrain.normalize.nifti_stream import NiftiLayout
 from bidstrain.normalize.passes import (
     ParcelJob,
@@ -48,7 +49,10 @@ def normalize_bold(
 
     Two streamed passes (:mod:`bidstrain.normalize.passes`), each reading the image once;
     three when the run is resampled in time (``options.target_tr``), the second for the
-    statistics of its frames.
+    statistics of its frames, which keeps the masked voxels in a temporary file that the
+    third reads instead of the image when no confounds are regressed
+    (:mod:`~bidstrain.normalize.masked_cache`: ``itemsize`` bytes per masked voxel and
+    volume on disk).
 
     Peak memory, besides the libraries: about 40 bytes per grid voxel (pass 1 sums, the
     mean volume, the mask), plus for blocks of ``b`` volumes ``2 * b`` stored volumes (the
@@ -107,26 +111,35 @@ def normalize_bold(
     if regression is not None:
         regression.restrict(index)
         variance = regression.residual_variance(variance, layout, options.ddof)
-    center = None
-    if not grid.identity:  # the frames' own statistics: one more pass
-        center = mean
-        mean, variance = _frame_statistics(layout, index, options, grid, mean, regression)
-    return write_voxel_zscored_store(
-        out_store,
-        layout,
-        info,
-        options,
-        mask,
-        mean,
-        np.sqrt(variance),
-        grid=grid,
-        center=center,
-        regression=regression,
-        parcels=parcels,
-        stats_from=[str(layout.path.resolve())],
-        heldout=False,
-        n_nonfinite=n_nonfinite,
-    )
+    center = cache = None
+    try:
+        if not grid.identity:  # the frames' own statistics: one more pass
+            center = mean
+            if regression is None:
+                cache = MaskedCache(index.size, layout.dtype.newbyteorder("="), layout.n_volumes)
+            mean, variance = _frame_statistics(
+                layout, index, options, grid, mean, regression, cache
+            )
+        return write_voxel_zscored_store(
+            out_store,
+            layout,
+            info,
+            options,
+            mask,
+            mean,
+            np.sqrt(variance),
+            grid=grid,
+            center=center,
+            regression=regression,
+            parcels=parcels,
+            cache=cache,
+            stats_from=[str(layout.path.resolve())],
+            heldout=False,
+            n_nonfinite=n_nonfinite,
+        )
+    finally:
+        if cache is not None:
+            cache.close()
 
 
 def _frame_statistics(
@@ -136,8 +149,10 @@ def _frame_statistics(
     grid: TimeGrid,
     mean: np.ndarray,
     regression: ConfoundRegression | None,
+    cache: MaskedCache | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-voxel mean and variance (image units) of a resampled run's valid frames."""
+    """Per-voxel mean and variance (image units) of a resampled run's valid frames; the
+    masked voxels are kept in ``cache`` for the next pass."""
     if grid.valid.sum() <= options.ddof:
         raise BidstrainError(
             f"{int(grid.valid.sum())} valid frames at TR {grid.target_tr} s: a z-score with "
@@ -148,7 +163,7 @@ def _frame_statistics(
     center, _, _ = zscore_parameters(layout, mean, np.ones_like(mean))
     block = options.block_volumes
     if regression is None:
-        source = voxel_deviations(layout, index, block, center)
+        source = voxel_deviations(layout, index, block, center, cache=cache)
     else:
         source = regression.residuals(layout, block, center)
     moments = frame_moments(source, grid, index.size)

@@ -4,7 +4,8 @@ Sums are accumulated in float64. For integer images of up to 16 bits the values 
 their squares are integers below 2**30, so every sum is exact for up to 2**23 volumes and
 no shift is needed. For other types the sums are of the deviations from the first volume
 (the "shifted data" algorithm), which removes the cancellation that makes the textbook
-``E[x**2] - E[x]**2`` inaccurate.
+``E[x**2] - E[x]**2`` inaccurate; values that are already deviations from an estimate of
+their mean (``centered``: a resampled run's frames) are summed as they are.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class VoxelMoments:
         Values per volume.
     dtype : numpy.dtype
         Type of the values; float input also records which voxels hold a NaN or Inf.
+    centered : bool
+        The values are finite float64 deviations from an estimate of each voxel's mean: no
+        shift, no copy of the blocks, no non-finite flags.
 
     Notes
     -----
@@ -47,24 +51,28 @@ class VoxelMoments:
     (8 bytes per voxel) for types other than integers of up to 16 bits.
     """
 
-    def __init__(self, n_voxel: int, *, dtype: np.dtype):
+    def __init__(self, n_voxel: int, *, dtype: np.dtype, centered: bool = False):
         dtype = np.dtype(dtype)
         self.count = 0
         self.exact_integers = dtype.kind in "iu" and dtype.itemsize <= 2
+        self.centered = centered
         self.shift: np.ndarray | None = None
         self.sum = np.zeros(n_voxel, dtype=np.float64)
         self.sum_squares = np.zeros(n_voxel, dtype=np.float64)
-        self.nonfinite = np.zeros(n_voxel, dtype=bool) if dtype.kind == "f" else None
+        flagged = dtype.kind == "f" and not centered
+        self.nonfinite = np.zeros(n_voxel, dtype=bool) if flagged else None
         self.tiles = voxel_tiles(n_voxel)
 
     def update(self, block: np.ndarray) -> None:
         """Add a block of volumes, shape ``(n, n_voxel)`` (any real dtype)."""
         if block.shape[0] == 0:
             return
-        if self.shift is None and not self.exact_integers:
+        if self.shift is None and not (self.exact_integers or self.centered):
             self.shift = block[0].astype(np.float64)
         for tile in self.tiles:
-            deviation = block[:, tile].astype(np.float64)
+            deviation = block[:, tile]
+            if not self.centered:  # a copy: the shift is subtracted in place
+                deviation = deviation.astype(np.float64)
             with np.errstate(invalid="ignore", over="ignore"):  # non-finite input: flagged
                 if self.shift is not None:
                     deviation -= self.shift[tile]

@@ -162,8 +162,11 @@ def parcel_statistics(
 
 def _tsv(path: Path, names: Sequence[str], rows: np.ndarray, missing: np.ndarray) -> None:
     lines = ["\t".join(names)]
-    for row in rows:
-        cells = ("n/a" if gone else repr(float(v)) for v, gone in zip(row, missing, strict=True))
+    gone = np.flatnonzero(missing).tolist()
+    for row in rows.tolist():  # Python floats: repr is the shortest exact decimal
+        cells = list(map(repr, row))
+        for column in gone:
+            cells[column] = "n/a"
         lines.append("\t".join(cells))
     write_text_atomic(path, "\n".join(lines) + "\n")
 

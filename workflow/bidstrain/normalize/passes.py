@@ -36,6 +36,7 @@ from bidstrain.io.orientation import OBLIQUE_DEGREES
 from bidstrain.io.store import ZERO_STD, chunk_volumes, create_store
 from bidstrain.normalize.confounds import ConfoundRegression
 from bidstrain.normalize.image import ImageInfo, Options
+from bidstrain.normalize.masked_cache import MaskedCache
 from bidstrain.normalize.masking import epi_mask, head_mask, load_mask
 from bidstrain.normalize.moments import VoxelMoments
 from bidstrain.normalize.nifti_stream import NiftiLayout, iter_blocks, read_layout
@@ -236,13 +237,14 @@ def voxel_deviations(
     *,
     check_values: bool = False,
     subject: str | None = None,
+    cache: MaskedCache | None = None,
 ):
     """Pass 2's input without confounds: ``stored - center`` of every volume.
 
     ``index`` holds the flat stored positions of the mask's voxels; ``center`` is per
     masked voxel in stored units, so the header's slope and intercept never touch the
     data. With ``check_values`` (a held-out run, streamed once) NaN/Inf and an all-zero
-    input are detected here.
+    input are detected here. ``cache``: see :func:`masked_blocks`.
 
     Yields
     ------
@@ -256,17 +258,15 @@ def voxel_deviations(
     Memory: besides the reader's two blocks of stored values, ``block * index.size``
     masked stored values and float64 deviations.
     """
-    masked = np.empty((block, index.size), dtype=layout.dtype.newbyteorder("="))
     deviations = np.empty((block, index.size), dtype=np.float64)
     stored_zero = -layout.inter / layout.slope
     any_nonzero = False
-    for start, values in iter_blocks(layout, block):
-        n = values.shape[0]
-        np.take(values, index, axis=1, out=masked[:n], mode="clip")  # indices are valid
-        np.subtract(masked[:n], center, out=deviations[:n])
+    for start, masked in masked_blocks(layout, index, block, cache):
+        n = masked.shape[0]
+        np.subtract(masked, center, out=deviations[:n])
         if check_values:
-            any_nonzero = any_nonzero or bool(np.any(masked[:n] != stored_zero))
-            if not np.isfinite(masked[:n]).all():
+            any_nonzero = any_nonzero or bool(np.any(masked != stored_zero))
+            if not np.isfinite(masked).all():
                 raise BidstrainError(
                     f"NaN or Inf inside the mask in volumes {start}-{start + n - 1}; fix the "
                     "image, or set config normalize.nonfinite: mask to leave those voxels out",
@@ -278,6 +278,27 @@ def voxel_deviations(
         raise BidstrainError(
             "every value inside the mask is zero", path=layout.path, subject=subject
         )
+
+
+def masked_blocks(
+    layout: NiftiLayout, index: np.ndarray, block: int, cache: MaskedCache | None = None
+):
+    """The stored values of the mask's voxels (flat stored positions ``index``), block
+    after block: ``(start, masked)``, ``masked`` a reused buffer.
+
+    Read from the image, and appended to ``cache`` when it is given and not complete; read
+    back from ``cache`` when it is complete (:mod:`~bidstrain.normalize.masked_cache`).
+    """
+    if cache is not None and cache.complete:
+        yield from cache.blocks(block)
+        return
+    masked = np.empty((block, index.size), dtype=layout.dtype.newbyteorder("="))
+    for start, values in iter_blocks(layout, block):
+        n = values.shape[0]
+        np.take(values, index, axis=1, out=masked[:n], mode="clip")  # indices are valid
+        if cache is not None:
+            cache.append(masked[:n])
+        yield start, masked[:n]
 
 
 def run_time_grid(
@@ -317,10 +338,34 @@ def frames(source, grid: TimeGrid, n_voxel: int):
 
 def frame_moments(source, grid: TimeGrid, n_voxel: int) -> VoxelMoments:
     """Per-voxel moments of the store's frames (a resampled run's own statistics)."""
-    moments = VoxelMoments(n_voxel, dtype=np.float64)
+    moments = VoxelMoments(n_voxel, dtype=np.float64, centered=True)
     for block in frames(source, grid, n_voxel):
         moments.update(block)
     return moments
+
+
+def write_frames(
+    writer, blocks, offset: np.ndarray | None, scale: np.ndarray, means: ParcelMeans | None
+) -> None:
+    """Z-score the blocks of frames (deviations from the center, in stored units) into
+    the store: ``(block - offset) * scale``; add them to the parcel means first.
+
+    The blocks are the passes' reused buffers, and are modified in place; the buffers of
+    this loop are freed when it returns, before the parcel outputs are written.
+    """
+    zscored = np.empty((0, scale.size), dtype=np.float32)
+    written = 0
+    for deviations in blocks:
+        n = deviations.shape[0]
+        if means is not None:
+            means.add(deviations)
+        if zscored.shape[0] < n:
+            zscored = np.empty((n, scale.size), dtype=np.float32)
+        if offset is not None:
+            np.subtract(deviations, offset, out=deviations)
+        np.multiply(deviations, scale, out=zscored[:n])
+        writer.write(written, zscored[:n])
+        written += n
 
 
 @dataclass(frozen=True)
@@ -345,6 +390,7 @@ def write_voxel_zscored_store(
     check_values: bool = False,
     regression: ConfoundRegression | None = None,
     parcels: ParcelJob | None = None,
+    cache: MaskedCache | None = None,
     **attrs: Any,
 ) -> dict:
     """Stream the image once more and write its frames z-scored per voxel with
@@ -358,7 +404,7 @@ def write_voxel_zscored_store(
     :func:`voxel_deviations` for ``check_values`` and memory. With ``regression``
     (fitted in pass 1 on the voxels of ``mask``), the confounds are removed first and only
     the kept volumes are read into the frames (``check_values`` is then pass 1's
-    business).
+    business). A complete ``cache`` is read instead of the image (:func:`masked_blocks`).
 
     Returns
     -------
@@ -373,7 +419,13 @@ def write_voxel_zscored_store(
     chunk, block = aligned_block(options.block_volumes, times.size, index.size)
     if regression is None:
         source = voxel_deviations(
-            layout, index, block, stored_center, check_values=check_values, subject=info.subject
+            layout,
+            index,
+            block,
+            stored_center,
+            check_values=check_values,
+            subject=info.subject,
+            cache=cache,
         )
     else:
         source = regression.residuals(layout, block, stored_center)
@@ -387,19 +439,7 @@ def write_voxel_zscored_store(
         chunk=chunk,
         storage=options.storage,
     ) as writer:
-        zscored = np.empty((0, index.size), dtype=np.float32)
-        written = 0
-        for deviations in frames(source, grid, index.size):
-            n = deviations.shape[0]
-            if means is not None:
-                means.add(deviations)
-            if zscored.shape[0] < n:
-                zscored = np.empty((n, index.size), dtype=np.float32)
-            if offset is not None:
-                deviations = deviations - offset
-            np.multiply(deviations, scale, out=zscored[:n])
-            writer.write(written, zscored[:n])
-            written += n
+        write_frames(writer, frames(source, grid, index.size), offset, scale, means)
         writer.add_variable("mean", ("voxel",), mean.astype(np.float32))
         writer.add_variable("std", ("voxel",), std.astype(np.float32))
         writer.add_variable("frame_time", ("frame",), grid.times)

