@@ -377,6 +377,8 @@ class ResourcesConfig:
     report_model_input: JobResources
     #: a stimulus file's feature job
     stimulus_features: JobResources
+    #: the job aligning the stimulus features with the BOLD runs
+    align_stimuli: JobResources
 
 
 @dataclass(frozen=True)
@@ -426,6 +428,7 @@ class StimuliConfig:
     delay_method: str
     delays: tuple[int, ...]
     length_tolerance: float
+    normalize: bool
 
 
 @dataclass(frozen=True)
