@@ -20,7 +20,7 @@ RUNS = [f"sub-{s}/func/sub-{s}_task-movie_run-{r}" for s in ("01", "02", "03") f
 DELAYS = [0, 2]
 
 
-def align(root, workdir, *targets, **sections):
+def align(root, workdir, *targets, check=True, **sections):
     """``snakemake`` with BOLD only, every volume kept (the demo's 8 x 6 x 4 grid has no
     brain for an EPI mask), run 2 held out and ``sections`` merged in."""
     config = {
@@ -34,7 +34,9 @@ def align(root, workdir, *targets, **sections):
     extra.write_text(yaml.safe_dump(config))
     configs = [str(REPO / "config" / "config.yaml"), str(extra)]
     targets = targets or ("align_stimuli",)
-    return run_snakemake(workdir, *targets, "--configfile", *configs, config={"bids_dir": root})
+    return run_snakemake(
+        workdir, *targets, "--configfile", *configs, config={"bids_dir": root}, check=check
+    )
 
 
 def run_store(workdir, run, kind):

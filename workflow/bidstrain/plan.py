@@ -449,6 +449,19 @@ class Plan:
             *(store for stores in self.validation.values() for store in stores),
             "--subject-stores",
             *self.normalized_stores,
+            *(["--stimuli", *self.checked_stimuli] if self.checked_stimuli else []),
+        ]
+
+    @property
+    def checked_stimuli(self) -> list[str]:
+        """The aligned stimulus stores of the BOLD stores training and validation read:
+        what the checks compare with BOLD (none unless ``stimuli.enabled``)."""
+        read = {*self.training.get("bold", ()), *self.validation.get("bold", ())}
+        return [
+            path
+            for target in self.alignment_targets
+            if target.bold in read
+            for path in target.outputs.values()
         ]
 
     def files(self) -> dict[str, str]:
