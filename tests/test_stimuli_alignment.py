@@ -148,3 +148,10 @@ def test_resampled_runs_get_features_on_their_frames(film, tmp_path):
         late = store.features[:, 8 * 6 :].mean(axis=1)
         np.testing.assert_allclose(late[2:], known[frames[:-2]], atol=1.5)
         assert store.arrays["raw_max"].max() > 150.0
+
+
+def test_the_report_draws_each_averages_stimulus_beside_its_bold(film, native):
+    figure = paths.stimulus_figure("task-movie_run-1")
+    align(film, native, figure)
+    png = (native / figure).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000

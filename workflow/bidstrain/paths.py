@@ -305,6 +305,12 @@ def average_figure(name: str) -> str:
     return _join(REPORT, "average", f"{name}.png")
 
 
+def stimulus_figure(name: str) -> str:
+    """Stimulus features beside the averaged BOLD of one average (``name`` may be a
+    wildcard)."""
+    return _join(REPORT, "stimuli", f"{name}.png")
+
+
 def checks_figure(experiment: str, name: str) -> str:
     """One figure of an experiment's checks (``scale_table``, ``summary``)."""
     return _join(REPORT, "checks", experiment, f"{name}.png")

@@ -379,6 +379,7 @@ class Plan:
             paths.coverage_figure(),
             *(paths.normalize_figures(name) for name in self.figure_groups),
             *(paths.average_figure(group.name) for group in self.averages),
+            *(paths.stimulus_figure(name) for name in self.aligned_average_stimuli),
             *(paths.checks_figure(self.experiment, name) for name in CHECKS_FIGURES),
             *(paths.training_figure(self.experiment, name) for name in TRAINING_FIGURES),
             paths.training_figure(self.experiment, "model_input"),
