@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from bidstrain.config import StimulusFeatureConfig
 from bidstrain.dataset.bids import BidsIndex
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import read_feature_store
@@ -20,7 +21,7 @@ from bidstrain.stimuli.align import (
     place,
     stack_delays,
 )
-from bidstrain.stimuli.features import FeatureSettings, write_stimulus_store
+from bidstrain.stimuli.features import write_stimulus_store
 from bidstrain.stimuli.index import StimulusIndex
 from stimuli_support import SPEC, make_film_bids, truth
 
@@ -154,7 +155,7 @@ def test_a_runs_film_features_follow_the_films_luminance(film_bids, tmp_path):
     for path, stimulus in index.stimuli.items():
         out = tmp_path / f"{path.name}.zarr"
         write_stimulus_store(
-            path, stimulus.repetition_time, FeatureSettings.defaults(video_size=(8, 6)), out
+            path, stimulus.repetition_time, StimulusFeatureConfig.defaults(video_size=(8, 6)), out
         )
         stores[path] = read_feature_store(out)
     run = index.runs["sub-03/func/sub-03_task-movie_run-1"]
@@ -172,7 +173,7 @@ def test_a_runs_film_features_follow_the_films_luminance(film_bids, tmp_path):
 def test_features_of_another_tr_are_an_error_naming_the_run(film_bids, tmp_path):
     index = StimulusIndex.build(BidsIndex.build(film_bids))
     words = film_bids / "stimuli" / "film_words.tsv"
-    write_stimulus_store(words, 1.0, FeatureSettings.defaults(), tmp_path / "w.zarr")
+    write_stimulus_store(words, 1.0, StimulusFeatureConfig.defaults(), tmp_path / "w.zarr")
     run = index.runs["sub-01/func/sub-01_task-movie_run-1"]
     with pytest.raises(BidstrainError, match=r"sub-01: .*task-movie_events.tsv: the features "
                        r"of film_words.tsv are per 1 s but the run's TR is 2 s"):  # fmt: skip

@@ -521,7 +521,7 @@ class Plan:
         presented it) and the ``stimuli`` keys of its kind alone, so that changing a
         video key reruns the films' jobs, not the transcripts'."""
         stimulus = self.stimuli.stimuli[self.stimuli_root / name]
-        config = self.config.stimuli
+        config = self.config.stimuli.features
         if stimulus.kind == "media":
             options = {
                 "video-size": " ".join(map(str, config.video_size)),

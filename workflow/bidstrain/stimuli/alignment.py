@@ -20,13 +20,13 @@ import argparse
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bidstrain.config import StimuliConfig, load_section, to_plain
+from bidstrain.config import StimuliConfig, load_section
 from bidstrain.errors import BidstrainError, run_cli
 from bidstrain.io.store import (
     FeatureStore,
@@ -40,7 +40,6 @@ from bidstrain.stimuli.align import (
     StatsAccumulator,
     align_run,
 )
-from bidstrain.stimuli.features import FeatureSettings
 from bidstrain.stimuli.index import Event
 
 log = logging.getLogger("bidstrain.stimuli.alignment")
@@ -95,16 +94,6 @@ class AlignTarget:
             features=dict(values["features"]),
             outputs=dict(values["outputs"]),
         )
-
-
-def decoder_settings(config: StimuliConfig, kind: str) -> dict[str, Any]:
-    """The feature keys of ``kind`` (``video_size``, ``audio_n_mels``, ...)."""
-    prefix = f"{kind}_"
-    return {
-        f.name: to_plain(getattr(config, f.name))
-        for f in fields(FeatureSettings)
-        if f.name.startswith(prefix)
-    }
 
 
 def _aligned(
@@ -205,7 +194,7 @@ def write_target(
             if kind in stores[e.stimulus].features
         ],
         "decoder": {
-            **decoder_settings(config, kind),
+            **config.features.of_kind(kind),
             "units": shown[0].meta.units[kind],
             "shape": list(shown[0].meta.shapes[kind]),
         },
