@@ -180,3 +180,24 @@ def test_features_of_another_tr_are_an_error_naming_the_run(film_bids, tmp_path)
         _align(run, {words: read_feature_store(tmp_path / "w.zarr")}, "text", "hrf")
     with pytest.raises(BidstrainError, match="no stimulus of this run has video features"):
         _align(run, {}, "video", "hrf")
+
+
+def test_frames_left_out_of_the_store_are_left_out_after_the_delays(film_bids, tmp_path):
+    """Delays shift along the whole frame grid; the frames the store dropped go after."""
+    index = StimulusIndex.build(BidsIndex.build(film_bids))
+    words = film_bids / "stimuli" / "film_words.tsv"
+    write_stimulus_store(words, 2.0, StimulusFeatureConfig.defaults(), tmp_path / "w.zarr")
+    stores = {words: read_feature_store(tmp_path / "w.zarr")}
+    run = index.runs["sub-01/func/sub-01_task-movie_run-1"]
+    full = FrameGrid.volumes(run.n_volumes, 2.0)
+    kept = np.ones(run.n_volumes, dtype=bool)
+    kept[[3, 4, 7]] = False
+    dropped = FrameGrid(full.times, 2.0, kept)
+    args = (run.events, stores, "text", "delays", [0, 1])
+    whole, covered_whole = align_run(*args[:3], full, *args[3:], source_tr=2.0)
+    some, covered = align_run(*args[:3], dropped, *args[3:], source_tr=2.0)
+    np.testing.assert_array_equal(some, whole[kept])
+    np.testing.assert_array_equal(covered, covered_whole[kept])
+    counts = [len(w) for w in truth(film_bids)["words"]]
+    n = whole.shape[1] // 2
+    np.testing.assert_array_equal(some[:, n:].sum(axis=1), np.r_[0, counts[:-1]][kept])
