@@ -17,6 +17,8 @@ rule checks:
         arguments=paths.plan_checks_arguments(PLAN.experiment),
         averages=PLAN.average_stores,
         manifest=paths.MANIFEST,
+        # the aligned stimulus stores (stimuli.enabled): every one comes from one job
+        stimuli=PLAN.checked_stimuli,
     output:
         json=paths.checks_summary(PLAN.experiment),
         tsv=paths.checks_table(PLAN.experiment),

@@ -91,6 +91,36 @@ rule report_average:
         " > {log:q} 2>&1"
 
 
+# The stimulus features of an average's run beside its averaged BOLD (stimuli.enabled).
+rule report_stimuli:
+    input:
+        bold=paths.average_store_at("{name}"),
+        aligned=lambda wildcards: list(
+            PLAN.aligned_average_stimuli[wildcards.name].values()
+        ),
+    output:
+        report(
+            paths.stimulus_figure("{name}"),
+            caption="../report/stimuli.rst",
+            category="3. Averaging",
+            labels={"stimulus": "{name}"},
+        ),
+    log:
+        paths.log("report", "stimuli/{name}"),
+    wildcard_constraints:
+        name=r"task-[a-zA-Z0-9]+(_[a-zA-Z]+-[a-zA-Z0-9]+)*",
+    conda:
+        ENV
+    resources:
+        mem_mb=CONFIG.resources.report_average.mem_mb,
+        runtime=CONFIG.resources.report_average.runtime,
+    params:
+        title=lambda wildcards: f"stimulus and averaged BOLD, {wildcards.name.replace('_', ' ')}",
+    shell:
+        "python -m bidstrain.report stimuli --bold {input.bold:q} --aligned {input.aligned:q}"
+        " --title {params.title:q} --out {output:q} > {log:q} 2>&1"
+
+
 rule report_checks:
     input:
         paths.checks_summary(PLAN.experiment),

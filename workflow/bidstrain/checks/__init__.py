@@ -47,3 +47,16 @@ def verdict(name: str, fails: list[str], warns: list[str], ok: str, values: dict
     if warns:
         return Check(name, "warn", "; ".join(warns), values)
     return Check(name, "pass", ok, values)
+
+
+def with_findings(check: Check, fails: list[str], values: dict[str, Any], ok: str) -> Check:
+    """``check`` with more problems found (``fails``) and their numbers under
+    ``values["stimuli"]``: the worst status of both, the problems joined, and ``ok``
+    appended to a passing message."""
+    merged = {**check.values, "stimuli": values}
+    if not fails:
+        message = check.message if check.status != "pass" else f"{check.message}; {ok}"
+        return Check(check.name, check.status, message, merged)
+    problems = "; ".join(fails)
+    message = problems if check.status == "pass" else f"{check.message}; {problems}"
+    return Check(check.name, "fail", message, merged)

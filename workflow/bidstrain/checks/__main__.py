@@ -16,7 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bidstrain.checks import Check
+from bidstrain.checks import Check, with_findings
 from bidstrain.checks.loss import NAME as LOSS
 from bidstrain.checks.loss import check_loss_scale
 from bidstrain.checks.normalization import check_normalization
@@ -24,6 +24,12 @@ from bidstrain.checks.plan import COUNTS, PLAN, check_counts, check_schedule
 from bidstrain.checks.quality import check_quality
 from bidstrain.checks.scale import check_scale
 from bidstrain.checks.scan import StoreScan, raw_head, scan_store
+from bidstrain.checks.stimuli import (
+    check_coverage,
+    normalization_findings,
+    read_stores,
+    stimulus_samples,
+)
 from bidstrain.checks.summary import raise_on_failure, write_summary
 from bidstrain.config import ChecksJobConfig
 from bidstrain.errors import BidstrainError, run_cli
@@ -90,8 +96,10 @@ def run_checks(
     subject_stores: Sequence[str],
     manifest: Mapping[str, Mapping[str, str]],
     config: ChecksJobConfig,
+    stimuli: Sequence[str] = (),
 ) -> list[Check]:
-    """Every check, in order: scale, normalization, quality, counts, plan, initial loss.
+    """Every check, in order: scale, normalization, quality, counts, plan, initial loss,
+    and with stimuli their coverage.
 
     Parameters
     ----------
@@ -103,6 +111,10 @@ def run_checks(
         :func:`read_manifest` of the ingest manifest.
     config : ChecksJobConfig
         What the checks read of the workflow configuration.
+    stimuli : sequence of str
+        The aligned stimulus stores of the BOLD stores training and validation read
+        (:mod:`bidstrain.checks.stimuli`): their kinds join the scale table and the
+        normalization check, and their coverage is a check of its own.
     """
     settings, train = config.checks, config.train
     scans: dict[str, StoreScan] = {}
@@ -125,29 +137,38 @@ def run_checks(
         if path in scans:
             training_by_modality.setdefault(scans[path].modality, []).append(path)
     subjects = [s for s in scans.values() if not s.is_average]
+    aligned = read_stores(stimuli)
+    seen, raw = stimulus_samples(aligned)
+    normalization = check_normalization(
+        list(scans.values()),
+        unreadable,
+        raw_heads,
+        training=set(training),
+        manifest=manifest,
+        ddof=config.ddof,
+        tolerance=settings.stats_tolerance,
+    )
+    if aligned:
+        fails, values = normalization_findings(aligned, settings.stats_tolerance)
+        ok = f"{len(aligned)} aligned stimulus stores z-scored with the training statistics"
+        normalization = with_findings(normalization, fails, values, ok)
     checks = [
         check_scale(
-            _normalized_samples(scans, training_by_modality),
-            _raw_samples(subjects, raw_heads, training_by_modality),
+            {**_normalized_samples(scans, training_by_modality), **seen},
+            {**_raw_samples(subjects, raw_heads, training_by_modality), **raw},
             max_ratio=settings.max_scale_ratio,
         ),
-        check_normalization(
-            list(scans.values()),
-            unreadable,
-            raw_heads,
-            training=set(training),
-            manifest=manifest,
-            ddof=config.ddof,
-            tolerance=settings.stats_tolerance,
-        ),
+        normalization,
         check_quality(
             [s for s in subjects if s.modality == "bold"],
             outlier_threshold=settings.outlier_threshold,
         ),
     ]
+    coverage = [check_coverage(aligned)] if aligned else []
     if unreadable.keys() & set(training):
         reason = "training stores are missing or incomplete (see the normalization check)"
-        return checks + [Check(name, "fail", f"not run: {reason}") for name in (COUNTS, PLAN, LOSS)]
+        not_run = [Check(name, "fail", f"not run: {reason}") for name in (COUNTS, PLAN, LOSS)]
+        return checks + not_run + coverage
     subject_samples: dict[str, int] = {}
     for scan in subjects:
         if not scan.meta.heldout:
@@ -184,7 +205,10 @@ def run_checks(
             ),
         )
     )
-    return checks
+    if aligned:
+        # the trainer takes no stimulus yet: their scale is in the scale table
+        checks[-1].values["stimuli"] = "not covered: the model takes no stimulus input"
+    return checks + coverage
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -197,6 +221,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--training", nargs="+", required=True, help="stores training reads")
     parser.add_argument("--validation", nargs="*", default=[], help="stores validation reads")
     parser.add_argument("--subject-stores", nargs="*", default=[], help="every subject store")
+    parser.add_argument(
+        "--stimuli", nargs="*", default=[], help="aligned stimulus stores (stimuli.enabled)"
+    )
     parser.add_argument("--manifest", required=True, help="results/ingest/manifest.tsv")
     parser.add_argument(
         "--settings", required=True, help="JSON file: what the checks read of the config"
@@ -207,7 +234,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = read_settings(args.settings)
     checks = run_checks(
-        args.training, args.validation, args.subject_stores, read_manifest(args.manifest), config
+        args.training,
+        args.validation,
+        args.subject_stores,
+        read_manifest(args.manifest),
+        config,
+        args.stimuli,
     )
     write_summary(checks, args.out_json, args.out_tsv, copy_dir=args.copy_dir)
     for check in checks:

@@ -377,6 +377,8 @@ class ResourcesConfig:
     report_model_input: JobResources
     #: a stimulus file's feature job
     stimulus_features: JobResources
+    #: the job aligning the stimulus features with the BOLD runs
+    align_stimuli: JobResources
 
 
 @dataclass(frozen=True)
@@ -410,11 +412,11 @@ class ParcellationConfig:
 
 
 @dataclass(frozen=True)
-class StimuliConfig:
-    """``stimuli``: per-TR features of the films, sounds and transcripts a run presented
-    (:mod:`bidstrain.stimuli`)."""
+class StimulusFeatureConfig:
+    """The ``stimuli`` keys that determine a stimulus file's features, and nothing else
+    (so that changing the delay reruns no feature job): flat in the YAML
+    (``stimuli.video_size``), and what a feature job is given."""
 
-    enabled: bool
     video_size: tuple[int, int]
     video_colour: str
     audio_n_mels: int
@@ -423,9 +425,34 @@ class StimuliConfig:
     text_method: str
     text_embeddings: str
     text_n_features: int
+
+    @classmethod
+    def defaults(cls, **changes: Any) -> StimulusFeatureConfig:
+        """The schema's defaults (the one source of them), with ``changes``."""
+        section = _build(StimuliConfig, validate_config({"bids_dir": ""})["stimuli"])
+        return dataclasses.replace(section.features, **changes)
+
+    def of_kind(self, kind: str) -> dict[str, Any]:
+        """The keys of one kind of features (``video``: ``video_size``, ``video_colour``)."""
+        return {
+            f.name: to_plain(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.name.startswith(f"{kind}_")
+        }
+
+
+@dataclass(frozen=True)
+class StimuliConfig:
+    """``stimuli``: per-TR features of the films, sounds and transcripts a run presented
+    (:mod:`bidstrain.stimuli`)."""
+
+    enabled: bool
+    #: the feature keys (flat in the YAML)
+    features: StimulusFeatureConfig = _section()
     delay_method: str
     delays: tuple[int, ...]
     length_tolerance: float
+    normalize: bool
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@
     train     --metrics metrics.jsonl --experiment NAME
               --settings results/plan/<experiment>/train.json --out-dir DIR
     embed     --table embeddings.tsv --metrics metrics.jsonl --experiment NAME --out <png>
+    stimuli   --bold <average.zarr> --aligned <aligned.zarr> ... --title T --out <png>
 
 No option holds a configuration value: ``normalize --settings`` is the config's ``report``
 section as JSON (typed again with :func:`bidstrain.config.load_section`, keys left out at
@@ -72,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--metrics", required=True)
     embed.add_argument("--experiment", required=True)
     embed.add_argument("--out", required=True)
+    stimuli = figures.add_parser("stimuli", help="stimulus features beside the averaged BOLD")
+    stimuli.add_argument("--bold", required=True)
+    stimuli.add_argument("--aligned", nargs="+", required=True)
+    stimuli.add_argument("--title", required=True)
+    stimuli.add_argument("--out", required=True)
     return parser
 
 
@@ -96,6 +102,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         subjects = [open_store(path) for path in args.subject_stores]
         outputs = [(args.out, average_figure(open_store(args.store), subjects, args.title))]
+    elif args.figure == "stimuli":
+        from bidstrain.io.store import open_store, read_aligned_store
+        from bidstrain.report.stimuli import stimulus_figure
+
+        aligned = {store.kind: store for store in map(read_aligned_store, args.aligned)}
+        figure = stimulus_figure(aligned, open_store(args.bold), args.title)
+        outputs = [(args.out, figure)]
     elif args.figure == "model_input":
         from bidstrain.report.model_input import model_input_figure
 

@@ -15,15 +15,16 @@ import argparse
 import logging
 from collections.abc import Sequence
 
+from bidstrain.config import StimulusFeatureConfig
 from bidstrain.errors import run_cli
-from bidstrain.stimuli.features import FeatureSettings, write_stimulus_store
+from bidstrain.stimuli.features import write_stimulus_store
 
 log = logging.getLogger("bidstrain.stimuli")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse the arguments and write the store."""
-    defaults = FeatureSettings.defaults()
+    defaults = StimulusFeatureConfig.defaults()
     parser = argparse.ArgumentParser(prog="python -m bidstrain.stimuli", description=__doc__)
     parser.add_argument("--stimulus", required=True, help="a film, sound or transcript")
     parser.add_argument("--tr", type=float, required=True, help="bin width in seconds")
@@ -39,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--text-embeddings", default=defaults.text_embeddings)
     parser.add_argument("--text-n-features", type=int, default=defaults.text_n_features)
     args = parser.parse_args(argv)
-    settings = FeatureSettings(
+    settings = StimulusFeatureConfig(
         tuple(args.video_size),
         args.video_colour,
         args.audio_n_mels,

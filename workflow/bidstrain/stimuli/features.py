@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from bidstrain.config import Config, StimuliConfig, validate_config
+from bidstrain.config import StimulusFeatureConfig
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import FeatureMeta, write_feature_store
 from bidstrain.stimuli.audio import audio_features
@@ -24,32 +22,6 @@ from bidstrain.stimuli.text import (
     words_per_bin,
 )
 from bidstrain.stimuli.video import frame_shape, video_features
-
-
-@dataclass(frozen=True)
-class FeatureSettings:
-    """The ``stimuli`` keys that determine a stimulus file's features (nothing else, so
-    that changing the delay reruns no feature job)."""
-
-    video_size: tuple[int, int]
-    video_colour: str
-    audio_n_mels: int
-    audio_window: float
-    audio_hop: float
-    text_method: str
-    text_embeddings: str
-    text_n_features: int
-
-    @classmethod
-    def of(cls, config: StimuliConfig) -> FeatureSettings:
-        """The feature keys of the ``stimuli`` section."""
-        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
-
-    @classmethod
-    def defaults(cls, **changes: Any) -> FeatureSettings:
-        """The schema's defaults (the one source of them), with ``changes``."""
-        config = Config.from_dict(validate_config({"bids_dir": ""}))
-        return replace(cls.of(config.stimuli), **changes)
 
 
 def _fit(rows: Iterator[np.ndarray], n_bins: int, path: Path, kind: str) -> np.ndarray:
@@ -65,7 +37,7 @@ def _fit(rows: Iterator[np.ndarray], n_bins: int, path: Path, kind: str) -> np.n
 
 
 def media_features(
-    path: Path, tr: float, settings: FeatureSettings
+    path: Path, tr: float, settings: StimulusFeatureConfig
 ) -> tuple[dict[str, np.ndarray], FeatureMeta]:
     """The video and audio features of a film or sound, one row per TR of its duration."""
     info = probe(path)
@@ -88,7 +60,7 @@ def media_features(
 
 
 def text_features(
-    path: Path, tr: float, settings: FeatureSettings
+    path: Path, tr: float, settings: StimulusFeatureConfig
 ) -> tuple[dict[str, np.ndarray], FeatureMeta]:
     """The text features of a transcript: hashed words or mean word vectors per TR."""
     bins = words_per_bin(read_words(path), tr)
@@ -115,7 +87,9 @@ def text_features(
     return {"text": values}, meta
 
 
-def write_stimulus_store(path: str | Path, tr: float, settings: FeatureSettings, out: str | Path):
+def write_stimulus_store(
+    path: str | Path, tr: float, settings: StimulusFeatureConfig, out: str | Path
+):
     """Compute the features of one stimulus file and write its feature store."""
     path = Path(path)
     compute = media_features if path.suffix.lower() in MEDIA_EXTENSIONS else text_features
