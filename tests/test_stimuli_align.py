@@ -11,6 +11,7 @@ from bidstrain.dataset.bids import BidsIndex
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import read_feature_store
 from bidstrain.stimuli.align import (
+    FrameGrid,
     Presentation,
     align_run,
     convolve_hrf,
@@ -29,18 +30,47 @@ def film_bids(tmp_path_factory):
     return make_film_bids(tmp_path_factory)
 
 
-def test_features_are_placed_from_each_events_onset():
+def _fine_reference(clips, times, width, step=1e-3):
+    """Each frame's mean stimulus on a 1 ms grid, one frame at a time (float64)."""
+    expected = np.zeros((times.size, clips[0].features.shape[1]))
+    for j, start in enumerate(times):
+        for t in np.arange(start, start + width, step) + step / 2:
+            for clip in clips:
+                since = t - clip.onset
+                k = int(since // clip.bin_width)
+                if 0 <= since < clip.duration and k < len(clip.features):
+                    expected[j] += clip.features[k] * step / width
+    return expected
+
+
+@pytest.mark.parametrize("width", [2.0, 1.0, 3.0])
+def test_features_are_the_mean_stimulus_of_each_frame(width):
     rng = np.random.default_rng(0)
     tr, n_volumes = 2.0, 25
-    clips = [Presentation(1.0, 9.0, rng.normal(size=(5, 3))),
-             Presentation(21.3, 30.0, rng.normal(size=(12, 3)))]  # fmt: skip
-    expected = np.zeros((n_volumes, 3))
-    for j in range(n_volumes):  # the stimulus time of each volume, one at a time
-        for clip in clips:
-            since = j * tr - clip.onset
-            if 0 <= since < clip.duration and int(since // tr) < len(clip.features):
-                expected[j] += clip.features[int(since // tr)]
-    np.testing.assert_array_equal(place(clips, n_volumes, tr), expected)
+    clips = [Presentation(1.0, 9.0, rng.normal(size=(5, 3)), tr),
+             Presentation(21.3, 30.0, rng.normal(size=(12, 3)), tr)]  # fmt: skip
+    grid = FrameGrid.volumes(round(n_volumes * tr / width), width)
+    placed, covered = place(clips, grid)
+    np.testing.assert_allclose(placed, _fine_reference(clips, grid.times, width), atol=1e-9)
+    inside = sum(np.clip(np.minimum(grid.times + width, c.onset + min(c.duration,
+                 len(c.features) * tr)) - np.maximum(grid.times, c.onset), 0, None)
+                 for c in clips) / width  # fmt: skip
+    np.testing.assert_allclose(covered, inside)
+
+
+def test_frames_aligned_with_the_bins_take_one_bin_each():
+    features = np.arange(10.0).reshape(5, 2)
+    placed, _ = place([Presentation(4.0, 10.0, features, 2.0)], FrameGrid.volumes(8, 2.0))
+    np.testing.assert_array_equal(placed, np.vstack([np.zeros((2, 2)), features, [[0, 0]]]))
+
+
+def test_a_stores_frames_are_found_on_its_grid():
+    grid = FrameGrid.of_store(np.array([0.0, 1.5, 4.5]), np.arange(5) * 1.5, 1.5)
+    np.testing.assert_array_equal(grid.kept, [True, True, False, True, False])
+    average = FrameGrid.of_store(np.array([0.0, 2.0, 6.0]), None, 2.0)
+    np.testing.assert_array_equal(average.kept, [True, True, False, True])
+    with pytest.raises(ValueError, match="not frames"):
+        FrameGrid.of_store(np.array([0.0, 1.0]), np.arange(3) * 2.0, 2.0)
 
 
 def test_stacked_delays_are_shifted_copies():
@@ -110,6 +140,14 @@ def test_zscore_statistics_come_from_the_training_runs_only():
         fit_stats(runs, [])
 
 
+def _align(run, stores, kind, method, delays=()):
+    grid = FrameGrid.volumes(run.n_volumes, run.repetition_time)
+    where = {"path": run.events_file, "subject": run.image.subject}
+    return align_run(
+        run.events, stores, kind, grid, method, delays, source_tr=run.repetition_time, where=where
+    )[0]
+
+
 def test_a_runs_film_features_follow_the_films_luminance(film_bids, tmp_path):
     index = StimulusIndex.build(BidsIndex.build(film_bids))
     stores = {}
@@ -121,13 +159,13 @@ def test_a_runs_film_features_follow_the_films_luminance(film_bids, tmp_path):
         stores[path] = read_feature_store(out)
     run = index.runs["sub-03/func/sub-03_task-movie_run-1"]
     luminance = np.array(truth(film_bids)["luminance"])[:, None]
-    hrf = align_run(run, stores, "video", "hrf")
+    hrf = _align(run, stores, "video", "hrf")
     np.testing.assert_allclose(
         hrf.mean(axis=1, keepdims=True), convolve_hrf(luminance, SPEC.repetition_time), atol=1.5
     )
-    stacked = align_run(run, stores, "audio", "delays", [2, 3])
+    stacked = _align(run, stores, "audio", "delays", [2, 3])
     assert stacked.shape == (SPEC.n_bins, 2 * 40)
-    words = align_run(run, stores, "text", "delays", [0]).sum(axis=1)
+    words = _align(run, stores, "text", "delays", [0]).sum(axis=1)
     np.testing.assert_array_equal(words, [len(w) for w in truth(film_bids)["words"]])
 
 
@@ -138,6 +176,6 @@ def test_features_of_another_tr_are_an_error_naming_the_run(film_bids, tmp_path)
     run = index.runs["sub-01/func/sub-01_task-movie_run-1"]
     with pytest.raises(BidstrainError, match=r"sub-01: .*task-movie_events.tsv: the features "
                        r"of film_words.tsv are per 1 s but the run's TR is 2 s"):  # fmt: skip
-        align_run(run, {words: read_feature_store(tmp_path / "w.zarr")}, "text", "hrf")
+        _align(run, {words: read_feature_store(tmp_path / "w.zarr")}, "text", "hrf")
     with pytest.raises(BidstrainError, match="no stimulus of this run has video features"):
-        align_run(run, {}, "video", "hrf")
+        _align(run, {}, "video", "hrf")

@@ -45,3 +45,46 @@ def test_disabled_stimuli_plan_nothing_and_read_no_film(film_bids, tmp_path):
     assert plan.stimuli is None and plan.stimulus_stores == []
     with pytest.raises(BidstrainError, match=r"sub-01: .*stim_file 'film.mp4' is not in"):
         _plan(root, enabled=True)
+
+
+def _own_events(root, subject, rows):
+    """Give ``subject`` its own events file (BIDS inheritance: it wins over the
+    dataset's)."""
+    lines = ["onset\tduration\ttrial_type\tstim_file", *rows]
+    events = root / f"sub-{subject}" / "func" / f"sub-{subject}_task-movie_events.tsv"
+    events.write_text("\n".join(lines) + "\n")
+
+
+def test_the_plan_lists_each_runs_and_each_averages_aligned_stores(film_bids):
+    plan = _plan(film_bids, enabled=True)
+    runs = plan.aligned_run_stimuli
+    assert len(runs) == 6 and all(
+        list(kinds) == ["video", "audio", "text"] for kinds in runs.values()
+    )
+    averages = plan.aligned_average_stimuli
+    assert sorted(averages) == ["task-movie_run-1", "task-movie_run-2"]
+    assert averages["task-movie_run-1"]["video"] == paths.aligned_average_stimulus(
+        "task-movie_run-1", "video"
+    )
+    assert len(plan.aligned_stimulus_stores) == 8 * 3
+    assert _plan(film_bids).aligned_stimulus_stores == []
+
+
+def test_an_averages_members_must_present_the_same_stimulus(film_bids, tmp_path):
+    root = copy_dataset(film_bids, tmp_path)
+    # within one frame (2 s) of the others: the same presentation
+    _own_events(root, "02", ["1\t20\tfilm\tfilm.mp4", "0\t20\ttranscript\tfilm_words.tsv"])
+    assert len(_plan(root, enabled=True, length_tolerance=5.0).aligned_stimulus_stores) == 24
+    _own_events(root, "02", ["4\t20\tfilm\tfilm.mp4", "0\t20\ttranscript\tfilm_words.tsv"])
+    differ = (
+        r"the average task-movie_run-1 needs one stimulus for all its subjects, but sub-01 "
+        r"presented film.mp4 at 0 s, film_words.tsv at 0 s and sub-02 presented film.mp4 at "
+        r"4 s, film_words.tsv at 0 s \(tolerance 2 s, one frame\)"
+    )
+    plan = _plan(root, enabled=True, length_tolerance=5.0)
+    with pytest.raises(BidstrainError, match=differ):
+        _ = plan.alignment_targets
+    _own_events(root, "03", ["0\t20\tfilm\tfilm.mp4"])
+    plan = _plan(root, enabled=True, length_tolerance=5.0)
+    with pytest.raises(BidstrainError, match=r"; sub-03 presented film.mp4 at 0 s \("):
+        _ = plan.alignment_targets

@@ -2,3 +2,6 @@
 
 #: Image modalities, by their BIDS suffix.
 MODALITIES = ("T1w", "bold", "dwi")
+#: Stimulus modalities: the kinds of per-TR features of the stimuli BOLD runs presented
+#: (:mod:`bidstrain.stimuli`), in the order every stage lists them.
+STIMULUS_KINDS = ("video", "audio", "text")

@@ -252,6 +252,25 @@ def stimulus_features(stimulus: str) -> str:
     return _join(STIMULI, f"{stimulus}.zarr")
 
 
+#: Aligned stimulus stores (bidstrain.stimuli.alignment): one per BOLD run (subject run or
+#: average) and feature kind, on the frames of its BOLD store.
+STIMULI_ALIGNED = f"{RESULTS}/stimuli_aligned"
+#: The alignment job's spec (JSON written by the plan).
+PLAN_ALIGN_SPEC = f"{RESULTS}/plan/stimuli/align.json"
+
+
+def aligned_run_stimulus(image: BidsFile, kind: str) -> str:
+    """``results/stimuli_aligned/<prefix>_desc-<kind>_stimulus.zarr``: the ``kind``
+    features (video, audio, text) of a subject's BOLD run on its frames."""
+    return _join(STIMULI_ALIGNED, f"{store_prefix(image)}_desc-{kind}_stimulus.zarr")
+
+
+def aligned_average_stimulus(name: str, kind: str) -> str:
+    """``results/stimuli_aligned/average/<name>_desc-<kind>_stimulus.zarr``: the ``kind``
+    features of a cross-subject average's stimulus on its frames."""
+    return _join(STIMULI_ALIGNED, "average", f"{name}_desc-{kind}_stimulus.zarr")
+
+
 # ---- report ------------------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ import logging
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,11 +36,12 @@ from bidstrain.dataset.bids import BidsFile, BidsIndex, select_echo, select_part
 from bidstrain.dataset.masks import DEFAULT_MASKS, MASK_KEYS, is_pattern, resolve_pattern
 from bidstrain.errors import BidstrainError
 from bidstrain.io.atomic import write_text_atomic
-from bidstrain.modalities import MODALITIES
+from bidstrain.modalities import MODALITIES, STIMULUS_KINDS
 from bidstrain.report import CHECKS_FIGURES, TRAINING_FIGURES
 from bidstrain.train.expectation import expectation
 
 if TYPE_CHECKING:  # imported when stimuli.enabled: PyAV and nibabel cost 0.3 s at parse
+    from bidstrain.stimuli.alignment import AlignTarget
     from bidstrain.stimuli.index import StimulusIndex
 
 log = logging.getLogger(__name__)
@@ -469,6 +471,8 @@ class Plan:
             files[group.members_file] = _lines(group.members)
         for group in self.figure_groups.values():
             files[group.tables_file] = _lines(group.tables)
+        if self.stimuli is not None:
+            files[paths.PLAN_ALIGN_SPEC] = _json(self.alignment_spec())
         return files
 
     def validate_files(self) -> dict[str, str]:
@@ -520,6 +524,141 @@ class Plan:
             }
         options = {"tr": stimulus.repetition_time, **options}
         return " ".join(f"--{key} {value}" for key, value in options.items())
+
+    # ---- aligned stimuli (bidstrain.stimuli.alignment; rule align_stimuli) --------------
+
+    @cached_property
+    def alignment_targets(self) -> tuple[AlignTarget, ...]:
+        """Every BOLD store with stimuli, subject runs then averages, with the aligned
+        store of each kind its stimuli have; none unless ``stimuli.enabled``.
+
+        Raises
+        ------
+        BidstrainError
+            When the members of an average presented different stimuli, or the same at
+            onsets more than one frame apart (naming the subjects).
+        """
+        if self.stimuli is None:
+            return ()
+        from bidstrain.stimuli.align import same_presentations
+        from bidstrain.stimuli.alignment import AlignTarget
+
+        bold = {
+            i.store: i for job in self.jobs.values() for i in job.images if i.image.suffix == "bold"
+        }
+        runs = {store: self.stimuli.runs.get(image.image.prefix) for store, image in bold.items()}
+
+        def target(label, store, group, members, heldout, run, outputs):
+            return AlignTarget(
+                label=label,
+                bold=store,
+                group=group,
+                subjects=tuple(bold[m].image.subject for m in members),
+                heldout=heldout,
+                source_tr=run.repetition_time,
+                events=run.events,
+                features={str(e.stimulus): self._feature_store(e.stimulus) for e in run.events},
+                outputs={kind: outputs(kind) for kind in self._kinds(run)},
+            )
+
+        targets = [
+            target(
+                " ".join(Path(image.image.prefix).name.split("_")),
+                store,
+                "subject",
+                [store],
+                image.heldout,
+                runs[store],
+                lambda kind, image=image: paths.aligned_run_stimulus(image.image, kind),
+            )
+            for store, image in bold.items()
+            if runs[store] is not None
+        ]
+        for group in self.averages:
+            members = {bold[m].image.subject: runs[m] for m in group.members}
+            shown = [run for run in members.values() if run is not None]
+            if not shown:
+                continue
+            frame = self.config.time.target_tr or shown[0].repetition_time
+            same_presentations(
+                {s: run.events if run else () for s, run in members.items()}, frame, group.name
+            )
+            targets.append(
+                target(
+                    f"average {group.name}",
+                    group.store,
+                    "average",
+                    group.members,
+                    all(bold[m].heldout for m in group.members),
+                    shown[0],
+                    lambda kind, name=group.name: paths.aligned_average_stimulus(name, kind),
+                )
+            )
+        return tuple(targets)
+
+    def _feature_store(self, stimulus: Path) -> str:
+        return paths.stimulus_features(stimulus.relative_to(self.stimuli_root).as_posix())
+
+    def _kinds(self, run: Any) -> list[str]:
+        """The feature kinds of a run's stimuli, in the order of :data:`STIMULUS_KINDS`."""
+        have = {k for e in run.events for k in self.stimuli.stimuli[e.stimulus].kinds}
+        return [kind for kind in STIMULUS_KINDS if kind in have]
+
+    @property
+    def aligned_stimulus_stores(self) -> list[str]:
+        """Every aligned store: the outputs of rule ``align_stimuli``."""
+        return [path for target in self.alignment_targets for path in target.outputs.values()]
+
+    @property
+    def aligned_average_stimuli(self) -> dict[str, dict[str, str]]:
+        """The aligned store of each kind of each average, by the average's name (a
+        model rule's inputs next to :attr:`average_stores`)."""
+        prefix = "average "
+        return {
+            target.label[len(prefix) :]: dict(target.outputs)
+            for target in self.alignment_targets
+            if target.group == "average"
+        }
+
+    @property
+    def aligned_run_stimuli(self) -> dict[str, dict[str, str]]:
+        """The aligned store of each kind of each subject run, by its BOLD store."""
+        return {
+            target.bold: dict(target.outputs)
+            for target in self.alignment_targets
+            if target.group == "subject"
+        }
+
+    @property
+    def alignment_inputs(self) -> list[str]:
+        """What the alignment job waits for: every feature store, the normalize table of
+        each subject with stimuli (the job's output; its stores come with it) and each
+        average store it aligns to."""
+        features = {p for target in self.alignment_targets for p in target.features.values()}
+        subjects = {
+            s
+            for target in self.alignment_targets
+            if target.group == "subject"
+            for s in target.subjects
+        }
+        averages = [target.bold for target in self.alignment_targets if target.group == "average"]
+        return [
+            *sorted(features),
+            *(self.jobs[subject].table for subject in sorted(subjects)),
+            *averages,
+        ]
+
+    def alignment_digest(self) -> str:
+        """A short hash of :meth:`alignment_spec`: the alignment job's param, so that a
+        change of the stimuli keys, runs or held-out selection reruns it."""
+        return _digest(_json(self.alignment_spec()))
+
+    def alignment_spec(self) -> dict[str, Any]:
+        """The alignment job's spec (:mod:`bidstrain.stimuli.alignment`)."""
+        return {
+            "stimuli": to_plain(self.config.stimuli),
+            "targets": [target.to_json() for target in self.alignment_targets],
+        }
 
     # ---- embed (bidstrain.embed; rules in workflow/rules/embed.smk) --------------------
 

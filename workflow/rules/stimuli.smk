@@ -28,3 +28,25 @@ rule stimulus_features:
 rule stimuli:
     input:
         PLAN.stimulus_stores,
+
+
+# Every run's features on the frames of its BOLD store (subject runs and averages), delayed
+# and z-scored with the training runs' statistics: one job, since the statistics need
+# every training run (two streamed passes, one run in memory at a time).
+rule align_stimuli:
+    input:
+        spec=paths.PLAN_ALIGN_SPEC,
+        stores=PLAN.alignment_inputs,
+    output:
+        [directory(path) for path in PLAN.aligned_stimulus_stores],
+    log:
+        paths.log("stimuli", "align"),
+    conda:
+        ENV
+    resources:
+        mem_mb=CONFIG.resources.align_stimuli.mem_mb,
+        runtime=CONFIG.resources.align_stimuli.runtime,
+    params:
+        spec=PLAN.alignment_digest(),
+    shell:
+        "python -m bidstrain.stimuli.alignment --spec {input.spec:q} > {log:q} 2>&1"

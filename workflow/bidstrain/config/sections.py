@@ -377,6 +377,8 @@ class ResourcesConfig:
     report_model_input: JobResources
     #: a stimulus file's feature job
     stimulus_features: JobResources
+    #: the job aligning the stimulus features with the BOLD runs
+    align_stimuli: JobResources
     #: the encoding model's training and validation job (one node)
     encoding: GpuJobResources
     #: a job applying the encoding model to a run's features
@@ -430,6 +432,7 @@ class StimuliConfig:
     delay_method: str
     delays: tuple[int, ...]
     length_tolerance: float
+    normalize: bool
 
 
 @dataclass(frozen=True)

@@ -852,3 +852,140 @@ def read_feature_store(path: str | Path) -> FeatureStore:
         )
     except KeyError as error:
         raise BidstrainError(f"incomplete feature store: missing {error}", path=path) from None
+
+
+def read_frames(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, StoreMeta]:
+    """``(time, frame_time, meta)`` of a BOLD or average store, read with zarr alone:
+    the onsets of the frames in ``data``, and of every frame of the run's time grid
+    (None where the store has no ``frame_time``, as averages).
+
+    Raises
+    ------
+    BidstrainError
+        When the store does not exist or lacks ``time``.
+    """
+    meta = read_meta(path)
+    group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
+    if "time" not in group:
+        raise BidstrainError("store without a time axis", path=path)
+    frames = group["frame_time"][...] if "frame_time" in group else None
+    return np.asarray(group["time"][...], dtype=np.float64), frames, meta
+
+
+# ---- Aligned stores: one kind of stimulus features on one BOLD run's frames -------------
+#
+# An aligned store (bidstrain.stimuli.alignment) holds the features of one kind (video,
+# audio, text) of the stimuli a run (or a cross-subject average) presented, on the frames
+# of its BOLD store, one row per frame of ``data`` (the same ``time`` coordinate)::
+#
+#     features     (time, feature)  float32  delayed features, z-scored with the training
+#                                            runs' statistics (raw with normalize false)
+#     time         (time,)          float64  onset of each frame in seconds (the BOLD's)
+#     delay        (feature,)       int64    the delay of each column in frames (0 with
+#                                            the hrf method)
+#     source_feature (feature,)     int64    the column of the feature store it comes from
+#     mean, std    (feature,)       float64  training statistics (std 1 where constant)
+#     constant     (feature,)       bool     constant over every training run
+#     raw_mean, raw_std, raw_min, raw_max (feature,)  float64  this run's raw scale
+#
+# Attributes: ``kind``, ``normalized``, ``delay_method``, ``delays``, ``repetition_time``
+# (the BOLD store's), ``source_repetition_time`` (the feature bins'), ``bold_store``,
+# ``subjects``, ``heldout``, ``training_runs`` (the BOLD stores whose features gave the
+# statistics), ``stimuli`` (list of {stimulus, onset, duration}), ``decoder`` (the
+# feature keys of the kind, units and shape of one bin), ``run_seconds``,
+# ``seconds_without_stimulus`` and ``bidstrain_version``.
+
+ALIGNED_ARRAYS = (
+    "delay",
+    "source_feature",
+    "mean",
+    "std",
+    "constant",
+    "raw_mean",
+    "raw_std",
+    "raw_min",
+    "raw_max",
+)
+
+
+@dataclass(frozen=True)
+class AlignedStore:
+    """An aligned store read into memory (:func:`read_aligned_store`); ``arrays`` holds
+    :data:`ALIGNED_ARRAYS` by name."""
+
+    features: np.ndarray
+    time: np.ndarray
+    arrays: Mapping[str, np.ndarray]
+    attrs: Mapping[str, Any]
+
+    @property
+    def kind(self) -> str:
+        """``video``, ``audio`` or ``text``."""
+        return self.attrs["kind"]
+
+
+def write_aligned_store(
+    path: str | Path,
+    features: np.ndarray,
+    time: np.ndarray,
+    arrays: Mapping[str, np.ndarray],
+    attrs: Mapping[str, Any],
+) -> None:
+    """Write an aligned store atomically (layout: the comment above :class:`AlignedStore`).
+
+    Parameters
+    ----------
+    path : str or Path
+        The store (``*.zarr``); replaced only on success.
+    features : ndarray, shape (n_time, n_features)
+        Stored as float32.
+    time : ndarray, shape (n_time,)
+        The BOLD store's frame onsets.
+    arrays : mapping of str to ndarray, shape (n_features,)
+        Every name of :data:`ALIGNED_ARRAYS`.
+    attrs : mapping
+        JSON-serializable attributes, ``kind`` among them.
+    """
+    missing = [name for name in ALIGNED_ARRAYS if name not in arrays]
+    if missing or "kind" not in attrs:
+        raise ValueError(f"aligned store {path}: missing {missing or ['kind']}")
+    with atomic_path(path) as tmp:
+        group = zarr.open_group(tmp, mode="w", zarr_format=3)
+        _write_array(group, "time", ("time",), np.asarray(time, dtype=np.float64))
+        _write_array(
+            group,
+            "features",
+            ("time", "feature"),
+            np.asarray(features, dtype=np.float32),
+            attributes={"coordinates": "time"},
+        )
+        for name in ALIGNED_ARRAYS:
+            _write_array(group, name, ("feature",), np.asarray(arrays[name]))
+        group.attrs.update({**attrs, "bidstrain_version": __version__})
+        zarr.open_group(tmp / SNAKEMAKE_TIMESTAMP, mode="w")
+        consolidate(tmp)
+
+
+def read_aligned_store(path: str | Path) -> AlignedStore:
+    """Read an aligned store written by :func:`write_aligned_store`.
+
+    Raises
+    ------
+    BidstrainError
+        When the store does not exist or lacks an array of the layout.
+    """
+    try:
+        group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
+    except FileNotFoundError:
+        raise BidstrainError(
+            "aligned stimulus store not found (run the stimuli stage first)", path=path
+        ) from None
+    try:
+        return AlignedStore(
+            features=group["features"][...],
+            time=group["time"][...],
+            arrays={name: group[name][...] for name in ALIGNED_ARRAYS},
+            attrs=group.attrs.asdict(),
+        )
+    except KeyError as error:
+        raise BidstrainError(f"incomplete aligned store: missing {error}", path=path) from None

@@ -11,7 +11,7 @@ import numpy as np
 
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import ZERO_STD, FeatureStore
-from bidstrain.stimuli.index import RunStimuli
+from bidstrain.stimuli.index import Event
 
 #: Seconds of the canonical haemodynamic response kept (nilearn's default).
 HRF_LENGTH = 32.0
@@ -22,33 +22,81 @@ OVERSAMPLING = 50
 @dataclass(frozen=True)
 class Presentation:
     """One event of a run that presented a stimulus: when, for how long, and the
-    stimulus's features per TR (bins of the run's TR on the stimulus clock)."""
+    stimulus's features per bin (``bin_width`` seconds each, on the stimulus clock)."""
 
     onset: float
     duration: float
     features: np.ndarray
+    bin_width: float
 
 
-def place(presentations: Sequence[Presentation], n_volumes: int, tr: float) -> np.ndarray:
-    """Features of the stimulus on screen (or playing) at each volume's acquisition time.
+@dataclass(frozen=True)
+class FrameGrid:
+    """The frames of a BOLD store's time grid: every frame's onset (``times``), their
+    repetition time (``width``) and which frames the store keeps (``kept``; a run
+    resampled in time leaves out frames that needed a dropped volume)."""
 
-    Volume ``j`` is acquired at ``j * tr`` seconds; during an event it takes the bin of
-    stimulus time ``j * tr - onset``, outside every event zeros (overlapping events add).
+    times: np.ndarray
+    width: float
+    kept: np.ndarray
+
+    @classmethod
+    def volumes(cls, n_volumes: int, tr: float) -> FrameGrid:
+        """A run's own volumes: ``j * tr``, every one kept."""
+        return cls(np.arange(n_volumes) * tr, tr, np.ones(n_volumes, dtype=bool))
+
+    @classmethod
+    def of_store(cls, time: np.ndarray, frame_time: np.ndarray | None, tr: float) -> FrameGrid:
+        """The grid of a store: its ``frame_time`` (or, without one, frames ``k * tr`` up
+        to its last ``time``), keeping the frames whose onset is a ``time`` of ``data``.
+
+        Raises
+        ------
+        ValueError
+            When a ``time`` of the store is no frame of the grid.
+        """
+        grid = frame_time if frame_time is not None else np.arange(round(time[-1] / tr) + 1) * tr
+        grid = np.asarray(grid, dtype=np.float64)
+        nearest = np.clip(np.searchsorted(grid, time - 1e-6 * tr), 0, grid.size - 1)
+        if np.abs(grid[nearest] - time).max(initial=0.0) > 1e-6 * tr:
+            raise ValueError("the store's time points are not frames of its time grid")
+        kept = np.zeros(grid.size, dtype=bool)
+        kept[nearest] = True
+        return cls(grid, tr, kept)
+
+
+def place(presentations: Sequence[Presentation], grid: FrameGrid) -> tuple[np.ndarray, np.ndarray]:
+    """Features of the stimulus on screen (or playing) during each frame of ``grid``.
+
+    Frame ``j`` covers ``[times[j], times[j] + width)`` of the run; it takes the mean of
+    the stimulus over that interval: each bin of stimulus time ``[k b, (k + 1) b)`` (``b``
+    the bin width) weighted by its overlap with the frame shifted by the event's onset,
+    over the frame's width; outside every event zeros (overlapping events add). A frame
+    of the bins' own width, aligned with them, takes exactly one bin: features at the
+    native TR; a frame of a longer or shorter common TR (``time.tr``) takes the mean of
+    the bins it covers.
 
     Returns
     -------
-    ndarray, shape (n_volumes, n_features), float64
+    placed : ndarray, shape (n_frames, n_features), float64
+    covered : ndarray, shape (n_frames,)
+        The fraction of each frame during some event (overlapping events add).
     """
     n_features = presentations[0].features.shape[1]
-    placed = np.zeros((n_volumes, n_features))
-    times = np.arange(n_volumes) * tr
+    placed = np.zeros((grid.times.size, n_features))
+    covered = np.zeros(grid.times.size)
     for shown in presentations:
-        since = times - shown.onset
-        bins = np.floor(since / tr + 1e-9).astype(np.int64)
-        inside = (since >= -1e-9) & (since < shown.duration - 1e-9)
-        inside &= bins < shown.features.shape[0]
-        placed[inside] += shown.features[bins[inside]]
-    return placed
+        n_bins, b = shown.features.shape[0], shown.bin_width
+        end = min(shown.duration, n_bins * b)
+        low = np.clip(grid.times - shown.onset, 0.0, end)
+        high = np.clip(grid.times - shown.onset + grid.width, 0.0, end)
+        edges = np.arange(n_bins + 1) * b
+        overlap = np.minimum(high[:, None], edges[None, 1:]) - np.maximum(
+            low[:, None], edges[None, :-1]
+        )
+        placed += np.clip(overlap, 0.0, None) @ shown.features / grid.width
+        covered += (high - low) / grid.width
+    return placed, covered
 
 
 def stack_delays(features: np.ndarray, delays: Sequence[int]) -> np.ndarray:
@@ -119,15 +167,58 @@ def delay(features: np.ndarray, tr: float, method: str, delays: Sequence[int]) -
 @dataclass(frozen=True)
 class FeatureStats:
     """Per-feature mean and standard deviation of the training runs (ddof 0); features
-    that never vary there keep a standard deviation of 1."""
+    that never vary there (``constant``) keep a standard deviation of 1."""
 
     mean: np.ndarray
     std: np.ndarray
     training_runs: tuple[str, ...]
+    constant: np.ndarray
 
     def apply(self, features: np.ndarray) -> np.ndarray:
         """``features`` z-scored with these statistics (training and held-out runs alike)."""
         return (features - self.mean) / self.std
+
+
+class StatsAccumulator:
+    """Mean and variance of the rows of many runs, one run at a time (Chan et al.'s
+    pairwise update, in float64): memory of one run, whatever the number of runs."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean: np.ndarray | None = None
+        self.m2: np.ndarray | None = None
+        self.runs: list[str] = []
+
+    def add(self, name: str, features: np.ndarray) -> None:
+        """Add the rows of run ``name``."""
+        features = np.asarray(features, dtype=np.float64)
+        n, mean = features.shape[0], features.mean(axis=0)
+        m2 = ((features - mean) ** 2).sum(axis=0)
+        self.runs.append(name)
+        if self.mean is None:
+            self.count, self.mean, self.m2 = n, mean, m2
+            return
+        total = self.count + n
+        shift = mean - self.mean
+        self.mean = self.mean + shift * n / total
+        self.m2 = self.m2 + m2 + shift**2 * self.count * n / total
+        self.count = total
+
+    def stats(self) -> FeatureStats:
+        """The statistics of the runs added.
+
+        Raises
+        ------
+        BidstrainError
+            When no run was added.
+        """
+        if self.mean is None:
+            raise BidstrainError(
+                "z-score statistics need training runs among the aligned ones; unknown: none given"
+            )
+        std = np.sqrt(self.m2 / self.count)
+        constant = std < ZERO_STD * np.maximum(1.0, np.abs(self.mean))
+        return FeatureStats(self.mean, np.where(constant, 1.0, std), tuple(self.runs), constant)
 
 
 def fit_stats(runs: Mapping[str, np.ndarray], training: Iterable[str]) -> FeatureStats:
@@ -147,64 +238,125 @@ def fit_stats(runs: Mapping[str, np.ndarray], training: Iterable[str]) -> Featur
     """
     training = tuple(training)
     unknown = sorted(set(training) - set(runs))
-    if not training or unknown:
+    if unknown:
         raise BidstrainError(
-            f"z-score statistics need training runs among the aligned ones; unknown: "
-            f"{unknown or 'none given'}"
+            f"z-score statistics need training runs among the aligned ones; unknown: {unknown}"
         )
-    stacked = np.concatenate([runs[name] for name in training], axis=0)
-    mean, std = stacked.mean(axis=0), stacked.std(axis=0)
-    return FeatureStats(mean, np.where(std < ZERO_STD, 1.0, std), training)
+    accumulator = StatsAccumulator()
+    for name in training:
+        accumulator.add(name, runs[name])
+    return accumulator.stats()
 
 
 def align_run(
-    run: RunStimuli,
+    events: Sequence[Event],
     stores: Mapping[Path, FeatureStore],
     kind: str,
+    grid: FrameGrid,
     method: str,
     delays: Sequence[int] = (),
-) -> np.ndarray:
-    """The ``kind`` features (``video``, ``audio``, ``text``) of a run's stimuli on its
-    volumes: placed from each event's onset (:func:`place`), then delayed (:func:`delay`).
+    *,
+    source_tr: float,
+    where: Mapping[str, object] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``kind`` features (``video``, ``audio``, ``text``) of a run's stimuli on the
+    frames its BOLD store keeps: placed from each event's onset on the whole frame grid
+    (:func:`place`), delayed there (:func:`delay`, in frames of the grid), then the kept
+    frames taken, so that row ``i`` is the store's ``time[i]``.
 
     Parameters
     ----------
-    run : RunStimuli
-        The run, from :class:`~bidstrain.stimuli.index.StimulusIndex`.
+    events : sequence of Event
+        The run's stimuli (:class:`~bidstrain.stimuli.index.RunStimuli` ``events``).
     stores : mapping of Path to FeatureStore
         Feature stores by stimulus file (:func:`~bidstrain.io.store.read_feature_store`).
     kind : str
         Which features.
+    grid : FrameGrid
+        The BOLD store's frames (:meth:`FrameGrid.volumes` for the run's own volumes).
     method : {"delays", "hrf"}
         ``stimuli.delay_method``.
     delays : sequence of int
         ``stimuli.delays`` (method ``delays``).
+    source_tr : float
+        The run's own TR, which its stimuli's features are binned at.
+    where : mapping, optional
+        ``path`` and ``subject`` of the error messages.
 
     Returns
     -------
-    ndarray, shape (n_volumes, n_features)
+    features : ndarray, shape (n_kept_frames, n_features)
         Raw scale; z-score with :func:`fit_stats` of the training runs.
+    covered : ndarray, shape (n_kept_frames,)
+        The fraction of each frame during a stimulus of the kind.
 
     Raises
     ------
     BidstrainError
         When no stimulus of the run has ``kind`` features, or a store's TR is not the
-        run's (naming the events file and subject).
+        run's.
     """
-    where = {"path": run.events_file, "subject": run.image.subject}
+    where = dict(where or {})
     shown = []
-    for event in run.events:
+    for event in events:
         store = stores.get(event.stimulus)
         if store is None or kind not in store.features:
             continue
-        if abs(store.meta.repetition_time - run.repetition_time) > 1e-6:
+        if abs(store.meta.repetition_time - source_tr) > 1e-6:
             raise BidstrainError(
                 f"the features of {event.stimulus.name} are per {store.meta.repetition_time:g} "
-                f"s but the run's TR is {run.repetition_time:g} s: recompute them",
+                f"s but the run's TR is {source_tr:g} s: recompute them",
                 **where,
             )
-        shown.append(Presentation(event.onset, event.duration, store.features[kind]))
+        features = np.asarray(store.features[kind], dtype=np.float64)
+        shown.append(Presentation(event.onset, event.duration, features, source_tr))
     if not shown:
         raise BidstrainError(f"no stimulus of this run has {kind} features", **where)
-    placed = place(shown, run.n_volumes, run.repetition_time)
-    return delay(placed, run.repetition_time, method, delays)
+    placed, covered = place(shown, grid)
+    delayed = delay(placed, grid.width, method, delays)
+    return delayed[grid.kept], covered[grid.kept]
+
+
+def same_presentations(runs: Mapping[str, Sequence[Event]], tolerance: float, name: str) -> None:
+    """Check that the members of an average presented the same stimulus files at the
+    same onsets (within ``tolerance`` seconds: one frame).
+
+    Parameters
+    ----------
+    runs : mapping of str to sequence of Event
+        Each member's events, by subject (label without ``sub-``).
+    tolerance : float
+        Seconds.
+    name : str
+        The average, for the message.
+
+    Raises
+    ------
+    BidstrainError
+        Naming the subjects whose stimuli differ from the first member's, and how.
+    """
+    subjects = list(runs)
+    if not subjects:
+        return
+
+    def key(events: Sequence[Event]) -> list[tuple[str, float, float]]:
+        return sorted((str(e.stimulus), e.onset, e.duration) for e in events)
+
+    def shown(events: list[tuple[str, float, float]]) -> str:
+        return ", ".join(f"{Path(e[0]).name} at {e[1]:g} s" for e in events) or "nothing"
+
+    reference = key(runs[subjects[0]])
+    differ = []
+    for subject in subjects[1:]:
+        own = key(runs[subject])
+        if [e[0] for e in own] != [e[0] for e in reference] or any(
+            abs(a[1] - b[1]) > tolerance for a, b in zip(own, reference, strict=True)
+        ):
+            differ.append(f"sub-{subject} presented {shown(own)}")
+    if differ:
+        raise BidstrainError(
+            f"the average {name} needs one stimulus for all its subjects, but sub-"
+            f"{subjects[0]} presented {shown(reference)} and " + "; ".join(differ) + " "
+            f"(tolerance {tolerance:g} s, one frame): average runs that presented the same "
+            "stimulus (normalize.heldout or the task/run entities), or leave the others out"
+        )

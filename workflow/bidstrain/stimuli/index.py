@@ -19,7 +19,7 @@ import nibabel as nib
 
 from bidstrain.dataset.bids import BidsFile, BidsIndex
 from bidstrain.errors import BidstrainError
-from bidstrain.stimuli.media import MEDIA_EXTENSIONS, probe
+from bidstrain.stimuli.media import MEDIA_EXTENSIONS, MediaInfo, probe
 from bidstrain.stimuli.text import TEXT_EXTENSIONS
 
 STIMULI_FOLDER = "stimuli"
@@ -59,6 +59,7 @@ class Stimulus:
     duration: float | None  # a media file's, from its header; None for transcripts
     repetition_time: float
     users: tuple[tuple[str, str], ...]  # (subject, run prefix)
+    kinds: tuple[str, ...] = ()  # the features it has: video and/or audio, or text
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class StimulusIndex:
             its film's; a stimulus that ends before or after its run (by how many
             seconds); a stimulus shared by runs of different TRs.
         """
-        media: dict[Path, float] = {}
+        media: dict[Path, MediaInfo] = {}
         indexed: dict[str, RunStimuli] = {}
         for image in bids.select("bold") if runs is None else runs:
             events_file = bids.events(image)
@@ -127,7 +128,7 @@ def _seconds(row: dict[str, str], key: str, line: int, path: Path, subject: str)
 
 
 def _run_stimuli(
-    root: Path, image: BidsFile, events_file: Path, media: dict[Path, float], tolerance: float
+    root: Path, image: BidsFile, events_file: Path, media: dict[Path, MediaInfo], tolerance: float
 ) -> RunStimuli:
     subject = image.subject
     header = nib.load(image.path).header
@@ -152,8 +153,8 @@ def _run_stimuli(
             )
         if stimulus.suffix.lower() in MEDIA_EXTENSIONS:
             if stimulus not in media:
-                media[stimulus] = probe(stimulus, subject).duration
-            length = media[stimulus]
+                media[stimulus] = probe(stimulus, subject)
+            length = media[stimulus].duration
             if abs(duration - length) > tolerance:
                 raise BidstrainError(
                     f"line {line}: the event of {name!r} lasts {duration:.2f} s but the file "
@@ -190,7 +191,7 @@ def _by(difference: float) -> str:
     return f"{abs(difference):.2f} s {'longer' if difference > 0 else 'shorter'}"
 
 
-def _by_stimulus(runs: dict[str, RunStimuli], media: dict[Path, float]) -> dict[Path, Stimulus]:
+def _by_stimulus(runs: dict[str, RunStimuli], media: dict[Path, MediaInfo]) -> dict[Path, Stimulus]:
     users: dict[Path, list[RunStimuli]] = defaultdict(list)
     for run in runs.values():
         for path in dict.fromkeys(event.stimulus for event in run.events):
@@ -204,11 +205,14 @@ def _by_stimulus(runs: dict[str, RunStimuli], media: dict[Path, float]) -> dict[
                 "this stimulus; its features are computed per TR of one length",
                 path=path,
             )
+        info = media.get(path)
+        kinds = ("video",) * info.has_video + ("audio",) * info.has_audio if info else ("text",)
         stimuli[path] = Stimulus(
             path,
-            "media" if path in media else "text",
-            media.get(path),
+            "media" if info else "text",
+            info.duration if info else None,
             trs[0],
             tuple((run.image.subject, run.image.prefix) for run in runs_of),
+            kinds,
         )
     return stimuli
