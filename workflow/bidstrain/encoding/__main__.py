@@ -4,11 +4,12 @@
 ::
 
     python -m bidstrain.encoding --settings results/plan/<experiment>/encoding.json \\
-        --data results/encoding/<experiment>/data.npz --world-size 1 \\
+        --inputs results/plan/<experiment>/encoding-inputs.json --world-size 1 \\
         --out-dir results/encoding/<experiment>
 
 ``--settings``: JSON ``{"encoding": {...the encoding section...}, "seed": train.seed}``.
-``--data``: the arrays (:mod:`bidstrain.encoding.data`). Writes, in ``--out-dir``:
+``--data``: the arrays (:mod:`bidstrain.encoding.data`), or ``--inputs``: the averages'
+BOLD and aligned stimulus stores (:mod:`bidstrain.encoding.stores`). Writes, in ``--out-dir``:
 ``model.pt``, ``model.json``, ``metrics.json``, ``metrics.tsv``, ``heldout.npz``, and
 checkpoints under ``checkpoints/``.
 
@@ -35,6 +36,7 @@ from bidstrain.encoding.outputs import (
     write_model,
     write_predictions,
 )
+from bidstrain.encoding.stores import data_from_stores, read_inputs
 from bidstrain.errors import BidstrainError, run_cli
 from bidstrain.io.atomic import write_text_atomic
 from bidstrain.train.distributed import init, shutdown
@@ -54,10 +56,16 @@ def read_settings(path: str | Path):
         raise BidstrainError(f"cannot read the encoding settings: {error}", path=path) from None
 
 
-def run(settings_path, data_path, out_dir, world_size: int, stop_after=None) -> dict:
-    """Train, validate and write the outputs (rank 0); the metrics summary."""
+def run(
+    settings_path, data_path, out_dir, world_size: int, stop_after=None, inputs_path=None
+) -> dict:
+    """Train, validate and write the outputs (rank 0); the metrics summary. The data
+    come from ``data_path`` (an ``.npz``) or else from the stores of ``inputs_path``."""
     config, seed = read_settings(settings_path)
-    data = load_data(data_path)
+    if data_path is not None:
+        data = load_data(data_path)
+    else:
+        data = data_from_stores(read_inputs(inputs_path), config.kinds, config.target)
     context = init()
     if context.world_size != world_size:
         raise BidstrainError(
@@ -118,7 +126,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Parse the arguments and run the job."""
     parser = argparse.ArgumentParser(prog="python -m bidstrain.encoding", description=__doc__)
     parser.add_argument("--settings", required=True)
-    parser.add_argument("--data", required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="the arrays (.npz, bidstrain.encoding.data)")
+    source.add_argument("--inputs", help="JSON: the averages' BOLD and aligned stores")
     parser.add_argument("--world-size", type=int, required=True)
     parser.add_argument("--out-dir", required=True)
     args = parser.parse_args(argv)
@@ -130,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.out_dir,
             args.world_size,
             TestStops.from_environ().stop_at,
+            args.inputs,
         )
     except Interrupted as interrupted:
         LOG.warning("%s", interrupted)

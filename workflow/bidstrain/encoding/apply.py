@@ -18,8 +18,9 @@ import numpy as np
 
 from bidstrain.encoding.data import FEATURE_KEYS
 from bidstrain.encoding.outputs import read_model
-from bidstrain.errors import BidstrainError
-from bidstrain.io.store import create_store
+from bidstrain.encoding.stores import describe
+from bidstrain.errors import BidstrainError, run_cli
+from bidstrain.io.store import create_store, open_store, read_aligned_store
 
 #: Seconds within which two repetition times are the same.
 TR_TOLERANCE = 1e-6
@@ -111,3 +112,52 @@ def write_prediction(
             stats_from=[],
             repetition_time=repetition_time,
         )
+
+
+def apply_to_stores(
+    model_path: str | Path, bold: str | Path, features: Mapping[str, str], out: str | Path
+) -> None:
+    """Predict the BOLD of a run from its aligned stimulus stores and write it on the
+    mask and affine of its BOLD (or average) store ``bold``.
+
+    Parameters
+    ----------
+    features : mapping
+        ``{kind: aligned store}``; the model's kinds are taken in its order.
+    """
+    _, model = read_model(model_path)
+    kinds = list(model["features"]["kinds"])
+    missing = [kind for kind in kinds if kind not in features]
+    if missing:
+        raise BidstrainError(f"the run has no aligned {missing} features", path=bold)
+    aligned = [read_aligned_store(features[kind]) for kind in kinds]
+    x = np.concatenate([store.features for store in aligned], axis=1)
+    predicted = predict_run(model_path, x, describe(kinds, aligned))
+    store = open_store(bold, use_dask=False)
+    write_prediction(
+        out,
+        predicted,
+        mask=np.asarray(store["mask"].values, bool),
+        affine=np.asarray(store.attrs["affine"], np.float64),
+        repetition_time=float(aligned[0].attrs["repetition_time"]),
+        source=str(model_path),
+    )
+
+
+def main(argv=None) -> None:
+    """``python -m bidstrain.encoding.apply --model M --bold STORE --features KIND=STORE
+    ... --out STORE``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bidstrain.encoding.apply")
+    parser.add_argument("--model", required=True, help="the encoding model.pt")
+    parser.add_argument("--bold", required=True, help="the run's BOLD or average store (mask)")
+    parser.add_argument("--features", nargs="+", required=True, help="KIND=aligned store")
+    parser.add_argument("--out", required=True, help="the predicted BOLD store")
+    args = parser.parse_args(argv)
+    pairs = dict(item.split("=", 1) for item in args.features if "=" in item)
+    apply_to_stores(args.model, args.bold, pairs, args.out)
+
+
+if __name__ == "__main__":
+    run_cli(main)
