@@ -13,7 +13,7 @@ from bidstrain.config import load_section
 from bidstrain.demo.naturalistic import NaturalisticSpec, make_naturalistic_demo, voxel_weights
 from bidstrain.encoding.__main__ import run
 from bidstrain.encoding.apply import feature_differences, predict_run, write_prediction
-from bidstrain.encoding.data import EncodingData, save_data, statistics_digest
+from bidstrain.encoding.data import EncodingData, load_data, save_data, statistics_digest
 from bidstrain.encoding.evaluate import chance_bound, score
 from bidstrain.encoding.fit import Interrupted, fit, shard
 from bidstrain.errors import BidstrainError
@@ -88,6 +88,7 @@ def _settings(path, **encoding):
     return path
 
 
+@pytest.mark.slow
 def test_heldout_correlation_reaches_the_noise_ceiling_and_ridge(demo, tmp_path):
     data, signal = demo
     save_data(data, tmp_path / "data.npz")
@@ -115,6 +116,7 @@ def test_heldout_correlation_reaches_the_noise_ceiling_and_ridge(demo, tmp_path)
     assert described["n_features"] == data.n_features
 
 
+@pytest.mark.slow
 def test_scrambled_stimulus_drops_to_chance(demo, tmp_path):
     data, signal = demo
     rng = np.random.default_rng(7)
@@ -142,7 +144,12 @@ def _small(seed=0):
     x = rng.normal(size=(40, 5)).astype(np.float32)
     y = (x @ rng.normal(size=(5, 3)) + rng.normal(size=(40, 3))).astype(np.float32)
     features = {
-        k: None for k in ("kinds", "sizes", "delays", "method", "repetition_time", "statistics")
+        "kinds": ["video", "text"],
+        "sizes": {"video": 2, "text": 3},
+        "delays": [0],
+        "method": "delays",
+        "repetition_time": 2.0,
+        "statistics": {"digest": "0123456789abcdef", "training_runs": ["task-a_run-1"]},
     }
     return EncodingData(x[:30], y[:30], x[30:], y[30:], features, {"kind": "voxels"})
 
@@ -234,30 +241,54 @@ def test_model_converges_to_ridge_in_float64(tmp_path):
     assert np.abs(fitted.weight - exact).max() < 1e-3
 
 
-def test_features_prepared_differently_are_refused(demo, tmp_path):
-    data, _ = demo
+def test_features_prepared_differently_are_refused(tmp_path):
+    data = _small()
     save_data(data, tmp_path / "data.npz")
     run(_settings(tmp_path / "s.json", epochs=50), tmp_path / "data.npz", tmp_path / "out", 1)
     model = tmp_path / "out" / "model.pt"
     other = {**data.features, "delays": [2, 3, 4], "repetition_time": 1.5}
     assert len(feature_differences(data.features, other)) == 2
     with pytest.raises(
-        BidstrainError,
-        match=r"delays: model \[0, 1, 2, 3, 4, 5, 6, 7, 8\], run \[2, 3, 4\].*repetition_time",
+        BidstrainError, match=r"delays: model \[0\], run \[2, 3, 4\].*repetition_time: model 2.0"
     ):
         predict_run(model, data.heldout_x, other)
-    stats = {**data.features, "statistics": {"digest": "0" * 16, "training_runs": ["2"]}}
-    with pytest.raises(BidstrainError, match="statistics"):
-        predict_run(model, data.heldout_x, stats)
+    for changed in (
+        {"statistics": {"digest": "f" * 16, "training_runs": ["task-a_run-2"]}},
+        {"kinds": ["text", "video"]},
+        {"sizes": {"video": 3, "text": 2}},
+        {"method": "hrf"},
+    ):
+        key = next(iter(changed))
+        with pytest.raises(BidstrainError, match=f"{key}: model"):
+            predict_run(model, data.heldout_x, {**data.features, **changed})
+    with pytest.raises(BidstrainError, match="columns: model 5"):
+        predict_run(model, data.heldout_x[:, :4], data.features)
     predicted = predict_run(model, data.heldout_x, data.features)
-    mask = np.ones(SPEC.bold_shape, bool)
+    mask = np.zeros((2, 2, 2), bool)
+    mask.flat[[0, 3, 6]] = True
     write_prediction(
         tmp_path / "pred.zarr",
         predicted,
         mask=mask,
         affine=np.diag([3.0, 3.0, 3.0, 1.0]),
-        repetition_time=SPEC.repetition_time,
+        repetition_time=2.0,
         source=str(model),
     )
     store = open_store(tmp_path / "pred.zarr", use_dask=False)
+    np.testing.assert_array_equal(store["mask"].values, mask)
     assert np.allclose(store["data"].values, predicted)
+
+
+def test_bad_data_files_are_named(tmp_path):
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(BidstrainError, match="bad.npz.*cannot read the encoding data"):
+        load_data(tmp_path / "bad.npz")
+    data = _small()
+    with pytest.raises(BidstrainError, match="train: features .* same time points"):
+        EncodingData(
+            data.train_x[:5], data.train_y, data.heldout_x, data.heldout_y, data.features, {}
+        )
+    with pytest.raises(BidstrainError, match="hold out runs"):
+        EncodingData(
+            data.train_x, data.train_y, data.heldout_x[:1], data.heldout_y[:1], data.features, {}
+        )

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import yaml
 from bidstrain import paths
+from bidstrain.encoding.stores import data_from_stores, read_inputs
+from bidstrain.errors import BidstrainError
 from bidstrain.io.store import open_store
 from conftest import REPO, run_snakemake
 from stimuli_support import make_film_bids
@@ -77,3 +79,19 @@ def test_predictions_are_stores_on_the_average_mask(workdir):
 def test_figures_are_written(workdir):
     for name in ("encoding_timecourses.png", "encoding_correlation_map.png"):
         assert _out(workdir, name).stat().st_size > 10_000
+
+
+def test_missing_kinds_and_parts_are_named(workdir):
+    inputs = read_inputs(workdir / paths.plan_encoding_inputs(EXPERIMENT))
+    assert sorted(inputs) == ["task-movie_run-1", "task-movie_run-2"]
+    without_text = {
+        name: {k: str(workdir / v) for k, v in stores.items() if k != "text"}
+        for name, stores in inputs.items()
+    }
+    with pytest.raises(BidstrainError, match=r"average task-movie_run-1 has no aligned \['text'\]"):
+        data_from_stores(without_text, ["video", "text"], "voxels")
+    training_only = {"task-movie_run-1": without_text["task-movie_run-1"]}
+    with pytest.raises(BidstrainError, match="no held-out average"):
+        data_from_stores(training_only, ["video"], "voxels")
+    with pytest.raises(BidstrainError, match="parcels"):
+        data_from_stores(without_text, ["video"], "parcels")
