@@ -18,7 +18,7 @@ from bidstrain.encoding.evaluate import chance_bound, score
 from bidstrain.encoding.fit import Interrupted, fit, shard
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import open_store
-from bidstrain.stimuli.align import Presentation, convolve_hrf, fit_stats, place, stack_delays
+from bidstrain.stimuli.align import convolve_hrf, fit_stats, stack_delays
 from bidstrain.train.distributed import Context
 
 SPEC = NaturalisticSpec(duration=600.0)
@@ -41,7 +41,7 @@ def demo(tmp_path_factory):
         axis=1,
     )
     tr, n = SPEC.repetition_time, SPEC.n_bins
-    placed = place([Presentation(0.0, SPEC.duration, raw)], n, tr)
+    placed = raw  # the film starts at onset 0 and lasts the run: one row per volume
     delayed = {name: stack_delays(placed, DELAYS) for name in ("1", "2")}
     stats = fit_stats(delayed, ["1"])
     averages = {}

@@ -501,6 +501,12 @@ class Plan:
         """Each cross-subject average's BOLD store and aligned stimulus stores, of the
         kinds of ``encoding.kinds`` it has (:mod:`bidstrain.encoding.stores`)."""
         aligned = self.aligned_average_stimuli
+        if not aligned:
+            raise BidstrainError(
+                "encoding.enabled: the encoding model maps stimuli to cross-subject averages, "
+                "but no average has aligned stimuli: set average.mode cross_subject and give "
+                "the BOLD runs stimuli (stim_file in their events.tsv)"
+            )
         stores = {group.name: group.store for group in self.averages}
         return {
             "averages": {

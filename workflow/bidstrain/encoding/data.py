@@ -9,6 +9,7 @@ A dataset file is one ``.npz``: ``train_x``, ``train_y``, ``heldout_x``, ``heldo
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -101,8 +102,6 @@ def check_arrays(data: EncodingData, where: str | Path) -> None:
 
 def statistics_digest(mean: np.ndarray, std: np.ndarray) -> str:
     """A 16-hex-digit hash of z-score statistics (float64 bytes), compared on apply."""
-    import hashlib
-
     packed = np.concatenate(
         [np.asarray(mean, np.float64).ravel(), np.asarray(std, np.float64).ravel()]
     )

@@ -17,6 +17,7 @@ and a step depends on nothing else.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,8 +74,6 @@ def run_identity(
     :func:`bidstrain.train.checkpoint.run_identity`, so its :func:`~bidstrain.train.
     checkpoint.set_aside` can name the changes): the settings that determine the
     weights, the world size, and a hash of every array."""
-    import hashlib
-
     settings = {
         key: value
         for key, value in to_plain(config).items()
