@@ -21,7 +21,7 @@ LAYERS = (
     ("normalize",),
     ("stimuli",),
     ("average",),
-    ("train",),
+    ("train", "encoding"),
     ("checks",),
     ("embed",),
     ("report",),

@@ -67,6 +67,35 @@ def plan_train_settings(experiment: str) -> str:
     return _join(plan_dir(experiment), "train.json")
 
 
+def plan_encoding_settings(experiment: str) -> str:
+    """The encoding job's settings: the ``encoding`` section and ``train.seed`` (JSON
+    written by the plan)."""
+    return _join(plan_dir(experiment), "encoding.json")
+
+
+def plan_encoding_inputs(experiment: str) -> str:
+    """The encoding job's stores: each average's BOLD and aligned stimulus stores (JSON
+    written by the plan)."""
+    return _join(plan_dir(experiment), "encoding-inputs.json")
+
+
+def encoding_dir(experiment: str) -> str:
+    """``results/encoding/<experiment>``: the encoding model, its metrics and figures."""
+    return _join(RESULTS, "encoding", experiment)
+
+
+def encoding_output(experiment: str, name: str) -> str:
+    """A file of the encoding job (``model.pt``, ``model.json``, ``metrics.json``,
+    ``metrics.tsv``, ``heldout.npz``) or of its figures."""
+    return _join(encoding_dir(experiment), name)
+
+
+def encoding_prediction(experiment: str, average: str) -> str:
+    """The predicted BOLD of an average's run:
+    ``results/encoding/<experiment>/predicted/<average>_desc-predicted_bold.zarr``."""
+    return _join(encoding_dir(experiment), "predicted", f"{average}_desc-predicted_bold.zarr")
+
+
 def plan_checks_settings(experiment: str) -> str:
     """What the checks job reads of the configuration (JSON written by the plan)."""
     return _join(plan_dir(experiment), "checks.json")

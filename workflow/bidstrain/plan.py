@@ -125,6 +125,12 @@ class NormalizeJob:
         return _digest(self.spec())
 
 
+#: Files of the encoding job, in its output folder (:func:`paths.encoding_output`).
+ENCODING_OUTPUTS = ("model.pt", "model.json", "metrics.json", "metrics.tsv", "heldout.npz")
+#: The encoding figures (PNG), in the same folder.
+ENCODING_FIGURES = ("encoding_timecourses.png", "encoding_correlation_map.png")
+
+
 @dataclass(frozen=True)
 class AverageGroup:
     """One cross-subject average: the subject stores of a task (and run), and its store."""
@@ -422,6 +428,11 @@ class Plan:
             paths.PLAN_NORMALIZE_SETTINGS: self.normalize_settings(),
             paths.plan_train_settings(self.experiment): self.config.train.settings(),
             paths.plan_checks_settings(self.experiment): self.checks_settings(),
+            **(
+                {paths.plan_encoding_settings(self.experiment): self.encoding_settings()}
+                if self.encoding_enabled
+                else {}
+            ),
         }
 
     def settings_digest(self, path: str) -> str:
@@ -487,7 +498,63 @@ class Plan:
             files[group.tables_file] = _lines(group.tables)
         if self.stimuli is not None:
             files[paths.PLAN_ALIGN_SPEC] = _json(self.alignment_spec())
+        if self.encoding_enabled:
+            files[paths.plan_encoding_inputs(self.experiment)] = _json(self.encoding_inputs())
         return files
+
+    @property
+    def encoding_enabled(self) -> bool:
+        """Whether the encoding rules exist: ``encoding.enabled`` with stimuli."""
+        return self.config.encoding.enabled and self.stimuli is not None
+
+    def encoding_settings(self) -> dict[str, Any]:
+        """What the encoding job reads of the configuration (``encoding`` and the seed)."""
+        return {"encoding": to_plain(self.config.encoding), "seed": self.config.train.run.seed}
+
+    def encoding_inputs(self) -> dict[str, Any]:
+        """Each cross-subject average's BOLD store and aligned stimulus stores, of the
+        kinds of ``encoding.kinds`` it has (:mod:`bidstrain.encoding.stores`)."""
+        aligned = self.aligned_average_stimuli
+        if not aligned:
+            raise BidstrainError(
+                "encoding.enabled: the encoding model maps stimuli to cross-subject averages, "
+                "but no average has aligned stimuli: set average.mode cross_subject and give "
+                "the BOLD runs stimuli (stim_file in their events.tsv)"
+            )
+        stores = {group.name: group.store for group in self.averages}
+        return {
+            "averages": {
+                name: {"bold": stores[name], **kinds} for name, kinds in sorted(aligned.items())
+            }
+        }
+
+    def encoding_apply_features(self, average: str) -> list[str]:
+        """``kind=store`` of an average's aligned stores: the apply job's ``--features``."""
+        stores = self.encoding_inputs()["averages"][average]
+        return [f"{kind}={path}" for kind, path in stores.items() if kind != "bold"]
+
+    @property
+    def encoding_targets(self) -> list[str]:
+        """What target ``encoding`` builds: the model and its outputs, the figures, and
+        the predicted BOLD of every average with aligned stimuli."""
+        experiment = self.experiment
+        names = (*ENCODING_OUTPUTS, *ENCODING_FIGURES)
+        return [
+            *(paths.encoding_output(experiment, name) for name in names),
+            *(
+                paths.encoding_prediction(experiment, average)
+                for average in self.encoding_inputs()["averages"]
+            ),
+        ]
+
+    @property
+    def encoding_stores(self) -> list[str]:
+        """The stores the encoding job reads (its rule's inputs)."""
+        return [
+            path
+            for average in self.encoding_inputs()["averages"].values()
+            for path in average.values()
+        ]
 
     def validate_files(self) -> dict[str, str]:
         """The argument file of the validate job (:data:`paths.PLAN_VALIDATE_ARGS`):

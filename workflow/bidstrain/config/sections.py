@@ -379,6 +379,10 @@ class ResourcesConfig:
     stimulus_features: JobResources
     #: the job aligning the stimulus features with the BOLD runs
     align_stimuli: JobResources
+    #: the encoding model's training and validation job (one node)
+    encoding: GpuJobResources
+    #: a job applying the encoding model to a run's features
+    encoding_apply: JobResources
 
 
 @dataclass(frozen=True)
@@ -456,6 +460,27 @@ class StimuliConfig:
 
 
 @dataclass(frozen=True)
+class EncodingConfig:
+    """``encoding``: the linear encoding model from stimulus features to the averaged
+    BOLD (:mod:`bidstrain.encoding`); held-out runs are ``normalize.heldout``'s."""
+
+    enabled: bool
+    #: feature kinds concatenated, in this order
+    kinds: tuple[str, ...]
+    #: ``voxels`` or ``parcels``
+    target: str
+    #: full-batch optimizer steps
+    epochs: int
+    lr: float
+    weight_decay: float
+    #: ridge penalty of the model (None: RidgeCV's choice among ``ridge_alphas``)
+    alpha: float | None
+    ridge_alphas: tuple[float, ...]
+    checkpoint_every: int
+    figure_targets: int
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration (:data:`SCHEMA_PATH` documents every key)."""
 
@@ -478,6 +503,7 @@ class Config:
     time: TimeConfig
     parcellation: ParcellationConfig
     stimuli: StimuliConfig
+    encoding: EncodingConfig
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> Config:

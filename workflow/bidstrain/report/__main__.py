@@ -17,6 +17,8 @@ No option holds a configuration value: ``normalize --settings`` is the config's 
 section as JSON (typed again with :func:`bidstrain.config.load_section`, keys left out at
 their schema defaults), and ``train --settings`` the experiment's train settings file, the
 one its training job read (for ``train.clip_grad_norm``).
+    encoding  --encoding-dir results/encoding/<experiment> --bold <average.zarr> --targets N
+              --timecourse-out <png> --map-out <png>
 """
 
 from __future__ import annotations
@@ -78,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     stimuli.add_argument("--aligned", nargs="+", required=True)
     stimuli.add_argument("--title", required=True)
     stimuli.add_argument("--out", required=True)
+    encoding = figures.add_parser("encoding", help="held-out prediction and correlation map")
+    encoding.add_argument("--encoding-dir", required=True)
+    encoding.add_argument("--bold", required=True, help="an average store: the mask")
+    encoding.add_argument("--targets", type=int, required=True)
+    encoding.add_argument("--timecourse-out", required=True)
+    encoding.add_argument("--map-out", required=True)
     return parser
 
 
@@ -135,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         records = read_metrics(args.metrics)
         summary = next((r for r in reversed(records) if r.get("kind") == "summary"), None)
         outputs = [(args.out, embedding_figure(stores, summary, args.experiment))]
+    elif args.figure == "encoding":
+        outputs = _encoding_figures(args)
     else:
         from bidstrain.config import read_train_settings
         from bidstrain.report.train import read_metrics, training_figures
@@ -149,6 +159,36 @@ def main(argv: Sequence[str] | None = None) -> None:
     for path, fig in outputs:
         save_figure(fig, path)
         log.info("wrote %s", path)
+
+
+def _encoding_figures(args: argparse.Namespace) -> list:
+    import json
+
+    import numpy as np
+
+    from bidstrain.io.store import open_store
+    from bidstrain.report.encoding import correlation_map_figure, read_table, timecourse_figure
+
+    folder = Path(args.encoding_dir)
+    model = json.loads((folder / "model.json").read_text())
+    correlation = read_table(folder / "metrics.tsv")["model_correlation"]
+    with np.load(folder / "heldout.npz") as held:
+        timecourse = timecourse_figure(
+            held["measured"],
+            held["model"],
+            held["ridge"],
+            correlation,
+            n=args.targets,
+            repetition_time=model["features"]["repetition_time"],
+        )
+    mask = np.asarray(open_store(args.bold, use_dask=False)["mask"].values, bool)
+    title = (
+        f"Encoding model: held-out correlation per voxel ({', '.join(model['features']['kinds'])})"
+    )
+    return [
+        (args.timecourse_out, timecourse),
+        (args.map_out, correlation_map_figure(correlation, mask, title)),
+    ]
 
 
 if __name__ == "__main__":

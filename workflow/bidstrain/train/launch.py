@@ -2,7 +2,9 @@
 
 ::
 
-    python -m bidstrain.train.launch --nodes N --gpus-per-node G -- <trainer arguments>
+    python -m bidstrain.train.launch --nodes N --gpus-per-node G [--module M] -- <arguments>
+
+``--module`` picks the job (``bidstrain.train``, the default, or ``bidstrain.encoding``).
 
 - one node, at most one GPU: the trainer itself (``exec``), one process;
 - one node, G GPUs: torch's elastic launcher (``torchrun --standalone``) run in this
@@ -40,6 +42,8 @@ EXIT_INTERRUPTED = 75
 #: jobs that share a first node do not meet at the same port.
 PORT_SPREAD = 1000
 _ON_NODE = "BIDSTRAIN_LAUNCH_ENDPOINT"
+#: The jobs this launcher starts (``--module``): the trainer and the encoding model.
+TRAINERS = ("bidstrain.train", "bidstrain.encoding")
 
 
 def rendezvous_endpoint(nodelist: str, job_id: str) -> str:
@@ -84,14 +88,20 @@ def _scontrol(*args: str) -> str:
 
 
 def torchrun_arguments(
-    nodes: int, gpus_per_node: int, endpoint: str | None, job_id: str, trainer: Sequence[str]
+    nodes: int,
+    gpus_per_node: int,
+    endpoint: str | None,
+    job_id: str,
+    trainer: Sequence[str],
+    module: str = "bidstrain.train",
 ) -> list[str]:
-    """Arguments of ``torch.distributed.run`` for one node of the job."""
+    """Arguments of ``torch.distributed.run`` for one node of the job (``module``: the
+    trainer, ``bidstrain.train`` or ``bidstrain.encoding``)."""
     processes = ["--nproc-per-node", str(max(1, gpus_per_node))]
     if nodes == 1:
-        return ["--standalone", *processes, "-m", "bidstrain.train", *trainer]
+        return ["--standalone", *processes, "-m", module, *trainer]
     rendezvous = ["--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", job_id]
-    return ["--nnodes", str(nodes), *processes, *rendezvous, "-m", "bidstrain.train", *trainer]
+    return ["--nnodes", str(nodes), *processes, *rendezvous, "-m", module, *trainer]
 
 
 def run_torchrun(arguments: Sequence[str]) -> int:
@@ -120,10 +130,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bidstrain.train.launch")
     parser.add_argument("--nodes", type=int, required=True)
     parser.add_argument("--gpus-per-node", type=int, required=True)
+    parser.add_argument("--module", default="bidstrain.train", choices=TRAINERS)
     args = parser.parse_args(argv[:split])
     trainer = argv[split + 1 :]
     if args.nodes == 1 and args.gpus_per_node <= 1:
-        os.execv(sys.executable, [sys.executable, "-m", "bidstrain.train", *trainer])
+        os.execv(sys.executable, [sys.executable, "-m", args.module, *trainer])
     job_id = os.environ.get("SLURM_JOB_ID", "0")
     if args.nodes > 1 and _ON_NODE not in os.environ:
         if "SLURM_JOB_ID" not in os.environ:
@@ -139,7 +150,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     endpoint = os.environ.get(_ON_NODE)
     sys.exit(
-        run_torchrun(torchrun_arguments(args.nodes, args.gpus_per_node, endpoint, job_id, trainer))
+        run_torchrun(
+            torchrun_arguments(
+                args.nodes, args.gpus_per_node, endpoint, job_id, trainer, args.module
+            )
+        )
     )
 
 

@@ -1,0 +1,102 @@
+"""What the encoding job writes: the model (``model.pt``), ``model.json`` (the stimulus
+features it takes and the target it predicts), the metrics (JSON summary and a TSV per
+voxel or parcel) and the held-out time courses the figures draw. Every file is written
+atomically."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bidstrain.encoding.evaluate import Scores
+from bidstrain.encoding.fit import Fitted
+from bidstrain.errors import BidstrainError
+from bidstrain.io.atomic import atomic_path, write_text_atomic
+
+METHOD = "linear, ridge-penalised, full-batch AdamW over time points"
+
+
+def model_description(
+    fitted: Fitted, features: Mapping[str, Any], target: Mapping[str, Any], settings: Mapping
+) -> dict[str, Any]:
+    """The content of ``model.json``."""
+    return {
+        "model": "encoding",
+        "method": METHOD,
+        "alpha": fitted.alpha,
+        "steps": fitted.steps,
+        "final_objective": fitted.loss,
+        "n_features": int(fitted.weight.shape[1]),
+        "n_targets": int(fitted.weight.shape[0]),
+        "settings": dict(settings),
+        "features": dict(features),
+        "target": dict(target),
+    }
+
+
+def write_model(path: str | Path, fitted: Fitted, description: Mapping[str, Any]) -> None:
+    """``model.pt``: weights (targets x features, float32), intercept and description."""
+    state = {"weight": torch.as_tensor(fitted.weight), "bias": torch.as_tensor(fitted.bias)}
+    with atomic_path(path) as tmp:
+        torch.save({"state": state, "description": dict(description)}, tmp)
+
+
+def read_model(path: str | Path) -> tuple[Fitted, dict[str, Any]]:
+    """The fitted model and description of a ``model.pt`` (:func:`write_model`).
+
+    Raises
+    ------
+    BidstrainError
+        Naming the file when it is missing or not an encoding model.
+    """
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=False)
+        state, description = content["state"], content["description"]
+    except (OSError, KeyError, TypeError, RuntimeError) as error:
+        raise BidstrainError(f"not an encoding model: {error}", path=path) from None
+    fitted = Fitted(
+        weight=state["weight"].numpy(),
+        bias=state["bias"].numpy(),
+        alpha=description["alpha"],
+        steps=description["steps"],
+        loss=description["final_objective"],
+    )
+    return fitted, description
+
+
+def write_metrics(
+    json_path: str | Path,
+    table_path: str | Path,
+    scores: Mapping[str, Scores],
+    extra: Mapping[str, Any],
+    target_kind: str,
+) -> None:
+    """The summary of each prediction's scores (JSON) and the per-target table (TSV).
+
+    The table has one row per target (its index in the average's mask order, or parcel
+    number) and ``<prediction>_<statistic>`` columns; undefined values are ``n/a``.
+    """
+    summary = {"predictions": {name: s.summary() for name, s in scores.items()}, **extra}
+    write_text_atomic(json_path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    columns = [f"{name}_{stat}" for name in scores for stat in ("correlation", "r2", "mse")]
+    n = len(next(iter(scores.values())).mse)
+    values = np.stack(
+        [getattr(scores[c.rsplit("_", 1)[0]], c.rsplit("_", 1)[1]) for c in columns], axis=1
+    )
+    lines = ["\t".join([target_kind.rstrip("s"), *columns])]
+    for index in range(n):
+        cells = ["n/a" if not np.isfinite(v) else f"{v:.6g}" for v in values[index]]
+        lines.append("\t".join([str(index), *cells]))
+    write_text_atomic(table_path, "\n".join(lines) + "\n")
+
+
+def write_predictions(path: str | Path, measured: np.ndarray, **predicted: np.ndarray) -> None:
+    """The held-out time courses (``measured`` and each prediction) as one ``.npz``."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, measured=measured, **predicted)

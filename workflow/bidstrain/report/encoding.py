@@ -1,0 +1,78 @@
+"""Figures of the encoding model: held-out predicted against measured time courses (the
+best voxels or parcels and some near the median correlation), and the map of held-out
+prediction correlation over the anatomy (three slices with orientation letters)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from bidstrain.report.figure import new_figure, slice_row
+
+
+def read_table(path: str | Path) -> dict[str, np.ndarray]:
+    """The columns of an encoding ``metrics.tsv`` (``n/a`` as NaN)."""
+    table = np.genfromtxt(path, names=True, delimiter="\t", missing_values="n/a", dtype=float)
+    return {name: np.atleast_1d(table[name]) for name in table.dtype.names}
+
+
+def chosen_targets(correlation: np.ndarray, n: int) -> list[tuple[str, int]]:
+    """``n`` targets to show: the best, then those nearest the median correlation."""
+    finite = np.flatnonzero(np.isfinite(correlation))
+    if not finite.size:
+        return []
+    order = finite[np.argsort(correlation[finite])]
+    best = int(order[-1])
+    median = np.median(correlation[finite])
+    near = [int(i) for i in order[np.argsort(np.abs(correlation[order] - median))] if i != best]
+    return [("best", best)] + [("median", i) for i in near[: max(n - 1, 0)]]
+
+
+def timecourse_figure(
+    measured: np.ndarray,
+    predicted: np.ndarray,
+    ridge: np.ndarray,
+    correlation: np.ndarray,
+    *,
+    n: int,
+    repetition_time: float,
+    label: str = "voxel",
+) -> Figure:
+    """Held-out measured BOLD and the model's (and RidgeCV's) prediction, one panel per
+    chosen target (:func:`chosen_targets`)."""
+    chosen = chosen_targets(correlation, n)
+    fig = new_figure(9.0, 2.2 * max(len(chosen), 1), "Encoding model: held-out prediction")
+    axes = fig.subplots(max(len(chosen), 1), 1, squeeze=False)[:, 0]
+    time = np.arange(measured.shape[0]) * repetition_time
+    for ax, (why, index) in zip(axes, chosen, strict=False):
+        ax.plot(time, measured[:, index], color="black", lw=1.2, label="measured (average)")
+        ax.plot(time, predicted[:, index], color="tab:red", lw=1.2, label="encoding model")
+        ax.plot(time, ridge[:, index], color="tab:blue", lw=1.0, ls="--", label="RidgeCV", zorder=3)
+        ax.set_title(f"{label} {index} ({why}): r = {correlation[index]:.2f}")
+        ax.set_ylabel("BOLD (z)")
+    axes[0].legend(loc="upper right", ncol=3)
+    axes[-1].set_xlabel("time in the held-out runs (s)")
+    return fig
+
+
+def correlation_map_figure(correlation: np.ndarray, mask: np.ndarray, title: str) -> Figure:
+    """The held-out correlation of each voxel on the average's grid: three mid-slices
+    with orientation letters, a diverging scale from -1 to 1."""
+    volume = np.zeros(mask.shape)
+    volume[mask] = np.nan_to_num(correlation, nan=0.0)
+    fig = new_figure(11.0, 3.8, title)
+    axes = fig.subplots(1, 3)
+    slice_row(
+        fig,
+        axes,
+        volume,
+        mask,
+        label="r",
+        unit="held-out correlation",
+        cmap="RdBu_r",
+        vmin=-1.0,
+        vmax=1.0,
+    )
+    return fig
