@@ -21,7 +21,12 @@ typed again by the job). Outside this package no module reads a configuration va
 string key.
 """
 
-from bidstrain.config.jobs import ChecksJobConfig, NormalizeJobConfig, setting_changes
+from bidstrain.config.jobs import (
+    ChecksJobConfig,
+    EmbedJobConfig,
+    NormalizeJobConfig,
+    setting_changes,
+)
 from bidstrain.config.overrides import constant_resource, retype_overrides
 from bidstrain.config.schema import SCHEMA_PATH, validate_config
 from bidstrain.config.sections import (
@@ -62,6 +67,7 @@ from bidstrain.config.sections import (
 )
 
 __all__ = [
+    "EmbedJobConfig",
     "CHECKED",
     "RUN",
     "SCHEMA_PATH",

@@ -12,6 +12,7 @@ from typing import Any
 
 from bidstrain.config.sections import (
     ChecksConfig,
+    EmbedConfig,
     IngestConfig,
     NormalizeConfig,
     TimeConfig,
@@ -107,6 +108,46 @@ class ChecksJobConfig:
 
 
 _CHECKS_JOB_KEYS = {f.name for f in dataclasses.fields(ChecksJobConfig)}
+
+
+@dataclass(frozen=True)
+class EmbedJobConfig:
+    """What the embed job reads of the configuration (the ``settings`` of the embed.json
+    ``Plan.embed_files`` writes)."""
+
+    #: the ``embed`` section (``batch_size``: samples per model call)
+    embed: EmbedConfig
+    #: ``checks.max_scale_ratio``: the scale guard's bound
+    max_scale_ratio: float
+    #: ``train.seed``: seeds the token masks of the reconstruction loss
+    seed: int
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> EmbedJobConfig:
+        """Type the embed job's settings (keys the ``embed`` section leaves out take
+        their schema defaults).
+
+        Raises
+        ------
+        BidstrainError
+            When a key is missing, unknown or of a wrong value.
+        """
+        if not isinstance(values, Mapping) or set(values) != _EMBED_JOB_KEYS:
+            found = sorted(values) if isinstance(values, Mapping) else type(values).__name__
+            raise BidstrainError(
+                f"the embed settings must hold exactly {sorted(_EMBED_JOB_KEYS)}, got {found}"
+            )
+        try:
+            return cls(
+                embed=load_section("embed", values["embed"]),
+                max_scale_ratio=float(values["max_scale_ratio"]),
+                seed=int(values["seed"]),
+            )
+        except (TypeError, ValueError) as error:
+            raise BidstrainError(f"the embed settings: {error}") from None
+
+
+_EMBED_JOB_KEYS = {f.name for f in dataclasses.fields(EmbedJobConfig)}
 
 
 def setting_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

@@ -5,20 +5,22 @@ reconstruction loss, in one Zarr store per image.
 ::
 
     python -m bidstrain.embed --model results/train/demo/model.pt \\
-        --spec results/plan/demo/embed.json --batch-size 16 --max-scale-ratio 100 --seed 0 \\
-        --out-table results/embed/demo/embeddings.tsv
+        --spec results/plan/demo/embed.json --out-table results/embed/demo/embeddings.tsv
 
-``--spec`` (written by the plan) lists the images: ``{"expect": ..., "images": [{"modality",
-"store", "out"}, ...]}``; the stores are the normalize stage's, so held-out runs come
-normalized with their training runs' statistics and other images with their own. The
-model (:func:`bidstrain.train.load_model`) is refused when its ``model.json`` disagrees
-with ``expect`` (the configuration). Each store is read ``--batch-size`` volumes at a time
-through the training's own reader (same resampling, crop or pad), never whole.
+``--spec`` (written by the plan) lists the images and the job's settings: ``{"expect": ...,
+"images": [{"modality", "store", "out"}, ...], "settings": {"embed": {...},
+"max_scale_ratio": ..., "seed": ...}}`` (:class:`bidstrain.config.EmbedJobConfig`: the
+``embed`` section, ``checks.max_scale_ratio`` and ``train.seed``); the stores are the
+normalize stage's, so held-out runs come normalized with their training runs' statistics
+and other images with their own. The model (:func:`bidstrain.train.load_model`) is
+refused when its ``model.json`` disagrees with ``expect`` (the configuration). Each store
+is read ``embed.batch_size`` samples at a time through the training's own reader (same
+resampling, crop or pad), never whole.
 
 Before a store is embedded, its values go through the scale guard of the checks
 (:func:`bidstrain.stats.value_stats`): the zero-prediction MSE of its first volume
 against the model's training data (``model.json`` ``scale``); more than
-``--max-scale-ratio`` (``checks.max_scale_ratio``) apart in either direction stops the job
+``checks.max_scale_ratio`` apart in either direction stops the job
 (an image at raw scale, or normalized with the wrong statistics). A BOLD store prepared
 differently from the training data (another repetition time or time method: ``model.json``
 ``preparation``) is refused, naming the difference.
@@ -27,7 +29,7 @@ An embedding store (Zarr v3 with consolidated metadata, read with
 ``xarray.open_zarr(path)``) holds
 ``embedding (time, feature)`` float32, ``loss (time)`` (the masked-token reconstruction
 loss of the training loss, the same tokens masked for every image: a generator seeded by
-``--seed`` per batch position) and ``baseline (time)`` (the loss of predicting the mean),
+``train.seed`` per batch position) and ``baseline (time)`` (the loss of predicting the mean),
 the time of each sample's first frame (the source store's ``time`` coordinate), and
 attributes naming the source store, the model and its configuration hash.
 ``--out-table`` lists the stores written.
@@ -48,7 +50,7 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from bidstrain.config import TrainConfig
+from bidstrain.config import EmbedJobConfig, TrainConfig
 from bidstrain.embed.samples import samples
 from bidstrain.errors import BidstrainError
 from bidstrain.io.atomic import atomic_path, write_text_atomic
@@ -281,21 +283,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bidstrain.embed", description=__doc__)
     parser.add_argument("--model", required=True, help="model.pt")
     parser.add_argument("--spec", required=True, help="the plan's embed.json")
-    parser.add_argument("--batch-size", type=int, required=True)
-    parser.add_argument("--max-scale-ratio", type=float, required=True)
-    parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--out-table", required=True)
     args = parser.parse_args(argv)
     try:
         spec = json.loads(Path(args.spec).read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise BidstrainError(f"cannot read the embed spec: {error}", path=args.spec) from None
+    try:
+        settings = EmbedJobConfig.from_dict(spec.get("settings"))
+    except BidstrainError as error:
+        raise BidstrainError(str(error), path=args.spec) from None
     embed(
         args.model,
         spec["images"],
         expect=spec.get("expect"),
-        batch_size=args.batch_size,
-        max_scale_ratio=args.max_scale_ratio,
-        seed=args.seed,
+        batch_size=settings.embed.batch_size,
+        max_scale_ratio=settings.max_scale_ratio,
+        seed=settings.seed,
         out_table=args.out_table,
     )
