@@ -55,7 +55,8 @@ def workflow_config(train: TrainConfig, **changes) -> Config:
 
 def run_embed(tmp_path, model, images, *, check=True):
     spec = tmp_path / "embed.json"
-    spec.write_text(json.dumps({"images": images}))
+    settings = {"embed": {"batch_size": 3}, "max_scale_ratio": 100, "seed": 0}
+    spec.write_text(json.dumps({"images": images, "settings": settings}))
     command = [
         sys.executable,
         "-m",
@@ -64,12 +65,6 @@ def run_embed(tmp_path, model, images, *, check=True):
         str(model),
         "--spec",
         str(spec),
-        "--batch-size",
-        "3",
-        "--max-scale-ratio",
-        "100",
-        "--seed",
-        "0",
         "--out-table",
         str(tmp_path / "embeddings.tsv"),
     ]

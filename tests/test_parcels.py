@@ -11,6 +11,7 @@ with the scrubbing strategy (its region means are float64 here, unlike its voxel
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import subprocess
@@ -378,6 +379,10 @@ def test_the_plan_and_the_job_write_parcels_at_one_tr_for_runs_in_the_atlas_spac
     }
     plan = plan_of(root, **overrides)
     assert plan.atlas == atlas
+    # model.json records the parcellation through the trainer's store lists
+    recorded = json.loads(plan.files()[paths.plan_stores(plan.experiment)])["parcellation"]
+    digest = hashlib.sha256(atlas.image.read_bytes() + atlas.labels.read_bytes()).hexdigest()
+    assert recorded == {"name": ATLAS_NAME, "checksum": digest}
     job = plan.job("01")
     specs = json.loads(job.spec())
     heldout = next(spec for spec in specs if spec["stats_from"])

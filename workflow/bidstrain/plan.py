@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from bidstrain import __version__, paths
 from bidstrain.config import Config, config_hash, setting_changes, to_plain
 from bidstrain.dataset import derivatives
-from bidstrain.dataset.atlas import AtlasFiles, check_space, find_atlas
+from bidstrain.dataset.atlas import AtlasFiles, atlas_checksum, check_space, find_atlas
 from bidstrain.dataset.bids import BidsFile, BidsIndex, select_echo, select_part
 from bidstrain.dataset.masks import DEFAULT_MASKS, MASK_KEYS, is_pattern, resolve_pattern
 from bidstrain.errors import BidstrainError
@@ -394,13 +394,18 @@ class Plan:
 
     def store_lists(self) -> dict[str, Any]:
         """The lists the trainer reads from :func:`paths.plan_stores`: the stores of
-        training and validation, and the normalize tables that give their volume counts
-        without opening them."""
+        training and validation, the normalize tables that give their volume counts
+        without opening them, and the parcellation's name and checksum
+        (:func:`~bidstrain.dataset.atlas.atlas_checksum`) that ``model.json`` records."""
+        atlas = self.atlas
         return {
             "training": {m: list(s) for m, s in self.training.items()},
             "validation": {m: list(s) for m, s in self.validation.items()},
             "tables": self.normalized_tables,
             "world_size": self.world_size,
+            "parcellation": (
+                {"name": atlas.name, "checksum": atlas_checksum(atlas)} if atlas else None
+            ),
         }
 
     def dataset_description(self) -> dict[str, Any]:
@@ -773,8 +778,8 @@ class Plan:
 
     def embed_files(self) -> dict[str, str]:
         """The embed job's JSON (:func:`paths.plan_embed`): the stores to embed and their
-        outputs, and what the configuration expects of the model (a model that disagrees
-        is refused)."""
+        outputs, what the configuration expects of the model (a model that disagrees
+        is refused), and the job's settings (:class:`~bidstrain.config.EmbedJobConfig`)."""
         images = [
             {
                 "modality": image.image.suffix,
@@ -785,7 +790,15 @@ class Plan:
         ]
         return {
             paths.plan_embed(self.experiment): _json(
-                {"expect": expectation(self.config).to_dict(), "images": images}
+                {
+                    "expect": expectation(self.config).to_dict(),
+                    "images": images,
+                    "settings": {
+                        "embed": to_plain(self.config.embed),
+                        "max_scale_ratio": self.config.checks.max_scale_ratio,
+                        "seed": self.config.train.run.seed,
+                    },
+                }
             )
         }
 

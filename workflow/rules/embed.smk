@@ -1,6 +1,7 @@
 # Embed: apply the trained model to normalized images (bidstrain.embed). Target `embed`;
 # part of `all` only with embed.enabled. The job reads the stores listed in the plan's
-# embed.json and writes one embedding store per image and their table; a new model.pt
+# embed.json, with its settings (the embed section, checks.max_scale_ratio, train.seed),
+# and writes one embedding store per image and their table; a new model.pt
 # (retraining after a changed train.lr, say) reruns it.
 write_if_changed(PLAN.embed_files())
 
@@ -22,14 +23,9 @@ rule embed_images:
         gpu=CONFIG.resources.embed_images.gpus,
         runtime=CONFIG.resources.embed_images.runtime,
         mem_mb=CONFIG.resources.embed_images.mem_mb,
-    params:
-        batch_size=CONFIG.embed.batch_size,
-        max_scale_ratio=CONFIG.checks.max_scale_ratio,
-        seed=CONFIG.train.run.seed,
     shell:
         "python -m bidstrain.embed --model {input.model:q} --spec {input.spec:q}"
-        " --batch-size {params.batch_size} --max-scale-ratio {params.max_scale_ratio}"
-        " --seed {params.seed} --out-table {output:q} > {log:q} 2>&1"
+        " --out-table {output:q} > {log:q} 2>&1"
 
 
 rule report_embed:

@@ -23,6 +23,7 @@ string key.
 
 from bidstrain.config.jobs import (
     ChecksJobConfig,
+    EmbedJobConfig,
     ModelExpectation,
     NormalizeJobConfig,
     read_train_settings,
@@ -70,6 +71,7 @@ from bidstrain.config.sections import (
 )
 
 __all__ = [
+    "EmbedJobConfig",
     "CHECKED",
     "RUN",
     "SCHEMA_PATH",

@@ -13,6 +13,7 @@ from typing import Any
 
 from bidstrain.config.sections import (
     ChecksConfig,
+    EmbedConfig,
     IngestConfig,
     NormalizeConfig,
     TimeConfig,
@@ -148,6 +149,10 @@ class ModelExpectation:
     mask: Mapping[str, str]
     #: ``normalize.confounds.strategy``
     confounds_strategy: str
+    #: ``time.tr``: ``native`` or the TR in seconds the runs are resampled to
+    tr: float | str = "native"
+    #: ``time.method``
+    time_method: str = "linear"
 
     def to_dict(self) -> dict[str, Any]:
         """As plain JSON: ``{"train": ..., "modalities": ..., "normalize": {"ddof",
@@ -160,6 +165,7 @@ class ModelExpectation:
                 "mask": dict(self.mask),
                 "confounds_strategy": self.confounds_strategy,
             },
+            "time": {"tr": self.tr, "method": self.time_method},
         }
 
     @classmethod
@@ -179,11 +185,52 @@ class ModelExpectation:
                 ddof=int(normalize["ddof"]),
                 mask=dict(normalize["mask"]),
                 confounds_strategy=str(normalize["confounds_strategy"]),
+                **_time_fields(values.get("time")),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise BidstrainError(
                 f"not a model expectation ({type(error).__name__}: {error}): {values!r:.200}"
             ) from None
+
+
+@dataclass(frozen=True)
+class EmbedJobConfig:
+    """What the embed job reads of the configuration (the ``settings`` of the embed.json
+    ``Plan.embed_files`` writes)."""
+
+    #: the ``embed`` section (``batch_size``: samples per model call)
+    embed: EmbedConfig
+    #: ``checks.max_scale_ratio``: the scale guard's bound
+    max_scale_ratio: float
+    #: ``train.seed``: seeds the token masks of the reconstruction loss
+    seed: int
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> EmbedJobConfig:
+        """Type the embed job's settings (keys the ``embed`` section leaves out take
+        their schema defaults).
+
+        Raises
+        ------
+        BidstrainError
+            When a key is missing, unknown or of a wrong value.
+        """
+        if not isinstance(values, Mapping) or set(values) != _EMBED_JOB_KEYS:
+            found = sorted(values) if isinstance(values, Mapping) else type(values).__name__
+            raise BidstrainError(
+                f"the embed settings must hold exactly {sorted(_EMBED_JOB_KEYS)}, got {found}"
+            )
+        try:
+            return cls(
+                embed=load_section("embed", values["embed"]),
+                max_scale_ratio=float(values["max_scale_ratio"]),
+                seed=int(values["seed"]),
+            )
+        except (TypeError, ValueError) as error:
+            raise BidstrainError(f"the embed settings: {error}") from None
+
+
+_EMBED_JOB_KEYS = {f.name for f in dataclasses.fields(EmbedJobConfig)}
 
 
 def setting_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -207,3 +254,10 @@ def _differing(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "")
 
 def _shown(value: Any) -> str:
     return json.dumps(value) if isinstance(value, list | tuple | Mapping) else str(value)
+
+
+def _time_fields(time: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``time`` of a model expectation's plain form (absent: runs at their own TR)."""
+    if time is None:
+        return {}
+    return {"tr": time["tr"], "time_method": str(time["method"])}

@@ -16,6 +16,7 @@ differs within the same space.
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,3 +251,14 @@ def nearest_labels(
     out = np.zeros(ijk.shape[1], dtype=labels.dtype)
     out[inside] = labels[tuple(source[:, inside])]
     return out.reshape(shape)
+
+
+def atlas_checksum(atlas: AtlasFiles) -> str:
+    """The sha256 of the atlas's label image followed by its label table: what names the
+    parcellation a model was trained on, whatever the files are called."""
+    digest = hashlib.sha256()
+    for path in (atlas.image, atlas.labels):
+        with open(path, "rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

@@ -1,14 +1,19 @@
 """A deterministic demo BIDS dataset at scanner scale: T1w, BOLD and DWI for a few subjects.
 
 The images are synthetic but shaped like real ones: an ellipsoidal "brain" at scanner
-intensities (BOLD about 5,000 to 10,000, int16), 2 % temporal noise, a slow drift and
-a task signal shared by all subjects (:data:`TASK_AMPLITUDE`), near-zero background, every
-subject on the same BOLD grid.
+intensities (BOLD about 5,000 to 10,000, int16), 2 % temporal noise, a slow drift, slow
+regional fluctuations (:data:`FLUCTUATION_AMPLITUDE`) and a task signal shared by all
+subjects (:data:`TASK_AMPLITUDE`), near-zero background, every subject on the same BOLD
+grid.
 
 The data has structure a model can learn and must predict from context, so that training
 on it beats the baseline of predicting the mean (``train.learning``): the task signal is
-common to every voxel of a frame, and T1w and DWI share an anatomy (nested tissue
-ellipsoids with their own intensity and diffusivity) that each subject only modulates.
+common to every voxel of a frame; slow fluctuations of a few regions
+(:func:`slow_fluctuations`), each shared by neighbouring voxels and smooth over several
+frames, make a frame predictable from its neighbours in time (what a model of BOLD
+windows must learn, and what shuffling a window's frames destroys); T1w and DWI share an
+anatomy (nested tissue ellipsoids with their own intensity and diffusivity) that each
+subject only modulates.
 
 ``RepetitionTime`` lives in the top-level ``task-<task>_bold.json`` so that it is
 inherited, as in many real datasets.
@@ -104,10 +109,47 @@ def _save(data: np.ndarray, path: Path, zooms: Sequence[float]) -> None:
 TASK_AMPLITUDE = 0.04
 
 
+#: Slow fluctuations of a run (:func:`slow_fluctuations`): their peak amplitude as a
+#: fraction of the baseline, the regions that carry one each, the regions' width as a
+#: fraction of the grid's largest side, and their time scale (Gaussian sigma, in frames).
+FLUCTUATION_AMPLITUDE = 0.03
+FLUCTUATION_REGIONS = 8
+FLUCTUATION_WIDTH = 0.2
+FLUCTUATION_FRAMES = 3.0
+
+
+def slow_fluctuations(
+    brain: np.ndarray, n_volumes: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A run's slow fluctuations: Gaussian blobs at random centres (``(regions, *shape)``,
+    peak 1, less their mean over the ``brain`` mask, so that they leave the brain's mean
+    time course to the task signal), each with its own time course (``(n_volumes,
+    regions)``: white noise smoothed by a Gaussian of :data:`FLUCTUATION_FRAMES` frames,
+    unit variance). Neighbouring voxels share a blob's course; distant regions are
+    independent."""
+    shape = brain.shape
+    grids = np.indices(shape, dtype=np.float32)
+    centres = rng.uniform(0.2, 0.8, (FLUCTUATION_REGIONS, 3)) * np.asarray(shape)
+    width = FLUCTUATION_WIDTH * max(shape)
+    distance = sum((grids[i][None] - centres[:, i, None, None, None]) ** 2 for i in range(3))
+    maps = np.exp(-distance / (2 * width**2))
+    maps = (maps - maps[:, brain].mean(axis=1)[:, None, None, None]).astype(np.float32)
+    pad = int(4 * FLUCTUATION_FRAMES)
+    noise = rng.standard_normal((n_volumes + 2 * pad, FLUCTUATION_REGIONS))
+    offsets = np.arange(-pad, pad + 1)
+    kernel = np.exp(-(offsets**2) / (2 * FLUCTUATION_FRAMES**2))
+    courses = np.stack(
+        [np.convolve(noise[:, k], kernel, mode="valid") for k in range(FLUCTUATION_REGIONS)],
+        axis=1,
+    )
+    courses /= courses.std(axis=0, keepdims=True)
+    return maps, courses.astype(np.float32)
+
+
 def bold_anatomy(spec: DemoSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
     """A subject's BOLD baseline intensity (5,000 to 10,000), task-response map and
-    temporal noise level (about 2 %; with the drift and the task signal, 1 to 3 % of
-    temporal variation).
+    temporal noise level (about 2 %; with the drift, the task signal and the slow
+    fluctuations, about 4 % of temporal variation).
 
     They belong to the subject's brain and scanner, not to a run: every run of a subject
     shares them, so that statistics fitted on one run normalize another (held-out runs).
@@ -126,16 +168,19 @@ def bold_run(
     """One BOLD run as int16, shape ``bold_shape + (n_volumes,)``, at scanner scale.
 
     ``anatomy`` is the subject's :func:`bold_anatomy` (a new one is drawn when None); the
-    noise and the drift are the run's own. The run is built volume by volume in
-    float32 so that a 96x96x96x300 run for the benchmarks needs about one run of int16 in
-    memory, not one of float64.
+    noise, the drift and the :func:`slow_fluctuations` are the run's own (drawn from a
+    child of ``rng``, so that ``rng`` draws what it drew before they existed). The run is
+    built volume by volume in float32 so that a 96x96x96x300 run for the benchmarks needs
+    about one run of int16 in memory, not one of float64.
     """
     brain = _ellipsoid(spec.bold_shape)
     baseline, response, noise_level = anatomy if anatomy is not None else bold_anatomy(spec, rng)
+    maps, courses = slow_fluctuations(brain, spec.n_volumes, rng.spawn(1)[0])
     drift = np.linspace(0, rng.uniform(0.01, 0.02), spec.n_volumes, dtype=np.float32)
     out = np.empty((*spec.bold_shape, spec.n_volumes), dtype=np.int16)
     for t in range(spec.n_volumes):
         modulation = 1 + drift[t] + TASK_AMPLITUDE * shared_signal[t] * response
+        modulation = modulation + FLUCTUATION_AMPLITUDE * np.tensordot(courses[t], maps, 1)
         noise = rng.standard_normal(spec.bold_shape, dtype=np.float32) * noise_level
         volume = np.where(brain, baseline * (modulation + noise), 0.0)
         background = np.abs(rng.standard_normal(spec.bold_shape, dtype=np.float32)) * 5

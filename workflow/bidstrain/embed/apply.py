@@ -1,37 +1,44 @@
-"""Apply a trained model to normalized images: per volume the encoder's pooled embedding
-and the reconstruction loss, in one Zarr store per image.
+"""Apply a trained model to normalized images: per volume (or, for a model of BOLD
+windows, per non-overlapping window of a run) the encoder's pooled embedding and the
+reconstruction loss, in one Zarr store per image.
 
 ::
 
     python -m bidstrain.embed --model results/train/demo/model.pt \\
-        --spec results/plan/demo/embed.json --batch-size 16 --max-scale-ratio 100 --seed 0 \\
-        --out-table results/embed/demo/embeddings.tsv
+        --spec results/plan/demo/embed.json --out-table results/embed/demo/embeddings.tsv
 
-``--spec`` (written by the plan) lists the images: ``{"expect": ..., "images": [{"modality",
-"store", "out"}, ...]}``; the stores are the normalize stage's, so held-out runs come
-normalized with their training runs' statistics and other images with their own. The
-model (:func:`bidstrain.train.load_model`) is refused when its ``model.json`` disagrees
-with ``expect`` (the configuration). Each store is read ``--batch-size`` volumes at a time
-through the training's own reader (same resampling, crop or pad), never whole.
+``--spec`` (written by the plan) lists the images and the job's settings: ``{"expect": ...,
+"images": [{"modality", "store", "out"}, ...], "settings": {"embed": {...},
+"max_scale_ratio": ..., "seed": ...}}`` (:class:`bidstrain.config.EmbedJobConfig`: the
+``embed`` section, ``checks.max_scale_ratio`` and ``train.seed``); the stores are the
+normalize stage's, so held-out runs come normalized with their training runs' statistics
+and other images with their own. The model (:func:`bidstrain.train.load_model`) is
+refused when its ``model.json`` disagrees with ``expect`` (the configuration). Each store
+is read ``embed.batch_size`` samples at a time through the training's own reader (same
+resampling, crop or pad), never whole.
 
 Before a store is embedded, its values go through the scale guard of the checks
 (:func:`bidstrain.stats.value_stats`): the zero-prediction MSE of its first volume
 against the model's training data (``model.json`` ``scale``); more than
-``--max-scale-ratio`` (``checks.max_scale_ratio``) apart in either direction stops the job
-(an image at raw scale, or normalized with the wrong statistics).
+``checks.max_scale_ratio`` apart in either direction stops the job
+(an image at raw scale, or normalized with the wrong statistics). A BOLD store prepared
+differently from the training data (another repetition time or time method: ``model.json``
+``preparation``) is refused, naming the difference.
 
 An embedding store (Zarr v3 with consolidated metadata, read with
 ``xarray.open_zarr(path)``) holds
 ``embedding (time, feature)`` float32, ``loss (time)`` (the masked-token reconstruction
 loss of the training loss, the same tokens masked for every image: a generator seeded by
-``--seed`` per batch position) and ``baseline (time)`` (the loss of predicting the mean),
-the source store's ``time`` coordinate, and attributes naming the source store, the model
-and its configuration hash. ``--out-table`` lists the stores written.
+``train.seed`` per batch position) and ``baseline (time)`` (the loss of predicting the mean),
+the time of each sample's first frame (the source store's ``time`` coordinate), and
+attributes naming the source store, the model and its configuration hash.
+``--out-table`` lists the stores written.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -43,13 +50,14 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from bidstrain.config import TrainConfig
+from bidstrain.config import EmbedJobConfig, TrainConfig
+from bidstrain.embed.samples import samples
 from bidstrain.errors import BidstrainError
 from bidstrain.io.atomic import atomic_path, write_text_atomic
-from bidstrain.io.store import consolidate, open_store, read_meta
+from bidstrain.io.store import consolidate, read_meta
 from bidstrain.stats import value_stats
-from bidstrain.train.data import VolumeDataset
 from bidstrain.train.description import first_volume, load_model
+from bidstrain.train.expectation import preparation_of
 from bidstrain.train.losses import baseline_loss, normalized_mse
 from bidstrain.train.model import MultiModalAutoencoder
 
@@ -89,6 +97,30 @@ def check_scale(
     return mse
 
 
+def check_preparation(store: str | Path, description: Mapping[str, Any]) -> None:
+    """Refuse a BOLD store prepared differently from the model's training data (another
+    TR or time method), naming the difference.
+
+    Raises
+    ------
+    BidstrainError
+        Naming the store, its subject and each difference.
+    """
+    trained = preparation_of(description)
+    meta = read_meta(store)
+    data = dataclasses.replace(
+        trained, repetition_time=meta.repetition_time, time_method=meta.time_method
+    )
+    lines = trained.differences(data)
+    if lines:
+        raise BidstrainError(
+            "these stores were prepared differently from the model's training data: "
+            + "; ".join(lines),
+            path=store,
+            subject=meta.subject,
+        )
+
+
 @torch.no_grad()
 def embed_store(
     model: MultiModalAutoencoder,
@@ -100,26 +132,27 @@ def embed_store(
     seed: int,
     device: torch.device,
 ) -> dict[str, np.ndarray]:
-    """Embeddings, reconstruction losses and baselines of every volume of ``store``.
+    """Embeddings, reconstruction losses and baselines of every sample of ``store``: its
+    volumes, or for a model of BOLD windows the run's non-overlapping windows
+    (:func:`bidstrain.embed.samples.samples`).
 
-    Volumes are read ``batch_size`` at a time. Batch ``b`` masks the tokens drawn by a
+    Samples are read ``batch_size`` at a time. Batch ``b`` masks the tokens drawn by a
     generator seeded with ``(seed, b)``, so two identical stores get identical results.
 
     Returns
     -------
     dict
-        ``embedding`` (time, feature), ``loss`` and ``baseline`` (time), float32.
+        ``embedding`` (time, feature), ``loss`` and ``baseline`` (time), float32, and
+        ``time``: the time of each sample's first frame.
     """
     model_config = TrainConfig.with_defaults(description["train"]).model
-    dataset = VolumeDataset(
-        {modality: [str(store)]}, model_config.shapes, resample=model_config.resample
-    )
     settings = model.loss_settings
     stats = (settings.target_stats or {}).get(modality)
-    out: dict[str, list[np.ndarray]] = {"embedding": [], "loss": [], "baseline": []}
-    for number, start in enumerate(range(0, len(dataset), batch_size)):
-        volume = dataset.batch(range(start, min(start + batch_size, len(dataset))))[modality]
+    out: dict[str, list[np.ndarray]] = {"embedding": [], "loss": [], "baseline": [], "time": []}
+    batches = samples(store, modality, model_config, batch_size)
+    for number, (times, volume) in enumerate(batches):
         volume = volume.to(device)
+        out["time"].append(times)
         out["embedding"].append(model.encode(modality, volume).float().cpu().numpy())
         batch = {modality: volume}
         generator = torch.Generator().manual_seed(seed * 1_000_003 + number)
@@ -137,7 +170,9 @@ def embed_store(
             baselines.append(baseline_loss(volume[i], where=mask, **options))
         out["loss"].append(torch.stack(losses).float().cpu().numpy())
         out["baseline"].append(torch.stack(baselines).float().cpu().numpy())
-    return {key: np.concatenate(parts).astype(np.float32) for key, parts in out.items()}
+    values = {key: np.concatenate(parts).astype(np.float32) for key, parts in out.items()}
+    values["time"] = np.concatenate(out["time"]).astype(np.float64)
+    return values
 
 
 def write_embedding(
@@ -151,8 +186,7 @@ def write_embedding(
 ) -> None:
     """Write one embedding store atomically (see the module docstring for its layout)."""
     meta = read_meta(store)
-    with open_store(store, use_dask=False) as source:
-        time = np.asarray(source["time"].values, dtype=np.float64)
+    time = values["time"]
     dataset = xr.Dataset(
         {
             "embedding": (("time", "feature"), values["embedding"]),
@@ -204,6 +238,8 @@ def embed(
                 f"(it knows {description['modalities']})",
                 path=image["store"],
             )
+        if image["modality"] == "bold":
+            check_preparation(image["store"], description)
         check_scale(image["store"], image["modality"], description, max_scale_ratio)
     rows = []
     for image in images:
@@ -247,21 +283,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bidstrain.embed", description=__doc__)
     parser.add_argument("--model", required=True, help="model.pt")
     parser.add_argument("--spec", required=True, help="the plan's embed.json")
-    parser.add_argument("--batch-size", type=int, required=True)
-    parser.add_argument("--max-scale-ratio", type=float, required=True)
-    parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--out-table", required=True)
     args = parser.parse_args(argv)
     try:
         spec = json.loads(Path(args.spec).read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise BidstrainError(f"cannot read the embed spec: {error}", path=args.spec) from None
+    try:
+        settings = EmbedJobConfig.from_dict(spec.get("settings"))
+    except BidstrainError as error:
+        raise BidstrainError(str(error), path=args.spec) from None
     embed(
         args.model,
         spec["images"],
         expect=spec.get("expect"),
-        batch_size=args.batch_size,
-        max_scale_ratio=args.max_scale_ratio,
-        seed=args.seed,
+        batch_size=settings.embed.batch_size,
+        max_scale_ratio=settings.max_scale_ratio,
+        seed=settings.seed,
         out_table=args.out_table,
     )

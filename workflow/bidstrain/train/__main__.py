@@ -71,6 +71,20 @@ def read_table_list(path: str | Path) -> list[str]:
     return tables
 
 
+def read_parcellation(path: str | Path) -> dict[str, str] | None:
+    """The ``parcellation`` of a ``--stores`` file (``{"name", "checksum"}`` of the atlas
+    the plan found; None when absent), recorded in ``model.json``."""
+    value = json.loads(Path(path).read_text()).get("parcellation")
+    if value is not None and not (
+        isinstance(value, Mapping) and {"name", "checksum"} <= set(value)
+    ):
+        raise BidstrainError(
+            f'"parcellation" must be {{"name", "checksum"}} or null, got {value!r:.200}',
+            path=path,
+        )
+    return None if value is None else {"name": value["name"], "checksum": value["checksum"]}
+
+
 def _is_store_lists(value) -> bool:
     return isinstance(value, Mapping) and all(
         isinstance(stores, list) and all(isinstance(s, str) for s in stores)
@@ -103,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             checkpoint_dir=args.checkpoint_dir,
             world_size=args.world_size,
             tables=read_table_list(args.stores),
+            parcellation=read_parcellation(args.stores),
         )
     except Interrupted as interrupted:
         logging.getLogger("bidstrain.train").warning("%s", interrupted)

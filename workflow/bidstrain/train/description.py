@@ -11,6 +11,10 @@ A model is only usable on data prepared as its training data was. ``model.json``
   statistics run over (``stats_dim``), ``ddof``, the mask, the confound strategy, the
   storage, and the training stores, each holding its own ``mean``/``std`` (held-out data
   is normalized with them: :func:`bidstrain.normalize.normalize_with_stats`);
+- ``preparation`` (:class:`~bidstrain.train.expectation.Preparation`): how BOLD was
+  prepared: the stores' repetition time and time method, the window, its stride, the
+  frames per token, the BOLD input (voxels or parcels), and the parcellation's name, its
+  checksum (:func:`bidstrain.dataset.atlas.atlas_checksum`) and number of parcels;
 - ``scale``: the zero-prediction MSE of the training values per modality (what the scale
   guard of :mod:`bidstrain.embed` compares new data with);
 - ``train``: the settings that determine the weights, the hash of the run (``config_hash``,
@@ -31,15 +35,16 @@ from typing import Any
 
 import numpy as np
 import torch
+import zarr
 
 from bidstrain import __version__
 from bidstrain.config import Config, ModelExpectation, TrainConfig
 from bidstrain.errors import BidstrainError
 from bidstrain.io.atomic import write_text_atomic
-from bidstrain.io.store import open_store, read_meta
+from bidstrain.io.store import read_meta
 from bidstrain.modalities import MODALITIES
 from bidstrain.stats import value_stats
-from bidstrain.train.expectation import differences, expectation
+from bidstrain.train.expectation import Preparation, differences, expectation, preparation_of
 from bidstrain.train.model import MultiModalAutoencoder, build_module
 
 FORMAT = "bidstrain-model/1"
@@ -56,6 +61,7 @@ def describe(
     *,
     config_hash: str,
     step: int,
+    parcellation: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The description of a trained model (the content of ``model.json``).
 
@@ -71,6 +77,8 @@ def describe(
         :func:`bidstrain.train.checkpoint.run_hash` of the run.
     step : int
         Optimizer steps done.
+    parcellation : mapping, optional
+        ``{"name", "checksum"}`` of the atlas of parcel windows.
     """
     settings = module.loss_settings
     return {
@@ -87,6 +95,7 @@ def describe(
             for m in module.modalities
         },
         "normalization": {m: normalization(stores[m]) for m in module.modalities},
+        "preparation": preparation(module, config, stores, parcellation).to_json(),
         "scale": {m: {"mse_zero": training_scale(stores[m])} for m in module.modalities},
         "train": config.hashed(),
         "loss_target_stats": (
@@ -99,6 +108,30 @@ def describe(
         "torch_version": str(torch.__version__),
         "bidstrain_version": __version__,
     }
+
+
+def preparation(
+    module: MultiModalAutoencoder,
+    config: TrainConfig,
+    stores: Mapping[str, Sequence[str]],
+    parcellation: Mapping[str, str] | None,
+) -> Preparation:
+    """How the BOLD training stores were prepared (their first store's repetition time
+    and time method: the plan resamples every run to one TR or keeps each run's own)."""
+    meta = read_meta(stores["bold"][0]) if stores.get("bold") else None
+    model = config.model
+    parcels = model.bold_input == "parcels" and "bold" in module.modalities
+    return Preparation(
+        repetition_time=meta.repetition_time if meta else None,
+        time_method=meta.time_method if meta else "none",
+        window=model.window,
+        window_stride=config.loader.window_stride or model.window,
+        patch_frames=model.patch_frames,
+        bold_input=model.bold_input,
+        parcellation=parcellation["name"] if parcellation else None,
+        parcellation_checksum=parcellation["checksum"] if parcellation else None,
+        n_parcels=module.embed["bold"].channels if parcels else None,
+    )
 
 
 def normalization(stores: Sequence[str]) -> dict[str, Any]:
@@ -128,9 +161,8 @@ def training_scale(stores: Sequence[str]) -> float:
 
 
 def first_volume(path: str | Path) -> np.ndarray:
-    """The masked voxels of a store's first volume."""
-    with open_store(path, use_dask=False) as ds:
-        return np.asarray(ds["data"][0].values, dtype=np.float64)
+    """The masked voxels (or the parcels) of a store's first frame."""
+    return np.asarray(zarr.open_array(Path(path) / "data", mode="r")[0], dtype=np.float64)
 
 
 def write(description: Mapping[str, Any], path: str | Path) -> None:
@@ -193,6 +225,7 @@ def load_model(
         TrainConfig.with_defaults(description["train"]),
         [m for m in MODALITIES if m in description["modalities"]],
         target_stats={m: tuple(v) for m, v in stats.items()} if stats else None,
+        n_parcels=preparation_of(description).n_parcels,
     )
     module.load_state_dict(saved["model"])
     return module.to(device).eval(), description

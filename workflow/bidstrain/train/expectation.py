@@ -7,11 +7,90 @@ Light (no torch): the plan writes the expectation into the embed job's file at p
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from bidstrain.config import Config, ModelExpectation
 from bidstrain.dataset.masks import is_pattern
 from bidstrain.modalities import MODALITIES
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """How BOLD was prepared for a model: the ``preparation`` of ``model.json``, read and
+    compared through this record only (:func:`preparation_of`).
+
+    Attributes
+    ----------
+    repetition_time : float or None
+        Seconds between the frames of the stores (after resampling in time).
+    time_method : str
+        How the runs were resampled in time (``none``: at their own TR).
+    window, window_stride, patch_frames : int
+        Frames per sample, frames between windows, frames per token.
+    bold_input : str
+        ``voxels`` or ``parcels``.
+    parcellation : str or None
+        The atlas's name (None without parcels).
+    parcellation_checksum : str or None
+        :func:`bidstrain.dataset.atlas.atlas_checksum` of the atlas.
+    n_parcels : int or None
+        Parcels of a parcel window.
+    """
+
+    repetition_time: float | None
+    time_method: str
+    window: int
+    window_stride: int
+    patch_frames: int
+    bold_input: str
+    parcellation: str | None = None
+    parcellation_checksum: str | None = None
+    n_parcels: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The plain form ``model.json`` holds."""
+        return asdict(self)
+
+    def differences(self, data: Preparation) -> list[str]:
+        """How ``data`` (new stores) was prepared differently from this (the model's):
+        one line per difference, naming both, e.g. ``model trained on TR 0.8 s windows
+        of 20 frames; these stores are at TR 2.0 s``."""
+        lines = []
+        trained = f"model trained on TR {self.repetition_time} s windows of {self.window} frames"
+        known = None not in (data.repetition_time, self.repetition_time)
+        if known and abs(data.repetition_time - self.repetition_time) > 1e-6:
+            lines.append(f"{trained}; these stores are at TR {data.repetition_time} s")
+        if data.time_method != self.time_method:
+            lines.append(
+                f"model trained on runs resampled in time by {self.time_method!r}; these "
+                f"stores by {data.time_method!r}"
+            )
+        if data.bold_input != self.bold_input:
+            lines.append(f"model trained on {self.bold_input}; these stores hold {data.bold_input}")
+        if (data.parcellation, data.parcellation_checksum) != (
+            self.parcellation,
+            self.parcellation_checksum,
+        ):
+            lines.append(
+                f"model trained on parcellation {self.parcellation!r} (sha256 "
+                f"{self.parcellation_checksum}); these stores on {data.parcellation!r} "
+                f"(sha256 {data.parcellation_checksum})"
+            )
+        if data.n_parcels is not None and data.n_parcels != self.n_parcels:
+            lines.append(
+                f"model trained on {self.n_parcels} parcels; these stores hold {data.n_parcels}"
+            )
+        return lines
+
+
+def preparation_of(description: Mapping[str, Any]) -> Preparation:
+    """The :class:`Preparation` of a model's description (``model.json``); a model
+    written before windows existed saw single frames of runs at their own TR."""
+    saved = description.get("preparation")
+    if saved is None:
+        return Preparation(None, "none", 1, 1, 1, "voxels")
+    return Preparation(**saved)
 
 
 def expectation(config: Config) -> ModelExpectation:
@@ -24,6 +103,8 @@ def expectation(config: Config) -> ModelExpectation:
         ddof=normalize.ddof,
         mask={m: normalize.mask_option(m) for m in MODALITIES},
         confounds_strategy=normalize.confounds.strategy,
+        tr=config.time.tr,
+        time_method=config.time.method,
     )
 
 
@@ -31,11 +112,25 @@ def differences(description: Mapping[str, Any], expected: ModelExpectation) -> l
     """How a model's description disagrees with a configuration's :func:`expectation`:
     one line per difference.
 
-    Compared: every ``train`` key that determines the weights, the trained modalities,
-    and per modality the normalization's ``ddof``, mask keyword (a path pattern is not
-    compared) and, for BOLD, the confound strategy.
+    Compared: every ``train`` key that determines the weights (the window, its stride,
+    the frames per token and the BOLD input among them), the trained modalities, per
+    modality the normalization's ``ddof``, mask keyword (a path pattern is not compared)
+    and, for BOLD, the confound strategy, and the TR and the time method the
+    configuration resamples to (``time``).
     """
     lines = []
+    prepared = preparation_of(description)
+    if "bold" in description["modalities"]:
+        target, method = expected.tr, expected.time_method
+        if target != "native" and float(target) != prepared.repetition_time:
+            lines.append(
+                f"time.tr: the model was trained on TR {prepared.repetition_time} s, the "
+                f"config resamples to {float(target)} s"
+            )
+        if target != "native" and method != prepared.time_method:
+            lines.append(
+                f"time.method: {prepared.time_method!r} in the model, {method!r} in the config"
+            )
     current = expected.train
     for key, value in description["train"].items():
         if key in current and current[key] != value:

@@ -73,12 +73,14 @@ class Interrupted(Exception):
 
 @dataclass(frozen=True)
 class Outputs:
-    """Where a run writes: the declared outputs and the checkpoint folder."""
+    """Where a run writes: the declared outputs and the checkpoint folder, and the
+    parcellation ``model.json`` records (``{"name", "checksum"}``; None without one)."""
 
     model: Path
     model_json: Path
     metrics: Path
     checkpoints: Path
+    parcellation: Mapping[str, str] | None = None
 
 
 @dataclass
@@ -103,6 +105,7 @@ def train(
     model_json_out: str | Path | None = None,
     world_size: int | None = None,
     tables: Sequence[str] = (),
+    parcellation: Mapping[str, str] | None = None,
 ) -> MultiModalAutoencoder:
     """Train the model on ``stores``, validating on ``validation_stores`` every epoch.
 
@@ -127,6 +130,8 @@ def train(
     tables : sequence of str
         Normalize tables giving the stores' volume counts, so that no store is opened
         before it is read (stores in none are counted from their metadata).
+    parcellation : mapping, optional
+        ``{"name", "checksum"}`` of the atlas the plan found (``model.json`` records it).
 
     Returns
     -------
@@ -158,6 +163,7 @@ def train(
             model_json=Path(model_json_out or Path(model_out).with_name("model.json")),
             metrics=Path(metrics_out),
             checkpoints=Path(checkpoint_dir),
+            parcellation=parcellation,
         )
         return _train(config, stores, validation_stores, context, outputs, tables)
     finally:
@@ -367,7 +373,14 @@ def save_checkpoint(
 def write_outputs(module, config, stores, state: TrainState, config_hash, paths: Outputs):
     """The declared outputs: ``model.pt`` (with its description), ``model.json``
     (:mod:`.description`) and a copy of the working metrics file."""
-    about = description.describe(module, config, stores, config_hash=config_hash, step=state.step)
+    about = description.describe(
+        module,
+        config,
+        stores,
+        config_hash=config_hash,
+        step=state.step,
+        parcellation=paths.parcellation,
+    )
     with atomic_path(paths.model) as tmp:
         torch.save(
             {

@@ -1,0 +1,71 @@
+"""The samples the embed job gives the model: a store's volumes, or the non-overlapping
+windows of a BOLD run (voxels or parcels), ``batch_size`` samples at a time, never the
+whole store at once.
+
+A BOLD run of ``n`` frames gives ``n // window`` windows, frames ``[k * window, (k + 1) *
+window)``; the frames after the last whole window are left out (``n % window`` of them,
+logged). Each sample is labelled with the time of its first frame.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+import zarr
+
+from bidstrain.config import ModelConfig
+from bidstrain.train.data import VolumeDataset
+
+LOG = logging.getLogger("bidstrain.embed")
+
+
+def samples(
+    store: str | Path, modality: str, model: ModelConfig, batch_size: int
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """``(times, batch)`` pairs: the first frame's time of each sample, and the samples
+    as the model reads them: ``(n, 1, x, y, z)`` volumes, ``(n, window, x, y, z)`` voxel
+    windows or ``(n, window, parcels)`` parcel windows."""
+    with xr.open_zarr(store) as ds:
+        times = np.asarray(ds["time"].values, dtype=np.float64)
+    window = model.window if modality == "bold" else 1
+    starts = np.arange(0, len(times) - window + 1, window)
+    if len(times) % window:
+        LOG.info(
+            "%s: %d frames after the last whole window of %d left out",
+            store,
+            len(times) % window,
+            window,
+        )
+    if modality == "bold" and model.bold_input == "parcels":
+        read = _parcel_reader(store)
+    else:
+        read = _voxel_reader(store, modality, model)
+    for first in range(0, len(starts), batch_size):
+        chosen = starts[first : first + batch_size]
+        yield times[chosen], torch.stack([read(start, window) for start in chosen])
+
+
+def _voxel_reader(store: str | Path, modality: str, model: ModelConfig):
+    """Frames ``[start, start + count)`` on the model's grid, ``(count, x, y, z)``,
+    through the training's reader (same resampling, crop or pad)."""
+    dataset = VolumeDataset({modality: [str(store)]}, model.shapes, resample=model.resample)
+
+    def read(start: int, count: int) -> torch.Tensor:
+        return dataset.batch(range(start, start + count))[modality][:, 0]
+
+    return read
+
+
+def _parcel_reader(store: str | Path):
+    """Frames ``[start, start + count)`` of a parcel store, ``(count, parcels)``."""
+
+    def read(start: int, count: int) -> torch.Tensor:
+        values = zarr.open_array(Path(store) / "data", mode="r")[start : start + count]
+        return torch.from_numpy(np.asarray(values, dtype=np.float32))
+
+    return read
