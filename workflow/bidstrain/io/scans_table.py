@@ -6,7 +6,13 @@ Columns: ``filename`` (the store, relative to the table's folder, as in a BIDS
 ``scans.tsv``), ``modality``, ``source`` (the NIfTI), ``heldout`` (true/false),
 ``volumes``, ``voxels`` (masked), ``grid`` (``XxYxZ``), ``stats_from`` (stores whose
 statistics a held-out run took, ``;``-separated), ``checksum`` (the store's content
-checksum, :func:`bidstrain.io.store.store_checksum`). The table is the job's output, and
+checksum, :func:`bidstrain.io.store.store_checksum`), ``segments`` (BOLD: the lengths of the
+runs of consecutive valid frames in ``data``, ``;``-separated, :func:`bidstrain.io.store.
+read_segments`; empty for other modalities) and ``parcels`` (the run's parcel store, relative
+as ``filename``, or empty). Tables written before the last two columns existed read with
+``segments`` None (unknown: read from the store) and no parcel store.
+
+The table is the job's output, and
 Snakemake skips a rerun of a job whose small input file kept its checksum: a rewrite of
 the stores with other content makes a new table, so what reads them reruns, while a
 rewrite of the same content (a forced rerun on unchanged data) leaves the table as it was
@@ -34,6 +40,8 @@ COLUMNS = (
     "grid",
     "stats_from",
     "checksum",
+    "segments",
+    "parcels",
 )
 
 
@@ -50,6 +58,10 @@ class StoreRow:
     grid: tuple[int, ...]
     stats_from: tuple[str, ...]
     checksum: str
+    #: lengths of the runs of consecutive valid frames (BOLD), None when unknown
+    segments: tuple[int, ...] | None = None
+    #: the run's parcel store (config ``parcellation``), empty without one
+    parcels: str = ""
 
 
 def write_table(rows: Iterable[StoreRow], out: str | Path) -> None:
@@ -70,6 +82,8 @@ def write_table(rows: Iterable[StoreRow], out: str | Path) -> None:
                 "x".join(map(str, row.grid)),
                 ";".join(row.stats_from),
                 row.checksum,
+                "" if row.segments is None else ";".join(map(str, row.segments)),
+                os.path.relpath(row.parcels, folder) if row.parcels else "",
             ]
         )
     write_text_atomic(out, buffer.getvalue())
@@ -93,6 +107,17 @@ def read_tables(paths: Sequence[str | Path]) -> list[StoreRow]:
                         grid=tuple(int(n) for n in row["grid"].split("x")),
                         stats_from=tuple(filter(None, row["stats_from"].split(";"))),
                         checksum=row["checksum"],
+                        segments=_segments(row.get("segments")),
+                        parcels=os.path.normpath(os.path.join(folder, row["parcels"]))
+                        if row.get("parcels")
+                        else "",
                     )
                 )
     return rows
+
+
+def _segments(value: str | None) -> tuple[int, ...] | None:
+    """The ``segments`` column: None when absent or empty (an older table, or not BOLD)."""
+    if not value:
+        return None
+    return tuple(int(n) for n in value.split(";"))

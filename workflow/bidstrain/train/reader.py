@@ -13,6 +13,10 @@ close together (:mod:`bidstrain.train.sampler`).
 
 :class:`OpenStores` keeps at most ``capacity`` stores open (least recently used first
 out), so a loader over 20,000 stores never holds 20,000 sets of open files.
+
+A BOLD window (``train.window`` frames, :mod:`bidstrain.train.windows`) is read frame by
+frame onto the model's grid (each frame one vectored read of its own bytes); a parcel
+store (:class:`ParcelReader`) is small and read whole once.
 """
 
 from __future__ import annotations
@@ -153,6 +157,39 @@ class StoreReader:
         return self._shards[shard]
 
 
+class ParcelReader:
+    """One open parcel store (:func:`bidstrain.io.store.write_parcel_store`): its ``data``
+    (frames x parcels, one small chunk) read once into memory.
+
+    Parameters
+    ----------
+    path : str
+    volumes : int
+        Frames the plan counted for it (an error when the store has another count).
+    """
+
+    def __init__(self, path: str, volumes: int):
+        self.path = path
+        try:
+            group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
+            self.data = np.asarray(group["data"][...], dtype=np.float32)
+        except (FileNotFoundError, KeyError) as error:
+            raise BidstrainError(f"cannot read the parcel store: {error}", path=path) from None
+        if self.data.shape[0] != volumes:
+            raise BidstrainError(
+                f"the parcel store has {self.data.shape[0]} frames but the training plan "
+                f"counted {volumes} (rerun the normalize job of its subject)",
+                path=path,
+            )
+
+    def window(self, start: int, out: np.ndarray) -> None:
+        """Write frames ``start .. start + len(out) - 1`` into ``out`` (frames x parcels)."""
+        out[...] = self.data[start : start + len(out)]
+
+    def close(self) -> None:
+        """Nothing to close: the values are in memory."""
+
+
 def _plain_layout(array: zarr.Array) -> bool:
     """Whether the shard holds each inner chunk as plain little-endian values (no
     compression, no filter), the layout :class:`~bidstrain.io.shards.ShardStream` writes."""
@@ -193,17 +230,23 @@ class OpenStores:
     def __init__(self, capacity: int, chunk_cache: int):
         self.capacity = capacity
         self.cache = ChunkCache(chunk_cache)
-        self._readers: OrderedDict[str, StoreReader] = OrderedDict()
+        self._readers: OrderedDict[str, StoreReader | ParcelReader] = OrderedDict()
         #: Stores opened so far (reopenings included): what the bound costs.
         self.opened = 0
 
-    def get(self, path: str, volumes: int, shape: Sequence[int], factor: int) -> StoreReader:
-        """The reader of ``path``, opened if it is not."""
+    def get(
+        self, path: str, volumes: int, shape: Sequence[int], factor: int
+    ) -> StoreReader | ParcelReader:
+        """The reader of ``path``, opened if it is not: a :class:`ParcelReader` when
+        ``shape`` has one axis (parcels), else a :class:`StoreReader`."""
         reader = self._readers.get(path)
         if reader is not None:
             self._readers.move_to_end(path)
             return reader
-        reader = StoreReader(path, volumes, shape, factor)
+        if len(shape) == 1:
+            reader = ParcelReader(path, volumes)
+        else:
+            reader = StoreReader(path, volumes, shape, factor)
         self.opened += 1
         self._readers[path] = reader
         while len(self._readers) > self.capacity:
