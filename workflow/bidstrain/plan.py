@@ -216,6 +216,7 @@ class Plan:
         subjects = tuple(sorted({image.subject for group in images.values() for image in group}))
         _require_images(index, config, subjects)
         atlas = find_atlas(config.parcellation) if config.parcellation.enabled else None
+        _check_bold_input(config, atlas, bool(images["bold"]))
         jobs = _normalize_jobs(
             config, index, kind, [i for m in MODALITIES for i in images[m]], atlas
         )
@@ -383,13 +384,29 @@ class Plan:
             *([paths.embed_figure(self.experiment)] if self.config.embed.enabled else []),
         ]
 
+    def trainer_stores(self, stores: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+        """``stores`` (:attr:`training` or :attr:`validation`) as the trainer reads them:
+        with ``train.bold_input: parcels`` each BOLD run's parcel store instead of its
+        voxel store (the checks and embed read the voxel stores, whose frames and
+        segments the parcel stores share)."""
+        lists = {m: list(s) for m, s in stores.items()}
+        if self.config.train.model.bold_input == "parcels" and "bold" in lists:
+            parcels = {
+                image.store: image.parcels["store"]
+                for job in self.jobs.values()
+                for image in job.images
+                if image.parcels
+            }
+            lists["bold"] = [parcels[store] for store in lists["bold"]]
+        return lists
+
     def store_lists(self) -> dict[str, Any]:
         """The lists the trainer reads from :func:`paths.plan_stores`: the stores of
-        training and validation, and the normalize tables that give their volume counts
-        without opening them."""
+        training and validation (:meth:`trainer_stores`), and the normalize tables that
+        give their volume counts and segments without opening them."""
         return {
-            "training": {m: list(s) for m, s in self.training.items()},
-            "validation": {m: list(s) for m, s in self.validation.items()},
+            "training": self.trainer_stores(self.training),
+            "validation": self.trainer_stores(self.validation),
             "tables": self.normalized_tables,
             "world_size": self.world_size,
         }
@@ -886,6 +903,29 @@ def _normalize_jobs(
             ordered.append(job(image, runs))
         jobs[subject] = NormalizeJob(subject, tuple(ordered))
     return jobs
+
+
+def _check_bold_input(config: Config, atlas: AtlasFiles | None, has_bold: bool) -> None:
+    """``train.bold_input: parcels`` needs a parcellation (and, for now, subject runs).
+
+    Raises
+    ------
+    BidstrainError
+        Naming the keys to change.
+    """
+    if config.train.model.bold_input != "parcels" or not has_bold:
+        return
+    if atlas is None:
+        raise BidstrainError(
+            "config train.bold_input is parcels but no parcellation is configured: set the "
+            "parcellation section (an atlas in the BOLD runs' space), or train.bold_input: "
+            "voxels"
+        )
+    if config.average.mode == "cross_subject":
+        raise BidstrainError(
+            "config train.bold_input is parcels with average.mode cross_subject: parcel "
+            "averages are not written yet; set average.mode: per_subject"
+        )
 
 
 def _average_groups(bold: Sequence[ImageJob]) -> tuple[AverageGroup, ...]:

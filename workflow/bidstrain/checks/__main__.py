@@ -25,6 +25,8 @@ from bidstrain.checks.quality import check_quality
 from bidstrain.checks.scale import check_scale
 from bidstrain.checks.scan import StoreScan, raw_head, scan_store
 from bidstrain.checks.summary import raise_on_failure, write_summary
+from bidstrain.checks.windows import NAME as WINDOWS
+from bidstrain.checks.windows import check_windows
 from bidstrain.config import ChecksJobConfig
 from bidstrain.errors import BidstrainError, run_cli
 
@@ -91,7 +93,8 @@ def run_checks(
     manifest: Mapping[str, Mapping[str, str]],
     config: ChecksJobConfig,
 ) -> list[Check]:
-    """Every check, in order: scale, normalization, quality, counts, plan, initial loss.
+    """Every check, in order: scale, normalization, quality, BOLD windows (with
+    ``train.window`` > 1), counts, plan, initial loss.
 
     Parameters
     ----------
@@ -152,12 +155,26 @@ def run_checks(
     for scan in subjects:
         if not scan.meta.heldout:
             subject_samples[scan.modality] = subject_samples.get(scan.modality, 0) + scan.n_time
+    if train.model.window > 1:
+        bold = [p for p in dict.fromkeys([*training, *validation]) if p in scans]
+        checks.append(
+            _guarded(
+                WINDOWS,
+                lambda: check_windows(
+                    [scans[p] for p in bold if scans[p].modality == "bold"],
+                    window=train.model.window,
+                    strict=settings.strict,
+                ),
+            )
+        )
     counts, n_batches = check_counts(
         training_by_modality,
         batch_size=train.loader.batch_size,
         batching=train.loader.batching,
         world_size=config.world_size,
         subject_samples=subject_samples,
+        window=train.model.window,
+        stride=train.loader.window_stride,
     )
     checks.append(counts)
     checks.append(
