@@ -6,6 +6,9 @@ projection and position embedding) and ``head[<modality>]``; ``encoder`` (and
 ``mask_token`` when masking) are shared. :meth:`MultiModalAutoencoder.modality_parameters`
 is the one place that maps a modality to its parameters.
 
+Token kinds (3D patches, tubelets of voxel windows, parcel series) live in
+:mod:`bidstrain.train.tokens`.
+
 The loss is computed inside :meth:`~MultiModalAutoencoder.forward`, including the dummy
 term for modalities absent from the batch, so that every parameter receives a gradient in
 every step. DDP needs that: with ``find_unused_parameters=False`` a parameter without a
@@ -16,7 +19,6 @@ twice").
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -25,9 +27,16 @@ import torch
 from torch import nn
 
 from bidstrain.config import ModelConfig, TrainConfig
+from bidstrain.errors import BidstrainError
 from bidstrain.modalities import MODALITIES
 from bidstrain.train.encoder import Encoder
 from bidstrain.train.losses import normalized_mse
+from bidstrain.train.tokens import (
+    PatchEmbedding,
+    ReconstructionHead,
+    SeriesEmbedding,
+    SeriesHead,
+)
 
 
 @dataclass(frozen=True)
@@ -69,55 +78,6 @@ class ModelOutput:
     voxel_masks: dict[str, torch.Tensor]
 
 
-class PatchEmbedding(nn.Module):
-    """Non-overlapping 3D patches (Conv3d, kernel = stride = patch) plus a learned position
-    embedding: ``(n, 1, x, y, z) -> (n, tokens, dim)``. Masked tokens (``masked``: bool
-    ``(n, tokens)``) are replaced by ``mask_token`` before the position is added, so the
-    encoder knows where each masked token is."""
-
-    def __init__(self, shape: Sequence[int], patch: int, dim: int):
-        super().__init__()
-        self.grid = tuple(n // patch for n in shape)
-        self.proj = nn.Conv3d(1, dim, kernel_size=patch, stride=patch)
-        self.position = nn.Parameter(torch.zeros(1, math.prod(self.grid), dim))
-        nn.init.trunc_normal_(self.position, std=0.02)
-
-    def forward(
-        self,
-        volume: torch.Tensor,
-        masked: torch.Tensor | None = None,
-        mask_token: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        tokens = self.proj(volume).flatten(2).transpose(1, 2)
-        if masked is not None:
-            tokens = torch.where(masked[..., None], mask_token.to(tokens.dtype), tokens)
-        return tokens + self.position
-
-
-class ReconstructionHead(nn.Module):
-    """Tokens back to voxels: a linear map to ``patch**3`` values per token, then the
-    patches folded back onto the grid: ``(n, tokens, dim) -> (n, 1, x, y, z)``."""
-
-    def __init__(self, shape: Sequence[int], patch: int, dim: int):
-        super().__init__()
-        self.grid = tuple(n // patch for n in shape)
-        self.patch = patch
-        self.norm = nn.LayerNorm(dim)
-        self.proj = nn.Linear(dim, patch**3)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        n, p, (gx, gy, gz) = tokens.shape[0], self.patch, self.grid
-        patches = self.proj(self.norm(tokens)).reshape(n, gx, gy, gz, p, p, p)
-        return patches.permute(0, 1, 4, 2, 5, 3, 6).reshape(n, 1, gx * p, gy * p, gz * p)
-
-    def voxels(self, masked: torch.Tensor) -> torch.Tensor:
-        """Token flags ``(n, tokens)`` as voxel flags ``(n, 1, x, y, z)``."""
-        flags = masked.reshape(masked.shape[0], 1, *self.grid)
-        for axis in (2, 3, 4):
-            flags = flags.repeat_interleave(self.patch, dim=axis)
-        return flags
-
-
 def mask_generator(seed: int, *keys: int) -> torch.Generator:
     """A CPU generator seeded by ``train.seed`` and ``keys`` (step, rank, micro-batch):
     the token masks are a function of where they are drawn, not of what was drawn
@@ -138,9 +98,13 @@ class MultiModalAutoencoder(nn.Module):
         replaced by a learned mask token in training (0 disables masking and creates no
         mask token). The loss then counts the voxels of the masked tokens only: the
         identity is no solution, the model must predict from context.
+        BOLD reads ``window`` frames in tokens of ``patch_frames`` frames, as voxel
+        tubelets or (``bold_input: parcels``) as parcel series (:mod:`bidstrain.train.tokens`).
     modalities : sequence of str
         The modalities with an embedding and a head.
     loss : LossSettings
+    n_parcels : int, optional
+        Parcels of a parcel window (required when ``bold_input`` is ``parcels``).
     """
 
     def __init__(
@@ -148,18 +112,16 @@ class MultiModalAutoencoder(nn.Module):
         model: ModelConfig,
         modalities: Sequence[str],
         loss: LossSettings | None = None,
+        n_parcels: int | None = None,
     ):
         super().__init__()
         self.modalities = [m for m in MODALITIES if m in modalities]
         self.mask_ratio = model.mask_ratio
         self.loss_settings = loss or LossSettings()
-        shapes, patch, dim = model.shapes, model.patch_size, model.embed_dim
-        self.embed = nn.ModuleDict(
-            {m: PatchEmbedding(shapes[m], patch, dim) for m in self.modalities}
-        )
-        self.head = nn.ModuleDict(
-            {m: ReconstructionHead(shapes[m], patch, dim) for m in self.modalities}
-        )
+        pairs = {m: _tokenizer(model, m, n_parcels) for m in self.modalities}
+        self.embed = nn.ModuleDict({m: embed for m, (embed, _) in pairs.items()})
+        self.head = nn.ModuleDict({m: head for m, (_, head) in pairs.items()})
+        dim = model.embed_dim
         self.encoder = Encoder(dim, model.depth, model.heads)
         if model.mask_ratio > 0:
             self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -193,7 +155,7 @@ class MultiModalAutoencoder(nn.Module):
             return {}
         masks = {}
         for modality, volume in batch.items():
-            n_tokens = math.prod(self.embed[modality].grid)
+            n_tokens = self.embed[modality].n_tokens
             n_masked = max(1, round(self.mask_ratio * n_tokens))
             if generator is None:
                 scores = torch.rand(volume.shape[0], n_tokens, device=volume.device)
@@ -208,12 +170,13 @@ class MultiModalAutoencoder(nn.Module):
         batch: Mapping[str, torch.Tensor],
         masks: Mapping[str, torch.Tensor] | None = None,
     ) -> ModelOutput:
-        """Reconstruct every modality of ``batch`` (``{modality: (n, 1, x, y, z)}``), each
+        """Reconstruct every modality of ``batch`` (``{modality: (n, 1, x, y, z)}``; BOLD
+        ``(n, window, x, y, z)`` or ``(n, window, parcels)``), each
         as its own sub-batch through the shared encoder, and compute the loss.
 
         ``masks`` (:meth:`token_masks`) masks those tokens; by default random ones are
         drawn in training mode, none in eval mode. The loss of a masked modality counts
-        the voxels of its masked tokens only.
+        the values of its masked tokens only.
         """
         settings = self.loss_settings
         weights = settings.weights or {}
@@ -240,8 +203,8 @@ class MultiModalAutoencoder(nn.Module):
         return ModelOutput(total + dummy, losses, dummy.detach(), reconstructions, voxel_masks)
 
     def encode(self, modality: str, volume: torch.Tensor) -> torch.Tensor:
-        """The pooled embedding of each volume: the mean of the encoder's output tokens,
-        without masking, ``(n, 1, x, y, z) -> (n, dim)``."""
+        """The pooled embedding of each sample: the mean of the encoder's output tokens,
+        without masking, ``(n, 1, x, y, z)`` (or a BOLD window) ``-> (n, dim)``."""
         return self.encoder(self.embed[modality](volume)).mean(dim=1)
 
     def dummy_loss(self, absent: Sequence[str]) -> torch.Tensor:
@@ -258,12 +221,51 @@ class MultiModalAutoencoder(nn.Module):
         return dummy
 
 
+def _tokenizer(
+    model: ModelConfig, modality: str, n_parcels: int | None
+) -> tuple[nn.Module, nn.Module]:
+    """The embedding and the head of ``modality``: BOLD reads windows, the rest volumes."""
+    dim, patch = model.embed_dim, model.patch_size
+    if modality != "bold":
+        shape = model.shapes[modality]
+        return PatchEmbedding(shape, patch, dim), ReconstructionHead(shape, patch, dim)
+    frames, patch_frames = model.window, model.patch_frames
+    if patch_frames < 1 or frames % patch_frames:
+        raise BidstrainError(
+            f"train.patch_frames ({patch_frames}) must divide train.window ({frames}): "
+            "a token holds patch_frames frames of a window"
+        )
+    if model.bold_input == "parcels":
+        if n_parcels is None:
+            raise BidstrainError(
+                "train.bold_input is parcels but the number of parcels is unknown: "
+                "build_module needs n_parcels (the parcel stores' parcel dimension)"
+            )
+        return (
+            SeriesEmbedding(n_parcels, dim, frames, patch_frames),
+            SeriesHead(n_parcels, dim, frames, patch_frames),
+        )
+    shape = model.shapes[modality]
+    return (
+        PatchEmbedding(shape, patch, dim, frames, patch_frames),
+        ReconstructionHead(shape, patch, dim, frames, patch_frames),
+    )
+
+
 def build_module(
-    config: TrainConfig, modalities: Sequence[str], target_stats=None
+    config: TrainConfig, modalities: Sequence[str], target_stats=None, n_parcels=None
 ) -> MultiModalAutoencoder:
     """The model of the ``train`` settings ``config`` for ``modalities`` (on the CPU);
-    ``target_stats``: the dataset statistics of ``train.loss.stats: dataset``. Training
-    and :func:`bidstrain.train.description.load_model` build it here."""
+    ``target_stats``: the dataset statistics of ``train.loss.stats: dataset``;
+    ``n_parcels``: the parcels of a parcel window (``train.bold_input: parcels``).
+    Training and :func:`bidstrain.train.description.load_model` build it here.
+
+    Raises
+    ------
+    BidstrainError
+        When ``train.patch_frames`` does not divide ``train.window``, or parcels are
+        the BOLD input and ``n_parcels`` is not given.
+    """
     settings = LossSettings(
         normalize=config.loss.normalize,
         eps=config.loss.eps,
@@ -272,4 +274,4 @@ def build_module(
         dummy_enabled=config.dummy_loss.enabled,
         dummy_scale=config.dummy_loss.scale,
     )
-    return MultiModalAutoencoder(config.model, modalities, loss=settings)
+    return MultiModalAutoencoder(config.model, modalities, loss=settings, n_parcels=n_parcels)
