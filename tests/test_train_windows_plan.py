@@ -24,7 +24,7 @@ from bidstrain.plan import write_if_changed
 from bidstrain.train.data import volume_dataset
 from bidstrain.train.sampler import batch_sampler
 from test_plan import plan_of
-from train_support import train_config
+from train_support import metrics_records, train_cli_args, train_config, trainer_env
 
 WINDOW = 6
 
@@ -134,3 +134,41 @@ def test_parcel_input_needs_a_parcellation_and_subject_runs(normalized):
     assert json.loads(json.dumps(plan.store_lists()))["training"]["bold"] == list(
         plan.training["bold"]
     )
+
+
+@pytest.mark.parametrize("bold_input", ["voxels", "parcels"])
+def test_the_trainer_trains_on_windows_of_the_demo(normalized, tmp_path, bold_input):
+    """A few steps on windows of 4 frames (tokens of 2), voxel and parcel input, with the
+    validation losses in time order and shuffled in time."""
+    plan, work, _, _ = normalized
+    lists = plan.store_lists()
+    if bold_input == "voxels":
+        lists = {**lists, "training": plan.training, "validation": plan.validation}
+    lists = {
+        k: {m: list(s) for m, s in v.items()} if isinstance(v, dict) else v
+        for k, v in lists.items()
+    }
+    config = train_config(
+        window=4,
+        patch_frames=2,
+        bold_input=bold_input,
+        shapes={"bold": [16, 16, 16]},
+        epochs=1,
+    )
+    args = train_cli_args(tmp_path, config, lists["training"], validation=lists["validation"])
+    stores_file = tmp_path / "stores.json"
+    stores_file.write_text(json.dumps(lists))
+    result = subprocess.run(
+        [sys.executable, *args], cwd=work, env=trainer_env(), capture_output=True, text=True,
+        timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = metrics_records(tmp_path / "metrics.jsonl")
+    steps = [r for r in records if r["kind"] == "step"]
+    assert steps and all(np.isfinite(r["loss"]) for r in steps)
+    (validation,) = [r for r in records if r["kind"] == "validation"]
+    assert set(validation["loss_shuffled_time_per_modality"]) == {"bold"}
+    assert np.isfinite(validation["loss_shuffled_time"])
+    # the shuffled windows are other inputs: another loss
+    assert validation["loss_shuffled_time"] != validation["loss"]
+    assert (tmp_path / "model.pt").is_file()

@@ -31,12 +31,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import zarr
 
 from bidstrain import __version__
 from bidstrain.config import Config, TrainConfig
 from bidstrain.errors import BidstrainError
 from bidstrain.io.atomic import write_text_atomic
-from bidstrain.io.store import open_store, read_meta
+from bidstrain.io.store import CONSOLIDATED, read_meta
 from bidstrain.modalities import MODALITIES
 from bidstrain.stats import value_stats
 from bidstrain.train.expectation import differences, expectation
@@ -128,9 +129,9 @@ def training_scale(stores: Sequence[str]) -> float:
 
 
 def first_volume(path: str | Path) -> np.ndarray:
-    """The masked voxels of a store's first volume."""
-    with open_store(path, use_dask=False) as ds:
-        return np.asarray(ds["data"][0].values, dtype=np.float64)
+    """The masked voxels (or the parcels, of a parcel store) of a store's first volume."""
+    group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
+    return np.asarray(group["data"][0], dtype=np.float64)
 
 
 def write(description: Mapping[str, Any], path: str | Path) -> None:
