@@ -315,8 +315,9 @@ class VolumeDataset(torch.utils.data.Dataset):
     modality.
 
     Item ``n`` (the global index of a sample's first frame, :meth:`StoreLayout.starts`) is
-    ``(modality, sample)``, ``sample`` float32 of shape ``(frames, *shapes[modality])``:
-    ``frames`` is 1, or ``window`` for BOLD; each frame the store's grid downsampled by
+    ``(modality, sample)``, ``sample`` float32 of shape ``shapes[modality]``, or
+    ``(window, *shapes["bold"])`` for BOLD windows (in a batch every modality has the
+    frame axis, 1 but for BOLD windows); each frame the store's grid downsampled by
     ``resample[modality]``, then cropped or padded (:mod:`bidstrain.train.resample`), zero
     outside the store's mask. With ``parcels``, BOLD stores are parcel stores and
     ``shapes["bold"]`` is ``(n_parcels,)``. A batch
@@ -376,8 +377,11 @@ class VolumeDataset(torch.utils.data.Dataset):
         return self._open
 
     def __getitem__(self, index: int) -> tuple[str, np.ndarray]:
+        """``(modality, sample)``: one volume ``shape``, or a BOLD window ``(window,
+        *shape)``."""
         ((modality, samples),) = self.batch([index]).items()
-        return modality, samples[0].numpy()
+        sample = samples[0] if self.frames(modality) > 1 else samples[0, 0]
+        return modality, sample.numpy()
 
     def frames(self, modality: str) -> int:
         """Frames of one sample of ``modality``."""
