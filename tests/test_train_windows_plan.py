@@ -122,13 +122,11 @@ def test_the_windows_check_counts_left_out_frames(normalized, monkeypatch):
     assert short.status == "pass"
 
 
-def test_parcel_input_needs_a_parcellation_and_subject_runs(normalized):
+def test_parcel_input_needs_a_parcellation(normalized):
     _, _, bids, overrides = normalized
     without = {k: v for k, v in overrides.items() if k != "parcellation"}
     with pytest.raises(BidstrainError, match="no parcellation is configured"):
         plan_of(bids, **without)
-    with pytest.raises(BidstrainError, match="cross_subject"):
-        plan_of(bids, **{**overrides, "average": {"mode": "cross_subject"}})
     # voxels: the trainer reads the voxel stores
     plan = plan_of(bids, **{**overrides, "train": {"bold_input": "voxels"}})
     assert json.loads(json.dumps(plan.store_lists()))["training"]["bold"] == list(
@@ -172,3 +170,35 @@ def test_the_trainer_trains_on_windows_of_the_demo(normalized, tmp_path, bold_in
     # the shuffled windows are other inputs: another loss
     assert validation["loss_shuffled_time"] != validation["loss"]
     assert (tmp_path / "model.pt").is_file()
+
+
+def test_cross_subject_parcel_averages_are_written_and_trained_on(normalized, monkeypatch):
+    """The average jobs of a cross_subject plan, run from their argument files, write the
+    parcel averages the trainer's store lists name; each is the mean over subjects."""
+    _, work, bids, overrides = normalized
+    monkeypatch.chdir(work)
+    plan = plan_of(bids, **{**overrides, "average": {"mode": "cross_subject", "truncate": True}})
+    write_if_changed(plan.files())
+    settings = json.dumps({"truncate": True})
+    for group in plan.averages:
+        assert group.parcel_store in plan.average_outputs
+        command = [
+            sys.executable, "-m", "bidstrain.average", f"@{group.members_file}",
+            "--out", group.store, "--settings", settings,
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+        members = [zarr.open_group(p, mode="r")["data"][...] for p in group.parcel_members]
+        n_time = min(len(m) for m in members)
+        by_subject = {}
+        for path, values in zip(group.parcel_members, members, strict=True):
+            subject = path.split("/")[2]
+            by_subject.setdefault(subject, []).append(values[:n_time].astype(np.float64))
+        want = np.mean([np.mean(v, axis=0) for v in by_subject.values()], axis=0)
+        got = zarr.open_group(group.parcel_store, mode="r")["data"][...]
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    lists = plan.store_lists()
+    assert set(lists["training"]["bold"]) <= {g.parcel_store for g in plan.averages}
+    config = train_config(bold_input="parcels", window=WINDOW)
+    dataset = volume_dataset(lists["training"], config, lists["tables"])
+    assert len(dataset) > 0 and dataset.shapes["bold"][0] == got.shape[1]

@@ -129,11 +129,31 @@ class AverageGroup:
 
     name: str  # task-<task>[_run-<run>]
     members: tuple[str, ...]
+    atlas: str | None = None  # config parcellation's name: parcels are averaged too
+    parcel_members: tuple[str, ...] = ()  # the members' parcel stores, with an atlas
 
     @property
     def store(self) -> str:
         """The average store."""
         return paths.average_store_at(self.name)
+
+    @property
+    def parcel_store(self) -> str | None:
+        """The parcel average store (None without a parcellation)."""
+        return paths.average_parcel_store_at(self.name, self.atlas) if self.atlas else None
+
+    def arguments(self) -> list[str]:
+        """The content of :attr:`members_file`: the members, and with a parcellation their
+        parcel stores and the parcel average's path (``python -m bidstrain.average``)."""
+        if not self.atlas:
+            return list(self.members)
+        return [
+            *self.members,
+            "--parcels",
+            *self.parcel_members,
+            "--parcels-out",
+            self.parcel_store,
+        ]
 
     @property
     def members_file(self) -> str:
@@ -225,7 +245,7 @@ class Plan:
             for m in MODALITIES
         }
         bold = by_modality["bold"]
-        averages = _average_groups(bold) if config.average.mode == "cross_subject" else ()
+        averages = _average_groups(bold, atlas) if config.average.mode == "cross_subject" else ()
         volumes = {m: _volume_stores(by_modality[m], config) for m in ("T1w", "dwi")}
         training = {
             "T1w": volumes["T1w"][0],
@@ -317,8 +337,21 @@ class Plan:
 
     @property
     def average_stores(self) -> list[str]:
-        """Every average store."""
+        """Every average store (of voxels)."""
         return [group.store for group in self.averages]
+
+    @property
+    def average_outputs(self) -> list[str]:
+        """What target ``average`` builds: every average store, and with a parcellation
+        every parcel average."""
+        parcels = [group.parcel_store for group in self.averages if group.parcel_store]
+        return [*self.average_stores, *parcels]
+
+    def average_parcel_outputs(self, name: str) -> list[str]:
+        """The parcel average the job of average group ``name`` also writes (none without
+        a parcellation)."""
+        store = self.average(name).parcel_store
+        return [store] if store else []
 
     def average(self, name: str) -> AverageGroup:
         """The average group of a rule's ``{name}`` wildcard."""
@@ -397,6 +430,7 @@ class Plan:
                 for image in job.images
                 if image.parcels
             }
+            parcels.update({group.store: group.parcel_store for group in self.averages})
             lists["bold"] = [parcels[store] for store in lists["bold"]]
         return lists
 
@@ -483,7 +517,7 @@ class Plan:
         for job in self.jobs.values():
             files[job.spec_file] = job.spec()
         for group in self.averages:
-            files[group.members_file] = _lines(group.members)
+            files[group.members_file] = _lines(group.arguments())
         for group in self.figure_groups.values():
             files[group.tables_file] = _lines(group.tables)
         return files
@@ -906,7 +940,7 @@ def _normalize_jobs(
 
 
 def _check_bold_input(config: Config, atlas: AtlasFiles | None, has_bold: bool) -> None:
-    """``train.bold_input: parcels`` needs a parcellation (and, for now, subject runs).
+    """``train.bold_input: parcels`` needs a parcellation.
 
     Raises
     ------
@@ -921,21 +955,23 @@ def _check_bold_input(config: Config, atlas: AtlasFiles | None, has_bold: bool) 
             "parcellation section (an atlas in the BOLD runs' space), or train.bold_input: "
             "voxels"
         )
-    if config.average.mode == "cross_subject":
-        raise BidstrainError(
-            "config train.bold_input is parcels with average.mode cross_subject: parcel "
-            "averages are not written yet; set average.mode: per_subject"
-        )
 
 
-def _average_groups(bold: Sequence[ImageJob]) -> tuple[AverageGroup, ...]:
+def _average_groups(
+    bold: Sequence[ImageJob], atlas: AtlasFiles | None = None
+) -> tuple[AverageGroup, ...]:
     members: dict[str, list[ImageJob]] = {}
     for job in bold:
         run = job.image.entities.get("run")
         name = paths.average_name({**acquisition(job.image), **({"run": run} if run else {})})
         members.setdefault(name, []).append(job)
     return tuple(
-        AverageGroup(name, tuple(job.store for job in jobs))
+        AverageGroup(
+            name,
+            tuple(job.store for job in jobs),
+            atlas.name if atlas else None,
+            tuple(job.parcels["store"] for job in jobs) if atlas else (),
+        )
         for name, jobs in sorted(members.items())
     )
 
