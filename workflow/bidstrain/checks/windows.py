@@ -72,8 +72,8 @@ def check_windows(scans: Sequence[StoreScan], *, window: int, strict: bool) -> C
             )
     values = {"window": window, "modalities": {"bold": {**totals, "subjects": subjects}}}
     ok = (
-        f"every BOLD frame is in a window of {window} frames but {totals['frames_invalid']} "
-        "left out by the time resampling"
+        f"every BOLD frame can be in a window of {window} frames ({totals['frames_invalid']} "
+        "frames left out by the time resampling)"
     )
     if not problems:
         return verdict(NAME, [], [], ok, values)
