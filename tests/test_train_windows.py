@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from bidstrain.demo.generate import write_bold_store
 from bidstrain.errors import BidstrainError
 from bidstrain.io.scans_table import StoreRow, read_tables, write_table
 from bidstrain.io.store import (
@@ -18,7 +19,8 @@ from bidstrain.io.store import (
     to_grid,
     write_parcel_store,
 )
-from bidstrain.train.data import sample_counts, store_layout, volume_dataset
+from bidstrain.train.data import VolumeDataset, sample_counts, store_layout, volume_dataset
+from bidstrain.train.reader import StoreReader
 from bidstrain.train.sampler import batch_sampler
 from bidstrain.train.windows import draw_offsets, shuffle_time, window_counts
 from train_support import train_config, write_store
@@ -269,3 +271,40 @@ def test_shuffle_time_permutes_each_sample_in_time():
     voxels = torch.randn(2, 5, 2, 3, 2)
     moved = shuffle_time(voxels, torch.Generator().manual_seed(1))
     assert torch.allclose(moved.sum(1), voxels.sum(1))
+
+
+@pytest.mark.parametrize(("storage", "factor"), [("float16", 1), ("float32", 2), ("bitround-7", 1)])
+def test_windows_of_other_stores_hold_their_frames(tmp_path, monkeypatch, storage, factor):
+    """Windows read at once (float16, a resampled float32) or through zarr (compressed)
+    equal their frames read one by one onto the grid; a window across two inner chunks
+    too."""
+    mask = np.zeros((8, 8, 6), dtype=bool)
+    mask[1:7, 2:8, 1:5] = True
+    data = np.random.default_rng(3).standard_normal((13, int(mask.sum()))).astype(np.float32)
+    path = str(
+        write_bold_store(
+            tmp_path / "s.zarr", mask, data, 13, tr=1.0, source_path="x", chunk=8, storage=storage
+        )
+    )
+    shape = (4, 4, 4)
+    windowed = VolumeDataset(
+        {"bold": [path]}, {"bold": shape}, resample={"bold": factor}, window=5, stride=1
+    )
+    single = VolumeDataset({"bold": [path]}, {"bold": shape}, resample={"bold": factor})
+    starts = np.arange(9)  # every window; from frame 4 on across two inner chunks
+    frame_reads = []
+    read = StoreReader.read
+    monkeypatch.setattr(
+        StoreReader, "read", lambda self, t, c: frame_reads.append(list(t)) or read(self, t, c)
+    )
+    windows = windowed.batch(starts)["bold"].numpy()
+    monkeypatch.undo()
+    # uncompressed: every window is one range read of the shard (its inner chunks lie in
+    # order), across inner chunks too; compressed: through zarr's chunks
+    assert frame_reads == (
+        [] if storage != "bitround-7" else [list(range(s, s + 5)) for s in starts]
+    )
+    frames = single.batch(np.arange(13))["bold"].numpy()[:, 0]
+    for n, start in enumerate(starts):
+        np.testing.assert_array_equal(windows[n], frames[start : start + 5])
+    assert np.abs(windows).sum() > 0

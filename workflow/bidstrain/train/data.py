@@ -433,9 +433,14 @@ class VolumeDataset(torch.utils.data.Dataset):
                         window = out.values(first, frames * size).reshape(frames, size)
                         reader.window(start, window)
                         continue
-                    for frame in range(frames):
-                        region = out.sample(first + frame * size, reader.grid_map)
-                        reader.place(start + frame, region, self.open_stores.cache)
+                    if frames == 1:
+                        region = out.sample(first, reader.grid_map)
+                        reader.place(start, region, self.open_stores.cache)
+                        continue
+                    regions = [
+                        out.sample(first + frame * size, reader.grid_map) for frame in range(frames)
+                    ]
+                    reader.place_window(start, regions, self.open_stores.cache)
         return batch
 
     __getitems__ = batch

@@ -14,9 +14,11 @@ close together (:mod:`bidstrain.train.sampler`).
 :class:`OpenStores` keeps at most ``capacity`` stores open (least recently used first
 out), so a loader over 20,000 stores never holds 20,000 sets of open files.
 
-A BOLD window (``train.window`` frames, :mod:`bidstrain.train.windows`) is read frame by
-frame onto the model's grid (each frame one vectored read of its own bytes); a parcel
-store (:class:`ParcelReader`) is small and read whole once.
+A BOLD window (``train.window`` frames, :mod:`bidstrain.train.windows`) of a float32 store
+without resampling is read frame by frame straight onto the model's grid (each frame one
+vectored read, as a volume); in other uncompressed stores its frames are one byte range
+of the shard, read at once and then placed. A parcel store
+(:class:`ParcelReader`) is small and read whole once.
 """
 
 from __future__ import annotations
@@ -117,6 +119,34 @@ class StoreReader:
             or self._scattered(located[1], located[2], out) != self._scattered.nbytes
         ):
             self.grid_map.place(self.read([t], cache)[0], out)
+
+    def place_window(self, start: int, regions: Sequence[np.ndarray], cache: ChunkCache) -> None:
+        """Write frames ``start, start + 1, ...`` onto ``regions`` (one per frame), as
+        :meth:`place` does; frames that are not read straight onto the grid are read
+        together (:meth:`read_window`)."""
+        if self._scattered is not None:
+            for n, region in enumerate(regions):
+                self.place(start + n, region, cache)
+            return
+        for row, region in zip(self.read_window(start, len(regions), cache), regions, strict=True):
+            self.grid_map.place(row, region)
+
+    def read_window(self, start: int, frames: int, cache: ChunkCache) -> np.ndarray:
+        """Volumes ``start .. start + frames - 1`` (store voxels): one read of their byte
+        range where they are consecutive bytes of one uncompressed shard (its inner chunks
+        lie in order, so across inner chunks too), else :meth:`read`."""
+        if self._direct and frames > 1:
+            first, last = self._locate(start), self._locate(start + frames - 1)
+            if (
+                first is not None
+                and last is not None
+                and first[0] == last[0]
+                and last[2] - first[2] == (frames - 1) * self._volume_bytes
+            ):
+                rows = np.empty((frames, self.data.shape[1]), dtype=self.data.dtype)
+                if os.preadv(first[1], [rows], first[2]) == rows.nbytes:
+                    return rows
+        return self.read(range(start, start + frames), cache)
 
     def _read_direct(self, t: int, row: np.ndarray) -> None:
         located = self._locate(t)
