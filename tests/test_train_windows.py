@@ -20,6 +20,7 @@ from bidstrain.io.store import (
     write_parcel_store,
 )
 from bidstrain.train.data import VolumeDataset, sample_counts, store_layout, volume_dataset
+from bidstrain.train.loop import log_left_out
 from bidstrain.train.reader import StoreReader
 from bidstrain.train.sampler import batch_sampler
 from bidstrain.train.windows import draw_offsets, shuffle_time, window_counts
@@ -308,3 +309,25 @@ def test_windows_of_other_stores_hold_their_frames(tmp_path, monkeypatch, storag
     for n, start in enumerate(starts):
         np.testing.assert_array_equal(windows[n], frames[start : start + 5])
     assert np.abs(windows).sum() > 0
+
+
+def test_the_trainer_logs_the_frames_in_no_window(tmp_path, caplog):
+    valid = np.ones(20, dtype=bool)
+    valid[[3, 4]] = False  # segments of 3 and 15 frames
+    path, _ = bold_store(tmp_path / "a.zarr", valid)
+    short, _ = bold_store(tmp_path / "b.zarr", np.ones(4, bool), seed=1)
+    table = tmp_path / "sub-01_scans.tsv"
+    rows = [
+        StoreRow(path, "bold", "a.nii", False, 18, 60, GRID, (), "s", (3, 15), invalid_frames=2),
+        StoreRow(short, "bold", "b.nii", False, 4, 60, GRID, (), "s", (4,), invalid_frames=0),
+    ]
+    write_table(rows, table)
+    layout = store_layout({"bold": [path, short]}, [str(table)], window=5)
+    with caplog.at_level("WARNING", logger="bidstrain.train"):
+        log_left_out(layout)
+    assert f"{path}: 3 of its 18 frames are in no window (segments [3, 15]" in caplog.text
+    assert f"{short}: 4 of its 4 frames" in caplog.text
+    assert (
+        "2 of 2 stores too short for train.window (7 frames, 1 stores with no window at "
+        "all); 2 frames left out by the time resampling"
+    ) in caplog.text

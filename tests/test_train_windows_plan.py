@@ -67,6 +67,7 @@ def test_the_table_records_segments_and_parcel_stores(normalized, monkeypatch):
         valid = zarr.open_group(row.store, mode="r")["frame_valid"][...]
         assert not valid.all()  # scrubbing left frames out
         assert row.segments == segments_of_valid(valid) and sum(row.segments) == row.volumes
+        assert row.invalid_frames == int((~valid).sum())
         assert row.parcels.endswith("_desc-zscore_timeseries.zarr")
     lists = plan.store_lists()
     parcel_stores = {row.parcels for row in rows}

@@ -8,9 +8,11 @@ Columns: ``filename`` (the store, relative to the table's folder, as in a BIDS
 statistics a held-out run took, ``;``-separated), ``checksum`` (the store's content
 checksum, :func:`bidstrain.io.store.store_checksum`), ``segments`` (BOLD: the lengths of the
 runs of consecutive valid frames in ``data``, ``;``-separated, :func:`bidstrain.io.store.
-read_segments`; empty for other modalities) and ``parcels`` (the run's parcel store, relative
-as ``filename``, or empty). Tables written before the last two columns existed read with
-``segments`` None (unknown: read from the store) and no parcel store.
+read_segments`; empty for other modalities), ``invalid_frames`` (BOLD: frames of the run's
+time grid left out of ``data`` by the time resampling, the store's ``n_invalid_frames``) and
+``parcels`` (the run's parcel store, relative as ``filename``, or empty). Tables written
+before the last three columns existed read with ``segments`` None (unknown: read from the
+store), ``invalid_frames`` None and no parcel store.
 
 The table is the job's output, and
 Snakemake skips a rerun of a job whose small input file kept its checksum: a rewrite of
@@ -41,6 +43,7 @@ COLUMNS = (
     "stats_from",
     "checksum",
     "segments",
+    "invalid_frames",
     "parcels",
 )
 
@@ -62,6 +65,8 @@ class StoreRow:
     segments: tuple[int, ...] | None = None
     #: the run's parcel store (config ``parcellation``), empty without one
     parcels: str = ""
+    #: frames left out by the time resampling (BOLD), None when unknown
+    invalid_frames: int | None = None
 
 
 def write_table(rows: Iterable[StoreRow], out: str | Path) -> None:
@@ -83,6 +88,7 @@ def write_table(rows: Iterable[StoreRow], out: str | Path) -> None:
                 ";".join(row.stats_from),
                 row.checksum,
                 "" if row.segments is None else ";".join(map(str, row.segments)),
+                "" if row.invalid_frames is None else row.invalid_frames,
                 os.path.relpath(row.parcels, folder) if row.parcels else "",
             ]
         )
@@ -108,6 +114,9 @@ def read_tables(paths: Sequence[str | Path]) -> list[StoreRow]:
                         stats_from=tuple(filter(None, row["stats_from"].split(";"))),
                         checksum=row["checksum"],
                         segments=_segments(row.get("segments")),
+                        invalid_frames=int(row["invalid_frames"])
+                        if row.get("invalid_frames")
+                        else None,
                         parcels=os.path.normpath(os.path.join(folder, row["parcels"]))
                         if row.get("parcels")
                         else "",

@@ -178,6 +178,7 @@ def normalize_image(
         tuple(stats_from),
         checksum,
         segments=read_segments(store) if modality == "bold" else None,
+        invalid_frames=meta.n_invalid_frames if modality == "bold" else None,
         parcels=str(parcels.outputs.store) if parcels is not None else "",
     )
 

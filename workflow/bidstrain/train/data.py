@@ -68,6 +68,9 @@ class StoreLayout:
         Windows of each segment (:func:`~bidstrain.train.windows.window_counts`).
     sample_offsets : ndarray of int64
         Slot of each store's first sample; ``sample_offsets[-1]`` is ``len(layout)``.
+    invalid : ndarray of int64
+        Frames of each store's time grid left out by the time resampling (from the
+        normalize tables; 0 where they do not say).
     """
 
     paths: tuple[str, ...]
@@ -83,8 +86,11 @@ class StoreLayout:
     segment_length: np.ndarray | None = None
     segment_windows: np.ndarray | None = None
     sample_offsets: np.ndarray | None = None
+    invalid: np.ndarray | None = None
 
     def __post_init__(self) -> None:
+        if self.invalid is None:
+            object.__setattr__(self, "invalid", np.zeros(len(self.paths), dtype=np.int64))
         if self.sample_offsets is not None:
             return
         # no windows given: every store one segment of single-frame samples
@@ -188,14 +194,14 @@ def store_layout(
         When a store's segments do not add up to its volumes (a stale normalize table).
     """
     stride = window if stride is None else stride
-    listed, segments_of = {}, {}
+    listed, segments_of, invalid_of = {}, {}, {}
     for row in read_tables(tables):
         listed[row.store] = (row.volumes, row.voxels)
-        if row.segments is not None:
-            segments_of[row.store] = row.segments
-            if row.parcels:
-                segments_of[row.parcels] = row.segments
-    paths, codes, volumes, chunks, windows, strides = [], [], [], [], [], []
+        for store in (row.store, row.parcels) if row.parcels else (row.store,):
+            if row.segments is not None:
+                segments_of[store] = row.segments
+            invalid_of[store] = row.invalid_frames or 0
+    paths, codes, volumes, chunks, windows, strides, invalid = [], [], [], [], [], [], []
     segment_store, segment_length = [], []
     for code, modality in enumerate(MODALITIES):
         bold = modality == "bold"
@@ -218,6 +224,7 @@ def store_layout(
             codes.append(code)
             volumes.append(n_time)
             chunks.append(chunk_volumes(n_time, n_voxel))
+            invalid.append(invalid_of.get(key, 0))
             windows.append(window if bold else 1)
             strides.append(stride if bold else 1)
     volumes = np.asarray(volumes, dtype=np.int64)
@@ -246,6 +253,7 @@ def store_layout(
         segment_length=seg_length,
         segment_windows=seg_windows,
         sample_offsets=np.concatenate([[0], np.cumsum(samples)]).astype(np.int64),
+        invalid=np.asarray(invalid, dtype=np.int64),
     )
 
 

@@ -414,9 +414,10 @@ def training_data(config, stores, context: distributed.Context, tables=()) -> Da
 
 
 def log_left_out(layout: StoreLayout) -> None:
-    """Log the BOLD frames no window reads: segments (runs, or pieces of runs between
-    frames left out by the time resampling) shorter than ``train.window``, per store
-    with any, and in total (the checks report the same, :mod:`bidstrain.checks.windows`)."""
+    """Log the BOLD frames no window reads, as the checks count them
+    (:mod:`bidstrain.checks.windows`): frames left out by the time resampling (from the
+    normalize tables), and segments (runs, or pieces of runs between such frames) shorter
+    than ``train.window``, per store with any, and in total."""
     left = layout.left_out()
     stores = np.flatnonzero(left["segments"])
     for s in stores:
@@ -429,12 +430,15 @@ def log_left_out(layout: StoreLayout) -> None:
             pieces.tolist(),
             layout.window[s],
         )
-    if stores.size:
+    if stores.size or layout.invalid.any():
         LOG.warning(
-            "BOLD windows leave out %d frames of %d stores (%d with no window at all)",
-            int(left["frames"].sum()),
+            "BOLD frames in no window: %d of %d stores too short for train.window (%d frames, "
+            "%d stores with no window at all); %d frames left out by the time resampling",
             stores.size,
+            int((layout.modality == MODALITIES.index("bold")).sum()),
+            int(left["frames"].sum()),
             int((layout.samples[stores] == 0).sum()),
+            int(layout.invalid.sum()),
         )
 
 
