@@ -41,7 +41,9 @@ class StoreLayout:
     A sample is named by its *slot* (``0 .. len(layout) - 1``, the same in every epoch;
     ``sample_offsets`` gives each store's first) and read by the global index of its first
     frame (``offsets``), which :meth:`starts` gives for an epoch's window offsets
-    (:mod:`bidstrain.train.windows`). With windows of 1 frame a slot is its frame.
+    (:mod:`bidstrain.train.windows`). With windows of 1 frame a slot is its frame. The
+    attributes after ``modalities`` may be left out: every store is then one segment of
+    single-frame samples.
 
     Attributes
     ----------
@@ -56,8 +58,6 @@ class StoreLayout:
         Index of each store's first frame; ``offsets[-1]`` is the number of frames.
     modalities : tuple of str
         The modalities the layout was asked for (some may have no store).
-    The attributes after ``modalities`` default to single-frame samples.
-
     window, stride : ndarray of int64
         Frames per sample of each store and frames between two of its windows' starts
         (1 and 1 for T1w and DWI).
