@@ -24,6 +24,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+#: Third seed word of the offsets' generator: a stream apart from the batch order's
+#: ``(seed, epoch)``.
+_OFFSET_STREAM = 0x57
+
 
 def window_counts(lengths: np.ndarray, window: np.ndarray, stride: np.ndarray) -> np.ndarray:
     """Windows of each segment (module docstring): ``max(1, (L - W + 1) // S)`` for
@@ -46,7 +50,7 @@ def draw_offsets(slack: np.ndarray, seed: int, epoch: int) -> np.ndarray:
     slack = np.asarray(slack, dtype=np.int64)
     if not slack.any():
         return np.zeros_like(slack)
-    rng = np.random.default_rng([seed, epoch, 0x57])
+    rng = np.random.default_rng([seed, epoch, _OFFSET_STREAM])
     return np.floor(rng.random(slack.size) * (slack + 1)).astype(np.int64)
 
 
@@ -54,8 +58,9 @@ def shuffle_time(windows: torch.Tensor, generator: torch.Generator) -> torch.Ten
     """``windows`` with the frames of every sample permuted in time: one permutation of
     the frame axis (axis 1) per sample, drawn from ``generator``.
 
-    The validation loss on these (``val_loss_shuffled_time``) against the loss on the
-    windows in their true order shows whether a model uses the order of frames.
+    The validation loss on these (``loss_shuffled_time`` of the validation records, next
+    to ``loss``) against the loss on the windows in their true order shows whether a model
+    uses the order of frames.
 
     Parameters
     ----------
