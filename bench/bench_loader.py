@@ -21,7 +21,11 @@ Measured in one run, interleaved over ``--repeats`` (medians; the machine may be
 - ``model``: optimizer steps of the realistic model (ViT-B, bf16 off, CPU) on in-memory
   bold batches: what training consumes here (``--model-steps 0`` skips it).
 
-Run: ``.venv/bin/python bench/bench_loader.py [--stores 4] [--volumes 100] [--repeats 3]``.
+With ``--window W`` a sample is a window of W frames (``train.window``; ``--model-steps 0``,
+the model measurement feeds single frames).
+
+Run: ``.venv/bin/python bench/bench_loader.py [--stores 4] [--volumes 100] [--repeats 3]
+[--window 20]``.
 """
 
 from __future__ import annotations
@@ -62,9 +66,9 @@ def realistic_settings(batch_size: int, **changes) -> dict:
     return train
 
 
-def realistic_config(batch_size: int) -> TrainConfig:
-    """The typed :func:`realistic_settings`."""
-    return TrainConfig.from_dict(realistic_settings(batch_size))
+def realistic_config(batch_size: int, window: int = 1) -> TrainConfig:
+    """The typed :func:`realistic_settings` (BOLD windows of ``window`` frames)."""
+    return TrainConfig.from_dict(realistic_settings(batch_size, window=window))
 
 
 def page_cache_rate(paths: list[Path], piece: int | None = None) -> tuple[float, float]:
@@ -150,11 +154,12 @@ def main() -> None:
     parser.add_argument("--model-steps", type=int, default=2, help="0: no model measurement")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--window", type=int, default=1, help="frames per BOLD sample")
     args = parser.parse_args()
-    train = realistic_config(args.batch_size)
+    train = realistic_config(args.batch_size, args.window)
     mask = ellipsoid(0.55)
     rng = np.random.default_rng(0)
-    sample_bytes = 4 * np.prod(train.model.shapes["bold"])
+    sample_bytes = 4 * np.prod(train.model.shapes["bold"]) * args.window
     root = Path(tempfile.mkdtemp(prefix="bench_loader-"))
     try:
         sets = {"one mask": [], "own masks": []}
@@ -212,7 +217,8 @@ def main() -> None:
                 f"loader {name:9s} {workers} workers: work {rate:6.1f} samples/s = "
                 f"{rate * sample_bytes / 1e9:5.2f} GB/s of model input "
                 f"({rate * sample_bytes / page:.2f} of the page cache; its stored bytes "
-                f"{rate * stored[name] / page:.2f}); whole {statistics.median(whole):6.1f} "
+                f"{rate * stored[name] * args.window / page:.2f}); "
+                f"whole {statistics.median(whole):6.1f} "
                 f"samples/s; runs work {[round(r) for r in work]} whole "
                 f"{[round(r) for r in whole]}"
             )

@@ -203,6 +203,12 @@ def average_store_at(name: str) -> str:
     return _join(RESULTS, "average", f"{name}_desc-{AVERAGE_DESC}_bold.zarr")
 
 
+def average_parcel_store_at(name: str, atlas: str) -> str:
+    """``results/average/<name>_seg-<atlas>_desc-average_timeseries.zarr``: the parcel
+    average of a group (``name`` may be a wildcard)."""
+    return _join(RESULTS, "average", f"{name}_seg-{atlas}_desc-{AVERAGE_DESC}_timeseries.zarr")
+
+
 def average_members(name: str) -> str:
     """Argument file listing the subject stores an average group reads (written by the
     plan)."""

@@ -137,11 +137,31 @@ class AverageGroup:
 
     name: str  # task-<task>[_run-<run>]
     members: tuple[str, ...]
+    atlas: str | None = None  # config parcellation's name: parcels are averaged too
+    parcel_members: tuple[str, ...] = ()  # the members' parcel stores, with an atlas
 
     @property
     def store(self) -> str:
         """The average store."""
         return paths.average_store_at(self.name)
+
+    @property
+    def parcel_store(self) -> str | None:
+        """The parcel average store (None without a parcellation)."""
+        return paths.average_parcel_store_at(self.name, self.atlas) if self.atlas else None
+
+    def arguments(self) -> list[str]:
+        """The content of :attr:`members_file`: the members, and with a parcellation their
+        parcel stores and the parcel average's path (``python -m bidstrain.average``)."""
+        if not self.atlas:
+            return list(self.members)
+        return [
+            *self.members,
+            "--parcels",
+            *self.parcel_members,
+            "--parcels-out",
+            self.parcel_store,
+        ]
 
     @property
     def members_file(self) -> str:
@@ -224,6 +244,7 @@ class Plan:
         subjects = tuple(sorted({image.subject for group in images.values() for image in group}))
         _require_images(index, config, subjects)
         atlas = find_atlas(config.parcellation) if config.parcellation.enabled else None
+        _check_bold_input(config, atlas, bool(images["bold"]))
         jobs = _normalize_jobs(
             config, index, kind, [i for m in MODALITIES for i in images[m]], atlas
         )
@@ -232,7 +253,7 @@ class Plan:
             for m in MODALITIES
         }
         bold = by_modality["bold"]
-        averages = _average_groups(bold) if config.average.mode == "cross_subject" else ()
+        averages = _average_groups(bold, atlas) if config.average.mode == "cross_subject" else ()
         volumes = {m: _volume_stores(by_modality[m], config) for m in ("T1w", "dwi")}
         training = {
             "T1w": volumes["T1w"][0],
@@ -324,8 +345,21 @@ class Plan:
 
     @property
     def average_stores(self) -> list[str]:
-        """Every average store."""
+        """Every average store (of voxels)."""
         return [group.store for group in self.averages]
+
+    @property
+    def average_outputs(self) -> list[str]:
+        """What target ``average`` builds: every average store, and with a parcellation
+        every parcel average."""
+        parcels = [group.parcel_store for group in self.averages if group.parcel_store]
+        return [*self.average_stores, *parcels]
+
+    def average_parcel_outputs(self, name: str) -> list[str]:
+        """The parcel average the job of average group ``name`` also writes (none without
+        a parcellation)."""
+        store = self.average(name).parcel_store
+        return [store] if store else []
 
     def average(self, name: str) -> AverageGroup:
         """The average group of a rule's ``{name}`` wildcard."""
@@ -392,15 +426,33 @@ class Plan:
             *([paths.embed_figure(self.experiment)] if self.config.embed.enabled else []),
         ]
 
+    def trainer_stores(self, stores: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+        """``stores`` (:attr:`training` or :attr:`validation`) as the trainer reads them:
+        with ``train.bold_input: parcels`` each BOLD run's parcel store instead of its
+        voxel store (the checks and embed read the voxel stores, whose frames and
+        segments the parcel stores share)."""
+        lists = {m: list(s) for m, s in stores.items()}
+        if self.config.train.model.bold_input == "parcels" and "bold" in lists:
+            parcels = {
+                image.store: image.parcels["store"]
+                for job in self.jobs.values()
+                for image in job.images
+                if image.parcels
+            }
+            parcels.update({group.store: group.parcel_store for group in self.averages})
+            lists["bold"] = [parcels[store] for store in lists["bold"]]
+        return lists
+
     def store_lists(self) -> dict[str, Any]:
         """The lists the trainer reads from :func:`paths.plan_stores`: the stores of
-        training and validation, the normalize tables that give their volume counts
-        without opening them, and the parcellation's name and checksum
-        (:func:`~bidstrain.dataset.atlas.atlas_checksum`) that ``model.json`` records."""
+        training and validation (:meth:`trainer_stores`), the normalize tables that give
+        their volume counts and segments without opening them, and the parcellation's name
+        and checksum (:func:`~bidstrain.dataset.atlas.atlas_checksum`) that ``model.json``
+        records."""
         atlas = self.atlas
         return {
-            "training": {m: list(s) for m, s in self.training.items()},
-            "validation": {m: list(s) for m, s in self.validation.items()},
+            "training": self.trainer_stores(self.training),
+            "validation": self.trainer_stores(self.validation),
             "tables": self.normalized_tables,
             "world_size": self.world_size,
             "parcellation": (
@@ -498,7 +550,7 @@ class Plan:
         for job in self.jobs.values():
             files[job.spec_file] = job.spec()
         for group in self.averages:
-            files[group.members_file] = _lines(group.members)
+            files[group.members_file] = _lines(group.arguments())
         for group in self.figure_groups.values():
             files[group.tables_file] = _lines(group.tables)
         if self.stimuli is not None:
@@ -1121,14 +1173,39 @@ def _normalize_jobs(
     return jobs
 
 
-def _average_groups(bold: Sequence[ImageJob]) -> tuple[AverageGroup, ...]:
+def _check_bold_input(config: Config, atlas: AtlasFiles | None, has_bold: bool) -> None:
+    """``train.bold_input: parcels`` needs a parcellation.
+
+    Raises
+    ------
+    BidstrainError
+        Naming the keys to change.
+    """
+    if config.train.model.bold_input != "parcels" or not has_bold:
+        return
+    if atlas is None:
+        raise BidstrainError(
+            "config train.bold_input is parcels but no parcellation is configured: set the "
+            "parcellation section (an atlas in the BOLD runs' space), or train.bold_input: "
+            "voxels"
+        )
+
+
+def _average_groups(
+    bold: Sequence[ImageJob], atlas: AtlasFiles | None = None
+) -> tuple[AverageGroup, ...]:
     members: dict[str, list[ImageJob]] = {}
     for job in bold:
         run = job.image.entities.get("run")
         name = paths.average_name({**acquisition(job.image), **({"run": run} if run else {})})
         members.setdefault(name, []).append(job)
     return tuple(
-        AverageGroup(name, tuple(job.store for job in jobs))
+        AverageGroup(
+            name,
+            tuple(job.store for job in jobs),
+            atlas.name if atlas else None,
+            tuple(job.parcels["store"] for job in jobs) if atlas else (),
+        )
         for name, jobs in sorted(members.items())
     )
 

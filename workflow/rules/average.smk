@@ -15,6 +15,12 @@ rule average_bold:
         manifest=paths.MANIFEST,
     output:
         directory(paths.average_store_at("{name}")),
+        # with a parcellation the job also averages the runs' parcel stores
+        *(
+            [directory(paths.average_parcel_store_at("{name}", PLAN.atlas.name))]
+            if PLAN.atlas
+            else []
+        ),
     log:
         paths.log("average", "{name}"),
     wildcard_constraints:
@@ -30,11 +36,11 @@ rule average_bold:
         # config average, as the job types it (bidstrain.config.load_section)
         settings=json.dumps(to_plain(CONFIG.average), sort_keys=True),
     shell:
-        "python -m bidstrain.average @{input.members:q} --out {output:q}"
+        "python -m bidstrain.average @{input.members:q} --out {output[0]:q}"
         " --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule average:
     input:
-        PLAN.average_stores,
+        PLAN.average_outputs,
     localrule: True

@@ -1,6 +1,7 @@
 """Cross-subject averaging of within-subject z-scored BOLD, one (task, run) at a time.
 
-``python -m bidstrain.average --out AVERAGE.zarr SUBJECT_STORE ...`` writes one store of
+``python -m bidstrain.average --out AVERAGE.zarr SUBJECT_STORE ... [--parcels PARCEL_STORE
+... --parcels-out PARCEL_AVERAGE.zarr]`` writes one store of
 the same layout as the subject stores (:mod:`bidstrain.io.store`) holding, at every time point
 and voxel, the mean over subjects of their z-scored data, plus:
 
@@ -42,6 +43,9 @@ Two passes, one store open at a time, each store opened once per pass (per block
 Memory is therefore a block's sum, one store's block and a few hundred bytes per store of
 bookkeeping (what the output's attributes list anyway), whatever the number of subjects;
 time grows linearly with them.
+
+With a parcellation the same job also averages the runs' parcel stores
+(:mod:`bidstrain.average.parcels`).
 """
 
 from __future__ import annotations
@@ -500,6 +504,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("stores", nargs="+", help="subject stores of one (task, run)")
     parser.add_argument("--out", required=True)
     parser.add_argument(
+        "--parcels", nargs="*", default=[], help="parcel stores of the same runs (parcellation)"
+    )
+    parser.add_argument("--parcels-out", help="the average parcel store (with --parcels)")
+    parser.add_argument(
         "--settings", type=json.loads, required=True, help="the average section, as JSON"
     )
     args = parser.parse_args(argv)
@@ -512,3 +520,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         affine_tolerance=settings.affine_tolerance,
         tr_tolerance=settings.repetition_time_tolerance,
     )
+    if args.parcels:
+        from bidstrain.average.parcels import average_parcel_stores  # (it builds on this module)
+
+        average_parcel_stores(args.parcels, args.parcels_out, truncate=settings.truncate)

@@ -31,6 +31,8 @@ from bidstrain.checks.stimuli import (
     stimulus_samples,
 )
 from bidstrain.checks.summary import raise_on_failure, write_summary
+from bidstrain.checks.windows import NAME as WINDOWS
+from bidstrain.checks.windows import check_windows
 from bidstrain.config import ChecksJobConfig
 from bidstrain.errors import BidstrainError, run_cli
 
@@ -98,8 +100,8 @@ def run_checks(
     config: ChecksJobConfig,
     stimuli: Sequence[str] = (),
 ) -> list[Check]:
-    """Every check, in order: scale, normalization, quality, counts, plan, initial loss,
-    and with stimuli their coverage.
+    """Every check, in order: scale, normalization, quality, BOLD windows (with
+    ``train.window`` > 1), counts, plan, initial loss, and with stimuli their coverage.
 
     Parameters
     ----------
@@ -173,12 +175,26 @@ def run_checks(
     for scan in subjects:
         if not scan.meta.heldout:
             subject_samples[scan.modality] = subject_samples.get(scan.modality, 0) + scan.n_time
+    if train.model.window > 1:
+        bold = [p for p in dict.fromkeys([*training, *validation]) if p in scans]
+        checks.append(
+            _guarded(
+                WINDOWS,
+                lambda: check_windows(
+                    [scans[p] for p in bold if scans[p].modality == "bold"],
+                    window=train.model.window,
+                    strict=settings.strict,
+                ),
+            )
+        )
     counts, n_batches = check_counts(
         training_by_modality,
         batch_size=train.loader.batch_size,
         batching=train.loader.batching,
         world_size=config.world_size,
         subject_samples=subject_samples,
+        window=train.model.window,
+        stride=train.loader.window_stride,
     )
     checks.append(counts)
     checks.append(

@@ -16,6 +16,7 @@ batch fails the check, named.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -53,9 +54,12 @@ def zero_prediction_losses(
     dict
         ``{modality: {"loss", "weighted", "batches"}}`` for every modality seen.
     """
-    dataset = volume_dataset(stores, train)
+    # the checks read the voxel stores (with train.bold_input: parcels too: the parcel
+    # stores are z-scored the same way and hold the same frames)
+    voxels = dataclasses.replace(train, model=dataclasses.replace(train.model, bold_input="voxels"))
+    dataset = volume_dataset(stores, voxels)
     layout = dataset.layout
-    sampler = batch_sampler(layout, train)
+    sampler = batch_sampler(layout, voxels)
     sampler.set_epoch(0)
     loss_config = train.loss
     stats = dataset_statistics(dataset) if loss_config.stats == "dataset" else {}

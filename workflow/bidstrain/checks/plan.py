@@ -39,6 +39,8 @@ def check_counts(
     batching: str,
     world_size: int,
     subject_samples: Mapping[str, int] | None = None,
+    window: int = 1,
+    stride: int | None = None,
 ) -> tuple[Check, int]:
     """Samples per modality and batches per epoch of the training config.
 
@@ -51,13 +53,15 @@ def check_counts(
     subject_samples : mapping, optional
         Samples per modality had the subject stores been read instead (cross_subject mode
         reports how much averaging folded).
+    window, stride : int
+        ``train.window`` and ``train.window_stride``: BOLD samples are windows.
 
     Returns
     -------
     (Check, int)
         The check, and the batches per epoch (per rank).
     """
-    counts = sample_counts(stores)
+    counts = sample_counts(stores, window=window, stride=stride)
     n_batches = batches_per_epoch(
         counts, batch_size=batch_size, batching=batching, world_size=world_size
     )

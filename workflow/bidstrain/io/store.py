@@ -338,10 +338,32 @@ def read_meta(path: str | Path) -> StoreMeta:
 
 
 def read_dims(path: str | Path) -> tuple[int, int, tuple[int, ...]]:
-    """``(volumes, masked voxels, grid shape)`` of a store, from its array metadata only."""
+    """``(volumes, masked voxels, grid shape)`` of a store, from its array metadata only;
+    for a parcel store ``(frames, parcels, ())``."""
     group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
     n_time, n_voxel = group["data"].shape
-    return n_time, n_voxel, tuple(group["mask"].shape)
+    return n_time, n_voxel, tuple(group["mask"].shape) if "mask" in group else ()
+
+
+def segments_of_valid(valid: np.ndarray) -> tuple[int, ...]:
+    """Lengths of the runs of consecutive True entries of ``valid``, in order: the
+    contiguous pieces of a BOLD store's ``data`` between left-out frames."""
+    valid = np.asarray(valid, dtype=bool)
+    edges = np.diff(np.concatenate([[0], valid.astype(np.int8), [0]]))
+    return tuple(int(n) for n in np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1))
+
+
+def read_segments(path: str | Path) -> tuple[int, ...]:
+    """Lengths of the contiguous pieces of a store's ``data`` (frames never separated by
+    a left-out frame), from its small ``frame_valid`` array; one piece of every volume for
+    a store without one (T1w, DWI, averages, stores written before time resampling).
+    A parcel store has the pieces of its run's voxel store (the normalize table lists
+    both); read alone, one piece."""
+    group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
+    if "frame_valid" in group:
+        return segments_of_valid(group["frame_valid"][...])
+    n_time = int(group["data"].shape[0])
+    return (n_time,) if n_time else ()
 
 
 def consolidate(path: str | Path) -> None:

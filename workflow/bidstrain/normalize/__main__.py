@@ -47,7 +47,7 @@ from bidstrain.dataset.atlas import AtlasFiles, check_space, load_atlas
 from bidstrain.errors import BidstrainError, run_cli
 from bidstrain.ingest.records import write_subject_record
 from bidstrain.io.scans_table import StoreRow, write_table
-from bidstrain.io.store import StoreMeta, read_dims, store_checksum
+from bidstrain.io.store import StoreMeta, read_dims, read_segments, store_checksum
 from bidstrain.normalize.bold import normalize_bold
 from bidstrain.normalize.confounds import RunConfounds, load_run_confounds
 from bidstrain.normalize.heldout import normalize_with_stats
@@ -168,7 +168,18 @@ def normalize_image(
     volumes, voxels, grid = read_dims(store)
     checksum = store_checksum(store)
     return StoreRow(
-        store, modality, image, bool(stats_from), volumes, voxels, grid, tuple(stats_from), checksum
+        store,
+        modality,
+        image,
+        bool(stats_from),
+        volumes,
+        voxels,
+        grid,
+        tuple(stats_from),
+        checksum,
+        segments=read_segments(store) if modality == "bold" else None,
+        invalid_frames=meta.n_invalid_frames if modality == "bold" else None,
+        parcels=str(parcels.outputs.store) if parcels is not None else "",
     )
 
 

@@ -17,6 +17,7 @@ Modules:
 - :mod:`.model`: per-modality patch embeddings and heads around a shared encoder.
 - :mod:`.encoder`: the shared transformer encoder (activation checkpointing, compilation).
 - :mod:`.data`: from stores to batches (sample counts, the dataset, the loader).
+- :mod:`.windows`: BOLD windows (counts, per-epoch offsets) and the time shuffle.
 - :mod:`.sampler`: the order of an epoch's samples, a few stores and chunks at a time.
 - :mod:`.reader`: a bounded set of open stores in a loader process.
 - :mod:`.scatter`: a float32 volume read from the shard straight onto the model's grid.

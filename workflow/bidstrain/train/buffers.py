@@ -120,16 +120,22 @@ class BatchBuffer:
             self._written, self._writing = self._writing, {}
         self._used = 0
 
-    def tensor(self, count: int, shape: Sequence[int]) -> tuple[torch.Tensor, int]:
-        """The next ``(count, 1, *shape)`` tensor of the batch and its offset in the block."""
-        size = count * math.prod(shape)
+    def tensor(self, count: int, shape: Sequence[int], frames: int = 1) -> tuple[torch.Tensor, int]:
+        """The next ``(count, frames, *shape)`` tensor of the batch and its offset in the
+        block."""
+        size = count * frames * math.prod(shape)
         offset = self._used
         if offset + size > self._values.size:
             raise ValueError(
                 f"a batch of {offset + size} values does not fit a buffer of {self._values.size}"
             )
         self._used += size
-        return self.flat[offset : offset + size].view(count, 1, *shape), offset
+        return self.flat[offset : offset + size].view(count, frames, *shape), offset
+
+    def values(self, offset: int, size: int) -> np.ndarray:
+        """``size`` values of the block at ``offset``, written whole by the caller (no
+        zeroing: parcel windows have no voxels outside a mask)."""
+        return self._values[offset : offset + size]
 
     def sample(self, offset: int, grid_map: GridMap) -> np.ndarray:
         """The region at ``offset`` for a volume that ``grid_map`` places, 0 wherever the

@@ -22,11 +22,13 @@ import numpy as np
 import torch
 
 from bidstrain.config import TrainConfig
+from bidstrain.errors import BidstrainError
 from bidstrain.io.scans_table import read_tables
-from bidstrain.io.store import chunk_volumes, read_dims
+from bidstrain.io.store import chunk_volumes, read_dims, read_segments
 from bidstrain.modalities import MODALITIES
 from bidstrain.train.buffers import BatchBuffer, BatchRing, allocate, ring_slots
-from bidstrain.train.reader import OpenStores
+from bidstrain.train.reader import OpenStores, ParcelReader
+from bidstrain.train.windows import window_counts
 
 BATCHINGS = ("mixed", "single_modality")
 
@@ -34,7 +36,14 @@ BATCHINGS = ("mixed", "single_modality")
 @dataclass(frozen=True)
 class StoreLayout:
     """Where the samples are: the stores, in :data:`MODALITIES` order and then in the
-    order given, and the sample indices of each.
+    order given, their frames, and the samples (volumes, or BOLD windows) of each.
+
+    A sample is named by its *slot* (``0 .. len(layout) - 1``, the same in every epoch;
+    ``sample_offsets`` gives each store's first) and read by the global index of its first
+    frame (``offsets``), which :meth:`starts` gives for an epoch's window offsets
+    (:mod:`bidstrain.train.windows`). With windows of 1 frame a slot is its frame. The
+    attributes after ``modalities`` may be left out: every store is then one segment of
+    single-frame samples.
 
     Attributes
     ----------
@@ -42,13 +51,26 @@ class StoreLayout:
     modality : ndarray of int8
         Index in :data:`MODALITIES` of each store's modality.
     volumes : ndarray of int64
-        Volumes (samples) of each store.
+        Frames (volumes) of each store's ``data``.
     chunk : ndarray of int64
         Volumes per inner chunk of each store (the unit the batch order groups reads by).
     offsets : ndarray of int64
-        Index of each store's first sample; ``offsets[-1]`` is the number of samples.
+        Index of each store's first frame; ``offsets[-1]`` is the number of frames.
     modalities : tuple of str
         The modalities the layout was asked for (some may have no store).
+    window, stride : ndarray of int64
+        Frames per sample of each store and frames between two of its windows' starts
+        (1 and 1 for T1w and DWI).
+    segment_store, segment_start, segment_length : ndarray of int64
+        Every segment (consecutive valid frames) of every store, in store order: its
+        store, its first frame in the store, its frames.
+    segment_windows : ndarray of int64
+        Windows of each segment (:func:`~bidstrain.train.windows.window_counts`).
+    sample_offsets : ndarray of int64
+        Slot of each store's first sample; ``sample_offsets[-1]`` is ``len(layout)``.
+    invalid : ndarray of int64
+        Frames of each store's time grid left out by the time resampling (from the
+        normalize tables; 0 where they do not say).
     """
 
     paths: tuple[str, ...]
@@ -57,24 +79,100 @@ class StoreLayout:
     chunk: np.ndarray
     offsets: np.ndarray
     modalities: tuple[str, ...]
+    window: np.ndarray | None = None
+    stride: np.ndarray | None = None
+    segment_store: np.ndarray | None = None
+    segment_start: np.ndarray | None = None
+    segment_length: np.ndarray | None = None
+    segment_windows: np.ndarray | None = None
+    sample_offsets: np.ndarray | None = None
+    invalid: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.invalid is None:
+            object.__setattr__(self, "invalid", np.zeros(len(self.paths), dtype=np.int64))
+        if self.sample_offsets is not None:
+            return
+        # no windows given: every store one segment of single-frame samples
+        n = len(self.paths)
+        ones = np.ones(n, dtype=np.int64)
+        for name, value in (
+            ("window", ones),
+            ("stride", ones),
+            ("segment_store", np.arange(n, dtype=np.int64)),
+            ("segment_start", np.zeros(n, dtype=np.int64)),
+            ("segment_length", np.asarray(self.volumes, dtype=np.int64)),
+            ("segment_windows", np.asarray(self.volumes, dtype=np.int64)),
+            ("sample_offsets", np.asarray(self.offsets, dtype=np.int64)),
+        ):
+            object.__setattr__(self, name, value)
 
     def __len__(self) -> int:
-        return int(self.offsets[-1])
+        return int(self.sample_offsets[-1])
+
+    @property
+    def samples(self) -> np.ndarray:
+        """Samples of each store in every epoch."""
+        return np.diff(self.sample_offsets)
+
+    @property
+    def chunk_samples(self) -> np.ndarray:
+        """Samples per unit of the batch order (about one inner chunk of frames)."""
+        return np.maximum(1, self.chunk // self.stride)
 
     def counts(self) -> dict[str, int]:
         """``{modality: samples}`` for every modality of the layout."""
         return {
-            m: int(self.volumes[self.modality == MODALITIES.index(m)].sum())
+            m: int(self.samples[self.modality == MODALITIES.index(m)].sum())
             for m in self.modalities
         }
 
+    def slack(self) -> np.ndarray:
+        """Per segment, the largest offset of its first window (0 without windows)."""
+        window = self.window[self.segment_store]
+        stride = self.stride[self.segment_store]
+        slack = self.segment_length - window - (self.segment_windows - 1) * stride
+        return np.where(self.segment_windows > 0, slack, 0)
+
+    def starts(self, slots: np.ndarray, segment_offsets: np.ndarray | None = None) -> np.ndarray:
+        """Global index of the first frame of the samples ``slots``, their segments'
+        windows shifted by ``segment_offsets`` (one per segment; none: 0)."""
+        slots = np.asarray(slots, dtype=np.int64)
+        first_slot = np.cumsum(self.segment_windows) - self.segment_windows
+        # the last segment starting at or before the slot: one with windows (a segment
+        # without any shares its first slot with the next)
+        segment = np.searchsorted(first_slot, slots, side="right") - 1
+        store = self.segment_store[segment]
+        within = slots - first_slot[segment]
+        shift = 0 if segment_offsets is None else segment_offsets[segment]
+        frame = self.segment_start[segment] + shift + within * self.stride[store]
+        return self.offsets[store] + frame
+
     def locate(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Store index and volume index of each sample index."""
+        """Store index and frame index of each global frame index."""
         store = np.searchsorted(self.offsets, indices, side="right") - 1
         return store, indices - self.offsets[store]
 
+    def left_out(self) -> dict[str, np.ndarray]:
+        """Per store: ``segments`` too short for one window and the ``frames`` they hold
+        (every frame of a store with no window at all)."""
+        short = self.segment_windows == 0
+        n = len(self.paths)
+        return {
+            "segments": np.bincount(self.segment_store[short], minlength=n),
+            "frames": np.bincount(
+                self.segment_store[short], weights=self.segment_length[short], minlength=n
+            ).astype(np.int64),
+        }
 
-def store_layout(stores: Mapping[str, Sequence[str]], tables: Sequence[str] = ()) -> StoreLayout:
+
+def store_layout(
+    stores: Mapping[str, Sequence[str]],
+    tables: Sequence[str] = (),
+    *,
+    window: int = 1,
+    stride: int | None = None,
+) -> StoreLayout:
     """The layout of ``stores`` without opening any store's data.
 
     Parameters
@@ -82,20 +180,65 @@ def store_layout(stores: Mapping[str, Sequence[str]], tables: Sequence[str] = ()
     stores : mapping
         ``{modality: [store path, ...]}``.
     tables : sequence of str
-        Normalize tables (:mod:`bidstrain.io.scans_table`): the volumes and masked voxels
-        of the stores they list. Stores in none of them are counted from their array
-        metadata (:func:`bidstrain.io.store.read_dims`).
+        Normalize tables (:mod:`bidstrain.io.scans_table`): the volumes, masked voxels and
+        segments of the stores they list (and of their parcel stores). Stores in none of
+        them are counted from their array metadata (:func:`bidstrain.io.store.read_dims`)
+        and, with windows, their small ``frame_valid`` array
+        (:func:`bidstrain.io.store.read_segments`).
+    window, stride : int
+        ``train.window`` and ``train.window_stride`` (None: ``window``), for BOLD stores.
+
+    Raises
+    ------
+    BidstrainError
+        When a store's segments do not add up to its volumes (a stale normalize table).
     """
-    listed = {row.store: (row.volumes, row.voxels) for row in read_tables(tables)}
-    paths, codes, volumes, chunks = [], [], [], []
+    stride = window if stride is None else stride
+    listed, segments_of, invalid_of = {}, {}, {}
+    for row in read_tables(tables):
+        listed[row.store] = (row.volumes, row.voxels)
+        for store in (row.store, row.parcels) if row.parcels else (row.store,):
+            if row.segments is not None:
+                segments_of[store] = row.segments
+            invalid_of[store] = row.invalid_frames or 0
+    paths, codes, volumes, chunks, windows, strides, invalid = [], [], [], [], [], [], []
+    segment_store, segment_length = [], []
     for code, modality in enumerate(MODALITIES):
+        bold = modality == "bold"
         for path in stores.get(modality, ()):
-            n_time, n_voxel = listed.get(os.path.normpath(path)) or read_dims(path)[:2]
+            key = os.path.normpath(path)
+            n_time, n_voxel = listed.get(key) or read_dims(path)[:2]
+            if not bold or window == 1:
+                pieces: Sequence[int] = (n_time,)
+            else:
+                pieces = segments_of.get(key) or read_segments(path)
+                if sum(pieces) != n_time:
+                    raise BidstrainError(
+                        f"the store has {n_time} frames but its segments {list(pieces)} hold "
+                        f"{sum(pieces)} (rerun the normalize job of its subject)",
+                        path=path,
+                    )
+            segment_store.extend([len(paths)] * len(pieces))
+            segment_length.extend(pieces)
             paths.append(path)
             codes.append(code)
             volumes.append(n_time)
             chunks.append(chunk_volumes(n_time, n_voxel))
+            invalid.append(invalid_of.get(key, 0))
+            windows.append(window if bold else 1)
+            strides.append(stride if bold else 1)
     volumes = np.asarray(volumes, dtype=np.int64)
+    window_array = np.asarray(windows, dtype=np.int64)
+    stride_array = np.asarray(strides, dtype=np.int64)
+    seg_store = np.asarray(segment_store, dtype=np.int64)
+    seg_length = np.asarray(segment_length, dtype=np.int64)
+    seg_start = seg_length - seg_length  # first frame of each segment within its store
+    if seg_length.size:
+        before = np.cumsum(seg_length) - seg_length
+        store_first = np.concatenate([[0], np.cumsum(volumes)])[seg_store]
+        seg_start = before - store_first
+    seg_windows = window_counts(seg_length, window_array[seg_store], stride_array[seg_store])
+    samples = np.bincount(seg_store, weights=seg_windows, minlength=len(paths)).astype(np.int64)
     return StoreLayout(
         paths=tuple(paths),
         modality=np.asarray(codes, dtype=np.int8),
@@ -103,13 +246,25 @@ def store_layout(stores: Mapping[str, Sequence[str]], tables: Sequence[str] = ()
         chunk=np.asarray(chunks, dtype=np.int64),
         offsets=np.concatenate([[0], np.cumsum(volumes)]).astype(np.int64),
         modalities=tuple(stores),
+        window=window_array,
+        stride=stride_array,
+        segment_store=seg_store,
+        segment_start=seg_start.astype(np.int64),
+        segment_length=seg_length,
+        segment_windows=seg_windows,
+        sample_offsets=np.concatenate([[0], np.cumsum(samples)]).astype(np.int64),
+        invalid=np.asarray(invalid, dtype=np.int64),
     )
 
 
 def sample_counts(
-    stores: Mapping[str, Sequence[str]], tables: Sequence[str] = ()
+    stores: Mapping[str, Sequence[str]],
+    tables: Sequence[str] = (),
+    *,
+    window: int = 1,
+    stride: int | None = None,
 ) -> dict[str, int]:
-    """Number of samples per modality: the volumes of all its stores.
+    """Number of samples per modality: the volumes (or BOLD windows) of all its stores.
 
     Parameters
     ----------
@@ -117,13 +272,15 @@ def sample_counts(
         ``{modality: [store path, ...]}`` as ``Plan.training`` gives them.
     tables : sequence of str
         Normalize tables giving volume counts without opening stores (:func:`store_layout`).
+    window, stride : int
+        BOLD windows (:func:`store_layout`).
 
     Returns
     -------
     dict
         ``{modality: n_samples}`` for every modality of ``stores``.
     """
-    return store_layout(stores, tables).counts()
+    return store_layout(stores, tables, window=window, stride=stride).counts()
 
 
 def batches_per_epoch(
@@ -162,11 +319,16 @@ def batches_per_epoch(
 
 
 class VolumeDataset(torch.utils.data.Dataset):
-    """Volumes of normalized stores on the model's grid of their modality.
+    """Volumes (and BOLD windows) of normalized stores on the model's grid of their
+    modality.
 
-    Item ``n`` is ``(modality, volume)``, ``volume`` float32 on ``shapes[modality]``: the
-    store's grid downsampled by ``resample[modality]``, then cropped or padded
-    (:mod:`bidstrain.train.resample`), zero outside the store's mask. A batch
+    Item ``n`` (the global index of a sample's first frame, :meth:`StoreLayout.starts`) is
+    ``(modality, sample)``, ``sample`` float32 of shape ``shapes[modality]``, or
+    ``(window, *shapes["bold"])`` for BOLD windows (in a batch every modality has the
+    frame axis, 1 but for BOLD windows); each frame the store's grid downsampled by
+    ``resample[modality]``, then cropped or padded (:mod:`bidstrain.train.resample`), zero
+    outside the store's mask. With ``parcels``, BOLD stores are parcel stores and
+    ``shapes["bold"]`` is ``(n_parcels,)``. A batch
     (:meth:`batch`) reads each store once and writes each volume's masked voxels once,
     straight into the batch tensors: views of one block, a new one per call or the
     loader's reused buffer (:class:`LoaderBatches`).
@@ -185,6 +347,8 @@ class VolumeDataset(torch.utils.data.Dataset):
         Stores a process keeps open at once (``train.max_open_stores``).
     chunk_cache : int
         Decoded volumes of compressed stores a process keeps (:mod:`.reader`).
+    window, stride : int
+        ``train.window`` and ``train.window_stride`` (:func:`store_layout`).
     """
 
     def __init__(
@@ -196,8 +360,11 @@ class VolumeDataset(torch.utils.data.Dataset):
         tables: Sequence[str] = (),
         max_open_stores: int = 64,
         chunk_cache: int = 512,
+        window: int = 1,
+        stride: int | None = None,
     ):
-        self.layout = store_layout(stores, tables)
+        self.layout = store_layout(stores, tables, window=window, stride=stride)
+        self.window = window
         self.shapes = {m: tuple(int(n) for n in shapes[m]) for m in stores}
         self.resample = {m: int((resample or {}).get(m, 1)) for m in stores}
         self.max_open_stores = max_open_stores
@@ -218,14 +385,26 @@ class VolumeDataset(torch.utils.data.Dataset):
         return self._open
 
     def __getitem__(self, index: int) -> tuple[str, np.ndarray]:
-        ((modality, volumes),) = self.batch([index]).items()
-        return modality, volumes[0, 0].numpy()
+        """``(modality, sample)``: one volume ``shape``, or a BOLD window ``(window,
+        *shape)``."""
+        ((modality, samples),) = self.batch([index]).items()
+        sample = samples[0] if self.frames(modality) > 1 else samples[0, 0]
+        return modality, sample.numpy()
+
+    def frames(self, modality: str) -> int:
+        """Frames of one sample of ``modality``."""
+        return self.window if modality == "bold" else 1
+
+    def sample_size(self, modality: str) -> int:
+        """float32 values of one sample of ``modality``."""
+        return self.frames(modality) * math.prod(self.shapes[modality])
 
     def batch(
         self, indices: Sequence[int], out: BatchBuffer | None = None
     ) -> dict[str, torch.Tensor]:
-        """Samples ``indices`` grouped by modality: ``{modality: tensor (n, 1, x, y, z)}``
-        in :data:`MODALITIES` order, each modality's samples in the order of ``indices``.
+        """Samples ``indices`` grouped by modality: ``{modality: tensor (n, frames,
+        *shape)}`` in :data:`MODALITIES` order, each modality's samples in the order of
+        ``indices`` (global indices of their first frames).
 
         Parameters
         ----------
@@ -239,7 +418,7 @@ class VolumeDataset(torch.utils.data.Dataset):
         store, time = layout.locate(indices)
         codes = layout.modality[store]
         if out is None:
-            size = sum(math.prod(self.shapes[MODALITIES[c]]) for c in codes)
+            size = sum(self.sample_size(MODALITIES[c]) for c in codes)
             out = BatchBuffer(allocate(size, zero=True), zeroed=True)
         out.start()
         batch = {}
@@ -247,17 +426,29 @@ class VolumeDataset(torch.utils.data.Dataset):
             members = np.flatnonzero(codes == code)
             if members.size == 0:
                 continue
-            shape = self.shapes[modality]
+            shape, frames = self.shapes[modality], self.frames(modality)
             size = math.prod(shape)
-            batch[modality], offset = out.tensor(members.size, shape)
+            batch[modality], offset = out.tensor(members.size, shape, frames)
             for s in np.unique(store[members]):
                 slots = np.flatnonzero(store[members] == s)
                 reader = self.open_stores.get(
                     layout.paths[s], int(layout.volumes[s]), shape, self.resample[modality]
                 )
                 for slot in slots:
-                    region = out.sample(offset + int(slot) * size, reader.grid_map)
-                    reader.place(int(time[members[slot]]), region, self.open_stores.cache)
+                    first = offset + int(slot) * frames * size
+                    start = int(time[members[slot]])
+                    if isinstance(reader, ParcelReader):
+                        window = out.values(first, frames * size).reshape(frames, size)
+                        reader.window(start, window)
+                        continue
+                    if frames == 1:
+                        region = out.sample(first, reader.grid_map)
+                        reader.place(start, region, self.open_stores.cache)
+                        continue
+                    regions = [
+                        out.sample(first + frame * size, reader.grid_map) for frame in range(frames)
+                    ]
+                    reader.place_window(start, regions, self.open_stores.cache)
         return batch
 
     __getitems__ = batch
@@ -285,7 +476,7 @@ class LoaderBatches(torch.utils.data.Dataset):
     def __init__(self, dataset: VolumeDataset, *, slots: int, batch_size: int, pin: bool):
         self.dataset = dataset
         self.slots = slots
-        self.size = batch_size * max(math.prod(shape) for shape in dataset.shapes.values())
+        self.size = batch_size * max(dataset.sample_size(m) for m in dataset.shapes)
         self.pin = pin
         self._ring: BatchRing | None = None
 
@@ -310,23 +501,58 @@ def _as_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def volume_dataset(
     stores: Mapping[str, Sequence[str]], train: TrainConfig, tables: Sequence[str] = ()
 ) -> VolumeDataset:
-    """The dataset the ``train`` config section describes (shapes, resampling, open stores)."""
+    """The dataset the ``train`` config section describes (shapes, resampling, open
+    stores, BOLD windows; with ``train.bold_input: parcels`` the BOLD stores are parcel
+    stores, and ``shapes["bold"]`` is ``(n_parcels,)``: :func:`n_parcels`)."""
+    shapes = dict(train.model.shapes)
+    if train.model.bold_input == "parcels" and stores.get("bold"):
+        shapes["bold"] = (n_parcels(stores["bold"]),)
     return VolumeDataset(
         stores,
-        train.model.shapes,
+        shapes,
         resample=train.model.resample,
         tables=tables,
         max_open_stores=train.loader.max_open_stores,
         chunk_cache=2 * (train.loader.shuffle_buffer + train.loader.batch_size),
+        window=train.model.window,
+        stride=train.loader.window_stride,
     )
 
 
+def n_parcels(stores: Sequence[str]) -> int:
+    """Parcels of the parcel stores ``stores`` (the model's ``n_parcels``), from their
+    array metadata.
+
+    Raises
+    ------
+    BidstrainError
+        When a store is not a parcel store, or the stores disagree (parcel stores of
+        another atlas).
+    """
+    counts = {}
+    for path in stores:
+        n_time, n_parcel, grid = read_dims(path)
+        if grid:
+            raise BidstrainError(
+                "train.bold_input is parcels but this is a voxel store (rerun the plan)",
+                path=path,
+            )
+        counts[path] = n_parcel
+    if len(set(counts.values())) > 1:
+        raise BidstrainError(
+            f"parcel stores of different parcel counts: {sorted(set(counts.values()))} "
+            f"(for example {next(iter(counts))}); every store must be of one parcellation"
+        )
+    return next(iter(counts.values()))
+
+
 def dataset_statistics(dataset: VolumeDataset) -> dict[str, tuple[float, float]]:
-    """Mean and variance of every modality's volumes as the model sees them (on the
-    cropped or padded grid), for ``train.loss.stats: dataset``."""
+    """Mean and variance of every modality's samples as the model sees them (on the
+    cropped or padded grid; BOLD windows at offset 0), for ``train.loss.stats: dataset``."""
     sums: dict[str, np.ndarray] = {}
+    starts = dataset.layout.starts(np.arange(len(dataset)))
     for start in range(0, len(dataset), 16):
-        batch = dataset.batch(range(start, min(start + 16, len(dataset))))
+        batch = dataset.batch(starts[start : start + 16])
         for modality, volumes in batch.items():
             values = volumes.numpy().astype(np.float64)
             total = sums.setdefault(modality, np.zeros(3))

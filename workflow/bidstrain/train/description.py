@@ -41,7 +41,7 @@ from bidstrain import __version__
 from bidstrain.config import Config, ModelExpectation, TrainConfig
 from bidstrain.errors import BidstrainError
 from bidstrain.io.atomic import write_text_atomic
-from bidstrain.io.store import read_meta
+from bidstrain.io.store import CONSOLIDATED, read_meta
 from bidstrain.modalities import MODALITIES
 from bidstrain.stats import value_stats
 from bidstrain.train.expectation import Preparation, differences, expectation, preparation_of
@@ -161,8 +161,9 @@ def training_scale(stores: Sequence[str]) -> float:
 
 
 def first_volume(path: str | Path) -> np.ndarray:
-    """The masked voxels (or the parcels) of a store's first frame."""
-    return np.asarray(zarr.open_array(Path(path) / "data", mode="r")[0], dtype=np.float64)
+    """The masked voxels (or the parcels, of a parcel store) of a store's first volume."""
+    group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
+    return np.asarray(group["data"][0], dtype=np.float64)
 
 
 def write(description: Mapping[str, Any], path: str | Path) -> None:

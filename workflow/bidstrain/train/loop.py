@@ -37,6 +37,7 @@ from bidstrain.io.atomic import atomic_path
 from bidstrain.modalities import MODALITIES
 from bidstrain.train import checkpoint, description, distributed
 from bidstrain.train.data import (
+    StoreLayout,
     VolumeDataset,
     dataset_statistics,
     make_loader,
@@ -58,6 +59,7 @@ from bidstrain.train.state import TrainState
 from bidstrain.train.step import StepResult, Trainer, accumulation_groups, optimizer_step
 from bidstrain.train.stop import StopSignals, TestStops
 from bidstrain.train.tracking import open_trackers
+from bidstrain.train.windows import shuffle_time
 
 LOG = logging.getLogger("bidstrain.train")
 EXIT_INTERRUPTED = 75
@@ -401,8 +403,12 @@ def training_data(config, stores, context: distributed.Context, tables=()) -> Da
     """The training loader and plan; the batch order depends on (seed, epoch) only, so
     resuming is exact."""
     dataset = volume_dataset(stores, config, tables)
+    log_left_out(dataset.layout)
     if len(dataset) == 0:
-        raise BidstrainError("no training samples: the training stores are empty")
+        raise BidstrainError(
+            "no training samples: the training stores are empty, or every BOLD run is "
+            "shorter than train.window"
+        )
     sampler = batch_sampler(
         dataset.layout, config, rank=context.rank, world_size=context.world_size
     )
@@ -420,10 +426,42 @@ def training_data(config, stores, context: distributed.Context, tables=()) -> Da
     )
 
 
+def log_left_out(layout: StoreLayout) -> None:
+    """Log the BOLD frames no window reads, as the checks count them
+    (:mod:`bidstrain.checks.windows`): frames left out by the time resampling (from the
+    normalize tables), and segments (runs, or pieces of runs between such frames) shorter
+    than ``train.window``, per store with any, and in total."""
+    left = layout.left_out()
+    stores = np.flatnonzero(left["segments"])
+    for s in stores:
+        pieces = layout.segment_length[layout.segment_store == s]
+        LOG.warning(
+            "%s: %d of its %d frames are in no window (segments %s; train.window %d)",
+            layout.paths[s],
+            left["frames"][s],
+            layout.volumes[s],
+            pieces.tolist(),
+            layout.window[s],
+        )
+    if stores.size or layout.invalid.any():
+        LOG.warning(
+            "BOLD frames in no window: %d of %d stores too short for train.window (%d frames, "
+            "%d stores with no window at all); %d frames left out by the time resampling",
+            stores.size,
+            int((layout.modality == MODALITIES.index("bold")).sum()),
+            int(left["frames"].sum()),
+            int((layout.samples[stores] == 0).sum()),
+            int(layout.invalid.sum()),
+        )
+
+
 def build_model(config, stores, data: Data, context: distributed.Context):
     """The model, AdamW and the schedule, built before any state is loaded into them."""
     stats = dataset_statistics(data.dataset) if config.loss.stats == "dataset" else None
-    module = build_module(config, stores, stats).to(context.device)
+    parcels = {}
+    if config.model.bold_input == "parcels" and "bold" in data.dataset.shapes:
+        (parcels["n_parcels"],) = data.dataset.shapes["bold"]
+    module = build_module(config, stores, stats, **parcels).to(context.device)
     module.encoder.checkpointing = config.run.activation_checkpointing
     if config.run.compile:
         module.encoder.compile_layers()
@@ -511,21 +549,36 @@ def validate(trainer: Trainer, loader, sink: MetricsSink, state: TrainState) -> 
     No gradients. With masking (``train.mask_ratio``), the same tokens are masked in every
     validation (a generator seeded by ``train.seed`` and the rank), and both losses count
     the masked tokens' voxels only: the model is scored on what it predicts from context.
+
+    With BOLD windows (``train.window`` > 1) the BOLD loss is also computed on the same
+    windows with their frames shuffled in time (:func:`~bidstrain.train.windows.
+    shuffle_time`, seeded as the masks; the same masks): ``loss_shuffled_time`` (with the
+    other modalities' losses as they are) and ``loss_shuffled_time_per_modality``
+    (``validation/loss_shuffled_time`` in the trackers). A model that uses the order of
+    frames does worse on them.
     """
     if loader is None:
         return
     module, context = trainer.module, trainer.context
     settings = module.loss_settings
     generator = torch.Generator().manual_seed(trainer.config.run.seed + context.rank)
+    shuffling = torch.Generator().manual_seed(trainer.config.run.seed + context.rank)
+    in_time = trainer.config.model.window > 1
     zero = torch.zeros((), dtype=torch.float64, device=context.device)
     sums: dict[str, torch.Tensor | float] = {}
     for modality in MODALITIES:
         sums[f"loss.{modality}"], sums[f"baseline.{modality}"] = zero, zero
+        sums[f"shuffled.{modality}"] = zero
         sums[f"samples.{modality}"] = 0.0
     module.eval()
     for batch in loader:
         batch = {m: volume.to(context.device) for m, volume in batch.items()}
-        output = module(batch, masks=module.token_masks(batch, generator))
+        masks = module.token_masks(batch, generator)
+        output = module(batch, masks=masks)
+        if in_time and "bold" in batch:
+            shuffled = {**batch, "bold": shuffle_time(batch["bold"], shuffling)}
+            loss = module(shuffled, masks=masks).loss_per_modality["bold"].double()
+            sums["shuffled.bold"] = sums["shuffled.bold"] + batch["bold"].shape[0] * loss
         for modality, volume in batch.items():
             n = volume.shape[0]
             baseline = baseline_loss(
@@ -547,16 +600,26 @@ def validate(trainer: Trainer, loader, sink: MetricsSink, state: TrainState) -> 
     baselines = {m: totals[f"baseline.{m}"] / totals[f"samples.{m}"] for m in present}
     weights = trainer.config.loss.weights
     loss = sum(weights.get(m, 1.0) * value for m, value in per_modality.items())
-    sink.emit(
-        {
-            "kind": "validation",
-            "step": state.step,
-            "epoch": state.epoch,
-            "loss": loss,
-            "loss_per_modality": per_modality,
-            "baseline_per_modality": baselines,
-        }
-    )
+    record = {
+        "kind": "validation",
+        "step": state.step,
+        "epoch": state.epoch,
+        "loss": loss,
+        "loss_per_modality": per_modality,
+        "baseline_per_modality": baselines,
+    }
+    if in_time and "bold" in per_modality:
+        shuffled = {**per_modality, "bold": totals["shuffled.bold"] / totals["samples.bold"]}
+        record["loss_shuffled_time"] = sum(
+            weights.get(m, 1.0) * value for m, value in shuffled.items()
+        )
+        record["loss_shuffled_time_per_modality"] = {"bold": shuffled["bold"]}
+        LOG.info(
+            "validation bold loss %.4f in time order, %.4f with frames shuffled in time",
+            per_modality["bold"],
+            shuffled["bold"],
+        )
+    sink.emit(record)
     sink.flush()
     if context.is_main:
         LOG.info(
@@ -601,6 +664,8 @@ def check_shapes(config, stores) -> None:
     """Every trained modality's shape must be a multiple of the patch size."""
     patch = config.model.patch_size
     for modality in stores:
+        if modality == "bold" and config.model.bold_input == "parcels":
+            continue
         shape = list(config.model.shapes[modality])
         if any(n % patch for n in shape):
             raise BidstrainError(

@@ -13,6 +13,12 @@ close together (:mod:`bidstrain.train.sampler`).
 
 :class:`OpenStores` keeps at most ``capacity`` stores open (least recently used first
 out), so a loader over 20,000 stores never holds 20,000 sets of open files.
+
+A BOLD window (``train.window`` frames, :mod:`bidstrain.train.windows`) of a float32 store
+without resampling is read frame by frame straight onto the model's grid (each frame one
+vectored read, as a volume); in other uncompressed stores its frames are one byte range
+of the shard, read at once and then placed. A parcel store
+(:class:`ParcelReader`) is small and read whole once.
 """
 
 from __future__ import annotations
@@ -114,6 +120,34 @@ class StoreReader:
         ):
             self.grid_map.place(self.read([t], cache)[0], out)
 
+    def place_window(self, start: int, regions: Sequence[np.ndarray], cache: ChunkCache) -> None:
+        """Write frames ``start, start + 1, ...`` onto ``regions`` (one per frame), as
+        :meth:`place` does; frames that are not read straight onto the grid are read
+        together (:meth:`read_window`)."""
+        if self._scattered is not None:
+            for n, region in enumerate(regions):
+                self.place(start + n, region, cache)
+            return
+        for row, region in zip(self.read_window(start, len(regions), cache), regions, strict=True):
+            self.grid_map.place(row, region)
+
+    def read_window(self, start: int, frames: int, cache: ChunkCache) -> np.ndarray:
+        """Volumes ``start .. start + frames - 1`` (store voxels): one read of their byte
+        range where they are consecutive bytes of one uncompressed shard (its inner chunks
+        lie in order, so across inner chunks too), else :meth:`read`."""
+        if self._direct and frames > 1:
+            first, last = self._locate(start), self._locate(start + frames - 1)
+            if (
+                first is not None
+                and last is not None
+                and first[0] == last[0]
+                and last[2] - first[2] == (frames - 1) * self._volume_bytes
+            ):
+                rows = np.empty((frames, self.data.shape[1]), dtype=self.data.dtype)
+                if os.preadv(first[1], [rows], first[2]) == rows.nbytes:
+                    return rows
+        return self.read(range(start, start + frames), cache)
+
     def _read_direct(self, t: int, row: np.ndarray) -> None:
         located = self._locate(t)
         if located is None:
@@ -151,6 +185,39 @@ class StoreReader:
             entries = np.frombuffer(raw[:index_bytes], dtype="<u8").reshape(n_chunks, 2)
             self._shards[shard] = (fd, entries[:, 0].copy())
         return self._shards[shard]
+
+
+class ParcelReader:
+    """One open parcel store (:func:`bidstrain.io.store.write_parcel_store`): its ``data``
+    (frames x parcels, one small chunk) read once into memory.
+
+    Parameters
+    ----------
+    path : str
+    volumes : int
+        Frames the plan counted for it (an error when the store has another count).
+    """
+
+    def __init__(self, path: str, volumes: int):
+        self.path = path
+        try:
+            group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
+            self.data = np.asarray(group["data"][...], dtype=np.float32)
+        except (FileNotFoundError, KeyError) as error:
+            raise BidstrainError(f"cannot read the parcel store: {error}", path=path) from None
+        if self.data.shape[0] != volumes:
+            raise BidstrainError(
+                f"the parcel store has {self.data.shape[0]} frames but the training plan "
+                f"counted {volumes} (rerun the normalize job of its subject)",
+                path=path,
+            )
+
+    def window(self, start: int, out: np.ndarray) -> None:
+        """Write frames ``start .. start + len(out) - 1`` into ``out`` (frames x parcels)."""
+        out[...] = self.data[start : start + len(out)]
+
+    def close(self) -> None:
+        """Nothing to close: the values are in memory."""
 
 
 def _plain_layout(array: zarr.Array) -> bool:
@@ -193,17 +260,23 @@ class OpenStores:
     def __init__(self, capacity: int, chunk_cache: int):
         self.capacity = capacity
         self.cache = ChunkCache(chunk_cache)
-        self._readers: OrderedDict[str, StoreReader] = OrderedDict()
+        self._readers: OrderedDict[str, StoreReader | ParcelReader] = OrderedDict()
         #: Stores opened so far (reopenings included): what the bound costs.
         self.opened = 0
 
-    def get(self, path: str, volumes: int, shape: Sequence[int], factor: int) -> StoreReader:
-        """The reader of ``path``, opened if it is not."""
+    def get(
+        self, path: str, volumes: int, shape: Sequence[int], factor: int
+    ) -> StoreReader | ParcelReader:
+        """The reader of ``path``, opened if it is not: a :class:`ParcelReader` when
+        ``shape`` has one axis (parcels), else a :class:`StoreReader`."""
         reader = self._readers.get(path)
         if reader is not None:
             self._readers.move_to_end(path)
             return reader
-        reader = StoreReader(path, volumes, shape, factor)
+        if len(shape) == 1:
+            reader = ParcelReader(path, volumes)
+        else:
+            reader = StoreReader(path, volumes, shape, factor)
         self.opened += 1
         self._readers[path] = reader
         while len(self._readers) > self.capacity:

@@ -16,8 +16,14 @@ order is a uniform permutation. ``single_modality`` batching builds one such seq
 modality, cuts each into batches, and interleaves the batches at random, each modality's
 in its own order.
 
-Resuming is exact: the order depends only on ``(seed, epoch)`` and the settings, and
-:meth:`ModalityBatchSampler.set_epoch` skips the batches already consumed.
+The order is drawn over sample *slots* (a BOLD store's windows, the same number every
+epoch; a chunk of samples holds about one inner chunk of frames); the batches hold the
+global index of each sample's first frame, its window shifted by the epoch's offset
+(:mod:`bidstrain.train.windows`). Without windows a slot is its frame.
+
+Resuming is exact: the order and the window offsets depend only on ``(seed, epoch)`` and
+the settings, and :meth:`ModalityBatchSampler.set_epoch` skips the batches already
+consumed.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import torch
 from bidstrain.config import TrainConfig
 from bidstrain.modalities import MODALITIES
 from bidstrain.train.data import BATCHINGS, StoreLayout, batches_per_epoch
+from bidstrain.train.windows import draw_offsets
 
 
 def epoch_order(
@@ -38,19 +45,20 @@ def epoch_order(
     store_group: int,
     shuffle_buffer: int,
 ) -> np.ndarray:
-    """Sample indices of ``stores`` (indices into ``layout``) in the order described in
+    """Sample slots of ``stores`` (indices into ``layout``) in the order described in
     the module docstring."""
     stores = rng.permutation(stores)
-    n_chunks = -(-layout.volumes[stores] // layout.chunk[stores])
+    samples, chunks = layout.samples, layout.chunk_samples
+    n_chunks = -(-samples[stores] // chunks[stores])
     unit_store = np.repeat(stores, n_chunks)
     first_unit = np.cumsum(n_chunks) - n_chunks
     unit_index = np.arange(unit_store.size) - np.repeat(first_unit, n_chunks)
     unit_group = np.repeat(np.arange(stores.size) // store_group, n_chunks)
     units = np.lexsort((rng.random(unit_store.size), unit_group))
     unit_store, unit_index = unit_store[units], unit_index[units]
-    chunk = layout.chunk[unit_store]
-    start = layout.offsets[unit_store] + unit_index * chunk
-    length = np.minimum(chunk, layout.volumes[unit_store] - unit_index * chunk)
+    chunk = chunks[unit_store]
+    start = layout.sample_offsets[unit_store] + unit_index * chunk
+    length = np.minimum(chunk, samples[unit_store] - unit_index * chunk)
     order = _expand(start, length)
     return _window_shuffle(order, shuffle_buffer, rng)
 
@@ -137,8 +145,14 @@ class ModalityBatchSampler(torch.utils.data.Sampler):
         )
 
     def rank_batches(self) -> tuple[np.ndarray, np.ndarray]:
-        """This rank's batches of the current epoch: the sample indices of all of them in
-        order, and the ``n_batches + 1`` bounds of each batch in that array."""
+        """This rank's batches of the current epoch: the samples of all of them in order
+        (the global index of each one's first frame), and the ``n_batches + 1`` bounds of
+        each batch in that array."""
+        slots, bounds = self._rank_slots()
+        offsets = draw_offsets(self.layout.slack(), self.seed, self.epoch)
+        return self.layout.starts(slots, offsets), bounds
+
+    def _rank_slots(self) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed, self.epoch])
         every_store = np.arange(len(self.layout.paths))
         size, world = self.batch_size, self.world_size

@@ -33,7 +33,8 @@ def scalars(record: Mapping[str, Any]) -> tuple[int | None, dict[str, float]]:
 
     ``step`` records give ``train/<field>`` and ``train/loss/<modality>``; ``validation``
     records ``validation/loss``, ``validation/loss/<modality>``,
-    ``validation/baseline/<modality>`` and ``validation/ratio/<modality>``; ``grad_norms``
+    ``validation/baseline/<modality>`` and ``validation/ratio/<modality>`` (with BOLD
+    windows also ``validation/loss_shuffled_time[/bold]``); ``grad_norms``
     records ``grad_norm/<module>``; the ``summary`` ``summary/<modality>/<field>``. Other
     records (``plan``) give nothing.
     """
@@ -52,6 +53,10 @@ def scalars(record: Mapping[str, Any]) -> tuple[int | None, dict[str, float]]:
             if modality in baselines:
                 values[f"validation/baseline/{modality}"] = baselines[modality]
                 values[f"validation/ratio/{modality}"] = loss / baselines[modality]
+        if "loss_shuffled_time" in record:
+            values["validation/loss_shuffled_time"] = record["loss_shuffled_time"]
+            for modality, loss in record["loss_shuffled_time_per_modality"].items():
+                values[f"validation/loss_shuffled_time/{modality}"] = loss
     elif kind == "grad_norms":
         values = {f"grad_norm/{name}": norm for name, norm in record["norms"].items()}
     elif kind == "summary":

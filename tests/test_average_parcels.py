@@ -1,0 +1,79 @@
+"""Cross-subject averages of parcel stores: sessions first, then subjects, truncation as
+for voxels, against the same means written out in numpy (float64)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+from bidstrain.average.parcels import average_parcel_stores
+from bidstrain.errors import BidstrainError
+from bidstrain.io.store import read_meta, write_parcel_store
+
+
+def parcel_store(path, subject, session, n_time, *, parcels=(1, 2, 3, 4), seed=0):
+    """A parcel store of random values; returns its path and its arrays."""
+    rng = np.random.default_rng(seed)
+    n = len(parcels)
+    arrays = {
+        "data": rng.standard_normal((n_time, n)).astype(np.float32),
+        "mean": rng.uniform(50, 100, n).astype(np.float32),
+        "std": rng.uniform(1, 5, n).astype(np.float32),
+        "n_voxels": rng.integers(1, 50, n),
+        "coverage": rng.uniform(0, 1, n),
+    }
+    attrs = dict(
+        modality="bold",
+        subject=subject,
+        session=session,
+        entities={"task": "rest", "run": "1"},
+        affine=np.eye(4).tolist(),
+        source_path="x",
+        ddof=1,
+        n_zero_variance=0,
+        stats_dim="parcel",
+        stats_from=[str(path)],
+        repetition_time=0.8,
+        atlas="toy",
+        parcel_names=[f"p{p}" for p in parcels],
+    )
+    write_parcel_store(
+        path,
+        parcels=np.asarray(parcels),
+        time=np.arange(n_time) * 0.8,
+        attrs=attrs,
+        **arrays,
+    )
+    return str(path), {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
+
+
+def test_the_parcel_average_is_the_mean_over_subjects_of_their_session_means(tmp_path):
+    a1, s1 = parcel_store(tmp_path / "a1.zarr", "01", "1", 12, seed=1)
+    a2, s2 = parcel_store(tmp_path / "a2.zarr", "01", "2", 10, seed=2)
+    b, s3 = parcel_store(tmp_path / "b.zarr", "02", "", 11, seed=3)
+    out = tmp_path / "avg.zarr"
+    with pytest.raises(BidstrainError, match="runs differ in length"):
+        average_parcel_stores([a1, a2, b], out)
+    average_parcel_stores([a1, a2, b], out, truncate=True)
+    group = zarr.open_group(out, mode="r")
+    for name in ("data", "mean", "std", "n_voxels", "coverage"):
+        cut = (lambda x: x[:10]) if name == "data" else (lambda x: x)
+        subject_01 = (cut(s1[name]) + cut(s2[name])) / 2
+        want = (subject_01 + cut(s3[name])) / 2
+        want = np.rint(want) if name == "n_voxels" else want
+        np.testing.assert_allclose(group[name][...], want, rtol=1e-6, atol=1e-6)
+    assert group["data"].shape == (10, 4)
+    np.testing.assert_array_equal(group["time"][...], np.arange(10) * 0.8)
+    meta = read_meta(out)
+    assert meta.subject == "average" and meta.subjects == ("01", "02")
+    assert dict(meta.truncated) == {"sub-01 ses-1": 12, "sub-02": 11}
+    assert meta.stats_dim == "parcel" and meta.repetition_time == 0.8
+    assert group.attrs["atlas"] == "toy"
+
+
+def test_parcel_stores_of_another_atlas_are_refused(tmp_path):
+    a, _ = parcel_store(tmp_path / "a.zarr", "01", "", 8)
+    b, _ = parcel_store(tmp_path / "b.zarr", "02", "", 8, parcels=(1, 2, 3, 5))
+    with pytest.raises(BidstrainError, match="parcels differ"):
+        average_parcel_stores([a, b], tmp_path / "avg.zarr")
+    assert not (tmp_path / "avg.zarr").exists()

@@ -1,0 +1,205 @@
+"""Windows and parcel input from the plan to the loader: one normalize job on the fMRIPrep
+demo (scrubbed volumes, so frames are left out by the time resampling, and the demo
+atlas) writes each BOLD run's segments and parcel store into its table; the trainer's
+store lists name the parcel stores, the layout takes the segments from the table, and the
+parcel windows hold the stores' rows, never across a left-out frame."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+from bidstrain import paths
+from bidstrain.checks.scan import scan_store
+from bidstrain.checks.windows import check_windows
+from bidstrain.demo.generate import ATLAS_NAME, make_atlas_demo, make_fmriprep_demo
+from bidstrain.errors import BidstrainError
+from bidstrain.io.scans_table import read_tables
+from bidstrain.io.store import segments_of_valid
+from bidstrain.plan import write_if_changed
+from bidstrain.train.data import volume_dataset
+from bidstrain.train.sampler import batch_sampler
+from test_plan import plan_of
+from train_support import metrics_records, train_cli_args, train_config, trainer_env
+
+WINDOW = 6
+
+
+@pytest.fixture(scope="module")
+def normalized(tmp_path_factory):
+    root = tmp_path_factory.mktemp("windows")
+    bids = make_fmriprep_demo(root / "fmriprep")
+    make_atlas_demo(root / "atlas")
+    overrides = {
+        "space": "MNI152NLin2009cAsym:res-2",
+        "modalities": ["bold"],
+        "normalize": {"confounds": {"strategy": "scrubbing"}},
+        "time": {"tr": 0.8, "method": "linear"},
+        "parcellation": {"name": ATLAS_NAME, "path": str(root / "atlas")},
+        "average": {"mode": "per_subject"},
+        "train": {"bold_input": "parcels", "window": WINDOW},
+    }
+    plan = plan_of(bids, **overrides)
+    work = root / "work"
+    write_if_changed({str(work / path): text for path, text in plan.files().items()})
+    for subject, job in plan.jobs.items():
+        command = [
+            sys.executable, "-m", "bidstrain.normalize",
+            "--settings", paths.PLAN_NORMALIZE_SETTINGS, "--subject", subject,
+            "--ingest", paths.ingest_record(subject), "--spec", job.spec_file,
+            "--out-table", job.table,
+        ]  # fmt: skip
+        result = subprocess.run(command, cwd=work, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+    return plan, work, bids, overrides
+
+
+def test_the_table_records_segments_and_parcel_stores(normalized, monkeypatch):
+    plan, work, _, _ = normalized
+    monkeypatch.chdir(work)
+    rows = read_tables(plan.normalized_tables)
+    assert rows
+    for row in rows:
+        valid = zarr.open_group(row.store, mode="r")["frame_valid"][...]
+        assert not valid.all()  # scrubbing left frames out
+        assert row.segments == segments_of_valid(valid) and sum(row.segments) == row.volumes
+        assert row.invalid_frames == int((~valid).sum())
+        assert row.parcels.endswith("_desc-zscore_timeseries.zarr")
+    lists = plan.store_lists()
+    parcel_stores = {row.parcels for row in rows}
+    for part in ("training", "validation"):
+        assert set(lists[part]["bold"]) <= parcel_stores
+    assert lists["training"]["bold"] and lists["validation"]["bold"]
+    # the checks read the voxel stores
+    assert not set(plan.training["bold"]) & parcel_stores
+
+
+def test_parcel_windows_from_the_plan_hold_the_store_rows_within_segments(normalized, monkeypatch):
+    plan, work, _, _ = normalized
+    monkeypatch.chdir(work)
+    lists = plan.store_lists()
+    rows = {row.parcels: row for row in read_tables(lists["tables"])}
+    config = train_config(bold_input="parcels", window=WINDOW, window_stride=2)
+    dataset = volume_dataset(lists["training"], config, lists["tables"])
+    layout = dataset.layout
+    n_parcels = zarr.open_group(layout.paths[0], mode="r")["data"].shape[1]
+    assert dataset.shapes["bold"] == (n_parcels,)
+    sampler = batch_sampler(layout, config)
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        flat, _ = sampler.rank_batches()
+        batch = dataset.batch(flat)["bold"].numpy()
+        assert batch.shape == (len(flat), WINDOW, n_parcels)
+        store, frame = layout.locate(np.asarray(flat))
+        for n, (s, f) in enumerate(zip(store, frame, strict=True)):
+            path = layout.paths[s]
+            data = zarr.open_group(path, mode="r")["data"][...]
+            np.testing.assert_array_equal(batch[n], data[f : f + WINDOW])
+            bounds = np.cumsum((0, *rows[path].segments))
+            piece = np.searchsorted(bounds, f, side="right") - 1
+            assert f + WINDOW <= bounds[piece + 1], "a window crosses a left-out frame"
+
+
+def test_the_windows_check_counts_left_out_frames(normalized, monkeypatch):
+    plan, work, _, _ = normalized
+    monkeypatch.chdir(work)
+    stores = list(plan.training["bold"])
+    scans = [scan_store(p, sample_voxels=10) for p in stores]
+    longest = max(max(row.segments) for row in read_tables(plan.normalized_tables))
+    lenient = check_windows(scans, window=longest + 1, strict=False)
+    strict = check_windows(scans, window=longest + 1, strict=True)
+    assert lenient.status == "warn" and strict.status == "fail"
+    assert "sub-01" in strict.message and "train.window" in strict.message
+    counts = strict.values["modalities"]["bold"]
+    assert counts["runs_left_out"] == counts["runs"] == len(stores)
+    assert counts["frames_too_short"] == sum(s.n_time for s in scans)
+    assert counts["frames_invalid"] == sum(s.meta.n_invalid_frames for s in scans) > 0
+    assert sum(c["runs"] for c in counts["subjects"].values()) == len(stores)
+    short = check_windows(scans, window=1, strict=True)
+    assert short.status == "pass"
+
+
+def test_parcel_input_needs_a_parcellation(normalized):
+    _, _, bids, overrides = normalized
+    without = {k: v for k, v in overrides.items() if k != "parcellation"}
+    with pytest.raises(BidstrainError, match="no parcellation is configured"):
+        plan_of(bids, **without)
+    # voxels: the trainer reads the voxel stores
+    plan = plan_of(bids, **{**overrides, "train": {"bold_input": "voxels"}})
+    assert json.loads(json.dumps(plan.store_lists()))["training"]["bold"] == list(
+        plan.training["bold"]
+    )
+
+
+@pytest.mark.parametrize("bold_input", ["voxels", "parcels"])
+def test_the_trainer_trains_on_windows_of_the_demo(normalized, tmp_path, bold_input):
+    """A few steps on windows of 4 frames (tokens of 2), voxel and parcel input, with the
+    validation losses in time order and shuffled in time."""
+    plan, work, _, _ = normalized
+    lists = plan.store_lists()
+    if bold_input == "voxels":
+        lists = {**lists, "training": plan.training, "validation": plan.validation}
+    lists = {
+        k: {m: list(s) for m, s in v.items()} if isinstance(v, dict) else v
+        for k, v in lists.items()
+    }
+    config = train_config(
+        window=4,
+        patch_frames=2,
+        bold_input=bold_input,
+        shapes={"bold": [16, 16, 16]},
+        epochs=1,
+    )
+    args = train_cli_args(tmp_path, config, lists["training"], validation=lists["validation"])
+    stores_file = tmp_path / "stores.json"
+    stores_file.write_text(json.dumps(lists))
+    result = subprocess.run(
+        [sys.executable, *args], cwd=work, env=trainer_env(), capture_output=True, text=True,
+        timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = metrics_records(tmp_path / "metrics.jsonl")
+    steps = [r for r in records if r["kind"] == "step"]
+    assert steps and all(np.isfinite(r["loss"]) for r in steps)
+    (validation,) = [r for r in records if r["kind"] == "validation"]
+    assert set(validation["loss_shuffled_time_per_modality"]) == {"bold"}
+    assert np.isfinite(validation["loss_shuffled_time"])
+    # the shuffled windows are other inputs: another loss
+    assert validation["loss_shuffled_time"] != validation["loss"]
+    assert (tmp_path / "model.pt").is_file()
+
+
+def test_cross_subject_parcel_averages_are_written_and_trained_on(normalized, monkeypatch):
+    """The average jobs of a cross_subject plan, run from their argument files, write the
+    parcel averages the trainer's store lists name; each is the mean over subjects."""
+    _, work, bids, overrides = normalized
+    monkeypatch.chdir(work)
+    plan = plan_of(bids, **{**overrides, "average": {"mode": "cross_subject", "truncate": True}})
+    write_if_changed(plan.files())
+    settings = json.dumps({"truncate": True})
+    for group in plan.averages:
+        assert group.parcel_store in plan.average_outputs
+        command = [
+            sys.executable, "-m", "bidstrain.average", f"@{group.members_file}",
+            "--out", group.store, "--settings", settings,
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+        members = [zarr.open_group(p, mode="r")["data"][...] for p in group.parcel_members]
+        n_time = min(len(m) for m in members)
+        by_subject = {}
+        for path, values in zip(group.parcel_members, members, strict=True):
+            subject = path.split("/")[2]
+            by_subject.setdefault(subject, []).append(values[:n_time].astype(np.float64))
+        want = np.mean([np.mean(v, axis=0) for v in by_subject.values()], axis=0)
+        got = zarr.open_group(group.parcel_store, mode="r")["data"][...]
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    lists = plan.store_lists()
+    assert set(lists["training"]["bold"]) <= {g.parcel_store for g in plan.averages}
+    config = train_config(bold_input="parcels", window=WINDOW)
+    dataset = volume_dataset(lists["training"], config, lists["tables"])
+    assert len(dataset) > 0 and dataset.shapes["bold"][0] == got.shape[1]
