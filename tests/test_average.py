@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from bidstrain.average.cohort import average_stores, main
+from bidstrain.average.__main__ import main
+from bidstrain.average.cohort import average_stores
 from bidstrain.demo.generate import DemoSpec, bold_run
 from bidstrain.errors import BidstrainError, run_cli
 from bidstrain.io.store import create_store, open_store, to_grid
@@ -271,7 +272,7 @@ def copy_store(source: Path, path: Path, subject: str) -> Path:
 
 _PEAK_RSS = """
 import resource, sys
-from bidstrain.average.cohort import main
+from bidstrain.average.__main__ import main
 main(sys.argv[1:])
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """

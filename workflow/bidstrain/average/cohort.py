@@ -50,8 +50,6 @@ With a parcellation the same job also averages the runs' parcel stores
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -62,7 +60,6 @@ import numpy as np
 import zarr
 import zarr.errors
 
-from bidstrain.config import AverageConfig, load_section
 from bidstrain.errors import BidstrainError
 from bidstrain.io.grid import AFFINE_TOLERANCE, grid_mismatch
 from bidstrain.io.store import CONSOLIDATED, StoreMeta, chunk_volumes, create_store
@@ -489,38 +486,3 @@ def average_stores(
         out,
     )
     return Path(out)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``python -m bidstrain.average --settings '{"mask": ...}' --out
-    OUT.zarr STORE [STORE ...]`` (``@FILE`` reads arguments from FILE, one a line);
-    ``--settings`` is the config's ``average`` section as JSON (keys left out take their
-    schema defaults)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bidstrain.average",
-        description=__doc__.splitlines()[0],
-        fromfile_prefix_chars="@",
-    )
-    parser.add_argument("stores", nargs="+", help="subject stores of one (task, run)")
-    parser.add_argument("--out", required=True)
-    parser.add_argument(
-        "--parcels", nargs="*", default=[], help="parcel stores of the same runs (parcellation)"
-    )
-    parser.add_argument("--parcels-out", help="the average parcel store (with --parcels)")
-    parser.add_argument(
-        "--settings", type=json.loads, required=True, help="the average section, as JSON"
-    )
-    args = parser.parse_args(argv)
-    settings: AverageConfig = load_section("average", args.settings)
-    average_stores(
-        args.stores,
-        args.out,
-        mask=settings.mask,
-        truncate=settings.truncate,
-        affine_tolerance=settings.affine_tolerance,
-        tr_tolerance=settings.repetition_time_tolerance,
-    )
-    if args.parcels:
-        from bidstrain.average.parcels import average_parcel_stores  # (it builds on this module)
-
-        average_parcel_stores(args.parcels, args.parcels_out, truncate=settings.truncate)

@@ -23,14 +23,13 @@ import zarr
 
 from bidstrain.average.cohort import SourceStore, common_length
 from bidstrain.errors import BidstrainError
-from bidstrain.io.store import CONSOLIDATED, read_meta, write_parcel_store
+from bidstrain.io.store import CONSOLIDATED, read_meta, read_parcel_attrs, write_parcel_store
 
 log = logging.getLogger(__name__)
 
 #: The per-parcel arrays averaged over subjects beside ``data``.
 PER_PARCEL = ("mean", "std", "n_voxels", "coverage")
 #: Attributes of the parcellation, the same in every store of one atlas.
-PARCEL_ATTRS = ("atlas", "parcel_names", "n_empty_parcels")
 
 
 def _read(path: str) -> tuple[SourceStore, dict[str, np.ndarray]]:
@@ -136,12 +135,7 @@ def average_parcel_stores(
         "time_method": reference.time_method,
         "source_repetition_time": reference.source_repetition_time,
     }
-    group = zarr.open_group(
-        first_source.path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED
-    )
-    for key in PARCEL_ATTRS:
-        if key in group.attrs:
-            attrs[key] = group.attrs[key]
+    attrs.update(read_parcel_attrs(first_source.path))
     write_parcel_store(
         out,
         data=subject_mean("data"),

@@ -39,7 +39,7 @@ def read_stores(paths: Sequence[str]) -> dict[str, AlignedStore]:
 
 def _raw(store: AlignedStore) -> np.ndarray:
     features = store.features.astype(np.float64)
-    if not store.attrs["normalized"]:
+    if not store.normalized:
         return features
     return features * store.arrays["std"] + store.arrays["mean"]
 
@@ -65,7 +65,7 @@ def stimulus_samples(
     seen: dict[str, list[np.ndarray]] = {}
     raw: dict[str, list[np.ndarray]] = {}
     for store in stores.values():
-        if store.attrs["heldout"]:
+        if store.heldout:
             continue
         varying = ~store.arrays["constant"]
         seen.setdefault(store.kind, []).append(_sample(store.features[:, varying].astype(float)))
@@ -93,12 +93,12 @@ def normalization_findings(
     raw_stores: dict[str, list[str]] = {}
     pooled: dict[str, list[np.ndarray]] = {}
     for path, store in stores.items():
-        kind, label = store.kind, store.attrs["label"]
+        kind, label = store.kind, store.label
         mean, std = store.arrays["mean"], store.arrays["std"]
         if not (np.isfinite(mean).all() and np.isfinite(std).all()):
             fails.append(f"{label} {kind} ({path}): non-finite z-score statistics")
             continue
-        if not store.attrs["normalized"]:
+        if not store.normalized:
             raw_stores.setdefault(kind, []).append(label)
             continue
         restored = _raw(store).mean(axis=0)
@@ -109,10 +109,10 @@ def normalization_findings(
                 f"{label} {kind} ({path}): data * std + mean misses the recorded raw mean by "
                 f"{error:.3g} raw std (checks.stats_tolerance {tolerance})"
             )
-        if not store.attrs["heldout"]:
+        if not store.heldout:
             pooled.setdefault(kind, []).append(store.features.astype(np.float64))
     for kind, labels in raw_stores.items():
-        sample = next(s for s in stores.values() if s.kind == kind and not s.attrs["normalized"])
+        sample = next(s for s in stores.values() if s.kind == kind and not s.normalized)
         low, high = sample.arrays["raw_min"].min(), sample.arrays["raw_max"].max()
         fails.append(
             f"{kind} stimulus features are not normalized (stimuli.normalize: false) in "

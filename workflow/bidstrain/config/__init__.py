@@ -24,6 +24,7 @@ string key.
 from bidstrain.config.jobs import (
     ChecksJobConfig,
     EmbedJobConfig,
+    EncodingJobConfig,
     ModelExpectation,
     NormalizeJobConfig,
     read_train_settings,
@@ -72,6 +73,7 @@ from bidstrain.config.sections import (
 
 __all__ = [
     "EmbedJobConfig",
+    "EncodingJobConfig",
     "CHECKED",
     "RUN",
     "SCHEMA_PATH",

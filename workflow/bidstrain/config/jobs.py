@@ -14,6 +14,7 @@ from typing import Any
 from bidstrain.config.sections import (
     ChecksConfig,
     EmbedConfig,
+    EncodingConfig,
     IngestConfig,
     NormalizeConfig,
     TimeConfig,
@@ -109,6 +110,48 @@ class ChecksJobConfig:
 
 
 _CHECKS_JOB_KEYS = {f.name for f in dataclasses.fields(ChecksJobConfig)}
+
+
+@dataclass(frozen=True)
+class EncodingJobConfig:
+    """What the encoding job reads (the ``--settings`` file the plan writes,
+    ``Plan.encoding_settings``)."""
+
+    #: the ``encoding`` section
+    encoding: EncodingConfig
+    #: ``train.seed``: the model's initial weights and the scrambled-stimulus control
+    seed: int
+
+    @classmethod
+    def read(cls, path: str | Path) -> EncodingJobConfig:
+        """Type the encoding job's settings file.
+
+        Raises
+        ------
+        BidstrainError
+            Naming the file, when it is missing or not JSON, or a section or key is
+            missing, unknown or of a wrong value.
+        """
+        try:
+            values = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise BidstrainError(f"cannot read the encoding settings: {error}", path=path) from None
+        if not isinstance(values, Mapping) or set(values) != _ENCODING_JOB_KEYS:
+            found = sorted(values) if isinstance(values, Mapping) else type(values).__name__
+            raise BidstrainError(
+                f"the encoding settings must hold exactly {sorted(_ENCODING_JOB_KEYS)}, "
+                f"got {found}",
+                path=path,
+            )
+        try:
+            return cls(
+                encoding=load_section("encoding", values["encoding"]), seed=int(values["seed"])
+            )
+        except (BidstrainError, TypeError, ValueError) as error:
+            raise BidstrainError(f"the encoding settings: {error}", path=path) from None
+
+
+_ENCODING_JOB_KEYS = {f.name for f in dataclasses.fields(EncodingJobConfig)}
 
 
 def read_train_settings(path: str | Path) -> TrainConfig:

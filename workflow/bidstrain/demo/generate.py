@@ -112,7 +112,7 @@ TASK_AMPLITUDE = 0.04
 #: Slow fluctuations of a run (:func:`slow_fluctuations`): their peak amplitude as a
 #: fraction of the baseline, the regions that carry one each, the regions' width as a
 #: fraction of the grid's largest side, and their time scale (Gaussian sigma, in frames).
-FLUCTUATION_AMPLITUDE = 0.03
+FLUCTUATION_AMPLITUDE = 0.015
 FLUCTUATION_REGIONS = 8
 FLUCTUATION_WIDTH = 0.2
 FLUCTUATION_FRAMES = 3.0
@@ -149,7 +149,7 @@ def slow_fluctuations(
 def bold_anatomy(spec: DemoSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
     """A subject's BOLD baseline intensity (5,000 to 10,000), task-response map and
     temporal noise level (about 2 %; with the drift, the task signal and the slow
-    fluctuations, about 4 % of temporal variation).
+    fluctuations, 3 to 4 % of temporal variation).
 
     They belong to the subject's brain and scanner, not to a run: every run of a subject
     shares them, so that statistics fitted on one run normalize another (held-out runs).

@@ -26,7 +26,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bidstrain.config import load_section
+from bidstrain.config import EncodingJobConfig, to_plain
 from bidstrain.encoding.data import load_data
 from bidstrain.encoding.evaluate import chance_bound, mean_prediction, ridge_baseline, score
 from bidstrain.encoding.fit import Interrupted, fit
@@ -47,21 +47,13 @@ LOG = logging.getLogger("bidstrain.encoding")
 OUTPUTS = ("model.pt", "model.json", "metrics.json", "metrics.tsv", "heldout.npz")
 
 
-def read_settings(path: str | Path):
-    """``(encoding section, seed)`` of a ``--settings`` file."""
-    try:
-        content = json.loads(Path(path).read_text())
-        return load_section("encoding", content["encoding"]), int(content["seed"])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise BidstrainError(f"cannot read the encoding settings: {error}", path=path) from None
-
-
 def run(
     settings_path, data_path, out_dir, world_size: int, stop_after=None, inputs_path=None
 ) -> dict:
     """Train, validate and write the outputs (rank 0); the metrics summary. The data
     come from ``data_path`` (an ``.npz``) or else from the stores of ``inputs_path``."""
-    config, seed = read_settings(settings_path)
+    job = EncodingJobConfig.read(settings_path)
+    config, seed = job.encoding, job.seed
     if data_path is not None:
         data = load_data(data_path)
     else:
@@ -102,10 +94,7 @@ def run(
         "mean_correlation_reported_as": "null: a constant prediction has no correlation",
     }
     if context.is_main:
-        settings = {
-            "encoding": json.loads(Path(settings_path).read_text())["encoding"],
-            "seed": seed,
-        }
+        settings = {"encoding": to_plain(config), "seed": seed}
         description = model_description(fitted, data.features, data.target, settings)
         write_model(out / "model.pt", fitted, description)
         write_text_atomic(out / "model.json", json.dumps(description, indent=2) + "\n")

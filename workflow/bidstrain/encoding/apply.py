@@ -20,7 +20,7 @@ from bidstrain.encoding.data import FEATURE_KEYS
 from bidstrain.encoding.outputs import read_model
 from bidstrain.encoding.stores import describe
 from bidstrain.errors import BidstrainError, run_cli
-from bidstrain.io.store import create_store, open_store, read_aligned_store
+from bidstrain.io.store import create_store, open_store, read_aligned_store, read_meta
 
 #: Seconds within which two repetition times are the same.
 TR_TOLERANCE = 1e-6
@@ -138,8 +138,8 @@ def apply_to_stores(
         out,
         predicted,
         mask=np.asarray(store["mask"].values, bool),
-        affine=np.asarray(store.attrs["affine"], np.float64),
-        repetition_time=float(aligned[0].attrs["repetition_time"]),
+        affine=read_meta(bold).affine,
+        repetition_time=float(aligned[0].repetition_time),
         source=str(model_path),
     )
 

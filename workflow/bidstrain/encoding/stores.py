@@ -94,7 +94,7 @@ def data_from_stores(
                 f"the features of average {name} were prepared differently from the others'",
                 path=stores[kinds[0]],
             )
-        heldout = bool(aligned[0].attrs["heldout"])
+        heldout = bool(aligned[0].heldout)
         names[heldout].append(name)
         parts[heldout][0].append(np.concatenate([s.features for s in aligned], axis=1))
         parts[heldout][1].append(np.asarray(bold["data"].values, np.float32))
@@ -138,7 +138,7 @@ def describe(kinds: Sequence[str], aligned: Sequence[Any]) -> dict[str, Any]:
         "normalized": bool(first["normalized"]),
         "statistics": {
             "digest": statistics_digest(mean, std),
-            "training_runs": sorted({r for s in aligned for r in s.attrs["training_runs"]}),
+            "training_runs": sorted({r for s in aligned for r in s.training_runs}),
         },
-        "decoder": {k: s.attrs["decoder"] for k, s in zip(kinds, aligned, strict=True)},
+        "decoder": {k: s.decoder for k, s in zip(kinds, aligned, strict=True)},
     }

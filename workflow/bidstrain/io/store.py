@@ -690,6 +690,17 @@ def to_grid(ds: xr.Dataset, values: np.ndarray, fill: float = 0.0) -> np.ndarray
     return grid
 
 
+#: The attributes only a parcel store has (beside :class:`StoreMeta`'s).
+PARCEL_ATTRS = ("atlas", "parcel_names", "n_empty_parcels")
+
+
+def read_parcel_attrs(path: str | Path) -> dict[str, Any]:
+    """A parcel store's own attributes (:data:`PARCEL_ATTRS`: the atlas, the parcel
+    names, the empty parcels), those it holds."""
+    group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
+    return {key: group.attrs[key] for key in PARCEL_ATTRS if key in group.attrs}
+
+
 def write_parcel_store(
     path: str | Path,
     *,
@@ -959,6 +970,36 @@ class AlignedStore:
     def kind(self) -> str:
         """``video``, ``audio`` or ``text``."""
         return self.attrs["kind"]
+
+    @property
+    def label(self) -> str:
+        """The run or average the features are aligned to."""
+        return self.attrs["label"]
+
+    @property
+    def normalized(self) -> bool:
+        """Whether the features are z-scored (``stimuli.normalize``)."""
+        return bool(self.attrs["normalized"])
+
+    @property
+    def heldout(self) -> bool:
+        """Whether the run is held out (it uses the training runs' statistics)."""
+        return bool(self.attrs["heldout"])
+
+    @property
+    def repetition_time(self) -> float:
+        """Seconds between the rows (the BOLD store's TR)."""
+        return float(self.attrs["repetition_time"])
+
+    @property
+    def decoder(self) -> Mapping[str, Any]:
+        """The feature job's decoder settings (``units`` among them)."""
+        return self.attrs["decoder"]
+
+    @property
+    def training_runs(self) -> list[str]:
+        """The runs the z-score statistics come from."""
+        return list(self.attrs["training_runs"])
 
 
 def write_aligned_store(

@@ -80,13 +80,13 @@ def stimulus_figure(aligned: Mapping[str, AlignedStore], bold: xr.Dataset, title
         store = aligned[kind]
         features, first = _first_delay(store)
         scores, explained = principal_components(features)
-        tr = store.attrs["repetition_time"]
+        tr = store.repetition_time
         for c in range(scores.shape[1]):
             ax.plot(store.time, scores[:, c], lw=1.2,
                     label=f"PC{c + 1} ({100 * explained[c]:.0f} % of variance)")  # fmt: skip
-        scale = "z-scored" if store.attrs["normalized"] else "raw scale"
+        scale = "z-scored" if store.normalized else "raw scale"
         ax.set_title(
-            f"{kind}: {features.shape[1]} features ({store.attrs['decoder']['units']}), "
+            f"{kind}: {features.shape[1]} features ({store.decoder['units']}), "
             f"{scale}, delay {first} frame(s) = {first * tr:g} s"
         )
         ax.set_ylabel("PC score (unit var.)")
