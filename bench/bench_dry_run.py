@@ -95,9 +95,9 @@ def make_empty_fmriprep(root: Path, n_subjects: int) -> Path:
     """An fMRIPrep output tree of empty images in :data:`ATLAS_SPACE`, with the demo's
     atlas dataset inside it (``root/atlas``): the cohort of a dry run with parcels on.
 
-    Per subject ``sub-NNNN``: the preprocessed T1w and its brain mask and, for two runs of task ``rest``, the
-    preprocessed BOLD, its brain mask and its sidecar (``RepetitionTime`` 2 s), all in the
-    atlas's space. No image can be opened.
+    Per subject ``sub-NNNN``: the preprocessed T1w and its brain mask and, for two runs of
+    task ``rest``, the preprocessed BOLD, its brain mask and its sidecar
+    (``RepetitionTime`` 2 s), all in the atlas's space. No image can be opened.
     """
     space, res = ATLAS_SPACE.split(":res-")
     root.mkdir(parents=True, exist_ok=True)
