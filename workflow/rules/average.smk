@@ -14,13 +14,17 @@ rule average_bold:
         members=lambda wildcards: PLAN.average(wildcards.name).members_file,
         manifest=paths.MANIFEST,
     output:
-        directory(paths.average_store_at("{name}")),
         # with a parcellation the job also averages the runs' parcel stores
-        *(
-            [directory(paths.average_parcel_store_at("{name}", PLAN.atlas.name))]
+        **(
+            {
+                "parcels": directory(
+                    paths.average_parcel_store_at("{name}", PLAN.atlas.name)
+                )
+            }
             if PLAN.atlas
-            else []
+            else {}
         ),
+        store=directory(paths.average_store_at("{name}")),
     log:
         paths.log("average", "{name}"),
     wildcard_constraints:
@@ -36,7 +40,7 @@ rule average_bold:
         # config average, as the job types it (bidstrain.config.load_section)
         settings=json.dumps(to_plain(CONFIG.average), sort_keys=True),
     shell:
-        "python -m bidstrain.average @{input.members:q} --out {output[0]:q}"
+        "python -m bidstrain.average @{input.members:q} --out {output.store:q}"
         " --settings {params.settings:q} > {log:q} 2>&1"
 
 
