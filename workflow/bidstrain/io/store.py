@@ -330,11 +330,17 @@ def read_meta(path: str | Path) -> StoreMeta:
     BidstrainError
         When the store does not exist or lacks required attributes.
     """
-    try:
-        group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
-    except FileNotFoundError:
-        raise BidstrainError("store not found (run the normalize stage first)", path=path) from None
+    group = _open_existing(path, "store not found (run the normalize stage first)")
     return StoreMeta.from_attrs(group.attrs.asdict(), path)
+
+
+def _open_existing(path: str | Path, missing: str) -> zarr.Group:
+    """The store at ``path``, opened to read; a missing one is a :class:`BidstrainError`
+    saying ``missing`` (what it is and which stage writes it)."""
+    try:
+        return zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
+    except FileNotFoundError:
+        raise BidstrainError(missing, path=path) from None
 
 
 def read_dims(path: str | Path) -> tuple[int, int, tuple[int, ...]]:
@@ -873,12 +879,7 @@ def read_feature_store(path: str | Path) -> FeatureStore:
     BidstrainError
         When the store does not exist or lacks an attribute or array of the layout.
     """
-    try:
-        group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
-    except FileNotFoundError:
-        raise BidstrainError(
-            "feature store not found (run the stimuli stage first)", path=path
-        ) from None
+    group = _open_existing(path, "feature store not found (run the stimuli stage first)")
     attrs = group.attrs.asdict()
     try:
         meta = FeatureMeta(
@@ -1052,12 +1053,7 @@ def read_aligned_store(path: str | Path) -> AlignedStore:
     BidstrainError
         When the store does not exist or lacks an array of the layout.
     """
-    try:
-        group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
-    except FileNotFoundError:
-        raise BidstrainError(
-            "aligned stimulus store not found (run the stimuli stage first)", path=path
-        ) from None
+    group = _open_existing(path, "aligned stimulus store not found (run the stimuli stage first)")
     try:
         return AlignedStore(
             features=group["features"][...],
