@@ -19,7 +19,7 @@ from bidstrain.config import (
     validate_config,
 )
 from bidstrain.errors import BidstrainError
-from bidstrain.modalities import MODALITIES
+from bidstrain.modalities import MODALITIES, MODEL_INPUTS
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = SCHEMA_PATH
@@ -27,10 +27,11 @@ SCHEMA = SCHEMA_PATH
 
 def _schema_keys(schema: dict) -> dict:
     """{key: nested keys or None} of an object schema; an object keyed by modality
-    (train.shapes, train.loss.weights) is a mapping in the dataclasses: None."""
+    (train.shapes; train.loss.weights, keyed by modality and stimulus kind) is a mapping
+    in the dataclasses: None."""
     return {
         key: _schema_keys(sub)
-        if sub.get("type") == "object" and set(sub.get("properties", MODALITIES)) - {*MODALITIES}
+        if sub.get("type") == "object" and set(sub.get("properties", MODALITIES)) - {*MODEL_INPUTS}
         else None
         for key, sub in schema["properties"].items()
     }

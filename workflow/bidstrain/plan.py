@@ -245,6 +245,7 @@ class Plan:
         _require_images(index, config, subjects)
         atlas = find_atlas(config.parcellation) if config.parcellation.enabled else None
         _check_bold_input(config, atlas, bool(images["bold"]))
+        _check_train_stimuli(config)
         jobs = _normalize_jobs(
             config, index, kind, [i for m in MODALITIES for i in images[m]], atlas
         )
@@ -432,16 +433,61 @@ class Plan:
         voxel store (the checks and embed read the voxel stores, whose frames and
         segments the parcel stores share)."""
         lists = {m: list(s) for m, s in stores.items()}
-        if self.config.train.model.bold_input == "parcels" and "bold" in lists:
-            parcels = {
-                image.store: image.parcels["store"]
-                for job in self.jobs.values()
-                for image in job.images
-                if image.parcels
-            }
-            parcels.update({group.store: group.parcel_store for group in self.averages})
-            lists["bold"] = [parcels[store] for store in lists["bold"]]
+        if "bold" in lists:
+            lists["bold"] = [self._trainer_bold(store) for store in lists["bold"]]
         return lists
+
+    def _trainer_bold(self, store: str) -> str:
+        """The store the trainer reads for the voxel BOLD store ``store``: itself, or its
+        parcel store with ``train.bold_input: parcels``."""
+        if self.config.train.model.bold_input != "parcels":
+            return store
+        return self._parcel_stores[store]
+
+    @property
+    def trained_stimulus_stores(self) -> list[str]:
+        """The aligned stores of :attr:`trained_stimuli` (rule ``train``'s inputs)."""
+        return sorted({p for kinds in self.trained_stimuli.values() for p in kinds.values()})
+
+    @cached_property
+    def _parcel_stores(self) -> dict[str, str]:
+        """The parcel store of each voxel BOLD store (runs and averages) that has one."""
+        parcels = {group.store: group.parcel_store for group in self.averages}
+        for job in self.jobs.values():
+            parcels.update({i.store: i.parcels["store"] for i in job.images if i.parcels})
+        return parcels
+
+    @cached_property
+    def trained_stimuli(self) -> dict[str, dict[str, str]]:
+        """The aligned stores of ``train.stimuli`` of every BOLD store training and
+        validation read, by the store the trainer reads (:meth:`trainer_stores`): what
+        comes with the BOLD windows (:mod:`bidstrain.train.stimulus_windows`); empty
+        without ``train.stimuli``.
+
+        Raises
+        ------
+        BidstrainError
+            Naming a training or validation run without aligned stimuli of a kind.
+        """
+        kinds = self.config.train.model.stimuli
+        if not kinds:
+            return {}
+        targets = {target.bold: target for target in self.alignment_targets}
+        read = dict.fromkeys([*self.training.get("bold", ()), *self.validation.get("bold", ())])
+        stimuli = {}
+        for store in read:
+            target = targets.get(store)
+            missing = [k for k in kinds if target is None or k not in target.outputs]
+            if missing:
+                label = target.label if target else " ".join(Path(store).name.split("_")[:-1])
+                raise BidstrainError(
+                    f"train.stimuli {list(kinds)}: the BOLD run {label} has no "
+                    f"{', '.join(missing)} stimulus (no stim_file of that kind in its "
+                    "events.tsv): give it one, leave the run out, or change train.stimuli",
+                    path=store,
+                )
+            stimuli[self._trainer_bold(store)] = {k: target.outputs[k] for k in kinds}
+        return stimuli
 
     def store_lists(self) -> dict[str, Any]:
         """The lists the trainer reads from :func:`paths.plan_stores`: the stores of
@@ -458,6 +504,7 @@ class Plan:
             "parcellation": (
                 {"name": atlas.name, "checksum": atlas_checksum(atlas)} if atlas else None
             ),
+            "stimuli": self.trained_stimuli,
         }
 
     def dataset_description(self) -> dict[str, Any]:
@@ -1188,6 +1235,30 @@ def _check_bold_input(config: Config, atlas: AtlasFiles | None, has_bold: bool) 
             "config train.bold_input is parcels but no parcellation is configured: set the "
             "parcellation section (an atlas in the BOLD runs' space), or train.bold_input: "
             "voxels"
+        )
+
+
+def _check_train_stimuli(config: Config) -> None:
+    """``train.stimuli`` needs the stimulus stage and BOLD.
+
+    Raises
+    ------
+    BidstrainError
+        Naming the keys to change.
+    """
+    kinds = list(config.train.model.stimuli)
+    if not kinds:
+        return
+    if not config.stimuli.enabled:
+        raise BidstrainError(
+            f"config train.stimuli is {kinds} but stimuli.enabled is false: the stimulus "
+            "features come from the stimuli stage (set stimuli.enabled: true, or "
+            "train.stimuli: [])"
+        )
+    if "bold" not in config.modalities:
+        raise BidstrainError(
+            f"config train.stimuli is {kinds} but modalities {list(config.modalities)} has no "
+            "bold: the stimulus features come with BOLD windows"
         )
 
 

@@ -11,6 +11,8 @@ rule train:
         # the stores it reads are not inputs: they are the checks' inputs, and the checks
         # summary is rewritten whenever one of them is
         checks=paths.checks_summary(PLAN.experiment),
+        # the aligned stimulus stores of train.stimuli that come with the BOLD windows
+        stimuli=PLAN.trained_stimulus_stores,
     output:
         model=paths.trained_model(PLAN.experiment),
         model_json=paths.trained_model_description(PLAN.experiment),

@@ -124,6 +124,8 @@ class ModelConfig:
     window: int = _role(CHECKED)
     #: frames in one token of a BOLD window (divides ``window``)
     patch_frames: int = _role()
+    #: stimulus feature kinds that come with each BOLD window (none: images alone)
+    stimuli: tuple[str, ...] = _role(CHECKED)
     #: width of the transformer encoder
     embed_dim: int = _role()
     #: number of encoder layers

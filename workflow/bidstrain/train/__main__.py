@@ -85,6 +85,24 @@ def read_parcellation(path: str | Path) -> dict[str, str] | None:
     return None if value is None else {"name": value["name"], "checksum": value["checksum"]}
 
 
+def read_stimuli(path: str | Path) -> dict[str, dict[str, str]]:
+    """The ``stimuli`` of a ``--stores`` file: ``{BOLD store: {kind: aligned store}}``
+    for ``train.stimuli`` (empty when absent)."""
+    value = json.loads(Path(path).read_text()).get("stimuli") or {}
+    if not (
+        isinstance(value, Mapping)
+        and all(
+            isinstance(kinds, Mapping) and all(isinstance(p, str) for p in kinds.values())
+            for kinds in value.values()
+        )
+    ):
+        raise BidstrainError(
+            f'"stimuli" must map BOLD stores to {{kind: aligned store}}, got {value!r:.200}',
+            path=path,
+        )
+    return {bold: dict(kinds) for bold, kinds in value.items()}
+
+
 def _is_store_lists(value) -> bool:
     return isinstance(value, Mapping) and all(
         isinstance(stores, list) and all(isinstance(s, str) for s in stores)
@@ -118,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             world_size=args.world_size,
             tables=read_table_list(args.stores),
             parcellation=read_parcellation(args.stores),
+            stimuli=read_stimuli(args.stores),
         )
     except Interrupted as interrupted:
         logging.getLogger("bidstrain.train").warning("%s", interrupted)

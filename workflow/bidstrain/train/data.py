@@ -28,6 +28,7 @@ from bidstrain.io.store import chunk_volumes, read_dims, read_segments
 from bidstrain.modalities import MODALITIES
 from bidstrain.train.buffers import BatchBuffer, BatchRing, allocate, ring_slots
 from bidstrain.train.reader import OpenStores, ParcelReader
+from bidstrain.train.stimulus_windows import StimulusWindows
 from bidstrain.train.windows import window_counts
 
 BATCHINGS = ("mixed", "single_modality")
@@ -349,6 +350,9 @@ class VolumeDataset(torch.utils.data.Dataset):
         Decoded volumes of compressed stores a process keeps (:mod:`.reader`).
     window, stride : int
         ``train.window`` and ``train.window_stride`` (:func:`store_layout`).
+    stimuli : StimulusWindows, optional
+        The stimulus features that come with each BOLD window (``train.stimuli``): a
+        batch holds them under each kind's name, ``(n_bold, window, features)``.
     """
 
     def __init__(
@@ -362,8 +366,10 @@ class VolumeDataset(torch.utils.data.Dataset):
         chunk_cache: int = 512,
         window: int = 1,
         stride: int | None = None,
+        stimuli: StimulusWindows | None = None,
     ):
         self.layout = store_layout(stores, tables, window=window, stride=stride)
+        self.stimuli = stimuli
         self.window = window
         self.shapes = {m: tuple(int(n) for n in shapes[m]) for m in stores}
         self.resample = {m: int((resample or {}).get(m, 1)) for m in stores}
@@ -449,6 +455,8 @@ class VolumeDataset(torch.utils.data.Dataset):
                         out.sample(first + frame * size, reader.grid_map) for frame in range(frames)
                     ]
                     reader.place_window(start, regions, self.open_stores.cache)
+        if self.stimuli is not None:
+            batch.update(self.stimuli.windows(layout, indices))
         return batch
 
     __getitems__ = batch
@@ -499,15 +507,24 @@ def _as_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def volume_dataset(
-    stores: Mapping[str, Sequence[str]], train: TrainConfig, tables: Sequence[str] = ()
+    stores: Mapping[str, Sequence[str]],
+    train: TrainConfig,
+    tables: Sequence[str] = (),
+    stimuli: Mapping[str, Mapping[str, str]] | None = None,
 ) -> VolumeDataset:
     """The dataset the ``train`` config section describes (shapes, resampling, open
     stores, BOLD windows; with ``train.bold_input: parcels`` the BOLD stores are parcel
-    stores, and ``shapes["bold"]`` is ``(n_parcels,)``: :func:`n_parcels`)."""
+    stores, and ``shapes["bold"]`` is ``(n_parcels,)``: :func:`n_parcels`), with the
+    features of ``train.stimuli`` from the aligned stores ``stimuli`` (``{BOLD store:
+    {kind: aligned store}}``) checked against the BOLD stores
+    (:meth:`~bidstrain.train.stimulus_windows.StimulusWindows.check`)."""
     shapes = dict(train.model.shapes)
     if train.model.bold_input == "parcels" and stores.get("bold"):
         shapes["bold"] = (n_parcels(stores["bold"]),)
-    return VolumeDataset(
+    windows = None
+    if train.model.stimuli and stores.get("bold"):
+        windows = StimulusWindows(stimuli or {}, train.model.stimuli)
+    dataset = VolumeDataset(
         stores,
         shapes,
         resample=train.model.resample,
@@ -516,7 +533,13 @@ def volume_dataset(
         chunk_cache=2 * (train.loader.shuffle_buffer + train.loader.batch_size),
         window=train.model.window,
         stride=train.loader.window_stride,
+        stimuli=windows,
     )
+    if windows is not None:
+        layout = dataset.layout
+        bold = np.flatnonzero(layout.modality == MODALITIES.index("bold"))
+        windows.check([layout.paths[s] for s in bold], layout.volumes[bold])
+    return dataset
 
 
 def n_parcels(stores: Sequence[str]) -> int:

@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from bidstrain.config import TrainConfig, to_plain
 from bidstrain.errors import BidstrainError
 from bidstrain.io.atomic import atomic_path
-from bidstrain.modalities import MODALITIES
+from bidstrain.modalities import MODALITIES, MODEL_INPUTS
 from bidstrain.train import checkpoint, description, distributed
 from bidstrain.train.data import (
     StoreLayout,
@@ -108,6 +108,7 @@ def train(
     world_size: int | None = None,
     tables: Sequence[str] = (),
     parcellation: Mapping[str, str] | None = None,
+    stimuli: Mapping[str, Mapping[str, str]] | None = None,
 ) -> MultiModalAutoencoder:
     """Train the model on ``stores``, validating on ``validation_stores`` every epoch.
 
@@ -134,6 +135,10 @@ def train(
         before it is read (stores in none are counted from their metadata).
     parcellation : mapping, optional
         ``{"name", "checksum"}`` of the atlas the plan found (``model.json`` records it).
+    stimuli : mapping, optional
+        ``{BOLD store: {kind: aligned store}}`` for the training and validation BOLD
+        stores: the features of ``train.stimuli`` that come with their windows
+        (:mod:`.stimulus_windows`).
 
     Returns
     -------
@@ -167,7 +172,7 @@ def train(
             checkpoints=Path(checkpoint_dir),
             parcellation=parcellation,
         )
-        return _train(config, stores, validation_stores, context, outputs, tables)
+        return _train(config, stores, validation_stores, context, outputs, tables, stimuli)
     finally:
         lock.release()
         distributed.shutdown(context)
@@ -188,15 +193,21 @@ def hold_lock(lock: ExperimentLock, context: distributed.Context) -> None:
         )
 
 
-def _train(config, stores, validation_stores, context, outputs: Outputs, tables=()):
+def _train(config, stores, validation_stores, context, outputs: Outputs, tables=(), stimuli=None):
     checkpoint_dir = outputs.checkpoints
     check_shapes(config, stores)
     torch.manual_seed(config.run.seed)  # initialization (token masks: mask_generator)
-    run = checkpoint.run_identity(config, context.world_size, stores, validation_stores)
+    data = training_data(config, stores, context, tables, stimuli)
+    validation = validation_loader(config, validation_stores, context, tables, stimuli, data)
+    held_out = validation.dataset.dataset if validation is not None else None
+    run = checkpoint.run_identity(
+        config,
+        context.world_size,
+        {**stores, **stimulus_lists(data.dataset, stores)},
+        {**validation_stores, **stimulus_lists(held_out, validation_stores)},
+    )
     config_hash = checkpoint.run_hash(run)
     run_record = {"run": run, "config_hash": config_hash}  # saved with every checkpoint
-    data = training_data(config, stores, context, tables)
-    validation = validation_loader(config, validation_stores, context, tables)
     module, optimizer, scheduler = build_model(config, stores, data, context)
     state, resumed = resume(checkpoint_dir, run_record, context, module, optimizer, scheduler)
     model = module
@@ -230,7 +241,8 @@ def _train(config, stores, validation_stores, context, outputs: Outputs, tables=
     try:
         run_epochs(trainer, state, data, validation, sink, checkpoint_dir, run_record)
         if context.is_main:
-            summary = summarize(sink, config, list(stores), state, checkpoint_dir)
+            trained = [*stores, *module.stimuli]
+            summary = summarize(sink, config, trained, state, checkpoint_dir)
     finally:
         sink.close()
     if context.is_main:
@@ -246,7 +258,7 @@ def summarize(sink: MetricsSink, config, modalities, state: TrainState, checkpoi
     learning = config.learning
     summary = learning_summary(
         read_records(checkpoint_dir / "metrics.jsonl"),
-        modalities=[m for m in MODALITIES if m in modalities],
+        modalities=[m for m in MODEL_INPUTS if m in modalities],
         max_ratio=learning.max_ratio,
         strict=learning.strict,
         step=state.step,
@@ -399,10 +411,19 @@ def write_outputs(module, config, stores, state: TrainState, config_hash, paths:
     LOG.info("wrote %s, %s and %s", paths.model, paths.model_json, paths.metrics)
 
 
-def training_data(config, stores, context: distributed.Context, tables=()) -> Data:
+def stimulus_lists(dataset: VolumeDataset | None, stores) -> dict[str, list[str]]:
+    """``{kind: [aligned store, ...]}`` of a dataset's BOLD stores (none without
+    ``train.stimuli``): part of the run's identity, so that new features start a new
+    run."""
+    if dataset is None or dataset.stimuli is None:
+        return {}
+    return dataset.stimuli.lists(stores["bold"])
+
+
+def training_data(config, stores, context: distributed.Context, tables=(), stimuli=None) -> Data:
     """The training loader and plan; the batch order depends on (seed, epoch) only, so
     resuming is exact."""
-    dataset = volume_dataset(stores, config, tables)
+    dataset = volume_dataset(stores, config, tables, stimuli)
     log_left_out(dataset.layout)
     if len(dataset) == 0:
         raise BidstrainError(
@@ -461,7 +482,9 @@ def build_model(config, stores, data: Data, context: distributed.Context):
     parcels = {}
     if config.model.bold_input == "parcels" and "bold" in data.dataset.shapes:
         (parcels["n_parcels"],) = data.dataset.shapes["bold"]
-    module = build_module(config, stores, stats, **parcels).to(context.device)
+    windows = data.dataset.stimuli
+    features = windows.n_features if windows is not None else None
+    module = build_module(config, stores, stats, **parcels, stimuli=features).to(context.device)
     module.encoder.checkpointing = config.run.activation_checkpointing
     if config.run.compile:
         module.encoder.compile_layers()
@@ -528,13 +551,27 @@ def progress(result: StepResult, state: TrainState, total_steps: int, recent: de
     )
 
 
-def validation_loader(config, validation_stores, context, tables=()):
-    """Loader over the held-out stores (None when there are none)."""
+def validation_loader(config, validation_stores, context, tables=(), stimuli=None, data=None):
+    """Loader over the held-out stores (None when there are none).
+
+    Raises
+    ------
+    BidstrainError
+        When their stimulus features have other sizes than the training stores' (``data``).
+    """
     stores = {m: paths for m, paths in validation_stores.items() if paths}
     if not stores:
         LOG.info("no validation stores (normalize.heldout selects no run): no validation loss")
         return None
-    dataset = volume_dataset(stores, config, tables)
+    dataset = volume_dataset(stores, config, tables, stimuli)
+    trained = data.dataset.stimuli if data is not None else None
+    if dataset.stimuli is not None and trained is not None:
+        for kind, n in dataset.stimuli.n_features.items():
+            if trained.n_features.get(kind, n) != n:
+                raise BidstrainError(
+                    f"the validation runs' {kind} features have {n} columns, the training "
+                    f"runs' {trained.n_features[kind]}: align every run with one setting"
+                )
     sampler = batch_sampler(
         dataset.layout, config, batching="mixed", rank=context.rank, world_size=context.world_size
     )
@@ -566,7 +603,7 @@ def validate(trainer: Trainer, loader, sink: MetricsSink, state: TrainState) -> 
     in_time = trainer.config.model.window > 1
     zero = torch.zeros((), dtype=torch.float64, device=context.device)
     sums: dict[str, torch.Tensor | float] = {}
-    for modality in MODALITIES:
+    for modality in MODEL_INPUTS:
         sums[f"loss.{modality}"], sums[f"baseline.{modality}"] = zero, zero
         sums[f"shuffled.{modality}"] = zero
         sums[f"samples.{modality}"] = 0.0
@@ -595,7 +632,7 @@ def validate(trainer: Trainer, loader, sink: MetricsSink, state: TrainState) -> 
             sums[f"samples.{modality}"] += n
     module.train()
     totals = distributed.all_reduce_named(sums, context.device)
-    present = [m for m in MODALITIES if totals[f"samples.{m}"] > 0]
+    present = [m for m in MODEL_INPUTS if totals[f"samples.{m}"] > 0]
     per_modality = {m: totals[f"loss.{m}"] / totals[f"samples.{m}"] for m in present}
     baselines = {m: totals[f"baseline.{m}"] / totals[f"samples.{m}"] for m in present}
     weights = trainer.config.loss.weights

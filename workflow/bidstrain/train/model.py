@@ -9,6 +9,12 @@ is the one place that maps a modality to its parameters.
 Token kinds (3D patches, tubelets of voxel windows, parcel series) live in
 :mod:`bidstrain.train.tokens`.
 
+Stimulus features (``train.stimuli``: video, audio, text, ``(n, window, features)`` for
+each BOLD window) are series of channel tokens with their own ``embed[<kind>]`` and
+``head[<kind>]``. A BOLD sample's tokens and its stimulus tokens go through the encoder as
+one sequence (BOLD first, then the kinds in :data:`STIMULUS_KINDS` order), so that each is
+reconstructed from the other's context; T1w and DWI stay sequences of their own.
+
 The loss is computed inside :meth:`~MultiModalAutoencoder.forward`, including the dummy
 term for modalities absent from the batch, so that every parameter receives a gradient in
 every step. DDP needs that: with ``find_unused_parameters=False`` a parameter without a
@@ -28,7 +34,7 @@ from torch import nn
 
 from bidstrain.config import ModelConfig, TrainConfig
 from bidstrain.errors import BidstrainError
-from bidstrain.modalities import MODALITIES
+from bidstrain.modalities import MODALITIES, STIMULUS_KINDS
 from bidstrain.train.encoder import Encoder
 from bidstrain.train.losses import normalized_mse
 from bidstrain.train.tokens import (
@@ -105,6 +111,9 @@ class MultiModalAutoencoder(nn.Module):
     loss : LossSettings
     n_parcels : int, optional
         Parcels of a parcel window (required when ``bold_input`` is ``parcels``).
+    stimuli : mapping, optional
+        ``{kind: features}`` of the stimulus kinds that come with BOLD windows
+        (``train.stimuli``): tokens of ``patch_frames`` frames of one feature.
     """
 
     def __init__(
@@ -113,12 +122,22 @@ class MultiModalAutoencoder(nn.Module):
         modalities: Sequence[str],
         loss: LossSettings | None = None,
         n_parcels: int | None = None,
+        stimuli: Mapping[str, int] | None = None,
     ):
         super().__init__()
         self.modalities = [m for m in MODALITIES if m in modalities]
+        self.stimuli = [k for k in STIMULUS_KINDS if k in (stimuli or {})]
+        if self.stimuli and "bold" not in self.modalities:
+            raise BidstrainError(
+                f"stimulus kinds {self.stimuli} come with BOLD windows, but the model has no "
+                "BOLD (train.stimuli needs BOLD training stores)"
+            )
         self.mask_ratio = model.mask_ratio
         self.loss_settings = loss or LossSettings()
         pairs = {m: _tokenizer(model, m, n_parcels) for m in self.modalities}
+        for kind in self.stimuli:
+            frames = (stimuli[kind], model.embed_dim, model.window, model.patch_frames)
+            pairs[kind] = (SeriesEmbedding(*frames), SeriesHead(*frames))
         self.embed = nn.ModuleDict({m: embed for m, (embed, _) in pairs.items()})
         self.head = nn.ModuleDict({m: head for m, (_, head) in pairs.items()})
         dim = model.embed_dim
@@ -126,26 +145,64 @@ class MultiModalAutoencoder(nn.Module):
         if model.mask_ratio > 0:
             self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
 
+    @property
+    def inputs(self) -> list[str]:
+        """Every modality with an embedding and a head: the image modalities, then the
+        stimulus kinds."""
+        return [*self.modalities, *self.stimuli]
+
     def modality_parameters(self, modality: str) -> Iterator[nn.Parameter]:
         """Parameters that only ``modality`` uses: ``embed[modality]`` and ``head[modality]``."""
         yield from self.embed[modality].parameters()
         yield from self.head[modality].parameters()
 
     def modality_modules(self) -> dict[str, tuple[str, nn.Module]]:
-        """``{module name: (owner, module)}`` with owner a modality or ``"shared"``, for
-        per-module gradient norms."""
+        """``{module name: (owner, module)}`` with owner a modality (or stimulus kind) or
+        ``"shared"``, for per-module gradient norms."""
         modules = {}
-        for modality in self.modalities:
+        for modality in self.inputs:
             modules[f"embed.{modality}"] = (modality, self.embed[modality])
             modules[f"head.{modality}"] = (modality, self.head[modality])
         modules["encoder"] = ("shared", self.encoder)
         return modules
 
+    def sequences(self, batch: Mapping[str, torch.Tensor]) -> list[list[str]]:
+        """The modalities of ``batch`` whose tokens make one encoder sequence: BOLD with
+        the stimulus kinds of the batch, each other modality alone, in batch order.
+
+        Raises
+        ------
+        BidstrainError
+            When the batch holds stimulus features without BOLD, or not one row per BOLD
+            sample.
+        """
+        kinds = [k for k in self.stimuli if k in batch]
+        if kinds and "bold" not in batch:
+            raise BidstrainError(f"a batch with stimulus features {kinds} but no BOLD window")
+        for kind in kinds:
+            if batch[kind].shape[0] != batch["bold"].shape[0]:
+                raise BidstrainError(
+                    f"{batch[kind].shape[0]} {kind} windows for {batch['bold'].shape[0]} BOLD "
+                    "windows: each BOLD sample carries its stimulus features"
+                )
+        return [
+            [modality, *kinds] if modality == "bold" else [modality]
+            for modality in batch
+            if modality not in self.stimuli
+        ]
+
     def token_masks(
         self, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
-        """Which tokens to mask: per sample exactly ``round(mask_ratio * tokens)`` of them
-        (at least one), bool ``(n, tokens)`` per modality; ``{}`` without masking.
+        """Which tokens to mask: per sample exactly ``round(mask_ratio * tokens)`` of each
+        modality's tokens (at least one), bool ``(n, tokens)`` per modality; ``{}``
+        without masking.
+
+        The scores of one encoder sequence (:meth:`sequences`: BOLD and its stimulus
+        tokens together) are drawn at once over the joint sequence, and each modality
+        masks its lowest-scored tokens, so every modality keeps tokens to reconstruct and
+        context to reconstruct them from; a sequence of one modality draws exactly as a
+        model without stimuli.
 
         ``generator`` (a CPU generator, :func:`mask_generator`) gives the same masks on
         every call with the same seed: training and validation draw from one; by default
@@ -154,15 +211,17 @@ class MultiModalAutoencoder(nn.Module):
         if self.mask_ratio <= 0:
             return {}
         masks = {}
-        for modality, volume in batch.items():
-            n_tokens = self.embed[modality].n_tokens
-            n_masked = max(1, round(self.mask_ratio * n_tokens))
+        for sequence in self.sequences(batch):
+            counts = [self.embed[m].n_tokens for m in sequence]
+            volume = batch[sequence[0]]
             if generator is None:
-                scores = torch.rand(volume.shape[0], n_tokens, device=volume.device)
+                scores = torch.rand(volume.shape[0], sum(counts), device=volume.device)
             else:
-                scores = torch.rand(volume.shape[0], n_tokens, generator=generator)
-            ranks = scores.argsort(dim=1).argsort(dim=1)
-            masks[modality] = (ranks < n_masked).to(volume.device)
+                scores = torch.rand(volume.shape[0], sum(counts), generator=generator)
+            for modality, part in zip(sequence, scores.split(counts, dim=1), strict=True):
+                n_masked = max(1, round(self.mask_ratio * part.shape[1]))
+                ranks = part.argsort(dim=1).argsort(dim=1)
+                masks[modality] = (ranks < n_masked).to(volume.device)
         return masks
 
     def forward(
@@ -171,8 +230,9 @@ class MultiModalAutoencoder(nn.Module):
         masks: Mapping[str, torch.Tensor] | None = None,
     ) -> ModelOutput:
         """Reconstruct every modality of ``batch`` (``{modality: (n, 1, x, y, z)}``; BOLD
-        ``(n, window, x, y, z)`` or ``(n, window, parcels)``), each
-        as its own sub-batch through the shared encoder, and compute the loss.
+        ``(n, window, x, y, z)`` or ``(n, window, parcels)``; stimulus kinds ``(n, window,
+        features)``, one per BOLD sample), each encoder sequence (:meth:`sequences`) as
+        its own sub-batch through the shared encoder, and compute the loss.
 
         ``masks`` (:meth:`token_masks`) masks those tokens; by default random ones are
         drawn in training mode, none in eval mode. The loss of a masked modality counts
@@ -184,22 +244,25 @@ class MultiModalAutoencoder(nn.Module):
         if masks is None:
             masks = self.token_masks(batch) if self.training else {}
         reconstructions, losses, voxel_masks = {}, {}, {}
-        for modality, volume in batch.items():
-            masked = masks.get(modality)
-            tokens = self.embed[modality](volume, masked, getattr(self, "mask_token", None))
-            reconstructions[modality] = self.head[modality](self.encoder(tokens))
-            if masked is not None:
-                voxel_masks[modality] = self.head[modality].voxels(masked)
-            losses[modality] = normalized_mse(
-                reconstructions[modality],
-                volume,
-                normalize=settings.normalize,
-                eps=settings.eps,
-                target_stats=stats.get(modality),
-                where=voxel_masks.get(modality),
-            )
+        mask_token = getattr(self, "mask_token", None)
+        for sequence in self.sequences(batch):
+            tokens = [self.embed[m](batch[m], masks.get(m), mask_token) for m in sequence]
+            encoded = self.encoder(torch.cat(tokens, dim=1) if len(tokens) > 1 else tokens[0])
+            parts = encoded.split([t.shape[1] for t in tokens], dim=1)
+            for modality, part in zip(sequence, parts, strict=True):
+                reconstructions[modality] = self.head[modality](part)
+                if modality in masks:
+                    voxel_masks[modality] = self.head[modality].voxels(masks[modality])
+                losses[modality] = normalized_mse(
+                    reconstructions[modality],
+                    batch[modality],
+                    normalize=settings.normalize,
+                    eps=settings.eps,
+                    target_stats=stats.get(modality),
+                    where=voxel_masks.get(modality),
+                )
         total = sum(weights.get(m, 1.0) * loss for m, loss in losses.items())
-        dummy = self.dummy_loss(absent=[m for m in self.modalities if m not in batch])
+        dummy = self.dummy_loss(absent=[m for m in self.inputs if m not in batch])
         return ModelOutput(total + dummy, losses, dummy.detach(), reconstructions, voxel_masks)
 
     def encode(self, modality: str, volume: torch.Tensor) -> torch.Tensor:
@@ -253,11 +316,16 @@ def _tokenizer(
 
 
 def build_module(
-    config: TrainConfig, modalities: Sequence[str], target_stats=None, n_parcels=None
+    config: TrainConfig,
+    modalities: Sequence[str],
+    target_stats=None,
+    n_parcels=None,
+    stimuli: Mapping[str, int] | None = None,
 ) -> MultiModalAutoencoder:
     """The model of the ``train`` settings ``config`` for ``modalities`` (on the CPU);
     ``target_stats``: the dataset statistics of ``train.loss.stats: dataset``;
-    ``n_parcels``: the parcels of a parcel window (``train.bold_input: parcels``).
+    ``n_parcels``: the parcels of a parcel window (``train.bold_input: parcels``);
+    ``stimuli``: the features of each kind of ``train.stimuli``.
     Training and :func:`bidstrain.train.description.load_model` build it here.
 
     Raises
@@ -274,4 +342,6 @@ def build_module(
         dummy_enabled=config.dummy_loss.enabled,
         dummy_scale=config.dummy_loss.scale,
     )
-    return MultiModalAutoencoder(config.model, modalities, loss=settings, n_parcels=n_parcels)
+    return MultiModalAutoencoder(
+        config.model, modalities, loss=settings, n_parcels=n_parcels, stimuli=stimuli
+    )

@@ -23,7 +23,7 @@ import torch
 
 from bidstrain.config import TrainConfig
 from bidstrain.errors import BidstrainError
-from bidstrain.modalities import MODALITIES
+from bidstrain.modalities import MODALITIES, MODEL_INPUTS
 from bidstrain.train import distributed
 from bidstrain.train.model import MultiModalAutoencoder, mask_generator
 
@@ -108,12 +108,12 @@ def optimizer_step(
     sums = accumulate(trainer, micro_batches, step)
     sums["stop"] = float(stop_requested)
     totals = distributed.all_reduce_named(sums, context.device)
-    present = [m for m in MODALITIES if totals[f"batches.{m}"] > 0]
+    present = [m for m in MODEL_INPUTS if totals[f"batches.{m}"] > 0]
 
     module = trainer.module
     module_norms = gradient_norms(module, present) if log_norms else None
     if trainer.config.dummy_loss.freeze_absent:
-        for modality in module.modalities:
+        for modality in module.inputs:
             if modality not in present:
                 for param in module.modality_parameters(modality):
                     param.grad = None
@@ -153,7 +153,7 @@ def accumulate(
     model, context = trainer.model, trainer.context
     zero = torch.zeros((), dtype=torch.float64, device=context.device)
     sums: dict[str, torch.Tensor | float] = {"loss": zero, "dummy_loss": zero, "samples": 0.0}
-    for modality in MODALITIES:
+    for modality in MODEL_INPUTS:
         sums[f"loss.{modality}"], sums[f"batches.{modality}"] = zero, 0.0
     autocast = torch.autocast(
         context.device.type,
@@ -172,7 +172,8 @@ def accumulate(
             (output.loss / len(micro_batches)).backward()
         sums["loss"] = sums["loss"] + output.loss.detach().double()
         sums["dummy_loss"] = sums["dummy_loss"] + output.dummy_loss.double()
-        sums["samples"] += sum(volume.shape[0] for volume in batch.values())
+        # samples: BOLD windows count once, with or without their stimulus features
+        sums["samples"] += sum(batch[m].shape[0] for m in batch if m in MODALITIES)
         for modality, loss in output.loss_per_modality.items():
             sums[f"loss.{modality}"] = sums[f"loss.{modality}"] + loss.detach().double()
             sums[f"batches.{modality}"] += 1
@@ -196,9 +197,7 @@ def check_every_parameter_used(trainer: Trainer, last_batch: Mapping[str, torch.
     module = trainer.module
     names = {id(p): n for n, p in module.named_parameters()}
     absent = [
-        m
-        for m in module.modalities
-        if missing & {names[id(p)] for p in module.modality_parameters(m)}
+        m for m in module.inputs if missing & {names[id(p)] for p in module.modality_parameters(m)}
     ]
     what = f"modality {', '.join(absent)}" if absent else f"parameters {', '.join(sorted(missing))}"
     raise BidstrainError(
