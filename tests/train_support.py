@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bidstrain.config import TrainConfig, validate_config
-from bidstrain.io.store import create_store
+from bidstrain.io.store import create_store, write_aligned_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -167,3 +167,35 @@ def assert_same_steps(got: list[dict], want: list[dict]) -> None:
         for key in ("loss", "grad_norm", "lr", "dummy_loss"):
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (a["step"], key)
         assert a["modalities"] == b["modalities"]
+
+
+def write_aligned(path: Path, features: np.ndarray, kind: str, bold: str = "") -> str:
+    """An aligned stimulus store of ``kind`` holding ``features`` (frames x features),
+    z-scored as the alignment job writes them (statistics 0 and 1); return its path."""
+    n = features.shape[1]
+    arrays = {
+        "delay": np.zeros(n, dtype=np.int64),
+        "source_feature": np.arange(n),
+        "mean": np.zeros(n),
+        "std": np.ones(n),
+        "constant": np.zeros(n, dtype=bool),
+        "raw_mean": features.mean(axis=0),
+        "raw_std": features.std(axis=0),
+        "raw_min": features.min(axis=0),
+        "raw_max": features.max(axis=0),
+    }
+    attrs = {
+        "kind": kind,
+        "label": Path(bold).name,
+        "bold_store": bold,
+        "heldout": False,
+        "normalized": True,
+        "delay_method": "delays",
+        "delays": [2, 3],
+        "decoder": {"units": "z"},
+        "training_runs": [bold],
+        "run_seconds": float(len(features)),
+        "seconds_without_stimulus": 0.0,
+    }
+    write_aligned_store(path, features, np.arange(len(features), dtype=np.float64), arrays, attrs)
+    return str(path)
