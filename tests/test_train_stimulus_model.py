@@ -106,7 +106,7 @@ def test_masks_are_drawn_over_the_joint_sequence_deterministically():
     generator = mask_generator(3, 7, 0, 1)
     torch.rand(2, model.embed["T1w"].n_tokens, generator=generator)  # T1w comes first
     scores = torch.rand(3, sum(counts), generator=generator)
-    for modality, part in zip(("bold", "video", "text"), scores.split(counts, dim=1)):
+    for modality, part in zip(("bold", "video", "text"), scores.split(counts, dim=1), strict=True):
         ranks = part.argsort(dim=1).argsort(dim=1)
         assert torch.equal(masks[modality], ranks < max(1, round(0.5 * part.shape[1])))
 

@@ -868,7 +868,25 @@ class Plan:
     def embed_inputs(self) -> list[str]:
         """The normalize tables of the embedded stores."""
         subjects = dict.fromkeys(image.image.subject for image in self.embed_images)
-        return [self.jobs[subject].table for subject in subjects]
+        stimuli = self.embed_stimuli
+        return [
+            *(self.jobs[subject].table for subject in subjects),
+            *sorted({p for kinds in stimuli.values() for p in kinds.values()}),
+        ]
+
+    @property
+    def embed_stimuli(self) -> dict[str, dict[str, str]]:
+        """The aligned stores of ``train.stimuli`` of each embedded BOLD run that has
+        them, by its store: the embed job compares their preparation with the model's."""
+        kinds = self.config.train.model.stimuli
+        if not kinds:
+            return {}
+        aligned = self.aligned_run_stimuli
+        return {
+            image.store: {k: aligned[image.store][k] for k in kinds if k in aligned[image.store]}
+            for image in self.embed_images
+            if image.store in aligned
+        }
 
     @property
     def embed_targets(self) -> list[str]:
@@ -879,11 +897,13 @@ class Plan:
         """The embed job's JSON (:func:`paths.plan_embed`): the stores to embed and their
         outputs, what the configuration expects of the model (a model that disagrees
         is refused), and the job's settings (:class:`~bidstrain.config.EmbedJobConfig`)."""
+        stimuli = self.embed_stimuli
         images = [
             {
                 "modality": image.image.suffix,
                 "store": image.store,
                 "out": paths.embedding_store(self.experiment, image.image),
+                **({"stimuli": stimuli[image.store]} if image.store in stimuli else {}),
             }
             for image in self.embed_images
         ]

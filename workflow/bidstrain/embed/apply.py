@@ -23,7 +23,10 @@ against the model's training data (``model.json`` ``scale``); more than
 ``checks.max_scale_ratio`` apart in either direction stops the job
 (an image at raw scale, or normalized with the wrong statistics). A BOLD store prepared
 differently from the training data (another repetition time or time method: ``model.json``
-``preparation``) is refused, naming the difference.
+``preparation``) is refused, naming the difference; so is one whose aligned stimulus
+features (an image's ``stimuli``: ``{kind: aligned store}``, for a model of
+``train.stimuli``) were prepared differently from the model's (decoder settings, sizes,
+delays, normalization or statistics).
 
 An embedding store (Zarr v3 with consolidated metadata, read with
 ``xarray.open_zarr(path)``) holds
@@ -54,10 +57,10 @@ from bidstrain.config import EmbedJobConfig, TrainConfig
 from bidstrain.embed.samples import samples
 from bidstrain.errors import BidstrainError
 from bidstrain.io.atomic import atomic_path, write_text_atomic
-from bidstrain.io.store import consolidate, read_meta
+from bidstrain.io.store import consolidate, read_aligned_store, read_meta
 from bidstrain.stats import value_stats
 from bidstrain.train.description import first_volume, load_model
-from bidstrain.train.expectation import preparation_of
+from bidstrain.train.expectation import preparation_of, stimulus_differences, stimulus_record
 from bidstrain.train.losses import baseline_loss, normalized_mse
 from bidstrain.train.model import MultiModalAutoencoder
 
@@ -119,6 +122,34 @@ def check_preparation(store: str | Path, description: Mapping[str, Any]) -> None
             path=store,
             subject=meta.subject,
         )
+
+
+def check_stimuli(
+    store: str | Path, stimuli: Mapping[str, str], description: Mapping[str, Any]
+) -> None:
+    """Refuse a BOLD store whose aligned stimulus features (``stimuli``: ``{kind:
+    aligned store}``) of the model's ``train.stimuli`` were prepared differently from
+    the model's (:func:`~bidstrain.train.expectation.stimulus_differences`).
+
+    Raises
+    ------
+    BidstrainError
+        Naming the aligned store, the BOLD store's subject and each difference.
+    """
+    trained = preparation_of(description).stimuli or {}
+    for kind, path in stimuli.items():
+        if kind not in trained:
+            continue
+        aligned = read_aligned_store(path)
+        record = stimulus_record(aligned.attrs, aligned.arrays, aligned.features.shape[1])
+        lines = stimulus_differences(trained[kind], record, kind)
+        if lines:
+            raise BidstrainError(
+                f"the {kind} features of {store} were prepared differently from the model's "
+                "training data: " + "; ".join(lines),
+                path=path,
+                subject=read_meta(store).subject,
+            )
 
 
 @torch.no_grad()
@@ -240,6 +271,7 @@ def embed(
             )
         if image["modality"] == "bold":
             check_preparation(image["store"], description)
+            check_stimuli(image["store"], image.get("stimuli", {}), description)
         check_scale(image["store"], image["modality"], description, max_scale_ratio)
     rows = []
     for image in images:

@@ -14,7 +14,11 @@ A model is only usable on data prepared as its training data was. ``model.json``
 - ``preparation`` (:class:`~bidstrain.train.expectation.Preparation`): how BOLD was
   prepared: the stores' repetition time and time method, the window, its stride, the
   frames per token, the BOLD input (voxels or parcels), and the parcellation's name, its
-  checksum (:func:`bidstrain.dataset.atlas.atlas_checksum`) and number of parcels;
+  checksum (:func:`bidstrain.dataset.atlas.atlas_checksum`) and number of parcels; with
+  ``train.stimuli``, per stimulus kind, how its features were prepared as the aligned
+  stores record it (:func:`~bidstrain.train.expectation.stimulus_record`: features,
+  decoder settings and units, delays, normalization, and the z-score statistics of each
+  group of training runs);
 - ``scale``: the zero-prediction MSE of the training values per modality (what the scale
   guard of :mod:`bidstrain.embed` compares new data with);
 - ``train``: the settings that determine the weights, the hash of the run (``config_hash``,
@@ -41,10 +45,17 @@ from bidstrain import __version__
 from bidstrain.config import Config, ModelExpectation, TrainConfig
 from bidstrain.errors import BidstrainError
 from bidstrain.io.atomic import write_text_atomic
-from bidstrain.io.store import CONSOLIDATED, read_meta
+from bidstrain.io.store import CONSOLIDATED, read_aligned_store, read_meta
 from bidstrain.modalities import MODALITIES
 from bidstrain.stats import value_stats
-from bidstrain.train.expectation import Preparation, differences, expectation, preparation_of
+from bidstrain.train.expectation import (
+    STIMULUS_SETTINGS,
+    Preparation,
+    differences,
+    expectation,
+    preparation_of,
+    stimulus_record,
+)
 from bidstrain.train.model import MultiModalAutoencoder, build_module
 
 FORMAT = "bidstrain-model/1"
@@ -62,6 +73,7 @@ def describe(
     config_hash: str,
     step: int,
     parcellation: Mapping[str, str] | None = None,
+    stimuli: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """The description of a trained model (the content of ``model.json``).
 
@@ -79,6 +91,8 @@ def describe(
         Optimizer steps done.
     parcellation : mapping, optional
         ``{"name", "checksum"}`` of the atlas of parcel windows.
+    stimuli : mapping, optional
+        ``{kind: [aligned store, ...]}`` of the training BOLD stores (``train.stimuli``).
     """
     settings = module.loss_settings
     return {
@@ -95,7 +109,7 @@ def describe(
             for m in module.modalities
         },
         "normalization": {m: normalization(stores[m]) for m in module.modalities},
-        "preparation": preparation(module, config, stores, parcellation).to_json(),
+        "preparation": preparation(module, config, stores, parcellation, stimuli).to_json(),
         "scale": {m: {"mse_zero": training_scale(stores[m])} for m in module.modalities},
         "train": config.hashed(),
         "loss_target_stats": (
@@ -115,9 +129,11 @@ def preparation(
     config: TrainConfig,
     stores: Mapping[str, Sequence[str]],
     parcellation: Mapping[str, str] | None,
+    stimuli: Mapping[str, Sequence[str]] | None = None,
 ) -> Preparation:
     """How the BOLD training stores were prepared (their first store's repetition time
-    and time method: the plan resamples every run to one TR or keeps each run's own)."""
+    and time method: the plan resamples every run to one TR or keeps each run's own),
+    and their stimulus features (:func:`stimulus_preparation`)."""
     meta = read_meta(stores["bold"][0]) if stores.get("bold") else None
     model = config.model
     parcels = model.bold_input == "parcels" and "bold" in module.modalities
@@ -131,7 +147,38 @@ def preparation(
         parcellation=parcellation["name"] if parcellation else None,
         parcellation_checksum=parcellation["checksum"] if parcellation else None,
         n_parcels=module.embed["bold"].channels if parcels else None,
+        stimuli=stimulus_preparation(stimuli) if module.stimuli else None,
     )
+
+
+def stimulus_preparation(stimuli: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """``{kind: record}`` of the aligned stores ``stimuli`` (``{kind: [store, ...]}``):
+    the settings they share and every distinct statistics among them
+    (:func:`~bidstrain.train.expectation.stimulus_record`).
+
+    Raises
+    ------
+    BidstrainError
+        When two stores of a kind were prepared differently (naming both).
+    """
+    records = {}
+    for kind, paths in stimuli.items():
+        for path in dict.fromkeys(paths):
+            store = read_aligned_store(path)
+            record = stimulus_record(store.attrs, store.arrays, store.features.shape[1])
+            first = records.setdefault(kind, {**record, "statistics": [], "store": path})
+            changed = [k for k in STIMULUS_SETTINGS if first[k] != record[k]]
+            if changed:
+                raise BidstrainError(
+                    f"{kind} features prepared differently from those of {first['store']} "
+                    f"({', '.join(changed)}): rerun the stimuli stage",
+                    path=path,
+                )
+            if record["statistics"][0] not in first["statistics"]:
+                first["statistics"].append(record["statistics"][0])
+    return {
+        kind: {k: v for k, v in record.items() if k != "store"} for kind, record in records.items()
+    }
 
 
 def normalization(stores: Sequence[str]) -> dict[str, Any]:
@@ -222,11 +269,13 @@ def load_model(
                 path=path,
             )
     stats = description.get("loss_target_stats")
+    prepared = preparation_of(description)
     module = build_module(
         TrainConfig.with_defaults(description["train"]),
         [m for m in MODALITIES if m in description["modalities"]],
         target_stats={m: tuple(v) for m, v in stats.items()} if stats else None,
-        n_parcels=preparation_of(description).n_parcels,
+        n_parcels=prepared.n_parcels,
+        stimuli={k: v["features"] for k, v in (prepared.stimuli or {}).items()},
     )
     module.load_state_dict(saved["model"])
     return module.to(device).eval(), description

@@ -36,6 +36,9 @@ class Preparation:
         :func:`bidstrain.dataset.atlas.atlas_checksum` of the atlas.
     n_parcels : int or None
         Parcels of a parcel window.
+    stimuli : dict or None
+        ``{kind: record}`` of the stimulus features of ``train.stimuli``
+        (:func:`stimulus_record`): their decoder settings, sizes, delays and statistics.
     """
 
     repetition_time: float | None
@@ -47,6 +50,7 @@ class Preparation:
     parcellation: str | None = None
     parcellation_checksum: str | None = None
     n_parcels: int | None = None
+    stimuli: Mapping[str, Mapping[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The plain form ``model.json`` holds."""
@@ -82,6 +86,79 @@ class Preparation:
                 f"model trained on {self.n_parcels} parcels; these stores hold {data.n_parcels}"
             )
         return lines
+
+
+#: What two stores' features of one kind must share (besides the statistics).
+STIMULUS_SETTINGS = (
+    "features",
+    "decoder",
+    "delay_method",
+    "delays",
+    "normalized",
+    "repetition_time",
+    "source_repetition_time",
+)
+
+
+def stimulus_record(attrs: Mapping[str, Any], arrays: Mapping[str, Any], n_features: int):
+    """How one aligned store's features were prepared (``model.json``'s
+    ``preparation.stimuli[kind]`` gathers them): :data:`STIMULUS_SETTINGS` and
+    ``statistics``, the z-score statistics and the runs they come from.
+
+    Parameters
+    ----------
+    attrs, arrays : mapping
+        The aligned store's attributes and per-feature arrays
+        (:class:`bidstrain.io.store.AlignedStore`).
+    n_features : int
+        Its columns.
+    """
+    return {
+        "features": int(n_features),
+        "decoder": dict(attrs["decoder"]),
+        "delay_method": attrs["delay_method"],
+        "delays": list(attrs["delays"]),
+        "normalized": bool(attrs["normalized"]),
+        "repetition_time": attrs.get("repetition_time"),
+        "source_repetition_time": attrs.get("source_repetition_time"),
+        "statistics": [
+            {
+                "training_runs": list(attrs["training_runs"]),
+                "mean": [float(v) for v in arrays["mean"]],
+                "std": [float(v) for v in arrays["std"]],
+            }
+        ],
+    }
+
+
+def stimulus_differences(trained: Mapping[str, Any], data: Mapping[str, Any], kind: str):
+    """How the ``kind`` features of new stores (``data``, a :func:`stimulus_record`)
+    were prepared differently from a model's (``trained``, with every statistics the
+    model's training stores had): one line per difference, naming both."""
+    lines = [
+        f"{kind} {key}: {trained[key]!r} in the model, {data[key]!r} in these stores"
+        for key in STIMULUS_SETTINGS
+        if trained.get(key) != data.get(key)
+    ]
+    (stats,) = data["statistics"]
+    same = [
+        s
+        for s in trained["statistics"]
+        if len(s["mean"]) == len(stats["mean"])
+        and _close(s["mean"], stats["mean"])
+        and _close(s["std"], stats["std"])
+    ]
+    if trained["normalized"] and not same:
+        runs = sorted({r for s in trained["statistics"] for r in s["training_runs"]})
+        lines.append(
+            f"{kind} features z-scored with the statistics of {stats['training_runs']}, the "
+            f"model's with those of {runs}"
+        )
+    return lines
+
+
+def _close(a, b, rtol: float = 1e-6) -> bool:
+    return all(abs(x - y) <= rtol * max(abs(x), abs(y), 1e-12) for x, y in zip(a, b, strict=True))
 
 
 def preparation_of(description: Mapping[str, Any]) -> Preparation:

@@ -18,6 +18,7 @@ the job) resumes from the checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import shutil
@@ -83,6 +84,7 @@ class Outputs:
     metrics: Path
     checkpoints: Path
     parcellation: Mapping[str, str] | None = None
+    stimuli: Mapping[str, Sequence[str]] | None = None  # {kind: [training aligned store]}
 
 
 @dataclass
@@ -208,6 +210,7 @@ def _train(config, stores, validation_stores, context, outputs: Outputs, tables=
     )
     config_hash = checkpoint.run_hash(run)
     run_record = {"run": run, "config_hash": config_hash}  # saved with every checkpoint
+    outputs = dataclasses.replace(outputs, stimuli=stimulus_lists(data.dataset, stores))
     module, optimizer, scheduler = build_model(config, stores, data, context)
     state, resumed = resume(checkpoint_dir, run_record, context, module, optimizer, scheduler)
     model = module
@@ -394,6 +397,7 @@ def write_outputs(module, config, stores, state: TrainState, config_hash, paths:
         config_hash=config_hash,
         step=state.step,
         parcellation=paths.parcellation,
+        stimuli=paths.stimuli,
     )
     with atomic_path(paths.model) as tmp:
         torch.save(
