@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -23,6 +22,8 @@ from bidstrain.train.step import Trainer, optimizer_step
 from bidstrain.train.stop import STOP_AT_STEP
 from train_support import (
     assert_same_steps,
+    free_port,
+    launch_ranks,
     metrics_records,
     tiny_stores,
     train_cli_args,
@@ -33,12 +34,6 @@ from train_support import (
 pytestmark = pytest.mark.integration
 
 WORLD_SIZE = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _join(rank: int, port: int) -> None:
@@ -77,7 +72,7 @@ def ddp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     stores = tiny_stores(out, COUNTS)
     config = train_config(**DDP_CONFIG)
-    mp.spawn(_train_rank, args=(_free_port(), config, stores, str(out)), nprocs=WORLD_SIZE)
+    mp.spawn(_train_rank, args=(free_port(), config, stores, str(out)), nprocs=WORLD_SIZE)
     return out, stores
 
 
@@ -94,28 +89,6 @@ def test_single_modality_batches_differ_across_ranks_and_weights_stay_identical(
         assert torch.equal(value, rank1[name]), name
 
 
-def _launch_ranks(out, config, stores, world_size, **env):
-    """``world_size`` trainer processes joined as torchrun would join them; their exit
-    statuses and outputs, rank 0 first."""
-    port = str(_free_port())
-    args = train_cli_args(out, config, stores, world_size=world_size)
-    jobs = []
-    for rank in range(world_size):
-        ranks = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size)}
-        ranks.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-        jobs.append(
-            subprocess.Popen(
-                [sys.executable, *args],
-                env=trainer_env(**(ranks if world_size > 1 else {}), **env),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    outputs = [job.communicate(timeout=180)[0] for job in jobs]
-    return [job.returncode for job in jobs], outputs
-
-
 def test_every_rank_stops_at_the_same_step_resumes_exactly_and_one_rank_starts_afresh(
     tmp_path, ddp_run
 ):
@@ -125,18 +98,18 @@ def test_every_rank_stops_at_the_same_step_resumes_exactly_and_one_rank_starts_a
     reference_dir, stores = ddp_run
     config = train_config(**DDP_CONFIG)
     folder = tmp_path / "checkpoints"
-    codes, outputs = _launch_ranks(tmp_path, config, stores, 2, **{STOP_AT_STEP: "3"})
+    codes, outputs = launch_ranks(tmp_path, config, stores, 2, **{STOP_AT_STEP: "3"})
     assert codes == [EXIT_INTERRUPTED] * 2, outputs
     assert all("interrupted at step 3" in output for output in outputs), outputs
     assert [p.name for p in folder.glob("step-*.pt")] == ["step-00000003.pt"]
 
-    codes, outputs = _launch_ranks(tmp_path, config, stores, 2)
+    codes, outputs = launch_ranks(tmp_path, config, stores, 2)
     assert codes == [0, 0], outputs
     assert "resumed from step 3 (epoch 1, batch group 0)" in outputs[0]
     two_ranks = metrics_records(tmp_path / "metrics.jsonl")
     assert_same_steps(two_ranks, metrics_records(reference_dir / "metrics.jsonl"))
 
-    codes, outputs = _launch_ranks(tmp_path, config, stores, 1)
+    codes, outputs = launch_ranks(tmp_path, config, stores, 1)
     assert codes == [0], outputs
     aside = folder.with_name(f"checkpoints-{two_ranks[0]['config_hash']}")
     log = outputs[0]
@@ -162,7 +135,7 @@ def test_when_rank_0_cannot_lock_the_experiment_no_rank_trains(tmp_path):
     )
     try:
         assert holder.stdout.readline() == "locked\n"
-        codes, outputs = _launch_ranks(tmp_path, train_config(), stores, 2)
+        codes, outputs = launch_ranks(tmp_path, train_config(), stores, 2)
     finally:
         holder.kill()
         holder.wait()
@@ -235,7 +208,7 @@ def _nan_step_rank(rank, port, out_dir):
 
 
 def test_nan_on_one_rank_skips_the_step_on_every_rank(tmp_path):
-    mp.spawn(_nan_step_rank, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE)
+    mp.spawn(_nan_step_rank, args=(free_port(), str(tmp_path)), nprocs=WORLD_SIZE)
     for rank in range(WORLD_SIZE):
         outcome = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert outcome["skipped"] and outcome["unchanged"], (rank, outcome)

@@ -57,6 +57,7 @@ def run_identity(
     world_size: int,
     training: Mapping[str, Sequence[str]],
     validation: Mapping[str, Sequence[str]],
+    stimuli: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
 ) -> dict[str, Any]:
     """What defines a run: what a checkpoint must share with a run to be resumed by it.
 
@@ -68,13 +69,17 @@ def run_identity(
         Ranks of the run.
     training, validation : mapping
         ``{modality: [store path, ...]}`` (modalities without stores are dropped).
+    stimuli : mapping, optional
+        ``{"training" | "validation": {kind: [aligned store, ...]}}``: the stimulus
+        features of ``train.stimuli`` (recorded only when given).
 
     Returns
     -------
     dict
         ``train`` (settings), ``world_size``, ``training`` and ``validation`` (the lists),
-        ``content`` (``{store: its checksum}``; ``written <ns>``, the modification time of
-        its ``zarr.json``, for a store written before stores had a checksum).
+        ``stimuli`` (with ``train.stimuli``), ``content`` (``{store: its checksum}``;
+        ``written <ns>``, the modification time of its ``zarr.json``, for a store written
+        before stores had a checksum, and for an aligned stimulus store).
 
     Raises
     ------
@@ -86,19 +91,25 @@ def run_identity(
         for part, stores in (("training", training), ("validation", validation))
     }
     stores = [path for part in lists.values() for paths in part.values() for path in paths]
-    return {
+    identity = {
         "train": config.hashed(),
         "world_size": int(world_size),
         **lists,
         "content": {path: _content(path) for path in stores},
     }
+    if stimuli:
+        identity["stimuli"] = {part: dict(kinds) for part, kinds in stimuli.items()}
+        aligned = [p for kinds in stimuli.values() for paths in kinds.values() for p in paths]
+        identity["content"].update({path: _content(path, checksum=False) for path in aligned})
+    return identity
 
 
-def _content(store: str) -> str:
-    """What stands for the content of ``store`` in a run identity."""
+def _content(store: str, checksum: bool = True) -> str:
+    """What stands for the content of ``store`` in a run identity (``checksum``: the
+    store may record one)."""
     try:
-        checksum = store_checksum(store)
-        return checksum or f"written {os.stat(os.path.join(store, STORE_METADATA)).st_mtime_ns}"
+        written = f"written {os.stat(os.path.join(store, STORE_METADATA)).st_mtime_ns}"
+        return (store_checksum(store) if checksum else None) or written
     except (OSError, BidstrainError):
         raise BidstrainError(
             f"cannot read the store's {STORE_METADATA}: the store is missing or incomplete; "
