@@ -25,6 +25,7 @@ from bidstrain.checks.quality import check_quality
 from bidstrain.checks.scale import check_scale
 from bidstrain.checks.scan import StoreScan, raw_head, scan_store
 from bidstrain.checks.stimuli import (
+    by_bold_store,
     check_coverage,
     normalization_findings,
     read_stores,
@@ -217,13 +218,16 @@ def run_checks(
         _guarded(
             LOSS,
             lambda: check_loss_scale(
-                training_by_modality, train, max_ratio=settings.max_scale_ratio
+                training_by_modality,
+                train,
+                max_ratio=settings.max_scale_ratio,
+                stimuli=by_bold_store(aligned),
             ),
         )
     )
-    if aligned:
-        # the trainer takes no stimulus yet: their scale is in the scale table
-        checks[-1].values["stimuli"] = "not covered: the model takes no stimulus input"
+    if aligned and not train.model.stimuli:
+        # their scale is in the scale table
+        checks[-1].values["stimuli"] = "not covered: train.stimuli is empty"
     return checks + coverage
 
 

@@ -12,6 +12,11 @@ order, and a batch is read only while it holds a modality seen in fewer than
 T1w per hundreds of BOLD volumes) is found wherever it falls in the epoch, and at most
 :data:`N_BATCHES` batches per modality are read. A modality that trains and was seen in no
 batch fails the check, named.
+
+The stimulus kinds of ``train.stimuli`` come with the BOLD windows of the same batches
+(:mod:`bidstrain.train.stimulus_windows`): their zero-prediction losses are those of
+their features in the batches that hold BOLD, compared with the modalities' like any
+modality's.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import torch
 
 from bidstrain.checks import Check, verdict
 from bidstrain.config import TrainConfig
-from bidstrain.modalities import MODALITIES
+from bidstrain.modalities import MODALITIES, STIMULUS_KINDS
 from bidstrain.train.data import dataset_statistics, volume_dataset
 from bidstrain.train.losses import normalized_mse
 from bidstrain.train.sampler import batch_sampler
@@ -35,7 +40,11 @@ N_BATCHES = 8
 
 
 def zero_prediction_losses(
-    stores: Mapping[str, Sequence[str]], train: TrainConfig, *, n_batches: int = N_BATCHES
+    stores: Mapping[str, Sequence[str]],
+    train: TrainConfig,
+    *,
+    n_batches: int = N_BATCHES,
+    stimuli: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Mean zero-prediction loss per modality over up to ``n_batches`` batches of epoch 0
     that hold it (module docstring).
@@ -48,6 +57,9 @@ def zero_prediction_losses(
         The ``train`` config section.
     n_batches : int
         Batches to read per modality.
+    stimuli : mapping, optional
+        ``{BOLD store: {kind: aligned store}}`` of the training BOLD stores (with
+        ``train.stimuli``).
 
     Returns
     -------
@@ -57,17 +69,20 @@ def zero_prediction_losses(
     # the checks read the voxel stores (with train.bold_input: parcels too: the parcel
     # stores are z-scored the same way and hold the same frames)
     voxels = dataclasses.replace(train, model=dataclasses.replace(train.model, bold_input="voxels"))
-    dataset = volume_dataset(stores, voxels)
+    dataset = volume_dataset(stores, voxels, stimuli=stimuli)
     layout = dataset.layout
     sampler = batch_sampler(layout, voxels)
     sampler.set_epoch(0)
     loss_config = train.loss
     stats = dataset_statistics(dataset) if loss_config.stats == "dataset" else {}
+    kinds = set(dataset.stimuli.kinds) if dataset.stimuli is not None else set()
     wanted = {m for m, count in layout.counts().items() if count}
+    wanted |= kinds if "bold" in wanted else set()
     sums: dict[str, list[float]] = {}
     for indices in sampler:
         store, _ = layout.locate(np.asarray(indices, dtype=np.int64))
         held = {MODALITIES[code] for code in np.unique(layout.modality[store])}
+        held |= kinds if "bold" in held else set()
         needed = {m for m in held & wanted if len(sums.get(m, ())) < n_batches}
         if needed:
             for modality, target in dataset.batch(indices).items():
@@ -94,18 +109,26 @@ def zero_prediction_losses(
 
 
 def check_loss_scale(
-    stores: Mapping[str, Sequence[str]], train: TrainConfig, *, max_ratio: float
+    stores: Mapping[str, Sequence[str]],
+    train: TrainConfig,
+    *,
+    max_ratio: float,
+    stimuli: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Check:
-    """Fail when the weighted zero-prediction losses of the modalities differ by more than
-    ``max_ratio`` (``checks.max_scale_ratio``); modalities weighted 0 are left out."""
-    losses = zero_prediction_losses(stores, train)
+    """Fail when the weighted zero-prediction losses of the modalities (and of the
+    stimulus kinds of ``train.stimuli``, from the aligned stores ``stimuli``: ``{BOLD
+    store: {kind: aligned store}}``) differ by more than ``max_ratio``
+    (``checks.max_scale_ratio``); modalities weighted 0 are left out."""
+    losses = zero_prediction_losses(stores, train, stimuli=stimuli)
     values = {
         "losses": losses,
         "normalize": train.loss.normalize,
         "max_scale_ratio": max_ratio,
     }
     weighted = {m: v["weighted"] for m, v in losses.items() if v["weighted"] > 0}
-    trained = [m for m, paths in stores.items() if paths and train.loss.weights[m] > 0]
+    kinds = list(train.model.stimuli) if stores.get("bold") else []
+    trained = [m for m, paths in stores.items() if paths] + kinds
+    trained = [m for m in trained if train.loss.weights[m] > 0]
     unseen = [m for m in trained if m not in losses]
     fails = []
     if unseen:
@@ -122,13 +145,17 @@ def check_loss_scale(
                 f"the initial (zero-prediction) {train.loss.normalize}-normalized loss of "
                 f"{high} ({weighted[high]:.4g}) is {ratio:.3g}x that of {low} "
                 f"({weighted[low]:.4g}), above checks.max_scale_ratio {max_ratio}: {high} "
-                "would dominate training (normalize its data, set train.loss.normalize: var, "
-                "or adjust train.loss.weights)"
+                f"would dominate training (normalize its data{_HOW.get(high, '')}, set "
+                "train.loss.normalize: var, or adjust train.loss.weights)"
             )
     listing = ", ".join(
         f"{m} {v:.3g} ({_batches(losses[m]['batches'])})" for m, v in weighted.items()
     )
     return verdict(NAME, fails, [], f"initial loss per modality: {listing}", values)
+
+
+#: How to normalize a stimulus kind's features.
+_HOW = {kind: ": stimuli.normalize true" for kind in STIMULUS_KINDS}
 
 
 def _batches(n: int) -> str:

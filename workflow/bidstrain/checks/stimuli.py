@@ -37,6 +37,15 @@ def read_stores(paths: Sequence[str]) -> dict[str, AlignedStore]:
     return {path: read_aligned_store(path) for path in paths}
 
 
+def by_bold_store(stores: Mapping[str, AlignedStore]) -> dict[str, dict[str, str]]:
+    """``{BOLD store: {kind: aligned store}}`` of the aligned stores ``stores`` (by
+    path), from the BOLD store each records (what the trainer's windows read)."""
+    aligned: dict[str, dict[str, str]] = {}
+    for path, store in stores.items():
+        aligned.setdefault(store.attrs["bold_store"], {})[store.kind] = path
+    return aligned
+
+
 def _raw(store: AlignedStore) -> np.ndarray:
     features = store.features.astype(np.float64)
     if not store.normalized:
