@@ -14,10 +14,12 @@ Modules:
 - :mod:`.distributed`: process group, device and collectives.
 - :mod:`.schedule`: the learning-rate plan, shared with the checks stage.
 - :mod:`.losses`: normalized reconstruction losses.
-- :mod:`.model`: per-modality patch embeddings and heads around a shared encoder.
+- :mod:`.model`: per-modality patch embeddings and heads around a shared encoder (BOLD
+  and its stimulus tokens in one sequence).
 - :mod:`.encoder`: the shared transformer encoder (activation checkpointing, compilation).
 - :mod:`.data`: from stores to batches (sample counts, the dataset, the loader).
 - :mod:`.windows`: BOLD windows (counts, per-epoch offsets) and the time shuffle.
+- :mod:`.stimulus_windows`: the aligned stimulus features that come with BOLD windows.
 - :mod:`.sampler`: the order of an epoch's samples, a few stores and chunks at a time.
 - :mod:`.reader`: a bounded set of open stores in a loader process.
 - :mod:`.scatter`: a float32 volume read from the shard straight onto the model's grid.

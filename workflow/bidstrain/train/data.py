@@ -392,8 +392,8 @@ class VolumeDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[str, np.ndarray]:
         """``(modality, sample)``: one volume ``shape``, or a BOLD window ``(window,
-        *shape)``."""
-        ((modality, samples),) = self.batch([index]).items()
+        *shape)`` (its stimulus features, if any, are in :meth:`batch`'s)."""
+        modality, samples = next(iter(self.batch([index]).items()))
         sample = samples[0] if self.frames(modality) > 1 else samples[0, 0]
         return modality, sample.numpy()
 
