@@ -202,7 +202,7 @@ def _train(config, stores, validation_stores, context, outputs: Outputs, tables=
     data = training_data(config, stores, context, tables, stimuli)
     validation = validation_loader(config, validation_stores, context, tables, stimuli, data)
     held_out = validation.dataset.dataset if validation is not None else None
-    stimuli = {
+    features = {
         "training": stimulus_lists(data.dataset, stores),
         "validation": stimulus_lists(held_out, validation_stores),
     }
@@ -211,11 +211,11 @@ def _train(config, stores, validation_stores, context, outputs: Outputs, tables=
         context.world_size,
         stores,
         validation_stores,
-        stimuli if config.model.stimuli else None,
+        features if config.model.stimuli else None,
     )
     config_hash = checkpoint.run_hash(run)
     run_record = {"run": run, "config_hash": config_hash}  # saved with every checkpoint
-    outputs = dataclasses.replace(outputs, stimuli=stimuli["training"])
+    outputs = dataclasses.replace(outputs, stimuli=features["training"])
     module, optimizer, scheduler = build_model(config, stores, data, context)
     state, resumed = resume(checkpoint_dir, run_record, context, module, optimizer, scheduler)
     model = module

@@ -136,8 +136,8 @@ class MultiModalAutoencoder(nn.Module):
         self.loss_settings = loss or LossSettings()
         pairs = {m: _tokenizer(model, m, n_parcels) for m in self.modalities}
         for kind in self.stimuli:
-            frames = (stimuli[kind], model.embed_dim, model.window, model.patch_frames)
-            pairs[kind] = (SeriesEmbedding(*frames), SeriesHead(*frames))
+            sizes = (stimuli[kind], model.embed_dim, model.window, model.patch_frames)
+            pairs[kind] = (SeriesEmbedding(*sizes), SeriesHead(*sizes))
         self.embed = nn.ModuleDict({m: embed for m, (embed, _) in pairs.items()})
         self.head = nn.ModuleDict({m: head for m, (_, head) in pairs.items()})
         dim = model.embed_dim
