@@ -15,6 +15,7 @@ from bidstrain.plan import Plan
 from conftest import REPO, run_snakemake
 from stimuli_support import copy_dataset, make_film_bids
 from test_plan import typed_config
+from test_stimuli_alignment import align
 
 STIMULI = {"enabled": True, "video_size": [8, 6], "delays": [0, 2]}
 HELDOUT = {"mask": "none", "heldout": {"run": ["2"]}}
@@ -73,6 +74,7 @@ def test_a_run_without_stimuli_of_a_kind_is_named(film, tmp_path):
         plan.store_lists()
 
 
+@pytest.mark.integration
 def test_the_train_rule_waits_for_the_aligned_stores(film, tmp_path):
     """A dry run of target train: its job lists the aligned stores among its inputs,
     after the align_stimuli job."""
@@ -96,3 +98,29 @@ def test_the_train_rule_waits_for_the_aligned_stores(film, tmp_path):
     aligned = sorted({p for kinds in stores.values() for p in kinds.values()})
     assert aligned and all(path in train_job.split("output:")[0] for path in aligned)
     assert out.index("rule align_stimuli:") < out.index("rule train:")
+
+
+@pytest.mark.integration
+def test_snakemake_train_with_stimuli_on_the_naturalistic_demo(film, tmp_path):
+    """The whole chain: features, alignment, checks (the initial loss with the kinds),
+    training with video and text beside the BOLD windows, and model.json."""
+    train = {
+        "stimuli": ["video", "text"],
+        "window": 2,
+        "epochs": 2,
+        "warmup_steps": 0,
+        "shapes": {"bold": [8, 8, 8]},
+        "patch_size": 4,
+    }
+    align(film, tmp_path, "train", train=train)
+    checks = json.loads((tmp_path / paths.checks_summary("demo")).read_text())["checks"]
+    (loss,) = [c for c in checks if c["name"] == "initial_loss"]
+    assert set(loss["values"]["losses"]) == {"bold", "video", "text"}
+    description = json.loads((tmp_path / paths.trained_model_description("demo")).read_text())
+    recorded = description["preparation"]["stimuli"]
+    assert set(recorded) == {"video", "text"}
+    assert recorded["video"]["features"] == 8 * 6 * 2  # the 8x6 grey frame at 2 delays
+    assert recorded["video"]["delays"] == [0, 2]
+    records = [json.loads(line) for line in open(tmp_path / paths.training_metrics("demo"))]
+    (last,) = [r for r in records if r["kind"] == "validation"][-1:]
+    assert set(last["loss_per_modality"]) == {"bold", "video", "text"}
