@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 import torch
 from bidstrain.errors import BidstrainError
+from bidstrain.train import stimulus_windows as module
 from bidstrain.train.data import volume_dataset
+from bidstrain.train.distributed import Context
+from bidstrain.train.loop import training_data
 from bidstrain.train.stimulus_windows import StimulusWindows
 from train_support import train_config, write_aligned, write_store
 
@@ -95,11 +98,17 @@ def test_each_aligned_store_is_read_once_per_process(tmp_path, monkeypatch):
     stores, aligned, _ = stores_with_stimuli(tmp_path)
     windows = StimulusWindows(aligned, ["video"])
     reads = []
-    import bidstrain.train.stimulus_windows as module
-
     original = module.read_aligned_store
     monkeypatch.setattr(module, "read_aligned_store", lambda p: reads.append(p) or original(p))
     for _ in range(3):
         windows.features(stores["bold"][0], "video")
     assert reads == [aligned[stores["bold"][0]]["video"]]
     assert windows.__getstate__()["_features"] == {}  # a worker reads its own
+
+
+def test_train_stimuli_without_training_bold_is_named(tmp_path):
+    stores, aligned, _ = stores_with_stimuli(tmp_path)
+    config = train_config(window=WINDOW, stimuli=["video"])
+    context = Context(0, 1, torch.device("cpu"))
+    with pytest.raises(BidstrainError, match=r"train.stimuli is \['video'\] but no training"):
+        training_data(config, {"T1w": stores["T1w"]}, context, stimuli=aligned)

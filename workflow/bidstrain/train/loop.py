@@ -432,6 +432,11 @@ def stimulus_lists(dataset: VolumeDataset | None, stores) -> dict[str, list[str]
 def training_data(config, stores, context: distributed.Context, tables=(), stimuli=None) -> Data:
     """The training loader and plan; the batch order depends on (seed, epoch) only, so
     resuming is exact."""
+    if config.model.stimuli and not stores.get("bold"):
+        raise BidstrainError(
+            f"train.stimuli is {list(config.model.stimuli)} but no training store is BOLD: "
+            "the stimulus features come with BOLD windows (set train.stimuli: [])"
+        )
     dataset = volume_dataset(stores, config, tables, stimuli)
     log_left_out(dataset.layout)
     if len(dataset) == 0:
