@@ -106,6 +106,23 @@ def test_train_key_roles_are_declared_once():
         train_keys("typo")
 
 
+def test_stimulus_keys_change_the_hash_only_when_stimuli_train():
+    """Models and checkpoints of image-only runs keep their hash: ``train.stimuli`` and
+    the stimulus kinds' loss weights count only when stimuli come with the BOLD windows."""
+
+    def hashed(**train):
+        config = validate_config({"bids_dir": "/d", "train": train}, SCHEMA)
+        return Config.from_dict(config).train.hashed()
+
+    plain = hashed()
+    assert "stimuli" not in plain
+    assert set(plain["loss"]["weights"]) == {"T1w", "bold", "dwi"}
+    assert hashed(loss={"weights": {"video": 3.0}}) == plain
+    with_video = hashed(stimuli=["video"], window=4, patch_frames=2)
+    assert with_video["stimuli"] == ["video"]
+    assert with_video["loss"]["weights"]["video"] == 1.0
+
+
 def test_job_resources_live_in_their_own_section_not_in_the_train_settings():
     config = Config.from_dict(validate_config({"bids_dir": "/d"}, SCHEMA))
     train = config.train

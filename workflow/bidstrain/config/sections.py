@@ -16,6 +16,7 @@ from typing import Any
 
 from bidstrain.config.schema import validate_config
 from bidstrain.errors import BidstrainError
+from bidstrain.modalities import MODALITIES
 
 CHECKED, RUN = "checked", "run"
 TRAIN_ROLES = (CHECKED, RUN)
@@ -288,8 +289,18 @@ class TrainConfig:
         return self._keys(CHECKED)
 
     def hashed(self) -> dict[str, Any]:
-        """The keys that determine the trained weights, as plain JSON types."""
-        return self._keys("hashed")
+        """The keys that determine the trained weights, as plain JSON types.
+
+        Without ``train.stimuli`` neither that key nor the stimulus kinds' loss weights
+        are kept: they change nothing then, so the hash (and the checkpoints and models
+        it guards) stays that of a configuration written before they existed.
+        """
+        keys = self._keys("hashed")
+        if not self.model.stimuli:
+            del keys["stimuli"]
+            weights = keys["loss"]["weights"]
+            keys["loss"]["weights"] = {m: w for m, w in weights.items() if m in MODALITIES}
+        return keys
 
     def _keys(self, role: str) -> dict[str, Any]:
         plain = to_plain(self)
