@@ -5,6 +5,7 @@ averaged over the subjects valid there, against the same means written out in nu
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,15 +13,23 @@ import xarray as xr
 import zarr
 from bidstrain.average.cohort import BYTES_PER_VALUE, average_stores
 from bidstrain.average.parcels import average_parcel_stores
+from bidstrain.checks import Check
+from bidstrain.checks.normalization import check_normalization
+from bidstrain.checks.scan import scan_store
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import (
+    FeatureMeta,
+    FeatureStore,
     open_store,
+    read_frames,
     read_meta,
     read_segments,
     segments_of_valid,
     to_grid,
     write_parcel_store,
 )
+from bidstrain.stimuli.align import FrameGrid, align_run
+from bidstrain.stimuli.index import Event
 from test_average import ellipsoid, random_raw, write_bold_store
 
 N_FRAMES = 14
@@ -235,3 +244,74 @@ def test_parcel_averages_match_frames_by_onset_and_record_them(tmp_path, members
     # a parcel store paired with another run's voxel store is refused
     with pytest.raises(BidstrainError, match=r"frames are not the 10 valid frames.*m0\.zarr"):
         average_parcel_stores(parcel_stores[1:2], tmp_path / "x.zarr", voxel_stores=stores[:1])
+
+
+def test_the_normalization_check_weighs_frames_by_their_subjects(tmp_path, members):
+    """An average of z-scored runs with different left-out frames has mean 0 only when
+    each frame weighs its number of subjects: the check passes it, and still fails an
+    average of runs left at scanner scale."""
+    stores, _ = members
+    singles = [stores[0], stores[3]]  # one session each, on the intersection mask
+
+    def check(paths) -> tuple[Check, float]:
+        average = str(average_stores(paths, tmp_path / f"avg{len(list(tmp_path.iterdir()))}.zarr"))
+        scan = scan_store(average, sample_voxels=20)
+        plain = float(np.abs(open_store(average).data.mean("time")).max())
+        result = check_normalization(
+            [scan], {}, {}, training={average}, manifest={}, ddof=1, tolerance=1e-4
+        )
+        return result, plain
+
+    result, plain = check(singles)
+    assert result.status == "pass", result.message
+    assert plain > 1e-2  # the unweighted mean is off 0: frames hold 1 or 2 subjects
+    rng = np.random.default_rng(13)
+    scanner = [
+        write_bold_store(
+            tmp_path / f"raw{n}.zarr",
+            random_raw(rng, N_FRAMES),
+            ellipsoid(),
+            subject=f"0{n}",
+            valid=left_out(n, 5 + n),
+            normalize=False,
+        )
+        for n in range(2)
+    ]
+    result, _ = check(scanner)
+    assert result.status == "fail" and "not z-scored" in result.message
+
+
+def test_stimuli_aligned_to_an_average_follow_its_frames(tmp_path, members):
+    """The alignment job places a stimulus on the average's whole frame grid and keeps
+    its valid frames, so row ``i`` of the aligned features is the average's ``time[i]``:
+    a ramp stimulus (bin ``k`` holds ``k``) gives each row its frame's number."""
+    stores, _ = members
+    average = average_stores(stores, tmp_path / "avg.zarr", min_subjects=3)
+    time, frame_time, meta = read_frames(average)
+    grid = FrameGrid.of_store(time, frame_time, meta.repetition_time)
+    valid = zarr.open_group(average, mode="r")["frame_valid"][...]
+    np.testing.assert_array_equal(grid.kept, valid)
+    assert not valid.all()
+    film = Path("film.mp4")
+    ramp = np.arange(N_FRAMES, dtype=np.float64)[:, None]
+    feature_store = FeatureStore(
+        meta=FeatureMeta(film, TR, ("video",), {"video": "grey"}, {"video": (1,)}),
+        time=np.arange(N_FRAMES) * TR,
+        features={"video": ramp},
+        raw_mean={"video": ramp.mean(0)},
+        raw_std={"video": ramp.std(0)},
+    )
+    features, covered = align_run(
+        [Event(film, 0.0, N_FRAMES * TR)],
+        {film: feature_store},
+        "video",
+        grid,
+        "delays",
+        (0, 1),
+        source_tr=TR,
+    )
+    frames = np.flatnonzero(valid)
+    assert features.shape == (time.size, 2)
+    np.testing.assert_allclose(features[:, 0], frames)
+    np.testing.assert_allclose(features[:, 1], np.maximum(frames - 1, 0))
+    np.testing.assert_allclose(covered, 1.0)
