@@ -315,3 +315,18 @@ def test_stimuli_aligned_to_an_average_follow_its_frames(tmp_path, members):
     np.testing.assert_allclose(features[:, 0], frames)
     np.testing.assert_allclose(features[:, 1], np.maximum(frames - 1, 0))
     np.testing.assert_allclose(covered, 1.0)
+
+
+def test_the_averaging_figure_compares_subjects_on_the_average_s_frames(tmp_path, members):
+    from bidstrain.report.average import average_figure, course_on, time_course
+
+    stores, _ = members
+    group = open_store(average_stores(stores, tmp_path / "avg.zarr"))
+    times = group.time.values
+    for path, (*_, valid) in zip(stores, MEMBERS, strict=True):
+        subject = open_store(path)
+        course = course_on(subject, times)
+        held = valid[: times.size]
+        np.testing.assert_array_equal(np.isfinite(course), held)
+        np.testing.assert_allclose(course[held], time_course(subject))
+    assert average_figure(group, [open_store(p) for p in stores], "task-rest run-1")
