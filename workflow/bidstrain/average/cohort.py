@@ -177,7 +177,7 @@ def read_header(path: str | Path) -> StoreHeader:
         )
     n_time = int(_array(group, "data", path).shape[0])
     mask = np.asarray(_array(group, "mask", path)[...], dtype=bool)
-    _array(group, "time", path)
+    _array(group, "time", path)  # a store without its time axis is incomplete
     frames = FrameGrid.read(group, path)
     return StoreHeader(path=path, meta=meta, n_time=n_time, mask=mask, frames=frames)
 
