@@ -224,3 +224,9 @@ def test_cross_subject_parcel_averages_are_written_and_trained_on(normalized, mo
     config = train_config(bold_input="parcels", window=WINDOW)
     dataset = volume_dataset(lists["training"], config, lists["tables"])
     assert len(dataset) > 0 and dataset.shapes["bold"][0] == got.shape[1]
+    # the windows lie in the averages' segments (in no table: read from frame_valid)
+    layout = dataset.layout
+    for index, path in enumerate(layout.paths):
+        valid = zarr.open_group(path, mode="r")["frame_valid"][...]
+        pieces = layout.segment_length[layout.segment_store == index]
+        assert tuple(pieces.tolist()) == segments_of_valid(valid)
