@@ -47,7 +47,7 @@ Two passes, one store open at a time, each store opened once per pass (per block
    numbers and one bit per frame (:class:`SourceStore`).
 2. **Data**: blocks of frames whose float64 sum and int32 count over the group voxels
    take at most ``block_bytes`` (:data:`BLOCK_BYTES`; a run of 300 frames and 200,000
-   voxels takes 11 blocks, the demo grid one). For each block, subject after subject (its
+   voxels takes 12 blocks, the demo grid one). For each block, subject after subject (its
    sessions together), each store is opened, its mask read (unless it has as many voxels
    as the group mask, which it then is), the rows of its valid frames in the block read
    (a partial read of its ``data`` shard) and added to the running sum and count; the
