@@ -367,8 +367,8 @@ def read_segments(path: str | Path) -> tuple[int, ...]:
     """Lengths of the contiguous pieces of a store's ``data`` (frames never separated by
     a left-out frame), from its small ``frame_valid`` array; one piece of every volume for
     a store without one (T1w, DWI, stores written before time resampling).
-    A parcel store has the pieces of its run's voxel store (the normalize table lists
-    both); read alone, one piece."""
+    A run's parcel store has the pieces of its run's voxel store (the normalize table
+    lists both; read alone, one piece); a parcel average has its own ``frame_valid``."""
     group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
     if "frame_valid" in group:
         return segments_of_valid(group["frame_valid"][...])
