@@ -15,7 +15,7 @@ import pytest
 import xarray as xr
 import zarr
 from bidstrain.average.__main__ import main
-from bidstrain.average.cohort import average_stores
+from bidstrain.average.cohort import BYTES_PER_VALUE, average_stores
 from bidstrain.demo.generate import DemoSpec, bold_run
 from bidstrain.errors import BidstrainError, run_cli
 from bidstrain.io.store import create_store, open_store, to_grid
@@ -43,30 +43,38 @@ def write_bold_store(
     normalize: bool = True,
     source_path: str = "raw.nii.gz",
     storage: str = "float32",
+    valid: np.ndarray | None = None,
+    start: float = 0.0,
 ) -> Path:
     """Write a subject BOLD store from a raw ``(x, y, z, t)`` array, z-scored per voxel.
 
     With ``normalize=False`` the raw values are stored with mean 0 and std 1 (normalization
-    switched off), as a misconfigured pipeline would.
+    switched off), as a misconfigured pipeline would. With ``valid`` (one entry per frame
+    of ``raw``) the store keeps only the valid frames, z-scored over them, and records
+    ``frame_time`` (from ``start`` seconds) and ``frame_valid`` as the normalize job does.
     """
-    series = raw[mask].T.astype(np.float64)  # (time, voxel)
+    frame_time = start + np.arange(raw.shape[-1]) * tr
+    kept = np.ones(raw.shape[-1], dtype=bool) if valid is None else np.asarray(valid, bool)
+    series = raw[mask].T.astype(np.float64)[kept]  # (valid frames, voxel)
     if normalize:
         mean, std = series.mean(axis=0), series.std(axis=0, ddof=ddof)
         safe = np.where(std > 0, std, 1.0)
         data = np.where(std > 0, (series - mean) / safe, 0.0)
     else:
         mean, std, data = np.zeros(series.shape[1]), np.ones(series.shape[1]), series
-    n_time = series.shape[0]
     with create_store(
         path,
         mask=mask,
         affine=np.eye(4) if affine is None else affine,
-        time=np.arange(n_time) * tr,
+        time=frame_time[kept],
         storage=storage,
     ) as writer:
         writer.write(0, data)
         writer.add_variable("mean", ("voxel",), mean.astype(np.float32))
         writer.add_variable("std", ("voxel",), std.astype(np.float32))
+        if valid is not None:
+            writer.add_variable("frame_time", ("frame",), frame_time)
+            writer.add_variable("frame_valid", ("frame",), kept)
         writer.attrs.update(
             modality="bold",
             subject=subject,
@@ -205,7 +213,7 @@ def test_different_lengths_fail_unless_truncate_then_cut_with_a_warning(
     with caplog.at_level(logging.WARNING):
         average = open_store(average_stores(stores, tmp_path / "avg.zarr", truncate=True))
     assert average.sizes["time"] == 9
-    assert "sub-01 (12 -> 9)" in caplog.text and "sub-04" not in caplog.text.split("volumes:")[1]
+    assert "sub-01 (12 -> 9)" in caplog.text and "sub-04" not in caplog.text.split("frames:")[1]
     assert average.attrs["truncated"] == {"sub-01": 12, "sub-02": 12, "sub-03": 12}
     expected = xr.concat([open_store(p).data[:9] for p in stores], "s").mean("s")
     np.testing.assert_allclose(average.data.values, expected.values, atol=1e-6)
@@ -235,7 +243,10 @@ def test_blocks_of_a_few_volumes_give_the_same_average(tmp_path, block_volumes):
     n_voxel = int(whole.sizes["voxel"])
     blocks = open_store(
         average_stores(
-            stores, tmp_path / "blocks.zarr", mask="union", block_bytes=8 * n_voxel * block_volumes
+            stores,
+            tmp_path / "blocks.zarr",
+            mask="union",
+            block_bytes=BYTES_PER_VALUE * n_voxel * block_volumes,
         )
     )
     for name in ("data", "mean", "std", "n_subjects"):
@@ -255,7 +266,9 @@ def test_each_store_is_opened_once_per_pass_and_block(tmp_path, three_subjects, 
     assert sorted(opened) == sorted(map(str, three_subjects * 2))  # headers, then data
     opened.clear()
     n_voxel = int(ellipsoid().sum())
-    average_stores(three_subjects, tmp_path / "three.zarr", block_bytes=8 * n_voxel * 5)
+    average_stores(
+        three_subjects, tmp_path / "three.zarr", block_bytes=BYTES_PER_VALUE * n_voxel * 5
+    )
     assert sorted(opened) == sorted(map(str, three_subjects * 4))  # headers, 3 blocks of 12
 
 

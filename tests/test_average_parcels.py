@@ -9,11 +9,21 @@ import zarr
 from bidstrain.average.parcels import average_parcel_stores
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import read_meta, write_parcel_store
+from test_average import ellipsoid, random_raw, write_bold_store
 
 
 def parcel_store(path, subject, session, n_time, *, parcels=(1, 2, 3, 4), seed=0):
-    """A parcel store of random values; returns its path and its arrays."""
+    """A parcel store of random values, and the voxel store of its run beside it (the
+    frame grid); returns its path, its arrays and the voxel store's path."""
     rng = np.random.default_rng(seed)
+    voxels = write_bold_store(
+        path.with_name(f"{path.stem}_bold.zarr"),
+        random_raw(rng, n_time),
+        ellipsoid(),
+        subject=subject,
+        session=session,
+        tr=0.8,
+    )
     n = len(parcels)
     arrays = {
         "data": rng.standard_normal((n_time, n)).astype(np.float32),
@@ -44,17 +54,17 @@ def parcel_store(path, subject, session, n_time, *, parcels=(1, 2, 3, 4), seed=0
         attrs=attrs,
         **arrays,
     )
-    return str(path), {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
+    return str(path), {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}, voxels
 
 
 def test_the_parcel_average_is_the_mean_over_subjects_of_their_session_means(tmp_path):
-    a1, s1 = parcel_store(tmp_path / "a1.zarr", "01", "1", 12, seed=1)
-    a2, s2 = parcel_store(tmp_path / "a2.zarr", "01", "2", 10, seed=2)
-    b, s3 = parcel_store(tmp_path / "b.zarr", "02", "", 11, seed=3)
+    a1, s1, v1 = parcel_store(tmp_path / "a1.zarr", "01", "1", 12, seed=1)
+    a2, s2, v2 = parcel_store(tmp_path / "a2.zarr", "01", "2", 10, seed=2)
+    b, s3, v3 = parcel_store(tmp_path / "b.zarr", "02", "", 11, seed=3)
     out = tmp_path / "avg.zarr"
     with pytest.raises(BidstrainError, match="runs differ in length"):
-        average_parcel_stores([a1, a2, b], out)
-    average_parcel_stores([a1, a2, b], out, truncate=True)
+        average_parcel_stores([a1, a2, b], out, voxel_stores=[v1, v2, v3])
+    average_parcel_stores([a1, a2, b], out, voxel_stores=[v1, v2, v3], truncate=True)
     group = zarr.open_group(out, mode="r")
     for name in ("data", "mean", "std", "n_voxels", "coverage"):
         cut = (lambda x: x[:10]) if name == "data" else (lambda x: x)
@@ -72,8 +82,8 @@ def test_the_parcel_average_is_the_mean_over_subjects_of_their_session_means(tmp
 
 
 def test_parcel_stores_of_another_atlas_are_refused(tmp_path):
-    a, _ = parcel_store(tmp_path / "a.zarr", "01", "", 8)
-    b, _ = parcel_store(tmp_path / "b.zarr", "02", "", 8, parcels=(1, 2, 3, 5))
+    a, _, va = parcel_store(tmp_path / "a.zarr", "01", "", 8)
+    b, _, vb = parcel_store(tmp_path / "b.zarr", "02", "", 8, parcels=(1, 2, 3, 5))
     with pytest.raises(BidstrainError, match="parcels differ"):
-        average_parcel_stores([a, b], tmp_path / "avg.zarr")
+        average_parcel_stores([a, b], tmp_path / "avg.zarr", voxel_stores=[va, vb])
     assert not (tmp_path / "avg.zarr").exists()

@@ -292,3 +292,23 @@ def test_bad_data_files_are_named(tmp_path):
         EncodingData(
             data.train_x, data.train_y, data.heldout_x[:1], data.heldout_y[:1], data.features, {}
         )
+
+
+def test_parcel_correlations_are_painted_over_their_voxels_and_tabled_by_label(tmp_path):
+    from bidstrain.dataset.atlas import Atlas
+    from bidstrain.encoding.evaluate import Scores
+    from bidstrain.encoding.outputs import write_metrics
+    from bidstrain.report.encoding import parcel_values
+
+    # table order 1, 2, 5; the model's targets in another order, parcel 2 left out
+    parcel = np.array([[[-1, 0], [1, 2]], [[2, 2], [0, -1]]])
+    atlas = Atlas("toy", np.array([1, 2, 5]), ("a", "b", "e"), parcel)
+    painted = parcel_values(np.array([0.9, 0.3]), [5, 1], atlas)
+    want = np.array([[[np.nan, 0.3], [np.nan, 0.9]], [[0.9, 0.9], [0.3, np.nan]]])
+    np.testing.assert_array_equal(painted, want)
+    scores = {"model": Scores(np.array([0.9, np.nan]), np.array([0.5, 0.1]), np.ones(2))}
+    target = {"kind": "parcels", "parcels": [5, 1], "parcel_names": ["e", "a"]}
+    write_metrics(tmp_path / "m.json", tmp_path / "m.tsv", scores, {}, target)
+    rows = [line.split("\t") for line in (tmp_path / "m.tsv").read_text().splitlines()]
+    assert rows[0] == ["parcel", "name", "model_correlation", "model_r2", "model_mse"]
+    assert rows[1] == ["5", "e", "0.9", "0.5", "1"] and rows[2] == ["1", "a", "n/a", "0.1", "1"]

@@ -142,10 +142,10 @@ def test_runs_of_several_trs_end_on_one_grid_that_the_average_accepts(tmp_path):
             options = image_options(mask="none", target_tr=target, time_method="pchip")
             normalize_bold(image, out, _info(tr), options)
             stores[name, target] = out
-    a, b = (read_header(stores[name, 1.0])[0] for name in "ab")
+    a, b = (read_header(stores[name, 1.0]) for name in "ab")
     assert a.meta.repetition_time == b.meta.repetition_time == 1.0
     check_compatible(b, a, affine_tolerance=1e-3, tr_tolerance=1e-3)
-    native = [read_header(stores[name, None])[0] for name in "ab"]
+    native = [read_header(stores[name, None]) for name in "ab"]
     with pytest.raises(BidstrainError, match="repetition time 1.5 s differs"):
         check_compatible(native[1], native[0], affine_tolerance=1e-3, tr_tolerance=1e-3)
 

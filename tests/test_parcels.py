@@ -25,7 +25,13 @@ import pytest
 import zarr
 from bidstrain import paths
 from bidstrain.config import ParcellationConfig
-from bidstrain.dataset.atlas import AtlasFiles, check_space, find_atlas, load_atlas
+from bidstrain.dataset.atlas import (
+    NATIVE,
+    AtlasFiles,
+    check_space,
+    find_atlas,
+    load_atlas,
+)
 from bidstrain.demo.generate import ATLAS_NAME, make_atlas_demo, make_fmriprep_demo
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import open_store, read_dims, read_meta, read_parcel_stats
@@ -283,6 +289,11 @@ def test_an_atlas_in_another_space_is_an_error_naming_both(demo):
         check_space(atlas, "T1w", image="run.nii.gz", subject="01")
     with pytest.raises(BidstrainError, match="its native space"):
         check_space(atlas, None, image="run.nii.gz", subject="01")
+    # a label image on the runs' own grid is for runs without a space- entity only
+    native = AtlasFiles(atlas.name, atlas.image, atlas.labels, NATIVE)
+    check_space(native, None, image="run.nii.gz", subject="01")
+    with pytest.raises(BidstrainError, match="space MNI152NLin2009cAsym but the atlas .* native"):
+        check_space(native, "MNI152NLin2009cAsym", image="run.nii.gz", subject="01")
 
 
 def test_an_atlas_on_another_grid_is_resampled_by_nearest_neighbour(demo, tmp_path, caplog):

@@ -88,3 +88,34 @@ def test_an_averages_members_must_present_the_same_stimulus(film_bids, tmp_path)
     plan = _plan(root, enabled=True, length_tolerance=5.0)
     with pytest.raises(BidstrainError, match=r"; sub-03 presented film.mp4 at 0 s \("):
         _ = plan.alignment_targets
+
+
+def test_a_parcel_encoding_target_reads_the_parcel_averages_and_needs_an_atlas(film_bids):
+    from bidstrain.demo.naturalistic import ATLAS_IMAGE, ATLAS_NAME
+
+    settings = {
+        "modalities": ["bold"],
+        "normalize": {"heldout": {"run": ["2"]}},
+        "stimuli": {"enabled": True},
+        "encoding": {"enabled": True, "target": "parcels"},
+    }
+    without = Plan.build(typed_config(film_bids, **settings), BidsIndex.build(film_bids))
+    with pytest.raises(BidstrainError, match="encoding.target is parcels but no parcellation"):
+        without.encoding_inputs()
+    atlas = {"name": ATLAS_NAME, "path": str(film_bids / ATLAS_IMAGE), "space": "native"}
+    config = typed_config(film_bids, **settings, parcellation=atlas)
+    plan = Plan.build(config, BidsIndex.build(film_bids))
+    averages = plan.encoding_inputs()["averages"]
+    assert {name: stores["bold"] for name, stores in averages.items()} == {
+        name: paths.average_parcel_store_at(name, ATLAS_NAME) for name in averages
+    }
+    first = sorted(averages)[0]
+    assert plan.encoding_figure_arguments() == [
+        "--bold",
+        paths.average_store_at(first),
+        "--atlas",
+        ATLAS_NAME,
+        str(film_bids / ATLAS_IMAGE),
+        str(film_bids / "code" / "atlas-slabs_dseg.tsv"),
+        "native",
+    ]

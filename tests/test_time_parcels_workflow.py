@@ -4,9 +4,12 @@ average and the checks on the fMRIPrep demo, with the demo atlas beside it."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
+import zarr
 from bidstrain import paths
 from bidstrain.demo.generate import ATLAS_NAME, make_atlas_demo, make_fmriprep_demo
 from bidstrain.io.store import read_meta, read_parcel_stats
@@ -58,7 +61,46 @@ def test_every_run_is_at_the_target_tr_with_its_parcels_and_the_checks_pass(work
             assert store.with_name(f"{stem}_{tsv}").is_file()
     averages = sorted((results / "average").glob("*.zarr"))
     assert averages and all(read_meta(a).repetition_time == 0.8 for a in averages)
+    for average in averages:
+        assert_frames_averaged_where_valid(workflow_run, average)
     summary = json.loads((workflow_run / paths.checks_summary("demo")).read_text())
     assert summary["passed"], summary
     normalization = next(c for c in summary["checks"] if c["name"] == "normalization")
     assert normalization["status"] != "fail", normalization["message"]
+
+
+def assert_frames_averaged_where_valid(workdir: Path, average: Path) -> None:
+    """The average (voxel or parcel) against numpy in float64: each frame of the grid the
+    mean over the subjects valid there; the demo's subjects are scrubbed at different
+    volumes, so some frames average one subject."""
+    meta = read_meta(average)
+    group = zarr.open_group(average, mode="r")
+    voxel_stores = [
+        Path(
+            p.replace(f"_seg-{ATLAS_NAME}", "").replace(
+                "_desc-zscore_timeseries", "_desc-zscore_bold"
+            )
+        )
+        for p in meta.source_path
+    ]
+    series = []
+    for store, voxels in zip(meta.source_path, voxel_stores, strict=True):
+        member = zarr.open_group(workdir / store, mode="r")
+        valid = zarr.open_group(workdir / voxels, mode="r")["frame_valid"][...]
+        data = member["data"][...].astype(np.float64)
+        if "mask" in group:  # voxels: the member's voxels of the average's mask
+            data = data[:, group["mask"][...][member["mask"][...]]]
+        grid = np.full((valid.size, data.shape[1]), np.nan)
+        grid[valid] = data
+        series.append(grid)
+    assert len(set(meta.subjects)) == len(series)  # one session each: subjects are members
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # frames no subject holds
+        want = np.nanmean(np.stack(series), axis=0)
+    counts = (~np.isnan(np.stack(series))).any(axis=2).sum(axis=0)
+    np.testing.assert_array_equal(group["frame_subjects"][...], counts)
+    assert set(counts) >= {1, len(series)}, counts
+    valid = group["frame_valid"][...]
+    np.testing.assert_array_equal(valid, counts >= 1)
+    np.testing.assert_allclose(group["time"][...], group["frame_time"][...][valid])
+    np.testing.assert_allclose(group["data"][...], want[valid], atol=1e-5)

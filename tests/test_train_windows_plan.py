@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from bidstrain.checks.windows import check_windows
 from bidstrain.demo.generate import ATLAS_NAME, make_atlas_demo, make_fmriprep_demo
 from bidstrain.errors import BidstrainError
 from bidstrain.io.scans_table import read_tables
-from bidstrain.io.store import segments_of_valid
+from bidstrain.io.store import read_segments, segments_of_valid
 from bidstrain.plan import write_if_changed
 from bidstrain.train.data import volume_dataset
 from bidstrain.train.sampler import batch_sampler
@@ -173,9 +174,15 @@ def test_the_trainer_trains_on_windows_of_the_demo(normalized, tmp_path, bold_in
     assert (tmp_path / "model.pt").is_file()
 
 
+def dataset_parcels(path: str) -> int:
+    """Parcels of a parcel store."""
+    return int(zarr.open_group(path, mode="r")["data"].shape[1])
+
+
 def test_cross_subject_parcel_averages_are_written_and_trained_on(normalized, monkeypatch):
     """The average jobs of a cross_subject plan, run from their argument files, write the
-    parcel averages the trainer's store lists name; each is the mean over subjects."""
+    parcel averages the trainer's store lists name; each frame is the mean over the
+    subjects valid there (the subjects are scrubbed at different volumes)."""
     _, work, bids, overrides = normalized
     monkeypatch.chdir(work)
     plan = plan_of(bids, **{**overrides, "average": {"mode": "cross_subject", "truncate": True}})
@@ -189,17 +196,37 @@ def test_cross_subject_parcel_averages_are_written_and_trained_on(normalized, mo
         ]  # fmt: skip
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stderr
-        members = [zarr.open_group(p, mode="r")["data"][...] for p in group.parcel_members]
-        n_time = min(len(m) for m in members)
+        # each member on its run's frame grid (the voxel store's), NaN where left out
+        members = []
+        for voxels, parcels in zip(group.members, group.parcel_members, strict=True):
+            valid = zarr.open_group(voxels, mode="r")["frame_valid"][...]
+            series = np.full((valid.size, dataset_parcels(parcels)), np.nan)
+            series[valid] = zarr.open_group(parcels, mode="r")["data"][...]
+            members.append((parcels.split("/")[2], series))
+        n_frames = min(len(series) for _, series in members)
         by_subject = {}
-        for path, values in zip(group.parcel_members, members, strict=True):
-            subject = path.split("/")[2]
-            by_subject.setdefault(subject, []).append(values[:n_time].astype(np.float64))
-        want = np.mean([np.mean(v, axis=0) for v in by_subject.values()], axis=0)
-        got = zarr.open_group(group.parcel_store, mode="r")["data"][...]
-        np.testing.assert_allclose(got, want, atol=1e-6)
+        for subject, series in members:
+            by_subject.setdefault(subject, []).append(series[:n_frames])
+        with warnings.catch_warnings():  # frames no member holds
+            warnings.simplefilter("ignore", RuntimeWarning)
+            per_subject = [np.nanmean(v, axis=0) for v in by_subject.values()]
+            want = np.nanmean(per_subject, axis=0)
+        average = zarr.open_group(group.parcel_store, mode="r")
+        frame_valid = average["frame_valid"][...]
+        np.testing.assert_array_equal(frame_valid, ~np.isnan(want).all(axis=1))
+        # the demo's subjects are scrubbed at different volumes: some frames average one
+        assert set(average["frame_subjects"][...]) >= {1, 2}
+        got = average["data"][...]
+        np.testing.assert_allclose(got, want[frame_valid], atol=1e-6)
+        assert read_segments(group.parcel_store) == segments_of_valid(frame_valid)
     lists = plan.store_lists()
     assert set(lists["training"]["bold"]) <= {g.parcel_store for g in plan.averages}
     config = train_config(bold_input="parcels", window=WINDOW)
     dataset = volume_dataset(lists["training"], config, lists["tables"])
     assert len(dataset) > 0 and dataset.shapes["bold"][0] == got.shape[1]
+    # the windows lie in the averages' segments (in no table: read from frame_valid)
+    layout = dataset.layout
+    for index, path in enumerate(layout.paths):
+        valid = zarr.open_group(path, mode="r")["frame_valid"][...]
+        pieces = layout.segment_length[layout.segment_store == index]
+        assert tuple(pieces.tolist()) == segments_of_valid(valid)

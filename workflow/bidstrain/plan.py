@@ -616,8 +616,9 @@ class Plan:
         return {"encoding": to_plain(self.config.encoding), "seed": self.config.train.run.seed}
 
     def encoding_inputs(self) -> dict[str, Any]:
-        """Each cross-subject average's BOLD store and aligned stimulus stores, of the
-        kinds of ``encoding.kinds`` it has (:mod:`bidstrain.encoding.stores`)."""
+        """Each cross-subject average's BOLD store (its parcel average with
+        ``encoding.target: parcels``) and aligned stimulus stores, of the kinds of
+        ``encoding.kinds`` it has (:mod:`bidstrain.encoding.stores`)."""
         aligned = self.aligned_average_stimuli
         if not aligned:
             raise BidstrainError(
@@ -625,12 +626,39 @@ class Plan:
                 "but no average has aligned stimuli: set average.mode cross_subject and give "
                 "the BOLD runs stimuli (stim_file in their events.tsv)"
             )
-        stores = {group.name: group.store for group in self.averages}
+        parcels = self.config.encoding.target == "parcels"
+        if parcels and self.atlas is None:
+            raise BidstrainError(
+                "encoding.target is parcels but no parcellation is configured: set "
+                "parcellation.name and parcellation.path, or encoding.target: voxels"
+            )
+        stores = {
+            group.name: group.parcel_store if parcels else group.store for group in self.averages
+        }
         return {
             "averages": {
                 name: {"bold": stores[name], **kinds} for name, kinds in sorted(aligned.items())
             }
         }
+
+    def encoding_figure_arguments(self) -> list[str]:
+        """The encoding figures' ``--bold`` (the first average's voxel store: the grid of
+        the map) and, with ``encoding.target: parcels``, ``--atlas`` (the parcellation
+        whose parcels the map paints)."""
+        first = next(iter(self.encoding_inputs()["averages"]))
+        voxels = next(group.store for group in self.averages if group.name == first)
+        if self.config.encoding.target != "parcels":
+            return ["--bold", voxels]
+        atlas = self.atlas
+        return [
+            "--bold",
+            voxels,
+            "--atlas",
+            atlas.name,
+            str(atlas.image),
+            str(atlas.labels),
+            atlas.space,
+        ]
 
     def encoding_apply_features(self, average: str) -> list[str]:
         """``kind=store`` of an average's aligned stores: the apply job's ``--features``."""

@@ -55,12 +55,13 @@ rule encoding_figures:
         mem_mb=CONFIG.resources.report.mem_mb,
         runtime=CONFIG.resources.report.runtime,
     params:
-        bold=next(iter(PLAN.encoding_inputs()["averages"].values()))["bold"],
+        # the grid of the map (a voxel average), and the atlas of a model of parcels
+        figure_args=shlex.join(PLAN.encoding_figure_arguments()),
         targets=CONFIG.encoding.figure_targets,
         out_dir=ENCODING_DIR,
     shell:
         "python -m bidstrain.report encoding --encoding-dir {params.out_dir:q}"
-        " --bold {params.bold:q} --targets {params.targets}"
+        " {params.figure_args} --targets {params.targets}"
         " --timecourse-out {output.timecourse:q} --map-out {output.map:q} > {log:q} 2>&1"
 
 

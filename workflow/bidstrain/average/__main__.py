@@ -38,11 +38,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.out,
         mask=settings.mask,
         truncate=settings.truncate,
+        min_subjects=settings.min_subjects,
         affine_tolerance=settings.affine_tolerance,
         tr_tolerance=settings.repetition_time_tolerance,
     )
     if args.parcels:
-        average_parcel_stores(args.parcels, args.parcels_out, truncate=settings.truncate)
+        average_parcel_stores(
+            args.parcels,
+            args.parcels_out,
+            voxel_stores=args.stores,
+            truncate=settings.truncate,
+            min_subjects=settings.min_subjects,
+        )
 
 
 if __name__ == "__main__":

@@ -7,10 +7,22 @@ and voxel, the mean over subjects of their z-scored data, plus:
 
 ``n_subjects (voxel)``
     subjects that cover the voxel (all of them with the default ``intersection`` mask);
+``frame_time``, ``frame_valid``, ``frame_subjects (frame)``
+    the time grid of the subjects' runs, which of its frames are in ``data``, and how many
+    subjects each frame averages (:mod:`bidstrain.average.frames`);
 attrs ``subjects``, ``sessions``
     the subject labels, and the sessions averaged for each subject;
 attrs ``truncated``
-    ``{subject: original volume count}`` of the subjects cut to the shortest run.
+    ``{subject: original frame count}`` of the subjects cut to the shortest run;
+attrs ``n_invalid_frames``, ``min_subjects``
+    frames of the grid left out of ``data`` (fewer than ``min_subjects`` valid subjects).
+
+Frames: the subjects' stores hold only the valid frames of their time grid (frames next
+to the volumes a sample mask drops are left out by the normalize job), so subjects are
+matched by frame time, not by row: each frame of the average is the mean over the
+subjects valid at that frame (:mod:`bidstrain.average.frames`). With the ``union`` mask a
+voxel at a valid frame where none of the subjects covering it is valid is 0 (the mean of
+z-scores).
 
 Sessions: a subject with several sessions of the same (task, run) is averaged over its
 sessions first, so that it counts once: ``n_subjects`` always counts subjects.
@@ -28,21 +40,22 @@ reduced-precision average, and the checks know both roundings.
 
 Two passes, one store open at a time, each store opened once per pass (per block):
 
-1. **Headers**: the attributes, dimensions and mask of every store (no voxel data). Each
-   store is checked against the first as it is read (grid, repetition time, ddof, task and
-   run), and its mask folded into the group mask, so a bad store fails before any data is
-   read. What is kept of a store is a few strings and numbers (:class:`SourceStore`).
-2. **Data**: blocks of volumes whose float64 sum over the group voxels is at most
-   ``block_bytes`` (:data:`BLOCK_BYTES`; a run of 300 volumes and 200,000 voxels takes 8
-   blocks, the demo grid one). For each block, subject after subject (its sessions
-   together), each store is opened, its mask read (unless it has as many voxels as the
-   group mask, which it then is), its block of volumes read (a partial read of its
-   ``data`` shard) and added to the running sum; the first block also sums the stores'
-   ``mean``, ``std`` and coverage.
+1. **Headers**: the attributes, dimensions, mask and frame grid of every store (no voxel
+   data). Each store is checked against the first as it is read (grid, repetition time,
+   frame times, ddof, task and run), and its mask folded into the group mask, so a bad
+   store fails before any data is read. What is kept of a store is a few strings and
+   numbers and one bit per frame (:class:`SourceStore`).
+2. **Data**: blocks of frames whose float64 sum and int32 count over the group voxels
+   take at most ``block_bytes`` (:data:`BLOCK_BYTES`; a run of 300 frames and 200,000
+   voxels takes 12 blocks, the demo grid one). For each block, subject after subject (its
+   sessions together), each store is opened, its mask read (unless it has as many voxels
+   as the group mask, which it then is), the rows of its valid frames in the block read
+   (a partial read of its ``data`` shard) and added to the running sum and count; the
+   first block also sums the stores' ``mean``, ``std`` and coverage.
 
-Memory is therefore a block's sum, one store's block and a few hundred bytes per store of
-bookkeeping (what the output's attributes list anyway), whatever the number of subjects;
-time grows linearly with them.
+Memory is therefore a block's sum and count, one store's block and a few hundred bytes
+per store of bookkeeping (what the output's attributes list anyway), whatever the number
+of subjects; time grows linearly with them.
 
 With a parcellation the same job also averages the runs' parcel stores
 (:mod:`bidstrain.average.parcels`).
@@ -60,14 +73,18 @@ import numpy as np
 import zarr
 import zarr.errors
 
+from bidstrain.average.frames import FrameGrid, frames_mismatch, rows_of, subject_valid, unpack
 from bidstrain.errors import BidstrainError
 from bidstrain.io.grid import AFFINE_TOLERANCE, grid_mismatch
 from bidstrain.io.store import CONSOLIDATED, StoreMeta, chunk_volumes, create_store
 
 log = logging.getLogger(__name__)
 
-#: Size of the float64 block sum over all group voxels (volumes are added until it is reached).
+#: Size of the float64 block sum and its int32 count over all group voxels (frames are
+#: added until it is reached).
 BLOCK_BYTES = 64 * 2**20
+#: Bytes of the block sum and count per frame and voxel.
+BYTES_PER_VALUE = 8 + 4
 #: The per-voxel statistics of a store averaged over subjects.
 STATS = ("mean", "std")
 
@@ -82,18 +99,27 @@ class SourceStore:
     session: str
     #: ``sub-01`` or ``sub-01 ses-2``: who a message is about.
     label: str
+    #: Rows of ``data`` (its valid frames).
     n_time: int
     n_voxel: int
+    #: Frames of its time grid, and which are valid (:meth:`FrameGrid.packed`).
+    n_frames: int
+    valid: bytes
+
+    def frame_valid(self, n_frames: int) -> np.ndarray:
+        """Which of the first ``n_frames`` frames of its grid are in ``data``."""
+        return unpack(self.valid, n_frames)
 
 
 @dataclass(frozen=True)
 class StoreHeader:
-    """What the first pass reads of a store: its attributes, dimensions and mask."""
+    """What the first pass reads of a store: its attributes, dimensions, mask and frames."""
 
     path: str
     meta: StoreMeta
     n_time: int
     mask: np.ndarray
+    frames: FrameGrid
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -109,6 +135,8 @@ class StoreHeader:
             label=self.meta.label(full=False),
             n_time=self.n_time,
             n_voxel=int(np.count_nonzero(self.mask)),
+            n_frames=self.frames.n_frames,
+            valid=self.frames.packed(),
         )
 
 
@@ -128,9 +156,9 @@ def _array(group: zarr.Group, name: str, path: str) -> zarr.Array:
         raise BidstrainError(f"incomplete store: missing {name!r}", path=path) from None
 
 
-def read_header(path: str | Path, *, with_time: bool = False) -> tuple[StoreHeader, np.ndarray]:
-    """The header of a subject store, opened once: attributes, volume count and mask, and
-    its ``time`` coordinate when ``with_time`` (an empty array otherwise).
+def read_header(path: str | Path) -> StoreHeader:
+    """The header of a subject store, opened once: attributes, row count, mask and frame
+    grid.
 
     Raises
     ------
@@ -149,8 +177,9 @@ def read_header(path: str | Path, *, with_time: bool = False) -> tuple[StoreHead
         )
     n_time = int(_array(group, "data", path).shape[0])
     mask = np.asarray(_array(group, "mask", path)[...], dtype=bool)
-    time = _array(group, "time", path)[...] if with_time else np.empty(0, dtype=np.float64)
-    return StoreHeader(path=path, meta=meta, n_time=n_time, mask=mask), time
+    _array(group, "time", path)  # a store without its time axis is incomplete
+    frames = FrameGrid.read(group, path)
+    return StoreHeader(path=path, meta=meta, n_time=n_time, mask=mask, frames=frames)
 
 
 def check_compatible(
@@ -160,8 +189,8 @@ def check_compatible(
     affine_tolerance: float,
     tr_tolerance: float,
 ) -> None:
-    """Raise unless ``header`` shares the ``reference`` store's grid, repetition time, ddof,
-    task and run.
+    """Raise unless ``header`` shares the ``reference`` store's grid, repetition time, frame
+    times (over their common length), ddof, task and run.
 
     Raises
     ------
@@ -191,6 +220,18 @@ def check_compatible(
             f"{tr_tolerance}); time points cannot be averaged across different TRs",
             **where,
         )
+    frames = frames_mismatch(
+        header.frames,
+        reference.frames,
+        repetition_time=ref.repetition_time or 1.0,
+        tr_tolerance=tr_tolerance,
+    )
+    if frames:
+        raise BidstrainError(
+            f"its time grid is not sub-{ref.subject}'s ({reference.path}): {frames}; frames "
+            "are averaged across subjects by their onsets, which must match",
+            **where,
+        )
     if meta.ddof != ref.ddof:
         raise BidstrainError(
             f"normalized with ddof {meta.ddof}, sub-{ref.subject} with {ref.ddof}; "
@@ -207,28 +248,40 @@ def check_compatible(
 
 
 def common_length(sources: Sequence[SourceStore], *, truncate: bool) -> int:
-    """Number of volumes of the average: the common run length, or the shortest if ``truncate``.
+    """Number of frames of the average's time grid: the common length of the runs' grids,
+    or the shortest if ``truncate``.
 
     Raises
     ------
     BidstrainError
         When runs differ in length and ``truncate`` is False, listing the lengths.
     """
-    lengths = {src.n_time for src in sources}
+    lengths = {src.n_frames for src in sources}
     shortest = min(lengths)
     if len(lengths) == 1:
         return shortest
-    listing = ", ".join(f"{s.label}: {s.n_time}" for s in sources)
+    listing = ", ".join(f"{s.label}: {s.n_frames}" for s in sources)
     if not truncate:
         raise BidstrainError(
-            f"runs differ in length ({listing} volumes); time points cannot be matched "
+            f"runs differ in length ({listing} frames); time points cannot be matched "
             "across subjects (set average.truncate: true to cut them to the shortest, "
-            f"{shortest} volumes, or exclude the short runs)",
+            f"{shortest} frames, or exclude the short runs)",
             path=sources[0].path,
         )
-    cut = ", ".join(f"{s.label} ({s.n_time} -> {shortest})" for s in sources if s.n_time > shortest)
-    log.warning("average.truncate: cutting runs to %d volumes: %s", shortest, cut)
+    cut = ", ".join(
+        f"{s.label} ({s.n_frames} -> {shortest})" for s in sources if s.n_frames > shortest
+    )
+    log.warning("average.truncate: cutting runs to %d frames: %s", shortest, cut)
     return shortest
+
+
+def frame_subjects(subjects: Sequence[Sequence[SourceStore]], n_frames: int) -> np.ndarray:
+    """How many of ``subjects`` (each a list of its sessions' stores) are valid at each of
+    the first ``n_frames`` frames (a subject is valid where one of its sessions is)."""
+    counts = np.zeros(n_frames, dtype=np.int32)
+    for sessions in subjects:
+        counts += subject_valid([src.valid for src in sessions], n_frames)
+    return counts
 
 
 @dataclass
@@ -238,8 +291,6 @@ class Cohort:
     sources: list[SourceStore]
     #: The first store's header: the grid, TR and entities every other store matches.
     reference: StoreHeader
-    #: The first store's acquisition times.
-    time: np.ndarray
     #: Intersection or union of the stores' masks.
     group_mask: np.ndarray
     #: The coarsest ``storage`` of the stores (:class:`bidstrain.io.store.Storage`).
@@ -259,18 +310,17 @@ def read_cohort(
         For the first store that is missing, incomplete, not BOLD, or differs from the first.
     """
     combine = np.logical_and if mask == "intersection" else np.logical_or
-    reference, time = read_header(stores[0], with_time=True)
+    reference = read_header(stores[0])
     cohort = Cohort(
         sources=[reference.source()],
         reference=reference,
-        time=time,
         group_mask=reference.mask.copy(),
         storage=reference.meta.storage,
         source_size=reference.meta.source_size,
     )
     precision = reference.meta.precision
     for path in stores[1:]:
-        header, _ = read_header(path)
+        header = read_header(path)
         check_compatible(
             header, reference, affine_tolerance=affine_tolerance, tr_tolerance=tr_tolerance
         )
@@ -283,10 +333,11 @@ def read_cohort(
 
 
 def block_ranges(n_time: int, n_voxel: int, chunk: int, block_bytes: int) -> list[tuple[int, int]]:
-    """``(start, stop)`` of the blocks of volumes whose float64 sum over ``n_voxel`` voxels
-    is at most ``block_bytes`` (at least one volume), whole multiples of ``chunk`` volumes
-    when a block holds a chunk or more (so compressed chunks are decoded once)."""
-    volumes = max(1, block_bytes // (8 * n_voxel))
+    """``(start, stop)`` of the blocks of frames whose float64 sum and int32 count over
+    ``n_voxel`` voxels take at most ``block_bytes`` (at least one frame), whole multiples
+    of ``chunk`` frames when a block holds a chunk or more (so compressed chunks are
+    decoded about once)."""
+    volumes = max(1, block_bytes // (BYTES_PER_VALUE * n_voxel))
     if volumes >= chunk:
         volumes -= volumes % chunk
     return [(start, min(start + volumes, n_time)) for start in range(0, n_time, volumes)]
@@ -309,53 +360,63 @@ class BlockSum:
         self.stat_sums = {name: np.zeros(n_voxel, dtype=np.float64) for name in STATS}
 
     def block(self, subjects: Sequence[Sequence[SourceStore]], start: int, stop: int) -> np.ndarray:
-        """The average of volumes ``start:stop`` over ``subjects`` (each a list of its
-        sessions' stores), float64, shape (volumes, group voxels). The block that starts at
-        0 also sums the statistics and counts the subjects covering each voxel."""
+        """The average of frames ``start:stop`` over ``subjects`` (each a list of its
+        sessions' stores), each frame and voxel over the subjects valid there (0 where
+        none is), float64, shape (frames, group voxels). The block that starts at 0 also
+        sums the statistics and counts the subjects covering each voxel."""
         first = start == 0
-        total = np.zeros((stop - start, self.n_subjects.size), dtype=np.float64)
+        shape = (stop - start, self.n_subjects.size)
+        total = np.zeros(shape, dtype=np.float64)
+        count = np.zeros(shape, dtype=np.int32)
         for sessions in subjects:
-            self._add_subject(total, sessions, start, stop, with_stats=first)
-        total /= self.n_subjects
+            self._add_subject(total, count, sessions, start, stop, with_stats=first)
+        np.divide(total, count, out=total, where=count > 0)
         return total
 
     def _add_subject(
         self,
         total: np.ndarray,
+        count: np.ndarray,
         sessions: Sequence[SourceStore],
         start: int,
         stop: int,
         *,
         with_stats: bool,
     ) -> None:
-        """Add one subject, the mean over its sessions, to ``total`` (and to the statistics)."""
+        """Add one subject, the mean over its sessions valid at each frame, to ``total``
+        (and one to ``count`` where it is valid; to the statistics)."""
         single = len(sessions) == 1  # then straight into the sums, with no copy
-        target = total if single else np.zeros_like(total)
+        target, hits = (total, count) if single else (np.zeros_like(total), np.zeros_like(count))
         stat_target = (
             self.stat_sums
             if single
             else {name: np.zeros_like(self.stat_sums[name]) for name in STATS}
         )
-        count = np.zeros(self.n_subjects.size, dtype=np.int32)
+        covers = np.zeros(self.n_subjects.size, dtype=np.int32)
         for src in sessions:
-            index, values, stats = self._read(src, start, stop, with_stats=with_stats)
-            target[:, index] += values
-            count[index] += 1
+            index, frames, values, stats = self._read(src, start, stop, with_stats=with_stats)
+            at = _cells(frames, index, stop - start)
+            target[at] += values
+            hits[at] += 1
+            covers[index] += 1
             for name, value in stats.items():
                 stat_target[name][index] += value
-        covered = count > 0
         if not single:
-            total[:, covered] += target[:, covered] / count[covered]
+            valid = hits > 0
+            total[valid] += target[valid] / hits[valid]
+            count += valid
+        covered = covers > 0
         if with_stats:
             self.n_subjects += covered
             for name in STATS if not single else ():
-                self.stat_sums[name][covered] += stat_target[name][covered] / count[covered]
+                self.stat_sums[name][covered] += stat_target[name][covered] / covers[covered]
 
     def _read(
         self, src: SourceStore, start: int, stop: int, *, with_stats: bool
-    ) -> tuple[np.ndarray | slice, np.ndarray, dict[str, np.ndarray]]:
-        """One store opened once: the group index of the voxels of the group it covers, its
-        volumes ``start:stop`` there, and (``with_stats``) its ``mean`` and ``std`` there.
+    ) -> tuple[np.ndarray | slice, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """One store opened once: the group index of the voxels of the group it covers, the
+        positions within ``start:stop`` of its valid frames there, their rows of ``data``
+        on those voxels, and (``with_stats``) its ``mean`` and ``std`` there.
 
         A store with as many voxels as the group has the group's mask (the group mask is the
         intersection or the union of the stores'): its mask is not read, and its voxels are
@@ -367,9 +428,19 @@ class BlockSum:
             index = self.lookup[np.asarray(_array(group, "mask", src.path)[...], dtype=bool)]
             keep = index >= 0
             index = index[keep]
-        data = _array(group, "data", src.path)[start:stop][:, keep]
+        first, last, frames = rows_of(src.frame_valid(stop), start, stop)
+        data = _array(group, "data", src.path)[first:last][:, keep]
         stats = {name: _array(group, name, src.path)[...][keep] for name in STATS if with_stats}
-        return index, data, stats
+        return index, frames, data, stats
+
+
+def _cells(frames: np.ndarray, voxels: np.ndarray | slice, n_frames: int) -> tuple:
+    """The index of a block at ``frames`` x ``voxels`` (slices where they are whole, so
+    that the common case of every frame valid adds without a gather)."""
+    rows = slice(None) if frames.size == n_frames else frames
+    if isinstance(rows, slice) or isinstance(voxels, slice):
+        return rows, voxels
+    return np.ix_(rows, voxels)
 
 
 def average_stores(
@@ -378,11 +449,12 @@ def average_stores(
     *,
     mask: str = "intersection",
     truncate: bool = False,
+    min_subjects: int = 1,
     affine_tolerance: float = AFFINE_TOLERANCE,
     tr_tolerance: float = 1e-3,
     block_bytes: int = BLOCK_BYTES,
 ) -> Path:
-    """Average within-subject z-scored BOLD stores across subjects at each time point.
+    """Average within-subject z-scored BOLD stores across subjects at each frame.
 
     Parameters
     ----------
@@ -396,13 +468,15 @@ def average_stores(
     truncate : bool
         Cut runs of different lengths to the shortest (with a warning naming who was cut)
         instead of failing.
+    min_subjects : int
+        Frames valid in fewer subjects are left out of the average (``frame_valid``).
     affine_tolerance : float
         Largest allowed absolute difference between store affines
         (:func:`bidstrain.io.grid.grid_mismatch`).
     tr_tolerance : float
         Largest allowed difference between repetition times, in seconds.
     block_bytes : int
-        Size of the float64 sum of one block of volumes (the memory bound).
+        Size of the float64 sum and int32 count of one block of frames (the memory bound).
 
     Returns
     -------
@@ -412,8 +486,8 @@ def average_stores(
     Raises
     ------
     BidstrainError
-        When stores differ in grid, repetition time, ddof, task or length, or the mask
-        intersection is empty.
+        When stores differ in grid, repetition time, frame times, ddof, task or length,
+        the mask intersection is empty, or no frame has ``min_subjects`` valid subjects.
     """
     if not stores:
         raise BidstrainError("no subject store to average", path=out)
@@ -421,7 +495,7 @@ def average_stores(
         stores, mask=mask, affine_tolerance=affine_tolerance, tr_tolerance=tr_tolerance
     )
     sources = cohort.sources
-    n_time = common_length(sources, truncate=truncate)
+    n_frames = common_length(sources, truncate=truncate)
     if not cohort.group_mask.any():
         counts = ", ".join(f"sub-{s.subject}: {s.n_voxel}" for s in sources)
         raise BidstrainError(
@@ -433,10 +507,20 @@ def average_stores(
     for src in sources:
         by_subject[src.subject].append(src)
     subjects = sorted(by_subject)
+    per_frame = frame_subjects([by_subject[s] for s in subjects], n_frames)
+    valid = per_frame >= min_subjects
+    if not valid.any():
+        raise BidstrainError(
+            f"no frame is valid in {min_subjects} of the {len(subjects)} subjects (at most "
+            f"{int(per_frame.max(initial=0))}); lower average.min_subjects",
+            path=out,
+        )
+    frame_time = cohort.reference.frames.times[:n_frames]
 
     sums = BlockSum(cohort.group_mask)
     n_voxel = sums.n_subjects.size
-    chunk = chunk_volumes(n_time, n_voxel)
+    n_rows = int(valid.sum())
+    chunk = chunk_volumes(n_rows, n_voxel)
     data_sum = np.zeros(n_voxel, dtype=np.float64)
     data_sumsq = np.zeros(n_voxel, dtype=np.float64)
     ref = cohort.reference.meta
@@ -444,21 +528,26 @@ def average_stores(
         out,
         mask=cohort.group_mask,
         affine=ref.affine,
-        time=cohort.time[:n_time],
+        time=frame_time[valid],
         chunk=chunk,
         storage=cohort.storage,
     ) as writer:
-        for start, stop in block_ranges(n_time, n_voxel, chunk, block_bytes):
-            block = sums.block([by_subject[s] for s in subjects], start, stop)
-            writer.write(start, block)
+        row = 0
+        for start, stop in block_ranges(n_frames, n_voxel, chunk, block_bytes):
+            block = sums.block([by_subject[s] for s in subjects], start, stop)[valid[start:stop]]
+            writer.write(row, block)
+            row += block.shape[0]
             data_sum += block.sum(axis=0)
             data_sumsq += np.square(block).sum(axis=0)
             del block
-        variance = data_sumsq / n_time - np.square(data_sum / n_time)
+        variance = data_sumsq / n_rows - np.square(data_sum / n_rows)
         for name in STATS:
             mean = sums.stat_sums[name] / sums.n_subjects
             writer.add_variable(name, ("voxel",), mean.astype(np.float32))
         writer.add_variable("n_subjects", ("voxel",), sums.n_subjects)
+        writer.add_variable("frame_time", ("frame",), frame_time)
+        writer.add_variable("frame_valid", ("frame",), valid)
+        writer.add_variable("frame_subjects", ("frame",), per_frame)
         writer.attrs.update(
             modality="bold",
             subject="average",
@@ -466,10 +555,14 @@ def average_stores(
             entities={k: v for k, v in ref.entities.items() if k in ("task", "run")},
             subjects=subjects,
             sessions={s: [src.session for src in by_subject[s]] for s in subjects},
-            truncated={src.label: src.n_time for src in sources if src.n_time > n_time},
+            truncated={src.label: src.n_frames for src in sources if src.n_frames > n_frames},
             source_path=[src.path for src in sources],
             source_size=cohort.source_size,
             repetition_time=ref.repetition_time,
+            source_repetition_time=ref.source_repetition_time,
+            time_method=ref.time_method,
+            n_invalid_frames=int(n_frames - n_rows),
+            min_subjects=min_subjects,
             ddof=ref.ddof,
             n_zero_variance=int((variance <= 0).sum()),
             n_nonfinite=0,
@@ -478,10 +571,11 @@ def average_stores(
             mask_mode=mask,
         )
     log.info(
-        "averaged %d subjects (%d stores), %d volumes x %d voxels -> %s",
+        "averaged %d subjects (%d stores), %d of %d frames x %d voxels -> %s",
         len(subjects),
         len(sources),
-        n_time,
+        n_rows,
+        n_frames,
         n_voxel,
         out,
     )

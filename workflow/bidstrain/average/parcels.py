@@ -3,12 +3,17 @@
 The parcel stores of one (task, run) (:func:`bidstrain.io.store.write_parcel_store`, one per
 subject run) are averaged as :mod:`bidstrain.average.cohort` averages the voxel stores:
 a subject's sessions are averaged first, so that it counts once; runs of different lengths
-fail, or with ``average.truncate`` are cut to the shortest (named in a warning); then the
-mean over subjects of the z-scored series, frame by frame. ``mean``, ``std``, ``n_voxels``
-and ``coverage`` are the same means of the subjects' values (as for voxels: the typical
-raw level behind the average, not the average's own statistics; ``n_voxels`` rounded to
-a count). The stores are small
-(frames x parcels), so they are read whole.
+fail, or with ``average.truncate`` are cut to the shortest (named in a warning); then, at
+each frame of the runs' time grid, the mean over the subjects valid there of the z-scored
+series (:mod:`bidstrain.average.frames`). A parcel store holds the rows of its run's voxel
+store, the valid frames, without the grid: the grid and validity come from the voxel
+store of the same run (given beside it, in the same order), and the parcel store's
+``time`` must be that store's valid frames' onsets. The average records ``frame_time``,
+``frame_valid`` and ``frame_subjects`` as the voxel average does, so that windows see its
+segments. ``mean``, ``std``, ``n_voxels`` and ``coverage`` are the same means of the
+subjects' values (as for voxels: the typical raw level behind the average, not the
+average's own statistics; ``n_voxels`` rounded to a count). The stores are small (frames
+x parcels), so they are read whole.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from bidstrain.average.cohort import SourceStore, common_length
+from bidstrain.average.cohort import SourceStore, _open_group, common_length, frame_subjects
+from bidstrain.average.frames import ONSET_TOLERANCE, FrameGrid
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import CONSOLIDATED, read_meta, read_parcel_attrs, write_parcel_store
 
@@ -29,16 +35,17 @@ log = logging.getLogger(__name__)
 
 #: The per-parcel arrays averaged over subjects beside ``data``.
 PER_PARCEL = ("mean", "std", "n_voxels", "coverage")
-#: Attributes of the parcellation, the same in every store of one atlas.
 
 
-def _read(path: str) -> tuple[SourceStore, dict[str, np.ndarray]]:
-    """A parcel store's header and arrays (float64).
+def _read(path: str, voxel_store: str) -> tuple[SourceStore, dict[str, np.ndarray]]:
+    """A parcel store's header and arrays (float64), with the frame grid of its run's
+    voxel store.
 
     Raises
     ------
     BidstrainError
-        When it is missing or not a parcel store.
+        When it is missing or not a parcel store, or its frames are not the valid frames
+        of ``voxel_store``.
     """
     meta = read_meta(path)
     if meta.stats_dim != "parcel":
@@ -48,6 +55,20 @@ def _read(path: str) -> tuple[SourceStore, dict[str, np.ndarray]]:
         name: np.asarray(group[name][...], dtype=np.float64)
         for name in ("data", "time", "parcel", *PER_PARCEL)
     }
+    frames = FrameGrid.read(_open_group(voxel_store), voxel_store)
+    onsets = frames.times[frames.valid]
+    tolerance = ONSET_TOLERANCE * (meta.repetition_time or 1.0)
+    if (
+        onsets.shape != arrays["time"].shape
+        or np.abs(onsets - arrays["time"]).max(initial=0.0) > tolerance
+    ):
+        raise BidstrainError(
+            f"its {arrays['time'].size} frames are not the {onsets.size} valid frames of its "
+            f"run's voxel store {voxel_store} (rerun the normalize job of sub-{meta.subject})",
+            path=path,
+            subject=meta.subject,
+        )
+    arrays["frame_time"] = frames.times
     source = SourceStore(
         path=path,
         subject=meta.subject,
@@ -55,12 +76,42 @@ def _read(path: str) -> tuple[SourceStore, dict[str, np.ndarray]]:
         label=meta.label(full=False),
         n_time=arrays["data"].shape[0],
         n_voxel=arrays["data"].shape[1],
+        n_frames=frames.n_frames,
+        valid=frames.packed(),
     )
     return source, arrays
 
 
+def _frame_mean(
+    subjects: Sequence[Sequence[tuple[SourceStore, dict[str, np.ndarray]]]],
+    valid: np.ndarray,
+) -> np.ndarray:
+    """The series of the average at the frames ``valid`` of its grid: at each frame the
+    mean over the subjects valid there of the mean over their sessions valid there."""
+    n_frames = valid.size
+    n_parcels = subjects[0][0][1]["data"].shape[1]
+    total = np.zeros((n_frames, n_parcels))
+    count = np.zeros(n_frames, dtype=np.int64)
+    for sessions in subjects:
+        own = np.zeros((n_frames, n_parcels))
+        hits = np.zeros(n_frames, dtype=np.int64)
+        for source, arrays in sessions:
+            frames = source.frame_valid(n_frames)
+            own[frames] += arrays["data"][: int(frames.sum())]
+            hits += frames
+        present = hits > 0
+        total[present] += own[present] / hits[present, None]
+        count += present
+    return total[valid] / count[valid, None]
+
+
 def average_parcel_stores(
-    stores: Sequence[str | Path], out: str | Path, *, truncate: bool = False
+    stores: Sequence[str | Path],
+    out: str | Path,
+    *,
+    voxel_stores: Sequence[str | Path],
+    truncate: bool = False,
+    min_subjects: int = 1,
 ) -> Path:
     """Average the parcel stores of one (task, run) across subjects (module docstring).
 
@@ -70,8 +121,12 @@ def average_parcel_stores(
         Parcel stores of the subjects' runs; a subject may appear with several sessions.
     out : str or Path
         The average parcel store (written atomically).
+    voxel_stores : sequence of str or Path
+        The voxel stores of the same runs, in the same order: their frame grids.
     truncate : bool
         ``average.truncate``: cut runs of different lengths to the shortest.
+    min_subjects : int
+        ``average.min_subjects``: frames valid in fewer subjects are left out.
 
     Returns
     -------
@@ -81,12 +136,21 @@ def average_parcel_stores(
     Raises
     ------
     BidstrainError
-        When a store is not a parcel store, the stores have other parcels (another atlas)
-        or repetition times, or their lengths differ without ``truncate``.
+        When a store is not a parcel store or not on its voxel store's frames, the stores
+        have other parcels (another atlas) or repetition times, their lengths differ
+        without ``truncate``, or no frame has ``min_subjects`` valid subjects.
     """
     if not stores:
         raise BidstrainError("no parcel store to average", path=out)
-    read = [_read(str(path)) for path in stores]
+    if len(voxel_stores) != len(stores):
+        raise BidstrainError(
+            f"{len(stores)} parcel stores for {len(voxel_stores)} voxel stores: each parcel "
+            "store needs the voxel store of its run",
+            path=out,
+        )
+    read = [
+        _read(str(path), str(voxels)) for path, voxels in zip(stores, voxel_stores, strict=True)
+    ]
     sources = [source for source, _ in read]
     first_source, first = read[0]
     reference = read_meta(first_source.path)
@@ -103,20 +167,28 @@ def average_parcel_stores(
                 path=source.path,
                 subject=source.subject,
             )
-    n_time = common_length(sources, truncate=truncate)
-    by_subject: dict[str, list[dict[str, np.ndarray]]] = defaultdict(list)
+    n_frames = common_length(sources, truncate=truncate)
+    by_subject: dict[str, list[tuple[SourceStore, dict[str, np.ndarray]]]] = defaultdict(list)
     for source, arrays in read:
-        by_subject[source.subject].append(arrays)
+        by_subject[source.subject].append((source, arrays))
     subjects = sorted(by_subject)
+    per_frame = frame_subjects(
+        [[source for source, _ in by_subject[s]] for s in subjects], n_frames
+    )
+    valid = per_frame >= min_subjects
+    if not valid.any():
+        raise BidstrainError(
+            f"no frame is valid in {min_subjects} of the {len(subjects)} subjects; lower "
+            "average.min_subjects",
+            path=out,
+        )
 
     def subject_mean(name: str) -> np.ndarray:
         """Mean over subjects of the mean over each subject's sessions."""
-        per_subject = [
-            np.mean([a[name][:n_time] if name == "data" else a[name] for a in by_subject[s]], 0)
-            for s in subjects
-        ]
+        per_subject = [np.mean([a[name] for _, a in by_subject[s]], 0) for s in subjects]
         return np.mean(per_subject, axis=0)
 
+    frame_time = first["frame_time"][:n_frames]
     attrs = {
         "modality": "bold",
         "subject": "average",
@@ -125,7 +197,7 @@ def average_parcel_stores(
         "affine": np.asarray(reference.affine).tolist(),
         "subjects": subjects,
         "sessions": {s: [src.session for src in sources if src.subject == s] for s in subjects},
-        "truncated": {src.label: src.n_time for src in sources if src.n_time > n_time},
+        "truncated": {src.label: src.n_frames for src in sources if src.n_frames > n_frames},
         "source_path": [src.path for src in sources],
         "repetition_time": reference.repetition_time,
         "ddof": reference.ddof,
@@ -134,24 +206,28 @@ def average_parcel_stores(
         "stats_from": [src.path for src in sources],
         "time_method": reference.time_method,
         "source_repetition_time": reference.source_repetition_time,
+        "n_invalid_frames": int((~valid).sum()),
+        "min_subjects": min_subjects,
     }
     attrs.update(read_parcel_attrs(first_source.path))
     write_parcel_store(
         out,
-        data=subject_mean("data"),
+        data=_frame_mean([by_subject[s] for s in subjects], valid),
         mean=subject_mean("mean"),
         std=subject_mean("std"),
         parcels=first["parcel"].astype(np.int64),
         n_voxels=np.rint(subject_mean("n_voxels")),
         coverage=subject_mean("coverage"),
-        time=first["time"][:n_time],
+        time=frame_time[valid],
         attrs=attrs,
+        frames={"frame_time": frame_time, "frame_valid": valid, "frame_subjects": per_frame},
     )
     log.info(
-        "averaged the parcels of %d subjects (%d stores), %d frames x %d parcels -> %s",
+        "averaged the parcels of %d subjects (%d stores), %d of %d frames x %d parcels -> %s",
         len(subjects),
         len(sources),
-        n_time,
+        int(valid.sum()),
+        n_frames,
         first["data"].shape[1],
         out,
     )

@@ -11,8 +11,14 @@ For every store training or validation reads, and every subject store behind the
 - ``data * std + mean`` equals the raw NIfTI values at ``checks.sample_voxels`` sampled
   voxels of the first volumes (errors in units of the saved std);
 - the store has as many volumes, and its mask the grid, of the ingest manifest's record;
-- cross-subject averages of training runs have per-voxel mean about 0 (unless runs were
-  truncated) and std at most 1 (a mean of unit-variance series);
+- cross-subject averages of training runs have per-voxel mean about 0 and std at most 1
+  (a mean of unit-variance series). Frames are averaged over the subjects valid there
+  (:mod:`bidstrain.average.frames`), so the moments weigh each frame by its number of
+  subjects: the weighted sum is then every subject's sum of z-scores, 0. That holds when
+  every frame holds every subject, or else for one session per subject on the
+  intersection mask with every frame some subject is valid at kept; otherwise, and for
+  truncated runs, the mean is not checked, and the std only for truncated runs
+  (:func:`_average_moments_apply`);
 - held-out runs, normalized with the other runs' statistics, stay near that scale: a
   median per-voxel mean beyond :data:`HELDOUT_MAX_SHIFT` std or a median std outside
   :data:`HELDOUT_STD_RANGE` is a warning (the held-out run does not look like the runs its
@@ -119,18 +125,35 @@ def _heldout_shift(scan: StoreScan) -> tuple[list[str], dict[str, float]]:
     return problems, {"heldout_median_abs_mean": shift, "heldout_median_std": spread}
 
 
+def _average_moments_apply(scan: StoreScan) -> bool:
+    """Whether the average's subject-weighted moments must be those of z-scores: its runs
+    were not truncated, and every frame holds every subject, or each subject is one
+    session on the intersection mask and every frame with a valid subject is kept."""
+    if scan.meta.truncated:
+        return False
+    if scan.frame_subjects is None:
+        return True
+    n_subjects = len(scan.meta.subjects)
+    if (scan.frame_subjects == n_subjects).all():
+        return True
+    single = all(len(sessions) == 1 for sessions in scan.meta.sessions.values())
+    kept = bool((scan.frame_valid | (scan.frame_subjects == 0)).all())
+    return single and scan.meta.mask_mode == "intersection" and kept
+
+
 def _average_problems(scan: StoreScan, tolerance: float) -> tuple[list[str], dict[str, float]]:
     mean_error = float(np.abs(scan.moments_mean).max(initial=0.0))
     max_std = float(scan.moments_std.max(initial=0.0))
     allowed = allowed_error(scan, tolerance, roundings=2)
+    applies = _average_moments_apply(scan)
     problems = []
-    if mean_error > allowed and not scan.meta.truncated:
+    if mean_error > allowed and applies:
         problems.append(
             f"{scan.label} ({scan.path}): per-voxel mean of the average is off 0 by up to "
             f"{mean_error:.3g} ({_tolerance_text(scan, tolerance, allowed)}): its subject "
             "stores were not z-scored (rerun normalize and average)"
         )
-    if max_std > 1 + allowed:
+    if max_std > 1 + allowed and (applies or scan.meta.truncated):
         problems.append(
             f"{scan.label} ({scan.path}): per-voxel std of the average reaches {max_std:.3g}, "
             "above 1: its subject stores were not z-scored (rerun normalize and average)"

@@ -42,7 +42,9 @@ class StoreScan:
     moments_mean, moments_std : ndarray
         Mean and std (``meta.ddof``) of ``data`` along the dimension the statistics
         normalize over: over time per voxel when ``stats_dim`` is ``voxel``, over voxels
-        per volume when it is ``time``; non-finite values left out.
+        per volume when it is ``time``; non-finite values left out. For an average with
+        ``frame_subjects`` each frame weighs its number of subjects (the average of
+        z-scored subjects then has weighted mean 0: :mod:`bidstrain.checks.normalization`).
     n_nonfinite : int
         NaN/Inf values in ``data``.
     sample : ndarray
@@ -57,6 +59,9 @@ class StoreScan:
     dvars : ndarray
         For BOLD: RMS over voxels of the raw-scale difference between successive volumes
         (``n_time - 1`` values); empty otherwise.
+    frame_subjects, frame_valid : ndarray or None
+        An average's subjects per frame of its grid and which frames it holds
+        (:mod:`bidstrain.average.frames`); None for other stores.
     """
 
     path: str
@@ -74,6 +79,8 @@ class StoreScan:
     head_ijk: tuple[np.ndarray, np.ndarray, np.ndarray]
     head: np.ndarray
     dvars: np.ndarray
+    frame_subjects: np.ndarray | None = None
+    frame_valid: np.ndarray | None = None
 
     @property
     def modality(self) -> str:
@@ -130,7 +137,12 @@ def scan_store(path: str | Path, *, sample_voxels: int, seed: int = 0) -> StoreS
     head_voxels = np.sort(rng.choice(n_voxel, min(sample_voxels, n_voxel), replace=False))
     sample_times = set(rng.choice(n_time, min(SAMPLE_VOLUMES, n_time), replace=False).tolist())
 
-    voxel_sums = np.zeros((3, n_voxel))  # count, sum, sum of squares over time
+    frame_subjects = ds["frame_subjects"].values if "frame_subjects" in ds else None
+    frame_valid = ds["frame_valid"].values if frame_subjects is not None else None
+    weights = (
+        np.ones(n_time) if frame_subjects is None else frame_subjects[frame_valid].astype(float)
+    )
+    voxel_sums = np.zeros((3, n_voxel))  # weight, sum, sum of squares over time
     volume_moments = np.zeros((2, n_time))
     n_nonfinite = 0
     samples, head = [], None
@@ -144,7 +156,12 @@ def scan_store(path: str | Path, *, sample_voxels: int, seed: int = 0) -> StoreS
         finite = np.isfinite(values)
         n_nonfinite += int(values.size - finite.sum())
         clean = np.where(finite, values, 0.0)
-        voxel_sums += (finite.sum(axis=0), clean.sum(axis=0), np.square(clean).sum(axis=0))
+        weight = weights[start:stop, None]
+        voxel_sums += (
+            (finite * weight).sum(axis=0),
+            (clean * weight).sum(axis=0),
+            (np.square(clean) * weight).sum(axis=0),
+        )
         volume_moments[:, start:stop] = _moments(
             clean.sum(axis=1), np.square(clean).sum(axis=1), finite.sum(axis=1), ddof
         )
@@ -175,6 +192,8 @@ def scan_store(path: str | Path, *, sample_voxels: int, seed: int = 0) -> StoreS
         head_ijk=tuple(ds[axis].values[head_voxels] for axis in "ijk"),
         head=head,
         dvars=dvars,
+        frame_subjects=frame_subjects,
+        frame_valid=frame_valid,
     )
 
 

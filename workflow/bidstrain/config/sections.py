@@ -70,6 +70,7 @@ class AverageConfig:
     mode: str
     mask: str
     truncate: bool
+    min_subjects: int
     affine_tolerance: float
     repetition_time_tolerance: float
 

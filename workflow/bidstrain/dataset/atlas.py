@@ -8,9 +8,11 @@ The table is a TSV with the columns ``index`` (the label value in the image) and
 
 :func:`find_atlas` resolves the files at parse time (paths only);
 :func:`check_space` compares the atlas's space with a BOLD run's (its ``space-`` entity):
-parcels only mean something in the space they were drawn in. :func:`load_atlas` reads the
-atlas onto a run's grid, resampling by nearest neighbour (with a warning) when the grid
-differs within the same space.
+parcels only mean something in the space they were drawn in. A label image drawn on the
+runs' own grid (runs without a ``space-`` entity that share one grid, as the
+naturalistic demo's) says so with ``parcellation.space: native`` (:data:`NATIVE`).
+:func:`load_atlas` reads the atlas onto a run's grid, resampling by nearest neighbour
+(with a warning) when the grid differs within the same space.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ import numpy as np
 from bidstrain.config import ParcellationConfig
 from bidstrain.errors import BidstrainError
 from bidstrain.io.grid import grid_mismatch
+
+#: ``parcellation.space`` of a label image drawn on the runs' own grid (no ``space-``).
+NATIVE = "native"
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +123,9 @@ def check_space(
     atlas: AtlasFiles, bold_space: str | None, *, image: str | Path, subject: str | None
 ) -> None:
     """Raise unless a BOLD run in ``bold_space`` (its ``space-`` entity; None for a run
-    without one, in its native space) lies in the atlas's space."""
-    if bold_space != atlas.space:
+    without one, in its native space) lies in the atlas's space (:data:`NATIVE` for a run
+    without one)."""
+    if (bold_space or NATIVE) != atlas.space:
         have = f"space {bold_space}" if bold_space else "its native space (no space- entity)"
         raise BidstrainError(
             f"the BOLD run is in {have} but the atlas {atlas.name} ({atlas.image}) is in "

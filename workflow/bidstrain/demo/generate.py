@@ -389,8 +389,10 @@ QSIPREP_DEMO = DemoSpec(
     sessions_subject=False,
 )
 #: Volumes of an fMRIPrep demo run with a head jump (framewise displacement over 0.5 mm),
-#: as fractions of the run.
+#: as fractions of the run, and how many volumes later they come in each next subject (so
+#: that subjects' scrubbed volumes differ, as a cross-subject average must handle).
 MOTION_SPIKES = (1 / 3, 2 / 3)
+SPIKE_SHIFT = 3
 
 
 def _start_derivative(
@@ -442,12 +444,17 @@ def _derivative(series: np.ndarray) -> np.ndarray:
 
 
 def fmriprep_confounds(
-    rng: np.random.Generator, n_volumes: int, n_cosines: int, n_nonsteady: int
+    rng: np.random.Generator,
+    n_volumes: int,
+    n_cosines: int,
+    n_nonsteady: int,
+    spike_shift: int = 0,
 ) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
     """An fMRIPrep confounds table (columns) and its JSON metadata.
 
     Motion parameters are slow random walks with a jump at each of
-    :data:`MOTION_SPIKES` (framewise displacement over 0.5 mm there); ``csf``,
+    :data:`MOTION_SPIKES`, ``spike_shift`` volumes later (framewise displacement over
+    0.5 mm there); ``csf``,
     ``white_matter`` and ``global_signal`` slow signals; with every ``_derivative1``,
     ``_power2`` and ``_derivative1_power2`` column, ``framewise_displacement``, ``dvars``,
     ``std_dvars``, ``cosineNN`` regressors, ``non_steady_state_outlierNN`` columns (the
@@ -465,7 +472,7 @@ def fmriprep_confounds(
         motion[f"trans_{axis}"] = np.cumsum(rng.normal(0, 0.02, n))
         motion[f"rot_{axis}"] = np.cumsum(rng.normal(0, 0.0003, n))
     for fraction in MOTION_SPIKES:
-        motion["trans_x"][int(n * fraction) :] += 0.8
+        motion["trans_x"][min(int(n * fraction) + spike_shift, n - 1) :] += 0.8
     columns.update(motion)
     for name in [*columns]:
         derivative = _derivative(columns[name])
@@ -610,7 +617,7 @@ def make_fmriprep_demo(
     _write_text(root / "desc-aseg_dseg.tsv", "index\tname\n1\tcsf\n2\tbrain\n")
     t = np.arange(spec.n_volumes) * spec.repetition_time
     task_signal = np.sin(2 * np.pi * t / 40.0)
-    for s in subjects:
+    for index, s in enumerate(subjects):
         _write_fmriprep_anat(root, spec, rng, s, spaces)
         _write_text(root / f"sub-{s}.html", "<html/>\n")
         _write_text(root / f"sub-{s}" / "log" / "20240101-000000_demo" / "fmriprep.toml", "")
@@ -620,7 +627,9 @@ def make_fmriprep_demo(
         }
         for run in runs:
             ids = {"sub": s, "task": spec.task, "run": run}
-            columns, metadata = fmriprep_confounds(rng, spec.n_volumes, n_cosines, n_nonsteady)
+            columns, metadata = fmriprep_confounds(
+                rng, spec.n_volumes, n_cosines, n_nonsteady, SPIKE_SHIFT * index
+            )
             confounds = root / bids_path(
                 datatype="func", desc="confounds", suffix="timeseries", extension=".tsv", **ids
             )

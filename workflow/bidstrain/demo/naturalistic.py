@@ -11,6 +11,9 @@ luminance, tone (log frequency) and word count convolved with the canonical HRF,
 driving its own slab of voxels, plus Gaussian noise of each subject's own level; so each
 voxel's noise ceiling, ``var(signal) / (var(signal) + noise_sd**2)``, is known.
 ``code/naturalistic_truth.json`` holds the per-TR features and the ceilings.
+``code/atlas-slabs_dseg.nii.gz`` (and its ``.tsv``) is a parcellation on the runs' grid
+(``parcellation.space: native``): each slab split in two along y, so parcels 1-6 respond
+to one design column each and 7-8 to none (:func:`write_atlas`).
 
 Run ``bidstrain-naturalistic-demo OUT_DIR`` (or ``python -m bidstrain.demo.naturalistic``).
 """
@@ -173,6 +176,30 @@ def voxel_weights(spec: NaturalisticSpec) -> np.ndarray:
     return weights
 
 
+#: The demo atlas's name and label image (its table beside it, ``.tsv``), under ``code/``.
+ATLAS_NAME = "slabs"
+ATLAS_IMAGE = "code/atlas-slabs_dseg.nii.gz"
+
+
+def write_atlas(root: Path, spec: NaturalisticSpec) -> Path:
+    """The demo parcellation under ``root`` (:data:`ATLAS_IMAGE` and its label table):
+    slab ``g`` of :func:`voxel_weights` split at the middle of y into parcels ``2g + 1``
+    and ``2g + 2``, named after the design column that drives them; returns the image."""
+    columns = ("luminance", "tone", "words", "none")
+    slabs = np.array_split(np.arange(spec.bold_shape[0]), 4)
+    labels = np.zeros(spec.bold_shape, dtype=np.int16)
+    half = spec.bold_shape[1] // 2
+    rows = ["index\tname"]
+    for g, slab in enumerate(slabs):
+        labels[slab, :half] = 2 * g + 1
+        labels[slab, half:] = 2 * g + 2
+        rows += [f"{2 * g + 1}\t{columns[g]}_low", f"{2 * g + 2}\t{columns[g]}_high"]
+    image = root / ATLAS_IMAGE
+    _save(labels, image, (3.0, 3.0, 3.0))
+    image.with_name(image.name.replace(".nii.gz", ".tsv")).write_text("\n".join(rows) + "\n")
+    return image
+
+
 def make_naturalistic_demo(root: str | Path, spec: NaturalisticSpec = NaturalisticSpec()) -> Path:
     """Write the naturalistic demo dataset under ``root``; returns ``root``."""
     root = Path(root)
@@ -211,6 +238,7 @@ def make_naturalistic_demo(root: str | Path, spec: NaturalisticSpec = Naturalist
         subjects[subject] = {"noise_sd": sd, "noise_ceiling": ceiling.round(6).tolist()}
     truth_file = root / "code" / "naturalistic_truth.json"
     truth_file.parent.mkdir(exist_ok=True)
+    write_atlas(root, spec)
     truth_file.write_text(
         json.dumps(
             {

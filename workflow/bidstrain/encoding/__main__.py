@@ -103,7 +103,7 @@ def run(
             out / "metrics.tsv",
             scores,
             extra,
-            data.target.get("kind", "voxels"),
+            data.target,
         )
         write_predictions(
             out / "heldout.npz", data.heldout_y, model=predicted, ridge=ridge.predicted

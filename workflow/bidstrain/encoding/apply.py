@@ -1,5 +1,7 @@
 """Apply the encoding model to a new run's stimulus: its aligned features (prepared as
-the model's were) -> predicted BOLD, written as a store on the average's mask.
+the model's were) -> predicted BOLD, written as a store on the average's mask, or as a
+parcel store of the average's parcels for a model of parcels (``encoding.target``), one
+row per frame of the aligned features (the average's valid frames).
 
 Features prepared differently are refused, naming each difference: the kinds (and their
 order), the columns of each kind (decoder sizes), the delays and delay method, the
@@ -15,12 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
 
 from bidstrain.encoding.data import FEATURE_KEYS
 from bidstrain.encoding.outputs import read_model
 from bidstrain.encoding.stores import describe
 from bidstrain.errors import BidstrainError, run_cli
-from bidstrain.io.store import create_store, open_store, read_aligned_store, read_meta
+from bidstrain.io.store import (
+    CONSOLIDATED,
+    create_store,
+    open_store,
+    read_aligned_store,
+    read_meta,
+    read_parcel_attrs,
+    write_parcel_store,
+)
 
 #: Seconds within which two repetition times are the same.
 TR_TOLERANCE = 1e-6
@@ -90,14 +101,17 @@ def write_prediction(
     affine: np.ndarray,
     repetition_time: float,
     source: str,
+    time: np.ndarray | None = None,
 ) -> None:
-    """Write predicted BOLD (time x masked voxels) as a store on ``mask`` (atomically)."""
+    """Write predicted BOLD (time x masked voxels) as a store on ``mask`` (atomically),
+    at the frame onsets ``time`` (by default every ``repetition_time``)."""
     mask = np.asarray(mask, bool)
     if predicted.shape[1] != int(mask.sum()):
         raise BidstrainError(
             f"{predicted.shape[1]} predicted voxels but the mask has {int(mask.sum())}", path=path
         )
-    time = np.arange(predicted.shape[0]) * repetition_time
+    if time is None:
+        time = np.arange(predicted.shape[0]) * repetition_time
     with create_store(path, mask=mask, affine=affine, time=time) as writer:
         writer.write(0, predicted)
         writer.add_variable("mean", ("voxel",), predicted.mean(axis=0))
@@ -114,11 +128,51 @@ def write_prediction(
         )
 
 
+def write_parcel_prediction(
+    path: str | Path, predicted: np.ndarray, *, parcels: str | Path, time: np.ndarray, source: str
+) -> None:
+    """Write predicted parcel series (time x parcels) as a parcel store of the parcels,
+    atlas and coverage of the parcel average ``parcels`` (atomically), with the
+    prediction's own mean and std."""
+    group = zarr.open_group(parcels, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
+    labels = np.asarray(group["parcel"][...])
+    if predicted.shape[1] != labels.size:
+        raise BidstrainError(
+            f"{predicted.shape[1]} predicted parcels but {parcels} has {labels.size}", path=path
+        )
+    meta = read_meta(parcels)
+    std = predicted.std(axis=0)
+    write_parcel_store(
+        path,
+        data=predicted,
+        mean=predicted.mean(axis=0),
+        std=std,
+        parcels=labels,
+        n_voxels=group["n_voxels"][...],
+        coverage=group["coverage"][...],
+        time=time,
+        attrs={
+            **read_parcel_attrs(parcels),
+            "modality": "bold",
+            "subject": "average",
+            "entities": dict(meta.entities),
+            "affine": np.asarray(meta.affine).tolist(),
+            "source_path": source,
+            "ddof": 0,
+            "n_zero_variance": int((std == 0).sum()),
+            "stats_dim": "parcel",
+            "stats_from": [],
+            "repetition_time": meta.repetition_time,
+        },
+    )
+
+
 def apply_to_stores(
     model_path: str | Path, bold: str | Path, features: Mapping[str, str], out: str | Path
 ) -> None:
     """Predict the BOLD of a run from its aligned stimulus stores and write it on the
-    mask and affine of its BOLD (or average) store ``bold``.
+    mask and affine of its BOLD (or average) store ``bold``, or as a parcel store of the
+    parcel average ``bold`` (a model of parcels).
 
     Parameters
     ----------
@@ -133,6 +187,16 @@ def apply_to_stores(
     aligned = [read_aligned_store(features[kind]) for kind in kinds]
     x = np.concatenate([store.features for store in aligned], axis=1)
     predicted = predict_run(model_path, x, describe(kinds, aligned))
+    wanted = model["target"].get("kind", "voxels")
+    have = "parcels" if read_meta(bold).stats_dim == "parcel" else "voxels"
+    if have != wanted:
+        raise BidstrainError(
+            f"the encoding model predicts {wanted} but the store is of {have}", path=bold
+        )
+    time = np.asarray(aligned[0].time, np.float64)
+    if have == "parcels":
+        write_parcel_prediction(out, predicted, parcels=bold, time=time, source=str(model_path))
+        return
     store = open_store(bold, use_dask=False)
     write_prediction(
         out,
@@ -141,6 +205,7 @@ def apply_to_stores(
         affine=read_meta(bold).affine,
         repetition_time=float(aligned[0].repetition_time),
         source=str(model_path),
+        time=time,
     )
 
 

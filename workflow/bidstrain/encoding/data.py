@@ -42,8 +42,10 @@ class EncodingData:
         a hash of the z-score means and standard deviations and the runs they come
         from), plus any decoder settings (recorded, not compared).
     target : mapping
-        ``average`` (its name), ``kind`` (``voxels`` or ``parcels``), ``mask`` (the
-        average's mask file), ``n_targets``, ``training_runs``, ``heldout_runs``.
+        ``averages`` (their stores), ``kind`` (``voxels`` or ``parcels``), ``mask`` (the
+        average's mask; voxels) or ``atlas``, ``parcels`` (label values, in target order)
+        and ``parcel_names`` (parcels), ``n_targets``, ``training_runs``,
+        ``heldout_runs``.
     """
 
     train_x: np.ndarray

@@ -74,12 +74,14 @@ def write_metrics(
     table_path: str | Path,
     scores: Mapping[str, Scores],
     extra: Mapping[str, Any],
-    target_kind: str,
+    target: Mapping[str, Any],
 ) -> None:
     """The summary of each prediction's scores (JSON) and the per-target table (TSV).
 
-    The table has one row per target (its index in the average's mask order, or parcel
-    number) and ``<prediction>_<statistic>`` columns; undefined values are ``n/a``.
+    The table has one row per target and ``<prediction>_<statistic>`` columns; undefined
+    values are ``n/a``. A target is a voxel (column ``voxel``: its index in the average's
+    mask order) or, when ``target`` lists ``parcels``, a parcel (column ``parcel``: its
+    label value, then ``name``).
     """
     summary = {"predictions": {name: s.summary() for name, s in scores.items()}, **extra}
     write_text_atomic(json_path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
@@ -88,10 +90,16 @@ def write_metrics(
     values = np.stack(
         [getattr(scores[c.rsplit("_", 1)[0]], c.rsplit("_", 1)[1]) for c in columns], axis=1
     )
-    lines = ["\t".join([target_kind.rstrip("s"), *columns])]
+    if "parcels" in target:
+        header = ["parcel", "name"]
+        labels = zip(target["parcels"], target["parcel_names"], strict=True)
+        keys = [[str(label), name] for label, name in labels]
+    else:
+        header, keys = ["voxel"], [[str(index)] for index in range(n)]
+    lines = ["\t".join([*header, *columns])]
     for index in range(n):
         cells = ["n/a" if not np.isfinite(v) else f"{v:.6g}" for v in values[index]]
-        lines.append("\t".join([str(index), *cells]))
+        lines.append("\t".join([*keys[index], *cells]))
     write_text_atomic(table_path, "\n".join(lines) + "\n")
 
 

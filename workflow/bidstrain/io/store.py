@@ -32,13 +32,17 @@ attributes existed read as not resampled.
 
 BOLD stores also hold ``frame_time`` and ``frame_valid`` (dim ``frame``): the onset of
 every frame of the run's time grid, and whether it is in ``data`` (its ``time``
-coordinate holds the valid frames' onsets).
+coordinate holds the valid frames' onsets: ``data`` has no row for a left-out frame).
+Averages hold them too (the frames no subject is valid at are left out), with
+``frame_subjects``: the subjects averaged at each frame (:mod:`bidstrain.average.frames`).
 
 Parcel stores (:func:`write_parcel_store`, one per BOLD run and atlas) hold ``data``
 (time, parcel) float32, z-scored per parcel, ``mean`` and ``std`` (parcel), the label
 values as the ``parcel`` coordinate, ``n_voxels`` and ``coverage`` (parcel), with the
 attributes above (``stats_dim: "parcel"``) plus ``atlas``, ``parcel_names`` and
-``n_empty_parcels``; every array is one chunk. Their ``checksum`` is computed as a
+``n_empty_parcels``; every array is one chunk. A run's parcel store has the rows (and
+``time``) of its voxel store; a parcel average also holds ``frame_time``,
+``frame_valid`` and ``frame_subjects``. Their ``checksum`` is computed as a
 voxel store's (below), so a rerun on unchanged data keeps a training run's identity.
 
 The checksum (``sha256:<hex>``) is of the store's content: every array's name, dtype,
@@ -59,9 +63,9 @@ Files: ``data`` is one Zarr v3 shard (one file, written as a stream by
 :mod:`bidstrain.io.shards`) of inner chunks of whole volumes, about :data:`CHUNK_BYTES` each,
 which the training loader reads one at a time; every other array is one chunk. A store is
 therefore ``zarr.json`` plus ``.snakemake_timestamp/zarr.json`` plus two files per array:
-12 for a T1w store, 16 for a BOLD run's (``frame_time``, ``frame_valid``), 14 for an
-average (``n_subjects``), 16 for DWI (``bval``, ``bvec``), whatever the number of
-volumes (:func:`count_files`). Float32 data is left
+12 for a T1w store, 16 for a BOLD run's (``frame_time``, ``frame_valid``), 22 for an
+average (``n_subjects`` and the three ``frame_`` arrays), 16 for DWI (``bval``,
+``bvec``), whatever the number of volumes (:func:`count_files`). Float32 data is left
 uncompressed (z-scored float32 compresses about 1.1x, so decode speed wins); reduced
 precision (``normalize.storage``) stores float16, or float32 rounded to fewer mantissa
 bits with numcodecs' BitRound and then zstd.
@@ -362,9 +366,9 @@ def segments_of_valid(valid: np.ndarray) -> tuple[int, ...]:
 def read_segments(path: str | Path) -> tuple[int, ...]:
     """Lengths of the contiguous pieces of a store's ``data`` (frames never separated by
     a left-out frame), from its small ``frame_valid`` array; one piece of every volume for
-    a store without one (T1w, DWI, averages, stores written before time resampling).
-    A parcel store has the pieces of its run's voxel store (the normalize table lists
-    both); read alone, one piece."""
+    a store without one (T1w, DWI, stores written before time resampling).
+    A run's parcel store has the pieces of its run's voxel store (the normalize table
+    lists both; read alone, one piece); a parcel average has its own ``frame_valid``."""
     group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
     if "frame_valid" in group:
         return segments_of_valid(group["frame_valid"][...])
@@ -718,6 +722,7 @@ def write_parcel_store(
     coverage: np.ndarray,
     time: np.ndarray,
     attrs: Mapping[str, Any],
+    frames: Mapping[str, np.ndarray] | None = None,
 ) -> None:
     """Write a parcel store atomically (layout: module docstring).
 
@@ -737,6 +742,9 @@ def write_parcel_store(
         Onset of each frame in seconds.
     attrs : mapping
         :data:`REQUIRED_ATTRS` and the parcel attributes.
+    frames : mapping of str to ndarray, shape (n_frames,), optional
+        Arrays along the run's time grid (dim ``frame``): an average's ``frame_time``,
+        ``frame_valid`` and ``frame_subjects``.
     """
     missing = [key for key in REQUIRED_ATTRS if key not in attrs]
     if missing:
@@ -751,6 +759,7 @@ def write_parcel_store(
         ("std", ("parcel",), np.asarray(std, np.float32), coords),
         ("n_voxels", ("parcel",), np.asarray(n_voxels, np.int64), coords),
         ("coverage", ("parcel",), np.asarray(coverage, np.float64), coords),
+        *((name, ("frame",), np.asarray(values), None) for name, values in (frames or {}).items()),
     )
     digest = hashlib.sha256()
     with atomic_path(path) as tmp:
@@ -906,7 +915,8 @@ def read_feature_store(path: str | Path) -> FeatureStore:
 def read_frames(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, StoreMeta]:
     """``(time, frame_time, meta)`` of a BOLD or average store, read with zarr alone:
     the onsets of the frames in ``data``, and of every frame of the run's time grid
-    (None where the store has no ``frame_time``, as averages).
+    (None where the store has no ``frame_time``, as a run's parcel store or a store
+    written before time resampling).
 
     Raises
     ------

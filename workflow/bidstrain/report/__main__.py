@@ -18,7 +18,7 @@ section as JSON (typed again with :func:`bidstrain.config.load_section`, keys le
 their schema defaults), and ``train --settings`` the experiment's train settings file, the
 one its training job read (for ``train.clip_grad_norm``).
     encoding  --encoding-dir results/encoding/<experiment> --bold <average.zarr> --targets N
-              --timecourse-out <png> --map-out <png>
+              --timecourse-out <png> --map-out <png> [--atlas NAME IMAGE LABELS SPACE]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bidstrain.config import ReportConfig, load_section
-from bidstrain.errors import run_cli
+from bidstrain.errors import BidstrainError, run_cli
 from bidstrain.report import TRAINING_FIGURES
 
 log = logging.getLogger("bidstrain.report")
@@ -86,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     encoding.add_argument("--targets", type=int, required=True)
     encoding.add_argument("--timecourse-out", required=True)
     encoding.add_argument("--map-out", required=True)
+    encoding.add_argument(
+        "--atlas",
+        nargs=4,
+        metavar=("NAME", "IMAGE", "LABELS", "SPACE"),
+        help="the parcellation of a model of parcels: its parcels painted on --bold's grid",
+    )
     return parser
 
 
@@ -167,10 +173,17 @@ def _encoding_figures(args: argparse.Namespace) -> list:
     import numpy as np
 
     from bidstrain.io.store import open_store
-    from bidstrain.report.encoding import correlation_map_figure, read_table, timecourse_figure
+    from bidstrain.report.encoding import (
+        correlation_map_figure,
+        parcel_values,
+        read_table,
+        timecourse_figure,
+    )
 
     folder = Path(args.encoding_dir)
     model = json.loads((folder / "model.json").read_text())
+    target = model["target"]
+    kind = "parcel" if target.get("kind") == "parcels" else "voxel"
     correlation = read_table(folder / "metrics.tsv")["model_correlation"]
     with np.load(folder / "heldout.npz") as held:
         timecourse = timecourse_figure(
@@ -180,14 +193,30 @@ def _encoding_figures(args: argparse.Namespace) -> list:
             correlation,
             n=args.targets,
             repetition_time=model["features"]["repetition_time"],
+            label=kind,
         )
-    mask = np.asarray(open_store(args.bold, use_dask=False)["mask"].values, bool)
-    title = (
-        f"Encoding model: held-out correlation per voxel ({', '.join(model['features']['kinds'])})"
-    )
+    store = open_store(args.bold, use_dask=False)
+    mask = np.asarray(store["mask"].values, bool)
+    voxels = correlation
+    if kind == "parcel":
+        from bidstrain.dataset.atlas import AtlasFiles, load_atlas
+        from bidstrain.io.store import store_meta
+
+        if args.atlas is None:
+            raise BidstrainError("a model of parcels needs --atlas to draw its map")
+        name, image, labels, space = args.atlas
+        atlas = load_atlas(
+            AtlasFiles(name, Path(image), Path(labels), space),
+            mask.shape,
+            store_meta(store).affine,
+            image=args.bold,
+        )
+        voxels = parcel_values(correlation, target["parcels"], atlas)[mask]
+    kinds = ", ".join(model["features"]["kinds"])
+    title = f"Encoding model: held-out correlation per {kind} ({kinds})"
     return [
         (args.timecourse_out, timecourse),
-        (args.map_out, correlation_map_figure(correlation, mask, title)),
+        (args.map_out, correlation_map_figure(voxels, mask, title)),
     ]
 
 

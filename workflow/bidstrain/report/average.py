@@ -22,18 +22,32 @@ def time_course(ds: xr.Dataset) -> np.ndarray:
     return ds["data"].mean("voxel", dtype=np.float64).values
 
 
-def subject_correlations(group_course: np.ndarray, courses: Sequence[np.ndarray]) -> np.ndarray:
-    """Pearson correlation of each subject's time course with the group's.
+def course_on(ds: xr.Dataset, times: np.ndarray) -> np.ndarray:
+    """A store's :func:`time_course` at the frame onsets ``times`` (an average's): NaN
+    at the frames the store does not hold (left out, or past its end). A subject's row
+    ``i`` is not the average's frame ``i`` when their left-out frames differ."""
+    course = time_course(ds)
+    own = ds["time"].values.astype(np.float64)
+    tolerance = 1e-6 * (store_meta(ds).repetition_time or 1.0)
+    position = np.clip(np.searchsorted(own, times - tolerance), 0, own.size - 1)
+    return np.where(np.abs(own[position] - times) <= tolerance, course[position], np.nan)
 
-    Courses longer than the group's (a truncated average) are cut to its length; a flat
-    course has correlation NaN.
+
+def subject_correlations(group_course: np.ndarray, courses: Sequence[np.ndarray]) -> np.ndarray:
+    """Pearson correlation of each subject's time course with the group's, over the
+    frames both hold (finite values; courses on the group's frames, :func:`course_on`).
+
+    Courses longer than the group's are cut to its length; a flat course, or one sharing
+    fewer than 3 frames with the group, has correlation NaN.
     """
     n = group_course.size
     correlations = np.full(len(courses), np.nan)
     for index, course in enumerate(courses):
         course = np.asarray(course[:n], dtype=np.float64)
-        if course.size == n and course.std() > 0 and group_course.std() > 0:
-            correlations[index] = np.corrcoef(course, group_course)[0, 1]
+        both = np.isfinite(course) & np.isfinite(group_course[: course.size])
+        a, b = course[both], group_course[: course.size][both]
+        if a.size >= 3 and a.std() > 0 and b.std() > 0:
+            correlations[index] = np.corrcoef(a, b)[0, 1]
     return correlations
 
 
@@ -57,7 +71,8 @@ def average_figure(group: xr.Dataset, subjects: Sequence[xr.Dataset], title: str
     """
     labels = [store_meta(ds).label(full=False) for ds in subjects]
     group_course = time_course(group)
-    courses = [time_course(ds) for ds in subjects]
+    times = group["time"].values.astype(np.float64)
+    courses = [course_on(ds, times) for ds in subjects]
     correlations = subject_correlations(group_course, courses)
     listed = len(subjects) <= MAX_LISTED
     bottom_height = max(3.0, 0.22 * len(subjects) + 1.2) if listed else 3.5
@@ -116,8 +131,7 @@ def _time_courses(
     ax: Axes, group: xr.Dataset, group_course: np.ndarray, courses: Sequence[np.ndarray]
 ) -> None:
     time = group["time"].values
-    n = time.size
-    stacked = np.stack([_pad(course[:n], n) for course in courses])
+    stacked = np.stack(courses)
     low, median, high = np.nanpercentile(stacked, [10, 50, 90], axis=0)
     ax.fill_between(time, low, high, color="#9ecae1", label="subjects, 10th-90th percentile")
     ax.plot(time, median, color="#3182bd", lw=1, label="subjects, median")
@@ -126,11 +140,6 @@ def _time_courses(
     ax.set_xlabel("time (s)")
     ax.set_ylabel("mean z-score (unitless)")
     ax.legend(loc="best", framealpha=0.7)
-
-
-def _pad(course: np.ndarray, n: int) -> np.ndarray:
-    """``course`` extended with NaN to length ``n`` (a subject shorter than the group)."""
-    return np.concatenate([course, np.full(n - course.size, np.nan)])
 
 
 def _correlation_bars(ax: Axes, labels: Sequence[str], correlations: np.ndarray) -> None:

@@ -1,14 +1,18 @@
 """Figures of the encoding model: held-out predicted against measured time courses (the
 best voxels or parcels and some near the median correlation), and the map of held-out
-prediction correlation over the anatomy (three slices with orientation letters)."""
+prediction correlation over the anatomy (three slices with orientation letters): each
+voxel's own, or for a model of parcels each parcel's painted over its voxels
+(:func:`parcel_values`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from bidstrain.dataset.atlas import Atlas
 from bidstrain.report.figure import new_figure, slice_row
 
 
@@ -55,6 +59,18 @@ def timecourse_figure(
     axes[0].legend(loc="upper right", ncol=3)
     axes[-1].set_xlabel("time in the held-out runs (s)")
     return fig
+
+
+def parcel_values(values: np.ndarray, labels: Sequence[int], atlas: Atlas) -> np.ndarray:
+    """Each parcel's value (``values[i]`` of the parcel of label ``labels[i]``) painted
+    over the atlas's voxels on its grid, NaN outside every parcel (and in parcels
+    ``labels`` does not list)."""
+    position = {int(label): i for i, label in enumerate(labels)}
+    per_parcel = np.full(atlas.n_parcels + 1, np.nan)  # the last: outside every parcel
+    for slot, label in enumerate(atlas.indices):
+        if int(label) in position:
+            per_parcel[slot] = values[position[int(label)]]
+    return per_parcel[atlas.parcel]
 
 
 def correlation_map_figure(correlation: np.ndarray, mask: np.ndarray, title: str) -> Figure:
