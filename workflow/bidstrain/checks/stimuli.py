@@ -42,7 +42,7 @@ def by_bold_store(stores: Mapping[str, AlignedStore]) -> dict[str, dict[str, str
     path), from the BOLD store each records (what the trainer's windows read)."""
     aligned: dict[str, dict[str, str]] = {}
     for path, store in stores.items():
-        aligned.setdefault(store.attrs["bold_store"], {})[store.kind] = path
+        aligned.setdefault(store.bold_store, {})[store.kind] = path
     return aligned
 
 

@@ -988,6 +988,11 @@ class AlignedStore:
         return self.attrs["label"]
 
     @property
+    def bold_store(self) -> str:
+        """The BOLD store whose frames the rows follow."""
+        return self.attrs["bold_store"]
+
+    @property
     def normalized(self) -> bool:
         """Whether the features are z-scored (``stimuli.normalize``)."""
         return bool(self.attrs["normalized"])
