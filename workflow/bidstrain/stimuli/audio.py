@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,9 +51,12 @@ def band_centres(sample_rate: float, n_mels: int) -> np.ndarray:
 def mono_samples(
     container: av.container.InputContainer, stream: av.audio.stream.AudioStream
 ) -> Iterator[tuple[float, np.ndarray]]:
-    """``(start time, float32 mono samples)`` of each decoded frame, downmixed by FFmpeg."""
+    """``(start time, float32 mono samples)`` of each decoded frame, downmixed by FFmpeg.
+
+    Frames are decoded one at a time (the trailing ``None`` flushes the resampler):
+    memory does not grow with the sound's length."""
     resampler = av.AudioResampler(format="flt", layout="mono", rate=stream.rate)
-    for frame in [*container.decode(stream), None]:
+    for frame in itertools.chain(container.decode(stream), [None]):
         for out in resampler.resample(frame):
             yield (out.time or 0.0), out.to_ndarray().reshape(-1)
 
