@@ -166,6 +166,14 @@ def test_audio_frames_are_decoded_one_at_a_time(film_bids):
     assert 2 <= len(decoded) <= 3  # the resampler may hold a frame back, not the film
 
 
+def test_audio_chunks_are_joined_in_order_with_their_first_start_time():
+    chunks = [(0.0, np.arange(3.0)), (0.3, np.arange(3.0, 6.0)), (0.6, np.arange(6.0, 8.0))]
+    blocks = list(audio.joined(iter(chunks), sample_rate=10, seconds=0.5))
+    assert [start for start, _ in blocks] == [0.0, 0.6]
+    np.testing.assert_array_equal(blocks[0][1], np.arange(6.0))  # 0.6 s: at least 0.5 s
+    np.testing.assert_array_equal(blocks[1][1], [6.0, 7.0])  # the rest, shorter
+
+
 def test_cli_writes_one_store_per_stimulus_with_the_raw_scale(film_bids, tmp_path):
     out = tmp_path / "film.zarr"
     main(["--stimulus", str(film_bids / "stimuli" / "film.mp4"), "--tr", str(TR),
