@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -21,6 +20,7 @@ from bidstrain.train.model import MultiModalAutoencoder
 from bidstrain.train.schedule import build_scheduler
 from bidstrain.train.step import Trainer, optimizer_step
 from bidstrain.train.stop import STOP_AT_STEP
+from ddp_support import free_port, launch_ranks
 from train_support import (
     assert_same_steps,
     metrics_records,
@@ -33,12 +33,6 @@ from train_support import (
 pytestmark = pytest.mark.integration
 
 WORLD_SIZE = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _join(rank: int, port: int) -> None:
@@ -77,7 +71,7 @@ def ddp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     stores = tiny_stores(out, COUNTS)
     config = train_config(**DDP_CONFIG)
-    mp.spawn(_train_rank, args=(_free_port(), config, stores, str(out)), nprocs=WORLD_SIZE)
+    mp.spawn(_train_rank, args=(free_port(), config, stores, str(out)), nprocs=WORLD_SIZE)
     return out, stores
 
 
@@ -95,25 +89,10 @@ def test_single_modality_batches_differ_across_ranks_and_weights_stay_identical(
 
 
 def _launch_ranks(out, config, stores, world_size, **env):
-    """``world_size`` trainer processes joined as torchrun would join them; their exit
-    statuses and outputs, rank 0 first."""
-    port = str(_free_port())
-    args = train_cli_args(out, config, stores, world_size=world_size)
-    jobs = []
-    for rank in range(world_size):
-        ranks = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size)}
-        ranks.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-        jobs.append(
-            subprocess.Popen(
-                [sys.executable, *args],
-                env=trainer_env(**(ranks if world_size > 1 else {}), **env),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    outputs = [job.communicate(timeout=180)[0] for job in jobs]
-    return [job.returncode for job in jobs], outputs
+    """The trainer on ``world_size`` ranks; their exit statuses and outputs, rank 0 first."""
+    return launch_ranks(
+        train_cli_args(out, config, stores, world_size=world_size), world_size, **env
+    )
 
 
 def test_every_rank_stops_at_the_same_step_resumes_exactly_and_one_rank_starts_afresh(
@@ -235,7 +214,7 @@ def _nan_step_rank(rank, port, out_dir):
 
 
 def test_nan_on_one_rank_skips_the_step_on_every_rank(tmp_path):
-    mp.spawn(_nan_step_rank, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE)
+    mp.spawn(_nan_step_rank, args=(free_port(), str(tmp_path)), nprocs=WORLD_SIZE)
     for rank in range(WORLD_SIZE):
         outcome = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert outcome["skipped"] and outcome["unchanged"], (rank, outcome)
