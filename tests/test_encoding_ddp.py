@@ -5,9 +5,6 @@ a step and resumed, it ends bit for bit where the uninterrupted 2-rank run ends.
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,15 +12,9 @@ import torch
 from bidstrain.encoding.data import EncodingData, save_data
 from bidstrain.train.launch import EXIT_INTERRUPTED
 from bidstrain.train.stop import STOP_AT_STEP
-from train_support import trainer_env
+from ddp_support import launch_ranks
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -45,25 +36,10 @@ def inputs(tmp_path_factory):
 
 
 def _run(inputs, out, world_size, **env):
-    port = str(_free_port())
     args = ["-m", "bidstrain.encoding", "--settings", str(inputs / "settings.json")]
     args += ["--data", str(inputs / "data.npz"), "--world-size", str(world_size)]
     args += ["--out-dir", str(out)]
-    jobs = []
-    for rank in range(world_size):
-        ranks = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size)}
-        ranks.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, CUDA_VISIBLE_DEVICES="")
-        jobs.append(
-            subprocess.Popen(
-                [sys.executable, *args],
-                env=trainer_env(**(ranks if world_size > 1 else {}), **env),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    outputs = [job.communicate(timeout=180)[0] for job in jobs]
-    return [job.returncode for job in jobs], outputs
+    return launch_ranks(args, world_size, **env)
 
 
 def _weights(out):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from bidstrain.stimuli import audio, video
 from bidstrain.stimuli.__main__ import main
 from bidstrain.stimuli.audio import audio_features, band_centres, mel_filterbank
 from bidstrain.stimuli.bins import bin_means
+from bidstrain.stimuli.media import open_media
 from bidstrain.stimuli.text import (
     Word,
     hashed_bag,
@@ -147,6 +149,29 @@ def test_audio_decoder_yields_a_tr_after_decoding_about_a_tr(film_bids, monkeypa
     next(stream)
     assert TR < seen[-1] < TR + 0.2  # one AAC frame (64 ms) past the first TR, not the film
     stream.close()
+
+
+def test_audio_frames_are_decoded_one_at_a_time(film_bids):
+    decoded = []
+    with open_media(film_bids / "stimuli" / "film.mp4") as container:
+
+        def counting(stream):
+            for frame in container.decode(stream):
+                decoded.append(frame.time)
+                yield frame
+
+        samples = audio.mono_samples(SimpleNamespace(decode=counting), container.streams.audio[0])
+        next(samples)
+        next(samples)
+    assert 2 <= len(decoded) <= 3  # the resampler may hold a frame back, not the film
+
+
+def test_audio_chunks_are_joined_in_order_with_their_first_start_time():
+    chunks = [(0.0, np.arange(3.0)), (0.3, np.arange(3.0, 6.0)), (0.6, np.arange(6.0, 8.0))]
+    blocks = list(audio.joined(iter(chunks), sample_rate=10, seconds=0.5))
+    assert [start for start, _ in blocks] == [0.0, 0.6]
+    np.testing.assert_array_equal(blocks[0][1], np.arange(6.0))  # 0.6 s: at least 0.5 s
+    np.testing.assert_array_equal(blocks[1][1], [6.0, 7.0])  # the rest, shorter
 
 
 def test_cli_writes_one_store_per_stimulus_with_the_raw_scale(film_bids, tmp_path):

@@ -20,10 +20,9 @@ from bidstrain.train.model import MultiModalAutoencoder
 from bidstrain.train.schedule import build_scheduler
 from bidstrain.train.step import Trainer, optimizer_step
 from bidstrain.train.stop import STOP_AT_STEP
+from ddp_support import free_port, launch_trainer
 from train_support import (
     assert_same_steps,
-    free_port,
-    launch_ranks,
     metrics_records,
     tiny_stores,
     train_cli_args,
@@ -98,18 +97,18 @@ def test_every_rank_stops_at_the_same_step_resumes_exactly_and_one_rank_starts_a
     reference_dir, stores = ddp_run
     config = train_config(**DDP_CONFIG)
     folder = tmp_path / "checkpoints"
-    codes, outputs = launch_ranks(tmp_path, config, stores, 2, **{STOP_AT_STEP: "3"})
+    codes, outputs = launch_trainer(tmp_path, config, stores, 2, **{STOP_AT_STEP: "3"})
     assert codes == [EXIT_INTERRUPTED] * 2, outputs
     assert all("interrupted at step 3" in output for output in outputs), outputs
     assert [p.name for p in folder.glob("step-*.pt")] == ["step-00000003.pt"]
 
-    codes, outputs = launch_ranks(tmp_path, config, stores, 2)
+    codes, outputs = launch_trainer(tmp_path, config, stores, 2)
     assert codes == [0, 0], outputs
     assert "resumed from step 3 (epoch 1, batch group 0)" in outputs[0]
     two_ranks = metrics_records(tmp_path / "metrics.jsonl")
     assert_same_steps(two_ranks, metrics_records(reference_dir / "metrics.jsonl"))
 
-    codes, outputs = launch_ranks(tmp_path, config, stores, 1)
+    codes, outputs = launch_trainer(tmp_path, config, stores, 1)
     assert codes == [0], outputs
     aside = folder.with_name(f"checkpoints-{two_ranks[0]['config_hash']}")
     log = outputs[0]
@@ -135,7 +134,7 @@ def test_when_rank_0_cannot_lock_the_experiment_no_rank_trains(tmp_path):
     )
     try:
         assert holder.stdout.readline() == "locked\n"
-        codes, outputs = launch_ranks(tmp_path, train_config(), stores, 2)
+        codes, outputs = launch_trainer(tmp_path, train_config(), stores, 2)
     finally:
         holder.kill()
         holder.wait()

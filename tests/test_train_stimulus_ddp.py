@@ -12,9 +12,9 @@ import torch
 from bidstrain.train.description import load_model
 from bidstrain.train.loop import EXIT_INTERRUPTED
 from bidstrain.train.stop import STOP_AT_STEP
+from ddp_support import launch_trainer
 from train_support import (
     assert_same_steps,
-    launch_ranks,
     metrics_records,
     train_config,
     write_aligned,
@@ -56,7 +56,7 @@ def stimulus_run(tmp_path_factory):
     """An uninterrupted 2-rank run with stimuli: its directory, stores and logs."""
     out = tmp_path_factory.mktemp("stimulus-ddp")
     stores, validation, stimuli = _stores(out)
-    codes, logs = launch_ranks(
+    codes, logs = launch_trainer(
         out, train_config(**CONFIG), stores, 2, validation=validation, stimuli=stimuli
     )
     assert codes == [0, 0], logs
@@ -102,9 +102,9 @@ def test_a_stopped_run_with_stimuli_resumes_exactly(tmp_path, stimulus_run):
     reference, stores, validation, stimuli = stimulus_run
     config = train_config(**CONFIG)
     options = {"validation": validation, "stimuli": stimuli}
-    codes, logs = launch_ranks(tmp_path, config, stores, 2, **options, **{STOP_AT_STEP: "2"})
+    codes, logs = launch_trainer(tmp_path, config, stores, 2, **options, **{STOP_AT_STEP: "2"})
     assert codes == [EXIT_INTERRUPTED] * 2, logs
-    codes, logs = launch_ranks(tmp_path, config, stores, 2, **options)
+    codes, logs = launch_trainer(tmp_path, config, stores, 2, **options)
     assert codes == [0, 0], logs
     assert "resumed from step 2" in logs[0]
     resumed = metrics_records(tmp_path / "metrics.jsonl")

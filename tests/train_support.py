@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -204,34 +202,3 @@ def write_aligned(path: Path, features: np.ndarray, kind: str, bold: str = "") -
     }
     write_aligned_store(path, features, np.arange(len(features), dtype=np.float64), arrays, attrs)
     return str(path)
-
-
-def free_port() -> int:
-    """A free TCP port on the loopback interface (for a test's rendezvous)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def launch_ranks(out, config, stores, world_size, *, validation=None, stimuli=None, **env):
-    """``world_size`` trainer processes joined as torchrun would join them; their exit
-    statuses and outputs, rank 0 first."""
-    port = str(free_port())
-    args = train_cli_args(
-        out, config, stores, world_size=world_size, validation=validation, stimuli=stimuli
-    )
-    jobs = []
-    for rank in range(world_size):
-        ranks = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size)}
-        ranks.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-        jobs.append(
-            subprocess.Popen(
-                [sys.executable, *args],
-                env=trainer_env(**(ranks if world_size > 1 else {}), **env),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    outputs = [job.communicate(timeout=180)[0] for job in jobs]
-    return [job.returncode for job in jobs], outputs

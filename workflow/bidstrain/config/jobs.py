@@ -24,6 +24,17 @@ from bidstrain.config.sections import (
 from bidstrain.errors import BidstrainError
 
 
+def _require_fields(job: type, values: Any, what: str, path: str | Path | None = None) -> None:
+    """Raise unless ``values`` is a mapping whose keys are exactly the fields of the
+    dataclass ``job`` (``what`` names the settings in the message, ``path`` the file)."""
+    keys = sorted(field.name for field in dataclasses.fields(job))
+    if not isinstance(values, Mapping) or sorted(values) != keys:
+        found = sorted(values) if isinstance(values, Mapping) else type(values).__name__
+        raise BidstrainError(
+            f"the {what} settings must hold exactly {keys}, got {found}", path=path
+        )
+
+
 @dataclass(frozen=True)
 class NormalizeJobConfig:
     """What every normalize job reads (the file ``Plan.normalize_settings`` writes): how
@@ -53,12 +64,7 @@ class NormalizeJobConfig:
         BidstrainError
             When a key is missing, unknown or of a wrong value.
         """
-        if not isinstance(values, Mapping) or set(values) != _NORMALIZE_JOB_KEYS:
-            found = sorted(values) if isinstance(values, Mapping) else type(values).__name__
-            raise BidstrainError(
-                f"the normalize settings must hold exactly {sorted(_NORMALIZE_JOB_KEYS)}, "
-                f"got {found}"
-            )
+        _require_fields(cls, values, "normalize")
         if not isinstance(values["bids_dir"], str):
             raise BidstrainError(f"bids_dir must be a path, got {values['bids_dir']!r:.200}")
         return cls(
@@ -68,9 +74,6 @@ class NormalizeJobConfig:
             time=load_section("time", values["time"]),
             atlas=values["atlas"],
         )
-
-
-_NORMALIZE_JOB_KEYS = {f.name for f in dataclasses.fields(NormalizeJobConfig)}
 
 
 @dataclass(frozen=True)
@@ -96,20 +99,13 @@ class ChecksJobConfig:
         BidstrainError
             When a section or key is missing, unknown or of a wrong value.
         """
-        if not isinstance(values, Mapping) or set(values) != _CHECKS_JOB_KEYS:
-            found = sorted(values) if isinstance(values, Mapping) else type(values).__name__
-            raise BidstrainError(
-                f"the checks settings must hold exactly {sorted(_CHECKS_JOB_KEYS)}, got {found}"
-            )
+        _require_fields(cls, values, "checks")
         return cls(
             checks=load_section("checks", values["checks"]),
             train=TrainConfig.with_defaults(values["train"]),
             ddof=int(values["ddof"]),
             world_size=int(values["world_size"]),
         )
-
-
-_CHECKS_JOB_KEYS = {f.name for f in dataclasses.fields(ChecksJobConfig)}
 
 
 @dataclass(frozen=True)
@@ -136,22 +132,13 @@ class EncodingJobConfig:
             values = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise BidstrainError(f"cannot read the encoding settings: {error}", path=path) from None
-        if not isinstance(values, Mapping) or set(values) != _ENCODING_JOB_KEYS:
-            found = sorted(values) if isinstance(values, Mapping) else type(values).__name__
-            raise BidstrainError(
-                f"the encoding settings must hold exactly {sorted(_ENCODING_JOB_KEYS)}, "
-                f"got {found}",
-                path=path,
-            )
+        _require_fields(cls, values, "encoding", path)
         try:
             return cls(
                 encoding=load_section("encoding", values["encoding"]), seed=int(values["seed"])
             )
         except (BidstrainError, TypeError, ValueError) as error:
             raise BidstrainError(f"the encoding settings: {error}", path=path) from None
-
-
-_ENCODING_JOB_KEYS = {f.name for f in dataclasses.fields(EncodingJobConfig)}
 
 
 def read_train_settings(path: str | Path) -> TrainConfig:
@@ -258,11 +245,7 @@ class EmbedJobConfig:
         BidstrainError
             When a key is missing, unknown or of a wrong value.
         """
-        if not isinstance(values, Mapping) or set(values) != _EMBED_JOB_KEYS:
-            found = sorted(values) if isinstance(values, Mapping) else type(values).__name__
-            raise BidstrainError(
-                f"the embed settings must hold exactly {sorted(_EMBED_JOB_KEYS)}, got {found}"
-            )
+        _require_fields(cls, values, "embed")
         try:
             return cls(
                 embed=load_section("embed", values["embed"]),
@@ -271,9 +254,6 @@ class EmbedJobConfig:
             )
         except (TypeError, ValueError) as error:
             raise BidstrainError(f"the embed settings: {error}") from None
-
-
-_EMBED_JOB_KEYS = {f.name for f in dataclasses.fields(EmbedJobConfig)}
 
 
 def setting_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from bidstrain.stimuli.media import Progress, declared_duration, open_media
 
 #: Added to the mean mel power of a bin before its logarithm (silence: -10).
 LOG_FLOOR = 1e-10
+#: Seconds of samples the spectrogram takes at a time (:func:`joined`): a decoded frame
+#: holds a few windows only, and numpy's cost per call would dominate.
+BLOCK = 0.05
 
 
 def hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
@@ -50,11 +54,32 @@ def band_centres(sample_rate: float, n_mels: int) -> np.ndarray:
 def mono_samples(
     container: av.container.InputContainer, stream: av.audio.stream.AudioStream
 ) -> Iterator[tuple[float, np.ndarray]]:
-    """``(start time, float32 mono samples)`` of each decoded frame, downmixed by FFmpeg."""
+    """``(start time, float32 mono samples)`` of each decoded frame, downmixed by FFmpeg.
+
+    Frames are decoded one at a time (the trailing ``None`` flushes the resampler):
+    memory does not grow with the sound's length."""
     resampler = av.AudioResampler(format="flt", layout="mono", rate=stream.rate)
-    for frame in [*container.decode(stream), None]:
+    for frame in itertools.chain(container.decode(stream), [None]):
         for out in resampler.resample(frame):
             yield (out.time or 0.0), out.to_ndarray().reshape(-1)
+
+
+def joined(
+    chunks: Iterator[tuple[float, np.ndarray]], sample_rate: int, seconds: float
+) -> Iterator[tuple[float, np.ndarray]]:
+    """Consecutive ``(start time, samples)`` chunks joined into blocks of at least
+    ``seconds`` (the last may be shorter), each with its first chunk's start time."""
+    parts: list[np.ndarray] = []
+    start, size = 0.0, 0
+    for time, samples in chunks:
+        start = time if not parts else start
+        parts.append(samples)
+        size += samples.size
+        if size >= seconds * sample_rate:
+            yield start, np.concatenate(parts)
+            parts, size = [], 0
+    if parts:
+        yield start, np.concatenate(parts)
 
 
 def mel_frames(
@@ -128,9 +153,8 @@ def audio_features(
     with open_media(path, subject) as container:
         stream = container.streams.audio[0]
         progress = Progress(Path(path), declared_duration(container), subject)
-        frames = mel_frames(
-            mono_samples(container, stream), stream.rate, window, hop, n_mels, progress
-        )
+        samples = joined(mono_samples(container, stream), stream.rate, BLOCK)
+        frames = mel_frames(samples, stream.rate, window, hop, n_mels, progress)
         for mean in bin_means(frames, tr):
             yield np.log10(mean + LOG_FLOOR)
     progress.check()
