@@ -36,7 +36,7 @@ from bidstrain.io.orientation import OBLIQUE_DEGREES
 from bidstrain.io.store import ZERO_STD, chunk_volumes, create_store
 from bidstrain.normalize.confounds import ConfoundRegression
 from bidstrain.normalize.image import ImageInfo, Options
-from bidstrain.normalize.masked_cache import MaskedCache
+from bidstrain.normalize.masked_cache import CachePlan, MaskedCache
 from bidstrain.normalize.masking import epi_mask, head_mask, load_mask
 from bidstrain.normalize.moments import VoxelMoments
 from bidstrain.normalize.nifti_stream import NiftiLayout, iter_blocks, read_layout
@@ -75,6 +75,7 @@ class Scan:
     variance: np.ndarray  # per-voxel variance, stored order
     mean_volume: np.ndarray  # the (x, y, z) volume a mask is computed from
     nonfinite: np.ndarray  # (x, y, z) bool, voxels holding NaN or Inf
+    cache: MaskedCache | None = None  # voxels kept for the next passes; the caller closes it
 
 
 def scan_image(
@@ -83,6 +84,7 @@ def scan_image(
     ddof: int,
     mean_rows: np.ndarray | None = None,
     regression: ConfoundRegression | None = None,
+    plan: CachePlan | None = None,
 ) -> Scan:
     """Pass 1: per-voxel moments of the whole grid.
 
@@ -99,17 +101,30 @@ def scan_image(
     regression : ConfoundRegression, optional
         A BOLD run's confounds: the moments are those of the kept volumes, and the
         regression is fitted on them (:mod:`~bidstrain.normalize.confounds`).
+    plan : CachePlan, optional
+        Which voxels to keep for the next passes, chosen on the first block: the scan's
+        ``cache`` (:mod:`~bidstrain.normalize.masked_cache`).
     """
     moments = VoxelMoments(layout.n_grid, dtype=layout.dtype)
     selected_sum = None if mean_rows is None else np.zeros(layout.n_grid, dtype=np.float64)
-    for start, values in iter_blocks(layout, block):
-        if regression is not None:
-            values = regression.select(start, values)
-            regression.accumulate(values)
-        moments.update(values)
-        if selected_sum is not None:
-            rows = mean_rows[start : start + values.shape[0]]
-            selected_sum += values[rows].sum(axis=0, dtype=np.float64)
+    cache = None
+    try:
+        for start, values in iter_blocks(layout, block):
+            if plan is not None and start == 0:
+                cache = plan(values)
+            if cache is not None:
+                cache.append_grid(values)
+            if regression is not None:
+                values = regression.select(start, values)
+                regression.accumulate(values)
+            moments.update(values)
+            if selected_sum is not None:
+                rows = mean_rows[start : start + values.shape[0]]
+                selected_sum += values[rows].sum(axis=0, dtype=np.float64)
+    except BaseException:
+        if cache is not None:
+            cache.close()
+        raise
     mean = moments.mean() * layout.slope + layout.inter
     variance = moments.variance(ddof) * layout.slope**2
     if selected_sum is None:
@@ -119,7 +134,7 @@ def scan_image(
     nonfinite = (
         np.zeros(layout.n_grid, dtype=bool) if moments.nonfinite is None else moments.nonfinite
     )
-    return Scan(mean, variance, layout.to_grid(mean_volume), layout.to_grid(nonfinite))
+    return Scan(mean, variance, layout.to_grid(mean_volume), layout.to_grid(nonfinite), cache)
 
 
 def aligned_block(block_volumes: int, n_time: int, n_voxel: int) -> tuple[int, int]:
@@ -287,10 +302,11 @@ def masked_blocks(
     after block: ``(start, masked)``, ``masked`` a reused buffer.
 
     Read from the image, and appended to ``cache`` when it is given and not complete; read
-    back from ``cache`` when it is complete (:mod:`~bidstrain.normalize.masked_cache`).
+    back from ``cache`` when it is complete, which it must then hold ``index`` of
+    (:mod:`~bidstrain.normalize.masked_cache`).
     """
     if cache is not None and cache.complete:
-        yield from cache.blocks(block)
+        yield from cache.blocks(block, index)
         return
     masked = np.empty((block, index.size), dtype=layout.dtype.newbyteorder("="))
     for start, values in iter_blocks(layout, block):
@@ -428,7 +444,7 @@ def write_voxel_zscored_store(
             cache=cache,
         )
     else:
-        source = regression.residuals(layout, block, stored_center)
+        source = regression.residuals(masked_blocks(layout, index, block, cache), stored_center)
         attrs["confounds_strategy"] = regression.confounds.strategy
     means = None if parcels is None else ParcelMeans(parcels.atlas, mask, center, layout.slope)
     with create_store(
