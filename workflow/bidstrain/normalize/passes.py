@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -366,22 +368,32 @@ def write_frames(
     """Z-score the blocks of frames (deviations from the center, in stored units) into
     the store: ``(block - offset) * scale``; add them to the parcel means first.
 
-    The blocks are the passes' reused buffers, and are modified in place; the buffers of
-    this loop are freed when it returns, before the parcel outputs are written.
+    The blocks are the passes' reused buffers, and are modified in place. The store
+    writes (encoding, checksum, file) run in a background thread while the next block is
+    computed (numpy, hashlib and file writes release the GIL), one block at a time and in
+    order, from two z-score buffers in turn; a write's error is raised here. The buffers
+    of this loop are freed when it returns, before the parcel outputs are written.
     """
-    zscored = np.empty((0, scale.size), dtype=np.float32)
+    buffers = [np.empty((0, scale.size), dtype=np.float32) for _ in range(2)]
+    in_flight: deque[Future] = deque()  # the writes not known done, oldest first
     written = 0
-    for deviations in blocks:
-        n = deviations.shape[0]
-        if means is not None:
-            means.add(deviations)
-        if zscored.shape[0] < n:
-            zscored = np.empty((n, scale.size), dtype=np.float32)
-        if offset is not None:
-            np.subtract(deviations, offset, out=deviations)
-        np.multiply(deviations, scale, out=zscored[:n])
-        writer.write(written, zscored[:n])
-        written += n
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-write") as pool:
+        for turn, deviations in enumerate(blocks):
+            if len(in_flight) == len(buffers):
+                in_flight.popleft().result()  # its buffer is free (or its error raised)
+            n, slot = deviations.shape[0], turn % len(buffers)
+            if means is not None:
+                means.add(deviations)
+            if buffers[slot].shape[0] < n:
+                buffers[slot] = np.empty((n, scale.size), dtype=np.float32)
+            if offset is not None:
+                np.subtract(deviations, offset, out=deviations)
+            zscored = buffers[slot][:n]
+            np.multiply(deviations, scale, out=zscored)
+            in_flight.append(pool.submit(writer.write, written, zscored))
+            written += n
+        while in_flight:
+            in_flight.popleft().result()
 
 
 @dataclass(frozen=True)
