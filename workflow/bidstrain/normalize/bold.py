@@ -51,12 +51,14 @@ def normalize_bold(
 ) -> dict[str, Any]:
     """Z-score a BOLD run per voxel over time, within a mask, into a store.
 
-    Two streamed passes (:mod:`bidstrain.normalize.passes`), each reading the image once;
-    three when the run is resampled in time (``options.target_tr``), the second for the
-    statistics of its frames, which keeps the masked voxels in a temporary file that the
-    third reads instead of the image when no confounds are regressed
-    (:mod:`~bidstrain.normalize.masked_cache`: ``itemsize`` bytes per masked voxel and
-    volume on disk).
+    Two streamed passes (:mod:`bidstrain.normalize.passes`); three when the run is
+    resampled in time (``options.target_tr``), the second for the statistics of its
+    frames. The image is decompressed once: pass 1 keeps the voxels the mask will come
+    from (a mask file's, or those around the first block's EPI mask) in a temporary file
+    that the later passes read (:mod:`~bidstrain.normalize.masked_cache`: ``itemsize``
+    bytes per kept voxel and volume on disk). Where it cannot (``mask="none"``, or a mask
+    beyond the kept voxels), the image is read again by pass 2, and a resampled run keeps
+    the masked voxels there for its third pass.
 
     Peak memory, besides the libraries: about 40 bytes per grid voxel (pass 1 sums, the
     mean volume, the mask), plus for blocks of ``b`` volumes ``2 * b`` stored volumes (the

@@ -150,10 +150,16 @@ def cache_plan(layout: NiftiLayout, info: ImageInfo, options: Options) -> CacheP
     """
     mask = mask_file(layout, info, options)
     if mask is not None:
-        return lambda first: _cache(layout, layout.stored_index(mask))
+        return known_mask_plan(layout, mask)
     if options.mask == "epi":
         return lambda first: _cache(layout, _epi_candidates(layout, first))
     return None
+
+
+def known_mask_plan(layout: NiftiLayout, mask: np.ndarray) -> CachePlan:
+    """Pass 1 keeps the voxels of ``mask`` (on the RAS+ grid), known before the image is
+    read."""
+    return lambda first: _cache(layout, layout.stored_index(mask))
 
 
 def _epi_candidates(layout: NiftiLayout, first: np.ndarray) -> np.ndarray:
