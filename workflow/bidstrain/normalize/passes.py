@@ -16,8 +16,10 @@ two (:func:`frame_moments`): the statistics of its frames are not those of its v
 Resampling holds the volumes of one interpolation support, never the whole run: memory
 stays bounded by the block, the support and the mask, whatever the run's length.
 
-Each pass streams the image with a thread decompressing ahead
-(:mod:`~bidstrain.normalize.nifti_stream`).
+Pass 1 streams the image with a thread decompressing ahead
+(:mod:`~bidstrain.normalize.nifti_stream`) and can keep the voxels the mask will come from
+in a temporary file, which the later passes then read instead of the image
+(:mod:`~bidstrain.normalize.masked_cache`); pass 2 writes the store from a second thread.
 """
 
 from __future__ import annotations
