@@ -34,12 +34,13 @@ Variants, each in a fresh subprocess (so that its peak memory is its own), inter
     ``ours_parcels`` also writes the parcel outputs of the atlas (:data:`N_PARCELS` Voronoi
     parcels drawn on the run's grid, a label image and its table under bench/data/): the
     work of parcel extraction is the difference.
-``job_time``, ``job_parcels``
+``job_time``, ``job_parcels``, ``job_parcels_native``
     The normalize job (whole process, ``mask: epi``) with ``time.tr`` 0.8 s (``linear``),
-    without and with the atlas. A job with an atlas needs a run in the atlas's space, so
-    these two read the run through an fMRIPrep-style tree of links (``bench/data/fmriprep``:
-    the run named ``space-MNI152NLin2009cAsym_res-2_desc-preproc_bold``, its sidecar, and
-    our mask as its brain mask).
+    without and with the atlas; and with the atlas at the run's own TR. A job with an
+    atlas needs a run in the atlas's space, so these three read the run through an
+    fMRIPrep-style tree of links (``bench/data/fmriprep``: the run named
+    ``space-MNI152NLin2009cAsym_res-2_desc-preproc_bold``, its sidecar, and our mask as
+    its brain mask).
 
 ``--variants`` runs a subset (the others' comparisons are then left out).
 
@@ -94,8 +95,14 @@ VARIANTS = (
     "job_epi",
     "job_time",
     "job_parcels",
+    "job_parcels_native",
 )
-JOBS = {"job_epi": {}, "job_time": {"time": True}, "job_parcels": {"time": True, "parcels": True}}
+JOBS = {
+    "job_epi": {},
+    "job_time": {"time": True},
+    "job_parcels": {"time": True, "parcels": True},
+    "job_parcels_native": {"parcels": True},
+}
 NILEARN_EPI_MASK = "nilearn_epi_mask.nii.gz"
 
 
@@ -363,6 +370,7 @@ COMPARISONS = (
     ("job_parcels", "nilearn"),
     ("ours_parcels", "nilearn_labels"),
     ("job_parcels", "nilearn_labels"),
+    ("job_parcels_native", "nilearn_labels"),
 )
 
 
@@ -422,7 +430,12 @@ def main() -> None:
                 f"; max |ours - nilearn| {varying:.2e} (non-zero variance), {constant:.2e} (zero)"
             )
         print(line)
-    for v, without in (("ours_parcels", "ours_time"), ("job_parcels", "job_time")):
+    pairs = (
+        ("ours_parcels", "ours_time"),
+        ("job_parcels", "job_time"),
+        ("job_parcels_native", "job_epi"),
+    )
+    for v, without in pairs:
         if v in median and without in median:
             added = median[v]["wall"] / median[without]["wall"] - 1
             work = median[v]["seconds"] / median[without]["seconds"] - 1

@@ -52,6 +52,7 @@ from bidstrain.normalize.bold import normalize_bold
 from bidstrain.normalize.confounds import RunConfounds, load_run_confounds
 from bidstrain.normalize.heldout import normalize_with_stats
 from bidstrain.normalize.image import ImageInfo, Options
+from bidstrain.normalize.memory import fix_mmap_threshold
 from bidstrain.normalize.nifti_stream import read_layout
 from bidstrain.normalize.parcels import ParcelOutputs
 from bidstrain.normalize.passes import ParcelJob
@@ -215,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--ingest", required=True, help="the subject's ingest record to write")
     parser.add_argument("--out-table", required=True, help="the table to write (*.tsv)")
     args = parser.parse_args(argv)
+    fix_mmap_threshold()  # freed volumes leave the job's resident memory at once
     settings = read_settings(args.settings)
     specs = read_json(args.spec, "job's images")
     images = [spec["image"] for spec in specs]

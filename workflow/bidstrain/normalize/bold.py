@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +11,14 @@ import numpy as np
 from bidstrain.errors import BidstrainError
 from bidstrain.normalize.confounds import ConfoundRegression, RunConfounds, fixed_mask_index
 from bidstrain.normalize.image import ImageInfo, Options
-from bidstrain.normalize.masked_cache import MaskedCache
+from bidstrain.normalize.masked_cache import MaskedCache, cache_plan
 from bidstrain.normalize.nifti_stream import NiftiLayout
 from bidstrain.normalize.passes import (
     ParcelJob,
     check_not_all_zero,
     choose_mask,
     frame_moments,
+    masked_blocks,
     open_image,
     run_time_grid,
     scan_image,
@@ -25,6 +27,8 @@ from bidstrain.normalize.passes import (
     zscore_parameters,
 )
 from bidstrain.normalize.resample_time import TimeGrid
+
+log = logging.getLogger(__name__)
 
 
 def _check_volumes(layout: NiftiLayout, info: ImageInfo, ddof: int) -> None:
@@ -47,12 +51,14 @@ def normalize_bold(
 ) -> dict[str, Any]:
     """Z-score a BOLD run per voxel over time, within a mask, into a store.
 
-    Two streamed passes (:mod:`bidstrain.normalize.passes`), each reading the image once;
-    three when the run is resampled in time (``options.target_tr``), the second for the
-    statistics of its frames, which keeps the masked voxels in a temporary file that the
-    third reads instead of the image when no confounds are regressed
-    (:mod:`~bidstrain.normalize.masked_cache`: ``itemsize`` bytes per masked voxel and
-    volume on disk).
+    Two streamed passes (:mod:`bidstrain.normalize.passes`); three when the run is
+    resampled in time (``options.target_tr``), the second for the statistics of its
+    frames. The image is decompressed once: pass 1 keeps the voxels the mask will come
+    from (a mask file's, or those around the first block's EPI mask) in a temporary file
+    that the later passes read (:mod:`~bidstrain.normalize.masked_cache`: ``itemsize``
+    bytes per kept voxel and volume on disk). Where it cannot (``mask="none"``, or a mask
+    beyond the kept voxels), the image is read again by pass 2, and a resampled run keeps
+    the masked voxels there for its third pass.
 
     Peak memory, besides the libraries: about 40 bytes per grid voxel (pass 1 sums, the
     mean volume, the mask), plus for blocks of ``b`` volumes ``2 * b`` stored volumes (the
@@ -102,21 +108,28 @@ def normalize_bold(
     if confounds is not None:
         regression = ConfoundRegression(confounds, layout, fixed_mask_index(layout, info, options))
     grid = run_time_grid(layout, info, options, None if confounds is None else confounds.kept)
-    scan = scan_image(layout, options.block_volumes, options.ddof, regression=regression)
-    check_not_all_zero(scan, layout, info)
-    mask, n_nonfinite = choose_mask(layout, info, options, scan)
-    index = layout.stored_index(mask)
-    mean, variance = scan.mean[index], scan.variance[index]
-    del scan
-    if regression is not None:
-        regression.restrict(index)
-        variance = regression.residual_variance(variance, layout, options.ddof)
-    center = cache = None
+    plan = cache_plan(layout, info, options)
+    scan = scan_image(layout, options.block_volumes, options.ddof, regression=regression, plan=plan)
+    cache = scan.cache
     try:
+        check_not_all_zero(scan, layout, info)
+        mask, n_nonfinite = choose_mask(layout, info, options, scan)
+        index = layout.stored_index(mask)
+        mean, variance = scan.mean[index], scan.variance[index]
+        del scan
+        if cache is not None and cache.columns(index) is None:
+            log.info("%s: the mask reaches beyond the voxels kept by the first pass: the "
+                     "image is decompressed again", layout.path)  # fmt: skip
+            cache.close()
+            cache = None
+        if regression is not None:
+            regression.restrict(index)
+            variance = regression.residual_variance(variance, layout, options.ddof)
+        center = None
         if not grid.identity:  # the frames' own statistics: one more pass
             center = mean
-            if regression is None:
-                cache = MaskedCache(index.size, layout.dtype.newbyteorder("="), layout.n_volumes)
+            if cache is None:
+                cache = MaskedCache(index, layout.dtype.newbyteorder("="), layout.n_volumes)
             mean, variance = _frame_statistics(
                 layout, index, options, grid, mean, regression, cache
             )
@@ -152,7 +165,8 @@ def _frame_statistics(
     cache: MaskedCache | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-voxel mean and variance (image units) of a resampled run's valid frames; the
-    masked voxels are kept in ``cache`` for the next pass."""
+    masked voxels are read from ``cache`` when it is complete, else kept in it for the
+    next pass."""
     if grid.valid.sum() <= options.ddof:
         raise BidstrainError(
             f"{int(grid.valid.sum())} valid frames at TR {grid.target_tr} s: a z-score with "
@@ -165,7 +179,7 @@ def _frame_statistics(
     if regression is None:
         source = voxel_deviations(layout, index, block, center, cache=cache)
     else:
-        source = regression.residuals(layout, block, center)
+        source = regression.residuals(masked_blocks(layout, index, block, cache), center)
     moments = frame_moments(source, grid, index.size)
     frame_mean = mean + moments.mean() * layout.slope
     return frame_mean, moments.variance(options.ddof) * layout.slope**2

@@ -40,18 +40,17 @@ with the statistics of the training runs.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bidstrain.dataset.masks import MASK_KEYS, is_pattern
 from bidstrain.errors import BidstrainError
 from bidstrain.normalize.image import ImageInfo, Options
-from bidstrain.normalize.masking import load_mask
-from bidstrain.normalize.nifti_stream import NiftiLayout, iter_blocks
+from bidstrain.normalize.masking import mask_file
+from bidstrain.normalize.nifti_stream import NiftiLayout
 
 #: Config ``normalize.confounds.strategy`` values: none, or nilearn's denoise strategies.
 STRATEGIES = ("none", "simple", "scrubbing", "compcor", "ica_aroma")
@@ -222,15 +221,8 @@ def fixed_mask_index(layout: NiftiLayout, info: ImageInfo, options: Options) -> 
     ``head``) or ``none``: every voxel of the grid (``8 k`` bytes each for ``k``
     confounds).
     """
-    if is_pattern(options.mask):
-        mask = load_mask(
-            options.mask,
-            layout.shape,
-            layout.affine,
-            image=layout.path,
-            config_key=MASK_KEYS[info.modality],
-            subject=info.subject,
-        )
+    mask = mask_file(layout, info, options)
+    if mask is not None:
         return layout.stored_index(mask)
     return np.arange(layout.n_grid, dtype=np.intp)
 
@@ -273,13 +265,17 @@ class ConfoundRegression:
         rows = self.kept[start : start + values.shape[0]]
         return values if rows.all() else values[rows]
 
-    def _batches(self, values: np.ndarray):
-        """Gather kept volumes into the batch; yield each time it is full."""
+    def _batches(self, values: np.ndarray, gathered: bool = False):
+        """Gather kept volumes into the batch (their voxels of ``index``, or all of them
+        when ``gathered``); yield each time it is full."""
         row = 0
         while row < values.shape[0]:
             n = min(values.shape[0] - row, BATCH_VOLUMES - self._n_batch)
             out = self._batch[self._n_batch : self._n_batch + n]
-            np.take(values[row : row + n], self.index, axis=1, out=out, mode="clip")
+            if gathered:
+                out[...] = values[row : row + n]
+            else:
+                np.take(values[row : row + n], self.index, axis=1, out=out, mode="clip")
             self._n_batch += n
             row += n
             if self._n_batch == BATCH_VOLUMES:
@@ -333,10 +329,13 @@ class ConfoundRegression:
         residual = variance - explained / (self.confounds.n_kept - ddof)
         return np.maximum(residual, 0.0)
 
-    def residuals(self, layout: NiftiLayout, block: int, center: np.ndarray):
+    def residuals(self, blocks: Iterable[tuple[int, np.ndarray]], center: np.ndarray):
         """Pass 2: the residuals ``stored - center - Q[t] B`` of the kept volumes.
 
-        ``center`` is per voxel of :meth:`restrict`'s ``index``, in stored units (see
+        ``blocks`` are the run's ``(start, masked)`` blocks of stored values, in order, of
+        the voxels of :meth:`restrict`'s ``index``
+        (:func:`bidstrain.normalize.passes.masked_blocks`); ``center`` is per voxel of
+        that ``index``, in stored units (see
         :func:`bidstrain.normalize.passes.zscore_parameters`).
 
         Yields
@@ -363,8 +362,8 @@ class ConfoundRegression:
             self._n_batch = 0
             return kept[written : written + n], residual[:n]
 
-        for start, values in iter_blocks(layout, block):
-            for _ in self._batches(self.select(start, values)):
+        for start, values in blocks:
+            for _ in self._batches(self.select(start, values), gathered=True):
                 positions, rows = batch_residuals()
                 yield positions, rows
                 written += positions.size

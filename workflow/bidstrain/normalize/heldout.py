@@ -13,6 +13,7 @@ from bidstrain.io.grid import grid_mismatch
 from bidstrain.io.store import open_store, read_meta, store_meta, to_grid
 from bidstrain.normalize.confounds import ConfoundRegression, RunConfounds
 from bidstrain.normalize.image import ImageInfo, Options
+from bidstrain.normalize.masked_cache import known_mask_plan
 from bidstrain.normalize.moments import pool_moments
 from bidstrain.normalize.nifti_stream import NiftiLayout
 from bidstrain.normalize.passes import (
@@ -124,8 +125,9 @@ def normalize_with_stats(
     confounds : RunConfounds, optional
         The run's own confounds, regressed out before the z-score with the pooled
         statistics (:mod:`~bidstrain.normalize.confounds`); the run is then streamed
-        twice (the fit, then the store), and the volumes outside their sample mask are
-        left out.
+        twice (the fit, then the store, which reads the mask's voxels that the fit kept
+        in a temporary file: :mod:`~bidstrain.normalize.masked_cache`), and the volumes
+        outside their sample mask are left out.
     parcels : ParcelJob, optional
         Write the run's parcel time series too, z-scored with the statistics pooled from
         the parcel stores of ``parcels.outputs.stats_from``.
@@ -144,33 +146,41 @@ def normalize_with_stats(
     regression = scan = None
     if confounds is not None:  # pass 1 fits the regression and finds NaN/Inf and zeros
         regression = ConfoundRegression(confounds, layout, layout.stored_index(mask))
-        scan = scan_image(layout, options.block_volumes, 0, regression=regression)
-        check_not_all_zero(scan, layout, info)
+        plan = known_mask_plan(layout, mask)  # pass 2 reads the mask's voxels kept by pass 1
+        scan = scan_image(layout, options.block_volumes, 0, regression=regression, plan=plan)
     elif layout.is_float and options.nonfinite == "mask":
         scan = scan_image(layout, options.block_volumes, 0)
-    if scan is not None:
-        stats_mask = mask
-        mask, n_nonfinite = exclude_nonfinite(mask, scan.nonfinite, layout, info, options)
-        check_not_empty(mask, layout, info, f"after removing {n_nonfinite} non-finite voxels")
-        kept = mask[np.nonzero(stats_mask)]
-        mean, std = mean[kept], std[kept]
-    if regression is not None:
-        regression.restrict(layout.stored_index(mask))
-    grid = run_time_grid(layout, info, options, None if confounds is None else confounds.kept)
-    return write_voxel_zscored_store(
-        out_store,
-        layout,
-        info,
-        options,
-        mask,
-        mean,
-        std,
-        grid=grid,
-        check_values=True,
-        regression=regression,
-        parcels=parcels,
-        mask_source="intersection of the stats_from masks",
-        stats_from=sources,
-        heldout=True,
-        n_nonfinite=n_nonfinite,
-    )
+    cache = None if scan is None else scan.cache
+    try:
+        if regression is not None:
+            check_not_all_zero(scan, layout, info)
+        if scan is not None:
+            stats_mask = mask
+            mask, n_nonfinite = exclude_nonfinite(mask, scan.nonfinite, layout, info, options)
+            check_not_empty(mask, layout, info, f"after removing {n_nonfinite} non-finite voxels")
+            kept = mask[np.nonzero(stats_mask)]
+            mean, std = mean[kept], std[kept]
+        if regression is not None:
+            regression.restrict(layout.stored_index(mask))
+        grid = run_time_grid(layout, info, options, None if confounds is None else confounds.kept)
+        return write_voxel_zscored_store(
+            out_store,
+            layout,
+            info,
+            options,
+            mask,
+            mean,
+            std,
+            grid=grid,
+            check_values=True,
+            regression=regression,
+            parcels=parcels,
+            cache=cache,
+            mask_source="intersection of the stats_from masks",
+            stats_from=sources,
+            heldout=True,
+            n_nonfinite=n_nonfinite,
+        )
+    finally:
+        if cache is not None:
+            cache.close()

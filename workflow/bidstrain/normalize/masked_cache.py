@@ -1,43 +1,69 @@
-"""The masked voxels of a run, kept in a temporary file between two passes.
+"""Voxels of a run kept in a temporary file, so that the image is decompressed once.
 
-A BOLD run resampled in time is streamed three times (:mod:`bidstrain.normalize.passes`):
-the statistics of the whole grid, those of the resampled frames, then the z-scores. The
-last two read only the voxels of the mask. The second pass writes them, as stored, to an
-unnamed temporary file (``tempfile.TemporaryFile``: in ``$TMPDIR``, removed when closed
-or when the process dies), and the third reads them back instead of decompressing the
-image again: for a 96x96x96x300 int16 ``.nii.gz`` with 230,000 voxels in the mask, 138 MB
-read back from the page cache instead of 531 MB decompressed and gathered.
+A BOLD run is streamed two or three times (:mod:`bidstrain.normalize.passes`): the
+statistics of the whole grid (pass 1), those of the resampled frames (when resampled),
+then the z-scores. The passes after the first read only the voxels of the mask. Pass 1
+writes the stored values of the voxels the mask will be taken from (:func:`cache_plan`)
+to an unnamed temporary file (``tempfile.TemporaryFile``: in ``$TMPDIR``, removed when
+closed or when the process dies), and the later passes read them back instead of
+decompressing the image again: for a 96x96x96x300 int16 ``.nii.gz`` with 230,000 voxels
+in the mask, about 160 MB written and read back through the page cache instead of
+531 MB decompressed (about 1 s) per pass.
 
-Should the file fail to be written (a full disk), the cache is dropped with a warning and
-the third pass decompresses the image as before.
+Which voxels pass 1 keeps, before it knows the mask:
+
+- a mask file: its voxels;
+- ``epi``: the EPI mask of the first block's mean volume, dilated by
+  :data:`MARGIN_VOXELS` voxels (the mask of the whole run's mean differs from it by a few
+  voxels at its edge);
+- ``none`` (and ``head``): none (the whole grid: writing 530 MB through the page cache
+  costs about what it saves).
+
+When the final mask is not inside the kept voxels, or when they are more than
+:data:`MAX_FRACTION` of the grid, nothing is kept by pass 1. A resampled run then keeps
+the mask's voxels in its frame pass for the z-score pass, as before. Should the file fail
+to be written (a full disk), the cache is dropped with a warning and the next pass
+decompresses the image. Either way the store is the same: the cache holds the stored
+values themselves.
+
+Disk: ``itemsize`` bytes per kept voxel and volume; memory: one block of them.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from bidstrain.normalize.image import ImageInfo, Options
+from bidstrain.normalize.masking import epi_mask, mask_file
+from bidstrain.normalize.nifti_stream import NiftiLayout
+
 log = logging.getLogger(__name__)
+
+#: Dilation (voxels) of the first block's EPI mask, the voxels pass 1 keeps for ``epi``.
+MARGIN_VOXELS = 2
+#: Pass 1 keeps nothing when the voxels to keep are more than this fraction of the grid.
+MAX_FRACTION = 0.5
 
 
 class MaskedCache:
-    """Masked stored values, written block after block by one pass, read by the next.
+    """Stored values of some voxels, written block after block by one pass, read by the next.
 
     Parameters
     ----------
-    n_voxel : int
-        Values per volume (the mask's voxels).
+    index : ndarray of int
+        Flat stored positions of the voxels kept (:meth:`NiftiLayout.stored_index`).
     dtype : numpy.dtype
         Their stored type (native byte order).
     n_volumes : int
         Volumes of the run: the cache is complete when all were appended.
     """
 
-    def __init__(self, n_voxel: int, dtype: np.dtype, n_volumes: int):
-        self.n_voxel = n_voxel
+    def __init__(self, index: np.ndarray, dtype: np.dtype, n_volumes: int):
+        self.index = np.asarray(index, dtype=np.intp)
         self.dtype = np.dtype(dtype)
         self.n_volumes = n_volumes
         self._written = 0
@@ -49,7 +75,7 @@ class MaskedCache:
         return self._file is not None and self._written == self.n_volumes
 
     def append(self, masked: np.ndarray) -> None:
-        """Write the next volumes, ``(n, n_voxel)``, in order; on a write error, drop the
+        """Write the next volumes, ``(n, index.size)``, in order; on a write error, drop the
         cache (warning) so that the next pass reads the image."""
         if self._file is None:
             return
@@ -62,23 +88,90 @@ class MaskedCache:
             return
         self._written += masked.shape[0]
 
-    def blocks(self, block_volumes: int) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(start, masked)`` of ``block_volumes`` volumes (the last may be
-        shorter), as :func:`bidstrain.normalize.nifti_stream.iter_blocks` after the
-        mask; ``masked`` is a reused buffer, valid until the next block is requested."""
+    def append_grid(self, values: np.ndarray) -> None:
+        """Write the kept voxels of the next whole-grid volumes, ``(n, n_grid)``."""
+        if self._file is not None:
+            self.append(np.take(values, self.index, axis=1, mode="clip"))  # indices valid
+
+    def columns(self, index: np.ndarray) -> np.ndarray | None:
+        """The columns of the cached voxels at stored positions ``index``; None when one
+        of them is not cached."""
+        index = np.asarray(index, dtype=np.intp)
+        if np.array_equal(index, self.index):
+            return np.arange(index.size)
+        lookup = np.full(max(int(self.index.max(initial=-1)), int(index.max(initial=-1))) + 1, -1)
+        lookup[self.index] = np.arange(self.index.size)
+        columns = lookup[index]
+        return None if (columns < 0).any() else columns
+
+    def blocks(self, block_volumes: int, index: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start, masked)`` of ``block_volumes`` volumes (the last may be shorter)
+        of the voxels at stored positions ``index`` (all cached), as
+        :func:`bidstrain.normalize.nifti_stream.iter_blocks` after ``index``; ``masked``
+        is a reused buffer, valid until the next block is requested."""
         if not self.complete:
             raise RuntimeError("the masked-voxel cache is incomplete")
-        buffer = np.empty((block_volumes, self.n_voxel), dtype=self.dtype)
+        columns = self.columns(index)
+        if columns is None:
+            raise RuntimeError("voxels outside the masked-voxel cache")
+        identity = np.array_equal(index, self.index)
+        buffer = np.empty((block_volumes, self.index.size), dtype=self.dtype)
+        masked = buffer if identity else np.empty((block_volumes, columns.size), self.dtype)
         self._file.seek(0)
         for start in range(0, self.n_volumes, block_volumes):
             n = min(block_volumes, self.n_volumes - start)
             view = memoryview(buffer[:n]).cast("B")
             if self._file.readinto(view) != view.nbytes:
                 raise RuntimeError("the masked-voxel cache file ends early")
-            yield start, buffer[:n]
+            if not identity:
+                np.take(buffer[:n], columns, axis=1, out=masked[:n], mode="clip")
+            yield start, masked[:n]
 
     def close(self) -> None:
         """Remove the file."""
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+#: Given pass 1's first block of whole-grid stored values, the cache to fill (or None).
+CachePlan = Callable[[np.ndarray], "MaskedCache | None"]
+
+
+def cache_plan(layout: NiftiLayout, info: ImageInfo, options: Options) -> CachePlan | None:
+    """What pass 1 keeps of a run for the later passes (see the module's notes); None
+    when nothing.
+
+    Raises
+    ------
+    BidstrainError
+        For a mask file that cannot be used
+        (:func:`~bidstrain.normalize.masking.load_mask`).
+    """
+    mask = mask_file(layout, info, options)
+    if mask is not None:
+        return known_mask_plan(layout, mask)
+    if options.mask == "epi":
+        return lambda first: _cache(layout, _epi_candidates(layout, first))
+    return None
+
+
+def known_mask_plan(layout: NiftiLayout, mask: np.ndarray) -> CachePlan:
+    """Pass 1 keeps the voxels of ``mask`` (on the RAS+ grid), known before the image is
+    read."""
+    return lambda first: _cache(layout, layout.stored_index(mask))
+
+
+def _epi_candidates(layout: NiftiLayout, first: np.ndarray) -> np.ndarray:
+    """Stored positions of the first block's EPI mask, dilated by :data:`MARGIN_VOXELS`."""
+    from scipy import ndimage
+
+    mean = first.mean(axis=0, dtype=np.float64) * layout.slope + layout.inter
+    mask = ndimage.binary_dilation(epi_mask(layout.to_grid(mean)), iterations=MARGIN_VOXELS)
+    return layout.stored_index(mask)
+
+
+def _cache(layout: NiftiLayout, index: np.ndarray) -> MaskedCache | None:
+    if index.size > MAX_FRACTION * layout.n_grid:
+        return None
+    return MaskedCache(index, layout.dtype.newbyteorder("="), layout.n_volumes)

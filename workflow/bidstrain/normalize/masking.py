@@ -33,13 +33,19 @@ the 48 orders of one image give one mask (``tests/test_orientation.py``).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
 
+from bidstrain.dataset.masks import MASK_KEYS, is_pattern
 from bidstrain.errors import BidstrainError
 from bidstrain.io.grid import grid_mismatch
 from bidstrain.io.orientation import reorientation
+
+if TYPE_CHECKING:
+    from bidstrain.normalize.image import ImageInfo, Options
+    from bidstrain.normalize.nifti_stream import NiftiLayout
 
 
 def load_mask(
@@ -87,6 +93,21 @@ def load_mask(
             subject=subject,
         )
     return (data != 0) & np.isfinite(data)
+
+
+def mask_file(layout: NiftiLayout, info: ImageInfo, options: Options) -> np.ndarray | None:
+    """The mask an image is normalized within when it is a file (known before the image
+    is read, :func:`load_mask`); None for a computed mask (``epi``, ``head``) or ``none``."""
+    if not is_pattern(options.mask):
+        return None
+    return load_mask(
+        options.mask,
+        layout.shape,
+        layout.affine,
+        image=layout.path,
+        config_key=MASK_KEYS[info.modality],
+        subject=info.subject,
+    )
 
 
 def epi_mask(

@@ -10,10 +10,11 @@ ingest stage reads only the trailer when its size agrees with the header).
 
 A background thread decompresses the next block while the caller works on the current
 one (isal releases the GIL), so on two free cores a pass costs about the decompression
-alone. A normalization reads a ``.nii.gz`` twice (statistics, then z-scores): copying the
-decompressed stream of the first pass to a temporary file and reading it back in the
-second was measured slower here (3.84 s against 3.40 s for a 96x96x96x300 int16 run,
-medians of 5): writing 530 MB through the page cache costs about what isal saves.
+alone. Copying the whole decompressed stream of a normalization's first pass to a
+temporary file and reading it back in the second was measured slower here (3.84 s
+against 3.40 s for a 96x96x96x300 int16 run, medians of 5): writing 530 MB through the
+page cache costs about what isal saves. Only the voxels around the mask are kept
+(:mod:`bidstrain.normalize.masked_cache`).
 """
 
 from __future__ import annotations

@@ -16,14 +16,18 @@ two (:func:`frame_moments`): the statistics of its frames are not those of its v
 Resampling holds the volumes of one interpolation support, never the whole run: memory
 stays bounded by the block, the support and the mask, whatever the run's length.
 
-Each pass streams the image with a thread decompressing ahead
-(:mod:`~bidstrain.normalize.nifti_stream`).
+Pass 1 streams the image with a thread decompressing ahead
+(:mod:`~bidstrain.normalize.nifti_stream`) and can keep the voxels the mask will come from
+in a temporary file, which the later passes then read instead of the image
+(:mod:`~bidstrain.normalize.masked_cache`); pass 2 writes the store from a second thread.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +40,7 @@ from bidstrain.io.orientation import OBLIQUE_DEGREES
 from bidstrain.io.store import ZERO_STD, chunk_volumes, create_store
 from bidstrain.normalize.confounds import ConfoundRegression
 from bidstrain.normalize.image import ImageInfo, Options
-from bidstrain.normalize.masked_cache import MaskedCache
+from bidstrain.normalize.masked_cache import CachePlan, MaskedCache
 from bidstrain.normalize.masking import epi_mask, head_mask, load_mask
 from bidstrain.normalize.moments import VoxelMoments
 from bidstrain.normalize.nifti_stream import NiftiLayout, iter_blocks, read_layout
@@ -75,6 +79,7 @@ class Scan:
     variance: np.ndarray  # per-voxel variance, stored order
     mean_volume: np.ndarray  # the (x, y, z) volume a mask is computed from
     nonfinite: np.ndarray  # (x, y, z) bool, voxels holding NaN or Inf
+    cache: MaskedCache | None = None  # voxels kept for the next passes; the caller closes it
 
 
 def scan_image(
@@ -83,6 +88,7 @@ def scan_image(
     ddof: int,
     mean_rows: np.ndarray | None = None,
     regression: ConfoundRegression | None = None,
+    plan: CachePlan | None = None,
 ) -> Scan:
     """Pass 1: per-voxel moments of the whole grid.
 
@@ -99,17 +105,30 @@ def scan_image(
     regression : ConfoundRegression, optional
         A BOLD run's confounds: the moments are those of the kept volumes, and the
         regression is fitted on them (:mod:`~bidstrain.normalize.confounds`).
+    plan : CachePlan, optional
+        Which voxels to keep for the next passes, chosen on the first block: the scan's
+        ``cache`` (:mod:`~bidstrain.normalize.masked_cache`).
     """
     moments = VoxelMoments(layout.n_grid, dtype=layout.dtype)
     selected_sum = None if mean_rows is None else np.zeros(layout.n_grid, dtype=np.float64)
-    for start, values in iter_blocks(layout, block):
-        if regression is not None:
-            values = regression.select(start, values)
-            regression.accumulate(values)
-        moments.update(values)
-        if selected_sum is not None:
-            rows = mean_rows[start : start + values.shape[0]]
-            selected_sum += values[rows].sum(axis=0, dtype=np.float64)
+    cache = None
+    try:
+        for start, values in iter_blocks(layout, block):
+            if plan is not None and start == 0:
+                cache = plan(values)
+            if cache is not None:
+                cache.append_grid(values)
+            if regression is not None:
+                values = regression.select(start, values)
+                regression.accumulate(values)
+            moments.update(values)
+            if selected_sum is not None:
+                rows = mean_rows[start : start + values.shape[0]]
+                selected_sum += values[rows].sum(axis=0, dtype=np.float64)
+    except BaseException:
+        if cache is not None:
+            cache.close()
+        raise
     mean = moments.mean() * layout.slope + layout.inter
     variance = moments.variance(ddof) * layout.slope**2
     if selected_sum is None:
@@ -119,7 +138,7 @@ def scan_image(
     nonfinite = (
         np.zeros(layout.n_grid, dtype=bool) if moments.nonfinite is None else moments.nonfinite
     )
-    return Scan(mean, variance, layout.to_grid(mean_volume), layout.to_grid(nonfinite))
+    return Scan(mean, variance, layout.to_grid(mean_volume), layout.to_grid(nonfinite), cache)
 
 
 def aligned_block(block_volumes: int, n_time: int, n_voxel: int) -> tuple[int, int]:
@@ -287,10 +306,11 @@ def masked_blocks(
     after block: ``(start, masked)``, ``masked`` a reused buffer.
 
     Read from the image, and appended to ``cache`` when it is given and not complete; read
-    back from ``cache`` when it is complete (:mod:`~bidstrain.normalize.masked_cache`).
+    back from ``cache`` when it is complete, which it must then hold ``index`` of
+    (:mod:`~bidstrain.normalize.masked_cache`).
     """
     if cache is not None and cache.complete:
-        yield from cache.blocks(block)
+        yield from cache.blocks(block, index)
         return
     masked = np.empty((block, index.size), dtype=layout.dtype.newbyteorder("="))
     for start, values in iter_blocks(layout, block):
@@ -350,22 +370,32 @@ def write_frames(
     """Z-score the blocks of frames (deviations from the center, in stored units) into
     the store: ``(block - offset) * scale``; add them to the parcel means first.
 
-    The blocks are the passes' reused buffers, and are modified in place; the buffers of
-    this loop are freed when it returns, before the parcel outputs are written.
+    The blocks are the passes' reused buffers, and are modified in place. The store
+    writes (encoding, checksum, file) run in a background thread while the next block is
+    computed (numpy, hashlib and file writes release the GIL), one block at a time and in
+    order, from two z-score buffers in turn; a write's error is raised here. The buffers
+    of this loop are freed when it returns, before the parcel outputs are written.
     """
-    zscored = np.empty((0, scale.size), dtype=np.float32)
+    buffers = [np.empty((0, scale.size), dtype=np.float32) for _ in range(2)]
+    in_flight: deque[Future] = deque()  # the writes not known done, oldest first
     written = 0
-    for deviations in blocks:
-        n = deviations.shape[0]
-        if means is not None:
-            means.add(deviations)
-        if zscored.shape[0] < n:
-            zscored = np.empty((n, scale.size), dtype=np.float32)
-        if offset is not None:
-            np.subtract(deviations, offset, out=deviations)
-        np.multiply(deviations, scale, out=zscored[:n])
-        writer.write(written, zscored[:n])
-        written += n
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-write") as pool:
+        for turn, deviations in enumerate(blocks):
+            if len(in_flight) == len(buffers):
+                in_flight.popleft().result()  # its buffer is free (or its error raised)
+            n, slot = deviations.shape[0], turn % len(buffers)
+            if means is not None:
+                means.add(deviations)
+            if buffers[slot].shape[0] < n:
+                buffers[slot] = np.empty((n, scale.size), dtype=np.float32)
+            if offset is not None:
+                np.subtract(deviations, offset, out=deviations)
+            zscored = buffers[slot][:n]
+            np.multiply(deviations, scale, out=zscored)
+            in_flight.append(pool.submit(writer.write, written, zscored))
+            written += n
+        while in_flight:
+            in_flight.popleft().result()
 
 
 @dataclass(frozen=True)
@@ -428,7 +458,7 @@ def write_voxel_zscored_store(
             cache=cache,
         )
     else:
-        source = regression.residuals(layout, block, stored_center)
+        source = regression.residuals(masked_blocks(layout, index, block, cache), stored_center)
         attrs["confounds_strategy"] = regression.confounds.strategy
     means = None if parcels is None else ParcelMeans(parcels.atlas, mask, center, layout.slope)
     with create_store(

@@ -1,0 +1,173 @@
+"""A BOLD run decompressed once: pass 1 keeps the voxels the mask comes from in a temporary
+file (:mod:`bidstrain.normalize.masked_cache`) that the later passes read.
+
+The stores must be the ones written when every pass reads the image (same checksum), the
+image must be read once where the kept voxels hold the mask and again where they do not,
+and the temporary file must be closed (removed) on every way out of the job.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import bidstrain.normalize.bold as bold
+import bidstrain.normalize.heldout as heldout_module
+import bidstrain.normalize.masked_cache as masked_cache
+import bidstrain.normalize.passes as passes
+import numpy as np
+import pytest
+from bidstrain.demo.generate import make_fmriprep_demo
+from bidstrain.errors import BidstrainError
+from bidstrain.io.store import StoreWriter, store_checksum
+from bidstrain.normalize import ImageInfo, normalize_bold, normalize_with_stats
+from bidstrain.normalize.confounds import load_run_confounds
+from normalize_support import image_options
+
+SPACE = "space-MNI152NLin2009cAsym_res-2"
+N_VOLUMES = 60
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """The fMRIPrep demo's run (int16 .nii.gz), its brain mask and confounds table."""
+    func = make_fmriprep_demo(tmp_path_factory.mktemp("fmriprep")) / "sub-01" / "func"
+    stem = f"sub-01_task-rest_run-1_{SPACE}"
+    return (
+        func / f"{stem}_desc-preproc_bold.nii.gz",
+        func / f"{stem}_desc-brain_mask.nii.gz",
+        func / "sub-01_task-rest_run-1_desc-confounds_timeseries.tsv",
+    )
+
+
+INFO = ImageInfo("bold", "01", entities={"sub": "01", "task": "rest"}, repetition_time=2.0)
+
+
+class Reads:
+    """Counts the image reads of the passes, and the temporary files opened."""
+
+    def __init__(self, monkeypatch):
+        self.images = 0
+        self.files = []
+        iter_blocks, temporary_file = passes.iter_blocks, masked_cache.tempfile.TemporaryFile
+
+        def counted(*args):
+            self.images += 1
+            return iter_blocks(*args)
+
+        def recorded(**kwargs):
+            self.files.append(temporary_file(**kwargs))
+            return self.files[-1]
+
+        monkeypatch.setattr(passes, "iter_blocks", counted)
+        monkeypatch.setattr(masked_cache.tempfile, "TemporaryFile", recorded)
+
+    def all_closed(self) -> bool:
+        return all(file.closed for file in self.files)
+
+
+CONFIGS = {
+    "epi": ({}, None),
+    "mask file": ({"mask": "file"}, None),
+    "mask file, scrubbing": ({"mask": "file"}, "scrubbing"),
+    "epi, simple": ({}, "simple"),
+    "epi, resampled": ({"target_tr": 0.8, "time_method": "linear"}, None),
+    "epi, simple, resampled": ({"target_tr": 0.8, "time_method": "linear"}, "simple"),
+}
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_one_decompression_and_the_store_of_every_pass_reading_the_image(
+    run, tmp_path, monkeypatch, config
+):
+    image, mask, table = run
+    changes, strategy = CONFIGS[config]
+    changes = dict(changes)
+    changes["mask"] = str(mask) if changes.get("mask") == "file" else "epi"
+    options = image_options(block_volumes=4, **changes)
+
+    def normalize(out: Path) -> None:
+        confounds = None
+        if strategy is not None:
+            confounds = load_run_confounds(image, table, strategy, {}, N_VOLUMES, ddof=1)
+        normalize_bold(image, out, INFO, options, confounds)
+
+    reads = Reads(monkeypatch)
+    normalize(tmp_path / "once.zarr")
+    assert reads.images == 1 and len(reads.files) == 1 and reads.all_closed()
+
+    monkeypatch.setattr(bold, "cache_plan", lambda *args: None)  # every pass reads the image
+    reads = Reads(monkeypatch)
+    normalize(tmp_path / "read.zarr")
+    assert reads.images == 2 and reads.all_closed()
+    assert store_checksum(tmp_path / "once.zarr") == store_checksum(tmp_path / "read.zarr")
+
+
+def test_a_mask_beyond_the_kept_voxels_reads_the_image_again(run, tmp_path, monkeypatch):
+    image = run[0]
+    options = image_options(mask="epi")
+    normalize_bold(image, tmp_path / "once.zarr", INFO, options)
+    candidates = masked_cache._epi_candidates
+    monkeypatch.setattr(
+        masked_cache, "_epi_candidates", lambda *args: candidates(*args)[::2]
+    )  # half of the voxels: the final mask is not inside
+    reads = Reads(monkeypatch)
+    normalize_bold(image, tmp_path / "again.zarr", INFO, options)
+    assert reads.images == 2 and len(reads.files) == 1 and reads.all_closed()
+    assert store_checksum(tmp_path / "once.zarr") == store_checksum(tmp_path / "again.zarr")
+
+
+def test_the_temporary_file_is_closed_when_the_store_cannot_be_written(run, tmp_path, monkeypatch):
+    """A write fails in the background thread: its error reaches the job (named as a
+    full disk), no store is left, and the kept voxels' file is removed."""
+
+    def full_disk(self, start, block):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(StoreWriter, "write", full_disk)
+    reads = Reads(monkeypatch)
+    with pytest.raises(BidstrainError, match="no space left on the device"):
+        normalize_bold(run[0], tmp_path / "bold.zarr", INFO, image_options(mask="epi"))
+    assert len(reads.files) == 1 and reads.all_closed()
+    assert not (tmp_path / "bold.zarr").exists()
+
+
+def test_the_temporary_file_is_closed_when_the_mask_is_empty(run, tmp_path, monkeypatch):
+    import nibabel as nib
+
+    mask = nib.load(run[1])
+    empty = tmp_path / "empty_mask.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(mask.shape, np.uint8), mask.affine), empty)
+    reads = Reads(monkeypatch)
+    with pytest.raises(BidstrainError, match="the mask is empty"):
+        normalize_bold(run[0], tmp_path / "bold.zarr", INFO, image_options(mask=str(empty)))
+    assert len(reads.files) == 1 and reads.all_closed()
+
+
+def test_the_temporary_file_is_closed_when_the_image_is_truncated(run, tmp_path, monkeypatch):
+    """The gzip stream ends in the middle of the run, after pass 1 began keeping voxels."""
+    compressed = run[0].read_bytes()
+    truncated = tmp_path / "truncated_bold.nii.gz"
+    truncated.write_bytes(compressed[: len(compressed) * 2 // 3])
+    reads = Reads(monkeypatch)
+    with pytest.raises(BidstrainError, match="corrupt or truncated"):
+        normalize_bold(truncated, tmp_path / "bold.zarr", INFO, image_options(mask="epi"))
+    assert len(reads.files) == 1 and reads.all_closed()
+
+
+def test_a_heldout_run_with_confounds_is_decompressed_once(run, tmp_path, monkeypatch):
+    image, mask, table = run
+    options = image_options(mask=str(mask))
+    normalize_bold(image, tmp_path / "train.zarr", INFO, options)
+
+    def heldout(out: Path) -> None:
+        confounds = load_run_confounds(image, table, "scrubbing", {}, N_VOLUMES, ddof=1)
+        normalize_with_stats(image, [tmp_path / "train.zarr"], out, INFO, options, confounds)
+
+    reads = Reads(monkeypatch)
+    heldout(tmp_path / "once.zarr")
+    assert reads.images == 1 and len(reads.files) == 1 and reads.all_closed()
+    monkeypatch.setattr(heldout_module, "known_mask_plan", lambda *args: lambda first: None)
+    reads = Reads(monkeypatch)
+    heldout(tmp_path / "read.zarr")
+    assert reads.images == 2 and not reads.files
+    assert store_checksum(tmp_path / "once.zarr") == store_checksum(tmp_path / "read.zarr")
