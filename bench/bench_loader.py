@@ -16,16 +16,23 @@ Measured in one run, interleaved over ``--repeats`` (medians; the machine may be
 - ``loader``: the training DataLoader (``make_loader`` with the config of
   ``config/train-mni2mm.yaml``: batch ``--batch-size``, ``mixed``, store groups and
   shuffle buffer from the schema) with ``--workers`` worker processes (0: the main
-  process): samples/s and GB/s of model input, from the first batch on (the work) and from
-  the loader's creation (the whole process: worker start-up and first batch included);
+  process), epoch after epoch: samples/s and GB/s of model input over ``--batches``
+  batches once every batch buffer of every loader process has been written once (the
+  work: what a training run sees), over those first batches alone (a buffer's first batch
+  pays the kernel for its fresh pages, once per run) and from the loader's creation (the
+  whole process: worker start-up and the first batches included); without workers also
+  per second of the process's CPU time (the share of a core the work takes);
 - ``model``: optimizer steps of the realistic model (ViT-B, bf16 off, CPU) on in-memory
   bold batches: what training consumes here (``--model-steps 0`` skips it).
 
 With ``--window W`` a sample is a window of W frames (``train.window``; ``--model-steps 0``,
-the model measurement feeds single frames).
+the model measurement feeds single frames). With ``--parcels P`` the stores are
+``--stores`` parcel stores of ``--volumes`` frames x P parcels
+(:func:`~bidstrain.io.store.write_parcel_store`, ``train.bold_input: parcels``, windows of
+20 frames unless ``--window``), and only the loader is measured.
 
 Run: ``.venv/bin/python bench/bench_loader.py [--stores 4] [--volumes 100] [--repeats 3]
-[--window 20]``.
+[--window 20] [--parcels 400]``.
 """
 
 from __future__ import annotations
