@@ -15,8 +15,8 @@ the new volume's :class:`~bidstrain.train.resample.GridMap` does not write are z
 that no batch has written yet: plain and shared memory come zeroed from the kernel.
 
 A buffer's first batch costs more than the next ones: the kernel provides and zeroes each
-page on its first write (about 1 GB/s on a virtual machine for plain memory, less for
-shared memory, against 10-20 GB/s for a write into pages already there). A ring is made
+page on its first write (measured on a 2-core machine: about 1-2 GB/s for plain memory,
+less for shared memory, against 10-20 GB/s for a write into pages already there). A ring is made
 once per loader process, so this is paid once per training run (``slots`` buffers of
 ``batch_size`` samples: 165 MB each for two 20-frame windows on the MNI 2 mm grid).
 
@@ -28,6 +28,7 @@ every batch the training step can still read intact.
 from __future__ import annotations
 
 import math
+import mmap
 from collections.abc import Hashable, Sequence
 
 import numpy as np
@@ -65,7 +66,10 @@ def allocate(size: int, *, pin: bool = False) -> tuple[torch.Tensor, bool]:
         return empty.new(storage), True
     if pin:
         return torch.empty(size, dtype=torch.float32, pin_memory=True), False
-    return torch.from_numpy(np.zeros(size, dtype=np.float32)), True
+    # Anonymous pages of their own: numpy's large arrays ask for transparent huge pages,
+    # whose first write can stall the loader for the kernel's memory compaction.
+    block = mmap.mmap(-1, 4 * max(size, 1))
+    return torch.from_numpy(np.frombuffer(block, dtype=np.float32)[:size]), True
 
 
 class Footprint:
