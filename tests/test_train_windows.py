@@ -19,10 +19,11 @@ from bidstrain.io.store import (
     to_grid,
     write_parcel_store,
 )
+from bidstrain.train.buffers import BatchBuffer, BatchRing
 from bidstrain.train.data import VolumeDataset, sample_counts, store_layout, volume_dataset
 from bidstrain.train.loop import log_left_out
 from bidstrain.train.reader import StoreReader
-from bidstrain.train.sampler import batch_sampler
+from bidstrain.train.sampler import ModalityBatchSampler, batch_sampler
 from bidstrain.train.windows import draw_offsets, shuffle_time, window_counts
 from train_support import train_config, write_store
 
@@ -331,3 +332,56 @@ def test_the_trainer_logs_the_frames_in_no_window(tmp_path, caplog):
         "2 of 2 stores too short for train.window (7 frames, 1 stores with no window at "
         "all); 2 frames left out by the time resampling"
     ) in caplog.text
+
+
+@pytest.mark.parametrize("factor", [1, 2])
+@pytest.mark.parametrize("zeroed", [True, False])
+def test_reused_buffers_give_windows_of_frames_read_one_by_one(tmp_path, factor, zeroed):
+    """Windows written into a ring of reused buffers equal their frames read one by one,
+    bit for bit: float32 stores (read straight onto the grid without resampling), a float16
+    one, each with its own mask, beside T1w volumes that move where the windows lie in the
+    buffers from batch to batch; the buffers zeroed memory as the kernel gives it, or
+    holding other values first (as page-locked memory may)."""
+    grid = (9, 10, 8)
+    bold = []
+    for seed, storage in ((1, "float32"), (2, "float32"), (3, "float16")):
+        mask = np.random.default_rng(seed).random(grid) < 0.6  # many short runs, own mask
+        data = np.random.default_rng(seed).standard_normal((9, int(mask.sum())), np.float32)
+        path = tmp_path / f"bold-{seed}.zarr"
+        write_bold_store(path, mask, data, 9, tr=1.0, chunk=4, storage=storage)
+        bold.append(str(path))
+    t1 = write_store(tmp_path / "t1.zarr", modality="T1w", n_time=2, grid=(7, 7, 7))
+    shapes = {"T1w": (6, 6, 6), "bold": (8, 6, 6) if factor == 1 else (4, 4, 4)}
+    resample = {"bold": factor}
+    windowed = VolumeDataset(
+        {"T1w": [t1], "bold": bold}, shapes, resample=resample, window=3, stride=1
+    )
+    single = VolumeDataset({"bold": bold}, shapes, resample=resample)
+    frames = single.batch(np.arange(len(single)))["bold"].numpy()[:, 0]
+    assert np.abs(frames).sum() > 0
+    size = 3 * max(windowed.sample_size(m) for m in shapes)
+    ring = BatchRing(2, size)
+    if not zeroed:
+        footprints = {}
+        ring.buffers = [
+            BatchBuffer(torch.full((size,), np.nan), footprints=footprints) for _ in range(2)
+        ]
+    sampler = ModalityBatchSampler(
+        windowed.layout, batch_size=3, batching="mixed", seed=3, store_group=2, shuffle_buffer=4
+    )
+    compositions = set()
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        for indices in sampler:
+            batch = windowed.batch(indices, out=ring.next())
+            compositions.add(tuple(len(v) for v in batch.values()))
+            store, first = windowed.layout.locate(np.asarray(indices))
+            bold_slots = [n for n, s in enumerate(store) if windowed.layout.paths[s] in bold]
+            for n, slot in enumerate(bold_slots):
+                path = windowed.layout.paths[store[slot]]
+                start = single.layout.offsets[bold.index(path)] + first[slot]
+                np.testing.assert_array_equal(batch["bold"][n].numpy(), frames[start : start + 3])
+            if "T1w" in batch:
+                fresh = windowed.batch(indices)["T1w"]
+                torch.testing.assert_close(batch["T1w"], fresh, rtol=0, atol=0)
+    assert len(compositions) > 2  # the windows moved within the buffers

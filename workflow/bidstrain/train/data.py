@@ -425,7 +425,8 @@ class VolumeDataset(torch.utils.data.Dataset):
         codes = layout.modality[store]
         if out is None:
             size = sum(self.sample_size(MODALITIES[c]) for c in codes)
-            out = BatchBuffer(allocate(size, zero=True), zeroed=True)
+            flat, zeroed = allocate(size)
+            out = BatchBuffer(flat, zeroed=zeroed)
         out.start()
         batch = {}
         for code, modality in enumerate(MODALITIES):
