@@ -9,7 +9,11 @@ subjects, runs 1 and 2 for training and run 3 held out, the demo atlas, per-subj
 stores); the normalize jobs and the trainer run from the files the plan writes, in this
 process (their ``main`` with the job's arguments). This replaces an earlier numpy version
 that cut the windows and trained with its own loop: the job path proves the same thing
-on the windows, masks and losses users get, in a fraction of its time.
+on the windows, masks and losses users get, in a fraction of its time (its second
+baseline, predicting zeros, is the mean's 1.0 on z-scored windows). It used 4^3 patches,
+where a masked patch also sees the other patches of its frames; with those the job path
+needs more steps for a clear gap (docs/time-and-parcels.md), so it uses whole-volume
+tubelets here.
 """
 
 from __future__ import annotations
