@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from bidstrain.demo.generate import DemoSpec, _ellipsoid, bold_run, dwi_series
 from bidstrain.io.store import create_store, open_store
+from bidstrain.train.metrics import learning_summary
 
 SPEC = DemoSpec(bold_shape=(12, 14, 12), n_volumes=30)
 TR = 2.0
@@ -164,11 +165,26 @@ PLAN = {
 }
 
 
-def write_metrics(path: Path, lr_of_step, restart_at: int | None = None) -> Path:
+def validation_in_time(loss: float) -> dict:
+    """What a validation of BOLD windows adds to its record: the baseline and the loss
+    with the frames shuffled in time (here 1.5x ``loss``)."""
+    return {
+        "baseline_per_modality": {"bold": 1.0},
+        "loss_shuffled_time": 1.5 * loss,
+        "loss_shuffled_time_per_modality": {"bold": 1.5 * loss},
+    }
+
+
+def write_metrics(
+    path: Path, lr_of_step, restart_at: int | None = None, *, windows: bool = False
+) -> Path:
     """A metrics.jsonl of 30 steps with a skipped non-finite step and validation lines.
 
     ``lr_of_step(step)`` gives the actual lr logged at 1-based step ``step``; with
-    ``restart_at`` a second plan line is written before that step (a resumed run).
+    ``restart_at`` a second plan line is written before that step (a resumed run). With
+    ``windows`` (BOLD windows, as with ``train.window`` > 1) the validation lines also hold
+    the BOLD baseline (1.0) and the loss on the windows shuffled in time (1.5x the loss),
+    and a ``summary`` line ends the file.
     """
     rng = np.random.default_rng(0)
     lines = [PLAN]
@@ -208,7 +224,12 @@ def write_metrics(path: Path, lr_of_step, restart_at: int | None = None) -> Path
                     "epoch": step // 10 - 1,
                     "loss": 1.2 / step**0.3,
                     "loss_per_modality": {"bold": 1.2 / step**0.3},
+                    **(validation_in_time(1.2 / step**0.3) if windows else {}),
                 }
             )
+    if windows:
+        lines.append(
+            learning_summary(lines, modalities=["bold"], max_ratio=0.9, strict=False, step=30)
+        )
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path

@@ -53,7 +53,7 @@ def assert_readable(fig: Figure) -> None:
     assert panels
     for ax in panels:
         drawn = ax.lines or ax.images or ax.patches or ax.collections or ax.tables
-        if not drawn or not (ax.get_xticks().size or ax.get_yticks().size):
+        if not drawn or not (np.size(ax.get_xticks()) or np.size(ax.get_yticks())):
             continue
         where = f"panel {ax.get_title()!r}"
         assert ax.get_title(), f"untitled panel with {ax.get_xlabel()!r}"
@@ -285,6 +285,40 @@ def test_training_figures_are_readable_and_mark_skipped_steps(tmp_path):
     planned, used = figures["lr"].get_axes()[0].lines[:2]
     np.testing.assert_allclose(used.get_ydata(), 2 * planned.get_ydata())
     assert figures["losses"].get_axes()[0].get_yscale() == "log"
+
+
+@pytest.mark.parametrize("windows", [True, False])
+def test_the_loss_with_frames_shuffled_in_time_is_drawn_when_recorded(tmp_path, windows):
+    """Beside the validation loss and the baseline, in the losses figure and the learning
+    curve (loss / baseline), and in their legends; absent from metrics without it."""
+    records = read_metrics(rd.write_metrics(tmp_path / "m.jsonl", _schedule_lr, windows=windows))
+    validation = [r for r in records if r["kind"] == "validation"]
+    figures = training_figures(records, experiment="demo")
+    losses = figures["losses"].get_axes()[0]
+    curve = figures["learning"].get_axes()[-1]
+    # the baseline is 1.0: the same values on both
+    shuffled = [1.5 * r["loss_per_modality"]["bold"] for r in validation]
+    names = {
+        losses: "validation bold, frames shuffled in time",
+        curve: "bold, frames shuffled in time",  # (no summary without windows: no curve)
+    }
+    for ax, label in names.items():
+        legend = (
+            [text.get_text() for text in ax.get_legend().get_texts()] if ax.get_legend() else []
+        )
+        drawn = [line for line in ax.lines if line.get_label() == label]
+        if not windows:
+            assert not drawn and not any("shuffled" in text for text in legend)
+            continue
+        assert label in legend
+        (line,) = drawn
+        np.testing.assert_array_equal(line.get_xdata(), [r["step"] for r in validation])
+        np.testing.assert_allclose(line.get_ydata(), shuffled)
+    labels = losses.get_legend_handles_labels()[1]
+    assert "validation bold" in labels
+    assert any(label.startswith("baseline") for label in labels) == windows
+    assert_readable(figures["losses"])
+    assert_readable(figures["learning"])
 
 
 def test_read_metrics_rejects_a_file_without_plan_or_with_bad_json(tmp_path):

@@ -1,5 +1,6 @@
 """Training figures from ``metrics.jsonl``: losses (with each modality's validation
-baseline), gradient norm, learning rate, the per-modality gradients with the dummy loss,
+baseline, and with BOLD windows the validation loss on the same windows with their frames
+shuffled in time), gradient norm, learning rate, the per-modality gradients with the dummy loss,
 throughput, and whether each modality learned (the ``summary`` record against
 ``train.learning.max_ratio``).
 
@@ -181,6 +182,7 @@ def _losses(steps: pd.DataFrame, validation: list[dict[str, Any]], experiment: s
                 color=_MODALITY_COLOURS.get(modality, "grey"),
                 label=f"validation {modality}",
             )
+        _shuffled_in_time(ax, validation)
         _baselines(ax, validation)
     ax.set_yscale("log")
     ax.set_title("Loss per optimizer step (per-modality lines where the modality was in the batch)")
@@ -188,6 +190,30 @@ def _losses(steps: pd.DataFrame, validation: list[dict[str, Any]], experiment: s
     ax.set_ylabel("loss (normalized MSE, unitless)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
+
+
+def shuffled_in_time(validation: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
+    """Per modality, ``(step, loss)`` of the validations that scored its windows with
+    their frames shuffled in time (``loss_shuffled_time_per_modality``: BOLD windows,
+    ``train.window`` > 1); empty when no validation did."""
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for record in validation:
+        for modality, value in record.get("loss_shuffled_time_per_modality", {}).items():
+            series[modality].append((record["step"], value))
+    return dict(sorted(series.items()))
+
+
+def _shuffled_in_time(ax: Axes, validation: list[dict[str, Any]]) -> None:
+    """The validation loss on the windows with their frames shuffled in time, beside the
+    one in true order (same colour, dash-dot, crosses): a model that uses time is clearly
+    worse on them."""
+    for modality, points in shuffled_in_time(validation).items():
+        ax.plot(
+            *zip(*points, strict=True),
+            "-.x",
+            color=_MODALITY_COLOURS.get(modality, "grey"),
+            label=f"validation {modality}, frames shuffled in time",
+        )
 
 
 def _baselines(ax: Axes, validation: list[dict[str, Any]]) -> None:
@@ -380,22 +406,19 @@ def _learning(records: list[dict[str, Any]], experiment: str) -> Figure:
     bar_ax.set_ylim(0, max(1.2, 1.15 * max(v["ratio"] for v in values)))
     bar_ax.set_title("Final validation loss / baseline")
     bar_ax.set_xlabel("modality")
+    bar_ax.legend(loc="upper right", fontsize=8)
     for modality in modalities:
-        points = [
-            (r["step"], r["loss_per_modality"][modality] / r["baseline_per_modality"][modality])
-            for r in records
-            if r.get("kind") == "validation" and modality in r.get("baseline_per_modality", {})
-        ]
-        curve_ax.plot(
-            *zip(*points, strict=True),
-            "-o",
-            color=_MODALITY_COLOURS.get(modality, "grey"),
-            label=modality,
-        )
+        colour = _MODALITY_COLOURS.get(modality, "grey")
+        curve_ax.plot(*_to_baseline(records, modality), "-o", color=colour, label=modality)
+        shuffled = _to_baseline(records, modality, "loss_shuffled_time_per_modality")
+        if shuffled[0]:
+            curve_ax.plot(
+                *shuffled, "-.x", color=colour, label=f"{modality}, frames shuffled in time"
+            )
     curve_ax.set_title("Validation loss / baseline after every epoch")
     curve_ax.set_xlabel("optimizer step")
     curve_ax.set_ylim(bottom=0)
-    curve_ax.legend(loc="lower left", fontsize=8)
+    curve_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     if summary["unvalidated"]:
         fig.text(
             0.01,
@@ -404,3 +427,18 @@ def _learning(records: list[dict[str, Any]], experiment: str) -> Figure:
             fontsize=8,
         )
     return fig
+
+
+def _to_baseline(
+    records: list[dict[str, Any]], modality: str, key: str = "loss_per_modality"
+) -> tuple[list[int], list[float]]:
+    """Steps and ``record[key][modality]`` / the baseline of the validations that have
+    both."""
+    points = [
+        (r["step"], r[key][modality] / r["baseline_per_modality"][modality])
+        for r in records
+        if r.get("kind") == "validation"
+        and modality in r.get(key, {})
+        and r.get("baseline_per_modality", {}).get(modality)
+    ]
+    return [s for s, _ in points], [v for _, v in points]
