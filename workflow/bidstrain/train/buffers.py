@@ -21,8 +21,8 @@ once per loader process, so this is paid once per training run (``slots`` buffer
 ``batch_size`` samples: 165 MB each for two 20-frame windows on the MNI 2 mm grid).
 
 Lifetime: a batch stays valid until its process has written ``slots`` more batches (the
-ring's buffers are used in turn). :func:`~bidstrain.train.ring.ring_slots` gives the number of slots that keeps
-every batch the training step can still read intact.
+ring's buffers are used in turn). :func:`~bidstrain.train.ring.ring_slots` gives the
+number of slots that keeps every batch the training step can still read intact.
 """
 
 from __future__ import annotations
