@@ -15,6 +15,7 @@ from bidstrain.demo.generate import write_bold_store
 from bidstrain.errors import BidstrainError
 from bidstrain.io.scans_table import StoreRow, write_table
 from bidstrain.io.store import open_store, read_dims, to_grid
+from bidstrain.train.buffers import ring_slots
 from bidstrain.train.data import (
     MODALITIES,
     LoaderBatches,
@@ -27,7 +28,6 @@ from bidstrain.train.data import (
 )
 from bidstrain.train.reader import ChunkCache, OpenStores, StoreReader
 from bidstrain.train.resample import GridMap, block_mean, downsampled_grid, model_view
-from bidstrain.train.ring import ring_slots
 from bidstrain.train.sampler import ModalityBatchSampler, batch_sampler, epoch_order
 from bidstrain.train.step import accumulation_groups
 from train_support import train_config, write_store

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +39,6 @@ from bidstrain.io.atomic import write_text_atomic
 from bidstrain.modalities import MODALITIES, STIMULUS_KINDS
 from bidstrain.report import CHECKS_FIGURES, TRAINING_FIGURES
 from bidstrain.train.expectation import expectation
-from bidstrain.train.ring import loader_buffer_bytes
 
 if TYPE_CHECKING:  # imported when stimuli.enabled: PyAV and nibabel cost 0.3 s at parse
     from bidstrain.stimuli.alignment import AlignTarget
@@ -268,8 +266,6 @@ class Plan:
             "dwi": volumes["dwi"][1],
             "bold": _bold_stores(bold, averages, validation=True),
         }
-        gpus = config.resources.train.gpus if gpus is None else gpus
-        _check_loader_memory(config, gpus)
         return cls(
             config=config,
             images=images,
@@ -279,7 +275,7 @@ class Plan:
             figure_groups=_figure_groups(subjects, config.report.normalize_groups),
             training={m: s for m, s in training.items() if s},
             validation={m: s for m, s in validation.items() if s},
-            gpus=gpus,
+            gpus=config.resources.train.gpus if gpus is None else gpus,
             nodes=config.resources.train.nodes if nodes is None else nodes,
             gpu_model=gpu_model,
             atlas=atlas,
@@ -1311,43 +1307,6 @@ def _check_train_stimuli(config: Config) -> None:
         raise BidstrainError(
             f"config train.stimuli is {kinds} but modalities {list(config.modalities)} has no "
             "bold: the stimulus features come with BOLD windows"
-        )
-
-
-def _check_loader_memory(config: Config, gpus: int) -> None:
-    """The training loader's batch buffers of every rank of a node fit in the training
-    job's memory (``resources.train.mem_mb``).
-
-    The largest sample is counted from the settings: a T1w or DWI volume on its
-    ``train.shapes`` grid, a BOLD voxel window (``train.window`` frames of
-    ``train.shapes.bold``). Parcel windows (``window x`` parcels, a few kB) are left out:
-    their parcel count is known only from the stores.
-
-    Raises
-    ------
-    BidstrainError
-        Naming the figures and the keys that change them.
-    """
-    train = config.train
-    sizes = [
-        math.prod(train.model.shapes[m]) * (train.model.window if m == "bold" else 1)
-        for m in config.modalities
-        if m != "bold" or train.model.bold_input == "voxels"
-    ]
-    if not sizes:
-        return
-    ranks = max(1, gpus)
-    needed = ranks * loader_buffer_bytes(train, max(sizes))
-    available = config.resources.train.mem_mb * 2**20
-    if needed > available:
-        raise BidstrainError(
-            f"the training loader's batch buffers need {needed / 2**30:.1f} GiB per node "
-            f"({ranks} rank(s) x {max(1, train.loader.num_workers)} loader process(es) x "
-            f"{train.loader.batch_size} samples of {max(sizes) * 4 / 2**20:.1f} MiB, "
-            "times the buffers each process keeps), more than resources.train.mem_mb "
-            f"({config.resources.train.mem_mb} MB): lower train.batch_size, "
-            "train.num_workers, train.prefetch_factor or train.window, or raise "
-            "resources.train.mem_mb"
         )
 
 

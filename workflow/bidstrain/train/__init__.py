@@ -25,7 +25,6 @@ Modules:
 - :mod:`.scatter`: a float32 volume read from the shard straight onto the model's grid.
 - :mod:`.resample`: from a store's masked voxels to the model's grid (block mean, crop, pad).
 - :mod:`.buffers`: the ring of reused batch buffers the loader writes into.
-- :mod:`.ring`: the buffers a loader process keeps, and their bytes (no torch, for the plan).
 - :mod:`.metrics`: ``metrics.jsonl`` and the progress line of the job log.
 - :mod:`.tracking`: TensorBoard and W&B, fed the records of ``metrics.jsonl``.
 - :mod:`.description`: ``model.json`` and :func:`load_model`.

@@ -13,7 +13,6 @@ the batch order (:mod:`bidstrain.train.sampler`) reads a few stores at a time.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -27,13 +26,10 @@ from bidstrain.errors import BidstrainError
 from bidstrain.io.scans_table import read_tables
 from bidstrain.io.store import chunk_volumes, read_dims, read_segments
 from bidstrain.modalities import MODALITIES
-from bidstrain.train.buffers import BatchBuffer, BatchRing, allocate
+from bidstrain.train.buffers import BatchBuffer, BatchRing, allocate, ring_slots
 from bidstrain.train.reader import OpenStores, ParcelReader
-from bidstrain.train.ring import loader_buffer_bytes, ring_slots
 from bidstrain.train.stimulus_windows import StimulusWindows
 from bidstrain.train.windows import window_counts
-
-log = logging.getLogger(__name__)
 
 BATCHINGS = ("mixed", "single_modality")
 
@@ -624,16 +620,8 @@ def make_loader(
         prefetch_factor=train.loader.prefetch_factor,
         workers=workers,
     )
-    batches = LoaderBatches(dataset, slots=slots, batch_size=sampler.batch_size, pin=pin)
-    largest = max(dataset.sample_size(m) for m in dataset.shapes)
-    log.info(
-        "loader: %d process(es) x %d buffers: %.2f GB of batch buffers per rank",
-        max(workers, 1),
-        slots,
-        loader_buffer_bytes(train, largest, workers) / 1e9,
-    )
     return torch.utils.data.DataLoader(
-        batches,
+        LoaderBatches(dataset, slots=slots, batch_size=sampler.batch_size, pin=pin),
         batch_sampler=sampler,
         collate_fn=_as_batch,
         num_workers=workers,
