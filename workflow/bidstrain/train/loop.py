@@ -242,13 +242,13 @@ def _train(config, stores, validation_stores, context, outputs: Outputs, tables=
     buffers = sum(buffer_bytes(loader, config) for loader in loaders)
     LOG.info(
         "training on %s, %d rank(s): %d samples %s, %d steps; loader batch buffers "
-        "%.2f GB per rank (train.num_workers %d)",
+        "%.2f MB per rank (train.num_workers %d)",
         context.device,
         context.world_size,
         len(data.dataset),
         data.dataset.layout.counts(),
         data.total_steps,
-        buffers / 1e9,
+        buffers / 1e6,
         config.loader.num_workers,
     )
     summary = None
