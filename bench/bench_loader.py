@@ -53,11 +53,11 @@ import yaml
 from bidstrain.config import TrainConfig, validate_config
 from bidstrain.demo.generate import write_bold_store
 from bidstrain.io.store import read_dims, write_parcel_store
-from bidstrain.train.buffers import ring_slots
 from bidstrain.train.data import make_loader, volume_dataset
 from bidstrain.train.distributed import Context
 from bidstrain.train.model import build_module
 from bidstrain.train.reader import OpenStores
+from bidstrain.train.ring_size import ring_slots
 from bidstrain.train.sampler import batch_sampler
 from bidstrain.train.schedule import build_scheduler
 from bidstrain.train.step import Trainer, optimizer_step

@@ -189,6 +189,44 @@ def test_gpus_from_the_profile_decide_the_world_size(demo_bids):
     assert json.loads(plan.files()[paths.plan_stores(plan.experiment)])["world_size"] == 2
 
 
+def mni2mm(bids_dir: Path, **train) -> Config:
+    """config.yaml with config/train-mni2mm.yaml over it (its train and resources.train),
+    and ``train`` keys."""
+    overlay = yaml.safe_load((REPO / "config" / "train-mni2mm.yaml").read_text())
+    return typed_config(
+        bids_dir,
+        train={**overlay["train"], **train},
+        resources={"train": overlay["resources"]["train"]},
+    )
+
+
+def test_loader_buffers_beyond_the_training_jobs_memory_stop_the_plan(demo_bids):
+    index = BidsIndex.build(demo_bids)
+    Plan.build(typed_config(demo_bids), index)  # the defaults: a few MB
+    Plan.build(mni2mm(demo_bids), index)  # volumes: 16 x 4.1 MB per buffer, 3.3 GB
+    config = mni2mm(demo_bids, window=20)
+    # by hand: a sample is 20 x 96*112*96 float32 = 82.6 MB, a buffer 16 of them; the
+    # training loader's 8 workers hold 1 + 1 + 4 buffers each (63.4 GB), the validation
+    # loader (the demo holds run 2 out) 1 + 1 (2.6 GB)
+    with pytest.raises(BidstrainError) as error:
+        Plan.build(config, index)
+    message = str(error.value)
+    for figure in ("66.1 GB per node", "(64000 MB)", "1 rank(s) x 66.1 GB", "63.4 GB = 8 process"):
+        assert figure in message
+    for key in (
+        "train.batch_size",
+        "train.num_workers",
+        "train.prefetch_factor",
+        "train.window",
+        "resources.train.mem_mb",
+    ):
+        assert key in message
+    Plan.build(config, index, mem_mb=70_000)  # the profile's memory decides
+    with pytest.raises(BidstrainError, match="132.1 GB per node"):
+        Plan.build(config, index, gpus=2, mem_mb=70_000)  # a loader per GPU rank
+    Plan.build(mni2mm(demo_bids, window=20, num_workers=2), index)  # 2 x 6 + 2 buffers
+
+
 def test_experiment_files_and_figures_are_the_experiments_own(demo_bids):
     """What depends on train.experiment is under its name: two experiments' plans write
     the shared lists identically and their own lists to different paths."""

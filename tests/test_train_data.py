@@ -15,19 +15,20 @@ from bidstrain.demo.generate import write_bold_store
 from bidstrain.errors import BidstrainError
 from bidstrain.io.scans_table import StoreRow, write_table
 from bidstrain.io.store import open_store, read_dims, to_grid
-from bidstrain.train.buffers import ring_slots
 from bidstrain.train.data import (
     MODALITIES,
     LoaderBatches,
     StoreLayout,
     VolumeDataset,
     batches_per_epoch,
+    buffer_bytes,
     make_loader,
     store_layout,
     volume_dataset,
 )
 from bidstrain.train.reader import ChunkCache, OpenStores, StoreReader
 from bidstrain.train.resample import GridMap, block_mean, downsampled_grid, model_view
+from bidstrain.train.ring_size import largest_sample, loader_bytes, ring_slots
 from bidstrain.train.sampler import ModalityBatchSampler, batch_sampler, epoch_order
 from bidstrain.train.step import accumulation_groups
 from train_support import train_config, write_store
@@ -423,6 +424,39 @@ def test_batches_the_step_holds_survive_the_workers_reading_ahead(tmp_path):
             torch.testing.assert_close(batch, expected[received], rtol=0, atol=0)
             received += 1
     assert received == len(expected) == 9  # 25 samples in batches of 3
+
+
+def test_loader_bytes_are_every_process_ring_of_the_largest_sample():
+    config = train_config(
+        shapes={"T1w": [8, 8, 6], "bold": [4, 5, 6], "dwi": [6, 10, 7]},
+        window=5,
+        batch_size=3,
+        grad_accum_steps=2,
+        prefetch_factor=4,
+    )
+    # by hand: BOLD windows of 5 x 4*5*6 = 600 values beat T1w (384) and DWI (420)
+    assert largest_sample(config, ["T1w", "bold", "dwi"]) == 600
+    assert largest_sample(config, ["T1w", "dwi"]) == 420
+    # 7 workers, each a ring of 2 + 1 + 4 buffers of 3 samples of 600 float32
+    assert loader_bytes(config, 600, workers=7) == 7 * 7 * 3 * 600 * 4 == 352_800
+    # the main process alone: 2 + 1 buffers, no read-ahead
+    assert loader_bytes(config, 600, workers=0) == 3 * 3 * 600 * 4 == 21_600
+    parcels = train_config(bold_input="parcels", window=5)
+    assert largest_sample(parcels, ["bold"]) == 0  # parcel count unknown: skipped
+    assert largest_sample(parcels, ["bold", "T1w"]) == 512
+
+
+def test_buffer_bytes_are_what_the_main_process_ring_allocates(tmp_path):
+    config = train_config(shapes=MASKED_SHAPES, window=3, batch_size=4, grad_accum_steps=2)
+    dataset = volume_dataset(write_masked_stores(tmp_path, "float32"), config)
+    sampler = batch_sampler(dataset.layout, config)
+    loader = make_loader(dataset, sampler, config, device=torch.device("cpu"), num_workers=0)
+    next(iter(loader))
+    ring = loader.dataset._ring.buffers
+    allocated = sum(buffer.flat.numel() * buffer.flat.element_size() for buffer in ring)
+    assert len(ring) == 3
+    # BOLD windows of 3 x 8*16*10 values are the largest sample
+    assert allocated == buffer_bytes(loader, config) == 3 * 4 * 3 * 8 * 16 * 10 * 4
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="page-locked memory needs CUDA")

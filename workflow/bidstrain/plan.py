@@ -39,6 +39,7 @@ from bidstrain.io.atomic import write_text_atomic
 from bidstrain.modalities import MODALITIES, STIMULUS_KINDS
 from bidstrain.report import CHECKS_FIGURES, TRAINING_FIGURES
 from bidstrain.train.expectation import expectation
+from bidstrain.train.ring_size import largest_sample, loader_bytes, ring_slots
 
 if TYPE_CHECKING:  # imported when stimuli.enabled: PyAV and nibabel cost 0.3 s at parse
     from bidstrain.stimuli.alignment import AlignTarget
@@ -214,6 +215,7 @@ class Plan:
         gpus: int | None = None,
         nodes: int | None = None,
         gpu_model: str = "",
+        mem_mb: int | None = None,
     ) -> Plan:
         """Decide what to build.
 
@@ -230,6 +232,9 @@ class Plan:
             ``resources.train.nodes``.
         gpu_model : str
             GPU type to ask SLURM for (the profile's ``gpu_type``); any when empty.
+        mem_mb : int, optional
+            Memory per node of the training job when the profile sets it (its
+            ``mem_mb``); default ``resources.train.mem_mb``.
 
         Raises
         ------
@@ -237,7 +242,8 @@ class Plan:
             A dataset without subjects; a subject without any image of the configured
             modalities (one without any MRI folder is left out, with a warning); a held-out
             selection that leaves a subject no run to fit on; a mask pattern naming an
-            entity an image lacks.
+            entity an image lacks; loader batch buffers beyond the training job's memory
+            (:func:`_check_loader_memory`).
         """
         kind = derivatives.dataset_kind(index.root)
         images = {m: tuple(_select(index, config, m, kind)) for m in MODALITIES}
@@ -266,6 +272,16 @@ class Plan:
             "dwi": volumes["dwi"][1],
             "bold": _bold_stores(bold, averages, validation=True),
         }
+        training = {m: s for m, s in training.items() if s}
+        validation = {m: s for m, s in validation.items() if s}
+        gpus = config.resources.train.gpus if gpus is None else gpus
+        _check_loader_memory(
+            config,
+            training,
+            validation,
+            gpus=gpus,
+            mem_mb=config.resources.train.mem_mb if mem_mb is None else mem_mb,
+        )
         return cls(
             config=config,
             images=images,
@@ -273,9 +289,9 @@ class Plan:
             jobs=jobs,
             averages=averages,
             figure_groups=_figure_groups(subjects, config.report.normalize_groups),
-            training={m: s for m, s in training.items() if s},
-            validation={m: s for m, s in validation.items() if s},
-            gpus=config.resources.train.gpus if gpus is None else gpus,
+            training=training,
+            validation=validation,
+            gpus=gpus,
             nodes=config.resources.train.nodes if nodes is None else nodes,
             gpu_model=gpu_model,
             atlas=atlas,
@@ -1284,6 +1300,59 @@ def _check_bold_input(config: Config, atlas: AtlasFiles | None, has_bold: bool) 
             "parcellation section (an atlas in the BOLD runs' space), or train.bold_input: "
             "voxels"
         )
+
+
+def _check_loader_memory(
+    config: Config,
+    training: Mapping[str, Sequence[str]],
+    validation: Mapping[str, Sequence[str]],
+    *,
+    gpus: int,
+    mem_mb: int,
+) -> None:
+    """The loader batch buffers of a node's ranks (one per GPU, one without GPUs) fit the
+    training job's memory per node, ``mem_mb`` MB (10^6 bytes; SLURM reads MiB, which
+    leaves the rest of the process under 5 %).
+
+    A rank's buffers are those of its training loader (``train.num_workers`` processes)
+    and, with validation stores, of its validation loader (the main process):
+    :func:`~bidstrain.train.ring_size.loader_bytes` of the largest sample of the modalities
+    each reads (:func:`~bidstrain.train.ring_size.largest_sample`; parcel windows are
+    skipped: their parcel count is not known before normalization, and they are tiny).
+
+    Raises
+    ------
+    BidstrainError
+        Naming the figures and the keys to change.
+    """
+    train, loader = config.train, config.train.loader
+    sample = largest_sample(train, training)
+    training_bytes = loader_bytes(train, sample, workers=loader.num_workers)
+    validation_bytes = 0
+    if validation:
+        validation_bytes = loader_bytes(train, largest_sample(train, validation), workers=0)
+    ranks = max(1, gpus)
+    node = ranks * (training_bytes + validation_bytes)
+    if node <= mem_mb * 1e6:
+        return
+    slots = ring_slots(
+        grad_accum_steps=train.optimizer.grad_accum_steps,
+        prefetch_factor=loader.prefetch_factor,
+        workers=loader.num_workers,
+    )
+    raise BidstrainError(
+        f"the loader batch buffers of the training job need {node / 1e9:.1f} GB per node, "
+        f"more than resources.train.mem_mb ({mem_mb} MB): {ranks} rank(s) x "
+        f"{(training_bytes + validation_bytes) / 1e9:.1f} GB; a rank's training loader "
+        f"holds {training_bytes / 1e9:.1f} GB = {max(loader.num_workers, 1)} process(es) "
+        f"(train.num_workers {loader.num_workers}) x {slots} buffers "
+        f"(train.grad_accum_steps {train.optimizer.grad_accum_steps} + 1 + "
+        f"train.prefetch_factor {loader.prefetch_factor} with workers) x train.batch_size "
+        f"{loader.batch_size} samples x {4 * sample / 1e6:.1f} MB (the largest sample; "
+        f"train.window {train.model.window} BOLD frames), its validation loader "
+        f"{validation_bytes / 1e9:.1f} GB. Lower train.batch_size, train.num_workers, "
+        "train.prefetch_factor or train.window, or raise resources.train.mem_mb"
+    )
 
 
 def _check_train_stimuli(config: Config) -> None:

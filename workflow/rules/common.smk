@@ -33,8 +33,9 @@ from bidstrain.errors import BidstrainError
 from bidstrain.plan import Plan, settings_changes, write_if_changed
 
 # The SLURM profile may set the training job's GPUs per node, nodes and GPU type
-# (set-resources: train: gpus_per_node, nodes, gpu_type): the plan takes them from there,
-# so the checks, the launcher and the trainer see one world size.
+# (set-resources: train: gpus_per_node, nodes, gpu_type, mem_mb): the plan takes them from
+# there, so the checks, the launcher and the trainer see one world size, and the loader
+# buffers are checked against the memory the job gets.
 try:
     _TRAIN_RESOURCES = {
         name: constant_resource(f"train:{name}", resource.raw)
@@ -57,6 +58,7 @@ try:
         gpus=_TRAIN_RESOURCES.get("gpus_per_node"),
         nodes=_TRAIN_RESOURCES.get("nodes"),
         gpu_model=_TRAIN_RESOURCES.get("gpu_type") or "",
+        mem_mb=_TRAIN_RESOURCES.get("mem_mb"),
     )
 except BidstrainError as error:
     raise WorkflowError(f"bidstrain: {error}") from None

@@ -21,8 +21,9 @@ once per loader process, so this is paid once per training run (``slots`` buffer
 ``batch_size`` samples: 165 MB each for two 20-frame windows on the MNI 2 mm grid).
 
 Lifetime: a batch stays valid until its process has written ``slots`` more batches (the
-ring's buffers are used in turn). :func:`ring_slots` gives the number of slots that keeps
-every batch the training step can still read intact.
+ring's buffers are used in turn). :func:`~bidstrain.train.ring_size.ring_slots` gives the
+number of slots that keeps every batch the training step can still read intact, and
+:func:`~bidstrain.train.ring_size.loader_bytes` the bytes of a loader's rings.
 """
 
 from __future__ import annotations
@@ -35,20 +36,6 @@ import numpy as np
 import torch
 
 from bidstrain.train.resample import GridMap
-
-
-def ring_slots(*, grad_accum_steps: int, prefetch_factor: int, workers: int) -> int:
-    """Buffers a loader process needs so that no batch still in use is overwritten.
-
-    The training step reads the ``grad_accum_steps`` batches of its group; the main
-    process writes the next batch only when the step asks for it, so one more buffer is
-    enough. A worker writes while the step runs: up to ``prefetch_factor`` batches beyond
-    the newest one the step holds. On a GPU the copy from a page-locked buffer does not
-    block, but every optimizer step ends by reading its losses back to the host
-    (:func:`bidstrain.train.distributed.all_reduce_named`), so a buffer's copy is done
-    before the main process writes it again.
-    """
-    return grad_accum_steps + 1 + (prefetch_factor if workers > 0 else 0)
 
 
 def allocate(size: int, *, pin: bool = False) -> tuple[torch.Tensor, bool]:

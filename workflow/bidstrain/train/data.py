@@ -26,8 +26,9 @@ from bidstrain.errors import BidstrainError
 from bidstrain.io.scans_table import read_tables
 from bidstrain.io.store import chunk_volumes, read_dims, read_segments
 from bidstrain.modalities import MODALITIES
-from bidstrain.train.buffers import BatchBuffer, BatchRing, allocate, ring_slots
+from bidstrain.train.buffers import BatchBuffer, BatchRing, allocate
 from bidstrain.train.reader import OpenStores, ParcelReader
+from bidstrain.train.ring_size import loader_bytes, ring_slots
 from bidstrain.train.stimulus_windows import StimulusWindows
 from bidstrain.train.windows import window_counts
 
@@ -405,6 +406,11 @@ class VolumeDataset(torch.utils.data.Dataset):
         """float32 values of one sample of ``modality``."""
         return self.frames(modality) * math.prod(self.shapes[modality])
 
+    def largest_sample(self) -> int:
+        """float32 values of the largest sample of any modality: what a batch buffer
+        holds per sample."""
+        return max(self.sample_size(m) for m in self.shapes)
+
     def batch(
         self, indices: Sequence[int], out: BatchBuffer | None = None
     ) -> dict[str, torch.Tensor]:
@@ -469,7 +475,7 @@ class LoaderBatches(torch.utils.data.Dataset):
     own in shared memory).
 
     A batch is valid until the process has written ``slots`` more
-    (:func:`~bidstrain.train.buffers.ring_slots`).
+    (:func:`~bidstrain.train.ring_size.ring_slots`).
 
     Parameters
     ----------
@@ -485,7 +491,7 @@ class LoaderBatches(torch.utils.data.Dataset):
     def __init__(self, dataset: VolumeDataset, *, slots: int, batch_size: int, pin: bool):
         self.dataset = dataset
         self.slots = slots
-        self.size = batch_size * max(dataset.sample_size(m) for m in dataset.shapes)
+        self.size = batch_size * dataset.largest_sample()
         self.pin = pin
         self._ring: BatchRing | None = None
 
@@ -631,3 +637,10 @@ def make_loader(
         pin_memory=pin,
         generator=torch.Generator(),  # its seed draw must not consume the global torch RNG
     )
+
+
+def buffer_bytes(loader: torch.utils.data.DataLoader, train: TrainConfig) -> int:
+    """Bytes of the batch buffers that ``loader`` (:func:`make_loader`) allocates, in all
+    its processes (:func:`~bidstrain.train.ring_size.loader_bytes`)."""
+    dataset = loader.dataset.dataset  # LoaderBatches' VolumeDataset
+    return loader_bytes(train, dataset.largest_sample(), workers=loader.num_workers)

@@ -40,6 +40,7 @@ from bidstrain.train import checkpoint, description, distributed
 from bidstrain.train.data import (
     StoreLayout,
     VolumeDataset,
+    buffer_bytes,
     dataset_statistics,
     make_loader,
     volume_dataset,
@@ -237,13 +238,18 @@ def _train(config, stores, validation_stores, context, outputs: Outputs, tables=
         context.is_main, checkpoint_dir / "metrics.jsonl", state.step if resumed else None, trackers
     )
     sink.emit(plan_record(config, data, context, config_hash))
+    loaders = [data.loader] if validation is None else [data.loader, validation]
+    buffers = sum(buffer_bytes(loader, config) for loader in loaders)
     LOG.info(
-        "training on %s, %d rank(s): %d samples %s, %d steps",
+        "training on %s, %d rank(s): %d samples %s, %d steps; loader batch buffers "
+        "%.2f MB per rank (train.num_workers %d)",
         context.device,
         context.world_size,
         len(data.dataset),
         data.dataset.layout.counts(),
         data.total_steps,
+        buffers / 1e6,
+        config.loader.num_workers,
     )
     summary = None
     try:
