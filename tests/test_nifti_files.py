@@ -9,6 +9,7 @@ corrupt files, which are rejected with the number of missing bytes.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import shutil
 import struct
@@ -25,7 +26,7 @@ from bidstrain.ingest.records import ingest_images, inspect_image
 from bidstrain.io import nifti_files
 from bidstrain.io.nifti_files import check_complete, data_end, gzip_stream_size
 from bidstrain.io.store import CONSOLIDATED
-from bidstrain.normalize import ImageInfo, normalize_bold
+from bidstrain.normalize import ImageInfo, nifti_stream, normalize_bold
 from bidstrain.normalize.nifti_stream import iter_blocks, read_layout
 from isal import igzip
 from nibabel.testing import data_path
@@ -145,6 +146,49 @@ def test_multi_member_gzip_is_accepted_and_streamed(tmp_path, kind):
     expected = np.asarray(nib.as_closest_canonical(stored).dataobj)
     volumes = np.stack([layout.to_grid(row) for row in rows], axis=-1)
     np.testing.assert_array_equal(volumes, expected)
+
+
+class _CountedReads(io.RawIOBase):
+    """A binary file that counts the reads asked of it."""
+
+    def __init__(self, file):
+        self.file, self.reads = file, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        self.reads += 1
+        return self.file.readinto(buffer)
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
+
+
+def test_a_gzip_stream_is_read_from_its_file_in_large_pieces(tmp_path, monkeypatch):
+    # each read of the compressed file takes the GIL in the decompressing thread: with
+    # igzip.open's 512 KB pieces, decompression crawled whenever the main thread ran Python
+    shape = (64, 64, 64, 40)  # 21 MB of int16 noise: about as large compressed
+    values = np.random.default_rng(0).integers(-2000, 2000, shape, dtype=np.int16)
+    path = tmp_path / "noise.nii.gz"
+    nib.save(nib.Nifti1Image(values, np.eye(4)), path)
+    opened: list[_CountedReads] = []
+    real_open = Path.open
+
+    def counted_open(self, *args, **kwargs):
+        opened.append(_CountedReads(real_open(self, *args, **kwargs)))
+        return opened[-1]
+
+    layout = read_layout(path)
+    monkeypatch.setattr(Path, "open", counted_open)
+    rows = np.concatenate([block.copy() for _, block in iter_blocks(layout, 7)])
+    monkeypatch.undo()
+    np.testing.assert_array_equal(rows, values.reshape(-1, shape[3], order="F").T)
+    (file,) = opened
+    pieces = -(-path.stat().st_size // nifti_stream.GZIP_INPUT_BYTES)
+    assert path.stat().st_size > 2 * nifti_stream.GZIP_INPUT_BYTES
+    assert file.reads <= pieces + 2
 
 
 def _write_large(path: Path, shape: tuple[int, ...], short_by: int = 0) -> int:
