@@ -330,8 +330,22 @@ def test_the_trainer_logs_the_frames_in_no_window(tmp_path, caplog):
     assert f"{short}: 4 of its 4 frames" in caplog.text
     assert (
         "2 of 2 stores too short for train.window (7 frames, 1 stores with no window at "
-        "all); 2 frames left out by the time resampling"
+        "all); 2 frames left out of the stores' time grids"
     ) in caplog.text
+
+
+def test_an_average_no_table_lists_counts_its_left_out_frames(tmp_path, caplog):
+    """A cross-subject average has no normalize table: the frames it leaves out (too few
+    subjects valid there) come from its attributes, and the trainer logs them."""
+    valid = np.ones(12, dtype=bool)
+    valid[[0, 7]] = False  # segments of 6 and 4 frames
+    path, _ = bold_store(tmp_path / "avg.zarr", valid)
+    layout = store_layout({"bold": [path]}, [], window=5)
+    assert layout.invalid.tolist() == [2]
+    with caplog.at_level("WARNING", logger="bidstrain.train"):
+        log_left_out(layout)
+    assert f"{path}: 4 of its 10 frames are in no window (segments [6, 4]" in caplog.text
+    assert "2 frames left out of the stores' time grids" in caplog.text
 
 
 @pytest.mark.parametrize("factor", [1, 2])

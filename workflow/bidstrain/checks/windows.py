@@ -4,8 +4,9 @@ With ``train.window`` = W a BOLD sample is W consecutive frames of a segment of 
 (:mod:`bidstrain.train.windows`). Two reasons keep frames out of every window:
 
 ``invalid``
-    frames the time resampling left out of the store, since their interpolation needed a
-    volume the sample mask drops (the store's ``n_invalid_frames``);
+    frames of the run's time grid left out of the store: volumes the sample mask drops,
+    frames whose interpolation needed one, and in a cross-subject average frames valid
+    in fewer than ``average.min_subjects`` subjects (the store's ``n_invalid_frames``);
 ``too_short``
     frames of a segment (a run, or a piece of it between invalid frames) shorter than W.
 
@@ -73,7 +74,7 @@ def check_windows(scans: Sequence[StoreScan], *, window: int, strict: bool) -> C
     values = {"window": window, "modalities": {"bold": {**totals, "subjects": subjects}}}
     ok = (
         f"every BOLD frame can be in a window of {window} frames ({totals['frames_invalid']} "
-        "frames left out by the time resampling)"
+        "frames left out of the stores' time grids)"
     )
     if not problems:
         return verdict(NAME, [], [], ok, values)

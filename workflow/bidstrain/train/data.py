@@ -24,7 +24,7 @@ import torch
 from bidstrain.config import TrainConfig
 from bidstrain.errors import BidstrainError
 from bidstrain.io.scans_table import read_tables
-from bidstrain.io.store import chunk_volumes, read_dims, read_segments
+from bidstrain.io.store import chunk_volumes, read_dims, read_meta, read_segments
 from bidstrain.modalities import MODALITIES
 from bidstrain.train.buffers import BatchBuffer, BatchRing, allocate
 from bidstrain.train.reader import OpenStores, ParcelReader
@@ -71,8 +71,10 @@ class StoreLayout:
     sample_offsets : ndarray of int64
         Slot of each store's first sample; ``sample_offsets[-1]`` is ``len(layout)``.
     invalid : ndarray of int64
-        Frames of each store's time grid left out by the time resampling (from the
-        normalize tables; 0 where they do not say).
+        Frames of each BOLD store's time grid left out of its ``data``: dropped by the
+        sample mask or the time resampling, or, in a cross-subject average, valid in
+        fewer than ``average.min_subjects`` subjects (from the normalize tables, or the
+        store's attributes where no table lists it; 0 for T1w and DWI).
     """
 
     paths: tuple[str, ...]
@@ -226,7 +228,10 @@ def store_layout(
             codes.append(code)
             volumes.append(n_time)
             chunks.append(chunk_volumes(n_time, n_voxel))
-            invalid.append(invalid_of.get(key, 0))
+            if key in invalid_of or not bold:
+                invalid.append(invalid_of.get(key, 0))
+            else:  # no table lists it (a cross-subject average): its attributes say
+                invalid.append(read_meta(path).n_invalid_frames)
             windows.append(window if bold else 1)
             strides.append(stride if bold else 1)
     volumes = np.asarray(volumes, dtype=np.int64)

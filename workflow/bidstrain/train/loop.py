@@ -469,9 +469,9 @@ def training_data(config, stores, context: distributed.Context, tables=(), stimu
 
 def log_left_out(layout: StoreLayout) -> None:
     """Log the BOLD frames no window reads, as the checks count them
-    (:mod:`bidstrain.checks.windows`): frames left out by the time resampling (from the
-    normalize tables), and segments (runs, or pieces of runs between such frames) shorter
-    than ``train.window``, per store with any, and in total."""
+    (:mod:`bidstrain.checks.windows`): frames left out of the stores' ``data``
+    (:attr:`StoreLayout.invalid`), and segments (runs, or pieces of runs between such
+    frames) shorter than ``train.window``, per store with any, and in total."""
     left = layout.left_out()
     stores = np.flatnonzero(left["segments"])
     for s in stores:
@@ -487,7 +487,7 @@ def log_left_out(layout: StoreLayout) -> None:
     if stores.size or layout.invalid.any():
         LOG.warning(
             "BOLD frames in no window: %d of %d stores too short for train.window (%d frames, "
-            "%d stores with no window at all); %d frames left out by the time resampling",
+            "%d stores with no window at all); %d frames left out of the stores' time grids",
             stores.size,
             int((layout.modality == MODALITIES.index("bold")).sum()),
             int(left["frames"].sum()),
