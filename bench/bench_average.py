@@ -95,7 +95,7 @@ def make_subject_stores(
 def run_one(method: str, members: str, out: str) -> dict:
     """Average the stores listed in ``members`` with ``method`` in this process."""
     if method == "ours":
-        from bidstrain.average.cohort import main
+        from bidstrain.average.__main__ import main
 
         start = time.perf_counter()
         main([f"@{members}", "--out", out, *AVERAGE_FLAGS])

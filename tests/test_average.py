@@ -344,3 +344,17 @@ def test_command_line_reads_the_stores_from_a_file_and_reports_bad_input(
     average = open_store(tmp_path / "a.zarr")
     assert average.attrs["mask_mode"] == "union"
     assert average.attrs["source_path"] == [str(path) for path in three_subjects]
+
+
+def test_the_averaging_benchmark_runs_both_methods(tmp_path):
+    """``bench/bench_average.py`` runs the job and its xarray peer end to end on a few
+    small stores and prints a row for each."""
+    bench = Path(__file__).parents[1] / "bench" / "bench_average.py"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "workflow")}
+    args = ["--subjects", "3", "--distinct", "2", "--repeats", "1", "--volumes", "8"]
+    done = subprocess.run(
+        [sys.executable, str(bench), *args], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line.split("|")[1:3] for line in done.stdout.splitlines() if line.startswith("| 3 ")]
+    assert [method.strip() for _, method in rows] == ["ours", "xarray"]
