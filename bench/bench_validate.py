@@ -114,6 +114,8 @@ def main() -> None:
                 "@results/plan/validate.args",
                 "--bids-dir",
                 str(bids),
+                "--settings",
+                "{}",  # the ingest section's defaults, as config/config.yaml leaves it
                 "--out-tsv",
                 "job.tsv",
                 "--out-text",

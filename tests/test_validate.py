@@ -5,7 +5,11 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from bidstrain.demo.generate import DemoSpec, make_demo
@@ -106,3 +110,19 @@ def test_the_job_reads_its_ingest_section(demo_bids, tmp_path):
     assert text.read_text().startswith("16 image(s) checked: 0 error(s), 1 warning(s)")
     with pytest.raises(BidstrainError, match="ingest.repetition_time_mismatch"):
         run({"repetition_time_mismatch": "ignore"})
+
+
+def test_the_validation_benchmark_runs_snakemake_the_job_and_the_floor(tmp_path):
+    """``bench/bench_validate.py`` runs ``snakemake validate``, the job alone and the floor
+    on a small tree, and reports every image checked."""
+    bench = Path(__file__).parents[1] / "bench" / "bench_validate.py"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "workflow")}
+    done = subprocess.run(
+        [sys.executable, str(bench), "--subjects", "3", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "3 subjects, 12 images (12 image(s) checked: 0 error(s)" in done.stdout
