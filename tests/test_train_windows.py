@@ -340,7 +340,10 @@ def test_an_average_no_table_lists_counts_its_left_out_frames(tmp_path, caplog):
     valid = np.ones(12, dtype=bool)
     valid[[0, 7]] = False  # segments of 6 and 4 frames
     path, _ = bold_store(tmp_path / "avg.zarr", valid)
-    layout = store_layout({"bold": [path]}, [], window=5)
+    run, _ = bold_store(tmp_path / "run.zarr", np.ones(6, bool), seed=1)
+    table = tmp_path / "sub-01_scans.tsv"
+    write_table([StoreRow(run, "bold", "r.nii", False, 6, 60, GRID, (), "s", (6,))], table)
+    layout = store_layout({"bold": [path]}, [str(table)], window=5)
     assert layout.invalid.tolist() == [2]
     with caplog.at_level("WARNING", logger="bidstrain.train"):
         log_left_out(layout)

@@ -74,7 +74,8 @@ class StoreLayout:
         Frames of each BOLD store's time grid left out of its ``data``: dropped by the
         sample mask or the time resampling, or, in a cross-subject average, valid in
         fewer than ``average.min_subjects`` subjects (from the normalize tables, or the
-        store's attributes where no table lists it; 0 for T1w and DWI).
+        store's attributes where tables are given and do not list it, as for averages;
+        0 without tables, and for T1w and DWI).
     """
 
     paths: tuple[str, ...]
@@ -228,10 +229,11 @@ def store_layout(
             codes.append(code)
             volumes.append(n_time)
             chunks.append(chunk_volumes(n_time, n_voxel))
-            if key in invalid_of or not bold:
-                invalid.append(invalid_of.get(key, 0))
-            else:  # no table lists it (a cross-subject average): its attributes say
+            if bold and tables and key not in invalid_of:
+                # the tables leave out a cross-subject average: its attributes say
                 invalid.append(read_meta(path).n_invalid_frames)
+            else:
+                invalid.append(invalid_of.get(key, 0))
             windows.append(window if bold else 1)
             strides.append(stride if bold else 1)
     volumes = np.asarray(volumes, dtype=np.int64)
