@@ -170,12 +170,7 @@ def _losses(steps: pd.DataFrame, validation: list[dict[str, Any]], experiment: s
             "k--o",
             label="validation total",
         )
-        for modality in sorted({m for r in validation for m in r["loss_per_modality"]}):
-            points = [
-                (r["step"], r["loss_per_modality"][modality])
-                for r in validation
-                if modality in r["loss_per_modality"]
-            ]
+        for modality, points in _per_modality(validation, "loss_per_modality").items():
             ax.plot(
                 *zip(*points, strict=True),
                 "--s",
@@ -192,13 +187,12 @@ def _losses(steps: pd.DataFrame, validation: list[dict[str, Any]], experiment: s
     return fig
 
 
-def shuffled_in_time(validation: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
-    """Per modality, ``(step, loss)`` of the validations that scored its windows with
-    their frames shuffled in time (``loss_shuffled_time_per_modality``: BOLD windows,
-    ``train.window`` > 1); empty when no validation did."""
+def _per_modality(validation: list[dict[str, Any]], key: str) -> dict[str, list[tuple[int, float]]]:
+    """Per modality (sorted), ``(step, record[key][modality])`` of the validations whose
+    ``key`` holds it; empty when none does."""
     series: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for record in validation:
-        for modality, value in record.get("loss_shuffled_time_per_modality", {}).items():
+        for modality, value in record.get(key, {}).items():
             series[modality].append((record["step"], value))
     return dict(sorted(series.items()))
 
@@ -206,8 +200,8 @@ def shuffled_in_time(validation: list[dict[str, Any]]) -> dict[str, list[tuple[i
 def _shuffled_in_time(ax: Axes, validation: list[dict[str, Any]]) -> None:
     """The validation loss on the windows with their frames shuffled in time, beside the
     one in true order (same colour, dash-dot, crosses): a model that uses time is clearly
-    worse on them."""
-    for modality, points in shuffled_in_time(validation).items():
+    worse on them (``loss_shuffled_time_per_modality``: BOLD windows, ``train.window`` > 1)."""
+    for modality, points in _per_modality(validation, "loss_shuffled_time_per_modality").items():
         ax.plot(
             *zip(*points, strict=True),
             "-.x",
@@ -219,10 +213,7 @@ def _shuffled_in_time(ax: Axes, validation: list[dict[str, Any]]) -> None:
 def _baselines(ax: Axes, validation: list[dict[str, Any]]) -> None:
     """Each modality's validation baseline (the loss of predicting the mean) as a dotted
     line; one black line when they all agree within 1 % (1.0 under ``var``)."""
-    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    for record in validation:
-        for modality, value in record.get("baseline_per_modality", {}).items():
-            series[modality].append((record["step"], value))
+    series = _per_modality(validation, "baseline_per_modality")
     values = [v for points in series.values() for _, v in points]
     if not values:
         return
@@ -235,7 +226,7 @@ def _baselines(ax: Axes, validation: list[dict[str, Any]]) -> None:
             label="baseline (predicting the mean), every modality",
         )
         return
-    for modality, points in sorted(series.items()):
+    for modality, points in series.items():
         ax.plot(
             *zip(*points, strict=True),
             ":",
