@@ -66,6 +66,18 @@ def snakemake_env(*, uses_slurm: bool) -> dict[str, str]:
     return env
 
 
+def run_bench(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``bench/<script>`` with ``args`` as its docstring says (the package on
+    ``PYTHONPATH``), in ``cwd``; its output is captured as text."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "workflow")},
+        cwd=cwd,
+    )
+
+
 def run_snakemake(
     workdir: Path,
     *args: str,

@@ -19,6 +19,7 @@ from bidstrain.average.cohort import BYTES_PER_VALUE, average_stores
 from bidstrain.demo.generate import DemoSpec, bold_run
 from bidstrain.errors import BidstrainError, run_cli
 from bidstrain.io.store import create_store, open_store, to_grid
+from conftest import run_bench
 
 GRID = (5, 6, 4)
 
@@ -349,12 +350,8 @@ def test_command_line_reads_the_stores_from_a_file_and_reports_bad_input(
 def test_the_averaging_benchmark_runs_both_methods(tmp_path):
     """``bench/bench_average.py`` runs the job and its xarray peer end to end on a few
     small stores and prints a row for each."""
-    bench = Path(__file__).parents[1] / "bench" / "bench_average.py"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "workflow")}
     args = ["--subjects", "3", "--distinct", "2", "--repeats", "1", "--volumes", "8"]
-    done = subprocess.run(
-        [sys.executable, str(bench), *args], capture_output=True, text=True, env=env, cwd=tmp_path
-    )
+    done = run_bench("bench_average.py", *args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     rows = [line.split("|")[1:3] for line in done.stdout.splitlines() if line.startswith("| 3 ")]
     assert [method.strip() for _, method in rows] == ["ours", "xarray"]

@@ -5,18 +5,14 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from bidstrain.demo.generate import DemoSpec, make_demo
 from bidstrain.errors import BidstrainError
 from bidstrain.ingest.__main__ import main
 from bidstrain.ingest.validate import COLUMNS, validate
-from conftest import run_snakemake
+from conftest import run_bench, run_snakemake
 
 #: The broken file of each subject, relative to the dataset, and what the report says.
 BROKEN = {
@@ -115,14 +111,6 @@ def test_the_job_reads_its_ingest_section(demo_bids, tmp_path):
 def test_the_validation_benchmark_runs_snakemake_the_job_and_the_floor(tmp_path):
     """``bench/bench_validate.py`` runs ``snakemake validate``, the job alone and the floor
     on a small tree, and reports every image checked."""
-    bench = Path(__file__).parents[1] / "bench" / "bench_validate.py"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "workflow")}
-    done = subprocess.run(
-        [sys.executable, str(bench), "--subjects", "3", "--repeats", "1"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
+    done = run_bench("bench_validate.py", "--subjects", "3", "--repeats", "1", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "3 subjects, 12 images (12 image(s) checked: 0 error(s)" in done.stdout
