@@ -22,7 +22,7 @@ import pytest
 from bidstrain.demo.generate import DemoSpec, make_demo
 from bidstrain.io.orientation import reorientation
 from bidstrain.io.store import open_store
-from bidstrain.normalize.masking import epi_mask
+from bidstrain.normalize.masking import dilate, epi_mask
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, ornt_transform
 from nibabel.testing import data_path
 from nilearn.exceptions import MaskWarning
@@ -247,3 +247,15 @@ def test_a_mask_epi_job_imports_neither_nilearn_nor_sklearn(demo, tmp_path):
     expected = np.asarray(compute_epi_mask(run).dataobj).astype(bool)
     assert expected.any()
     np.testing.assert_array_equal(open_store(store).mask.values, expected)
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 3])
+def test_dilate_is_scipy_binary_dilation(iterations):
+    """The numpy dilation pass 1 uses equals scipy's, at the grid's edges too."""
+    rng = np.random.default_rng(iterations)
+    for shape in [(7, 9, 5), (1, 6, 4), (12, 3, 10)]:
+        mask = rng.random(shape) < 0.05
+        mask[0, 0, 0] = mask[-1, -1, -1] = True  # on the corners
+        np.testing.assert_array_equal(
+            dilate(mask, iterations), ndimage.binary_dilation(mask, iterations=iterations)
+        )

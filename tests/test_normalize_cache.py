@@ -14,13 +14,16 @@ import bidstrain.normalize.bold as bold
 import bidstrain.normalize.heldout as heldout_module
 import bidstrain.normalize.masked_cache as masked_cache
 import bidstrain.normalize.passes as passes
+import nibabel as nib
 import numpy as np
 import pytest
-from bidstrain.demo.generate import make_fmriprep_demo
+from bidstrain.demo.generate import DemoSpec, make_demo, make_fmriprep_demo
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import StoreWriter, store_checksum
 from bidstrain.normalize import ImageInfo, normalize_bold, normalize_with_stats
 from bidstrain.normalize.confounds import load_run_confounds
+from bidstrain.normalize.nifti_stream import iter_blocks, read_layout
+from nilearn.masking import compute_epi_mask
 from normalize_support import image_options
 
 SPACE = "space-MNI152NLin2009cAsym_res-2"
@@ -100,6 +103,31 @@ def test_one_decompression_and_the_store_of_every_pass_reading_the_image(
     normalize(tmp_path / "read.zarr")
     assert reads.images == 2 and reads.all_closed()
     assert store_checksum(tmp_path / "once.zarr") == store_checksum(tmp_path / "read.zarr")
+
+
+@pytest.fixture(scope="module")
+def raw_run(tmp_path_factory) -> Path:
+    """A raw demo run: a head in a noisy background."""
+    spec = DemoSpec(n_subjects=1, bold_shape=(40, 44, 36), n_volumes=24, sessions_subject=False)
+    root = make_demo(tmp_path_factory.mktemp("raw"), spec)
+    return next((root / "sub-01" / "func").glob("*_run-1_bold.nii.gz"))
+
+
+@pytest.mark.parametrize("which", ["fmriprep", "raw"])
+def test_the_voxels_kept_for_epi_hold_the_runs_epi_mask(run, raw_run, which):
+    """Chosen from the first block in numpy, they hold nilearn's mask of the whole run's
+    mean, and stay below the fraction of the grid above which nothing is kept."""
+    image = run[0] if which == "fmriprep" else raw_run
+    layout = read_layout(image)
+    blocks = iter_blocks(layout, 4)
+    _, first = next(blocks)
+    kept = masked_cache._epi_candidates(layout, first)
+    blocks.close()
+    volume = nib.as_closest_canonical(nib.load(image))
+    expected = np.asarray(compute_epi_mask(volume).dataobj).astype(bool)
+    assert expected.any()
+    assert np.isin(layout.stored_index(expected), kept).all()
+    assert kept.size <= masked_cache.MAX_FRACTION * layout.n_grid
 
 
 def test_a_mask_beyond_the_kept_voxels_reads_the_image_again(run, tmp_path, monkeypatch):

@@ -54,7 +54,7 @@ def normalize_bold(
     Two streamed passes (:mod:`bidstrain.normalize.passes`); three when the run is
     resampled in time (``options.target_tr``), the second for the statistics of its
     frames. The image is decompressed once: pass 1 keeps the voxels the mask will come
-    from (a mask file's, or those around the first block's EPI mask) in a temporary file
+    from (a mask file's, or those around the first block's bright voxels) in a temporary file
     that the later passes read (:mod:`~bidstrain.normalize.masked_cache`: ``itemsize``
     bytes per kept voxel and volume on disk). Where it cannot (``mask="none"``, or a mask
     beyond the kept voxels), the image is read again by pass 2, and a resampled run keeps

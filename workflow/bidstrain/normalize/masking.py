@@ -164,13 +164,9 @@ def epi_mask(
         for axis in range(volume.ndim):
             ndimage.gaussian_filter1d(volume, sigma, output=volume, axis=axis)
     volume[nan] = 0
-    ordered = np.sort(volume, axis=None)
-    lower = int(np.floor(lower_cutoff * ordered.size))
-    upper = min(int(np.floor(upper_cutoff * ordered.size)), ordered.size - 1)
-    if upper <= lower:
+    threshold = gap_threshold(volume, lower_cutoff, upper_cutoff)
+    if threshold is None:
         return np.zeros(volume.shape, dtype=bool)
-    gap = int(np.argmax(ordered[lower + 1 : upper + 1] - ordered[lower:upper]))
-    threshold = 0.5 * (ordered[lower + gap] + ordered[lower + gap + 1])
     mask = volume >= threshold
     if opening:
         mask = ndimage.binary_erosion(mask, iterations=opening)
@@ -184,6 +180,37 @@ def epi_mask(
         mask = ndimage.binary_dilation(mask, iterations=2 * opening)
         mask = ndimage.binary_erosion(mask, iterations=opening)
     return mask
+
+
+def gap_threshold(
+    values: np.ndarray, lower_cutoff: float = 0.2, upper_cutoff: float = 0.85
+) -> float | None:
+    """nilearn's EPI threshold: the middle of the largest gap between consecutive sorted
+    values, searched between the fractions ``lower_cutoff`` and ``upper_cutoff`` of them;
+    None when that range holds fewer than two values."""
+    ordered = np.sort(values, axis=None)
+    lower = int(np.floor(lower_cutoff * ordered.size))
+    upper = min(int(np.floor(upper_cutoff * ordered.size)), ordered.size - 1)
+    if upper <= lower:
+        return None
+    gap = int(np.argmax(ordered[lower + 1 : upper + 1] - ordered[lower:upper]))
+    return 0.5 * (ordered[lower + gap] + ordered[lower + gap + 1])
+
+
+def dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """``scipy.ndimage.binary_dilation(mask, iterations=iterations)`` for ``iterations >= 1``
+    (the cross-shaped structuring element, outside the grid as background) in numpy: for
+    code that must not wait for scipy's import."""
+    dilated = np.asarray(mask, dtype=bool).copy()
+    for _ in range(iterations):
+        previous = dilated.copy()
+        for axis in range(dilated.ndim):
+            head = [slice(None)] * dilated.ndim
+            tail = [slice(None)] * dilated.ndim
+            head[axis], tail[axis] = slice(1, None), slice(None, -1)
+            dilated[tuple(head)] |= previous[tuple(tail)]
+            dilated[tuple(tail)] |= previous[tuple(head)]
+    return dilated
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
