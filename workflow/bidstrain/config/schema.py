@@ -5,6 +5,7 @@ it and fills the defaults."""
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,14 @@ def load_schema(schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
     return yaml.load(Path(schema_path).read_text(), Loader=loader)
 
 
+@functools.cache
+def _validator(schema_path: Path) -> jsonschema.Validator:
+    """The validator of a schema file, built once per process: a job validates several
+    sections, each against the whole schema (parsing it costs about 15 ms). The schema
+    is never modified (defaults are copied into the configuration)."""
+    return _with_defaults(jsonschema.Draft202012Validator)(load_schema(schema_path))
+
+
 def validate_config(
     config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH
 ) -> dict[str, Any]:
@@ -79,8 +88,7 @@ def validate_config(
         Naming the offending key (for example ``normalize.ddof``) and what is wrong, for the
         first problem found, listing every other one after it.
     """
-    schema = load_schema(schema_path)
-    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    validator = _validator(Path(schema_path).resolve())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         lines = [f"config key '{_key_path(e)}': {_message(e)}" for e in errors]
