@@ -11,6 +11,7 @@ import time
 import warnings
 from pathlib import Path
 
+import bidstrain.normalize.moments as moments_module
 import nibabel as nib
 import numpy as np
 import pytest
@@ -117,6 +118,25 @@ def test_moments_are_exact_for_scanner_scale_data(dtype):
     np.testing.assert_allclose(moments.variance(1), exact.var(axis=0, ddof=1), rtol=1e-10)
     # integers cannot be non-finite: only float input is checked
     assert moments.nonfinite is None if dtype is np.int16 else not moments.nonfinite.any()
+
+
+@pytest.mark.parametrize(
+    ("dtype", "centered"), [(np.int16, False), (np.float32, False), (np.float64, True)]
+)
+def test_moments_do_not_depend_on_the_tile_width(monkeypatch, dtype, centered):
+    """Every digit of the moments is the same whatever the tiles (blocks of 1 to 16 rows),
+    so the tile size can follow the cache without changing a store."""
+    rng = np.random.default_rng(3)
+    data = (1_000 + rng.normal(0, 30, (33, 20_001))).astype(dtype)
+    results = []
+    for tile_bytes in (2**13, 2**16, 2**21, 2**26):
+        monkeypatch.setattr(moments_module, "TILE_BYTES", tile_bytes)
+        moments = VoxelMoments(data.shape[1], dtype=dtype, centered=centered)
+        for start, rows in zip((0, 1, 4, 20), (1, 3, 16, 13), strict=True):
+            moments.update(data[start : start + rows])
+        results.append(np.concatenate([moments.mean(), moments.variance(1)]))
+    for result in results[1:]:
+        np.testing.assert_array_equal(result, results[0])
 
 
 def test_pooled_moments_equal_the_moments_of_the_concatenation():
