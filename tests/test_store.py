@@ -176,8 +176,11 @@ def test_a_store_is_twelve_files_whatever_its_length(tmp_path):
     ]
 
 
-def test_the_streamed_shard_is_the_shard_zarr_writes(tmp_path):
-    values = np.random.default_rng(0).standard_normal((23, 50), dtype=np.float32)
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_the_streamed_shard_is_the_shard_zarr_writes(tmp_path, dtype):
+    """Byte for byte: uncompressed chunks written as they are, compressed ones encoded
+    by zarr."""
+    values = np.random.default_rng(0).standard_normal((23, 50)).astype(dtype)
     for compressors in (None, [zarr.codecs.ZstdCodec(level=1)]):
         arrays = []
         for name in ("zarr", "stream"):
@@ -186,7 +189,7 @@ def test_the_streamed_shard_is_the_shard_zarr_writes(tmp_path):
                 shape=values.shape,
                 chunks=(4, 50),
                 shards=(12, 50),
-                dtype="float32",
+                dtype=dtype,
                 fill_value=np.nan,
                 compressors=compressors,
                 zarr_format=3,
@@ -194,7 +197,8 @@ def test_the_streamed_shard_is_the_shard_zarr_writes(tmp_path):
             arrays.append(array)
         arrays[0][...] = values
         stream = ShardStream(tmp_path / f"stream-{compressors is None}", arrays[1])
-        padded = np.concatenate([values, np.full((1, 50), np.nan, dtype=np.float32)])
+        assert stream._raw == (compressors is None)
+        padded = np.concatenate([values, np.full((1, 50), np.nan, dtype=dtype)])
         for start in range(0, 24, 4):
             stream.append(padded[start : start + 4])
         stream.close()
