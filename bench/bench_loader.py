@@ -1,6 +1,7 @@
 """Benchmark: the training loader at the realistic shape against the page cache and the model.
 
-Stores: ``--stores`` float32 BOLD stores of ``--volumes`` volumes on the MNI 2 mm grid
+Stores: ``--stores`` BOLD stores (``--storage``: ``normalize.storage``, float32 by default)
+of ``--volumes`` volumes on the MNI 2 mm grid
 (97x115x97) twice over: all with one ellipsoid mask of 224,469 voxels (about a brain), and
 each with its own (slightly smaller ellipsoids, as subjects' masks differ, so a reused
 batch buffer must be zeroed); the model's grid is 96x112x96 (4.13 MB of float32 per sample).
@@ -183,6 +184,9 @@ def main() -> None:
         "--window", type=int, default=None, help="frames per BOLD sample (1; parcels: 20)"
     )
     parser.add_argument("--parcels", type=int, default=0, help="parcel stores of P parcels")
+    parser.add_argument(
+        "--storage", default="float32", help="normalize.storage of the loader's stores"
+    )
     args = parser.parse_args()
     window = args.window or (20 if args.parcels else 1)
     root = Path(tempfile.mkdtemp(prefix="bench_loader-"))
@@ -208,8 +212,12 @@ def voxel_bench(root: Path, args: argparse.Namespace, window: int) -> None:
         for name, store_mask in (("one mask", mask), ("own masks", own)):
             values = rng.standard_normal((DISTINCT, int(store_mask.sum())), np.float32)
             path = root / f"{name.replace(' ', '-')}-{i}.zarr"
-            sets[name].append(write_bold_store(path, store_mask, values, args.volumes))
-    stored = {name: np.mean([4 * read_dims(p)[1] for p in paths]) for name, paths in sets.items()}
+            store = write_bold_store(path, store_mask, values, args.volumes, storage=args.storage)
+            sets[name].append(store)
+    itemsize = 2 if args.storage == "float16" else 4
+    stored = {
+        name: np.mean([itemsize * read_dims(p)[1] for p in paths]) for name, paths in sets.items()
+    }
     values = rng.standard_normal((DISTINCT, int(mask.sum())), np.float32)
     codecs = {}
     for storage in ("float32", "float16", "bitround-7"):
@@ -223,7 +231,7 @@ def voxel_bench(root: Path, args: argparse.Namespace, window: int) -> None:
         f"{torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
         f"load average {os.getloadavg()[0]:.2f}"
     )
-    piece = 4 * int(mask.sum())
+    piece = itemsize * int(mask.sum())
     cache = {"whole files": [], "volume by volume": []}
     cache_cpu = {name: [] for name in cache}
     decode = {s: [] for s in codecs}

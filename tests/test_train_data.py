@@ -26,7 +26,7 @@ from bidstrain.train.data import (
     store_layout,
     volume_dataset,
 )
-from bidstrain.train.reader import ChunkCache, OpenStores, StoreReader
+from bidstrain.train.reader import ChunkCache, OpenStores, StoreReader, as_float32
 from bidstrain.train.resample import GridMap, block_mean, downsampled_grid, model_view
 from bidstrain.train.ring_size import largest_sample, loader_bytes, ring_slots
 from bidstrain.train.sampler import ModalityBatchSampler, batch_sampler, epoch_order
@@ -85,6 +85,17 @@ def test_reader_returns_the_stored_volumes(tmp_path, storage):
     with open_store(path) as ds:
         expected = ds["data"].values[times]
     np.testing.assert_array_equal(reader.read(times, open_stores.cache), expected)
+
+
+def test_float16_rows_become_float32_exactly():
+    """Every float16 value (all 65,536 bit patterns, subnormals, infinities and NaN
+    included, in two rows) is the float32 numpy makes of it."""
+    every = np.arange(2**16, dtype=np.uint16).view(np.float16).reshape(2, -1)
+    converted = as_float32(every)
+    assert converted.dtype == np.float32
+    np.testing.assert_array_equal(converted, every.astype(np.float32))  # NaN equals NaN here
+    rows = np.ones((2, 3), np.float32)
+    assert as_float32(rows) is rows
 
 
 def test_float32_volumes_read_straight_onto_the_grid_are_the_placed_rows(tmp_path):

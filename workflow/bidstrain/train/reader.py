@@ -6,7 +6,8 @@ as plain little-endian values) are read by the byte range of each volume straigh
 shard file (``os.preadv`` into the output buffer), at the page cache's speed: zarr costs
 about 0.7 ms of fixed overhead per read here, more than reading a 0.9 MB volume. A float32
 store without resampling is read straight onto the model's grid
-(:mod:`bidstrain.train.scatter`), the other stores' volumes are read, then placed. Compressed
+(:mod:`bidstrain.train.scatter`), the other stores' volumes are read, then placed (a float16
+store's converted to float32 first: :func:`as_float32`). Compressed
 stores (``bitround-N``) are read through zarr one inner chunk at a time, and the decoded
 chunks are kept in a small cache, since the loader's order reads the volumes of a chunk
 close together (:mod:`bidstrain.train.sampler`).
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import google_crc32c
 import numpy as np
+import torch
 import zarr
 
 from bidstrain.errors import BidstrainError
@@ -40,6 +42,18 @@ from bidstrain.train.scatter import ScatteredRead
 
 #: Bytes of the CRC32C that ends a shard index.
 _CRC_BYTES = 4
+
+
+def as_float32(rows: np.ndarray) -> np.ndarray:
+    """``rows`` (read from a store) as float32 before they are placed on the grid: a
+    float16 store's converted by torch, whose vectorized conversion took 0.4 ms for 4.5
+    million values here against numpy's 8 ms (numpy 2.4 converts float16 one value at a
+    time, also inside the scatter onto the grid)."""
+    if rows.dtype == np.float32:
+        return rows
+    converted = np.empty(rows.shape, dtype=np.float32)
+    torch.from_numpy(converted).copy_(torch.from_numpy(np.ascontiguousarray(rows)))
+    return converted
 
 
 class StoreReader:
@@ -118,7 +132,7 @@ class StoreReader:
             located is None
             or self._scattered(located[1], located[2], out) != self._scattered.nbytes
         ):
-            self.grid_map.place(self.read([t], cache)[0], out)
+            self.grid_map.place(as_float32(self.read([t], cache))[0], out)
 
     def place_window(self, start: int, regions: Sequence[np.ndarray], cache: ChunkCache) -> None:
         """Write frames ``start, start + 1, ...`` onto ``regions`` (one per frame), as
@@ -128,7 +142,8 @@ class StoreReader:
             for n, region in enumerate(regions):
                 self.place(start + n, region, cache)
             return
-        for row, region in zip(self.read_window(start, len(regions), cache), regions, strict=True):
+        rows = as_float32(self.read_window(start, len(regions), cache))
+        for row, region in zip(rows, regions, strict=True):
             self.grid_map.place(row, region)
 
     def read_window(self, start: int, frames: int, cache: ChunkCache) -> np.ndarray:
