@@ -14,10 +14,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-#: Bytes of float64 temporaries per tile of a block (rows x columns processed at once): a
-#: block of 4 volumes is cut into tiles of 65,536 voxels. Measured on 96^3 grids: blocks of
-#: 4 rows took 0.75x the time of tiles of 8,192 voxels (int16) and of 4 MB or more
-#: (16 rows x 2^17 voxels) 1.2 to 1.7x, the temporaries then leaving the cache.
+#: Bytes of float64 temporaries per tile (rows x columns summed at once): a block of 4
+#: volumes is cut into tiles of 65,536 voxels. Measured on a 96^3 grid: with blocks of 4
+#: rows, 0.75x the time of tiles of 8,192 voxels (int16 and float32); with blocks of 16
+#: rows, tiles of 16 MB took 1.2 to 1.7x the time of 4 MB ones (the cache is left).
 TILE_BYTES = 2**21
 
 
