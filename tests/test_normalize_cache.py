@@ -113,11 +113,19 @@ def raw_run(tmp_path_factory) -> Path:
     return next((root / "sub-01" / "func").glob("*_run-1_bold.nii.gz"))
 
 
-@pytest.mark.parametrize("which", ["fmriprep", "raw"])
-def test_the_voxels_kept_for_epi_hold_the_runs_epi_mask(run, raw_run, which):
+@pytest.mark.parametrize("which", ["fmriprep", "raw", "raw, negative values"])
+def test_the_voxels_kept_for_epi_hold_the_runs_epi_mask(run, raw_run, tmp_path, which):
     """Chosen from the first block in numpy, they hold nilearn's mask of the whole run's
-    mean, and stay below the fraction of the grid above which nothing is kept."""
+    mean, and stay below the fraction of the grid above which nothing is kept; also for
+    a run whose header's intercept makes every value negative."""
     image = run[0] if which == "fmriprep" else raw_run
+    if which == "raw, negative values":
+        raw = nib.load(raw_run)
+        shifted = nib.Nifti1Image(np.asarray(raw.dataobj), raw.affine, raw.header)
+        shifted.header.set_slope_inter(1.0, -40_000.0)
+        image = tmp_path / "negative_bold.nii.gz"
+        nib.save(shifted, image)
+        assert nib.load(image).get_fdata().max() < 0
     layout = read_layout(image)
     blocks = iter_blocks(layout, 4)
     _, first = next(blocks)

@@ -13,7 +13,7 @@ in the mask, about 160 MB written and read back through the page cache instead o
 Which voxels pass 1 keeps, before it knows the mask:
 
 - a mask file: its voxels;
-- ``epi``: the voxels of the first block's mean volume above half its EPI threshold,
+- ``epi``: the voxels of the first block's mean volume above a lowered EPI threshold,
   dilated by :data:`MARGIN_VOXELS` voxels (:func:`_epi_candidates`; the mask of the whole
   run's mean differs from the first block's by a few voxels at its edge);
 - ``none`` (and ``head``): none (the whole grid: writing 530 MB through the page cache
@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 #: Dilation (voxels) of the first block's bright voxels, the voxels pass 1 keeps for
 #: ``epi``: nilearn's mask lies within this distance of its thresholded volume.
 MARGIN_VOXELS = 2
-#: Fraction of the first block's EPI threshold above which voxels are kept for ``epi``.
+#: Voxels are kept for ``epi`` above this fraction of the way from the first block's dark
+#: voxels (its 20th percentile) to its EPI threshold.
 CANDIDATE_THRESHOLD = 0.5
 #: The first block's EPI threshold is estimated on every this-many-th voxel.
 CANDIDATE_STRIDE = 4
@@ -173,18 +174,22 @@ def _epi_candidates(layout: NiftiLayout, first: np.ndarray) -> np.ndarray:
     nilearn's mask lies within two voxels of the smoothed mean volume's voxels at or above
     its threshold (:func:`~bidstrain.normalize.masking.epi_mask`: erosion by 2, dilation
     by 4, erosion by 2). Here the threshold is that of the first block's unsmoothed mean
-    (sorted on every :data:`CANDIDATE_STRIDE`-th voxel), multiplied by
-    :data:`CANDIDATE_THRESHOLD` to cover the smoothing and the difference between the
-    first block and the run, and the voxels above it are dilated by
+    (sorted on every :data:`CANDIDATE_STRIDE`-th voxel), lowered halfway
+    (:data:`CANDIDATE_THRESHOLD`) towards the volume's dark voxels to cover the smoothing
+    and the difference between the first block and the run (halfway to 0 where the
+    background is 0; the same voxels whatever the intensities' offset), and the voxels
+    above it are dilated by
     :data:`MARGIN_VOXELS`; all in numpy, so that the decompressing thread, which runs at
     most two blocks ahead, does not wait for ``scipy.ndimage``'s import and the mask's
     morphology (about 0.3 s).
     """
     mean = layout.to_grid(first.mean(axis=0, dtype=np.float64) * layout.slope + layout.inter)
-    threshold = gap_threshold(mean.ravel()[::CANDIDATE_STRIDE])
+    sample = mean.ravel()[::CANDIDATE_STRIDE]
+    threshold = gap_threshold(sample)
     if threshold is None:
         return layout.stored_index(np.ones(layout.shape, dtype=bool))
-    bright = mean >= CANDIDATE_THRESHOLD * threshold
+    dark = float(np.percentile(sample, 20))  # where nilearn's search for a gap starts
+    bright = mean >= dark + CANDIDATE_THRESHOLD * (threshold - dark)
     return layout.stored_index(dilate(bright, MARGIN_VOXELS))
 
 
