@@ -203,28 +203,50 @@ def mni2mm(bids_dir: Path, **train) -> Config:
 def test_loader_buffers_beyond_the_training_jobs_memory_stop_the_plan(demo_bids):
     index = BidsIndex.build(demo_bids)
     Plan.build(typed_config(demo_bids), index)  # the defaults: a few MB
-    Plan.build(mni2mm(demo_bids), index)  # volumes: 16 x 4.1 MB per buffer, 3.3 GB
+    # volumes on 1 GPU: 8 workers x 6 buffers x 16 x 4.1 MB (3.2 GB), 8 x 4 + 1 page-locked
+    # copies of 64 MiB (2.2 GB), the validation loader's 2 page-locked buffers (0.1 GB)
+    Plan.build(mni2mm(demo_bids), index)
     config = mni2mm(demo_bids, window=20)
-    # by hand: a sample is 20 x 96*112*96 float32 = 82.6 MB, a buffer 16 of them; the
-    # training loader's 8 workers hold 1 + 1 + 4 buffers each (63.4 GB), the validation
-    # loader (the demo holds run 2 out) 1 + 1 (2.6 GB)
+    # by hand: a sample is 20 x 96*112*96 float32 = 82.6 MB, a batch 16 of them (1.32 GB);
+    # the training loader's 8 workers hold 1 + 1 + 4 buffers each (63.4 GB), and on the
+    # GPU (train.pin_memory) the DataLoader copies up to 8 x 4 read-ahead batches and the
+    # step's 1 to page-locked blocks of 2 GiB, torch's power of two (33 x 2.15 = 70.9 GB);
+    # the validation loader (the demo holds run 2 out) 1 + 1 page-locked buffers (4.3 GB)
     with pytest.raises(BidstrainError) as error:
         Plan.build(config, index)
     message = str(error.value)
-    for figure in ("66.1 GB per node", "(64000 MB)", "1 rank(s) x 66.1 GB", "63.4 GB = 8 process"):
+    for figure in (
+        "138.6 GB per node",
+        "(64000 MB)",
+        "1 rank(s) x 138.6 GB",
+        "134.3 GB: 8 process",
+        "70.9 GB of page-locked copies",
+        "validation loader 4.3 GB",
+    ):
         assert figure in message
     for key in (
         "train.batch_size",
         "train.num_workers",
         "train.prefetch_factor",
         "train.window",
+        "train.pin_memory",
         "resources.train.mem_mb",
     ):
         assert key in message
-    Plan.build(config, index, mem_mb=70_000)  # the profile's memory decides
-    with pytest.raises(BidstrainError, match="132.1 GB per node"):
-        Plan.build(config, index, gpus=2, mem_mb=70_000)  # a loader per GPU rank
-    Plan.build(mni2mm(demo_bids, window=20, num_workers=2), index)  # 2 x 6 + 2 buffers
+    Plan.build(config, index, mem_mb=150_000)  # the profile's memory decides
+    with pytest.raises(BidstrainError, match="277.2 GB per node"):
+        Plan.build(config, index, gpus=2, mem_mb=150_000)  # a loader per GPU rank
+    # without page-locked memory (train.pin_memory off, or on CPUs): the shared rings and
+    # the validation loader's 2 plain buffers (2.6 GB)
+    unpinned = mni2mm(demo_bids, window=20, pin_memory=False)
+    for build in (lambda: Plan.build(unpinned, index), lambda: Plan.build(config, index, gpus=0)):
+        with pytest.raises(BidstrainError, match="66.1 GB per node") as error:
+            build()
+        assert "page-locked" not in str(error.value)
+        assert "train.pin_memory" not in str(error.value)
+    Plan.build(unpinned, index, mem_mb=70_000)
+    # 2 workers: 2 x 6 buffers (15.9 GB), 2 x 4 + 1 copies (19.3 GB), validation 4.3 GB
+    Plan.build(mni2mm(demo_bids, window=20, num_workers=2), index)
 
 
 def test_experiment_files_and_figures_are_the_experiments_own(demo_bids):

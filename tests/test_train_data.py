@@ -28,7 +28,7 @@ from bidstrain.train.data import (
 )
 from bidstrain.train.reader import ChunkCache, OpenStores, StoreReader, as_float32
 from bidstrain.train.resample import GridMap, block_mean, downsampled_grid, model_view
-from bidstrain.train.ring_size import largest_sample, loader_bytes, ring_slots
+from bidstrain.train.ring_size import largest_sample, loader_bytes, page_locked_bytes, ring_slots
 from bidstrain.train.sampler import ModalityBatchSampler, batch_sampler, epoch_order
 from bidstrain.train.step import accumulation_groups
 from train_support import train_config, write_store
@@ -452,6 +452,12 @@ def test_loader_bytes_are_every_process_ring_of_the_largest_sample():
     assert loader_bytes(config, 600, workers=7) == 7 * 7 * 3 * 600 * 4 == 352_800
     # the main process alone: 2 + 1 buffers, no read-ahead
     assert loader_bytes(config, 600, workers=0) == 3 * 3 * 600 * 4 == 21_600
+    # page-locked (a GPU): blocks of a power of two (a batch of 7,200 bytes takes 8,192);
+    # the main process's own 3 buffers, or the workers' rings in shared memory plus the
+    # DataLoader's copies of 7 x 4 read-ahead batches and the step's 2
+    assert [page_locked_bytes(n) for n in (0, 1, 7_200, 8_192)] == [0, 1, 8_192, 8_192]
+    assert loader_bytes(config, 600, workers=0, pinned=True) == 3 * 8_192
+    assert loader_bytes(config, 600, workers=7, pinned=True) == 352_800 + 30 * 8_192
     parcels = train_config(bold_input="parcels", window=5)
     assert largest_sample(parcels, ["bold"]) == 0  # parcel count unknown: skipped
     assert largest_sample(parcels, ["bold", "T1w"]) == 512

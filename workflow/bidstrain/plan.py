@@ -1318,7 +1318,8 @@ def _check_loader_memory(
     and, with validation stores, of its validation loader (the main process):
     :func:`~bidstrain.train.ring_size.loader_bytes` of the largest sample of the modalities
     each reads (:func:`~bidstrain.train.ring_size.largest_sample`; parcel windows are
-    skipped: their parcel count is not known before normalization, and they are tiny).
+    skipped: their parcel count is not known before normalization, and they are tiny),
+    their page-locked copies included on GPUs with ``train.pin_memory``.
 
     Raises
     ------
@@ -1326,11 +1327,14 @@ def _check_loader_memory(
         Naming the figures and the keys to change.
     """
     train, loader = config.train, config.train.loader
+    pinned = gpus > 0 and loader.pin_memory
     sample = largest_sample(train, training)
-    training_bytes = loader_bytes(train, sample, workers=loader.num_workers)
+    training_bytes = loader_bytes(train, sample, workers=loader.num_workers, pinned=pinned)
+    shared_bytes = loader_bytes(train, sample, workers=loader.num_workers)
     validation_bytes = 0
     if validation:
-        validation_bytes = loader_bytes(train, largest_sample(train, validation), workers=0)
+        validation_sample = largest_sample(train, validation)
+        validation_bytes = loader_bytes(train, validation_sample, workers=0, pinned=pinned)
     ranks = max(1, gpus)
     node = ranks * (training_bytes + validation_bytes)
     if node <= mem_mb * 1e6:
@@ -1344,14 +1348,22 @@ def _check_loader_memory(
         f"the loader batch buffers of the training job need {node / 1e9:.1f} GB per node, "
         f"more than resources.train.mem_mb ({mem_mb} MB): {ranks} rank(s) x "
         f"{(training_bytes + validation_bytes) / 1e9:.1f} GB; a rank's training loader "
-        f"holds {training_bytes / 1e9:.1f} GB = {max(loader.num_workers, 1)} process(es) "
+        f"holds {training_bytes / 1e9:.1f} GB: {max(loader.num_workers, 1)} process(es) "
         f"(train.num_workers {loader.num_workers}) x {slots} buffers "
         f"(train.grad_accum_steps {train.optimizer.grad_accum_steps} + 1 + "
         f"train.prefetch_factor {loader.prefetch_factor} with workers) x train.batch_size "
         f"{loader.batch_size} samples x {4 * sample / 1e6:.1f} MB (the largest sample; "
-        f"train.window {train.model.window} BOLD frames), its validation loader "
-        f"{validation_bytes / 1e9:.1f} GB. Lower train.batch_size, train.num_workers, "
-        "train.prefetch_factor or train.window, or raise resources.train.mem_mb"
+        f"train.window {train.model.window} BOLD frames)"
+        + (
+            f", plus {(training_bytes - shared_bytes) / 1e9:.1f} GB of page-locked "
+            "copies of the workers' batches (train.pin_memory)"
+            if pinned and loader.num_workers
+            else ""
+        )
+        + f"; its validation loader {validation_bytes / 1e9:.1f} GB. Lower train.batch_size, "
+        "train.num_workers, train.prefetch_factor or train.window, "
+        + ("set train.pin_memory: false, " if pinned else "")
+        + "or raise resources.train.mem_mb"
     )
 
 

@@ -650,4 +650,6 @@ def buffer_bytes(loader: torch.utils.data.DataLoader, train: TrainConfig) -> int
     """Bytes of the batch buffers that ``loader`` (:func:`make_loader`) allocates, in all
     its processes (:func:`~bidstrain.train.ring_size.loader_bytes`)."""
     dataset = loader.dataset.dataset  # LoaderBatches' VolumeDataset
-    return loader_bytes(train, dataset.largest_sample(), workers=loader.num_workers)
+    return loader_bytes(
+        train, dataset.largest_sample(), workers=loader.num_workers, pinned=loader.pin_memory
+    )

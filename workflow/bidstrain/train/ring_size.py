@@ -26,15 +26,27 @@ def ring_slots(*, grad_accum_steps: int, prefetch_factor: int, workers: int) -> 
     return grad_accum_steps + 1 + (prefetch_factor if workers > 0 else 0)
 
 
-def loader_bytes(train: TrainConfig, sample_values: int, *, workers: int) -> int:
+def page_locked_bytes(nbytes: int) -> int:
+    """Bytes torch's page-locked memory allocator takes for a block of ``nbytes``: the
+    next power of two (its caching host allocator rounds every block up to one)."""
+    return 0 if nbytes <= 0 else 1 << (nbytes - 1).bit_length()
+
+
+def loader_bytes(
+    train: TrainConfig, sample_values: int, *, workers: int, pinned: bool = False
+) -> int:
     """Bytes of the batch buffers one loader allocates: in each of its processes (its
     ``workers``, or the main process without any) a ring of :func:`ring_slots` buffers of
     ``train.batch_size`` samples of the largest size, float32.
 
-    The training loader runs ``train.num_workers`` workers, the validation loader none; a
-    rank has both (:func:`~bidstrain.train.data.make_loader`). Not counted: the DataLoader's
-    page-locked copies of the batches of workers (GPU runs with ``train.pin_memory``), and
-    the rest of the process (model, chunk cache).
+    With ``pinned`` (a GPU run with ``train.pin_memory``) the main process's buffers are
+    page-locked, and the DataLoader copies every batch of a worker to page-locked memory:
+    up to ``train.prefetch_factor`` batches per worker read ahead, and the
+    ``train.grad_accum_steps`` batches the step holds; each page-locked block counts as
+    :func:`page_locked_bytes` of a whole batch. The training loader runs
+    ``train.num_workers`` workers, the validation loader none; a rank has both
+    (:func:`~bidstrain.train.data.make_loader`). Not counted: the rest of the process
+    (model, chunk cache).
 
     Parameters
     ----------
@@ -46,13 +58,19 @@ def loader_bytes(train: TrainConfig, sample_values: int, *, workers: int) -> int
         ``train.window x parcels`` for a parcel window.
     workers : int
         The loader's worker processes.
+    pinned : bool
+        Page-locked batches (a GPU run with ``train.pin_memory``).
     """
     slots = ring_slots(
         grad_accum_steps=train.optimizer.grad_accum_steps,
         prefetch_factor=train.loader.prefetch_factor,
         workers=workers,
     )
-    return 4 * max(workers, 1) * slots * train.loader.batch_size * sample_values
+    batch = 4 * train.loader.batch_size * sample_values
+    if workers == 0:
+        return slots * (page_locked_bytes(batch) if pinned else batch)
+    copies = workers * train.loader.prefetch_factor + train.optimizer.grad_accum_steps
+    return workers * slots * batch + (copies * page_locked_bytes(batch) if pinned else 0)
 
 
 def largest_sample(train: TrainConfig, modalities: Iterable[str]) -> int:
