@@ -89,7 +89,7 @@ class ShardStream:
             not self._encoder.filters
             and not self._encoder.compressors
             and self._encoder.metadata.codecs == (BytesCodec(endian="little"),)
-            and np.dtype(array.dtype).newbyteorder("<") == np.dtype(array.dtype)
+            and self._dtype.newbyteorder("<") == self._dtype
         )
         self._next = 0
         self._file = None
