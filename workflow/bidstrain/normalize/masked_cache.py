@@ -178,10 +178,9 @@ def _epi_candidates(layout: NiftiLayout, first: np.ndarray) -> np.ndarray:
     (:data:`CANDIDATE_THRESHOLD`) towards the volume's dark voxels to cover the smoothing
     and the difference between the first block and the run (halfway to 0 where the
     background is 0; the same voxels whatever the intensities' offset), and the voxels
-    above it are dilated by
-    :data:`MARGIN_VOXELS`; all in numpy, so that the decompressing thread, which runs at
-    most two blocks ahead, does not wait for ``scipy.ndimage``'s import and the mask's
-    morphology (about 0.3 s).
+    above it are dilated by :data:`MARGIN_VOXELS`; all in numpy, so that the
+    decompressing thread, which runs at most two blocks ahead, does not wait for
+    ``scipy.ndimage``'s import and the mask's morphology (about 0.3 s).
     """
     mean = layout.to_grid(first.mean(axis=0, dtype=np.float64) * layout.slope + layout.inter)
     sample = mean.ravel()[::CANDIDATE_STRIDE]
