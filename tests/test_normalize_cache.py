@@ -114,12 +114,15 @@ def raw_run(tmp_path_factory) -> Path:
     return next((root / "sub-01" / "func").glob("*_run-1_bold.nii.gz"))
 
 
-@pytest.mark.parametrize("which", ["fmriprep", "raw", "raw, negative values", "real EPI"])
+@pytest.mark.parametrize(
+    "which", ["fmriprep", "raw", "raw, negative values", "raw, NaN voxels", "real EPI"]
+)
 def test_the_voxels_kept_for_epi_hold_the_runs_epi_mask(run, raw_run, tmp_path, which):
     """Chosen from the first block in numpy, they hold nilearn's mask of the whole run's
     mean, and stay below the fraction of the grid above which nothing is kept: on the
-    demo runs, a run whose header's intercept makes every value negative, and nibabel's
-    real 128x96x24 EPI run (its mask 29 % of the grid, the voxels kept 43 %)."""
+    demo runs, a run whose header's intercept makes every value negative, a float run
+    with NaN in some voxels, and nibabel's real 128x96x24 EPI run (its mask 29 % of the
+    grid, the voxels kept 43 %)."""
     image = {"fmriprep": run[0], "real EPI": Path(data_path) / "example4d.nii.gz"}.get(
         which, raw_run
     )
@@ -130,6 +133,12 @@ def test_the_voxels_kept_for_epi_hold_the_runs_epi_mask(run, raw_run, tmp_path, 
         image = tmp_path / "negative_bold.nii.gz"
         nib.save(shifted, image)
         assert nib.load(image).get_fdata().max() < 0
+    if which == "raw, NaN voxels":
+        raw = nib.load(raw_run)
+        values = np.asarray(raw.dataobj).astype(np.float32)
+        values[::7, ::5, ::3] = np.nan  # inside the head and out, in every volume
+        image = tmp_path / "nan_bold.nii.gz"
+        nib.save(nib.Nifti1Image(values, raw.affine), image)
     layout = read_layout(image)
     blocks = iter_blocks(layout, 4)
     _, first = next(blocks)

@@ -183,6 +183,7 @@ def _epi_candidates(layout: NiftiLayout, first: np.ndarray) -> np.ndarray:
     ``scipy.ndimage``'s import and the mask's morphology (about 0.3 s).
     """
     mean = layout.to_grid(first.mean(axis=0, dtype=np.float64) * layout.slope + layout.inter)
+    mean[~np.isfinite(mean)] = 0  # as the EPI mask treats them
     sample = mean.ravel()[::CANDIDATE_STRIDE]
     threshold = gap_threshold(sample)
     if threshold is None:
