@@ -184,11 +184,10 @@ def _epi_candidates(layout: NiftiLayout, first: np.ndarray) -> np.ndarray:
     """
     mean = layout.to_grid(first.mean(axis=0, dtype=np.float64) * layout.slope + layout.inter)
     mean[~np.isfinite(mean)] = 0  # as the EPI mask treats them
-    sample = mean.ravel()[::CANDIDATE_STRIDE]
-    threshold = gap_threshold(sample)
-    if threshold is None:
+    found = gap_threshold(mean.ravel()[::CANDIDATE_STRIDE])
+    if found is None:
         return layout.stored_index(np.ones(layout.shape, dtype=bool))
-    dark = float(np.percentile(sample, 20))  # where nilearn's search for a gap starts
+    dark, threshold = found  # dark: the 20th percentile, where the search for a gap starts
     bright = mean >= dark + CANDIDATE_THRESHOLD * (threshold - dark)
     return layout.stored_index(dilate(bright, MARGIN_VOXELS))
 

@@ -164,10 +164,10 @@ def epi_mask(
         for axis in range(volume.ndim):
             ndimage.gaussian_filter1d(volume, sigma, output=volume, axis=axis)
     volume[nan] = 0
-    threshold = gap_threshold(volume, lower_cutoff, upper_cutoff)
-    if threshold is None:
+    found = gap_threshold(volume, lower_cutoff, upper_cutoff)
+    if found is None:
         return np.zeros(volume.shape, dtype=bool)
-    mask = volume >= threshold
+    mask = volume >= found[1]
     if opening:
         mask = ndimage.binary_erosion(mask, iterations=opening)
     if mask.any():
@@ -184,17 +184,20 @@ def epi_mask(
 
 def gap_threshold(
     values: np.ndarray, lower_cutoff: float = 0.2, upper_cutoff: float = 0.85
-) -> float | None:
+) -> tuple[float, float] | None:
     """nilearn's EPI threshold: the middle of the largest gap between consecutive sorted
-    values, searched between the fractions ``lower_cutoff`` and ``upper_cutoff`` of them;
-    None when that range holds fewer than two values."""
+    values, searched between the fractions ``lower_cutoff`` and ``upper_cutoff`` of them.
+
+    Returns ``(start, threshold)``, ``start`` the value the search starts from (the
+    ``lower_cutoff`` quantile); None when that range holds fewer than two values.
+    """
     ordered = np.sort(values, axis=None)
     lower = int(np.floor(lower_cutoff * ordered.size))
     upper = min(int(np.floor(upper_cutoff * ordered.size)), ordered.size - 1)
     if upper <= lower:
         return None
     gap = int(np.argmax(ordered[lower + 1 : upper + 1] - ordered[lower:upper]))
-    return 0.5 * (ordered[lower + gap] + ordered[lower + gap + 1])
+    return float(ordered[lower]), 0.5 * (ordered[lower + gap] + ordered[lower + gap + 1])
 
 
 def dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
