@@ -165,3 +165,18 @@ def test_status_lists_a_failed_job_with_its_log(tmp_path, capsys):
     # --follow prints it once and returns: the run has ended
     status.follow(tmp_path, interval=0.01)
     assert capsys.readouterr().out == shown + "\n"
+
+
+def test_a_job_freezes_its_objects_at_exit_and_still_runs_exit_handlers(tmp_path):
+    # an exit handler registered before run_cli runs after its freeze (handlers run last
+    # in, first out): it sees the frozen objects, and a file the job left open is flushed
+    code = (
+        "import atexit, gc, sys\n"
+        "from bidstrain.errors import run_cli\n"
+        "atexit.register(lambda: print('frozen', gc.get_freeze_count()))\n"
+        f"log = open({str(tmp_path / 'log.txt')!r}, 'w')\n"
+        "run_cli(lambda argv: log.write('written'), [])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(done.stdout.split()[-1]) > 1000
+    assert (tmp_path / "log.txt").read_text() == "written"

