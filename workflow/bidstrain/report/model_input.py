@@ -1,13 +1,16 @@
 """What the model sees: one volume of each modality on its store's grid, and the same
-volume after the trained model's resampling and crop or pad (its ``model.json``)."""
+volume after the trained model's resampling and crop or pad (its ``model.json``); for a
+model of parcel windows, the first window of a parcel store with its tokens."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
+import zarr
+from matplotlib.figure import Figure, SubFigure
 
 from bidstrain.io.store import open_store, to_grid
 from bidstrain.report.figure import new_figure, slice_row
@@ -16,13 +19,15 @@ from bidstrain.train.resample import model_view
 
 def model_input_figure(description: Mapping[str, Any], experiment: str) -> Figure:
     """Per modality, two rows of mid-slices: the first volume of its first training store
-    (z-scores on the store's grid) and that volume as the model receives it.
+    (z-scores on the store's grid) and that volume as the model receives it; for parcel
+    windows, the first window of the first training store (:func:`parcel_window_row`).
 
     Parameters
     ----------
     description : mapping
-        The trained model's ``model.json`` (``input``: shape and resample per modality;
-        ``normalization``: the stores per modality).
+        The trained model's ``model.json`` (``input``: shape and resample per modality,
+        or parcels, window and frames per token; ``normalization``: the stores per
+        modality).
     experiment : str
         ``train.experiment``, for the title.
     """
@@ -30,6 +35,9 @@ def model_input_figure(description: Mapping[str, Any], experiment: str) -> Figur
     fig = new_figure(12.0, 4.6 * len(modalities), f"What the model sees, experiment {experiment}")
     rows = fig.subfigures(len(modalities), 1, squeeze=False)[:, 0]
     for row, modality in zip(rows, modalities, strict=True):
+        if "parcels" in description["input"][modality]:
+            parcel_window_row(row, modality, description)
+            continue
         shape = description["input"][modality]["shape"]
         factor = int(description["input"][modality]["resample"])
         store = description["normalization"][modality]["stores"][0]["store"]
@@ -38,8 +46,8 @@ def model_input_figure(description: Mapping[str, Any], experiment: str) -> Figur
             volume = to_grid(ds, np.asarray(ds["data"][0].values, dtype=np.float32))
         seen = model_view(volume, mask, shape, factor)
         row.suptitle(
-            f"{modality}: {store}, volume 0; grid {mask.shape} -> resample {factor} -> "
-            f"{tuple(shape)}"
+            f"{modality}: {Path(store).name}\nvolume 0; grid {mask.shape} -> resample "
+            f"{factor} -> {tuple(shape)}"
         )
         axes = row.subplots(2, 3)
         slice_row(row, axes[0], volume, mask, label="store", unit="z-score", cmap="RdBu_r",
@@ -47,3 +55,35 @@ def model_input_figure(description: Mapping[str, Any], experiment: str) -> Figur
         slice_row(row, axes[1], seen, seen != 0, label="model input", unit="z-score",
                   cmap="RdBu_r", vmin=-3.0, vmax=3.0)  # fmt: skip
     return fig
+
+
+def parcel_window_row(row: SubFigure, modality: str, description: Mapping[str, Any]) -> None:
+    """The first window of the first training store, parcels by frames, as the model
+    receives it (the store's rows as they are), with the bounds of its time tokens
+    (``patch_frames`` frames of one parcel each)."""
+    record = description["input"][modality]
+    window, patch_frames = int(record["window"]), int(record["patch_frames"])
+    store = description["normalization"][modality]["stores"][0]["store"]
+    data = zarr.open_array(Path(store) / "data", mode="r")
+    values = np.asarray(data[:window], dtype=np.float32).T
+    row.suptitle(
+        f"{modality}: {Path(store).name}\nframes 0-{values.shape[1] - 1} of "
+        f"{data.shape[0]}: {values.shape[0]} parcels x a window of {window} frames, tokens "
+        f"of {patch_frames} frames"
+    )
+    ax = row.subplots()
+    image = ax.imshow(
+        values,
+        aspect="auto",
+        cmap="RdBu_r",
+        vmin=-3.0,
+        vmax=3.0,
+        interpolation="nearest",
+        extent=(-0.5, values.shape[1] - 0.5, values.shape[0] - 0.5, -0.5),
+    )
+    for bound in range(patch_frames, values.shape[1], patch_frames):
+        ax.axvline(bound - 0.5, color="black", linewidth=1.0)
+    ax.set_xticks(range(values.shape[1]))
+    ax.set_xlabel("frame of the window (black lines: token bounds)")
+    ax.set_ylabel("parcel (store order)")
+    row.colorbar(image, ax=ax, label="z-score")

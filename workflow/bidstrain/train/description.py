@@ -6,7 +6,8 @@ A model is only usable on data prepared as its training data was. ``model.json``
 - ``modalities`` and, per modality, ``input``: the downsampling factor (``resample``,
   in-mask block means), then the grid the volumes are cropped or zero-padded to
   (centrally, zero outside the store's mask), the patch size, the voxel order (RAS+,
-  :mod:`bidstrain.io.orientation`);
+  :mod:`bidstrain.io.orientation`); for parcel windows (``train.bold_input: parcels``)
+  the parcels, the frames of a window and the frames of a token;
 - ``normalization`` per modality, read from the training stores' attributes: what the
   statistics run over (``stats_dim``), ``ddof``, the mask, the confound strategy, the
   storage, and the training stores, each holding its own ``mean``/``std`` (held-out data
@@ -62,6 +63,7 @@ FORMAT = "bidstrain-model/1"
 #: Stores (first volumes) sampled per modality for ``scale``.
 SCALE_STORES = 8
 INPUT_FIT = "central crop or zero-pad to shape; zero outside the store's mask"
+PARCEL_FIT = "consecutive rows (frames) of the parcel store, as stored"
 ORIENTATION = "RAS+ voxel order (closest canonical axes; permutations and flips only)"
 
 
@@ -98,16 +100,7 @@ def describe(
     return {
         "format": FORMAT,
         "modalities": list(module.modalities),
-        "input": {
-            m: {
-                "resample": config.model.resample[m],
-                "shape": list(config.model.shapes[m]),
-                "patch_size": config.model.patch_size,
-                "fit": INPUT_FIT,
-                "orientation": ORIENTATION,
-            }
-            for m in module.modalities
-        },
+        "input": {m: input_record(module, config, m) for m in module.modalities},
         "normalization": {m: normalization(stores[m]) for m in module.modalities},
         "preparation": preparation(module, config, stores, parcellation, stimuli).to_json(),
         "scale": {m: {"mse_zero": training_scale(stores[m])} for m in module.modalities},
@@ -121,6 +114,26 @@ def describe(
         "step": step,
         "torch_version": str(torch.__version__),
         "bidstrain_version": __version__,
+    }
+
+
+def input_record(module: MultiModalAutoencoder, config: TrainConfig, modality: str) -> dict:
+    """What the model receives of ``modality`` (``model.json`` ``input``): the grid of its
+    volumes, or for parcel windows the parcels and frames of a window."""
+    model = config.model
+    if modality == "bold" and model.bold_input == "parcels":
+        return {
+            "parcels": module.embed["bold"].channels,
+            "window": model.window,
+            "patch_frames": model.patch_frames,
+            "fit": PARCEL_FIT,
+        }
+    return {
+        "resample": model.resample[modality],
+        "shape": list(model.shapes[modality]),
+        "patch_size": model.patch_size,
+        "fit": INPUT_FIT,
+        "orientation": ORIENTATION,
     }
 
 
