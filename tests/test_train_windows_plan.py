@@ -7,9 +7,11 @@ parcel windows hold the stores' rows, never across a left-out frame."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +27,7 @@ from bidstrain.plan import write_if_changed
 from bidstrain.train.data import volume_dataset
 from bidstrain.train.sampler import batch_sampler
 from test_plan import plan_of
+from test_report import assert_nontrivial_png
 from train_support import metrics_records, train_cli_args, train_config, trainer_env
 
 WINDOW = 6
@@ -145,7 +148,7 @@ def test_the_trainer_trains_on_windows_of_the_demo(normalized, tmp_path, bold_in
     if bold_input == "voxels":
         lists = {**lists, "training": plan.training, "validation": plan.validation}
     lists = {
-        k: {m: list(s) for m, s in v.items()} if isinstance(v, dict) else v
+        k: {m: list(s) for m, s in v.items()} if k in ("training", "validation") else v
         for k, v in lists.items()
     }
     config = train_config(
@@ -172,6 +175,50 @@ def test_the_trainer_trains_on_windows_of_the_demo(normalized, tmp_path, bold_in
     # the shuffled windows are other inputs: another loss
     assert validation["loss_shuffled_time"] != validation["loss"]
     assert (tmp_path / "model.pt").is_file()
+    assert_draws_and_embeds(normalized, tmp_path, bold_input)
+
+
+def assert_draws_and_embeds(normalized, out, bold_input: str) -> None:
+    """The trained model's input figure, and the embed job on the plan's spec: it embeds
+    the stores the trainer reads (parcel stores for parcel windows) and refuses the other
+    kind, naming the difference."""
+    _, work, bids, overrides = normalized
+    figure = out / "model_input.png"
+    command = [
+        sys.executable, "-m", "bidstrain.report", "model_input",
+        "--model-json", str(out / "model.json"), "--experiment", "x", "--out", str(figure),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=work, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert_nontrivial_png(figure)
+    train = {**overrides["train"], "bold_input": bold_input}
+    plan = plan_of(bids, **{**overrides, "train": train, "embed": {"enabled": True}})
+    (spec,) = (json.loads(text) for text in plan.embed_files().values())
+    spec.pop("expect")  # the configuration's train settings are not this small model's
+    stores = {image["store"] for image in spec["images"]}
+    assert stores and stores == set(plan.store_lists()["validation"]["bold"])
+    for image in spec["images"]:
+        image["out"] = str(out / Path(image["out"]).name)
+
+    def embed(images) -> subprocess.CompletedProcess:
+        (out / "embed.json").write_text(json.dumps({**spec, "images": images}))
+        command = [
+            sys.executable, "-m", "bidstrain.embed", "--model", str(out / "model.pt"),
+            "--spec", str(out / "embed.json"), "--out-table", str(out / "embeddings.tsv"),
+        ]  # fmt: skip
+        return subprocess.run(command, cwd=work, capture_output=True, text=True, check=False)
+
+    result = embed(spec["images"])
+    assert result.returncode == 0, result.stderr
+    assert len((out / "embeddings.tsv").read_text().splitlines()) == len(stores) + 1
+    rows = read_tables([str(work / table) for table in plan.normalized_tables])
+    pairs = [(os.path.relpath(r.store, work), os.path.relpath(r.parcels, work)) for r in rows]
+    other = dict(pairs) | {parcels: voxels for voxels, parcels in pairs}
+    result = embed([{**image, "store": other[image["store"]]} for image in spec["images"]])
+    kinds = ("parcels", "voxels") if bold_input == "parcels" else ("voxels", "parcels")
+    assert result.returncode == 1
+    assert f"model trained on {kinds[0]}; these stores hold {kinds[1]}" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def dataset_parcels(path: str) -> int:

@@ -446,8 +446,8 @@ class Plan:
     def trainer_stores(self, stores: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
         """``stores`` (:attr:`training` or :attr:`validation`) as the trainer reads them:
         with ``train.bold_input: parcels`` each BOLD run's parcel store instead of its
-        voxel store (the checks and embed read the voxel stores, whose frames and
-        segments the parcel stores share)."""
+        voxel store (the checks read the voxel stores, whose frames and segments the
+        parcel stores share)."""
         lists = {m: list(s) for m, s in stores.items()}
         if "bold" in lists:
             lists["bold"] = [self._trainer_bold(store) for store in lists["bold"]]
@@ -938,14 +938,18 @@ class Plan:
         return [paths.embed_table(self.experiment), paths.embed_figure(self.experiment)]
 
     def embed_files(self) -> dict[str, str]:
-        """The embed job's JSON (:func:`paths.plan_embed`): the stores to embed and their
-        outputs, what the configuration expects of the model (a model that disagrees
-        is refused), and the job's settings (:class:`~bidstrain.config.EmbedJobConfig`)."""
+        """The embed job's JSON (:func:`paths.plan_embed`): the stores to embed (as the
+        trainer reads them: with ``train.bold_input: parcels`` a BOLD run's parcel store)
+        and their outputs, what the configuration expects of the model (a model that
+        disagrees is refused), and the job's settings
+        (:class:`~bidstrain.config.EmbedJobConfig`)."""
         stimuli = self.embed_stimuli
         images = [
             {
                 "modality": image.image.suffix,
-                "store": image.store,
+                "store": self._trainer_bold(image.store)
+                if image.image.suffix == "bold"
+                else image.store,
                 "out": paths.embedding_store(self.experiment, image.image),
                 **({"stimuli": stimuli[image.store]} if image.store in stimuli else {}),
             }

@@ -57,7 +57,7 @@ from bidstrain.config import EmbedJobConfig, TrainConfig
 from bidstrain.embed.samples import samples
 from bidstrain.errors import BidstrainError
 from bidstrain.io.atomic import atomic_path, write_text_atomic
-from bidstrain.io.store import consolidate, read_aligned_store, read_meta
+from bidstrain.io.store import consolidate, read_aligned_store, read_meta, read_parcel_attrs
 from bidstrain.stats import value_stats
 from bidstrain.train.description import first_volume, load_model
 from bidstrain.train.expectation import preparation_of, stimulus_differences, stimulus_record
@@ -102,7 +102,8 @@ def check_scale(
 
 def check_preparation(store: str | Path, description: Mapping[str, Any]) -> None:
     """Refuse a BOLD store prepared differently from the model's training data (another
-    TR or time method), naming the difference.
+    TR or time method; voxels for a model of parcel windows or the reverse; another atlas,
+    by name, or number of parcels), naming the difference.
 
     Raises
     ------
@@ -111,8 +112,16 @@ def check_preparation(store: str | Path, description: Mapping[str, Any]) -> None
     """
     trained = preparation_of(description)
     meta = read_meta(store)
+    parcels = meta.stats_dim == "parcel"
+    atlas = read_parcel_attrs(store) if parcels else {}
     data = dataclasses.replace(
-        trained, repetition_time=meta.repetition_time, time_method=meta.time_method
+        trained,
+        repetition_time=meta.repetition_time,
+        time_method=meta.time_method,
+        bold_input="parcels" if parcels else "voxels",
+        n_parcels=len(atlas["parcel_names"]) if parcels else None,
+        # a parcel store names its atlas, not the checksum the model records
+        parcellation=atlas.get("atlas", trained.parcellation),
     )
     lines = trained.differences(data)
     if lines:
