@@ -210,9 +210,15 @@ def average_parcel_store_at(name: str, atlas: str) -> str:
 
 
 def average_members(name: str) -> str:
-    """Argument file listing the subject stores an average group reads (written by the
-    plan)."""
+    """Argument file of an average group's job: the subject stores it reads, and with a
+    parcellation their parcel stores (written by the plan)."""
     return _join(RESULTS, "plan", "average", f"{name}.args")
+
+
+def average_subject_stores(name: str) -> str:
+    """Argument file listing an average group's subject stores alone, for its figure
+    (written by the plan)."""
+    return _join(RESULTS, "plan", "average", f"{name}.stores")
 
 
 # ---- train -------------------------------------------------------------------------------

@@ -166,8 +166,13 @@ class AverageGroup:
 
     @property
     def members_file(self) -> str:
-        """The file listing :attr:`members`, which the average job reads."""
+        """The file of :meth:`arguments`, which the average job reads."""
         return paths.average_members(self.name)
+
+    @property
+    def stores_file(self) -> str:
+        """The file listing :attr:`members` alone, which the average's figure reads."""
+        return paths.average_subject_stores(self.name)
 
 
 @dataclass(frozen=True)
@@ -614,6 +619,7 @@ class Plan:
             files[job.spec_file] = job.spec()
         for group in self.averages:
             files[group.members_file] = _lines(group.arguments())
+            files[group.stores_file] = _lines(group.members)
         for group in self.figure_groups.values():
             files[group.tables_file] = _lines(group.tables)
         if self.stimuli is not None:

@@ -66,7 +66,7 @@ rule report_average:
         store=paths.average_store_at("{name}"),
         # the subject stores are not inputs: the average store is rewritten whenever one
         # of them is
-        members=lambda wildcards: PLAN.average(wildcards.name).members_file,
+        members=lambda wildcards: PLAN.average(wildcards.name).stores_file,
     output:
         report(
             paths.average_figure("{name}"),
