@@ -1,5 +1,6 @@
-"""The workflow with BOLD at one repetition time and parcel time series: normalize,
-average and the checks on the fMRIPrep demo, with the demo atlas beside it."""
+"""The workflow with BOLD at one repetition time and parcel time series: the whole of it
+(normalize, average, checks, training on parcel windows, embed and the report) on the
+fMRIPrep demo, with the demo atlas beside it."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from bidstrain.demo.generate import ATLAS_NAME, make_atlas_demo, make_fmriprep_d
 from bidstrain.io.store import read_meta, read_parcel_stats
 from conftest import REPO, run_snakemake
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a workflow to the checks: a minute
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a whole workflow: a minute
 
 SPACE = "MNI152NLin2009cAsym"
 
@@ -32,10 +33,13 @@ def workflow_run(tmp_path_factory) -> Path:
         "normalize:\n  confounds:\n    strategy: scrubbing\n"
         "time:\n  tr: 0.8\n  method: pchip\n"
         f"parcellation:\n  name: {ATLAS_NAME}\n  path: {atlas}\n"
+        "train:\n  bold_input: parcels\n  window: 6\n  patch_frames: 2\n  epochs: 2\n"
+        "  warmup_steps: 2\n"
+        "embed:\n  enabled: true\n"
     )
     run_snakemake(
         workdir,
-        "checks",
+        "all",
         "--configfile",
         str(REPO / "config" / "config.yaml"),
         str(settings),
@@ -67,6 +71,28 @@ def test_every_run_is_at_the_target_tr_with_its_parcels_and_the_checks_pass(work
     assert summary["passed"], summary
     normalization = next(c for c in summary["checks"] if c["name"] == "normalization")
     assert normalization["status"] != "fail", normalization["message"]
+
+
+def test_parcel_windows_are_trained_embedded_and_drawn(workflow_run):
+    """Averages keep their runs' confound strategy (the model records it, and embed
+    compares it with the config); embed reads the parcel stores the model was trained
+    on; the average and model-input figures read what their jobs are given."""
+    results = workflow_run / "results"
+    averages = sorted((results / "average").glob("*.zarr"))
+    assert {read_meta(a).confounds_strategy for a in averages} == {"scrubbing"}
+    description = json.loads((workflow_run / paths.trained_model_description("demo")).read_text())
+    assert description["preparation"]["bold_input"] == "parcels"
+    assert description["input"]["bold"]["window"] == 6
+    assert description["normalization"]["bold"]["confounds_strategy"] == "scrubbing"
+    embedded = (workflow_run / paths.embed_table("demo")).read_text().splitlines()[1:]
+    assert embedded and all("_desc-zscore_timeseries.zarr" in line for line in embedded)
+    for figure in (
+        paths.training_figure("demo", "model_input"),
+        paths.embed_figure("demo"),
+        *(paths.average_figure(a.name.replace("_desc-average_bold.zarr", "")) for a in averages
+          if a.name.endswith("_bold.zarr")),
+    ):  # fmt: skip
+        assert (workflow_run / figure).stat().st_size > 10_000, figure
 
 
 def assert_frames_averaged_where_valid(workdir: Path, average: Path) -> None:

@@ -561,6 +561,7 @@ def average_stores(
             repetition_time=ref.repetition_time,
             source_repetition_time=ref.source_repetition_time,
             time_method=ref.time_method,
+            confounds_strategy=ref.confounds_strategy,
             n_invalid_frames=int(n_frames - n_rows),
             min_subjects=min_subjects,
             ddof=ref.ddof,

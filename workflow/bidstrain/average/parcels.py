@@ -205,6 +205,7 @@ def average_parcel_stores(
         "stats_dim": "parcel",
         "stats_from": [src.path for src in sources],
         "time_method": reference.time_method,
+        "confounds_strategy": reference.confounds_strategy,
         "source_repetition_time": reference.source_repetition_time,
         "n_invalid_frames": int((~valid).sum()),
         "min_subjects": min_subjects,
