@@ -37,10 +37,14 @@ Variants, each in a fresh subprocess (so that its peak memory is its own), inter
 ``job_time``, ``job_parcels``, ``job_parcels_native``
     The normalize job (whole process, ``mask: epi``) with ``time.tr`` 0.8 s (``linear``),
     without and with the atlas; and with the atlas at the run's own TR. A job with an
-    atlas needs a run in the atlas's space, so these three read the run through an
+    atlas needs a run in the atlas's space, so these read the run through an
     fMRIPrep-style tree of links (``bench/data/fmriprep``: the run named
     ``space-MNI152NLin2009cAsym_res-2_desc-preproc_bold``, its sidecar, and our mask as
     its brain mask).
+``job_parcels_mask``
+    ``job_parcels_native`` given the brain mask file nilearn is given (the workflow's
+    ``mask: auto`` on fMRIPrep input) instead of computing the EPI mask: the job that does
+    what ``nilearn_labels`` does, plus the voxel store.
 
 ``--variants`` runs a subset (the others' comparisons are then left out).
 
@@ -96,12 +100,14 @@ VARIANTS = (
     "job_time",
     "job_parcels",
     "job_parcels_native",
+    "job_parcels_mask",
 )
 JOBS = {
     "job_epi": {},
     "job_time": {"time": True},
     "job_parcels": {"time": True, "parcels": True},
     "job_parcels_native": {"parcels": True},
+    "job_parcels_mask": {"parcels": True, "mask_file": True},
 }
 NILEARN_EPI_MASK = "nilearn_epi_mask.nii.gz"
 
@@ -247,18 +253,23 @@ def write_fmriprep_tree() -> None:
             link.symlink_to(target)
 
 
-def job_command(out_dir: Path, name: str, time: bool = False, parcels: bool = False) -> list[str]:
+def job_command(
+    out_dir: Path, name: str, time: bool = False, parcels: bool = False, mask_file: bool = False
+) -> list[str]:
     """The normalize job's command line (rule ``normalize_subject``) for the run, ``mask:
-    epi``, resampled to :data:`TARGET_TR` (``linear``) with ``time``, with the atlas's
-    parcel outputs with ``parcels``, the other settings at their defaults (its settings and
-    spec files written under ``out_dir``); the job first validates the subject's BOLD
-    headers and writes its ingest record, as in the workflow."""
+    epi`` (with ``mask_file``: the fMRIPrep tree's brain mask, :data:`MASK`), resampled to
+    :data:`TARGET_TR` (``linear``) with ``time``, with the atlas's parcel outputs with
+    ``parcels``, the other settings at their defaults (its settings and spec files written
+    under ``out_dir``); the job first validates the subject's BOLD headers and writes its
+    ingest record, as in the workflow."""
     image = FMRIPREP_RUN if time or parcels else RUN
     entry = {
         "modality": "bold",
         "image": str(image),
         "store": str(out_dir / f"{name}.zarr"),
-        "mask": "epi",
+        "mask": str(FMRIPREP_RUN.with_name(f"{FMRIPREP_STEM}_desc-brain_mask.nii.gz"))
+        if mask_file
+        else "epi",
         "stats_from": [],
     }
     if parcels:
@@ -371,6 +382,7 @@ COMPARISONS = (
     ("ours_parcels", "nilearn_labels"),
     ("job_parcels", "nilearn_labels"),
     ("job_parcels_native", "nilearn_labels"),
+    ("job_parcels_mask", "nilearn_labels"),
 )
 
 
