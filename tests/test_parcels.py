@@ -417,3 +417,69 @@ def test_the_plan_and_the_job_write_parcels_at_one_tr_for_runs_in_the_atlas_spac
         assert (tmp_path / spec["parcels"]["coverage"]).is_file()
     with pytest.raises(BidstrainError, match="space T1w but the atlas demo"):
         plan_of(root, **{**overrides, "space": "T1w"})
+
+
+def _slab_labels(run: Path, out: Path, merge: bool) -> None:
+    """A label image on ``run``'s grid: three slabs along its first axis, labels 1-3
+    (with ``merge``, slab 2 labelled 1: that run's parcel 2 is empty)."""
+    img = nib.load(run)
+    edges = np.linspace(0, img.shape[0], 4).astype(int)
+    labels = np.zeros(img.shape[:3], dtype=np.int16)
+    for label, (low, high) in enumerate(zip(edges[:-1], edges[1:], strict=True), start=1):
+        labels[low:high] = 1 if merge and label == 2 else label
+    out.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(labels, img.affine), out)
+
+
+def test_a_label_image_per_run_from_a_pattern(demo_bids, tmp_path):
+    """Raw runs in their native space, each with its own label image (a path pattern):
+    the plan fills it per run, each job reads its run's image (sub-02's merges two
+    parcels), and a missing image stops that subject's job naming it."""
+    pattern = (
+        "{bids_dir}/derivatives/slabs/sub-{subject}/func/"
+        "sub-{subject}_task-{task}_run-{run}_atlas-slabs_dseg.nii.gz"
+    )
+    table = tmp_path / "slabs_dseg.tsv"
+    table.write_text("index\tname\n1\tleft\n2\tmiddle\n3\tright\n")
+    parcellation = {"name": "slabs", "path": pattern, "space": NATIVE, "labels": str(table)}
+    overrides = {"modalities": ["bold"], "participant_label": ["01", "02"]}
+    with pytest.raises(BidstrainError, match="parcellation.labels to the label table"):
+        plan_of(demo_bids, **overrides, parcellation={**parcellation, "labels": None})
+    with pytest.raises(BidstrainError, match="has no 'acq' entity"):
+        plan_of(demo_bids, **overrides, parcellation={**parcellation, "path": pattern + "{acq}"})
+    plan = plan_of(demo_bids, **overrides, parcellation=parcellation)
+    recorded = json.loads(plan.files()[paths.plan_stores(plan.experiment)])["parcellation"]
+    digest = hashlib.sha256(pattern.encode() + table.read_bytes()).hexdigest()
+    assert recorded == {"name": "slabs", "checksum": digest}
+    write_if_changed({str(tmp_path / path): text for path, text in plan.files().items()})
+    for subject in ("01", "02"):
+        for spec in json.loads(plan.job(subject).spec()):
+            own = Path(spec["parcels"]["atlas_image"])
+            assert own.name.startswith(f"sub-{subject}_task-rest_run-")
+            _slab_labels(Path(spec["image"]), own, merge=subject == "02")
+
+    def normalize(subject: str) -> subprocess.CompletedProcess:
+        job = plan.job(subject)
+        command = [
+            sys.executable, "-m", "bidstrain.normalize", "--settings",
+            paths.PLAN_NORMALIZE_SETTINGS, "--subject", subject, "--ingest",
+            paths.ingest_record(subject), "--spec", job.spec_file, "--out-table", job.table,
+        ]  # fmt: skip
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=False)
+
+    for subject in ("01", "02"):
+        result = normalize(subject)
+        assert result.returncode == 0, result.stderr
+        for spec in json.loads(plan.job(subject).spec()):
+            group = zarr.open_group(tmp_path / spec["parcels"]["store"], mode="r")
+            n_voxels = group["n_voxels"][...]
+            if subject == "01":
+                assert (n_voxels > 0).all()
+            else:  # its own image: slab 2 is labelled 1
+                assert n_voxels[1] == 0 and n_voxels[0] > n_voxels[2] > 0
+    missing = Path(json.loads(plan.job("02").spec())[0]["parcels"]["atlas_image"])
+    missing.unlink()
+    result = normalize("02")
+    assert result.returncode == 1
+    assert "sub-02" in result.stderr and str(missing) in result.stderr
+    assert "parcellation.path" in result.stderr and "Traceback" not in result.stderr

@@ -666,18 +666,26 @@ class Plan:
     def encoding_figure_arguments(self) -> list[str]:
         """The encoding figures' ``--bold`` (the first average's voxel store: the grid of
         the map) and, with ``encoding.target: parcels``, ``--atlas`` (the parcellation
-        whose parcels the map paints)."""
+        whose parcels the map paints; with a label image per run, the first member's)."""
         first = next(iter(self.encoding_inputs()["averages"]))
-        voxels = next(group.store for group in self.averages if group.name == first)
+        group = next(group for group in self.averages if group.name == first)
         if self.config.encoding.target != "parcels":
-            return ["--bold", voxels]
+            return ["--bold", group.store]
         atlas = self.atlas
+        image = str(atlas.image)
+        if atlas.per_run:
+            image = next(
+                i.parcels["atlas_image"]
+                for job in self.jobs.values()
+                for i in job.images
+                if i.store == group.members[0]
+            )
         return [
             "--bold",
-            voxels,
+            group.store,
             "--atlas",
             atlas.name,
-            str(atlas.image),
+            image,
             str(atlas.labels),
             atlas.space,
         ]
@@ -1236,25 +1244,29 @@ def _confounds(config: Config, image: BidsFile) -> str | None:
 
 
 def _parcels(
-    atlas: AtlasFiles | None, image: BidsFile, runs: Sequence[BidsFile]
+    atlas: AtlasFiles | None, image: BidsFile, runs: Sequence[BidsFile], bids_dir: str
 ) -> dict[str, Any] | None:
     """The parcel outputs of a BOLD run (None without an atlas, or for another modality);
-    a held-out run's name the parcel stores of the ``runs`` its statistics come from.
+    a held-out run's name the parcel stores of the ``runs`` its statistics come from; with
+    a label image per run (:attr:`AtlasFiles.per_run`), ``atlas_image``: the run's.
 
     Raises
     ------
     BidstrainError
-        When the run is not in the atlas's space.
+        When the run is not in the atlas's space, or lacks an entity of its pattern.
     """
     if atlas is None or image.suffix != "bold":
         return None
     check_space(atlas, image.entities.get("space"), image=image.path, subject=image.subject)
-    return {
+    outputs = {
         "store": paths.parcel_store(image, atlas.name),
         "timeseries": paths.parcel_timeseries(image, atlas.name),
         "coverage": paths.parcel_coverage(image, atlas.name),
         "stats_from": [paths.parcel_store(run, atlas.name) for run in runs],
     }
+    if atlas.per_run:
+        outputs["atlas_image"] = str(atlas.for_run(image.entities, bids_dir).image)
+    return outputs
 
 
 def _normalize_jobs(
@@ -1275,7 +1287,7 @@ def _normalize_jobs(
         store = paths.normalized_store(image)
         mask = _mask(config, index, kind, image)
         stats_from = tuple(paths.normalized_store(run) for run in runs)
-        parcels = _parcels(atlas, image, runs)
+        parcels = _parcels(atlas, image, runs, config.bids_dir)
         return ImageJob(image, store, mask, stats_from, _confounds(config, image), parcels)
 
     _warn_unmatched(

@@ -10,7 +10,12 @@ The table is a TSV with the columns ``index`` (the label value in the image) and
 :func:`check_space` compares the atlas's space with a BOLD run's (its ``space-`` entity):
 parcels only mean something in the space they were drawn in. A label image drawn on the
 runs' own grid (runs without a ``space-`` entity that share one grid, as the
-naturalistic demo's) says so with ``parcellation.space: native`` (:data:`NATIVE`).
+naturalistic demo's) says so with ``parcellation.space: native`` (:data:`NATIVE`); label
+images drawn on each run's own grid (a segmentation brought into each subject's BOLD
+space) are given as a path pattern with the placeholders of the mask patterns
+(``{bids_dir}``, ``{subject}``, ``{session}``, any BIDS entity key:
+:func:`bidstrain.dataset.masks.resolve_pattern`), space ``native``, and one label table
+for all (:meth:`AtlasFiles.for_run`).
 :func:`load_atlas` reads the atlas onto a run's grid, resampling by nearest neighbour
 (with a warning) when the grid differs within the same space.
 """
@@ -27,6 +32,7 @@ import nibabel as nib
 import numpy as np
 
 from bidstrain.config import ParcellationConfig
+from bidstrain.dataset.masks import resolve_pattern
 from bidstrain.errors import BidstrainError
 from bidstrain.io.grid import grid_mismatch
 
@@ -38,26 +44,49 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AtlasFiles:
-    """Where an atlas is: its name, label image, label table and template space."""
+    """Where an atlas is: its name, label image (or, with ``per_run``, the path pattern of
+    each run's label image), label table and template space."""
 
     name: str
     image: Path
     labels: Path
     space: str
+    per_run: bool = False
 
-    def to_json(self) -> dict[str, str]:
+    def to_json(self) -> dict[str, str | bool]:
         """The plain form a normalize job's command line carries."""
         return {
             "name": self.name,
             "image": str(self.image),
             "labels": str(self.labels),
             "space": self.space,
+            "per_run": self.per_run,
         }
 
     @classmethod
     def from_json(cls, value: dict[str, str]) -> AtlasFiles:
         """Inverse of :meth:`to_json`."""
-        return cls(value["name"], Path(value["image"]), Path(value["labels"]), value["space"])
+        return cls(
+            value["name"],
+            Path(value["image"]),
+            Path(value["labels"]),
+            value["space"],
+            bool(value.get("per_run", False)),
+        )
+
+    def for_run(self, entities: dict[str, str], bids_dir: str | Path) -> AtlasFiles:
+        """The atlas of one run: with :attr:`per_run`, its label image (the pattern filled
+        with the run's entities); otherwise this atlas.
+
+        Raises
+        ------
+        BidstrainError
+            When the pattern names an entity the run does not have.
+        """
+        if not self.per_run:
+            return self
+        image = resolve_pattern(str(self.image), entities, bids_dir, "parcellation.path")
+        return AtlasFiles(self.name, Path(image), self.labels, self.space)
 
 
 def _table_of(image: Path) -> Path:
@@ -81,6 +110,8 @@ def find_atlas(config: ParcellationConfig) -> AtlasFiles:
     if config.name is None or config.path is None:
         raise BidstrainError("config parcellation: name and path are both needed")
     path = Path(config.path)
+    if "{" in config.path:
+        return _per_run_atlas(config)
     if path.is_dir():
         image = _dataset_image(path, config)
         labels = _table_of(image)
@@ -99,6 +130,21 @@ def find_atlas(config: ParcellationConfig) -> AtlasFiles:
         if not file.is_file():
             raise BidstrainError(f"config parcellation: the atlas {what} is missing", path=file)
     return AtlasFiles(config.name, image, labels, space)
+
+
+def _per_run_atlas(config: ParcellationConfig) -> AtlasFiles:
+    """The atlas of a path pattern: a label image per run, on that run's own grid, with one
+    label table for all (each run's image is checked by its normalize job)."""
+    if config.space != NATIVE or config.labels is None:
+        raise BidstrainError(
+            f"config parcellation.path {config.path!r} is a pattern (a label image per run): "
+            f"set parcellation.space to {NATIVE} (each image on its run's grid) and "
+            "parcellation.labels to the label table they share"
+        )
+    labels = Path(config.labels)
+    if not labels.is_file():
+        raise BidstrainError("config parcellation: the atlas label table is missing", path=labels)
+    return AtlasFiles(config.name, Path(config.path), labels, NATIVE, per_run=True)
 
 
 def _dataset_image(root: Path, config: ParcellationConfig) -> Path:
@@ -261,9 +307,12 @@ def nearest_labels(
 
 def atlas_checksum(atlas: AtlasFiles) -> str:
     """The sha256 of the atlas's label image followed by its label table: what names the
-    parcellation a model was trained on, whatever the files are called."""
+    parcellation a model was trained on, whatever the files are called. For a label image
+    per run (:attr:`AtlasFiles.per_run`), the path pattern stands for the images."""
     digest = hashlib.sha256()
-    for path in (atlas.image, atlas.labels):
+    if atlas.per_run:
+        digest.update(str(atlas.image).encode())
+    for path in (atlas.labels,) if atlas.per_run else (atlas.image, atlas.labels):
         with open(path, "rb") as file:
             for block in iter(lambda: file.read(1 << 20), b""):
                 digest.update(block)

@@ -26,7 +26,8 @@ confounds table
 (:mod:`~bidstrain.normalize.confounds`). The settings' ``time`` section resamples BOLD
 runs in time (:mod:`~bidstrain.normalize.resample_time`); with an ``atlas`` each
 BOLD entry names its parcel outputs (``"parcels": {"store", "timeseries", "coverage",
-"stats_from"}``, :mod:`~bidstrain.normalize.parcels`).
+"stats_from"}``, :mod:`~bidstrain.normalize.parcels`; with a label image per run, also
+its ``"atlas_image"``).
 
 Each store is written atomically; the table, the job's last output, is written last, so a
 failed job leaves no output that looks complete. An error names the image.
@@ -94,18 +95,30 @@ def run_confounds(
 def parcel_job(
     spec: Mapping[str, Any], info: ImageInfo, atlas: AtlasFiles | None
 ) -> ParcelJob | None:
-    """The parcel outputs of a BOLD image of ``--spec`` with the atlas on its grid, or None
-    (no atlas in the settings, or not BOLD).
+    """The parcel outputs of a BOLD image of ``--spec`` with the atlas on its grid (with a
+    label image per run, the run's: ``atlas_image`` of its ``parcels``), or None (no atlas
+    in the settings, or not BOLD).
 
     Raises
     ------
     BidstrainError
-        When the run is not in the atlas's space, or the atlas cannot be read.
+        When the run is not in the atlas's space, or the atlas (the run's label image)
+        is missing or cannot be read.
     """
     if atlas is None or "parcels" not in spec:
         return None
     image = spec["image"]
     check_space(atlas, info.entities.get("space"), image=image, subject=info.subject)
+    if atlas.per_run:  # the run's own label image, from the pattern
+        own = Path(spec["parcels"]["atlas_image"])
+        if not own.is_file():
+            raise BidstrainError(
+                f"the run's label image of config parcellation.path {str(atlas.image)!r} is "
+                f"missing: {own}",
+                path=image,
+                subject=info.subject,
+            )
+        atlas = AtlasFiles(atlas.name, own, atlas.labels, atlas.space)
     layout = read_layout(image, info.subject)
     on_grid = load_atlas(atlas, layout.shape, layout.affine, image=image, subject=info.subject)
     return ParcelJob(on_grid, ParcelOutputs.from_json(spec["parcels"]))
