@@ -12,9 +12,11 @@ from bidstrain.io.store import read_meta, write_parcel_store
 from test_average import ellipsoid, random_raw, write_bold_store
 
 
-def parcel_store(path, subject, session, n_time, *, parcels=(1, 2, 3, 4), seed=0):
+def parcel_store(path, subject, session, n_time, *, parcels=(1, 2, 3, 4), seed=0, empty=()):
     """A parcel store of random values, and the voxel store of its run beside it (the
-    frame grid); returns its path, its arrays and the voxel store's path."""
+    frame grid); returns its path, its arrays and the voxel store's path. The parcels at
+    the positions ``empty`` have no voxel in the run's mask (0 everywhere, as the
+    normalize job writes them)."""
     rng = np.random.default_rng(seed)
     voxels = write_bold_store(
         path.with_name(f"{path.stem}_bold.zarr"),
@@ -32,6 +34,8 @@ def parcel_store(path, subject, session, n_time, *, parcels=(1, 2, 3, 4), seed=0
         "n_voxels": rng.integers(1, 50, n),
         "coverage": rng.uniform(0, 1, n),
     }
+    for values in arrays.values():
+        values[..., list(empty)] = 0
     attrs = dict(
         modality="bold",
         subject=subject,
@@ -87,3 +91,21 @@ def test_parcel_stores_of_another_atlas_are_refused(tmp_path):
     with pytest.raises(BidstrainError, match="parcels differ"):
         average_parcel_stores([a, b], tmp_path / "avg.zarr", voxel_stores=[va, vb])
     assert not (tmp_path / "avg.zarr").exists()
+
+
+def test_a_parcel_empty_in_a_run_is_averaged_over_the_runs_that_cover_it(tmp_path, caplog):
+    a, s1, v1 = parcel_store(tmp_path / "a.zarr", "01", "", 10, seed=1, empty=(1, 3))
+    b, s2, v2 = parcel_store(tmp_path / "b.zarr", "02", "", 10, seed=2, empty=(3,))
+    out = tmp_path / "avg.zarr"
+    average_parcel_stores([a, b], out, voxel_stores=[v1, v2])
+    group = zarr.open_group(out, mode="r")
+    for name in ("data", "mean", "std"):
+        values = group[name][...]
+        np.testing.assert_allclose(values[..., [0, 2]], (s1[name] + s2[name])[..., [0, 2]] / 2,
+                                   rtol=1e-6, atol=1e-6)  # fmt: skip
+        # parcel p2 only in sub-02's mask: its values alone, not halved by sub-01's zeros
+        np.testing.assert_allclose(values[..., 1], s2[name][..., 1], rtol=1e-6, atol=1e-6)
+        assert not values[..., 3].any()  # in no mask: 0, never NaN
+    np.testing.assert_allclose(group["coverage"][...], (s1["coverage"] + s2["coverage"]) / 2)
+    assert zarr.open_group(out, mode="r").attrs["n_empty_parcels"] == 1
+    assert "p2 (1 of 2)" in caplog.text

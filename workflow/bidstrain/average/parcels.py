@@ -10,10 +10,14 @@ store, the valid frames, without the grid: the grid and validity come from the v
 store of the same run (given beside it, in the same order), and the parcel store's
 ``time`` must be that store's valid frames' onsets. The average records ``frame_time``,
 ``frame_valid`` and ``frame_subjects`` as the voxel average does, so that windows see its
-segments. ``mean``, ``std``, ``n_voxels`` and ``coverage`` are the same means of the
-subjects' values (as for voxels: the typical raw level behind the average, not the
-average's own statistics; ``n_voxels`` rounded to a count). The stores are small (frames
-x parcels), so they are read whole.
+segments. A parcel with no voxel in a run's mask (empty in that run: 0 in its store) is
+left out of that run's contribution: each parcel of each frame is the mean over the
+subjects valid there whose run covers it, 0 where none does (counted in the average's
+``n_empty_parcels``; parcels empty for some subjects are named in a warning).
+``mean`` and ``std`` are the means of the covering subjects' values, ``n_voxels`` and
+``coverage`` those of all subjects (as for voxels: the typical raw level behind the
+average, not the average's own statistics; ``n_voxels`` rounded to a count). The stores
+are small (frames x parcels), so they are read whole.
 """
 
 from __future__ import annotations
@@ -82,27 +86,34 @@ def _read(path: str, voxel_store: str) -> tuple[SourceStore, dict[str, np.ndarra
     return source, arrays
 
 
+def _covered(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """The parcels with a voxel in the run's mask (the others hold 0 in its store)."""
+    return arrays["n_voxels"] > 0
+
+
 def _frame_mean(
     subjects: Sequence[Sequence[tuple[SourceStore, dict[str, np.ndarray]]]],
     valid: np.ndarray,
 ) -> np.ndarray:
-    """The series of the average at the frames ``valid`` of its grid: at each frame the
-    mean over the subjects valid there of the mean over their sessions valid there."""
+    """The series of the average at the frames ``valid`` of its grid: at each frame and
+    parcel the mean over the subjects valid there whose runs cover the parcel of the mean
+    over those sessions; 0 where no subject's run covers it."""
     n_frames = valid.size
     n_parcels = subjects[0][0][1]["data"].shape[1]
     total = np.zeros((n_frames, n_parcels))
-    count = np.zeros(n_frames, dtype=np.int64)
+    count = np.zeros((n_frames, n_parcels), dtype=np.int64)
     for sessions in subjects:
         own = np.zeros((n_frames, n_parcels))
-        hits = np.zeros(n_frames, dtype=np.int64)
+        hits = np.zeros((n_frames, n_parcels), dtype=np.int64)
         for source, arrays in sessions:
             frames = source.frame_valid(n_frames)
             own[frames] += arrays["data"][: int(frames.sum())]
-            hits += frames
+            hits += frames[:, None] & _covered(arrays)[None, :]
         present = hits > 0
-        total[present] += own[present] / hits[present, None]
+        total[present] += own[present] / hits[present]
         count += present
-    return total[valid] / count[valid, None]
+    mean = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+    return mean[valid]
 
 
 def average_parcel_stores(
@@ -183,10 +194,36 @@ def average_parcel_stores(
             path=out,
         )
 
-    def subject_mean(name: str) -> np.ndarray:
-        """Mean over subjects of the mean over each subject's sessions."""
-        per_subject = [np.mean([a[name] for _, a in by_subject[s]], 0) for s in subjects]
-        return np.mean(per_subject, axis=0)
+    def subject_mean(name: str, covering: bool = False) -> np.ndarray:
+        """Mean over subjects of the mean over each subject's sessions (with
+        ``covering``, per parcel over the sessions whose runs cover it; 0 where none)."""
+        per_subject, weights = [], []
+        for subject in subjects:
+            values = np.array([a[name] for _, a in by_subject[subject]], dtype=np.float64)
+            weight = np.array(
+                [_covered(a) if covering else np.ones(values.shape[1], bool)
+                 for _, a in by_subject[subject]]
+            )  # fmt: skip
+            sessions = weight.sum(axis=0)
+            per_subject.append(np.divide((values * weight).sum(0), np.maximum(sessions, 1)))
+            weights.append(sessions > 0)
+        covered = np.sum(weights, axis=0)
+        total = np.sum(np.array(per_subject) * np.array(weights), axis=0)
+        return np.divide(total, covered, out=np.zeros_like(total), where=covered > 0)
+
+    covered_by = np.sum([np.any([_covered(a) for _, a in by_subject[s]], 0) for s in subjects], 0)
+    empty = covered_by == 0
+    partly = (covered_by > 0) & (covered_by < len(subjects))
+    names = np.asarray(read_parcel_attrs(first_source.path)["parcel_names"])
+    if partly.any():
+        log.warning(
+            "%s: %d parcels have no voxel in the mask of some subjects' runs and are averaged "
+            "over the others: %s",
+            out,
+            int(partly.sum()),
+            ", ".join(f"{n} ({c} of {len(subjects)})" for n, c in zip(
+                names[partly], covered_by[partly], strict=True)),
+        )  # fmt: skip
 
     frame_time = first["frame_time"][:n_frames]
     attrs = {
@@ -210,12 +247,12 @@ def average_parcel_stores(
         "n_invalid_frames": int((~valid).sum()),
         "min_subjects": min_subjects,
     }
-    attrs.update(read_parcel_attrs(first_source.path))
+    attrs.update(read_parcel_attrs(first_source.path), n_empty_parcels=int(empty.sum()))
     write_parcel_store(
         out,
         data=_frame_mean([by_subject[s] for s in subjects], valid),
-        mean=subject_mean("mean"),
-        std=subject_mean("std"),
+        mean=subject_mean("mean", covering=True),
+        std=subject_mean("std", covering=True),
         parcels=first["parcel"].astype(np.int64),
         n_voxels=np.rint(subject_mean("n_voxels")),
         coverage=subject_mean("coverage"),
