@@ -11,6 +11,7 @@ with the scrubbing strategy (its region means are float64 here, unlike its voxel
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import logging
@@ -483,3 +484,28 @@ def test_a_label_image_per_run_from_a_pattern(demo_bids, tmp_path):
     assert result.returncode == 1
     assert "sub-02" in result.stderr and str(missing) in result.stderr
     assert "parcellation.path" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_templateflow_folder_is_read_as_it_is(tmp_path):
+    """TemplateFlow's layout: the files in tpl-<space>/ (no anat/), several resolutions
+    and desc variants of one atlas, one label table per desc without the res- entity."""
+    folder = tmp_path / f"tpl-{SPACE}"
+    folder.mkdir()
+    for desc in ("100Parcels7Networks", "400Parcels7Networks"):
+        for res in ("01", "02"):
+            name = f"tpl-{SPACE}_res-{res}_atlas-Schaefer2018_desc-{desc}_dseg.nii.gz"
+            nib.save(nib.Nifti1Image(np.ones((2, 2, 2), np.int16), np.eye(4)), folder / name)
+        table = folder / f"tpl-{SPACE}_atlas-Schaefer2018_desc-{desc}_dseg.tsv"
+        table.write_text("index\tname\n1\tparcel\n")
+    config = ParcellationConfig("Schaefer2018", str(tmp_path), None, None, "02")
+    with pytest.raises(BidstrainError, match="2 atlas images match .* parcellation.desc"):
+        find_atlas(config)
+    atlas = find_atlas(dataclasses.replace(config, desc="400Parcels7Networks"))
+    assert (
+        atlas.image.name
+        == f"tpl-{SPACE}_res-02_atlas-Schaefer2018_desc-400Parcels7Networks_dseg.nii.gz"
+    )
+    assert (
+        atlas.labels == folder / f"tpl-{SPACE}_atlas-Schaefer2018_desc-400Parcels7Networks_dseg.tsv"
+    )
+    assert atlas.space == SPACE

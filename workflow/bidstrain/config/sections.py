@@ -422,6 +422,7 @@ class ParcellationConfig:
     labels: str | None
     space: str | None
     resolution: str | None
+    desc: str | None = None
 
     @property
     def enabled(self) -> bool:

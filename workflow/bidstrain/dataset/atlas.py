@@ -1,8 +1,10 @@
 """Atlases: a label image and its label table, in a template space, found offline.
 
 Config ``parcellation`` names the atlas either as a BIDS atlas dataset (a folder holding
-``tpl-<space>/anat/tpl-<space>_atlas-<name>[_res-<r>]_dseg.nii.gz`` and the
-``_dseg.tsv`` beside it, as TemplateFlow lays them out) or as a label image and a table.
+``tpl-<space>/anat/tpl-<space>[_res-<r>]_atlas-<name>[_desc-<d>]_dseg.nii.gz`` and the
+``_dseg.tsv`` beside it; or, as TemplateFlow lays them out, the same files in
+``tpl-<space>/`` with one table for every resolution, named without the ``res-``
+entity) or as a label image and a table.
 The table is a TSV with the columns ``index`` (the label value in the image) and
 ``name``, as a BIDS ``_dseg.tsv``; label 0 is the background. Nothing is downloaded.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,6 +118,8 @@ def find_atlas(config: ParcellationConfig) -> AtlasFiles:
     if path.is_dir():
         image = _dataset_image(path, config)
         labels = _table_of(image)
+        if not labels.is_file():  # TemplateFlow: one table for every resolution
+            labels = labels.with_name(re.sub(r"_res-[a-zA-Z0-9]+", "", labels.name))
         space = image.name.split("_")[0].removeprefix("tpl-")
     else:
         if config.space is None:
@@ -148,18 +153,24 @@ def _per_run_atlas(config: ParcellationConfig) -> AtlasFiles:
 
 
 def _dataset_image(root: Path, config: ParcellationConfig) -> Path:
-    """The one ``tpl-*_atlas-<name>[_res-<r>]_dseg.nii[.gz]`` of a BIDS atlas dataset."""
+    """The one ``tpl-*_atlas-<name>_*dseg.nii[.gz]`` of a BIDS atlas dataset (in
+    ``tpl-<space>/anat/`` or, as TemplateFlow, ``tpl-<space>/``) of the configured space,
+    resolution and desc."""
     space = config.space or "*"
-    found = sorted(root.glob(f"tpl-{space}/anat/tpl-{space}_*atlas-{config.name}_*dseg.nii*"))
-    if config.resolution is not None:
-        found = [f for f in found if f"_res-{config.resolution}_" in f.name]
+    pattern = f"tpl-{space}_*atlas-{config.name}_*dseg.nii*"
+    found = sorted(
+        [*root.glob(f"tpl-{space}/anat/{pattern}"), *root.glob(f"tpl-{space}/{pattern}")]
+    )
+    for key, value in (("res", config.resolution), ("desc", config.desc)):
+        if value is not None:
+            found = [f for f in found if f"_{key}-{value}_" in f.name]
     if len(found) != 1:
         listing = ", ".join(f.name for f in found) or "none"
         raise BidstrainError(
             f"config parcellation: {len(found)} atlas images match name {config.name!r}, "
-            f"space {config.space!r}, resolution {config.resolution!r} in this dataset "
-            f"(found: {listing}); set parcellation.space and parcellation.resolution to "
-            "choose one",
+            f"space {config.space!r}, resolution {config.resolution!r}, desc "
+            f"{config.desc!r} in this dataset (found: {listing}); set parcellation.space, "
+            "parcellation.resolution and parcellation.desc to choose one",
             path=root,
         )
     return found[0]
