@@ -1,7 +1,7 @@
 """The checks see the stimulus modalities: `snakemake checks` on the naturalistic demo, with
 the stimulus features z-scored (the checks pass and report the coverage) and with them left
 at 0-255 next to z-scored BOLD, the seeds' exact case (the checks fail, naming video and
-the ratio)."""
+the ratio, and stop the encoding model as they stop training)."""
 
 from __future__ import annotations
 
@@ -69,6 +69,18 @@ def test_video_at_0_255_next_to_z_scored_bold_fails_naming_video_and_the_ratio(f
         r"span \d",
         log,
     )
+
+
+def test_the_encoding_model_waits_for_the_checks_and_the_seeds_case_stops_it(film, tmp_path):
+    encoding = {"enabled": True, "epochs": 2}
+    result = align(film, tmp_path, "encoding", stimuli={"normalize": False},
+                   encoding=encoding, check=False)  # fmt: skip
+    assert result.returncode != 0
+    assert (
+        "check scale_table failed: the zero-prediction MSE of normalized video"
+        in (tmp_path / "logs/checks/demo.log").read_text()
+    )
+    assert not list((tmp_path / "results").glob("encoding/**/model.pt"))
 
 
 def test_coverage_counts_the_seconds_without_stimulus_and_constant_columns(tmp_path):

@@ -17,6 +17,9 @@ rule encoding_model:
         settings=paths.plan_encoding_settings(PLAN.experiment),
         inputs=paths.plan_encoding_inputs(PLAN.experiment),
         stores=PLAN.encoding_stores,
+        # as for train: no model before the checks passed (stimulus features at another
+        # scale than BOLD, say), and none that outlives a store the checks saw change
+        checks=paths.checks_summary(PLAN.experiment),
     output:
         [paths.encoding_output(PLAN.experiment, name) for name in ENCODING_OUTPUTS],
     log:
