@@ -129,12 +129,16 @@ def test_each_average_gets_its_stimulus_and_the_plan_lists_it(native):
 
 
 def test_resampled_runs_get_features_on_their_frames(film, tmp_path):
-    """time.tr 1.0 from the demo's 2 s: each 1 s frame takes the 2 s bin it falls in;
+    """time.tr 1.0 from the demo's 2 s: the film's features are binned per 1 s, so each
+    frame takes its own second of the film (the demo's luminance changes every 2 s);
     frames the resampling left out are left out here too; normalize false keeps the raw
     scale."""
     workdir = tmp_path / "align_resampled"
     workdir.mkdir()
     align(film, workdir, time={"tr": 1.0, "method": "linear"}, stimuli={"normalize": False})
+    film_store = read_feature_store(workdir / paths.stimulus_features("stimuli/film.mp4"))
+    assert film_store.meta.repetition_time == 1.0
+    np.testing.assert_array_equal(film_store.time, np.arange(film_store.time.size) * 1.0)
     known = np.asarray(truth(film)["luminance"])
     for run in RUNS[:2]:
         store = run_store(workdir, run, "video")

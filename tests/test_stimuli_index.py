@@ -151,6 +151,10 @@ def test_runs_of_other_trs_cannot_share_a_stimulus(film_bids, tmp_path):
     nib.save(slow, path)
     with pytest.raises(BidstrainError, match=r"film.mp4: runs of different TRs \(2 s, 4 s\)"):
         _index(root)
+    # on one grid (time.tr), they share it: its features are binned at the common TR
+    index = StimulusIndex.build(BidsIndex.build(root), common_tr=1.0)
+    (film,) = [s for s in index.stimuli.values() if s.path.name == "film.mp4"]
+    assert film.repetition_time == 1.0 and "03" in {subject for subject, _ in film.users}
 
 
 def test_the_demo_noise_ceiling_is_the_repeat_reliability(film_bids):

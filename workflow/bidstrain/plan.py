@@ -798,7 +798,7 @@ class Plan:
                 group=group,
                 subjects=tuple(bold[m].image.subject for m in members),
                 heldout=heldout,
-                source_tr=run.repetition_time,
+                source_tr=self.config.time.target_tr or run.repetition_time,
                 events=run.events,
                 features={str(e.stimulus): self._feature_store(e.stimulus) for e in run.events},
                 outputs={kind: outputs(kind) for kind in self._kinds(run)},
@@ -1009,7 +1009,7 @@ def _stimuli(config: Config, index: BidsIndex, bold: Sequence[BidsFile]) -> Stim
         return None
     from bidstrain.stimuli.index import StimulusIndex
 
-    return StimulusIndex.build(index, bold, config.stimuli.length_tolerance)
+    return StimulusIndex.build(index, bold, config.stimuli.length_tolerance, config.time.target_tr)
 
 
 def write_if_changed(files: Mapping[str, str]) -> list[str]:

@@ -57,7 +57,7 @@ class Stimulus:
     path: Path
     kind: str  # "media" or "text"
     duration: float | None  # a media file's, from its header; None for transcripts
-    repetition_time: float
+    repetition_time: float  # the width of its feature bins: its runs' TR, or time.tr
     users: tuple[tuple[str, str], ...]  # (subject, run prefix)
     kinds: tuple[str, ...] = ()  # the features it has: video and/or audio, or text
 
@@ -71,7 +71,11 @@ class StimulusIndex:
 
     @classmethod
     def build(
-        cls, bids: BidsIndex, runs: Iterable[BidsFile] | None = None, tolerance: float = 2.0
+        cls,
+        bids: BidsIndex,
+        runs: Iterable[BidsFile] | None = None,
+        tolerance: float = 2.0,
+        common_tr: float | None = None,
     ) -> StimulusIndex:
         """Index the stimuli of ``runs`` (every BOLD run of ``bids`` by default).
 
@@ -85,6 +89,9 @@ class StimulusIndex:
         tolerance : float
             Seconds a stimulus may end before or after its run, or differ from its event's
             ``duration`` (``stimuli.length_tolerance``).
+        common_tr : float, optional
+            ``time.tr``: the runs' frames after resampling, and so the width of every
+            stimulus's feature bins (None: the TR of the runs that presented it).
 
         Raises
         ------
@@ -92,7 +99,7 @@ class StimulusIndex:
             Naming the events file and subject: a ``stim_file`` missing from ``stimuli/``;
             an unreadable or truncated media file; an event whose duration differs from
             its film's; a stimulus that ends before or after its run (by how many
-            seconds); a stimulus shared by runs of different TRs.
+            seconds); a stimulus shared by runs of different TRs without ``common_tr``.
         """
         media: dict[Path, MediaInfo] = {}
         indexed: dict[str, RunStimuli] = {}
@@ -103,7 +110,7 @@ class StimulusIndex:
             run = _run_stimuli(bids.root, image, events_file, media, tolerance)
             if run.events:
                 indexed[image.prefix] = run
-        return cls(indexed, _by_stimulus(indexed, media))
+        return cls(indexed, _by_stimulus(indexed, media, common_tr))
 
 
 def _read_events(path: Path, subject: str) -> list[dict[str, str]]:
@@ -191,18 +198,21 @@ def _by(difference: float) -> str:
     return f"{abs(difference):.2f} s {'longer' if difference > 0 else 'shorter'}"
 
 
-def _by_stimulus(runs: dict[str, RunStimuli], media: dict[Path, MediaInfo]) -> dict[Path, Stimulus]:
+def _by_stimulus(
+    runs: dict[str, RunStimuli], media: dict[Path, MediaInfo], common_tr: float | None
+) -> dict[Path, Stimulus]:
     users: dict[Path, list[RunStimuli]] = defaultdict(list)
     for run in runs.values():
         for path in dict.fromkeys(event.stimulus for event in run.events):
             users[path].append(run)
     stimuli = {}
     for path, runs_of in sorted(users.items()):
-        trs = sorted({run.repetition_time for run in runs_of})
+        trs = [common_tr] if common_tr else sorted({run.repetition_time for run in runs_of})
         if len(trs) > 1:
             raise BidstrainError(
                 f"runs of different TRs ({', '.join(f'{tr:g} s' for tr in trs)}) present "
-                "this stimulus; its features are computed per TR of one length",
+                "this stimulus; its features are computed per TR of one length (set "
+                "time.tr to put the runs on one grid)",
                 path=path,
             )
         info = media.get(path)
