@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from bidstrain import paths
 from bidstrain.dataset.bids import BidsIndex
@@ -119,3 +122,43 @@ def test_a_parcel_encoding_target_reads_the_parcel_averages_and_needs_an_atlas(f
         str(film_bids / "code" / "atlas-slabs_dseg.tsv"),
         "native",
     ]
+
+
+def _fmriprep_of(raw, out):
+    """The raw runs as an fMRIPrep derivative (links in its naming, no events files, no
+    stimuli/ folder, as fMRIPrep writes its outputs)."""
+    description = {"Name": "fmriprep", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+                   "GeneratedBy": [{"Name": "fMRIPrep", "Version": "23.2.1"}]}  # fmt: skip
+    out.mkdir()
+    (out / "dataset_description.json").write_text(json.dumps(description))
+    for run in sorted(raw.glob("sub-*/func/*_bold.nii.gz")):
+        stem = run.name.removesuffix("_bold.nii.gz")
+        folder = out / run.parent.relative_to(raw)
+        folder.mkdir(parents=True, exist_ok=True)
+        derived = folder / f"{stem}_space-MNI152NLin2009cAsym_res-2_desc-preproc_bold"
+        Path(f"{derived}.nii.gz").symlink_to(run)
+        Path(f"{derived}.json").write_text(json.dumps({"RepetitionTime": 2.0}))
+    return out
+
+
+def test_a_derivative_takes_its_events_and_stimuli_from_stimuli_raw_dir(film_bids, tmp_path):
+    fmriprep = _fmriprep_of(film_bids, tmp_path / "fmriprep")
+
+    def plan(**stimuli):
+        config = typed_config(
+            fmriprep,
+            modalities=["bold"],
+            space="MNI152NLin2009cAsym:res-2",
+            normalize={"mask": "none"},
+            stimuli={"enabled": True, **stimuli},
+        )
+        return Plan.build(config, BidsIndex.build(fmriprep))
+
+    with pytest.raises(BidstrainError, match="none of the 6 BOLD runs has an events file.*"
+                       "set stimuli.raw_dir to the raw dataset"):  # fmt: skip
+        plan()
+    found = plan(raw_dir=str(film_bids))
+    assert len(found.stimuli.runs) == 6
+    assert found.stimulus_names == ["stimuli/film.mp4", "stimuli/film_words.tsv"]
+    run = next(iter(found.stimuli.runs.values()))
+    assert run.image.path.is_relative_to(fmriprep) and run.events_file.is_relative_to(film_bids)

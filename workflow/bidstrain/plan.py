@@ -737,8 +737,9 @@ class Plan:
 
     @property
     def stimuli_root(self) -> Path:
-        """The dataset the stimulus names are relative to."""
-        return Path(self.config.bids_dir).absolute()
+        """The dataset the stimulus names are relative to (``stimuli.raw_dir``, or
+        ``bids_dir``)."""
+        return Path(self.config.stimuli.raw_dir or self.config.bids_dir).absolute()
 
     @property
     def stimulus_stores(self) -> list[str]:
@@ -1004,12 +1005,30 @@ def settings_changes(settings: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 
 def _stimuli(config: Config, index: BidsIndex, bold: Sequence[BidsFile]) -> StimulusIndex | None:
-    """The stimuli of the BOLD runs, with ``stimuli.enabled``."""
+    """The stimuli of the BOLD runs, with ``stimuli.enabled``.
+
+    Raises
+    ------
+    BidstrainError
+        When no BOLD run presented a stimulus (an events file with a ``stim_file``).
+    """
     if not config.stimuli.enabled:
         return None
     from bidstrain.stimuli.index import StimulusIndex
 
-    return StimulusIndex.build(index, bold, config.stimuli.length_tolerance, config.time.target_tr)
+    raw_dir = config.stimuli.raw_dir
+    raw = BidsIndex.build(raw_dir) if raw_dir else None
+    found = StimulusIndex.build(
+        index, bold, config.stimuli.length_tolerance, config.time.target_tr, raw
+    )
+    if bold and not found.runs:
+        raise BidstrainError(
+            f"config stimuli.enabled: none of the {len(bold)} BOLD runs has an events file "
+            f"with a stim_file in {raw_dir or config.bids_dir} (a derivative such as "
+            "fMRIPrep's holds neither events files nor stimuli/: set stimuli.raw_dir to the "
+            "raw dataset)"
+        )
+    return found
 
 
 def write_if_changed(files: Mapping[str, str]) -> list[str]:

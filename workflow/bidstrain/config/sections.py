@@ -472,6 +472,8 @@ class StimuliConfig:
     delays: tuple[int, ...]
     length_tolerance: float
     normalize: bool
+    #: the raw dataset of the events files and stimuli/ (None: ``bids_dir``)
+    raw_dir: str | None
 
 
 @dataclass(frozen=True)

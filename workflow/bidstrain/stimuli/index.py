@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -76,6 +76,7 @@ class StimulusIndex:
         runs: Iterable[BidsFile] | None = None,
         tolerance: float = 2.0,
         common_tr: float | None = None,
+        raw: BidsIndex | None = None,
     ) -> StimulusIndex:
         """Index the stimuli of ``runs`` (every BOLD run of ``bids`` by default).
 
@@ -92,6 +93,9 @@ class StimulusIndex:
         common_tr : float, optional
             ``time.tr``: the runs' frames after resampling, and so the width of every
             stimulus's feature bins (None: the TR of the runs that presented it).
+        raw : BidsIndex, optional
+            ``stimuli.raw_dir``: the raw dataset holding the events files and
+            ``stimuli/`` of a derivative's runs (:func:`raw_counterpart`); None: ``bids``.
 
         Raises
         ------
@@ -103,14 +107,25 @@ class StimulusIndex:
         """
         media: dict[Path, MediaInfo] = {}
         indexed: dict[str, RunStimuli] = {}
+        source = raw or bids
         for image in bids.select("bold") if runs is None else runs:
-            events_file = bids.events(image)
+            events_file = source.events(raw_counterpart(image, bids.root, source.root))
             if events_file is None:
                 continue
-            run = _run_stimuli(bids.root, image, events_file, media, tolerance)
+            run = _run_stimuli(source.root, image, events_file, media, tolerance)
             if run.events:
                 indexed[image.prefix] = run
         return cls(indexed, _by_stimulus(indexed, media, common_tr))
+
+
+def raw_counterpart(image: BidsFile, root: Path, raw_root: Path) -> BidsFile:
+    """``image`` (a run of the dataset at ``root``) placed at the same folder of the raw
+    dataset at ``raw_root``, where its events file is found by its entities (a
+    derivative's extra entities, ``space``, ``desc``..., match no events file's)."""
+    if raw_root == root:
+        return image
+    folder = raw_root / image.path.parent.relative_to(root)
+    return replace(image, path=folder / image.path.name)
 
 
 def _read_events(path: Path, subject: str) -> list[dict[str, str]]:
