@@ -6,7 +6,9 @@ figures and the predicted parcel series are written."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import yaml
@@ -17,12 +19,14 @@ from bidstrain.demo.naturalistic import (
     ATLAS_NAME,
     NaturalisticSpec,
     make_naturalistic_demo,
+    voxel_weights,
 )
 from bidstrain.encoding.__main__ import run
 from bidstrain.encoding.data import EncodingData, save_data
-from bidstrain.encoding.evaluate import chance_bound
+from bidstrain.encoding.evaluate import chance_bound, score
 from bidstrain.encoding.stores import data_from_stores, read_inputs
 from bidstrain.errors import BidstrainError
+from bidstrain.stimuli.align import convolve_hrf
 from conftest import REPO, run_snakemake
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a workflow to the encoding
@@ -101,6 +105,38 @@ def test_the_model_of_parcels_beats_a_scrambled_stimulus_by_far(workdir, tmp_pat
     assert (correlation[RESPONSIVE] > 0.8).all(), correlation
     assert abs(control[RESPONSIVE].mean()) < bound, control
     assert (correlation[RESPONSIVE] - control[RESPONSIVE] > 0.5).all()
+
+
+def test_through_the_pipeline_the_model_nears_the_noise_ceiling_and_ridge(workdir):
+    """Features decoded from the film, its sound and its transcript, aligned and delayed
+    by the workflow: the held-out correlation over the responsive parcels comes within
+    0.1 of the noise ceiling (the correlation of the true noise-free parcel response with
+    the measured average) and at most 0.05 below ridge's on the same features."""
+    config = yaml.safe_load((workdir.parent / f"{workdir.name}.yaml").read_text())
+    root = Path(config["parcellation"]["path"]).parents[1]  # <film>/code/atlas...
+    truth = json.loads((root / "code" / "naturalistic_truth.json").read_text())
+    design = np.stack(
+        [truth["luminance"], np.log2(truth["tone_frequency"]), [len(w) for w in truth["words"]]],
+        axis=1,
+    )
+    design = (design - design.mean(axis=0)) / design.std(axis=0)
+    response = convolve_hrf(design, SPEC.repetition_time)  # (time, column)
+    atlas = np.asarray(nib.load(root / ATLAS_IMAGE).dataobj)
+    weights = voxel_weights(SPEC).reshape(3, -1)
+    signal = np.stack(
+        [response @ weights[:, atlas.ravel() == label].mean(axis=1) for label in range(1, 9)],
+        axis=1,
+    )
+    with np.load(_out(workdir, "heldout.npz")) as held:
+        measured = held["measured"].astype(np.float64)
+    ceiling = score(signal[: len(measured)], measured).correlation[RESPONSIVE]
+    table = np.genfromtxt(_out(workdir, "metrics.tsv"), names=True, delimiter="\t",
+                          missing_values="n/a")  # fmt: skip
+    model = np.asarray(table["model_correlation"])[RESPONSIVE]
+    ridge = np.asarray(table["ridge_correlation"])[RESPONSIVE]
+    print(f"ceiling {ceiling.round(3)}\nmodel {model.round(3)}\nridge {ridge.round(3)}")
+    assert ceiling.mean() - model.mean() < 0.1, (ceiling, model)
+    assert ridge.mean() - model.mean() <= 0.05, (ridge, model)
 
 
 def test_predicted_parcel_series_and_figures_are_written(workdir):
