@@ -73,7 +73,7 @@ def realistic_settings(batch_size: int, **changes) -> dict:
     config = yaml.safe_load((REPO / "config" / "train-mni2mm.yaml").read_text())
     config["bids_dir"] = "unused"
     train = validate_config(config)["train"]
-    train.update(bf16=False, batch_size=batch_size, **changes)
+    train.update({"bf16": False, "batch_size": batch_size, **changes})
     return train
 
 

@@ -17,11 +17,13 @@ measurements made side by side):
   and on a GPU the peak memory (``torch.cuda.max_memory_allocated``).
 
 ``--config realistic`` measures the loop with config/train-mni2mm.yaml (ViT-B, 96x112x96,
-bf16 on a GPU) over BOLD stores on the MNI 2 mm grid; ``--device cuda`` runs the model on
-the GPU.
+bf16 on a GPU) over BOLD stores on the MNI 2 mm grid, single frames or (``--window W``)
+windows of W frames in tubelets of ``train.patch_frames``; with ``--parcels P`` over parcel
+stores of P parcels (``train.bold_input: parcels``, windows of ``--window``, default 20).
+``--device cuda`` runs the model on the GPU.
 
 Run: ``.venv/bin/python bench/bench_train.py [--repeats 5] [--config demo|realistic]
-[--device cpu|cuda] [--workers N]``.
+[--device cpu|cuda] [--workers N] [--window 20] [--parcels 400]``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from bench_loader import GRID, realistic_settings
+from bench_loader import GRID, realistic_settings, write_parcels
 from bidstrain.config import TrainConfig, validate_config
 from bidstrain.demo.generate import write_bold_store
 from bidstrain.io.store import create_store
@@ -108,8 +110,15 @@ def time_nifti(samples, shapes, order, batch_size) -> tuple[float, int]:
     return time.perf_counter() - start, len(order)
 
 
-def realistic_stores(root: Path, n_stores: int = 2, n_time: int = 60) -> dict[str, list[str]]:
-    """BOLD stores on the MNI 2 mm grid (bench_loader's)."""
+def realistic_stores(
+    root: Path, n_stores: int = 2, n_time: int = 60, parcels: int = 0
+) -> dict[str, list[str]]:
+    """BOLD stores on the MNI 2 mm grid (bench_loader's), or of ``parcels`` parcels."""
+    if parcels:
+        rng = np.random.default_rng(0)
+        paths = [write_parcels(root / f"parcels-{i}.zarr", rng, n_time, parcels)
+                 for i in range(n_stores)]  # fmt: skip
+        return {"bold": [str(p) for p in paths]}
     axes = np.meshgrid(*[np.linspace(-1, 1, n) for n in GRID], indexing="ij")
     mask = sum(a**2 for a in axes) <= 0.55
     values = np.random.default_rng(0).standard_normal((8, int(mask.sum())), np.float32)
@@ -119,9 +128,9 @@ def realistic_stores(root: Path, n_stores: int = 2, n_time: int = 60) -> dict[st
     return {"bold": [str(p) for p in paths]}
 
 
-def make_trainer(config, modalities, device: torch.device) -> Trainer:
+def make_trainer(config, modalities, device: torch.device, n_parcels=None) -> Trainer:
     torch.manual_seed(0)
-    model = build_module(config, modalities).to(device)
+    model = build_module(config, modalities, n_parcels=n_parcels).to(device)
     model.encoder.checkpointing = config.run.activation_checkpointing
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optimizer.lr)
     scheduler = build_scheduler(optimizer, total_steps=10**6, warmup_steps=5, min_lr_ratio=0.1)
@@ -133,7 +142,8 @@ def time_loop(config, stores, device: torch.device, steps: int) -> dict[str, flo
     dataset = volume_dataset(stores, config)
     sampler = batch_sampler(dataset.layout, config)
     loader = make_loader(dataset, sampler, config, device=device)
-    trainer = make_trainer(config, list(stores), device)
+    parcels = dataset.shapes["bold"][0] if config.model.bold_input == "parcels" else None
+    trainer = make_trainer(config, list(stores), device, n_parcels=parcels)
     batches = iter(loader)
     optimizer_step(trainer, [next(batches)], step=1, log_norms=False)  # warm-up, workers started
     if device.type == "cuda":
@@ -162,19 +172,23 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, help="train.num_workers (default: the config's)")
     parser.add_argument("--batch-size", type=int, help="train.batch_size (default: the config's)")
+    parser.add_argument("--window", type=int, help="realistic: frames per BOLD sample")
+    parser.add_argument("--parcels", type=int, default=0, help="realistic: parcel stores")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.config == "demo":
         settings = validate_config({"bids_dir": "unused"})["train"]
     else:
-        settings = realistic_settings(16, bf16=device.type == "cuda")
+        window = args.window or (20 if args.parcels else 1)
+        extra = {"bold_input": "parcels"} if args.parcels else {}
+        settings = realistic_settings(16, bf16=device.type == "cuda", window=window, **extra)
     if args.workers is not None:
         settings["num_workers"] = args.workers
     settings["batch_size"] = args.batch_size or settings["batch_size"]
     config = TrainConfig.from_dict(settings)
     with tempfile.TemporaryDirectory() as tmp:
         if args.config == "realistic":
-            stores = realistic_stores(Path(tmp))
+            stores = realistic_stores(Path(tmp), parcels=args.parcels)
             loops = [time_loop(config, stores, device, args.steps) for _ in range(args.repeats)]
             report_loops(args, config, loops)
             return
@@ -185,7 +199,8 @@ def main() -> None:
 def report_loops(args, config, loops: list[dict[str, float]]) -> None:
     print(
         f"{args.config} on {args.device}: batch {config.loader.batch_size}, "
-        f"{config.loader.num_workers} workers, bf16 {config.run.bf16}, torch {torch.__version__}"
+        f"{config.loader.num_workers} workers, bf16 {config.run.bf16}, window "
+        f"{config.model.window}, {config.model.bold_input}, torch {torch.__version__}"
     )
     for key in ("samples/s", "loader share", "peak GiB"):
         values = [loop[key] for loop in loops]

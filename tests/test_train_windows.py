@@ -25,6 +25,7 @@ from bidstrain.train.loop import log_left_out
 from bidstrain.train.reader import StoreReader
 from bidstrain.train.sampler import ModalityBatchSampler, batch_sampler
 from bidstrain.train.windows import draw_offsets, shuffle_time, window_counts
+from conftest import run_bench
 from train_support import train_config, write_store
 
 GRID = (6, 7, 5)
@@ -402,3 +403,15 @@ def test_reused_buffers_give_windows_of_frames_read_one_by_one(tmp_path, factor,
                 fresh = windowed.batch(indices)["T1w"]
                 torch.testing.assert_close(batch["T1w"], fresh, rtol=0, atol=0)
     assert len(compositions) > 2  # the windows moved within the buffers
+
+
+def test_the_training_bench_runs_parcel_windows_at_the_realistic_settings(tmp_path):
+    """What a lent GPU machine runs (bench/bench_train.py --config realistic --parcels),
+    here on the CPU with few parcels, one step: it measures the loop on parcel windows."""
+    args = ["--config", "realistic", "--parcels", "50", "--window", "4", "--batch-size", "1",
+            "--repeats", "1", "--steps", "1", "--workers", "0"]  # fmt: skip
+    done = run_bench("bench_train.py", *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "window 4, parcels" in done.stdout
+    rate = float(done.stdout.split("loop samples/s")[1].split()[1])
+    assert rate > 0
