@@ -312,3 +312,21 @@ def test_parcel_correlations_are_painted_over_their_voxels_and_tabled_by_label(t
     rows = [line.split("\t") for line in (tmp_path / "m.tsv").read_text().splitlines()]
     assert rows[0] == ["parcel", "name", "model_correlation", "model_r2", "model_mse"]
     assert rows[1] == ["5", "e", "0.9", "0.5", "1"] and rows[2] == ["1", "a", "n/a", "0.1", "1"]
+
+
+def test_the_correlation_map_lies_over_the_mean_image():
+    from bidstrain.report.encoding import correlation_map_figure
+
+    mask = np.ones((6, 5, 4), bool)
+    anatomy = np.arange(mask.size, dtype=float).reshape(mask.shape)
+    correlation = np.linspace(-1, 1, mask.size).reshape(mask.shape)
+    correlation[:, :, 0] = np.nan  # voxels outside every parcel: the anatomy alone
+    figure = correlation_map_figure(correlation.ravel(), mask, "map", anatomy)
+    panels = [ax for ax in figure.axes if ax.images]
+    assert len(panels) == 3
+    for ax in panels:
+        underlay, overlay = ax.images
+        assert underlay.get_cmap().name == "gray" and overlay.get_alpha() == 0.75
+        assert not underlay.get_array().mask.any()
+    # the sagittal and coronal mid-slices cross the plane k = 0, the axial one does not
+    assert [bool(ax.images[1].get_array().mask.any()) for ax in panels] == [True, True, False]

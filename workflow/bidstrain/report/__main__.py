@@ -172,7 +172,7 @@ def _encoding_figures(args: argparse.Namespace) -> list:
 
     import numpy as np
 
-    from bidstrain.io.store import open_store
+    from bidstrain.io.store import open_store, to_grid
     from bidstrain.report.encoding import (
         correlation_map_figure,
         parcel_values,
@@ -213,10 +213,11 @@ def _encoding_figures(args: argparse.Namespace) -> list:
         )
         voxels = parcel_values(correlation, target["parcels"], atlas)[mask]
     kinds = ", ".join(model["features"]["kinds"])
-    title = f"Encoding model: held-out correlation per {kind} ({kinds})"
+    title = f"Encoding model: held-out correlation per {kind} ({kinds}) over the mean image"
+    anatomy = to_grid(store, np.asarray(store["mean"].values, np.float64))
     return [
         (args.timecourse_out, timecourse),
-        (args.map_out, correlation_map_figure(voxels, mask, title)),
+        (args.map_out, correlation_map_figure(voxels, mask, title, anatomy)),
     ]
 
 

@@ -73,11 +73,15 @@ def parcel_values(values: np.ndarray, labels: Sequence[int], atlas: Atlas) -> np
     return per_parcel[atlas.parcel]
 
 
-def correlation_map_figure(correlation: np.ndarray, mask: np.ndarray, title: str) -> Figure:
+def correlation_map_figure(
+    correlation: np.ndarray, mask: np.ndarray, title: str, anatomy: np.ndarray | None = None
+) -> Figure:
     """The held-out correlation of each voxel on the average's grid: three mid-slices
-    with orientation letters, a diverging scale from -1 to 1."""
-    volume = np.zeros(mask.shape)
-    volume[mask] = np.nan_to_num(correlation, nan=0.0)
+    with orientation letters, a diverging scale from -1 to 1, over ``anatomy`` (the
+    average's mean image, in grey) where given; voxels without a correlation (outside
+    every parcel) show the anatomy alone."""
+    volume = np.full(mask.shape, np.nan)
+    volume[mask] = correlation
     fig = new_figure(11.0, 3.8, title)
     axes = fig.subplots(1, 3)
     slice_row(
@@ -90,5 +94,6 @@ def correlation_map_figure(correlation: np.ndarray, mask: np.ndarray, title: str
         cmap="RdBu_r",
         vmin=-1.0,
         vmax=1.0,
+        underlay=anatomy,
     )
     return fig

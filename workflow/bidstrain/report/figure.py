@@ -120,6 +120,7 @@ def slice_row(
     vmin: float | None = None,
     vmax: float | None = None,
     ticks: Sequence[float] | None = None,
+    underlay: np.ndarray | None = None,
 ) -> None:
     """Draw the three mid-slices of ``volume`` on ``axes`` with one shared colour bar.
 
@@ -129,7 +130,9 @@ def slice_row(
 
     Voxels outside ``mask`` are transparent. ``vmin``/``vmax`` default to the 1st and
     99th percentiles inside the mask, so that a few extreme voxels do not wash the map out;
-    ``ticks`` sets the colour bar's ticks (for counts).
+    ``ticks`` sets the colour bar's ticks (for counts). With ``underlay`` (a volume on the
+    same grid: the anatomy, a mean image), it is drawn in grey beneath, and ``volume``
+    over it, slightly transparent, where it is finite.
     """
     inside = volume[mask]
     finite = inside[np.isfinite(inside)]
@@ -142,17 +145,23 @@ def slice_row(
     if vmax <= vmin:
         vmax = vmin + 1.0
     shown = np.ma.masked_where(~mask, volume)
+    below = mid_slices(underlay, mask) if underlay is not None else [None] * len(SLICE_NAMES)
+    grey = np.percentile(underlay[mask], [1, 99]) if underlay is not None else None
     image = None
-    for ax, name, plane, plane_mask in zip(
-        axes, SLICE_NAMES, mid_slices(shown, mask), mid_slices(mask, mask), strict=True
+    for ax, name, plane, plane_mask, anatomy in zip(
+        axes, SLICE_NAMES, mid_slices(shown, mask), mid_slices(mask, mask), below, strict=True
     ):
+        if anatomy is not None:
+            ax.imshow(np.ma.masked_where(~plane_mask, anatomy), cmap="gray", vmin=grey[0],
+                      vmax=grey[1], origin="lower", interpolation="nearest")  # fmt: skip
         image = ax.imshow(
-            np.ma.masked_where(~plane_mask, plane),
+            np.ma.masked_where(~plane_mask | ~np.isfinite(plane), plane),
             cmap=cmap,
             vmin=vmin,
             vmax=vmax,
             origin="lower",
             interpolation="nearest",
+            alpha=None if anatomy is None else 0.75,
         )
         ax.set_title(f"{label}: {name}")
         orientation_labels(ax, name)
