@@ -3,6 +3,7 @@ sharding, the baselines, and the refusal of features prepared differently."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import nibabel as nib
@@ -330,3 +331,36 @@ def test_the_correlation_map_lies_over_the_mean_image():
         assert not underlay.get_array().mask.any()
     # the sagittal and coronal mid-slices cross the plane k = 0, the axial one does not
     assert [bool(ax.images[1].get_array().mask.any()) for ax in panels] == [True, True, False]
+
+
+def test_a_run_z_scored_with_other_statistics_is_re_z_scored_with_the_models(tmp_path):
+    """A run of another dataset: its aligned features took that dataset's training
+    statistics; the model applies its own to the same raw features."""
+    from bidstrain.encoding.apply import to_model_statistics
+
+    rng = np.random.default_rng(4)
+    model_mean, model_std = rng.normal(size=5), rng.uniform(0.5, 2, 5)
+    run_mean, run_std = rng.normal(size=5), rng.uniform(0.5, 2, 5)
+    data = _small()
+    stats = {"digest": statistics_digest(model_mean, model_std), "training_runs": ["a"],
+             "mean": model_mean.tolist(), "std": model_std.tolist()}  # fmt: skip
+    data = dataclasses.replace(data, features={**data.features, "statistics": stats})
+    save_data(data, tmp_path / "data.npz")
+    run(_settings(tmp_path / "s.json", epochs=50), tmp_path / "data.npz", tmp_path / "out", 1)
+    model = tmp_path / "out" / "model.pt"
+    raw = data.heldout_x * model_std + model_mean  # the held-out features, unscaled
+    other = {"digest": statistics_digest(run_mean, run_std), "training_runs": ["b"],
+             "mean": run_mean.tolist(), "std": run_std.tolist()}  # fmt: skip
+    theirs = ((raw - run_mean) / run_std).astype(np.float32)
+    described = {**data.features, "statistics": other}
+    rescaled, as_model = to_model_statistics(theirs, data.features, described)
+    np.testing.assert_allclose(rescaled, data.heldout_x, atol=1e-5)
+    assert as_model["statistics"] == stats
+    np.testing.assert_allclose(
+        predict_run(model, theirs, described),
+        predict_run(model, data.heldout_x, data.features),
+        atol=1e-5,
+    )
+    # statistics without their values (a digest alone) cannot be undone: refused
+    with pytest.raises(BidstrainError, match="statistics: model"):
+        predict_run(model, theirs, {**data.features, "statistics": {"digest": "f" * 16}})

@@ -6,8 +6,10 @@ row per frame of the aligned features (the average's valid frames).
 Features prepared differently are refused, naming each difference: the kinds (and their
 order), the columns of each kind (decoder sizes), the delays and delay method, the
 repetition time, and the z-score statistics (the digest of their means and standard
-deviations: features must be z-scored with the training runs' statistics the model was
-fitted on).
+deviations). Features z-scored with other training runs' statistics (a run of another
+dataset, whose aligned stores took that dataset's) are first brought back to their raw
+scale and z-scored with the model's own (``model.json`` records them), as a held-out run
+is (:func:`to_model_statistics`).
 """
 
 from __future__ import annotations
@@ -66,10 +68,33 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def to_model_statistics(
+    features: np.ndarray, trained: Mapping[str, Any], run: Mapping[str, Any]
+) -> tuple[np.ndarray, Mapping[str, Any]]:
+    """``features`` (z-scored with the statistics of ``run``'s description) z-scored with
+    the model's (``trained``: the ``features`` of ``model.json``) instead, and the run's
+    description with the model's statistics; unchanged when the statistics are the same,
+    when either description lacks their values (then the digests differ and the features
+    are refused), or the column counts differ."""
+    ours, theirs = trained.get("statistics") or {}, run.get("statistics") or {}
+    if ours.get("digest") == theirs.get("digest") or not run.get("normalized", True):
+        return features, run
+    if not all(key in stats for key in ("mean", "std") for stats in (ours, theirs)):
+        return features, run
+    columns = {len(ours["mean"]), len(theirs["mean"]), features.shape[-1]}
+    if len(columns) != 1:
+        return features, run
+    raw = features * np.asarray(theirs["std"]) + np.asarray(theirs["mean"])
+    rescaled = (raw - np.asarray(ours["mean"])) / np.asarray(ours["std"])
+    return rescaled.astype(np.float32), {**run, "statistics": ours}
+
+
 def predict_run(
     model_path: str | Path, features: np.ndarray, description: Mapping[str, Any]
 ) -> np.ndarray:
-    """Predicted BOLD (time x targets, float32) of a run's aligned ``features``.
+    """Predicted BOLD (time x targets, float32) of a run's aligned ``features``
+    (z-scored with other statistics than the model's: re-z-scored with the model's first,
+    :func:`to_model_statistics`).
 
     Raises
     ------
@@ -78,6 +103,7 @@ def predict_run(
         differently, or their column count is not the model's.
     """
     fitted, model = read_model(model_path)
+    features, description = to_model_statistics(features, model["features"], description)
     differences = feature_differences(model["features"], description)
     if features.ndim != 2 or features.shape[1] != fitted.weight.shape[1]:
         differences.append(

@@ -188,6 +188,8 @@ def describe(kinds: Sequence[str], aligned: Sequence[Any]) -> dict[str, Any]:
         "statistics": {
             "digest": statistics_digest(mean, std),
             "training_runs": sorted({r for s in aligned for r in s.training_runs}),
+            "mean": mean.tolist(),
+            "std": std.tolist(),
         },
         "decoder": {k: s.decoder for k, s in zip(kinds, aligned, strict=True)},
     }
