@@ -463,3 +463,45 @@ def test_the_initial_loss_looks_at_every_modality_however_rare(tmp_path):
     check = check_loss_scale(stores, train, max_ratio=100)
     assert check.status == "pass" and "T1w 1" in check.message
     assert "(1 batch)" in check.message and f"({N_BATCHES} batches)" in check.message
+
+
+def test_parcel_averages_are_checked_per_parcel(tmp_path):
+    """A parcel average of z-scored runs passes; one of runs left at scanner scale fails
+    per parcel; one with a parcel some run does not cover records it (its mean is then
+    not checked) and passes."""
+    from bidstrain.average.parcels import average_parcel_stores
+    from bidstrain.checks.normalization import check_normalization
+    from test_average_parcels import parcel_store
+
+    def average(name: str, scale: float = 1.0, empty: tuple[int, ...] = ()) -> str:
+        stores, voxels = [], []
+        for n in range(2):
+            path, _, voxel_store = parcel_store(
+                tmp_path / f"{name}-{n}.zarr", f"0{n}", "", 30, seed=n, empty=empty if n else ()
+            )
+            group = zarr.open_group(path, mode="r+")
+            data = group["data"][...].astype(np.float64)
+            zscored = (data - data.mean(0)) / np.where(
+                data.std(0, ddof=1) > 0, data.std(0, ddof=1), 1
+            )
+            group["data"][...] = (zscored * scale).astype(np.float32)
+            stores.append(path)
+            voxels.append(voxel_store)
+        out = str(tmp_path / f"{name}-average.zarr")
+        average_parcel_stores(stores, out, voxel_stores=voxels)
+        return out
+
+    def check(path: str) -> Check:
+        scan = scan_store(path, sample_voxels=10)
+        assert scan.is_parcels and scan.unit == "parcel" and scan.n_voxel == 4
+        return check_normalization(
+            [scan], {}, {}, training={path}, manifest={}, ddof=1, tolerance=1e-4
+        )
+
+    passed = check(average("good"))
+    assert passed.status == "pass", passed.message
+    failed = check(average("scanner", scale=50.0))
+    assert failed.status == "fail" and "per-parcel std of the average" in failed.message
+    partial = average("partial", empty=(1,))
+    assert scan_store(partial, sample_voxels=10).n_partial_parcels == 1
+    assert check(partial).status == "pass"

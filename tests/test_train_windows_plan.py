@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -277,3 +278,68 @@ def test_cross_subject_parcel_averages_are_written_and_trained_on(normalized, mo
         valid = zarr.open_group(path, mode="r")["frame_valid"][...]
         pieces = layout.segment_length[layout.segment_store == index]
         assert tuple(pieces.tolist()) == segments_of_valid(valid)
+
+
+def test_the_checks_read_the_parcel_stores_the_model_reads(normalized, monkeypatch, tmp_path):
+    """With ``train.bold_input: parcels`` the checks job is given every run's parcel store
+    beside its voxel store: the normalization check covers them (the training runs' are
+    z-scored); the initial loss reads the parcel windows. A parcel store left at scanner
+    scale fails, and one whose frames are not its voxel store's is stale; both are named."""
+    from bidstrain.checks.__main__ import read_manifest, read_settings, run_checks
+
+    plan, work, _, _ = normalized
+    monkeypatch.chdir(work)
+    pairs = plan.checked_parcel_stores
+    voxels, parcels = pairs[::2], pairs[1::2]
+    rows = read_tables(plan.normalized_tables)
+    assert dict(zip(voxels, parcels, strict=True)) == {
+        os.path.relpath(r.store, work): os.path.relpath(r.parcels, work) for r in rows
+    }
+    arguments = plan.checks_arguments()
+    assert arguments[arguments.index("--parcel-stores") + 1 :] == pairs
+    for command in (
+        ["bidstrain.ingest", "manifest", f"@{paths.PLAN_INGEST_ARGS}", "--out", paths.MANIFEST],
+        ["bidstrain.checks", f"@{paths.plan_checks_arguments(plan.experiment)}",
+         "--manifest", paths.MANIFEST, "--settings", paths.plan_checks_settings(plan.experiment),
+         "--out-json", str(tmp_path / "summary.json"), "--out-tsv", str(tmp_path / "s.tsv")],
+    ):  # fmt: skip
+        result = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    checks = {c["name"]: c for c in json.loads((tmp_path / "summary.json").read_text())["checks"]}
+    normalization = checks["normalization"]
+    # the demo's held-out parcel series are at another scale than their training runs'
+    # (averaging a parcel's voxels leaves the run's own signal): a warning, per parcel
+    assert normalization["status"] in ("pass", "warn"), normalization["message"]
+    if normalization["status"] == "warn":
+        found = normalization["message"].split("; ")
+        assert all("held-out run" in w and "per-parcel mean" in w for w in found), found
+    checked = {s["store"]: s for s in normalization["values"]["stores"]}
+    assert set(parcels) <= set(checked)
+    trained = [p for v, p in zip(voxels, parcels, strict=True) if v in plan.training["bold"]]
+    assert trained and all(checked[p]["max_std_error"] < 1e-4 for p in trained)
+    assert checks["initial_loss"]["status"] == "pass", checks["initial_loss"]["message"]
+
+    config = read_settings(paths.plan_checks_settings(plan.experiment))
+    manifest = read_manifest(paths.MANIFEST)
+    training, validation = plan.training["bold"], plan.validation["bold"]
+    scanner = tmp_path / "scanner.zarr"
+    parcel_of = dict(zip(voxels, parcels, strict=True))
+    shutil.copytree(parcel_of[training[0]], scanner)
+    group = zarr.open_group(scanner, mode="r+")
+    group["data"][...] = group["data"][...] * 40.0 + 900.0
+    other = next(p for p in parcels if dataset_frames(p) != dataset_frames(training[1]))
+    stale = {**parcel_of, training[0]: str(scanner), training[1]: other}
+    result = run_checks(training, validation, plan.normalized_stores, manifest, config, (), stale)
+    (normalization,) = [c for c in result if c.name == "normalization"]
+    (scale,) = [c for c in result if c.name == "scale_table"]
+    assert scale.values["normalized"]["bold"]["max"] > 500  # what the model reads
+    assert normalization.status == "fail"
+    assert f"({scanner}): per-parcel mean is off 0" in normalization.message
+    assert f"({other}): " in normalization.message and "the parcel store is stale" in (
+        normalization.message
+    )
+
+
+def dataset_frames(path: str) -> int:
+    """Frames of a store (voxel or parcel)."""
+    return int(zarr.open_group(path, mode="r")["data"].shape[0])

@@ -587,6 +587,30 @@ class Plan:
             "--subject-stores",
             *self.normalized_stores,
             *(["--stimuli", *self.checked_stimuli] if self.checked_stimuli else []),
+            *(
+                ["--parcel-stores", *self.checked_parcel_stores]
+                if self.checked_parcel_stores
+                else []
+            ),
+        ]
+
+    @property
+    def checked_parcel_stores(self) -> list[str]:
+        """With ``train.bold_input: parcels``, pairs of a voxel BOLD store the checks read
+        (of training, validation and every subject) and the parcel store the model reads
+        for it, flattened (``--parcel-stores`` of the checks job); empty otherwise."""
+        if self.config.train.model.bold_input != "parcels":
+            return []
+        read = [
+            *(store for stores in self.training.values() for store in stores),
+            *(store for stores in self.validation.values() for store in stores),
+            *self.normalized_stores,
+        ]
+        return [
+            path
+            for store in dict.fromkeys(read)
+            if store in self._parcel_stores
+            for path in (store, self._parcel_stores[store])
         ]
 
     @property

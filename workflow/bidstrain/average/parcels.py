@@ -13,7 +13,8 @@ store of the same run (given beside it, in the same order), and the parcel store
 segments. A parcel with no voxel in a run's mask (empty in that run: 0 in its store) is
 left out of that run's contribution: each parcel of each frame is the mean over the
 subjects valid there whose run covers it, 0 where none does (counted in the average's
-``n_empty_parcels``; parcels empty for some subjects are named in a warning).
+``n_empty_parcels``; parcels empty for some subjects are named in a warning and counted
+in ``n_partial_parcels``).
 ``mean`` and ``std`` are the means of the covering subjects' values, ``n_voxels`` and
 ``coverage`` those of all subjects (as for voxels: the typical raw level behind the
 average, not the average's own statistics; ``n_voxels`` rounded to a count). The stores
@@ -247,7 +248,11 @@ def average_parcel_stores(
         "n_invalid_frames": int((~valid).sum()),
         "min_subjects": min_subjects,
     }
-    attrs.update(read_parcel_attrs(first_source.path), n_empty_parcels=int(empty.sum()))
+    attrs.update(
+        read_parcel_attrs(first_source.path),
+        n_empty_parcels=int(empty.sum()),
+        n_partial_parcels=int(partly.sum()),
+    )
     write_parcel_store(
         out,
         data=_frame_mean([by_subject[s] for s in subjects], valid),

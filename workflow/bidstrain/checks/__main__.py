@@ -100,6 +100,7 @@ def run_checks(
     manifest: Mapping[str, Mapping[str, str]],
     config: ChecksJobConfig,
     stimuli: Sequence[str] = (),
+    parcel_stores: Mapping[str, str] | None = None,
 ) -> list[Check]:
     """Every check, in order: scale, normalization, quality, BOLD windows (with
     ``train.window`` > 1), counts, plan, initial loss, and with stimuli their coverage.
@@ -118,18 +119,25 @@ def run_checks(
         The aligned stimulus stores of the BOLD stores training and validation read
         (:mod:`bidstrain.checks.stimuli`): their kinds join the scale table and the
         normalization check, and their coverage is a check of its own.
+    parcel_stores : mapping, optional
+        ``{voxel BOLD store: its parcel store}``: with ``train.bold_input: parcels``, the
+        stores the model reads instead of the voxel stores of ``training`` and
+        ``validation`` (and those behind their averages). They join the normalization
+        check; the scale table and the initial loss take their values for BOLD.
     """
     settings, train = config.checks, config.train
+    parcels_of = dict(parcel_stores or {})
     scans: dict[str, StoreScan] = {}
     unreadable: dict[str, str] = {}
     raw_heads: dict[str, np.ndarray] = {}
-    for path in dict.fromkeys([*training, *validation, *subject_stores]):
+    every = [*training, *validation, *subject_stores]
+    for path in dict.fromkeys([*every, *(parcels_of[p] for p in every if p in parcels_of)]):
         try:
             scans[path] = scan_store(path, sample_voxels=settings.sample_voxels)
         except BidstrainError as error:
             unreadable[path] = str(error)
             continue
-        if not scans[path].is_average:
+        if not (scans[path].is_average or scans[path].is_parcels):
             try:
                 raw_heads[path] = raw_head(scans[path])
             except (OSError, nib.filebasedimages.ImageFileError) as error:
@@ -139,17 +147,24 @@ def run_checks(
     for path in training:
         if path in scans:
             training_by_modality.setdefault(scans[path].modality, []).append(path)
-    subjects = [s for s in scans.values() if not s.is_average]
+    # what the model reads: with parcel stores, those of the BOLD runs
+    read_by_modality = {
+        m: [parcels_of.get(p, p) for p in paths if parcels_of.get(p, p) in scans]
+        for m, paths in training_by_modality.items()
+    }
+    trained = {*training, *(parcels_of[p] for p in training if p in parcels_of)}
+    subjects = [s for s in scans.values() if not (s.is_average or s.is_parcels)]
     aligned = read_stores(stimuli)
     seen, raw = stimulus_samples(aligned)
     normalization = check_normalization(
         list(scans.values()),
         unreadable,
         raw_heads,
-        training=set(training),
+        training=trained,
         manifest=manifest,
         ddof=config.ddof,
         tolerance=settings.stats_tolerance,
+        voxel_stores={parcels: scans.get(path) for path, parcels in parcels_of.items()},
     )
     if aligned:
         fails, values = normalization_findings(aligned, settings.stats_tolerance)
@@ -157,7 +172,7 @@ def run_checks(
         normalization = with_findings(normalization, fails, values, ok)
     checks = [
         check_scale(
-            {**_normalized_samples(scans, training_by_modality), **seen},
+            {**_normalized_samples(scans, read_by_modality), **seen},
             {**_raw_samples(subjects, raw_heads, training_by_modality), **raw},
             max_ratio=settings.max_scale_ratio,
         ),
@@ -168,7 +183,7 @@ def run_checks(
         ),
     ]
     coverage = [check_coverage(aligned)] if aligned else []
-    if unreadable.keys() & set(training):
+    if unreadable.keys() & trained:
         reason = "training stores are missing or incomplete (see the normalization check)"
         not_run = [Check(name, "fail", f"not run: {reason}") for name in (COUNTS, PLAN, LOSS)]
         return checks + not_run + coverage
@@ -218,10 +233,13 @@ def run_checks(
         _guarded(
             LOSS,
             lambda: check_loss_scale(
-                training_by_modality,
+                read_by_modality,
                 train,
                 max_ratio=settings.max_scale_ratio,
-                stimuli=by_bold_store(aligned),
+                stimuli={
+                    parcels_of.get(bold, bold): kinds
+                    for bold, kinds in by_bold_store(aligned).items()
+                },
             ),
         )
     )
@@ -244,6 +262,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--stimuli", nargs="*", default=[], help="aligned stimulus stores (stimuli.enabled)"
     )
+    parser.add_argument(
+        "--parcel-stores",
+        nargs="*",
+        default=[],
+        help="pairs of a voxel BOLD store and the parcel store the model reads for it",
+    )
     parser.add_argument("--manifest", required=True, help="results/ingest/manifest.tsv")
     parser.add_argument(
         "--settings", required=True, help="JSON file: what the checks read of the config"
@@ -252,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out-tsv", required=True)
     parser.add_argument("--copy-dir", help="also copy the summary here (kept after a failure)")
     args = parser.parse_args(argv)
+    if len(args.parcel_stores) % 2:
+        parser.error("--parcel-stores takes pairs: a voxel store, then its parcel store")
     config = read_settings(args.settings)
     checks = run_checks(
         args.training,
@@ -260,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         read_manifest(args.manifest),
         config,
         args.stimuli,
+        dict(zip(args.parcel_stores[::2], args.parcel_stores[1::2], strict=True)),
     )
     write_summary(checks, args.out_json, args.out_tsv, copy_dir=args.copy_dir)
     for check in checks:

@@ -21,7 +21,6 @@ modality's.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -52,7 +51,8 @@ def zero_prediction_losses(
     Parameters
     ----------
     stores : mapping
-        ``Plan.training``.
+        The stores training reads, by modality (with ``train.bold_input: parcels`` the
+        BOLD runs' parcel stores).
     train : mapping
         The ``train`` config section.
     n_batches : int
@@ -66,12 +66,9 @@ def zero_prediction_losses(
     dict
         ``{modality: {"loss", "weighted", "batches"}}`` for every modality seen.
     """
-    # the checks read the voxel stores (with train.bold_input: parcels too: the parcel
-    # stores are z-scored the same way and hold the same frames)
-    voxels = dataclasses.replace(train, model=dataclasses.replace(train.model, bold_input="voxels"))
-    dataset = volume_dataset(stores, voxels, stimuli=stimuli)
+    dataset = volume_dataset(stores, train, stimuli=stimuli)
     layout = dataset.layout
-    sampler = batch_sampler(layout, voxels)
+    sampler = batch_sampler(layout, train)
     sampler.set_epoch(0)
     loss_config = train.loss
     stats = dataset_statistics(dataset) if loss_config.stats == "dataset" else {}

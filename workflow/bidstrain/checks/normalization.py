@@ -24,6 +24,13 @@ For every store training or validation reads, and every subject store behind the
   :data:`HELDOUT_STD_RANGE` is a warning (the held-out run does not look like the runs its
   statistics came from, so validation losses will not compare with training losses).
 
+Parcel stores (with ``train.bold_input: parcels``, what the model reads) are checked the
+same way per parcel, but for the raw values and the manifest: a run's parcel store must
+instead hold the frames of its voxel store, whose raw values are checked. A parcel
+average's moments are those of z-scores only when every parcel is covered by every
+subject's runs (``n_partial_parcels`` 0): a parcel some runs leave out is the mean over
+the others.
+
 Reduced-precision stores (``normalize.storage``) round every stored z-score ``z`` by at
 most ``p |z|`` (``p``, the storage's relative error, is recorded in the store): the
 tolerances widen by what that rounding can explain (:func:`allowed_error`), and no more,
@@ -62,7 +69,7 @@ def _raw_error(scan: StoreScan, raw: np.ndarray) -> tuple[float, str]:
     storage rounding of the stored z-score explains, and where."""
     n_volumes = scan.head.shape[0]
     got = scan.raw(scan.head, slice(0, n_volumes))
-    if scan.meta.per_voxel:
+    if scan.over_time:
         scale = np.broadcast_to(scan.std[scan.head_voxels], got.shape)
     else:
         scale = np.broadcast_to(scan.std[:n_volumes, None], got.shape)
@@ -86,7 +93,7 @@ def _tolerance_text(scan: StoreScan, tolerance: float, allowed: float) -> str:
 
 
 def _zscore_problems(scan: StoreScan, tolerance: float) -> tuple[list[str], dict[str, float]]:
-    unit = "voxel" if scan.meta.per_voxel else "volume"
+    unit = scan.unit
     varying = scan.std >= ZERO_STD
     mean_error = float(np.abs(scan.moments_mean[varying]).max(initial=0.0))
     std_error = float(np.abs(scan.moments_std[varying] - 1).max(initial=0.0))
@@ -117,7 +124,7 @@ def _heldout_shift(scan: StoreScan) -> tuple[list[str], dict[str, float]]:
     if shift > HELDOUT_MAX_SHIFT or not low <= spread <= high:
         problems.append(
             f"{scan.label} ({scan.path}): held-out run normalized with the statistics of "
-            f"{', '.join(scan.meta.stats_from)} has median per-voxel mean "
+            f"{', '.join(scan.meta.stats_from)} has median per-{scan.unit} mean "
             f"{shift:.3g} and median std {spread:.3g} (expected near 0 and 1): it does not "
             "look like the runs its statistics came from (check the acquisition, or choose "
             "other runs with normalize.heldout)"
@@ -128,8 +135,9 @@ def _heldout_shift(scan: StoreScan) -> tuple[list[str], dict[str, float]]:
 def _average_moments_apply(scan: StoreScan) -> bool:
     """Whether the average's subject-weighted moments must be those of z-scores: its runs
     were not truncated, and every frame holds every subject, or each subject is one
-    session on the intersection mask and every frame with a valid subject is kept."""
-    if scan.meta.truncated:
+    session on the intersection mask and every frame with a valid subject is kept. For a
+    parcel average, the intersection mask is every parcel covered by every subject."""
+    if scan.meta.truncated or (scan.is_parcels and scan.n_partial_parcels != 0):
         return False
     if scan.frame_subjects is None:
         return True
@@ -138,7 +146,8 @@ def _average_moments_apply(scan: StoreScan) -> bool:
         return True
     single = all(len(sessions) == 1 for sessions in scan.meta.sessions.values())
     kept = bool((scan.frame_valid | (scan.frame_subjects == 0)).all())
-    return single and scan.meta.mask_mode == "intersection" and kept
+    intersection = scan.is_parcels or scan.meta.mask_mode == "intersection"
+    return single and intersection and kept
 
 
 def _average_problems(scan: StoreScan, tolerance: float) -> tuple[list[str], dict[str, float]]:
@@ -149,14 +158,15 @@ def _average_problems(scan: StoreScan, tolerance: float) -> tuple[list[str], dic
     problems = []
     if mean_error > allowed and applies:
         problems.append(
-            f"{scan.label} ({scan.path}): per-voxel mean of the average is off 0 by up to "
+            f"{scan.label} ({scan.path}): per-{scan.unit} mean of the average is off 0 by up to "
             f"{mean_error:.3g} ({_tolerance_text(scan, tolerance, allowed)}): its subject "
             "stores were not z-scored (rerun normalize and average)"
         )
     if max_std > 1 + allowed and (applies or scan.meta.truncated):
         problems.append(
-            f"{scan.label} ({scan.path}): per-voxel std of the average reaches {max_std:.3g}, "
-            "above 1: its subject stores were not z-scored (rerun normalize and average)"
+            f"{scan.label} ({scan.path}): per-{scan.unit} std of the average reaches "
+            f"{max_std:.3g}, above 1: its subject stores were not z-scored (rerun "
+            "normalize and average)"
         )
     return problems, {"max_abs_mean": mean_error, "max_std": max_std}
 
@@ -181,6 +191,21 @@ def _raw_problems(
         f"(checks.stats_tolerance {tolerance}): the saved statistics are not the ones the "
         "data was normalized with (rerun normalize)"
     ], raw_error
+
+
+def _frame_problems(scan: StoreScan, voxels: StoreScan | None) -> list[str]:
+    """Whether a run's parcel store holds the frames of its voxel store."""
+    if voxels is None:
+        return [
+            f"{scan.label} ({scan.path}): its voxel store could not be read, so its frames "
+            "cannot be verified (see the voxel store's problem)"
+        ]
+    if scan.n_time != voxels.n_time:
+        return [
+            f"{scan.label} ({scan.path}): {scan.n_time} frames, but its voxel store "
+            f"{voxels.path} has {voxels.n_time}: the parcel store is stale (rerun normalize)"
+        ]
+    return []
 
 
 def _manifest_problems(scan: StoreScan, manifest: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -220,6 +245,7 @@ def check_normalization(
     manifest: Mapping[str, Mapping[str, Any]],
     ddof: int,
     tolerance: float,
+    voxel_stores: Mapping[str, StoreScan | None] | None = None,
 ) -> Check:
     """Verify the normalization of every scanned store.
 
@@ -240,7 +266,11 @@ def check_normalization(
     tolerance : float
         ``checks.stats_tolerance``: allowed deviation of mean from 0, std from 1 and raw
         reconstruction (in std units).
+    voxel_stores : mapping, optional
+        ``{parcel store path: its voxel store's scan}`` (None where that store could not
+        be read) of the run parcel stores among ``scans``.
     """
+    voxel_stores = voxel_stores or {}
     fails = [
         f"{path}: {error} (the saved statistics are missing: rerun normalize)"
         for path, error in unreadable.items()
@@ -274,12 +304,15 @@ def check_normalization(
                 problems, numbers = _zscore_problems(scan, tolerance)
                 fails += problems
             values.update(numbers)
-            fails += _manifest_problems(scan, manifest)
-            # a store of confound-regression residuals, or of frames resampled in time,
-            # cannot give the raw image back
-            if scan.meta.confounds_strategy == "none" and not scan.meta.resampled:
-                problems, values["max_raw_error"] = _raw_problems(scan, raw_heads, tolerance)
-                fails += problems
+            if scan.is_parcels:
+                fails += _frame_problems(scan, voxel_stores.get(scan.path))
+            else:
+                fails += _manifest_problems(scan, manifest)
+                # a store of confound-regression residuals, or of frames resampled in
+                # time, cannot give the raw image back
+                if scan.meta.confounds_strategy == "none" and not scan.meta.resampled:
+                    problems, values["max_raw_error"] = _raw_problems(scan, raw_heads, tolerance)
+                    fails += problems
         per_store.append(values)
     ok = (
         f"{len(scans)} stores: statistics saved and finite, data z-scored, raw values "

@@ -1,10 +1,11 @@
 """One pass over a store: everything the data checks need, read once, in bounded memory.
 
-:func:`scan_store` streams a store's ``data`` in blocks of volumes and keeps per-voxel and
-per-volume moments, the count of non-finite values, the BOLD DVARS series, a seeded sample
-of values for the scale table, and the first volumes at a seeded sample of voxels for
-comparison with the raw image. :func:`read_raw_volumes` reads those first volumes from the
-NIfTI (a prefix of the gzip stream, so it costs a few volumes, not the whole file).
+:func:`scan_store` streams a store's ``data`` (a voxel store's or a parcel store's) in
+blocks of volumes and keeps per-voxel (per-parcel) and per-volume moments, the count of
+non-finite values, the BOLD DVARS series, a seeded sample of values for the scale table,
+and the first volumes at a seeded sample of voxels for comparison with the raw image.
+:func:`read_raw_volumes` reads those first volumes from the NIfTI (a prefix of the gzip
+stream, so it costs a few volumes, not the whole file).
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bidstrain.io.store import StoreMeta, open_store, store_meta
+from bidstrain.io.store import (
+    StoreMeta,
+    open_parcel_store,
+    open_store,
+    read_meta,
+    read_parcel_attrs,
+    store_meta,
+)
 
 #: Float64 bytes per block of volumes read at a time.
 BLOCK_BYTES = 64 * 2**20
@@ -35,25 +43,28 @@ class StoreScan:
     meta : StoreMeta
         The store attributes.
     n_time, n_voxel : int
+        Rows and columns of ``data`` (voxels, or parcels of a parcel store).
     grid_size : int
-        Voxels of the 3D grid (``mask.size``).
+        Voxels of the 3D grid (``mask.size``); a parcel store's parcels.
     mean, std : ndarray
         The saved statistics (float64), along ``meta.stats_dim``.
     moments_mean, moments_std : ndarray
         Mean and std (``meta.ddof``) of ``data`` along the dimension the statistics
-        normalize over: over time per voxel when ``stats_dim`` is ``voxel``, over voxels
-        per volume when it is ``time``; non-finite values left out. For an average with
-        ``frame_subjects`` each frame weighs its number of subjects (the average of
-        z-scored subjects then has weighted mean 0: :mod:`bidstrain.checks.normalization`).
+        normalize over: over time per voxel (parcel) when ``stats_dim`` is ``voxel``
+        (``parcel``), over voxels per volume when it is ``time``; non-finite values left
+        out. For an average with ``frame_subjects`` each frame weighs its number of
+        subjects (the average of z-scored subjects then has weighted mean 0:
+        :mod:`bidstrain.checks.normalization`).
     n_nonfinite : int
         NaN/Inf values in ``data``.
     sample : ndarray
         Values of ``data`` at up to :data:`SAMPLE_VOLUMES` volumes x ``sample_voxels``
         voxels, flattened (float64).
     head_voxels : ndarray
-        Store voxel indices of the sample.
+        Store voxel (parcel) indices of the sample.
     head_ijk : tuple of ndarray
-        Grid indices ``(i, j, k)`` of ``head_voxels``.
+        Grid indices ``(i, j, k)`` of ``head_voxels``; empty for a parcel store, whose
+        raw values are those of its voxel store.
     head : ndarray, shape (HEAD_VOLUMES or fewer, len(head_voxels))
         ``data`` at the first volumes and the sampled voxels.
     dvars : ndarray
@@ -62,6 +73,9 @@ class StoreScan:
     frame_subjects, frame_valid : ndarray or None
         An average's subjects per frame of its grid and which frames it holds
         (:mod:`bidstrain.average.frames`); None for other stores.
+    n_partial_parcels : int or None
+        A parcel average's parcels that some of its subjects' runs do not cover (None
+        for other stores, and for a parcel average that does not record them).
     """
 
     path: str
@@ -76,11 +90,12 @@ class StoreScan:
     n_nonfinite: int
     sample: np.ndarray
     head_voxels: np.ndarray
-    head_ijk: tuple[np.ndarray, np.ndarray, np.ndarray]
+    head_ijk: tuple[np.ndarray, ...]
     head: np.ndarray
     dvars: np.ndarray
     frame_subjects: np.ndarray | None = None
     frame_valid: np.ndarray | None = None
+    n_partial_parcels: int | None = None
 
     @property
     def modality(self) -> str:
@@ -91,13 +106,28 @@ class StoreScan:
         return self.meta.is_average
 
     @property
+    def is_parcels(self) -> bool:
+        """Whether the store holds parcel time series (a parcel store)."""
+        return self.meta.stats_dim == "parcel"
+
+    @property
+    def unit(self) -> str:
+        """What the statistics are per: ``voxel``, ``parcel`` or ``volume``."""
+        return {"time": "volume"}.get(self.meta.stats_dim, self.meta.stats_dim)
+
+    @property
+    def over_time(self) -> bool:
+        """Whether the statistics are per column (voxel or parcel), over time."""
+        return self.unit != "volume"
+
+    @property
     def label(self) -> str:
         """Who the store is about, for messages: ``sub-01 ses-1 task-rest run-1 bold``."""
         return self.meta.label()
 
     def raw(self, values: np.ndarray, volumes: slice | np.ndarray) -> np.ndarray:
         """Raw-scale values ``data * std + mean`` of ``values`` (volumes x sampled voxels)."""
-        if self.meta.per_voxel:
+        if self.over_time:
             return values * self.std[self.head_voxels] + self.mean[self.head_voxels]
         return values * self.std[volumes, None] + self.mean[volumes, None]
 
@@ -115,7 +145,7 @@ def scan_store(path: str | Path, *, sample_voxels: int, seed: int = 0) -> StoreS
     Parameters
     ----------
     path : str or Path
-        A store of the :mod:`bidstrain.io.store` layout.
+        A store of the :mod:`bidstrain.io.store` layout, or a parcel store.
     sample_voxels : int
         Voxels sampled (``checks.sample_voxels``) for the scale table and the raw comparison.
     seed : int
@@ -126,11 +156,12 @@ def scan_store(path: str | Path, *, sample_voxels: int, seed: int = 0) -> StoreS
     BidstrainError
         When the store is missing or lacks variables or attributes of the layout.
     """
-    ds = open_store(path, use_dask=False)
+    parcels = read_meta(path).stats_dim == "parcel"
+    ds = open_parcel_store(path) if parcels else open_store(path, use_dask=False)
     meta = store_meta(ds)
     n_time, n_voxel = (int(n) for n in ds.data.shape)
     ddof = meta.ddof
-    per_voxel = meta.per_voxel
+    over_time = meta.stats_dim != "time"
     mean = ds["mean"].values.astype(np.float64)
     std = ds["std"].values.astype(np.float64)
     rng = np.random.default_rng(seed)
@@ -146,7 +177,7 @@ def scan_store(path: str | Path, *, sample_voxels: int, seed: int = 0) -> StoreS
     volume_moments = np.zeros((2, n_time))
     n_nonfinite = 0
     samples, head = [], None
-    bold = meta.modality == "bold" and per_voxel
+    bold = meta.modality == "bold" and meta.per_voxel
     dvars = np.zeros(max(n_time - 1, 0) if bold else 0)
     previous = None
     block = max(1, BLOCK_BYTES // (8 * max(n_voxel, 1)))
@@ -181,19 +212,20 @@ def scan_store(path: str | Path, *, sample_voxels: int, seed: int = 0) -> StoreS
         meta=meta,
         n_time=n_time,
         n_voxel=n_voxel,
-        grid_size=int(ds.mask.size),
+        grid_size=n_voxel if parcels else int(ds.mask.size),
         mean=mean,
         std=std,
-        moments_mean=moments[0] if per_voxel else volume_moments[0],
-        moments_std=moments[1] if per_voxel else volume_moments[1],
+        moments_mean=moments[0] if over_time else volume_moments[0],
+        moments_std=moments[1] if over_time else volume_moments[1],
         n_nonfinite=n_nonfinite,
         sample=np.concatenate(samples) if samples else np.zeros(0),
         head_voxels=head_voxels,
-        head_ijk=tuple(ds[axis].values[head_voxels] for axis in "ijk"),
+        head_ijk=() if parcels else tuple(ds[axis].values[head_voxels] for axis in "ijk"),
         head=head,
         dvars=dvars,
         frame_subjects=frame_subjects,
         frame_valid=frame_valid,
+        n_partial_parcels=read_parcel_attrs(path).get("n_partial_parcels") if parcels else None,
     )
 
 

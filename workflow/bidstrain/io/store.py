@@ -42,7 +42,8 @@ values as the ``parcel`` coordinate, ``n_voxels`` and ``coverage`` (parcel), wit
 attributes above (``stats_dim: "parcel"``) plus ``atlas``, ``parcel_names`` and
 ``n_empty_parcels``; every array is one chunk. A run's parcel store has the rows (and
 ``time``) of its voxel store; a parcel average also holds ``frame_time``,
-``frame_valid`` and ``frame_subjects``. Their ``checksum`` is computed as a
+``frame_valid`` and ``frame_subjects``, and records ``n_partial_parcels`` (parcels some
+of its subjects' runs do not cover, averaged over the others). Their ``checksum`` is computed as a
 voxel store's (below), so a rerun on unchanged data keeps a training run's identity.
 
 The checksum (``sha256:<hex>``) is of the store's content: every array's name, dtype,
@@ -678,6 +679,27 @@ def open_store(path: str | Path, *, use_dask: bool = True) -> xr.Dataset:
     return ds.assign_coords(i=("voxel", i), j=("voxel", j), k=("voxel", k))
 
 
+def open_parcel_store(path: str | Path) -> xr.Dataset:
+    """Open a parcel store (layout: module docstring) with xarray, its arrays read from
+    Zarr as they are indexed (no dask).
+
+    Raises
+    ------
+    BidstrainError
+        When the store does not exist or is not a parcel store.
+    """
+    import xarray as xr
+
+    meta = read_meta(path)
+    if meta.stats_dim != "parcel":
+        raise BidstrainError(f"not a parcel store (stats_dim {meta.stats_dim!r})", path=path)
+    ds = xr.open_zarr(path, consolidated=CONSOLIDATED, chunks=None)
+    missing = [v for v in ("data", "mean", "std", "parcel") if v not in ds.variables]
+    if missing:
+        raise BidstrainError(f"incomplete parcel store: missing {missing}", path=path)
+    return ds
+
+
 def to_grid(ds: xr.Dataset, values: np.ndarray, fill: float = 0.0) -> np.ndarray:
     """Put voxel values back on the 3D grid of the store's mask.
 
@@ -701,7 +723,7 @@ def to_grid(ds: xr.Dataset, values: np.ndarray, fill: float = 0.0) -> np.ndarray
 
 
 #: The attributes only a parcel store has (beside :class:`StoreMeta`'s).
-PARCEL_ATTRS = ("atlas", "parcel_names", "n_empty_parcels")
+PARCEL_ATTRS = ("atlas", "parcel_names", "n_empty_parcels", "n_partial_parcels")
 
 
 def read_parcel_attrs(path: str | Path) -> dict[str, Any]:
