@@ -8,10 +8,12 @@ import pytest
 import torch
 from bidstrain.errors import BidstrainError
 from bidstrain.train import stimulus_windows as module
-from bidstrain.train.data import volume_dataset
+from bidstrain.train.data import make_loader, volume_dataset
 from bidstrain.train.distributed import Context
 from bidstrain.train.loop import training_data
+from bidstrain.train.sampler import batch_sampler
 from bidstrain.train.stimulus_windows import StimulusWindows
+from bidstrain.train.worker_batches import RingBatch
 from train_support import train_config, write_aligned, write_store
 
 WINDOW = 3
@@ -58,6 +60,43 @@ def test_each_bold_window_carries_rows_t_to_t_plus_w_of_its_aligned_stores(tmp_p
             want = features[path, kind][t : t + WINDOW]
             assert batch[kind].dtype == torch.float32
             np.testing.assert_array_equal(batch[kind][row].numpy(), want)
+
+
+def test_workers_batches_are_views_of_rings_the_main_process_shares(tmp_path, monkeypatch):
+    stores, aligned, _ = stores_with_stimuli(tmp_path)
+    config = train_config(
+        window=WINDOW, window_stride=1, stimuli=["text", "video"], batch_size=3, num_workers=2
+    )
+    dataset = volume_dataset(stores, config, stimuli=aligned)
+    sampler = batch_sampler(dataset.layout, config)
+    expected = [dataset.batch(indices) for indices in sampler]
+    received = []
+    monkeypatch.setattr(RingBatch, "tensors", record(RingBatch.tensors, received))
+    loader = make_loader(dataset, sampler, config, device=torch.device("cpu"))
+    blocks = loader.dataset.worker_rings.blocks
+    rings = {block.untyped_storage().data_ptr() for block in blocks}
+    batches = 0
+    for batch, want in zip(loader, expected, strict=True):
+        assert list(batch) == list(want)
+        torch.testing.assert_close(batch, want, rtol=0, atol=0)
+        images = [batch[m] for m in ("T1w", "bold") if m in batch]
+        assert images and all(t.untyped_storage().data_ptr() in rings for t in images)
+        batches += 1
+    assert batches == len(expected) > 2
+    # every batch came from a worker, as places in its ring: no tensor crossed processes
+    assert len(received) == batches
+    assert {ring_batch.worker for ring_batch in received} == {0, 1}
+    assert all(set(b.arrays) <= {"video", "text"} for b in received)
+
+
+def record(tensors, received):
+    """``RingBatch.tensors`` that also keeps each batch it is called on."""
+
+    def recorded(ring_batch):
+        received.append(ring_batch)
+        return tensors(ring_batch)
+
+    return recorded
 
 
 def test_a_batch_without_bold_has_no_stimulus_features(tmp_path):

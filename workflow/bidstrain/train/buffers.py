@@ -3,9 +3,10 @@
 A :class:`BatchBuffer` is one flat float32 block that a batch's tensors are views of (each
 modality's samples one after the other, in the order the batch lists them). A loader
 process writes its batches into a :class:`BatchRing` of such buffers, allocated once and
-reused: in a DataLoader worker in shared memory (a batch reaches the main process without a
-copy), in the main process page-locked when the batches go to a GPU (the copy to the GPU
-then does not block), else plain memory.
+reused: a DataLoader worker's in shared memory that the main process allocated
+(:mod:`.worker_batches`: a batch reaches the main process without a copy), the main
+process's own page-locked when the batches go to a GPU (the copy to the GPU then does not
+block), else plain memory.
 
 A reused buffer keeps what the previous batch wrote, and a sample rewrites only its masked
 voxels: where the previous batch put a volume of the same grid, it was 0 outside the union
@@ -42,21 +43,24 @@ def allocate(size: int, *, pin: bool = False) -> tuple[torch.Tensor, bool]:
     """A flat float32 tensor of ``size`` elements for batches of this process, and whether
     it is all zeros.
 
-    In a DataLoader worker it lives in shared memory; otherwise it is page-locked when
-    ``pin`` (which needs CUDA), else plain memory. Shared and plain memory are zeros that
-    the kernel provides page by page on first write (no pass over the block here);
-    page-locked memory may hold a previous block's values.
+    Page-locked when ``pin`` (which needs CUDA): then it may hold a previous block's
+    values. Otherwise plain memory: zeros that the kernel provides page by page on first
+    write (no pass over the block here).
     """
-    if torch.utils.data.get_worker_info() is not None:
-        empty = torch.empty(0, dtype=torch.float32)
-        storage = empty._typed_storage()._new_shared(size, device=empty.device)
-        return empty.new(storage), True
     if pin:
         return torch.empty(size, dtype=torch.float32, pin_memory=True), False
     # Anonymous pages of their own: numpy's large arrays ask for transparent huge pages,
     # whose first write can stall the loader for the kernel's memory compaction.
     block = mmap.mmap(-1, 4 * max(size, 1))
     return torch.from_numpy(np.frombuffer(block, dtype=np.float32)[:size]), True
+
+
+def shared_block(size: int) -> torch.Tensor:
+    """A flat float32 tensor of ``size`` zeros in shared memory (a file descriptor that a
+    spawned process receives with its arguments); the kernel provides its pages on first
+    write."""
+    empty = torch.empty(0, dtype=torch.float32)
+    return empty.new(empty._typed_storage()._new_shared(size, device=empty.device))
 
 
 class Footprint:
@@ -169,13 +173,29 @@ class BatchBuffer:
 
 class BatchRing:
     """``slots`` :class:`BatchBuffer` of ``size`` float32 values each, used in turn
-    (see the module docstring for how long a batch stays valid)."""
+    (see the module docstring for how long a batch stays valid).
 
-    def __init__(self, slots: int, size: int, *, pin: bool = False):
+    Parameters
+    ----------
+    slots, size : int
+    pin : bool
+        Page-locked buffers (for a GPU).
+    block : torch.Tensor, optional
+        ``slots * size`` float32 zeros to carve the buffers from (a worker's ring, which
+        the main process allocated: :func:`shared_block`); by default each buffer is
+        allocated here (:func:`allocate`).
+    """
+
+    def __init__(
+        self, slots: int, size: int, *, pin: bool = False, block: torch.Tensor | None = None
+    ):
         footprints: dict[tuple[int, ...], Footprint] = {}
         self.buffers = []
-        for _ in range(slots):
-            flat, zeroed = allocate(size, pin=pin)
+        for slot in range(slots):
+            if block is None:
+                flat, zeroed = allocate(size, pin=pin)
+            else:
+                flat, zeroed = block[slot * size : (slot + 1) * size], True
             self.buffers.append(BatchBuffer(flat, zeroed=zeroed, footprints=footprints))
         self._next = 0
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +31,7 @@ from bidstrain.train.reader import OpenStores, ParcelReader
 from bidstrain.train.ring_size import loader_bytes, ring_slots
 from bidstrain.train.stimulus_windows import StimulusWindows
 from bidstrain.train.windows import window_counts
+from bidstrain.train.worker_batches import RingBatch, WorkerRings
 
 BATCHINGS = ("mixed", "single_modality")
 
@@ -430,7 +431,7 @@ class VolumeDataset(torch.utils.data.Dataset):
         indices : sequence of int
         out : BatchBuffer, optional
             Where to write the batch (the loader's ring, :mod:`.buffers`); the tensors are
-            views of it. By default a new zeroed block (in shared memory in a worker).
+            views of it. By default a new zeroed block.
         """
         indices = np.asarray(indices, dtype=np.int64)
         layout = self.layout
@@ -478,28 +479,36 @@ class VolumeDataset(torch.utils.data.Dataset):
 
 class LoaderBatches(torch.utils.data.Dataset):
     """What the DataLoader reads: :meth:`VolumeDataset.batch` written into this process's
-    :class:`~bidstrain.train.buffers.BatchRing` (made on first use, so a worker makes its
-    own in shared memory).
+    :class:`~bidstrain.train.buffers.BatchRing`: the main process makes its own on first
+    use; a worker writes into the ring the main process allocated for it
+    (:class:`~bidstrain.train.worker_batches.WorkerRings`) and returns a
+    :class:`~bidstrain.train.worker_batches.RingBatch`, which :class:`RingLoader` makes
+    tensors of.
 
-    A batch is valid until the process has written ``slots`` more
+    A batch is valid until its process has written ``slots`` more
     (:func:`~bidstrain.train.ring_size.ring_slots`).
 
     Parameters
     ----------
     dataset : VolumeDataset
     slots : int
-        Buffers in the ring.
+        Buffers in a ring.
     batch_size : int
         The most samples a batch holds.
     pin : bool
         Page-locked buffers in the main process (for a GPU).
+    workers : int
+        The DataLoader's worker processes (their rings are allocated here).
     """
 
-    def __init__(self, dataset: VolumeDataset, *, slots: int, batch_size: int, pin: bool):
+    def __init__(
+        self, dataset: VolumeDataset, *, slots: int, batch_size: int, pin: bool, workers: int = 0
+    ):
         self.dataset = dataset
         self.slots = slots
         self.size = batch_size * dataset.largest_sample()
         self.pin = pin
+        self.worker_rings = WorkerRings(workers, slots, self.size) if workers else None
         self._ring: BatchRing | None = None
 
     def __len__(self) -> int:
@@ -508,15 +517,31 @@ class LoaderBatches(torch.utils.data.Dataset):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_ring": None}
 
-    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor] | RingBatch:
+        worker = torch.utils.data.get_worker_info()
         if self._ring is None:
-            pin = self.pin and torch.utils.data.get_worker_info() is None
-            self._ring = BatchRing(self.slots, self.size, pin=pin)
-        return self.dataset.batch(indices, out=self._ring.next())
+            if worker is None:
+                self._ring = BatchRing(self.slots, self.size, pin=self.pin)
+            else:
+                self._ring = self.worker_rings.ring(worker.id)
+        batch = self.dataset.batch(indices, out=self._ring.next())
+        return batch if worker is None else self.worker_rings.batch(worker.id, batch)
 
 
-def _as_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The DataLoader's ``collate_fn``: :meth:`VolumeDataset.batch` made the batch."""
+class RingLoader(torch.utils.data.DataLoader):
+    """A DataLoader over :class:`LoaderBatches` that yields every batch as tensors
+    (:meth:`~bidstrain.train.worker_batches.RingBatch.tensors` of a worker's)."""
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return map(_tensors, super().__iter__())
+
+
+def _tensors(batch: dict[str, torch.Tensor] | RingBatch) -> dict[str, torch.Tensor]:
+    return batch.tensors() if isinstance(batch, RingBatch) else batch
+
+
+def _as_batch(batch: dict[str, torch.Tensor] | RingBatch) -> dict[str, torch.Tensor] | RingBatch:
+    """The DataLoader's ``collate_fn``: :class:`LoaderBatches` made the batch."""
     return batch
 
 
@@ -615,9 +640,11 @@ def make_loader(
     hang), persistent, and read ``train.prefetch_factor`` batches ahead each. Each process
     writes its batches into a ring of reused buffers (:class:`LoaderBatches`), sized so
     that a batch stays intact while the step's group of ``train.grad_accum_steps`` batches
-    is in use. When ``device`` is a GPU and ``train.pin_memory`` is set, the main process's
-    buffers are page-locked, and batches from workers are copied to page-locked memory by
-    the DataLoader; the training step then copies them to the GPU without blocking.
+    is in use; the workers' rings are shared with the main process, which receives a
+    worker's batch as places in its ring (:mod:`~bidstrain.train.worker_batches`). When
+    ``device`` is a GPU and ``train.pin_memory`` is set, the main process's buffers are
+    page-locked, and batches from workers are copied to page-locked memory by the
+    DataLoader; the training step then copies them to the GPU without blocking.
 
     Parameters
     ----------
@@ -633,8 +660,10 @@ def make_loader(
         prefetch_factor=train.loader.prefetch_factor,
         workers=workers,
     )
-    return torch.utils.data.DataLoader(
-        LoaderBatches(dataset, slots=slots, batch_size=sampler.batch_size, pin=pin),
+    return RingLoader(
+        LoaderBatches(
+            dataset, slots=slots, batch_size=sampler.batch_size, pin=pin, workers=workers
+        ),
         batch_sampler=sampler,
         collate_fn=_as_batch,
         num_workers=workers,
