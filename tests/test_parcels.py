@@ -23,6 +23,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import xarray as xr
 import zarr
 from bidstrain import paths
 from bidstrain.config import ParcellationConfig
@@ -35,7 +36,13 @@ from bidstrain.dataset.atlas import (
 )
 from bidstrain.demo.generate import ATLAS_NAME, make_atlas_demo, make_fmriprep_demo
 from bidstrain.errors import BidstrainError
-from bidstrain.io.store import open_store, read_dims, read_meta, read_parcel_stats
+from bidstrain.io.store import (
+    open_store,
+    read_dims,
+    read_meta,
+    read_parcel_stats,
+    read_segments,
+)
 from bidstrain.normalize import ImageInfo, normalize_bold, normalize_with_stats
 from bidstrain.normalize.confounds import load_run_confounds
 from bidstrain.normalize.nifti_stream import read_layout
@@ -282,6 +289,14 @@ def test_resampled_parcels_are_the_means_of_the_resampled_voxels(demo, tmp_path)
     assert np.abs(ours - expected).max() <= TOLERANCE
     ds = open_store(tmp_path / "bold.zarr", use_dask=False)
     assert np.array_equal(ds.time.values, grid.times[grid.valid])
+    # the parcel store keeps the run's time grid: read alone, its windows see the gaps
+    assert not grid.valid.all()
+    parcels = xr.open_zarr(tmp_path / "parcels.zarr").load()
+    np.testing.assert_array_equal(parcels["frame_time"].values, grid.times)
+    np.testing.assert_array_equal(parcels["frame_valid"].values, grid.valid)
+    np.testing.assert_array_equal(parcels["time"].values, grid.times[grid.valid])
+    segments = read_segments(tmp_path / "bold.zarr")
+    assert read_segments(tmp_path / "parcels.zarr") == segments and len(segments) > 1
 
 
 def test_an_atlas_in_another_space_is_an_error_naming_both(demo):

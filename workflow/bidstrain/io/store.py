@@ -41,8 +41,9 @@ Parcel stores (:func:`write_parcel_store`, one per BOLD run and atlas) hold ``da
 values as the ``parcel`` coordinate, ``n_voxels`` and ``coverage`` (parcel), with the
 attributes above (``stats_dim: "parcel"``) plus ``atlas``, ``parcel_names`` and
 ``n_empty_parcels``; every array is one chunk. A run's parcel store has the rows (and
-``time``) of its voxel store; a parcel average also holds ``frame_time``,
-``frame_valid`` and ``frame_subjects``, and records ``n_partial_parcels`` (parcels some
+``time``), ``frame_time`` and ``frame_valid`` of its voxel store (stores written before
+that hold no ``frame_`` arrays); a parcel average also holds them, with
+``frame_subjects``, and records ``n_partial_parcels`` (parcels some
 of its subjects' runs do not cover, averaged over the others). Their ``checksum`` is computed as a
 voxel store's (below), so a rerun on unchanged data keeps a training run's identity.
 
@@ -367,9 +368,8 @@ def segments_of_valid(valid: np.ndarray) -> tuple[int, ...]:
 def read_segments(path: str | Path) -> tuple[int, ...]:
     """Lengths of the contiguous pieces of a store's ``data`` (frames never separated by
     a left-out frame), from its small ``frame_valid`` array; one piece of every volume for
-    a store without one (T1w, DWI, stores written before time resampling).
-    A run's parcel store has the pieces of its run's voxel store (the normalize table
-    lists both; read alone, one piece); a parcel average has its own ``frame_valid``."""
+    a store without one (T1w, DWI, stores written before time resampling or, for a
+    run's parcel store, before it kept its run's ``frame_valid``)."""
     group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
     if "frame_valid" in group:
         return segments_of_valid(group["frame_valid"][...])
@@ -765,8 +765,8 @@ def write_parcel_store(
     attrs : mapping
         :data:`REQUIRED_ATTRS` and the parcel attributes.
     frames : mapping of str to ndarray, shape (n_frames,), optional
-        Arrays along the run's time grid (dim ``frame``): an average's ``frame_time``,
-        ``frame_valid`` and ``frame_subjects``.
+        Arrays along the run's time grid (dim ``frame``): ``frame_time`` and
+        ``frame_valid``, and an average's ``frame_subjects``.
     """
     missing = [key for key in REQUIRED_ATTRS if key not in attrs]
     if missing:
@@ -937,8 +937,8 @@ def read_feature_store(path: str | Path) -> FeatureStore:
 def read_frames(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, StoreMeta]:
     """``(time, frame_time, meta)`` of a BOLD or average store, read with zarr alone:
     the onsets of the frames in ``data``, and of every frame of the run's time grid
-    (None where the store has no ``frame_time``, as a run's parcel store or a store
-    written before time resampling).
+    (None where the store has no ``frame_time``: a store written before time resampling,
+    or a run's parcel store written before it kept its run's frames).
 
     Raises
     ------

@@ -174,15 +174,17 @@ def _tsv(path: Path, names: Sequence[str], rows: np.ndarray, missing: np.ndarray
 def write_parcel_outputs(
     outputs: ParcelOutputs,
     means: ParcelMeans,
-    times: np.ndarray,
+    frames: Mapping[str, np.ndarray],
     ddof: int,
     attrs: Mapping[str, Any],
     subject: str | None,
 ) -> None:
     """Z-score the parcel means and write the parcel store and both TSVs.
 
-    ``attrs`` are the voxel store's (subject, entities, repetition times...); the parcel
-    store's statistics attributes replace theirs.
+    ``frames`` are the voxel store's ``frame_time`` and ``frame_valid`` (the run's time
+    grid, whose valid frames are the rows), kept in the parcel store so that its windows
+    see the run's gaps read alone. ``attrs`` are the voxel store's (subject, entities,
+    repetition times...); the parcel store's statistics attributes replace theirs.
     """
     atlas, series = means.atlas, means.series()
     empty = means.empty
@@ -219,8 +221,9 @@ def write_parcel_outputs(
         parcels=atlas.indices,
         n_voxels=means.n_voxels,
         coverage=means.coverage,
-        time=times,
+        time=frames["frame_time"][frames["frame_valid"]],
         attrs=store_attrs,
+        frames=frames,
     )
     _tsv(outputs.timeseries, atlas.names, series, empty)
     _tsv(outputs.coverage, atlas.names, means.coverage[None, :], np.zeros_like(empty))

@@ -489,7 +489,8 @@ def write_voxel_zscored_store(
             )
         )
     if means is not None:
+        run_frames = {"frame_time": grid.times, "frame_valid": grid.valid}
         write_parcel_outputs(
-            parcels.outputs, means, times, options.ddof, writer.attrs, info.subject
+            parcels.outputs, means, run_frames, options.ddof, writer.attrs, info.subject
         )
     return writer.attrs
