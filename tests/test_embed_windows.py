@@ -1,5 +1,7 @@
 """embed with a model of BOLD windows: one embedding per non-overlapping window of a run,
-and a store at another repetition time than the model's refused, naming both."""
+never across a frame left out (a run shorter than a window gives a store of no sample,
+with a warning, and a report bar saying so), and a store at another repetition time than
+the model's refused, naming both."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import torch
 import xarray as xr
 import zarr
 from bidstrain.io.store import consolidate
+from bidstrain.report.embed import embedding_figure
 from bidstrain.train.description import FORMAT, describe
 from bidstrain.train.expectation import Preparation, preparation_of
 from bidstrain.train.model import build_module
@@ -60,6 +63,46 @@ def test_embed_gives_one_embedding_per_non_overlapping_window(tmp_path):
     np.testing.assert_array_equal(embedded["time"].values, [0.0, float(WINDOW)])
     assert np.isfinite(embedded["loss"].values).all()
     assert not np.allclose(embedded["embedding"].values[0], embedded["embedding"].values[1])
+
+
+def test_embed_windows_never_cross_a_left_out_frame(tmp_path):
+    """Frame 5 of an 11-frame grid is left out: the run's 10 rows are two segments of 5,
+    so the windows of 4 start at rows 0 and 5 (times 0 and 6), not at row 4."""
+    model, _ = windows_model(tmp_path, TR)
+    store = bold_store(tmp_path / "new.zarr", TR)
+    valid = np.arange(N_TIME + 1) != 5
+    group = zarr.open_group(store, mode="r+")
+    group["time"][...] = np.flatnonzero(valid).astype(np.float64)
+    for name, values in (("frame_time", np.arange(N_TIME + 1.0)), ("frame_valid", valid)):
+        group.create_array(name, data=values, dimension_names=("frame",))
+    consolidate(store)
+    out = tmp_path / "new_desc-embedding_bold.zarr"
+    run_embed(tmp_path, model, [{"modality": "bold", "store": store, "out": str(out)}])
+    embedded = xr.open_zarr(out).load()
+    np.testing.assert_array_equal(embedded["time"].values, [0.0, 6.0])
+    assert np.isfinite(embedded["loss"].values).all()
+
+
+def test_a_run_shorter_than_a_window_gives_a_store_of_no_sample(tmp_path):
+    model, _ = windows_model(tmp_path, TR)
+    long = bold_store(tmp_path / "long.zarr", TR)
+    short = write_store(tmp_path / "short.zarr", modality="bold", n_time=WINDOW - 1, seed=4)
+    zarr.open_group(short, mode="r+").attrs.update(repetition_time=TR, time_method="none")
+    consolidate(short)
+    images = [
+        {"modality": "bold", "store": store, "out": str(tmp_path / f"{name}_embedding.zarr")}
+        for name, store in (("long", long), ("short", short))
+    ]
+    result = run_embed(tmp_path, model, images)
+    assert f"no whole window of {WINDOW} frames between gaps (frames in segments [3])" in (
+        result.stderr
+    )
+    stores = [xr.open_zarr(image["out"]).load() for image in images]
+    assert stores[1]["embedding"].shape == (0, train_config().model.embed_dim)
+    assert stores[0]["embedding"].shape[0] == N_TIME // WINDOW
+    figure = embedding_figure(stores, None, "demo")
+    labels = [label.get_text() for label in figure.axes[1].get_yticklabels()]
+    assert labels[1].endswith("(no sample)") and not labels[0].endswith("(no sample)")
 
 
 def test_embed_refuses_stores_at_another_repetition_time(tmp_path):

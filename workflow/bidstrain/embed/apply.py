@@ -188,7 +188,13 @@ def embed_store(
     model_config = TrainConfig.with_defaults(description["train"]).model
     settings = model.loss_settings
     stats = (settings.target_stats or {}).get(modality)
-    out: dict[str, list[np.ndarray]] = {"embedding": [], "loss": [], "baseline": [], "time": []}
+    # a run shorter than a window gives a store of no sample (samples() warns)
+    out: dict[str, list[np.ndarray]] = {
+        "embedding": [np.zeros((0, model_config.embed_dim))],
+        "loss": [np.zeros(0)],
+        "baseline": [np.zeros(0)],
+        "time": [np.zeros(0)],
+    }
     batches = samples(store, modality, model_config, batch_size)
     for number, (times, volume) in enumerate(batches):
         volume = volume.to(device)

@@ -2,15 +2,17 @@
 windows of a BOLD run (voxels or parcels), ``batch_size`` samples at a time, never the
 whole store at once.
 
-A BOLD run of ``n`` frames gives ``n // window`` windows, frames ``[k * window, (k + 1) *
-window)``; the frames after the last whole window are left out (``n % window`` of them,
-logged). Each sample is labelled with the time of its first frame.
+A BOLD run's windows lie within its segments as in training (frames never separated by a
+left-out frame, :func:`bidstrain.io.store.read_segments`): a segment of ``n`` frames
+gives ``n // window`` windows, its frames ``[k * window, (k + 1) * window)``; the frames
+after its last whole window, and segments shorter than a window, are left out (counted
+in a log line). Each sample is labelled with the time of its first frame.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ import xarray as xr
 import zarr
 
 from bidstrain.config import ModelConfig
+from bidstrain.io.store import read_segments
 from bidstrain.train.data import VolumeDataset
 
 LOG = logging.getLogger("bidstrain.embed")
@@ -33,12 +36,20 @@ def samples(
     with xr.open_zarr(store) as ds:
         times = np.asarray(ds["time"].values, dtype=np.float64)
     window = model.window if modality == "bold" else 1
-    starts = np.arange(0, len(times) - window + 1, window)
-    if len(times) % window:
-        LOG.info(
-            "%s: %d frames after the last whole window of %d left out",
+    starts = window_starts(read_segments(store) if window > 1 else (len(times),), window)
+    if not len(starts):
+        LOG.warning(
+            "%s: no whole window of %d frames between gaps (frames in segments %s): its "
+            "embedding store holds no sample",
             store,
-            len(times) % window,
+            window,
+            list(read_segments(store)),
+        )
+    elif len(times) > window * len(starts):
+        LOG.info(
+            "%s: %d frames outside whole windows of %d frames between gaps left out",
+            store,
+            len(times) - window * len(starts),
             window,
         )
     if modality == "bold" and model.bold_input == "parcels":
@@ -48,6 +59,18 @@ def samples(
     for first in range(0, len(starts), batch_size):
         chosen = starts[first : first + batch_size]
         yield times[chosen], torch.stack([read(start, window) for start in chosen])
+
+
+def window_starts(segments: Sequence[int], window: int) -> np.ndarray:
+    """First frames of the non-overlapping windows of ``window`` frames within each
+    of ``segments`` (lengths of consecutive pieces of a store's frames), in order."""
+    lengths = np.asarray(segments, dtype=np.int64)
+    firsts = np.cumsum(lengths) - lengths
+    pieces = [
+        first + np.arange(0, length - window + 1, window)
+        for first, length in zip(firsts, lengths, strict=True)
+    ]
+    return np.concatenate([np.zeros(0, dtype=np.int64), *pieces]).astype(np.int64)
 
 
 def _voxel_reader(store: str | Path, modality: str, model: ModelConfig):

@@ -90,7 +90,10 @@ def embedding_figure(
 def _losses(
     ax, stores: list[xr.Dataset], metas: list[EmbeddingMeta], summary: dict[str, Any] | None
 ) -> None:
-    ratios = [float(s["loss"].mean() / s["baseline"].mean()) for s in stores]
+    ratios = [
+        float(s["loss"].mean() / s["baseline"].mean()) if s.sizes["time"] else np.nan
+        for s in stores
+    ]
     positions = np.arange(len(stores))
     ax.barh(
         positions,
@@ -98,7 +101,11 @@ def _losses(
         color=[_MODALITY_COLOURS.get(meta.modality, "grey") for meta in metas],
         edgecolor="black",
     )
-    ax.set_yticks(positions, [meta.label for meta in metas], fontsize=7)
+    labels = [
+        meta.label + ("" if s.sizes["time"] else " (no sample)")
+        for s, meta in zip(stores, metas, strict=True)
+    ]
+    ax.set_yticks(positions, labels, fontsize=7)
     ax.invert_yaxis()
     ax.axvline(1.0, color="black", lw=1, label="baseline (predicting the mean)")
     for modality, values in (summary or {}).get("modalities", {}).items():
