@@ -91,11 +91,14 @@ class WorkerRings:
         return BatchRing(self.slots, self.size, block=self.blocks[worker])
 
     def batch(self, worker: int, tensors: dict[str, torch.Tensor]) -> RingBatch:
-        """``tensors``, a batch that ``worker`` wrote into its ring, as it travels."""
-        storage = self.blocks[worker].untyped_storage().data_ptr()
+        """``tensors``, a batch that ``worker`` wrote into its ring, as it travels: the
+        contiguous float32 tensors in the ring by place, any other by value."""
+        block = self.blocks[worker]
+        storage = block.untyped_storage().data_ptr()
         places, arrays = {}, {}
         for name, tensor in tensors.items():
-            if tensor.untyped_storage().data_ptr() == storage:
+            in_ring = tensor.untyped_storage().data_ptr() == storage
+            if in_ring and tensor.is_contiguous() and tensor.dtype == block.dtype:
                 places[name] = (tensor.storage_offset(), tuple(tensor.shape))
             else:
                 arrays[name] = tensor.numpy()
