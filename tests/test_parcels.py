@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import warnings
@@ -451,6 +452,8 @@ def test_a_label_image_per_run_from_a_pattern(demo_bids, tmp_path):
     """Raw runs in their native space, each with its own label image (a path pattern):
     the plan fills it per run, each job reads its run's image (sub-02's merges two
     parcels), and a missing image stops that subject's job naming it."""
+    # a copy: the label images go into its derivatives, which other tests' plans would see
+    demo_bids = shutil.copytree(demo_bids, tmp_path / "bids")
     pattern = (
         "{bids_dir}/derivatives/slabs/sub-{subject}/func/"
         "sub-{subject}_task-{task}_run-{run}_atlas-slabs_dseg.nii.gz"
