@@ -14,7 +14,7 @@ from bidstrain.train.launch import EXIT_INTERRUPTED
 from bidstrain.train.stop import STOP_AT_STEP
 from ddp_support import launch_ranks
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # two DDP ranks, trained twice
 
 
 @pytest.fixture(scope="module")

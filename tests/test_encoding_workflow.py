@@ -16,7 +16,7 @@ from bidstrain.io.store import open_store
 from conftest import REPO, run_snakemake
 from stimuli_support import make_film_bids
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # the workflow to the encoding model
 
 EXPERIMENT = "demo"
 

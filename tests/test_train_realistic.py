@@ -8,6 +8,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 import yaml
 from bidstrain.checks.loss import check_loss_scale
 from bidstrain.checks.plan import check_counts
@@ -43,6 +44,7 @@ def write_realistic_store(path, grid, modality: str, seed: int) -> str:
     return str(path)
 
 
+@pytest.mark.slow  # the realistic grid: two training steps and the checks
 def test_realistic_config_trains_two_steps_on_cpu_and_its_checks_run(tmp_path):
     config = yaml.safe_load((REPO / "config" / "train-mni2mm.yaml").read_text())
     config["bids_dir"] = "unused"

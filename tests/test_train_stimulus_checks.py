@@ -75,6 +75,7 @@ def film(tmp_path_factory):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # the workflow through the checks on the naturalistic demo
 def test_raw_video_fails_the_initial_loss_check_on_the_naturalistic_demo(film, tmp_path):
     """stimuli.normalize false, train.stimuli [video, text], the plain MSE of the seeds."""
     train = {"stimuli": ["video", "text"], "loss": {"normalize": "none"}}

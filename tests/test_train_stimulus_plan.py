@@ -101,6 +101,7 @@ def test_the_train_rule_waits_for_the_aligned_stores(film, tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # the workflow through training on the naturalistic demo
 def test_snakemake_train_with_stimuli_on_the_naturalistic_demo(film, tmp_path):
     """The whole chain: features, alignment, checks (the initial loss with the kinds),
     training with video and text beside the BOLD windows, and model.json."""

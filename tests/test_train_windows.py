@@ -405,6 +405,7 @@ def test_reused_buffers_give_windows_of_frames_read_one_by_one(tmp_path, factor,
     assert len(compositions) > 2  # the windows moved within the buffers
 
 
+@pytest.mark.slow  # the training bench at the realistic shape
 def test_the_training_bench_runs_parcel_windows_at_the_realistic_settings(tmp_path):
     """What a lent GPU machine runs (bench/bench_train.py --config realistic --parcels),
     here on the CPU with few parcels, one step: it measures the loop on parcel windows."""
