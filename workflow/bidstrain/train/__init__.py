@@ -25,6 +25,8 @@ Modules:
 - :mod:`.scatter`: a float32 volume read from the shard straight onto the model's grid.
 - :mod:`.resample`: from a store's masked voxels to the model's grid (block mean, crop, pad).
 - :mod:`.buffers`: the ring of reused batch buffers the loader writes into.
+- :mod:`.worker_batches`: a worker's batch passed as its place in a ring the main
+  process shares.
 - :mod:`.ring_size`: buffers per loader process and their bytes (torch-free: the plan
   checks them against the training job's memory).
 - :mod:`.metrics`: ``metrics.jsonl`` and the progress line of the job log.
