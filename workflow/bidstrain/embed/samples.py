@@ -36,14 +36,15 @@ def samples(
     with xr.open_zarr(store) as ds:
         times = np.asarray(ds["time"].values, dtype=np.float64)
     window = model.window if modality == "bold" else 1
-    starts = window_starts(read_segments(store) if window > 1 else (len(times),), window)
+    segments = read_segments(store) if window > 1 else (len(times),)
+    starts = window_starts(segments, window)
     if not len(starts):
         LOG.warning(
             "%s: no whole window of %d frames between gaps (frames in segments %s): its "
             "embedding store holds no sample",
             store,
             window,
-            list(read_segments(store)),
+            list(segments),
         )
     elif len(times) > window * len(starts):
         LOG.info(
