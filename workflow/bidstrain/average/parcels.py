@@ -34,7 +34,13 @@ import zarr
 from bidstrain.average.cohort import SourceStore, _open_group, common_length, frame_subjects
 from bidstrain.average.frames import ONSET_TOLERANCE, FrameGrid
 from bidstrain.errors import BidstrainError
-from bidstrain.io.store import CONSOLIDATED, read_meta, read_parcel_attrs, write_parcel_store
+from bidstrain.io.store import (
+    CONSOLIDATED,
+    parcel_meta,
+    read_meta,
+    read_parcel_attrs,
+    write_parcel_store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +58,7 @@ def _read(path: str, voxel_store: str) -> tuple[SourceStore, dict[str, np.ndarra
         When it is missing or not a parcel store, or its frames are not the valid frames
         of ``voxel_store``.
     """
-    meta = read_meta(path)
-    if meta.stats_dim != "parcel":
-        raise BidstrainError(f"not a parcel store (stats_dim {meta.stats_dim!r})", path=path)
+    meta = parcel_meta(path)
     group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
     arrays = {
         name: np.asarray(group[name][...], dtype=np.float64)

@@ -679,6 +679,20 @@ def open_store(path: str | Path, *, use_dask: bool = True) -> xr.Dataset:
     return ds.assign_coords(i=("voxel", i), j=("voxel", j), k=("voxel", k))
 
 
+def parcel_meta(path: str | Path) -> StoreMeta:
+    """The attributes of a parcel store.
+
+    Raises
+    ------
+    BidstrainError
+        When the store does not exist or is not a parcel store.
+    """
+    meta = read_meta(path)
+    if meta.stats_dim != "parcel":
+        raise BidstrainError(f"not a parcel store (stats_dim {meta.stats_dim!r})", path=path)
+    return meta
+
+
 def open_parcel_store(path: str | Path) -> xr.Dataset:
     """Open a parcel store (layout: module docstring) with xarray, its arrays read from
     Zarr as they are indexed (no dask).
@@ -690,9 +704,7 @@ def open_parcel_store(path: str | Path) -> xr.Dataset:
     """
     import xarray as xr
 
-    meta = read_meta(path)
-    if meta.stats_dim != "parcel":
-        raise BidstrainError(f"not a parcel store (stats_dim {meta.stats_dim!r})", path=path)
+    parcel_meta(path)
     ds = xr.open_zarr(path, consolidated=CONSOLIDATED, chunks=None)
     missing = [v for v in ("data", "mean", "std", "parcel") if v not in ds.variables]
     if missing:
@@ -803,9 +815,7 @@ def read_parcel_stats(path: str | Path) -> tuple[int, np.ndarray, np.ndarray, St
     BidstrainError
         When the store does not exist or is not a parcel store.
     """
-    meta = read_meta(path)
-    if meta.stats_dim != "parcel":
-        raise BidstrainError(f"not a parcel store (stats_dim {meta.stats_dim!r})", path=path)
+    meta = parcel_meta(path)
     group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
     mean = np.asarray(group["mean"][...], dtype=np.float64)
     return int(group["data"].shape[0]), mean, np.asarray(group["std"][...], np.float64), meta
