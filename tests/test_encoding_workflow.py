@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 from bidstrain import paths
+from bidstrain.encoding.apply import apply_to_stores
 from bidstrain.encoding.stores import data_from_stores, read_inputs
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import open_store
@@ -95,3 +96,16 @@ def test_missing_kinds_and_parts_are_named(workdir):
         data_from_stores(training_only, ["video"], "voxels")
     with pytest.raises(BidstrainError, match="parcels"):
         data_from_stores(without_text, ["video"], "parcels")
+
+
+def test_stores_given_as_another_kind_are_refused(workdir, tmp_path, monkeypatch):
+    monkeypatch.chdir(workdir)
+    stores = read_inputs(paths.plan_encoding_inputs(EXPERIMENT))["task-movie_run-2"]
+    swapped = {**stores, "video": stores["audio"], "audio": stores["video"]}
+    out = tmp_path / "predicted.zarr"
+    model = paths.encoding_output(EXPERIMENT, "model.pt")
+    with pytest.raises(BidstrainError, match="run's video features, but the store holds audio"):
+        apply_to_stores(model, stores["bold"], swapped, out)
+    assert not out.exists()
+    apply_to_stores(model, stores["bold"], stores, out)
+    assert out.is_dir()

@@ -211,6 +211,12 @@ def apply_to_stores(
     if missing:
         raise BidstrainError(f"the run has no aligned {missing} features", path=bold)
     aligned = [read_aligned_store(features[kind]) for kind in kinds]
+    for kind, store in zip(kinds, aligned, strict=True):
+        if store.kind != kind:
+            raise BidstrainError(
+                f"given as the run's {kind} features, but the store holds {store.kind} features",
+                path=features[kind],
+            )
     x = np.concatenate([store.features for store in aligned], axis=1)
     predicted = predict_run(model_path, x, describe(kinds, aligned))
     wanted = model["target"].get("kind", "voxels")
