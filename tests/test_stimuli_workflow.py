@@ -52,3 +52,18 @@ def test_a_delay_change_reruns_nothing_and_a_text_key_only_the_transcript(featur
     text = _snakemake(root, workdir, "-n", "stimuli", text_n_features=64)
     planned = [line.split("=", 1)[1] for line in text.stdout.splitlines() if "stimulus=" in line]
     assert planned == ["stimuli/film_words.tsv"]
+
+
+def test_a_changed_word_vector_table_reruns_the_transcript_job(tmp_path_factory):
+    root = make_film_bids(tmp_path_factory)
+    workdir = tmp_path_factory.mktemp("vectors_run")
+    vectors = workdir / "vectors.tsv"
+    vectors.write_text("dog\t1\t0\ncat\t0\t1\n")
+    settings = {"text_method": "embeddings", "text_embeddings": str(vectors)}
+    store = paths.stimulus_features("stimuli/film_words.tsv")
+    _snakemake(root, workdir, store, **settings)
+    assert "stimulus_features" not in _snakemake(root, workdir, "-n", store, **settings).stdout
+    vectors.write_text("dog\t1\t0\ncat\t0\t2\n")
+    rerun = _snakemake(root, workdir, "-n", store, **settings).stdout
+    planned = [line.split("=", 1)[1] for line in rerun.splitlines() if "stimulus=" in line]
+    assert planned == ["stimuli/film_words.tsv"]

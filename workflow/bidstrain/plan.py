@@ -793,6 +793,15 @@ class Plan:
         options = {"tr": stimulus.repetition_time, **options}
         return " ".join(f"--{key} {value}" for key, value in options.items())
 
+    def stimulus_embeddings(self, name: str) -> list[str]:
+        """The word-vector table the feature job of transcript ``name`` reads
+        (``stimuli.text_embeddings`` with ``text_method: embeddings``; none otherwise): an
+        input of the job, so that a changed table reruns it."""
+        stimulus = self.stimuli.stimuli[self.stimuli_root / name]
+        config = self.config.stimuli.features
+        text_vectors = stimulus.kind == "text" and config.text_method == "embeddings"
+        return [config.text_embeddings] if text_vectors else []
+
     # ---- aligned stimuli (bidstrain.stimuli.alignment; rule align_stimuli) --------------
 
     @cached_property

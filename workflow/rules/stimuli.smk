@@ -3,12 +3,13 @@
 # that used it. Target `stimuli`; part of `all` only with stimuli.enabled. A job's params
 # are its TR and the stimuli keys of its kind (video and audio, or text): changing the
 # delay (stimuli.delay_method, delays) reruns none of these jobs, the stores holding raw
-# per-TR features.
+# per-TR features. A transcript's job also reads the word-vector table, when one is used.
 
 
 rule stimulus_features:
     input:
-        f"{PLAN.stimuli_root}/{{stimulus}}",
+        stimulus=f"{PLAN.stimuli_root}/{{stimulus}}",
+        embeddings=lambda wildcards: PLAN.stimulus_embeddings(wildcards.stimulus),
     output:
         directory(paths.stimulus_features("{stimulus}")),
     log:
@@ -21,7 +22,7 @@ rule stimulus_features:
     params:
         options=lambda wildcards: PLAN.stimulus_arguments(wildcards.stimulus),
     shell:
-        "python -m bidstrain.stimuli --stimulus {input:q} --out {output:q} {params.options}"
+        "python -m bidstrain.stimuli --stimulus {input.stimulus:q} --out {output:q} {params.options}"
         " > {log:q} 2>&1"
 
 
