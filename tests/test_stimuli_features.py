@@ -9,12 +9,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from bidstrain.config import StimulusFeatureConfig
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import read_feature_store
 from bidstrain.stimuli import audio, video
 from bidstrain.stimuli.__main__ import main
 from bidstrain.stimuli.audio import audio_features, band_centres, mel_filterbank
 from bidstrain.stimuli.bins import bin_means
+from bidstrain.stimuli.features import text_features
 from bidstrain.stimuli.media import open_media
 from bidstrain.stimuli.text import (
     Word,
@@ -93,13 +95,63 @@ def test_word_vectors_average_the_known_words_and_count_the_rest(tmp_path):
         read_embeddings(path)
 
 
+def test_word_vectors_are_read_as_glove_and_word2vec_write_them(tmp_path):
+    path = tmp_path / "vectors.txt"
+    path.write_text("2 3\ndog 1 0 0.5\nCat 0 2 -1e-3\n\n")
+    vectors = read_embeddings(path)
+    assert sorted(vectors) == ["cat", "dog"]
+    np.testing.assert_array_equal(vectors["cat"], [0.0, 2.0, -1e-3])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("dog\t1\t0\ncat\n", "line 2: the vector of 'cat' has no value"),
+        ("dog\t1\tnan\n", "line 1: the vector of 'dog' holds a value that is not a number"),
+        ("dog\t1\tzero\n", "line 1: the vector of 'dog' holds a value that is not a number"),
+        ("\n\n", "no word vector"),
+    ],
+)
+def test_bad_word_vectors_are_named_by_line(tmp_path, text, message):
+    path = tmp_path / "vectors.tsv"
+    path.write_text(text)
+    with pytest.raises(BidstrainError, match=f"vectors.tsv.*{message}"):
+        read_embeddings(path)
+
+
+def test_a_transcript_without_words_or_without_known_words_is_refused(film_bids, tmp_path):
+    transcript = tmp_path / "words.tsv"
+    transcript.write_text("onset\tduration\tword\n0.5\t0.3\tn/a\n1.0\t0.3\t\n")
+    settings = StimulusFeatureConfig.defaults()
+    with pytest.raises(BidstrainError, match="words.tsv.*the transcript holds no word"):
+        text_features(transcript, TR, settings)
+    vectors = tmp_path / "vectors.tsv"
+    vectors.write_text("zebra\t1\t0\n")
+    settings = StimulusFeatureConfig.defaults(
+        text_method="embeddings", text_embeddings=str(vectors)
+    )
+    film_words = film_bids / "stimuli" / "film_words.tsv"
+    with pytest.raises(BidstrainError, match="no word of the transcript has a vector in .*vectors"):
+        text_features(film_words, TR, settings)
+
+
+def test_a_word_without_a_numeric_onset_is_named(tmp_path):
+    path = tmp_path / "words.tsv"
+    for onset in ("nan", "inf", "soon"):
+        path.write_text(f"onset\tword\n0.5\thello\n{onset}\tthere\n")
+        with pytest.raises(BidstrainError, match=f"line 3: onset '{onset}' of word 'there'"):
+            read_words(path)
+
+
 def test_subtitles_spread_their_words_over_the_cue(tmp_path):
     path = tmp_path / "film.srt"
     path.write_text(
-        "1\n00:00:01,000 --> 00:00:03,000\nHello there,\nfriend!\n\n"
+        "1\n00:00:01,000 --> 00:00:03,000\n<i>Hello</i> {\\an8}there,\n"
+        '<font color="#ff0">friend!</font>\n\n'
         "2\n00:00:04,500 --> 00:00:05,000\nBye\n"
     )
     words = read_words(path)
+    assert read_words(path.rename(tmp_path / "FILM.SRT")) == words
     assert words == [
         Word(1.0, "hello"),
         Word(1 + 2 / 3, "there"),

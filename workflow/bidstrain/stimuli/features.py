@@ -63,13 +63,23 @@ def text_features(
     path: Path, tr: float, settings: StimulusFeatureConfig
 ) -> tuple[dict[str, np.ndarray], FeatureMeta]:
     """The text features of a transcript: hashed words or mean word vectors per TR."""
-    bins = words_per_bin(read_words(path), tr)
+    words = read_words(path)
+    if not words:
+        raise BidstrainError("the transcript holds no word", path=path)
+    bins = words_per_bin(words, tr)
     notes = {}
     if settings.text_method == "hashing":
         values = hashed_bag(bins, settings.text_n_features)
         units = "count of the words hashed to each column per TR"
     else:
         values, unknown = mean_vectors(bins, read_embeddings(settings.text_embeddings))
+        if unknown.total() == sum(map(len, bins)):
+            raise BidstrainError(
+                f"no word of the transcript has a vector in {settings.text_embeddings} "
+                f"(stimuli.text_embeddings); its most frequent words: "
+                + ", ".join(word for word, _ in unknown.most_common(5)),
+                path=path,
+            )
         units = f"mean word vector per TR ({settings.text_embeddings})"
         notes["text"] = (
             f"{sum(unknown.values())} of {sum(map(len, bins))} words without a vector; most "

@@ -8,6 +8,7 @@ SubRip ``.srt`` subtitle file, or a TSV with ``onset`` and ``word`` columns) or 
 from __future__ import annotations
 
 import csv
+import math
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,9 @@ TEXT_EXTENSIONS = frozenset({".srt", ".tsv"})
 #: A word: letters, digits and apostrophes (``don't`` is one word).
 WORD = re.compile(r"[\w']+")
 _CUE_TIME = re.compile(r"(\d+):(\d+):(\d+)[,.](\d+)\s*-->\s*(\d+):(\d+):(\d+)[,.](\d+)")
+#: Formatting in a cue's text, not spoken: HTML-like tags (``<i>``, ``<font ...>``) and
+#: SubStation override blocks (``{\an8}``).
+_CUE_MARKUP = re.compile(r"<[^>]*>|\{[^}]*\}")
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,8 @@ def _seconds(h: str, m: str, s: str, ms: str) -> float:
 
 
 def read_srt(path: Path) -> list[Word]:
-    """The words of a SubRip file, each cue's words spread evenly over the cue."""
+    """The words of a SubRip file, each cue's words (its formatting tags left out) spread
+    evenly over the cue."""
     words = []
     for block in re.split(r"\n\s*\n", path.read_text(encoding="utf-8-sig").strip()):
         lines = block.strip().splitlines()
@@ -49,7 +54,7 @@ def read_srt(path: Path) -> list[Word]:
             raise BidstrainError(f"subtitle cue without a time line: {lines[:2]}", path=path)
         start = _seconds(*times[at].groups()[:4])
         end = _seconds(*times[at].groups()[4:])
-        tokens = WORD.findall(" ".join(lines[at + 1 :]).lower())
+        tokens = WORD.findall(_CUE_MARKUP.sub(" ", " ".join(lines[at + 1 :])).lower())
         step = (end - start) / max(len(tokens), 1)
         words += [Word(start + i * step, token) for i, token in enumerate(tokens)]
     return words
@@ -70,10 +75,13 @@ def read_word_table(path: Path) -> list[Word]:
             continue
         try:
             onset = float(row["onset"])
-        except ValueError:
+        except (TypeError, ValueError):
+            onset = math.nan
+        if not math.isfinite(onset):
             raise BidstrainError(
-                f"line {line}: onset {row['onset']!r} is not a number", path=path
-            ) from None
+                f"line {line}: onset {row['onset']!r} of word {row['word']!r} is not a number",
+                path=path,
+            )
         words += [Word(onset, token) for token in WORD.findall(row["word"].lower())]
     return words
 
@@ -81,9 +89,10 @@ def read_word_table(path: Path) -> list[Word]:
 def read_words(path: str | Path) -> list[Word]:
     """The words of a transcript (``.srt`` or ``.tsv``), sorted by onset."""
     path = Path(path)
-    if path.suffix not in TEXT_EXTENSIONS:
+    suffix = path.suffix.lower()
+    if suffix not in TEXT_EXTENSIONS:
         raise BidstrainError(f"not a transcript (one of {sorted(TEXT_EXTENSIONS)})", path=path)
-    words = read_srt(path) if path.suffix == ".srt" else read_word_table(path)
+    words = read_srt(path) if suffix == ".srt" else read_word_table(path)
     return sorted(words, key=lambda word: word.onset)
 
 
@@ -120,30 +129,41 @@ def hashed_bag(bins: Sequence[Sequence[str]], n_features: int) -> np.ndarray:
 
 
 def read_embeddings(path: str | Path) -> dict[str, np.ndarray]:
-    """Word vectors from a TSV: a word, then its values, one word a line.
+    """Word vectors from a text table: a word, then its values, one word a line, separated
+    by tabs or spaces (GloVe's format; word2vec's first line, two counts, is skipped).
 
     Raises
     ------
     BidstrainError
-        When the file is missing, a value is not a number, or the vectors differ in length.
+        When the file is missing or holds no vector, a value is not a finite number, a
+        word has no value, or the vectors differ in length.
     """
     path = Path(path)
     if not path.is_file():
         raise BidstrainError("word embeddings file not found (stimuli.text_embeddings)", path=path)
     vectors: dict[str, np.ndarray] = {}
     for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not text.strip():
+        fields = text.split()
+        if not fields or (line == 1 and len(fields) == 2 and all(map(str.isdigit, fields))):
             continue
-        word, *values = text.split("\t")
+        word, *values = fields
         try:
-            vectors[word.lower()] = np.array(values, dtype=np.float64)
+            vector = np.array(values, dtype=np.float64)
         except ValueError:
+            vector = np.array([np.nan])
+        if not vector.size or not np.isfinite(vector).all():
             raise BidstrainError(
-                f"line {line}: a value of {word!r} is not a number", path=path
-            ) from None
-    lengths = {vector.size for vector in vectors.values()}
+                f"line {line}: the vector of {word!r} "
+                + ("has no value" if not vector.size else "holds a value that is not a number"),
+                path=path,
+            )
+        vectors[word.lower()] = vector
+    lengths = sorted({vector.size for vector in vectors.values()})
     if len(lengths) != 1:
-        raise BidstrainError(f"word vectors of different lengths: {sorted(lengths)}", path=path)
+        raise BidstrainError(
+            f"word vectors of different lengths: {lengths}" if lengths else "no word vector",
+            path=path,
+        )
     return vectors
 
 
