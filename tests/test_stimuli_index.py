@@ -3,6 +3,7 @@ file listed once with its users, and every bad input an error naming file and su
 
 from __future__ import annotations
 
+import io
 import json
 
 import av
@@ -96,6 +97,92 @@ def test_a_truncated_streamable_film_names_the_file_and_subject(film_bids, tmp_p
     cut_faststart(film_bids / "stimuli" / "film.mp4", root / "stimuli" / "film.mp4")
     with pytest.raises(BidstrainError, match=r"sub-01: .*film.mp4: truncated media file: "
                        r"nothing decodes in the last 1 s of the 20.00 s"):  # fmt: skip
+        _index(root)
+
+
+class _Pipe(io.RawIOBase):
+    """A file written as to a pipe: the writer cannot go back to fill in sizes."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        return self.handle.write(data)
+
+
+def test_files_written_to_a_pipe_are_measured_not_refused(film_bids, tmp_path):
+    root = copy_dataset(film_bids, tmp_path)
+    rate = 8000
+    with open(root / "stimuli" / "sound.wav", "wb") as raw, av.open(_Pipe(raw), "w", "wav") as c:
+        stream = c.add_stream("pcm_s16le", rate=rate)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 20 * rate), np.int16), "s16", "mono")
+        frame.sample_rate = rate
+        c.mux(stream.encode(frame))
+        c.mux(stream.encode())
+    assert (root / "stimuli" / "sound.wav").read_bytes()[4:8] == b"\xff" * 4  # size unknown
+    with (
+        open(root / "stimuli" / "film.mkv", "wb") as raw,
+        av.open(_Pipe(raw), "w", "matroska") as c,
+    ):
+        stream = c.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for index in range(200):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), index, np.uint8), "rgb24")
+            frame.pts = index
+            c.mux(stream.encode(frame))
+        c.mux(stream.encode())
+    with av.open(str(root / "stimuli" / "film.mkv")) as container:
+        assert container.duration is None  # the header declares none
+    _events(root, "0\tn/a\tsound.wav", "0\tn/a\tfilm.mkv")
+    index = _index(root)
+    assert index.stimuli[root / "stimuli" / "sound.wav"].duration == pytest.approx(20.0)
+    assert index.stimuli[root / "stimuli" / "film.mkv"].duration == pytest.approx(20.0)
+    assert [e.duration for e in index.runs[RUN_EVENTS[:-11]].events] == pytest.approx([20, 20])
+
+
+def test_cover_art_of_a_sound_is_not_a_film(film_bids, tmp_path):
+    root = copy_dataset(film_bids, tmp_path)
+    with av.open(str(root / "stimuli" / "story.mp3"), "w") as container:
+        sound = container.add_stream("libmp3lame", rate=22050)
+        sound.layout = "mono"
+        cover = container.add_stream("png", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 16, 16, "rgb24"
+        cover.disposition = av.stream.Disposition.attached_pic
+        picture = av.VideoFrame.from_ndarray(np.full((16, 16, 3), 200, np.uint8), "rgb24")
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 20 * 22050), np.float32), "fltp", "mono")
+        frame.sample_rate = 22050
+        for packet in [*cover.encode(picture), *cover.encode(), *sound.encode(frame)]:
+            container.mux(packet)
+        container.mux(sound.encode())
+    with av.open(str(root / "stimuli" / "story.mp3")) as container:
+        assert len(container.streams.video) == 1  # the picture, as FFmpeg lists it
+    _events(root, "0\t20\tstory.mp3")
+    assert _index(root).stimuli[root / "stimuli" / "story.mp3"].kinds == ("audio",)
+
+
+@pytest.mark.parametrize("name", ["../film.mp4", "/elsewhere/film.mp4"])
+def test_a_stim_file_outside_the_stimuli_folder_is_named(film_bids, tmp_path, name):
+    root = copy_dataset(film_bids, tmp_path)
+    (root / "film.mp4").write_bytes((root / "stimuli" / "film.mp4").read_bytes())
+    _events(root, f"0\t20\t{name}")
+    with pytest.raises(BidstrainError, match=rf"sub-02: .*line 2: stim_file '{name}' lies "
+                       "outside the dataset's stimuli/ folder"):  # fmt: skip
+        _index(root)
+
+
+def test_a_transcript_in_milliseconds_is_named_against_the_run(film_bids, tmp_path):
+    root = copy_dataset(film_bids, tmp_path)
+    (root / "stimuli" / "words_ms.tsv").write_text("onset\tword\n500\thello\n12500\tthere\n")
+    _events(root, "0\t20\tfilm.mp4", "0\tn/a\twords_ms.tsv")
+    with pytest.raises(BidstrainError, match=r"sub-02: .*the last word of 'words_ms.tsv' comes at "
+                       r"12500.00 s, but the run .* lasts 20.00 s"):  # fmt: skip
+        _index(root)
+    _events(root, "0\t20\tfilm.mp4", "nan\tn/a\tfilm_words.tsv")
+    with pytest.raises(BidstrainError, match=r"sub-02: .*line 3: onset 'nan' is not a number"):
         _index(root)
 
 

@@ -10,6 +10,7 @@ transcript of its run.
 from __future__ import annotations
 
 import csv
+import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -20,7 +21,7 @@ import nibabel as nib
 from bidstrain.dataset.bids import BidsFile, BidsIndex
 from bidstrain.errors import BidstrainError
 from bidstrain.stimuli.media import MEDIA_EXTENSIONS, MediaInfo, probe
-from bidstrain.stimuli.text import TEXT_EXTENSIONS
+from bidstrain.stimuli.text import TEXT_EXTENSIONS, Word, read_words
 
 STIMULI_FOLDER = "stimuli"
 
@@ -31,7 +32,7 @@ class Event:
 
     stimulus: Path
     onset: float
-    duration: float
+    duration: float  # ``n/a`` in the events file: a film's length; a transcript's: the run's rest
 
 
 @dataclass(frozen=True)
@@ -100,19 +101,21 @@ class StimulusIndex:
         Raises
         ------
         BidstrainError
-            Naming the events file and subject: a ``stim_file`` missing from ``stimuli/``;
-            an unreadable or truncated media file; an event whose duration differs from
-            its film's; a stimulus that ends before or after its run (by how many
-            seconds); a stimulus shared by runs of different TRs without ``common_tr``.
+            Naming the events file and subject: a ``stim_file`` missing from ``stimuli/``
+            or outside it; an unreadable or truncated media file; an event whose duration
+            differs from its film's; a stimulus that ends before or after its run (by how
+            many seconds); a transcript with words after its run's end; a stimulus shared
+            by runs of different TRs without ``common_tr``.
         """
         media: dict[Path, MediaInfo] = {}
+        transcripts: dict[Path, list[Word]] = {}
         indexed: dict[str, RunStimuli] = {}
         source = raw or bids
         for image in bids.select("bold") if runs is None else runs:
             events_file = source.events(raw_counterpart(image, bids.root, source.root))
             if events_file is None:
                 continue
-            run = _run_stimuli(source.root, image, events_file, media, tolerance)
+            run = _run_stimuli(source.root, image, events_file, media, transcripts, tolerance)
             if run.events:
                 indexed[image.prefix] = run
         return cls(indexed, _by_stimulus(indexed, media, common_tr))
@@ -140,17 +143,31 @@ def _read_events(path: Path, subject: str) -> list[dict[str, str]]:
     return rows
 
 
-def _seconds(row: dict[str, str], key: str, line: int, path: Path, subject: str) -> float:
+def _seconds(
+    row: dict[str, str], key: str, line: int, path: Path, subject: str, optional: bool = False
+) -> float | None:
+    """The value of column ``key``; ``n/a`` is None where ``optional`` (BIDS allows it for
+    an unknown ``duration``)."""
+    if optional and row[key] == "n/a":
+        return None
     try:
-        return float(row[key])
+        value = float(row[key])
     except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value):
         raise BidstrainError(
             f"line {line}: {key} {row[key]!r} is not a number", path=path, subject=subject
-        ) from None
+        )
+    return value
 
 
 def _run_stimuli(
-    root: Path, image: BidsFile, events_file: Path, media: dict[Path, MediaInfo], tolerance: float
+    root: Path,
+    image: BidsFile,
+    events_file: Path,
+    media: dict[Path, MediaInfo],
+    transcripts: dict[Path, list[Word]],
+    tolerance: float,
 ) -> RunStimuli:
     subject = image.subject
     header = nib.load(image.path).header
@@ -158,14 +175,21 @@ def _run_stimuli(
         raise BidstrainError("BOLD run is not 4D", path=image.path, subject=subject)
     tr, n_volumes = float(header.get_zooms()[3]), int(header.get_data_shape()[3])
     rows = _read_events(events_file, subject)
-    events, ends = [], []
+    events, ends, words = [], [], []
     for line, row in enumerate(rows, start=2):
         name = (row.get("stim_file") or "").strip()
         if name in ("", "n/a"):
             continue
         stimulus = root / STIMULI_FOLDER / name
         onset = _seconds(row, "onset", line, events_file, subject)
-        duration = _seconds(row, "duration", line, events_file, subject)
+        duration = _seconds(row, "duration", line, events_file, subject, optional=True)
+        if not stimulus.resolve().is_relative_to((root / STIMULI_FOLDER).resolve()):
+            raise BidstrainError(
+                f"line {line}: stim_file {name!r} lies outside the dataset's "
+                f"{STIMULI_FOLDER}/ folder: name a file under it, relative to it",
+                path=events_file,
+                subject=subject,
+            )
         if not stimulus.is_file():
             raise BidstrainError(
                 f"line {line}: stim_file {name!r} is not in the dataset's {STIMULI_FOLDER}/ "
@@ -177,7 +201,9 @@ def _run_stimuli(
             if stimulus not in media:
                 media[stimulus] = probe(stimulus, subject)
             length = media[stimulus].duration
-            if abs(duration - length) > tolerance:
+            if duration is None:
+                duration = length
+            elif abs(duration - length) > tolerance:
                 raise BidstrainError(
                     f"line {line}: the event of {name!r} lasts {duration:.2f} s but the file "
                     f"lasts {length:.2f} s (the event is {_by(duration - length)})",
@@ -185,7 +211,13 @@ def _run_stimuli(
                     subject=subject,
                 )
             ends.append((onset + length, name))
-        elif stimulus.suffix.lower() not in TEXT_EXTENSIONS:
+        elif stimulus.suffix.lower() in TEXT_EXTENSIONS:
+            if stimulus not in transcripts:
+                transcripts[stimulus] = read_words(stimulus)
+            words.append((onset, name, transcripts[stimulus]))
+            if duration is None:
+                duration = max(n_volumes * tr - onset, 0.0)
+        else:
             raise BidstrainError(
                 f"line {line}: stim_file {name!r} is neither media "
                 f"({' '.join(sorted(MEDIA_EXTENSIONS))}) nor a transcript (.srt, .tsv)",
@@ -195,7 +227,9 @@ def _run_stimuli(
         events.append(Event(stimulus, onset, duration))
     if rows and "word" in rows[0]:
         events.append(Event(events_file, 0.0, n_volumes * tr))
+        words.append((0.0, events_file.name, read_words(events_file)))
     run = RunStimuli(image, events_file, tr, n_volumes, tuple(events))
+    _check_words_within(run, words, tolerance)
     if ends:
         end, name = max(ends)
         if abs(end - run.length) > tolerance:
@@ -207,6 +241,23 @@ def _run_stimuli(
                 subject=subject,
             )
     return run
+
+
+def _check_words_within(
+    run: RunStimuli, transcripts: list[tuple[float, str, list[Word]]], tolerance: float
+) -> None:
+    """Raise when a transcript's last word comes more than ``tolerance`` seconds after the
+    run's end (onsets in milliseconds, or a transcript of another stimulus)."""
+    for onset, name, words in transcripts:
+        last = onset + max((word.onset for word in words), default=0.0)
+        if last - run.length > tolerance:
+            raise BidstrainError(
+                f"the last word of {name!r} comes at {last:.2f} s, but the run "
+                f"{run.image.path.name} lasts {run.length:.2f} s ({run.n_volumes} volumes x "
+                f"TR {run.repetition_time:g} s): are its onsets in seconds?",
+                path=run.events_file,
+                subject=run.image.subject,
+            )
 
 
 def _by(difference: float) -> str:

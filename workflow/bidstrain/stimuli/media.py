@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import av
@@ -21,6 +21,9 @@ MEDIA_EXTENSIONS = frozenset(
 #: Seconds before the declared end that a probe seeks to: a file that decodes nothing
 #: there is truncated.
 END_PROBE = 1.0
+#: RIFF sizes of a WAVE file written to a pipe, where the writer could not go back to
+#: fill the size in (FFmpeg writes 0xFFFFFFFF, other tools 0): the size is unknown.
+UNKNOWN_RIFF_SIZES = (0, 0xFFFFFFFF)
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,30 @@ def open_media(
         container.close()
 
 
+def film_streams(container: av.container.InputContainer) -> list[av.video.stream.VideoStream]:
+    """The video streams of a film: a still attached as cover art (an MP3's album
+    picture) is not one."""
+    cover = av.stream.Disposition.attached_pic
+    return [stream for stream in container.streams.video if not stream.disposition & cover]
+
+
+def main_stream(container: av.container.InputContainer) -> av.stream.Stream:
+    """The first film stream, or the first sound stream of a file without one."""
+    return (film_streams(container) or list(container.streams.audio))[0]
+
+
+def demuxed_duration(container: av.container.InputContainer) -> float:
+    """Seconds to the end of the last packet of :func:`main_stream`, reading every packet
+    (nothing decoded): for a file whose header declares no duration (a Matroska file
+    written to a pipe)."""
+    stream = main_stream(container)
+    end = 0.0
+    for packet in container.demux(stream):
+        if packet.pts is not None:
+            end = max(end, float((packet.pts + (packet.duration or 0)) * stream.time_base))
+    return end
+
+
 def declared_duration(container: av.container.InputContainer) -> float:
     """Seconds the container's header declares (0 when it declares none)."""
     if container.duration is not None:
@@ -108,6 +135,8 @@ def _wav_missing_bytes(path: Path) -> int:
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         return 0
     (riff_size,) = struct.unpack("<I", head[4:8])
+    if riff_size in UNKNOWN_RIFF_SIZES:
+        return 0
     return max(riff_size + 8 - path.stat().st_size, 0)
 
 
@@ -115,7 +144,9 @@ def probe(path: str | Path, subject: str | None = None) -> MediaInfo:
     """The header of a media file, checked for truncation.
 
     Reads the header, then seeks :data:`END_PROBE` seconds before the declared end and
-    decodes one frame; a WAVE file's declared size is compared with its size on disk.
+    decodes one frame; a WAVE file's declared size is compared with its size on disk. A
+    file whose header declares no duration is measured by reading its packets
+    (:func:`demuxed_duration`).
 
     Raises
     ------
@@ -124,15 +155,16 @@ def probe(path: str | Path, subject: str | None = None) -> MediaInfo:
     """
     path = Path(path)
     with open_media(path, subject) as container:
-        duration = declared_duration(container)
-        info = MediaInfo(
-            path, duration, bool(container.streams.video), bool(container.streams.audio)
-        )
-        if not (info.has_video or info.has_audio) or duration <= 0:
+        info = MediaInfo(path, 0.0, bool(film_streams(container)), bool(container.streams.audio))
+        if not (info.has_video or info.has_audio):
             raise BidstrainError(
-                "media file holds no video or audio stream of known duration",
-                path=path,
-                subject=subject,
+                "media file holds no video or audio stream", path=path, subject=subject
+            )
+        declared = declared_duration(container)
+        info = replace(info, duration=declared or demuxed_duration(container))
+        if info.duration <= 0:
+            raise BidstrainError(
+                "media file holds no video or audio frame", path=path, subject=subject
             )
         missing = _wav_missing_bytes(path)
         if missing:
@@ -142,11 +174,13 @@ def probe(path: str | Path, subject: str | None = None) -> MediaInfo:
                 path=path,
                 subject=subject,
             )
-        container.seek(int(max(duration - END_PROBE, 0.0) * av.time_base))
-        if next(container.decode(container.streams[0]), None) is None:
+        if not declared:
+            return info
+        container.seek(int(max(declared - END_PROBE, 0.0) * av.time_base))
+        if next(container.decode(main_stream(container)), None) is None:
             raise BidstrainError(
                 f"truncated media file: nothing decodes in the last {END_PROBE:g} s of the "
-                f"{duration:.2f} s its header declares: copy it again",
+                f"{info.duration:.2f} s its header declares: copy it again",
                 path=path,
                 subject=subject,
             )
