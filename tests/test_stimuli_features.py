@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from fractions import Fraction
 from types import SimpleNamespace
 
+import av
 import numpy as np
 import pytest
 from bidstrain.config import StimulusFeatureConfig
@@ -168,6 +170,25 @@ def test_bins_are_yielded_from_an_endless_stream():
 
     first = list(itertools.islice(bin_means(endless(), 2.0), 3))
     np.testing.assert_array_equal(np.concatenate(first), [1.5, 5.5, 9.5])
+
+
+def test_a_variable_frame_rate_film_averages_what_was_on_screen(tmp_path):
+    # each 2 s: a white frame shown for 1.9 s, then ten black frames 10 ms apart
+    path = tmp_path / "vfr.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=100)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
+        stream.options = {"crf": "0"}
+        shown = [(2000 * k + at, grey) for k in range(3) for at, grey in [(0, 255)] + [
+            (1900 + 10 * i, 0) for i in range(10)]]  # fmt: skip
+        for ms, grey in shown:
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), grey, np.uint8), "rgb24")
+            frame.pts = ms
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    means = [float(b.mean()) for b in video_features(path, 2.0, (8, 8), "grey")]
+    np.testing.assert_allclose(means, [255 * 1.9 / 2] * 3, atol=1.5)  # 23.2 frame by frame
 
 
 def test_video_decoder_yields_a_tr_after_decoding_only_its_frames(film_bids, monkeypatch):

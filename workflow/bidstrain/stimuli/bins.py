@@ -13,7 +13,7 @@ def tr_bin(time: float, tr: float) -> int:
     return int(np.floor(time / tr + 1e-9))
 
 
-def bin_means(timed: Iterable[tuple[np.ndarray, np.ndarray]], tr: float) -> Iterator[np.ndarray]:
+def bin_means(timed: Iterable[tuple[np.ndarray, ...]], tr: float) -> Iterator[np.ndarray]:
     """Mean of the values in each TR bin, yielded as soon as the bin is complete.
 
     Holds one bin's running sum (float64), never the stream: memory does not grow with
@@ -21,23 +21,26 @@ def bin_means(timed: Iterable[tuple[np.ndarray, np.ndarray]], tr: float) -> Iter
 
     Parameters
     ----------
-    timed : iterable of (times, values)
+    timed : iterable of (times, values) or (times, values, weights)
         Blocks in time order: ``times`` shape ``(n,)`` in seconds, ``values`` shape
-        ``(n, ...)``, one row per time.
+        ``(n, ...)``, one row per time, and optionally ``weights`` shape ``(n,)``: how
+        much each row counts in its bin's mean (a video frame's display time); 1 each
+        without.
     tr : float
         Bin width in seconds.
 
     Yields
     ------
     ndarray, shape (...)
-        The mean of bin 0, 1, 2, ... up to the last bin holding a value. A bin holding
-        none (a frame rate below one frame per TR) repeats the previous bin's mean;
-        empty bins before the first value are zeros.
+        The (weighted) mean of bin 0, 1, 2, ... up to the last bin holding a value. A bin
+        holding none (a frame rate below one frame per TR) repeats the previous bin's
+        mean; empty bins before the first value are zeros.
     """
     total, count, current, previous = None, 0, 0, None
-    for times, values in timed:
+    for times, values, *weighted in timed:
         bins = np.floor(np.asarray(times, dtype=np.float64) / tr + 1e-9).astype(np.int64)
         values = np.asarray(values, dtype=np.float64)
+        weights = np.asarray(weighted[0], np.float64) if weighted else None
         if total is None and len(values):
             total = np.zeros(values.shape[1:])
         for k in np.unique(bins) if bins.size > 1 else bins:
@@ -46,8 +49,13 @@ def bin_means(timed: Iterable[tuple[np.ndarray, np.ndarray]], tr: float) -> Iter
                 yield previous
                 total, count, current = np.zeros_like(total), 0, current + 1
             rows = values if bins.size == 1 else values[bins == k]
-            total += rows.sum(axis=0)
-            count += rows.shape[0]
+            if weights is None:
+                total += rows.sum(axis=0)
+                count += rows.shape[0]
+            else:
+                shown = weights if bins.size == 1 else weights[bins == k]
+                total += np.tensordot(shown, rows, axes=1)
+                count += shown.sum()
     if count:
         yield total / count
 

@@ -10,7 +10,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from bidstrain.stimuli.bins import bin_means
-from bidstrain.stimuli.media import Progress, declared_duration, open_media
+from bidstrain.stimuli.media import Progress, declared_duration, film_streams, open_media
 
 #: PyAV pixel format of each ``stimuli.video_colour``.
 PIXEL_FORMATS = {"grey": "gray", "rgb": "rgb24"}
@@ -28,21 +28,31 @@ def decoded_frames(
     size: tuple[int, int],
     colour: str,
     progress: Progress,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Each frame as ``(time, pixels)``, resized by FFmpeg's scaler, one at a time;
-    ``progress.until`` follows the end time of the last frame decoded.
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Each frame as ``(time, pixels, shown)``, resized by FFmpeg's scaler, one at a time:
+    ``shown`` is how long the frame stays on screen, in ticks of the stream's time base
+    (until the next frame; the last frame's own duration, or one frame period), so that a
+    film of variable frame rate averages what was on screen. ``progress.until`` follows
+    the end time of the last frame decoded.
 
     One scaler serves every frame (``frame.to_ndarray(width=...)`` would set up a new
-    one per frame: about 7 % of the decoding time of a 480p film)."""
+    one per frame: about 7 % of the decoding time of a 480p film).
+    """
     width, height = size
     rate = float(stream.average_rate or stream.guessed_rate or 25)
+    period = max(round(1 / (rate * stream.time_base)), 1) if stream.time_base else 1
     scaler = VideoReformatter()
+    held = None  # the last frame: its display time is known once the next one comes
     for index, frame in enumerate(frames):
         time = frame.time if frame.time is not None else index / rate
+        ticks = frame.pts if frame.pts is not None else index * period
         resized = scaler.reformat(frame, width=width, height=height, format=PIXEL_FORMATS[colour])
-        pixels = resized.to_ndarray()
+        if held is not None:
+            yield held[0], held[2], np.array([max(ticks - held[1], 0)])
+        held = (np.array([time]), ticks, resized.to_ndarray()[None], frame.duration)
         progress.until = time + 1.0 / rate
-        yield np.array([time]), pixels[None]
+    if held is not None:
+        yield held[0], held[2], np.array([held[3] or period])
 
 
 def video_features(
@@ -52,11 +62,12 @@ def video_features(
     colour: str = "grey",
     subject: str | None = None,
 ) -> Iterator[np.ndarray]:
-    """The mean frame of each TR of a film's first video stream, bin after bin.
+    """The mean frame of each TR of a film's first video stream (cover art aside), bin
+    after bin.
 
-    Frames are decoded one at a time and added to the running sum of their bin
-    (:func:`bidstrain.stimuli.bins.bin_means`): memory holds one frame and one bin,
-    whatever the film's length.
+    Frames are decoded one at a time and added, weighted by their display time, to the
+    running sum of their bin (:func:`bidstrain.stimuli.bins.bin_means`): memory holds two
+    frames and one bin, whatever the film's length.
 
     Parameters
     ----------
@@ -83,7 +94,7 @@ def video_features(
         less than its header declares (truncated).
     """
     with open_media(path, subject) as container:
-        stream = container.streams.video[0]
+        stream = film_streams(container)[0]
         progress = Progress(Path(path), declared_duration(container), subject)
         frames = decoded_frames(stream, container.decode(stream), size, colour, progress)
         yield from bin_means(frames, tr)
