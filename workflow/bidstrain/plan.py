@@ -331,6 +331,15 @@ class Plan:
         """The output of every normalize job."""
         return [job.table for job in self.jobs.values()]
 
+    def subjects_to_retry(self) -> list[str]:
+        """Subjects without a normalize table while the manifest exists: their last job
+        failed (Snakemake removed its outputs). A param of the manifest job, so that the
+        next run reruns it, and through it retries those subjects: Snakemake would not
+        regenerate a missing table behind an up-to-date manifest."""
+        if not Path(paths.MANIFEST).exists():
+            return []
+        return [subject for subject, job in self.jobs.items() if not Path(job.table).exists()]
+
     def manifest_arguments(self) -> list[str]:
         """The manifest job's arguments (``python -m bidstrain.ingest manifest``): every
         subject's ingest record, and the tables of the same subjects in the same order."""

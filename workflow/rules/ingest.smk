@@ -20,5 +20,9 @@ rule ingest:
     localrule: True
     conda:
         ENV
+    params:
+        # subjects whose normalize job failed (no table beside an existing manifest): a
+        # changed list reruns this job, and so retries them (docs/reruns.md)
+        retry=lambda wildcards: PLAN.subjects_to_retry(),
     shell:
         "python -m bidstrain.ingest manifest @{input.arguments:q} --out {output:q} > {log:q} 2>&1"

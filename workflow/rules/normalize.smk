@@ -12,10 +12,11 @@ rule normalize_subject:
     input:
         unpack(lambda wildcards: PLAN.job(wildcards.subject).inputs()),
     output:
-        # update(): Snakemake keeps these while the job runs and puts the previous ones
-        # back when it fails (docs/reruns.md); the stores are written atomically
-        ingest=update(paths.ingest_record("{subject}")),
-        table=update(paths.normalized_table("{subject}")),
+        # a failed job leaves neither (Snakemake removes them), so the next run retries the
+        # subject and nothing downstream reads stores of other settings (docs/reruns.md);
+        # the stores themselves are written atomically and kept
+        ingest=paths.ingest_record("{subject}"),
+        table=paths.normalized_table("{subject}"),
     log:
         paths.log("normalize", "sub-{subject}"),
     conda:
