@@ -10,6 +10,7 @@ float32.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -216,6 +217,19 @@ def test_a_sample_mask_leaving_too_few_volumes(fmriprep):
         load_run_confounds(image, table, "scrubbing", {"fd_threshold": 0.0}, N_VOLUMES, ddof=1)
 
 
+def test_more_confounds_than_a_short_run_can_take_are_named(fmriprep, tmp_path):
+    image, table = _copy_run(fmriprep, tmp_path)
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join(lines[:11]) + "\n")  # a run of 10 volumes
+    message = r"keeps \d+ of 10 volumes and regresses (\d+) independent confounds"
+    with pytest.raises(BidstrainError, match=message) as error:
+        load_run_confounds(image, table, "simple", {}, 10, ddof=1, subject="01")
+    assert int(re.search(message, str(error.value)).group(1)) >= 8
+    assert "sub-01" in str(error.value) and "at least 2 are needed" in str(error.value)
+    table.write_text("\n".join(lines[:41]) + "\n")  # 40 volumes leave enough
+    assert load_run_confounds(image, table, "simple", {}, 40, ddof=1).n_kept >= 38
+
+
 def test_a_table_elsewhere_than_next_to_the_run(fmriprep, tmp_path):
     image, _, table = _run(fmriprep)
     shutil.copy(table, tmp_path / table.name)
@@ -256,3 +270,27 @@ def test_the_job_regresses_the_confounds_of_its_settings(fmriprep, tmp_path):
     (tmp_path / "settings.json").write_text(json.dumps(settings))
     with pytest.raises(BidstrainError, match=r"(?s)settings.json: .*'normalize.ddof': 'one'"):
         main(argv)
+
+
+def test_a_bad_confounds_table_stops_the_job_before_any_store(fmriprep, tmp_path):
+    from bidstrain.normalize.__main__ import main
+
+    root = shutil.copytree(fmriprep, tmp_path / "fmriprep")
+    runs = [_run(root, run) for run in ("1", "2")]
+    broken = runs[1][2]
+    broken.write_text("\n".join(broken.read_text().splitlines()[:-1]) + "\n")
+    entries = [
+        {"modality": "bold", "image": str(image), "store": str(tmp_path / f"{n}.zarr")}
+        | {"mask": str(mask), "stats_from": [], "confounds": str(table)}
+        for n, (image, mask, table) in enumerate(runs)
+    ]
+    settings = {"bids_dir": str(root), "ingest": {}, "time": {}, "atlas": None}
+    settings["normalize"] = {"confounds": {"strategy": "simple", "options": {}}}
+    (tmp_path / "settings.json").write_text(json.dumps(settings))
+    (tmp_path / "spec.json").write_text(json.dumps(entries))
+    argv = ["--settings", str(tmp_path / "settings.json"), "--spec", str(tmp_path / "spec.json")]
+    argv += ["--subject", "01", "--ingest", str(tmp_path / "sub-01.json")]
+    argv += ["--out-table", str(tmp_path / "scans.tsv")]
+    with pytest.raises(BidstrainError, match="run-2_desc-confounds_timeseries.tsv: .*has 59 rows"):
+        main(argv)
+    assert not (tmp_path / "0.zarr").exists()  # the good first run was not written either

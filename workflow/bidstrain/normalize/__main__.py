@@ -17,7 +17,9 @@ First the job validates the header of every image of ``--spec``
 (:func:`bidstrain.ingest.records.ingest_images`: the images the plan chose, in the derivative's
 space, of one echo and part) and writes the subject's ingest record (``--ingest``); an
 invalid image stops it there, with an error naming the subject, the file and the
-problem, before any store is written. Then it normalizes the images of ``--spec``, in
+problem, before any store is written. Then it reads and checks every BOLD image's
+confounds table and label image (:func:`image_inputs`), so that a bad one also stops it
+before any store is written. Then it normalizes the images of ``--spec``, in
 that order (the plan puts held-out runs after the runs whose stores give their
 statistics). With ``normalize.confounds.strategy`` other than ``none`` (and its
 ``options``, nilearn's keyword arguments), each BOLD image's entry names its fMRIPrep
@@ -40,6 +42,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -124,11 +127,52 @@ def parcel_job(
     return ParcelJob(on_grid, ParcelOutputs.from_json(spec["parcels"]))
 
 
-def normalize_image(
+@dataclass(frozen=True)
+class ImageInputs:
+    """What an image of ``--spec`` takes besides its voxels: read and checked for every
+    image of the job before any store is written (:func:`image_inputs`)."""
+
+    info: ImageInfo
+    confounds: RunConfounds | None
+    parcels: ParcelJob | None
+
+
+def image_inputs(
     spec: Mapping[str, Any],
     ingest: Mapping[str, Any],
     settings: NormalizeJobConfig,
     atlas: AtlasFiles | None = None,
+) -> ImageInputs:
+    """The header record, confounds and atlas on its grid of one image of ``--spec``.
+
+    Parameters
+    ----------
+    spec : mapping
+        The image's entry (see :func:`normalize_image`).
+    ingest : mapping
+        The subject's ingest record (:func:`bidstrain.ingest.records.write_subject_record`).
+    settings : NormalizeJobConfig
+        The job's settings.
+    atlas : AtlasFiles, optional
+        The atlas of config ``parcellation``: BOLD entries then name their ``parcels``
+        outputs.
+
+    Raises
+    ------
+    BidstrainError
+        When the run's confounds table or label image is missing or unusable.
+    """
+    normalize = settings.normalize
+    info = ImageInfo.from_ingest(ingest, spec["image"])
+    ddof = Options.from_config(normalize, settings.time, mask=spec["mask"]).ddof
+    confounds = run_confounds(
+        spec, info, normalize.confounds.strategy, normalize.confounds.options, ddof
+    )
+    return ImageInputs(info, confounds, parcel_job(spec, info, atlas))
+
+
+def normalize_image(
+    spec: Mapping[str, Any], settings: NormalizeJobConfig, inputs: ImageInputs
 ) -> StoreRow:
     """Normalize one image of a job's ``--spec`` into its store.
 
@@ -138,15 +182,12 @@ def normalize_image(
         ``modality`` (``bold``, ``T1w``, ``dwi``), ``image``, ``store``, ``mask``
         (keyword or file) and ``stats_from`` (stores whose pooled statistics a held-out
         run is normalized with; empty for its own).
-    ingest : mapping
-        The subject's ingest record (:func:`bidstrain.ingest.records.write_subject_record`).
     settings : NormalizeJobConfig
         The job's settings: config ``normalize`` and ``time``, shared by the job's images
         (each image's mask is taken from ``spec``); with a confounds strategy, BOLD
         entries name their ``confounds`` table.
-    atlas : AtlasFiles, optional
-        The atlas of config ``parcellation``: BOLD entries then name their ``parcels``
-        outputs.
+    inputs : ImageInputs
+        The image's header record, confounds and parcels (:func:`image_inputs`).
 
     Returns
     -------
@@ -155,14 +196,9 @@ def normalize_image(
     """
     modality, image, store = spec["modality"], spec["image"], spec["store"]
     stats_from = spec["stats_from"]
-    normalize = settings.normalize
-    options = Options.from_config(normalize, settings.time, mask=spec["mask"])
-    info = ImageInfo.from_ingest(ingest, image)
+    options = Options.from_config(settings.normalize, settings.time, mask=spec["mask"])
+    info, confounds, parcels = inputs.info, inputs.confounds, inputs.parcels
     started = time.perf_counter()
-    confounds = run_confounds(
-        spec, info, normalize.confounds.strategy, normalize.confounds.options, options.ddof
-    )
-    parcels = parcel_job(spec, info, atlas)
     if stats_from:
         attrs = normalize_with_stats(image, stats_from, store, info, options, confounds, parcels)
     elif modality == "bold":
@@ -237,7 +273,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings.bids_dir, args.subject, images, settings.ingest, args.ingest
     )
     atlas = None if settings.atlas is None else AtlasFiles.from_json(settings.atlas)
-    rows = [normalize_image(spec, ingest, settings, atlas) for spec in specs]
+    # every confounds table and label image checked before the first store is written
+    inputs = [image_inputs(spec, ingest, settings, atlas) for spec in specs]
+    rows = [normalize_image(spec, settings, own) for spec, own in zip(specs, inputs, strict=True)]
     write_table(rows, args.out_table)
 
 

@@ -154,7 +154,8 @@ def load_run_confounds(
         When the table is missing or not next to the image, nilearn cannot load the
         strategy (a column it needs is missing: nilearn's message), the table's rows are
         not the run's volumes, a confound holds n/a beyond the first row, or the sample
-        mask leaves fewer than ``ddof + 2`` volumes.
+        mask leaves fewer than ``ddof + 2`` volumes, or the confounds leave fewer than
+        ``ddof + 1`` degrees of freedom to the signal.
     """
     from nilearn.interfaces.fmriprep import load_confounds_strategy
 
@@ -211,7 +212,19 @@ def load_run_confounds(
             path=table,
             subject=subject,
         )
-    return RunConfounds(table, strategy, tuple(frame.columns), kept, confound_basis(values))
+    basis = confound_basis(values)
+    left = int(kept.sum()) - 1 - basis.shape[1]  # residual degrees of freedom
+    if left < ddof + 1:
+        raise BidstrainError(
+            f"strategy {strategy!r} keeps {int(kept.sum())} of {n_volumes} volumes and "
+            f"regresses {basis.shape[1]} independent confounds out of them: {max(left, 0)} "
+            f"degrees of freedom are left to the signal, at least {ddof + 1} are needed "
+            "(the z-scores would be zeros); use a strategy with fewer confounds for a run "
+            "this short, or leave it out",
+            path=table,
+            subject=subject,
+        )
+    return RunConfounds(table, strategy, tuple(frame.columns), kept, basis)
 
 
 def fixed_mask_index(layout: NiftiLayout, info: ImageInfo, options: Options) -> np.ndarray:
