@@ -34,6 +34,7 @@ from bidstrain.dataset.atlas import (
     check_space,
     find_atlas,
     load_atlas,
+    read_label_table,
 )
 from bidstrain.demo.generate import ATLAS_NAME, make_atlas_demo, make_fmriprep_demo
 from bidstrain.errors import BidstrainError
@@ -342,6 +343,56 @@ def test_a_missing_atlas_or_a_label_image_without_space_is_an_error(tmp_path):
         find_atlas(ParcellationConfig("x", str(image), None, SPACE, None))
 
 
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("index\tname\n", "lists no label besides the background 0"),
+        ("index\tname\n0\tbackground\n", "lists no label besides the background 0"),
+        ("index\tname\n1\ta\n3\tb\n1\tagain\n", "lists index 1 more than once"),
+        ("index\tname\n10\tten\n-1\tneg\n", "label index -1 is negative"),
+        ("label\tname\n1\ta\n", "needs the columns index and name"),
+    ],
+)
+def test_a_bad_label_table_is_named(tmp_path, table, message):
+    path = tmp_path / "atlas_dseg.tsv"
+    path.write_text(table)
+    with pytest.raises(BidstrainError, match=f"atlas_dseg.tsv: .*{message}"):
+        read_label_table(path)
+
+
+def test_labels_must_be_integers_and_unlisted_ones_are_named(tmp_path, caplog):
+    labels = np.zeros((4, 4, 4), np.float32)
+    labels[:2], labels[2:, :2], labels[2:, 2:] = 1, 2, 1000.004
+    image = tmp_path / "atlas_dseg.nii.gz"
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), image)
+    table = tmp_path / "atlas_dseg.tsv"
+    table.write_text("index\tname\n1\tone\n1000\tthousand\n")
+    atlas = AtlasFiles("x", image, table, SPACE)
+    with pytest.raises(BidstrainError, match="must be 3D with integer labels"):
+        load_atlas(atlas, (4, 4, 4), np.eye(4), image="run.nii.gz")
+    labels[2:, 2:] = 1000
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), image)
+    with caplog.at_level(logging.WARNING):
+        on_grid = load_atlas(atlas, (4, 4, 4), np.eye(4), image="run.nii.gz")
+    assert "labels 2 of" in caplog.text and "(16 voxels) are not in its table" in caplog.text
+    assert (on_grid.parcel[2:, :2] == -1).all() and (on_grid.parcel[2:, 2:] == 1).all()
+
+
+def test_label_images_per_run_lie_in_their_runs_space(tmp_path):
+    table = tmp_path / "aseg_dseg.tsv"
+    table.write_text("index\tname\n1\tone\n")
+    pattern = str(tmp_path / "sub-{subject}_space-T1w_desc-aseg_dseg.nii.gz")
+    for space in (None, NATIVE):
+        atlas = find_atlas(ParcellationConfig("aseg", pattern, str(table), space, None))
+        assert atlas.per_run and atlas.space == NATIVE
+        for bold_space in ("T1w", None):
+            check_space(atlas, bold_space, image="run.nii.gz", subject="01")
+    named = find_atlas(ParcellationConfig("aseg", pattern, str(table), "T1w", None))
+    check_space(named, "T1w", image="run.nii.gz", subject="01")
+    with pytest.raises(BidstrainError, match="space MNI152NLin2009cAsym but the atlas"):
+        check_space(named, SPACE, image="run.nii.gz", subject="01")
+
+
 #: A real atlas shipped by Debian's mricron-data (make install puts it there): AICHA, 192
 #: parcels, 2 mm, 91x109x91, stored LAS. Its table lists "index name value" per line.
 AICHA = Path("/usr/share/mricron/templates/AICHAmc.nii.gz")
@@ -407,6 +458,7 @@ def test_the_plan_and_the_job_write_parcels_at_one_tr_for_runs_in_the_atlas_spac
     }
     plan = plan_of(root, **overrides)
     assert plan.atlas == atlas
+    assert plan.atlas_files == [str(atlas.image), str(atlas.labels)]  # the jobs' inputs
     # model.json records the parcellation through the trainer's store lists
     recorded = json.loads(plan.files()[paths.plan_stores(plan.experiment)])["parcellation"]
     digest = hashlib.sha256(atlas.image.read_bytes() + atlas.labels.read_bytes()).hexdigest()
@@ -471,6 +523,10 @@ def test_a_label_image_per_run_from_a_pattern(demo_bids, tmp_path):
     digest = hashlib.sha256(pattern.encode() + table.read_bytes()).hexdigest()
     assert recorded == {"name": "slabs", "checksum": digest}
     write_if_changed({str(tmp_path / path): text for path, text in plan.files().items()})
+    # the label images and the table are inputs of the jobs: editing one reruns them
+    assert plan.atlas_files == [str(table)]
+    own_images = [s["parcels"]["atlas_image"] for s in json.loads(plan.job("01").spec())]
+    assert plan.job("01").inputs()["label_images"] == own_images and len(own_images) == 2
     for subject in ("01", "02"):
         for spec in json.loads(plan.job(subject).spec()):
             own = Path(spec["parcels"]["atlas_image"])

@@ -104,11 +104,17 @@ class NormalizeJob:
         return [image.store for image in self.images]
 
     def inputs(self) -> dict[str, Any]:
-        """Named inputs of the job (``unpack``-able)."""
+        """Named inputs of the job (``unpack``-able): a changed image, mask, confounds
+        table or run's label image reruns it."""
         return {
             "images": [str(image.image.path) for image in self.images],
             "masks": sorted({image.mask for image in self.images if is_pattern(image.mask)}),
             "confounds": [image.confounds for image in self.images if image.confounds],
+            "label_images": [
+                image.parcels["atlas_image"]
+                for image in self.images
+                if image.parcels and "atlas_image" in image.parcels
+            ],
         }
 
     def spec(self) -> str:
@@ -325,6 +331,19 @@ class Plan:
     def normalized_stores(self) -> list[str]:
         """Every subject store of every modality."""
         return [store for job in self.jobs.values() for store in job.stores]
+
+    @property
+    def atlas_files(self) -> list[str]:
+        """The atlas files every normalize job reads (config ``parcellation``): its label
+        image and table; with a label image per run, the table (each job names its runs'
+        images among its own inputs). Inputs of the jobs, so that an atlas edited in
+        place reruns them."""
+        if self.atlas is None:
+            return []
+        shared = (
+            [self.atlas.labels] if self.atlas.per_run else [self.atlas.image, self.atlas.labels]
+        )
+        return [str(path) for path in shared]
 
     @property
     def normalized_tables(self) -> list[str]:

@@ -11,6 +11,7 @@
 rule normalize_subject:
     input:
         unpack(lambda wildcards: PLAN.job(wildcards.subject).inputs()),
+        atlas=PLAN.atlas_files,
     output:
         # a failed job leaves neither (Snakemake removes them), so the next run retries the
         # subject and nothing downstream reads stores of other settings (docs/reruns.md);

@@ -139,17 +139,19 @@ def find_atlas(config: ParcellationConfig) -> AtlasFiles:
 
 def _per_run_atlas(config: ParcellationConfig) -> AtlasFiles:
     """The atlas of a path pattern: a label image per run, on that run's own grid, with one
-    label table for all (each run's image is checked by its normalize job)."""
-    if config.space != NATIVE or config.labels is None:
+    label table for all (each run's image is checked by its normalize job). Space
+    :data:`NATIVE` (or none): each image lies in its run's space, whatever it is (a raw
+    run's own, or fMRIPrep's ``T1w``); a named space: the runs must be in it."""
+    if config.labels is None:
         raise BidstrainError(
             f"config parcellation.path {config.path!r} is a pattern (a label image per run): "
-            f"set parcellation.space to {NATIVE} (each image on its run's grid) and "
-            "parcellation.labels to the label table they share"
+            "set parcellation.labels to the label table they share"
         )
     labels = Path(config.labels)
     if not labels.is_file():
         raise BidstrainError("config parcellation: the atlas label table is missing", path=labels)
-    return AtlasFiles(config.name, Path(config.path), labels, NATIVE, per_run=True)
+    space = config.space or NATIVE
+    return AtlasFiles(config.name, Path(config.path), labels, space, per_run=True)
 
 
 def _dataset_image(root: Path, config: ParcellationConfig) -> Path:
@@ -181,7 +183,10 @@ def check_space(
 ) -> None:
     """Raise unless a BOLD run in ``bold_space`` (its ``space-`` entity; None for a run
     without one, in its native space) lies in the atlas's space (:data:`NATIVE` for a run
-    without one)."""
+    without one). Label images per run in space :data:`NATIVE` lie in their runs' spaces,
+    whatever they are."""
+    if atlas.per_run and atlas.space == NATIVE:
+        return
     if (bold_space or NATIVE) != atlas.space:
         have = f"space {bold_space}" if bold_space else "its native space (no space- entity)"
         raise BidstrainError(
@@ -227,19 +232,33 @@ def read_label_table(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
     Raises
     ------
     BidstrainError
-        When a column is missing, an index is not an integer or repeats.
+        When a column is missing, an index is not an integer, is negative or repeats, or
+        the table lists no label besides the background.
     """
     with path.open(newline="") as file:
-        rows = list(csv.DictReader(file, delimiter="\t"))
-    if not rows or not {"index", "name"} <= set(rows[0]):
+        reader = csv.DictReader(file, delimiter="\t")
+        rows = list(reader)
+    if not {"index", "name"} <= set(reader.fieldnames or ()):
         raise BidstrainError("an atlas label table needs the columns index and name", path=path)
     try:
         indices = np.array([int(row["index"]) for row in rows], dtype=np.int64)
     except ValueError as error:
         raise BidstrainError(f"a label index is not an integer: {error}", path=path) from None
-    if np.unique(indices).size != indices.size:
-        raise BidstrainError("the label table lists an index twice", path=path)
+    values, counts = np.unique(indices, return_counts=True)
+    if (counts > 1).any():
+        raise BidstrainError(
+            f"the label table lists index {', '.join(map(str, values[counts > 1]))} more than once",
+            path=path,
+        )
+    if (indices < 0).any():
+        raise BidstrainError(
+            f"label index {', '.join(map(str, indices[indices < 0]))} is negative: label "
+            "values are positive integers (0 is the background)",
+            path=path,
+        )
     keep = indices != 0
+    if not keep.any():
+        raise BidstrainError("the label table lists no label besides the background 0", path=path)
     return indices[keep], tuple(row["name"] for row, k in zip(rows, keep, strict=True) if k)
 
 
@@ -281,9 +300,10 @@ def load_atlas(
     labels = np.asarray(img.dataobj)
     if labels.ndim == 4 and labels.shape[3] == 1:
         labels = labels[..., 0]
-    if labels.ndim != 3 or not np.allclose(labels, np.round(labels)):
+    if labels.ndim != 3 or not np.allclose(labels, np.round(labels), rtol=0.0, atol=1e-4):
         raise BidstrainError("a label image must be 3D with integer labels", path=atlas.image)
     labels = np.round(labels).astype(np.int64)
+    _warn_unlisted(labels, indices, atlas)
     mismatch = grid_mismatch(labels.shape, img.affine, shape, affine)
     if mismatch:
         log.warning(
@@ -299,6 +319,23 @@ def load_atlas(
     lookup[indices] = np.arange(indices.size)
     parcel = np.where(labels > 0, lookup[np.clip(labels, 0, None)], -1)
     return Atlas(atlas.name, indices, names, parcel)
+
+
+def _warn_unlisted(labels: np.ndarray, indices: np.ndarray, atlas: AtlasFiles) -> None:
+    """Warn about the labels of the image that its table does not list: their voxels belong
+    to no parcel."""
+    present, counts = np.unique(labels[labels > 0], return_counts=True)
+    unlisted = ~np.isin(present, indices)
+    if unlisted.any():
+        log.warning(
+            "atlas %s: labels %s of %s (%d voxels) are not in its table %s: those voxels "
+            "belong to no parcel",
+            atlas.name,
+            ", ".join(map(str, present[unlisted][:20])) + (" ..." if unlisted.sum() > 20 else ""),
+            atlas.image,
+            int(counts[unlisted].sum()),
+            atlas.labels,
+        )
 
 
 def nearest_labels(
