@@ -10,11 +10,14 @@ import pytest
 import torch
 import xarray as xr
 import zarr
+from bidstrain.embed.apply import check_preparation
+from bidstrain.errors import BidstrainError
 from bidstrain.io.store import consolidate
 from bidstrain.report.embed import embedding_figure
 from bidstrain.train.description import FORMAT, describe
 from bidstrain.train.expectation import Preparation, preparation_of
 from bidstrain.train.model import build_module
+from test_average_parcels import parcel_store
 from test_embed import run_embed
 from train_support import train_config, write_store
 
@@ -116,3 +119,18 @@ def test_embed_refuses_stores_at_another_repetition_time(tmp_path):
         result.stderr
     )
     assert not out.exists()
+
+
+def test_embed_refuses_parcels_of_another_atlas_of_the_same_name(tmp_path):
+    store, _, _ = parcel_store(tmp_path / "p.zarr", "01", "1", 12, seed=1)
+    n_parcels = len(zarr.open_group(store, mode="r").attrs["parcel_names"])
+    group = zarr.open_group(store, mode="r+")
+    group.attrs.update(atlas_checksum="b" * 64)
+    consolidate(store)
+    trained = Preparation(0.8, "none", 4, 4, 2, "parcels", "toy", "a" * 64, n_parcels)
+    with pytest.raises(BidstrainError, match=r"parcellation 'toy' \(sha256 a{64}\); these "
+                       r"stores on 'toy' \(sha256 b{64}\)"):  # fmt: skip
+        check_preparation(store, {"preparation": trained.to_json()})
+    group.attrs.update(atlas_checksum="a" * 64)
+    consolidate(store)
+    check_preparation(store, {"preparation": trained.to_json()})

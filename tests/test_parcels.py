@@ -547,6 +547,7 @@ def test_a_label_image_per_run_from_a_pattern(demo_bids, tmp_path):
         assert result.returncode == 0, result.stderr
         for spec in json.loads(plan.job(subject).spec()):
             group = zarr.open_group(tmp_path / spec["parcels"]["store"], mode="r")
+            assert group.attrs["atlas_checksum"] == digest  # what embed compares
             n_voxels = group["n_voxels"][...]
             if subject == "01":
                 assert (n_voxels > 0).all()

@@ -213,12 +213,16 @@ class Atlas:
     parcel : ndarray of int, shape (x, y, z)
         The parcel (position in :attr:`indices`) of each voxel of the grid; -1 outside
         every parcel (the background, and labels the table does not list).
+    checksum : str or None
+        :func:`atlas_checksum` of the atlas files (what ``model.json`` records), recorded
+        by the parcel stores.
     """
 
     name: str
     indices: np.ndarray
     names: tuple[str, ...]
     parcel: np.ndarray
+    checksum: str | None = None
 
     @property
     def n_parcels(self) -> int:

@@ -120,8 +120,10 @@ def check_preparation(store: str | Path, description: Mapping[str, Any]) -> None
         time_method=meta.time_method,
         bold_input="parcels" if parcels else "voxels",
         n_parcels=len(atlas["parcel_names"]) if parcels else None,
-        # a parcel store names its atlas, not the checksum the model records
+        # a parcel store names its atlas and records its checksum (one written before
+        # stores recorded it: the model's)
         parcellation=atlas.get("atlas", trained.parcellation),
+        parcellation_checksum=atlas.get("atlas_checksum", trained.parcellation_checksum),
     )
     lines = trained.differences(data)
     if lines:

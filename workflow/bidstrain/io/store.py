@@ -39,10 +39,12 @@ Averages hold them too (the frames no subject is valid at are left out), with
 Parcel stores (:func:`write_parcel_store`, one per BOLD run and atlas) hold ``data``
 (time, parcel) float32, z-scored per parcel, ``mean`` and ``std`` (parcel), the label
 values as the ``parcel`` coordinate, ``n_voxels`` and ``coverage`` (parcel), with the
-attributes above (``stats_dim: "parcel"``) plus ``atlas``, ``parcel_names`` and
-``n_empty_parcels``; every array is one chunk. A run's parcel store has the rows (and
-``time``), ``frame_time`` and ``frame_valid`` of its voxel store (stores written before
-that hold no ``frame_`` arrays); a parcel average also holds them, with
+attributes above (``stats_dim: "parcel"``) plus ``atlas``, ``atlas_checksum`` (the
+atlas files' :func:`~bidstrain.dataset.atlas.atlas_checksum`, which ``embed`` compares
+with the model's), ``parcel_names`` and ``n_empty_parcels``; every array is one chunk.
+A run's parcel store has the rows (and ``time``), ``frame_time`` and ``frame_valid`` of
+its voxel store (stores written before that hold no ``frame_`` arrays); a parcel average
+also holds them, with
 ``frame_subjects``, and records ``n_partial_parcels`` (parcels some
 of its subjects' runs do not cover, averaged over the others). Their ``checksum`` is computed as a
 voxel store's (below), so a rerun on unchanged data keeps a training run's identity.
@@ -735,7 +737,13 @@ def to_grid(ds: xr.Dataset, values: np.ndarray, fill: float = 0.0) -> np.ndarray
 
 
 #: The attributes only a parcel store has (beside :class:`StoreMeta`'s).
-PARCEL_ATTRS = ("atlas", "parcel_names", "n_empty_parcels", "n_partial_parcels")
+PARCEL_ATTRS = (
+    "atlas",
+    "atlas_checksum",
+    "parcel_names",
+    "n_empty_parcels",
+    "n_partial_parcels",
+)
 
 
 def read_parcel_attrs(path: str | Path) -> dict[str, Any]:

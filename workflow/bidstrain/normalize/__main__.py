@@ -38,6 +38,7 @@ failed job leaves no output that looks complete. An error names the image.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -47,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from bidstrain.config import NormalizeJobConfig
-from bidstrain.dataset.atlas import AtlasFiles, check_space, load_atlas
+from bidstrain.dataset.atlas import AtlasFiles, atlas_checksum, check_space, load_atlas
 from bidstrain.errors import BidstrainError, run_cli
 from bidstrain.ingest.records import write_subject_record
 from bidstrain.io.scans_table import StoreRow, write_table
@@ -112,6 +113,7 @@ def parcel_job(
         return None
     image = spec["image"]
     check_space(atlas, info.entities.get("space"), image=image, subject=info.subject)
+    checksum = atlas_checksum(atlas)  # of the pattern and table, for a label image per run
     if atlas.per_run:  # the run's own label image, from the pattern
         own = Path(spec["parcels"]["atlas_image"])
         if not own.is_file():
@@ -124,6 +126,7 @@ def parcel_job(
         atlas = AtlasFiles(atlas.name, own, atlas.labels, atlas.space)
     layout = read_layout(image, info.subject)
     on_grid = load_atlas(atlas, layout.shape, layout.affine, image=image, subject=info.subject)
+    on_grid = dataclasses.replace(on_grid, checksum=checksum)
     return ParcelJob(on_grid, ParcelOutputs.from_json(spec["parcels"]))
 
 

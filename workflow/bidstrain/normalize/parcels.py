@@ -210,6 +210,7 @@ def write_parcel_outputs(
         "heldout": bool(outputs.stats_from),
         "n_zero_variance": int((zero & ~empty).sum()),
         "atlas": atlas.name,
+        **({"atlas_checksum": atlas.checksum} if atlas.checksum else {}),
         "parcel_names": list(atlas.names),
         "n_empty_parcels": int(empty.sum()),
     }
