@@ -10,12 +10,13 @@ import pytest
 import torch
 import xarray as xr
 import zarr
+from bidstrain.config import ModelExpectation
 from bidstrain.embed.apply import check_preparation
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import consolidate
 from bidstrain.report.embed import embedding_figure
 from bidstrain.train.description import FORMAT, describe
-from bidstrain.train.expectation import Preparation, preparation_of
+from bidstrain.train.expectation import Preparation, differences, preparation_of
 from bidstrain.train.model import build_module
 from test_average_parcels import parcel_store
 from test_embed import run_embed
@@ -134,3 +135,26 @@ def test_embed_refuses_parcels_of_another_atlas_of_the_same_name(tmp_path):
     group.attrs.update(atlas_checksum="a" * 64)
     consolidate(store)
     check_preparation(store, {"preparation": trained.to_json()})
+
+
+def test_runs_already_at_the_target_tr_match_any_time_method():
+    def lines(prepared: Preparation, tr, method):
+        description = {
+            "modalities": ["bold"],
+            "preparation": prepared.to_json(),
+            "train": {},
+            "normalization": {},
+        }
+        expected = ModelExpectation({}, ("bold",), 1, {"bold": "epi"}, "none", tr, method)
+        return differences(description, expected)
+
+    at_source = Preparation(2.0, "none", 4, 4, 2, "voxels")  # time.tr 2.0 on runs at 2.0
+    assert lines(at_source, 2.0, "pchip") == []
+    assert lines(at_source, 0.8, "pchip") == [
+        "time.tr: the model was trained on TR 2.0 s, the config resamples to 0.8 s"
+    ]
+    resampled = Preparation(0.8, "pchip", 4, 4, 2, "voxels")
+    assert lines(resampled, 0.8, "pchip") == []
+    assert lines(resampled, 0.8, "linear") == [
+        "time.method: 'pchip' in the model, 'linear' in the config"
+    ]

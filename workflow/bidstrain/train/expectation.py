@@ -193,7 +193,8 @@ def differences(description: Mapping[str, Any], expected: ModelExpectation) -> l
     the frames per token and the BOLD input among them), the trained modalities, per
     modality the normalization's ``ddof``, mask keyword (a path pattern is not compared)
     and, for BOLD, the confound strategy, and the TR and the time method the
-    configuration resamples to (``time``).
+    configuration resamples to (``time``; the method only where the model's runs were
+    resampled: runs already at the target TR are not).
     """
     lines = []
     prepared = preparation_of(description)
@@ -204,7 +205,10 @@ def differences(description: Mapping[str, Any], expected: ModelExpectation) -> l
                 f"time.tr: the model was trained on TR {prepared.repetition_time} s, the "
                 f"config resamples to {float(target)} s"
             )
-        if target != "native" and method != prepared.time_method:
+        # a model of runs already at the target TR saw no resampling (method "none"),
+        # whatever the config's method
+        resampled = prepared.time_method != "none"
+        if target != "native" and resampled and method != prepared.time_method:
             lines.append(
                 f"time.method: {prepared.time_method!r} in the model, {method!r} in the config"
             )
