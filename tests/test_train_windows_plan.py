@@ -6,8 +6,10 @@ parcel windows hold the stores' rows, never across a left-out frame."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -126,6 +128,20 @@ def test_the_windows_check_counts_left_out_frames(normalized, monkeypatch):
     assert sum(c["runs"] for c in counts["subjects"].values()) == len(stores)
     short = check_windows(scans, window=1, strict=True)
     assert short.status == "pass"
+
+
+def test_windows_of_stores_at_different_trs_fail_whatever_strict(normalized, monkeypatch):
+    plan, work, _, _ = normalized
+    monkeypatch.chdir(work)
+    scans = [scan_store(p, sample_voxels=10) for p in plan.training["bold"]]
+    assert check_windows(scans, window=2, strict=False).status == "pass"
+    other = dataclasses.replace(scans[0].meta, repetition_time=1.5)
+    scans[0] = dataclasses.replace(scans[0], meta=other)
+    mixed = check_windows(scans, window=2, strict=False)
+    assert mixed.status == "fail"
+    assert re.search(
+        r"2 repetition times \(0.8 s: sub-.*; 1.5 s: sub-\w+\).*set time.tr", mixed.message
+    )
 
 
 def test_parcel_input_needs_a_parcellation(normalized):

@@ -13,6 +13,10 @@ With ``train.window`` = W a BOLD sample is W consecutive frames of a segment of 
 The check counts both per modality and per subject, runs and frames, for the stores
 training and validation read. Frames too short for a window are a warning, and with
 ``checks.strict`` a failure naming the subject, the run and the lengths.
+
+A window of W frames must span one duration: stores at different repetition times
+(runs of a multi-site cohort left at their own TR, ``time.tr: native``) fail the check,
+whatever ``checks.strict``, naming each TR and its subjects.
 """
 
 from __future__ import annotations
@@ -72,18 +76,37 @@ def check_windows(scans: Sequence[StoreScan], *, window: int, strict: bool) -> C
                 f"{', the whole run' if not counts.any() else ''})"
             )
     values = {"window": window, "modalities": {"bold": {**totals, "subjects": subjects}}}
+    mixed = _mixed_repetition_times(scans, window)
     ok = (
         f"every BOLD frame can be in a window of {window} frames ({totals['frames_invalid']} "
         "frames left out of the stores' time grids)"
     )
     if not problems:
-        return verdict(NAME, [], [], ok, values)
+        return verdict(NAME, mixed, [], ok, values)
     summary = (
         f"{totals['frames_too_short']} BOLD frames of {len(problems)} runs are in no window "
         f"({totals['runs_left_out']} runs entirely; lower train.window, or drop the short "
         "runs): " + "; ".join(problems)
     )
-    return verdict(NAME, [summary] if strict else [], [] if strict else [summary], ok, values)
+    failures = mixed + ([summary] if strict else [])
+    return verdict(NAME, failures, [] if strict else [summary], ok, values)
+
+
+def _mixed_repetition_times(scans: Sequence[StoreScan], window: int) -> list[str]:
+    """A failure when the stores are at more than one repetition time (none otherwise)."""
+    by_tr: dict[float, list[str]] = {}
+    for scan in scans:
+        tr = round(float(scan.meta.repetition_time or 0.0), 6)
+        by_tr.setdefault(tr, []).append(f"sub-{scan.meta.subject or 'average'}")
+    if len(by_tr) < 2:
+        return []
+    listing = "; ".join(
+        f"{tr:g} s: {', '.join(sorted(set(names)))}" for tr, names in sorted(by_tr.items())
+    )
+    return [
+        f"BOLD stores at {len(by_tr)} repetition times ({listing}): windows of {window} "
+        "frames would span different durations; set time.tr to put every run on one grid"
+    ]
 
 
 def _counts() -> dict[str, int]:
