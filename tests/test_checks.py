@@ -505,3 +505,17 @@ def test_parcel_averages_are_checked_per_parcel(tmp_path):
     partial = average("partial", empty=(1,))
     assert scan_store(partial, sample_voxels=10).n_partial_parcels == 1
     assert check(partial).status == "pass"
+
+
+def test_a_modality_of_constant_data_fails_the_initial_loss(tmp_path):
+    """All parcels outside the brain mask leave stores of zeros: the model could learn
+    nothing, and the trainer's loss/baseline ratio would divide by zero."""
+    stores = tiny_stores(tmp_path, {"T1w": 4, "bold": 8})
+    for path in stores["bold"]:
+        data = zarr.open_group(path, mode="r+")["data"]
+        data[...] = 0
+    for normalize in ("var", "none"):
+        train = train_config(batch_size=2, seed=1, loss={"normalize": normalize})
+        check = check_loss_scale(stores, train, max_ratio=100)
+        assert check.status == "fail", check.message
+        assert "the training data of bold are constant" in check.message

@@ -104,6 +104,11 @@ def test_every_record_kind_flattens_to_finite_scalars():
         "validation/baseline/bold": 1.0,
         "validation/ratio/bold": 0.5,
     }
+    constant = {"kind": "validation", "step": 8, "loss": 0.0, "loss_per_modality": {"bold": 0.0}}
+    _, values = scalars({**constant, "baseline_per_modality": {"bold": 0.0}})
+    assert values == {"validation/loss": 0.0, "validation/loss/bold": 0.0} | {
+        "validation/baseline/bold": 0.0  # constant data: no ratio, not a division by zero
+    }
     _, values = scalars(
         {"kind": "grad_norms", "step": 3, "norms": {"[bold] embed.bold": float("nan")}}
     )

@@ -127,7 +127,14 @@ def check_loss_scale(
     trained = [m for m, paths in stores.items() if paths] + kinds
     trained = [m for m in trained if train.loss.weights[m] > 0]
     unseen = [m for m in trained if m not in losses]
+    constant = [m for m in trained if m in losses and not losses[m]["weighted"] > 0]
     fails = []
+    if constant:
+        fails.append(
+            f"the training data of {', '.join(constant)} are constant (a zero-prediction "
+            "loss of 0): the model can learn nothing from them (all parcels outside the "
+            "brain mask, or every voxel of zero variance? see the normalize logs)"
+        )
     if unseen:
         fails.append(
             f"no batch of epoch 0 held {', '.join(unseen)}: the initial loss of "

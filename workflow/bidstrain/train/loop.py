@@ -685,10 +685,14 @@ def validate(trainer: Trainer, loader, sink: MetricsSink, state: TrainState) -> 
             loss,
             ", ".join(
                 f"{m} {per_modality[m]:.4f} (baseline {baselines[m]:.4f}, "
-                f"ratio {per_modality[m] / baselines[m]:.3f})"
+                f"ratio {_ratio(per_modality[m], baselines[m])})"
                 for m in present
             ),
         )
+
+
+def _ratio(loss: float, baseline: float) -> str:
+    return f"{loss / baseline:.3f}" if baseline > 0 else "n/a: a baseline of 0"
 
 
 def check_skips(config, result: StepResult, state: TrainState) -> None:

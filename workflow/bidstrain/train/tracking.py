@@ -52,6 +52,7 @@ def scalars(record: Mapping[str, Any]) -> tuple[int | None, dict[str, float]]:
             values[f"validation/loss/{modality}"] = loss
             if modality in baselines:
                 values[f"validation/baseline/{modality}"] = baselines[modality]
+            if baselines.get(modality, 0) > 0:  # a baseline of 0: constant data, no ratio
                 values[f"validation/ratio/{modality}"] = loss / baselines[modality]
         if "loss_shuffled_time" in record:
             values["validation/loss_shuffled_time"] = record["loss_shuffled_time"]
