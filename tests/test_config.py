@@ -76,6 +76,9 @@ def test_a_bad_value_names_its_key():
         validate_config({"bids_dir": "/d", "normalize": {"ddof": "one"}}, SCHEMA)
     with pytest.raises(BidstrainError, match=r"config key 'train.typo'"):
         validate_config({"bids_dir": "/d", "train": {"typo": 1}}, SCHEMA)
+    # none of a key's alternatives: its description says what they are
+    with pytest.raises(BidstrainError, match=r"'time.tr': '0.8' is not valid .*\(native: keep"):
+        validate_config({"bids_dir": "/d", "time": {"tr": "0.8"}}, SCHEMA)
 
 
 @pytest.mark.parametrize("name", [".", "..", "a/b", "../main", ""])

@@ -144,6 +144,13 @@ def test_windows_of_stores_at_different_trs_fail_whatever_strict(normalized, mon
     )
 
 
+def test_tokens_must_divide_the_window_at_parse_time(normalized):
+    _, _, bids, overrides = normalized
+    train = {**overrides["train"], "window": 6, "patch_frames": 4}
+    with pytest.raises(BidstrainError, match=r"train.patch_frames \(4\) must divide train.window"):
+        plan_of(bids, **{**overrides, "train": train})
+
+
 def test_parcel_input_needs_a_parcellation(normalized):
     _, _, bids, overrides = normalized
     without = {k: v for k, v in overrides.items() if k != "parcellation"}

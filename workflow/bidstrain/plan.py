@@ -262,6 +262,7 @@ class Plan:
         _require_images(index, config, subjects)
         atlas = find_atlas(config.parcellation) if config.parcellation.enabled else None
         _check_bold_input(config, atlas, bool(images["bold"]))
+        config.train.model.check_window_tokens()
         _check_train_stimuli(config)
         jobs = _normalize_jobs(
             config, index, kind, [i for m in MODALITIES for i in images[m]], atlas

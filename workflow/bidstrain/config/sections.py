@@ -137,6 +137,15 @@ class ModelConfig:
     #: fraction of tokens replaced by the mask token (0: a plain autoencoder)
     mask_ratio: float = _role()
 
+    def check_window_tokens(self) -> None:
+        """Raise unless ``patch_frames`` divides ``window``: a token holds
+        ``patch_frames`` frames of a window."""
+        if self.patch_frames < 1 or self.window % self.patch_frames:
+            raise BidstrainError(
+                f"config train.patch_frames ({self.patch_frames}) must divide train.window "
+                f"({self.window}): a token holds patch_frames frames of a window"
+            )
+
 
 @dataclass(frozen=True)
 class OptimizerConfig:

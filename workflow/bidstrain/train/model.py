@@ -292,12 +292,8 @@ def _tokenizer(
     if modality != "bold":
         shape = model.shapes[modality]
         return PatchEmbedding(shape, patch, dim), ReconstructionHead(shape, patch, dim)
+    model.check_window_tokens()
     frames, patch_frames = model.window, model.patch_frames
-    if patch_frames < 1 or frames % patch_frames:
-        raise BidstrainError(
-            f"train.patch_frames ({patch_frames}) must divide train.window ({frames}): "
-            "a token holds patch_frames frames of a window"
-        )
     if model.bold_input == "parcels":
         if n_parcels is None:
             raise BidstrainError(
