@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import av
 import nibabel as nib
@@ -162,6 +163,15 @@ def test_cover_art_of_a_sound_is_not_a_film(film_bids, tmp_path):
         assert len(container.streams.video) == 1  # the picture, as FFmpeg lists it
     _events(root, "0\t20\tstory.mp3")
     assert _index(root).stimuli[root / "stimuli" / "story.mp3"].kinds == ("audio",)
+
+
+def test_a_stim_file_linked_elsewhere_as_datalad_does_is_read(film_bids, tmp_path):
+    root = copy_dataset(film_bids, tmp_path)
+    annex = root / ".git" / "annex" / "objects" / "film.mp4"
+    annex.parent.mkdir(parents=True)
+    (root / "stimuli" / "film.mp4").rename(annex)
+    (root / "stimuli" / "film.mp4").symlink_to(os.path.relpath(annex, root / "stimuli"))
+    assert root / "stimuli" / "film.mp4" in _index(root).stimuli
 
 
 @pytest.mark.parametrize("name", ["../film.mp4", "/elsewhere/film.mp4"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -183,7 +184,9 @@ def _run_stimuli(
         stimulus = root / STIMULI_FOLDER / name
         onset = _seconds(row, "onset", line, events_file, subject)
         duration = _seconds(row, "duration", line, events_file, subject, optional=True)
-        if not stimulus.resolve().is_relative_to((root / STIMULI_FOLDER).resolve()):
+        # the path as written, not where its links lead (DataLad's files link into
+        # .git/annex)
+        if not Path(os.path.normpath(stimulus)).is_relative_to(root / STIMULI_FOLDER):
             raise BidstrainError(
                 f"line {line}: stim_file {name!r} lies outside the dataset's "
                 f"{STIMULI_FOLDER}/ folder: name a file under it, relative to it",
