@@ -37,10 +37,10 @@ def bin_means(timed: Iterable[tuple[np.ndarray, ...]], tr: float) -> Iterator[np
         mean; empty bins before the first value are zeros.
     """
     total, count, current, previous = None, 0, 0, None
-    for times, values, *weighted in timed:
-        bins = np.floor(np.asarray(times, dtype=np.float64) / tr + 1e-9).astype(np.int64)
-        values = np.asarray(values, dtype=np.float64)
-        weights = np.asarray(weighted[0], np.float64) if weighted else None
+    for block in timed:
+        bins = np.floor(np.asarray(block[0], dtype=np.float64) / tr + 1e-9).astype(np.int64)
+        values = np.asarray(block[1], dtype=np.float64)
+        weights = np.asarray(block[2], dtype=np.float64) if len(block) > 2 else None
         if total is None and len(values):
             total = np.zeros(values.shape[1:])
         for k in np.unique(bins) if bins.size > 1 else bins:
@@ -48,14 +48,16 @@ def bin_means(timed: Iterable[tuple[np.ndarray, ...]], tr: float) -> Iterator[np
                 previous = total / count if count else _held(previous, total)
                 yield previous
                 total, count, current = np.zeros_like(total), 0, current + 1
-            rows = values if bins.size == 1 else values[bins == k]
-            if weights is None:
-                total += rows.sum(axis=0)
-                count += rows.shape[0]
+            if bins.size == 1:  # one row (a video frame): no selection, no reduction
+                weight = 1.0 if weights is None else weights[0]
+                total += values[0] if weights is None else weight * values[0]
+                count += weight
+            elif weights is None:
+                total += values[bins == k].sum(axis=0)
+                count += int((bins == k).sum())
             else:
-                shown = weights if bins.size == 1 else weights[bins == k]
-                total += np.tensordot(shown, rows, axes=1)
-                count += shown.sum()
+                total += np.tensordot(weights[bins == k], values[bins == k], axes=1)
+                count += weights[bins == k].sum()
     if count:
         yield total / count
 
