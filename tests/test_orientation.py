@@ -505,3 +505,19 @@ def test_vectors_follow_the_axes_in_world_space(codes):
     world = _axes(img.affine) @ vectors
     stored = orientation.bvecs(_fsl(img.affine, vectors))
     np.testing.assert_allclose(stored, _axes(orientation.affine).T @ world)
+
+
+@pytest.mark.parametrize("codes", SOME_CODES)
+@pytest.mark.parametrize("name", ["T1w", "bold"])
+def test_the_checks_read_the_raw_image_in_the_stores_voxel_order(subject, tmp_path, name, codes):
+    """The normalization check compares a store with its raw image voxel by voxel: an
+    image stored in another voxel order must be read in the store's RAS+ order (it
+    failed correct stores with 'data * std + mean differs from the raw image')."""
+    from bidstrain.checks.scan import raw_head, scan_store
+
+    copy, info = _copy(subject, name, codes, tmp_path)
+    store = tmp_path / "copy.zarr"
+    _normalize(copy, info, subject[name][2], store)
+    scan = scan_store(store, sample_voxels=200)
+    stored = scan.raw(scan.head, slice(0, scan.head.shape[0]))  # data * std + mean
+    np.testing.assert_allclose(raw_head(scan), stored, rtol=1e-5, atol=1e-3)

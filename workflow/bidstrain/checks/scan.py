@@ -16,6 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from bidstrain.io.orientation import reorientation
 from bidstrain.io.store import (
     StoreMeta,
     open_parcel_store,
@@ -230,15 +231,19 @@ def scan_store(path: str | Path, *, sample_voxels: int, seed: int = 0) -> StoreS
 
 
 def read_raw_volumes(path: str | Path, n_volumes: int) -> np.ndarray:
-    """The first ``n_volumes`` volumes of a NIfTI image as float32, shape ``(x, y, z, n)``.
+    """The first ``n_volumes`` volumes of a NIfTI image as float32, shape ``(x, y, z, n)``,
+    in the RAS+ voxel order of the stores (an LAS or LPI file is reoriented as the
+    normalize job reorients it).
 
     Only the needed prefix of a ``.nii.gz`` is decompressed. Scaling (``scl_slope``) is
     applied, as every reader of the image would.
     """
     img = nib.load(path)
     if len(img.shape) == 3:
-        return np.asarray(img.dataobj, dtype=np.float32)[..., None]
-    return np.asarray(img.dataobj[..., :n_volumes], dtype=np.float32)
+        volumes = np.asarray(img.dataobj, dtype=np.float32)[..., None]
+    else:
+        volumes = np.asarray(img.dataobj[..., :n_volumes], dtype=np.float32)
+    return reorientation(img.affine, img.shape[:3], path=path).volume(volumes)
 
 
 def raw_head(scan: StoreScan) -> np.ndarray:
