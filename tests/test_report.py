@@ -570,3 +570,20 @@ def test_average_title_counts_subjects_and_runs_and_bars_carry_their_values(tmp_
     np.testing.assert_allclose(sorted(shown), sorted(values), atol=0.005)
     three = average_figure(group, subjects[:3], "task-rest run-1")._suptitle.get_text()
     assert "average of 3 subjects (one run each)" in three
+
+
+def test_a_parcel_window_row_names_its_parcels_on_integer_rows(tmp_path):
+    from bidstrain.report.model_input import model_input_figure
+    from test_average_parcels import parcel_store
+
+    store, _, _ = parcel_store(tmp_path / "p.zarr", "01", "1", 12, parcels=(3, 5, 8, 9))
+    description = {
+        "input": {"bold": {"parcels": 4, "window": 6, "patch_frames": 2}},
+        "normalization": {"bold": {"stores": [{"store": store}]}},
+    }
+    fig = model_input_figure(description, "x")
+    ax = fig.subfigs[0].axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["p3", "p5", "p8", "p9"]
+    assert list(ax.get_yticks()) == [0, 1, 2, 3]
+    save_figure(fig, tmp_path / "model_input.png")
+    assert_nontrivial_png(tmp_path / "model_input.png", min_height=300)

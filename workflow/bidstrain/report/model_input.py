@@ -11,10 +11,14 @@ from typing import Any
 import numpy as np
 import zarr
 from matplotlib.figure import Figure, SubFigure
+from matplotlib.ticker import MaxNLocator
 
 from bidstrain.io.store import open_store, to_grid
 from bidstrain.report.figure import new_figure, slice_row
 from bidstrain.train.resample import model_view
+
+#: Parcels of a window whose names label the rows (more: integer positions).
+MAX_NAMED_PARCELS = 40
 
 
 def model_input_figure(description: Mapping[str, Any], experiment: str) -> Figure:
@@ -85,5 +89,11 @@ def parcel_window_row(row: SubFigure, modality: str, description: Mapping[str, A
         ax.axvline(bound - 0.5, color="black", linewidth=1.0)
     ax.set_xticks(range(values.shape[1]))
     ax.set_xlabel("frame of the window (black lines: token bounds)")
-    ax.set_ylabel("parcel (store order)")
+    names = zarr.open_group(store, mode="r").attrs.get("parcel_names", [])
+    if 0 < len(names) <= MAX_NAMED_PARCELS:
+        ax.set_yticks(range(len(names)), names, fontsize="small")
+        ax.set_ylabel("parcel")
+    else:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("parcel (store order)")
     row.colorbar(image, ax=ax, label="z-score")
