@@ -83,6 +83,75 @@ def test_make_runs_snakemake_with_slurm_conf_only_where_no_controller_answers(
 def test_configfiles_are_found_in_the_arguments():
     words = ["all", "--configfile", "a.yaml", "b.yaml", "-n", "--configfiles", "c.yaml"]
     assert cli.configfiles(words) == ["a.yaml", "b.yaml", "c.yaml"]
+    assert cli.configfiles(["--configfile=d.yaml", "all", "--configfiles=e.yaml"]) == [
+        "d.yaml",
+        "e.yaml",
+    ]
+
+
+def test_the_study_may_follow_the_command(tmp_path):
+    with pytest.raises(BidstrainError, match="study.*the study folder does not exist"):
+        cli.main(["dry-run", "-C", str(tmp_path / "study")])
+    with pytest.raises(BidstrainError, match="the study folder does not exist"):
+        cli.main(["run", "--study", str(tmp_path / "study"), "all"])
+
+
+#: A stand-in for Snakemake: says it is ready, notes each SIGINT it gets in a file, and
+#: when the test lets it end (by a file) writes how many it got and exits with 3.
+SIGNALLED_CHILD = """\
+import pathlib, signal, sys, time
+folder = pathlib.Path(sys.argv[1])
+received = []
+
+def note(*_):
+    received.append("INT")
+    (folder / f"signal-{len(received)}").touch()
+
+signal.signal(signal.SIGINT, note)
+(folder / "ready").touch()
+while not (folder / "end").exists():
+    time.sleep(0.01)
+(folder / "received").write_text(" ".join(received))
+sys.exit(3)
+"""
+
+PARENT = """\
+import pathlib, sys
+from bidstrain.cli.main import run_to_end
+folder = pathlib.Path(sys.argv[1])
+code = run_to_end([sys.executable, str(folder / "child.py"), str(folder)], cwd=folder, env=None)
+(folder / "parent").write_text(str(code))
+sys.exit(code)
+"""
+
+
+def _wait_for(path, process) -> None:
+    deadline = time.monotonic() + 120  # a bound on a failure, not a timing
+    while not path.exists():
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, f"{path.name} never came"
+        time.sleep(0.01)
+
+
+def test_a_ctrl_c_is_passed_on_once_and_the_run_waited_for(tmp_path):
+    """Snakemake killed at once (subprocess.run's way after a Ctrl-C) leaves its lock:
+    the wrapper passes one SIGINT on and waits for the run's own end and status."""
+    import signal
+
+    (tmp_path / "child.py").write_text(SIGNALLED_CHILD)
+    (tmp_path / "parent.py").write_text(PARENT)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
+    command = [sys.executable, str(tmp_path / "parent.py"), str(tmp_path)]
+    parent = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    _wait_for(tmp_path / "ready", parent)
+    parent.send_signal(signal.SIGINT)  # a Ctrl-C reaches the wrapper alone
+    _wait_for(tmp_path / "signal-1", parent)
+    assert parent.poll() is None  # still waiting for the run
+    (tmp_path / "end").touch()
+    assert parent.wait(timeout=60) == 3
+    assert (tmp_path / "received").read_text() == "INT"  # once, not twice
+    assert (tmp_path / "parent").read_text() == "3"
+    assert "Traceback" not in parent.stderr.read()
 
 
 def test_a_missing_configfile_is_named_with_the_study(tmp_path):
@@ -90,14 +159,24 @@ def test_a_missing_configfile_is_named_with_the_study(tmp_path):
         cli.main(["-C", str(tmp_path), "dry-run", "--configfile", "missing.yaml"])
 
 
-def test_init_writes_a_config_and_refuses_a_second(tmp_path):
-    config = cli.init_study(tmp_path / "study", "../my bids: #2", "first")
+def test_init_writes_a_config_and_refuses_a_second(tmp_path, monkeypatch, capsys):
+    dataset = tmp_path / "my bids: #2"
+    dataset.mkdir()
+    monkeypatch.chdir(tmp_path)  # a relative dataset is the shell's: from here
+    assert cli.main(["init", "my study", "--bids-dir", "my bids: #2", "--experiment", "a"]) == 0
+    assert "next: bidstrain -C 'my study' validate" in capsys.readouterr().out
+    config = tmp_path / "my study" / "config" / "config.yaml"
     assert yaml.safe_load(config.read_text()) == {
-        "bids_dir": "../my bids: #2",
-        "train": {"experiment": "first"},
+        "bids_dir": str(dataset),
+        "train": {"experiment": "a"},
     }
     with pytest.raises(BidstrainError, match="has a configuration already"):
-        cli.init_study(tmp_path / "study", "../bids", "first")
+        cli.init_study(tmp_path / "my study", str(dataset), "first")
+    with pytest.raises(BidstrainError, match="elsewhere: --bids-dir: no such dataset folder"):
+        cli.init_study(tmp_path / "other", "elsewhere", "first")
+    with pytest.raises(BidstrainError, match="config key 'train.experiment'"):
+        cli.init_study(tmp_path / "other", str(dataset), "my exp/1")
+    assert not (tmp_path / "other" / "config").exists()
 
 
 SLOW_WORKFLOW = """\

@@ -24,13 +24,17 @@ import argparse
 import functools
 import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from bidstrain.cli import status
 from bidstrain.cli.slurm import run_environment
+from bidstrain.config import validate_config
 from bidstrain.errors import BidstrainError
 
 #: The clone: ``<clone>/workflow/bidstrain/cli/main.py``.
@@ -75,14 +79,35 @@ def snakemake_command(
 def init_study(study: Path, bids_dir: str, experiment: str) -> Path:
     """Write ``study/config/config.yaml`` for a dataset; refuse to overwrite one.
 
+    Parameters
+    ----------
+    study : Path
+        The study folder (made when missing).
+    bids_dir : str
+        The dataset; a relative path is taken from the current directory, as a shell
+        user means it, and written absolute.
+    experiment : str
+        ``train.experiment``.
+
     Returns
     -------
     Path
         The configuration file.
+
+    Raises
+    ------
+    BidstrainError
+        When the folder has a configuration already, the dataset folder does not exist,
+        or the experiment name is not one the configuration accepts.
     """
     config = study / "config" / "config.yaml"
     if config.exists():
         raise BidstrainError("the study folder has a configuration already", path=config)
+    dataset = Path(bids_dir).expanduser().resolve()
+    if not dataset.is_dir():
+        raise BidstrainError("--bids-dir: no such dataset folder", path=dataset)
+    bids_dir = str(dataset)
+    validate_config({"bids_dir": bids_dir, "train": {"experiment": experiment}})
     config.parent.mkdir(parents=True, exist_ok=True)
     schema = CLONE / "workflow" / "schemas" / "config.schema.yaml"
     config.write_text(
@@ -96,14 +121,44 @@ def init_study(study: Path, bids_dir: str, experiment: str) -> Path:
 
 def configfiles(arguments: Sequence[str]) -> list[str]:
     """The files of ``--configfile``/``--configfiles`` in Snakemake's arguments (each takes
-    every following word up to the next option)."""
+    every following word up to the next option; ``--configfile=FILE`` the one file)."""
     files, taking = [], False
     for word in arguments:
         if word.startswith("-"):
-            taking = word in ("--configfile", "--configfiles")
+            option, equals, value = word.partition("=")
+            named = option in ("--configfile", "--configfiles")
+            if named and equals:  # the one value after "="
+                files.append(value)
+            taking = named and not equals
         elif taking:
             files.append(word)
     return files
+
+
+def run_to_end(command: Sequence[str], *, cwd: Path, env: dict[str, str]) -> int:
+    """Run ``command`` and wait for it to end, whatever signal this process gets.
+
+    The command runs in a session of its own, so that a Ctrl-C in the terminal reaches
+    it once, from here: on SIGINT (``KeyboardInterrupt``) or SIGTERM this process passes
+    the signal on and waits. Snakemake then stops its jobs, removes its lock and ends
+    its log (killed at once, as ``subprocess.run`` does 0.25 s after a Ctrl-C, it
+    leaves the lock behind and the next run refuses to start).
+
+    Returns
+    -------
+    int
+        The command's exit status.
+    """
+    process = subprocess.Popen(list(command), cwd=cwd, env=env, start_new_session=True)
+    previous = signal.signal(signal.SIGTERM, lambda *_: process.send_signal(signal.SIGTERM))
+    try:
+        while True:
+            try:
+                return process.wait()
+            except KeyboardInterrupt:
+                process.send_signal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _snakemake(study: Path, arguments: Sequence[str], *, slurm: bool = False) -> int:
@@ -117,7 +172,7 @@ def _snakemake(study: Path, arguments: Sequence[str], *, slurm: bool = False) ->
                 path=study / name,
             )
     env = run_environment(os.environ, uses_slurm=slurm)
-    return subprocess.run(snakemake_command(arguments, slurm=slurm), cwd=study, env=env).returncode
+    return run_to_end(snakemake_command(arguments, slurm=slurm), cwd=study, env=env)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -127,19 +182,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="The bidstrain workflow run in a study folder (docs/study-folder.md).",
         allow_abbrev=False,
     )
-    parser.add_argument(
-        "-C",
-        "--study",
-        type=Path,
-        default=Path.cwd(),
-        help="the study folder (default: the current directory)",
+    study_help = "the study folder (default: the current directory)"
+    parser.add_argument("-C", "--study", type=Path, default=Path.cwd(), help=study_help)
+    # -C after the command too (``bidstrain dry-run -C STUDY``), not passed to Snakemake
+    # (whose -C is --config)
+    study_option = argparse.ArgumentParser(add_help=False)
+    study_option.add_argument(
+        "-C", "--study", type=Path, default=argparse.SUPPRESS, help=study_help
     )
     commands = parser.add_subparsers(dest="command", required=True)
     # (no abbreviations: any option a command does not know is Snakemake's)
-    command = functools.partial(commands.add_parser, allow_abbrev=False)
-    init = command("init", help="make a study folder with its config/config.yaml")
+    command = functools.partial(commands.add_parser, allow_abbrev=False, parents=[study_option])
+    init = commands.add_parser("init", help="make a study folder with its config/config.yaml")
     init.add_argument("folder", type=Path)
-    init.add_argument("--bids-dir", required=True, help="the dataset (relative: to the folder)")
+    init.add_argument(
+        "--bids-dir", required=True, help="the dataset (relative: to the current directory)"
+    )
     init.add_argument("--experiment", default="main")
     run = command("run", help="build targets (default: all)")
     run.add_argument("--slurm", action="store_true", help="submit the jobs to SLURM")
@@ -156,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         config = init_study(args.folder, args.bids_dir, args.experiment)
-        print(f"wrote {config}; next: bidstrain -C {args.folder} validate")
+        print(f"wrote {config}; next: bidstrain -C {shlex.quote(str(args.folder))} validate")
         return 0
     if args.command == "status":
         if rest:
@@ -171,9 +229,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "dry-run":
         return _snakemake(study, ["--dry-run", *rest])
     if args.command == "validate":
+        started = time.time()
         code = _snakemake(study, ["validate", *rest])
         report = study / "results" / "validate" / "problems.txt"
-        if report.exists():
+        # a run that stopped before the job (a bad config) leaves an older file: not shown
+        current = code == 0 or (report.exists() and report.stat().st_mtime >= started - 1.0)
+        if report.exists() and current:
             print(report.read_text(), end="")
         return code
     # report: the run first (every stage's figures), so the HTML is never older than them
