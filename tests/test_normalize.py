@@ -270,6 +270,7 @@ def test_empty_epi_mask_is_an_error_naming_the_config_key(tmp_path):
     with pytest.raises(BidstrainError, match=r"mask is empty.*normalize.mask") as error:
         normalize_bold(FUNCTIONAL, tmp_path / "r.zarr", BOLD, image_options(mask="epi"))
     assert str(FUNCTIONAL) in str(error.value)
+    assert "config normalize.mask: none, or a mask file" in str(error.value)  # not epi again
 
 
 def test_empty_mask_file_and_mask_on_another_grid_are_errors(tmp_path):

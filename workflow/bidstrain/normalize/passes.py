@@ -167,18 +167,22 @@ def choose_mask(
             config_key=key,
             subject=info.subject,
         )
-    check_not_empty(mask, layout, info, f"config {key}: {options.mask}")
+    check_not_empty(mask, layout, info, f"config {key}: {options.mask}", tried=options.mask)
     mask, n_nonfinite = exclude_nonfinite(mask, scan.nonfinite, layout, info, options)
     check_not_empty(mask, layout, info, f"after removing {n_nonfinite} non-finite voxels")
     return mask, n_nonfinite
 
 
-def check_not_empty(mask: np.ndarray, layout: NiftiLayout, info: ImageInfo, how: str) -> None:
-    """Raise when ``mask`` selects no voxel (``how`` says where it came from)."""
+def check_not_empty(
+    mask: np.ndarray, layout: NiftiLayout, info: ImageInfo, how: str, tried: str | None = None
+) -> None:
+    """Raise when ``mask`` selects no voxel (``how`` says where it came from; ``tried``,
+    the mask option that gave it, is not offered again)."""
     if not mask.any():
+        others = [option for option in ("epi", "none") if option != tried]
         raise BidstrainError(
             f"the mask is empty ({how}); choose another mask (config "
-            f"{MASK_KEYS[info.modality]}: epi, none, or a mask file)",
+            f"{MASK_KEYS[info.modality]}: {', '.join(others)}, or a mask file)",
             path=layout.path,
             subject=info.subject,
         )
