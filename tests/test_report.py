@@ -287,6 +287,14 @@ def test_training_figures_are_readable_and_mark_skipped_steps(tmp_path):
     assert figures["losses"].get_axes()[0].get_yscale() == "log"
 
 
+def test_the_learning_figure_says_when_nothing_was_validated(tmp_path):
+    records = read_metrics(rd.write_metrics(tmp_path / "m.jsonl", _schedule_lr))
+    records.append({"kind": "summary", "modalities": {}, "max_ratio": 0.8})  # no held-out run
+    title = training_figures(records, experiment="demo")["learning"].get_suptitle()
+    assert title.startswith("Learning not measured") and "normalize.heldout" in title
+    assert "beat the baseline" not in title
+
+
 @pytest.mark.parametrize("windows", [True, False])
 def test_the_loss_with_frames_shuffled_in_time_is_drawn_when_recorded(tmp_path, windows):
     """Beside the validation loss and the baseline, in the losses figure and the learning

@@ -364,10 +364,17 @@ def _learning(records: list[dict[str, Any]], experiment: str) -> Figure:
     failing = [m for m, v in (summary or {}).get("modalities", {}).items() if v["status"] != "pass"]
     if summary is None:
         title = f"Learning, experiment {experiment}: no summary (run interrupted?)"
+    elif not summary["modalities"]:
+        title = (
+            f"Learning not measured, experiment {experiment}: no validation data (hold out "
+            "runs or subjects: normalize.heldout)"
+        )
     elif failing:
         title = f"WARNING, experiment {experiment}: {', '.join(failing)} did not beat the baseline"
     else:
         title = f"Learning, experiment {experiment}: every validated modality beat the baseline"
+    if summary is not None and summary["modalities"] and summary.get("unvalidated"):
+        title += f" (not validated: {', '.join(summary['unvalidated'])})"
     fig = new_figure(12.0, 4.5, title)
     bar_ax, curve_ax = fig.subplots(1, 2, width_ratios=[1.0, 1.5])
     if summary is None or not summary["modalities"]:
