@@ -125,6 +125,11 @@ def test_participant_filters(dataset):
     assert {f.subject for f in without.images} == {"02"}
     with pytest.raises(BidstrainError, match="participant_label names subjects with no folder: 07"):
         BidsIndex.build(dataset, participant_label=["07"])
+    # a typo in the exclusions would drop nobody without a word
+    with pytest.raises(
+        BidstrainError, match=r"^.*: exclude_participant_label names subjects with no folder: 1 "
+    ):
+        BidsIndex.build(dataset, exclude_participant_label=["1"])
 
 
 def test_skips_derivatives_sourcedata_code_and_dot_files(dataset):

@@ -288,8 +288,8 @@ class BidsIndex:
         Raises
         ------
         BidstrainError
-            When ``root`` does not exist, is not a BIDS dataset, or a requested participant
-            is absent.
+            When ``root`` does not exist, is not a BIDS dataset, or a participant to keep or
+            to drop has no folder.
         """
         root = Path(root).absolute()
         if not root.is_dir():
@@ -309,13 +309,14 @@ class BidsIndex:
             and entry.name.startswith("sub-")
             and not ignore.ignores(entry.name, is_dir=True)
         )
-        absent = sorted(wanted - set(all_subjects))
-        if absent:
-            raise BidstrainError(
-                f"participant_label names subjects with no folder: {', '.join(absent)} "
-                f"(present: {', '.join(all_subjects) or 'none'})",
-                path=root,
-            )
+        for key, named in (("participant_label", wanted), ("exclude_participant_label", excluded)):
+            absent = sorted(named - set(all_subjects))
+            if absent:  # a typo would otherwise keep or drop nobody, silently
+                raise BidstrainError(
+                    f"{key} names subjects with no folder: {', '.join(absent)} "
+                    f"(present: {', '.join(all_subjects) or 'none'})",
+                    path=root,
+                )
         subjects = [s for s in all_subjects if (not wanted or s in wanted) and s not in excluded]
         index = cls(root, [], defaultdict(list), _participants(root), subjects, ignore=ignore)
         index._scan_top_level()
