@@ -261,7 +261,7 @@ def make_naturalistic_demo(root: str | Path, spec: NaturalisticSpec = Naturalist
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: ``bidstrain-naturalistic-demo OUT_DIR [--subjects N] [--seed S]``."""
     parser = argparse.ArgumentParser(
-        prog="bidstrain-naturalistic-demo", description=__doc__.splitlines()[0]
+        prog="bidstrain-naturalistic-demo", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--subjects", type=int, default=NaturalisticSpec.n_subjects)
