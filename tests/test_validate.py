@@ -59,6 +59,25 @@ def test_every_problem_is_reported_at_once(broken_bids, tmp_path):
     assert all(f"sub-{subject}:" in readable for subject in BROKEN)
 
 
+def test_a_broken_inherited_sidecar_is_listed_once_and_a_dwi_sidecar_is_read(tmp_path):
+    root = make_demo(tmp_path / "bids", DemoSpec())
+    shared = root / "task-rest_bold.json"
+    shared.write_text('{"RepetitionTime": 2.0,')
+    dwi_sidecar = next(root.glob("sub-01/**/dwi/*_dwi.nii.gz")).with_suffix("").with_suffix(".json")
+    dwi_sidecar.write_text("{not json")
+    tsv, text = tmp_path / "problems.tsv", tmp_path / "problems.txt"
+    with pytest.raises(BidstrainError):
+        validate(root, _images(root), tsv=tsv, text=text)
+    with open(tsv, newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    inherited = [row for row in rows if row["file"] == str(shared)]
+    assert len(inherited) == 1 and inherited[0]["subject"] == ""
+    assert "sidecar is not valid JSON" in inherited[0]["problem"]
+    assert "inherited by" in inherited[0]["problem"] and "exclude" not in inherited[0]["fix"]
+    assert [row["subject"] for row in rows if row["file"] == str(dwi_sidecar)] == ["01"]
+    assert "dataset (inherited files):" in text.read_text()
+
+
 def test_a_valid_dataset_passes_and_says_so(demo_bids, tmp_path):
     tsv, text = tmp_path / "problems.tsv", tmp_path / "problems.txt"
     assert validate(demo_bids, _images(demo_bids), tsv=tsv, text=text) == []

@@ -179,9 +179,10 @@ def inspect_image(
         "size": size,
         "entities": dict(image.entities),
     }
+    metadata = index.metadata(image)  # every sidecar parsed: one that is not JSON is named
     if image.suffix == "bold":
         record["repetition_time"] = _repetition_time(
-            image, header, index.metadata(image), tr_mismatch, tr_tolerance
+            image, header, metadata, tr_mismatch, tr_tolerance
         )
     if image.suffix == "dwi":
         record.update(_read_gradients(image, index, n_volumes))

@@ -35,7 +35,8 @@ class Problem:
     severity : {"error", "warning"}
         An error stops the subject's normalize job; a warning does not.
     subject : str
-        Subject label, without ``sub-``.
+        Subject label, without ``sub-``; empty for a dataset-level file (a sidecar every
+        image below its folder inherits), listed once whatever the images it breaks.
     file : str
         The file the problem is in (the image, or its sidecar or gradient table).
     problem : str
@@ -107,6 +108,7 @@ def validate_images(
     index = BidsIndex.build(bids_dir)
     indexed = {str(image.path): image for image in index.images}
     problems = []
+    inherited: dict[tuple[str, str], list[str]] = {}  # (file, problem): subjects, in order
     for path in images:
         image = indexed.get(path)
         if image is None:
@@ -126,19 +128,28 @@ def validate_images(
                     image, index, tr_mismatch=tr_mismatch, tr_tolerance=tr_tolerance
                 )
             except BidstrainError as error:
+                where = str(error.path or path)
+                if not _subject_of(where):  # a dataset-level file every image below inherits
+                    inherited.setdefault((where, error.message), []).append(image.subject)
+                    continue
                 problems.append(
-                    Problem(
-                        "error",
-                        image.subject,
-                        error.path or path,
-                        error.message,
-                        _leave_out(image.subject),
-                    )
+                    Problem("error", image.subject, where, error.message, _leave_out(image.subject))
                 )
         problems += [
             Problem("warning", image.subject, path, message.removeprefix(f"{path}: "), "")
             for message in warnings.messages
         ]
+    for (where, message), subjects in inherited.items():
+        problems.append(
+            Problem(
+                "error",
+                "",
+                where,
+                f"{message} (inherited by {len(subjects)} image(s) of "
+                f"{len(set(subjects))} subject(s))",
+                "fix the file: every image below its folder inherits it",
+            )
+        )
     return problems
 
 
@@ -167,7 +178,7 @@ def report_text(problems: Sequence[Problem], n_images: int) -> str:
         f"{len(problems) - len(errors)} warning(s) in {len(subjects)} subject(s)"
     ]
     for subject in subjects:
-        lines.append(f"\nsub-{subject}:")
+        lines.append(f"\nsub-{subject}:" if subject else "\ndataset (inherited files):")
         for problem in (p for p in problems if p.subject == subject):
             lines.append(f"  {problem.severity}: {problem.file}: {problem.problem}")
             if problem.fix:
