@@ -216,7 +216,9 @@ def test_image_over_4_gib_uses_the_trailer_modulo_2_32(tmp_path, monkeypatch):
     assert needed > 2**32 and path.stat().st_size < 10 * 2**20
     with monkeypatch.context() as patch:  # the trailer agrees: nothing is decompressed
         patch.setattr(nifti_files, "gzip_stream_size", None)
-        record = inspect_image(BidsFile(path, {"sub": "01"}, "anat", "T1w", ".nii.gz"), None)
+        record = inspect_image(
+            BidsFile(path, {"sub": "01"}, "anat", "T1w", ".nii.gz"), BidsIndex.build(root)
+        )
     assert record["shape"] == [2048, 1024, 1025]
     assert gzip_stream_size(path) == needed
     _write_large(path, (2048, 1024, 1025), short_by=1)

@@ -13,7 +13,7 @@ import zarr
 from matplotlib.figure import Figure, SubFigure
 from matplotlib.ticker import MaxNLocator
 
-from bidstrain.io.store import open_store, to_grid
+from bidstrain.io.store import open_store, read_parcel_attrs, to_grid
 from bidstrain.report.figure import new_figure, slice_row
 from bidstrain.train.resample import model_view
 
@@ -89,7 +89,7 @@ def parcel_window_row(row: SubFigure, modality: str, description: Mapping[str, A
         ax.axvline(bound - 0.5, color="black", linewidth=1.0)
     ax.set_xticks(range(values.shape[1]))
     ax.set_xlabel("frame of the window (black lines: token bounds)")
-    names = zarr.open_group(store, mode="r").attrs.get("parcel_names", [])
+    names = read_parcel_attrs(store).get("parcel_names", [])
     if 0 < len(names) <= MAX_NAMED_PARCELS:
         ax.set_yticks(range(len(names)), names, fontsize="small")
         ax.set_ylabel("parcel")
