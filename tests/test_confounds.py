@@ -294,3 +294,9 @@ def test_a_bad_confounds_table_stops_the_job_before_any_store(fmriprep, tmp_path
     with pytest.raises(BidstrainError, match="run-2_desc-confounds_timeseries.tsv: .*has 59 rows"):
         main(argv)
     assert not (tmp_path / "0.zarr").exists()  # the good first run was not written either
+
+
+def test_a_misspelt_strategy_option_is_named_not_dropped(fmriprep):
+    image, _, table = _run(fmriprep)
+    with pytest.raises(BidstrainError, match=r"normalize.confounds.options: .*fd_treshold"):
+        load_run_confounds(image, table, "scrubbing", {"fd_treshold": 0.1}, N_VOLUMES, ddof=1)

@@ -186,6 +186,27 @@ def test_repetition_time_disagreement_is_an_error_or_a_warning(tmp_path, small):
     assert {r["repetition_time"] for r in record["images"] if r["modality"] == "bold"} == {1.0}
 
 
+@pytest.mark.parametrize(
+    ("ext", "text", "problem"),
+    [
+        (".bval", "0 0 nan 1000 1000 1000 1000 1000\n", "not a finite number"),
+        (".bvec", None, "not a finite number"),
+        (".bvec", "1 0 x0.3\n", "cannot parse gradient table"),
+    ],
+)
+def test_a_bad_gradient_value_names_its_own_file(small, ext, text, problem):
+    from bidstrain.dataset.bids import BidsIndex
+    from bidstrain.ingest.records import inspect_image
+
+    table = small / f"sub-02/ses-1/dwi/sub-02_ses-1_dwi{ext}"
+    rows = table.read_text().splitlines()
+    table.write_text(text or "\n".join([rows[0].replace(rows[0].split()[2], "nan", 1), *rows[1:]]))
+    index = BidsIndex.build(small)
+    image = next(i for i in index.select("dwi") if i.subject == "02")
+    with pytest.raises(BidstrainError, match=rf"dwi\{ext}: .*{problem}"):
+        inspect_image(image, index)
+
+
 def test_bval_length_does_not_match_dwi(tmp_path, small):
     (small / "sub-02/ses-1/dwi/sub-02_ses-1_dwi.bval").write_text("0 1000 1000\n")
     ingest_fails(tmp_path, small, "sub-02_ses-1_dwi.bval has 3 entries but the DWI has 8 volumes")

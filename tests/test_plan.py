@@ -543,3 +543,10 @@ def test_qsiprep_dwi_takes_its_own_brain_mask(tmp_path):
     assert dwi and all(i.image.entities["desc"] == "preproc" for i in dwi)
     assert all(i.mask.endswith("_space-T1w_desc-brain_mask.nii.gz") for i in dwi)
     assert all(i.store.endswith("_space-T1w_desc-zscore_dwi.zarr") for i in dwi)
+
+
+def test_a_space_on_raw_bids_is_an_error(demo_bids):
+    """Raw runs have no space: with one configured, every space's run of a derivative
+    described as raw would be taken as a run of its own."""
+    with pytest.raises(BidstrainError, match="config space T1w is set but bids_dir is read as raw"):
+        plan_of(demo_bids, space="T1w")

@@ -257,6 +257,14 @@ class Plan:
             (:func:`_check_loader_memory`).
         """
         kind = derivatives.dataset_kind(index.root)
+        if config.space and not kind.is_derivative:
+            raise BidstrainError(
+                f"config space {config.space} is set but bids_dir is read as raw BIDS, whose "
+                "runs have no space (its dataset_description.json has neither DatasetType "
+                "'derivative' nor GeneratedBy): every space's run would be taken as a run of "
+                "its own; point bids_dir at the pipeline's output, or leave space unset",
+                path=index.root,
+            )
         images = {m: tuple(_select(index, config, m, kind)) for m in MODALITIES}
         subjects = tuple(sorted({image.subject for group in images.values() for image in group}))
         _require_images(index, config, subjects)

@@ -86,11 +86,18 @@ def _read_gradients(image: BidsFile, index: BidsIndex, n_volumes: int) -> dict[s
     missing = [ext for ext, path in paths.items() if path is None]
     if missing:
         raise BidstrainError(f"DWI has no {' or '.join(missing)} file", path=image.path)
-    try:
-        bvals = np.loadtxt(paths[".bval"], ndmin=1)
-        bvecs = np.loadtxt(paths[".bvec"], ndmin=2)
-    except ValueError as error:
-        raise BidstrainError(f"cannot parse gradient table: {error}", path=paths[".bval"]) from None
+    tables = {}
+    for ext, ndmin in ((".bval", 1), (".bvec", 2)):
+        try:
+            tables[ext] = np.loadtxt(paths[ext], ndmin=ndmin)
+        except ValueError as error:
+            raise BidstrainError(f"cannot parse gradient table: {error}", path=paths[ext]) from None
+        if not np.isfinite(tables[ext]).all():
+            raise BidstrainError(
+                "gradient table holds a value that is not a finite number (NaN or inf)",
+                path=paths[ext],
+            )
+    bvals, bvecs = tables[".bval"], tables[".bvec"]
     if bvecs.shape[0] != 3 and bvecs.shape[1] == 3:
         bvecs = bvecs.T
     lengths = {".bval": bvals.size, ".bvec": bvecs.shape[1]}

@@ -39,6 +39,7 @@ with the statistics of the training runs.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ from bidstrain.errors import BidstrainError
 from bidstrain.normalize.image import ImageInfo, Options
 from bidstrain.normalize.masking import mask_file
 from bidstrain.normalize.nifti_stream import NiftiLayout
+
+log = logging.getLogger(__name__)
 
 #: Config ``normalize.confounds.strategy`` values: none, or nilearn's denoise strategies.
 STRATEGIES = ("none", "simple", "scrubbing", "compcor", "ica_aroma")
@@ -172,7 +175,8 @@ def load_run_confounds(
             subject=subject,
         )
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
             warnings.simplefilter("ignore", RuntimeWarning)  # "all volumes": checked below
             frame, sample_mask = load_confounds_strategy(
                 str(image), denoise_strategy=strategy, **dict(options)
@@ -184,6 +188,16 @@ def load_run_confounds(
             path=table,
             subject=subject,
         ) from None
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    unused = [m for m in messages if "not needed for the selected" in m]
+    for message in set(messages) - set(unused):
+        log.warning("sub-%s: %s: nilearn: %s", subject, table, message)
+    if unused:  # a misspelt option (fd_treshold) would otherwise be dropped without a word
+        raise BidstrainError(
+            f"config normalize.confounds.options: {unused[0]} (nilearn)",
+            path=table,
+            subject=subject,
+        )
     if len(frame) != n_volumes:
         raise BidstrainError(
             f"the confounds table has {len(frame)} rows but the run {image.name} has "
