@@ -595,3 +595,17 @@ def test_a_parcel_window_row_names_its_parcels_on_integer_rows(tmp_path):
     assert list(ax.get_yticks()) == [0, 1, 2, 3]
     save_figure(fig, tmp_path / "model_input.png")
     assert_nontrivial_png(tmp_path / "model_input.png", min_height=300)
+
+
+def test_encoding_timecourses_name_parcels_by_label_as_the_metrics_do():
+    from bidstrain.report.encoding import timecourse_figure
+
+    rng = np.random.default_rng(0)
+    measured = rng.standard_normal((20, 3))
+    names = ["parcel 3 tone_low", "parcel 5 luminance", "parcel 8 words"]
+    fig = timecourse_figure(
+        measured, measured, measured, np.array([0.1, 0.9, 0.5]), n=2, repetition_time=2.0,
+        names=names,
+    )  # fmt: skip
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["parcel 5 luminance (best): r = 0.90", "parcel 8 words (median): r = 0.50"]

@@ -185,6 +185,11 @@ def _encoding_figures(args: argparse.Namespace) -> list:
     target = model["target"]
     kind = "parcel" if target.get("kind") == "parcels" else "voxel"
     correlation = read_table(folder / "metrics.tsv")["model_correlation"]
+    if kind == "parcel":  # the atlas's labels and names, as metrics.tsv lists them
+        labels = zip(target["parcels"], target["parcel_names"], strict=True)
+        names = [f"parcel {label} {name}" for label, name in labels]
+    else:
+        names = [f"voxel {i}" for i in range(correlation.size)]
     with np.load(folder / "heldout.npz") as held:
         timecourse = timecourse_figure(
             held["measured"],
@@ -193,7 +198,7 @@ def _encoding_figures(args: argparse.Namespace) -> list:
             correlation,
             n=args.targets,
             repetition_time=model["features"]["repetition_time"],
-            label=kind,
+            names=names,
         )
     store = open_store(args.bold, use_dask=False)
     mask = np.asarray(store["mask"].values, bool)

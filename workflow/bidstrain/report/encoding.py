@@ -42,10 +42,13 @@ def timecourse_figure(
     *,
     n: int,
     repetition_time: float,
-    label: str = "voxel",
+    names: Sequence[str] | None = None,
 ) -> Figure:
     """Held-out measured BOLD and the model's (and RidgeCV's) prediction, one panel per
-    chosen target (:func:`chosen_targets`)."""
+    chosen target (:func:`chosen_targets`), titled with ``names[target]`` (the rows of
+    ``metrics.tsv``: ``voxel 89``, ``parcel 3 tone_low``; by default the voxel's
+    position)."""
+    names = names if names is not None else [f"voxel {i}" for i in range(measured.shape[1])]
     chosen = chosen_targets(correlation, n)
     fig = new_figure(9.0, 2.2 * max(len(chosen), 1), "Encoding model: held-out prediction")
     axes = fig.subplots(max(len(chosen), 1), 1, squeeze=False)[:, 0]
@@ -54,7 +57,7 @@ def timecourse_figure(
         ax.plot(time, measured[:, index], color="black", lw=1.2, label="measured (average)")
         ax.plot(time, predicted[:, index], color="tab:red", lw=1.2, label="encoding model")
         ax.plot(time, ridge[:, index], color="tab:blue", lw=1.0, ls="--", label="RidgeCV", zorder=3)
-        ax.set_title(f"{label} {index} ({why}): r = {correlation[index]:.2f}")
+        ax.set_title(f"{names[index]} ({why}): r = {correlation[index]:.2f}")
         ax.set_ylabel("BOLD (z)")
     axes[0].legend(loc="upper right", ncol=3)
     axes[-1].set_xlabel("time in the held-out runs (s)")
