@@ -68,6 +68,7 @@ def test_a_forced_rerun_on_unchanged_data_leaves_nothing_to_redo(rerun):
     assert planned(workdir, bids) == set()
 
 
+@pytest.mark.slow  # four snakemake runs and two dry runs: about 30 s
 def test_a_failed_rerun_leaves_no_table_keeps_the_stores_and_is_retried(rerun):
     workdir, bids = rerun
     before = snapshot(workdir)

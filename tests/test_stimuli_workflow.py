@@ -54,6 +54,7 @@ def test_a_delay_change_reruns_nothing_and_a_text_key_only_the_transcript(featur
     assert planned == ["stimuli/film_words.tsv"]
 
 
+@pytest.mark.slow  # two snakemake runs and a dry run: about 11 s
 def test_a_changed_word_vector_table_reruns_the_transcript_job(tmp_path_factory):
     root = make_film_bids(tmp_path_factory)
     workdir = tmp_path_factory.mktemp("vectors_run")
