@@ -227,3 +227,18 @@ def test_qsiprep_dwi_normalized_with_its_own_mask_and_gradients(qsiprep, tmp_pat
     assert np.array_equal(ds.mask.values, np.asarray(nib.load(mask).dataobj) > 0)
     assert np.allclose(ds.bval.values, bval)
     assert store_meta(ds).mask_source == str(mask)
+
+
+def test_the_echoes_beside_a_combined_multi_echo_run_are_not_runs(fmriprep, tmp_path):
+    """fMRIPrep's --me-output-echos: each echo in the run's native space, beside the
+    optimally combined series in every output space. The combined series is the run."""
+    root = tmp_path / "fmriprep"
+    shutil.copytree(fmriprep, root)
+    for image in BidsIndex.build(root).select("bold", space=["T1w"]):
+        for echo in (1, 2, 3):
+            name = image.path.name.replace("_space-T1w", "").replace("_desc", f"_echo-{echo}_desc")
+            (image.path.parent / name).touch()
+    index = BidsIndex.build(root)
+    assert any("echo" in image.entities for image in index.select("bold"))
+    chosen = select_preproc(index.images, parse_space(f"{MNI}:res-2"), "bold")
+    assert len(chosen) == 4 and all(image.entities["space"] == MNI for image in chosen)

@@ -252,12 +252,24 @@ def _matches(found: Space, wanted: Space) -> bool:
     )
 
 
-def _run_label(image: BidsFile) -> str:
-    """The run an image belongs to, whatever its space: its path without space entities."""
-    entities = {k: v for k, v in image.entities.items() if k not in SPACE_ENTITIES}
+def _run_label(image: BidsFile, *, without: tuple[str, ...] = ()) -> str:
+    """The run an image belongs to, whatever its space: its path without space entities
+    (nor the entities ``without``)."""
+    dropped = (*SPACE_ENTITIES, *without)
+    entities = {k: v for k, v in image.entities.items() if k not in dropped}
     return bids_path(
         suffix=image.suffix, extension=image.extension, datatype=image.datatype, **entities
     )
+
+
+def _drop_echoes_of_combined_runs(runs: dict[str, list[BidsFile]]) -> None:
+    """Leave out of ``runs`` the echoes of a multi-echo run whose optimally combined series
+    is there too: fMRIPrep's ``--me-output-echos`` writes each echo, in the run's native
+    space only, beside the combined series in every output space; the combined series is
+    the run."""
+    for label, found in list(runs.items()):
+        if "echo" in found[0].entities and _run_label(found[0], without=("echo",)) in runs:
+            del runs[label]
 
 
 def select_preproc(
@@ -304,6 +316,7 @@ def select_preproc(
     for image in images:
         if image.suffix == suffix and image.entities.get("desc") == desc:
             runs[_run_label(image)].append(image)
+    _drop_echoes_of_combined_runs(runs)
     if space is None:
         if len({str(image_space(f)) for found in runs.values() for f in found}) > 1:
             raise BidstrainError(
