@@ -97,11 +97,13 @@ def run_confounds(
 
 
 def parcel_job(
-    spec: Mapping[str, Any], info: ImageInfo, atlas: AtlasFiles | None
+    spec: Mapping[str, Any], info: ImageInfo, atlas: AtlasFiles | None, checksum: str | None
 ) -> ParcelJob | None:
     """The parcel outputs of a BOLD image of ``--spec`` with the atlas on its grid (with a
     label image per run, the run's: ``atlas_image`` of its ``parcels``), or None (no atlas
-    in the settings, or not BOLD).
+    in the settings, or not BOLD). ``checksum`` is the atlas's
+    (:func:`~bidstrain.dataset.atlas.atlas_checksum`, of the pattern and table for a label
+    image per run), which the parcel store records.
 
     Raises
     ------
@@ -113,7 +115,6 @@ def parcel_job(
         return None
     image = spec["image"]
     check_space(atlas, info.entities.get("space"), image=image, subject=info.subject)
-    checksum = atlas_checksum(atlas)  # of the pattern and table, for a label image per run
     if atlas.per_run:  # the run's own label image, from the pattern
         own = Path(spec["parcels"]["atlas_image"])
         if not own.is_file():
@@ -136,6 +137,7 @@ class ImageInputs:
     image of the job before any store is written (:func:`image_inputs`)."""
 
     info: ImageInfo
+    options: Options
     confounds: RunConfounds | None
     parcels: ParcelJob | None
 
@@ -145,8 +147,10 @@ def image_inputs(
     ingest: Mapping[str, Any],
     settings: NormalizeJobConfig,
     atlas: AtlasFiles | None = None,
+    checksum: str | None = None,
 ) -> ImageInputs:
-    """The header record, confounds and atlas on its grid of one image of ``--spec``.
+    """The header record, options, confounds and atlas on its grid of one image of
+    ``--spec``.
 
     Parameters
     ----------
@@ -159,6 +163,8 @@ def image_inputs(
     atlas : AtlasFiles, optional
         The atlas of config ``parcellation``: BOLD entries then name their ``parcels``
         outputs.
+    checksum : str, optional
+        The atlas's checksum (computed once per job).
 
     Raises
     ------
@@ -167,16 +173,14 @@ def image_inputs(
     """
     normalize = settings.normalize
     info = ImageInfo.from_ingest(ingest, spec["image"])
-    ddof = Options.from_config(normalize, settings.time, mask=spec["mask"]).ddof
+    options = Options.from_config(normalize, settings.time, mask=spec["mask"])
     confounds = run_confounds(
-        spec, info, normalize.confounds.strategy, normalize.confounds.options, ddof
+        spec, info, normalize.confounds.strategy, normalize.confounds.options, options.ddof
     )
-    return ImageInputs(info, confounds, parcel_job(spec, info, atlas))
+    return ImageInputs(info, options, confounds, parcel_job(spec, info, atlas, checksum))
 
 
-def normalize_image(
-    spec: Mapping[str, Any], settings: NormalizeJobConfig, inputs: ImageInputs
-) -> StoreRow:
+def normalize_image(spec: Mapping[str, Any], inputs: ImageInputs) -> StoreRow:
     """Normalize one image of a job's ``--spec`` into its store.
 
     Parameters
@@ -185,12 +189,9 @@ def normalize_image(
         ``modality`` (``bold``, ``T1w``, ``dwi``), ``image``, ``store``, ``mask``
         (keyword or file) and ``stats_from`` (stores whose pooled statistics a held-out
         run is normalized with; empty for its own).
-    settings : NormalizeJobConfig
-        The job's settings: config ``normalize`` and ``time``, shared by the job's images
-        (each image's mask is taken from ``spec``); with a confounds strategy, BOLD
-        entries name their ``confounds`` table.
     inputs : ImageInputs
-        The image's header record, confounds and parcels (:func:`image_inputs`).
+        The image's header record, options (the job's settings, with the image's mask),
+        confounds and parcels (:func:`image_inputs`).
 
     Returns
     -------
@@ -199,8 +200,8 @@ def normalize_image(
     """
     modality, image, store = spec["modality"], spec["image"], spec["store"]
     stats_from = spec["stats_from"]
-    options = Options.from_config(settings.normalize, settings.time, mask=spec["mask"])
-    info, confounds, parcels = inputs.info, inputs.confounds, inputs.parcels
+    info, options = inputs.info, inputs.options
+    confounds, parcels = inputs.confounds, inputs.parcels
     started = time.perf_counter()
     if stats_from:
         attrs = normalize_with_stats(image, stats_from, store, info, options, confounds, parcels)
@@ -276,9 +277,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings.bids_dir, args.subject, images, settings.ingest, args.ingest
     )
     atlas = None if settings.atlas is None else AtlasFiles.from_json(settings.atlas)
+    checksum = None if atlas is None else atlas_checksum(atlas)
     # every confounds table and label image checked before the first store is written
-    inputs = [image_inputs(spec, ingest, settings, atlas) for spec in specs]
-    rows = [normalize_image(spec, settings, own) for spec, own in zip(specs, inputs, strict=True)]
+    inputs = [image_inputs(spec, ingest, settings, atlas, checksum) for spec in specs]
+    rows = [normalize_image(spec, own) for spec, own in zip(specs, inputs, strict=True)]
     write_table(rows, args.out_table)
 
 
