@@ -22,7 +22,7 @@ import nibabel as nib
 from bidstrain.dataset.bids import BidsFile, BidsIndex
 from bidstrain.errors import BidstrainError
 from bidstrain.stimuli.media import MEDIA_EXTENSIONS, MediaInfo, probe
-from bidstrain.stimuli.text import TEXT_EXTENSIONS, Word, read_words
+from bidstrain.stimuli.text import TEXT_EXTENSIONS, Word, read_words, table_words
 
 STIMULI_FOLDER = "stimuli"
 
@@ -230,7 +230,7 @@ def _run_stimuli(
         events.append(Event(stimulus, onset, duration))
     if rows and "word" in rows[0]:
         events.append(Event(events_file, 0.0, n_volumes * tr))
-        words.append((0.0, events_file.name, read_words(events_file)))
+        words.append((0.0, events_file.name, table_words(rows, events_file)))
     run = RunStimuli(image, events_file, tr, n_volumes, tuple(events))
     _check_words_within(run, words, tolerance)
     if ends:

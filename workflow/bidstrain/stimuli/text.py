@@ -64,7 +64,12 @@ def read_word_table(path: Path) -> list[Word]:
     """The words of a TSV with ``onset`` and ``word`` columns (a transcript or an
     ``events.tsv``); rows whose word is empty or ``n/a`` are not words."""
     with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
+        return table_words(list(csv.DictReader(handle, delimiter="\t")), path)
+
+
+def table_words(rows: Sequence[Mapping[str, str]], path: Path) -> list[Word]:
+    """The words of the rows of a word table read by :func:`read_word_table` (``path``
+    named in errors): for a caller that has read the table already."""
     if rows and not {"onset", "word"} <= set(rows[0]):
         raise BidstrainError(
             f"a word table needs 'onset' and 'word' columns; it has {sorted(rows[0])}", path=path
