@@ -162,7 +162,7 @@ def test_identical_images_have_identical_embeddings(trained, tmp_path):
     # Different volumes embed differently.
     assert not np.allclose(a["embedding"].values[0], a["embedding"].values[1])
     table = (tmp_path / "embeddings.tsv").read_text().splitlines()
-    assert len(table) == 4 and table[0].startswith("modality\tstore\tembedding\tvolumes")
+    assert len(table) == 4 and table[0].startswith("modality\tstore\tembedding\tstimuli\tvolumes")
 
 
 def test_an_image_at_raw_scale_is_refused_by_the_scale_guard(trained, tmp_path):

@@ -1,26 +1,29 @@
 """embed with a model of BOLD windows: one embedding per non-overlapping window of a run,
 never across a frame left out (a run shorter than a window gives a store of no sample,
-with a warning, and a report bar saying so), and a store at another repetition time than
-the model's refused, naming both."""
+with a warning, and a report bar saying so), a store at another repetition time than
+the model's refused, naming both, and a model of ``train.stimuli`` given each window's
+stimulus features."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import xarray as xr
 import zarr
 from bidstrain.config import ModelExpectation
 from bidstrain.embed.apply import check_preparation
+from bidstrain.embed.samples import samples
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import consolidate
 from bidstrain.report.embed import embedding_figure
-from bidstrain.train.description import FORMAT, describe
+from bidstrain.train.description import FORMAT, describe, load_model
 from bidstrain.train.expectation import Preparation, differences, preparation_of
 from bidstrain.train.model import build_module
 from test_average_parcels import parcel_store
 from test_embed import run_embed
-from train_support import train_config, write_store
+from train_support import train_config, write_aligned, write_store
 
 pytestmark = pytest.mark.integration
 
@@ -35,14 +38,22 @@ def bold_store(path, tr: float) -> str:
     return store
 
 
-def windows_model(tmp_path, tr: float):
+def windows_model(tmp_path, tr: float, video: int = 0):
     """A model of voxel windows (untrained) saved as training saves one, with its
-    description."""
+    description; with ``video`` features of ``train.stimuli: [video]``, trained on an
+    aligned store written beside its BOLD store (``video.zarr``)."""
     store = bold_store(tmp_path / "train.zarr", tr)
-    config = train_config(window=WINDOW, patch_frames=2)
+    stimuli = {"video": video} if video else {}
+    config = train_config(window=WINDOW, patch_frames=2, stimuli=list(stimuli))
     torch.manual_seed(0)
-    module = build_module(config, ["bold"])
-    about = describe(module, config, {"bold": [store]}, config_hash="0" * 16, step=0)
+    module = build_module(config, ["bold"], stimuli=stimuli)
+    aligned = None
+    if video:
+        features = np.random.default_rng(5).standard_normal((N_TIME, video))
+        aligned = {"video": [write_aligned(tmp_path / "video.zarr", features, "video", store)]}
+    about = describe(
+        module, config, {"bold": [store]}, config_hash="0" * 16, step=0, stimuli=aligned
+    )
     path = tmp_path / "model.pt"
     torch.save({"model": module.state_dict(), "description": about}, path)
     return path, about
@@ -158,3 +169,51 @@ def test_runs_already_at_the_target_tr_match_any_time_method():
     assert lines(resampled, 0.8, "linear") == [
         "time.method: 'pchip' in the model, 'linear' in the config"
     ]
+
+
+def test_a_model_of_stimuli_embeds_each_window_with_its_features(tmp_path):
+    model, _ = windows_model(tmp_path, TR, video=3)
+    store = bold_store(tmp_path / "new.zarr", TR)
+    training = str(tmp_path / "train.zarr")  # whose statistics z-scored the features
+    rng = np.random.default_rng(6)
+    films = [
+        write_aligned(tmp_path / f"film{i}.zarr", rng.standard_normal((N_TIME, 3)), "video",
+                      training)
+        for i in range(2)
+    ]  # fmt: skip
+    images = [
+        {"modality": "bold", "store": store, "out": str(tmp_path / f"new{i}_embedding.zarr"),
+         "stimuli": stimuli}
+        for i, stimuli in enumerate([{"video": films[0]}, {"video": films[1]}, {}])
+    ]  # fmt: skip
+    result = run_embed(tmp_path, model, images)
+    embedded = [xr.open_zarr(image["out"]).load() for image in images]
+    table = pd.read_csv(tmp_path / "embeddings.tsv", sep="\t", keep_default_na=False)
+    assert table["stimuli"].tolist() == ["video", "video", ""]
+    assert [e.attrs["stimuli"] for e in embedded] == [["video"], ["video"], []]
+    assert "no aligned video stimulus store" in result.stderr  # the last image
+    # the tokens of each window's own features change its embedding and its loss
+    first, second, alone = (e["embedding"].values for e in embedded)
+    assert not np.allclose(first, second) and not np.allclose(first, alone)
+    assert not np.allclose(embedded[0]["loss"].values, embedded[1]["loss"].values)
+    # the BOLD tokens alone, pooled as a model without stimuli pools them
+    module, _ = load_model(model, None, device=torch.device("cpu"))
+    config = train_config(window=WINDOW, patch_frames=2, stimuli=["video"]).model
+    (_, _, windows), *_ = samples(store, "bold", config, 3)
+    with torch.no_grad():
+        want = module.encoder(module.embed["bold"](windows)).mean(dim=1)
+    np.testing.assert_allclose(alone, want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_embed_refuses_features_without_one_row_per_frame(tmp_path):
+    model, _ = windows_model(tmp_path, TR, video=3)
+    store = bold_store(tmp_path / "new.zarr", TR)
+    features = np.zeros((N_TIME - 2, 3))
+    film = write_aligned(tmp_path / "film.zarr", features, "video", str(tmp_path / "train.zarr"))
+    out = tmp_path / "new_desc-embedding_bold.zarr"
+    image = {"modality": "bold", "store": store, "out": str(out), "stimuli": {"video": film}}
+    result = run_embed(tmp_path, model, [image], check=False)
+    assert result.returncode != 0 and not out.exists()
+    assert f"{N_TIME - 2} rows of features for the {N_TIME} frames of the BOLD store" in (
+        result.stderr
+    )

@@ -26,7 +26,8 @@ differently from the training data (another repetition time or time method: ``mo
 ``preparation``) is refused, naming the difference; so is one whose aligned stimulus
 features (an image's ``stimuli``: ``{kind: aligned store}``, for a model of
 ``train.stimuli``) were prepared differently from the model's (decoder settings, sizes,
-delays, normalization or statistics).
+delays, normalization or statistics). Those features join each BOLD window's tokens, as
+in training (:func:`stimulus_features`).
 
 An embedding store (Zarr v3 with consolidated metadata, read with
 ``xarray.open_zarr(path)``) holds
@@ -57,7 +58,13 @@ from bidstrain.config import EmbedJobConfig, TrainConfig
 from bidstrain.embed.samples import samples
 from bidstrain.errors import BidstrainError
 from bidstrain.io.atomic import atomic_path, write_text_atomic
-from bidstrain.io.store import consolidate, read_aligned_store, read_meta, read_parcel_attrs
+from bidstrain.io.store import (
+    consolidate,
+    read_aligned_store,
+    read_dims,
+    read_meta,
+    read_parcel_attrs,
+)
 from bidstrain.stats import value_stats
 from bidstrain.train.description import first_volume, load_model
 from bidstrain.train.expectation import preparation_of, stimulus_differences, stimulus_record
@@ -140,7 +147,8 @@ def check_stimuli(
 ) -> None:
     """Refuse a BOLD store whose aligned stimulus features (``stimuli``: ``{kind:
     aligned store}``) of the model's ``train.stimuli`` were prepared differently from
-    the model's (:func:`~bidstrain.train.expectation.stimulus_differences`).
+    the model's (:func:`~bidstrain.train.expectation.stimulus_differences`), or do not
+    have one row per frame of the store.
 
     Raises
     ------
@@ -148,12 +156,18 @@ def check_stimuli(
         Naming the aligned store, the BOLD store's subject and each difference.
     """
     trained = preparation_of(description).stimuli or {}
+    n_frames = read_dims(store)[0]
     for kind, path in stimuli.items():
         if kind not in trained:
             continue
         aligned = read_aligned_store(path)
         record = stimulus_record(aligned.attrs, aligned.arrays, aligned.features.shape[1])
         lines = stimulus_differences(trained[kind], record, kind)
+        if aligned.features.shape[0] != n_frames:
+            lines.append(
+                f"{aligned.features.shape[0]} rows of features for the {n_frames} frames of "
+                "the BOLD store (rerun the align_stimuli job)"
+            )
         if lines:
             raise BidstrainError(
                 f"the {kind} features of {store} were prepared differently from the model's "
@@ -161,6 +175,28 @@ def check_stimuli(
                 path=path,
                 subject=read_meta(store).subject,
             )
+
+
+def stimulus_features(
+    model: MultiModalAutoencoder, store: str | Path, stimuli: Mapping[str, str]
+) -> dict[str, np.ndarray]:
+    """The aligned features ``(frames, features)`` float32 of the model's stimulus kinds
+    (``train.stimuli``) among ``stimuli`` (``{kind: aligned store}``) of a BOLD store;
+    a kind the run has no store of is left out, with a warning (its windows are embedded
+    without it)."""
+    missing = [kind for kind in model.stimuli if kind not in stimuli]
+    if missing:
+        LOG.warning(
+            "%s: no aligned %s stimulus store (its events.tsv names no such stimulus): its "
+            "BOLD windows are embedded without those tokens",
+            store,
+            " or ".join(missing),
+        )
+    return {
+        kind: np.ascontiguousarray(read_aligned_store(stimuli[kind]).features, dtype=np.float32)
+        for kind in model.stimuli
+        if kind in stimuli
+    }
 
 
 @torch.no_grad()
@@ -173,10 +209,15 @@ def embed_store(
     batch_size: int,
     seed: int,
     device: torch.device,
+    stimuli: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Embeddings, reconstruction losses and baselines of every sample of ``store``: its
     volumes, or for a model of BOLD windows the run's non-overlapping windows
     (:func:`bidstrain.embed.samples.samples`).
+
+    ``stimuli`` (``{kind: (frames, features)}``, :func:`stimulus_features`) gives each
+    BOLD window the features of its frames, as in training: they join its tokens in the
+    encoder's sequence, and share its draw of masked tokens. The loss is BOLD's.
 
     Samples are read ``batch_size`` at a time. Batch ``b`` masks the tokens drawn by a
     generator seeded with ``(seed, b)``, so two identical stores get identical results.
@@ -198,11 +239,17 @@ def embed_store(
         "time": [np.zeros(0)],
     }
     batches = samples(store, modality, model_config, batch_size)
-    for number, (times, volume) in enumerate(batches):
+    for number, (firsts, times, volume) in enumerate(batches):
         volume = volume.to(device)
+        context = {
+            kind: torch.from_numpy(
+                np.stack([values[first : first + model_config.window] for first in firsts])
+            ).to(device)
+            for kind, values in (stimuli or {}).items()
+        }
         out["time"].append(times)
-        out["embedding"].append(model.encode(modality, volume).float().cpu().numpy())
-        batch = {modality: volume}
+        out["embedding"].append(model.encode(modality, volume, context).float().cpu().numpy())
+        batch = {modality: volume, **context}
         generator = torch.Generator().manual_seed(seed * 1_000_003 + number)
         output = model(batch, masks=model.token_masks(batch, generator))
         where = output.voxel_masks.get(modality)
@@ -231,8 +278,10 @@ def write_embedding(
     *,
     model_path: str | Path,
     description: Mapping[str, Any],
+    stimuli: Sequence[str] = (),
 ) -> None:
-    """Write one embedding store atomically (see the module docstring for its layout)."""
+    """Write one embedding store atomically (see the module docstring for its layout);
+    ``stimuli``: the stimulus kinds whose tokens joined the BOLD windows'."""
     meta = read_meta(store)
     time = values["time"]
     dataset = xr.Dataset(
@@ -255,6 +304,7 @@ def write_embedding(
             "model_config_hash": description["config_hash"],
             "model_step": description["step"],
             "loss_normalize": description["train"]["loss"]["normalize"],
+            "stimuli": list(stimuli),
         },
     )
     with atomic_path(out) as tmp:
@@ -292,6 +342,9 @@ def embed(
         check_scale(image["store"], image["modality"], description, max_scale_ratio)
     rows = []
     for image in images:
+        stimuli = {}
+        if image["modality"] == "bold":
+            stimuli = stimulus_features(model, image["store"], image.get("stimuli", {}))
         values = embed_store(
             model,
             description,
@@ -300,6 +353,7 @@ def embed(
             batch_size=batch_size,
             seed=seed,
             device=device,
+            stimuli=stimuli,
         )
         write_embedding(
             image["out"],
@@ -308,12 +362,14 @@ def embed(
             image["modality"],
             model_path=model_path,
             description=description,
+            stimuli=list(stimuli),
         )
         rows.append(
             {
                 "modality": image["modality"],
                 "store": image["store"],
                 "embedding": image["out"],
+                "stimuli": ",".join(stimuli),
                 "volumes": len(values["loss"]),
                 "loss": float(values["loss"].mean()),
                 "baseline": float(values["baseline"].mean()),
@@ -321,7 +377,8 @@ def embed(
         )
         LOG.info("wrote %s (%d volumes)", image["out"], len(values["loss"]))
     table = pd.DataFrame(
-        rows, columns=["modality", "store", "embedding", "volumes", "loss", "baseline"]
+        rows,
+        columns=["modality", "store", "embedding", "stimuli", "volumes", "loss", "baseline"],
     )
     write_text_atomic(out_table, table.to_csv(sep="\t", index=False))
     return table

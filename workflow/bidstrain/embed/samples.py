@@ -29,10 +29,10 @@ LOG = logging.getLogger("bidstrain.embed")
 
 def samples(
     store: str | Path, modality: str, model: ModelConfig, batch_size: int
-) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-    """``(times, batch)`` pairs: the first frame's time of each sample, and the samples
-    as the model reads them: ``(n, 1, x, y, z)`` volumes, ``(n, window, x, y, z)`` voxel
-    windows or ``(n, window, parcels)`` parcel windows."""
+) -> Iterator[tuple[np.ndarray, np.ndarray, torch.Tensor]]:
+    """``(firsts, times, batch)``: the index and the time of each sample's first frame,
+    and the samples as the model reads them: ``(n, 1, x, y, z)`` volumes, ``(n, window,
+    x, y, z)`` voxel windows or ``(n, window, parcels)`` parcel windows."""
     with xr.open_zarr(store) as ds:
         times = np.asarray(ds["time"].values, dtype=np.float64)
     window = model.window if modality == "bold" else 1
@@ -59,7 +59,7 @@ def samples(
         read = _voxel_reader(store, modality, model)
     for first in range(0, len(starts), batch_size):
         chosen = starts[first : first + batch_size]
-        yield times[chosen], torch.stack([read(start, window) for start in chosen])
+        yield chosen, times[chosen], torch.stack([read(start, window) for start in chosen])
 
 
 def window_starts(segments: Sequence[int], window: int) -> np.ndarray:

@@ -265,10 +265,25 @@ class MultiModalAutoencoder(nn.Module):
         dummy = self.dummy_loss(absent=[m for m in self.inputs if m not in batch])
         return ModelOutput(total + dummy, losses, dummy.detach(), reconstructions, voxel_masks)
 
-    def encode(self, modality: str, volume: torch.Tensor) -> torch.Tensor:
-        """The pooled embedding of each sample: the mean of the encoder's output tokens,
-        without masking, ``(n, 1, x, y, z)`` (or a BOLD window) ``-> (n, dim)``."""
-        return self.encoder(self.embed[modality](volume)).mean(dim=1)
+    def encode(
+        self,
+        modality: str,
+        volume: torch.Tensor,
+        stimuli: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The pooled embedding of each sample, without masking: ``(n, 1, x, y, z)`` (or
+        a BOLD window) ``-> (n, dim)``, the mean of the encoder's output tokens of
+        ``modality``.
+
+        ``stimuli`` (``{kind: (n, window, features)}``, the BOLD windows' features of the
+        model's stimulus kinds) join the BOLD tokens in one sequence, as in training;
+        the embedding is still the mean of the BOLD tokens' outputs.
+        """
+        batch = {modality: volume, **(stimuli or {})}
+        (sequence,) = self.sequences(batch)
+        tokens = [self.embed[m](batch[m]) for m in sequence]
+        encoded = self.encoder(torch.cat(tokens, dim=1) if len(tokens) > 1 else tokens[0])
+        return encoded[:, : tokens[0].shape[1]].mean(dim=1)
 
     def dummy_loss(self, absent: Sequence[str]) -> torch.Tensor:
         """``scale * sum`` of the parameters of the ``absent`` modalities: a gradient of
