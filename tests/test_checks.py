@@ -22,7 +22,7 @@ from bidstrain.checks.scan import scan_store
 from bidstrain.checks.summary import raise_on_failure, summary_tsv, write_summary
 from bidstrain.config import ChecksJobConfig, TrainConfig, validate_config
 from bidstrain.errors import BidstrainError
-from bidstrain.io.store import create_store
+from bidstrain.io.store import consolidate, create_store
 from bidstrain.modalities import MODALITIES
 from bidstrain.train.data import volume_dataset
 from bidstrain.train.sampler import batch_sampler
@@ -275,6 +275,27 @@ def test_a_bold_run_far_from_the_group_is_a_warning(tmp_path):
     runs = check.values["runs"]
     assert runs[5]["tsnr"] < runs[0]["tsnr"] / 3 and runs[0]["mask_fraction"] == mask.mean()
     assert runs[0]["dvars"] > 0 and runs[0]["zero_variance"] == 0
+
+
+def test_dvars_never_spans_a_scrubbed_volume_and_residual_tsnr_is_named(tmp_path):
+    rng = np.random.default_rng(5)
+    raw = random_raw(rng, n_time=11)
+    raw[..., 6:] += 400.0  # a jump at the scrubbed volume 5: frames 4 and 6 are not successive
+    valid = np.arange(11) != 5
+    path = write_bold_store(tmp_path / "s.zarr", raw, ellipsoid(), subject="01", valid=valid)
+    scan = scan_store(path, sample_voxels=50)
+    assert scan.dvars.size == 8  # 10 stored volumes in two pieces of 5: 4 + 4 steps
+    kept = raw[ellipsoid()][:, valid]
+    steps = np.sqrt(np.square(np.diff(kept, axis=1)).mean(axis=0))
+    np.testing.assert_allclose(scan.dvars, np.delete(steps, 4), rtol=1e-4)
+    check = check_quality([scan], outlier_threshold=3.5)
+    assert check.values["runs"][0]["tsnr_of"] == "image"
+    assert "median tSNR (image)" in check.message
+    zarr.open_group(path, mode="r+").attrs["confounds_strategy"] = "scrubbing"
+    consolidate(path)
+    check = check_quality([scan_store(path, sample_voxels=50)], outlier_threshold=3.5)
+    assert check.values["runs"][0]["tsnr_of"] == "confound residuals"
+    assert "median tSNR (confound residuals)" in check.message
 
 
 def test_batch_size_larger_than_the_data_fails(tmp_path):

@@ -4,10 +4,13 @@ Metrics come from the normalized store and its saved statistics (raw scale is
 ``data * std + mean``), so no raw image is read:
 
 ``tsnr``
-    median over the mask of the voxel's temporal mean divided by its temporal std;
+    median over the mask of the voxel's temporal mean divided by its temporal std; for a
+    run whose confounds were regressed out, the std of the residuals (the store's own
+    statistics): ``tsnr_of`` says which (``image`` or ``confound residuals``), and the
+    check's message names it;
 ``dvars``
     median over time of the RMS (over the mask) of the change between successive volumes,
-    in percent of the median voxel mean;
+    in percent of the median voxel mean (never across a left-out volume);
 ``zero_variance``
     mask voxels whose raw signal is constant;
 ``mask_fraction``
@@ -55,6 +58,7 @@ def run_metrics(scan: StoreScan) -> dict[str, float]:
         "dvars": 100 * float(np.median(scan.dvars)) / level if scan.dvars.size and level else 0.0,
         "zero_variance": int(constant.sum()),
         "mask_fraction": scan.n_voxel / scan.grid_size,
+        "tsnr_of": "image" if scan.meta.confounds_strategy == "none" else "confound residuals",
     }
 
 
@@ -92,7 +96,11 @@ def check_quality(scans: Sequence[StoreScan], *, outlier_threshold: float) -> Ch
                     )
     if runs:
         tsnr = [run["tsnr"] for run in runs]
-        ok = f"{len(runs)} BOLD runs, median tSNR {min(tsnr):.3g} to {max(tsnr):.3g}, no outlier"
+        of = " or ".join(sorted({run["tsnr_of"] for run in runs}))
+        ok = (
+            f"{len(runs)} BOLD runs, median tSNR ({of}) {min(tsnr):.3g} to {max(tsnr):.3g}, "
+            "no outlier"
+        )
     else:
         ok = "no BOLD run"
     return verdict(NAME, [], warns, ok, {"runs": runs, "outlier_threshold": outlier_threshold})

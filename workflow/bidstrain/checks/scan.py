@@ -23,6 +23,7 @@ from bidstrain.io.store import (
     open_store,
     read_meta,
     read_parcel_attrs,
+    segments_of_valid,
     store_meta,
 )
 
@@ -70,7 +71,8 @@ class StoreScan:
         ``data`` at the first volumes and the sampled voxels.
     dvars : ndarray
         For BOLD: RMS over voxels of the raw-scale difference between successive volumes
-        (``n_time - 1`` values); empty otherwise.
+        of the store, leaving out the steps across a left-out frame (a scrubbed volume:
+        those volumes were not successive); empty otherwise.
     frame_subjects, frame_valid : ndarray or None
         An average's subjects per frame of its grid and which frames it holds
         (:mod:`bidstrain.average.frames`); None for other stores.
@@ -207,6 +209,9 @@ def scan_store(path: str | Path, *, sample_voxels: int, seed: int = 0) -> StoreS
                 np.square(steps).mean(axis=1)
             )
             previous = raw[-1:]
+    if dvars.size and "frame_valid" in ds:
+        # a step from the last volume of a segment to the first of the next spans a gap
+        dvars = np.delete(dvars, np.cumsum(segments_of_valid(ds["frame_valid"].values))[:-1] - 1)
     moments = _moments(voxel_sums[1], voxel_sums[2], voxel_sums[0], ddof)
     return StoreScan(
         path=str(path),
