@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import report_data as rd
+import zarr
 from bidstrain.demo.generate import DemoSpec, _ellipsoid, bold_run
 from bidstrain.errors import BidstrainError, run_cli
 from bidstrain.io.scans_table import StoreRow, write_table
-from bidstrain.io.store import create_store, open_store, to_grid
+from bidstrain.io.store import consolidate, create_store, open_store, to_grid
 from bidstrain.normalize import ImageInfo, normalize_volumes
 from bidstrain.report import TRAINING_FIGURES
 from bidstrain.report.__main__ import main
@@ -36,6 +37,8 @@ from bidstrain.report.train import (
 from bidstrain.train.schedule import lr_multiplier
 from matplotlib.figure import Figure
 from normalize_support import image_options
+from test_average import ellipsoid, random_raw
+from test_average import write_bold_store as write_average_bold_store
 
 
 @pytest.fixture(autouse=True)
@@ -148,6 +151,32 @@ def test_normalization_figure_bold_has_maps_tsnr_and_carpets(tmp_path):
     carpets = [ax for ax in fig.get_axes() if ax.get_title().startswith("Carpet")]
     assert len(carpets) == 2
     assert "100 of 424" in carpets[0].get_ylabel()
+
+
+def test_normalization_figure_of_a_scrubbed_regressed_run(tmp_path):
+    """A run whose confounds were regressed out and one of whose 11 frames was scrubbed:
+    the raw panels say they show the residuals, and the carpets keep each frame at its
+    time, a blank column at the left-out one."""
+    rng = np.random.default_rng(5)
+    raw = random_raw(rng, n_time=11)
+    valid = np.arange(11) != 5
+    path = write_average_bold_store(
+        tmp_path / "s.zarr", raw, ellipsoid(), subject="01", valid=valid
+    )
+    zarr.open_group(path, mode="r+").attrs["confounds_strategy"] = "scrubbing"
+    consolidate(path)
+    fig = normalization_figure(open_store(path), n_sample=100)
+    assert_readable(fig)
+    titles = [ax.get_title() for ax in fig.get_axes()]
+    assert any("tSNR of this run's confound residuals" in title for title in titles)
+    assert any(title.startswith("Confound residuals + mean") for title in titles)
+    assert "1 of the 11 frames of the run's grid left out" in fig._suptitle.get_text()
+    for ax in (ax for ax in fig.get_axes() if ax.get_title().startswith("Carpet")):
+        (image,) = ax.get_images()
+        values = image.get_array()
+        assert values.shape[1] == 11 and image.get_extent()[:2] == [-1.0, 21.0]
+        blank = np.isnan(np.ma.filled(values.astype(float), np.nan)).all(axis=0)
+        np.testing.assert_array_equal(blank, ~valid)
 
 
 def test_normalization_figure_dwi_and_t1w_use_per_volume_statistics(tmp_path):

@@ -89,13 +89,27 @@ def normalization_figure(
     fitted_on = [Path(p).name for p in meta.stats_from]
     if fitted_on and name not in fitted_on:
         details += f"\nheld out: statistics fitted on {', '.join(fitted_on)}"
+    # a run whose confounds were regressed out stores its residuals: "raw" is residual + mean
+    regressed = meta.confounds_strategy != "none"
+    frame_valid = ds["frame_valid"].values if per_voxel and "frame_valid" in ds else None
+    if regressed:
+        details += (
+            f"\nconfounds regressed out ({meta.confounds_strategy}): the raw values and the "
+            "tSNR below are those of the residuals plus the mean"
+        )
+    if frame_valid is not None and not frame_valid.all():
+        details += (
+            f"\n{int((~frame_valid).sum())} of the {frame_valid.size} frames of the run's "
+            "grid left out (the carpet plots' blank columns)"
+        )
     if per_voxel:
         own = raw_values(ds)
         own_mean, own_std = dask.compute(own.mean("time"), own.std("time", ddof=1))
+        tsnr_of = "this run's confound residuals" if regressed else "this run"
         maps = [
             ("mean used", "raw units", ds["mean"].values, "gray"),
             ("std used", "raw units", ds["std"].values, "magma"),
-            ("tSNR of this run", "mean / std", temporal_snr(own_mean, own_std), "viridis"),
+            (f"tSNR of {tsnr_of}", "mean / std", temporal_snr(own_mean, own_std), "viridis"),
         ]
     else:
         over = " mean over volumes" if n_time > 1 else ""
@@ -115,7 +129,7 @@ def normalization_figure(
         f"{title}\n{details}",
     )
     panels = dict(enumerate(fig.subfigures(len(rows), 1, height_ratios=[heights[r] for r in rows])))
-    _histograms(panels[0].subplots(1, 2), raw, normalized, n_voxel, len(sample))
+    _histograms(panels[0].subplots(1, 2), raw, normalized, n_voxel, len(sample), regressed)
     for row, (label, unit, values, cmap) in enumerate(maps, start=1):
         grid = to_grid(ds, values, np.nan)
         axes = panels[row].subplots(1, 3)
@@ -123,21 +137,37 @@ def normalization_figure(
     if "volumes" in rows:
         _volume_statistics(panels[rows.index("volumes")].subplots(), ds)
     if "carpet" in rows:
-        time, label = (
-            (ds["time"].values, "time (s)") if per_voxel else (np.arange(n_time), "volume (index)")
-        )
+        label = "time (s)" if per_voxel else "volume (index)"
+        time = ds["time"].values if per_voxel else np.arange(n_time)
+        if frame_valid is not None:  # one column per frame of the grid, blank where left out
+            time = ds["frame_time"].values
+            raw, normalized = (_on_grid(values, frame_valid) for values in (raw, normalized))
         _carpets(panels[rows.index("carpet")], raw, normalized, time, label, n_voxel)
     return fig
 
 
+def _on_grid(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``values`` (stored frames x voxels) at their rows of the run's frame grid, NaN
+    in the rows of left-out frames."""
+    out = np.full((valid.size, values.shape[1]), np.nan, dtype=values.dtype)
+    out[valid] = values
+    return out
+
+
 def _histograms(
-    axes: np.ndarray, raw: np.ndarray, normalized: np.ndarray, n_voxel: int, n_sample: int
+    axes: np.ndarray,
+    raw: np.ndarray,
+    normalized: np.ndarray,
+    n_voxel: int,
+    n_sample: int,
+    regressed: bool,
 ) -> None:
     raw_ax, z_ax = axes
     sampled = f"{n_sample} of {n_voxel} voxels" if n_sample < n_voxel else f"{n_voxel} voxels"
     finite_raw = raw[np.isfinite(raw)]
-    raw_ax.hist(finite_raw, bins=80, color="#4c72b0", label="raw = data x std + mean")
-    raw_ax.set_title(f"Raw values ({sampled}, all volumes)")
+    what = "Confound residuals + mean" if regressed else "Raw values"
+    raw_ax.hist(finite_raw, bins=80, color="#4c72b0", label="data x std + mean")
+    raw_ax.set_title(f"{what} ({sampled}, every stored volume)")
     raw_ax.set_xlabel("intensity (scanner units)")
     raw_ax.set_ylabel("count (voxel x volume)")
     raw_ax.legend()
