@@ -19,7 +19,7 @@ from bidstrain.encoding.evaluate import chance_bound, score
 from bidstrain.encoding.fit import Interrupted, fit, shard
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import open_store
-from bidstrain.stimuli.align import convolve_hrf, fit_stats, stack_delays
+from bidstrain.stimuli.align import StatsAccumulator, convolve_hrf, stack_delays
 from bidstrain.train.distributed import Context
 
 SPEC = NaturalisticSpec(duration=600.0)
@@ -44,7 +44,9 @@ def demo(tmp_path_factory):
     tr, n = SPEC.repetition_time, SPEC.n_bins
     placed = raw  # the film starts at onset 0 and lasts the run: one row per volume
     delayed = {name: stack_delays(placed, DELAYS) for name in ("1", "2")}
-    stats = fit_stats(delayed, ["1"])
+    accumulator = StatsAccumulator()
+    accumulator.add("1", delayed["1"])  # run 2 held out
+    stats = accumulator.stats()
     averages = {}
     for name in ("1", "2"):
         bold = [

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from bidstrain.average.cohort import check_compatible, read_header
 from bidstrain.errors import BidstrainError
-from bidstrain.io.store import StoreMeta, count_files, open_store, store_meta
+from bidstrain.io.store import StoreMeta, open_store, store_meta
 from bidstrain.normalize import ImageInfo, normalize_bold, normalize_with_stats
 from bidstrain.normalize.resample_time import resample, time_grid
 from normalize_support import image_options
 from scipy.interpolate import PchipInterpolator
+from test_store import count_files
 
 #: Largest |ours - float64 reference| allowed; the float32 store alone rounds by 2.4e-7.
 TOLERANCE = 1e-5

@@ -495,7 +495,8 @@ def test_store_names_follow_the_bids_entity_grammar(demo_bids, tmp_path):
     )
     plan = plan_of(demo_bids)
     names = [Path(s).name for s in [store, *plan.normalized_stores, *plan.average_stores]]
-    names += [Path(paths.normalize_figure("07", store)).name for store in plan.normalized_stores]
+    # a normalization figure is named as its store, with .png
+    names += [Path(store).name.removesuffix(".zarr") + ".png" for store in plan.normalized_stores]
     assert all(_follows_bids_grammar(name) for name in names), names
     assert not _follows_bids_grammar("sub-01_desc-preproc_desc-zscore_bold.zarr")
     assert not _follows_bids_grammar("sub-01_run-1_task-rest_bold.zarr")

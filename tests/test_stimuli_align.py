@@ -14,10 +14,10 @@ from bidstrain.io.store import read_feature_store
 from bidstrain.stimuli.align import (
     FrameGrid,
     Presentation,
+    StatsAccumulator,
     align_run,
     convolve_hrf,
     delay,
-    fit_stats,
     place,
     stack_delays,
 )
@@ -130,15 +130,17 @@ def test_zscore_statistics_come_from_the_training_runs_only():
     runs = {"a": rng.normal(3, 2, (40, 2)), "b": rng.normal(3, 2, (30, 2)),
             "held": rng.normal(100, 50, (20, 2))}  # fmt: skip
     runs["a"][:, 1] = runs["b"][:, 1] = 7.0  # a feature constant in training
-    stats = fit_stats(runs, ["a", "b"])
+    accumulator = StatsAccumulator()
+    for name in ("a", "b"):  # the held-out run is not added
+        accumulator.add(name, runs[name])
+    stats = accumulator.stats()
     training = np.vstack([runs["a"], runs["b"]])
     np.testing.assert_allclose(stats.mean, training.mean(axis=0))
     assert stats.std[0] == pytest.approx(training[:, 0].std()) and stats.std[1] == 1.0
     np.testing.assert_allclose(stats.apply(runs["held"]), (runs["held"] - stats.mean) / stats.std)
-    with pytest.raises(BidstrainError, match=r"unknown: \['c'\]"):
-        fit_stats(runs, ["a", "c"])
-    with pytest.raises(BidstrainError, match="none given"):
-        fit_stats(runs, [])
+    assert stats.training_runs == ("a", "b")
+    with pytest.raises(BidstrainError, match="need at least one training run"):
+        StatsAccumulator().stats()
 
 
 def _align(run, stores, kind, method, delays=()):

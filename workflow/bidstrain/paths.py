@@ -322,17 +322,9 @@ def coverage_figure() -> str:
 
 def normalize_figures(group: str) -> str:
     """Folder of a figure group's normalization figures (wildcards allowed),
-    ``results/report/normalize/group-<group>``: one PNG per store of its subjects,
-    :func:`normalize_figure`."""
+    ``results/report/normalize/group-<group>``: one PNG per store of its subjects, at
+    the store's path below ``results/normalized`` with ``.png`` for ``.zarr``."""
     return _join(REPORT, "normalize", f"group-{group}")
-
-
-def normalize_figure(group: str, store: str) -> str:
-    """Figure of one normalized store in its subject's figure group: the store's path
-    below ``results/normalized``, with ``.png`` for ``.zarr``, in
-    :func:`normalize_figures`."""
-    relative = os.path.relpath(store, _join(RESULTS, "normalized"))
-    return _join(normalize_figures(group), relative.removesuffix(".zarr") + ".png")
 
 
 def normalize_figures_tables(group: str) -> str:

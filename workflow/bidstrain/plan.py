@@ -140,9 +140,10 @@ ENCODING_FIGURES = ("encoding_timecourses.png", "encoding_correlation_map.png")
 
 @dataclass(frozen=True)
 class AverageGroup:
-    """One cross-subject average: the subject stores of a task (and run), and its store."""
+    """One cross-subject average: the subject stores of one acquisition (task, run and
+    the other entities of :func:`bidstrain.paths.average_name`), and its store."""
 
-    name: str  # task-<task>[_run-<run>]
+    name: str  # task-<task>[_acq-<acq>]...[_run-<run>]
     members: tuple[str, ...]
     atlas: str | None = None  # config parcellation's name: parcels are averaged too
     parcel_members: tuple[str, ...] = ()  # the members' parcel stores, with an atlas
@@ -413,12 +414,6 @@ class Plan:
         every parcel average."""
         parcels = [group.parcel_store for group in self.averages if group.parcel_store]
         return [*self.average_stores, *parcels]
-
-    def average_parcel_outputs(self, name: str) -> list[str]:
-        """The parcel average the job of average group ``name`` also writes (none without
-        a parcellation)."""
-        store = self.average(name).parcel_store
-        return [store] if store else []
 
     def average(self, name: str) -> AverageGroup:
         """The average group of a rule's ``{name}`` wildcard."""

@@ -53,8 +53,8 @@ def zero_prediction_losses(
     stores : mapping
         The stores training reads, by modality (with ``train.bold_input: parcels`` the
         BOLD runs' parcel stores).
-    train : mapping
-        The ``train`` config section.
+    train : TrainConfig
+        The ``train`` settings.
     n_batches : int
         Batches to read per modality.
     stimuli : mapping, optional

@@ -44,7 +44,6 @@ from bidstrain.train.launch import EXIT_INTERRUPTED
 from bidstrain.train.stop import TestStops
 
 LOG = logging.getLogger("bidstrain.encoding")
-OUTPUTS = ("model.pt", "model.json", "metrics.json", "metrics.tsv", "heldout.npz")
 
 
 def run(

@@ -74,11 +74,6 @@ class Reorientation:
         return float(np.degrees(np.arccos(np.clip(cosines.min(), 0.0, 1.0))))
 
     @property
-    def is_identity(self) -> bool:
-        """Whether the file is already in RAS+ voxel order."""
-        return bool((self.ornt == [[0, 1], [1, 1], [2, 1]]).all())
-
-    @property
     def shape(self) -> tuple[int, int, int]:
         """The grid in RAS+ voxel order."""
         shape = [0, 0, 0]

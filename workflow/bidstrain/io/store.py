@@ -69,7 +69,7 @@ which the training loader reads one at a time; every other array is one chunk. A
 therefore ``zarr.json`` plus ``.snakemake_timestamp/zarr.json`` plus two files per array:
 12 for a T1w store, 16 for a BOLD run's (``frame_time``, ``frame_valid``), 22 for an
 average (``n_subjects`` and the three ``frame_`` arrays), 16 for DWI (``bval``,
-``bvec``), whatever the number of volumes (:func:`count_files`). Float32 data is left
+``bvec``), whatever the number of volumes. Float32 data is left
 uncompressed (z-scored float32 compresses about 1.1x, so decode speed wins); reduced
 precision (``normalize.storage``) stores float16, or float32 rounded to fewer mantissa
 bits with numcodecs' BitRound and then zstd.
@@ -79,7 +79,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -641,11 +640,6 @@ def create_store(
             writer._close()
         finally:
             writer._stream.abort()
-
-
-def count_files(path: str | Path) -> int:
-    """Number of files in a store (what a filesystem's file quota counts)."""
-    return sum(len(files) for _, _, files in os.walk(path))
 
 
 def open_store(path: str | Path, *, use_dask: bool = True) -> xr.Dataset:

@@ -100,11 +100,6 @@ class TimeGrid:
         """Frames left out because their support holds a dropped volume."""
         return int((~self.valid).sum())
 
-    @property
-    def max_support(self) -> int:
-        """Source volumes of the widest support."""
-        return int((self.last - self.first).max(initial=0)) + 1
-
 
 def time_grid(
     n_source: int,

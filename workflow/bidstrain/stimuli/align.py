@@ -3,7 +3,7 @@ the haemodynamic response, z-scored with statistics of the training runs only.""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,39 +213,10 @@ class StatsAccumulator:
             When no run was added.
         """
         if self.mean is None:
-            raise BidstrainError(
-                "z-score statistics need training runs among the aligned ones; unknown: none given"
-            )
+            raise BidstrainError("z-score statistics need at least one training run")
         std = np.sqrt(self.m2 / self.count)
         constant = std < ZERO_STD * np.maximum(1.0, np.abs(self.mean))
         return FeatureStats(self.mean, np.where(constant, 1.0, std), tuple(self.runs), constant)
-
-
-def fit_stats(runs: Mapping[str, np.ndarray], training: Iterable[str]) -> FeatureStats:
-    """Z-score statistics of aligned features, from the training runs alone.
-
-    Parameters
-    ----------
-    runs : mapping of str to ndarray, shape (n_volumes, n_features)
-        Aligned features of every run, by run name (e.g. its BIDS prefix).
-    training : iterable of str
-        The runs whose volumes give the statistics; the others (held out) only use them.
-
-    Raises
-    ------
-    BidstrainError
-        When no training run is given, or one is not among ``runs``.
-    """
-    training = tuple(training)
-    unknown = sorted(set(training) - set(runs))
-    if unknown:
-        raise BidstrainError(
-            f"z-score statistics need training runs among the aligned ones; unknown: {unknown}"
-        )
-    accumulator = StatsAccumulator()
-    for name in training:
-        accumulator.add(name, runs[name])
-    return accumulator.stats()
 
 
 def align_run(
@@ -286,7 +257,8 @@ def align_run(
     Returns
     -------
     features : ndarray, shape (n_kept_frames, n_features)
-        Raw scale; z-score with :func:`fit_stats` of the training runs.
+        Raw scale; the alignment job z-scores them with the statistics of the training
+        runs (:func:`bidstrain.stimuli.alignment.fit_group_stats`).
     covered : ndarray, shape (n_kept_frames,)
         The fraction of each frame during a stimulus of the kind.
 
