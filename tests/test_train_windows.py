@@ -416,3 +416,29 @@ def test_the_training_bench_runs_parcel_windows_at_the_realistic_settings(tmp_pa
     assert "window 4, parcels" in done.stdout
     rate = float(done.stdout.split("loop samples/s")[1].split()[1])
     assert rate > 0
+
+
+def test_reused_buffers_give_parcel_windows_beside_volumes_of_new_ones(tmp_path):
+    """A batch of parcel windows writes its buffer whole, without masks: a T1w volume
+    placed later where those values lie is zeroed outside its mask like anywhere else
+    (it once kept them, so training read other batches' parcel values as T1w voxels)."""
+    parcels = [parcel_store(tmp_path / f"p{n}.zarr", 24, n_parcels=40, seed=n)[0] for n in range(3)]
+    t1 = [
+        write_store(tmp_path / f"t1-{n}.zarr", modality="T1w", n_time=1, seed=n) for n in range(3)
+    ]
+    config = train_config(window=4, bold_input="parcels", batch_size=3, batching="mixed")
+    dataset = volume_dataset({"bold": parcels, "T1w": t1}, config)
+    size = 3 * max(dataset.sample_size(m) for m in ("bold", "T1w"))
+    ring = BatchRing(2, size)
+    sampler = ModalityBatchSampler(
+        dataset.layout, batch_size=3, batching="mixed", seed=1, store_group=1, shuffle_buffer=1
+    )
+    compositions = set()
+    for epoch in range(6):
+        sampler.set_epoch(epoch)
+        for indices in sampler:
+            batch = dataset.batch(indices, out=ring.next())
+            compositions.add(tuple(len(v) for v in batch.values()))
+            for modality, values in dataset.batch(indices).items():
+                torch.testing.assert_close(batch[modality], values, rtol=0, atol=0)
+    assert (3,) in compositions and len(compositions) > 2  # parcel-only batches, and mixed

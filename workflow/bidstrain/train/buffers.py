@@ -115,8 +115,9 @@ class BatchBuffer:
         self.flat = flat
         self._values = flat.numpy()
         self._footprints = footprints
-        self._written: dict[int, Hashable] = {}  # map key by region start, previous batch
-        self._writing: dict[int, Hashable] = {}  # the same for this batch
+        # map key by region start (None: values written whole), previous batch
+        self._written: dict[int, Hashable | None] = {}
+        self._writing: dict[int, Hashable | None] = {}  # the same for this batch
         self._used = 0
         #: The block is 0 from here on (no batch before this one wrote there).
         self._clean = 0 if zeroed else self._values.size
@@ -142,7 +143,9 @@ class BatchBuffer:
 
     def values(self, offset: int, size: int) -> np.ndarray:
         """``size`` values of the block at ``offset``, written whole by the caller (no
-        zeroing: parcel windows have no voxels outside a mask)."""
+        zeroing: parcel windows have no voxels outside a mask). The region is recorded as
+        written without a map, so a volume placed there by a later batch is zeroed whole."""
+        self._writing[offset] = None
         return self._values[offset : offset + size]
 
     def sample(self, offset: int, grid_map: GridMap) -> np.ndarray:
