@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from bidstrain.train.data import batches_per_epoch, sample_counts
-from bidstrain.train.losses import normalized_mse
+from bidstrain.train.losses import baseline_loss, normalized_mse, sample_losses
 from bidstrain.train.schedule import build_scheduler, lr_multiplier, planned_total_steps
 from train_support import tiny_stores
 
@@ -71,6 +71,28 @@ def test_dataset_statistics_replace_the_batch_variance():
     assert loss.item() == pytest.approx(4.0 / 8.0)
     loss = normalized_mse(pred, target, normalize="std", eps=0.0, target_stats=(0.0, 16.0))
     assert loss.item() == pytest.approx(4.0 / 4.0)
+
+
+@pytest.mark.parametrize("normalize", ["var", "std", "none"])
+@pytest.mark.parametrize("stats", [None, (0.5, 3.0)])
+def test_sample_losses_are_each_samples_share_of_the_batch_loss(normalize, stats):
+    generator = torch.Generator().manual_seed(0)
+    target = 2 + 3 * torch.randn(4, 2, 6, generator=generator)
+    pred = target + torch.randn(4, 2, 6, generator=generator)
+    where = torch.rand(4, 2, 6, generator=generator) < 0.3
+    where[:, 0, 0] = True  # every sample counts some values, not the same number
+    options = {"normalize": normalize, "eps": 1e-6, "target_stats": stats}
+    loss, baseline = sample_losses(pred, target, where=where, **options)
+    weights = where.flatten(1).sum(dim=1).double()
+    batch = normalized_mse(pred, target, where=where, **options)
+    torch.testing.assert_close((loss.double() * weights).sum() / weights.sum(), batch.double())
+    want = baseline_loss(target, where=where, **options)
+    torch.testing.assert_close((baseline.double() * weights).sum() / weights.sum(), want.double())
+    # each sample's own error, over the same divisor as the batch's
+    first = ((pred[0] - target[0])[where[0]] ** 2).mean()
+    torch.testing.assert_close(
+        loss[0] / loss[1], first / ((pred[1] - target[1])[where[1]] ** 2).mean()
+    )
 
 
 def test_sample_counts_and_batches_per_epoch(tmp_path):

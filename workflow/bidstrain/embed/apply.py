@@ -34,6 +34,7 @@ An embedding store (Zarr v3 with consolidated metadata, read with
 ``embedding (time, feature)`` float32, ``loss (time)`` (the masked-token reconstruction
 loss of the training loss, the same tokens masked for every image: a generator seeded by
 ``train.seed`` per batch position) and ``baseline (time)`` (the loss of predicting the mean),
+each sample's share of its batch's, so that their means compare with training's validation,
 the time of each sample's first frame (the source store's ``time`` coordinate), and
 attributes naming the source store, the model and its configuration hash.
 ``--out-table`` lists the stores written.
@@ -68,7 +69,7 @@ from bidstrain.io.store import (
 from bidstrain.stats import value_stats
 from bidstrain.train.description import first_volume, load_model
 from bidstrain.train.expectation import preparation_of, stimulus_differences, stimulus_record
-from bidstrain.train.losses import baseline_loss, normalized_mse
+from bidstrain.train.losses import sample_losses
 from bidstrain.train.model import MultiModalAutoencoder
 
 LOG = logging.getLogger("bidstrain.embed")
@@ -221,6 +222,9 @@ def embed_store(
 
     Samples are read ``batch_size`` at a time. Batch ``b`` masks the tokens drawn by a
     generator seeded with ``(seed, b)``, so two identical stores get identical results.
+    Each sample's loss and baseline are its share of the batch's, divided by the batch's
+    statistic as training divides it (:func:`bidstrain.train.losses.sample_losses`): their
+    mean is the batch's loss, comparable with the training's validation loss.
 
     Returns
     -------
@@ -252,19 +256,16 @@ def embed_store(
         batch = {modality: volume, **context}
         generator = torch.Generator().manual_seed(seed * 1_000_003 + number)
         output = model(batch, masks=model.token_masks(batch, generator))
-        where = output.voxel_masks.get(modality)
-        losses, baselines = [], []
-        for i in range(volume.shape[0]):
-            mask = where[i] if where is not None else None
-            options = {"normalize": settings.normalize, "eps": settings.eps, "target_stats": stats}
-            losses.append(
-                normalized_mse(
-                    output.reconstructions[modality][i], volume[i], where=mask, **options
-                )
-            )
-            baselines.append(baseline_loss(volume[i], where=mask, **options))
-        out["loss"].append(torch.stack(losses).float().cpu().numpy())
-        out["baseline"].append(torch.stack(baselines).float().cpu().numpy())
+        loss, baseline = sample_losses(
+            output.reconstructions[modality],
+            volume,
+            normalize=settings.normalize,
+            eps=settings.eps,
+            target_stats=stats,
+            where=output.voxel_masks.get(modality),
+        )
+        out["loss"].append(loss.cpu().numpy())
+        out["baseline"].append(baseline.cpu().numpy())
     values = {key: np.concatenate(parts).astype(np.float32) for key, parts in out.items()}
     values["time"] = np.concatenate(out["time"]).astype(np.float64)
     return values

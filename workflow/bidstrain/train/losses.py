@@ -99,3 +99,40 @@ def baseline_loss(
         eps=eps,
         target_stats=target_stats,
     )
+
+
+def sample_losses(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    normalize: str,
+    eps: float,
+    target_stats: tuple[float, float] | None = None,
+    where: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample's share of :func:`normalized_mse` and of :func:`baseline_loss` of the
+    batch: its squared error over its values of ``where``, divided by the statistic of
+    the whole batch (or ``target_stats``) as training divides it.
+
+    The mean over the samples, weighted by their counted values (equal for every sample
+    of a masked autoencoder's batch), is the batch's loss and baseline. A sample scored
+    against its own variance instead reads higher whenever it holds few values (a parcel
+    window's masked tokens), and its baseline is then 1.0 by construction.
+
+    Returns
+    -------
+    tuple of Tensor
+        ``(loss, baseline)``, each of shape ``(n,)`` for a batch of ``n`` samples.
+    """
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+    pred, target = pred.float(), target.float()
+    where = torch.ones_like(target, dtype=torch.bool) if where is None else where
+    counted = target[where]
+    mean = counted.mean() if target_stats is None else float(target_stats[0])
+    var = counted.var(unbiased=False) if target_stats is None else float(target_stats[1])
+    scale = {"var": var + eps, "std": (var + eps) ** 0.5, "none": 1.0}[normalize]
+    n_values = where.flatten(1).sum(dim=1)
+    losses = [(pred - target) ** 2, (target - mean) ** 2]
+    loss, baseline = ((values * where).flatten(1).sum(dim=1) / n_values for values in losses)
+    return loss / scale, baseline / scale
