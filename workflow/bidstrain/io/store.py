@@ -67,7 +67,8 @@ Files: ``data`` is one Zarr v3 shard (one file, written as a stream by
 :mod:`bidstrain.io.shards`) of inner chunks of whole volumes, about :data:`CHUNK_BYTES` each,
 which the training loader reads one at a time; every other array is one chunk. A store is
 therefore ``zarr.json`` plus ``.snakemake_timestamp/zarr.json`` plus two files per array:
-12 for a T1w store, 16 for a BOLD run's (``frame_time``, ``frame_valid``), 22 for an
+12 for a T1w store (11 when its one volume's time is 0: zarr writes no chunk that holds
+only the fill value), 16 for a BOLD run's (``frame_time``, ``frame_valid``), 22 for an
 average (``n_subjects`` and the three ``frame_`` arrays), 16 for DWI (``bval``,
 ``bvec``), whatever the number of volumes. Float32 data is left
 uncompressed (z-scored float32 compresses about 1.1x, so decode speed wins); reduced

@@ -17,6 +17,8 @@ Modules:
 - :mod:`.model`: per-modality patch embeddings and heads around a shared encoder (BOLD
   and its stimulus tokens in one sequence).
 - :mod:`.encoder`: the shared transformer encoder (activation checkpointing, compilation).
+- :mod:`.tokens`: the tokens of each input (3D patches, tubelets of BOLD windows, parcel
+  and stimulus series) and the heads that fold them back.
 - :mod:`.data`: from stores to batches (sample counts, the dataset, the loader).
 - :mod:`.windows`: BOLD windows (counts, per-epoch offsets) and the time shuffle.
 - :mod:`.stimulus_windows`: the aligned stimulus features that come with BOLD windows.
