@@ -238,6 +238,15 @@ def test_status_lists_a_failed_job_with_its_log(tmp_path, capsys):
         capture_output=True,
     )
     assert result.returncode != 0
+    for listing in ("--summary", "--rulegraph"):  # their logs run nothing: not the newest run
+        subprocess.run(
+            [sys.executable, "-m", "snakemake", listing],
+            cwd=tmp_path,
+            env=snakemake_env(uses_slurm=False),
+            capture_output=True,
+            check=True,
+        )
+    assert len(list((tmp_path / ".snakemake" / "log").glob("*.snakemake.log"))) == 3
     shown = status.describe(tmp_path)
     failed = shown.split("failed:\n", 1)[1]
     assert failed.startswith("  fails (job ") and "bidstrain: error: bad input" in failed

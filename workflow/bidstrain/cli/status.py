@@ -3,8 +3,12 @@
 Snakemake writes every run's log to ``.snakemake/log/<time>.snakemake.log`` in the study
 folder: each job as it starts (its rule, ``jobid`` and ``log`` files), ``Finished jobid:
 N`` when it ends, an ``Error in rule`` block when it fails, and the count of steps done.
-:func:`read_run` reads the newest; :func:`describe` shows each started job that has not
-finished with the last line of its own log (training writes its progress there).
+:func:`read_run` reads the newest run's; :func:`describe` shows each started job that has
+not finished with the last line of its own log (training writes its progress there).
+
+``--report``, ``--summary``, ``--rulegraph``, ``--dag`` and ``--lint`` write logs there
+too, which run nothing: a log is a run's when it opens with Snakemake's banner of an
+execution (``SNAKEMAKE``, then the command), starts a job, or ends.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ _ERROR = re.compile(r"^Error in rule (\w+):$")
 _PROGRESS = re.compile(r"^\d+ of \d+ steps \(.+\) done$")
 _TIME = re.compile(r"^\[(.+)\]$")
 _ENDED = "Complete log(s):"
+_BANNER = "SNAKEMAKE"
 
 
 @dataclass
@@ -43,6 +48,12 @@ class Run:
     failed: set[str] = field(default_factory=set)
     progress: str = ""
     ended: bool = False
+    banner: bool = False
+
+    @property
+    def executes(self) -> bool:
+        """Whether the log is an execution's (see the module docstring)."""
+        return self.banner or self.ended or bool(self.jobs) or bool(self.progress)
 
     @property
     def running(self) -> list[Job]:
@@ -52,9 +63,10 @@ class Run:
 
 
 def newest_log(study: Path) -> Path | None:
-    """The log of the newest Snakemake run in ``study``, or None."""
+    """The log of the newest Snakemake run in ``study`` (the newest log that
+    :attr:`Run.executes`), or None."""
     logs = sorted((study / ".snakemake" / "log").glob("*.snakemake.log"))
-    return logs[-1] if logs else None
+    return next((path for path in reversed(logs) if read_run(path).executes), None)
 
 
 def read_run(path: Path) -> Run:
@@ -81,6 +93,8 @@ def read_run(path: Path) -> Run:
             run.progress = line
         elif line.startswith(_ENDED):
             run.ended = True
+        elif line == _BANNER:
+            run.banner = True
     if block is not None:
         _close(run, block)
     return run
