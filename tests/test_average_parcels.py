@@ -8,7 +8,7 @@ import pytest
 import zarr
 from bidstrain.average.parcels import average_parcel_stores
 from bidstrain.errors import BidstrainError
-from bidstrain.io.store import read_meta, write_parcel_store
+from bidstrain.io.store import consolidate, read_meta, write_parcel_store
 from test_average import ellipsoid, random_raw, write_bold_store
 
 
@@ -91,6 +91,23 @@ def test_parcel_stores_of_another_atlas_are_refused(tmp_path):
     with pytest.raises(BidstrainError, match="parcels differ"):
         average_parcel_stores([a, b], tmp_path / "avg.zarr", voxel_stores=[va, vb])
     assert not (tmp_path / "avg.zarr").exists()
+
+
+def test_parcel_repetition_times_are_compared_within_the_voxel_averages_tolerance(tmp_path):
+    """The voxel average of the same job accepts TRs within
+    average.repetition_time_tolerance: the parcel average accepts the same ones."""
+    a, _, va = parcel_store(tmp_path / "a.zarr", "01", "", 8)
+    b, _, vb = parcel_store(tmp_path / "b.zarr", "02", "", 8)
+    zarr.open_group(b, mode="r+").attrs["repetition_time"] = 0.8004
+    consolidate(b)
+    out = tmp_path / "avg.zarr"
+    average_parcel_stores([a, b], out, voxel_stores=[va, vb], tr_tolerance=1e-3)
+    assert out.exists()
+    with pytest.raises(BidstrainError, match=r"repetition time 0.8004 s differs from sub-01's "
+                       r"0.8 s \(config average.repetition_time_tolerance: 0.0001\)"):  # fmt: skip
+        average_parcel_stores([a, b], tmp_path / "strict.zarr", voxel_stores=[va, vb],
+                              tr_tolerance=1e-4)  # fmt: skip
+    assert not (tmp_path / "strict.zarr").exists()
 
 
 def test_a_parcel_empty_in_a_run_is_averaged_over_the_runs_that_cover_it(tmp_path, caplog):

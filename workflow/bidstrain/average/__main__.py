@@ -49,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             voxel_stores=args.stores,
             truncate=settings.truncate,
             min_subjects=settings.min_subjects,
+            tr_tolerance=settings.repetition_time_tolerance,
         )
 
 

@@ -182,6 +182,30 @@ def read_header(path: str | Path) -> StoreHeader:
     return StoreHeader(path=path, meta=meta, n_time=n_time, mask=mask, frames=frames)
 
 
+def check_repetition_time(
+    meta: StoreMeta, reference: StoreMeta, tr_tolerance: float, path: str | Path
+) -> None:
+    """Raise unless the store ``path`` (``meta``) has the ``reference`` store's repetition
+    time, within ``tr_tolerance`` seconds (``average.repetition_time_tolerance``).
+
+    Raises
+    ------
+    BidstrainError
+        Naming the store, its subject, both TRs and the config key.
+    """
+    if (meta.repetition_time is None) != (reference.repetition_time is None) or (
+        meta.repetition_time is not None
+        and abs(meta.repetition_time - reference.repetition_time) > tr_tolerance
+    ):
+        raise BidstrainError(
+            f"repetition time {meta.repetition_time} s differs from sub-{reference.subject}'s "
+            f"{reference.repetition_time} s (config average.repetition_time_tolerance: "
+            f"{tr_tolerance}); time points cannot be averaged across different TRs",
+            path=path,
+            subject=meta.subject,
+        )
+
+
 def check_compatible(
     header: StoreHeader,
     reference: StoreHeader,
@@ -210,16 +234,7 @@ def check_compatible(
             "per_subject)",
             **where,
         )
-    if (meta.repetition_time is None) != (ref.repetition_time is None) or (
-        meta.repetition_time is not None
-        and abs(meta.repetition_time - ref.repetition_time) > tr_tolerance
-    ):
-        raise BidstrainError(
-            f"repetition time {meta.repetition_time} s differs from sub-{ref.subject}'s "
-            f"{ref.repetition_time} s (config average.repetition_time_tolerance: "
-            f"{tr_tolerance}); time points cannot be averaged across different TRs",
-            **where,
-        )
+    check_repetition_time(meta, ref, tr_tolerance, header.path)
     frames = frames_mismatch(
         header.frames,
         reference.frames,

@@ -31,7 +31,13 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from bidstrain.average.cohort import SourceStore, _open_group, common_length, frame_subjects
+from bidstrain.average.cohort import (
+    SourceStore,
+    _open_group,
+    check_repetition_time,
+    common_length,
+    frame_subjects,
+)
 from bidstrain.average.frames import ONSET_TOLERANCE, FrameGrid
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import (
@@ -128,6 +134,7 @@ def average_parcel_stores(
     voxel_stores: Sequence[str | Path],
     truncate: bool = False,
     min_subjects: int = 1,
+    tr_tolerance: float = 1e-3,
 ) -> Path:
     """Average the parcel stores of one (task, run) across subjects (module docstring).
 
@@ -143,6 +150,9 @@ def average_parcel_stores(
         ``average.truncate``: cut runs of different lengths to the shortest.
     min_subjects : int
         ``average.min_subjects``: frames valid in fewer subjects are left out.
+    tr_tolerance : float
+        ``average.repetition_time_tolerance``: the largest difference of repetition
+        times averaged together, in seconds, as for the voxel stores.
 
     Returns
     -------
@@ -177,12 +187,7 @@ def average_parcel_stores(
                 path=source.path,
                 subject=source.subject,
             )
-        if read_meta(source.path).repetition_time != reference.repetition_time:
-            raise BidstrainError(
-                f"its repetition time differs from that of {first_source.path}",
-                path=source.path,
-                subject=source.subject,
-            )
+        check_repetition_time(read_meta(source.path), reference, tr_tolerance, source.path)
     n_frames = common_length(sources, truncate=truncate)
     by_subject: dict[str, list[tuple[SourceStore, dict[str, np.ndarray]]]] = defaultdict(list)
     for source, arrays in read:
