@@ -14,6 +14,7 @@ from bidstrain.config import load_section
 from bidstrain.demo.naturalistic import NaturalisticSpec, make_naturalistic_demo, voxel_weights
 from bidstrain.encoding.__main__ import run
 from bidstrain.encoding.apply import feature_differences, predict_run, write_prediction
+from bidstrain.encoding.apply import main as apply_main
 from bidstrain.encoding.data import EncodingData, load_data, save_data, statistics_digest
 from bidstrain.encoding.evaluate import chance_bound, score
 from bidstrain.encoding.fit import Interrupted, fit, shard
@@ -366,3 +367,10 @@ def test_a_run_z_scored_with_other_statistics_is_re_z_scored_with_the_models(tmp
     # statistics without their values (a digest alone) cannot be undone: refused
     with pytest.raises(BidstrainError, match="statistics: model"):
         predict_run(model, theirs, {**data.features, "statistics": {"digest": "f" * 16}})
+
+
+def test_apply_names_a_features_argument_that_is_no_pair(tmp_path):
+    arguments = ["--model", "m.pt", "--bold", "b.zarr", "--out", str(tmp_path / "p.zarr")]
+    with pytest.raises(BidstrainError, match=r"KIND=STORE pairs, got \['video.zarr'\]"):
+        apply_main([*arguments, "--features", "audio=a.zarr", "video.zarr"])
+    assert not (tmp_path / "p.zarr").exists()

@@ -368,8 +368,8 @@ def test_labels_must_be_integers_and_unlisted_ones_are_named(tmp_path, caplog):
     table = tmp_path / "atlas_dseg.tsv"
     table.write_text("index\tname\n1\tone\n1000\tthousand\n")
     atlas = AtlasFiles("x", image, table, SPACE)
-    with pytest.raises(BidstrainError, match="must be 3D with integer labels"):
-        load_atlas(atlas, (4, 4, 4), np.eye(4), image="run.nii.gz")
+    with pytest.raises(BidstrainError, match="sub-07.*must be 3D with integer labels"):
+        load_atlas(atlas, (4, 4, 4), np.eye(4), image="run.nii.gz", subject="07")
     labels[2:, 2:] = 1000
     nib.save(nib.Nifti1Image(labels, np.eye(4)), image)
     with caplog.at_level(logging.WARNING):

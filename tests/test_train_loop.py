@@ -397,3 +397,19 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run_when_too_many(tmp
 def test_shapes_must_be_multiples_of_the_patch(tmp_path, stores):
     with pytest.raises(BidstrainError, match=r"train.shapes.T1w = \[8, 8, 6\]"):
         run(tmp_path, stores, shapes={"T1w": [8, 8, 6], "bold": [8, 8, 8], "dwi": [8, 8, 8]})
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not a checkpoint"])
+def test_an_unreadable_newest_checkpoint_is_skipped_with_a_warning(tmp_path, caplog, damage):
+    state = {key: {"n": 1} for key in ("model", "optimizer", "scheduler", "train_state")}
+    torch.save({**state, "config_hash": "a"}, tmp_path / "step-00000001.pt")
+    torch.save({**state, "config_hash": "b"}, tmp_path / "step-00000002.pt")
+    newest = tmp_path / "step-00000002.pt"
+    if damage == "truncated":  # a node lost while the file was written in place
+        os.truncate(newest, newest.stat().st_size // 2)
+    else:
+        newest.write_bytes(b"\x80\x04not a pickle")
+    with caplog.at_level(logging.WARNING):
+        loaded = load_latest(tmp_path)
+    assert loaded["config_hash"] == "a" and loaded["path"].name == "step-00000001.pt"
+    assert f"ignoring unreadable checkpoint {newest}" in caplog.text

@@ -300,12 +300,16 @@ def load_atlas(
     try:
         img = nib.as_closest_canonical(nib.load(atlas.image))
     except Exception as error:  # nibabel raises many types for unreadable files
-        raise BidstrainError(f"not a readable label image: {error}", path=atlas.image) from None
+        raise BidstrainError(
+            f"not a readable label image: {error}", path=atlas.image, subject=subject
+        ) from None
     labels = np.asarray(img.dataobj)
     if labels.ndim == 4 and labels.shape[3] == 1:
         labels = labels[..., 0]
     if labels.ndim != 3 or not np.allclose(labels, np.round(labels), rtol=0.0, atol=1e-4):
-        raise BidstrainError("a label image must be 3D with integer labels", path=atlas.image)
+        raise BidstrainError(
+            "a label image must be 3D with integer labels", path=atlas.image, subject=subject
+        )
     labels = np.round(labels).astype(np.int64)
     _warn_unlisted(labels, indices, atlas)
     mismatch = grid_mismatch(labels.shape, img.affine, shape, affine)

@@ -252,8 +252,10 @@ def main(argv=None) -> None:
     parser.add_argument("--features", nargs="+", required=True, help="KIND=aligned store")
     parser.add_argument("--out", required=True, help="the predicted BOLD store")
     args = parser.parse_args(argv)
-    pairs = dict(item.split("=", 1) for item in args.features if "=" in item)
-    apply_to_stores(args.model, args.bold, pairs, args.out)
+    malformed = [item for item in args.features if "=" not in item]
+    if malformed:
+        raise BidstrainError(f"--features takes KIND=STORE pairs, got {malformed}")
+    apply_to_stores(args.model, args.bold, dict(i.split("=", 1) for i in args.features), args.out)
 
 
 if __name__ == "__main__":

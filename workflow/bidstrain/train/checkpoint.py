@@ -29,6 +29,7 @@ import itertools
 import json
 import logging
 import os
+import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -184,7 +185,8 @@ def load_latest(directory: str | Path) -> dict[str, Any] | None:
     for path in sorted(Path(directory).glob("step-*.pt"), reverse=True):
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as error:  # any unreadable file is skipped, and said so
+        except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as error:
+            # a truncated or corrupt file (torch's zip reader raises RuntimeError)
             LOG.warning("ignoring unreadable checkpoint %s: %s", path, error)
             continue
         missing = [key for key in REQUIRED_KEYS if key not in state]
