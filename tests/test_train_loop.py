@@ -341,7 +341,7 @@ def test_the_run_hash_covers_settings_world_size_stores_and_their_content(tmp_pa
     ]
     assert run_hash(rewritten) != run_hash(identity)
     assert changes(None, identity) == [
-        "the checkpoint records no run configuration (written by an older bidstrain)"
+        "the checkpoint records no run configuration"
     ]
     with pytest.raises(BidstrainError, match=r"missing.zarr: cannot read the store's zarr.json"):
         run_identity(config, 1, {"bold": [str(tmp_path / "missing.zarr")]}, {})
@@ -358,7 +358,7 @@ def test_set_aside_moves_all_but_the_lock_and_never_overwrites(tmp_path, caplog)
     assert set_aside(folder, None, identity) is None  # nothing to move on a first run
 
     (folder / "trainer.lock").write_text("host 1")
-    save(folder, _checkpoint(4, config_hash="0123456789abcdef"))  # by an older bidstrain
+    save(folder, _checkpoint(4, config_hash="0123456789abcdef"))  # records no run
     (folder / "metrics.jsonl").write_text("{}\n")
     with caplog.at_level(logging.WARNING, logger="bidstrain.train"):
         first = set_aside(folder, load_latest(folder), identity)

@@ -5,8 +5,7 @@ A BOLD store's ``data`` holds the *valid* frames of its run's time grid only: it
 ``data`` (:mod:`bidstrain.io.store`; frames whose interpolation needed a volume the sample
 mask dropped are left out). Row ``r`` of ``data`` is therefore the ``r``-th valid frame,
 not frame ``r``: subjects whose left-out frames differ are matched frame by frame on the
-grid, never row by row. A store without ``frame_time`` (written before time resampling)
-has every frame valid.
+grid, never row by row. A store without ``frame_time`` has every frame valid.
 
 The average keeps the grid of its stores (cut to the shortest with ``average.truncate``)
 and, at each frame, the mean over the subjects valid there; a frame is valid in the

@@ -303,7 +303,7 @@ class TrainConfig:
 
         Without ``train.stimuli`` neither that key nor the stimulus kinds' loss weights
         are kept: they change nothing then, so the hash (and the checkpoints and models
-        it guards) stays that of a configuration written before they existed.
+        it guards) is that of the same configuration without those keys.
         """
         keys = self._keys("hashed")
         if not self.model.stimuli:

@@ -169,7 +169,7 @@ def bold_run(
 
     ``anatomy`` is the subject's :func:`bold_anatomy` (a new one is drawn when None); the
     noise, the drift and the :func:`slow_fluctuations` are the run's own (drawn from a
-    child of ``rng``, so that ``rng`` draws what it drew before they existed). The run is
+    child of ``rng``, so that what ``rng`` draws next does not depend on them). The run is
     built volume by volume in float32 so that a 96x96x96x300 run for the benchmarks needs
     about one run of int16 in memory, not one of float64.
     """

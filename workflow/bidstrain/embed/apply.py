@@ -128,8 +128,8 @@ def check_preparation(store: str | Path, description: Mapping[str, Any]) -> None
         time_method=meta.time_method,
         bold_input="parcels" if parcels else "voxels",
         n_parcels=len(atlas["parcel_names"]) if parcels else None,
-        # a parcel store names its atlas and records its checksum (one written before
-        # stores recorded it: the model's)
+        # a parcel store names its atlas and records its checksum (one without them
+        # is taken as the model's)
         parcellation=atlas.get("atlas", trained.parcellation),
         parcellation_checksum=atlas.get("atlas_checksum", trained.parcellation_checksum),
     )

@@ -27,8 +27,8 @@ confounds regressed out of a BOLD run: ``none`` when absent), ``source_repetitio
 :mod:`bidstrain.normalize.resample_time`), ``n_invalid_frames`` (frames left out because
 their interpolation needed a dropped volume), ``bidstrain_version`` and ``checksum``
 (:func:`store_checksum`); averages add
-``subjects``, ``sessions``, ``truncated`` and ``mask_mode``. Stores written before these
-attributes existed read as not resampled.
+``subjects``, ``sessions``, ``truncated`` and ``mask_mode``. A store without the time
+attributes reads as not resampled.
 
 BOLD stores also hold ``frame_time`` and ``frame_valid`` (dim ``frame``): the onset of
 every frame of the run's time grid, and whether it is in ``data`` (its ``time``
@@ -43,7 +43,7 @@ attributes above (``stats_dim: "parcel"``) plus ``atlas``, ``atlas_checksum`` (t
 atlas files' :func:`~bidstrain.dataset.atlas.atlas_checksum`, which ``embed`` compares
 with the model's), ``parcel_names`` and ``n_empty_parcels``; every array is one chunk.
 A run's parcel store has the rows (and ``time``), ``frame_time`` and ``frame_valid`` of
-its voxel store (stores written before that hold no ``frame_`` arrays); a parcel average
+its voxel store (one without ``frame_`` arrays reads as every frame valid); a parcel average
 also holds them, with
 ``frame_subjects``, and records ``n_partial_parcels`` (parcels some
 of its subjects' runs do not cover, averaged over the others). Their ``checksum`` is computed as a
@@ -60,7 +60,7 @@ Stores are Zarr v3 with consolidated metadata (the root ``zarr.json`` repeats ev
 array's metadata; :func:`consolidate`, the last step of every write), so that
 ``xarray.open_zarr(path)`` opens them as they are, without a warning. The workflow's own
 reads pass ``consolidated=CONSOLIDATED`` (False: each array's own metadata, so a store
-written before consolidation, or edited by hand, reads as it is). They are
+without consolidated metadata, or edited by hand, reads as it is). They are
 written with zarr alone (``dimension_names`` and a CF ``coordinates`` attribute tell xarray
 the layout), so a normalization job never imports xarray, pandas or dask.
 Files: ``data`` is one Zarr v3 shard (one file, written as a stream by
@@ -370,8 +370,7 @@ def segments_of_valid(valid: np.ndarray) -> tuple[int, ...]:
 def read_segments(path: str | Path) -> tuple[int, ...]:
     """Lengths of the contiguous pieces of a store's ``data`` (frames never separated by
     a left-out frame), from its small ``frame_valid`` array; one piece of every volume for
-    a store without one (T1w, DWI, stores written before time resampling or, for a
-    run's parcel store, before it kept its run's ``frame_valid``)."""
+    a store without one (T1w, DWI)."""
     group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
     if "frame_valid" in group:
         return segments_of_valid(group["frame_valid"][...])
@@ -394,7 +393,7 @@ def consolidate(path: str | Path) -> None:
 
 def store_checksum(path: str | Path) -> str | None:
     """The content checksum of a store (its ``checksum`` attribute), read from its root
-    metadata only; None for a store written before stores had one.
+    metadata only; None for a store without one.
 
     Raises
     ------
@@ -950,8 +949,7 @@ def read_feature_store(path: str | Path) -> FeatureStore:
 def read_frames(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, StoreMeta]:
     """``(time, frame_time, meta)`` of a BOLD or average store, read with zarr alone:
     the onsets of the frames in ``data``, and of every frame of the run's time grid
-    (None where the store has no ``frame_time``: a store written before time resampling,
-    or a run's parcel store written before it kept its run's frames).
+    (None where the store has no ``frame_time``).
 
     Raises
     ------

@@ -47,7 +47,7 @@ KEEP = 2
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "train_state", "config_hash")
 #: A store's root metadata file (Zarr v3). A store is written whole and renamed into place
 #: (:func:`bidstrain.io.store.create_store`), so this file's modification time says when:
-#: what stands for the content of a store written before stores had a checksum.
+#: what stands for the content of a store without a ``checksum`` attribute.
 STORE_METADATA = "zarr.json"
 #: Stores named per kind of change in the log line of :func:`set_aside`.
 NAMED = 3
@@ -79,8 +79,8 @@ def run_identity(
     dict
         ``train`` (settings), ``world_size``, ``training`` and ``validation`` (the lists),
         ``stimuli`` (with ``train.stimuli``), ``content`` (``{store: its checksum}``;
-        ``written <ns>``, the modification time of its ``zarr.json``, for a store written
-        before stores had a checksum, and for an aligned stimulus store).
+        ``written <ns>``, the modification time of its ``zarr.json``, for a store without
+        a checksum, and for an aligned stimulus store).
 
     Raises
     ------
@@ -129,7 +129,7 @@ def changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
     """What differs between the run identity ``old`` (None for a checkpoint that records
     none) and ``new``, one phrase per difference (``world size 2 -> 1``)."""
     if old is None:
-        return ["the checkpoint records no run configuration (written by an older bidstrain)"]
+        return ["the checkpoint records no run configuration"]
     found = [f"train.{change}" for change in setting_changes(old["train"], new["train"])]
     if old["world_size"] != new["world_size"]:
         found.append(f"world size {old['world_size']} -> {new['world_size']}")

@@ -162,8 +162,9 @@ def _close(a, b, rtol: float = 1e-6) -> bool:
 
 
 def preparation_of(description: Mapping[str, Any]) -> Preparation:
-    """The :class:`Preparation` of a model's description (``model.json``); a model
-    written before windows existed saw single frames of runs at their own TR."""
+    """The :class:`Preparation` of a model's description (``model.json``); a
+    description without ``preparation`` is read as single frames of runs at their own
+    TR."""
     saved = description.get("preparation")
     if saved is None:
         return Preparation(None, "none", 1, 1, 1, "voxels")

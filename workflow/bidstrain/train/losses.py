@@ -5,7 +5,7 @@ normalization, so each modality's MSE is divided by a statistic of its target:
 
 - ``var``: MSE / var(target). Scale-invariant: multiplying data and prediction by ``c``
   multiplies MSE by ``c**2`` and the variance by ``c**2``. The default.
-- ``std``: MSE / std(target). The older recipe, kept for comparison; it is *not*
+- ``std``: MSE / std(target). A common recipe, offered for comparison; it is *not*
   scale-invariant (it grows by ``c``), which is how one modality ends up dominating.
 - ``none``: plain MSE.
 

@@ -46,7 +46,7 @@ def window_counts(lengths: np.ndarray, window: np.ndarray, stride: np.ndarray) -
 def draw_offsets(slack: np.ndarray, seed: int, epoch: int) -> np.ndarray:
     """The offset of every segment's first window in ``epoch``: uniform on
     ``0 .. slack`` (inclusive), from a generator seeded by ``(seed, epoch)`` alone (not
-    the batch order's, so W = 1 draws the same order as before windows existed)."""
+    the batch order's, so W = 1 draws the batch order of single frames)."""
     slack = np.asarray(slack, dtype=np.int64)
     if not slack.any():
         return np.zeros_like(slack)
