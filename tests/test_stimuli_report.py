@@ -6,16 +6,16 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 from bidstrain.io.store import read_aligned_store, write_aligned_store
-from bidstrain.report.stimuli import principal_components, stimulus_figure
+from bidstrain.report.stimuli import feature_components, stimulus_figure
 
 
-def test_principal_components_match_scikit_learns_pca():
+def test_feature_components_match_scikit_learns_pca():
     from sklearn.decomposition import PCA
 
     rng = np.random.default_rng(0)
     latent = rng.normal(size=(80, 2)) * [3.0, 1.0]
     features = latent @ rng.normal(size=(2, 12)) + 0.01 * rng.normal(size=(80, 12))
-    scores, explained = principal_components(features)
+    scores, explained = feature_components(features)
     reference = PCA(n_components=3).fit(features)
     # the third component explains under 1 %: left out
     assert scores.shape == (80, 2)

@@ -340,9 +340,7 @@ def test_the_run_hash_covers_settings_world_size_stores_and_their_content(tmp_pa
         f"1 store(s) rewritten with other content since ({training['T1w'][0]})"
     ]
     assert run_hash(rewritten) != run_hash(identity)
-    assert changes(None, identity) == [
-        "the checkpoint records no run configuration"
-    ]
+    assert changes(None, identity) == ["the checkpoint records no run configuration"]
     with pytest.raises(BidstrainError, match=r"missing.zarr: cannot read the store's zarr.json"):
         run_identity(config, 1, {"bold": [str(tmp_path / "missing.zarr")]}, {})
 

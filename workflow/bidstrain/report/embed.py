@@ -15,7 +15,7 @@ from matplotlib.lines import Line2D
 
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import EmbeddingMeta
-from bidstrain.report.figure import empty_panel, new_figure
+from bidstrain.report.figure import empty_panel, new_figure, principal_components
 
 _MARKERS = {"T1w": "s", "bold": "o", "dwi": "^"}
 _MODALITY_COLOURS = {"T1w": "#4c72b0", "bold": "#dd8452", "dwi": "#55a868"}
@@ -30,16 +30,6 @@ def read_embeddings(table: str | Path) -> tuple[pd.DataFrame, list[xr.Dataset]]:
     return frame, stores
 
 
-def principal_components(embeddings: np.ndarray, n: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Scores on the first ``n`` principal components and the fraction of variance each
-    explains (fewer when there are fewer samples or features)."""
-    centred = embeddings - embeddings.mean(axis=0)
-    u, s, _ = np.linalg.svd(centred, full_matrices=False)
-    n = min(n, len(s))
-    explained = s**2 / max(float((s**2).sum()), np.finfo(float).tiny)
-    return u[:, :n] * s[:n], explained[:n]
-
-
 def embedding_figure(
     stores: list[xr.Dataset], summary: dict[str, Any] | None, experiment: str
 ) -> Figure:
@@ -52,7 +42,7 @@ def embedding_figure(
         empty_panel(loss_ax, "Reconstruction loss", "no image embedded")
         return fig
     embeddings = np.concatenate([s["embedding"].values for s in stores]).astype(np.float64)
-    scores, explained = principal_components(embeddings)
+    scores, explained, _ = principal_components(embeddings, 2)
     metas = [EmbeddingMeta.of(s) for s in stores]
     subjects = sorted({meta.subject for meta in metas})
     # Subjects from the colour cycle after the three modality colours of the other panel.

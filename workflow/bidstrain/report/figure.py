@@ -180,3 +180,25 @@ def empty_panel(ax: Axes, title: str, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, wrap=True)
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+def principal_components(values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first ``n`` principal components of ``values`` (rows: samples), fewer when
+    there are fewer samples or columns.
+
+    Returns
+    -------
+    scores : ndarray, shape (n_samples, k)
+        The centred values projected on each component (as scikit-learn's
+        ``PCA.transform``, up to the sign).
+    explained : ndarray, shape (k,)
+        The fraction of the variance each explains (0 for constant values).
+    components : ndarray, shape (k, n_columns)
+        The unit loadings.
+    """
+    centred = values - values.mean(axis=0)
+    u, s, vt = np.linalg.svd(centred, full_matrices=False)
+    total = float((s**2).sum())
+    explained = s**2 / total if total > 0 else np.zeros_like(s)
+    n = min(n, len(s))
+    return u[:, :n] * s[:n], explained[:n], vt[:n]

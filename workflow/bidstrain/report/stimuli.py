@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from bidstrain.io.store import AlignedStore
 from bidstrain.modalities import STIMULUS_KINDS
-from bidstrain.report.figure import new_figure
+from bidstrain.report.figure import new_figure, principal_components
 
 #: Principal components drawn per kind, and voxels of BOLD.
 N_COMPONENTS = 3
@@ -21,7 +21,7 @@ N_VOXELS = 3
 MIN_EXPLAINED = 0.01
 
 
-def principal_components(
+def feature_components(
     features: np.ndarray, n: int = N_COMPONENTS
 ) -> tuple[np.ndarray, np.ndarray]:
     """The scores of the first ``n`` principal components of ``features`` (rows: time)
@@ -34,16 +34,13 @@ def principal_components(
     scores : ndarray, shape (n_time, k), k <= n
     explained : ndarray, shape (k,)
     """
-    centred = features - features.mean(axis=0)
-    u, s, vt = np.linalg.svd(centred, full_matrices=False)
-    total = float((s**2).sum())
-    explained = s**2 / total if total > 0 else np.zeros_like(s)
-    k = min(n, int((explained >= MIN_EXPLAINED).sum()))
-    scores = u[:, :k] * np.sqrt(centred.shape[0])
-    loading_sum = vt[:k].sum(axis=1)
-    largest = vt[np.arange(k), np.abs(vt[:k]).argmax(axis=1)]
+    scores, explained, components = principal_components(features, n)
+    k = int((explained >= MIN_EXPLAINED).sum())  # the fractions only decrease
+    scores, components = scores[:, :k], components[:k]
+    loading_sum = components.sum(axis=1)
+    largest = components[np.arange(k), np.abs(components).argmax(axis=1)]
     sign = np.where(np.abs(loading_sum) > 1e-9, np.sign(loading_sum), np.sign(largest))
-    return scores * sign, explained[:k]
+    return scores * sign / np.sqrt(np.mean(scores**2, axis=0)), explained[:k]
 
 
 def _first_delay(store: AlignedStore) -> tuple[np.ndarray, int]:
@@ -79,7 +76,7 @@ def stimulus_figure(aligned: Mapping[str, AlignedStore], bold: xr.Dataset, title
     for ax, kind in zip(axes, kinds, strict=False):
         store = aligned[kind]
         features, first = _first_delay(store)
-        scores, explained = principal_components(features)
+        scores, explained = feature_components(features)
         tr = store.repetition_time
         for c in range(scores.shape[1]):
             ax.plot(store.time, scores[:, c], lw=1.2,
