@@ -259,9 +259,9 @@ def test_each_store_is_opened_once_per_pass_and_block(tmp_path, three_subjects, 
     import bidstrain.average.cohort as average
 
     opened = []
-    open_group = average._open_group
+    open_existing = average.open_existing
     monkeypatch.setattr(
-        average, "_open_group", lambda path: opened.append(path) or open_group(path)
+        average, "open_existing", lambda path: opened.append(path) or open_existing(path)
     )
     average_stores(three_subjects, tmp_path / "one.zarr")
     assert sorted(opened) == sorted(map(str, three_subjects * 2))  # headers, then data

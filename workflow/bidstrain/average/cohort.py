@@ -76,7 +76,13 @@ import zarr.errors
 from bidstrain.average.frames import FrameGrid, frames_mismatch, rows_of, subject_valid, unpack
 from bidstrain.errors import BidstrainError
 from bidstrain.io.grid import AFFINE_TOLERANCE, grid_mismatch
-from bidstrain.io.store import CONSOLIDATED, StoreMeta, chunk_volumes, create_store
+from bidstrain.io.store import (
+    StoreMeta,
+    chunk_volumes,
+    create_store,
+    group_meta,
+    open_existing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -140,14 +146,6 @@ class StoreHeader:
         )
 
 
-def _open_group(path: str) -> zarr.Group:
-    """A store's root group, read-only (metadata only: no array is read)."""
-    try:
-        return zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
-    except (FileNotFoundError, zarr.errors.NodeNotFoundError):
-        raise BidstrainError("store not found (run the normalize stage first)", path=path) from None
-
-
 def _array(group: zarr.Group, name: str, path: str) -> zarr.Array:
     """One array of a store; a store without it is incomplete."""
     try:
@@ -166,8 +164,8 @@ def read_header(path: str | Path) -> StoreHeader:
         When the store is missing or incomplete, or is not BOLD with per-voxel statistics.
     """
     path = str(path)
-    group = _open_group(path)
-    meta = StoreMeta.from_attrs(group.attrs.asdict(), path)
+    group = open_existing(path)
+    meta = group_meta(group, path)
     if meta.modality != "bold" or not meta.per_voxel:
         raise BidstrainError(
             f"only BOLD stores with per-voxel statistics can be averaged, got modality "
@@ -436,7 +434,7 @@ class BlockSum:
         A store with as many voxels as the group has the group's mask (the group mask is the
         intersection or the union of the stores'): its mask is not read, and its voxels are
         the group's, in order (the index is a slice)."""
-        group = _open_group(src.path)
+        group = open_existing(src.path)
         if src.n_voxel == self.n_subjects.size:
             index, keep = slice(None), slice(None)
         else:

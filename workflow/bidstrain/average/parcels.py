@@ -33,7 +33,6 @@ import zarr
 
 from bidstrain.average.cohort import (
     SourceStore,
-    _open_group,
     check_repetition_time,
     common_length,
     frame_subjects,
@@ -42,6 +41,7 @@ from bidstrain.average.frames import ONSET_TOLERANCE, FrameGrid
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import (
     CONSOLIDATED,
+    open_existing,
     parcel_meta,
     read_meta,
     read_parcel_attrs,
@@ -70,7 +70,7 @@ def _read(path: str, voxel_store: str) -> tuple[SourceStore, dict[str, np.ndarra
         name: np.asarray(group[name][...], dtype=np.float64)
         for name in ("data", "time", "parcel", *PER_PARCEL)
     }
-    frames = FrameGrid.read(_open_group(voxel_store), voxel_store)
+    frames = FrameGrid.read(open_existing(voxel_store), voxel_store)
     onsets = frames.times[frames.valid]
     tolerance = ONSET_TOLERANCE * (meta.repetition_time or 1.0)
     if (

@@ -91,6 +91,7 @@ import numcodecs
 import numpy as np
 import zarr
 import zarr.codecs
+import zarr.errors
 
 from bidstrain import __version__
 from bidstrain.errors import BidstrainError
@@ -338,16 +339,23 @@ def read_meta(path: str | Path) -> StoreMeta:
     BidstrainError
         When the store does not exist or lacks required attributes.
     """
-    group = _open_existing(path, "store not found (run the normalize stage first)")
+    return group_meta(open_existing(path), path)
+
+
+def group_meta(group: zarr.Group, path: str | Path) -> StoreMeta:
+    """The typed attributes of a store's root group, opened already (:func:`open_existing`)."""
     return StoreMeta.from_attrs(group.attrs.asdict(), path)
 
 
-def _open_existing(path: str | Path, missing: str) -> zarr.Group:
-    """The store at ``path``, opened to read; a missing one is a :class:`BidstrainError`
-    saying ``missing`` (what it is and which stage writes it)."""
+def open_existing(
+    path: str | Path, missing: str = "store not found (run the normalize stage first)"
+) -> zarr.Group:
+    """The store at ``path``, opened to read (metadata only: no array is read); a missing
+    one is a :class:`BidstrainError` saying ``missing`` (what it is and which stage
+    writes it)."""
     try:
         return zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
-    except FileNotFoundError:
+    except (FileNotFoundError, zarr.errors.NodeNotFoundError):
         raise BidstrainError(missing, path=path) from None
 
 
@@ -922,7 +930,7 @@ def read_feature_store(path: str | Path) -> FeatureStore:
     BidstrainError
         When the store does not exist or lacks an attribute or array of the layout.
     """
-    group = _open_existing(path, "feature store not found (run the stimuli stage first)")
+    group = open_existing(path, "feature store not found (run the stimuli stage first)")
     attrs = group.attrs.asdict()
     try:
         meta = FeatureMeta(
@@ -1101,7 +1109,7 @@ def read_aligned_store(path: str | Path) -> AlignedStore:
     BidstrainError
         When the store does not exist or lacks an array of the layout.
     """
-    group = _open_existing(path, "aligned stimulus store not found (run the stimuli stage first)")
+    group = open_existing(path, "aligned stimulus store not found (run the stimuli stage first)")
     try:
         return AlignedStore(
             features=group["features"][...],
