@@ -308,7 +308,7 @@ def test_the_checks_read_the_parcel_stores_the_model_reads(normalized, monkeypat
     beside its voxel store: the normalization check covers them (the training runs' are
     z-scored); the initial loss reads the parcel windows. A parcel store left at scanner
     scale fails, and one whose frames are not its voxel store's is stale; both are named."""
-    from bidstrain.checks.__main__ import read_manifest, read_settings, run_checks
+    from bidstrain.checks.__main__ import manifest_by_image, read_settings, run_checks
 
     plan, work, _, _ = normalized
     monkeypatch.chdir(work)
@@ -343,7 +343,7 @@ def test_the_checks_read_the_parcel_stores_the_model_reads(normalized, monkeypat
     assert checks["initial_loss"]["status"] == "pass", checks["initial_loss"]["message"]
 
     config = read_settings(paths.plan_checks_settings(plan.experiment))
-    manifest = read_manifest(paths.MANIFEST)
+    manifest = manifest_by_image(paths.MANIFEST)
     training, validation = plan.training["bold"], plan.validation["bold"]
     scanner = tmp_path / "scanner.zarr"
     parcel_of = dict(zip(voxels, parcels, strict=True))

@@ -7,7 +7,6 @@ them), writes the summary, and with ``checks.strict`` exits 1 when a check faile
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -36,16 +35,15 @@ from bidstrain.checks.windows import NAME as WINDOWS
 from bidstrain.checks.windows import check_windows
 from bidstrain.config import ChecksJobConfig
 from bidstrain.errors import BidstrainError, run_cli
+from bidstrain.ingest.records import read_manifest
 
 log = logging.getLogger("bidstrain.checks")
 
 
-def read_manifest(path: str | Path) -> dict[str, dict[str, str]]:
-    """Ingest manifest rows by resolved raw image path."""
-    with open(path, newline="") as handle:
-        return {
-            str(Path(row["path"]).resolve()): row for row in csv.DictReader(handle, delimiter="\t")
-        }
+def manifest_by_image(path: str | Path) -> dict[str, dict[str, str]]:
+    """Ingest manifest rows (:func:`bidstrain.ingest.records.read_manifest`) by resolved
+    raw image path."""
+    return {str(Path(row["path"]).resolve()): row for row in read_manifest(path)}
 
 
 def read_settings(path: str | Path) -> ChecksJobConfig:
@@ -112,7 +110,7 @@ def run_checks(
     subject_stores : sequence of str
         Every subject store of the selected images (those behind the averages included).
     manifest : mapping
-        :func:`read_manifest` of the ingest manifest.
+        :func:`manifest_by_image` of the ingest manifest.
     config : ChecksJobConfig
         What the checks read of the workflow configuration.
     stimuli : sequence of str
@@ -283,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.training,
         args.validation,
         args.subject_stores,
-        read_manifest(args.manifest),
+        manifest_by_image(args.manifest),
         config,
         args.stimuli,
         dict(zip(args.parcel_stores[::2], args.parcel_stores[1::2], strict=True)),

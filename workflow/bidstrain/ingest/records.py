@@ -266,6 +266,13 @@ def _validate(
     return {"subject": subject, "images": records}
 
 
+def read_manifest(path: str | Path) -> list[dict[str, str]]:
+    """The rows of an ingest manifest (:func:`write_manifest`), every value as text
+    (labels keep their leading zeros)."""
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
 def write_manifest(
     records: Sequence[str | Path], tables: Sequence[str | Path], out: str | Path
 ) -> None:

@@ -102,9 +102,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     from bidstrain.report.figure import save_figure
 
     if args.figure == "coverage":
-        from bidstrain.report.ingest import coverage_figure, read_manifest
+        import pandas as pd
 
-        outputs = [(args.out, coverage_figure(read_manifest(args.manifest)))]
+        from bidstrain.ingest.records import MANIFEST_COLUMNS, read_manifest
+        from bidstrain.report.ingest import coverage_figure
+
+        manifest = pd.DataFrame(read_manifest(args.manifest), columns=list(MANIFEST_COLUMNS))
+        outputs = [(args.out, coverage_figure(manifest))]
     elif args.figure == "normalize":
         from bidstrain.report.normalize import normalization_figures
 

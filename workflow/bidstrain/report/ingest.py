@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 from matplotlib.colors import BoundaryNorm, ListedColormap
@@ -20,11 +18,6 @@ MAX_ROWS = 200
 NUMBERS_SHOWN = "the number of images is written in every cell with more than one"
 _COLOURS = ListedColormap(["#e8594f", "#b7e0a5", "#5aae61", "#1b7837"])
 _NORM = BoundaryNorm([-0.5, 0.5, 1.5, 2.5, 1e9], _COLOURS.N)
-
-
-def read_manifest(path: str | Path) -> pd.DataFrame:
-    """Read the ingest manifest TSV with every column as text (labels keep leading zeros)."""
-    return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
 
 
 def coverage_table(manifest: pd.DataFrame) -> pd.DataFrame:
