@@ -197,3 +197,20 @@ def test_time_and_parcellation_sections():
         validate_config({"bids_dir": "/d", "time": {"tr": -1}}, SCHEMA)
     with pytest.raises(BidstrainError, match=r"config key 'parcellation.name'"):
         validate_config({"bids_dir": "/d", "parcellation": {"name": "a-b"}}, SCHEMA)
+
+
+def test_train_resources_are_read_from_the_profiles_set_resources():
+    from types import SimpleNamespace
+
+    from bidstrain.config import TrainResources
+
+    profile = {
+        "train": {name: SimpleNamespace(raw=raw) for name, raw in
+                  (("gpus_per_node", 4), ("gpu_type", "'a100'"), ("runtime", 60))},
+        "normalize_subject": {"mem_mb": SimpleNamespace(raw=8000)},
+    }  # fmt: skip
+    assert TrainResources.from_profile(profile) == TrainResources(4, None, "a100", None)
+    assert TrainResources.from_profile({}) == TrainResources()
+    profile["train"]["nodes"] = SimpleNamespace(raw="2 * n")
+    with pytest.raises(BidstrainError, match=r"set-resources train:nodes='2 \* n'.*constant"):
+        TrainResources.from_profile(profile)

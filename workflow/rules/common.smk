@@ -23,7 +23,7 @@ from bidstrain import paths
 from bidstrain.dataset.bids import BidsIndex
 from bidstrain.config import (
     Config,
-    constant_resource,
+    TrainResources,
     to_plain,
     retype_overrides,
     validate_config,
@@ -37,12 +37,9 @@ from bidstrain.plan import Plan, settings_changes, write_if_changed
 # there, so the checks, the launcher and the trainer see one world size, and the loader
 # buffers are checked against the memory the job gets.
 try:
-    _TRAIN_RESOURCES = {
-        name: constant_resource(f"train:{name}", resource.raw)
-        for name, resource in workflow.resource_settings.overwrite_resources.get(
-            "train", {}
-        ).items()
-    }
+    _TRAIN_RESOURCES = TrainResources.from_profile(
+        workflow.resource_settings.overwrite_resources
+    )
     # `--config train='{lr: 0.002}'`: Snakemake gives the nested scalars as strings
     retype_overrides(config, workflow.config_settings.config)
     validate_config(config)
@@ -55,10 +52,10 @@ try:
     PLAN = Plan.build(
         CONFIG,
         INDEX,
-        gpus=_TRAIN_RESOURCES.get("gpus_per_node"),
-        nodes=_TRAIN_RESOURCES.get("nodes"),
-        gpu_model=_TRAIN_RESOURCES.get("gpu_type") or "",
-        mem_mb=_TRAIN_RESOURCES.get("mem_mb"),
+        gpus=_TRAIN_RESOURCES.gpus_per_node,
+        nodes=_TRAIN_RESOURCES.nodes,
+        gpu_model=_TRAIN_RESOURCES.gpu_type,
+        mem_mb=_TRAIN_RESOURCES.mem_mb,
     )
 except BidstrainError as error:
     raise WorkflowError(f"bidstrain: {error}") from None

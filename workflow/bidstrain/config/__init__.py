@@ -30,7 +30,7 @@ from bidstrain.config.jobs import (
     read_train_settings,
     setting_changes,
 )
-from bidstrain.config.overrides import constant_resource, retype_overrides
+from bidstrain.config.overrides import TrainResources, retype_overrides
 from bidstrain.config.schema import SCHEMA_PATH, validate_config
 from bidstrain.config.sections import (
     CHECKED,
@@ -111,7 +111,7 @@ __all__ = [
     "TrainConfig",
     "TrainJobResources",
     "config_hash",
-    "constant_resource",
+    "TrainResources",
     "load_section",
     "read_train_settings",
     "retype_overrides",

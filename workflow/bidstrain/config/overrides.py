@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,36 @@ def _scalar(text: str, schema: Mapping[str, Any]) -> Any:
     if not fits or (isinstance(parsed, bool) and "boolean" not in wanted):
         return text
     return parsed
+
+
+@dataclass(frozen=True)
+class TrainResources:
+    """What the SLURM profile sets for the training job (``set-resources: train:``) that
+    the plan needs at parse time; None (``""`` for the GPU type) where it sets nothing."""
+
+    gpus_per_node: int | None = None
+    nodes: int | None = None
+    gpu_type: str = ""
+    mem_mb: int | None = None
+
+    @classmethod
+    def from_profile(cls, overwrite_resources: Mapping[str, Mapping[str, Any]]) -> TrainResources:
+        """The training job's entries of Snakemake's ``set-resources`` (its
+        ``overwrite_resources``: ``{rule: {name: resource}}``, each resource's ``raw``
+        value as the profile wrote it).
+
+        Raises
+        ------
+        BidstrainError
+            When an entry the plan reads is not a constant (:func:`constant_resource`).
+        """
+        entries = overwrite_resources.get("train", {})
+        values = {
+            name: constant_resource(f"train:{name}", entries[name].raw)
+            for name in ("gpus_per_node", "nodes", "gpu_type", "mem_mb")
+            if name in entries
+        }
+        return cls(**{**values, "gpu_type": values.get("gpu_type") or ""})
 
 
 def constant_resource(name: str, raw: int | str | None) -> int | str | None:

@@ -505,6 +505,13 @@ class EncodingConfig:
     checkpoint_every: int
     figure_targets: int
 
+    def hashed(self) -> dict[str, Any]:
+        """The keys that determine the model's weights, as plain JSON types: all but
+        ``enabled``, ``checkpoint_every`` and ``figure_targets`` (what a checkpoint must
+        share with a run to be resumed by it)."""
+        unhashed = ("enabled", "checkpoint_every", "figure_targets")
+        return {key: value for key, value in to_plain(self).items() if key not in unhashed}
+
 
 @dataclass(frozen=True)
 class Config:

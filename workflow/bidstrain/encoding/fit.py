@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bidstrain.config import EncodingConfig, to_plain
+from bidstrain.config import EncodingConfig
 from bidstrain.encoding.data import EncodingData
 from bidstrain.train import checkpoint
 from bidstrain.train.distributed import Context, all_reduce, all_reduce_named
@@ -74,17 +74,12 @@ def run_identity(
     :func:`bidstrain.train.checkpoint.run_identity`, so its :func:`~bidstrain.train.
     checkpoint.set_aside` can name the changes): the settings that determine the
     weights, the world size, and a hash of every array."""
-    settings = {
-        key: value
-        for key, value in to_plain(config).items()
-        if key not in ("enabled", "checkpoint_every", "figure_targets")
-    }
     content = {
         name: hashlib.sha256(np.ascontiguousarray(getattr(data, name)).tobytes()).hexdigest()[:16]
         for name in ("train_x", "train_y")
     }
     return {
-        "train": {**settings, "seed": seed, "alpha_used": alpha},
+        "train": {**config.hashed(), "seed": seed, "alpha_used": alpha},
         "world_size": world_size,
         "training": {"features": ["train_x"], "bold": ["train_y"]},
         "validation": {},
