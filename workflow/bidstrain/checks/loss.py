@@ -42,10 +42,9 @@ def zero_prediction_losses(
     stores: Mapping[str, Sequence[str]],
     train: TrainConfig,
     *,
-    n_batches: int = N_BATCHES,
     stimuli: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Mean zero-prediction loss per modality over up to ``n_batches`` batches of epoch 0
+    """Mean zero-prediction loss per modality over up to :data:`N_BATCHES` batches of epoch 0
     that hold it (module docstring).
 
     Parameters
@@ -55,8 +54,6 @@ def zero_prediction_losses(
         BOLD runs' parcel stores).
     train : TrainConfig
         The ``train`` settings.
-    n_batches : int
-        Batches to read per modality.
     stimuli : mapping, optional
         ``{BOLD store: {kind: aligned store}}`` of the training BOLD stores (with
         ``train.stimuli``).
@@ -80,7 +77,7 @@ def zero_prediction_losses(
         store, _ = layout.locate(np.asarray(indices, dtype=np.int64))
         held = {MODALITIES[code] for code in np.unique(layout.modality[store])}
         held |= kinds if "bold" in held else set()
-        needed = {m for m in held & wanted if len(sums.get(m, ())) < n_batches}
+        needed = {m for m in held & wanted if len(sums.get(m, ())) < N_BATCHES}
         if needed:
             for modality, target in dataset.batch(indices).items():
                 if modality in needed:
@@ -92,7 +89,7 @@ def zero_prediction_losses(
                         target_stats=stats.get(modality),
                     )
                     sums.setdefault(modality, []).append(float(loss))
-        if all(len(sums.get(m, ())) >= n_batches for m in wanted):
+        if all(len(sums.get(m, ())) >= N_BATCHES for m in wanted):
             break
     weights = loss_config.weights
     return {

@@ -66,7 +66,7 @@ def check_voxel_type(dtype: np.dtype, path: str | Path, subject: str | None = No
         )
 
 
-def check_complete(path: str | Path, img: nib.Nifti1Image, subject: str | None = None) -> None:
+def check_complete(path: str | Path, img: nib.Nifti1Image) -> None:
     """Raise unless ``path`` holds every byte of the data block ``img``'s header describes.
 
     Parameters
@@ -75,8 +75,6 @@ def check_complete(path: str | Path, img: nib.Nifti1Image, subject: str | None =
         The ``.nii`` or ``.nii.gz`` file.
     img : nibabel image
         Its header, as loaded by ``nibabel.load`` (no voxel data read).
-    subject : str, optional
-        For error messages.
 
     Raises
     ------
@@ -93,7 +91,6 @@ def check_complete(path: str | Path, img: nib.Nifti1Image, subject: str | None =
                 f"truncated NIfTI: {size} bytes, the header describes {needed} "
                 f"({needed - size} bytes of voxel data missing)",
                 path=path,
-                subject=subject,
             )
         return
     with path.open("rb") as handle:
@@ -101,19 +98,18 @@ def check_complete(path: str | Path, img: nib.Nifti1Image, subject: str | None =
         (trailer,) = struct.unpack("<I", handle.read(4))
     if trailer == needed % 2**32:
         return
-    size = gzip_stream_size(path, needed, subject)
+    size = gzip_stream_size(path, needed)
     if size < needed:
         raise BidstrainError(
             f"truncated .nii.gz: the decompressed stream holds {size} bytes, the header "
             f"describes {needed} ({needed - size} bytes of voxel data missing; re-copy or "
             "re-export the file)",
             path=path,
-            subject=subject,
         )
     log.info("%s: gzip trailer is a hint only; stream verified (%d bytes)", path, size)
 
 
-def gzip_stream_size(path: str | Path, needed: int = 0, subject: str | None = None) -> int:
+def gzip_stream_size(path: str | Path, needed: int = 0) -> int:
     """Decompress every gzip member of ``path`` (discarding the output); return its size.
 
     Zero bytes after the last member are padding; other bytes there are an error, as
@@ -125,8 +121,6 @@ def gzip_stream_size(path: str | Path, needed: int = 0, subject: str | None = No
         A gzip file.
     needed : int
         Bytes the caller needs, only to word the error of a stream cut short.
-    subject : str, optional
-        For error messages.
 
     Raises
     ------
@@ -155,7 +149,6 @@ def gzip_stream_size(path: str | Path, needed: int = 0, subject: str | None = No
                         f"corrupt .nii.gz: bytes that are not gzip data follow the stream's "
                         f"{total} decompressed bytes (re-copy or re-export the file)",
                         path=path,
-                        subject=subject,
                     )
                 decompressor = isal_zlib.decompressobj(wbits=_GZIP_WBITS)
             try:
@@ -165,7 +158,6 @@ def gzip_stream_size(path: str | Path, needed: int = 0, subject: str | None = No
                     f"corrupt .nii.gz: the gzip stream fails its check ({error}); re-copy or "
                     "re-export the file",
                     path=path,
-                    subject=subject,
                 ) from None
             pending = decompressor.unused_data if decompressor.eof else b""
             if decompressor.eof:
@@ -176,7 +168,6 @@ def gzip_stream_size(path: str | Path, needed: int = 0, subject: str | None = No
             f"truncated .nii.gz: the gzip stream is cut short after {total} decompressed "
             f"bytes{missing} (re-copy or re-export the file)",
             path=path,
-            subject=subject,
         )
     return total
 

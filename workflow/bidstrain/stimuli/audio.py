@@ -119,7 +119,6 @@ def audio_features(
     n_mels: int = 40,
     window: float = 0.025,
     hop: float = 0.010,
-    subject: str | None = None,
 ) -> Iterator[np.ndarray]:
     """The log-mel spectrum of each TR of a file's first audio stream, bin after bin.
 
@@ -138,8 +137,6 @@ def audio_features(
         Mel bands.
     window, hop : float
         Window length and the step between windows, in seconds.
-    subject : str, optional
-        Named in errors.
 
     Yields
     ------
@@ -150,9 +147,9 @@ def audio_features(
     BidstrainError
         When the file cannot be decoded or decodes less than its header declares.
     """
-    with open_media(path, subject) as container:
+    with open_media(path) as container:
         stream = container.streams.audio[0]
-        progress = Progress(Path(path), declared_duration(container), subject)
+        progress = Progress(Path(path), declared_duration(container))
         samples = joined(mono_samples(container, stream), stream.rate, BLOCK)
         frames = mel_frames(samples, stream.rate, window, hop, n_mels, progress)
         for mean in bin_means(frames, tr):

@@ -112,7 +112,6 @@ class Progress:
 
     path: Path
     declared: float
-    subject: str | None = None
     until: float = 0.0
 
     def check(self) -> None:
@@ -124,7 +123,6 @@ class Progress:
                 f"{self.declared:.2f} s its header declares "
                 f"({self.declared - self.until:.2f} s missing): copy it again",
                 path=self.path,
-                subject=self.subject,
             )
 
 

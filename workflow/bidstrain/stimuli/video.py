@@ -60,7 +60,6 @@ def video_features(
     tr: float,
     size: tuple[int, int] = (64, 48),
     colour: str = "grey",
-    subject: str | None = None,
 ) -> Iterator[np.ndarray]:
     """The mean frame of each TR of a film's first video stream (cover art aside), bin
     after bin.
@@ -79,8 +78,6 @@ def video_features(
         Width and height the frames are resized to.
     colour : {"grey", "rgb"}
         Luminance (0 to 255) or RGB channels (0 to 255 each).
-    subject : str, optional
-        Named in errors.
 
     Yields
     ------
@@ -93,9 +90,9 @@ def video_features(
         When the file cannot be decoded, or decodes more than :data:`END_PROBE` seconds
         less than its header declares (truncated).
     """
-    with open_media(path, subject) as container:
+    with open_media(path) as container:
         stream = film_streams(container)[0]
-        progress = Progress(Path(path), declared_duration(container), subject)
+        progress = Progress(Path(path), declared_duration(container))
         frames = decoded_frames(stream, container.decode(stream), size, colour, progress)
         yield from bin_means(frames, tr)
     progress.check()
