@@ -102,10 +102,12 @@ class StoreScan:
 
     @property
     def modality(self) -> str:
+        """``T1w``, ``bold`` or ``dwi``."""
         return self.meta.modality
 
     @property
     def is_average(self) -> bool:
+        """Whether the store is a cross-subject average."""
         return self.meta.is_average
 
     @property

@@ -47,10 +47,39 @@ LOG = logging.getLogger("bidstrain.encoding")
 
 
 def run(
-    settings_path, data_path, out_dir, world_size: int, stop_after=None, inputs_path=None
+    settings_path: str | Path,
+    data_path: str | Path | None,
+    out_dir: str | Path,
+    world_size: int,
+    stop_after: int | None = None,
+    inputs_path: str | Path | None = None,
 ) -> dict:
-    """Train, validate and write the outputs (rank 0); the metrics summary. The data
-    come from ``data_path`` (an ``.npz``) or else from the stores of ``inputs_path``."""
+    """Train, validate and write the outputs (rank 0).
+
+    Parameters
+    ----------
+    settings_path : str or Path
+        The job's settings file (:class:`bidstrain.config.EncodingJobConfig`).
+    data_path : str or Path, optional
+        The arrays as one ``.npz`` (:func:`~bidstrain.encoding.data.save_data`); None to
+        read them from the stores of ``inputs_path``.
+    out_dir : str or Path
+        Where ``model.pt``, ``model.json``, the metrics and the checkpoints go.
+    world_size : int
+        The ranks the workflow planned; another number started is an error.
+    stop_after : int, optional
+        Stop after this optimizer step as if SIGTERM had arrived, once its checkpoint is
+        written (:class:`~bidstrain.encoding.fit.Interrupted`); tests interrupt a run
+        this way.
+    inputs_path : str or Path, optional
+        The JSON of the aligned and BOLD stores (:func:`~bidstrain.encoding.stores.
+        read_inputs`).
+
+    Returns
+    -------
+    dict
+        The metrics summary.
+    """
     job = EncodingJobConfig.read(settings_path)
     config, seed = job.encoding, job.seed
     if data_path is not None:

@@ -202,8 +202,21 @@ def apply_to_stores(
 
     Parameters
     ----------
+    model_path : str or Path
+        The encoding model (``model.pt``).
+    bold : str or Path
+        The run's BOLD store, or the average store, whose mask and affine the prediction
+        takes (for a model of parcels: the parcel average).
     features : mapping
         ``{kind: aligned store}``; the model's kinds are taken in its order.
+    out : str or Path
+        The predicted BOLD store, written atomically.
+
+    Raises
+    ------
+    BidstrainError
+        When a kind of the model has no store here, a store is of another kind, or the
+        features were prepared differently from the model's.
     """
     _, model = read_model(model_path)
     kinds = list(model["features"]["kinds"])

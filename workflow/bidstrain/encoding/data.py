@@ -60,10 +60,12 @@ class EncodingData:
 
     @property
     def n_features(self) -> int:
+        """Columns of the feature arrays (kinds and delays together)."""
         return int(self.train_x.shape[1])
 
     @property
     def n_targets(self) -> int:
+        """Columns of the BOLD arrays (voxels or parcels)."""
         return int(self.train_y.shape[1])
 
 

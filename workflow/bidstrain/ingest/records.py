@@ -218,6 +218,10 @@ def ingest_images(
         Subject label, without ``sub-``.
     paths : sequence of str
         The images, as the plan's index wrote their paths.
+    tr_mismatch : {"error", "warn"}
+        ``ingest.tr_mismatch``: what a sidecar/header repetition-time disagreement does.
+    tr_tolerance : float
+        ``ingest.tr_tolerance``: the disagreement allowed, in seconds.
 
     Returns
     -------

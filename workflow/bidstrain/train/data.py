@@ -648,8 +648,14 @@ def make_loader(
 
     Parameters
     ----------
+    dataset : VolumeDataset
+        What the batches are read from.
     sampler : ModalityBatchSampler
         The batches (its ``batch_size`` sizes the buffers).
+    train : TrainConfig
+        The ``train`` settings (workers, prefetch, accumulation, page-locked memory).
+    device : torch.device
+        Where the batches go.
     num_workers : int, optional
         Overrides ``train.num_workers`` (validation reads in the main process).
     """

@@ -35,6 +35,7 @@ class Context:
 
     @property
     def distributed(self) -> bool:
+        """Whether more than one rank trains (collectives are needed)."""
         return self.world_size > 1
 
 

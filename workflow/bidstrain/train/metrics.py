@@ -62,6 +62,7 @@ class MetricsLog:
         self._file.flush()
 
     def close(self) -> None:
+        """Close the file."""
         self._file.close()
 
 

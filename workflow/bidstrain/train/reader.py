@@ -256,12 +256,16 @@ class ChunkCache:
         self._volumes = 0
 
     def get(self, key: tuple[str, int]) -> np.ndarray | None:
+        """The chunk ``(store, chunk index)``, made the most recently used; None when
+        not cached."""
         chunk = self._chunks.get(key)
         if chunk is not None:
             self._chunks.move_to_end(key)
         return chunk
 
     def put(self, key: tuple[str, int], chunk: np.ndarray) -> None:
+        """Cache a chunk, dropping the least recently used ones beyond the capacity in
+        volumes (never the last one)."""
         self._chunks[key] = chunk
         self._volumes += len(chunk)
         while self._volumes > self.capacity and len(self._chunks) > 1:

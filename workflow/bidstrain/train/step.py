@@ -44,6 +44,7 @@ class GradientArrivals:
         return sorted(self.expected - self.names)
 
     def clear(self) -> None:
+        """Forget the gradients seen (at the start of an accumulation group)."""
         self.names.clear()
 
 

@@ -79,11 +79,13 @@ class TensorBoardTracker:
         self._writer = SummaryWriter(log_dir=str(log_dir))
 
     def write(self, record: Mapping[str, Any]) -> None:
+        """Add the record's scalars at its step."""
         step, values = scalars(record)
         for tag, value in values.items():
             self._writer.add_scalar(tag, value, global_step=step)
 
     def close(self) -> None:
+        """Flush and close the event file."""
         self._writer.close()
 
 
@@ -109,6 +111,8 @@ class WandbTracker:
         )
 
     def write(self, record: Mapping[str, Any]) -> None:
+        """Log the record's scalars at its step; a ``summary`` record updates the run
+        summary."""
         step, values = scalars(record)
         if record.get("kind") == "summary":
             self._run.summary.update(values)
@@ -116,6 +120,7 @@ class WandbTracker:
             self._run.log(values, step=step)
 
     def close(self) -> None:
+        """Finish the run."""
         self._run.finish()
 
 
