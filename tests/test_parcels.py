@@ -55,6 +55,7 @@ from bidstrain.plan import write_if_changed
 from nilearn.interfaces.fmriprep import load_confounds_strategy
 from nilearn.maskers import NiftiLabelsMasker
 from normalize_support import image_options
+from scipy import ndimage
 from test_plan import plan_of
 
 SPACE = "MNI152NLin2009cAsym"
@@ -272,6 +273,51 @@ def test_heldout_parcels_use_the_pooled_training_statistics(demo, tmp_path):
     data = zarr.open_group(out / "parcels.zarr", mode="r")["data"][...]
     assert np.abs(data[:, full] - expected).max() <= TOLERANCE
     assert np.abs(data.mean(axis=0)[full]).max() > 1e-3  # not its own statistics
+
+
+def test_heldout_parcels_pool_the_training_runs_over_the_heldout_voxels(demo, tmp_path):
+    """Run 1's mask lacks the outer voxels of one parcel (fMRIPrep's masks differ at the
+    edges): run 3's mask, the intersection, lacks them too, so that parcel's training
+    statistics are those of runs 1 and 2 over run 3's voxels, not of run 2's parcel
+    store (over more voxels), and run 3's values equal a float64 reference."""
+    root, atlas = demo
+    labels = np.asarray(nib.load(atlas.image).dataobj).astype(int)
+    first, *_ = _run(root, "1")
+    mask_img = nib.load(_run(root, "1")[1])
+    inside = np.asarray(mask_img.dataobj) > 0
+    parcel = inside & (labels == 2)
+    rim = parcel & ~ndimage.binary_erosion(parcel)
+    assert 0 < rim.sum() < parcel.sum()
+    small = tmp_path / "run-1_mask.nii.gz"
+    nib.save(nib.Nifti1Image((inside & ~rim).astype(np.uint8), mask_img.affine), small)
+    stores, parcel_stores, masks = [], [], {"1": small, "2": _run(root, "2")[1]}
+    for run in ("1", "2"):
+        image = _run(root, run)[0]
+        out = tmp_path / f"run-{run}"
+        job = _job(atlas, image, out)
+        normalize_bold(image, out / "bold.zarr", _info(run), image_options(mask=str(masks[run])),
+                       None, job)  # fmt: skip
+        stores.append(out / "bold.zarr")
+        parcel_stores.append(out / "parcels.zarr")
+    image = _run(root, "3")[0]
+    out = tmp_path / "run-3"
+    normalize_with_stats(image, stores, out / "bold.zarr", _info("3"), image_options("epi"),
+                         None, _job(atlas, image, out, tuple(parcel_stores)))  # fmt: skip
+    # the reference: every run's parcel means over the intersection mask, in float64
+    heldout_mask = tmp_path / "intersection.nii.gz"
+    both = inside & ~rim & (np.asarray(nib.load(masks["2"]).dataobj) > 0)
+    nib.save(nib.Nifti1Image(both.astype(np.uint8), mask_img.affine), heldout_mask)
+    series = [_reference_series(_run(root, r)[0], heldout_mask, atlas, None)[0] for r in "123"]
+    pooled = np.concatenate(series[:2])
+    mean, std = pooled.mean(axis=0), pooled.std(axis=0, ddof=1)
+    full = std > 0
+    expected = (series[2][:, full] - mean[full]) / std[full]
+    data = zarr.open_group(out / "parcels.zarr", mode="r")["data"][...]
+    error = np.abs(data[:, full] - expected).max()
+    log.warning("held-out parcels over the intersection mask: max error %.2g", error)
+    assert error <= TOLERANCE
+    _, saved_mean, saved_std, _ = read_parcel_stats(out / "parcels.zarr")
+    np.testing.assert_allclose(saved_std[full], std[full], rtol=1e-5)
 
 
 def test_resampled_parcels_are_the_means_of_the_resampled_voxels(demo, tmp_path):

@@ -831,6 +831,12 @@ def read_parcel_stats(path: str | Path) -> tuple[int, np.ndarray, np.ndarray, St
     return int(group["data"].shape[0]), mean, np.asarray(group["std"][...], np.float64), meta
 
 
+def read_parcel_voxel_counts(path: str | Path) -> np.ndarray:
+    """``n_voxels`` of a parcel store: each parcel's voxels in its run's mask."""
+    group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
+    return np.asarray(group["n_voxels"][...], dtype=np.int64)
+
+
 # ---- Feature stores: per-TR features of one stimulus file (bidstrain.stimuli) -----------
 #
 # A feature store holds the features of one stimulus file (a film, a sound, a transcript)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,9 @@ def normalize_with_stats(
         outside their sample mask are left out.
     parcels : ParcelJob, optional
         Write the run's parcel time series too, z-scored with the statistics pooled from
-        the parcel stores of ``parcels.outputs.stats_from``.
+        the training runs (``parcels.outputs.stats_from``, the parcel stores of the runs
+        of ``stats_stores``) over the run's own voxels
+        (:func:`bidstrain.normalize.parcels.parcel_statistics`).
 
     Returns
     -------
@@ -142,6 +145,10 @@ def normalize_with_stats(
         info = ImageInfo.from_name(nifti_path, tr)
     layout = open_image(nifti_path, info)
     mask, mean, std, sources = pooled_statistics(stats_stores, layout, options.ddof, info.subject)
+    if parcels is not None:
+        parcels = dataclasses.replace(
+            parcels, training_voxels=tuple(Path(store) for store in stats_stores)
+        )
     n_nonfinite = 0
     regression = scan = None
     if confounds is not None:  # pass 1 fits the regression and finds NaN/Inf and zeros

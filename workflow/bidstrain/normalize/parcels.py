@@ -6,8 +6,12 @@ voxel store holds). :class:`ParcelMeans` adds each block of frames to per-parcel
 (``np.bincount`` over the voxels' parcel numbers), so no second read of the image is
 needed; it keeps ``8 * n_frames * n_parcels`` bytes. When the pass ends,
 :func:`write_parcel_outputs` z-scores each parcel over time, with the run's own
-statistics or, for a held-out run, with those pooled from its subject's training runs'
-parcel stores (as the voxels are), and writes:
+statistics or, for a held-out run, with those pooled from its subject's training runs
+over the same voxels (as the voxels are: a held-out run's mask is the intersection of
+the training runs' masks). A training run's parcel store gives them where its parcel
+holds as many voxels as the held-out run's (the same voxels, the one mask holding the
+other); for the other parcels, its voxel store's values over the held-out run's voxels
+give them (:func:`training_parcel_moments`). Then it writes:
 
 - the parcel store (:func:`bidstrain.io.store.write_parcel_store`);
 - ``..._seg-<atlas>_stat-mean_timeseries.tsv`` (XCP-D's layout): one column per parcel,
@@ -33,7 +37,13 @@ import numpy as np
 from bidstrain.dataset.atlas import Atlas
 from bidstrain.errors import BidstrainError
 from bidstrain.io.atomic import write_text_atomic
-from bidstrain.io.store import ZERO_STD, read_parcel_stats, write_parcel_store
+from bidstrain.io.store import (
+    ZERO_STD,
+    open_store,
+    read_parcel_stats,
+    read_parcel_voxel_counts,
+    write_parcel_store,
+)
 from bidstrain.normalize.moments import pool_moments
 
 log = logging.getLogger(__name__)
@@ -88,6 +98,8 @@ class ParcelMeans:
         n = atlas.n_parcels
         of_voxel = atlas.parcel[mask]
         self._index = np.where(of_voxel >= 0, of_voxel, n)  # n: no parcel
+        #: the parcel (column) of each voxel of the mask, ``n_parcels`` for none
+        self.parcel_of_voxel = self._index
         self.n_voxels = np.bincount(self._index, minlength=n + 1)[:n]
         on_grid = np.bincount(atlas.parcel[atlas.parcel >= 0], minlength=n)
         self.coverage = np.divide(
@@ -122,9 +134,31 @@ class ParcelMeans:
 
 
 def parcel_statistics(
-    series: np.ndarray, ddof: int, stats_from: Sequence[Path], subject: str | None
+    means: ParcelMeans,
+    ddof: int,
+    stats_from: Sequence[Path],
+    subject: str | None,
+    *,
+    mask: np.ndarray | None = None,
+    voxel_stores: Sequence[Path] = (),
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Per-parcel mean and std: of ``series``, or pooled from training parcel stores.
+    """Per-parcel mean and std: of the run's own series, or pooled from its training
+    runs over the run's voxels (module docstring).
+
+    Parameters
+    ----------
+    means : ParcelMeans
+        The run's parcel means.
+    ddof : int
+        ``normalize.ddof``.
+    stats_from : sequence of Path
+        The training runs' parcel stores (empty: the run's own statistics).
+    subject : str, optional
+        For messages.
+    mask : ndarray of bool, optional
+        The run's mask (a held-out run's).
+    voxel_stores : sequence of Path
+        The training runs' voxel stores, in the order of ``stats_from``.
 
     Returns
     -------
@@ -137,12 +171,13 @@ def parcel_statistics(
     BidstrainError
         When a store of ``stats_from`` has other parcels than the run.
     """
+    series = means.series()
     if not stats_from:
         mean = series.mean(axis=0)
         variance = ((series - mean) ** 2).sum(axis=0) / max(series.shape[0] - ddof, 1)
         return mean, np.sqrt(variance), []
-    counts, means, variances, ddofs, sources = [], [], [], [], []
-    for path in stats_from:
+    counts, pooled_means, variances, ddofs, sources = [], [], [], [], []
+    for number, path in enumerate(stats_from):
         count, mean, std, meta = read_parcel_stats(path)
         if mean.size != series.shape[1]:
             raise BidstrainError(
@@ -151,13 +186,71 @@ def parcel_statistics(
                 path=path,
                 subject=subject,
             )
+        variance = std**2
+        other = (read_parcel_voxel_counts(path) != means.n_voxels) & ~means.empty
+        if other.any():
+            if mask is None or number >= len(voxel_stores):
+                raise BidstrainError(
+                    f"{int(other.sum())} parcels hold other voxels than the held-out run's, "
+                    "and no voxel store of the training run was given to recompute them",
+                    path=path,
+                    subject=subject,
+                )
+            log.info(
+                "sub-%s: %d parcels of %s hold other voxels than the held-out run's mask: "
+                "their statistics come from %s over the held-out run's voxels",
+                subject,
+                int(other.sum()),
+                path,
+                voxel_stores[number],
+            )
+            _, mean[other], variance[other] = training_parcel_moments(
+                voxel_stores[number], means, mask, np.flatnonzero(other), meta.ddof
+            )
         counts.append(count)
-        means.append(mean)
-        variances.append(std**2)
+        pooled_means.append(mean)
+        variances.append(variance)
         ddofs.append(meta.ddof)
         sources.extend(meta.stats_from)
-    mean, variance = pool_moments(counts, means, variances, ddofs, ddof)
+    mean, variance = pool_moments(counts, pooled_means, variances, ddofs, ddof)
     return mean, np.sqrt(variance), sources
+
+
+def training_parcel_moments(
+    voxel_store: Path, means: ParcelMeans, mask: np.ndarray, parcels: np.ndarray, ddof: int
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """A training run's parcel series over the held-out run's voxels, from its voxel
+    store (values ``data * std + mean``: the image's, after the confound regression and
+    the resampling in time, as its parcel means were taken), for the parcels (column
+    numbers) ``parcels``: ``(frames, mean, variance)`` over time, ``ddof`` the store's.
+
+    Raises
+    ------
+    BidstrainError
+        When a voxel of ``mask`` is not in the store's mask.
+    """
+    dataset = open_store(voxel_store, use_dask=False)
+    stored = np.flatnonzero(dataset["mask"].values)
+    voxels = np.flatnonzero(mask)
+    columns = np.minimum(np.searchsorted(stored, voxels), max(stored.size - 1, 0))
+    if stored.size == 0 or not np.array_equal(stored[columns], voxels):
+        raise BidstrainError(
+            "the held-out run's mask holds voxels outside this training store's mask "
+            "(rerun normalize for the subject)",
+            path=voxel_store,
+        )
+    chosen = np.isin(means.parcel_of_voxel, parcels)
+    columns, labels = columns[chosen], np.searchsorted(parcels, means.parcel_of_voxel[chosen])
+    scale = dataset["std"].values[columns].astype(np.float64)
+    center = dataset["mean"].values[columns].astype(np.float64)
+    sizes = np.bincount(labels, minlength=parcels.size).astype(np.float64)
+    n_time = dataset.sizes["time"]
+    rows = []
+    for start in range(0, n_time, 64):
+        values = dataset["data"][start : start + 64].values[:, columns] * scale + center
+        rows.extend(np.bincount(labels, weights=row, minlength=parcels.size) for row in values)
+    series = np.stack(rows) / sizes
+    return n_time, series.mean(axis=0), series.var(axis=0, ddof=ddof)
 
 
 def _tsv(path: Path, names: Sequence[str], rows: np.ndarray, missing: np.ndarray) -> None:
@@ -178,13 +271,18 @@ def write_parcel_outputs(
     ddof: int,
     attrs: Mapping[str, Any],
     subject: str | None,
+    *,
+    mask: np.ndarray | None = None,
+    voxel_stores: Sequence[Path] = (),
 ) -> None:
     """Z-score the parcel means and write the parcel store and both TSVs.
 
     ``frames`` are the voxel store's ``frame_time`` and ``frame_valid`` (the run's time
     grid, whose valid frames are the rows), kept in the parcel store so that its windows
     see the run's gaps read alone. ``attrs`` are the voxel store's (subject, entities,
-    repetition times...); the parcel store's statistics attributes replace theirs.
+    repetition times...); the parcel store's statistics attributes replace theirs. A
+    held-out run gives its ``mask`` and its training runs' ``voxel_stores``
+    (:func:`parcel_statistics`).
     """
     atlas, series = means.atlas, means.series()
     empty = means.empty
@@ -198,7 +296,9 @@ def write_parcel_outputs(
             attrs.get("source_path"),
             ", ".join(np.asarray(atlas.names)[empty]),
         )
-    mean, std, sources = parcel_statistics(series, ddof, outputs.stats_from, subject)
+    mean, std, sources = parcel_statistics(
+        means, ddof, outputs.stats_from, subject, mask=mask, voxel_stores=voxel_stores
+    )
     zero = (std < ZERO_STD) | empty
     scale = np.divide(1.0, std, out=np.zeros_like(std), where=~zero)
     zscored = (series - mean) * scale

@@ -29,6 +29,7 @@ import math
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -404,10 +405,12 @@ def write_frames(
 
 @dataclass(frozen=True)
 class ParcelJob:
-    """A BOLD run's parcel outputs, and the atlas on its grid."""
+    """A BOLD run's parcel outputs, and the atlas on its grid; for a held-out run, the
+    voxel stores of its training runs (in the order of ``outputs.stats_from``)."""
 
     atlas: Atlas
     outputs: ParcelOutputs
+    training_voxels: tuple[Path, ...] = ()
 
 
 def write_voxel_zscored_store(
@@ -495,6 +498,13 @@ def write_voxel_zscored_store(
     if means is not None:
         run_frames = {"frame_time": grid.times, "frame_valid": grid.valid}
         write_parcel_outputs(
-            parcels.outputs, means, run_frames, options.ddof, writer.attrs, info.subject
+            parcels.outputs,
+            means,
+            run_frames,
+            options.ddof,
+            writer.attrs,
+            info.subject,
+            mask=mask,
+            voxel_stores=parcels.training_voxels,
         )
     return writer.attrs
