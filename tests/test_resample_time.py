@@ -73,10 +73,32 @@ def test_fourier_is_within_its_stated_error_away_from_the_ends():
     inner = (times >= half_width) & (times <= times[-1] - half_width)
     error = np.abs(values - signal(times))
     assert error[inner].max() <= 2e-3 * sum(AMPLITUDES)
-    assert error.max() <= 0.05 * sum(AMPLITUDES)  # the ends, where the filter is cut short
+    assert error.max() <= 0.05 * sum(AMPLITUDES)  # the ends, where the filter is folded
     # scipy's polyphase resampling with the same filter, in the interior (it zero-pads)
     reference = resample_poly(signal(np.arange(N_SOURCE) * SOURCE_TR), 5, 2)[: times.size]
     assert np.abs(reference - values)[inner].max() <= 2e-3 * sum(AMPLITUDES)
+
+
+@pytest.mark.parametrize(("fraction", "bound"), [(0.1, 0.005), (0.2, 0.02), (0.4, 0.08)])
+def test_fourier_ends_fold_the_filter_by_an_odd_reflection(fraction, bound):
+    """2.0 s to 0.8 s, unit sinusoids at a fraction of the 0.25 Hz cut-off, every phase:
+    within the filter's half-width of an end the error stays under ``bound`` (docs:
+    0.4 %, 1.6 %, 6.9 %); a filter cut short and renormalized there gave 4.7 %, 9 %,
+    17 %. A straight line is no further off at the ends than in the interior."""
+    n, source, target = 150, 2.0, 0.8
+    grid = time_grid(n, source, target, "fourier")
+    t = np.arange(n) * source
+    worst = 0.0
+    for phase in np.linspace(0, 2 * np.pi, 16, endpoint=False):
+        wave = np.sin(2 * np.pi * fraction * 0.25 * t + phase)
+        out = resample(wave[:, None], grid)[:, 0]
+        want = np.sin(2 * np.pi * fraction * 0.25 * grid.times + phase)
+        worst = max(worst, np.abs(out - want).max())
+    assert worst <= bound
+    line_error = np.abs(resample((3.0 + 0.1 * t)[:, None], grid)[:, 0] - 3.0 - 0.1 * grid.times)
+    half_width = FOURIER_HALF_WIDTH * source
+    inner = (grid.times >= half_width) & (grid.times <= grid.times[-1] - half_width)
+    assert line_error.max() <= line_error[inner].max() + 1e-12
 
 
 def test_fourier_downsampling_removes_what_would_alias():
