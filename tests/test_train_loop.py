@@ -186,12 +186,18 @@ def reference(tmp_path_factory, stores):
 
 
 def _cli(out, config, stores, *, shell=False, **env):
-    """Start the trainer (``shell``: as ``bash -c 'exec python ...'``, the rule's form)."""
+    """Start the trainer (``shell``: as ``bash -c 'exec python ...'``, the rule's form), in
+    a session of its own (its process group: SLURM signals every process of a step)."""
     command = [sys.executable, *train_cli_args(out, config, stores)]
     if shell:
         command = ["bash", "-c", "exec " + shlex.join(command)]
     return subprocess.Popen(
-        command, env=trainer_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command,
+        env=trainer_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
 
 
@@ -223,6 +229,28 @@ def test_resume_after_sigterm_reproduces_the_uninterrupted_metrics(
     stopped = load_latest(tmp_path / "checkpoints")["train_state"]
     assert stopped["step"] == 3 and 2 <= stopped["step"] < len(of_kind(reference, "step"))
 
+    _rerun_resumes_and_matches(tmp_path, config, stores, reference, from_step=3)
+
+
+@pytest.mark.parametrize(
+    "signum",
+    [signal.SIGTERM, pytest.param(signal.SIGUSR1, marks=pytest.mark.slow)],
+    ids=["TERM", "USR1"],
+)
+def test_a_signal_to_every_process_of_the_job_stops_a_trainer_with_workers(
+    tmp_path, stores, reference, signum
+):
+    """SLURM signals every process of a job step (time limit, preemption, requeue): the
+    DataLoader workers and multiprocessing's resource tracker ignore it, the trainer stops
+    at the step boundary with its checkpoint and exit 75, and the rerun resumes exactly."""
+    config = train_config(**RESUME, num_workers=1)
+    job = _cli(tmp_path, config, stores, **{PAUSE_AT_STEP: "3"})
+    output = read_until(job, "paused after step 3")
+    os.killpg(job.pid, signum)
+    output += job.communicate(timeout=120)[0]
+    assert job.returncode == EXIT_INTERRUPTED, output
+    assert "Traceback" not in output and "killed by signal" not in output, output
+    assert load_latest(tmp_path / "checkpoints")["train_state"]["step"] == 3
     _rerun_resumes_and_matches(tmp_path, config, stores, reference, from_step=3)
 
 

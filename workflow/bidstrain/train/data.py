@@ -30,6 +30,7 @@ from bidstrain.train.buffers import BatchBuffer, BatchRing, allocate
 from bidstrain.train.reader import OpenStores, ParcelReader
 from bidstrain.train.ring_size import loader_bytes, ring_slots
 from bidstrain.train.stimulus_windows import StimulusWindows
+from bidstrain.train.stop import ignore_stop_signals, start_resource_tracker
 from bidstrain.train.windows import window_counts
 from bidstrain.train.worker_batches import RingBatch, WorkerRings
 
@@ -661,6 +662,8 @@ def make_loader(
     """
     workers = train.loader.num_workers if num_workers is None else num_workers
     pin = bool(train.loader.pin_memory) and device.type == "cuda"
+    if workers > 0:
+        start_resource_tracker()
     slots = ring_slots(
         grad_accum_steps=train.optimizer.grad_accum_steps,
         prefetch_factor=train.loader.prefetch_factor,
@@ -675,6 +678,7 @@ def make_loader(
         num_workers=workers,
         multiprocessing_context="spawn" if workers > 0 else None,
         persistent_workers=workers > 0,
+        worker_init_fn=ignore_stop_signals if workers > 0 else None,
         prefetch_factor=train.loader.prefetch_factor if workers > 0 else None,
         pin_memory=pin,
         generator=torch.Generator(),  # its seed draw must not consume the global torch RNG

@@ -30,6 +30,29 @@ STOP_AT_STEP = "BIDSTRAIN_TEST_STOP_AT_STEP"
 PAUSE_AT_STEP = "BIDSTRAIN_TEST_PAUSE_AT_STEP"
 
 
+def ignore_stop_signals(worker_id: int | None = None) -> None:
+    """Ignore SIGTERM and SIGUSR1 in this process: a DataLoader worker's
+    ``worker_init_fn``. SLURM signals every process of a job step; the trainer stops at a
+    step boundary on its own, and needs its workers alive until then."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (which the DataLoader's queues register
+    their semaphores with) with SIGTERM and SIGUSR1 blocked, so that it starts with them
+    blocked and survives a signal to the job's processes (it unblocks SIGTERM and
+    ignores it; SIGUSR1, which would kill it, stays blocked). A signal that reaches this
+    process meanwhile is delivered when they are unblocked."""
+    from multiprocessing import resource_tracker
+
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 class StopSignals:
     """Turn SIGTERM and SIGUSR1 into a flag read at step boundaries (handlers restored on
     exit)."""
