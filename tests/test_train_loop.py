@@ -88,6 +88,11 @@ def test_metrics_follow_the_contract(tmp_path, stores):
         assert set(step["loss_per_modality"]) == set(step["modalities"])
         assert not step["skipped"] and step["samples_per_s"] > 0
     assert [g["step"] for g in of_kind(lines, "grad_norms")] == [2, 4, 6]
+    # every parameter is in one logged group: together they make the step's total norm
+    totals = {s["step"]: s["grad_norm"] for s in steps}
+    for record in of_kind(lines, "grad_norms"):
+        together = math.sqrt(sum(norm**2 for norm in record["norms"].values()))
+        assert together == pytest.approx(totals[record["step"]], rel=1e-4), record
     validations = of_kind(lines, "validation")
     assert [(v["step"], v["epoch"]) for v in validations] == [(3, 0), (6, 1)]
     assert set(validations[0]["loss_per_modality"]) == {"bold"}

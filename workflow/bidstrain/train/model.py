@@ -156,15 +156,18 @@ class MultiModalAutoencoder(nn.Module):
         yield from self.embed[modality].parameters()
         yield from self.head[modality].parameters()
 
-    def modality_modules(self) -> dict[str, tuple[str, nn.Module]]:
-        """``{module name: (owner, module)}`` with owner a modality (or stimulus kind) or
-        ``"shared"``, for per-module gradient norms."""
-        modules = {}
+    def parameter_groups(self) -> dict[str, tuple[str, list[nn.Parameter]]]:
+        """``{name: (owner, parameters)}``, every parameter in one group, with owner a
+        modality (or stimulus kind) or ``"shared"`` (the encoder, and the mask token when
+        masking), for per-module gradient norms."""
+        groups = {}
         for modality in self.inputs:
-            modules[f"embed.{modality}"] = (modality, self.embed[modality])
-            modules[f"head.{modality}"] = (modality, self.head[modality])
-        modules["encoder"] = ("shared", self.encoder)
-        return modules
+            groups[f"embed.{modality}"] = (modality, list(self.embed[modality].parameters()))
+            groups[f"head.{modality}"] = (modality, list(self.head[modality].parameters()))
+        groups["encoder"] = ("shared", list(self.encoder.parameters()))
+        if hasattr(self, "mask_token"):
+            groups["mask_token"] = ("shared", [self.mask_token])
+        return groups
 
     def sequences(self, batch: Mapping[str, torch.Tensor]) -> list[list[str]]:
         """The modalities of ``batch`` whose tokens make one encoder sequence: BOLD with

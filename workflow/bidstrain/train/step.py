@@ -211,13 +211,14 @@ def check_every_parameter_used(trainer: Trainer, last_batch: Mapping[str, torch.
 
 
 def gradient_norms(module: MultiModalAutoencoder, present: Sequence[str]) -> dict[str, float]:
-    """Gradient norm of every per-modality module and of the shared encoder, labelled
-    ``[<modality>]`` when its modality is in the global batch, ``[inactive]`` when not,
-    ``[shared]`` for the encoder (one host transfer for all of them)."""
+    """Gradient norm of every per-modality module and of the shared parameters (the
+    encoder, the mask token), labelled ``[<modality>]`` when its modality is in the
+    global batch, ``[inactive]`` when not, ``[shared]`` for the shared ones (every
+    parameter is in one group; one host transfer for all of them)."""
     labels, norms = [], []
     reference = next(module.parameters())
-    for name, (owner, submodule) in module.modality_modules().items():
-        grads = [p.grad.detach().float() for p in submodule.parameters() if p.grad is not None]
+    for name, (owner, parameters) in module.parameter_groups().items():
+        grads = [p.grad.detach().float() for p in parameters if p.grad is not None]
         norms.append(
             torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
             if grads
