@@ -268,3 +268,23 @@ def test_a_job_freezes_its_objects_at_exit_and_still_runs_exit_handlers(tmp_path
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(done.stdout.split()[-1]) > 1000
     assert (tmp_path / "log.txt").read_text() == "written"
+
+
+def test_an_error_a_dataloader_worker_raised_is_printed_as_its_message(capsys):
+    """torch re-raises a worker's exception in the main process with the worker's
+    traceback as its text: the job still prints the one line of the error."""
+    from bidstrain.errors import run_cli
+    from torch._utils import ExceptionWrapper
+
+    def main(argv):
+        try:
+            raise BidstrainError("shard index is corrupt\nrerun normalize", path="s.zarr")
+        except BidstrainError:
+            ExceptionWrapper(sys.exc_info(), where="in DataLoader worker process 1").reraise()
+
+    with pytest.raises(SystemExit) as exited:
+        run_cli(main, [])
+    assert exited.value.code == 1
+    assert capsys.readouterr().err == (
+        "bidstrain: error: s.zarr: shard index is corrupt\nrerun normalize\n"
+    )

@@ -41,6 +41,21 @@ class BidstrainError(Exception):
         return ": ".join([*where, self.message])
 
 
+#: How a :class:`BidstrainError` ends the traceback text that torch re-raises it with
+#: when a DataLoader worker raised it.
+_RERAISED = f"{__name__}.BidstrainError: "
+
+
+def error_message(error: BidstrainError) -> str:
+    """The message of ``error``; for one that a DataLoader worker raised (torch re-raises
+    it in the main process with the worker's traceback as its text), the worker's own
+    message."""
+    text = str(error)
+    if text.startswith("Caught BidstrainError") and _RERAISED in text:
+        return text.rsplit(_RERAISED, 1)[1].strip()
+    return text
+
+
 def run_cli(
     main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None
 ) -> None:
@@ -79,5 +94,5 @@ def run_cli(
     try:
         main(argv)
     except BidstrainError as error:
-        print(f"bidstrain: error: {error}", file=sys.stderr)
+        print(f"bidstrain: error: {error_message(error)}", file=sys.stderr)
         sys.exit(1)
