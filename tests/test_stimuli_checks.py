@@ -111,3 +111,20 @@ def test_coverage_counts_the_seconds_without_stimulus_and_constant_columns(tmp_p
     write_aligned_store(tmp_path / "b.zarr", features, np.arange(10) * 2.0, arrays, attrs)
     check = check_coverage({"b.zarr": read_aligned_store(tmp_path / "b.zarr")})
     assert check.status == "warn" and "has no video stimulus for its whole length" in check.message
+
+
+def test_nan_in_aligned_features_fails_the_normalization_check_naming_the_store(tmp_path):
+    from bidstrain.checks.stimuli import normalization_findings
+    from train_support import write_aligned
+
+    features = np.random.default_rng(0).standard_normal((12, 3))
+    features = (features - features.mean(axis=0)) / features.std(axis=0)
+    good = write_aligned(tmp_path / "good.zarr", features, "video", "run-1")
+    features[[4, 5], 1] = np.nan
+    bad = write_aligned(tmp_path / "bad.zarr", features, "video", "run-1")
+    fails, _ = normalization_findings({good: read_aligned_store(good)}, 1e-3)
+    assert fails == []
+    fails, _ = normalization_findings({bad: read_aligned_store(bad)}, 1e-3)
+    (fail,) = fails
+    assert fail.startswith(f"run-1 video ({bad}): NaN or Inf in 2 rows of its features")
+    assert "(frames [4, 5]; rerun the stimuli and align_stimuli jobs" in fail

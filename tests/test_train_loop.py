@@ -421,7 +421,8 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run_when_too_many(tmp
     assert all(math.isfinite(s["loss"]) for s in steps if not s["skipped"])
     with pytest.raises(BidstrainError, match="train.max_consecutive_skips"):
         run(tmp_path / "limit", stores, epochs=1, max_consecutive_skips=0)
-    with pytest.raises(BidstrainError, match="train.nonfinite: stop"):
+    with pytest.raises(BidstrainError, match=r"\(the loss of bold: NaN or Inf in its data\) "
+                       r"\(train.nonfinite: stop"):  # fmt: skip
         run(tmp_path / "stop", stores, epochs=1, nonfinite="stop")
 
 

@@ -104,6 +104,14 @@ def normalization_findings(
     for path, store in stores.items():
         kind, label = store.kind, store.label
         mean, std = store.arrays["mean"], store.arrays["std"]
+        bad_rows = np.flatnonzero(~np.isfinite(store.features).all(axis=1))
+        if bad_rows.size:
+            fails.append(
+                f"{label} {kind} ({path}): NaN or Inf in {bad_rows.size} rows of its features "
+                f"(frames {bad_rows[:5].tolist()}{'...' if bad_rows.size > 5 else ''}; rerun "
+                "the stimuli and align_stimuli jobs of this stimulus)"
+            )
+            continue
         if not (np.isfinite(mean).all() and np.isfinite(std).all()):
             fails.append(f"{label} {kind} ({path}): non-finite z-score statistics")
             continue

@@ -692,6 +692,8 @@ def validate(trainer: Trainer, loader, sink: MetricsSink, state: TrainState) -> 
 
 
 def _ratio(loss: float, baseline: float) -> str:
+    if not math.isfinite(baseline):
+        return "n/a: a non-finite baseline (NaN or Inf in the validation data)"
     return f"{loss / baseline:.3f}" if baseline > 0 else "n/a: a baseline of 0"
 
 
@@ -707,10 +709,20 @@ def check_skips(config, result: StepResult, state: TrainState) -> None:
         result.grad_norm,
         consecutive_skips,
     )
+    where = [m for m, loss in result.loss_per_modality.items() if not math.isfinite(loss)]
+    if where:
+        LOG.warning(
+            "step %d: the loss of %s is not finite: NaN or Inf in its batch's data (the "
+            "stores of %s)",
+            step,
+            ", ".join(where),
+            ", ".join(where),
+        )
     if config.run.nonfinite == "stop":
+        named = f" (the loss of {', '.join(where)}: NaN or Inf in its data)" if where else ""
         raise BidstrainError(
             f"non-finite loss ({result.loss}) or gradient norm ({result.grad_norm}) at step "
-            f"{step} (train.nonfinite: stop; set it to skip to skip such steps)"
+            f"{step}{named} (train.nonfinite: stop; set it to skip to skip such steps)"
         )
     if consecutive_skips > config.run.max_consecutive_skips:
         raise BidstrainError(
