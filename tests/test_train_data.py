@@ -214,6 +214,23 @@ def synthetic_layout(volumes: dict[str, list[int]], chunk: int) -> StoreLayout:
 LAYOUT = {"T1w": [1, 1, 1], "bold": [10, 7], "dwi": [6]}
 
 
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+def test_without_padding_every_sample_is_dealt_to_one_rank_once(world_size):
+    """Validation's sampler: each held-out sample scored exactly once, whatever the
+    number of ranks (padding would count some twice)."""
+    layout = synthetic_layout(LAYOUT, chunk=3)
+    dealt = []
+    for rank in range(world_size):
+        sampler = ModalityBatchSampler(
+            layout, batch_size=4, batching="mixed", rank=rank, world_size=world_size, seed=1,
+            store_group=2, shuffle_buffer=5, pad=False,
+        )  # fmt: skip
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        dealt += [i for batch in batches for i in batch]
+    assert sorted(dealt) == list(range(len(layout)))  # 26 samples: uneven on 3 and 4 ranks
+
+
 @pytest.mark.parametrize("batching", ["mixed", "single_modality"])
 def test_sampler_gives_each_rank_different_batches_and_the_same_count(batching):
     layout = synthetic_layout(LAYOUT, chunk=3)

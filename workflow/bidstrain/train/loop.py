@@ -593,7 +593,12 @@ def validation_loader(config, validation_stores, context, tables=(), stimuli=Non
                     f"runs' {trained.n_features[kind]}: align every run with one setting"
                 )
     sampler = batch_sampler(
-        dataset.layout, config, batching="mixed", rank=context.rank, world_size=context.world_size
+        dataset.layout,
+        config,
+        batching="mixed",
+        rank=context.rank,
+        world_size=context.world_size,
+        pad=False,  # each held-out sample scored once, whatever the world size
     )
     return make_loader(dataset, sampler, config, device=context.device, num_workers=0)
 

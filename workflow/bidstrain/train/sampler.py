@@ -98,6 +98,10 @@ class ModalityBatchSampler(torch.utils.data.Sampler):
     seed : int
     store_group, shuffle_buffer : int
         ``train.store_group`` and ``train.shuffle_buffer`` (module docstring).
+    pad : bool
+        Repeat samples so that every rank has as many batches (training: the ranks step
+        together); without, ``mixed`` batching deals each sample to one rank once, and a
+        rank may have one batch fewer (validation, where each sample counts once).
     """
 
     def __init__(
@@ -111,9 +115,12 @@ class ModalityBatchSampler(torch.utils.data.Sampler):
         seed: int = 0,
         store_group: int,
         shuffle_buffer: int,
+        pad: bool = True,
     ):
         if batching not in BATCHINGS:
             raise ValueError(f"batching must be one of {BATCHINGS}, got {batching!r}")
+        if not pad and batching != "mixed":
+            raise ValueError("only mixed batching deals samples without padding")
         self.layout = layout
         self.batch_size = batch_size
         self.batching = batching
@@ -122,11 +129,17 @@ class ModalityBatchSampler(torch.utils.data.Sampler):
         self.seed = seed
         self.store_group = store_group
         self.shuffle_buffer = shuffle_buffer
+        self.pad = pad
         self.epoch = 0
         self.start = 0
-        self.n_batches = batches_per_epoch(
-            layout.counts(), batch_size=batch_size, batching=batching, world_size=world_size
-        )
+        if pad:
+            self.n_batches = batches_per_epoch(
+                layout.counts(), batch_size=batch_size, batching=batching, world_size=world_size
+            )
+        else:  # np.array_split's share of this rank
+            total = sum(layout.counts().values())
+            share = total // world_size + (rank < total % world_size)
+            self.n_batches = -(-share // batch_size)
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Draw the order of ``epoch`` and skip its first ``start`` batches."""
@@ -157,7 +170,11 @@ class ModalityBatchSampler(torch.utils.data.Sampler):
         every_store = np.arange(len(self.layout.paths))
         size, world = self.batch_size, self.world_size
         if self.batching == "mixed":
-            order = _pad(self._order(every_store, rng), world)
+            order = self._order(every_store, rng)
+            if not self.pad:
+                mine = np.array_split(order, world)[self.rank]
+                return mine, np.append(np.arange(0, len(mine), size), len(mine))
+            order = _pad(order, world)
             share = len(order) // world
             mine = order[self.rank * share : (self.rank + 1) * share]
             return mine, np.append(np.arange(0, share, size), share)
@@ -197,9 +214,10 @@ def batch_sampler(
     batching: str | None = None,
     rank: int = 0,
     world_size: int = 1,
+    pad: bool = True,
 ) -> ModalityBatchSampler:
     """The sampler the ``train`` config section describes (``batching`` overrides
-    ``train.batching``: validation reads ``mixed``)."""
+    ``train.batching``: validation reads ``mixed``, without ``pad``)."""
     return ModalityBatchSampler(
         layout,
         batch_size=train.loader.batch_size,
@@ -209,4 +227,5 @@ def batch_sampler(
         seed=train.run.seed,
         store_group=train.loader.store_group,
         shuffle_buffer=train.loader.shuffle_buffer,
+        pad=pad,
     )
