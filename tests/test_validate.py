@@ -6,6 +6,7 @@ import csv
 import gzip
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from bidstrain.demo.generate import DemoSpec, make_demo
@@ -133,3 +134,19 @@ def test_the_validation_benchmark_runs_snakemake_the_job_and_the_floor(tmp_path)
     done = run_bench("bench_validate.py", "--subjects", "3", "--repeats", "1", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "3 subjects, 12 images (12 image(s) checked: 0 error(s)" in done.stdout
+
+
+def test_an_image_not_fetched_by_datalad_is_a_problem_of_its_own(tmp_path):
+    """A DataLad dataset links its images into .git/annex; one not fetched links to
+    nothing: a problem row naming it and `datalad get`, the other images still read."""
+    root = make_demo(tmp_path / "bids", DemoSpec())
+    images = _images(root)
+    link = Path(next(p for p in images if p.endswith("_T1w.nii.gz")))
+    link.unlink()
+    link.symlink_to(root / ".git/annex/objects/XX/never-fetched")
+    tsv, text = tmp_path / "problems.tsv", tmp_path / "problems.txt"
+    with pytest.raises(BidstrainError, match="1 error"):
+        validate(root, images, tsv=tsv, text=text)
+    with open(tsv, newline="") as handle:
+        (row,) = list(csv.DictReader(handle, delimiter="\t"))
+    assert row["file"] == str(link) and "`datalad get` it" in row["problem"], row

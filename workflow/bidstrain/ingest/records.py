@@ -144,7 +144,14 @@ def inspect_image(
         Naming the file and the problem.
     """
     path = image.path
-    size = path.stat().st_size
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise BidstrainError(
+            "the file is not there: a link to nothing (a DataLad dataset whose content was "
+            "not fetched: `datalad get` it)" if path.is_symlink() else "the file is not there",
+            path=path,
+        ) from None
     if size == 0:
         raise BidstrainError("empty image file (0 bytes)", path=path)
     try:
