@@ -47,6 +47,22 @@ def test_each_stimulus_file_is_listed_once_with_its_users(film_bids):
     assert [e.stimulus for e in run.events] == [film, words]
 
 
+def test_a_header_stating_its_tr_in_milliseconds_is_read_in_seconds(film_bids, tmp_path):
+    """A run whose NIfTI header gives the TR as 2000 ms (its sidecar: 2 s) is indexed at
+    2 s, as ingest reads it, not at 2000 s."""
+    root = copy_dataset(film_bids, tmp_path)
+    path = root / RUN_EVENTS.replace("_events.tsv", "_bold.nii.gz")
+    img = nib.load(path)
+    header = img.header.copy()
+    header.set_zooms((*header.get_zooms()[:3], SPEC.repetition_time * 1000))
+    header.set_xyzt_units("mm", "msec")
+    data = np.asarray(img.dataobj)
+    path.unlink()  # a copy may link to the original
+    nib.save(nib.Nifti1Image(data, img.affine, header), path)
+    run = _index(root).runs[RUN_EVENTS[: -len("_events.tsv")]]
+    assert run.repetition_time == SPEC.repetition_time
+
+
 def test_a_runs_own_events_file_overrides_the_dataset_one(film_bids, tmp_path):
     root = copy_dataset(film_bids, tmp_path)
     _events(root, "0\t20\tfilm.mp4")
@@ -246,6 +262,7 @@ def test_runs_of_other_trs_cannot_share_a_stimulus(film_bids, tmp_path):
     slow = nib.Nifti1Image(data, img.affine, img.header)
     slow.header.set_zooms((3.0, 3.0, 3.0, 4.0))
     nib.save(slow, path)
+    path.with_name(path.name.replace(".nii.gz", ".json")).write_text('{"RepetitionTime": 4.0}')
     with pytest.raises(BidstrainError, match=r"film.mp4: runs of different TRs \(2 s, 4 s\)"):
         _index(root)
     # on one grid (time.tr), they share it: its features are binned at the common TR

@@ -13,7 +13,7 @@ import csv
 import io
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,17 @@ def _header_tr(header: nib.Nifti1Header) -> float | None:
         return None
     unit = header.get_xyzt_units()[1]
     return float(zooms[3]) * _TIME_UNIT_SECONDS.get(unit, 1.0)
+
+
+def stated_repetition_time(header: nib.Nifti1Header, sidecar: Mapping[str, Any]) -> float | None:
+    """The repetition time a BOLD run states, in seconds: its sidecar's positive
+    ``RepetitionTime`` (the one ingest keeps when the two disagree), else its header's,
+    converted from the header's time unit (a TR in ms is common); None when neither
+    states one."""
+    from_sidecar = sidecar.get("RepetitionTime")
+    if isinstance(from_sidecar, int | float) and from_sidecar > 0:
+        return float(from_sidecar)
+    return _header_tr(header)
 
 
 def _repetition_time(
@@ -149,7 +160,9 @@ def inspect_image(
     except FileNotFoundError:
         raise BidstrainError(
             "the file is not there: a link to nothing (a DataLad dataset whose content was "
-            "not fetched: `datalad get` it)" if path.is_symlink() else "the file is not there",
+            "not fetched: `datalad get` it)"
+            if path.is_symlink()
+            else "the file is not there",
             path=path,
         ) from None
     if size == 0:

@@ -13,14 +13,16 @@ import csv
 import math
 import os
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 
 from bidstrain.dataset.bids import BidsFile, BidsIndex
 from bidstrain.errors import BidstrainError
+from bidstrain.ingest.records import stated_repetition_time
 from bidstrain.stimuli.media import MEDIA_EXTENSIONS, MediaInfo, probe
 from bidstrain.stimuli.text import TEXT_EXTENSIONS, Word, read_words, table_words
 
@@ -116,7 +118,10 @@ class StimulusIndex:
             events_file = source.events(raw_counterpart(image, bids.root, source.root))
             if events_file is None:
                 continue
-            run = _run_stimuli(source.root, image, events_file, media, transcripts, tolerance)
+            sidecar = bids.metadata(image)
+            run = _run_stimuli(
+                source.root, image, sidecar, events_file, media, transcripts, tolerance
+            )
             if run.events:
                 indexed[image.prefix] = run
         return cls(indexed, _by_stimulus(indexed, media, common_tr))
@@ -165,6 +170,7 @@ def _seconds(
 def _run_stimuli(
     root: Path,
     image: BidsFile,
+    sidecar: Mapping[str, Any],
     events_file: Path,
     media: dict[Path, MediaInfo],
     transcripts: dict[Path, list[Word]],
@@ -174,7 +180,15 @@ def _run_stimuli(
     header = nib.load(image.path).header
     if len(header.get_data_shape()) != 4:
         raise BidstrainError("BOLD run is not 4D", path=image.path, subject=subject)
-    tr, n_volumes = float(header.get_zooms()[3]), int(header.get_data_shape()[3])
+    tr = stated_repetition_time(header, sidecar)
+    if tr is None:
+        raise BidstrainError(
+            "no RepetitionTime in the sidecar (or its inherited ones) nor in the NIfTI "
+            "header: its stimuli cannot be placed on its volumes",
+            path=image.path,
+            subject=subject,
+        )
+    n_volumes = int(header.get_data_shape()[3])
     rows = _read_events(events_file, subject)
     events, ends, words = [], [], []
     for line, row in enumerate(rows, start=2):
