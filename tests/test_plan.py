@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import shutil
 import time
@@ -145,6 +146,19 @@ def test_average_groups_and_store_lists_follow_the_mode(demo_bids):
         }
         read = {s for group in (*p.training.values(), *p.validation.values()) for s in group}
         assert read and read <= written
+
+
+def test_run_1_and_run_01_of_two_subjects_are_averaged_together(demo_bids, tmp_path, caplog):
+    root = tmp_path / "bids"
+    shutil.copytree(demo_bids, root)
+    for path in list((root / "sub-02").rglob("*_run-1_*")):
+        path.rename(path.with_name(path.name.replace("_run-1_", "_run-01_")))
+    with caplog.at_level(logging.WARNING):
+        plan = plan_of(root)
+    assert [group.name for group in plan.averages] == ["task-rest_run-01", "task-rest_run-2"]
+    assert len(plan.averages[0].members) == 4
+    assert any("sub-02" in member and "run-01" in member for member in plan.averages[0].members)
+    assert "task-rest_run-01 and task-rest_run-1 are one acquisition" in caplog.text
 
 
 def test_modalities_off_leave_no_stores(demo_bids):

@@ -1500,11 +1500,33 @@ def _check_train_stimuli(config: Config) -> None:
 def _average_groups(
     bold: Sequence[ImageJob], atlas: AtlasFiles | None = None
 ) -> tuple[AverageGroup, ...]:
-    members: dict[str, list[ImageJob]] = {}
+    """One group per acquisition and run; index entities (:data:`INDEX_ENTITIES`) compare
+    as numbers, so ``run-1`` and ``run-01`` of two subjects are one group, named after the
+    first of the spellings (with a warning: BIDS asks one dataset for one)."""
+    members: dict[tuple, list[ImageJob]] = {}
+    spellings: dict[tuple, set[str]] = {}
     for job in bold:
         run = job.image.entities.get("run")
-        name = paths.average_name({**acquisition(job.image), **({"run": run} if run else {})})
-        members.setdefault(name, []).append(job)
+        entities = {**acquisition(job.image), **({"run": run} if run else {})}
+        key = tuple(
+            sorted(
+                (k, str(int(v)) if k in INDEX_ENTITIES and v.isdigit() else v)
+                for k, v in entities.items()
+            )
+        )
+        members.setdefault(key, []).append(job)
+        spellings.setdefault(key, set()).add(paths.average_name(entities))
+    for names in spellings.values():
+        if len(names) > 1:
+            log.warning(
+                "runs named %s are one acquisition (index entities compare as numbers): "
+                "averaged together as %s",
+                " and ".join(sorted(names)),
+                min(names),
+            )
+    groups = sorted(
+        ((min(spellings[key]), jobs) for key, jobs in members.items()), key=lambda g: g[0]
+    )
     return tuple(
         AverageGroup(
             name,
@@ -1512,7 +1534,7 @@ def _average_groups(
             atlas.name if atlas else None,
             tuple(job.parcels["store"] for job in jobs) if atlas else (),
         )
-        for name, jobs in sorted(members.items())
+        for name, jobs in groups
     )
 
 
