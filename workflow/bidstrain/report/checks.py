@@ -72,8 +72,8 @@ def scale_figure(values: dict[str, Any]) -> Figure:
         ax.margins(y=0.25)
         ax.set_xticks(positions, modalities)
         ax.set_xlabel("modality")
-        unit = "scanner units" + ("²" if statistic == "mse_zero" else "")
-        ax.set_ylabel(f"{statistic} (raw: {unit}; normalized: unitless)")
+        unit = "units" + ("²" if statistic == "mse_zero" else "")
+        ax.set_ylabel(f"{statistic} (raw: each modality's {unit}; normalized: unitless)")
         ax.set_title(label)
         ax.legend(loc="upper right")
     return fig

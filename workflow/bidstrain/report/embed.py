@@ -103,7 +103,8 @@ def _losses(
             values["ratio"],
             color=_MODALITY_COLOURS.get(modality, "grey"),
             ls="--",
-            label=f"training validation {modality} ({values['ratio']:.2f})",
+            label=f"training's validation {modality} ({values['ratio']:.2f}), on its own "
+            "validation stores (with average.mode cross_subject: the averages)",
         )
     ax.set_xlim(left=0)
     ax.set_xlabel("mean reconstruction loss / baseline (masked tokens)")

@@ -152,8 +152,13 @@ def _positive(values: pd.Series) -> pd.Series:
 def _losses(steps: pd.DataFrame, validation: list[dict[str, Any]], experiment: str) -> Figure:
     fig = new_figure(10.0, 5.0, f"Training loss, experiment {experiment}")
     ax = fig.subplots()
-    _smoothed(ax, steps["step"], _positive(steps["loss"]), "black", "train total")
     modalities = sorted(c[len("loss_") :] for c in steps.columns if c.startswith("loss_"))
+    # the totals sum what each batch held (training) and every validated modality
+    # (validation): comparable per modality only, and with one modality its own line
+    totals = len(modalities) > 1
+    if totals:
+        label = "train total (the modalities of each batch)"
+        _smoothed(ax, steps["step"], _positive(steps["loss"]), "black", label)
     for modality in modalities:
         present = steps[["step", f"loss_{modality}"]].dropna()
         _smoothed(
@@ -163,13 +168,14 @@ def _losses(steps: pd.DataFrame, validation: list[dict[str, Any]], experiment: s
             _MODALITY_COLOURS.get(modality, "grey"),
             f"train {modality}",
         )
-    if validation:
+    if validation and totals:
         ax.plot(
             [r["step"] for r in validation],
             [r["loss"] for r in validation],
             "k--o",
-            label="validation total",
+            label="validation total (every validated modality)",
         )
+    if validation:
         for modality, points in _per_modality(validation, "loss_per_modality").items():
             ax.plot(
                 *zip(*points, strict=True),
@@ -401,10 +407,11 @@ def _learning(records: list[dict[str, Any]], experiment: str) -> Figure:
         ax.axhline(1.0, color="black", lw=1, label="baseline (predicting the mean)")
         ax.axhline(max_ratio, color="#e8594f", ls="--", label=f"max_ratio {max_ratio:g}")
         ax.set_ylabel("validation loss / baseline")
-    bar_ax.set_ylim(0, max(1.2, 1.15 * max(v["ratio"] for v in values)))
+    # headroom above the tallest bar for its label and the legend
+    bar_ax.set_ylim(0, max(1.2, 1.6 * max(v["ratio"] for v in values)))
     bar_ax.set_title("Final validation loss / baseline")
     bar_ax.set_xlabel("modality")
-    bar_ax.legend(loc="upper right", fontsize=8)
+    bar_ax.legend(loc="upper left", fontsize=8)
     for modality in modalities:
         colour = _MODALITY_COLOURS.get(modality, "grey")
         curve_ax.plot(*_to_baseline(records, modality), "-o", color=colour, label=modality)
