@@ -214,3 +214,9 @@ def test_train_resources_are_read_from_the_profiles_set_resources():
     profile["train"]["nodes"] = SimpleNamespace(raw="2 * n")
     with pytest.raises(BidstrainError, match=r"set-resources train:nodes='2 \* n'.*constant"):
         TrainResources.from_profile(profile)
+
+
+@pytest.mark.parametrize("label", ["sub-001", 1])
+def test_a_subject_label_refused_says_how_to_write_it(label):
+    with pytest.raises(BidstrainError, match=r"'participant_label.0'.*without \"sub-\".*\"001\""):
+        validate_config({"bids_dir": "x", "participant_label": [label]})

@@ -38,11 +38,11 @@ def _key_path(error: jsonschema.ValidationError) -> str:
 
 
 def _message(error: jsonschema.ValidationError) -> str:
-    """The validator's message; a value that does not match a pattern, or none of a key's
-    alternatives (``0.8`` quoted for ``time.tr``), also gets the key's description, which
-    says in words what the key asks for."""
+    """The validator's message; a value that does not match a pattern, is of another
+    type, or matches none of a key's alternatives (``0.8`` quoted for ``time.tr``), also
+    gets the key's description, which says in words what the key asks for."""
     description = error.schema.get("description")
-    if error.validator in ("pattern", "oneOf", "anyOf") and description:
+    if error.validator in ("pattern", "type", "oneOf", "anyOf") and description:
         return f"{error.message} ({' '.join(description.split())})"
     return error.message
 
