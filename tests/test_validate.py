@@ -150,3 +150,27 @@ def test_an_image_not_fetched_by_datalad_is_a_problem_of_its_own(tmp_path):
     with open(tsv, newline="") as handle:
         (row,) = list(csv.DictReader(handle, delimiter="\t"))
     assert row["file"] == str(link) and "`datalad get` it" in row["problem"], row
+
+
+def test_files_the_index_leaves_out_are_listed_as_warnings(tmp_path):
+    """An image in capitals or with a name that is not BIDS is not read: validate says so,
+    with the file and the reason, instead of dropping the run without a word."""
+    root = make_demo(tmp_path / "bids", DemoSpec())
+    planned = _images(root)  # what the plan's index lists
+    func = next(root.glob("sub-01/**/func"))
+    run = next(func.glob("*_bold.nii.gz"))
+    shutil.copy(run, func / run.name.replace("task-rest", "task-movie").replace("_bold", "_BOLD"))
+    shutil.copy(run, func / run.name.replace("task-rest", "task-two").replace(".nii.gz", ".NII.GZ"))
+    shutil.copy(run, func / run.name.replace("task-rest", "task-two-back"))
+    tsv, text = tmp_path / "problems.tsv", tmp_path / "problems.txt"
+    validate(root, planned, tsv=tsv, text=text)  # warnings only: no error
+    with open(tsv, newline="") as handle:
+        rows = {Path(row["file"]).name: row for row in csv.DictReader(handle, delimiter="\t")}
+    assert {row["severity"] for row in rows.values()} == {"warning"} and len(rows) == 3
+    reasons = sorted(row["problem"] for row in rows.values())
+    assert reasons == [
+        "not a BIDS file name; ignored",
+        "the extension '.NII.GZ' must be written '.nii.gz'; ignored",
+        "the suffix 'BOLD' must be written 'bold'; ignored",
+    ]
+    assert all(row["subject"] == "01" for row in rows.values())

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bidstrain.errors import BidstrainError
+from bidstrain.modalities import MODALITIES
 
 log = logging.getLogger(__name__)
 
@@ -245,12 +246,25 @@ class BidsIgnore:
         return ignored
 
 
+def _wrong_case(suffix: str, extension: str) -> str:
+    """Why an image name is not read for its case (BIDS names are case-sensitive): an
+    extension other than ``.nii.gz``/``.nii`` in other letters, or a suffix this workflow
+    reads (:data:`bidstrain.modalities.MODALITIES`) in other letters; ``""`` otherwise."""
+    if extension not in IMAGE_EXTENSIONS:
+        return f"the extension {extension!r} must be written {extension.lower()!r}"
+    known = {m.lower(): m for m in MODALITIES}
+    if suffix not in known.values() and suffix.lower() in known:
+        return f"the suffix {suffix!r} must be written {known[suffix.lower()]!r}"
+    return ""
+
+
 @dataclass
 class BidsIndex:
     """Every image and metadata file of a BIDS dataset, from one directory walk.
 
     Build it with :meth:`BidsIndex.build`. ``subjects`` are the labels kept by the
-    participant filters, sorted; ``problems`` the files that could not be parsed;
+    participant filters, sorted; ``problems`` the files left out, each ``(path, why)``: a
+    name that is not BIDS, or an image whose extension or suffix is in the wrong case;
     ``ignore`` the dataset's ``.bidsignore`` patterns (matching files and folders are not
     indexed). Field maps and the ``figures/`` and ``log/`` folders of derivative datasets
     are not indexed either (:data:`SKIPPED_SUBJECT_FOLDERS`).
@@ -264,7 +278,7 @@ class BidsIndex:
     metadata_files: dict[tuple[str, str, str], list[tuple[dict[str, str], str]]]
     participants_tsv: list[str]
     subjects: list[str]
-    problems: list[str] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
     ignore: BidsIgnore = field(default_factory=lambda: BidsIgnore(()))
 
     @classmethod
@@ -323,8 +337,8 @@ class BidsIndex:
         for subject in subjects:
             index._walk(os.path.join(root, f"sub-{subject}"), datatype=None)
         index.images.sort(key=lambda f: str(f.path))
-        for problem in index.problems:
-            log.warning(problem)
+        for path, why in index.problems:
+            log.warning("%s: %s", path, why)
         for subject in sorted(set(index.participants_tsv) - set(all_subjects)):
             log.warning(
                 "participants.tsv lists sub-%s but the dataset has no folder for it", subject
@@ -363,10 +377,14 @@ class BidsIndex:
         path = os.path.join(folder, name)
         if parsed is None or (not top_level and "sub" not in parsed[0]):
             if not top_level or not name.endswith(FREE_TOP_LEVEL_EXTENSIONS):
-                self.problems.append(f"{path}: not a BIDS file name; ignored")
+                self.problems.append((path, "not a BIDS file name; ignored"))
             return
         entities, suffix, extension = parsed
-        if extension in IMAGE_EXTENSIONS and not top_level:
+        if extension.lower() in IMAGE_EXTENSIONS and not top_level:
+            wrong_case = _wrong_case(suffix, extension)
+            if wrong_case:
+                self.problems.append((path, f"{wrong_case}; ignored"))
+                return
             self.images.append(BidsFile(Path(path), entities, datatype, suffix, extension))
         elif extension in (".json", ".bval", ".bvec") or (suffix, extension) == EVENTS:
             self.metadata_files[(folder, suffix, extension)].append((entities, path))

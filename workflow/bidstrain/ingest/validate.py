@@ -103,7 +103,9 @@ def validate_images(
     Returns
     -------
     list of Problem
-        In the order of ``images``; empty when every image is valid.
+        In the order of ``images``, then the files the index left out (a name that is not
+        BIDS, an image whose extension or suffix is in the wrong case: warnings); empty
+        when every image is valid.
     """
     index = BidsIndex.build(bids_dir)
     indexed = {str(image.path): image for image in index.images}
@@ -139,6 +141,10 @@ def validate_images(
             Problem("warning", image.subject, path, message.removeprefix(f"{path}: "), "")
             for message in warnings.messages
         ]
+    problems += [
+        Problem("warning", _subject_of(path), path, why, "rename the file to its BIDS name")
+        for path, why in index.problems
+    ]
     for (where, message), subjects in inherited.items():
         problems.append(
             Problem(
