@@ -25,7 +25,13 @@ from bidstrain.report.__main__ import main
 from bidstrain.report.average import average_figure, subject_correlations, time_course
 from bidstrain.report.checks import allowed_band, scale_figure, scale_values, summary_figure
 from bidstrain.report.figure import save_figure, slice_row
-from bidstrain.report.ingest import MAX_ROWS, NUMBERS_SHOWN, coverage_figure, coverage_table
+from bidstrain.report.ingest import (
+    MAX_ROWS,
+    NUMBERS_SHOWN,
+    coverage_figure,
+    coverage_table,
+    sessions_missing,
+)
 from bidstrain.report.normalize import normalization_figure, raw_values, temporal_snr
 from bidstrain.report.train import (
     gradient_norms_by_tag,
@@ -106,6 +112,10 @@ def test_coverage_table_counts_sessions_and_missing_images():
     assert list(table.columns) == ["T1w", "bold task-rest run-1", "dwi"]
     assert table.loc["sub-01"].tolist() == [1, 1, 0]
     assert table.loc["sub-02"].tolist() == [2, 0, 1]
+    # sub-02's session 2 lacks the DWI of its session 1: missing, although no cell is 0
+    assert sessions_missing(manifest) == {"sub-02"}
+    title = coverage_figure(manifest[manifest["modality"] != "bold"]).get_suptitle()
+    assert "2 subjects, 2 with missing images" in title  # sub-01 no dwi, sub-02 ses-2 no dwi
 
 
 def test_coverage_figure_with_100_subjects_lists_everyone_in_readable_panels():

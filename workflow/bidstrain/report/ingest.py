@@ -48,6 +48,16 @@ def coverage_table(manifest: pd.DataFrame) -> pd.DataFrame:
     return counts.reindex(columns=names, fill_value=0).astype(np.int64).sort_index()
 
 
+def sessions_missing(manifest: pd.DataFrame) -> set[str]:
+    """The subjects (``sub-<label>``) with a session that lacks an acquisition one of
+    their other sessions has (their cells read 1 where 2 would be complete)."""
+    labels = manifest.apply(lambda r: _acquisition(r.modality, r.task, r.run), axis=1)
+    counts = pd.crosstab(["sub-" + manifest["subject"], manifest["session"]], labels)
+    has = counts > 0
+    somewhere = has.groupby(level=0).transform("any")
+    return set(has.index[(somewhere & ~has).any(axis=1)].get_level_values(0))
+
+
 def _acquisition(modality: str, task: str, run: str) -> str:
     parts = [modality, task and f"task-{task}", run and f"run-{run}"]
     return " ".join(part for part in parts if part)
@@ -65,7 +75,8 @@ def coverage_figure(manifest: pd.DataFrame) -> Figure:
     """
     table = coverage_table(manifest)
     n_subjects, n_columns = table.shape
-    incomplete = table[(table == 0).any(axis=1)]
+    in_a_session = sessions_missing(manifest)
+    incomplete = table[(table == 0).any(axis=1) | table.index.isin(list(in_a_session))]
     shown = table if n_subjects <= MAX_ROWS else incomplete
     panels = pages(list(shown.index), ROWS_PER_PANEL)
     rows = min(max(len(shown), 1), ROWS_PER_PANEL)
@@ -98,7 +109,8 @@ def coverage_figure(manifest: pd.DataFrame) -> Figure:
         values = shown.loc[list(subjects)].to_numpy() if len(subjects) else np.zeros((1, 0))
         panel_ax.imshow(values, cmap=_COLOURS, norm=_NORM, aspect="auto")
         panel_ax.set_xticks(range(n_columns), table.columns, rotation=60, ha="right")
-        panel_ax.set_yticks(range(len(subjects)), subjects, fontsize=7 if rows > 30 else 9)
+        names = [f"{s} *" if s in in_a_session else s for s in subjects]
+        panel_ax.set_yticks(range(len(subjects)), names, fontsize=7 if rows > 30 else 9)
         panel_ax.set_xlabel("acquisition")
         panel_ax.set_ylabel("subject")
         title = "Images per subject" if len(panels) == 1 else f"Subjects, part {number}"
@@ -119,5 +131,8 @@ def coverage_figure(manifest: pd.DataFrame) -> Figure:
         Patch(color=_COLOURS(2), label="2 images (e.g. 2 sessions)"),
         Patch(color=_COLOURS(3), label="3 or more"),
     ]
-    bottom.legend(handles=legend, loc="outside lower center", ncols=4, title=NUMBERS_SHOWN)
+    title = NUMBERS_SHOWN
+    if in_a_session:
+        title += "; * a session lacks an image another session of the subject has"
+    bottom.legend(handles=legend, loc="outside lower center", ncols=4, title=title)
     return fig
