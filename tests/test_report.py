@@ -644,7 +644,8 @@ def test_encoding_timecourses_name_parcels_by_label_as_the_metrics_do():
     names = ["parcel 3 tone_low", "parcel 5 luminance", "parcel 8 words"]
     fig = timecourse_figure(
         measured, measured, measured, np.array([0.1, 0.9, 0.5]), n=2, repetition_time=2.0,
-        names=names,
+        names=names, chance=0.52,
     )  # fmt: skip
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == ["parcel 5 luminance (best): r = 0.90", "parcel 8 words (median): r = 0.50"]
+    assert "(|r| of an unrelated prediction stays under 0.52)" in fig.get_suptitle()

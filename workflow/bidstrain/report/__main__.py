@@ -189,6 +189,7 @@ def _encoding_figures(args: argparse.Namespace) -> list:
     target = model["target"]
     kind = "parcel" if target.get("kind") == "parcels" else "voxel"
     correlation = read_table(folder / "metrics.tsv")["model_correlation"]
+    chance = json.loads((folder / "metrics.json").read_text()).get("chance_abs_correlation_bound")
     if kind == "parcel":  # the atlas's labels and names, as metrics.tsv lists them
         labels = zip(target["parcels"], target["parcel_names"], strict=True)
         names = [f"parcel {label} {name}" for label, name in labels]
@@ -203,6 +204,7 @@ def _encoding_figures(args: argparse.Namespace) -> list:
             n=args.targets,
             repetition_time=model["features"]["repetition_time"],
             names=names,
+            chance=chance,
         )
     store = open_store(args.bold, use_dask=False)
     mask = np.asarray(store["mask"].values, bool)
@@ -223,6 +225,8 @@ def _encoding_figures(args: argparse.Namespace) -> list:
         voxels = parcel_values(correlation, target["parcels"], atlas)[mask]
     kinds = ", ".join(model["features"]["kinds"])
     title = f"Encoding model: held-out correlation per {kind} ({kinds}) over the mean image"
+    if chance is not None:
+        title += f"\n|r| of an unrelated prediction stays under {chance:.2f}"
     anatomy = to_grid(store, np.asarray(store["mean"].values, np.float64))
     return [
         (args.timecourse_out, timecourse),

@@ -43,14 +43,19 @@ def timecourse_figure(
     n: int,
     repetition_time: float,
     names: Sequence[str] | None = None,
+    chance: float | None = None,
 ) -> Figure:
     """Held-out measured BOLD and the model's (and RidgeCV's) prediction, one panel per
     chosen target (:func:`chosen_targets`), titled with ``names[target]`` (the rows of
     ``metrics.tsv``: ``voxel 89``, ``parcel 3 tone_low``; by default the voxel's
-    position)."""
+    position); ``chance``: ``metrics.json``'s bound on the |r| of an unrelated
+    prediction, in the figure's title."""
     names = names if names is not None else [f"voxel {i}" for i in range(measured.shape[1])]
     chosen = chosen_targets(correlation, n)
-    fig = new_figure(9.0, 2.2 * max(len(chosen), 1), "Encoding model: held-out prediction")
+    title = "Encoding model: held-out prediction"
+    if chance is not None:
+        title += f" (|r| of an unrelated prediction stays under {chance:.2f})"
+    fig = new_figure(9.0, 2.2 * max(len(chosen), 1), title)
     axes = fig.subplots(max(len(chosen), 1), 1, squeeze=False)[:, 0]
     time = np.arange(measured.shape[0]) * repetition_time
     for ax, (why, index) in zip(axes, chosen, strict=False):
@@ -59,7 +64,7 @@ def timecourse_figure(
         ax.plot(time, ridge[:, index], color="tab:blue", lw=1.0, ls="--", label="RidgeCV", zorder=3)
         ax.set_title(f"{names[index]} ({why}): r = {correlation[index]:.2f}")
         ax.set_ylabel("BOLD (z)")
-    axes[0].legend(loc="upper right", ncol=3)
+    axes[0].legend(loc="lower left", bbox_to_anchor=(0.0, 1.12), ncol=3, fontsize=8)
     axes[-1].set_xlabel("time in the held-out runs (s)")
     return fig
 
