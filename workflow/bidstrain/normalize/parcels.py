@@ -42,6 +42,7 @@ from bidstrain.io.store import (
     open_store,
     read_parcel_stats,
     read_parcel_voxel_counts,
+    store_meta,
     write_parcel_store,
 )
 from bidstrain.normalize.moments import pool_moments
@@ -204,8 +205,8 @@ def parcel_statistics(
                 path,
                 voxel_stores[number],
             )
-            _, mean[other], variance[other] = training_parcel_moments(
-                voxel_stores[number], means, mask, np.flatnonzero(other), meta.ddof
+            mean[other], variance[other] = training_parcel_moments(
+                voxel_stores[number], meta.source_path, means, mask, np.flatnonzero(other)
             )
         counts.append(count)
         pooled_means.append(mean)
@@ -217,19 +218,27 @@ def parcel_statistics(
 
 
 def training_parcel_moments(
-    voxel_store: Path, means: ParcelMeans, mask: np.ndarray, parcels: np.ndarray, ddof: int
-) -> tuple[int, np.ndarray, np.ndarray]:
+    voxel_store: Path, source: str, means: ParcelMeans, mask: np.ndarray, parcels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """A training run's parcel series over the held-out run's voxels, from its voxel
     store (values ``data * std + mean``: the image's, after the confound regression and
     the resampling in time, as its parcel means were taken), for the parcels (column
-    numbers) ``parcels``: ``(frames, mean, variance)`` over time, ``ddof`` the store's.
+    numbers) ``parcels``: their mean and variance over time (the store's ``ddof``).
 
     Raises
     ------
     BidstrainError
-        When a voxel of ``mask`` is not in the store's mask.
+        When the store is not of the run ``source`` (its parcel store's), or a voxel of
+        ``mask`` is not in the store's mask.
     """
     dataset = open_store(voxel_store, use_dask=False)
+    meta = store_meta(dataset)
+    if meta.source_path != source:
+        raise BidstrainError(
+            f"this voxel store is of {meta.source_path}, its parcel store of {source}: "
+            "rerun normalize for the subject",
+            path=voxel_store,
+        )
     stored = np.flatnonzero(dataset["mask"].values)
     voxels = np.flatnonzero(mask)
     columns = np.minimum(np.searchsorted(stored, voxels), max(stored.size - 1, 0))
@@ -244,13 +253,12 @@ def training_parcel_moments(
     scale = dataset["std"].values[columns].astype(np.float64)
     center = dataset["mean"].values[columns].astype(np.float64)
     sizes = np.bincount(labels, minlength=parcels.size).astype(np.float64)
-    n_time = dataset.sizes["time"]
     rows = []
-    for start in range(0, n_time, 64):
+    for start in range(0, dataset.sizes["time"], 64):  # 64 frames of the store at a time
         values = dataset["data"][start : start + 64].values[:, columns] * scale + center
         rows.extend(np.bincount(labels, weights=row, minlength=parcels.size) for row in values)
     series = np.stack(rows) / sizes
-    return n_time, series.mean(axis=0), series.var(axis=0, ddof=ddof)
+    return series.mean(axis=0), series.var(axis=0, ddof=meta.ddof)
 
 
 def _tsv(path: Path, names: Sequence[str], rows: np.ndarray, missing: np.ndarray) -> None:
