@@ -318,6 +318,11 @@ def test_heldout_parcels_pool_the_training_runs_over_the_heldout_voxels(demo, tm
     assert error <= TOLERANCE
     _, saved_mean, saved_std, _ = read_parcel_stats(out / "parcels.zarr")
     np.testing.assert_allclose(saved_std[full], std[full], rtol=1e-5)
+    # voxel stores listed in another order than their parcel stores: named, not mixed up
+    with pytest.raises(BidstrainError, match="voxel store is of .*run-1.*parcel store of .*run-2"):
+        normalize_with_stats(image, stores[::-1], tmp_path / "x.zarr", _info("3"),
+                             image_options("epi"), None,
+                             _job(atlas, image, tmp_path / "x", tuple(parcel_stores)))  # fmt: skip
 
 
 def test_resampled_parcels_are_the_means_of_the_resampled_voxels(demo, tmp_path):
