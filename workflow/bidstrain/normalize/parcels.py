@@ -98,16 +98,15 @@ class ParcelMeans:
         self.atlas = atlas
         n = atlas.n_parcels
         of_voxel = atlas.parcel[mask]
-        self._index = np.where(of_voxel >= 0, of_voxel, n)  # n: no parcel
         #: the parcel (column) of each voxel of the mask, ``n_parcels`` for none
-        self.parcel_of_voxel = self._index
-        self.n_voxels = np.bincount(self._index, minlength=n + 1)[:n]
+        self.parcel_of_voxel = np.where(of_voxel >= 0, of_voxel, n)
+        self.n_voxels = np.bincount(self.parcel_of_voxel, minlength=n + 1)[:n]
         on_grid = np.bincount(atlas.parcel[atlas.parcel >= 0], minlength=n)
         self.coverage = np.divide(
             self.n_voxels, on_grid, out=np.zeros(n, dtype=np.float64), where=on_grid > 0
         )
         self._divisor = np.maximum(self.n_voxels, 1).astype(np.float64)
-        base = np.bincount(self._index, weights=center, minlength=n + 1)[:n]
+        base = np.bincount(self.parcel_of_voxel, weights=center, minlength=n + 1)[:n]
         self._base = base / self._divisor
         self._slope = slope
         self._rows: list[np.ndarray] = []
@@ -121,7 +120,7 @@ class ParcelMeans:
         """Add frames: ``(n, n_voxel)`` deviations from ``center``, in time order."""
         n = self.atlas.n_parcels
         for row in deviations:
-            sums = np.bincount(self._index, weights=row, minlength=n + 1)[:n]
+            sums = np.bincount(self.parcel_of_voxel, weights=row, minlength=n + 1)[:n]
             self._rows.append(sums)
 
     def series(self) -> np.ndarray:
@@ -136,6 +135,7 @@ class ParcelMeans:
 
 def parcel_statistics(
     means: ParcelMeans,
+    series: np.ndarray,
     ddof: int,
     stats_from: Sequence[Path],
     subject: str | None,
@@ -150,6 +150,8 @@ def parcel_statistics(
     ----------
     means : ParcelMeans
         The run's parcel means.
+    series : ndarray
+        ``means.series()``.
     ddof : int
         ``normalize.ddof``.
     stats_from : sequence of Path
@@ -172,7 +174,6 @@ def parcel_statistics(
     BidstrainError
         When a store of ``stats_from`` has other parcels than the run.
     """
-    series = means.series()
     if not stats_from:
         mean = series.mean(axis=0)
         variance = ((series - mean) ** 2).sum(axis=0) / max(series.shape[0] - ddof, 1)
@@ -305,7 +306,7 @@ def write_parcel_outputs(
             ", ".join(np.asarray(atlas.names)[empty]),
         )
     mean, std, sources = parcel_statistics(
-        means, ddof, outputs.stats_from, subject, mask=mask, voxel_stores=voxel_stores
+        means, series, ddof, outputs.stats_from, subject, mask=mask, voxel_stores=voxel_stores
     )
     zero = (std < ZERO_STD) | empty
     scale = np.divide(1.0, std, out=np.zeros_like(std), where=~zero)

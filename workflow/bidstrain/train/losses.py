@@ -53,22 +53,28 @@ def normalized_mse(
     Tensor
         A scalar.
     """
-    if normalize not in NORMALIZATIONS:
-        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
     pred = pred.float()
     target = target.float()
     if where is not None:
         pred, target = pred[where], target[where]
-    mse = torch.mean((pred - target) ** 2)
+    return torch.mean((pred - target) ** 2) / _divisor(target, normalize, eps, target_stats)
+
+
+def _divisor(
+    counted: torch.Tensor, normalize: str, eps: float, target_stats: tuple[float, float] | None
+) -> torch.Tensor | float:
+    """What a loss divides the squared error by: the variance (``var``) or the std
+    (``std``) of the ``counted`` target values, or of ``target_stats``, plus ``eps``; 1
+    under ``none``."""
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
     if normalize == "none":
-        return mse
+        return 1.0
     if target_stats is None:
-        var = target.detach().var(unbiased=False)
+        var = counted.detach().var(unbiased=False)
     else:
-        var = torch.as_tensor(float(target_stats[1]), dtype=torch.float32, device=mse.device)
-    if normalize == "var":
-        return mse / (var + eps)
-    return mse / torch.sqrt(var + eps)
+        var = torch.as_tensor(float(target_stats[1]), dtype=torch.float32, device=counted.device)
+    return var + eps if normalize == "var" else torch.sqrt(var + eps)
 
 
 def baseline_loss(
@@ -124,14 +130,11 @@ def sample_losses(
     tuple of Tensor
         ``(loss, baseline)``, each of shape ``(n,)`` for a batch of ``n`` samples.
     """
-    if normalize not in NORMALIZATIONS:
-        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
     pred, target = pred.float(), target.float()
     where = torch.ones_like(target, dtype=torch.bool) if where is None else where
     counted = target[where]
+    scale = _divisor(counted, normalize, eps, target_stats)
     mean = counted.mean() if target_stats is None else float(target_stats[0])
-    var = counted.var(unbiased=False) if target_stats is None else float(target_stats[1])
-    scale = {"var": var + eps, "std": (var + eps) ** 0.5, "none": 1.0}[normalize]
     n_values = where.flatten(1).sum(dim=1)
     losses = [(pred - target) ** 2, (target - mean) ** 2]
     loss, baseline = ((values * where).flatten(1).sum(dim=1) / n_values for values in losses)
