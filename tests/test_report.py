@@ -30,6 +30,7 @@ from bidstrain.report.ingest import (
     NUMBERS_SHOWN,
     coverage_figure,
     coverage_table,
+    session_table,
     sessions_missing,
 )
 from bidstrain.report.normalize import normalization_figure, raw_values, temporal_snr
@@ -113,7 +114,7 @@ def test_coverage_table_counts_sessions_and_missing_images():
     assert table.loc["sub-01"].tolist() == [1, 1, 0]
     assert table.loc["sub-02"].tolist() == [2, 0, 1]
     # sub-02's session 2 lacks the DWI of its session 1: missing, although no cell is 0
-    assert sessions_missing(manifest) == {"sub-02"}
+    assert sessions_missing(session_table(manifest)) == {"sub-02"}
     title = coverage_figure(manifest[manifest["modality"] != "bold"]).get_suptitle()
     assert "2 subjects, 2 with missing images" in title  # sub-01 no dwi, sub-02 ses-2 no dwi
 

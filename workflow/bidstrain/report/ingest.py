@@ -37,6 +37,12 @@ def coverage_table(manifest: pd.DataFrame) -> pd.DataFrame:
     DataFrame of int
         Index ``sub-<label>``, columns ordered T1w, bold, dwi then by task and run.
     """
+    return session_table(manifest).groupby(level=0).sum()
+
+
+def session_table(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Images per (subject, session) and acquisition: :func:`coverage_table` before the
+    sessions of a subject are added up (index ``(sub-<label>, session)``)."""
     order = {"T1w": 0, "bold": 1, "dwi": 2}
     keys = manifest[["modality", "task", "run"]].drop_duplicates()
     keys = keys.sort_values(
@@ -44,16 +50,15 @@ def coverage_table(manifest: pd.DataFrame) -> pd.DataFrame:
     )
     names = [_acquisition(*row) for row in keys.itertuples(index=False)]
     labels = manifest.apply(lambda r: _acquisition(r.modality, r.task, r.run), axis=1)
-    counts = pd.crosstab("sub-" + manifest["subject"], labels)
+    counts = pd.crosstab(["sub-" + manifest["subject"], manifest["session"]], labels)
     return counts.reindex(columns=names, fill_value=0).astype(np.int64).sort_index()
 
 
-def sessions_missing(manifest: pd.DataFrame) -> set[str]:
-    """The subjects (``sub-<label>``) with a session that lacks an acquisition one of
-    their other sessions has (their cells read 1 where 2 would be complete)."""
-    labels = manifest.apply(lambda r: _acquisition(r.modality, r.task, r.run), axis=1)
-    counts = pd.crosstab(["sub-" + manifest["subject"], manifest["session"]], labels)
-    has = counts > 0
+def sessions_missing(sessions: pd.DataFrame) -> set[str]:
+    """The subjects (``sub-<label>``) of ``sessions`` (:func:`session_table`) with a
+    session that lacks an acquisition one of their other sessions has (their cells read 1
+    where 2 would be complete)."""
+    has = sessions > 0
     somewhere = has.groupby(level=0).transform("any")
     return set(has.index[(somewhere & ~has).any(axis=1)].get_level_values(0))
 
@@ -73,9 +78,10 @@ def coverage_figure(manifest: pd.DataFrame) -> Figure:
     :data:`ROWS_PER_PANEL`; with more subjects only those missing something get a row
     (the bar chart still counts everyone).
     """
-    table = coverage_table(manifest)
+    sessions = session_table(manifest)
+    table = sessions.groupby(level=0).sum()
     n_subjects, n_columns = table.shape
-    in_a_session = sessions_missing(manifest)
+    in_a_session = sessions_missing(sessions)
     incomplete = table[(table == 0).any(axis=1) | table.index.isin(list(in_a_session))]
     shown = table if n_subjects <= MAX_ROWS else incomplete
     panels = pages(list(shown.index), ROWS_PER_PANEL)
