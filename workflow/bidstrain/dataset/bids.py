@@ -246,15 +246,18 @@ class BidsIgnore:
         return ignored
 
 
+#: The suffixes the workflow reads, by their lower-case spelling.
+_SUFFIXES = {modality.lower(): modality for modality in MODALITIES}
+
+
 def _wrong_case(suffix: str, extension: str) -> str:
     """Why an image name is not read for its case (BIDS names are case-sensitive): an
     extension other than ``.nii.gz``/``.nii`` in other letters, or a suffix this workflow
     reads (:data:`bidstrain.modalities.MODALITIES`) in other letters; ``""`` otherwise."""
     if extension not in IMAGE_EXTENSIONS:
         return f"the extension {extension!r} must be written {extension.lower()!r}"
-    known = {m.lower(): m for m in MODALITIES}
-    if suffix not in known.values() and suffix.lower() in known:
-        return f"the suffix {suffix!r} must be written {known[suffix.lower()]!r}"
+    if suffix not in _SUFFIXES.values() and suffix.lower() in _SUFFIXES:
+        return f"the suffix {suffix!r} must be written {_SUFFIXES[suffix.lower()]!r}"
     return ""
 
 

@@ -833,7 +833,7 @@ def read_parcel_stats(path: str | Path) -> tuple[int, np.ndarray, np.ndarray, St
 
 def read_parcel_voxel_counts(path: str | Path) -> np.ndarray:
     """``n_voxels`` of a parcel store: each parcel's voxels in its run's mask."""
-    group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
+    group = open_existing(path, "parcel store not found (run the normalize stage first)")
     return np.asarray(group["n_voxels"][...], dtype=np.int64)
 
 

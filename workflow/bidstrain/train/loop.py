@@ -717,10 +717,8 @@ def check_skips(config, result: StepResult, state: TrainState) -> None:
     where = [m for m, loss in result.loss_per_modality.items() if not math.isfinite(loss)]
     if where:
         LOG.warning(
-            "step %d: the loss of %s is not finite: NaN or Inf in its batch's data (the "
-            "stores of %s)",
+            "step %d: the loss of %s is not finite: NaN or Inf in its batch's data",
             step,
-            ", ".join(where),
             ", ".join(where),
         )
     if config.run.nonfinite == "stop":
