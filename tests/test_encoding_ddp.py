@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 from bidstrain.encoding.data import EncodingData, save_data
-from bidstrain.train.launch import EXIT_INTERRUPTED
-from bidstrain.train.stop import STOP_AT_STEP
+from bidstrain.train.stop import EXIT_INTERRUPTED, STOP_AT_STEP
 from ddp_support import launch_ranks
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # two DDP ranks, trained twice

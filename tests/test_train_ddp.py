@@ -15,11 +15,10 @@ import torch
 import torch.multiprocessing as mp
 from bidstrain.train import distributed
 from bidstrain.train.checkpoint import load_latest
-from bidstrain.train.loop import EXIT_INTERRUPTED
 from bidstrain.train.model import MultiModalAutoencoder
 from bidstrain.train.schedule import build_scheduler
 from bidstrain.train.step import Trainer, optimizer_step
-from bidstrain.train.stop import STOP_AT_STEP
+from bidstrain.train.stop import EXIT_INTERRUPTED, STOP_AT_STEP
 from ddp_support import free_port, launch_trainer
 from train_support import (
     assert_same_steps,

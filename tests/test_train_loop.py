@@ -27,10 +27,10 @@ from bidstrain.train.checkpoint import (
     save,
     set_aside,
 )
-from bidstrain.train.loop import EXIT_INTERRUPTED, Interrupted, train
+from bidstrain.train.loop import Interrupted, train
 from bidstrain.train.metrics import MetricsLog
 from bidstrain.train.state import TrainState
-from bidstrain.train.stop import PAUSE_AT_STEP, STOP_AT_STEP, StopSignals
+from bidstrain.train.stop import EXIT_INTERRUPTED, PAUSE_AT_STEP, STOP_AT_STEP, StopSignals
 from train_support import (
     assert_same_steps,
     read_until,

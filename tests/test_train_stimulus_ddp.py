@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 from bidstrain.train.description import load_model
-from bidstrain.train.loop import EXIT_INTERRUPTED
-from bidstrain.train.stop import STOP_AT_STEP
+from bidstrain.train.stop import EXIT_INTERRUPTED, STOP_AT_STEP
 from ddp_support import launch_trainer
 from train_support import (
     assert_same_steps,

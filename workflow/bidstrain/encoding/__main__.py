@@ -40,8 +40,7 @@ from bidstrain.encoding.stores import data_from_stores, read_inputs
 from bidstrain.errors import BidstrainError, run_cli
 from bidstrain.io.atomic import write_text_atomic
 from bidstrain.train.distributed import init, shutdown
-from bidstrain.train.launch import EXIT_INTERRUPTED
-from bidstrain.train.stop import TestStops
+from bidstrain.train.stop import EXIT_INTERRUPTED, TestStops
 
 LOG = logging.getLogger("bidstrain.encoding")
 

@@ -33,7 +33,8 @@ from pathlib import Path
 
 from bidstrain.config import read_train_settings
 from bidstrain.errors import BidstrainError, run_cli
-from bidstrain.train.loop import EXIT_INTERRUPTED, Interrupted, train
+from bidstrain.train.loop import Interrupted, train
+from bidstrain.train.stop import EXIT_INTERRUPTED
 
 
 def read_stores(path: str | Path) -> tuple[dict[str, list[str]], dict[str, list[str]]]:

@@ -36,8 +36,8 @@ import sys
 from collections.abc import Sequence
 
 from bidstrain.errors import BidstrainError, run_cli
+from bidstrain.train.stop import EXIT_INTERRUPTED
 
-EXIT_INTERRUPTED = 75
 #: Rendezvous port on the first node: 29500 plus the job id modulo this, so two training
 #: jobs that share a first node do not meet at the same port.
 PORT_SPREAD = 1000

@@ -12,7 +12,7 @@ write the same checkpoint directory; when it cannot take it, every rank stops.
 
 Stopping (:mod:`.stop`): SIGTERM and SIGUSR1 set a flag; at the next step boundary every
 rank agrees to stop, rank 0 writes a checkpoint, and the process exits with
-:data:`EXIT_INTERRUPTED` (75, ``EX_TEMPFAIL``). Rerunning the same command (or requeueing
+:data:`~.stop.EXIT_INTERRUPTED` (75, ``EX_TEMPFAIL``). Rerunning the same command (or requeueing
 the job) resumes from the checkpoint.
 """
 
@@ -64,7 +64,6 @@ from bidstrain.train.tracking import open_trackers
 from bidstrain.train.windows import shuffle_time
 
 LOG = logging.getLogger("bidstrain.train")
-EXIT_INTERRUPTED = 75
 
 
 class Interrupted(Exception):

@@ -26,6 +26,9 @@ from pathlib import Path
 
 LOG = logging.getLogger("bidstrain.train")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+#: Exit status of a trainer stopped by one of :data:`STOP_SIGNALS` after writing its
+#: checkpoint (``EX_TEMPFAIL``): run the same command again to resume.
+EXIT_INTERRUPTED = 75
 STOP_AT_STEP = "BIDSTRAIN_TEST_STOP_AT_STEP"
 PAUSE_AT_STEP = "BIDSTRAIN_TEST_PAUSE_AT_STEP"
 
