@@ -20,23 +20,32 @@
   (snakemake-executor-plugin-slurm-jobstep, ``run_job``: "No need to prepend srun, as
   this will happen inside of the job's shell command").
 
-Exit status: the trainer's. torchrun itself exits 1 when a trainer fails, whatever its
+Exit status: the trainers'. torchrun itself exits 1 when a trainer fails, whatever its
 code; run in this process, its failures are read back: when every failed trainer exited
-75 (stopped by SIGTERM/SIGUSR1 after writing its checkpoint), the launcher exits 75 too.
-SIGUSR1, which torchrun does not forward, is turned into SIGTERM for it.
+75 (stopped by SIGTERM/SIGUSR1 after writing its checkpoint), the launcher exits 75, and 1
+when one of them failed otherwise.
+
+Signals: SIGTERM and SIGUSR1 to the launcher are passed on to its trainers as SIGTERM,
+and the launcher goes on waiting for them, so their exit codes decide its own. torchrun's
+own handling of SIGTERM is switched off (``--signals-to-handle``): it would raise in the
+launcher, stop waiting, lose the trainers' exit codes and kill them 30 s later
+(``TORCH_ELASTIC_SHUTDOWN_TIMEOUT``) whatever SLURM's grace time. A signal that comes
+before the trainers are started stops the launcher with status 75 (nothing to save).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from bidstrain.errors import BidstrainError, run_cli
-from bidstrain.train.stop import EXIT_INTERRUPTED
+from bidstrain.train.stop import EXIT_INTERRUPTED, STOP_SIGNALS
 
 #: Rendezvous port on the first node: 29500 plus the job id modulo this, so two training
 #: jobs that share a first node do not meet at the same port.
@@ -104,22 +113,47 @@ def torchrun_arguments(
     return ["--nnodes", str(nodes), *processes, *rendezvous, "-m", module, *trainer]
 
 
+#: The signals torchrun handles itself (its default less SIGTERM, which the launcher passes
+#: on to the trainers: see the module docstring).
+TORCHRUN_SIGNALS = "SIGINT,SIGHUP,SIGQUIT"
+
+
+def child_pids() -> list[int]:
+    """Process ids of this process's children (the trainers torchrun started), from /proc."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone, or not readable
+        if parent == os.getpid():
+            children.append(int(stat.parent.name))
+    return children
+
+
 def run_torchrun(arguments: Sequence[str]) -> int:
     """Run torch's elastic launcher in this process; the exit status of its trainers."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    signal.signal(signal.SIGUSR1, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+    def stop_trainers(signum: int, _frame: object) -> None:
+        trainers = child_pids()
+        if not trainers:
+            raise SignalException(f"stopped by signal {signum}", sigval=signal.Signals(signum))
+        for pid in trainers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, stop_trainers)
     try:
-        run(parse_args(list(arguments)))
+        run(parse_args(["--signals-to-handle", TORCHRUN_SIGNALS, *arguments]))
     except ChildFailedError as error:
         codes = {failure.exitcode for failure in error.failures.values()}
         return EXIT_INTERRUPTED if codes == {EXIT_INTERRUPTED} else 1
     except SignalException:
-        # torchrun passed the signal to its trainers and waited for them: they stop at a
-        # step boundary and write a checkpoint, as when signalled directly.
-        return EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED  # before any trainer started, or SIGINT/SIGHUP/SIGQUIT
     return 0
 
 
