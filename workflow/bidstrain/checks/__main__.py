@@ -125,22 +125,10 @@ def run_checks(
     """
     settings, train = config.checks, config.train
     parcels_of = dict(parcel_stores or {})
-    scans: dict[str, StoreScan] = {}
-    unreadable: dict[str, str] = {}
-    raw_heads: dict[str, np.ndarray] = {}
     every = [*training, *validation, *subject_stores]
-    for path in dict.fromkeys([*every, *(parcels_of[p] for p in every if p in parcels_of)]):
-        try:
-            scans[path] = scan_store(path, sample_voxels=settings.sample_voxels)
-        except BidstrainError as error:
-            unreadable[path] = str(error)
-            continue
-        if not (scans[path].is_average or scans[path].is_parcels):
-            try:
-                raw_heads[path] = raw_head(scans[path])
-            except (OSError, nib.filebasedimages.ImageFileError) as error:
-                log.warning("%s: cannot read its raw image: %s", path, error)
-        log.info("scanned %s", path)
+    scans, unreadable, raw_heads = _scan_stores(
+        [*every, *(parcels_of[p] for p in every if p in parcels_of)], settings.sample_voxels
+    )
     training_by_modality: dict[str, list[str]] = {}
     for path in training:
         if path in scans:
@@ -185,10 +173,6 @@ def run_checks(
         reason = "training stores are missing or incomplete (see the normalization check)"
         not_run = [Check(name, "fail", f"not run: {reason}") for name in (COUNTS, PLAN, LOSS)]
         return checks + not_run + coverage
-    subject_samples: dict[str, int] = {}
-    for scan in subjects:
-        if not scan.meta.heldout:
-            subject_samples[scan.modality] = subject_samples.get(scan.modality, 0) + scan.n_time
     if train.model.window > 1:
         bold = [p for p in dict.fromkeys([*training, *validation]) if p in scans]
         checks.append(
@@ -201,32 +185,7 @@ def run_checks(
                 ),
             )
         )
-    counts, n_batches = check_counts(
-        training_by_modality,
-        batch_size=train.loader.batch_size,
-        batching=train.loader.batching,
-        world_size=config.world_size,
-        subject_samples=subject_samples,
-        window=train.model.window,
-        stride=train.loader.window_stride,
-    )
-    checks.append(counts)
-    checks.append(
-        _guarded(
-            PLAN,
-            lambda: check_schedule(
-                batches_per_epoch=n_batches,
-                epochs=train.optimizer.epochs,
-                grad_accum_steps=train.optimizer.grad_accum_steps,
-                # Rates in units of train.lr: a positive peak rate scales every one of them
-                # without changing a verdict, so train.lr stays out of this rule's params and
-                # changing it reruns training only.
-                lr=1.0,
-                warmup_steps=train.optimizer.warmup_steps,
-                min_lr_ratio=train.optimizer.min_lr_ratio,
-            ),
-        )
-    )
+    checks += _schedule_checks(training_by_modality, subjects, config)
     checks.append(
         _guarded(
             LOSS,
@@ -245,6 +204,68 @@ def run_checks(
         # their scale is in the scale table
         checks[-1].values["stimuli"] = "not covered: train.stimuli is empty"
     return checks + coverage
+
+
+def _scan_stores(
+    paths: Sequence[str], sample_voxels: int
+) -> tuple[dict[str, StoreScan], dict[str, str], dict[str, np.ndarray]]:
+    """Scan each store once: ``(scans, unreadable, raw heads)``, the last two by path,
+    with the reason a store could not be read and the first volumes of each subject
+    store's raw image (where it can still be read)."""
+    scans: dict[str, StoreScan] = {}
+    unreadable: dict[str, str] = {}
+    raw_heads: dict[str, np.ndarray] = {}
+    for path in dict.fromkeys(paths):
+        try:
+            scans[path] = scan_store(path, sample_voxels=sample_voxels)
+        except BidstrainError as error:
+            unreadable[path] = str(error)
+            continue
+        if not (scans[path].is_average or scans[path].is_parcels):
+            try:
+                raw_heads[path] = raw_head(scans[path])
+            except (OSError, nib.filebasedimages.ImageFileError) as error:
+                log.warning("%s: cannot read its raw image: %s", path, error)
+        log.info("scanned %s", path)
+    return scans, unreadable, raw_heads
+
+
+def _schedule_checks(
+    training_by_modality: Mapping[str, list[str]],
+    subjects: Sequence[StoreScan],
+    config: ChecksJobConfig,
+) -> list[Check]:
+    """The counts check and the learning-rate plan check (on the counts' batches per
+    epoch)."""
+    train = config.train
+    subject_samples: dict[str, int] = {}
+    for scan in subjects:
+        if not scan.meta.heldout:
+            subject_samples[scan.modality] = subject_samples.get(scan.modality, 0) + scan.n_time
+    counts, n_batches = check_counts(
+        training_by_modality,
+        batch_size=train.loader.batch_size,
+        batching=train.loader.batching,
+        world_size=config.world_size,
+        subject_samples=subject_samples,
+        window=train.model.window,
+        stride=train.loader.window_stride,
+    )
+    plan = _guarded(
+        PLAN,
+        lambda: check_schedule(
+            batches_per_epoch=n_batches,
+            epochs=train.optimizer.epochs,
+            grad_accum_steps=train.optimizer.grad_accum_steps,
+            # Rates in units of train.lr: a positive peak rate scales every one of them
+            # without changing a verdict, so train.lr stays out of this rule's params and
+            # changing it reruns training only.
+            lr=1.0,
+            warmup_steps=train.optimizer.warmup_steps,
+            min_lr_ratio=train.optimizer.min_lr_ratio,
+        ),
+    )
+    return [counts, plan]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
