@@ -223,6 +223,28 @@ def test_an_event_longer_than_its_film_says_by_how_much(film_bids, tmp_path):
         _index(root)
 
 
+@pytest.mark.parametrize("duration", ["-5", "0"])
+def test_a_transcript_event_that_lasts_no_time_is_refused(film_bids, tmp_path, duration):
+    root = copy_dataset(film_bids, tmp_path)
+    _events(root, "0\t20\tfilm.mp4", f"0\t{duration}\tfilm_words.tsv")
+    with pytest.raises(BidstrainError, match=rf"sub-02: .*line 3: the event of 'film_words.tsv' "
+                       rf"lasts {duration} s"):  # fmt: skip
+        _index(root)
+
+
+def test_events_not_in_utf8_are_named_and_a_byte_order_mark_is_read(film_bids, tmp_path):
+    root = copy_dataset(film_bids, tmp_path)
+    (root / RUN_EVENTS).write_bytes(
+        "onset\tduration\tstim_file\tnote\n0\t20\tfilm.mp4\tcaf\xe9\n".encode("latin-1")
+    )
+    with pytest.raises(
+        BidstrainError, match=r"sub-02: .*events.tsv: line 2: byte 0xe9 is not UTF-8"
+    ):
+        _index(root)
+    (root / RUN_EVENTS).write_text("\ufeffonset\tduration\tstim_file\n0\t20\tfilm.mp4\n")
+    assert _index(root).runs
+
+
 def test_a_stimulus_running_past_the_run_says_by_how_much(film_bids, tmp_path):
     root = copy_dataset(film_bids, tmp_path)
     _events(root, "5\t20\tfilm.mp4")

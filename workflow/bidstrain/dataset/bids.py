@@ -8,7 +8,6 @@ the workflow's outputs alike.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bidstrain.errors import BidstrainError
+from bidstrain.io.text_files import read_tsv, read_utf8
 from bidstrain.modalities import MODALITIES
 
 log = logging.getLogger(__name__)
@@ -217,7 +217,7 @@ class BidsIgnore:
     def read(cls, root: str | Path) -> BidsIgnore:
         """The patterns of ``root/.bidsignore`` (none when the file does not exist)."""
         path = Path(root) / ".bidsignore"
-        lines = path.read_text().splitlines() if path.is_file() else []
+        lines = read_utf8(path).splitlines() if path.is_file() else []
         rules = []
         for line in lines:
             pattern = line.strip()
@@ -502,11 +502,11 @@ def _participants(root: Path) -> list[str]:
     path = root / "participants.tsv"
     if not path.is_file():
         return []
-    with path.open(newline="") as handle:
-        rows = csv.DictReader(handle, delimiter="\t")
-        return [
-            row["participant_id"].removeprefix("sub-") for row in rows if row.get("participant_id")
-        ]
+    return [
+        row["participant_id"].removeprefix("sub-")
+        for row in read_tsv(path)[1]
+        if row.get("participant_id")
+    ]
 
 
 def select_part(images: Iterable[BidsFile], part: str | None = None) -> list[BidsFile]:

@@ -9,7 +9,6 @@ transcript of its run.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections import defaultdict
@@ -23,6 +22,7 @@ import nibabel as nib
 from bidstrain.dataset.bids import BidsFile, BidsIndex
 from bidstrain.errors import BidstrainError
 from bidstrain.ingest.records import stated_repetition_time
+from bidstrain.io.text_files import read_tsv
 from bidstrain.stimuli.media import MEDIA_EXTENSIONS, MediaInfo, probe
 from bidstrain.stimuli.text import TEXT_EXTENSIONS, Word, read_words, table_words
 
@@ -138,8 +138,7 @@ def raw_counterpart(image: BidsFile, root: Path, raw_root: Path) -> BidsFile:
 
 
 def _read_events(path: Path, subject: str) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
+    rows = read_tsv(path, subject=subject)[1]
     if rows and not {"onset", "duration"} <= set(rows[0]):
         raise BidstrainError(
             f"an events file needs 'onset' and 'duration' columns; it has {sorted(rows[0])}",
@@ -198,6 +197,14 @@ def _run_stimuli(
         stimulus = root / STIMULI_FOLDER / name
         onset = _seconds(row, "onset", line, events_file, subject)
         duration = _seconds(row, "duration", line, events_file, subject, optional=True)
+        if duration is not None and duration <= 0:
+            raise BidstrainError(
+                f"line {line}: the event of {name!r} lasts {row['duration']} s: a stimulus "
+                "event lasts as long as its file is shown or heard (n/a: the media file's "
+                "length, or the rest of the run for a transcript)",
+                path=events_file,
+                subject=subject,
+            )
         # the path as written, not where its links lead (DataLad's files link into
         # .git/annex)
         if not Path(os.path.normpath(stimulus)).is_relative_to(root / STIMULI_FOLDER):

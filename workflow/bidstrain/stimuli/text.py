@@ -7,7 +7,7 @@ SubRip ``.srt`` subtitle file, or a TSV with ``onset`` and ``word`` columns) or 
 
 from __future__ import annotations
 
-import csv
+import logging
 import math
 import re
 from collections import Counter
@@ -18,7 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from bidstrain.errors import BidstrainError
+from bidstrain.io.text_files import read_tsv, read_utf8
 from bidstrain.stimuli.bins import tr_bin
+
+log = logging.getLogger(__name__)
 
 #: Extensions read as transcripts.
 TEXT_EXTENSIONS = frozenset({".srt", ".tsv"})
@@ -46,7 +49,7 @@ def read_srt(path: Path) -> list[Word]:
     """The words of a SubRip file, each cue's words (its formatting tags left out) spread
     evenly over the cue."""
     words = []
-    for block in re.split(r"\n\s*\n", path.read_text(encoding="utf-8-sig").strip()):
+    for block in re.split(r"\n\s*\n", read_utf8(path).strip()):
         lines = block.strip().splitlines()
         times = [_CUE_TIME.search(line) for line in lines]
         at = next((i for i, match in enumerate(times) if match), None)
@@ -63,8 +66,7 @@ def read_srt(path: Path) -> list[Word]:
 def read_word_table(path: Path) -> list[Word]:
     """The words of a TSV with ``onset`` and ``word`` columns (a transcript or an
     ``events.tsv``); rows whose word is empty or ``n/a`` are not words."""
-    with path.open(newline="", encoding="utf-8") as handle:
-        return table_words(list(csv.DictReader(handle, delimiter="\t")), path)
+    return table_words(read_tsv(path)[1], path)
 
 
 def table_words(rows: Sequence[Mapping[str, str]], path: Path) -> list[Word]:
@@ -137,37 +139,55 @@ def read_embeddings(path: str | Path) -> dict[str, np.ndarray]:
     """Word vectors from a text table: a word, then its values, one word a line, separated
     by tabs or spaces (GloVe's format; word2vec's first line, two counts, is skipped).
 
+    The vector length is the first vector's (or word2vec's header's); a line's last that
+    many fields are its vector and what comes before them its word, so a word may hold
+    spaces (GloVe 840B's ``. . .``). Words are looked up in lower case: where the table
+    repeats a word, in another case or not, the first vector is kept (GloVe lists words
+    by frequency) and the repeats are counted in the log.
+
     Raises
     ------
     BidstrainError
-        When the file is missing or holds no vector, a value is not a finite number, a
-        word has no value, or the vectors differ in length.
+        When the file is missing, not UTF-8 or holds no vector, a value is not a finite
+        number, a word has no value, or a vector's length differs from the first one's
+        (naming the line).
     """
     path = Path(path)
     if not path.is_file():
         raise BidstrainError("word embeddings file not found (stimuli.text_embeddings)", path=path)
     vectors: dict[str, np.ndarray] = {}
-    for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    dim, repeats = None, 0
+    for line, text in enumerate(read_utf8(path).splitlines(), start=1):
         fields = text.split()
-        if not fields or (line == 1 and len(fields) == 2 and all(map(str.isdigit, fields))):
+        if line == 1 and len(fields) == 2 and all(map(str.isdigit, fields)):
+            dim = int(fields[1])
             continue
-        word, *values = fields
+        if not fields:
+            continue
+        dim = dim or max(len(fields) - 1, 1)
+        word, *values = text.rsplit(maxsplit=dim)
         try:
             vector = np.array(values, dtype=np.float64)
         except ValueError:
             vector = np.array([np.nan])
-        if not vector.size or not np.isfinite(vector).all():
-            raise BidstrainError(
-                f"line {line}: the vector of {word!r} "
-                + ("has no value" if not vector.size else "holds a value that is not a number"),
-                path=path,
-            )
-        vectors[word.lower()] = vector
-    lengths = sorted({vector.size for vector in vectors.values()})
-    if len(lengths) != 1:
-        raise BidstrainError(
-            f"word vectors of different lengths: {lengths}" if lengths else "no word vector",
-            path=path,
+        if vector.size != dim or not np.isfinite(vector).all():
+            if not vector.size:
+                problem = "has no value"
+            elif not np.isfinite(vector).all():
+                problem = "holds a value that is not a number"
+            else:
+                problem = f"has length {vector.size}, the first vector {dim}"
+            raise BidstrainError(f"line {line}: the vector of {word!r} {problem}", path=path)
+        repeats += word.lower() in vectors
+        vectors.setdefault(word.lower(), vector)
+    if not vectors:
+        raise BidstrainError("no word vector", path=path)
+    if repeats:
+        log.info(
+            "%s: %d words repeat an earlier word (in another case or the same): the first "
+            "vector of each is used",
+            path,
+            repeats,
         )
     return vectors
 
