@@ -384,6 +384,29 @@ def test_an_atlas_on_another_grid_is_resampled_by_nearest_neighbour(demo, tmp_pa
     np.testing.assert_array_equal(on_grid.parcel, expected)
 
 
+def test_an_atlas_that_misses_the_run_is_an_error_not_a_store_of_zeros(demo, tmp_path):
+    root, atlas = demo
+    img = nib.load(atlas.image)
+    away = img.affine.copy()
+    away[:3, 3] += 10000.0  # the same labels 10 m away: another space in all but name
+    path = tmp_path / "away_dseg.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), away), path)
+    far = AtlasFiles("away", path, atlas.labels, atlas.space)
+    with pytest.raises(BidstrainError, match=r"sub-01: .*away_dseg.nii.gz: no parcel of atlas "
+                       r"away .* falls on the grid of run.nii.gz"):  # fmt: skip
+        load_atlas(far, img.shape, img.affine, image="run.nii.gz", subject="01")
+    # on the grid but outside the brain mask: no parcel store is written
+    image, mask, _ = _run(root)
+    outside = np.where(np.asarray(nib.load(mask).dataobj) > 0, 0, 1).astype(np.int16)
+    nib.save(nib.Nifti1Image(outside, img.affine), path)
+    job = _job(AtlasFiles("outside", path, atlas.labels, atlas.space), image, tmp_path)
+    with pytest.raises(BidstrainError, match="no parcel of atlas outside has a voxel in the brain"):
+        normalize_bold(
+            image, tmp_path / "bold.zarr", _info(), image_options(mask=str(mask)), None, job
+        )
+    assert not (tmp_path / "parcels.zarr").exists()
+
+
 def test_a_missing_atlas_or_a_label_image_without_space_is_an_error(tmp_path):
     with pytest.raises(BidstrainError, match="0 atlas images match"):
         find_atlas(ParcellationConfig("x", str(tmp_path), None, None, None))
@@ -402,11 +425,14 @@ def test_a_missing_atlas_or_a_label_image_without_space_is_an_error(tmp_path):
         ("index\tname\n1\ta\n3\tb\n1\tagain\n", "lists index 1 more than once"),
         ("index\tname\n10\tten\n-1\tneg\n", "label index -1 is negative"),
         ("label\tname\n1\ta\n", "needs the columns index and name"),
+        ("name\tindex\na\t1\nb\n", "line 3: label index None is not an integer"),
+        ("index\tname\n1\ta\nx\tb\n", "line 3: label index 'x' is not an integer"),
+        ("index\tname\n1\tcaf\xe9\n", "line 2: byte 0xe9 is not UTF-8 text"),
     ],
 )
 def test_a_bad_label_table_is_named(tmp_path, table, message):
     path = tmp_path / "atlas_dseg.tsv"
-    path.write_text(table)
+    path.write_bytes(table.encode("latin-1"))
     with pytest.raises(BidstrainError, match=f"atlas_dseg.tsv: .*{message}"):
         read_label_table(path)
 

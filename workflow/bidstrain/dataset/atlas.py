@@ -24,7 +24,6 @@ for all (:meth:`AtlasFiles.for_run`).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import re
@@ -38,6 +37,7 @@ from bidstrain.config import ParcellationConfig
 from bidstrain.dataset.masks import resolve_pattern
 from bidstrain.errors import BidstrainError
 from bidstrain.io.grid import grid_mismatch
+from bidstrain.io.text_files import read_tsv
 
 #: ``parcellation.space`` of a label image drawn on the runs' own grid (no ``space-``).
 NATIVE = "native"
@@ -239,15 +239,17 @@ def read_label_table(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
         When a column is missing, an index is not an integer, is negative or repeats, or
         the table lists no label besides the background.
     """
-    with path.open(newline="") as file:
-        reader = csv.DictReader(file, delimiter="\t")
-        rows = list(reader)
-    if not {"index", "name"} <= set(reader.fieldnames or ()):
+    columns, rows = read_tsv(path)
+    if not {"index", "name"} <= set(columns):
         raise BidstrainError("an atlas label table needs the columns index and name", path=path)
-    try:
-        indices = np.array([int(row["index"]) for row in rows], dtype=np.int64)
-    except ValueError as error:
-        raise BidstrainError(f"a label index is not an integer: {error}", path=path) from None
+    indices = np.zeros(len(rows), dtype=np.int64)
+    for line, row in enumerate(rows, start=2):
+        try:
+            indices[line - 2] = int(row["index"])
+        except (TypeError, ValueError):
+            raise BidstrainError(
+                f"line {line}: label index {row['index']!r} is not an integer", path=path
+            ) from None
     values, counts = np.unique(indices, return_counts=True)
     if (counts > 1).any():
         raise BidstrainError(
@@ -326,6 +328,14 @@ def load_atlas(
     lookup = np.full(int(max(labels.max(), indices.max())) + 1, -1, dtype=np.int64)
     lookup[indices] = np.arange(indices.size)
     parcel = np.where(labels > 0, lookup[np.clip(labels, 0, None)], -1)
+    if (parcel < 0).all():
+        raise BidstrainError(
+            f"no parcel of atlas {atlas.name} ({atlas.image}) falls on the grid of {image}: "
+            "the label image and the run do not overlap in world coordinates (another "
+            "space, or a wrong affine)",
+            path=atlas.image,
+            subject=subject,
+        )
     return Atlas(atlas.name, indices, names, parcel)
 
 

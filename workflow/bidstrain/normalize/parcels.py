@@ -295,6 +295,13 @@ def write_parcel_outputs(
     """
     atlas, series = means.atlas, means.series()
     empty = means.empty
+    if empty.all():
+        raise BidstrainError(
+            f"no parcel of atlas {atlas.name} has a voxel in the brain mask: the atlas "
+            "and the run do not overlap (another space, or a wrong affine or mask)",
+            path=attrs.get("source_path"),
+            subject=subject,
+        )
     if empty.any():
         log.warning(
             "sub-%s: %d parcels of atlas %s have no voxel in the mask of %s (coverage 0, "
