@@ -10,6 +10,7 @@ from bidstrain import paths
 from bidstrain.dataset.bids import BidsIndex
 from bidstrain.errors import BidstrainError
 from bidstrain.plan import Plan
+from conftest import run_snakemake
 from stimuli_support import copy_dataset, make_film_bids
 from test_plan import typed_config
 
@@ -81,16 +82,32 @@ def test_an_averages_members_must_present_the_same_stimulus(film_bids, tmp_path)
     _own_events(root, "02", ["4\t20\tfilm\tfilm.mp4", "0\t20\ttranscript\tfilm_words.tsv"])
     differ = (
         r"the average task-movie_run-1 needs one stimulus for all its subjects, but sub-01 "
-        r"presented film.mp4 at 0 s, film_words.tsv at 0 s and sub-02 presented film.mp4 at "
-        r"4 s, film_words.tsv at 0 s \(tolerance 2 s, one frame\)"
+        r"presented film.mp4 at 0 s, film_words.tsv at 0 s \(.*task-movie_events.tsv\) and "
+        r"sub-02 presented film.mp4 at 4 s, film_words.tsv at 0 s \(.*sub-02_task-movie_"
+        r"events.tsv\) \(tolerance 2 s, one frame\)"
     )
     plan = _plan(root, enabled=True, length_tolerance=5.0)
     with pytest.raises(BidstrainError, match=differ):
         _ = plan.alignment_targets
     _own_events(root, "03", ["0\t20\tfilm\tfilm.mp4"])
     plan = _plan(root, enabled=True, length_tolerance=5.0)
-    with pytest.raises(BidstrainError, match=r"; sub-03 presented film.mp4 at 0 s \("):
+    with pytest.raises(
+        BidstrainError,
+        match=r"; sub-03 presented film.mp4 at 0 s \(.*sub-03_task-movie_events.tsv\) \(",
+    ):
         _ = plan.alignment_targets
+
+
+def test_differing_presentations_stop_a_dry_run_in_one_line(film_bids, tmp_path):
+    root = copy_dataset(film_bids, tmp_path / "bids")
+    _own_events(root, "02", ["4\t20\tfilm\tfilm.mp4", "0\t20\ttranscript\tfilm_words.tsv"])
+    stimuli = {"enabled": True, "length_tolerance": 5.0}
+    config = {"bids_dir": str(root), "modalities": ["bold"], "stimuli": stimuli}
+    result = run_snakemake(tmp_path / "work", "-n", config=config, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "bidstrain: the average task-movie_run-1 needs one stimulus" in output, output
+    assert "Traceback" not in output
 
 
 def test_a_parcel_encoding_target_reads_the_parcel_averages_and_needs_an_atlas(film_bids):

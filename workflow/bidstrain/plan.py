@@ -889,9 +889,7 @@ class Plan:
             if not shown:
                 continue
             frame = self.config.time.target_tr or shown[0].repetition_time
-            same_presentations(
-                {s: run.events if run else () for s, run in members.items()}, frame, group.name
-            )
+            same_presentations(members, frame, group.name)
             targets.append(
                 target(
                     f"average {group.name}",

@@ -57,17 +57,17 @@ try:
         gpu_model=_TRAIN_RESOURCES.gpu_type,
         mem_mb=_TRAIN_RESOURCES.mem_mb,
     )
+    # Lists that grow with the number of subjects, and the settings of the train and checks
+    # jobs, reach jobs through files, never their command line; a file is rewritten only
+    # when its content changes. Which settings changed since the previous parse is said
+    # here (a rerun reason shows only their hash).
+    for _CHANGE in settings_changes(PLAN.job_settings()):
+        logger.info(f"bidstrain: {_CHANGE}")
+    write_if_changed(PLAN.files())
 except BidstrainError as error:
     raise WorkflowError(f"bidstrain: {error}") from None
 if _NESTED := nested_derivatives_warning(INDEX.root):
     logger.warning(f"bidstrain: {_NESTED}")
-# Lists that grow with the number of subjects, and the settings of the train and checks
-# jobs, reach jobs through files, never their command line; a file is rewritten only when
-# its content changes. Which settings changed since the previous parse is said here (a
-# rerun reason shows only their hash).
-for _CHANGE in settings_changes(PLAN.job_settings()):
-    logger.info(f"bidstrain: {_CHANGE}")
-write_if_changed(PLAN.files())
 gc.freeze()
 
 ENV = str(Path(workflow.basedir) / "envs" / "bidstrain.yaml")

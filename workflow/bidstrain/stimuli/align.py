@@ -11,7 +11,7 @@ import numpy as np
 
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import ZERO_STD, FeatureStore
-from bidstrain.stimuli.index import Event
+from bidstrain.stimuli.index import Event, RunStimuli
 
 #: Seconds of the canonical haemodynamic response kept (nilearn's default).
 HRF_LENGTH = 32.0
@@ -289,14 +289,15 @@ def align_run(
     return delayed[grid.kept], covered[grid.kept]
 
 
-def same_presentations(runs: Mapping[str, Sequence[Event]], tolerance: float, name: str) -> None:
+def same_presentations(runs: Mapping[str, RunStimuli | None], tolerance: float, name: str) -> None:
     """Check that the members of an average presented the same stimulus files at the
     same onsets (within ``tolerance`` seconds: one frame).
 
     Parameters
     ----------
-    runs : mapping of str to sequence of Event
-        Each member's events, by subject (label without ``sub-``).
+    runs : mapping of str to RunStimuli or None
+        Each member's stimuli (None: it presented none), by subject (label without
+        ``sub-``).
     tolerance : float
         Seconds.
     name : str
@@ -305,17 +306,21 @@ def same_presentations(runs: Mapping[str, Sequence[Event]], tolerance: float, na
     Raises
     ------
     BidstrainError
-        Naming the subjects whose stimuli differ from the first member's, and how.
+        Naming the subjects whose stimuli differ from the first member's, how, and their
+        events files.
     """
     subjects = list(runs)
     if not subjects:
         return
 
-    def key(events: Sequence[Event]) -> list[tuple[str, float, float]]:
+    def key(run: RunStimuli | None) -> list[tuple[str, float, float]]:
+        events = run.events if run else ()
         return sorted((str(e.stimulus), e.onset, e.duration) for e in events)
 
-    def shown(events: list[tuple[str, float, float]]) -> str:
-        return ", ".join(f"{Path(e[0]).name} at {e[1]:g} s" for e in events) or "nothing"
+    def shown(subject: str) -> str:
+        run = runs[subject]
+        events = ", ".join(f"{Path(e[0]).name} at {e[1]:g} s" for e in key(run)) or "nothing"
+        return f"sub-{subject} presented {events}" + (f" ({run.events_file})" if run else "")
 
     reference = key(runs[subjects[0]])
     differ = []
@@ -324,11 +329,11 @@ def same_presentations(runs: Mapping[str, Sequence[Event]], tolerance: float, na
         if [e[0] for e in own] != [e[0] for e in reference] or any(
             abs(a[1] - b[1]) > tolerance for a, b in zip(own, reference, strict=True)
         ):
-            differ.append(f"sub-{subject} presented {shown(own)}")
+            differ.append(shown(subject))
     if differ:
         raise BidstrainError(
-            f"the average {name} needs one stimulus for all its subjects, but sub-"
-            f"{subjects[0]} presented {shown(reference)} and " + "; ".join(differ) + " "
+            f"the average {name} needs one stimulus for all its subjects, but "
+            f"{shown(subjects[0])} and " + "; ".join(differ) + " "
             f"(tolerance {tolerance:g} s, one frame): average runs that presented the same "
             "stimulus (normalize.heldout or the task/run entities), or leave the others out"
         )
