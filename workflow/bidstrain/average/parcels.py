@@ -27,6 +27,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
@@ -41,6 +42,7 @@ from bidstrain.average.frames import ONSET_TOLERANCE, FrameGrid
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import (
     CONSOLIDATED,
+    StoreMeta,
     open_existing,
     parcel_meta,
     read_meta,
@@ -204,24 +206,8 @@ def average_parcel_stores(
             path=out,
         )
 
-    def subject_mean(name: str, covering: bool = False) -> np.ndarray:
-        """Mean over subjects of the mean over each subject's sessions (with
-        ``covering``, per parcel over the sessions whose runs cover it; 0 where none)."""
-        per_subject, weights = [], []
-        for subject in subjects:
-            values = np.array([a[name] for _, a in by_subject[subject]], dtype=np.float64)
-            weight = np.array(
-                [_covered(a) if covering else np.ones(values.shape[1], bool)
-                 for _, a in by_subject[subject]]
-            )  # fmt: skip
-            sessions = weight.sum(axis=0)
-            per_subject.append(np.divide((values * weight).sum(0), np.maximum(sessions, 1)))
-            weights.append(sessions > 0)
-        covered = np.sum(weights, axis=0)
-        total = np.sum(np.array(per_subject) * np.array(weights), axis=0)
-        return np.divide(total, covered, out=np.zeros_like(total), where=covered > 0)
-
-    covered_by = np.sum([np.any([_covered(a) for _, a in by_subject[s]], 0) for s in subjects], 0)
+    groups = [by_subject[s] for s in subjects]
+    covered_by = np.sum([np.any([_covered(a) for _, a in group], 0) for group in groups], 0)
     empty = covered_by == 0
     partly = (covered_by > 0) & (covered_by < len(subjects))
     names = np.asarray(read_parcel_attrs(first_source.path)["parcel_names"])
@@ -237,39 +223,21 @@ def average_parcel_stores(
 
     frame_time = first["frame_time"][:n_frames]
     attrs = {
-        "modality": "bold",
-        "subject": "average",
-        "session": "",
-        "entities": {k: v for k, v in reference.entities.items() if k in ("task", "run")},
-        "affine": np.asarray(reference.affine).tolist(),
-        "subjects": subjects,
-        "sessions": {s: [src.session for src in sources if src.subject == s] for s in subjects},
-        "truncated": {src.label: src.n_frames for src in sources if src.n_frames > n_frames},
-        "source_path": [src.path for src in sources],
-        "repetition_time": reference.repetition_time,
-        "ddof": reference.ddof,
-        "n_zero_variance": 0,
-        "stats_dim": "parcel",
-        "stats_from": [src.path for src in sources],
-        "time_method": reference.time_method,
-        "confounds_strategy": reference.confounds_strategy,
-        "source_repetition_time": reference.source_repetition_time,
+        **_average_attrs(reference, sources, subjects, n_frames),
         "n_invalid_frames": int((~valid).sum()),
         "min_subjects": min_subjects,
+        **read_parcel_attrs(first_source.path),
+        "n_empty_parcels": int(empty.sum()),
+        "n_partial_parcels": int(partly.sum()),
     }
-    attrs.update(
-        read_parcel_attrs(first_source.path),
-        n_empty_parcels=int(empty.sum()),
-        n_partial_parcels=int(partly.sum()),
-    )
     write_parcel_store(
         out,
-        data=_frame_mean([by_subject[s] for s in subjects], valid),
-        mean=subject_mean("mean", covering=True),
-        std=subject_mean("std", covering=True),
+        data=_frame_mean(groups, valid),
+        mean=_subject_mean(groups, "mean", covering=True),
+        std=_subject_mean(groups, "std", covering=True),
         parcels=first["parcel"].astype(np.int64),
-        n_voxels=np.rint(subject_mean("n_voxels")),
-        coverage=subject_mean("coverage"),
+        n_voxels=np.rint(_subject_mean(groups, "n_voxels")),
+        coverage=_subject_mean(groups, "coverage"),
         time=frame_time[valid],
         attrs=attrs,
         frames={"frame_time": frame_time, "frame_valid": valid, "frame_subjects": per_frame},
@@ -284,3 +252,51 @@ def average_parcel_stores(
         out,
     )
     return Path(out)
+
+
+def _subject_mean(
+    groups: Sequence[Sequence[tuple[SourceStore, dict[str, np.ndarray]]]],
+    name: str,
+    covering: bool = False,
+) -> np.ndarray:
+    """Mean over subjects (``groups``: each subject's stores) of the mean of array ``name``
+    over each subject's sessions (with ``covering``, per parcel over the sessions whose
+    runs cover it; 0 where none)."""
+    per_subject, weights = [], []
+    for group in groups:
+        values = np.array([a[name] for _, a in group], dtype=np.float64)
+        weight = np.array(
+            [_covered(a) if covering else np.ones(values.shape[1], bool) for _, a in group]
+        )
+        sessions = weight.sum(axis=0)
+        per_subject.append(np.divide((values * weight).sum(0), np.maximum(sessions, 1)))
+        weights.append(sessions > 0)
+    covered = np.sum(weights, axis=0)
+    total = np.sum(np.array(per_subject) * np.array(weights), axis=0)
+    return np.divide(total, covered, out=np.zeros_like(total), where=covered > 0)
+
+
+def _average_attrs(
+    reference: StoreMeta, sources: Sequence[SourceStore], subjects: Sequence[str], n_frames: int
+) -> dict[str, Any]:
+    """The average store's attributes that say what was averaged: its subjects, sessions
+    and sources, and the first store's grid, time and statistics settings."""
+    return {
+        "modality": "bold",
+        "subject": "average",
+        "session": "",
+        "entities": {k: v for k, v in reference.entities.items() if k in ("task", "run")},
+        "affine": np.asarray(reference.affine).tolist(),
+        "subjects": list(subjects),
+        "sessions": {s: [src.session for src in sources if src.subject == s] for s in subjects},
+        "truncated": {src.label: src.n_frames for src in sources if src.n_frames > n_frames},
+        "source_path": [src.path for src in sources],
+        "repetition_time": reference.repetition_time,
+        "ddof": reference.ddof,
+        "n_zero_variance": 0,
+        "stats_dim": "parcel",
+        "stats_from": [src.path for src in sources],
+        "time_method": reference.time_method,
+        "confounds_strategy": reference.confounds_strategy,
+        "source_repetition_time": reference.source_repetition_time,
+    }
