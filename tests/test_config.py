@@ -175,6 +175,12 @@ def test_override_strings_get_the_schema_types_and_config_file_strings_do_not():
     with_null = {"bids_dir": "/d", "train": {"epochs": "seven"}, "echo": "null"}
     retype_overrides(with_null, {"train": {"epochs": "seven"}, "echo": "null"}, SCHEMA)
     assert with_null["train"]["epochs"] == "seven" and with_null["echo"] is None
+    # a key of several forms (oneOf): the word stays a word, a number becomes one
+    for given, typed in (("2.0", 2.0), ("0.8", 0.8), ("native", "native")):
+        config = {"bids_dir": "/d", "time": {"tr": given}}
+        retype_overrides(config, {"time": {"tr": given}}, SCHEMA)
+        assert config["time"]["tr"] == typed and type(config["time"]["tr"]) is type(typed)
+        validate_config(config, SCHEMA)
 
 
 def test_a_job_types_its_section_from_a_small_json_param():

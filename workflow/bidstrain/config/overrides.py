@@ -75,6 +75,15 @@ def _property(schema: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 
 
 def _scalar(text: str, schema: Mapping[str, Any]) -> Any:
+    alternatives = [*schema.get("oneOf", ()), *schema.get("anyOf", ())]
+    if alternatives:  # time.tr: the word native, or a number
+        if any(text == a.get("const") or text in a.get("enum", ()) for a in alternatives):
+            return text
+        for alternative in alternatives:
+            parsed = _scalar(text, alternative)
+            if not isinstance(parsed, str):
+                return parsed
+        return text
     wanted = schema.get("type", [])
     wanted = [wanted] if isinstance(wanted, str) else list(wanted)
     if None in schema.get("enum", ()):
