@@ -117,6 +117,17 @@ def test_normalize_settings_carry_every_shared_value_the_job_depends_on(demo_bid
     masked = plan_of(demo_bids, normalize={"mask": "none"})
     assert masked.job("01").spec_digest() != job.spec_digest()
     assert masked.settings_digest(paths.PLAN_NORMALIZE_SETTINGS) == digest
+    # the resampling method matters only where runs are resampled
+    linear = plan_of(demo_bids, time={"method": "linear"})
+    assert linear.settings_digest(paths.PLAN_NORMALIZE_SETTINGS) == digest
+    resampled = plan_of(demo_bids, time={"tr": 1.0})
+    resampled_linear = plan_of(demo_bids, time={"tr": 1.0, "method": "linear"})
+    digests = {
+        p.settings_digest(paths.PLAN_NORMALIZE_SETTINGS) for p in (resampled, resampled_linear)
+    }
+    assert len(digests | {digest}) == 3
+    typed = NormalizeJobConfig.from_dict(resampled_linear.normalize_settings())
+    assert (typed.time.target_tr, typed.time.method) == (1.0, "linear")
 
 
 def test_average_groups_and_store_lists_follow_the_mode(demo_bids):

@@ -397,7 +397,7 @@ class Plan:
                 "storage": normalize.storage,
                 "confounds": to_plain(normalize.confounds),
             },
-            "time": to_plain(self.config.time),
+            "time": self.config.time.settings(),
             "atlas": self.atlas.to_json() if self.atlas else None,
         }
 

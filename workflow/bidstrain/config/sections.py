@@ -420,6 +420,11 @@ class TimeConfig:
         """The repetition time to resample to in seconds; None keeps each run's own."""
         return None if self.tr == "native" else float(self.tr)
 
+    def settings(self) -> dict[str, Any]:
+        """The keys that decide what a normalize job writes: ``method`` only where runs
+        are resampled, so that changing it at the native TR reruns nothing."""
+        return {"tr": self.tr} if self.target_tr is None else dataclasses.asdict(self)
+
 
 @dataclass(frozen=True)
 class ParcellationConfig:

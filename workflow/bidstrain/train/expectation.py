@@ -182,7 +182,8 @@ def expectation(config: Config) -> ModelExpectation:
         mask={m: normalize.mask_option(m) for m in MODALITIES},
         confounds_strategy=normalize.confounds.strategy,
         tr=config.time.tr,
-        time_method=config.time.method,
+        # as the stores record it: runs at their own TR are not resampled
+        time_method=config.time.method if config.time.target_tr else "none",
     )
 
 
