@@ -179,3 +179,15 @@ def test_a_derivative_takes_its_events_and_stimuli_from_stimuli_raw_dir(film_bid
     assert found.stimulus_names == ["stimuli/film.mp4", "stimuli/film_words.tsv"]
     run = next(iter(found.stimuli.runs.values()))
     assert run.image.path.is_relative_to(fmriprep) and run.events_file.is_relative_to(film_bids)
+
+
+def test_the_figures_own_setting_does_not_rerun_the_encoding_model(film_bids):
+    def digest(**encoding):
+        settings = {"modalities": ["bold"], "normalize": {"heldout": {"run": ["2"]}}}
+        encoding = {"enabled": True, **encoding}
+        config = typed_config(film_bids, **settings, stimuli={"enabled": True}, encoding=encoding)
+        plan = Plan.build(config, BidsIndex.build(film_bids))
+        return plan.settings_digest(paths.plan_encoding_settings(plan.experiment))
+
+    assert digest(figure_targets=5) == digest()
+    assert digest(epochs=7) != digest()

@@ -690,8 +690,12 @@ class Plan:
         return self.config.encoding.enabled and self.stimuli is not None
 
     def encoding_settings(self) -> dict[str, Any]:
-        """What the encoding job reads of the configuration (``encoding`` and the seed)."""
-        return {"encoding": to_plain(self.config.encoding), "seed": self.config.train.run.seed}
+        """What the encoding job reads of the configuration: ``encoding`` but
+        ``figure_targets``, which only the figures' job reads (changing it redraws them and
+        nothing else), and the seed."""
+        encoding = to_plain(self.config.encoding)
+        del encoding["figure_targets"]
+        return {"encoding": encoding, "seed": self.config.train.run.seed}
 
     def encoding_inputs(self) -> dict[str, Any]:
         """Each cross-subject average's BOLD store (its parcel average with
