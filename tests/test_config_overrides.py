@@ -5,7 +5,9 @@ named at parse time."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+from pathlib import Path
 
 import pytest
 from bidstrain import paths
@@ -76,3 +78,24 @@ def test_changed_settings_are_named_at_parse_time(tmp_path, bids):
     ]
     again = dry_run(tmp_path, bids, train="{lr: 0.002, loss: {normalize: std}}")
     assert "settings changed" not in again.stdout + again.stderr
+
+
+def test_a_dry_run_with_other_settings_leaves_a_planned_job_its_own(tmp_path, bids):
+    """The train job planned first reads its settings' snapshot: a later dry run with
+    another train.lr rewrites the settings file, not the snapshot."""
+
+    def planned_settings(**overrides) -> Path:
+        result = run_snakemake(
+            tmp_path, "-n", "-p", "train", config={"bids_dir": bids, **overrides}
+        )
+        (settings,) = re.findall(r"--settings '?(\S+?train\.json)'?\s", result.stdout)
+        assert "/snapshots/" in settings, settings
+        return tmp_path / settings
+
+    first = planned_settings()
+    second = planned_settings(train="{lr: 0.005}")
+    assert second != first
+    assert json.loads(first.read_text())["lr"] == 0.001
+    assert json.loads(second.read_text())["lr"] == 0.005
+    live = tmp_path / paths.plan_train_settings("demo")
+    assert json.loads(live.read_text())["lr"] == 0.005

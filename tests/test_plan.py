@@ -25,6 +25,7 @@ from bidstrain.plan import (
     figure_group_of,
     fitting_runs,
     write_if_changed,
+    write_plan,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -330,6 +331,24 @@ def test_plan_files_hold_the_lists_and_are_rewritten_only_when_they_change(demo_
     assert {path: os.stat(path).st_mtime_ns for path in files} == before
     changed = {next(iter(files)): "other\n"}
     assert write_if_changed(changed) == list(changed)
+
+
+def test_jobs_read_snapshots_that_a_later_parse_never_rewrites(demo_bids, tmp_path, monkeypatch):
+    """A dry run with other settings while a workflow runs rewrites the plan's files; the
+    jobs that workflow planned read their snapshots, which keep the planned content."""
+    monkeypatch.chdir(tmp_path)
+    first = write_plan(plan_of(demo_bids).files())
+    settings = paths.plan_train_settings("demo")
+    planned = Path(first[settings]).read_text()
+    assert json.loads(planned)["lr"] == 0.001 and Path(settings).read_text() == planned
+    second = write_plan(plan_of(demo_bids, train={"lr": 0.005}).files())
+    assert json.loads(Path(settings).read_text())["lr"] == 0.005
+    assert second[settings] != first[settings]
+    assert Path(first[settings]).read_text() == planned  # what the first run's job reads
+    assert json.loads(Path(second[settings]).read_text())["lr"] == 0.005
+    unchanged = paths.plan_stores("demo")
+    assert second[unchanged] == first[unchanged]
+    assert set(first.values()) <= {str(p) for p in Path("results/plan/snapshots").iterdir()}
 
 
 def test_a_selection_leaving_no_run_to_fit_on_names_the_subject(demo_bids):

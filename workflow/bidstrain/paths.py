@@ -47,6 +47,13 @@ def _join(*parts: str) -> str:
 # never rewrites, or makes rerun, another's outputs.
 
 
+def plan_snapshot(path: str, digest: str) -> str:
+    """``results/plan/snapshots/<digest>-<name>``: the copy of one version of the plan file
+    ``path`` (``digest``: the hash of its content) that the jobs planned with it read,
+    never rewritten (:func:`bidstrain.plan.write_plan`)."""
+    return _join(RESULTS, "plan", "snapshots", f"{digest}-{os.path.basename(path)}")
+
+
 def plan_dir(experiment: str) -> str:
     """``results/plan/<experiment>``: the plan's lists of one experiment."""
     return _join(RESULTS, "plan", experiment)

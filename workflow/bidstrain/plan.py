@@ -959,11 +959,6 @@ class Plan:
             *averages,
         ]
 
-    def alignment_digest(self) -> str:
-        """A short hash of :meth:`alignment_spec`: the alignment job's param, so that a
-        change of the stimuli keys, runs or held-out selection reruns it."""
-        return _digest(_json(self.alignment_spec()))
-
     def alignment_spec(self) -> dict[str, Any]:
         """The alignment job's spec (:mod:`bidstrain.stimuli.alignment`)."""
         return {
@@ -1096,6 +1091,31 @@ def _stimuli(config: Config, index: BidsIndex, bold: Sequence[BidsFile]) -> Stim
             "raw dataset)"
         )
     return found
+
+
+def write_plan(files: Mapping[str, str]) -> dict[str, str]:
+    """Write the plan's files at their paths (:func:`write_if_changed`), and each version
+    once more as a snapshot named by its content's hash (:func:`paths.plan_snapshot`),
+    which is what the jobs read.
+
+    Every parse writes the plan, dry runs and runs refused for Snakemake's lock included:
+    a dry run with other settings while a workflow runs rewrites the files at their paths,
+    but a job that workflow planned reads its own snapshot, so it runs with the settings
+    it was planned with. Snapshots are never rewritten nor removed (a few kB each; delete
+    ``results/plan/snapshots/`` when no workflow runs).
+
+    Returns
+    -------
+    dict
+        ``{path: snapshot path}``.
+    """
+    write_if_changed(files)
+    snapshots = {}
+    for path, content in files.items():
+        snapshots[path] = paths.plan_snapshot(path, _digest(content))
+        if not Path(snapshots[path]).is_file():
+            write_text_atomic(Path(snapshots[path]), content)
+    return snapshots
 
 
 def write_if_changed(files: Mapping[str, str]) -> list[str]:

@@ -33,12 +33,14 @@ rule checks:
         # Only the config the checks read (Plan.checks_settings, in a file the plan
         # writes), through its hash: changing it reruns the checks (and training);
         # trainer-only keys (train.lr, model size, logging...) rerun training alone.
-        settings=paths.plan_checks_settings(PLAN.experiment),
+        # (the snapshots of the files this run planned: bidstrain.plan.write_plan)
+        settings=SNAPSHOTS[paths.plan_checks_settings(PLAN.experiment)],
+        arguments=SNAPSHOTS[paths.plan_checks_arguments(PLAN.experiment)],
         settings_digest=PLAN.settings_digest(
             paths.plan_checks_settings(PLAN.experiment)
         ),
         copy_dir=paths.checks_copy_dir(PLAN.experiment),
     shell:
-        "python -m bidstrain.checks @{input.arguments:q} --manifest {input.manifest:q}"
+        "python -m bidstrain.checks @{params.arguments:q} --manifest {input.manifest:q}"
         " --settings {params.settings:q} --out-json {output.json:q} --out-tsv {output.tsv:q}"
         " --copy-dir {params.copy_dir:q} > {log:q} 2>&1"

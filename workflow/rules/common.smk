@@ -30,7 +30,7 @@ from bidstrain.config import (
 )
 from bidstrain.dataset.derivatives import nested_derivatives_warning
 from bidstrain.errors import BidstrainError
-from bidstrain.plan import Plan, settings_changes, write_if_changed
+from bidstrain.plan import Plan, settings_changes, write_if_changed, write_plan
 
 # The SLURM profile may set the training job's GPUs per node, nodes and GPU type
 # (set-resources: train: gpus_per_node, nodes, gpu_type, mem_mb): the plan takes them from
@@ -63,7 +63,8 @@ try:
     # here (a rerun reason shows only their hash).
     for _CHANGE in settings_changes(PLAN.job_settings()):
         logger.info(f"bidstrain: {_CHANGE}")
-    write_if_changed(PLAN.files())
+    # jobs read the snapshot of each file (bidstrain.plan.write_plan), by its path here
+    SNAPSHOTS = write_plan(PLAN.files())
 except BidstrainError as error:
     raise WorkflowError(f"bidstrain: {error}") from None
 if _NESTED := nested_derivatives_warning(INDEX.root):

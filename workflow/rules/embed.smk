@@ -3,7 +3,7 @@
 # embed.json, with its settings (the embed section, checks.max_scale_ratio, train.seed),
 # and writes one embedding store per image and their table; a new model.pt
 # (retraining after a changed train.lr, say) reruns it.
-write_if_changed(PLAN.embed_files())
+SNAPSHOTS.update(write_plan(PLAN.embed_files()))
 
 
 rule embed_images:
@@ -23,8 +23,11 @@ rule embed_images:
         gpu=CONFIG.resources.embed_images.gpus,
         runtime=CONFIG.resources.embed_images.runtime,
         mem_mb=CONFIG.resources.embed_images.mem_mb,
+    params:
+        # the snapshot of the spec this run planned (bidstrain.plan.write_plan)
+        spec=SNAPSHOTS[paths.plan_embed(PLAN.experiment)],
     shell:
-        "python -m bidstrain.embed --model {input.model:q} --spec {input.spec:q}"
+        "python -m bidstrain.embed --model {input.model:q} --spec {params.spec:q}"
         " --out-table {output:q} > {log:q} 2>&1"
 
 

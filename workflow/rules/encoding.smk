@@ -32,6 +32,11 @@ rule encoding_model:
         mem_mb=CONFIG.resources.encoding.mem_mb,
         runtime=CONFIG.resources.encoding.runtime,
     params:
+        # (the snapshots of the files this run planned: bidstrain.plan.write_plan)
+        settings=lambda wildcards: SNAPSHOTS[
+            paths.plan_encoding_settings(PLAN.experiment)
+        ],
+        inputs=lambda wildcards: SNAPSHOTS[paths.plan_encoding_inputs(PLAN.experiment)],
         settings_digest=PLAN.settings_digest(
             paths.plan_encoding_settings(PLAN.experiment)
         ),
@@ -40,7 +45,7 @@ rule encoding_model:
     shell:
         "exec > {log:q} 2>&1; exec python -m bidstrain.train.launch --nodes 1"
         " --gpus-per-node {resources.gpu} --module bidstrain.encoding --"
-        " --settings {input.settings:q} --inputs {input.inputs:q}"
+        " --settings {params.settings:q} --inputs {params.inputs:q}"
         " --world-size {params.world_size} --out-dir {params.out_dir:q}"
 
 

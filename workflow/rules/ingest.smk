@@ -24,5 +24,8 @@ rule ingest:
         # subjects whose normalize job failed (no table beside an existing manifest): a
         # changed list reruns this job, and so retries them (docs/reruns.md)
         retry=lambda wildcards: PLAN.subjects_to_retry(),
+        # the snapshot of the argument file this run planned (bidstrain.plan.write_plan)
+        arguments=SNAPSHOTS[paths.PLAN_INGEST_ARGS],
     shell:
-        "python -m bidstrain.ingest manifest @{input.arguments:q} --out {output:q} > {log:q} 2>&1"
+        "python -m bidstrain.ingest manifest @{params.arguments:q} --out {output:q}"
+        " > {log:q} 2>&1"

@@ -33,9 +33,10 @@ rule normalize_subject:
         # writes) and the subject's images (its own file), through their hashes: a changed
         # setting reruns every job, a changed image list, mask or held-out run that
         # subject's job
-        settings=paths.PLAN_NORMALIZE_SETTINGS,
+        # (the snapshots of both files this run planned: bidstrain.plan.write_plan)
+        settings=SNAPSHOTS[paths.PLAN_NORMALIZE_SETTINGS],
         settings_digest=PLAN.settings_digest(paths.PLAN_NORMALIZE_SETTINGS),
-        spec=lambda wildcards: PLAN.job(wildcards.subject).spec_file,
+        spec=lambda wildcards: SNAPSHOTS[PLAN.job(wildcards.subject).spec_file],
         spec_digest=lambda wildcards: PLAN.job(wildcards.subject).spec_digest(),
     shell:
         "python -m bidstrain.normalize --settings {params.settings:q}"

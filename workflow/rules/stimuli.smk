@@ -48,6 +48,8 @@ rule align_stimuli:
         mem_mb=CONFIG.resources.align_stimuli.mem_mb,
         runtime=CONFIG.resources.align_stimuli.runtime,
     params:
-        spec=PLAN.alignment_digest(),
+        # the snapshot of the spec this run planned (bidstrain.plan.write_plan), named by
+        # its hash: a change of the stimuli keys, runs or held-out selection reruns it
+        spec=lambda wildcards: SNAPSHOTS[paths.PLAN_ALIGN_SPEC],
     shell:
-        "python -m bidstrain.stimuli.alignment --spec {input.spec:q} > {log:q} 2>&1"
+        "python -m bidstrain.stimuli.alignment --spec {params.spec:q} > {log:q} 2>&1"

@@ -29,13 +29,15 @@ rule train:
     params:
         # the train section but the job resources, in a file the plan writes, through its
         # hash: a changed setting reruns training, a changed resource nothing
-        settings=paths.plan_train_settings(PLAN.experiment),
+        # (the snapshots of the files this run planned: bidstrain.plan.write_plan)
+        settings=SNAPSHOTS[paths.plan_train_settings(PLAN.experiment)],
         settings_digest=PLAN.settings_digest(paths.plan_train_settings(PLAN.experiment)),
+        stores=SNAPSHOTS[paths.plan_stores(PLAN.experiment)],
         world_size=PLAN.world_size,
         checkpoints=paths.checkpoints(PLAN.experiment),
     shell:
         "exec > {log:q} 2>&1; exec python -m bidstrain.train.launch --nodes {resources.nodes}"
         " --gpus-per-node {resources.gpus_per_node} -- --settings {params.settings:q}"
-        " --stores {input.plan:q} --world-size {params.world_size} --model-out {output.model:q}"
+        " --stores {params.stores:q} --world-size {params.world_size} --model-out {output.model:q}"
         " --model-json-out {output.model_json:q}"
         " --metrics-out {output.metrics:q} --checkpoint-dir {params.checkpoints:q}"
