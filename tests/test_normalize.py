@@ -468,7 +468,11 @@ def test_killed_job_leaves_no_store_and_keeps_the_previous_one(tmp_path):
     leftovers = [
         p.name for p in out.parent.iterdir() if p.name not in ("r.zarr", "t.json", "t.tsv")
     ]
-    assert all(name.startswith(".r.zarr.tmp-") for name in leftovers)
+    assert leftovers and all(name.startswith(".r.zarr.tmp-") for name in leftovers)
+    # the next write of the store removes what the killed job left
+    process = _cli(small, out)
+    assert process.wait() == 0, process.stderr.read()
+    assert not list(out.parent.glob(".r.zarr.*"))
 
 
 def test_failed_job_prints_a_clean_error_and_keeps_the_previous_store(tmp_path):

@@ -6,7 +6,9 @@ import errno
 import os
 import re
 import shutil
+import socket
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -292,3 +294,22 @@ def test_an_injected_quota_error_is_reported_the_same_way(tmp_path, monkeypatch)
     with pytest.raises(BidstrainError, match=r"no space left on the device \(Disk quota"):
         bold_store(tmp_path / "r.zarr", 10, chunk=1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_write_removes_what_killed_writers_on_this_host_left_and_nothing_else(tmp_path):
+    from bidstrain.io.atomic import write_text_atomic
+
+    final = tmp_path / "table.tsv"
+    host = socket.gethostname()
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+    gone = int(finished.stdout)  # a process that has exited: its pid is free
+    stale = tmp_path / f".table.tsv.tmp-{host}-{gone}"
+    stale.mkdir()
+    living = tmp_path / f".table.tsv.tmp-{host}-{os.getppid()}"  # a writer still running
+    elsewhere = tmp_path / f".table.tsv.tmp-otherhost-{gone}"  # another node's writer
+    living.write_text("")
+    elsewhere.write_text("")
+    write_text_atomic(final, "a\n")
+    assert final.read_text() == "a\n"
+    assert not stale.exists() and living.exists() and elsewhere.exists()

@@ -1,9 +1,10 @@
 """Atomic outputs: write beside the final path, then rename into place.
 
-A job killed half-way leaves only a hidden temporary (``.<name>.tmp-<pid>``), never a file
-or store that looks complete, and a write that fails leaves the previous file or store at
-that path untouched (Snakemake itself removes a failed job's declared outputs: what each
-rule keeps is in docs/reruns.md).
+A job killed half-way leaves only a hidden temporary (``.<name>.tmp-<host>-<pid>``), never
+a file or store that looks complete, and the next write of that path on that host removes
+it (its process is gone); a write that fails leaves the previous file or store at that
+path untouched (Snakemake itself removes a failed job's declared outputs: what each rule
+keeps is in docs/reruns.md).
 A write that runs out of space (or of quota) removes its temporary and says how much was
 written and how much is free.
 """
@@ -11,8 +12,10 @@ written and how much is free.
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import shutil
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,6 +56,33 @@ def _full_disk(final: Path, tmp: Path, error: OSError) -> BidstrainError:
     )
 
 
+def _beside(final: Path, kind: str, pid: int | str) -> Path:
+    """The hidden path beside ``final`` of a writer: ``.<name>.<kind>-<host>-<pid>``."""
+    return final.with_name(f".{final.name}.{kind}-{socket.gethostname()}-{pid}")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove_stale(final: Path) -> None:
+    """Remove what killed writers of ``final`` on this host left beside it: their
+    temporaries, and the previous version a writer killed between its two renames had set
+    aside (only once ``final`` exists again)."""
+    for kind in ("tmp", "old") if final.exists() else ("tmp",):
+        pattern = glob.escape(str(_beside(final, kind, ""))) + "*"
+        for path in map(Path, glob.glob(pattern)):
+            pid = path.name.rsplit("-", 1)[1]
+            if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+                _remove(path)
+
+
 @contextmanager
 def atomic_path(final: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write; move it to ``final`` only if the block succeeds.
@@ -79,7 +109,8 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    _remove_stale(final)
+    tmp = _beside(final, "tmp", os.getpid())
     _remove(tmp)
     try:
         yield tmp
@@ -92,7 +123,7 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         _remove(tmp)
         raise
     if final.is_dir() and not final.is_symlink():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        old = _beside(final, "old", os.getpid())
         os.replace(final, old)
         os.replace(tmp, final)
         shutil.rmtree(old)
