@@ -171,9 +171,13 @@ rule report_train:
         mem_mb=CONFIG.resources.report.mem_mb,
         runtime=CONFIG.resources.report.runtime,
     params:
-        # the settings file the experiment's training read (train.clip_grad_norm): not an
-        # input, as training reruns, and rewrites the metrics, whenever it changes
-        settings=lambda wildcards: paths.plan_train_settings(wildcards.experiment),
+        # the settings file the experiment's training read (train.clip_grad_norm), its
+        # snapshot for this run's experiment: not an input, as training reruns, and
+        # rewrites the metrics, whenever it changes
+        settings=lambda wildcards: SNAPSHOTS.get(
+            paths.plan_train_settings(wildcards.experiment),
+            paths.plan_train_settings(wildcards.experiment),
+        ),
         out_dir=lambda wildcards: paths.training_figures_dir(wildcards.experiment),
     shell:
         "python -m bidstrain.report train --metrics {input:q} --experiment {wildcards.experiment}"
