@@ -26,12 +26,20 @@ pytestmark = pytest.mark.integration
 
 WAIT_S = 120
 
-TRAINER = """
+#: ``failing`` for trainers the stop reaches before they handle SIGTERM
+UNPREPARED = -2
+
+TRAINER = (
+    f"UNPREPARED = {UNPREPARED}\n"
+    + """
 import os, signal, sys, time
 from pathlib import Path
 
 out, failing = Path(sys.argv[1]), int(sys.argv[2])
 rank = int(os.environ["RANK"])
+if failing == UNPREPARED:  # still importing: SIGTERM's default action ends it
+    (out / f"ready{rank}").write_text(str(os.getpid()))
+    signal.pause()
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 (out / f"ready{rank}").write_text(str(os.getpid()))
 signal.sigwait({signal.SIGTERM})
@@ -41,6 +49,7 @@ while not (out / "release").exists():
 (out / f"finished{rank}").touch()
 sys.exit(1 if rank == failing else 75)
 """
+)
 
 LAUNCHER = """
 import sys
@@ -101,6 +110,23 @@ def test_a_signalled_launcher_waits_for_its_trainers_and_exits_with_their_status
         launcher.kill()
     assert launcher.returncode == expected, output[-3000:]
     assert (tmp_path / "finished0").exists() and (tmp_path / "finished1").exists(), output
+
+
+def test_trainers_stopped_before_they_handle_sigterm_count_as_interrupted(tmp_path):
+    script = tmp_path / "trainer.py"
+    script.write_text(TRAINER)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow"), "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-c", LAUNCHER, str(script), str(tmp_path), str(UNPREPARED)]
+    launcher = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        _wait_for([tmp_path / f"ready{rank}" for rank in (0, 1)], launcher)
+        launcher.send_signal(signal.SIGTERM)
+        output = launcher.communicate(timeout=WAIT_S)[0]
+    finally:
+        launcher.kill()
+    assert launcher.returncode == EXIT_INTERRUPTED, output[-3000:]
 
 
 def test_the_launcher_finds_its_own_children_only(tmp_path):

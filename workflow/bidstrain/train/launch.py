@@ -30,7 +30,8 @@ and the launcher goes on waiting for them, so their exit codes decide its own. t
 own handling of SIGTERM is switched off (``--signals-to-handle``): it would raise in the
 launcher, stop waiting, lose the trainers' exit codes and kill them 30 s later
 (``TORCH_ELASTIC_SHUTDOWN_TIMEOUT``) whatever SLURM's grace time. A signal that comes
-before the trainers are started stops the launcher with status 75 (nothing to save).
+before the trainers are started stops the launcher with status 75 (nothing to save), as
+does one that ends trainers still importing, before their stop handler exists.
 """
 
 from __future__ import annotations
@@ -137,10 +138,13 @@ def run_torchrun(arguments: Sequence[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    stopping = []
+
     def stop_trainers(signum: int, _frame: object) -> None:
         trainers = child_pids()
         if not trainers:
             raise SignalException(f"stopped by signal {signum}", sigval=signal.Signals(signum))
+        stopping.append(signum)
         for pid in trainers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -150,8 +154,11 @@ def run_torchrun(arguments: Sequence[str]) -> int:
     try:
         run(parse_args(["--signals-to-handle", TORCHRUN_SIGNALS, *arguments]))
     except ChildFailedError as error:
+        # a trainer still importing when the stop came has no handler yet: SIGTERM ends it
+        # (exit code -15) before it trained a step, with nothing to save
+        interrupted = {EXIT_INTERRUPTED, -signal.SIGTERM} if stopping else {EXIT_INTERRUPTED}
         codes = {failure.exitcode for failure in error.failures.values()}
-        return EXIT_INTERRUPTED if codes == {EXIT_INTERRUPTED} else 1
+        return EXIT_INTERRUPTED if codes <= interrupted else 1
     except SignalException:
         return EXIT_INTERRUPTED  # before any trainer started, or SIGINT/SIGHUP/SIGQUIT
     return 0
