@@ -102,10 +102,10 @@ def test_word_vectors_average_the_known_words_and_count_the_rest(tmp_path):
 def test_glove_words_with_spaces_and_repeated_words_keep_the_first_vector(tmp_path, caplog):
     path = tmp_path / "glove.840B.txt"
     # GloVe 840B: cased words by frequency, some tokens holding spaces
-    path.write_text("dog 1 0\n. . . 0.4 0.5\nDog 3 3\nfoo\u00a0bar 7 8\ndog 9 9\n")
+    path.write_text(". . . 0.4 0.5\ndog 1 0\nDog 3 3\nfoo\u00a0bar 7 8\ndog 9 9\n1999 2 2\n")
     with caplog.at_level("INFO", logger="bidstrain.stimuli.text"):
         vectors = read_embeddings(path)
-    assert sorted(vectors) == [". . .", "dog", "foo\u00a0bar"]
+    assert sorted(vectors) == [". . .", "1999", "dog", "foo\u00a0bar"]
     np.testing.assert_array_equal(vectors["dog"], [1.0, 0.0])
     np.testing.assert_array_equal(vectors[". . ."], [0.4, 0.5])
     assert "2 words repeat an earlier word" in caplog.text
@@ -127,6 +127,10 @@ def test_word_vectors_are_read_as_glove_and_word2vec_write_them(tmp_path):
         ("dog\t1\tzero\n", "line 1: the vector of 'dog' holds a value that is not a number"),
         ("\n\n", "no word vector"),
         ("dog 1 0\ncaf\xe9 1 1\n", "line 2: byte 0xe9 is not UTF-8 text"),
+        (
+            "the 1 2 3\nfoo 4 5 6 7\n",
+            "line 2: the vector of 'foo 4' has length 4, the first vector 3",
+        ),
     ],
 )
 def test_bad_word_vectors_are_named_by_line(tmp_path, text, message):

@@ -135,22 +135,41 @@ def hashed_bag(bins: Sequence[Sequence[str]], n_features: int) -> np.ndarray:
     return vectorizer.transform(bins).toarray().astype(np.float64)
 
 
+def _is_number(field: str) -> bool:
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
+
+
+def _vector_length(fields: Sequence[str]) -> int:
+    """How many of a line's last fields are numbers, the first field aside (the word, even
+    when it is a number itself: ``1999 0.1 0.2``)."""
+    numbers = 0
+    for field in reversed(fields[1:]):
+        if not _is_number(field):
+            break
+        numbers += 1
+    return numbers
+
+
 def read_embeddings(path: str | Path) -> dict[str, np.ndarray]:
     """Word vectors from a text table: a word, then its values, one word a line, separated
     by tabs or spaces (GloVe's format; word2vec's first line, two counts, is skipped).
 
-    The vector length is the first vector's (or word2vec's header's); a line's last that
-    many fields are its vector and what comes before them its word, so a word may hold
-    spaces (GloVe 840B's ``. . .``). Words are looked up in lower case: where the table
-    repeats a word, in another case or not, the first vector is kept (GloVe lists words
-    by frequency) and the repeats are counted in the log.
+    The vector length is word2vec's header's, or the count of numbers ending the first
+    line. A line's last that many fields are its vector and what comes before them its
+    word, so a word may hold spaces (GloVe 840B's ``. . .``). Words are looked up in lower
+    case: where the table repeats a word, in another case or not, the first vector is kept
+    (GloVe lists words by frequency) and the repeats are counted in the log.
 
     Raises
     ------
     BidstrainError
         When the file is missing, not UTF-8 or holds no vector, a value is not a finite
-        number, a word has no value, or a vector's length differs from the first one's
-        (naming the line).
+        number, a word has no value, or a line holds fewer or more numbers than the first
+        vector (naming the line).
     """
     path = Path(path)
     if not path.is_file():
@@ -164,22 +183,22 @@ def read_embeddings(path: str | Path) -> dict[str, np.ndarray]:
             continue
         if not fields:
             continue
-        dim = dim or max(len(fields) - 1, 1)
-        word, *values = text.rsplit(maxsplit=dim)
-        try:
-            vector = np.array(values, dtype=np.float64)
-        except ValueError:
-            vector = np.array([np.nan])
-        if vector.size != dim or not np.isfinite(vector).all():
-            if not vector.size:
-                problem = "has no value"
-            elif not np.isfinite(vector).all():
-                problem = "holds a value that is not a number"
-            else:
-                problem = f"has length {vector.size}, the first vector {dim}"
+        dim = dim or _vector_length(fields)
+        word, values = fields[0], fields[1:]
+        if dim and len(fields) > dim:
+            word, *values = text.rsplit(maxsplit=dim)
+        length = _vector_length(fields)
+        problem = None
+        if len(fields) == 1:
+            problem = "has no value"
+        elif not all(map(_is_number, values)) or not np.isfinite(np.array(values, float)).all():
+            problem = "holds a value that is not a number"
+        elif length != dim:
+            problem = f"has length {length}, the first vector {dim}"
+        if problem:
             raise BidstrainError(f"line {line}: the vector of {word!r} {problem}", path=path)
         repeats += word.lower() in vectors
-        vectors.setdefault(word.lower(), vector)
+        vectors.setdefault(word.lower(), np.array(values, dtype=np.float64))
     if not vectors:
         raise BidstrainError("no word vector", path=path)
     if repeats:
