@@ -308,8 +308,9 @@ def test_a_write_removes_what_killed_writers_on_this_host_left_and_nothing_else(
     stale.mkdir()
     living = tmp_path / f".table.tsv.tmp-{host}-{os.getppid()}"  # a writer still running
     elsewhere = tmp_path / f".table.tsv.tmp-otherhost-{gone}"  # another node's writer
-    living.write_text("")
-    elsewhere.write_text("")
+    longer = tmp_path / f".table.tsv.tmp-{host}-1-{gone}"  # node <host>-1's writer
+    for path in (living, elsewhere, longer):
+        path.write_text("")
     write_text_atomic(final, "a\n")
     assert final.read_text() == "a\n"
-    assert not stale.exists() and living.exists() and elsewhere.exists()
+    assert not stale.exists() and living.exists() and elsewhere.exists() and longer.exists()

@@ -76,9 +76,9 @@ def _remove_stale(final: Path) -> None:
     temporaries, and the previous version a writer killed between its two renames had set
     aside (only once ``final`` exists again)."""
     for kind in ("tmp", "old") if final.exists() else ("tmp",):
-        pattern = glob.escape(str(_beside(final, kind, ""))) + "*"
-        for path in map(Path, glob.glob(pattern)):
-            pid = path.name.rsplit("-", 1)[1]
+        prefix = _beside(final, kind, "").name  # .<name>.<kind>-<host>-
+        for path in map(Path, glob.glob(glob.escape(str(final.parent / prefix)) + "*")):
+            pid = path.name[len(prefix) :]  # not a digit for host gpu-1 when this is gpu
             if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
                 _remove(path)
 
