@@ -39,8 +39,10 @@ rule average_bold:
     params:
         # config average, as the job types it (bidstrain.config.load_section)
         settings=json.dumps(to_plain(CONFIG.average), sort_keys=True),
+        # the snapshot of the member list this run planned (bidstrain.plan.write_plan)
+        members=lambda wildcards: SNAPSHOTS[PLAN.average(wildcards.name).members_file],
     shell:
-        "python -m bidstrain.average @{input.members:q} --out {output.store:q}"
+        "python -m bidstrain.average @{params.members:q} --out {output.store:q}"
         " --settings {params.settings:q} > {log:q} 2>&1"
 
 

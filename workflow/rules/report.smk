@@ -56,8 +56,12 @@ rule report_normalize:
     params:
         # config report, as the job types it (bidstrain.config.load_section)
         settings=json.dumps(to_plain(CONFIG.report), sort_keys=True),
+        # the snapshot of the table list this run planned (bidstrain.plan.write_plan)
+        arguments=lambda wildcards: SNAPSHOTS[
+            PLAN.figure_group(wildcards.group).tables_file
+        ],
     shell:
-        "python -m bidstrain.report normalize --tables @{input.arguments:q}"
+        "python -m bidstrain.report normalize --tables @{params.arguments:q}"
         " --out-dir {output:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
@@ -85,9 +89,11 @@ rule report_average:
         runtime=CONFIG.resources.report_average.runtime,
     params:
         title=lambda wildcards: wildcards.name.replace("_", " "),
+        # the snapshot of the store list this run planned (bidstrain.plan.write_plan)
+        members=lambda wildcards: SNAPSHOTS[PLAN.average(wildcards.name).stores_file],
     shell:
         "python -m bidstrain.report average --store {input.store:q}"
-        " --subject-stores @{input.members:q} --title {params.title:q} --out {output:q}"
+        " --subject-stores @{params.members:q} --title {params.title:q} --out {output:q}"
         " > {log:q} 2>&1"
 
 
