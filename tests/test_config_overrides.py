@@ -80,6 +80,7 @@ def test_changed_settings_are_named_at_parse_time(tmp_path, bids):
     assert "settings changed" not in again.stdout + again.stderr
 
 
+@pytest.mark.slow
 def test_a_dry_run_with_other_settings_leaves_a_planned_job_its_own(tmp_path, bids):
     """The train job planned first reads its settings' snapshot: a later dry run with
     another train.lr rewrites the settings file, not the snapshot."""

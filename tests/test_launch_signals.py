@@ -72,7 +72,7 @@ def _wait_for(paths: list[Path], launcher: subprocess.Popen) -> None:
     ("signalled", "failing", "expected"),
     [
         ("launcher", 1, 1),
-        ("launcher_and_trainers", -1, EXIT_INTERRUPTED),
+        pytest.param("launcher_and_trainers", -1, EXIT_INTERRUPTED, marks=pytest.mark.slow),
         pytest.param("launcher", -1, EXIT_INTERRUPTED, marks=pytest.mark.slow),
         pytest.param("launcher_usr1", -1, EXIT_INTERRUPTED, marks=pytest.mark.slow),
         pytest.param("launcher_and_trainers", 0, 1, marks=pytest.mark.slow),
@@ -112,6 +112,7 @@ def test_a_signalled_launcher_waits_for_its_trainers_and_exits_with_their_status
     assert (tmp_path / "finished0").exists() and (tmp_path / "finished1").exists(), output
 
 
+@pytest.mark.slow
 def test_trainers_stopped_before_they_handle_sigterm_count_as_interrupted(tmp_path):
     script = tmp_path / "trainer.py"
     script.write_text(TRAINER)

@@ -29,6 +29,7 @@ def summary(workdir):
     return {check["name"]: check for check in checks}
 
 
+@pytest.mark.slow  # about 22 s; its failing twins below stay in `make test`
 def test_z_scored_stimuli_pass_the_checks_with_their_coverage(film, tmp_path):
     align(film, tmp_path, "checks")
     checks = summary(tmp_path)
