@@ -174,6 +174,7 @@ def test_missing_repetition_time(tmp_path, small):
     ingest_fails(tmp_path, small, "sub-01_task-rest_run-1_bold.nii.gz: RepetitionTime is missing")
 
 
+@pytest.mark.slow
 def test_repetition_time_disagreement_is_an_error_or_a_warning(tmp_path, small):
     (small / "task-rest_bold.json").write_text(json.dumps({"RepetitionTime": 1.0}))
     ingest_fails(

@@ -171,6 +171,7 @@ def test_a_model_on_learnable_structure_beats_the_baseline(tmp_path):
         assert values["baseline"] == pytest.approx(1.0, abs=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_a_model_on_pure_noise_does_not_beat_the_baseline_and_warns(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="bidstrain.train"):

@@ -241,6 +241,7 @@ def test_average_figure_bars_rank_subjects_by_correlation(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_average_figure_with_100_subjects_aggregates(tmp_path):
     tiny = DemoSpec(bold_shape=(6, 6, 6), n_volumes=20)
     group, subjects = _average_inputs(tmp_path, 100, tiny)
@@ -440,6 +441,7 @@ def test_cli_writes_every_figure_as_png(tmp_path):
     assert not list(out.rglob(".*tmp*"))  # atomic writes left no temporary
 
 
+@pytest.mark.slow
 def test_a_figure_group_draws_each_subjects_figures_as_drawn_alone(tmp_path):
     """The figure job of a group of subjects (tables from an argument file, as the
     workflow passes them) writes, per subject, the bytes that drawing the subject's store

@@ -128,6 +128,7 @@ def test_each_average_gets_its_stimulus_and_the_plan_lists_it(native):
     assert len(spec["targets"]) == 8
 
 
+@pytest.mark.slow
 def test_resampled_runs_get_features_on_their_frames(film, tmp_path):
     """time.tr 1.0 from the demo's 2 s: the film's features are binned per 1 s, so each
     frame takes its own second of the film (the demo's luminance changes every 2 s);

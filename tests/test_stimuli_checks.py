@@ -72,6 +72,7 @@ def test_video_at_0_255_next_to_z_scored_bold_fails_naming_video_and_the_ratio(f
     )
 
 
+@pytest.mark.slow
 def test_the_encoding_model_waits_for_the_checks_and_the_seeds_case_stops_it(film, tmp_path):
     encoding = {"enabled": True, "epochs": 2}
     result = align(film, tmp_path, "encoding", stimuli={"normalize": False},
