@@ -297,7 +297,7 @@ def test_an_injected_quota_error_is_reported_the_same_way(tmp_path, monkeypatch)
 
 
 def test_a_write_removes_what_killed_writers_on_this_host_left_and_nothing_else(tmp_path):
-    from bidstrain.io.atomic import write_text_atomic
+    from bidstrain.io.atomic import atomic_path
 
     final = tmp_path / "table.tsv"
     host = socket.gethostname()
@@ -311,6 +311,7 @@ def test_a_write_removes_what_killed_writers_on_this_host_left_and_nothing_else(
     longer = tmp_path / f".table.tsv.tmp-{host}-1-{gone}"  # node <host>-1's writer
     for path in (living, elsewhere, longer):
         path.write_text("")
-    write_text_atomic(final, "a\n")
+    with atomic_path(final) as tmp:
+        tmp.write_text("a\n")
     assert final.read_text() == "a\n"
     assert not stale.exists() and living.exists() and elsewhere.exists() and longer.exists()

@@ -1,10 +1,10 @@
 """Atomic outputs: write beside the final path, then rename into place.
 
 A job killed half-way leaves only a hidden temporary (``.<name>.tmp-<host>-<pid>``), never
-a file or store that looks complete, and the next write of that path on that host removes
-it (its process is gone); a write that fails leaves the previous file or store at that
-path untouched (Snakemake itself removes a failed job's declared outputs: what each rule
-keeps is in docs/reruns.md).
+a file or store that looks complete, and the next write of that path on that host through
+:func:`atomic_path` (stores) removes it (its process is gone); a write that fails leaves
+the previous file or store at that path untouched (Snakemake itself removes a failed job's
+declared outputs: what each rule keeps is in docs/reruns.md).
 A write that runs out of space (or of quota) removes its temporary and says how much was
 written and how much is free.
 """
@@ -84,7 +84,7 @@ def _remove_stale(final: Path) -> None:
 
 
 @contextmanager
-def atomic_path(final: str | Path) -> Iterator[Path]:
+def atomic_path(final: str | Path, *, remove_stale: bool = True) -> Iterator[Path]:
     """Yield a temporary path to write; move it to ``final`` only if the block succeeds.
 
     Works for files and directories (Zarr stores). The temporary sits in the same directory
@@ -95,6 +95,9 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     ----------
     final : str or Path
         Where the output must appear.
+    remove_stale : bool
+        Remove first what killed writers of ``final`` on this host left beside it (a
+        listing of its folder).
 
     Yields
     ------
@@ -109,7 +112,8 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(final)
+    if remove_stale:
+        _remove_stale(final)
     tmp = _beside(final, "tmp", os.getpid())
     _remove(tmp)
     try:
@@ -132,6 +136,8 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
 
 
 def write_text_atomic(final: str | Path, text: str) -> None:
-    """Write ``text`` to ``final`` atomically (see :func:`atomic_path`)."""
-    with atomic_path(final) as tmp:
+    """Write ``text`` to ``final`` atomically (see :func:`atomic_path`), without looking
+    for killed writers' leftovers: a few bytes each, while listing a folder of 10,000 plan
+    files for each of its files would make a parse quadratic in the subjects."""
+    with atomic_path(final, remove_stale=False) as tmp:
         tmp.write_text(text)
