@@ -68,6 +68,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
@@ -297,6 +298,59 @@ def frame_subjects(subjects: Sequence[Sequence[SourceStore]], n_frames: int) -> 
     return counts
 
 
+def valid_frames(
+    subjects: Sequence[Sequence[SourceStore]], n_frames: int, min_subjects: int, out: str | Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """How many ``subjects`` are valid at each frame (:func:`frame_subjects`), and which
+    frames the average ``out`` keeps: those valid in at least ``min_subjects``.
+
+    Raises
+    ------
+    BidstrainError
+        When no frame is.
+    """
+    per_frame = frame_subjects(subjects, n_frames)
+    valid = per_frame >= min_subjects
+    if not valid.any():
+        raise BidstrainError(
+            f"no frame is valid in {min_subjects} of the {len(subjects)} subjects (at most "
+            f"{int(per_frame.max(initial=0))}); lower average.min_subjects",
+            path=out,
+        )
+    return per_frame, valid
+
+
+def average_attrs(
+    reference: StoreMeta,
+    sources: Sequence[SourceStore],
+    n_frames: int,
+    valid: np.ndarray,
+    min_subjects: int,
+) -> dict[str, Any]:
+    """The attributes every average store has (voxels and parcels): what was averaged (its
+    subjects, sessions and sources, the frames kept) and the time and statistics settings
+    of its first store, ``reference``."""
+    subjects = sorted({src.subject for src in sources})
+    return {
+        "modality": "bold",
+        "subject": "average",
+        "session": "",
+        "entities": {k: v for k, v in reference.entities.items() if k in ("task", "run")},
+        "subjects": subjects,
+        "sessions": {s: [src.session for src in sources if src.subject == s] for s in subjects},
+        "truncated": {src.label: src.n_frames for src in sources if src.n_frames > n_frames},
+        "source_path": [src.path for src in sources],
+        "stats_from": [src.path for src in sources],
+        "repetition_time": reference.repetition_time,
+        "source_repetition_time": reference.source_repetition_time,
+        "time_method": reference.time_method,
+        "confounds_strategy": reference.confounds_strategy,
+        "ddof": reference.ddof,
+        "n_invalid_frames": int((~valid).sum()),
+        "min_subjects": min_subjects,
+    }
+
+
 @dataclass
 class Cohort:
     """What the first pass learns of all the stores together."""
@@ -520,14 +574,7 @@ def average_stores(
     for src in sources:
         by_subject[src.subject].append(src)
     subjects = sorted(by_subject)
-    per_frame = frame_subjects([by_subject[s] for s in subjects], n_frames)
-    valid = per_frame >= min_subjects
-    if not valid.any():
-        raise BidstrainError(
-            f"no frame is valid in {min_subjects} of the {len(subjects)} subjects (at most "
-            f"{int(per_frame.max(initial=0))}); lower average.min_subjects",
-            path=out,
-        )
+    per_frame, valid = valid_frames([by_subject[s] for s in subjects], n_frames, min_subjects, out)
     frame_time = cohort.reference.frames.times[:n_frames]
 
     sums = BlockSum(cohort.group_mask)
@@ -562,26 +609,11 @@ def average_stores(
         writer.add_variable("frame_valid", ("frame",), valid)
         writer.add_variable("frame_subjects", ("frame",), per_frame)
         writer.attrs.update(
-            modality="bold",
-            subject="average",
-            session="",
-            entities={k: v for k, v in ref.entities.items() if k in ("task", "run")},
-            subjects=subjects,
-            sessions={s: [src.session for src in by_subject[s]] for s in subjects},
-            truncated={src.label: src.n_frames for src in sources if src.n_frames > n_frames},
-            source_path=[src.path for src in sources],
+            average_attrs(ref, sources, n_frames, valid, min_subjects),
             source_size=cohort.source_size,
-            repetition_time=ref.repetition_time,
-            source_repetition_time=ref.source_repetition_time,
-            time_method=ref.time_method,
-            confounds_strategy=ref.confounds_strategy,
-            n_invalid_frames=int(n_frames - n_rows),
-            min_subjects=min_subjects,
-            ddof=ref.ddof,
             n_zero_variance=int((variance <= 0).sum()),
             n_nonfinite=0,
             stats_dim="voxel",
-            stats_from=[src.path for src in sources],
             mask_mode=mask,
         )
     log.info(

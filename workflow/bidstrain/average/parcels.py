@@ -27,22 +27,21 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import zarr
 
 from bidstrain.average.cohort import (
     SourceStore,
+    average_attrs,
     check_repetition_time,
     common_length,
-    frame_subjects,
+    valid_frames,
 )
 from bidstrain.average.frames import ONSET_TOLERANCE, FrameGrid
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import (
     CONSOLIDATED,
-    StoreMeta,
     open_existing,
     parcel_meta,
     read_meta,
@@ -195,16 +194,9 @@ def average_parcel_stores(
     for source, arrays in read:
         by_subject[source.subject].append((source, arrays))
     subjects = sorted(by_subject)
-    per_frame = frame_subjects(
-        [[source for source, _ in by_subject[s]] for s in subjects], n_frames
+    per_frame, valid = valid_frames(
+        [[source for source, _ in by_subject[s]] for s in subjects], n_frames, min_subjects, out
     )
-    valid = per_frame >= min_subjects
-    if not valid.any():
-        raise BidstrainError(
-            f"no frame is valid in {min_subjects} of the {len(subjects)} subjects; lower "
-            "average.min_subjects",
-            path=out,
-        )
 
     groups = [by_subject[s] for s in subjects]
     covered_by = np.sum([np.any([_covered(a) for _, a in group], 0) for group in groups], 0)
@@ -223,9 +215,10 @@ def average_parcel_stores(
 
     frame_time = first["frame_time"][:n_frames]
     attrs = {
-        **_average_attrs(reference, sources, subjects, n_frames),
-        "n_invalid_frames": int((~valid).sum()),
-        "min_subjects": min_subjects,
+        **average_attrs(reference, sources, n_frames, valid, min_subjects),
+        "affine": np.asarray(reference.affine).tolist(),
+        "n_zero_variance": 0,
+        "stats_dim": "parcel",
         **read_parcel_attrs(first_source.path),
         "n_empty_parcels": int(empty.sum()),
         "n_partial_parcels": int(partly.sum()),
@@ -274,29 +267,3 @@ def _subject_mean(
     covered = np.sum(weights, axis=0)
     total = np.sum(np.array(per_subject) * np.array(weights), axis=0)
     return np.divide(total, covered, out=np.zeros_like(total), where=covered > 0)
-
-
-def _average_attrs(
-    reference: StoreMeta, sources: Sequence[SourceStore], subjects: Sequence[str], n_frames: int
-) -> dict[str, Any]:
-    """The average store's attributes that say what was averaged: its subjects, sessions
-    and sources, and the first store's grid, time and statistics settings."""
-    return {
-        "modality": "bold",
-        "subject": "average",
-        "session": "",
-        "entities": {k: v for k, v in reference.entities.items() if k in ("task", "run")},
-        "affine": np.asarray(reference.affine).tolist(),
-        "subjects": list(subjects),
-        "sessions": {s: [src.session for src in sources if src.subject == s] for s in subjects},
-        "truncated": {src.label: src.n_frames for src in sources if src.n_frames > n_frames},
-        "source_path": [src.path for src in sources],
-        "repetition_time": reference.repetition_time,
-        "ddof": reference.ddof,
-        "n_zero_variance": 0,
-        "stats_dim": "parcel",
-        "stats_from": [src.path for src in sources],
-        "time_method": reference.time_method,
-        "confounds_strategy": reference.confounds_strategy,
-        "source_repetition_time": reference.source_repetition_time,
-    }
