@@ -176,25 +176,14 @@ def _run_stimuli(
     tolerance: float,
 ) -> RunStimuli:
     subject = image.subject
-    header = nib.load(image.path).header
-    if len(header.get_data_shape()) != 4:
-        raise BidstrainError("BOLD run is not 4D", path=image.path, subject=subject)
-    tr = stated_repetition_time(header, sidecar)
-    if tr is None:
-        raise BidstrainError(
-            "no RepetitionTime in the sidecar (or its inherited ones) nor in the NIfTI "
-            "header: its stimuli cannot be placed on its volumes",
-            path=image.path,
-            subject=subject,
-        )
-    n_volumes = int(header.get_data_shape()[3])
+    tr, n_volumes = _run_timing(image, sidecar)
     rows = _read_events(events_file, subject)
     events, ends, words = [], [], []
     for line, row in enumerate(rows, start=2):
         name = (row.get("stim_file") or "").strip()
         if name in ("", "n/a"):
             continue
-        stimulus = root / STIMULI_FOLDER / name
+        stimulus = _stimulus_file(root, name, line, events_file, subject)
         onset = _seconds(row, "onset", line, events_file, subject)
         duration = _seconds(row, "duration", line, events_file, subject, optional=True)
         if duration is not None and duration <= 0:
@@ -202,22 +191,6 @@ def _run_stimuli(
                 f"line {line}: the event of {name!r} lasts {row['duration']} s: a stimulus "
                 "event lasts as long as its file is shown or heard (n/a: the media file's "
                 "length, or the rest of the run for a transcript)",
-                path=events_file,
-                subject=subject,
-            )
-        # the path as written, not where its links lead (DataLad's files link into
-        # .git/annex)
-        if not Path(os.path.normpath(stimulus)).is_relative_to(root / STIMULI_FOLDER):
-            raise BidstrainError(
-                f"line {line}: stim_file {name!r} lies outside the dataset's "
-                f"{STIMULI_FOLDER}/ folder: name a file under it, relative to it",
-                path=events_file,
-                subject=subject,
-            )
-        if not stimulus.is_file():
-            raise BidstrainError(
-                f"line {line}: stim_file {name!r} is not in the dataset's {STIMULI_FOLDER}/ "
-                f"folder ({stimulus} is missing)",
                 path=events_file,
                 subject=subject,
             )
@@ -254,17 +227,62 @@ def _run_stimuli(
         words.append((0.0, events_file.name, table_words(rows, events_file)))
     run = RunStimuli(image, events_file, tr, n_volumes, tuple(events))
     _check_words_within(run, words, tolerance)
-    if ends:
-        end, name = max(ends)
-        if abs(end - run.length) > tolerance:
-            raise BidstrainError(
-                f"the stimuli end at {end:.2f} s ({name!r}) but the run {image.path.name} "
-                f"lasts {run.length:.2f} s ({n_volumes} volumes x TR {tr:g} s): the stimulus "
-                f"is {_by(end - run.length)} than the run",
-                path=events_file,
-                subject=subject,
-            )
+    _check_media_end(run, ends, tolerance)
     return run
+
+
+def _run_timing(image: BidsFile, sidecar: Mapping[str, Any]) -> tuple[float, int]:
+    """A BOLD run's repetition time (sidecar, else header) and number of volumes."""
+    header = nib.load(image.path).header
+    if len(header.get_data_shape()) != 4:
+        raise BidstrainError("BOLD run is not 4D", path=image.path, subject=image.subject)
+    tr = stated_repetition_time(header, sidecar)
+    if tr is None:
+        raise BidstrainError(
+            "no RepetitionTime in the sidecar (or its inherited ones) nor in the NIfTI "
+            "header: its stimuli cannot be placed on its volumes",
+            path=image.path,
+            subject=image.subject,
+        )
+    return tr, int(header.get_data_shape()[3])
+
+
+def _stimulus_file(root: Path, name: str, line: int, events_file: Path, subject: str) -> Path:
+    """The file an events file's ``stim_file`` names (line ``line``): one that exists
+    under the dataset's stimuli folder."""
+    stimulus = root / STIMULI_FOLDER / name
+    # the path as written, not where its links lead (DataLad's files link into .git/annex)
+    if not Path(os.path.normpath(stimulus)).is_relative_to(root / STIMULI_FOLDER):
+        raise BidstrainError(
+            f"line {line}: stim_file {name!r} lies outside the dataset's "
+            f"{STIMULI_FOLDER}/ folder: name a file under it, relative to it",
+            path=events_file,
+            subject=subject,
+        )
+    if not stimulus.is_file():
+        raise BidstrainError(
+            f"line {line}: stim_file {name!r} is not in the dataset's {STIMULI_FOLDER}/ "
+            f"folder ({stimulus} is missing)",
+            path=events_file,
+            subject=subject,
+        )
+    return stimulus
+
+
+def _check_media_end(run: RunStimuli, ends: list[tuple[float, str]], tolerance: float) -> None:
+    """Raise when the last media file's end (``ends``: each file's end in seconds, and its
+    name) is more than ``tolerance`` seconds from the run's end."""
+    if not ends:
+        return
+    end, name = max(ends)
+    if abs(end - run.length) > tolerance:
+        raise BidstrainError(
+            f"the stimuli end at {end:.2f} s ({name!r}) but the run {run.image.path.name} "
+            f"lasts {run.length:.2f} s ({run.n_volumes} volumes x TR "
+            f"{run.repetition_time:g} s): the stimulus is {_by(end - run.length)} than the run",
+            path=run.events_file,
+            subject=run.image.subject,
+        )
 
 
 def _check_words_within(
