@@ -34,7 +34,7 @@ def test_one_feature_store_per_stimulus_file_whatever_the_runs(film_bids):
     ]
     assert plan.stimulus_arguments("stimuli/film.mp4") == (
         "--tr 2.0 --video-size 64 48 --video-colour grey --audio-n-mels 40 "
-        "--audio-window 0.025 --audio-hop 0.01"
+        "--audio-window 0.025 --audio-hop 0.01 --audio-rate 16000"
     )
     assert plan.stimulus_arguments("stimuli/film_words.tsv") == (
         "--tr 2.0 --text-method hashing --text-embeddings '' --text-n-features 256"

@@ -819,6 +819,7 @@ class Plan:
                 "audio-n-mels": config.audio_n_mels,
                 "audio-window": config.audio_window,
                 "audio-hop": config.audio_hop,
+                "audio-rate": config.audio_rate,
             }
         else:
             options = {

@@ -455,6 +455,7 @@ class StimulusFeatureConfig:
     audio_n_mels: int
     audio_window: float
     audio_hop: float
+    audio_rate: int
     text_method: str
     text_embeddings: str
     text_n_features: int

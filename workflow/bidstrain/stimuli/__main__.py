@@ -5,7 +5,8 @@ rule ``stimulus_features``; one job per file, whatever the number of runs that u
 
     python -m bidstrain.stimuli --stimulus bids/stimuli/film.mp4 --tr 2.0 \\
         --out results/stimuli/film.mp4.zarr [--video-size 64 48 --video-colour grey
-        --audio-n-mels 40 --audio-window 0.025 --audio-hop 0.010 --text-method hashing
+        --audio-n-mels 40 --audio-window 0.025 --audio-hop 0.010 --audio-rate 16000
+        --text-method hashing
         --text-n-features 256 --text-embeddings vectors.tsv]
 """
 
@@ -34,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--audio-n-mels", type=int, default=defaults.audio_n_mels)
     parser.add_argument("--audio-window", type=float, default=defaults.audio_window)
     parser.add_argument("--audio-hop", type=float, default=defaults.audio_hop)
+    parser.add_argument("--audio-rate", type=int, default=defaults.audio_rate)
     parser.add_argument(
         "--text-method", choices=("hashing", "embeddings"), default=defaults.text_method
     )
@@ -41,14 +43,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--text-n-features", type=int, default=defaults.text_n_features)
     args = parser.parse_args(argv)
     settings = StimulusFeatureConfig(
-        tuple(args.video_size),
-        args.video_colour,
-        args.audio_n_mels,
-        args.audio_window,
-        args.audio_hop,
-        args.text_method,
-        args.text_embeddings,
-        args.text_n_features,
+        video_size=tuple(args.video_size),
+        video_colour=args.video_colour,
+        audio_n_mels=args.audio_n_mels,
+        audio_window=args.audio_window,
+        audio_hop=args.audio_hop,
+        audio_rate=args.audio_rate,
+        text_method=args.text_method,
+        text_embeddings=args.text_embeddings,
+        text_n_features=args.text_n_features,
     )
     meta = write_stimulus_store(args.stimulus, args.tr, settings, args.out)
     log.info("%s: %s features per TR of %g s -> %s", args.stimulus, meta.kinds, args.tr, args.out)

@@ -10,10 +10,12 @@ import av
 import numpy as np
 
 from bidstrain.stimuli.bins import bin_means
-from bidstrain.stimuli.media import Progress, declared_duration, open_media
+from bidstrain.stimuli.media import Progress, declared_end, open_media, start_time
 
-#: Added to the mean mel power of a bin before its logarithm (silence: -10).
+#: Added to the mean mel power of a bin before its logarithm.
 LOG_FLOOR = 1e-10
+#: The features of a TR without sound.
+SILENCE = float(np.log10(LOG_FLOOR))
 #: Seconds of samples the spectrogram takes at a time (:func:`joined`): a decoded frame
 #: holds a few windows only, and numpy's cost per call would dominate.
 BLOCK = 0.05
@@ -52,16 +54,23 @@ def band_centres(sample_rate: float, n_mels: int) -> np.ndarray:
 
 
 def mono_samples(
-    container: av.container.InputContainer, stream: av.audio.stream.AudioStream
+    container: av.container.InputContainer,
+    stream: av.audio.stream.AudioStream,
+    sample_rate: int,
+    origin: float = 0.0,
 ) -> Iterator[tuple[float, np.ndarray]]:
-    """``(start time, float32 mono samples)`` of each decoded frame, downmixed by FFmpeg.
+    """``(start time, float32 mono samples)`` of each decoded frame, resampled by FFmpeg
+    to ``sample_rate``, the mean of its channels (FFmpeg's own downmix adds a stereo
+    file's two channels at -3 dB each: twice the power of the same sound in mono). Times
+    count from ``origin`` (the container's start).
 
     Frames are decoded one at a time (the trailing ``None`` flushes the resampler):
     memory does not grow with the sound's length."""
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=stream.rate)
+    resampler = av.AudioResampler(format="fltp", rate=sample_rate)  # the file's channels
     for frame in itertools.chain(container.decode(stream), [None]):
         for out in resampler.resample(frame):
-            yield (out.time or 0.0), out.to_ndarray().reshape(-1)
+            time = 0.0 if out.time is None else out.time - origin
+            yield time, out.to_ndarray().mean(axis=0)
 
 
 def joined(
@@ -97,7 +106,10 @@ def mel_frames(
     """
     length, step = max(round(window * sample_rate), 2), max(round(hop * sample_rate), 1)
     taper = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(length) / length)  # periodic Hann
-    filters = mel_filterbank(sample_rate, length, n_mels)
+    # power per frequency bin, scaled so that the bins of the whole spectrum add up to the
+    # window's (tapered) mean square: the same sound has the same power whatever the
+    # window length
+    filters = mel_filterbank(sample_rate, length, n_mels) / (length * np.sum(taper**2))
     buffer, start = np.zeros(0, dtype=np.float64), None  # start: time of buffer[0]
     for time, samples in chunks:
         start = time if start is None else start
@@ -119,13 +131,17 @@ def audio_features(
     n_mels: int = 40,
     window: float = 0.025,
     hop: float = 0.010,
+    sample_rate: int = 16000,
 ) -> Iterator[np.ndarray]:
     """The log-mel spectrum of each TR of a file's first audio stream, bin after bin.
 
-    Samples are decoded a frame at a time, downmixed to mono at the stream's own rate;
-    each Hann window's power spectrum goes through :func:`mel_filterbank` and into the
-    bin of its centre time. A bin's value is ``log10(mean mel power + LOG_FLOOR)``
-    (samples of full scale 1).
+    Samples are decoded a frame at a time, resampled to ``sample_rate`` and averaged over
+    the channels (:func:`mono_samples`); each Hann window's power spectrum (the bins of
+    the whole spectrum adding up to the window's mean square) goes through
+    :func:`mel_filterbank` and into the bin of its centre time. A bin's value is
+    ``log10(mean mel power + LOG_FLOOR)`` (samples of full scale 1): the same sound
+    gives the same values whatever the file's rate and channels. Times count from the
+    container's start (:func:`~bidstrain.stimuli.media.start_time`).
 
     Parameters
     ----------
@@ -134,9 +150,11 @@ def audio_features(
     tr : float
         Bin width in seconds.
     n_mels : int
-        Mel bands.
+        Mel bands, from 0 Hz to half of ``sample_rate``.
     window, hop : float
         Window length and the step between windows, in seconds.
+    sample_rate : int
+        Samples per second the sound is resampled to.
 
     Yields
     ------
@@ -149,9 +167,10 @@ def audio_features(
     """
     with open_media(path) as container:
         stream = container.streams.audio[0]
-        progress = Progress(Path(path), declared_duration(container))
-        samples = joined(mono_samples(container, stream), stream.rate, BLOCK)
-        frames = mel_frames(samples, stream.rate, window, hop, n_mels, progress)
+        progress = Progress(Path(path), "audio", declared_end(container, stream))
+        decoded = mono_samples(container, stream, sample_rate, start_time(container))
+        samples = joined(decoded, sample_rate, BLOCK)
+        frames = mel_frames(samples, sample_rate, window, hop, n_mels, progress)
         for mean in bin_means(frames, tr):
             yield np.log10(mean + LOG_FLOOR)
     progress.check()

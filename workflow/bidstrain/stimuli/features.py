@@ -12,7 +12,7 @@ import numpy as np
 from bidstrain.config import StimulusFeatureConfig
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import FeatureMeta, write_feature_store
-from bidstrain.stimuli.audio import audio_features
+from bidstrain.stimuli.audio import SILENCE, audio_features
 from bidstrain.stimuli.media import MEDIA_EXTENSIONS, probe
 from bidstrain.stimuli.text import (
     hashed_bag,
@@ -24,16 +24,22 @@ from bidstrain.stimuli.text import (
 from bidstrain.stimuli.video import frame_shape, video_features
 
 
-def _fit(rows: Iterator[np.ndarray], n_bins: int, path: Path, kind: str) -> np.ndarray:
+def _fit(
+    rows: Iterator[np.ndarray], n_bins: int, path: Path, kind: str, fill: float | None = None
+) -> np.ndarray:
     """The first ``n_bins`` rows of a stream (read to its end, so that the decoder checks
-    the file's length); missing last rows repeat the last one."""
+    the file's length). A stream that ends before the file (a film's sound shorter than
+    its picture, or the reverse) is completed with ``fill`` in every column, or by
+    repeating its last row (a player holds a film's last picture)."""
     kept = []
     for row in rows:
         if len(kept) < n_bins:
             kept.append(row)
     if not kept:
         raise BidstrainError(f"no {kind} decodes from this file", path=path)
-    return np.stack(kept + [kept[-1]] * (n_bins - len(kept)))
+    missing = n_bins - len(kept)
+    last = kept[-1] if fill is None else np.full_like(kept[-1], fill)
+    return np.stack(kept + [last] * missing)
 
 
 def media_features(
@@ -50,9 +56,14 @@ def media_features(
         shapes["video"] = frame_shape(size, colour)
     if info.has_audio:
         rows = audio_features(
-            path, tr, settings.audio_n_mels, settings.audio_window, settings.audio_hop
+            path,
+            tr,
+            settings.audio_n_mels,
+            settings.audio_window,
+            settings.audio_hop,
+            settings.audio_rate,
         )
-        features["audio"] = _fit(rows, n_bins, path, "audio")
+        features["audio"] = _fit(rows, n_bins, path, "audio", fill=SILENCE)
         units["audio"] = "log10 of the mean mel-band power per TR (samples of full scale 1)"
         shapes["audio"] = (settings.audio_n_mels,)
     meta = FeatureMeta(str(path), tr, tuple(features), units, shapes, path.stat().st_size)

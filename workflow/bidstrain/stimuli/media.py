@@ -105,12 +105,41 @@ def declared_duration(container: av.container.InputContainer) -> float:
     return max((float(s.duration * s.time_base) for s in streams), default=0.0)
 
 
+def start_time(container: av.container.InputContainer) -> float:
+    """Time 0 of the stimulus in the file's timestamps, in seconds: the start of its
+    first film stream (of its sound in a file without one), where the events file's
+    onset says it was shown.
+
+    A file's timestamps may start after 0 (an MP4 cut from a longer film, an MPEG
+    stream), and a sound may start a little before its film (the first frame of an AAC
+    track, which the decoder fills before the sound begins): every feature time counts
+    from here.
+    """
+    stream = main_stream(container)
+    if stream.start_time is not None and stream.time_base:
+        return float(stream.start_time * stream.time_base)
+    return 0.0 if container.start_time is None else container.start_time / av.time_base
+
+
+def declared_end(container: av.container.InputContainer, stream: av.stream.Stream) -> float:
+    """Seconds from :func:`start_time` to the end the header declares for ``stream`` (the
+    container's end when the stream declares none): a film's sound may end before its
+    picture, and neither is then truncated."""
+    if stream.duration is not None and stream.time_base:
+        first = float((stream.start_time or 0) * stream.time_base)
+        return first + float(stream.duration * stream.time_base) - start_time(container)
+    first = 0.0 if container.start_time is None else container.start_time / av.time_base
+    return first + declared_duration(container) - start_time(container)
+
+
 @dataclass
 class Progress:
-    """How far a decoder got: the end time (s) of the last frame or sample decoded,
-    compared with the header's duration when the stream ends (:meth:`check`)."""
+    """How far the decoder of one stream got: the end time (s, from the container's
+    start) of its last frame or sample decoded, compared with the end its header declares
+    when the stream ends (:meth:`check`)."""
 
     path: Path
+    kind: str  # "video" or "audio"
     declared: float
     until: float = 0.0
 
@@ -119,8 +148,8 @@ class Progress:
         declared end (a truncated file)."""
         if self.declared - self.until > END_PROBE:
             raise BidstrainError(
-                f"truncated media file: it decodes {self.until:.2f} s of the "
-                f"{self.declared:.2f} s its header declares "
+                f"truncated media file: its {self.kind} stream decodes to {self.until:.2f} s "
+                f"of the {self.declared:.2f} s its header declares "
                 f"({self.declared - self.until:.2f} s missing): copy it again",
                 path=self.path,
             )
