@@ -164,6 +164,20 @@ def test_a_word_without_a_numeric_onset_is_named(tmp_path):
             read_words(path)
 
 
+def test_a_word_keeps_the_punctuation_inside_it(tmp_path):
+    path = tmp_path / "words.tsv"
+    rows = ["don\u2019t", "U.S.", "well-known", "1,000", '"Hello,"', "end.", "\u2014"]
+    path.write_text("onset\tword\n" + "".join(f"{i}\t{w}\n" for i, w in enumerate(rows)))
+    words = read_words(path)
+    assert [w.text for w in words] == ["don't", "u.s.", "well-known", "1,000", "hello", "end"]
+    assert [len(b) for b in words_per_bin(words, 1.0)] == [1, 1, 1, 1, 1, 1]
+    subtitle = tmp_path / "film.srt"
+    subtitle.write_text(
+        "1\n00:00:00,000 --> 00:00:02,000\nDon\u2019t go \u2014 it\u2019s U.S. soil.\n"
+    )
+    assert [w.text for w in read_words(subtitle)] == ["don't", "go", "it's", "u.s.", "soil"]
+
+
 def test_subtitles_spread_their_words_over_the_cue(tmp_path):
     path = tmp_path / "film.srt"
     path.write_text(

@@ -25,8 +25,10 @@ log = logging.getLogger(__name__)
 
 #: Extensions read as transcripts.
 TEXT_EXTENSIONS = frozenset({".srt", ".tsv"})
-#: A word: letters, digits and apostrophes (``don't`` is one word).
-WORD = re.compile(r"[\w']+")
+#: Typographic apostrophes, read as ``'``.
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
+#: Punctuation around a word and not part of it (a full stop is handled apart).
+_AROUND = "\"'\u201c\u201d\u00ab\u00bb()[]{}<>,;:!?\u00a1\u00bf\u2026-\u2013\u2014*_/"
 _CUE_TIME = re.compile(r"(\d+):(\d+):(\d+)[,.](\d+)\s*-->\s*(\d+):(\d+):(\d+)[,.](\d+)")
 #: Formatting in a cue's text, not spoken: HTML-like tags (``<i>``, ``<font ...>``) and
 #: SubStation override blocks (``{\an8}``).
@@ -39,6 +41,22 @@ class Word:
 
     onset: float
     text: str
+
+
+def spoken_words(text: str) -> list[str]:
+    """The words of a text, in lower case: split at white space, the punctuation around
+    each left out and the punctuation inside kept (``don't``, ``don\u2019t``, ``well-known``,
+    ``1,000`` and ``u.s.`` are one word each). A word's final full stop is left out unless
+    it holds another one (``end.``, but ``u.s.``); a token without a letter or a digit
+    (a dash, an ellipsis) is no word."""
+    words = []
+    for token in text.translate(_APOSTROPHES).lower().split():
+        word = token.strip(_AROUND).lstrip(".")
+        if word.endswith(".") and "." not in word.rstrip("."):
+            word = word.rstrip(".").strip(_AROUND)
+        if any(character.isalnum() for character in word):
+            words.append(word)
+    return words
 
 
 def _seconds(h: str, m: str, s: str, ms: str) -> float:
@@ -57,7 +75,7 @@ def read_srt(path: Path) -> list[Word]:
             raise BidstrainError(f"subtitle cue without a time line: {lines[:2]}", path=path)
         start = _seconds(*times[at].groups()[:4])
         end = _seconds(*times[at].groups()[4:])
-        tokens = WORD.findall(_CUE_MARKUP.sub(" ", " ".join(lines[at + 1 :])).lower())
+        tokens = spoken_words(_CUE_MARKUP.sub(" ", " ".join(lines[at + 1 :])))
         step = (end - start) / max(len(tokens), 1)
         words += [Word(start + i * step, token) for i, token in enumerate(tokens)]
     return words
@@ -89,7 +107,7 @@ def table_words(rows: Sequence[Mapping[str, str]], path: Path) -> list[Word]:
                 f"line {line}: onset {row['onset']!r} of word {row['word']!r} is not a number",
                 path=path,
             )
-        words += [Word(onset, token) for token in WORD.findall(row["word"].lower())]
+        words += [Word(onset, token) for token in spoken_words(row["word"])]
     return words
 
 
