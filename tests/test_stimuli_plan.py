@@ -98,6 +98,29 @@ def test_an_averages_members_must_present_the_same_stimulus(film_bids, tmp_path)
         _ = plan.alignment_targets
 
 
+def test_words_in_each_subjects_events_file_are_one_stimulus_when_they_are_the_same(
+    film_bids, tmp_path
+):
+    root = copy_dataset(film_bids, tmp_path)
+    subjects = sorted(p.name[4:] for p in root.glob("sub-*"))
+
+    def own_words(subject, words):
+        rows = ["0\t20\tfilm\tfilm.mp4\tn/a"]
+        rows += [f"{1.5 * i}\t0.3\tword\tn/a\t{word}" for i, word in enumerate(words)]
+        lines = ["onset\tduration\ttrial_type\tstim_file\tword", *rows]
+        events = root / f"sub-{subject}" / "func" / f"sub-{subject}_task-movie_events.tsv"
+        events.write_text("\n".join(lines) + "\n")
+
+    for subject in subjects:
+        own_words(subject, ["once", "upon", "a", "time"])
+    assert _plan(root, enabled=True).alignment_targets
+    own_words(subjects[1], ["once", "upon", "a", "tide"])
+    plan = _plan(root, enabled=True)
+    with pytest.raises(BidstrainError, match=rf"sub-{subjects[1]} presented film.mp4 at 0 s, "
+                       r"the words of its events file \(hash [0-9a-f]{16}\) at 0 s"):  # fmt: skip
+        _ = plan.alignment_targets
+
+
 def test_differing_presentations_stop_a_dry_run_in_one_line(film_bids, tmp_path):
     root = copy_dataset(film_bids, tmp_path / "bids")
     _own_events(root, "02", ["4\t20\tfilm\tfilm.mp4", "0\t20\ttranscript\tfilm_words.tsv"])

@@ -289,6 +289,13 @@ def align_run(
     return delayed[grid.kept], covered[grid.kept]
 
 
+def _presented(event: Event) -> str:
+    """How an error names a presented stimulus."""
+    if event.words_digest:
+        return f"the words of its events file (hash {event.words_digest})"
+    return event.stimulus.name
+
+
 def same_presentations(runs: Mapping[str, RunStimuli | None], tolerance: float, name: str) -> None:
     """Check that the members of an average presented the same stimulus files at the
     same onsets (within ``tolerance`` seconds: one frame).
@@ -313,13 +320,13 @@ def same_presentations(runs: Mapping[str, RunStimuli | None], tolerance: float, 
     if not subjects:
         return
 
-    def key(run: RunStimuli | None) -> list[tuple[str, float, float]]:
+    def key(run: RunStimuli | None) -> list[tuple[str, float, str]]:
         events = run.events if run else ()
-        return sorted((str(e.stimulus), e.onset, e.duration) for e in events)
+        return sorted((e.identity, e.onset, _presented(e)) for e in events)
 
     def shown(subject: str) -> str:
         run = runs[subject]
-        events = ", ".join(f"{Path(e[0]).name} at {e[1]:g} s" for e in key(run)) or "nothing"
+        events = ", ".join(f"{e[2]} at {e[1]:g} s" for e in key(run)) or "nothing"
         return f"sub-{subject} presented {events}" + (f" ({run.events_file})" if run else "")
 
     reference = key(runs[subjects[0]])

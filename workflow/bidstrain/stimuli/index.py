@@ -9,6 +9,7 @@ transcript of its run.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections import defaultdict
@@ -36,6 +37,20 @@ class Event:
     stimulus: Path
     onset: float
     duration: float  # ``n/a`` in the events file: a film's length; a transcript's: the run's rest
+    words_digest: str | None = None  # a transcript in the events file itself: its words'
+
+    @property
+    def identity(self) -> str:
+        """What makes two presentations one stimulus: the same file, or for the words of
+        an events file (each subject's events file is a file of its own), the same words
+        at the same onsets."""
+        return f"words {self.words_digest}" if self.words_digest else str(self.stimulus)
+
+
+def words_digest(words: Iterable[Word]) -> str:
+    """A short hash of a transcript's words and their onsets."""
+    text = "".join(f"{word.onset!r}\t{word.text}\n" for word in words)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -223,8 +238,9 @@ def _run_stimuli(
             )
         events.append(Event(stimulus, onset, duration))
     if rows and "word" in rows[0]:
-        events.append(Event(events_file, 0.0, n_volumes * tr))
-        words.append((0.0, events_file.name, table_words(rows, events_file)))
+        spoken = table_words(rows, events_file)
+        events.append(Event(events_file, 0.0, n_volumes * tr, words_digest(spoken)))
+        words.append((0.0, events_file.name, spoken))
     run = RunStimuli(image, events_file, tr, n_volumes, tuple(events))
     _check_words_within(run, words, tolerance)
     _check_media_end(run, ends, tolerance)
