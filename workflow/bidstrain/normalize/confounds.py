@@ -160,8 +160,6 @@ def load_run_confounds(
         mask leaves fewer than ``ddof + 2`` volumes, or the confounds leave fewer than
         ``ddof + 1`` degrees of freedom to the signal.
     """
-    from nilearn.interfaces.fmriprep import load_confounds_strategy
-
     if strategy not in STRATEGIES[1:]:
         raise BidstrainError(
             f"confounds strategy {strategy!r} is not one of {', '.join(STRATEGIES[1:])}"
@@ -174,30 +172,7 @@ def load_run_confounds(
             path=table,
             subject=subject,
         )
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", UserWarning)
-            warnings.simplefilter("ignore", RuntimeWarning)  # "all volumes": checked below
-            frame, sample_mask = load_confounds_strategy(
-                str(image), denoise_strategy=strategy, **dict(options)
-            )
-    except (ValueError, KeyError, TypeError) as error:
-        raise BidstrainError(
-            f"nilearn cannot load confounds strategy {strategy!r} "
-            f"(options {dict(options)}) from this table: {error}",
-            path=table,
-            subject=subject,
-        ) from None
-    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
-    unused = [m for m in messages if "not needed for the selected" in m]
-    for message in set(messages) - set(unused):
-        log.warning("sub-%s: %s: nilearn: %s", subject, table, message)
-    if unused:  # a misspelt option (fd_treshold) would otherwise be dropped without a word
-        raise BidstrainError(
-            f"config normalize.confounds.options: {unused[0]} (nilearn)",
-            path=table,
-            subject=subject,
-        )
+    frame, sample_mask = _nilearn_confounds(image, table, strategy, options, subject)
     if len(frame) != n_volumes:
         raise BidstrainError(
             f"the confounds table has {len(frame)} rows but the run {image.name} has "
@@ -239,6 +214,41 @@ def load_run_confounds(
             subject=subject,
         )
     return RunConfounds(table, strategy, tuple(frame.columns), kept, basis)
+
+
+def _nilearn_confounds(
+    image: Path, table: Path, strategy: str, options: Mapping[str, Any], subject: str | None
+) -> tuple[Any, np.ndarray | None]:
+    """nilearn's ``load_confounds_strategy`` of the run: its confounds (a DataFrame) and
+    sample mask; nilearn's warnings logged, and its notice of an option the strategy does
+    not use raised (a misspelt option would otherwise be dropped without a word)."""
+    from nilearn.interfaces.fmriprep import load_confounds_strategy
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)  # "all volumes": load_run_confounds
+            frame, sample_mask = load_confounds_strategy(
+                str(image), denoise_strategy=strategy, **dict(options)
+            )
+    except (ValueError, KeyError, TypeError) as error:
+        raise BidstrainError(
+            f"nilearn cannot load confounds strategy {strategy!r} "
+            f"(options {dict(options)}) from this table: {error}",
+            path=table,
+            subject=subject,
+        ) from None
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    unused = [m for m in messages if "not needed for the selected" in m]
+    for message in set(messages) - set(unused):
+        log.warning("sub-%s: %s: nilearn: %s", subject, table, message)
+    if unused:
+        raise BidstrainError(
+            f"config normalize.confounds.options: {unused[0]} (nilearn)",
+            path=table,
+            subject=subject,
+        )
+    return frame, sample_mask
 
 
 def fixed_mask_index(layout: NiftiLayout, info: ImageInfo, options: Options) -> np.ndarray:
