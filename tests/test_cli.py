@@ -255,6 +255,26 @@ def test_status_lists_a_failed_job_with_its_log(tmp_path, capsys):
     assert capsys.readouterr().out == shown + "\n"
 
 
+def test_a_run_with_nothing_to_do_has_ended(tmp_path, capsys):
+    (tmp_path / "Snakefile").write_text(
+        'rule done:\n    output: "x"\n    shell: "touch {output}"\n'
+    )
+    for _ in range(2):  # the second run finds nothing to do
+        subprocess.run(
+            [sys.executable, "-m", "snakemake", "--cores", "1", "--nolock"],
+            cwd=tmp_path,
+            env=snakemake_env(uses_slurm=False),
+            capture_output=True,
+            check=True,
+        )
+    newest = status.newest_log(tmp_path)
+    assert "Nothing to be done" in newest.read_text()
+    shown = status.describe(tmp_path)
+    assert shown.startswith(f"run {newest.name.removesuffix('.snakemake.log')}: ended")
+    status.follow(tmp_path, interval=0.01)  # returns: the run has ended
+    assert capsys.readouterr().out == shown + "\n"
+
+
 def test_a_job_freezes_its_objects_at_exit_and_still_runs_exit_handlers(tmp_path):
     # an exit handler registered before run_cli runs after its freeze (handlers run last
     # in, first out): it sees the frozen objects, and a file the job left open is flushed

@@ -2,7 +2,9 @@
 
 Snakemake writes every run's log to ``.snakemake/log/<time>.snakemake.log`` in the study
 folder: each job as it starts (its rule, ``jobid`` and ``log`` files), ``Finished jobid:
-N`` when it ends, an ``Error in rule`` block when it fails, and the count of steps done.
+N`` when it ends, an ``Error in rule`` block when it fails, the count of steps done, and
+its end (``Complete log(s):``, or ``Nothing to be done`` for a run that found every
+output up to date).
 :func:`read_run` reads the newest run's; :func:`describe` shows each started job that has
 not finished with the last line of its own log (training writes its progress there).
 
@@ -24,7 +26,7 @@ _FINISHED = re.compile(r"^Finished jobid: (\d+)")
 _ERROR = re.compile(r"^Error in rule (\w+):$")
 _PROGRESS = re.compile(r"^\d+ of \d+ steps \(.+\) done$")
 _TIME = re.compile(r"^\[(.+)\]$")
-_ENDED = "Complete log(s):"
+_ENDED = ("Complete log(s):", "Nothing to be done")
 _BANNER = "SNAKEMAKE"
 
 
