@@ -378,6 +378,28 @@ def test_the_run_hash_covers_settings_world_size_stores_and_their_content(tmp_pa
         run_identity(config, 1, {"bold": [str(tmp_path / "missing.zarr")]}, {})
 
 
+def test_aligned_stimulus_stores_rewritten_with_the_same_content_are_the_same_run(tmp_path):
+    import numpy as np
+    from bidstrain.io.store import ALIGNED_ARRAYS, store_checksum, write_aligned_store
+
+    def aligned(seed):
+        features = np.random.default_rng(seed).normal(size=(6, 3))
+        arrays = {name: np.arange(3.0) for name in ALIGNED_ARRAYS}
+        write_aligned_store(tmp_path / "video.zarr", features, np.arange(6.0), arrays,
+                            {"kind": "video"})  # fmt: skip
+        return str(tmp_path / "video.zarr")
+
+    training = tiny_stores(tmp_path, {"bold": 1})
+    stimuli = {"training": {"video": [aligned(0)]}}
+    identity = run_identity(train_config(), 1, training, {}, stimuli)
+    assert store_checksum(stimuli["training"]["video"][0]).startswith("xxh3-128:")
+    os.utime(tmp_path / "video.zarr" / "zarr.json", ns=(10**9, 10**9))
+    aligned(0)  # align_stimuli reran on unchanged features
+    assert run_hash(run_identity(train_config(), 1, training, {}, stimuli)) == run_hash(identity)
+    aligned(1)
+    assert run_hash(run_identity(train_config(), 1, training, {}, stimuli)) != run_hash(identity)
+
+
 def _checkpoint(step, **extra):
     return {"model": {}, "optimizer": {}, "scheduler": {}, "train_state": {"step": step}, **extra}
 

@@ -36,7 +36,8 @@ loss of the training loss, the same tokens masked for every image: a generator s
 ``train.seed`` per batch position) and ``baseline (time)`` (the loss of predicting the mean),
 each sample's share of its batch's, so that their means compare with training's validation,
 the time of each sample's first frame (the source store's ``time`` coordinate), and
-attributes naming the source store, the model and its configuration hash.
+attributes naming the source store, the model and its configuration hash, with the
+store's ``checksum`` (:func:`bidstrain.io.store.write_small_store`).
 ``--out-table`` lists the stores written.
 """
 
@@ -53,18 +54,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import xarray as xr
 
 from bidstrain.config import EmbedJobConfig, TrainConfig
 from bidstrain.embed.samples import samples
 from bidstrain.errors import BidstrainError
-from bidstrain.io.atomic import atomic_path, write_text_atomic
+from bidstrain.io.atomic import write_text_atomic
 from bidstrain.io.store import (
-    consolidate,
     read_aligned_store,
     read_dims,
     read_meta,
     read_parcel_attrs,
+    write_small_store,
 )
 from bidstrain.stats import value_stats
 from bidstrain.train.description import first_volume, load_model
@@ -284,33 +284,27 @@ def write_embedding(
     """Write one embedding store atomically (see the module docstring for its layout);
     ``stimuli``: the stimulus kinds whose tokens joined the BOLD windows'."""
     meta = read_meta(store)
-    time = values["time"]
-    dataset = xr.Dataset(
-        {
-            "embedding": (("time", "feature"), values["embedding"]),
-            "loss": (("time",), values["loss"]),
-            "baseline": (("time",), values["baseline"]),
-        },
-        coords={
-            "time": time,
-            "feature": np.arange(values["embedding"].shape[1], dtype=np.int64),
-        },
-        attrs={
-            "modality": modality,
-            "subject": meta.subject,
-            "session": meta.session,
-            "entities": dict(meta.entities),
-            "source_store": str(store),
-            "model": str(model_path),
-            "model_config_hash": description["config_hash"],
-            "model_step": description["step"],
-            "loss_normalize": description["train"]["loss"]["normalize"],
-            "stimuli": list(stimuli),
-        },
-    )
-    with atomic_path(out) as tmp:
-        dataset.to_zarr(tmp, mode="w", consolidated=False, zarr_format=3)
-        consolidate(tmp)
+    embedding = np.asarray(values["embedding"])
+    arrays = [
+        ("time", ("time",), np.asarray(values["time"], dtype=np.float64), None),
+        ("feature", ("feature",), np.arange(embedding.shape[1], dtype=np.int64), None),
+        ("embedding", ("time", "feature"), embedding, None),
+        ("loss", ("time",), np.asarray(values["loss"]), None),
+        ("baseline", ("time",), np.asarray(values["baseline"]), None),
+    ]
+    attrs = {
+        "modality": modality,
+        "subject": meta.subject,
+        "session": meta.session,
+        "entities": dict(meta.entities),
+        "source_store": str(store),
+        "model": str(model_path),
+        "model_config_hash": description["config_hash"],
+        "model_step": description["step"],
+        "loss_normalize": description["train"]["loss"]["normalize"],
+        "stimuli": list(stimuli),
+    }
+    write_small_store(out, arrays, attrs)
 
 
 def embed(

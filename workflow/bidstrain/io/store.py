@@ -85,7 +85,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -405,15 +405,15 @@ def consolidate(path: str | Path) -> None:
 
 
 def store_checksum(path: str | Path) -> str | None:
-    """The content checksum of a store (its ``checksum`` attribute), read from its root
-    metadata only; None for a store without one.
+    """The content checksum of a store of any kind (its ``checksum`` attribute), read from
+    its root metadata only; None for a store without one.
 
     Raises
     ------
     BidstrainError
         When the store does not exist.
     """
-    return read_meta(path).checksum
+    return open_existing(path, "store not found").attrs.get("checksum")
 
 
 def new_checksum() -> xxhash.xxh3_128:
@@ -815,6 +815,26 @@ def write_parcel_store(
         ("coverage", ("parcel",), np.asarray(coverage, np.float64), coords),
         *((name, ("frame",), np.asarray(values), None) for name, values in (frames or {}).items()),
     )
+    write_small_store(path, arrays, attrs)
+
+
+def write_small_store(
+    path: str | Path,
+    arrays: Sequence[tuple[str, tuple[str, ...], np.ndarray, Mapping[str, Any] | None]],
+    attrs: Mapping[str, Any],
+) -> None:
+    """Write a store of small arrays (one chunk each) atomically, with its ``checksum``
+    and ``bidstrain_version`` attributes (module docstring).
+
+    Parameters
+    ----------
+    path : str or Path
+        The store (``*.zarr``); replaced only on success.
+    arrays : sequence of (name, dims, values, attributes)
+        Each array, its dimension names and its zarr attributes (or None).
+    attrs : mapping
+        The store's attributes (JSON-serializable).
+    """
     digest = new_checksum()
     with atomic_path(path) as tmp:
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
@@ -912,30 +932,25 @@ def write_feature_store(
     if len(n_bins) > 1:
         raise ValueError(f"feature kinds have different numbers of bins: {n_bins}")
     (n_time,) = n_bins or {0}
-    with atomic_path(path) as tmp:
-        group = zarr.open_group(tmp, mode="w", zarr_format=3)
-        time = np.arange(n_time, dtype=np.float64) * meta.repetition_time
-        _write_array(group, "time", ("time",), time)
-        for kind, values in features.items():
-            flat = np.asarray(values, dtype=np.float64).reshape(n_time, -1)
-            dims = (f"{kind}_feature",)
-            _write_array(group, kind, ("time", *dims), flat.astype(np.float32))
-            _write_array(group, f"{kind}_raw_mean", dims, flat.mean(axis=0))
-            _write_array(group, f"{kind}_raw_std", dims, flat.std(axis=0))
-        group.attrs.update(
-            {
-                "stimulus": meta.stimulus,
-                "source_size": int(meta.source_size),
-                "repetition_time": float(meta.repetition_time),
-                "kinds": list(meta.kinds),
-                "units": dict(meta.units),
-                "shapes": {kind: list(shape) for kind, shape in meta.shapes.items()},
-                "notes": dict(meta.notes),
-                "bidstrain_version": __version__,
-            }
-        )
-        zarr.open_group(tmp / SNAKEMAKE_TIMESTAMP, mode="w")
-        consolidate(tmp)
+    arrays = [("time", ("time",), np.arange(n_time, dtype=np.float64) * meta.repetition_time, None)]
+    for kind, values in features.items():
+        flat = np.asarray(values, dtype=np.float64).reshape(n_time, -1)
+        dims = (f"{kind}_feature",)
+        arrays += [
+            (kind, ("time", *dims), flat.astype(np.float32), None),
+            (f"{kind}_raw_mean", dims, flat.mean(axis=0), None),
+            (f"{kind}_raw_std", dims, flat.std(axis=0), None),
+        ]
+    attrs = {
+        "stimulus": meta.stimulus,
+        "source_size": int(meta.source_size),
+        "repetition_time": float(meta.repetition_time),
+        "kinds": list(meta.kinds),
+        "units": dict(meta.units),
+        "shapes": {kind: list(shape) for kind, shape in meta.shapes.items()},
+        "notes": dict(meta.notes),
+    }
+    write_small_store(path, arrays, attrs)
 
 
 def read_feature_store(path: str | Path) -> FeatureStore:
@@ -1100,21 +1115,17 @@ def write_aligned_store(
     missing = [name for name in ALIGNED_ARRAYS if name not in arrays]
     if missing or "kind" not in attrs:
         raise ValueError(f"aligned store {path}: missing {missing or ['kind']}")
-    with atomic_path(path) as tmp:
-        group = zarr.open_group(tmp, mode="w", zarr_format=3)
-        _write_array(group, "time", ("time",), np.asarray(time, dtype=np.float64))
-        _write_array(
-            group,
+    stored = [
+        ("time", ("time",), np.asarray(time, dtype=np.float64), None),
+        (
             "features",
             ("time", "feature"),
             np.asarray(features, dtype=np.float32),
-            attributes={"coordinates": "time"},
-        )
-        for name in ALIGNED_ARRAYS:
-            _write_array(group, name, ("feature",), np.asarray(arrays[name]))
-        group.attrs.update({**attrs, "bidstrain_version": __version__})
-        zarr.open_group(tmp / SNAKEMAKE_TIMESTAMP, mode="w")
-        consolidate(tmp)
+            {"coordinates": "time"},
+        ),
+        *((name, ("feature",), np.asarray(arrays[name]), None) for name in ALIGNED_ARRAYS),
+    ]
+    write_small_store(path, stored, attrs)
 
 
 def read_aligned_store(path: str | Path) -> AlignedStore:

@@ -12,8 +12,9 @@ A run is defined by the ``train`` keys that determine the weights
 (:func:`bidstrain.config.train_keys` ``("hashed")``), the world size (the batch order and
 the schedule depend on it), the training and validation store lists, and the content of
 each of those stores: its checksum (:func:`bidstrain.io.store.store_checksum`, computed as
-the store was written), not when it was written. A normalize or average job rerun on
-unchanged data rewrites its stores with the same checksums, and the run resumes; a rerun
+the store was written), not when it was written. A normalize, average or stimulus
+alignment job rerun on unchanged data rewrites its stores with the same checksums, and the
+run resumes; a rerun
 on changed data rewrites them with others, and it does not. It resumes from a checkpoint
 only when the hashes agree: a SLURM requeue, a restart after preemption, a rerun of the
 same job, or any of these after the stores were rewritten with the same content. Anything
@@ -101,16 +102,16 @@ def run_identity(
     if stimuli:
         identity["stimuli"] = {part: dict(kinds) for part, kinds in stimuli.items()}
         aligned = [p for kinds in stimuli.values() for paths in kinds.values() for p in paths]
-        identity["content"].update({path: _content(path, checksum=False) for path in aligned})
+        identity["content"].update({path: _content(path) for path in aligned})
     return identity
 
 
-def _content(store: str, checksum: bool = True) -> str:
-    """What stands for the content of ``store`` in a run identity (``checksum``: the
-    store may record one)."""
+def _content(store: str) -> str:
+    """What stands for the content of ``store`` in a run identity: its checksum, or when
+    it records none (a store written before checksums), when it was written."""
     try:
         written = f"written {os.stat(os.path.join(store, STORE_METADATA)).st_mtime_ns}"
-        return (store_checksum(store) if checksum else None) or written
+        return store_checksum(store) or written
     except (OSError, BidstrainError):
         raise BidstrainError(
             f"cannot read the store's {STORE_METADATA}: the store is missing or incomplete; "
