@@ -3,6 +3,8 @@ frame rates, sounds shorter than their films, and sounds of any rate and channel
 
 from __future__ import annotations
 
+import contextlib
+import io
 from fractions import Fraction
 from pathlib import Path
 
@@ -13,16 +15,36 @@ from bidstrain.config import StimulusFeatureConfig
 from bidstrain.stimuli.audio import SILENCE, audio_features, band_centres
 from bidstrain.stimuli.bins import bin_means
 from bidstrain.stimuli.features import media_features
+from bidstrain.stimuli.media import probe
 from bidstrain.stimuli.video import video_features
 
 RATE = 16000
 
 
-def _film(path: Path, frames: list[tuple[float, int]], start: float = 0.0, sound=None) -> Path:
-    """An MP4 of 32x32 grey frames (``(time, grey)``, lossless), its timestamps ``start``
-    seconds late; with ``sound`` (``(seconds, samples at RATE)``) an AAC track from the
-    same start."""
-    with av.open(str(path), "w") as container:
+class _Pipe(io.RawIOBase):
+    """A file that cannot seek: what a muxer writing to a pipe sees."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        return self.handle.write(data)
+
+
+def _film(
+    path: Path, frames: list[tuple[float, int]], start: float = 0.0, sound=None, piped=False
+) -> Path:
+    """A film of 32x32 grey frames (``(time, grey)``, lossless; MP4 or Matroska by the
+    name's suffix), its timestamps ``start`` seconds late; with ``sound`` (samples at
+    RATE) an AAC track from the same start. ``piped``: written as to a pipe (a Matroska
+    file then declares no duration)."""
+    with contextlib.ExitStack() as stack:
+        target = _Pipe(stack.enter_context(path.open("wb"))) if piped else str(path)
+        fmt = "matroska" if path.suffix == ".mkv" else None
+        container = stack.enter_context(av.open(target, "w", format=fmt))
         video = container.add_stream("libx264", rate=1000)
         video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
         video.codec_context.time_base = video.time_base = Fraction(1, 1000)
@@ -85,6 +107,18 @@ def test_a_film_whose_timestamps_start_late_counts_from_its_start(tmp_path):
         assert max(grey[:4] + grey[5:]) < 2.0
         loudness = np.array(list(audio_features(film, 1.0))).max(axis=1)
         assert loudness.argmax() == 4 and loudness[4] - np.delete(loudness, 4).max() > 2
+
+
+@pytest.mark.parametrize("piped", [False, True])
+def test_a_matroska_film_cut_from_a_longer_one_is_as_long_as_its_frames(tmp_path, piped):
+    # Matroska declares no stream length, and its duration counts from timestamp 0: a
+    # film cut from 5 s to 10 s declares 10 s (or nothing, written to a pipe)
+    frames = [(i / 10, 255 if 20 <= i < 25 else 0) for i in range(50)]
+    film = _film(tmp_path / "cut.mkv", frames, start=5.0, piped=piped)
+    assert probe(film).duration == pytest.approx(5.0, abs=0.11)
+    features, _ = media_features(film, 1.0, StimulusFeatureConfig.defaults())
+    grey = features["video"].reshape(5, -1).mean(axis=1)
+    np.testing.assert_allclose(grey, [0, 0, 255 / 2, 0, 0], atol=2.0)
 
 
 def test_rows_with_a_duration_count_in_every_bin_they_overlap():

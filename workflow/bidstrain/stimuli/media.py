@@ -86,23 +86,15 @@ def main_stream(container: av.container.InputContainer) -> av.stream.Stream:
 
 
 def demuxed_duration(container: av.container.InputContainer) -> float:
-    """Seconds to the end of the last packet of :func:`main_stream`, reading every packet
-    (nothing decoded): for a file whose header declares no duration (a Matroska file
-    written to a pipe)."""
+    """Seconds from :func:`start_time` to the end of the last packet of
+    :func:`main_stream`, reading every packet (nothing decoded): for a file whose header
+    declares no duration (a Matroska file written to a pipe)."""
     stream = main_stream(container)
     end = 0.0
     for packet in container.demux(stream):
         if packet.pts is not None:
             end = max(end, float((packet.pts + (packet.duration or 0)) * stream.time_base))
-    return end
-
-
-def declared_duration(container: av.container.InputContainer) -> float:
-    """Seconds the container's header declares (0 when it declares none)."""
-    if container.duration is not None:
-        return container.duration / av.time_base
-    streams = [s for s in container.streams if s.duration is not None and s.time_base]
-    return max((float(s.duration * s.time_base) for s in streams), default=0.0)
+    return max(end - start_time(container), 0.0)
 
 
 def start_time(container: av.container.InputContainer) -> float:
@@ -110,10 +102,10 @@ def start_time(container: av.container.InputContainer) -> float:
     first film stream (of its sound in a file without one), where the events file's
     onset says it was shown.
 
-    A file's timestamps may start after 0 (an MP4 cut from a longer film, an MPEG
-    stream), and a sound may start a little before its film (the first frame of an AAC
-    track, which the decoder fills before the sound begins): every feature time counts
-    from here.
+    A file's timestamps may start after 0 (an MP4 or a Matroska file cut from a longer
+    film, an MPEG stream), and a sound may start a little before its film (the first
+    frame of an AAC track, which the decoder fills before the sound begins): every feature
+    time counts from here.
     """
     stream = main_stream(container)
     if stream.start_time is not None and stream.time_base:
@@ -121,15 +113,34 @@ def start_time(container: av.container.InputContainer) -> float:
     return 0.0 if container.start_time is None else container.start_time / av.time_base
 
 
-def declared_end(container: av.container.InputContainer, stream: av.stream.Stream) -> float:
-    """Seconds from :func:`start_time` to the end the header declares for ``stream`` (the
-    container's end when the stream declares none): a film's sound may end before its
-    picture, and neither is then truncated."""
-    if stream.duration is not None and stream.time_base:
-        first = float((stream.start_time or 0) * stream.time_base)
-        return first + float(stream.duration * stream.time_base) - start_time(container)
-    first = 0.0 if container.start_time is None else container.start_time / av.time_base
-    return first + declared_duration(container) - start_time(container)
+def declared_end(
+    container: av.container.InputContainer, stream: av.stream.Stream | None = None
+) -> float:
+    """Seconds from :func:`start_time` to the end the header declares for ``stream``, or
+    by default for the file (its film and sound streams, the latest end); 0 when it
+    declares none. A film's sound may end before its picture, and neither is then
+    truncated.
+
+    A stream's declared length counts from its own start. Where no stream declares one
+    (Matroska), the container's duration is used, which FFmpeg then gives from the
+    file's timestamp 0, not from its first frame: a Matroska file cut from 5 s to 15 s
+    declares 15 s.
+    """
+    streams = (
+        [stream] if stream is not None else [*film_streams(container), *container.streams.audio]
+    )
+    ends = [
+        float(((s.start_time or 0) + s.duration) * s.time_base)
+        for s in streams
+        if s.duration is not None and s.time_base
+    ]
+    if ends:
+        end = max(ends)
+    elif container.duration is not None:
+        end = container.duration / av.time_base
+    else:
+        return 0.0
+    return max(end - start_time(container), 0.0)
 
 
 @dataclass
@@ -187,7 +198,7 @@ def probe(path: str | Path, subject: str | None = None) -> MediaInfo:
             raise BidstrainError(
                 "media file holds no video or audio stream", path=path, subject=subject
             )
-        declared = declared_duration(container)
+        declared = declared_end(container)
         info = replace(info, duration=declared or demuxed_duration(container))
         if info.duration <= 0:
             raise BidstrainError(
@@ -203,7 +214,7 @@ def probe(path: str | Path, subject: str | None = None) -> MediaInfo:
             )
         if not declared:
             return info
-        container.seek(int(max(declared - END_PROBE, 0.0) * av.time_base))
+        container.seek(int((start_time(container) + max(declared - END_PROBE, 0.0)) * av.time_base))
         if next(container.decode(main_stream(container)), None) is None:
             raise BidstrainError(
                 f"truncated media file: nothing decodes in the last {END_PROBE:g} s of the "
