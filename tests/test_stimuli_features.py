@@ -26,6 +26,7 @@ from bidstrain.stimuli.text import (
     mean_vectors,
     read_embeddings,
     read_words,
+    spoken_words,
     words_per_bin,
 )
 from bidstrain.stimuli.video import video_features
@@ -176,6 +177,11 @@ def test_a_word_keeps_the_punctuation_inside_it(tmp_path):
         "1\n00:00:00,000 --> 00:00:02,000\nDon\u2019t go \u2014 it\u2019s U.S. soil.\n"
     )
     assert [w.text for w in read_words(subtitle)] == ["don't", "go", "it's", "u.s.", "soil"]
+    # punctuation of other scripts; a script without spaces is cut at its punctuation
+    arabic = "\u0645\u0631\u062d\u0628\u0627"
+    assert spoken_words(f"\u201eHallo\u201c {arabic}\u060c Great!\U0001f44d") == [
+        "hallo", arabic, "great"]  # fmt: skip
+    assert spoken_words("\u4f60\u597d\uff0c\u4e16\u754c\u3002") == ["\u4f60\u597d", "\u4e16\u754c"]
 
 
 def test_subtitles_spread_their_words_over_the_cue(tmp_path):

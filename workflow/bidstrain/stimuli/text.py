@@ -27,8 +27,11 @@ log = logging.getLogger(__name__)
 TEXT_EXTENSIONS = frozenset({".srt", ".tsv"})
 #: Typographic apostrophes, read as ``'``.
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
-#: Punctuation around a word and not part of it (a full stop is handled apart).
-_AROUND = "\"'\u201c\u201d\u00ab\u00bb()[]{}<>,;:!?\u00a1\u00bf\u2026-\u2013\u2014*_/"
+#: A word: letters and digits (of any script), joined inside by single apostrophes,
+#: hyphens, full stops or commas (``don't``, ``well-known``, ``u.s``, ``1,000``).
+WORD = re.compile(r"[^\W_]+(?:['\-.,][^\W_]+)*")
+#: An abbreviation of single letters (``u.s``, ``e.g``): it keeps its final full stop.
+_ABBREVIATION = re.compile(r"(?:[^\W\d_]\.)+[^\W\d_]")
 _CUE_TIME = re.compile(r"(\d+):(\d+):(\d+)[,.](\d+)\s*-->\s*(\d+):(\d+):(\d+)[,.](\d+)")
 #: Formatting in a cue's text, not spoken: HTML-like tags (``<i>``, ``<font ...>``) and
 #: SubStation override blocks (``{\an8}``).
@@ -44,18 +47,19 @@ class Word:
 
 
 def spoken_words(text: str) -> list[str]:
-    """The words of a text, in lower case: split at white space, the punctuation around
-    each left out and the punctuation inside kept (``don't``, ``don\u2019t``, ``well-known``,
-    ``1,000`` and ``u.s.`` are one word each). A word's final full stop is left out unless
-    it holds another one (``end.``, but ``u.s.``); a token without a letter or a digit
-    (a dash, an ellipsis) is no word."""
+    """The words of a text, in lower case: :data:`WORD`, so that punctuation of any
+    script around a word is left out (``"Hello,"``, ``„Hallo“``, ``مرحبا،``) and
+    ``don't``, ``don\u2019t``, ``well-known`` and ``1,000`` are one word each; ``u.s.``
+    and ``e.g.`` keep their final full stop. Scripts written without spaces (Chinese,
+    Japanese, Thai) are cut at their punctuation only: give their words one per row of a
+    word table."""
     words = []
-    for token in text.translate(_APOSTROPHES).lower().split():
-        word = token.strip(_AROUND).lstrip(".")
-        if word.endswith(".") and "." not in word.rstrip("."):
-            word = word.rstrip(".").strip(_AROUND)
-        if any(character.isalnum() for character in word):
-            words.append(word)
+    lowered = text.translate(_APOSTROPHES).lower()
+    for match in WORD.finditer(lowered):
+        word = match.group()
+        if _ABBREVIATION.fullmatch(word) and lowered[match.end() : match.end() + 1] == ".":
+            word += "."
+        words.append(word)
     return words
 
 
