@@ -18,9 +18,10 @@ Ours and ``peer-resized`` must give the same features to the last bit (their SHA
 compared; the bench exits with an error where they differ).
 
 Each measurement is a fresh process pinned to one core (``sched_setaffinity``): ``work``
-is the wall time of decoding and averaging (after the imports), ``peak`` the process's
-peak RSS (``getrusage``), ``rtf`` the film's duration over ``work`` (times faster than
-real time). Methods are interleaved within each repeat; medians are printed.
+is the wall time of decoding and averaging (after the imports), ``process`` the whole
+process's wall time (start-up and imports included), ``peak`` the process's peak RSS
+(``getrusage``), the real-time factor the film's duration over ``work`` (times faster
+than real time). Methods are interleaved within each repeat; medians are printed.
 
     PYTHONPATH=workflow .venv/bin/python bench/bench_video.py --seconds 60 --repeats 3
     PYTHONPATH=workflow .venv/bin/python bench/bench_video.py --seconds 60 --repeats 3 \
@@ -136,16 +137,19 @@ def main() -> None:
             for method in args.methods:
                 command = [sys.executable, __file__, "--one", method, str(film), "--tr",
                            str(args.tr), "--size", *map(str, args.size)]  # fmt: skip
+                start = time.perf_counter()
                 out = subprocess.run(command, capture_output=True, text=True, check=True)
-                results[method].append(json.loads(out.stdout))
+                process = time.perf_counter() - start
+                results[method].append(json.loads(out.stdout) | {"process": process})
         print(f"baseline peak RSS (imports only): {_baseline():.0f} MiB")
-        print("| method | work (s) | real-time factor | peak RSS (MiB) | TRs |")
-        print("|---|---|---|---|---|")
+        print("| method | work (s) | process (s) | real-time factor, work | peak RSS (MiB) | TRs |")
+        print("|---|---|---|---|---|---|")
         for method, runs in results.items():
-            work = statistics.median(r["work"] for r in runs)
-            peak = statistics.median(r["peak_mib"] for r in runs)
-            print(f"| {method} | {work:.2f} | {args.seconds / work:.1f}x | {peak:.0f} | "
-                  f"{runs[0]['bins']} |")  # fmt: skip
+            work, process, peak = (
+                statistics.median(r[key] for r in runs) for key in ("work", "process", "peak_mib")
+            )
+            print(f"| {method} | {work:.2f} | {process:.2f} | {args.seconds / work:.1f}x | "
+                  f"{peak:.0f} | {runs[0]['bins']} |")  # fmt: skip
         checksums = {method: runs[0]["checksum"] for method, runs in results.items()}
         print("mean feature:", checksums)
         digests = [results[m][0]["sha256"] for m in ("ours", "peer-resized") if m in results]
