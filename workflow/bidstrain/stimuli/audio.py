@@ -140,8 +140,8 @@ def audio_features(
     the whole spectrum adding up to the window's mean square) goes through
     :func:`mel_filterbank` and into the bin of its centre time. A bin's value is
     ``log10(mean mel power + LOG_FLOOR)`` (samples of full scale 1): the same sound
-    gives the same values whatever the file's rate, and in mono or in every channel. Times count from the
-    container's start (:func:`~bidstrain.stimuli.media.start_time`).
+    gives the same values whatever the file's rate, and in mono or in every channel.
+    Times count from the container's start (:func:`~bidstrain.stimuli.media.start_time`).
 
     Parameters
     ----------
