@@ -23,8 +23,6 @@ import itertools
 import json
 import os
 import resource
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +30,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+from media_runs import measure, medians
 
 METHODS = ("ours", "peer", "floor")
 TR = 2.0
@@ -111,21 +110,16 @@ def main() -> None:
         print(
             f"sound: {args.seconds:g} s stereo 44.1 kHz AAC, {sound.stat().st_size / 2**20:.1f} MiB"
         )
-        results: dict[str, list[dict]] = {m: [] for m in METHODS}
-        for _ in range(args.repeats):
-            for method in METHODS:
-                command = [sys.executable, __file__, "--one", method, str(sound)]
-                start = time.perf_counter()
-                out = subprocess.run(command, capture_output=True, text=True, check=True)
-                process = time.perf_counter() - start
-                results[method].append(json.loads(out.stdout) | {"process": process})
+        results = measure(
+            METHODS,
+            args.repeats,
+            lambda method: [sys.executable, __file__, "--one", method, str(sound)],
+        )
         print(f"load average after: {os.getloadavg()}")
         print("| method | work (s) | process (s) | real-time factor, work | peak RSS (MiB) |")
         print("|---|---|---|---|---|")
         for method, runs in results.items():
-            work, process, peak = (
-                statistics.median(r[key] for r in runs) for key in ("work", "process", "peak_mib")
-            )
+            work, process, peak = medians(runs)
             print(f"| {method} | {work:.2f} | {process:.2f} | {args.seconds / work:.0f}x | "
                   f"{peak:.0f} |")  # fmt: skip
         ours, peer = (np.array(results[m][0]["bins"]) for m in ("ours", "peer"))

@@ -35,7 +35,6 @@ import hashlib
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from media_runs import measure, medians
 
 METHODS = ("ours", "peer-resized", "peer-full", "floor")
 
@@ -132,22 +132,26 @@ def main() -> None:
             make_film(film, args.seconds)
         print(f"film: {args.seconds:g} s 854x480 25 fps H.264, {film.stat().st_size / 2**20:.1f} "
               f"MiB, ready in {time.perf_counter() - start:.1f} s")  # fmt: skip
-        results: dict[str, list[dict]] = {m: [] for m in args.methods}
-        for _ in range(args.repeats):
-            for method in args.methods:
-                command = [sys.executable, __file__, "--one", method, str(film), "--tr",
-                           str(args.tr), "--size", *map(str, args.size)]  # fmt: skip
-                start = time.perf_counter()
-                out = subprocess.run(command, capture_output=True, text=True, check=True)
-                process = time.perf_counter() - start
-                results[method].append(json.loads(out.stdout) | {"process": process})
+        results = measure(
+            args.methods,
+            args.repeats,
+            lambda method: [
+                sys.executable,
+                __file__,
+                "--one",
+                method,
+                str(film),
+                "--tr",
+                str(args.tr),
+                "--size",
+                *map(str, args.size),
+            ],  # fmt: skip
+        )
         print(f"baseline peak RSS (imports only): {_baseline():.0f} MiB")
         print("| method | work (s) | process (s) | real-time factor, work | peak RSS (MiB) | TRs |")
         print("|---|---|---|---|---|---|")
         for method, runs in results.items():
-            work, process, peak = (
-                statistics.median(r[key] for r in runs) for key in ("work", "process", "peak_mib")
-            )
+            work, process, peak = medians(runs)
             print(f"| {method} | {work:.2f} | {process:.2f} | {args.seconds / work:.1f}x | "
                   f"{peak:.0f} | {runs[0]['bins']} |")  # fmt: skip
         checksums = {method: runs[0]["checksum"] for method, runs in results.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -26,6 +27,20 @@ def truth(root: Path) -> dict:
 def copy_dataset(root: Path, to: Path) -> Path:
     """A copy of the dataset to break."""
     return Path(shutil.copytree(root, to / "bids"))
+
+
+class Pipe(io.RawIOBase):
+    """A file that cannot seek, as a muxer writing to a pipe sees it: the writer cannot go
+    back to fill in sizes and durations."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        return self.handle.write(data)
 
 
 def cut_faststart(film: Path, out: Path, keep: float = 0.6) -> Path:

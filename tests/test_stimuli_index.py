@@ -3,7 +3,6 @@ file listed once with its users, and every bad input an error naming file and su
 
 from __future__ import annotations
 
-import io
 import json
 import os
 
@@ -15,7 +14,7 @@ from bidstrain.dataset.bids import BidsIndex
 from bidstrain.demo.naturalistic import NaturalisticSpec, encode_film, film_truth
 from bidstrain.errors import BidstrainError
 from bidstrain.stimuli.index import StimulusIndex
-from stimuli_support import SPEC, copy_dataset, cut_faststart, make_film_bids
+from stimuli_support import SPEC, Pipe, copy_dataset, cut_faststart, make_film_bids
 
 RUN_EVENTS = "sub-02/func/sub-02_task-movie_run-1_events.tsv"
 
@@ -117,23 +116,10 @@ def test_a_truncated_streamable_film_names_the_file_and_subject(film_bids, tmp_p
         _index(root)
 
 
-class _Pipe(io.RawIOBase):
-    """A file written as to a pipe: the writer cannot go back to fill in sizes."""
-
-    def __init__(self, handle):
-        self.handle = handle
-
-    def writable(self):
-        return True
-
-    def write(self, data):
-        return self.handle.write(data)
-
-
 def test_files_written_to_a_pipe_are_measured_not_refused(film_bids, tmp_path):
     root = copy_dataset(film_bids, tmp_path)
     rate = 8000
-    with open(root / "stimuli" / "sound.wav", "wb") as raw, av.open(_Pipe(raw), "w", "wav") as c:
+    with open(root / "stimuli" / "sound.wav", "wb") as raw, av.open(Pipe(raw), "w", "wav") as c:
         stream = c.add_stream("pcm_s16le", rate=rate)
         stream.layout = "mono"
         frame = av.AudioFrame.from_ndarray(np.zeros((1, 20 * rate), np.int16), "s16", "mono")
@@ -143,7 +129,7 @@ def test_files_written_to_a_pipe_are_measured_not_refused(film_bids, tmp_path):
     assert (root / "stimuli" / "sound.wav").read_bytes()[4:8] == b"\xff" * 4  # size unknown
     with (
         open(root / "stimuli" / "film.mkv", "wb") as raw,
-        av.open(_Pipe(raw), "w", "matroska") as c,
+        av.open(Pipe(raw), "w", "matroska") as c,
     ):
         stream = c.add_stream("mpeg4", rate=10)
         stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"

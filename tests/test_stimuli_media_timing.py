@@ -4,7 +4,6 @@ frame rates, sounds shorter than their films, and sounds of any rate and channel
 from __future__ import annotations
 
 import contextlib
-import io
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,21 +16,9 @@ from bidstrain.stimuli.bins import bin_means
 from bidstrain.stimuli.features import media_features
 from bidstrain.stimuli.media import probe
 from bidstrain.stimuli.video import video_features
+from stimuli_support import Pipe
 
 RATE = 16000
-
-
-class _Pipe(io.RawIOBase):
-    """A file that cannot seek: what a muxer writing to a pipe sees."""
-
-    def __init__(self, handle):
-        self.handle = handle
-
-    def writable(self):
-        return True
-
-    def write(self, data):
-        return self.handle.write(data)
 
 
 def _film(
@@ -42,7 +29,7 @@ def _film(
     RATE) an AAC track from the same start. ``piped``: written as to a pipe (a Matroska
     file then declares no duration)."""
     with contextlib.ExitStack() as stack:
-        target = _Pipe(stack.enter_context(path.open("wb"))) if piped else str(path)
+        target = Pipe(stack.enter_context(path.open("wb"))) if piped else str(path)
         fmt = "matroska" if path.suffix == ".mkv" else None
         container = stack.enter_context(av.open(target, "w", format=fmt))
         video = container.add_stream("libx264", rate=1000)
