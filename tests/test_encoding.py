@@ -20,6 +20,7 @@ from bidstrain.encoding.evaluate import chance_bound, score
 from bidstrain.encoding.fit import Interrupted, fit, shard
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import open_store
+from bidstrain.report.encoding import chosen_targets
 from bidstrain.stimuli.align import StatsAccumulator, convolve_hrf, stack_delays
 from bidstrain.train.distributed import Context
 
@@ -374,3 +375,13 @@ def test_apply_names_a_features_argument_that_is_no_pair(tmp_path):
     with pytest.raises(BidstrainError, match=r"KIND=STORE pairs, got \['video.zarr'\]"):
         apply_main([*arguments, "--features", "audio=a.zarr", "video.zarr"])
     assert not (tmp_path / "p.zarr").exists()
+
+
+def test_the_timecourse_figure_shows_the_best_target_then_those_nearest_the_median():
+    correlation = np.array([0.1, 0.5, 0.9, 0.45, 0.2, np.nan])
+    assert chosen_targets(correlation, 3) == [
+        ("best", 2),
+        ("near the median", 3),
+        ("near the median", 1),
+    ]
+    assert chosen_targets(np.full(3, np.nan), 3) == []

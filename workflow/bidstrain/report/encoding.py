@@ -31,7 +31,7 @@ def chosen_targets(correlation: np.ndarray, n: int) -> list[tuple[str, int]]:
     best = int(order[-1])
     median = np.median(correlation[finite])
     near = [int(i) for i in order[np.argsort(np.abs(correlation[order] - median))] if i != best]
-    return [("best", best)] + [("median", i) for i in near[: max(n - 1, 0)]]
+    return [("best", best)] + [("near the median", i) for i in near[: max(n - 1, 0)]]
 
 
 def timecourse_figure(
