@@ -12,6 +12,7 @@ import av
 import numpy as np
 import pytest
 from bidstrain.config import StimulusFeatureConfig
+from bidstrain.demo import naturalistic
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import read_feature_store
 from bidstrain.stimuli import audio, video
@@ -19,7 +20,7 @@ from bidstrain.stimuli.__main__ import main
 from bidstrain.stimuli.audio import audio_features, band_centres, mel_filterbank
 from bidstrain.stimuli.bins import bin_means
 from bidstrain.stimuli.features import text_features
-from bidstrain.stimuli.media import open_media
+from bidstrain.stimuli.media import open_media, probe
 from bidstrain.stimuli.text import (
     Word,
     hashed_bag,
@@ -350,3 +351,17 @@ def test_cli_word_vectors_note_the_unknown_words(film_bids, tmp_path):
         rows = [np.eye(3)[known.index(w)] for w in tr_words if w in known]
         expected = np.mean(rows, axis=0) if rows else np.zeros(3)
         np.testing.assert_allclose(store.features["text"][k], expected, atol=1e-7)
+
+
+def test_the_demo_command_writes_a_film_of_the_duration_asked_and_refuses_a_partial_tr(
+    tmp_path, capsys
+):
+    naturalistic.main([str(tmp_path / "short"), "--subjects", "1", "--duration", "8"])
+    root = tmp_path / "short"
+    assert probe(root / "stimuli" / "film.mp4").duration == pytest.approx(8.0, abs=0.1)
+    assert len(truth(root)["luminance"]) == 4
+    with pytest.raises(SystemExit) as stopped:
+        naturalistic.main([str(tmp_path / "odd"), "--duration", "9"])
+    assert stopped.value.code == 2
+    assert "--duration 9: not a whole, positive number of TRs (2 s)" in capsys.readouterr().err
+    assert not (tmp_path / "odd").exists()

@@ -259,15 +259,27 @@ def make_naturalistic_demo(root: str | Path, spec: NaturalisticSpec = Naturalist
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``bidstrain-naturalistic-demo OUT_DIR [--subjects N] [--seed S]``."""
+    """Command line: ``bidstrain-naturalistic-demo OUT_DIR [--subjects N] [--duration S]
+    [--seed S]``."""
     parser = argparse.ArgumentParser(
         prog="bidstrain-naturalistic-demo", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--subjects", type=int, default=NaturalisticSpec.n_subjects)
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=NaturalisticSpec.duration,
+        help="seconds of the film, a whole number of TRs (%(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=NaturalisticSpec.seed)
     args = parser.parse_args(argv)
-    spec = NaturalisticSpec(n_subjects=args.subjects, seed=args.seed)
+    spec = NaturalisticSpec(n_subjects=args.subjects, duration=args.duration, seed=args.seed)
+    if spec.n_bins < 1 or not np.isclose(spec.n_bins * spec.repetition_time, spec.duration):
+        parser.error(
+            f"--duration {args.duration:g}: not a whole, positive number of TRs "
+            f"({spec.repetition_time:g} s)"
+        )
     print(make_naturalistic_demo(args.out_dir, spec))
 
 
