@@ -1,4 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both install what they need.
+# `make demo-naturalistic` runs the film, sound and transcript side on a second demo.
 # `make validate`, `make report` and `make status` are those of `bidstrain` (docs/
 # study-folder.md) for the study of this folder (config/config.yaml: the demo).
 SHELL := /bin/bash
@@ -7,8 +8,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CORES ?= 2
 DEMO_BIDS := demo_data/bids
+NATURALISTIC := demo_data/naturalistic
 
-.PHONY: install slurm-packages atlas-packages demo validate report status test test-slow lint format clean
+.PHONY: install slurm-packages atlas-packages demo demo-naturalistic validate report status test test-slow lint format clean
 
 # Every `snakemake` start waits about 10 s where a SLURM client is installed and no
 # controller answers: the SLURM executor plugin runs `scontrol show config` while it builds
@@ -37,6 +39,21 @@ $(DEMO_BIDS)/dataset_description.json: $(wildcard workflow/bidstrain/demo/*.py) 
 demo: $(STAMP) $(DEMO_BIDS)/dataset_description.json
 	$(SNAKEMAKE) --cores $(CORES) all
 	$(SNAKEMAKE) --report results/report.html
+
+# The naturalistic demo in a study folder of its own ($(NATURALISTIC)/study, docs/
+# study-folder.md): the film dataset, then the workflow with config/naturalistic.yaml and
+# its report ($(NATURALISTIC)/study/results/report.html).
+$(NATURALISTIC)/bids/dataset_description.json: $(wildcard workflow/bidstrain/demo/*.py) | $(STAMP)
+	rm -rf $(NATURALISTIC)/bids
+	$(VENV)/bin/bidstrain-naturalistic-demo $(NATURALISTIC)/bids
+
+$(NATURALISTIC)/study/config/config.yaml: | $(STAMP) $(NATURALISTIC)/bids/dataset_description.json
+	$(VENV)/bin/bidstrain init $(NATURALISTIC)/study --bids-dir $(NATURALISTIC)/bids \
+		--experiment naturalistic
+
+demo-naturalistic: $(STAMP) $(NATURALISTIC)/bids/dataset_description.json $(NATURALISTIC)/study/config/config.yaml
+	$(VENV)/bin/bidstrain -C $(NATURALISTIC)/study report --cores $(CORES) \
+		--configfile $(CURDIR)/config/naturalistic.yaml
 
 # Every problem of the dataset's headers and sidecars at once (results/validate/).
 validate: $(STAMP) $(DEMO_BIDS)/dataset_description.json

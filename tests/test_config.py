@@ -67,8 +67,14 @@ def test_defaults_live_in_the_schema_and_fill_a_minimal_config():
         typed.train.model.shapes["bold"] = (1, 1, 1)  # type: ignore[index]
 
 
-def test_config_yaml_is_valid():
-    validate_config(yaml.safe_load((REPO / "config" / "config.yaml").read_text()), SCHEMA)
+#: The configurations the repository ships: the demo's, and overlays laid over a study's.
+SHIPPED = ("config.yaml", "naturalistic.yaml", "train-mni2mm.yaml")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_configs_are_valid(name):
+    config = yaml.safe_load((REPO / "config" / name).read_text())
+    validate_config({"bids_dir": "/data"} | config, SCHEMA)
 
 
 def test_a_bad_value_names_its_key():
@@ -140,8 +146,9 @@ def test_job_resources_live_in_their_own_section_not_in_the_train_settings():
     assert set(train.checked()) == set(train_keys("checked"))
 
 
-def test_config_yaml_restates_no_default():
-    """Defaults live in the schema only: every value config.yaml sets differs from it."""
+@pytest.mark.parametrize("name", ["config.yaml", "naturalistic.yaml"])
+def test_config_yaml_restates_no_default(name):
+    """Defaults live in the schema only: every value the demos' files set differs from it."""
     schema = yaml.safe_load(SCHEMA.read_text())
     defaults = validate_config({"bids_dir": ""}, SCHEMA)
 
@@ -154,7 +161,7 @@ def test_config_yaml_restates_no_default():
                 found.append(f"{prefix}{key}")
         return found
 
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = yaml.safe_load((REPO / "config" / name).read_text())
     assert restated(config, defaults) == []
     assert set(config) <= set(schema["properties"])
 

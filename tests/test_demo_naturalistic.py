@@ -1,0 +1,49 @@
+"""`make demo-naturalistic` as a user runs it: the film dataset, a study folder laid over
+with config/naturalistic.yaml, the workflow to the encoding model, and the report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import yaml
+from bidstrain import paths
+from conftest import REPO, snakemake_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # the whole naturalistic workflow
+
+
+def _make_demo(demo) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["make", "-C", str(REPO), "demo-naturalistic", f"NATURALISTIC={demo}"],
+        capture_output=True,
+        text=True,
+        env=snakemake_env(uses_slurm=False),
+    )
+
+
+def test_make_demo_naturalistic_runs_the_film_to_the_encoding_model_and_report(tmp_path):
+    demo = tmp_path / "naturalistic"
+    result = _make_demo(demo)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    study = demo / "study"
+    assert yaml.safe_load((study / "config" / "config.yaml").read_text()) == {
+        "bids_dir": str(demo / "bids"),
+        "train": {"experiment": "naturalistic"},
+    }
+    metrics = json.loads(
+        (study / paths.encoding_output("naturalistic", "metrics.json")).read_text()
+    )
+    model, ridge = (metrics["predictions"][name]["mean_correlation"] for name in ("model", "ridge"))
+    assert model > 0.3 and model >= ridge - 0.05, metrics["predictions"]
+    report = study / "results" / "report"
+    assert sorted(p.name for p in (report / "stimuli").glob("*.png")) == [
+        "task-movie_run-1.png",
+        "task-movie_run-2.png",
+    ]
+    assert (study / "results" / "report.html").stat().st_size > 100_000
+    again = _make_demo(demo)  # nothing changed: nothing is rebuilt
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "Nothing to be done" in again.stdout + again.stderr
+    assert "bidstrain-naturalistic-demo" not in again.stdout
