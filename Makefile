@@ -94,13 +94,16 @@ test: $(STAMP) slurm-packages atlas-packages
 test-slow: $(STAMP) slurm-packages atlas-packages
 	$(PYTEST) -m slow tests
 
-lint: $(STAMP) $(DEMO_BIDS)/dataset_description.json
+lint: $(STAMP) $(DEMO_BIDS)/dataset_description.json $(NATURALISTIC)/study/config/config.yaml
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/snakefmt --check workflow/Snakefile workflow/rules
 	# SLURM_CONF=/dev/null: the SLURM plugin's help text asks scontrol, which waits 10 s for
-	# a controller when none answers; the lint does not use SLURM.
+	# a controller when none answers; the lint does not use SLURM. The naturalistic study
+	# adds the stimulus and encoding rules, which the demo's configuration leaves out.
 	SLURM_CONF=/dev/null $(VENV)/bin/snakemake --lint --configfile config/config.yaml
+	SLURM_CONF=/dev/null $(VENV)/bin/snakemake --lint --snakefile $(CURDIR)/workflow/Snakefile \
+		--directory $(NATURALISTIC)/study --configfile $(CURDIR)/config/naturalistic.yaml
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -8,7 +8,6 @@ import shlex
 
 from bidstrain.plan import ENCODING_FIGURES, ENCODING_OUTPUTS
 
-ENCODING_DIR = paths.encoding_dir(PLAN.experiment)
 ENCODING_GPUS = CONFIG.resources.encoding.gpus
 
 
@@ -41,7 +40,7 @@ rule encoding_model:
             paths.plan_encoding_settings(PLAN.experiment)
         ),
         world_size=max(1, ENCODING_GPUS),
-        out_dir=ENCODING_DIR,
+        out_dir=lambda wildcards, output: str(Path(output[0]).parent),
     shell:
         "exec > {log:q} 2>&1; exec python -m bidstrain.train.launch --nodes 1"
         " --gpus-per-node {resources.gpu} --module bidstrain.encoding --"
@@ -66,7 +65,7 @@ rule encoding_figures:
         # the grid of the map (a voxel average), and the atlas of a model of parcels
         figure_args=shlex.join(PLAN.encoding_figure_arguments()),
         targets=CONFIG.encoding.figure_targets,
-        out_dir=ENCODING_DIR,
+        out_dir=lambda wildcards, input: str(Path(input[0]).parent),
     shell:
         "python -m bidstrain.report encoding --encoding-dir {params.out_dir:q}"
         " {params.figure_args} --targets {params.targets}"
