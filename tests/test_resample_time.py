@@ -9,6 +9,7 @@ from bidstrain.normalize.resample_time import (
     FOURIER_HALF_WIDTH,
     METHODS,
     TimeResampler,
+    linear_frame_sums,
     resample,
     time_grid,
 )
@@ -167,3 +168,32 @@ def test_frames_whose_support_holds_a_dropped_volume_are_invalid(method):
     out = [frames.copy() for frames in resampler.push(positions, values[positions])]
     out += [frames.copy() for frames in resampler.finish()]
     np.testing.assert_allclose(np.concatenate(out), resample(zeroed, grid), atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("n", "source_tr", "target_tr"), [(90, 2.0, 0.8), (61, 0.72, 2.0), (40, 1.0, 0.5)]
+)
+@pytest.mark.parametrize("block", [1, 4, 7])
+def test_linear_frame_sums_from_the_volumes_equal_those_of_the_frames(
+    n, source_tr, target_tr, block
+):
+    """The statistics pass of a linear run sums its volumes, not its resampled frames:
+    the same sums (float64 rounding), with volumes dropped in the middle and at the
+    ends, streamed in blocks of any size."""
+    rng = np.random.default_rng(3)
+    kept = rng.random(n) > 0.2
+    kept[[0, -1]] = False
+    grid = time_grid(n, source_tr, target_tr, "linear", kept)
+    values = rng.standard_normal((n, 5)) * 100
+    values[~kept] = 0.0
+    frames = resample(values, grid)
+    assert frames.shape[0] == grid.valid.sum() > 0
+    blocks = []
+    for start in range(0, n, block):
+        rows = start + np.flatnonzero(kept[start : start + block])
+        blocks.append((rows, values[rows]))
+    total, squares = linear_frame_sums(blocks, grid, 5)
+    np.testing.assert_allclose(total, frames.sum(axis=0), rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(squares, (frames**2).sum(axis=0), rtol=1e-12)
+    with pytest.raises(ValueError, match="needs a linear grid"):
+        linear_frame_sums(blocks, time_grid(n, source_tr, target_tr, "pchip"), 5)

@@ -71,6 +71,14 @@ class VoxelMoments:
         self.n_voxel = n_voxel
         self._tiles: dict[int, list[slice]] = {}  # by rows per block
 
+    @classmethod
+    def from_sums(cls, count: int, total: np.ndarray, squares: np.ndarray) -> VoxelMoments:
+        """Moments of ``count`` centered values whose per-voxel sum and sum of squares
+        (float64) were computed elsewhere."""
+        moments = cls(total.size, dtype=np.float64, centered=True)
+        moments.count, moments.sum, moments.sum_squares = count, total, squares
+        return moments
+
     def update(self, block: np.ndarray) -> None:
         """Add a block of volumes, shape ``(n, n_voxel)`` (any real dtype)."""
         if block.shape[0] == 0:

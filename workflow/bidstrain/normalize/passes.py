@@ -46,7 +46,12 @@ from bidstrain.normalize.masking import epi_mask, head_mask, load_mask
 from bidstrain.normalize.moments import VoxelMoments
 from bidstrain.normalize.nifti_stream import NiftiLayout, iter_blocks, read_layout
 from bidstrain.normalize.parcels import ParcelMeans, ParcelOutputs, write_parcel_outputs
-from bidstrain.normalize.resample_time import TimeGrid, TimeResampler, time_grid
+from bidstrain.normalize.resample_time import (
+    TimeGrid,
+    TimeResampler,
+    linear_frame_sums,
+    time_grid,
+)
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +367,11 @@ def frames(source, grid: TimeGrid, n_voxel: int):
 
 
 def frame_moments(source, grid: TimeGrid, n_voxel: int) -> VoxelMoments:
-    """Per-voxel moments of the store's frames (a resampled run's own statistics)."""
+    """Per-voxel moments of the store's frames (a resampled run's own statistics); those
+    of ``linear`` frames are summed from the volumes (:func:`linear_frame_sums`)."""
+    if grid.method == "linear":
+        total, squares = linear_frame_sums(source, grid, n_voxel)
+        return VoxelMoments.from_sums(int(grid.valid.sum()), total, squares)
     moments = VoxelMoments(n_voxel, dtype=np.float64, centered=True)
     for block in frames(source, grid, n_voxel):
         moments.update(block)

@@ -53,6 +53,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bidstrain.normalize.moments import voxel_tiles
+
 #: Config ``time.method`` values.
 METHODS = ("linear", "pchip", "fourier")
 #: Repetition times closer than this (seconds) are the same: no resampling.
@@ -354,6 +356,73 @@ class TimeResampler:
                 np.multiply(window[column], row_weights[column], out=self._scratch)
                 row += self._scratch
         return out
+
+
+def linear_frame_sums(source, grid: TimeGrid, n_voxel: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-voxel sum and sum of squares of a ``linear`` run's valid frames, from its
+    volumes, without resampling them.
+
+    The frames are ``W @ volumes`` (:func:`weights`), so their sum is ``(1 W) @
+    volumes`` and their sum of squares ``sum_ij (W'W)_ij v_i v_j``, where ``W'W`` joins
+    neighbouring volumes only (a linear frame depends on two): per volume, its weight,
+    its squared weight and its product weight with the next volume, summed over the
+    frames (memory: three numbers per volume). A volume never
+    pushed (dropped by the sample mask) counts as 0, as in :class:`TimeResampler`.
+    Equal to the sums over the resampled frames up to rounding (float64), at the cost
+    of a pass over the run's volumes instead of its frames (``target_tr`` 0.8 s from
+    2.0 s: 2.5 times as many).
+
+    Parameters
+    ----------
+    source : iterable of (positions, values)
+        As :meth:`TimeResampler.push` takes them: blocks of deviations, in time order
+        (reused buffers are fine).
+    grid : TimeGrid
+        A ``linear`` grid.
+    n_voxel : int
+        Values per volume.
+
+    Returns
+    -------
+    total, squares : ndarray, shape (n_voxel,), float64
+    """
+    if grid.method != "linear":
+        raise ValueError(f"linear_frame_sums needs a linear grid, not {grid.method!r}")
+    total, squares = np.zeros(n_voxel), np.zeros(n_voxel)
+    frames = np.flatnonzero(grid.valid)
+    if not frames.size:
+        return total, squares
+    left, right = grid.first[frames], grid.last[frames]  # equal where a frame is a volume
+    to_right = np.where(right > left, grid.times[frames] / grid.source_tr - left, 0.0)
+    to_left = 1.0 - to_right
+    volume_weight, square_weight, next_weight = np.zeros((3, grid.n_source))
+    for volume, weight in ((left, to_left), (right, to_right)):
+        np.add.at(volume_weight, volume, weight)
+        np.add.at(square_weight, volume, weight**2)
+    np.add.at(next_weight, left, to_left * to_right)
+    last_position, last_row = -2, np.zeros(n_voxel)  # the previous block's last volume
+    for positions, values in source:
+        positions = np.asarray(positions, dtype=np.intp)
+        if not positions.size:
+            continue
+        follows = np.flatnonzero(np.diff(positions) == 1)
+        weight, square, product = (
+            volume_weight[positions],
+            square_weight[positions],
+            2 * next_weight[positions[follows]],
+        )
+        joined = positions[0] == last_position + 1
+        for tile in voxel_tiles(n_voxel, positions.size):  # temporaries in the cache
+            rows = values[:, tile]
+            total[tile] += weight @ rows
+            squares[tile] += square @ (rows * rows)
+            if follows.size:
+                squares[tile] += product @ (rows[follows] * rows[follows + 1])
+            if joined:
+                squares[tile] += 2 * next_weight[last_position] * last_row[tile] * rows[0]
+        last_position = int(positions[-1])
+        last_row[:] = values[-1]
+    return total, squares
 
 
 def resample(values: np.ndarray, grid: TimeGrid) -> np.ndarray:
