@@ -650,5 +650,8 @@ def test_encoding_timecourses_name_parcels_by_label_as_the_metrics_do():
         names=names, chance=0.52,
     )  # fmt: skip
     titles = [ax.get_title() for ax in fig.axes]
-    assert titles == ["parcel 5 luminance (best): r = 0.90", "parcel 8 words (median): r = 0.50"]
+    assert titles == [
+        "parcel 5 luminance (best): r = 0.90",
+        "parcel 8 words (near the median): r = 0.50",
+    ]
     assert "(|r| of an unrelated prediction stays under 0.52)" in fig.get_suptitle()

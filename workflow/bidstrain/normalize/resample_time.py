@@ -366,11 +366,10 @@ def linear_frame_sums(source, grid: TimeGrid, n_voxel: int) -> tuple[np.ndarray,
     volumes`` and their sum of squares ``sum_ij (W'W)_ij v_i v_j``, where ``W'W`` joins
     neighbouring volumes only (a linear frame depends on two): per volume, its weight,
     its squared weight and its product weight with the next volume, summed over the
-    frames (memory: three numbers per volume). A volume never
-    pushed (dropped by the sample mask) counts as 0, as in :class:`TimeResampler`.
-    Equal to the sums over the resampled frames up to rounding (float64), at the cost
-    of a pass over the run's volumes instead of its frames (``target_tr`` 0.8 s from
-    2.0 s: 2.5 times as many).
+    frames (memory: three numbers per volume). A volume never pushed (dropped by the
+    sample mask) counts as 0, as in :class:`TimeResampler`. Equal to the sums over the
+    resampled frames up to rounding (float64), at the cost of a pass over the run's
+    volumes instead of its frames (``target_tr`` 0.8 s from 2.0 s: 2.5 times as many).
 
     Parameters
     ----------
