@@ -30,7 +30,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from media_runs import measure, medians
+from media_runs import measure, print_table
 
 METHODS = ("ours", "peer", "floor")
 TR = 2.0
@@ -116,12 +116,7 @@ def main() -> None:
             lambda method: [sys.executable, __file__, "--one", method, str(sound)],
         )
         print(f"load average after: {os.getloadavg()}")
-        print("| method | work (s) | process (s) | real-time factor, work | peak RSS (MiB) |")
-        print("|---|---|---|---|---|")
-        for method, runs in results.items():
-            work, process, peak = medians(runs)
-            print(f"| {method} | {work:.2f} | {process:.2f} | {args.seconds / work:.0f}x | "
-                  f"{peak:.0f} |")  # fmt: skip
+        print_table(results, args.seconds)
         ours, peer = (np.array(results[m][0]["bins"]) for m in ("ours", "peer"))
         n = min(len(ours), len(peer))
         difference = np.abs(ours[:n] - peer[:n]).max()

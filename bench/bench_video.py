@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from media_runs import measure, medians
+from media_runs import measure, print_table
 
 METHODS = ("ours", "peer-resized", "peer-full", "floor")
 
@@ -148,12 +148,8 @@ def main() -> None:
             ],  # fmt: skip
         )
         print(f"baseline peak RSS (imports only): {_baseline():.0f} MiB")
-        print("| method | work (s) | process (s) | real-time factor, work | peak RSS (MiB) | TRs |")
-        print("|---|---|---|---|---|---|")
-        for method, runs in results.items():
-            work, process, peak = medians(runs)
-            print(f"| {method} | {work:.2f} | {process:.2f} | {args.seconds / work:.1f}x | "
-                  f"{peak:.0f} | {runs[0]['bins']} |")  # fmt: skip
+        print_table(results, args.seconds)
+        print("TRs:", {method: runs[0]["bins"] for method, runs in results.items()})
         checksums = {method: runs[0]["checksum"] for method, runs in results.items()}
         print("mean feature:", checksums)
         digests = [results[m][0]["sha256"] for m in ("ours", "peer-resized") if m in results]

@@ -29,9 +29,13 @@ def measure(
     return results
 
 
-def medians(runs: list[dict]) -> tuple[float, float, float]:
-    """The median work (s), whole-process time (s) and peak RSS (MiB) of a method's runs."""
-    work, process, peak = (
-        statistics.median(run[key] for run in runs) for key in ("work", "process", "peak_mib")
-    )
-    return work, process, peak
+def print_table(results: dict[str, list[dict]], seconds: float) -> None:
+    """A Markdown table of each method's median work (s), whole-process time (s),
+    real-time factor (``seconds`` of media over the work) and peak RSS (MiB)."""
+    print("| method | work (s) | process (s) | real-time factor, work | peak RSS (MiB) |")
+    print("|---|---|---|---|---|")
+    for method, runs in results.items():
+        work, process, peak = (
+            statistics.median(run[key] for run in runs) for key in ("work", "process", "peak_mib")
+        )
+        print(f"| {method} | {work:.2f} | {process:.2f} | {seconds / work:.1f}x | {peak:.0f} |")
