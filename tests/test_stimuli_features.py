@@ -4,6 +4,7 @@ as a stream."""
 from __future__ import annotations
 
 import itertools
+import re
 from collections import Counter
 from fractions import Fraction
 from types import SimpleNamespace
@@ -31,6 +32,7 @@ from bidstrain.stimuli.text import (
     words_per_bin,
 )
 from bidstrain.stimuli.video import video_features
+from conftest import run_bench
 from stimuli_support import SPEC, cut_faststart, make_film_bids, truth
 
 TR = SPEC.repetition_time
@@ -365,3 +367,17 @@ def test_the_demo_command_writes_a_film_of_the_duration_asked_and_refuses_a_part
     assert stopped.value.code == 2
     assert "--duration 9: not a whole, positive number of TRs (2 s)" in capsys.readouterr().err
     assert not (tmp_path / "odd").exists()
+
+
+def test_the_media_benches_give_the_same_features_as_their_peers(tmp_path):
+    """bench_audio and bench_video time bidstrain against a user's version: they must
+    compare the same features (the video bench exits non-zero where they differ)."""
+    sound = run_bench("bench_audio.py", "--seconds", "6", "--repeats", "1", cwd=tmp_path)
+    assert sound.returncode == 0, sound.stderr
+    difference = float(re.search(r"over the first 3: (\S+)", sound.stdout).group(1))
+    assert difference < 1e-12
+    assert re.search(r"^\| ours \| [\d.]+ \| [\d.]+ \| [\d.]+x \| \d+ \|$", sound.stdout, re.M)
+    film = run_bench("bench_video.py", "--seconds", "4", "--repeats", "1", cwd=tmp_path)
+    assert film.returncode == 0, film.stderr
+    assert "ours and peer-resized: identical features (SHA-256)" in film.stdout
+    assert "TRs: {'ours': 2, 'peer-resized': 2, 'peer-full': 2, 'floor': 0}" in film.stdout
