@@ -10,6 +10,9 @@ CORES ?= 2
 DEMO_BIDS := demo_data/bids
 NATURALISTIC := demo_data/naturalistic
 
+# A recipe that fails removes its target (a half-written demo is written again next time).
+.DELETE_ON_ERROR:
+
 .PHONY: install slurm-packages atlas-packages demo demo-naturalistic validate report status test test-slow lint format clean
 
 # Every `snakemake` start waits about 10 s where a SLURM client is installed and no

@@ -362,11 +362,17 @@ def test_the_demo_command_writes_a_film_of_the_duration_asked_and_refuses_a_part
     root = tmp_path / "short"
     assert probe(root / "stimuli" / "film.mp4").duration == pytest.approx(8.0, abs=0.1)
     assert len(truth(root)["luminance"]) == 4
-    with pytest.raises(SystemExit) as stopped:
-        naturalistic.main([str(tmp_path / "odd"), "--duration", "9"])
-    assert stopped.value.code == 2
-    assert "--duration 9: not a whole, positive number of TRs (2 s)" in capsys.readouterr().err
-    assert not (tmp_path / "odd").exists()
+    for duration, message in [
+        ("9", "--duration 9: not a whole, positive number of TRs (2 s)"),
+        ("60.0004", "--duration 60.0004: not a whole, positive number of TRs (2 s)"),
+        ("nan", "--duration nan: not a whole, positive number of TRs (2 s)"),
+        ("2", "the film's 1 TR(s) leave its luminance, log2 tone frequency, word count the"),
+    ]:
+        with pytest.raises(SystemExit) as stopped:
+            naturalistic.main([str(tmp_path / "refused"), "--duration", duration])
+        assert stopped.value.code == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "refused" / "dataset_description.json").exists()
 
 
 def test_the_media_benches_give_the_same_features_as_their_peers(tmp_path):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -87,6 +88,10 @@ class NaturalisticSpec:
         return round(self.duration / self.repetition_time)
 
 
+#: The features that drive the demo's BOLD, in the columns of :meth:`FilmTruth.design`.
+DESIGN_COLUMNS = ("luminance", "log2 tone frequency", "word count")
+
+
 @dataclass(frozen=True)
 class FilmTruth:
     """What the film shows and says in each TR."""
@@ -97,12 +102,26 @@ class FilmTruth:
     words: list[list[str]]
 
     def design(self) -> np.ndarray:
-        """The features that drive BOLD, one column each, z-scored: luminance,
-        log2 tone frequency, word count."""
+        """The features that drive BOLD, one column each (:data:`DESIGN_COLUMNS`),
+        z-scored.
+
+        Raises
+        ------
+        ValueError
+            When a feature is the same in every TR (a film of a few TRs): it could not be
+            z-scored.
+        """
         columns = np.stack(
             [self.luminance, np.log2(self.frequency), [len(w) for w in self.words]], axis=1
         ).astype(np.float64)
-        return (columns - columns.mean(axis=0)) / columns.std(axis=0)
+        spread = columns.std(axis=0)
+        constant = [name for name, s in zip(DESIGN_COLUMNS, spread, strict=True) if s == 0]
+        if constant:
+            raise ValueError(
+                f"the film's {len(columns)} TR(s) leave its {', '.join(constant)} the same "
+                "in every TR: choose a longer film or another seed"
+            )
+        return (columns - columns.mean(axis=0)) / spread
 
 
 def film_truth(spec: NaturalisticSpec, rng: np.random.Generator) -> FilmTruth:
@@ -201,13 +220,20 @@ def write_atlas(root: Path, spec: NaturalisticSpec) -> Path:
 
 
 def make_naturalistic_demo(root: str | Path, spec: NaturalisticSpec = NaturalisticSpec()) -> Path:
-    """Write the naturalistic demo dataset under ``root``; returns ``root``."""
+    """Write the naturalistic demo dataset under ``root``; returns ``root``.
+
+    ``dataset_description.json`` is written last: a dataset whose writing failed has none.
+
+    Raises
+    ------
+    ValueError
+        When the film is too short for every feature to vary (:meth:`FilmTruth.design`).
+    """
     root = Path(root)
     rng = np.random.default_rng(spec.seed)
     truth = film_truth(spec, rng)
+    design = truth.design()
     root.mkdir(parents=True, exist_ok=True)
-    description = {"Name": "bidstrain naturalistic demo", "BIDSVersion": "1.9.0"}
-    (root / "dataset_description.json").write_text(json.dumps(description, indent=2))
     (root / f"task-{TASK}_bold.json").write_text(
         json.dumps({"RepetitionTime": spec.repetition_time, "TaskName": TASK}, indent=2)
     )
@@ -218,7 +244,7 @@ def make_naturalistic_demo(root: str | Path, spec: NaturalisticSpec = Naturalist
         f"0\t{spec.duration:g}\tfilm\tfilm.mp4\n"
         f"0\t{spec.duration:g}\ttranscript\tfilm_words.tsv\n"
     )
-    hrf_design = convolve_hrf(truth.design(), spec.repetition_time)
+    hrf_design = convolve_hrf(design, spec.repetition_time)
     signal = spec.amplitude * np.einsum("tc,cxyz->xyzt", hrf_design, voxel_weights(spec))
     signal_var = signal.var(axis=-1)
     subjects = {}
@@ -250,11 +276,13 @@ def make_naturalistic_demo(root: str | Path, spec: NaturalisticSpec = Naturalist
                 "tone_frequency": truth.frequency.tolist(),
                 "n_mels": N_MELS,
                 "words": truth.words,
-                "design_columns": ["luminance", "log2 tone frequency", "word count"],
+                "design_columns": list(DESIGN_COLUMNS),
                 "subjects": subjects,
             }
         )
     )
+    description = {"Name": "bidstrain naturalistic demo", "BIDSVersion": "1.9.0"}
+    (root / "dataset_description.json").write_text(json.dumps(description, indent=2))
     return root
 
 
@@ -274,13 +302,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--seed", type=int, default=NaturalisticSpec.seed)
     args = parser.parse_args(argv)
-    spec = NaturalisticSpec(n_subjects=args.subjects, duration=args.duration, seed=args.seed)
-    if spec.n_bins < 1 or not np.isclose(spec.n_bins * spec.repetition_time, spec.duration):
+    tr = NaturalisticSpec.repetition_time
+    whole = math.isfinite(args.duration) and args.duration > 0
+    if not whole or abs(round(args.duration / tr) * tr - args.duration) > 1e-9:
         parser.error(
-            f"--duration {args.duration:g}: not a whole, positive number of TRs "
-            f"({spec.repetition_time:g} s)"
+            f"--duration {args.duration:g}: not a whole, positive number of TRs ({tr:g} s)"
         )
-    print(make_naturalistic_demo(args.out_dir, spec))
+    spec = NaturalisticSpec(n_subjects=args.subjects, duration=args.duration, seed=args.seed)
+    try:
+        print(make_naturalistic_demo(args.out_dir, spec))
+    except ValueError as error:
+        parser.error(f"--duration {args.duration:g}, --seed {args.seed}: {error}")
 
 
 if __name__ == "__main__":
