@@ -30,7 +30,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from media_runs import measure, print_table
+from media_runs import measure, media_seconds, print_table
 
 METHODS = ("ours", "peer", "floor")
 TR = 2.0
@@ -90,7 +90,7 @@ def _work(method: str, sound: str) -> dict:
                         + audio.LOG_FLOOR)  # fmt: skip
     work = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"work": work, "peak_mib": peak, "bins": bins.tolist()}
+    return {"work": work, "peak_mib": peak, "seconds": media_seconds(sound), "bins": bins.tolist()}
 
 
 def main() -> None:
@@ -108,7 +108,8 @@ def main() -> None:
         if not sound.is_file():
             make_sound(sound, args.seconds)
         print(
-            f"sound: {args.seconds:g} s stereo 44.1 kHz AAC, {sound.stat().st_size / 2**20:.1f} MiB"
+            f"sound: {sound.stat().st_size / 2**20:.1f} MiB (written: {args.seconds:g} s stereo "
+            "44.1 kHz AAC)"
         )
         results = measure(
             METHODS,
@@ -116,7 +117,7 @@ def main() -> None:
             lambda method: [sys.executable, __file__, "--one", method, str(sound)],
         )
         print(f"load average after: {os.getloadavg()}")
-        print_table(results, args.seconds)
+        print_table(results)
         ours, peer = (np.array(results[m][0]["bins"]) for m in ("ours", "peer"))
         n = min(len(ours), len(peer))
         difference = np.abs(ours[:n] - peer[:n]).max()

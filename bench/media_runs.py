@@ -16,7 +16,8 @@ def measure(
 ) -> dict[str, list[dict]]:
     """Run ``command_of(method)`` for every method, ``repeats`` times, interleaved.
 
-    Each command prints one JSON object (with ``work`` and ``peak_mib``); ``process``,
+    Each command prints one JSON object (with ``work``, ``peak_mib`` and ``seconds``, the
+    media's length); ``process``,
     the whole process's wall time, start-up and imports included, is added to it.
     """
     results: dict[str, list[dict]] = {method: [] for method in methods}
@@ -29,9 +30,20 @@ def measure(
     return results
 
 
-def print_table(results: dict[str, list[dict]], seconds: float) -> None:
-    """A Markdown table of each method's median work (s), whole-process time (s),
-    real-time factor (``seconds`` of media over the work) and peak RSS (MiB)."""
+def media_seconds(path: str) -> float:
+    """The length of a media file in seconds, as its container declares it."""
+    import av
+
+    with av.open(path) as container:
+        return float(container.duration / av.time_base)
+
+
+def print_table(results: dict[str, list[dict]]) -> None:
+    """The media's length, then a Markdown table of each method's median work (s),
+    whole-process time (s), real-time factor (the media's length over the work) and
+    peak RSS (MiB)."""
+    seconds = next(iter(results.values()))[0]["seconds"]
+    print(f"media: {seconds:.2f} s")
     print("| method | work (s) | process (s) | real-time factor, work | peak RSS (MiB) |")
     print("|---|---|---|---|---|")
     for method, runs in results.items():

@@ -382,6 +382,7 @@ def test_the_media_benches_give_the_same_features_as_their_peers(tmp_path):
     assert sound.returncode == 0, sound.stderr
     difference = float(re.search(r"over the first 3: (\S+)", sound.stdout).group(1))
     assert difference < 1e-12
+    assert re.search(r"^media: (6\.0\d|5\.9\d) s$", sound.stdout, re.M)  # the file's own length
     assert re.search(r"^\| ours \| [\d.]+ \| [\d.]+ \| [\d.]+x \| \d+ \|$", sound.stdout, re.M)
     film = run_bench("bench_video.py", "--seconds", "4", "--repeats", "1", cwd=tmp_path)
     assert film.returncode == 0, film.stderr
