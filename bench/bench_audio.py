@@ -30,7 +30,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from media_runs import measure, media_seconds, print_table
+from media_runs import measure, print_table
 
 METHODS = ("ours", "peer", "floor")
 TR = 2.0
@@ -61,6 +61,7 @@ def _work(method: str, sound: str) -> dict:
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     import av
     from bidstrain.stimuli import audio
+    from bidstrain.stimuli.media import probe
 
     rate, window, hop, n_mels = 16000, 0.025, 0.010, 40
     start = time.perf_counter()
@@ -90,7 +91,7 @@ def _work(method: str, sound: str) -> dict:
                         + audio.LOG_FLOOR)  # fmt: skip
     work = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"work": work, "peak_mib": peak, "seconds": media_seconds(sound), "bins": bins.tolist()}
+    return {"work": work, "peak_mib": peak, "seconds": probe(sound).duration, "bins": bins.tolist()}
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from media_runs import measure, media_seconds, print_table
+from media_runs import measure, print_table
 
 METHODS = ("ours", "peer-resized", "peer-full", "floor")
 
@@ -73,6 +73,7 @@ def _work(method: str, film: str, tr: float, size: tuple[int, int]) -> dict:
     """Run one method in this process (pinned to one core) and measure it."""
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     import av
+    from bidstrain.stimuli.media import probe
     from bidstrain.stimuli.video import video_features
 
     start = time.perf_counter()
@@ -100,7 +101,7 @@ def _work(method: str, film: str, tr: float, size: tuple[int, int]) -> dict:
     work = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     digest = hashlib.sha256(bins.tobytes()).hexdigest()
-    return {"work": work, "peak_mib": peak, "seconds": media_seconds(film),
+    return {"work": work, "peak_mib": peak, "seconds": probe(film).duration,
             "bins": bins.shape[0], "sha256": digest,
             "checksum": float(bins.mean()) if bins.size else None}  # fmt: skip
 

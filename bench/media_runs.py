@@ -17,7 +17,7 @@ def measure(
     """Run ``command_of(method)`` for every method, ``repeats`` times, interleaved.
 
     Each command prints one JSON object (with ``work``, ``peak_mib`` and ``seconds``, the
-    media's length); ``process``,
+    media's length as :func:`bidstrain.stimuli.media.probe` measures it); ``process``,
     the whole process's wall time, start-up and imports included, is added to it.
     """
     results: dict[str, list[dict]] = {method: [] for method in methods}
@@ -28,14 +28,6 @@ def measure(
             process = time.perf_counter() - start
             results[method].append(json.loads(out.stdout) | {"process": process})
     return results
-
-
-def media_seconds(path: str) -> float:
-    """The length of a media file in seconds, as its container declares it."""
-    import av
-
-    with av.open(path) as container:
-        return float(container.duration / av.time_base)
 
 
 def print_table(results: dict[str, list[dict]]) -> None:
