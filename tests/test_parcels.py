@@ -114,19 +114,27 @@ def _reference_series(image: Path, mask: Path, atlas: AtlasFiles, strategy: str 
         voxels = inside & (labels == p + 1)
         if voxels.any():
             series[:, p] = data[voxels].mean(axis=0)
-    kept = np.ones(data.shape[3], dtype=bool)
-    if strategy is not None:
-        frame, sample_mask = load_confounds_strategy(str(image), denoise_strategy=strategy)
-        if sample_mask is not None:
-            kept[:] = False
-            kept[sample_mask] = True
-        confounds = frame.to_numpy(dtype=np.float64)[kept]
-        confounds = (confounds - confounds.mean(axis=0)) / confounds.std(axis=0)
-        kept_series = series[kept]
-        beta, *_ = np.linalg.lstsq(confounds, kept_series - kept_series.mean(axis=0), rcond=None)
-        series[kept] = kept_series - confounds @ beta
-        series[~kept] = kept_series.mean(axis=0)  # dropped: the mean (never used as data)
-    return series, kept, names
+    return *_regressed(series, image, strategy), names
+
+
+def _regressed(series: np.ndarray, image: Path, strategy: str | None):
+    """``(n_volumes, n)`` float64 time series minus the confounds of ``strategy`` fitted on
+    the kept volumes (the dropped ones hold the kept ones' mean), and the kept volumes."""
+    kept = np.ones(series.shape[0], dtype=bool)
+    if strategy is None:
+        return series, kept
+    frame, sample_mask = load_confounds_strategy(str(image), denoise_strategy=strategy)
+    if sample_mask is not None:
+        kept[:] = False
+        kept[sample_mask] = True
+    confounds = frame.to_numpy(dtype=np.float64)[kept]
+    confounds = (confounds - confounds.mean(axis=0)) / confounds.std(axis=0)
+    kept_series = series[kept]
+    beta, *_ = np.linalg.lstsq(confounds, kept_series - kept_series.mean(axis=0), rcond=None)
+    series = series.copy()
+    series[kept] = kept_series - confounds @ beta
+    series[~kept] = kept_series.mean(axis=0)  # dropped: the mean (never used as data)
+    return series, kept
 
 
 def _zscore(series: np.ndarray) -> np.ndarray:
@@ -325,18 +333,31 @@ def test_heldout_parcels_pool_the_training_runs_over_the_heldout_voxels(demo, tm
                              _job(atlas, image, tmp_path / "x", tuple(parcel_stores)))  # fmt: skip
 
 
-def test_resampled_parcels_are_the_means_of_the_resampled_voxels(demo, tmp_path):
+@pytest.mark.parametrize("method", ["linear", "pchip", "fourier"])
+def test_resampled_parcels_are_the_means_of_the_resampled_voxels(demo, tmp_path, method):
+    """Each method's parcels against the float64 means of its resampled voxels (those of
+    ``linear`` and ``fourier`` are summed on the volumes, those of ``pchip`` on the
+    frames: :mod:`bidstrain.normalize.parcels`)."""
     root, atlas = demo
     image, mask, table = _run(root)
     confounds = load_run_confounds(image, table, "scrubbing", {}, N_VOLUMES, ddof=1)
-    options = image_options(mask=str(mask), target_tr=0.8, time_method="linear")
-    job = _job(atlas, image, tmp_path)
-    normalize_bold(image, tmp_path / "bold.zarr", _info(), options, confounds, job)
-    series, kept, names = _reference_series(image, mask, atlas, "scrubbing")
-    grid = time_grid(N_VOLUMES, 2.0, 0.8, "linear", kept)
-    deviations = series - series[kept].mean(axis=0)
+    options = image_options(mask=str(mask), target_tr=0.8, time_method=method)
+    normalize_bold(image, tmp_path / "bold.zarr", _info(), options, confounds,
+                   _job(atlas, image, tmp_path))  # fmt: skip
+    inside = np.asarray(nib.load(mask).dataobj) > 0
+    labels = np.asarray(nib.load(atlas.image).dataobj).astype(int)[inside]
+    voxels = np.asarray(nib.load(image).dataobj, dtype=np.float64)[inside].T
+    voxels, kept = _regressed(voxels, image, "scrubbing")
+    deviations = voxels - voxels[kept].mean(axis=0)
     deviations[~kept] = 0.0
-    expected = _zscore(resample(deviations, grid))
+    grid = time_grid(N_VOLUMES, 2.0, 0.8, method, kept)
+    resampled = resample(deviations, grid)
+    names = [row["name"] for row in csv.DictReader(atlas.labels.open(), delimiter="\t")]
+    present = [p + 1 for p in range(len(names)) if (labels == p + 1).any()]
+    expected = np.zeros((resampled.shape[0], len(names)))
+    for p in present:
+        expected[:, p - 1] = resampled[:, labels == p].mean(axis=1)
+    expected = _zscore(expected)
     ours = zarr.open_group(tmp_path / "parcels.zarr", mode="r")["data"][...]
     assert ours.shape == expected.shape == (grid.valid.sum(), len(names))
     assert np.abs(ours - expected).max() <= TOLERANCE

@@ -2,9 +2,14 @@
 
 A parcel's value at a frame is the mean of the run's voxels in the parcel and in the
 run's mask, after the confound regression and the resampling in time (the frames the
-voxel store holds). :class:`ParcelMeans` adds each block of frames to per-parcel sums
-(``np.bincount`` over the voxels' parcel numbers), so no second read of the image is
-needed; it keeps ``8 * n_frames * n_parcels`` bytes. When the pass ends,
+voxel store holds). :class:`ParcelMeans` sums the voxels of each parcel (``np.bincount``
+over the voxels' parcel numbers) in the pass that writes the voxel store, so no second
+read of the image is needed. Every method of :mod:`~bidstrain.normalize.resample_time`
+but ``pchip`` makes a frame a fixed weighted sum of volumes, so a frame's parcel sums
+are the same weighted sum of the volumes' parcel sums: those methods sum the volumes
+(fewer than the frames when the target repetition time is the shorter) and resample the
+sums; ``pchip`` sums its frames. It keeps ``8 * n_parcels`` bytes per volume or frame.
+When the pass ends,
 :func:`write_parcel_outputs` z-scores each parcel over time, with the run's own
 statistics or, for a held-out run, with those pooled from its subject's training runs
 over the same voxels (as the voxels are: a held-out run's mask is the intersection of
@@ -46,6 +51,7 @@ from bidstrain.io.store import (
     write_parcel_store,
 )
 from bidstrain.normalize.moments import pool_moments
+from bidstrain.normalize.resample_time import TimeGrid, resample
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +86,7 @@ class ParcelOutputs:
 
 
 class ParcelMeans:
-    """Per-frame parcel means, added block by block.
+    """Per-frame parcel means, added block by block in the pass that writes the voxels.
 
     Parameters
     ----------
@@ -92,10 +98,16 @@ class ParcelMeans:
         The values (image units) the blocks' deviations are taken from.
     slope : float
         Image units per unit of the deviations (the header's scaling).
+    grid : TimeGrid
+        The run's frames: :meth:`volumes` sums the volumes, and :meth:`frames` the frames,
+        as the method asks (module docstring).
     """
 
-    def __init__(self, atlas: Atlas, mask: np.ndarray, center: np.ndarray, slope: float):
+    def __init__(
+        self, atlas: Atlas, mask: np.ndarray, center: np.ndarray, slope: float, grid: TimeGrid
+    ):
         self.atlas = atlas
+        self.grid = grid
         n = atlas.n_parcels
         of_voxel = atlas.parcel[mask]
         #: the parcel (column) of each voxel of the mask, ``n_parcels`` for none
@@ -109,26 +121,48 @@ class ParcelMeans:
         base = np.bincount(self.parcel_of_voxel, weights=center, minlength=n + 1)[:n]
         self._base = base / self._divisor
         self._slope = slope
-        self._rows: list[np.ndarray] = []
+        self._sums_volumes = grid.method != "pchip"
+        #: the volumes' sums (a volume never added is 0, as in the resampling), or the
+        #: frames' sums in time order
+        self._volume_sums = np.zeros((grid.n_source if self._sums_volumes else 0, n))
+        self._frame_sums: list[np.ndarray] = []
 
     @property
     def empty(self) -> np.ndarray:
         """Parcels without a voxel in the mask."""
         return self.n_voxels == 0
 
-    def add(self, deviations: np.ndarray) -> None:
-        """Add frames: ``(n, n_voxel)`` deviations from ``center``, in time order."""
+    def volumes(self, source):
+        """Pass the pass's ``(positions, deviations)`` blocks of volumes through, summing
+        them when the frames are a fixed weighted sum of them."""
+        for positions, deviations in source:
+            if self._sums_volumes:
+                for position, row in zip(positions, deviations, strict=True):
+                    self._volume_sums[position] = self._sums(row)
+            yield positions, deviations
+
+    def frames(self, blocks):
+        """Pass the blocks of frames (deviations, in time order) through, summing them
+        when the volumes are not summed (``pchip``)."""
+        for deviations in blocks:
+            if not self._sums_volumes:
+                self._frame_sums.extend(self._sums(row) for row in deviations)
+            yield deviations
+
+    def _sums(self, row: np.ndarray) -> np.ndarray:
         n = self.atlas.n_parcels
-        for row in deviations:
-            sums = np.bincount(self.parcel_of_voxel, weights=row, minlength=n + 1)[:n]
-            self._rows.append(sums)
+        return np.bincount(self.parcel_of_voxel, weights=row, minlength=n + 1)[:n]
 
     def series(self) -> np.ndarray:
-        """The parcel means so far, ``(n_frames, n_parcels)`` float64 in image units (0 for
-        empty parcels)."""
-        if not self._rows:
-            return np.zeros((0, self.atlas.n_parcels))
-        means = np.stack(self._rows) * self._slope / self._divisor + self._base
+        """The parcel means of the frames, ``(n_frames, n_parcels)`` float64 in image
+        units (0 for empty parcels); call it once every block went through."""
+        if self._sums_volumes:
+            sums = resample(self._volume_sums, self.grid)
+        elif self._frame_sums:
+            sums = np.stack(self._frame_sums)
+        else:
+            sums = np.zeros((0, self.atlas.n_parcels))
+        means = sums * self._slope / self._divisor + self._base
         means[:, self.empty] = 0.0
         return means
 

@@ -8,8 +8,8 @@ pass 2 (:func:`write_voxel_zscored_store`, or :func:`bidstrain.normalize.volumes
     masked blocks of volumes (gathered with precomputed flat indices), minus the
     confounds when they are regressed, become the store's frames (:func:`frames`: the
     volumes, or resampled in time by :mod:`~bidstrain.normalize.resample_time`), are
-    z-scored and written to the store, and their parcel means are summed
-    (:mod:`~bidstrain.normalize.parcels`).
+    z-scored and written to the store; the parcels' sums are taken on the way (of the
+    volumes, or of the frames: :mod:`~bidstrain.normalize.parcels`).
 
 A BOLD run resampled in time with its own statistics is streamed once more between the
 two (:func:`frame_moments`): the statistics of its frames are not those of its volumes.
@@ -378,11 +378,9 @@ def frame_moments(source, grid: TimeGrid, n_voxel: int) -> VoxelMoments:
     return moments
 
 
-def write_frames(
-    writer, blocks, offset: np.ndarray | None, scale: np.ndarray, means: ParcelMeans | None
-) -> None:
+def write_frames(writer, blocks, offset: np.ndarray | None, scale: np.ndarray) -> None:
     """Z-score the blocks of frames (deviations from the center, in stored units) into
-    the store: ``(block - offset) * scale``; add them to the parcel means first.
+    the store: ``(block - offset) * scale``.
 
     The blocks are the passes' reused buffers, and are modified in place. The store
     writes (encoding, checksum, file) run in a background thread while the next block is
@@ -398,8 +396,6 @@ def write_frames(
             if len(in_flight) == len(buffers):
                 in_flight.popleft().result()  # its buffer is free (or its error raised)
             n, slot = deviations.shape[0], turn % len(buffers)
-            if means is not None:
-                means.add(deviations)
             if buffers[slot].shape[0] < n:
                 buffers[slot] = np.empty((n, scale.size), dtype=np.float32)
             if offset is not None:
@@ -476,7 +472,11 @@ def write_voxel_zscored_store(
     else:
         source = regression.residuals(masked_blocks(layout, index, block, cache), stored_center)
         attrs["confounds_strategy"] = regression.confounds.strategy
-    means = None if parcels is None else ParcelMeans(parcels.atlas, mask, center, layout.slope)
+    blocks = frames(source, grid, index.size)
+    means = None
+    if parcels is not None:
+        means = ParcelMeans(parcels.atlas, mask, center, layout.slope, grid)
+        blocks = means.frames(frames(means.volumes(source), grid, index.size))
     with create_store(
         out_store,
         mask=mask,
@@ -485,7 +485,7 @@ def write_voxel_zscored_store(
         chunk=chunk,
         storage=options.storage,
     ) as writer:
-        write_frames(writer, frames(source, grid, index.size), offset, scale, means)
+        write_frames(writer, blocks, offset, scale)
         writer.add_variable("mean", ("voxel",), mean.astype(np.float32))
         writer.add_variable("std", ("voxel",), std.astype(np.float32))
         writer.add_variable("frame_time", ("frame",), grid.times)
