@@ -125,9 +125,7 @@ def normalize_bold(
         if regression is not None:
             regression.restrict(index)
             variance = regression.residual_variance(variance, layout, options.ddof)
-        center = None
         if not grid.identity:  # the frames' own statistics: one more pass
-            center = mean
             if cache is None:
                 cache = MaskedCache(index, layout.dtype.newbyteorder("="), layout.n_volumes)
             mean, variance = _frame_statistics(
@@ -142,7 +140,6 @@ def normalize_bold(
             mean,
             np.sqrt(variance),
             grid=grid,
-            center=center,
             regression=regression,
             parcels=parcels,
             cache=cache,

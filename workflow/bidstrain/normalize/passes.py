@@ -378,13 +378,14 @@ def frame_moments(source, grid: TimeGrid, n_voxel: int) -> VoxelMoments:
     return moments
 
 
-def write_frames(writer, blocks, offset: np.ndarray | None, scale: np.ndarray) -> None:
-    """Z-score the blocks of frames (deviations from the center, in stored units) into
-    the store: ``(block - offset) * scale``.
+def write_frames(writer, blocks, scale: np.ndarray) -> None:
+    """Z-score the blocks of frames (deviations from the mean, in stored units) into
+    the store: ``block * scale``.
 
-    The blocks are the passes' reused buffers, and are modified in place. The store
-    writes (encoding, checksum, file) run in a background thread while the next block is
-    computed (numpy, hashlib and file writes release the GIL), one block at a time and in
+    The blocks can be the passes' reused buffers: each is z-scored into a buffer of this
+    loop before the next is requested. The store writes (encoding, checksum, file) run in
+    a background thread while the next block is computed (numpy, xxhash and file writes
+    release the GIL), one block at a time and in
     order, from two z-score buffers in turn; a write's error is raised here. The buffers
     of this loop are freed when it returns, before the parcel outputs are written.
     """
@@ -398,8 +399,6 @@ def write_frames(writer, blocks, offset: np.ndarray | None, scale: np.ndarray) -
             n, slot = deviations.shape[0], turn % len(buffers)
             if buffers[slot].shape[0] < n:
                 buffers[slot] = np.empty((n, scale.size), dtype=np.float32)
-            if offset is not None:
-                np.subtract(deviations, offset, out=deviations)
             zscored = buffers[slot][:n]
             np.multiply(deviations, scale, out=zscored)
             in_flight.append(pool.submit(writer.write, written, zscored))
@@ -428,7 +427,6 @@ def write_voxel_zscored_store(
     std: np.ndarray,
     *,
     grid: TimeGrid,
-    center: np.ndarray | None = None,
     check_values: bool = False,
     regression: ConfoundRegression | None = None,
     parcels: ParcelJob | None = None,
@@ -440,8 +438,9 @@ def write_voxel_zscored_store(
 
     ``mean`` and ``std`` (float64, one per voxel of ``mask`` in C order) are the
     statistics of the store's frames (the run's own, or pooled from other runs); the
-    volumes are streamed as deviations from ``center`` (by default ``mean``: a resampled
-    run's frames have another mean than its volumes). ``attrs`` (``stats_from``,
+    volumes are streamed as deviations from ``mean``, which every method of
+    :mod:`~bidstrain.normalize.resample_time` carries through to the frames unchanged
+    (a constant stays that constant). ``attrs`` (``stats_from``,
     ``heldout``, ``n_nonfinite``...) complete :func:`store_attrs`. See
     :func:`voxel_deviations` for ``check_values`` and memory. With ``regression``
     (fitted in pass 1 on the voxels of ``mask``), the confounds are removed first and only
@@ -454,9 +453,7 @@ def write_voxel_zscored_store(
         The store's attributes.
     """
     index = layout.stored_index(mask)
-    offset = None if center is None else (mean - center) / layout.slope  # stored units
-    center = mean if center is None else center
-    stored_center, scale, zero = zscore_parameters(layout, center, std)
+    stored_center, scale, zero = zscore_parameters(layout, mean, std)
     times = grid.times[grid.valid]
     chunk, block = aligned_block(options.block_volumes, times.size, index.size)
     if regression is None:
@@ -475,7 +472,7 @@ def write_voxel_zscored_store(
     blocks = frames(source, grid, index.size)
     means = None
     if parcels is not None:
-        means = ParcelMeans(parcels.atlas, mask, center, layout.slope, grid)
+        means = ParcelMeans(parcels.atlas, mask, mean, layout.slope, grid)
         blocks = means.frames(frames(means.volumes(source), grid, index.size))
     with create_store(
         out_store,
@@ -485,7 +482,7 @@ def write_voxel_zscored_store(
         chunk=chunk,
         storage=options.storage,
     ) as writer:
-        write_frames(writer, blocks, offset, scale)
+        write_frames(writer, blocks, scale)
         writer.add_variable("mean", ("voxel",), mean.astype(np.float32))
         writer.add_variable("std", ("voxel",), std.astype(np.float32))
         writer.add_variable("frame_time", ("frame",), grid.times)
