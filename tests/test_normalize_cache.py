@@ -95,14 +95,24 @@ def test_one_decompression_and_the_store_of_every_pass_reading_the_image(
             confounds = load_run_confounds(image, table, strategy, {}, N_VOLUMES, ddof=1)
         normalize_bold(image, out, INFO, options, confounds)
 
+    frame_passes = []
+    frame_moments = bold.frame_moments
+    monkeypatch.setattr(
+        bold, "frame_moments", lambda *args: frame_passes.append(1) or frame_moments(*args)
+    )
+    resampled = "target_tr" in changes
     reads = Reads(monkeypatch)
     normalize(tmp_path / "once.zarr")
     assert reads.images == 1 and len(reads.files) == 1 and reads.all_closed()
+    # a linear run without confounds has its frames' sums from pass 1: no pass of their own
+    assert len(frame_passes) == (resampled and strategy is not None)
 
     monkeypatch.setattr(bold, "cache_plan", lambda *args: None)  # every pass reads the image
+    frame_passes.clear()
     reads = Reads(monkeypatch)
     normalize(tmp_path / "read.zarr")
     assert reads.images == 2 and reads.all_closed()
+    assert len(frame_passes) == resampled
     assert store_checksum(tmp_path / "once.zarr") == store_checksum(tmp_path / "read.zarr")
 
 

@@ -8,8 +8,8 @@ import pytest
 from bidstrain.normalize.resample_time import (
     FOURIER_HALF_WIDTH,
     METHODS,
+    LinearFrameSums,
     TimeResampler,
-    linear_frame_sums,
     resample,
     time_grid,
 )
@@ -192,8 +192,18 @@ def test_linear_frame_sums_from_the_volumes_equal_those_of_the_frames(
     for start in range(0, n, block):
         rows = start + np.flatnonzero(kept[start : start + block])
         blocks.append((rows, values[rows]))
-    total, squares = linear_frame_sums(blocks, grid, 5)
-    np.testing.assert_allclose(total, frames.sum(axis=0), rtol=1e-12, atol=1e-9)
-    np.testing.assert_allclose(squares, (frames**2).sum(axis=0), rtol=1e-12)
+    sums = LinearFrameSums(grid, 5)
+    for rows, values_of_rows in blocks:
+        sums.add(rows, values_of_rows)
+    np.testing.assert_allclose(sums.total, frames.sum(axis=0), rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(sums.squares, (frames**2).sum(axis=0), rtol=1e-12)
+    # the image's own values, shifted by the first volume added: the same moments
+    offset = rng.integers(-30000, 30000, 5)
+    shifted = LinearFrameSums(grid, 5, shifted=True)
+    for rows, values_of_rows in blocks:
+        shifted.add(rows, values_of_rows + offset)
+    moments = shifted.moments()
+    np.testing.assert_allclose(moments.mean(), frames.mean(axis=0) + offset, rtol=1e-13)
+    np.testing.assert_allclose(moments.variance(1), frames.var(axis=0, ddof=1), rtol=1e-11)
     with pytest.raises(ValueError, match="needs a linear grid"):
-        linear_frame_sums(blocks, time_grid(n, source_tr, target_tr, "pchip"), 5)
+        LinearFrameSums(time_grid(n, source_tr, target_tr, "pchip"), 5)

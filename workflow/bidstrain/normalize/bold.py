@@ -26,7 +26,7 @@ from bidstrain.normalize.passes import (
     write_voxel_zscored_store,
     zscore_parameters,
 )
-from bidstrain.normalize.resample_time import TimeGrid
+from bidstrain.normalize.resample_time import LinearFrameSums, TimeGrid
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +53,15 @@ def normalize_bold(
 
     Two streamed passes (:mod:`bidstrain.normalize.passes`); three when the run is
     resampled in time (``options.target_tr``), the second for the statistics of its
-    frames. The image is decompressed once: pass 1 keeps the voxels the mask will come
-    from (a mask file's, or those around the first block's bright voxels) in a temporary file
-    that the later passes read (:mod:`~bidstrain.normalize.masked_cache`: ``itemsize``
-    bytes per kept voxel and volume on disk). Where it cannot (``mask="none"``, or a mask
-    beyond the kept voxels), the image is read again by pass 2, and a resampled run keeps
-    the masked voxels there for its third pass.
+    frames, except for a ``linear`` run without confounds whose voxels pass 1 keeps: pass
+    1 sums its frames then (:class:`~bidstrain.normalize.resample_time.LinearFrameSums`
+    over the kept voxels). The image is decompressed once: pass 1 keeps the voxels the
+    mask will come from (a mask file's, or those around the first block's bright voxels)
+    in a temporary file that the later passes read
+    (:mod:`~bidstrain.normalize.masked_cache`: ``itemsize`` bytes per kept voxel and
+    volume on disk). Where it cannot (``mask="none"``, or a mask beyond the kept voxels),
+    the image is read again by pass 2, and a resampled run keeps the masked voxels there
+    for its third pass.
 
     Peak memory, besides the libraries: about 40 bytes per grid voxel (pass 1 sums, the
     mean volume, the mask), plus for blocks of ``b`` volumes ``2 * b`` stored volumes (the
@@ -109,8 +112,16 @@ def normalize_bold(
         regression = ConfoundRegression(confounds, layout, fixed_mask_index(layout, info, options))
     grid = run_time_grid(layout, info, options, None if confounds is None else confounds.kept)
     plan = cache_plan(layout, info, options)
-    scan = scan_image(layout, options.block_volumes, options.ddof, regression=regression, plan=plan)
-    cache = scan.cache
+    linear = grid.method == "linear" and regression is None
+    scan = scan_image(
+        layout,
+        options.block_volumes,
+        options.ddof,
+        regression=regression,
+        plan=plan,
+        linear_grid=grid if linear else None,
+    )
+    cache, frame_sums = scan.cache, scan.frame_sums
     try:
         check_not_all_zero(scan, layout, info)
         mask, n_nonfinite = choose_mask(layout, info, options, scan)
@@ -121,15 +132,15 @@ def normalize_bold(
             log.info("%s: the mask reaches beyond the voxels kept by the first pass: the "
                      "image is decompressed again", layout.path)  # fmt: skip
             cache.close()
-            cache = None
+            cache = frame_sums = None
         if regression is not None:
             regression.restrict(index)
             variance = regression.residual_variance(variance, layout, options.ddof)
-        if not grid.identity:  # the frames' own statistics: one more pass
+        if not grid.identity:  # the frames' own statistics: pass 1's, or one more pass
             if cache is None:
                 cache = MaskedCache(index, layout.dtype.newbyteorder("="), layout.n_volumes)
             mean, variance = _frame_statistics(
-                layout, index, options, grid, mean, regression, cache
+                layout, index, options, grid, mean, regression, cache, frame_sums
             )
         return write_voxel_zscored_store(
             out_store,
@@ -160,10 +171,12 @@ def _frame_statistics(
     mean: np.ndarray,
     regression: ConfoundRegression | None,
     cache: MaskedCache | None = None,
+    frame_sums: LinearFrameSums | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-voxel mean and variance (image units) of a resampled run's valid frames; the
-    masked voxels are read from ``cache`` when it is complete, else kept in it for the
-    next pass."""
+    """Per-voxel mean and variance (image units) of a resampled run's valid frames: from
+    pass 1's ``frame_sums`` of the voxels of ``cache`` when they are given, else from one
+    more pass, whose masked voxels are read from ``cache`` when it is complete, else kept
+    in it for the next pass."""
     if grid.valid.sum() <= options.ddof:
         raise BidstrainError(
             f"{int(grid.valid.sum())} valid frames at TR {grid.target_tr} s: a z-score with "
@@ -171,6 +184,11 @@ def _frame_statistics(
             "normalize.confounds)",
             path=layout.path,
         )
+    if frame_sums is not None:
+        columns = cache.columns(index)
+        moments = frame_sums.moments()
+        frame_mean = moments.mean()[columns] * layout.slope + layout.inter
+        return frame_mean, moments.variance(options.ddof)[columns] * layout.slope**2
     center, _, _ = zscore_parameters(layout, mean, np.ones_like(mean))
     block = options.block_volumes
     if regression is None:

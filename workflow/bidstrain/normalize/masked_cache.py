@@ -94,10 +94,14 @@ class MaskedCache:
             return
         self._written += masked.shape[0]
 
-    def append_grid(self, values: np.ndarray) -> None:
-        """Write the kept voxels of the next whole-grid volumes, ``(n, n_grid)``."""
-        if self._file is not None:
-            self.append(np.take(values, self.index, axis=1, mode="clip"))  # indices valid
+    def append_grid(self, values: np.ndarray) -> np.ndarray | None:
+        """Write the kept voxels of the next whole-grid volumes, ``(n, n_grid)``, and
+        return them (None once the cache is dropped)."""
+        if self._file is None:
+            return None
+        kept = np.take(values, self.index, axis=1, mode="clip")  # indices valid
+        self.append(kept)
+        return kept
 
     def columns(self, index: np.ndarray) -> np.ndarray | None:
         """The columns of the cached voxels at stored positions ``index``; None when one

@@ -72,11 +72,14 @@ class VoxelMoments:
         self._tiles: dict[int, list[slice]] = {}  # by rows per block
 
     @classmethod
-    def from_sums(cls, count: int, total: np.ndarray, squares: np.ndarray) -> VoxelMoments:
-        """Moments of ``count`` centered values whose per-voxel sum and sum of squares
-        (float64) were computed elsewhere."""
+    def from_sums(
+        cls, count: int, total: np.ndarray, squares: np.ndarray, shift: np.ndarray | None = None
+    ) -> VoxelMoments:
+        """Moments of ``count`` values whose per-voxel sum and sum of squares (float64)
+        were computed elsewhere: of the values minus ``shift`` when it is given."""
         moments = cls(total.size, dtype=np.float64, centered=True)
         moments.count, moments.sum, moments.sum_squares = count, total, squares
+        moments.shift = shift
         return moments
 
     def update(self, block: np.ndarray) -> None:

@@ -13,6 +13,9 @@ pass 2 (:func:`write_voxel_zscored_store`, or :func:`bidstrain.normalize.volumes
 
 A BOLD run resampled in time with its own statistics is streamed once more between the
 two (:func:`frame_moments`): the statistics of its frames are not those of its volumes.
+Pass 1 takes them itself for a ``linear`` run without confounds whose voxels it keeps
+(:func:`scan_image`'s ``linear_grid``): each frame is a weighted sum of two volumes,
+so the frames' sums are weighted sums of the volumes and of their neighbours' products.
 Resampling holds the volumes of one interpolation support, never the whole run: memory
 stays bounded by the block, the support and the mask, whatever the run's length.
 
@@ -47,9 +50,9 @@ from bidstrain.normalize.moments import VoxelMoments
 from bidstrain.normalize.nifti_stream import NiftiLayout, iter_blocks, read_layout
 from bidstrain.normalize.parcels import ParcelMeans, ParcelOutputs, write_parcel_outputs
 from bidstrain.normalize.resample_time import (
+    LinearFrameSums,
     TimeGrid,
     TimeResampler,
-    linear_frame_sums,
     time_grid,
 )
 
@@ -86,6 +89,8 @@ class Scan:
     mean_volume: np.ndarray  # the (x, y, z) volume a mask is computed from
     nonfinite: np.ndarray  # (x, y, z) bool, voxels holding NaN or Inf
     cache: MaskedCache | None = None  # voxels kept for the next passes; the caller closes it
+    #: the frames' sums of the cached voxels (complete), when pass 1 was given a grid
+    frame_sums: LinearFrameSums | None = None
 
 
 def scan_image(
@@ -95,6 +100,7 @@ def scan_image(
     mean_rows: np.ndarray | None = None,
     regression: ConfoundRegression | None = None,
     plan: CachePlan | None = None,
+    linear_grid: TimeGrid | None = None,
 ) -> Scan:
     """Pass 1: per-voxel moments of the whole grid.
 
@@ -114,16 +120,26 @@ def scan_image(
     plan : CachePlan, optional
         Which voxels to keep for the next passes, chosen on the first block: the scan's
         ``cache`` (:mod:`~bidstrain.normalize.masked_cache`).
+    linear_grid : TimeGrid, optional
+        A ``linear`` grid (and no ``regression``): the sums of its frames over the kept
+        voxels are taken in this pass too, the scan's ``frame_sums``
+        (:class:`~bidstrain.normalize.resample_time.LinearFrameSums`), so that no pass
+        is needed for the frames' statistics. The main thread has the time: in pass 1 it
+        waits for the decompressing thread.
     """
     moments = VoxelMoments(layout.n_grid, dtype=layout.dtype)
     selected_sum = None if mean_rows is None else np.zeros(layout.n_grid, dtype=np.float64)
-    cache = None
+    cache = frame_sums = None
     try:
         for start, values in iter_blocks(layout, block):
             if plan is not None and start == 0:
                 cache = plan(values)
+                if cache is not None and linear_grid is not None:
+                    frame_sums = LinearFrameSums(linear_grid, cache.index.size, shifted=True)
             if cache is not None:
-                cache.append_grid(values)
+                kept = cache.append_grid(values)
+                if frame_sums is not None and kept is not None:
+                    frame_sums.add(np.arange(start, start + kept.shape[0]), kept)
             if regression is not None:
                 values = regression.select(start, values)
                 regression.accumulate(values)
@@ -144,7 +160,16 @@ def scan_image(
     nonfinite = (
         np.zeros(layout.n_grid, dtype=bool) if moments.nonfinite is None else moments.nonfinite
     )
-    return Scan(mean, variance, layout.to_grid(mean_volume), layout.to_grid(nonfinite), cache)
+    if cache is None or not cache.complete:
+        frame_sums = None
+    return Scan(
+        mean,
+        variance,
+        layout.to_grid(mean_volume),
+        layout.to_grid(nonfinite),
+        cache,
+        frame_sums,
+    )
 
 
 def aligned_block(block_volumes: int, n_time: int, n_voxel: int) -> tuple[int, int]:
@@ -368,10 +393,12 @@ def frames(source, grid: TimeGrid, n_voxel: int):
 
 def frame_moments(source, grid: TimeGrid, n_voxel: int) -> VoxelMoments:
     """Per-voxel moments of the store's frames (a resampled run's own statistics); those
-    of ``linear`` frames are summed from the volumes (:func:`linear_frame_sums`)."""
+    of ``linear`` frames are summed from the volumes (:class:`LinearFrameSums`)."""
     if grid.method == "linear":
-        total, squares = linear_frame_sums(source, grid, n_voxel)
-        return VoxelMoments.from_sums(int(grid.valid.sum()), total, squares)
+        sums = LinearFrameSums(grid, n_voxel)
+        for positions, values in source:
+            sums.add(positions, values)
+        return sums.moments()
     moments = VoxelMoments(n_voxel, dtype=np.float64, centered=True)
     for block in frames(source, grid, n_voxel):
         moments.update(block)

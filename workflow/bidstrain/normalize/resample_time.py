@@ -53,7 +53,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bidstrain.normalize.moments import voxel_tiles
+from bidstrain.normalize.moments import VoxelMoments, voxel_tiles
 
 #: Config ``time.method`` values.
 METHODS = ("linear", "pchip", "fourier")
@@ -358,7 +358,7 @@ class TimeResampler:
         return out
 
 
-def linear_frame_sums(source, grid: TimeGrid, n_voxel: int) -> tuple[np.ndarray, np.ndarray]:
+class LinearFrameSums:
     """Per-voxel sum and sum of squares of a ``linear`` run's valid frames, from its
     volumes, without resampling them.
 
@@ -366,62 +366,78 @@ def linear_frame_sums(source, grid: TimeGrid, n_voxel: int) -> tuple[np.ndarray,
     volumes`` and their sum of squares ``sum_ij (W'W)_ij v_i v_j``, where ``W'W`` joins
     neighbouring volumes only (a linear frame depends on two): per volume, its weight,
     its squared weight and its product weight with the next volume, summed over the
-    frames (memory: three numbers per volume). A volume never pushed (dropped by the
-    sample mask) counts as 0, as in :class:`TimeResampler`. Equal to the sums over the
+    frames (memory: three numbers per volume). A volume never added (dropped by the
+    sample mask) has no weight: no valid frame depends on it. Equal to the sums over the
     resampled frames up to rounding (float64), at the cost of a pass over the run's
     volumes instead of its frames (``target_tr`` 0.8 s from 2.0 s: 2.5 times as many).
 
     Parameters
     ----------
-    source : iterable of (positions, values)
-        As :meth:`TimeResampler.push` takes them: blocks of deviations, in time order
-        (reused buffers are fine).
     grid : TimeGrid
         A ``linear`` grid.
     n_voxel : int
         Values per volume.
-
-    Returns
-    -------
-    total, squares : ndarray, shape (n_voxel,), float64
+    shifted : bool
+        The values are the image's own (any real type): the first volume added is
+        subtracted from every volume (shifted data, as
+        :class:`~bidstrain.normalize.moments.VoxelMoments` does), so that the sum of
+        squares does not cancel. Otherwise they are float64 deviations from an estimate
+        of each voxel's mean, summed as they are.
     """
-    if grid.method != "linear":
-        raise ValueError(f"linear_frame_sums needs a linear grid, not {grid.method!r}")
-    total, squares = np.zeros(n_voxel), np.zeros(n_voxel)
-    frames = np.flatnonzero(grid.valid)
-    if not frames.size:
-        return total, squares
-    left, right = grid.first[frames], grid.last[frames]  # equal where a frame is a volume
-    to_right = np.where(right > left, grid.times[frames] / grid.source_tr - left, 0.0)
-    to_left = 1.0 - to_right
-    volume_weight, square_weight, next_weight = np.zeros((3, grid.n_source))
-    for volume, weight in ((left, to_left), (right, to_right)):
-        np.add.at(volume_weight, volume, weight)
-        np.add.at(square_weight, volume, weight**2)
-    np.add.at(next_weight, left, to_left * to_right)
-    last_position, last_row = -2, np.zeros(n_voxel)  # the previous block's last volume
-    for positions, values in source:
+
+    def __init__(self, grid: TimeGrid, n_voxel: int, *, shifted: bool = False):
+        if grid.method != "linear":
+            raise ValueError(f"LinearFrameSums needs a linear grid, not {grid.method!r}")
+        self.grid = grid
+        self.total, self.squares = np.zeros(n_voxel), np.zeros(n_voxel)
+        self.shift = None
+        self._shifted = shifted
+        frames = np.flatnonzero(grid.valid)
+        left, right = grid.first[frames], grid.last[frames]  # equal where a frame is a volume
+        to_right = np.where(right > left, grid.times[frames] / grid.source_tr - left, 0.0)
+        to_left = 1.0 - to_right
+        self._volume, self._square, self._next = np.zeros((3, grid.n_source))
+        for volume, weight in ((left, to_left), (right, to_right)):
+            np.add.at(self._volume, volume, weight)
+            np.add.at(self._square, volume, weight**2)
+        np.add.at(self._next, left, to_left * to_right)
+        self._last_position, self._last_row = -2, np.zeros(n_voxel)  # the last volume added
+
+    def add(self, positions: np.ndarray, values: np.ndarray) -> None:
+        """Add volumes: ``values`` (``(len(positions), n_voxel)``, a reused buffer is
+        fine) are the volumes ``positions`` (increasing, after those already added)."""
         positions = np.asarray(positions, dtype=np.intp)
         if not positions.size:
-            continue
+            return
+        if self._shifted and self.shift is None:
+            self.shift = values[0].astype(np.float64)
         follows = np.flatnonzero(np.diff(positions) == 1)
         weight, square, product = (
-            volume_weight[positions],
-            square_weight[positions],
-            2 * next_weight[positions[follows]],
+            self._volume[positions],
+            self._square[positions],
+            2 * self._next[positions[follows]],
         )
-        joined = positions[0] == last_position + 1
-        for tile in voxel_tiles(n_voxel, positions.size):  # temporaries in the cache
+        joined = positions[0] == self._last_position + 1
+        for tile in voxel_tiles(self.total.size, positions.size):  # temporaries in the cache
             rows = values[:, tile]
-            total[tile] += weight @ rows
-            squares[tile] += square @ (rows * rows)
+            if self.shift is not None:
+                rows = rows - self.shift[tile]  # float64
+            self.total[tile] += weight @ rows
+            self.squares[tile] += square @ (rows * rows)
             if follows.size:
-                squares[tile] += product @ (rows[follows] * rows[follows + 1])
+                self.squares[tile] += product @ (rows[follows] * rows[follows + 1])
             if joined:
-                squares[tile] += 2 * next_weight[last_position] * last_row[tile] * rows[0]
-        last_position = int(positions[-1])
-        last_row[:] = values[-1]
-    return total, squares
+                self.squares[tile] += (
+                    2 * self._next[self._last_position] * (self._last_row[tile] * rows[0])
+                )
+            self._last_row[tile] = rows[-1]
+        self._last_position = int(positions[-1])
+
+    def moments(self) -> VoxelMoments:
+        """The frames' per-voxel moments (of the shifted values when ``shifted``: their
+        mean adds the shift back)."""
+        count = int(self.grid.valid.sum())
+        return VoxelMoments.from_sums(count, self.total, self.squares, self.shift)
 
 
 def resample(values: np.ndarray, grid: TimeGrid) -> np.ndarray:
