@@ -161,9 +161,12 @@ def test_the_voxels_kept_for_epi_hold_the_runs_epi_mask(run, raw_run, tmp_path, 
     assert kept.size <= masked_cache.MAX_FRACTION * layout.n_grid
 
 
-def test_a_mask_beyond_the_kept_voxels_reads_the_image_again(run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("time", [{}, {"target_tr": 0.8, "time_method": "linear"}])
+def test_a_mask_beyond_the_kept_voxels_reads_the_image_again(run, tmp_path, monkeypatch, time):
+    """Also for a linear run, whose frames' sums pass 1 took over the kept voxels: they
+    are not used for the final mask's voxels, which a pass of their own sums."""
     image = run[0]
-    options = image_options(mask="epi")
+    options = image_options(mask="epi", **time)
     normalize_bold(image, tmp_path / "once.zarr", INFO, options)
     candidates = masked_cache._epi_candidates
     monkeypatch.setattr(
@@ -171,8 +174,38 @@ def test_a_mask_beyond_the_kept_voxels_reads_the_image_again(run, tmp_path, monk
     )  # half of the voxels: the final mask is not inside
     reads = Reads(monkeypatch)
     normalize_bold(image, tmp_path / "again.zarr", INFO, options)
-    assert reads.images == 2 and len(reads.files) == 1 and reads.all_closed()
+    # a resampled run's frame pass keeps the mask's voxels for the last pass
+    assert reads.images == 2 and len(reads.files) == 1 + bool(time) and reads.all_closed()
     assert store_checksum(tmp_path / "once.zarr") == store_checksum(tmp_path / "again.zarr")
+
+
+def test_a_cache_that_fails_in_pass_1_leaves_its_frame_sums_unused(run, tmp_path, monkeypatch):
+    """The kept voxels' file fills the disk after two blocks: pass 1's frame sums of a
+    linear run cover those blocks only, so its frames' statistics come from a pass of
+    their own, and the store is the one written when every pass reads the image."""
+    image, mask, _ = run
+    options = image_options(mask=str(mask), target_tr=0.8, time_method="linear", block_volumes=4)
+    monkeypatch.setattr(bold, "cache_plan", lambda *args: None)
+    normalize_bold(image, tmp_path / "read.zarr", INFO, options)
+    monkeypatch.undo()
+    temporary_file = masked_cache.tempfile.TemporaryFile
+
+    class FillsUp:
+        def __init__(self, **kwargs):
+            self.file, self.writes = temporary_file(**kwargs), 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes > 2:
+                raise OSError(28, "No space left on device")
+            return self.file.write(data)
+
+        def close(self):
+            self.file.close()
+
+    monkeypatch.setattr(masked_cache.tempfile, "TemporaryFile", FillsUp)
+    normalize_bold(image, tmp_path / "full.zarr", INFO, options)
+    assert store_checksum(tmp_path / "full.zarr") == store_checksum(tmp_path / "read.zarr")
 
 
 def test_the_temporary_file_is_closed_when_the_store_cannot_be_written(run, tmp_path, monkeypatch):

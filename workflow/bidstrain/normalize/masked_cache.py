@@ -96,7 +96,9 @@ class MaskedCache:
 
     def append_grid(self, values: np.ndarray) -> np.ndarray | None:
         """Write the kept voxels of the next whole-grid volumes, ``(n, n_grid)``, and
-        return them (None once the cache is dropped)."""
+        return them (None once the cache is dropped; the volumes of the write that drops
+        it are still returned, so check :attr:`complete` before trusting what was
+        computed from them)."""
         if self._file is None:
             return None
         kept = np.take(values, self.index, axis=1, mode="clip")  # indices valid

@@ -496,9 +496,9 @@ def write_voxel_zscored_store(
     else:
         source = regression.residuals(masked_blocks(layout, index, block, cache), stored_center)
         attrs["confounds_strategy"] = regression.confounds.strategy
-    blocks = frames(source, grid, index.size)
-    means = None
-    if parcels is not None:
+    if parcels is None:
+        means, blocks = None, frames(source, grid, index.size)
+    else:
         means = ParcelMeans(parcels.atlas, mask, mean, layout.slope, grid)
         blocks = means.frames(frames(means.volumes(source), grid, index.size))
     with create_store(

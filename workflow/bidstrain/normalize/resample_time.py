@@ -420,16 +420,17 @@ class LinearFrameSums:
         joined = positions[0] == self._last_position + 1
         for tile in voxel_tiles(self.total.size, positions.size):  # temporaries in the cache
             rows = values[:, tile]
-            if self.shift is not None:
-                rows = rows - self.shift[tile]  # float64
-            self.total[tile] += weight @ rows
-            self.squares[tile] += square @ (rows * rows)
-            if follows.size:
-                self.squares[tile] += product @ (rows[follows] * rows[follows + 1])
-            if joined:
-                self.squares[tile] += (
-                    2 * self._next[self._last_position] * (self._last_row[tile] * rows[0])
-                )
+            with np.errstate(invalid="ignore", over="ignore"):  # non-finite: not in the mask
+                if self.shift is not None:
+                    rows = rows - self.shift[tile]  # float64
+                self.total[tile] += weight @ rows
+                self.squares[tile] += square @ (rows * rows)
+                if follows.size:
+                    self.squares[tile] += product @ (rows[follows] * rows[follows + 1])
+                if joined:
+                    self.squares[tile] += (
+                        2 * self._next[self._last_position] * (self._last_row[tile] * rows[0])
+                    )
             self._last_row[tile] = rows[-1]
         self._last_position = int(positions[-1])
 
@@ -441,7 +442,8 @@ class LinearFrameSums:
 
 
 def resample(values: np.ndarray, grid: TimeGrid) -> np.ndarray:
-    """Resample a whole ``(n_source, n)`` array at once (tests and small data).
+    """Resample a whole ``(n_source, n)`` array at once (small data: a run's parcel sums,
+    the tests).
 
     Returns the valid frames, as :class:`TimeResampler` streams them.
     """
