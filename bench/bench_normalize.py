@@ -41,6 +41,8 @@ Variants, each in a fresh subprocess (so that its peak memory is its own), inter
     fMRIPrep-style tree of links (``bench/data/fmriprep``: the run named
     ``space-MNI152NLin2009cAsym_res-2_desc-preproc_bold``, its sidecar, and our mask as
     its brain mask).
+``job_time_pchip``, ``job_time_fourier``
+    ``job_time`` with the other two ``time.method`` values.
 ``job_parcels_mask``
     ``job_parcels_native`` given the brain mask file nilearn is given (the workflow's
     ``mask: auto`` on fMRIPrep input) instead of computing the EPI mask: the job that does
@@ -98,14 +100,18 @@ VARIANTS = (
     "ours_parcels",
     "job_epi",
     "job_time",
+    "job_time_pchip",
+    "job_time_fourier",
     "job_parcels",
     "job_parcels_native",
     "job_parcels_mask",
 )
 JOBS = {
     "job_epi": {},
-    "job_time": {"time": True},
-    "job_parcels": {"time": True, "parcels": True},
+    "job_time": {"time": "linear"},
+    "job_time_pchip": {"time": "pchip"},
+    "job_time_fourier": {"time": "fourier"},
+    "job_parcels": {"time": "linear", "parcels": True},
     "job_parcels_native": {"parcels": True},
     "job_parcels_mask": {"parcels": True, "mask_file": True},
 }
@@ -254,11 +260,15 @@ def write_fmriprep_tree() -> None:
 
 
 def job_command(
-    out_dir: Path, name: str, time: bool = False, parcels: bool = False, mask_file: bool = False
+    out_dir: Path,
+    name: str,
+    time: str | None = None,
+    parcels: bool = False,
+    mask_file: bool = False,
 ) -> list[str]:
     """The normalize job's command line (rule ``normalize_subject``) for the run, ``mask:
     epi`` (with ``mask_file``: the fMRIPrep tree's brain mask, :data:`MASK`), resampled to
-    :data:`TARGET_TR` (``linear``) with ``time``, with the atlas's parcel outputs with
+    :data:`TARGET_TR` by the ``time`` method when given, with the atlas's parcel outputs with
     ``parcels``, the other settings at their defaults (its settings and spec files written
     under ``out_dir``); the job first validates the subject's BOLD headers and writes its
     ingest record, as in the workflow."""
@@ -278,7 +288,7 @@ def job_command(
         "bids_dir": str(FMRIPREP if time or parcels else BIDS),
         "ingest": {},
         "normalize": {},
-        "time": {"tr": TARGET_TR, "method": "linear"} if time else {},
+        "time": {"tr": TARGET_TR, "method": time} if time else {},
         "atlas": atlas_files().to_json() if parcels else None,
     }
     settings_file, spec_file = out_dir / f"{name}_settings.json", out_dir / f"{name}_spec.json"
