@@ -68,6 +68,9 @@ FOURIER_HALF_WIDTH = 10
 KAISER_BETA = 5.0
 #: Target frames computed together (one matrix of weights; one output buffer).
 BATCH_FRAMES = 4
+#: The same for ``fourier``, whose batch reads its whole support (about 50 volumes) once:
+#: 16 frames took a 96x96x96x300 job from 6.2-6.9 s to 5.3 s (2.0 s to 0.8 s).
+FOURIER_BATCH_FRAMES = 16
 
 
 @dataclass(frozen=True)
@@ -295,8 +298,8 @@ class TimeResampler:
     -----
     Memory: ``8 * n_voxel`` bytes per buffered source volume, at most the widest support
     plus one pushed block (a store of twice that, so that volumes are rarely moved), and
-    :data:`BATCH_FRAMES` frames of output (a buffer the ``linear`` method reuses: a
-    yielded block is valid until the next one is requested).
+    :data:`BATCH_FRAMES` (:data:`FOURIER_BATCH_FRAMES`) frames of output, a reused buffer:
+    a yielded block is valid until the next one is requested.
     """
 
     def __init__(self, grid: TimeGrid, n_voxel: int):
@@ -309,7 +312,8 @@ class TimeResampler:
         self._start = self._count = 0
         self._lo = 0
         self._received = 0  # source volumes pushed (dropped ones included)
-        self._out = np.zeros((0, n_voxel), dtype=np.float64)  # linear: the output buffer
+        self._out = np.zeros((0, n_voxel), dtype=np.float64)  # the output buffer
+        self._batch_frames = FOURIER_BATCH_FRAMES if grid.method == "fourier" else BATCH_FRAMES
         self._scratch = np.zeros(n_voxel, dtype=np.float64)
         self._slopes: dict[int, np.ndarray] = {}  # pchip: the slopes of volumes still used
 
@@ -376,7 +380,7 @@ class TimeResampler:
         frames, grid = self._frames, self.grid
         while self._next < frames.size:
             ready = np.searchsorted(grid.last[frames], self._received - 1, side="right")
-            stop = min(ready, self._next + BATCH_FRAMES)
+            stop = min(ready, self._next + self._batch_frames)
             if stop <= self._next:
                 return
             batch = frames[self._next : stop]
@@ -393,7 +397,13 @@ class TimeResampler:
         window = self._buffer[start - self._lo : start - self._lo + matrix.shape[1]]
         if grid.method == "linear":
             return self._sparse_product(matrix, window)
-        return matrix @ window
+        return np.matmul(matrix, window, out=self._output(matrix.shape[0]))
+
+    def _output(self, n: int) -> np.ndarray:
+        """``n`` rows of the reused output buffer."""
+        if self._out.shape[0] < n:
+            self._out = np.empty((n, self.n_voxel), dtype=np.float64)
+        return self._out[:n]
 
     def _pchip(self, batch: np.ndarray) -> np.ndarray:
         """The cubic Hermite frames of ``batch``: four weighted rows per frame, the two
@@ -431,9 +441,7 @@ class TimeResampler:
         ``linear``, four for ``pchip``; ``window`` a sequence of rows), into the reused
         output buffer: the dense product multiplies by zeros
         and allocates its output for every batch (measured 3.4x slower, 230,000 voxels)."""
-        if self._out.shape[0] < matrix.shape[0]:
-            self._out = np.empty((matrix.shape[0], self.n_voxel), dtype=np.float64)
-        out = self._out[: matrix.shape[0]]
+        out = self._output(matrix.shape[0])
         for row, row_weights in zip(out, matrix, strict=True):
             first, *others = np.flatnonzero(row_weights)
             np.multiply(window[first], row_weights[first], out=row)
