@@ -92,6 +92,31 @@ def test_pchip_equals_scipy_on_the_whole_run(n, source_tr, target_tr):
         np.testing.assert_allclose(np.concatenate(out), expected, rtol=0, atol=1e-12 * scale)
 
 
+@pytest.mark.parametrize("n", [1, 6, 40])
+def test_pchip_with_dropped_volumes_equals_scipy_on_its_valid_frames(n):
+    """Dropped volumes hold anything and are skipped by the pushes: the valid frames are
+    still scipy's interpolant of the whole run (their supports hold no dropped volume)."""
+    rng = np.random.default_rng(n)
+    values = np.round(rng.standard_normal((n, 50)) * 3)
+    kept = rng.random(n) > 0.25
+    values[~kept] = 1e6  # never used by a valid frame
+    grid = time_grid(n, 2.0, 0.8, "pchip", kept)
+    if n == 1:  # scipy needs two points: a run of one volume is that volume
+        expected = values[: int(grid.valid.sum())]
+    else:
+        expected = PchipInterpolator(np.arange(n) * 2.0, values, axis=0)(grid.times)
+        expected = expected[grid.valid]
+    for block in (1, 3):
+        resampler = TimeResampler(grid, values.shape[1])
+        out = []
+        for start in range(0, n, block):
+            rows = start + np.flatnonzero(kept[start : start + block])
+            out += [frames.copy() for frames in resampler.push(rows, values[rows])]
+        out += [frames.copy() for frames in resampler.finish()]
+        got = np.concatenate(out) if out else np.zeros((0, values.shape[1]))
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12 * np.abs(values).max())
+
+
 def test_fourier_is_within_its_stated_error_away_from_the_ends():
     times, values = _resampled("fourier")
     half_width = FOURIER_HALF_WIDTH * SOURCE_TR

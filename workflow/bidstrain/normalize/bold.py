@@ -75,7 +75,7 @@ def normalize_bold(
     volumes (2 linear, 4 pchip, ``20 * max(tr, target) / tr`` fourier:
     :mod:`~bidstrain.normalize.resample_time`), and
     :data:`~bidstrain.normalize.resample_time.BATCH_FRAMES` frames of output (16 for
-    ``fourier``), for ``pchip`` the slopes of the few volumes its next frames use, and when
+    ``fourier``), for ``pchip`` the slopes of the volumes its next frames span, and when
     pass 1 sums a ``linear`` run's frames, ``32`` bytes per kept voxel (peak RSS 155 MB
     instead of 149 MB at 0.8 s); parcels ``8`` bytes per volume and parcel (per frame for
     ``pchip``).

@@ -19,11 +19,11 @@ in, and :class:`TimeResampler` holds only the source volumes of the supports sti
     rounding; support 4 volumes (3 at the run's ends). Computed here, streamed: each
     volume's slope by scipy's rule (:func:`pchip_slopes`) once, then each frame as four
     weighted rows (building scipy's interpolator for each batch of frames made a
-    96x96x96x300 job take 20.6 s instead of 5.5 s). Error: third order in ``source_tr``
-    away from the signal's extrema; near an extremum its slope is limited and the error
-    is of the linear method's order, so ``source_tr**2 / 8 * max|f''|`` bounds it in
-    practice (measured on the tests' sums of slow sinusoids: up to 0.9 of that bound). No
-    overshoot.
+    96x96x96x300 job take about 21.7 s instead of 6.3 s: BENCHMARKS.md). Error: third
+    order in ``source_tr`` away from the signal's extrema; near an extremum its slope is
+    limited and the error is of the linear method's order, so ``source_tr**2 / 8 *
+    max|f''|`` bounds it in practice (measured on the tests' sums of slow sinusoids: up
+    to 0.9 of that bound). No overshoot.
 ``fourier``
     Band-limited (windowed sinc): the low-pass filter of ``scipy.signal.resample_poly``
     (a Kaiser window, beta 5, half-width ``10 * max(source_tr, target_tr)`` seconds; the
@@ -68,8 +68,9 @@ FOURIER_HALF_WIDTH = 10
 KAISER_BETA = 5.0
 #: Target frames computed together (one matrix of weights; one output buffer).
 BATCH_FRAMES = 4
-#: The same for ``fourier``, whose batch reads its whole support (about 50 volumes) once:
-#: 16 frames took a 96x96x96x300 job from 6.2-6.9 s to 5.3 s (2.0 s to 0.8 s).
+#: The same for ``fourier``, each of whose batches reads its whole support (20 volumes
+#: from 2.0 s to 0.8 s; 21 for 4 frames, 25 for 16): 16 frames took a 96x96x96x300 job
+#: from 6.26 s to 5.16 s (BENCHMARKS.md).
 FOURIER_BATCH_FRAMES = 16
 
 
