@@ -388,6 +388,8 @@ COMPARISONS = (
     ("job_epi", "nilearn_epi"),
     ("ours_time", "nilearn"),
     ("job_time", "nilearn"),
+    ("job_time_pchip", "nilearn"),
+    ("job_time_fourier", "nilearn"),
     ("job_parcels", "nilearn"),
     ("ours_parcels", "nilearn_labels"),
     ("job_parcels", "nilearn_labels"),
