@@ -148,7 +148,7 @@ def main() -> None:
                 str(args.tr),
                 "--size",
                 *map(str, args.size),
-            ],  # fmt: skip
+            ],
         )
         print(f"baseline peak RSS (imports only): {_baseline():.0f} MiB")
         print_table(results)

@@ -303,8 +303,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=NaturalisticSpec.seed)
     args = parser.parse_args(argv)
     tr = NaturalisticSpec.repetition_time
-    whole = math.isfinite(args.duration) and args.duration > 0
-    if not whole or abs(round(args.duration / tr) * tr - args.duration) > 1e-9:
+    positive = math.isfinite(args.duration) and args.duration > 0
+    if not positive or abs(round(args.duration / tr) * tr - args.duration) > 1e-9:
         parser.error(
             f"--duration {args.duration:g}: not a whole, positive number of TRs ({tr:g} s)"
         )

@@ -412,9 +412,9 @@ def write_frames(writer, blocks, scale: np.ndarray) -> None:
     The blocks can be the passes' reused buffers: each is z-scored into a buffer of this
     loop before the next is requested. The store writes (encoding, checksum, file) run in
     a background thread while the next block is computed (numpy, xxhash and file writes
-    release the GIL), one block at a time and in
-    order, from two z-score buffers in turn; a write's error is raised here. The buffers
-    of this loop are freed when it returns, before the parcel outputs are written.
+    release the GIL), one block at a time and in order, from two z-score buffers in turn;
+    a write's error is raised here. The buffers of this loop are freed when it returns,
+    before the parcel outputs are written.
     """
     buffers = [np.empty((0, scale.size), dtype=np.float32) for _ in range(2)]
     in_flight: deque[Future] = deque()  # the writes not known done, oldest first
