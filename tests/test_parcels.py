@@ -21,6 +21,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import bidstrain.normalize.masked_cache as masked_cache
 import nibabel as nib
 import numpy as np
 import pytest
@@ -48,7 +49,7 @@ from bidstrain.io.store import (
 from bidstrain.normalize import ImageInfo, normalize_bold, normalize_with_stats
 from bidstrain.normalize.confounds import load_run_confounds
 from bidstrain.normalize.nifti_stream import read_layout
-from bidstrain.normalize.parcels import ParcelOutputs
+from bidstrain.normalize.parcels import ParcelMeans, ParcelOutputs
 from bidstrain.normalize.passes import ParcelJob
 from bidstrain.normalize.resample_time import resample, time_grid
 from bidstrain.plan import write_if_changed
@@ -333,21 +334,37 @@ def test_heldout_parcels_pool_the_training_runs_over_the_heldout_voxels(demo, tm
                              _job(atlas, image, tmp_path / "x", tuple(parcel_stores)))  # fmt: skip
 
 
+def _count_pass_2_sums(monkeypatch) -> list:
+    """Record each pass that sums the parcels as it writes the voxels (pass 2)."""
+    calls, volumes = [], ParcelMeans.volumes
+    monkeypatch.setattr(
+        ParcelMeans, "volumes", lambda self, source: calls.append(1) or volumes(self, source)
+    )
+    return calls
+
+
+@pytest.mark.parametrize("strategy", [None, "scrubbing"])
 @pytest.mark.parametrize("method", ["linear", "pchip", "fourier"])
-def test_resampled_parcels_are_the_means_of_the_resampled_voxels(demo, tmp_path, method):
+def test_resampled_parcels_are_the_means_of_the_resampled_voxels(
+    demo, tmp_path, monkeypatch, method, strategy
+):
     """Each method's parcels against the float64 means of its resampled voxels (those of
-    ``linear`` and ``fourier`` are summed on the volumes, those of ``pchip`` on the
-    frames: :mod:`bidstrain.normalize.parcels`)."""
+    ``linear`` and ``fourier`` are summed on the volumes, by pass 1 when the run is not
+    regressed, those of ``pchip`` on the frames: :mod:`bidstrain.normalize.parcels`)."""
     root, atlas = demo
     image, mask, table = _run(root)
-    confounds = load_run_confounds(image, table, "scrubbing", {}, N_VOLUMES, ddof=1)
+    confounds = None
+    if strategy is not None:
+        confounds = load_run_confounds(image, table, strategy, {}, N_VOLUMES, ddof=1)
     options = image_options(mask=str(mask), target_tr=0.8, time_method=method)
+    pass_2_sums = _count_pass_2_sums(monkeypatch)
     normalize_bold(image, tmp_path / "bold.zarr", _info(), options, confounds,
                    _job(atlas, image, tmp_path))  # fmt: skip
+    assert len(pass_2_sums) == int(strategy is not None or method == "pchip")
     inside = np.asarray(nib.load(mask).dataobj) > 0
     labels = np.asarray(nib.load(atlas.image).dataobj).astype(int)[inside]
     voxels = np.asarray(nib.load(image).dataobj, dtype=np.float64)[inside].T
-    voxels, kept = _regressed(voxels, image, "scrubbing")
+    voxels, kept = _regressed(voxels, image, strategy)
     deviations = voxels - voxels[kept].mean(axis=0)
     deviations[~kept] = 0.0
     grid = time_grid(N_VOLUMES, 2.0, 0.8, method, kept)
@@ -364,13 +381,81 @@ def test_resampled_parcels_are_the_means_of_the_resampled_voxels(demo, tmp_path,
     ds = open_store(tmp_path / "bold.zarr", use_dask=False)
     assert np.array_equal(ds.time.values, grid.times[grid.valid])
     # the parcel store keeps the run's time grid: read alone, its windows see the gaps
-    assert not grid.valid.all()
+    assert grid.valid.all() == (strategy is None)
     parcels = xr.open_zarr(tmp_path / "parcels.zarr").load()
     np.testing.assert_array_equal(parcels["frame_time"].values, grid.times)
     np.testing.assert_array_equal(parcels["frame_valid"].values, grid.valid)
     np.testing.assert_array_equal(parcels["time"].values, grid.times[grid.valid])
     segments = read_segments(tmp_path / "bold.zarr")
-    assert read_segments(tmp_path / "parcels.zarr") == segments and len(segments) > 1
+    assert read_segments(tmp_path / "parcels.zarr") == segments
+    assert (len(segments) > 1) == (strategy is not None)
+
+
+def test_a_non_finite_voxel_left_out_of_the_mask_file_is_left_out_of_its_parcel(
+    demo, tmp_path, monkeypatch
+):
+    """Pass 1 sums the parcels over the mask file's voxels; when a voxel holding NaN is
+    left out of the mask (``normalize.nonfinite: mask``), pass 2 sums them over the
+    voxels left."""
+    root, atlas = demo
+    image, mask, _ = _run(root)
+    source = nib.load(image)
+    data = np.asarray(source.dataobj, dtype=np.float32)
+    inside = np.asarray(nib.load(mask).dataobj) > 0
+    bad = tuple(np.argwhere(inside)[len(np.argwhere(inside)) // 2])
+    data[bad + (7,)] = np.nan
+    nan_image = tmp_path / "nan_bold.nii.gz"
+    header = source.header.copy()
+    header.set_data_dtype(np.float32)
+    nib.save(nib.Nifti1Image(data, source.affine, header), nan_image)
+    pass_2_sums = _count_pass_2_sums(monkeypatch)
+    options = image_options(mask=str(mask), nonfinite="mask")
+    attrs = normalize_bold(
+        nan_image, tmp_path / "bold.zarr", _info(), options, None, _job(atlas, nan_image, tmp_path)
+    )
+    assert attrs["n_nonfinite"] == 1 and len(pass_2_sums) == 1
+    labels = np.asarray(nib.load(atlas.image).dataobj).astype(int)
+    left = inside.copy()
+    left[bad] = False
+    parcel = labels[bad]
+    assert parcel > 0
+    expected = _zscore(data[left & (labels == parcel)].astype(np.float64).mean(axis=0))
+    ours = zarr.open_group(tmp_path / "parcels.zarr", mode="r")["data"][:, parcel - 1]
+    assert np.abs(ours - expected).max() <= TOLERANCE
+
+
+def test_a_cache_that_fails_in_pass_1_leaves_its_parcel_sums_unused(demo, tmp_path, monkeypatch):
+    """The kept voxels' file fills the disk after two blocks: pass 1's parcel sums cover
+    those blocks only, so pass 2 sums the parcels, and the store is the one of a run read
+    by every pass."""
+    root, atlas = demo
+    image, mask, _ = _run(root)
+    options = image_options(mask=str(mask), block_volumes=4)
+    normalize_bold(image, tmp_path / "read.zarr", _info(), options, None,
+                   _job(atlas, image, tmp_path / "read"))  # fmt: skip
+    temporary_file = masked_cache.tempfile.TemporaryFile
+
+    class FillsUp:
+        def __init__(self, **kwargs):
+            self.file, self.writes = temporary_file(**kwargs), 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes > 2:
+                raise OSError(28, "No space left on device")
+            return self.file.write(data)
+
+        def close(self):
+            self.file.close()
+
+    monkeypatch.setattr(masked_cache.tempfile, "TemporaryFile", FillsUp)
+    pass_2_sums = _count_pass_2_sums(monkeypatch)
+    normalize_bold(image, tmp_path / "full.zarr", _info(), options, None,
+                   _job(atlas, image, tmp_path / "full"))  # fmt: skip
+    assert len(pass_2_sums) == 1
+    read = zarr.open_group(tmp_path / "read" / "parcels.zarr", mode="r")["data"][...]
+    full = zarr.open_group(tmp_path / "full" / "parcels.zarr", mode="r")["data"][...]
+    assert np.abs(read - full).max() <= TOLERANCE and np.isfinite(full).all()
 
 
 def test_an_atlas_in_another_space_is_an_error_naming_both(demo):

@@ -12,7 +12,9 @@ from bidstrain.errors import BidstrainError
 from bidstrain.normalize.confounds import ConfoundRegression, RunConfounds, fixed_mask_index
 from bidstrain.normalize.image import ImageInfo, Options
 from bidstrain.normalize.masked_cache import MaskedCache, cache_plan
+from bidstrain.normalize.masking import mask_file
 from bidstrain.normalize.nifti_stream import NiftiLayout
+from bidstrain.normalize.parcels import ParcelMeans
 from bidstrain.normalize.passes import (
     ParcelJob,
     check_not_all_zero,
@@ -61,7 +63,9 @@ def normalize_bold(
     (:mod:`~bidstrain.normalize.masked_cache`: ``itemsize`` bytes per kept voxel and
     volume on disk). Where it cannot (``mask="none"``, or a mask beyond the kept voxels),
     the image is read again by pass 2, and a resampled run keeps the masked voxels there
-    for its third pass.
+    for its third pass. Pass 1 also sums the parcels of a run with a mask file and no
+    confounds (unless ``pchip``), over the mask's voxels it keeps (``parcel_sums`` of
+    :func:`~bidstrain.normalize.passes.scan_image`).
 
     Peak memory, besides the libraries: about 40 bytes per grid voxel (pass 1 sums, the
     mean volume, the mask), plus for blocks of ``b`` volumes ``2 * b`` stored volumes (the
@@ -114,7 +118,8 @@ def normalize_bold(
     if confounds is not None:
         regression = ConfoundRegression(confounds, layout, fixed_mask_index(layout, info, options))
     grid = run_time_grid(layout, info, options, None if confounds is None else confounds.kept)
-    plan = cache_plan(layout, info, options)
+    known_mask = mask_file(layout, info, options)
+    plan = cache_plan(layout, options, known_mask)
     linear = grid.method == "linear" and regression is None
     scan = scan_image(
         layout,
@@ -123,8 +128,9 @@ def normalize_bold(
         regression=regression,
         plan=plan,
         linear_grid=grid if linear else None,
+        parcel_sums=_pass1_parcel_sums(parcels, known_mask, layout, grid, regression),
     )
-    cache, frame_sums = scan.cache, scan.frame_sums
+    cache, frame_sums, parcel_sums = scan.cache, scan.frame_sums, scan.parcel_sums
     try:
         check_not_all_zero(scan, layout, info)
         mask, n_nonfinite = choose_mask(layout, info, options, scan)
@@ -136,6 +142,8 @@ def normalize_bold(
                      "image is decompressed again", layout.path)  # fmt: skip
             cache.close()
             cache = frame_sums = None
+        if cache is None or not np.array_equal(index, cache.index):  # non-finite voxels out
+            parcel_sums = None
         if regression is not None:
             regression.restrict(index)
             variance = regression.residual_variance(variance, layout, options.ddof)
@@ -157,6 +165,7 @@ def normalize_bold(
             regression=regression,
             parcels=parcels,
             cache=cache,
+            parcel_sums=parcel_sums,
             stats_from=[str(layout.path.resolve())],
             heldout=False,
             n_nonfinite=n_nonfinite,
@@ -164,6 +173,23 @@ def normalize_bold(
     finally:
         if cache is not None:
             cache.close()
+
+
+def _pass1_parcel_sums(
+    parcels: ParcelJob | None,
+    known_mask: np.ndarray | None,
+    layout: NiftiLayout,
+    grid: TimeGrid,
+    regression: ConfoundRegression | None,
+) -> ParcelMeans | None:
+    """The parcel means pass 1 sums the volumes of (:func:`scan_image`): when the mask is
+    a file (the voxels pass 1 keeps), the volumes are not regressed, and their sums give
+    the frames'; None otherwise."""
+    if parcels is None or known_mask is None or regression is not None:
+        return None
+    intercept = np.full(int(known_mask.sum()), layout.inter, dtype=np.float64)
+    means = ParcelMeans(parcels.atlas, known_mask, intercept, layout.slope, grid)
+    return means if means.sums_volumes else None
 
 
 def _frame_statistics(

@@ -37,8 +37,8 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from bidstrain.normalize.image import ImageInfo, Options
-from bidstrain.normalize.masking import dilate, gap_threshold, mask_file
+from bidstrain.normalize.image import Options
+from bidstrain.normalize.masking import dilate, gap_threshold
 from bidstrain.normalize.nifti_stream import NiftiLayout
 
 log = logging.getLogger(__name__)
@@ -150,17 +150,10 @@ class MaskedCache:
 CachePlan = Callable[[np.ndarray], "MaskedCache | None"]
 
 
-def cache_plan(layout: NiftiLayout, info: ImageInfo, options: Options) -> CachePlan | None:
-    """What pass 1 keeps of a run for the later passes (see the module's notes); None
-    when nothing.
-
-    Raises
-    ------
-    BidstrainError
-        For a mask file that cannot be used
-        (:func:`~bidstrain.normalize.masking.load_mask`).
-    """
-    mask = mask_file(layout, info, options)
+def cache_plan(layout: NiftiLayout, options: Options, mask: np.ndarray | None) -> CachePlan | None:
+    """What pass 1 keeps of a run for the later passes (see the module's notes), given its
+    mask file's mask (:func:`~bidstrain.normalize.masking.mask_file`, None for a computed
+    one); None when nothing."""
     if mask is not None:
         return known_mask_plan(layout, mask)
     if options.mask == "epi":

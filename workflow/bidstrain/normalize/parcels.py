@@ -9,7 +9,11 @@ but ``pchip`` makes a frame a fixed weighted sum of volumes, so a frame's parcel
 are the same weighted sum of the volumes' parcel sums: those methods sum the volumes
 (fewer than the frames when the target repetition time is the shorter) and resample the
 sums; ``pchip`` sums its frames. It keeps ``8 * n_parcels`` bytes per volume or frame.
-When the pass ends,
+When the mask is a file, the voxels pass 1 keeps are the mask's, and the run's volumes
+are not regressed: pass 1 sums the volumes then, of their stored values (centered on the
+intercept), while its main thread waits for the decompressing one
+(:func:`bidstrain.normalize.passes.scan_image`), and the pass that writes the voxels
+only writes them. When the pass ends,
 :func:`write_parcel_outputs` z-scores each parcel over time, with the run's own
 statistics or, for a held-out run, with those pooled from its subject's training runs
 over the same voxels (as the voxels are: a held-out run's mask is the intersection of
@@ -132,13 +136,23 @@ class ParcelMeans:
         """Parcels without a voxel in the mask."""
         return self.n_voxels == 0
 
+    @property
+    def sums_volumes(self) -> bool:
+        """Whether the volumes are summed (the frames are a fixed weighted sum of them)."""
+        return self._sums_volumes
+
+    def add_volumes(self, positions: np.ndarray, deviations: np.ndarray) -> None:
+        """Sum the volumes at ``positions``: the rows of ``deviations`` (from ``center``,
+        in stored units); only when :attr:`sums_volumes`."""
+        for position, row in zip(positions, deviations, strict=True):
+            self._volume_sums[position] = self._sums(row)
+
     def volumes(self, source):
         """Pass the pass's ``(positions, deviations)`` blocks of volumes through, summing
         them when the frames are a fixed weighted sum of them."""
         for positions, deviations in source:
             if self._sums_volumes:
-                for position, row in zip(positions, deviations, strict=True):
-                    self._volume_sums[position] = self._sums(row)
+                self.add_volumes(positions, deviations)
             yield positions, deviations
 
     def frames(self, blocks):

@@ -91,6 +91,8 @@ class Scan:
     cache: MaskedCache | None = None  # voxels kept for the next passes; the caller closes it
     #: the frames' sums of the cached voxels (complete), when pass 1 was given a grid
     frame_sums: LinearFrameSums | None = None
+    #: the parcels' volume sums of the cached voxels (complete), when pass 1 was given them
+    parcel_sums: ParcelMeans | None = None
 
 
 def scan_image(
@@ -101,6 +103,7 @@ def scan_image(
     regression: ConfoundRegression | None = None,
     plan: CachePlan | None = None,
     linear_grid: TimeGrid | None = None,
+    parcel_sums: ParcelMeans | None = None,
 ) -> Scan:
     """Pass 1: per-voxel moments of the whole grid.
 
@@ -126,6 +129,11 @@ def scan_image(
         (:class:`~bidstrain.normalize.resample_time.LinearFrameSums`), so that no pass
         is needed for the frames' statistics. The main thread has the time: in pass 1 it
         waits for the decompressing thread.
+    parcel_sums : ParcelMeans, optional
+        The parcel means of a run whose mask is the voxels ``plan`` keeps (a mask file's)
+        and whose volumes are summed (:attr:`ParcelMeans.sums_volumes`), centered on the
+        image's intercept: the volumes' stored values are summed in this pass, the
+        scan's ``parcel_sums``, so that pass 2 only writes the voxels.
     """
     moments = VoxelMoments(layout.n_grid, dtype=layout.dtype)
     selected_sum = None if mean_rows is None else np.zeros(layout.n_grid, dtype=np.float64)
@@ -136,10 +144,13 @@ def scan_image(
                 cache = plan(values)
                 if cache is not None and linear_grid is not None:
                     frame_sums = LinearFrameSums(linear_grid, cache.index.size, shifted=True)
-            if cache is not None:
-                kept = cache.append_grid(values)
-                if frame_sums is not None and kept is not None:
-                    frame_sums.add(np.arange(start, start + kept.shape[0]), kept)
+            kept = None if cache is None else cache.append_grid(values)
+            if kept is not None:
+                positions = np.arange(start, start + kept.shape[0])
+                if frame_sums is not None:
+                    frame_sums.add(positions, kept)
+                if parcel_sums is not None:
+                    parcel_sums.add_volumes(positions, kept)
             if regression is not None:
                 values = regression.select(start, values)
                 regression.accumulate(values)
@@ -161,7 +172,7 @@ def scan_image(
         np.zeros(layout.n_grid, dtype=bool) if moments.nonfinite is None else moments.nonfinite
     )
     if cache is None or not cache.complete:
-        frame_sums = None
+        frame_sums = parcel_sums = None
     return Scan(
         mean,
         variance,
@@ -169,6 +180,7 @@ def scan_image(
         layout.to_grid(nonfinite),
         cache,
         frame_sums,
+        parcel_sums,
     )
 
 
@@ -458,6 +470,7 @@ def write_voxel_zscored_store(
     regression: ConfoundRegression | None = None,
     parcels: ParcelJob | None = None,
     cache: MaskedCache | None = None,
+    parcel_sums: ParcelMeans | None = None,
     **attrs: Any,
 ) -> dict:
     """Stream the image once more and write its frames z-scored per voxel with
@@ -473,6 +486,8 @@ def write_voxel_zscored_store(
     (fitted in pass 1 on the voxels of ``mask``), the confounds are removed first and only
     the kept volumes are read into the frames (``check_values`` is then pass 1's
     business). A complete ``cache`` is read instead of the image (:func:`masked_blocks`).
+    ``parcel_sums``: the parcel means of ``parcels`` with every volume summed by pass 1
+    over the voxels of ``mask`` (:func:`scan_image`); this pass sums them otherwise.
 
     Returns
     -------
@@ -496,11 +511,13 @@ def write_voxel_zscored_store(
     else:
         source = regression.residuals(masked_blocks(layout, index, block, cache), stored_center)
         attrs["confounds_strategy"] = regression.confounds.strategy
-    if parcels is None:
-        means, blocks = None, frames(source, grid, index.size)
-    else:
+    means = parcel_sums
+    if parcels is not None and means is None:
         means = ParcelMeans(parcels.atlas, mask, mean, layout.slope, grid)
-        blocks = means.frames(frames(means.volumes(source), grid, index.size))
+        source = means.volumes(source)
+    blocks = frames(source, grid, index.size)
+    if means is not None:
+        blocks = means.frames(blocks)
     with create_store(
         out_store,
         mask=mask,
