@@ -75,6 +75,8 @@ CONFIGS = {
     "mask file, scrubbing": ({"mask": "file"}, "scrubbing"),
     "epi, simple": ({}, "simple"),
     "epi, resampled": ({"target_tr": 0.8, "time_method": "linear"}, None),
+    "epi, resampled with pchip": ({"target_tr": 0.8, "time_method": "pchip"}, None),
+    "epi, resampled with fourier": ({"target_tr": 0.8, "time_method": "fourier"}, None),
     "epi, simple, resampled": ({"target_tr": 0.8, "time_method": "linear"}, "simple"),
 }
 
@@ -104,8 +106,10 @@ def test_one_decompression_and_the_store_of_every_pass_reading_the_image(
     reads = Reads(monkeypatch)
     normalize(tmp_path / "once.zarr")
     assert reads.images == 1 and len(reads.files) == 1 and reads.all_closed()
-    # a linear run without confounds has its frames' sums from pass 1: no pass of their own
-    assert len(frame_passes) == (resampled and strategy is not None)
+    # a linear or pchip run without confounds has its frames' moments from pass 1: no pass
+    # of their own
+    from_pass_1 = changes.get("time_method") in ("linear", "pchip") and strategy is None
+    assert len(frame_passes) == (resampled and not from_pass_1)
 
     monkeypatch.setattr(bold, "cache_plan", lambda *args: None)  # every pass reads the image
     frame_passes.clear()
@@ -161,10 +165,12 @@ def test_the_voxels_kept_for_epi_hold_the_runs_epi_mask(run, raw_run, tmp_path, 
     assert kept.size <= masked_cache.MAX_FRACTION * layout.n_grid
 
 
-@pytest.mark.parametrize("time", [{}, {"target_tr": 0.8, "time_method": "linear"}])
-def test_a_mask_beyond_the_kept_voxels_reads_the_image_again(run, tmp_path, monkeypatch, time):
-    """Also for a linear run, whose frames' sums pass 1 took over the kept voxels: they
-    are not used for the final mask's voxels, which a pass of their own sums."""
+@pytest.mark.parametrize("method", [None, "linear", "pchip"])
+def test_a_mask_beyond_the_kept_voxels_reads_the_image_again(run, tmp_path, monkeypatch, method):
+    """Also for a linear or pchip run, whose frames' moments pass 1 took over the kept
+    voxels: they are not used for the final mask's voxels, which a pass of their own
+    sums."""
+    time = {} if method is None else {"target_tr": 0.8, "time_method": method}
     image = run[0]
     options = image_options(mask="epi", **time)
     normalize_bold(image, tmp_path / "once.zarr", INFO, options)
@@ -179,12 +185,16 @@ def test_a_mask_beyond_the_kept_voxels_reads_the_image_again(run, tmp_path, monk
     assert store_checksum(tmp_path / "once.zarr") == store_checksum(tmp_path / "again.zarr")
 
 
-def test_a_cache_that_fails_in_pass_1_leaves_its_frame_sums_unused(run, tmp_path, monkeypatch):
-    """The kept voxels' file fills the disk after two blocks: pass 1's frame sums of a
-    linear run cover those blocks only, so its frames' statistics come from a pass of
-    their own, and the store is the one written when every pass reads the image."""
+@pytest.mark.parametrize("method", ["linear", "pchip"])
+def test_a_cache_that_fails_in_pass_1_leaves_its_frame_sums_unused(
+    run, tmp_path, monkeypatch, method
+):
+    """The kept voxels' file fills the disk after two blocks: pass 1's frame moments of a
+    linear or pchip run cover those blocks only, so its frames' statistics come from a
+    pass of their own, and the store is the one written when every pass reads the
+    image."""
     image, mask, _ = run
-    options = image_options(mask=str(mask), target_tr=0.8, time_method="linear", block_volumes=4)
+    options = image_options(mask=str(mask), target_tr=0.8, time_method=method, block_volumes=4)
     monkeypatch.setattr(bold, "cache_plan", lambda *args: None)
     normalize_bold(image, tmp_path / "read.zarr", INFO, options)
     monkeypatch.undo()

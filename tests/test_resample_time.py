@@ -9,7 +9,9 @@ from bidstrain.normalize.resample_time import (
     FOURIER_HALF_WIDTH,
     METHODS,
     LinearFrameSums,
+    ResampledFrameMoments,
     TimeResampler,
+    frame_accumulator,
     resample,
     time_grid,
 )
@@ -256,3 +258,31 @@ def test_linear_frame_sums_from_the_volumes_equal_those_of_the_frames(
     np.testing.assert_allclose(moments.variance(1), frames.var(axis=0, ddof=1), rtol=1e-11)
     with pytest.raises(ValueError, match="needs a linear grid"):
         LinearFrameSums(time_grid(n, source_tr, target_tr, "pchip"), 5)
+
+
+@pytest.mark.parametrize(
+    ("n", "source_tr", "target_tr"), [(90, 2.0, 0.8), (61, 0.72, 2.0), (40, 1.0, 0.5)]
+)
+@pytest.mark.parametrize("method", ["pchip", "fourier"])
+@pytest.mark.parametrize("block", [1, 4, 7])
+def test_frame_moments_from_the_images_own_values_equal_those_of_the_frames(
+    n, source_tr, target_tr, method, block
+):
+    """Pass 1 resamples the image's own values, shifted by the first volume, as they
+    come: the moments of the frames of the deviations from the mean, to float64
+    rounding, whatever the blocks, and with an offset that would cancel the sum of
+    squares of unshifted values."""
+    rng = np.random.default_rng(4)
+    grid = time_grid(n, source_tr, target_tr, method)
+    own = rng.standard_normal((n, 5)) + rng.integers(-(10**9), 10**9, 5)  # cancellation
+    mean = own.mean(axis=0)
+    frames = resample(own - mean, grid)  # float64 deviations
+    accumulator = frame_accumulator(grid, 5)
+    assert isinstance(accumulator, ResampledFrameMoments)
+    for start in range(0, n, block):
+        rows = np.arange(start, min(start + block, n))
+        accumulator.add(rows, own[rows])
+    moments = accumulator.moments()
+    assert moments.count == frames.shape[0] == grid.valid.sum()
+    np.testing.assert_allclose(moments.mean(), frames.mean(axis=0) + mean, rtol=1e-12)
+    np.testing.assert_allclose(moments.variance(1), frames.var(axis=0, ddof=1), rtol=1e-9)

@@ -13,6 +13,7 @@ from bidstrain.normalize.confounds import ConfoundRegression, RunConfounds, fixe
 from bidstrain.normalize.image import ImageInfo, Options
 from bidstrain.normalize.masked_cache import MaskedCache, cache_plan
 from bidstrain.normalize.masking import mask_file
+from bidstrain.normalize.moments import VoxelMoments
 from bidstrain.normalize.nifti_stream import NiftiLayout
 from bidstrain.normalize.parcels import ParcelMeans
 from bidstrain.normalize.passes import (
@@ -28,7 +29,7 @@ from bidstrain.normalize.passes import (
     write_voxel_zscored_store,
     zscore_parameters,
 )
-from bidstrain.normalize.resample_time import LinearFrameSums, TimeGrid
+from bidstrain.normalize.resample_time import TimeGrid
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,12 @@ def normalize_bold(
 
     Two streamed passes (:mod:`bidstrain.normalize.passes`); three when the run is
     resampled in time (``options.target_tr``), the second for the statistics of its
-    frames, except for a ``linear`` run without confounds whose voxels pass 1 keeps: pass
-    1 sums its frames then (:class:`~bidstrain.normalize.resample_time.LinearFrameSums`
-    over the kept voxels). The image is decompressed once: pass 1 keeps the voxels the
-    mask will come from (a mask file's, or those around the first block's bright voxels)
-    in a temporary file that the later passes read
+    frames, except for a ``linear`` or ``pchip`` run without confounds whose voxels pass 1
+    keeps: pass 1 takes its frames' moments then, over the kept voxels
+    (:func:`~bidstrain.normalize.resample_time.frame_accumulator`). The image is
+    decompressed once: pass 1 keeps the voxels the mask will come from (a mask file's, or
+    those around the first block's bright voxels) in a temporary file that the later
+    passes read
     (:mod:`~bidstrain.normalize.masked_cache`: ``itemsize`` bytes per kept voxel and
     volume on disk). Where it cannot (``mask="none"``, or a mask beyond the kept voxels),
     the image is read again by pass 2, and a resampled run keeps the masked voxels there
@@ -81,7 +83,9 @@ def normalize_bold(
     :data:`~bidstrain.normalize.resample_time.BATCH_FRAMES` frames of output (16 for
     ``fourier``), for ``pchip`` the slopes of the volumes its next frames span, and when
     pass 1 sums a ``linear`` run's frames, ``32`` bytes per kept voxel (peak RSS 155 MB
-    instead of 149 MB at 0.8 s); parcels ``8`` bytes per volume and parcel (per frame for
+    instead of 149 MB at 0.8 s), or a ``pchip`` run's, its resampler over the kept voxels
+    (about 270 bytes per kept voxel, freed at the end of the pass: peak RSS 183 MB instead
+    of 179 MB); parcels ``8`` bytes per volume and parcel (per frame for
     ``pchip``).
 
     Parameters
@@ -120,17 +124,19 @@ def normalize_bold(
     grid = run_time_grid(layout, info, options, None if confounds is None else confounds.kept)
     known_mask = mask_file(layout, info, options)
     plan = cache_plan(layout, options, known_mask)
-    linear = grid.method == "linear" and regression is None
+    # fourier's frames cost pass 1 more than its wait for the decompression (BENCHMARKS.md)
+    frames_in_pass_1 = grid.method in ("linear", "pchip") and not grid.identity
+    frames_in_pass_1 = frames_in_pass_1 and regression is None
     scan = scan_image(
         layout,
         options.block_volumes,
         options.ddof,
         regression=regression,
         plan=plan,
-        linear_grid=grid if linear else None,
+        frame_grid=grid if frames_in_pass_1 else None,
         parcel_sums=_pass1_parcel_sums(parcels, known_mask, layout, grid, regression),
     )
-    cache, frame_sums, parcel_sums = scan.cache, scan.frame_sums, scan.parcel_sums
+    cache, pass_1_moments, parcel_sums = scan.cache, scan.frame_moments, scan.parcel_sums
     try:
         check_not_all_zero(scan, layout, info)
         mask, n_nonfinite = choose_mask(layout, info, options, scan)
@@ -141,7 +147,7 @@ def normalize_bold(
             log.info("%s: the mask reaches beyond the voxels kept by the first pass: the "
                      "image is decompressed again", layout.path)  # fmt: skip
             cache.close()
-            cache = frame_sums = None
+            cache = pass_1_moments = None
         if cache is None or not np.array_equal(index, cache.index):  # non-finite voxels out
             parcel_sums = None
         if regression is not None:
@@ -151,7 +157,7 @@ def normalize_bold(
             if cache is None:
                 cache = MaskedCache(index, layout.dtype.newbyteorder("="), layout.n_volumes)
             mean, variance = _frame_statistics(
-                layout, index, options, grid, mean, regression, cache, frame_sums
+                layout, index, options, grid, mean, regression, cache, pass_1_moments
             )
         return write_voxel_zscored_store(
             out_store,
@@ -200,12 +206,12 @@ def _frame_statistics(
     mean: np.ndarray,
     regression: ConfoundRegression | None,
     cache: MaskedCache | None = None,
-    frame_sums: LinearFrameSums | None = None,
+    pass_1_moments: VoxelMoments | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-voxel mean and variance (image units) of a resampled run's valid frames: from
-    pass 1's ``frame_sums`` of the voxels of ``cache`` when they are given, else from one
-    more pass, whose masked voxels are read from ``cache`` when it is complete, else kept
-    in it for the next pass."""
+    pass 1's ``pass_1_moments`` of the voxels of ``cache`` when they are given, else from
+    one more pass, whose masked voxels are read from ``cache`` when it is complete, else
+    kept in it for the next pass."""
     if grid.valid.sum() <= options.ddof:
         raise BidstrainError(
             f"{int(grid.valid.sum())} valid frames at TR {grid.target_tr} s: a z-score with "
@@ -213,11 +219,10 @@ def _frame_statistics(
             "normalize.confounds)",
             path=layout.path,
         )
-    if frame_sums is not None:
+    if pass_1_moments is not None:
         columns = cache.columns(index)
-        moments = frame_sums.moments()
-        frame_mean = moments.mean()[columns] * layout.slope + layout.inter
-        return frame_mean, moments.variance(options.ddof)[columns] * layout.slope**2
+        frame_mean = pass_1_moments.mean()[columns] * layout.slope + layout.inter
+        return frame_mean, pass_1_moments.variance(options.ddof)[columns] * layout.slope**2
     center, _, _ = zscore_parameters(layout, mean, np.ones_like(mean))
     block = options.block_volumes
     if regression is None:

@@ -13,9 +13,10 @@ pass 2 (:func:`write_voxel_zscored_store`, or :func:`bidstrain.normalize.volumes
 
 A BOLD run resampled in time with its own statistics is streamed once more between the
 two (:func:`frame_moments`): the statistics of its frames are not those of its volumes.
-Pass 1 takes them itself for a ``linear`` run without confounds whose voxels it keeps
-(:func:`scan_image`'s ``linear_grid``): each frame is a weighted sum of two volumes,
-so the frames' sums are weighted sums of the volumes and of their neighbours' products.
+Pass 1 takes them itself for a ``linear`` or ``pchip`` run without confounds whose
+voxels it keeps (:func:`scan_image`'s ``frame_grid``): ``linear`` frames' sums are
+weighted sums of the volumes and of their neighbours' products, and ``pchip`` frames are
+computed from the volumes as they come.
 Resampling holds the volumes of one interpolation support, never the whole run: memory
 stays bounded by the block, the support and the mask, whatever the run's length.
 
@@ -53,6 +54,7 @@ from bidstrain.normalize.resample_time import (
     LinearFrameSums,
     TimeGrid,
     TimeResampler,
+    frame_accumulator,
     time_grid,
 )
 
@@ -89,8 +91,9 @@ class Scan:
     mean_volume: np.ndarray  # the (x, y, z) volume a mask is computed from
     nonfinite: np.ndarray  # (x, y, z) bool, voxels holding NaN or Inf
     cache: MaskedCache | None = None  # voxels kept for the next passes; the caller closes it
-    #: the frames' sums of the cached voxels (complete), when pass 1 was given a grid
-    frame_sums: LinearFrameSums | None = None
+    #: the moments of the frames of the cached voxels (complete), when pass 1 was given a
+    #: grid
+    frame_moments: VoxelMoments | None = None
     #: the parcels' volume sums of the cached voxels (complete), when pass 1 was given them
     parcel_sums: ParcelMeans | None = None
 
@@ -102,7 +105,7 @@ def scan_image(
     mean_rows: np.ndarray | None = None,
     regression: ConfoundRegression | None = None,
     plan: CachePlan | None = None,
-    linear_grid: TimeGrid | None = None,
+    frame_grid: TimeGrid | None = None,
     parcel_sums: ParcelMeans | None = None,
 ) -> Scan:
     """Pass 1: per-voxel moments of the whole grid.
@@ -123,10 +126,10 @@ def scan_image(
     plan : CachePlan, optional
         Which voxels to keep for the next passes, chosen on the first block: the scan's
         ``cache`` (:mod:`~bidstrain.normalize.masked_cache`).
-    linear_grid : TimeGrid, optional
-        A ``linear`` grid (and no ``regression``): the sums of its frames over the kept
-        voxels are taken in this pass too, the scan's ``frame_sums``
-        (:class:`~bidstrain.normalize.resample_time.LinearFrameSums`), so that no pass
+    frame_grid : TimeGrid, optional
+        A resampled run's frames (and no ``regression``): the moments of its frames over
+        the kept voxels are taken in this pass too, the scan's ``frame_moments``
+        (:func:`~bidstrain.normalize.resample_time.frame_accumulator`), so that no pass
         is needed for the frames' statistics. The main thread has the time: in pass 1 it
         waits for the decompressing thread.
     parcel_sums : ParcelMeans, optional
@@ -142,8 +145,8 @@ def scan_image(
         for start, values in iter_blocks(layout, block):
             if plan is not None and start == 0:
                 cache = plan(values)
-                if cache is not None and linear_grid is not None:
-                    frame_sums = LinearFrameSums(linear_grid, cache.index.size, shifted=True)
+                if cache is not None and frame_grid is not None:
+                    frame_sums = frame_accumulator(frame_grid, cache.index.size)
             kept = None if cache is None else cache.append_grid(values)
             if kept is not None:
                 positions = np.arange(start, start + kept.shape[0])
@@ -179,7 +182,7 @@ def scan_image(
         layout.to_grid(mean_volume),
         layout.to_grid(nonfinite),
         cache,
-        frame_sums,
+        None if frame_sums is None else frame_sums.moments(),  # the resampler is freed
         parcel_sums,
     )
 

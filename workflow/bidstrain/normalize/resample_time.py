@@ -545,6 +545,65 @@ class LinearFrameSums:
         return VoxelMoments.from_sums(count, self.total, self.squares, self.shift)
 
 
+class ResampledFrameMoments:
+    """Per-voxel moments of a run's valid frames, resampled from its volumes as they come
+    (any method): of the image's own values (any real type), shifted by the first volume
+    added so that the sum of squares does not cancel (the frames of ``v - s`` are those of
+    ``v`` minus ``s``: every method carries a constant through).
+
+    Parameters
+    ----------
+    grid : TimeGrid
+        The run's frames.
+    n_voxel : int
+        Values per volume.
+
+    Notes
+    -----
+    Memory: the resampler's (:class:`TimeResampler`), and one block of shifted volumes
+    (float64).
+    """
+
+    def __init__(self, grid: TimeGrid, n_voxel: int):
+        self._resampler = TimeResampler(grid, n_voxel)
+        self._sums = VoxelMoments(n_voxel, dtype=np.float64, centered=True)
+        self._shifted = np.zeros((0, n_voxel))
+        self.shift: np.ndarray | None = None
+
+    def add(self, positions: np.ndarray, values: np.ndarray) -> None:
+        """Add volumes: ``values`` (``(len(positions), n_voxel)``, a reused buffer is
+        fine) are the volumes ``positions`` (increasing, after those already added)."""
+        if not len(positions):
+            return
+        if self.shift is None:
+            self.shift = values[0].astype(np.float64)
+        if self._shifted.shape[0] < values.shape[0]:
+            self._shifted = np.empty(values.shape, dtype=np.float64)
+        shifted = self._shifted[: values.shape[0]]
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # not in the mask
+            np.subtract(values, self.shift, out=shifted)
+            for frames in self._resampler.push(positions, shifted):
+                self._sums.update(frames)
+
+    def moments(self) -> VoxelMoments:
+        """The frames' per-voxel moments (their mean adds the shift back); call it once,
+        after the last volume."""
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            for frames in self._resampler.finish():
+                self._sums.update(frames)
+        sums = self._sums
+        return VoxelMoments.from_sums(sums.count, sums.sum, sums.sum_squares, self.shift)
+
+
+def frame_accumulator(grid: TimeGrid, n_voxel: int) -> LinearFrameSums | ResampledFrameMoments:
+    """The moments of a resampled run's frames taken from its volumes' own values (the
+    image's, any real type): :class:`LinearFrameSums` (shifted) for ``linear``, which
+    needs no frame, else :class:`ResampledFrameMoments`."""
+    if grid.method == "linear":
+        return LinearFrameSums(grid, n_voxel, shifted=True)
+    return ResampledFrameMoments(grid, n_voxel)
+
+
 def resample(values: np.ndarray, grid: TimeGrid) -> np.ndarray:
     """Resample a whole ``(n_source, n)`` array at once (small data: a run's parcel sums,
     the tests).
