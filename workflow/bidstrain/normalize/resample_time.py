@@ -19,7 +19,7 @@ in, and :class:`TimeResampler` holds only the source volumes of the supports sti
     rounding; support 4 volumes (3 at the run's ends). Computed here, streamed: each
     volume's slope by scipy's rule (:func:`pchip_slopes`) once, then each frame as four
     weighted rows (building scipy's interpolator for each batch of frames made a
-    96x96x96x300 job take about 21.7 s instead of 5.1 s: BENCHMARKS.md). Error: third
+    96x96x96x300 job take 3.5 times as long: BENCHMARKS.md). Error: third
     order in ``source_tr`` away from the signal's extrema; near an extremum its slope is
     limited and the error is of the linear method's order, so ``source_tr**2 / 8 *
     max|f''|`` bounds it in practice (measured on the tests' sums of slow sinusoids: up
