@@ -25,7 +25,7 @@ from bidstrain.normalize.confounds import load_run_confounds
 from bidstrain.normalize.nifti_stream import iter_blocks, read_layout
 from nibabel.testing import data_path
 from nilearn.masking import compute_epi_mask
-from normalize_support import image_options
+from normalize_support import fill_the_disk_after, image_options
 
 SPACE = "space-MNI152NLin2009cAsym_res-2"
 N_VOLUMES = 60
@@ -198,22 +198,7 @@ def test_a_cache_that_fails_in_pass_1_leaves_its_frame_sums_unused(
     monkeypatch.setattr(bold, "cache_plan", lambda *args: None)
     normalize_bold(image, tmp_path / "read.zarr", INFO, options)
     monkeypatch.undo()
-    temporary_file = masked_cache.tempfile.TemporaryFile
-
-    class FillsUp:
-        def __init__(self, **kwargs):
-            self.file, self.writes = temporary_file(**kwargs), 0
-
-        def write(self, data):
-            self.writes += 1
-            if self.writes > 2:
-                raise OSError(28, "No space left on device")
-            return self.file.write(data)
-
-        def close(self):
-            self.file.close()
-
-    monkeypatch.setattr(masked_cache.tempfile, "TemporaryFile", FillsUp)
+    fill_the_disk_after(monkeypatch, writes=2)
     normalize_bold(image, tmp_path / "full.zarr", INFO, options)
     assert store_checksum(tmp_path / "full.zarr") == store_checksum(tmp_path / "read.zarr")
 

@@ -21,7 +21,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import bidstrain.normalize.masked_cache as masked_cache
 import nibabel as nib
 import numpy as np
 import pytest
@@ -55,7 +54,7 @@ from bidstrain.normalize.resample_time import resample, time_grid
 from bidstrain.plan import write_if_changed
 from nilearn.interfaces.fmriprep import load_confounds_strategy
 from nilearn.maskers import NiftiLabelsMasker
-from normalize_support import image_options
+from normalize_support import fill_the_disk_after, image_options
 from scipy import ndimage
 from test_plan import plan_of
 
@@ -433,22 +432,7 @@ def test_a_cache_that_fails_in_pass_1_leaves_its_parcel_sums_unused(demo, tmp_pa
     options = image_options(mask=str(mask), block_volumes=4)
     normalize_bold(image, tmp_path / "read.zarr", _info(), options, None,
                    _job(atlas, image, tmp_path / "read"))  # fmt: skip
-    temporary_file = masked_cache.tempfile.TemporaryFile
-
-    class FillsUp:
-        def __init__(self, **kwargs):
-            self.file, self.writes = temporary_file(**kwargs), 0
-
-        def write(self, data):
-            self.writes += 1
-            if self.writes > 2:
-                raise OSError(28, "No space left on device")
-            return self.file.write(data)
-
-        def close(self):
-            self.file.close()
-
-    monkeypatch.setattr(masked_cache.tempfile, "TemporaryFile", FillsUp)
+    fill_the_disk_after(monkeypatch, writes=2)
     pass_2_sums = _count_pass_2_sums(monkeypatch)
     normalize_bold(image, tmp_path / "full.zarr", _info(), options, None,
                    _job(atlas, image, tmp_path / "full"))  # fmt: skip
