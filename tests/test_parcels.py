@@ -21,6 +21,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import bidstrain.normalize.bold as bold
 import nibabel as nib
 import numpy as np
 import pytest
@@ -430,8 +431,10 @@ def test_a_cache_that_fails_in_pass_1_leaves_its_parcel_sums_unused(demo, tmp_pa
     root, atlas = demo
     image, mask, _ = _run(root)
     options = image_options(mask=str(mask), block_volumes=4)
+    monkeypatch.setattr(bold, "cache_plan", lambda *args: None)  # every pass reads the image
     normalize_bold(image, tmp_path / "read.zarr", _info(), options, None,
                    _job(atlas, image, tmp_path / "read"))  # fmt: skip
+    monkeypatch.undo()
     fill_the_disk_after(monkeypatch, writes=2)
     pass_2_sums = _count_pass_2_sums(monkeypatch)
     normalize_bold(image, tmp_path / "full.zarr", _info(), options, None,
@@ -440,6 +443,45 @@ def test_a_cache_that_fails_in_pass_1_leaves_its_parcel_sums_unused(demo, tmp_pa
     read = zarr.open_group(tmp_path / "read" / "parcels.zarr", mode="r")["data"][...]
     full = zarr.open_group(tmp_path / "full" / "parcels.zarr", mode="r")["data"][...]
     assert np.abs(read - full).max() <= TOLERANCE and np.isfinite(full).all()
+
+
+def _scaled_copy(image: Path, out: Path, slope: float, intercept: float) -> Path:
+    """``image``'s stored values in an uncompressed copy whose header scales them."""
+    source = nib.load(image)
+    stored = np.asarray(source.dataobj.get_unscaled())
+    header = source.header.copy()
+    header.set_data_dtype(stored.dtype)
+    nib.save(nib.Nifti1Image(stored, source.affine, header), out)
+    with out.open("r+b") as file:  # scl_slope and scl_inter (float32 at bytes 112 and 116)
+        file.seek(112)
+        file.write(np.array([slope, intercept], dtype="<f4").tobytes())
+    assert nib.load(out).dataobj.inter == np.float32(intercept)
+    return out
+
+
+@pytest.mark.parametrize("kept_voxels", [True, False])
+def test_parcel_means_are_in_the_images_units(demo, tmp_path, monkeypatch, kept_voxels):
+    """A run whose header scales its stored values (``scl_slope``, ``scl_inter``): its
+    mean time series TSV holds the float64 parcel means of the scaled values, and its
+    parcel store their z-scores, whether pass 1 sums the parcels over the voxels it keeps
+    (a mask file) or pass 2 does (pass 1 keeps no voxel: a mask file over half the grid
+    does that)."""
+    root, atlas = demo
+    bold_image, mask, _ = _run(root)
+    image = _scaled_copy(bold_image, tmp_path / "scaled_bold.nii", 0.0674, 3443.25)
+    if not kept_voxels:
+        monkeypatch.setattr(bold, "cache_plan", lambda *args: None)
+    pass_2_sums = _count_pass_2_sums(monkeypatch)
+    normalize_bold(image, tmp_path / "bold.zarr", _info(), image_options(mask=str(mask)),
+                   None, _job(atlas, image, tmp_path))  # fmt: skip
+    assert len(pass_2_sums) == int(not kept_voxels)
+    series, _, names = _reference_series(image, mask, atlas, None)
+    full = [p for p in range(len(names)) if names[p] not in EMPTY]
+    rows = list(csv.reader((tmp_path / "mean_timeseries.tsv").open(), delimiter="\t"))
+    tsv = np.array([[float(rows[1 + t][p]) for p in full] for t in range(N_VOLUMES)])
+    np.testing.assert_allclose(tsv, series[:, full], rtol=1e-12)
+    ours = zarr.open_group(tmp_path / "parcels.zarr", mode="r")["data"][...]
+    assert np.abs(ours - _zscore(series)).max() <= TOLERANCE
 
 
 def test_an_atlas_in_another_space_is_an_error_naming_both(demo):

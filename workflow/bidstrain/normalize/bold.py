@@ -66,8 +66,8 @@ def normalize_bold(
     volume on disk). Where it cannot (``mask="none"``, or a mask beyond the kept voxels),
     the image is read again by pass 2, and a resampled run keeps the masked voxels there
     for its third pass. Pass 1 also sums the parcels of a run with a mask file and no
-    confounds (unless ``pchip``), over the mask's voxels it keeps (``parcel_sums`` of
-    :func:`~bidstrain.normalize.passes.scan_image`).
+    confounds (unless resampled with ``pchip``), over the mask's voxels it keeps
+    (``parcel_means`` of :func:`~bidstrain.normalize.passes.scan_image`).
 
     Peak memory, besides the libraries: about 40 bytes per grid voxel (pass 1 sums, the
     mean volume, the mask), plus for blocks of ``b`` volumes ``2 * b`` stored volumes (the
@@ -84,9 +84,10 @@ def normalize_bold(
     ``fourier``), for ``pchip`` the slopes of the volumes its next frames span, and when
     pass 1 sums a ``linear`` run's frames, ``32`` bytes per kept voxel (peak RSS 155 MB
     instead of 149 MB at 0.8 s), or a ``pchip`` run's, its resampler over the kept voxels
-    (about 270 bytes per kept voxel, freed at the end of the pass: peak RSS 183 MB instead
-    of 179 MB); parcels ``8`` bytes per volume and parcel (per frame for
-    ``pchip``).
+    and the frames' sums, about ``8 * (3 * b + 2 * s + 12)`` bytes per kept voxel (256 at
+    ``b = 4``; the frames' computation adds transients of about half that), freed when
+    the pass ends (peak RSS 4 MB higher on that run); parcels ``8`` bytes per volume and
+    parcel (per frame for ``pchip``).
 
     Parameters
     ----------
@@ -125,8 +126,7 @@ def normalize_bold(
     known_mask = mask_file(layout, info, options)
     plan = cache_plan(layout, options, known_mask)
     # fourier's frames cost pass 1 more than its wait for the decompression (BENCHMARKS.md)
-    frames_in_pass_1 = grid.method in ("linear", "pchip") and not grid.identity
-    frames_in_pass_1 = frames_in_pass_1 and regression is None
+    frames_in_pass_1 = grid.method in ("linear", "pchip") and regression is None
     scan = scan_image(
         layout,
         options.block_volumes,
@@ -134,9 +134,9 @@ def normalize_bold(
         regression=regression,
         plan=plan,
         frame_grid=grid if frames_in_pass_1 else None,
-        parcel_sums=_pass1_parcel_sums(parcels, known_mask, layout, grid, regression),
+        parcel_means=_pass_1_parcel_means(parcels, known_mask, layout, grid, regression),
     )
-    cache, pass_1_moments, parcel_sums = scan.cache, scan.frame_moments, scan.parcel_sums
+    cache, pass_1_moments, parcel_means = scan.cache, scan.frame_moments, scan.parcel_means
     try:
         check_not_all_zero(scan, layout, info)
         mask, n_nonfinite = choose_mask(layout, info, options, scan)
@@ -149,7 +149,7 @@ def normalize_bold(
             cache.close()
             cache = pass_1_moments = None
         if cache is None or not np.array_equal(index, cache.index):  # non-finite voxels out
-            parcel_sums = None
+            parcel_means = None
         if regression is not None:
             regression.restrict(index)
             variance = regression.residual_variance(variance, layout, options.ddof)
@@ -159,6 +159,7 @@ def normalize_bold(
             mean, variance = _frame_statistics(
                 layout, index, options, grid, mean, regression, cache, pass_1_moments
             )
+            pass_1_moments = None  # not held through the last pass
         return write_voxel_zscored_store(
             out_store,
             layout,
@@ -171,7 +172,7 @@ def normalize_bold(
             regression=regression,
             parcels=parcels,
             cache=cache,
-            parcel_sums=parcel_sums,
+            parcel_means=parcel_means,
             stats_from=[str(layout.path.resolve())],
             heldout=False,
             n_nonfinite=n_nonfinite,
@@ -181,7 +182,7 @@ def normalize_bold(
             cache.close()
 
 
-def _pass1_parcel_sums(
+def _pass_1_parcel_means(
     parcels: ParcelJob | None,
     known_mask: np.ndarray | None,
     layout: NiftiLayout,

@@ -90,7 +90,8 @@ class ParcelOutputs:
 
 
 class ParcelMeans:
-    """Per-frame parcel means, added block by block in the pass that writes the voxels.
+    """Per-frame parcel means, added block by block: in the pass that writes the voxels, or
+    for a run whose mask is a file, the volumes in pass 1 (module docstring).
 
     Parameters
     ----------
@@ -144,6 +145,8 @@ class ParcelMeans:
     def add_volumes(self, positions: np.ndarray, deviations: np.ndarray) -> None:
         """Sum the volumes at ``positions``: the rows of ``deviations`` (from ``center``,
         in stored units); only when :attr:`sums_volumes`."""
+        if not self._sums_volumes:
+            raise RuntimeError("a pchip run's parcels are summed on its frames, not volumes")
         for position, row in zip(positions, deviations, strict=True):
             self._volume_sums[position] = self._sums(row)
 

@@ -95,7 +95,7 @@ class Scan:
     #: grid
     frame_moments: VoxelMoments | None = None
     #: the parcels' volume sums of the cached voxels (complete), when pass 1 was given them
-    parcel_sums: ParcelMeans | None = None
+    parcel_means: ParcelMeans | None = None
 
 
 def scan_image(
@@ -106,7 +106,7 @@ def scan_image(
     regression: ConfoundRegression | None = None,
     plan: CachePlan | None = None,
     frame_grid: TimeGrid | None = None,
-    parcel_sums: ParcelMeans | None = None,
+    parcel_means: ParcelMeans | None = None,
 ) -> Scan:
     """Pass 1: per-voxel moments of the whole grid.
 
@@ -132,28 +132,28 @@ def scan_image(
         (:func:`~bidstrain.normalize.resample_time.frame_accumulator`), so that no pass
         is needed for the frames' statistics. The main thread has the time: in pass 1 it
         waits for the decompressing thread.
-    parcel_sums : ParcelMeans, optional
+    parcel_means : ParcelMeans, optional
         The parcel means of a run whose mask is the voxels ``plan`` keeps (a mask file's)
         and whose volumes are summed (:attr:`ParcelMeans.sums_volumes`), centered on the
         image's intercept: the volumes' stored values are summed in this pass, the
-        scan's ``parcel_sums``, so that pass 2 only writes the voxels.
+        scan's ``parcel_means``, so that pass 2 only writes the voxels.
     """
     moments = VoxelMoments(layout.n_grid, dtype=layout.dtype)
     selected_sum = None if mean_rows is None else np.zeros(layout.n_grid, dtype=np.float64)
-    cache = frame_sums = None
+    cache = accumulator = None
     try:
         for start, values in iter_blocks(layout, block):
             if plan is not None and start == 0:
                 cache = plan(values)
                 if cache is not None and frame_grid is not None:
-                    frame_sums = frame_accumulator(frame_grid, cache.index.size)
+                    accumulator = frame_accumulator(frame_grid, cache.index.size)
             kept = None if cache is None else cache.append_grid(values)
             if kept is not None:
                 positions = np.arange(start, start + kept.shape[0])
-                if frame_sums is not None:
-                    frame_sums.add(positions, kept)
-                if parcel_sums is not None:
-                    parcel_sums.add_volumes(positions, kept)
+                if accumulator is not None:
+                    accumulator.add(positions, kept)
+                if parcel_means is not None:
+                    parcel_means.add_volumes(positions, kept)
             if regression is not None:
                 values = regression.select(start, values)
                 regression.accumulate(values)
@@ -175,15 +175,15 @@ def scan_image(
         np.zeros(layout.n_grid, dtype=bool) if moments.nonfinite is None else moments.nonfinite
     )
     if cache is None or not cache.complete:
-        frame_sums = parcel_sums = None
+        accumulator = parcel_means = None
     return Scan(
         mean,
         variance,
         layout.to_grid(mean_volume),
         layout.to_grid(nonfinite),
         cache,
-        None if frame_sums is None else frame_sums.moments(),  # the resampler is freed
-        parcel_sums,
+        None if accumulator is None else accumulator.moments(),  # the resampler is freed
+        parcel_means,
     )
 
 
@@ -473,7 +473,7 @@ def write_voxel_zscored_store(
     regression: ConfoundRegression | None = None,
     parcels: ParcelJob | None = None,
     cache: MaskedCache | None = None,
-    parcel_sums: ParcelMeans | None = None,
+    parcel_means: ParcelMeans | None = None,
     **attrs: Any,
 ) -> dict:
     """Stream the image once more and write its frames z-scored per voxel with
@@ -489,7 +489,7 @@ def write_voxel_zscored_store(
     (fitted in pass 1 on the voxels of ``mask``), the confounds are removed first and only
     the kept volumes are read into the frames (``check_values`` is then pass 1's
     business). A complete ``cache`` is read instead of the image (:func:`masked_blocks`).
-    ``parcel_sums``: the parcel means of ``parcels`` with every volume summed by pass 1
+    ``parcel_means``: the parcel means of ``parcels`` with every volume summed by pass 1
     over the voxels of ``mask`` (:func:`scan_image`); this pass sums them otherwise.
 
     Returns
@@ -514,7 +514,9 @@ def write_voxel_zscored_store(
     else:
         source = regression.residuals(masked_blocks(layout, index, block, cache), stored_center)
         attrs["confounds_strategy"] = regression.confounds.strategy
-    means = parcel_sums
+    if parcel_means is not None and parcels is None:
+        raise ValueError("parcel_means without the parcel job (parcels) to write them")
+    means = parcel_means
     if parcels is not None and means is None:
         means = ParcelMeans(parcels.atlas, mask, mean, layout.slope, grid)
         source = means.volumes(source)

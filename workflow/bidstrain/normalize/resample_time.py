@@ -560,8 +560,9 @@ class ResampledFrameMoments:
 
     Notes
     -----
-    Memory: the resampler's (:class:`TimeResampler`), and one block of shifted volumes
-    (float64).
+    Memory: the resampler's (:class:`TimeResampler`), one block of shifted volumes, and
+    the shift and the frames' two sums (float64): for ``pchip`` and blocks of ``b``
+    volumes, about ``8 * (3 * b + 2 * 4 + 12)`` bytes per voxel.
     """
 
     def __init__(self, grid: TimeGrid, n_voxel: int):
