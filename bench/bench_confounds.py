@@ -25,7 +25,8 @@ ends with the largest differences between our store, nilearn's array (computed i
 nilearn's default for an int16 image) and nilearn in float64 (:func:`differences`).
 
 Run: ``.venv/bin/python bench/bench_confounds.py [--repeats 3]`` (writes the input under
-bench/data/fmriprep/ on first use, about 270 MB; git-ignored).
+bench/data/fmriprep_confounds/ on first use, about 270 MB; git-ignored; bench_normalize.py
+has its own ``bench/data/fmriprep`` of links, without a confounds table).
 """
 
 from __future__ import annotations
@@ -35,13 +36,15 @@ import json
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
 
 from bench_normalize import DATA, in_subprocess
 
-ROOT = DATA / "fmriprep"
+ROOT = DATA / "fmriprep_confounds"
 FUNC = ROOT / "sub-01" / "func"
 SPACE = "space-MNI152NLin2009cAsym_res-2"
 RUN = FUNC / f"sub-01_task-rest_run-1_{SPACE}_desc-preproc_bold.nii.gz"
@@ -159,13 +162,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--setup", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out-dir", type=Path, default=DATA / "out")
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.variant:
         print(json.dumps(run_variant(args.variant, args.out_dir)))
         return
-    ensure_input()
+    if args.setup:
+        ensure_input()
+        return
+    # the input is written by a process of its own: a child's ru_maxrss includes its
+    # parent's peak (Linux carries it across fork and exec), and writing it takes 600 MB
+    subprocess.run([sys.executable, __file__, "--setup"], check=True)
     load_before = os.getloadavg()
     results: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
     for repeat in range(args.repeats):
