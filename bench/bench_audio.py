@@ -22,7 +22,6 @@ import argparse
 import itertools
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 from media_runs import measure, print_table
+from process_memory import peak_rss_mib
 
 METHODS = ("ours", "peer", "floor")
 TR = 2.0
@@ -90,7 +90,7 @@ def _work(method: str, sound: str) -> dict:
         bins = np.log10(np.stack([mel[index == k].mean(0) for k in range(index.max() + 1)])
                         + audio.LOG_FLOOR)  # fmt: skip
     work = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mib()
     return {"work": work, "peak_mib": peak, "seconds": probe(sound).duration, "bins": bins.tolist()}
 
 

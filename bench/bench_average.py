@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import statistics
 import subprocess
@@ -36,6 +35,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from process_memory import peak_rss_mib
 
 AVERAGE_FLAGS = ["--settings", '{"mask": "intersection"}']
 
@@ -109,7 +110,7 @@ def run_one(method: str, members: str, out: str) -> dict:
         xr.Dataset({"data": data.mean("subject")}).to_zarr(out, mode="w", consolidated=False)
     return {
         "work": time.perf_counter() - start,
-        "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak": peak_rss_mib(),
     }
 
 

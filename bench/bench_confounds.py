@@ -18,7 +18,7 @@ Variants, each in a fresh subprocess (so that its peak memory is its own), inter
     regression in the two streamed passes, a Zarr store written.
 
 Each subprocess reports the time of its work (after its imports), its peak resident
-memory with imports (``ru_maxrss``: what a SLURM memory limit sees) and the peak of its
+memory with imports (``VmHWM``: what a SLURM memory limit sees) and the peak of its
 work alone (the kernel's high-water mark reset after the imports, minus the resident
 memory at that point); the parent records the wall time of the whole subprocess. The run
 ends with the largest differences between our store, nilearn's array (computed in float32,
@@ -34,15 +34,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
 
 from bench_normalize import DATA, in_subprocess
+from process_memory import status_mib
 
 ROOT = DATA / "fmriprep_confounds"
 FUNC = ROOT / "sub-01" / "func"
@@ -65,14 +63,6 @@ def ensure_input() -> None:
         make_fmriprep_demo(ROOT, spec, ("MNI152NLin2009cAsym:res-2",), n_cosines=4, runs=("1",))
 
 
-def _rss_mb(field: str) -> float:
-    """``VmRSS`` or ``VmHWM`` of this process, in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def run_variant(variant: str, out_dir: Path) -> dict[str, float]:
     """Do one variant's work in this process; return its time and peak memory."""
     import numpy as np
@@ -84,8 +74,9 @@ def run_variant(variant: str, out_dir: Path) -> dict[str, float]:
         from bidstrain.config import Config, validate_config
         from bidstrain.normalize import ImageInfo, Options, normalize_bold
         from bidstrain.normalize.confounds import load_run_confounds
+    import_peak = status_mib("VmHWM")
     Path("/proc/self/clear_refs").write_text("5")  # resets the high-water mark VmHWM
-    baseline = _rss_mb("VmRSS")
+    baseline = status_mib("VmRSS")
     started = time.perf_counter()
     if variant == "nilearn":
         confounds, sample_mask = load_confounds_strategy(str(RUN), denoise_strategy=STRATEGY)
@@ -111,8 +102,8 @@ def run_variant(variant: str, out_dir: Path) -> dict[str, float]:
     seconds = time.perf_counter() - started
     return {
         "seconds": seconds,
-        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "work_peak_mb": _rss_mb("VmHWM") - baseline,
+        "peak_mb": max(import_peak, status_mib("VmHWM")),
+        "work_peak_mb": status_mib("VmHWM") - baseline,
         "n_confounds": n_confounds,
     }
 
@@ -162,19 +153,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
-    parser.add_argument("--setup", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out-dir", type=Path, default=DATA / "out")
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.variant:
         print(json.dumps(run_variant(args.variant, args.out_dir)))
         return
-    if args.setup:
-        ensure_input()
-        return
-    # the input is written by a process of its own: a child's ru_maxrss includes its
-    # parent's peak (Linux carries it across fork and exec), and writing it takes 600 MB
-    subprocess.run([sys.executable, __file__, "--setup"], check=True)
+    ensure_input()
     load_before = os.getloadavg()
     results: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
     for repeat in range(args.repeats):

@@ -51,11 +51,11 @@ Variants, each in a fresh subprocess (so that its peak memory is its own), inter
 ``--variants`` runs a subset (the others' comparisons are then left out).
 
 Each in-process variant reports the time of its work (after its imports, nilearn's
-included for every variant that uses it) and its peak resident memory (``ru_maxrss``,
-imports included: what a SLURM memory limit sees); the parent also records the wall time of
-the whole subprocess, imports included. The run prints the load average before and after,
-the largest difference between our stores and nilearn's arrays, and whether our EPI masks
-equal nilearn's.
+included for every variant that uses it) and its peak resident memory (``VmHWM``,
+imports included: what a SLURM memory limit sees; a job's is ``wait4``'s ``ru_maxrss``);
+the parent also records the wall time of the whole subprocess, imports included. The run
+prints the load average before and after, the largest difference between our stores and
+nilearn's arrays, and whether our EPI masks equal nilearn's.
 
 Run: ``.venv/bin/python bench/bench_normalize.py [--repeats 3]`` (writes the input under
 bench/data/ on first use, about 260 MB; git-ignored).
@@ -66,13 +66,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from process_memory import peak_rss_mib
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -181,7 +182,7 @@ def run_variant(variant: str, out_dir: Path) -> dict[str, float]:
         started = time.perf_counter()
         normalize_bold(RUN, out_dir / f"{variant}.zarr", info, options, None, parcels)
     seconds = time.perf_counter() - started
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mib()
     if variant == "nilearn_epi":
         masker.mask_img_.to_filename(out_dir / NILEARN_EPI_MASK)
     return {"seconds": seconds, "peak_mb": peak_mb}

@@ -34,7 +34,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 from media_runs import measure, print_table
+from process_memory import peak_rss_mib
 
 METHODS = ("ours", "peer-resized", "peer-full", "floor")
 
@@ -99,7 +99,7 @@ def _work(method: str, film: str, tr: float, size: tuple[int, int]) -> dict:
         index = np.floor(np.array(times) / tr + 1e-9).astype(int)
         bins = np.stack([movie[index == k].mean(axis=0) for k in range(index.max() + 1)])
     work = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mib()
     digest = hashlib.sha256(bins.tobytes()).hexdigest()
     return {"work": work, "peak_mib": peak, "seconds": probe(film).duration,
             "bins": bins.shape[0], "sha256": digest,
@@ -108,8 +108,9 @@ def _work(method: str, film: str, tr: float, size: tuple[int, int]) -> dict:
 
 def _baseline() -> float:
     """Peak RSS (MiB) of a process that only imports what the methods import."""
-    code = "import av, numpy, resource; import bidstrain.stimuli.video; " \
-           "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"  # fmt: skip
+    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); " \
+           "import av, numpy, process_memory; import bidstrain.stimuli.video; " \
+           "print(process_memory.peak_rss_mib())"  # fmt: skip
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True,
                                 text=True, check=True).stdout)  # fmt: skip
 
