@@ -277,7 +277,7 @@ def test_frame_moments_from_the_images_own_values_equal_those_of_the_frames(
     own = rng.standard_normal((n, 5)) + rng.integers(-(10**9), 10**9, 5)  # cancellation
     mean = own.mean(axis=0)
     frames = resample(own - mean, grid)  # float64 deviations
-    accumulator = frame_accumulator(grid, 5)
+    accumulator = frame_accumulator(grid, 5, shifted=True)
     assert isinstance(accumulator, ResampledFrameMoments)
     for start in range(0, n, block):
         rows = np.arange(start, min(start + block, n))

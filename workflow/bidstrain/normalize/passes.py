@@ -51,7 +51,6 @@ from bidstrain.normalize.moments import VoxelMoments
 from bidstrain.normalize.nifti_stream import NiftiLayout, iter_blocks, read_layout
 from bidstrain.normalize.parcels import ParcelMeans, ParcelOutputs, write_parcel_outputs
 from bidstrain.normalize.resample_time import (
-    LinearFrameSums,
     TimeGrid,
     TimeResampler,
     frame_accumulator,
@@ -146,7 +145,7 @@ def scan_image(
             if plan is not None and start == 0:
                 cache = plan(values)
                 if cache is not None and frame_grid is not None:
-                    accumulator = frame_accumulator(frame_grid, cache.index.size)
+                    accumulator = frame_accumulator(frame_grid, cache.index.size, shifted=True)
             kept = None if cache is None else cache.append_grid(values)
             if kept is not None:
                 positions = np.arange(start, start + kept.shape[0])
@@ -407,17 +406,13 @@ def frames(source, grid: TimeGrid, n_voxel: int):
 
 
 def frame_moments(source, grid: TimeGrid, n_voxel: int) -> VoxelMoments:
-    """Per-voxel moments of the store's frames (a resampled run's own statistics); those
-    of ``linear`` frames are summed from the volumes (:class:`LinearFrameSums`)."""
-    if grid.method == "linear":
-        sums = LinearFrameSums(grid, n_voxel)
-        for positions, values in source:
-            sums.add(positions, values)
-        return sums.moments()
-    moments = VoxelMoments(n_voxel, dtype=np.float64, centered=True)
-    for block in frames(source, grid, n_voxel):
-        moments.update(block)
-    return moments
+    """Per-voxel moments of the store's frames (a resampled run's own statistics), from
+    pass 2's ``(positions, deviations)`` (:func:`frame_accumulator`: those of ``linear``
+    frames are summed from the volumes)."""
+    accumulator = frame_accumulator(grid, n_voxel, shifted=False)
+    for positions, deviations in source:
+        accumulator.add(positions, deviations)
+    return accumulator.moments()
 
 
 def write_frames(writer, blocks, scale: np.ndarray) -> None:

@@ -547,9 +547,7 @@ class LinearFrameSums:
 
 class ResampledFrameMoments:
     """Per-voxel moments of a run's valid frames, resampled from its volumes as they come
-    (any method): of the image's own values (any real type), shifted by the first volume
-    added so that the sum of squares does not cancel (the frames of ``v - s`` are those of
-    ``v`` minus ``s``: every method carries a constant through).
+    (any method).
 
     Parameters
     ----------
@@ -557,18 +555,24 @@ class ResampledFrameMoments:
         The run's frames.
     n_voxel : int
         Values per volume.
+    shifted : bool
+        The values are the image's own (any real type): the first volume added is
+        subtracted from every volume, so that the sum of squares does not cancel (the
+        frames of ``v - s`` are those of ``v`` minus ``s``: every method carries a
+        constant through). Otherwise they are float64 deviations from an estimate of each
+        voxel's mean, resampled as they are.
 
     Notes
     -----
-    Memory: the resampler's (:class:`TimeResampler`), one block of shifted volumes, and
-    the shift and the frames' two sums (float64): for ``pchip`` and blocks of ``b``
-    volumes, about ``8 * (3 * b + 2 * 4 + 12)`` bytes per voxel.
+    Memory: the resampler's (:class:`TimeResampler`), the frames' two sums (float64), and
+    when ``shifted`` the shift and one block of shifted volumes: for ``pchip`` and blocks
+    of ``b`` volumes, about ``8 * (3 * b + 2 * 4 + 12)`` bytes per voxel.
     """
 
-    def __init__(self, grid: TimeGrid, n_voxel: int):
+    def __init__(self, grid: TimeGrid, n_voxel: int, *, shifted: bool = False):
         self._resampler = TimeResampler(grid, n_voxel)
         self._sums = VoxelMoments(n_voxel, dtype=np.float64, centered=True)
-        self._shifted = np.zeros((0, n_voxel))
+        self._shifted = np.zeros((0, n_voxel)) if shifted else None
         self.shift: np.ndarray | None = None
 
     def add(self, positions: np.ndarray, values: np.ndarray) -> None:
@@ -576,14 +580,14 @@ class ResampledFrameMoments:
         fine) are the volumes ``positions`` (increasing, after those already added)."""
         if not len(positions):
             return
-        if self.shift is None:
-            self.shift = values[0].astype(np.float64)
-        if self._shifted.shape[0] < values.shape[0]:
-            self._shifted = np.empty(values.shape, dtype=np.float64)
-        shifted = self._shifted[: values.shape[0]]
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # not in the mask
-            np.subtract(values, self.shift, out=shifted)
-            for frames in self._resampler.push(positions, shifted):
+            if self._shifted is not None:
+                if self.shift is None:
+                    self.shift = values[0].astype(np.float64)
+                if self._shifted.shape[0] < values.shape[0]:
+                    self._shifted = np.empty(values.shape, dtype=np.float64)
+                values = np.subtract(values, self.shift, out=self._shifted[: values.shape[0]])
+            for frames in self._resampler.push(positions, values):
                 self._sums.update(frames)
 
     def moments(self) -> VoxelMoments:
@@ -596,13 +600,15 @@ class ResampledFrameMoments:
         return VoxelMoments.from_sums(sums.count, sums.sum, sums.sum_squares, self.shift)
 
 
-def frame_accumulator(grid: TimeGrid, n_voxel: int) -> LinearFrameSums | ResampledFrameMoments:
-    """The moments of a resampled run's frames taken from its volumes' own values (the
-    image's, any real type): :class:`LinearFrameSums` (shifted) for ``linear``, which
-    needs no frame, else :class:`ResampledFrameMoments`."""
+def frame_accumulator(
+    grid: TimeGrid, n_voxel: int, *, shifted: bool
+) -> LinearFrameSums | ResampledFrameMoments:
+    """The moments of a resampled run's frames, taken from its volumes (``shifted``: see
+    either class): :class:`LinearFrameSums` for ``linear``, which needs no frame, else
+    :class:`ResampledFrameMoments`."""
     if grid.method == "linear":
-        return LinearFrameSums(grid, n_voxel, shifted=True)
-    return ResampledFrameMoments(grid, n_voxel)
+        return LinearFrameSums(grid, n_voxel, shifted=shifted)
+    return ResampledFrameMoments(grid, n_voxel, shifted=shifted)
 
 
 def resample(values: np.ndarray, grid: TimeGrid) -> np.ndarray:
