@@ -557,7 +557,7 @@ def test_a_missing_atlas_or_a_label_image_without_space_is_an_error(tmp_path):
         ("index\tname\n1\ta\n3\tb\n1\tagain\n", "lists index 1 more than once"),
         ("index\tname\n10\tten\n-1\tneg\n", "label index -1 is negative"),
         ("label\tname\n1\ta\n", "needs the columns index and name"),
-        ("name\tindex\na\t1\nb\n", "line 3: label index None is not an integer"),
+        ("name\tindex\na\t1\nb\n", "line 3: 1 tab-separated fields where the header has 2"),
         ("index\tname\n1\ta\nx\tb\n", "line 3: label index 'x' is not an integer"),
         ("index\tname\n1\tcaf\xe9\n", "line 2: byte 0xe9 is not UTF-8 text"),
     ],

@@ -504,7 +504,7 @@ def _participants(root: Path) -> list[str]:
         return []
     return [
         row["participant_id"].removeprefix("sub-")
-        for row in read_tsv(path)[1]
+        for row in read_tsv(path, lenient=True)[1]
         if row.get("participant_id")
     ]
 
