@@ -89,6 +89,16 @@ def test_configfiles_are_found_in_the_arguments():
     ]
 
 
+@pytest.mark.parametrize("command", ["run", "dry-run", "report", "validate"])
+def test_the_help_of_a_snakemake_command_says_where_other_arguments_go(command, capsys):
+    with pytest.raises(SystemExit) as exit_status:
+        cli.main([command, "--help"])
+    assert exit_status.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Every other argument goes to Snakemake" in text and "--cores N" in text
+    assert ("targets (default all" in text) == (command != "validate")
+
+
 def test_the_study_may_follow_the_command(tmp_path):
     with pytest.raises(BidstrainError, match="study.*the study folder does not exist"):
         cli.main(["dry-run", "-C", str(tmp_path / "study")])
@@ -152,6 +162,15 @@ def test_a_ctrl_c_is_passed_on_once_and_the_run_waited_for(tmp_path):
     assert (tmp_path / "received").read_text() == "INT"  # once, not twice
     assert (tmp_path / "parent").read_text() == "3"
     assert "Traceback" not in parent.stderr.read()
+
+
+@pytest.mark.parametrize("command", ["run", "dry-run", "validate", "report"])
+def test_a_study_without_configuration_is_told_how_to_make_one(command, tmp_path):
+    """Before Snakemake starts, so the message is not wrapped in its WorkflowError."""
+    with pytest.raises(BidstrainError) as error:
+        cli.main(["-C", str(tmp_path), command])
+    assert str(error.value).startswith(f"no configuration: the study folder {tmp_path} has no")
+    assert "bidstrain init" in str(error.value)
 
 
 def test_a_missing_configfile_is_named_with_the_study(tmp_path):

@@ -35,6 +35,7 @@ from pathlib import Path
 from bidstrain.cli import status
 from bidstrain.cli.slurm import run_environment
 from bidstrain.config import validate_config
+from bidstrain.config.study import STUDY_CONFIG, no_configuration
 from bidstrain.errors import BidstrainError
 
 #: The clone: ``<clone>/workflow/bidstrain/cli/main.py``.
@@ -44,9 +45,15 @@ PROFILES = CLONE / "profiles"
 REPORT = "results/report.html"
 
 CONFIG_TEMPLATE = """\
-# Configuration of this study: every key, its meaning and its default are in
-# {schema}. Set here only what differs; relative paths are relative to this study folder.
+# Configuration of this study. Set here only what differs from the defaults; relative
+# paths are relative to this study folder. Every key, its meaning and its default:
+# {schema}
 bids_dir: {bids_dir}
+
+# Validation: without held-out data, whether the model learned is not measured. Hold
+# out a BOLD run of every subject (normalized with the statistics of its other runs),
+#   normalize: {{heldout: {{run: ["2"]}}}}
+# and T1w and DWI of a session or subject, under train (train.heldout: {{ses: ["2"]}}).
 
 train:
   # results/train/<experiment>, results/checks/<experiment>: one folder per experiment;
@@ -100,7 +107,7 @@ def init_study(study: Path, bids_dir: str, experiment: str) -> Path:
         When the folder has a configuration already, the dataset folder does not exist,
         or the experiment name is not one the configuration accepts.
     """
-    config = study / "config" / "config.yaml"
+    config = study / STUDY_CONFIG
     if config.exists():
         raise BidstrainError("the study folder has a configuration already", path=config)
     dataset = Path(bids_dir).expanduser().resolve()
@@ -164,7 +171,10 @@ def run_to_end(command: Sequence[str], *, cwd: Path, env: dict[str, str]) -> int
 def _snakemake(study: Path, arguments: Sequence[str], *, slurm: bool = False) -> int:
     if not study.is_dir():
         raise BidstrainError("the study folder does not exist", path=study)
-    for name in configfiles(arguments):
+    given = configfiles(arguments)
+    if not given and not (study / STUDY_CONFIG).is_file():
+        raise BidstrainError(no_configuration(study).removeprefix("bidstrain: "))
+    for name in given:
         if not (study / name).is_file():
             raise BidstrainError(
                 "no such configuration file (a relative --configfile is read from the "
@@ -173,6 +183,15 @@ def _snakemake(study: Path, arguments: Sequence[str], *, slurm: bool = False) ->
             )
     env = run_environment(os.environ, uses_slurm=slurm)
     return run_to_end(snakemake_command(arguments, slurm=slurm), cwd=study, env=env)
+
+
+#: What the help of a command that runs Snakemake says of the other arguments.
+PASSED_ON = (
+    "Every other argument goes to Snakemake as it stands: {}--cores N, --configfile FILE, "
+    "--config KEY=VALUE, --forcerun RULE; see `snakemake --help`."
+)
+#: The targets, in that help, of a command that takes them.
+TARGETS = "targets (default all; for example normalize, checks, train), "
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -199,11 +218,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--bids-dir", required=True, help="the dataset (relative: to the current directory)"
     )
     init.add_argument("--experiment", default="main")
-    run = command("run", help="build targets (default: all)")
+    with_targets = PASSED_ON.format(TARGETS)
+    run = command("run", help="build targets (default: all)", epilog=with_targets)
     run.add_argument("--slurm", action="store_true", help="submit the jobs to SLURM")
-    command("dry-run", help="show what `run` would do")
-    command("validate", help="check every image header and sidecar of the plan")
-    report = command("report", help="run the workflow, then write its HTML report")
+    command("dry-run", help="show what `run` would do", epilog=with_targets)
+    command(
+        "validate",
+        help="check every image header and sidecar of the plan",
+        epilog=PASSED_ON.format(""),
+    )
+    report = command(
+        "report", help="run the workflow, then write its HTML report", epilog=with_targets
+    )
     report.add_argument("--out", default=REPORT, help=f"the report (default {REPORT})")
     show = command("status", help="each running job and its log's last line")
     show.add_argument("--follow", "-f", action="store_true", help="repeat until the run ends")
