@@ -21,15 +21,18 @@ NATURALISTIC := demo_data/naturalistic
 # with SLURM_CONF=/dev/null (an empty configuration: scontrol fails at once). Decided once,
 # at the first use (bidstrain.cli.slurm decides the same for `bidstrain`).
 NO_SLURM = $(eval NO_SLURM := $(if $(shell timeout 1 scontrol ping 2>/dev/null | grep ' is UP'),,SLURM_CONF=/dev/null))$(NO_SLURM)
-SNAKEMAKE = $(NO_SLURM) $(VENV)/bin/snakemake --profile profiles/default
+SNAKEMAKE = $(NO_SLURM) $(VENV)/bin/snakemake
 
 install: $(STAMP) atlas-packages
 
-# torch==2.13.0 first: a CPU wheel here; an unpinned torch would pull the CUDA build.
+# torch==2.13.0 first: a CPU wheel where pip's configuration offers one (this project's
+# machines); PyPI's Linux wheel is the CUDA build, which TORCH_PIP_ARGS="--index-url
+# https://download.pytorch.org/whl/cpu" avoids. An unpinned torch would pull CUDA too.
+TORCH_PIP_ARGS ?=
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet torch==2.13.0 $(TORCH_PIP_ARGS)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
