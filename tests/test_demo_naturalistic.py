@@ -9,6 +9,7 @@ import subprocess
 import pytest
 import yaml
 from bidstrain import paths
+from bidstrain.plan import ENCODING_FIGURES
 from conftest import REPO, snakemake_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # the whole naturalistic workflow
@@ -42,7 +43,13 @@ def test_make_demo_naturalistic_runs_the_film_to_the_encoding_model_and_report(t
         "task-movie_run-1.png",
         "task-movie_run-2.png",
     ]
-    assert (study / "results" / "report.html").stat().st_size > 100_000
+    html = (study / "results" / "report.html").read_text()
+    for figure in ENCODING_FIGURES:  # the encoding model's result, beside every stage's
+        assert f"{paths.encoding_dir('naturalistic')}/{figure}" in html, figure
+    # config/naturalistic.yaml makes a model that does not learn an error (exit 0 above)
+    metrics_lines = (study / "results" / "train" / "naturalistic" / "metrics.jsonl").read_text()
+    (summary,) = [r for r in map(json.loads, metrics_lines.splitlines()) if r["kind"] == "summary"]
+    assert summary["strict"] and summary["modalities"]["bold"]["status"] == "pass", summary
     again = _make_demo(demo)  # nothing changed: nothing is rebuilt
     assert again.returncode == 0, again.stderr[-4000:]
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -52,8 +52,20 @@ rule encoding_figures:
     input:
         [paths.encoding_output(PLAN.experiment, name) for name in ENCODING_OUTPUTS],
     output:
-        timecourse=paths.encoding_output(PLAN.experiment, ENCODING_FIGURES[0]),
-        map=paths.encoding_output(PLAN.experiment, ENCODING_FIGURES[1]),
+        timecourse=report(
+            paths.encoding_output(PLAN.experiment, ENCODING_FIGURES[0]),
+            caption="../report/encoding_timecourses.rst",
+            category="7. Encoding model",
+            subcategory=PLAN.experiment,
+            labels={"figure": "held-out time courses"},
+        ),
+        map=report(
+            paths.encoding_output(PLAN.experiment, ENCODING_FIGURES[1]),
+            caption="../report/encoding_correlation_map.rst",
+            category="7. Encoding model",
+            subcategory=PLAN.experiment,
+            labels={"figure": "held-out correlation map"},
+        ),
     log:
         paths.log("encoding", "figures"),
     conda:
