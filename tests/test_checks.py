@@ -27,7 +27,7 @@ from bidstrain.modalities import MODALITIES
 from bidstrain.train.data import volume_dataset
 from bidstrain.train.sampler import batch_sampler
 from test_average import ellipsoid, random_raw, write_bold_store
-from train_support import tiny_stores, train_config
+from train_support import tiny_stores, train_config, write_store
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = (5, 6, 4)
@@ -540,3 +540,38 @@ def test_a_modality_of_constant_data_fails_the_initial_loss(tmp_path):
         check = check_loss_scale(stores, train, max_ratio=100)
         assert check.status == "fail", check.message
         assert "the training data of bold are constant" in check.message
+
+
+def test_padding_only_chance_is_the_share_of_mask_draws_missing_every_data_token():
+    """Exact against every draw of 3 masked tokens of 6, 2 of them holding data."""
+    from itertools import combinations
+
+    from bidstrain.checks.loss import padding_only_chance
+
+    draws = list(combinations(range(6), 3))
+    missing = sum(not {0, 1} & set(draw) for draw in draws) / len(draws)
+    assert padding_only_chance(np.array([2]), 6, 0.5) == pytest.approx(missing) == 0.2
+    assert padding_only_chance(np.array([2, 2]), 6, 0.5) == pytest.approx(0.04)
+    assert padding_only_chance(np.array([4]), 6, 0.5) == 0.0  # 3 masked of 2 empty
+
+
+def test_a_grid_mostly_padding_fails_the_initial_loss(tmp_path):
+    """An 8x6x4 store in a 24^3 model grid of 8^3 tokens: one token of 27 holds data, so
+    about 5 % of batches of 4 mask none of it and their loss would divide by eps."""
+    stores = {
+        "bold": [write_store(tmp_path / "bold.zarr", modality="bold", n_time=40, grid=(8, 6, 4))]
+    }
+    padded = {"shapes": {"bold": [24, 24, 24]}, "patch_size": 8, "batch_size": 4}
+    check = check_loss_scale(stores, train_config(**padded), max_ratio=100)
+    assert check.status == "fail", check.message
+    assert "of bold batches would mask only tokens without data (only 4% of its" in check.message
+    assert "Fit train.shapes.bold and train.patch_size to the stores' grid" in check.message
+    losses = check.values["losses"]["bold"]
+    assert losses["padding_only"] == pytest.approx((13 / 27) ** 4)
+    assert losses["tokens_with_data"] == pytest.approx(1 / 27)
+    dataset_variance = train_config(**padded, loss={"stats": "dataset"})
+    assert check_loss_scale(stores, dataset_variance, max_ratio=100).status == "pass"
+    fitted = train_config(shapes={"bold": [8, 8, 8]}, patch_size=4, batch_size=4)
+    passed = check_loss_scale(stores, fitted, max_ratio=100)
+    assert passed.status == "pass", passed.message
+    assert passed.values["losses"]["bold"]["padding_only"] == 0.0

@@ -47,6 +47,8 @@ def workdir(tmp_path_factory):
         "normalize": {"mask": "none", "heldout": {"run": ["2"]}},
         "parcellation": {"name": ATLAS_NAME, "path": str(film / ATLAS_IMAGE), "space": "native"},
         "stimuli": {"enabled": True, "delays": [1, 2, 3, 4], "video_size": [8, 6]},
+        # a model grid the 8 x 6 x 4 grid fills: the checks before encoding fail a padded one
+        "train": {"shapes": {"bold": [8, 8, 8]}, "patch_size": 4},
         "encoding": {
             "enabled": True,
             "target": "parcels",

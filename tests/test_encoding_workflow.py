@@ -30,6 +30,8 @@ def workdir(tmp_path_factory):
         "modalities": ["bold"],
         "normalize": {"mask": "none", "heldout": {"run": ["2"]}},
         "stimuli": {"enabled": True, "delays": [1, 2, 3, 4], "video_size": [8, 6]},
+        # a model grid the 8 x 6 x 4 grid fills: the checks before encoding fail a padded one
+        "train": {"shapes": {"bold": [8, 8, 8]}, "patch_size": 4},
         "encoding": {"enabled": True, "epochs": 300, "checkpoint_every": 100},
     }
     extra = workdir.parent / f"{workdir.name}.yaml"

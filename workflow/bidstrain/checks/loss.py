@@ -17,11 +17,22 @@ The stimulus kinds of ``train.stimuli`` come with the BOLD windows of the same b
 (:mod:`bidstrain.train.stimulus_windows`): their zero-prediction losses are those of
 their features in the batches that hold BOLD, compared with the modalities' like any
 modality's.
+
+The same batches say how often a batch would mask only tokens without data
+(:func:`padding_only_chance`): a store's grid padded into a larger ``train.shapes``
+leaves tokens of zeros, and a masked autoencoder's loss counts the masked tokens only.
+When every masked token of a batch's samples of one modality holds zeros, the variance
+of what the loss counts is 0 and a ``var``- or ``std``-normalized loss over the batch's
+variance divides by ``train.loss.eps``: a loss of millions for one step, which Adam's
+second moments then remember. More than :data:`MAX_PADDING_ONLY` of such batches fails
+the check.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +47,67 @@ from bidstrain.train.sampler import batch_sampler
 NAME = "initial_loss"
 #: Batches read per modality (at most; fewer when the epoch holds fewer).
 N_BATCHES = 8
+#: Largest share of batches that may mask only tokens without data (see the module).
+MAX_PADDING_ONLY = 1e-3
+
+
+def tokens_with_data(target: torch.Tensor, patch: int, patch_frames: int) -> tuple[np.ndarray, int]:
+    """How many of each sample's tokens hold a value other than 0, and how many tokens a
+    sample has, as :mod:`bidstrain.train.tokens` cuts them.
+
+    Parameters
+    ----------
+    target : Tensor
+        A batch of one modality: images and voxel windows ``(n, frames, x, y, z)``, in
+        tubelets of ``patch_frames`` frames by ``patch**3`` voxels, or channel series
+        ``(n, frames, channels)`` (parcel windows, stimulus features), in tokens of
+        ``patch_frames`` values of one channel.
+    patch, patch_frames : int
+        ``train.patch_size``; ``train.patch_frames`` for BOLD and stimuli, 1 for images.
+
+    Returns
+    -------
+    held : ndarray of int, shape (n,)
+    n_tokens : int
+    """
+    n, frames = target.shape[:2]
+    steps = frames // patch_frames
+    if target.dim() == 5:
+        grid = [size // patch for size in target.shape[2:]]
+        cropped = target[:, : steps * patch_frames, : grid[0] * patch, : grid[1] * patch]
+        cropped = cropped[..., : grid[2] * patch]
+        blocks = cropped.reshape(
+            n, steps, patch_frames, grid[0], patch, grid[1], patch, grid[2], patch
+        )
+        flags = blocks.ne(0).any(dim=8).any(dim=6).any(dim=4).any(dim=2)
+    else:
+        blocks = target[:, : steps * patch_frames].reshape(n, steps, patch_frames, -1)
+        flags = blocks.ne(0).any(dim=2)
+    flags = flags.flatten(1)
+    return flags.sum(dim=1).numpy(), flags.shape[1]
+
+
+def padding_only_chance(held: np.ndarray, n_tokens: int, mask_ratio: float) -> float:
+    """The chance that every token a batch masks holds no data, for the batch's samples
+    of one modality (``held`` tokens with data of ``n_tokens`` each, :func:`tokens_with_data`).
+
+    The model masks ``max(1, round(mask_ratio * n_tokens))`` tokens of each sample, drawn
+    uniformly (:meth:`bidstrain.train.model.MultiModalAutoencoder.token_masks`): for one sample the
+    chance is ``C(empty, masked) / C(n_tokens, masked)``, and the samples draw
+    independently.
+    """
+    masked = max(1, round(mask_ratio * n_tokens))
+    log_chance = 0.0
+    for empty in (n_tokens - np.asarray(held)).tolist():
+        if empty < masked:
+            return 0.0
+        log_chance += _log_falling(empty, masked) - _log_falling(n_tokens, masked)
+    return math.exp(log_chance)
+
+
+def _log_falling(n: int, k: int) -> float:
+    """``log(n! / (n - k)!)``."""
+    return math.lgamma(n + 1) - math.lgamma(n - k + 1)
 
 
 def zero_prediction_losses(
@@ -61,7 +133,11 @@ def zero_prediction_losses(
     Returns
     -------
     dict
-        ``{modality: {"loss", "weighted", "batches"}}`` for every modality seen.
+        ``{modality: {"loss", "weighted", "batches", "tokens_with_data",
+        "padding_only", "on_grid"}}`` for every modality seen: the mean share of a
+        sample's tokens that hold data, the mean chance that a batch masks only tokens
+        without (:func:`padding_only_chance`; 0 without masking), and whether its tokens
+        are cut from a grid (images, voxel windows) rather than channel series.
     """
     dataset = volume_dataset(stores, train, stimuli=stimuli)
     layout = dataset.layout
@@ -72,7 +148,10 @@ def zero_prediction_losses(
     kinds = set(dataset.stimuli.kinds) if dataset.stimuli is not None else set()
     wanted = {m for m, count in layout.counts().items() if count}
     wanted |= kinds if "bold" in wanted else set()
+    model = train.model
     sums: dict[str, list[float]] = {}
+    tokens: dict[str, list[tuple[float, float]]] = {}  # (share with data, padding-only)
+    on_grid: dict[str, bool] = {}  # images and voxel windows, not channel series
     for indices in sampler:
         store, _ = layout.locate(np.asarray(indices, dtype=np.int64))
         held = {MODALITIES[code] for code in np.unique(layout.modality[store])}
@@ -89,6 +168,12 @@ def zero_prediction_losses(
                         target_stats=stats.get(modality),
                     )
                     sums.setdefault(modality, []).append(float(loss))
+                    series = modality == "bold" or modality in STIMULUS_KINDS
+                    frames = model.patch_frames if series else 1
+                    held, n_tokens = tokens_with_data(target, model.patch_size, frames)
+                    chance = padding_only_chance(held, n_tokens, model.mask_ratio)
+                    tokens.setdefault(modality, []).append((held.mean() / n_tokens, chance))
+                    on_grid[modality] = target.dim() == 5
         if all(len(sums.get(m, ())) >= N_BATCHES for m in wanted):
             break
     weights = loss_config.weights
@@ -97,6 +182,11 @@ def zero_prediction_losses(
             "loss": sum(losses) / len(losses),
             "weighted": weights[m] * sum(losses) / len(losses),
             "batches": len(losses),
+            "tokens_with_data": float(np.mean([share for share, _ in tokens[m]])),
+            "padding_only": float(np.mean([chance for _, chance in tokens[m]]))
+            if model.mask_ratio > 0
+            else 0.0,
+            "on_grid": on_grid[m],
         }
         for m, losses in sums.items()
     }
@@ -137,6 +227,9 @@ def check_loss_scale(
             f"no batch of epoch 0 held {', '.join(unseen)}: the initial loss of "
             f"{', '.join(unseen)} is unknown (do the training stores hold volumes?)"
         )
+    if train.loss.normalize != "none" and train.loss.stats == "batch":
+        fails += [_padding_only(m, v, train.loss.normalize) for m, v in losses.items()]
+        fails = [fail for fail in fails if fail]
     if len(weighted) > 1:
         high, low = max(weighted, key=weighted.get), min(weighted, key=weighted.get)
         ratio = weighted[high] / weighted[low]
@@ -153,6 +246,27 @@ def check_loss_scale(
         f"{m} {v:.3g} ({_batches(losses[m]['batches'])})" for m, v in weighted.items()
     )
     return verdict(NAME, fails, [], f"initial loss per modality: {listing}", values)
+
+
+def _padding_only(modality: str, losses: Mapping[str, Any], normalize: str) -> str:
+    """The failure of a modality whose batches mask only tokens without data too often
+    (more than :data:`MAX_PADDING_ONLY`), or ``""``."""
+    if losses["padding_only"] <= MAX_PADDING_ONLY:
+        return ""
+    if losses["on_grid"]:
+        fix = (
+            f"fit train.shapes.{modality} and train.patch_size to the stores' grid (padding "
+            "around a smaller grid holds no data)"
+        )
+    else:
+        fix = "leave out the constant features or empty parcels that hold no data"
+    return (
+        f"{losses['padding_only']:.1%} of {modality} batches would mask only tokens "
+        f"without data (only {losses['tokens_with_data']:.0%} of its tokens hold data): "
+        f"what the loss counts then has a variance of 0, and the {normalize}-normalized "
+        f"loss divides by train.loss.eps. {fix.capitalize()}, or set train.loss.stats: "
+        "dataset"
+    )
 
 
 #: How to normalize a stimulus kind's features.
