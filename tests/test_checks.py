@@ -575,3 +575,20 @@ def test_a_grid_mostly_padding_fails_the_initial_loss(tmp_path):
     passed = check_loss_scale(stores, fitted, max_ratio=100)
     assert passed.status == "pass", passed.message
     assert passed.values["losses"]["bold"]["padding_only"] == 0.0
+
+
+def test_long_encoder_sequences_warn_naming_their_tokens():
+    """BOLD and its stimulus kinds make one sequence; each image modality its own."""
+    from bidstrain.checks.loss import MAX_SEQUENCE_TOKENS, long_sequences
+
+    tokens = {"bold": 8, "video": 12288, "audio": 160, "T1w": 27}
+    warning = long_sequences(tokens, ["video", "audio"])
+    assert warning.startswith(
+        "the encoder reads sequences of 12,456 tokens (bold 8, video 12,288, audio 160), "
+        f"above {MAX_SEQUENCE_TOKENS:,}"
+    )
+    assert "T1w" not in warning and "stimuli.video_size" in warning
+    assert long_sequences({"bold": 8, "T1w": 27}, []) == ""  # BOLD alone is short
+    assert long_sequences({"T1w": MAX_SEQUENCE_TOKENS + 1}, []).startswith(
+        f"the encoder reads sequences of {MAX_SEQUENCE_TOKENS + 1:,} tokens (T1w"
+    )

@@ -49,6 +49,8 @@ NAME = "initial_loss"
 N_BATCHES = 8
 #: Largest share of batches that may mask only tokens without data (see the module).
 MAX_PADDING_ONLY = 1e-3
+#: Longest encoder sequence without a warning: attention's cost grows with its square.
+MAX_SEQUENCE_TOKENS = 8192
 
 
 def tokens_with_data(target: torch.Tensor, patch: int, patch_frames: int) -> tuple[np.ndarray, int]:
@@ -134,10 +136,11 @@ def zero_prediction_losses(
     -------
     dict
         ``{modality: {"loss", "weighted", "batches", "tokens_with_data",
-        "padding_only", "on_grid"}}`` for every modality seen: the mean share of a
-        sample's tokens that hold data, the mean chance that a batch masks only tokens
-        without (:func:`padding_only_chance`; 0 without masking), and whether its tokens
-        are cut from a grid (images, voxel windows) rather than channel series.
+        "padding_only", "on_grid", "tokens"}}`` for every modality seen: the mean share
+        of a sample's tokens that hold data, the mean chance that a batch masks only
+        tokens without (:func:`padding_only_chance`; 0 without masking), whether its
+        tokens are cut from a grid (images, voxel windows) rather than channel series, and
+        a sample's number of tokens.
     """
     dataset = volume_dataset(stores, train, stimuli=stimuli)
     layout = dataset.layout
@@ -152,6 +155,7 @@ def zero_prediction_losses(
     sums: dict[str, list[float]] = {}
     tokens: dict[str, list[tuple[float, float]]] = {}  # (share with data, padding-only)
     on_grid: dict[str, bool] = {}  # images and voxel windows, not channel series
+    n_tokens_of: dict[str, int] = {}
     for indices in sampler:
         store, _ = layout.locate(np.asarray(indices, dtype=np.int64))
         held = {MODALITIES[code] for code in np.unique(layout.modality[store])}
@@ -173,7 +177,7 @@ def zero_prediction_losses(
                     held, n_tokens = tokens_with_data(target, model.patch_size, frames)
                     chance = padding_only_chance(held, n_tokens, model.mask_ratio)
                     tokens.setdefault(modality, []).append((held.mean() / n_tokens, chance))
-                    on_grid[modality] = target.dim() == 5
+                    on_grid[modality], n_tokens_of[modality] = target.dim() == 5, n_tokens
         if all(len(sums.get(m, ())) >= N_BATCHES for m in wanted):
             break
     weights = loss_config.weights
@@ -187,6 +191,7 @@ def zero_prediction_losses(
             if model.mask_ratio > 0
             else 0.0,
             "on_grid": on_grid[m],
+            "tokens": n_tokens_of[m],
         }
         for m, losses in sums.items()
     }
@@ -245,7 +250,39 @@ def check_loss_scale(
     listing = ", ".join(
         f"{m} {v:.3g} ({_batches(losses[m]['batches'])})" for m, v in weighted.items()
     )
-    return verdict(NAME, fails, [], f"initial loss per modality: {listing}", values)
+    warns = [long_sequences({m: v["tokens"] for m, v in losses.items()}, kinds)]
+    warns = [warning for warning in warns if warning]
+    return verdict(NAME, fails, warns, f"initial loss per modality: {listing}", values)
+
+
+def long_sequences(tokens: Mapping[str, int], kinds: Sequence[str]) -> str:
+    """The warning of encoder sequences longer than :data:`MAX_SEQUENCE_TOKENS`, or ``""``.
+
+    Parameters
+    ----------
+    tokens : mapping
+        A sample's tokens per modality and stimulus kind.
+    kinds : sequence of str
+        The stimulus kinds of ``train.stimuli``: their tokens join BOLD's in one sequence
+        (:meth:`bidstrain.train.model.MultiModalAutoencoder.sequences`); each image
+        modality is a sequence of its own.
+    """
+    joined = [m for m in ("bold", *kinds) if m in tokens]
+    sequences = [[m] for m in tokens if m not in joined] + ([joined] if joined else [])
+    long = [s for s in sequences if sum(tokens[m] for m in s) > MAX_SEQUENCE_TOKENS]
+    if not long:
+        return ""
+    listing = "; ".join(
+        f"{sum(tokens[m] for m in s):,} tokens ({', '.join(f'{m} {tokens[m]:,}' for m in s)})"
+        for s in long
+    )
+    return (
+        f"the encoder reads sequences of {listing}, above {MAX_SEQUENCE_TOKENS:,}: "
+        "attention's time and memory grow with the square of a sequence's length (a "
+        "stimulus kind has a token per feature and patch of frames: fewer features, such "
+        "as a smaller stimuli.video_size or fewer delays, or a larger train.patch_frames "
+        "shorten it)"
+    )
 
 
 def _padding_only(modality: str, losses: Mapping[str, Any], normalize: str) -> str:
