@@ -576,6 +576,19 @@ def test_slice_panels_label_each_edge_with_the_direction_of_a_known_marker(tmp_p
         assert ax.get_xlabel().startswith("voxel ") and ax.get_ylabel().startswith("voxel ")
 
 
+def test_slice_panels_of_a_small_grid_tick_whole_voxels_only():
+    volume = np.arange(8 * 6 * 4, dtype=float).reshape(8, 6, 4)  # the demo encoding's grid
+    fig = plt.figure(figsize=(11.0, 3.8), layout="constrained")
+    axes = fig.subplots(1, 3)
+    slice_row(fig, axes, volume, np.ones(volume.shape, bool), label="r", unit="r")
+    fig.canvas.draw()
+    for axis in (axis for ax in axes for axis in (ax.xaxis, ax.yaxis)):
+        low, high = sorted(axis.get_view_interval())
+        ticks = axis.get_majorticklocs()
+        shown = ticks[(ticks >= low) & (ticks <= high)]
+        assert len(shown) >= 2 and np.all(shown == np.round(shown)), ticks
+
+
 def test_coverage_numbers_are_written_exactly_where_the_legend_says():
     rows = [
         {"subject": "01", "session": "", "task": "rest", "run": "1", "modality": "bold"},

@@ -17,8 +17,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.axis import Axis  # noqa: E402
 from matplotlib.colors import Colormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from bidstrain.io.atomic import atomic_path  # noqa: E402
 from bidstrain.io.orientation import RAS_ENDS  # noqa: E402
@@ -81,9 +83,17 @@ def mid_slices(volume: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
     return [volume[x, :, :].T, volume[:, y, :].T, volume[:, :, z].T]
 
 
+def integer_ticks(*axes: Axis) -> None:
+    """Put the major ticks of each axis on whole numbers only (voxel, parcel or frame
+    indices), never between two (``-0.5``, ``2.5``) however few the axis spans."""
+    for axis in axes:
+        axis.set_major_locator(MaxNLocator(nbins="auto", integer=True))
+
+
 def orientation_labels(ax: Axes, plane: str) -> None:
     """Label the four edges of a slice panel of a store with the anatomical directions
-    they face (``L``/``R``, ``P``/``A``, ``I``/``S``), and its axes with the voxel index.
+    they face (``L``/``R``, ``P``/``A``, ``I``/``S``), and its axes with the voxel index
+    (ticks on whole voxels, :func:`integer_ticks`).
 
     Stores are in RAS+ voxel order (:data:`bidstrain.io.orientation.RAS_ENDS`) and
     :func:`mid_slices` keeps the index order, with ``origin="lower"``: the low index is
@@ -106,6 +116,7 @@ def orientation_labels(ax: Axes, plane: str) -> None:
     ax.text(0.5, 0.98, high, ha="center", va="top", **style)
     ax.set_xlabel(f"voxel {VOXEL_AXES[horizontal]}")
     ax.set_ylabel(f"voxel {VOXEL_AXES[vertical]}")
+    integer_ticks(ax.xaxis, ax.yaxis)
 
 
 def slice_row(
