@@ -241,6 +241,21 @@ def test_average_figure_bars_rank_subjects_by_correlation(tmp_path):
     )
 
 
+def test_average_figure_counts_from_one_subject_and_keeps_the_legend_off_the_curves(tmp_path):
+    """Every voxel with all 3 subjects: the colour bar still reads 1, 2, 3 (a single tick
+    would not say that 3 is everyone)."""
+    group, subjects = _average_inputs(tmp_path, 3)
+    group["n_subjects"][:] = 3
+    fig = average_figure(group, subjects, "task-rest run-1")
+    fig.canvas.draw()
+    (bar,) = [ax for ax in fig.get_axes() if ax.get_ylabel() == "subjects (count)"]
+    low, high = bar.get_ylim()
+    ticks = [t for t in bar.get_yticks() if low <= t <= high]
+    assert ticks == [1, 2, 3]
+    course = next(ax for ax in fig.get_axes() if ax.get_title().startswith("Mean over"))
+    assert not course.get_legend().get_window_extent().overlaps(course.get_window_extent())
+
+
 @pytest.mark.slow
 def test_average_figure_with_100_subjects_aggregates(tmp_path):
     tiny = DemoSpec(bold_shape=(6, 6, 6), n_volumes=20)

@@ -130,7 +130,7 @@ def slice_row(
     cmap: str | Colormap = "gray",
     vmin: float | None = None,
     vmax: float | None = None,
-    ticks: Sequence[float] | None = None,
+    counts: bool = False,
     underlay: np.ndarray | None = None,
 ) -> None:
     """Draw the three mid-slices of ``volume`` on ``axes`` with one shared colour bar.
@@ -141,9 +141,9 @@ def slice_row(
 
     Voxels outside ``mask`` are transparent. ``vmin``/``vmax`` default to the 1st and
     99th percentiles inside the mask, so that a few extreme voxels do not wash the map out;
-    ``ticks`` sets the colour bar's ticks (for counts). With ``underlay`` (a volume on the
-    same grid: the anatomy, a mean image), it is drawn in grey beneath, and ``volume``
-    over it, slightly transparent, where it is finite.
+    with ``counts`` the colour bar ticks whole numbers only (:func:`integer_ticks`). With
+    ``underlay`` (a volume on the same grid: the anatomy, a mean image), it is drawn in
+    grey beneath, and ``volume`` over it, slightly transparent, where it is finite.
     """
     inside = volume[mask]
     finite = inside[np.isfinite(inside)]
@@ -177,7 +177,9 @@ def slice_row(
         ax.set_title(f"{label}: {name}")
         orientation_labels(ax, name)
         ax.tick_params(labelsize=7)
-    fig.colorbar(image, ax=list(axes), label=unit, shrink=0.9, ticks=ticks)
+    bar = fig.colorbar(image, ax=list(axes), label=unit, shrink=0.9)
+    if counts:
+        integer_ticks(bar.ax.yaxis)
 
 
 def pages(items: Sequence, per_page: int) -> list[Sequence]:
