@@ -127,6 +127,10 @@ def test_coverage_figure_with_100_subjects_lists_everyone_in_readable_panels():
     labels = [t.get_text() for ax in heat_maps for t in ax.get_yticklabels()]
     assert labels == [f"sub-{n:03d}" for n in range(1, 101)]
     assert fig.get_figheight() < 16
+    # a line between every two rows: neighbours of the same colour stay apart
+    for ax in heat_maps:
+        np.testing.assert_array_equal(ax.get_yticks(minor=True), np.arange(51) - 0.5)
+        assert all(tick.gridline.get_visible() for tick in ax.yaxis.get_minor_ticks())
 
 
 def test_coverage_figure_beyond_max_rows_shows_only_incomplete_subjects():
