@@ -24,7 +24,7 @@ from bidstrain.report import TRAINING_FIGURES
 from bidstrain.report.__main__ import main
 from bidstrain.report.average import average_figure, subject_correlations, time_course
 from bidstrain.report.checks import allowed_band, scale_figure, scale_values, summary_figure
-from bidstrain.report.figure import save_figure, slice_row
+from bidstrain.report.figure import log_y, save_figure, slice_row
 from bidstrain.report.ingest import (
     MAX_ROWS,
     NUMBERS_SHOWN,
@@ -345,6 +345,27 @@ def test_training_figures_are_readable_and_mark_skipped_steps(tmp_path):
     planned, used = figures["lr"].get_axes()[0].lines[:2]
     np.testing.assert_allclose(used.get_ydata(), 2 * planned.get_ydata())
     assert figures["losses"].get_axes()[0].get_yscale() == "log"
+    roles = figures["modality_gradients"].get_axes()[0].get_legend_handles_labels()[1]
+    assert any(label.startswith("[inactive] modules of modalities absent") for label in roles)
+
+
+def test_a_log_axis_within_a_decade_labels_more_than_its_power_of_ten():
+    """The dummy loss of the demo spans 5.4e-6 to 1.9e-5: matplotlib alone labels 6e-6
+    and 1e-5 only."""
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [5.4e-6, 1.9e-5])
+    log_y(ax)
+    ax.set_ylim(5.4e-6, 1.9e-5)
+    fig.canvas.draw()
+    labels = [
+        label.get_text()
+        for minor in (False, True)
+        for at, label in zip(
+            ax.yaxis.get_ticklocs(minor=minor), ax.yaxis.get_ticklabels(minor=minor), strict=True
+        )
+        if 5.4e-6 <= at <= 1.9e-5 and label.get_text()
+    ]
+    assert len(labels) >= 4, labels
 
 
 def test_the_learning_figure_says_when_nothing_was_validated(tmp_path):

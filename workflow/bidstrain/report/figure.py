@@ -20,7 +20,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.axis import Axis  # noqa: E402
 from matplotlib.colors import Colormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import LogFormatterSciNotation, MaxNLocator  # noqa: E402
 
 from bidstrain.io.atomic import atomic_path  # noqa: E402
 from bidstrain.io.orientation import RAS_ENDS  # noqa: E402
@@ -88,6 +88,15 @@ def integer_ticks(*axes: Axis) -> None:
     indices), never between two (``-0.5``, ``2.5``) however few the axis spans."""
     for axis in axes:
         axis.set_major_locator(MaxNLocator(nbins="auto", integer=True))
+
+
+def log_y(ax: Axes) -> None:
+    """A log y axis that labels ticks between the powers of ten as well when it shows at
+    most one power of ten: every one within a decade, 2, 3, 4 and 6 x up to two decades
+    (matplotlib's default labels them all within 0.4 decades only, which leaves a
+    half-decade axis with one or two numbers)."""
+    ax.set_yscale("log")
+    ax.yaxis.set_minor_formatter(LogFormatterSciNotation(minor_thresholds=(1, 1)))
 
 
 def orientation_labels(ax: Axes, plane: str) -> None:

@@ -23,12 +23,17 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from bidstrain.errors import BidstrainError
-from bidstrain.report.figure import STATUS_COLOURS, empty_panel, new_figure
+from bidstrain.report.figure import STATUS_COLOURS, empty_panel, log_y, new_figure
 
 #: Steps over which noisy series are smoothed by a rolling median (when there are more
 #: than four times as many).
 SMOOTHING = 25
 _MODALITY_COLOURS = {"T1w": "#4c72b0", "bold": "#dd8452", "dwi": "#55a868"}
+#: What the modules of a ``grad_norms`` tag are (other tags: a modality in the batch).
+_ROLES = {
+    "inactive": "modules of modalities absent from the batch (dummy-loss gradient only)",
+    "shared": "modules every modality uses (the encoder)",
+}
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -185,7 +190,7 @@ def _losses(steps: pd.DataFrame, validation: list[dict[str, Any]], experiment: s
             )
         _shuffled_in_time(ax, validation)
         _baselines(ax, validation)
-    ax.set_yscale("log")
+    log_y(ax)
     ax.set_title("Loss per optimizer step (per-modality lines where the modality was in the batch)")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (normalized MSE, unitless)")
@@ -258,7 +263,7 @@ def _grad_norm(steps: pd.DataFrame, experiment: str, clip: float | None) -> Figu
         )
     if clip is not None:
         ax.axhline(clip, color="grey", ls=":", label=f"clip_grad_norm = {clip:g}")
-    ax.set_yscale("log")
+    log_y(ax)
     ax.set_title(
         f"Pre-clip total gradient norm per optimizer step ({len(skipped)} skipped, non-finite)"
     )
@@ -308,7 +313,8 @@ def _modality_gradients(
             colour = _MODALITY_COLOURS.get(tag, "#e8594f" if tag == "inactive" else "grey")
             style = "--" if tag == "inactive" else "-"
             zeros = int((frame["max"] <= 0).sum())
-            label = f"[{tag}] median" + (f" ({zeros} logged steps all 0)" if zeros else "")
+            label = f"[{tag}] {_ROLES.get(tag, f'{tag} modules, {tag} in the batch')}"
+            label += f" ({zeros} logged steps all 0)" if zeros else ""
             norm_ax.plot(
                 frame.index,
                 _positive(frame["median"]),
@@ -324,8 +330,8 @@ def _modality_gradients(
                 color=colour,
                 alpha=0.15,
             )
-        norm_ax.set_yscale("log")
-        norm_ax.set_title("Module gradient norms by role (band: min-max over modules)")
+        log_y(norm_ax)
+        norm_ax.set_title("Module gradient norms by role (line: median, band: min-max)")
         norm_ax.set_xlabel("optimizer step")
         norm_ax.set_ylabel("L2 norm of the module's gradients")
         norm_ax.legend(loc="best", fontsize=7)
@@ -334,7 +340,7 @@ def _modality_gradients(
     dummy = _positive(steps["dummy_loss"].astype(float))
     if dummy.notna().any():
         _smoothed(dummy_ax, steps["step"], dummy, "#8172b3", "dummy loss")
-        dummy_ax.set_yscale("log")
+        log_y(dummy_ax)
         dummy_ax.set_title("Dummy loss added for absent modalities")
         dummy_ax.set_xlabel("optimizer step")
         dummy_ax.set_ylabel("dummy loss (unitless)")
