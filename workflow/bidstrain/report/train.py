@@ -29,6 +29,8 @@ from bidstrain.report.figure import STATUS_COLOURS, empty_panel, log_y, new_figu
 #: than four times as many).
 SMOOTHING = 25
 _MODALITY_COLOURS = {"T1w": "#4c72b0", "bold": "#dd8452", "dwi": "#55a868"}
+#: The learning figure's ratio axes turn logarithmic past this many decades.
+LOG_RATIO_DECADES = 2
 #: What the modules of a ``grad_norms`` tag are (other tags: a modality in the batch).
 _ROLES = {
     "inactive": "modules of modalities absent from the batch (dummy-loss gradient only)",
@@ -413,22 +415,23 @@ def _learning(records: list[dict[str, Any]], experiment: str) -> Figure:
         ax.axhline(1.0, color="black", lw=1, label="baseline (predicting the mean)")
         ax.axhline(max_ratio, color="#e8594f", ls="--", label=f"max_ratio {max_ratio:g}")
         ax.set_ylabel("validation loss / baseline")
-    # headroom above the tallest bar for its label and the legend
-    bar_ax.set_ylim(0, max(1.2, 1.6 * max(v["ratio"] for v in values)))
-    bar_ax.set_title("Final validation loss / baseline")
-    bar_ax.set_xlabel("modality")
-    bar_ax.legend(loc="upper left", fontsize=8)
+    curves = [1.0, max_ratio]
     for modality in modalities:
         colour = _MODALITY_COLOURS.get(modality, "grey")
-        curve_ax.plot(*_to_baseline(records, modality), "-o", color=colour, label=modality)
+        curve = _to_baseline(records, modality)
+        curve_ax.plot(*curve, "-o", color=colour, label=modality)
         shuffled = _to_baseline(records, modality, "loss_shuffled_time_per_modality")
         if shuffled[0]:
             curve_ax.plot(
                 *shuffled, "-.x", color=colour, label=f"{modality}, frames shuffled in time"
             )
+        curves += curve[1] + shuffled[1]
+    _ratio_scale(bar_ax, curve_ax, [v["ratio"] for v in values], curves)
+    bar_ax.set_title("Final validation loss / baseline")
+    bar_ax.set_xlabel("modality")
+    bar_ax.legend(loc="upper left", fontsize=8)
     curve_ax.set_title("Validation loss / baseline after every epoch")
     curve_ax.set_xlabel("optimizer step")
-    curve_ax.set_ylim(bottom=0)
     curve_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     if summary["unvalidated"]:
         fig.text(
@@ -438,6 +441,26 @@ def _learning(records: list[dict[str, Any]], experiment: str) -> Figure:
             fontsize=8,
         )
     return fig
+
+
+def _ratio_scale(bar_ax: Axes, curve_ax: Axes, bars: list[float], curves: list[float]) -> None:
+    """Linear axes from 0, or log axes when the ratios of the bars and of the curves
+    (with 1 and ``max_ratio``) span more than :data:`LOG_RATIO_DECADES` decades: a model
+    that diverged (a ratio of 15,000) would otherwise flatten the baseline and
+    ``max_ratio`` onto 0. The bar panel keeps headroom above its tallest bar for the
+    bar's label and the legend."""
+    shown = [r for r in bars + curves if math.isfinite(r) and r > 0]
+    low, high = min(shown), max(shown)
+    tallest = max(bars)
+    if high / low <= 10**LOG_RATIO_DECADES:
+        bar_ax.set_ylim(0, max(1.2, 1.6 * tallest))
+        curve_ax.set_ylim(bottom=0)
+        return
+    for ax in (bar_ax, curve_ax):
+        log_y(ax)
+        ax.set_ylim(bottom=low / 2)
+    # as 1.6 x the tallest bar on a linear axis: 60 % more of the axis above it
+    bar_ax.set_ylim(top=tallest * (2 * tallest / low) ** 0.6)
 
 
 def _to_baseline(
