@@ -410,6 +410,23 @@ def test_the_loss_with_frames_shuffled_in_time_is_drawn_when_recorded(tmp_path, 
     assert_readable(figures["learning"])
 
 
+def test_the_validation_total_is_drawn_against_the_sum_of_the_baselines(tmp_path):
+    """Not against a modality's baseline (1.0): the total sums several modalities, each
+    weighted by ``train.loss.weights``, and so does its baseline."""
+    records = read_metrics(rd.write_metrics(tmp_path / "m.jsonl", _schedule_lr, windows=True))
+    validation = [r for r in records if r["kind"] == "validation"]
+    figures = training_figures(records, experiment="demo", loss_weights={"bold": 2.0})
+    losses = figures["losses"].get_axes()[0]
+    (line,) = [
+        line
+        for line in losses.lines
+        if line.get_label().startswith("baseline of the validation total")
+    ]
+    np.testing.assert_array_equal(line.get_xdata(), [r["step"] for r in validation])
+    np.testing.assert_allclose(line.get_ydata(), 2.0)  # bold's baseline 1.0, weight 2
+    assert line.get_label() in [t.get_text() for t in losses.get_legend().get_texts()]
+
+
 def test_read_metrics_rejects_a_file_without_plan_or_with_bad_json(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"kind": "step", "step": 1}\n')

@@ -16,7 +16,7 @@
 No option holds a configuration value: ``normalize --settings`` is the config's ``report``
 section as JSON (typed again with :func:`bidstrain.config.load_section`, keys left out at
 their schema defaults), and ``train --settings`` the experiment's train settings file, the
-one its training job read (for ``train.clip_grad_norm``).
+one its training job read (for ``train.clip_grad_norm`` and ``train.loss.weights``).
     encoding  --encoding-dir results/encoding/<experiment> --bold <average.zarr> --targets N
               --timecourse-out <png> --map-out <png> [--atlas NAME IMAGE LABELS SPACE]
 """
@@ -159,10 +159,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         from bidstrain.config import read_train_settings
         from bidstrain.report.train import read_metrics, training_figures
 
+        train_settings = read_train_settings(args.settings)
         figures = training_figures(
             read_metrics(args.metrics),
             experiment=args.experiment,
-            clip_grad_norm=read_train_settings(args.settings).optimizer.clip_grad_norm,
+            clip_grad_norm=train_settings.optimizer.clip_grad_norm,
+            loss_weights=train_settings.loss.weights,
         )
         outputs = [(Path(args.out_dir) / f"{name}.png", figures[name]) for name in TRAINING_FIGURES]
     # (path, figure) pairs; the normalization figures are drawn one at a time, as saved

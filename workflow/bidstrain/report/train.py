@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -124,15 +125,32 @@ def gradient_norms_by_tag(records: list[dict[str, Any]]) -> dict[str, pd.DataFra
 
 
 def training_figures(
-    records: list[dict[str, Any]], *, experiment: str, clip_grad_norm: float | None = None
+    records: list[dict[str, Any]],
+    *,
+    experiment: str,
+    clip_grad_norm: float | None = None,
+    loss_weights: Mapping[str, float] | None = None,
 ) -> dict[str, Figure]:
-    """The training figures, by name (:data:`bidstrain.report.TRAINING_FIGURES`)."""
+    """The training figures, by name (:data:`bidstrain.report.TRAINING_FIGURES`).
+
+    Parameters
+    ----------
+    records : list of dict
+        The lines of ``metrics.jsonl`` (:func:`read_metrics`).
+    experiment : str
+        ``train.experiment``, for the titles.
+    clip_grad_norm : float, optional
+        ``train.optimizer.clip_grad_norm``, drawn over the gradient norm.
+    loss_weights : mapping, optional
+        ``train.loss.weights``: each modality's weight in the validation total, which its
+        baseline takes too; a modality it lacks weighs 1, as in training.
+    """
     steps = steps_frame(records)
     if steps.empty:
         raise BidstrainError(f"experiment {experiment}: metrics have no 'step' line")
     validation = [r for r in records if r.get("kind") == "validation"]
     return {
-        "losses": _losses(steps, validation, experiment),
+        "losses": _losses(steps, validation, experiment, loss_weights or {}),
         "grad_norm": _grad_norm(steps, experiment, clip_grad_norm),
         "lr": _learning_rate(steps, records, experiment),
         "modality_gradients": _modality_gradients(steps, records, experiment),
@@ -156,15 +174,21 @@ def _positive(values: pd.Series) -> pd.Series:
     return values.where(np.isfinite(values) & (values > 0))
 
 
-def _losses(steps: pd.DataFrame, validation: list[dict[str, Any]], experiment: str) -> Figure:
+def _losses(
+    steps: pd.DataFrame,
+    validation: list[dict[str, Any]],
+    experiment: str,
+    weights: Mapping[str, float],
+) -> Figure:
     fig = new_figure(10.0, 5.0, f"Training loss, experiment {experiment}")
     ax = fig.subplots()
     modalities = sorted(c[len("loss_") :] for c in steps.columns if c.startswith("loss_"))
     # the totals sum what each batch held (training) and every validated modality
-    # (validation): comparable per modality only, and with one modality its own line
+    # (validation): the validation total has a baseline of its own (the same sum of the
+    # modalities' baselines), and with one modality the total is that modality's line
     totals = len(modalities) > 1
     if totals:
-        label = "train total (the modalities of each batch)"
+        label = "train total: sum over the batch's modalities"
         _smoothed(ax, steps["step"], _positive(steps["loss"]), "black", label)
     for modality in modalities:
         present = steps[["step", f"loss_{modality}"]].dropna()
@@ -180,8 +204,9 @@ def _losses(steps: pd.DataFrame, validation: list[dict[str, Any]], experiment: s
             [r["step"] for r in validation],
             [r["loss"] for r in validation],
             "k--o",
-            label="validation total (every validated modality)",
+            label="validation total: weighted sum over the validated modalities",
         )
+        _total_baseline(ax, validation, weights)
     if validation:
         for modality, points in _per_modality(validation, "loss_per_modality").items():
             ax.plot(
@@ -223,9 +248,30 @@ def _shuffled_in_time(ax: Axes, validation: list[dict[str, Any]]) -> None:
         )
 
 
+def _total_baseline(
+    ax: Axes, validation: list[dict[str, Any]], weights: Mapping[str, float]
+) -> None:
+    """The baseline of the validation total, black and dotted: the validated modalities'
+    baselines summed with the weights of their losses in the total, at the validations
+    that recorded a baseline for each of them."""
+    points = [
+        (r["step"], sum(weights.get(m, 1.0) * b for m, b in r["baseline_per_modality"].items()))
+        for r in validation
+        if r.get("baseline_per_modality")
+        and set(r["baseline_per_modality"]) == set(r["loss_per_modality"])
+    ]
+    if points:
+        ax.plot(
+            *zip(*points, strict=True),
+            "k:",
+            lw=2,
+            label="baseline of the validation total (the same sum of their baselines)",
+        )
+
+
 def _baselines(ax: Axes, validation: list[dict[str, Any]]) -> None:
     """Each modality's validation baseline (the loss of predicting the mean) as a dotted
-    line; one black line when they all agree within 1 % (1.0 under ``var``)."""
+    line; one grey line when they all agree within 1 % (1.0 under ``var``)."""
     series = _per_modality(validation, "baseline_per_modality")
     values = [v for points in series.values() for _, v in points]
     if not values:
@@ -233,7 +279,7 @@ def _baselines(ax: Axes, validation: list[dict[str, Any]]) -> None:
     if max(values) <= 1.01 * min(values):
         ax.axhline(
             float(np.mean(values)),
-            color="black",
+            color="grey",
             ls=":",
             lw=2,
             label="baseline (predicting the mean), every modality",
