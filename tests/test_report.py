@@ -724,4 +724,15 @@ def test_encoding_timecourses_name_parcels_by_label_as_the_metrics_do():
         "parcel 5 luminance (best): r = 0.90",
         "parcel 8 words (near the median): r = 0.50",
     ]
-    assert "(|r| of an unrelated prediction stays under 0.52)" in fig.get_suptitle()
+    # the bound as the spread of r it stands for over the 20 held-out frames
+    assert "r of an unrelated prediction: SD 0.22 (20 frames, if independent); 0.52 = 2.3 SD" in (
+        fig.get_suptitle()
+    )
+    # the same predictions: RidgeCV's thin dashed line shows over the model's broad one
+    model, ridge = (
+        next(line for line in fig.axes[0].lines if line.get_label().startswith(name))
+        for name in ("encoding model", "RidgeCV")
+    )
+    assert ridge.get_linestyle() == "--" and ridge.get_linewidth() < model.get_linewidth()
+    assert fig.axes[0].lines.index(ridge) > fig.axes[0].lines.index(model)
+    assert ridge.get_label() == "RidgeCV (within 0 of the model in these panels)"

@@ -180,6 +180,7 @@ def _encoding_figures(args: argparse.Namespace) -> list:
 
     from bidstrain.io.store import open_store, to_grid
     from bidstrain.report.encoding import (
+        chance_line,
         correlation_map_figure,
         parcel_values,
         read_table,
@@ -198,6 +199,7 @@ def _encoding_figures(args: argparse.Namespace) -> list:
     else:
         names = [f"voxel {i}" for i in range(correlation.size)]
     with np.load(folder / "heldout.npz") as held:
+        n_frames = held["measured"].shape[0]
         timecourse = timecourse_figure(
             held["measured"],
             held["model"],
@@ -228,7 +230,7 @@ def _encoding_figures(args: argparse.Namespace) -> list:
     kinds = ", ".join(model["features"]["kinds"])
     title = f"Encoding model: held-out correlation per {kind} ({kinds}) over the mean image"
     if chance is not None:
-        title += f"\n|r| of an unrelated prediction stays under {chance:.2f}"
+        title += "\n" + chance_line(chance, n_frames)
     anatomy = to_grid(store, np.asarray(store["mean"].values, np.float64))
     return [
         (args.timecourse_out, timecourse),
