@@ -206,21 +206,19 @@ def test_strict_learning_exits_non_zero_after_writing_the_model(tmp_path):
     assert {v["status"] for v in summary["modalities"].values()} == {"fail"}
 
 
-def test_the_learning_figure_colours_a_modality_that_did_not_learn():
-    from bidstrain.report.figure import STATUS_COLOURS
-    from bidstrain.report.train import training_figures
-    from matplotlib.colors import to_hex
-
+def _learning_records(bold: float, t1w: tuple[float, float]) -> list[dict]:
+    """Metrics of two validations (steps 10 and 20; baselines 1.0), T1w's losses ``t1w``
+    and BOLD's ``bold`` at both, with one step line and the summary (max_ratio 0.9)."""
     validations = [
         {
             "kind": "validation",
             "step": step,
             "epoch": step // 10 - 1,
             "loss": 1.0,
-            "loss_per_modality": {"bold": 1.02, "T1w": loss},
+            "loss_per_modality": {"bold": bold, "T1w": loss},
             "baseline_per_modality": {"bold": 1.0, "T1w": 1.0},
         }
-        for step, loss in ((10, 0.8), (20, 0.4))
+        for step, loss in zip((10, 20), t1w, strict=True)
     ]
     step = {
         "kind": "step",
@@ -239,12 +237,20 @@ def test_the_learning_figure_colours_a_modality_that_did_not_learn():
     summary = learning_summary(
         validations, modalities=["T1w", "bold"], max_ratio=0.9, strict=False, step=20
     )
-    records = [
+    return [
         {"kind": "plan", "total_steps": 20, "warmup_steps": 1, "lr": 1e-3, "min_lr_ratio": 0.1},
         step,
         *validations,
         summary,
     ]
+
+
+def test_the_learning_figure_colours_a_modality_that_did_not_learn():
+    from bidstrain.report.figure import STATUS_COLOURS
+    from bidstrain.report.train import training_figures
+    from matplotlib.colors import to_hex
+
+    records = _learning_records(1.02, (0.8, 0.4))
     figure = training_figures(records, experiment="x")["learning"]
     assert "WARNING" in figure._suptitle.get_text() and "bold" in figure._suptitle.get_text()
     bars = figure.axes[0].patches
@@ -253,3 +259,17 @@ def test_the_learning_figure_colours_a_modality_that_did_not_learn():
         STATUS_COLOURS["warn"],
     ]
     assert [bar.get_height() for bar in bars] == pytest.approx([0.4, 1.02])
+
+
+def test_the_learning_figure_turns_logarithmic_when_a_model_diverged():
+    """A BOLD loss 15,000 times its baseline: on a linear axis the baseline and max_ratio
+    would sit on 0; on the log axes both stay inside the view, above its bottom."""
+    from bidstrain.report.train import training_figures
+
+    figure = training_figures(_learning_records(15000.0, (0.8, 0.4)), experiment="x")["learning"]
+    for ax in figure.axes[:2]:
+        assert ax.get_yscale() == "log"
+        low, high = ax.get_ylim()
+        assert low < 0.9 and high > 15000.0
+    calm = training_figures(_learning_records(1.02, (0.8, 0.4)), experiment="x")["learning"]
+    assert [ax.get_yscale() for ax in calm.axes[:2]] == ["linear", "linear"]

@@ -24,7 +24,7 @@ from bidstrain.report import TRAINING_FIGURES
 from bidstrain.report.__main__ import main
 from bidstrain.report.average import average_figure, subject_correlations, time_course
 from bidstrain.report.checks import allowed_band, scale_figure, scale_values, summary_figure
-from bidstrain.report.figure import save_figure, slice_row
+from bidstrain.report.figure import log_y, save_figure, slice_row
 from bidstrain.report.ingest import (
     MAX_ROWS,
     NUMBERS_SHOWN,
@@ -127,6 +127,10 @@ def test_coverage_figure_with_100_subjects_lists_everyone_in_readable_panels():
     labels = [t.get_text() for ax in heat_maps for t in ax.get_yticklabels()]
     assert labels == [f"sub-{n:03d}" for n in range(1, 101)]
     assert fig.get_figheight() < 16
+    # a line between every two rows: neighbours of the same colour stay apart
+    for ax in heat_maps:
+        np.testing.assert_array_equal(ax.get_yticks(minor=True), np.arange(51) - 0.5)
+        assert all(tick.gridline.get_visible() for tick in ax.yaxis.get_minor_ticks())
 
 
 def test_coverage_figure_beyond_max_rows_shows_only_incomplete_subjects():
@@ -241,6 +245,21 @@ def test_average_figure_bars_rank_subjects_by_correlation(tmp_path):
     )
 
 
+def test_average_figure_counts_from_one_subject_and_keeps_the_legend_off_the_curves(tmp_path):
+    """Every voxel with all 3 subjects: the colour bar still reads 1, 2, 3 (a single tick
+    would not say that 3 is everyone)."""
+    group, subjects = _average_inputs(tmp_path, 3)
+    group["n_subjects"][:] = 3
+    fig = average_figure(group, subjects, "task-rest run-1")
+    fig.canvas.draw()
+    (bar,) = [ax for ax in fig.get_axes() if ax.get_ylabel() == "subjects (count)"]
+    low, high = bar.get_ylim()
+    ticks = [t for t in bar.get_yticks() if low <= t <= high]
+    assert ticks == [1, 2, 3]
+    course = next(ax for ax in fig.get_axes() if ax.get_title().startswith("Mean over"))
+    assert not course.get_legend().get_window_extent().overlaps(course.get_window_extent())
+
+
 @pytest.mark.slow
 def test_average_figure_with_100_subjects_aggregates(tmp_path):
     tiny = DemoSpec(bold_shape=(6, 6, 6), n_volumes=20)
@@ -326,6 +345,27 @@ def test_training_figures_are_readable_and_mark_skipped_steps(tmp_path):
     planned, used = figures["lr"].get_axes()[0].lines[:2]
     np.testing.assert_allclose(used.get_ydata(), 2 * planned.get_ydata())
     assert figures["losses"].get_axes()[0].get_yscale() == "log"
+    roles = figures["modality_gradients"].get_axes()[0].get_legend_handles_labels()[1]
+    assert any(label.startswith("[inactive] modules of modalities absent") for label in roles)
+
+
+def test_a_log_axis_within_a_decade_labels_more_than_its_power_of_ten():
+    """The dummy loss of the demo spans 5.4e-6 to 1.9e-5: matplotlib alone labels 6e-6
+    and 1e-5 only."""
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [5.4e-6, 1.9e-5])
+    log_y(ax)
+    ax.set_ylim(5.4e-6, 1.9e-5)
+    fig.canvas.draw()
+    labels = [
+        label.get_text()
+        for minor in (False, True)
+        for at, label in zip(
+            ax.yaxis.get_ticklocs(minor=minor), ax.yaxis.get_ticklabels(minor=minor), strict=True
+        )
+        if 5.4e-6 <= at <= 1.9e-5 and label.get_text()
+    ]
+    assert len(labels) >= 4, labels
 
 
 def test_the_learning_figure_says_when_nothing_was_validated(tmp_path):
@@ -368,6 +408,23 @@ def test_the_loss_with_frames_shuffled_in_time_is_drawn_when_recorded(tmp_path, 
     assert any(label.startswith("baseline") for label in labels) == windows
     assert_readable(figures["losses"])
     assert_readable(figures["learning"])
+
+
+def test_the_validation_total_is_drawn_against_the_sum_of_the_baselines(tmp_path):
+    """Not against a modality's baseline (1.0): the total sums several modalities, each
+    weighted by ``train.loss.weights``, and so does its baseline."""
+    records = read_metrics(rd.write_metrics(tmp_path / "m.jsonl", _schedule_lr, windows=True))
+    validation = [r for r in records if r["kind"] == "validation"]
+    figures = training_figures(records, experiment="demo", loss_weights={"bold": 2.0})
+    losses = figures["losses"].get_axes()[0]
+    (line,) = [
+        line
+        for line in losses.lines
+        if line.get_label().startswith("baseline of the validation total")
+    ]
+    np.testing.assert_array_equal(line.get_xdata(), [r["step"] for r in validation])
+    np.testing.assert_allclose(line.get_ydata(), 2.0)  # bold's baseline 1.0, weight 2
+    assert line.get_label() in [t.get_text() for t in losses.get_legend().get_texts()]
 
 
 def test_read_metrics_rejects_a_file_without_plan_or_with_bad_json(tmp_path):
@@ -576,6 +633,19 @@ def test_slice_panels_label_each_edge_with_the_direction_of_a_known_marker(tmp_p
         assert ax.get_xlabel().startswith("voxel ") and ax.get_ylabel().startswith("voxel ")
 
 
+def test_slice_panels_of_a_small_grid_tick_whole_voxels_only():
+    volume = np.arange(8 * 6 * 4, dtype=float).reshape(8, 6, 4)  # the demo encoding's grid
+    fig = plt.figure(figsize=(11.0, 3.8), layout="constrained")
+    axes = fig.subplots(1, 3)
+    slice_row(fig, axes, volume, np.ones(volume.shape, bool), label="r", unit="r")
+    fig.canvas.draw()
+    for axis in (axis for ax in axes for axis in (ax.xaxis, ax.yaxis)):
+        low, high = sorted(axis.get_view_interval())
+        ticks = axis.get_majorticklocs()
+        shown = ticks[(ticks >= low) & (ticks <= high)]
+        assert len(shown) >= 2 and np.all(shown == np.round(shown)), ticks
+
+
 def test_coverage_numbers_are_written_exactly_where_the_legend_says():
     rows = [
         {"subject": "01", "session": "", "task": "rest", "run": "1", "modality": "bold"},
@@ -654,4 +724,15 @@ def test_encoding_timecourses_name_parcels_by_label_as_the_metrics_do():
         "parcel 5 luminance (best): r = 0.90",
         "parcel 8 words (near the median): r = 0.50",
     ]
-    assert "(|r| of an unrelated prediction stays under 0.52)" in fig.get_suptitle()
+    # the bound as the spread of r it stands for over the 20 held-out frames
+    assert "r of an unrelated prediction: SD 0.22 (20 frames, if independent); 0.52 = 2.3 SD" in (
+        fig.get_suptitle()
+    )
+    # the same predictions: RidgeCV's thin dashed line shows over the model's broad one
+    model, ridge = (
+        next(line for line in fig.axes[0].lines if line.get_label().startswith(name))
+        for name in ("encoding model", "RidgeCV")
+    )
+    assert ridge.get_linestyle() == "--" and ridge.get_linewidth() < model.get_linewidth()
+    assert fig.axes[0].lines.index(ridge) > fig.axes[0].lines.index(model)
+    assert ridge.get_label() == "RidgeCV (within 0 of the model in these panels)"

@@ -16,7 +16,7 @@
 No option holds a configuration value: ``normalize --settings`` is the config's ``report``
 section as JSON (typed again with :func:`bidstrain.config.load_section`, keys left out at
 their schema defaults), and ``train --settings`` the experiment's train settings file, the
-one its training job read (for ``train.clip_grad_norm``).
+one its training job read (for ``train.clip_grad_norm`` and ``train.loss.weights``).
     encoding  --encoding-dir results/encoding/<experiment> --bold <average.zarr> --targets N
               --timecourse-out <png> --map-out <png> [--atlas NAME IMAGE LABELS SPACE]
 """
@@ -159,10 +159,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         from bidstrain.config import read_train_settings
         from bidstrain.report.train import read_metrics, training_figures
 
+        train_settings = read_train_settings(args.settings)
         figures = training_figures(
             read_metrics(args.metrics),
             experiment=args.experiment,
-            clip_grad_norm=read_train_settings(args.settings).optimizer.clip_grad_norm,
+            clip_grad_norm=train_settings.optimizer.clip_grad_norm,
+            loss_weights=train_settings.loss.weights,
         )
         outputs = [(Path(args.out_dir) / f"{name}.png", figures[name]) for name in TRAINING_FIGURES]
     # (path, figure) pairs; the normalization figures are drawn one at a time, as saved
@@ -178,6 +180,7 @@ def _encoding_figures(args: argparse.Namespace) -> list:
 
     from bidstrain.io.store import open_store, to_grid
     from bidstrain.report.encoding import (
+        chance_line,
         correlation_map_figure,
         parcel_values,
         read_table,
@@ -196,6 +199,7 @@ def _encoding_figures(args: argparse.Namespace) -> list:
     else:
         names = [f"voxel {i}" for i in range(correlation.size)]
     with np.load(folder / "heldout.npz") as held:
+        n_frames = held["measured"].shape[0]
         timecourse = timecourse_figure(
             held["measured"],
             held["model"],
@@ -226,7 +230,7 @@ def _encoding_figures(args: argparse.Namespace) -> list:
     kinds = ", ".join(model["features"]["kinds"])
     title = f"Encoding model: held-out correlation per {kind} ({kinds}) over the mean image"
     if chance is not None:
-        title += f"\n|r| of an unrelated prediction stays under {chance:.2f}"
+        title += "\n" + chance_line(chance, n_frames)
     anatomy = to_grid(store, np.asarray(store["mean"].values, np.float64))
     return [
         (args.timecourse_out, timecourse),

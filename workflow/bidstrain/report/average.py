@@ -95,7 +95,10 @@ def average_figure(group: xr.Dataset, subjects: Sequence[xr.Dataset], title: str
         unit="raw units",
     )
     counts = group["n_subjects"].values
-    n_min, n_max = int(counts.min()), int(counts.max())
+    # from 1 to every subject of the average, whatever the mask holds: a map where all
+    # of them contribute everywhere shows the top colour, not the only one
+    n_min = min(int(counts.min()), 1)
+    n_max = max(int(counts.max()), len(meta.subjects))
     slice_row(
         map_rows[1],
         map_rows[1].subplots(1, 3),
@@ -106,7 +109,7 @@ def average_figure(group: xr.Dataset, subjects: Sequence[xr.Dataset], title: str
         cmap=plt.get_cmap("viridis", min(n_max - n_min + 1, 256)),
         vmin=n_min - 0.5,
         vmax=n_max + 0.5,
-        ticks=np.unique(np.linspace(n_min, n_max, min(n_max - n_min + 1, 11)).round()),
+        counts=True,
     )
     if listed:
         course_ax, correlation_ax = bottom.subplots(1, 2, width_ratios=[1.4, 1.0])
@@ -139,7 +142,7 @@ def _time_courses(
     ax.set_title("Mean over the mask per volume")
     ax.set_xlabel("time (s)")
     ax.set_ylabel("mean z-score (unitless)")
-    ax.legend(loc="best", framealpha=0.7)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the curves
 
 
 def _correlation_bars(ax: Axes, labels: Sequence[str], correlations: np.ndarray) -> None:

@@ -34,6 +34,18 @@ def chosen_targets(correlation: np.ndarray, n: int) -> list[tuple[str, int]]:
     return [("best", best)] + [("near the median", i) for i in near[: max(n - 1, 0)]]
 
 
+def chance_line(chance: float, n_frames: int) -> str:
+    """How large an unrelated prediction's held-out r gets, for a title: its standard
+    deviation ``1 / sqrt(n_frames)`` and ``metrics.json``'s bound ``chance`` in those
+    deviations (``z / sqrt(n_frames)``, z = 4). Both take the frames as independent; the
+    slow BOLD signal makes fewer effective frames and the spread wider."""
+    spread = 1.0 / np.sqrt(n_frames)
+    return (
+        f"r of an unrelated prediction: SD {spread:.2f} ({n_frames} frames, if independent); "
+        f"{chance:.2f} = {chance / spread:.2g} SD"
+    )
+
+
 def timecourse_figure(
     measured: np.ndarray,
     predicted: np.ndarray,
@@ -49,19 +61,29 @@ def timecourse_figure(
     chosen target (:func:`chosen_targets`), titled with ``names[target]`` (the rows of
     ``metrics.tsv``: ``voxel 89``, ``parcel 3 tone_low``; by default the voxel's
     position); ``chance``: ``metrics.json``'s bound on the |r| of an unrelated
-    prediction, in the figure's title."""
+    prediction, in the figure's title (:func:`chance_line`).
+
+    The model's line is broad and pale, RidgeCV's thin and dashed over it, so that both
+    show where they coincide (as a ridge regression and a linear model trained alike
+    do); the legend gives the largest gap between them in the panels.
+    """
     names = names if names is not None else [f"voxel {i}" for i in range(measured.shape[1])]
     chosen = chosen_targets(correlation, n)
     title = "Encoding model: held-out prediction"
     if chance is not None:
-        title += f" (|r| of an unrelated prediction stays under {chance:.2f})"
+        title += "\n" + chance_line(chance, measured.shape[0])
     fig = new_figure(9.0, 2.2 * max(len(chosen), 1), title)
     axes = fig.subplots(max(len(chosen), 1), 1, squeeze=False)[:, 0]
     time = np.arange(measured.shape[0]) * repetition_time
+    shown = [index for _, index in chosen]
+    gap = float(np.abs(predicted[:, shown] - ridge[:, shown]).max(initial=0.0))
+    ridge_label = f"RidgeCV (within {gap:.2g} of the model in these panels)"
     for ax, (why, index) in zip(axes, chosen, strict=False):
         ax.plot(time, measured[:, index], color="black", lw=1.2, label="measured (average)")
-        ax.plot(time, predicted[:, index], color="tab:red", lw=1.2, label="encoding model")
-        ax.plot(time, ridge[:, index], color="tab:blue", lw=1.0, ls="--", label="RidgeCV", zorder=3)
+        ax.plot(
+            time, predicted[:, index], color="tab:red", lw=4.0, alpha=0.4, label="encoding model"
+        )
+        ax.plot(time, ridge[:, index], color="navy", lw=1.0, ls="--", label=ridge_label)
         ax.set_title(f"{names[index]} ({why}): r = {correlation[index]:.2f}")
         ax.set_ylabel("BOLD (z)")
     axes[0].legend(loc="lower left", bbox_to_anchor=(0.0, 1.12), ncol=3, fontsize=8)

@@ -17,8 +17,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.axis import Axis  # noqa: E402
 from matplotlib.colors import Colormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import LogFormatterSciNotation, MaxNLocator  # noqa: E402
 
 from bidstrain.io.atomic import atomic_path  # noqa: E402
 from bidstrain.io.orientation import RAS_ENDS  # noqa: E402
@@ -81,9 +83,26 @@ def mid_slices(volume: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
     return [volume[x, :, :].T, volume[:, y, :].T, volume[:, :, z].T]
 
 
+def integer_ticks(*axes: Axis) -> None:
+    """Put the major ticks of each axis on whole numbers only (voxel, parcel or frame
+    indices), never between two (``-0.5``, ``2.5``) however few the axis spans."""
+    for axis in axes:
+        axis.set_major_locator(MaxNLocator(nbins="auto", integer=True))
+
+
+def log_y(ax: Axes) -> None:
+    """A log y axis that labels ticks between the powers of ten as well when it shows at
+    most one power of ten: every one within a decade, 2, 3, 4 and 6 x up to two decades
+    (matplotlib's default labels them all within 0.4 decades only, which leaves a
+    half-decade axis with one or two numbers)."""
+    ax.set_yscale("log")
+    ax.yaxis.set_minor_formatter(LogFormatterSciNotation(minor_thresholds=(1, 1)))
+
+
 def orientation_labels(ax: Axes, plane: str) -> None:
     """Label the four edges of a slice panel of a store with the anatomical directions
-    they face (``L``/``R``, ``P``/``A``, ``I``/``S``), and its axes with the voxel index.
+    they face (``L``/``R``, ``P``/``A``, ``I``/``S``), and its axes with the voxel index
+    (ticks on whole voxels, :func:`integer_ticks`).
 
     Stores are in RAS+ voxel order (:data:`bidstrain.io.orientation.RAS_ENDS`) and
     :func:`mid_slices` keeps the index order, with ``origin="lower"``: the low index is
@@ -106,6 +125,7 @@ def orientation_labels(ax: Axes, plane: str) -> None:
     ax.text(0.5, 0.98, high, ha="center", va="top", **style)
     ax.set_xlabel(f"voxel {VOXEL_AXES[horizontal]}")
     ax.set_ylabel(f"voxel {VOXEL_AXES[vertical]}")
+    integer_ticks(ax.xaxis, ax.yaxis)
 
 
 def slice_row(
@@ -119,7 +139,7 @@ def slice_row(
     cmap: str | Colormap = "gray",
     vmin: float | None = None,
     vmax: float | None = None,
-    ticks: Sequence[float] | None = None,
+    counts: bool = False,
     underlay: np.ndarray | None = None,
 ) -> None:
     """Draw the three mid-slices of ``volume`` on ``axes`` with one shared colour bar.
@@ -130,9 +150,9 @@ def slice_row(
 
     Voxels outside ``mask`` are transparent. ``vmin``/``vmax`` default to the 1st and
     99th percentiles inside the mask, so that a few extreme voxels do not wash the map out;
-    ``ticks`` sets the colour bar's ticks (for counts). With ``underlay`` (a volume on the
-    same grid: the anatomy, a mean image), it is drawn in grey beneath, and ``volume``
-    over it, slightly transparent, where it is finite.
+    with ``counts`` the colour bar ticks whole numbers only (:func:`integer_ticks`). With
+    ``underlay`` (a volume on the same grid: the anatomy, a mean image), it is drawn in
+    grey beneath, and ``volume`` over it, slightly transparent, where it is finite.
     """
     inside = volume[mask]
     finite = inside[np.isfinite(inside)]
@@ -166,7 +186,9 @@ def slice_row(
         ax.set_title(f"{label}: {name}")
         orientation_labels(ax, name)
         ax.tick_params(labelsize=7)
-    fig.colorbar(image, ax=list(axes), label=unit, shrink=0.9, ticks=ticks)
+    bar = fig.colorbar(image, ax=list(axes), label=unit, shrink=0.9)
+    if counts:
+        integer_ticks(bar.ax.yaxis)
 
 
 def pages(items: Sequence, per_page: int) -> list[Sequence]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -63,6 +64,15 @@ def sessions_missing(sessions: pd.DataFrame) -> set[str]:
     return set(has.index[(somewhere & ~has).any(axis=1)].get_level_values(0))
 
 
+def _cell_borders(ax: Axes, rows: int, columns: int) -> None:
+    """White lines between the cells of a heat map, so that neighbouring subjects (or
+    acquisitions) with the same count stay separate rows (columns)."""
+    ax.set_xticks(np.arange(columns + 1) - 0.5, minor=True)
+    ax.set_yticks(np.arange(rows + 1) - 0.5, minor=True)
+    ax.grid(which="minor", color="white", linewidth=1.5)
+    ax.tick_params(which="minor", length=0)
+
+
 def _acquisition(modality: str, task: str, run: str) -> str:
     parts = [modality, task and f"task-{task}", run and f"run-{run}"]
     return " ".join(part for part in parts if part)
@@ -114,6 +124,7 @@ def coverage_figure(manifest: pd.DataFrame) -> Figure:
     for number, (panel_ax, subjects) in enumerate(zip(axes, panels, strict=True), start=1):
         values = shown.loc[list(subjects)].to_numpy() if len(subjects) else np.zeros((1, 0))
         panel_ax.imshow(values, cmap=_COLOURS, norm=_NORM, aspect="auto")
+        _cell_borders(panel_ax, *values.shape)
         panel_ax.set_xticks(range(n_columns), table.columns, rotation=60, ha="right")
         names = [f"{s} *" if s in in_a_session else s for s in subjects]
         panel_ax.set_yticks(range(len(subjects)), names, fontsize=7 if rows > 30 else 9)

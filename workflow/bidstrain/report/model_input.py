@@ -11,10 +11,9 @@ from typing import Any
 import numpy as np
 import zarr
 from matplotlib.figure import Figure, SubFigure
-from matplotlib.ticker import MaxNLocator
 
 from bidstrain.io.store import open_store, read_parcel_attrs, to_grid
-from bidstrain.report.figure import new_figure, slice_row
+from bidstrain.report.figure import integer_ticks, new_figure, slice_row
 from bidstrain.train.resample import model_view
 
 #: Parcels of a window whose names label the rows (more: integer positions).
@@ -94,6 +93,6 @@ def parcel_window_row(row: SubFigure, modality: str, description: Mapping[str, A
         ax.set_yticks(range(len(names)), names, fontsize="small")
         ax.set_ylabel("parcel")
     else:
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        integer_ticks(ax.yaxis)
         ax.set_ylabel("parcel (store order)")
     row.colorbar(image, ax=ax, label="z-score")

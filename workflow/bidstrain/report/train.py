@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,19 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from bidstrain.errors import BidstrainError
-from bidstrain.report.figure import STATUS_COLOURS, empty_panel, new_figure
+from bidstrain.report.figure import STATUS_COLOURS, empty_panel, log_y, new_figure
 
 #: Steps over which noisy series are smoothed by a rolling median (when there are more
 #: than four times as many).
 SMOOTHING = 25
 _MODALITY_COLOURS = {"T1w": "#4c72b0", "bold": "#dd8452", "dwi": "#55a868"}
+#: The learning figure's ratio axes turn logarithmic past this many decades.
+LOG_RATIO_DECADES = 2
+#: What the modules of a ``grad_norms`` tag are (other tags: a modality in the batch).
+_ROLES = {
+    "inactive": "modules of modalities absent from the batch (dummy-loss gradient only)",
+    "shared": "modules every modality uses (the encoder)",
+}
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -117,15 +125,32 @@ def gradient_norms_by_tag(records: list[dict[str, Any]]) -> dict[str, pd.DataFra
 
 
 def training_figures(
-    records: list[dict[str, Any]], *, experiment: str, clip_grad_norm: float | None = None
+    records: list[dict[str, Any]],
+    *,
+    experiment: str,
+    clip_grad_norm: float | None = None,
+    loss_weights: Mapping[str, float] | None = None,
 ) -> dict[str, Figure]:
-    """The training figures, by name (:data:`bidstrain.report.TRAINING_FIGURES`)."""
+    """The training figures, by name (:data:`bidstrain.report.TRAINING_FIGURES`).
+
+    Parameters
+    ----------
+    records : list of dict
+        The lines of ``metrics.jsonl`` (:func:`read_metrics`).
+    experiment : str
+        ``train.experiment``, for the titles.
+    clip_grad_norm : float, optional
+        ``train.optimizer.clip_grad_norm``, drawn over the gradient norm.
+    loss_weights : mapping, optional
+        ``train.loss.weights``: each modality's weight in the validation total, which its
+        baseline takes too; a modality it lacks weighs 1, as in training.
+    """
     steps = steps_frame(records)
     if steps.empty:
         raise BidstrainError(f"experiment {experiment}: metrics have no 'step' line")
     validation = [r for r in records if r.get("kind") == "validation"]
     return {
-        "losses": _losses(steps, validation, experiment),
+        "losses": _losses(steps, validation, experiment, loss_weights or {}),
         "grad_norm": _grad_norm(steps, experiment, clip_grad_norm),
         "lr": _learning_rate(steps, records, experiment),
         "modality_gradients": _modality_gradients(steps, records, experiment),
@@ -149,15 +174,21 @@ def _positive(values: pd.Series) -> pd.Series:
     return values.where(np.isfinite(values) & (values > 0))
 
 
-def _losses(steps: pd.DataFrame, validation: list[dict[str, Any]], experiment: str) -> Figure:
+def _losses(
+    steps: pd.DataFrame,
+    validation: list[dict[str, Any]],
+    experiment: str,
+    weights: Mapping[str, float],
+) -> Figure:
     fig = new_figure(10.0, 5.0, f"Training loss, experiment {experiment}")
     ax = fig.subplots()
     modalities = sorted(c[len("loss_") :] for c in steps.columns if c.startswith("loss_"))
     # the totals sum what each batch held (training) and every validated modality
-    # (validation): comparable per modality only, and with one modality its own line
+    # (validation): the validation total has a baseline of its own (the same sum of the
+    # modalities' baselines), and with one modality the total is that modality's line
     totals = len(modalities) > 1
     if totals:
-        label = "train total (the modalities of each batch)"
+        label = "train total: sum over the batch's modalities"
         _smoothed(ax, steps["step"], _positive(steps["loss"]), "black", label)
     for modality in modalities:
         present = steps[["step", f"loss_{modality}"]].dropna()
@@ -173,8 +204,9 @@ def _losses(steps: pd.DataFrame, validation: list[dict[str, Any]], experiment: s
             [r["step"] for r in validation],
             [r["loss"] for r in validation],
             "k--o",
-            label="validation total (every validated modality)",
+            label="validation total: weighted sum over the validated modalities",
         )
+        _total_baseline(ax, validation, weights)
     if validation:
         for modality, points in _per_modality(validation, "loss_per_modality").items():
             ax.plot(
@@ -185,7 +217,7 @@ def _losses(steps: pd.DataFrame, validation: list[dict[str, Any]], experiment: s
             )
         _shuffled_in_time(ax, validation)
         _baselines(ax, validation)
-    ax.set_yscale("log")
+    log_y(ax)
     ax.set_title("Loss per optimizer step (per-modality lines where the modality was in the batch)")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (normalized MSE, unitless)")
@@ -216,9 +248,30 @@ def _shuffled_in_time(ax: Axes, validation: list[dict[str, Any]]) -> None:
         )
 
 
+def _total_baseline(
+    ax: Axes, validation: list[dict[str, Any]], weights: Mapping[str, float]
+) -> None:
+    """The baseline of the validation total, black and dotted: the validated modalities'
+    baselines summed with the weights of their losses in the total, at the validations
+    that recorded a baseline for each of them."""
+    points = [
+        (r["step"], sum(weights.get(m, 1.0) * b for m, b in r["baseline_per_modality"].items()))
+        for r in validation
+        if r.get("baseline_per_modality")
+        and set(r["baseline_per_modality"]) == set(r["loss_per_modality"])
+    ]
+    if points:
+        ax.plot(
+            *zip(*points, strict=True),
+            "k:",
+            lw=2,
+            label="baseline of the validation total (the same sum of their baselines)",
+        )
+
+
 def _baselines(ax: Axes, validation: list[dict[str, Any]]) -> None:
     """Each modality's validation baseline (the loss of predicting the mean) as a dotted
-    line; one black line when they all agree within 1 % (1.0 under ``var``)."""
+    line; one grey line when they all agree within 1 % (1.0 under ``var``)."""
     series = _per_modality(validation, "baseline_per_modality")
     values = [v for points in series.values() for _, v in points]
     if not values:
@@ -226,7 +279,7 @@ def _baselines(ax: Axes, validation: list[dict[str, Any]]) -> None:
     if max(values) <= 1.01 * min(values):
         ax.axhline(
             float(np.mean(values)),
-            color="black",
+            color="grey",
             ls=":",
             lw=2,
             label="baseline (predicting the mean), every modality",
@@ -258,7 +311,7 @@ def _grad_norm(steps: pd.DataFrame, experiment: str, clip: float | None) -> Figu
         )
     if clip is not None:
         ax.axhline(clip, color="grey", ls=":", label=f"clip_grad_norm = {clip:g}")
-    ax.set_yscale("log")
+    log_y(ax)
     ax.set_title(
         f"Pre-clip total gradient norm per optimizer step ({len(skipped)} skipped, non-finite)"
     )
@@ -308,7 +361,8 @@ def _modality_gradients(
             colour = _MODALITY_COLOURS.get(tag, "#e8594f" if tag == "inactive" else "grey")
             style = "--" if tag == "inactive" else "-"
             zeros = int((frame["max"] <= 0).sum())
-            label = f"[{tag}] median" + (f" ({zeros} logged steps all 0)" if zeros else "")
+            label = f"[{tag}] {_ROLES.get(tag, f'{tag} modules, {tag} in the batch')}"
+            label += f" ({zeros} logged steps all 0)" if zeros else ""
             norm_ax.plot(
                 frame.index,
                 _positive(frame["median"]),
@@ -324,8 +378,8 @@ def _modality_gradients(
                 color=colour,
                 alpha=0.15,
             )
-        norm_ax.set_yscale("log")
-        norm_ax.set_title("Module gradient norms by role (band: min-max over modules)")
+        log_y(norm_ax)
+        norm_ax.set_title("Module gradient norms by role (line: median, band: min-max)")
         norm_ax.set_xlabel("optimizer step")
         norm_ax.set_ylabel("L2 norm of the module's gradients")
         norm_ax.legend(loc="best", fontsize=7)
@@ -334,7 +388,7 @@ def _modality_gradients(
     dummy = _positive(steps["dummy_loss"].astype(float))
     if dummy.notna().any():
         _smoothed(dummy_ax, steps["step"], dummy, "#8172b3", "dummy loss")
-        dummy_ax.set_yscale("log")
+        log_y(dummy_ax)
         dummy_ax.set_title("Dummy loss added for absent modalities")
         dummy_ax.set_xlabel("optimizer step")
         dummy_ax.set_ylabel("dummy loss (unitless)")
@@ -407,22 +461,23 @@ def _learning(records: list[dict[str, Any]], experiment: str) -> Figure:
         ax.axhline(1.0, color="black", lw=1, label="baseline (predicting the mean)")
         ax.axhline(max_ratio, color="#e8594f", ls="--", label=f"max_ratio {max_ratio:g}")
         ax.set_ylabel("validation loss / baseline")
-    # headroom above the tallest bar for its label and the legend
-    bar_ax.set_ylim(0, max(1.2, 1.6 * max(v["ratio"] for v in values)))
-    bar_ax.set_title("Final validation loss / baseline")
-    bar_ax.set_xlabel("modality")
-    bar_ax.legend(loc="upper left", fontsize=8)
+    curves = [1.0, max_ratio]
     for modality in modalities:
         colour = _MODALITY_COLOURS.get(modality, "grey")
-        curve_ax.plot(*_to_baseline(records, modality), "-o", color=colour, label=modality)
+        curve = _to_baseline(records, modality)
+        curve_ax.plot(*curve, "-o", color=colour, label=modality)
         shuffled = _to_baseline(records, modality, "loss_shuffled_time_per_modality")
         if shuffled[0]:
             curve_ax.plot(
                 *shuffled, "-.x", color=colour, label=f"{modality}, frames shuffled in time"
             )
+        curves += curve[1] + shuffled[1]
+    _ratio_scale(bar_ax, curve_ax, [v["ratio"] for v in values], curves)
+    bar_ax.set_title("Final validation loss / baseline")
+    bar_ax.set_xlabel("modality")
+    bar_ax.legend(loc="upper left", fontsize=8)
     curve_ax.set_title("Validation loss / baseline after every epoch")
     curve_ax.set_xlabel("optimizer step")
-    curve_ax.set_ylim(bottom=0)
     curve_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     if summary["unvalidated"]:
         fig.text(
@@ -432,6 +487,26 @@ def _learning(records: list[dict[str, Any]], experiment: str) -> Figure:
             fontsize=8,
         )
     return fig
+
+
+def _ratio_scale(bar_ax: Axes, curve_ax: Axes, bars: list[float], curves: list[float]) -> None:
+    """Linear axes from 0, or log axes when the ratios of the bars and of the curves
+    (with 1 and ``max_ratio``) span more than :data:`LOG_RATIO_DECADES` decades: a model
+    that diverged (a ratio of 15,000) would otherwise flatten the baseline and
+    ``max_ratio`` onto 0. The bar panel keeps headroom above its tallest bar for the
+    bar's label and the legend."""
+    shown = [r for r in bars + curves if math.isfinite(r) and r > 0]
+    low, high = min(shown), max(shown)
+    tallest = max(bars)
+    if high / low <= 10**LOG_RATIO_DECADES:
+        bar_ax.set_ylim(0, max(1.2, 1.6 * tallest))
+        curve_ax.set_ylim(bottom=0)
+        return
+    for ax in (bar_ax, curve_ax):
+        log_y(ax)
+        ax.set_ylim(bottom=low / 2)
+    # as 1.6 x the tallest bar on a linear axis: 60 % more of the axis above it
+    bar_ax.set_ylim(top=tallest * (2 * tallest / low) ** 0.6)
 
 
 def _to_baseline(
