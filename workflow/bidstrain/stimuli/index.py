@@ -120,10 +120,11 @@ class StimulusIndex:
         ------
         BidstrainError
             Naming the events file and subject: a ``stim_file`` missing from ``stimuli/``
-            or outside it; an unreadable or truncated media file; an event whose duration
-            differs from its film's; a stimulus that ends before or after its run (by how
-            many seconds); a transcript with words after its run's end; a stimulus shared
-            by runs of different TRs without ``common_tr``.
+            or outside it, or holding a brace (a Snakemake wildcard); an unreadable or
+            truncated media file; an event whose duration differs from its film's; a
+            stimulus that ends before or after its run (by how many seconds); a
+            transcript with words after its run's end; a stimulus shared by runs of
+            different TRs without ``common_tr``.
         """
         media: dict[Path, MediaInfo] = {}
         transcripts: dict[Path, list[Word]] = {}
@@ -266,6 +267,14 @@ def _run_timing(image: BidsFile, sidecar: Mapping[str, Any]) -> tuple[float, int
 def _stimulus_file(root: Path, name: str, line: int, events_file: Path, subject: str) -> Path:
     """The file an events file's ``stim_file`` names (line ``line``): one that exists
     under the dataset's stimuli folder."""
+    if "{" in name or "}" in name:
+        raise BidstrainError(
+            f"line {line}: stim_file {name!r} holds a brace, which Snakemake reads as a "
+            "wildcard in the paths of the stimulus's feature job: rename the file without "
+            "braces ({ }), and its stim_file",
+            path=events_file,
+            subject=subject,
+        )
     stimulus = root / STIMULI_FOLDER / name
     # the path as written, not where its links lead (DataLad's files link into .git/annex)
     if not Path(os.path.normpath(stimulus)).is_relative_to(root / STIMULI_FOLDER):
