@@ -176,7 +176,18 @@ def test_a_stim_file_linked_elsewhere_as_datalad_does_is_read(film_bids, tmp_pat
     assert root / "stimuli" / "film.mp4" in _index(root).stimuli
 
 
-@pytest.mark.parametrize("name", ["../film.mp4", "/elsewhere/film.mp4"])
+def test_two_spellings_of_one_stim_file_are_one_stimulus(film_bids, tmp_path):
+    root = copy_dataset(film_bids, tmp_path)
+    (root / "stimuli" / "x").mkdir()
+    _events(root, "0\t20\tx/../film.mp4", "0\t20\t./film_words.tsv")
+    index = _index(root)
+    film, words = root / "stimuli" / "film.mp4", root / "stimuli" / "film_words.tsv"
+    assert list(index.stimuli) == [film, words]
+    assert [e.stimulus for e in index.runs[RUN_EVENTS[:-11]].events] == [film, words]
+    assert len(index.stimuli[film].users) == 6
+
+
+@pytest.mark.parametrize("name", ["../film.mp4", "x/../../film.mp4", "/elsewhere/film.mp4"])
 def test_a_stim_file_outside_the_stimuli_folder_is_named(film_bids, tmp_path, name):
     root = copy_dataset(film_bids, tmp_path)
     (root / "film.mp4").write_bytes((root / "stimuli" / "film.mp4").read_bytes())

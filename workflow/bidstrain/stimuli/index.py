@@ -266,7 +266,9 @@ def _run_timing(image: BidsFile, sidecar: Mapping[str, Any]) -> tuple[float, int
 
 def _stimulus_file(root: Path, name: str, line: int, events_file: Path, subject: str) -> Path:
     """The file an events file's ``stim_file`` names (line ``line``): one that exists
-    under the dataset's stimuli folder."""
+    under the dataset's stimuli folder, its path normalized (``x/../film.mp4`` and
+    ``./film.mp4`` are ``film.mp4``), so that each file is one stimulus however it is
+    spelled."""
     if "{" in name or "}" in name:
         raise BidstrainError(
             f"line {line}: stim_file {name!r} holds a brace, which Snakemake reads as a "
@@ -275,15 +277,16 @@ def _stimulus_file(root: Path, name: str, line: int, events_file: Path, subject:
             path=events_file,
             subject=subject,
         )
-    stimulus = root / STIMULI_FOLDER / name
     # the path as written, not where its links lead (DataLad's files link into .git/annex)
-    if not Path(os.path.normpath(stimulus)).is_relative_to(root / STIMULI_FOLDER):
+    relative = Path(os.path.normpath(name))
+    if relative.is_absolute() or relative.parts[:1] == ("..",):
         raise BidstrainError(
             f"line {line}: stim_file {name!r} lies outside the dataset's "
             f"{STIMULI_FOLDER}/ folder: name a file under it, relative to it",
             path=events_file,
             subject=subject,
         )
+    stimulus = root / STIMULI_FOLDER / relative
     if not stimulus.is_file():
         raise BidstrainError(
             f"line {line}: stim_file {name!r} is not in the dataset's {STIMULI_FOLDER}/ "
