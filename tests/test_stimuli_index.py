@@ -282,7 +282,13 @@ def test_runs_of_other_trs_cannot_share_a_stimulus(film_bids, tmp_path):
     slow.header.set_zooms((3.0, 3.0, 3.0, 4.0))
     nib.save(slow, path)
     path.with_name(path.name.replace(".nii.gz", ".json")).write_text('{"RepetitionTime": 4.0}')
-    with pytest.raises(BidstrainError, match=r"film.mp4: runs of different TRs \(2 s, 4 s\)"):
+    expected = (
+        r"film.mp4: runs of different TRs \(2 s, 4 s\) present this stimulus \(2 s: "
+        r"sub-01_task-movie_run-1_bold.nii.gz, sub-01_task-movie_run-2_bold.nii.gz, "
+        r"sub-02_task-movie_run-1_bold.nii.gz and 2 more; 4 s: "
+        r"sub-03_task-movie_run-1_bold.nii.gz\)"
+    )
+    with pytest.raises(BidstrainError, match=expected):
         _index(root)
     # on one grid (time.tr), they share it: its features are binned at the common TR
     index = StimulusIndex.build(BidsIndex.build(root), common_tr=1.0)

@@ -334,6 +334,21 @@ def _by(difference: float) -> str:
     return f"{abs(difference):.2f} s {'longer' if difference > 0 else 'shorter'}"
 
 
+#: How many runs of each TR an error names before counting the rest.
+NAMED_RUNS = 3
+
+
+def _runs_by_tr(runs: list[RunStimuli], trs: list[float]) -> str:
+    """The BOLD files of ``runs`` at each of ``trs``: the first :data:`NAMED_RUNS` of each
+    by name, then how many more."""
+    listed = []
+    for tr in trs:
+        names = sorted(run.image.path.name for run in runs if run.repetition_time == tr)
+        more = f" and {len(names) - NAMED_RUNS} more" if len(names) > NAMED_RUNS else ""
+        listed.append(f"{tr:g} s: {', '.join(names[:NAMED_RUNS])}{more}")
+    return "; ".join(listed)
+
+
 def _by_stimulus(
     runs: dict[str, RunStimuli], media: dict[Path, MediaInfo], common_tr: float | None
 ) -> dict[Path, Stimulus]:
@@ -347,8 +362,8 @@ def _by_stimulus(
         if len(trs) > 1:
             raise BidstrainError(
                 f"runs of different TRs ({', '.join(f'{tr:g} s' for tr in trs)}) present "
-                "this stimulus; its features are computed per TR of one length (set "
-                "time.tr to put the runs on one grid)",
+                f"this stimulus ({_runs_by_tr(runs_of, trs)}); its features are computed "
+                "per TR of one length (set time.tr to put the runs on one grid)",
                 path=path,
             )
         info = media.get(path)
