@@ -273,6 +273,31 @@ def test_a_word_column_makes_the_events_file_the_runs_transcript(film_bids, tmp_
     assert index.stimuli[events_file].users == (("02", RUN_EVENTS[:-11]),)
 
 
+@pytest.mark.parametrize(
+    ("name", "text"), [("empty.tsv", "onset\tduration\tword\n"), ("empty.srt", "\n")]
+)
+def test_a_transcript_without_a_word_stops_the_index(film_bids, tmp_path, name, text):
+    """A transcript without a word is a wrong file: the dry run says so, not the job."""
+    root = copy_dataset(film_bids, tmp_path)
+    (root / "stimuli" / name).write_text(text)
+    _events(root, "0\t20\tfilm.mp4", f"0\t20\t{name}")
+    expected = (
+        rf"sub-02: .*stimuli/{name}: the transcript holds no word \(stim_file of line 3 of "
+        r".*sub-02_task-movie_run-1_events.tsv\)"
+    )
+    with pytest.raises(BidstrainError, match=expected):
+        _index(root)
+
+
+def test_a_word_column_without_a_word_is_no_transcript(film_bids, tmp_path):
+    root = copy_dataset(film_bids, tmp_path)
+    _events(root, "0\t20\tfilm.mp4\tn/a", "3.1\t0.3\tn/a\tn/a", columns="onset\tduration\t"
+            "stim_file\tword")  # fmt: skip
+    index = _index(root)
+    assert [e.stimulus.name for e in index.runs[RUN_EVENTS[:-11]].events] == ["film.mp4"]
+    assert root / RUN_EVENTS not in index.stimuli
+
+
 def test_runs_of_other_trs_cannot_share_a_stimulus(film_bids, tmp_path):
     root = copy_dataset(film_bids, tmp_path)
     path = root / "sub-03/func/sub-03_task-movie_run-1_bold.nii.gz"

@@ -226,7 +226,7 @@ def _run_stimuli(
             ends.append((onset + length, name))
         elif stimulus.suffix.lower() in TEXT_EXTENSIONS:
             if stimulus not in transcripts:
-                transcripts[stimulus] = read_words(stimulus)
+                transcripts[stimulus] = _transcript_words(stimulus, line, events_file, subject)
             words.append((onset, name, transcripts[stimulus]))
             if duration is None:
                 duration = max(n_volumes * tr - onset, 0.0)
@@ -238,8 +238,8 @@ def _run_stimuli(
                 subject=subject,
             )
         events.append(Event(stimulus, onset, duration))
-    if rows and "word" in rows[0]:
-        spoken = table_words(rows, events_file)
+    spoken = table_words(rows, events_file) if rows and "word" in rows[0] else []
+    if spoken:  # a word column of n/a alone presents no words
         events.append(Event(events_file, 0.0, n_volumes * tr, words_digest(spoken)))
         words.append((0.0, events_file.name, spoken))
     run = RunStimuli(image, events_file, tr, n_volumes, tuple(events))
@@ -295,6 +295,23 @@ def _stimulus_file(root: Path, name: str, line: int, events_file: Path, subject:
             subject=subject,
         )
     return stimulus
+
+
+def _transcript_words(path: Path, line: int, events_file: Path, subject: str) -> list[Word]:
+    """The words of the transcript an events file's ``stim_file`` names (line ``line``).
+    One without a word is refused: a transcript named as a stimulus is there for its
+    words (a silent film needs none), so an empty one is a wrong file or a failed export,
+    and its feature job would have nothing to compute."""
+    words = read_words(path)
+    if not words:
+        raise BidstrainError(
+            f"the transcript holds no word (stim_file of line {line} of {events_file}): "
+            "give it its words (onset and word columns, or subtitle cues), or leave it out "
+            "of the events file",
+            path=path,
+            subject=subject,
+        )
+    return words
 
 
 def _check_media_end(run: RunStimuli, ends: list[tuple[float, str]], tolerance: float) -> None:

@@ -71,7 +71,7 @@ def read_srt(path: Path) -> list[Word]:
     """The words of a SubRip file, each cue's words (its formatting tags left out) spread
     evenly over the cue."""
     words = []
-    for block in re.split(r"\n\s*\n", read_utf8(path).strip()):
+    for block in filter(None, re.split(r"\n\s*\n", read_utf8(path).strip())):
         lines = block.strip().splitlines()
         times = [_CUE_TIME.search(line) for line in lines]
         at = next((i for i, match in enumerate(times) if match), None)
