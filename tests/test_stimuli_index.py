@@ -289,6 +289,29 @@ def test_a_transcript_without_a_word_stops_the_index(film_bids, tmp_path, name, 
         _index(root)
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("bad.tsv", "onset\tword\n0.5\thello\nn/a\tfoo\n", "line 3: onset 'n/a' of word 'foo'"),
+        ("bad.tsv", "onset\ttext\n0.5\thello\n", "a word table needs 'onset' and 'word'"),
+        ("bad.tsv", "onset\tword\n0.5\tcaf\xe9\n", "line 2: byte 0xe9 is not UTF-8"),
+        ("bad.srt", "1\nhello there\n", "subtitle cue without a time line"),
+    ],
+)
+def test_a_bad_transcript_names_the_subject_that_presents_it(
+    film_bids, tmp_path, name, text, message
+):
+    root = copy_dataset(film_bids, tmp_path)
+    (root / "stimuli" / name).write_bytes(text.encode("latin-1"))
+    _events(root, "0\t20\tfilm.mp4", f"0\t20\t{name}")
+    with pytest.raises(BidstrainError, match=rf"^sub-02: .*stimuli/{name}: {message}"):
+        _index(root)
+    _events(root, "0\t20\tfilm.mp4\tn/a", "n/a\t0.3\tn/a\tfoo", columns="onset\tduration\t"
+            "stim_file\tword")  # fmt: skip
+    with pytest.raises(BidstrainError, match=r"^sub-02: .*events.tsv: line 3: onset 'n/a' of"):
+        _index(root)
+
+
 def test_a_word_column_without_a_word_is_no_transcript(film_bids, tmp_path):
     root = copy_dataset(film_bids, tmp_path)
     _events(root, "0\t20\tfilm.mp4\tn/a", "3.1\t0.3\tn/a\tn/a", columns="onset\tduration\t"

@@ -238,7 +238,8 @@ def _run_stimuli(
                 subject=subject,
             )
         events.append(Event(stimulus, onset, duration))
-    spoken = table_words(rows, events_file) if rows and "word" in rows[0] else []
+    has_words = bool(rows) and "word" in rows[0]
+    spoken = table_words(rows, events_file, subject=subject) if has_words else []
     if spoken:  # a word column of n/a alone presents no words
         events.append(Event(events_file, 0.0, n_volumes * tr, words_digest(spoken)))
         words.append((0.0, events_file.name, spoken))
@@ -302,7 +303,7 @@ def _transcript_words(path: Path, line: int, events_file: Path, subject: str) ->
     One without a word is refused: a transcript named as a stimulus is there for its
     words (a silent film needs none), so an empty one is a wrong file or a failed export,
     and its feature job would have nothing to compute."""
-    words = read_words(path)
+    words = read_words(path, subject=subject)
     if not words:
         raise BidstrainError(
             f"the transcript holds no word (stim_file of line {line} of {events_file}): "
