@@ -99,6 +99,13 @@ def place(presentations: Sequence[Presentation], grid: FrameGrid) -> tuple[np.nd
     return placed, covered
 
 
+def seconds_without_stimulus(covered: np.ndarray, width: float) -> float:
+    """Seconds of a run outside every event: ``covered`` (:func:`place`) of frames of
+    ``width`` seconds, rounded to the microsecond (frames of 0.7 s would otherwise leave
+    1e-14 s of rounding uncovered)."""
+    return round(float(np.clip(1.0 - covered, 0.0, 1.0).sum() * width), 6)
+
+
 def stack_delays(features: np.ndarray, delays: Sequence[int]) -> np.ndarray:
     """Copies of ``features`` delayed by each of ``delays`` volumes, side by side (zeros
     before the first volume).
