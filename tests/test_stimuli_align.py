@@ -19,6 +19,7 @@ from bidstrain.stimuli.align import (
     convolve_hrf,
     delay,
     place,
+    seconds_without_stimulus,
     stack_delays,
 )
 from bidstrain.stimuli.features import write_stimulus_store
@@ -53,10 +54,27 @@ def test_features_are_the_mean_stimulus_of_each_frame(width):
     grid = FrameGrid.volumes(round(n_volumes * tr / width), width)
     placed, covered = place(clips, grid)
     np.testing.assert_allclose(placed, _fine_reference(clips, grid.times, width), atol=1e-9)
-    inside = sum(np.clip(np.minimum(grid.times + width, c.onset + min(c.duration,
-                 len(c.features) * tr)) - np.maximum(grid.times, c.onset), 0, None)
-                 for c in clips) / width  # fmt: skip
+    inside = sum(np.clip(np.minimum(grid.times + width, c.onset + c.duration)
+                 - np.maximum(grid.times, c.onset), 0, None) for c in clips) / width  # fmt: skip
     np.testing.assert_allclose(covered, inside)
+
+
+def test_a_transcripts_silence_after_its_last_word_is_stimulus():
+    """A transcript's bins end at its last word; its event lasts on: the silence after the
+    last word is no time without stimulus (as a film's silent scene is none)."""
+    words = np.ones((3, 4))  # words up to 6 s
+    placed, covered = place([Presentation(0.0, 20.0, words, 2.0)], FrameGrid.volumes(10, 2.0))
+    np.testing.assert_array_equal(covered, np.ones(10))
+    np.testing.assert_array_equal(placed[3:], 0.0)
+    assert seconds_without_stimulus(covered, 2.0) == 0.0
+
+
+def test_seconds_without_stimulus_are_rounded_to_the_microsecond():
+    grid = FrameGrid.volumes(26, 0.7)  # frames of 0.7 s add up to 1e-14 s uncovered
+    _, covered = place([Presentation(0.0, 20.0, np.ones((10, 1)), 2.0)], grid)
+    assert seconds_without_stimulus(covered, grid.width) == 0.0
+    _, late = place([Presentation(1.4, 20.0, np.ones((10, 1)), 2.0)], grid)
+    assert seconds_without_stimulus(late, grid.width) == 1.4
 
 
 def test_frames_aligned_with_the_bins_take_one_bin_each():

@@ -160,6 +160,24 @@ def test_a_transcript_without_words_or_without_known_words_is_refused(film_bids,
         text_features(film_words, TR, settings)
 
 
+def test_a_runs_own_transcript_names_its_subject_and_a_vector_table_says_it_is_shared(
+    tmp_path,
+):
+    events = tmp_path / "sub-02_task-movie_run-1_events.tsv"
+    events.write_text("onset\tduration\tword\n0.5\t0.3\thello\n")
+    vectors = tmp_path / "vectors.tsv"
+    vectors.write_text("zebra\t1\t0\n")
+    settings = StimulusFeatureConfig.defaults(
+        text_method="embeddings", text_embeddings=str(vectors)
+    )
+    with pytest.raises(BidstrainError, match=r"^sub-02: .*events.tsv: no word of the transcript"):
+        text_features(events, TR, settings)
+    vectors.write_text("zebra\t1\t0\nhello\t1\n")
+    shared = r"line 2: .*\(stimuli.text_embeddings: the word vectors of every subject's transcripts"
+    with pytest.raises(BidstrainError, match=rf"^{tmp_path}/vectors.tsv: {shared}"):
+        text_features(events, TR, settings)
+
+
 def test_a_word_without_a_numeric_onset_is_named(tmp_path):
     path = tmp_path / "words.tsv"
     for onset in ("nan", "inf", "soon"):

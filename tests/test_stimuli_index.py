@@ -176,7 +176,18 @@ def test_a_stim_file_linked_elsewhere_as_datalad_does_is_read(film_bids, tmp_pat
     assert root / "stimuli" / "film.mp4" in _index(root).stimuli
 
 
-@pytest.mark.parametrize("name", ["../film.mp4", "/elsewhere/film.mp4"])
+def test_two_spellings_of_one_stim_file_are_one_stimulus(film_bids, tmp_path):
+    root = copy_dataset(film_bids, tmp_path)
+    (root / "stimuli" / "x").mkdir()
+    _events(root, "0\t20\tx/../film.mp4", "0\t20\t./film_words.tsv")
+    index = _index(root)
+    film, words = root / "stimuli" / "film.mp4", root / "stimuli" / "film_words.tsv"
+    assert list(index.stimuli) == [film, words]
+    assert [e.stimulus for e in index.runs[RUN_EVENTS[:-11]].events] == [film, words]
+    assert len(index.stimuli[film].users) == 6
+
+
+@pytest.mark.parametrize("name", ["../film.mp4", "x/../../film.mp4", "/elsewhere/film.mp4"])
 def test_a_stim_file_outside_the_stimuli_folder_is_named(film_bids, tmp_path, name):
     root = copy_dataset(film_bids, tmp_path)
     (root / "film.mp4").write_bytes((root / "stimuli" / "film.mp4").read_bytes())
@@ -262,6 +273,54 @@ def test_a_word_column_makes_the_events_file_the_runs_transcript(film_bids, tmp_
     assert index.stimuli[events_file].users == (("02", RUN_EVENTS[:-11]),)
 
 
+@pytest.mark.parametrize(
+    ("name", "text"), [("empty.tsv", "onset\tduration\tword\n"), ("empty.srt", "\n")]
+)
+def test_a_transcript_without_a_word_stops_the_index(film_bids, tmp_path, name, text):
+    """A transcript without a word is a wrong file: the dry run says so, not the job."""
+    root = copy_dataset(film_bids, tmp_path)
+    (root / "stimuli" / name).write_text(text)
+    _events(root, "0\t20\tfilm.mp4", f"0\t20\t{name}")
+    expected = (
+        rf"sub-02: .*stimuli/{name}: the transcript holds no word \(stim_file of line 3 of "
+        r".*sub-02_task-movie_run-1_events.tsv\)"
+    )
+    with pytest.raises(BidstrainError, match=expected):
+        _index(root)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("bad.tsv", "onset\tword\n0.5\thello\nn/a\tfoo\n", "line 3: onset 'n/a' of word 'foo'"),
+        ("bad.tsv", "onset\ttext\n0.5\thello\n", "a word table needs 'onset' and 'word'"),
+        ("bad.tsv", "onset\tword\n0.5\tcaf\xe9\n", "line 2: byte 0xe9 is not UTF-8"),
+        ("bad.srt", "1\nhello there\n", "subtitle cue without a time line"),
+    ],
+)
+def test_a_bad_transcript_names_the_subject_that_presents_it(
+    film_bids, tmp_path, name, text, message
+):
+    root = copy_dataset(film_bids, tmp_path)
+    (root / "stimuli" / name).write_bytes(text.encode("latin-1"))
+    _events(root, "0\t20\tfilm.mp4", f"0\t20\t{name}")
+    with pytest.raises(BidstrainError, match=rf"^sub-02: .*stimuli/{name}: {message}"):
+        _index(root)
+    _events(root, "0\t20\tfilm.mp4\tn/a", "n/a\t0.3\tn/a\tfoo", columns="onset\tduration\t"
+            "stim_file\tword")  # fmt: skip
+    with pytest.raises(BidstrainError, match=r"^sub-02: .*events.tsv: line 3: onset 'n/a' of"):
+        _index(root)
+
+
+def test_a_word_column_without_a_word_is_no_transcript(film_bids, tmp_path):
+    root = copy_dataset(film_bids, tmp_path)
+    _events(root, "0\t20\tfilm.mp4\tn/a", "3.1\t0.3\tn/a\tn/a", columns="onset\tduration\t"
+            "stim_file\tword")  # fmt: skip
+    index = _index(root)
+    assert [e.stimulus.name for e in index.runs[RUN_EVENTS[:-11]].events] == ["film.mp4"]
+    assert root / RUN_EVENTS not in index.stimuli
+
+
 def test_runs_of_other_trs_cannot_share_a_stimulus(film_bids, tmp_path):
     root = copy_dataset(film_bids, tmp_path)
     path = root / "sub-03/func/sub-03_task-movie_run-1_bold.nii.gz"
@@ -271,7 +330,13 @@ def test_runs_of_other_trs_cannot_share_a_stimulus(film_bids, tmp_path):
     slow.header.set_zooms((3.0, 3.0, 3.0, 4.0))
     nib.save(slow, path)
     path.with_name(path.name.replace(".nii.gz", ".json")).write_text('{"RepetitionTime": 4.0}')
-    with pytest.raises(BidstrainError, match=r"film.mp4: runs of different TRs \(2 s, 4 s\)"):
+    expected = (
+        r"film.mp4: runs of different TRs \(2 s, 4 s\) present this stimulus \(2 s: "
+        r"sub-01_task-movie_run-1_bold.nii.gz, sub-01_task-movie_run-2_bold.nii.gz, "
+        r"sub-02_task-movie_run-1_bold.nii.gz and 2 more; 4 s: "
+        r"sub-03_task-movie_run-1_bold.nii.gz\)"
+    )
+    with pytest.raises(BidstrainError, match=expected):
         _index(root)
     # on one grid (time.tr), they share it: its features are binned at the common TR
     index = StimulusIndex.build(BidsIndex.build(root), common_tr=1.0)

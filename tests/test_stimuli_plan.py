@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,25 @@ def test_differing_presentations_stop_a_dry_run_in_one_line(film_bids, tmp_path)
     assert result.returncode != 0
     assert "bidstrain: the average task-movie_run-1 needs one stimulus" in output, output
     assert "Traceback" not in output
+
+
+def test_a_stim_file_with_braces_stops_a_dry_run_naming_it(film_bids, tmp_path):
+    """Snakemake reads ``{1}`` in a path as a wildcard, and no escape keeps it a file
+    name: the plan refuses the name with the events file, subject and line."""
+    root = copy_dataset(film_bids, tmp_path / "bids")
+    (root / "stimuli" / "film.mp4").rename(root / "stimuli" / "film{1}.mp4")
+    events = "onset\tduration\ttrial_type\tstim_file\n0\t20\tfilm\tfilm{1}.mp4\n"
+    (root / "task-movie_events.tsv").write_text(events)
+    config = {"bids_dir": str(root), "modalities": ["bold"], "stimuli": {"enabled": True}}
+    result = run_snakemake(tmp_path / "work", "-n", "stimuli", config=config, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    expected = (
+        r"bidstrain: sub-01: .*/task-movie_events.tsv: line 2: stim_file "
+        r"'film\{1\}.mp4' holds a brace, .*rename the file"
+    )
+    assert re.search(expected, output), output
+    assert "WildcardError" not in output and "Traceback" not in output
 
 
 def test_a_parcel_encoding_target_reads_the_parcel_averages_and_needs_an_atlas(film_bids):

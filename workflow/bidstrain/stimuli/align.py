@@ -74,29 +74,36 @@ def place(presentations: Sequence[Presentation], grid: FrameGrid) -> tuple[np.nd
     over the frame's width; outside every event zeros (overlapping events add). A frame
     of the bins' own width, aligned with them, takes exactly one bin: features at the
     native TR; a frame of a longer or shorter common TR (``time.tr``) takes the mean of
-    the bins it covers.
+    the bins it covers. An event that outlasts its bins (a transcript's bins end at its
+    last word) holds zeros after them: silence, still during the event.
 
     Returns
     -------
     placed : ndarray, shape (n_frames, n_features), float64
     covered : ndarray, shape (n_frames,)
-        The fraction of each frame during some event (overlapping events add).
+        The fraction of each frame during some event (overlapping events add), whether
+        or not its bins reach that far.
     """
     n_features = presentations[0].features.shape[1]
     placed = np.zeros((grid.times.size, n_features))
     covered = np.zeros(grid.times.size)
     for shown in presentations:
-        n_bins, b = shown.features.shape[0], shown.bin_width
-        end = min(shown.duration, n_bins * b)
-        low = np.clip(grid.times - shown.onset, 0.0, end)
-        high = np.clip(grid.times - shown.onset + grid.width, 0.0, end)
-        edges = np.arange(n_bins + 1) * b
+        low = np.clip(grid.times - shown.onset, 0.0, shown.duration)
+        high = np.clip(grid.times - shown.onset + grid.width, 0.0, shown.duration)
+        edges = np.arange(shown.features.shape[0] + 1) * shown.bin_width
         overlap = np.minimum(high[:, None], edges[None, 1:]) - np.maximum(
             low[:, None], edges[None, :-1]
         )
         placed += np.clip(overlap, 0.0, None) @ shown.features / grid.width
         covered += (high - low) / grid.width
     return placed, covered
+
+
+def seconds_without_stimulus(covered: np.ndarray, width: float) -> float:
+    """Seconds of a run outside every event: ``covered`` (:func:`place`) of frames of
+    ``width`` seconds, rounded to the microsecond (frames of 0.7 s would otherwise leave
+    1e-14 s of rounding uncovered)."""
+    return round(float(np.clip(1.0 - covered, 0.0, 1.0).sum() * width), 6)
 
 
 def stack_delays(features: np.ndarray, delays: Sequence[int]) -> np.ndarray:

@@ -39,6 +39,7 @@ from bidstrain.stimuli.align import (
     FrameGrid,
     StatsAccumulator,
     align_run,
+    seconds_without_stimulus,
 )
 from bidstrain.stimuli.index import Event
 
@@ -199,7 +200,7 @@ def write_target(
             "shape": list(shown[0].meta.shapes[kind]),
         },
         "run_seconds": float(time.size * grid.width),
-        "seconds_without_stimulus": float(np.clip(1.0 - covered, 0.0, 1.0).sum() * grid.width),
+        "seconds_without_stimulus": seconds_without_stimulus(covered, grid.width),
     }
     write_aligned_store(target.outputs[kind], features, time, arrays, attrs)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from bidstrain.config import StimulusFeatureConfig
+from bidstrain.dataset.bids import parse_name
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import FeatureMeta, write_feature_store
 from bidstrain.stimuli.audio import SILENCE, audio_features
@@ -70,26 +71,56 @@ def media_features(
     return features, meta
 
 
+def _run_subject(path: Path) -> str | None:
+    """The subject of a run's own events file (a transcript in its ``word`` column); None
+    for a transcript of ``stimuli/``, which runs of any subject may present."""
+    parsed = parse_name(path.name)
+    return parsed[0].get("sub") if parsed and parsed[1] == "events" else None
+
+
+def _word_vectors(path: str) -> dict[str, np.ndarray]:
+    """The table of ``stimuli.text_embeddings`` (:func:`read_embeddings`); its errors name
+    no subject, as every subject's transcripts read it, and say so."""
+    try:
+        return read_embeddings(path)
+    except BidstrainError as error:
+        raise BidstrainError(
+            f"{error.message} (stimuli.text_embeddings: the word vectors of every subject's "
+            "transcripts)",
+            path=error.path,
+        ) from None
+
+
 def text_features(
     path: Path, tr: float, settings: StimulusFeatureConfig
 ) -> tuple[dict[str, np.ndarray], FeatureMeta]:
-    """The text features of a transcript: hashed words or mean word vectors per TR."""
-    words = read_words(path)
+    """The text features of a transcript: hashed words or mean word vectors per TR.
+
+    Raises
+    ------
+    BidstrainError
+        Naming the transcript (and for a run's own events file, its subject): one without
+        a word, or none of whose words has a vector; naming the word-vector table: one
+        :func:`read_embeddings` refuses.
+    """
+    subject = _run_subject(path)
+    words = read_words(path, subject=subject)
     if not words:
-        raise BidstrainError("the transcript holds no word", path=path)
+        raise BidstrainError("the transcript holds no word", path=path, subject=subject)
     bins = words_per_bin(words, tr)
     notes = {}
     if settings.text_method == "hashing":
         values = hashed_bag(bins, settings.text_n_features)
         units = "count of the words hashed to each column per TR"
     else:
-        values, unknown = mean_vectors(bins, read_embeddings(settings.text_embeddings))
+        values, unknown = mean_vectors(bins, _word_vectors(settings.text_embeddings))
         if unknown.total() == sum(map(len, bins)):
             raise BidstrainError(
                 f"no word of the transcript has a vector in {settings.text_embeddings} "
                 f"(stimuli.text_embeddings); its most frequent words: "
                 + ", ".join(word for word, _ in unknown.most_common(5)),
                 path=path,
+                subject=subject,
             )
         units = f"mean word vector per TR ({settings.text_embeddings})"
         notes["text"] = (

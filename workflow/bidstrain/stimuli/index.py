@@ -120,10 +120,11 @@ class StimulusIndex:
         ------
         BidstrainError
             Naming the events file and subject: a ``stim_file`` missing from ``stimuli/``
-            or outside it; an unreadable or truncated media file; an event whose duration
-            differs from its film's; a stimulus that ends before or after its run (by how
-            many seconds); a transcript with words after its run's end; a stimulus shared
-            by runs of different TRs without ``common_tr``.
+            or outside it, or holding a brace (a Snakemake wildcard); an unreadable or
+            truncated media file; an event whose duration differs from its film's; a
+            stimulus that ends before or after its run (by how many seconds); a
+            transcript with words after its run's end; a stimulus shared by runs of
+            different TRs without ``common_tr``.
         """
         media: dict[Path, MediaInfo] = {}
         transcripts: dict[Path, list[Word]] = {}
@@ -225,7 +226,7 @@ def _run_stimuli(
             ends.append((onset + length, name))
         elif stimulus.suffix.lower() in TEXT_EXTENSIONS:
             if stimulus not in transcripts:
-                transcripts[stimulus] = read_words(stimulus)
+                transcripts[stimulus] = _transcript_words(stimulus, line, events_file, subject)
             words.append((onset, name, transcripts[stimulus]))
             if duration is None:
                 duration = max(n_volumes * tr - onset, 0.0)
@@ -237,8 +238,9 @@ def _run_stimuli(
                 subject=subject,
             )
         events.append(Event(stimulus, onset, duration))
-    if rows and "word" in rows[0]:
-        spoken = table_words(rows, events_file)
+    has_words = bool(rows) and "word" in rows[0]
+    spoken = table_words(rows, events_file, subject=subject) if has_words else []
+    if spoken:  # a word column of n/a alone presents no words
         events.append(Event(events_file, 0.0, n_volumes * tr, words_digest(spoken)))
         words.append((0.0, events_file.name, spoken))
     run = RunStimuli(image, events_file, tr, n_volumes, tuple(events))
@@ -265,16 +267,27 @@ def _run_timing(image: BidsFile, sidecar: Mapping[str, Any]) -> tuple[float, int
 
 def _stimulus_file(root: Path, name: str, line: int, events_file: Path, subject: str) -> Path:
     """The file an events file's ``stim_file`` names (line ``line``): one that exists
-    under the dataset's stimuli folder."""
-    stimulus = root / STIMULI_FOLDER / name
+    under the dataset's stimuli folder, its path normalized (``x/../film.mp4`` and
+    ``./film.mp4`` are ``film.mp4``), so that each file is one stimulus however it is
+    spelled."""
+    if "{" in name or "}" in name:
+        raise BidstrainError(
+            f"line {line}: stim_file {name!r} holds a brace, which Snakemake reads as a "
+            "wildcard in the paths of the stimulus's feature job: rename the file without "
+            "braces ({ }), and its stim_file",
+            path=events_file,
+            subject=subject,
+        )
     # the path as written, not where its links lead (DataLad's files link into .git/annex)
-    if not Path(os.path.normpath(stimulus)).is_relative_to(root / STIMULI_FOLDER):
+    relative = Path(os.path.normpath(name))
+    if relative.is_absolute() or relative.parts[:1] == ("..",):
         raise BidstrainError(
             f"line {line}: stim_file {name!r} lies outside the dataset's "
             f"{STIMULI_FOLDER}/ folder: name a file under it, relative to it",
             path=events_file,
             subject=subject,
         )
+    stimulus = root / STIMULI_FOLDER / relative
     if not stimulus.is_file():
         raise BidstrainError(
             f"line {line}: stim_file {name!r} is not in the dataset's {STIMULI_FOLDER}/ "
@@ -283,6 +296,23 @@ def _stimulus_file(root: Path, name: str, line: int, events_file: Path, subject:
             subject=subject,
         )
     return stimulus
+
+
+def _transcript_words(path: Path, line: int, events_file: Path, subject: str) -> list[Word]:
+    """The words of the transcript an events file's ``stim_file`` names (line ``line``).
+    One without a word is refused: a transcript named as a stimulus is there for its
+    words (a silent film needs none), so an empty one is a wrong file or a failed export,
+    and its feature job would have nothing to compute."""
+    words = read_words(path, subject=subject)
+    if not words:
+        raise BidstrainError(
+            f"the transcript holds no word (stim_file of line {line} of {events_file}): "
+            "give it its words (onset and word columns, or subtitle cues), or leave it out "
+            "of the events file",
+            path=path,
+            subject=subject,
+        )
+    return words
 
 
 def _check_media_end(run: RunStimuli, ends: list[tuple[float, str]], tolerance: float) -> None:
@@ -322,6 +352,21 @@ def _by(difference: float) -> str:
     return f"{abs(difference):.2f} s {'longer' if difference > 0 else 'shorter'}"
 
 
+#: How many runs of each TR an error names before counting the rest.
+NAMED_RUNS = 3
+
+
+def _runs_by_tr(runs: list[RunStimuli], trs: list[float]) -> str:
+    """The BOLD files of ``runs`` at each of ``trs``: the first :data:`NAMED_RUNS` of each
+    by name, then how many more."""
+    listed = []
+    for tr in trs:
+        names = sorted(run.image.path.name for run in runs if run.repetition_time == tr)
+        more = f" and {len(names) - NAMED_RUNS} more" if len(names) > NAMED_RUNS else ""
+        listed.append(f"{tr:g} s: {', '.join(names[:NAMED_RUNS])}{more}")
+    return "; ".join(listed)
+
+
 def _by_stimulus(
     runs: dict[str, RunStimuli], media: dict[Path, MediaInfo], common_tr: float | None
 ) -> dict[Path, Stimulus]:
@@ -335,8 +380,8 @@ def _by_stimulus(
         if len(trs) > 1:
             raise BidstrainError(
                 f"runs of different TRs ({', '.join(f'{tr:g} s' for tr in trs)}) present "
-                "this stimulus; its features are computed per TR of one length (set "
-                "time.tr to put the runs on one grid)",
+                f"this stimulus ({_runs_by_tr(runs_of, trs)}); its features are computed "
+                "per TR of one length (set time.tr to put the runs on one grid)",
                 path=path,
             )
         info = media.get(path)

@@ -67,16 +67,19 @@ def _seconds(h: str, m: str, s: str, ms: str) -> float:
     return int(h) * 3600 + int(m) * 60 + int(s) + int(ms) / 10 ** len(ms)
 
 
-def read_srt(path: Path) -> list[Word]:
+def read_srt(path: Path, *, subject: str | None = None) -> list[Word]:
     """The words of a SubRip file, each cue's words (its formatting tags left out) spread
-    evenly over the cue."""
+    evenly over the cue (``subject``: named in errors)."""
     words = []
-    for block in re.split(r"\n\s*\n", read_utf8(path).strip()):
+    text = read_utf8(path, subject=subject)
+    for block in filter(None, re.split(r"\n\s*\n", text.strip())):
         lines = block.strip().splitlines()
         times = [_CUE_TIME.search(line) for line in lines]
         at = next((i for i, match in enumerate(times) if match), None)
         if at is None:
-            raise BidstrainError(f"subtitle cue without a time line: {lines[:2]}", path=path)
+            raise BidstrainError(
+                f"subtitle cue without a time line: {lines[:2]}", path=path, subject=subject
+            )
         start = _seconds(*times[at].groups()[:4])
         end = _seconds(*times[at].groups()[4:])
         tokens = spoken_words(_CUE_MARKUP.sub(" ", " ".join(lines[at + 1 :])))
@@ -85,18 +88,23 @@ def read_srt(path: Path) -> list[Word]:
     return words
 
 
-def read_word_table(path: Path) -> list[Word]:
+def read_word_table(path: Path, *, subject: str | None = None) -> list[Word]:
     """The words of a TSV with ``onset`` and ``word`` columns (a transcript or an
-    ``events.tsv``); rows whose word is empty or ``n/a`` are not words."""
-    return table_words(read_tsv(path)[1], path)
+    ``events.tsv``); rows whose word is empty or ``n/a`` are not words (``subject``: named
+    in errors)."""
+    return table_words(read_tsv(path, subject=subject)[1], path, subject=subject)
 
 
-def table_words(rows: Sequence[Mapping[str, str]], path: Path) -> list[Word]:
+def table_words(
+    rows: Sequence[Mapping[str, str]], path: Path, *, subject: str | None = None
+) -> list[Word]:
     """The words of the rows of a word table read by :func:`read_word_table` (``path``
-    named in errors): for a caller that has read the table already."""
+    and ``subject`` named in errors): for a caller that has read the table already."""
     if rows and not {"onset", "word"} <= set(rows[0]):
         raise BidstrainError(
-            f"a word table needs 'onset' and 'word' columns; it has {sorted(rows[0])}", path=path
+            f"a word table needs 'onset' and 'word' columns; it has {sorted(rows[0])}",
+            path=path,
+            subject=subject,
         )
     words = []
     for line, row in enumerate(rows, start=2):
@@ -110,18 +118,38 @@ def table_words(rows: Sequence[Mapping[str, str]], path: Path) -> list[Word]:
             raise BidstrainError(
                 f"line {line}: onset {row['onset']!r} of word {row['word']!r} is not a number",
                 path=path,
+                subject=subject,
             )
         words += [Word(onset, token) for token in spoken_words(row["word"])]
     return words
 
 
-def read_words(path: str | Path) -> list[Word]:
-    """The words of a transcript (``.srt`` or ``.tsv``), sorted by onset."""
+def read_words(path: str | Path, *, subject: str | None = None) -> list[Word]:
+    """The words of a transcript (``.srt`` or ``.tsv``), sorted by onset.
+
+    Parameters
+    ----------
+    path : str or Path
+        The transcript.
+    subject : str, optional
+        Named in errors: the subject of a run that presents it (the first one read, for a
+        transcript that many runs present).
+
+    Raises
+    ------
+    BidstrainError
+        Naming the file (and ``subject``): not UTF-8, a table without ``onset`` and
+        ``word`` columns or a word without a numeric onset (by line), a subtitle cue
+        without a time line.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in TEXT_EXTENSIONS:
-        raise BidstrainError(f"not a transcript (one of {sorted(TEXT_EXTENSIONS)})", path=path)
-    words = read_srt(path) if suffix == ".srt" else read_word_table(path)
+        raise BidstrainError(
+            f"not a transcript (one of {sorted(TEXT_EXTENSIONS)})", path=path, subject=subject
+        )
+    read = read_srt if suffix == ".srt" else read_word_table
+    words = read(path, subject=subject)
     return sorted(words, key=lambda word: word.onset)
 
 
@@ -195,7 +223,7 @@ def read_embeddings(path: str | Path) -> dict[str, np.ndarray]:
     """
     path = Path(path)
     if not path.is_file():
-        raise BidstrainError("word embeddings file not found (stimuli.text_embeddings)", path=path)
+        raise BidstrainError("word embeddings file not found", path=path)
     vectors: dict[str, np.ndarray] = {}
     dim, repeats = None, 0
     for line, text in enumerate(read_utf8(path).splitlines(), start=1):
