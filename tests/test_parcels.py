@@ -587,6 +587,39 @@ def test_labels_must_be_integers_and_unlisted_ones_are_named(tmp_path, caplog):
     assert (on_grid.parcel[2:, :2] == -1).all() and (on_grid.parcel[2:, 2:] == 1).all()
 
 
+def _atlas_of(labels: np.ndarray, folder: Path, extension: str = ".nii.gz") -> AtlasFiles:
+    """A label image of ``labels`` (identity affine) and a table naming each label."""
+    image = folder / f"atlas_dseg{extension}"
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), image)
+    table = folder / "atlas_dseg.tsv"
+    rows = "".join(f"{label}\tp{label}\n" for label in np.unique(labels) if label > 0)
+    table.write_text("index\tname\n" + rows)
+    return AtlasFiles("atlas", image, table, SPACE)
+
+
+@pytest.mark.parametrize(
+    ("damage", "extension"),
+    [("cut", ".nii.gz"), ("flip", ".nii.gz"), ("cut", ".nii")],
+)
+@pytest.mark.parametrize("subject", ["01", None])  # a normalize job's call, the report's
+def test_a_truncated_or_corrupt_label_image_is_an_error_naming_it(
+    tmp_path, damage, extension, subject
+):
+    labels = (np.arange(12 * 14 * 12).reshape(12, 14, 12) % 8 + 1).astype(np.int16)
+    atlas = _atlas_of(labels, tmp_path, extension)
+    data = bytearray(atlas.image.read_bytes())
+    if damage == "cut":
+        data = data[: int(len(data) * 0.6)]
+    else:  # a flipped byte in the deflate data
+        data[len(data) // 2] ^= 0xFF
+    atlas.image.write_bytes(bytes(data))
+    who = "sub-01: " if subject else ""
+    with pytest.raises(
+        BidstrainError, match=f"^{who}{atlas.image}: .*truncated or corrupt.*re-copy"
+    ):
+        load_atlas(atlas, labels.shape, np.eye(4), image="run.nii.gz", subject=subject)
+
+
 def test_label_images_per_run_lie_in_their_runs_space(tmp_path):
     table = tmp_path / "aseg_dseg.tsv"
     table.write_text("index\tname\n1\tone\n")
@@ -762,7 +795,13 @@ def test_a_label_image_per_run_from_a_pattern(demo_bids, tmp_path):
                 assert (n_voxels > 0).all()
             else:  # its own image: slab 2 is labelled 1
                 assert n_voxels[1] == 0 and n_voxels[0] > n_voxels[2] > 0
-    missing = Path(json.loads(plan.job("02").spec())[0]["parcels"]["atlas_image"])
+    own_images = [Path(s["parcels"]["atlas_image"]) for s in json.loads(plan.job("02").spec())]
+    truncated = own_images[1]
+    truncated.write_bytes(truncated.read_bytes()[:-100])
+    result = normalize("02")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"sub-02: {truncated}: " in result.stderr and "truncated or corrupt" in result.stderr
+    missing = own_images[0]
     missing.unlink()
     result = normalize("02")
     assert result.returncode == 1

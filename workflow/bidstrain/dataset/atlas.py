@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -296,16 +297,11 @@ def load_atlas(
     Raises
     ------
     BidstrainError
-        When the label image is not a 3D image of integer labels.
+        When the label image cannot be read (a truncated or corrupt file), or is not a 3D
+        image of integer labels.
     """
     indices, names = read_label_table(atlas.labels)
-    try:
-        img = nib.as_closest_canonical(nib.load(atlas.image))
-    except Exception as error:  # nibabel raises many types for unreadable files
-        raise BidstrainError(
-            f"not a readable label image: {error}", path=atlas.image, subject=subject
-        ) from None
-    labels = np.asarray(img.dataobj)
+    labels, labels_affine = read_label_image(atlas.image, subject)
     if labels.ndim == 4 and labels.shape[3] == 1:
         labels = labels[..., 0]
     if labels.ndim != 3 or not np.allclose(labels, np.round(labels), rtol=0.0, atol=1e-4):
@@ -314,7 +310,7 @@ def load_atlas(
         )
     labels = np.round(labels).astype(np.int64)
     _warn_unlisted(labels, indices, atlas)
-    mismatch = grid_mismatch(labels.shape, img.affine, shape, affine)
+    mismatch = grid_mismatch(labels.shape, labels_affine, shape, affine)
     if mismatch:
         log.warning(
             "sub-%s: atlas %s (%s) is not on the grid of %s (%s): resampled by nearest neighbour",
@@ -324,7 +320,7 @@ def load_atlas(
             image,
             mismatch,
         )
-        labels = nearest_labels(labels, img.affine, shape, affine)
+        labels = nearest_labels(labels, labels_affine, shape, affine)
     lookup = np.full(int(max(labels.max(), indices.max())) + 1, -1, dtype=np.int64)
     lookup[indices] = np.arange(indices.size)
     parcel = np.where(labels > 0, lookup[np.clip(labels, 0, None)], -1)
@@ -337,6 +333,32 @@ def load_atlas(
             subject=subject,
         )
     return Atlas(atlas.name, indices, names, parcel)
+
+
+def read_label_image(path: Path, subject: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The voxels of a label image, in RAS+ voxel order, and its affine.
+
+    Raises
+    ------
+    BidstrainError
+        Naming the file and ``subject``, when it is not an image, or its voxel data are
+        cut short or corrupt (a truncated or damaged copy).
+    """
+    try:
+        img = nib.as_closest_canonical(nib.load(path))  # reads the voxels unless RAS+
+        return np.asarray(img.dataobj), img.affine
+    except (EOFError, OSError, zlib.error) as error:  # the file cut short or damaged
+        reason = " ".join(str(error).split())  # nibabel's can span lines
+        raise BidstrainError(
+            f"the label image cannot be read ({reason}): the file is truncated or corrupt "
+            "(cut short, or damaged gzip data); re-copy or re-export it",
+            path=path,
+            subject=subject,
+        ) from None
+    except Exception as error:  # nibabel raises many types for files that are no image
+        raise BidstrainError(
+            f"not a readable label image: {error}", path=path, subject=subject
+        ) from None
 
 
 def _warn_unlisted(labels: np.ndarray, indices: np.ndarray, atlas: AtlasFiles) -> None:
