@@ -18,6 +18,7 @@ import logging
 import shutil
 import subprocess
 import sys
+import tracemalloc
 import warnings
 from pathlib import Path
 
@@ -618,6 +619,34 @@ def test_a_truncated_or_corrupt_label_image_is_an_error_naming_it(
         BidstrainError, match=f"^{who}{atlas.image}: .*truncated or corrupt.*re-copy"
     ):
         load_atlas(atlas, labels.shape, np.eye(4), image="run.nii.gz", subject=subject)
+
+
+#: A label value of the Allen mouse brain atlas, whose structure ids reach 614454277.
+ALLEN_LABEL = 614454277
+
+
+def test_large_label_values_take_no_more_memory_than_small_ones(tmp_path):
+    """A lookup table indexed by label value would take 4.9 GB for this 2,016-voxel atlas;
+    its parcels are those of the same atlas with labels 1 and 2."""
+    labels = np.zeros((12, 14, 12), np.uint32)
+    labels[:6], labels[6:] = 1, ALLEN_LABEL
+    atlases = {}
+    for big in (2, ALLEN_LABEL):
+        folder = tmp_path / str(big)
+        folder.mkdir()
+        atlases[big] = _atlas_of(np.where(labels == 1, 1, big).astype(np.uint32), folder)
+        atlases[big].labels.write_text(f"index\tname\n{big}\tbig\n1\tone\n")
+    small = load_atlas(atlases[2], labels.shape, np.eye(4), image="run.nii.gz")
+    tracemalloc.start()
+    try:
+        large = load_atlas(atlases[ALLEN_LABEL], labels.shape, np.eye(4), image="run.nii.gz")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20, f"{peak} bytes"
+    assert large.names == small.names == ("big", "one")
+    assert (large.parcel[:6] == 1).all() and (large.parcel[6:] == 0).all()
+    np.testing.assert_array_equal(large.parcel, small.parcel)
 
 
 def test_label_images_per_run_lie_in_their_runs_space(tmp_path):

@@ -309,7 +309,8 @@ def load_atlas(
             "a label image must be 3D with integer labels", path=atlas.image, subject=subject
         )
     labels = np.round(labels).astype(np.int64)
-    _warn_unlisted(labels, indices, atlas)
+    parcel = parcel_of_labels(labels, indices)
+    _warn_unlisted(labels[(parcel < 0) & (labels > 0)], atlas)
     mismatch = grid_mismatch(labels.shape, labels_affine, shape, affine)
     if mismatch:
         log.warning(
@@ -320,10 +321,7 @@ def load_atlas(
             image,
             mismatch,
         )
-        labels = nearest_labels(labels, labels_affine, shape, affine)
-    lookup = np.full(int(max(labels.max(), indices.max())) + 1, -1, dtype=np.int64)
-    lookup[indices] = np.arange(indices.size)
-    parcel = np.where(labels > 0, lookup[np.clip(labels, 0, None)], -1)
+        parcel = nearest_labels(parcel, labels_affine, shape, affine, outside=-1)
     if (parcel < 0).all():
         raise BidstrainError(
             f"no parcel of atlas {atlas.name} ({atlas.image}) falls on the grid of {image}: "
@@ -361,34 +359,62 @@ def read_label_image(path: Path, subject: str | None = None) -> tuple[np.ndarray
         ) from None
 
 
-def _warn_unlisted(labels: np.ndarray, indices: np.ndarray, atlas: AtlasFiles) -> None:
-    """Warn about the labels of the image that its table does not list: their voxels belong
-    to no parcel."""
-    present, counts = np.unique(labels[labels > 0], return_counts=True)
-    unlisted = ~np.isin(present, indices)
-    if unlisted.any():
+def parcel_of_labels(labels: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """The parcel of each voxel of a label image, found among the sorted label values:
+    time and memory grow with the voxels and the number of labels, never with the label
+    values (an Allen atlas's reach 614454277).
+
+    Parameters
+    ----------
+    labels : ndarray of int
+        The label image.
+    indices : ndarray of int, shape (n_parcels,)
+        The label value of each parcel (:func:`read_label_table`: distinct, none 0).
+
+    Returns
+    -------
+    ndarray of int64, the shape of ``labels``
+        The parcel (position in ``indices``) of each voxel; -1 for the background 0 and
+        for labels ``indices`` does not list.
+    """
+    order = np.argsort(indices)
+    values = indices[order]
+    position = np.minimum(np.searchsorted(values, labels), values.size - 1)
+    return np.where(values[position] == labels, order[position], -1)
+
+
+def _warn_unlisted(unlisted: np.ndarray, atlas: AtlasFiles) -> None:
+    """Warn about the labels of the image that its table does not list (``unlisted``, one
+    per voxel): their voxels belong to no parcel."""
+    present, counts = np.unique(unlisted, return_counts=True)
+    if present.size:
         log.warning(
             "atlas %s: labels %s of %s (%d voxels) are not in its table %s: those voxels "
             "belong to no parcel",
             atlas.name,
-            ", ".join(map(str, present[unlisted][:20])) + (" ..." if unlisted.sum() > 20 else ""),
+            ", ".join(map(str, present[:20])) + (" ..." if present.size > 20 else ""),
             atlas.image,
-            int(counts[unlisted].sum()),
+            int(counts.sum()),
             atlas.labels,
         )
 
 
 def nearest_labels(
-    labels: np.ndarray, labels_affine: np.ndarray, shape: tuple[int, int, int], affine: np.ndarray
+    labels: np.ndarray,
+    labels_affine: np.ndarray,
+    shape: tuple[int, int, int],
+    affine: np.ndarray,
+    *,
+    outside: int = 0,
 ) -> np.ndarray:
-    """The label of the nearest voxel of ``labels`` at each voxel centre of a grid (0 outside
-    the label image)."""
+    """The label of the nearest voxel of ``labels`` at each voxel centre of a grid
+    (``outside`` outside the label image)."""
     ijk = np.indices(shape, dtype=np.float64).reshape(3, -1)
     world = affine[:3, :3] @ ijk + affine[:3, 3:4]
     inverse = np.linalg.inv(labels_affine)
     source = np.rint(inverse[:3, :3] @ world + inverse[:3, 3:4]).astype(np.int64)
     inside = np.all((source >= 0) & (source < np.array(labels.shape)[:, None]), axis=0)
-    out = np.zeros(ijk.shape[1], dtype=labels.dtype)
+    out = np.full(ijk.shape[1], outside, dtype=labels.dtype)
     out[inside] = labels[tuple(source[:, inside])]
     return out.reshape(shape)
 
