@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -541,13 +542,26 @@ def test_an_atlas_that_misses_the_run_is_an_error_not_a_store_of_zeros(demo, tmp
 
 
 def test_a_missing_atlas_or_a_label_image_without_space_is_an_error(tmp_path):
-    with pytest.raises(BidstrainError, match="0 atlas images match"):
+    with pytest.raises(BidstrainError, match="0 atlas images match .*holds no atlas image"):
         find_atlas(ParcellationConfig("x", str(tmp_path), None, None, None))
     image = tmp_path / "atlas_dseg.nii.gz"
     with pytest.raises(BidstrainError, match="parcellation.space is needed"):
         find_atlas(ParcellationConfig("x", str(image), None, None, None))
     with pytest.raises(BidstrainError, match="label image is missing"):
         find_atlas(ParcellationConfig("x", str(image), None, SPACE, None))
+
+
+def test_an_atlas_that_matches_no_image_lists_the_images_there(demo):
+    """Entities compare as written (BIDS labels are strings): resolution 02 does not pick
+    res-2, and the error shows the image there with the values that would pick it."""
+    _, atlas = demo
+    config = ParcellationConfig(ATLAS_NAME, str(atlas.image.parents[2]), None, None, "02")
+    there = f"{atlas.image.name} (space '{SPACE}', name '{ATLAS_NAME}', resolution '2')"
+    with pytest.raises(BidstrainError, match=re.escape(f"found: none; the dataset holds {there}")):
+        find_atlas(config)
+    # no image of that name: every atlas image of the dataset
+    with pytest.raises(BidstrainError, match=re.escape(f"the dataset holds {there}")):
+        find_atlas(dataclasses.replace(config, name="Demo", resolution=None))
 
 
 @pytest.mark.parametrize(

@@ -155,20 +155,29 @@ def _per_run_atlas(config: ParcellationConfig) -> AtlasFiles:
     return AtlasFiles(config.name, Path(config.path), labels, space, per_run=True)
 
 
+#: The config ``parcellation`` key that selects each entity of an atlas image's name.
+_CONFIG_KEYS = {"tpl": "space", "atlas": "name", "res": "resolution", "desc": "desc"}
+#: Atlas images an error lists at most.
+_LISTED = 10
+
+
+def _atlas_images(root: Path, space: str = "*", name: str = "*") -> list[Path]:
+    """The ``tpl-<space>_*atlas-<name>_*dseg.nii[.gz]`` of a BIDS atlas dataset, in
+    ``tpl-<space>/anat/`` or, as TemplateFlow, ``tpl-<space>/``; sorted."""
+    pattern = f"tpl-{space}_*atlas-{name}_*dseg.nii*"
+    return sorted([*root.glob(f"tpl-{space}/anat/{pattern}"), *root.glob(f"tpl-{space}/{pattern}")])
+
+
 def _dataset_image(root: Path, config: ParcellationConfig) -> Path:
-    """The one ``tpl-*_atlas-<name>_*dseg.nii[.gz]`` of a BIDS atlas dataset (in
-    ``tpl-<space>/anat/`` or, as TemplateFlow, ``tpl-<space>/``) of the configured space,
-    resolution and desc."""
-    space = config.space or "*"
-    pattern = f"tpl-{space}_*atlas-{config.name}_*dseg.nii*"
-    found = sorted(
-        [*root.glob(f"tpl-{space}/anat/{pattern}"), *root.glob(f"tpl-{space}/{pattern}")]
-    )
+    """The one atlas image of a BIDS atlas dataset (:func:`_atlas_images`) of the
+    configured name, space, resolution and desc; entity values compare as written
+    (resolution ``02`` is not ``2``)."""
+    found = _atlas_images(root, config.space or "*", config.name)
     for key, value in (("res", config.resolution), ("desc", config.desc)):
         if value is not None:
             found = [f for f in found if f"_{key}-{value}_" in f.name]
     if len(found) != 1:
-        listing = ", ".join(f.name for f in found) or "none"
+        listing = ", ".join(f.name for f in found) or _what_exists(root, config.name)
         raise BidstrainError(
             f"config parcellation: {len(found)} atlas images match name {config.name!r}, "
             f"space {config.space!r}, resolution {config.resolution!r}, desc "
@@ -177,6 +186,26 @@ def _dataset_image(root: Path, config: ParcellationConfig) -> Path:
             path=root,
         )
     return found[0]
+
+
+def _what_exists(root: Path, name: str) -> str:
+    """For an error that no atlas image matches: the dataset's images of atlas ``name``
+    (else all its atlas images), each with the config values its entities need."""
+    images = _atlas_images(root, name=name) or _atlas_images(root)
+    if not images:
+        return "none; the dataset holds no atlas image tpl-<space>/[anat/]tpl-*_dseg.nii[.gz]"
+    listed = [f"{image.name} ({_config_values(image)})" for image in images[:_LISTED]]
+    more = f" and {len(images) - _LISTED} more" if len(images) > _LISTED else ""
+    return f"none; the dataset holds {', '.join(listed)}{more}"
+
+
+def _config_values(image: Path) -> str:
+    """The config ``parcellation`` values that select an atlas image, by its entities:
+    ``space 'MNI152NLin2009cAsym', name 'demo', resolution '2'``."""
+    entities = (part.split("-", 1) for part in image.name.split("_")[:-1] if "-" in part)
+    return ", ".join(
+        f"{_CONFIG_KEYS[key]} {value!r}" for key, value in entities if key in _CONFIG_KEYS
+    )
 
 
 def check_space(
