@@ -635,6 +635,20 @@ def test_a_truncated_or_corrupt_label_image_is_an_error_naming_it(
         load_atlas(atlas, labels.shape, np.eye(4), image="run.nii.gz", subject=subject)
 
 
+def test_negative_labels_are_an_error_naming_them(tmp_path):
+    """Labels over 32767 saved as int16 wrap to negative values: their parcels would be
+    lost without a word."""
+    labels = np.ones((4, 4, 4), np.int16)
+    labels[:2] = np.array(40000).astype(np.int16)  # -25536
+    labels[0, 0, :2] = -1
+    atlas = _atlas_of(labels, tmp_path)
+    with pytest.raises(
+        BidstrainError,
+        match=rf"^sub-07: {atlas.image}: negative labels -25536, -1 \(32 voxels\): .*uint16",
+    ):
+        load_atlas(atlas, labels.shape, np.eye(4), image="run.nii.gz", subject="07")
+
+
 #: A label value of the Allen mouse brain atlas, whose structure ids reach 614454277.
 ALLEN_LABEL = 614454277
 

@@ -327,17 +327,11 @@ def load_atlas(
     ------
     BidstrainError
         When the label image cannot be read (a truncated or corrupt file), or is not a 3D
-        image of integer labels.
+        image of non-negative integer labels.
     """
     indices, names = read_label_table(atlas.labels)
-    labels, labels_affine = read_label_image(atlas.image, subject)
-    if labels.ndim == 4 and labels.shape[3] == 1:
-        labels = labels[..., 0]
-    if labels.ndim != 3 or not np.allclose(labels, np.round(labels), rtol=0.0, atol=1e-4):
-        raise BidstrainError(
-            "a label image must be 3D with integer labels", path=atlas.image, subject=subject
-        )
-    labels = np.round(labels).astype(np.int64)
+    voxels, labels_affine = read_label_image(atlas.image, subject)
+    labels = _integer_labels(voxels, atlas.image, subject)
     parcel = parcel_of_labels(labels, indices)
     _warn_unlisted(labels[(parcel < 0) & (labels > 0)], atlas)
     mismatch = grid_mismatch(labels.shape, labels_affine, shape, affine)
@@ -388,6 +382,38 @@ def read_label_image(path: Path, subject: str | None = None) -> tuple[np.ndarray
         ) from None
 
 
+def _integer_labels(voxels: np.ndarray, path: Path, subject: str | None) -> np.ndarray:
+    """The voxels of a label image as int64 labels, 3D.
+
+    A negative label is an error, not a label to leave out: a label table lists none
+    (:func:`read_label_table`), and one in an image most often betrays labels above the
+    range of its signed voxel type (over 32767 in int16), which wrap to negative values.
+    """
+    if voxels.ndim == 4 and voxels.shape[3] == 1:
+        voxels = voxels[..., 0]
+    if voxels.ndim != 3 or not np.allclose(voxels, np.round(voxels), rtol=0.0, atol=1e-4):
+        raise BidstrainError(
+            "a label image must be 3D with integer labels", path=path, subject=subject
+        )
+    labels = np.round(voxels).astype(np.int64)
+    negative, counts = np.unique(labels[labels < 0], return_counts=True)
+    if negative.size:
+        raise BidstrainError(
+            f"negative labels {_some(negative)} ({int(counts.sum())} voxels): labels are "
+            "non-negative integers, 0 the background (labels above the range of the "
+            "image's signed voxel type wrap to negative values: save it with a type that "
+            "holds them, such as uint16 or int32)",
+            path=path,
+            subject=subject,
+        )
+    return labels
+
+
+def _some(values: np.ndarray, most: int = 20) -> str:
+    """The first ``most`` of ``values``, for a message."""
+    return ", ".join(map(str, values[:most])) + (" ..." if values.size > most else "")
+
+
 def parcel_of_labels(labels: np.ndarray, indices: np.ndarray) -> np.ndarray:
     """The parcel of each voxel of a label image, found among the sorted label values:
     time and memory grow with the voxels and the number of labels, never with the label
@@ -421,7 +447,7 @@ def _warn_unlisted(unlisted: np.ndarray, atlas: AtlasFiles) -> None:
             "atlas %s: labels %s of %s (%d voxels) are not in its table %s: those voxels "
             "belong to no parcel",
             atlas.name,
-            ", ".join(map(str, present[:20])) + (" ..." if present.size > 20 else ""),
+            _some(present),
             atlas.image,
             int(counts.sum()),
             atlas.labels,
