@@ -597,8 +597,10 @@ def test_labels_must_be_integers_and_unlisted_ones_are_named(tmp_path, caplog):
     labels[2:, 2:] = 1000
     nib.save(nib.Nifti1Image(labels, np.eye(4)), image)
     with caplog.at_level(logging.WARNING):
-        on_grid = load_atlas(atlas, (4, 4, 4), np.eye(4), image="run.nii.gz")
+        for run in ("run-1.nii.gz", "run-2.nii.gz"):  # a job's runs: one warning
+            on_grid = load_atlas(atlas, (4, 4, 4), np.eye(4), image=run)
     assert "labels 2 of" in caplog.text and "(16 voxels) are not in its table" in caplog.text
+    assert caplog.text.count("are not in its table") == 1
     assert (on_grid.parcel[2:, :2] == -1).all() and (on_grid.parcel[2:, 2:] == 1).all()
 
 

@@ -24,6 +24,7 @@ for all (:meth:`AtlasFiles.for_run`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -443,15 +444,18 @@ def _warn_unlisted(unlisted: np.ndarray, atlas: AtlasFiles) -> None:
     per voxel): their voxels belong to no parcel."""
     present, counts = np.unique(unlisted, return_counts=True)
     if present.size:
-        log.warning(
-            "atlas %s: labels %s of %s (%d voxels) are not in its table %s: those voxels "
-            "belong to no parcel",
-            atlas.name,
-            _some(present),
-            atlas.image,
-            int(counts.sum()),
-            atlas.labels,
+        _warn_once(
+            f"atlas {atlas.name}: labels {_some(present)} of {atlas.image} "
+            f"({int(counts.sum())} voxels) are not in its table {atlas.labels}: those "
+            "voxels belong to no parcel"
         )
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    """Log ``message`` as a warning, once per process: a normalize job reads its atlas
+    for each of its runs, and says once what is wrong with it."""
+    log.warning(message)
 
 
 def nearest_labels(
