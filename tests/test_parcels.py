@@ -35,6 +35,7 @@ from bidstrain.dataset.atlas import (
     NATIVE,
     AtlasFiles,
     check_space,
+    distinct_names,
     find_atlas,
     load_atlas,
     read_label_table,
@@ -228,6 +229,35 @@ def test_coverage_and_empty_parcels_are_reported_never_nan(demo, tmp_path, caplo
     assert float(rows[1][-1]) == float(rows[1][-2]) == 0.0
     assert read_meta(tmp_path / "parcels.zarr").stats_dim == "parcel"
     assert group.attrs["n_empty_parcels"] == 2
+
+
+def test_a_name_given_to_several_labels_gets_each_label_value(demo, tmp_path, caplog):
+    """A valid table may repeat a name: the TSVs' columns and the store's parcel_names get
+    ``<name>_<index>`` for it, one warning says so, and the parcels are unchanged."""
+    root, atlas = demo
+    image, mask, _ = _run(root)
+    table = tmp_path / "repeated_dseg.tsv"
+    table.write_text(atlas.labels.read_text().replace("3\toctant3", "3\toctant2"))
+    repeated = dataclasses.replace(atlas, labels=table)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):  # a job's runs: one warning
+            job = _job(repeated, image, tmp_path)
+    assert caplog.text.count("names given to several labels") == 1
+    assert "octant2 -> octant2_2, octant2 -> octant2_3" in caplog.text
+    normalize_bold(image, tmp_path / "bold.zarr", _info(), image_options(mask=str(mask)), None, job)
+    columns = ["octant1", "octant2_2", "octant2_3", *(f"octant{i}" for i in range(4, 9)), *EMPTY]
+    for tsv in ("mean_timeseries.tsv", "coverage_bold.tsv"):
+        assert (tmp_path / tsv).read_text().split("\n")[0].split("\t") == columns
+    group = zarr.open_group(tmp_path / "parcels.zarr", mode="r")
+    assert group.attrs["parcel_names"] == columns
+    assert list(group["parcel"][...]) == list(range(1, 11))
+
+
+def test_distinct_names_rename_until_no_two_are_equal():
+    names = distinct_names(["a", "b", "a", "a_3", "b_2"], np.array([1, 2, 3, 4, 9]))
+    # the a_3 made for label 3 meets the table's own a_3: both get their label; b, given
+    # to one label, keeps its name
+    assert names == ("a_1", "b", "a_3_3", "a_3_4", "b_2")
 
 
 def test_the_parcel_checksum_follows_the_content_not_the_time_of_writing(demo, tmp_path):

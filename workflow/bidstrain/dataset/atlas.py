@@ -29,6 +29,8 @@ import hashlib
 import logging
 import re
 import zlib
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,7 +242,7 @@ class Atlas:
     indices : ndarray of int, shape (n_parcels,)
         The label value of each parcel, in the table's order.
     names : tuple of str
-        The parcels' names.
+        The parcels' names, distinct (:func:`distinct_names`).
     parcel : ndarray of int, shape (x, y, z)
         The parcel (position in :attr:`indices`) of each voxel of the grid; -1 outside
         every parcel (the background, and labels the table does not list).
@@ -262,7 +264,8 @@ class Atlas:
 
 
 def read_label_table(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
-    """The ``index`` and ``name`` columns of a label table (background 0 left out).
+    """The ``index`` and ``name`` columns of a label table (background 0 left out), the
+    names made distinct (:func:`distinct_names`, with a warning naming those renamed).
 
     Raises
     ------
@@ -296,7 +299,43 @@ def read_label_table(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
     keep = indices != 0
     if not keep.any():
         raise BidstrainError("the label table lists no label besides the background 0", path=path)
-    return indices[keep], tuple(row["name"] for row, k in zip(rows, keep, strict=True) if k)
+    names = [row["name"] for row, k in zip(rows, keep, strict=True) if k]
+    distinct = distinct_names(names, indices[keep])
+    renamed = [f"{old} -> {new}" for old, new in zip(names, distinct, strict=True) if old != new]
+    if renamed:
+        _warn_once(
+            f"{path}: names given to several labels are made distinct with the label "
+            f"value, in the parcel TSVs' columns and the parcel stores: {', '.join(renamed)}"
+        )
+    return indices[keep], distinct
+
+
+def distinct_names(names: Sequence[str], indices: np.ndarray) -> tuple[str, ...]:
+    """Parcel names that can be column names: a name given to several labels becomes
+    ``<name>_<index>`` (its label value) in each of them, until no two names are equal.
+
+    Parameters
+    ----------
+    names : sequence of str
+        The label table's names.
+    indices : ndarray of int
+        The label value of each name (distinct).
+
+    Returns
+    -------
+    tuple of str
+        ``names``, the repeated ones renamed: ``a, b, a`` of labels 1, 2, 3 give ``a_1,
+        b, a_3``.
+    """
+    names = list(names)
+    while True:  # a renamed name ends in its own label: a clash left is with a table's name
+        counts = Counter(names)
+        if max(counts.values()) == 1:
+            return tuple(names)
+        names = [
+            f"{name}_{index}" if counts[name] > 1 else name
+            for name, index in zip(names, indices, strict=True)
+        ]
 
 
 def load_atlas(
