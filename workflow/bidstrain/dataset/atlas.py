@@ -399,6 +399,20 @@ def load_atlas(
 def read_label_image(path: Path, subject: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The voxels of a label image, in RAS+ voxel order, and its affine.
 
+    Parameters
+    ----------
+    path : Path
+        The label image (``.nii`` or ``.nii.gz``).
+    subject : str, optional
+        For messages.
+
+    Returns
+    -------
+    voxels : ndarray
+        As stored (the checks of integer labels are :func:`load_atlas`'s).
+    affine : ndarray, shape (4, 4)
+        Of that voxel order.
+
     Raises
     ------
     BidstrainError
@@ -493,7 +507,7 @@ def _warn_unlisted(unlisted: np.ndarray, atlas: AtlasFiles) -> None:
 @functools.cache
 def _warn_once(message: str) -> None:
     """Log ``message`` as a warning, once per process: a normalize job reads its atlas
-    for each of its runs, and says once what is wrong with it."""
+    for each of its runs, and what it says of the atlas it says once."""
     log.warning(message)
 
 
@@ -505,8 +519,23 @@ def nearest_labels(
     *,
     outside: int = 0,
 ) -> np.ndarray:
-    """The label of the nearest voxel of ``labels`` at each voxel centre of a grid
-    (``outside`` outside the label image)."""
+    """The label of the nearest voxel of ``labels`` at each voxel centre of a grid.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (i, j, k)
+        A label image (or its parcel numbers).
+    labels_affine : ndarray, shape (4, 4)
+        Its affine.
+    shape, affine
+        The grid.
+    outside : int
+        The value of the grid's voxels outside the label image.
+
+    Returns
+    -------
+    ndarray, shape ``shape``, the dtype of ``labels``
+    """
     ijk = np.indices(shape, dtype=np.float64).reshape(3, -1)
     world = affine[:3, :3] @ ijk + affine[:3, 3:4]
     inverse = np.linalg.inv(labels_affine)
