@@ -15,9 +15,11 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
+import tracemalloc
 import warnings
 from pathlib import Path
 
@@ -33,6 +35,7 @@ from bidstrain.dataset.atlas import (
     NATIVE,
     AtlasFiles,
     check_space,
+    distinct_names,
     find_atlas,
     load_atlas,
     read_label_table,
@@ -226,6 +229,35 @@ def test_coverage_and_empty_parcels_are_reported_never_nan(demo, tmp_path, caplo
     assert float(rows[1][-1]) == float(rows[1][-2]) == 0.0
     assert read_meta(tmp_path / "parcels.zarr").stats_dim == "parcel"
     assert group.attrs["n_empty_parcels"] == 2
+
+
+def test_a_name_given_to_several_labels_gets_each_label_value(demo, tmp_path, caplog):
+    """A valid table may repeat a name: the TSVs' columns and the store's parcel_names get
+    ``<name>_<index>`` for it, one warning says so, and the parcels are unchanged."""
+    root, atlas = demo
+    image, mask, _ = _run(root)
+    table = tmp_path / "repeated_dseg.tsv"
+    table.write_text(atlas.labels.read_text().replace("3\toctant3", "3\toctant2"))
+    repeated = dataclasses.replace(atlas, labels=table)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):  # a job's runs: one warning
+            job = _job(repeated, image, tmp_path)
+    assert caplog.text.count("names given to several labels") == 1
+    assert "octant2 -> octant2_2, octant2 -> octant2_3" in caplog.text
+    normalize_bold(image, tmp_path / "bold.zarr", _info(), image_options(mask=str(mask)), None, job)
+    columns = ["octant1", "octant2_2", "octant2_3", *(f"octant{i}" for i in range(4, 9)), *EMPTY]
+    for tsv in ("mean_timeseries.tsv", "coverage_bold.tsv"):
+        assert (tmp_path / tsv).read_text().split("\n")[0].split("\t") == columns
+    group = zarr.open_group(tmp_path / "parcels.zarr", mode="r")
+    assert group.attrs["parcel_names"] == columns
+    assert list(group["parcel"][...]) == list(range(1, 11))
+
+
+def test_distinct_names_rename_until_no_two_are_equal():
+    names = distinct_names(["a", "b", "a", "a_3", "b_2"], np.array([1, 2, 3, 4, 9]))
+    # the a_3 made for label 3 meets the table's own a_3: both get their label; b, given
+    # to one label, keeps its name
+    assert names == ("a_1", "b", "a_3_3", "a_3_4", "b_2")
 
 
 def test_the_parcel_checksum_follows_the_content_not_the_time_of_writing(demo, tmp_path):
@@ -540,13 +572,26 @@ def test_an_atlas_that_misses_the_run_is_an_error_not_a_store_of_zeros(demo, tmp
 
 
 def test_a_missing_atlas_or_a_label_image_without_space_is_an_error(tmp_path):
-    with pytest.raises(BidstrainError, match="0 atlas images match"):
+    with pytest.raises(BidstrainError, match="0 atlas images match .*holds no atlas image"):
         find_atlas(ParcellationConfig("x", str(tmp_path), None, None, None))
     image = tmp_path / "atlas_dseg.nii.gz"
     with pytest.raises(BidstrainError, match="parcellation.space is needed"):
         find_atlas(ParcellationConfig("x", str(image), None, None, None))
     with pytest.raises(BidstrainError, match="label image is missing"):
         find_atlas(ParcellationConfig("x", str(image), None, SPACE, None))
+
+
+def test_an_atlas_that_matches_no_image_lists_the_images_there(demo):
+    """Entities compare as written (BIDS labels are strings): resolution 02 does not pick
+    res-2, and the error shows the image there with the values that would pick it."""
+    _, atlas = demo
+    config = ParcellationConfig(ATLAS_NAME, str(atlas.image.parents[2]), None, None, "02")
+    there = f"{atlas.image.name} (space '{SPACE}', name '{ATLAS_NAME}', resolution '2')"
+    with pytest.raises(BidstrainError, match=re.escape(f"found: none; the dataset holds {there}")):
+        find_atlas(config)
+    # no image of that name: every atlas image of the dataset
+    with pytest.raises(BidstrainError, match=re.escape(f"the dataset holds {there}")):
+        find_atlas(dataclasses.replace(config, name="Demo", resolution=None))
 
 
 @pytest.mark.parametrize(
@@ -582,9 +627,86 @@ def test_labels_must_be_integers_and_unlisted_ones_are_named(tmp_path, caplog):
     labels[2:, 2:] = 1000
     nib.save(nib.Nifti1Image(labels, np.eye(4)), image)
     with caplog.at_level(logging.WARNING):
-        on_grid = load_atlas(atlas, (4, 4, 4), np.eye(4), image="run.nii.gz")
+        for run in ("run-1.nii.gz", "run-2.nii.gz"):  # a job's runs: one warning
+            on_grid = load_atlas(atlas, (4, 4, 4), np.eye(4), image=run)
     assert "labels 2 of" in caplog.text and "(16 voxels) are not in its table" in caplog.text
+    assert caplog.text.count("are not in its table") == 1
     assert (on_grid.parcel[2:, :2] == -1).all() and (on_grid.parcel[2:, 2:] == 1).all()
+
+
+def _atlas_of(labels: np.ndarray, folder: Path, extension: str = ".nii.gz") -> AtlasFiles:
+    """A label image of ``labels`` (identity affine) and a table naming each label."""
+    image = folder / f"atlas_dseg{extension}"
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), image)
+    table = folder / "atlas_dseg.tsv"
+    rows = "".join(f"{label}\tp{label}\n" for label in np.unique(labels) if label > 0)
+    table.write_text("index\tname\n" + rows)
+    return AtlasFiles("atlas", image, table, SPACE)
+
+
+@pytest.mark.parametrize(
+    ("damage", "extension"),
+    [("cut", ".nii.gz"), ("flip", ".nii.gz"), ("cut", ".nii")],
+)
+@pytest.mark.parametrize("subject", ["01", None])  # a normalize job's call, the report's
+def test_a_truncated_or_corrupt_label_image_is_an_error_naming_it(
+    tmp_path, damage, extension, subject
+):
+    labels = (np.arange(12 * 14 * 12).reshape(12, 14, 12) % 8 + 1).astype(np.int16)
+    atlas = _atlas_of(labels, tmp_path, extension)
+    data = bytearray(atlas.image.read_bytes())
+    if damage == "cut":
+        data = data[: int(len(data) * 0.6)]
+    else:  # a flipped byte in the deflate data
+        data[len(data) // 2] ^= 0xFF
+    atlas.image.write_bytes(bytes(data))
+    who = "sub-01: " if subject else ""
+    with pytest.raises(
+        BidstrainError, match=f"^{who}{atlas.image}: .*truncated or corrupt.*re-copy"
+    ):
+        load_atlas(atlas, labels.shape, np.eye(4), image="run.nii.gz", subject=subject)
+
+
+def test_negative_labels_are_an_error_naming_them(tmp_path):
+    """Labels over 32767 saved as int16 wrap to negative values: their parcels would be
+    lost without a word."""
+    labels = np.ones((4, 4, 4), np.int16)
+    labels[:2] = np.array(40000).astype(np.int16)  # -25536
+    labels[0, 0, :2] = -1
+    atlas = _atlas_of(labels, tmp_path)
+    with pytest.raises(
+        BidstrainError,
+        match=rf"^sub-07: {atlas.image}: negative labels -25536, -1 \(32 voxels\): .*uint16",
+    ):
+        load_atlas(atlas, labels.shape, np.eye(4), image="run.nii.gz", subject="07")
+
+
+#: A label value of the Allen mouse brain atlas, whose structure ids reach 614454277.
+ALLEN_LABEL = 614454277
+
+
+def test_large_label_values_take_no_more_memory_than_small_ones(tmp_path):
+    """A lookup table indexed by label value would take 4.9 GB for this 2,016-voxel atlas;
+    its parcels are those of the same atlas with labels 1 and 2."""
+    labels = np.zeros((12, 14, 12), np.uint32)
+    labels[:6], labels[6:] = 1, ALLEN_LABEL
+    atlases = {}
+    for big in (2, ALLEN_LABEL):
+        folder = tmp_path / str(big)
+        folder.mkdir()
+        atlases[big] = _atlas_of(np.where(labels == 1, 1, big).astype(np.uint32), folder)
+        atlases[big].labels.write_text(f"index\tname\n{big}\tbig\n1\tone\n")
+    small = load_atlas(atlases[2], labels.shape, np.eye(4), image="run.nii.gz")
+    tracemalloc.start()
+    try:
+        large = load_atlas(atlases[ALLEN_LABEL], labels.shape, np.eye(4), image="run.nii.gz")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20, f"{peak} bytes"
+    assert large.names == small.names == ("big", "one")
+    assert (large.parcel[:6] == 1).all() and (large.parcel[6:] == 0).all()
+    np.testing.assert_array_equal(large.parcel, small.parcel)
 
 
 def test_label_images_per_run_lie_in_their_runs_space(tmp_path):
@@ -762,7 +884,13 @@ def test_a_label_image_per_run_from_a_pattern(demo_bids, tmp_path):
                 assert (n_voxels > 0).all()
             else:  # its own image: slab 2 is labelled 1
                 assert n_voxels[1] == 0 and n_voxels[0] > n_voxels[2] > 0
-    missing = Path(json.loads(plan.job("02").spec())[0]["parcels"]["atlas_image"])
+    own_images = [Path(s["parcels"]["atlas_image"]) for s in json.loads(plan.job("02").spec())]
+    truncated = own_images[1]
+    truncated.write_bytes(truncated.read_bytes()[:-100])
+    result = normalize("02")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"sub-02: {truncated}: " in result.stderr and "truncated or corrupt" in result.stderr
+    missing = own_images[0]
     missing.unlink()
     result = normalize("02")
     assert result.returncode == 1

@@ -24,9 +24,13 @@ for all (:meth:`AtlasFiles.for_run`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
+import zlib
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,20 +158,29 @@ def _per_run_atlas(config: ParcellationConfig) -> AtlasFiles:
     return AtlasFiles(config.name, Path(config.path), labels, space, per_run=True)
 
 
+#: The config ``parcellation`` key that selects each entity of an atlas image's name.
+_CONFIG_KEYS = {"tpl": "space", "atlas": "name", "res": "resolution", "desc": "desc"}
+#: Atlas images an error lists at most.
+_LISTED = 10
+
+
+def _atlas_images(root: Path, space: str = "*", name: str = "*") -> list[Path]:
+    """The ``tpl-<space>_*atlas-<name>_*dseg.nii[.gz]`` of a BIDS atlas dataset, in
+    ``tpl-<space>/anat/`` or, as TemplateFlow, ``tpl-<space>/``; sorted."""
+    pattern = f"tpl-{space}_*atlas-{name}_*dseg.nii*"
+    return sorted([*root.glob(f"tpl-{space}/anat/{pattern}"), *root.glob(f"tpl-{space}/{pattern}")])
+
+
 def _dataset_image(root: Path, config: ParcellationConfig) -> Path:
-    """The one ``tpl-*_atlas-<name>_*dseg.nii[.gz]`` of a BIDS atlas dataset (in
-    ``tpl-<space>/anat/`` or, as TemplateFlow, ``tpl-<space>/``) of the configured space,
-    resolution and desc."""
-    space = config.space or "*"
-    pattern = f"tpl-{space}_*atlas-{config.name}_*dseg.nii*"
-    found = sorted(
-        [*root.glob(f"tpl-{space}/anat/{pattern}"), *root.glob(f"tpl-{space}/{pattern}")]
-    )
+    """The one atlas image of a BIDS atlas dataset (:func:`_atlas_images`) of the
+    configured name, space, resolution and desc; entity values compare as written
+    (resolution ``02`` is not ``2``)."""
+    found = _atlas_images(root, config.space or "*", config.name)
     for key, value in (("res", config.resolution), ("desc", config.desc)):
         if value is not None:
             found = [f for f in found if f"_{key}-{value}_" in f.name]
     if len(found) != 1:
-        listing = ", ".join(f.name for f in found) or "none"
+        listing = ", ".join(f.name for f in found) or _what_exists(root, config.name)
         raise BidstrainError(
             f"config parcellation: {len(found)} atlas images match name {config.name!r}, "
             f"space {config.space!r}, resolution {config.resolution!r}, desc "
@@ -176,6 +189,26 @@ def _dataset_image(root: Path, config: ParcellationConfig) -> Path:
             path=root,
         )
     return found[0]
+
+
+def _what_exists(root: Path, name: str) -> str:
+    """For an error that no atlas image matches: the dataset's images of atlas ``name``
+    (else all its atlas images), each with the config values its entities need."""
+    images = _atlas_images(root, name=name) or _atlas_images(root)
+    if not images:
+        return "none; the dataset holds no atlas image tpl-<space>/[anat/]tpl-*_dseg.nii[.gz]"
+    listed = [f"{image.name} ({_config_values(image)})" for image in images[:_LISTED]]
+    more = f" and {len(images) - _LISTED} more" if len(images) > _LISTED else ""
+    return f"none; the dataset holds {', '.join(listed)}{more}"
+
+
+def _config_values(image: Path) -> str:
+    """The config ``parcellation`` values that select an atlas image, by its entities:
+    ``space 'MNI152NLin2009cAsym', name 'demo', resolution '2'``."""
+    entities = (part.split("-", 1) for part in image.name.split("_")[:-1] if "-" in part)
+    return ", ".join(
+        f"{_CONFIG_KEYS[key]} {value!r}" for key, value in entities if key in _CONFIG_KEYS
+    )
 
 
 def check_space(
@@ -209,7 +242,7 @@ class Atlas:
     indices : ndarray of int, shape (n_parcels,)
         The label value of each parcel, in the table's order.
     names : tuple of str
-        The parcels' names.
+        The parcels' names, distinct (:func:`distinct_names`).
     parcel : ndarray of int, shape (x, y, z)
         The parcel (position in :attr:`indices`) of each voxel of the grid; -1 outside
         every parcel (the background, and labels the table does not list).
@@ -231,7 +264,8 @@ class Atlas:
 
 
 def read_label_table(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
-    """The ``index`` and ``name`` columns of a label table (background 0 left out).
+    """The ``index`` and ``name`` columns of a label table (background 0 left out), the
+    names made distinct (:func:`distinct_names`, with a warning naming those renamed).
 
     Raises
     ------
@@ -265,7 +299,43 @@ def read_label_table(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
     keep = indices != 0
     if not keep.any():
         raise BidstrainError("the label table lists no label besides the background 0", path=path)
-    return indices[keep], tuple(row["name"] for row, k in zip(rows, keep, strict=True) if k)
+    names = [row["name"] for row, k in zip(rows, keep, strict=True) if k]
+    distinct = distinct_names(names, indices[keep])
+    renamed = [f"{old} -> {new}" for old, new in zip(names, distinct, strict=True) if old != new]
+    if renamed:
+        _warn_once(
+            f"{path}: names given to several labels are made distinct with the label "
+            f"value, in the parcel TSVs' columns and the parcel stores: {', '.join(renamed)}"
+        )
+    return indices[keep], distinct
+
+
+def distinct_names(names: Sequence[str], indices: np.ndarray) -> tuple[str, ...]:
+    """Parcel names that can be column names: a name given to several labels becomes
+    ``<name>_<index>`` (its label value) in each of them, until no two names are equal.
+
+    Parameters
+    ----------
+    names : sequence of str
+        The label table's names.
+    indices : ndarray of int
+        The label value of each name (distinct).
+
+    Returns
+    -------
+    tuple of str
+        ``names``, the repeated ones renamed: ``a, b, a`` of labels 1, 2, 3 give ``a_1,
+        b, a_3``.
+    """
+    names = list(names)
+    while True:  # a renamed name ends in its own label: a clash left is with a table's name
+        counts = Counter(names)
+        if max(counts.values()) == 1:
+            return tuple(names)
+        names = [
+            f"{name}_{index}" if counts[name] > 1 else name
+            for name, index in zip(names, indices, strict=True)
+        ]
 
 
 def load_atlas(
@@ -296,25 +366,15 @@ def load_atlas(
     Raises
     ------
     BidstrainError
-        When the label image is not a 3D image of integer labels.
+        When the label image cannot be read (a truncated or corrupt file), or is not a 3D
+        image of non-negative integer labels.
     """
     indices, names = read_label_table(atlas.labels)
-    try:
-        img = nib.as_closest_canonical(nib.load(atlas.image))
-    except Exception as error:  # nibabel raises many types for unreadable files
-        raise BidstrainError(
-            f"not a readable label image: {error}", path=atlas.image, subject=subject
-        ) from None
-    labels = np.asarray(img.dataobj)
-    if labels.ndim == 4 and labels.shape[3] == 1:
-        labels = labels[..., 0]
-    if labels.ndim != 3 or not np.allclose(labels, np.round(labels), rtol=0.0, atol=1e-4):
-        raise BidstrainError(
-            "a label image must be 3D with integer labels", path=atlas.image, subject=subject
-        )
-    labels = np.round(labels).astype(np.int64)
-    _warn_unlisted(labels, indices, atlas)
-    mismatch = grid_mismatch(labels.shape, img.affine, shape, affine)
+    voxels, labels_affine = read_label_image(atlas.image, subject)
+    labels = _integer_labels(voxels, atlas.image, subject)
+    parcel = parcel_of_labels(labels, indices)
+    _warn_unlisted(labels[(parcel < 0) & (labels > 0)], atlas)
+    mismatch = grid_mismatch(labels.shape, labels_affine, shape, affine)
     if mismatch:
         log.warning(
             "sub-%s: atlas %s (%s) is not on the grid of %s (%s): resampled by nearest neighbour",
@@ -324,10 +384,7 @@ def load_atlas(
             image,
             mismatch,
         )
-        labels = nearest_labels(labels, img.affine, shape, affine)
-    lookup = np.full(int(max(labels.max(), indices.max())) + 1, -1, dtype=np.int64)
-    lookup[indices] = np.arange(indices.size)
-    parcel = np.where(labels > 0, lookup[np.clip(labels, 0, None)], -1)
+        parcel = nearest_labels(parcel, labels_affine, shape, affine, outside=-1)
     if (parcel < 0).all():
         raise BidstrainError(
             f"no parcel of atlas {atlas.name} ({atlas.image}) falls on the grid of {image}: "
@@ -339,34 +396,152 @@ def load_atlas(
     return Atlas(atlas.name, indices, names, parcel)
 
 
-def _warn_unlisted(labels: np.ndarray, indices: np.ndarray, atlas: AtlasFiles) -> None:
-    """Warn about the labels of the image that its table does not list: their voxels belong
-    to no parcel."""
-    present, counts = np.unique(labels[labels > 0], return_counts=True)
-    unlisted = ~np.isin(present, indices)
-    if unlisted.any():
-        log.warning(
-            "atlas %s: labels %s of %s (%d voxels) are not in its table %s: those voxels "
-            "belong to no parcel",
-            atlas.name,
-            ", ".join(map(str, present[unlisted][:20])) + (" ..." if unlisted.sum() > 20 else ""),
-            atlas.image,
-            int(counts[unlisted].sum()),
-            atlas.labels,
+def read_label_image(path: Path, subject: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The voxels of a label image, in RAS+ voxel order, and its affine.
+
+    Parameters
+    ----------
+    path : Path
+        The label image (``.nii`` or ``.nii.gz``).
+    subject : str, optional
+        For messages.
+
+    Returns
+    -------
+    voxels : ndarray
+        As stored (the checks of integer labels are :func:`load_atlas`'s).
+    affine : ndarray, shape (4, 4)
+        Of that voxel order.
+
+    Raises
+    ------
+    BidstrainError
+        Naming the file and ``subject``, when it is not an image, or its voxel data are
+        cut short or corrupt (a truncated or damaged copy).
+    """
+    try:
+        img = nib.as_closest_canonical(nib.load(path))  # reads the voxels unless RAS+
+        return np.asarray(img.dataobj), img.affine
+    except (EOFError, OSError, zlib.error) as error:  # the file cut short or damaged
+        reason = " ".join(str(error).split())  # nibabel's can span lines
+        raise BidstrainError(
+            f"the label image cannot be read ({reason}): the file is truncated or corrupt "
+            "(cut short, or damaged gzip data); re-copy or re-export it",
+            path=path,
+            subject=subject,
+        ) from None
+    except Exception as error:  # nibabel raises many types for files that are no image
+        raise BidstrainError(
+            f"not a readable label image: {error}", path=path, subject=subject
+        ) from None
+
+
+def _integer_labels(voxels: np.ndarray, path: Path, subject: str | None) -> np.ndarray:
+    """The voxels of a label image as int64 labels, 3D.
+
+    A negative label is an error, not a label to leave out: a label table lists none
+    (:func:`read_label_table`), and one in an image most often betrays labels above the
+    range of its signed voxel type (over 32767 in int16), which wrap to negative values.
+    """
+    if voxels.ndim == 4 and voxels.shape[3] == 1:
+        voxels = voxels[..., 0]
+    if voxels.ndim != 3 or not np.allclose(voxels, np.round(voxels), rtol=0.0, atol=1e-4):
+        raise BidstrainError(
+            "a label image must be 3D with integer labels", path=path, subject=subject
+        )
+    labels = np.round(voxels).astype(np.int64)
+    negative, counts = np.unique(labels[labels < 0], return_counts=True)
+    if negative.size:
+        raise BidstrainError(
+            f"negative labels {_some(negative)} ({int(counts.sum())} voxels): labels are "
+            "non-negative integers, 0 the background (labels above the range of the "
+            "image's signed voxel type wrap to negative values: save it with a type that "
+            "holds them, such as uint16 or int32)",
+            path=path,
+            subject=subject,
+        )
+    return labels
+
+
+def _some(values: np.ndarray, most: int = 20) -> str:
+    """The first ``most`` of ``values``, for a message."""
+    return ", ".join(map(str, values[:most])) + (" ..." if values.size > most else "")
+
+
+def parcel_of_labels(labels: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """The parcel of each voxel of a label image, found among the sorted label values:
+    time and memory grow with the voxels and the number of labels, never with the label
+    values (an Allen atlas's reach 614454277).
+
+    Parameters
+    ----------
+    labels : ndarray of int
+        The label image.
+    indices : ndarray of int, shape (n_parcels,)
+        The label value of each parcel (:func:`read_label_table`: distinct, none 0).
+
+    Returns
+    -------
+    ndarray of int64, the shape of ``labels``
+        The parcel (position in ``indices``) of each voxel; -1 for the background 0 and
+        for labels ``indices`` does not list.
+    """
+    order = np.argsort(indices)
+    values = indices[order]
+    position = np.minimum(np.searchsorted(values, labels), values.size - 1)
+    return np.where(values[position] == labels, order[position], -1)
+
+
+def _warn_unlisted(unlisted: np.ndarray, atlas: AtlasFiles) -> None:
+    """Warn about the labels of the image that its table does not list (``unlisted``, one
+    per voxel): their voxels belong to no parcel."""
+    present, counts = np.unique(unlisted, return_counts=True)
+    if present.size:
+        _warn_once(
+            f"atlas {atlas.name}: labels {_some(present)} of {atlas.image} "
+            f"({int(counts.sum())} voxels) are not in its table {atlas.labels}: those "
+            "voxels belong to no parcel"
         )
 
 
+@functools.cache
+def _warn_once(message: str) -> None:
+    """Log ``message`` as a warning, once per process: a normalize job reads its atlas
+    for each of its runs, and what it says of the atlas it says once."""
+    log.warning(message)
+
+
 def nearest_labels(
-    labels: np.ndarray, labels_affine: np.ndarray, shape: tuple[int, int, int], affine: np.ndarray
+    labels: np.ndarray,
+    labels_affine: np.ndarray,
+    shape: tuple[int, int, int],
+    affine: np.ndarray,
+    *,
+    outside: int = 0,
 ) -> np.ndarray:
-    """The label of the nearest voxel of ``labels`` at each voxel centre of a grid (0 outside
-    the label image)."""
+    """The label of the nearest voxel of ``labels`` at each voxel centre of a grid.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (i, j, k)
+        A label image (or its parcel numbers).
+    labels_affine : ndarray, shape (4, 4)
+        Its affine.
+    shape, affine
+        The grid.
+    outside : int
+        The value of the grid's voxels outside the label image.
+
+    Returns
+    -------
+    ndarray, shape ``shape``, the dtype of ``labels``
+    """
     ijk = np.indices(shape, dtype=np.float64).reshape(3, -1)
     world = affine[:3, :3] @ ijk + affine[:3, 3:4]
     inverse = np.linalg.inv(labels_affine)
     source = np.rint(inverse[:3, :3] @ world + inverse[:3, 3:4]).astype(np.int64)
     inside = np.all((source >= 0) & (source < np.array(labels.shape)[:, None]), axis=0)
-    out = np.zeros(ijk.shape[1], dtype=labels.dtype)
+    out = np.full(ijk.shape[1], outside, dtype=labels.dtype)
     out[inside] = labels[tuple(source[:, inside])]
     return out.reshape(shape)
 

@@ -24,8 +24,10 @@ give them (:func:`training_parcel_moments`). Then it writes:
 
 - the parcel store (:func:`bidstrain.io.store.write_parcel_store`);
 - ``..._seg-<atlas>_stat-mean_timeseries.tsv`` (XCP-D's layout): one column per parcel,
-  named as in the label table, one row per frame of the store, the parcel means in the
-  image's units before the z-score; ``n/a`` for a parcel with no voxel in the mask;
+  named as in the label table (a name given to several labels as ``<name>_<index>``:
+  :func:`bidstrain.dataset.atlas.distinct_names`), one row per frame of the store, the
+  parcel means in the image's units before the z-score; ``n/a`` for a parcel with no
+  voxel in the mask;
 - ``..._seg-<atlas>_stat-coverage_bold.tsv``: one column per parcel, one row, the fraction
   of the parcel's voxels (on the run's grid) inside the run's mask.
 
