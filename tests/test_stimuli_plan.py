@@ -43,6 +43,17 @@ def test_one_feature_store_per_stimulus_file_whatever_the_runs(film_bids):
     assert len(plan.stimuli.runs) == 6
 
 
+def test_word_vectors_that_are_not_a_file_stop_the_plan(film_bids, tmp_path):
+    """Said with the dry run, not as a missing input of every transcript's job."""
+    vectors = tmp_path / "vectors.txt"
+    for table in ("", str(vectors)):
+        with pytest.raises(BidstrainError, match=rf"stimuli.text_embeddings '{table}' is not"):
+            _plan(film_bids, enabled=True, text_method="embeddings", text_embeddings=table)
+    vectors.write_text("film 0.5 1.0\n")
+    plan = _plan(film_bids, enabled=True, text_method="embeddings", text_embeddings=str(vectors))
+    assert plan.stimulus_embeddings("stimuli/film_words.tsv") == [str(vectors)]
+
+
 def test_disabled_stimuli_plan_nothing_and_read_no_film(film_bids, tmp_path):
     root = copy_dataset(film_bids, tmp_path)
     (root / "stimuli" / "film.mp4").unlink()

@@ -1091,7 +1091,32 @@ def _stimuli(config: Config, index: BidsIndex, bold: Sequence[BidsFile]) -> Stim
             "fMRIPrep's holds neither events files nor stimuli/: set stimuli.raw_dir to the "
             "raw dataset)"
         )
+    _check_word_vectors(config, found)
     return found
+
+
+def _check_word_vectors(config: Config, found: StimulusIndex) -> None:
+    """With ``stimuli.text_method: embeddings`` and a transcript to read, the table of
+    ``stimuli.text_embeddings`` must be a file: said with the dry run, not by Snakemake
+    as a missing input of every transcript's job.
+
+    Raises
+    ------
+    BidstrainError
+        Naming the key and the path.
+    """
+    features = config.stimuli.features
+    if features.text_method != "embeddings":
+        return
+    if not any(stimulus.kind == "text" for stimulus in found.stimuli.values()):
+        return
+    table = features.text_embeddings
+    if not table or not Path(table).is_file():
+        raise BidstrainError(
+            f"config stimuli.text_method is embeddings but stimuli.text_embeddings "
+            f"{table!r} is not a file: give a table of word vectors (a word, then its "
+            "values, one word a line: GloVe's text format), or text_method: hashing"
+        )
 
 
 def write_plan(files: Mapping[str, str]) -> dict[str, str]:
