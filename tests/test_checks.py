@@ -15,7 +15,12 @@ import yaml
 import zarr
 from bidstrain.checks import Check
 from bidstrain.checks.__main__ import run_checks
-from bidstrain.checks.loss import N_BATCHES, check_loss_scale, zero_prediction_losses
+from bidstrain.checks.loss import (
+    N_BATCHES,
+    _padding_only,
+    check_loss_scale,
+    zero_prediction_losses,
+)
 from bidstrain.checks.plan import check_counts, check_schedule
 from bidstrain.checks.quality import check_quality
 from bidstrain.checks.scan import scan_store
@@ -575,6 +580,8 @@ def test_a_grid_mostly_padding_fails_the_initial_loss(tmp_path):
     passed = check_loss_scale(stores, fitted, max_ratio=100)
     assert passed.status == "pass", passed.message
     assert passed.values["losses"]["bold"]["padding_only"] == 0.0
+    t1w = {"padding_only": 0.01, "tokens_with_data": 0.1, "on_grid": True}
+    assert "Fit train.shapes.T1w and" in _padding_only("T1w", t1w, "var")  # its key's case
 
 
 def test_long_encoder_sequences_warn_naming_their_tokens():

@@ -27,7 +27,9 @@ def fmriprep_run(tmp_path_factory) -> tuple[Path, Path]:
     settings.write_text(
         f'space: "{SPACE}:res-2"\nmodalities: [T1w, bold]\n'
         "normalize:\n  confounds:\n    strategy: simple\n"
-        "train:\n  epochs: 1\n  warmup_steps: 2\n"
+        # a model grid the 12 x 14 x 12 grid of res-2 fills (the checks fail a padded one)
+        "train:\n  epochs: 1\n  warmup_steps: 2\n  patch_size: 4\n"
+        "  shapes: {T1w: [16, 16, 16], bold: [16, 16, 16]}\n"
     )
     run_snakemake(
         workdir,

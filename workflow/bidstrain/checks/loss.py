@@ -301,7 +301,7 @@ def _padding_only(modality: str, losses: Mapping[str, Any], normalize: str) -> s
         f"{losses['padding_only']:.1%} of {modality} batches would mask only tokens "
         f"without data (only {losses['tokens_with_data']:.0%} of its tokens hold data): "
         f"what the loss counts then has a variance of 0, and the {normalize}-normalized "
-        f"loss divides by train.loss.eps. {fix.capitalize()}, or set train.loss.stats: "
+        f"loss divides by train.loss.eps. {fix[0].upper()}{fix[1:]}, or set train.loss.stats: "
         "dataset"
     )
 
