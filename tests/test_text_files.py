@@ -42,6 +42,15 @@ def test_a_row_of_another_length_than_the_header_names_its_line(tmp_path):
         read_tsv(path)
 
 
+def test_empty_fields_after_the_last_column_are_no_data_lost(tmp_path):
+    path = tmp_path / "events.tsv"
+    path.write_text("onset\tduration\tstim_file\n0\t20\tfilm.mp4\t\t\n")
+    assert read_tsv(path)[1] == [{"onset": "0", "duration": "20", "stim_file": "film.mp4"}]
+    path.write_text("onset\tduration\n0\t20\t\tfilm.mp4\n")  # a field past the header
+    with pytest.raises(BidstrainError, match="line 2: 4 tab-separated fields"):
+        read_tsv(path)
+
+
 def test_a_repeated_column_is_refused(tmp_path):
     path = tmp_path / "events.tsv"
     path.write_text("onset\tduration\tonset\n0\t20\t5\n")

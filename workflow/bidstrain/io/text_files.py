@@ -55,7 +55,8 @@ def read_tsv(
     ------
     BidstrainError
         Unless ``lenient``: naming the line of a row with another number of fields than
-        the header, or the column names the header repeats.
+        the header (empty fields after the header's last column aside), or the column
+        names the header repeats.
     """
     text = read_utf8(path, subject=subject)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -71,6 +72,8 @@ def read_tsv(
     for fields in reader:
         if not fields:  # a blank line
             continue
+        if len(fields) > len(header) and not any(fields[len(header) :]):
+            fields = fields[: len(header)]  # trailing tabs (a spreadsheet's export) hold nothing
         if len(fields) != len(header) and not lenient:
             raise BidstrainError(
                 f"line {reader.line_num}: {len(fields)} tab-separated fields where the "
