@@ -558,6 +558,7 @@ def test_padding_only_chance_is_the_share_of_mask_draws_missing_every_data_token
     assert padding_only_chance(np.array([2]), 6, 0.5) == pytest.approx(missing) == 0.2
     assert padding_only_chance(np.array([2, 2]), 6, 0.5) == pytest.approx(0.04)
     assert padding_only_chance(np.array([4]), 6, 0.5) == 0.0  # 3 masked of 2 empty
+    assert padding_only_chance(np.array([0]), 6, 0.0) == 0.0  # no mask: every token counts
 
 
 def test_a_grid_mostly_padding_fails_the_initial_loss(tmp_path):

@@ -93,11 +93,15 @@ def padding_only_chance(held: np.ndarray, n_tokens: int, mask_ratio: float) -> f
     """The chance that every token a batch masks holds no data, for the batch's samples
     of one modality (``held`` tokens with data of ``n_tokens`` each, :func:`tokens_with_data`).
 
-    The model masks ``max(1, round(mask_ratio * n_tokens))`` tokens of each sample, drawn
-    uniformly (:meth:`bidstrain.train.model.MultiModalAutoencoder.token_masks`): for one sample the
+    Without masking (``mask_ratio`` 0) the loss counts every token: the chance is 0.
+    Otherwise the model masks ``max(1, round(mask_ratio * n_tokens))`` tokens of each
+    sample, drawn uniformly
+    (:meth:`bidstrain.train.model.MultiModalAutoencoder.token_masks`): for one sample the
     chance is ``C(empty, masked) / C(n_tokens, masked)``, and the samples draw
     independently.
     """
+    if mask_ratio <= 0:
+        return 0.0
     masked = max(1, round(mask_ratio * n_tokens))
     log_chance = 0.0
     for empty in (n_tokens - np.asarray(held)).tolist():
@@ -154,8 +158,7 @@ def zero_prediction_losses(
     model = train.model
     sums: dict[str, list[float]] = {}
     tokens: dict[str, list[tuple[float, float]]] = {}  # (share with data, padding-only)
-    on_grid: dict[str, bool] = {}  # images and voxel windows, not channel series
-    n_tokens_of: dict[str, int] = {}
+    cut: dict[str, tuple[bool, int]] = {}  # (cut from a grid, tokens a sample)
     for indices in sampler:
         store, _ = layout.locate(np.asarray(indices, dtype=np.int64))
         held = {MODALITIES[code] for code in np.unique(layout.modality[store])}
@@ -174,10 +177,11 @@ def zero_prediction_losses(
                     sums.setdefault(modality, []).append(float(loss))
                     series = modality == "bold" or modality in STIMULUS_KINDS
                     frames = model.patch_frames if series else 1
-                    held, n_tokens = tokens_with_data(target, model.patch_size, frames)
-                    chance = padding_only_chance(held, n_tokens, model.mask_ratio)
-                    tokens.setdefault(modality, []).append((held.mean() / n_tokens, chance))
-                    on_grid[modality], n_tokens_of[modality] = target.dim() == 5, n_tokens
+                    with_data, n_tokens = tokens_with_data(target, model.patch_size, frames)
+                    chance = padding_only_chance(with_data, n_tokens, model.mask_ratio)
+                    share = with_data.mean() / n_tokens
+                    tokens.setdefault(modality, []).append((share, chance))
+                    cut[modality] = (target.dim() == 5, n_tokens)
         if all(len(sums.get(m, ())) >= N_BATCHES for m in wanted):
             break
     weights = loss_config.weights
@@ -187,11 +191,9 @@ def zero_prediction_losses(
             "weighted": weights[m] * sum(losses) / len(losses),
             "batches": len(losses),
             "tokens_with_data": float(np.mean([share for share, _ in tokens[m]])),
-            "padding_only": float(np.mean([chance for _, chance in tokens[m]]))
-            if model.mask_ratio > 0
-            else 0.0,
-            "on_grid": on_grid[m],
-            "tokens": n_tokens_of[m],
+            "padding_only": float(np.mean([chance for _, chance in tokens[m]])),
+            "on_grid": cut[m][0],
+            "tokens": cut[m][1],
         }
         for m, losses in sums.items()
     }
