@@ -38,6 +38,10 @@ def test_make_demo_naturalistic_runs_the_film_to_the_encoding_model_and_report(t
     )
     model, ridge = (metrics["predictions"][name]["mean_correlation"] for name in ("model", "ridge"))
     assert model > 0.3 and model >= ridge - 0.05, metrics["predictions"]
+    # three slabs of four respond to the film (voxel_weights): above chance, nearly all
+    tested = metrics["predictions"]["model"]["tested_targets"]
+    significant = metrics["predictions"]["model"]["significant_targets"]
+    assert 0.9 * tested * 3 / 4 <= significant <= tested, metrics["predictions"]["model"]
     report = study / "results" / "report"
     assert sorted(p.name for p in (report / "stimuli").glob("*.png")) == [
         "task-movie_run-1.png",

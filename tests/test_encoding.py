@@ -16,7 +16,7 @@ from bidstrain.encoding.__main__ import run
 from bidstrain.encoding.apply import feature_differences, predict_run, write_prediction
 from bidstrain.encoding.apply import main as apply_main
 from bidstrain.encoding.data import EncodingData, load_data, save_data, statistics_digest
-from bidstrain.encoding.evaluate import chance_bound, score
+from bidstrain.encoding.evaluate import score
 from bidstrain.encoding.fit import Interrupted, fit, shard
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import open_store
@@ -109,6 +109,11 @@ def test_heldout_correlation_reaches_the_noise_ceiling_and_ridge(demo, tmp_path)
     print(f"ceiling {ceiling:.3f} model {model:.3f} ridge {ridge:.3f}")
     assert ceiling - model < 0.1, (ceiling, model)
     assert ridge - model <= 0.05, (ridge, model)
+    # every responsive voxel beats each of its 299 rotations: p = 1 / 300
+    assert table["model_p"][responsive] == pytest.approx(1 / 300, rel=1e-5)  # 6 digits in the TSV
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["predictions"]["model"]["significant_targets"] >= responsive.sum()
+    assert metrics["chance"]["rotations"] == 299
     assert np.isnan(table["mean_correlation"]).all()  # undefined, written n/a
     assert (table["mean_r2"] <= 1e-12).all()
     assert summary["mean"]["mean_correlation"] is None
@@ -139,9 +144,11 @@ def test_scrambled_stimulus_drops_to_chance(demo, tmp_path):
         tmp_path / "out" / "metrics.tsv", names=True, delimiter="\t", missing_values="n/a"
     )
     responsive = np.abs(signal).sum(axis=0) > 0
-    bound = chance_bound(len(data.heldout_y))  # 4 / sqrt(300) = 0.23
-    assert abs(table["model_correlation"][responsive].mean()) < bound
-    assert abs(np.median(table["model_correlation"])) < bound
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    model = metrics["predictions"]["model"]
+    print(model, table["model_p"][responsive].round(3))
+    assert model["significant_targets"] == 0
+    assert abs(table["model_correlation"][responsive].mean()) < model["median_null_r95"]
 
 
 def _small(seed=0):
@@ -157,6 +164,57 @@ def _small(seed=0):
         "statistics": {"digest": "0123456789abcdef", "training_runs": ["task-a_run-1"]},
     }
     return EncodingData(x[:30], y[:30], x[30:], y[30:], features, {"kind": "voxels"})
+
+
+def _ar1(rng, phi, shape):
+    """Stationary AR(1) columns: BOLD-like autocorrelation ``phi`` per time point."""
+    x = np.empty(shape)
+    x[0] = rng.normal(size=shape[1]) / np.sqrt(1 - phi**2)
+    for t in range(1, shape[0]):
+        x[t] = phi * x[t - 1] + rng.normal(size=shape[1])
+    return x
+
+
+def test_shift_null_matches_rotations_computed_one_by_one():
+    from bidstrain.encoding.evaluate import SHIFT_BLOCK, shift_null
+
+    rng = np.random.default_rng(4)
+    n, n_targets = 37, 6
+    predicted = _ar1(rng, 0.6, (n, n_targets))
+    measured = predicted * [0, 0.2, 1, 3, 0, 0] + _ar1(rng, 0.6, (n, n_targets))
+    measured[:, 4] = 5.0  # constant: undefined
+    null = shift_null(predicted.astype(np.float32), measured)
+    for j in range(n_targets):
+        if j == 4:
+            assert np.isnan(null.p[j]) and np.isnan(null.r95[j])
+            continue
+        rotated = [
+            np.corrcoef(predicted[:, j], np.roll(measured[:, j], -k))[0, 1] for k in range(n)
+        ]
+        p = (1 + sum(r >= rotated[0] for r in rotated[1:])) / n
+        assert null.p[j] == pytest.approx(p, abs=1e-12)
+        assert null.r95[j] == pytest.approx(np.quantile(rotated[1:], 0.95), abs=1e-6)
+    assert null.p[3] == pytest.approx(1 / n)  # a strong prediction beats every rotation
+    # blocks of targets give the same answer as one
+    wide = np.tile(measured[:, :4], (1, SHIFT_BLOCK // 2 + 1))
+    blocked = shift_null(np.tile(predicted[:, :4], (1, SHIFT_BLOCK // 2 + 1)), wide)
+    np.testing.assert_array_equal(blocked.p, np.tile(null.p[:4], SHIFT_BLOCK // 2 + 1))
+
+
+@pytest.mark.parametrize("phi", [0.0, 0.9])
+def test_shift_null_holds_its_level_where_independent_frames_do_not(phi):
+    """Unrelated slow series (AR(1), 300 time points): the circular-shift test rejects
+    about 5 % at p <= 0.05, whatever the autocorrelation; the bound that takes the
+    frames as independent (one-sided 5 %: 1.645 / sqrt(n)) rejects 30 % at phi 0.9."""
+    from bidstrain.encoding.evaluate import shift_null
+
+    rng = np.random.default_rng(11)
+    shape = (300, 4000)
+    predicted, measured = _ar1(rng, phi, shape), _ar1(rng, phi, shape)
+    rejected = (shift_null(predicted, measured).p <= 0.05).mean()
+    assert 0.04 <= rejected <= 0.065, rejected  # binomial SD 0.0034
+    naive = (score(predicted, measured).correlation > 1.645 / np.sqrt(shape[0])).mean()
+    assert (naive > 0.25) if phi else (0.04 <= naive <= 0.065), naive
 
 
 def test_interrupted_run_resumes_bit_for_bit(tmp_path):
@@ -301,7 +359,7 @@ def test_bad_data_files_are_named(tmp_path):
 
 def test_parcel_correlations_are_painted_over_their_voxels_and_tabled_by_label(tmp_path):
     from bidstrain.dataset.atlas import Atlas
-    from bidstrain.encoding.evaluate import Scores
+    from bidstrain.encoding.evaluate import Scores, ShiftNull
     from bidstrain.encoding.outputs import write_metrics
     from bidstrain.report.encoding import parcel_values
 
@@ -313,10 +371,15 @@ def test_parcel_correlations_are_painted_over_their_voxels_and_tabled_by_label(t
     np.testing.assert_array_equal(painted, want)
     scores = {"model": Scores(np.array([0.9, np.nan]), np.array([0.5, 0.1]), np.ones(2))}
     target = {"kind": "parcels", "parcels": [5, 1], "parcel_names": ["e", "a"]}
-    write_metrics(tmp_path / "m.json", tmp_path / "m.tsv", scores, {}, target)
+    nulls = {"model": ShiftNull(np.array([0.01, np.nan]), np.array([0.2, np.nan]))}
+    write_metrics(tmp_path / "m.json", tmp_path / "m.tsv", scores, nulls, {}, target)
     rows = [line.split("\t") for line in (tmp_path / "m.tsv").read_text().splitlines()]
-    assert rows[0] == ["parcel", "name", "model_correlation", "model_r2", "model_mse"]
-    assert rows[1] == ["5", "e", "0.9", "0.5", "1"] and rows[2] == ["1", "a", "n/a", "0.1", "1"]
+    assert rows[0] == ["parcel", "name", "model_correlation", "model_r2", "model_mse", "model_p"]
+    assert rows[1] == ["5", "e", "0.9", "0.5", "1", "0.01"]
+    assert rows[2] == ["1", "a", "n/a", "0.1", "1", "n/a"]
+    model = json.loads((tmp_path / "m.json").read_text())["predictions"]["model"]
+    assert model["tested_targets"] == 1 and model["significant_targets"] == 1
+    assert model["median_null_r95"] == 0.2
 
 
 def test_the_correlation_map_lies_over_the_mean_image():

@@ -64,8 +64,15 @@ def test_metrics_hold_the_model_and_both_baselines(workdir):
     assert set(metrics["predictions"]) == {"model", "ridge", "mean"}
     assert metrics["predictions"]["mean"]["mean_correlation"] is None
     assert metrics["predictions"]["mean"]["mean_r2"] <= 0.0
-    header = _out(workdir, "metrics.tsv").read_text().splitlines()[0].split("\t")
+    header, *rows = [
+        line.split("\t") for line in _out(workdir, "metrics.tsv").read_text().splitlines()
+    ]
     assert header[0] == "voxel" and "ridge_correlation" in header
+    # the circular-shift test for the predictions that vary in time
+    assert header[-2:] == ["model_p", "ridge_p"] and "mean_p" not in header
+    tested = sum(row[-2] != "n/a" for row in rows)
+    assert metrics["predictions"]["model"]["tested_targets"] == tested > 0
+    assert metrics["chance"]["rotations"] == metrics["heldout_time_points"] - 1
 
 
 def test_predictions_are_stores_on_the_average_mask(workdir):

@@ -710,23 +710,34 @@ def test_a_parcel_window_row_names_its_parcels_on_integer_rows(tmp_path):
 
 
 def test_encoding_timecourses_name_parcels_by_label_as_the_metrics_do():
-    from bidstrain.report.encoding import timecourse_figure
+    from bidstrain.report.encoding import chance_line, timecourse_figure
 
     rng = np.random.default_rng(0)
     measured = rng.standard_normal((20, 3))
     names = ["parcel 3 tone_low", "parcel 5 luminance", "parcel 8 words"]
+    metrics = {
+        "predictions": {
+            "model": {"tested_targets": 3, "significant_targets": 1, "median_null_r95": 0.41}
+        },
+        "chance": {"rotations": 19, "smallest_p": 0.05, "false_discovery_rate": 0.05},
+    }
     fig = timecourse_figure(
-        measured, measured, measured, np.array([0.1, 0.9, 0.5]), n=2, repetition_time=2.0,
-        names=names, chance=0.52,
+        measured, measured, measured, np.array([0.1, 0.9, 0.5]), np.array([0.6, 0.05, 0.1]),
+        n=2, repetition_time=2.0, names=names, chance=chance_line(metrics, "parcel"),
     )  # fmt: skip
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == [
-        "parcel 5 luminance (best): r = 0.90",
-        "parcel 8 words (near the median): r = 0.50",
+        "parcel 5 luminance (best): r = 0.90, p = 0.05",
+        "parcel 8 words (near the median): r = 0.50, p = 0.1",
     ]
-    # the bound as the spread of r it stands for over the 20 held-out frames
-    assert "r of an unrelated prediction: SD 0.22 (20 frames, if independent); 0.52 = 2.3 SD" in (
-        fig.get_suptitle()
+    assert fig.get_suptitle().splitlines()[1:] == [
+        "chance: r above 0.41 in 5 % of 19 rotations of the measured series",
+        "(median over parcels); 1 of 3 parcels above chance (FDR 5 %)",
+    ]
+    metrics["chance"]["smallest_p"] = 0.1  # 10 held-out frames
+    metrics["chance"]["rotations"] = 9
+    assert chance_line(metrics, "voxel").splitlines()[-1] == (
+        "none can be: 10 held-out frames give no p below 0.1"
     )
     # the same predictions: RidgeCV's thin dashed line shows over the model's broad one
     model, ridge = (

@@ -28,7 +28,13 @@ from pathlib import Path
 
 from bidstrain.config import EncodingJobConfig, to_plain
 from bidstrain.encoding.data import load_data
-from bidstrain.encoding.evaluate import chance_bound, mean_prediction, ridge_baseline, score
+from bidstrain.encoding.evaluate import (
+    FDR,
+    mean_prediction,
+    ridge_baseline,
+    score,
+    shift_null,
+)
 from bidstrain.encoding.fit import Interrupted, fit
 from bidstrain.encoding.outputs import (
     model_description,
@@ -112,12 +118,22 @@ def run(
         "ridge": score(ridge.predicted, data.heldout_y),
         "mean": score(baseline, data.heldout_y),
     }
+    nulls = {
+        "model": shift_null(predicted, data.heldout_y),
+        "ridge": shift_null(ridge.predicted, data.heldout_y),
+    }
     extra = {
         "alpha": alpha,
         "ridge_alpha": ridge.alpha,
         "heldout_time_points": int(data.heldout_y.shape[0]),
         "training_time_points": int(data.train_y.shape[0]),
-        "chance_abs_correlation_bound": chance_bound(data.heldout_y.shape[0]),
+        "chance": {
+            "method": "circular shift: each target's r against its r with the measured "
+            "series rotated by every nonzero shift (one-sided)",
+            "rotations": int(data.heldout_y.shape[0]) - 1,
+            "smallest_p": 1.0 / data.heldout_y.shape[0],
+            "false_discovery_rate": FDR,
+        },
         "mean_correlation_reported_as": "null: a constant prediction has no correlation",
     }
     if context.is_main:
@@ -129,6 +145,7 @@ def run(
             out / "metrics.json",
             out / "metrics.tsv",
             scores,
+            nulls,
             extra,
             data.target,
         )

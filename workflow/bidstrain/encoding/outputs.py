@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bidstrain.encoding.evaluate import Scores
+from bidstrain.encoding.evaluate import Scores, ShiftNull
 from bidstrain.encoding.fit import Fitted
 from bidstrain.errors import BidstrainError
 from bidstrain.io.atomic import atomic_path, write_text_atomic
@@ -73,23 +73,34 @@ def write_metrics(
     json_path: str | Path,
     table_path: str | Path,
     scores: Mapping[str, Scores],
+    nulls: Mapping[str, ShiftNull],
     extra: Mapping[str, Any],
     target: Mapping[str, Any],
 ) -> None:
     """The summary of each prediction's scores (JSON) and the per-target table (TSV).
 
-    The table has one row per target and ``<prediction>_<statistic>`` columns; undefined
-    values are ``n/a``. A target is a voxel (column ``voxel``: its index in the average's
-    mask order) or, when ``target`` lists ``parcels``, a parcel (column ``parcel``: its
-    label value, then ``name``).
+    The table has one row per target and ``<prediction>_<statistic>`` columns, then
+    ``<prediction>_p`` for the predictions ``nulls`` tests (their circular-shift
+    p-values); undefined values are ``n/a``. The JSON adds, for those predictions, the
+    targets significant at the false discovery rate and the median null r95
+    (:meth:`~bidstrain.encoding.evaluate.ShiftNull.summary`). A target is a voxel
+    (column ``voxel``: its index in the average's mask order) or, when ``target`` lists
+    ``parcels``, a parcel (column ``parcel``: its label value, then ``name``).
     """
-    summary = {"predictions": {name: s.summary() for name, s in scores.items()}, **extra}
+    predictions = {
+        name: {**s.summary(), **(nulls[name].summary() if name in nulls else {})}
+        for name, s in scores.items()
+    }
+    summary = {"predictions": predictions, **extra}
     write_text_atomic(json_path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    columns = [f"{name}_{stat}" for name in scores for stat in ("correlation", "r2", "mse")]
-    n = len(next(iter(scores.values())).mse)
-    values = np.stack(
-        [getattr(scores[c.rsplit("_", 1)[0]], c.rsplit("_", 1)[1]) for c in columns], axis=1
-    )
+    columns = {
+        f"{name}_{stat}": getattr(s, stat)
+        for name, s in scores.items()
+        for stat in ("correlation", "r2", "mse")
+    }
+    columns |= {f"{name}_p": null.p for name, null in nulls.items()}
+    values = np.stack(list(columns.values()), axis=1)
+    n = values.shape[0]
     if "parcels" in target:
         header = ["parcel", "name"]
         labels = zip(target["parcels"], target["parcel_names"], strict=True)

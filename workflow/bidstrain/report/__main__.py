@@ -191,20 +191,21 @@ def _encoding_figures(args: argparse.Namespace) -> list:
     model = json.loads((folder / "model.json").read_text())
     target = model["target"]
     kind = "parcel" if target.get("kind") == "parcels" else "voxel"
-    correlation = read_table(folder / "metrics.tsv")["model_correlation"]
-    chance = json.loads((folder / "metrics.json").read_text()).get("chance_abs_correlation_bound")
+    table = read_table(folder / "metrics.tsv")
+    correlation = table["model_correlation"]
+    chance = chance_line(json.loads((folder / "metrics.json").read_text()), kind)
     if kind == "parcel":  # the atlas's labels and names, as metrics.tsv lists them
         labels = zip(target["parcels"], target["parcel_names"], strict=True)
         names = [f"parcel {label} {name}" for label, name in labels]
     else:
         names = [f"voxel {i}" for i in range(correlation.size)]
     with np.load(folder / "heldout.npz") as held:
-        n_frames = held["measured"].shape[0]
         timecourse = timecourse_figure(
             held["measured"],
             held["model"],
             held["ridge"],
             correlation,
+            table["model_p"],
             n=args.targets,
             repetition_time=model["features"]["repetition_time"],
             names=names,
@@ -229,8 +230,7 @@ def _encoding_figures(args: argparse.Namespace) -> list:
         voxels = parcel_values(correlation, target["parcels"], atlas)[mask]
     kinds = ", ".join(model["features"]["kinds"])
     title = f"Encoding model: held-out correlation per {kind} ({kinds}) over the mean image"
-    if chance is not None:
-        title += "\n" + chance_line(chance, n_frames)
+    title += "\n" + chance
     anatomy = to_grid(store, np.asarray(store["mean"].values, np.float64))
     return [
         (args.timecourse_out, timecourse),

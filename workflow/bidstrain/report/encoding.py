@@ -6,8 +6,9 @@ voxel's own, or for a model of parcels each parcel's painted over its voxels
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -34,16 +35,26 @@ def chosen_targets(correlation: np.ndarray, n: int) -> list[tuple[str, int]]:
     return [("best", best)] + [("near the median", i) for i in near[: max(n - 1, 0)]]
 
 
-def chance_line(chance: float, n_frames: int) -> str:
-    """How large an unrelated prediction's held-out r gets, for a title: its standard
-    deviation ``1 / sqrt(n_frames)`` and ``metrics.json``'s bound ``chance`` in those
-    deviations (``z / sqrt(n_frames)``, z = 4). Both take the frames as independent; the
-    slow BOLD signal makes fewer effective frames and the spread wider."""
-    spread = 1.0 / np.sqrt(n_frames)
-    return (
-        f"r of an unrelated prediction: SD {spread:.2f} ({n_frames} frames, if independent); "
-        f"{chance:.2f} = {chance / spread:.2g} SD"
-    )
+def chance_line(metrics: Mapping[str, Any], kind: str) -> str:
+    """What chance is for the model, for a title (two or three lines), from ``metrics.json``: the
+    median over targets of the 95th percentile of r under the circular-shift null, and
+    how many targets beat it at the false discovery rate, or why none can."""
+    model, chance = metrics["predictions"]["model"], metrics["chance"]
+    if model.get("median_null_r95") is None:
+        return "chance: undefined (no target's correlation is defined)"
+    rate = chance["false_discovery_rate"]
+    lines = [
+        f"chance: r above {model['median_null_r95']:.2f} in 5 % of {chance['rotations']} "
+        "rotations of the measured series",
+        f"(median over {kind}s); {model['significant_targets']} of {model['tested_targets']} "
+        f"{kind}s above chance (FDR {rate * 100:g} %)",
+    ]
+    if chance["smallest_p"] > rate:
+        lines.append(
+            f"none can be: {chance['rotations'] + 1} held-out frames give no p below "
+            f"{chance['smallest_p']:.2g}"
+        )
+    return "\n".join(lines)
 
 
 def timecourse_figure(
@@ -51,17 +62,18 @@ def timecourse_figure(
     predicted: np.ndarray,
     ridge: np.ndarray,
     correlation: np.ndarray,
+    p: np.ndarray,
     *,
     n: int,
     repetition_time: float,
     names: Sequence[str] | None = None,
-    chance: float | None = None,
+    chance: str | None = None,
 ) -> Figure:
     """Held-out measured BOLD and the model's (and RidgeCV's) prediction, one panel per
     chosen target (:func:`chosen_targets`), titled with ``names[target]`` (the rows of
     ``metrics.tsv``: ``voxel 89``, ``parcel 3 tone_low``; by default the voxel's
-    position); ``chance``: ``metrics.json``'s bound on the |r| of an unrelated
-    prediction, in the figure's title (:func:`chance_line`).
+    position), its correlation and its circular-shift p-value ``p``; ``chance``: a line
+    for the figure's title (:func:`chance_line`).
 
     The model's line is broad and pale, RidgeCV's thin and dashed over it, so that both
     show where they coincide (as a ridge regression and a linear model trained alike
@@ -71,7 +83,7 @@ def timecourse_figure(
     chosen = chosen_targets(correlation, n)
     title = "Encoding model: held-out prediction"
     if chance is not None:
-        title += "\n" + chance_line(chance, measured.shape[0])
+        title += "\n" + chance
     fig = new_figure(9.0, 2.2 * max(len(chosen), 1), title)
     axes = fig.subplots(max(len(chosen), 1), 1, squeeze=False)[:, 0]
     time = np.arange(measured.shape[0]) * repetition_time
@@ -84,7 +96,7 @@ def timecourse_figure(
             time, predicted[:, index], color="tab:red", lw=4.0, alpha=0.4, label="encoding model"
         )
         ax.plot(time, ridge[:, index], color="navy", lw=1.0, ls="--", label=ridge_label)
-        ax.set_title(f"{names[index]} ({why}): r = {correlation[index]:.2f}")
+        ax.set_title(f"{names[index]} ({why}): r = {correlation[index]:.2f}, p = {p[index]:.2g}")
         ax.set_ylabel("BOLD (z)")
     axes[0].legend(loc="lower left", bbox_to_anchor=(0.0, 1.12), ncol=3, fontsize=8)
     axes[-1].set_xlabel("time in the held-out runs (s)")
