@@ -8,12 +8,21 @@ import json
 import shutil
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
-from bidstrain.demo.generate import DemoSpec, make_demo
+from bidstrain.demo.generate import (
+    ATLAS_NAME,
+    DemoSpec,
+    make_atlas_demo,
+    make_demo,
+    make_fmriprep_demo,
+)
 from bidstrain.errors import BidstrainError
 from bidstrain.ingest.__main__ import main
 from bidstrain.ingest.validate import COLUMNS, validate
 from conftest import run_bench, run_snakemake
+from test_plan import plan_of
 
 #: The broken file of each subject, relative to the dataset, and what the report says.
 BROKEN = {
@@ -67,7 +76,7 @@ def test_a_broken_inherited_sidecar_is_listed_once_and_a_dwi_sidecar_is_read(tmp
     dwi_sidecar = next(root.glob("sub-01/**/dwi/*_dwi.nii.gz")).with_suffix("").with_suffix(".json")
     dwi_sidecar.write_text("{not json")
     tsv, text = tmp_path / "problems.tsv", tmp_path / "problems.txt"
-    with pytest.raises(BidstrainError):
+    with pytest.raises(BidstrainError, match="in 1 subject.s. and the dataset's shared files"):
         validate(root, _images(root), tsv=tsv, text=text)
     with open(tsv, newline="") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
@@ -76,7 +85,7 @@ def test_a_broken_inherited_sidecar_is_listed_once_and_a_dwi_sidecar_is_read(tmp
     assert "sidecar is not valid JSON" in inherited[0]["problem"]
     assert "inherited by" in inherited[0]["problem"] and "exclude" not in inherited[0]["fix"]
     assert [row["subject"] for row in rows if row["file"] == str(dwi_sidecar)] == ["01"]
-    assert "dataset (inherited files):" in text.read_text()
+    assert "dataset (shared files):" in text.read_text()
 
 
 def test_a_valid_dataset_passes_and_says_so(demo_bids, tmp_path):
@@ -174,3 +183,77 @@ def test_files_the_index_leaves_out_are_listed_as_warnings(tmp_path):
         "the suffix 'BOLD' must be written 'bold'; ignored",
     ]
     assert all(row["subject"] == "01" for row in rows.values())
+
+
+@pytest.fixture(scope="module")
+def fmriprep_with_atlas(tmp_path_factory):
+    """The fMRIPrep demo (two subjects, three runs each, in MNI at 2 mm) and the demo
+    atlas on that grid, as a plan with ``parcellation`` lists them for the job."""
+    root = tmp_path_factory.mktemp("atlas-validate")
+    make_fmriprep_demo(root / "fmriprep", runs=("1", "2", "3"))
+    make_atlas_demo(root / "atlas")
+    return root / "fmriprep", root / "atlas"
+
+
+def _validate_with_atlas(bids: Path, atlas_dir: Path, tmp_path: Path) -> list[dict]:
+    """``python -m bidstrain.ingest validate @<the plan's argument file>``, as the rule
+    runs it; the rows of its TSV report."""
+    plan = plan_of(
+        bids,
+        space="MNI152NLin2009cAsym:res-2",
+        modalities=["bold"],
+        parcellation={"name": ATLAS_NAME, "path": str(atlas_dir)},
+    )
+    (content,) = plan.validate_files().values()
+    arguments = tmp_path / "validate.args"
+    arguments.write_text(content)
+    tsv, text = tmp_path / "problems.tsv", tmp_path / "problems.txt"
+    command = [f"@{arguments}", "--bids-dir", str(bids), "--settings", "{}"]
+    main(["validate", *command, "--out-tsv", str(tsv), "--out-text", str(text)])
+    return _rows(tsv)
+
+
+def _rows(tsv: Path) -> list[dict]:
+    with open(tsv, newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+def test_a_valid_atlas_passes_on_every_run(fmriprep_with_atlas, tmp_path):
+    bids, atlas_dir = fmriprep_with_atlas
+    assert _validate_with_atlas(bids, atlas_dir, tmp_path) == []
+
+
+def test_a_damaged_atlas_is_an_error_before_any_job(fmriprep_with_atlas, tmp_path):
+    bids, atlas_dir = fmriprep_with_atlas
+    atlas_dir = shutil.copytree(atlas_dir, tmp_path / "atlas")
+    (image,) = atlas_dir.rglob("*_dseg.nii.gz")
+    data = image.read_bytes()
+    image.write_bytes(data[: int(len(data) * 0.6)])
+    with pytest.raises(BidstrainError, match=r"1 error.s. in the dataset's shared files; every"):
+        _validate_with_atlas(bids, atlas_dir, tmp_path)
+    (row,) = _rows(tmp_path / "problems.tsv")  # once for the grid the runs share
+    assert row["file"] == str(image) and "truncated" in row["problem"], row
+    assert row["subject"] == "" and "config parcellation" in row["fix"]  # the dataset's
+    assert "dataset (shared files):" in (tmp_path / "problems.txt").read_text()
+
+
+def test_an_atlas_on_another_grid_or_with_unlisted_labels_is_a_warning_once(
+    fmriprep_with_atlas, tmp_path
+):
+    bids, atlas_dir = fmriprep_with_atlas
+    atlas_dir = shutil.copytree(atlas_dir, tmp_path / "atlas")
+    (image,) = atlas_dir.rglob("*_dseg.nii.gz")
+    img = nib.load(image)
+    labels = np.asarray(img.dataobj).copy()
+    labels[0, 0, 0] = 42  # a label the table does not list
+    fine = np.repeat(np.repeat(np.repeat(labels, 2, 0), 2, 1), 2, 2)  # twice the resolution
+    affine = img.affine.copy()
+    affine[:3, :3] /= 2
+    affine[:3, 3] -= 0.5
+    nib.save(nib.Nifti1Image(fine, affine), image)
+    rows = _validate_with_atlas(bids, atlas_dir, tmp_path)
+    assert [row["severity"] for row in rows] == ["warning", "warning"], rows
+    assert all(row["file"] == str(image) for row in rows)
+    problems = sorted(row["problem"] for row in rows)
+    assert "labels 42 of" in problems[0] and "not in its table" in problems[0]
+    assert "resampled by nearest neighbour" in problems[1]

@@ -780,9 +780,10 @@ class Plan:
 
     def validate_files(self) -> dict[str, str]:
         """The argument file of the validate job (:data:`paths.PLAN_VALIDATE_ARGS`):
-        every image the normalize jobs read."""
+        every image the normalize jobs read, and the atlas they read onto the BOLD runs."""
         images = (str(image.image.path) for job in self.jobs.values() for image in job.images)
-        return {paths.PLAN_VALIDATE_ARGS: _lines(["--images", *images])}
+        atlas = ["--atlas", json.dumps(self.atlas.to_json())] if self.atlas else []
+        return {paths.PLAN_VALIDATE_ARGS: _lines(["--images", *images, *atlas])}
 
     # ---- stimuli (bidstrain.stimuli; rules in workflow/rules/stimuli.smk) --------------
 

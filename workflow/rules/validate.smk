@@ -1,9 +1,10 @@
 # Validation (target `validate`): one job reads the header and sidecars of every image the
-# normalize jobs would read, never their voxel data, and reports every problem of the
-# dataset at once (bidstrain.ingest.validate): results/validate/problems.txt (readable)
-# and problems.tsv (one row per problem: severity, subject, file, problem, fix). The job
-# fails when any problem is an error. It has no output, so it runs whenever it is asked
-# for; the reports are its logs, which Snakemake keeps when the job fails.
+# normalize jobs would read, never their voxel data (and with a parcellation the atlas,
+# onto every BOLD run's grid), and reports every problem of the dataset at once
+# (bidstrain.ingest.validate): results/validate/problems.txt (readable) and problems.tsv
+# (one row per problem: severity, subject, file, problem, fix). The job fails when any
+# problem is an error. It has no output, so it runs whenever it is asked for; the
+# reports are its logs, which Snakemake keeps when the job fails.
 write_if_changed(PLAN.validate_files())
 
 

@@ -3,7 +3,8 @@ and tables into the manifest (:func:`bidstrain.ingest.records.write_manifest`);
 ``python -m bidstrain.ingest validate ...`` checks every image of the plan and reports
 every problem (:func:`bidstrain.ingest.validate.validate`), with the config's ``ingest``
 section as JSON (``--settings``, typed again with :func:`bidstrain.config.load_section`,
-keys left out at their schema defaults). ``@FILE`` reads arguments from FILE, one a line."""
+keys left out at their schema defaults) and, with ``--atlas``, the parcellation's files
+(JSON) to read onto every BOLD run. ``@FILE`` reads arguments from FILE, one a line."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import json
 from collections.abc import Sequence
 
 from bidstrain.config import IngestConfig, load_section
+from bidstrain.dataset.atlas import AtlasFiles
 from bidstrain.errors import run_cli
 from bidstrain.ingest.records import write_manifest
 from bidstrain.ingest.validate import validate
@@ -35,6 +37,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     checks.add_argument(
         "--settings", type=json.loads, required=True, help="the ingest section, as JSON"
     )
+    checks.add_argument(
+        "--atlas", type=json.loads, help="the parcellation's files, as JSON (AtlasFiles)"
+    )
     checks.add_argument("--out-tsv", required=True)
     checks.add_argument("--out-text", required=True)
     args = parser.parse_args(argv)
@@ -49,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             text=args.out_text,
             tr_mismatch=settings.repetition_time_mismatch,
             tr_tolerance=settings.repetition_time_tolerance,
+            atlas=AtlasFiles.from_json(args.atlas) if args.atlas else None,
         )
 
 

@@ -3,8 +3,10 @@
 ``snakemake validate`` (rule in ``workflow/rules/validate.smk``) runs one job that reads
 the header and sidecars of every image the plan normalizes, with the checks each
 normalize job runs first (:func:`bidstrain.ingest.records.inspect_image`), but never
-their voxel data, and writes one report of every problem: a TSV (:data:`COLUMNS`) and a
-readable text. The job fails when any problem is an error, after writing the report.
+their voxel data; with a parcellation it also reads the atlas onto the grid of every BOLD
+run, as the normalize jobs will (:func:`validate_atlas`: once per label image and grid).
+It writes one report of every problem: a TSV (:data:`COLUMNS`) and a readable text. The
+job fails when any problem is an error, after writing the report.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from contextlib import contextmanager
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
-from bidstrain.dataset.bids import BidsIndex
+from bidstrain.dataset import atlas as atlas_module
+from bidstrain.dataset.atlas import AtlasFiles, load_atlas
+from bidstrain.dataset.bids import BidsFile, BidsIndex
 from bidstrain.errors import BidstrainError
 from bidstrain.ingest import records
 from bidstrain.io.atomic import write_text_atomic
+from bidstrain.normalize.nifti_stream import read_layout
 
 #: The columns of the TSV report, one row per problem.
 COLUMNS = ("severity", "subject", "file", "problem", "fix")
@@ -60,7 +65,7 @@ def _leave_out(subject: str) -> str:
 
 
 class _Warnings(logging.Handler):
-    """Collects the warnings :func:`records.inspect_image` logs."""
+    """Collects the warnings :func:`records.inspect_image` (or the atlas reader) logs."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -71,13 +76,13 @@ class _Warnings(logging.Handler):
 
 
 @contextmanager
-def _collect_warnings() -> Iterator[_Warnings]:
+def _collect_warnings(log: logging.Logger = records.log) -> Iterator[_Warnings]:
     handler = _Warnings()
-    records.log.addHandler(handler)
+    log.addHandler(handler)
     try:
         yield handler
     finally:
-        records.log.removeHandler(handler)
+        log.removeHandler(handler)
 
 
 def validate_images(
@@ -86,6 +91,7 @@ def validate_images(
     *,
     tr_mismatch: str = "error",
     tr_tolerance: float = 0.01,
+    atlas: AtlasFiles | None = None,
 ) -> list[Problem]:
     """Check every image's header and sidecars, and list every problem.
 
@@ -99,18 +105,22 @@ def validate_images(
         What a sidecar/header repetition-time disagreement is (``ingest.*``).
     tr_tolerance : float
         Allowed disagreement in seconds.
+    atlas : AtlasFiles, optional
+        The parcellation the normalize jobs read onto every BOLD run
+        (:func:`validate_atlas`).
 
     Returns
     -------
     list of Problem
-        In the order of ``images``, then the files the index left out (a name that is not
-        BIDS, an image whose extension or suffix is in the wrong case: warnings); empty
-        when every image is valid.
+        In the order of ``images``, then the atlas's, then the files the index left out
+        (a name that is not BIDS, an image whose extension or suffix is in the wrong
+        case: warnings); empty when every image is valid.
     """
     index = BidsIndex.build(bids_dir)
     indexed = {str(image.path): image for image in index.images}
     problems = []
     inherited: dict[tuple[str, str], list[str]] = {}  # (file, problem): subjects, in order
+    readable = []  # the images whose header passed, for the atlas
     for path in images:
         image = indexed.get(path)
         if image is None:
@@ -137,10 +147,14 @@ def validate_images(
                 problems.append(
                     Problem("error", image.subject, where, error.message, _leave_out(image.subject))
                 )
+            else:
+                readable.append(image)
         problems += [
             Problem("warning", image.subject, path, message.removeprefix(f"{path}: "), "")
             for message in warnings.messages
         ]
+    if atlas is not None:
+        problems += validate_atlas(atlas, readable, bids_dir)
     problems += [
         Problem("warning", _subject_of(path), path, why, "rename the file to its BIDS name")
         for path, why in index.problems
@@ -159,12 +173,70 @@ def validate_images(
     return problems
 
 
+def validate_atlas(
+    atlas: AtlasFiles, images: Sequence[BidsFile], bids_dir: str | Path
+) -> list[Problem]:
+    """Read the atlas onto the grid of every BOLD run of ``images`` as its normalize job
+    will (:func:`~bidstrain.dataset.atlas.load_atlas`), once per label image and grid:
+    a damaged label image or table, negative labels, a label image that misses the run
+    are errors; labels the table lacks and a grid to resample to are warnings. A problem
+    of the one atlas every run reads is the dataset's (no subject), of a label image per
+    run the subject's.
+    """
+    problems = []
+    seen: set[tuple] = set()
+    for image in images:
+        if image.suffix != "bold":
+            continue
+        subject = image.subject if atlas.per_run else ""
+        fix = (
+            _leave_out(image.subject)
+            if atlas.per_run
+            else "fix the atlas, or choose another in config parcellation"
+        )
+        try:
+            files = atlas.for_run(image.entities, bids_dir)
+            layout = read_layout(image.path, image.subject)
+        except BidstrainError as error:
+            where = str(error.path or image.path)
+            problems.append(Problem("error", subject, where, error.message, fix))
+            continue
+        grid = (files.image, layout.shape, layout.affine.tobytes())
+        if grid in seen:
+            continue
+        seen.add(grid)
+        with _collect_warnings(atlas_module.log) as warnings:
+            try:
+                load_atlas(
+                    files, layout.shape, layout.affine, image=image.path, subject=image.subject
+                )
+            except BidstrainError as error:
+                where = str(error.path or files.image)
+                problems.append(Problem("error", subject, where, error.message, fix))
+        problems += [
+            Problem("warning", subject, str(files.image), message, "")
+            for message in warnings.messages
+        ]
+    return problems
+
+
 def _subject_of(path: str) -> str:
     """The subject label of a BIDS path (``sub-<label>`` folder), or ``""``."""
     for part in Path(path).parts:
         if part.startswith("sub-"):
             return part.removeprefix("sub-")
     return ""
+
+
+def _where(problems: Sequence[Problem]) -> str:
+    """Where ``problems`` are: ``3 subject(s)``, ``the dataset's shared files`` (problems
+    without a subject), or both."""
+    subjects = {p.subject for p in problems}
+    named = f"{len(subjects - {''})} subject(s)"
+    if "" not in subjects:
+        return named
+    shared = "the dataset's shared files"
+    return f"{named} and {shared}" if len(subjects) > 1 else shared
 
 
 def report_text(problems: Sequence[Problem], n_images: int) -> str:
@@ -181,10 +253,10 @@ def report_text(problems: Sequence[Problem], n_images: int) -> str:
     subjects = dict.fromkeys(p.subject for p in problems)
     lines = [
         f"{n_images} image(s) checked: {len(errors)} error(s), "
-        f"{len(problems) - len(errors)} warning(s) in {len(subjects)} subject(s)"
+        f"{len(problems) - len(errors)} warning(s) in {_where(problems)}"
     ]
     for subject in subjects:
-        lines.append(f"\nsub-{subject}:" if subject else "\ndataset (inherited files):")
+        lines.append(f"\nsub-{subject}:" if subject else "\ndataset (shared files):")
         for problem in (p for p in problems if p.subject == subject):
             lines.append(f"  {problem.severity}: {problem.file}: {problem.problem}")
             if problem.fix:
@@ -220,12 +292,13 @@ def validate(
     text: str | Path,
     tr_mismatch: str = "error",
     tr_tolerance: float = 0.01,
+    atlas: AtlasFiles | None = None,
 ) -> list[Problem]:
     """Validate the images, write the report and fail when any problem is an error.
 
     Parameters
     ----------
-    bids_dir, images, tr_mismatch, tr_tolerance
+    bids_dir, images, tr_mismatch, tr_tolerance, atlas
         As :func:`validate_images`.
     tsv, text : path
         The two reports (:func:`write_report`).
@@ -240,13 +313,13 @@ def validate(
     BidstrainError
         When any problem is an error, naming the count and the text report.
     """
-    problems = validate_images(bids_dir, images, tr_mismatch=tr_mismatch, tr_tolerance=tr_tolerance)
+    problems = validate_images(
+        bids_dir, images, tr_mismatch=tr_mismatch, tr_tolerance=tr_tolerance, atlas=atlas
+    )
     print(write_report(problems, len(images), tsv, text), end="")
     errors = [p for p in problems if p.severity == "error"]
     if errors:
-        subjects = len({p.subject for p in errors})
         raise BidstrainError(
-            f"{len(errors)} error(s) in {subjects} subject(s) of the dataset; every one is "
-            f"listed in {text} (and {tsv})"
+            f"{len(errors)} error(s) in {_where(errors)}; every one is listed in {text} (and {tsv})"
         )
     return problems
