@@ -87,6 +87,21 @@ def test_a_bad_value_names_its_key():
         validate_config({"bids_dir": "/d", "time": {"tr": "0.8"}}, SCHEMA)
 
 
+@pytest.mark.parametrize("key", ["bids_dir", "stimuli.raw_dir"])
+def test_a_dataset_path_with_braces_is_refused_saying_why(key):
+    """Snakemake reads ``{x}`` in an input path as a wildcard: a dataset under a folder
+    named ``br{x}`` ended the dry run in a WildcardError naming neither the folder nor
+    the key."""
+    config = {"bids_dir": "/data/ds", "stimuli": {"raw_dir": "/data/raw"}}
+    section, _, name = key.rpartition(".")
+    (config[section] if section else config)[name] = "/data/br{x}/ds"
+    with pytest.raises(BidstrainError) as raised:
+        validate_config(config, SCHEMA)
+    message = str(raised.value)
+    assert f"config key '{key}': '/data/br{{x}}/ds' does not match" in message
+    assert "Snakemake reads them in a path as wildcards" in message
+
+
 @pytest.mark.parametrize("name", [".", "..", "a/b", "../main", ""])
 def test_an_experiment_name_is_one_folder_below_results_train(name):
     """results/train/<experiment>/: ``.`` or ``..`` would name results/train/ itself or
