@@ -218,8 +218,20 @@ def _rows(tsv: Path) -> list[dict]:
         return list(csv.DictReader(handle, delimiter="\t"))
 
 
-def test_a_valid_atlas_passes_on_every_run(fmriprep_with_atlas, tmp_path):
+def test_a_valid_atlas_passes_on_every_run_in_any_voxel_order(fmriprep_with_atlas, tmp_path):
+    """A run stored LAS lies on the atlas's grid once in RAS+ order, as its store will:
+    no resampling, no warning."""
     bids, atlas_dir = fmriprep_with_atlas
+    bids = shutil.copytree(bids, tmp_path / "fmriprep")
+    run = next(bids.glob("sub-01/func/*_run-1_*desc-preproc_bold.nii.gz"))
+    img = nib.load(run)
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flip[0, 3] = img.shape[0] - 1  # voxel i of the flipped array is voxel n - 1 - i
+    las = nib.Nifti1Image(np.asarray(img.dataobj)[::-1], img.affine @ flip, img.header)
+    las.set_sform(img.affine @ flip, code=1)
+    las.set_qform(img.affine @ flip, code=1)
+    nib.save(las, run)
+    assert nib.aff2axcodes(nib.load(run).affine)[0] == "L"
     assert _validate_with_atlas(bids, atlas_dir, tmp_path) == []
 
 

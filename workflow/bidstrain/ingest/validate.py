@@ -19,13 +19,15 @@ from contextlib import contextmanager
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from bidstrain.dataset import atlas as atlas_module
 from bidstrain.dataset.atlas import AtlasFiles, load_atlas
 from bidstrain.dataset.bids import BidsFile, BidsIndex
 from bidstrain.errors import BidstrainError
 from bidstrain.ingest import records
 from bidstrain.io.atomic import write_text_atomic
-from bidstrain.normalize.nifti_stream import read_layout
+from bidstrain.io.orientation import Reorientation, reorientation
 
 #: The columns of the TSV report, one row per problem.
 COLUMNS = ("severity", "subject", "file", "problem", "fix")
@@ -120,7 +122,7 @@ def validate_images(
     indexed = {str(image.path): image for image in index.images}
     problems = []
     inherited: dict[tuple[str, str], list[str]] = {}  # (file, problem): subjects, in order
-    readable = []  # the images whose header passed, for the atlas
+    readable = []  # the images whose header passed and their RAS+ grids, for the atlas
     for path in images:
         image = indexed.get(path)
         if image is None:
@@ -136,7 +138,7 @@ def validate_images(
             continue
         with _collect_warnings() as warnings:
             try:
-                records.inspect_image(
+                record = records.inspect_image(
                     image, index, tr_mismatch=tr_mismatch, tr_tolerance=tr_tolerance
                 )
             except BidstrainError as error:
@@ -148,7 +150,8 @@ def validate_images(
                     Problem("error", image.subject, where, error.message, _leave_out(image.subject))
                 )
             else:
-                readable.append(image)
+                grid = reorientation(np.asarray(record["affine"]), record["shape"][:3])
+                readable.append((image, grid))
         problems += [
             Problem("warning", image.subject, path, message.removeprefix(f"{path}: "), "")
             for message in warnings.messages
@@ -174,18 +177,18 @@ def validate_images(
 
 
 def validate_atlas(
-    atlas: AtlasFiles, images: Sequence[BidsFile], bids_dir: str | Path
+    atlas: AtlasFiles, images: Sequence[tuple[BidsFile, Reorientation]], bids_dir: str | Path
 ) -> list[Problem]:
-    """Read the atlas onto the grid of every BOLD run of ``images`` as its normalize job
-    will (:func:`~bidstrain.dataset.atlas.load_atlas`), once per label image and grid:
-    a damaged label image or table, negative labels, a label image that misses the run
-    are errors; labels the table lacks and a grid to resample to are warnings. A problem
-    of the one atlas every run reads is the dataset's (no subject), of a label image per
-    run the subject's.
+    """Read the atlas onto the grid of every BOLD run of ``images`` (each with its RAS+
+    grid, its store's) as its normalize job will (:func:`~bidstrain.dataset.atlas.
+    load_atlas`), once per label image and grid: a damaged label image or table,
+    negative labels, a label image that misses the run are errors; labels the table
+    lacks and a grid to resample to are warnings. A problem of the one atlas every run
+    reads is the dataset's (no subject), of a label image per run the subject's.
     """
     problems = []
     seen: set[tuple] = set()
-    for image in images:
+    for image, grid in images:
         if image.suffix != "bold":
             continue
         subject = image.subject if atlas.per_run else ""
@@ -196,20 +199,17 @@ def validate_atlas(
         )
         try:
             files = atlas.for_run(image.entities, bids_dir)
-            layout = read_layout(image.path, image.subject)
         except BidstrainError as error:
             where = str(error.path or image.path)
             problems.append(Problem("error", subject, where, error.message, fix))
             continue
-        grid = (files.image, layout.shape, layout.affine.tobytes())
-        if grid in seen:
+        key = (files.image, grid.shape, grid.affine.tobytes())
+        if key in seen:
             continue
-        seen.add(grid)
+        seen.add(key)
         with _collect_warnings(atlas_module.log) as warnings:
             try:
-                load_atlas(
-                    files, layout.shape, layout.affine, image=image.path, subject=image.subject
-                )
+                load_atlas(files, grid.shape, grid.affine, image=image.path, subject=image.subject)
             except BidstrainError as error:
                 where = str(error.path or files.image)
                 problems.append(Problem("error", subject, where, error.message, fix))
