@@ -157,16 +157,15 @@ def shift_null(predicted: np.ndarray, measured: np.ndarray) -> ShiftNull:
     -------
     ShiftNull
         Computed through the FFT (circular cross-correlation of the centred columns),
-        :data:`SHIFT_BLOCK` targets at a time, in float64.
+        :data:`SHIFT_BLOCK` targets at a time, in float64: memory beyond the inputs
+        grows with the block, not with the targets.
     """
-    p_all = np.asarray(predicted, np.float64)
-    m_all = np.asarray(measured, np.float64)
-    n, n_targets = m_all.shape
+    n, n_targets = measured.shape
     p_value, r95 = np.full(n_targets, np.nan), np.full(n_targets, np.nan)
     for start in range(0, n_targets, SHIFT_BLOCK):
         block = slice(start, start + SHIFT_BLOCK)
-        pc = p_all[:, block] - p_all[:, block].mean(axis=0)
-        mc = m_all[:, block] - m_all[:, block].mean(axis=0)
+        pc, mc = (np.asarray(a[:, block], np.float64) for a in (predicted, measured))
+        pc, mc = pc - pc.mean(axis=0), mc - mc.mean(axis=0)
         ps, ms = np.sqrt((pc**2).sum(axis=0)), np.sqrt((mc**2).sum(axis=0))
         defined = (ps > FLAT * np.sqrt(n)) & (ms > FLAT * np.sqrt(n)) & (n > 1)
         spectrum = np.conj(np.fft.rfft(pc, axis=0)) * np.fft.rfft(mc, axis=0)
