@@ -92,10 +92,12 @@ def test_an_averages_members_must_present_the_same_stimulus(film_bids, tmp_path)
     _own_events(root, "02", ["1\t20\tfilm\tfilm.mp4", "0\t20\ttranscript\tfilm_words.tsv"])
     assert len(_plan(root, enabled=True, length_tolerance=5.0).aligned_stimulus_stores) == 24
     _own_events(root, "02", ["4\t20\tfilm\tfilm.mp4", "0\t20\ttranscript\tfilm_words.tsv"])
+    # each stimulus by its whole path: a film.mp4 of another folder would read alike
+    film, words = (re.escape(str(root / "stimuli" / n)) for n in ("film.mp4", "film_words.tsv"))
     differ = (
         r"the average task-movie_run-1 needs one stimulus for all its subjects, but sub-01 "
-        r"presented film.mp4 at 0 s, film_words.tsv at 0 s \(.*task-movie_events.tsv\) and "
-        r"sub-02 presented film.mp4 at 4 s, film_words.tsv at 0 s \(.*sub-02_task-movie_"
+        rf"presented {film} at 0 s, {words} at 0 s \(.*task-movie_events.tsv\) and "
+        rf"sub-02 presented {film} at 4 s, {words} at 0 s \(.*sub-02_task-movie_"
         r"events.tsv\) \(tolerance 2 s, one frame\)"
     )
     plan = _plan(root, enabled=True, length_tolerance=5.0)
@@ -105,7 +107,7 @@ def test_an_averages_members_must_present_the_same_stimulus(film_bids, tmp_path)
     plan = _plan(root, enabled=True, length_tolerance=5.0)
     with pytest.raises(
         BidstrainError,
-        match=r"; sub-03 presented film.mp4 at 0 s \(.*sub-03_task-movie_events.tsv\) \(",
+        match=rf"; sub-03 presented {film} at 0 s \(.*sub-03_task-movie_events.tsv\) \(",
     ):
         _ = plan.alignment_targets
 
@@ -128,7 +130,7 @@ def test_words_in_each_subjects_events_file_are_one_stimulus_when_they_are_the_s
     assert _plan(root, enabled=True).alignment_targets
     own_words(subjects[1], ["once", "upon", "a", "tide"])
     plan = _plan(root, enabled=True)
-    with pytest.raises(BidstrainError, match=rf"sub-{subjects[1]} presented film.mp4 at 0 s, "
+    with pytest.raises(BidstrainError, match=rf"sub-{subjects[1]} presented .*/film.mp4 at 0 s, "
                        r"the words of its events file \(hash [0-9a-f]{16}\) at 0 s"):  # fmt: skip
         _ = plan.alignment_targets
 

@@ -283,7 +283,7 @@ def align_run(
             continue
         if abs(store.meta.repetition_time - source_tr) > 1e-6:
             raise BidstrainError(
-                f"the features of {event.stimulus.name} are per {store.meta.repetition_time:g} "
+                f"the features of {event.stimulus} are per {store.meta.repetition_time:g} "
                 f"s but the run's TR is {source_tr:g} s: recompute them",
                 **where,
             )
@@ -300,7 +300,7 @@ def _presented(event: Event) -> str:
     """How an error names a presented stimulus."""
     if event.words_digest:
         return f"the words of its events file (hash {event.words_digest})"
-    return event.stimulus.name
+    return str(event.stimulus)
 
 
 def same_presentations(runs: Mapping[str, RunStimuli | None], tolerance: float, name: str) -> None:
