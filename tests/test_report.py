@@ -709,6 +709,20 @@ def test_a_parcel_window_row_names_its_parcels_on_integer_rows(tmp_path):
     assert_nontrivial_png(tmp_path / "model_input.png", min_height=300)
 
 
+def test_encoding_metrics_without_the_chance_test_ask_for_a_rerun(tmp_path):
+    """A metrics.json of an earlier encoding job (no ``chance``), whose outputs Snakemake
+    keeps as up to date: the report names the file and the rerun, not a KeyError."""
+    from bidstrain.report.__main__ import main
+
+    (tmp_path / "model.json").write_text(json.dumps({"target": {"kind": "voxels"}}))
+    (tmp_path / "metrics.json").write_text(json.dumps({"predictions": {"model": {}}}))
+    arguments = ["encoding", "--encoding-dir", str(tmp_path), "--bold", "a.zarr"]
+    outputs = ["--timecourse-out", "t.png", "--map-out", "m.png"]
+    with pytest.raises(BidstrainError, match=r"metrics.json: holds no circular-shift test .*"
+                       r"--forcerun encoding_model"):  # fmt: skip
+        main([*arguments, "--targets", "3", *outputs])
+
+
 def test_encoding_timecourses_name_parcels_by_label_as_the_metrics_do():
     from bidstrain.report.encoding import chance_line, timecourse_figure
 

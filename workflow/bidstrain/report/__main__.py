@@ -191,9 +191,16 @@ def _encoding_figures(args: argparse.Namespace) -> list:
     model = json.loads((folder / "model.json").read_text())
     target = model["target"]
     kind = "parcel" if target.get("kind") == "parcels" else "voxel"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    if "chance" not in metrics:  # an encoding job of an earlier bidstrain
+        raise BidstrainError(
+            "holds no circular-shift test of chance (written by an earlier bidstrain): "
+            "rerun the encoding model (snakemake encoding_model --forcerun encoding_model)",
+            path=folder / "metrics.json",
+        )
     table = read_table(folder / "metrics.tsv")
     correlation = table["model_correlation"]
-    chance = chance_line(json.loads((folder / "metrics.json").read_text()), kind)
+    chance = chance_line(metrics, kind)
     if kind == "parcel":  # the atlas's labels and names, as metrics.tsv lists them
         labels = zip(target["parcels"], target["parcel_names"], strict=True)
         names = [f"parcel {label} {name}" for label, name in labels]
