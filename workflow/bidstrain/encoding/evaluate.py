@@ -141,13 +141,15 @@ def shift_null(predicted: np.ndarray, measured: np.ndarray) -> ShiftNull:
 
     A rotation keeps both series' autocorrelation, so the null holds for an unrelated
     prediction of slow BOLD, whose correlations spread far wider than over independent
-    frames. Every rotation is used: the rotations form a group, so for a stationary
-    series the observed correlation's rank among them is uniform and the test exact
-    (leaving out the small shifts, as a guard against a related prediction's
-    autocorrelation, breaks that: it lets through 7 to 10 % of unrelated AR(1) series
-    at 0.05; a prediction that fits peaks at shift 0 and loses little power to its
-    neighbours). The held-out runs are rotated as one series, in the order they are
-    concatenated; the smallest p-value is ``1 / time points``.
+    frames. Every rotation is used: the rotations form a group, so for a series whose
+    statistics a rotation does not change (a stationary one, but for the seam where its
+    end meets its start) the observed correlation's rank among them is uniform and the
+    test exact; unrelated AR(1) series pass it at the nominal rate. Leaving out the small
+    shifts, as a guard against a related prediction's autocorrelation, breaks that: it
+    lets through 7 to 10 % of unrelated AR(1) series at 0.05, while a prediction that
+    fits peaks at shift 0 and loses little power to its neighbours. The held-out runs
+    are rotated as one series, in the order they are concatenated; the smallest p-value
+    is ``1 / time points``.
 
     Parameters
     ----------
