@@ -237,13 +237,19 @@ def test_a_valid_atlas_passes_on_every_run_in_any_voxel_order(fmriprep_with_atla
 
 def test_a_damaged_atlas_is_an_error_before_any_job(fmriprep_with_atlas, tmp_path):
     bids, atlas_dir = fmriprep_with_atlas
+    bids = shutil.copytree(bids, tmp_path / "fmriprep")
+    run = next(bids.glob("sub-01/func/*_run-1_*desc-preproc_bold.nii.gz"))
+    img = nib.load(run)
+    moved = img.affine.copy()
+    moved[:3, 3] += 2.0  # a second grid: the atlas is read onto each grid once
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), moved, img.header), run)
     atlas_dir = shutil.copytree(atlas_dir, tmp_path / "atlas")
     (image,) = atlas_dir.rglob("*_dseg.nii.gz")
     data = image.read_bytes()
     image.write_bytes(data[: int(len(data) * 0.6)])
     with pytest.raises(BidstrainError, match=r"1 error.s. in the dataset's shared files; every"):
         _validate_with_atlas(bids, atlas_dir, tmp_path)
-    (row,) = _rows(tmp_path / "problems.tsv")  # once for the grid the runs share
+    (row,) = _rows(tmp_path / "problems.tsv")  # once, whatever the grids
     assert row["file"] == str(image) and "truncated" in row["problem"], row
     assert row["subject"] == "" and "config parcellation" in row["fix"]  # the dataset's
     assert "dataset (shared files):" in (tmp_path / "problems.txt").read_text()

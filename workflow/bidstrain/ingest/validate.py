@@ -207,16 +207,19 @@ def validate_atlas(
         if key in seen:
             continue
         seen.add(key)
+        found = []
         with _collect_warnings(atlas_module.log) as warnings:
             try:
                 load_atlas(files, grid.shape, grid.affine, image=image.path, subject=image.subject)
             except BidstrainError as error:
                 where = str(error.path or files.image)
-                problems.append(Problem("error", subject, where, error.message, fix))
-        problems += [
+                found.append(Problem("error", subject, where, error.message, fix))
+        found += [
             Problem("warning", subject, str(files.image), message, "")
             for message in warnings.messages
         ]
+        # a damaged atlas says the same on every grid: once
+        problems += [problem for problem in found if problem not in problems]
     return problems
 
 
