@@ -389,15 +389,23 @@ def test_the_correlation_map_lies_over_the_mean_image():
     anatomy = np.arange(mask.size, dtype=float).reshape(mask.shape)
     correlation = np.linspace(-1, 1, mask.size).reshape(mask.shape)
     correlation[:, :, 0] = np.nan  # voxels outside every parcel: the anatomy alone
-    figure = correlation_map_figure(correlation.ravel(), mask, "map", anatomy)
+    above = np.zeros(mask.shape, bool)
+    above[1:3, 1:3, 1:3] = True  # a 2x2x2 block: every mid-slice crosses it
+    figure = correlation_map_figure(correlation.ravel(), mask, "map", anatomy, above.ravel())
     panels = [ax for ax in figure.axes if ax.images]
     assert len(panels) == 3
     for ax in panels:
         underlay, overlay = ax.images
         assert underlay.get_cmap().name == "gray" and overlay.get_alpha() == 0.75
         assert not underlay.get_array().mask.any()
+        # the block's outline runs along voxel edges (x.5), around voxels 1 and 2
+        (outline,) = ax.collections
+        points = np.concatenate([path.vertices for path in outline.get_paths()])
+        assert points.min(axis=0) == pytest.approx([0.5, 0.5], abs=0.07)
+        assert points.max(axis=0) == pytest.approx([2.5, 2.5], abs=0.07)
     # the sagittal and coronal mid-slices cross the plane k = 0, the axial one does not
     assert [bool(ax.images[1].get_array().mask.any()) for ax in panels] == [True, True, False]
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == ["above chance (FDR 5 %)"]
 
 
 def test_a_run_z_scored_with_other_statistics_is_re_z_scored_with_the_models(tmp_path):

@@ -124,14 +124,24 @@ class ShiftNull:
         defined = np.isfinite(self.p)
         if not defined.any():
             return {"tested_targets": 0, "significant_targets": None, "median_null_r95": None}
-        from scipy.stats import false_discovery_control
-
-        adjusted = false_discovery_control(self.p[defined], method="bh")
         return {
             "tested_targets": int(defined.sum()),
-            "significant_targets": int((adjusted <= FDR).sum()),
+            "significant_targets": int(above_chance(self.p).sum()),
             "median_null_r95": float(np.median(self.r95[defined])),
         }
+
+
+def above_chance(p: np.ndarray) -> np.ndarray:
+    """Which targets beat chance: Benjamini-Hochberg over the targets with a p-value
+    (scipy's ``false_discovery_control``) at :data:`FDR`; False where ``p`` is NaN."""
+    p = np.asarray(p, np.float64)
+    defined = np.isfinite(p)
+    above = np.zeros(p.shape, bool)
+    if defined.any():
+        from scipy.stats import false_discovery_control
+
+        above[defined] = false_discovery_control(p[defined], method="bh") <= FDR
+    return above
 
 
 def shift_null(predicted: np.ndarray, measured: np.ndarray) -> ShiftNull:

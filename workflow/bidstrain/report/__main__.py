@@ -178,6 +178,7 @@ def _encoding_figures(args: argparse.Namespace) -> list:
 
     import numpy as np
 
+    from bidstrain.encoding.evaluate import above_chance
     from bidstrain.io.store import open_store, to_grid
     from bidstrain.report.encoding import (
         chance_line,
@@ -220,7 +221,7 @@ def _encoding_figures(args: argparse.Namespace) -> list:
         )
     store = open_store(args.bold, use_dask=False)
     mask = np.asarray(store["mask"].values, bool)
-    voxels = correlation
+    voxels, above = correlation, above_chance(table["model_p"])
     if kind == "parcel":
         from bidstrain.dataset.atlas import AtlasFiles, load_atlas
         from bidstrain.io.store import store_meta
@@ -235,13 +236,14 @@ def _encoding_figures(args: argparse.Namespace) -> list:
             image=args.bold,
         )
         voxels = parcel_values(correlation, target["parcels"], atlas)[mask]
+        above = parcel_values(above.astype(float), target["parcels"], atlas)[mask] == 1.0
     kinds = ", ".join(model["features"]["kinds"])
     title = f"Encoding model: held-out correlation per {kind} ({kinds}) over the mean image"
     title += "\n" + chance
     anatomy = to_grid(store, np.asarray(store["mean"].values, np.float64))
     return [
         (args.timecourse_out, timecourse),
-        (args.map_out, correlation_map_figure(voxels, mask, title, anatomy)),
+        (args.map_out, correlation_map_figure(voxels, mask, title, anatomy, above)),
     ]
 
 

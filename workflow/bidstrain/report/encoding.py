@@ -14,7 +14,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from bidstrain.dataset.atlas import Atlas
-from bidstrain.report.figure import new_figure, slice_row
+from bidstrain.encoding.evaluate import FDR
+from bidstrain.report.figure import mid_slices, new_figure, slice_row
 
 
 def read_table(path: str | Path) -> dict[str, np.ndarray]:
@@ -116,12 +117,17 @@ def parcel_values(values: np.ndarray, labels: Sequence[int], atlas: Atlas) -> np
 
 
 def correlation_map_figure(
-    correlation: np.ndarray, mask: np.ndarray, title: str, anatomy: np.ndarray | None = None
+    correlation: np.ndarray,
+    mask: np.ndarray,
+    title: str,
+    anatomy: np.ndarray | None = None,
+    above: np.ndarray | None = None,
 ) -> Figure:
     """The held-out correlation of each voxel on the average's grid: three mid-slices
     with orientation letters, a diverging scale from -1 to 1, over ``anatomy`` (the
     average's mean image, in grey) where given; voxels without a correlation (outside
-    every parcel) show the anatomy alone."""
+    every parcel) show the anatomy alone. ``above`` (one bool per voxel of ``mask``, as
+    ``correlation``): the voxels above chance, outlined in black."""
     volume = np.full(mask.shape, np.nan)
     volume[mask] = correlation
     fig = new_figure(11.0, 3.8, title)
@@ -138,4 +144,18 @@ def correlation_map_figure(
         vmax=1.0,
         underlay=anatomy,
     )
+    if above is not None and np.any(above):
+        outlined = np.zeros(mask.shape)
+        outlined[mask] = above
+        for ax, plane in zip(axes, mid_slices(outlined, mask), strict=True):
+            if plane.any():  # the edges of the voxels, not a line through their centres
+                limits = ax.get_xlim(), ax.get_ylim()
+                padded = np.kron(np.pad(plane, 1), np.ones((8, 8)))
+                edges = (np.arange(padded.shape[1]) + 0.5) / 8 - 1.5
+                rows = (np.arange(padded.shape[0]) + 0.5) / 8 - 1.5
+                ax.contour(edges, rows, padded, levels=[0.5], colors="black", linewidths=1.2)
+                ax.set_xlim(limits[0])
+                ax.set_ylim(limits[1])
+        axes[0].plot([], [], color="black", lw=1.2, label=f"above chance (FDR {FDR * 100:g} %)")
+        fig.legend(loc="outside lower center", fontsize=8)
     return fig
