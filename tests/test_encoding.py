@@ -398,8 +398,10 @@ def test_the_correlation_map_lies_over_the_mean_image():
         underlay, overlay = ax.images
         assert underlay.get_cmap().name == "gray" and overlay.get_alpha() == 0.75
         assert not underlay.get_array().mask.any()
-        # the block's outline runs along voxel edges (x.5), around voxels 1 and 2
-        (outline,) = ax.collections
+        # the block's outline runs along voxel edges (x.5), around voxels 1 and 2, and
+        # hatches fill it (a hole in a region would be outlined but not hatched)
+        outline, hatched = ax.collections
+        assert hatched.hatches == ["//"]
         points = np.concatenate([path.vertices for path in outline.get_paths()])
         assert points.min(axis=0) == pytest.approx([0.5, 0.5], abs=0.07)
         assert points.max(axis=0) == pytest.approx([2.5, 2.5], abs=0.07)

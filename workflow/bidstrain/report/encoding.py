@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from bidstrain.dataset.atlas import Atlas
 from bidstrain.encoding.evaluate import FDR
@@ -127,7 +128,7 @@ def correlation_map_figure(
     with orientation letters, a diverging scale from -1 to 1, over ``anatomy`` (the
     average's mean image, in grey) where given; voxels without a correlation (outside
     every parcel) show the anatomy alone. ``above`` (one bool per voxel of ``mask``, as
-    ``correlation``): the voxels above chance, outlined in black."""
+    ``correlation``): the voxels above chance, outlined in black and hatched."""
     volume = np.full(mask.shape, np.nan)
     volume[mask] = correlation
     fig = new_figure(11.0, 3.8, title)
@@ -153,9 +154,11 @@ def correlation_map_figure(
                 padded = np.kron(np.pad(plane, 1), np.ones((8, 8)))
                 edges = (np.arange(padded.shape[1]) + 0.5) / 8 - 1.5
                 rows = (np.arange(padded.shape[0]) + 0.5) / 8 - 1.5
-                ax.contour(edges, rows, padded, levels=[0.5], colors="black", linewidths=1.2)
+                ax.contour(edges, rows, padded, levels=[0.5], colors="black", linewidths=1.0)
+                # hatched inside, so that an island and a hole read differently
+                ax.contourf(edges, rows, padded, levels=[0.5, 1.5], colors="none", hatches=["//"])
                 ax.set_xlim(limits[0])
                 ax.set_ylim(limits[1])
-        axes[0].plot([], [], color="black", lw=1.2, label=f"above chance (FDR {FDR * 100:g} %)")
-        fig.legend(loc="outside lower center", fontsize=8)
+        key = Patch(facecolor="none", edgecolor="black", hatch="//")
+        fig.legend([key], [f"above chance (FDR {FDR * 100:g} %)"], loc="outside lower center")
     return fig
