@@ -199,7 +199,8 @@ def test_a_model_of_stimuli_embeds_each_window_with_its_features(tmp_path):
     # the BOLD tokens alone, pooled as a model without stimuli pools them
     module, _ = load_model(model, None, device=torch.device("cpu"))
     config = train_config(window=WINDOW, patch_frames=2, stimuli=["video"]).model
-    (_, _, windows), *_ = samples(store, "bold", config, 3)
+    (_, _, read), *_ = samples(store, "bold", config, 3)
+    windows = read["bold"]
     with torch.no_grad():
         want = module.encoder(module.embed["bold"](windows)).mean(dim=1)
     np.testing.assert_allclose(alone, want.numpy(), rtol=1e-5, atol=1e-6)

@@ -233,8 +233,9 @@ def test_loader_buffers_beyond_the_training_jobs_memory_stop_the_plan(demo_bids)
     # copies of 64 MiB (2.2 GB), the validation loader's 2 page-locked buffers (0.1 GB)
     Plan.build(mni2mm(demo_bids), index)
     config = mni2mm(demo_bids, window=20)
-    # by hand: a sample is 20 x 96*112*96 float32 = 82.6 MB, a batch 16 of them (1.32 GB);
-    # the training loader's 8 workers hold 1 + 1 + 4 buffers each (63.4 GB), and on the
+    # by hand: a sample is 20 x 96*112*96 float32 and its validity bits (32,256 float32
+    # words) = 82.7 MB, a batch 16 of them (1.32 GB);
+    # the training loader's 8 workers hold 1 + 1 + 4 buffers each (63.5 GB), and on the
     # GPU (train.pin_memory) the DataLoader copies up to 8 x 4 read-ahead batches and the
     # step's 1 to page-locked blocks of 2 GiB, torch's power of two (33 x 2.15 = 70.9 GB);
     # the validation loader (the demo holds run 2 out) 1 + 1 page-locked buffers (4.3 GB)
@@ -242,10 +243,10 @@ def test_loader_buffers_beyond_the_training_jobs_memory_stop_the_plan(demo_bids)
         Plan.build(config, index)
     message = str(error.value)
     for figure in (
-        "138.6 GB per node",
+        "138.7 GB per node",
         "(64000 MB)",
-        "1 rank(s) x 138.6 GB",
-        "134.3 GB: 8 process",
+        "1 rank(s) x 138.7 GB",
+        "134.4 GB: 8 process",
         "70.9 GB of page-locked copies",
         "validation loader 4.3 GB",
     ):
@@ -260,13 +261,13 @@ def test_loader_buffers_beyond_the_training_jobs_memory_stop_the_plan(demo_bids)
     ):
         assert key in message
     Plan.build(config, index, mem_mb=150_000)  # the profile's memory decides
-    with pytest.raises(BidstrainError, match="277.2 GB per node"):
+    with pytest.raises(BidstrainError, match="277.4 GB per node"):
         Plan.build(config, index, gpus=2, mem_mb=150_000)  # a loader per GPU rank
     # without page-locked memory (train.pin_memory off, or on CPUs): the shared rings and
     # the validation loader's 2 plain buffers (2.6 GB)
     unpinned = mni2mm(demo_bids, window=20, pin_memory=False)
     for build in (lambda: Plan.build(unpinned, index), lambda: Plan.build(config, index, gpus=0)):
-        with pytest.raises(BidstrainError, match="66.1 GB per node") as error:
+        with pytest.raises(BidstrainError, match="66.2 GB per node") as error:
             build()
         assert "page-locked" not in str(error.value)
         assert "train.pin_memory" not in str(error.value)

@@ -28,9 +28,16 @@ from bidstrain.train.data import (
 )
 from bidstrain.train.reader import ChunkCache, OpenStores, StoreReader, as_float32
 from bidstrain.train.resample import GridMap, block_mean, downsampled_grid, model_view
-from bidstrain.train.ring_size import largest_sample, loader_bytes, page_locked_bytes, ring_slots
+from bidstrain.train.ring_size import (
+    largest_sample,
+    loader_bytes,
+    page_locked_bytes,
+    ring_slots,
+    validity_words,
+)
 from bidstrain.train.sampler import ModalityBatchSampler, batch_sampler, epoch_order
 from bidstrain.train.step import accumulation_groups
+from bidstrain.train.validity import split
 from train_support import train_config, write_store
 
 
@@ -185,16 +192,27 @@ def test_dataset_batch_places_each_sample_in_index_order(tmp_path):
     shapes = {"T1w": (6, 6, 4), "bold": (8, 8, 8)}
     dataset = VolumeDataset(stores, shapes, resample={"T1w": 2})
     batch = dataset.batch([5, 0, 1, 3])
-    assert list(batch) == ["T1w", "bold"] and batch["bold"].shape == (3, 1, 8, 8, 8)
+    assert list(batch) == ["T1w", "bold", "valid:T1w", "valid:bold"]
+    assert batch["bold"].shape == (3, 1, 8, 8, 8)
+    _, valid = split(batch)
     for slot, (path, t) in enumerate([(1, 1), (0, 0), (0, 2)]):  # samples 5, 1, 3
         volume, mask = full_volume(stores["bold"][path], t)
         np.testing.assert_array_equal(
             batch["bold"][slot, 0].numpy(), model_view(volume, mask, (8, 8, 8))
         )
+        np.testing.assert_array_equal(valid["bold"][slot, 0].numpy(), holds_data(mask, (8, 8, 8)))
     volume, mask = full_volume(stores["T1w"][0], 0)
     np.testing.assert_allclose(
         batch["T1w"][0, 0].numpy(), model_view(volume, mask, (6, 6, 4), 2), atol=1e-6
     )
+    np.testing.assert_array_equal(valid["T1w"][0, 0].numpy(), holds_data(mask, (6, 6, 4), 2))
+    assert 0 < valid["T1w"].sum() < valid["T1w"].numel()  # the store's grid, cropped or padded
+
+
+def holds_data(mask: np.ndarray, shape, factor: int = 1) -> np.ndarray:
+    """The voxels of the model's grid that a store of ``mask`` fills, through
+    :func:`model_view` of ones (not the loader's :class:`GridMap`)."""
+    return model_view(np.ones(mask.shape), mask, shape, factor) > 0
 
 
 def synthetic_layout(volumes: dict[str, list[int]], chunk: int) -> StoreLayout:
@@ -363,6 +381,14 @@ def reference_volume(dataset: VolumeDataset, index: int) -> np.ndarray:
     return model_view(volume.astype(np.float32), mask, shape, factor)
 
 
+def reference_valid(dataset: VolumeDataset, index: int) -> np.ndarray:
+    """The voxels that hold data of sample ``index`` (:func:`holds_data` of its store)."""
+    (store,), _ = dataset.layout.locate(np.array([index]))
+    modality = MODALITIES[dataset.layout.modality[store]]
+    _, mask = full_volume(dataset.layout.paths[store], 0)
+    return holds_data(mask, dataset.shapes[modality], dataset.resample[modality])
+
+
 @pytest.mark.parametrize("storage", ["float32", "float16", "bitround-7"])
 def test_reused_buffers_give_the_batches_of_new_ones_bit_for_bit(tmp_path, storage):
     stores = write_masked_stores(tmp_path, storage)
@@ -379,12 +405,16 @@ def test_reused_buffers_give_the_batches_of_new_ones_bit_for_bit(tmp_path, stora
             fresh = dataset.batch(indices)
             assert list(reused) == list(fresh)
             compositions.add(tuple(len(v) for v in reused.values()))
-            for modality, volumes in reused.items():
+            torch.testing.assert_close(reused, fresh, rtol=0, atol=0)
+            for modality, volumes in split(reused)[0].items():
                 assert volumes.shape == (len(volumes), 1, *MASKED_SHAPES[modality])
-                torch.testing.assert_close(volumes, fresh[modality], rtol=0, atol=0)
     assert len(compositions) > 2  # the batches' layout in the buffers changed
     for index in range(len(dataset)):  # and new buffers are what model_view gives
-        ((modality, volumes),) = dataset.batch([index]).items()
+        inputs, valid = split(dataset.batch([index]))
+        ((modality, volumes),) = inputs.items()
+        np.testing.assert_array_equal(
+            valid[modality][0, 0].numpy(), reference_valid(dataset, index)
+        )
         expected = reference_volume(dataset, index)
         if dataset.resample[modality] == 1:
             np.testing.assert_array_equal(volumes[0, 0].numpy(), expected)
@@ -462,9 +492,11 @@ def test_loader_bytes_are_every_process_ring_of_the_largest_sample():
         grad_accum_steps=2,
         prefetch_factor=4,
     )
-    # by hand: BOLD windows of 5 x 4*5*6 = 600 values beat T1w (384) and DWI (420)
-    assert largest_sample(config, ["T1w", "bold", "dwi"]) == 600
-    assert largest_sample(config, ["T1w", "dwi"]) == 420
+    # by hand: BOLD windows of 5 x 4*5*6 = 600 values beat T1w (384) and DWI (420), each
+    # with its validity bits, one per voxel in float32 words: 120 bits in 4, 420 in 14
+    assert [validity_words(n) for n in (1, 32, 33, 120, 384, 420)] == [1, 1, 2, 4, 12, 14]
+    assert largest_sample(config, ["T1w", "bold", "dwi"]) == 604
+    assert largest_sample(config, ["T1w", "dwi"]) == 434
     # 7 workers, each a ring of 2 + 1 + 4 buffers of 3 samples of 600 float32
     assert loader_bytes(config, 600, workers=7) == 7 * 7 * 3 * 600 * 4 == 352_800
     # the main process alone: 2 + 1 buffers, no read-ahead
@@ -477,7 +509,7 @@ def test_loader_bytes_are_every_process_ring_of_the_largest_sample():
     assert loader_bytes(config, 600, workers=7, pinned=True) == 352_800 + 30 * 8_192
     parcels = train_config(bold_input="parcels", window=5)
     assert largest_sample(parcels, ["bold"]) == 0  # parcel count unknown: skipped
-    assert largest_sample(parcels, ["bold", "T1w"]) == 512
+    assert largest_sample(parcels, ["bold", "T1w"]) == 512 + 16
 
 
 def test_buffer_bytes_are_what_the_main_process_ring_allocates(tmp_path):
@@ -489,8 +521,8 @@ def test_buffer_bytes_are_what_the_main_process_ring_allocates(tmp_path):
     ring = loader.dataset._ring.buffers
     allocated = sum(buffer.flat.numel() * buffer.flat.element_size() for buffer in ring)
     assert len(ring) == 3
-    # BOLD windows of 3 x 8*16*10 values are the largest sample
-    assert allocated == buffer_bytes(loader, config) == 3 * 4 * 3 * 8 * 16 * 10 * 4
+    # BOLD windows of 3 x 8*16*10 values (and 8*16*10 bits: 40 words) are the largest
+    assert allocated == buffer_bytes(loader, config) == 3 * 4 * (3 * 8 * 16 * 10 + 40) * 4
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="page-locked memory needs CUDA")

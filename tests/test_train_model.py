@@ -7,8 +7,10 @@ import copy
 import numpy as np
 import pytest
 import torch
+from bidstrain.io.store import open_store, to_grid
 from bidstrain.train.data import VolumeDataset, dataset_statistics
 from bidstrain.train.distributed import Context
+from bidstrain.train.losses import baseline_loss, normalized_mse, sample_losses
 from bidstrain.train.model import LossSettings, MultiModalAutoencoder
 from bidstrain.train.resample import fit_to_shape
 from bidstrain.train.schedule import build_scheduler
@@ -181,9 +183,13 @@ def test_dataset_puts_voxels_on_the_grid_and_crops_or_pads(tmp_path):
     np.testing.assert_array_equal(volume[:, 2:14], full[1:9])
     batch = dataset.batch([0, 2, 1])
     assert batch["bold"].shape == (3, 1, 8, 16, 10)
+    with open_store(path) as ds:
+        holds_data = fit_to_shape(to_grid(ds, np.ones(ds.sizes["voxel"])), (8, 16, 10)) > 0
     everything = np.stack([dataset[i][1] for i in range(3)]).astype(np.float64)
+    counted = everything[:, holds_data]  # not the padding, nor the zeros outside the mask
+    assert 0 < counted.shape[1] < holds_data.size
     mean, var = dataset_statistics(dataset)["bold"]
-    assert mean == pytest.approx(everything.mean()) and var == pytest.approx(everything.var())
+    assert mean == pytest.approx(counted.mean()) and var == pytest.approx(counted.var())
 
 
 def test_activation_checkpointing_gives_the_same_loss_and_gradients():
@@ -195,3 +201,55 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
         grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
     for plain, recomputed in zip(*grads, strict=True):
         torch.testing.assert_close(plain, recomputed)
+
+
+def test_the_loss_counts_the_masked_voxels_that_hold_data_only(tmp_path):
+    """A 10x12x10 store (its mask inside) on a 8x16x8 grid: cropped on two axes, padded on
+    one. The loss and the baseline count the masked tokens' voxels inside the store's
+    mask, checked against the same computed in float64 with numpy; predictions outside
+    it change nothing."""
+    path = write_store(tmp_path / "bold.zarr", modality="bold", n_time=4, grid=(10, 12, 10))
+    shape = (8, 16, 8)
+    dataset = VolumeDataset({"bold": [path]}, {"bold": shape})
+    config = train_config(shapes={"bold": list(shape)}, patch_size=4, mask_ratio=0.5).model
+    torch.manual_seed(0)
+    model = MultiModalAutoencoder(config, ["bold"], loss=LossSettings(dummy_enabled=False))
+    batch = dataset.batch([0, 1, 2, 3])
+    masks = model.token_masks(batch, torch.Generator().manual_seed(1))
+    output = model(batch, masks=masks)
+
+    with open_store(path) as ds:
+        holds_data = fit_to_shape(to_grid(ds, np.ones(ds.sizes["voxel"])), shape) > 0
+    tokens = masks["bold"].numpy().reshape(4, 1, 2, 4, 2)
+    masked = tokens.repeat(4, axis=2).repeat(4, axis=3).repeat(4, axis=4)
+    counted = masked & holds_data
+    assert 0 < counted.sum() < masked.sum()  # masked tokens reach outside the data
+    target = batch["bold"].numpy().astype(np.float64)[counted]
+    error = output.reconstructions["bold"].detach().numpy().astype(np.float64)[counted] - target
+    want = np.mean(error**2) / (target.var() + 1e-6)
+    assert output.loss_per_modality["bold"].item() == pytest.approx(want, rel=1e-5)
+    torch.testing.assert_close(output.voxel_masks["bold"].expand(4, 1, *shape).numpy(), counted)
+
+    outside = torch.from_numpy(~holds_data)
+    wild = output.reconstructions["bold"].detach().masked_fill(outside, 1e6)
+    loss = normalized_mse(
+        wild, batch["bold"], normalize="var", eps=1e-6, where=output.voxel_masks["bold"]
+    )
+    assert loss.item() == pytest.approx(want, rel=1e-5)
+    plain = baseline_loss(batch["bold"], normalize="none", eps=0, where=output.voxel_masks["bold"])
+    assert plain.item() == pytest.approx(target.var(), rel=1e-5)
+
+
+def test_a_batch_with_nothing_to_count_scores_zero_and_still_back_propagates():
+    model = make_model(dummy_enabled=False)
+    batch = bold_batch()
+    nothing = torch.zeros(2, 1, 8, 8, 4, dtype=torch.bool)
+    output = model({**batch, "valid:bold": torch.zeros(2, 32, dtype=torch.uint8)})
+    assert output.loss.item() == 0.0 and output.voxel_masks["bold"].shape == nothing.shape
+    output.loss.backward()
+    used = [*model.modality_parameters("bold"), *model.encoder.parameters()]
+    assert all(p.grad is not None and not p.grad.any() for p in used)
+    losses = sample_losses(
+        output.reconstructions["bold"], batch["bold"], normalize="var", eps=1e-6, where=nothing
+    )
+    assert [value.tolist() for value in losses] == [[0.0, 0.0], [0.0, 0.0]]

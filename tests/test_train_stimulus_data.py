@@ -50,7 +50,7 @@ def test_each_bold_window_carries_rows_t_to_t_plus_w_of_its_aligned_stores(tmp_p
     slots = np.random.default_rng(1).permutation(len(dataset))
     starts = layout.starts(slots)
     batch = dataset.batch(starts)
-    assert list(batch) == ["T1w", "bold", "video", "text"]
+    assert list(batch) == ["T1w", "bold", "valid:T1w", "valid:bold", "video", "text"]
     store, time = layout.locate(starts)
     bold = [i for i in range(len(starts)) if layout.paths[store[i]] in aligned]
     assert batch["bold"].shape[0] == len(bold) == batch["video"].shape[0]
@@ -83,10 +83,12 @@ def test_workers_batches_are_views_of_rings_the_main_process_shares(tmp_path, mo
         assert images and all(t.untyped_storage().data_ptr() in rings for t in images)
         batches += 1
     assert batches == len(expected) > 2
-    # every batch came from a worker, as places in its ring: no tensor crossed processes
+    # every batch came from a worker, as places in its ring (the volumes and the bits of
+    # the voxels that hold data): only the stimulus features crossed processes
     assert len(received) == batches
     assert {ring_batch.worker for ring_batch in received} == {0, 1}
     assert all(set(b.arrays) <= {"video", "text"} for b in received)
+    assert all(any(name.startswith("valid:") for name in b.places) for b in received)
 
 
 def record(tensors, received):
@@ -104,14 +106,15 @@ def test_a_batch_without_bold_has_no_stimulus_features(tmp_path):
     config = train_config(window=WINDOW, stimuli=["video"])
     dataset = volume_dataset(stores, config, stimuli=aligned)
     t1w = dataset.layout.offsets[:-1][dataset.layout.modality == 0]
-    assert list(dataset.batch(t1w)) == ["T1w"]
+    assert list(dataset.batch(t1w)) == ["T1w", "valid:T1w"]
 
 
 def test_without_train_stimuli_the_batch_is_the_images_alone(tmp_path):
     stores, aligned, _ = stores_with_stimuli(tmp_path)
     dataset = volume_dataset(stores, train_config(window=WINDOW), stimuli=aligned)
     assert dataset.stimuli is None
-    assert list(dataset.batch(dataset.layout.starts(np.arange(len(dataset))))) == ["T1w", "bold"]
+    batch = dataset.batch(dataset.layout.starts(np.arange(len(dataset))))
+    assert list(batch) == ["T1w", "bold", "valid:T1w", "valid:bold"]
 
 
 def test_a_bold_store_without_aligned_stimuli_is_named(tmp_path):

@@ -19,13 +19,20 @@ their features in the batches that hold BOLD, compared with the modalities' like
 modality's.
 
 The same batches say how often a batch would mask only tokens without data
-(:func:`padding_only_chance`): a store's grid padded into a larger ``train.shapes``
-leaves tokens of zeros, and a masked autoencoder's loss counts the masked tokens only.
-When every masked token of a batch's samples of one modality holds zeros, the variance
-of what the loss counts is 0 and a ``var``- or ``std``-normalized loss over the batch's
-variance divides by ``train.loss.eps``: a loss of millions for one step, which Adam's
-second moments then remember. More than :data:`MAX_PADDING_ONLY` of such batches fails
-the check.
+(:func:`padding_only_chance`), as a masked autoencoder's loss counts the masked tokens
+only:
+
+- on a voxel grid, the voxels outside a store's mask and in the padding of a grid smaller
+  than ``train.shapes`` hold no data, and the loss does not count them
+  (:mod:`bidstrain.train.validity`): a batch that masks only such tokens scores nothing
+  and teaches that modality nothing. More than :data:`MAX_PADDING_ONLY` of such batches
+  warns;
+- in a channel series (parcel windows, stimulus features), empty parcels and constant
+  features are zeros that the loss counts: when every masked token of a batch's samples
+  holds zeros, the variance of what the loss counts is 0 and a ``var``- or
+  ``std``-normalized loss over the batch's variance divides by ``train.loss.eps``: a loss
+  of millions for one step, which Adam's second moments then remember. More than
+  :data:`MAX_PADDING_ONLY` of such batches fails the check.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from bidstrain.modalities import MODALITIES, STIMULUS_KINDS
 from bidstrain.train.data import dataset_statistics, volume_dataset
 from bidstrain.train.losses import normalized_mse
 from bidstrain.train.sampler import batch_sampler
+from bidstrain.train.validity import split
 
 NAME = "initial_loss"
 #: Batches read per modality (at most; fewer when the epoch holds fewer).
@@ -53,17 +61,18 @@ MAX_PADDING_ONLY = 1e-3
 MAX_SEQUENCE_TOKENS = 8192
 
 
-def tokens_with_data(target: torch.Tensor, patch: int, patch_frames: int) -> tuple[np.ndarray, int]:
-    """How many of each sample's tokens hold a value other than 0, and how many tokens a
-    sample has, as :mod:`bidstrain.train.tokens` cuts them.
+def tokens_with_data(data: torch.Tensor, patch: int, patch_frames: int) -> tuple[np.ndarray, int]:
+    """How many of each sample's tokens hold data, and how many tokens a sample has, as
+    :mod:`bidstrain.train.tokens` cuts them.
 
     Parameters
     ----------
-    target : Tensor
-        A batch of one modality: images and voxel windows ``(n, frames, x, y, z)``, in
+    data : Tensor of bool
+        Which values of a batch of one modality hold data: images and voxel windows
+        ``(n, frames, x, y, z)`` (their :mod:`~bidstrain.train.validity` mask), in
         tubelets of ``patch_frames`` frames by ``patch**3`` voxels, or channel series
-        ``(n, frames, channels)`` (parcel windows, stimulus features), in tokens of
-        ``patch_frames`` values of one channel.
+        ``(n, frames, channels)`` (parcel windows, stimulus features: the values other
+        than 0), in tokens of ``patch_frames`` values of one channel.
     patch, patch_frames : int
         ``train.patch_size``; ``train.patch_frames`` for BOLD and stimuli, 1 for images.
 
@@ -72,19 +81,19 @@ def tokens_with_data(target: torch.Tensor, patch: int, patch_frames: int) -> tup
     held : ndarray of int, shape (n,)
     n_tokens : int
     """
-    n, frames = target.shape[:2]
+    n, frames = data.shape[:2]
     steps = frames // patch_frames
-    if target.dim() == 5:
-        grid = [size // patch for size in target.shape[2:]]
-        cropped = target[:, : steps * patch_frames, : grid[0] * patch, : grid[1] * patch]
+    if data.dim() == 5:
+        grid = [size // patch for size in data.shape[2:]]
+        cropped = data[:, : steps * patch_frames, : grid[0] * patch, : grid[1] * patch]
         cropped = cropped[..., : grid[2] * patch]
         blocks = cropped.reshape(
             n, steps, patch_frames, grid[0], patch, grid[1], patch, grid[2], patch
         )
-        flags = blocks.ne(0).any(dim=8).any(dim=6).any(dim=4).any(dim=2)
+        flags = blocks.any(dim=8).any(dim=6).any(dim=4).any(dim=2)
     else:
-        blocks = target[:, : steps * patch_frames].reshape(n, steps, patch_frames, -1)
-        flags = blocks.ne(0).any(dim=2)
+        blocks = data[:, : steps * patch_frames].reshape(n, steps, patch_frames, -1)
+        flags = blocks.any(dim=2)
     flags = flags.flatten(1)
     return flags.sum(dim=1).numpy(), flags.shape[1]
 
@@ -165,7 +174,8 @@ def zero_prediction_losses(
         held |= kinds if "bold" in held else set()
         needed = {m for m in held & wanted if len(sums.get(m, ())) < N_BATCHES}
         if needed:
-            for modality, target in dataset.batch(indices).items():
+            inputs, valid = split(dataset.batch(indices))
+            for modality, target in inputs.items():
                 if modality in needed:
                     loss = normalized_mse(
                         torch.zeros_like(target),
@@ -173,11 +183,13 @@ def zero_prediction_losses(
                         normalize=loss_config.normalize,
                         eps=loss_config.eps,
                         target_stats=stats.get(modality),
+                        where=valid.get(modality),
                     )
                     sums.setdefault(modality, []).append(float(loss))
                     series = modality == "bold" or modality in STIMULUS_KINDS
                     frames = model.patch_frames if series else 1
-                    with_data, n_tokens = tokens_with_data(target, model.patch_size, frames)
+                    data = valid[modality].expand_as(target) if modality in valid else target.ne(0)
+                    with_data, n_tokens = tokens_with_data(data, model.patch_size, frames)
                     chance = padding_only_chance(with_data, n_tokens, model.mask_ratio)
                     share = with_data.mean() / n_tokens
                     tokens.setdefault(modality, []).append((share, chance))
@@ -234,9 +246,14 @@ def check_loss_scale(
             f"no batch of epoch 0 held {', '.join(unseen)}: the initial loss of "
             f"{', '.join(unseen)} is unknown (do the training stores hold volumes?)"
         )
+    padding_only = {m: v for m, v in losses.items() if v["padding_only"] > MAX_PADDING_ONLY}
+    warns = [_padding_only(m, v) for m, v in padding_only.items() if v["on_grid"]]
     if train.loss.normalize != "none" and train.loss.stats == "batch":
-        fails += [_padding_only(m, v, train.loss.normalize) for m, v in losses.items()]
-        fails = [fail for fail in fails if fail]
+        fails += [
+            _padding_only(m, v, train.loss.normalize)
+            for m, v in padding_only.items()
+            if not v["on_grid"]
+        ]
     if len(weighted) > 1:
         high, low = max(weighted, key=weighted.get), min(weighted, key=weighted.get)
         ratio = weighted[high] / weighted[low]
@@ -252,7 +269,7 @@ def check_loss_scale(
     listing = ", ".join(
         f"{m} {v:.3g} ({_batches(losses[m]['batches'])})" for m, v in weighted.items()
     )
-    warns = [long_sequences({m: v["tokens"] for m, v in losses.items()}, kinds)]
+    warns.append(long_sequences({m: v["tokens"] for m, v in losses.items()}, kinds))
     warns = [warning for warning in warns if warning]
     return verdict(NAME, fails, warns, f"initial loss per modality: {listing}", values)
 
@@ -287,24 +304,25 @@ def long_sequences(tokens: Mapping[str, int], kinds: Sequence[str]) -> str:
     )
 
 
-def _padding_only(modality: str, losses: Mapping[str, Any], normalize: str) -> str:
-    """The failure of a modality whose batches mask only tokens without data too often
-    (more than :data:`MAX_PADDING_ONLY`), or ``""``."""
-    if losses["padding_only"] <= MAX_PADDING_ONLY:
-        return ""
-    if losses["on_grid"]:
-        fix = (
-            f"fit train.shapes.{modality} and train.patch_size to the stores' grid (padding "
-            "around a smaller grid holds no data)"
-        )
-    else:
-        fix = "leave out the constant features or empty parcels that hold no data"
-    return (
+def _padding_only(modality: str, losses: Mapping[str, Any], normalize: str = "") -> str:
+    """What a modality whose batches mask only tokens without data too often (more than
+    :data:`MAX_PADDING_ONLY`) risks: on a voxel grid a batch that teaches it nothing; in a
+    channel series under a ``normalize``-d loss over the batch's variance, a division by
+    ``train.loss.eps`` (the module docstring)."""
+    share = (
         f"{losses['padding_only']:.1%} of {modality} batches would mask only tokens "
-        f"without data (only {losses['tokens_with_data']:.0%} of its tokens hold data): "
-        f"what the loss counts then has a variance of 0, and the {normalize}-normalized "
-        f"loss divides by train.loss.eps. {fix[0].upper()}{fix[1:]}, or set train.loss.stats: "
-        "dataset"
+        f"without data (only {losses['tokens_with_data']:.0%} of its tokens hold data)"
+    )
+    if losses["on_grid"]:
+        return (
+            f"{share}: such a batch scores none of its values and teaches {modality} "
+            f"nothing. Fit train.shapes.{modality} and train.patch_size to the stores' grid "
+            "(padding around a smaller grid holds no data)"
+        )
+    return (
+        f"{share}: what the loss counts then has a variance of 0, and the {normalize}-"
+        "normalized loss divides by train.loss.eps. Leave out the constant features or "
+        "empty parcels that hold no data, or set train.loss.stats: dataset"
     )
 
 

@@ -243,8 +243,9 @@ def embed_store(
         "time": [np.zeros(0)],
     }
     batches = samples(store, modality, model_config, batch_size)
-    for number, (firsts, times, volume) in enumerate(batches):
-        volume = volume.to(device)
+    for number, (firsts, times, read) in enumerate(batches):
+        read = {name: values.to(device) for name, values in read.items()}
+        volume = read[modality]
         context = {
             kind: torch.from_numpy(
                 np.stack([values[first : first + model_config.window] for first in firsts])
@@ -253,7 +254,7 @@ def embed_store(
         }
         out["time"].append(times)
         out["embedding"].append(model.encode(modality, volume, context).float().cpu().numpy())
-        batch = {modality: volume, **context}
+        batch = {**read, **context}
         generator = torch.Generator().manual_seed(seed * 1_000_003 + number)
         output = model(batch, masks=model.token_masks(batch, generator))
         loss, baseline = sample_losses(

@@ -23,16 +23,19 @@ import zarr
 from bidstrain.config import ModelConfig
 from bidstrain.io.store import read_segments
 from bidstrain.train.data import VolumeDataset
+from bidstrain.train.validity import valid_key
 
 LOG = logging.getLogger("bidstrain.embed")
 
 
 def samples(
     store: str | Path, modality: str, model: ModelConfig, batch_size: int
-) -> Iterator[tuple[np.ndarray, np.ndarray, torch.Tensor]]:
+) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, torch.Tensor]]]:
     """``(firsts, times, batch)``: the index and the time of each sample's first frame,
-    and the samples as the model reads them: ``(n, 1, x, y, z)`` volumes, ``(n, window,
-    x, y, z)`` voxel windows or ``(n, window, parcels)`` parcel windows."""
+    and the samples as the model reads them, ``{modality: samples}``: ``(n, 1, x, y, z)``
+    volumes, ``(n, window, x, y, z)`` voxel windows or ``(n, window, parcels)`` parcel
+    windows; on a voxel grid with the voxels that hold data
+    (:mod:`bidstrain.train.validity`)."""
     with xr.open_zarr(store) as ds:
         times = np.asarray(ds["time"].values, dtype=np.float64)
     window = model.window if modality == "bold" else 1
@@ -54,12 +57,15 @@ def samples(
             window,
         )
     if modality == "bold" and model.bold_input == "parcels":
-        read = _parcel_reader(store)
+        read, bits = _parcel_reader(store), None
     else:
-        read = _voxel_reader(store, modality, model)
+        read, bits = _voxel_reader(store, modality, model)
     for first in range(0, len(starts), batch_size):
         chosen = starts[first : first + batch_size]
-        yield chosen, times[chosen], torch.stack([read(start, window) for start in chosen])
+        batch = {modality: torch.stack([read(start, window) for start in chosen])}
+        if bits is not None:
+            batch[valid_key(modality)] = bits.expand(len(chosen), -1)
+        yield chosen, times[chosen], batch
 
 
 def window_starts(segments: Sequence[int], window: int) -> np.ndarray:
@@ -76,13 +82,14 @@ def window_starts(segments: Sequence[int], window: int) -> np.ndarray:
 
 def _voxel_reader(store: str | Path, modality: str, model: ModelConfig):
     """Frames ``[start, start + count)`` on the model's grid, ``(count, x, y, z)``,
-    through the training's reader (same resampling, crop or pad)."""
+    through the training's reader (same resampling, crop or pad), and the store's packed
+    validity bits ``(1, bytes)`` (the same for every frame)."""
     dataset = VolumeDataset({modality: [str(store)]}, model.shapes, resample=model.resample)
 
     def read(start: int, count: int) -> torch.Tensor:
         return dataset.batch(range(start, start + count))[modality][:, 0]
 
-    return read
+    return read, dataset.batch([0])[valid_key(modality)]
 
 
 def _parcel_reader(store: str | Path):

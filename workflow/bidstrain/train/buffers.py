@@ -133,13 +133,28 @@ class BatchBuffer:
         """The next ``(count, frames, *shape)`` tensor of the batch and its offset in the
         block."""
         size = count * frames * math.prod(shape)
+        offset = self._claim(size)
+        return self.flat[offset : offset + size].view(count, frames, *shape), offset
+
+    def bits(self, count: int, nbytes: int) -> torch.Tensor:
+        """The next ``(count, nbytes)`` uint8 tensor of the batch (validity bits,
+        :mod:`.validity`), in whole float32 values of the block, written whole by the
+        caller: recorded as written without a map, as :meth:`values`."""
+        words = -(-count * nbytes // 4)
+        offset = self._claim(words)
+        self._writing[offset] = None
+        flat = self.flat[offset : offset + words].view(torch.uint8)
+        return flat[: count * nbytes].view(count, nbytes)
+
+    def _claim(self, size: int) -> int:
+        """The offset of the next ``size`` values of the batch, now taken."""
         offset = self._used
         if offset + size > self._values.size:
             raise ValueError(
                 f"a batch of {offset + size} values does not fit a buffer of {self._values.size}"
             )
         self._used += size
-        return self.flat[offset : offset + size].view(count, frames, *shape), offset
+        return offset
 
     def values(self, offset: int, size: int) -> np.ndarray:
         """``size`` values of the block at ``offset``, written whole by the caller (no

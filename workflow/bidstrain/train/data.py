@@ -28,9 +28,10 @@ from bidstrain.io.store import chunk_volumes, read_dims, read_meta, read_segment
 from bidstrain.modalities import MODALITIES
 from bidstrain.train.buffers import BatchBuffer, BatchRing, allocate
 from bidstrain.train.reader import OpenStores, ParcelReader
-from bidstrain.train.ring_size import loader_bytes, ring_slots
+from bidstrain.train.ring_size import loader_bytes, ring_slots, validity_words
 from bidstrain.train.stimulus_windows import StimulusWindows
 from bidstrain.train.stop import ignore_stop_signals, start_resource_tracker
+from bidstrain.train.validity import split, valid_key
 from bidstrain.train.windows import window_counts
 from bidstrain.train.worker_batches import RingBatch, WorkerRings
 
@@ -412,8 +413,11 @@ class VolumeDataset(torch.utils.data.Dataset):
         return self.window if modality == "bold" else 1
 
     def sample_size(self, modality: str) -> int:
-        """float32 values of one sample of ``modality``."""
-        return self.frames(modality) * math.prod(self.shapes[modality])
+        """float32 values of one sample of ``modality`` in a batch buffer, with its
+        validity bits on a voxel grid (:func:`~bidstrain.train.ring_size.validity_words`)."""
+        voxels = math.prod(self.shapes[modality])
+        bits = validity_words(voxels) if len(self.shapes[modality]) == 3 else 0
+        return self.frames(modality) * voxels + bits
 
     def largest_sample(self) -> int:
         """float32 values of the largest sample of any modality: what a batch buffer
@@ -425,7 +429,10 @@ class VolumeDataset(torch.utils.data.Dataset):
     ) -> dict[str, torch.Tensor]:
         """Samples ``indices`` grouped by modality: ``{modality: tensor (n, frames,
         *shape)}`` in :data:`MODALITIES` order, each modality's samples in the order of
-        ``indices`` (global indices of their first frames).
+        ``indices`` (global indices of their first frames); then, for each modality on a
+        voxel grid, the voxels that hold data, under
+        :func:`~bidstrain.train.validity.valid_key` (:mod:`bidstrain.train.validity`);
+        then the stimulus features.
 
         Parameters
         ----------
@@ -443,7 +450,7 @@ class VolumeDataset(torch.utils.data.Dataset):
             flat, zeroed = allocate(size)
             out = BatchBuffer(flat, zeroed=zeroed)
         out.start()
-        batch = {}
+        batch, validity = {}, {}
         for code, modality in enumerate(MODALITIES):
             members = np.flatnonzero(codes == code)
             if members.size == 0:
@@ -451,11 +458,17 @@ class VolumeDataset(torch.utils.data.Dataset):
             shape, frames = self.shapes[modality], self.frames(modality)
             size = math.prod(shape)
             batch[modality], offset = out.tensor(members.size, shape, frames)
+            on_grid = len(shape) == 3
+            if on_grid:
+                validity[valid_key(modality)] = out.bits(members.size, -(-size // 8))
+                valid = validity[valid_key(modality)].numpy()
             for s in np.unique(store[members]):
                 slots = np.flatnonzero(store[members] == s)
                 reader = self.open_stores.get(
                     layout.paths[s], int(layout.volumes[s]), shape, self.resample[modality]
                 )
+                if on_grid:
+                    valid[slots] = reader.grid_map.valid_bits
                 for slot in slots:
                     first = offset + int(slot) * frames * size
                     start = int(time[members[slot]])
@@ -471,6 +484,7 @@ class VolumeDataset(torch.utils.data.Dataset):
                         out.sample(first + frame * size, reader.grid_map) for frame in range(frames)
                     ]
                     reader.place_window(start, regions, self.open_stores.cache)
+        batch.update(validity)
         if self.stimuli is not None:
             batch.update(self.stimuli.windows(layout, indices))
         return batch
@@ -611,13 +625,16 @@ def n_parcels(stores: Sequence[str]) -> int:
 
 def dataset_statistics(dataset: VolumeDataset) -> dict[str, tuple[float, float]]:
     """Mean and variance of every modality's samples as the model sees them (on the
-    cropped or padded grid; BOLD windows at offset 0), for ``train.loss.stats: dataset``."""
+    cropped or padded grid, the voxels that hold data only; BOLD windows at offset 0), for
+    ``train.loss.stats: dataset``."""
     sums: dict[str, np.ndarray] = {}
     starts = dataset.layout.starts(np.arange(len(dataset)))
     for start in range(0, len(dataset), 16):
-        batch = dataset.batch(starts[start : start + 16])
-        for modality, volumes in batch.items():
+        inputs, valid = split(dataset.batch(starts[start : start + 16]))
+        for modality, volumes in inputs.items():
             values = volumes.numpy().astype(np.float64)
+            if modality in valid:
+                values = values[valid[modality].expand_as(volumes).numpy()]
             total = sums.setdefault(modality, np.zeros(3))
             total += (values.size, values.sum(), (values**2).sum())
     stats = {}

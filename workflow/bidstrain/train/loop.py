@@ -36,7 +36,7 @@ from bidstrain.config import TrainConfig, to_plain
 from bidstrain.errors import BidstrainError
 from bidstrain.io.atomic import atomic_path
 from bidstrain.modalities import MODALITIES, MODEL_INPUTS
-from bidstrain.train import checkpoint, description, distributed
+from bidstrain.train import checkpoint, description, distributed, validity
 from bidstrain.train.data import (
     StoreLayout,
     VolumeDataset,
@@ -607,9 +607,11 @@ def validate(trainer: Trainer, loader, sink: MetricsSink, state: TrainState) -> 
     """Per-modality loss on the held-out stores, and the baseline of the same loss
     (:func:`~bidstrain.train.losses.baseline_loss`: predicting the mean), recorded.
 
-    No gradients. With masking (``train.mask_ratio``), the same tokens are masked in every
-    validation (a generator seeded by ``train.seed`` and the rank), and both losses count
-    the masked tokens' voxels only: the model is scored on what it predicts from context.
+    No gradients. Both losses count the voxels that hold data only (not the zeros outside
+    a store's mask or in the padding: :mod:`~bidstrain.train.validity`). With masking
+    (``train.mask_ratio``), the same tokens are masked in every validation (a generator
+    seeded by ``train.seed`` and the rank), and both losses count the masked tokens'
+    voxels only: the model is scored on what it predicts from context.
 
     With BOLD windows (``train.window`` > 1) the BOLD loss is also computed on the same
     windows with their frames shuffled in time (:func:`~bidstrain.train.windows.
@@ -640,7 +642,7 @@ def validate(trainer: Trainer, loader, sink: MetricsSink, state: TrainState) -> 
             shuffled = {**batch, "bold": shuffle_time(batch["bold"], shuffling)}
             loss = module(shuffled, masks=masks).loss_per_modality["bold"].double()
             sums["shuffled.bold"] = sums["shuffled.bold"] + batch["bold"].shape[0] * loss
-        for modality, volume in batch.items():
+        for modality, volume in validity.split(batch)[0].items():
             n = volume.shape[0]
             baseline = baseline_loss(
                 volume,

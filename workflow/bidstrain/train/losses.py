@@ -45,8 +45,10 @@ def normalized_mse(
         dataset``); by default the variance of ``target`` over the batch. Only the
         variance enters the loss.
     where : Tensor of bool, optional
-        Shaped like ``target``: only these voxels count (the masked tokens' voxels of a
-        masked autoencoder), for the error and the batch variance alike.
+        Broadcastable to ``target``: only these values count (the voxels that hold data,
+        :mod:`bidstrain.train.validity`, and under masking the masked tokens' voxels), for
+        the error and the batch variance alike. When none counts the loss is 0 (and its
+        gradient 0): a batch with nothing to score teaches nothing.
 
     Returns
     -------
@@ -55,25 +57,43 @@ def normalized_mse(
     """
     pred = pred.float()
     target = target.float()
-    if where is not None:
-        pred, target = pred[where], target[where]
-    return torch.mean((pred - target) ** 2) / _divisor(target, normalize, eps, target_stats)
+    weights = _weights(target, where)
+    error = _mean((pred - target) ** 2, weights)
+    return error / _divisor(target, weights, normalize, eps, target_stats)
+
+
+def _weights(target: torch.Tensor, where: torch.Tensor | None) -> torch.Tensor | None:
+    """``where`` as float32 weights of ``target``'s shape (None: every value counts)."""
+    return None if where is None else where.expand_as(target).float()
+
+
+def _mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """The mean of ``values`` where ``weights`` is 1 (0 where none is), without asking
+    the device how many there are."""
+    if weights is None:
+        return values.mean()
+    return (values * weights).sum() / weights.sum().clamp(min=1.0)
 
 
 def _divisor(
-    counted: torch.Tensor, normalize: str, eps: float, target_stats: tuple[float, float] | None
+    target: torch.Tensor,
+    weights: torch.Tensor | None,
+    normalize: str,
+    eps: float,
+    target_stats: tuple[float, float] | None,
 ) -> torch.Tensor | float:
     """What a loss divides the squared error by: the variance (``var``) or the std
-    (``std``) of the ``counted`` target values, or of ``target_stats``, plus ``eps``; 1
-    under ``none``."""
+    (``std``) of the counted ``target`` values (``weights``), or of ``target_stats``, plus
+    ``eps``; 1 under ``none``."""
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
     if normalize == "none":
         return 1.0
     if target_stats is None:
-        var = counted.detach().var(unbiased=False)
+        counted = target.detach()
+        var = _mean((counted - _mean(counted, weights)) ** 2, weights)
     else:
-        var = torch.as_tensor(float(target_stats[1]), dtype=torch.float32, device=counted.device)
+        var = torch.as_tensor(float(target_stats[1]), dtype=torch.float32, device=target.device)
     return var + eps if normalize == "var" else torch.sqrt(var + eps)
 
 
@@ -96,14 +116,18 @@ def baseline_loss(
     Tensor
         A scalar: what a model that learned nothing scores on this batch.
     """
-    values = target.float()[where] if where is not None else target.float()
-    mean = values.mean() if target_stats is None else float(target_stats[0])
+    target = target.float()
+    if target_stats is None:
+        mean = _mean(target, _weights(target, where))
+    else:
+        mean = torch.as_tensor(float(target_stats[0]), device=target.device)
     return normalized_mse(
-        torch.full_like(values, float(mean)),
-        values,
+        mean.expand_as(target),
+        target,
         normalize=normalize,
         eps=eps,
         target_stats=target_stats,
+        where=where,
     )
 
 
@@ -120,10 +144,10 @@ def sample_losses(
     batch: its squared error over its values of ``where``, divided by the statistic of
     the whole batch (or ``target_stats``) as training divides it.
 
-    The mean over the samples, weighted by their counted values (equal for every sample
-    of a masked autoencoder's batch), is the batch's loss and baseline. A sample scored
-    against its own variance instead reads higher whenever it holds few values (a parcel
-    window's masked tokens), and its baseline is then 1.0 by construction.
+    The mean over the samples, weighted by their counted values, is the batch's loss and
+    baseline. A sample scored against its own variance instead reads higher whenever it
+    holds few values (a parcel window's masked tokens), and its baseline is then 1.0 by
+    construction. A sample of which no value counts scores 0 (and weighs nothing).
 
     Returns
     -------
@@ -131,11 +155,10 @@ def sample_losses(
         ``(loss, baseline)``, each of shape ``(n,)`` for a batch of ``n`` samples.
     """
     pred, target = pred.float(), target.float()
-    where = torch.ones_like(target, dtype=torch.bool) if where is None else where
-    counted = target[where]
-    scale = _divisor(counted, normalize, eps, target_stats)
-    mean = counted.mean() if target_stats is None else float(target_stats[0])
-    n_values = where.flatten(1).sum(dim=1)
+    weights = torch.ones_like(target) if where is None else _weights(target, where)
+    scale = _divisor(target, weights, normalize, eps, target_stats)
+    mean = _mean(target, weights) if target_stats is None else float(target_stats[0])
+    n_values = weights.flatten(1).sum(dim=1).clamp(min=1.0)
     losses = [(pred - target) ** 2, (target - mean) ** 2]
-    loss, baseline = ((values * where).flatten(1).sum(dim=1) / n_values for values in losses)
+    loss, baseline = ((values * weights).flatten(1).sum(dim=1) / n_values for values in losses)
     return loss / scale, baseline / scale

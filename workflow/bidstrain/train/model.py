@@ -43,6 +43,7 @@ from bidstrain.train.tokens import (
     SeriesEmbedding,
     SeriesHead,
 )
+from bidstrain.train.validity import is_valid_key, split
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,10 @@ class ModelOutput:
     reconstructions : dict
         ``{modality: tensor}`` shaped like the inputs.
     voxel_masks : dict
-        ``{modality: bool tensor}`` shaped like the inputs, True on the voxels of masked
-        tokens (the only ones the loss counts), for the modalities that were masked.
+        ``{modality: bool tensor}`` broadcastable to the inputs, True on the values the
+        loss counts: those that hold data (:mod:`bidstrain.train.validity`) and, under
+        masking, of masked tokens; for the modalities with either (every value of the
+        others counts).
     """
 
     loss: torch.Tensor
@@ -191,7 +194,7 @@ class MultiModalAutoencoder(nn.Module):
         return [
             [modality, *kinds] if modality == "bold" else [modality]
             for modality in batch
-            if modality not in self.stimuli
+            if modality not in self.stimuli and not is_valid_key(modality)
         ]
 
     def token_masks(
@@ -238,12 +241,14 @@ class MultiModalAutoencoder(nn.Module):
         its own sub-batch through the shared encoder, and compute the loss.
 
         ``masks`` (:meth:`token_masks`) masks those tokens; by default random ones are
-        drawn in training mode, none in eval mode. The loss of a masked modality counts
-        the values of its masked tokens only.
+        drawn in training mode, none in eval mode. The loss of a modality counts the
+        values that hold data (the batch's :mod:`~bidstrain.train.validity` keys; every
+        value without one) and, when masked, of its masked tokens only.
         """
         settings = self.loss_settings
         weights = settings.weights or {}
         stats = settings.target_stats or {}
+        batch, valid = split(batch)
         if masks is None:
             masks = self.token_masks(batch) if self.training else {}
         reconstructions, losses, voxel_masks = {}, {}, {}
@@ -254,8 +259,12 @@ class MultiModalAutoencoder(nn.Module):
             parts = encoded.split([t.shape[1] for t in tokens], dim=1)
             for modality, part in zip(sequence, parts, strict=True):
                 reconstructions[modality] = self.head[modality](part)
+                counted = valid.get(modality)
                 if modality in masks:
-                    voxel_masks[modality] = self.head[modality].voxels(masks[modality])
+                    voxels = self.head[modality].voxels(masks[modality])
+                    counted = voxels if counted is None else voxels & counted
+                if counted is not None:
+                    voxel_masks[modality] = counted
                 losses[modality] = normalized_mse(
                     reconstructions[modality],
                     batch[modality],

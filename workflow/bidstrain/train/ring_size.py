@@ -73,10 +73,17 @@ def loader_bytes(
     return workers * slots * batch + (copies * page_locked_bytes(batch) if pinned else 0)
 
 
+def validity_words(voxels: int) -> int:
+    """float32 words that hold a sample's validity bits on a grid of ``voxels``
+    (:mod:`bidstrain.train.validity`: one bit per voxel, in bytes)."""
+    nbytes = -(-voxels // 8)
+    return -(-nbytes // 4)
+
+
 def largest_sample(train: TrainConfig, modalities: Iterable[str]) -> int:
-    """float32 values of the largest sample of ``modalities`` from the settings alone:
-    ``prod(train.shapes[m])`` for a volume, ``train.window x prod(train.shapes["bold"])``
-    for a BOLD voxel window (0 without modalities).
+    """float32 values of the largest sample of ``modalities`` from the settings alone,
+    with its :func:`validity_words`: ``prod(train.shapes[m])`` for a volume, ``train.window
+    x prod(train.shapes["bold"])`` for a BOLD voxel window (0 without modalities).
 
     BOLD is skipped with ``train.bold_input: parcels``: the parcel count is known only from
     the parcel stores (after normalization), and a parcel window (``train.window x
@@ -85,8 +92,9 @@ def largest_sample(train: TrainConfig, modalities: Iterable[str]) -> int:
     """
     sizes = [0]
     for modality in modalities:
+        voxels = math.prod(train.model.shapes[modality])
         if modality != "bold":
-            sizes.append(math.prod(train.model.shapes[modality]))
+            sizes.append(voxels + validity_words(voxels))
         elif train.model.bold_input != "parcels":
-            sizes.append(train.model.window * math.prod(train.model.shapes["bold"]))
+            sizes.append(train.model.window * voxels + validity_words(voxels))
     return max(sizes)

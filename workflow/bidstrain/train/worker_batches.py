@@ -43,22 +43,23 @@ class RingBatch:
     worker : int
         The worker whose ring holds the batch.
     places : dict
-        ``{name: (offset, shape)}``: the tensors in the ring, float32 from ``offset``.
+        ``{name: (offset, shape, dtype)}``: the tensors in the ring, from ``offset`` of the
+        ring viewed as ``dtype`` (float32 samples, uint8 validity bits).
     arrays : dict
         ``{name: array}``: the batch's other tensors.
     """
 
     token: str
     worker: int
-    places: dict[str, tuple[int, tuple[int, ...]]]
+    places: dict[str, tuple[int, tuple[int, ...], torch.dtype]]
     arrays: dict[str, np.ndarray]
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The batch in the main process: views of the worker's ring, then the arrays."""
         block = _RINGS[self.token][self.worker]
         batch = {
-            name: block[offset : offset + math.prod(shape)].view(shape)
-            for name, (offset, shape) in self.places.items()
+            name: block.view(dtype)[offset : offset + math.prod(shape)].view(shape)
+            for name, (offset, shape, dtype) in self.places.items()
         }
         batch.update({name: torch.from_numpy(array) for name, array in self.arrays.items()})
         return batch
@@ -92,14 +93,14 @@ class WorkerRings:
 
     def batch(self, worker: int, tensors: dict[str, torch.Tensor]) -> RingBatch:
         """``tensors``, a batch that ``worker`` wrote into its ring, as it travels: the
-        contiguous float32 tensors in the ring by place, any other by value."""
+        contiguous tensors in the ring by place, any other by value."""
         block = self.blocks[worker]
         storage = block.untyped_storage().data_ptr()
         places, arrays = {}, {}
         for name, tensor in tensors.items():
             in_ring = tensor.untyped_storage().data_ptr() == storage
-            if in_ring and tensor.is_contiguous() and tensor.dtype == block.dtype:
-                places[name] = (tensor.storage_offset(), tuple(tensor.shape))
+            if in_ring and tensor.is_contiguous():
+                places[name] = (tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
             else:
                 arrays[name] = tensor.numpy()
         return RingBatch(self.token, worker, places, arrays)
