@@ -16,11 +16,13 @@ from bidstrain.config import ModelExpectation
 from bidstrain.embed.apply import check_preparation
 from bidstrain.embed.samples import samples
 from bidstrain.errors import BidstrainError
-from bidstrain.io.store import consolidate
+from bidstrain.io.store import consolidate, open_store, to_grid
 from bidstrain.report.embed import embedding_figure
 from bidstrain.train.description import FORMAT, describe, load_model
 from bidstrain.train.expectation import Preparation, differences, preparation_of
 from bidstrain.train.model import build_module
+from bidstrain.train.resample import fit_to_shape
+from bidstrain.train.validity import split
 from test_average_parcels import parcel_store
 from test_embed import run_embed
 from train_support import train_config, write_aligned, write_store
@@ -201,6 +203,14 @@ def test_a_model_of_stimuli_embeds_each_window_with_its_features(tmp_path):
     config = train_config(window=WINDOW, patch_frames=2, stimuli=["video"]).model
     (_, _, read), *_ = samples(store, "bold", config, 3)
     windows = read["bold"]
+    # with the store's voxels on the model's grid, which the losses count
+    _, valid = split(read)
+    with open_store(store) as ds:
+        voxels = to_grid(ds, np.ones(ds.sizes["voxel"]))
+    holds_data = fit_to_shape(voxels, config.shapes["bold"]) > 0
+    assert valid["bold"].shape == (len(windows), 1, *config.shapes["bold"])
+    assert (valid["bold"] == torch.from_numpy(holds_data)).all()
+    assert 0 < holds_data.sum() < holds_data.size  # the mask, and padding around it
     with torch.no_grad():
         want = module.encoder(module.embed["bold"](windows)).mean(dim=1)
     np.testing.assert_allclose(alone, want.numpy(), rtol=1e-5, atol=1e-6)

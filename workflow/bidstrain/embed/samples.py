@@ -57,14 +57,15 @@ def samples(
             window,
         )
     if modality == "bold" and model.bold_input == "parcels":
-        read, bits = _parcel_reader(store), None
+        read = _parcel_reader(store)
     else:
-        read, bits = _voxel_reader(store, modality, model)
+        read = _voxel_reader(store, modality, model)
     for first in range(0, len(starts), batch_size):
         chosen = starts[first : first + batch_size]
-        batch = {modality: torch.stack([read(start, window) for start in chosen])}
-        if bits is not None:
-            batch[valid_key(modality)] = bits.expand(len(chosen), -1)
+        values, bits = zip(*(read(start, window) for start in chosen), strict=True)
+        batch = {modality: torch.stack(values)}
+        if bits[0] is not None:
+            batch[valid_key(modality)] = torch.cat(bits)
         yield chosen, times[chosen], batch
 
 
@@ -82,21 +83,23 @@ def window_starts(segments: Sequence[int], window: int) -> np.ndarray:
 
 def _voxel_reader(store: str | Path, modality: str, model: ModelConfig):
     """Frames ``[start, start + count)`` on the model's grid, ``(count, x, y, z)``,
-    through the training's reader (same resampling, crop or pad), and the store's packed
-    validity bits ``(1, bytes)`` (the same for every frame)."""
+    through the training's reader (same resampling, crop or pad), and their validity
+    bits ``(1, bytes)`` (the store's, the same for every frame)."""
     dataset = VolumeDataset({modality: [str(store)]}, model.shapes, resample=model.resample)
 
-    def read(start: int, count: int) -> torch.Tensor:
-        return dataset.batch(range(start, start + count))[modality][:, 0]
+    def read(start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = dataset.batch(range(start, start + count))
+        return batch[modality][:, 0], batch[valid_key(modality)][:1]
 
-    return read, dataset.batch([0])[valid_key(modality)]
+    return read
 
 
 def _parcel_reader(store: str | Path):
-    """Frames ``[start, start + count)`` of a parcel store, ``(count, parcels)``."""
+    """Frames ``[start, start + count)`` of a parcel store, ``(count, parcels)``, and no
+    validity bits (every parcel value counts)."""
 
-    def read(start: int, count: int) -> torch.Tensor:
+    def read(start: int, count: int) -> tuple[torch.Tensor, None]:
         values = zarr.open_array(Path(store) / "data", mode="r")[start : start + count]
-        return torch.from_numpy(np.asarray(values, dtype=np.float32))
+        return torch.from_numpy(np.asarray(values, dtype=np.float32)), None
 
     return read
