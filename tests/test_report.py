@@ -540,6 +540,19 @@ def test_model_input_figure_shows_the_store_and_the_model_grid(tmp_path):
     path.write_text(json.dumps(description))
     main(["model_input", "--model-json", str(path), "--experiment", "x", "--out", str(out)])
     assert_nontrivial_png(out, min_height=300)
+    from bidstrain.report.model_input import model_input_figure
+
+    with open_store(store) as ds:
+        mask = ds["mask"].values
+    # the blocks of 2^3 that hold a voxel of the mask, centred on the 8^3 grid
+    sides = -(-np.asarray(mask.shape) // 2)
+    assert (sides <= 8).all()  # padded, not cropped
+    blocks = np.argwhere(mask) // 2 + (8 - sides) // 2
+    grid = np.zeros((8, 8, 8), dtype=bool)
+    grid[tuple(blocks.T)] = True
+    assert 0 < grid.mean() < 1
+    title = model_input_figure(description, "x").subfigs[0]._suptitle.get_text()
+    assert f"the loss counts the {grid.mean():.0%} of the model's grid that holds" in title
 
 
 def test_cli_reports_a_missing_store_without_traceback(tmp_path, capsys):

@@ -22,8 +22,10 @@ MAX_NAMED_PARCELS = 40
 
 def model_input_figure(description: Mapping[str, Any], experiment: str) -> Figure:
     """Per modality, two rows of mid-slices: the first volume of its first training store
-    (z-scores on the store's grid) and that volume as the model receives it; for parcel
-    windows, the first window of the first training store (:func:`parcel_window_row`).
+    (z-scores on the store's grid) and that volume as the model receives it, transparent
+    where it holds no data (0 in the input, not counted by the loss:
+    :mod:`bidstrain.train.validity`); for parcel windows, the first window of the first
+    training store (:func:`parcel_window_row`).
 
     Parameters
     ----------
@@ -48,14 +50,16 @@ def model_input_figure(description: Mapping[str, Any], experiment: str) -> Figur
             mask = np.asarray(ds["mask"].values, dtype=bool)
             volume = to_grid(ds, np.asarray(ds["data"][0].values, dtype=np.float32))
         seen = model_view(volume, mask, shape, factor)
+        holds_data = model_view(np.ones(mask.shape, dtype=np.float32), mask, shape, factor) > 0
         row.suptitle(
             f"{modality}: {Path(store).name}\nvolume 0; grid {mask.shape} -> resample "
-            f"{factor} -> {tuple(shape)}"
+            f"{factor} -> {tuple(shape)}; the loss counts the {holds_data.mean():.0%} of the "
+            "model's grid that holds data"
         )
         axes = row.subplots(2, 3)
         slice_row(row, axes[0], volume, mask, label="store", unit="z-score", cmap="RdBu_r",
                   vmin=-3.0, vmax=3.0)  # fmt: skip
-        slice_row(row, axes[1], seen, seen != 0, label="model input", unit="z-score",
+        slice_row(row, axes[1], seen, holds_data, label="model input", unit="z-score",
                   cmap="RdBu_r", vmin=-3.0, vmax=3.0)  # fmt: skip
     return fig
 
