@@ -151,6 +151,18 @@ def test_tokens_must_divide_the_window_at_parse_time(normalized):
         plan_of(bids, **{**overrides, "train": train})
 
 
+def test_a_model_grid_that_patches_do_not_tile_is_refused_at_parse_time(normalized):
+    """By the dry run, not by the train job after normalization; parcel windows have no
+    grid, and modalities that do not train are not asked."""
+    _, _, bids, overrides = normalized
+    shapes = {"T1w": [10, 10, 10], "bold": [12, 12, 10], "dwi": [10, 10, 10]}
+    train = {**overrides["train"], "shapes": shapes, "patch_size": 4, "bold_input": "voxels"}
+    message = r"train.shapes.bold = \[12, 12, 10\] is not a multiple of train.patch_size = 4"
+    with pytest.raises(BidstrainError, match=message):
+        plan_of(bids, **{**overrides, "train": train})
+    plan_of(bids, **{**overrides, "train": {**train, "bold_input": "parcels"}})
+
+
 def test_parcel_input_needs_a_parcellation(normalized):
     _, _, bids, overrides = normalized
     without = {k: v for k, v in overrides.items() if k != "parcellation"}

@@ -295,6 +295,7 @@ class Plan:
         }
         training = {m: s for m, s in training.items() if s}
         validation = {m: s for m, s in validation.items() if s}
+        config.train.model.check_patch_grid(training)
         gpus = config.resources.train.gpus if gpus is None else gpus
         _check_loader_memory(
             config,

@@ -10,7 +10,7 @@ import dataclasses
 import hashlib
 import json
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,6 +136,20 @@ class ModelConfig:
     heads: int = _role()
     #: fraction of tokens replaced by the mask token (0: a plain autoencoder)
     mask_ratio: float = _role()
+
+    def check_patch_grid(self, modalities: Iterable[str]) -> None:
+        """Raise unless every side of ``shapes`` of the trained ``modalities`` on a voxel
+        grid (BOLD with ``bold_input: parcels`` is not) is a multiple of ``patch_size``:
+        a token is a cube of ``patch_size`` voxels."""
+        for modality in modalities:
+            if modality == "bold" and self.bold_input == "parcels":
+                continue
+            shape = list(self.shapes[modality])
+            if any(n % self.patch_size for n in shape):
+                raise BidstrainError(
+                    f"config train.shapes.{modality} = {shape} is not a multiple of "
+                    f"train.patch_size = {self.patch_size} on every axis (change one of them)"
+                )
 
     def check_window_tokens(self) -> None:
         """Raise unless ``patch_frames`` divides ``window``: a token holds

@@ -197,7 +197,7 @@ def hold_lock(lock: ExperimentLock, context: distributed.Context) -> None:
 
 def _train(config, stores, validation_stores, context, outputs: Outputs, tables=(), stimuli=None):
     checkpoint_dir = outputs.checkpoints
-    check_shapes(config, stores)
+    config.model.check_patch_grid(stores)
     torch.manual_seed(config.run.seed)  # initialization (token masks: mask_generator)
     data = training_data(config, stores, context, tables, stimuli)
     validation = validation_loader(config, validation_stores, context, tables, stimuli, data)
@@ -735,17 +735,3 @@ def check_skips(config, result: StepResult, state: TrainState) -> None:
             "or the learning rate is broken (lower train.lr, check the stores for NaN, or raise "
             "train.max_consecutive_skips)"
         )
-
-
-def check_shapes(config, stores) -> None:
-    """Every trained modality's shape must be a multiple of the patch size."""
-    patch = config.model.patch_size
-    for modality in stores:
-        if modality == "bold" and config.model.bold_input == "parcels":
-            continue
-        shape = list(config.model.shapes[modality])
-        if any(n % patch for n in shape):
-            raise BidstrainError(
-                f"train.shapes.{modality} = {shape} is not a multiple of train.patch_size = "
-                f"{patch} on every axis (change one of them)"
-            )
