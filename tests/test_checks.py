@@ -564,8 +564,8 @@ def test_padding_only_chance_is_the_share_of_mask_draws_missing_every_data_token
 def test_a_grid_mostly_padding_warns_that_its_batches_teach_nothing(tmp_path):
     """An 8x6x4 store in a 24^3 model grid of 8^3 tokens: one token of 27 holds data, so
     about 5 % of batches of 4 mask none of it. The loss does not count the padding, so
-    such a batch scores nothing (a warning, whatever the statistics); a channel series
-    counts its zeros, and there the loss would divide by eps (a failure)."""
+    such a batch scores nothing (a warning, whatever the statistics); stimulus features
+    count their zeros, and there the loss would divide by eps (a failure)."""
     stores = {
         "bold": [write_store(tmp_path / "bold.zarr", modality="bold", n_time=40, grid=(8, 6, 4))]
     }
@@ -585,8 +585,9 @@ def test_a_grid_mostly_padding_warns_that_its_batches_teach_nothing(tmp_path):
     assert passed.values["losses"]["bold"]["padding_only"] == 0.0
     t1w = {"padding_only": 0.01, "tokens_with_data": 0.1, "on_grid": True}
     assert "Fit train.shapes.T1w and" in _padding_only("T1w", t1w)  # its key's case
-    parcels = {**t1w, "on_grid": False}
-    message = _padding_only("bold", parcels, "var")
+    series = {**t1w, "on_grid": False}
+    assert "teaches bold nothing. Most parcels have no voxel" in _padding_only("bold", series)
+    message = _padding_only("video", series, "var")
     assert "has a variance of 0, and the var-normalized loss divides by train.loss.eps" in message
 
 

@@ -22,8 +22,10 @@ from bidstrain.io.store import (
 from bidstrain.train.buffers import BatchBuffer, BatchRing
 from bidstrain.train.data import VolumeDataset, sample_counts, store_layout, volume_dataset
 from bidstrain.train.loop import log_left_out
+from bidstrain.train.model import build_module
 from bidstrain.train.reader import StoreReader
 from bidstrain.train.sampler import ModalityBatchSampler, batch_sampler
+from bidstrain.train.validity import split
 from bidstrain.train.windows import draw_offsets, shuffle_time, window_counts
 from conftest import run_bench
 from train_support import train_config, write_store
@@ -59,10 +61,13 @@ def bold_store(path, valid, seed=0) -> tuple[str, np.ndarray]:
     return str(path), data
 
 
-def parcel_store(path, n_time, n_parcels=5, seed=0) -> tuple[str, np.ndarray]:
-    """A parcel store of random values; returns its path and data (frames x parcels)."""
+def parcel_store(path, n_time, n_parcels=5, seed=0, empty=()) -> tuple[str, np.ndarray]:
+    """A parcel store of random values, but for the parcels ``empty`` (no voxel in the
+    run's mask: 0, as the normalize job writes them); returns its path and data (frames x
+    parcels)."""
     data = np.random.default_rng(seed).standard_normal((n_time, n_parcels)).astype(np.float32)
     ones = np.ones(n_parcels)
+    data[:, list(empty)] = ones[list(empty)] = 0
     attrs = dict(
         modality="bold",
         subject="01",
@@ -216,6 +221,30 @@ def test_parcel_windows_hold_the_store_rows(tmp_path):
         assert batch.shape == (3, 4, 5) and batch.dtype == torch.float32
         for n, start in enumerate(flat):
             assert np.array_equal(batch[n].numpy(), data[start : start + 4])
+
+
+def test_the_loss_of_parcel_windows_counts_the_parcels_that_hold_data(tmp_path):
+    """Parcels 1 and 4 have no voxel in the run's mask: the batch says so, and the loss
+    (checked in float64 with numpy) counts the masked tokens of the other parcels only."""
+    path, data = parcel_store(tmp_path / "p.zarr", 12, n_parcels=6, empty=(1, 4))
+    config = train_config(window=4, patch_frames=2, bold_input="parcels", mask_ratio=0.5)
+    dataset = volume_dataset({"bold": [path]}, config)
+    batch = dataset.batch(dataset.layout.starts(np.arange(len(dataset))))
+    _, valid = split(batch)
+    holds_data = np.array([True, False, True, True, False, True])
+    assert valid["bold"].shape == (len(dataset), 1, 6)
+    assert (valid["bold"].numpy() == holds_data).all()
+    torch.manual_seed(0)
+    model = build_module(config, ["bold"], n_parcels=6)
+    masks = model.token_masks(batch, torch.Generator().manual_seed(2))
+    output = model(batch, masks=masks)
+    masked = model.head["bold"].voxels(masks["bold"]).numpy()
+    counted = masked & holds_data
+    assert counted.sum() < masked.sum()  # masked tokens of empty parcels, not counted
+    target = batch["bold"].numpy().astype(np.float64)[counted]
+    error = output.reconstructions["bold"].detach().numpy().astype(np.float64)[counted] - target
+    want = np.mean(error**2) / (target.var() + config.loss.eps)
+    assert output.loss_per_modality["bold"].item() == pytest.approx(want, rel=1e-5)
 
 
 def test_parcel_stores_take_segments_from_the_table(tmp_path):
@@ -438,7 +467,7 @@ def test_reused_buffers_give_parcel_windows_beside_volumes_of_new_ones(tmp_path)
         sampler.set_epoch(epoch)
         for indices in sampler:
             batch = dataset.batch(indices, out=ring.next())
-            compositions.add(tuple(len(v) for v in batch.values()))
+            compositions.add(tuple(len(v) for v in split(batch)[0].values()))
             for modality, values in dataset.batch(indices).items():
                 torch.testing.assert_close(batch[modality], values, rtol=0, atol=0)
     assert (3,) in compositions and len(compositions) > 2  # parcel-only batches, and mixed

@@ -23,16 +23,15 @@ The same batches say how often a batch would mask only tokens without data
 only:
 
 - on a voxel grid, the voxels outside a store's mask and in the padding of a grid smaller
-  than ``train.shapes`` hold no data, and the loss does not count them
-  (:mod:`bidstrain.train.validity`): a batch that masks only such tokens scores nothing
-  and teaches that modality nothing. More than :data:`MAX_PADDING_ONLY` of such batches
-  warns;
-- in a channel series (parcel windows, stimulus features), empty parcels and constant
-  features are zeros that the loss counts: when every masked token of a batch's samples
-  holds zeros, the variance of what the loss counts is 0 and a ``var``- or
-  ``std``-normalized loss over the batch's variance divides by ``train.loss.eps``: a loss
-  of millions for one step, which Adam's second moments then remember. More than
-  :data:`MAX_PADDING_ONLY` of such batches fails the check.
+  than ``train.shapes`` hold no data, nor do the parcels of a parcel window with no voxel
+  in the run's mask, and the loss does not count them (:mod:`bidstrain.train.validity`):
+  a batch that masks only such tokens scores nothing and teaches that modality nothing.
+  More than :data:`MAX_PADDING_ONLY` of such batches warns;
+- stimulus features count every value: when every masked token of a batch's samples
+  holds zeros (constant features), the variance of what the loss counts is 0 and a
+  ``var``- or ``std``-normalized loss over the batch's variance divides by
+  ``train.loss.eps``: a loss of millions for one step, which Adam's second moments then
+  remember. More than :data:`MAX_PADDING_ONLY` of such batches fails the check.
 """
 
 from __future__ import annotations
@@ -68,11 +67,12 @@ def tokens_with_data(data: torch.Tensor, patch: int, patch_frames: int) -> tuple
     Parameters
     ----------
     data : Tensor of bool
-        Which values of a batch of one modality hold data: images and voxel windows
-        ``(n, frames, x, y, z)`` (their :mod:`~bidstrain.train.validity` mask), in
-        tubelets of ``patch_frames`` frames by ``patch**3`` voxels, or channel series
-        ``(n, frames, channels)`` (parcel windows, stimulus features: the values other
-        than 0), in tokens of ``patch_frames`` values of one channel.
+        Which values of a batch of one modality hold data (its
+        :mod:`~bidstrain.train.validity` mask; for stimulus features the values other than
+        0): images and voxel windows ``(n, frames, x, y, z)``, in tubelets of
+        ``patch_frames`` frames by ``patch**3`` voxels, or channel series ``(n, frames,
+        channels)`` (parcel windows, stimulus features), in tokens of ``patch_frames``
+        values of one channel.
     patch, patch_frames : int
         ``train.patch_size``; ``train.patch_frames`` for BOLD and stimuli, 1 for images.
 
@@ -247,12 +247,12 @@ def check_loss_scale(
             f"{', '.join(unseen)} is unknown (do the training stores hold volumes?)"
         )
     padding_only = {m: v for m, v in losses.items() if v["padding_only"] > MAX_PADDING_ONLY}
-    warns = [_padding_only(m, v) for m, v in padding_only.items() if v["on_grid"]]
+    warns = [_padding_only(m, v) for m, v in padding_only.items() if m not in STIMULUS_KINDS]
     if train.loss.normalize != "none" and train.loss.stats == "batch":
         fails += [
             _padding_only(m, v, train.loss.normalize)
             for m, v in padding_only.items()
-            if not v["on_grid"]
+            if m in STIMULUS_KINDS
         ]
     if len(weighted) > 1:
         high, low = max(weighted, key=weighted.get), min(weighted, key=weighted.get)
@@ -306,24 +306,27 @@ def long_sequences(tokens: Mapping[str, int], kinds: Sequence[str]) -> str:
 
 def _padding_only(modality: str, losses: Mapping[str, Any], normalize: str = "") -> str:
     """What a modality whose batches mask only tokens without data too often (more than
-    :data:`MAX_PADDING_ONLY`) risks: on a voxel grid a batch that teaches it nothing; in a
-    channel series under a ``normalize``-d loss over the batch's variance, a division by
-    ``train.loss.eps`` (the module docstring)."""
+    :data:`MAX_PADDING_ONLY`) risks: for an image modality a batch that teaches it
+    nothing; for a stimulus kind under a ``normalize``-d loss over the batch's variance, a
+    division by ``train.loss.eps`` (the module docstring)."""
     share = (
         f"{losses['padding_only']:.1%} of {modality} batches would mask only tokens "
         f"without data (only {losses['tokens_with_data']:.0%} of its tokens hold data)"
     )
-    if losses["on_grid"]:
+    if modality in STIMULUS_KINDS:
         return (
-            f"{share}: such a batch scores none of its values and teaches {modality} "
-            f"nothing. Fit train.shapes.{modality} and train.patch_size to the stores' grid "
-            "(padding around a smaller grid holds no data)"
+            f"{share}: what the loss counts then has a variance of 0, and the {normalize}-"
+            "normalized loss divides by train.loss.eps. Leave out the constant features "
+            "that hold no data, or set train.loss.stats: dataset"
         )
-    return (
-        f"{share}: what the loss counts then has a variance of 0, and the {normalize}-"
-        "normalized loss divides by train.loss.eps. Leave out the constant features or "
-        "empty parcels that hold no data, or set train.loss.stats: dataset"
-    )
+    if losses["on_grid"]:
+        fix = (
+            f"Fit train.shapes.{modality} and train.patch_size to the stores' grid (padding "
+            "around a smaller grid holds no data)"
+        )
+    else:
+        fix = "Most parcels have no voxel in the runs' brain masks: check the atlas's space"
+    return f"{share}: such a batch scores none of its values and teaches {modality} nothing. {fix}"
 
 
 #: How to normalize a stimulus kind's features.

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import xarray as xr
-import zarr
 
 from bidstrain.config import ModelConfig
 from bidstrain.io.store import read_segments
 from bidstrain.train.data import VolumeDataset
+from bidstrain.train.reader import ParcelReader
 from bidstrain.train.validity import valid_key
 
 LOG = logging.getLogger("bidstrain.embed")
@@ -34,7 +34,7 @@ def samples(
     """``(firsts, times, batch)``: the index and the time of each sample's first frame,
     and the samples as the model reads them, ``{modality: samples}``: ``(n, 1, x, y, z)``
     volumes, ``(n, window, x, y, z)`` voxel windows or ``(n, window, parcels)`` parcel
-    windows; on a voxel grid with the voxels that hold data
+    windows, with the voxels (or parcels) that hold data
     (:mod:`bidstrain.train.validity`)."""
     with xr.open_zarr(store) as ds:
         times = np.asarray(ds["time"].values, dtype=np.float64)
@@ -57,15 +57,13 @@ def samples(
             window,
         )
     if modality == "bold" and model.bold_input == "parcels":
-        read = _parcel_reader(store)
+        read = _parcel_reader(store, len(times))
     else:
         read = _voxel_reader(store, modality, model)
     for first in range(0, len(starts), batch_size):
         chosen = starts[first : first + batch_size]
         values, bits = zip(*(read(start, window) for start in chosen), strict=True)
-        batch = {modality: torch.stack(values)}
-        if bits[0] is not None:
-            batch[valid_key(modality)] = torch.cat(bits)
+        batch = {modality: torch.stack(values), valid_key(modality): torch.cat(bits)}
         yield chosen, times[chosen], batch
 
 
@@ -94,12 +92,14 @@ def _voxel_reader(store: str | Path, modality: str, model: ModelConfig):
     return read
 
 
-def _parcel_reader(store: str | Path):
-    """Frames ``[start, start + count)`` of a parcel store, ``(count, parcels)``, and no
-    validity bits (every parcel value counts)."""
+def _parcel_reader(store: str | Path, frames: int):
+    """Frames ``[start, start + count)`` of a parcel store of ``frames`` frames,
+    ``(count, parcels)``, and the validity bits ``(1, bytes)`` of its parcels, through the
+    training's reader."""
+    reader = ParcelReader(str(store), frames)
+    bits = torch.from_numpy(reader.valid_bits[None])
 
-    def read(start: int, count: int) -> tuple[torch.Tensor, None]:
-        values = zarr.open_array(Path(store) / "data", mode="r")[start : start + count]
-        return torch.from_numpy(np.asarray(values, dtype=np.float32)), None
+    def read(start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(reader.data[start : start + count].copy()), bits
 
     return read

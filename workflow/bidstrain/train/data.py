@@ -414,10 +414,9 @@ class VolumeDataset(torch.utils.data.Dataset):
 
     def sample_size(self, modality: str) -> int:
         """float32 values of one sample of ``modality`` in a batch buffer, with its
-        validity bits on a voxel grid (:func:`~bidstrain.train.ring_size.validity_words`)."""
-        voxels = math.prod(self.shapes[modality])
-        bits = validity_words(voxels) if len(self.shapes[modality]) == 3 else 0
-        return self.frames(modality) * voxels + bits
+        validity bits (:func:`~bidstrain.train.ring_size.validity_words`)."""
+        values = math.prod(self.shapes[modality])
+        return self.frames(modality) * values + validity_words(values)
 
     def largest_sample(self) -> int:
         """float32 values of the largest sample of any modality: what a batch buffer
@@ -429,8 +428,8 @@ class VolumeDataset(torch.utils.data.Dataset):
     ) -> dict[str, torch.Tensor]:
         """Samples ``indices`` grouped by modality: ``{modality: tensor (n, frames,
         *shape)}`` in :data:`MODALITIES` order, each modality's samples in the order of
-        ``indices`` (global indices of their first frames); then, for each modality on a
-        voxel grid, the voxels that hold data, under
+        ``indices`` (global indices of their first frames); then, for each modality, the
+        voxels (or parcels) that hold data, under
         :func:`~bidstrain.train.validity.valid_key` (:mod:`bidstrain.train.validity`);
         then the stimulus features.
 
@@ -458,17 +457,14 @@ class VolumeDataset(torch.utils.data.Dataset):
             shape, frames = self.shapes[modality], self.frames(modality)
             size = math.prod(shape)
             batch[modality], offset = out.tensor(members.size, shape, frames)
-            on_grid = len(shape) == 3
-            if on_grid:
-                validity[valid_key(modality)] = out.bits(members.size, -(-size // 8))
-                valid = validity[valid_key(modality)].numpy()
+            validity[valid_key(modality)] = out.bits(members.size, -(-size // 8))
+            valid = validity[valid_key(modality)].numpy()
             for s in np.unique(store[members]):
                 slots = np.flatnonzero(store[members] == s)
                 reader = self.open_stores.get(
                     layout.paths[s], int(layout.volumes[s]), shape, self.resample[modality]
                 )
-                if on_grid:
-                    valid[slots] = reader.grid_map.valid_bits
+                valid[slots] = reader.valid_bits
                 for slot in slots:
                     first = offset + int(slot) * frames * size
                     start = int(time[members[slot]])
@@ -625,8 +621,8 @@ def n_parcels(stores: Sequence[str]) -> int:
 
 def dataset_statistics(dataset: VolumeDataset) -> dict[str, tuple[float, float]]:
     """Mean and variance of every modality's samples as the model sees them (on the
-    cropped or padded grid, the voxels that hold data only; BOLD windows at offset 0), for
-    ``train.loss.stats: dataset``."""
+    cropped or padded grid; the voxels and parcels that hold data only; BOLD windows at
+    offset 0), for ``train.loss.stats: dataset``."""
     sums: dict[str, np.ndarray] = {}
     starts = dataset.layout.starts(np.arange(len(dataset)))
     for start in range(0, len(dataset), 16):

@@ -88,6 +88,8 @@ class StoreReader:
                 path=path,
             )
         self.grid_map = GridMap(mask, shape, factor)
+        #: The model grid's voxels that hold data (:mod:`bidstrain.train.validity`).
+        self.valid_bits = self.grid_map.valid_bits
         self.chunk = self.data.chunks[0]
         self._shards: dict[int, tuple[int, np.ndarray]] = {}
         self._direct = _plain_layout(self.data)
@@ -204,7 +206,9 @@ class StoreReader:
 
 class ParcelReader:
     """One open parcel store (:func:`bidstrain.io.store.write_parcel_store`): its ``data``
-    (frames x parcels, one small chunk) read once into memory.
+    (frames x parcels, one small chunk) read once into memory, and which parcels hold
+    data (:attr:`valid_bits`: a coverage above 0; a parcel with no voxel in the run's mask,
+    or in none of an average's subjects' runs, is 0 and holds none).
 
     Parameters
     ----------
@@ -218,6 +222,7 @@ class ParcelReader:
         try:
             group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=CONSOLIDATED)
             self.data = np.asarray(group["data"][...], dtype=np.float32)
+            self.valid_bits = np.packbits(np.asarray(group["coverage"][...]) > 0)
         except (FileNotFoundError, KeyError) as error:
             raise BidstrainError(f"cannot read the parcel store: {error}", path=path) from None
         if self.data.shape[0] != volumes:
