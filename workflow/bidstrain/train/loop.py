@@ -607,8 +607,9 @@ def validate(trainer: Trainer, loader, sink: MetricsSink, state: TrainState) -> 
     """Per-modality loss on the held-out stores, and the baseline of the same loss
     (:func:`~bidstrain.train.losses.baseline_loss`: predicting the mean), recorded.
 
-    No gradients. Both losses count the voxels that hold data only (not the zeros outside
-    a store's mask or in the padding: :mod:`~bidstrain.train.validity`). With masking
+    No gradients. Both losses count the voxels (or parcels) that hold data only (not the
+    zeros outside a store's mask, in the padding or of an empty parcel:
+    :mod:`~bidstrain.train.validity`). With masking
     (``train.mask_ratio``), the same tokens are masked in every validation (a generator
     seeded by ``train.seed`` and the rank), and both losses count the masked tokens'
     voxels only: the model is scored on what it predicts from context.

@@ -13,9 +13,10 @@ The loader adds to a batch, under :func:`valid_key` of each image modality, one 
 packed bits per sample (``np.packbits``, big-endian bit order): of the grid in C order,
 the voxels the sample's :class:`~bidstrain.train.resample.GridMap` writes; of a parcel
 window, the parcels of coverage above 0 (:class:`~bidstrain.train.reader.ParcelReader`);
-the same for every frame of a window. They lie in the batch buffer after the modality's samples
-(:meth:`~bidstrain.train.buffers.BatchBuffer.bits`), so a worker's reach the main process
-as places in its ring, as the samples do; at one bit per voxel they add 1/32 of a volume.
+the same for every frame of a window. They lie in the batch buffer after the modality's
+samples (:meth:`~bidstrain.train.buffers.BatchBuffer.bits`), so a worker's reach the main
+process as places in its ring, as the samples do; at one bit per voxel they add 1/32 of
+a volume.
 Stimulus features have no such key: every value of theirs is data (a constant feature
 too). :func:`split` separates a batch's inputs from its masks.
 """
