@@ -40,7 +40,7 @@ MARGIN = 0.8
 #: cropped to 12^3 and read as one tubelet per token (patch_size 12), so that a masked
 #: token is predicted from the other times of its window; every window of the training
 #: runs (stride 1: 14 batches of 16 an epoch), 30 epochs (420 steps). Seeds 0 to 3 pass
-#: (voxels: loss / shuffled 0.55 to 0.67; parcels 0.32 to 0.38).
+#: (voxels: loss / shuffled 0.55 to 0.67; parcels 0.30 to 0.35).
 TRAIN = {
     "window": 8,
     "patch_frames": 2,
