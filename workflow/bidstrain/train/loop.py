@@ -643,7 +643,7 @@ def validate(trainer: Trainer, loader, sink: MetricsSink, state: TrainState) -> 
             shuffled = {**batch, "bold": shuffle_time(batch["bold"], shuffling)}
             loss = module(shuffled, masks=masks).loss_per_modality["bold"].double()
             sums["shuffled.bold"] = sums["shuffled.bold"] + batch["bold"].shape[0] * loss
-        for modality, volume in validity.split(batch)[0].items():
+        for modality, volume in validity.inputs(batch).items():
             n = volume.shape[0]
             baseline = baseline_loss(
                 volume,

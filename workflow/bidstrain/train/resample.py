@@ -103,17 +103,11 @@ class GridMap:
         #: Equal for two maps that write the same grid voxels (a buffer that one of them
         #: wrote is 0 wherever the other does not write).
         self.key = (self.shape, hashlib.blake2b(self.target.tobytes(), digest_size=16).digest())
-        self._valid_bits: np.ndarray | None = None
-
-    @property
-    def valid_bits(self) -> np.ndarray:
-        """The grid voxels a volume writes (:attr:`target`) as ``np.packbits`` of the
-        flat grid: what :mod:`bidstrain.train.validity` carries in a batch."""
-        if self._valid_bits is None:
-            flags = np.zeros(self.size, dtype=bool)
-            flags[self.target] = True
-            self._valid_bits = np.packbits(flags)
-        return self._valid_bits
+        flags = np.zeros(self.size, dtype=bool)
+        flags[self.target] = True
+        #: The grid voxels a volume writes (:attr:`target`) as ``np.packbits`` of the flat
+        #: grid: what :mod:`bidstrain.train.validity` carries in a batch.
+        self.valid_bits = np.packbits(flags)
 
     def place(self, row: np.ndarray, out: np.ndarray) -> None:
         """Write one volume's store voxels ``row`` onto ``out`` (the model's grid,

@@ -201,10 +201,10 @@ def check_every_parameter_used(trainer: Trainer, last_batch: Mapping[str, torch.
         m for m in module.inputs if missing & {names[id(p)] for p in module.modality_parameters(m)}
     ]
     what = f"modality {', '.join(absent)}" if absent else f"parameters {', '.join(sorted(missing))}"
-    held = [name for name in last_batch if not validity.is_valid_key(name)]
+    held = ", ".join(validity.inputs(last_batch))
     raise BidstrainError(
         f"{what} got no gradient on rank {trainer.context.rank} in this step (the last "
-        f"micro-batch held only {', '.join(held)}), and DDP requires a gradient for "
+        f"micro-batch held only {held}), and DDP requires a gradient for "
         "every parameter in every step. Enable train.dummy_loss.enabled (it adds "
         "train.dummy_loss.scale x the sum of an absent modality's parameters to the loss) "
         "or set train.find_unused_parameters: true"

@@ -50,16 +50,21 @@ def unpack(bits: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return flags.flatten(1)[:, : math.prod(shape)].bool().view(bits.shape[0], 1, *shape)
 
 
+def inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch without its validity keys (nothing unpacked)."""
+    return {name: value for name, value in batch.items() if not is_valid_key(name)}
+
+
 def split(
     batch: Mapping[str, torch.Tensor],
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """``(inputs, valid)``: the batch without its validity keys, and ``{modality: bool
     (n, 1, x, y, z)}`` (``(n, 1, parcels)`` for parcel windows) for the modalities that
     have one (:func:`unpack`)."""
-    inputs = {name: value for name, value in batch.items() if not is_valid_key(name)}
+    values = inputs(batch)
     valid = {
-        name[len(PREFIX) :]: unpack(bits, inputs[name[len(PREFIX) :]].shape[2:])
+        name[len(PREFIX) :]: unpack(bits, values[name[len(PREFIX) :]].shape[2:])
         for name, bits in batch.items()
         if is_valid_key(name)
     }
-    return inputs, valid
+    return values, valid
