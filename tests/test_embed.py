@@ -21,6 +21,7 @@ from bidstrain.train import load_model
 from bidstrain.train.description import FORMAT
 from bidstrain.train.expectation import expectation
 from bidstrain.train.loop import train
+from bidstrain.train.losses import DEFINITION
 from train_support import tiny_stores, train_config, trainer_env, write_store
 
 pytestmark = pytest.mark.integration
@@ -94,6 +95,7 @@ def test_model_json_describes_the_inputs_and_matches_the_checkpoint(trained):
     assert description["train"]["lr"] == trained["config"].optimizer.lr
     assert description["torch_version"] == str(torch.__version__)
     assert len(description["config_hash"]) == 16
+    assert description["loss_definition"] == DEFINITION
 
 
 def test_load_model_round_trips_the_weights(trained):

@@ -28,6 +28,7 @@ from bidstrain.train.checkpoint import (
     set_aside,
 )
 from bidstrain.train.loop import Interrupted, train
+from bidstrain.train.losses import DEFINITION
 from bidstrain.train.metrics import MetricsLog
 from bidstrain.train.state import TrainState
 from bidstrain.train.stop import EXIT_INTERRUPTED, PAUSE_AT_STEP, STOP_AT_STEP, StopSignals
@@ -374,6 +375,14 @@ def test_the_run_hash_covers_settings_world_size_stores_and_their_content(tmp_pa
     ]
     assert run_hash(rewritten) != run_hash(identity)
     assert changes(None, identity) == ["the checkpoint records no run configuration"]
+    # a checkpoint from before the losses counted only the values with data records no
+    # definition: it is another run, and the log says why
+    earlier = {k: v for k, v in identity.items() if k != "loss_definition"}
+    assert identity["loss_definition"] == DEFINITION > 1
+    assert changes(earlier, identity) == [
+        f"loss definition 1 -> {DEFINITION} (bidstrain.train.losses.DEFINITION)"
+    ]
+    assert run_hash(earlier) != run_hash(identity)
     with pytest.raises(BidstrainError, match=r"missing.zarr: cannot read the store's zarr.json"):
         run_identity(config, 1, {"bold": [str(tmp_path / "missing.zarr")]}, {})
 

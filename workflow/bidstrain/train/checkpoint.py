@@ -9,7 +9,8 @@ function of seed and epoch, the token masks of seed, step, rank and micro-batch
 newest are kept.
 
 A run is defined by the ``train`` keys that determine the weights
-(:func:`bidstrain.config.train_keys` ``("hashed")``), the world size (the batch order and
+(:func:`bidstrain.config.train_keys` ``("hashed")``), the definition of the losses
+(:data:`bidstrain.train.losses.DEFINITION`), the world size (the batch order and
 the schedule depend on it), the training and validation store lists, and the content of
 each of those stores: its checksum (:func:`bidstrain.io.store.store_checksum`, computed as
 the store was written), not when it was written. A normalize, average or stimulus
@@ -42,6 +43,7 @@ from bidstrain.errors import BidstrainError
 from bidstrain.io.atomic import atomic_path
 from bidstrain.io.store import store_checksum
 from bidstrain.train.lock import LOCK_FILE
+from bidstrain.train.losses import DEFINITION
 
 LOG = logging.getLogger("bidstrain.train")
 KEEP = 2
@@ -78,10 +80,10 @@ def run_identity(
     Returns
     -------
     dict
-        ``train`` (settings), ``world_size``, ``training`` and ``validation`` (the lists),
-        ``stimuli`` (with ``train.stimuli``), ``content`` (``{store: its checksum}``;
-        ``written <ns>``, the modification time of its ``zarr.json``, for a store without
-        a checksum, and for an aligned stimulus store).
+        ``train`` (settings), ``loss_definition``, ``world_size``, ``training`` and
+        ``validation`` (the lists), ``stimuli`` (with ``train.stimuli``), ``content``
+        (``{store: its checksum}``; ``written <ns>``, the modification time of its
+        ``zarr.json``, for a store without a checksum, and for an aligned stimulus store).
 
     Raises
     ------
@@ -95,6 +97,7 @@ def run_identity(
     stores = [path for part in lists.values() for paths in part.values() for path in paths]
     identity = {
         "train": config.hashed(),
+        "loss_definition": DEFINITION,
         "world_size": int(world_size),
         **lists,
         "content": {path: _content(path) for path in stores},
@@ -132,6 +135,10 @@ def changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
     if old is None:
         return ["the checkpoint records no run configuration"]
     found = [f"train.{change}" for change in setting_changes(old["train"], new["train"])]
+    # a checkpoint written before the definition was recorded counted every voxel (1)
+    before, after = old.get("loss_definition", 1), new.get("loss_definition", 1)
+    if before != after:
+        found.append(f"loss definition {before} -> {after} (bidstrain.train.losses.DEFINITION)")
     if old["world_size"] != new["world_size"]:
         found.append(f"world size {old['world_size']} -> {new['world_size']}")
     for part in ("training", "validation"):

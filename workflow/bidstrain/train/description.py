@@ -22,9 +22,11 @@ A model is only usable on data prepared as its training data was. ``model.json``
   group of training runs);
 - ``scale``: the zero-prediction MSE of the training values per modality (what the scale
   guard of :mod:`bidstrain.embed` compares new data with);
-- ``train``: the settings that determine the weights, the hash of the run (``config_hash``,
-  as in the checkpoints: settings, world size, stores), the loss's dataset statistics when
-  ``train.loss.stats: dataset``, the step, and the torch and bidstrain versions.
+- ``train``: the settings that determine the weights, the definition of the losses
+  (``loss_definition``, :data:`bidstrain.train.losses.DEFINITION`), the hash of the run
+  (``config_hash``, as in the checkpoints: settings, loss definition, world size, stores),
+  the loss's dataset statistics when ``train.loss.stats: dataset``, the step, and the
+  torch and bidstrain versions.
 
 :func:`load_model` rebuilds the model for inference and refuses a model whose
 description disagrees with the current configuration, naming each difference
@@ -57,6 +59,7 @@ from bidstrain.train.expectation import (
     preparation_of,
     stimulus_record,
 )
+from bidstrain.train.losses import DEFINITION
 from bidstrain.train.model import MultiModalAutoencoder, build_module
 
 FORMAT = "bidstrain-model/1"
@@ -105,6 +108,7 @@ def describe(
         "preparation": preparation(module, config, stores, parcellation, stimuli).to_json(),
         "scale": {m: {"mse_zero": training_scale(stores[m])} for m in module.modalities},
         "train": config.hashed(),
+        "loss_definition": DEFINITION,
         "loss_target_stats": (
             {m: list(v) for m, v in settings.target_stats.items()}
             if settings.target_stats

@@ -19,6 +19,12 @@ from __future__ import annotations
 import torch
 
 NORMALIZATIONS = ("var", "std", "none")
+#: The definition of these losses, raised whenever what they count or divide by changes:
+#: weights trained under one definition are not resumed under another
+#: (:func:`bidstrain.train.checkpoint.run_identity`), and ``model.json`` records it.
+#: 1: every voxel of the model's grid counted; 2: only the values that hold data
+#: (:mod:`bidstrain.train.validity`).
+DEFINITION = 2
 
 
 def normalized_mse(
