@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,8 +11,9 @@ import time
 
 import pytest
 import yaml
+from bidstrain import paths
 from bidstrain.cli import main as cli
-from bidstrain.cli import status
+from bidstrain.cli import status, why
 from bidstrain.cli.slurm import NO_SLURM_CONF, controller_answers, run_environment
 from bidstrain.errors import BidstrainError
 from conftest import REPO, snakemake_env
@@ -327,3 +329,55 @@ def test_an_error_a_dataloader_worker_raised_is_printed_as_its_message(capsys):
     assert capsys.readouterr().err == (
         "bidstrain: error: s.zarr: shard index is corrupt\nrerun normalize\n"
     )
+
+
+def test_params_reasons_pair_the_snapshots_of_snakemakes_own_reason(tmp_path):
+    """The reason line as the installed Snakemake writes it: each plan file's snapshot
+    before and now, other params (a hash) beside them, read and compared; a snapshot
+    gone is said, not a traceback; past SHOWN_FILES plan files, a count."""
+    from snakemake.persistence import ParamsChange
+
+    snapshots = tmp_path / paths.PLAN_SNAPSHOTS
+    snapshots.mkdir(parents=True)
+    for digest, lr in (("aaaa", 0.001), ("bbbb", 0.002)):
+        (snapshots / f"{digest}-train.json").write_text(json.dumps({"lr": lr, "epochs": 3}))
+    (snapshots / "cccc-task-rest.args").write_text("x.zarr\ny.zarr\n")
+    (snapshots / "dddd-task-rest.args").write_text("x.zarr\n")
+    snap = f"{paths.PLAN_SNAPSHOTS}/{{}}".format
+    change = ParamsChange(
+        only_old={repr(snap("aaaa-train.json")), "'aaaa'", repr(snap("cccc-task-rest.args"))},
+        only_new={repr(snap("bbbb-train.json")), "'bbbb'", repr(snap("dddd-task-rest.args"))},
+    )
+    reasons = why.ParamsReasons()
+    for line in ("rule train:", f"    reason: Params have changed since last execution: {change}"):
+        reasons.add(line + "\n")
+    reasons.add("    reason: Input files updated by another job: results/x.zarr\n")
+    assert reasons.explain(tmp_path) == [
+        "bidstrain: the settings that changed since these jobs' outputs were made:",
+        '  task-rest.args: ["x.zarr", "y.zarr"] -> ["x.zarr"]',
+        "  train.json: lr 0.001 -> 0.002",
+    ]
+    assert why.ParamsReasons().explain(tmp_path) == []
+
+    gone = why.ParamsReasons()
+    gone.add(f"before: {snap('eeee-sub-01.json')} now: {snap('ffff-sub-01.json')}")
+    assert gone.explain(tmp_path)[1:] == [
+        f"  sub-01.json: {snap('eeee-sub-01.json')} cannot be read (FileNotFoundError): "
+        "not compared"
+    ]
+    many = why.ParamsReasons()
+    for i in range(why.SHOWN_FILES + 2):
+        many.add(f"before: {snap(f'{i:04x}-sub-{i}.json')} now: {snap(f'{i:04x}0-sub-{i}.json')}")
+    assert len(many.explain(tmp_path)) == 1 + why.SHOWN_FILES + 1
+    assert many.explain(tmp_path)[-1] == "  and 2 more plan files"
+
+
+def test_run_to_end_passes_each_output_line_on_and_to_the_reader(tmp_path, capsys):
+    script = "import sys; print('one'); print('two'); sys.exit(4)"
+    seen = []
+    code = cli.run_to_end(
+        [sys.executable, "-c", script], cwd=tmp_path, env=None, on_output=seen.append
+    )
+    assert code == 4
+    assert seen == ["one\n", "two\n"]
+    assert capsys.readouterr().out == "one\ntwo\n"

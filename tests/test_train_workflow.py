@@ -7,6 +7,8 @@ import shutil
 
 import pytest
 import torch
+from bidstrain.cli import main as cli
+from conftest import REPO
 from rerun_support import INPUT_UPDATED, PARAMS_CHANGED, planned_jobs
 
 pytestmark = pytest.mark.integration
@@ -69,6 +71,34 @@ def test_a_changed_lr_reruns_exactly_training_and_its_reports(rerun_dir, demo_bi
         ("report_train", INPUT_UPDATED): 1,
         ("report_model_input", INPUT_UPDATED): 1,
     }, jobs
+
+
+def test_a_dry_run_names_the_settings_behind_each_params_change(
+    rerun_dir, demo_bids, tmp_path, capsys
+):
+    """`bidstrain dry-run` reads the two snapshots a "Params have changed" reason names
+    (hashes only) and says what differs: the new learning rate of training; then, for
+    each subject, the run now held out and the statistics the other run takes from it."""
+
+    def told(changes: str) -> list[str]:
+        changed = tmp_path / "changed.yaml"
+        changed.write_text(changes)
+        configs = ["--configfile", str(REPO / "config" / "config.yaml"), str(changed)]
+        arguments = ["dry-run", "-C", str(rerun_dir), "all", *configs, "--config"]
+        assert cli.main([*arguments, f"bids_dir={demo_bids}"]) == 0
+        output = capsys.readouterr().out
+        assert "Params have changed since last execution" in output  # Snakemake's, passed on
+        heading = "bidstrain: the settings that changed since these jobs' outputs were made:"
+        return output.split(heading + "\n")[1].splitlines()
+
+    assert told("train:\n  lr: 0.0005\n") == ["  train.json: lr 0.001 -> 0.0005"]
+    lines = told("normalize:\n  heldout: {run: ['1']}\n")
+    run1 = "results/normalized/sub-01/func/sub-01_task-rest_run-1_desc-zscore_bold.zarr"
+    run2 = run1.replace("run-1", "run-2")
+    assert f"  sub-01.json: [{run1}].stats_from: 1 added ({run2})" in lines
+    assert f"  sub-01.json: [{run2}].stats_from: 1 removed ({run1})" in lines
+    # training reruns for its inputs, not its settings: only the subjects' specs changed
+    assert {line.split(":")[0] for line in lines} == {f"  sub-{s}.json" for s in ("01", "02", "03")}
 
 
 def test_changed_resources_rerun_nothing(rerun_dir, demo_bids, tmp_path):

@@ -33,6 +33,8 @@ PLAN_VALIDATE_ARGS = f"{RESULTS}/plan/validate.args"
 VALIDATE_TABLE = f"{RESULTS}/validate/problems.tsv"
 VALIDATE_TEXT = f"{RESULTS}/validate/problems.txt"
 REPORT = f"{RESULTS}/report"
+#: Every version of the plan's files that a job was planned with (:func:`plan_snapshot`).
+PLAN_SNAPSHOTS = f"{RESULTS}/plan/snapshots"
 NORMALIZED_DESC = "zscore"
 AVERAGE_DESC = "average"
 
@@ -51,7 +53,7 @@ def plan_snapshot(path: str, digest: str) -> str:
     """``results/plan/snapshots/<digest>-<name>``: the copy of one version of the plan file
     ``path`` (``digest``: the hash of its content) that the jobs planned with it read,
     never rewritten (:func:`bidstrain.plan.write_plan`)."""
-    return _join(RESULTS, "plan", "snapshots", f"{digest}-{os.path.basename(path)}")
+    return _join(PLAN_SNAPSHOTS, f"{digest}-{os.path.basename(path)}")
 
 
 def plan_dir(experiment: str) -> str:

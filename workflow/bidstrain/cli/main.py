@@ -29,10 +29,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bidstrain.cli import status
+from bidstrain.cli import status, why
 from bidstrain.cli.slurm import run_environment
 from bidstrain.config import validate_config
 from bidstrain.config.study import STUDY_CONFIG, no_configuration
@@ -142,7 +142,13 @@ def configfiles(arguments: Sequence[str]) -> list[str]:
     return files
 
 
-def run_to_end(command: Sequence[str], *, cwd: Path, env: dict[str, str]) -> int:
+def run_to_end(
+    command: Sequence[str],
+    *,
+    cwd: Path,
+    env: dict[str, str] | None,
+    on_output: Callable[[str], None] | None = None,
+) -> int:
     """Run ``command`` and wait for it to end, whatever signal this process gets.
 
     The command runs in a session of its own, so that a Ctrl-C in the terminal reaches
@@ -151,16 +157,32 @@ def run_to_end(command: Sequence[str], *, cwd: Path, env: dict[str, str]) -> int
     its log (killed at once, as ``subprocess.run`` does 0.25 s after a Ctrl-C, it
     leaves the lock behind and the next run refuses to start).
 
+    Parameters
+    ----------
+    command : sequence of str
+    cwd : Path
+    env : dict, optional
+        The command's environment (None: this process's).
+    on_output : callable, optional
+        Given each line of the command's standard output, which is then read through a
+        pipe and written on to this process's standard output as it comes.
+
     Returns
     -------
     int
         The command's exit status.
     """
-    process = subprocess.Popen(list(command), cwd=cwd, env=env, start_new_session=True)
+    stdout = subprocess.PIPE if on_output else None
+    process = subprocess.Popen(
+        list(command), cwd=cwd, env=env, start_new_session=True, stdout=stdout, text=True
+    )
     previous = signal.signal(signal.SIGTERM, lambda *_: process.send_signal(signal.SIGTERM))
     try:
         while True:
             try:
+                for line in process.stdout if on_output else ():
+                    sys.stdout.write(line)
+                    on_output(line)
                 return process.wait()
             except KeyboardInterrupt:
                 process.send_signal(signal.SIGINT)
@@ -168,7 +190,13 @@ def run_to_end(command: Sequence[str], *, cwd: Path, env: dict[str, str]) -> int
         signal.signal(signal.SIGTERM, previous)
 
 
-def _snakemake(study: Path, arguments: Sequence[str], *, slurm: bool = False) -> int:
+def _snakemake(
+    study: Path,
+    arguments: Sequence[str],
+    *,
+    slurm: bool = False,
+    on_output: Callable[[str], None] | None = None,
+) -> int:
     if not study.is_dir():
         raise BidstrainError("the study folder does not exist", path=study)
     given = configfiles(arguments)
@@ -182,7 +210,8 @@ def _snakemake(study: Path, arguments: Sequence[str], *, slurm: bool = False) ->
                 path=study / name,
             )
     env = run_environment(os.environ, uses_slurm=slurm)
-    return run_to_end(snakemake_command(arguments, slurm=slurm), cwd=study, env=env)
+    command = snakemake_command(arguments, slurm=slurm)
+    return run_to_end(command, cwd=study, env=env, on_output=on_output)
 
 
 #: What the help of a command that runs Snakemake says of the other arguments.
@@ -253,7 +282,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return _snakemake(study, rest, slurm=args.slurm)
     if args.command == "dry-run":
-        return _snakemake(study, ["--dry-run", *rest])
+        reasons = why.ParamsReasons()
+        code = _snakemake(study, ["--dry-run", *rest], on_output=reasons.add)
+        for line in reasons.explain(study):
+            print(line)
+        return code
     if args.command == "validate":
         started = time.time()
         code = _snakemake(study, ["validate", *rest])

@@ -27,6 +27,7 @@ from bidstrain.config.jobs import (
     EncodingJobConfig,
     ModelExpectation,
     NormalizeJobConfig,
+    named,
     read_train_settings,
     setting_changes,
 )
@@ -113,6 +114,7 @@ __all__ = [
     "config_hash",
     "TrainResources",
     "load_section",
+    "named",
     "read_train_settings",
     "retype_overrides",
     "setting_changes",

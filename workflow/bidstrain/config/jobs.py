@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -256,23 +257,91 @@ class EmbedJobConfig:
             raise BidstrainError(f"the embed settings: {error}") from None
 
 
-def setting_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """What differs between two plain settings mappings, one phrase per differing leaf
-    (nested keys dotted): ``lr 0.001 -> 0.002``, ``loss.normalize var -> std``."""
-    return [
-        f"{key} {_shown(old_value)} -> {_shown(new_value)}"
-        for key, old_value, new_value in _differing(old, new)
-    ]
+#: Items a phrase names before ``and N more``.
+NAMED = 3
+#: Characters up to which a changed list is shown whole (``[1, 2] -> [1, 3]``); a longer
+#: one is told by its entries added and removed.
+SHOWN = 60
+#: What a key missing on one side reads as.
+ABSENT = "(absent)"
 
 
-def _differing(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ""):
-    """``(key, old value, new value)`` of every differing leaf; nested keys dotted."""
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, "(absent)"), new.get(key, "(absent)")
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            yield from _differing(a, b, f"{prefix}{key}.")
-        elif a != b:
-            yield f"{prefix}{key}", a, b
+def setting_changes(old: Any, new: Any) -> list[str]:
+    """What differs between two plain values (settings, and the plan's files as JSON
+    holds them), one phrase per difference, nested keys dotted.
+
+    A scalar, or a short list, reads ``lr 0.001 -> 0.002`` (``loss.normalize var ->
+    std``); a longer list, by its entries added and removed (``training.bold: 1 added
+    (x.zarr), 1 removed (y.zarr)``); a list of entries that each name a different
+    ``store`` (a subject's normalize spec), store by store (``[x.zarr].stats_from [] ->
+    ["y.zarr"]``). A top-level list's phrases have no key.
+    """
+    return list(_changes(old, new, ""))
+
+
+def named(items: Sequence[Any]) -> str:
+    """The first :data:`NAMED` of ``items``, comma-separated, then ``and N more``."""
+    more = f" and {len(items) - NAMED} more" if len(items) > NAMED else ""
+    return ", ".join(_item(item) for item in items[:NAMED]) + more
+
+
+def _changes(old: Any, new: Any, key: str) -> Iterator[str]:
+    """The phrases of :func:`setting_changes` under ``key`` (empty at the top)."""
+    if old == new:
+        return
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        for name in sorted(set(old) | set(new)):
+            inner = f"{key}.{name}" if key else str(name)
+            yield from _changes(old.get(name, ABSENT), new.get(name, ABSENT), inner)
+    elif isinstance(old, list) and isinstance(new, list):
+        before, after = _by_store(old), _by_store(new)
+        if before is not None and after is not None:
+            yield from _entry_changes(before, after, key)
+        elif max(len(_shown(old)), len(_shown(new))) > SHOWN:
+            yield from _membership(old, new, key, lambda value: json.dumps(value, sort_keys=True))
+        else:
+            yield f"{key} {_shown(old)} -> {_shown(new)}".lstrip()
+    else:
+        yield f"{key} {_shown(old)} -> {_shown(new)}".lstrip()
+
+
+def _by_store(items: list) -> dict[str, Any] | None:
+    """``{store: entry}`` when every entry is a mapping that names a different store."""
+    if not items or not all(
+        isinstance(i, Mapping) and isinstance(i.get("store"), str) for i in items
+    ):
+        return None
+    entries = {item["store"]: item for item in items}
+    return entries if len(entries) == len(items) else None
+
+
+def _entry_changes(before: dict[str, Any], after: dict[str, Any], key: str) -> Iterator[str]:
+    """Each kept store's own changes, then the stores added and removed (or reordered)."""
+    for store, entry in after.items():
+        if store in before:
+            yield from _changes(before[store], entry, f"{key}[{store}]")
+    yield from _membership(list(before), list(after), key, str)
+
+
+def _membership(old: list, new: list, key: str, identity) -> Iterator[str]:
+    """Entries of ``new`` not in ``old`` (added), of ``old`` not in ``new`` (removed), or
+    the same entries otherwise ordered or repeated (entries compared by ``identity``)."""
+    label = f"{key}: " if key else ""
+    before, after = [identity(v) for v in old], [identity(v) for v in new]
+    kept_before, kept_after = set(before), set(after)
+    added = [value for value, i in zip(new, after, strict=True) if i not in kept_before]
+    removed = [value for value, i in zip(old, before, strict=True) if i not in kept_after]
+    if added:
+        yield f"{label}{len(added)} added ({named(added)})"
+    if removed:
+        yield f"{label}{len(removed)} removed ({named(removed)})"
+    if not added and not removed:
+        same = Counter(before) == Counter(after)
+        yield f"{label}the same entries " + ("in another order" if same else "repeated otherwise")
+
+
+def _item(value: Any) -> str:
+    return value if isinstance(value, str) else _shown(value)
 
 
 def _shown(value: Any) -> str:

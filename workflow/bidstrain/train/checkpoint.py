@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from bidstrain.config import TrainConfig, setting_changes
+from bidstrain.config import TrainConfig, named, setting_changes
 from bidstrain.errors import BidstrainError
 from bidstrain.io.atomic import atomic_path
 from bidstrain.io.store import store_checksum
@@ -52,8 +52,6 @@ REQUIRED_KEYS = ("model", "optimizer", "scheduler", "train_state", "config_hash"
 #: (:func:`bidstrain.io.store.create_store`), so this file's modification time says when:
 #: what stands for the content of a store without a ``checksum`` attribute.
 STORE_METADATA = "zarr.json"
-#: Stores named per kind of change in the log line of :func:`set_aside`.
-NAMED = 3
 
 
 def run_identity(
@@ -149,9 +147,9 @@ def changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
             removed = [path for path in before if path not in now]
             what = f"{part} {modality} stores"
             if added:
-                found.append(f"{what}: {len(added)} added ({_named(added)})")
+                found.append(f"{what}: {len(added)} added ({named(added)})")
             if removed:
-                found.append(f"{what}: {len(removed)} removed ({_named(removed)})")
+                found.append(f"{what}: {len(removed)} removed ({named(removed)})")
             if not added and not removed and before != after:
                 found.append(f"{what}: another order")
     old_content = old.get("content", {})
@@ -162,14 +160,9 @@ def changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
     ]
     if rewritten:
         found.append(
-            f"{len(rewritten)} store(s) rewritten with other content since ({_named(rewritten)})"
+            f"{len(rewritten)} store(s) rewritten with other content since ({named(rewritten)})"
         )
     return found
-
-
-def _named(paths: Sequence[str]) -> str:
-    more = f" and {len(paths) - NAMED} more" if len(paths) > NAMED else ""
-    return ", ".join(paths[:NAMED]) + more
 
 
 def save(directory: str | Path, state: Mapping[str, Any]) -> Path:
