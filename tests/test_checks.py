@@ -40,10 +40,12 @@ GRID = (5, 6, 4)
 
 def default_config(**train) -> dict:
     """What the checks job reads (the content of its settings file) of the workflow
-    defaults, with a tiny model grid and ``train`` overrides."""
+    defaults, with a tiny model grid that patches tile (as the plan requires) and
+    ``train`` overrides."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     validate_config(config)
     config["train"].update(shapes={"T1w": [6, 6, 6], "bold": [6, 6, 6], "dwi": [6, 6, 6]})
+    config["train"].update(patch_size=3)
     config["train"].update(train)
     checked = TrainConfig.from_dict(config["train"]).checked()
     # world_size: the plan's, which the rule passes next to the sections
@@ -115,6 +117,32 @@ def run_on(data: dict, config: dict) -> dict[str, Check]:
     stores = data["T1w"] + data["bold"]
     typed = ChecksJobConfig.from_dict(config)
     return by_name(run_checks(stores, [], stores, data["manifest"], typed))
+
+
+def test_the_checks_read_only_the_train_keys_their_settings_file_holds(tmp_path):
+    """The checks job types its settings file's train keys (``checked()``) and the rest
+    at their defaults: a key it reads must be among them, or a user's value is silently
+    replaced by the default. Every other train key set away from its default (the token
+    grid, the masking, the model, the optimizer...) must give the same checks as the
+    settings file gives."""
+    data = tiny_dataset(tmp_path)
+    config = default_config(batch_size=2)
+    full = {
+        **TrainConfig.with_defaults(config["train"]).settings(),
+        "patch_size": 2,
+        "mask_ratio": 0.9,
+        "embed_dim": 16,
+        "depth": 1,
+        "heads": 1,
+        "lr": 0.5,
+        "weight_decay": 0.3,
+        "clip_grad_norm": 0.1,
+        "bf16": True,
+    }
+    from_file = {**config, "train": TrainConfig.from_dict(full).checked()}
+    assert run_on(data, {**config, "train": full}) == run_on(data, from_file)
+    tokens = run_on(data, from_file)["initial_loss"].values["losses"]["bold"]["tokens"]
+    assert tokens == 27  # 6**3 voxels in patches of 2**3, not the default patch's
 
 
 def test_every_check_passes_on_good_data(tmp_path):

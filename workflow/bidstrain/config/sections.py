@@ -119,13 +119,13 @@ class ModelConfig:
     #: integer downsampling factor per modality (block mean) before the crop or pad
     resample: Mapping[str, int] = _role(CHECKED)
     #: edge of a cubic patch (token), in voxels of the resampled grid
-    patch_size: int = _role()
+    patch_size: int = _role(CHECKED)
     #: what a BOLD sample holds: ``voxels`` (the model grid) or ``parcels`` (time series)
     bold_input: str = _role(CHECKED)
     #: consecutive frames of a BOLD run in one sample (1: one volume)
     window: int = _role(CHECKED)
     #: frames in one token of a BOLD window (divides ``window``)
-    patch_frames: int = _role()
+    patch_frames: int = _role(CHECKED)
     #: stimulus feature kinds that come with each BOLD window (none: images alone)
     stimuli: tuple[str, ...] = _role(CHECKED)
     #: width of the transformer encoder
@@ -135,7 +135,7 @@ class ModelConfig:
     #: attention heads per layer
     heads: int = _role()
     #: fraction of tokens replaced by the mask token (0: a plain autoencoder)
-    mask_ratio: float = _role()
+    mask_ratio: float = _role(CHECKED)
 
     def check_patch_grid(self, modalities: Iterable[str]) -> None:
         """Raise unless every side of ``shapes`` of the trained ``modalities`` on a voxel
