@@ -25,7 +25,7 @@ from bidstrain.checks.plan import check_counts, check_schedule
 from bidstrain.checks.quality import check_quality
 from bidstrain.checks.scan import scan_store
 from bidstrain.checks.summary import raise_on_failure, summary_tsv, write_summary
-from bidstrain.config import ChecksJobConfig, TrainConfig, validate_config
+from bidstrain.config import ChecksJobConfig, TrainConfig, train_keys, validate_config
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import consolidate, create_store
 from bidstrain.modalities import MODALITIES
@@ -122,15 +122,11 @@ def run_on(data: dict, config: dict) -> dict[str, Check]:
 def test_the_checks_read_only_the_train_keys_their_settings_file_holds(tmp_path):
     """The checks job types its settings file's train keys (``checked()``) and the rest
     at their defaults: a key it reads must be among them, or a user's value is silently
-    replaced by the default. Every other train key set away from its default (the token
-    grid, the masking, the model, the optimizer...) must give the same checks as the
-    settings file gives."""
+    replaced by the default. Every other train key set away from its default (the model,
+    the optimizer, the run...) must give the checks the settings file gives."""
     data = tiny_dataset(tmp_path)
-    config = default_config(batch_size=2)
-    full = {
-        **TrainConfig.with_defaults(config["train"]).settings(),
-        "patch_size": 2,
-        "mask_ratio": 0.9,
+    config = default_config(batch_size=2, patch_size=2, mask_ratio=0.9)
+    others = {
         "embed_dim": 16,
         "depth": 1,
         "heads": 1,
@@ -138,11 +134,30 @@ def test_the_checks_read_only_the_train_keys_their_settings_file_holds(tmp_path)
         "weight_decay": 0.3,
         "clip_grad_norm": 0.1,
         "bf16": True,
+        "dummy_loss": {"enabled": False, "scale": 0.5, "freeze_absent": False},
+        "heldout": {"ses": ["9"]},
+        "find_unused_parameters": True,
+        "nonfinite": "stop",
+        "max_consecutive_skips": 0,
+        "checkpoint_every": 3,
+        "log_every": 2,
+        "num_workers": 1,
+        "prefetch_factor": 4,
+        "pin_memory": False,
+        "activation_checkpointing": True,
+        "compile": True,
+        "learning": {"max_ratio": 0.5, "strict": True},
+        "experiment": "other",
+        "loggers": ["jsonl", "tensorboard"],
     }
+    every = set(train_keys("hashed")) | set(train_keys("run"))
+    assert set(others) == every - set(train_keys("checked"))
+    full = {**TrainConfig.with_defaults(config["train"]).settings(), **others}
     from_file = {**config, "train": TrainConfig.from_dict(full).checked()}
-    assert run_on(data, {**config, "train": full}) == run_on(data, from_file)
-    tokens = run_on(data, from_file)["initial_loss"].values["losses"]["bold"]["tokens"]
-    assert tokens == 27  # 6**3 voxels in patches of 2**3, not the default patch's
+    checks = run_on(data, from_file)
+    assert run_on(data, {**config, "train": full}) == checks
+    # the token grid is the configured one: 6**3 voxels in patches of 2**3
+    assert checks["initial_loss"].values["losses"]["bold"]["tokens"] == 27
 
 
 def test_every_check_passes_on_good_data(tmp_path):
