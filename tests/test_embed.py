@@ -17,6 +17,7 @@ import torch
 import xarray as xr
 from bidstrain.config import Config, TrainConfig, to_plain, validate_config
 from bidstrain.errors import BidstrainError
+from bidstrain.report.embed import embedding_figure
 from bidstrain.train import load_model
 from bidstrain.train.description import FORMAT
 from bidstrain.train.expectation import expectation
@@ -168,6 +169,35 @@ def test_identical_images_have_identical_embeddings(trained, tmp_path):
     assert not np.allclose(a["embedding"].values[0], a["embedding"].values[1])
     table = (tmp_path / "embeddings.tsv").read_text().splitlines()
     assert len(table) == 4 and table[0].startswith("modality\tstore\tembedding\tstimuli\tvolumes")
+
+
+def test_a_model_trained_under_another_loss_definition_is_not_compared(trained, tmp_path):
+    """A model from before the losses counted only values with data records no
+    definition: its embeddings are written, the job says their losses do not compare with
+    the training's validation, and the figure leaves the training's lines out."""
+    saved = torch.load(trained["model"], weights_only=False)
+    del saved["description"]["loss_definition"]
+    older = tmp_path / "older.pt"
+    torch.save(saved, older)
+    out = tmp_path / "b_desc-embedding_bold.zarr"
+    images = [{"modality": "bold", "store": trained["stores"]["bold"][0], "out": str(out)}]
+    result = run_embed(tmp_path, older, images)
+    assert (
+        f"trained under loss definition 1, this job counts its losses under definition "
+        f"{DEFINITION}" in result.stderr
+    )
+    store = xr.open_zarr(out).load()
+    assert store.attrs["model_loss_definition"] == 1
+    assert store.attrs["loss_definition"] == DEFINITION
+    summary = {"modalities": {"bold": {"ratio": 0.5}}}
+    labels = embedding_figure([store], summary, "demo").axes[1].get_legend_handles_labels()[1]
+    assert not any(label.startswith("training's validation bold") for label in labels)
+    assert any("training's validation not drawn" in label for label in labels)
+    current = run_embed(tmp_path, trained["model"], images)
+    assert "loss definition" not in current.stderr
+    store = xr.open_zarr(out).load()
+    labels = embedding_figure([store], summary, "demo").axes[1].get_legend_handles_labels()[1]
+    assert any(label.startswith("training's validation bold (0.50)") for label in labels)
 
 
 def test_an_image_at_raw_scale_is_refused_by_the_scale_guard(trained, tmp_path):

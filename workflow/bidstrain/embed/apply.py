@@ -36,8 +36,10 @@ loss of the training loss, the same tokens masked for every image: a generator s
 ``train.seed`` per batch position) and ``baseline (time)`` (the loss of predicting the mean),
 each sample's share of its batch's, so that their means compare with training's validation,
 the time of each sample's first frame (the source store's ``time`` coordinate), and
-attributes naming the source store, the model and its configuration hash, with the
-store's ``checksum`` (:func:`bidstrain.io.store.write_small_store`).
+attributes naming the source store, the model and its configuration hash, the definition
+of the losses this job counted (``loss_definition``) and the model's
+(``model_loss_definition``: a model trained under another validated otherwise, and the
+job warns), with the store's ``checksum`` (:func:`bidstrain.io.store.write_small_store`).
 ``--out-table`` lists the stores written.
 """
 
@@ -67,9 +69,9 @@ from bidstrain.io.store import (
     write_small_store,
 )
 from bidstrain.stats import value_stats
-from bidstrain.train.description import first_volume, load_model
+from bidstrain.train.description import first_volume, load_model, loss_definition
 from bidstrain.train.expectation import preparation_of, stimulus_differences, stimulus_record
-from bidstrain.train.losses import sample_losses
+from bidstrain.train.losses import DEFINITION, sample_losses
 from bidstrain.train.model import MultiModalAutoencoder
 
 LOG = logging.getLogger("bidstrain.embed")
@@ -303,6 +305,8 @@ def write_embedding(
         "model_config_hash": description["config_hash"],
         "model_step": description["step"],
         "loss_normalize": description["train"]["loss"]["normalize"],
+        "loss_definition": DEFINITION,
+        "model_loss_definition": loss_definition(description),
         "stimuli": list(stimuli),
     }
     write_small_store(out, arrays, attrs)
@@ -325,6 +329,15 @@ def embed(
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, description = load_model(model_path, expect, device=device)
+    if loss_definition(description) != DEFINITION:
+        LOG.warning(
+            "%s was trained under loss definition %d, this job counts its losses under "
+            "definition %d (bidstrain.train.losses.DEFINITION): they do not compare with "
+            "the training's validation losses; retrain the model to compare them",
+            model_path,
+            loss_definition(description),
+            DEFINITION,
+        )
     for image in images:
         if image["modality"] not in description["modalities"]:
             raise BidstrainError(

@@ -310,6 +310,9 @@ class EmbeddingMeta:
     subject: str
     session: str
     entities: Mapping[str, str]
+    #: Whether its losses were counted as the model's training validation counted its
+    #: own (the same ``loss_definition``; a store that records neither counts as such).
+    losses_as_trained: bool = True
 
     @classmethod
     def of(cls, ds: xr.Dataset) -> EmbeddingMeta:
@@ -320,6 +323,7 @@ class EmbeddingMeta:
             subject=attrs["subject"],
             session=attrs.get("session") or "",
             entities=dict(attrs.get("entities") or {}),
+            losses_as_trained=attrs.get("loss_definition") == attrs.get("model_loss_definition"),
         )
 
     @property

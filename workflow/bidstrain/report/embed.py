@@ -98,7 +98,16 @@ def _losses(
     ax.set_yticks(positions, labels, fontsize=7)
     ax.invert_yaxis()
     ax.axvline(1.0, color="black", lw=1, label="baseline (predicting the mean)")
-    for modality, values in (summary or {}).get("modalities", {}).items():
+    trained = (summary or {}).get("modalities", {})
+    if trained and not all(meta.losses_as_trained for meta in metas):
+        trained = {}
+        ax.plot(
+            [],
+            [],
+            " ",
+            label="training's validation not drawn: another loss definition (retrain to compare)",
+        )
+    for modality, values in trained.items():
         ax.axvline(
             values["ratio"],
             color=_MODALITY_COLOURS.get(modality, "grey"),

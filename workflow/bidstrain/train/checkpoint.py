@@ -43,7 +43,7 @@ from bidstrain.errors import BidstrainError
 from bidstrain.io.atomic import atomic_path
 from bidstrain.io.store import store_checksum
 from bidstrain.train.lock import LOCK_FILE
-from bidstrain.train.losses import DEFINITION
+from bidstrain.train.losses import DEFINITION, UNRECORDED_DEFINITION
 
 LOG = logging.getLogger("bidstrain.train")
 KEEP = 2
@@ -133,8 +133,8 @@ def changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
     if old is None:
         return ["the checkpoint records no run configuration"]
     found = [f"train.{change}" for change in setting_changes(old["train"], new["train"])]
-    # a checkpoint written before the definition was recorded counted every voxel (1)
-    before, after = old.get("loss_definition", 1), new.get("loss_definition", 1)
+    before = old.get("loss_definition", UNRECORDED_DEFINITION)
+    after = new.get("loss_definition", UNRECORDED_DEFINITION)
     if before != after:
         found.append(f"loss definition {before} -> {after} (bidstrain.train.losses.DEFINITION)")
     if old["world_size"] != new["world_size"]:

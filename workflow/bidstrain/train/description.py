@@ -59,7 +59,7 @@ from bidstrain.train.expectation import (
     preparation_of,
     stimulus_record,
 )
-from bidstrain.train.losses import DEFINITION
+from bidstrain.train.losses import DEFINITION, UNRECORDED_DEFINITION
 from bidstrain.train.model import MultiModalAutoencoder, build_module
 
 FORMAT = "bidstrain-model/1"
@@ -119,6 +119,13 @@ def describe(
         "torch_version": str(torch.__version__),
         "bidstrain_version": __version__,
     }
+
+
+def loss_definition(description: Mapping[str, Any]) -> int:
+    """The definition of the losses a model was trained and validated under
+    (:data:`bidstrain.train.losses.DEFINITION`; a ``model.json`` that records none:
+    :data:`~bidstrain.train.losses.UNRECORDED_DEFINITION`)."""
+    return int(description.get("loss_definition", UNRECORDED_DEFINITION))
 
 
 def input_record(module: MultiModalAutoencoder, config: TrainConfig, modality: str) -> dict:

@@ -25,6 +25,9 @@ NORMALIZATIONS = ("var", "std", "none")
 #: 1: every voxel of the model's grid counted; 2: only the values that hold data
 #: (:mod:`bidstrain.train.validity`).
 DEFINITION = 2
+#: The definition of a checkpoint or ``model.json`` that records none: written before
+#: the definition was recorded, when every voxel counted.
+UNRECORDED_DEFINITION = 1
 
 
 def normalized_mse(
