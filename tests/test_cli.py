@@ -373,11 +373,15 @@ def test_params_reasons_pair_the_snapshots_of_snakemakes_own_reason(tmp_path):
 
 
 def test_run_to_end_passes_each_output_line_on_and_to_the_reader(tmp_path, capsys):
-    script = "import sys; print('one'); print('two'); sys.exit(4)"
+    """Lines as they come, a byte that is not UTF-8 (a path in another encoding) replaced,
+    and the command's status."""
+    script = (
+        "import sys; print('one', flush=True); sys.stdout.buffer.write(b'caf\\xe9\\n'); sys.exit(4)"
+    )
     seen = []
     code = cli.run_to_end(
         [sys.executable, "-c", script], cwd=tmp_path, env=None, on_output=seen.append
     )
     assert code == 4
-    assert seen == ["one\n", "two\n"]
-    assert capsys.readouterr().out == "one\ntwo\n"
+    assert seen == ["one\n", "caf\ufffd\n"]
+    assert capsys.readouterr().out == "one\ncaf\ufffd\n"

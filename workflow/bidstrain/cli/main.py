@@ -174,7 +174,13 @@ def run_to_end(
     """
     stdout = subprocess.PIPE if on_output else None
     process = subprocess.Popen(
-        list(command), cwd=cwd, env=env, start_new_session=True, stdout=stdout, text=True
+        list(command),
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+        stdout=stdout,
+        encoding="utf-8",
+        errors="replace",  # a path in another encoding is passed on, not a traceback
     )
     previous = signal.signal(signal.SIGTERM, lambda *_: process.send_signal(signal.SIGTERM))
     try:
