@@ -73,3 +73,7 @@ def test_setting_changes_names_each_difference_and_tells_long_lists_by_entry():
         f"1 removed ({stores[0]})",
     ]
     assert setting_changes(spec, spec) == []
+    # the order of a spec's entries is told only when nothing else changed
+    assert setting_changes(spec, spec[::-1]) == ["the same entries in another order"]
+    held = [spec[1], {**spec[0], "stats_from": [stores[1]]}]
+    assert setting_changes(spec, held) == [f'[{stores[0]}].stats_from [] -> ["{stores[1]}"]']

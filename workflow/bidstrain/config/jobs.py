@@ -315,12 +315,18 @@ def _by_store(items: list) -> dict[str, Any] | None:
     return entries if len(entries) == len(items) else None
 
 
-def _entry_changes(before: dict[str, Any], after: dict[str, Any], key: str) -> Iterator[str]:
-    """Each kept store's own changes, then the stores added and removed (or reordered)."""
-    for store, entry in after.items():
-        if store in before:
-            yield from _changes(before[store], entry, f"{key}[{store}]")
-    yield from _membership(list(before), list(after), key, str)
+def _entry_changes(before: dict[str, Any], after: dict[str, Any], key: str) -> list[str]:
+    """Each kept store's own changes, then the stores added and removed; their order only
+    when nothing else changed."""
+    changed = [
+        change
+        for store, entry in after.items()
+        if store in before
+        for change in _changes(before[store], entry, f"{key}[{store}]")
+    ]
+    if not changed or set(before) != set(after):
+        changed += _membership(list(before), list(after), key, str)
+    return changed
 
 
 def _membership(old: list, new: list, key: str, identity) -> Iterator[str]:
