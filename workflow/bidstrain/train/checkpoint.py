@@ -136,7 +136,7 @@ def changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
     before = old.get("loss_definition", UNRECORDED_DEFINITION)
     after = new.get("loss_definition", UNRECORDED_DEFINITION)
     if before != after:
-        found.append(f"loss definition {before} -> {after} (bidstrain.train.losses.DEFINITION)")
+        found.append(f"loss definition {before} -> {after}")
     if old["world_size"] != new["world_size"]:
         found.append(f"world size {old['world_size']} -> {new['world_size']}")
     for part in ("training", "validation"):
