@@ -28,7 +28,7 @@ from bidstrain.io.store import chunk_volumes, read_dims, read_meta, read_segment
 from bidstrain.modalities import MODALITIES
 from bidstrain.train.buffers import BatchBuffer, BatchRing, allocate
 from bidstrain.train.reader import OpenStores, ParcelReader
-from bidstrain.train.ring_size import loader_bytes, ring_slots, validity_words
+from bidstrain.train.ring_size import loader_bytes, ring_slots, validity_bytes, validity_words
 from bidstrain.train.stimulus_windows import StimulusWindows
 from bidstrain.train.stop import ignore_stop_signals, start_resource_tracker
 from bidstrain.train.validity import split, valid_key
@@ -457,7 +457,7 @@ class VolumeDataset(torch.utils.data.Dataset):
             shape, frames = self.shapes[modality], self.frames(modality)
             size = math.prod(shape)
             batch[modality], offset = out.tensor(members.size, shape, frames)
-            validity[valid_key(modality)] = out.bits(members.size, -(-size // 8))
+            validity[valid_key(modality)] = out.bits(members.size, validity_bytes(size))
             valid = validity[valid_key(modality)].numpy()
             for s in np.unique(store[members]):
                 slots = np.flatnonzero(store[members] == s)

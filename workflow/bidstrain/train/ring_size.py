@@ -73,11 +73,15 @@ def loader_bytes(
     return workers * slots * batch + (copies * page_locked_bytes(batch) if pinned else 0)
 
 
+def validity_bytes(voxels: int) -> int:
+    """Bytes of a sample's validity bits on a grid of ``voxels`` (or parcels)
+    (:mod:`bidstrain.train.validity`: one bit per voxel)."""
+    return -(-voxels // 8)
+
+
 def validity_words(voxels: int) -> int:
-    """float32 words that hold a sample's validity bits on a grid of ``voxels``
-    (:mod:`bidstrain.train.validity`: one bit per voxel, in bytes)."""
-    nbytes = -(-voxels // 8)
-    return -(-nbytes // 4)
+    """float32 words that hold a sample's :func:`validity_bytes`."""
+    return -(-validity_bytes(voxels) // 4)
 
 
 def largest_sample(train: TrainConfig, modalities: Iterable[str]) -> int:
