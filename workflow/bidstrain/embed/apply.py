@@ -329,13 +329,14 @@ def embed(
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, description = load_model(model_path, expect, device=device)
-    if loss_definition(description) != DEFINITION:
+    trained_under = loss_definition(description)
+    if trained_under != DEFINITION:
         LOG.warning(
             "%s was trained under loss definition %d, this job counts its losses under "
             "definition %d (bidstrain.train.losses.DEFINITION): they do not compare with "
             "the training's validation losses; retrain the model to compare them",
             model_path,
-            loss_definition(description),
+            trained_under,
             DEFINITION,
         )
     for image in images:
