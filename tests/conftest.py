@@ -111,6 +111,15 @@ def run_snakemake(
     return result
 
 
+@pytest.fixture(autouse=True)
+def close_figures() -> Iterator[None]:
+    """Close the figures a test drew and did not save (the report's figure functions
+    return them open, for the test to inspect; ``save_figure`` closes them)."""
+    yield
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
+
+
 @pytest.fixture(scope="session")
 def demo_bids(tmp_path_factory) -> Path:
     """The default demo dataset, written once per test session. Do not modify it."""

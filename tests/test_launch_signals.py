@@ -11,6 +11,7 @@ them at once and no trainer would say it finished.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -130,13 +131,37 @@ def test_trainers_stopped_before_they_handle_sigterm_count_as_interrupted(tmp_pa
     assert launcher.returncode == EXIT_INTERRUPTED, output[-3000:]
 
 
-def test_the_launcher_finds_its_own_children_only(tmp_path):
-    from bidstrain.train.launch import child_pids
+#: A fresh interpreter (the test process may have children of other tests: a W&B service,
+#: multiprocessing's resource tracker) starts a child that starts a grandchild; it prints
+#: what ``child_pids`` finds, then the child's and the grandchild's process ids.
+CHILDREN = """
+import json, os, signal, subprocess, sys
+from bidstrain.train.launch import child_pids
 
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        assert child_pids() == [child.pid]
-    finally:
-        child.kill()
-        child.wait()
-    assert child_pids() == []
+before = child_pids()
+child = subprocess.Popen(
+    [sys.executable, "-c", "import subprocess, sys; g = subprocess.Popen([sys.executable, "
+     "'-c', 'import time; time.sleep(60)']); print(g.pid, flush=True); g.wait()"],
+    stdout=subprocess.PIPE,
+    text=True,
+)
+grandchild = int(child.stdout.readline())
+found = child_pids()
+os.kill(grandchild, signal.SIGKILL)
+child.wait()
+print(json.dumps([before, found, child_pids(), child.pid, grandchild]))
+"""
+
+
+def test_the_launcher_finds_its_own_children_only():
+    result = subprocess.run(
+        [sys.executable, "-c", CHILDREN],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        env={**os.environ, "PYTHONPATH": str(REPO / "workflow")},
+    )
+    assert result.returncode == 0, result.stderr
+    before, found, after, child, grandchild = json.loads(result.stdout)
+    assert before == [] and after == []
+    assert found == [child] and grandchild not in found
