@@ -47,19 +47,20 @@ demo: $(STAMP) $(DEMO_BIDS)/dataset_description.json
 	$(SNAKEMAKE) --report results/report.html
 
 # The naturalistic demo in a study folder of its own ($(NATURALISTIC)/study, docs/
-# study-folder.md): the film dataset, then the workflow with config/naturalistic.yaml and
-# its report ($(NATURALISTIC)/study/results/report.html).
+# study-folder.md): the film dataset, a study configuration started from
+# config/naturalistic.yaml (made again when that file changes), then the workflow and its
+# report ($(NATURALISTIC)/study/results/report.html).
 $(NATURALISTIC)/bids/dataset_description.json: $(wildcard workflow/bidstrain/demo/*.py) | $(STAMP)
 	rm -rf $(NATURALISTIC)/bids
 	$(VENV)/bin/bidstrain-naturalistic-demo $(NATURALISTIC)/bids
 
-$(NATURALISTIC)/study/config/config.yaml: | $(STAMP) $(NATURALISTIC)/bids/dataset_description.json
+$(NATURALISTIC)/study/config/config.yaml: config/naturalistic.yaml | $(STAMP) $(NATURALISTIC)/bids/dataset_description.json
+	rm -f $@
 	$(VENV)/bin/bidstrain init $(NATURALISTIC)/study --bids-dir $(NATURALISTIC)/bids \
-		--experiment naturalistic
+		--experiment naturalistic --configfile config/naturalistic.yaml
 
 demo-naturalistic: $(STAMP) $(NATURALISTIC)/bids/dataset_description.json $(NATURALISTIC)/study/config/config.yaml
-	$(VENV)/bin/bidstrain -C $(NATURALISTIC)/study report --cores $(CORES) \
-		--configfile $(CURDIR)/config/naturalistic.yaml
+	$(VENV)/bin/bidstrain -C $(NATURALISTIC)/study report --cores $(CORES)
 
 # Every problem of the dataset's headers and sidecars at once (results/validate/).
 validate: $(STAMP) $(DEMO_BIDS)/dataset_description.json
@@ -109,7 +110,7 @@ lint: $(STAMP) $(DEMO_BIDS)/dataset_description.json $(NATURALISTIC)/study/confi
 	# adds the stimulus and encoding rules, which the demo's configuration leaves out.
 	SLURM_CONF=/dev/null $(VENV)/bin/snakemake --lint --configfile config/config.yaml
 	SLURM_CONF=/dev/null $(VENV)/bin/snakemake --lint --snakefile $(CURDIR)/workflow/Snakefile \
-		--directory $(NATURALISTIC)/study --configfile $(CURDIR)/config/naturalistic.yaml
+		--directory $(NATURALISTIC)/study
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

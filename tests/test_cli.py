@@ -200,6 +200,78 @@ def test_init_writes_a_config_and_refuses_a_second(tmp_path, monkeypatch, capsys
     assert not (tmp_path / "other" / "config").exists()
 
 
+def test_init_starts_from_configuration_files_merged_as_snakemake_merges_them(tmp_path):
+    dataset = tmp_path / "bids"
+    dataset.mkdir()
+    lab = tmp_path / "lab.yaml"
+    lab.write_text(
+        "bids_dir: /elsewhere\nmodalities: [bold]\n"
+        "train: {experiment: lab, epochs: 5, loss: {weights: {bold: 2.0}}}\n"
+    )
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("train: {epochs: 7, patch_size: 4}\nnormalize: {heldout: {run: ['2']}}\n")
+    config = cli.init_study(tmp_path / "study", str(dataset), settings=[lab, mine])
+    text = config.read_text()
+    assert yaml.safe_load(text) == {
+        "bids_dir": str(dataset),  # --bids-dir over the files
+        "modalities": ["bold"],
+        "normalize": {"heldout": {"run": ["2"]}},
+        # key by key, the later file over the earlier; the experiment of the files
+        "train": {
+            "experiment": "lab",
+            "epochs": 7,
+            "patch_size": 4,
+            "loss": {"weights": {"bold": 2.0}},
+        },
+    }
+    assert f"# Keys from {lab}, {mine} (`bidstrain init --configfile`" in text
+    assert "Hold\n# out a BOLD run" not in text  # the files hold runs out
+    assert "modalities: [bold]" in text  # lists on one line, as a person writes them
+
+    config = cli.init_study(tmp_path / "other", str(dataset), "mine", settings=[lab])
+    assert yaml.safe_load(config.read_text())["train"]["experiment"] == "mine"
+
+
+def test_init_names_a_settings_file_it_cannot_take_and_writes_nothing(tmp_path):
+    dataset = tmp_path / "bids"
+    dataset.mkdir()
+    files = {
+        "missing.yaml": None,
+        "broken.yaml": "train: [\n",
+        "list.yaml": "- bold\n",
+        "wrong.yaml": "train: {lr: fast}\n",
+        "not-train.yaml": "train: fast\n",
+    }
+    expected = {
+        "missing.yaml": "missing.yaml: --configfile: cannot read it",
+        "broken.yaml": "broken.yaml: --configfile: cannot read it",
+        "list.yaml": r"list.yaml: --configfile: not a mapping of keys \(a list\)",
+        "wrong.yaml": r"config key 'train.lr'.*\(with the keys of .*wrong.yaml\)",
+        "not-train.yaml": r"config key 'train'.*\(with the keys of .*not-train.yaml\)",
+    }
+    for name, content in files.items():
+        if content is not None:
+            (tmp_path / name).write_text(content)
+        with pytest.raises(BidstrainError, match=expected[name]):
+            cli.main(
+                [
+                    "init",
+                    str(tmp_path / "study"),
+                    "--bids-dir",
+                    str(dataset),
+                    "--configfile",
+                    str(tmp_path / name),
+                ]
+            )
+    assert not (tmp_path / "study").exists()
+    (tmp_path / "empty.yaml").write_text("")
+    config = cli.init_study(tmp_path / "study", str(dataset), settings=[tmp_path / "empty.yaml"])
+    assert yaml.safe_load(config.read_text()) == {
+        "bids_dir": str(dataset),
+        "train": {"experiment": "main"},
+    }
+
+
 SLOW_WORKFLOW = """\
 rule all:
     input: "done-a", "done-b"

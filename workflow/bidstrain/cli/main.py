@@ -2,7 +2,7 @@
 
 ::
 
-    bidstrain init STUDY --bids-dir DATASET [--experiment NAME]
+    bidstrain init STUDY --bids-dir DATASET [--experiment NAME] [--configfile FILE ...]
     bidstrain [-C STUDY] run [--slurm] [TARGET ...] [SNAKEMAKE OPTION ...]
     bidstrain [-C STUDY] dry-run [TARGET ...] [SNAKEMAKE OPTION ...]
     bidstrain [-C STUDY] validate [SNAKEMAKE OPTION ...]
@@ -21,6 +21,7 @@ docs/study-folder.md.
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import json
 import os
@@ -31,12 +32,16 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from bidstrain.cli import status, why
 from bidstrain.cli.slurm import run_environment
 from bidstrain.config import validate_config
 from bidstrain.config.study import STUDY_CONFIG, no_configuration
 from bidstrain.errors import BidstrainError
+from bidstrain.io.atomic import atomic_path
 
 #: The clone: ``<clone>/workflow/bidstrain/cli/main.py``.
 CLONE = Path(__file__).resolve().parents[3]
@@ -44,21 +49,25 @@ SNAKEFILE = CLONE / "workflow" / "Snakefile"
 PROFILES = CLONE / "profiles"
 REPORT = "results/report.html"
 
-CONFIG_TEMPLATE = """\
+CONFIG_HEADER = """\
 # Configuration of this study. Set here only what differs from the defaults; relative
 # paths are relative to this study folder. Every key, its meaning and its default:
 # {schema}
-bids_dir: {bids_dir}
-
+"""
+#: Said in a configuration started from files (``bidstrain init --configfile``).
+STARTED_FROM = """\
+# Keys from {files} (`bidstrain init --configfile`; see there for their
+# comments), bids_dir and train.experiment from the command line.
+"""
+HELDOUT_HINT = """\
 # Validation: without held-out data, whether the model learned is not measured. Hold
 # out a BOLD run of every subject (normalized with the statistics of its other runs),
-#   normalize: {{heldout: {{run: ["2"]}}}}
-# and T1w and DWI of a session or subject, under train (train.heldout: {{ses: ["2"]}}).
-
-train:
-  # results/train/<experiment>, results/checks/<experiment>: one folder per experiment;
-  # another experiment (another --configfile setting train.experiment) keeps its own.
-  experiment: {experiment}
+#   normalize: {heldout: {run: ["2"]}}
+# and T1w and DWI of a session or subject, under train (train.heldout: {ses: ["2"]}).
+"""
+EXPERIMENT_NOTE = """\
+# train.experiment names results/train/<experiment> and results/checks/<experiment>: one
+# folder per experiment; another (another --configfile setting it) keeps its own.
 """
 
 
@@ -83,7 +92,12 @@ def snakemake_command(
     return command + list(arguments)
 
 
-def init_study(study: Path, bids_dir: str, experiment: str) -> Path:
+def init_study(
+    study: Path,
+    bids_dir: str,
+    experiment: str | None = None,
+    settings: Sequence[str | Path] = (),
+) -> Path:
     """Write ``study/config/config.yaml`` for a dataset; refuse to overwrite one.
 
     Parameters
@@ -93,8 +107,13 @@ def init_study(study: Path, bids_dir: str, experiment: str) -> Path:
     bids_dir : str
         The dataset; a relative path is taken from the current directory, as a shell
         user means it, and written absolute.
-    experiment : str
-        ``train.experiment``.
+    experiment : str, optional
+        ``train.experiment``; by default that of ``settings``, else ``main``.
+    settings : sequence of str or Path
+        Configuration files the study starts from, merged key by key in order, each over
+        the one before, as Snakemake merges ``--configfile`` files; ``bids_dir`` and
+        ``experiment`` go over them. Relative paths inside them keep meaning paths in the
+        study folder.
 
     Returns
     -------
@@ -105,7 +124,8 @@ def init_study(study: Path, bids_dir: str, experiment: str) -> Path:
     ------
     BidstrainError
         When the folder has a configuration already, the dataset folder does not exist,
-        or the experiment name is not one the configuration accepts.
+        a settings file cannot be read or is not a mapping, or the configuration is not
+        one the schema accepts (the files are named).
     """
     config = study / STUDY_CONFIG
     if config.exists():
@@ -113,17 +133,81 @@ def init_study(study: Path, bids_dir: str, experiment: str) -> Path:
     dataset = Path(bids_dir).expanduser().resolve()
     if not dataset.is_dir():
         raise BidstrainError("--bids-dir: no such dataset folder", path=dataset)
-    bids_dir = str(dataset)
-    validate_config({"bids_dir": bids_dir, "train": {"experiment": experiment}})
+    # (Snakemake's merge of --configfile files: 60 ms of imports no other command needs)
+    from snakemake.utils import update_config
+
+    values: dict[str, Any] = {}
+    for path in settings:
+        update_config(values, _settings_file(Path(path)))
+    values["bids_dir"] = str(dataset)
+    _validate(values, settings)  # the files' own keys, before train.experiment is set
+    train = values.get("train", {})
+    others = {key: value for key, value in train.items() if key != "experiment"}
+    values["train"] = {"experiment": experiment or train.get("experiment", "main"), **others}
+    _validate(values, settings)
     config.parent.mkdir(parents=True, exist_ok=True)
-    schema = CLONE / "workflow" / "schemas" / "config.schema.yaml"
-    config.write_text(
-        # (JSON strings are YAML strings: a path with ": " or "#" stays one value)
-        CONFIG_TEMPLATE.format(
-            schema=schema, bids_dir=json.dumps(bids_dir), experiment=json.dumps(experiment)
-        )
-    )
+    with atomic_path(config) as tmp:
+        tmp.write_text(_config_text(values, settings))
     return config
+
+
+def _config_text(values: dict[str, Any], settings: Sequence[str | Path]) -> str:
+    """A study's configuration holding ``values``, with comments: where the keys are
+    documented, the files it started from, how to hold out data when it holds out
+    nothing, and what ``train.experiment`` names."""
+    schema = CLONE / "workflow" / "schemas" / "config.schema.yaml"
+    # (JSON strings are YAML strings: a path with ": " or "#" stays one value)
+    parts = [CONFIG_HEADER.format(schema=schema)]
+    if settings:
+        files = ", ".join(str(Path(path).resolve()) for path in settings)
+        parts.append(STARTED_FROM.format(files=files))
+    parts.append(f"bids_dir: {json.dumps(values['bids_dir'])}\n\n")
+    heldout = values.get("normalize", {}).get("heldout") or values["train"].get("heldout")
+    if not heldout:
+        parts.append(HELDOUT_HINT + "\n")
+    rest = {key: value for key, value in values.items() if key not in ("bids_dir", "train")}
+    parts += [
+        _yaml(rest) + "\n" if rest else "",
+        EXPERIMENT_NOTE,
+        _yaml({"train": values["train"]}),
+    ]
+    return "".join(parts)
+
+
+class _ListsInline(yaml.SafeDumper):
+    """Mappings in blocks, lists on one line (``delays: [1, 2, 3, 4]``)."""
+
+
+_ListsInline.add_representer(
+    list, lambda dumper, items: dumper.represent_sequence("tag:yaml.org,2002:seq", items, True)
+)
+
+
+def _yaml(values: dict[str, Any]) -> str:
+    return yaml.dump(values, Dumper=_ListsInline, sort_keys=False, default_flow_style=False)
+
+
+def _validate(values: dict[str, Any], settings: Sequence[str | Path]) -> None:
+    """Raise unless the schema accepts ``values``; the error names the settings files."""
+    try:
+        validate_config(copy.deepcopy(values))
+    except BidstrainError as error:
+        files = ", ".join(str(path) for path in settings)
+        raise BidstrainError(f"{error}{f' (with the keys of {files})' if files else ''}") from None
+
+
+def _settings_file(path: Path) -> dict[str, Any]:
+    """The mapping a settings file of ``init --configfile`` holds."""
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise BidstrainError(f"--configfile: cannot read it ({error})", path=path) from None
+    if content is None:  # an empty file
+        return {}
+    if not isinstance(content, dict):
+        found = type(content).__name__
+        raise BidstrainError(f"--configfile: not a mapping of keys (a {found})", path=path)
+    return content
 
 
 def configfiles(arguments: Sequence[str]) -> list[str]:
@@ -252,7 +336,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     init.add_argument(
         "--bids-dir", required=True, help="the dataset (relative: to the current directory)"
     )
-    init.add_argument("--experiment", default="main")
+    init.add_argument(
+        "--experiment", help="train.experiment (default: that of --configfile, else main)"
+    )
+    init.add_argument(
+        "--configfile",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="FILE",
+        help="start from the keys of these configuration files (later over earlier, key by "
+        "key; relative: to the current directory), --bids-dir and --experiment over them",
+    )
     with_targets = PASSED_ON.format(TARGETS)
     run = command("run", help="build targets (default: all)", epilog=with_targets)
     run.add_argument("--slurm", action="store_true", help="submit the jobs to SLURM")
@@ -274,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "init":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        config = init_study(args.folder, args.bids_dir, args.experiment)
+        config = init_study(args.folder, args.bids_dir, args.experiment, args.configfile)
         print(f"wrote {config}; next: bidstrain -C {shlex.quote(str(args.folder))} validate")
         return 0
     if args.command == "status":
