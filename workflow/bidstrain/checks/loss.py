@@ -48,6 +48,7 @@ from bidstrain.config import TrainConfig
 from bidstrain.modalities import MODALITIES, STIMULUS_KINDS
 from bidstrain.train.data import dataset_statistics, volume_dataset
 from bidstrain.train.losses import normalized_mse
+from bidstrain.train.model import describe_sequence, encoder_sequences
 from bidstrain.train.sampler import batch_sampler
 from bidstrain.train.validity import split
 
@@ -283,18 +284,13 @@ def long_sequences(tokens: Mapping[str, int], kinds: Sequence[str]) -> str:
         A sample's tokens per modality and stimulus kind.
     kinds : sequence of str
         The stimulus kinds of ``train.stimuli``: their tokens join BOLD's in one sequence
-        (:meth:`bidstrain.train.model.MultiModalAutoencoder.sequences`); each image
-        modality is a sequence of its own.
+        (:func:`bidstrain.train.model.encoder_sequences`).
     """
-    joined = [m for m in ("bold", *kinds) if m in tokens]
-    sequences = [[m] for m in tokens if m not in joined] + ([joined] if joined else [])
-    long = [s for s in sequences if sum(tokens[m] for m in s) > MAX_SEQUENCE_TOKENS]
+    sequences = encoder_sequences(tokens, kinds)
+    long = [s for s in sequences if sum(s.values()) > MAX_SEQUENCE_TOKENS]
     if not long:
         return ""
-    listing = "; ".join(
-        f"{sum(tokens[m] for m in s):,} tokens ({', '.join(f'{m} {tokens[m]:,}' for m in s)})"
-        for s in long
-    )
+    listing = "; ".join(describe_sequence(s) for s in long)
     return (
         f"the encoder reads sequences of {listing}, above {MAX_SEQUENCE_TOKENS:,}: "
         "attention's time and memory grow with the square of a sequence's length (a "

@@ -73,6 +73,7 @@ from bidstrain.train.description import first_volume, load_model, loss_definitio
 from bidstrain.train.expectation import preparation_of, stimulus_differences, stimulus_record
 from bidstrain.train.losses import DEFINITION, sample_losses
 from bidstrain.train.model import MultiModalAutoencoder
+from bidstrain.train.out_of_memory import out_of_memory_explained
 
 LOG = logging.getLogger("bidstrain.embed")
 
@@ -355,16 +356,17 @@ def embed(
         stimuli = {}
         if image["modality"] == "bold":
             stimuli = stimulus_features(model, image["store"], image.get("stimuli", {}))
-        values = embed_store(
-            model,
-            description,
-            image["store"],
-            image["modality"],
-            batch_size=batch_size,
-            seed=seed,
-            device=device,
-            stimuli=stimuli,
-        )
+        with out_of_memory_explained(model, batch_size, "embed.batch_size", "embed_images"):
+            values = embed_store(
+                model,
+                description,
+                image["store"],
+                image["modality"],
+                batch_size=batch_size,
+                seed=seed,
+                device=device,
+                stimuli=stimuli,
+            )
         write_embedding(
             image["out"],
             values,

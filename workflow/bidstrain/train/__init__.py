@@ -17,6 +17,8 @@ Modules:
 - :mod:`.model`: per-modality patch embeddings and heads around a shared encoder (BOLD
   and its stimulus tokens in one sequence).
 - :mod:`.encoder`: the shared transformer encoder (activation checkpointing, compilation).
+- :mod:`.out_of_memory`: an allocation that fails while the model runs, told as the
+  sequence, the batch and the settings that shrink them (the trainer and ``embed``).
 - :mod:`.tokens`: the tokens of each input (3D patches, tubelets of BOLD windows, parcel
   and stimulus series) and the heads that fold them back.
 - :mod:`.data`: from stores to batches (sample counts, the dataset, the loader).

@@ -55,6 +55,7 @@ from bidstrain.train.metrics import (
     summary_lines,
 )
 from bidstrain.train.model import MultiModalAutoencoder, build_module
+from bidstrain.train.out_of_memory import out_of_memory_explained
 from bidstrain.train.sampler import ModalityBatchSampler, batch_sampler
 from bidstrain.train.schedule import build_scheduler, planned_total_steps
 from bidstrain.train.state import TrainState
@@ -252,7 +253,8 @@ def _train(config, stores, validation_stores, context, outputs: Outputs, tables=
     )
     summary = None
     try:
-        run_epochs(trainer, state, data, validation, sink, checkpoint_dir, run_record)
+        with out_of_memory_explained(module, config.loader.batch_size, "train.batch_size", "train"):
+            run_epochs(trainer, state, data, validation, sink, checkpoint_dir, run_record)
         if context.is_main:
             trained = [*stores, *module.stimuli]
             summary = summarize(sink, config, trained, state, checkpoint_dir)

@@ -154,6 +154,10 @@ class MultiModalAutoencoder(nn.Module):
         stimulus kinds."""
         return [*self.modalities, *self.stimuli]
 
+    def sequence_tokens(self) -> list[dict[str, int]]:
+        """The tokens of each encoder sequence of a sample (:func:`encoder_sequences`)."""
+        return encoder_sequences({m: self.embed[m].n_tokens for m in self.inputs}, self.stimuli)
+
     def modality_parameters(self, modality: str) -> Iterator[nn.Parameter]:
         """Parameters that only ``modality`` uses: ``embed[modality]`` and ``head[modality]``."""
         yield from self.embed[modality].parameters()
@@ -309,6 +313,29 @@ class MultiModalAutoencoder(nn.Module):
             for param in self.modality_parameters(modality):
                 dummy = dummy + settings.dummy_scale * param.sum()
         return dummy
+
+
+def encoder_sequences(tokens: Mapping[str, int], kinds: Sequence[str]) -> list[dict[str, int]]:
+    """The sequences the encoder reads of a sample, as tokens per modality: BOLD with the
+    stimulus kinds of ``train.stimuli`` (:meth:`MultiModalAutoencoder.sequences`), each
+    other modality alone.
+
+    Parameters
+    ----------
+    tokens : mapping
+        A sample's tokens per modality and stimulus kind.
+    kinds : sequence of str
+        The stimulus kinds whose tokens join BOLD's.
+    """
+    joined = [m for m in ("bold", *kinds) if m in tokens]
+    alone = [{m: n} for m, n in tokens.items() if m not in joined]
+    return alone + ([{m: tokens[m] for m in joined}] if joined else [])
+
+
+def describe_sequence(sequence: Mapping[str, int]) -> str:
+    """``26,640 tokens (bold 16, video 24,576, text 2,048)``."""
+    parts = ", ".join(f"{m} {n:,}" for m, n in sequence.items())
+    return f"{sum(sequence.values()):,} tokens ({parts})"
 
 
 def _tokenizer(
