@@ -10,6 +10,7 @@ import torch
 from bidstrain.io.store import open_store, to_grid
 from bidstrain.train.data import VolumeDataset, dataset_statistics
 from bidstrain.train.distributed import Context
+from bidstrain.train.encoder import Encoder
 from bidstrain.train.losses import baseline_loss, normalized_mse, sample_losses
 from bidstrain.train.model import LossSettings, MultiModalAutoencoder
 from bidstrain.train.resample import fit_to_shape
@@ -201,6 +202,23 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
         grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
     for plain, recomputed in zip(*grads, strict=True):
         torch.testing.assert_close(plain, recomputed)
+
+
+def test_evaluation_runs_the_layers_as_training_does():
+    """torch's inference fast path would hold every attention matrix of the batch (a
+    model that trains runs out of memory at its first validation); evaluation takes
+    training's path, so it gives bit-identical outputs, and leaves torch's setting as it
+    was."""
+    encoder = Encoder(32, 2, 4).eval()
+    tokens = torch.randn(3, 40, 32)
+    with torch.no_grad():
+        evaluated = encoder(tokens)
+        fast = torch.nn.TransformerEncoder.forward(encoder, tokens)  # the fast path
+        encoder.train()  # no dropout: training's path, without gradients
+        trained = encoder(tokens)
+    assert torch.equal(evaluated, trained)
+    assert not torch.equal(fast, trained)  # the fast path is another computation
+    assert torch.backends.mha.get_fastpath_enabled()
 
 
 def test_the_loss_counts_the_masked_voxels_that_hold_data_only(tmp_path):
