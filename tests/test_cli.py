@@ -166,6 +166,44 @@ def test_a_ctrl_c_is_passed_on_once_and_the_run_waited_for(tmp_path):
     assert "Traceback" not in parent.stderr.read()
 
 
+#: A workflow whose one job runs until a file appears, or a signal ends it.
+WAITING_JOB = """\
+rule waits:
+    output: "done"
+    shell: "touch started; while [ ! -e go ]; do sleep 0.1; done; touch {output}"
+"""
+
+SNAKEMAKE_PARENT = """\
+import pathlib, sys
+from bidstrain.cli.main import run_to_end
+folder = pathlib.Path(sys.argv[1])
+sys.exit(run_to_end([sys.executable, "-m", "snakemake", "--cores", "1"], cwd=folder, env=None))
+"""
+
+
+@pytest.mark.integration
+def test_a_ctrl_c_stops_the_running_local_job_as_from_a_terminal(tmp_path):
+    """Snakemake waits for its running local jobs after a SIGINT: the wrapper's Ctrl-C
+    must reach the job too (its process group's), or the run waits for the job's end."""
+    import signal
+
+    (tmp_path / "Snakefile").write_text(WAITING_JOB)
+    (tmp_path / "parent.py").write_text(SNAKEMAKE_PARENT)
+    env = {**snakemake_env(uses_slurm=False), "PYTHONPATH": str(REPO / "workflow")}
+    command = [sys.executable, str(tmp_path / "parent.py"), str(tmp_path)]
+    parent = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(tmp_path / "started", parent)
+        parent.send_signal(signal.SIGINT)  # a Ctrl-C reaches the wrapper alone
+        # only a signal ends the job: without one the run would wait for "go"
+        assert parent.wait(timeout=120) != 0
+    finally:
+        (tmp_path / "go").touch()  # a run that failed the test ends all the same
+        parent.wait(timeout=120)
+    assert not (tmp_path / "done").exists()
+    assert not any((tmp_path / ".snakemake" / "locks").glob("*"))  # the next run starts
+
+
 @pytest.mark.parametrize("command", ["run", "dry-run", "validate", "report"])
 def test_a_study_without_configuration_is_told_how_to_make_one(command, tmp_path):
     """Before Snakemake starts, so the message is not wrapped in its WorkflowError."""

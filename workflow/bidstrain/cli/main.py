@@ -237,9 +237,12 @@ def run_to_end(
 
     The command runs in a session of its own, so that a Ctrl-C in the terminal reaches
     it once, from here: on SIGINT (``KeyboardInterrupt``) or SIGTERM this process passes
-    the signal on and waits. Snakemake then stops its jobs, removes its lock and ends
-    its log (killed at once, as ``subprocess.run`` does 0.25 s after a Ctrl-C, it
-    leaves the lock behind and the next run refuses to start).
+    the signal on to the command's process group and waits. Snakemake's local jobs are
+    in that group and get it as they would from a terminal (Snakemake itself waits for
+    its running local jobs to end, and a training job could run for hours), while
+    Snakemake stops, removes its lock and ends its log (killed at once, as
+    ``subprocess.run`` does 0.25 s after a Ctrl-C, it leaves the lock behind and the
+    next run refuses to start).
 
     Parameters
     ----------
@@ -266,7 +269,7 @@ def run_to_end(
         encoding="utf-8",
         errors="replace",  # a path in another encoding is passed on, not a traceback
     )
-    previous = signal.signal(signal.SIGTERM, lambda *_: process.send_signal(signal.SIGTERM))
+    previous = signal.signal(signal.SIGTERM, lambda *_: _signal_group(process, signal.SIGTERM))
     try:
         while True:
             try:
@@ -275,9 +278,17 @@ def run_to_end(
                     on_output(line)
                 return process.wait()
             except KeyboardInterrupt:
-                process.send_signal(signal.SIGINT)
+                _signal_group(process, signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _signal_group(process: subprocess.Popen, signum: int) -> None:
+    """Send ``signum`` to the process group that ``process`` leads (its session's)."""
+    try:
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:  # the group has ended
+        pass
 
 
 def _snakemake(
