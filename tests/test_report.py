@@ -722,6 +722,34 @@ def test_a_parcel_window_row_names_its_parcels_on_integer_rows(tmp_path):
     assert_nontrivial_png(tmp_path / "model_input.png", min_height=300)
 
 
+def test_the_model_input_figure_draws_the_stimulus_features_of_the_first_window(tmp_path):
+    from bidstrain.io.store import read_aligned_store
+    from bidstrain.report.model_input import model_input_figure
+    from test_average_parcels import parcel_store
+    from train_support import write_aligned
+
+    store, _, _ = parcel_store(tmp_path / "p.zarr", "01", "1", 12)
+    description = {
+        "input": {"bold": {"parcels": 4, "window": 6, "patch_frames": 2}},
+        "normalization": {"bold": {"stores": [{"store": store}]}},
+        "preparation": {"stimuli": {"video": {"delays": [2, 3]}}},
+    }
+    features = np.arange(12 * 5, dtype=np.float32).reshape(12, 5) / 60
+    video = read_aligned_store(write_aligned(tmp_path / "video.zarr", features, "video", store))
+    fig = model_input_figure(description, "x", [video])
+    row = fig.subfigs[1]
+    assert row._suptitle.get_text().startswith("video: the 5 features of frames 0-5 of ")
+    assert "delays [2, 3] TRs; tokens of 2 frames of one feature" in row._suptitle.get_text()
+    (image,) = row.axes[0].get_images()
+    np.testing.assert_array_equal(image.get_array(), features[:6].T)  # features by frames
+    assert [line.get_xdata()[0] for line in row.axes[0].get_lines()] == [1.5, 3.5]
+    save_figure(fig, tmp_path / "model_input.png")
+    assert_nontrivial_png(tmp_path / "model_input.png", min_height=500)
+    short = read_aligned_store(write_aligned(tmp_path / "short.zarr", features[:10], "text", store))
+    with pytest.raises(BidstrainError, match="text features of .* have 10 rows, the BOLD store"):
+        model_input_figure(description, "x", [short])
+
+
 def test_encoding_metrics_without_the_chance_test_ask_for_a_rerun(tmp_path):
     """A metrics.json of an earlier encoding job (no ``chance``), whose outputs Snakemake
     keeps as up to date: the report names the file and the rerun, not a KeyError."""

@@ -503,6 +503,15 @@ class Plan:
         """The aligned stores of :attr:`trained_stimuli` (rule ``train``'s inputs)."""
         return sorted({p for kinds in self.trained_stimuli.values() for p in kinds.values()})
 
+    @property
+    def model_input_stimuli(self) -> list[str]:
+        """The aligned stores of :attr:`trained_stimuli` of the first BOLD store training
+        reads, the one whose first window the model-input figure draws (``model.json``
+        names it first); empty without ``train.stimuli``."""
+        first = self.trainer_stores(self.training).get("bold", [])[:1]
+        aligned = self.trained_stimuli
+        return [path for store in first for path in aligned.get(store, {}).values()]
+
     @cached_property
     def _parcel_stores(self) -> dict[str, str]:
         """The parcel store of each voxel BOLD store (runs and averages) that has one."""

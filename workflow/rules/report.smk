@@ -1,5 +1,7 @@
 # Report: one PNG per stage output, flagged for `snakemake --report results/report.html`.
 # Every rule reads the stage's own output files, so a figure redraws exactly when they change.
+import shlex
+
 from bidstrain.report import TRAINING_FIGURES
 
 
@@ -192,7 +194,11 @@ rule report_train:
 
 rule report_model_input:
     input:
-        paths.trained_model_description("{experiment}"),
+        model_json=paths.trained_model_description("{experiment}"),
+        # the stimulus features beside the BOLD window the figure draws (train.stimuli)
+        stimuli=lambda w: (
+            PLAN.model_input_stimuli if w.experiment == PLAN.experiment else []
+        ),
     output:
         report(
             paths.training_figure("{experiment}", "model_input"),
@@ -208,9 +214,13 @@ rule report_model_input:
     resources:
         mem_mb=CONFIG.resources.report_model_input.mem_mb,
         runtime=CONFIG.resources.report_model_input.runtime,
+    params:
+        stimuli=lambda w, input: shlex.join(
+            ["--stimuli", *input.stimuli] if input.stimuli else []
+        ),
     shell:
-        "python -m bidstrain.report model_input --model-json {input:q}"
-        " --experiment {wildcards.experiment} --out {output:q} > {log:q} 2>&1"
+        "python -m bidstrain.report model_input --model-json {input.model_json:q}"
+        " {params.stimuli} --experiment {wildcards.experiment} --out {output:q} > {log:q} 2>&1"
 
 
 rule report:

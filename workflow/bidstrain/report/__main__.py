@@ -7,7 +7,8 @@
     average   --store <average.zarr> --subject-stores <store.zarr> ... --title T --out <png>
     checks    --summary results/checks/<experiment>/summary.json --scale-table-out <png>
               --summary-out <png>
-    model_input --model-json model.json --experiment NAME --out <png>
+    model_input --model-json model.json [--stimuli <aligned.zarr> ...] --experiment NAME
+              --out <png>
     train     --metrics metrics.jsonl --experiment NAME
               --settings results/plan/<experiment>/train.json --out-dir DIR
     embed     --table embeddings.tsv --metrics metrics.jsonl --experiment NAME --out <png>
@@ -61,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     checks.add_argument("--summary-out", required=True)
     model_input = figures.add_parser("model_input", help="volumes as the trained model sees them")
     model_input.add_argument("--model-json", required=True)
+    model_input.add_argument(
+        "--stimuli", nargs="+", default=[], help="aligned stores beside the first BOLD window"
+    )
     model_input.add_argument("--experiment", required=True)
     model_input.add_argument("--out", required=True)
     train = figures.add_parser("train", help="training curves from metrics.jsonl")
@@ -128,10 +132,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         figure = stimulus_figure(aligned, open_store(args.bold), args.title)
         outputs = [(args.out, figure)]
     elif args.figure == "model_input":
+        from bidstrain.io.store import read_aligned_store
         from bidstrain.report.model_input import model_input_figure
 
         description = json.loads(Path(args.model_json).read_text())
-        outputs = [(args.out, model_input_figure(description, args.experiment))]
+        stimuli = [read_aligned_store(path) for path in args.stimuli]
+        outputs = [(args.out, model_input_figure(description, args.experiment, stimuli))]
     elif args.figure == "checks":
         from bidstrain.report.checks import (
             read_summary,

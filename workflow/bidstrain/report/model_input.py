@@ -1,10 +1,12 @@
 """What the model sees: one volume of each modality on its store's grid, and the same
 volume after the trained model's resampling and crop or pad (its ``model.json``); for a
-model of parcel windows, the first window of a parcel store with its tokens."""
+model of parcel windows, the first window of a parcel store with its tokens; for a model
+with stimulus tokens (``train.stimuli``), the features that come with that BOLD store's
+first window."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,8 @@ import numpy as np
 import zarr
 from matplotlib.figure import Figure, SubFigure
 
-from bidstrain.io.store import open_store, read_parcel_attrs, to_grid
+from bidstrain.errors import BidstrainError
+from bidstrain.io.store import AlignedStore, open_store, read_parcel_attrs, to_grid
 from bidstrain.report.figure import integer_ticks, new_figure, slice_row
 from bidstrain.train.resample import model_view
 
@@ -20,7 +23,9 @@ from bidstrain.train.resample import model_view
 MAX_NAMED_PARCELS = 40
 
 
-def model_input_figure(description: Mapping[str, Any], experiment: str) -> Figure:
+def model_input_figure(
+    description: Mapping[str, Any], experiment: str, stimuli: Sequence[AlignedStore] = ()
+) -> Figure:
     """Per modality, two rows of mid-slices: the first volume of its first training store
     (z-scores on the store's grid) and that volume as the model receives it, transparent
     where it holds no data (0 in the input, not counted by the loss:
@@ -35,11 +40,23 @@ def model_input_figure(description: Mapping[str, Any], experiment: str) -> Figur
         modality).
     experiment : str
         ``train.experiment``, for the title.
+    stimuli : sequence of AlignedStore
+        The aligned stores of the first BOLD training store (``train.stimuli``): a row
+        each, their first window (:func:`stimulus_window_row`).
+
+    Raises
+    ------
+    BidstrainError
+        When an aligned store has another number of rows than the drawn BOLD store has
+        frames.
     """
     modalities = list(description["input"])
-    fig = new_figure(12.0, 4.6 * len(modalities), f"What the model sees, experiment {experiment}")
-    rows = fig.subfigures(len(modalities), 1, squeeze=False)[:, 0]
-    for row, modality in zip(rows, modalities, strict=True):
+    heights = [4.6] * len(modalities) + [3.2] * len(stimuli)
+    fig = new_figure(12.0, sum(heights), f"What the model sees, experiment {experiment}")
+    rows = fig.subfigures(len(heights), 1, squeeze=False, height_ratios=heights)[:, 0]
+    for row, store in zip(rows[len(modalities) :], stimuli, strict=True):
+        stimulus_window_row(row, store, description)
+    for row, modality in zip(rows[: len(modalities)], modalities, strict=True):
         if "parcels" in description["input"][modality]:
             parcel_window_row(row, modality, description)
             continue
@@ -100,3 +117,48 @@ def parcel_window_row(row: SubFigure, modality: str, description: Mapping[str, A
         integer_ticks(ax.yaxis)
         ax.set_ylabel("parcel (store order)")
     row.colorbar(image, ax=ax, label="z-score")
+
+
+def stimulus_window_row(
+    row: SubFigure, store: AlignedStore, description: Mapping[str, Any]
+) -> None:
+    """The features of one stimulus kind that come with the first BOLD window: features
+    by frames, as the model receives them (z-scored with the training statistics unless
+    ``stimuli.normalize`` is off), with the bounds of its tokens (``patch_frames`` frames
+    of one feature each)."""
+    bold = description["input"]["bold"]
+    window, patch_frames = int(bold.get("window", 1)), int(bold.get("patch_frames", 1))
+    drawn = description["normalization"]["bold"]["stores"][0]["store"]
+    frames = zarr.open_array(Path(drawn) / "data", mode="r").shape[0]
+    if store.features.shape[0] != frames:
+        raise BidstrainError(
+            f"the {store.kind} features of {store.label} have {store.features.shape[0]} "
+            f"rows, the BOLD store the figure draws {frames} frames ({drawn}): they do not "
+            "come with its windows"
+        )
+    values = np.asarray(store.features[:window], dtype=np.float32).T
+    delays = description.get("preparation", {}).get("stimuli", {}).get(store.kind, {})
+    delays = f", delays {delays['delays']} TRs" if delays.get("delays") else ""
+    scale = "z-score" if store.normalized else "raw value"
+    row.suptitle(
+        f"{store.kind}: the {values.shape[0]} features of frames 0-{values.shape[1] - 1} of "
+        f"{store.label}{delays}; tokens of {patch_frames} frames of one feature"
+    )
+    ax = row.subplots()
+    limit = 3.0 if store.normalized else float(np.abs(values).max() or 1.0)
+    image = ax.imshow(
+        values,
+        aspect="auto",
+        cmap="RdBu_r",
+        vmin=-limit,
+        vmax=limit,
+        interpolation="nearest",
+        extent=(-0.5, values.shape[1] - 0.5, values.shape[0] - 0.5, -0.5),
+    )
+    for bound in range(patch_frames, values.shape[1], patch_frames):
+        ax.axvline(bound - 0.5, color="black", linewidth=1.0)
+    ax.set_xticks(range(values.shape[1]))
+    ax.set_xlabel("frame of the window (black lines: token bounds)")
+    integer_ticks(ax.yaxis)
+    ax.set_ylabel("feature")
+    row.colorbar(image, ax=ax, label=scale)
