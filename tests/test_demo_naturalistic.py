@@ -1,5 +1,5 @@
-"""`make demo-naturalistic` as a user runs it: the film dataset, a study folder laid over
-with config/naturalistic.yaml, the workflow to the encoding model, and the report."""
+"""`make demo-naturalistic` as a user runs it: the film dataset, a study folder started
+from config/naturalistic.yaml, the workflow to the encoding model, and the report."""
 
 from __future__ import annotations
 
@@ -29,9 +29,12 @@ def test_make_demo_naturalistic_runs_the_film_to_the_encoding_model_and_report(t
     result = _make_demo(demo)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     study = demo / "study"
+    # the study starts from config/naturalistic.yaml: its keys, the dataset and experiment
+    overlay = yaml.safe_load((REPO / "config" / "naturalistic.yaml").read_text())
     assert yaml.safe_load((study / "config" / "config.yaml").read_text()) == {
+        **overlay,
         "bids_dir": str(demo / "bids"),
-        "train": {"experiment": "naturalistic"},
+        "train": {"experiment": "naturalistic", **overlay["train"]},
     }
     metrics = json.loads(
         (study / paths.encoding_output("naturalistic", "metrics.json")).read_text()
