@@ -3,6 +3,7 @@ haemodynamic delay against an independent float64 reference, training-run statis
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -23,6 +24,7 @@ from bidstrain.stimuli.align import (
     seconds_without_stimulus,
     stack_delays,
 )
+from bidstrain.stimuli.audio import SILENCE
 from bidstrain.stimuli.features import write_stimulus_store
 from bidstrain.stimuli.index import StimulusIndex
 from stimuli_support import SPEC, make_film_bids, truth
@@ -189,6 +191,30 @@ def test_a_runs_film_features_follow_the_films_luminance(film_bids, tmp_path):
     assert stacked.shape == (SPEC.n_bins, 2 * 40)
     words = _align(run, stores, "text", "delays", [0]).sum(axis=1)
     np.testing.assert_array_equal(words, [len(w) for w in truth(film_bids)["words"]])
+
+
+def test_frames_without_stimulus_hold_silence_not_full_scale_sound(film_bids, tmp_path):
+    """Audio is log10 of power: 0 would be full-scale sound in every band. Frames before
+    the film, and the first frames of a delayed copy, hold silence (the log-mel floor);
+    a frame half before the film the mean of silence and the film's first TR."""
+    index = StimulusIndex.build(BidsIndex.build(film_bids))
+    run = index.runs["sub-01/func/sub-01_task-movie_run-1"]
+    (event,) = [e for e in run.events if e.stimulus.suffix == ".mp4"]
+    out = tmp_path / "film.zarr"
+    write_stimulus_store(event.stimulus, 2.0, StimulusFeatureConfig.defaults(), out)
+    stores = {event.stimulus: read_feature_store(out)}
+    sound = np.asarray(stores[event.stimulus].features["audio"], dtype=np.float64)
+    grid = FrameGrid.volumes(run.n_volumes, 2.0)
+    stacked, _ = align_run([event], stores, "audio", grid, "delays", [0, 2], source_tr=2.0)
+    np.testing.assert_allclose(stacked[:, :40], sound[: run.n_volumes])  # no delay: the film
+    assert np.all(stacked[:2, 40:] == SILENCE) and SILENCE == -10.0
+    np.testing.assert_allclose(stacked[2:, 40:], sound[: run.n_volumes - 2])
+    late = dataclasses.replace(event, onset=3.0)  # shown from the middle of frame 1
+    placed, covered = align_run([late], stores, "audio", grid, "delays", [0], source_tr=2.0)
+    assert np.all(placed[0] == SILENCE) and covered[:2].tolist() == [0.0, 0.5]
+    np.testing.assert_allclose(placed[1], (SILENCE + sound[0]) / 2)
+    video, _ = align_run([late], stores, "video", grid, "delays", [0], source_tr=2.0)
+    assert np.all(video[0] == 0.0)  # no light
 
 
 def test_features_of_another_tr_are_an_error_naming_the_run(film_bids, tmp_path):

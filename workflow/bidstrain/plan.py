@@ -973,7 +973,10 @@ class Plan:
 
     def alignment_spec(self) -> dict[str, Any]:
         """The alignment job's spec (:mod:`bidstrain.stimuli.alignment`)."""
+        from bidstrain.stimuli.align import DEFINITION
+
         return {
+            "definition": DEFINITION,
             "stimuli": to_plain(self.config.stimuli),
             "targets": [target.to_json() for target in self.alignment_targets],
         }

@@ -11,12 +11,21 @@ import numpy as np
 
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import ZERO_STD, FeatureStore
+from bidstrain.stimuli.audio import SILENCE
 from bidstrain.stimuli.index import Event, RunStimuli
 
 #: Seconds of the canonical haemodynamic response kept (nilearn's default).
 HRF_LENGTH = 32.0
 #: Samples per TR of the fine grid the response is computed on (nilearn's default).
 OVERSAMPLING = 50
+#: What a frame that no stimulus of the kind covers holds: no light, silence (the log-mel
+#: floor; a 0 there would be full-scale sound in every band) and no word. Frames before,
+#: between and after a run's stimuli and the first frames of a delayed copy take it.
+ABSENT = {"video": 0.0, "audio": SILENCE, "text": 0.0}
+#: How frames without stimulus are filled: 1, zeros (full-scale sound for audio); 2,
+#: :data:`ABSENT`. The plan's alignment spec holds it, so that aligned stores of another
+#: definition are made again, and every aligned store records it.
+DEFINITION = 2
 
 
 @dataclass(frozen=True)
@@ -240,7 +249,10 @@ def align_run(
     """The ``kind`` features (``video``, ``audio``, ``text``) of a run's stimuli on the
     frames its BOLD store keeps: placed from each event's onset on the whole frame grid
     (:func:`place`), delayed there (:func:`delay`, in frames of the grid), then the kept
-    frames taken, so that row ``i`` is the store's ``time[i]``.
+    frames taken, so that row ``i`` is the store's ``time[i]``. Where no stimulus was
+    shown, the features are the kind's :data:`ABSENT` value (a frame partly covered, the
+    mean of both): placement and delays run on the features minus that value, whose
+    zeros then stand for it.
 
     Parameters
     ----------
@@ -287,12 +299,12 @@ def align_run(
                 f"s but the run's TR is {source_tr:g} s: recompute them",
                 **where,
             )
-        features = np.asarray(store.features[kind], dtype=np.float64)
+        features = np.asarray(store.features[kind], dtype=np.float64) - ABSENT[kind]
         shown.append(Presentation(event.onset, event.duration, features, source_tr))
     if not shown:
         raise BidstrainError(f"no stimulus of this run has {kind} features", **where)
     placed, covered = place(shown, grid)
-    delayed = delay(placed, grid.width, method, delays)
+    delayed = delay(placed, grid.width, method, delays) + ABSENT[kind]
     return delayed[grid.kept], covered[grid.kept]
 
 

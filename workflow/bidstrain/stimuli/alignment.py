@@ -35,6 +35,8 @@ from bidstrain.io.store import (
     write_aligned_store,
 )
 from bidstrain.stimuli.align import (
+    ABSENT,
+    DEFINITION,
     FeatureStats,
     FrameGrid,
     StatsAccumulator,
@@ -201,6 +203,8 @@ def write_target(
         },
         "run_seconds": float(time.size * grid.width),
         "seconds_without_stimulus": seconds_without_stimulus(covered, grid.width),
+        "alignment_definition": DEFINITION,
+        "absent": ABSENT[kind],
     }
     write_aligned_store(target.outputs[kind], features, time, arrays, attrs)
 
@@ -208,6 +212,12 @@ def write_target(
 def align_all(spec: Mapping[str, Any]) -> list[str]:
     """Write every aligned store of ``spec`` (see the module docstring); returns their
     paths."""
+    if spec.get("definition") != DEFINITION:
+        raise BidstrainError(
+            f"the alignment spec was planned for alignment definition "
+            f"{spec.get('definition', 1)}, this job computes definition {DEFINITION} "
+            "(bidstrain.stimuli.align.DEFINITION): run Snakemake again, which plans it anew"
+        )
     config: StimuliConfig = load_section("stimuli", spec["stimuli"])
     targets = [AlignTarget.from_json(values) for values in spec["targets"]]
     stores = {
