@@ -11,6 +11,7 @@ import pytest
 import yaml
 from bidstrain import paths
 from bidstrain.io.store import open_store, read_aligned_store, read_feature_store
+from bidstrain.stimuli.align import DEFINITION
 from conftest import REPO, run_snakemake
 from stimuli_support import make_film_bids, truth
 
@@ -91,7 +92,19 @@ def test_aligned_features_match_the_films_truth_after_the_delays(film, native):
             np.testing.assert_allclose(counts, shifted(words, lag), atol=1e-4)
         assert video.attrs["seconds_without_stimulus"] == 0.0
         assert video.attrs["decoder"]["video_size"] == [8, 6]
+        assert audio.attrs["alignment_definition"] == DEFINITION
+        assert [s.attrs["absent"] for s in (video, audio, text)] == [0.0, -10.0, 0.0]
+        # before the film reaches the copy delayed by 2: silence, not 0 (loud)
+        np.testing.assert_allclose(raw(audio)[: DELAYS[1], 40:80], -10.0, atol=1e-6)
         np.testing.assert_array_equal(video.arrays["delay"], np.repeat(DELAYS, n_pixels))
+
+
+def test_a_spec_of_another_alignment_definition_is_refused():
+    from bidstrain.errors import BidstrainError
+    from bidstrain.stimuli.alignment import align_all
+
+    with pytest.raises(BidstrainError, match="planned for alignment definition 1, this job"):
+        align_all({"stimuli": {}, "targets": []})  # a plan written before the definition
 
 
 def test_held_out_runs_use_the_training_runs_statistics(film, native):
