@@ -156,11 +156,11 @@ def _config_text(values: dict[str, Any], settings: Sequence[str | Path]) -> str:
     documented, the files it started from, how to hold out data when it holds out
     nothing, and what ``train.experiment`` names."""
     schema = CLONE / "workflow" / "schemas" / "config.schema.yaml"
-    # (JSON strings are YAML strings: a path with ": " or "#" stays one value)
     parts = [CONFIG_HEADER.format(schema=schema)]
     if settings:
         files = ", ".join(str(Path(path).resolve()) for path in settings)
         parts.append(STARTED_FROM.format(files=files))
+    # (JSON strings are YAML strings: a path with ": " or "#" stays one value)
     parts.append(f"bids_dir: {json.dumps(values['bids_dir'])}\n\n")
     heldout = values.get("normalize", {}).get("heldout") or values["train"].get("heldout")
     if not heldout:

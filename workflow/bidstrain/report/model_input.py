@@ -137,8 +137,8 @@ def stimulus_window_row(
             "come with its windows"
         )
     values = np.asarray(store.features[:window], dtype=np.float32).T
-    delays = description.get("preparation", {}).get("stimuli", {}).get(store.kind, {})
-    delays = f", delays {delays['delays']} TRs" if delays.get("delays") else ""
+    prepared = description.get("preparation", {}).get("stimuli", {}).get(store.kind, {})
+    delays = f", delays {prepared['delays']} TRs" if prepared.get("delays") else ""
     scale = "z-score" if store.normalized else "raw value"
     row.suptitle(
         f"{store.kind}: the {values.shape[0]} features of frames 0-{values.shape[1] - 1} of "
