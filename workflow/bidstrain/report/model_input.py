@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure, SubFigure
 
 from bidstrain.errors import BidstrainError
@@ -95,20 +96,7 @@ def parcel_window_row(row: SubFigure, modality: str, description: Mapping[str, A
         f"{data.shape[0]}: {values.shape[0]} parcels x a window of {window} frames, tokens "
         f"of {patch_frames} frames"
     )
-    ax = row.subplots()
-    image = ax.imshow(
-        values,
-        aspect="auto",
-        cmap="RdBu_r",
-        vmin=-3.0,
-        vmax=3.0,
-        interpolation="nearest",
-        extent=(-0.5, values.shape[1] - 0.5, values.shape[0] - 0.5, -0.5),
-    )
-    for bound in range(patch_frames, values.shape[1], patch_frames):
-        ax.axvline(bound - 0.5, color="black", linewidth=1.0)
-    ax.set_xticks(range(values.shape[1]))
-    ax.set_xlabel("frame of the window (black lines: token bounds)")
+    ax = window_panel(row, values, patch_frames, 3.0, "z-score")
     names = read_parcel_attrs(store).get("parcel_names", [])
     if 0 < len(names) <= MAX_NAMED_PARCELS:
         ax.set_yticks(range(len(names)), names, fontsize="small")
@@ -116,7 +104,6 @@ def parcel_window_row(row: SubFigure, modality: str, description: Mapping[str, A
     else:
         integer_ticks(ax.yaxis)
         ax.set_ylabel("parcel (store order)")
-    row.colorbar(image, ax=ax, label="z-score")
 
 
 def stimulus_window_row(
@@ -144,8 +131,19 @@ def stimulus_window_row(
         f"{store.kind}: the {values.shape[0]} features of frames 0-{values.shape[1] - 1} of "
         f"{store.label}{delays}; tokens of {patch_frames} frames of one feature"
     )
-    ax = row.subplots()
     limit = 3.0 if store.normalized else float(np.abs(values).max() or 1.0)
+    ax = window_panel(row, values, patch_frames, limit, scale)
+    integer_ticks(ax.yaxis)
+    ax.set_ylabel("feature")
+
+
+def window_panel(
+    row: SubFigure, values: np.ndarray, patch_frames: int, limit: float, unit: str
+) -> Axes:
+    """``values`` (rows by the window's frames) on a diverging scale of +-``limit``,
+    with the bounds of the tokens of ``patch_frames`` frames and a colour bar; returns
+    the panel for its row labels."""
+    ax = row.subplots()
     image = ax.imshow(
         values,
         aspect="auto",
@@ -159,6 +157,5 @@ def stimulus_window_row(
         ax.axvline(bound - 0.5, color="black", linewidth=1.0)
     ax.set_xticks(range(values.shape[1]))
     ax.set_xlabel("frame of the window (black lines: token bounds)")
-    integer_ticks(ax.yaxis)
-    ax.set_ylabel("feature")
-    row.colorbar(image, ax=ax, label=scale)
+    row.colorbar(image, ax=ax, label=unit)
+    return ax
