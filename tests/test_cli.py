@@ -262,7 +262,7 @@ def test_init_starts_from_configuration_files_merged_as_snakemake_merges_them(tm
             "loss": {"weights": {"bold": 2.0}},
         },
     }
-    assert f"# Keys from {lab}, {mine} (`bidstrain init --configfile`" in text
+    assert f"over them:\n#   {lab}\n#   {mine}\nbids_dir: " in text
     assert "Hold\n# out a BOLD run" not in text  # the files hold runs out
     assert "modalities: [bold]" in text  # lists on one line, as a person writes them
 

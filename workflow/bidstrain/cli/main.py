@@ -56,9 +56,9 @@ CONFIG_HEADER = """\
 """
 #: Said in a configuration started from files (``bidstrain init --configfile``).
 STARTED_FROM = """\
-# Keys from {files} (`bidstrain init --configfile`; see there for their
-# comments), bids_dir and train.experiment from the command line.
-"""
+# Started from the keys of these files (`bidstrain init --configfile`; their comments
+# are there), then --bids-dir and any --experiment of the command line over them:
+{files}"""
 HELDOUT_HINT = """\
 # Validation: without held-out data, whether the model learned is not measured. Hold
 # out a BOLD run of every subject (normalized with the statistics of its other runs),
@@ -158,7 +158,7 @@ def _config_text(values: dict[str, Any], settings: Sequence[str | Path]) -> str:
     schema = CLONE / "workflow" / "schemas" / "config.schema.yaml"
     parts = [CONFIG_HEADER.format(schema=schema)]
     if settings:
-        files = ", ".join(str(Path(path).resolve()) for path in settings)
+        files = "".join(f"#   {Path(path).resolve()}\n" for path in settings)
         parts.append(STARTED_FROM.format(files=files))
     # (JSON strings are YAML strings: a path with ": " or "#" stays one value)
     parts.append(f"bids_dir: {json.dumps(values['bids_dir'])}\n\n")
