@@ -38,7 +38,7 @@ import yaml
 
 from bidstrain.cli import status, why
 from bidstrain.cli.slurm import run_environment
-from bidstrain.config import validate_config
+from bidstrain.config import Config, validate_config
 from bidstrain.config.study import STUDY_CONFIG, no_configuration
 from bidstrain.errors import BidstrainError
 from bidstrain.io.atomic import atomic_path
@@ -140,19 +140,19 @@ def init_study(
     for path in settings:
         update_config(values, _settings_file(Path(path)))
     values["bids_dir"] = str(dataset)
-    _validate(values, settings)  # the files' own keys, before train.experiment is set
-    train = values.get("train", {})
-    others = {key: value for key, value in train.items() if key != "experiment"}
-    values["train"] = {"experiment": experiment or train.get("experiment", "main"), **others}
-    _validate(values, settings)
+    _typed(values, settings)  # the files' own keys, before --experiment goes over them
+    if experiment is not None:
+        update_config(values, {"train": {"experiment": experiment}})
+    typed = _typed(values, settings)
     config.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(config) as tmp:
-        tmp.write_text(_config_text(values, settings))
+        tmp.write_text(_config_text(values, typed, settings))
     return config
 
 
-def _config_text(values: dict[str, Any], settings: Sequence[str | Path]) -> str:
-    """A study's configuration holding ``values``, with comments: where the keys are
+def _config_text(values: dict[str, Any], typed: Config, settings: Sequence[str | Path]) -> str:
+    """A study's configuration holding ``values`` (``typed``: the same, validated), with
+    ``train.experiment`` first in its section, and comments: where the keys are
     documented, the files it started from, how to hold out data when it holds out
     nothing, and what ``train.experiment`` names."""
     schema = CLONE / "workflow" / "schemas" / "config.schema.yaml"
@@ -162,15 +162,12 @@ def _config_text(values: dict[str, Any], settings: Sequence[str | Path]) -> str:
         parts.append(STARTED_FROM.format(files=files))
     # (JSON strings are YAML strings: a path with ": " or "#" stays one value)
     parts.append(f"bids_dir: {json.dumps(values['bids_dir'])}\n\n")
-    heldout = values.get("normalize", {}).get("heldout") or values["train"].get("heldout")
-    if not heldout:
+    if not (typed.normalize.heldout or typed.train.loader.heldout):
         parts.append(HELDOUT_HINT + "\n")
     rest = {key: value for key, value in values.items() if key not in ("bids_dir", "train")}
-    parts += [
-        _yaml(rest) + "\n" if rest else "",
-        EXPERIMENT_NOTE,
-        _yaml({"train": values["train"]}),
-    ]
+    train = {"experiment": typed.train.run.experiment}
+    train.update((key, value) for key, value in values.get("train", {}).items())
+    parts += [_yaml(rest) + "\n" if rest else "", EXPERIMENT_NOTE, _yaml({"train": train})]
     return "".join(parts)
 
 
@@ -187,10 +184,11 @@ def _yaml(values: dict[str, Any]) -> str:
     return yaml.dump(values, Dumper=_ListsInline, sort_keys=False, default_flow_style=False)
 
 
-def _validate(values: dict[str, Any], settings: Sequence[str | Path]) -> None:
-    """Raise unless the schema accepts ``values``; the error names the settings files."""
+def _typed(values: dict[str, Any], settings: Sequence[str | Path]) -> Config:
+    """``values`` validated and typed; the error of values the schema refuses names the
+    settings files."""
     try:
-        validate_config(copy.deepcopy(values))
+        return Config.from_dict(validate_config(copy.deepcopy(values)))
     except BidstrainError as error:
         files = ", ".join(str(path) for path in settings)
         raise BidstrainError(f"{error}{f' (with the keys of {files})' if files else ''}") from None
