@@ -140,10 +140,10 @@ def init_study(
     for path in settings:
         update_config(values, _settings_file(Path(path)))
     values["bids_dir"] = str(dataset)
-    _typed(values, settings)  # the files' own keys, before --experiment goes over them
+    typed = _typed(values, settings)  # the files' own keys, before --experiment goes over them
     if experiment is not None:
         update_config(values, {"train": {"experiment": experiment}})
-    typed = _typed(values, settings)
+        typed = _typed(values, settings)
     config.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(config) as tmp:
         tmp.write_text(_config_text(values, typed, settings))
