@@ -153,7 +153,7 @@ def test_the_checks_read_only_the_train_keys_their_settings_file_holds(tmp_path)
     every = set(train_keys("hashed")) | set(train_keys("run"))
     assert set(others) == every - set(train_keys("checked"))
     full = {**TrainConfig.with_defaults(config["train"]).settings(), **others}
-    from_file = {**config, "train": TrainConfig.from_dict(full).checked()}
+    from_file = {**config, "train": TrainConfig.with_defaults(full).checked()}
     checks = run_on(data, from_file)
     assert run_on(data, {**config, "train": full}) == checks
     # the token grid is the configured one: 6**3 voxels in patches of 2**3
@@ -645,7 +645,27 @@ def test_long_encoder_sequences_warn_naming_their_tokens():
         f"above {MAX_SEQUENCE_TOKENS:,}"
     )
     assert "T1w" not in warning and "stimuli.video_size" in warning
+    assert "a larger train.patch_features" in warning
     assert long_sequences({"bold": 8, "T1w": 27}, []) == ""  # BOLD alone is short
     assert long_sequences({"T1w": MAX_SEQUENCE_TOKENS + 1}, []).startswith(
         f"the encoder reads sequences of {MAX_SEQUENCE_TOKENS + 1:,} tokens (T1w"
     )
+
+
+def test_tokens_with_data_cut_features_as_the_model_groups_them():
+    """5 features in groups of 3 (the second padded), 4 frames in tokens of 2: 4 tokens."""
+    from bidstrain.checks.loss import tokens_with_data
+    from bidstrain.train.tokens import SeriesHead
+
+    data = torch.zeros(3, 4, 5, dtype=torch.bool)
+    data[0, 3, 4] = True  # group 1, time token 1
+    data[1, 0, 0] = data[1, 1, 2] = True  # both in group 0, time token 0
+    held, n_tokens = tokens_with_data(data, 4, 2, 3)
+    assert n_tokens == 4 and held.tolist() == [1, 1, 0]
+    head = SeriesHead(5, 4, 4, 2, 3)  # the model's own cut, token by token
+    for sample in range(3):
+        flags = [
+            bool((head.voxels(torch.eye(4, dtype=torch.bool)[k][None])[0] & data[sample]).any())
+            for k in range(4)
+        ]
+        assert sum(flags) == held[sample]

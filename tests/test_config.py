@@ -131,20 +131,22 @@ def test_train_key_roles_are_declared_once():
 
 
 def test_stimulus_keys_change_the_hash_only_when_stimuli_train():
-    """Models and checkpoints of image-only runs keep their hash: ``train.stimuli`` and
-    the stimulus kinds' loss weights count only when stimuli come with the BOLD windows."""
+    """Models and checkpoints of image-only runs keep their hash: ``train.stimuli``,
+    ``patch_features`` and the stimulus kinds' loss weights count only when stimuli come
+    with the BOLD windows."""
 
     def hashed(**train):
         config = validate_config({"bids_dir": "/d", "train": train}, SCHEMA)
         return Config.from_dict(config).train.hashed()
 
     plain = hashed()
-    assert "stimuli" not in plain
+    assert "stimuli" not in plain and "patch_features" not in plain
     assert set(plain["loss"]["weights"]) == {"T1w", "bold", "dwi"}
-    assert hashed(loss={"weights": {"video": 3.0}}) == plain
+    assert hashed(loss={"weights": {"video": 3.0}}, patch_features=8) == plain
     with_video = hashed(stimuli=["video"], window=4, patch_frames=2)
-    assert with_video["stimuli"] == ["video"]
+    assert with_video["stimuli"] == ["video"] and with_video["patch_features"] == 256
     assert with_video["loss"]["weights"]["video"] == 1.0
+    assert hashed(stimuli=["video"], window=4, patch_frames=2, patch_features=8) != with_video
 
 
 def test_job_resources_live_in_their_own_section_not_in_the_train_settings():
@@ -158,7 +160,12 @@ def test_job_resources_live_in_their_own_section_not_in_the_train_settings():
     with pytest.raises(BidstrainError, match=r"config key 'train.gpus'"):
         validate_config({"bids_dir": "/d", "train": {"gpus": 1}}, SCHEMA)
     assert settings["shapes"]["T1w"] == [32, 32, 32]  # plain JSON types
-    assert set(train.checked()) == set(train_keys("checked"))
+    assert set(train.checked()) == set(train_keys("checked")) - {"patch_features"}
+    assert "patch_features" not in settings  # cuts stimulus tokens only: none here
+    with_video = dataclasses.replace(
+        train, model=dataclasses.replace(train.model, stimuli=("video",))
+    )
+    assert with_video.settings()["patch_features"] == with_video.checked()["patch_features"]
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "naturalistic.yaml"])

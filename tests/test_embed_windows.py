@@ -18,7 +18,7 @@ from bidstrain.embed.samples import samples
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import consolidate, open_store, to_grid
 from bidstrain.report.embed import embedding_figure
-from bidstrain.train.description import FORMAT, describe, load_model
+from bidstrain.train.description import FORMAT, STIMULUS_FIT, describe, load_model
 from bidstrain.train.expectation import Preparation, differences, preparation_of
 from bidstrain.train.model import build_module
 from bidstrain.train.resample import fit_to_shape
@@ -40,13 +40,13 @@ def bold_store(path, tr: float) -> str:
     return store
 
 
-def windows_model(tmp_path, tr: float, video: int = 0):
+def windows_model(tmp_path, tr: float, video: int = 0, **train):
     """A model of voxel windows (untrained) saved as training saves one, with its
     description; with ``video`` features of ``train.stimuli: [video]``, trained on an
-    aligned store written beside its BOLD store (``video.zarr``)."""
+    aligned store written beside its BOLD store (``video.zarr``); ``train``: other keys."""
     store = bold_store(tmp_path / "train.zarr", tr)
     stimuli = {"video": video} if video else {}
-    config = train_config(window=WINDOW, patch_frames=2, stimuli=list(stimuli))
+    config = train_config(window=WINDOW, patch_frames=2, stimuli=list(stimuli), **train)
     torch.manual_seed(0)
     module = build_module(config, ["bold"], stimuli=stimuli)
     aligned = None
@@ -228,3 +228,26 @@ def test_embed_refuses_features_without_one_row_per_frame(tmp_path):
     assert f"{N_TIME - 2} rows of features for the {N_TIME} frames of the BOLD store" in (
         result.stderr
     )
+
+
+def test_model_json_records_the_tokens_of_each_stimulus_kind(tmp_path):
+    path, about = windows_model(tmp_path, TR, video=5, patch_features=3)
+    assert about["input"]["video"] == {
+        "features": 5,
+        "window": WINDOW,
+        "patch_frames": 2,
+        "token_features": 3,  # 2 tokens of 3 features, the last one zero-padded
+        "fit": STIMULUS_FIT,
+    }
+    assert about["train"]["patch_features"] == 3
+    module, _ = load_model(path, None)
+    assert module.embed["video"].n_tokens == 2 * WINDOW // 2
+
+
+def test_a_model_json_without_patch_features_has_a_token_per_feature(tmp_path):
+    path, about = windows_model(tmp_path, TR, video=5, patch_features=1)
+    saved = torch.load(path, weights_only=False)
+    del saved["description"]["train"]["patch_features"]
+    torch.save(saved, path)
+    module, _ = load_model(path, None)  # not the default of 256 features a token
+    assert module.embed["video"].n_tokens == 5 * WINDOW // 2

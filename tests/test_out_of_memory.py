@@ -21,21 +21,22 @@ CPU_MESSAGE = (
 
 
 def stimulus_model() -> MultiModalAutoencoder:
-    config = train_config(window=4, patch_frames=2, stimuli=["video"]).model
+    config = train_config(window=4, patch_frames=2, patch_features=8, stimuli=["video"]).model
     return MultiModalAutoencoder(config, ["bold", "T1w"], stimuli={"video": 96})
 
 
 def test_an_allocation_failure_names_the_sequence_the_batch_and_the_settings():
     # BOLD: 8^3 voxels in 4^3 patches, 4 frames in tokens of 2: 8 x 2 = 16 tokens; video:
-    # 96 features x 2 = 192 tokens, in BOLD's sequence; T1w: 8 tokens alone
+    # 96 features in 12 tokens of 8, x 2 = 24 tokens, in BOLD's sequence; T1w: 8 alone
     with pytest.raises(BidstrainError) as error:
         with out_of_memory_explained(stimulus_model(), 4, "train.batch_size", "train"):
             raise RuntimeError(CPU_MESSAGE)
     message = str(error.value)
     assert message.startswith(f"out of memory ({CPU_MESSAGE}). ")
-    assert "longest encoder sequence is 208 tokens (bold 16, video 192), read 4 samples" in message
+    assert "longest encoder sequence is 40 tokens (bold 16, video 24), read 4 samples" in message
     for setting in (
         "train.patch_size",
+        "train.patch_features",
         "stimuli.video_size",
         "lower train.batch_size (a larger train.grad_accum_steps",
         "resources.train.mem_mb",

@@ -41,6 +41,7 @@ from bidstrain.report.train import (
     steps_frame,
     training_figures,
 )
+from bidstrain.train.expectation import Preparation
 from bidstrain.train.schedule import lr_multiplier
 from matplotlib.figure import Figure
 from normalize_support import image_options
@@ -730,19 +731,29 @@ def test_the_model_input_figure_draws_the_stimulus_features_of_the_first_window(
 
     store, _, _ = parcel_store(tmp_path / "p.zarr", "01", "1", 12)
     description = {
-        "input": {"bold": {"parcels": 4, "window": 6, "patch_frames": 2}},
+        "input": {
+            "bold": {"parcels": 4, "window": 6, "patch_frames": 2},
+            "video": {"features": 5, "window": 6, "patch_frames": 2, "token_features": 3},
+        },
         "normalization": {"bold": {"stores": [{"store": store}]}},
-        "preparation": {"stimuli": {"video": {"delays": [2, 3]}}},
+        "preparation": Preparation(
+            2.0, "none", 6, 6, 2, "parcels", stimuli={"video": {"delays": [2, 3]}}
+        ).to_json(),
     }
     features = np.arange(12 * 5, dtype=np.float32).reshape(12, 5) / 60
     video = read_aligned_store(write_aligned(tmp_path / "video.zarr", features, "video", store))
     fig = model_input_figure(description, "x", [video])
     row = fig.subfigs[1]
     assert row._suptitle.get_text().startswith("video: the 5 features of frames 0-5 of ")
-    assert "delays [2, 3] TRs; tokens of 2 frames of one feature" in row._suptitle.get_text()
+    assert "delays [2, 3] TRs; tokens of 2 frames x 3 features" in row._suptitle.get_text()
+    one = {**description, "input": {**description["input"], "video": {"token_features": 1}}}
+    single = model_input_figure(one, "x", [video]).subfigs[1]._suptitle.get_text()
+    assert single.endswith("tokens of 2 frames x 1 feature")
     (image,) = row.axes[0].get_images()
     np.testing.assert_array_equal(image.get_array(), features[:6].T)  # features by frames
-    assert [line.get_xdata()[0] for line in row.axes[0].get_lines()] == [1.5, 3.5]
+    lines = row.axes[0].get_lines()
+    assert [line.get_xdata()[0] for line in lines[:2]] == [1.5, 3.5]  # frames of a token
+    assert [line.get_ydata()[0] for line in lines[2:]] == [2.5]  # features 0-2, 3-4
     save_figure(fig, tmp_path / "model_input.png")
     assert_nontrivial_png(tmp_path / "model_input.png", min_height=500)
     short = read_aligned_store(write_aligned(tmp_path / "short.zarr", features[:10], "text", store))

@@ -13,7 +13,8 @@ from train_support import train_config
 
 SHAPES = {"T1w": [8, 8, 8], "bold": [8, 8, 4]}
 WINDOW, PATCH_FRAMES = 4, 2
-FEATURES = {"video": 6, "text": 5}
+#: video: 2 tokens of 3 features a patch of frames; text: 2 of 3, the last one padded
+FEATURES, PATCH_FEATURES = {"video": 6, "text": 5}, 4
 SCALE = 1e-7
 
 
@@ -24,6 +25,7 @@ def make_model(stimuli=FEATURES, mask_ratio=0.5, dummy=True) -> MultiModalAutoen
         mask_ratio=mask_ratio,
         window=WINDOW,
         patch_frames=PATCH_FRAMES,
+        patch_features=PATCH_FEATURES,
         stimuli=list(stimuli),
     ).model
     loss = LossSettings(dummy_scale=SCALE, dummy_enabled=dummy)
@@ -60,8 +62,8 @@ def test_stimulus_tokens_shapes_and_reconstructions():
     data = batch()
     assert model.inputs == ["T1w", "bold", "video", "text"]
     assert model.sequences(data) == [["T1w"], ["bold", "video", "text"]]
-    for kind, n in FEATURES.items():
-        assert model.embed[kind].n_tokens == n * WINDOW // PATCH_FRAMES
+    for kind in FEATURES:
+        assert model.embed[kind].n_tokens == 2 * WINDOW // PATCH_FRAMES
     output = model(data, masks=model.token_masks(data, mask_generator(0, 1)))
     for modality, values in data.items():
         assert output.reconstructions[modality].shape == values.shape

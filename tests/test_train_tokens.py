@@ -8,7 +8,13 @@ import pytest
 import torch
 from bidstrain.errors import BidstrainError
 from bidstrain.train.model import build_module
-from bidstrain.train.tokens import PatchEmbedding, ReconstructionHead, SeriesEmbedding, SeriesHead
+from bidstrain.train.tokens import (
+    PatchEmbedding,
+    ReconstructionHead,
+    SeriesEmbedding,
+    SeriesHead,
+    channel_groups,
+)
 from train_support import train_config
 
 SHAPES = {"T1w": [8, 8, 8], "bold": [8, 8, 4], "dwi": [4, 8, 8]}
@@ -109,6 +115,69 @@ def test_series_head_and_flags_put_each_token_on_its_parcel_and_frames():
         head.proj.bias.copy_(torch.tensor([10.0, 20.0]))
     out = head(torch.zeros(1, parcels * 2, 4))[0].detach().numpy()
     np.testing.assert_array_equal(out, np.tile([[10.0], [20.0], [10.0], [20.0]], (1, parcels)))
+
+
+@pytest.mark.parametrize(
+    ("channels", "per_token", "expected"),
+    [(9216, 256, (36, 256)), (120, 256, (1, 120)), (300, 256, (2, 150)), (7, 1, (7, 1))],
+)
+def test_channel_groups_are_as_few_as_allowed_and_of_equal_size(channels, per_token, expected):
+    groups, size = channel_groups(channels, per_token)
+    assert (groups, size) == expected
+    assert groups * size - channels < groups  # padding: less than one channel a group
+
+
+def test_grouped_tokens_are_float64_projections_of_frames_by_features_zero_padded():
+    torch.manual_seed(4)
+    frames, pf, features, per_token = 4, 2, 7, 3  # groups of 3: [0-2], [3-5], [6 + 2 zeros]
+    embed = SeriesEmbedding(features, 8, frames, pf, per_token)
+    assert (embed.groups, embed.group_size, embed.n_tokens) == (3, 3, 6)
+    series = torch.randn(2, frames, features)
+    tokens = embed(series).detach().double().numpy()
+    w = embed.proj.weight.detach().double().numpy()
+    b = embed.proj.bias.detach().double().numpy()
+    group = embed.channel.detach().double().numpy()[:, 0]
+    time = embed.time.detach().double().numpy()[0]
+    x = np.concatenate([series.double().numpy(), np.zeros((2, frames, 2))], axis=2)
+    for g in range(3):
+        for t in range(2):
+            values = x[:, t * pf : (t + 1) * pf, g * 3 : (g + 1) * 3].reshape(2, -1)
+            expected = values @ w.T + b + group[g] + time[t]
+            np.testing.assert_allclose(tokens[:, g * 2 + t], expected, atol=1e-5)
+
+
+def test_grouped_head_and_flags_put_each_token_on_its_features_and_frames():
+    frames, pf, features, per_token = 4, 2, 5, 3  # groups [0-2], [3-4 + 1 zero]
+    head = SeriesHead(features, 4, frames, pf, per_token)
+    masked = torch.zeros(1, 2 * 2, dtype=torch.bool)
+    masked[0, 1 * 2 + 0] = True  # group 1, time token 0
+    expected = np.zeros((frames, features), dtype=bool)
+    expected[0:2, 3:5] = True
+    np.testing.assert_array_equal(head.voxels(masked)[0].numpy(), expected)
+    with torch.no_grad():
+        head.norm.weight.zero_()
+        head.norm.bias.fill_(1.0)
+        head.proj.weight.zero_()
+        head.proj.bias.copy_(torch.arange(6.0))  # (frame 0: 0 1 2), (frame 1: 3 4 5)
+    out = head(torch.zeros(1, 4, 4))[0].detach().numpy()
+    np.testing.assert_array_equal(out[0], [0, 1, 2, 0, 1])
+    np.testing.assert_array_equal(out[1], [3, 4, 5, 3, 4])
+    np.testing.assert_array_equal(out[2:], out[:2])
+
+
+def test_each_token_reads_exactly_the_values_its_head_writes():
+    frames, pf, features, per_token = 6, 3, 10, 4  # 3 groups of 4 (2 padded), 2 time tokens
+    embed = SeriesEmbedding(features, 4, frames, pf, per_token)
+    head = SeriesHead(features, 4, frames, pf, per_token)
+    series = torch.randn(1, frames, features, requires_grad=True)
+    tokens = embed(series)
+    for k in range(embed.n_tokens):
+        (read,) = torch.autograd.grad(tokens[0, k].sum(), series, retain_graph=True)
+        flags = torch.zeros(1, embed.n_tokens, dtype=torch.bool)
+        flags[0, k] = True
+        np.testing.assert_array_equal(read[0].ne(0).numpy(), head.voxels(flags)[0].numpy())
+    covered = head.voxels(torch.ones(1, embed.n_tokens, dtype=torch.bool))
+    assert covered.all()  # every feature of every frame in some token
 
 
 @pytest.mark.parametrize("bold_input", ["voxels", "parcels"])

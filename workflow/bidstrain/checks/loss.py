@@ -50,6 +50,7 @@ from bidstrain.train.data import dataset_statistics, volume_dataset
 from bidstrain.train.losses import normalized_mse
 from bidstrain.train.model import describe_sequence, encoder_sequences
 from bidstrain.train.sampler import batch_sampler
+from bidstrain.train.tokens import channel_groups
 from bidstrain.train.validity import split
 
 NAME = "initial_loss"
@@ -61,7 +62,9 @@ MAX_PADDING_ONLY = 1e-3
 MAX_SEQUENCE_TOKENS = 8192
 
 
-def tokens_with_data(data: torch.Tensor, patch: int, patch_frames: int) -> tuple[np.ndarray, int]:
+def tokens_with_data(
+    data: torch.Tensor, patch: int, patch_frames: int, patch_channels: int = 1
+) -> tuple[np.ndarray, int]:
     """How many of each sample's tokens hold data, and how many tokens a sample has, as
     :mod:`bidstrain.train.tokens` cuts them.
 
@@ -73,9 +76,11 @@ def tokens_with_data(data: torch.Tensor, patch: int, patch_frames: int) -> tuple
         0): images and voxel windows ``(n, frames, x, y, z)``, in tubelets of
         ``patch_frames`` frames by ``patch**3`` voxels, or channel series ``(n, frames,
         channels)`` (parcel windows, stimulus features), in tokens of ``patch_frames``
-        values of one channel.
+        values of a group of channels (:func:`~bidstrain.train.tokens.channel_groups`).
     patch, patch_frames : int
         ``train.patch_size``; ``train.patch_frames`` for BOLD and stimuli, 1 for images.
+    patch_channels : int
+        Channels a group at most: ``train.patch_features`` for stimuli, 1 for parcels.
 
     Returns
     -------
@@ -93,8 +98,12 @@ def tokens_with_data(data: torch.Tensor, patch: int, patch_frames: int) -> tuple
         )
         flags = blocks.any(dim=8).any(dim=6).any(dim=4).any(dim=2)
     else:
-        blocks = data[:, : steps * patch_frames].reshape(n, steps, patch_frames, -1)
-        flags = blocks.any(dim=2)
+        groups, size = channel_groups(data.shape[2], patch_channels)
+        padded = torch.nn.functional.pad(
+            data[:, : steps * patch_frames], (0, groups * size - data.shape[2])
+        )
+        blocks = padded.reshape(n, steps, patch_frames, groups, size)
+        flags = blocks.any(dim=4).any(dim=2).transpose(1, 2)
     flags = flags.flatten(1)
     return flags.sum(dim=1).numpy(), flags.shape[1]
 
@@ -189,8 +198,9 @@ def zero_prediction_losses(
                     sums.setdefault(modality, []).append(float(loss))
                     series = modality == "bold" or modality in STIMULUS_KINDS
                     frames = model.patch_frames if series else 1
+                    group = model.patch_features if modality in STIMULUS_KINDS else 1
                     data = valid[modality].expand_as(target) if modality in valid else target.ne(0)
-                    with_data, n_tokens = tokens_with_data(data, model.patch_size, frames)
+                    with_data, n_tokens = tokens_with_data(data, model.patch_size, frames, group)
                     chance = padding_only_chance(with_data, n_tokens, model.mask_ratio)
                     share = with_data.mean() / n_tokens
                     tokens.setdefault(modality, []).append((share, chance))
@@ -294,9 +304,9 @@ def long_sequences(tokens: Mapping[str, int], kinds: Sequence[str]) -> str:
     return (
         f"the encoder reads sequences of {listing}, above {MAX_SEQUENCE_TOKENS:,}: "
         "attention's time and memory grow with the square of a sequence's length (a "
-        "stimulus kind has a token per feature and patch of frames: fewer features, such "
-        "as a smaller stimuli.video_size or fewer delays, or a larger train.patch_frames "
-        "shorten it)"
+        "stimulus kind has a token per train.patch_features features and patch of frames: "
+        "a larger train.patch_features or train.patch_frames, or fewer features, such as a "
+        "smaller stimuli.video_size or fewer delays, shorten it)"
     )
 
 

@@ -128,6 +128,8 @@ class ModelConfig:
     patch_frames: int = _role(CHECKED)
     #: stimulus feature kinds that come with each BOLD window (none: images alone)
     stimuli: tuple[str, ...] = _role(CHECKED)
+    #: stimulus features in one token (consecutive features of one kind)
+    patch_features: int = _role(CHECKED)
     #: width of the transformer encoder
     embed_dim: int = _role()
     #: number of encoder layers
@@ -305,25 +307,35 @@ class TrainConfig:
         return cls.from_dict(validate_config({"bids_dir": "", "train": dict(train)})["train"])
 
     def settings(self) -> dict[str, Any]:
-        """What the trainer reads: every key, as plain JSON types."""
-        return to_plain(self)
+        """What the trainer reads: every key, as plain JSON types (``patch_features``
+        only with ``train.stimuli``: :meth:`_used`)."""
+        return self._used(to_plain(self))
 
     def checked(self) -> dict[str, Any]:
         """The keys the checks read, as plain JSON types."""
-        return self._keys(CHECKED)
+        return self._used(self._keys(CHECKED))
 
     def hashed(self) -> dict[str, Any]:
         """The keys that determine the trained weights, as plain JSON types.
 
-        Without ``train.stimuli`` neither that key nor the stimulus kinds' loss weights
-        are kept: they change nothing then, so the hash (and the checkpoints and models
-        it guards) is that of the same configuration without those keys.
+        Without ``train.stimuli`` neither that key, ``patch_features`` nor the stimulus
+        kinds' loss weights are kept: they change nothing then, so the hash (and the
+        checkpoints and models it guards) is that of the same configuration without
+        those keys.
         """
-        keys = self._keys("hashed")
+        keys = self._used(self._keys("hashed"))
         if not self.model.stimuli:
             del keys["stimuli"]
             weights = keys["loss"]["weights"]
             keys["loss"]["weights"] = {m: w for m, w in weights.items() if m in MODALITIES}
+        return keys
+
+    def _used(self, keys: dict[str, Any]) -> dict[str, Any]:
+        """``keys`` without ``patch_features`` when no stimulus kind trains: it cuts
+        stimulus tokens only, so a run without them keeps its job settings files (and
+        reruns nothing) whatever its value; a job that reads them fills in the default."""
+        if not self.model.stimuli:
+            keys.pop("patch_features", None)
         return keys
 
     def _keys(self, role: str) -> dict[str, Any]:

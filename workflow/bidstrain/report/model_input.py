@@ -17,11 +17,15 @@ from matplotlib.figure import Figure, SubFigure
 
 from bidstrain.errors import BidstrainError
 from bidstrain.io.store import AlignedStore, open_store, read_parcel_attrs, to_grid
+from bidstrain.modalities import MODALITIES
 from bidstrain.report.figure import integer_ticks, new_figure, slice_row
+from bidstrain.train.expectation import preparation_of
 from bidstrain.train.resample import model_view
 
 #: Parcels of a window whose names label the rows (more: integer positions).
 MAX_NAMED_PARCELS = 40
+#: Feature groups of a stimulus kind whose bounds are drawn (more would hide the values).
+MAX_DRAWN_GROUPS = 16
 
 
 def model_input_figure(
@@ -51,7 +55,7 @@ def model_input_figure(
         When an aligned store has another number of rows than the drawn BOLD store has
         frames.
     """
-    modalities = list(description["input"])
+    modalities = [m for m in description["input"] if m in MODALITIES]
     heights = [4.6] * len(modalities) + [3.2] * len(stimuli)
     fig = new_figure(12.0, sum(heights), f"What the model sees, experiment {experiment}")
     rows = fig.subfigures(len(heights), 1, squeeze=False, height_ratios=heights)[:, 0]
@@ -111,10 +115,11 @@ def stimulus_window_row(
 ) -> None:
     """The features of one stimulus kind that come with the first BOLD window: features
     by frames, as the model receives them (z-scored with the training statistics unless
-    ``stimuli.normalize`` is off), with the bounds of its tokens (``patch_frames`` frames
-    of one feature each)."""
-    bold = description["input"]["bold"]
-    window, patch_frames = int(bold.get("window", 1)), int(bold.get("patch_frames", 1))
+    ``stimuli.normalize`` is off), with the bounds of its tokens: ``patch_frames`` frames
+    (vertical lines) of ``token_features`` features (horizontal lines, up to
+    :data:`MAX_DRAWN_GROUPS` groups; ``model.json`` ``input``)."""
+    prepared = preparation_of(description)
+    window, patch_frames = prepared.window, prepared.patch_frames
     drawn = description["normalization"]["bold"]["stores"][0]["store"]
     frames = zarr.open_array(Path(drawn) / "data", mode="r").shape[0]
     if store.features.shape[0] != frames:
@@ -124,15 +129,20 @@ def stimulus_window_row(
             "come with its windows"
         )
     values = np.asarray(store.features[:window], dtype=np.float32).T
-    prepared = description.get("preparation", {}).get("stimuli", {}).get(store.kind, {})
-    delays = f", delays {prepared['delays']} TRs" if prepared.get("delays") else ""
+    features = (prepared.stimuli or {}).get(store.kind, {})
+    delays = f", delays {features['delays']} TRs" if features.get("delays") else ""
+    per_token = int(description["input"].get(store.kind, {}).get("token_features", 1))
     scale = "z-score" if store.normalized else "raw value"
     row.suptitle(
-        f"{store.kind}: the {values.shape[0]} features of frames 0-{values.shape[1] - 1} of "
-        f"{store.label}{delays}; tokens of {patch_frames} frames of one feature"
+        f"{store.kind}: the {values.shape[0]:,} features of {_frames(values.shape[1])} of "
+        f"{store.label}{delays}; tokens of {_count(patch_frames, 'frame')} x "
+        f"{_count(per_token, 'feature')}"
     )
     limit = 3.0 if store.normalized else float(np.abs(values).max() or 1.0)
     ax = window_panel(row, values, patch_frames, limit, scale)
+    if 1 < values.shape[0] / per_token <= MAX_DRAWN_GROUPS:
+        for bound in range(per_token, values.shape[0], per_token):
+            ax.axhline(bound - 0.5, color="black", linewidth=0.5)
     integer_ticks(ax.yaxis)
     ax.set_ylabel("feature")
 
@@ -159,3 +169,13 @@ def window_panel(
     ax.set_xlabel("frame of the window (black lines: token bounds)")
     row.colorbar(image, ax=ax, label=unit)
     return ax
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 frame``, ``4 frames``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _frames(n: int) -> str:
+    """``frame 0``, ``frames 0-3``: the first ``n`` frames."""
+    return "frame 0" if n == 1 else f"frames 0-{n - 1}"

@@ -7,7 +7,8 @@ A model is only usable on data prepared as its training data was. ``model.json``
   in-mask block means), then the grid the volumes are cropped or zero-padded to
   (centrally, zero outside the store's mask), the patch size, the voxel order (RAS+,
   :mod:`bidstrain.io.orientation`); for parcel windows (``train.bold_input: parcels``)
-  the parcels, the frames of a window and the frames of a token;
+  the parcels, the frames of a window and the frames of a token; for each stimulus kind
+  of ``train.stimuli``, its features and those of a token;
 - ``normalization`` per modality, read from the training stores' attributes: what the
   statistics run over (``stats_dim``), ``ddof``, the mask, the confound strategy, the
   storage, and the training stores, each holding its own ``mean``/``std`` (held-out data
@@ -67,6 +68,10 @@ FORMAT = "bidstrain-model/1"
 SCALE_STORES = 8
 INPUT_FIT = "central crop or zero-pad to shape; zero outside the store's mask"
 PARCEL_FIT = "consecutive rows (frames) of the parcel store, as stored"
+STIMULUS_FIT = (
+    "the rows of the BOLD window's frames of its aligned store, features cut into tokens of "
+    "token_features consecutive features (the last one zero-padded)"
+)
 ORIENTATION = "RAS+ voxel order (closest canonical axes; permutations and flips only)"
 
 
@@ -103,7 +108,7 @@ def describe(
     return {
         "format": FORMAT,
         "modalities": list(module.modalities),
-        "input": {m: input_record(module, config, m) for m in module.modalities},
+        "input": {m: input_record(module, config, m) for m in module.inputs},
         "normalization": {m: normalization(stores[m]) for m in module.modalities},
         "preparation": preparation(module, config, stores, parcellation, stimuli).to_json(),
         "scale": {m: {"mse_zero": training_scale(stores[m])} for m in module.modalities},
@@ -130,8 +135,18 @@ def loss_definition(description: Mapping[str, Any]) -> int:
 
 def input_record(module: MultiModalAutoencoder, config: TrainConfig, modality: str) -> dict:
     """What the model receives of ``modality`` (``model.json`` ``input``): the grid of its
-    volumes, or for parcel windows the parcels and frames of a window."""
+    volumes, for parcel windows the parcels and frames of a window, for a stimulus kind
+    its features and the features of a token."""
     model = config.model
+    if modality in module.stimuli:
+        embed = module.embed[modality]
+        return {
+            "features": embed.channels,
+            "window": model.window,
+            "patch_frames": model.patch_frames,
+            "token_features": embed.group_size,
+            "fit": STIMULUS_FIT,
+        }
     if modality == "bold" and model.bold_input == "parcels":
         return {
             "parcels": module.embed["bold"].channels,
@@ -294,8 +309,10 @@ def load_model(
             )
     stats = description.get("loss_target_stats")
     prepared = preparation_of(description)
+    # a model.json without patch_features cut its stimulus kinds one feature a token
+    settings = {"patch_features": 1, **description["train"]}
     module = build_module(
-        TrainConfig.with_defaults(description["train"]),
+        TrainConfig.with_defaults(settings),
         [m for m in MODALITIES if m in description["modalities"]],
         target_stats={m: tuple(v) for m, v in stats.items()} if stats else None,
         n_parcels=prepared.n_parcels,

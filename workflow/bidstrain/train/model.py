@@ -10,10 +10,11 @@ Token kinds (3D patches, tubelets of voxel windows, parcel series) live in
 :mod:`bidstrain.train.tokens`.
 
 Stimulus features (``train.stimuli``: video, audio, text, ``(n, window, features)`` for
-each BOLD window) are series of channel tokens with their own ``embed[<kind>]`` and
-``head[<kind>]``. A BOLD sample's tokens and its stimulus tokens go through the encoder as
-one sequence (BOLD first, then the kinds in :data:`STIMULUS_KINDS` order), so that each is
-reconstructed from the other's context; T1w and DWI stay sequences of their own.
+each BOLD window) are series of tokens of ``train.patch_features`` consecutive features,
+with their own ``embed[<kind>]`` and ``head[<kind>]``. A BOLD sample's tokens and its
+stimulus tokens go through the encoder as one sequence (BOLD first, then the kinds in
+:data:`STIMULUS_KINDS` order), so that each is reconstructed from the other's context;
+T1w and DWI stay sequences of their own.
 
 The loss is computed inside :meth:`~MultiModalAutoencoder.forward`, including the dummy
 term for modalities absent from the batch, so that every parameter receives a gradient in
@@ -116,7 +117,8 @@ class MultiModalAutoencoder(nn.Module):
         Parcels of a parcel window (required when ``bold_input`` is ``parcels``).
     stimuli : mapping, optional
         ``{kind: features}`` of the stimulus kinds that come with BOLD windows
-        (``train.stimuli``): tokens of ``patch_frames`` frames of one feature.
+        (``train.stimuli``): tokens of ``patch_frames`` frames of ``patch_features``
+        consecutive features.
     """
 
     def __init__(
@@ -139,7 +141,13 @@ class MultiModalAutoencoder(nn.Module):
         self.loss_settings = loss or LossSettings()
         pairs = {m: _tokenizer(model, m, n_parcels) for m in self.modalities}
         for kind in self.stimuli:
-            sizes = (stimuli[kind], model.embed_dim, model.window, model.patch_frames)
+            sizes = (
+                stimuli[kind],
+                model.embed_dim,
+                model.window,
+                model.patch_frames,
+                model.patch_features,
+            )
             pairs[kind] = (SeriesEmbedding(*sizes), SeriesHead(*sizes))
         self.embed = nn.ModuleDict({m: embed for m, (embed, _) in pairs.items()})
         self.head = nn.ModuleDict({m: head for m, (_, head) in pairs.items()})

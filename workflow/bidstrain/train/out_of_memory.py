@@ -59,8 +59,8 @@ def out_of_memory_explained(
         shorter = "a larger train.patch_size or train.patch_frames"
         if model.stimuli:
             shorter += (
-                "; fewer stimulus features: a smaller stimuli.video_size, fewer "
-                "stimuli.delays or stimuli.text_n_features"
+                "; a larger train.patch_features, or fewer stimulus features: a smaller "
+                "stimuli.video_size, fewer stimuli.delays or stimuli.text_n_features"
             )
         accumulate = (
             " (a larger train.grad_accum_steps keeps the batch the optimizer sees)"

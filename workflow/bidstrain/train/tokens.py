@@ -12,10 +12,12 @@ shaped like the input: the values the masked loss counts).
   are ordered time token first, then space token; one learned position embedding covers
   every (time, space) pair.
 - Channel series ``(n, W, C)`` (:class:`SeriesEmbedding`, :class:`SeriesHead`): a token
-  is ``patch_frames`` consecutive values of one channel (as in BrainLM), projected
-  linearly, plus a learned channel embedding and a learned time-position embedding.
-  Parcel windows (``C`` = parcels) use it; per-frame feature vectors (``C`` = features)
-  can use it unchanged.
+  is ``patch_frames`` consecutive values of a group of consecutive channels, projected
+  linearly, plus a learned group embedding and a learned time-position embedding.
+  Parcel windows (``C`` = parcels) take one parcel a group (as BrainLM); stimulus
+  features (``C`` = features) take up to ``train.patch_features`` features a group
+  (:func:`channel_groups`), so that a 64x48 video is tens of tokens a frame, not
+  thousands.
 """
 
 from __future__ import annotations
@@ -94,20 +96,38 @@ class ReconstructionHead(nn.Module):
         return flags
 
 
-class SeriesEmbedding(nn.Module):
-    """Tokens of ``patch_frames`` values of one channel: ``(n, frames, channels) ->
-    (n, channels * frames / patch_frames, dim)``, channel-major (all time tokens of
-    channel 0 first). Each token is a linear projection of its values plus a learned
-    channel embedding and a learned time-position embedding; masked tokens are replaced
-    by ``mask_token`` before both are added."""
+def channel_groups(channels: int, per_token: int) -> tuple[int, int]:
+    """How :class:`SeriesEmbedding` cuts ``channels`` into tokens of at most
+    ``per_token`` consecutive channels: as few groups as that allows, of equal size, the
+    last one zero-padded (fewer than ``groups`` padded channels).
 
-    def __init__(self, channels: int, dim: int, frames: int, patch_frames: int):
+    Returns
+    -------
+    groups, size : int
+        ``ceil(channels / per_token)`` groups of ``ceil(channels / groups)`` channels.
+    """
+    groups = -(-channels // max(1, per_token))
+    return groups, -(-channels // groups)
+
+
+class SeriesEmbedding(nn.Module):
+    """Tokens of ``patch_frames`` values of a group of channels: ``(n, frames, channels)
+    -> (n, groups * frames / patch_frames, dim)``, group-major (all time tokens of group
+    0 first), with ``patch_channels`` channels at most a group (:func:`channel_groups`;
+    1: a token per channel). Each token is a linear projection of its values plus a
+    learned group embedding and a learned time-position embedding; masked tokens are
+    replaced by ``mask_token`` before both are added."""
+
+    def __init__(
+        self, channels: int, dim: int, frames: int, patch_frames: int, patch_channels: int = 1
+    ):
         super().__init__()
         self.channels, self.patch_frames = channels, patch_frames
+        self.groups, self.group_size = channel_groups(channels, patch_channels)
         self.time_tokens = frames // patch_frames
-        self.n_tokens = channels * self.time_tokens
-        self.proj = nn.Linear(patch_frames, dim)
-        self.channel = nn.Parameter(torch.zeros(channels, 1, dim))
+        self.n_tokens = self.groups * self.time_tokens
+        self.proj = nn.Linear(patch_frames * self.group_size, dim)
+        self.channel = nn.Parameter(torch.zeros(self.groups, 1, dim))
         self.time = nn.Parameter(torch.zeros(1, self.time_tokens, dim))
         nn.init.trunc_normal_(self.channel, std=0.02)
         nn.init.trunc_normal_(self.time, std=0.02)
@@ -118,34 +138,50 @@ class SeriesEmbedding(nn.Module):
         masked: torch.Tensor | None = None,
         mask_token: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        n = series.shape[0]
-        values = series.reshape(n, self.time_tokens, self.patch_frames, self.channels)
-        tokens = self.proj(values.permute(0, 3, 1, 2))  # (n, channels, time, dim)
+        n, t, f = series.shape[0], self.time_tokens, self.patch_frames
+        g, s = self.groups, self.group_size
+        padded = nn.functional.pad(series, (0, g * s - self.channels))
+        values = padded.reshape(n, t, f, g, s).permute(0, 3, 1, 2, 4).reshape(n, g, t, f * s)
+        tokens = self.proj(values)  # (n, groups, time, dim)
         if masked is not None:
-            flags = masked.reshape(n, self.channels, self.time_tokens, 1)
+            flags = masked.reshape(n, g, t, 1)
             tokens = torch.where(flags, mask_token.to(tokens.dtype), tokens)
         return (tokens + self.channel + self.time).reshape(n, self.n_tokens, -1)
 
 
 class SeriesHead(nn.Module):
-    """Tokens back to values: ``(n, channels * time tokens, dim) -> (n, frames,
-    channels)``, a linear map to the ``patch_frames`` values of each token."""
+    """Tokens back to values: ``(n, groups * time tokens, dim) -> (n, frames,
+    channels)``, a linear map to the ``patch_frames x group`` values of each token (the
+    groups of :class:`SeriesEmbedding`, padding dropped)."""
 
-    def __init__(self, channels: int, dim: int, frames: int, patch_frames: int):
+    def __init__(
+        self, channels: int, dim: int, frames: int, patch_frames: int, patch_channels: int = 1
+    ):
         super().__init__()
         self.channels, self.patch_frames = channels, patch_frames
+        self.groups, self.group_size = channel_groups(channels, patch_channels)
         self.time_tokens = frames // patch_frames
         self.norm = nn.LayerNorm(dim)
-        self.proj = nn.Linear(dim, patch_frames)
+        self.proj = nn.Linear(dim, patch_frames * self.group_size)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        n = tokens.shape[0]
-        values = self.proj(self.norm(tokens)).reshape(
-            n, self.channels, self.time_tokens * self.patch_frames
-        )
-        return values.transpose(1, 2)
+        values = self.proj(self.norm(tokens))
+        return self._unfold(values.reshape(tokens.shape[0], self.groups, self.time_tokens, -1))
 
     def voxels(self, masked: torch.Tensor) -> torch.Tensor:
         """Token flags ``(n, tokens)`` as value flags ``(n, frames, channels)``."""
-        flags = masked.reshape(masked.shape[0], self.channels, self.time_tokens)
-        return flags.repeat_interleave(self.patch_frames, dim=2).transpose(1, 2)
+        n = masked.shape[0]
+        flags = masked.reshape(n, self.groups, self.time_tokens, 1)
+        return self._unfold(flags.expand(-1, -1, -1, self.patch_frames * self.group_size))
+
+    def _unfold(self, values: torch.Tensor) -> torch.Tensor:
+        """``(n, groups, time tokens, patch_frames * group)`` -> ``(n, frames, channels)``."""
+        n, g, t, f, s = (
+            values.shape[0],
+            self.groups,
+            self.time_tokens,
+            self.patch_frames,
+            self.group_size,
+        )
+        frames = values.reshape(n, g, t, f, s).permute(0, 2, 3, 1, 4).reshape(n, t * f, g * s)
+        return frames[..., : self.channels]
