@@ -1,4 +1,5 @@
-"""The launcher's torchrun, signalled: SIGTERM/SIGUSR1 reach the trainers, the launcher
+"""The launcher's torchrun, signalled: SIGTERM/SIGUSR1/SIGINT reach the trainers (as
+SIGTERM), the launcher
 waits for them however long their checkpoint takes, and its exit status is theirs.
 
 The trainers are two stand-ins started by the launcher's torchrun (``run_torchrun``, as
@@ -76,6 +77,7 @@ def _wait_for(paths: list[Path], launcher: subprocess.Popen) -> None:
         pytest.param("launcher_and_trainers", -1, EXIT_INTERRUPTED, marks=pytest.mark.slow),
         pytest.param("launcher", -1, EXIT_INTERRUPTED, marks=pytest.mark.slow),
         pytest.param("launcher_usr1", -1, EXIT_INTERRUPTED, marks=pytest.mark.slow),
+        pytest.param("launcher_int", -1, EXIT_INTERRUPTED, marks=pytest.mark.slow),
         pytest.param("launcher_and_trainers", 0, 1, marks=pytest.mark.slow),
     ],
 )
@@ -100,7 +102,8 @@ def test_a_signalled_launcher_waits_for_its_trainers_and_exits_with_their_status
     try:
         ready = [tmp_path / f"ready{rank}" for rank in (0, 1)]
         _wait_for(ready, launcher)
-        launcher.send_signal(signal.SIGUSR1 if signalled == "launcher_usr1" else signal.SIGTERM)
+        sent = {"launcher_usr1": signal.SIGUSR1, "launcher_int": signal.SIGINT}
+        launcher.send_signal(sent.get(signalled, signal.SIGTERM))
         if signalled == "launcher_and_trainers":  # as SLURM signals every process of a job
             for path in ready:
                 os.kill(int(path.read_text()), signal.SIGTERM)

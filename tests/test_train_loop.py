@@ -240,15 +240,16 @@ def test_resume_after_sigterm_reproduces_the_uninterrupted_metrics(
 
 @pytest.mark.parametrize(
     "signum",
-    [signal.SIGTERM, pytest.param(signal.SIGUSR1, marks=pytest.mark.slow)],
-    ids=["TERM", "USR1"],
+    [signal.SIGTERM, pytest.param(signal.SIGUSR1, marks=pytest.mark.slow), signal.SIGINT],
+    ids=["TERM", "USR1", "INT"],
 )
 def test_a_signal_to_every_process_of_the_job_stops_a_trainer_with_workers(
     tmp_path, stores, reference, signum
 ):
-    """SLURM signals every process of a job step (time limit, preemption, requeue): the
-    DataLoader workers and multiprocessing's resource tracker ignore it, the trainer stops
-    at the step boundary with its checkpoint and exit 75, and the rerun resumes exactly."""
+    """SLURM signals every process of a job step (time limit, preemption, requeue), a
+    terminal's Ctrl-C every process of its group: the DataLoader workers and
+    multiprocessing's resource tracker ignore it, the trainer stops at the step boundary
+    with its checkpoint and exit 75, and the rerun resumes exactly."""
     config = train_config(**RESUME, num_workers=1)
     job = _cli(tmp_path, config, stores, **{PAUSE_AT_STEP: "3"})
     output = read_until(job, "paused after step 3")
@@ -310,18 +311,32 @@ def test_the_stores_file_is_checked(tmp_path):
         read_stores(path)
 
 
+def test_a_second_ctrl_c_stops_at_once_and_other_signals_never_do():
+    with StopSignals() as signals:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C, after SLURM's SIGTERM
+        assert signals.requested
+        os.kill(os.getpid(), signal.SIGUSR1)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
 @pytest.mark.parametrize("when", ["before", "during"])
 def test_waiting_for_a_stop_signal_cannot_miss_it(when):
-    """Whether SIGTERM comes before the wait starts or while it blocks (from another thread,
-    as the kernel may deliver it there), the wait returns."""
+    """Whether a Ctrl-C comes before the wait starts or while it blocks (from another
+    thread, as the kernel may deliver it there), the wait returns, and counts it once: the
+    next Ctrl-C is the second."""
     with StopSignals() as signals:
-        sender = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGTERM))
+        sender = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGINT))
         sender.start()
         if when == "before":
             sender.join()
         signals.wait()
         sender.join()
-    assert signals.requested
+        assert signals.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 def test_train_state_round_trips_and_counts_epochs():

@@ -120,7 +120,8 @@ def fit(
     Raises
     ------
     Interrupted
-        After SIGTERM/SIGUSR1 or ``stop_after``, once the checkpoint is written.
+        After a stop signal (:mod:`bidstrain.train.stop`) or ``stop_after``, once the
+        checkpoint is written.
     """
     directory = Path(checkpoint_dir)
     identity = run_identity(config, seed, alpha, context.world_size, data)

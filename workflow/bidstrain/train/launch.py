@@ -22,12 +22,13 @@
 
 Exit status: the trainers'. torchrun itself exits 1 when a trainer fails, whatever its
 code; run in this process, its failures are read back: when every failed trainer exited
-75 (stopped by SIGTERM/SIGUSR1 after writing its checkpoint), the launcher exits 75, and 1
+75 (stopped by a stop signal after writing its checkpoint), the launcher exits 75, and 1
 when one of them failed otherwise.
 
-Signals: SIGTERM and SIGUSR1 to the launcher are passed on to its trainers as SIGTERM,
-and the launcher goes on waiting for them, so their exit codes decide its own. torchrun's
-own handling of SIGTERM is switched off (``--signals-to-handle``): it would raise in the
+Signals: SIGTERM, SIGUSR1 and SIGINT (a Ctrl-C) to the launcher are passed on to its
+trainers as SIGTERM, and the launcher goes on waiting for them, so their exit codes
+decide its own. torchrun's own handling of SIGTERM and SIGINT is switched off
+(``--signals-to-handle``): it would raise in the
 launcher, stop waiting, lose the trainers' exit codes and kill them 30 s later
 (``TORCH_ELASTIC_SHUTDOWN_TIMEOUT``) whatever SLURM's grace time. A signal that comes
 before the trainers are started stops the launcher with status 75 (nothing to save), as
@@ -114,9 +115,9 @@ def torchrun_arguments(
     return ["--nnodes", str(nodes), *processes, *rendezvous, "-m", module, *trainer]
 
 
-#: The signals torchrun handles itself (its default less SIGTERM, which the launcher passes
-#: on to the trainers: see the module docstring).
-TORCHRUN_SIGNALS = "SIGINT,SIGHUP,SIGQUIT"
+#: The signals torchrun handles itself (its default less SIGTERM and SIGINT, which the
+#: launcher passes on to the trainers as SIGTERM: see the module docstring).
+TORCHRUN_SIGNALS = "SIGHUP,SIGQUIT"
 
 
 def child_pids() -> list[int]:
@@ -160,7 +161,7 @@ def run_torchrun(arguments: Sequence[str]) -> int:
         codes = {failure.exitcode for failure in error.failures.values()}
         return EXIT_INTERRUPTED if codes <= interrupted else 1
     except SignalException:
-        return EXIT_INTERRUPTED  # before any trainer started, or SIGINT/SIGHUP/SIGQUIT
+        return EXIT_INTERRUPTED  # before any trainer started, or SIGHUP/SIGQUIT
     return 0
 
 

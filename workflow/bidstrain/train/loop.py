@@ -10,7 +10,7 @@ step is :func:`bidstrain.train.step.optimizer_step`; where training stands is a
 Rank 0 holds the experiment's lock (:mod:`.lock`) for the whole run, so two trainers never
 write the same checkpoint directory; when it cannot take it, every rank stops.
 
-Stopping (:mod:`.stop`): SIGTERM and SIGUSR1 set a flag; at the next step boundary every
+Stopping (:mod:`.stop`): SIGTERM, SIGUSR1 and SIGINT set a flag; at the next step boundary every
 rank agrees to stop, rank 0 writes a checkpoint, and the process exits with
 :data:`~.stop.EXIT_INTERRUPTED` (75, ``EX_TEMPFAIL``). Rerunning the same command (or requeueing
 the job) resumes from the checkpoint.
@@ -68,7 +68,7 @@ LOG = logging.getLogger("bidstrain.train")
 
 
 class Interrupted(Exception):
-    """SIGTERM/SIGUSR1 (or a test stop hook) arrived; a checkpoint was written at ``step``."""
+    """A stop signal (or a test stop hook) arrived; a checkpoint was written at ``step``."""
 
     def __init__(self, step: int):
         self.step = step
@@ -151,7 +151,7 @@ def train(
     Raises
     ------
     Interrupted
-        After SIGTERM/SIGUSR1, once the checkpoint is written.
+        After a stop signal, once the checkpoint is written.
     BidstrainError
         Bad configuration, another world size than planned, a missing store, another
         trainer on the experiment, too many non-finite steps, a parameter

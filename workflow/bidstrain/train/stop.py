@@ -1,7 +1,9 @@
-"""Stopping at a step boundary: SIGTERM/SIGUSR1, and two hooks that only tests use.
+"""Stopping at a step boundary: SIGTERM/SIGUSR1/SIGINT, and two hooks that only tests use.
 
 A signal sets a flag; the next optimizer step reduces it over the ranks, so every rank
 stops after the same step. The trainer then writes one checkpoint and exits with status 75.
+SIGINT is a terminal's Ctrl-C (or ``bidstrain run`` passing one on): the first stops as
+SIGTERM does, a second stops at once, without a checkpoint (``KeyboardInterrupt``).
 
 Test hooks (environment variables read by the tests only, never set by the workflow):
 
@@ -11,7 +13,7 @@ Test hooks (environment variables read by the tests only, never set by the workf
 ``BIDSTRAIN_TEST_PAUSE_AT_STEP=N``
     After optimizer step N (its metrics written), rank 0 creates
     ``<checkpoint dir>/paused-at-<N>``, and every rank logs ``paused after step N`` and
-    waits, without polling or timeout, until SIGTERM or SIGUSR1 reaches it; then the same
+    waits, without polling or timeout, until a stop signal reaches it; then the same
     stop. A test signals the trainer (or ``scontrol requeue``s its job) at a known step.
 """
 
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LOG = logging.getLogger("bidstrain.train")
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 #: Exit status of a trainer stopped by one of :data:`STOP_SIGNALS` after writing its
 #: checkpoint (``EX_TEMPFAIL``): run the same command again to resume.
 EXIT_INTERRUPTED = 75
@@ -34,19 +36,20 @@ PAUSE_AT_STEP = "BIDSTRAIN_TEST_PAUSE_AT_STEP"
 
 
 def ignore_stop_signals(worker_id: int | None = None) -> None:
-    """Ignore SIGTERM and SIGUSR1 in this process: a DataLoader worker's
-    ``worker_init_fn``. SLURM signals every process of a job step; the trainer stops at a
-    step boundary on its own, and needs its workers alive until then."""
+    """Ignore :data:`STOP_SIGNALS` in this process: a DataLoader worker's
+    ``worker_init_fn``. SLURM signals every process of a job step, a terminal's Ctrl-C
+    every process of its group; the trainer stops at a step boundary on its own, and
+    needs its workers alive until then."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
 
 
 def start_resource_tracker() -> None:
     """Start multiprocessing's resource tracker (which the DataLoader's queues register
-    their semaphores with) with SIGTERM and SIGUSR1 blocked, so that it starts with them
-    blocked and survives a signal to the job's processes (it unblocks SIGTERM and
-    ignores it; SIGUSR1, which would kill it, stays blocked). A signal that reaches this
-    process meanwhile is delivered when they are unblocked."""
+    their semaphores with) with :data:`STOP_SIGNALS` blocked, so that it starts with them
+    blocked and survives a signal to the job's processes (it unblocks SIGTERM and SIGINT
+    and ignores them; SIGUSR1, which would kill it, stays blocked). A signal that reaches
+    this process meanwhile is delivered when they are unblocked."""
     from multiprocessing import resource_tracker
 
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -57,16 +60,26 @@ def start_resource_tracker() -> None:
 
 
 class StopSignals:
-    """Turn SIGTERM and SIGUSR1 into a flag read at step boundaries (handlers restored on
-    exit)."""
+    """Turn :data:`STOP_SIGNALS` into a flag read at step boundaries, and a second SIGINT
+    into ``KeyboardInterrupt`` (handlers restored on exit)."""
 
     def __init__(self):
         self.requested = False
+        self._interrupted = False
         self._previous = {}
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT:
+            if self._interrupted:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+            self._interrupted = True
         self.requested = True
-        LOG.warning("received %s: stopping at the next step boundary", signal.Signals(signum).name)
+        again = " (Ctrl-C again stops at once, without it)" if signum == signal.SIGINT else ""
+        LOG.warning(
+            "received %s: stopping at the next step boundary, after a checkpoint%s",
+            signal.Signals(signum).name,
+            again,
+        )
 
     def __enter__(self) -> StopSignals:
         for signum in STOP_SIGNALS:
@@ -78,11 +91,13 @@ class StopSignals:
             signal.signal(signum, handler)
 
     def wait(self) -> None:
-        """Block until SIGTERM or SIGUSR1 arrives (return at once if one already did).
+        """Block until one of :data:`STOP_SIGNALS` arrives (return at once if one already
+        did).
 
         Python's C-level handler writes every caught signal's number to the wakeup file
         descriptor, whichever thread the kernel delivered it to; blocking on a read of that
-        pipe therefore cannot miss a signal that arrives just before the read.
+        pipe therefore cannot miss a signal that arrives just before the read. A signal
+        whose handler already ran is not handled twice.
         """
         read_end, write_end = os.pipe()
         os.set_blocking(write_end, False)
@@ -90,7 +105,7 @@ class StopSignals:
         try:
             while not self.requested:
                 for signum in os.read(read_end, 64):
-                    if signum in STOP_SIGNALS:
+                    if signum in STOP_SIGNALS and not self.requested:
                         self._handle(signum, None)
         finally:
             signal.set_wakeup_fd(previous)
@@ -125,9 +140,7 @@ class TestStops:
         if step == self.pause_at:
             if is_main:
                 (marker_dir / f"paused-at-{step}").touch()
-            LOG.warning(
-                "paused after step %d (%s): waiting for SIGTERM or SIGUSR1", step, PAUSE_AT_STEP
-            )
+            LOG.warning("paused after step %d (%s): waiting for a stop signal", step, PAUSE_AT_STEP)
             signals.wait()
         else:
             LOG.warning("stopping after step %d (%s)", step, STOP_AT_STEP)
