@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -458,7 +459,7 @@ def test_params_reasons_pair_the_snapshots_of_snakemakes_own_reason(tmp_path):
         only_old={repr(snap("aaaa-train.json")), "'aaaa'", repr(snap("cccc-task-rest.args"))},
         only_new={repr(snap("bbbb-train.json")), "'bbbb'", repr(snap("dddd-task-rest.args"))},
     )
-    reasons = why.ParamsReasons()
+    reasons = why.RerunReasons()
     for line in ("rule train:", f"    reason: Params have changed since last execution: {change}"):
         reasons.add(line + "\n")
     reasons.add("    reason: Input files updated by another job: results/x.zarr\n")
@@ -467,19 +468,61 @@ def test_params_reasons_pair_the_snapshots_of_snakemakes_own_reason(tmp_path):
         '  task-rest.args: ["x.zarr", "y.zarr"] -> ["x.zarr"]',
         "  train.json: lr 0.001 -> 0.002",
     ]
-    assert why.ParamsReasons().explain(tmp_path) == []
+    assert why.RerunReasons().explain(tmp_path) == []
 
-    gone = why.ParamsReasons()
+    gone = why.RerunReasons()
     gone.add(f"before: {snap('eeee-sub-01.json')} now: {snap('ffff-sub-01.json')}")
     assert gone.explain(tmp_path)[1:] == [
         f"  sub-01.json: {snap('eeee-sub-01.json')} cannot be read (FileNotFoundError): "
         "not compared"
     ]
-    many = why.ParamsReasons()
+    many = why.RerunReasons()
     for i in range(why.SHOWN_FILES + 2):
         many.add(f"before: {snap(f'{i:04x}-sub-{i}.json')} now: {snap(f'{i:04x}0-sub-{i}.json')}")
     assert len(many.explain(tmp_path)) == 1 + why.SHOWN_FILES + 1
     assert many.explain(tmp_path)[-1] == "  and 2 more plan files"
+
+
+#: A job that takes a plan file as an input, as align_stimuli takes its spec.
+PLAN_INPUT_JOB = """\
+rule aligned:
+    input: "results/plan/stimuli/align.json"
+    output: "results/aligned.txt"
+    shell: "cp {input} {output}"
+"""
+
+
+@pytest.mark.integration
+def test_a_changed_plan_input_is_explained_from_snakemakes_record(tmp_path, monkeypatch):
+    """Snakemake's reason for a plan file that is an input names the file only
+    ("Updated input files"): the version the outputs were made with is found by the
+    checksum Snakemake recorded, and compared key by key with the new one."""
+    from bidstrain.plan import write_plan
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "Snakefile").write_text(PLAN_INPUT_JOB)
+    spec = "results/plan/stimuli/align.json"
+    write_plan({spec: json.dumps({"stimuli": {"delays": [1, 2, 3]}})})
+    env = snakemake_env(uses_slurm=False)
+    snakemake = [sys.executable, "-m", "snakemake", "--cores", "1"]
+    made = subprocess.run(snakemake, env=env, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    write_plan({spec: json.dumps({"stimuli": {"delays": [1, 2]}})})
+    dry = subprocess.run([*snakemake, "-n"], env=env, capture_output=True, text=True)
+    assert f"reason: Updated input files: {spec}" in dry.stdout, dry.stdout
+    reasons = why.RerunReasons()
+    for line in dry.stdout.splitlines(keepends=True):
+        reasons.add(line)
+    assert reasons.explain(tmp_path) == [
+        "bidstrain: the settings that changed since these jobs' outputs were made:",
+        "  align.json: stimuli.delays [1, 2, 3] -> [1, 2]",
+    ]
+    shutil.rmtree(tmp_path / ".snakemake" / "metadata")  # no record: nothing to compare
+    unrecorded = why.RerunReasons()
+    for line in dry.stdout.splitlines(keepends=True):
+        unrecorded.add(line)
+    assert unrecorded.updated == {spec: "results/aligned.txt"}
+    assert unrecorded.explain(tmp_path) == []
 
 
 def test_run_to_end_passes_each_output_line_on_and_to_the_reader(tmp_path, capsys):

@@ -392,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return _snakemake(study, rest, slurm=args.slurm)
     if args.command == "dry-run":
-        reasons = why.ParamsReasons()
+        reasons = why.RerunReasons()
         code = _snakemake(study, ["--dry-run", *rest], on_output=reasons.add)
         for line in reasons.explain(study):
             print(line)
