@@ -4,6 +4,7 @@ whose panels share one time axis in seconds, with titles, units and legends."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import xarray as xr
 from bidstrain.io.store import read_aligned_store, write_aligned_store
 from bidstrain.report.stimuli import feature_components, stimulus_figure
@@ -33,21 +34,22 @@ def test_feature_components_match_scikit_learns_pca():
     )
 
 
-def test_the_figure_shows_each_kind_above_bold_on_one_time_axis(tmp_path):
+@pytest.mark.parametrize("method", ["delays", "hrf"])
+def test_the_figure_shows_each_kind_above_bold_on_one_time_axis(tmp_path, method):
     rng = np.random.default_rng(1)
     time = np.arange(30) * 2.0
     aligned = {}
     for kind, n in (("video", 6), ("text", 4)):
         features = rng.normal(size=(30, n))
         arrays = {
-            "delay": np.repeat([2, 3], n // 2),
+            "delay": np.repeat([2, 3], n // 2) if method == "delays" else np.zeros(n, int),
             "source_feature": np.tile(np.arange(n // 2), 2),
             "constant": np.zeros(n, dtype=bool),
             **{name: np.ones(n) for name in ("mean", "std", "raw_mean", "raw_std", "raw_min",
                                                 "raw_max")},
         }  # fmt: skip
         attrs = {"kind": kind, "normalized": True, "repetition_time": 2.0,
-                 "decoder": {"units": f"{kind} units"}}  # fmt: skip
+                 "delay_method": method, "decoder": {"units": f"{kind} units"}}  # fmt: skip
         write_aligned_store(tmp_path / f"{kind}.zarr", features, time, arrays, attrs)
         aligned[kind] = read_aligned_store(tmp_path / f"{kind}.zarr")
     bold = xr.Dataset(
@@ -58,7 +60,9 @@ def test_the_figure_shows_each_kind_above_bold_on_one_time_axis(tmp_path):
     fig = stimulus_figure(aligned, bold, "stimulus and averaged BOLD, task-movie run-1")
     axes = fig.get_axes()
     assert [ax.get_title().split(":")[0] for ax in axes] == ["video", "text", "averaged BOLD"]
-    assert "3 features (video units), z-scored, delay 2 frame(s) = 4 s" in axes[0].get_title()
+    delays = "3 features (video units), z-scored, delay 2 TRs = 4 s"
+    hrf = "6 features (video units), z-scored, convolved with the canonical (Glover) HRF"
+    assert (delays if method == "delays" else hrf) in axes[0].get_title()
     assert axes[-1].get_xlabel() == "time from the run's start (s)"
     assert all(ax.get_ylabel() and ax.get_legend() for ax in axes)
     labels = [t.get_text() for t in axes[-1].get_legend().get_texts()]

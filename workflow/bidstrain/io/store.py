@@ -1074,6 +1074,11 @@ class AlignedStore:
         return bool(self.attrs["normalized"])
 
     @property
+    def delay_method(self) -> str:
+        """``delays`` (stacked delayed copies) or ``hrf`` (``stimuli.delay_method``)."""
+        return self.attrs["delay_method"]
+
+    @property
     def heldout(self) -> bool:
         """Whether the run is held out (it uses the training runs' statistics)."""
         return bool(self.attrs["heldout"])

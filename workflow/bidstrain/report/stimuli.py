@@ -82,9 +82,12 @@ def stimulus_figure(aligned: Mapping[str, AlignedStore], bold: xr.Dataset, title
             ax.plot(store.time, scores[:, c], lw=1.2,
                     label=f"PC{c + 1} ({100 * explained[c]:.0f} % of variance)")  # fmt: skip
         scale = "z-scored" if store.normalized else "raw scale"
+        if store.delay_method == "hrf":
+            delay = "convolved with the canonical (Glover) HRF"
+        else:
+            delay = f"delay {first} TR{'' if first == 1 else 's'} = {first * tr:g} s"
         ax.set_title(
-            f"{kind}: {features.shape[1]} features ({store.decoder['units']}), "
-            f"{scale}, delay {first} frame(s) = {first * tr:g} s"
+            f"{kind}: {features.shape[1]} features ({store.decoder['units']}), {scale}, {delay}"
         )
         ax.set_ylabel("PC score (unit var.)")
         ax.legend(loc="upper right", ncols=3)
