@@ -169,3 +169,17 @@ def test_a_step_logs_losses_and_gradient_norms_of_the_stimulus_kinds():
         assert result.module_norms[f"[{kind}] head.{kind}"] > 0
     images_only = optimizer_step(trainer, [batch(n_bold=0)], step=2, log_norms=True)
     assert "[inactive] embed.video" in images_only.module_norms
+
+
+def test_the_stimulus_token_bench_steps_the_default_video_model(tmp_path):
+    """bench/bench_stimulus_tokens.py's measured process: the default video beside BOLD
+    is 36 tokens of 256 features (27 BOLD tokens), and its steps are timed."""
+    import json
+
+    from conftest import run_bench
+
+    done = run_bench("bench_stimulus_tokens.py", "--one", "256", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    measured = json.loads(done.stdout)
+    assert measured["tokens"] == 27 + 36
+    assert measured["work"] > 0 and measured["peak_mib"] > 0
