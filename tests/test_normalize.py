@@ -573,3 +573,21 @@ def test_the_checksum_follows_the_content_not_the_time_of_writing(tmp_path):
     other = _save(values, tmp_path / "changed.nii.gz", changed.affine)
     assert checksum("c.zarr", other) != first
     assert checksum("d.zarr", storage="float16") != first
+
+
+def test_a_mask_file_that_cannot_be_read_is_named_with_where_it_was_looked_for(
+    tmp_path, monkeypatch
+):
+    from bidstrain.normalize.masking import load_mask
+
+    monkeypatch.chdir(tmp_path)
+    grid = dict(shape=(4, 4, 4), affine=np.eye(4), image="bold.nii.gz")
+    with pytest.raises(BidstrainError) as missing:
+        load_mask("masks/sub-01_mask.nii.gz", **grid, config_key="normalize.mask", subject="01")
+    message = str(missing.value)
+    assert message.startswith("sub-01: masks/sub-01_mask.nii.gz: mask (config normalize.mask)")
+    assert f"read from the study folder, {tmp_path}:" in message
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a NIfTI file")
+    with pytest.raises(BidstrainError, match="is not a readable image") as unreadable:
+        load_mask("broken.nii.gz", **grid, config_key="normalize.mask")
+    assert "study folder" not in str(unreadable.value)  # it is there: the path is right

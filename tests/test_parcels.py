@@ -577,8 +577,21 @@ def test_a_missing_atlas_or_a_label_image_without_space_is_an_error(tmp_path):
     image = tmp_path / "atlas_dseg.nii.gz"
     with pytest.raises(BidstrainError, match="parcellation.space is needed"):
         find_atlas(ParcellationConfig("x", str(image), None, None, None))
-    with pytest.raises(BidstrainError, match="label image is missing"):
+    with pytest.raises(BidstrainError, match="label image is missing") as absolute:
         find_atlas(ParcellationConfig("x", str(image), None, SPACE, None))
+    assert "relative path" not in str(absolute.value)
+
+
+def test_a_missing_relative_atlas_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    """A settings file's relative path is the study folder's, not the file's folder."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BidstrainError) as error:
+        find_atlas(ParcellationConfig("x", "atlases/a_dseg.nii.gz", None, SPACE, None))
+    assert str(error.value) == (
+        "atlases/a_dseg.nii.gz: config parcellation: the atlas label image is missing (a "
+        f"relative path in the configuration is read from the study folder, {tmp_path}: "
+        "write it absolute, or relative to that folder)"
+    )
 
 
 def test_an_atlas_that_matches_no_image_lists_the_images_there(demo):

@@ -406,3 +406,10 @@ def test_the_media_benches_give_the_same_features_as_their_peers(tmp_path):
     assert film.returncode == 0, film.stderr
     assert "ours and peer-resized: identical features (SHA-256)" in film.stdout
     assert "TRs: {'ours': 2, 'peer-resized': 2, 'peer-full': 2, 'floor': 0}" in film.stdout
+
+
+def test_a_missing_word_table_says_where_a_relative_path_was_looked_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BidstrainError, match=r"^vectors/glove.txt: word embeddings file not") as e:
+        read_embeddings("vectors/glove.txt")
+    assert f"read from the study folder, {tmp_path}:" in str(e.value)

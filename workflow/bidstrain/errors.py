@@ -41,6 +41,19 @@ class BidstrainError(Exception):
         return ": ".join([*where, self.message])
 
 
+def relative_to_study(path: str | Path) -> str:
+    """For the error about a file a configuration names: where a relative ``path`` was
+    looked for (the folder the workflow runs in, the study's, not the folder of the
+    file that set it), as `` (a relative path ... /abs/folder)``; empty for an absolute
+    path."""
+    if Path(path).is_absolute():
+        return ""
+    return (
+        " (a relative path in the configuration is read from the study folder, "
+        f"{Path.cwd()}: write it absolute, or relative to that folder)"
+    )
+
+
 #: How a :class:`BidstrainError` ends the traceback text that torch re-raises it with
 #: when a DataLoader worker raised it.
 _RERAISED = f"{__name__}.BidstrainError: "

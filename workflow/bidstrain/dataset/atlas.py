@@ -39,7 +39,7 @@ import numpy as np
 
 from bidstrain.config import ParcellationConfig
 from bidstrain.dataset.masks import resolve_pattern
-from bidstrain.errors import BidstrainError
+from bidstrain.errors import BidstrainError, relative_to_study
 from bidstrain.io.grid import grid_mismatch
 from bidstrain.io.text_files import read_tsv
 
@@ -137,7 +137,10 @@ def find_atlas(config: ParcellationConfig) -> AtlasFiles:
         space = config.space
     for file, what in ((image, "label image"), (labels, "label table")):
         if not file.is_file():
-            raise BidstrainError(f"config parcellation: the atlas {what} is missing", path=file)
+            raise BidstrainError(
+                f"config parcellation: the atlas {what} is missing{relative_to_study(file)}",
+                path=file,
+            )
     return AtlasFiles(config.name, image, labels, space)
 
 
@@ -153,7 +156,10 @@ def _per_run_atlas(config: ParcellationConfig) -> AtlasFiles:
         )
     labels = Path(config.labels)
     if not labels.is_file():
-        raise BidstrainError("config parcellation: the atlas label table is missing", path=labels)
+        raise BidstrainError(
+            f"config parcellation: the atlas label table is missing{relative_to_study(labels)}",
+            path=labels,
+        )
     space = config.space or NATIVE
     return AtlasFiles(config.name, Path(config.path), labels, space, per_run=True)
 

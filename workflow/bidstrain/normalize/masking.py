@@ -39,7 +39,7 @@ import nibabel as nib
 import numpy as np
 
 from bidstrain.dataset.masks import MASK_KEYS, is_pattern
-from bidstrain.errors import BidstrainError
+from bidstrain.errors import BidstrainError, relative_to_study
 from bidstrain.io.grid import grid_mismatch
 from bidstrain.io.orientation import reorientation
 
@@ -74,8 +74,9 @@ def load_mask(
             img = img.slicer[..., 0]
         data = np.asarray(img.dataobj)
     except Exception as error:  # nibabel raises many types for unreadable files
+        where = "" if Path(path).exists() else relative_to_study(path)
         raise BidstrainError(
-            f"mask (config {config_key}) is not a readable image: {error}",
+            f"mask (config {config_key}) is not a readable image: {error}{where}",
             path=path,
             subject=subject,
         ) from None

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bidstrain.errors import BidstrainError
+from bidstrain.errors import BidstrainError, relative_to_study
 from bidstrain.io.text_files import read_tsv, read_utf8
 from bidstrain.stimuli.bins import tr_bin
 
@@ -223,7 +223,7 @@ def read_embeddings(path: str | Path) -> dict[str, np.ndarray]:
     """
     path = Path(path)
     if not path.is_file():
-        raise BidstrainError("word embeddings file not found", path=path)
+        raise BidstrainError(f"word embeddings file not found{relative_to_study(path)}", path=path)
     vectors: dict[str, np.ndarray] = {}
     dim, repeats = None, 0
     for line, text in enumerate(read_utf8(path).splitlines(), start=1):
