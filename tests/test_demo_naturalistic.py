@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -61,3 +62,19 @@ def test_make_demo_naturalistic_runs_the_film_to_the_encoding_model_and_report(t
     assert again.returncode == 0, again.stderr[-4000:]
     assert "Nothing to be done" in again.stdout + again.stderr
     assert "bidstrain-naturalistic-demo" not in again.stdout
+
+    # the multi-modal model with the film's video and sound beside BOLD (at the default
+    # 64x48 video, in tokens of train.patch_features): every kind beats its baseline
+    stimuli = "train={experiment: stimuli, stimuli: [video, audio], epochs: 60}"
+    command = [sys.executable, "-m", "bidstrain.cli", "-C", str(study), "run", "train"]
+    trained = subprocess.run(
+        [*command, "--cores", "2", "--config", stimuli],
+        capture_output=True,
+        text=True,
+        env={**snakemake_env(uses_slurm=False), "PYTHONPATH": str(REPO / "workflow")},
+    )
+    assert trained.returncode == 0, trained.stdout[-4000:] + trained.stderr[-4000:]
+    lines = (study / "results" / "train" / "stimuli" / "metrics.jsonl").read_text().splitlines()
+    (summary,) = [r for r in map(json.loads, lines) if r["kind"] == "summary"]
+    ratios = {m: s["ratio"] for m, s in summary["modalities"].items()}
+    assert set(ratios) == {"bold", "video", "audio"} and max(ratios.values()) < 0.8, ratios
