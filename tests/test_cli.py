@@ -271,6 +271,36 @@ def test_init_starts_from_configuration_files_merged_as_snakemake_merges_them(tm
     assert yaml.safe_load(config.read_text())["train"]["experiment"] == "mine"
 
 
+def test_init_warns_of_a_relative_path_that_names_a_file_here_but_not_in_the_study(
+    tmp_path, monkeypatch, capsys
+):
+    """Relative paths in a configuration are the study folder's: one written from where
+    init runs would be missing at the first run."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "atlas_dseg.nii.gz").touch()  # here, not in the study
+    (tmp_path / "study" / "tables").mkdir(parents=True)
+    (tmp_path / "study" / "tables" / "atlas_dseg.tsv").touch()  # in the study: right
+    settings = {
+        "parcellation": {
+            "name": "a",
+            "space": "native",
+            "path": "atlas_dseg.nii.gz",
+            "labels": "tables/atlas_dseg.tsv",
+        },
+        "stimuli": {"text_embeddings": str(tmp_path / "atlas_dseg.nii.gz")},  # absolute
+    }
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(settings))
+    assert cli.main(["init", "study", "--bids-dir", "ds", "--configfile", "s.yaml"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings == [
+        "bidstrain: warning: parcellation.path 'atlas_dseg.nii.gz' is read from the study "
+        f"folder {tmp_path / 'study'}, which has no such file; from the current folder it "
+        f"is {tmp_path / 'atlas_dseg.nii.gz'}: write that path in "
+        "study/config/config.yaml"
+    ]
+
+
 def test_init_names_a_settings_file_it_cannot_take_and_writes_nothing(tmp_path):
     dataset = tmp_path / "bids"
     dataset.mkdir()

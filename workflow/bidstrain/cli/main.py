@@ -39,7 +39,7 @@ import yaml
 from bidstrain.cli import status, why
 from bidstrain.cli.slurm import run_environment
 from bidstrain.config import Config, validate_config
-from bidstrain.config.study import STUDY_CONFIG, no_configuration
+from bidstrain.config.study import STUDY_CONFIG, misplaced_paths, no_configuration
 from bidstrain.errors import BidstrainError
 from bidstrain.io.atomic import atomic_path
 
@@ -379,6 +379,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         config = init_study(args.folder, args.bids_dir, args.experiment, args.configfile)
+        typed = Config.from_dict(validate_config(yaml.safe_load(config.read_text())))
+        for warning in misplaced_paths(args.folder, typed):
+            print(f"bidstrain: warning: {warning}", file=sys.stderr)
         print(f"wrote {config}; next: bidstrain -C {shlex.quote(str(args.folder))} validate")
         return 0
     if args.command == "status":

@@ -575,6 +575,18 @@ class Config:
         """Type a configuration that :func:`validate_config` accepted (defaults filled)."""
         return _build(cls, config)
 
+    def named_files(self) -> dict[str, str]:
+        """The files and folders the configuration names by one path, by config key: the
+        atlas and its table, the word table, the raw dataset of the events. Path patterns
+        (``{subject}``...: a file per image) and unset keys are left out."""
+        named = {
+            "parcellation.path": self.parcellation.path,
+            "parcellation.labels": self.parcellation.labels,
+            "stimuli.text_embeddings": self.stimuli.features.text_embeddings,
+            "stimuli.raw_dir": self.stimuli.raw_dir,
+        }
+        return {key: path for key, path in named.items() if path and "{" not in path}
+
 
 #: The dataclass of each section of :class:`Config`, by key.
 _SECTIONS = {
