@@ -249,7 +249,7 @@ def test_init_starts_from_configuration_files_merged_as_snakemake_merges_them(tm
     )
     mine = tmp_path / "mine.yaml"
     mine.write_text("train: {epochs: 7, patch_size: 4}\nnormalize: {heldout: {run: ['2']}}\n")
-    config = cli.init_study(tmp_path / "study", str(dataset), settings=[lab, mine])
+    config, _ = cli.init_study(tmp_path / "study", str(dataset), settings=[lab, mine])
     text = config.read_text()
     assert yaml.safe_load(text) == {
         "bids_dir": str(dataset),  # --bids-dir over the files
@@ -267,7 +267,7 @@ def test_init_starts_from_configuration_files_merged_as_snakemake_merges_them(tm
     assert "Hold\n# out a BOLD run" not in text  # the files hold runs out
     assert "modalities: [bold]" in text  # lists on one line, as a person writes them
 
-    config = cli.init_study(tmp_path / "other", str(dataset), "mine", settings=[lab])
+    config, _ = cli.init_study(tmp_path / "other", str(dataset), "mine", settings=[lab])
     assert yaml.safe_load(config.read_text())["train"]["experiment"] == "mine"
 
 
@@ -334,7 +334,7 @@ def test_init_names_a_settings_file_it_cannot_take_and_writes_nothing(tmp_path):
             )
     assert not (tmp_path / "study").exists()
     (tmp_path / "empty.yaml").write_text("")
-    config = cli.init_study(tmp_path / "study", str(dataset), settings=[tmp_path / "empty.yaml"])
+    config, _ = cli.init_study(tmp_path / "study", str(dataset), settings=[tmp_path / "empty.yaml"])
     assert yaml.safe_load(config.read_text()) == {
         "bids_dir": str(dataset),
         "train": {"experiment": "main"},

@@ -97,7 +97,7 @@ def init_study(
     bids_dir: str,
     experiment: str | None = None,
     settings: Sequence[str | Path] = (),
-) -> Path:
+) -> tuple[Path, Config]:
     """Write ``study/config/config.yaml`` for a dataset; refuse to overwrite one.
 
     Parameters
@@ -119,6 +119,8 @@ def init_study(
     -------
     Path
         The configuration file.
+    Config
+        What it holds, typed.
 
     Raises
     ------
@@ -147,7 +149,7 @@ def init_study(
     config.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(config) as tmp:
         tmp.write_text(_config_text(values, typed, settings))
-    return config
+    return config, typed
 
 
 def _config_text(values: dict[str, Any], typed: Config, settings: Sequence[str | Path]) -> str:
@@ -378,8 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "init":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        config = init_study(args.folder, args.bids_dir, args.experiment, args.configfile)
-        typed = Config.from_dict(validate_config(yaml.safe_load(config.read_text())))
+        config, typed = init_study(args.folder, args.bids_dir, args.experiment, args.configfile)
         for warning in misplaced_paths(args.folder, typed):
             print(f"bidstrain: warning: {warning}", file=sys.stderr)
         print(f"wrote {config}; next: bidstrain -C {shlex.quote(str(args.folder))} validate")
