@@ -55,6 +55,7 @@ def model_input_figure(
         When an aligned store has another number of rows than the drawn BOLD store has
         frames.
     """
+    _check_rows(stimuli, description)
     modalities = [m for m in description["input"] if m in MODALITIES]
     heights = [4.6] * len(modalities) + [3.2] * len(stimuli)
     fig = new_figure(12.0, sum(heights), f"What the model sees, experiment {experiment}")
@@ -120,14 +121,6 @@ def stimulus_window_row(
     :data:`MAX_DRAWN_GROUPS` groups; ``model.json`` ``input``)."""
     prepared = preparation_of(description)
     window, patch_frames = prepared.window, prepared.patch_frames
-    drawn = description["normalization"]["bold"]["stores"][0]["store"]
-    frames = zarr.open_array(Path(drawn) / "data", mode="r").shape[0]
-    if store.features.shape[0] != frames:
-        raise BidstrainError(
-            f"the {store.kind} features of {store.label} have {store.features.shape[0]} "
-            f"rows, the BOLD store the figure draws {frames} frames ({drawn}): they do not "
-            "come with its windows"
-        )
     values = np.asarray(store.features[:window], dtype=np.float32).T
     features = (prepared.stimuli or {}).get(store.kind, {})
     delays = f", delays {features['delays']} TRs" if features.get("delays") else ""
@@ -145,6 +138,22 @@ def stimulus_window_row(
             ax.axhline(bound - 0.5, color="black", linewidth=0.5)
     integer_ticks(ax.yaxis)
     ax.set_ylabel("feature")
+
+
+def _check_rows(stimuli: Sequence[AlignedStore], description: Mapping[str, Any]) -> None:
+    """Raise unless every aligned store has a row per frame of the BOLD store the figure
+    draws (its features come with that store's windows)."""
+    if not stimuli:
+        return
+    drawn = description["normalization"]["bold"]["stores"][0]["store"]
+    frames = zarr.open_array(Path(drawn) / "data", mode="r").shape[0]
+    for store in stimuli:
+        if store.features.shape[0] != frames:
+            raise BidstrainError(
+                f"the {store.kind} features of {store.label} have {store.features.shape[0]} "
+                f"rows, the BOLD store the figure draws {frames} frames ({drawn}): they do "
+                "not come with its windows"
+            )
 
 
 def window_panel(
