@@ -135,13 +135,18 @@ def find_atlas(config: ParcellationConfig) -> AtlasFiles:
         image = path
         labels = Path(config.labels) if config.labels else _table_of(path)
         space = config.space
-    for file, what in ((image, "label image"), (labels, "label table")):
-        if not file.is_file():
-            raise BidstrainError(
-                f"config parcellation: the atlas {what} is missing{relative_to_study(file)}",
-                path=file,
-            )
+    _require(image, "label image")
+    _require(labels, "label table")
     return AtlasFiles(config.name, image, labels, space)
+
+
+def _require(file: Path, what: str) -> None:
+    """Raise unless the atlas's ``what`` (``label image``, ``label table``) is a file."""
+    if not file.is_file():
+        raise BidstrainError(
+            f"config parcellation: the atlas {what} is missing{relative_to_study(file)}",
+            path=file,
+        )
 
 
 def _per_run_atlas(config: ParcellationConfig) -> AtlasFiles:
@@ -155,11 +160,7 @@ def _per_run_atlas(config: ParcellationConfig) -> AtlasFiles:
             "set parcellation.labels to the label table they share"
         )
     labels = Path(config.labels)
-    if not labels.is_file():
-        raise BidstrainError(
-            f"config parcellation: the atlas label table is missing{relative_to_study(labels)}",
-            path=labels,
-        )
+    _require(labels, "label table")
     space = config.space or NATIVE
     return AtlasFiles(config.name, Path(config.path), labels, space, per_run=True)
 
