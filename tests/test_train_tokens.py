@@ -83,23 +83,6 @@ def test_tubelet_head_folds_each_token_onto_its_frames_and_voxels():
     np.testing.assert_array_equal(out[0:2, 0:2], tube)
 
 
-def test_series_tokens_are_parcel_values_projected_plus_parcel_and_time_embeddings():
-    torch.manual_seed(3)
-    frames, pf, parcels = 6, 3, 4
-    embed = SeriesEmbedding(parcels, 8, frames, pf)
-    series = torch.randn(2, frames, parcels)
-    tokens = embed(series).detach().double().numpy()
-    w = embed.proj.weight.detach().double().numpy()
-    b = embed.proj.bias.detach().double().numpy()
-    channel = embed.channel.detach().double().numpy()[:, 0]
-    time = embed.time.detach().double().numpy()[0]
-    x = series.double().numpy()
-    for p in range(parcels):
-        for t in range(2):
-            expected = x[:, t * pf : (t + 1) * pf, p] @ w.T + b + channel[p] + time[t]
-            np.testing.assert_allclose(tokens[:, p * 2 + t], expected, atol=1e-5)
-
-
 def test_series_head_and_flags_put_each_token_on_its_parcel_and_frames():
     frames, pf, parcels = 4, 2, 3
     head = SeriesHead(parcels, 4, frames, pf)
@@ -127,23 +110,35 @@ def test_channel_groups_are_as_few_as_allowed_and_of_equal_size(channels, per_to
     assert groups * size - channels < groups  # padding: less than one channel a group
 
 
-def test_grouped_tokens_are_float64_projections_of_frames_by_features_zero_padded():
-    torch.manual_seed(4)
-    frames, pf, features, per_token = 4, 2, 7, 3  # groups of 3: [0-2], [3-5], [6 + 2 zeros]
-    embed = SeriesEmbedding(features, 8, frames, pf, per_token)
-    assert (embed.groups, embed.group_size, embed.n_tokens) == (3, 3, 6)
-    series = torch.randn(2, frames, features)
+@pytest.mark.parametrize(
+    ("frames", "pf", "channels", "per_token", "counts"),
+    [
+        (6, 3, 4, 1, (4, 1, 8)),  # parcels: a parcel a token
+        (4, 2, 7, 3, (3, 3, 6)),  # features in groups of 3: [0-2], [3-5], [6 + 2 zeros]
+    ],
+    ids=["parcels", "feature-groups"],
+)
+def test_series_tokens_are_float64_projections_plus_group_and_time_embeddings(
+    frames, pf, channels, per_token, counts
+):
+    torch.manual_seed(3)
+    embed = SeriesEmbedding(channels, 8, frames, pf, per_token)
+    groups, size, _ = counts
+    assert (embed.groups, embed.group_size, embed.n_tokens) == counts
+    series = torch.randn(2, frames, channels)
     tokens = embed(series).detach().double().numpy()
     w = embed.proj.weight.detach().double().numpy()
     b = embed.proj.bias.detach().double().numpy()
     group = embed.channel.detach().double().numpy()[:, 0]
     time = embed.time.detach().double().numpy()[0]
-    x = np.concatenate([series.double().numpy(), np.zeros((2, frames, 2))], axis=2)
-    for g in range(3):
-        for t in range(2):
-            values = x[:, t * pf : (t + 1) * pf, g * 3 : (g + 1) * 3].reshape(2, -1)
+    padding = np.zeros((2, frames, groups * size - channels))
+    x = np.concatenate([series.double().numpy(), padding], axis=2)
+    steps = frames // pf
+    for g in range(groups):
+        for t in range(steps):
+            values = x[:, t * pf : (t + 1) * pf, g * size : (g + 1) * size].reshape(2, -1)
             expected = values @ w.T + b + group[g] + time[t]
-            np.testing.assert_allclose(tokens[:, g * 2 + t], expected, atol=1e-5)
+            np.testing.assert_allclose(tokens[:, g * steps + t], expected, atol=1e-5)
 
 
 def test_grouped_head_and_flags_put_each_token_on_its_features_and_frames():
